@@ -1,0 +1,144 @@
+"""The hardware model inside hetsim: plain frozen dataclasses, SI units.
+
+Files are parsed into these once (``hetsim.hardware.loader``); nothing downstream reads YAML.
+Every number that came from a file keeps its provenance (source and grade) in ``provenance``,
+keyed by the field name, so a result can report the weakest grade it relied on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Literal
+
+DeviceKind = Literal["gpu", "cpu"]
+LinkKind = Literal["pcie", "nvlink", "upi", "ethernet", "infiniband", "rdma", "wan", "shm", "sata", "nvme"]
+OpKindName = Literal["matmul", "attention", "elementwise", "embedding"]
+
+
+class Grade(IntEnum):
+    """How much to trust a number; lower is weaker. A result reports the minimum it used."""
+
+    ASSUMED = 0
+    FITTED = 1
+    PAPER = 2
+    MEASURED = 3
+    DATASHEET = 4
+
+
+@dataclass(frozen=True)
+class Provenance:
+    source: str
+    grade: Grade
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Achieved / peak, global per device class and op kind (see docs/architecture.md).
+
+    ``compute[kind]`` scales peak FLOP/s for that op kind; ``memory`` scales peak memory
+    bandwidth; ``overhead_s`` is the fixed cost of launching one op (kernel launch or
+    thread-pool dispatch). Fitted by ``hetsim calibrate`` where measurable.
+    """
+
+    compute: Mapping[str, float]
+    memory: float
+    overhead_s: float
+
+    def compute_for(self, kind: str) -> float:
+        return self.compute.get(kind, self.compute.get("matmul", 1.0))
+
+
+@dataclass(frozen=True)
+class ComputeDevice:
+    """One GPU, or one CPU socket, placed in a rig under a unique ``name`` (e.g. ``n0.gpu0``)."""
+
+    name: str
+    model: str  # catalogue entry, e.g. "a100-80g"
+    kind: DeviceKind
+    node: str
+    mem_bytes: float  # GPU HBM/GDDR, or the socket's share of host DRAM
+    mem_bw: float  # peak bytes/s (HBM, or DRAM per socket)
+    peak_flops: Mapping[str, float]  # dtype name -> FLOP/s; dense, no sparsity
+    efficiency: Efficiency
+    price_per_hour: float = 0.0
+    cores: int = 0  # CPU physical cores (0 for GPUs)
+    provenance: Mapping[str, Provenance] = field(default_factory=dict)
+
+    def flops(self, dtype: str) -> float:
+        """Peak FLOP/s for a compute dtype; int4 weights compute in fp16/bf16 after dequantising."""
+        for key in (dtype, "bf16" if dtype == "fp16" else "fp16", "fp32"):
+            if key in self.peak_flops:
+                return self.peak_flops[key]
+        raise KeyError(f"{self.name}: no peak FLOP/s for {dtype}")
+
+
+@dataclass(frozen=True)
+class Disk:
+    name: str
+    model: str
+    node: str
+    capacity_bytes: float
+    read_bw: float
+    write_bw: float
+    price_per_hour: float = 0.0
+    provenance: Mapping[str, Provenance] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A bidirectional link between two endpoints; ``bw`` is per direction.
+
+    Endpoints are device or disk names, or switch names (``n0.pcie-root``, ``net``, ...).
+    ``pageable_bw`` is the achievable rate when the host side is pageable (not pinned)
+    memory; it is only meaningful for PCIe and equals ``bw`` elsewhere.
+    """
+
+    name: str
+    kind: LinkKind
+    a: str
+    b: str
+    bw: float
+    latency_s: float
+    pageable_bw: float
+    provenance: Mapping[str, Provenance] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One link traversed in one direction: the engine has one resource per (link, direction)."""
+
+    link: str
+    forward: bool  # True when travelling a -> b
+
+    @property
+    def lane(self) -> str:
+        return f"{self.link}:{'fwd' if self.forward else 'rev'}"
+
+
+@dataclass(frozen=True)
+class Route:
+    src: str
+    dst: str
+    hops: tuple[Hop, ...]
+    bw: float  # bottleneck bandwidth over the hops (bytes/s, pinned host memory)
+    pageable_bw: float  # bottleneck when the host end is pageable
+    latency_s: float  # summed latency
+
+    def time(self, nbytes: float, pinned: bool = True) -> float:
+        """Uncontended transfer time: latency plus bytes over the bottleneck."""
+        if not self.hops or nbytes <= 0:
+            return 0.0
+        return self.latency_s + nbytes / (self.bw if pinned else self.pageable_bw)
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    region: str
+    host_mem_bytes: float
+    cpus: tuple[str, ...]
+    gpus: tuple[str, ...]
+    disks: tuple[str, ...]
+    price_per_hour: float = 0.0

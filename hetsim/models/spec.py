@@ -1,0 +1,132 @@
+"""The model inside hetsim: architecture shapes, dtypes, and the ops of one forward step.
+
+``ModelSpec`` is built from the registry (``hetsim.models.registry``) or from a Hugging Face
+``config.json`` (``hetsim.models.hf_config``). ``hetsim.models.ops`` turns it into ops with
+FLOPs and bytes for a given phase, batch, sequence length and KV length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+Family = Literal["opt", "llama", "qwen2", "mistral", "mixtral"]
+Phase = Literal["prefill", "decode"]
+
+
+@dataclass(frozen=True)
+class DType:
+    """Storage format of a tensor. ``bytes_per_element`` includes group-wise scale/zero overhead.
+
+    ``compute`` is the dtype the math runs in (int4 weights are dequantised to fp16 first).
+    """
+
+    name: str
+    bits: int
+    group_size: int = 0  # 0 = no groups
+    group_overhead_bytes: float = 0.0  # bytes of scale + zero per group
+    compute: str = ""
+
+    @property
+    def bytes_per_element(self) -> float:
+        per = self.bits / 8.0
+        if self.group_size:
+            per += self.group_overhead_bytes / self.group_size
+        return per
+
+    @property
+    def compute_dtype(self) -> str:
+        return self.compute or self.name
+
+
+FP32 = DType("fp32", 32)
+FP16 = DType("fp16", 16)
+BF16 = DType("bf16", 16)
+INT8 = DType("int8", 8, compute="int8")
+# FlexGen-style asymmetric min-max, group 64, an fp16 (scale, min) pair per group: 0.5625 B/elem.
+INT4 = DType("int4", 4, group_size=64, group_overhead_bytes=4.0, compute="fp16")
+
+DTYPES: dict[str, DType] = {d.name: d for d in (FP32, FP16, BF16, INT8, INT4)}
+
+
+class OpKind(StrEnum):
+    MATMUL = "matmul"
+    ATTENTION = "attention"
+    ELEMENTWISE = "elementwise"  # norms, activations, residual adds, rotary
+    EMBEDDING = "embedding"  # a gather: reads only the rows it needs
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: Family
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int  # MLP inner size (per expert for MoE)
+    vocab: int
+    max_position: int
+    gated_mlp: bool  # SwiGLU (gate, up, down) vs two-matrix MLP (fc1, fc2)
+    qkv_bias: bool
+    linear_bias: bool  # bias on output projection and MLP (OPT yes, llama no)
+    learned_positions: int  # rows of a learned position table (OPT: max_position + 2); 0 for rotary
+    tied_embeddings: bool
+    num_experts: int = 1
+    experts_per_token: int = 1
+    norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
+
+
+@dataclass(frozen=True)
+class WeightTensor:
+    """One parameter tensor of a decoder layer, in the implementation's order.
+
+    ``module`` groups tensors into linear modules (q_proj, fc1, ...) as HeteGen splits them;
+    ``block`` is "attention" or "mlp", the scheduling layers FlexGen uses.
+    """
+
+    name: str
+    module: str
+    block: Literal["attention", "mlp"]
+    shape: tuple[int, ...]
+    is_matrix: bool  # 2-D weights get compressed/quantised; biases and norms stay in 16-bit
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of one step, for the whole batch on one device (before any parallel split).
+
+    Bytes are what the op must read or write in the device's memory; FLOPs count a
+    multiply-add as 2. ``module`` names the linear module for matmuls (q_proj, fc1, ...).
+    """
+
+    name: str
+    kind: OpKind
+    layer: int  # -1 = input embedding, model.layers = final norm + LM head
+    flops: float
+    weight_bytes: float
+    act_in_bytes: float
+    act_out_bytes: float
+    kv_read_bytes: float = 0.0
+    kv_write_bytes: float = 0.0
+    module: str = ""
+    compute_dtype: str = "fp16"
+
+    @property
+    def mem_bytes(self) -> float:
+        return (
+            self.weight_bytes + self.act_in_bytes + self.act_out_bytes + self.kv_read_bytes + self.kv_write_bytes
+        )
