@@ -1,0 +1,46 @@
+"""Time of one op on one device: a roofline plus a fixed launch overhead.
+
+    compute_s = FLOPs / (peak FLOP/s[dtype] x efficiency.compute[op kind])
+    memory_s  = bytes / (peak memory bandwidth x efficiency.memory)
+    time_s    = overhead_s + max(compute_s, memory_s)
+
+The engine uses ``compute_s`` and ``memory_bytes`` separately on CPUs, where the memory traffic
+competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hetsim.hardware.types import ComputeDevice
+from hetsim.models.spec import Op
+
+
+@dataclass(frozen=True)
+class OpCost:
+    time_s: float
+    compute_s: float
+    memory_s: float
+    overhead_s: float
+    memory_bytes: float
+    achieved_mem_bw: float  # bytes/s this op may draw from memory at most
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_s >= self.memory_s else "memory"
+
+
+def op_cost(device: ComputeDevice, op: Op) -> OpCost:
+    eff = device.efficiency
+    flops_rate = device.flops(op.compute_dtype) * eff.compute_for(op.kind.value)
+    mem_rate = device.mem_bw * eff.memory
+    compute_s = op.flops / flops_rate if op.flops else 0.0
+    memory_s = op.mem_bytes / mem_rate if op.mem_bytes else 0.0
+    return OpCost(
+        time_s=eff.overhead_s + max(compute_s, memory_s),
+        compute_s=compute_s,
+        memory_s=memory_s,
+        overhead_s=eff.overhead_s,
+        memory_bytes=op.mem_bytes,
+        achieved_mem_bw=mem_rate,
+    )

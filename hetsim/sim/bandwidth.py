@@ -1,0 +1,65 @@
+"""DRAM bandwidth of one socket, shared by CPU ops and DMA, booked first come, first served.
+
+A CPU op streaming weights and a PCIe copy reading pinned host memory draw on the same memory
+channels. The timeline holds the rate already booked over time (piecewise constant); a new flow
+takes what earlier bookings leave, up to its own ceiling (the op's achievable rate, the link's
+rate), so its end time is known the moment it is issued. That keeps the engine at one SimPy event
+per task. The approximation versus a fair-share fluid model: a flow issued later never slows one
+issued earlier.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+# Below this rate a segment counts as saturated (bytes/s).
+_SATURATED = 1.0
+
+
+class BandwidthTimeline:
+    def __init__(self, name: str, capacity_bps: float):
+        self.name = name
+        self.capacity = capacity_bps
+        self._times: list[float] = [0.0]  # segment i is [times[i], times[i+1]); the last is open
+        self._booked: list[float] = [0.0]
+        self.bytes_moved = 0.0
+
+    def book(self, now: float, start: float, nbytes: float, cap_bps: float) -> float:
+        """Book ``nbytes`` from ``start`` at no more than ``cap_bps``; return the end time."""
+        if nbytes <= 0:
+            return start
+        self._prune(now)
+        cap = min(cap_bps, self.capacity)
+        i = self._split(start)
+        remaining, t = nbytes, start
+        k = i
+        while True:
+            seg_end = self._times[k + 1] if k + 1 < len(self._times) else float("inf")
+            rate = min(cap, self.capacity - self._booked[k])
+            if rate > _SATURATED:
+                if remaining <= rate * (seg_end - t):
+                    end = t + remaining / rate
+                    break
+                remaining -= rate * (seg_end - t)
+            t = seg_end
+            k += 1
+        last = self._split(end)
+        for j in range(i, last):
+            self._booked[j] += min(cap, self.capacity - self._booked[j])
+        self.bytes_moved += nbytes
+        return end
+
+    def _split(self, t: float) -> int:
+        """Ensure a breakpoint at ``t``; return the index of the segment starting there."""
+        i = bisect_right(self._times, t) - 1
+        if self._times[i] == t:
+            return i
+        self._times.insert(i + 1, t)
+        self._booked.insert(i + 1, self._booked[i])
+        return i + 1
+
+    def _prune(self, now: float) -> None:
+        i = bisect_right(self._times, now) - 1
+        if i > 0:
+            del self._times[:i]
+            del self._booked[:i]

@@ -1,0 +1,255 @@
+"""The event engine every strategy runs on.
+
+A rig becomes lanes: one compute stream per device, one lane per link direction (PCIe
+host-to-device and device-to-host are separate), one read and one write lane per disk, and a
+DRAM-bandwidth timeline per CPU socket shared by CPU ops and DMA to or from that socket.
+
+Strategies are SimPy processes that call ``compute``, ``transfer``, ``allreduce``, ``allgather``,
+``send``, ``alloc`` and ``free`` and wait on the returned events (``all_of`` to join). Lanes are
+FIFO and exclusive: a task reserves every lane it needs from the moment all of them are free, in
+the order tasks were issued, so two copies over one link take twice as long as one. Because every
+task's start and end are known when it is issued, a task costs one SimPy timeout: the hot path
+does no graph look-ups (routes and op costs are cached) and no re-planning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
+
+from hetsim.costs.collectives import CollectiveCost, allgather_time, allreduce_time
+from hetsim.costs.ops import OpCost, op_cost
+from hetsim.hardware.rig import Rig
+from hetsim.hardware.types import Route
+from hetsim.models.spec import Op
+from hetsim.sim.bandwidth import BandwidthTimeline
+from hetsim.sim.memory import MemoryLedger
+from hetsim.sim.trace import TraceRecorder
+
+Schedule = Callable[["Engine"], Generator[simpy.Event, Any, Any]]
+
+
+class Lane:
+    """An exclusive FIFO resource whose future is booked ahead (``free_at``)."""
+
+    __slots__ = ("busy_s", "free_at", "name")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.free_at = 0.0
+        self.busy_s = 0.0
+
+
+@dataclass(frozen=True)
+class TransferPath:
+    """Everything a copy between two endpoints needs, resolved once per (src, dst, pinned)."""
+
+    lanes: tuple[Lane, ...]
+    route: Route
+    rate: float  # bytes/s ceiling: route bottleneck and disk bandwidth
+    host_side: BandwidthTimeline | None  # the DRAM the copy reads or writes, if any
+    latency_s: float
+
+
+class Engine:
+    def __init__(self, rig: Rig, *, trace: bool = False, memory_timeline: bool = False):
+        self.env = simpy.Environment()
+        self.rig = rig
+        self.lanes: dict[str, Lane] = {}
+        for dev in rig.devices.values():
+            self._lane(f"{dev.name}:compute")
+        self.host_memory: dict[str, BandwidthTimeline] = {
+            cpu.name: BandwidthTimeline(f"{cpu.name}:dram", cpu.mem_bw * cpu.efficiency.memory)
+            for cpu in rig.cpus()
+        }
+        capacities = {d.name: d.mem_bytes for d in rig.devices.values()}
+        capacities.update({d.name: d.capacity_bytes for d in rig.disks.values()})
+        self.memory = MemoryLedger(capacities, clock=lambda: self.env.now, keep_timeline=memory_timeline)
+        self.tracer = TraceRecorder() if trace else None
+        self.tasks = 0
+        self.bytes_transferred = 0.0
+        self.token_times: list[tuple[float, int]] = []
+        self._op_costs: dict[tuple[str, Op], OpCost] = {}
+        self._paths: dict[tuple[str, str, bool], TransferPath] = {}
+        self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float]] = {}
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def _lane(self, name: str) -> Lane:
+        lane = self.lanes.get(name)
+        if lane is None:
+            lane = self.lanes[name] = Lane(name)
+        return lane
+
+    def _reserve(self, lanes: Sequence[Lane], duration: float, earliest: float | None = None) -> float:
+        start = self.env.now if earliest is None else earliest
+        for lane in lanes:
+            if lane.free_at > start:
+                start = lane.free_at
+        end = start + duration
+        for lane in lanes:
+            lane.free_at = end
+            lane.busy_s += duration
+        return start
+
+    def _finish(self, lanes: Sequence[Lane], start: float, end: float, label: str, args: dict) -> simpy.Event:
+        self.tasks += 1
+        if self.tracer is not None:
+            for lane in lanes:
+                self.tracer.span(lane.name, label, start, end, args)
+        return self.env.timeout(end - self.env.now)
+
+    # ---- the API strategies use ------------------------------------------------------------
+    def compute(self, device: str, op: Op, *, label: str | None = None) -> simpy.Event:
+        """Run ``op`` on ``device``'s compute stream; CPU ops also draw on the socket's DRAM."""
+        cost = self._op_costs.get((device, op))
+        if cost is None:
+            cost = self._op_costs[(device, op)] = op_cost(self.rig.devices[device], op)
+        lane = self.lanes[f"{device}:compute"]
+        start = max(self.env.now, lane.free_at)
+        dram = self.host_memory.get(device)
+        if dram is None or cost.memory_bytes <= 0:
+            end = start + cost.time_s
+        else:
+            # Memory traffic cannot outpace the op's own compute: a compute-bound op streams slower.
+            cap = cost.achieved_mem_bw
+            if cost.compute_s > 0:
+                cap = min(cap, cost.memory_bytes / cost.compute_s)
+            mem_start = start + cost.overhead_s
+            mem_end = dram.book(self.env.now, mem_start, cost.memory_bytes, cap)
+            end = max(mem_end, mem_start + cost.compute_s)
+        lane.free_at = end
+        lane.busy_s += end - start
+        args = {"layer": op.layer, "flops": op.flops, "bytes": op.mem_bytes} if self.tracer else {}
+        return self._finish((lane,), start, end, label or op.name, args)
+
+    def delay(self, device: str, seconds: float, *, label: str = "overhead") -> simpy.Event:
+        """Occupy a device's compute stream for a fixed time (host-side work, synchronisation)."""
+        lane = self.lanes[f"{device}:compute"]
+        start = self._reserve((lane,), seconds)
+        return self._finish((lane,), start, start + seconds, label, {})
+
+    def transfer(
+        self, src: str, dst: str, nbytes: float, *, pinned: bool = True, label: str = "copy"
+    ) -> simpy.Event:
+        """Copy ``nbytes`` from ``src`` to ``dst`` (devices or disks) over the rig's route."""
+        if nbytes <= 0 or src == dst:
+            return self.env.timeout(0)
+        path = self._path(src, dst, pinned)
+        start = max([self.env.now, *(lane.free_at for lane in path.lanes)])
+        if path.host_side is None:
+            end = start + path.latency_s + nbytes / path.rate
+        else:
+            end = path.host_side.book(self.env.now, start + path.latency_s, nbytes, path.rate)
+        for lane in path.lanes:
+            lane.free_at = end
+            lane.busy_s += end - start
+        self.bytes_transferred += nbytes
+        args = {"bytes": nbytes, "src": src, "dst": dst} if self.tracer else {}
+        return self._finish(path.lanes, start, end, label, args)
+
+    send = transfer
+
+    def allreduce(self, devices: Sequence[str], nbytes: float, *, label: str = "allreduce") -> simpy.Event:
+        """Sum ``nbytes`` across ``devices`` (alpha-beta over the ring's slowest route)."""
+        return self._collective(devices, nbytes, allreduce_time, label)
+
+    def allgather(
+        self, devices: Sequence[str], nbytes_per_rank: float, *, label: str = "allgather"
+    ) -> simpy.Event:
+        return self._collective(devices, nbytes_per_rank, allgather_time, label)
+
+    def alloc(self, device: str, nbytes: float, tag: str) -> None:
+        """Take memory now; raises ``OutOfMemory`` (the run becomes infeasible) past capacity."""
+        self.memory.alloc(device, nbytes, tag)
+
+    def free(self, device: str, tag: str, nbytes: float | None = None) -> None:
+        self.memory.free(device, tag, nbytes)
+
+    def all_of(self, events: Iterable[simpy.Event]) -> simpy.Event:
+        return self.env.all_of(list(events))
+
+    def token_done(self, count: int = 1) -> None:
+        """A schedule calls this when ``count`` output tokens exist (one per sequence)."""
+        self.token_times.append((self.env.now, count))
+
+    def run(self, schedule: Schedule) -> float:
+        """Run a schedule to completion; returns the simulated makespan in seconds."""
+        done = self.env.process(schedule(self))
+        self.env.run(until=done)
+        return self.env.now
+
+    # ---- cached resolution ------------------------------------------------------------------
+    def _path(self, src: str, dst: str, pinned: bool) -> TransferPath:
+        key = (src, dst, pinned)
+        path = self._paths.get(key)
+        if path is not None:
+            return path
+        rig = self.rig
+        route = rig.route(src, dst)
+        lanes = [self._lane(hop.lane) for hop in route.hops]
+        rate = route.bw if pinned else route.pageable_bw
+        if src in rig.disks:
+            lanes.append(self._lane(f"{src}:read"))
+            rate = min(rate, rig.disks[src].read_bw)
+        if dst in rig.disks:
+            lanes.append(self._lane(f"{dst}:write"))
+            rate = min(rate, rig.disks[dst].write_bw)
+        host = next((e for e in (src, dst) if e in self.host_memory), None)
+        path = TransferPath(
+            lanes=tuple(lanes),
+            route=route,
+            rate=rate,
+            host_side=self.host_memory[host] if host else None,
+            latency_s=route.latency_s,
+        )
+        self._paths[key] = path
+        return path
+
+    def _ring(self, devices: Sequence[str]) -> tuple[tuple[Lane, ...], float, float]:
+        """Lanes of a ring over ``devices`` (both directions), its worst latency and bandwidth."""
+        key = tuple(devices)
+        cached = self._ring_lanes.get(key)
+        if cached is not None:
+            return cached
+        lanes: dict[str, Lane] = {f"{d}:compute": self.lanes[f"{d}:compute"] for d in devices}
+        alpha, beta = 0.0, float("inf")
+        for i, a in enumerate(devices):
+            b = devices[(i + 1) % len(devices)]
+            for route in (self.rig.route(a, b), self.rig.route(b, a)):
+                alpha = max(alpha, route.latency_s)
+                beta = min(beta, route.bw)
+                for hop in route.hops:
+                    lanes.setdefault(hop.lane, self._lane(hop.lane))
+        result = (tuple(lanes.values()), alpha, beta)
+        self._ring_lanes[key] = result
+        return result
+
+    def _collective(
+        self,
+        devices: Sequence[str],
+        nbytes: float,
+        cost_fn: Callable[[int, float, float, float], CollectiveCost],
+        label: str,
+    ) -> simpy.Event:
+        if len(devices) <= 1 or nbytes <= 0:
+            return self.env.timeout(0)
+        lanes, alpha, beta = self._ring(devices)
+        cost = cost_fn(len(devices), nbytes, alpha, beta)
+        start = self._reserve(lanes, cost.time_s)
+        self.bytes_transferred += nbytes * len(devices)
+        args = {"bytes": nbytes, "ranks": len(devices), "algorithm": cost.algorithm} if self.tracer else {}
+        return self._finish(lanes, start, start + cost.time_s, label, args)
+
+    # ---- after the run ------------------------------------------------------------------------
+    def utilization(self, makespan: float) -> dict[str, float]:
+        """Busy fraction of every lane and DRAM timeline that did any work."""
+        if makespan <= 0:
+            return {}
+        util = {name: lane.busy_s / makespan for name, lane in self.lanes.items() if lane.busy_s > 0}
+        for name, dram in self.host_memory.items():
+            if dram.bytes_moved > 0:
+                util[f"{name}:dram"] = dram.bytes_moved / dram.capacity / makespan
+        return dict(sorted(util.items()))

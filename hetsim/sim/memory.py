@@ -1,0 +1,73 @@
+"""Memory ledgers: every device's bytes in use over time, with a hard capacity."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from hetsim.units import fmt_bytes
+
+
+class OutOfMemory(Exception):
+    """A plan asked for more memory than a device has; the run becomes infeasible."""
+
+    def __init__(self, device: str, tag: str, requested: float, used: float, capacity: float):
+        self.device = device
+        self.tag = tag
+        self.requested = requested
+        self.used = used
+        self.capacity = capacity
+        super().__init__(
+            f"out of memory on {device}: {tag} needs {fmt_bytes(requested)} with {fmt_bytes(used)} "
+            f"of {fmt_bytes(capacity)} in use ({fmt_bytes(used + requested - capacity)} short)"
+        )
+
+
+@dataclass
+class _Account:
+    capacity: float
+    used: float = 0.0
+    peak: float = 0.0
+
+
+class MemoryLedger:
+    def __init__(self, capacities: dict[str, float], clock, keep_timeline: bool = False):
+        self._accounts = {name: _Account(cap) for name, cap in capacities.items()}
+        self._tags: dict[tuple[str, str], float] = defaultdict(float)
+        self._clock = clock
+        self.timeline: list[tuple[float, str, float]] | None = [] if keep_timeline else None
+
+    def alloc(self, device: str, nbytes: float, tag: str) -> None:
+        if nbytes <= 0:
+            return
+        acc = self._accounts[device]
+        if acc.used + nbytes > acc.capacity * (1 + 1e-12):
+            raise OutOfMemory(device, tag, nbytes, acc.used, acc.capacity)
+        acc.used += nbytes
+        acc.peak = max(acc.peak, acc.used)
+        self._tags[(device, tag)] += nbytes
+        self._record(device, acc.used)
+
+    def free(self, device: str, tag: str, nbytes: float | None = None) -> None:
+        """Release ``nbytes`` of ``tag`` on ``device`` (all of it when ``nbytes`` is None)."""
+        held = self._tags.get((device, tag), 0.0)
+        amount = held if nbytes is None else min(nbytes, held)
+        if amount <= 0:
+            return
+        self._tags[(device, tag)] = held - amount
+        acc = self._accounts[device]
+        acc.used -= amount
+        self._record(device, acc.used)
+
+    def used(self, device: str) -> float:
+        return self._accounts[device].used
+
+    def capacity(self, device: str) -> float:
+        return self._accounts[device].capacity
+
+    def peaks(self) -> dict[str, float]:
+        return {name: acc.peak for name, acc in self._accounts.items() if acc.peak > 0}
+
+    def _record(self, device: str, used: float) -> None:
+        if self.timeline is not None:
+            self.timeline.append((self._clock(), device, used))

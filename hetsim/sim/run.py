@@ -1,0 +1,83 @@
+"""Run one plan of one strategy in the engine and turn what happened into a ``Result``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hetsim.hardware.rig import NoRouteError, Rig
+from hetsim.models.spec import ModelSpec
+from hetsim.sim.engine import Engine
+from hetsim.sim.memory import OutOfMemory
+from hetsim.sim.result import Result
+from hetsim.workload import Workload
+
+if TYPE_CHECKING:
+    from hetsim.strategies.base import Strategy
+
+
+def simulate(
+    strategy: Strategy,
+    plan: Any,
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    *,
+    trace_path: str | None = None,
+) -> Result:
+    """Simulate ``plan``; an out-of-memory or unroutable plan is an infeasible result, not a crash."""
+    plan_dict = strategy.plan_to_dict(plan)
+    engine = Engine(rig, trace=trace_path is not None)
+    try:
+        for device, tags in strategy.footprint(plan, rig, model, workload).items():
+            for tag, nbytes in tags.items():
+                engine.alloc(device, nbytes, tag)
+        makespan = engine.run(strategy.schedule(plan, rig, model, workload))
+    except (OutOfMemory, NoRouteError) as exc:
+        return Result.infeasible(strategy.name, str(exc), plan_dict)
+    if trace_path is not None and engine.tracer is not None:
+        engine.tracer.write(trace_path)
+    return summarize(strategy.name, plan_dict, engine, makespan, workload, strategy.devices(plan))
+
+
+def summarize(
+    name: str,
+    plan_dict: dict[str, Any],
+    engine: Engine,
+    makespan: float,
+    workload: Workload,
+    devices: list[str],
+) -> Result:
+    """Metrics of an offline batch: FlexGen's throughput (generated tokens / total time)."""
+    rig = engine.rig
+    tokens = sum(count for _, count in engine.token_times)
+    if not engine.token_times or makespan <= 0:
+        return Result.infeasible(name, "the schedule produced no tokens", plan_dict)
+    ttft = engine.token_times[0][0]
+    tpot = (makespan - ttft) / (workload.gen_len - 1) if workload.gen_len > 1 else 0.0
+    util = engine.utilization(makespan)
+    bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
+    price = price_of(rig, devices)
+    cost = price / 3600.0 * makespan / tokens * 1e6 if tokens else float("nan")
+    return Result(
+        strategy=name,
+        feasible=True,
+        plan=plan_dict,
+        ttft_s=ttft,
+        tpot_s=tpot,
+        e2e_s=makespan,
+        throughput_tok_s=tokens / makespan,
+        peak_mem_bytes=engine.memory.peaks(),
+        utilization=util,
+        bottleneck=bottleneck,
+        cost_usd_per_mtok=cost,
+        weakest_grade=rig.weakest_grade(devices).name.lower(),
+        tasks=engine.tasks,
+        extras={"price_usd_per_hour": price, "tokens": float(tokens)},
+    )
+
+
+def price_of(rig: Rig, devices: list[str]) -> float:
+    """Hourly price of what a plan occupies: its devices, plus the nodes they sit in."""
+    used = [rig.devices[d] for d in devices if d in rig.devices]
+    nodes = {d.node for d in used}
+    return sum(d.price_per_hour for d in used) + sum(rig.nodes[n].price_per_hour for n in nodes)

@@ -1,0 +1,111 @@
+"""The plug-in protocol every strategy implements, and the registry that names them.
+
+A strategy knows its plan space (a frozen dataclass ``plan_type``), whether it applies to a rig,
+its resident memory, its schedule (a SimPy process on the engine that reads like the paper's
+algorithm), and how to search its plans (OR-Tools where the space is large).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, is_dataclass
+from typing import Any, ClassVar, Literal
+
+from hetsim.hardware.rig import Rig
+from hetsim.models.spec import ModelSpec
+from hetsim.sim.engine import Schedule
+from hetsim.workload import Workload
+
+Objective = Literal["latency", "throughput", "cost"]
+OBJECTIVES: tuple[Objective, ...] = ("latency", "throughput", "cost")
+
+# device -> tag -> bytes, allocated before the schedule starts (weights, pre-allocated KV, ...)
+Footprint = Mapping[str, Mapping[str, float]]
+
+
+class Strategy(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    plan_type: ClassVar[type]
+
+    @abstractmethod
+    def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
+        """None when the strategy can run on this rig at all; otherwise why not (one line)."""
+
+    @abstractmethod
+    def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> Any:
+        """A sensible plan without searching (what a user would configure by hand)."""
+
+    def search(self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective) -> Any:
+        """The best plan for ``objective``; strategies with a real plan space override this."""
+        return self.default_plan(rig, model, workload)
+
+    @abstractmethod
+    def footprint(self, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
+        """Memory held for the whole run, per device and tag."""
+
+    @abstractmethod
+    def schedule(self, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> Schedule:
+        """The SimPy process that runs the workload under ``plan``."""
+
+    @abstractmethod
+    def devices(self, plan: Any) -> list[str]:
+        """Devices the plan uses (for the price of the run and the weakest grade)."""
+
+    # ---- plans as JSON ------------------------------------------------------------------------
+    def plan_to_dict(self, plan: Any) -> dict[str, Any]:
+        assert is_dataclass(plan), plan
+        return _jsonable(asdict(plan))
+
+    def plan_from_dict(self, data: Mapping[str, Any], source: str = "plan") -> Any:
+        from hetsim.strategies.plan_io import validate_plan
+
+        return validate_plan(self.plan_type, data, source)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make a strategy available under its ``name``."""
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_strategy(name: str) -> Strategy:
+    from hetsim.errors import InputError
+
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise InputError(
+            f"unknown strategy {name!r} (known: {', '.join(sorted(_REGISTRY))})", field="strategy"
+        ) from None
+
+
+def all_strategies() -> list[Strategy]:
+    _load_builtin()
+    return list(_REGISTRY.values())
+
+
+_loaded = False
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        import hetsim.strategies  # noqa: F401  (modules register themselves on import)
+
+
+StrategyFactory = Callable[[], Strategy]

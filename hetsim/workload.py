@@ -1,0 +1,37 @@
+"""What is asked of the model: an offline batch (prompt and generation lengths)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hetsim.errors import InputError
+
+
+@dataclass(frozen=True)
+class Workload:
+    """An offline batch: ``batch`` sequences, each a ``prompt_len`` prompt and ``gen_len`` new tokens.
+
+    Strategies may process the batch in blocks of their own choosing (FlexGen); metrics are for
+    the whole batch. Serving workloads (request streams) live in ``hetsim.serving``.
+    """
+
+    batch: int = 1
+    prompt_len: int = 512
+    gen_len: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "prompt_len", "gen_len"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be a positive integer, got {getattr(self, name)}", field=name)
+
+    @property
+    def context_len(self) -> int:
+        """Tokens of context after the last generated token."""
+        return self.prompt_len + self.gen_len
+
+    @property
+    def total_tokens(self) -> int:
+        return self.batch * self.gen_len
+
+    def to_dict(self) -> dict[str, int]:
+        return {"batch": self.batch, "prompt_len": self.prompt_len, "gen_len": self.gen_len}

@@ -1,0 +1,156 @@
+"""The engine's contract: closed forms without contention, FIFO sharing, bytes and memory kept."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hetsim.models.spec import Op, OpKind
+from hetsim.sim.bandwidth import BandwidthTimeline
+from hetsim.sim.engine import Engine
+from hetsim.sim.memory import OutOfMemory
+
+
+def matmul(flops: float, nbytes: float, name: str = "mm") -> Op:
+    return Op(name, OpKind.MATMUL, 0, flops, nbytes, 0.0, 0.0)
+
+
+def run(rig, body) -> tuple[Engine, float]:
+    engine = Engine(rig, trace=True)
+
+    def schedule(e):
+        yield from body(e)
+
+    return engine, engine.run(schedule)
+
+
+def test_serial_schedule_is_the_closed_form_sum(rig):
+    op = matmul(100e12, 0.0)  # 1 s on the GPU
+    gpu_mem_op = matmul(0.0, 2e12)  # 2 s of HBM traffic
+
+    def body(e):
+        yield e.transfer("n0.cpu0", "n0.gpu0", 10e9)  # 1 s over PCIe
+        yield e.compute("n0.gpu0", op)
+        yield e.compute("n0.gpu0", gpu_mem_op)
+        yield e.transfer("n0.disk0", "n0.cpu0", 4e9)  # 2 s at the disk's read rate
+        yield e.transfer("n0.cpu0", "n0.disk0", 1e9)  # 1 s at its write rate
+        yield e.transfer("n0.gpu0", "n1.gpu0", 1e9)  # 1 s + 2 ms of latency
+        e.token_done()
+
+    _, makespan = run(rig, body)
+    assert makespan == pytest.approx(1 + 1 + 2 + 2 + 1 + 1.002, rel=1e-12)
+
+
+def test_two_transfers_sharing_a_link_take_twice_as_long(rig):
+    def one(e):
+        yield e.transfer("n0.cpu0", "n0.gpu0", 5e9)
+
+    def two(e):
+        yield e.all_of([e.transfer("n0.cpu0", "n0.gpu0", 5e9), e.transfer("n0.cpu0", "n0.gpu0", 5e9)])
+
+    _, t1 = run(rig, one)
+    _, t2 = run(rig, two)
+    assert t2 == pytest.approx(2 * t1)
+
+
+def test_opposite_directions_overlap(rig):
+    def body(e):
+        yield e.all_of([e.transfer("n0.cpu0", "n0.gpu0", 5e9), e.transfer("n0.gpu0", "n0.cpu0", 5e9)])
+
+    _, t = run(rig, body)
+    assert t == pytest.approx(0.5)
+
+
+def test_compute_and_copy_overlap(rig):
+    def body(e):
+        yield e.all_of([e.transfer("n0.cpu0", "n0.gpu0", 10e9), e.compute("n0.gpu0", matmul(100e12, 0))])
+
+    _, t = run(rig, body)
+    assert t == pytest.approx(1.0)
+
+
+def test_pageable_copies_are_slower(rig):
+    def body(e):
+        yield e.transfer("n0.cpu0", "n0.gpu0", 10e9, pinned=False)
+
+    _, t = run(rig, body)
+    assert t == pytest.approx(2.0)
+
+
+def test_cpu_op_and_dma_share_dram(rig):
+    # A CPU op that streams 100 GB (1 s alone at 100 GB/s) while PCIe reads 10 GB from the same
+    # DRAM: the DMA books 10 GB/s first, so the op gets 90 GB/s for that second.
+    def body(e):
+        dma = e.transfer("n0.cpu0", "n0.gpu0", 10e9)
+        op = e.compute("n0.cpu0", Op("gemv", OpKind.MATMUL, 0, 0.0, 100e9, 0.0, 0.0))
+        yield e.all_of([dma, op])
+
+    _, t = run(rig, body)
+    assert t == pytest.approx(1.0 + 10e9 / 100e9)
+
+
+def test_bytes_moved_equal_bytes_asked(rig):
+    sizes = [1e6 * (i + 1) for i in range(20)]
+
+    def body(e):
+        yield e.all_of([e.transfer("n0.cpu0", "n0.gpu0", s) for s in sizes])
+
+    engine, _ = run(rig, body)
+    assert engine.bytes_transferred == pytest.approx(sum(sizes))
+    traced = sum(ev["args"]["bytes"] for ev in engine.tracer.events)
+    assert traced == pytest.approx(sum(sizes) * 1)  # one lane on this route
+
+
+def test_memory_ledger_refuses_past_capacity(rig):
+    engine = Engine(rig, memory_timeline=True)
+    engine.alloc("n0.gpu0", 10e9, "weights")
+    with pytest.raises(OutOfMemory, match=r"n0.gpu0.*kv"):
+        engine.alloc("n0.gpu0", 7e9, "kv")
+    engine.free("n0.gpu0", "weights")
+    engine.alloc("n0.gpu0", 7e9, "kv")
+    assert engine.memory.peaks()["n0.gpu0"] == 10e9
+    assert all(used <= engine.memory.capacity(dev) for _, dev, used in engine.memory.timeline)
+
+
+def test_allreduce_is_alpha_beta(rig):
+    def body(e):
+        yield e.allreduce(["n0.gpu0", "n1.gpu0"], 1e9)
+
+    engine, t = run(rig, body)
+    # two ranks: recursive doubling, one step of (alpha + m / beta); alpha = 2 ms over the switch
+    assert t == pytest.approx(2e-3 + 1.0)
+
+
+def test_trace_is_chrome_json(rig, tmp_path):
+    def body(e):
+        yield e.compute("n0.gpu0", matmul(1e12, 0))
+
+    engine, _ = run(rig, body)
+    path = tmp_path / "t.json"
+    engine.tracer.write(path)
+    doc = json.loads(path.read_text())
+    names = {ev["args"]["name"] for ev in doc["traceEvents"] if ev["ph"] == "M"}
+    assert names == {"n0.gpu0:compute"}
+    assert any(ev["ph"] == "X" and ev["args"]["flops"] == 1e12 for ev in doc["traceEvents"])
+
+
+def test_same_inputs_same_output(rig):
+    def body(e):
+        for i in range(50):
+            yield e.all_of(
+                [e.transfer("n0.cpu0", "n0.gpu0", 1e8 * (i % 3 + 1)), e.compute("n0.cpu0", matmul(1e9, 1e9))]
+            )
+
+    runs = [run(rig, body) for _ in range(2)]
+    assert runs[0][1] == runs[1][1]
+    assert runs[0][0].tracer.events == runs[1][0].tracer.events
+
+
+def test_bandwidth_timeline_books_leftover():
+    tl = BandwidthTimeline("dram", 100.0)
+    assert tl.book(0.0, 0.0, 100.0, 60.0) == pytest.approx(100 / 60)
+    # the second flow gets 40 while the first runs, then up to its cap of 100
+    end = tl.book(0.0, 0.0, 100.0, 100.0)
+    first_part = 40 * (100 / 60)
+    assert end == pytest.approx(100 / 60 + (100 - first_part) / 100)
