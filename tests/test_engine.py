@@ -117,7 +117,7 @@ def test_allreduce_is_alpha_beta(rig):
     def body(e):
         yield e.allreduce(["n0.gpu0", "n1.gpu0"], 1e9)
 
-    engine, t = run(rig, body)
+    _, t = run(rig, body)
     # two ranks: recursive doubling, one step of (alpha + m / beta); alpha = 2 ms over the switch
     assert t == pytest.approx(2e-3 + 1.0)
 
