@@ -1,0 +1,307 @@
+"""The ops of one forward step, with FLOPs and bytes, for the whole batch on one device.
+
+Every function is cached (``functools.lru_cache``): all arguments are hashable (``ModelSpec`` and
+``DType`` are frozen dataclasses) and the simulator calls these in hot loops.
+
+Shapes and conventions
+----------------------
+- ``phase="prefill"``: ``seq_len`` = prompt tokens per sequence processed in this step, ``kv_len`` =
+  context length after the step (``== seq_len`` for a fresh prompt, larger for a chunked prefill).
+- ``phase="decode"``: ``seq_len = 1``, ``kv_len`` = context including the new token.
+- ``tokens = batch * seq_len`` rows go through every matmul of a decoder layer.
+- Matmul: FLOPs = 2·tokens·in·out (bias adds are not counted); weight bytes = in·out in the weight
+  dtype plus the bias in 16-bit; act_in = tokens·in, act_out = tokens·out, in the activation dtype.
+- ``compute_dtype`` of a matmul is the weight dtype's compute dtype (int4 is dequantised to fp16,
+  int8 computes in int8); with fp32 activations (FlexGen's CPU path) it is fp32.
+- Elementwise ops carry small per-element FLOP counts (named constants below); they are memory-bound
+  in practice, so their bytes matter more than their FLOPs. Rotary embedding is folded into nothing:
+  its FLOPs (≈ 3 per q/k element) are below 0.1 % of a layer and left out.
+- Attention FLOPs = 2·2·batch·heads·seq_len·kv_len·head_dim (QKᵀ and PV). For a causal prefill the
+  full seq_len × kv_len rectangle is counted (what dense kernels compute; flash-attention with causal
+  skipping does about half of the fresh-prompt part). Softmax FLOPs are left out.
+- Attention KV bytes (per layer, ``kvt`` = 2·kv_heads·head_dim·kv_bytes per token):
+  - ``kv_write_bytes`` = batch·seq_len·kvt: the new tokens' K and V appended to the cache.
+  - ``kv_read_bytes``, decode = batch·kv_len·kvt: the whole cache, including the token just
+    appended (paged / HF-style decode kernels read K and V back from the cache).
+  - ``kv_read_bytes``, prefill = batch·(kv_len − seq_len)·kvt: only the context cached by earlier
+    steps; the new tokens' K and V are used on-chip straight from the k/v projections (they arrive
+    as the op's ``act_in``). A fresh prompt therefore reads 0 bytes of KV cache.
+  - ``act_in`` = q, k, v of the new tokens; ``act_out`` = the attention output (tokens·heads·head_dim).
+    The score matrix is not counted as traffic (fused kernels keep it on-chip; FlexGen's CPU
+    attention materialises it — a strategy that models that should add it).
+- MoE (Mixtral): a router matmul, then the experts' gate/up/down as one op each over all routed
+  copies: FLOPs for ``experts_per_token`` experts per token, weight bytes for the expected number of
+  distinct experts the step touches, E·(1 − (1 − k/E)^tokens) with uniform top-k routing.
+- LM head: in prefill only the last token of each sequence goes through the final norm and the LM
+  head (what generation needs; HF with ``logits_to_keep=1`` and vLLM do this; FlexGen and older HF
+  compute logits for all positions — pass ``all_logits=True`` for that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+from hetsim.models.spec import FP16, DType, ModelSpec, Op, OpKind, Phase
+from hetsim.models.weights import (
+    VECTOR_BYTES,
+    kv_bytes_per_token_layer,
+    layer_weight_tensors,
+    module_weight_bytes,
+)
+
+# FLOPs per element of the elementwise ops (approximate; these ops are memory-bound).
+LAYERNORM_FLOPS = 8.0  # mean, variance, normalise, scale, shift
+RMSNORM_FLOPS = 4.0  # square-sum, rsqrt-scale, gain
+RESIDUAL_FLOPS = 1.0
+RELU_FLOPS = 1.0  # OPT's activation_function is "relu"
+SWIGLU_FLOPS = 5.0  # SiLU (≈4) and the gate·up multiply
+TOKEN_ID_BYTES = 8.0  # int64 token ids read by the embedding gather
+
+
+def _check(phase: str, batch: int, seq_len: int, kv_len: int) -> None:
+    if phase not in ("prefill", "decode"):
+        raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"batch and seq_len must be >= 1, got batch={batch}, seq_len={seq_len}")
+    if kv_len < seq_len:
+        raise ValueError(f"kv_len ({kv_len}) must be >= seq_len ({seq_len})")
+
+
+def _matmul_dtype(weight_dtype: DType, act_dtype: DType) -> str:
+    return "fp32" if act_dtype.name == "fp32" else weight_dtype.compute_dtype
+
+
+def _matmul(
+    name: str,
+    layer: int,
+    tokens: float,
+    in_f: int,
+    out_f: int,
+    wd: DType,
+    ad: DType,
+    *,
+    bias: bool,
+    weight_copies: float = 1.0,
+    module: str | None = None,
+) -> Op:
+    w = in_f * out_f * wd.bytes_per_element + (out_f * VECTOR_BYTES if bias else 0.0)
+    return Op(
+        name=name,
+        kind=OpKind.MATMUL,
+        layer=layer,
+        flops=2.0 * tokens * in_f * out_f,
+        weight_bytes=weight_copies * w,
+        act_in_bytes=tokens * in_f * ad.bytes_per_element,
+        act_out_bytes=tokens * out_f * ad.bytes_per_element,
+        module=module or name,
+        compute_dtype=_matmul_dtype(wd, ad),
+    )
+
+
+def _elementwise(
+    name: str, layer: int, elems: float, flops_per: float, ad: DType, *, n_in: int = 1, weight: float = 0.0
+) -> Op:
+    """``n_in`` input tensors of ``elems`` elements each, one output of ``elems`` elements."""
+    b = ad.bytes_per_element
+    return Op(
+        name=name,
+        kind=OpKind.ELEMENTWISE,
+        layer=layer,
+        flops=flops_per * elems,
+        weight_bytes=weight,
+        act_in_bytes=n_in * elems * b,
+        act_out_bytes=elems * b,
+        compute_dtype=ad.name,
+    )
+
+
+def _norm(spec: ModelSpec, name: str, layer: int, tokens: float, ad: DType) -> Op:
+    ln = spec.norm == "layernorm"
+    per = LAYERNORM_FLOPS if ln else RMSNORM_FLOPS
+    weight = spec.hidden * VECTOR_BYTES * (2 if ln else 1)
+    return _elementwise(name, layer, tokens * spec.hidden, per, ad, weight=weight)
+
+
+def expected_distinct_experts(num_experts: int, top_k: int, tokens: float) -> float:
+    """Expected number of distinct experts hit by ``tokens`` tokens routed top-k of E, uniformly."""
+    if num_experts <= 1:
+        return 1.0
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
+
+
+@lru_cache(maxsize=4096)
+def _layer0_ops(
+    spec: ModelSpec, phase: Phase, batch: int, seq_len: int, kv_len: int, wd: DType, kvd: DType, ad: DType
+) -> tuple[Op, ...]:
+    _check(phase, batch, seq_len, kv_len)
+    h, hd = spec.hidden, spec.head_dim
+    q_out, kv_out = spec.heads * hd, spec.kv_heads * hd
+    tokens = float(batch * seq_len)
+    ab = ad.bytes_per_element
+    ops: list[Op] = [_norm(spec, "norm1", 0, tokens, ad)]
+    ops.append(_matmul("q_proj", 0, tokens, h, q_out, wd, ad, bias=spec.qkv_bias))
+    ops.append(_matmul("k_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
+    ops.append(_matmul("v_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
+
+    kvt = kv_bytes_per_token_layer(spec, kvd)
+    cached = kv_len if phase == "decode" else kv_len - seq_len  # see the module docstring
+    ops.append(
+        Op(
+            name="attention",
+            kind=OpKind.ATTENTION,
+            layer=0,
+            # QK^T and PV, 2 FLOPs per MAC; causal prefill counts the full seq_len x kv_len rectangle.
+            flops=4.0 * batch * spec.heads * seq_len * kv_len * hd,
+            weight_bytes=0.0,
+            act_in_bytes=tokens * (q_out + 2 * kv_out) * ab,
+            act_out_bytes=tokens * q_out * ab,
+            kv_read_bytes=float(batch * cached) * kvt,
+            kv_write_bytes=tokens * kvt,
+            compute_dtype="fp32" if ad.name == "fp32" else ad.name,
+        )
+    )
+    ops.append(_matmul("out_proj", 0, tokens, q_out, h, wd, ad, bias=spec.linear_bias))
+    ops.append(_elementwise("residual1", 0, tokens * h, RESIDUAL_FLOPS, ad, n_in=2))
+    ops.append(_norm(spec, "norm2", 0, tokens, ad))
+
+    inter, bias = spec.intermediate, spec.linear_bias
+    if spec.is_moe:
+        k, e = spec.experts_per_token, spec.num_experts
+        routed = tokens * k  # token-expert pairs
+        distinct = expected_distinct_experts(e, k, tokens)
+        ops.append(_matmul("router", 0, tokens, h, e, wd, ad, bias=False))
+        for name, i_f, o_f in (("gate_proj", h, inter), ("up_proj", h, inter)):
+            ops.append(_matmul(name, 0, routed, i_f, o_f, wd, ad, bias=bias, weight_copies=distinct))
+        ops.append(_elementwise("act", 0, routed * inter, SWIGLU_FLOPS, ad, n_in=2))
+        ops.append(_matmul("down_proj", 0, routed, inter, h, wd, ad, bias=bias, weight_copies=distinct))
+        # Weighted sum of the k expert outputs of each token.
+        combine = _elementwise("expert_combine", 0, tokens * h, 2.0 * k, ad)
+        ops.append(dataclasses.replace(combine, act_in_bytes=routed * h * ab))
+    elif spec.gated_mlp:
+        ops.append(_matmul("gate_proj", 0, tokens, h, inter, wd, ad, bias=bias))
+        ops.append(_matmul("up_proj", 0, tokens, h, inter, wd, ad, bias=bias))
+        ops.append(_elementwise("act", 0, tokens * inter, SWIGLU_FLOPS, ad, n_in=2))
+        ops.append(_matmul("down_proj", 0, tokens, inter, h, wd, ad, bias=bias))
+    else:
+        ops.append(_matmul("fc1", 0, tokens, h, inter, wd, ad, bias=bias))
+        ops.append(_elementwise("act", 0, tokens * inter, RELU_FLOPS, ad))
+        ops.append(_matmul("fc2", 0, tokens, inter, h, wd, ad, bias=bias))
+    ops.append(_elementwise("residual2", 0, tokens * h, RESIDUAL_FLOPS, ad, n_in=2))
+    return tuple(ops)
+
+
+def relabel(ops: tuple[Op, ...], layer: int) -> tuple[Op, ...]:
+    """The same ops with another ``layer`` index (layers are identical apart from the index)."""
+    return tuple(dataclasses.replace(o, layer=layer) for o in ops)
+
+
+@lru_cache(maxsize=16384)
+def decoder_layer_ops(
+    spec: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    kv_len: int,
+    weight_dtype: DType = FP16,
+    kv_dtype: DType = FP16,
+    act_dtype: DType = FP16,
+    layer: int = 0,
+) -> tuple[Op, ...]:
+    """The ops of one decoder layer for the whole batch, in execution order.
+
+    norm1, q_proj, k_proj, v_proj, attention, out_proj, residual1, norm2, then the MLP (OPT: fc1, act,
+    fc2; gated: gate_proj, up_proj, act, down_proj; MoE: router, gate_proj, up_proj, act, down_proj,
+    expert_combine), residual2. Hot loops can call this with ``layer=0`` and reuse the result.
+    """
+    ops = _layer0_ops(spec, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype, act_dtype)
+    return ops if layer == 0 else relabel(ops, layer)
+
+
+@lru_cache(maxsize=4096)
+def embedding_op(
+    spec: ModelSpec,
+    batch: int,
+    seq_len: int,
+    weight_dtype: DType = FP16,
+    act_dtype: DType = FP16,
+) -> Op:
+    """The input embedding gather (layer -1): reads only the rows of the step's tokens.
+
+    OPT also gathers one learned-position row per token and adds it (1 FLOP per element).
+    """
+    tokens = float(batch * seq_len)
+    tables = 2 if spec.learned_positions else 1
+    return Op(
+        name="embedding",
+        kind=OpKind.EMBEDDING,
+        layer=-1,
+        flops=(tables - 1) * tokens * spec.hidden,
+        weight_bytes=tables * tokens * spec.hidden * weight_dtype.bytes_per_element,
+        act_in_bytes=tables * tokens * TOKEN_ID_BYTES,
+        act_out_bytes=tokens * spec.hidden * act_dtype.bytes_per_element,
+        module="embedding",
+        compute_dtype=act_dtype.name,
+    )
+
+
+@lru_cache(maxsize=4096)
+def lm_head_ops(
+    spec: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    weight_dtype: DType = FP16,
+    act_dtype: DType = FP16,
+    all_logits: bool = False,
+) -> tuple[Op, ...]:
+    """Final norm and LM head (layer = ``spec.layers``).
+
+    In prefill only the last token of each sequence is normed and projected to the vocabulary unless
+    ``all_logits`` (see the module docstring); in decode that is the one new token anyway.
+    """
+    rows = float(batch * seq_len if all_logits else batch)
+    layer = spec.layers
+    norm = _norm(spec, "final_norm", layer, rows, act_dtype)
+    head = _matmul("lm_head", layer, rows, spec.hidden, spec.vocab, weight_dtype, act_dtype, bias=False)
+    return (norm, head)
+
+
+@lru_cache(maxsize=1024)
+def step_ops(
+    spec: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    kv_len: int,
+    weight_dtype: DType = FP16,
+    kv_dtype: DType = FP16,
+    act_dtype: DType = FP16,
+    all_logits: bool = False,
+) -> tuple[Op, ...]:
+    """All ops of one forward step: embedding, every decoder layer (labelled 0..L-1), final norm + head."""
+    ops: list[Op] = [embedding_op(spec, batch, seq_len, weight_dtype, act_dtype)]
+    layer0 = _layer0_ops(spec, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype, act_dtype)
+    ops.extend(layer0)
+    for i in range(1, spec.layers):
+        ops.extend(relabel(layer0, i))
+    ops.extend(lm_head_ops(spec, phase, batch, seq_len, weight_dtype, act_dtype, all_logits))
+    return tuple(ops)
+
+
+def total(ops: tuple[Op, ...] | list[Op], field: str = "flops") -> float:
+    """Sum one numeric field (``flops``, ``weight_bytes``, ``mem_bytes``, ...) over ops."""
+    return float(sum(getattr(o, field) for o in ops))
+
+
+__all__ = [
+    "decoder_layer_ops",
+    "embedding_op",
+    "expected_distinct_experts",
+    "layer_weight_tensors",
+    "lm_head_ops",
+    "module_weight_bytes",
+    "relabel",
+    "step_ops",
+    "total",
+]
