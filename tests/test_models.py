@@ -272,6 +272,27 @@ def test_config_opt_mixtral_qwen2(tmp_path):
     assert param_count(s) == pytest.approx(72.7e9, rel=0.005)  # Qwen2-72B: 72.7B
 
 
+def test_config_original_qwen(tmp_path):
+    # Qwen-72B's own config (model_type "qwen"): intermediate_size counts gate + up together.
+    cfg = {
+        "model_type": "qwen",
+        "hidden_size": 8192,
+        "intermediate_size": 49152,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "kv_channels": 128,
+        "vocab_size": 152064,
+        "seq_length": 32768,
+        "max_position_embeddings": 32768,
+        "no_bias": True,
+        "tie_word_embeddings": False,
+    }
+    s = load_hf_config(_write(tmp_path, cfg))
+    ref = get_model("qwen-72b")
+    assert s.intermediate == 24576
+    assert param_count(s) == param_count(ref)
+
+
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
