@@ -154,3 +154,19 @@ def test_bandwidth_timeline_books_leftover():
     end = tl.book(0.0, 0.0, 100.0, 100.0)
     first_part = 40 * (100 / 60)
     assert end == pytest.approx(100 / 60 + (100 - first_part) / 100)
+
+
+def test_a_block_of_ops_costs_the_sum_of_its_ops(rig):
+    ops = (matmul(100e12, 0.0, "a"), matmul(0.0, 3e12, "b"), matmul(50e12, 1e12, "c"))
+
+    def one_task(e):
+        yield e.compute("n0.gpu0", ops)
+
+    def three_tasks(e):
+        for op in ops:
+            yield e.compute("n0.gpu0", op)
+
+    engine, t_block = run(rig, one_task)
+    _, t_ops = run(rig, three_tasks)
+    assert t_block == pytest.approx(t_ops) == pytest.approx(1 + 3 + 1)
+    assert engine.tasks == 1

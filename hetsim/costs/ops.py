@@ -44,3 +44,22 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
         memory_bytes=op.mem_bytes,
         achieved_mem_bw=mem_rate,
     )
+
+
+def combine(costs: list[OpCost] | tuple[OpCost, ...]) -> OpCost:
+    """Ops run back to back on one device, as one task.
+
+    Uncontended, its time is the sum of the ops' times. ``compute_s`` becomes the busy time
+    (sum of each op's max(compute, memory)) so that, on a CPU, the block's DRAM traffic is spread
+    over it at its average rate and contention with DMA stretches it as it would stretch each op.
+    """
+    busy = sum(max(c.compute_s, c.memory_s) for c in costs)
+    nbytes = sum(c.memory_bytes for c in costs)
+    return OpCost(
+        time_s=sum(c.time_s for c in costs),
+        compute_s=busy,
+        memory_s=sum(c.memory_s for c in costs),
+        overhead_s=sum(c.overhead_s for c in costs),
+        memory_bytes=nbytes,
+        achieved_mem_bw=nbytes / busy if busy > 0 else float("inf"),
+    )

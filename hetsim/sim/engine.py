@@ -21,7 +21,7 @@ from typing import Any
 import simpy
 
 from hetsim.costs.collectives import CollectiveCost, allgather_time, allreduce_time
-from hetsim.costs.ops import OpCost, op_cost
+from hetsim.costs.ops import OpCost, combine, op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.types import Route
 from hetsim.models.spec import Op
@@ -72,7 +72,7 @@ class Engine:
         self.tasks = 0
         self.bytes_transferred = 0.0
         self.token_times: list[tuple[float, int]] = []
-        self._op_costs: dict[tuple[str, Op], OpCost] = {}
+        self._op_costs: dict[tuple[str, Op | tuple[Op, ...]], OpCost] = {}
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
         self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float]] = {}
 
@@ -102,11 +102,32 @@ class Engine:
         return self.env.timeout(end - self.env.now)
 
     # ---- the API strategies use ------------------------------------------------------------
-    def compute(self, device: str, op: Op, *, label: str | None = None) -> simpy.Event:
-        """Run ``op`` on ``device``'s compute stream; CPU ops also draw on the socket's DRAM."""
-        cost = self._op_costs.get((device, op))
+    def cost_of(self, device: str, ops: Op | tuple[Op, ...]) -> OpCost:
+        """The (cached) cost of an op, or of ops run back to back as one task, on ``device``."""
+        key = (device, ops)
+        cost = self._op_costs.get(key)
         if cost is None:
-            cost = self._op_costs[(device, op)] = op_cost(self.rig.devices[device], op)
+            dev = self.rig.devices[device]
+            if isinstance(ops, Op):
+                cost = op_cost(dev, ops)
+            else:
+                cost = combine([op_cost(dev, o) for o in ops])
+            self._op_costs[key] = cost
+        return cost
+
+    def compute(self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None) -> simpy.Event:
+        """Run an op (or a tuple of ops as one task) on ``device``'s compute stream."""
+        if isinstance(ops, Op):
+            name, args = ops.name, {"layer": ops.layer, "flops": ops.flops, "bytes": ops.mem_bytes}
+        else:
+            name = f"{ops[0].name}..{ops[-1].name}" if ops else "nothing"
+            args = {"layer": ops[0].layer if ops else -1, "ops": len(ops)}
+        return self.execute(device, self.cost_of(device, ops), label=label or name, args=args)
+
+    def execute(
+        self, device: str, cost: OpCost, *, label: str = "compute", args: dict | None = None
+    ) -> simpy.Event:
+        """Run work of a known cost on ``device``; CPU work also draws on the socket's DRAM."""
         lane = self.lanes[f"{device}:compute"]
         start = max(self.env.now, lane.free_at)
         dram = self.host_memory.get(device)
@@ -122,8 +143,7 @@ class Engine:
             end = max(mem_end, mem_start + cost.compute_s)
         lane.free_at = end
         lane.busy_s += end - start
-        args = {"layer": op.layer, "flops": op.flops, "bytes": op.mem_bytes} if self.tracer else {}
-        return self._finish((lane,), start, end, label or op.name, args)
+        return self._finish((lane,), start, end, label, args or {})
 
     def delay(self, device: str, seconds: float, *, label: str = "overhead") -> simpy.Event:
         """Occupy a device's compute stream for a fixed time (host-side work, synchronisation)."""
