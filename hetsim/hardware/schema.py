@@ -1,0 +1,331 @@
+"""Pydantic models of the hardware YAML files (catalogue entries and rigs).
+
+Only the loader uses these; everything downstream sees the frozen dataclasses in
+``hetsim.hardware.types``. Every model forbids unknown keys, so a typo is an error that names
+the file and the field. Every number is a *sourced quantity*: ``{value, source, grade}``, where
+``value`` is a human unit string ("16 GB", "12.89 GiB/s", "30 us") or a plain SI number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from hetsim.hardware.types import Grade
+from hetsim.units import (
+    UnitError,
+    parse_bandwidth,
+    parse_bytes,
+    parse_flops,
+    parse_frequency,
+    parse_time,
+)
+
+GradeName = Literal["datasheet", "paper", "measured", "fitted", "assumed"]
+LinkKindName = Literal[
+    "pcie", "nvlink", "upi", "ethernet", "infiniband", "rdma", "wan", "shm", "sata", "nvme"
+]
+OpKind = Literal["matmul", "attention", "elementwise", "embedding"]
+Dtype = Literal["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4"]
+
+GRADES = {g.name.lower(): g for g in Grade}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _plain(text: str | float | int) -> float:
+    if isinstance(text, bool):
+        raise UnitError(f"expected a number, got {text!r}")
+    if isinstance(text, int | float):
+        return float(text)
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise UnitError(f"expected a plain number, got {text!r}") from exc
+
+
+def _price(text: str | float | int) -> float:
+    """'$1.00/h', '1.0 USD/h' or 1.0 -> dollars per hour."""
+    if isinstance(text, str):
+        t = text.strip().replace("$", "").replace("USD", "").strip()
+        if t.endswith("/h"):
+            t = t[:-2].strip()
+        return _plain(t)
+    return _plain(text)
+
+
+class Sourced(_Strict):
+    """A number with where it came from and how far to trust it."""
+
+    _parse: ClassVar[Callable[[Any], float]] = staticmethod(_plain)
+    _unit_hint: ClassVar[str] = "a number"
+
+    value: str | float | int
+    source: str = Field(min_length=1)
+    grade: GradeName
+    _si: float = PrivateAttr(default=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Sourced:
+        try:
+            si = type(self)._parse(self.value)
+        except UnitError as exc:
+            raise ValueError(f"{exc} (expected {type(self)._unit_hint})") from None
+        if si != si or si < 0:  # NaN or negative
+            raise ValueError(f"must be a non-negative quantity, got {self.value!r}")
+        self._si = si
+        return self
+
+    @property
+    def si(self) -> float:
+        return self._si
+
+    @property
+    def grade_enum(self) -> Grade:
+        return GRADES[self.grade]
+
+
+class Bytes(Sourced):
+    _parse = staticmethod(parse_bytes)
+    _unit_hint = "a size such as '16 GB' or '16 GiB'"
+
+
+class Bandwidth(Sourced):
+    _parse = staticmethod(parse_bandwidth)
+    _unit_hint = "a rate such as '12 GB/s' or '100 Gb/s'"
+
+
+class Flops(Sourced):
+    _parse = staticmethod(parse_flops)
+    _unit_hint = "a compute rate such as '65 TFLOPS' or '130 TOPS'"
+
+
+class Time(Sourced):
+    _parse = staticmethod(parse_time)
+    _unit_hint = "a time such as '10 us' or '30 ms'"
+
+
+class Frequency(Sourced):
+    _parse = staticmethod(parse_frequency)
+    _unit_hint = "a frequency such as '2.0 GHz' or '4800 MT/s'"
+
+
+class Count(Sourced):
+    _unit_hint = "a whole number"
+
+    @model_validator(mode="after")
+    def _whole(self) -> Count:
+        if self.si != int(self.si):
+            raise ValueError(f"must be a whole number, got {self.value!r}")
+        return self
+
+
+class Ratio(Sourced):
+    _unit_hint = "a fraction between 0 and 1"
+
+    @model_validator(mode="after")
+    def _fraction(self) -> Ratio:
+        if not 0 < self.si <= 1:
+            raise ValueError(f"must be a fraction in (0, 1], got {self.value!r}")
+        return self
+
+
+class Price(Sourced):
+    _parse = staticmethod(_price)
+    _unit_hint = "dollars per hour such as 1.10 or '$1.10/h'"
+
+
+# ---- efficiency ---------------------------------------------------------------------------
+class EfficiencySpec(_Strict):
+    """Class defaults (all fields) or a partial override (any subset)."""
+
+    compute: dict[OpKind, Ratio] = Field(default_factory=dict)
+    memory: Ratio | None = None
+    overhead: Time | None = None
+
+
+class EfficiencyFile(_Strict):
+    """hardware_profiles/efficiency.yaml: defaults per device class."""
+
+    description: str | None = None
+    gpu: EfficiencySpec
+    cpu: EfficiencySpec
+
+    @model_validator(mode="after")
+    def _complete(self) -> EfficiencyFile:
+        for cls in ("gpu", "cpu"):
+            spec: EfficiencySpec = getattr(self, cls)
+            missing = [
+                k for k in ("matmul", "attention", "elementwise", "embedding") if k not in spec.compute
+            ]
+            if missing:
+                raise ValueError(f"{cls}.compute is missing {', '.join(missing)}")
+            if spec.memory is None or spec.overhead is None:
+                raise ValueError(f"{cls} needs both memory and overhead")
+        return self
+
+
+# ---- catalogue entries ----------------------------------------------------------------------
+class _Entry(_Strict):
+    name: str = Field(min_length=1)
+    aliases: list[str] = Field(default_factory=list)
+    description: str | None = None
+
+
+class GpuSpec(_Entry):
+    kind: Literal["gpu"]
+    memory: Bytes
+    memory_bandwidth: Bandwidth
+    peak_flops: dict[Dtype, Flops] = Field(min_length=1)
+    host_interface: str  # link catalogue name, e.g. pcie4-x16
+    nvlink: str | None = None  # link catalogue name when the part has NVLink
+    price_per_hour: Price | None = None
+    efficiency: EfficiencySpec | None = None
+
+
+class CpuSpec(_Entry):
+    """One socket (or, for cloud VMs, the slice of a socket that the instance gets)."""
+
+    kind: Literal["cpu"]
+    cores: Count
+    base_clock: Frequency
+    all_core_clock: Frequency | None = None
+    peak_flops: dict[Dtype, Flops] = Field(min_length=1)
+    memory_channels: Count
+    memory_speed: Frequency  # MT/s
+    memory_bandwidth: Bandwidth  # peak per socket (or per slice)
+    upi_links: Count | None = None
+    upi_speed: Frequency | None = None
+    price_per_hour: Price | None = None
+    efficiency: EfficiencySpec | None = None
+
+
+class LinkSpec(_Entry):
+    """``bandwidth`` is the achievable rate per direction (pinned host memory for PCIe);
+    ``theoretical_bandwidth`` is informational. For network links ``latency`` is per hop
+    (NIC to switch), so a node-to-node route pays it twice."""
+
+    kind: LinkKindName
+    bandwidth: Bandwidth
+    latency: Time
+    theoretical_bandwidth: Bandwidth | None = None
+    pageable_bandwidth: Bandwidth | None = None
+
+
+class DiskSpec(_Entry):
+    kind: Literal["disk"]
+    capacity: Bytes
+    read_bandwidth: Bandwidth
+    write_bandwidth: Bandwidth
+    latency: Time
+    price_per_hour: Price | None = None
+
+
+# ---- rigs -----------------------------------------------------------------------------------
+class GpuRef(BaseModel):
+    """``t4`` or ``{model: t4, count: 8, socket: 0, link: pcie3-x16, memory: {...}}``: extra keys
+    override catalogue fields for these instances (validated against the catalogue schema);
+    ``count`` expands to identical GPUs."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    model: str
+    count: int = Field(default=1, ge=1)
+    socket: int | None = Field(default=None, ge=0)
+    link: str | None = None
+
+
+class CpuRef(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    model: str
+
+
+class DiskRef(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    model: str
+    socket: int = Field(default=0, ge=0)
+
+
+class LinkRef(BaseModel):
+    """A link kind from the catalogue, optionally ``count`` of them in parallel, with overrides."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    link: str
+    count: int = Field(default=1, ge=1)
+    socket: int = Field(default=0, ge=0)
+
+
+class NvlinkRef(LinkRef):
+    """NVLink inside a node: ``switch: true`` (NVSwitch, all GPUs) or explicit GPU index ``pairs``."""
+
+    switch: bool = False
+    pairs: list[tuple[int, int]] = Field(default_factory=list)
+
+
+def _as_ref(v: Any) -> Any:
+    return {"model": v} if isinstance(v, str) else v
+
+
+def _as_link(v: Any) -> Any:
+    return {"link": v} if isinstance(v, str) else v
+
+
+class NodeSpec(_Strict):
+    count: int = Field(default=1, ge=1)  # identical machines, named consecutively
+    region: str = "local"
+    description: str | None = None
+    cpus: list[Annotated[CpuRef, Field()]] = Field(min_length=1)
+    host_memory: Bytes
+    gpus: list[GpuRef] = Field(default_factory=list)
+    disks: list[DiskRef] = Field(default_factory=list)
+    upi: LinkRef | None = None
+    nvlink: NvlinkRef | None = None
+    nic: LinkRef | None = None
+    price_per_hour: Price | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("cpus", "gpus", "disks"):
+                if isinstance(data.get(key), list):
+                    data[key] = [_as_ref(v) for v in data[key]]
+            for key in ("upi", "nvlink", "nic"):
+                if key in data:
+                    data[key] = _as_link(data[key])
+        return data
+
+
+class NetworkSpec(_Strict):
+    """Links between region switches: ``wan`` applies to every pair of regions; ``pairs``
+    overrides single pairs (``{between: [a, b], link: wan, latency: {...}}``)."""
+
+    wan: LinkRef | None = None
+    pairs: list[WanPair] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "wan" in data:
+            data = {**data, "wan": _as_link(data["wan"])}
+        return data
+
+
+class WanPair(LinkRef):
+    between: tuple[str, str]
+
+
+class RigSpec(_Strict):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    source: str | None = None  # where the rig description comes from
+    nodes: list[NodeSpec] = Field(min_length=1)
+    network: NetworkSpec | None = None
+
+
+NetworkSpec.model_rebuild()
+RigSpec.model_rebuild()
