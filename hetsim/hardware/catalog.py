@@ -50,8 +50,10 @@ def dotted(loc: tuple[Any, ...] | list[Any], prefix: str = "") -> str:
 
 
 def validation_error(exc: ValidationError, source: str, prefix: str = "") -> InputError:
-    """The first pydantic error as one clear InputError line."""
-    err = exc.errors()[0]
+    """The first pydantic error (an unknown key first) as one clear InputError line."""
+    errors = exc.errors()
+    # a typo shows up as a missing field plus an unknown one: the unknown one explains it
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     # drop pydantic's internal tags (union branch names, 'function-after[...]') from the path
     loc = [p for p in err["loc"] if isinstance(p, int) or ("[" not in p and p not in ("str", "float", "int"))]
     msg = err["msg"]
