@@ -52,7 +52,7 @@ def summarize(
     tokens = sum(count for _, count in engine.token_times)
     if not engine.token_times or makespan <= 0:
         return Result.infeasible(name, "the schedule produced no tokens", plan_dict)
-    ttft = engine.token_times[0][0]
+    ttft = first_token_time(engine.token_times, workload.batch)
     tpot = (makespan - ttft) / (workload.gen_len - 1) if workload.gen_len > 1 else 0.0
     util = engine.utilization(makespan)
     bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
@@ -81,3 +81,13 @@ def price_of(rig: Rig, devices: list[str]) -> float:
     used = [rig.devices[d] for d in devices if d in rig.devices]
     nodes = {d.node for d in used}
     return sum(d.price_per_hour for d in used) + sum(rig.nodes[n].price_per_hour for n in nodes)
+
+
+def first_token_time(token_times: list[tuple[float, int]], batch: int) -> float:
+    """When every sequence of the batch has its first token (schedules may finish them in groups)."""
+    seen = 0
+    for t, count in token_times:
+        seen += count
+        if seen >= batch:
+            return t
+    return token_times[-1][0]

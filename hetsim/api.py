@@ -1,0 +1,200 @@
+"""The Python API behind the CLI: compare strategies, plan one, simulate a saved plan.
+
+    >>> from hetsim.api import compare_frame
+    >>> df = compare_frame("llama2-70b", "mixed-lab", batch=1, prompt_len=512, gen_len=128)
+
+Everything returns ``Result`` objects (or a pandas DataFrame of them); nothing prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hetsim.errors import InputError
+from hetsim.hardware.loader import load_rig
+from hetsim.hardware.rig import Rig
+from hetsim.models.registry import get_model
+from hetsim.models.spec import ModelSpec
+from hetsim.sim.result import Result
+from hetsim.sim.run import simulate
+from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
+from hetsim.workload import Workload
+
+PLAN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is being asked: a model on a rig under a workload."""
+
+    model: ModelSpec
+    model_ref: str  # what the user typed (name or config.json path)
+    rig: Rig
+    rig_ref: str
+    workload: Workload
+
+
+def problem(model: str, hw: str, batch: int = 1, prompt_len: int = 512, gen_len: int = 32) -> Problem:
+    return Problem(get_model(model), model, load_rig(hw), hw, Workload(batch, prompt_len, gen_len))
+
+
+def check_objective(objective: str) -> Objective:
+    if objective not in OBJECTIVES:
+        raise InputError(
+            f"unknown objective {objective!r} (use {', '.join(OBJECTIVES)})", field="--objective"
+        )
+    return objective  # type: ignore[return-value]
+
+
+def rank_key(objective: Objective):
+    """Sort key: feasible results first, best objective first, then by name for stable ties."""
+
+    def key(r: Result) -> tuple:
+        if not r.feasible:
+            return (1, 0.0, r.strategy)
+        value = {
+            "latency": r.e2e_s,
+            "throughput": -r.throughput_tok_s,
+            "cost": r.cost_usd_per_mtok if math.isfinite(r.cost_usd_per_mtok) else math.inf,
+        }[objective]
+        return (0, value, r.strategy)
+
+    return key
+
+
+def best_result(strategy: Strategy, p: Problem, objective: Objective, *, search: bool = True) -> Result:
+    reason = strategy.applicable(p.rig, p.model, p.workload)
+    if reason:
+        return Result.infeasible(strategy.name, f"not applicable: {reason}")
+    if search:
+        plan = strategy.search(p.rig, p.model, p.workload, objective)
+    else:
+        plan = strategy.default_plan(p.rig, p.model, p.workload)
+    if plan is None:
+        return Result.infeasible(strategy.name, "no feasible plan found by the search")
+    return simulate(strategy, plan, p.rig, p.model, p.workload)
+
+
+def compare(
+    p: Problem,
+    strategies: Sequence[str] | None = None,
+    objective: Objective = "throughput",
+    *,
+    search: bool = True,
+    trace_path: str | None = None,
+) -> list[Result]:
+    """Every requested (default: every registered) strategy with its best plan, best first."""
+    chosen = [get_strategy(s) for s in strategies] if strategies else all_strategies()
+    results = sorted((best_result(s, p, objective, search=search) for s in chosen), key=rank_key(objective))
+    if trace_path and results and results[0].feasible:
+        winner = get_strategy(results[0].strategy)
+        plan = winner.plan_from_dict(results[0].plan)
+        simulate(winner, plan, p.rig, p.model, p.workload, trace_path=trace_path)
+    return results
+
+
+def compare_frame(
+    model: str,
+    hw: str,
+    *,
+    strategies: Sequence[str] | None = None,
+    batch: int = 1,
+    prompt_len: int = 512,
+    gen_len: int = 32,
+    objective: Objective = "throughput",
+) -> pd.DataFrame:
+    """``compare`` as a pandas DataFrame: one row per strategy, the columns of the JSON output."""
+    results = compare(problem(model, hw, batch, prompt_len, gen_len), strategies, objective)
+    return results_frame(results)
+
+
+def results_frame(results: Sequence[Result]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        d = r.to_dict()
+        d["plan"] = json.dumps(d["plan"], sort_keys=True)
+        d["peak_mem_bytes"] = json.dumps(d["peak_mem_bytes"], sort_keys=True)
+        d["utilization"] = json.dumps(d["utilization"], sort_keys=True)
+        d["extras"] = json.dumps(d["extras"], sort_keys=True)
+        rows.append(d)
+    return pd.DataFrame(rows)
+
+
+# ---- plan files ---------------------------------------------------------------------------------
+class _WorkloadDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch: int
+    prompt_len: int
+    gen_len: int
+
+
+class PlanDocument(BaseModel):
+    """A plan on disk: enough to re-run exactly what was planned."""
+
+    model_config = ConfigDict(extra="forbid")
+    hetsim_plan: int = PLAN_FORMAT_VERSION
+    strategy: str
+    model: str
+    hardware: str
+    workload: _WorkloadDoc
+    objective: str = "throughput"
+    params: dict[str, Any]
+
+
+def plan_document(p: Problem, strategy: Strategy, plan: Any, objective: Objective) -> dict[str, Any]:
+    return PlanDocument(
+        strategy=strategy.name,
+        model=p.model_ref,
+        hardware=str(p.rig_ref),
+        workload=_WorkloadDoc(**p.workload.to_dict()),
+        objective=objective,
+        params=strategy.plan_to_dict(plan),
+    ).model_dump()
+
+
+def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
+    """Read and validate a plan JSON; errors name the file and the field."""
+    source = str(path)
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError("no such file", source=source) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", source=source) from None
+    try:
+        doc = PlanDocument.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(err["msg"], source=source, field=".".join(map(str, err["loc"]))) from None
+    try:
+        strategy = get_strategy(doc.strategy)
+        p = problem(doc.model, doc.hardware, **doc.workload.model_dump())
+    except InputError as exc:
+        raise InputError(exc.message, source=source, field=exc.field) from None
+    plan = strategy.plan_from_dict(doc.params, source)
+    return p, strategy, plan
+
+
+def plan_best(
+    p: Problem, strategy_names: Sequence[str] | None, objective: Objective
+) -> list[tuple[Strategy, Any, Result]]:
+    """The best plan of each requested strategy (all when None), confirmed in the engine, best first."""
+    chosen = [get_strategy(s) for s in strategy_names] if strategy_names else all_strategies()
+    out = []
+    for s in chosen:
+        if s.applicable(p.rig, p.model, p.workload):
+            continue
+        plan = s.search(p.rig, p.model, p.workload, objective)
+        if plan is None:
+            continue
+        out.append((s, plan, simulate(s, plan, p.rig, p.model, p.workload)))
+    key = rank_key(objective)
+    return sorted(out, key=lambda t: key(t[2]))

@@ -1,0 +1,138 @@
+"""CPU tensor parallelism across Xeon sockets and nodes, as xFasterTransformer runs it.
+
+One rank per socket. Weights split Megatron-style (heads, MLP inner dimension, vocabulary);
+the embedding table is replicated; two all-reduces per decoder layer (after the output
+projection and after the MLP down projection) of batch x tokens x hidden activations, in fp32
+when the weights are 16-bit (xFT's default); greedy token selection with an all-gather of
+(id, value) pairs per rank instead of gathering logits. See shared/reference/cputp.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from hetsim.hardware.rig import Rig
+from hetsim.models.spec import ModelSpec
+from hetsim.strategies.base import Footprint, Objective, Strategy, register
+from hetsim.strategies.common import (
+    activation_workspace,
+    embed_bytes,
+    embed_ops,
+    head_bytes,
+    head_ops,
+    kv_cache_bytes,
+    layer_blocks,
+    layer_bytes,
+    steps,
+)
+from hetsim.workload import Workload
+
+ALLREDUCE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+TOKEN_PAIR_BYTES = 8  # greedy search: (token id, logit) as two fp32 per sequence per rank
+
+
+@dataclass(frozen=True)
+class CpuTpPlan:
+    ranks: tuple[str, ...]  # CPU sockets, one rank each, in ring order
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "fp16"
+    allreduce_dtype: str = "fp32"
+    # xFT's hybrid dtypes (e.g. bf16_fp16: bf16 prefill on AMX, fp16 decode) keep two full copies.
+    weight_copies: int = 1
+
+
+def _layouts(rig: Rig, degree: int) -> list[tuple[str, ...]]:
+    """Candidate rank layouts of ``degree`` sockets: packed into as few nodes as possible, or spread."""
+    by_node = [list(n.cpus) for n in rig.nodes.values() if n.cpus]
+    packed = tuple(c for cpus in by_node for c in cpus)[:degree]
+    spread: list[str] = []
+    depth = max((len(c) for c in by_node), default=0)
+    for i in range(depth):
+        spread.extend(cpus[i] for cpus in by_node if i < len(cpus))
+    layouts = [packed, tuple(spread[:degree])]
+    return list(dict.fromkeys(layouts))  # de-duplicate, keep order
+
+
+@register
+class CpuTensorParallel(Strategy):
+    name = "cpu-tp"
+    summary = "tensor parallelism over Xeon sockets and nodes (xFasterTransformer)"
+    plan_type = CpuTpPlan
+
+    def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
+        if not rig.cpus():
+            return "the rig has no CPU sockets"
+        return None
+
+    def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> CpuTpPlan:
+        return CpuTpPlan(ranks=_layouts(rig, len(rig.cpus()))[0])
+
+    def search(
+        self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
+    ) -> CpuTpPlan | None:
+        """Every degree and layout that fits in memory, confirmed in the engine."""
+        from hetsim.api import rank_key
+        from hetsim.sim.run import simulate
+
+        base = self.default_plan(rig, model, workload)
+        best, best_key = None, None
+        for degree in range(1, len(rig.cpus()) + 1):
+            if model.heads % degree:
+                continue
+            for ranks in _layouts(rig, degree):
+                plan = replace(base, ranks=ranks)
+                if not self.fits(plan, rig, model, workload):
+                    continue
+                key = rank_key(objective)(simulate(self, plan, rig, model, workload))
+                if best_key is None or key < best_key:
+                    best, best_key = plan, key
+        return best
+
+    def fits(self, plan: CpuTpPlan, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
+        fp = self.footprint(plan, rig, model, workload)
+        return all(sum(tags.values()) <= rig.devices[d].mem_bytes for d, tags in fp.items())
+
+    def footprint(self, plan: CpuTpPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
+        p = len(plan.ranks)
+        weights = plan.weight_copies * (
+            model.layers * layer_bytes(model, plan.weight_dtype) + head_bytes(model, plan.weight_dtype)
+        )
+        kv_share = max(1.0 / p, 1.0 / model.kv_heads)
+        kv = kv_cache_bytes(model, workload.batch, workload.context_len, model.layers, plan.kv_dtype)
+        return {
+            rank: {
+                "weights": weights / p,
+                "embedding": plan.weight_copies * embed_bytes(model, plan.weight_dtype),
+                "kv_cache": kv * kv_share,
+                "activations": activation_workspace(model, workload.batch, workload.prompt_len, "fp32") / p,
+            }
+            for rank in plan.ranks
+        }
+
+    def devices(self, plan: CpuTpPlan) -> list[str]:
+        return list(plan.ranks)
+
+    def schedule(self, plan: CpuTpPlan, rig: Rig, model: ModelSpec, workload: Workload):
+        ranks = list(plan.ranks)
+        p = len(ranks)
+        b = workload.batch
+        ar_elem = ALLREDUCE_BYTES[plan.allreduce_dtype]
+
+        def run(engine):
+            for step in steps(workload):
+                blocks = layer_blocks(
+                    model, step.phase, b, step.seq_len, step.kv_len, p, plan.weight_dtype, plan.kv_dtype
+                )
+                message = b * step.seq_len * model.hidden * ar_elem
+                yield engine.all_of(engine.compute(r, embed_ops(model, b, step.seq_len)) for r in ranks)
+                for _layer in range(model.layers):
+                    yield engine.all_of(engine.compute(r, blocks.attention, label="attention") for r in ranks)
+                    yield engine.allreduce(ranks, message)
+                    yield engine.all_of(engine.compute(r, blocks.mlp, label="mlp") for r in ranks)
+                    yield engine.allreduce(ranks, message)
+                head = head_ops(model, step.phase, b, step.seq_len, p, plan.weight_dtype)
+                yield engine.all_of(engine.compute(r, head, label="lm_head") for r in ranks)
+                yield engine.allgather(ranks, TOKEN_PAIR_BYTES * b, label="top1-gather")
+                engine.token_done(b)
+
+        return run
