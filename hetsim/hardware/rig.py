@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -94,7 +95,7 @@ class Rig:
             except (nx.NetworkXNoPath, nx.NodeNotFound) as exc:
                 raise NoRouteError(f"no route from {src} to {dst} in rig {self.name}") from exc
             hops = []
-            for u, v in zip(path, path[1:], strict=False):
+            for u, v in itertools.pairwise(path):
                 link = self.links[self.graph[u][v]["link"]]
                 hops.append(Hop(link.name, forward=(link.a == u)))
             links = [self.links[h.link] for h in hops]

@@ -127,6 +127,5 @@ class Op:
 
     @property
     def mem_bytes(self) -> float:
-        return (
-            self.weight_bytes + self.act_in_bytes + self.act_out_bytes + self.kv_read_bytes + self.kv_write_bytes
-        )
+        activations = self.act_in_bytes + self.act_out_bytes
+        return self.weight_bytes + activations + self.kv_read_bytes + self.kv_write_bytes
