@@ -354,3 +354,36 @@ def test_bad_catalogue_file_names_file_and_field(tmp_path):
         catalog(root)
     assert info.value.source == str(bad)
     assert info.value.field == "memory_bandwidth"
+
+
+def test_nvlink_bridge_wan_pair_and_efficiency_overrides(tmp_path):
+    text = """\
+    name: overrides
+    nodes:
+      - region: a
+        cpus: [{model: xeon-8480+, efficiency: {memory: {value: 0.7, source: stream, grade: measured}}}]
+        host_memory: {value: 64 GB, source: t, grade: assumed}
+        gpus: [{model: a100-80g, count: 2}]
+        nvlink: {link: nvlink3, pairs: [[0, 1]]}
+        nic: ethernet-25g
+      - region: b
+        cpus: [ryzen-7950x]
+        host_memory: {value: 64 GB, source: t, grade: assumed}
+        nic: ethernet-25g
+      - region: c
+        cpus: [ryzen-7950x]
+        host_memory: {value: 64 GB, source: t, grade: assumed}
+        nic: ethernet-25g
+    network:
+      wan: wan
+      pairs:
+        - {between: [a, b], link: wan, latency: {value: 20 ms, source: t, grade: assumed}}
+    """
+    rig = load_rig(_write(tmp_path, text))
+    assert rig.route("n0.gpu0", "n0.gpu1").bw == 300e9
+    assert rig.links["wan.a-b"].latency_s == pytest.approx(0.02)
+    assert rig.links["wan.a-c"].latency_s == pytest.approx(0.03)
+    cpu = rig.devices["n0.cpu0"]
+    assert cpu.efficiency.memory == 0.7
+    assert cpu.provenance["efficiency.memory"].grade == Grade.MEASURED
+    assert cpu.efficiency.compute["matmul"] == 0.6  # class default kept

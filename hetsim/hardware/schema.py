@@ -9,7 +9,7 @@ the file and the field. Every number is a *sourced quantity*: ``{value, source, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -277,7 +277,7 @@ class NodeSpec(_Strict):
     count: int = Field(default=1, ge=1)  # identical machines, named consecutively
     region: str = "local"
     description: str | None = None
-    cpus: list[Annotated[CpuRef, Field()]] = Field(min_length=1)
+    cpus: list[CpuRef] = Field(min_length=1)
     host_memory: Bytes
     gpus: list[GpuRef] = Field(default_factory=list)
     disks: list[DiskRef] = Field(default_factory=list)
