@@ -1,0 +1,378 @@
+"""The ``hetsim`` command line (typer + rich). See DESIGN.md, "The command line".
+
+Errors: every bad input (an ``InputError``, a pydantic/YAML/JSON error that escaped conversion, a
+bad flag value) prints one line ``error: <file>: <field>: <message>`` on stderr and exits with 2;
+no traceback. ``main`` does that; the console script ``hetsim = hetsim.cli:app`` reaches it
+because ``app`` is a ``Typer`` whose ``__call__`` goes through ``main``.
+
+Extensions: ``serve``, ``sweep``, ``validate`` and ``calibrate`` live in other packages. A module in
+``EXTENSION_MODULES`` that exists must define ``register(app: typer.Typer) -> None`` and add its
+commands there (``app.command("serve")(serve)``); it should import heavy dependencies (torch, dask)
+inside the command, not at module import. Commands nobody registered get a stub that says
+"not yet implemented" and exits 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+
+from hetsim import api
+from hetsim.errors import InputError
+from hetsim.hardware import list_rigs, load_rig, rig_to_dict
+from hetsim.models import get_model, list_models
+from hetsim.report import (
+    compare_document,
+    model_dict,
+    model_table,
+    models_table,
+    plan_summary_table,
+    results_table,
+    rig_tables,
+    rigs_table,
+)
+from hetsim.sim.result import Result
+from hetsim.sim.run import simulate as run_plan
+from hetsim.strategies.base import all_strategies, get_strategy
+
+# typer >= 0.20 vendors click (typer._click); older typer uses click itself. Find the classes either way.
+_cx = sys.modules[typer.BadParameter.__module__]
+UsageError: type[Exception] = _cx.UsageError
+NoArgsIsHelpError: type[Exception] | None = getattr(_cx, "NoArgsIsHelpError", None)
+EXIT_ERRORS = tuple({typer.Exit, *(c for c in (getattr(_cx, "Exit", None),) if c)})
+ABORT_ERRORS = tuple({typer.Abort, *(c for c in (getattr(_cx, "Abort", None),) if c)})
+
+FORMATS = ("table", "json", "csv")
+EXTENSION_MODULES = ("hetsim.serving.cli", "hetsim.sweep.cli", "validate.cli")
+STUB_COMMANDS = {
+    "serve": "simulate online serving of a request stream",
+    "calibrate": "fit efficiencies from torch microbenchmarks into a measured profile",
+    "validate": "run a plan for real on torch and compare with the simulation",
+    "sweep": "run a grid of experiments (local processes or a Dask cluster)",
+}
+
+# Piped output (not a terminal) gets wide tables instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
+
+
+class _App(typer.Typer):
+    """A Typer whose console-script entry point reports errors as one line (see ``main``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - exercised via subprocess
+        sys.exit(main(kwargs.get("args")))
+
+
+app = _App(
+    name="hetsim",
+    help="Simulate and plan LLM inference on heterogeneous hardware.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Built-in model shapes.", no_args_is_help=True)
+hw_app = typer.Typer(help="Hardware rigs (hardware_profiles/rigs).", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(hw_app, name="hw")
+
+
+# ---- shared option handling -----------------------------------------------------------------
+def _check_format(fmt: str, allowed: Sequence[str] = FORMATS) -> str:
+    if fmt not in allowed:
+        raise InputError(f"unknown format {fmt!r} (use {', '.join(allowed)})", field="--format")
+    return fmt
+
+
+def _positive(**flags: int) -> None:
+    for name, value in flags.items():
+        if value < 1:
+            raise InputError(f"must be a positive integer, got {value}", field=f"--{name.replace('_', '-')}")
+
+
+def _problem(model: str, hw: str, batch: int, prompt_len: int, gen_len: int) -> api.Problem:
+    _positive(batch=batch, prompt_len=prompt_len, gen_len=gen_len)
+    return api.problem(model, hw, batch, prompt_len, gen_len)
+
+
+def _split_names(text: str | None) -> list[str] | None:
+    if not text or text.strip() == "all":
+        return None
+    return [s.strip() for s in text.split(",") if s.strip()] or None
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _emit_results(fmt: str, model: str, hardware: str, workload: Any, results: Sequence[Result]) -> None:
+    if fmt == "json":
+        _print_json(compare_document(model, hardware, workload, results))
+    elif fmt == "csv":
+        sys.stdout.write(api.results_frame(results).to_csv(index=False))
+    else:
+        out.print(results_table(results))
+
+
+def _no_strategies() -> int:
+    err.print("error: no strategies are registered (hetsim.strategies is empty)", highlight=False)
+    return 1
+
+
+BatchOpt = typer.Option(1, "--batch", help="Sequences in the offline batch.")
+PromptOpt = typer.Option(512, "--prompt-len", help="Prompt tokens per sequence.")
+GenOpt = typer.Option(32, "--gen-len", help="Generated tokens per sequence.")
+ObjectiveOpt = typer.Option("throughput", "--objective", help="latency | throughput | cost")
+
+
+# ---- model ----------------------------------------------------------------------------------
+@model_app.command("list")
+def model_list(fmt: str = typer.Option("table", "--format", help="table | json")) -> None:
+    """List the built-in models."""
+    _check_format(fmt, ("table", "json"))
+    specs = [get_model(n) for n in list_models()]
+    if fmt == "json":
+        _print_json([model_dict(s) for s in specs])
+    else:
+        out.print(models_table(specs))
+
+
+@model_app.command("show")
+def model_show(
+    model: str = typer.Argument(..., help="Model name or path to a Hugging Face config.json."),
+    fmt: str = typer.Option("table", "--format", help="table | json"),
+) -> None:
+    """Shapes, parameter count and fp16 sizes of one model."""
+    _check_format(fmt, ("table", "json"))
+    spec = get_model(model)
+    if fmt == "json":
+        _print_json(model_dict(spec))
+    else:
+        out.print(model_table(spec))
+
+
+# ---- hw -------------------------------------------------------------------------------------
+@hw_app.command("list")
+def hw_list(fmt: str = typer.Option("table", "--format", help="table | json")) -> None:
+    """List the shipped rigs."""
+    _check_format(fmt, ("table", "json"))
+    rows: list[tuple[str, Any]] = []
+    for name in list_rigs():
+        try:
+            rows.append((name, load_rig(name)))
+        except InputError as exc:
+            rows.append((name, exc.line()))
+    if fmt == "json":
+        _print_json(
+            [
+                {"name": n, "error": r}
+                if isinstance(r, str)
+                else {"name": n, "price_per_hour": r.price_per_hour}
+                for n, r in rows
+            ]
+        )
+    else:
+        out.print(rigs_table(rows))
+
+
+@hw_app.command("show")
+def hw_show(
+    rig: str = typer.Argument(..., help="Rig name or path to a rig YAML."),
+    fmt: str = typer.Option("table", "--format", help="table | json"),
+) -> None:
+    """Devices, disks, links and price of a rig, with the weakest evidence grade of each."""
+    _check_format(fmt, ("table", "json"))
+    r = load_rig(rig)
+    summary = rig_to_dict(r)
+    if fmt == "json":
+        _print_json(summary)
+        return
+    for table in rig_tables(r, summary):
+        out.print(table)
+
+
+# ---- compare / plan / simulate --------------------------------------------------------------
+@app.command()
+def compare(
+    model: str = typer.Option(..., "--model", help="Model name or config.json path."),
+    hw: str = typer.Option(..., "--hw", help="Rig name or rig YAML path."),
+    strategies: str | None = typer.Option(None, "--strategies", help="Comma-separated (default: all)."),
+    batch: int = BatchOpt,
+    prompt_len: int = PromptOpt,
+    gen_len: int = GenOpt,
+    objective: str = ObjectiveOpt,
+    fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+    trace: Path | None = typer.Option(None, "--trace", help="Chrome trace of the winner's run."),
+    no_search: bool = typer.Option(False, "--no-search", help="Use each strategy's default plan."),
+) -> None:
+    """Every strategy's best plan on this rig, ranked by the objective (winner first)."""
+    _check_format(fmt)
+    obj = api.check_objective(objective)
+    p = _problem(model, hw, batch, prompt_len, gen_len)
+    names = _split_names(strategies)
+    if names is None and not all_strategies():
+        raise typer.Exit(_no_strategies())
+    results = api.compare(p, names, obj, search=not no_search, trace_path=str(trace) if trace else None)
+    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results)
+    if trace and fmt == "table":
+        if results and results[0].feasible:
+            err.print(f"trace of {results[0].strategy} written to {trace}", highlight=False)
+        else:
+            err.print("no feasible strategy: no trace written", highlight=False)
+
+
+@app.command()
+def plan(
+    model: str = typer.Option(..., "--model", help="Model name or config.json path."),
+    hw: str = typer.Option(..., "--hw", help="Rig name or rig YAML path."),
+    strategy: str = typer.Option("all", "--strategy", help="A strategy name, or 'all'."),
+    batch: int = BatchOpt,
+    prompt_len: int = PromptOpt,
+    gen_len: int = GenOpt,
+    objective: str = ObjectiveOpt,
+    out_path: Path | None = typer.Option(None, "--out", help="Write the plan document here."),
+    fmt: str = typer.Option("table", "--format", help="table | json (json prints the plan document)"),
+) -> None:
+    """Search the best plan (of one strategy, or of all: the winner) and write it as JSON."""
+    _check_format(fmt, ("table", "json"))
+    obj = api.check_objective(objective)
+    p = _problem(model, hw, batch, prompt_len, gen_len)
+    names = _split_names(strategy)
+    if names is None and not all_strategies():
+        raise typer.Exit(_no_strategies())
+    results = api.compare(p, names, obj)
+    if fmt == "table" and (names is None or len(names) > 1):
+        out.print(results_table(results, title=f"Best plan of each strategy ({obj}), best first"))
+    best = next((r for r in results if r.feasible), None)
+    if best is None:
+        reasons = "; ".join(f"{r.strategy}: {r.reason}" for r in results) or "nothing to plan"
+        err.print(f"error: no feasible plan ({reasons})", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    winner = get_strategy(best.strategy)
+    doc = api.plan_document(p, winner, winner.plan_from_dict(best.plan), obj)
+    if out_path is not None:
+        out_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    if fmt == "json":
+        _print_json(doc)
+        return
+    out.print(plan_summary_table(doc, best))
+    if names is None or len(names) > 1:
+        out.print(f"winner: [bold]{best.strategy}[/bold]")
+    if out_path is not None:
+        out.print(f"plan written to {out_path}", highlight=False)
+
+
+@app.command()
+def simulate(
+    plan_path: Path = typer.Option(..., "--plan", help="A plan JSON written by `hetsim plan --out`."),
+    trace: Path | None = typer.Option(None, "--trace", help="Write a Chrome trace of the run."),
+    fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+) -> None:
+    """Run exactly the plan in a plan file."""
+    _check_format(fmt)
+    p, strategy, plan_obj = api.load_plan(plan_path)
+    result = run_plan(
+        strategy, plan_obj, p.rig, p.model, p.workload, trace_path=str(trace) if trace else None
+    )
+    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result])
+    if trace and fmt == "table":
+        err.print(f"trace written to {trace}", highlight=False)
+
+
+# ---- extensions and stubs -------------------------------------------------------------------
+def _stub(name: str, summary: str) -> Callable[..., None]:
+    def command(ctx: typer.Context) -> None:
+        err.print(f"hetsim {name}: not yet implemented", highlight=False)
+        raise typer.Exit(1)
+
+    command.__doc__ = f"{summary[0].upper()}{summary[1:]} (not yet implemented)."
+    return command
+
+
+def _registered_names() -> set[str]:
+    return {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+
+
+def _register_extensions() -> None:
+    """Let other packages add commands; stub the contract's commands nobody provided."""
+    for module_name in EXTENSION_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            parts = module_name.split(".")
+            if exc.name not in {".".join(parts[: i + 1]) for i in range(len(parts))}:
+                raise  # the module exists but something it imports does not: a real bug
+            continue
+        module.register(app)
+    have = _registered_names()
+    for name, summary in STUB_COMMANDS.items():
+        if name not in have:
+            app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+                _stub(name, summary)
+            )
+
+
+_register_extensions()
+
+
+# ---- entry point ----------------------------------------------------------------------------
+def _error_line(exc: BaseException) -> str:
+    if isinstance(exc, InputError):
+        return exc.line()
+    if isinstance(exc, typer.BadParameter):
+        field = None
+        if exc.param is not None:
+            opts = getattr(exc.param, "opts", None)
+            field = opts[0] if opts else exc.param.name
+        message = exc.message or ("is required" if isinstance(exc, _cx.MissingParameter) else "bad value")
+        return ": ".join(x for x in (field or exc.param_hint, message) if x)  # type: ignore[misc]
+    if isinstance(exc, UsageError):
+        return exc.format_message()
+    if isinstance(exc, ValidationError):
+        e = exc.errors()[0]
+        return f"{exc.title}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at line {exc.lineno})"
+    if isinstance(exc, yaml.YAMLError):
+        return f"malformed YAML: {str(exc).splitlines()[0] if str(exc) else 'syntax error'}"
+    if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+USER_ERRORS = (InputError, UsageError, ValidationError, json.JSONDecodeError, yaml.YAMLError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 no result, 2 bad input)."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(
+            args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
+        )
+    except EXIT_ERRORS as exc:
+        return exc.exit_code  # type: ignore[attr-defined]
+    except ABORT_ERRORS:
+        err.print("aborted", highlight=False)
+        return 130
+    except USER_ERRORS as exc:
+        if NoArgsIsHelpError is not None and isinstance(exc, NoArgsIsHelpError):
+            return 0  # typer already printed the help
+        line = " ".join(_error_line(exc).split())
+        sys.stderr.write(f"error: {line}\n")
+        return 2
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
