@@ -1,0 +1,240 @@
+"""The command line: JSON shapes, one-line errors with exit code 2, and the plan round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hetsim.cli import main
+from hetsim.strategies.base import all_strategies
+
+SMALL = ["--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "1", "--prompt-len", "64", "--gen-len", "4"]
+DESIGN_KEYS = {
+    "strategy",
+    "feasible",
+    "reason",
+    "plan",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "throughput_tok_s",
+    "peak_mem_bytes",
+    "utilization",
+    "bottleneck",
+    "cost_usd_per_mtok",
+}
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_input_error(code: int, out: str, err: str, *needles: str) -> None:
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+needs_strategies = pytest.mark.skipif(not all_strategies(), reason="no strategies registered yet")
+
+
+# ---- model / hw -----------------------------------------------------------------------------
+def test_model_list_json(capsys):
+    code, out, _ = run(capsys, "model", "list", "--format", "json")
+    assert code == 0
+    names = [m["name"] for m in json.loads(out)]
+    assert "llama2-70b" in names and "opt-30b" in names
+
+
+def test_model_show_json(capsys):
+    code, out, _ = run(capsys, "model", "show", "llama2-70b", "--format", "json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["params"] == pytest.approx(68.98e9, rel=5e-3)
+    assert d["layers"] == 80 and d["kv_heads"] == 8 and d["bytes_per_param"] == 2
+    assert d["weight_bytes_fp16"] == pytest.approx(2 * d["params"], rel=1e-6)
+    assert d["kv_bytes_per_token_fp16"] == 2 * 80 * 8 * 128 * 2  # K and V, all layers, fp16
+
+
+def test_model_tables_render(capsys):
+    assert run(capsys, "model", "list")[0] == 0
+    code, out, _ = run(capsys, "model", "show", "opt-30b")
+    assert code == 0 and "opt-30b" in out
+
+
+def test_hw_show_json_lists_devices(capsys):
+    code, out, _ = run(capsys, "hw", "show", "mixed-lab", "--format", "json")
+    assert code == 0
+    d = json.loads(out)
+    models = {dev["model"] for dev in d["devices"]}
+    assert {"a100-80g", "rtx-4090", "rtx-a6000"} <= models
+    assert any(dev["kind"] == "cpu" for dev in d["devices"])
+    assert d["links"] and "price_per_hour" in d
+
+
+def test_hw_list_and_show_tables(capsys):
+    code, out, _ = run(capsys, "hw", "list")
+    assert code == 0 and "mixed-lab" in out
+    rig_file = Path(__file__).resolve().parents[1] / "hardware_profiles" / "rigs" / "mixed-lab.yaml"
+    code, out, _ = run(capsys, "hw", "show", str(rig_file))
+    assert code == 0 and "n0.gpu0" in out and "links" in out
+
+
+# ---- bad input: one line, exit 2 ------------------------------------------------------------
+def test_unknown_model(capsys):
+    assert_input_error(*run(capsys, "model", "show", "no-such-model"), "no-such-model")
+
+
+def test_unknown_rig_file(capsys, tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    assert_input_error(*run(capsys, "hw", "show", missing), missing)
+    assert_input_error(*run(capsys, "compare", "--model", "llama2-7b", "--hw", missing), missing)
+
+
+def test_malformed_yaml(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nnodes: [1,\n")
+    assert_input_error(*run(capsys, "hw", "show", str(bad)), str(bad), "YAML")
+
+
+def test_rig_with_bad_field(capsys, tmp_path):
+    bad = tmp_path / "rig.yaml"
+    bad.write_text("name: x\nnodes:\n  - region: r\n    cpus: [no-such-cpu]\n    host_memory: 1 GB\n")
+    assert_input_error(*run(capsys, "hw", "show", str(bad)), str(bad), "nodes")
+
+
+def test_negative_batch(capsys):
+    args = ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "-1"]
+    assert_input_error(*run(capsys, *args), "--batch")
+
+
+def test_non_integer_batch_and_unknown_flag(capsys):
+    assert_input_error(
+        *run(capsys, "compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "x"), "--batch"
+    )
+    assert_input_error(
+        *run(capsys, "compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--bogus"), "--bogus"
+    )
+
+
+def test_bad_objective_and_format(capsys):
+    base = ["compare", "--model", "llama2-7b", "--hw", "mixed-lab"]
+    assert_input_error(*run(capsys, *base, "--objective", "speed"), "--objective")
+    assert_input_error(*run(capsys, *base, "--format", "xml"), "--format")
+
+
+def test_malformed_plan_json(capsys, tmp_path):
+    bad = tmp_path / "plan.json"
+    bad.write_text('{"strategy": ')
+    assert_input_error(*run(capsys, "simulate", "--plan", str(bad)), str(bad), "JSON")
+
+
+def test_plan_json_missing_field(capsys, tmp_path):
+    bad = tmp_path / "plan.json"
+    doc = {
+        "strategy": "gpu-only",
+        "hardware": "mixed-lab",
+        "workload": {"batch": 1, "prompt_len": 8, "gen_len": 2},
+    }
+    bad.write_text(json.dumps({**doc, "params": {}}))
+    assert_input_error(*run(capsys, "simulate", "--plan", str(bad)), str(bad), "model")
+
+
+def test_missing_plan_file(capsys, tmp_path):
+    missing = str(tmp_path / "none.json")
+    assert_input_error(*run(capsys, "simulate", "--plan", missing), missing)
+
+
+def test_stubs_say_not_implemented(capsys):
+    for name in ("serve", "calibrate", "validate", "sweep"):
+        code, _out, err = run(capsys, name, "--whatever")
+        if "not yet implemented" not in err:
+            continue  # someone registered the real command
+        assert code == 1
+
+
+def test_console_script_has_no_traceback(tmp_path):
+    """Through a real process: exit code 2 and exactly one line on stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "hetsim.cli", "simulate", "--plan", str(tmp_path / "x.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr
+
+
+# ---- compare / plan / simulate --------------------------------------------------------------
+@needs_strategies
+def test_compare_json_has_design_keys(capsys):
+    code, out, _ = run(capsys, "compare", *SMALL, "--format", "json")
+    assert code == 0
+    doc = json.loads(out)
+    assert set(doc) == {"model", "hardware", "workload", "results"}
+    assert doc["workload"] == {"batch": 1, "prompt_len": 64, "gen_len": 4}
+    assert doc["results"]
+    for r in doc["results"]:
+        assert set(r) >= DESIGN_KEYS
+        if not r["feasible"]:
+            assert r["reason"]
+    feasible = [r["feasible"] for r in doc["results"]]
+    assert feasible == sorted(feasible, reverse=True)  # feasible ones first
+
+
+@needs_strategies
+def test_compare_table_and_csv(capsys):
+    code, out, _ = run(capsys, "compare", *SMALL)
+    assert code == 0 and "strategy" in out
+    code, out, _ = run(capsys, "compare", *SMALL, "--format", "csv")
+    assert code == 0 and out.splitlines()[0].startswith("strategy,feasible")
+
+
+@needs_strategies
+def test_plan_then_simulate_round_trip(capsys, tmp_path: Path):
+    plan_file = tmp_path / "plan.json"
+    code, out, err = run(capsys, "plan", *SMALL, "--out", str(plan_file))
+    if code == 1:
+        pytest.skip(f"no feasible plan for the small problem: {err}")
+    assert code == 0, err
+    doc = json.loads(plan_file.read_text())
+    assert {"strategy", "model", "hardware", "workload", "params"} <= set(doc)
+
+    code, out, _ = run(capsys, "compare", *SMALL, "--strategies", doc["strategy"], "--format", "json")
+    assert code == 0
+    planned = json.loads(out)["results"][0]
+
+    trace = tmp_path / "trace.json"
+    code, out, _ = run(
+        capsys, "simulate", "--plan", str(plan_file), "--format", "json", "--trace", str(trace)
+    )
+    assert code == 0
+    simulated = json.loads(out)["results"][0]
+    assert simulated["plan"] == doc["params"]
+    for key in ("ttft_s", "tpot_s", "e2e_s", "throughput_tok_s", "peak_mem_bytes", "bottleneck"):
+        assert simulated[key] == planned[key], key
+    assert trace.is_file() and json.loads(trace.read_text())
+
+
+@needs_strategies
+def test_plan_json_prints_document(capsys):
+    code, out, err = run(capsys, "plan", *SMALL, "--format", "json")
+    if code == 1:
+        pytest.skip(err)
+    assert code == 0 and json.loads(out)["hetsim_plan"] == 1
+
+
+@needs_strategies
+def test_unknown_strategy(capsys):
+    assert_input_error(*run(capsys, "compare", *SMALL, "--strategies", "no-such"), "no-such")
