@@ -211,10 +211,11 @@ def _peak(r: Result) -> str:
 
 def results_table(results: Sequence[Result], title: str = "Strategies, best first") -> Table:
     t = Table(title=title)
-    cols = ("strategy", "feasible", "TTFT", "TPOT", "e2e", "tok/s", "$/Mtok", "bottleneck", "peak mem (max)")
+    cols = ("strategy", "ok", "TTFT", "TPOT", "e2e", "tok/s", "$/Mtok", "bottleneck", "peak mem (max)")
     for col in cols:
-        left = col in ("strategy", "feasible", "bottleneck", "peak mem (max)")
-        t.add_column(col, justify="left" if left else "right", no_wrap=col != "bottleneck")
+        left = col in ("strategy", "ok", "bottleneck", "peak mem (max)")
+        width = max((len(r.strategy) for r in results), default=8) if col == "strategy" else None
+        t.add_column(col, justify="left" if left else "right", no_wrap=col == "strategy", min_width=width)
     t.add_column("reason / grade", overflow="fold")
     for i, r in enumerate(results, 1):
         if not r.feasible:
