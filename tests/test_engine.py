@@ -170,3 +170,24 @@ def test_a_block_of_ops_costs_the_sum_of_its_ops(rig):
     _, t_ops = run(rig, three_tasks)
     assert t_block == pytest.approx(t_ops) == pytest.approx(1 + 3 + 1)
     assert engine.tasks == 1
+
+
+def test_lockstep_equals_separate_computes_and_allreduces(rig):
+    group = ["n0.gpu0", "n1.gpu0"]
+    attention, mlp = (matmul(10e12, 0.0, "attn"),), (matmul(20e12, 0.0, "mlp"),)
+
+    def separate(e):
+        for _ in range(3):
+            yield e.all_of(e.compute(d, attention) for d in group)
+            yield e.allreduce(group, 1e6)
+            yield e.all_of(e.compute(d, mlp) for d in group)
+            yield e.allreduce(group, 1e6)
+
+    def together(e):
+        yield e.lockstep(group, [attention, 1e6, mlp, 1e6], repeat=3)
+
+    engine_a, t_a = run(rig, separate)
+    engine_b, t_b = run(rig, together)
+    assert t_b == pytest.approx(t_a)
+    assert engine_b.bytes_transferred == pytest.approx(engine_a.bytes_transferred)
+    assert engine_b.tasks == 1

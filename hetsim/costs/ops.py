@@ -63,3 +63,15 @@ def combine(costs: list[OpCost] | tuple[OpCost, ...]) -> OpCost:
         memory_bytes=nbytes,
         achieved_mem_bw=nbytes / busy if busy > 0 else float("inf"),
     )
+
+
+def repeated(cost: OpCost, times: int) -> OpCost:
+    """The same work ``times`` over, back to back (identical layers)."""
+    return OpCost(
+        time_s=cost.time_s * times,
+        compute_s=cost.compute_s * times,
+        memory_s=cost.memory_s * times,
+        overhead_s=cost.overhead_s * times,
+        memory_bytes=cost.memory_bytes * times,
+        achieved_mem_bw=cost.achieved_mem_bw,
+    )

@@ -21,7 +21,7 @@ from typing import Any
 import simpy
 
 from hetsim.costs.collectives import CollectiveCost, allgather_time, allreduce_time
-from hetsim.costs.ops import OpCost, combine, op_cost
+from hetsim.costs.ops import OpCost, combine, op_cost, repeated
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.types import Route
 from hetsim.models.spec import Op
@@ -180,6 +180,40 @@ class Engine:
         self, devices: Sequence[str], nbytes_per_rank: float, *, label: str = "allgather"
     ) -> simpy.Event:
         return self._collective(devices, nbytes_per_rank, allgather_time, label)
+
+    def lockstep(
+        self,
+        devices: Sequence[str],
+        work: Sequence[tuple[Op, ...] | float],
+        *,
+        repeat: int = 1,
+        label: str = "lockstep",
+    ) -> simpy.Event:
+        """A tensor-parallel group running in lockstep, booked as one task.
+
+        ``work`` alternates compute blocks (a tuple of ops every rank runs; the group waits for the
+        slowest rank) and all-reduces (a float: bytes per rank), repeated ``repeat`` times (layers).
+        Every rank's compute stream and every lane of the group's ring are held for the whole span,
+        which is what a synchronised TP group does to them; the duration comes from the same cost
+        functions as ``compute`` and ``allreduce``.
+        """
+        if len(devices) == 1:
+            blocks = [self.cost_of(devices[0], item) for item in work if not isinstance(item, float)]
+            cost = repeated(combine(blocks), repeat)
+            return self.execute(devices[0], cost, label=label, args={"repeat": repeat})
+        lanes, alpha, beta = self._ring(devices)
+        compute_s = comm_s = 0.0
+        for item in work:
+            if isinstance(item, float):
+                comm_s += allreduce_time(len(devices), item, alpha, beta).time_s
+                self.bytes_transferred += item * len(devices) * repeat
+            else:
+                compute_s += max(self.cost_of(d, item).time_s for d in devices)
+        duration = (compute_s + comm_s) * repeat
+        start = self._reserve(lanes, duration)
+        for lane in lanes[len(devices) :]:  # links are busy only while the all-reduces run
+            lane.busy_s -= compute_s * repeat
+        return self._finish(lanes, start, start + duration, label, {"ranks": len(devices), "repeat": repeat})
 
     def alloc(self, device: str, nbytes: float, tag: str) -> None:
         """Take memory now; raises ``OutOfMemory`` (the run becomes infeasible) past capacity."""
