@@ -117,17 +117,18 @@ def _tp_sizes(model: ModelSpec, n: int) -> list[int]:
 
 
 def candidate_groups(rig: Rig, model: ModelSpec) -> Iterator[list[tuple[str, ...]]]:
-    """Pipelines of TP groups: per node, its GPUs as one group or split into equal groups; a pipeline
-    may use any subset of nodes (in rig order)."""
+    """Pipelines of TP groups: per node, some of its GPUs (fastest first) as equal TP groups; a
+    pipeline may use any subset of nodes (in rig order)."""
     per_node: list[list[list[tuple[str, ...]]]] = []
     for node in rig.nodes.values():
-        gpus = list(node.gpus)
+        # fastest GPUs first, so that using part of a node means using its best GPUs
+        gpus = sorted(node.gpus, key=lambda g: (-rig.devices[g].mem_bw, g))
         if not gpus:
             continue
         options = []
         for tp in _tp_sizes(model, len(gpus)):
-            n_groups = len(gpus) // tp
-            options.append([tuple(gpus[i * tp : (i + 1) * tp]) for i in range(n_groups)])
+            groups = [tuple(gpus[i * tp : (i + 1) * tp]) for i in range(len(gpus) // tp)]
+            options.extend(groups[:k] for k in range(1, len(groups) + 1))
         per_node.append(options)
     for k in range(1, len(per_node) + 1):
         for nodes in combinations(per_node, k):
