@@ -1,0 +1,219 @@
+"""HeteGen's planner: split ratios (Eq. 5, confirmed in the engine) and GPU-resident modules (CP-SAT).
+
+1. **Alpha.** For every module kind and phase, Eq. 5 of the paper gives a first alpha from the three
+   speeds the engine itself uses: V_CPU and V_GPU from ``hetsim.costs.op_cost`` on each side, V_COM
+   from the route's bandwidth. Eq. 5 ignores that the DMA and the CPU GEMV draw on the same DRAM
+   channels (hetegen.md §5); the engine books that, so the alpha is then refined by bisection on the
+   engine's own timeline of one split module (the "Alpha Benchmark" of the paper, run in the
+   simulator): the crossing of the falling CPU curve and the rising copy+GPU curve.
+2. **Residency.** Making one module resident saves (split time - resident time) on every step; each
+   costs its bytes of GPU memory. Which modules stay on the GPU is a bounded knapsack (one integer
+   count per module kind, layers being identical), solved exactly with OR-Tools CP-SAT; the GPU
+   weight buffer (the largest alpha share still streamed) is part of the model, since making the
+   largest kinds fully resident shrinks it. ``greedy_resident`` is the paper's greedy by time saved per
+   byte, kept for comparison.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ortools.sat.python import cp_model
+
+from hetsim.costs.ops import op_cost
+from hetsim.hardware.rig import Rig
+from hetsim.models.spec import ModelSpec, Op, Phase
+from hetsim.strategies.hetegen import (
+    RUNTIME_RESERVE_BYTES,
+    SPLIT_SYNC_S,
+    HeteGenPlan,
+    measure_split,
+    module_bytes,
+    module_counts,
+    module_ops,
+    share,
+    working_set,
+)
+from hetsim.workload import Workload
+
+_BISECT_STEPS = 40
+
+
+def eq5_alpha(v_cpu: float, v_com: float, v_gpu: float) -> float:
+    """Eq. 5: alpha = (1/V_CPU) / (1/V_CPU + 1/V_COM + 1/V_GPU), speeds in weight bytes per second."""
+    inv_cpu, inv_com, inv_gpu = 1.0 / v_cpu, 1.0 / v_com, 1.0 / v_gpu
+    return inv_cpu / (inv_cpu + inv_com + inv_gpu)
+
+
+def speeds(rig: Rig, gpu: str, cpu: str, op: Op) -> tuple[float, float, float]:
+    """(V_CPU, V_COM, V_GPU) for ``op`` in weight bytes per second, from the engine's cost functions."""
+    p = op.weight_bytes
+    t_cpu = op_cost(rig.devices[cpu], op).time_s
+    t_gpu = op_cost(rig.devices[gpu], op).time_s
+    return p / t_cpu, rig.route(cpu, gpu).bw, p / t_gpu
+
+
+def balanced_alpha(rig: Rig, gpu: str, cpu: str, op: Op) -> float:
+    """The alpha where the CPU path and the copy+GPU path of one split module end together.
+
+    Bisection on the engine's timeline (DRAM contention, link latency, activation copies and op
+    overheads included), starting from Eq. 5's bracket.
+    """
+    lo, hi = 0.0, 1.0
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        _, cpu_end, gpu_end = measure_split(rig, gpu, cpu, op, mid)
+        if cpu_end > gpu_end:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One module kind as knapsack items: ``count`` identical modules."""
+
+    kind: str
+    count: int
+    nbytes: int  # GPU memory of one resident module
+    saved_s: float  # time saved over the whole workload by making one module resident
+    buffer_bytes: int  # GPU buffer needed while any module of this kind is streamed
+
+
+def items_for(
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    gpu: str,
+    cpu: str,
+    alphas: Mapping[Phase, Mapping[str, float]],
+    *,
+    weight_dtype: str = "fp16",
+    sync_s: float = SPLIT_SYNC_S,
+    buffers: int = 1,
+) -> list[Item]:
+    b = workload.batch
+    sizes = module_bytes(model, weight_dtype)
+    counts = module_counts(model)
+    phases: tuple[tuple[Phase, int, int], ...] = (
+        ("prefill", workload.prompt_len, 1),
+        ("decode", 1, workload.gen_len - 1),
+    )
+    out = []
+    for kind, size in sizes.items():
+        saved = 0.0
+        for phase, seq, repeats in phases:
+            if repeats == 0:
+                continue
+            op = module_ops(model, phase, b, seq, weight_dtype)[kind]
+            split_t, _, _ = measure_split(rig, gpu, cpu, op, alphas[phase][kind], sync_s)
+            resident_t = op_cost(rig.devices[gpu], op).time_s
+            saved += repeats * max(0.0, split_t - resident_t)
+        a = max(alphas["prefill"][kind], alphas["decode"][kind])
+        out.append(Item(kind, counts[kind], int(size), saved, int(buffers * a * size + 0.5)))
+    return out
+
+
+def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
+    """Exact bounded knapsack with CP-SAT: maximise time saved under ``capacity`` bytes.
+
+    Resident weights plus the weight buffer (sized by the largest share of a kind not fully
+    resident) must fit in ``capacity``.
+    """
+    cap = int(capacity)
+    if cap <= 0:
+        return {it.kind: 0 for it in items}
+    m = cp_model.CpModel()
+    count = {it.kind: m.NewIntVar(0, it.count, f"n_{it.kind}") for it in items}
+    full = {it.kind: m.NewBoolVar(f"full_{it.kind}") for it in items}
+    buf = m.NewIntVar(0, max((it.buffer_bytes for it in items), default=0), "buffer")
+    for it in items:
+        m.Add(count[it.kind] == it.count).OnlyEnforceIf(full[it.kind])
+        m.Add(count[it.kind] <= it.count - 1).OnlyEnforceIf(full[it.kind].Not())
+        m.Add(buf >= it.buffer_bytes).OnlyEnforceIf(full[it.kind].Not())
+    m.Add(sum(it.nbytes * count[it.kind] for it in items) + buf <= cap)
+    # Microseconds saved (integer objective); ties go to fewer bytes, then deterministic search.
+    m.Maximize(sum(round(it.saved_s * 1e6) * count[it.kind] for it in items))
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1
+    solver.parameters.max_time_in_seconds = 10.0
+    status = solver.Solve(m)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return {it.kind: 0 for it in items}
+    return {it.kind: int(solver.Value(count[it.kind])) for it in items}
+
+
+def greedy_resident(items: list[Item], capacity: float) -> dict[str, int]:
+    """The paper's Param. Scheduler: modules by time saved per byte, while they fit.
+
+    The buffer for the largest streamed share is reserved up front (the greedy does not revisit it).
+    """
+    left = capacity - max((it.buffer_bytes for it in items), default=0)
+    counts = {it.kind: 0 for it in items}
+    for it in sorted(items, key=lambda i: (-i.saved_s / i.nbytes, i.kind)):
+        n = int(max(0.0, left) // it.nbytes) if it.nbytes else it.count
+        n = min(n, it.count)
+        counts[it.kind] = n
+        left -= n * it.nbytes
+    return counts
+
+
+def saved_time(items: list[Item], counts: Mapping[str, int]) -> float:
+    return sum(it.saved_s * counts.get(it.kind, 0) for it in items)
+
+
+def plan_hetegen(
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    gpu: str,
+    gpu_mem_budget: float,
+    *,
+    weight_dtype: str = "fp16",
+    split_sync_s: float = SPLIT_SYNC_S,
+    runtime_reserve_bytes: float = RUNTIME_RESERVE_BYTES,
+) -> HeteGenPlan:
+    """Alphas per kind and phase, then the resident set that fits ``gpu_mem_budget``.
+
+    When even the working set (KV cache, activations, runtime) does not fit, the plan keeps every
+    module split; ``footprint`` then reports it infeasible against the budget.
+    """
+    cpu = rig.host_cpu(gpu)
+    b = workload.batch
+    alphas: dict[Phase, dict[str, float]] = {}
+    for phase, seq in (("prefill", workload.prompt_len), ("decode", 1)):
+        ops = module_ops(model, phase, b, seq, weight_dtype)
+        alphas[phase] = {k: round(balanced_alpha(rig, gpu, cpu, op), 6) for k, op in ops.items()}
+    base = HeteGenPlan(
+        gpu=gpu,
+        cpu=cpu,
+        gpu_mem_budget=float(gpu_mem_budget),
+        resident={},
+        alpha_prefill=alphas["prefill"],
+        alpha_decode=alphas["decode"],
+        weight_dtype=weight_dtype,
+        split_sync_s=split_sync_s,
+        runtime_reserve_bytes=runtime_reserve_bytes,
+    )
+    fixed = working_set(base, model, workload)
+    fixed.pop("weight_buffers")  # the knapsack accounts for the buffers itself
+    capacity = gpu_mem_budget - sum(fixed.values())
+    items = items_for(
+        rig,
+        model,
+        workload,
+        gpu,
+        cpu,
+        alphas,
+        weight_dtype=weight_dtype,
+        sync_s=split_sync_s,
+    )
+    counts = solve_resident(items, capacity)
+    return HeteGenPlan(**{**base.__dict__, "resident": {k: v for k, v in counts.items() if v}})
+
+
+def share_op(op: Op, fraction: float) -> Op:
+    """Re-exported for tests and figures."""
+    return share(op, fraction)

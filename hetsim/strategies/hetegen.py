@@ -1,0 +1,310 @@
+"""HeteGen: CPU-GPU parallelism inside every linear layer (Zhao et al., arXiv 2403.01164).
+
+Each linear module that is not GPU-resident is split by columns: a share ``alpha`` of its weights is
+copied from pinned host memory over PCIe and multiplied on the GPU, the rest ``1 - alpha`` is
+multiplied by the CPU in place, at the same time. Both halves join at a barrier before the next
+module starts (the paper's timing figure; see shared/reference/hetegen.md §3). Attention, norms,
+residuals and the KV cache stay on the GPU; the embedding gather runs on the CPU, where the table
+lives. Modules chosen by the planner (a knapsack under ``gpu_mem_budget``) are GPU-resident.
+
+Per split module the schedule issues, in this order:
+
+1. H2D DMA of the alpha share of the weights (pinned; it reads the socket's DRAM, which the engine
+   books against the CPU's own GEMV traffic), then the GPU GEMM on that share;
+2. D2H copy of the module's input activation, the CPU GEMM/GEMV on the 1 - alpha share, and the H2D
+   copy of the CPU's partial output;
+3. a barrier and a fixed synchronisation cost (``split_sync_s``).
+
+No cross-module prefetch: hetegen.md (§3) says parameters move through rotating pinned buffers but
+that the paper's timing figure brackets each module with a barrier and shows no prefetch of the next
+module's weights ("do not assume it"). So a module's weight copy starts only after the previous
+module's barrier, and one GPU buffer (the largest alpha share streamed) receives the shares. The
+split modules' weights sit in pinned host memory (no staging memcpy; see hetegen.md §5 for the
+pageable alternative, which would add 2·alpha·P of DRAM traffic per module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from hetsim.hardware.rig import Rig
+from hetsim.models.spec import ModelSpec, Op, OpKind, Phase
+from hetsim.sim.memory import OutOfMemory
+from hetsim.strategies.base import Footprint, Objective, Strategy, register
+from hetsim.strategies.common import (
+    activation_workspace,
+    embed_bytes,
+    embed_ops,
+    head_ops,
+    hidden_bytes,
+    kv_cache_bytes,
+    layer_blocks,
+    steps,
+)
+from hetsim.workload import Workload
+
+LM_HEAD = "lm_head"
+
+# Fixed cost per split module, on top of what the engine already charges (the CPU and GPU op
+# overheads of efficiency.yaml, the PCIe latency of the weight copy and of the two activation
+# copies): joining the CPU thread pool and waiting on the GPU stream's event before the next module.
+# Grade: assumed (~10 us for an OpenMP join plus ~10 us for cudaEventSynchronize); not calibrated.
+SPLIT_SYNC_S = 20e-6
+
+# GPU memory the process holds before any tensor: CUDA context, cuBLAS workspace, allocator slack.
+# The paper's x-axis is total GPU memory usage (hetegen.md §5), which includes it.
+# Grade: assumed (an idle PyTorch process on Ampere shows ~300-400 MB in nvidia-smi).
+RUNTIME_RESERVE_BYTES = 0.35e9
+
+
+@dataclass(frozen=True)
+class HeteGenPlan:
+    gpu: str
+    cpu: str
+    gpu_mem_budget: float  # bytes the strategy may use on the GPU (weights, KV, buffers, activations)
+    # Number of GPU-resident layers per module kind (layers 0..n-1); "lm_head" is 0 or 1.
+    resident: Mapping[str, int] = field(default_factory=dict)
+    # Share of each split module's weights computed on the GPU, per module kind and phase.
+    alpha_prefill: Mapping[str, float] = field(default_factory=dict)
+    alpha_decode: Mapping[str, float] = field(default_factory=dict)
+    weight_dtype: str = "fp16"
+    split_sync_s: float = SPLIT_SYNC_S
+    runtime_reserve_bytes: float = RUNTIME_RESERVE_BYTES
+
+
+# ---- module shapes ------------------------------------------------------------------------------
+def module_kinds(model: ModelSpec) -> tuple[str, ...]:
+    """The linear modules of one layer in execution order, then the LM head."""
+    ops = layer_blocks(model, "decode", 1, 1, 1).whole
+    return (*(o.module for o in ops if o.kind == OpKind.MATMUL), LM_HEAD)
+
+
+def module_counts(model: ModelSpec) -> dict[str, int]:
+    return {k: (1 if k == LM_HEAD else model.layers) for k in module_kinds(model)}
+
+
+@lru_cache(maxsize=1024)
+def module_ops(
+    model: ModelSpec, phase: Phase, batch: int, seq_len: int, weight_dtype: str = "fp16"
+) -> dict[str, Op]:
+    """The matmul op of each module kind for one step (kv_len does not change linear modules)."""
+    ops = {o.module: o for o in layer_blocks(model, phase, batch, seq_len, seq_len, 1, weight_dtype).whole}
+    head = head_ops(model, phase, batch, seq_len, 1, weight_dtype)
+    out = {k: ops[k] for k in module_kinds(model) if k != LM_HEAD}
+    out[LM_HEAD] = next(o for o in head if o.kind == OpKind.MATMUL)
+    return out
+
+
+def module_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> dict[str, float]:
+    """Weight bytes of one module of each kind (including its bias)."""
+    return {k: op.weight_bytes for k, op in module_ops(model, "decode", 1, 1, weight_dtype).items()}
+
+
+@lru_cache(maxsize=65536)
+def share(op: Op, fraction: float) -> Op:
+    """The part of a linear op over ``fraction`` of its output columns (input read in full)."""
+    return dataclasses.replace(
+        op,
+        flops=op.flops * fraction,
+        weight_bytes=op.weight_bytes * fraction,
+        act_out_bytes=op.act_out_bytes * fraction,
+    )
+
+
+# ---- the split module: the schedule primitive the planner also measures ------------------------
+def split_linear(engine, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float):
+    """Run one linear op split ``alpha`` (GPU) / ``1 - alpha`` (CPU); a SimPy generator."""
+    env = engine.env
+    paths = []
+    if alpha > 0:
+
+        def gpu_path():
+            yield engine.transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=f"{op.name} w")
+            yield engine.compute(gpu, share(op, alpha), label=f"{op.name} gpu")
+
+        paths.append(env.process(gpu_path()))
+    if alpha < 1:
+
+        def cpu_path():
+            yield engine.transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=f"{op.name} x")
+            yield engine.compute(cpu, share(op, 1.0 - alpha), label=f"{op.name} cpu")
+            yield engine.transfer(cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True, label="y")
+
+        paths.append(env.process(cpu_path()))
+    yield engine.all_of(paths)
+    if sync_s > 0:
+        yield engine.delay(gpu, sync_s, label="split barrier")
+
+
+def measure_split(
+    rig: Rig, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float = 0.0
+) -> tuple[float, float, float]:
+    """(module time, CPU path end, GPU path end) of one split module alone in a fresh engine."""
+    from hetsim.sim.engine import Engine
+
+    engine = Engine(rig)
+    ends = {"cpu": 0.0, "gpu": 0.0}
+
+    def run(e):
+        env = e.env
+
+        def gpu_path():
+            if alpha > 0:
+                yield e.transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True)
+                yield e.compute(gpu, share(op, alpha))
+            ends["gpu"] = env.now
+
+        def cpu_path():
+            if alpha < 1:
+                yield e.transfer(gpu, cpu, op.act_in_bytes, pinned=True)
+                yield e.compute(cpu, share(op, 1.0 - alpha))
+                yield e.transfer(cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True)
+            ends["cpu"] = env.now
+
+        yield e.all_of([env.process(gpu_path()), env.process(cpu_path())])
+        if sync_s > 0:
+            yield e.delay(gpu, sync_s)
+
+    total = engine.run(run)
+    return total, ends["cpu"], ends["gpu"]
+
+
+# ---- memory -------------------------------------------------------------------------------------
+def buffer_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
+    """The GPU buffer receiving the alpha shares: the largest share of any module still split."""
+    sizes = module_bytes(model, plan.weight_dtype)
+    counts = module_counts(model)
+    largest = 0.0
+    for kind, size in sizes.items():
+        if plan.resident.get(kind, 0) < counts[kind]:
+            a = max(plan.alpha_prefill.get(kind, 0.0), plan.alpha_decode.get(kind, 0.0))
+            largest = max(largest, a * size)
+    return largest
+
+
+def working_set(plan: HeteGenPlan, model: ModelSpec, workload: Workload) -> dict[str, float]:
+    """GPU memory other than resident weights, by tag."""
+    return {
+        "runtime": plan.runtime_reserve_bytes,
+        "kv_cache": kv_cache_bytes(model, workload.batch, workload.context_len, model.layers),
+        "activations": activation_workspace(model, workload.batch, workload.prompt_len),
+        "weight_buffers": buffer_bytes(plan, model),
+    }
+
+
+def resident_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
+    sizes = module_bytes(model, plan.weight_dtype)
+    return sum(sizes[k] * n for k, n in plan.resident.items())
+
+
+@register
+class HeteGen(Strategy):
+    name = "hetegen"
+    summary = "per-module CPU/GPU split of linear layers with resident-module knapsack (HeteGen)"
+    plan_type = HeteGenPlan
+
+    def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
+        if not rig.gpus() or not rig.cpus():
+            return "needs a GPU and a CPU socket in the same node"
+        if model.is_moe:
+            return "MoE experts are not split by HeteGen (dense OPT/Llama-style models only)"
+        return None
+
+    def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HeteGenPlan:
+        from hetsim.planner.hetegen_knapsack import plan_hetegen
+
+        gpu = rig.gpus()[0]
+        return plan_hetegen(rig, model, workload, gpu.name, gpu.mem_bytes)
+
+    def search(
+        self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
+    ) -> HeteGenPlan | None:
+        """Per GPU (with its host socket): alphas balanced in the engine, residency by CP-SAT."""
+        from hetsim.api import rank_key
+        from hetsim.planner.hetegen_knapsack import plan_hetegen
+        from hetsim.sim.run import simulate
+
+        best, best_key = None, None
+        for gpu in rig.gpus():
+            plan = plan_hetegen(rig, model, workload, gpu.name, gpu.mem_bytes)
+            key = rank_key(objective)(simulate(self, plan, rig, model, workload))
+            if best_key is None or key < best_key:
+                best, best_key = plan, key
+        return best
+
+    def devices(self, plan: HeteGenPlan) -> list[str]:
+        return [plan.gpu, plan.cpu]
+
+    def footprint(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
+        gpu = {"resident_weights": resident_bytes(plan, model), **working_set(plan, model, workload)}
+        total = sum(gpu.values())
+        if total > plan.gpu_mem_budget * (1 + 1e-12):
+            raise OutOfMemory(
+                plan.gpu, "hetegen GPU working set (gpu_mem_budget)", total, 0.0, plan.gpu_mem_budget
+            )
+        sizes = module_bytes(model, plan.weight_dtype)
+        counts = module_counts(model)
+        host_weights = sum(sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes)
+        return {
+            plan.gpu: gpu,
+            plan.cpu: {
+                "split_weights": host_weights,
+                "embedding": embed_bytes(model, plan.weight_dtype),
+                "activations": activation_workspace(model, workload.batch, workload.prompt_len),
+            },
+        }
+
+    def schedule(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload):
+        gpu, cpu, b, wd = plan.gpu, plan.cpu, workload.batch, plan.weight_dtype
+
+        def linear(engine, layer: int, op: Op, alphas: Mapping[str, float]):
+            if layer < plan.resident.get(op.module, 0):
+                yield engine.compute(gpu, op, label=f"{op.module} resident")
+            else:
+                yield from split_linear(engine, gpu, cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s)
+
+        def run(engine):
+            for step in steps(workload):
+                alphas = plan.alpha_prefill if step.phase == "prefill" else plan.alpha_decode
+                program = layer_program(model, step.phase, b, step.seq_len, step.kv_len, wd)
+                # The embedding table lives in host DRAM: gather on the CPU, ship the hidden states.
+                yield engine.compute(cpu, embed_ops(model, b, step.seq_len, wd), label="embedding")
+                yield engine.transfer(cpu, gpu, hidden_bytes(model, b, step.seq_len), label="hidden")
+                for layer in range(model.layers):
+                    for on_gpu, ops in program:
+                        if on_gpu:
+                            yield engine.compute(gpu, ops, label="gpu ops")
+                        else:
+                            yield from linear(engine, layer, ops[0], alphas)
+                head = head_ops(model, step.phase, b, step.seq_len, 1, wd)
+                norm = tuple(o for o in head if o.kind != OpKind.MATMUL)
+                if norm:
+                    yield engine.compute(gpu, norm, label="final norm")
+                head_mm = next(o for o in head if o.kind == OpKind.MATMUL)
+                yield from linear(engine, 0, dataclasses.replace(head_mm, module=LM_HEAD), alphas)
+                engine.token_done(b)
+
+        return run
+
+
+@lru_cache(maxsize=4096)
+def layer_program(
+    model: ModelSpec, phase: Phase, batch: int, seq_len: int, kv_len: int, weight_dtype: str
+) -> tuple[tuple[bool, tuple[Op, ...]], ...]:
+    """One layer as (on_gpu, ops) pieces: runs of GPU-only ops, and single linear modules (False)."""
+    out: list[tuple[bool, tuple[Op, ...]]] = []
+    run: list[Op] = []
+    for o in layer_blocks(model, phase, batch, seq_len, kv_len, 1, weight_dtype).whole:
+        if o.kind == OpKind.MATMUL:
+            if run:
+                out.append((True, tuple(run)))
+                run = []
+            out.append((False, (o,)))
+        else:
+            run.append(o)
+    if run:
+        out.append((True, tuple(run)))
+    return tuple(out)
