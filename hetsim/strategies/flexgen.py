@@ -1,0 +1,322 @@
+"""FlexGen (Sheng et al., arXiv 2303.06865): offloading with the zig-zag block schedule on one GPU.
+
+A block of bls = gbs x nb sequences walks down each column (scheduling layer j) over its nb GPU
+batches before moving right, so every weight load is shared by bls sequences. The released runtime
+(flex_opt.py: generation_loop_overlap_multi_batch) runs, for each (token i, layer j, batch k):
+load layer j+1's weights (only when k == 0), load batch k+1's KV cache and hidden state, store
+batch k-1's, compute batch k, then a full barrier. CPU attention (--cpu-cache-compute) runs in the
+issuing thread, so it blocks the loop; the KV gather into the fp32 workspace does too.
+See shared/reference/flexgen.md §3-§5; the policy is in flexgen_policy.py, the LP in
+hetsim/planner/flexgen_lp.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from hetsim.hardware.rig import Rig
+from hetsim.models.spec import ModelSpec
+from hetsim.sim.memory import OutOfMemory
+from hetsim.strategies.base import Footprint, Objective, Strategy, register
+from hetsim.strategies.common import Step, steps
+from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, layer_kind, substep_ops
+from hetsim.strategies.flexgen_policy import (
+    FlexGenPlan,
+    fractions,
+    layer_weight_split,
+    memory_plan,
+    shape_of,
+    validate,
+)
+from hetsim.workload import Workload
+
+ID_BYTES = 8.0  # int64 token ids in and out
+
+
+def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
+    """(gpu, its host CPU, a disk on that node or ""); the rig's first GPU unless named."""
+    gpu = gpu or rig.gpus()[0].name
+    node = rig.devices[gpu].node
+    disks = rig.disks_of(node)
+    return gpu, rig.host_cpu(gpu), disks[0].name if disks else ""
+
+
+def blocks_needed(plan: FlexGenPlan, workload: Workload) -> int:
+    return math.ceil(workload.batch / plan.block_size)
+
+
+@register
+class FlexGen(Strategy):
+    name = "flexgen"
+    summary = "FlexGen: weights/KV/activations over GPU, CPU and disk, zig-zag block schedule, LP policy"
+    plan_type = FlexGenPlan
+
+    def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
+        if not rig.gpus():
+            return "the rig has no GPU"
+        if not rig.nodes[rig.gpus()[0].node].cpus:
+            return "the GPU has no host CPU"
+        return None
+
+    def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> FlexGenPlan:
+        """The paper's OPT-30B policy shape (§7), batch-sized to the workload."""
+        gbs = min(workload.batch, 48)
+        return FlexGenPlan(
+            gpu_batch_size=gbs, num_gpu_batches=math.ceil(workload.batch / gbs), gpu=endpoints(rig)[0]
+        )
+
+    def search(
+        self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
+    ) -> FlexGenPlan | None:
+        from hetsim.planner.flexgen_lp import search_policy
+
+        return search_policy(rig, model, workload, objective).plan
+
+    # ---- memory -------------------------------------------------------------------------------
+    def footprint(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
+        validate(plan)
+        gpu, cpu, disk = endpoints(rig, plan.gpu)
+        f = fractions(model, plan)
+        uses_disk = f.w_disk > 0 or f.cd > 0 or f.hd > 0
+        if uses_disk and not disk:
+            raise OutOfMemory(gpu, "disk share (the rig has no disk)", 1.0, 0.0, 0.0)
+        mem = memory_plan(model, shape_of(plan, workload, uses_disk), f)
+        if plan.gpu_mem_budget is not None:
+            need = sum(mem["gpu"].values())
+            if need > plan.gpu_mem_budget:
+                raise OutOfMemory(gpu, "gpu_mem_budget", need, 0.0, plan.gpu_mem_budget)
+        out = {gpu: mem["gpu"], cpu: mem["cpu"]}
+        if disk:
+            out[disk] = mem["disk"]
+        return {d: {t: b for t, b in tags.items() if b > 0} for d, tags in out.items()}
+
+    def devices(self, plan: FlexGenPlan) -> list[str]:
+        return [plan.gpu] if plan.gpu else []
+
+    # ---- schedule -----------------------------------------------------------------------------
+    def schedule(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload):
+        validate(plan)
+        return _Runner(plan, rig, model, workload).run
+
+
+class _Runner:
+    """The zig-zag block schedule of one plan; ``run`` is the SimPy process."""
+
+    def __init__(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload):
+        self.plan, self.model, self.workload = plan, model, workload
+        self.gpu, self.cpu, self.disk = endpoints(rig, plan.gpu)
+        self.split = layer_weight_split(model, plan)
+        self.f = fractions(model, plan)
+        self.nl = len(self.split)
+        self.kinds = [layer_kind(model, j) for j in range(self.nl)]
+        self.cpu_att = plan.uses_cpu_attention
+        self.kv_tok = kv_token_bytes(model, plan.compress_cache)
+        self.off_kv = self.f.cc + self.f.cd
+        self.steps = list(steps(workload))
+
+    # ---- the pieces of a sub-step; each returns the events it issued ----------------------------
+    def load_weight(self, e, j: int) -> list:
+        _, c, d = self.split[j % self.nl]
+        ev = []
+        if c > 0:
+            ev.append(e.transfer(self.cpu, self.gpu, c, pinned=self.plan.pin_weight, label="load_weight"))
+        if d > 0:
+            ev.append(e.transfer(self.disk, self.gpu, d, label="load_weight_disk"))
+        return ev
+
+    def _hidden_bytes(self, step: Step, j: int, gbs: int, store: bool) -> float:
+        if (j == 0 and not store) or (j == self.nl - 1 and store):
+            return 0.0  # token ids: a few bytes
+        return gbs * step.seq_len * self.model.hidden * 2.0
+
+    def load_hidden(self, e, step: Step, j: int, gbs: int) -> list:
+        nbytes = self._hidden_bytes(step, j, gbs, store=False)
+        ev = []
+        if nbytes and self.f.hc:
+            ev.append(e.transfer(self.cpu, self.gpu, nbytes * self.f.hc, label="load_hidden"))
+        if nbytes and self.f.hd:
+            ev.append(e.transfer(self.disk, self.gpu, nbytes * self.f.hd, label="load_hidden"))
+        return ev
+
+    def store_hidden(self, e, step: Step, j: int, gbs: int) -> list:
+        nbytes = self._hidden_bytes(step, j, gbs, store=True)
+        ev = []
+        if nbytes and self.f.hc:
+            ev.append(e.transfer(self.gpu, self.cpu, nbytes * self.f.hc, label="store_hidden"))
+        if nbytes and self.f.hd:
+            ev.append(e.transfer(self.gpu, self.disk, nbytes * self.f.hd, label="store_hidden"))
+        return ev
+
+    def load_cache(self, e, step: Step, j: int, gbs: int) -> tuple[list, object | None]:
+        """Events on copy streams, and (CPU attention) the blocking gather into the fp32 workspace."""
+        if self.kinds[j] != "attention" or step.phase == "prefill" or self.off_kv <= 0:
+            return [], None
+        tokens = step.kv_len - 1  # what is cached before this step
+        nbytes = gbs * tokens * self.kv_tok
+        ev = []
+        if self.cpu_att:
+            gather = None
+            if self.f.cc > 0:
+                gather = e.compute(
+                    self.cpu, kv_gather_op(self.model, gbs, tokens, self.f.cc), label="kv_gather"
+                )
+            if self.f.cd > 0:
+                ev.append(e.transfer(self.disk, self.cpu, nbytes * self.f.cd, label="load_cache_disk"))
+            return ev, gather
+        if self.f.cc > 0:  # the KV cache on the CPU is never pinned
+            ev.append(e.transfer(self.cpu, self.gpu, nbytes * self.f.cc, pinned=False, label="load_cache"))
+        if self.f.cd > 0:
+            ev.append(e.transfer(self.disk, self.gpu, nbytes * self.f.cd, label="load_cache_disk"))
+        return ev, None
+
+    def store_cache(self, e, step: Step, j: int, gbs: int) -> list:
+        if self.kinds[j] != "attention" or self.off_kv <= 0:
+            return []
+        nbytes = gbs * step.seq_len * self.kv_tok
+        ev = []
+        if step.phase == "decode" and self.cpu_att:
+            # The new K and V already went to the CPU with q; only the disk share moves on.
+            if self.f.cd > 0:
+                ev.append(e.transfer(self.cpu, self.disk, nbytes * self.f.cd, label="store_cache_disk"))
+            return ev
+        if self.f.cc > 0:
+            ev.append(e.transfer(self.gpu, self.cpu, nbytes * self.f.cc, pinned=False, label="store_cache"))
+        if self.f.cd > 0:
+            ev.append(e.transfer(self.gpu, self.disk, nbytes * self.f.cd, label="store_cache_disk"))
+        return ev
+
+    def ops(self, step: Step, j: int, gbs: int):
+        p = self.plan
+        return substep_ops(
+            self.model,
+            self.kinds[j],
+            step.phase,
+            gbs,
+            step.seq_len,
+            step.kv_len,
+            self.cpu_att,
+            self.off_kv,
+            p.compress_weight,
+            p.compress_cache,
+        )
+
+    def compute(self, e, step: Step, j: int, gbs: int):
+        """Compute one batch; a generator because CPU attention blocks the issuing thread."""
+        o = self.ops(step, j, gbs)
+        if not o.cpu:
+            yield e.compute(self.gpu, o.gpu_pre, label=self.kinds[j])
+            return
+        yield e.compute(self.gpu, o.gpu_pre, label="attention_gpu")
+        yield e.transfer(self.gpu, self.cpu, o.to_cpu_bytes, pinned=False, label="qkv_to_cpu")
+        yield e.compute(self.cpu, o.cpu, label="cpu_attention")
+        yield e.transfer(self.cpu, self.gpu, o.to_gpu_bytes, pinned=False, label="attn_to_gpu")
+        yield e.compute(self.gpu, o.gpu_post, label="attention_out")
+
+    def compute_async(self, e, step: Step, j: int, gbs: int) -> list:
+        """The same work issued at once, without dependencies (the paper's perfect overlap)."""
+        o = self.ops(step, j, gbs)
+        ev = [e.compute(self.gpu, o.gpu_pre + o.gpu_post, label=self.kinds[j])]
+        if o.cpu:
+            ev.append(e.transfer(self.gpu, self.cpu, o.to_cpu_bytes, pinned=False, label="qkv_to_cpu"))
+            ev.append(e.compute(self.cpu, o.cpu, label="cpu_attention"))
+            ev.append(e.transfer(self.cpu, self.gpu, o.to_gpu_bytes, pinned=False, label="attn_to_gpu"))
+        return ev
+
+    # ---- the loops ------------------------------------------------------------------------------
+    def run(self, e):
+        remaining = self.workload.batch
+        while remaining > 0:
+            seqs = min(self.plan.block_size, remaining)
+            remaining -= seqs
+            if not self.plan.overlap:
+                yield from self.block_serial(e, seqs)
+            elif self.plan.overlap_mode == "paper-ideal":
+                yield from self.block_ideal(e, seqs)
+            else:
+                yield from self.block_released(e, seqs)
+
+    def _positions(self):
+        for step in self.steps:
+            for j in range(self.nl):
+                for k in range(self.plan.num_gpu_batches):
+                    yield step, j, k
+
+    def _tokens(self, e, j: int, k: int, seqs: int) -> None:
+        if j == self.nl - 1:
+            gbs = self.plan.gpu_batch_size
+            e.token_done(max(0, min(gbs, seqs - k * gbs)))
+
+    def block_released(self, e, seqs: int):
+        gbs = self.plan.gpu_batch_size
+        yield e.all_of(self.load_weight(e, 0))  # prologue
+        pos = list(self._positions())
+        # Loads for position 0 happen before the loop (the runtime's warm-up).
+        first = pos[0]
+        ev0, g0 = self.load_cache(e, first[0], first[1], gbs)
+        ev0 += self.load_hidden(e, first[0], first[1], gbs)
+        if g0 is not None:
+            yield g0
+        yield e.all_of(ev0)
+        last = len(pos) - 1
+        for p, (step, j, k) in enumerate(pos):
+            ev = []
+            if k == 0 and p + self.plan.num_gpu_batches <= last:
+                ev += self.load_weight(e, j + 1)
+            gather = None
+            if p < last:
+                nstep, nj, _ = pos[p + 1]
+                cev, gather = self.load_cache(e, nstep, nj, gbs)
+                ev += cev
+            if p > 0:
+                pstep, pj, _ = pos[p - 1]
+                ev += self.store_hidden(e, pstep, pj, gbs)
+            if p < last:
+                ev += self.load_hidden(e, nstep, nj, gbs)
+            if gather is not None:
+                yield gather  # a synchronous CPU copy in the issuing thread
+            yield from self.compute(e, step, j, gbs)
+            if p > 0:
+                ev += self.store_cache(e, pstep, pj, gbs)
+            if ev:
+                yield e.all_of(ev)
+            self._tokens(e, j, k, seqs)
+        # Epilogue: the last batch's outputs.
+        step, j, _ = pos[last]
+        yield e.all_of(self.store_cache(e, step, j, gbs) + self.store_hidden(e, step, j, gbs))
+
+    def block_ideal(self, e, seqs: int):
+        gbs, nb = self.plan.gpu_batch_size, self.plan.num_gpu_batches
+        yield e.all_of(self.load_weight(e, 0))
+        for si, step in enumerate(self.steps):
+            for j in range(self.nl):
+                last_layer = si == len(self.steps) - 1 and j == self.nl - 1
+                ev = [] if last_layer else self.load_weight(e, j + 1)
+                for _k in range(nb):
+                    cev, gather = self.load_cache(e, step, j, gbs)
+                    ev += cev + ([gather] if gather is not None else [])
+                    ev += self.load_hidden(e, step, j, gbs)
+                    ev += self.compute_async(e, step, j, gbs)
+                    ev += self.store_cache(e, step, j, gbs)
+                    ev += self.store_hidden(e, step, j, gbs)
+                yield e.all_of(ev)
+                for k in range(nb):
+                    self._tokens(e, j, k, seqs)
+
+    def block_serial(self, e, seqs: int):
+        gbs, nb = self.plan.gpu_batch_size, self.plan.num_gpu_batches
+        for step in self.steps:
+            for j in range(self.nl):
+                yield e.all_of(self.load_weight(e, j))
+                for k in range(nb):
+                    cev, gather = self.load_cache(e, step, j, gbs)
+                    if gather is not None:
+                        yield gather
+                    yield e.all_of(cev + self.load_hidden(e, step, j, gbs))
+                    yield from self.compute(e, step, j, gbs)
+                    yield e.all_of(self.store_cache(e, step, j, gbs) + self.store_hidden(e, step, j, gbs))
+                    self._tokens(e, j, k, seqs)
+
+
+def with_budget(plan: FlexGenPlan, budget: float | None) -> FlexGenPlan:
+    return replace(plan, gpu_mem_budget=budget)

@@ -1,0 +1,263 @@
+"""FlexGen's policy: where weights, KV cache and activations live, and what that costs in memory.
+
+The plan mirrors the released runtime's flags (shared/reference/flexgen.md §3): ``--percent wg wc cg
+cc hg hc`` (disk gets the remainder), ``--gpu-batch-size``, ``--num-gpu-batches``,
+``--cpu-cache-compute``, ``--compress-weight``, ``--compress-cache``, ``--pin-weight`` and
+``--overlap``. Weights are placed per tensor by the midpoint rule in "released" mode (a step
+function of the percentages), or per byte in "continuous" mode (the ideal the LP assumes).
+
+Memory is linear in the fractions (for continuous placement), so the LP planner reads its
+memory constraints off ``memory_plan`` by evaluating it at unit vectors: one formula for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from hetsim.errors import InputError
+from hetsim.models.spec import FP16, INT4, DType, ModelSpec
+from hetsim.models.weights import VECTOR_BYTES, layer_weight_tensors
+from hetsim.workload import Workload
+
+Placement = Literal["released", "continuous"]
+OverlapMode = Literal["released", "paper-ideal"]
+
+# FlexGen's disk path: 4 copy threads, each with a 1 GB pinned fp16 relay buffer (pytorch_backend.py).
+DISK_RELAY_BYTES = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class FlexGenPlan:
+    gpu_batch_size: int = 48
+    num_gpu_batches: int = 3
+    # Percentages (0-100) on GPU and CPU; disk gets the remainder.
+    wg: float = 20.0
+    wc: float = 80.0
+    cg: float = 0.0
+    cc: float = 100.0
+    hg: float = 0.0
+    hc: float = 100.0
+    cpu_attention: bool = True  # --cpu-cache-compute
+    compress_weight: bool = False
+    compress_cache: bool = False
+    pin_weight: bool = True
+    overlap: bool = True
+    overlap_mode: OverlapMode = "released"  # "paper-ideal": one barrier per layer, perfect overlap
+    placement: Placement = "released"
+    gpu_mem_budget: float | None = None  # bytes; caps the GPU memory the policy may use
+    gpu: str = ""  # the GPU to run on ("" = the rig's first GPU)
+
+    @property
+    def block_size(self) -> int:
+        return self.gpu_batch_size * self.num_gpu_batches
+
+    @property
+    def wd(self) -> float:
+        return 100.0 - self.wg - self.wc
+
+    @property
+    def cd(self) -> float:
+        return 100.0 - self.cg - self.cc
+
+    @property
+    def hd(self) -> float:
+        return 100.0 - self.hg - self.hc
+
+    @property
+    def uses_cpu_attention(self) -> bool:
+        """The runtime switches CPU attention off when the KV cache is compressed (§5.1)."""
+        return self.cpu_attention and not self.compress_cache
+
+
+def validate(plan: FlexGenPlan) -> None:
+    """The runtime's own constraints on a policy; bad ones are input errors."""
+    if plan.gpu_batch_size < 1 or plan.num_gpu_batches < 1:
+        raise InputError("gpu_batch_size and num_gpu_batches must be >= 1", field="gpu_batch_size")
+    for tier, (g, c) in {"w": (plan.wg, plan.wc), "c": (plan.cg, plan.cc), "h": (plan.hg, plan.hc)}.items():
+        if min(g, c) < 0 or g + c > 100.0 + 1e-9:
+            raise InputError(f"{tier}g + {tier}c must lie in [0, 100], got {g} + {c}", field=f"{tier}g")
+    if plan.placement == "released" and max(plan.hg, plan.hc, plan.hd) < 100.0 - 1e-9:
+        raise InputError("activations must sit 100% on one tier (the runtime cannot split them)", field="hg")
+    if plan.compress_cache and plan.placement == "released" and max(plan.cg, plan.cc, plan.cd) < 100 - 1e-9:
+        raise InputError("a compressed KV cache cannot be split across tiers", field="cg")
+
+
+def weight_dtype(plan: FlexGenPlan) -> DType:
+    return INT4 if plan.compress_weight else FP16
+
+
+def kv_dtype(plan: FlexGenPlan) -> DType:
+    return INT4 if plan.compress_cache else FP16
+
+
+# ---- weights per scheduling layer ------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def scheduling_layer_tensors(model: ModelSpec) -> tuple[tuple[tuple[int, bool], ...], ...]:
+    """(numel, is_matrix) of every tensor of each of the 2l + 2 scheduling layers, in runtime order.
+
+    Input embedding (token table, position table), then attention and MLP blocks of each decoder
+    layer, then the output layer (final LayerNorm and the LM head, which FlexGen keeps as its own
+    copy of the token table).
+    """
+    h = model.hidden
+    embed = [(model.vocab * h, True)]
+    if model.learned_positions:
+        embed.append((model.learned_positions * h, True))
+    norm = (h, False)
+    output = (
+        [norm, norm, (model.vocab * h, True)]
+        if model.norm == "layernorm"
+        else [norm, (model.vocab * h, True)]
+    )
+    tensors = layer_weight_tensors(model)
+    att = tuple((t.numel, t.is_matrix) for t in tensors if t.block == "attention")
+    mlp = tuple((t.numel, t.is_matrix) for t in tensors if t.block == "mlp")
+    layers: list[tuple[tuple[int, bool], ...]] = [tuple(embed)]
+    for _ in range(model.layers):
+        layers += [att, mlp]
+    layers.append(tuple(output))
+    return tuple(layers)
+
+
+def _bytes(numel: int, is_matrix: bool, dtype: DType) -> float:
+    return numel * (dtype.bytes_per_element if is_matrix else VECTOR_BYTES)
+
+
+@lru_cache(maxsize=4096)
+def _split(
+    tensors: tuple[tuple[int, bool], ...], wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[float, float, float]:
+    """(gpu, cpu, disk) bytes of one scheduling layer.
+
+    Released: each tensor goes whole to the tier whose interval holds the midpoint of its cumulative
+    byte share, intervals ordered disk [0, wd), CPU [wd, wd + wc), GPU [wd + wc, 1] (flex_opt.py:
+    init_weight_list; the share is computed on element counts, as the runtime does on sizes).
+    """
+    sizes = [_bytes(n, m, dtype) for n, m in tensors]
+    total = sum(sizes)
+    wd = 1.0 - wg - wc
+    if placement == "continuous":
+        return wg * total, wc * total, max(wd, 0.0) * total
+    numels = [n for n, _ in tensors]
+    all_numel = float(sum(numels))
+    out = [0.0, 0.0, 0.0]
+    cum = 0.0
+    for n, b in zip(numels, sizes, strict=True):
+        mid = (cum + n / 2) / all_numel
+        cum += n
+        tier = 2 if mid < wd else (1 if mid < wd + wc else 0)
+        out[tier] += b
+    return out[0], out[1], out[2]
+
+
+def layer_weight_split(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, float, float], ...]:
+    """(gpu, cpu, disk) weight bytes of each scheduling layer under ``plan``."""
+    dt = weight_dtype(plan)
+    wg, wc = plan.wg / 100.0, plan.wc / 100.0
+    return tuple(_split(t, wg, wc, dt, plan.placement) for t in scheduling_layer_tensors(model))
+
+
+# ---- memory -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fractions:
+    """Placement as fractions (0-1); weights as effective byte totals after the placement rule."""
+
+    w_gpu: float  # weight bytes resident on the GPU (all scheduling layers)
+    w_cpu: float
+    w_disk: float
+    w_off_gpu_max: float  # largest off-GPU share of one scheduling layer (the double buffer)
+    cg: float
+    cc: float
+    cd: float
+    hg: float
+    hc: float
+    hd: float
+
+
+def fractions(model: ModelSpec, plan: FlexGenPlan) -> Fractions:
+    split = layer_weight_split(model, plan)
+    return Fractions(
+        w_gpu=sum(s[0] for s in split),
+        w_cpu=sum(s[1] for s in split),
+        w_disk=sum(s[2] for s in split),
+        w_off_gpu_max=max(s[1] + s[2] for s in split),
+        cg=plan.cg / 100,
+        cc=plan.cc / 100,
+        cd=plan.cd / 100,
+        hg=plan.hg / 100,
+        hc=plan.hc / 100,
+        hd=plan.hd / 100,
+    )
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the memory formulas need besides the fractions."""
+
+    gbs: int
+    nb: int
+    prompt_len: int
+    gen_len: int
+    cpu_attention: bool
+    compress_cache: bool
+    compress_weight: bool
+    pin_weight: bool
+    uses_disk: bool
+
+
+def shape_of(plan: FlexGenPlan, workload: Workload, uses_disk: bool) -> Shape:
+    return Shape(
+        plan.gpu_batch_size,
+        plan.num_gpu_batches,
+        workload.prompt_len,
+        workload.gen_len,
+        plan.uses_cpu_attention,
+        plan.compress_cache,
+        plan.compress_weight,
+        plan.pin_weight,
+        uses_disk,
+    )
+
+
+def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[str, float]]:
+    """Bytes per tier ("gpu", "cpu", "disk") and tag; every term is linear in the fractions.
+
+    GPU: resident weights, KV and hidden states; the double-buffered next layer's weights; the
+    working set of one GPU batch (the widest activation of a layer, the fp16 prefill score matrix,
+    and, when attention runs on the GPU over off-GPU KV, two batches of fp16 KV (current and
+    prefetched) plus their compressed copies). CPU: resident shares, plus the fp32 attention
+    workspace (K and V for two GPU batches) with CPU attention, plus the disk relay buffers.
+    The KV cache is pre-allocated for s + n - 1 tokens, as the runtime does.
+    """
+    h, s, n = model.hidden, shape.prompt_len, shape.gen_len
+    bls, gbs = shape.gbs * shape.nb, shape.gbs
+    kvb = 2 * model.kv_heads * model.head_dim * (INT4 if shape.compress_cache else FP16).bytes_per_element
+    kv_total = bls * (s + n - 1) * model.layers * kvb
+    hidden = bls * s * h * 2.0
+    inner = model.intermediate * (2 if model.gated_mlp else 1)
+    act_ws = gbs * s * (inner + 2 * h) * 2.0 + gbs * model.heads * s * s * 2.0
+    hid_ws = 2 * gbs * s * h * 2.0  # a batch's input (loaded) and output (to be stored)
+    kv_batch_fp16 = gbs * (s + n) * 2 * model.kv_heads * model.head_dim * 2.0
+    kv_ws = 0.0
+    if not shape.cpu_attention:
+        kv_ws = 2 * kv_batch_fp16 * (1 + (INT4.bytes_per_element / 2 if shape.compress_cache else 0))
+    gpu = {
+        "weights": f.w_gpu,
+        "weight_buffers": 2 * f.w_off_gpu_max,
+        "kv_cache": f.cg * kv_total,
+        "hidden": f.hg * hidden,
+        "working": act_ws + hid_ws + kv_ws,
+    }
+    cpu = {
+        "weights": f.w_cpu,
+        "kv_cache": f.cc * kv_total,
+        "hidden": f.hc * hidden,
+    }
+    if shape.cpu_attention:
+        cpu["attention_workspace"] = 2 * gbs * (s + n - 1) * 2 * model.heads * model.head_dim * 4.0
+    if shape.uses_disk:
+        cpu["disk_relay"] = DISK_RELAY_BYTES
+    disk = {"weights": f.w_disk, "kv_cache": f.cd * kv_total, "hidden": f.hd * hidden}
+    return {"gpu": gpu, "cpu": cpu, "disk": disk}
