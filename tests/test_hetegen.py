@@ -1,0 +1,223 @@
+"""HeteGen: golden points (arXiv 2403.01164 Fig. 8), alpha balance, knapsack, degenerate budgets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections import defaultdict
+
+import pytest
+
+from hetsim.api import problem
+from hetsim.planner.hetegen_knapsack import (
+    balanced_alpha,
+    eq5_alpha,
+    greedy_resident,
+    items_for,
+    plan_hetegen,
+    saved_time,
+    solve_resident,
+    speeds,
+)
+from hetsim.sim.run import simulate
+from hetsim.strategies.base import get_strategy
+from hetsim.strategies.hetegen import module_bytes, module_counts, module_ops, working_set
+
+GB = 1e9
+# shared/reference/paper_points.csv, HeteGen rows (values read off Fig. 8, about +-3 %).
+HETEGEN_TOK_S = 1.365  # HeteGen, OPT-30B, ~6.25 GB of GPU memory
+FLEXGEN_TOK_S = 0.431  # FlexGen, OPT-30B, ~6.1 GB of GPU memory
+TOLERANCE = 0.15
+
+
+@pytest.fixture(scope="module")
+def opt30b():
+    return problem("opt-30b", "hetegen-a10", batch=1, prompt_len=512, gen_len=64)
+
+
+@pytest.fixture(scope="module")
+def hetegen_6gb(opt30b):
+    p = opt30b
+    plan = plan_hetegen(p.rig, p.model, p.workload, "n0.gpu0", 6.25 * GB)
+    return plan, simulate(get_strategy("hetegen"), plan, p.rig, p.model, p.workload)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="hetsim gives 1.12 tok/s vs published 1.365 (-18 %): decode is bound by the assumed host DRAM "
+    "bandwidth (81.9 GB/s core-proportional share x 0.8), which the CPU GEMV and the weight DMA share; "
+    "the paper's host must deliver ~25 % more (host DRAM is not stated, hetegen.md §6)",
+)
+def test_golden_hetegen_opt30b_at_6_25_gb(hetegen_6gb):
+    _, result = hetegen_6gb
+    assert result.feasible, result.reason
+    assert result.throughput_tok_s == pytest.approx(HETEGEN_TOK_S, rel=TOLERANCE)
+
+
+def test_hetegen_opt30b_at_6_25_gb_stays_in_budget_and_is_dram_bound(hetegen_6gb):
+    plan, result = hetegen_6gb
+    assert result.feasible, result.reason
+    assert result.peak_mem_bytes["n0.gpu0"] <= 6.25 * GB
+    assert sum(plan.resident.values()) > 0  # ~4.6 GB of weights fit next to KV, buffer and runtime
+    # The CPU GEMVs and the weight DMA together saturate the socket's DRAM (hetegen.md §5).
+    assert result.utilization["n0.cpu0:dram"] > 0.9
+
+
+def _flexgen_available() -> bool:
+    return importlib.util.find_spec("hetsim.strategies.flexgen") is not None
+
+
+@pytest.mark.skipif(
+    not _flexgen_available(), reason="hetsim/strategies/flexgen.py has not landed yet (another engineer's)"
+)
+def test_golden_flexgen_baseline_and_ratio(opt30b, hetegen_6gb):  # pragma: no cover - until flexgen lands
+    from paper_figs.hetegen import flexgen_at_budget
+
+    p = opt30b
+    result = flexgen_at_budget(p, 6.1 * GB)
+    assert result.feasible, result.reason
+    assert result.throughput_tok_s == pytest.approx(FLEXGEN_TOK_S, rel=TOLERANCE)
+    _, hetegen = hetegen_6gb
+    assert hetegen.throughput_tok_s / result.throughput_tok_s == pytest.approx(3.17, rel=TOLERANCE)
+
+
+# ---- alpha ---------------------------------------------------------------------------------------
+def test_eq5_is_the_balance_condition_and_reduces_to_eq7():
+    v_cpu, v_com, v_gpu = 60e9, 25e9, 400e9
+    a = eq5_alpha(v_cpu, v_com, v_gpu)
+    p = 1.0
+    assert (1 - a) * p / v_cpu == pytest.approx(a * p / v_com + a * p / v_gpu, rel=1e-12)
+    assert eq5_alpha(v_cpu, v_com, 1e30) == pytest.approx(v_com / (v_cpu + v_com), rel=1e-9)
+
+
+def test_engine_alpha_matches_eq5_without_dram_contention(rig):
+    """Tiny rig: 100 GB/s DRAM, 10 GB/s PCIe. Eq. 5 ignores that the DMA takes its share of DRAM
+    (hetegen.md §5); the engine books it, so its crossing is Eq. 5 with V_CPU - V_COM for the CPU."""
+    p = problem("opt-6.7b", "hetegen-a10", 1, 64, 2)
+    op = module_ops(p.model, "decode", 1, 1)["fc1"]
+    v_cpu, v_com, v_gpu = speeds(rig, "n0.gpu0", "n0.cpu0", op)
+    engine_alpha = balanced_alpha(rig, "n0.gpu0", "n0.cpu0", op)
+    contended = eq5_alpha(v_cpu - v_com, v_com, v_gpu)  # DRAM left to the CPU while the DMA runs
+    assert eq5_alpha(v_cpu, v_com, v_gpu) < engine_alpha
+    assert engine_alpha == pytest.approx(contended, rel=0.03)
+
+
+def test_prefill_alpha_is_near_one_and_decode_alpha_is_not(hetegen_6gb):
+    plan, _ = hetegen_6gb
+    # 512-token CPU GEMMs are compute-bound (hetegen.md §2): prefill degenerates to offloading.
+    assert min(v for k, v in plan.alpha_prefill.items() if k != "lm_head") > 0.85
+    assert 0.2 < plan.alpha_decode["fc1"] < 0.5
+
+
+def test_alpha_balances_the_two_paths_in_a_run_trace(tmp_path):
+    """Per split module in a decode step: CPU path (activation in, GEMV, partial out) ends with the
+    GPU path (weight DMA, GEMM), measured from the run's own trace."""
+    p = problem("opt-6.7b", "hetegen-a10", batch=1, prompt_len=64, gen_len=3)
+    budget = _minimum_budget(p)
+    plan = plan_hetegen(p.rig, p.model, p.workload, "n0.gpu0", budget)
+    assert plan.resident == {}
+    trace = tmp_path / "trace.json"
+    simulate(get_strategy("hetegen"), plan, p.rig, p.model, p.workload, trace_path=str(trace))
+    events = json.loads(trace.read_text())["traceEvents"]
+    lanes = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
+    spans = defaultdict(list)
+    for e in events:
+        if e["ph"] == "X":
+            spans[(lanes[e["tid"]], e["name"])].append((e["ts"], e["ts"] + e["dur"]))
+    for kind in ("q_proj", "fc1", "fc2"):
+        gpu = spans[("n0.gpu0:compute", f"{kind} gpu")]
+        cpu = spans[("n0.cpu0:compute", f"{kind} cpu")]
+        assert len(gpu) == len(cpu) == 3 * p.model.layers
+        # the last decode step's last layer: GPU path = weight DMA then GEMM; CPU path ends with the
+        # copy of its partial output ("y") back to the GPU
+        (_, g1), (_, c1) = gpu[-1], cpu[-1]
+        y_end = next(e for s, e in spans[("n0.pcie.gpu0:rev", "y")] if s >= c1)
+        weights = [s for s in spans[("n0.pcie.gpu0:rev", f"{kind} w")] if s[1] <= g1][-1]
+        module = max(g1, y_end) - weights[0]
+        assert abs(g1 - y_end) < 0.01 * module, (kind, g1 - y_end, module)
+
+
+# ---- residency and budgets -----------------------------------------------------------------------
+def _minimum_budget(p) -> float:
+    """The working set alone (KV, activations, runtime, weight buffer): room for no resident weight."""
+    plan = plan_hetegen(p.rig, p.model, p.workload, "n0.gpu0", 0.0)
+    return sum(working_set(plan, p.model, p.workload).values()) * (1 + 1e-9)
+
+
+def test_cp_sat_is_at_least_the_papers_greedy_and_fits(opt30b):
+    p = opt30b
+    plan = plan_hetegen(p.rig, p.model, p.workload, "n0.gpu0", 6.25 * GB)
+    alphas = {"prefill": plan.alpha_prefill, "decode": plan.alpha_decode}
+    items = items_for(p.rig, p.model, p.workload, "n0.gpu0", "n0.cpu0", alphas)
+    for capacity in (0.5 * GB, 2.3 * GB, 4.6 * GB, 9.9 * GB):
+        exact, greedy = solve_resident(items, capacity), greedy_resident(items, capacity)
+        assert saved_time(items, exact) >= saved_time(items, greedy) - 1e-6
+        sizes = {it.kind: it for it in items}
+        used = sum(sizes[k].nbytes * n for k, n in exact.items())
+        buffer = max((it.buffer_bytes for it in items if exact[it.kind] < it.count), default=0)
+        assert used + buffer <= capacity
+        assert all(0 <= n <= sizes[k].count for k, n in exact.items())
+
+
+def test_more_budget_means_more_resident_weights_and_more_throughput(opt30b):
+    p = opt30b
+    strategy = get_strategy("hetegen")
+    sizes = module_bytes(p.model)
+    last_bytes, last_tput = -1.0, 0.0
+    for budget in (4 * GB, 10 * GB, 20 * GB):
+        plan = plan_hetegen(p.rig, p.model, p.workload, "n0.gpu0", budget)
+        resident = sum(sizes[k] * n for k, n in plan.resident.items())
+        result = simulate(strategy, plan, p.rig, p.model, p.workload)
+        assert result.feasible, result.reason
+        assert resident > last_bytes
+        assert result.throughput_tok_s > last_tput
+        last_bytes, last_tput = resident, result.throughput_tok_s
+
+
+def test_budget_that_holds_the_model_degenerates_to_gpu_only():
+    p = problem("opt-6.7b", "hetegen-a10", batch=1, prompt_len=512, gen_len=16)
+    plan = plan_hetegen(p.rig, p.model, p.workload, "n0.gpu0", 24 * GB)
+    assert plan.resident == module_counts(p.model)  # every module resident
+    result = simulate(get_strategy("hetegen"), plan, p.rig, p.model, p.workload)
+    gpu_only = get_strategy("gpu-only")
+    reference = simulate(
+        gpu_only, gpu_only.default_plan(p.rig, p.model, p.workload), p.rig, p.model, p.workload
+    )
+    assert result.feasible and reference.feasible
+    assert result.utilization.get("n0.cpu0:dram", 0.0) < 0.01  # no streaming, no CPU GEMVs
+    assert result.throughput_tok_s == pytest.approx(reference.throughput_tok_s, rel=0.03)
+
+
+def test_zero_budget_is_infeasible_with_a_reason_and_the_minimum_budget_splits_everything(opt30b):
+    p = opt30b
+    strategy = get_strategy("hetegen")
+    zero = simulate(
+        strategy, plan_hetegen(p.rig, p.model, p.workload, "n0.gpu0", 0.0), p.rig, p.model, p.workload
+    )
+    assert not zero.feasible and "gpu_mem_budget" in zero.reason
+
+    plan = plan_hetegen(p.rig, p.model, p.workload, "n0.gpu0", _minimum_budget(p))
+    assert plan.resident == {}  # no room for weights: CPU plus split for every linear module
+    result = simulate(strategy, plan, p.rig, p.model, p.workload)
+    assert result.feasible, result.reason
+    # Decode streams every weight byte once out of host DRAM (CPU share read in place, GPU share by
+    # DMA): per-token time is at least all linear weights / the socket's achievable DRAM bandwidth.
+    cpu = p.rig.devices["n0.cpu0"]
+    dram = cpu.mem_bw * cpu.efficiency.memory
+    per_token = sum(module_bytes(p.model)[k] * n for k, n in module_counts(p.model).items()) / dram
+    assert per_token <= result.tpot_s <= 1.1 * per_token
+
+
+def test_plan_json_round_trip(hetegen_6gb):
+    plan, _ = hetegen_6gb
+    strategy = get_strategy("hetegen")
+    data = json.loads(json.dumps(strategy.plan_to_dict(plan)))
+    assert strategy.plan_from_dict(data) == plan
+
+
+def test_bad_plan_field_is_an_input_error():
+    from hetsim.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        get_strategy("hetegen").plan_from_dict({"gpu": "n0.gpu0", "cpu": "n0.cpu0", "gpu_mem_budget": "lots"})
+    assert err.value.field == "params.gpu_mem_budget"
