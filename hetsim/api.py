@@ -79,7 +79,12 @@ def best_result(strategy: Strategy, p: Problem, objective: Objective, *, search:
     else:
         plan = strategy.default_plan(p.rig, p.model, p.workload)
     if plan is None:
-        return Result.infeasible(strategy.name, "no feasible plan found by the search")
+        # Say why: the plan a user would write by hand, and where it breaks.
+        fallback = simulate(
+            strategy, strategy.default_plan(p.rig, p.model, p.workload), p.rig, p.model, p.workload
+        )
+        why = f": e.g. the default plan: {fallback.reason}" if not fallback.feasible else ""
+        return Result.infeasible(strategy.name, f"no feasible plan found by the search{why}", fallback.plan)
     return simulate(strategy, plan, p.rig, p.model, p.workload)
 
 

@@ -211,6 +211,14 @@ class Engine:
                 compute_s += max(self.cost_of(d, item).time_s for d in devices)
         duration = (compute_s + comm_s) * repeat
         start = self._reserve(lanes, duration)
+        for d in devices:  # CPU ranks stream their share of weights from their own DRAM meanwhile
+            dram = self.host_memory.get(d)
+            if dram is not None:
+                nbytes = repeat * sum(
+                    self.cost_of(d, w).memory_bytes for w in work if not isinstance(w, float)
+                )
+                if nbytes > 0:
+                    dram.book(self.env.now, start, nbytes, nbytes / duration)
         for lane in lanes[len(devices) :]:  # links are busy only while the all-reduces run
             lane.busy_s -= compute_s * repeat
         return self._finish(lanes, start, start + duration, label, {"ranks": len(devices), "repeat": repeat})

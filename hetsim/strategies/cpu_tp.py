@@ -123,15 +123,12 @@ class CpuTensorParallel(Strategy):
                 blocks = layer_blocks(
                     model, step.phase, b, step.seq_len, step.kv_len, p, plan.weight_dtype, plan.kv_dtype
                 )
-                message = b * step.seq_len * model.hidden * ar_elem
-                yield engine.all_of(engine.compute(r, embed_ops(model, b, step.seq_len)) for r in ranks)
-                for _layer in range(model.layers):
-                    yield engine.all_of(engine.compute(r, blocks.attention, label="attention") for r in ranks)
-                    yield engine.allreduce(ranks, message)
-                    yield engine.all_of(engine.compute(r, blocks.mlp, label="mlp") for r in ranks)
-                    yield engine.allreduce(ranks, message)
+                message = float(b * step.seq_len * model.hidden * ar_elem)
+                yield engine.lockstep(ranks, [embed_ops(model, b, step.seq_len)], label="embedding")
+                layer = [blocks.attention, message, blocks.mlp, message]
+                yield engine.lockstep(ranks, layer, repeat=model.layers, label="decoder layers")
                 head = head_ops(model, step.phase, b, step.seq_len, p, plan.weight_dtype)
-                yield engine.all_of(engine.compute(r, head, label="lm_head") for r in ranks)
+                yield engine.lockstep(ranks, [head], label="lm_head")
                 yield engine.allgather(ranks, TOKEN_PAIR_BYTES * b, label="top1-gather")
                 engine.token_done(b)
 
