@@ -156,19 +156,19 @@ class _Runner:
         nbytes = gbs * tokens * self.kv_tok
         ev = []
         if self.cpu_att:
-            gather = None
-            if self.f.cc > 0:
-                gather = e.compute(
-                    self.cpu, kv_gather_op(self.model, gbs, tokens, self.f.cc), label="kv_gather"
-                )
-            if self.f.cd > 0:
-                ev.append(e.transfer(self.disk, self.cpu, nbytes * self.f.cd, label="load_cache_disk"))
-            return ev, gather
+            return ev, self._gather(e, gbs, tokens, nbytes)
         if self.f.cc > 0:  # the KV cache on the CPU is never pinned
             ev.append(e.transfer(self.cpu, self.gpu, nbytes * self.f.cc, pinned=False, label="load_cache"))
         if self.f.cd > 0:
             ev.append(e.transfer(self.disk, self.gpu, nbytes * self.f.cd, label="load_cache_disk"))
         return ev, None
+
+    def _gather(self, e, gbs: int, tokens: int, nbytes: float):
+        """general_copy into the fp32 workspace, synchronous in the issuing thread: the disk share is
+        read from its memmap first, then every off-GPU element is converted to fp32."""
+        if self.f.cd > 0:
+            yield e.transfer(self.disk, self.cpu, nbytes * self.f.cd, label="load_cache_disk")
+        yield e.compute(self.cpu, kv_gather_op(self.model, gbs, tokens, self.off_kv), label="kv_gather")
 
     def store_cache(self, e, step: Step, j: int, gbs: int) -> list:
         if self.kinds[j] != "attention" or self.off_kv <= 0:
@@ -256,7 +256,7 @@ class _Runner:
         ev0, g0 = self.load_cache(e, first[0], first[1], gbs)
         ev0 += self.load_hidden(e, first[0], first[1], gbs)
         if g0 is not None:
-            yield g0
+            yield from g0
         yield e.all_of(ev0)
         last = len(pos) - 1
         for p, (step, j, k) in enumerate(pos):
@@ -274,7 +274,7 @@ class _Runner:
             if p < last:
                 ev += self.load_hidden(e, nstep, nj, gbs)
             if gather is not None:
-                yield gather  # a synchronous CPU copy in the issuing thread
+                yield from gather  # a synchronous CPU copy in the issuing thread
             yield from self.compute(e, step, j, gbs)
             if p > 0:
                 ev += self.store_cache(e, pstep, pj, gbs)
@@ -294,7 +294,9 @@ class _Runner:
                 ev = [] if last_layer else self.load_weight(e, j + 1)
                 for _k in range(nb):
                     cev, gather = self.load_cache(e, step, j, gbs)
-                    ev += cev + ([gather] if gather is not None else [])
+                    ev += cev
+                    if gather is not None:
+                        ev.append(e.env.process(gather))
                     ev += self.load_hidden(e, step, j, gbs)
                     ev += self.compute_async(e, step, j, gbs)
                     ev += self.store_cache(e, step, j, gbs)
@@ -311,7 +313,7 @@ class _Runner:
                 for k in range(nb):
                     cev, gather = self.load_cache(e, step, j, gbs)
                     if gather is not None:
-                        yield gather
+                        yield from gather
                     yield e.all_of(cev + self.load_hidden(e, step, j, gbs))
                     yield from self.compute(e, step, j, gbs)
                     yield e.all_of(self.store_cache(e, step, j, gbs) + self.store_hidden(e, step, j, gbs))

@@ -1,0 +1,375 @@
+"""FlexGen's policy search: a linear program over the 9 placement fractions per (gbs, nb).
+
+The cost model is flexgen.md §6 with the released runtime's overlap structure (§4.3), but every
+constant is derived from the rig (link bandwidths, disk rates, op costs of the same ops the engine
+runs): none of FlexGen's fitted T4 constants (§6.3) is used. For one GPU batch size gbs, nb batches,
+and the flags (CPU attention, compressed KV), time is linear in the fractions:
+
+- per scheduling slot (attention, MLP) the released loop costs
+  max(w + c, p) + (nb - 1) max(c, p), with w = the next layer's weight load (sub-step 0 only),
+  c = one batch's H2D cache/hidden loads, p = one batch's compute on the issuing thread (GPU ops,
+  plus the KV gather and CPU attention when attention runs on the CPU). That is exactly the max of
+  four linear forms, so it is an epigraph constraint; the D2H, disk-read and disk-write lanes give
+  one more lower bound each;
+- memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions.
+
+The LP minimises the block time; candidates are ranked by time per sequence, and the best few are
+confirmed in the engine with the runtime's per-tensor ("released") placement.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+from ortools.linear_solver import pywraplp
+
+from hetsim.costs.ops import combine, op_cost
+from hetsim.hardware.rig import Rig
+from hetsim.models.spec import ModelSpec, Op
+from hetsim.strategies.common import Step
+from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, substep_ops
+from hetsim.strategies.flexgen_policy import (
+    FlexGenPlan,
+    Fractions,
+    Shape,
+    fractions,
+    layer_weight_split,
+    memory_plan,
+)
+from hetsim.workload import Workload
+
+VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
+GBS_CHOICES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+NB_CHOICES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32)
+CONFIRM = 4  # LP candidates confirmed in the engine
+
+
+@dataclass(frozen=True)
+class Flags:
+    cpu_attention: bool
+    compress_cache: bool
+    cache_tier: str = ""  # compressed KV cannot be split: "g", "c" or "d"
+
+
+@dataclass(frozen=True)
+class LpSolution:
+    gbs: int
+    nb: int
+    flags: Flags
+    x: dict[str, float]
+    block_time_s: float  # LP estimate for one block of gbs * nb sequences
+    time_per_seq_s: float  # whole workload time / batch, with ceil(batch / bls) blocks
+
+
+@dataclass
+class SearchOutcome:
+    plan: FlexGenPlan | None
+    candidates: list[LpSolution] = field(default_factory=list)
+    lp_solved: int = 0
+    seconds: float = 0.0
+    throughput: float = float("nan")
+
+
+# ---- hardware numbers, from the rig -------------------------------------------------------------
+@dataclass(frozen=True)
+class Links:
+    pin: float  # CPU<->GPU, pinned host memory (bytes/s)
+    page: float  # CPU<->GPU, pageable host memory
+    d2g: float  # disk -> GPU (through the host)
+    g2d: float  # GPU -> disk
+
+
+def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
+    route = rig.route(cpu, gpu)
+    if disk:
+        d = rig.disks[disk]
+        d2g = min(rig.route(disk, gpu).bw, d.read_bw)
+        g2d = min(rig.route(gpu, disk).bw, d.write_bw)
+    else:
+        d2g = g2d = 1e-9  # effectively forbids disk placement
+    return Links(route.bw, route.pageable_bw, d2g, g2d)
+
+
+def _t(rig: Rig, device: str, ops: tuple[Op, ...]) -> float:
+    if not ops:
+        return 0.0
+    return combine([op_cost(rig.devices[device], o) for o in ops]).time_s
+
+
+# ---- the LP -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Slot:
+    """Linear forms of one scheduling slot: var -> coefficient, plus a constant."""
+
+    w: dict[str, float]
+    c: dict[str, float]
+    p: dict[str, float]
+    d2h: dict[str, float]
+    dread: dict[str, float]
+    dwrite: dict[str, float]
+
+
+def _slots(
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    gbs: int,
+    nb: int,
+    fl: Flags,
+    lk: Links,
+    ends: tuple[str, str, str],
+) -> list[tuple[float, _Slot]]:
+    """(multiplicity, slot) for prefill and mean decode, attention and MLP slots."""
+    gpu, cpu, _ = ends
+    s, n, h = wl.prompt_len, wl.gen_len, model.hidden
+    plan = FlexGenPlan(compress_cache=fl.compress_cache, placement="continuous")
+    split = layer_weight_split(model, replace(plan, wg=0.0, wc=100.0))
+    w_att, w_mlp = split[1][1], split[2][1]
+    kv_tok = kv_token_bytes(model, fl.compress_cache)
+    out = []
+    kv_mean = s + max(1, n // 2)
+    for phase, seq, kv_len, mult in (("prefill", s, s, 1.0), ("decode", 1, kv_mean, float(n - 1))):
+        step = Step(phase, 1 if phase == "decode" else 0, seq, kv_len)
+        hid = gbs * seq * h * 2.0
+        hid_load = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
+        for kind in ("attention", "mlp"):
+            w_next = w_mlp if kind == "attention" else w_att
+            w = {"wc": w_next / lk.pin, "wd": w_next / lk.d2g}
+            c = dict(hid_load)
+            d2h = {"hc": nb * hid / lk.pin, "hd": nb * hid / lk.g2d}
+            dread = {"wd": w_next / lk.d2g, "hd": nb * hid / lk.d2g}
+            dwrite = {"hd": nb * hid / lk.g2d}
+            p: dict[str, float] = {}
+            if kind == "mlp":
+                o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, False, False)
+                p["const"] = _t(rig, gpu, o.gpu_pre)
+            elif phase == "prefill" or not fl.cpu_attention:
+                o = substep_ops(
+                    model, "attention", phase, gbs, seq, kv_len, False, 1.0, False, fl.compress_cache
+                )
+                p["const"] = _t(rig, gpu, o.gpu_pre)
+                new_kv = gbs * seq * kv_tok
+                d2h.update(cc=nb * new_kv / lk.page, cd=nb * new_kv / lk.g2d)
+                dwrite["cd"] = nb * new_kv / lk.g2d
+                if phase == "decode":
+                    kvb = gbs * (step.kv_len - 1) * kv_tok
+                    c.update(cc=kvb / lk.page, cd=kvb / lk.d2g)
+                    dread["cd"] = nb * kvb / lk.d2g
+            else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
+                o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, False, False)
+                og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, False, False)
+                small = o.to_cpu_bytes / lk.page + o.to_gpu_bytes / lk.page
+                t_fixed = _t(rig, gpu, o.gpu_pre + o.gpu_post)
+                t_gpu_att = _t(rig, gpu, og.gpu_pre) - _t(rig, gpu, o.gpu_pre)
+                t_cpu_att = _t(rig, cpu, o.cpu)
+                t_gather = _t(rig, cpu, (kv_gather_op(model, gbs, kv_len - 1, 1.0),))
+                kvb = gbs * (kv_len - 1) * kv_tok
+                # The disk share is read synchronously (memmap) before the fp32 conversion.
+                p.update(
+                    const=t_fixed + small,
+                    cg=t_gpu_att,
+                    cc=t_cpu_att + t_gather,
+                    cd=t_cpu_att + t_gather + kvb / lk.d2g,
+                )
+                dread["cd"] = nb * kvb / lk.d2g
+                dwrite["cd"] = nb * gbs * kv_tok / lk.g2d
+            out.append((mult, _Slot(w, c, p, d2h, dread, dwrite)))
+    return out
+
+
+def _other_layers_time(
+    rig: Rig, model: ModelSpec, wl: Workload, gbs: int, nb: int, lk: Links, gpu: str
+) -> float:
+    """Input embedding and output layers: a constant per block (their weights counted off-GPU)."""
+    split = layer_weight_split(model, FlexGenPlan(wg=0.0, wc=100.0, placement="continuous"))
+    total = 0.0
+    for phase, seq, mult in (("prefill", wl.prompt_len, 1), ("decode", 1, wl.gen_len - 1)):
+        for kind, j in (("embed", 0), ("output", len(split) - 1)):
+            o = substep_ops(model, kind, phase, gbs, seq, wl.prompt_len, False, 1.0, False, False)
+            total += mult * max(split[j][1] / lk.pin, nb * _t(rig, gpu, o.gpu_pre))
+    return total
+
+
+def solve_lp(
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    gbs: int,
+    nb: int,
+    fl: Flags,
+    ends: tuple[str, str, str],
+    gpu_budget: float | None = None,
+) -> LpSolution | None:
+    """Minimise the block time over the 9 fractions; None when no placement fits in memory."""
+    gpu, cpu, disk = ends
+    lk = links(rig, gpu, cpu, disk)
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    x = {v: solver.NumVar(0.0, 1.0, v) for v in VARS}
+    x["hd"].SetUb(0.0)  # the released runtime never puts activations on disk
+    if not disk:
+        for v in ("wd", "cd"):
+            x[v].SetUb(0.0)
+    if fl.compress_cache:  # compressed KV cannot be split across tiers
+        for t in "gcd":
+            x["c" + t].SetLb(1.0 if t == fl.cache_tier else 0.0)
+            x["c" + t].SetUb(1.0 if t == fl.cache_tier else 0.0)
+    for tier in "wch":
+        solver.Add(sum(x[tier + t] for t in "gcd") == 1.0)
+
+    def lin(form: dict[str, float]):
+        return form.get("const", 0.0) + sum(coef * x[v] for v, coef in form.items() if v != "const")
+
+    # Memory: evaluate the shared formulas at unit vectors (they are linear in the fractions).
+    wtot = sum(s[1] for s in _split_cache(model, False))
+    wmax = max(s[1] for s in _split_cache(model, False))
+    shape = Shape(
+        gbs, nb, wl.prompt_len, wl.gen_len, fl.cpu_attention, fl.compress_cache, False, True, bool(disk)
+    )
+    base = _mem(model, shape, {}, wtot, wmax)
+    caps = {
+        "gpu": rig.devices[gpu].mem_bytes
+        if gpu_budget is None
+        else min(gpu_budget, rig.devices[gpu].mem_bytes),
+        "cpu": rig.devices[cpu].mem_bytes,
+        "disk": rig.disks[disk].capacity_bytes if disk else 0.0,
+    }
+    for tier, cap in caps.items():  # in GB: keeps the LP well scaled
+        coefs = {v: (_mem(model, shape, {v: 1.0}, wtot, wmax)[tier] - base[tier]) / 1e9 for v in VARS}
+        solver.Add(sum(c * x[v] for v, c in coefs.items() if c) <= (cap - base[tier]) / 1e9)
+
+    terms = []
+    nbf = float(nb)
+    for mult, slot in _slots(rig, model, wl, gbs, nb, fl, lk, ends):
+        t = solver.NumVar(0.0, solver.infinity(), "t")
+        w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
+        solver.Add(t >= w + nbf * c)
+        solver.Add(t >= w + c + (nbf - 1) * p)
+        solver.Add(t >= p + (nbf - 1) * c)
+        solver.Add(t >= nbf * p)
+        for lane in (slot.d2h, slot.dread, slot.dwrite):
+            solver.Add(t >= lin(lane))
+        terms.append(mult * model.layers * t)
+    solver.Minimize(sum(terms))
+    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+        return None
+    block = solver.Objective().Value() + _other_layers_time(rig, model, wl, gbs, nb, lk, gpu)
+    bls = gbs * nb
+    blocks = math.ceil(wl.batch / bls)
+    return LpSolution(gbs, nb, fl, {v: x[v].solution_value() for v in VARS}, block, block * blocks / wl.batch)
+
+
+@lru_cache(maxsize=64)
+def _split_cache(model: ModelSpec, compressed_weights: bool) -> tuple[tuple[float, float, float], ...]:
+    plan = FlexGenPlan(wg=0.0, wc=100.0, compress_weight=compressed_weights, placement="continuous")
+    return layer_weight_split(model, plan)
+
+
+def _mem(model: ModelSpec, shape: Shape, x: dict[str, float], wtot: float, wmax: float) -> dict[str, float]:
+    g = x.get
+    f = Fractions(
+        w_gpu=g("wg", 0.0) * wtot,
+        w_cpu=g("wc", 0.0) * wtot,
+        w_disk=g("wd", 0.0) * wtot,
+        w_off_gpu_max=(g("wc", 0.0) + g("wd", 0.0)) * wmax,
+        cg=g("cg", 0.0),
+        cc=g("cc", 0.0),
+        cd=g("cd", 0.0),
+        hg=g("hg", 0.0),
+        hc=g("hc", 0.0),
+        hd=g("hd", 0.0),
+    )
+    return {tier: sum(tags.values()) for tier, tags in memory_plan(model, shape, f).items()}
+
+
+# ---- turning an LP point into a runnable policy ---------------------------------------------------------
+def to_plan(sol: LpSolution, model: ModelSpec, gpu: str, budget: float | None) -> FlexGenPlan:
+    """Percentages for the runtime: activations on one tier, the rest rounded down to whole percent,
+    and the weight GPU percent lowered until the per-tensor placement puts no more on the GPU than the
+    LP did (the released midpoint rule is a step function, §3)."""
+    x = sol.x
+    pct = {v: math.floor(100 * x[v] + 1e-6) for v in VARS}
+    hg = 100.0 if x["hg"] >= x["hc"] else 0.0
+    plan = FlexGenPlan(
+        gpu_batch_size=sol.gbs,
+        num_gpu_batches=sol.nb,
+        wg=pct["wg"],
+        wc=min(100 - pct["wg"], pct["wc"] + (0 if x["wd"] > 1e-6 else 100 - pct["wg"] - pct["wc"])),
+        cg=pct["cg"],
+        cc=min(100 - pct["cg"], pct["cc"] + (0 if x["cd"] > 1e-6 else 100 - pct["cg"] - pct["cc"])),
+        hg=hg,
+        hc=100.0 - hg,
+        cpu_attention=sol.flags.cpu_attention,
+        compress_cache=sol.flags.compress_cache,
+        gpu=gpu,
+        gpu_mem_budget=budget,
+    )
+    allowed = x["wg"] * sum(s[1] for s in _split_cache(model, False)) * (1 + 1e-9)
+    while plan.wg > 0 and fractions(model, plan).w_gpu > allowed:
+        plan = replace(plan, wg=plan.wg - 1, wc=plan.wc + 1)
+    return plan
+
+
+def candidate_flags(disk: bool) -> list[Flags]:
+    tiers = "gcd" if disk else "gc"
+    return [Flags(True, False), Flags(False, False), *(Flags(False, True, t) for t in tiers)]
+
+
+def lp_candidates(
+    rig: Rig, model: ModelSpec, wl: Workload, ends: tuple[str, str, str], budget: float | None = None
+) -> tuple[list[LpSolution], int]:
+    """Every feasible (gbs, nb, flags) LP optimum, best time per sequence first."""
+    sols, solved = [], 0
+    for gbs in GBS_CHOICES:
+        if gbs > wl.batch:
+            break
+        any_fit = False
+        for nb in NB_CHOICES:
+            if gbs * nb > wl.batch:
+                break
+            for fl in candidate_flags(bool(ends[2])):
+                sol = solve_lp(rig, model, wl, gbs, nb, fl, ends, budget)
+                solved += 1
+                if sol is not None:
+                    sols.append(sol)
+                    any_fit = True
+        if not any_fit:
+            break  # larger GPU batches only need more memory
+    sols.sort(key=lambda s: (s.time_per_seq_s, -s.gbs, -s.nb))
+    return sols, solved
+
+
+def search_policy(
+    rig: Rig, model: ModelSpec, wl: Workload, objective: str = "throughput", budget: float | None = None
+) -> SearchOutcome:
+    """LP over (gbs, nb, flags), then the best few confirmed in the engine (released placement).
+
+    All objectives rank by the simulated end-to-end time of the workload: for a fixed offline batch
+    throughput, latency (e2e) and cost per token are all monotone in it.
+    """
+    from hetsim.sim.run import simulate
+    from hetsim.strategies.base import get_strategy
+    from hetsim.strategies.flexgen import endpoints
+
+    t0 = time.perf_counter()
+    ends = endpoints(rig)
+    sols, solved = lp_candidates(rig, model, wl, ends, budget)
+    strategy = get_strategy("flexgen")
+    best, best_e2e = None, math.inf
+    seen = set()
+    for sol in sols:
+        if len(seen) >= CONFIRM:
+            break
+        plan = to_plan(sol, model, ends[0], budget)
+        if plan in seen:
+            continue
+        seen.add(plan)
+        result = simulate(strategy, plan, rig, model, wl)
+        if result.feasible and result.e2e_s < best_e2e:
+            best, best_e2e = plan, result.e2e_s
+    out = SearchOutcome(best, sols[:CONFIRM], solved, time.perf_counter() - t0)
+    if best is not None:
+        out.throughput = wl.batch * wl.gen_len / best_e2e
+    return out
