@@ -320,6 +320,7 @@ class _Builder:
             gpus=tuple(gpus),
             disks=tuple(disks),
             price_per_hour=ns.price_per_hour.si if ns.price_per_hour else 0.0,
+            cpu_sharing=ns.cpu_sharing,
         )
 
     def network(self, regions: list[str]) -> None:

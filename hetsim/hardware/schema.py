@@ -285,6 +285,9 @@ class NodeSpec(_Strict):
     nvlink: NvlinkRef | None = None
     nic: LinkRef | None = None
     price_per_hour: Price | None = None
+    # CPU entries that are slices of one socket (VM vCPUs, ranks pinned to cores) share its DRAM
+    # ("dram") or, as SMT siblings, its execution units too ("core"); see docs/hardware-profiles.md.
+    cpu_sharing: Literal["none", "dram", "core"] = "none"
 
     @model_validator(mode="before")
     @classmethod

@@ -142,3 +142,6 @@ class Node:
     gpus: tuple[str, ...]
     disks: tuple[str, ...]
     price_per_hour: float = 0.0
+    # What the node's CPU entries share: "none" (real sockets), "dram" (one memory controller), or
+    # "core" (hardware threads of one core: one compute stream and one DRAM path).
+    cpu_sharing: str = "none"

@@ -65,6 +65,15 @@ class Engine:
             cpu.name: BandwidthTimeline(f"{cpu.name}:dram", cpu.mem_bw * cpu.efficiency.memory)
             for cpu in rig.cpus()
         }
+        # CPU entries that are slices of one socket share its DRAM timeline (and, as SMT siblings,
+        # its compute stream): the first entry's timeline and lane serve them all.
+        for node in rig.nodes.values():
+            if node.cpu_sharing != "none" and len(node.cpus) > 1:
+                first = node.cpus[0]
+                for cpu in node.cpus[1:]:
+                    self.host_memory[cpu] = self.host_memory[first]
+                    if node.cpu_sharing == "core":
+                        self.lanes[f"{cpu}:compute"] = self.lanes[f"{first}:compute"]
         capacities = {d.name: d.mem_bytes for d in rig.devices.values()}
         capacities.update({d.name: d.capacity_bytes for d in rig.disks.values()})
         self.memory = MemoryLedger(capacities, clock=lambda: self.env.now, keep_timeline=memory_timeline)
@@ -285,7 +294,8 @@ class Engine:
                 beta = min(beta, route.bw)
                 for hop in route.hops:
                     lanes.setdefault(hop.lane, self._lane(hop.lane))
-        result = (tuple(lanes.values()), alpha, beta)
+        unique = {id(lane): lane for lane in lanes.values()}  # shared (SMT) lanes appear once
+        result = (tuple(unique.values()), alpha, beta)
         self._ring_lanes[key] = result
         return result
 
@@ -310,8 +320,12 @@ class Engine:
         """Busy fraction of every lane and DRAM timeline that did any work."""
         if makespan <= 0:
             return {}
-        util = {name: lane.busy_s / makespan for name, lane in self.lanes.items() if lane.busy_s > 0}
+        util = {
+            name: lane.busy_s / makespan
+            for name, lane in self.lanes.items()
+            if lane.busy_s > 0 and lane.name == name  # a shared lane is reported under its own name
+        }
         for name, dram in self.host_memory.items():
-            if dram.bytes_moved > 0:
+            if dram.bytes_moved > 0 and dram.name == f"{name}:dram":
                 util[f"{name}:dram"] = dram.bytes_moved / dram.capacity / makespan
         return dict(sorted(util.items()))
