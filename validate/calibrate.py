@@ -1,0 +1,340 @@
+"""Turn microbenchmarks into a hardware profile (a rig YAML that ``load_rig`` reads), and refit its
+efficiencies to validate-run reports.
+
+How a small box is described: one CPU entry per rank, each with ``threads`` cores. Ranks that are
+slices of one socket share what the slices really share, measured by running the same GEMM and
+STREAM on every rank at once (``cpu_sharing``): if co-running ranks together get less than 1.5x
+one rank's GEMM rate, they are SMT-like siblings that share one compute stream and the DRAM
+("core"); if only their bandwidth does not add up, they share the DRAM ("dram"). The all-reduce
+between ranks is the measured gloo alpha-beta on an ``shm`` link. Each rank alone gets the full
+single-rank rates, so the same profile predicts the one-rank baseline and the multi-rank run.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from validate import microbench as mb
+
+BASE_CPU = "ryzen-7950x"  # catalogue entry every field of which calibrate overrides (Zen family)
+SHARING_THRESHOLD = 1.5  # co-running speed-up below this: the resource is shared
+
+
+def _stamp(threads: int) -> str:
+    import torch
+
+    day = _dt.date.today().isoformat()
+    return f"{platform.node() or 'host'}, {day}, torch {torch.__version__}, {threads} thread(s) per rank"
+
+
+def _q(value: Any, source: str, grade: str) -> dict[str, Any]:
+    return {"value": value, "source": source, "grade": grade}
+
+
+def _gbps(x: float) -> str:
+    return f"{x / 1e9:.3f} GB/s"
+
+
+def _gflops(x: float) -> str:
+    return f"{x / 1e9:.3f} GFLOPS"
+
+
+def host_memory_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+# ---- measuring ------------------------------------------------------------------------------------
+GEMM_SHAPES = [(m, k, k) for m in (1, 4, 16, 64, 256) for k in (1024, 2048, 4096)]
+QUICK_SHAPES = [(m, 1024, 1024) for m in (1, 16, 64)]
+PREFILL_M = (16, 64)  # rows of the prefill GEMMs the matmul efficiency stands for (short prompts)
+
+
+def measure(
+    *,
+    threads: int = 1,
+    ranks: int = 2,
+    quick: bool = False,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run every microbenchmark; returns the raw numbers (saved next to the profile)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    say = progress or (lambda _msg: None)
+    shapes = QUICK_SHAPES if quick else GEMM_SHAPES
+    raw: dict[str, Any] = {"threads": threads, "ranks": ranks, "quick": quick, "cpu": cpu_name()}
+    gemm = []
+    for dt in ("fp32", "bf16"):
+        for s in shapes if dt == "fp32" else shapes[:2]:  # bf16 without hardware support is very slow
+            say(f"GEMM {dt} {s[0]}x{s[1]}x{s[2]}")
+            gemm.append(mb.matmul_rate(*s, dt, quick=quick))
+    raw["gemm"] = gemm
+    say("STREAM copy/add")
+    raw["stream"] = mb.stream(64 * 2**20 if quick else mb.WORKING_SET, quick=quick)
+    say("small-op overhead")
+    raw["overhead"] = mb.small_op_overhead(quick=quick)
+    say("attention (SDPA)")
+    raw["attention"] = _attention_rate(quick)
+    if ranks > 1:
+        say(f"gloo all-reduce and co-running, {ranks} processes")
+        raw["multiprocess"] = mb.multiprocess(ranks, threads, quick=quick)
+    if device == "cuda":
+        say("CUDA copies, GEMM, launch")
+        raw["cuda"] = mb.cuda_bench(quick=quick)
+    return raw
+
+
+def _attention_rate(quick: bool) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+
+    heads, hd, s = 16, 128, 32 if quick else 64
+    q = torch.randn(1, heads, s, hd)
+    t = mb.timeit(lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True), min_time=0.02)
+    return {"seq": s, "heads": heads, "head_dim": hd, "seconds": t, "flops": 4.0 * heads * s * s * hd / t}
+
+
+# ---- deriving the profile ---------------------------------------------------------------------------
+def derive(raw: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the profile needs, from the raw measurements."""
+    fp32 = [g for g in raw["gemm"] if g["dtype"] == "fp32"]
+    bf16 = [g for g in raw["gemm"] if g["dtype"] == "bf16"]
+    peak = max(g["flops"] for g in fp32)
+    gemv_bw = max(g["weight_bw"] for g in fp32 if g["m"] == 1)
+    mem_bw = max(gemv_bw, raw["stream"]["copy_bw"], raw["stream"]["add_bw"])
+    prefill = [g["flops"] for g in fp32 if g["m"] in PREFILL_M] or [peak]
+    d: dict[str, Any] = {
+        "peak_fp32": peak,
+        "peak_bf16": max((g["flops"] for g in bf16), default=0.0),
+        "mem_bw": mem_bw,
+        "eff_matmul": min(1.0, statistics.median(prefill) / peak),
+        "eff_memory": min(1.0, gemv_bw / mem_bw),
+        "eff_attention": min(1.0, raw["attention"]["flops"] / peak),
+        "overhead_s": raw["overhead"]["median"],
+        "sharing": "none",
+    }
+    mp = raw.get("multiprocess")
+    if mp:
+        d["alpha_s"], d["beta_bps"] = mb.fit_alpha_beta(mp["allreduce"])
+        alone = {(g["m"], g["k"]): g for g in fp32}
+        ranks = mp["corun"]
+        c_gemm = ranks[0]["gemm"]
+        big = max(c_gemm, key=lambda g: g["m"])  # the compute-heavier co-run shape
+        solo = alone.get((big["m"], big["k"])) or mb.matmul_rate(big["m"], big["k"], big["n"])
+        compute_scale = sum(r["gemm"][-1]["flops"] for r in ranks) / solo["flops"]
+        solo_bw = raw["stream"]["copy_bw"]
+        memory_scale = sum(r["stream"]["copy_bw"] for r in ranks) / solo_bw
+        d["compute_scale"], d["memory_scale"] = compute_scale, memory_scale
+        if compute_scale < SHARING_THRESHOLD:
+            d["sharing"] = "core"
+        elif memory_scale < SHARING_THRESHOLD:
+            d["sharing"] = "dram"
+    return d
+
+
+def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
+    """A rig document: one node, ``ranks`` CPU entries (overrides of a catalogue CPU), an shm link."""
+    threads, ranks = raw["threads"], max(1, raw["ranks"])
+    stamp = _stamp(threads)
+    meas = f"measured by hetsim calibrate ({stamp})"
+    fit = f"fitted by hetsim calibrate ({stamp})"
+    cpu = {
+        "model": BASE_CPU,
+        "description": f"{raw['cpu']}: one rank's slice ({threads} thread(s)); every number from hetsim calibrate",
+        "cores": _q(threads, f"{meas}: torch threads per rank", "measured"),
+        "peak_flops": {
+            "fp32": _q(
+                _gflops(d["peak_fp32"]), f"{meas}: best fp32 torch.matmul over the GEMM sweep", "measured"
+            ),
+            "bf16": _q(
+                _gflops(max(d["peak_bf16"], 1.0)),
+                f"{meas}: best bf16 torch.matmul over the sweep",
+                "measured",
+            ),
+        },
+        "memory_bandwidth": _q(
+            _gbps(d["mem_bw"]), f"{meas}: max of STREAM copy/add and GEMV weight streaming", "measured"
+        ),
+        "memory_channels": _q(1, "assumed: not visible inside a VM; informational only", "assumed"),
+        "efficiency": {
+            "compute": {
+                "matmul": _q(
+                    round(d["eff_matmul"], 4),
+                    f"{fit}: median GEMM rate at m in {PREFILL_M} / peak (prefill-sized GEMMs)",
+                    "fitted",
+                ),
+                "attention": _q(round(d["eff_attention"], 4), f"{meas}: SDPA FLOP rate / peak", "measured"),
+            },
+            "memory": _q(
+                round(d["eff_memory"], 4), f"{fit}: GEMV weight streaming / memory_bandwidth", "fitted"
+            ),
+            "overhead": _q(
+                f"{d['overhead_s'] * 1e6:.3f} us", f"{meas}: median of tiny torch ops", "measured"
+            ),
+        },
+    }
+    node: dict[str, Any] = {
+        "description": f"{raw['cpu']}, {ranks} rank(s) of {threads} thread(s); cpu_sharing measured",
+        "cpus": [copy.deepcopy(cpu) for _ in range(ranks)],
+        "host_memory": _q(
+            f"{host_memory_bytes() / 2**30:.2f} GiB", f"{meas}: /proc/meminfo MemTotal", "measured"
+        ),
+    }
+    if ranks > 1:
+        node["cpu_sharing"] = d["sharing"]
+        node["upi"] = {
+            "link": "shm",
+            "bandwidth": _q(
+                _gbps(d["beta_bps"]), f"{fit}: gloo all-reduce alpha-beta least squares", "fitted"
+            ),
+            "latency": _q(f"{d['alpha_s'] * 1e6:.3f} us", f"{fit}: gloo all-reduce alpha-beta", "fitted"),
+        }
+    return {
+        "name": name or f"calibrated-{platform.node() or 'host'}",
+        "description": (
+            f"{raw['cpu']} measured by hetsim calibrate. Each CPU entry is one rank; cpu_sharing says what "
+            f"co-running ranks share (compute x{d.get('compute_scale', 1):.2f}, "
+            f"memory x{d.get('memory_scale', 1):.2f} when all run)."
+        ),
+        "source": f"hetsim calibrate ({stamp})",
+        "nodes": [node],
+    }
+
+
+def write_profile(doc: dict[str, Any], raw: dict[str, Any], out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(doc, sort_keys=False, width=110))
+    out.with_suffix(".microbench.json").write_text(json.dumps(raw, indent=1))
+    return out
+
+
+# ---- refitting to validate runs ---------------------------------------------------------------------
+def fit_runs(
+    profile: str | Path, reports: list[str | Path], out: str | Path | None = None
+) -> dict[str, float]:
+    """Least-squares refit of overhead, 1/eff(matmul), 1/eff(attention) and 1/eff(memory) to measured
+    step times of validate reports that used this profile's device (linear once each op's bound is
+    fixed; bounds are re-assigned from the current fit and the solve repeated)."""
+    from hetsim.costs.ops import op_cost
+    from hetsim.hardware import load_rig
+    from hetsim.models.spec import ModelSpec
+    from hetsim.strategies.common import embed_ops, head_ops, layer_blocks
+    from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES, TOKEN_PAIR_BYTES
+
+    rig = load_rig(profile)
+    dev = next(iter(rig.cpus()))
+    node = rig.nodes[dev.node]
+    steps: list[tuple[list, float]] = []  # (ops of every serialized rank, measured compute time)
+    for rep in reports:
+        for run in json.loads(Path(rep).read_text())["runs"]:
+            if not run.get("strategy", "").startswith("cpu") or "measured" not in run:
+                continue
+            spec = ModelSpec(**run["model"])
+            w = run["workload"]
+            world, plan = run["world"], run["plan"]
+            b, p = w["batch"], w["prompt_len"]
+            serial = world if node.cpu_sharing == "core" else 1
+            alpha = rig.links[next(iter(rig.links))].latency_s if rig.links else 0.0
+            beta = rig.links[next(iter(rig.links))].bw if rig.links else 1.0
+            m = run["measured"]
+            mid = max(1, (w["gen_len"] - 1) // 2)
+            for phase, seq, kv, measured in (
+                ("prefill", p, p, m["ttft_s"]),
+                ("decode", 1, p + mid, m["tpot_s"]),
+            ):
+                blk = layer_blocks(spec, phase, b, seq, kv, world, plan["weight_dtype"], plan["kv_dtype"])
+                ops = list(embed_ops(spec, b, seq, plan["weight_dtype"]))
+                ops += list(blk.whole) * spec.layers
+                ops += list(head_ops(spec, phase, b, seq, world, plan["weight_dtype"]))
+                coll = 0.0
+                if world > 1:
+                    msg = b * seq * spec.hidden * ALLREDUCE_BYTES[plan["allreduce_dtype"]]
+                    coll = 2 * spec.layers * (alpha + msg / beta) + (world - 1) * (
+                        alpha + TOKEN_PAIR_BYTES * b / beta
+                    )
+                steps.append((ops * serial, measured - coll))
+    if len(steps) < 4:
+        raise ValueError(f"need at least 2 runs (4 step times) to fit, got {len(steps) // 2}")
+    eff = dev.efficiency
+    x = np.array([eff.overhead_s, 1 / eff.compute["matmul"], 1 / eff.compute["attention"], 1 / eff.memory])
+    peak, bw = dev.flops("fp32"), dev.mem_bw
+    for _ in range(5):
+        rows, target = [], []
+        for ops, t in steps:
+            f = np.zeros(4)
+            rest = 0.0
+            for op in ops:
+                f[0] += 1
+                kind = op.kind.value
+                mem = op.mem_bytes / bw * x[3]
+                if kind in ("matmul", "attention"):
+                    comp = op.flops / peak * (x[1] if kind == "matmul" else x[2])
+                    if comp >= mem:
+                        f[1 if kind == "matmul" else 2] += op.flops / peak
+                        continue
+                    f[3] += op.mem_bytes / bw
+                else:
+                    c = op_cost(dev, op)
+                    if c.compute_s >= c.memory_s:
+                        rest += c.compute_s
+                    else:
+                        f[3] += op.mem_bytes / bw
+            rows.append(f / t)
+            target.append((t - rest) / t)  # relative residuals: every step counts the same
+        a, y = np.array(rows), np.array(target)
+        used = a.any(axis=0)
+        sol, *_ = np.linalg.lstsq(a[:, used], y, rcond=None)
+        new = x.copy()
+        new[used] = sol
+        new[0] = max(new[0], 0.0)
+        new[1:] = np.maximum(new[1:], 1.0)  # efficiencies stay in (0, 1]
+        if np.allclose(new, x, rtol=1e-6):
+            break
+        x = new
+    fitted = {"overhead_s": float(x[0]), "matmul": 1 / x[1], "attention": 1 / x[2], "memory": 1 / x[3]}
+    if out is not None:
+        _write_fitted(profile, fitted, [str(r) for r in reports], len(steps), out)
+    return fitted
+
+
+def _write_fitted(profile: str | Path, fitted: dict[str, float], reports: list[str], n: int, out) -> None:
+    doc = yaml.safe_load(Path(profile).read_text())
+    day = _dt.date.today().isoformat()
+    src = f"fitted by hetsim calibrate --fit to {n} measured step times ({', '.join(reports)}), {day}"
+    for cpu in doc["nodes"][0]["cpus"]:
+        e = cpu.setdefault("efficiency", {})
+        e.setdefault("compute", {})
+        e["compute"]["matmul"] = _q(round(fitted["matmul"], 4), src, "fitted")
+        e["compute"]["attention"] = _q(round(fitted["attention"], 4), src, "fitted")
+        e["memory"] = _q(round(fitted["memory"], 4), src, "fitted")
+        e["overhead"] = _q(f"{fitted['overhead_s'] * 1e6:.3f} us", src, "fitted")
+    Path(out).write_text(yaml.safe_dump(doc, sort_keys=False, width=110))

@@ -1,0 +1,118 @@
+"""``hetsim calibrate`` and ``hetsim validate`` (registered by ``hetsim.cli`` through ``register``).
+
+torch is imported inside the commands, so ``hetsim`` works without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hetsim.errors import InputError
+
+CPU_STRATEGIES = ("cpu-tp", "cpu")
+CUDA_STRATEGIES = ("gpu-only", "accelerate", "hetegen", "flexgen")
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise InputError("needs torch: pip install 'hetsim[validate]'", field="torch") from None
+
+
+def calibrate(
+    out: Path = typer.Option(Path("calibrated.yaml"), "--out", help="profile (rig YAML) to write"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda adds the GPU benchmarks)"),
+    quick: bool = typer.Option(False, "--quick", help="a few seconds, for CI"),
+    threads: int = typer.Option(1, "--threads", help="torch threads per rank"),
+    ranks: int = typer.Option(2, "--ranks", help="local processes for the gloo all-reduce"),
+    fit: bool = typer.Option(False, "--fit", help="refit efficiencies of --profile to validate reports"),
+    profile: Path | None = typer.Option(None, "--profile", help="profile to refit (default: --out)"),
+    runs: list[Path] | None = typer.Argument(None, help="validate reports (JSON) for --fit"),
+) -> None:
+    """Measure this machine with torch microbenchmarks and write a hardware profile."""
+    _need_torch()
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from validate import calibrate as cal
+
+    console = Console()
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r} (use cpu or cuda)", field="--device")
+    if fit:
+        base = profile or out
+        if not runs:
+            raise InputError("give the validate reports to fit to", field="RUNS")
+        for r in runs:
+            if not Path(r).is_file():
+                raise InputError("no such file", source=str(r))
+        try:
+            fitted = cal.fit_runs(base, list(runs), out)
+        except ValueError as exc:
+            raise InputError(str(exc), field="RUNS") from None
+        console.print(f"refitted {base} -> {out}: " + ", ".join(f"{k}={v:.4g}" for k, v in fitted.items()))
+        return
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            console.print("[yellow]CUDA not available: skipping the GPU benchmarks[/yellow]")
+            device = "cpu"
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as pr:
+        task = pr.add_task("calibrating", total=None)
+        raw = cal.measure(
+            threads=threads,
+            ranks=ranks,
+            quick=quick,
+            device=device,
+            progress=lambda msg: pr.update(task, description=msg),
+        )
+    d = cal.derive(raw)
+    cal.write_profile(cal.build_profile(raw, d), raw, out)
+    from hetsim.hardware import load_rig
+
+    load_rig(out)  # the profile must load
+    console.print(f"wrote {out} (+ {out.with_suffix('.microbench.json').name})")
+    for k, v in d.items():
+        console.print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
+
+
+def validate(
+    hw: Path = typer.Option(..., "--hw", help="calibrated profile (from hetsim calibrate)"),
+    plan: Path | None = typer.Option(None, "--plan", help="plan JSON (model, workload, strategy)"),
+    model: str | None = typer.Option(None, "--model"),
+    strategy: str = typer.Option("cpu-tp", "--strategy"),
+    ranks: str = typer.Option("1,2", "--ranks", help="cpu-tp rank counts to run (1 = the baseline)"),
+    layers: int | None = typer.Option(None, "--layers", help="cut the depth (never the width)"),
+    hidden: int | None = typer.Option(None, "--hidden", help="CI smoke tests only: override the width"),
+    batch: int = typer.Option(1, "--batch"),
+    prompt_len: int = typer.Option(16, "--prompt-len"),
+    gen_len: int = typer.Option(8, "--gen-len"),
+    dtype: str = typer.Option("fp32", "--dtype", help="weight/KV dtype of the real run"),
+    threads: int = typer.Option(1, "--threads", help="torch threads per rank"),
+    repeats: int = typer.Option(3, "--repeats"),
+    out: Path = typer.Option(Path("validate/results"), "--out", help="folder for the JSON and PNG"),
+    stem: str = typer.Option("validate", "--stem", help="file name stem of the report"),
+) -> None:
+    """Run a plan for real on torch, simulate it on the calibrated profile, compare."""
+    _need_torch()
+    from validate.cli_impl import run_validate
+
+    run_validate(
+        hw=str(hw), plan=plan, model=model, strategy=strategy, ranks=ranks, layers=layers, hidden=hidden,
+        batch=batch, prompt_len=prompt_len, gen_len=gen_len, dtype=dtype, threads=threads,
+        repeats=repeats, out=out, stem=stem,
+    )  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate)
+    app.command("validate")(validate)
+
+
+__all__ = ["calibrate", "register", "validate"]

@@ -1,0 +1,93 @@
+"""The body of ``hetsim validate`` (kept out of ``validate.cli`` so that importing the CLI stays light)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from hetsim.errors import InputError
+
+
+def _spec(model: str, layers: int | None, hidden: int | None):
+    from hetsim.models import get_model
+
+    spec = get_model(model)
+    if layers is not None:
+        if not 1 <= layers <= spec.layers:
+            raise InputError(f"must be in 1..{spec.layers}", field="--layers")
+        spec = dataclasses.replace(spec, layers=layers)
+    if hidden is not None:  # CI smoke tests only: keeps head_dim, scales heads and MLP
+        heads = max(1, hidden // spec.head_dim)
+        ratio = spec.intermediate / spec.hidden
+        kv = spec.kv_heads if heads % spec.kv_heads == 0 else heads
+        spec = dataclasses.replace(
+            spec, name=f"{spec.name}-h{hidden}", hidden=heads * spec.head_dim, heads=heads,
+            kv_heads=min(kv, heads), intermediate=int(ratio * heads * spec.head_dim),
+        )  # fmt: skip
+    return spec
+
+
+def run_validate(
+    *, hw: str, plan: Path | None, model: str | None, strategy: str, ranks: str, layers: int | None,
+    hidden: int | None, batch: int, prompt_len: int, gen_len: int, dtype: str, threads: int,
+    repeats: int, out: Path, stem: str,
+) -> dict[str, Any]:  # fmt: skip
+    from rich.console import Console
+
+    from hetsim.workload import Workload
+    from validate import report, runners
+
+    console = Console()
+    worlds = [int(x) for x in ranks.split(",") if x.strip()]
+    if plan is not None:
+        from hetsim.api import load_plan
+
+        p, strat, plan_obj = load_plan(plan)
+        model, strategy = p.model_ref, strat.name
+        batch, prompt_len, gen_len = p.workload.batch, p.workload.prompt_len, p.workload.gen_len
+        if strategy == "cpu-tp":
+            worlds = [1, len(plan_obj.ranks)] if len(plan_obj.ranks) > 1 else [1]
+    if model is None:
+        raise InputError("give --plan or --model", field="--model")
+    if dtype not in runners.DTYPES:
+        raise InputError(f"unknown dtype {dtype!r} (use {', '.join(runners.DTYPES)})", field="--dtype")
+    spec = _spec(model, layers, hidden)
+    workload = Workload(batch, prompt_len, gen_len)
+    runs: list[dict[str, Any]] = []
+    base = {"model": dataclasses.asdict(spec), "workload": workload.to_dict(), "strategy": strategy}
+    if strategy in ("cpu-tp", "cpu"):
+        for world in worlds:
+            if spec.heads % world:
+                raise InputError(f"{spec.heads} heads do not split over {world} ranks", field="--ranks")
+            cfg = runners.RunConfig(
+                model=dataclasses.asdict(spec), batch=batch, prompt_len=prompt_len, gen_len=gen_len,
+                world=world, threads=threads, dtype=dtype, repeats=repeats,
+            )  # fmt: skip
+            console.print(f"running {spec.name} ({spec.layers} layers) cpu-tp x{world} ...")
+            m = runners.run_cpu(cfg)
+            pred = report.predict_cpu(hw, spec, workload, world, dtype)
+            label = "baseline (1 rank)" if world == 1 else f"cpu-tp {world} ranks"
+            runs.append({**base, "label": label, "world": world, "threads": threads,
+                         "plan": pred.pop("plan"), "measured": m.to_dict(), "predicted": pred})  # fmt: skip
+    elif strategy in ("gpu-only", "accelerate", "hetegen", "flexgen"):
+        if not runners.cuda_available():
+            console.print(f"[yellow]{strategy}: CUDA is not available on this machine; skipped[/yellow]")
+            runs.append({**base, "label": strategy, "skipped": "no CUDA"})
+        elif strategy == "gpu-only":
+            cfg = runners.RunConfig(model=dataclasses.asdict(spec), batch=batch, prompt_len=prompt_len,
+                                    gen_len=gen_len, dtype="fp16", repeats=repeats)  # fmt: skip
+            runs.append({**base, "label": strategy, "measured": runners.run_gpu_only(cfg).to_dict()})
+        elif strategy == "accelerate":
+            cfg = runners.RunConfig(model=dataclasses.asdict(spec), batch=batch, prompt_len=prompt_len,
+                                    gen_len=gen_len, dtype="fp16", repeats=repeats)  # fmt: skip
+            runs.append({**base, "label": strategy, "measured": runners.run_accelerate(cfg, 0).to_dict()})
+        else:
+            runs.append({**base, "label": strategy, "skipped": "real run not implemented yet"})
+    else:
+        raise InputError(f"unknown strategy {strategy!r}", field="--strategy")
+    doc = {"environment": report.environment(), "profile": hw, "runs": runs}
+    report.print_table(runs, console)
+    for path in report.save(doc, out, stem):
+        console.print(f"wrote {path}")
+    return doc

@@ -1,0 +1,221 @@
+"""torch microbenchmarks of the machine hetsim simulates: GEMM/GEMV rates, DRAM bandwidth, the fixed
+cost of a small op, gloo all-reduce latency/bandwidth, and (with CUDA) copies, GEMM and launch cost.
+
+Weights in the GEMM/GEMV benchmarks rotate through a working set several times the last-level
+cache, as an LLM's layers do, so the rates are DRAM rates, not cache rates. Every function returns
+plain dicts (JSON-able) and takes the thread count explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+WORKING_SET = 256 * 2**20  # bytes of rotating weights: several times a typical LLC
+
+
+def _dt(name: str):
+    import torch
+
+    return getattr(torch, DTYPE_NAMES[name])
+
+
+def timeit(fn: Callable[[], Any], *, min_time: float = 0.05, reps: int = 3, sync=None) -> float:
+    """Median seconds per call over ``reps`` batches of calls lasting at least ``min_time`` each."""
+    sync = sync or (lambda: None)
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    one = max(time.perf_counter() - t0, 1e-7)
+    n = max(1, int(min_time / one))
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        out.append((time.perf_counter() - t0) / n)
+    return statistics.median(out)
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: str = "fp32", *, device: str = "cpu", quick: bool = False):
+    """FLOP/s and weight-streaming bytes/s of (m x k) @ (k x n) with weights rotating through DRAM."""
+    import torch
+
+    dt = _dt(dtype)
+    esize = torch.empty((), dtype=dt).element_size()
+    copies = 1 if device != "cpu" else max(2, min(16, WORKING_SET // max(1, k * n * esize)))
+    if quick:
+        copies = min(copies, 2)
+    ws = [torch.empty(k, n, dtype=dt, device=device).uniform_(-0.02, 0.02) for _ in range(copies)]
+    a = torch.empty(m, k, dtype=dt, device=device).uniform_(-1, 1)
+    sync = torch.cuda.synchronize if device != "cpu" else None
+
+    def run() -> None:
+        for w in ws:
+            a @ w
+
+    t = timeit(run, min_time=0.02 if quick else 0.1, reps=2 if quick else 3, sync=sync) / copies
+    return {
+        "m": m,
+        "k": k,
+        "n": n,
+        "dtype": dtype,
+        "seconds": t,
+        "flops": 2.0 * m * k * n / t,
+        "weight_bw": k * n * esize / t,
+    }
+
+
+def stream(nbytes: int = WORKING_SET, *, quick: bool = False) -> dict[str, float]:
+    """STREAM-like copy (2 x bytes moved) and add (3 x) in fp32 over arrays far larger than the LLC."""
+    import torch
+
+    n = nbytes // 4
+    x = torch.empty(n).uniform_(0, 1)
+    y = torch.empty(n).uniform_(0, 1)
+    z = torch.empty(n)
+    kw = {"min_time": 0.02 if quick else 0.1, "reps": 2 if quick else 3}
+    copy = timeit(lambda: z.copy_(x), **kw)
+    add = timeit(lambda: torch.add(x, y, out=z), **kw)
+    return {"copy_bw": 2 * nbytes / copy, "add_bw": 3 * nbytes / add, "bytes": float(nbytes)}
+
+
+def small_op_overhead(*, quick: bool = False) -> dict[str, float]:
+    """Fixed cost of a tiny op: dispatch, allocation, threading — what every op pays."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(1, 64)
+    w = torch.randn(64, 64)
+    g = torch.ones(64)
+    kw = {"min_time": 0.01 if quick else 0.05, "reps": 3}
+    ops = {
+        "add": timeit(lambda: x + x, **kw),
+        "matmul": timeit(lambda: x @ w, **kw),
+        "rms_norm": timeit(lambda: F.rms_norm(x, (64,), g), **kw),
+        "silu_mul": timeit(lambda: F.silu(x) * x, **kw),
+    }
+    return {**ops, "median": statistics.median(ops.values())}
+
+
+# ---- multi-process: all-reduce and co-running ranks ----------------------------------------------
+def _dist_worker(rank: int, world: int, init: str, threads: int, quick: bool, out: str) -> None:
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        sizes = [4 * 2**i for i in range(0, 21, 4 if quick else 2)]  # 4 B .. 4 MiB
+        res = []
+        for size in sizes:
+            t = torch.zeros(size // 4)
+            for _ in range(3):
+                dist.all_reduce(t)
+            reps = 5 if quick else (50 if size < 2**16 else 10)
+            times = []
+            for _ in range(3):
+                dist.barrier()
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    dist.all_reduce(t)
+                times.append((time.perf_counter() - t0) / reps)
+            res.append({"bytes": size, "seconds": statistics.median(times)})
+        # Co-running: the same GEMV/GEMM and copy on every rank at once (shared DRAM and cores?).
+        dist.barrier()
+        shapes = [(1, 4096, 4096), (16, 4096, 4096)] if not quick else [(1, 2048, 2048), (16, 2048, 2048)]
+        corun = [matmul_rate(*s, quick=quick) for s in shapes]
+        dist.barrier()
+        st = stream(64 * 2**20 if quick else WORKING_SET, quick=quick)
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, {"gemm": corun, "stream": st})
+        if rank == 0:
+            Path(out).write_text(json.dumps({"allreduce": res, "corun": gathered}))
+    finally:
+        dist.destroy_process_group()
+
+
+def multiprocess(world: int = 2, threads: int = 1, *, quick: bool = False) -> dict[str, Any]:
+    """gloo all-reduce timings over message sizes and co-running rates, ``world`` local processes."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    from validate.runners import free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "mp.json")
+        init = f"tcp://127.0.0.1:{free_port()}"
+        mp.spawn(_dist_worker, args=(world, init, threads, quick, out), nprocs=world, join=True)
+        return json.loads(Path(out).read_text())
+
+
+def fit_alpha_beta(points: list[dict[str, float]]) -> tuple[float, float]:
+    """Least-squares t = alpha + bytes / beta over the measured all-reduce sizes."""
+    x = np.array([p["bytes"] for p in points], dtype=float)
+    t = np.array([p["seconds"] for p in points], dtype=float)
+    # Relative error matters at both ends of the size range: weight each point by 1/t.
+    a = np.stack([np.ones_like(x), x], axis=1) / t[:, None]
+    (alpha, inv_beta), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
+    alpha = max(float(alpha), 1e-7)
+    inv_beta = max(float(inv_beta), 1e-15)
+    return alpha, 1.0 / inv_beta
+
+
+# ---- CUDA -----------------------------------------------------------------------------------------
+def cuda_bench(*, quick: bool = False) -> dict[str, Any] | None:
+    """H2D/D2H pinned and pageable copies, GPU GEMM rates and kernel launch cost; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    sync = torch.cuda.synchronize
+    nbytes = (64 if quick else 256) * 2**20
+    host = torch.empty(nbytes, dtype=torch.uint8)
+    pinned = host.pin_memory()
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    kw = {"min_time": 0.05, "reps": 3, "sync": sync}
+    copies = {
+        "h2d_pinned": nbytes / timeit(lambda: dev.copy_(pinned, non_blocking=True), **kw),
+        "h2d_pageable": nbytes / timeit(lambda: dev.copy_(host), **kw),
+        "d2h_pinned": nbytes / timeit(lambda: pinned.copy_(dev, non_blocking=True), **kw),
+        "d2h_pageable": nbytes / timeit(lambda: host.copy_(dev), **kw),
+    }
+    tiny = torch.zeros(1, device="cuda")
+    n_launch = 1000
+
+    def launches() -> None:
+        for _ in range(n_launch):
+            tiny.add_(1)
+
+    launch = timeit(launches, **kw) / n_launch
+    gemm = [
+        matmul_rate(m, k, k, dt, device="cuda", quick=quick)
+        for dt in ("fp16", "bf16", "fp32")
+        for m in (1, 16, 256, 4096)
+        for k in ((4096,) if quick else (2048, 8192))
+    ]
+    big = torch.empty(nbytes // 4, device="cuda")
+    big2 = torch.empty_like(big)
+    mem_bw = 2 * nbytes / timeit(lambda: big2.copy_(big), **kw)
+    return {
+        "name": torch.cuda.get_device_name(0),
+        "memory_bytes": torch.cuda.get_device_properties(0).total_memory,
+        "copies": copies,
+        "launch_s": launch,
+        "gemm": gemm,
+        "mem_bw": mem_bw,
+    }
