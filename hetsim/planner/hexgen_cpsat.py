@@ -1,0 +1,515 @@
+"""HexGen's two-level scheduler with OR-Tools CP-SAT (hexgen.md §3, §8).
+
+Machines are grouped into *classes* (same region, GPU type and GPU count) and a machine may be cut
+into equal *parts* (8 GPUs -> 8, 4 or 2). A replica *shape* is a small multiset of parts from one
+region (a pipeline never crosses the WAN).
+
+- Inner level (per shape, CP-SAT): choose TP groups inside each part (degree t, any mix), and the
+  integer layers of each group, minimising the latency of one request subject to every GPU's memory.
+  Per-layer times and memory come from the same functions the engine uses (``layer_time`` is the
+  engine's ``lockstep`` duration; ``gpu_footprint`` is what the run allocates), pre-computed per
+  (machine class, TP degree).
+- Outer level (CP-SAT): how many machines of each class are cut into parts of each size, and how
+  many replicas of each shape, maximising the served request rate (sum of 1 / latency) subject to a
+  latency cap; one solve per cap gives a handful of candidates.
+- Candidates are confirmed in the engine (offline batch: ``simulate``; serving: a short serving run
+  at the target rate) and the best is returned.
+
+``symmetric=True`` restricts the inner level to the uniform TP x PP baseline: one TP degree for every
+stage and an even split of layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import combinations_with_replacement
+
+from ortools.sat.python import cp_model
+
+from hetsim.hardware.rig import Rig
+from hetsim.models.spec import DTYPES, ModelSpec
+from hetsim.models.weights import param_count
+from hetsim.strategies.common import (
+    activation_workspace,
+    embed_bytes,
+    head_bytes,
+    hidden_bytes,
+    kv_cache_bytes,
+    layer_bytes,
+)
+from hetsim.strategies.gpu_only import Stage
+from hetsim.strategies.hexgen import HexGenPlan, Replica, even_layers, layer_time
+from hetsim.workload import Workload
+
+NS = 1e9  # CP-SAT works in integers: times in nanoseconds
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a replica must hold and how fast one request should go (the solver's view)."""
+
+    prompt_len: int = 64
+    output_len: int = 64
+    kv_sequences: int = 8  # sequences whose KV cache a replica pre-allocates
+    context: int = 256
+    act_tokens: int = 512  # tokens in flight through one layer (activation workspace)
+    weight_dtype: str = "fp16"
+    kv_dtype: str = "fp16"
+
+    @classmethod
+    def offline(cls, w: Workload) -> Demand:
+        return cls(w.prompt_len, w.gen_len, w.batch, w.context_len, w.batch * w.prompt_len)
+
+
+@dataclass(frozen=True)
+class MachineClass:
+    region: str
+    gpu_model: str
+    gpus: int  # per machine
+    nodes: tuple[str, ...]
+
+    def part_sizes(self) -> list[int]:
+        sizes = [self.gpus]
+        k = self.gpus
+        while k % 2 == 0 and k // 2 >= 2:
+            k //= 2
+            sizes.append(k)
+        return sizes
+
+
+@dataclass(frozen=True, order=True)
+class Part:
+    cls: int  # index into the machine classes
+    gpus: int
+
+
+@dataclass(frozen=True, order=True)
+class Group:
+    part: int  # index into the shape's parts
+    tp: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The inner level's answer for a shape: its stages (in pipeline order) and latency."""
+
+    groups: tuple[Group, ...]
+    latency_s: float
+
+
+def machine_classes(rig: Rig) -> list[MachineClass]:
+    found: dict[tuple[str, str, int], list[str]] = {}
+    for node in rig.nodes.values():
+        if node.gpus:
+            key = (node.region, rig.devices[node.gpus[0]].model, len(node.gpus))
+            found.setdefault(key, []).append(node.name)
+    return [MachineClass(r, m, n, tuple(nodes)) for (r, m, n), nodes in sorted(found.items())]
+
+
+def tp_options(model: ModelSpec, n: int) -> list[int]:
+    return [t for t in (1, 2, 4, 8) if t <= n and model.heads % t == 0]
+
+
+class CostTable:
+    """Per (machine class, TP degree): seconds per layer for one request, and layers that fit."""
+
+    def __init__(self, rig: Rig, model: ModelSpec, demand: Demand, classes: list[MachineClass]):
+        self.rig, self.model, self.demand, self.classes = rig, model, demand, classes
+        self._layer: dict[tuple[int, int], float] = {}
+        self._cap: dict[tuple[int, int], int] = {}
+        self._hop: dict[tuple[int, int | None], float] = {}
+
+    def group(self, c: int, tp: int) -> tuple[str, ...]:
+        node = self.rig.nodes[self.classes[c].nodes[0]]
+        return tuple(node.gpus[:tp])
+
+    def layer_s(self, c: int, tp: int) -> float:
+        """One request's time in one layer: its prefill and every decode step (engine physics)."""
+        key = (c, tp)
+        if key not in self._layer:
+            d, g = self.demand, self.group(c, tp)
+            dt = {"weight_dtype": d.weight_dtype, "kv_dtype": d.kv_dtype}
+            t = layer_time(self.rig, g, self.model, "prefill", 1, d.prompt_len, d.prompt_len, **dt)
+            # decode steps at their mean context (attention is linear in it; the rest does not depend)
+            mid = d.prompt_len + max(1, d.output_len // 2)
+            t += (d.output_len - 1) * layer_time(self.rig, g, self.model, "decode", 1, 1, mid, **dt)
+            self._layer[key] = t
+        return self._layer[key]
+
+    def cap(self, c: int, tp: int) -> int:
+        """Layers a TP group fits, reserving the embedding and head as if it were first and last."""
+        key = (c, tp)
+        if key not in self._cap:
+            m, d = self.model, self.demand
+            mem = min(self.rig.devices[x].mem_bytes for x in self.group(c, tp))
+            kv_share = max(1.0 / tp, 1.0 / m.kv_heads)
+            per_layer = layer_bytes(m, d.weight_dtype) / tp
+            per_layer += kv_cache_bytes(m, d.kv_sequences, d.context, 1, d.kv_dtype) * kv_share
+            fixed = embed_bytes(m, d.weight_dtype) + head_bytes(m, d.weight_dtype) / tp
+            fixed += activation_workspace(m, 1, max(1, d.act_tokens)) / tp
+            self._cap[key] = max(0, int((mem - fixed) // per_layer))
+        return self._cap[key]
+
+    def hop_s(self, c: int, other: int | None) -> float:
+        """One request's pipeline hops between two stages: inside a machine of class ``c``
+        (``other`` None) or from a machine of class ``c`` to one of class ``other``."""
+        key = (c, other)
+        if key not in self._hop:
+            rig, d = self.rig, self.demand
+            a_node = rig.nodes[self.classes[c].nodes[0]]
+            if other is None:
+                a, b = a_node.gpus[0], a_node.gpus[-1]
+            else:
+                nodes = [n for n in self.classes[other].nodes if n != a_node.name] or [a_node.name]
+                a, b = a_node.gpus[0], rig.nodes[nodes[0]].gpus[0]
+            route = rig.route(a, b)
+            t = route.time(hidden_bytes(self.model, 1, d.prompt_len))
+            t += (d.output_len - 1) * route.time(hidden_bytes(self.model, 1, 1))
+            self._hop[key] = t
+        return self._hop[key]
+
+
+# ---- inner level --------------------------------------------------------------------------------
+def _solver(time_limit_s: float) -> cp_model.CpSolver:
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = 1  # deterministic, and this machine has 2 cores
+    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.random_seed = 0
+    return solver
+
+
+def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float = 5.0) -> Layout | None:
+    """Minimum-latency asymmetric layout of one replica over ``parts`` (None if it cannot fit)."""
+    model = table.model
+    m = cp_model.CpModel()
+    slots: list[tuple[int, int, cp_model.IntVar, cp_model.IntVar]] = []  # (part, tp, use, layers)
+    cost_terms = []
+    n_stages, part_used = [], []
+    for p, part in enumerate(parts):
+        stage_vars = []
+        width = []
+        for t in tp_options(model, part.gpus):
+            cap = min(table.cap(part.cls, t), model.layers)
+            if cap <= 0:
+                continue
+            prev = None
+            for s in range(part.gpus // t):
+                use = m.new_bool_var(f"use_{p}_{t}_{s}")
+                lay = m.new_int_var(0, cap, f"lay_{p}_{t}_{s}")
+                m.add(lay <= cap * use)
+                m.add(lay >= use)
+                if prev is not None:
+                    m.add(use <= prev)  # symmetry: fill slots in order
+                prev = use
+                slots.append((p, t, use, lay))
+                stage_vars.append(use)
+                width.append(t * use)
+                cost_terms.append(round(table.layer_s(part.cls, t) * NS) * lay)
+        if not stage_vars:
+            continue
+        m.add(sum(width) <= part.gpus)
+        ns = m.new_int_var(0, part.gpus, f"stages_{p}")
+        m.add(ns == sum(stage_vars))
+        used = m.new_bool_var(f"used_{p}")
+        m.add(ns >= used)
+        m.add(ns <= part.gpus * used)
+        n_stages.append((p, ns, used))
+        part_used.append(used)
+        # hops between stages inside this machine
+        cost_terms.append(round(table.hop_s(part.cls, None) * NS) * (ns - used))
+    if not slots:
+        return None
+    m.add(sum(lay for *_, lay in slots) == model.layers)
+    # hops between machines: consecutive used parts (fixed machine order)
+    if len(parts) > 1:
+        hop = max(table.hop_s(a.cls, b.cls) for a in parts for b in parts)
+        cost_terms.append(round(hop * NS) * (sum(part_used) - 1))
+    m.minimize(sum(cost_terms))
+    solver = _solver(time_limit_s)
+    status = solver.solve(m)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    groups = tuple(
+        Group(p, t, solver.value(lay)) for p, t, use, lay in slots if solver.value(use) and solver.value(lay)
+    )
+    return Layout(groups, solver.objective_value / NS)
+
+
+def layout_latency(table: CostTable, parts: tuple[Part, ...], groups: tuple[Group, ...]) -> float:
+    """The inner objective of a given layout (what the solver minimises), for checks and enumeration."""
+    t = sum(g.layers * table.layer_s(parts[g.part].cls, g.tp) for g in groups)
+    used = sorted({g.part for g in groups})
+    for p in used:
+        t += (sum(1 for g in groups if g.part == p) - 1) * table.hop_s(parts[p].cls, None)
+    if len(parts) > 1 and len(used) > 1:
+        hop = max(table.hop_s(a.cls, b.cls) for a in parts for b in parts)
+        t += hop * (len(used) - 1)
+    return t
+
+
+def _tp_multisets(model: ModelSpec, n: int, largest: int | None = None) -> Iterator[tuple[int, ...]]:
+    """Multisets of TP degrees with sum <= n (non-increasing), the empty one included."""
+    yield ()
+    for t in reversed(tp_options(model, n)):
+        if largest is not None and t > largest:
+            continue
+        for rest in _tp_multisets(model, n - t, t):
+            yield (t, *rest)
+
+
+def _compositions(total: int, caps: list[int]) -> Iterator[tuple[int, ...]]:
+    """Every way to give each group 1..cap layers summing to ``total``."""
+    if not caps:
+        if total == 0:
+            yield ()
+        return
+    rest_max = sum(caps[1:])
+    for x in range(max(1, total - rest_max), min(caps[0], total - (len(caps) - 1)) + 1):
+        for tail in _compositions(total - x, caps[1:]):
+            yield (x, *tail)
+
+
+def inner_exhaustive(table: CostTable, parts: tuple[Part, ...]) -> Layout | None:
+    """Brute force of the inner level (small cases only): every TP mix, every layer split."""
+    per_part = [list(_tp_multisets(table.model, p.gpus)) for p in parts]
+    best: Layout | None = None
+
+    def rec(i: int, chosen: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
+        if i == len(parts):
+            yield chosen
+            return
+        for ms in per_part[i]:
+            yield from rec(i + 1, chosen + [(i, t) for t in ms])
+
+    for stages in rec(0, []):
+        if not stages:
+            continue
+        caps = [min(table.cap(parts[p].cls, t), table.model.layers) for p, t in stages]
+        if min(caps) <= 0 or sum(caps) < table.model.layers:
+            continue
+        for layers in _compositions(table.model.layers, caps):
+            groups = tuple(Group(p, t, n) for (p, t), n in zip(stages, layers, strict=True))
+            lat = layout_latency(table, parts, groups)
+            if best is None or lat < best.latency_s - 1e-12:
+                best = Layout(groups, lat)
+    return best
+
+
+def inner_symmetric(table: CostTable, parts: tuple[Part, ...]) -> Layout | None:
+    """Uniform TP x PP baseline: one TP degree everywhere, layers split evenly (±1)."""
+    best: Layout | None = None
+    for t in (1, 2, 4, 8):
+        if any(t not in tp_options(table.model, p.gpus) for p in parts):
+            continue
+        stages = [(i, t) for i, p in enumerate(parts) for _ in range(p.gpus // t)]
+        if len(stages) > table.model.layers:
+            continue
+        layers = even_layers(table.model.layers, len(stages))
+        if any(n > table.cap(parts[p].cls, tt) for (p, tt), n in zip(stages, layers, strict=True)):
+            continue
+        groups = tuple(Group(p, tt, n) for (p, tt), n in zip(stages, layers, strict=True))
+        lat = layout_latency(table, parts, groups)
+        if best is None or lat < best.latency_s:
+            best = Layout(groups, lat)
+    return best
+
+
+# ---- outer level --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shape:
+    parts: tuple[Part, ...]
+    layout: Layout
+
+
+def enumerate_shapes(
+    table: CostTable, max_parts: int = 3, symmetric: bool = False, time_limit_s: float = 5.0
+) -> list[Shape]:
+    """Every region-local multiset of parts that can hold the model, laid out by the inner level."""
+    classes, model = table.classes, table.model
+    need = param_count(model) * DTYPES[table.demand.weight_dtype].bytes_per_element
+    shapes: list[Shape] = []
+    regions = sorted({c.region for c in classes})
+    for region in regions:
+        options = [Part(i, k) for i, c in enumerate(classes) if c.region == region for k in c.part_sizes()]
+        for n in range(1, max_parts + 1):
+            for combo in combinations_with_replacement(options, n):
+                if not _available(classes, combo):
+                    continue
+                mem = sum(p.gpus * table.rig.devices[table.group(p.cls, 1)[0]].mem_bytes for p in combo)
+                if mem < need:
+                    continue
+                layout = (
+                    inner_symmetric(table, combo) if symmetric else inner_cpsat(table, combo, time_limit_s)
+                )
+                if layout is not None:
+                    shapes.append(Shape(combo, layout))
+    return shapes
+
+
+def _available(classes: list[MachineClass], combo: tuple[Part, ...]) -> bool:
+    """Whether the parts can come from distinct machines of their classes (a pipeline's parts are
+    on different machines, so inter-machine hops are real)."""
+    per_class: dict[int, int] = {}
+    for p in combo:
+        per_class[p.cls] = per_class.get(p.cls, 0) + 1
+    return all(n <= len(classes[c].nodes) for c, n in per_class.items())
+
+
+def outer_cpsat(
+    classes: list[MachineClass],
+    shapes: list[Shape],
+    latency_cap_s: float,
+    time_limit_s: float = 10.0,
+) -> list[tuple[Shape, int]] | None:
+    """Replicas per shape and machine cuts, maximising the summed request rate of shapes whose
+    latency is within the cap (each machine's cut into equal parts is a decision)."""
+    allowed = [s for s in shapes if s.layout.latency_s <= latency_cap_s * (1 + 1e-9)]
+    if not allowed:
+        return None
+    m = cp_model.CpModel()
+    cut: dict[tuple[int, int], cp_model.IntVar] = {}
+    for i, c in enumerate(classes):
+        for k in c.part_sizes():  # type: ignore[arg-type]
+            cut[i, k] = m.new_int_var(0, len(c.nodes), f"cut_{i}_{k}")
+        m.add(sum(cut[i, k] for k in c.part_sizes()) <= len(c.nodes))  # type: ignore[arg-type]
+    y = []
+    for j, s in enumerate(allowed):
+        bound = min(len(classes[p.cls].nodes) * classes[p.cls].gpus // p.gpus for p in s.parts)
+        y.append(m.new_int_var(0, bound, f"y_{j}"))
+    for (i, k), var in cut.items():
+        uses = [(y[j], sum(1 for p in s.parts if p == Part(i, k))) for j, s in enumerate(allowed)]
+        uses = [(v, n) for v, n in uses if n]
+        if uses:
+            m.add(sum(n * v for v, n in uses) <= var * (classes[i].gpus // k))
+    rate = [round(1e6 / s.layout.latency_s) for s in allowed]
+    gpus = [sum(p.gpus for p in s.parts) for s in allowed]
+    # primary: served rate; secondary (tiny): fewer GPUs for the same rate
+    big = sum(c.gpus * len(c.nodes) for c in classes) + 1
+    m.maximize(
+        sum(r * big * v for r, v in zip(rate, y, strict=True))
+        - sum(g * v for g, v in zip(gpus, y, strict=True))
+    )
+    solver = _solver(time_limit_s)
+    status = solver.solve(m)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    chosen = [(s, solver.value(v)) for s, v in zip(allowed, y, strict=True) if solver.value(v) > 0]
+    return chosen or None
+
+
+def materialise(
+    rig: Rig,
+    classes: list[MachineClass],
+    chosen: list[tuple[Shape, int]],
+    demand: Demand,
+    symmetric: bool,
+    max_batch: int = 8,
+) -> HexGenPlan:
+    """Concrete GPUs for every replica: machines are cut in class order, parts handed out in order."""
+    # which part sizes each class is cut into: as many machines as the replicas need, largest first
+    need: dict[tuple[int, int], int] = {}
+    for shape, count in chosen:
+        for p in shape.parts:
+            need[p.cls, p.gpus] = need.get((p.cls, p.gpus), 0) + count
+    pools: dict[tuple[int, int], list[list[str]]] = {}
+    for i, c in enumerate(classes):
+        nodes = list(c.nodes)
+        for k in c.part_sizes():  # type: ignore[arg-type]
+            want = need.get((i, k), 0)
+            per_machine = c.gpus // k
+            machines = math.ceil(want / per_machine)
+            pool = []
+            for node in nodes[:machines]:
+                gpus = rig.nodes[node].gpus
+                pool += [list(gpus[j * k : (j + 1) * k]) for j in range(per_machine)]
+            nodes = nodes[machines:]
+            pools[i, k] = pool
+    replicas = []
+    for shape, count in chosen:
+        for _ in range(count):
+            part_gpus = [pools[p.cls, p.gpus].pop(0) for p in shape.parts]
+            stages, offset = [], [0] * len(shape.parts)
+            for g in shape.layout.groups:
+                gpus = part_gpus[g.part][offset[g.part] : offset[g.part] + g.tp]
+                offset[g.part] += g.tp
+                stages.append(Stage(tuple(gpus), g.layers))
+            replicas.append(Replica(tuple(stages)))
+    return HexGenPlan(
+        tuple(replicas),
+        max_batch=max_batch,
+        weight_dtype=demand.weight_dtype,
+        kv_dtype=demand.kv_dtype,
+        symmetric=symmetric,
+    )
+
+
+@dataclass(frozen=True)
+class PlanCandidate:
+    plan: HexGenPlan
+    latency_cap_s: float
+    est_rate: float  # summed 1 / latency of the replicas (requests/s at batch 1)
+    est_latency_s: float  # slowest replica's single-request latency
+
+
+def candidates(
+    rig: Rig,
+    model: ModelSpec,
+    demand: Demand,
+    *,
+    symmetric: bool = False,
+    max_candidates: int = 6,
+    max_parts: int = 3,
+    max_batch: int = 8,
+) -> list[PlanCandidate]:
+    """Plans along the latency / rate frontier: one outer solve per latency cap."""
+    classes = machine_classes(rig)
+    table = CostTable(rig, model, demand, classes)
+    shapes = enumerate_shapes(table, max_parts=max_parts, symmetric=symmetric)
+    if not shapes:
+        return []
+    lats = sorted({round(s.layout.latency_s, 9) for s in shapes})
+    if len(lats) > max_candidates:  # spread caps over the range of latencies
+        idx = sorted({round(i * (len(lats) - 1) / (max_candidates - 1)) for i in range(max_candidates)})
+        lats = [lats[i] for i in idx]
+    out, seen = [], set()
+    for cap in lats:
+        chosen = outer_cpsat(classes, shapes, cap)
+        if not chosen:
+            continue
+        key = tuple(sorted(repr((s.parts, s.layout.groups, n)) for s, n in chosen))
+        if key in seen:
+            continue
+        seen.add(key)
+        plan = materialise(rig, classes, chosen, demand, symmetric, max_batch)
+        rate = sum(n / s.layout.latency_s for s, n in chosen)
+        worst = max(s.layout.latency_s for s, _ in chosen)
+        out.append(PlanCandidate(plan, cap, rate, worst))
+    return out
+
+
+def search(
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    objective: str = "throughput",
+    *,
+    symmetric: bool = False,
+    max_candidates: int = 6,
+) -> HexGenPlan | None:
+    """The best plan for an offline batch, each candidate confirmed in the engine."""
+    from hetsim.api import rank_key
+    from hetsim.sim.run import simulate
+    from hetsim.strategies.base import get_strategy
+
+    strategy = get_strategy("hexgen")
+    best, best_key = None, None
+    for cand in candidates(
+        rig, model, Demand.offline(workload), symmetric=symmetric, max_candidates=max_candidates
+    ):
+        key = rank_key(objective)(simulate(strategy, cand.plan, rig, model, workload))  # type: ignore[arg-type]
+        if best_key is None or key < best_key:
+            best, best_key = cand.plan, key
+    return best
