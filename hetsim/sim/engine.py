@@ -216,8 +216,12 @@ class Engine:
             if isinstance(item, float):
                 comm_s += allreduce_time(len(devices), item, alpha, beta).time_s
                 self.bytes_transferred += item * len(devices) * repeat
-            else:
-                compute_s += max(self.cost_of(d, item).time_s for d in devices)
+            else:  # ranks sharing one compute stream (cpu_sharing: core) run one after another
+                per_lane: dict[int, float] = {}
+                for d in devices:
+                    key = id(self.lanes[f"{d}:compute"])
+                    per_lane[key] = per_lane.get(key, 0.0) + self.cost_of(d, item).time_s
+                compute_s += max(per_lane.values())
         duration = (compute_s + comm_s) * repeat
         start = self._reserve(lanes, duration)
         for d in devices:  # CPU ranks stream their share of weights from their own DRAM meanwhile
