@@ -320,7 +320,12 @@ def fit_runs(
         if np.allclose(new, x, rtol=1e-6):
             break
         x = new
-    fitted = {"overhead_s": float(x[0]), "matmul": 1 / x[1], "attention": 1 / x[2], "memory": 1 / x[3]}
+    fitted = {
+        "overhead_s": float(x[0]),
+        "matmul": float(1 / x[1]),
+        "attention": float(1 / x[2]),
+        "memory": float(1 / x[3]),
+    }
     if out is not None:
         _write_fitted(profile, fitted, [str(r) for r in reports], len(steps), out)
     return fitted
@@ -333,8 +338,8 @@ def _write_fitted(profile: str | Path, fitted: dict[str, float], reports: list[s
     for cpu in doc["nodes"][0]["cpus"]:
         e = cpu.setdefault("efficiency", {})
         e.setdefault("compute", {})
-        e["compute"]["matmul"] = _q(round(fitted["matmul"], 4), src, "fitted")
-        e["compute"]["attention"] = _q(round(fitted["attention"], 4), src, "fitted")
-        e["memory"] = _q(round(fitted["memory"], 4), src, "fitted")
+        e["compute"]["matmul"] = _q(round(float(fitted["matmul"]), 4), src, "fitted")
+        e["compute"]["attention"] = _q(round(float(fitted["attention"]), 4), src, "fitted")
+        e["memory"] = _q(round(float(fitted["memory"]), 4), src, "fitted")
         e["overhead"] = _q(f"{fitted['overhead_s'] * 1e6:.3f} us", src, "fitted")
     Path(out).write_text(yaml.safe_dump(doc, sort_keys=False, width=110))

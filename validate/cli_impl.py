@@ -13,6 +13,8 @@ def _spec(model: str, layers: int | None, hidden: int | None):
     from hetsim.models import get_model
 
     spec = get_model(model)
+    if model.endswith(".json"):  # name a config.json shape after its file
+        spec = dataclasses.replace(spec, name=Path(model).stem)
     if layers is not None:
         if not 1 <= layers <= spec.layers:
             raise InputError(f"must be in 1..{spec.layers}", field="--layers")
