@@ -44,7 +44,8 @@ from hetsim.workload import Workload
 VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
 GBS_CHOICES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 NB_CHOICES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32)
-CONFIRM = 4  # LP candidates confirmed in the engine
+CONFIRM = 3  # LP candidates confirmed in the engine
+CONFIRM_WITHIN = 1.15  # ... if the LP puts them within 15 % of its best
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
         d2g = min(rig.route(disk, gpu).bw, d.read_bw)
         g2d = min(rig.route(gpu, disk).bw, d.write_bw)
     else:
-        d2g = g2d = 1e-9  # effectively forbids disk placement
+        d2g = g2d = math.inf  # no disk: its fractions are bounded to 0, so no disk terms at all
     return Links(route.bw, route.pageable_bw, d2g, g2d)
 
 
@@ -193,6 +194,94 @@ def _other_layers_time(
     return total
 
 
+@dataclass(frozen=True)
+class CostModel:
+    """The LP's data for one (gbs, nb, flags): memory rows and the slots' linear forms."""
+
+    gbs: int
+    nb: int
+    flags: Flags
+    memory: tuple[tuple[dict[str, float], float], ...]  # (coefficients in GB, right-hand side in GB)
+    slots: tuple[tuple[float, _Slot], ...]
+    layers: int
+    other_s: float  # embedding and output layers, per block
+    bounds: dict[str, tuple[float, float]]
+
+
+def cost_model(
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    gbs: int,
+    nb: int,
+    fl: Flags,
+    ends: tuple[str, str, str],
+    gpu_budget: float | None = None,
+) -> CostModel:
+    gpu, cpu, disk = ends
+    lk = links(rig, gpu, cpu, disk)
+    bounds = {v: (0.0, 1.0) for v in VARS}
+    bounds["hd"] = (0.0, 0.0)  # the released runtime never puts activations on disk
+    if not disk:
+        bounds["wd"] = bounds["cd"] = (0.0, 0.0)
+    if fl.compress_cache:  # compressed KV cannot be split across tiers
+        for t in "gcd":
+            v = 1.0 if t == fl.cache_tier else 0.0
+            bounds["c" + t] = (v, v)
+    # Memory: evaluate the shared formulas at unit vectors (they are linear in the fractions).
+    wtot = sum(s[1] for s in _split_cache(model, False))
+    wmax = max(s[1] for s in _split_cache(model, False))
+    shape = Shape(
+        gbs, nb, wl.prompt_len, wl.gen_len, fl.cpu_attention, fl.compress_cache, False, True, bool(disk)
+    )
+    base = _mem(model, shape, {}, wtot, wmax)
+    cap_gpu = rig.devices[gpu].mem_bytes
+    caps = {
+        "gpu": cap_gpu if gpu_budget is None else min(gpu_budget, cap_gpu),
+        "cpu": rig.devices[cpu].mem_bytes,
+        "disk": rig.disks[disk].capacity_bytes if disk else 0.0,
+    }
+    rows = []
+    for tier, cap in caps.items():  # in GB: keeps the LP well scaled
+        coefs = {v: (_mem(model, shape, {v: 1.0}, wtot, wmax)[tier] - base[tier]) / 1e9 for v in VARS}
+        rows.append(({v: c for v, c in coefs.items() if c}, (cap - base[tier]) / 1e9))
+    return CostModel(
+        gbs,
+        nb,
+        fl,
+        tuple(rows),
+        tuple(_slots(rig, model, wl, gbs, nb, fl, lk, ends)),
+        model.layers,
+        _other_layers_time(rig, model, wl, gbs, nb, lk, gpu),
+        bounds,
+    )
+
+
+def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
+    """Block time at a given placement (plain Python); None when it breaks a constraint."""
+    for v, (lo, hi) in cm.bounds.items():
+        if not lo - 1e-9 <= x[v] <= hi + 1e-9:
+            return None
+    for tier in "wch":
+        if abs(sum(x[tier + t] for t in "gcd") - 1.0) > 1e-9:
+            return None
+    for coefs, rhs in cm.memory:
+        if sum(c * x[v] for v, c in coefs.items()) > rhs + 1e-9:
+            return None
+
+    def lin(form: dict[str, float]) -> float:
+        return form.get("const", 0.0) + sum(c * x[v] for v, c in form.items() if v != "const")
+
+    total = 0.0
+    for mult, slot in cm.slots:
+        w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
+        nb = cm.nb
+        t = max(w + nb * c, w + c + (nb - 1) * p, p + (nb - 1) * c, nb * p)
+        t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
+        total += mult * cm.layers * t
+    return total + cm.other_s
+
+
 def solve_lp(
     rig: Rig,
     model: ModelSpec,
@@ -204,45 +293,20 @@ def solve_lp(
     gpu_budget: float | None = None,
 ) -> LpSolution | None:
     """Minimise the block time over the 9 fractions; None when no placement fits in memory."""
-    gpu, cpu, disk = ends
-    lk = links(rig, gpu, cpu, disk)
+    cm = cost_model(rig, model, wl, gbs, nb, fl, ends, gpu_budget)
     solver = pywraplp.Solver.CreateSolver("GLOP")
-    x = {v: solver.NumVar(0.0, 1.0, v) for v in VARS}
-    x["hd"].SetUb(0.0)  # the released runtime never puts activations on disk
-    if not disk:
-        for v in ("wd", "cd"):
-            x[v].SetUb(0.0)
-    if fl.compress_cache:  # compressed KV cannot be split across tiers
-        for t in "gcd":
-            x["c" + t].SetLb(1.0 if t == fl.cache_tier else 0.0)
-            x["c" + t].SetUb(1.0 if t == fl.cache_tier else 0.0)
+    x = {v: solver.NumVar(lo, hi, v) for v, (lo, hi) in cm.bounds.items()}
     for tier in "wch":
         solver.Add(sum(x[tier + t] for t in "gcd") == 1.0)
+    for coefs, rhs in cm.memory:
+        solver.Add(sum(c * x[v] for v, c in coefs.items()) <= rhs)
 
     def lin(form: dict[str, float]):
         return form.get("const", 0.0) + sum(coef * x[v] for v, coef in form.items() if v != "const")
 
-    # Memory: evaluate the shared formulas at unit vectors (they are linear in the fractions).
-    wtot = sum(s[1] for s in _split_cache(model, False))
-    wmax = max(s[1] for s in _split_cache(model, False))
-    shape = Shape(
-        gbs, nb, wl.prompt_len, wl.gen_len, fl.cpu_attention, fl.compress_cache, False, True, bool(disk)
-    )
-    base = _mem(model, shape, {}, wtot, wmax)
-    caps = {
-        "gpu": rig.devices[gpu].mem_bytes
-        if gpu_budget is None
-        else min(gpu_budget, rig.devices[gpu].mem_bytes),
-        "cpu": rig.devices[cpu].mem_bytes,
-        "disk": rig.disks[disk].capacity_bytes if disk else 0.0,
-    }
-    for tier, cap in caps.items():  # in GB: keeps the LP well scaled
-        coefs = {v: (_mem(model, shape, {v: 1.0}, wtot, wmax)[tier] - base[tier]) / 1e9 for v in VARS}
-        solver.Add(sum(c * x[v] for v, c in coefs.items() if c) <= (cap - base[tier]) / 1e9)
-
     terms = []
     nbf = float(nb)
-    for mult, slot in _slots(rig, model, wl, gbs, nb, fl, lk, ends):
+    for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         solver.Add(t >= w + nbf * c)
@@ -255,9 +319,8 @@ def solve_lp(
     solver.Minimize(sum(terms))
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
         return None
-    block = solver.Objective().Value() + _other_layers_time(rig, model, wl, gbs, nb, lk, gpu)
-    bls = gbs * nb
-    blocks = math.ceil(wl.batch / bls)
+    block = solver.Objective().Value() + cm.other_s
+    blocks = math.ceil(wl.batch / (gbs * nb))
     return LpSolution(gbs, nb, fl, {v: x[v].solution_value() for v in VARS}, block, block * blocks / wl.batch)
 
 
@@ -360,7 +423,7 @@ def search_policy(
     best, best_e2e = None, math.inf
     seen = set()
     for sol in sols:
-        if len(seen) >= CONFIRM:
+        if len(seen) >= CONFIRM or sol.time_per_seq_s > sols[0].time_per_seq_s * CONFIRM_WITHIN:
             break
         plan = to_plan(sol, model, ends[0], budget)
         if plan in seen:

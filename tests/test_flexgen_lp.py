@@ -1,0 +1,67 @@
+"""FlexGen's LP: its optimum matches exhaustive enumeration of the same cost model on a grid."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from hetsim.hardware.loader import load_rig
+from hetsim.models import get_model
+from hetsim.planner.flexgen_lp import Flags, cost_at, cost_model, solve_lp, to_plan
+from hetsim.strategies.flexgen import endpoints
+from hetsim.strategies.flexgen_policy import fractions
+from hetsim.workload import Workload
+
+STEP = 40  # grid of 2.5 %
+
+
+def _grid_min(cm) -> float:
+    best = float("inf")
+    grid = [i / STEP for i in range(STEP + 1)]
+    for wg, wc, cg, cc, hg in itertools.product(grid, grid, grid, grid, (0.0, 1.0)):
+        if wg + wc > 1 + 1e-9 or cg + cc > 1 + 1e-9:
+            continue
+        x = {"wg": wg, "wc": wc, "wd": max(0.0, 1 - wg - wc), "cg": cg, "cc": cc, "cd": max(0.0, 1 - cg - cc)}
+        x.update(hg=hg, hc=1 - hg, hd=0.0)
+        t = cost_at(cm, x)
+        if t is not None and t < best:
+            best = t
+    return best
+
+
+@pytest.mark.parametrize(
+    ("gbs", "nb", "cpu_attention", "budget"),
+    [(8, 2, True, 6e9), (4, 4, False, 5e9), (16, 2, True, 9e9)],
+)
+def test_lp_optimum_equals_grid_enumeration(gbs, nb, cpu_attention, budget):
+    """Small instances where GPU memory binds (a GPU budget on OPT-6.7B, no disk): no grid point
+    beats the LP, the grid's best comes within its resolution of it, and the LP's value is the
+    cost model's value at the LP's own point."""
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    wl = Workload(gbs * nb, 256, 8)
+    gpu, cpu, _ = endpoints(rig)
+    ends = (gpu, cpu, "")
+    flags = Flags(cpu_attention, False)
+    lp = solve_lp(rig, model, wl, gbs, nb, flags, ends, budget)
+    assert lp is not None
+    assert 0.0 < lp.x["wg"] < 1.0  # memory binds: the answer is not trivial
+    cm = cost_model(rig, model, wl, gbs, nb, flags, ends, budget)
+    grid = _grid_min(cm)
+    assert lp.block_time_s <= grid * (1 + 1e-7)
+    assert grid <= lp.block_time_s * 1.02
+    at_lp = cost_at(cm, {k: min(max(v, 0.0), 1.0) for k, v in lp.x.items()})
+    assert at_lp == pytest.approx(lp.block_time_s, rel=1e-5)
+
+
+def test_plan_from_lp_never_puts_more_weight_on_gpu_than_the_lp():
+    """The released per-tensor rule is a step function: the plan's percent is lowered to fit."""
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    wl = Workload(144, 512, 32)
+    ends = endpoints(rig)
+    sol = solve_lp(rig, model, wl, 48, 3, Flags(True, False), ends)
+    assert sol is not None
+    plan = to_plan(sol, model, ends[0], None)
+    f = fractions(model, plan)
+    assert f.w_gpu <= sol.x["wg"] * (f.w_gpu + f.w_cpu + f.w_disk) * (1 + 1e-6)
+    assert plan.hg + plan.hc == 100.0
