@@ -82,6 +82,7 @@ class Engine:
         self.bytes_transferred = 0.0
         self.token_times: list[tuple[float, int]] = []
         self._op_costs: dict[tuple[str, Op | tuple[Op, ...]], OpCost] = {}
+        self._op_costs_by_id: dict[tuple[str, int], tuple[Op | tuple[Op, ...], OpCost]] = {}
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
         self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float]] = {}
 
@@ -113,15 +114,24 @@ class Engine:
     # ---- the API strategies use ------------------------------------------------------------
     def cost_of(self, device: str, ops: Op | tuple[Op, ...]) -> OpCost:
         """The (cached) cost of an op, or of ops run back to back as one task, on ``device``."""
+        # Fast path by object identity: hashing a tuple of ops hashes every op (dataclass hashes are
+        # not cached), and equal-but-distinct tuples then compare field by field. The entry holds
+        # the ops object, so its id cannot be reused while cached.
+        by_id = self._op_costs_by_id.get((device, id(ops)))
+        if by_id is not None and by_id[0] is ops:
+            return by_id[1]
         key = (device, ops)
         cost = self._op_costs.get(key)
-        if cost is None:
+        if cost is not None:
+            self._op_costs_by_id[(device, id(ops))] = (ops, cost)
+        else:
             dev = self.rig.devices[device]
             if isinstance(ops, Op):
                 cost = op_cost(dev, ops)
             else:
                 cost = combine([op_cost(dev, o) for o in ops])
             self._op_costs[key] = cost
+            self._op_costs_by_id[(device, id(ops))] = (ops, cost)
         return cost
 
     def compute(self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None) -> simpy.Event:
