@@ -513,3 +513,45 @@ def search(
         if best_key is None or key < best_key:
             best, best_key = cand.plan, key
     return best
+
+
+def search_serving(
+    rig: Rig,
+    model: ModelSpec,
+    requests,
+    deadlines=None,
+    *,
+    symmetric: bool = False,
+    max_batch: int = 8,
+    max_candidates: int = 6,
+    dispatch: str = "weighted",
+):
+    """The candidate with the best SLO attainment on ``requests`` (mean latency breaks ties; with no
+    deadlines, the lowest mean latency), each confirmed by a serving run in the engine.
+    Returns (plan, ServeResult) or None."""
+    from hetsim.serving.sim import serve_plan
+
+    if not requests:
+        return None
+    prompt = round(sum(r.prompt_len for r in requests) / len(requests))
+    output = round(sum(r.output_len for r in requests) / len(requests))
+    context = max(r.prompt_len + r.output_len for r in requests)
+    demand = Demand(
+        prompt_len=prompt,
+        output_len=max(1, output),
+        kv_sequences=max_batch,
+        context=context,
+        act_tokens=max_batch * max(r.prompt_len for r in requests),
+    )
+    best = None
+    for cand in candidates(
+        rig, model, demand, symmetric=symmetric, max_candidates=max_candidates, max_batch=max_batch
+    ):
+        res = serve_plan(cand.plan, rig, model, requests, dispatch=dispatch)
+        if not res.feasible:
+            continue
+        mean = float(res.latencies().mean())
+        key = (-(res.attainment(deadlines) if deadlines is not None else 0.0), mean)
+        if best is None or key < best[0]:
+            best = (key, cand.plan, res)
+    return None if best is None else (best[1], best[2])

@@ -326,3 +326,32 @@ class HexGen(Strategy):
             yield engine.all_of(engine.env.process(r(engine)) for r in runs)
 
         return run
+
+
+def pipeline_pass(
+    engine,
+    stages: tuple[Stage, ...],
+    model: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    kv_len: int,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
+):
+    """One forward step of a batch through a replica on the engine: each stage one lockstep task
+    (layers x [attention, all-reduce, mlp, all-reduce]), leader-to-leader sends between stages."""
+    last = len(stages) - 1
+    message = hidden_bytes(model, batch, seq_len)
+    for i, st in enumerate(stages):
+        tp = len(st.devices)
+        if i == 0:
+            yield engine.lockstep(st.devices, [embed_ops(model, batch, seq_len, weight_dtype)], label="embed")
+        blocks = layer_blocks(model, phase, batch, seq_len, kv_len, tp, weight_dtype, kv_dtype)
+        work = [blocks.attention, message, blocks.mlp, message]
+        yield engine.lockstep(st.devices, work, repeat=st.layers, label=f"stage{i}")
+        if i == last:
+            head = head_ops(model, phase, batch, seq_len, tp, weight_dtype)
+            yield engine.lockstep(st.devices, [head], label="lm_head")
+        else:
+            yield engine.send(st.devices[0], stages[i + 1].devices[0], message, label="pp-send")

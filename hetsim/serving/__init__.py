@@ -1,0 +1,1 @@
+"""Online serving: a request stream dispatched over replicas, continuous batching, SLO metrics."""

@@ -1,0 +1,106 @@
+"""Continuous batching on one replica, as SimPy processes on the engine.
+
+A replica runs as many batch loops as it has pipeline stages, so that different batches occupy
+different stages at once (the engine's FIFO lanes serialise them per stage). Each loop admits what
+waits for the replica up to ``max_batch`` sequences; an iteration is either a prefill of the newly
+admitted requests (their first token) or one decode step of every running request (prefill first,
+as vLLM does). Per-step costs are the engine's: ``pipeline_pass`` books every stage's lockstep task
+and every pipeline send.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hetsim.models.spec import ModelSpec
+from hetsim.serving.workload import Request
+from hetsim.sim.engine import Engine
+from hetsim.strategies.hexgen import HexGenPlan, Replica, pipeline_pass
+
+PROMPT_BUCKET = 16  # batched prefill length rounds up to this (bounds the op-cost cache)
+KV_BUCKET = 32  # decode context rounds up to this
+
+
+def bucket(x: float, size: int) -> int:
+    return max(size, math.ceil(x / size) * size)
+
+
+@dataclass
+class Running:
+    request: Request
+    generated: int = 0
+
+
+@dataclass
+class ReplicaServer:
+    index: int
+    replica: Replica
+    plan: HexGenPlan
+    model: ModelSpec
+    on_first: Callable[[Request, float], None]
+    on_done: Callable[[Request, float], None]
+    queue: deque[Request] = field(default_factory=deque)
+    waiting_loops: list = field(default_factory=list)
+    outstanding: int = 0  # queued + running
+
+    @property
+    def loops(self) -> int:
+        return len(self.replica.stages)
+
+    def submit(self, engine: Engine, request: Request) -> None:
+        self.queue.append(request)
+        self.outstanding += 1
+        if self.waiting_loops:
+            self.waiting_loops.pop(0).succeed()
+
+    def start(self, engine: Engine) -> None:
+        for _ in range(self.loops):
+            engine.env.process(self._loop(engine))
+
+    def _step(self, engine: Engine, phase, batch: int, seq: int, kv: int):
+        yield from pipeline_pass(
+            engine,
+            self.replica.stages,
+            self.model,
+            phase,
+            batch,
+            seq,
+            kv,
+            self.plan.weight_dtype,
+            self.plan.kv_dtype,
+        )
+
+    def _loop(self, engine: Engine):
+        running: list[Running] = []
+        while True:
+            if not running and not self.queue:
+                wake = engine.env.event()
+                self.waiting_loops.append(wake)
+                yield wake
+                continue
+            new: list[Running] = []
+            while self.queue and len(running) + len(new) < self.plan.max_batch:
+                new.append(Running(self.queue.popleft()))
+            if new:
+                seq = bucket(sum(r.request.prompt_len for r in new) / len(new), PROMPT_BUCKET)
+                yield from self._step(engine, "prefill", len(new), seq, seq)
+                for r in new:
+                    r.generated = 1
+                    self.on_first(r.request, engine.env.now)
+                running += new
+            else:
+                ctx = sum(r.request.prompt_len + r.generated for r in running) / len(running)
+                yield from self._step(engine, "decode", len(running), 1, bucket(ctx, KV_BUCKET))
+                for r in running:
+                    r.generated += 1
+            still = []
+            for r in running:
+                if r.generated >= r.request.output_len:
+                    self.outstanding -= 1
+                    self.on_done(r.request, engine.env.now)
+                else:
+                    still.append(r)
+            running = still

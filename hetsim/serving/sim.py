@@ -1,0 +1,214 @@
+"""Run a request stream against a HexGen plan in the engine, and the searches built on it: SLO
+deadlines from a reference setup, the tightest deadline scale and the highest rate that meet a
+target attainment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hetsim.hardware.rig import NoRouteError, Rig
+from hetsim.models.spec import ModelSpec
+from hetsim.serving.batching import ReplicaServer
+from hetsim.serving.dispatcher import Dispatcher
+from hetsim.serving.metrics import RequestRecord, ServeResult
+from hetsim.serving.workload import Request, poisson_requests
+from hetsim.sim.engine import Engine
+from hetsim.sim.memory import OutOfMemory
+from hetsim.sim.run import price_of
+from hetsim.strategies.hexgen import HexGenPlan, replica_footprint, step_time
+
+
+def replica_speeds(rig: Rig, model: ModelSpec, plan: HexGenPlan, context: int) -> list[float]:
+    """Decode steps per second of one sequence alone on each replica (the dispatcher's weights)."""
+    dt = {"weight_dtype": plan.weight_dtype, "kv_dtype": plan.kv_dtype}
+    return [1.0 / step_time(rig, r.stages, model, "decode", 1, 1, context, **dt) for r in plan.replicas]
+
+
+def serve_plan(
+    plan: HexGenPlan,
+    rig: Rig,
+    model: ModelSpec,
+    requests: Sequence[Request],
+    *,
+    dispatch: str = "weighted",
+    horizon_s: float | None = None,
+) -> ServeResult:
+    """Every request through the engine; memory for weights and the KV of ``max_batch`` sequences
+    per in-flight batch is allocated up front (out of memory -> infeasible result)."""
+    engine = Engine(rig)
+    if not requests:
+        return ServeResult(False, "no requests")
+    context = max(r.prompt_len + r.output_len for r in requests)
+    max_prompt = max(r.prompt_len for r in requests)
+    try:
+        for rep in plan.replicas:
+            kv_seqs = plan.max_batch * len(rep.stages)
+            fp = replica_footprint(model, rep, kv_seqs, context, plan.max_batch * max_prompt, plan)
+            for device, tags in fp.items():
+                for tag, nbytes in tags.items():
+                    engine.alloc(device, nbytes, tag)
+    except OutOfMemory as exc:
+        return ServeResult(False, str(exc))
+    first: dict[int, float] = {}
+    finish: dict[int, float] = {}
+    where: dict[int, int] = {}
+    servers = [
+        ReplicaServer(
+            i,
+            rep,
+            plan,
+            model,
+            on_first=lambda r, t: first.__setitem__(r.rid, t),
+            on_done=lambda r, t: finish.__setitem__(r.rid, t),
+        )
+        for i, rep in enumerate(plan.replicas)
+    ]
+    dispatcher = Dispatcher(servers, replica_speeds(rig, model, plan, context), dispatch)
+    ordered = sorted(requests, key=lambda r: (r.arrival_s, r.rid))
+
+    def arrivals(env_engine: Engine):
+        env = env_engine.env
+        for r in ordered:
+            if r.arrival_s > env.now:
+                yield env.timeout(r.arrival_s - env.now)
+            server = dispatcher.choose()
+            where[r.rid] = server.index
+            server.submit(env_engine, r)
+
+    for s in servers:
+        s.start(engine)
+    engine.env.process(arrivals(engine))
+    try:
+        engine.env.run(until=horizon_s)
+    except NoRouteError as exc:
+        return ServeResult(False, str(exc))
+    records = tuple(
+        RequestRecord(
+            r.rid,
+            r.arrival_s,
+            r.prompt_len,
+            r.output_len,
+            first.get(r.rid, float("inf")),
+            finish.get(r.rid, float("inf")),
+            where.get(r.rid, -1),
+        )
+        for r in requests
+    )
+    makespan = max(finish.values()) if finish else 0.0
+    return ServeResult(
+        True,
+        records=records,
+        makespan_s=makespan,
+        price_per_hour=price_of(rig, plan.devices),
+        replicas=len(plan.replicas),
+    )
+
+
+# ---- deadlines ------------------------------------------------------------------------------------
+@dataclass
+class Reference:
+    """Single-request latencies on a reference deployment (the paper: the A100 setup), per lengths."""
+
+    plan: HexGenPlan
+    rig: Rig
+    model: ModelSpec
+    _cache: dict[tuple[int, int], float]
+
+    @classmethod
+    def build(cls, rig: Rig, model: ModelSpec, plan: HexGenPlan) -> Reference:
+        return cls(plan, rig, model, {})
+
+    def latency(self, prompt_len: int, output_len: int) -> float:
+        key = (prompt_len, output_len)
+        if key not in self._cache:
+            one = serve_plan(self.plan, self.rig, self.model, [Request(0, 0.0, prompt_len, output_len)])
+            if not one.feasible:
+                raise ValueError(f"reference plan infeasible: {one.reason}")
+            self._cache[key] = one.records[0].latency_s
+        return self._cache[key]
+
+    def latencies(self, requests: Sequence[Request]) -> np.ndarray:
+        return np.array([self.latency(r.prompt_len, r.output_len) for r in requests])
+
+
+def reference_plan(rig: Rig, model: ModelSpec, max_batch: int = 8) -> HexGenPlan:
+    """The lowest-latency replica layout of the reference rig (one replica serves one request)."""
+    from hetsim.planner.hexgen_cpsat import Demand, candidates
+
+    cands = candidates(rig, model, Demand(kv_sequences=max_batch), max_batch=max_batch)
+    if not cands:
+        raise ValueError(f"the model does not fit on the reference rig {rig.name}")
+    return min(cands, key=lambda c: (c.est_latency_s, -c.est_rate)).plan
+
+
+def deadlines_for(
+    requests: Sequence[Request],
+    *,
+    slo_s: float | None = None,
+    slo_scale: float | None = None,
+    reference: Reference | None = None,
+) -> np.ndarray:
+    if slo_s is not None:
+        return np.full(len(requests), float(slo_s))
+    if slo_scale is None or reference is None:
+        raise ValueError("give slo_s, or slo_scale with a reference")
+    return slo_scale * reference.latencies(requests)
+
+
+def min_scale(result: ServeResult, reference: Reference, target: float) -> float:
+    """The tightest deadline scale (x single-request reference latency) meeting ``target``."""
+    if not result.feasible:
+        return float("inf")
+    req = [Request(r.rid, r.arrival_s, r.prompt_len, r.output_len) for r in result.records]
+    ratio = np.sort(result.latencies() / reference.latencies(req))
+    k = int(np.ceil(target * len(ratio))) - 1
+    return float(ratio[max(0, k)])
+
+
+def max_rate(
+    evaluate: Callable[[float], float],
+    target: float,
+    *,
+    lo: float = 0.05,
+    hi: float = 2.0,
+    iterations: int = 10,
+    ceiling: float = 1000.0,
+) -> float:
+    """The highest rate with ``evaluate(rate) >= target`` (attainment falls with rate): grow ``hi``
+    until it fails, then bisect on a log scale. 0 when even ``lo`` fails."""
+    if evaluate(lo) < target:
+        return 0.0
+    while evaluate(hi) >= target:
+        lo, hi = hi, hi * 2
+        if hi > ceiling:
+            return lo
+    for _ in range(iterations):
+        mid = float(np.sqrt(lo * hi))
+        if evaluate(mid) >= target:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def attainment_at(
+    plan: HexGenPlan,
+    rig: Rig,
+    model: ModelSpec,
+    rate: float,
+    *,
+    n: int,
+    seed: int,
+    slo_s: float | None = None,
+    slo_scale: float | None = None,
+    reference: Reference | None = None,
+    dispatch: str = "weighted",
+) -> float:
+    reqs = poisson_requests(rate, n=n, seed=seed)
+    res = serve_plan(plan, rig, model, reqs, dispatch=dispatch)
+    if not res.feasible:
+        return 0.0
+    return res.attainment(deadlines_for(reqs, slo_s=slo_s, slo_scale=slo_scale, reference=reference))
