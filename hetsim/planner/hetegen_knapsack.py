@@ -32,7 +32,6 @@ from hetsim.strategies.hetegen import (
     module_bytes,
     module_counts,
     module_ops,
-    share,
     working_set,
 )
 from hetsim.workload import Workload
@@ -212,8 +211,3 @@ def plan_hetegen(
     )
     counts = solve_resident(items, capacity)
     return HeteGenPlan(**{**base.__dict__, "resident": {k: v for k, v in counts.items() if v}})
-
-
-def share_op(op: Op, fraction: float) -> Op:
-    """Re-exported for tests and figures."""
-    return share(op, fraction)
