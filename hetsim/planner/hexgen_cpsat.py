@@ -235,7 +235,7 @@ def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float =
     groups = tuple(
         Group(p, t, solver.value(lay)) for p, t, use, lay in slots if solver.value(use) and solver.value(lay)
     )
-    return Layout(groups, solver.objective_value / NS)
+    return Layout(groups, layout_latency(table, parts, groups))  # exact, not the ns-rounded objective
 
 
 def layout_latency(table: CostTable, parts: tuple[Part, ...], groups: tuple[Group, ...]) -> float:
@@ -524,7 +524,7 @@ def search_serving(
     symmetric: bool = False,
     max_batch: int = 8,
     max_candidates: int = 6,
-    dispatch: str = "weighted",
+    dispatch: str = "least-latency",
 ):
     """The candidate with the best SLO attainment on ``requests`` (mean latency breaks ties; with no
     deadlines, the lowest mean latency), each confirmed by a serving run in the engine.

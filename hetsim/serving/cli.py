@@ -34,7 +34,9 @@ def serve(
     find_max_rate: bool = typer.Option(False, "--max-rate", help="Bisect the highest rate meeting --target."),
     max_batch: int = typer.Option(8, "--max-batch", help="Sequences per in-flight batch."),
     symmetric: bool = typer.Option(False, "--symmetric", help="Uniform TP x PP baseline plans only."),
-    dispatch: str = typer.Option("weighted", "--dispatch", help="weighted | round-robin"),
+    dispatch: str = typer.Option(
+        "least-latency", "--dispatch", help="least-latency | weighted | round-robin"
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the arrival process."),
     fmt: str = typer.Option("table", "--format", help="table | json"),
 ) -> None:

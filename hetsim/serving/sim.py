@@ -21,10 +21,13 @@ from hetsim.sim.run import price_of
 from hetsim.strategies.hexgen import HexGenPlan, replica_footprint, step_time
 
 
-def replica_speeds(rig: Rig, model: ModelSpec, plan: HexGenPlan, context: int) -> list[float]:
-    """Decode steps per second of one sequence alone on each replica (the dispatcher's weights)."""
+def decode_step_times(rig: Rig, model: ModelSpec, plan: HexGenPlan, context: int) -> list[list[float]]:
+    """Per replica, an uncontended decode step with 1..max_batch sequences (the dispatcher's view)."""
     dt = {"weight_dtype": plan.weight_dtype, "kv_dtype": plan.kv_dtype}
-    return [1.0 / step_time(rig, r.stages, model, "decode", 1, 1, context, **dt) for r in plan.replicas]
+    return [
+        [step_time(rig, r.stages, model, "decode", b, 1, context, **dt) for b in range(1, plan.max_batch + 1)]
+        for r in plan.replicas
+    ]
 
 
 def serve_plan(
@@ -33,7 +36,7 @@ def serve_plan(
     model: ModelSpec,
     requests: Sequence[Request],
     *,
-    dispatch: str = "weighted",
+    dispatch: str = "least-latency",
     horizon_s: float | None = None,
 ) -> ServeResult:
     """Every request through the engine; memory for weights and the KV of ``max_batch`` sequences
@@ -66,7 +69,7 @@ def serve_plan(
         )
         for i, rep in enumerate(plan.replicas)
     ]
-    dispatcher = Dispatcher(servers, replica_speeds(rig, model, plan, context), dispatch)
+    dispatcher = Dispatcher(servers, decode_step_times(rig, model, plan, context), dispatch)
     ordered = sorted(requests, key=lambda r: (r.arrival_s, r.rid))
 
     def arrivals(env_engine: Engine):
@@ -205,7 +208,7 @@ def attainment_at(
     slo_s: float | None = None,
     slo_scale: float | None = None,
     reference: Reference | None = None,
-    dispatch: str = "weighted",
+    dispatch: str = "least-latency",
 ) -> float:
     reqs = poisson_requests(rate, n=n, seed=seed)
     res = serve_plan(plan, rig, model, reqs, dispatch=dispatch)

@@ -1,0 +1,232 @@
+"""HexGen: asymmetric TP x PP plans, the two-level CP-SAT scheduler, and the serving simulation.
+
+Golden comparison: arXiv 2311.11514 (abstract; shared/reference/paper_points.csv) reports, for
+Llama-2-70B at the same budget, up to 2.3x lower latency deadline and up to 4x higher request rate
+on the 58-GPU heterogeneous rig than on 16 x A100-40G.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hetsim.api import compare, problem
+from hetsim.cli import main
+from hetsim.errors import InputError
+from hetsim.hardware import load_rig
+from hetsim.models import get_model
+from hetsim.planner.hexgen_cpsat import (
+    CostTable,
+    Demand,
+    Part,
+    candidates,
+    inner_cpsat,
+    inner_exhaustive,
+    inner_symmetric,
+    layout_latency,
+    machine_classes,
+    search,
+)
+from hetsim.serving.sim import Reference, max_rate, min_scale, reference_plan, serve_plan
+from hetsim.serving.study import best_min_scale, make_study
+from hetsim.serving.workload import Request, poisson_requests, read_trace
+from hetsim.sim.run import simulate
+from hetsim.strategies.base import get_strategy
+from hetsim.strategies.hexgen import HexGenPlan, Replica, Stage, request_latency, symmetric_plan
+from hetsim.workload import Workload
+
+L70 = get_model("llama2-70b")
+
+
+@pytest.fixture(scope="module")
+def homog():
+    return load_rig("hexgen-homogeneous")
+
+
+@pytest.fixture(scope="module")
+def full():
+    return load_rig("hexgen-full-budget")
+
+
+@pytest.fixture(scope="module")
+def reference(homog):
+    return Reference.build(homog, L70, reference_plan(homog, L70))
+
+
+# ---- plans, memory, offline batch ---------------------------------------------------------------
+def test_plan_round_trip_and_gqa_kv_per_tp(homog):
+    s = get_strategy("hexgen")
+    g = homog.nodes["n0"].gpus
+    plan = HexGenPlan((Replica((Stage(g[:4], 50), Stage(g[4:6], 30))),))
+    assert s.plan_from_dict(json.loads(json.dumps(s.plan_to_dict(plan)))) == plan
+    wl = Workload(4, 128, 128)
+    fp = s.footprint(plan, homog, L70, wl)
+    # GQA: 8 KV heads x 128 x 2 bytes x 2 (K and V) per token per layer, split over the TP group
+    kv_layer_token = 2 * 8 * 128 * 2
+    assert fp[g[0]]["kv_cache"] == pytest.approx(kv_layer_token * 4 * 256 * 50 / 4)
+    assert fp[g[4]]["kv_cache"] == pytest.approx(kv_layer_token * 4 * 256 * 30 / 2)
+    assert fp[g[0]]["weights"] > fp[g[4]]["weights"] * 50 / 30 * 2 / 4  # embedding on the first stage
+
+
+def test_out_of_memory_is_an_infeasible_result(full):
+    one = (full.nodes["n6"].gpus[0],)  # a single 24 GB 3090 Ti cannot hold 80 layers
+    r = simulate(
+        get_strategy("hexgen"), HexGenPlan((Replica((Stage(one, 80),)),)), full, L70, Workload(1, 32, 4)
+    )
+    assert not r.feasible and "n6.gpu0" in r.reason
+
+
+def test_offline_compare_and_symmetric_baseline(homog):
+    p = problem("llama2-70b", "hexgen-homogeneous", batch=4, prompt_len=32, gen_len=8)
+    (r,) = compare(p, ["hexgen"], "throughput")
+    assert r.feasible and r.throughput_tok_s > 0
+    sym = search(homog, L70, p.workload, "throughput", symmetric=True)
+    assert sym is not None and sym.symmetric
+    assert {len(s.devices) for rep in sym.replicas for s in rep.stages} == {
+        len(sym.replicas[0].stages[0].devices)
+    }
+    base = symmetric_plan(homog, L70, [list(homog.nodes["n0"].gpus + homog.nodes["n1"].gpus)], 8, p.workload)
+    assert [s.layers for s in base.replicas[0].stages] == [40, 40]
+    assert simulate(get_strategy("hexgen"), base, homog, L70, p.workload).feasible
+
+
+# ---- scheduler --------------------------------------------------------------------------------
+SMALL_SHAPES = [  # (machine class model, part size) pairs from one region of the full-budget rig
+    (("rtx-a6000", 2), ("rtx-a5000", 2)),
+    (("rtx-a5000", 2), ("a40", 2)),
+    (("rtx-a6000", 2),),
+    (("rtx-a5000", 4),),
+]
+
+
+@pytest.mark.parametrize("shape", SMALL_SHAPES)
+def test_inner_cpsat_equals_exhaustive(full, shape):
+    model = get_model("llama2-13b")
+    demand = Demand(prompt_len=128, output_len=64, kv_sequences=16, context=1024, act_tokens=2048)
+    classes = machine_classes(full)
+    table = CostTable(full, model, demand, classes)
+    idx = {(c.gpu_model, c.region): i for i, c in enumerate(classes)}
+    parts = tuple(Part(idx[m, "illinois"], k) for m, k in shape)
+    got, want = inner_cpsat(table, parts), inner_exhaustive(table, parts)
+    assert (got is None) == (want is None)
+    if want is not None:
+        assert got.latency_s == pytest.approx(want.latency_s, rel=1e-6, abs=1e-6)
+        assert layout_latency(table, parts, got.groups) == pytest.approx(got.latency_s, rel=1e-6)
+        assert sum(g.layers for g in got.groups) == model.layers
+        sym = inner_symmetric(table, parts)
+        if sym is not None:  # the asymmetric optimum is never worse than the uniform baseline
+            assert got.latency_s <= sym.latency_s * (1 + 1e-6)
+
+
+def test_engine_confirms_planner_latency(full):
+    demand = Demand(prompt_len=64, output_len=64, kv_sequences=8, context=256, act_tokens=1024)
+    plan = candidates(full, L70, demand, max_candidates=2)[0].plan
+    rep = plan.replicas[0]
+    one = serve_plan(HexGenPlan((rep,)), full, L70, [Request(0, 0.0, 64, 64)])
+    analytic = request_latency(full, rep.stages, L70, 64, 64)
+    assert one.records[0].latency_s == pytest.approx(analytic, rel=0.03)
+
+
+# ---- serving ------------------------------------------------------------------------------------
+def test_poisson_is_seeded_and_scales_with_rate():
+    a, b = poisson_requests(2.0, n=50, seed=3), poisson_requests(2.0, n=50, seed=3)
+    assert a == b and a != poisson_requests(2.0, n=50, seed=4)
+    c = poisson_requests(4.0, n=50, seed=3)
+    assert [r.arrival_s for r in c] == pytest.approx([r.arrival_s / 2 for r in a])
+    assert {r.prompt_len for r in a} <= {32, 64, 128}
+    d = poisson_requests(2.0, duration_s=30, seed=1)
+    assert 30 < len(d) < 100 and max(r.arrival_s for r in d) <= 30
+
+
+def test_serving_is_deterministic_and_meets_single_request_latency(homog, reference):
+    plan = reference.plan
+    reqs = poisson_requests(2.0, n=60, seed=7)
+    r1, r2 = serve_plan(plan, homog, L70, reqs), serve_plan(plan, homog, L70, reqs)
+    assert r1.records == r2.records
+    lat = r1.latencies()
+    ref = reference.latencies(reqs)
+    assert np.all(lat >= ref * (1 - 1e-9))  # nobody beats running alone on the same plan
+    s = r1.summary(2 * ref)
+    assert s["finished"] == 60 and 0 < s["slo_attainment"] <= 1
+    assert s["latency_s"]["p50"] <= s["latency_s"]["p90"] <= s["latency_s"]["p99"]
+    assert s["cost_usd_per_mtok"] > 0 and s["price_usd_per_hour"] == pytest.approx(65.54)
+
+
+def test_max_rate_bisection():
+    assert max_rate(lambda r: 1.0 if r <= 3.7 else 0.5, 0.99, iterations=12) == pytest.approx(3.7, rel=0.01)
+    assert max_rate(lambda r: 0.0, 0.99) == 0.0
+
+
+def test_trace_csv_and_errors(tmp_path):
+    good = tmp_path / "t.csv"
+    good.write_text("arrival_s,prompt_len,output_len\n1.5,32,64\n0.5,128,32\n")
+    reqs = read_trace(good)
+    assert [(r.arrival_s, r.prompt_len) for r in reqs] == [(0.5, 128), (1.5, 32)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrival_s,prompt_len,output_len\n0.1,32,-3\n")
+    with pytest.raises(InputError) as e:
+        read_trace(bad)
+    assert e.value.source == str(bad) and e.value.field == "output_len"
+    missing = tmp_path / "m.csv"
+    missing.write_text("arrival_s,prompt_len\n0.1,32\n")
+    with pytest.raises(InputError) as e:
+        read_trace(missing)
+    assert e.value.field == "output_len"
+
+
+def test_cli_serve(capsys, tmp_path):
+    args = ["serve", "--model", "llama2-70b", "--hw", "hexgen-homogeneous", "--rate", "1"]
+    assert main([*args, "--num-requests", "20", "--slo-scale", "3", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["requests"] == 20 and 0 <= doc["slo_attainment"] <= 1 and doc["latency_s"]["p99"] > 0
+    assert main([*args, "--slo", "-2"]) == 2
+    assert "--slo" in capsys.readouterr().err
+    trace = tmp_path / "x.csv"
+    trace.write_text("arrival_s,prompt_len,output_len\nsoon,32,32\n")
+    assert (
+        main(["serve", "--model", "llama2-70b", "--hw", "hexgen-homogeneous", "--requests", str(trace)]) == 2
+    )
+    assert "arrival_s" in capsys.readouterr().err
+
+
+# ---- golden: heterogeneous vs homogeneous at the same budget ----------------------------------
+@pytest.fixture(scope="module")
+def studies():
+    return {n: make_study(n, L70, max_candidates=3) for n in ("hexgen-homogeneous", "hexgen-full-budget")}
+
+
+def _scales(studies, reference, rate):
+    reqs = poisson_requests(rate, n=120, seed=0)
+    return {n: best_min_scale(s.run_all(reqs), reference, 0.99) for n, s in studies.items()}
+
+
+def test_same_budget_rigs(studies, reference):
+    assert studies["hexgen-full-budget"].price_per_hour == pytest.approx(65.04)
+    assert studies["hexgen-homogeneous"].price_per_hour == pytest.approx(65.54)
+    light = _scales(studies, reference, 1.0)
+    heavy = _scales(studies, reference, 8.0)
+    # the A100 rig serves a lone request fastest, so it wins tight deadlines at light load ...
+    assert light["hexgen-homogeneous"] < light["hexgen-full-budget"]
+    # ... and the heterogeneous rig's extra replicas narrow the gap as the rate rises
+    gap_light = light["hexgen-full-budget"] / light["hexgen-homogeneous"]
+    gap_heavy = heavy["hexgen-full-budget"] / heavy["hexgen-homogeneous"]
+    assert gap_heavy < gap_light
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="hetsim: the heterogeneous rig needs a LOOSER deadline than 16 x A100 (about 0.55-0.75x, "
+    "paper: 2.3x tighter): per-request latency is set by the parameter scan, and a PCIe TP group of "
+    "3090 Tis scans slower than NVSwitch A100s; see paper_figs/hexgen.py",
+)
+def test_golden_deadline_2_3x(studies, reference):
+    s = _scales(studies, reference, 8.0)
+    assert s["hexgen-homogeneous"] / s["hexgen-full-budget"] == pytest.approx(2.3, rel=0.25)
+
+
+def test_min_scale_uses_target(homog, reference):
+    reqs = poisson_requests(1.0, n=30, seed=2)
+    res = serve_plan(reference.plan, homog, L70, reqs)
+    assert min_scale(res, reference, 0.5) <= min_scale(res, reference, 1.0)
