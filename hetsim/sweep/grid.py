@@ -1,0 +1,179 @@
+"""Grid expansion, point hashing, and the hardware/plan overrides a point applies.
+
+A point is a flat dict of its full configuration (model, rig, strategy, workload, objective, search,
+and every knob it sets). Its id is the sha256 of that dict as canonical JSON: the same
+configuration always gets the same id, so a re-run knows what is already done.
+
+Hardware knobs transform the loaded ``Rig`` (frozen dataclasses, ``dataclasses.replace``); they
+never edit YAML. Plan knobs (``plan.<field>``) replace fields of the plan a strategy searched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass, replace
+from typing import Any
+
+from hetsim.hardware.rig import Rig
+from hetsim.hardware.types import Link, Provenance
+from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, SweepSpec
+
+DEFAULTS: dict[str, Any] = {"strategy": "all", "batch": 1, "prompt_len": 512, "gen_len": 32}
+NIC_KINDS = ("ethernet", "infiniband", "rdma")
+
+
+def canonical(config: Mapping[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def point_id(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
+
+
+def expand(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every point of the spec, in a deterministic order, without duplicates.
+
+    Knobs left unset (or ``null``) are not part of a point's configuration, so adding an axis to
+    a spec does not change the ids of points that leave it at the shipped value.
+    """
+    from hetsim.strategies.base import all_strategies
+
+    names = sorted(s.name for s in all_strategies())
+    seen: dict[str, dict[str, Any]] = {}
+    for grid in spec.grids:
+        axes = {**{k: [v] for k, v in DEFAULTS.items()}, "objective": [spec.objective]}
+        axes.update({k: [v] for k, v in spec.base.items()})
+        axes.update(grid)
+        if axes.get("strategy") in ("all", ["all"]):
+            axes["strategy"] = names
+        for k in ("model", "rig"):
+            if k not in axes:
+                raise ValueError(f"grid has no {k!r} (set it in base or in the grid)")
+        keys = list(axes)
+        for values in itertools.product(*(axes[k] for k in keys)):
+            config = {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+            config["search"] = spec.search
+            pid = point_id(config)
+            seen.setdefault(pid, {**config, "point_id": pid})
+    return list(seen.values())
+
+
+def knob_columns(points: list[dict[str, Any]]) -> list[str]:
+    """Config columns of the result table: core axes first, then knobs in first-seen order."""
+    extra = dict.fromkeys(k for p in points for k in p if k not in (*CORE_AXES, "search", "point_id"))
+    return [*CORE_AXES, "search", *extra]
+
+
+# ---- hardware overrides ---------------------------------------------------------------------
+def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
+    """The rig with the point's hardware knobs applied (a new Rig; the input is untouched)."""
+    if not any(k in knobs for k in HW_KNOBS):
+        return rig
+    devices = dict(rig.devices)
+    links = dict(rig.links)
+    nodes = dict(rig.nodes)
+    note = "sweep override"
+
+    if knobs.get("cpu_sockets") is not None:
+        keep_n = int(knobs["cpu_sockets"])
+        for name, node in rig.nodes.items():
+            if len(node.cpus) <= keep_n:
+                continue
+            kept, dropped = node.cpus[:keep_n], set(node.cpus[keep_n:])
+            for d in dropped:
+                del devices[d]
+            for lname, link in list(links.items()):
+                a = kept[0] if link.a in dropped else link.a
+                b = kept[0] if link.b in dropped else link.b
+                if (a, b) == (link.a, link.b):
+                    continue
+                if a == b or (a in kept and b in kept):  # a socket-to-socket link that now loops
+                    del links[lname]
+                else:
+                    links[lname] = replace(link, a=a, b=b)
+            host = node.host_mem_bytes * keep_n / len(node.cpus)  # the dropped sockets' DIMMs go too
+            nodes[name] = replace(node, cpus=kept, host_mem_bytes=host)
+
+    if knobs.get("gpu_mem_gb") is not None:
+        budget = float(knobs["gpu_mem_gb"]) * 1e9
+        for name, dev in list(devices.items()):
+            if dev.kind == "gpu" and dev.mem_bytes > budget:
+                prov = {
+                    **dev.provenance,
+                    "mem_bytes": Provenance(
+                        f"{note}: gpu_mem_gb",
+                        dev.provenance["mem_bytes"].grade if "mem_bytes" in dev.provenance else _assumed(),
+                    ),
+                }
+                devices[name] = replace(dev, mem_bytes=budget, provenance=prov)
+
+    def swap(kinds: tuple[str, ...], link_name: str, only_nic: bool) -> None:
+        from hetsim.hardware.catalog import load_catalog
+
+        entry = load_catalog().resolve("links", link_name)
+        if entry is None:
+            raise ValueError(f"unknown catalogue link {link_name!r}")
+        spec = entry.spec
+        bw, lat = spec.bandwidth.si, spec.latency.si
+        pageable = spec.pageable_bandwidth.si if spec.pageable_bandwidth is not None else bw
+        prov = {
+            "bw": Provenance(spec.bandwidth.source, spec.bandwidth.grade),
+            "latency_s": Provenance(spec.latency.source, spec.latency.grade),
+        }
+        for lname, link in list(links.items()):
+            if link.kind in kinds and (not only_nic or _is_nic(link)):
+                links[lname] = replace(link, bw=bw, latency_s=lat, pageable_bw=pageable, provenance=prov)
+
+    if knobs.get("pcie") is not None:
+        swap(("pcie",), knobs["pcie"], only_nic=False)
+    if knobs.get("net_link") is not None:
+        swap(NIC_KINDS, knobs["net_link"], only_nic=True)
+    if knobs.get("net_gbps") is not None:
+        bw = float(knobs["net_gbps"]) * 1e9 / 8
+        for lname, link in list(links.items()):
+            if _is_nic(link):
+                prov = {**link.provenance, "bw": Provenance(f"{note}: net_gbps", _assumed())}
+                links[lname] = replace(link, bw=bw, pageable_bw=bw, provenance=prov)
+    for kind, factor in (knobs.get("bw_scale") or {}).items():
+        for lname, link in list(links.items()):
+            if link.kind == kind:
+                links[lname] = replace(link, bw=link.bw * factor, pageable_bw=link.pageable_bw * factor)
+
+    # a fresh route cache: routes of the original rig are stale here
+    return replace(rig, devices=devices, links=links, nodes=nodes, _routes={})
+
+
+def _is_nic(link: Link) -> bool:
+    return link.kind in NIC_KINDS and (link.a.startswith("net.") or link.b.startswith("net."))
+
+
+def _assumed():
+    from hetsim.hardware.types import Grade
+
+    return Grade.ASSUMED
+
+
+# ---- plan overrides -------------------------------------------------------------------------
+def plan_knobs(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k[5:]: v for k, v in config.items() if k.startswith("plan.")}
+
+
+def override_plan(plan: Any, knobs: Mapping[str, Any], gpu_mem_budget: float | None) -> tuple[Any, list[str]]:
+    """``plan`` with the fields it has replaced; returns the knobs it does not have."""
+    if plan is None or not is_dataclass(plan):
+        return plan, sorted(knobs)
+    have = {f.name for f in fields(plan)}
+    changes = {k: v for k, v in knobs.items() if k in have}
+    if gpu_mem_budget is not None and "gpu_mem_budget" in have and "gpu_mem_budget" not in changes:
+        current = plan.gpu_mem_budget  # type: ignore[attr-defined]
+        changes["gpu_mem_budget"] = gpu_mem_budget if current is None else min(current, gpu_mem_budget)
+    if changes:
+        field_types = {f.name: f.type for f in fields(plan)}
+        for k, v in list(changes.items()):
+            if isinstance(v, list) and "tuple" in str(field_types[k]):
+                changes[k] = tuple(v)
+        plan = replace(plan, **changes)
+    return plan, sorted(k for k in knobs if k not in have)

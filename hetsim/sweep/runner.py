@@ -1,0 +1,256 @@
+"""Run sweep points: one point = one ``hetsim.api.best_result`` call on the overridden rig.
+
+Points go to a local process pool (default) or a Dask distributed cluster. Finished rows are
+written to the store in small batches (and on any exit), so an interrupted sweep keeps what it
+finished; a point that raises becomes a row with ``feasible=False`` and its ``error``.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from hetsim.strategies.base import Strategy
+from hetsim.sweep.grid import apply_hardware, override_plan, plan_knobs
+
+RESULT_COLUMNS = (
+    "feasible",
+    "reason",
+    "error",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "throughput_tok_s",
+    "cost_usd_per_mtok",
+    "bottleneck",
+    "weakest_grade",
+    "plan",
+    "ignored_knobs",
+)
+
+
+class _WithOverrides(Strategy):
+    """A strategy whose searched (or default) plan gets the point's plan knobs applied."""
+
+    def __init__(self, inner: Strategy, knobs: Mapping[str, Any], gpu_mem_budget: float | None):
+        self.inner, self.knobs, self.budget = inner, dict(knobs), gpu_mem_budget
+        self.name = inner.name  # type: ignore[misc]
+        self.summary = inner.summary  # type: ignore[misc]
+        self.plan_type = inner.plan_type  # type: ignore[misc]
+        self.ignored: list[str] = []
+
+    def _fix(self, plan: Any) -> Any:
+        plan, self.ignored = override_plan(plan, self.knobs, self.budget)
+        return plan
+
+    def applicable(self, rig, model, workload):
+        return self.inner.applicable(rig, model, workload)
+
+    def default_plan(self, rig, model, workload):
+        return self._fix(self.inner.default_plan(rig, model, workload))
+
+    def search(self, rig, model, workload, objective):
+        return self._fix(self.inner.search(rig, model, workload, objective))
+
+    def footprint(self, plan, rig, model, workload):
+        return self.inner.footprint(plan, rig, model, workload)
+
+    def schedule(self, plan, rig, model, workload):
+        return self.inner.schedule(plan, rig, model, workload)
+
+    def devices(self, plan):
+        return self.inner.devices(plan)
+
+    def plan_to_dict(self, plan):
+        return self.inner.plan_to_dict(plan)
+
+
+class PointTimeout(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float | None):
+    """SIGALRM limit; only in a process's main thread (pool workers), a no-op elsewhere (Dask threads)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signum, frame):
+        raise PointTimeout(f"point took longer than {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def run_point(config: Mapping[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+    """One point -> one flat row (config columns + result columns). Never raises."""
+    import json
+
+    row: dict[str, Any] = dict(config)
+    try:
+        with _time_limit(timeout_s):
+            result, ignored = _evaluate(config)
+        d = result.to_dict()
+        row.update(
+            feasible=bool(d["feasible"]),
+            reason=d["reason"],
+            error="",
+            ttft_s=d["ttft_s"],
+            tpot_s=d["tpot_s"],
+            e2e_s=d["e2e_s"],
+            throughput_tok_s=d["throughput_tok_s"],
+            cost_usd_per_mtok=d["cost_usd_per_mtok"],
+            bottleneck=d["bottleneck"],
+            weakest_grade=d["weakest_grade"],
+            plan=json.dumps(d["plan"], sort_keys=True),
+            ignored_knobs=",".join(ignored),
+        )
+    except Exception as exc:  # a failing point is recorded, never fatal to the sweep
+        last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        where = f" ({last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno})" if last else ""
+        return error_row(config, f"{type(exc).__name__}: {exc}{where}")
+    return _floats(row)
+
+
+def error_row(config: Mapping[str, Any], message: str) -> dict[str, Any]:
+    row = {**config, **dict.fromkeys(RESULT_COLUMNS)}
+    row.update(
+        feasible=False,
+        reason="error",
+        error=message,
+        bottleneck="",
+        weakest_grade="",
+        plan="{}",
+        ignored_knobs="",
+    )
+    return _floats(row)
+
+
+def _floats(row: dict[str, Any]) -> dict[str, Any]:
+    for k in ("ttft_s", "tpot_s", "e2e_s", "throughput_tok_s", "cost_usd_per_mtok"):
+        v = row.get(k)
+        row[k] = math.nan if v is None else float(v)
+    return row
+
+
+def _evaluate(config: Mapping[str, Any]):
+    from hetsim import api
+    from hetsim.hardware.loader import load_rig
+    from hetsim.models.registry import get_model
+    from hetsim.strategies.base import get_strategy
+    from hetsim.workload import Workload
+
+    rig = apply_hardware(load_rig(config["rig"]), config)
+    p = api.Problem(
+        get_model(config["model"]),
+        config["model"],
+        rig,
+        config["rig"],
+        Workload(int(config["batch"]), int(config["prompt_len"]), int(config["gen_len"])),
+    )
+    budget = float(config["gpu_mem_gb"]) * 1e9 if config.get("gpu_mem_gb") is not None else None
+    strategy = _WithOverrides(get_strategy(config["strategy"]), plan_knobs(config), budget)
+    result = api.best_result(strategy, p, config["objective"], search=bool(config.get("search", True)))
+    return result, strategy.ignored
+
+
+def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | None) -> Iterable[dict]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # fork is cheap and inherits the imported strategies; spawn elsewhere
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    futures = {pool.submit(run_point, p, timeout_s): p for p in points}
+    finished = False
+    try:
+        for fut in as_completed(futures):
+            try:
+                yield fut.result()
+            except Exception as exc:  # the worker process died
+                yield _crashed(futures[fut], exc)
+        finished = True
+    finally:
+        # interrupted: drop queued points and do not wait for running ones (they are redone later)
+        pool.shutdown(wait=finished, cancel_futures=True)
+        if not finished:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+
+
+def _run_dask(points: list[dict[str, Any]], address: str, workers: int) -> Iterable[dict]:
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if address == "local":
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+        client = Client(cluster)
+    else:
+        client = Client(address)
+    try:
+        futures = client.map(run_point, points, key=[f"hetsim-point-{p['point_id']}" for p in points])
+        by_key = {f.key: p for f, p in zip(futures, points, strict=True)}
+        for fut in as_completed(futures):
+            try:
+                yield fut.result()
+            except Exception as exc:
+                yield _crashed(by_key[fut.key], exc)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _crashed(config: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
+    return error_row(config, f"worker crashed: {type(exc).__name__}: {exc}")
+
+
+def execute(
+    points: list[dict[str, Any]],
+    *,
+    dask: str | None = None,
+    workers: int = 2,
+    timeout_s: float | None = None,
+    on_row: Callable[[dict[str, Any]], None],
+    stop_after: int | None = None,
+) -> int:
+    """Run ``points``; ``on_row`` gets each finished row. ``stop_after`` (tests) stops after k rows."""
+    if not points:
+        return 0
+    if dask:
+        rows = _run_dask(points, dask, workers)
+    elif workers <= 1:
+        rows = (run_point(p, timeout_s) for p in points)
+    else:
+        rows = _run_local(points, workers, timeout_s)
+    n = 0
+    start = time.monotonic()
+    try:
+        for row in rows:
+            on_row(row)
+            n += 1
+            if stop_after is not None and n >= stop_after:
+                raise KeyboardInterrupt(f"stopped after {n} points ({time.monotonic() - start:.1f} s)")
+    finally:
+        close = getattr(rows, "close", None)
+        if close:
+            close()
+    return n

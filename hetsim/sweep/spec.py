@@ -1,0 +1,182 @@
+"""The sweep YAML (pydantic at the boundary): what to run and what to draw.
+
+    name: strategy-map
+    objective: throughput             # latency | throughput | cost (a grid axis may vary it too)
+    base: {batch: 8, prompt_len: 512, gen_len: 32}   # values every point starts from
+    grids:                            # each grid is a full product; points are the union (deduplicated)
+      - {model: [llama2-70b], rig: [mixed-lab], strategy: all, gpu_mem_gb: [16, 48, 80]}
+    plots:
+      - {kind: heatmap, x: gpu_mem_gb, y: pcie, facet: [model]}
+
+Axes: ``model``, ``rig``, ``strategy`` (a list or ``all``), ``batch``, ``prompt_len``, ``gen_len``,
+``objective``, the hardware knobs of ``hetsim.sweep.grid.HW_KNOBS`` and plan knobs ``plan.<field>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hetsim.errors import InputError
+from hetsim.hardware.catalog import validation_error
+
+WORKLOAD_AXES = ("batch", "prompt_len", "gen_len")
+CORE_AXES = ("model", "rig", "strategy", *WORKLOAD_AXES, "objective")
+# hardware knobs: name -> what it does (applied by hetsim.sweep.grid.apply_hardware)
+HW_KNOBS = {
+    "gpu_mem_gb": "GPU memory budget per GPU in GB (caps each GPU's memory; plans' gpu_mem_budget)",
+    "pcie": "catalogue link (e.g. pcie3-x16) whose numbers replace every PCIe link",
+    "cpu_sockets": "keep the first N CPU sockets of each node (GPUs, disks, NICs move to socket 0)",
+    "net_gbps": "per-direction bandwidth of every NIC link, in Gbit/s",
+    "net_link": "catalogue link (e.g. infiniband-hdr) whose numbers replace every NIC link",
+    "bw_scale": "mapping link kind -> factor scaling that kind's bandwidth (e.g. {pcie: 0.5})",
+}
+METRICS = ("ttft_s", "tpot_s", "e2e_s", "throughput_tok_s", "cost_usd_per_mtok")
+LOWER_IS_BETTER = {"ttft_s": True, "tpot_s": True, "e2e_s": True, "cost_usd_per_mtok": True,
+                   "throughput_tok_s": False}  # fmt: skip
+
+
+class PlotSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["line", "heatmap", "pareto"]
+    name: str | None = None  # file stem; default derived from kind and axes
+    x: str
+    y: str | None = None  # heatmap: second knob; pareto: second metric; line: unused
+    metric: str | None = None  # line: y metric; heatmap: value to show (default: the winning strategy)
+    facet: list[str] = Field(default_factory=list)  # one figure per combination of these columns
+    where: dict[str, Any] = Field(default_factory=dict)  # fix these columns (default: base values)
+    objective: Literal["latency", "throughput", "cost"] | None = None  # heatmap winner rule
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | None) -> str | None:
+        if v is not None and v not in METRICS:
+            raise ValueError(f"unknown metric {v!r} (use {', '.join(METRICS)})")
+        return v
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    objective: Literal["latency", "throughput", "cost"] = "throughput"
+    search: bool = True  # each strategy searches its plan space (False: default plans)
+    timeout_s: float = Field(120.0, gt=0)  # per point (local process pool; Dask runs have none)
+    base: dict[str, Any] = Field(default_factory=dict)
+    grids: list[dict[str, Any]] = Field(min_length=1)
+    plots: list[PlotSpec] = Field(default_factory=list)
+
+    @field_validator("base")
+    @classmethod
+    def _base(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for k in v:
+            _check_axis(k)
+        return v
+
+    @field_validator("grids")
+    @classmethod
+    def _grids(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for grid in v:
+            for k, values in grid.items():
+                _check_axis(k)
+                if k == "strategy" and values == "all":
+                    continue
+                if not isinstance(values, list) or not values:
+                    raise ValueError(f"axis {k!r} must be a non-empty list")
+        return v
+
+
+def _check_axis(name: str) -> None:
+    if name in CORE_AXES or name in HW_KNOBS:
+        return
+    if name.startswith("plan.") and len(name) > 5:
+        return
+    known = ", ".join([*CORE_AXES, *HW_KNOBS, "plan.<field>"])
+    raise ValueError(f"unknown axis {name!r} (known: {known})")
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep YAML; errors name the file and the field."""
+    source = str(path)
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror}", source=source) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"malformed YAML{where}", source=source) from None
+    if not isinstance(raw, dict):
+        raise InputError("expected a mapping at the top level", source=source)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise validation_error(exc, source) from None
+    _check_values(spec, source)
+    return spec
+
+
+def _check_values(spec: SweepSpec, source: str) -> None:
+    """Names that must exist (models, rigs, strategies, catalogue links), reported by field."""
+    from hetsim.hardware.catalog import load_catalog
+    from hetsim.hardware.loader import rig_path
+    from hetsim.models.registry import get_model
+    from hetsim.strategies.base import get_strategy
+
+    cat = load_catalog()
+
+    def check(field: str, key: str, value: Any) -> None:
+        try:
+            if value is None:
+                return
+            if key == "model":
+                get_model(value)
+            elif key == "rig":
+                rig_path(value)
+            elif key == "strategy" and value != "all":
+                get_strategy(value)
+            elif key in ("pcie", "net_link") and cat.resolve("links", value) is None:
+                raise InputError(f"unknown catalogue link {value!r}")
+            elif key in ("batch", "prompt_len", "gen_len", "cpu_sockets") and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise InputError(f"must be a positive integer, got {value!r}")
+            elif key in ("gpu_mem_gb", "net_gbps") and (
+                not isinstance(value, int | float) or isinstance(value, bool) or value <= 0
+            ):
+                raise InputError(f"must be a positive number, got {value!r}")
+            elif key == "objective" and value not in ("latency", "throughput", "cost"):
+                raise InputError(f"unknown objective {value!r}")
+            elif key == "bw_scale" and not (
+                isinstance(value, dict) and all(isinstance(f, int | float) and f > 0 for f in value.values())
+            ):
+                raise InputError("must map link kinds to positive factors")
+        except InputError as exc:
+            raise InputError(exc.message, source=source, field=field) from None
+
+    for k, v in spec.base.items():
+        check(f"base.{k}", k, v)
+    for i, grid in enumerate(spec.grids):
+        for k, values in grid.items():
+            for j, v in enumerate(values if isinstance(values, list) else [values]):
+                check(f"grids[{i}].{k}[{j}]", k, v)
+    axes = {*spec.base, *(k for g in spec.grids for k in g), *CORE_AXES}
+    for i, plot in enumerate(spec.plots):
+        cols = [plot.x, *plot.facet, *plot.where]
+        if plot.kind == "heatmap" and plot.y:
+            cols.append(plot.y)
+        for c in cols:
+            if c not in axes and c not in METRICS:
+                raise InputError(f"unknown column {c!r}", source=source, field=f"plots[{i}]")
+        if plot.kind in ("heatmap", "pareto") and not plot.y:
+            raise InputError("required for this kind", source=source, field=f"plots[{i}].y")
+        if plot.kind == "pareto" and (plot.x not in METRICS or plot.y not in METRICS):
+            raise InputError("pareto x and y must be metrics", source=source, field=f"plots[{i}]")
+        if plot.kind == "line" and not plot.metric:
+            raise InputError("required for a line plot", source=source, field=f"plots[{i}].metric")
