@@ -233,3 +233,55 @@ def test_min_scale_uses_target(homog, reference):
     reqs = poisson_requests(1.0, n=30, seed=2)
     res = serve_plan(reference.plan, homog, L70, reqs)
     assert min_scale(res, reference, 0.5) <= min_scale(res, reference, 1.0)
+
+
+def _outer_brute_force(classes, shapes, cap):
+    """Best summed rate over every way to cut every machine and pick replicas (small rigs only)."""
+    from functools import cache
+    from itertools import product
+
+    allowed = [s for s in shapes if s.layout.latency_s <= cap * (1 + 1e-9)]
+    big = sum(c.gpus * len(c.nodes) for c in classes) + 1
+    value = [round(1e6 / s.layout.latency_s) * big - sum(p.gpus for p in s.parts) for s in allowed]
+    need = [{(p.cls, p.gpus): sum(1 for q in s.parts if q == p) for p in s.parts} for s in allowed]
+    keys = sorted({(i, k) for i, c in enumerate(classes) for k in c.part_sizes()})
+
+    @cache
+    def best(pool: tuple[int, ...], start: int) -> int:
+        out = 0
+        for j in range(start, len(allowed)):
+            left = list(pool)
+            ok = True
+            for key, n in need[j].items():
+                left[keys.index(key)] -= n
+                ok &= left[keys.index(key)] >= 0
+            if ok:
+                out = max(out, value[j] + best(tuple(left), j))
+        return out
+
+    top = 0
+    machines = [(i, c) for i, c in enumerate(classes) for _ in c.nodes]
+    for cuts in product(*[[None, *c.part_sizes()] for _, c in machines]):
+        pool = [0] * len(keys)
+        for (i, c), k in zip(machines, cuts, strict=True):
+            if k is not None:
+                pool[keys.index((i, k))] += c.gpus // k
+        top = max(top, best(tuple(pool), 0))
+    return top
+
+
+@pytest.mark.parametrize("model_name", ["llama2-70b", "llama2-13b"])
+def test_outer_cpsat_equals_brute_force(model_name):
+    from hetsim.planner.hexgen_cpsat import enumerate_shapes, outer_cpsat
+
+    rig, model = load_rig("hexgen-half-budget"), get_model(model_name)
+    classes = machine_classes(rig)
+    table = CostTable(rig, model, Demand(), classes)
+    shapes = enumerate_shapes(table, max_parts=2)
+    big = sum(c.gpus * len(c.nodes) for c in classes) + 1
+    for cap in sorted({s.layout.latency_s for s in shapes})[::3]:
+        chosen = outer_cpsat(classes, shapes, cap)
+        got = sum(
+            n * (round(1e6 / s.layout.latency_s) * big - sum(p.gpus for p in s.parts)) for s, n in chosen
+        )
+        assert got == _outer_brute_force(classes, shapes, cap)
