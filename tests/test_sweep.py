@@ -1,0 +1,193 @@
+"""Sweeps: specs, hardware overrides, local and Dask runs, resume after interruption, failures, plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hetsim.errors import InputError
+from hetsim.hardware import load_rig
+from hetsim.sweep.api import run_sweep
+from hetsim.sweep.grid import apply_hardware, expand, knob_columns, point_id
+from hetsim.sweep.plots import pareto_front
+from hetsim.sweep.runner import execute
+from hetsim.sweep.spec import load_spec
+from hetsim.sweep.store import Store, schema_for
+
+SMALL = """
+name: tiny
+base: {batch: 1, prompt_len: 64, gen_len: 4}
+grids:
+  - {model: [llama2-7b], rig: [mixed-lab], strategy: [cpu-tp, gpu-only, accelerate], gpu_mem_gb: [8, 24]}
+  - {model: [llama2-7b], rig: [mixed-lab], strategy: [gpu-only], pcie: [pcie3-x16]}
+plots:
+  - {kind: heatmap, x: gpu_mem_gb, y: strategy, metric: e2e_s}
+  - {kind: heatmap, x: gpu_mem_gb, y: batch}
+  - {kind: line, x: gpu_mem_gb, metric: throughput_tok_s}
+  - {kind: pareto, x: e2e_s, y: throughput_tok_s}
+"""
+
+
+def _spec(tmp_path: Path, text: str = SMALL, name: str = "tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _content(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values("point_id").reset_index(drop=True)
+
+
+# ---- hardware overrides ---------------------------------------------------------------------
+def test_cpu_sockets_drop_reattaches_gpus_and_scales_host_memory():
+    rig = load_rig("mixed-lab")
+    one = apply_hardware(rig, {"cpu_sockets": 1})
+    assert [d.name for d in one.cpus()] == ["n0.cpu0", "n1.cpu0"]
+    assert not any(lk.kind == "upi" for lk in one.links.values())
+    assert one.links["n0.pcie.gpu1"].b == "n0.cpu0"  # GPU1 hung off the dropped socket
+    assert one.host_cpu("n0.gpu1") == "n0.cpu0"
+    assert one.route("n0.gpu1", "n1.gpu0").hops  # still connected across the network
+    assert one.nodes["n0"].host_mem_bytes == rig.nodes["n0"].host_mem_bytes / 2
+    assert len(rig.cpus()) == 4 and rig.links["n0.pcie.gpu1"].b == "n0.cpu1"  # input untouched
+
+
+def test_pcie_network_and_memory_overrides():
+    rig = load_rig("mixed-lab")
+    rig.route("n0.gpu0", "n0.cpu0")  # fill the original's route cache
+    new = apply_hardware(rig, {"pcie": "pcie3-x16", "net_gbps": 10, "gpu_mem_gb": 16})
+    pcie = [lk for lk in new.links.values() if lk.kind == "pcie"]
+    assert pcie and all(lk.bw == pytest.approx(pcie[0].bw) for lk in pcie)
+    assert pcie[0].bw < rig.links["n0.pcie.gpu0"].bw
+    assert new.route("n0.gpu0", "n0.cpu0").bw == pytest.approx(pcie[0].bw)  # no stale cached route
+    assert new.links["n0.nic"].bw == pytest.approx(10e9 / 8)
+    assert max(g.mem_bytes for g in new.gpus()) == pytest.approx(16e9)
+    scaled = apply_hardware(rig, {"bw_scale": {"pcie": 0.5}})
+    assert scaled.links["n0.pcie.gpu0"].bw == pytest.approx(rig.links["n0.pcie.gpu0"].bw / 2)
+
+
+# ---- spec and grid --------------------------------------------------------------------------
+def test_grid_expansion_is_deterministic_and_deduplicated(tmp_path):
+    spec = load_spec(_spec(tmp_path))
+    points = expand(spec)
+    assert len(points) == 3 * 2 + 1
+    assert len({p["point_id"] for p in points}) == len(points)
+    assert [p["point_id"] for p in expand(spec)] == [p["point_id"] for p in points]
+    p = points[0]
+    assert p["point_id"] == point_id({k: v for k, v in p.items() if k != "point_id"})
+    assert knob_columns(points)[-2:] == ["gpu_mem_gb", "pcie"]
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("name: x\ngrids: [{model: [opt-6.7b], rig: [mixed-lab], gpu_mem: [8]}]\n", "grids"),
+        ("name: x\ngrids: [{model: [no-such-model], rig: [mixed-lab]}]\n", "grids[0].model[0]"),
+        ("name: x\ngrids: [{model: [opt-6.7b], rig: [mixed-lab], pcie: [pcie9]}]\n", "grids[0].pcie[0]"),
+        ("name: x\ngrids: [{model: [opt-6.7b], rig: [mixed-lab], batch: [0]}]\n", "grids[0].batch[0]"),
+        ("name: x\n", "grids"),
+        (
+            "name: x\ngrids: [{model: [opt-6.7b], rig: [mixed-lab]}]\nplots: [{kind: pie, x: batch}]\n",
+            "plots",
+        ),
+        (
+            "name: x\ngrids: [{model: [opt-6.7b], rig: [mixed-lab]}]\nplots: [{kind: heatmap, x: batch}]\n",
+            "plots",
+        ),
+    ],
+)
+def test_bad_spec_names_file_and_field(tmp_path, text, field):
+    path = _spec(tmp_path, text, "bad.yaml")
+    with pytest.raises(InputError) as info:
+        load_spec(path)
+    assert info.value.source == str(path)
+    assert info.value.field is not None and info.value.field.startswith(field)
+
+
+def test_malformed_yaml_names_file(tmp_path):
+    path = _spec(tmp_path, "name: [unclosed\n", "broken.yaml")
+    with pytest.raises(InputError, match="malformed YAML") as info:
+        load_spec(path)
+    assert info.value.source == str(path)
+
+
+# ---- running --------------------------------------------------------------------------------
+def test_local_sweep_end_to_end_with_plots(tmp_path):
+    report = run_sweep(_spec(tmp_path), tmp_path / "out", workers=2, progress=False)
+    df = report.results
+    assert report.total == 7 and report.ran == 7 and report.failed == 0
+    assert len(df) == 7 and set(df["strategy"]) == {"cpu-tp", "gpu-only", "accelerate"}
+    assert df["feasible"].all() and (df["throughput_tok_s"] > 0).all()
+    # a smaller GPU memory budget never makes a GPU strategy faster
+    acc = df[df["strategy"] == "accelerate"].set_index("gpu_mem_gb")
+    assert acc.loc[8.0, "e2e_s"] >= acc.loc[24.0, "e2e_s"]
+    # cpu-tp ignores GPU memory
+    cpu = df[df["strategy"] == "cpu-tp"]
+    assert cpu["e2e_s"].nunique() == 1
+    names = {p.name for p in report.plots}
+    assert {"heatmap-gpu_mem_gb-strategy.png", "heatmap-gpu_mem_gb-strategy.svg"} <= names
+    assert any(n.startswith("pareto") for n in names) and any(n.startswith("line") for n in names)
+    assert all(p.stat().st_size > 0 for p in report.plots)
+    # everything done: a re-run runs nothing
+    again = run_sweep(_spec(tmp_path), tmp_path / "out", workers=2, progress=False, plots=False)
+    assert again.ran == 0 and again.skipped == 7
+
+
+def test_interrupted_sweep_resumes_to_the_same_content(tmp_path):
+    spec = _spec(tmp_path)
+    straight = run_sweep(spec, tmp_path / "a", workers=1, progress=False, plots=False).results
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, tmp_path / "b", workers=1, progress=False, plots=False, stop_after=3)
+    partial = Store(tmp_path / "b").read()
+    assert len(partial) == 3  # what finished before the interruption was kept
+    resumed = run_sweep(spec, tmp_path / "b", workers=2, progress=False, plots=False)
+    assert resumed.skipped == 3 and resumed.ran == 4
+    pd.testing.assert_frame_equal(_content(resumed.results), _content(straight))
+
+
+def test_failing_point_is_recorded_and_the_rest_run(tmp_path):
+    points = expand(load_spec(_spec(tmp_path)))
+    points[1] = {**points[1], "model": "no-such-model"}
+    store = Store(tmp_path / "out", schema_for(points, knob_columns(points)))
+    n = execute(points, workers=2, timeout_s=60, on_row=store.add)
+    store.flush()
+    df = store.read()
+    assert n == len(points) == len(df)
+    bad = df[df["point_id"] == points[1]["point_id"]].iloc[0]
+    assert not bad["feasible"] and "no-such-model" in bad["error"] and math.isnan(bad["e2e_s"])
+    ok = df[df["point_id"] != points[1]["point_id"]]
+    assert ok["feasible"].all() and (ok["error"] == "").all()
+
+
+def test_point_timeout_is_a_failure_not_a_hang(tmp_path):
+    from hetsim.sweep.runner import run_point
+
+    point = expand(load_spec(_spec(tmp_path)))[0]
+    row = run_point(point, timeout_s=1e-4)
+    assert not row["feasible"] and "PointTimeout" in row["error"]
+
+
+def test_dask_local_cluster_matches_local_pool(tmp_path):
+    pytest.importorskip("distributed")
+    spec = _spec(tmp_path)
+    local = run_sweep(spec, tmp_path / "a", workers=2, progress=False, plots=False).results
+    dask = run_sweep(spec, tmp_path / "b", dask="local", workers=1, progress=False, plots=False).results
+    pd.testing.assert_frame_equal(_content(dask), _content(local))
+
+
+def test_cli_sweep_command(tmp_path):
+    from hetsim.cli import main
+
+    spec = _spec(tmp_path)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--no-plots", "--workers", "1"]) == 0
+    assert Store(tmp_path / "o").parts()
+    bad = _spec(tmp_path, "name: x\ngrids: [{model: [opt-6.7b], rig: [nope]}]\n", "bad.yaml")
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_pareto_front():
+    pts = [(1.0, 10.0), (2.0, 20.0), (3.0, 15.0), (0.5, 1.0)]
+    # low latency (x) and high throughput (y) are better
+    assert pareto_front(pts, x_low=True, y_low=False) == [(0.5, 1.0), (1.0, 10.0), (2.0, 20.0)]
