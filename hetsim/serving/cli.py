@@ -111,6 +111,14 @@ def serve(
         },
         **result.summary(deadlines),
     }
+    # the plan may leave GPUs idle; what renting the whole rig costs per generated token
+    tokens = result.generated_tokens
+    doc["rig_price_usd_per_hour"] = rig.price_per_hour
+    doc["rig_cost_usd_per_mtok"] = (
+        rig.price_per_hour / 3600.0 * result.makespan_s / tokens * 1e6
+        if tokens and result.makespan_s
+        else None
+    )
     if find_max_rate and deadlines is not None:
         n = len(reqs)
         doc["target_attainment"] = target
@@ -166,7 +174,8 @@ def _print_table(doc: dict[str, Any]) -> None:
         for rep in doc["plan"]["replicas"]
     )
     console.print(f"plan: {len(doc['plan']['replicas'])} replicas: {shape}", highlight=False)
-    for key in ("slo_attainment", "max_rate", "throughput_tok_s", "cost_usd_per_mtok", "price_usd_per_hour"):
+    keys = ("slo_attainment", "max_rate", "throughput_tok_s", "cost_usd_per_mtok", "price_usd_per_hour")
+    for key in (*keys, "rig_cost_usd_per_mtok", "rig_price_usd_per_hour"):
         if key in doc:
             console.print(f"{key}: {_fmt(doc[key])}", highlight=False)
 
