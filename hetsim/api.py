@@ -13,9 +13,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hetsim.errors import InputError
@@ -27,6 +26,9 @@ from hetsim.sim.result import Result
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.workload import Workload
+
+if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers need it
+    import pandas as pd
 
 PLAN_FORMAT_VERSION = 1
 
@@ -130,6 +132,8 @@ def results_frame(results: Sequence[Result]) -> pd.DataFrame:
         d["utilization"] = json.dumps(d["utilization"], sort_keys=True)
         d["extras"] = json.dumps(d["extras"], sort_keys=True)
         rows.append(d)
+    import pandas as pd
+
     return pd.DataFrame(rows)
 
 

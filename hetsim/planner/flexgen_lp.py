@@ -412,7 +412,7 @@ def search_policy(
     All objectives rank by the simulated end-to-end time of the workload: for a fixed offline batch
     throughput, latency (e2e) and cost per token are all monotone in it.
     """
-    from hetsim.sim.run import simulate
+    from hetsim.sim.run import estimate
     from hetsim.strategies.base import get_strategy
     from hetsim.strategies.flexgen import endpoints
 
@@ -429,7 +429,7 @@ def search_policy(
         if plan in seen:
             continue
         seen.add(plan)
-        result = simulate(strategy, plan, rig, model, wl)
+        result = estimate(strategy, plan, rig, model, wl)
         if result.feasible and result.e2e_s < best_e2e:
             best, best_e2e = plan, result.e2e_s
     out = SearchOutcome(best, sols[:CONFIRM], solved, time.perf_counter() - t0)

@@ -501,7 +501,7 @@ def search(
 ) -> HexGenPlan | None:
     """The best plan for an offline batch, each candidate confirmed in the engine."""
     from hetsim.api import rank_key
-    from hetsim.sim.run import simulate
+    from hetsim.sim.run import estimate
     from hetsim.strategies.base import get_strategy
 
     strategy = get_strategy("hexgen")
@@ -509,7 +509,7 @@ def search(
     for cand in candidates(
         rig, model, Demand.offline(workload), symmetric=symmetric, max_candidates=max_candidates
     ):
-        key = rank_key(objective)(simulate(strategy, cand.plan, rig, model, workload))  # type: ignore[arg-type]
+        key = rank_key(objective)(estimate(strategy, cand.plan, rig, model, workload))  # type: ignore[arg-type]
         if best_key is None or key < best_key:
             best, best_key = cand.plan, key
     return best

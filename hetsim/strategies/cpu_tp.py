@@ -72,7 +72,7 @@ class CpuTensorParallel(Strategy):
     ) -> CpuTpPlan | None:
         """Every degree and layout that fits in memory, confirmed in the engine."""
         from hetsim.api import rank_key
-        from hetsim.sim.run import simulate
+        from hetsim.sim.run import estimate
 
         base = self.default_plan(rig, model, workload)
         best, best_key = None, None
@@ -83,7 +83,7 @@ class CpuTensorParallel(Strategy):
                 plan = replace(base, ranks=ranks)
                 if not self.fits(plan, rig, model, workload):
                     continue
-                key = rank_key(objective)(simulate(self, plan, rig, model, workload))
+                key = rank_key(objective)(estimate(self, plan, rig, model, workload))
                 if best_key is None or key < best_key:
                     best, best_key = plan, key
         return best

@@ -168,7 +168,7 @@ class GpuOnly(Strategy):
         self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
     ) -> PipelinePlan | None:
         from hetsim.api import rank_key
-        from hetsim.sim.run import simulate
+        from hetsim.sim.run import estimate
 
         best, best_key = None, None
         for groups in candidate_groups(rig, model):
@@ -178,7 +178,7 @@ class GpuOnly(Strategy):
             stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
             for mbs in sorted({1, min(len(stages), workload.batch)}):
                 plan = PipelinePlan(stages, micro_batches=mbs)
-                key = rank_key(objective)(simulate(self, plan, rig, model, workload))
+                key = rank_key(objective)(estimate(self, plan, rig, model, workload))
                 if best_key is None or key < best_key:
                     best, best_key = plan, key
         return best if best is not None else None

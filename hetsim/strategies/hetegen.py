@@ -225,12 +225,12 @@ class HeteGen(Strategy):
         """Per GPU (with its host socket): alphas balanced in the engine, residency by CP-SAT."""
         from hetsim.api import rank_key
         from hetsim.planner.hetegen_knapsack import plan_hetegen
-        from hetsim.sim.run import simulate
+        from hetsim.sim.run import estimate
 
         best, best_key = None, None
         for gpu in rig.gpus():
             plan = plan_hetegen(rig, model, workload, gpu.name, gpu.mem_bytes)
-            key = rank_key(objective)(simulate(self, plan, rig, model, workload))
+            key = rank_key(objective)(estimate(self, plan, rig, model, workload))
             if best_key is None or key < best_key:
                 best, best_key = plan, key
         return best
