@@ -34,7 +34,7 @@ RIGS = {
     "hetero half budget ($29.6/h)": ("hexgen-half-budget", False),
 }
 HOMO, FULL = "homogeneous (16x A100, $65.54/h)", "hetero full budget ($65.04/h)"
-RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)
 DEADLINE_RATES = (1.0, 4.0, 8.0)  # fixed rates of the deadline curves
 RATE_SCALES = (2.0, 3.0, 5.0)  # fixed deadline scales of the rate curves and max-rate read-out

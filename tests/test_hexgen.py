@@ -229,6 +229,34 @@ def test_golden_deadline_2_3x(studies, reference):
     assert s["hexgen-homogeneous"] / s["hexgen-full-budget"] == pytest.approx(2.3, rel=0.25)
 
 
+def _attainments(studies, reference, rate, scale):
+    from hetsim.serving.study import best_attainment
+
+    reqs = poisson_requests(rate, n=120, seed=0)
+    ref = reference.latencies(reqs)
+    return {n: best_attainment(s.run_all(reqs), scale * ref) for n, s in studies.items()}
+
+
+def test_same_budget_hetero_serves_more_at_generous_deadlines(studies, reference):
+    # at 5x the A100 latency and 16 req/s the A100 rig saturates; the 58 GPUs still meet the deadline
+    a = _attainments(studies, reference, 16.0, 5.0)
+    assert a["hexgen-full-budget"] > a["hexgen-homogeneous"]
+    assert a["hexgen-full-budget"] >= 0.99
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="hetsim: up to about 2x higher rate at 99% attainment (5x deadline; 1.2x at 3x, 0.15x at 2x) "
+    "vs the paper's up to 4x: 16 A100s with continuous batching reach about 9.5 req/s, the "
+    "heterogeneous rig about 19; see paper_figs/hexgen.py",
+)
+def test_golden_rate_4x(studies, reference):
+    # 4x: the heterogeneous rig meets 99% at four times a rate the A100 rig still meets
+    homog_rate = 8.0
+    assert _attainments(studies, reference, homog_rate, 5.0)["hexgen-homogeneous"] >= 0.99
+    assert _attainments(studies, reference, 4 * homog_rate, 5.0)["hexgen-full-budget"] >= 0.99
+
+
 def test_min_scale_uses_target(homog, reference):
     reqs = poisson_requests(1.0, n=30, seed=2)
     res = serve_plan(reference.plan, homog, L70, reqs)
