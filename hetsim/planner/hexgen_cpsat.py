@@ -529,6 +529,7 @@ def search_serving(
     """The candidate with the best SLO attainment on ``requests`` (mean latency breaks ties; with no
     deadlines, the lowest mean latency), each confirmed by a serving run in the engine.
     Returns (plan, ServeResult) or None."""
+    from hetsim.serving.batching import MAX_IN_FLIGHT
     from hetsim.serving.sim import serve_plan
 
     if not requests:
@@ -539,7 +540,7 @@ def search_serving(
     demand = Demand(
         prompt_len=prompt,
         output_len=max(1, output),
-        kv_sequences=max_batch,
+        kv_sequences=max_batch * MAX_IN_FLIGHT,  # serving reserves KV for every batch in flight
         context=context,
         act_tokens=max_batch * max(r.prompt_len for r in requests),
     )

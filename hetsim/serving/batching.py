@@ -1,7 +1,8 @@
 """Continuous batching on one replica, as SimPy processes on the engine.
 
-A replica runs as many batch loops as it has pipeline stages, so that different batches occupy
-different stages at once (the engine's FIFO lanes serialise them per stage). Each loop admits what
+A replica runs as many batch loops as it has pipeline stages (at most ``MAX_IN_FLIGHT``), so that
+different batches occupy different stages at once (the engine's FIFO lanes serialise them per
+stage). Each loop admits what
 waits for the replica up to ``max_batch`` sequences; an iteration is either a prefill of the newly
 admitted requests (their first token) or one decode step of every running request (prefill first,
 as vLLM does). Per-step costs are the engine's: ``pipeline_pass`` books every stage's lockstep task
@@ -20,8 +21,13 @@ from hetsim.serving.workload import Request
 from hetsim.sim.engine import Engine
 from hetsim.strategies.hexgen import HexGenPlan, Replica, pipeline_pass
 
+MAX_IN_FLIGHT = 8  # batches in flight per replica at most (one per stage); KV is reserved for all
 PROMPT_BUCKET = 16  # batched prefill length rounds up to this (bounds the op-cost cache)
 KV_BUCKET = 32  # decode context rounds up to this
+
+
+def in_flight(replica: Replica) -> int:
+    return min(len(replica.stages), MAX_IN_FLIGHT)
 
 
 def bucket(x: float, size: int) -> int:
@@ -48,7 +54,7 @@ class ReplicaServer:
 
     @property
     def loops(self) -> int:
-        return len(self.replica.stages)
+        return in_flight(self.replica)
 
     def submit(self, engine: Engine, request: Request) -> None:
         self.queue.append(request)

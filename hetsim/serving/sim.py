@@ -11,7 +11,7 @@ import numpy as np
 
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.spec import ModelSpec
-from hetsim.serving.batching import ReplicaServer
+from hetsim.serving.batching import MAX_IN_FLIGHT, ReplicaServer, in_flight
 from hetsim.serving.dispatcher import Dispatcher
 from hetsim.serving.metrics import RequestRecord, ServeResult
 from hetsim.serving.workload import Request, poisson_requests
@@ -48,7 +48,7 @@ def serve_plan(
     max_prompt = max(r.prompt_len for r in requests)
     try:
         for rep in plan.replicas:
-            kv_seqs = plan.max_batch * len(rep.stages)
+            kv_seqs = plan.max_batch * in_flight(rep)
             fp = replica_footprint(model, rep, kv_seqs, context, plan.max_batch * max_prompt, plan)
             for device, tags in fp.items():
                 for tag, nbytes in tags.items():
@@ -141,7 +141,7 @@ def reference_plan(rig: Rig, model: ModelSpec, max_batch: int = 8) -> HexGenPlan
     """The lowest-latency replica layout of the reference rig (one replica serves one request)."""
     from hetsim.planner.hexgen_cpsat import Demand, candidates
 
-    cands = candidates(rig, model, Demand(kv_sequences=max_batch), max_batch=max_batch)
+    cands = candidates(rig, model, Demand(kv_sequences=max_batch * MAX_IN_FLIGHT), max_batch=max_batch)
     if not cands:
         raise ValueError(f"the model does not fit on the reference rig {rig.name}")
     return min(cands, key=lambda c: (c.est_latency_s, -c.est_rate)).plan

@@ -12,6 +12,7 @@ from hetsim.hardware.loader import load_rig
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
 from hetsim.planner.hexgen_cpsat import Demand, candidates
+from hetsim.serving.batching import MAX_IN_FLIGHT
 from hetsim.serving.metrics import ServeResult
 from hetsim.serving.sim import Reference, max_rate, min_scale, reference_plan, serve_plan
 from hetsim.serving.workload import PAPER_LENGTHS, Request, poisson_requests
@@ -45,7 +46,7 @@ def make_study(
     demand = Demand(
         prompt_len=mean,
         output_len=mean,
-        kv_sequences=max_batch,
+        kv_sequences=max_batch * MAX_IN_FLIGHT,
         context=2 * max(PAPER_LENGTHS),
         act_tokens=max_batch * max(PAPER_LENGTHS),
     )
