@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     t2 = time.perf_counter()
     print(f"{len(rig.gpus())} GPUs, {len(table.classes)} machine classes, {len(shapes)} replica shapes")
     print(f"shapes + inner CP-SAT layouts: {t1 - t0:.2f} s")
-    print(f"solver alone (shapes, inner, outer per cap): {t2 - t1:.2f} s, {len(cands)} candidates")
+    print(f"candidates (outer solve per latency cap, layouts cached): {t2 - t1:.2f} s, {len(cands)} plans")
 
     homog = load_rig("hexgen-homogeneous")
     t3 = time.perf_counter()
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
         f"search with engine confirmation ({n} requests per candidate): {t4 - t3:.2f} s; "
         f"best plan {len(plan.replicas)} replicas, attainment {att:.3f}"
     )
-    total = (t2 - t1) + (t4 - t3)
+    total = (t2 - t0) + (t4 - t3)
     print(f"total planning time: {total:.2f} s ({'OK' if total < 30 else 'OVER'} the 30 s target)")
     return 0
 
