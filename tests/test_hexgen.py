@@ -78,6 +78,21 @@ def test_out_of_memory_is_an_infeasible_result(full):
     assert not r.feasible and "n6.gpu0" in r.reason
 
 
+def test_bad_plans_are_input_errors(homog):
+    s, wl = get_strategy("hexgen"), Workload(1, 32, 4)
+    g0, g1 = homog.nodes["n0"].gpus, homog.nodes["n1"].gpus
+    bad = [
+        (HexGenPlan((Replica((Stage(("n9.gpu0",), 80),)),)), "devices"),
+        (HexGenPlan((Replica((Stage((g0[0], g1[0]), 80),)),)), "devices"),  # TP across machines
+        (HexGenPlan((Replica((Stage(g0, 40), Stage(g0[:1], 40))),)), "devices"),  # GPU twice
+        (HexGenPlan((Replica((Stage(g0, 70),)),)), "params.replicas.0"),  # layers missing
+    ]
+    for plan, field in bad:
+        with pytest.raises(InputError) as e:
+            s.footprint(plan, homog, L70, wl)
+        assert field in e.value.field
+
+
 def test_offline_compare_and_symmetric_baseline(homog):
     p = problem("llama2-70b", "hexgen-homogeneous", batch=4, prompt_len=32, gen_len=8)
     (r,) = compare(p, ["hexgen"], "throughput")

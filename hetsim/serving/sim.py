@@ -18,7 +18,7 @@ from hetsim.serving.workload import Request, poisson_requests
 from hetsim.sim.engine import Engine
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.run import price_of
-from hetsim.strategies.hexgen import HexGenPlan, replica_footprint, step_time
+from hetsim.strategies.hexgen import HexGenPlan, check_plan, replica_footprint, step_time
 
 
 def decode_step_times(rig: Rig, model: ModelSpec, plan: HexGenPlan, context: int) -> list[list[float]]:
@@ -41,6 +41,7 @@ def serve_plan(
 ) -> ServeResult:
     """Every request through the engine; memory for weights and the KV of ``max_batch`` sequences
     per in-flight batch is allocated up front (out of memory -> infeasible result)."""
+    check_plan(plan, rig, model)
     engine = Engine(rig)
     if not requests:
         return ServeResult(False, "no requests")

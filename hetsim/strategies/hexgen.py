@@ -261,6 +261,40 @@ def symmetric_plan(
     return HexGenPlan(tuple(replicas), symmetric=True, **kw)
 
 
+def check_plan(plan: HexGenPlan, rig: Rig, model: ModelSpec) -> None:
+    """A plan from a file must name the rig's GPUs, keep each TP group on one machine and one GPU
+    type, use each GPU once, and give every replica all the model's layers."""
+    from hetsim.errors import InputError
+
+    if not plan.replicas:
+        raise InputError("a plan needs at least one replica", field="params.replicas")
+    seen: set[str] = set()
+    for i, rep in enumerate(plan.replicas):
+        where = f"params.replicas.{i}"
+        if not rep.stages:
+            raise InputError("a replica needs at least one stage", field=f"{where}.stages")
+        for j, st in enumerate(rep.stages):
+            field = f"{where}.stages.{j}"
+            for d in st.devices:
+                if d not in rig.devices or rig.devices[d].kind != "gpu":
+                    raise InputError(f"{d!r} is not a GPU of rig {rig.name}", field=f"{field}.devices")
+                if d in seen:
+                    raise InputError(f"{d!r} is used twice", field=f"{field}.devices")
+                seen.add(d)
+            if not st.devices:
+                raise InputError("a stage needs at least one GPU", field=f"{field}.devices")
+            kinds = {(rig.devices[d].node, rig.devices[d].model) for d in st.devices}
+            if len(kinds) > 1:
+                raise InputError(
+                    "a TP group must be GPUs of one type in one machine", field=f"{field}.devices"
+                )
+            if st.layers < 1:
+                raise InputError(f"must be a positive integer, got {st.layers}", field=f"{field}.layers")
+        total = sum(st.layers for st in rep.stages)
+        if total != model.layers:
+            raise InputError(f"stages hold {total} layers, {model.name} has {model.layers}", field=where)
+
+
 @register
 class HexGen(Strategy):
     name = "hexgen"
@@ -303,6 +337,7 @@ class HexGen(Strategy):
         return split_batch(workload.batch, speeds)
 
     def footprint(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
+        check_plan(plan, rig, model)
         out: dict[str, dict[str, float]] = {}
         for rep, b in zip(plan.replicas, self.batch_split(plan, rig, model, workload), strict=True):
             mb = max(micro_batch_sizes(b, len(rep.stages))) if b else 1
