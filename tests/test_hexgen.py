@@ -235,9 +235,10 @@ def test_same_budget_rigs(studies, reference):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim: the heterogeneous rig needs a LOOSER deadline than 16 x A100 (about 0.55-0.75x, "
-    "paper: 2.3x tighter): per-request latency is set by the parameter scan, and a PCIe TP group of "
-    "3090 Tis scans slower than NVSwitch A100s; see paper_figs/hexgen.py",
+    reason="hetsim: the heterogeneous rig never needs a tighter deadline than 16 x A100: homogeneous/"
+    "hetero deadline at 99% is 0.53x-0.89x (1-8 req/s) vs the paper's up to 2.3x. A lone request's "
+    "latency is the parameter scan, and a PCIe TP group of 3090 Tis scans slower than NVSwitch A100s; "
+    "the extra replicas only help once the A100s queue. See paper_figs/hexgen.py",
 )
 def test_golden_deadline_2_3x(studies, reference):
     s = _scales(studies, reference, 8.0)
@@ -261,9 +262,9 @@ def test_same_budget_hetero_serves_more_at_generous_deadlines(studies, reference
 
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim: up to about 2x higher rate at 99% attainment (5x deadline; 1.2x at 3x, 0.15x at 2x) "
-    "vs the paper's up to 4x: 16 A100s with continuous batching reach about 9.5 req/s, the "
-    "heterogeneous rig about 19; see paper_figs/hexgen.py",
+    reason="hetsim: up to 1.68x higher rate at 99% attainment (deadline 5x; 1.19x at 3x, 0.18x at 2x) "
+    "vs the paper's up to 4x: with continuous batching 16 A100s sustain about 9.5 req/s at 5x, the "
+    "58-GPU rig about 16 (200 requests, seed 0); see paper_figs/hexgen.py",
 )
 def test_golden_rate_4x(studies, reference):
     # 4x: the heterogeneous rig meets 99% at four times a rate the A100 rig still meets
