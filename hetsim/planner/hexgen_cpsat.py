@@ -70,6 +70,10 @@ class MachineClass:
     gpus: int  # per machine
     nodes: tuple[str, ...]
 
+    def gpus_of(self, rig: Rig, node: str) -> tuple[str, ...]:
+        """This class's GPUs in ``node`` (a node with several GPU types belongs to several classes)."""
+        return tuple(g for g in rig.nodes[node].gpus if rig.devices[g].model == self.gpu_model)
+
     def part_sizes(self) -> list[int]:
         sizes = [self.gpus]
         k = self.gpus
@@ -103,8 +107,9 @@ class Layout:
 def machine_classes(rig: Rig) -> list[MachineClass]:
     found: dict[tuple[str, str, int], list[str]] = {}
     for node in rig.nodes.values():
-        if node.gpus:
-            key = (node.region, rig.devices[node.gpus[0]].model, len(node.gpus))
+        models = [rig.devices[g].model for g in node.gpus]
+        for model in dict.fromkeys(models):
+            key = (node.region, model, models.count(model))
             found.setdefault(key, []).append(node.name)
     return [MachineClass(r, m, n, tuple(nodes)) for (r, m, n), nodes in sorted(found.items())]
 
@@ -123,8 +128,8 @@ class CostTable:
         self._hop: dict[tuple[int, int | None], float] = {}
 
     def group(self, c: int, tp: int) -> tuple[str, ...]:
-        node = self.rig.nodes[self.classes[c].nodes[0]]
-        return tuple(node.gpus[:tp])
+        cls = self.classes[c]
+        return cls.gpus_of(self.rig, cls.nodes[0])[:tp]
 
     def layer_s(self, c: int, tp: int) -> float:
         """One request's time in one layer: its prefill and every decode step (engine physics)."""
@@ -159,12 +164,15 @@ class CostTable:
         key = (c, other)
         if key not in self._hop:
             rig, d = self.rig, self.demand
-            a_node = rig.nodes[self.classes[c].nodes[0]]
+            cls = self.classes[c]
+            a_node = cls.nodes[0]
+            mine = cls.gpus_of(rig, a_node)
             if other is None:
-                a, b = a_node.gpus[0], a_node.gpus[-1]
+                a, b = mine[0], mine[-1]
             else:
-                nodes = [n for n in self.classes[other].nodes if n != a_node.name] or [a_node.name]
-                a, b = a_node.gpus[0], rig.nodes[nodes[0]].gpus[0]
+                theirs = self.classes[other]
+                nodes = [n for n in theirs.nodes if n != a_node] or [a_node]
+                a, b = mine[0], theirs.gpus_of(rig, nodes[0])[0]
             route = rig.route(a, b)
             t = route.time(hidden_bytes(self.model, 1, d.prompt_len))
             t += (d.output_len - 1) * route.time(hidden_bytes(self.model, 1, 1))
@@ -423,7 +431,7 @@ def materialise(
             machines = math.ceil(want / per_machine)
             pool = []
             for node in nodes[:machines]:
-                gpus = rig.nodes[node].gpus
+                gpus = c.gpus_of(rig, node)
                 pool += [list(gpus[j * k : (j + 1) * k]) for j in range(per_machine)]
             nodes = nodes[machines:]
             pools[i, k] = pool

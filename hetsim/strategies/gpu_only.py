@@ -116,23 +116,44 @@ def _tp_sizes(model: ModelSpec, n: int) -> list[int]:
     return [t for t in (1, 2, 4, 8) if t <= n and model.heads % t == 0]
 
 
+# Exhaustive enumeration (any subset of nodes, any split per node) is exponential in the number of
+# nodes; beyond this many it falls back to the strongest nodes first with one TP degree throughout.
+EXHAUSTIVE_NODES = 4
+
+
+def _node_options(rig: Rig, model: ModelSpec, gpus: list[str]) -> dict[int, list[list[tuple[str, ...]]]]:
+    """Per TP degree, the ways to use some of a node's GPUs (fastest first) as TP groups."""
+    gpus = sorted(gpus, key=lambda g: (-rig.devices[g].mem_bw, g))
+    options = {}
+    for tp in _tp_sizes(model, len(gpus)):
+        groups = [tuple(gpus[i * tp : (i + 1) * tp]) for i in range(len(gpus) // tp)]
+        options[tp] = [groups[:k] for k in range(1, len(groups) + 1)]
+    return options
+
+
 def candidate_groups(rig: Rig, model: ModelSpec) -> Iterator[list[tuple[str, ...]]]:
-    """Pipelines of TP groups: per node, some of its GPUs (fastest first) as equal TP groups; a
-    pipeline may use any subset of nodes (in rig order)."""
-    per_node: list[list[list[tuple[str, ...]]]] = []
-    for node in rig.nodes.values():
-        # fastest GPUs first, so that using part of a node means using its best GPUs
-        gpus = sorted(node.gpus, key=lambda g: (-rig.devices[g].mem_bw, g))
-        if not gpus:
-            continue
-        options = []
-        for tp in _tp_sizes(model, len(gpus)):
-            groups = [tuple(gpus[i * tp : (i + 1) * tp]) for i in range(len(gpus) // tp)]
-            options.extend(groups[:k] for k in range(1, len(groups) + 1))
-        per_node.append(options)
-    for k in range(1, len(per_node) + 1):
-        for nodes in combinations(per_node, k):
-            yield from _product_concat(list(nodes))
+    """Pipelines of TP groups over the rig's nodes.
+
+    Small rigs: any subset of nodes (in rig order), each using some of its GPUs (fastest first) as
+    equal TP groups. Large rigs: the k strongest nodes (by aggregate memory bandwidth), all their
+    GPUs, with one TP degree for the whole pipeline.
+    """
+    nodes = [n for n in rig.nodes.values() if n.gpus]
+    per_node = [_node_options(rig, model, list(n.gpus)) for n in nodes]
+    if len(nodes) <= EXHAUSTIVE_NODES:
+        flat = [[o for opts in tp_opts.values() for o in opts] for tp_opts in per_node]
+        for k in range(1, len(flat) + 1):
+            for chosen in combinations(flat, k):
+                yield from _product_concat(list(chosen))
+        return
+    order = sorted(
+        range(len(nodes)), key=lambda i: (-sum(rig.devices[g].mem_bw for g in nodes[i].gpus), nodes[i].name)
+    )
+    for tp in (1, 2, 4, 8):
+        for k in range(1, len(order) + 1):
+            picked = [per_node[i].get(tp) for i in order[:k]]
+            if all(picked):
+                yield [g for opts in picked for g in opts[-1]]
 
 
 def _product_concat(options_per_node: list[list[list[tuple[str, ...]]]]) -> Iterator[list[tuple[str, ...]]]:

@@ -228,7 +228,11 @@ class HeteGen(Strategy):
         from hetsim.sim.run import estimate
 
         best, best_key = None, None
+        # GPUs of one kind on the same kind of host give the same plan: try one of each.
+        kinds = {}
         for gpu in rig.gpus():
+            kinds.setdefault((gpu.model, rig.devices[rig.host_cpu(gpu.name)].model, gpu.mem_bytes), gpu)
+        for gpu in kinds.values():
             plan = plan_hetegen(rig, model, workload, gpu.name, gpu.mem_bytes)
             key = rank_key(objective)(estimate(self, plan, rig, model, workload))
             if best_key is None or key < best_key:
