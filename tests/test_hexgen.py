@@ -329,3 +329,15 @@ def test_outer_cpsat_equals_brute_force(model_name):
             n * (round(1e6 / s.layout.latency_s) * big - sum(p.gpus for p in s.parts)) for s, n in chosen
         )
         assert got == _outer_brute_force(classes, shapes, cap)
+
+
+def test_nodes_with_mixed_gpu_types_are_planned_per_type():
+    """mixed-lab's node 0 holds an A100-80G and an RTX 4090: each must be planned as what it is."""
+    from hetsim.api import best_result, problem
+    from hetsim.strategies.base import get_strategy
+
+    p = problem("llama2-70b", "mixed-lab", batch=1, prompt_len=128, gen_len=4)
+    result = best_result(get_strategy("hexgen"), p, "throughput")
+    assert result.feasible, result.reason
+    for device, peak in result.peak_mem_bytes.items():
+        assert peak <= p.rig.devices[device].mem_bytes
