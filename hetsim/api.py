@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +42,36 @@ class Problem:
     rig: Rig
     rig_ref: str
     workload: Workload
+    gpu_mem_budget: float | None = None  # bytes each GPU may use; None = all of it
 
 
-def problem(model: str, hw: str, batch: int = 1, prompt_len: int = 512, gen_len: int = 32) -> Problem:
-    return Problem(get_model(model), model, load_rig(hw), hw, Workload(batch, prompt_len, gen_len))
+def problem(
+    model: str,
+    hw: str,
+    batch: int = 1,
+    prompt_len: int = 512,
+    gen_len: int = 32,
+    gpu_mem_budget: float | None = None,
+) -> Problem:
+    rig = load_rig(hw)
+    if gpu_mem_budget is not None:
+        rig = with_gpu_mem_budget(rig, gpu_mem_budget)
+    return Problem(get_model(model), model, rig, hw, Workload(batch, prompt_len, gen_len), gpu_mem_budget)
+
+
+def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
+    """The rig as a strategy may use it: every GPU capped at ``budget`` bytes.
+
+    Capping the capacity the engine's memory ledger enforces makes every strategy honour the budget
+    (plots of throughput against GPU memory, as HeteGen's Fig. 8) without each re-implementing it.
+    """
+    if budget <= 0:
+        raise InputError(f"must be positive, got {budget}", field="--gpu-mem-budget")
+    devices = {
+        name: replace(d, mem_bytes=min(d.mem_bytes, budget)) if d.kind == "gpu" else d
+        for name, d in rig.devices.items()
+    }
+    return replace(rig, devices=devices, _routes={})
 
 
 def check_objective(objective: str) -> Objective:
@@ -155,6 +181,7 @@ class PlanDocument(BaseModel):
     hardware: str
     workload: _WorkloadDoc
     objective: str = "throughput"
+    gpu_mem_budget: float | None = None
     params: dict[str, Any]
 
 
@@ -165,6 +192,7 @@ def plan_document(p: Problem, strategy: Strategy, plan: Any, objective: Objectiv
         hardware=str(p.rig_ref),
         workload=_WorkloadDoc(**p.workload.to_dict()),
         objective=objective,
+        gpu_mem_budget=p.gpu_mem_budget,
         params=strategy.plan_to_dict(plan),
     ).model_dump()
 
@@ -185,7 +213,7 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         raise InputError(err["msg"], source=source, field=".".join(map(str, err["loc"]))) from None
     try:
         strategy = get_strategy(doc.strategy)
-        p = problem(doc.model, doc.hardware, **doc.workload.model_dump())
+        p = problem(doc.model, doc.hardware, **doc.workload.model_dump(), gpu_mem_budget=doc.gpu_mem_budget)
     except InputError as exc:
         raise InputError(exc.message, source=source, field=exc.field) from None
     plan = strategy.plan_from_dict(doc.params, source)

@@ -44,6 +44,7 @@ from hetsim.report import (
 from hetsim.sim.result import Result
 from hetsim.sim.run import simulate as run_plan
 from hetsim.strategies.base import all_strategies, get_strategy
+from hetsim.units import UnitError, parse_bytes
 
 # typer >= 0.20 vendors click (typer._click); older typer uses click itself. Find the classes either way.
 _cx = sys.modules[typer.BadParameter.__module__]
@@ -100,9 +101,17 @@ def _positive(**flags: int) -> None:
             raise InputError(f"must be a positive integer, got {value}", field=f"--{name.replace('_', '-')}")
 
 
-def _problem(model: str, hw: str, batch: int, prompt_len: int, gen_len: int) -> api.Problem:
+def _problem(
+    model: str, hw: str, batch: int, prompt_len: int, gen_len: int, gpu_mem_budget: str | None = None
+) -> api.Problem:
     _positive(batch=batch, prompt_len=prompt_len, gen_len=gen_len)
-    return api.problem(model, hw, batch, prompt_len, gen_len)
+    budget = None
+    if gpu_mem_budget is not None:
+        try:
+            budget = parse_bytes(gpu_mem_budget)
+        except UnitError as exc:
+            raise InputError(str(exc), field="--gpu-mem-budget") from None
+    return api.problem(model, hw, batch, prompt_len, gen_len, budget)
 
 
 def _split_names(text: str | None) -> list[str] | None:
@@ -133,6 +142,9 @@ BatchOpt = typer.Option(1, "--batch", help="Sequences in the offline batch.")
 PromptOpt = typer.Option(512, "--prompt-len", help="Prompt tokens per sequence.")
 GenOpt = typer.Option(32, "--gen-len", help="Generated tokens per sequence.")
 ObjectiveOpt = typer.Option("throughput", "--objective", help="latency | throughput | cost")
+BudgetOpt = typer.Option(
+    None, "--gpu-mem-budget", help="GPU memory each strategy may use per GPU, e.g. '6.25 GB' (default: all)."
+)
 
 
 # ---- model ----------------------------------------------------------------------------------
@@ -214,11 +226,12 @@ def compare(
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
     trace: Path | None = typer.Option(None, "--trace", help="Chrome trace of the winner's run."),
     no_search: bool = typer.Option(False, "--no-search", help="Use each strategy's default plan."),
+    gpu_mem_budget: str | None = BudgetOpt,
 ) -> None:
     """Every strategy's best plan on this rig, ranked by the objective (winner first)."""
     _check_format(fmt)
     obj = api.check_objective(objective)
-    p = _problem(model, hw, batch, prompt_len, gen_len)
+    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget)
     names = _split_names(strategies)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
@@ -242,11 +255,12 @@ def plan(
     objective: str = ObjectiveOpt,
     out_path: Path | None = typer.Option(None, "--out", help="Write the plan document here."),
     fmt: str = typer.Option("table", "--format", help="table | json (json prints the plan document)"),
+    gpu_mem_budget: str | None = BudgetOpt,
 ) -> None:
     """Search the best plan (of one strategy, or of all: the winner) and write it as JSON."""
     _check_format(fmt, ("table", "json"))
     obj = api.check_objective(objective)
-    p = _problem(model, hw, batch, prompt_len, gen_len)
+    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget)
     names = _split_names(strategy)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())

@@ -239,3 +239,24 @@ def test_plan_json_prints_document(capsys):
 @needs_strategies
 def test_unknown_strategy(capsys):
     assert_input_error(*run(capsys, "compare", *SMALL, "--strategies", "no-such"), "no-such")
+
+
+def test_gpu_mem_budget_caps_every_strategy_and_travels_with_the_plan(capsys, tmp_path: Path):
+    budget = ["--gpu-mem-budget", "8 GB"]
+    code, out, err = run(capsys, "compare", *SMALL, *budget, "--format", "json")
+    assert code == 0, err
+    results = json.loads(out)["results"]
+    for r in results:
+        for device, peak in r["peak_mem_bytes"].items():
+            if "gpu" in device:
+                assert peak <= 8e9, (r["strategy"], device, peak)
+    plan_file = tmp_path / "plan.json"
+    code, _, err = run(capsys, "plan", *SMALL, *budget, "--strategy", "hetegen", "--out", str(plan_file))
+    assert code == 0, err
+    assert json.loads(plan_file.read_text())["gpu_mem_budget"] == 8e9
+    code, out, _ = run(capsys, "simulate", "--plan", str(plan_file), "--format", "json")
+    assert code == 0 and json.loads(out)["results"][0]["feasible"]
+
+
+def test_bad_gpu_mem_budget(capsys):
+    assert_input_error(*run(capsys, "compare", *SMALL, "--gpu-mem-budget", "lots"), "--gpu-mem-budget")
