@@ -24,6 +24,7 @@ class OpCost:
     overhead_s: float
     memory_bytes: float
     achieved_mem_bw: float  # bytes/s this op may draw from memory at most
+    memory_bound_s: float = 0.0  # the part of time_s spent in ops whose memory term dominates
 
     @property
     def bound(self) -> str:
@@ -43,6 +44,7 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
         overhead_s=eff.overhead_s,
         memory_bytes=op.mem_bytes,
         achieved_mem_bw=mem_rate,
+        memory_bound_s=eff.overhead_s + memory_s if memory_s > compute_s else 0.0,
     )
 
 
@@ -62,6 +64,7 @@ def combine(costs: list[OpCost] | tuple[OpCost, ...]) -> OpCost:
         overhead_s=sum(c.overhead_s for c in costs),
         memory_bytes=nbytes,
         achieved_mem_bw=nbytes / busy if busy > 0 else float("inf"),
+        memory_bound_s=sum(c.memory_bound_s for c in costs),
     )
 
 
@@ -74,4 +77,5 @@ def repeated(cost: OpCost, times: int) -> OpCost:
         overhead_s=cost.overhead_s * times,
         memory_bytes=cost.memory_bytes * times,
         achieved_mem_bw=cost.achieved_mem_bw,
+        memory_bound_s=cost.memory_bound_s * times,
     )

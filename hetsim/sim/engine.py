@@ -35,12 +35,13 @@ Schedule = Callable[["Engine"], Generator[simpy.Event, Any, Any]]
 class Lane:
     """An exclusive FIFO resource whose future is booked ahead (``free_at``)."""
 
-    __slots__ = ("busy_s", "free_at", "name")
+    __slots__ = ("busy_s", "free_at", "memory_bound_s", "name")
 
     def __init__(self, name: str):
         self.name = name
         self.free_at = 0.0
         self.busy_s = 0.0
+        self.memory_bound_s = 0.0  # compute streams: busy time in memory-bound ops
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,8 @@ class Engine:
             end = max(mem_end, mem_start + cost.compute_s)
         lane.free_at = end
         lane.busy_s += end - start
+        # waiting on DRAM shared with DMA counts as memory-bound time too
+        lane.memory_bound_s += cost.memory_bound_s + max(0.0, end - start - cost.time_s)
         return self._finish((lane,), start, end, label, args or {})
 
     def delay(self, device: str, seconds: float, *, label: str = "overhead") -> simpy.Event:
@@ -242,8 +245,13 @@ class Engine:
                 )
                 if nbytes > 0:
                     dram.book(self.env.now, start, nbytes, nbytes / duration)
-        for lane in lanes[len(devices) :]:  # links are busy only while the all-reduces run
-            lane.busy_s -= compute_s * repeat
+        compute_lanes = {id(self.lanes[f"{d}:compute"]): self.lanes[f"{d}:compute"] for d in devices}
+        for lane in lanes:
+            if id(lane) not in compute_lanes:  # links are busy only while the all-reduces run
+                lane.busy_s -= compute_s * repeat
+        for d in devices:
+            mem_bound = sum(self.cost_of(d, w).memory_bound_s for w in work if not isinstance(w, float))
+            self.lanes[f"{d}:compute"].memory_bound_s += repeat * mem_bound
         return self._finish(lanes, start, start + duration, label, {"ranks": len(devices), "repeat": repeat})
 
     def alloc(self, device: str, nbytes: float, tag: str) -> None:
@@ -330,6 +338,13 @@ class Engine:
         return self._finish(lanes, start, start + cost.time_s, label, args)
 
     # ---- after the run ------------------------------------------------------------------------
+    def bound_of(self, lane_name: str) -> str:
+        """'memory-bound' or 'compute-bound' for a compute stream (by where its busy time went)."""
+        lane = self.lanes.get(lane_name)
+        if lane is None or not lane_name.endswith(":compute") or lane.busy_s <= 0:
+            return ""
+        return "memory-bound" if lane.memory_bound_s >= 0.5 * lane.busy_s else "compute-bound"
+
     def utilization(self, makespan: float) -> dict[str, float]:
         """Busy fraction of every lane and DRAM timeline that did any work."""
         if makespan <= 0:

@@ -83,6 +83,9 @@ def summarize(
     tpot = (makespan - ttft) / (workload.gen_len - 1) if workload.gen_len > 1 else 0.0
     util = engine.utilization(makespan)
     bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
+    bound = engine.bound_of(bottleneck)
+    if bound:
+        bottleneck = f"{bottleneck} ({bound})"
     price = price_of(rig, devices)
     cost = price / 3600.0 * makespan / tokens * 1e6 if tokens else float("nan")
     return Result(
