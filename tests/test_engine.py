@@ -191,3 +191,33 @@ def test_lockstep_equals_separate_computes_and_allreduces(rig):
     assert t_b == pytest.approx(t_a)
     assert engine_b.bytes_transferred == pytest.approx(engine_a.bytes_transferred)
     assert engine_b.tasks == 1
+
+
+def test_lockstep_ranks_on_one_shared_dram_compete_for_it():
+    """Two ranks on slices of one socket: together they get the shared DRAM, not twice their own."""
+    from dataclasses import replace
+
+    from hetsim.hardware.rig import Rig
+    from hetsim.hardware.types import ComputeDevice, Link, Node
+    from tests.conftest import EFF
+
+    def rig(shared_bw: float) -> Rig:
+        cpus = {
+            f"n0.cpu{i}": ComputeDevice(
+                f"n0.cpu{i}", "slice", "cpu", "n0", 8e9, 10e9, {"fp32": 1e12}, EFF, cores=1
+            )
+            for i in range(2)
+        }
+        link = Link("n0.shm", "shm", "n0.cpu0", "n0.cpu1", 1e9, 0.0, 1e9)
+        node = Node("n0", "r", 16e9, tuple(cpus), (), (), cpu_sharing="dram", shared_dram_bw=shared_bw)
+        return Rig("slices", "<test>", {"n0": node}, cpus, {}, {"n0.shm": link})
+
+    gemv = (Op("gemv", OpKind.MATMUL, 0, 0.0, 1e9, 0.0, 0.0),)  # 0.1 s alone at 10 GB/s
+
+    def body(e):
+        yield e.lockstep(["n0.cpu0", "n0.cpu1"], [gemv])
+
+    _, independent = run(replace(rig(20e9)), body)
+    _, shared = run(rig(12e9), body)
+    assert independent == pytest.approx(0.1)
+    assert shared == pytest.approx(2e9 / 12e9)

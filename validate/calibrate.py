@@ -150,8 +150,13 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
         big = max(c_gemm, key=lambda g: g["m"])  # the compute-heavier co-run shape
         solo = alone.get((big["m"], big["k"])) or mb.matmul_rate(big["m"], big["k"], big["n"])
         compute_scale = sum(r["gemm"][-1]["flops"] for r in ranks) / solo["flops"]
-        solo_bw = raw["stream"]["copy_bw"]
-        memory_scale = sum(r["stream"]["copy_bw"] for r in ranks) / solo_bw
+        # Decode streams weights through GEMV: how much of it co-running ranks get together is the
+        # sharing that matters (the STREAM co-run is kept in the sidecar for reference).
+        gemv = min(ranks[0]["gemm"], key=lambda g: g["m"])
+        solo_gemv = alone.get((gemv["m"], gemv["k"])) or mb.matmul_rate(gemv["m"], gemv["k"], gemv["n"])
+        memory_scale = (
+            sum(min(r["gemm"], key=lambda g: g["m"])["weight_bw"] for r in ranks) / solo_gemv["weight_bw"]
+        )
         d["compute_scale"], d["memory_scale"] = compute_scale, memory_scale
         if compute_scale < SHARING_THRESHOLD:
             d["sharing"] = "core"
@@ -168,7 +173,7 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
     fit = f"fitted by hetsim calibrate ({stamp})"
     cpu = {
         "model": BASE_CPU,
-        "description": f"{raw['cpu']}: one rank's slice ({threads} thread(s)); every number from hetsim calibrate",
+        "description": f"{raw['cpu']}: one rank's slice ({threads} thread(s)); numbers from hetsim calibrate",
         "cores": _q(threads, f"{meas}: torch threads per rank", "measured"),
         "peak_flops": {
             "fp32": _q(
@@ -210,6 +215,12 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
     }
     if ranks > 1:
         node["cpu_sharing"] = d["sharing"]
+        if d["sharing"] != "none" and "memory_scale" in d:
+            node["shared_memory_bandwidth"] = _q(
+                _gbps(d["memory_scale"] * d["mem_bw"]),
+                f"{meas}: GEMV weight streaming on all ranks at once (x{d['memory_scale']:.2f} of one)",
+                "measured",
+            )
         node["upi"] = {
             "link": "shm",
             "bandwidth": _q(

@@ -118,8 +118,8 @@ def save(doc: dict[str, Any], out_dir: str | Path, stem: str = "validate") -> li
             ax.bar([x - 0.2 for x in xs], [r[f"{metric}_meas_ms"] for r in table], 0.4, label="measured")
             ax.bar([x + 0.2 for x in xs], [r[f"{metric}_pred_ms"] for r in table], 0.4, label="hetsim")
             for x, r in zip(xs, table, strict=True):
-                ax.annotate(f"{r[f'{metric}_err']:+.0%}", (x, max(r[f"{metric}_meas_ms"], r[f"{metric}_pred_ms"])),
-                            ha="center", va="bottom", fontsize=7)  # fmt: skip
+                top = max(r[f"{metric}_meas_ms"], r[f"{metric}_pred_ms"])
+                ax.annotate(f"{r[f'{metric}_err']:+.0%}", (x, top), ha="center", va="bottom", fontsize=7)
             ax.set_xticks(list(xs), labels, fontsize=6, rotation=30)
             ax.set_ylabel(f"{metric.upper()} (ms)")
             ax.legend(fontsize=7)

@@ -288,6 +288,9 @@ class NodeSpec(_Strict):
     # CPU entries that are slices of one socket (VM vCPUs, ranks pinned to cores) share its DRAM
     # ("dram") or, as SMT siblings, its execution units too ("core"); see docs/hardware-profiles.md.
     cpu_sharing: Literal["none", "dram", "core"] = "none"
+    # With cpu_sharing: what the shared DRAM delivers to all entries together (one entry alone may
+    # not saturate it); default: one entry's achievable bandwidth.
+    shared_memory_bandwidth: Bandwidth | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -145,3 +145,4 @@ class Node:
     # What the node's CPU entries share: "none" (real sockets), "dram" (one memory controller), or
     # "core" (hardware threads of one core: one compute stream and one DRAM path).
     cpu_sharing: str = "none"
+    shared_dram_bw: float = 0.0  # bytes/s all shared entries get together; 0 = one entry's rate

@@ -71,6 +71,8 @@ class Engine:
         for node in rig.nodes.values():
             if node.cpu_sharing != "none" and len(node.cpus) > 1:
                 first = node.cpus[0]
+                if node.shared_dram_bw > 0:
+                    self.host_memory[first] = BandwidthTimeline(f"{node.name}:dram", node.shared_dram_bw)
                 for cpu in node.cpus[1:]:
                     self.host_memory[cpu] = self.host_memory[first]
                     if node.cpu_sharing == "core":
@@ -235,23 +237,37 @@ class Engine:
                     key = id(self.lanes[f"{d}:compute"])
                     per_lane[key] = per_lane.get(key, 0.0) + self.cost_of(d, item).time_s
                 compute_s += max(per_lane.values())
-        duration = (compute_s + comm_s) * repeat
-        start = self._reserve(lanes, duration)
-        for d in devices:  # CPU ranks stream their share of weights from their own DRAM meanwhile
+        # CPU ranks stream their share of weights from DRAM; ranks on one shared DRAM compete, so the
+        # compute part lasts at least until their traffic has been served.
+        start = max([self.env.now, *(lane.free_at for lane in lanes)])
+        busy = compute_s * repeat
+        traffic: dict[int, list] = {}
+        for d in devices:
             dram = self.host_memory.get(d)
-            if dram is not None:
-                nbytes = repeat * sum(
-                    self.cost_of(d, w).memory_bytes for w in work if not isinstance(w, float)
-                )
-                if nbytes > 0:
-                    dram.book(self.env.now, start, nbytes, nbytes / duration)
+            if dram is None:
+                continue
+            blocks = [self.cost_of(d, w) for w in work if not isinstance(w, float)]
+            nbytes = repeat * sum(c.memory_bytes for c in blocks)
+            rank_busy = repeat * sum(c.compute_s for c in blocks)
+            if nbytes > 0 and rank_busy > 0:
+                entry = traffic.setdefault(id(dram), [dram, 0.0, 0.0])
+                entry[1] += nbytes
+                dev = self.rig.devices[d]
+                entry[2] += min(dev.mem_bw * dev.efficiency.memory, nbytes / rank_busy)
+        for dram, nbytes, cap in traffic.values():
+            busy = max(busy, dram.book(self.env.now, start, nbytes, cap) - start)
+        stretch = busy - compute_s * repeat
+        duration = busy + comm_s * repeat
+        for lane in lanes:
+            lane.free_at = start + duration
+            lane.busy_s += duration
         compute_lanes = {id(self.lanes[f"{d}:compute"]): self.lanes[f"{d}:compute"] for d in devices}
         for lane in lanes:
             if id(lane) not in compute_lanes:  # links are busy only while the all-reduces run
-                lane.busy_s -= compute_s * repeat
+                lane.busy_s -= busy
         for d in devices:
             mem_bound = sum(self.cost_of(d, w).memory_bound_s for w in work if not isinstance(w, float))
-            self.lanes[f"{d}:compute"].memory_bound_s += repeat * mem_bound
+            self.lanes[f"{d}:compute"].memory_bound_s += repeat * mem_bound + stretch
         return self._finish(lanes, start, start + duration, label, {"ranks": len(devices), "repeat": repeat})
 
     def alloc(self, device: str, nbytes: float, tag: str) -> None:
