@@ -22,7 +22,9 @@ def _raw(compute_scale: float = 1.1) -> dict:
         for m, f, bw in ((1, 10e9, 20e9), (16, 40e9, 5e9), (64, 50e9, 1.5e9))
     ] + [{"m": 1, "k": 1024, "n": 1024, "dtype": "bf16", "seconds": 1.0, "flops": 0.3e9, "weight_bw": 1e9}]
     ar = [{"bytes": b, "seconds": 50e-6 + b / 2e9} for b in (4, 4096, 2**20, 4 * 2**20)]
-    corun = {"gemm": [gemm[1], {**gemm[2], "flops": 50e9 * compute_scale / 2}], "stream": {"copy_bw": 6e9}}
+    # co-running ranks each stream weights at half their solo rate: they share one DRAM
+    shared = {**gemm[1], "weight_bw": gemm[1]["weight_bw"] / 2}
+    corun = {"gemm": [shared, {**gemm[2], "flops": 50e9 * compute_scale / 2}], "stream": {"copy_bw": 6e9}}
     return {
         "threads": 1, "ranks": 2, "quick": True, "cpu": "test CPU", "gemm": gemm,
         "stream": {"copy_bw": 12e9, "add_bw": 15e9, "bytes": 1.0},
