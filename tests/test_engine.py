@@ -221,3 +221,20 @@ def test_lockstep_ranks_on_one_shared_dram_compete_for_it():
     _, shared = run(rig(12e9), body)
     assert independent == pytest.approx(0.1)
     assert shared == pytest.approx(2e9 / 12e9)
+
+
+def test_queued_follow_up_equals_waiting_for_the_copy(rig):
+    """``after``: a kernel queued behind its copy (CUDA-stream style) ends when waiting would."""
+    op = matmul(50e12, 0.0)
+
+    def waiting(e):
+        yield e.transfer("n0.cpu0", "n0.gpu0", 5e9)
+        yield e.compute("n0.gpu0", op)
+
+    def queued(e):
+        e.transfer("n0.cpu0", "n0.gpu0", 5e9)
+        yield e.compute("n0.gpu0", op, after=e.last_end)
+
+    _, t_wait = run(rig, waiting)
+    _, t_queue = run(rig, queued)
+    assert t_queue == pytest.approx(t_wait) == pytest.approx(0.5 + 0.5)

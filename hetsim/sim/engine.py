@@ -82,6 +82,7 @@ class Engine:
         self.memory = MemoryLedger(capacities, clock=lambda: self.env.now, keep_timeline=memory_timeline)
         self.tracer = TraceRecorder() if trace else None
         self.tasks = 0
+        self.last_end = 0.0  # end time of the task booked last (to queue a follow-up with ``after``)
         self.bytes_transferred = 0.0
         self.token_times: list[tuple[float, int]] = []
         self._op_costs: dict[tuple[str, Op | tuple[Op, ...]], OpCost] = {}
@@ -109,6 +110,7 @@ class Engine:
 
     def _finish(self, lanes: Sequence[Lane], start: float, end: float, label: str, args: dict) -> simpy.Event:
         self.tasks += 1
+        self.last_end = end
         if self.tracer is not None:
             for lane in lanes:
                 self.tracer.span(lane.name, label, start, end, args)
@@ -137,21 +139,33 @@ class Engine:
             self._op_costs_by_id[(device, id(ops))] = (ops, cost)
         return cost
 
-    def compute(self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None) -> simpy.Event:
-        """Run an op (or a tuple of ops as one task) on ``device``'s compute stream."""
+    def compute(
+        self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None, after: float = 0.0
+    ) -> simpy.Event:
+        """Run an op (or a tuple of ops as one task) on ``device``'s compute stream.
+
+        ``after`` enqueues the task now but lets it start no earlier than that time, as work queued
+        on a CUDA stream behind a copy does (pass ``engine.last_end`` of the task it follows).
+        """
         if isinstance(ops, Op):
             name, args = ops.name, {"layer": ops.layer, "flops": ops.flops, "bytes": ops.mem_bytes}
         else:
             name = f"{ops[0].name}..{ops[-1].name}" if ops else "nothing"
             args = {"layer": ops[0].layer if ops else -1, "ops": len(ops)}
-        return self.execute(device, self.cost_of(device, ops), label=label or name, args=args)
+        return self.execute(device, self.cost_of(device, ops), label=label or name, args=args, after=after)
 
     def execute(
-        self, device: str, cost: OpCost, *, label: str = "compute", args: dict | None = None
+        self,
+        device: str,
+        cost: OpCost,
+        *,
+        label: str = "compute",
+        args: dict | None = None,
+        after: float = 0.0,
     ) -> simpy.Event:
         """Run work of a known cost on ``device``; CPU work also draws on the socket's DRAM."""
         lane = self.lanes[f"{device}:compute"]
-        start = max(self.env.now, lane.free_at)
+        start = max(self.env.now, lane.free_at, after)
         dram = self.host_memory.get(device)
         if dram is None or cost.memory_bytes <= 0:
             end = start + cost.time_s
@@ -176,13 +190,23 @@ class Engine:
         return self._finish((lane,), start, start + seconds, label, {})
 
     def transfer(
-        self, src: str, dst: str, nbytes: float, *, pinned: bool = True, label: str = "copy"
+        self,
+        src: str,
+        dst: str,
+        nbytes: float,
+        *,
+        pinned: bool = True,
+        label: str = "copy",
+        after: float = 0.0,
     ) -> simpy.Event:
-        """Copy ``nbytes`` from ``src`` to ``dst`` (devices or disks) over the rig's route."""
+        """Copy ``nbytes`` from ``src`` to ``dst`` (devices or disks) over the rig's route.
+
+        ``after``: as for ``compute``, start no earlier than this (a queued follow-up)."""
         if nbytes <= 0 or src == dst:
-            return self.env.timeout(0)
+            self.last_end = max(self.env.now, after)
+            return self.env.timeout(self.last_end - self.env.now)
         path = self._path(src, dst, pinned)
-        start = max([self.env.now, *(lane.free_at for lane in path.lanes)])
+        start = max([self.env.now, after, *(lane.free_at for lane in path.lanes)])
         if path.host_side is None:
             end = start + path.latency_s + nbytes / path.rate
         else:

@@ -115,26 +115,34 @@ def share(op: Op, fraction: float) -> Op:
 
 
 # ---- the split module: the schedule primitive the planner also measures ------------------------
-def split_linear(engine, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float):
-    """Run one linear op split ``alpha`` (GPU) / ``1 - alpha`` (CPU); a SimPy generator."""
-    env = engine.env
-    paths = []
+def split_paths(engine, gpu: str, cpu: str, op: Op, alpha: float) -> tuple[float, float]:
+    """Queue both halves of one linear op split ``alpha`` (GPU) / ``1 - alpha`` (CPU).
+
+    GPU path: copy the share's weights from pinned host memory, then compute it (queued behind the
+    copy as on a CUDA stream). CPU path: ship the input activation to the host, compute the rest in
+    place, ship its partial output back. Returns when each path ends (GPU, CPU); both are booked now.
+    """
+    gpu_end = cpu_end = engine.env.now
     if alpha > 0:
-
-        def gpu_path():
-            yield engine.transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=f"{op.name} w")
-            yield engine.compute(gpu, share(op, alpha), label=f"{op.name} gpu")
-
-        paths.append(env.process(gpu_path()))
+        engine.transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=f"{op.name} w")
+        engine.compute(gpu, share(op, alpha), label=f"{op.name} gpu", after=engine.last_end)
+        gpu_end = engine.last_end
     if alpha < 1:
+        engine.transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=f"{op.name} x")
+        engine.compute(cpu, share(op, 1.0 - alpha), label=f"{op.name} cpu", after=engine.last_end)
+        engine.transfer(
+            cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True, label="y", after=engine.last_end
+        )
+        cpu_end = engine.last_end
+    return gpu_end, cpu_end
 
-        def cpu_path():
-            yield engine.transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=f"{op.name} x")
-            yield engine.compute(cpu, share(op, 1.0 - alpha), label=f"{op.name} cpu")
-            yield engine.transfer(cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True, label="y")
 
-        paths.append(env.process(cpu_path()))
-    yield engine.all_of(paths)
+def split_linear(engine, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float, ends: dict | None = None):
+    """One split module and its barrier; a SimPy generator. ``ends`` receives each path's end."""
+    gpu_end, cpu_end = split_paths(engine, gpu, cpu, op, alpha)
+    if ends is not None:
+        ends.update(gpu=gpu_end, cpu=cpu_end)
+    yield engine.env.timeout(max(gpu_end, cpu_end) - engine.env.now)
     if sync_s > 0:
         yield engine.delay(gpu, sync_s, label="split barrier")
 
@@ -145,30 +153,8 @@ def measure_split(
     """(module time, CPU path end, GPU path end) of one split module alone in a fresh engine."""
     from hetsim.sim.engine import Engine
 
-    engine = Engine(rig)
     ends = {"cpu": 0.0, "gpu": 0.0}
-
-    def run(e):
-        env = e.env
-
-        def gpu_path():
-            if alpha > 0:
-                yield e.transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True)
-                yield e.compute(gpu, share(op, alpha))
-            ends["gpu"] = env.now
-
-        def cpu_path():
-            if alpha < 1:
-                yield e.transfer(gpu, cpu, op.act_in_bytes, pinned=True)
-                yield e.compute(cpu, share(op, 1.0 - alpha))
-                yield e.transfer(cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True)
-            ends["cpu"] = env.now
-
-        yield e.all_of([env.process(gpu_path()), env.process(cpu_path())])
-        if sync_s > 0:
-            yield e.delay(gpu, sync_s)
-
-    total = engine.run(run)
+    total = Engine(rig).run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends))
     return total, ends["cpu"], ends["gpu"]
 
 
