@@ -66,13 +66,17 @@ def validation_error(exc: ValidationError, source: str, prefix: str = "") -> Inp
     return InputError(msg, source=source, field=dotted(loc, prefix) or None)
 
 
+# libyaml's safe loader when PyYAML was built with it: ~10x faster on the ~50 catalogue files.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror}", source=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
