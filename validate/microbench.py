@@ -134,6 +134,24 @@ def _dist_worker(rank: int, world: int, init: str, threads: int, quick: bool, ou
                     dist.all_reduce(t)
                 times.append((time.perf_counter() - t0) / reps)
             res.append({"bytes": size, "seconds": statistics.median(times)})
+        # An all-reduce as a TP layer issues it: right after each rank's GEMV. Back-to-back
+        # all-reduces (above) flatter gloo; behind compute, the ranks' skew and gloo's progress
+        # threads competing for the cores show up. Its extra cost over GEMV + all-reduce is kept.
+        w = torch.randn(1024 if quick else 2048, 4096)
+        x, buf = torch.randn(1, 4096), torch.randn(1, 1024)
+        n = 20 if quick else 200
+
+        def loop(fn) -> float:
+            dist.barrier()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            return (time.perf_counter() - t0) / n
+
+        gemv_s = loop(lambda: x @ w.T)
+        ar_s = loop(lambda: dist.all_reduce(buf))
+        both_s = loop(lambda: (x @ w.T, dist.all_reduce(buf)))
+        in_loop = {"gemv_s": gemv_s, "allreduce_s": ar_s, "both_s": both_s, "bytes": 4 * 1024}
         # Co-running: the same GEMV/GEMM and copy on every rank at once (shared DRAM and cores?).
         dist.barrier()
         shapes = [(1, 4096, 4096), (16, 4096, 4096)] if not quick else [(1, 2048, 2048), (16, 2048, 2048)]
@@ -143,7 +161,8 @@ def _dist_worker(rank: int, world: int, init: str, threads: int, quick: bool, ou
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, {"gemm": corun, "stream": st})
         if rank == 0:
-            Path(out).write_text(json.dumps({"allreduce": res, "corun": gathered}))
+            doc = {"allreduce": res, "allreduce_in_loop": in_loop, "corun": gathered}
+            Path(out).write_text(json.dumps(doc))
     finally:
         dist.destroy_process_group()
 
