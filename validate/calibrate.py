@@ -333,7 +333,9 @@ def fit_runs(
             rows.append(f / t)
             target.append((t - rest) / t)  # relative residuals: every step counts the same
         a, y = np.array(rows), np.array(target)
-        used = a.any(axis=0)
+        # Fit only what the runs can tell apart: a term under 5 % of the measured time (attention at
+        # short prompts, say) would otherwise soak up noise and come out absurd; it keeps its prior.
+        used = (a * x).mean(axis=0) >= 0.05
         sol, *_ = np.linalg.lstsq(a[:, used], y, rcond=None)
         new = x.copy()
         new[used] = sol
