@@ -90,6 +90,9 @@ def test_tiny_real_run_baseline_and_tp(tmp_path):
     # the refit runs on these reports and keeps efficiencies in (0, 1]
     fitted = cal.fit_runs(tmp_path / "p.yaml", [tmp_path / "v.json"], tmp_path / "f.yaml")
     assert 0 < fitted["memory"] <= 1 and fitted["overhead_s"] >= 0
+    # attention is a sliver of a 4-token prompt's time: the fit must leave it at its prior
+    prior = load_rig(tmp_path / "p.yaml").devices["n0.cpu0"].efficiency.compute["attention"]
+    assert fitted["attention"] == pytest.approx(prior)
     load_rig(tmp_path / "f.yaml")
 
 
