@@ -17,7 +17,7 @@ from hetsim.strategies.base import all_strategies, get_strategy
 from hetsim.strategies.flexgen_policy import FlexGenPlan, fractions
 from hetsim.workload import Workload
 
-POINTS = Path("/work/shared/reference/paper_points.csv")
+POINTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_points.csv"  # ../shared
 TOL = 0.15
 PAPER = FlexGenPlan(48, 3, 20, 80, 0, 100, 0, 100, cpu_attention=True, gpu="n0.gpu0")
 FOURBIT = FlexGenPlan(64, 8, 0, 100, 0, 100, 0, 100, cpu_attention=False, compress_cache=True, gpu="n0.gpu0")
