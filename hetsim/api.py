@@ -218,20 +218,3 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         raise InputError(exc.message, source=source, field=exc.field) from None
     plan = strategy.plan_from_dict(doc.params, source)
     return p, strategy, plan
-
-
-def plan_best(
-    p: Problem, strategy_names: Sequence[str] | None, objective: Objective
-) -> list[tuple[Strategy, Any, Result]]:
-    """The best plan of each requested strategy (all when None), confirmed in the engine, best first."""
-    chosen = [get_strategy(s) for s in strategy_names] if strategy_names else all_strategies()
-    out = []
-    for s in chosen:
-        if s.applicable(p.rig, p.model, p.workload):
-            continue
-        plan = s.search(p.rig, p.model, p.workload, objective)
-        if plan is None:
-            continue
-        out.append((s, plan, simulate(s, plan, p.rig, p.model, p.workload)))
-    key = rank_key(objective)
-    return sorted(out, key=lambda t: key(t[2]))

@@ -97,8 +97,8 @@ class Engine:
             lane = self.lanes[name] = Lane(name)
         return lane
 
-    def _reserve(self, lanes: Sequence[Lane], duration: float, earliest: float | None = None) -> float:
-        start = self.env.now if earliest is None else earliest
+    def _reserve(self, lanes: Sequence[Lane], duration: float) -> float:
+        start = self.env.now
         for lane in lanes:
             if lane.free_at > start:
                 start = lane.free_at

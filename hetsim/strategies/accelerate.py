@@ -10,7 +10,7 @@ row by row: every offloaded weight crosses PCIe again for every pass and every t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
@@ -167,7 +167,3 @@ class Accelerate(Strategy):
                     engine.token_done(b)
 
         return run
-
-
-def with_budget(plan: OffloadPlan, budget: float | None) -> OffloadPlan:
-    return replace(plan, gpu_mem_budget=budget)

@@ -8,7 +8,7 @@ algorithm), and how to search its plans (OR-Tools where the space is large).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from typing import Any, ClassVar, Literal
 
@@ -106,6 +106,3 @@ def _load_builtin() -> None:
     if not _loaded:
         _loaded = True
         import hetsim.strategies  # noqa: F401  (modules register themselves on import)
-
-
-StrategyFactory = Callable[[], Strategy]

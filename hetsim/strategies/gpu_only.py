@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import combinations
 
 from hetsim.hardware.rig import Rig
@@ -255,7 +255,3 @@ def pipeline_schedule(plan: PipelinePlan, model: ModelSpec, workload: Workload, 
         yield engine.all_of(engine.env.process(micro_batch(engine, mb)) for mb in sizes)
 
     return run
-
-
-def with_layers(plan: PipelinePlan, layers: tuple[int, ...]) -> PipelinePlan:
-    return replace(plan, stages=tuple(replace(s, layers=n) for s, n in zip(plan.stages, layers, strict=True)))
