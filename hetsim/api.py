@@ -22,6 +22,7 @@ from hetsim.hardware.loader import load_rig
 from hetsim.hardware.rig import Rig
 from hetsim.models.registry import get_model
 from hetsim.models.spec import ModelSpec
+from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
@@ -217,4 +218,19 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
     except InputError as exc:
         raise InputError(exc.message, source=source, field=exc.field) from None
     plan = strategy.plan_from_dict(doc.params, source)
+    check_plan_names(strategy, plan, p, source)
     return p, strategy, plan
+
+
+def check_plan_names(strategy: Strategy, plan: Any, p: Problem, source: str) -> None:
+    """A plan from a file may name devices the rig lacks or dtypes hetsim lacks: say which."""
+    rig = p.rig
+    for name in strategy.devices(plan):
+        if name not in rig.devices and name not in rig.disks:
+            raise InputError(f"{name!r} is not a device of rig {rig.name}", source=source, field="params")
+    try:
+        strategy.footprint(plan, rig, p.model, p.workload)
+    except KeyError as exc:
+        raise InputError(f"unknown name {exc.args[0]!r}", source=source, field="params") from None
+    except OutOfMemory:
+        pass  # a well-formed plan that does not fit: simulating it reports that as a result

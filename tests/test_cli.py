@@ -260,3 +260,16 @@ def test_gpu_mem_budget_caps_every_strategy_and_travels_with_the_plan(capsys, tm
 
 def test_bad_gpu_mem_budget(capsys):
     assert_input_error(*run(capsys, "compare", *SMALL, "--gpu-mem-budget", "lots"), "--gpu-mem-budget")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"), [("ranks", ["n9.cpu0"], "n9.cpu0"), ("weight_dtype", "fp7", "fp7")]
+)
+def test_plan_naming_what_does_not_exist(capsys, tmp_path: Path, field, value, needle):
+    plan_file = tmp_path / "plan.json"
+    code, _, err = run(capsys, "plan", *SMALL, "--strategy", "cpu-tp", "--out", str(plan_file))
+    assert code == 0, err
+    doc = json.loads(plan_file.read_text())
+    doc["params"][field] = value
+    plan_file.write_text(json.dumps(doc))
+    assert_input_error(*run(capsys, "simulate", "--plan", str(plan_file)), str(plan_file), "params", needle)
