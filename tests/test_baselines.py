@@ -90,3 +90,15 @@ def test_compare_ranks_feasible_results_first_and_is_deterministic():
     # a 7B model fits the A100: running it there alone is as fast as anything else on the rig
     assert by_name["gpu-only"].e2e_s == pytest.approx(first[0].e2e_s, rel=1e-9)
     assert by_name["gpu-only"].e2e_s < by_name["cpu-tp"].e2e_s
+
+
+def test_a_plan_on_unpriced_devices_has_an_unknown_cost_not_a_free_one():
+    """hexgen rigs price their GPUs only: CPU sockets there cost nothing on paper, so cpu-tp's cost
+    is unknown (NaN) and must not win a cost ranking."""
+    import math
+
+    p = problem("llama2-7b", "hexgen-half-budget", batch=1, prompt_len=64, gen_len=4)
+    results = {r.strategy: r for r in compare(p, ["cpu-tp", "gpu-only"], "cost")}
+    assert math.isnan(results["cpu-tp"].cost_usd_per_mtok)
+    assert results["gpu-only"].cost_usd_per_mtok > 0
+    assert compare(p, ["cpu-tp", "gpu-only"], "cost")[0].strategy == "gpu-only"

@@ -61,7 +61,7 @@ def estimate(strategy: Strategy, plan: Any, rig: Rig, model: ModelSpec, workload
         r,
         e2e_s=e2e,
         throughput_tok_s=tokens / e2e,
-        cost_usd_per_mtok=r.extras.get("price_usd_per_hour", 0.0) / 3600.0 * e2e / tokens * 1e6,
+        cost_usd_per_mtok=r.cost_usd_per_mtok * e2e / r.e2e_s,
         extras={**r.extras, "estimated_from_gen_len": float(PROXY_GEN_LEN)},
     )
 
@@ -87,7 +87,9 @@ def summarize(
     if bound:
         bottleneck = f"{bottleneck} ({bound})"
     price = price_of(rig, devices)
-    cost = price / 3600.0 * makespan / tokens * 1e6 if tokens else float("nan")
+    # No price on what the plan occupies (CPU sockets of a rig priced per GPU, or an unpriced rig)
+    # means the cost is unknown, not zero: a free-looking plan must not win on cost.
+    cost = price / 3600.0 * makespan / tokens * 1e6 if tokens and price > 0 else float("nan")
     return Result(
         strategy=name,
         feasible=True,
