@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,15 +126,32 @@ def compare(
     *,
     search: bool = True,
     trace_path: str | None = None,
+    workers: int = 1,
 ) -> list[Result]:
-    """Every requested (default: every registered) strategy with its best plan, best first."""
+    """Every requested (default: every registered) strategy with its best plan, best first.
+
+    ``workers > 1`` searches strategies in that many forked processes (the CLI uses the machine's
+    cores); results are the same, in the same order, as with one.
+    """
     chosen = [get_strategy(s) for s in strategies] if strategies else all_strategies()
-    results = sorted((best_result(s, p, objective, search=search) for s in chosen), key=rank_key(objective))
+    names = [s.name for s in chosen]
+    if workers > 1 and len(names) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
+        with ProcessPoolExecutor(min(workers, len(names)), mp_context=ctx) as pool:
+            unsorted = list(pool.map(_best_by_name, names, [p] * len(names), [objective] * len(names),
+                                     [search] * len(names)))  # fmt: skip
+    else:
+        unsorted = [best_result(s, p, objective, search=search) for s in chosen]
+    results = sorted(unsorted, key=rank_key(objective))
     if trace_path and results and results[0].feasible:
         winner = get_strategy(results[0].strategy)
         plan = winner.plan_from_dict(results[0].plan)
         simulate(winner, plan, p.rig, p.model, p.workload, trace_path=trace_path)
     return results
+
+
+def _best_by_name(name: str, p: Problem, objective: Objective, search: bool) -> Result:
+    return best_result(get_strategy(name), p, objective, search=search)
 
 
 def compare_frame(

@@ -114,6 +114,11 @@ def _problem(
     return api.problem(model, hw, batch, prompt_len, gen_len, budget)
 
 
+def _cores() -> int:
+    """Processes for searching strategies side by side: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _split_names(text: str | None) -> list[str] | None:
     if not text or text.strip() == "all":
         return None
@@ -235,7 +240,9 @@ def compare(
     names = _split_names(strategies)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
-    results = api.compare(p, names, obj, search=not no_search, trace_path=str(trace) if trace else None)
+    results = api.compare(
+        p, names, obj, search=not no_search, trace_path=str(trace) if trace else None, workers=_cores()
+    )
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results)
     if trace and fmt == "table":
         if results and results[0].feasible:
@@ -264,7 +271,7 @@ def plan(
     names = _split_names(strategy)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
-    results = api.compare(p, names, obj)
+    results = api.compare(p, names, obj, workers=_cores())
     if fmt == "table" and (names is None or len(names) > 1):
         out.print(results_table(results, title=f"Best plan of each strategy ({obj}), best first"))
     best = next((r for r in results if r.feasible), None)

@@ -102,3 +102,11 @@ def test_a_plan_on_unpriced_devices_has_an_unknown_cost_not_a_free_one():
     assert math.isnan(results["cpu-tp"].cost_usd_per_mtok)
     assert results["gpu-only"].cost_usd_per_mtok > 0
     assert compare(p, ["cpu-tp", "gpu-only"], "cost")[0].strategy == "gpu-only"
+
+
+def test_compare_in_parallel_processes_gives_the_same_results():
+    p = problem("llama2-7b", "mixed-lab", batch=1, prompt_len=64, gen_len=4)
+    names = ["cpu-tp", "gpu-only", "accelerate"]
+    serial = [r.to_dict() for r in compare(p, names, "throughput")]
+    parallel = [r.to_dict() for r in compare(p, names, "throughput", workers=2)]
+    assert json.dumps(parallel) == json.dumps(serial)
