@@ -341,3 +341,14 @@ def test_nodes_with_mixed_gpu_types_are_planned_per_type():
     assert result.feasible, result.reason
     for device, peak in result.peak_mem_bytes.items():
         assert peak <= p.rig.devices[device].mem_bytes
+
+
+def test_default_plan_never_mixes_gpu_types_in_a_tp_group():
+    from hetsim.api import problem
+    from hetsim.strategies.base import get_strategy
+
+    p = problem("opt-175b", "mixed-lab", batch=1, prompt_len=64, gen_len=4)
+    plan = get_strategy("hexgen").default_plan(p.rig, p.model, p.workload)
+    for replica in plan.replicas:
+        for stage in replica.stages:
+            assert len({p.rig.devices[d].model for d in stage.devices}) == 1, stage

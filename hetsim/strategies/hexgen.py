@@ -311,9 +311,12 @@ class HexGen(Strategy):
         replicas = []
         regions: dict[str, list[tuple[str, ...]]] = {}
         for node in rig.nodes.values():
-            if node.gpus:
-                tp = max(_tp_options(model, len(node.gpus)))
-                regions.setdefault(node.region, []).append(tuple(node.gpus[:tp]))
+            by_type: dict[str, list[str]] = {}
+            for g in node.gpus:  # a TP group is GPUs of one type
+                by_type.setdefault(rig.devices[g].model, []).append(g)
+            for gpus in by_type.values():
+                tp = max(_tp_options(model, len(gpus)))
+                regions.setdefault(node.region, []).append(tuple(gpus[:tp]))
         for groups in regions.values():
             layers = balance_layers(model, groups, rig, workload)
             if layers is None:
