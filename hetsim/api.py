@@ -9,7 +9,6 @@ Everything returns ``Result`` objects (or a pandas DataFrame of them); nothing p
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -25,7 +24,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.registry import get_model
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory
-from hetsim.sim.result import Result
+from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.workload import Workload
@@ -83,22 +82,6 @@ def check_objective(objective: str) -> Objective:
             f"unknown objective {objective!r} (use {', '.join(OBJECTIVES)})", field="--objective"
         )
     return objective  # type: ignore[return-value]
-
-
-def rank_key(objective: Objective):
-    """Sort key: feasible results first, best objective first, then by name for stable ties."""
-
-    def key(r: Result) -> tuple:
-        if not r.feasible:
-            return (1, 0.0, r.strategy)
-        value = {
-            "latency": r.e2e_s,
-            "throughput": -r.throughput_tok_s,
-            "cost": r.cost_usd_per_mtok if math.isfinite(r.cost_usd_per_mtok) else math.inf,
-        }[objective]
-        return (0, value, r.strategy)
-
-    return key
 
 
 def best_result(strategy: Strategy, p: Problem, objective: Objective, *, search: bool = True) -> Result:

@@ -508,19 +508,13 @@ def search(
     max_candidates: int = 6,
 ) -> HexGenPlan | None:
     """The best plan for an offline batch, each candidate confirmed in the engine."""
-    from hetsim.api import rank_key
-    from hetsim.sim.run import estimate
+    from hetsim.sim.run import best_plan
     from hetsim.strategies.base import get_strategy
 
-    strategy = get_strategy("hexgen")
-    best, best_key = None, None
-    for cand in candidates(
+    found = candidates(
         rig, model, Demand.offline(workload), symmetric=symmetric, max_candidates=max_candidates
-    ):
-        key = rank_key(objective)(estimate(strategy, cand.plan, rig, model, workload))  # type: ignore[arg-type]
-        if best_key is None or key < best_key:
-            best, best_key = cand.plan, key
-    return best
+    )
+    return best_plan(get_strategy("hexgen"), (c.plan for c in found), rig, model, workload, objective)
 
 
 def search_serving(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,3 +63,19 @@ class Result:
                 "extras": dict(self.extras),
             }
         )
+
+
+def rank_key(objective: str) -> Callable[[Result], tuple]:
+    """Sort key: feasible results first, best objective first, then by name for stable ties."""
+
+    def key(r: Result) -> tuple:
+        if not r.feasible:
+            return (1, 0.0, r.strategy)
+        value = {
+            "latency": r.e2e_s,
+            "throughput": -r.throughput_tok_s,
+            "cost": r.cost_usd_per_mtok if math.isfinite(r.cost_usd_per_mtok) else math.inf,
+        }[objective]
+        return (0, value, r.strategy)
+
+    return key

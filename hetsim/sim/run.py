@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +10,7 @@ from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.engine import Engine
 from hetsim.sim.memory import OutOfMemory
-from hetsim.sim.result import Result
+from hetsim.sim.result import Result, rank_key
 from hetsim.workload import Workload
 
 if TYPE_CHECKING:
@@ -64,6 +65,19 @@ def estimate(strategy: Strategy, plan: Any, rig: Rig, model: ModelSpec, workload
         cost_usd_per_mtok=r.cost_usd_per_mtok * e2e / r.e2e_s,
         extras={**r.extras, "estimated_from_gen_len": float(PROXY_GEN_LEN)},
     )
+
+
+def best_plan(
+    strategy: Strategy, plans: Iterable[Any], rig: Rig, model: ModelSpec, workload: Workload, objective: str
+) -> Any | None:
+    """The candidate whose estimated result ranks first for ``objective`` (the earliest on ties)."""
+    key = rank_key(objective)
+    best, best_key = None, None
+    for plan in plans:
+        k = key(estimate(strategy, plan, rig, model, workload))
+        if best_key is None or k < best_key:
+            best, best_key = plan, k
+    return best
 
 
 def summarize(

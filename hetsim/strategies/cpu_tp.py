@@ -71,22 +71,17 @@ class CpuTensorParallel(Strategy):
         self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
     ) -> CpuTpPlan | None:
         """Every degree and layout that fits in memory, confirmed in the engine."""
-        from hetsim.api import rank_key
-        from hetsim.sim.run import estimate
+        from hetsim.sim.run import best_plan
 
         base = self.default_plan(rig, model, workload)
-        best, best_key = None, None
-        for degree in range(1, len(rig.cpus()) + 1):
-            if model.heads % degree:
-                continue
-            for ranks in _layouts(rig, degree):
-                plan = replace(base, ranks=ranks)
-                if not self.fits(plan, rig, model, workload):
-                    continue
-                key = rank_key(objective)(estimate(self, plan, rig, model, workload))
-                if best_key is None or key < best_key:
-                    best, best_key = plan, key
-        return best
+        candidates = (
+            replace(base, ranks=ranks)
+            for degree in range(1, len(rig.cpus()) + 1)
+            if model.heads % degree == 0
+            for ranks in _layouts(rig, degree)
+        )
+        fitting = (plan for plan in candidates if self.fits(plan, rig, model, workload))
+        return best_plan(self, fitting, rig, model, workload, objective)
 
     def fits(self, plan: CpuTpPlan, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
         fp = self.footprint(plan, rig, model, workload)

@@ -188,21 +188,18 @@ class GpuOnly(Strategy):
     def search(
         self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
     ) -> PipelinePlan | None:
-        from hetsim.api import rank_key
-        from hetsim.sim.run import estimate
+        from hetsim.sim.run import best_plan
 
-        best, best_key = None, None
-        for groups in candidate_groups(rig, model):
-            layers = balance_layers(model, groups, rig, workload)
-            if layers is None:
-                continue
-            stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
-            for mbs in sorted({1, min(len(stages), workload.batch)}):
-                plan = PipelinePlan(stages, micro_batches=mbs)
-                key = rank_key(objective)(estimate(self, plan, rig, model, workload))
-                if best_key is None or key < best_key:
-                    best, best_key = plan, key
-        return best if best is not None else None
+        def plans():
+            for groups in candidate_groups(rig, model):
+                layers = balance_layers(model, groups, rig, workload)
+                if layers is None:
+                    continue
+                stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
+                for mbs in sorted({1, min(len(stages), workload.batch)}):
+                    yield PipelinePlan(stages, micro_batches=mbs)
+
+        return best_plan(self, plans(), rig, model, workload, objective)
 
     def footprint(self, plan: PipelinePlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         out: dict[str, dict[str, float]] = {}

@@ -209,21 +209,15 @@ class HeteGen(Strategy):
         self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
     ) -> HeteGenPlan | None:
         """Per GPU (with its host socket): alphas balanced in the engine, residency by CP-SAT."""
-        from hetsim.api import rank_key
         from hetsim.planner.hetegen_knapsack import plan_hetegen
-        from hetsim.sim.run import estimate
+        from hetsim.sim.run import best_plan
 
-        best, best_key = None, None
         # GPUs of one kind on the same kind of host give the same plan: try one of each.
         kinds = {}
         for gpu in rig.gpus():
             kinds.setdefault((gpu.model, rig.devices[rig.host_cpu(gpu.name)].model, gpu.mem_bytes), gpu)
-        for gpu in kinds.values():
-            plan = plan_hetegen(rig, model, workload, gpu.name, gpu.mem_bytes)
-            key = rank_key(objective)(estimate(self, plan, rig, model, workload))
-            if best_key is None or key < best_key:
-                best, best_key = plan, key
-        return best
+        plans = (plan_hetegen(rig, model, workload, g.name, g.mem_bytes) for g in kinds.values())
+        return best_plan(self, plans, rig, model, workload, objective)
 
     def devices(self, plan: HeteGenPlan) -> list[str]:
         return [plan.gpu, plan.cpu]
