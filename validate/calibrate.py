@@ -293,10 +293,11 @@ def fit_runs(
                 ("prefill", p, p, m["ttft_s"]),
                 ("decode", 1, p + mid, m["tpot_s"]),
             ):
-                blk = layer_blocks(spec, phase, b, seq, kv, world, plan["weight_dtype"], plan["kv_dtype"])
-                ops = list(embed_ops(spec, b, seq, plan["weight_dtype"]))
+                wd, kd, ad = plan["weight_dtype"], plan["kv_dtype"], plan.get("act_dtype", "fp16")
+                blk = layer_blocks(spec, phase, b, seq, kv, world, wd, kd, ad)
+                ops = list(embed_ops(spec, b, seq, wd, ad))
                 ops += list(blk.whole) * spec.layers
-                ops += list(head_ops(spec, phase, b, seq, world, plan["weight_dtype"]))
+                ops += list(head_ops(spec, phase, b, seq, world, wd, ad))
                 coll = 0.0
                 if world > 1:
                     msg = b * seq * spec.hidden * ALLREDUCE_BYTES[plan["allreduce_dtype"]]

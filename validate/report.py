@@ -26,7 +26,9 @@ def predict_cpu(
     cpus = [c.name for c in rig.cpus()]
     if world > len(cpus):
         raise ValueError(f"the profile has {len(cpus)} CPU entries, the run used {world} ranks")
-    plan = CpuTpPlan(ranks=tuple(cpus[:world]), weight_dtype=dtype, kv_dtype=dtype, allreduce_dtype="fp32")
+    plan = CpuTpPlan(
+        ranks=tuple(cpus[:world]), weight_dtype=dtype, kv_dtype=dtype, allreduce_dtype="fp32", act_dtype=dtype
+    )
     res = simulate(get_strategy("cpu-tp"), plan, rig, spec, workload)
     if not res.feasible:
         raise ValueError(f"the simulator finds the plan infeasible: {res.reason}")

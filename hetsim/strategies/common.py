@@ -114,17 +114,24 @@ def layer_blocks(
 
 @lru_cache(maxsize=4096)
 def head_ops(
-    model: ModelSpec, phase: Phase, batch: int, seq_len: int, tp: int = 1, weight_dtype: str = "fp16"
+    model: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    tp: int = 1,
+    weight_dtype: str = "fp16",
+    act_dtype: str = "fp16",
 ) -> tuple[Op, ...]:
     """Final norm and LM head, vocabulary-split over ``tp`` ranks."""
-    return tuple(
-        shard(o, tp, model.kv_heads) for o in lm_head_ops(model, phase, batch, seq_len, dtype(weight_dtype))
-    )
+    ops = lm_head_ops(model, phase, batch, seq_len, dtype(weight_dtype), dtype(act_dtype))
+    return tuple(shard(o, tp, model.kv_heads) for o in ops)
 
 
 @lru_cache(maxsize=4096)
-def embed_ops(model: ModelSpec, batch: int, seq_len: int, weight_dtype: str = "fp16") -> tuple[Op, ...]:
-    return (embedding_op(model, batch, seq_len, dtype(weight_dtype)),)
+def embed_ops(
+    model: ModelSpec, batch: int, seq_len: int, weight_dtype: str = "fp16", act_dtype: str = "fp16"
+) -> tuple[Op, ...]:
+    return (embedding_op(model, batch, seq_len, dtype(weight_dtype), dtype(act_dtype)),)
 
 
 # ---- memory -------------------------------------------------------------------------------------

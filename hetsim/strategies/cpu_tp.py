@@ -37,6 +37,7 @@ class CpuTpPlan:
     weight_dtype: str = "bf16"
     kv_dtype: str = "fp16"
     allreduce_dtype: str = "fp32"
+    act_dtype: str = "fp16"  # activations, norms and attention (validate's fp32 runs use fp32)
     # xFT's hybrid dtypes (e.g. bf16_fp16: bf16 prefill on AMX, fp16 decode) keep two full copies.
     weight_copies: int = 1
 
@@ -115,14 +116,14 @@ class CpuTensorParallel(Strategy):
 
         def run(engine):
             for step in steps(workload):
-                blocks = layer_blocks(
-                    model, step.phase, b, step.seq_len, step.kv_len, p, plan.weight_dtype, plan.kv_dtype
-                )
+                wd, kd, ad = plan.weight_dtype, plan.kv_dtype, plan.act_dtype
+                blocks = layer_blocks(model, step.phase, b, step.seq_len, step.kv_len, p, wd, kd, ad)
                 message = float(b * step.seq_len * model.hidden * ar_elem)
-                yield engine.lockstep(ranks, [embed_ops(model, b, step.seq_len)], label="embedding")
+                embed = embed_ops(model, b, step.seq_len, wd, ad)
+                yield engine.lockstep(ranks, [embed], label="embedding")
                 layer = [blocks.attention, message, blocks.mlp, message]
                 yield engine.lockstep(ranks, layer, repeat=model.layers, label="decoder layers")
-                head = head_ops(model, step.phase, b, step.seq_len, p, plan.weight_dtype)
+                head = head_ops(model, step.phase, b, step.seq_len, p, wd, ad)
                 yield engine.lockstep(ranks, [head], label="lm_head")
                 yield engine.allgather(ranks, TOKEN_PAIR_BYTES * b, label="top1-gather")
                 engine.token_done(b)
