@@ -4,6 +4,9 @@
     memory_s  = bytes / (peak memory bandwidth x efficiency.memory)
     time_s    = overhead_s + max(compute_s, memory_s)
 
+Matmuls may scale both efficiencies by half-performance lengths (Hockney): few rows leave a GEMM
+below peak FLOP/s, short weight rows stream below peak bandwidth (``Efficiency.matmul_*``).
+
 The engine uses ``compute_s`` and ``memory_bytes`` separately on CPUs, where the memory traffic
 competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as is.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hetsim.hardware.types import ComputeDevice
-from hetsim.models.spec import Op
+from hetsim.models.spec import Op, OpKind
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,12 @@ class OpCost:
 
 def op_cost(device: ComputeDevice, op: Op) -> OpCost:
     eff = device.efficiency
-    flops_rate = device.flops(op.compute_dtype) * eff.compute_for(op.kind.value)
-    mem_rate = device.mem_bw * eff.memory
+    if op.kind == OpKind.MATMUL:
+        flops_rate = device.flops(op.compute_dtype) * eff.matmul_compute(op.rows)
+        mem_rate = device.mem_bw * eff.matmul_memory(op.weight_row_bytes)
+    else:
+        flops_rate = device.flops(op.compute_dtype) * eff.compute_for(op.kind.value)
+        mem_rate = device.mem_bw * eff.memory
     compute_s = op.flops / flops_rate if op.flops else 0.0
     memory_s = op.mem_bytes / mem_rate if op.mem_bytes else 0.0
     return OpCost(

@@ -136,8 +136,15 @@ class _Builder:
         prov = {f"efficiency.compute.{k}": _prov(v) for k, v in compute.items()}
         prov["efficiency.memory"] = _prov(memory)
         prov["efficiency.overhead_s"] = _prov(overhead)
+        halves = {}
+        for key, field_name in (("matmul_half_rows", "matmul_half_rows"),
+                                ("stream_half_row", "stream_half_row_bytes")):  # fmt: skip
+            q = getattr(override, key, None) or getattr(base, key)
+            if q is not None:
+                halves[field_name] = q.si
+                prov[f"efficiency.{field_name}"] = _prov(q)
         eff = Efficiency(
-            compute={k: v.si for k, v in compute.items()}, memory=memory.si, overhead_s=overhead.si
+            compute={k: v.si for k, v in compute.items()}, memory=memory.si, overhead_s=overhead.si, **halves
         )
         return eff, prov
 

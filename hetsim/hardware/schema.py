@@ -146,6 +146,9 @@ class EfficiencySpec(_Strict):
     compute: dict[OpKind, Ratio] = Field(default_factory=dict)
     memory: Ratio | None = None
     overhead: Time | None = None
+    # Half-performance lengths (Hockney); absent = 0 = off. See hetsim.hardware.types.Efficiency.
+    matmul_half_rows: Sourced | None = None
+    stream_half_row: Bytes | None = None
 
 
 class EfficiencyFile(_Strict):

@@ -45,9 +45,23 @@ class Efficiency:
     compute: Mapping[str, float]
     memory: float
     overhead_s: float
+    # Hockney half-performance lengths (0 = off, the catalogue default; fitted by calibrate):
+    # a GEMM of m >= 2 rows reaches compute[matmul] x m / (m + matmul_half_rows) (m = 1 runs a
+    # matrix-vector kernel, which is memory-bound); weights whose rows are r bytes long stream at
+    # memory x r / (r + stream_half_row_bytes).
+    matmul_half_rows: float = 0.0
+    stream_half_row_bytes: float = 0.0
 
     def compute_for(self, kind: str) -> float:
         return self.compute.get(kind, self.compute.get("matmul", 1.0))
+
+    def matmul_compute(self, rows: float) -> float:
+        eff = self.compute_for("matmul")
+        return eff * rows / (rows + self.matmul_half_rows) if rows > 1 else eff
+
+    def matmul_memory(self, row_bytes: float) -> float:
+        half = self.stream_half_row_bytes
+        return self.memory * row_bytes / (row_bytes + half) if row_bytes > 0 else self.memory
 
 
 @dataclass(frozen=True)

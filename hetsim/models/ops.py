@@ -96,6 +96,8 @@ def _matmul(
         act_out_bytes=tokens * out_f * ad.bytes_per_element,
         module=module or name,
         compute_dtype=_matmul_dtype(wd, ad),
+        rows=tokens / weight_copies,
+        weight_row_bytes=out_f * wd.bytes_per_element,
     )
 
 

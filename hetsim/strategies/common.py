@@ -72,6 +72,7 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
             weight_bytes=op.weight_bytes / p,
             act_in_bytes=op.act_in_bytes if column else op.act_in_bytes / p,
             act_out_bytes=op.act_out_bytes / p if column else op.act_out_bytes,
+            weight_row_bytes=op.weight_row_bytes / p if column else op.weight_row_bytes,
         )
     if op.name == "act":  # the MLP activation runs on the rank's slice of the inner dimension
         return dataclasses.replace(

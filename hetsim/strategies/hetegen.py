@@ -111,6 +111,7 @@ def share(op: Op, fraction: float) -> Op:
         flops=op.flops * fraction,
         weight_bytes=op.weight_bytes * fraction,
         act_out_bytes=op.act_out_bytes * fraction,
+        weight_row_bytes=op.weight_row_bytes * fraction,
     )
 
 
