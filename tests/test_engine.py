@@ -221,6 +221,17 @@ def test_lockstep_ranks_on_one_shared_dram_compete_for_it():
     _, shared = run(rig(12e9), body)
     assert independent == pytest.approx(0.1)
     assert shared == pytest.approx(2e9 / 12e9)
+    # A group that waits for its slowest rank loses the node's straggler share of every segment,
+    # DRAM stretch included; one rank alone waits for nobody.
+    straggly = rig(12e9)
+    straggly = replace(straggly, nodes={"n0": replace(straggly.nodes["n0"], straggler_fraction=0.25)})
+    _, waited = run(straggly, body)
+    assert waited == pytest.approx(1.25 * 2e9 / 12e9)
+
+    def alone(e):
+        yield e.lockstep(["n0.cpu0"], [gemv])
+
+    assert run(straggly, alone)[1] == pytest.approx(0.1)
 
 
 def test_queued_follow_up_equals_waiting_for_the_copy(rig):

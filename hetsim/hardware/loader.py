@@ -329,6 +329,7 @@ class _Builder:
             price_per_hour=ns.price_per_hour.si if ns.price_per_hour else 0.0,
             cpu_sharing=ns.cpu_sharing,
             shared_dram_bw=ns.shared_memory_bandwidth.si if ns.shared_memory_bandwidth else 0.0,
+            straggler_fraction=ns.straggler_fraction.si if ns.straggler_fraction else 0.0,
         )
 
     def network(self, regions: list[str]) -> None:

@@ -294,6 +294,9 @@ class NodeSpec(_Strict):
     # With cpu_sharing: what the shared DRAM delivers to all entries together (one entry alone may
     # not saturate it); default: one entry's achievable bandwidth.
     shared_memory_bandwidth: Bandwidth | None = None
+    # Ranks here running in lockstep wait for the slowest at every collective: the share of each
+    # compute segment lost to that (OS noise, uneven cores); measured by hetsim calibrate.
+    straggler_fraction: Sourced | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -160,3 +160,4 @@ class Node:
     # "core" (hardware threads of one core: one compute stream and one DRAM path).
     cpu_sharing: str = "none"
     shared_dram_bw: float = 0.0  # bytes/s all shared entries get together; 0 = one entry's rate
+    straggler_fraction: float = 0.0  # lockstep ranks here lose this share of each compute segment

@@ -281,14 +281,17 @@ class Engine:
         for dram, nbytes, cap in traffic.values():
             busy = max(busy, dram.book(self.env.now, start, nbytes, cap) - start)
         stretch = busy - compute_s * repeat
-        duration = busy + comm_s * repeat
+        # Every segment ends in a collective, where the group waits for its slowest rank.
+        straggle = max(self.rig.nodes[self.rig.devices[d].node].straggler_fraction for d in devices)
+        wait = straggle * busy
+        duration = busy + wait + comm_s * repeat
         for lane in lanes:
             lane.free_at = start + duration
             lane.busy_s += duration
         compute_lanes = {id(self.lanes[f"{d}:compute"]): self.lanes[f"{d}:compute"] for d in devices}
         for lane in lanes:
             if id(lane) not in compute_lanes:  # links are busy only while the all-reduces run
-                lane.busy_s -= busy
+                lane.busy_s -= busy + wait
         for d in devices:
             mem_bound = sum(self.cost_of(d, w).memory_bound_s for w in work if not isinstance(w, float))
             self.lanes[f"{d}:compute"].memory_bound_s += repeat * mem_bound + stretch
