@@ -16,21 +16,52 @@ from validate import microbench as mb  # noqa: E402
 from validate import report  # noqa: E402
 
 
+STREAM_INF, ROW_HALF = 20e9, 2048.0  # bytes/s with long rows; row bytes at half that rate
+FLOPS_INF, ROWS_HALF = 50e9, 16.0  # FLOP/s with many rows; rows at half that rate
+
+
 def _raw(compute_scale: float = 1.1) -> dict:
-    gemm = [
-        {"m": m, "k": 1024, "n": 1024, "dtype": "fp32", "seconds": 1.0, "flops": f, "weight_bw": bw}
-        for m, f, bw in ((1, 10e9, 20e9), (16, 40e9, 5e9), (64, 50e9, 1.5e9))
-    ] + [{"m": 1, "k": 1024, "n": 1024, "dtype": "bf16", "seconds": 1.0, "flops": 0.3e9, "weight_bw": 1e9}]
+    """Microbenchmarks of a synthetic CPU whose GEMV and GEMM rates follow Hockney's law exactly."""
+
+    def gemv(k: int, n: int) -> dict:
+        bw = STREAM_INF * 4 * n / (4 * n + ROW_HALF)
+        return {"m": 1, "k": k, "n": n, "dtype": "fp32", "seconds": 1.0, "flops": bw / 2, "weight_bw": bw}
+
+    def gemm(m: int, k: int) -> dict:
+        f = FLOPS_INF * m / (m + ROWS_HALF)
+        return {"m": m, "k": k, "n": k, "dtype": "fp32", "seconds": 1.0, "flops": f, "weight_bw": 2 * f / m}
+
+    fp32 = [gemv(1024, n) for n in (256, 1024, 4096, 16384)] + [gemm(m, 1024) for m in (2, 8, 32, 128)]
+    bf16 = [{"m": 1, "k": 1024, "n": 1024, "dtype": "bf16", "seconds": 1.0, "flops": 0.3e9, "weight_bw": 1e9}]
     ar = [{"bytes": b, "seconds": 50e-6 + b / 2e9} for b in (4, 4096, 2**20, 4 * 2**20)]
+    # behind a GEMV an all-reduce costs 80 us + 10 % of the GEMV (the wait for the slower rank)
+    in_loop = [{"gemv_s": g, "allreduce_s": 0.0, "both_s": g + 80e-6 + 4096 / 2e9 + 0.1 * g, "bytes": 4096}
+               for g in (1e-3, 8e-3)]  # fmt: skip
     # co-running ranks each stream weights at half their solo rate: they share one DRAM
-    shared = {**gemm[1], "weight_bw": gemm[1]["weight_bw"] / 2}
-    corun = {"gemm": [shared, {**gemm[2], "flops": 50e9 * compute_scale / 2}], "stream": {"copy_bw": 6e9}}
+    solo_gemv, solo_gemm = fp32[1], fp32[-1]
+    shared = {**solo_gemv, "weight_bw": solo_gemv["weight_bw"] / 2}
+    corun = {"gemm": [shared, {**solo_gemm, "flops": solo_gemm["flops"] * compute_scale / 2}],
+             "stream": {"copy_bw": 6e9}}  # fmt: skip
     return {
-        "threads": 1, "ranks": 2, "quick": True, "cpu": "test CPU", "gemm": gemm,
+        "threads": 1, "ranks": 2, "quick": True, "cpu": "test CPU", "gemm": fp32 + bf16,
         "stream": {"copy_bw": 12e9, "add_bw": 15e9, "bytes": 1.0},
         "overhead": {"median": 5e-6}, "attention": {"flops": 20e9},
-        "multiprocess": {"allreduce": ar, "corun": [corun, corun]},
+        "multiprocess": {"allreduce": ar, "corun": [corun, corun], "allreduce_in_loop": in_loop},
     }  # fmt: skip
+
+
+def test_derive_recovers_hockney_half_lengths():
+    d = cal.derive(_raw())
+    assert d["mem_bw"] == pytest.approx(STREAM_INF, rel=1e-6)  # long-row GEMV beats STREAM copy/add
+    assert d["stream_half_row_bytes"] == pytest.approx(ROW_HALF, rel=1e-6)
+    assert d["peak_fp32"] == pytest.approx(FLOPS_INF, rel=1e-6)  # above the best run (m = 128)
+    assert d["matmul_half_rows"] == pytest.approx(ROWS_HALF, rel=1e-6)
+    assert d["eff_matmul"] == pytest.approx(1.0) and d["eff_memory"] == pytest.approx(1.0)
+
+
+def test_fit_half_without_length_dependence_keeps_best_rate():
+    assert cal.fit_half([64, 64], [3.0, 5.0]) == (5.0, 0.0)
+    assert cal.fit_half([8, 64, 512], [5.0, 5.0, 5.0]) == pytest.approx((5.0, 0.0), abs=1e-9)
 
 
 def _profile(tmp_path, compute_scale: float = 1.1):
@@ -50,11 +81,16 @@ def test_profile_loads_with_measured_numbers(tmp_path):
     rig = load_rig(_profile(tmp_path))
     cpu = rig.devices["n0.cpu0"]
     assert len(rig.cpus()) == 2 and rig.nodes["n0"].cpu_sharing == "core"
-    assert cpu.peak_flops["fp32"] == pytest.approx(50e9, rel=1e-3)
-    assert cpu.mem_bw == pytest.approx(20e9, rel=1e-3)  # GEMV streaming beats STREAM copy here
-    assert cpu.efficiency.compute["matmul"] == pytest.approx(0.9, rel=1e-3)  # median(40, 50) / 50
+    assert cpu.peak_flops["fp32"] == pytest.approx(FLOPS_INF, rel=1e-3)
+    assert cpu.mem_bw == pytest.approx(STREAM_INF, rel=1e-3)  # GEMV streaming beats STREAM copy here
+    assert cpu.efficiency.matmul_half_rows == pytest.approx(ROWS_HALF, rel=1e-3)
+    assert cpu.efficiency.stream_half_row_bytes == pytest.approx(ROW_HALF, rel=1e-3)
+    # the cost model reproduces a measured point: a 1-row GEMV over 1024-float rows
+    assert cpu.mem_bw * cpu.efficiency.matmul_memory(4096) == pytest.approx(20e9 * 4096 / 6144, rel=1e-3)
     link = rig.route("n0.cpu0", "n0.cpu1")
-    assert link.latency_s == pytest.approx(50e-6, rel=1e-2) and link.bw == pytest.approx(2e9, rel=1e-2)
+    # latency as TP sees it (behind compute), the rest as a straggler share of each segment
+    assert link.latency_s == pytest.approx(80e-6, rel=1e-2) and link.bw == pytest.approx(2e9, rel=1e-2)
+    assert rig.nodes["n0"].straggler_fraction == pytest.approx(0.1, rel=1e-3)
     assert "torch" in cpu.provenance["mem_bw"].source
     assert load_rig(_profile(tmp_path, compute_scale=1.9)).nodes["n0"].cpu_sharing == "dram"
 

@@ -5,7 +5,8 @@ How a small box is described: one CPU entry per rank, each with ``threads`` core
 slices of one socket share what the slices really share, measured by running the same GEMM and
 STREAM on every rank at once (``cpu_sharing``): if co-running ranks together get less than 1.5x
 one rank's GEMM rate, they are SMT-like siblings that share one compute stream and the DRAM
-("core"); if only their bandwidth does not add up, they share the DRAM ("dram"). The all-reduce
+("core"); if only their bandwidth falls short of linear (5 % slack), they share the DRAM ("dram"),
+at the rate the slowest co-running rank sets for the lockstep group. The all-reduce
 between ranks is the measured gloo alpha-beta on an ``shm`` link. Each rank alone gets the full
 single-rank rates, so the same profile predicts the one-rank baseline and the multi-rank run.
 """
@@ -17,7 +18,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ import yaml
 from validate import microbench as mb
 
 BASE_CPU = "ryzen-7950x"  # catalogue entry every field of which calibrate overrides (Zen family)
-SHARING_THRESHOLD = 1.5  # co-running speed-up below this: the resource is shared
+SHARING_THRESHOLD = 1.5  # co-running compute speed-up below this: ranks share cores (SMT siblings)
+INDEPENDENT_FRACTION = 0.95  # co-running bandwidth below this share of linear: ranks share the DRAM
 
 
 def _stamp(threads: int) -> str:
@@ -71,9 +72,26 @@ def cpu_name() -> str:
 
 
 # ---- measuring ------------------------------------------------------------------------------------
-GEMM_SHAPES = [(m, k, k) for m in (1, 4, 16, 64, 256) for k in (1024, 2048, 4096)]
-QUICK_SHAPES = [(m, 1024, 1024) for m in (1, 16, 64)]
-PREFILL_M = (16, 64)  # rows of the prefill GEMMs the matmul efficiency stands for (short prompts)
+# GEMV (m = 1) over weight-row lengths n: streaming bandwidth vs row bytes (the n-half fit).
+GEMV_SHAPES = [
+    (4096, 256),
+    (4096, 512),
+    (2048, 1024),
+    (2048, 2048),
+    (1024, 4096),
+    (1024, 8192),
+    (1024, 16384),
+]
+# GEMM over rows m >= 2 on two widths: FLOP/s vs m (the m-half fit).
+GEMM_ROWS = (2, 4, 8, 16, 32, 64, 128, 256)
+GEMM_KN = ((2048, 2048), (2048, 8192))
+QUICK_GEMV = [(2048, 256), (1024, 1024), (1024, 4096)]
+QUICK_ROWS, QUICK_KN = (2, 8, 32), ((1024, 1024),)
+
+
+def sweep_shapes(quick: bool) -> list[tuple[int, int, int]]:
+    gemv, rows, kn = (QUICK_GEMV, QUICK_ROWS, QUICK_KN) if quick else (GEMV_SHAPES, GEMM_ROWS, GEMM_KN)
+    return [(1, k, n) for k, n in gemv] + [(m, k, n) for k, n in kn for m in rows]
 
 
 def measure(
@@ -89,11 +107,12 @@ def measure(
 
     torch.set_num_threads(threads)
     say = progress or (lambda _msg: None)
-    shapes = QUICK_SHAPES if quick else GEMM_SHAPES
+    shapes = sweep_shapes(quick)
     raw: dict[str, Any] = {"threads": threads, "ranks": ranks, "quick": quick, "cpu": cpu_name()}
     gemm = []
     for dt in ("fp32", "bf16"):
-        for s in shapes if dt == "fp32" else shapes[:2]:  # bf16 without hardware support is very slow
+        # bf16 without hardware support is very slow: one GEMV and one small GEMM
+        for s in shapes if dt == "fp32" else [shapes[0], shapes[-len(QUICK_ROWS if quick else GEMM_ROWS)]]:
             say(f"GEMM {dt} {s[0]}x{s[1]}x{s[2]}")
             gemm.append(mb.matmul_rate(*s, dt, quick=quick))
     raw["gemm"] = gemm
@@ -112,6 +131,21 @@ def measure(
     return raw
 
 
+def fit_half(lengths: list[float], rates: list[float]) -> tuple[float, float]:
+    """Hockney's (r_inf, n_half): rate(n) = r_inf * n / (n + n_half), by least squares on
+    1 / rate = 1 / r_inf + (n_half / r_inf) / n, relative residuals. Falls back to (best rate, 0)
+    when the points show no length dependence (or too few lengths)."""
+    n = np.asarray(lengths, dtype=float)
+    r = np.asarray(rates, dtype=float)
+    if len(set(n.tolist())) < 2:
+        return float(r.max()), 0.0
+    a = np.stack([np.ones_like(n), 1.0 / n], axis=1) * r[:, None]  # rows scaled: relative error
+    (inv_r, slope), *_ = np.linalg.lstsq(a, np.ones_like(r), rcond=None)
+    if inv_r <= 0 or slope <= 0:
+        return float(r.max()), 0.0
+    return float(1.0 / inv_r), float(slope / inv_r)
+
+
 def _attention_rate(quick: bool) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
@@ -128,15 +162,21 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
     fp32 = [g for g in raw["gemm"] if g["dtype"] == "fp32"]
     bf16 = [g for g in raw["gemm"] if g["dtype"] == "bf16"]
     peak = max(g["flops"] for g in fp32)
-    gemv_bw = max(g["weight_bw"] for g in fp32 if g["m"] == 1)
-    mem_bw = max(gemv_bw, raw["stream"]["copy_bw"], raw["stream"]["add_bw"])
-    prefill = [g["flops"] for g in fp32 if g["m"] in PREFILL_M] or [peak]
+    gemv = [g for g in fp32 if g["m"] == 1]
+    gemm = [g for g in fp32 if g["m"] > 1]
+    esize = 4  # fp32
+    stream_inf, row_half = fit_half([g["n"] * esize for g in gemv], [g["weight_bw"] for g in gemv])
+    flops_inf, rows_half = fit_half([g["m"] for g in gemm], [g["flops"] for g in gemm]) if gemm else (peak, 0)
+    mem_bw = max(stream_inf, raw["stream"]["copy_bw"], raw["stream"]["add_bw"])
+    peak = max(peak, flops_inf)  # the fitted many-row limit may lie just above the largest GEMM run
     d: dict[str, Any] = {
         "peak_fp32": peak,
         "peak_bf16": max((g["flops"] for g in bf16), default=0.0),
         "mem_bw": mem_bw,
-        "eff_matmul": min(1.0, statistics.median(prefill) / peak),
-        "eff_memory": min(1.0, gemv_bw / mem_bw),
+        "eff_matmul": min(1.0, flops_inf / peak),
+        "matmul_half_rows": rows_half,
+        "eff_memory": min(1.0, stream_inf / mem_bw),
+        "stream_half_row_bytes": row_half,
         "eff_attention": min(1.0, raw["attention"]["flops"] / peak),
         "overhead_s": raw["overhead"]["median"],
         "sharing": "none",
@@ -144,29 +184,40 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
     mp = raw.get("multiprocess")
     if mp:
         d["alpha_s"], d["beta_bps"] = mb.fit_alpha_beta(mp["allreduce"])
-        loop = mp.get("allreduce_in_loop")
-        if loop:
-            # What one small all-reduce costs where TP issues it (behind compute), less its bytes.
-            in_loop = loop["both_s"] - loop["gemv_s"] - loop["bytes"] / d["beta_bps"]
+        loops = mp.get("allreduce_in_loop")
+        if loops:
+            # What an all-reduce adds where TP issues it (behind a GEMV), less its bytes:
+            # extra = alpha + straggler x segment, a line through the two GEMV sizes.
+            loops = loops if isinstance(loops, list) else [loops]
+            seg = np.array([lp["gemv_s"] for lp in loops])
+            extra = np.array([lp["both_s"] - lp["gemv_s"] - lp["bytes"] / d["beta_bps"] for lp in loops])
+            slope = float(np.polyfit(seg, extra, 1)[0]) if len(loops) > 1 and np.ptp(seg) > 0 else 0.0
+            slope = max(0.0, slope)
             d["alpha_isolated_s"] = d["alpha_s"]
-            d["alpha_s"] = max(d["alpha_s"], in_loop)
-        alone = {(g["m"], g["k"]): g for g in fp32}
+            d["alpha_s"] = max(d["alpha_s"], float(np.mean(extra - slope * seg)))
+            d["straggler"] = slope
+        alone = {(g["m"], g["k"], g["n"]): g for g in fp32}
         ranks = mp["corun"]
-        c_gemm = ranks[0]["gemm"]
-        big = max(c_gemm, key=lambda g: g["m"])  # the compute-heavier co-run shape
-        solo = alone.get((big["m"], big["k"])) or mb.matmul_rate(big["m"], big["k"], big["n"])
-        compute_scale = sum(r["gemm"][-1]["flops"] for r in ranks) / solo["flops"]
-        # Decode streams weights through GEMV: how much of it co-running ranks get together is the
-        # sharing that matters (the STREAM co-run is kept in the sidecar for reference).
-        gemv = min(ranks[0]["gemm"], key=lambda g: g["m"])
-        solo_gemv = alone.get((gemv["m"], gemv["k"])) or mb.matmul_rate(gemv["m"], gemv["k"], gemv["n"])
-        memory_scale = (
-            sum(min(r["gemm"], key=lambda g: g["m"])["weight_bw"] for r in ranks) / solo_gemv["weight_bw"]
-        )
+
+        def lockstep_scale(pick, rate: str) -> float:
+            """What co-running ranks deliver together, in units of one rank alone. A TP group moves
+            at its slowest rank's pace, so that rank's rate counts for all of them."""
+            shape = pick(ranks[0]["gemm"], key=lambda g: g["m"])
+            solo = alone.get((shape["m"], shape["k"], shape["n"])) or mb.matmul_rate(
+                shape["m"], shape["k"], shape["n"]
+            )
+            slowest = min(pick(r["gemm"], key=lambda g: g["m"])[rate] for r in ranks)
+            return len(ranks) * slowest / solo[rate]
+
+        # The compute-heavier co-run shape tells whether ranks share cores (SMT siblings); decode's
+        # GEMV weight streaming tells whether they share the DRAM (the STREAM co-run stays in the
+        # sidecar for reference).
+        compute_scale = lockstep_scale(max, "flops")
+        memory_scale = lockstep_scale(min, "weight_bw")
         d["compute_scale"], d["memory_scale"] = compute_scale, memory_scale
         if compute_scale < SHARING_THRESHOLD:
             d["sharing"] = "core"
-        elif memory_scale < SHARING_THRESHOLD:
+        elif memory_scale < INDEPENDENT_FRACTION * len(ranks):
             d["sharing"] = "dram"
     return d
 
@@ -183,7 +234,9 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
         "cores": _q(threads, f"{meas}: torch threads per rank", "measured"),
         "peak_flops": {
             "fp32": _q(
-                _gflops(d["peak_fp32"]), f"{meas}: best fp32 torch.matmul over the GEMM sweep", "measured"
+                _gflops(d["peak_fp32"]),
+                f"{meas}: best fp32 torch.matmul over the GEMM sweep (or its fitted many-row limit)",
+                "measured",
             ),
             "bf16": _q(
                 _gflops(max(d["peak_bf16"], 1.0)),
@@ -192,20 +245,34 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
             ),
         },
         "memory_bandwidth": _q(
-            _gbps(d["mem_bw"]), f"{meas}: max of STREAM copy/add and GEMV weight streaming", "measured"
+            _gbps(d["mem_bw"]),
+            f"{meas}: max of STREAM copy/add and GEMV weight streaming (long rows, fitted limit)",
+            "measured",
         ),
         "memory_channels": _q(1, "assumed: not visible inside a VM; informational only", "assumed"),
         "efficiency": {
             "compute": {
                 "matmul": _q(
                     round(d["eff_matmul"], 4),
-                    f"{fit}: median GEMM rate at m in {PREFILL_M} / peak (prefill-sized GEMMs)",
+                    f"{fit}: GEMM rate for many rows (Hockney r_inf over m = 2..256) / peak",
                     "fitted",
                 ),
                 "attention": _q(round(d["eff_attention"], 4), f"{meas}: SDPA FLOP rate / peak", "measured"),
             },
             "memory": _q(
-                round(d["eff_memory"], 4), f"{fit}: GEMV weight streaming / memory_bandwidth", "fitted"
+                round(d["eff_memory"], 4),
+                f"{fit}: GEMV weight streaming with long rows / memory_bandwidth",
+                "fitted",
+            ),
+            "matmul_half_rows": _q(
+                round(d["matmul_half_rows"], 3),
+                f"{fit}: GEMM rows at half the many-row rate (Hockney m_half over m = 2..256)",
+                "fitted",
+            ),
+            "stream_half_row": _q(
+                f"{d['stream_half_row_bytes']:.0f} B",
+                f"{fit}: weight-row bytes at half the long-row GEMV streaming rate (Hockney n_half)",
+                "fitted",
             ),
             "overhead": _q(
                 f"{d['overhead_s'] * 1e6:.3f} us", f"{meas}: median of tiny torch ops", "measured"
@@ -226,6 +293,13 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
                 _gbps(d["memory_scale"] * d["mem_bw"]),
                 f"{meas}: GEMV weight streaming on all ranks at once (x{d['memory_scale']:.2f} of one)",
                 "measured",
+            )
+        if "straggler" in d:
+            node["straggler_fraction"] = _q(
+                round(d["straggler"], 4),
+                f"{fit}: all-reduce cost behind a GEMV grows by this share of the GEMV's time "
+                "(two GEMV sizes)",
+                "fitted",
             )
         node["upi"] = {
             "link": "shm",
@@ -318,13 +392,18 @@ def fit_runs(
             for op in ops:
                 f[0] += 1
                 kind = op.kind.value
-                mem = op.mem_bytes / bw * x[3]
+                # the half-performance lengths stay as calibrated; the fit scales the rates they shape
+                c_peak, m_bw = peak, bw
+                if kind == "matmul":
+                    c_peak *= eff.matmul_compute(op.rows) / eff.compute_for("matmul")
+                    m_bw *= eff.matmul_memory(op.weight_row_bytes) / eff.memory
+                mem = op.mem_bytes / m_bw * x[3]
                 if kind in ("matmul", "attention"):
-                    comp = op.flops / peak * (x[1] if kind == "matmul" else x[2])
+                    comp = op.flops / c_peak * (x[1] if kind == "matmul" else x[2])
                     if comp >= mem:
-                        f[1 if kind == "matmul" else 2] += op.flops / peak
+                        f[1 if kind == "matmul" else 2] += op.flops / c_peak
                         continue
-                    f[3] += op.mem_bytes / bw
+                    f[3] += op.mem_bytes / m_bw
                 else:
                     c = op_cost(dev, op)
                     if c.compute_s >= c.memory_s:

@@ -134,27 +134,38 @@ def _dist_worker(rank: int, world: int, init: str, threads: int, quick: bool, ou
                     dist.all_reduce(t)
                 times.append((time.perf_counter() - t0) / reps)
             res.append({"bytes": size, "seconds": statistics.median(times)})
-        # An all-reduce as a TP layer issues it: right after each rank's GEMV. Back-to-back
-        # all-reduces (above) flatter gloo; behind compute, the ranks' skew and gloo's progress
-        # threads competing for the cores show up. Its extra cost over GEMV + all-reduce is kept.
-        w = torch.randn(1024 if quick else 2048, 4096)
-        x, buf = torch.randn(1, 4096), torch.randn(1, 1024)
-        n = 20 if quick else 200
+        # An all-reduce as a TP layer issues it: right after each rank's GEMV, at two GEMV sizes.
+        # Back-to-back all-reduces (above) flatter gloo; behind compute, gloo's threads competing
+        # for the cores and the wait for the slower rank show up: a fixed part and a part that
+        # grows with the compute segment (the straggler wait), which calibrate separates.
+        buf = torch.randn(1, 1024)
+        in_loop = []
+        for k in (512, 2048) if quick else (1024, 8192):
+            ws = [torch.randn(k, 4096) for _ in range(max(1, WORKING_SET // (k * 4096 * 4)))]
+            x = torch.randn(1, k)
+            n = 20 if quick else max(40, int(1.0 / (k * 4096 * 4 / 20e9)))
 
-        def loop(fn) -> float:
-            dist.barrier()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            return (time.perf_counter() - t0) / n
+            def loop(fn, n=n) -> float:
+                dist.barrier()
+                t0 = time.perf_counter()
+                for i in range(n):
+                    fn(i)
+                return (time.perf_counter() - t0) / n
 
-        gemv_s = loop(lambda: x @ w.T)
-        ar_s = loop(lambda: dist.all_reduce(buf))
-        both_s = loop(lambda: (x @ w.T, dist.all_reduce(buf)))
-        in_loop = {"gemv_s": gemv_s, "allreduce_s": ar_s, "both_s": both_s, "bytes": 4 * 1024}
+            runs = [
+                (
+                    loop(lambda i: x @ ws[i % len(ws)]),  # noqa: B023 (used inside this iteration)
+                    loop(lambda i: dist.all_reduce(buf)),
+                    loop(lambda i: (x @ ws[i % len(ws)], dist.all_reduce(buf))),  # noqa: B023
+                )
+                for _ in range(1 if quick else 3)
+            ]
+            gemv_s, ar_s, both_s = (statistics.median(r[j] for r in runs) for j in range(3))
+            in_loop.append({"gemv_s": gemv_s, "allreduce_s": ar_s, "both_s": both_s, "bytes": 4 * 1024})
         # Co-running: the same GEMV/GEMM and copy on every rank at once (shared DRAM and cores?).
         dist.barrier()
-        shapes = [(1, 4096, 4096), (16, 4096, 4096)] if not quick else [(1, 2048, 2048), (16, 2048, 2048)]
+        # shapes of calibrate's solo sweep, so that co-run and solo rates compare like for like
+        shapes = [(1, 2048, 2048), (16, 2048, 2048)] if not quick else [(1, 1024, 1024), (8, 1024, 1024)]
         corun = [matmul_rate(*s, quick=quick) for s in shapes]
         dist.barrier()
         st = stream(64 * 2**20 if quick else WORKING_SET, quick=quick)
