@@ -15,7 +15,6 @@ from validate import calibrate as cal  # noqa: E402
 from validate import microbench as mb  # noqa: E402
 from validate import report  # noqa: E402
 
-
 STREAM_INF, ROW_HALF = 20e9, 2048.0  # bytes/s with long rows; row bytes at half that rate
 FLOPS_INF, ROWS_HALF = 50e9, 16.0  # FLOP/s with many rows; rows at half that rate
 
