@@ -21,6 +21,9 @@ from hetsim.models.spec import ModelSpec
 
 AllReduce = Callable[[torch.Tensor], None]
 TopGather = Callable[[torch.Tensor], torch.Tensor]  # (b, 2) local (value, id) -> (world, b, 2)
+# (layer, module name, x, weight, bias) -> x @ weight + bias; the LM head is layer ``spec.layers``
+Linear = Callable[[int, str, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, slice, int], torch.Tensor]
 
 INIT_SCALE = 0.02  # small uniform weights keep activations finite without denormals
 
@@ -167,60 +170,92 @@ class TorchDecoder:
     def _linear(x: torch.Tensor, wt: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         return torch.addmm(b, x, wt) if b is not None else x @ wt
 
-    # ---- one forward step ---------------------------------------------------------------------
-    def step(
-        self,
-        ids: torch.Tensor,
-        start: int,
-        allreduce: AllReduce | None = None,
-        gather: TopGather | None = None,
-        fetch: Callable[[int], LayerWeights] | None = None,
-    ) -> torch.Tensor:
-        """Tokens ``ids`` (batch, seq) at positions ``start..``; returns the next token per sequence.
-
-        ``fetch(i)`` supplies layer i's weights when they live elsewhere (offloading runners).
-        """
-        assert self.k_cache is not None and self.v_cache is not None, "call reset() first"
-        spec, hd = self.spec, self.spec.head_dim
+    # ---- one forward step, in pieces that offloading runners can re-order -------------------------
+    def embed_tokens(self, ids: torch.Tensor, start: int) -> torch.Tensor:
+        """(batch, seq) token ids at positions ``start..`` -> (batch * seq, hidden) on the device."""
         b, s = ids.shape
         x = self.embed[ids].to(self.device)
         if self.pos is not None:  # OPT's learned positions are offset by 2 rows
             x = x + self.pos[2 + start : 2 + start + s].to(self.device)
-        x = x.reshape(b * s, spec.hidden)
-        end = start + s
-        for i, own in enumerate(self.layers):
-            lw = fetch(i) if fetch is not None else own
-            h = self._norm(x, lw.norm1, lw.norm1_b)
-            q = self._linear(h, lw.wq, lw.bq).view(b, s, self.heads, hd).transpose(1, 2)
-            k = self._linear(h, lw.wk, lw.bk).view(b, s, self.kv_heads, hd).transpose(1, 2)
-            v = self._linear(h, lw.wv, lw.bv).view(b, s, self.kv_heads, hd).transpose(1, 2)
-            if not self.opt:
-                q, k = self._rotate(q, start), self._rotate(k, start)
-            self.k_cache[i, :, :, start:end] = k
-            self.v_cache[i, :, :, start:end] = v
-            keys, vals = self.k_cache[i, :, :, :end], self.v_cache[i, :, :, :end]
-            att = F.scaled_dot_product_attention(
-                q, keys, vals, is_causal=s > 1 and start == 0, enable_gqa=self.kv_heads != self.heads
-            )
-            o = att.transpose(1, 2).reshape(b * s, self.heads * hd) @ lw.wo
-            if allreduce is not None:
-                allreduce(o)
-            if lw.bo is not None:
-                o = o + lw.bo
-            x = x + o
-            h = self._norm(x, lw.norm2, lw.norm2_b)
-            if lw.w3 is not None:
-                a = F.silu(h @ lw.w1) * (h @ lw.w3)
-            else:
-                a = F.relu(self._linear(h, lw.w1, lw.b1))
-            d = a @ lw.w2
-            if allreduce is not None:
-                allreduce(d)
-            if lw.b2 is not None:
-                d = d + lw.b2
-            x = x + d
-        last = x.view(b, s, spec.hidden)[:, -1]
-        logits = self._norm(last, self.final_norm, self.final_norm_b) @ self.lm_head
+        return x.reshape(b * s, self.spec.hidden)
+
+    def layer(
+        self,
+        i: int,
+        lw: LayerWeights,
+        x: torch.Tensor,
+        b: int,
+        start: int,
+        *,
+        rows: slice = slice(None),
+        allreduce: AllReduce | None = None,
+        linear: Linear | None = None,
+        attend: Attend | None = None,
+    ) -> torch.Tensor:
+        """Decoder layer ``i`` on ``x`` ((b * seq, hidden)) for the sequences ``rows`` of the KV cache.
+
+        ``linear(i, name, x, weight, bias)`` replaces the plain matmul of each linear module (HeteGen
+        splits them); ``attend(i, q, k, v, rows, start)`` replaces attention over the KV cache.
+        """
+        assert self.k_cache is not None and self.v_cache is not None, "call reset() first"
+        hd = self.spec.head_dim
+        s = x.shape[0] // b
+
+        def lin(name: str, t: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            return linear(i, name, t, w, bias) if linear is not None else self._linear(t, w, bias)
+
+        h = self._norm(x, lw.norm1, lw.norm1_b)
+        q = lin("q_proj", h, lw.wq, lw.bq).view(b, s, self.heads, hd).transpose(1, 2)
+        k = lin("k_proj", h, lw.wk, lw.bk).view(b, s, self.kv_heads, hd).transpose(1, 2)
+        v = lin("v_proj", h, lw.wv, lw.bv).view(b, s, self.kv_heads, hd).transpose(1, 2)
+        if not self.opt:
+            q, k = self._rotate(q, start), self._rotate(k, start)
+        att = (attend or self.attend)(i, q, k, v, rows, start)
+        o = lin("out_proj", att.transpose(1, 2).reshape(b * s, self.heads * hd), lw.wo, None)
+        if allreduce is not None:
+            allreduce(o)
+        if lw.bo is not None:
+            o = o + lw.bo
+        x = x + o
+        h = self._norm(x, lw.norm2, lw.norm2_b)
+        if lw.w3 is not None:
+            a = F.silu(lin("gate_proj", h, lw.w1, None)) * lin("up_proj", h, lw.w3, None)
+            d = lin("down_proj", a, lw.w2, None)
+        else:
+            d = lin("fc2", F.relu(lin("fc1", h, lw.w1, lw.b1)), lw.w2, None)
+        if allreduce is not None:
+            allreduce(d)
+        if lw.b2 is not None:
+            d = d + lw.b2
+        return x + d
+
+    def attend(
+        self, i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: slice, start: int
+    ) -> torch.Tensor:
+        """Append k and v to layer ``i``'s cache (sequences ``rows``) and attend over the cache."""
+        assert self.k_cache is not None and self.v_cache is not None
+        end = start + q.shape[2]
+        self.k_cache[i, rows, :, start:end] = k.to(self.k_cache.device)
+        self.v_cache[i, rows, :, start:end] = v.to(self.v_cache.device)
+        keys = self.k_cache[i, rows, :, :end].to(q.device)
+        vals = self.v_cache[i, rows, :, :end].to(q.device)
+        causal = q.shape[2] > 1 and start == 0
+        return F.scaled_dot_product_attention(
+            q, keys, vals, is_causal=causal, enable_gqa=self.kv_heads != self.heads
+        )
+
+    def next_token(
+        self,
+        x: torch.Tensor,
+        b: int,
+        gather: TopGather | None = None,
+        linear: Linear | None = None,
+    ) -> torch.Tensor:
+        """Final norm and LM head on each sequence's last position, then the greedy token."""
+        last = x.view(b, -1, self.spec.hidden)[:, -1]
+        normed = self._norm(last, self.final_norm, self.final_norm_b)
+        head = self.spec.layers
+        logits = linear(head, "lm_head", normed, self.lm_head, None) if linear else normed @ self.lm_head
         val, idx = logits.float().max(dim=-1)
         if gather is None:
             return idx + self.vocab_start
@@ -228,3 +263,24 @@ class TorchDecoder:
         every = gather(pairs)  # (world, b, 2)
         best = every[..., 0].argmax(dim=0)
         return every[best, torch.arange(b), 1].long()
+
+    def step(
+        self,
+        ids: torch.Tensor,
+        start: int,
+        allreduce: AllReduce | None = None,
+        gather: TopGather | None = None,
+        fetch: Callable[[int], LayerWeights] | None = None,
+        linear: Linear | None = None,
+    ) -> torch.Tensor:
+        """Tokens ``ids`` (batch, seq) at positions ``start..``; returns the next token per sequence.
+
+        ``fetch(i)`` supplies layer i's weights when they live elsewhere (offloading runners);
+        ``linear`` replaces the linear modules' matmuls (see ``layer``).
+        """
+        b = ids.shape[0]
+        x = self.embed_tokens(ids, start)
+        for i, own in enumerate(self.layers):
+            lw = fetch(i) if fetch is not None else own
+            x = self.layer(i, lw, x, b, start, allreduce=allreduce, linear=linear)
+        return self.next_token(x, b, gather, linear)
