@@ -95,7 +95,8 @@ def validate(
     gen_len: int = typer.Option(8, "--gen-len"),
     dtype: str = typer.Option("fp32", "--dtype", help="weight/KV dtype of the real run"),
     threads: int = typer.Option(1, "--threads", help="torch threads per rank"),
-    repeats: int = typer.Option(3, "--repeats"),
+    repeats: int = typer.Option(3, "--repeats", help="timed generations per run (median kept)"),
+    rounds: int = typer.Option(3, "--rounds", help="runs per rank count, taking turns (median kept)"),
     out: Path = typer.Option(Path("validate/results"), "--out", help="folder for the JSON and PNG"),
     stem: str = typer.Option("validate", "--stem", help="file name stem of the report"),
 ) -> None:
@@ -106,7 +107,7 @@ def validate(
     run_validate(
         hw=str(hw), plan=plan, model=model, strategy=strategy, ranks=ranks, layers=layers, hidden=hidden,
         batch=batch, prompt_len=prompt_len, gen_len=gen_len, dtype=dtype, threads=threads,
-        repeats=repeats, out=out, stem=stem,
+        repeats=repeats, out=out, stem=stem, rounds=rounds,
     )  # fmt: skip
 
 

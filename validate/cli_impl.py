@@ -33,7 +33,7 @@ def _spec(model: str, layers: int | None, hidden: int | None):
 def run_validate(
     *, hw: str, plan: Path | None, model: str | None, strategy: str, ranks: str, layers: int | None,
     hidden: int | None, batch: int, prompt_len: int, gen_len: int, dtype: str, threads: int,
-    repeats: int, out: Path, stem: str,
+    repeats: int, out: Path, stem: str, rounds: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
     from rich.console import Console
 
@@ -52,6 +52,8 @@ def run_validate(
             worlds = [1, len(plan_obj.ranks)] if len(plan_obj.ranks) > 1 else [1]
     if model is None:
         raise InputError("give --plan or --model", field="--model")
+    if rounds < 1 or repeats < 1:
+        raise InputError("must be at least 1", field="--rounds" if rounds < 1 else "--repeats")
     if dtype not in runners.DTYPES:
         raise InputError(f"unknown dtype {dtype!r} (use {', '.join(runners.DTYPES)})", field="--dtype")
     spec = _spec(model, layers, hidden)
@@ -62,15 +64,20 @@ def run_validate(
         for world in worlds:
             if spec.heads % world:
                 raise InputError(f"{spec.heads} heads do not split over {world} ranks", field="--ranks")
-            cfg = runners.RunConfig(
-                model=dataclasses.asdict(spec), batch=batch, prompt_len=prompt_len, gen_len=gen_len,
-                world=world, threads=threads, dtype=dtype, repeats=repeats,
-            )  # fmt: skip
-            console.print(f"running {spec.name} ({spec.layers} layers) cpu-tp x{world} ...")
-            m = runners.run_cpu(cfg)
+        measured: dict[int, list] = {w: [] for w in worlds}
+        for r in range(rounds):  # the rank counts take turns, so slow drift hits them alike
+            for world in worlds:
+                cfg = runners.RunConfig(
+                    model=dataclasses.asdict(spec), batch=batch, prompt_len=prompt_len, gen_len=gen_len,
+                    world=world, threads=threads, dtype=dtype, repeats=repeats,
+                )  # fmt: skip
+                console.print(f"running {spec.name} ({spec.layers} layers) cpu-tp x{world}, round {r + 1}")
+                measured[world].append(runners.run_cpu(cfg))
+        for world in worlds:
+            m = runners.merge_rounds(measured[world])
             pred = report.predict_cpu(hw, spec, workload, world, dtype)
             label = "baseline (1 rank)" if world == 1 else f"cpu-tp {world} ranks"
-            runs.append({**base, "label": label, "world": world, "threads": threads,
+            runs.append({**base, "label": label, "world": world, "threads": threads, "rounds": rounds,
                          "plan": pred.pop("plan"), "measured": m.to_dict(), "predicted": pred})  # fmt: skip
     elif strategy in ("gpu-only", "accelerate", "hetegen", "flexgen"):
         if not runners.cuda_available():

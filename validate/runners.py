@@ -66,6 +66,24 @@ class Measured:
         return dataclasses.asdict(self)
 
 
+def merge_rounds(rounds: list[Measured]) -> Measured:
+    """Rounds of the same run, interleaved in time with the other runs: the median of the rounds'
+    TTFT and TPOT (a shared machine drifts over minutes; interleaving spreads the drift evenly)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    ttft = statistics.median(r.ttft_s for r in rounds)
+    tpot = statistics.median(r.tpot_s for r in rounds)
+    return Measured(
+        ttft_s=ttft,
+        tpot_s=tpot,
+        e2e_s=statistics.median(r.e2e_s for r in rounds),
+        prefill_s=[t for r in rounds for t in r.prefill_s],
+        decode_s=[d for r in rounds for d in r.decode_s],
+        tokens=rounds[-1].tokens,
+        weight_bytes_per_rank=rounds[-1].weight_bytes_per_rank,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,6 +105,7 @@ def generate_timed(
     barrier: Callable[[], None] | None = None,
     sync: Callable[[], None] | None = None,
     fetch=None,
+    linear=None,
 ) -> Measured:
     """Warm up, then ``repeats`` timed generations of the batch; returns the median metrics."""
     import torch
@@ -102,13 +121,13 @@ def generate_timed(
             barrier()
         sync()
         t0 = time.perf_counter()
-        tok = decoder.step(prompt, 0, allreduce, gather, fetch)
+        tok = decoder.step(prompt, 0, allreduce, gather, fetch, linear)
         sync()
         t1 = time.perf_counter()
         prefill, decode, out = t1 - t0, [], [int(tok[0])]
         for i in range(1, steps):
             t0 = time.perf_counter()
-            tok = decoder.step(tok.view(-1, 1), cfg.prompt_len + i - 1, allreduce, gather, fetch)
+            tok = decoder.step(tok.view(-1, 1), cfg.prompt_len + i - 1, allreduce, gather, fetch, linear)
             sync()
             decode.append(time.perf_counter() - t0)
             out.append(int(tok[0]))
