@@ -3,7 +3,7 @@ efficiencies to validate-run reports.
 
 How a small box is described: one CPU entry per rank, each with ``threads`` cores. Ranks that are
 slices of one socket share what the slices really share, measured by running the same GEMM and
-STREAM on every rank at once (``cpu_sharing``): if co-running ranks together get less than 1.5x
+STREAM on every rank at once (``cpu_sharing``): if co-running ranks together get less than 1.3x
 one rank's GEMM rate, they are SMT-like siblings that share one compute stream and the DRAM
 ("core"); if only their bandwidth falls short of linear (5 % slack), they share the DRAM ("dram"),
 at the rate the slowest co-running rank sets for the lockstep group. The all-reduce
@@ -28,7 +28,9 @@ import yaml
 from validate import microbench as mb
 
 BASE_CPU = "ryzen-7950x"  # catalogue entry every field of which calibrate overrides (Zen family)
-SHARING_THRESHOLD = 1.5  # co-running compute speed-up below this: ranks share cores (SMT siblings)
+# Co-running compute speed-up below this: ranks share cores (SMT siblings get 1.0-1.3x together).
+# Separate cores on a shared VM measure 1.5-2.3x here, so the margin keeps the class stable.
+SHARING_THRESHOLD = 1.3
 INDEPENDENT_FRACTION = 0.95  # co-running bandwidth below this share of linear: ranks share the DRAM
 
 
@@ -89,6 +91,14 @@ QUICK_GEMV = [(2048, 256), (1024, 1024), (1024, 4096)]
 QUICK_ROWS, QUICK_KN = (2, 8, 32), ((1024, 1024),)
 
 
+SWEEP_PASSES = 3
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median time among repeated runs of one shape."""
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
 def sweep_shapes(quick: bool) -> list[tuple[int, int, int]]:
     gemv, rows, kn = (QUICK_GEMV, QUICK_ROWS, QUICK_KN) if quick else (GEMV_SHAPES, GEMM_ROWS, GEMM_KN)
     return [(1, k, n) for k, n in gemv] + [(m, k, n) for k, n in kn for m in rows]
@@ -109,13 +119,18 @@ def measure(
     say = progress or (lambda _msg: None)
     shapes = sweep_shapes(quick)
     raw: dict[str, Any] = {"threads": threads, "ranks": ranks, "quick": quick, "cpu": cpu_name()}
-    gemm = []
-    for dt in ("fp32", "bf16"):
-        # bf16 without hardware support is very slow: one GEMV and one small GEMM
-        for s in shapes if dt == "fp32" else [shapes[0], shapes[-len(QUICK_ROWS if quick else GEMM_ROWS)]]:
-            say(f"GEMM {dt} {s[0]}x{s[1]}x{s[2]}")
-            gemm.append(mb.matmul_rate(*s, dt, quick=quick))
-    raw["gemm"] = gemm
+    # bf16 without hardware support is very slow: one GEMV and one small GEMM
+    bf16 = [shapes[0], shapes[-len(QUICK_ROWS if quick else GEMM_ROWS)]]
+    todo = [(s, "fp32") for s in shapes] + [(s, "bf16") for s in bf16]
+    # Interleaved passes, median per shape: a shared VM's bandwidth drifts by several per cent
+    # over seconds, and one pass per shape would bake that drift into the fitted curves.
+    passes: list[list[dict[str, Any]]] = []
+    for p in range(1 if quick else SWEEP_PASSES):
+        passes.append([])
+        for s, dt in todo:
+            say(f"GEMM {dt} {s[0]}x{s[1]}x{s[2]} (pass {p + 1})")
+            passes[-1].append(mb.matmul_rate(*s, dt, quick=quick))
+    raw["gemm"] = [_median_run([run[i] for run in passes]) for i in range(len(todo))]
     say("STREAM copy/add")
     raw["stream"] = mb.stream(64 * 2**20 if quick else mb.WORKING_SET, quick=quick)
     say("small-op overhead")
