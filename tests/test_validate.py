@@ -139,3 +139,26 @@ def test_gpu_only_runs():
     spec = dataclasses.replace(get_model("llama2-7b"), layers=1)
     cfg = RunConfig(model=dataclasses.asdict(spec), batch=1, prompt_len=4, gen_len=3, dtype="fp16", repeats=1)
     assert run_gpu_only(cfg).tpot_s > 0
+
+
+@pytest.mark.parametrize("model", ["llama2-7b", "opt-6.7b"])
+def test_hetegen_run_matches_the_plain_decoder(model):
+    """HeteGen's column-split linears (GPU share + CPU thread share, here both on the host) and
+    resident modules produce the plain decoder's tokens."""
+    from validate.offload import hetegen_decoder
+    from validate.runners import RunConfig, generate_timed
+    from validate.torch_model import TorchDecoder
+
+    torch.set_num_threads(1)
+    spec = dataclasses.replace(get_model(model), layers=2, hidden=256, heads=4, kv_heads=4, intermediate=512)
+    plan = {
+        "resident": {"q_proj": 1, "fc1": 2, "gate_proj": 1, "lm_head": 1},
+        "alpha_prefill": {k: 0.25 for k in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2",
+                                             "gate_proj", "up_proj", "down_proj")},
+        "alpha_decode": {"k_proj": 1.0, "v_proj": 0.0, "out_proj": 0.5, "fc2": 0.7, "down_proj": 0.7},
+    }  # fmt: skip
+    cfg = RunConfig(model=dataclasses.asdict(spec), batch=2, prompt_len=5, gen_len=4, repeats=1, warmup_steps=0)
+    plain = generate_timed(TorchDecoder(spec), cfg)
+    split = hetegen_decoder(spec, plan, dtype=torch.float32, device="cpu")
+    assert len(split.splits) > 0 and len(split.resident) > 0
+    assert generate_timed(split, cfg).tokens == plain.tokens

@@ -42,6 +42,7 @@ def run_validate(
 
     console = Console()
     worlds = [int(x) for x in ranks.split(",") if x.strip()]
+    plan_obj = None
     if plan is not None:
         from hetsim.api import load_plan
 
@@ -80,19 +81,8 @@ def run_validate(
             runs.append({**base, "label": label, "world": world, "threads": threads, "rounds": rounds,
                          "plan": pred.pop("plan"), "measured": m.to_dict(), "predicted": pred})  # fmt: skip
     elif strategy in ("gpu-only", "accelerate", "hetegen", "flexgen"):
-        if not runners.cuda_available():
-            console.print(f"[yellow]{strategy}: CUDA is not available on this machine; skipped[/yellow]")
-            runs.append({**base, "label": strategy, "skipped": "no CUDA"})
-        elif strategy == "gpu-only":
-            cfg = runners.RunConfig(model=dataclasses.asdict(spec), batch=batch, prompt_len=prompt_len,
-                                    gen_len=gen_len, dtype="fp16", repeats=repeats)  # fmt: skip
-            runs.append({**base, "label": strategy, "measured": runners.run_gpu_only(cfg).to_dict()})
-        elif strategy == "accelerate":
-            cfg = runners.RunConfig(model=dataclasses.asdict(spec), batch=batch, prompt_len=prompt_len,
-                                    gen_len=gen_len, dtype="fp16", repeats=repeats)  # fmt: skip
-            runs.append({**base, "label": strategy, "measured": runners.run_accelerate(cfg, 0).to_dict()})
-        else:
-            runs.append({**base, "label": strategy, "skipped": "real run not implemented yet"})
+        runs.append(_run_cuda(hw, strategy, plan_obj if plan is not None else None, spec, workload, base,
+                              repeats, console))  # fmt: skip
     else:
         raise InputError(f"unknown strategy {strategy!r}", field="--strategy")
     doc = {"environment": report.environment(), "profile": hw, "runs": runs}
@@ -100,3 +90,40 @@ def run_validate(
     for path in report.save(doc, out, stem):
         console.print(f"wrote {path}")
     return doc
+
+
+def _run_cuda(hw: str, strategy: str, plan_obj, spec, workload, base: dict[str, Any], repeats: int, console):
+    """One CUDA run: the plan from --plan or hetsim's search on ``hw``, measured, then simulated."""
+    from validate import report, runners
+
+    if strategy == "flexgen":
+        return {**base, "label": strategy, "skipped": "the FlexGen block schedule has no real runner yet"}
+    if not runners.cuda_available():
+        console.print(f"[yellow]{strategy}: CUDA is not available on this machine; skipped[/yellow]")
+        return {**base, "label": strategy, "skipped": "no CUDA"}
+    try:
+        pred: dict[str, Any] | None = report.predict_plan(hw, strategy, plan_obj, spec, workload)
+    except ValueError as exc:
+        pred, why = None, str(exc)
+    plan = pred.pop("plan") if pred else {}
+    cfg = runners.RunConfig(
+        model=dataclasses.asdict(spec), batch=workload.batch, prompt_len=workload.prompt_len,
+        gen_len=workload.gen_len, dtype="fp16", repeats=repeats,
+    )  # fmt: skip
+    console.print(f"running {spec.name} ({spec.layers} layers) {strategy} on CUDA ...")
+    if strategy == "gpu-only":
+        m = runners.run_gpu_only(cfg)
+    elif strategy == "accelerate":
+        m = runners.run_accelerate(
+            cfg, int(plan.get("gpu_layers", 0)), pinned=bool(plan.get("pinned", False))
+        )
+    else:
+        if not plan:
+            return {**base, "label": strategy, "skipped": f"no HeteGen plan to run: {why}"}
+        m = runners.run_hetegen(cfg, plan)
+    run = {**base, "label": strategy, "plan": plan, "measured": m.to_dict()}
+    if pred is not None:
+        run["predicted"] = pred
+    else:
+        run["prediction"] = why
+    return run

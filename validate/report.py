@@ -35,6 +35,31 @@ def predict_cpu(
     return {"ttft_s": res.ttft_s, "tpot_s": res.tpot_s, "e2e_s": res.e2e_s, "plan": dataclasses.asdict(plan)}
 
 
+def predict_plan(
+    rig_path: str, strategy: str, plan: Any, spec: ModelSpec, workload: Workload
+) -> dict[str, Any]:
+    """Simulate ``plan`` (or, when None, the plan hetsim's search picks on this rig) of ``strategy``.
+
+    Raises ValueError with the reason when there is nothing to predict (no plan, infeasible)."""
+    from hetsim.hardware import load_rig
+    from hetsim.sim.run import simulate
+    from hetsim.strategies.base import get_strategy
+
+    rig = load_rig(rig_path)
+    strat = get_strategy(strategy)
+    reason = strat.applicable(rig, spec, workload)
+    if reason:
+        raise ValueError(f"{strategy} does not apply to {rig.name}: {reason}")
+    if plan is None:
+        plan = strat.search(rig, spec, workload, "throughput")
+        if plan is None:
+            raise ValueError(f"hetsim finds no feasible {strategy} plan on {rig.name}")
+    res = simulate(strat, plan, rig, spec, workload)
+    if not res.feasible:
+        raise ValueError(f"the simulator finds the plan infeasible: {res.reason}")
+    return {"ttft_s": res.ttft_s, "tpot_s": res.tpot_s, "e2e_s": res.e2e_s, "plan": strat.plan_to_dict(plan)}
+
+
 def error(measured: float, predicted: float) -> float:
     """Signed relative error of the prediction: (predicted - measured) / measured."""
     return (predicted - measured) / measured if measured > 0 else float("nan")
@@ -94,6 +119,11 @@ def print_table(runs: list[dict[str, Any]], console=None) -> None:
             f"{r['tpot_meas_ms']:.2f}", f"{r['tpot_pred_ms']:.2f}", f"{r['tpot_err']:+.1%}",
         )  # fmt: skip
     for r in runs:
+        if "measured" in r and "predicted" not in r:
+            m = r["measured"]
+            t.add_row(r["model"]["name"], str(r["model"]["hidden"]), str(r["model"]["layers"]), r["label"],
+                      f"{m['ttft_s'] * 1e3:.2f}", "", "", f"{m['tpot_s'] * 1e3:.2f}", "",
+                      "no prediction: " + r.get("prediction", "?"))  # fmt: skip
         if "skipped" in r:
             t.add_row(r["model"]["name"], "", "", r["label"], "skipped: " + r["skipped"], "", "", "", "", "")
     console.print(t)

@@ -266,3 +266,17 @@ def run_accelerate(cfg: RunConfig, gpu_layers: int, *, pinned: bool = False) -> 
         return moved
 
     return generate_timed(dec, cfg, sync=torch.cuda.synchronize, fetch=fetch)
+
+
+def run_hetegen(cfg: RunConfig, plan: dict[str, Any], *, device: str = "cuda") -> Measured:
+    """A HeteGen plan (as a dict) for real: resident modules on the GPU, the others split between
+    the GPU (asynchronous copies from pinned memory) and a CPU thread (``validate.offload``)."""
+    import torch
+
+    from validate.offload import hetegen_decoder
+
+    if device == "cuda" and not cuda_available():
+        raise RuntimeError("hetegen needs CUDA, and torch.cuda.is_available() is False")
+    run = hetegen_decoder(cfg.spec, plan, dtype=_torch_dtype(cfg.dtype), device=device, seed=cfg.seed)
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    return generate_timed(run, cfg, sync=sync)
