@@ -263,7 +263,8 @@ class _Builder:
             socket = ref.socket if ref.socket is not None else j * n_cpu // len(refs)
             if socket >= n_cpu:
                 raise self.fail(f"socket {socket} does not exist (node has {n_cpu})", f"{f}.socket")
-            lspec = self.link_entry(LinkRef(link=ref.link or gspec.host_interface), f"{f}.link")
+            host = ref.host_link or LinkRef(link=ref.link or gspec.host_interface)
+            lspec = self.link_entry(host, f"{f}.host_link" if ref.host_link else f"{f}.link")
             self.add_link(f"{node}.{lspec.kind}.gpu{j}", lspec, name, cpus[socket])
 
         if ns.nvlink is not None:

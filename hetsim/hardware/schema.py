@@ -239,6 +239,8 @@ class GpuRef(BaseModel):
     count: int = Field(default=1, ge=1)
     socket: int | None = Field(default=None, ge=0)
     link: str | None = None
+    # the host link with overrides, e.g. measured copy rates: {link: pcie5-x16, bandwidth: {...}}
+    host_link: LinkRef | None = None
 
 
 class CpuRef(BaseModel):
@@ -259,6 +261,9 @@ class LinkRef(BaseModel):
     link: str
     count: int = Field(default=1, ge=1)
     socket: int = Field(default=0, ge=0)
+
+
+GpuRef.model_rebuild()
 
 
 class NvlinkRef(LinkRef):
