@@ -19,6 +19,7 @@ import json
 import os
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +329,8 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
                 "fitted",
             ),
         }
+    if raw.get("cuda"):
+        node["gpus"] = [gpu_entry(raw["cuda"], meas, fit)]
     return {
         "name": name or f"calibrated-{platform.node() or 'host'}",
         "description": (
@@ -337,6 +340,65 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
         ),
         "source": f"hetsim calibrate ({stamp})",
         "nodes": [node],
+    }
+
+
+# Catalogue GPU each device name maps to (first match wins); its datasheet peaks stay, calibrate
+# measures how much of them torch reaches.
+GPU_BASES = (
+    (("h200",), "h200"), (("h100", "pcie"), "h100-pcie"), (("h100",), "h100-sxm"),
+    (("a100", "80"), "a100-80g"), (("a100",), "a100-40g"), (("l40s",), "l40s"), (("l4",), "l4"),
+    (("a10",), "a10"), (("4090",), "rtx-4090"), (("t4",), "t4"), (("v100",), "v100"),
+)  # fmt: skip
+FALLBACK_GPU = "h100-sxm"
+
+
+def gpu_base(device_name: str) -> str:
+    low = device_name.lower()
+    return next((base for keys, base in GPU_BASES if all(k in low for k in keys)), FALLBACK_GPU)
+
+
+def gpu_entry(cuda: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
+    """The GPU as a catalogue entry with measured overrides: memory, the share of the datasheet
+    FLOP/s and bandwidth that torch reaches, launch cost, GEMM row curve, host copy rates."""
+    from hetsim.hardware.catalog import load_catalog
+
+    base = gpu_base(cuda["name"])
+    spec = load_catalog().resolve("gpus", base).spec
+    peak16 = spec.peak_flops["fp16"].si
+    fp16 = [g for g in cuda["gemm"] if g["dtype"] == "fp16" and g["m"] > 1]
+    flops_inf, rows_half = fit_half([g["m"] for g in fp16], [g["flops"] for g in fp16])
+    copies = cuda["copies"]
+    return {
+        "model": base,
+        "socket": 0,
+        "description": f"{cuda['name']} measured by hetsim calibrate on datasheet {base}",
+        "memory": _q(f"{cuda['memory_bytes'] / 2**30:.2f} GiB", f"{meas}: torch total_memory", "measured"),
+        "efficiency": {
+            "compute": {
+                "matmul": _q(
+                    round(min(1.0, flops_inf / peak16), 4),
+                    f"{fit}: fp16 GEMM many-row rate / datasheet fp16 peak",
+                    "fitted",
+                ),
+            },
+            "memory": _q(
+                round(min(1.0, cuda["mem_bw"] / spec.memory_bandwidth.si), 4),
+                f"{meas}: device-to-device copy / datasheet bandwidth",
+                "measured",
+            ),
+            "overhead": _q(f"{cuda['launch_s'] * 1e6:.3f} us", f"{meas}: tiny kernel launches", "measured"),
+            "matmul_half_rows": _q(round(rows_half, 3), f"{fit}: fp16 GEMM rows at half rate", "fitted"),
+        },
+        "host_link": {
+            "link": spec.host_interface,
+            "bandwidth": _q(
+                _gbps(copies["h2d_pinned"]), f"{meas}: host-to-device from pinned memory", "measured"
+            ),
+            "pageable_bandwidth": _q(
+                _gbps(copies["h2d_pageable"]), f"{meas}: host-to-device from pageable memory", "measured"
+            ),
+        },
     }
 
 
@@ -352,90 +414,41 @@ def write_profile(doc: dict[str, Any], raw: dict[str, Any], out: str | Path) -> 
 def fit_runs(
     profile: str | Path, reports: list[str | Path], out: str | Path | None = None
 ) -> dict[str, float]:
-    """Least-squares refit of overhead, 1/eff(matmul), 1/eff(attention) and 1/eff(memory) to measured
-    step times of validate reports that used this profile's device (linear once each op's bound is
-    fixed; bounds are re-assigned from the current fit and the solve repeated)."""
-    from hetsim.costs.ops import op_cost
+    """Least-squares refit to measured step times of validate reports that used this profile's
+    device: op overhead, 1/eff(matmul), 1/eff(attention), 1/eff(memory) and, from multi-rank runs,
+    the collective latency as TP issues it (linear once each op's bound is fixed; bounds are
+    re-assigned from the current fit and the solve repeated). The half-performance lengths, the
+    straggler share and the DRAM sharing stay as calibrated."""
     from hetsim.hardware import load_rig
     from hetsim.models.spec import ModelSpec
-    from hetsim.strategies.common import embed_ops, head_ops, layer_blocks
-    from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES, TOKEN_PAIR_BYTES
 
     rig = load_rig(profile)
     dev = next(iter(rig.cpus()))
     node = rig.nodes[dev.node]
-    steps: list[tuple[list, float]] = []  # (ops of every serialized rank, measured compute time)
-    for rep in reports:
-        for run in json.loads(Path(rep).read_text())["runs"]:
-            if not run.get("strategy", "").startswith("cpu") or "measured" not in run:
-                continue
-            spec = ModelSpec(**run["model"])
-            w = run["workload"]
-            world, plan = run["world"], run["plan"]
-            b, p = w["batch"], w["prompt_len"]
-            serial = world if node.cpu_sharing == "core" else 1
-            alpha = rig.links[next(iter(rig.links))].latency_s if rig.links else 0.0
-            beta = rig.links[next(iter(rig.links))].bw if rig.links else 1.0
-            m = run["measured"]
-            mid = max(1, (w["gen_len"] - 1) // 2)
-            for phase, seq, kv, measured in (
-                ("prefill", p, p, m["ttft_s"]),
-                ("decode", 1, p + mid, m["tpot_s"]),
-            ):
-                wd, kd, ad = plan["weight_dtype"], plan["kv_dtype"], plan.get("act_dtype", "fp16")
-                blk = layer_blocks(spec, phase, b, seq, kv, world, wd, kd, ad)
-                ops = list(embed_ops(spec, b, seq, wd, ad))
-                ops += list(blk.whole) * spec.layers
-                ops += list(head_ops(spec, phase, b, seq, world, wd, ad))
-                coll = 0.0
-                if world > 1:
-                    msg = b * seq * spec.hidden * ALLREDUCE_BYTES[plan["allreduce_dtype"]]
-                    coll = 2 * spec.layers * (alpha + msg / beta) + (world - 1) * (
-                        alpha + TOKEN_PAIR_BYTES * b / beta
-                    )
-                steps.append((ops * serial, measured - coll))
+    link = rig.links[next(iter(rig.links))] if rig.links else None
+    steps = [s for rep in reports for s in _report_steps(Path(rep), node, link, ModelSpec)]
     if len(steps) < 4:
         raise ValueError(f"need at least 2 runs (4 step times) to fit, got {len(steps) // 2}")
     eff = dev.efficiency
-    x = np.array([eff.overhead_s, 1 / eff.compute["matmul"], 1 / eff.compute["attention"], 1 / eff.memory])
-    peak, bw = dev.flops("fp32"), dev.mem_bw
+    x = np.array([eff.overhead_s, 1 / eff.compute["matmul"], 1 / eff.compute["attention"], 1 / eff.memory,
+                  link.latency_s if link else 0.0])  # fmt: skip
     for _ in range(5):
         rows, target = [], []
-        for ops, t in steps:
-            f = np.zeros(4)
-            rest = 0.0
-            for op in ops:
-                f[0] += 1
-                kind = op.kind.value
-                # the half-performance lengths stay as calibrated; the fit scales the rates they shape
-                c_peak, m_bw = peak, bw
-                if kind == "matmul":
-                    c_peak *= eff.matmul_compute(op.rows) / eff.compute_for("matmul")
-                    m_bw *= eff.matmul_memory(op.weight_row_bytes) / eff.memory
-                mem = op.mem_bytes / m_bw * x[3]
-                if kind in ("matmul", "attention"):
-                    comp = op.flops / c_peak * (x[1] if kind == "matmul" else x[2])
-                    if comp >= mem:
-                        f[1 if kind == "matmul" else 2] += op.flops / c_peak
-                        continue
-                    f[3] += op.mem_bytes / m_bw
-                else:
-                    c = op_cost(dev, op)
-                    if c.compute_s >= c.memory_s:
-                        rest += c.compute_s
-                    else:
-                        f[3] += op.mem_bytes / bw
+        for step in steps:
+            f, rest = _step_features(step, dev, x)
+            t = step.measured
             rows.append(f / t)
             target.append((t - rest) / t)  # relative residuals: every step counts the same
         a, y = np.array(rows), np.array(target)
         # Fit only what the runs can tell apart: a term under 5 % of the measured time (attention at
         # short prompts, say) would otherwise soak up noise and come out absurd; it keeps its prior.
         used = (a * x).mean(axis=0) >= 0.05
+        used[4] = bool((a[:, 4] > 0).any())  # the collective latency: whenever multi-rank runs exist
         sol, *_ = np.linalg.lstsq(a[:, used], y, rcond=None)
         new = x.copy()
         new[used] = sol
-        new[0] = max(new[0], 0.0)
-        new[1:] = np.maximum(new[1:], 1.0)  # efficiencies stay in (0, 1]
+        new[0], new[4] = max(new[0], 0.0), max(new[4], 0.0)
+        new[1:4] = np.maximum(new[1:4], 1.0)  # efficiencies stay in (0, 1]
         if np.allclose(new, x, rtol=1e-6):
             break
         x = new
@@ -444,10 +457,86 @@ def fit_runs(
         "matmul": float(1 / x[1]),
         "attention": float(1 / x[2]),
         "memory": float(1 / x[3]),
+        "collective_latency_s": float(x[4]),
     }
     if out is not None:
         _write_fitted(profile, fitted, [str(r) for r in reports], len(steps), out)
     return fitted
+
+
+@dataclass(frozen=True)
+class _Step:
+    ops: tuple  # one rank's ops (every rank's, when ranks share one compute stream)
+    measured: float  # seconds
+    collectives: int  # latency-bound collectives in the step
+    bytes_s: float  # their bandwidth terms
+    stretch: float  # 1 + straggler share (multi-rank)
+    dram_share: float  # the share of one rank's bandwidth it gets with the others streaming
+
+
+def _report_steps(path: Path, node, link, model_type) -> list[_Step]:
+    from hetsim.strategies.common import embed_ops, head_ops, layer_blocks
+    from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES, TOKEN_PAIR_BYTES
+
+    beta = link.bw if link else 1.0
+    out = []
+    for run in json.loads(path.read_text())["runs"]:
+        if not run.get("strategy", "").startswith("cpu") or "measured" not in run:
+            continue
+        spec = model_type(**run["model"])
+        w, world, plan, m = run["workload"], run["world"], run["plan"], run["measured"]
+        b, p = w["batch"], w["prompt_len"]
+        serial = world if node.cpu_sharing == "core" else 1
+        shared = node.cpu_sharing != "none" and node.shared_dram_bw > 0 and world > 1
+        mid = max(1, (w["gen_len"] - 1) // 2)
+        wd, kd, ad = plan["weight_dtype"], plan["kv_dtype"], plan.get("act_dtype", "fp16")
+        for phase, seq, kv, measured in (("prefill", p, p, m["ttft_s"]), ("decode", 1, p + mid, m["tpot_s"])):
+            blk = layer_blocks(spec, phase, b, seq, kv, world, wd, kd, ad)
+            ops = (*embed_ops(spec, b, seq, wd, ad), *(blk.whole * spec.layers),
+                   *head_ops(spec, phase, b, seq, world, wd, ad))  # fmt: skip
+            n_coll, bytes_s = 0, 0.0
+            if world > 1:  # two all-reduces per layer, then the top-1 gather ((world - 1) hops)
+                msg = b * seq * spec.hidden * ALLREDUCE_BYTES[plan["allreduce_dtype"]]
+                n_coll = 2 * spec.layers + world - 1
+                bytes_s = 2 * spec.layers * msg / beta + (world - 1) * TOKEN_PAIR_BYTES * b / beta
+            out.append(_Step(
+                ops=ops * serial, measured=measured, collectives=n_coll, bytes_s=bytes_s,
+                stretch=1.0 + (node.straggler_fraction if world > 1 else 0.0),
+                dram_share=node.shared_dram_bw / world if shared else 0.0,
+            ))  # fmt: skip
+    return out
+
+
+def _step_features(step: _Step, dev, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Coefficients of x (per op count, FLOP-time, byte-time, collective count) and the fixed rest."""
+    from hetsim.costs.ops import op_cost
+
+    eff, peak = dev.efficiency, dev.flops("fp32")
+    bw = dev.mem_bw if step.dram_share <= 0 else min(dev.mem_bw, step.dram_share / eff.memory)
+    f, rest = np.zeros(5), 0.0
+    for op in step.ops:
+        f[0] += 1
+        kind = op.kind.value
+        # the half-performance lengths stay as calibrated; the fit scales the rates they shape
+        c_peak, m_bw = peak, bw
+        if kind == "matmul":
+            c_peak *= eff.matmul_compute(op.rows) / eff.compute_for("matmul")
+            m_bw *= eff.matmul_memory(op.weight_row_bytes) / eff.memory
+        mem = op.mem_bytes / m_bw * x[3]
+        if kind in ("matmul", "attention"):
+            if op.flops / c_peak * (x[1] if kind == "matmul" else x[2]) >= mem:
+                f[1 if kind == "matmul" else 2] += op.flops / c_peak
+                continue
+            f[3] += op.mem_bytes / m_bw
+        else:
+            c = op_cost(dev, op)
+            if c.compute_s >= c.memory_s:
+                rest += c.compute_s
+            else:
+                f[3] += op.mem_bytes / bw
+    f[:4] *= step.stretch
+    f[4] = step.collectives
+    return f, rest * step.stretch + step.bytes_s
 
 
 def _write_fitted(profile: str | Path, fitted: dict[str, float], reports: list[str], n: int, out) -> None:
@@ -461,4 +550,7 @@ def _write_fitted(profile: str | Path, fitted: dict[str, float], reports: list[s
         e["compute"]["attention"] = _q(round(float(fitted["attention"]), 4), src, "fitted")
         e["memory"] = _q(round(float(fitted["memory"]), 4), src, "fitted")
         e["overhead"] = _q(f"{fitted['overhead_s'] * 1e6:.3f} us", src, "fitted")
+    upi = doc["nodes"][0].get("upi")
+    if upi is not None and fitted.get("collective_latency_s", 0.0) > 0:
+        upi["latency"] = _q(f"{fitted['collective_latency_s'] * 1e6:.3f} us", src, "fitted")
     Path(out).write_text(yaml.safe_dump(doc, sort_keys=False, width=110))
