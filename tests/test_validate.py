@@ -218,3 +218,24 @@ def test_fit_recovers_the_collective_latency_of_simulated_runs(tmp_path):
     # at once, so with the other terms free the two part a little (1.75 ms here)
     assert fitted["collective_latency_s"] == pytest.approx(2e-3, rel=0.15)
     assert fitted["collective_latency_s"] > 10 * 80e-6
+
+
+def test_quick_calibration_then_validate_on_this_machine(tmp_path, capsys):
+    """The CI smoke run: `hetsim calibrate --quick` measures this machine for real (seconds), the
+    profile loads with measured grades, and `hetsim validate` runs a tiny model against it."""
+    from hetsim.cli import main
+
+    prof = tmp_path / "me.yaml"
+    assert main(["calibrate", "--quick", "--out", str(prof)]) == 0
+    rig = load_rig(prof)
+    cpu = rig.devices["n0.cpu0"]
+    assert cpu.peak_flops["fp32"] > 1e9 and cpu.mem_bw > 1e9
+    assert cpu.provenance["mem_bw"].grade.name == "MEASURED"
+    assert len(rig.cpus()) == 2 and rig.route("n0.cpu0", "n0.cpu1").latency_s > 0
+    code = main(["validate", "--hw", str(prof), "--model", "llama2-7b", "--layers", "1", "--hidden", "256",
+                 "--prompt-len", "4", "--gen-len", "3", "--repeats", "1", "--rounds", "1", "--out",
+                 str(tmp_path), "--stem", "smoke"])  # fmt: skip
+    assert code == 0
+    doc = __import__("json").loads((tmp_path / "smoke.json").read_text())
+    assert [r["world"] for r in doc["runs"]] == [1, 2]
+    assert all(r["predicted"]["tpot_s"] > 0 and r["measured"]["tpot_s"] > 0 for r in doc["runs"])
