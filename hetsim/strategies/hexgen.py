@@ -110,7 +110,8 @@ def _layer_time(rig, devices, model, phase, batch, seq_len, kv_len, weight_dtype
     t = 0.0
     for block in (blocks.attention, blocks.mlp):
         t += max(combine([op_cost(rig.devices[d], o) for o in block]).time_s for d in devices)
-    if tp > 1:
+    if tp > 1:  # as the engine's lockstep: the collectives, and the wait for the slowest rank
+        t *= 1.0 + max(rig.nodes[rig.devices[d].node].straggler_fraction for d in devices)
         alpha, beta = ring_alpha_beta(rig, devices)
         t += 2 * allreduce_time(tp, hidden_bytes(model, batch, seq_len), alpha, beta).time_s
     return t
