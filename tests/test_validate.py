@@ -124,7 +124,10 @@ def test_tiny_real_run_baseline_and_tp(tmp_path):
     assert (tmp_path / "v.json").is_file() and (tmp_path / "v.png").is_file()
     # the refit runs on these reports and keeps efficiencies in (0, 1]
     fitted = cal.fit_runs(tmp_path / "p.yaml", [tmp_path / "v.json"], tmp_path / "f.yaml")
-    assert 0 < fitted["memory"] <= 1 and fitted["overhead_s"] >= 0
+    assert fitted["memory"] > 0 and fitted["overhead_s"] >= 0
+    # written back as efficiencies in (0, 1] (a run faster than the microbenchmarks raises the peak)
+    refit = load_rig(tmp_path / "f.yaml").devices["n0.cpu0"]
+    assert 0 < refit.efficiency.memory <= 1 and 0 < refit.efficiency.compute["matmul"] <= 1
     # attention is a sliver of a 4-token prompt's time: the fit must leave it at its prior
     prior = load_rig(tmp_path / "p.yaml").devices["n0.cpu0"].efficiency.compute["attention"]
     assert fitted["attention"] == pytest.approx(prior)
@@ -239,3 +242,23 @@ def test_quick_calibration_then_validate_on_this_machine(tmp_path, capsys):
     doc = __import__("json").loads((tmp_path / "smoke.json").read_text())
     assert [r["world"] for r in doc["runs"]] == [1, 2]
     assert all(r["predicted"]["tpot_s"] > 0 and r["measured"]["tpot_s"] > 0 for r in doc["runs"])
+
+
+def test_fit_above_the_microbenchmarks_raises_the_peak(tmp_path):
+    """Runs that stream faster than the microbenchmarks did: the fitted profile's bandwidth goes up
+    by that factor and its efficiency stays 1; FLOP/s likewise, attention re-expressed against it."""
+    base = _profile(tmp_path)
+    fitted = {
+        "overhead_s": 4e-6,
+        "matmul": 1.1,
+        "attention": 0.55,
+        "memory": 1.2,
+        "collective_latency_s": 1e-3,
+    }
+    cal._write_fitted(base, fitted, ["r.json"], 8, tmp_path / "up.yaml")
+    before, after = (load_rig(p).devices["n0.cpu0"] for p in (base, tmp_path / "up.yaml"))
+    assert after.mem_bw == pytest.approx(1.2 * before.mem_bw, rel=1e-3) and after.efficiency.memory == 1.0
+    assert after.peak_flops["fp32"] == pytest.approx(1.1 * before.peak_flops["fp32"], rel=1e-3)
+    assert after.efficiency.compute["matmul"] == 1.0
+    assert after.efficiency.compute["attention"] == pytest.approx(0.5, rel=1e-3)
+    assert load_rig(tmp_path / "up.yaml").route("n0.cpu0", "n0.cpu1").latency_s == pytest.approx(1e-3)
