@@ -1,0 +1,51 @@
+"""Re-simulate the runs of validate reports on another profile and print measured vs predicted.
+
+    python -m validate.summary PROFILE.yaml REPORT.json [REPORT.json ...]
+
+Used to compare profiles on the same measurements (e.g. microbenchmarks only vs after ``--fit``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from hetsim.models.spec import ModelSpec
+from hetsim.workload import Workload
+from validate.report import error, predict_cpu
+
+
+def summarize(profile: str, reports: list[str]) -> list[dict]:
+    rows = []
+    for path in reports:
+        for run in json.loads(Path(path).read_text())["runs"]:
+            if "measured" not in run or "world" not in run:
+                continue
+            spec, w = ModelSpec(**run["model"]), run["workload"]
+            workload = Workload(w["batch"], w["prompt_len"], w["gen_len"])
+            pred = predict_cpu(profile, spec, workload, run["world"], run["plan"]["weight_dtype"])
+            m = run["measured"]
+            rows.append({"model": spec.name, "ranks": run["world"],
+                         "ttft_err": error(m["ttft_s"], pred["ttft_s"]),
+                         "tpot_err": error(m["tpot_s"], pred["tpot_s"]),
+                         "ttft_ms": (m["ttft_s"] * 1e3, pred["ttft_s"] * 1e3),
+                         "tpot_ms": (m["tpot_s"] * 1e3, pred["tpot_s"] * 1e3)})  # fmt: skip
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    for r in summarize(argv[0], argv[1:]):
+        print(
+            f"{r['model'][:22]:22s} x{r['ranks']}  TTFT {r['ttft_ms'][0]:8.2f} -> {r['ttft_ms'][1]:8.2f} "
+            f"{r['ttft_err']:+6.1%}   TPOT {r['tpot_ms'][0]:7.2f} -> {r['tpot_ms'][1]:7.2f} "
+            f"{r['tpot_err']:+6.1%}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
