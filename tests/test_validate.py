@@ -262,3 +262,38 @@ def test_fit_above_the_microbenchmarks_raises_the_peak(tmp_path):
     assert after.efficiency.compute["matmul"] == 1.0
     assert after.efficiency.compute["attention"] == pytest.approx(0.5, rel=1e-3)
     assert load_rig(tmp_path / "up.yaml").route("n0.cpu0", "n0.cpu1").latency_s == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("cpu_attention", [True, False])
+def test_flexgen_block_schedule_matches_the_plain_decoder(cpu_attention):
+    """The zig-zag block schedule (layer-major over GPU batches, KV cache on the host, CPU attention
+    or not) produces the plain decoder's tokens, batch by batch."""
+    from validate.offload import flexgen_decoder
+    from validate.runners import RunConfig, generate_timed
+    from validate.torch_model import TorchDecoder
+
+    torch.set_num_threads(1)
+    spec = dataclasses.replace(
+        get_model("llama2-7b"), layers=3, hidden=256, heads=4, kv_heads=4, intermediate=512
+    )
+    plan = {"gpu_batch_size": 2, "num_gpu_batches": 2, "wg": 34.0, "wc": 66.0, "cg": 0.0, "cc": 100.0,
+            "cpu_attention": cpu_attention}  # fmt: skip
+    cfg = RunConfig(
+        model=dataclasses.asdict(spec), batch=4, prompt_len=5, gen_len=4, repeats=1, warmup_steps=0
+    )
+    plain = generate_timed(TorchDecoder(spec), cfg)
+    run = flexgen_decoder(spec, plan, dtype=torch.float32, device="cpu")
+    assert run.gpu_layers == 1 and run.kv_on_host
+    assert generate_timed(run, cfg).tokens == plain.tokens
+    # every sequence of the block, not only the first: step both decoders side by side
+    ref = TorchDecoder(spec)
+    ids = torch.randint(0, spec.vocab, (4, 5), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref.reset(4, 9)
+        run.reset(4, 9)
+        a, b = ref.step(ids, 0), run.step(ids, 0)
+        for pos in range(5, 8):
+            assert torch.equal(a, b)
+            a, b = ref.step(a.view(-1, 1), pos), run.step(b.view(-1, 1), pos)
+    with pytest.raises(ValueError, match="disk"):
+        flexgen_decoder(spec, {**plan, "wc": 50.0}, dtype=torch.float32, device="cpu")

@@ -144,3 +144,114 @@ def hetegen_decoder(
     dec.layers = [norms_to_device(lw) for lw in dec.layers]
     alpha = {"prefill": dict(plan.get("alpha_prefill", {})), "decode": dict(plan.get("alpha_decode", {}))}
     return HeteGenRun(dec, dict(plan.get("resident", {})), alpha, device=device)
+
+
+class FlexGenRun:
+    """FlexGen's zig-zag block schedule for real: a block of ``num_gpu_batches`` GPU batches goes
+    through the model layer by layer (every GPU batch finishes layer j before any starts j + 1), so
+    each offloaded layer's weights are copied to the GPU once per block, the next layer's copy
+    overlapping this layer's compute on a side stream. The KV cache lives in pinned host memory
+    unless the plan keeps it all on the GPU; with ``cpu_attention`` decode attention runs on the
+    CPU over the host cache in fp32 (FlexGen's mha_gen), otherwise the cache is copied to the GPU.
+
+    Placement is by whole layers: the first ``round(wg % x layers)`` on the GPU, the rest on the host
+    (FlexGen splits each layer's tensors by the same percentages; the bytes per block are the same).
+    A disk tier is not run.
+    """
+
+    def __init__(self, decoder: TorchDecoder, plan: Mapping[str, Any], device: str = "cuda"):
+        if 100.0 - float(plan.get("wg", 0)) - float(plan.get("wc", 0)) > 1e-6:
+            raise ValueError("the disk tier of a FlexGen plan is not run by validate")
+        self.dec, self.dev = decoder, torch.device(device)
+        self.cuda = self.dev.type == "cuda"
+        self.gbs, self.nb = int(plan["gpu_batch_size"]), int(plan["num_gpu_batches"])
+        self.cpu_attention = bool(plan.get("cpu_attention", True))
+        self.kv_on_host = float(plan.get("cg", 0.0)) < 100.0
+        self.overlap = bool(plan.get("overlap", True))
+        n = len(decoder.layers)
+        self.gpu_layers = min(n, round(float(plan.get("wg", 0.0)) / 100.0 * n))
+        pin = bool(plan.get("pin_weight", True)) and self.cuda
+        moved = []
+        for i, lw in enumerate(decoder.layers):
+            if i < self.gpu_layers:
+                moved.append(_move(lw, lambda t: t.to(self.dev)))
+            else:
+                moved.append(_move(lw, lambda t: t.pin_memory() if pin else t))
+        decoder.layers = moved
+        self.copy_stream = torch.cuda.Stream() if self.cuda else None
+
+    def _fetch_async(self, i: int):
+        """Issue layer i's copy to the GPU; returns (weights, event to wait on)."""
+        lw = self.dec.layers[i]
+        if i < self.gpu_layers or not self.cuda:
+            return lw, None
+        assert self.copy_stream is not None
+        with torch.cuda.stream(self.copy_stream):
+            on_gpu = _move(lw, lambda t: t.to(self.dev, non_blocking=True))
+            done = torch.cuda.Event()
+            done.record(self.copy_stream)
+        return on_gpu, done
+
+    def _attend_cpu(self, i: int, q, k, v, rows: slice, start: int):
+        dec = self.dec
+        assert dec.k_cache is not None and dec.v_cache is not None
+        end = start + q.shape[2]
+        dec.k_cache[i, rows, :, start:end] = k.to("cpu", dec.k_cache.dtype)
+        dec.v_cache[i, rows, :, start:end] = v.to("cpu", dec.v_cache.dtype)
+        keys = dec.k_cache[i, rows, :, :end].float()
+        vals = dec.v_cache[i, rows, :, :end].float()
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.to("cpu", torch.float32), keys, vals, is_causal=q.shape[2] > 1 and start == 0,
+            enable_gqa=dec.kv_heads != dec.heads,
+        )  # fmt: skip
+        return out.to(q.device, q.dtype)
+
+    # the three methods generate_timed uses
+    def reset(self, batch: int, context: int) -> None:
+        if batch != self.gbs * self.nb:
+            raise ValueError(f"batch {batch} is not the plan's block ({self.gbs} x {self.nb})")
+        self.dec.reset(batch, context)
+        if self.kv_on_host:
+            assert self.dec.k_cache is not None and self.dec.v_cache is not None
+            host = (lambda t: t.cpu().pin_memory()) if self.cuda else (lambda t: t.cpu())
+            self.dec.k_cache, self.dec.v_cache = host(self.dec.k_cache), host(self.dec.v_cache)
+
+    def weight_bytes(self) -> int:
+        return self.dec.weight_bytes()
+
+    def step(self, ids, start, allreduce=None, gather=None, fetch=None, linear=None) -> torch.Tensor:
+        dec, g = self.dec, self.gbs
+        xs = [dec.embed_tokens(ids[k * g : (k + 1) * g], start) for k in range(self.nb)]
+        decode = ids.shape[1] == 1 and start > 0
+        attend = self._attend_cpu if self.kv_on_host and self.cpu_attention and decode else None
+        pending = self._fetch_async(0)
+        for i in range(len(dec.layers)):
+            lw, done = pending
+            if done is not None:
+                torch.cuda.current_stream().wait_event(done)
+            if i + 1 < len(dec.layers):  # the next layer's copy overlaps this layer's compute
+                pending = self._fetch_async(i + 1)
+                if not self.overlap and pending[1] is not None:
+                    torch.cuda.current_stream().wait_event(pending[1])
+            for k in range(self.nb):
+                rows = slice(k * g, (k + 1) * g)
+                xs[k] = dec.layer(i, lw, xs[k], g, start, rows=rows, attend=attend)
+        return torch.cat([dec.next_token(x, g) for x in xs])
+
+
+def _move(lw: LayerWeights, fn) -> LayerWeights:
+    return LayerWeights(**{k: (fn(v) if v is not None else None) for k, v in vars(lw).items()})
+
+
+def flexgen_decoder(
+    spec, plan: Mapping[str, Any], *, dtype: torch.dtype, device: str = "cuda", seed: int = 0
+) -> FlexGenRun:
+    """Weights on the host (then placed as ``plan`` says); embedding, head and activations on the
+    device; the KV cache where the plan keeps it."""
+    dec = TorchDecoder(spec, dtype=dtype, device=device, weight_device="cpu", seed=seed)
+    dev = torch.device(device)
+    for name in ("embed", "pos", "final_norm", "final_norm_b", "lm_head"):
+        t = getattr(dec, name)
+        if t is not None:
+            setattr(dec, name, t.to(dev))
+    return FlexGenRun(dec, plan, device=device)
