@@ -167,6 +167,9 @@ def test_hetegen_run_matches_the_plain_decoder(model):
     split = hetegen_decoder(spec, plan, dtype=torch.float32, device="cpu")
     assert len(split.splits) > 0 and len(split.resident) > 0
     assert generate_timed(split, cfg).tokens == plain.tokens
+    from validate.runners import run_hetegen
+
+    assert run_hetegen(dataclasses.replace(cfg, dtype="fp32"), plan, device="cpu").tokens == plain.tokens
 
 
 def test_cuda_microbenchmarks_become_a_gpu_of_the_profile(tmp_path):
@@ -297,3 +300,8 @@ def test_flexgen_block_schedule_matches_the_plain_decoder(cpu_attention):
             a, b = ref.step(a.view(-1, 1), pos), run.step(b.view(-1, 1), pos)
     with pytest.raises(ValueError, match="disk"):
         flexgen_decoder(spec, {**plan, "wc": 50.0}, dtype=torch.float32, device="cpu")
+    # the runner times the plan's block whatever batch it is given
+    from validate.runners import run_flexgen
+
+    timed = run_flexgen(dataclasses.replace(cfg, batch=1, dtype="fp32"), plan, device="cpu")
+    assert timed.tpot_s > 0 and len(timed.tokens) == cfg.gen_len

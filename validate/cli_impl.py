@@ -96,8 +96,6 @@ def _run_cuda(hw: str, strategy: str, plan_obj, spec, workload, base: dict[str, 
     """One CUDA run: the plan from --plan or hetsim's search on ``hw``, measured, then simulated."""
     from validate import report, runners
 
-    if strategy == "flexgen":
-        return {**base, "label": strategy, "skipped": "the FlexGen block schedule has no real runner yet"}
     if not runners.cuda_available():
         console.print(f"[yellow]{strategy}: CUDA is not available on this machine; skipped[/yellow]")
         return {**base, "label": strategy, "skipped": "no CUDA"}
@@ -117,13 +115,29 @@ def _run_cuda(hw: str, strategy: str, plan_obj, spec, workload, base: dict[str, 
         m = runners.run_accelerate(
             cfg, int(plan.get("gpu_layers", 0)), pinned=bool(plan.get("pinned", False))
         )
-    else:
-        if not plan:
-            return {**base, "label": strategy, "skipped": f"no HeteGen plan to run: {why}"}
+    elif not plan:
+        return {**base, "label": strategy, "skipped": f"no {strategy} plan to run: {why}"}
+    elif strategy == "hetegen":
         m = runners.run_hetegen(cfg, plan)
+    else:
+        m = runners.run_flexgen(cfg, plan)
+        if pred is not None and m.tpot_s > 0:  # the run's batch is the plan's block: predict that
+            block = int(plan["gpu_batch_size"]) * int(plan["num_gpu_batches"])
+            if block != workload.batch:
+                from hetsim.workload import Workload
+
+                blk = Workload(block, workload.prompt_len, workload.gen_len)
+                pred = report.predict_plan(hw, strategy, plan_obj or _plan_from(strategy, plan), spec, blk)
+                pred.pop("plan")
     run = {**base, "label": strategy, "plan": plan, "measured": m.to_dict()}
     if pred is not None:
         run["predicted"] = pred
     else:
         run["prediction"] = why
     return run
+
+
+def _plan_from(strategy: str, plan: dict[str, Any]):
+    from hetsim.strategies.base import get_strategy
+
+    return get_strategy(strategy).plan_from_dict(plan)

@@ -1,10 +1,11 @@
-"""Real runs of the offloading strategies on one GPU and its host: HeteGen's split linear layers.
+"""Real runs of the offloading strategies on one GPU and its host: HeteGen and FlexGen.
 
 ``HeteGenRun`` executes a ``HeteGenPlan`` as the paper describes it: modules of the first
 ``resident[kind]`` layers live on the GPU; every other linear module is split by output columns,
 the GPU share (``alpha``) copied asynchronously from pinned host memory on a side stream and
 multiplied on the GPU, while a CPU thread multiplies the rest with the host copy; the halves are
-joined on the GPU. ``device="cpu"`` runs the same code paths with the "GPU" on the host (no
+joined on the GPU. ``FlexGenRun`` runs FlexGen's zig-zag block schedule (see its docstring).
+``device="cpu"`` runs the same code paths with the "GPU" on the host (no
 streams, no copies), which is how the tests check the arithmetic on machines without CUDA.
 """
 

@@ -280,3 +280,18 @@ def run_hetegen(cfg: RunConfig, plan: dict[str, Any], *, device: str = "cuda") -
     run = hetegen_decoder(cfg.spec, plan, dtype=_torch_dtype(cfg.dtype), device=device, seed=cfg.seed)
     sync = torch.cuda.synchronize if device == "cuda" else None
     return generate_timed(run, cfg, sync=sync)
+
+
+def run_flexgen(cfg: RunConfig, plan: dict[str, Any], *, device: str = "cuda") -> Measured:
+    """A FlexGen plan (as a dict) for real with its block schedule (``validate.offload``); the batch
+    is the plan's block, ``gpu_batch_size x num_gpu_batches`` sequences."""
+    import torch
+
+    from validate.offload import flexgen_decoder
+
+    if device == "cuda" and not cuda_available():
+        raise RuntimeError("flexgen needs CUDA, and torch.cuda.is_available() is False")
+    run = flexgen_decoder(cfg.spec, plan, dtype=_torch_dtype(cfg.dtype), device=device, seed=cfg.seed)
+    block = int(plan["gpu_batch_size"]) * int(plan["num_gpu_batches"])
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    return generate_timed(run, dataclasses.replace(cfg, batch=block), sync=sync)
