@@ -81,8 +81,7 @@ def run_validate(
             runs.append({**base, "label": label, "world": world, "threads": threads, "rounds": rounds,
                          "plan": pred.pop("plan"), "measured": m.to_dict(), "predicted": pred})  # fmt: skip
     elif strategy in ("gpu-only", "accelerate", "hetegen", "flexgen"):
-        runs.append(_run_cuda(hw, strategy, plan_obj if plan is not None else None, spec, workload, base,
-                              repeats, console))  # fmt: skip
+        runs.append(_run_cuda(hw, strategy, plan_obj, spec, workload, base, repeats, console))
     else:
         raise InputError(f"unknown strategy {strategy!r}", field="--strategy")
     doc = {"environment": report.environment(), "profile": hw, "runs": runs}
@@ -121,23 +120,18 @@ def _run_cuda(hw: str, strategy: str, plan_obj, spec, workload, base: dict[str, 
         m = runners.run_hetegen(cfg, plan)
     else:
         m = runners.run_flexgen(cfg, plan)
-        if pred is not None and m.tpot_s > 0:  # the run's batch is the plan's block: predict that
-            block = int(plan["gpu_batch_size"]) * int(plan["num_gpu_batches"])
-            if block != workload.batch:
-                from hetsim.workload import Workload
+        block = int(plan["gpu_batch_size"]) * int(plan["num_gpu_batches"])
+        if block != workload.batch:  # the run's batch is the plan's block: predict that
+            from hetsim.strategies.base import get_strategy
+            from hetsim.workload import Workload
 
-                blk = Workload(block, workload.prompt_len, workload.gen_len)
-                pred = report.predict_plan(hw, strategy, plan_obj or _plan_from(strategy, plan), spec, blk)
-                pred.pop("plan")
+            plan_obj = get_strategy(strategy).plan_from_dict(plan)
+            blk = Workload(block, workload.prompt_len, workload.gen_len)
+            pred = report.predict_plan(hw, strategy, plan_obj, spec, blk)
+            pred.pop("plan")
     run = {**base, "label": strategy, "plan": plan, "measured": m.to_dict()}
     if pred is not None:
         run["predicted"] = pred
     else:
         run["prediction"] = why
     return run
-
-
-def _plan_from(strategy: str, plan: dict[str, Any]):
-    from hetsim.strategies.base import get_strategy
-
-    return get_strategy(strategy).plan_from_dict(plan)
