@@ -40,7 +40,8 @@ def run_validate(
     from hetsim.workload import Workload
     from validate import report, runners
 
-    console = Console()
+    # the table has ten columns: keep it readable when the output goes to a log, not a terminal
+    console = Console() if Console().is_terminal else Console(width=140)
     worlds = [int(x) for x in ranks.split(",") if x.strip()]
     plan_obj = None
     if plan is not None:
