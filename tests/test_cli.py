@@ -273,3 +273,14 @@ def test_plan_naming_what_does_not_exist(capsys, tmp_path: Path, field, value, n
     doc["params"][field] = value
     plan_file.write_text(json.dumps(doc))
     assert_input_error(*run(capsys, "simulate", "--plan", str(plan_file)), str(plan_file), "params", needle)
+
+
+def test_validate_bad_flags_are_one_line(capsys):
+    pytest.importorskip("torch")
+    prof = "validate/results/2core-run1/profile-fitted.yaml"
+    base = ("validate", "--hw", prof, "--model", "llama2-7b", "--layers", "1")
+    assert_input_error(*run(capsys, *base, "--rounds", "0"), "--rounds")
+    assert_input_error(*run(capsys, *base, "--dtype", "fp8"), "--dtype")
+    assert_input_error(*run(capsys, *base, "--layers", "99"), "--layers")
+    fit = ("calibrate", "--fit", "--profile", prof, "no-such-run.json")
+    assert_input_error(*run(capsys, *fit), "no-such-run")
