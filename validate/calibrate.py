@@ -155,8 +155,7 @@ def fit_half(lengths: list[float], rates: list[float]) -> tuple[float, float]:
     r = np.asarray(rates, dtype=float)
     if len(set(n.tolist())) < 2:
         return float(r.max()), 0.0
-    a = np.stack([np.ones_like(n), 1.0 / n], axis=1) * r[:, None]  # rows scaled: relative error
-    (inv_r, slope), *_ = np.linalg.lstsq(a, np.ones_like(r), rcond=None)
+    inv_r, slope = mb.relative_line(1.0 / n, 1.0 / r)
     if inv_r <= 0 or slope <= 0:
         return float(r.max()), 0.0
     return float(1.0 / inv_r), float(slope / inv_r)

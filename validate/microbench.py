@@ -193,13 +193,19 @@ def multiprocess(world: int = 2, threads: int = 1, *, quick: bool = False) -> di
         return json.loads(Path(out).read_text())
 
 
+def relative_line(x, y) -> tuple[float, float]:
+    """Least-squares ``y = c0 + c1 * x`` in relative residuals (each point weighted by 1/y), so that
+    both ends of a range spanning decades count alike."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    a = np.stack([np.ones_like(x), x], axis=1) / y[:, None]
+    (c0, c1), *_ = np.linalg.lstsq(a, np.ones_like(y), rcond=None)
+    return float(c0), float(c1)
+
+
 def fit_alpha_beta(points: list[dict[str, float]]) -> tuple[float, float]:
     """Least-squares t = alpha + bytes / beta over the measured all-reduce sizes."""
-    x = np.array([p["bytes"] for p in points], dtype=float)
-    t = np.array([p["seconds"] for p in points], dtype=float)
-    # Relative error matters at both ends of the size range: weight each point by 1/t.
-    a = np.stack([np.ones_like(x), x], axis=1) / t[:, None]
-    (alpha, inv_beta), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
+    alpha, inv_beta = relative_line([p["bytes"] for p in points], [p["seconds"] for p in points])
     alpha = max(float(alpha), 1e-7)
     inv_beta = max(float(inv_beta), 1e-15)
     return alpha, 1.0 / inv_beta
