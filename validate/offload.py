@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from validate.torch_model import LayerWeights, TorchDecoder
+from validate.torch_model import TorchDecoder
 
 # LayerWeights field of each linear module kind (weight, bias)
 MODULE_FIELDS = {
@@ -129,20 +129,9 @@ def hetegen_decoder(
     """Weights on the host; embedding, norms and KV cache on ``device``; linears as ``plan`` says
     (a ``HeteGenPlan`` as a dict: resident, alpha_prefill, alpha_decode)."""
     dec = TorchDecoder(spec, dtype=dtype, device=device, weight_device="cpu", seed=seed)
-    dev = torch.device(device)
-    dec.embed = dec.embed.to(dev)
-    if dec.pos is not None:
-        dec.pos = dec.pos.to(dev)
-    dec.final_norm = dec.final_norm.to(dev)
-    if dec.final_norm_b is not None:
-        dec.final_norm_b = dec.final_norm_b.to(dev)
-
-    def norms_to_device(lw: LayerWeights) -> LayerWeights:
-        moved = {f: getattr(lw, f).to(dev) for f in ("norm1", "norm2", "bo", "b2", "norm1_b", "norm2_b")
-                 if getattr(lw, f) is not None}  # fmt: skip
-        return dataclasses.replace(lw, **moved)
-
-    dec.layers = [norms_to_device(lw) for lw in dec.layers]
+    dec.shared_to(device, lm_head=False)  # the LM head is placed like the other linears
+    norms = ("norm1", "norm2", "bo", "b2", "norm1_b", "norm2_b")
+    dec.layers = [lw.map(lambda t: t.to(device), only=norms) for lw in dec.layers]
     alpha = {"prefill": dict(plan.get("alpha_prefill", {})), "decode": dict(plan.get("alpha_decode", {}))}
     return HeteGenRun(dec, dict(plan.get("resident", {})), alpha, device=device)
 
@@ -175,9 +164,9 @@ class FlexGenRun:
         moved = []
         for i, lw in enumerate(decoder.layers):
             if i < self.gpu_layers:
-                moved.append(_move(lw, lambda t: t.to(self.dev)))
+                moved.append(lw.map(lambda t: t.to(self.dev)))
             else:
-                moved.append(_move(lw, lambda t: t.pin_memory() if pin else t))
+                moved.append(lw.map(lambda t: t.pin_memory() if pin else t))
         decoder.layers = moved
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
 
@@ -188,7 +177,7 @@ class FlexGenRun:
             return lw, None
         assert self.copy_stream is not None
         with torch.cuda.stream(self.copy_stream):
-            on_gpu = _move(lw, lambda t: t.to(self.dev, non_blocking=True))
+            on_gpu = lw.map(lambda t: t.to(self.dev, non_blocking=True))
             done = torch.cuda.Event()
             done.record(self.copy_stream)
         return on_gpu, done
@@ -240,19 +229,11 @@ class FlexGenRun:
         return torch.cat([dec.next_token(x, g) for x in xs])
 
 
-def _move(lw: LayerWeights, fn) -> LayerWeights:
-    return LayerWeights(**{k: (fn(v) if v is not None else None) for k, v in vars(lw).items()})
-
-
 def flexgen_decoder(
     spec, plan: Mapping[str, Any], *, dtype: torch.dtype, device: str = "cuda", seed: int = 0
 ) -> FlexGenRun:
     """Weights on the host (then placed as ``plan`` says); embedding, head and activations on the
     device; the KV cache where the plan keeps it."""
     dec = TorchDecoder(spec, dtype=dtype, device=device, weight_device="cpu", seed=seed)
-    dev = torch.device(device)
-    for name in ("embed", "pos", "final_norm", "final_norm_b", "lm_head"):
-        t = getattr(dec, name)
-        if t is not None:
-            setattr(dec, name, t.to(dev))
+    dec.shared_to(device)
     return FlexGenRun(dec, plan, device=device)

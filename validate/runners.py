@@ -239,29 +239,20 @@ def run_accelerate(cfg: RunConfig, gpu_layers: int, *, pinned: bool = False) -> 
     dec = TorchDecoder(
         cfg.spec, dtype=_torch_dtype(cfg.dtype), device="cuda", weight_device="cpu", seed=cfg.seed
     )
-    dec.embed = dec.embed.cuda()
-    dec.lm_head = dec.lm_head.cuda()
-    dec.final_norm = dec.final_norm.cuda()
-    if dec.final_norm_b is not None:
-        dec.final_norm_b = dec.final_norm_b.cuda()
-    if dec.pos is not None:
-        dec.pos = dec.pos.cuda()
-
-    def move(lw: LayerWeights, fn) -> LayerWeights:
-        return LayerWeights(**{k: (fn(v) if v is not None else None) for k, v in vars(lw).items()})
+    dec.shared_to("cuda")
 
     for i in range(len(dec.layers)):
         if i < gpu_layers:
-            dec.layers[i] = move(dec.layers[i], lambda t: t.cuda())
+            dec.layers[i] = dec.layers[i].map(lambda t: t.cuda())
         elif pinned:
-            dec.layers[i] = move(dec.layers[i], lambda t: t.pin_memory())
+            dec.layers[i] = dec.layers[i].map(lambda t: t.pin_memory())
 
     def fetch(i: int) -> LayerWeights:
         lw = dec.layers[i]
         if i < gpu_layers:
             return lw
         # Synchronous, as accelerate's AlignDevicesHook does: the copy finishes before the layer runs.
-        moved = move(lw, lambda t: t.to("cuda", non_blocking=pinned))
+        moved = lw.map(lambda t: t.to("cuda", non_blocking=pinned))
         torch.cuda.synchronize()
         return moved
 

@@ -55,6 +55,12 @@ class LayerWeights:
     w2: torch.Tensor  # down / fc2
     b2: torch.Tensor | None
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor], only: tuple[str, ...] = ()) -> LayerWeights:
+        """A copy with ``fn`` applied to every tensor (or to the fields named in ``only``)."""
+        return LayerWeights(**{
+            k: fn(v) if v is not None and (not only or k in only) else v for k, v in vars(self).items()
+        })  # fmt: skip
+
 
 class TorchDecoder:
     """One rank's share of the model plus its KV cache; ``step`` runs one forward step."""
@@ -134,6 +140,15 @@ class TorchDecoder:
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ---- helpers ------------------------------------------------------------------------------
+    def shared_to(self, device: str | torch.device, *, lm_head: bool = True) -> None:
+        """Move the tensors outside the layers (embedding, positions, final norm, LM head) to
+        ``device``: what offloading runners keep on the GPU while layers live on the host."""
+        names = ("embed", "pos", "final_norm", "final_norm_b") + (("lm_head",) if lm_head else ())
+        for name in names:
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device))
+
     def weight_bytes(self) -> int:
         n = 0
         for lw in self.layers:
