@@ -33,9 +33,14 @@ from hetsim.hardware.catalog import (
 )
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.schema import (
+    CpuRef,
     CpuSpec,
+    DiskRef,
     DiskSpec,
+    Dtype,
     EfficiencySpec,
+    Flops,
+    GpuRef,
     GpuSpec,
     LinkRef,
     LinkSpec,
@@ -88,6 +93,74 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def _prov(q: Sourced, note: str = "") -> Provenance:
     return Provenance(q.source + note, q.grade_enum)
+
+
+def _si_or_zero(q: Sourced | None) -> float:
+    """Optional quantities (prices, shared bandwidth, straggling) count as 0 when the rig omits them."""
+    return q.si if q else 0.0
+
+
+def _peak_prov(peak_flops: Mapping[Dtype, Flops]) -> dict[str, Provenance]:
+    """Provenance of each dtype's peak FLOP/s, keyed ``peak_flops.<dtype>``."""
+    return {f"peak_flops.{k}": _prov(v) for k, v in peak_flops.items()}
+
+
+def _add_price_prov(prov: dict[str, Provenance], price: Sourced | None) -> None:
+    """Record where a price came from, only when there is one (an absent price is no claim)."""
+    if price:
+        prov["price_per_hour"] = _prov(price)
+
+
+def _disk(name: str, node: str, spec: DiskSpec) -> Disk:
+    """A disk instance from its (possibly overridden) catalogue spec."""
+    prov = {
+        "capacity_bytes": _prov(spec.capacity),
+        "read_bw": _prov(spec.read_bandwidth),
+        "write_bw": _prov(spec.write_bandwidth),
+    }
+    _add_price_prov(prov, spec.price_per_hour)
+    return Disk(
+        name=name,
+        model=spec.name,
+        node=node,
+        capacity_bytes=spec.capacity.si,
+        read_bw=spec.read_bandwidth.si,
+        write_bw=spec.write_bandwidth.si,
+        price_per_hour=_si_or_zero(spec.price_per_hour),
+        provenance=prov,
+    )
+
+
+def _nvme_link(name: str, disk: str, cpu: str, spec: DiskSpec) -> Link:
+    """Disk to socket. Not a catalogue link: its rate is the disk's faster direction, its latency the
+    disk's, so the disk spec alone bounds I/O."""
+    fast = max(spec.read_bandwidth, spec.write_bandwidth, key=lambda q: q.si)
+    return Link(
+        name=name,
+        kind="nvme",
+        a=disk,
+        b=cpu,
+        bw=fast.si,
+        latency_s=spec.latency.si,
+        pageable_bw=fast.si,
+        provenance={"bw": _prov(fast), "latency_s": _prov(spec.latency)},
+    )
+
+
+def _node_record(node: str, ns: NodeSpec, cpus: list[str], gpus: list[str], disks: list[str]) -> Node:
+    """The node itself: names of what was built in it plus its node-level figures."""
+    return Node(
+        name=node,
+        region=ns.region,
+        host_mem_bytes=ns.host_memory.si,
+        cpus=tuple(cpus),
+        gpus=tuple(gpus),
+        disks=tuple(disks),
+        price_per_hour=_si_or_zero(ns.price_per_hour),
+        cpu_sharing=ns.cpu_sharing,
+        shared_dram_bw=_si_or_zero(ns.shared_memory_bandwidth),
+        straggler_fraction=_si_or_zero(ns.straggler_fraction),
+    )
 
 
 class _Builder:
@@ -193,145 +266,164 @@ class _Builder:
         )
 
     def node(self, node: str, ns: NodeSpec, field: str) -> None:
-        n_cpu = len(ns.cpus)
-        share = ns.host_memory.si / n_cpu
-        cpus, gpus, disks = [], [], []
-        for j, ref in enumerate(ns.cpus):
-            f = f"{field}.cpus[{j}]"
-            spec: CpuSpec = self.entry("cpus", ref.model, dict(ref.model_extra or {}), f, CpuSpec)
-            eff, eprov = self.efficiency("cpu", spec.efficiency)
-            name = f"{node}.cpu{j}"
-            split = f" (node host memory split over {n_cpu} sockets)" if n_cpu > 1 else ""
-            prov = {
-                "mem_bytes": _prov(ns.host_memory, split),
-                "mem_bw": _prov(spec.memory_bandwidth),
-                "cores": _prov(spec.cores),
-                **{f"peak_flops.{k}": _prov(v) for k, v in spec.peak_flops.items()},
-                **eprov,
-            }
-            if spec.price_per_hour:
-                prov["price_per_hour"] = _prov(spec.price_per_hour)
-            self.devices[name] = ComputeDevice(
-                name=name,
-                model=spec.name,
-                kind="cpu",
-                node=node,
-                mem_bytes=share,
-                mem_bw=spec.memory_bandwidth.si,
-                peak_flops={k: v.si for k, v in spec.peak_flops.items()},
-                efficiency=eff,
-                price_per_hour=spec.price_per_hour.si if spec.price_per_hour else 0.0,
-                cores=int(spec.cores.si),
-                provenance=prov,
-            )
-            cpus.append(name)
-            if j == 0:
-                first_cpu = spec
-        if n_cpu > 1:
-            upi = ns.upi or self.default_upi(first_cpu)
-            uspec = self.link_entry(upi, f"{field}.upi")
-            for a, b in itertools.combinations(range(n_cpu), 2):
-                self.add_link(f"{node}.upi.cpu{a}-cpu{b}", uspec, cpus[a], cpus[b], upi.count)
+        """One machine, in dependency order: sockets first (GPUs, disks and the NIC attach to them by
+        index), then GPUs (NVLink pairs index them). The order also fixes which bad field is reported."""
+        cpus, socket0 = self.cpu_sockets(node, ns, field)
+        self.upi_links(node, ns, field, cpus, socket0)
+        gpus = self.gpus(node, ns, field, cpus)
+        self.nvlinks(node, ns, field, gpus)
+        disks = self.node_disks(node, ns, field, cpus)
+        self.nic(node, ns, field, cpus)
+        self.nodes[node] = _node_record(node, ns, cpus, gpus, disks)
 
+    def instance(
+        self, section: str, ref: CpuRef | GpuRef | DiskRef, field: str, model: type[BaseModel]
+    ) -> Any:
+        """A ref's catalogue entry with the ref's extra keys applied as per-instance overrides."""
+        return self.entry(section, ref.model, dict(ref.model_extra or {}), field, model)
+
+    def socket_cpu(self, socket: int, cpus: list[str], field: str) -> str:
+        """The CPU device a GPU or disk hangs off; a socket past the node's sockets is an input error."""
+        if socket >= len(cpus):
+            raise self.fail(f"socket {socket} does not exist (node has {len(cpus)})", field)
+        return cpus[socket]
+
+    # ---- CPU sockets -----------------------------------------------------------------------------
+    def cpu_sockets(self, node: str, ns: NodeSpec, field: str) -> tuple[list[str], CpuSpec]:
+        """Every CPU entry becomes a device ``<node>.cpu<j>``. Also returns socket 0's resolved spec,
+        whose UPI generation is the default link between sockets."""
+        names: list[str] = []
+        specs: list[CpuSpec] = []
+        for j, ref in enumerate(ns.cpus):
+            spec: CpuSpec = self.instance("cpus", ref, f"{field}.cpus[{j}]", CpuSpec)
+            name = f"{node}.cpu{j}"
+            self.devices[name] = self.cpu_device(name, node, spec, ns)
+            names.append(name)
+            specs.append(spec)
+        return names, specs[0]
+
+    def cpu_device(self, name: str, node: str, spec: CpuSpec, ns: NodeSpec) -> ComputeDevice:
+        """A socket gets an equal share of the node's host memory (the rig gives only the node total)."""
+        n_cpu = len(ns.cpus)
+        eff, eprov = self.efficiency("cpu", spec.efficiency)
+        split = f" (node host memory split over {n_cpu} sockets)" if n_cpu > 1 else ""
+        prov = {
+            "mem_bytes": _prov(ns.host_memory, split),
+            "mem_bw": _prov(spec.memory_bandwidth),
+            "cores": _prov(spec.cores),
+            **_peak_prov(spec.peak_flops),
+            **eprov,
+        }
+        _add_price_prov(prov, spec.price_per_hour)
+        return ComputeDevice(
+            name=name,
+            model=spec.name,
+            kind="cpu",
+            node=node,
+            mem_bytes=ns.host_memory.si / n_cpu,
+            mem_bw=spec.memory_bandwidth.si,
+            peak_flops={k: v.si for k, v in spec.peak_flops.items()},
+            efficiency=eff,
+            price_per_hour=_si_or_zero(spec.price_per_hour),
+            cores=int(spec.cores.si),
+            provenance=prov,
+        )
+
+    def upi_links(self, node: str, ns: NodeSpec, field: str, cpus: list[str], socket0: CpuSpec) -> None:
+        """A direct link between every pair of sockets (the rig's ``upi``, else socket 0's own UPI)."""
+        if len(cpus) < 2:
+            return
+        upi = ns.upi or self.default_upi(socket0)
+        uspec = self.link_entry(upi, f"{field}.upi")
+        for a, b in itertools.combinations(range(len(cpus)), 2):
+            self.add_link(f"{node}.upi.cpu{a}-cpu{b}", uspec, cpus[a], cpus[b], upi.count)
+
+    # ---- GPUs ------------------------------------------------------------------------------------
+    def gpus(self, node: str, ns: NodeSpec, field: str, cpus: list[str]) -> list[str]:
+        """GPU refs expand by ``count`` into ``<node>.gpu<j>``, numbered across refs; errors name the ref
+        (``gpus[k]``). Each GPU is finished (device, socket, host link) before the next one is read."""
         refs = [(k, ref) for k, ref in enumerate(ns.gpus) for _ in range(ref.count)]
+        names: list[str] = []
         for j, (k, ref) in enumerate(refs):
             f = f"{field}.gpus[{k}]"
-            gspec: GpuSpec = self.entry("gpus", ref.model, dict(ref.model_extra or {}), f, GpuSpec)
-            eff, eprov = self.efficiency("gpu", gspec.efficiency)
+            spec: GpuSpec = self.instance("gpus", ref, f, GpuSpec)
             name = f"{node}.gpu{j}"
-            prov = {
-                "mem_bytes": _prov(gspec.memory),
-                "mem_bw": _prov(gspec.memory_bandwidth),
-                **{f"peak_flops.{k}": _prov(v) for k, v in gspec.peak_flops.items()},
-                **eprov,
-            }
-            if gspec.price_per_hour:
-                prov["price_per_hour"] = _prov(gspec.price_per_hour)
-            self.devices[name] = ComputeDevice(
-                name=name,
-                model=gspec.name,
-                kind="gpu",
-                node=node,
-                mem_bytes=gspec.memory.si,
-                mem_bw=gspec.memory_bandwidth.si,
-                peak_flops={k: v.si for k, v in gspec.peak_flops.items()},
-                efficiency=eff,
-                price_per_hour=gspec.price_per_hour.si if gspec.price_per_hour else 0.0,
-                provenance=prov,
-            )
-            gpus.append(name)
-            socket = ref.socket if ref.socket is not None else j * n_cpu // len(refs)
-            if socket >= n_cpu:
-                raise self.fail(f"socket {socket} does not exist (node has {n_cpu})", f"{f}.socket")
-            host = ref.host_link or LinkRef(link=ref.link or gspec.host_interface)
-            lspec = self.link_entry(host, f"{f}.host_link" if ref.host_link else f"{f}.link")
-            self.add_link(f"{node}.{lspec.kind}.gpu{j}", lspec, name, cpus[socket])
+            self.devices[name] = self.gpu_device(name, node, spec)
+            names.append(name)
+            # without an explicit socket, GPUs are spread over the sockets in order
+            socket = ref.socket if ref.socket is not None else j * len(cpus) // len(refs)
+            cpu = self.socket_cpu(socket, cpus, f"{f}.socket")
+            self.gpu_host_link(node, j, ref, spec, f, cpu)
+        return names
 
-        if ns.nvlink is not None:
-            nv = ns.nvlink
-            nspec = self.link_entry(nv, f"{field}.nvlink")
-            if nv.switch:
-                for j, g in enumerate(gpus):
-                    self.add_link(f"{node}.nvlink.gpu{j}", nspec, g, f"{node}.nvswitch", nv.count)
-            for k, (a, b) in enumerate(nv.pairs):
-                if not (0 <= a < len(gpus) and 0 <= b < len(gpus)) or a == b:
-                    raise self.fail(f"bad GPU pair ({a}, {b})", f"{field}.nvlink.pairs[{k}]")
-                self.add_link(f"{node}.nvlink.gpu{a}-gpu{b}", nspec, gpus[a], gpus[b], nv.count)
+    def gpu_device(self, name: str, node: str, spec: GpuSpec) -> ComputeDevice:
+        """A GPU device straight from its (possibly overridden) catalogue spec."""
+        eff, eprov = self.efficiency("gpu", spec.efficiency)
+        prov = {
+            "mem_bytes": _prov(spec.memory),
+            "mem_bw": _prov(spec.memory_bandwidth),
+            **_peak_prov(spec.peak_flops),
+            **eprov,
+        }
+        _add_price_prov(prov, spec.price_per_hour)
+        return ComputeDevice(
+            name=name,
+            model=spec.name,
+            kind="gpu",
+            node=node,
+            mem_bytes=spec.memory.si,
+            mem_bw=spec.memory_bandwidth.si,
+            peak_flops={k: v.si for k, v in spec.peak_flops.items()},
+            efficiency=eff,
+            price_per_hour=_si_or_zero(spec.price_per_hour),
+            provenance=prov,
+        )
 
+    def gpu_host_link(self, node: str, j: int, ref: GpuRef, spec: GpuSpec, field: str, cpu: str) -> None:
+        """GPU ``j`` to its socket: the ref's ``host_link`` (with overrides), else its ``link``, else the
+        card's own host interface. The link is named by its kind (``<node>.pcie.gpu<j>``)."""
+        host = ref.host_link or LinkRef(link=ref.link or spec.host_interface)
+        lspec = self.link_entry(host, f"{field}.host_link" if ref.host_link else f"{field}.link")
+        self.add_link(f"{node}.{lspec.kind}.gpu{j}", lspec, f"{node}.gpu{j}", cpu)
+
+    def nvlinks(self, node: str, ns: NodeSpec, field: str, gpus: list[str]) -> None:
+        """NVLink: every GPU to the node's NVSwitch (``switch``) and/or bridges between GPU ``pairs``."""
+        nv = ns.nvlink
+        if nv is None:
+            return
+        nspec = self.link_entry(nv, f"{field}.nvlink")
+        if nv.switch:
+            for j, g in enumerate(gpus):
+                self.add_link(f"{node}.nvlink.gpu{j}", nspec, g, f"{node}.nvswitch", nv.count)
+        for k, (a, b) in enumerate(nv.pairs):
+            if not (0 <= a < len(gpus) and 0 <= b < len(gpus)) or a == b:
+                raise self.fail(f"bad GPU pair ({a}, {b})", f"{field}.nvlink.pairs[{k}]")
+            self.add_link(f"{node}.nvlink.gpu{a}-gpu{b}", nspec, gpus[a], gpus[b], nv.count)
+
+    # ---- disks and the NIC -----------------------------------------------------------------------
+    def node_disks(self, node: str, ns: NodeSpec, field: str, cpus: list[str]) -> list[str]:
+        """Disks ``<node>.disk<j>``, each with an NVMe link to its socket."""
+        names: list[str] = []
         for j, ref in enumerate(ns.disks):
             f = f"{field}.disks[{j}]"
-            dspec: DiskSpec = self.entry("disks", ref.model, dict(ref.model_extra or {}), f, DiskSpec)
-            if ref.socket >= n_cpu:
-                raise self.fail(f"socket {ref.socket} does not exist (node has {n_cpu})", f"{f}.socket")
+            spec: DiskSpec = self.instance("disks", ref, f, DiskSpec)
+            cpu = self.socket_cpu(ref.socket, cpus, f"{f}.socket")
             name = f"{node}.disk{j}"
-            prov = {
-                "capacity_bytes": _prov(dspec.capacity),
-                "read_bw": _prov(dspec.read_bandwidth),
-                "write_bw": _prov(dspec.write_bandwidth),
-            }
-            if dspec.price_per_hour:
-                prov["price_per_hour"] = _prov(dspec.price_per_hour)
-            self.disks[name] = Disk(
-                name=name,
-                model=dspec.name,
-                node=node,
-                capacity_bytes=dspec.capacity.si,
-                read_bw=dspec.read_bandwidth.si,
-                write_bw=dspec.write_bandwidth.si,
-                price_per_hour=dspec.price_per_hour.si if dspec.price_per_hour else 0.0,
-                provenance=prov,
-            )
-            disks.append(name)
-            fast = max(dspec.read_bandwidth, dspec.write_bandwidth, key=lambda q: q.si)
-            self.links[f"{node}.nvme.disk{j}"] = Link(
-                name=f"{node}.nvme.disk{j}",
-                kind="nvme",
-                a=name,
-                b=cpus[ref.socket],
-                bw=fast.si,
-                latency_s=dspec.latency.si,
-                pageable_bw=fast.si,
-                provenance={"bw": _prov(fast), "latency_s": _prov(dspec.latency)},
-            )
+            self.disks[name] = _disk(name, node, spec)
+            names.append(name)
+            link = _nvme_link(f"{node}.nvme.disk{j}", name, cpu, spec)
+            self.links[link.name] = link
+        return names
 
-        if ns.nic is not None:
-            if ns.nic.socket >= n_cpu:
-                raise self.fail(f"socket {ns.nic.socket} does not exist", f"{field}.nic.socket")
-            lspec = self.link_entry(ns.nic, f"{field}.nic")
-            self.add_link(f"{node}.nic", lspec, cpus[ns.nic.socket], f"net.{ns.region}", ns.nic.count)
-
-        self.nodes[node] = Node(
-            name=node,
-            region=ns.region,
-            host_mem_bytes=ns.host_memory.si,
-            cpus=tuple(cpus),
-            gpus=tuple(gpus),
-            disks=tuple(disks),
-            price_per_hour=ns.price_per_hour.si if ns.price_per_hour else 0.0,
-            cpu_sharing=ns.cpu_sharing,
-            shared_dram_bw=ns.shared_memory_bandwidth.si if ns.shared_memory_bandwidth else 0.0,
-            straggler_fraction=ns.straggler_fraction.si if ns.straggler_fraction else 0.0,
-        )
+    def nic(self, node: str, ns: NodeSpec, field: str, cpus: list[str]) -> None:
+        """The node's uplink: from one socket to its region's network switch ``net.<region>``."""
+        nic = ns.nic
+        if nic is None:
+            return
+        if nic.socket >= len(cpus):
+            raise self.fail(f"socket {nic.socket} does not exist", f"{field}.nic.socket")
+        lspec = self.link_entry(nic, f"{field}.nic")
+        self.add_link(f"{node}.nic", lspec, cpus[nic.socket], f"net.{ns.region}", nic.count)
 
     def network(self, regions: list[str]) -> None:
         net = self.spec.network
