@@ -19,9 +19,10 @@ from hetsim.planner.hexgen_cpsat import (
     candidates,
     enumerate_shapes,
     machine_classes,
+    reference_plan,
     search_serving,
 )
-from hetsim.serving.sim import Reference, deadlines_for, reference_plan
+from hetsim.serving.serve import Reference, deadlines_for
 from hetsim.serving.workload import poisson_requests
 
 

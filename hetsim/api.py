@@ -9,8 +9,9 @@ Everything returns ``Result`` objects (or a pandas DataFrame of them); nothing p
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from hetsim import planner
+from hetsim.costs.pricing import usd_per_mtok
 from hetsim.errors import InputError
 from hetsim.hardware.loader import load_rig
 from hetsim.hardware.rig import Rig
@@ -84,18 +87,29 @@ def check_objective(objective: str) -> Objective:
     return objective  # type: ignore[return-value]
 
 
-def best_result(strategy: Strategy, p: Problem, objective: Objective, *, search: bool = True) -> Result:
+def best_result(
+    strategy: Strategy,
+    p: Problem,
+    objective: Objective,
+    *,
+    search: bool = True,
+    adjust: Callable[[Any], Any] | None = None,
+) -> Result:
+    """``strategy``'s searched (or, with ``search=False``, default) plan simulated in full.
+
+    ``adjust`` edits the chosen plan before it runs (a sweep's plan knobs)."""
     reason = strategy.applicable(p.rig, p.model, p.workload)
     if reason:
         return Result.infeasible(strategy.name, f"not applicable: {reason}")
+    fix = adjust or (lambda plan: plan)
     if search:
-        plan = strategy.search(p.rig, p.model, p.workload, objective)
+        plan = fix(planner.search(strategy, p.rig, p.model, p.workload, objective))
     else:
-        plan = strategy.default_plan(p.rig, p.model, p.workload)
+        plan = fix(strategy.default_plan(p.rig, p.model, p.workload))
     if plan is None:
         # Say why: the plan a user would write by hand, and where it breaks.
         fallback = simulate(
-            strategy, strategy.default_plan(p.rig, p.model, p.workload), p.rig, p.model, p.workload
+            strategy, fix(strategy.default_plan(p.rig, p.model, p.workload)), p.rig, p.model, p.workload
         )
         why = f": e.g. the default plan: {fallback.reason}" if not fallback.feasible else ""
         return Result.infeasible(strategy.name, f"no feasible plan found by the search{why}", fallback.plan)
@@ -236,3 +250,141 @@ def check_plan_names(strategy: Strategy, plan: Any, p: Problem, source: str) -> 
         raise InputError(f"unknown name {exc.args[0]!r}", source=source, field="params") from None
     except OutOfMemory:
         pass  # a well-formed plan that does not fit: simulating it reports that as a result
+
+
+# ---- online serving -----------------------------------------------------------------------------
+def serve(
+    model: str,
+    hw: str,
+    *,
+    rate: float | None = None,
+    duration: float | None = None,
+    num_requests: int | None = None,
+    trace: str | Path | None = None,
+    slo: float | None = None,
+    slo_scale: float | None = None,
+    slo_ref: str = "hexgen-homogeneous",
+    target: float = 0.99,
+    find_max_rate: bool = False,
+    max_batch: int = 8,
+    symmetric: bool = False,
+    dispatch: str = "least-latency",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A request stream (Poisson at ``rate``, or a CSV ``trace``) served on the rig under the HexGen
+    plan with the best SLO attainment; the JSON document of ``hetsim serve``. ``feasible`` is False
+    (with a ``reason``) when no plan fits. Flags are checked here and named in errors."""
+    from hetsim.planner.hexgen_cpsat import reference_plan, search_serving
+    from hetsim.serving.serve import Reference, attainment_at, deadlines_for, max_rate
+
+    _check_serve_flags(dispatch, max_batch, target, slo, slo_scale, duration, num_requests)
+    spec, rig = get_model(model), load_rig(hw)
+    reqs = _serve_requests(rate, duration, num_requests, trace, seed)
+    reference = None
+    if slo_scale is not None:
+        ref_rig = load_rig(slo_ref)
+        reference = Reference.build(ref_rig, spec, reference_plan(ref_rig, spec, max_batch))
+    deadlines = (
+        deadlines_for(reqs, slo_s=slo, slo_scale=slo_scale, reference=reference)
+        if slo is not None or slo_scale is not None
+        else None
+    )
+    if find_max_rate and deadlines is None:
+        raise InputError("--max-rate needs --slo or --slo-scale", field="--max-rate")
+    found = search_serving(
+        rig, spec, reqs, deadlines, symmetric=symmetric, max_batch=max_batch, dispatch=dispatch
+    )
+    if found is None:
+        return {"feasible": False, "reason": f"no feasible plan for {spec.name} on {rig.name}"}
+    plan, result = found
+    doc: dict[str, Any] = {
+        "model": model,
+        "hardware": hw,
+        "requests": len(reqs),
+        "rate": rate,
+        "seed": seed,
+        "slo_s": slo,
+        "slo_scale": slo_scale,
+        "slo_ref": slo_ref if slo_scale is not None else None,
+        "plan": {
+            "replicas": [
+                [{"gpus": list(s.devices), "tp": len(s.devices), "layers": s.layers} for s in r.stages]
+                for r in plan.replicas
+            ],
+            "max_batch": plan.max_batch,
+            "symmetric": symmetric,
+        },
+        **result.summary(deadlines),
+    }
+    # the plan may leave GPUs idle; what renting the whole rig costs per generated token
+    tokens = result.generated_tokens
+    doc["rig_price_usd_per_hour"] = rig.price_per_hour
+    doc["rig_cost_usd_per_mtok"] = (
+        usd_per_mtok(rig.price_per_hour, result.makespan_s, tokens) if tokens and result.makespan_s else None
+    )
+    if find_max_rate:
+        doc["target_attainment"] = target
+        doc["max_rate"] = max_rate(
+            lambda r: attainment_at(
+                plan,
+                rig,
+                spec,
+                r,
+                n=len(reqs),
+                seed=seed,
+                slo_s=slo,
+                slo_scale=slo_scale,
+                reference=reference,
+                dispatch=dispatch,
+            ),
+            target,
+            lo=0.05,
+            hi=max(0.1, rate or 1.0),
+            iterations=8,
+        )
+    return doc
+
+
+def _check_serve_flags(
+    dispatch: str,
+    max_batch: int,
+    target: float,
+    slo: float | None,
+    slo_scale: float | None,
+    duration: float | None,
+    num_requests: int | None,
+) -> None:
+    from hetsim.serving.dispatcher import POLICIES
+
+    if dispatch not in POLICIES:
+        raise InputError(f"unknown policy {dispatch!r} (use {', '.join(POLICIES)})", field="--dispatch")
+    if max_batch < 1:
+        raise InputError(f"must be a positive integer, got {max_batch}", field="--max-batch")
+    if not 0 < target <= 1:
+        raise InputError(f"must be in (0, 1], got {target}", field="--target")
+    if slo is not None and slo_scale is not None:
+        raise InputError("give --slo or --slo-scale, not both", field="--slo")
+    for name, v in (("--slo", slo), ("--slo-scale", slo_scale), ("--duration", duration)):
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise InputError(f"must be a positive number, got {v}", field=name)
+    if num_requests is not None and num_requests < 1:
+        raise InputError(f"must be a positive integer, got {num_requests}", field="--num-requests")
+
+
+def _serve_requests(
+    rate: float | None, duration: float | None, num_requests: int | None, trace: str | Path | None, seed: int
+) -> list[Any]:
+    from hetsim.serving.workload import poisson_requests, read_trace
+
+    if trace is not None:
+        if rate is not None:
+            raise InputError("give --rate or --requests, not both", field="--rate")
+        return read_trace(trace)
+    if rate is None:
+        raise InputError("give --rate (with --duration or --num-requests) or --requests", field="--rate")
+    if duration is None and num_requests is None:
+        num_requests = 200
+    reqs = poisson_requests(rate, n=num_requests, duration_s=duration, seed=seed)
+    if not reqs:
+        raise InputError("no request arrives within the duration", field="--duration")
+    return reqs

@@ -1,8 +1,10 @@
-"""What is asked of the model: an offline batch (prompt and generation lengths)."""
+"""What is asked of the model: an offline batch (prompt and generation lengths), step by step."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from hetsim.errors import InputError
 
@@ -35,3 +37,20 @@ class Workload:
 
     def to_dict(self) -> dict[str, int]:
         return {"batch": self.batch, "prompt_len": self.prompt_len, "gen_len": self.gen_len}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One forward step of the offline batch: the prefill, or decode step ``index`` (1-based)."""
+
+    phase: Literal["prefill", "decode"]
+    index: int
+    seq_len: int
+    kv_len: int
+
+
+def steps(workload: Workload) -> Iterator[Step]:
+    """Prefill (which yields the first token), then ``gen_len - 1`` decode steps."""
+    yield Step("prefill", 0, workload.prompt_len, workload.prompt_len)
+    for i in range(1, workload.gen_len):
+        yield Step("decode", i, 1, workload.prompt_len + i)

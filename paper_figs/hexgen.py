@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from hetsim.models import get_model
-from hetsim.serving.study import best_attainment, best_min_scale, make_reference, make_study
+from hetsim.planner.hexgen_study import best_attainment, best_min_scale, make_reference, make_study
 from hetsim.serving.workload import poisson_requests
 
 PAPER = {"deadline_x": 2.3, "rate_x": 4.0}  # paper_points.csv: HexGen full budget vs homogeneous

@@ -7,10 +7,13 @@ import json
 import pytest
 
 from hetsim.api import compare, problem
-from hetsim.costs.ops import op_cost
+from hetsim.costs.op_cost import op_cost
+from hetsim.models.memory import layer_bytes
+from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
+from hetsim.planner import search
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.common import embed_ops, head_ops, layer_blocks, layer_bytes, steps
+from hetsim.workload import steps
 
 
 def test_gpu_only_reports_why_a_model_does_not_fit():
@@ -19,13 +22,13 @@ def test_gpu_only_reports_why_a_model_does_not_fit():
     result = simulate(strategy, strategy.default_plan(p.rig, p.model, p.workload), p.rig, p.model, p.workload)
     assert not result.feasible
     assert "out of memory on n0.gpu0" in result.reason
-    assert strategy.search(p.rig, p.model, p.workload, "throughput") is None
+    assert search(strategy, p.rig, p.model, p.workload, "throughput") is None
 
 
 def test_gpu_only_fits_llama70b_on_the_mixed_lab_and_stays_within_memory():
     p = problem("llama2-70b", "mixed-lab", batch=4, prompt_len=512, gen_len=16)
     strategy = get_strategy("gpu-only")
-    plan = strategy.search(p.rig, p.model, p.workload, "throughput")
+    plan = search(strategy, p.rig, p.model, p.workload, "throughput")
     result = simulate(strategy, plan, p.rig, p.model, p.workload)
     assert result.feasible
     assert sum(s.layers for s in plan.stages) == p.model.layers
@@ -60,7 +63,7 @@ def strategy_stage(device: str, layers: int):
 def test_accelerate_never_overlaps_copies_with_compute():
     p = problem("opt-30b", "flexgen-t4", batch=2, prompt_len=64, gen_len=2)
     strategy = get_strategy("accelerate")
-    plan = strategy.search(p.rig, p.model, p.workload, "throughput")
+    plan = search(strategy, p.rig, p.model, p.workload, "throughput")
     assert 0 < plan.gpu_layers < p.model.layers
     result = simulate(strategy, plan, p.rig, p.model, p.workload)
     route = p.rig.route(plan.cpu, plan.gpu)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hetsim.api import problem
+from hetsim.planner import search
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.cpu_tp import CpuTpPlan
@@ -78,7 +79,7 @@ def test_more_ranks_cut_latency_but_not_linearly():
 def test_search_picks_a_feasible_degree_and_never_loses_to_the_default():
     p = problem("llama2-7b", "mixed-lab", batch=1, prompt_len=128, gen_len=8)
     strategy = get_strategy("cpu-tp")
-    best = strategy.search(p.rig, p.model, p.workload, "latency")
+    best = search(strategy, p.rig, p.model, p.workload, "latency")
     default = strategy.default_plan(p.rig, p.model, p.workload)
     r_best = simulate(strategy, best, p.rig, p.model, p.workload)
     r_default = simulate(strategy, default, p.rig, p.model, p.workload)

@@ -12,17 +12,22 @@ import pytest
 from hetsim.api import problem
 from hetsim.planner.hetegen_knapsack import (
     balanced_alpha,
-    eq5_alpha,
     greedy_resident,
     items_for,
     plan_hetegen,
     saved_time,
     solve_resident,
-    speeds,
 )
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hetegen import module_bytes, module_counts, module_ops, working_set
+from hetsim.strategies.hetegen import (
+    eq5_alpha,
+    eq5_speeds,
+    module_bytes,
+    module_counts,
+    module_ops,
+    working_set,
+)
 
 GB = 1e9
 # shared/reference/paper_points.csv, HeteGen rows (values read off Fig. 8, about +-3 %).
@@ -111,7 +116,7 @@ def test_engine_alpha_matches_eq5_without_dram_contention(rig):
     (hetegen.md §5); the engine books it, so its crossing is Eq. 5 with V_CPU - V_COM for the CPU."""
     p = problem("opt-6.7b", "hetegen-a10", 1, 64, 2)
     op = module_ops(p.model, "decode", 1, 1)["fc1"]
-    v_cpu, v_com, v_gpu = speeds(rig, "n0.gpu0", "n0.cpu0", op)
+    v_cpu, v_com, v_gpu = eq5_speeds(rig, "n0.gpu0", "n0.cpu0", op)
     engine_alpha = balanced_alpha(rig, "n0.gpu0", "n0.cpu0", op)
     contended = eq5_alpha(v_cpu - v_com, v_com, v_gpu)  # DRAM left to the CPU while the DMA runs
     assert eq5_alpha(v_cpu, v_com, v_gpu) < engine_alpha

@@ -27,14 +27,16 @@ from hetsim.planner.hexgen_cpsat import (
     inner_symmetric,
     layout_latency,
     machine_classes,
+    reference_plan,
     search,
 )
-from hetsim.serving.sim import Reference, max_rate, min_scale, reference_plan, serve_plan
-from hetsim.serving.study import best_min_scale, make_study
+from hetsim.planner.hexgen_study import best_min_scale, make_study
+from hetsim.serving.serve import Reference, max_rate, min_scale, serve_plan
 from hetsim.serving.workload import Request, poisson_requests, read_trace
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hexgen import HexGenPlan, Replica, Stage, request_latency, symmetric_plan
+from hetsim.strategies.hexgen import HexGenPlan, Replica, Stage, symmetric_plan
+from hetsim.strategies.pipeline_costs import request_latency
 from hetsim.workload import Workload
 
 L70 = get_model("llama2-70b")
@@ -246,7 +248,7 @@ def test_golden_deadline_2_3x(studies, reference):
 
 
 def _attainments(studies, reference, rate, scale):
-    from hetsim.serving.study import best_attainment
+    from hetsim.planner.hexgen_study import best_attainment
 
     reqs = poisson_requests(rate, n=120, seed=0)
     ref = reference.latencies(reqs)

@@ -27,7 +27,7 @@ from hetsim.models import (
     param_count,
     weight_bytes,
 )
-from hetsim.models.ops import (
+from hetsim.models.layer_ops import (
     decoder_layer_ops,
     embedding_op,
     expected_distinct_experts,

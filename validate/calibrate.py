@@ -476,7 +476,7 @@ class _Step:
 
 
 def _report_steps(path: Path, node, link, model_type) -> list[_Step]:
-    from hetsim.strategies.common import embed_ops, head_ops, layer_blocks
+    from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
     from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES, TOKEN_PAIR_BYTES
 
     beta = link.bw if link else 1.0
@@ -510,7 +510,7 @@ def _report_steps(path: Path, node, link, model_type) -> list[_Step]:
 
 def _step_features(step: _Step, dev, x: np.ndarray) -> tuple[np.ndarray, float]:
     """Coefficients of x (per op count, FLOP-time, byte-time, collective count) and the fixed rest."""
-    from hetsim.costs.ops import op_cost
+    from hetsim.costs.op_cost import op_cost
 
     eff, peak = dev.efficiency, dev.flops("fp32")
     bw = dev.mem_bw if step.dram_share <= 0 else min(dev.mem_bw, step.dram_share / eff.memory)

@@ -42,6 +42,7 @@ def predict_plan(
 
     Raises ValueError with the reason when there is nothing to predict (no plan, infeasible)."""
     from hetsim.hardware import load_rig
+    from hetsim.planner import search
     from hetsim.sim.run import simulate
     from hetsim.strategies.base import get_strategy
 
@@ -51,7 +52,7 @@ def predict_plan(
     if reason:
         raise ValueError(f"{strategy} does not apply to {rig.name}: {reason}")
     if plan is None:
-        plan = strat.search(rig, spec, workload, "throughput")
+        plan = search(strat, rig, spec, workload, "throughput")
         if plan is None:
             raise ValueError(f"hetsim finds no feasible {strategy} plan on {rig.name}")
     res = simulate(strat, plan, rig, spec, workload)

@@ -1,9 +1,9 @@
 """A real decoder (llama- or OPT-style) built in torch from a ``ModelSpec``, with random weights.
 
-The architecture follows ``hetsim.models.ops`` op for op (norm1, q/k/v, attention, out_proj,
+The architecture follows ``hetsim.models.layer_ops`` op for op (norm1, q/k/v, attention, out_proj,
 residual, norm2, MLP, residual; final norm and LM head on the last token only), so the measured
 time and the simulated time describe the same work. Weights can be tensor-parallel shards
-(``rank`` of ``world``) exactly as ``hetsim.strategies.common.shard`` splits them: heads and the
+(``rank`` of ``world``) exactly as ``hetsim.models.sharding.shard`` splits them: heads and the
 MLP inner dimension split, q/k/v/gate/up/lm_head column-parallel, out_proj/down column-split on
 their input (row-parallel) with the partial sums all-reduced, norms and the embedding replicated.
 Greedy token choice per rank on its vocabulary slice, then an all-gather of (value, id) pairs.

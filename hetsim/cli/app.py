@@ -1,15 +1,13 @@
-"""The ``hetsim`` command line (typer + rich). See DESIGN.md, "The command line".
+"""The ``hetsim`` application: compare, plan, simulate, model, hw; serve and sweep from their modules.
 
 Errors: every bad input (an ``InputError``, a pydantic/YAML/JSON error that escaped conversion, a
 bad flag value) prints one line ``error: <file>: <field>: <message>`` on stderr and exits with 2;
 no traceback. ``main`` does that; the console script ``hetsim = hetsim.cli:app`` reaches it
 because ``app`` is a ``Typer`` whose ``__call__`` goes through ``main``.
 
-Extensions: ``serve``, ``sweep``, ``validate`` and ``calibrate`` live in other packages. A module in
-``EXTENSION_MODULES`` that exists must define ``register(app: typer.Typer) -> None`` and add its
-commands there (``app.command("serve")(serve)``); it should import heavy dependencies (torch, dask)
-inside the command, not at module import. Commands nobody registered get a stub that says
-"not yet implemented" and exits 1.
+Commands from other modules: ``hetsim.cli.serve``, ``hetsim.cli.sweep`` and, where the package has
+it, ``validate.cli`` (calibrate, validate) each define ``register(app: typer.Typer) -> None``; they
+import heavy dependencies (torch, dask) inside the command, not at module import.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +52,7 @@ EXIT_ERRORS = tuple({typer.Exit, *(c for c in (getattr(_cx, "Exit", None),) if c
 ABORT_ERRORS = tuple({typer.Abort, *(c for c in (getattr(_cx, "Abort", None),) if c)})
 
 FORMATS = ("table", "json", "csv")
-EXTENSION_MODULES = ("hetsim.serving.cli", "hetsim.sweep.cli", "validate.cli")
-STUB_COMMANDS = {
-    "serve": "simulate online serving of a request stream",
-    "calibrate": "fit efficiencies from torch microbenchmarks into a measured profile",
-    "validate": "run a plan for real on torch and compare with the simulation",
-    "sweep": "run a grid of experiments (local processes or a Dask cluster)",
-}
+EXTENSION_MODULES = ("hetsim.cli.serve", "hetsim.cli.sweep", "validate.cli")
 
 # Piped output (not a terminal) gets wide tables instead of rich's 80-column default.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
@@ -310,22 +302,9 @@ def simulate(
         err.print(f"trace written to {trace}", highlight=False)
 
 
-# ---- extensions and stubs -------------------------------------------------------------------
-def _stub(name: str, summary: str) -> Callable[..., None]:
-    def command(ctx: typer.Context) -> None:
-        err.print(f"hetsim {name}: not yet implemented", highlight=False)
-        raise typer.Exit(1)
-
-    command.__doc__ = f"{summary[0].upper()}{summary[1:]} (not yet implemented)."
-    return command
-
-
-def _registered_names() -> set[str]:
-    return {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-
-
+# ---- commands from other modules ------------------------------------------------------------
 def _register_extensions() -> None:
-    """Let other packages add commands; stub the contract's commands nobody provided."""
+    """Add the commands of ``EXTENSION_MODULES`` (a module the package lacks is skipped)."""
     for module_name in EXTENSION_MODULES:
         try:
             module = importlib.import_module(module_name)
@@ -335,12 +314,6 @@ def _register_extensions() -> None:
                 raise  # the module exists but something it imports does not: a real bug
             continue
         module.register(app)
-    have = _registered_names()
-    for name, summary in STUB_COMMANDS.items():
-        if name not in have:
-            app.command(name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-                _stub(name, summary)
-            )
 
 
 _register_extensions()

@@ -1,7 +1,7 @@
 """Model shapes (registry, Hugging Face config.json) and the ops of one forward step."""
 
 from hetsim.models.hf_config import load_hf_config
-from hetsim.models.ops import decoder_layer_ops, embedding_op, lm_head_ops, step_ops
+from hetsim.models.layer_ops import decoder_layer_ops, embedding_op, lm_head_ops, step_ops
 from hetsim.models.registry import get_model, list_models
 from hetsim.models.spec import (
     BF16,

@@ -1,7 +1,7 @@
 """The model inside hetsim: architecture shapes, dtypes, and the ops of one forward step.
 
 ``ModelSpec`` is built from the registry (``hetsim.models.registry``) or from a Hugging Face
-``config.json`` (``hetsim.models.hf_config``). ``hetsim.models.ops`` turns it into ops with
+``config.json`` (``hetsim.models.hf_config``). ``hetsim.models.layer_ops`` turns it into ops with
 FLOPs and bytes for a given phase, batch, sequence length and KV length.
 """
 

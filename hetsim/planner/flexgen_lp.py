@@ -26,10 +26,12 @@ from functools import lru_cache
 
 from ortools.linear_solver import pywraplp
 
-from hetsim.costs.ops import combine, op_cost
+from hetsim.costs.op_cost import combine, op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op
-from hetsim.strategies.common import Step
+from hetsim.planner.ranking import Evaluate, evaluator
+from hetsim.strategies.base import get_strategy
+from hetsim.strategies.flexgen import endpoints
 from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, substep_ops
 from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
@@ -39,7 +41,7 @@ from hetsim.strategies.flexgen_policy import (
     layer_weight_split,
     memory_plan,
 )
-from hetsim.workload import Workload
+from hetsim.workload import Step, Workload
 
 VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
 GBS_CHOICES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -405,21 +407,24 @@ def lp_candidates(
 
 
 def search_policy(
-    rig: Rig, model: ModelSpec, wl: Workload, objective: str = "throughput", budget: float | None = None
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    objective: str = "throughput",
+    budget: float | None = None,
+    evaluate: Evaluate | None = None,
 ) -> SearchOutcome:
     """LP over (gbs, nb, flags), then the best few confirmed in the engine (released placement).
 
     All objectives rank by the simulated end-to-end time of the workload: for a fixed offline batch
-    throughput, latency (e2e) and cost per token are all monotone in it.
+    throughput, latency (e2e) and cost per token are all monotone in it. ``evaluate`` confirms a
+    plan (by default FlexGen's own estimate in the engine).
     """
-    from hetsim.sim.run import estimate
-    from hetsim.strategies.base import get_strategy
-    from hetsim.strategies.flexgen import endpoints
-
+    if evaluate is None:
+        evaluate = evaluator(get_strategy("flexgen"), rig, model, wl)
     t0 = time.perf_counter()
     ends = endpoints(rig)
     sols, solved = lp_candidates(rig, model, wl, ends, budget)
-    strategy = get_strategy("flexgen")
     best, best_e2e = None, math.inf
     seen = set()
     for sol in sols:
@@ -429,10 +434,17 @@ def search_policy(
         if plan in seen:
             continue
         seen.add(plan)
-        result = estimate(strategy, plan, rig, model, wl)
+        result = evaluate(plan)
         if result.feasible and result.e2e_s < best_e2e:
             best, best_e2e = plan, result.e2e_s
     out = SearchOutcome(best, sols[:CONFIRM], solved, time.perf_counter() - t0)
     if best is not None:
         out.throughput = wl.batch * wl.gen_len / best_e2e
     return out
+
+
+def search(
+    rig: Rig, model: ModelSpec, wl: Workload, objective: str, evaluate: Evaluate | None = None
+) -> FlexGenPlan | None:
+    """The planner's entry point: the confirmed best policy, or None when nothing fits."""
+    return search_policy(rig, model, wl, objective, evaluate=evaluate).plan

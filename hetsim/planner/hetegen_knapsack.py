@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from hetsim.costs.ops import op_cost
+from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op, Phase
+from hetsim.planner.ranking import Evaluate, best_plan
 from hetsim.strategies.hetegen import (
     RUNTIME_RESERVE_BYTES,
     SPLIT_SYNC_S,
@@ -37,20 +38,6 @@ from hetsim.strategies.hetegen import (
 from hetsim.workload import Workload
 
 _BISECT_STEPS = 24  # alpha to 6e-8: far below what any module time can resolve
-
-
-def eq5_alpha(v_cpu: float, v_com: float, v_gpu: float) -> float:
-    """Eq. 5: alpha = (1/V_CPU) / (1/V_CPU + 1/V_COM + 1/V_GPU), speeds in weight bytes per second."""
-    inv_cpu, inv_com, inv_gpu = 1.0 / v_cpu, 1.0 / v_com, 1.0 / v_gpu
-    return inv_cpu / (inv_cpu + inv_com + inv_gpu)
-
-
-def speeds(rig: Rig, gpu: str, cpu: str, op: Op) -> tuple[float, float, float]:
-    """(V_CPU, V_COM, V_GPU) for ``op`` in weight bytes per second, from the engine's cost functions."""
-    p = op.weight_bytes
-    t_cpu = op_cost(rig.devices[cpu], op).time_s
-    t_gpu = op_cost(rig.devices[gpu], op).time_s
-    return p / t_cpu, rig.route(cpu, gpu).bw, p / t_gpu
 
 
 def balanced_alpha(rig: Rig, gpu: str, cpu: str, op: Op) -> float:
@@ -211,3 +198,16 @@ def plan_hetegen(
     )
     counts = solve_resident(items, capacity)
     return HeteGenPlan(**{**base.__dict__, "resident": {k: v for k, v in counts.items() if v}})
+
+
+def search(
+    rig: Rig, model: ModelSpec, workload: Workload, objective: str, evaluate: Evaluate
+) -> HeteGenPlan | None:
+    """Per GPU (with its host socket): alphas balanced in the engine, residency by CP-SAT; the plans
+    ranked by ``evaluate``."""
+    # GPUs of one kind on the same kind of host give the same plan: try one of each.
+    kinds = {}
+    for gpu in rig.gpus():
+        kinds.setdefault((gpu.model, rig.devices[rig.host_cpu(gpu.name)].model, gpu.mem_bytes), gpu)
+    plans = (plan_hetegen(rig, model, workload, g.name, g.mem_bytes) for g in kinds.values())
+    return best_plan(plans, evaluate, objective)

@@ -7,7 +7,7 @@ region (a pipeline never crosses the WAN).
 - Inner level (per shape, CP-SAT): choose TP groups inside each part (degree t, any mix), and the
   integer layers of each group, minimising the latency of one request subject to every GPU's memory.
   Per-layer times and memory come from the same functions the engine uses (``layer_time`` is the
-  engine's ``lockstep`` duration; ``gpu_footprint`` is what the run allocates), pre-computed per
+  engine's ``lockstep`` duration; ``stage_memory`` is what the run allocates), pre-computed per
   (machine class, TP degree).
 - Outer level (CP-SAT): how many machines of each class are cut into parts of each size, and how
   many replicas of each shape, maximising the served request rate (sum of 1 / latency) subject to a
@@ -29,9 +29,7 @@ from itertools import combinations_with_replacement
 from ortools.sat.python import cp_model
 
 from hetsim.hardware.rig import Rig
-from hetsim.models.spec import DTYPES, ModelSpec
-from hetsim.models.weights import param_count
-from hetsim.strategies.common import (
+from hetsim.models.memory import (
     activation_workspace,
     embed_bytes,
     head_bytes,
@@ -39,8 +37,16 @@ from hetsim.strategies.common import (
     kv_cache_bytes,
     layer_bytes,
 )
-from hetsim.strategies.gpu_only import Stage
-from hetsim.strategies.hexgen import HexGenPlan, Replica, even_layers, layer_time
+from hetsim.models.sharding import TP_DEGREES, kv_share, tp_degrees
+from hetsim.models.spec import DTYPES, ModelSpec
+from hetsim.models.weights import param_count
+from hetsim.planner.ranking import Evaluate, best_plan, evaluator
+from hetsim.serving.batching import MAX_IN_FLIGHT
+from hetsim.serving.serve import serve_plan
+from hetsim.strategies.base import get_strategy
+from hetsim.strategies.hexgen import HexGenPlan, Replica
+from hetsim.strategies.pipeline import Stage, even_layers
+from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
 
 NS = 1e9  # CP-SAT works in integers: times in nanoseconds
@@ -114,10 +120,6 @@ def machine_classes(rig: Rig) -> list[MachineClass]:
     return [MachineClass(r, m, n, tuple(nodes)) for (r, m, n), nodes in sorted(found.items())]
 
 
-def tp_options(model: ModelSpec, n: int) -> list[int]:
-    return [t for t in (1, 2, 4, 8) if t <= n and model.heads % t == 0]
-
-
 class CostTable:
     """Per (machine class, TP degree): seconds per layer for one request, and layers that fit."""
 
@@ -150,9 +152,10 @@ class CostTable:
         if key not in self._cap:
             m, d = self.model, self.demand
             mem = min(self.rig.devices[x].mem_bytes for x in self.group(c, tp))
-            kv_share = max(1.0 / tp, 1.0 / m.kv_heads)
             per_layer = layer_bytes(m, d.weight_dtype) / tp
-            per_layer += kv_cache_bytes(m, d.kv_sequences, d.context, 1, d.kv_dtype) * kv_share
+            per_layer += kv_cache_bytes(m, d.kv_sequences, d.context, 1, d.kv_dtype) * kv_share(
+                tp, m.kv_heads
+            )
             fixed = embed_bytes(m, d.weight_dtype) + head_bytes(m, d.weight_dtype) / tp
             fixed += activation_workspace(m, 1, max(1, d.act_tokens)) / tp
             self._cap[key] = max(0, int((mem - fixed) // per_layer))
@@ -199,7 +202,7 @@ def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float =
     for p, part in enumerate(parts):
         stage_vars = []
         width = []
-        for t in tp_options(model, part.gpus):
+        for t in tp_degrees(model, part.gpus):
             cap = min(table.cap(part.cls, t), model.layers)
             if cap <= 0:
                 continue
@@ -261,7 +264,7 @@ def layout_latency(table: CostTable, parts: tuple[Part, ...], groups: tuple[Grou
 def _tp_multisets(model: ModelSpec, n: int, largest: int | None = None) -> Iterator[tuple[int, ...]]:
     """Multisets of TP degrees with sum <= n (non-increasing), the empty one included."""
     yield ()
-    for t in reversed(tp_options(model, n)):
+    for t in reversed(tp_degrees(model, n)):
         if largest is not None and t > largest:
             continue
         for rest in _tp_multisets(model, n - t, t):
@@ -309,8 +312,8 @@ def inner_exhaustive(table: CostTable, parts: tuple[Part, ...]) -> Layout | None
 def inner_symmetric(table: CostTable, parts: tuple[Part, ...]) -> Layout | None:
     """Uniform TP x PP baseline: one TP degree everywhere, layers split evenly (±1)."""
     best: Layout | None = None
-    for t in (1, 2, 4, 8):
-        if any(t not in tp_options(table.model, p.gpus) for p in parts):
+    for t in TP_DEGREES:
+        if any(t not in tp_degrees(table.model, p.gpus) for p in parts):
             continue
         stages = [(i, t) for i, p in enumerate(parts) for _ in range(p.gpus // t)]
         if len(stages) > table.model.layers:
@@ -503,18 +506,19 @@ def search(
     model: ModelSpec,
     workload: Workload,
     objective: str = "throughput",
+    evaluate: Evaluate | None = None,
     *,
     symmetric: bool = False,
     max_candidates: int = 6,
 ) -> HexGenPlan | None:
-    """The best plan for an offline batch, each candidate confirmed in the engine."""
-    from hetsim.sim.run import best_plan
-    from hetsim.strategies.base import get_strategy
-
+    """The best plan for an offline batch, each candidate confirmed in the engine (``evaluate``;
+    by default HexGen's own estimate)."""
+    if evaluate is None:
+        evaluate = evaluator(get_strategy("hexgen"), rig, model, workload)
     found = candidates(
         rig, model, Demand.offline(workload), symmetric=symmetric, max_candidates=max_candidates
     )
-    return best_plan(get_strategy("hexgen"), (c.plan for c in found), rig, model, workload, objective)
+    return best_plan((c.plan for c in found), evaluate, objective)
 
 
 def search_serving(
@@ -531,9 +535,6 @@ def search_serving(
     """The candidate with the best SLO attainment on ``requests`` (mean latency breaks ties; with no
     deadlines, the lowest mean latency), each confirmed by a serving run in the engine.
     Returns (plan, ServeResult) or None."""
-    from hetsim.serving.batching import MAX_IN_FLIGHT
-    from hetsim.serving.sim import serve_plan
-
     if not requests:
         return None
     prompt = round(sum(r.prompt_len for r in requests) / len(requests))
@@ -558,3 +559,11 @@ def search_serving(
         if best is None or key < best[0]:
             best = (key, cand.plan, res)
     return None if best is None else (best[1], best[2])
+
+
+def reference_plan(rig: Rig, model: ModelSpec, max_batch: int = 8) -> HexGenPlan:
+    """The lowest-latency replica layout of the reference rig (one replica serves one request)."""
+    cands = candidates(rig, model, Demand(kv_sequences=max_batch * MAX_IN_FLIGHT), max_batch=max_batch)
+    if not cands:
+        raise ValueError(f"the model does not fit on the reference rig {rig.name}")
+    return min(cands, key=lambda c: (c.est_latency_s, -c.est_rate)).plan

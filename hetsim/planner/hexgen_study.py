@@ -11,11 +11,11 @@ import numpy as np
 from hetsim.hardware.loader import load_rig
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
-from hetsim.planner.hexgen_cpsat import Demand, candidates
+from hetsim.planner.hexgen_cpsat import Demand, candidates, reference_plan
 from hetsim.serving.batching import MAX_IN_FLIGHT
 from hetsim.serving.metrics import ServeResult
-from hetsim.serving.sim import Reference, max_rate, min_scale, reference_plan, serve_plan
-from hetsim.serving.workload import PAPER_LENGTHS, Request, poisson_requests
+from hetsim.serving.serve import Reference, min_scale, serve_plan
+from hetsim.serving.workload import PAPER_LENGTHS, Request
 from hetsim.strategies.hexgen import HexGenPlan
 
 
@@ -68,30 +68,3 @@ def best_attainment(results: list[ServeResult], deadlines: np.ndarray) -> float:
 
 def best_min_scale(results: list[ServeResult], reference: Reference, target: float) -> float:
     return min((min_scale(r, reference, target) for r in results if r.feasible), default=float("inf"))
-
-
-def best_max_rate(
-    study: RigStudy,
-    reference: Reference,
-    scale: float,
-    target: float,
-    *,
-    n: int,
-    seed: int,
-    iterations: int = 6,
-) -> float:
-    """The highest Poisson rate at which some candidate plan meets ``target`` attainment."""
-    base = poisson_requests(1.0, n=n, seed=seed)
-    ref = reference.latencies(base)
-
-    def at(plan: HexGenPlan):
-        def evaluate(rate: float) -> float:
-            reqs = [Request(r.rid, r.arrival_s / rate, r.prompt_len, r.output_len) for r in base]
-            res = serve_plan(plan, study.rig, study.model, reqs)
-            return res.attainment(scale * ref) if res.feasible else 0.0
-
-        return evaluate
-
-    return max(
-        (max_rate(at(p), target, lo=0.05, hi=1.0, iterations=iterations) for p in study.plans), default=0.0
-    )

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from hetsim.models.spec import ModelSpec
 from hetsim.serving.workload import Request
 from hetsim.sim.engine import Engine
-from hetsim.strategies.hexgen import HexGenPlan, Replica, pipeline_pass
+from hetsim.strategies.hexgen import HexGenPlan, Replica
+from hetsim.strategies.pipeline import pipeline_pass
 
 MAX_IN_FLIGHT = 8  # batches in flight per replica at most (one per stage); KV is reserved for all
 PROMPT_BUCKET = 16  # batched prefill length rounds up to this (bounds the op-cost cache)

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from hetsim.costs.pricing import usd_per_mtok
+
 INF = float("inf")
 PERCENTILES = (50, 90, 99)
 
@@ -67,7 +69,7 @@ class ServeResult:
         tokens = self.generated_tokens
         if not tokens or self.makespan_s <= 0:
             return INF
-        return self.price_per_hour / 3600.0 * self.makespan_s / tokens * 1e6
+        return usd_per_mtok(self.price_per_hour, self.makespan_s, tokens)
 
     def summary(self, deadlines: Sequence[float] | np.ndarray | None = None) -> dict[str, Any]:
         """A JSON-ready digest (non-finite numbers become None)."""

@@ -9,16 +9,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hetsim.costs.pricing import price_of
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.spec import ModelSpec
-from hetsim.serving.batching import MAX_IN_FLIGHT, ReplicaServer, in_flight
+from hetsim.serving.batching import ReplicaServer, in_flight
 from hetsim.serving.dispatcher import Dispatcher
 from hetsim.serving.metrics import RequestRecord, ServeResult
 from hetsim.serving.workload import Request, poisson_requests
 from hetsim.sim.engine import Engine
 from hetsim.sim.memory import OutOfMemory
-from hetsim.sim.run import price_of
-from hetsim.strategies.hexgen import HexGenPlan, check_plan, replica_footprint, step_time
+from hetsim.strategies.hexgen import HexGenPlan, check_plan, replica_footprint
+from hetsim.strategies.pipeline_costs import step_time
 
 
 def decode_step_times(rig: Rig, model: ModelSpec, plan: HexGenPlan, context: int) -> list[list[float]]:
@@ -136,16 +137,6 @@ class Reference:
 
     def latencies(self, requests: Sequence[Request]) -> np.ndarray:
         return np.array([self.latency(r.prompt_len, r.output_len) for r in requests])
-
-
-def reference_plan(rig: Rig, model: ModelSpec, max_batch: int = 8) -> HexGenPlan:
-    """The lowest-latency replica layout of the reference rig (one replica serves one request)."""
-    from hetsim.planner.hexgen_cpsat import Demand, candidates
-
-    cands = candidates(rig, model, Demand(kv_sequences=max_batch * MAX_IN_FLIGHT), max_batch=max_batch)
-    if not cands:
-        raise ValueError(f"the model does not fit on the reference rig {rig.name}")
-    return min(cands, key=lambda c: (c.est_latency_s, -c.est_rate)).plan
 
 
 def deadlines_for(

@@ -21,7 +21,8 @@ from typing import Any
 import simpy
 
 from hetsim.costs.collectives import CollectiveCost, allgather_time, allreduce_time
-from hetsim.costs.ops import OpCost, combine, op_cost, repeated
+from hetsim.costs.lockstep import lockstep_duration, lockstep_wait, ring_alpha_beta, straggler_share
+from hetsim.costs.op_cost import OpCost, combine, op_cost, repeated
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.types import Route
 from hetsim.models.spec import Op
@@ -282,9 +283,9 @@ class Engine:
             busy = max(busy, dram.book(self.env.now, start, nbytes, cap) - start)
         stretch = busy - compute_s * repeat
         # Every segment ends in a collective, where the group waits for its slowest rank.
-        straggle = max(self.rig.nodes[self.rig.devices[d].node].straggler_fraction for d in devices)
-        wait = straggle * busy
-        duration = busy + wait + comm_s * repeat
+        straggle = straggler_share(self.rig, devices)
+        wait = lockstep_wait(busy, straggle)
+        duration = lockstep_duration(busy, comm_s * repeat, straggle)
         for lane in lanes:
             lane.free_at = start + duration
             lane.busy_s += duration
@@ -351,14 +352,12 @@ class Engine:
         if cached is not None:
             return cached
         lanes: dict[str, Lane] = {f"{d}:compute": self.lanes[f"{d}:compute"] for d in devices}
-        alpha, beta = 0.0, float("inf")
         for i, a in enumerate(devices):
             b = devices[(i + 1) % len(devices)]
             for route in (self.rig.route(a, b), self.rig.route(b, a)):
-                alpha = max(alpha, route.latency_s)
-                beta = min(beta, route.bw)
                 for hop in route.hops:
                     lanes.setdefault(hop.lane, self._lane(hop.lane))
+        alpha, beta = ring_alpha_beta(self.rig, devices)
         unique = {id(lane): lane for lane in lanes.values()}  # shared (SMT) lanes appear once
         result = (tuple(unique.values()), alpha, beta)
         self._ring_lanes[key] = result

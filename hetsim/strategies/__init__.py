@@ -7,7 +7,7 @@ adding a file; nothing here needs editing.
 import importlib
 import pkgutil
 
-_INFRASTRUCTURE = {"base", "common", "plan_io"}
+_INFRASTRUCTURE = {"base", "plan_io"}
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     if _info.name not in _INFRASTRUCTURE and not _info.name.startswith("_"):

@@ -10,24 +10,15 @@ row by row: every offloaded weight crosses PCIe again for every pass and every t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hetsim.hardware.rig import Rig
+from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
+from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
-from hetsim.strategies.base import Footprint, Objective, Strategy, register
-from hetsim.strategies.common import (
-    Step,
-    activation_workspace,
-    embed_bytes,
-    embed_ops,
-    head_bytes,
-    head_ops,
-    kv_cache_bytes,
-    layer_blocks,
-    layer_bytes,
-    steps,
-)
-from hetsim.workload import Workload
+from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.workload import Step, Workload, steps
 
 
 @dataclass(frozen=True)
@@ -96,22 +87,15 @@ class Accelerate(Strategy):
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> OffloadPlan:
         return place_layers(rig, model, workload, largest_gpu(rig), workload.batch, None)
 
-    def search(
-        self,
-        rig: Rig,
-        model: ModelSpec,
-        workload: Workload,
-        objective: Objective,
-        budget: float | None = None,
-    ) -> OffloadPlan | None:
+    def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[OffloadPlan]:
         """The largest pass (up to the whole batch) that leaves the KV cache room on the GPU."""
         gpu = largest_gpu(rig)
         for batch in range(workload.batch, 0, -1):
-            plan = place_layers(rig, model, workload, gpu, batch, budget)
+            plan = place_layers(rig, model, workload, gpu, batch, None)
             fits = gpu_reserve(model, batch, workload) <= rig.devices[gpu].mem_bytes
             if fits and (plan.disk_layers == 0 or plan.disk):
-                return plan
-        return None
+                yield plan
+                return
 
     def footprint(self, plan: OffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         per_layer = layer_bytes(model)

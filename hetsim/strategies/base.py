@@ -1,20 +1,23 @@
 """The plug-in protocol every strategy implements, and the registry that names them.
 
 A strategy knows its plan space (a frozen dataclass ``plan_type``), whether it applies to a rig,
-its resident memory, its schedule (a SimPy process on the engine that reads like the paper's
-algorithm), and how to search its plans (OR-Tools where the space is large).
+a plan a user would write by hand (``default_plan``, no search), the candidates worth ranking, its
+resident memory and its schedule (a SimPy process on the engine that reads like the paper's
+algorithm). Searching is the planner's job (``hetsim.planner``), which sits above strategies.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, is_dataclass
 from typing import Any, ClassVar, Literal
 
+from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.engine import Schedule
+from hetsim.strategies.plan_io import validate_plan
 from hetsim.workload import Workload
 
 Objective = Literal["latency", "throughput", "cost"]
@@ -37,9 +40,11 @@ class Strategy(ABC):
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> Any:
         """A sensible plan without searching (what a user would configure by hand)."""
 
-    def search(self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective) -> Any:
-        """The best plan for ``objective``; strategies with a real plan space override this."""
-        return self.default_plan(rig, model, workload)
+    def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterable[Any]:
+        """Plans worth ranking, cheapest to enumerate first; ``hetsim.planner`` ranks them in the
+        engine. Strategies whose plan space needs a solver leave this as is and register a search
+        in the planner instead."""
+        yield self.default_plan(rig, model, workload)
 
     @abstractmethod
     def footprint(self, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
@@ -59,8 +64,6 @@ class Strategy(ABC):
         return _jsonable(asdict(plan))
 
     def plan_from_dict(self, data: Mapping[str, Any], source: str = "plan") -> Any:
-        from hetsim.strategies.plan_io import validate_plan
-
         return validate_plan(self.plan_type, data, source)
 
 
@@ -82,8 +85,6 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 
 def get_strategy(name: str) -> Strategy:
-    from hetsim.errors import InputError
-
     _load_builtin()
     try:
         return _REGISTRY[name]

@@ -9,23 +9,15 @@ when the weights are 16-bit (xFT's default); greedy token selection with an all-
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from hetsim.hardware.rig import Rig
+from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
+from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
-from hetsim.strategies.base import Footprint, Objective, Strategy, register
-from hetsim.strategies.common import (
-    activation_workspace,
-    embed_bytes,
-    embed_ops,
-    head_bytes,
-    head_ops,
-    kv_cache_bytes,
-    layer_blocks,
-    layer_bytes,
-    steps,
-)
-from hetsim.workload import Workload
+from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.workload import Workload, steps
 
 ALLREDUCE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 TOKEN_PAIR_BYTES = 8  # greedy search: (token id, logit) as two fp32 per sequence per rank
@@ -68,21 +60,16 @@ class CpuTensorParallel(Strategy):
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> CpuTpPlan:
         return CpuTpPlan(ranks=_layouts(rig, len(rig.cpus()))[0])
 
-    def search(
-        self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
-    ) -> CpuTpPlan | None:
-        """Every degree and layout that fits in memory, confirmed in the engine."""
-        from hetsim.sim.run import best_plan
-
+    def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[CpuTpPlan]:
+        """Every degree and layout that fits in memory."""
         base = self.default_plan(rig, model, workload)
-        candidates = (
-            replace(base, ranks=ranks)
-            for degree in range(1, len(rig.cpus()) + 1)
-            if model.heads % degree == 0
-            for ranks in _layouts(rig, degree)
-        )
-        fitting = (plan for plan in candidates if self.fits(plan, rig, model, workload))
-        return best_plan(self, fitting, rig, model, workload, objective)
+        for degree in range(1, len(rig.cpus()) + 1):
+            if model.heads % degree:
+                continue
+            for ranks in _layouts(rig, degree):
+                plan = replace(base, ranks=ranks)
+                if self.fits(plan, rig, model, workload):
+                    yield plan
 
     def fits(self, plan: CpuTpPlan, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
         fp = self.footprint(plan, rig, model, workload)

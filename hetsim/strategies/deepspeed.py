@@ -10,24 +10,16 @@ weight crosses PCIe again for every token of every pass (flexgen.md §7; bench_h
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from hetsim.hardware.rig import Rig
+from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
+from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory
-from hetsim.strategies.base import Footprint, Objective, Strategy, register
-from hetsim.strategies.common import (
-    activation_workspace,
-    embed_bytes,
-    embed_ops,
-    head_bytes,
-    head_ops,
-    kv_cache_bytes,
-    layer_blocks,
-    layer_bytes,
-    steps,
-)
-from hetsim.workload import Workload
+from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.workload import Workload, steps
 
 
 @dataclass(frozen=True)
@@ -66,12 +58,11 @@ class ZeroInference(Strategy):
         best = self.largest_batch(plan, rig, model, workload)
         return replace(plan, batch_per_pass=max(1, min(workload.batch, best)))
 
-    def search(
-        self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
-    ) -> ZeroInferencePlan | None:
+    def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[ZeroInferencePlan]:
         """The largest pass that fits: more sequences share every weight fetch."""
         plan = self.default_plan(rig, model, workload)
-        return plan if self.largest_batch(plan, rig, model, workload) >= 1 else None
+        if self.largest_batch(plan, rig, model, workload) >= 1:
+            yield plan
 
     def largest_batch(self, plan: ZeroInferencePlan, rig: Rig, model: ModelSpec, workload: Workload) -> int:
         lo, hi = 0, workload.batch

@@ -18,8 +18,7 @@ from dataclasses import replace
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory
-from hetsim.strategies.base import Footprint, Objective, Strategy, register
-from hetsim.strategies.common import Step, steps
+from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, layer_kind, substep_ops
 from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
@@ -29,7 +28,7 @@ from hetsim.strategies.flexgen_policy import (
     shape_of,
     validate,
 )
-from hetsim.workload import Workload
+from hetsim.workload import Step, Workload, steps
 
 ID_BYTES = 8.0  # int64 token ids in and out
 
@@ -65,13 +64,6 @@ class FlexGen(Strategy):
         return FlexGenPlan(
             gpu_batch_size=gbs, num_gpu_batches=math.ceil(workload.batch / gbs), gpu=endpoints(rig)[0]
         )
-
-    def search(
-        self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
-    ) -> FlexGenPlan | None:
-        from hetsim.planner.flexgen_lp import search_policy
-
-        return search_policy(rig, model, workload, objective).plan
 
     # ---- memory -------------------------------------------------------------------------------
     def footprint(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:

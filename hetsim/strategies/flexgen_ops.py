@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
-from hetsim.models.ops import embedding_op, lm_head_ops
+from hetsim.models.layer_ops import embedding_op, lm_head_ops
+from hetsim.models.sharding import layer_blocks
 from hetsim.models.spec import FP16, INT4, ModelSpec, Op, OpKind, Phase
-from hetsim.strategies.common import layer_blocks
 from hetsim.strategies.flexgen_policy import scheduling_layer_tensors
 
 FP32_BYTES = 4.0

@@ -30,21 +30,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.rig import Rig
+from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes, kv_cache_bytes
+from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec, Op, OpKind, Phase
+from hetsim.sim.engine import Engine
 from hetsim.sim.memory import OutOfMemory
-from hetsim.strategies.base import Footprint, Objective, Strategy, register
-from hetsim.strategies.common import (
-    activation_workspace,
-    embed_bytes,
-    embed_ops,
-    head_ops,
-    hidden_bytes,
-    kv_cache_bytes,
-    layer_blocks,
-    steps,
-)
-from hetsim.workload import Workload
+from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.workload import Workload, steps
 
 LM_HEAD = "lm_head"
 
@@ -115,6 +109,21 @@ def share(op: Op, fraction: float) -> Op:
     )
 
 
+# ---- Eq. 5: the closed-form split ---------------------------------------------------------------
+def eq5_alpha(v_cpu: float, v_com: float, v_gpu: float) -> float:
+    """Eq. 5: alpha = (1/V_CPU) / (1/V_CPU + 1/V_COM + 1/V_GPU), speeds in weight bytes per second."""
+    inv_cpu, inv_com, inv_gpu = 1.0 / v_cpu, 1.0 / v_com, 1.0 / v_gpu
+    return inv_cpu / (inv_cpu + inv_com + inv_gpu)
+
+
+def eq5_speeds(rig: Rig, gpu: str, cpu: str, op: Op) -> tuple[float, float, float]:
+    """(V_CPU, V_COM, V_GPU) for ``op`` in weight bytes per second, from the engine's cost functions."""
+    p = op.weight_bytes
+    t_cpu = op_cost(rig.devices[cpu], op).time_s
+    t_gpu = op_cost(rig.devices[gpu], op).time_s
+    return p / t_cpu, rig.route(cpu, gpu).bw, p / t_gpu
+
+
 # ---- the split module: the schedule primitive the planner also measures ------------------------
 def split_paths(engine, gpu: str, cpu: str, op: Op, alpha: float) -> tuple[float, float]:
     """Queue both halves of one linear op split ``alpha`` (GPU) / ``1 - alpha`` (CPU).
@@ -152,8 +161,6 @@ def measure_split(
     rig: Rig, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float = 0.0
 ) -> tuple[float, float, float]:
     """(module time, CPU path end, GPU path end) of one split module alone in a fresh engine."""
-    from hetsim.sim.engine import Engine
-
     ends = {"cpu": 0.0, "gpu": 0.0}
     total = Engine(rig).run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends))
     return total, ends["cpu"], ends["gpu"]
@@ -201,24 +208,24 @@ class HeteGen(Strategy):
         return None
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HeteGenPlan:
-        from hetsim.planner.hetegen_knapsack import plan_hetegen
-
-        gpu = rig.gpus()[0]
-        return plan_hetegen(rig, model, workload, gpu.name, gpu.mem_bytes)
-
-    def search(
-        self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
-    ) -> HeteGenPlan | None:
-        """Per GPU (with its host socket): alphas balanced in the engine, residency by CP-SAT."""
-        from hetsim.planner.hetegen_knapsack import plan_hetegen
-        from hetsim.sim.run import best_plan
-
-        # GPUs of one kind on the same kind of host give the same plan: try one of each.
-        kinds = {}
-        for gpu in rig.gpus():
-            kinds.setdefault((gpu.model, rig.devices[rig.host_cpu(gpu.name)].model, gpu.mem_bytes), gpu)
-        plans = (plan_hetegen(rig, model, workload, g.name, g.mem_bytes) for g in kinds.values())
-        return best_plan(self, plans, rig, model, workload, objective)
+        """The first GPU and its host socket, every module split at Eq. 5's alpha, none resident
+        (no search: ``hetsim.planner.hetegen_knapsack`` balances alphas and chooses residents)."""
+        gpu = rig.gpus()[0].name
+        cpu = rig.host_cpu(gpu)
+        alphas = {
+            phase: {k: round(eq5_alpha(*eq5_speeds(rig, gpu, cpu, op)), 6) for k, op in ops.items()}
+            for phase, ops in (
+                ("prefill", module_ops(model, "prefill", workload.batch, workload.prompt_len)),
+                ("decode", module_ops(model, "decode", workload.batch, 1)),
+            )
+        }
+        return HeteGenPlan(
+            gpu=gpu,
+            cpu=cpu,
+            gpu_mem_budget=rig.devices[gpu].mem_bytes,
+            alpha_prefill=alphas["prefill"],
+            alpha_decode=alphas["decode"],
+        )
 
     def devices(self, plan: HeteGenPlan) -> list[str]:
         return [plan.gpu, plan.cpu]

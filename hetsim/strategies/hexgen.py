@@ -16,23 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hetsim.costs.collectives import allreduce_time
-from hetsim.costs.ops import combine, op_cost
 from hetsim.hardware.rig import Rig
-from hetsim.models.spec import ModelSpec, Phase
-from hetsim.strategies.base import Footprint, Objective, Strategy, register
-from hetsim.strategies.common import (
-    activation_workspace,
-    embed_bytes,
-    embed_ops,
-    head_bytes,
-    head_ops,
-    hidden_bytes,
-    kv_cache_bytes,
-    layer_blocks,
-    layer_bytes,
+from hetsim.models.sharding import tp_degrees
+from hetsim.models.spec import ModelSpec
+from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
+from hetsim.strategies.pipeline import (
+    Stage,
+    balance_layers,
+    even_layers,
+    micro_batch_sizes,
+    stage_memory,
 )
-from hetsim.strategies.gpu_only import PipelinePlan, Stage, micro_batch_sizes, pipeline_schedule
+from hetsim.strategies.pipeline_costs import step_time
 from hetsim.workload import Workload
 
 __all__ = ["HexGen", "HexGenPlan", "Replica", "Stage", "symmetric_plan"]
@@ -63,141 +59,14 @@ class HexGenPlan:
         return PipelinePlan(self.replicas[i].stages, micro_batches, self.weight_dtype, self.kv_dtype)
 
 
-# ---- costs shared by the engine schedule, the dispatcher and the planner -----------------------
-def ring_alpha_beta(rig: Rig, devices: tuple[str, ...]) -> tuple[float, float]:
-    """Worst latency and bandwidth of a ring over ``devices`` (as ``Engine._ring`` computes them)."""
-    alpha, beta = 0.0, float("inf")
-    for i, a in enumerate(devices):
-        b = devices[(i + 1) % len(devices)]
-        for route in (rig.route(a, b), rig.route(b, a)):
-            alpha = max(alpha, route.latency_s)
-            beta = min(beta, route.bw)
-    return alpha, beta
-
-
-def layer_time(
-    rig: Rig,
-    devices: tuple[str, ...],
-    model: ModelSpec,
-    phase: Phase,
-    batch: int,
-    seq_len: int,
-    kv_len: int,
-    weight_dtype: str = "fp16",
-    kv_dtype: str = "fp16",
-) -> float:
-    """Seconds one decoder layer takes on a TP group: exactly the engine's ``lockstep`` duration for
-    ``[attention, all-reduce, mlp, all-reduce]``."""
-    entry = _RIG_CACHES.get(id(rig))
-    if entry is None or entry[0] is not rig:
-        if len(_RIG_CACHES) > 16:
-            _RIG_CACHES.clear()
-        entry = _RIG_CACHES[id(rig)] = (rig, {})
-    key = (devices, model, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype)
-    t = entry[1].get(key)
-    if t is None:
-        t = entry[1][key] = _layer_time(rig, *key)
-    return t
-
-
-# Rigs are not hashable; cache per rig object (the entry keeps the rig alive so ids are not reused).
-_RIG_CACHES: dict[int, tuple[Rig, dict]] = {}
-
-
-def _layer_time(rig, devices, model, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype) -> float:
-    tp = len(devices)
-    blocks = layer_blocks(model, phase, batch, seq_len, kv_len, tp, weight_dtype, kv_dtype)
-    t = 0.0
-    for block in (blocks.attention, blocks.mlp):
-        t += max(combine([op_cost(rig.devices[d], o) for o in block]).time_s for d in devices)
-    if tp > 1:  # as the engine's lockstep: the collectives, and the wait for the slowest rank
-        t *= 1.0 + max(rig.nodes[rig.devices[d].node].straggler_fraction for d in devices)
-        alpha, beta = ring_alpha_beta(rig, devices)
-        t += 2 * allreduce_time(tp, hidden_bytes(model, batch, seq_len), alpha, beta).time_s
-    return t
-
-
-def ops_time(rig: Rig, devices: tuple[str, ...], ops) -> float:
-    return max(combine([op_cost(rig.devices[d], o) for o in ops]).time_s for d in devices)
-
-
-def step_time(
-    rig: Rig,
-    stages: tuple[Stage, ...],
-    model: ModelSpec,
-    phase: Phase,
-    batch: int,
-    seq_len: int,
-    kv_len: int,
-    weight_dtype: str = "fp16",
-    kv_dtype: str = "fp16",
-) -> float:
-    """One forward step of a batch through a whole pipeline, uncontended (sum over stages + hops)."""
-    total = 0.0
-    last = len(stages) - 1
-    for i, st in enumerate(stages):
-        total += st.layers * layer_time(
-            rig, st.devices, model, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype
-        )
-        if i == 0:
-            total += ops_time(rig, st.devices, embed_ops(model, batch, seq_len, weight_dtype))
-        if i == last:
-            total += ops_time(
-                rig, st.devices, head_ops(model, phase, batch, seq_len, len(st.devices), weight_dtype)
-            )
-        else:
-            route = rig.route(st.devices[0], stages[i + 1].devices[0])
-            total += route.time(hidden_bytes(model, batch, seq_len))
-    return total
-
-
-def request_latency(
-    rig: Rig, stages: tuple[Stage, ...], model: ModelSpec, prompt_len: int, output_len: int, **dt
-) -> float:
-    """A single request alone on a replica: prefill, then ``output_len - 1`` decode steps."""
-    t = step_time(rig, stages, model, "prefill", 1, prompt_len, prompt_len, **dt)
-    for i in range(1, output_len):
-        t += step_time(rig, stages, model, "decode", 1, 1, prompt_len + i, **dt)
-    return t
-
-
 # ---- memory ---------------------------------------------------------------------------------------
-def gpu_footprint(
-    model: ModelSpec,
-    stage: Stage,
-    first: bool,
-    last: bool,
-    kv_sequences: int,
-    context: int,
-    act_tokens: int,
-    weight_dtype: str = "fp16",
-    kv_dtype: str = "fp16",
-) -> dict[str, float]:
-    """One GPU of a stage: its weight shard, its KV shard (GQA heads split over TP, replicated past
-    the number of KV heads) for ``kv_sequences`` x ``context`` tokens, and the activation workspace
-    of ``act_tokens`` tokens in flight through a layer."""
-    tp = len(stage.devices)
-    weights = stage.layers * layer_bytes(model, weight_dtype) / tp
-    if first:
-        weights += embed_bytes(model, weight_dtype)
-    if last:
-        weights += head_bytes(model, weight_dtype) / tp
-    kv_share = max(1.0 / tp, 1.0 / model.kv_heads)
-    kv = kv_cache_bytes(model, kv_sequences, context, stage.layers, kv_dtype) * kv_share
-    return {
-        "weights": weights,
-        "kv_cache": kv,
-        "activations": activation_workspace(model, 1, max(1, act_tokens)) / tp,
-    }
-
-
 def replica_footprint(
     model: ModelSpec, replica: Replica, kv_sequences: int, context: int, act_tokens: int, plan: HexGenPlan
 ) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     n = len(replica.stages)
     for i, st in enumerate(replica.stages):
-        tags = gpu_footprint(
+        tags = stage_memory(
             model, st, i == 0, i == n - 1, kv_sequences, context, act_tokens, plan.weight_dtype, plan.kv_dtype
         )
         for d in st.devices:
@@ -235,15 +104,6 @@ def replica_speed(
 
 
 # ---- the baseline ---------------------------------------------------------------------------------
-def _tp_options(model: ModelSpec, n: int) -> list[int]:
-    return [t for t in (1, 2, 4, 8) if t <= n and model.heads % t == 0]
-
-
-def even_layers(total: int, parts: int) -> tuple[int, ...]:
-    base, extra = divmod(total, parts)
-    return tuple(base + (1 if i < extra else 0) for i in range(parts))
-
-
 def symmetric_plan(
     rig: Rig, model: ModelSpec, replica_gpus: list[list[str]], tp: int, workload: Workload, **kw
 ) -> HexGenPlan:
@@ -307,8 +167,6 @@ class HexGen(Strategy):
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HexGenPlan:
         """Each region one replica: per machine its largest TP group, layers by memory bandwidth."""
-        from hetsim.strategies.gpu_only import balance_layers
-
         replicas = []
         regions: dict[str, list[tuple[str, ...]]] = {}
         for node in rig.nodes.values():
@@ -316,7 +174,7 @@ class HexGen(Strategy):
             for g in node.gpus:  # a TP group is GPUs of one type
                 by_type.setdefault(rig.devices[g].model, []).append(g)
             for gpus in by_type.values():
-                tp = max(_tp_options(model, len(gpus)))
+                tp = max(tp_degrees(model, len(gpus)))
                 regions.setdefault(node.region, []).append(tuple(gpus[:tp]))
         for groups in regions.values():
             layers = balance_layers(model, groups, rig, workload)
@@ -328,13 +186,6 @@ class HexGen(Strategy):
             layers = even_layers(model.layers, len(groups))
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
         return HexGenPlan(tuple(replicas))
-
-    def search(
-        self, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
-    ) -> HexGenPlan | None:
-        from hetsim.planner.hexgen_cpsat import search
-
-        return search(rig, model, workload, objective=objective)
 
     def batch_split(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
         speeds = [replica_speed(rig, model, r, workload, plan) for r in plan.replicas]
@@ -365,32 +216,3 @@ class HexGen(Strategy):
             yield engine.all_of(engine.env.process(r(engine)) for r in runs)
 
         return run
-
-
-def pipeline_pass(
-    engine,
-    stages: tuple[Stage, ...],
-    model: ModelSpec,
-    phase: Phase,
-    batch: int,
-    seq_len: int,
-    kv_len: int,
-    weight_dtype: str = "fp16",
-    kv_dtype: str = "fp16",
-):
-    """One forward step of a batch through a replica on the engine: each stage one lockstep task
-    (layers x [attention, all-reduce, mlp, all-reduce]), leader-to-leader sends between stages."""
-    last = len(stages) - 1
-    message = hidden_bytes(model, batch, seq_len)
-    for i, st in enumerate(stages):
-        tp = len(st.devices)
-        if i == 0:
-            yield engine.lockstep(st.devices, [embed_ops(model, batch, seq_len, weight_dtype)], label="embed")
-        blocks = layer_blocks(model, phase, batch, seq_len, kv_len, tp, weight_dtype, kv_dtype)
-        work = [blocks.attention, message, blocks.mlp, message]
-        yield engine.lockstep(st.devices, work, repeat=st.layers, label=f"stage{i}")
-        if i == last:
-            head = head_ops(model, phase, batch, seq_len, tp, weight_dtype)
-            yield engine.lockstep(st.devices, [head], label="lm_head")
-        else:
-            yield engine.send(st.devices[0], stages[i + 1].devices[0], message, label="pp-send")

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from hetsim.strategies.base import Strategy
 from hetsim.sweep.grid import apply_hardware, override_plan, plan_knobs
 
 RESULT_COLUMNS = (
@@ -33,42 +32,6 @@ RESULT_COLUMNS = (
     "plan",
     "ignored_knobs",
 )
-
-
-class _WithOverrides(Strategy):
-    """A strategy whose searched (or default) plan gets the point's plan knobs applied."""
-
-    def __init__(self, inner: Strategy, knobs: Mapping[str, Any], gpu_mem_budget: float | None):
-        self.inner, self.knobs, self.budget = inner, dict(knobs), gpu_mem_budget
-        self.name = inner.name  # type: ignore[misc]
-        self.summary = inner.summary  # type: ignore[misc]
-        self.plan_type = inner.plan_type  # type: ignore[misc]
-        self.ignored: list[str] = []
-
-    def _fix(self, plan: Any) -> Any:
-        plan, self.ignored = override_plan(plan, self.knobs, self.budget)
-        return plan
-
-    def applicable(self, rig, model, workload):
-        return self.inner.applicable(rig, model, workload)
-
-    def default_plan(self, rig, model, workload):
-        return self._fix(self.inner.default_plan(rig, model, workload))
-
-    def search(self, rig, model, workload, objective):
-        return self._fix(self.inner.search(rig, model, workload, objective))
-
-    def footprint(self, plan, rig, model, workload):
-        return self.inner.footprint(plan, rig, model, workload)
-
-    def schedule(self, plan, rig, model, workload):
-        return self.inner.schedule(plan, rig, model, workload)
-
-    def devices(self, plan):
-        return self.inner.devices(plan)
-
-    def plan_to_dict(self, plan):
-        return self.inner.plan_to_dict(plan)
 
 
 class PointTimeout(Exception):
@@ -161,9 +124,17 @@ def _evaluate(config: Mapping[str, Any]):
         Workload(int(config["batch"]), int(config["prompt_len"]), int(config["gen_len"])),
     )
     budget = float(config["gpu_mem_gb"]) * 1e9 if config.get("gpu_mem_gb") is not None else None
-    strategy = _WithOverrides(get_strategy(config["strategy"]), plan_knobs(config), budget)
-    result = api.best_result(strategy, p, config["objective"], search=bool(config.get("search", True)))
-    return result, strategy.ignored
+    knobs, ignored = plan_knobs(config), []
+
+    def adjust(plan: Any) -> Any:  # the point's plan knobs on the searched (or default) plan
+        fixed, ignored[:] = override_plan(plan, knobs, budget)
+        return fixed
+
+    strategy = get_strategy(config["strategy"])
+    result = api.best_result(
+        strategy, p, config["objective"], search=bool(config.get("search", True)), adjust=adjust
+    )
+    return result, ignored
 
 
 def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | None) -> Iterable[dict]:

@@ -1,0 +1,5 @@
+import sys
+
+from hetsim.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,42 @@
+"""Bytes a deployment holds: weights by part, the KV cache, activations in flight (by dtype name)."""
+
+from __future__ import annotations
+
+from hetsim.models.spec import DTYPES, ModelSpec
+from hetsim.models.weights import (
+    embedding_bytes,
+    kv_bytes_per_token_layer,
+    layer_weight_bytes,
+    lm_head_bytes,
+)
+
+
+def layer_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
+    return layer_weight_bytes(model, DTYPES[weight_dtype])
+
+
+def embed_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
+    return embedding_bytes(model, DTYPES[weight_dtype])
+
+
+def head_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
+    """LM head and final norm; zero extra when tied to the embedding table."""
+    return 0.0 if model.tied_embeddings else lm_head_bytes(model, DTYPES[weight_dtype])
+
+
+def kv_cache_bytes(
+    model: ModelSpec, sequences: int, tokens: int, layers: int, kv_dtype: str = "fp16"
+) -> float:
+    """KV cache of ``sequences`` x ``tokens`` over ``layers`` layers (pre-allocated for the full context)."""
+    return sequences * tokens * layers * kv_bytes_per_token_layer(model, DTYPES[kv_dtype])
+
+
+def activation_workspace(model: ModelSpec, batch: int, seq_len: int, act_dtype: str = "fp16") -> float:
+    """Peak transient activations of one layer: the widest intermediate (MLP inner) plus the residual."""
+    inner = model.intermediate * (2 if model.gated_mlp else 1)
+    return batch * seq_len * (inner + 2 * model.hidden) * DTYPES[act_dtype].bytes_per_element
+
+
+def hidden_bytes(model: ModelSpec, batch: int, seq_len: int, act_dtype: str = "fp16") -> float:
+    """Hidden states handed from one layer (or pipeline stage) to the next."""
+    return batch * seq_len * model.hidden * DTYPES[act_dtype].bytes_per_element

@@ -1,0 +1,120 @@
+"""Where tensor parallelism cuts a decoder: per-rank shares of ops, and a layer's op blocks.
+
+Megatron-style 1-D tensor parallelism (Shoeybi et al., 2019, arXiv:1909.08053): column-parallel
+modules read the full input and write a slice; row-parallel modules read a slice and write
+full-size partial sums, which an all-reduce sums. Every strategy and planner takes its op lists
+from here, so a tensor-parallel rank runs the same ops in the engine and in a planner's cost table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+
+from hetsim.models.layer_ops import decoder_layer_ops, embedding_op, lm_head_ops
+from hetsim.models.spec import DTYPES, ModelSpec, Op, OpKind, Phase
+
+COLUMN_PARALLEL = frozenset({"q_proj", "k_proj", "v_proj", "fc1", "gate_proj", "up_proj", "lm_head"})
+ROW_PARALLEL = frozenset({"out_proj", "fc2", "down_proj"})
+TP_DEGREES = (1, 2, 4, 8)  # tensor-parallel group sizes inside one machine
+
+
+def tp_degrees(model: ModelSpec, gpus: int) -> list[int]:
+    """TP degrees a group of at most ``gpus`` devices can use: attention heads must split evenly."""
+    return [t for t in TP_DEGREES if t <= gpus and model.heads % t == 0]
+
+
+def kv_share(tp: int, kv_heads: int) -> float:
+    """A rank's share of the KV cache: KV heads split over ranks, replicated past their number."""
+    return max(1.0 / tp, 1.0 / kv_heads)
+
+
+def shard(op: Op, parts: int, kv_heads: int) -> Op:
+    """The share of ``op`` one of ``parts`` tensor-parallel ranks runs.
+
+    Norms, residual adds and the embedding gather are replicated (every rank does them in full).
+    Attention splits by head; a grouped KV head is replicated when ranks outnumber KV heads.
+    """
+    if parts == 1:
+        return op
+    p = float(parts)
+    if op.kind == OpKind.ATTENTION:
+        share = kv_share(parts, kv_heads)
+        return dataclasses.replace(
+            op,
+            flops=op.flops / p,
+            act_in_bytes=op.act_in_bytes / p,
+            act_out_bytes=op.act_out_bytes / p,
+            kv_read_bytes=op.kv_read_bytes * share,
+            kv_write_bytes=op.kv_write_bytes * share,
+        )
+    if op.module in COLUMN_PARALLEL or op.module in ROW_PARALLEL:
+        column = op.module in COLUMN_PARALLEL
+        return dataclasses.replace(
+            op,
+            flops=op.flops / p,
+            weight_bytes=op.weight_bytes / p,
+            act_in_bytes=op.act_in_bytes if column else op.act_in_bytes / p,
+            act_out_bytes=op.act_out_bytes / p if column else op.act_out_bytes,
+            weight_row_bytes=op.weight_row_bytes / p if column else op.weight_row_bytes,
+        )
+    if op.name == "act":  # the MLP activation runs on the rank's slice of the inner dimension
+        return dataclasses.replace(
+            op, flops=op.flops / p, act_in_bytes=op.act_in_bytes / p, act_out_bytes=op.act_out_bytes / p
+        )
+    return op
+
+
+@dataclass(frozen=True)
+class LayerBlocks:
+    """One decoder layer split where tensor parallelism all-reduces: attention half, MLP half."""
+
+    attention: tuple[Op, ...]
+    mlp: tuple[Op, ...]
+
+    @property
+    def whole(self) -> tuple[Op, ...]:
+        return self.attention + self.mlp
+
+
+@lru_cache(maxsize=8192)
+def layer_blocks(
+    model: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    kv_len: int,
+    tp: int = 1,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
+    act_dtype: str = "fp16",
+) -> LayerBlocks:
+    ops = decoder_layer_ops(
+        model, phase, batch, seq_len, kv_len, DTYPES[weight_dtype], DTYPES[kv_dtype], DTYPES[act_dtype]
+    )
+    sharded = tuple(shard(o, tp, model.kv_heads) for o in ops)
+    split = next(i for i, o in enumerate(sharded) if o.name == "residual1") + 1
+    return LayerBlocks(sharded[:split], sharded[split:])
+
+
+@lru_cache(maxsize=4096)
+def head_ops(
+    model: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    tp: int = 1,
+    weight_dtype: str = "fp16",
+    act_dtype: str = "fp16",
+) -> tuple[Op, ...]:
+    """Final norm and LM head, vocabulary-split over ``tp`` ranks."""
+    ops = lm_head_ops(model, phase, batch, seq_len, DTYPES[weight_dtype], DTYPES[act_dtype])
+    return tuple(shard(o, tp, model.kv_heads) for o in ops)
+
+
+@lru_cache(maxsize=4096)
+def embed_ops(
+    model: ModelSpec, batch: int, seq_len: int, weight_dtype: str = "fp16", act_dtype: str = "fp16"
+) -> tuple[Op, ...]:
+    return (embedding_op(model, batch, seq_len, DTYPES[weight_dtype], DTYPES[act_dtype]),)

@@ -1,0 +1,33 @@
+"""``search``: the best plan of one strategy for an objective (None when no plan fits)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any
+
+from hetsim.hardware.rig import Rig
+from hetsim.models.spec import ModelSpec
+from hetsim.planner.ranking import Evaluate, best_plan, evaluator
+from hetsim.strategies.base import Objective, Strategy
+from hetsim.workload import Workload
+
+Search = Callable[[Rig, ModelSpec, Workload, Objective, Evaluate], Any]
+
+# Strategies with a solver-backed search: "module:function" (imported on use: OR-Tools is slow to load).
+SOLVER_SEARCHES = {
+    "flexgen": "hetsim.planner.flexgen_lp:search",
+    "hetegen": "hetsim.planner.hetegen_knapsack:search",
+    "hexgen": "hetsim.planner.hexgen_cpsat:search",
+}
+
+
+def search(strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective) -> Any:
+    """The plan that ranks first for ``objective``; None when no candidate fits."""
+    evaluate = evaluator(strategy, rig, model, workload)
+    target = SOLVER_SEARCHES.get(strategy.name)
+    if target is None:
+        return best_plan(strategy.candidates(rig, model, workload), evaluate, objective)
+    module, function = target.split(":")
+    solver: Search = getattr(import_module(module), function)
+    return solver(rig, model, workload, objective, evaluate)

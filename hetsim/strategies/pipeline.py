@@ -1,0 +1,138 @@
+"""Pipelines of tensor-parallel stages, shared by gpu-only, HexGen and HexGen serving.
+
+A stage is one tensor-parallel group of GPUs in one machine holding a contiguous run of layers.
+This module is the one home of what a stage holds (``stage_memory``), how layers are spread over
+stages (``balance_layers``, ``even_layers``), and how one forward step of a batch runs through the
+stages on the engine (``pipeline_pass``: one lockstep task per stage, leader-to-leader sends).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hetsim.hardware.rig import Rig
+from hetsim.models.memory import (
+    activation_workspace,
+    embed_bytes,
+    head_bytes,
+    hidden_bytes,
+    kv_cache_bytes,
+    layer_bytes,
+)
+from hetsim.models.sharding import embed_ops, head_ops, kv_share, layer_blocks
+from hetsim.models.spec import ModelSpec, Phase
+from hetsim.workload import Workload
+
+
+@dataclass(frozen=True)
+class Stage:
+    devices: tuple[str, ...]  # one tensor-parallel group, all in one node
+    layers: int
+
+
+def micro_batch_sizes(batch: int, parts: int) -> list[int]:
+    """``batch`` sequences in at most ``parts`` near-equal micro-batches (larger ones first)."""
+    parts = max(1, min(parts, batch))
+    base, extra = divmod(batch, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def even_layers(total: int, parts: int) -> tuple[int, ...]:
+    """``total`` layers over ``parts`` stages, ±1 (the earlier stages take the remainder)."""
+    base, extra = divmod(total, parts)
+    return tuple(base + (1 if i < extra else 0) for i in range(parts))
+
+
+def stage_memory(
+    model: ModelSpec,
+    stage: Stage,
+    first: bool,
+    last: bool,
+    kv_sequences: int,
+    context: int,
+    act_tokens: int,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
+) -> dict[str, float]:
+    """One GPU of a stage: its weight shard (the embedding replicated on the first stage, the head
+    split on the last), its KV shard for ``kv_sequences`` x ``context`` tokens, and the activation
+    workspace of ``act_tokens`` tokens in flight through a layer."""
+    tp = len(stage.devices)
+    weights = stage.layers * layer_bytes(model, weight_dtype) / tp
+    if first:
+        weights += embed_bytes(model, weight_dtype)
+    if last:
+        weights += head_bytes(model, weight_dtype) / tp
+    kv = kv_cache_bytes(model, kv_sequences, context, stage.layers, kv_dtype) * kv_share(tp, model.kv_heads)
+    return {
+        "weights": weights,
+        "kv_cache": kv,
+        "activations": activation_workspace(model, 1, max(1, act_tokens)) / tp,
+    }
+
+
+def balance_layers(
+    model: ModelSpec, groups: list[tuple[str, ...]], rig: Rig, workload: Workload, weight_dtype: str = "fp16"
+) -> tuple[int, ...] | None:
+    """Layers per stage in proportion to each group's memory bandwidth (decode is bandwidth-bound),
+    capped by what fits in its memory; None when the groups cannot hold the model."""
+    per_layer = layer_bytes(model, weight_dtype) + kv_cache_bytes(
+        model, workload.batch, workload.context_len, 1
+    ) * kv_share(len(groups[0]), model.kv_heads)
+    caps = []
+    for i, g in enumerate(groups):
+        tp = len(g)
+        mem = min(rig.devices[d].mem_bytes for d in g) * tp
+        fixed = (embed_bytes(model, weight_dtype) * tp if i == 0 else 0.0) + (
+            head_bytes(model, weight_dtype) if i == len(groups) - 1 else 0.0
+        )
+        fixed += activation_workspace(model, workload.batch, workload.prompt_len)
+        caps.append(max(0, int((mem - fixed) // per_layer)))
+    if sum(caps) < model.layers:
+        return None
+    speed = [sum(rig.devices[d].mem_bw for d in g) for g in groups]
+    layers = [0] * len(groups)
+    left = model.layers
+    # water-fill: proportional share, clipped at capacity, the rest redistributed
+    open_ = set(range(len(groups)))
+    while left > 0 and open_:
+        total = sum(speed[i] for i in open_)
+        for i in sorted(open_):
+            want = max(1, math.floor(left * speed[i] / total))
+            take = min(want, caps[i] - layers[i], left)
+            layers[i] += take
+            left -= take
+        open_ = {i for i in open_ if layers[i] < caps[i]}
+    if left > 0 or min(layers) == 0:
+        return None
+    return tuple(layers)
+
+
+def pipeline_pass(
+    engine,
+    stages: tuple[Stage, ...],
+    model: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    kv_len: int,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
+):
+    """One forward step of a batch through a pipeline on the engine: each stage one lockstep task
+    (layers x [attention, all-reduce, mlp, all-reduce]), leader-to-leader sends between stages."""
+    last = len(stages) - 1
+    message = hidden_bytes(model, batch, seq_len)
+    for i, st in enumerate(stages):
+        tp = len(st.devices)
+        if i == 0:
+            yield engine.lockstep(st.devices, [embed_ops(model, batch, seq_len, weight_dtype)], label="embed")
+        blocks = layer_blocks(model, phase, batch, seq_len, kv_len, tp, weight_dtype, kv_dtype)
+        work = [blocks.attention, message, blocks.mlp, message]
+        yield engine.lockstep(st.devices, work, repeat=st.layers, label=f"stage{i}")
+        if i == last:
+            head = head_ops(model, phase, batch, seq_len, tp, weight_dtype)
+            yield engine.lockstep(st.devices, [head], label="lm_head")
+        else:
+            yield engine.send(st.devices[0], stages[i + 1].devices[0], message, label="pp-send")
