@@ -76,7 +76,7 @@ def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
         name: replace(d, mem_bytes=min(d.mem_bytes, budget)) if d.kind == "gpu" else d
         for name, d in rig.devices.items()
     }
-    return replace(rig, devices=devices, _routes={})
+    return replace(rig, devices=devices)
 
 
 def check_objective(objective: str) -> Objective:

@@ -132,7 +132,7 @@ def with_cpu(p: Problem, mem_bw_scale: float = 1.0, flops_scale: float = 1.0) ->
             mem_bw=cpu.mem_bw * mem_bw_scale,
             peak_flops={k: v * flops_scale for k, v in cpu.peak_flops.items()},
         )
-    new_rig = dataclasses.replace(rig, devices=devices, _routes={})
+    new_rig = dataclasses.replace(rig, devices=devices)
     return dataclasses.replace(p, rig=new_rig)
 
 

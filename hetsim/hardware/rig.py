@@ -28,7 +28,8 @@ class Rig:
     devices: Mapping[str, ComputeDevice]
     disks: Mapping[str, Disk]
     links: Mapping[str, Link]
-    _routes: dict[tuple[str, str], Route] = field(default_factory=dict, repr=False, compare=False)
+    # found routes, per rig object: not an init field, so dataclasses.replace starts an empty cache
+    _routes: dict[tuple[str, str], Route] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---- look-ups -------------------------------------------------------------------------
     def gpus(self) -> list[ComputeDevice]:

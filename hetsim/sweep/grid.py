@@ -143,7 +143,7 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
                 links[lname] = replace(link, bw=link.bw * factor, pageable_bw=link.pageable_bw * factor)
 
     # a fresh route cache: routes of the original rig are stale here
-    return replace(rig, devices=devices, links=links, nodes=nodes, _routes={})
+    return replace(rig, devices=devices, links=links, nodes=nodes)
 
 
 def _is_nic(link: Link) -> bool:
