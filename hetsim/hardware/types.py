@@ -14,7 +14,6 @@ from typing import Literal
 
 DeviceKind = Literal["gpu", "cpu"]
 LinkKind = Literal["pcie", "nvlink", "upi", "ethernet", "infiniband", "rdma", "wan", "shm", "sata", "nvme"]
-OpKindName = Literal["matmul", "attention", "elementwise", "embedding"]
 
 
 class Grade(IntEnum):

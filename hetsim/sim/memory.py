@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hetsim.units import fmt_bytes
@@ -21,6 +22,18 @@ class OutOfMemory(Exception):
             f"out of memory on {device}: {tag} needs {fmt_bytes(requested)} with {fmt_bytes(used)} "
             f"of {fmt_bytes(capacity)} in use ({fmt_bytes(used + requested - capacity)} short)"
         )
+
+
+def check_budget(
+    device: str, what: str, tags: Mapping[str, float], budget: float | None, rel_tol: float = 0.0
+) -> None:
+    """A plan's own memory budget on ``device`` (``gpu_mem_budget``, below the device's capacity):
+    ``OutOfMemory`` when the bytes it holds there exceed it; None means no budget."""
+    if budget is None:
+        return
+    need = sum(tags.values())
+    if need > budget * (1 + rel_tol):
+        raise OutOfMemory(device, what, need, 0.0, budget)
 
 
 @dataclass

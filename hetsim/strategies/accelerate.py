@@ -17,6 +17,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
+from hetsim.sim.memory import check_budget
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.workload import Step, Workload, steps
 
@@ -113,10 +114,7 @@ class Accelerate(Strategy):
                 out[plan.cpu]["offloaded"] += plan.disk_layers * per_layer  # nowhere else to go
             else:
                 out[plan.disk] = {"offloaded": plan.disk_layers * per_layer}
-        if plan.gpu_mem_budget is not None:
-            used = sum(out[plan.gpu].values())
-            if used > plan.gpu_mem_budget:
-                out[plan.gpu] = {**out[plan.gpu], "over budget": rig.devices[plan.gpu].mem_bytes}
+        check_budget(plan.gpu, "gpu_mem_budget", out[plan.gpu], plan.gpu_mem_budget)
         return out
 
     def devices(self, plan: OffloadPlan) -> list[str]:

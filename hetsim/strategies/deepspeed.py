@@ -17,7 +17,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
-from hetsim.sim.memory import OutOfMemory
+from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.workload import Workload, steps
 
@@ -91,8 +91,7 @@ class ZeroInference(Strategy):
             "activations": activation_workspace(model, b, workload.prompt_len)
             + b * model.heads * workload.prompt_len**2 * 2.0,
         }
-        if plan.gpu_mem_budget is not None and sum(gpu.values()) > plan.gpu_mem_budget:
-            raise OutOfMemory(plan.gpu, "gpu_mem_budget", sum(gpu.values()), 0.0, plan.gpu_mem_budget)
+        check_budget(plan.gpu, "gpu_mem_budget", gpu, plan.gpu_mem_budget)
         return {plan.gpu: gpu, plan.cpu: {"weights": sum(mods)}}
 
     def devices(self, plan: ZeroInferencePlan) -> list[str]:

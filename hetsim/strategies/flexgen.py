@@ -13,11 +13,10 @@ hetsim/planner/flexgen_lp.py.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
-from hetsim.sim.memory import OutOfMemory
+from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, layer_kind, substep_ops
 from hetsim.strategies.flexgen_policy import (
@@ -30,8 +29,6 @@ from hetsim.strategies.flexgen_policy import (
 )
 from hetsim.workload import Step, Workload, steps
 
-ID_BYTES = 8.0  # int64 token ids in and out
-
 
 def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
     """(gpu, its host CPU, a disk on that node or ""); the rig's first GPU unless named."""
@@ -39,10 +36,6 @@ def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
     node = rig.devices[gpu].node
     disks = rig.disks_of(node)
     return gpu, rig.host_cpu(gpu), disks[0].name if disks else ""
-
-
-def blocks_needed(plan: FlexGenPlan, workload: Workload) -> int:
-    return math.ceil(workload.batch / plan.block_size)
 
 
 @register
@@ -74,10 +67,7 @@ class FlexGen(Strategy):
         if uses_disk and not disk:
             raise OutOfMemory(gpu, "disk share (the rig has no disk)", 1.0, 0.0, 0.0)
         mem = memory_plan(model, shape_of(plan, workload, uses_disk), f)
-        if plan.gpu_mem_budget is not None:
-            need = sum(mem["gpu"].values())
-            if need > plan.gpu_mem_budget:
-                raise OutOfMemory(gpu, "gpu_mem_budget", need, 0.0, plan.gpu_mem_budget)
+        check_budget(gpu, "gpu_mem_budget", mem["gpu"], plan.gpu_mem_budget)
         out = {gpu: mem["gpu"], cpu: mem["cpu"]}
         if disk:
             out[disk] = mem["disk"]
@@ -310,7 +300,3 @@ class _Runner:
                     yield from self.compute(e, step, j, gbs)
                     yield e.all_of(self.store_cache(e, step, j, gbs) + self.store_hidden(e, step, j, gbs))
                     self._tokens(e, j, k, seqs)
-
-
-def with_budget(plan: FlexGenPlan, budget: float | None) -> FlexGenPlan:
-    return replace(plan, gpu_mem_budget=budget)

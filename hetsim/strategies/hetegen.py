@@ -36,7 +36,7 @@ from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec, Op, OpKind, Phase
 from hetsim.sim.engine import Engine
-from hetsim.sim.memory import OutOfMemory
+from hetsim.sim.memory import check_budget
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.workload import Workload, steps
 
@@ -232,11 +232,8 @@ class HeteGen(Strategy):
 
     def footprint(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         gpu = {"resident_weights": resident_bytes(plan, model), **working_set(plan, model, workload)}
-        total = sum(gpu.values())
-        if total > plan.gpu_mem_budget * (1 + 1e-12):
-            raise OutOfMemory(
-                plan.gpu, "hetegen GPU working set (gpu_mem_budget)", total, 0.0, plan.gpu_mem_budget
-            )
+        what = "hetegen GPU working set (gpu_mem_budget)"
+        check_budget(plan.gpu, what, gpu, plan.gpu_mem_budget, rel_tol=1e-12)
         sizes = module_bytes(model, plan.weight_dtype)
         counts = module_counts(model)
         host_weights = sum(sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes)

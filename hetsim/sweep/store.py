@@ -8,7 +8,6 @@ supersedes the failure).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -133,7 +132,3 @@ class Store:
         os.replace(tmp, path)
         for p in parts:
             p.unlink()
-
-
-def is_missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
