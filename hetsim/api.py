@@ -297,31 +297,9 @@ def serve(
     if found is None:
         return {"feasible": False, "reason": f"no feasible plan for {spec.name} on {rig.name}"}
     plan, result = found
-    doc: dict[str, Any] = {
-        "model": model,
-        "hardware": hw,
-        "requests": len(reqs),
-        "rate": rate,
-        "seed": seed,
-        "slo_s": slo,
-        "slo_scale": slo_scale,
-        "slo_ref": slo_ref if slo_scale is not None else None,
-        "plan": {
-            "replicas": [
-                [{"gpus": list(s.devices), "tp": len(s.devices), "layers": s.layers} for s in r.stages]
-                for r in plan.replicas
-            ],
-            "max_batch": plan.max_batch,
-            "symmetric": symmetric,
-        },
-        **result.summary(deadlines),
-    }
-    # the plan may leave GPUs idle; what renting the whole rig costs per generated token
-    tokens = result.generated_tokens
-    doc["rig_price_usd_per_hour"] = rig.price_per_hour
-    doc["rig_cost_usd_per_mtok"] = (
-        usd_per_mtok(rig.price_per_hour, result.makespan_s, tokens) if tokens and result.makespan_s else None
-    )
+    doc = _serve_document(model, hw, reqs, rate, seed, slo, slo_scale, slo_ref, symmetric, rig, plan, result)
+    doc.update(result.summary(deadlines))
+    doc.update(_rig_cost(rig, result))
     if find_max_rate:
         doc["target_attainment"] = target
         doc["max_rate"] = max_rate(
@@ -343,6 +321,50 @@ def serve(
             iterations=8,
         )
     return doc
+
+
+def _serve_document(
+    model: str,
+    hw: str,
+    reqs: Sequence[Any],
+    rate: float | None,
+    seed: int,
+    slo: float | None,
+    slo_scale: float | None,
+    slo_ref: str,
+    symmetric: bool,
+    rig: Rig,
+    plan: Any,
+    result: Any,
+) -> dict[str, Any]:
+    """What was asked and the plan that served it (the summary and costs are added after)."""
+    return {
+        "model": model,
+        "hardware": hw,
+        "requests": len(reqs),
+        "rate": rate,
+        "seed": seed,
+        "slo_s": slo,
+        "slo_scale": slo_scale,
+        "slo_ref": slo_ref if slo_scale is not None else None,
+        "plan": {
+            "replicas": [
+                [{"gpus": list(s.devices), "tp": len(s.devices), "layers": s.layers} for s in r.stages]
+                for r in plan.replicas
+            ],
+            "max_batch": plan.max_batch,
+            "symmetric": symmetric,
+        },
+    }
+
+
+def _rig_cost(rig: Rig, result: Any) -> dict[str, Any]:
+    """The plan may leave GPUs idle: what renting the whole rig costs per generated token."""
+    tokens = result.generated_tokens
+    per_mtok = (
+        usd_per_mtok(rig.price_per_hour, result.makespan_s, tokens) if tokens and result.makespan_s else None
+    )
+    return {"rig_price_usd_per_hour": rig.price_per_hour, "rig_cost_usd_per_mtok": per_mtok}
 
 
 def _check_serve_flags(
