@@ -1,7 +1,7 @@
 """xFasterTransformer CPU tensor parallelism (arXiv 2407.00029): Qwen-72B next-token latency vs ranks.
 
 Qwen-72B on the cputp-4x8575c rig (four single-socket Xeon 8575C instances over eRDMA), batch 1,
-prompt 512, 32 generated tokens (the repo's benchmark defaults, cputp.md §6), bf16 weights. P = 1,
+prompt 512, 32 generated tokens (the repo's benchmark defaults, xFT, arXiv 2407.00029), bf16 weights. P = 1,
 2 and 4 ranks use the first P sockets of the same rig through the cpu-tp plan's ``ranks``. The
 paper publishes only P = 4 (140 ms); hetsim's value there and the relative error are printed.
 
@@ -24,7 +24,7 @@ from hetsim.strategies.base import get_strategy
 RIG = "cputp-4x8575c"
 MODEL = "qwen-72b"
 RANKS = (1, 2, 4)
-PUBLISHED_MS = {4: 140.0}  # shared/reference/paper_points.csv: CPU-TP xft_tp4_erdma, ms/token
+PUBLISHED_MS = {4: 140.0}  # paper_figs/paper_points.csv: CPU-TP xft_tp4_erdma, ms/token
 
 
 def rows() -> list[dict]:

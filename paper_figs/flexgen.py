@@ -2,7 +2,7 @@
 
 Usage: python paper_figs/flexgen.py [OUT_DIR]   (default paper_figs/out/)
 Writes flexgen.csv and flexgen.png and prints the relative error at every published point
-(shared/reference/paper_points.csv gives points for OPT-30B only; the others are hetsim alone).
+(paper_figs/paper_points.csv gives points for OPT-30B only; the others are hetsim alone).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ PUBLISHED = {  # arXiv 2303.06865 Tab. 2, OPT-30B (paper_points.csv)
     ("opt-30b", "Accelerate"): 0.62,
     ("opt-30b", "DeepSpeed"): 0.60,
 }
-PAPER_POLICY = {  # the benchmark's OPT-30B policies (flexgen.md §7)
+PAPER_POLICY = {  # the benchmark's OPT-30B policies (FlexGen, arXiv 2303.06865)
     "FlexGen": (FlexGenPlan(48, 3, 20, 80, 0, 100, 0, 100, cpu_attention=True), 144),
     "FlexGen 4-bit": (
         FlexGenPlan(64, 8, 0, 100, 0, 100, 0, 100, cpu_attention=False, compress_cache=True),

@@ -4,7 +4,7 @@ the half-budget rig and the homogeneous 16 x A100-40G rig (same hourly price as 
 Usage: python paper_figs/hexgen.py [OUT_DIR] [--requests N]   (default paper_figs/out/, N = 200)
 Writes hexgen_vs_rate.csv, hexgen_vs_deadline.csv, hexgen_max_rate.csv and hexgen.png, and prints
 hetsim's "x lower deadline" and "x higher rate" beside the paper's 2.3x and 4x
-(shared/reference/paper_points.csv). Deadlines are scale x the single-request latency of the same
+(paper_figs/paper_points.csv). Deadlines are scale x the single-request latency of the same
 request on the homogeneous A100 rig, as in the paper. Per operating point every planner candidate
 of a rig is run in the engine and the best kept (HexGen re-plans for the workload it is given);
 max rates are read off a geometric rate grid (steps of 2^(1/4), about 19 %).
@@ -35,7 +35,7 @@ RIGS = {
 }
 HOMO, FULL = "homogeneous (16x A100, $65.54/h)", "hetero full budget ($65.04/h)"
 SYM = "hetero full budget, symmetric TPxPP"
-PAPER_ASYM = {"deadline_x": 1.8, "rate_x": 2.0}  # hexgen.md §7: asymmetric vs symmetric HexGen
+PAPER_ASYM = {"deadline_x": 1.8, "rate_x": 2.0}  # HexGen, arXiv 2311.11514: asymmetric vs symmetric HexGen
 RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
 SCALES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0)
 DEADLINE_RATES = (1.0, 4.0, 8.0)  # fixed rates of the deadline curves

@@ -1,5 +1,5 @@
 """FlexGen and its offloading baselines against arXiv 2303.06865 Tab. 2 (OPT-30B on a T4, prompt 512,
-gen 32; shared/reference/paper_points.csv), plus the paper's ablation orderings as mechanism checks."""
+gen 32; paper_figs/paper_points.csv), plus the paper's ablation orderings as mechanism checks."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hetsim.strategies.base import all_strategies, get_strategy
 from hetsim.strategies.flexgen_policy import FlexGenPlan, fractions
 from hetsim.workload import Workload
 
-POINTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_points.csv"  # ../shared
+POINTS = Path(__file__).resolve().parents[1] / "paper_figs" / "paper_points.csv"
 TOL = 0.15
 PAPER = FlexGenPlan(48, 3, 20, 80, 0, 100, 0, 100, cpu_attention=True, gpu="n0.gpu0")
 FOURBIT = FlexGenPlan(64, 8, 0, 100, 0, 100, 0, 100, cpu_attention=False, compress_cache=True, gpu="n0.gpu0")

@@ -30,7 +30,7 @@ from hetsim.strategies.hetegen import (
 )
 
 GB = 1e9
-# shared/reference/paper_points.csv, HeteGen rows (values read off Fig. 8, about +-3 %).
+# paper_figs/paper_points.csv, HeteGen rows (values read off Fig. 8, about +-3 %).
 HETEGEN_TOK_S = 1.365  # HeteGen, OPT-30B, ~6.25 GB of GPU memory
 FLEXGEN_TOK_S = 0.431  # FlexGen, OPT-30B, ~6.1 GB of GPU memory
 TOLERANCE = 0.15
@@ -52,7 +52,7 @@ def hetegen_6gb(opt30b):
     strict=False,
     reason="hetsim gives 1.12 tok/s vs published 1.365 (-18 %): decode is bound by the assumed host DRAM "
     "bandwidth (81.9 GB/s core-proportional share x 0.8), which the CPU GEMV and the weight DMA share; "
-    "the paper's host must deliver ~25 % more (host DRAM is not stated, hetegen.md §6)",
+    "the paper's host must deliver ~25 % more (host DRAM is not stated, HeteGen, arXiv 2403.01164)",
 )
 def test_golden_hetegen_opt30b_at_6_25_gb(hetegen_6gb):
     _, result = hetegen_6gb
@@ -65,7 +65,7 @@ def test_hetegen_opt30b_at_6_25_gb_stays_in_budget_and_is_dram_bound(hetegen_6gb
     assert result.feasible, result.reason
     assert result.peak_mem_bytes["n0.gpu0"] <= 6.25 * GB
     assert sum(plan.resident.values()) > 0  # ~4.6 GB of weights fit next to KV, buffer and runtime
-    # The CPU GEMVs and the weight DMA together saturate the socket's DRAM (hetegen.md §5).
+    # The CPU GEMVs and the weight DMA together saturate the socket's DRAM (HeteGen, arXiv 2403.01164).
     assert result.utilization["n0.cpu0:dram"] > 0.9
 
 
@@ -113,7 +113,8 @@ def test_eq5_is_the_balance_condition_and_reduces_to_eq7():
 
 def test_engine_alpha_matches_eq5_without_dram_contention(rig):
     """Tiny rig: 100 GB/s DRAM, 10 GB/s PCIe. Eq. 5 ignores that the DMA takes its share of DRAM
-    (hetegen.md §5); the engine books it, so its crossing is Eq. 5 with V_CPU - V_COM for the CPU."""
+    (HeteGen, arXiv 2403.01164); the engine books it, so its crossing is Eq. 5 with V_CPU - V_COM for
+    the CPU."""
     p = problem("opt-6.7b", "hetegen-a10", 1, 64, 2)
     op = module_ops(p.model, "decode", 1, 1)["fc1"]
     v_cpu, v_com, v_gpu = eq5_speeds(rig, "n0.gpu0", "n0.cpu0", op)
@@ -125,7 +126,7 @@ def test_engine_alpha_matches_eq5_without_dram_contention(rig):
 
 def test_prefill_alpha_is_near_one_and_decode_alpha_is_not(hetegen_6gb):
     plan, _ = hetegen_6gb
-    # 512-token CPU GEMMs are compute-bound (hetegen.md §2): prefill degenerates to offloading.
+    # 512-token CPU GEMMs are compute-bound (HeteGen, arXiv 2403.01164): prefill degenerates to offloading.
     assert min(v for k, v in plan.alpha_prefill.items() if k != "lm_head") > 0.85
     assert 0.2 < plan.alpha_decode["fc1"] < 0.5
 

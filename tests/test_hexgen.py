@@ -1,6 +1,6 @@
 """HexGen: asymmetric TP x PP plans, the two-level CP-SAT scheduler, and the serving simulation.
 
-Golden comparison: arXiv 2311.11514 (abstract; shared/reference/paper_points.csv) reports, for
+Golden comparison: arXiv 2311.11514 (abstract; paper_figs/paper_points.csv) reports, for
 Llama-2-70B at the same budget, up to 2.3x lower latency deadline and up to 4x higher request rate
 on the 58-GPU heterogeneous rig than on 16 x A100-40G.
 """

@@ -45,9 +45,9 @@ GiB = 2**30
 #   (opt-6.7b 6.66B, opt-13b 12.85B, opt-30b 29.97B, opt-66b 65.7B); OPT-175B ≈ 174.6B (FlexGen's
 #   opt_config.py shapes, 96 × 12h² + embeddings).
 # - Llama 2: Touvron et al. 2023 and the meta-llama/Llama-2-*-hf model cards / safetensors metadata
-#   (6.74B, 13.02B, 68.98B; cputp.md §6 also lists 68.98B).
+#   (6.74B, 13.02B, 68.98B; xFT, arXiv 2407.00029 also lists 68.98B).
 # - Llama 3: meta-llama/Meta-Llama-3-8B and -70B model cards / safetensors metadata (8.03B, 70.55B).
-# - Qwen-72B: xFasterTransformer config.ini shapes as summarised in cputp.md §6: 72.28B.
+# - Qwen-72B: xFasterTransformer config.ini shapes as summarised in xFT, arXiv 2407.00029: 72.28B.
 # - Mixtral 8x7B: Mistral AI, "Mixtral of experts" (blog, Dec 2023) and Jiang et al. 2024:
 #   46.7B total, 12.9B active per token.
 PUBLISHED = {

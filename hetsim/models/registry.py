@@ -3,7 +3,7 @@
 Shapes are copied from the official Hugging Face ``config.json`` of each model (facebook/opt-*,
 meta-llama/Llama-2-*-hf, meta-llama/Meta-Llama-3-*, Qwen/Qwen-72B, mistralai/Mixtral-8x7B-v0.1) and
 cross-checked with FlexGen's ``opt_config.py`` and xFasterTransformer's ``config.ini``
-(see shared/reference/flexgen.md §2 and cputp.md §6). Parameter counts are tested against the
+(FlexGen, arXiv 2303.06865 and xFT, arXiv 2407.00029). Parameter counts are tested against the
 published ones in ``tests/test_models.py``.
 """
 

@@ -1,9 +1,10 @@
 """FlexGen's policy search: a linear program over the 9 placement fractions per (gbs, nb).
 
-The cost model is flexgen.md §6 with the released runtime's overlap structure (§4.3), but every
-constant is derived from the rig (link bandwidths, disk rates, op costs of the same ops the engine
-runs): none of FlexGen's fitted T4 constants (§6.3) is used. For one GPU batch size gbs, nb batches,
-and the flags (CPU attention, compressed KV), time is linear in the fractions:
+The cost model is FlexGen's (Sheng et al., ICML 2023, arXiv 2303.06865) with the released runtime's
+overlap structure (flex_opt.py in FMInference/FlexLLMGen), but every constant is derived from the rig
+(link bandwidths, disk rates, op costs of the same ops the engine runs): none of FlexGen's fitted T4
+constants (its released cost_model.py) is used. For one GPU batch size gbs, nb batches, and the
+flags (CPU attention, compressed KV), time is linear in the fractions:
 
 - per scheduling slot (attention, MLP) the released loop costs
   max(w + c, p) + (nb - 1) max(c, p), with w = the next layer's weight load (sub-step 0 only),
@@ -353,7 +354,7 @@ def _mem(model: ModelSpec, shape: Shape, x: dict[str, float], wtot: float, wmax:
 def to_plan(sol: LpSolution, model: ModelSpec, gpu: str, budget: float | None) -> FlexGenPlan:
     """Percentages for the runtime: activations on one tier, the rest rounded down to whole percent,
     and the weight GPU percent lowered until the per-tensor placement puts no more on the GPU than the
-    LP did (the released midpoint rule is a step function, §3)."""
+    LP did (the released midpoint rule is a step function)."""
     x = sol.x
     pct = {v: math.floor(100 * x[v] + 1e-6) for v in VARS}
     hg = 100.0 if x["hg"] >= x["hc"] else 0.0

@@ -3,8 +3,8 @@
 1. **Alpha.** For every module kind and phase, Eq. 5 of the paper gives a first alpha from the three
    speeds the engine itself uses: V_CPU and V_GPU from ``hetsim.costs.op_cost`` on each side, V_COM
    from the route's bandwidth. Eq. 5 ignores that the DMA and the CPU GEMV draw on the same DRAM
-   channels (hetegen.md §5); the engine books that, so the alpha is then refined by bisection on the
-   engine's own timeline of one split module (the "Alpha Benchmark" of the paper, run in the
+   channels (HeteGen, arXiv 2403.01164); the engine books that, so the alpha is then refined by
+   bisection on the engine's own timeline of one split module (the "Alpha Benchmark" of the paper, run in the
    simulator): the crossing of the falling CPU curve and the rising copy+GPU curve.
 2. **Residency.** Making one module resident saves (split time - resident time) on every step; each
    costs its bytes of GPU memory. Which modules stay on the GPU is a bounded knapsack (one integer

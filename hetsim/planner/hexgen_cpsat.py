@@ -1,4 +1,4 @@
-"""HexGen's two-level scheduler with OR-Tools CP-SAT (hexgen.md §3, §8).
+"""HexGen's two-level scheduler with OR-Tools CP-SAT (HexGen, arXiv 2311.11514).
 
 Machines are grouped into *classes* (same region, GPU type and GPU count) and a machine may be cut
 into equal *parts* (8 GPUs -> 8, 4 or 2). A replica *shape* is a small multiset of parts from one

@@ -193,7 +193,7 @@ def rig_tables(rig: Rig, summary: dict[str, Any]) -> list[Table]:
 def compare_document(
     model: str, hardware: str, workload: Workload, results: Sequence[Result]
 ) -> dict[str, Any]:
-    """The ``--format json`` object of DESIGN.md."""
+    """The ``--format json`` object of docs/architecture.md."""
     return {
         "model": model,
         "hardware": hardware,

@@ -5,7 +5,7 @@
   the waves of batches ahead of it once its in-flight batches are full. Decode is parameter-scan
   bound, so joining a running batch on a fast replica usually beats an idle slow one;
 - ``weighted``: fewest outstanding requests per unit of replica speed (join-the-shortest-queue);
-- ``round-robin``: HexGen's coordinator (hexgen.md §1).
+- ``round-robin``: HexGen's coordinator (HexGen, arXiv 2311.11514).
 Ties go to the lowest replica index, so runs are deterministic.
 """
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from hetsim.errors import InputError
 
-PAPER_LENGTHS = (32, 64, 128)  # HexGen's input and output lengths (hexgen.md §4)
+PAPER_LENGTHS = (32, 64, 128)  # HexGen's input and output lengths (HexGen, arXiv 2311.11514)
 TRACE_FIELDS = ("arrival_s", "prompt_len", "output_len")
 
 

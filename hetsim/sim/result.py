@@ -33,7 +33,7 @@ class Result:
         return cls(strategy=strategy, feasible=False, reason=reason, plan=dict(plan or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of DESIGN.md (NaN becomes null)."""
+        """The JSON shape of docs/architecture.md (NaN becomes null)."""
 
         def clean(x: Any) -> Any:
             if isinstance(x, float) and not math.isfinite(x):

@@ -4,7 +4,7 @@ One rank per socket. Weights split Megatron-style (heads, MLP inner dimension, v
 the embedding table is replicated; two all-reduces per decoder layer (after the output
 projection and after the MLP down projection) of batch x tokens x hidden activations, in fp32
 when the weights are 16-bit (xFT's default); greedy token selection with an all-gather of
-(id, value) pairs per rank instead of gathering logits. See shared/reference/cputp.md.
+(id, value) pairs per rank instead of gathering logits. See xFT, arXiv 2407.00029.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every parameter lives in pinned host memory and is fetched to the GPU module by 
 forward pass reaches it; the next module's fetch is prefetched, so one module's copy overlaps the
 current module's compute. The KV cache and activations stay on the GPU, so the batch is bounded by
 GPU memory, and the schedule is row by row: a pass generates all tokens of its batch, and every
-weight crosses PCIe again for every token of every pass (flexgen.md §7; bench_hf.py).
+weight crosses PCIe again for every token of every pass (FlexGen, arXiv 2303.06865; bench_hf.py).
 """
 
 from __future__ import annotations

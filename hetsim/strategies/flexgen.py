@@ -6,7 +6,7 @@ batches before moving right, so every weight load is shared by bls sequences. Th
 load layer j+1's weights (only when k == 0), load batch k+1's KV cache and hidden state, store
 batch k-1's, compute batch k, then a full barrier. CPU attention (--cpu-cache-compute) runs in the
 issuing thread, so it blocks the loop; the KV gather into the fp32 workspace does too.
-See shared/reference/flexgen.md §3-§5; the policy is in flexgen_policy.py, the LP in
+See FlexGen, arXiv 2303.06865; the policy is in flexgen_policy.py, the LP in
 hetsim/planner/flexgen_lp.py.
 """
 
@@ -52,7 +52,7 @@ class FlexGen(Strategy):
         return None
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> FlexGenPlan:
-        """The paper's OPT-30B policy shape (§7), batch-sized to the workload."""
+        """The benchmark's OPT-30B policy shape (bench_suite.py), batch-sized to the workload."""
         gbs = min(workload.batch, 48)
         return FlexGenPlan(
             gpu_batch_size=gbs, num_gpu_batches=math.ceil(workload.batch / gbs), gpu=endpoints(rig)[0]

@@ -1,6 +1,6 @@
 """FlexGen's policy: where weights, KV cache and activations live, and what that costs in memory.
 
-The plan mirrors the released runtime's flags (shared/reference/flexgen.md §3): ``--percent wg wc cg
+The plan mirrors the released runtime's flags (FlexGen, arXiv 2303.06865): ``--percent wg wc cg
 cc hg hc`` (disk gets the remainder), ``--gpu-batch-size``, ``--num-gpu-batches``,
 ``--cpu-cache-compute``, ``--compress-weight``, ``--compress-cache``, ``--pin-weight`` and
 ``--overlap``. Weights are placed per tensor by the midpoint rule in "released" mode (a step
@@ -67,7 +67,7 @@ class FlexGenPlan:
 
     @property
     def uses_cpu_attention(self) -> bool:
-        """The runtime switches CPU attention off when the KV cache is compressed (§5.1)."""
+        """The runtime switches CPU attention off when the KV cache is compressed (flex_opt.py)."""
         return self.cpu_attention and not self.compress_cache
 
 

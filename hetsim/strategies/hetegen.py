@@ -3,7 +3,7 @@
 Each linear module that is not GPU-resident is split by columns: a share ``alpha`` of its weights is
 copied from pinned host memory over PCIe and multiplied on the GPU, the rest ``1 - alpha`` is
 multiplied by the CPU in place, at the same time. Both halves join at a barrier before the next
-module starts (the paper's timing figure; see shared/reference/hetegen.md §3). Attention, norms,
+module starts (the paper's timing figure; HeteGen, arXiv 2403.01164). Attention, norms,
 residuals and the KV cache stay on the GPU; the embedding gather runs on the CPU, where the table
 lives. Modules chosen by the planner (a knapsack under ``gpu_mem_budget``) are GPU-resident.
 
@@ -15,11 +15,11 @@ Per split module the schedule issues, in this order:
    copy of the CPU's partial output;
 3. a barrier and a fixed synchronisation cost (``split_sync_s``).
 
-No cross-module prefetch: hetegen.md (§3) says parameters move through rotating pinned buffers but
+No cross-module prefetch: HeteGen, arXiv 2403.01164 says parameters move through rotating pinned buffers but
 that the paper's timing figure brackets each module with a barrier and shows no prefetch of the next
 module's weights ("do not assume it"). So a module's weight copy starts only after the previous
 module's barrier, and one GPU buffer (the largest alpha share streamed) receives the shares. The
-split modules' weights sit in pinned host memory (no staging memcpy; see hetegen.md §5 for the
+split modules' weights sit in pinned host memory (no staging memcpy; HeteGen, arXiv 2403.01164 for the
 pageable alternative, which would add 2·alpha·P of DRAM traffic per module).
 """
 
@@ -49,7 +49,7 @@ LM_HEAD = "lm_head"
 SPLIT_SYNC_S = 20e-6
 
 # GPU memory the process holds before any tensor: CUDA context, cuBLAS workspace, allocator slack.
-# The paper's x-axis is total GPU memory usage (hetegen.md §5), which includes it.
+# The paper's x-axis is total GPU memory usage (HeteGen, arXiv 2403.01164), which includes it.
 # Grade: assumed (an idle PyTorch process on Ampere shows ~300-400 MB in nvidia-smi).
 RUNTIME_RESERVE_BYTES = 0.35e9
 
