@@ -94,16 +94,18 @@ def best_result(
     *,
     search: bool = True,
     adjust: Callable[[Any], Any] | None = None,
+    allow_lossy: bool = False,
 ) -> Result:
     """``strategy``'s searched (or, with ``search=False``, default) plan simulated in full.
 
-    ``adjust`` edits the chosen plan before it runs (a sweep's plan knobs)."""
+    ``adjust`` edits the chosen plan before it runs (a sweep's plan knobs); ``allow_lossy`` lets the
+    search try plans that change the model's outputs (FlexGen's 4-bit compression)."""
     reason = strategy.applicable(p.rig, p.model, p.workload)
     if reason:
         return Result.infeasible(strategy.name, f"not applicable: {reason}")
     fix = adjust or (lambda plan: plan)
     if search:
-        plan = fix(planner.search(strategy, p.rig, p.model, p.workload, objective))
+        plan = fix(planner.search(strategy, p.rig, p.model, p.workload, objective, allow_lossy=allow_lossy))
     else:
         plan = fix(strategy.default_plan(p.rig, p.model, p.workload))
     if plan is None:
@@ -124,6 +126,7 @@ def compare(
     search: bool = True,
     trace_path: str | None = None,
     workers: int = 1,
+    allow_lossy: bool = False,
 ) -> list[Result]:
     """Every requested (default: every registered) strategy with its best plan, best first.
 
@@ -135,10 +138,11 @@ def compare(
     if workers > 1 and len(names) > 1 and "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
         with ProcessPoolExecutor(min(workers, len(names)), mp_context=ctx) as pool:
-            unsorted = list(pool.map(_best_by_name, names, [p] * len(names), [objective] * len(names),
-                                     [search] * len(names)))  # fmt: skip
+            n = len(names)
+            unsorted = list(pool.map(_best_by_name, names, [p] * n, [objective] * n, [search] * n,
+                                     [allow_lossy] * n))  # fmt: skip
     else:
-        unsorted = [best_result(s, p, objective, search=search) for s in chosen]
+        unsorted = [best_result(s, p, objective, search=search, allow_lossy=allow_lossy) for s in chosen]
     results = sorted(unsorted, key=rank_key(objective))
     if trace_path and results and results[0].feasible:
         winner = get_strategy(results[0].strategy)
@@ -147,8 +151,8 @@ def compare(
     return results
 
 
-def _best_by_name(name: str, p: Problem, objective: Objective, search: bool) -> Result:
-    return best_result(get_strategy(name), p, objective, search=search)
+def _best_by_name(name: str, p: Problem, objective: Objective, search: bool, allow_lossy: bool) -> Result:
+    return best_result(get_strategy(name), p, objective, search=search, allow_lossy=allow_lossy)
 
 
 def compare_frame(
@@ -200,6 +204,7 @@ class PlanDocument(BaseModel):
     objective: str = "throughput"
     gpu_mem_budget: float | None = None
     params: dict[str, Any]
+    lossy: str = ""  # what the plan gives up in model quality ("" = lossless); informational
 
 
 def plan_document(p: Problem, strategy: Strategy, plan: Any, objective: Objective) -> dict[str, Any]:
@@ -211,6 +216,7 @@ def plan_document(p: Problem, strategy: Strategy, plan: Any, objective: Objectiv
         objective=objective,
         gpu_mem_budget=p.gpu_mem_budget,
         params=strategy.plan_to_dict(plan),
+        lossy=strategy.lossy(plan),
     ).model_dump()
 
 

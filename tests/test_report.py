@@ -239,6 +239,7 @@ def test_compare_document_is_strict_json(feasible, infeasible):
         "weakest_grade",
         "tasks",
         "extras",
+        "lossy",
     }
     assert set(ok) == set(bad) == expected
 

@@ -139,6 +139,11 @@ BatchOpt = typer.Option(1, "--batch", help="Sequences in the offline batch.")
 PromptOpt = typer.Option(512, "--prompt-len", help="Prompt tokens per sequence.")
 GenOpt = typer.Option(32, "--gen-len", help="Generated tokens per sequence.")
 ObjectiveOpt = typer.Option("throughput", "--objective", help="latency | throughput | cost")
+LossyOpt = typer.Option(
+    False,
+    "--allow-compression",
+    help="Let searches try lossy plans (FlexGen's 4-bit weights / KV cache); results say so.",
+)
 BudgetOpt = typer.Option(
     None, "--gpu-mem-budget", help="GPU memory each strategy may use per GPU, e.g. '6.25 GB' (default: all)."
 )
@@ -224,6 +229,7 @@ def compare(
     trace: Path | None = typer.Option(None, "--trace", help="Chrome trace of the winner's run."),
     no_search: bool = typer.Option(False, "--no-search", help="Use each strategy's default plan."),
     gpu_mem_budget: str | None = BudgetOpt,
+    allow_compression: bool = LossyOpt,
 ) -> None:
     """Every strategy's best plan on this rig, ranked by the objective (winner first)."""
     _check_format(fmt)
@@ -233,7 +239,13 @@ def compare(
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
     results = api.compare(
-        p, names, obj, search=not no_search, trace_path=str(trace) if trace else None, workers=_cores()
+        p,
+        names,
+        obj,
+        search=not no_search,
+        trace_path=str(trace) if trace else None,
+        workers=_cores(),
+        allow_lossy=allow_compression,
     )
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results)
     if trace and fmt == "table":
@@ -255,6 +267,7 @@ def plan(
     out_path: Path | None = typer.Option(None, "--out", help="Write the plan document here."),
     fmt: str = typer.Option("table", "--format", help="table | json (json prints the plan document)"),
     gpu_mem_budget: str | None = BudgetOpt,
+    allow_compression: bool = LossyOpt,
 ) -> None:
     """Search the best plan (of one strategy, or of all: the winner) and write it as JSON."""
     _check_format(fmt, ("table", "json"))
@@ -263,7 +276,7 @@ def plan(
     names = _split_names(strategy)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
-    results = api.compare(p, names, obj, workers=_cores())
+    results = api.compare(p, names, obj, workers=_cores(), allow_lossy=allow_compression)
     if fmt == "table" and (names is None or len(names) > 1):
         out.print(results_table(results, title=f"Best plan of each strategy ({obj}), best first"))
     best = next((r for r in results if r.feasible), None)

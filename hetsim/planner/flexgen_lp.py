@@ -378,13 +378,23 @@ def to_plan(sol: LpSolution, model: ModelSpec, gpu: str, budget: float | None) -
     return plan
 
 
-def candidate_flags(disk: bool) -> list[Flags]:
+def candidate_flags(disk: bool, allow_lossy: bool = False) -> list[Flags]:
+    """Attention on the CPU or the GPU; a 4-bit KV cache (on one tier) only when the user allows
+    lossy plans: compression changes the model's outputs."""
+    lossless = [Flags(True, False), Flags(False, False)]
+    if not allow_lossy:
+        return lossless
     tiers = "gcd" if disk else "gc"
-    return [Flags(True, False), Flags(False, False), *(Flags(False, True, t) for t in tiers)]
+    return [*lossless, *(Flags(False, True, t) for t in tiers)]
 
 
 def lp_candidates(
-    rig: Rig, model: ModelSpec, wl: Workload, ends: tuple[str, str, str], budget: float | None = None
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    ends: tuple[str, str, str],
+    budget: float | None = None,
+    allow_lossy: bool = False,
 ) -> tuple[list[LpSolution], int]:
     """Every feasible (gbs, nb, flags) LP optimum, best time per sequence first."""
     sols, solved = [], 0
@@ -395,7 +405,7 @@ def lp_candidates(
         for nb in NB_CHOICES:
             if gbs * nb > wl.batch:
                 break
-            for fl in candidate_flags(bool(ends[2])):
+            for fl in candidate_flags(bool(ends[2]), allow_lossy):
                 sol = solve_lp(rig, model, wl, gbs, nb, fl, ends, budget)
                 solved += 1
                 if sol is not None:
@@ -414,6 +424,7 @@ def search_policy(
     objective: str = "throughput",
     budget: float | None = None,
     evaluate: Evaluate | None = None,
+    allow_lossy: bool = False,
 ) -> SearchOutcome:
     """LP over (gbs, nb, flags), then the best few confirmed in the engine (released placement).
 
@@ -425,7 +436,7 @@ def search_policy(
         evaluate = evaluator(get_strategy("flexgen"), rig, model, wl)
     t0 = time.perf_counter()
     ends = endpoints(rig)
-    sols, solved = lp_candidates(rig, model, wl, ends, budget)
+    sols, solved = lp_candidates(rig, model, wl, ends, budget, allow_lossy)
     best, best_e2e = None, math.inf
     seen = set()
     for sol in sols:
@@ -445,7 +456,13 @@ def search_policy(
 
 
 def search(
-    rig: Rig, model: ModelSpec, wl: Workload, objective: str, evaluate: Evaluate | None = None
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    objective: str,
+    evaluate: Evaluate | None = None,
+    *,
+    allow_lossy: bool = False,
 ) -> FlexGenPlan | None:
     """The planner's entry point: the confirmed best policy, or None when nothing fits."""
-    return search_policy(rig, model, wl, objective, evaluate=evaluate).plan
+    return search_policy(rig, model, wl, objective, evaluate=evaluate, allow_lossy=allow_lossy).plan

@@ -201,7 +201,13 @@ def plan_hetegen(
 
 
 def search(
-    rig: Rig, model: ModelSpec, workload: Workload, objective: str, evaluate: Evaluate
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    objective: str,
+    evaluate: Evaluate,
+    *,
+    allow_lossy: bool = False,  # HeteGen has no lossy option
 ) -> HeteGenPlan | None:
     """Per GPU (with its host socket): alphas balanced in the engine, residency by CP-SAT; the plans
     ranked by ``evaluate``."""

@@ -510,6 +510,7 @@ def search(
     *,
     symmetric: bool = False,
     max_candidates: int = 6,
+    allow_lossy: bool = False,  # HexGen's plans are lossless (fp16 weights and KV)
 ) -> HexGenPlan | None:
     """The best plan for an offline batch, each candidate confirmed in the engine (``evaluate``;
     by default HexGen's own estimate)."""

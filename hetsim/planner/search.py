@@ -8,11 +8,11 @@ from typing import Any
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
-from hetsim.planner.ranking import Evaluate, best_plan, evaluator
+from hetsim.planner.ranking import best_plan, evaluator
 from hetsim.strategies.base import Objective, Strategy
 from hetsim.workload import Workload
 
-Search = Callable[[Rig, ModelSpec, Workload, Objective, Evaluate], Any]
+Search = Callable[..., Any]  # (rig, model, workload, objective, evaluate, *, allow_lossy) -> plan | None
 
 # Strategies with a solver-backed search: "module:function" (imported on use: OR-Tools is slow to load).
 SOLVER_SEARCHES = {
@@ -22,12 +22,22 @@ SOLVER_SEARCHES = {
 }
 
 
-def search(strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective) -> Any:
-    """The plan that ranks first for ``objective``; None when no candidate fits."""
+def search(
+    strategy: Strategy,
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    objective: Objective,
+    *,
+    allow_lossy: bool = False,
+) -> Any:
+    """The plan that ranks first for ``objective``; None when no candidate fits. Lossy options
+    (compressed weights or KV cache) are tried only with ``allow_lossy``."""
     evaluate = evaluator(strategy, rig, model, workload)
     target = SOLVER_SEARCHES.get(strategy.name)
     if target is None:
-        return best_plan(strategy.candidates(rig, model, workload), evaluate, objective)
+        plans = strategy.candidates(rig, model, workload)
+        return best_plan((p for p in plans if allow_lossy or not strategy.lossy(p)), evaluate, objective)
     module, function = target.split(":")
     solver: Search = getattr(import_module(module), function)
-    return solver(rig, model, workload, objective, evaluate)
+    return solver(rig, model, workload, objective, evaluate, allow_lossy=allow_lossy)

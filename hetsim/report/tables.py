@@ -231,7 +231,7 @@ def results_table(results: Sequence[Result], title: str = "Strategies, best firs
             fmt_money(r.cost_usd_per_mtok),
             r.bottleneck or DASH,
             _peak(r),
-            r.weakest_grade,
+            f"{r.weakest_grade}; [yellow]lossy: {r.lossy}[/yellow]" if r.lossy else r.weakest_grade,
         )
     return t
 
@@ -247,5 +247,6 @@ def plan_summary_table(doc: dict[str, Any], result: Result) -> Table:
     t.add_row("workload", f"batch {w['batch']}, prompt {w['prompt_len']}, gen {w['gen_len']}")
     for k, v in doc["params"].items():
         t.add_row(f"params.{k}", str(v))
+    t.add_row("lossy", doc.get("lossy") or "no (lossless)")
     t.add_row("e2e / tok/s", f"{_t(result.e2e_s)} / {fmt_rate(result.throughput_tok_s)}")
     return t

@@ -27,6 +27,8 @@ class Result:
     weakest_grade: str = ""
     tasks: int = 0
     extras: Mapping[str, float] = field(default_factory=dict)
+    # what the plan gives up in model quality ("" = lossless): e.g. "4-bit KV cache (group 64)"
+    lossy: str = ""
 
     @classmethod
     def infeasible(cls, strategy: str, reason: str, plan: Mapping[str, Any] | None = None) -> Result:
@@ -61,6 +63,7 @@ class Result:
                 "weakest_grade": self.weakest_grade,
                 "tasks": self.tasks,
                 "extras": dict(self.extras),
+                "lossy": self.lossy,
             }
         )
 

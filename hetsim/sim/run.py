@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from hetsim.costs.pricing import price_of, usd_per_mtok
@@ -29,6 +30,8 @@ class Runnable(Protocol):
 
     def devices(self, plan: Any) -> list[str]: ...
 
+    def lossy(self, plan: Any) -> str: ...
+
 
 def simulate(
     strategy: Runnable,
@@ -51,7 +54,8 @@ def simulate(
         return Result.infeasible(strategy.name, str(exc), plan_dict)
     if trace_path is not None and engine.tracer is not None:
         engine.tracer.write(trace_path)
-    return summarize(strategy.name, plan_dict, engine, makespan, workload, strategy.devices(plan))
+    result = summarize(strategy.name, plan_dict, engine, makespan, workload, strategy.devices(plan))
+    return replace(result, lossy=strategy.lossy(plan))
 
 
 def summarize(

@@ -58,6 +58,13 @@ class Strategy(ABC):
     def devices(self, plan: Any) -> list[str]:
         """Devices the plan uses (for the price of the run and the weakest grade)."""
 
+    def lossy(self, plan: Any) -> str:
+        """What the plan gives up in model quality, for every output to show ("" = lossless).
+
+        Lossy choices (compressed weights or KV cache) are the user's to ask for: searches try them
+        only with ``allow_lossy``."""
+        return ""
+
     # ---- plans as JSON ------------------------------------------------------------------------
     def plan_to_dict(self, plan: Any) -> dict[str, Any]:
         assert is_dataclass(plan), plan

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from hetsim.hardware.rig import Rig
-from hetsim.models.spec import ModelSpec
+from hetsim.models.spec import INT4, ModelSpec
 from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, layer_kind, substep_ops
@@ -75,6 +75,15 @@ class FlexGen(Strategy):
 
     def devices(self, plan: FlexGenPlan) -> list[str]:
         return [plan.gpu] if plan.gpu else []
+
+    def lossy(self, plan: FlexGenPlan) -> str:
+        """FlexGen's group-wise 4-bit compression changes the model's outputs."""
+        parts = [
+            f"4-bit {what} (group {INT4.group_size})"
+            for what, on in (("weights", plan.compress_weight), ("KV cache", plan.compress_cache))
+            if on
+        ]
+        return "; ".join(parts)
 
     # ---- schedule -----------------------------------------------------------------------------
     def schedule(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload):

@@ -56,6 +56,8 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
         for values in itertools.product(*(axes[k] for k in keys)):
             config = {k: v for k, v in zip(keys, values, strict=True) if v is not None}
             config["search"] = spec.search
+            if spec.allow_compression:  # absent when off: earlier sweeps keep their point ids
+                config["allow_compression"] = True
             pid = point_id(config)
             seen.setdefault(pid, {**config, "point_id": pid})
     return list(seen.values())

@@ -31,6 +31,7 @@ RESULT_COLUMNS = (
     "weakest_grade",
     "plan",
     "ignored_knobs",
+    "lossy",
 )
 
 
@@ -79,6 +80,7 @@ def run_point(config: Mapping[str, Any], timeout_s: float | None = None) -> dict
             weakest_grade=d["weakest_grade"],
             plan=json.dumps(d["plan"], sort_keys=True),
             ignored_knobs=",".join(ignored),
+            lossy=d["lossy"],
         )
     except Exception as exc:  # a failing point is recorded, never fatal to the sweep
         last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
@@ -97,6 +99,7 @@ def error_row(config: Mapping[str, Any], message: str) -> dict[str, Any]:
         weakest_grade="",
         plan="{}",
         ignored_knobs="",
+        lossy="",
     )
     return _floats(row)
 
@@ -132,7 +135,12 @@ def _evaluate(config: Mapping[str, Any]):
 
     strategy = get_strategy(config["strategy"])
     result = api.best_result(
-        strategy, p, config["objective"], search=bool(config.get("search", True)), adjust=adjust
+        strategy,
+        p,
+        config["objective"],
+        search=bool(config.get("search", True)),
+        adjust=adjust,
+        allow_lossy=bool(config.get("allow_compression", False)),
     )
     return result, ignored
 

@@ -64,6 +64,7 @@ class SweepSpec(BaseModel):
     description: str = ""
     objective: Literal["latency", "throughput", "cost"] = "throughput"
     search: bool = True  # each strategy searches its plan space (False: default plans)
+    allow_compression: bool = False  # searches may try lossy plans (4-bit weights / KV cache)
     timeout_s: float = Field(120.0, gt=0)  # per point (local process pool; Dask runs have none)
     base: dict[str, Any] = Field(default_factory=dict)
     grids: list[dict[str, Any]] = Field(min_length=1)
