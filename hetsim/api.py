@@ -30,6 +30,7 @@ from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
+from hetsim.textfiles import read_text
 from hetsim.workload import Workload
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers need it
@@ -218,9 +219,7 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
     """Read and validate a plan JSON; errors name the file and the field."""
     source = str(path)
     try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError("no such file", source=source) from None
+        raw = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", source=source) from None
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 from hetsim.errors import InputError
 from hetsim.models.spec import ModelSpec
+from hetsim.textfiles import read_text
 
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen", "opt")
 
@@ -187,12 +188,7 @@ def load_hf_config(path: str | Path, *, name: str | None = None) -> ModelSpec:
     if p.is_dir():
         p = p / "config.json"
     src = str(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("file not found", source=src) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", source=src) from None
+    text = read_text(p)
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:

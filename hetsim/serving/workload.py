@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hetsim.errors import InputError
+from hetsim.textfiles import read_text
 
 PAPER_LENGTHS = (32, 64, 128)  # HexGen's input and output lengths (hexgen.md §4)
 TRACE_FIELDS = ("arrival_s", "prompt_len", "output_len")
@@ -65,10 +66,7 @@ def poisson_requests(
 def read_trace(path: str | Path) -> list[Request]:
     """A CSV with columns arrival_s, prompt_len, output_len (header required), sorted by arrival."""
     source = str(path)
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise InputError("no such file", source=source) from None
+    text = read_text(path)
     rows = list(csv.DictReader(text.splitlines()))
     header = rows[0].keys() if rows else (text.splitlines()[0].split(",") if text.strip() else [])
     for name in TRACE_FIELDS:

@@ -17,11 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hetsim.errors import InputError
 from hetsim.hardware.catalog import validation_error
+from hetsim.textfiles import parse_yaml, read_text
 
 WORKLOAD_AXES = ("batch", "prompt_len", "gen_len")
 CORE_AXES = ("model", "rig", "strategy", *WORKLOAD_AXES, "objective")
@@ -101,17 +101,7 @@ def _check_axis(name: str) -> None:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep YAML; errors name the file and the field."""
     source = str(path)
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", source=source) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"malformed YAML{where}", source=source) from None
+    raw = parse_yaml(read_text(path), source)
     if not isinstance(raw, dict):
         raise InputError("expected a mapping at the top level", source=source)
     try:

@@ -1,0 +1,165 @@
+"""Bad input at the boundary: one InputError naming file and field (exit 2 from the CLI), never a
+traceback, a hang or a silently wrong number (issue 19)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from hetsim.cli.app import main
+from hetsim.errors import InputError
+from hetsim.hardware import load_rig
+from hetsim.textfiles import parse_yaml
+
+RIG = """\
+name: tiny
+nodes:
+  - cpus: [xeon-8480+]
+    host_memory: {value: 64 GB, source: test, grade: assumed}
+    gpus: [t4, l4]
+"""
+
+
+def _rig_error(tmp_path: Path, text: str) -> InputError:
+    path = tmp_path / "rig.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        load_rig(path)
+    assert info.value.source == str(path)
+    return info.value
+
+
+def _gpu_override(key: str, value: str) -> str:
+    return RIG.replace(
+        "gpus: [t4, l4]", f"gpus: [t4, {{model: l4, {key}: {{value: {value}, source: x, grade: assumed}}}}]"
+    )
+
+
+@pytest.mark.parametrize("key", ["memory", "memory_bandwidth"])
+@pytest.mark.parametrize("value", ["0", "0 GB", ".inf", "inf", ".nan", "-1", "1e400", "1e-400"])
+def test_gpu_quantities_finite_and_positive(tmp_path, key, value):
+    err = _rig_error(tmp_path, _gpu_override(key, value))
+    assert err.field == f"nodes[0].gpus[1].{key}"
+
+
+def test_peak_flops_zero_refused(tmp_path):
+    text = RIG.replace(
+        "gpus: [t4, l4]", "gpus: [{model: l4, peak_flops: {fp16: {value: 0, source: x, grade: assumed}}}]"
+    )
+    err = _rig_error(tmp_path, text)
+    assert err.field == "nodes[0].gpus[0].peak_flops.fp16"
+
+
+def test_efficiency_zero_refused(tmp_path):
+    text = RIG.replace(
+        "gpus: [t4, l4]",
+        "gpus: [{model: l4, efficiency: {compute: {matmul: {value: 0, source: x, grade: assumed}}}}]",
+    )
+    err = _rig_error(tmp_path, text)
+    assert "efficiency" in err.field and "fraction" in err.message
+
+
+def test_link_bandwidth_zero_refused(tmp_path):
+    text = RIG.replace(
+        "gpus: [t4, l4]",
+        "gpus: [{model: l4, host_link: {link: pcie4-x16,"
+        " bandwidth: {value: 0 GB/s, source: x, grade: assumed}}}]",
+    )
+    err = _rig_error(tmp_path, text)
+    assert err.field.startswith("nodes[0].gpus[0].host_link")
+
+
+def test_zero_latency_and_price_allowed(tmp_path):
+    path = tmp_path / "rig.yaml"
+    path.write_text(
+        RIG.replace(
+            "gpus: [t4, l4]",
+            "gpus: [{model: l4, price_per_hour: {value: 0, source: x, grade: assumed},"
+            " host_link: {link: pcie4-x16, latency: {value: 0 us, source: x, grade: assumed}}}]",
+        )
+    )
+    rig = load_rig(path)
+    assert rig.devices["n0.gpu0"].price_per_hour == 0.0
+    assert rig.links["n0.pcie.gpu0"].latency_s == 0.0
+
+
+def test_host_memory_true_refused(tmp_path):
+    err = _rig_error(tmp_path, RIG.replace("{value: 64 GB,", "{value: true,"))
+    assert err.field == "nodes[0].host_memory.value"
+
+
+def test_cores_inf_refused(tmp_path):
+    text = RIG.replace(
+        "cpus: [xeon-8480+]", "cpus: [{model: xeon-8480+, cores: {value: .inf, source: x, grade: assumed}}]"
+    )
+    err = _rig_error(tmp_path, text)
+    assert err.field == "nodes[0].cpus[0].cores"
+
+
+def test_unknown_network_link_refused_even_with_one_region(tmp_path):
+    err = _rig_error(tmp_path, RIG + "network: {wan: warp-drive}\n")
+    assert err.field == "network.wan" and "warp-drive" in err.message
+
+
+def test_unknown_upi_refused_on_one_socket(tmp_path):
+    err = _rig_error(tmp_path, RIG.replace("    gpus: [t4, l4]", "    gpus: [t4, l4]\n    upi: upi-99gt"))
+    assert err.field == "nodes[0].upi"
+
+
+def test_duplicate_yaml_key_refused(tmp_path):
+    err = _rig_error(tmp_path, RIG + "name: other\n")
+    assert "duplicate key 'name'" in err.message
+
+
+def test_exponent_float_is_a_number():
+    assert parse_yaml("a: 1e-9\nb: 2E+3\nc: 12\nd: 1.5\ne: '1e-9'\n", "x") == {
+        "a": 1e-9,
+        "b": 2000.0,
+        "c": 12,
+        "d": 1.5,
+        "e": "1e-9",
+    }
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xfe\x00binary\x00", "name: caf\xe9\n".encode("latin-1")])
+@pytest.mark.parametrize("kind", ["rig", "plan", "config", "trace", "sweep"])
+def test_not_utf8_one_line(tmp_path, capsys, payload, kind):
+    bad = (
+        tmp_path
+        / {"rig": "r.yaml", "plan": "p.json", "config": "config.json", "trace": "t.csv", "sweep": "s.yaml"}[
+            kind
+        ]
+    )
+    bad.write_bytes(payload)
+    argv = {
+        "rig": ["hw", "show", str(bad)],
+        "plan": ["simulate", "--plan", str(bad)],
+        "config": ["model", "show", str(bad)],
+        "trace": ["serve", "--model", "llama2-7b", "--hw", "mixed-lab", "--requests", str(bad)],
+        "sweep": ["sweep", str(bad), "--out", str(tmp_path / "o")],
+    }[kind]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "UTF-8" in err
+
+
+def test_hw_show_json_is_finite(capsys):
+    assert main(["hw", "show", "mixed-lab", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    nums = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        elif isinstance(x, float):
+            nums.append(x)
+
+    walk(doc)
+    assert nums and all(math.isfinite(v) for v in nums)
