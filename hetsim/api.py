@@ -28,7 +28,7 @@ from hetsim.models.registry import get_model
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
-from hetsim.sim.run import simulate
+from hetsim.sim.run import context_reason, simulate
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.textfiles import read_text
 from hetsim.workload import Workload
@@ -99,6 +99,9 @@ def best_result(
     """``strategy``'s searched (or, with ``search=False``, default) plan simulated in full.
 
     ``adjust`` edits the chosen plan before it runs (a sweep's plan knobs)."""
+    too_long = context_reason(p.model, p.workload.context_len)
+    if too_long:
+        return Result.infeasible(strategy.name, too_long)
     reason = strategy.applicable(p.rig, p.model, p.workload)
     if reason:
         return Result.infeasible(strategy.name, f"not applicable: {reason}")
@@ -233,6 +236,10 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
     except InputError as exc:
         raise InputError(exc.message, source=source, field=exc.field) from None
     plan = strategy.plan_from_dict(doc.params, source)
+    try:
+        strategy.check_plan(plan, p.model, p.workload)
+    except InputError as exc:
+        raise InputError(exc.message, source=source, field=exc.field) from None
     check_plan_names(strategy, plan, p, source)
     return p, strategy, plan
 

@@ -163,3 +163,77 @@ def test_hw_show_json_is_finite(capsys):
 
     walk(doc)
     assert nums and all(math.isfinite(v) for v in nums)
+
+
+# ---- plans from files ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    """One searched plan document per strategy (opt-13b on mixed-lab), as written by `plan --out`."""
+    folder = tmp_path_factory.mktemp("plans")
+    docs = {}
+    for s in ("gpu-only", "accelerate", "deepspeed", "flexgen", "hetegen", "hexgen", "cpu-tp"):
+        path = folder / f"{s}.json"
+        assert (
+            main(["plan", "--model", "opt-13b", "--hw", "mixed-lab", "--strategy", s, "--out", str(path)])
+            == 0
+        )
+        docs[s] = json.loads(path.read_text())
+    return docs
+
+
+def _set(doc, dotted, value):
+    *parents, last = dotted.split(".")
+    node = doc
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+TAMPERED = [
+    ("gpu-only", "params.stages.0.layers", 8, "params.stages"),
+    ("gpu-only", "params.stages.0.layers", 0, "params.stages"),
+    ("gpu-only", "params.stages", [], "params.stages"),
+    ("gpu-only", "params.micro_batches", 0, "params.micro_batches"),
+    ("accelerate", "params.gpu_layers", 99, "params.gpu_layers"),
+    ("accelerate", "params.cpu_layers", -3, "params.cpu_layers"),
+    ("accelerate", "params.batch_per_pass", 0, "params.batch_per_pass"),
+    ("deepspeed", "params.batch_per_pass", 0, "params.batch_per_pass"),
+    ("deepspeed", "params.gpu_mem_budget", -1.0, "params.gpu_mem_budget"),
+    ("cpu-tp", "params.weight_copies", 0, "params.weight_copies"),
+    ("cpu-tp", "params.ranks", [], "params.ranks"),
+    ("cpu-tp", "params.weight_dtype", "fp7", "params.weight_dtype"),
+    ("hetegen", "params.alpha_decode.fc1", 1.5, "params.alpha_decode.fc1"),
+    ("hetegen", "params.alpha_prefill.fc1", -0.5, "params.alpha_prefill.fc1"),
+    ("flexgen", "params.wg", float("nan"), "params.wg"),
+    ("flexgen", "params.wc", 101.0, "params.wc"),
+    ("flexgen", "params.gpu_batch_size", 0, "params.gpu_batch_size"),
+    ("hexgen", "params.replicas", [], "params.replicas"),
+    ("hexgen", "params.max_batch", 0, "params.max_batch"),
+    ("gpu-only", "params", {}, "params"),
+    ("flexgen", "params", {}, "params"),
+    ("gpu-only", "strategy", "flexgen", "params."),  # a gpu-only plan under flexgen's name
+    ("hexgen", "workload.batch", 0, "batch"),
+    ("hexgen", "workload.batch", 2**40, "batch"),
+]
+
+
+@pytest.mark.parametrize(("strategy", "path", "value", "field"), TAMPERED)
+def test_tampered_plan_refused(tmp_path, capsys, plans, strategy, path, value, field):
+    doc = json.loads(json.dumps(plans[strategy]))
+    _set(doc, path, value)
+    bad = tmp_path / "plan.json"
+    bad.write_text(json.dumps(doc))  # NaN is written as NaN, which Python's json reads back
+    assert main(["simulate", "--plan", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {bad}: ") and field in err, err
+
+
+def test_untampered_plans_simulate(tmp_path, capsys, plans):
+    for s, doc in plans.items():
+        path = tmp_path / f"{s}.json"
+        path.write_text(json.dumps(doc))
+        assert main(["simulate", "--plan", str(path), "--format", "json"]) == 0, s
+    capsys.readouterr()

@@ -19,6 +19,13 @@ from hetsim.textfiles import read_text
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen", "opt")
 
 
+# Upper bounds on shapes, far past any real model (the largest today have ~120 layers, hidden
+# ~20k, vocab ~250k), so an absurd config is an input error rather than a MemoryError or an hour
+# of simulated layers.
+_MAX = {"num_hidden_layers": 10_000, "num_layers": 10_000, "n_layer": 10_000}
+_MAX_DEFAULT = 10**8
+
+
 class _Reader:
     def __init__(self, cfg: dict[str, Any], source: str):
         self.cfg = cfg
@@ -40,6 +47,9 @@ class _Reader:
                 raise self.err(key, f"expected an integer, got {v!r}")
         if v < minimum:
             raise self.err(key, f"must be >= {minimum}, got {v}")
+        top = _MAX.get(key, _MAX_DEFAULT)
+        if v > top:
+            raise self.err(key, f"must be <= {top} (far past any real model), got {v}")
         return v
 
     def bool(self, key: str, default: bool) -> bool:

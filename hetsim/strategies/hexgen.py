@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
 from hetsim.strategies.pipeline import (
@@ -164,6 +165,15 @@ class HexGen(Strategy):
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
+
+    def check_plan(self, plan: HexGenPlan, model: ModelSpec, workload: Workload) -> None:
+        if not plan.replicas:
+            raise pc.problem("replicas", "needs at least one replica")
+        for i, replica in enumerate(plan.replicas):
+            pc.stages_cover(replica.stages, model.layers, f"replicas[{i}].stages")
+        pc.at_least(plan.max_batch, 1, "max_batch")
+        pc.known_dtype(plan.weight_dtype, "weight_dtype")
+        pc.known_dtype(plan.kv_dtype, "kv_dtype")
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HexGenPlan:
         """Each region one replica: per machine its largest TP group, layers by memory bandwidth."""
