@@ -237,3 +237,104 @@ def test_untampered_plans_simulate(tmp_path, capsys, plans):
         path.write_text(json.dumps(doc))
         assert main(["simulate", "--plan", str(path), "--format", "json"]) == 0, s
     capsys.readouterr()
+
+
+# ---- infeasible as a result ----------------------------------------------------------------------
+NO_ROUTE = """\
+name: noroute
+nodes:
+  - count: 2
+    cpus: [xeon-8480+]
+    host_memory: {value: 256 GB, source: test, grade: assumed}
+    gpus: [{model: a100-80g, count: 2}]
+"""
+
+T4_X40 = """\
+name: t4x40
+nodes:
+  - count: 40
+    cpus: [xeon-8480+]
+    host_memory: {value: 64 GB, source: test, grade: assumed}
+    gpus: [t4]
+    nic: ethernet-10g
+"""
+
+
+def test_unconnected_nodes_hexgen_search_is_a_result(tmp_path, capsys):
+    rig = tmp_path / "noroute.yaml"
+    rig.write_text(NO_ROUTE)
+    assert main(["compare", "--model", "llama2-13b", "--hw", str(rig), "--strategies", "hexgen",
+                 "--format", "json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    (res,) = doc["results"]
+    assert res["feasible"]  # one machine per replica: no route between machines is needed
+
+
+def test_unconnected_nodes_serve_is_a_result(tmp_path, capsys):
+    rig = tmp_path / "noroute.yaml"
+    rig.write_text(NO_ROUTE)
+    rc = main(["serve", "--model", "llama2-7b", "--hw", str(rig), "--rate", "1", "--num-requests", "10",
+               "--format", "json"])  # fmt: skip
+    out = capsys.readouterr()
+    assert rc in (0, 1) and "Traceback" not in out.err
+    if rc == 1:
+        assert out.err.count("\n") == 1 and out.err.startswith("error: ")
+
+
+def test_more_gpus_than_layers_default_plan(tmp_path, capsys):
+    rig = tmp_path / "t4x40.yaml"
+    rig.write_text(T4_X40)
+    assert main(["compare", "--model", "llama2-7b", "--hw", str(rig), "--strategies", "hexgen",
+                 "--no-search", "--format", "json"]) == 0  # fmt: skip
+    (res,) = json.loads(capsys.readouterr().out)["results"]
+    assert res["feasible"]
+    stages = [s for r in res["plan"]["replicas"] for s in r["stages"]]
+    assert len(stages) <= 32 and all(s["layers"] >= 1 for s in stages)
+
+
+def test_context_beyond_model_limit_is_infeasible(capsys):
+    # llama2-7b has 4096 positions
+    rc = main(["plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategy", "gpu-only",
+               "--prompt-len", "4000", "--gen-len", "200"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "exceeds llama2-7b's maximum of 4096 positions" in err
+
+
+# ---- flags ---------------------------------------------------------------------------------------
+SERVE = ["serve", "--model", "llama2-7b", "--hw", "mixed-lab"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        ([*SERVE, "--rate", "inf"], "--rate"),
+        ([*SERVE, "--rate", "nan"], "--rate"),
+        ([*SERVE, "--rate", "1", "--seed", "-1"], "--seed"),
+        ([*SERVE, "--rate", "1e9", "--duration", "1e9"], "--duration"),
+        ([*SERVE, "--rate", "1", "--num-requests", "100000000"], "--num-requests"),
+        ([*SERVE, "--rate", "1", "--max-batch", str(2**62)], "--max-batch"),
+        (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", str(2**63 - 1)], "batch"),
+        (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--gen-len", str(2**40)], "gen_len"),
+        (
+            ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--gpu-mem-budget", "1e400 GB"],
+            "--gpu-mem-budget",
+        ),
+    ],
+)
+def test_absurd_flags_one_line(capsys, argv, field):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and field in err, err
+
+
+def test_absurd_layer_count_config(tmp_path, capsys):
+    cfg = {
+        "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+        "vocab_size": 100, "max_position_embeddings": 128,
+    }  # fmt: skip
+    cfg["num_hidden_layers"] = 10**9
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["model", "show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "num_hidden_layers" in err and "10000" in err

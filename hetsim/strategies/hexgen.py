@@ -157,6 +157,15 @@ def check_plan(plan: HexGenPlan, rig: Rig, model: ModelSpec) -> None:
             raise InputError(f"stages hold {total} layers, {model.name} has {model.layers}", field=where)
 
 
+def _strongest(groups: list[tuple[str, ...]], limit: int, rig: Rig) -> list[tuple[str, ...]]:
+    """At most ``limit`` of the TP groups: those with the most memory bandwidth, in their rig order."""
+    if len(groups) <= limit:
+        return groups
+    bw = {g: sum(rig.devices[d].mem_bw for d in g) for g in groups}
+    keep = set(sorted(groups, key=lambda g: -bw[g])[:limit])  # stable: ties keep rig order
+    return [g for g in groups if g in keep]
+
+
 @register
 class HexGen(Strategy):
     name = "hexgen"
@@ -186,13 +195,15 @@ class HexGen(Strategy):
             for gpus in by_type.values():
                 tp = max(tp_degrees(model, len(gpus)))
                 regions.setdefault(node.region, []).append(tuple(gpus[:tp]))
-        for groups in regions.values():
+        for name, groups in regions.items():
+            # more groups than layers would leave stages empty: keep the ones with the most bandwidth
+            groups = regions[name] = _strongest(groups, model.layers, rig)
             layers = balance_layers(model, groups, rig, workload)
             if layers is None:
                 continue
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
         if not replicas:  # nothing fits per region: one pipeline over everything, so the run says why
-            groups = [g for gs in regions.values() for g in gs]
+            groups = _strongest([g for gs in regions.values() for g in gs], model.layers, rig)
             layers = even_layers(model.layers, len(groups))
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
         return HexGenPlan(tuple(replicas))

@@ -14,6 +14,7 @@ Axes: ``model``, ``rig``, ``strategy`` (a list or ``all``), ``batch``, ``prompt_
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,13 +139,19 @@ def _check_values(spec: SweepSpec, source: str) -> None:
             ):
                 raise InputError(f"must be a positive integer, got {value!r}")
             elif key in ("gpu_mem_gb", "net_gbps") and (
-                not isinstance(value, int | float) or isinstance(value, bool) or value <= 0
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not (value > 0 and math.isfinite(value))
             ):
-                raise InputError(f"must be a positive number, got {value!r}")
+                raise InputError(f"must be a positive finite number, got {value!r}")
             elif key == "objective" and value not in ("latency", "throughput", "cost"):
                 raise InputError(f"unknown objective {value!r}")
             elif key == "bw_scale" and not (
-                isinstance(value, dict) and all(isinstance(f, int | float) and f > 0 for f in value.values())
+                isinstance(value, dict)
+                and all(
+                    isinstance(f, int | float) and not isinstance(f, bool) and f > 0 and math.isfinite(f)
+                    for f in value.values()
+                )
             ):
                 raise InputError("must map link kinds to positive factors")
         except InputError as exc:
