@@ -23,14 +23,15 @@ from hetsim import planner
 from hetsim.costs.pricing import usd_per_mtok
 from hetsim.errors import InputError
 from hetsim.hardware.loader import load_rig
-from hetsim.hardware.rig import Rig
+from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.registry import get_model
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
-from hetsim.sim.run import simulate
+from hetsim.sim.run import context_reason, simulate
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
-from hetsim.workload import Workload
+from hetsim.textfiles import read_text
+from hetsim.workload import MAX_WORK, Workload
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers need it
     import pandas as pd
@@ -70,8 +71,8 @@ def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
     Capping the capacity the engine's memory ledger enforces makes every strategy honour the budget
     (plots of throughput against GPU memory, as HeteGen's Fig. 8) without each re-implementing it.
     """
-    if budget <= 0:
-        raise InputError(f"must be positive, got {budget}", field="--gpu-mem-budget")
+    if not (budget > 0 and math.isfinite(budget)):
+        raise InputError(f"must be a positive finite size, got {budget}", field="--gpu-mem-budget")
     devices = {
         name: replace(d, mem_bytes=min(d.mem_bytes, budget)) if d.kind == "gpu" else d
         for name, d in rig.devices.items()
@@ -100,14 +101,21 @@ def best_result(
 
     ``adjust`` edits the chosen plan before it runs (a sweep's plan knobs); ``allow_lossy`` lets the
     search try plans that change the model's outputs (FlexGen's 4-bit compression)."""
+    too_long = context_reason(p.model, p.workload.context_len)
+    if too_long:
+        return Result.infeasible(strategy.name, too_long)
     reason = strategy.applicable(p.rig, p.model, p.workload)
     if reason:
         return Result.infeasible(strategy.name, f"not applicable: {reason}")
     fix = adjust or (lambda plan: plan)
-    if search:
-        plan = fix(planner.search(strategy, p.rig, p.model, p.workload, objective, allow_lossy=allow_lossy))
-    else:
-        plan = fix(strategy.default_plan(p.rig, p.model, p.workload))
+    try:
+        if search:
+            plan = planner.search(strategy, p.rig, p.model, p.workload, objective, allow_lossy=allow_lossy)
+            plan = fix(plan)
+        else:
+            plan = fix(strategy.default_plan(p.rig, p.model, p.workload))
+    except NoRouteError as exc:  # a search that meets two unconnected devices: the rig is the reason
+        return Result.infeasible(strategy.name, str(exc))
     if plan is None:
         # Say why: the plan a user would write by hand, and where it breaks.
         fallback = simulate(
@@ -224,9 +232,7 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
     """Read and validate a plan JSON; errors name the file and the field."""
     source = str(path)
     try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError("no such file", source=source) from None
+        raw = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", source=source) from None
     try:
@@ -240,6 +246,10 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
     except InputError as exc:
         raise InputError(exc.message, source=source, field=exc.field) from None
     plan = strategy.plan_from_dict(doc.params, source)
+    try:
+        strategy.check_plan(plan, p.model, p.workload)
+    except InputError as exc:
+        raise InputError(exc.message, source=source, field=exc.field) from None
     check_plan_names(strategy, plan, p, source)
     return p, strategy, plan
 
@@ -286,6 +296,10 @@ def serve(
     _check_serve_flags(dispatch, max_batch, target, slo, slo_scale, duration, num_requests)
     spec, rig = get_model(model), load_rig(hw)
     reqs = _serve_requests(rate, duration, num_requests, trace, seed)
+    longest = max(reqs, key=lambda r: r.prompt_len + r.output_len)
+    too_long = context_reason(spec, longest.prompt_len + longest.output_len)
+    if too_long:
+        return {"feasible": False, "reason": f"request {longest.rid}: {too_long}"}
     reference = None
     if slo_scale is not None:
         ref_rig = load_rig(slo_ref)
@@ -297,9 +311,12 @@ def serve(
     )
     if find_max_rate and deadlines is None:
         raise InputError("--max-rate needs --slo or --slo-scale", field="--max-rate")
-    found = search_serving(
-        rig, spec, reqs, deadlines, symmetric=symmetric, max_batch=max_batch, dispatch=dispatch
-    )
+    try:
+        found = search_serving(
+            rig, spec, reqs, deadlines, symmetric=symmetric, max_batch=max_batch, dispatch=dispatch
+        )
+    except NoRouteError as exc:
+        return {"feasible": False, "reason": str(exc)}
     if found is None:
         return {"feasible": False, "reason": f"no feasible plan for {spec.name} on {rig.name}"}
     plan, result = found
@@ -386,8 +403,8 @@ def _check_serve_flags(
 
     if dispatch not in POLICIES:
         raise InputError(f"unknown policy {dispatch!r} (use {', '.join(POLICIES)})", field="--dispatch")
-    if max_batch < 1:
-        raise InputError(f"must be a positive integer, got {max_batch}", field="--max-batch")
+    if not 1 <= max_batch <= MAX_WORK["batch"]:
+        raise InputError(f"must be in [1, {MAX_WORK['batch']}], got {max_batch}", field="--max-batch")
     if not 0 < target <= 1:
         raise InputError(f"must be in (0, 1], got {target}", field="--target")
     if slo is not None and slo_scale is not None:

@@ -8,6 +8,17 @@ from typing import Literal
 
 from hetsim.errors import InputError
 
+# Bounds on the work one run may ask for. Past 2**16 sequences a batch gains nothing (every strategy
+# here is bandwidth-bound far below it, and the KV cache of 65536 sequences of even 64 tokens of a 7B
+# model is ~2 TB) while the offloading schedules' run time grows with it (~6 s at 2**16, minutes at
+# 2**20); 2**20 tokens of context is past every catalogued model's window.
+MAX_WORK = {"batch": 2**16, "prompt_len": 2**20, "gen_len": 2**20}
+WHY_MAX = {
+    "batch": "larger batches gain no throughput and their KV cache fits no rig",
+    "prompt_len": "a million tokens, past any catalogued model's context window",
+    "gen_len": "a million tokens, past any catalogued model's context window",
+}
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -23,8 +34,11 @@ class Workload:
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "gen_len"):
-            if getattr(self, name) < 1:
-                raise InputError(f"must be a positive integer, got {getattr(self, name)}", field=name)
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"must be a positive integer, got {value!r}", field=name)
+            if value > MAX_WORK[name]:
+                raise InputError(f"must be <= {MAX_WORK[name]} ({WHY_MAX[name]}), got {value}", field=name)
 
     @property
     def context_len(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import hetsim.cli.commands as cli_app
 from hetsim.api import compare, plan_document, problem
 from hetsim.cli import main
 from hetsim.planner import search
@@ -37,7 +38,8 @@ def test_search_is_lossless_unless_asked(capsys):
     assert allowed["throughput_tok_s"] >= plain["throughput_tok_s"] * (1 - 1e-9)
 
 
-def test_lossy_shows_in_the_table_and_the_plan_document(capsys):
+def test_lossy_shows_in_the_table_and_the_plan_document(capsys, monkeypatch):
+    monkeypatch.setattr(cli_app.out, "width", 400)  # one line per row, whatever the terminal
     assert main(["compare", *ARGS[:-2], "--allow-compression"]) == 0
     assert "lossy: 4-bit KV cache (group 64)" in capsys.readouterr().out
     p = problem("opt-30b", "flexgen-t4", 8, 256, 16)

@@ -5,6 +5,6 @@ with hetsim's error handling. The commands live in ``app`` (compare, plan, simul
 ``serve`` and ``sweep``; ``validate.cli`` adds calibrate and validate when the package has it.
 """
 
-from hetsim.cli.app import app, main
+from hetsim.cli.commands import app, main
 
 __all__ = ["app", "main"]

@@ -1,5 +1,5 @@
 import sys
 
-from hetsim.cli.app import main
+from hetsim.cli.commands import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """``hetsim serve``: a request stream on a heterogeneous rig under a HexGen plan.
 
-Flags and printing; the work is ``hetsim.api.serve``. Registered by ``hetsim.cli.app`` through
+Flags and printing; the work is ``hetsim.api.serve``. Registered by ``hetsim.cli.commands`` through
 ``register(app)``.
 """
 

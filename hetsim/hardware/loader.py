@@ -332,6 +332,8 @@ class _Builder:
     def upi_links(self, node: str, ns: NodeSpec, field: str, cpus: list[str], socket0: CpuSpec) -> None:
         """A direct link between every pair of sockets (the rig's ``upi``, else socket 0's own UPI)."""
         if len(cpus) < 2:
+            if ns.upi is not None:  # unused with one socket, but a name that does not exist is still wrong
+                self.link_entry(ns.upi, f"{field}.upi")
             return
         upi = ns.upi or self.default_upi(socket0)
         uspec = self.link_entry(upi, f"{field}.upi")
@@ -429,8 +431,12 @@ class _Builder:
         net = self.spec.network
         if net is None:
             return
+        # every named link must exist, even one no pair of regions uses (a typo is still a typo)
+        if net.wan is not None:
+            self.link_entry(net.wan, "network.wan")
         explicit: dict[frozenset[str], tuple[int, LinkRef]] = {}
         for k, pair in enumerate(net.pairs):
+            self.link_entry(pair, f"network.pairs[{k}]")
             for r in pair.between:
                 if r not in regions:
                     raise self.fail(

@@ -8,10 +8,11 @@ the file and the field. Every number is a *sourced quantity*: ``{value, source, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from hetsim.hardware.types import Grade
 from hetsim.units import (
@@ -59,24 +60,46 @@ def _price(text: str | float | int) -> float:
 
 
 class Sourced(_Strict):
-    """A number with where it came from and how far to trust it."""
+    """A number with where it came from and how far to trust it.
+
+    Every quantity is finite and inside physical bounds (``_low``.. ``_high`` in SI units; ``_low``
+    itself allowed only when ``_low_ok``), so no rig can make a time infinite, NaN or zero-divided:
+    a rate must be > 0, a latency or price may be 0. The bounds are far outside any real part.
+    """
 
     _parse: ClassVar[Callable[[Any], float]] = staticmethod(_plain)
     _unit_hint: ClassVar[str] = "a number"
+    _low: ClassVar[float] = 0.0
+    _low_ok: ClassVar[bool] = True
+    _high: ClassVar[float] = 1e18
 
     value: str | float | int
     source: str = Field(min_length=1)
     grade: GradeName
     _si: float = PrivateAttr(default=0.0)
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # pydantic would read true as 1
+            raise ValueError(f"expected {cls._unit_hint}, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> Sourced:
+        cls = type(self)
         try:
-            si = type(self)._parse(self.value)
+            si = cls._parse(self.value)
         except UnitError as exc:
-            raise ValueError(f"{exc} (expected {type(self)._unit_hint})") from None
-        if si != si or si < 0:  # NaN or negative
-            raise ValueError(f"must be a non-negative quantity, got {self.value!r}")
+            raise ValueError(f"{exc} (expected {cls._unit_hint})") from None
+        if not math.isfinite(si):
+            raise ValueError(f"must be a finite quantity, got {self.value!r}")
+        low_fails = si < cls._low if cls._low_ok else si <= cls._low
+        if low_fails or si > cls._high:
+            lo = "[" if cls._low_ok else "("
+            raise ValueError(
+                f"must be in {lo}{cls._low:g}, {cls._high:g}] (SI units; physical bounds), got {self.value!r}"
+            )
         self._si = si
         return self
 
@@ -89,33 +112,54 @@ class Sourced(_Strict):
         return GRADES[self.grade]
 
 
-class Bytes(Sourced):
+class _Rate(Sourced):
+    """A capacity or rate: strictly positive (a zero would divide by zero downstream)."""
+
+    _low = 0.0
+    _low_ok = False
+
+
+class Bytes(_Rate):
     _parse = staticmethod(parse_bytes)
     _unit_hint = "a size such as '16 GB' or '16 GiB'"
+    _high = 1e18  # an exabyte
 
 
-class Bandwidth(Sourced):
+class HalfBytes(Sourced):
+    """A size where 0 means 'off' (Hockney half-length)."""
+
+    _parse = staticmethod(parse_bytes)
+    _unit_hint = "a size such as '64 KB' (0 = off)"
+    _high = 1e15
+
+
+class Bandwidth(_Rate):
     _parse = staticmethod(parse_bandwidth)
     _unit_hint = "a rate such as '12 GB/s' or '100 Gb/s'"
+    _high = 1e16  # 10 PB/s
 
 
-class Flops(Sourced):
+class Flops(_Rate):
     _parse = staticmethod(parse_flops)
     _unit_hint = "a compute rate such as '65 TFLOPS' or '130 TOPS'"
+    _high = 1e19  # 10 EFLOP/s
 
 
 class Time(Sourced):
     _parse = staticmethod(parse_time)
     _unit_hint = "a time such as '10 us' or '30 ms'"
+    _high = 3600.0  # latencies and overheads: an hour is far past any link or kernel launch
 
 
-class Frequency(Sourced):
+class Frequency(_Rate):
     _parse = staticmethod(parse_frequency)
     _unit_hint = "a frequency such as '2.0 GHz' or '4800 MT/s'"
+    _high = 1e12
 
 
-class Count(Sourced):
+class Count(_Rate):
     _unit_hint = "a whole number"
+    _high = 1e6
 
     @model_validator(mode="after")
     def _whole(self) -> Count:
@@ -134,8 +178,23 @@ class Ratio(Sourced):
         return self
 
 
+class Share(Sourced):
+    """A share in [0, 1] where 0 is meaningful (e.g. no straggling)."""
+
+    _unit_hint = "a fraction between 0 and 1"
+    _high = 1.0
+
+
+class Rows(Sourced):
+    """A row count where 0 means 'off' (Hockney half-length)."""
+
+    _unit_hint = "a number of rows (0 = off)"
+    _high = 1e9
+
+
 class Price(Sourced):
     _parse = staticmethod(_price)
+    _high = 1e6
     _unit_hint = "dollars per hour such as 1.10 or '$1.10/h'"
 
 
@@ -147,8 +206,8 @@ class EfficiencySpec(_Strict):
     memory: Ratio | None = None
     overhead: Time | None = None
     # Half-performance lengths (Hockney); absent = 0 = off. See hetsim.hardware.types.Efficiency.
-    matmul_half_rows: Sourced | None = None
-    stream_half_row: Bytes | None = None
+    matmul_half_rows: Rows | None = None
+    stream_half_row: HalfBytes | None = None
 
 
 class EfficiencyFile(_Strict):
@@ -301,7 +360,7 @@ class NodeSpec(_Strict):
     shared_memory_bandwidth: Bandwidth | None = None
     # Ranks here running in lockstep wait for the slowest at every collective: the share of each
     # compute segment lost to that (OS noise, uneven cores); measured by hetsim calibrate.
-    straggler_fraction: Sourced | None = None
+    straggler_fraction: Share | None = None
 
     @model_validator(mode="before")
     @classmethod

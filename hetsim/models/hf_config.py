@@ -14,8 +14,16 @@ from typing import Any
 
 from hetsim.errors import InputError
 from hetsim.models.spec import ModelSpec
+from hetsim.textfiles import read_text
 
 SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen", "opt")
+
+
+# Upper bounds on shapes, far past any real model (the largest today have ~120 layers, hidden
+# ~20k, vocab ~250k), so an absurd config is an input error rather than a MemoryError or an hour
+# of simulated layers.
+_MAX = {"num_hidden_layers": 10_000, "num_layers": 10_000, "n_layer": 10_000}
+_MAX_DEFAULT = 10**8
 
 
 class _Reader:
@@ -39,6 +47,9 @@ class _Reader:
                 raise self.err(key, f"expected an integer, got {v!r}")
         if v < minimum:
             raise self.err(key, f"must be >= {minimum}, got {v}")
+        top = _MAX.get(key, _MAX_DEFAULT)
+        if v > top:
+            raise self.err(key, f"must be <= {top} (far past any real model), got {v}")
         return v
 
     def bool(self, key: str, default: bool) -> bool:
@@ -187,12 +198,7 @@ def load_hf_config(path: str | Path, *, name: str | None = None) -> ModelSpec:
     if p.is_dir():
         p = p / "config.json"
     src = str(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("file not found", source=src) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", source=src) from None
+    text = read_text(p)
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:

@@ -28,7 +28,7 @@ from itertools import combinations_with_replacement
 
 from ortools.sat.python import cp_model
 
-from hetsim.hardware.rig import Rig
+from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.memory import (
     activation_workspace,
     embed_bytes,
@@ -176,7 +176,11 @@ class CostTable:
                 theirs = self.classes[other]
                 nodes = [n for n in theirs.nodes if n != a_node] or [a_node]
                 a, b = mine[0], theirs.gpus_of(rig, nodes[0])[0]
-            route = rig.route(a, b)
+            try:
+                route = rig.route(a, b)
+            except NoRouteError:  # machines with no link between them cannot share a pipeline
+                self._hop[key] = math.inf
+                return math.inf
             t = route.time(hidden_bytes(self.model, 1, d.prompt_len))
             t += (d.output_len - 1) * route.time(hidden_bytes(self.model, 1, 1))
             self._hop[key] = t
@@ -237,6 +241,8 @@ def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float =
     # hops between machines: consecutive used parts (fixed machine order)
     if len(parts) > 1:
         hop = max(table.hop_s(a.cls, b.cls) for a in parts for b in parts)
+        if not math.isfinite(hop):
+            return None
         cost_terms.append(round(hop * NS) * (sum(part_used) - 1))
     m.minimize(sum(cost_terms))
     solver = _solver(time_limit_s)

@@ -33,6 +33,16 @@ class Runnable(Protocol):
     def lossy(self, plan: Any) -> str: ...
 
 
+def context_reason(model: ModelSpec, context_len: int) -> str | None:
+    """Why a sequence of ``context_len`` tokens cannot run on ``model`` (its position limit), else None."""
+    if context_len > model.max_position:
+        return (
+            f"context of {context_len} tokens (prompt + generated) exceeds {model.name}'s maximum of "
+            f"{model.max_position} positions"
+        )
+    return None
+
+
 def simulate(
     strategy: Runnable,
     plan: Any,
@@ -44,6 +54,9 @@ def simulate(
 ) -> Result:
     """Simulate ``plan``; an out-of-memory or unroutable plan is an infeasible result, not a crash."""
     plan_dict = strategy.plan_to_dict(plan)
+    too_long = context_reason(model, workload.context_len)
+    if too_long:
+        return Result.infeasible(strategy.name, too_long, plan_dict)
     engine = Engine(rig, trace=trace_path is not None)
     try:
         for device, tags in strategy.footprint(plan, rig, model, workload).items():

@@ -18,6 +18,7 @@ from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, 
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import check_budget
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.workload import Step, Workload, steps
 
@@ -84,6 +85,19 @@ class Accelerate(Strategy):
         if not rig.gpus():
             return "the rig has no GPUs"
         return None
+
+    def check_plan(self, plan: OffloadPlan, model: ModelSpec, workload: Workload) -> None:
+        for name in ("gpu_layers", "cpu_layers", "disk_layers"):
+            pc.in_range(getattr(plan, name), 0, model.layers, name)
+        total = plan.gpu_layers + plan.cpu_layers + plan.disk_layers
+        if total != model.layers:
+            raise pc.problem(
+                "gpu_layers", f"gpu + cpu + disk layers add up to {total}, the model has {model.layers}"
+            )
+        if plan.disk_layers and not plan.disk:
+            raise pc.problem("disk", "disk_layers > 0 needs a disk")
+        pc.at_least(plan.batch_per_pass, 1, "batch_per_pass")
+        pc.optional_budget(plan.gpu_mem_budget)
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> OffloadPlan:
         return place_layers(rig, model, workload, largest_gpu(rig), workload.batch, None)

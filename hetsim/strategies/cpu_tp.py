@@ -16,6 +16,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.workload import Workload, steps
 
@@ -56,6 +57,15 @@ class CpuTensorParallel(Strategy):
         if not rig.cpus():
             return "the rig has no CPU sockets"
         return None
+
+    def check_plan(self, plan: CpuTpPlan, model: ModelSpec, workload: Workload) -> None:
+        if not plan.ranks:
+            raise pc.problem("ranks", "needs at least one CPU socket")
+        if len(set(plan.ranks)) != len(plan.ranks):
+            raise pc.problem("ranks", "names a socket twice")
+        pc.at_least(plan.weight_copies, 1, "weight_copies")
+        for name in ("weight_dtype", "kv_dtype", "allreduce_dtype", "act_dtype"):
+            pc.known_dtype(getattr(plan, name), name)
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> CpuTpPlan:
         return CpuTpPlan(ranks=_layouts(rig, len(rig.cpus()))[0])

@@ -18,6 +18,7 @@ from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, 
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory, check_budget
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.workload import Workload, steps
 
@@ -51,6 +52,10 @@ class ZeroInference(Strategy):
         if not rig.gpus():
             return "the rig has no GPU"
         return None
+
+    def check_plan(self, plan: ZeroInferencePlan, model: ModelSpec, workload: Workload) -> None:
+        pc.at_least(plan.batch_per_pass, 1, "batch_per_pass")
+        pc.optional_budget(plan.gpu_mem_budget)
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> ZeroInferencePlan:
         gpu = max(rig.gpus(), key=lambda d: (d.mem_bytes, d.name)).name

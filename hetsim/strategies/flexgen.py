@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import math
 
+from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import INT4, ModelSpec
 from hetsim.sim.memory import OutOfMemory, check_budget
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, layer_kind, substep_ops
 from hetsim.strategies.flexgen_policy import (
@@ -50,6 +52,17 @@ class FlexGen(Strategy):
         if not rig.nodes[rig.gpus()[0].node].cpus:
             return "the GPU has no host CPU"
         return None
+
+    def check_plan(self, plan: FlexGenPlan, model: ModelSpec, workload: Workload) -> None:
+        pc.at_least(plan.gpu_batch_size, 1, "gpu_batch_size")
+        pc.at_least(plan.num_gpu_batches, 1, "num_gpu_batches")
+        for name in ("wg", "wc", "cg", "cc", "hg", "hc"):
+            pc.in_range(getattr(plan, name), 0.0, 100.0, name)
+        try:
+            validate(plan)
+        except InputError as exc:
+            raise pc.problem(exc.field or "wg", exc.message) from None
+        pc.optional_budget(plan.gpu_mem_budget)
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> FlexGenPlan:
         """The benchmark's OPT-30B policy shape (bench_suite.py), batch-sized to the workload."""

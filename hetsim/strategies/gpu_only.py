@@ -15,6 +15,7 @@ from itertools import combinations
 from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.pipeline import (
     Stage,
@@ -113,6 +114,12 @@ class GpuOnly(Strategy):
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
+
+    def check_plan(self, plan: PipelinePlan, model: ModelSpec, workload: Workload) -> None:
+        pc.stages_cover(plan.stages, model.layers, "stages")
+        pc.at_least(plan.micro_batches, 1, "micro_batches")
+        pc.known_dtype(plan.weight_dtype, "weight_dtype")
+        pc.known_dtype(plan.kv_dtype, "kv_dtype")
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> PipelinePlan:
         """Every GPU: one TP group per node, layers by memory bandwidth (even split if it cannot fit)."""

@@ -37,6 +37,7 @@ from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec, Op, OpKind, Phase
 from hetsim.sim.engine import Engine
 from hetsim.sim.memory import check_budget
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.workload import Workload, steps
 
@@ -206,6 +207,17 @@ class HeteGen(Strategy):
         if model.is_moe:
             return "MoE experts are not split by HeteGen (dense OPT/Llama-style models only)"
         return None
+
+    def check_plan(self, plan: HeteGenPlan, model: ModelSpec, workload: Workload) -> None:
+        for phase in ("alpha_prefill", "alpha_decode"):
+            for kind, a in getattr(plan, phase).items():
+                pc.in_range(a, 0.0, 1.0, f"{phase}.{kind}")
+        for kind, n in plan.resident.items():
+            pc.in_range(n, 0, 1 if kind == LM_HEAD else model.layers, f"resident.{kind}")
+        pc.optional_budget(plan.gpu_mem_budget)
+        pc.at_least(plan.split_sync_s, 0.0, "split_sync_s")
+        pc.at_least(plan.runtime_reserve_bytes, 0.0, "runtime_reserve_bytes")
+        pc.known_dtype(plan.weight_dtype, "weight_dtype")
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HeteGenPlan:
         """The first GPU and its host socket, every module split at Eq. 5's alpha, none resident

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
 from hetsim.strategies.pipeline import (
@@ -156,6 +157,15 @@ def check_plan(plan: HexGenPlan, rig: Rig, model: ModelSpec) -> None:
             raise InputError(f"stages hold {total} layers, {model.name} has {model.layers}", field=where)
 
 
+def _strongest(groups: list[tuple[str, ...]], limit: int, rig: Rig) -> list[tuple[str, ...]]:
+    """At most ``limit`` of the TP groups: those with the most memory bandwidth, in their rig order."""
+    if len(groups) <= limit:
+        return groups
+    bw = {g: sum(rig.devices[d].mem_bw for d in g) for g in groups}
+    keep = set(sorted(groups, key=lambda g: -bw[g])[:limit])  # stable: ties keep rig order
+    return [g for g in groups if g in keep]
+
+
 @register
 class HexGen(Strategy):
     name = "hexgen"
@@ -164,6 +174,15 @@ class HexGen(Strategy):
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
+
+    def check_plan(self, plan: HexGenPlan, model: ModelSpec, workload: Workload) -> None:
+        if not plan.replicas:
+            raise pc.problem("replicas", "needs at least one replica")
+        for i, replica in enumerate(plan.replicas):
+            pc.stages_cover(replica.stages, model.layers, f"replicas[{i}].stages")
+        pc.at_least(plan.max_batch, 1, "max_batch")
+        pc.known_dtype(plan.weight_dtype, "weight_dtype")
+        pc.known_dtype(plan.kv_dtype, "kv_dtype")
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HexGenPlan:
         """Each region one replica: per machine its largest TP group, layers by memory bandwidth."""
@@ -176,13 +195,15 @@ class HexGen(Strategy):
             for gpus in by_type.values():
                 tp = max(tp_degrees(model, len(gpus)))
                 regions.setdefault(node.region, []).append(tuple(gpus[:tp]))
-        for groups in regions.values():
+        for name, groups in regions.items():
+            # more groups than layers would leave stages empty: keep the ones with the most bandwidth
+            groups = regions[name] = _strongest(groups, model.layers, rig)
             layers = balance_layers(model, groups, rig, workload)
             if layers is None:
                 continue
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
         if not replicas:  # nothing fits per region: one pipeline over everything, so the run says why
-            groups = [g for gs in regions.values() for g in gs]
+            groups = _strongest([g for gs in regions.values() for g in gs], model.layers, rig)
             layers = even_layers(model.layers, len(groups))
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
         return HexGenPlan(tuple(replicas))

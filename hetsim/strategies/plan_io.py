@@ -1,19 +1,102 @@
-"""Plans at the boundary: validated with pydantic on load, one clear line on error."""
+"""Plans at the boundary: validated with pydantic on load, one clear line on error.
+
+A plan from a file is checked twice: its shape (``validate_plan``: types, no unknown keys, not
+empty) and then against the model it is for (``Strategy.check_plan``, with the helpers here:
+layer counts that add up, fractions in range, at least one rank or stage).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from hetsim.errors import InputError
+from hetsim.models.spec import DTYPES
 
 
 def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise InputError("expected an object of plan parameters", source=source, field="params")
+    allowed = [f.name for f in dataclasses.fields(plan_type)] if dataclasses.is_dataclass(plan_type) else []
+    if not data:
+        # defaults are not a plan: an empty params object is almost always a mistake
+        raise InputError(
+            f"empty; a plan needs its parameters ({', '.join(allowed)})", source=source, field="params"
+        )
+    unknown = sorted(k for k in data if allowed and k not in allowed)
+    if unknown:
+        raise InputError(
+            f"unknown parameter {unknown[0]!r} for this strategy (allowed: {', '.join(allowed)})",
+            source=source,
+            field=f"params.{unknown[0]}",
+        )
+    bad = _non_finite(data)
+    if bad is not None:
+        raise InputError("must be a finite number", source=source, field=f"params.{bad}")
     try:
         return TypeAdapter(plan_type).validate_python(dict(data), strict=False)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in ("params", *err["loc"]))
         raise InputError(err["msg"], source=source, field=where) from None
+
+
+def _non_finite(x: Any, path: str = "") -> str | None:
+    """The dotted path of the first NaN or infinite number in a JSON-like value, else None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return path or "value"
+    if isinstance(x, Mapping):
+        items: Any = x.items()
+    elif isinstance(x, list | tuple):
+        items = enumerate(x)
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, f"{path}.{k}" if path else str(k))
+        if found is not None:
+            return found
+    return None
+
+
+# ---- checks against the model ---------------------------------------------------------------------
+def problem(field: str, message: str) -> InputError:
+    return InputError(message, field=f"params.{field}")
+
+
+def at_least(value: float, low: float, field: str) -> None:
+    if not value >= low:
+        raise problem(field, f"must be >= {low:g}, got {value!r}")
+
+
+def in_range(value: float, low: float, high: float, field: str) -> None:
+    if not low <= value <= high:
+        raise problem(field, f"must be in [{low:g}, {high:g}], got {value!r}")
+
+
+def known_dtype(name: str, field: str) -> None:
+    if name not in DTYPES:
+        raise problem(field, f"unknown dtype {name!r} (known: {', '.join(DTYPES)})")
+
+
+def optional_budget(value: float | None, field: str = "gpu_mem_budget") -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise problem(field, f"must be a positive number of bytes or null, got {value!r}")
+
+
+def stages_cover(stages: Any, n_layers: int, field: str) -> None:
+    """Pipeline stages: at least one, each with devices and >= 1 layer, all layers covered once."""
+    if not stages:
+        raise problem(field, "needs at least one stage")
+    for i, st in enumerate(stages):
+        if not st.devices:
+            raise problem(f"{field}[{i}].devices", "needs at least one device")
+        if len(set(st.devices)) != len(st.devices):
+            raise problem(f"{field}[{i}].devices", "names a device twice")
+        at_least(st.layers, 1, f"{field}[{i}].layers")
+    total = sum(st.layers for st in stages)
+    if total != n_layers:
+        raise problem(field, f"layers add up to {total}, but the model has {n_layers}")

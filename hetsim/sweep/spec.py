@@ -14,14 +14,15 @@ Axes: ``model``, ``rig``, ``strategy`` (a list or ``all``), ``batch``, ``prompt_
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hetsim.errors import InputError
 from hetsim.hardware.catalog import validation_error
+from hetsim.textfiles import parse_yaml, read_text
 
 WORKLOAD_AXES = ("batch", "prompt_len", "gen_len")
 CORE_AXES = ("model", "rig", "strategy", *WORKLOAD_AXES, "objective")
@@ -102,17 +103,7 @@ def _check_axis(name: str) -> None:
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep YAML; errors name the file and the field."""
     source = str(path)
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", source=source) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"malformed YAML{where}", source=source) from None
+    raw = parse_yaml(read_text(path), source)
     if not isinstance(raw, dict):
         raise InputError("expected a mapping at the top level", source=source)
     try:
@@ -149,13 +140,19 @@ def _check_values(spec: SweepSpec, source: str) -> None:
             ):
                 raise InputError(f"must be a positive integer, got {value!r}")
             elif key in ("gpu_mem_gb", "net_gbps") and (
-                not isinstance(value, int | float) or isinstance(value, bool) or value <= 0
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not (value > 0 and math.isfinite(value))
             ):
-                raise InputError(f"must be a positive number, got {value!r}")
+                raise InputError(f"must be a positive finite number, got {value!r}")
             elif key == "objective" and value not in ("latency", "throughput", "cost"):
                 raise InputError(f"unknown objective {value!r}")
             elif key == "bw_scale" and not (
-                isinstance(value, dict) and all(isinstance(f, int | float) and f > 0 for f in value.values())
+                isinstance(value, dict)
+                and all(
+                    isinstance(f, int | float) and not isinstance(f, bool) and f > 0 and math.isfinite(f)
+                    for f in value.values()
+                )
             ):
                 raise InputError("must map link kinds to positive factors")
         except InputError as exc:

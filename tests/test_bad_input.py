@@ -1,0 +1,340 @@
+"""Bad input at the boundary: one InputError naming file and field (exit 2 from the CLI), never a
+traceback, a hang or a silently wrong number (issue 19)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from hetsim.cli.commands import main
+from hetsim.errors import InputError
+from hetsim.hardware import load_rig
+from hetsim.textfiles import parse_yaml
+
+RIG = """\
+name: tiny
+nodes:
+  - cpus: [xeon-8480+]
+    host_memory: {value: 64 GB, source: test, grade: assumed}
+    gpus: [t4, l4]
+"""
+
+
+def _rig_error(tmp_path: Path, text: str) -> InputError:
+    path = tmp_path / "rig.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as info:
+        load_rig(path)
+    assert info.value.source == str(path)
+    return info.value
+
+
+def _gpu_override(key: str, value: str) -> str:
+    return RIG.replace(
+        "gpus: [t4, l4]", f"gpus: [t4, {{model: l4, {key}: {{value: {value}, source: x, grade: assumed}}}}]"
+    )
+
+
+@pytest.mark.parametrize("key", ["memory", "memory_bandwidth"])
+@pytest.mark.parametrize("value", ["0", "0 GB", ".inf", "inf", ".nan", "-1", "1e400", "1e-400"])
+def test_gpu_quantities_finite_and_positive(tmp_path, key, value):
+    err = _rig_error(tmp_path, _gpu_override(key, value))
+    assert err.field == f"nodes[0].gpus[1].{key}"
+
+
+def test_peak_flops_zero_refused(tmp_path):
+    text = RIG.replace(
+        "gpus: [t4, l4]", "gpus: [{model: l4, peak_flops: {fp16: {value: 0, source: x, grade: assumed}}}]"
+    )
+    err = _rig_error(tmp_path, text)
+    assert err.field == "nodes[0].gpus[0].peak_flops.fp16"
+
+
+def test_efficiency_zero_refused(tmp_path):
+    text = RIG.replace(
+        "gpus: [t4, l4]",
+        "gpus: [{model: l4, efficiency: {compute: {matmul: {value: 0, source: x, grade: assumed}}}}]",
+    )
+    err = _rig_error(tmp_path, text)
+    assert "efficiency" in err.field and "fraction" in err.message
+
+
+def test_link_bandwidth_zero_refused(tmp_path):
+    text = RIG.replace(
+        "gpus: [t4, l4]",
+        "gpus: [{model: l4, host_link: {link: pcie4-x16,"
+        " bandwidth: {value: 0 GB/s, source: x, grade: assumed}}}]",
+    )
+    err = _rig_error(tmp_path, text)
+    assert err.field.startswith("nodes[0].gpus[0].host_link")
+
+
+def test_zero_latency_and_price_allowed(tmp_path):
+    path = tmp_path / "rig.yaml"
+    path.write_text(
+        RIG.replace(
+            "gpus: [t4, l4]",
+            "gpus: [{model: l4, price_per_hour: {value: 0, source: x, grade: assumed},"
+            " host_link: {link: pcie4-x16, latency: {value: 0 us, source: x, grade: assumed}}}]",
+        )
+    )
+    rig = load_rig(path)
+    assert rig.devices["n0.gpu0"].price_per_hour == 0.0
+    assert rig.links["n0.pcie.gpu0"].latency_s == 0.0
+
+
+def test_host_memory_true_refused(tmp_path):
+    err = _rig_error(tmp_path, RIG.replace("{value: 64 GB,", "{value: true,"))
+    assert err.field == "nodes[0].host_memory.value"
+
+
+def test_cores_inf_refused(tmp_path):
+    text = RIG.replace(
+        "cpus: [xeon-8480+]", "cpus: [{model: xeon-8480+, cores: {value: .inf, source: x, grade: assumed}}]"
+    )
+    err = _rig_error(tmp_path, text)
+    assert err.field == "nodes[0].cpus[0].cores"
+
+
+def test_unknown_network_link_refused_even_with_one_region(tmp_path):
+    err = _rig_error(tmp_path, RIG + "network: {wan: warp-drive}\n")
+    assert err.field == "network.wan" and "warp-drive" in err.message
+
+
+def test_unknown_upi_refused_on_one_socket(tmp_path):
+    err = _rig_error(tmp_path, RIG.replace("    gpus: [t4, l4]", "    gpus: [t4, l4]\n    upi: upi-99gt"))
+    assert err.field == "nodes[0].upi"
+
+
+def test_duplicate_yaml_key_refused(tmp_path):
+    err = _rig_error(tmp_path, RIG + "name: other\n")
+    assert "duplicate key 'name'" in err.message
+
+
+def test_exponent_float_is_a_number():
+    assert parse_yaml("a: 1e-9\nb: 2E+3\nc: 12\nd: 1.5\ne: '1e-9'\n", "x") == {
+        "a": 1e-9,
+        "b": 2000.0,
+        "c": 12,
+        "d": 1.5,
+        "e": "1e-9",
+    }
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xfe\x00binary\x00", "name: caf\xe9\n".encode("latin-1")])
+@pytest.mark.parametrize("kind", ["rig", "plan", "config", "trace", "sweep"])
+def test_not_utf8_one_line(tmp_path, capsys, payload, kind):
+    bad = (
+        tmp_path
+        / {"rig": "r.yaml", "plan": "p.json", "config": "config.json", "trace": "t.csv", "sweep": "s.yaml"}[
+            kind
+        ]
+    )
+    bad.write_bytes(payload)
+    argv = {
+        "rig": ["hw", "show", str(bad)],
+        "plan": ["simulate", "--plan", str(bad)],
+        "config": ["model", "show", str(bad)],
+        "trace": ["serve", "--model", "llama2-7b", "--hw", "mixed-lab", "--requests", str(bad)],
+        "sweep": ["sweep", str(bad), "--out", str(tmp_path / "o")],
+    }[kind]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "UTF-8" in err
+
+
+def test_hw_show_json_is_finite(capsys):
+    assert main(["hw", "show", "mixed-lab", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    nums = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        elif isinstance(x, float):
+            nums.append(x)
+
+    walk(doc)
+    assert nums and all(math.isfinite(v) for v in nums)
+
+
+# ---- plans from files ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory):
+    """One searched plan document per strategy (opt-13b on mixed-lab), as written by `plan --out`."""
+    folder = tmp_path_factory.mktemp("plans")
+    docs = {}
+    for s in ("gpu-only", "accelerate", "deepspeed", "flexgen", "hetegen", "hexgen", "cpu-tp"):
+        path = folder / f"{s}.json"
+        assert (
+            main(["plan", "--model", "opt-13b", "--hw", "mixed-lab", "--strategy", s, "--out", str(path)])
+            == 0
+        )
+        docs[s] = json.loads(path.read_text())
+    return docs
+
+
+def _set(doc, dotted, value):
+    *parents, last = dotted.split(".")
+    node = doc
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+TAMPERED = [
+    ("gpu-only", "params.stages.0.layers", 8, "params.stages"),
+    ("gpu-only", "params.stages.0.layers", 0, "params.stages"),
+    ("gpu-only", "params.stages", [], "params.stages"),
+    ("gpu-only", "params.micro_batches", 0, "params.micro_batches"),
+    ("accelerate", "params.gpu_layers", 99, "params.gpu_layers"),
+    ("accelerate", "params.cpu_layers", -3, "params.cpu_layers"),
+    ("accelerate", "params.batch_per_pass", 0, "params.batch_per_pass"),
+    ("deepspeed", "params.batch_per_pass", 0, "params.batch_per_pass"),
+    ("deepspeed", "params.gpu_mem_budget", -1.0, "params.gpu_mem_budget"),
+    ("cpu-tp", "params.weight_copies", 0, "params.weight_copies"),
+    ("cpu-tp", "params.ranks", [], "params.ranks"),
+    ("cpu-tp", "params.weight_dtype", "fp7", "params.weight_dtype"),
+    ("hetegen", "params.alpha_decode.fc1", 1.5, "params.alpha_decode.fc1"),
+    ("hetegen", "params.alpha_prefill.fc1", -0.5, "params.alpha_prefill.fc1"),
+    ("flexgen", "params.wg", float("nan"), "params.wg"),
+    ("flexgen", "params.wc", 101.0, "params.wc"),
+    ("flexgen", "params.gpu_batch_size", 0, "params.gpu_batch_size"),
+    ("hexgen", "params.replicas", [], "params.replicas"),
+    ("hexgen", "params.max_batch", 0, "params.max_batch"),
+    ("gpu-only", "params", {}, "params"),
+    ("flexgen", "params", {}, "params"),
+    ("gpu-only", "strategy", "flexgen", "params."),  # a gpu-only plan under flexgen's name
+    ("hexgen", "workload.batch", 0, "batch"),
+    ("hexgen", "workload.batch", 2**40, "batch"),
+]
+
+
+@pytest.mark.parametrize(("strategy", "path", "value", "field"), TAMPERED)
+def test_tampered_plan_refused(tmp_path, capsys, plans, strategy, path, value, field):
+    doc = json.loads(json.dumps(plans[strategy]))
+    _set(doc, path, value)
+    bad = tmp_path / "plan.json"
+    bad.write_text(json.dumps(doc))  # NaN is written as NaN, which Python's json reads back
+    assert main(["simulate", "--plan", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {bad}: ") and field in err, err
+
+
+def test_untampered_plans_simulate(tmp_path, capsys, plans):
+    for s, doc in plans.items():
+        path = tmp_path / f"{s}.json"
+        path.write_text(json.dumps(doc))
+        assert main(["simulate", "--plan", str(path), "--format", "json"]) == 0, s
+    capsys.readouterr()
+
+
+# ---- infeasible as a result ----------------------------------------------------------------------
+NO_ROUTE = """\
+name: noroute
+nodes:
+  - count: 2
+    cpus: [xeon-8480+]
+    host_memory: {value: 256 GB, source: test, grade: assumed}
+    gpus: [{model: a100-80g, count: 2}]
+"""
+
+T4_X40 = """\
+name: t4x40
+nodes:
+  - count: 40
+    cpus: [xeon-8480+]
+    host_memory: {value: 64 GB, source: test, grade: assumed}
+    gpus: [t4]
+    nic: ethernet-10g
+"""
+
+
+def test_unconnected_nodes_hexgen_search_is_a_result(tmp_path, capsys):
+    rig = tmp_path / "noroute.yaml"
+    rig.write_text(NO_ROUTE)
+    assert main(["compare", "--model", "llama2-13b", "--hw", str(rig), "--strategies", "hexgen",
+                 "--format", "json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    (res,) = doc["results"]
+    assert res["feasible"]  # one machine per replica: no route between machines is needed
+
+
+def test_unconnected_nodes_serve_is_a_result(tmp_path, capsys):
+    rig = tmp_path / "noroute.yaml"
+    rig.write_text(NO_ROUTE)
+    rc = main(["serve", "--model", "llama2-7b", "--hw", str(rig), "--rate", "1", "--num-requests", "10",
+               "--format", "json"])  # fmt: skip
+    out = capsys.readouterr()
+    assert rc in (0, 1) and "Traceback" not in out.err
+    if rc == 1:
+        assert out.err.count("\n") == 1 and out.err.startswith("error: ")
+
+
+def test_more_gpus_than_layers_default_plan(tmp_path, capsys):
+    rig = tmp_path / "t4x40.yaml"
+    rig.write_text(T4_X40)
+    assert main(["compare", "--model", "llama2-7b", "--hw", str(rig), "--strategies", "hexgen",
+                 "--no-search", "--format", "json"]) == 0  # fmt: skip
+    (res,) = json.loads(capsys.readouterr().out)["results"]
+    assert res["feasible"]
+    stages = [s for r in res["plan"]["replicas"] for s in r["stages"]]
+    assert len(stages) <= 32 and all(s["layers"] >= 1 for s in stages)
+
+
+def test_context_beyond_model_limit_is_infeasible(capsys):
+    # llama2-7b has 4096 positions
+    rc = main(["plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategy", "gpu-only",
+               "--prompt-len", "4000", "--gen-len", "200"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "exceeds llama2-7b's maximum of 4096 positions" in err
+
+
+# ---- flags ---------------------------------------------------------------------------------------
+SERVE = ["serve", "--model", "llama2-7b", "--hw", "mixed-lab"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        ([*SERVE, "--rate", "inf"], "--rate"),
+        ([*SERVE, "--rate", "nan"], "--rate"),
+        ([*SERVE, "--rate", "1", "--seed", "-1"], "--seed"),
+        ([*SERVE, "--rate", "1e9", "--duration", "1e9"], "--duration"),
+        ([*SERVE, "--rate", "1", "--num-requests", "100000000"], "--num-requests"),
+        ([*SERVE, "--rate", "1", "--max-batch", str(2**62)], "--max-batch"),
+        (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", str(2**63 - 1)], "batch"),
+        (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--gen-len", str(2**40)], "gen_len"),
+        (
+            ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--gpu-mem-budget", "1e400 GB"],
+            "--gpu-mem-budget",
+        ),
+    ],
+)
+def test_absurd_flags_one_line(capsys, argv, field):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and field in err, err
+
+
+def test_absurd_layer_count_config(tmp_path, capsys):
+    cfg = {
+        "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+        "vocab_size": 100, "max_position_embeddings": 128,
+    }  # fmt: skip
+    cfg["num_hidden_layers"] = 10**9
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["model", "show", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "num_hidden_layers" in err and "10000" in err
