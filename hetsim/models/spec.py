@@ -11,7 +11,23 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-Family = Literal["opt", "llama", "qwen2", "mistral", "mixtral"]
+Family = Literal[
+    "opt",
+    "llama",
+    "qwen2",
+    "mistral",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "falcon",
+    "gpt_neox",
+]
 Phase = Literal["prefill", "decode"]
 
 
@@ -77,10 +93,38 @@ class ModelSpec:
     num_experts: int = 1
     experts_per_token: int = 1
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    # Fields below describe the families past llama/OPT; their defaults are a plain llama/OPT layer.
+    layer_norms: int = 2  # hidden-size norms per layer: 1 (Falcon-7B), 2, 4 (Gemma-2 sandwich norms)
+    qk_norm: bool = False  # an RMSNorm of head_dim over each q and k head (Qwen3, Gemma-3)
+    shared_intermediate: int = 0  # inner size of the always-on shared expert(s) of an MoE layer
+    shared_expert_gate: bool = False  # Qwen2-MoE: a sigmoid gate Linear(hidden, 1) on the shared expert
+    dense_layers: int = 0  # the first layers have a dense MLP, not experts (DeepSeek first_k_dense_replace)
+    dense_intermediate: int = 0  # the inner size of those dense MLPs
+    # Multi-head latent attention (DeepSeek-V2/V3, arXiv:2405.04434); kv_lora_rank 0 = ordinary attention.
+    # head_dim is then the q/k head (no-rope part + rope_head_dim) and v_head_dim the value head.
+    q_lora_rank: int = 0  # 0 = q projected directly from the hidden state
+    kv_lora_rank: int = 0
+    rope_head_dim: int = 0
+    v_head_dim: int = 0
+    embed_dim: int = 0  # token-table width when it differs from hidden (OPT-350m: project_in/out)
+    final_norm: bool = True  # post-norm OPT (opt-350m) has no final LayerNorm
 
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 1
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the token embedding table and of the LM head's input."""
+        return self.embed_dim or self.hidden
+
+    def layer_is_moe(self, layer: int) -> bool:
+        """Whether decoder layer ``layer`` routes to experts (DeepSeek's first layers are dense)."""
+        return self.is_moe and layer >= self.dense_layers
 
 
 @dataclass(frozen=True)
