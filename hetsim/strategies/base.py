@@ -31,6 +31,9 @@ class Strategy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     plan_type: ClassVar[type]
+    # Weight precisions a user may ask for with ``--dtype`` (Workload.weight_dtype); the seed strategies
+    # run 16-bit weights (FlexGen's own compression is its plan's choice, not --dtype).
+    weight_dtypes: ClassVar[tuple[str, ...]] = ("fp16",)
 
     @abstractmethod
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
