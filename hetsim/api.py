@@ -25,7 +25,7 @@ from hetsim.errors import InputError
 from hetsim.hardware.loader import load_rig
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.registry import get_model
-from hetsim.models.spec import ModelSpec
+from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, simulate
@@ -58,11 +58,15 @@ def problem(
     prompt_len: int = 512,
     gen_len: int = 32,
     gpu_mem_budget: float | None = None,
+    weight_dtype: str | None = None,
 ) -> Problem:
     rig = load_rig(hw)
     if gpu_mem_budget is not None:
         rig = with_gpu_mem_budget(rig, gpu_mem_budget)
-    return Problem(get_model(model), model, rig, hw, Workload(batch, prompt_len, gen_len), gpu_mem_budget)
+    if weight_dtype is not None and weight_dtype not in DTYPES:
+        raise InputError(f"unknown dtype {weight_dtype!r}; known: {', '.join(DTYPES)}", field="--dtype")
+    workload = Workload(batch, prompt_len, gen_len, weight_dtype)
+    return Problem(get_model(model), model, rig, hw, workload, gpu_mem_budget)
 
 
 def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
@@ -105,6 +109,10 @@ def best_result(
     if too_long:
         return Result.infeasible(strategy.name, too_long)
     reason = strategy.applicable(p.rig, p.model, p.workload)
+    wd = p.workload.weight_dtype
+    if not reason and wd and wd not in strategy.weight_dtypes:
+        offered = ", ".join(strategy.weight_dtypes) or "none"
+        reason = f"--dtype {wd} is not a weight precision it runs (offers: {offered})"
     if reason:
         return Result.infeasible(strategy.name, f"not applicable: {reason}")
     fix = adjust or (lambda plan: plan)
@@ -198,6 +206,7 @@ class _WorkloadDoc(BaseModel):
     batch: int
     prompt_len: int
     gen_len: int
+    weight_dtype: str | None = None
 
 
 class PlanDocument(BaseModel):
@@ -216,7 +225,7 @@ class PlanDocument(BaseModel):
 
 
 def plan_document(p: Problem, strategy: Strategy, plan: Any, objective: Objective) -> dict[str, Any]:
-    return PlanDocument(
+    doc = PlanDocument(
         strategy=strategy.name,
         model=p.model_ref,
         hardware=str(p.rig_ref),
@@ -226,6 +235,9 @@ def plan_document(p: Problem, strategy: Strategy, plan: Any, objective: Objectiv
         params=strategy.plan_to_dict(plan),
         lossy=strategy.lossy(plan),
     ).model_dump()
+    if doc["workload"]["weight_dtype"] is None:  # only a --dtype the user asked for is written
+        del doc["workload"]["weight_dtype"]
+    return doc
 
 
 def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:

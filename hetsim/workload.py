@@ -31,6 +31,10 @@ class Workload:
     batch: int = 1
     prompt_len: int = 512
     gen_len: int = 32
+    # The weight precision the user asks for (``--dtype``); None = each strategy's own (16-bit unless its
+    # plan says otherwise). A lossy one (q4_k_m, int4) is never chosen for the user; strategies that
+    # cannot run it are not applicable.
+    weight_dtype: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "gen_len"):
@@ -49,8 +53,15 @@ class Workload:
     def total_tokens(self) -> int:
         return self.batch * self.gen_len
 
-    def to_dict(self) -> dict[str, int]:
-        return {"batch": self.batch, "prompt_len": self.prompt_len, "gen_len": self.gen_len}
+    def to_dict(self) -> dict[str, int | str]:
+        out: dict[str, int | str] = {
+            "batch": self.batch,
+            "prompt_len": self.prompt_len,
+            "gen_len": self.gen_len,
+        }
+        if self.weight_dtype:
+            out["weight_dtype"] = self.weight_dtype
+        return out
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,11 @@ def test_planner_drops_lossy_candidates_unless_allowed():
     p = problem("llama2-7b", "cputp-4x8575c", 1, 16, 2)
     chosen = search(_TwoPlans(), p.rig, p.model, p.workload, "throughput")
     assert chosen == _Tagged("exact", False)  # the lone lossless candidate
+
+
+def test_a_lossy_weight_dtype_asked_for_is_reported_as_lossy():
+    from hetsim.strategies.cpu_tp import CpuTpPlan
+
+    cpu_tp = get_strategy("cpu-tp")
+    assert cpu_tp.lossy(CpuTpPlan(ranks=("n0.cpu0",), weight_dtype="int8")) == "int8 weights"
+    assert cpu_tp.lossy(CpuTpPlan(ranks=("n0.cpu0",), weight_dtype="bf16")) == ""

@@ -63,9 +63,12 @@ PUBLISHED = {
     "llama3-70b": 70.55e9,
     "qwen-72b": 72.28e9,
     "mixtral-8x7b": 46.7e9,
+    "deepseek-v3": 671e9,  # DeepSeek-V3 Technical Report, arXiv:2412.19437 (without the 14B MTP module)
+    "qwen3-30b-a3b": 30.5e9,  # Qwen/Qwen3-30B-A3B model card
+    "qwen3-235b-a22b": 235e9,  # Qwen/Qwen3-235B-A22B model card
 }
 
-DENSE = [n for n in PUBLISHED if n != "mixtral-8x7b"]
+DENSE = [n for n in PUBLISHED if not get_model(n).is_moe]
 
 
 def test_registry_lists_all_models():
@@ -299,7 +302,7 @@ def test_config_original_qwen(tmp_path):
         (lambda c: c.pop("hidden_size"), "hidden_size"),
         (lambda c: c.update(num_hidden_layers=-2), "num_hidden_layers"),
         (lambda c: c.update(vocab_size="big"), "vocab_size"),
-        (lambda c: c.update(model_type="gpt_neox"), "model_type"),
+        (lambda c: c.update(model_type="bloom"), "model_type"),
         (lambda c: c.pop("model_type"), "model_type"),
         (lambda c: c.update(num_key_value_heads=5), "num_key_value_heads"),
         (lambda c: c.update(tie_word_embeddings="yes"), "tie_word_embeddings"),

@@ -29,6 +29,7 @@ from hetsim import api
 from hetsim.errors import InputError
 from hetsim.hardware import list_rigs, load_rig, rig_to_dict
 from hetsim.models import get_model, list_models
+from hetsim.models.spec import LOSSY_DTYPES
 from hetsim.report import (
     compare_document,
     model_dict,
@@ -94,7 +95,13 @@ def _positive(**flags: int) -> None:
 
 
 def _problem(
-    model: str, hw: str, batch: int, prompt_len: int, gen_len: int, gpu_mem_budget: str | None = None
+    model: str,
+    hw: str,
+    batch: int,
+    prompt_len: int,
+    gen_len: int,
+    gpu_mem_budget: str | None = None,
+    dtype: str | None = None,
 ) -> api.Problem:
     _positive(batch=batch, prompt_len=prompt_len, gen_len=gen_len)
     budget = None
@@ -103,7 +110,7 @@ def _problem(
             budget = parse_bytes(gpu_mem_budget)
         except UnitError as exc:
             raise InputError(str(exc), field="--gpu-mem-budget") from None
-    return api.problem(model, hw, batch, prompt_len, gen_len, budget)
+    return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype)
 
 
 def _cores() -> int:
@@ -126,6 +133,10 @@ def _emit_results(fmt: str, model: str, hardware: str, workload: Any, results: S
         _print_json(compare_document(model, hardware, workload, results))
     elif fmt == "csv":
         sys.stdout.write(api.results_frame(results).to_csv(index=False))
+    elif getattr(workload, "weight_dtype", None):
+        wd = workload.weight_dtype
+        lossy = " (lossy, as asked with --dtype)" if wd in LOSSY_DTYPES else ""
+        out.print(results_table(results, title=f"Strategies, best first; weights {wd}{lossy}"))
     else:
         out.print(results_table(results))
 
@@ -136,6 +147,11 @@ def _no_strategies() -> int:
 
 
 BatchOpt = typer.Option(1, "--batch", help="Sequences in the offline batch.")
+DtypeOpt = typer.Option(
+    None,
+    "--dtype",
+    help="Weight precision to run (e.g. q4_k_m, lossy); strategies that cannot run it are not applicable.",
+)
 PromptOpt = typer.Option(512, "--prompt-len", help="Prompt tokens per sequence.")
 GenOpt = typer.Option(32, "--gen-len", help="Generated tokens per sequence.")
 ObjectiveOpt = typer.Option("throughput", "--objective", help="latency | throughput | cost")
@@ -230,11 +246,12 @@ def compare(
     no_search: bool = typer.Option(False, "--no-search", help="Use each strategy's default plan."),
     gpu_mem_budget: str | None = BudgetOpt,
     allow_compression: bool = LossyOpt,
+    dtype: str | None = DtypeOpt,
 ) -> None:
     """Every strategy's best plan on this rig, ranked by the objective (winner first)."""
     _check_format(fmt)
     obj = api.check_objective(objective)
-    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget)
+    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype)
     names = _split_names(strategies)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
@@ -268,11 +285,12 @@ def plan(
     fmt: str = typer.Option("table", "--format", help="table | json (json prints the plan document)"),
     gpu_mem_budget: str | None = BudgetOpt,
     allow_compression: bool = LossyOpt,
+    dtype: str | None = DtypeOpt,
 ) -> None:
     """Search the best plan (of one strategy, or of all: the winner) and write it as JSON."""
     _check_format(fmt, ("table", "json"))
     obj = api.check_objective(objective)
-    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget)
+    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype)
     names = _split_names(strategy)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())

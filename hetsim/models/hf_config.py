@@ -1,9 +1,13 @@
 """Build a ``ModelSpec`` from a Hugging Face ``config.json``.
 
-Supported ``model_type``: llama, mistral, mixtral, qwen2, opt, and the original Qwen ("qwen",
-``trust_remote_code`` configs such as Qwen-72B, whose ``intermediate_size`` counts gate and up
-together, so the per-matrix size is half of it). Anything wrong in the file raises ``InputError``
-naming the file and the key.
+Supported ``model_type``: llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, phi3, gemma2,
+gemma3_text, falcon, gpt_neox, deepseek_v2, deepseek_v3, opt (with project_in/out), and the original
+Qwen ("qwen", ``trust_remote_code`` configs such as Qwen-72B, whose ``intermediate_size`` counts gate
+and up together, so the per-matrix size is half of it). Each family reads the fields its
+``transformers`` implementation reads; parameter counts are tested equal to ``transformers`` on the
+meta device. Anything wrong in the file raises ``InputError`` naming the file and the key, and so
+does a field that changes the architecture where the family does not have it (a ``mistral`` config
+with ``num_experts: 8`` is an MoE model that hetsim would otherwise read as dense).
 """
 
 from __future__ import annotations
@@ -16,7 +20,92 @@ from hetsim.errors import InputError
 from hetsim.models.spec import ModelSpec
 from hetsim.textfiles import read_text
 
-SUPPORTED = ("llama", "mistral", "mixtral", "qwen2", "qwen", "opt")
+SUPPORTED = (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "phi3",
+    "gemma2",
+    "gemma3_text",
+    "falcon",
+    "gpt_neox",
+    "deepseek_v2",
+    "deepseek_v3",
+    "qwen",
+    "opt",
+)
+
+# Fields that change the shape of the model, with what they mean. A config that sets one (to a value
+# other than its neutral one) where its family does not read it is refused, never read as something
+# smaller.
+ARCH_FIELDS: dict[str, str] = {
+    "num_experts": "MoE experts",
+    "num_local_experts": "MoE experts",
+    "n_routed_experts": "MoE experts",
+    "num_experts_per_tok": "MoE routing",
+    "num_experts_per_token": "MoE routing",
+    "moe_intermediate_size": "MoE expert size",
+    "shared_expert_intermediate_size": "shared experts",
+    "n_shared_experts": "shared experts",
+    "first_k_dense_replace": "dense first layers of an MoE model",
+    "mlp_only_layers": "dense layers of an MoE model",
+    "decoder_sparse_step": "MoE layer spacing",
+    "moe_layer_freq": "MoE layer spacing",
+    "kv_lora_rank": "multi-head latent attention",
+    "q_lora_rank": "multi-head latent attention",
+    "word_embed_proj_dim": "embedding projections",
+    "parallel_attn": "parallel attention block",
+    "new_decoder_architecture": "Falcon's new decoder layout",
+    "num_kv_heads": "grouped KV heads (Falcon)",
+    "multi_query": "multi-query attention",
+    "qk_layernorm": "q/k norms",
+    "num_nextn_predict_layers": "multi-token prediction layers",
+}
+_NEUTRAL: dict[str, object] = {"decoder_sparse_step": 1, "moe_layer_freq": 1}
+
+_LLAMA_LIKE = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3"}
+_UNDERSTOOD: dict[str, frozenset[str]] = {
+    "mixtral": frozenset({"num_local_experts", "num_experts_per_tok"}),
+    "qwen2_moe": frozenset(
+        {
+            "num_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "shared_expert_intermediate_size",
+            "mlp_only_layers",
+            "decoder_sparse_step",
+        }
+    ),
+    "qwen3_moe": frozenset(
+        {
+            "num_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "mlp_only_layers",
+            "decoder_sparse_step",
+        }
+    ),
+    "falcon": frozenset({"parallel_attn", "new_decoder_architecture", "num_kv_heads", "multi_query"}),
+    "deepseek_v2": frozenset(
+        {
+            "n_routed_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "n_shared_experts",
+            "first_k_dense_replace",
+            "moe_layer_freq",
+            "kv_lora_rank",
+            "q_lora_rank",
+            "num_nextn_predict_layers",
+        }
+    ),
+    "opt": frozenset({"word_embed_proj_dim"}),
+}
+_UNDERSTOOD["deepseek_v3"] = _UNDERSTOOD["deepseek_v2"]
 
 
 # Upper bounds on shapes, far past any real model (the largest today have ~120 layers, hidden
@@ -79,11 +168,55 @@ def spec_from_hf_dict(
         name = raw.rstrip("/").split("/")[-1].lower() if isinstance(raw, str) and raw else None
     name = name or Path(source).parent.name or Path(source).stem
 
+    _refuse_unknown_arch_fields(r, mt)
     if mt == "opt":
         return _opt(r, name)
     if mt == "qwen":
         return _qwen1(r, name)
+    if mt == "falcon":
+        return _falcon(r, name)
+    if mt == "gpt_neox":
+        return _gpt_neox(r, name)
+    if mt in ("deepseek_v2", "deepseek_v3"):
+        return _deepseek(r, name, mt)
+    if mt in ("gemma2", "gemma3_text"):
+        return _gemma(r, name, mt)
+    return _llama_like(r, name, mt)
 
+
+def _refuse_unknown_arch_fields(r: _Reader, mt: str) -> None:
+    understood = _UNDERSTOOD.get(mt, frozenset())
+    for key, meaning in ARCH_FIELDS.items():
+        v = r.cfg.get(key)
+        if key in understood or v is None or v is False or v == [] or v == 0 or v == _NEUTRAL.get(key):
+            continue
+        if key == "word_embed_proj_dim" and v == r.cfg.get("hidden_size"):
+            continue
+        raise r.err(
+            key,
+            f"{v!r} sets {meaning}, which model_type {mt!r} does not have; it would be read as a different "
+            "(smaller) model. Fix model_type to the family that has this field, or remove it",
+        )
+
+
+def _experts(r: _Reader, experts_key: str) -> tuple[int, int]:
+    num_experts = r.int(experts_key)
+    top_k = r.int("num_experts_per_tok")
+    if top_k > num_experts:
+        raise r.err("num_experts_per_tok", f"{top_k} exceeds {experts_key} {num_experts}")
+    return num_experts, top_k
+
+
+def _every_layer_moe(r: _Reader) -> None:
+    if r.cfg.get("mlp_only_layers"):
+        raise r.err("mlp_only_layers", "dense layers between expert layers are not supported")
+    step = r.int("decoder_sparse_step", 1)
+    if step != 1:
+        raise r.err("decoder_sparse_step", f"{step}: expert layers only every few layers are not supported")
+
+
+def _llama_like(r: _Reader, name: str, mt: str) -> ModelSpec:
+    """llama, mistral, phi3 (fused qkv and gate_up: the same shapes), qwen2/3 and their MoE versions."""
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
     kv_heads = r.int("num_key_value_heads", heads)
@@ -91,26 +224,33 @@ def spec_from_hf_dict(
         raise r.err("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
     head_dim = _head_dim(r, hidden, heads)
     num_experts, top_k = 1, 1
+    intermediate = r.int("intermediate_size")
+    shared = 0
     if mt == "mixtral":
-        num_experts = r.int("num_local_experts")
-        top_k = r.int("num_experts_per_tok")
-        if top_k > num_experts:
-            raise r.err("num_experts_per_tok", f"{top_k} exceeds num_local_experts {num_experts}")
+        num_experts, top_k = _experts(r, "num_local_experts")
+    elif mt in ("qwen2_moe", "qwen3_moe"):
+        num_experts, top_k = _experts(r, "num_experts")
+        _every_layer_moe(r)
+        intermediate = r.int("moe_intermediate_size")
+        if mt == "qwen2_moe":
+            shared = r.int("shared_expert_intermediate_size")
     attention_bias = r.bool("attention_bias", False)
-    # qwen2 always has q/k/v biases (and none on o_proj or the MLP). ModelSpec has one flag for
-    # "out_proj and MLP" biases; a llama config with attention_bias but no mlp_bias loses the o_proj
-    # bias (hidden parameters per layer, negligible).
-    qkv_bias = True if mt == "qwen2" else attention_bias
-    linear_bias = False if mt == "qwen2" else r.bool("mlp_bias", False)
+    # qwen2 (and Qwen1.5-MoE) always have q/k/v biases (and none on o_proj or the MLP). ModelSpec has
+    # one flag for "out_proj and MLP" biases; a llama config with attention_bias but no mlp_bias loses
+    # the o_proj bias (hidden parameters per layer, negligible).
+    qkv_bias = True if mt in ("qwen2", "qwen2_moe") else attention_bias
+    linear_bias = (
+        False if mt in ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3") else r.bool("mlp_bias", False)
+    )
     return ModelSpec(
         name=name,
-        family="llama" if mt == "llama" else mt,  # type: ignore[arg-type]
+        family=mt,  # type: ignore[arg-type]
         hidden=hidden,
         layers=r.int("num_hidden_layers"),
         heads=heads,
         kv_heads=kv_heads,
         head_dim=head_dim,
-        intermediate=r.int("intermediate_size"),
+        intermediate=intermediate,
         vocab=r.int("vocab_size"),
         max_position=r.int("max_position_embeddings", 2048),
         gated_mlp=True,
@@ -121,6 +261,165 @@ def spec_from_hf_dict(
         num_experts=num_experts,
         experts_per_token=top_k,
         norm="rmsnorm",
+        qk_norm=mt in ("qwen3", "qwen3_moe"),
+        shared_intermediate=shared,
+        shared_expert_gate=mt == "qwen2_moe",
+    )
+
+
+def _gemma(r: _Reader, name: str, mt: str) -> ModelSpec:
+    """Gemma-2 / Gemma-3 text: GeGLU MLP, four norms per layer (sandwich), tied embeddings.
+
+    Sliding-window layers hold the same weights as global ones; their KV cache is counted in full.
+    """
+    hidden = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    kv_heads = r.int("num_key_value_heads", heads)
+    if heads % kv_heads:
+        raise r.err("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
+    bias = r.bool("attention_bias", False)
+    if bias:
+        raise r.err("attention_bias", "Gemma with attention biases is not supported")
+    return ModelSpec(
+        name=name,
+        family=mt.removesuffix("_text"),  # type: ignore[arg-type]
+        hidden=hidden,
+        layers=r.int("num_hidden_layers"),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=_head_dim(r, hidden, heads),
+        intermediate=r.int("intermediate_size"),
+        vocab=r.int("vocab_size"),
+        max_position=r.int("max_position_embeddings", 8192),
+        gated_mlp=True,
+        qkv_bias=False,
+        linear_bias=False,
+        learned_positions=0,
+        tied_embeddings=r.bool("tie_word_embeddings", True),
+        norm="rmsnorm",
+        layer_norms=4,
+        qk_norm=mt == "gemma3_text",
+    )
+
+
+def _falcon(r: _Reader, name: str) -> ModelSpec:
+    """Falcon (transformers' FalconForCausalLM): fused qkv, GELU MLP of ``ffn_hidden_size``, LayerNorm."""
+    hidden = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    if hidden % heads:
+        raise r.err("num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
+    new_arch = r.bool("new_decoder_architecture", False)
+    if new_arch:
+        kv_heads = r.int("num_kv_heads", heads)
+    else:
+        kv_heads = 1 if r.bool("multi_query", True) else heads
+    if heads % kv_heads:
+        raise r.err("num_kv_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
+    parallel = r.bool("parallel_attn", True)
+    ln_parallel = r.int("num_ln_in_parallel_attn", 2 if new_arch else 1)
+    bias = r.bool("bias", False)
+    return ModelSpec(
+        name=name,
+        family="falcon",
+        hidden=hidden,
+        layers=r.int("num_hidden_layers"),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=hidden // heads,
+        intermediate=r.int("ffn_hidden_size", 4 * hidden),
+        vocab=r.int("vocab_size"),
+        max_position=r.int("max_position_embeddings", 2048),
+        gated_mlp=False,
+        qkv_bias=bias,
+        linear_bias=bias,
+        learned_positions=0,
+        tied_embeddings=r.bool("tie_word_embeddings", True),
+        norm="layernorm",
+        layer_norms=2 if (not parallel or ln_parallel == 2) else 1,
+    )
+
+
+def _gpt_neox(r: _Reader, name: str) -> ModelSpec:
+    """GPT-NeoX / Pythia: biases everywhere, GELU MLP, LayerNorm; parallel residual and partial rotary
+    change no weights."""
+    hidden = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    if hidden % heads:
+        raise r.err("num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
+    if not r.bool("attention_bias", True):
+        raise r.err("attention_bias", "GPT-NeoX without attention biases is not supported")
+    return ModelSpec(
+        name=name,
+        family="gpt_neox",
+        hidden=hidden,
+        layers=r.int("num_hidden_layers"),
+        heads=heads,
+        kv_heads=heads,
+        head_dim=hidden // heads,
+        intermediate=r.int("intermediate_size"),
+        vocab=r.int("vocab_size"),
+        max_position=r.int("max_position_embeddings", 2048),
+        gated_mlp=False,
+        qkv_bias=True,
+        linear_bias=True,
+        learned_positions=0,
+        tied_embeddings=r.bool("tie_word_embeddings", False),
+        norm="layernorm",
+    )
+
+
+def _deepseek(r: _Reader, name: str, mt: str) -> ModelSpec:
+    """DeepSeek-V2/V3: MLA, and MoE with shared experts after ``first_k_dense_replace`` dense layers.
+
+    The multi-token-prediction module (``num_nextn_predict_layers``) is not part of the served model
+    (transformers does not build it either) and is left out. V3's per-expert routing bias
+    (``e_score_correction_bias``) is a buffer in transformers, not a parameter, and is left out too.
+    """
+    hidden = r.int("hidden_size")
+    heads = r.int("num_attention_heads")
+    if r.bool("attention_bias", False):
+        raise r.err("attention_bias", "DeepSeek MLA with attention biases is not supported")
+    nope = r.int("qk_nope_head_dim")
+    rope = r.int("qk_rope_head_dim")
+    dense_inter = r.int("intermediate_size")
+    num_experts, top_k, inter, shared, dense_layers = 1, 1, dense_inter, 0, 0
+    if r.cfg.get("n_routed_experts"):
+        num_experts, top_k = _experts(r, "n_routed_experts")
+        inter = r.int("moe_intermediate_size")
+        shared = r.int("n_shared_experts", 0, minimum=0) * inter
+        dense_layers = r.int("first_k_dense_replace", 0, minimum=0)
+        freq = r.int("moe_layer_freq", 1)
+        if freq != 1:
+            raise r.err("moe_layer_freq", f"{freq}: expert layers only every few layers are not supported")
+    layers = r.int("num_hidden_layers")
+    if dense_layers > layers:
+        raise r.err("first_k_dense_replace", f"{dense_layers} exceeds num_hidden_layers {layers}")
+    return ModelSpec(
+        name=name,
+        family=mt,  # type: ignore[arg-type]
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=heads,  # MLA: every head reads the one shared latent (kv_bytes_per_token_layer)
+        head_dim=nope + rope,
+        intermediate=inter,
+        vocab=r.int("vocab_size"),
+        max_position=r.int("max_position_embeddings", 4096),
+        gated_mlp=True,
+        qkv_bias=False,
+        linear_bias=False,
+        learned_positions=0,
+        tied_embeddings=r.bool("tie_word_embeddings", False),
+        num_experts=num_experts,
+        experts_per_token=top_k,
+        norm="rmsnorm",
+        shared_intermediate=shared,
+        dense_layers=dense_layers if num_experts > 1 else 0,
+        dense_intermediate=dense_inter if num_experts > 1 else 0,
+        q_lora_rank=r.int("q_lora_rank", 0, minimum=0),
+        kv_lora_rank=r.int("kv_lora_rank"),
+        rope_head_dim=rope,
+        v_head_dim=r.int("v_head_dim"),
     )
 
 
@@ -138,12 +437,9 @@ def _opt(r: _Reader, name: str) -> ModelSpec:
     if hidden % heads:
         raise r.err("num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
     proj = r.int("word_embed_proj_dim", hidden)
-    if proj != hidden:
-        raise r.err(
-            "word_embed_proj_dim", f"{proj} != hidden_size {hidden} (project_in/out) is not supported"
-        )
-    if not r.bool("do_layer_norm_before", True):
-        raise r.err("do_layer_norm_before", "post-norm OPT (opt-350m) is not supported")
+    # Post-norm OPT (opt-350m) has no final LayerNorm; transformers' OPTDecoder builds one only for
+    # pre-norm configs that do not set _remove_final_layer_norm.
+    final_norm = r.bool("do_layer_norm_before", True) and not r.bool("_remove_final_layer_norm", False)
     max_pos = r.int("max_position_embeddings")
     return ModelSpec(
         name=name,
@@ -162,6 +458,8 @@ def _opt(r: _Reader, name: str) -> ModelSpec:
         learned_positions=max_pos + 2,  # OPTLearnedPositionalEmbedding keeps an offset of 2 rows
         tied_embeddings=r.bool("tie_word_embeddings", True),
         norm="layernorm",
+        embed_dim=proj if proj != hidden else 0,
+        final_norm=final_norm,
     )
 
 

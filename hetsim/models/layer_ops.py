@@ -118,11 +118,21 @@ def _elementwise(
     )
 
 
-def _norm(spec: ModelSpec, name: str, layer: int, tokens: float, ad: DType) -> Op:
+def _norm(
+    spec: ModelSpec,
+    name: str,
+    layer: int,
+    tokens: float,
+    ad: DType,
+    width: int | None = None,
+    weight_elems: int | None = None,
+) -> Op:
+    """A norm over ``width`` elements per token (hidden by default) with ``weight_elems`` gains."""
     ln = spec.norm == "layernorm"
     per = LAYERNORM_FLOPS if ln else RMSNORM_FLOPS
-    weight = spec.hidden * VECTOR_BYTES * (2 if ln else 1)
-    return _elementwise(name, layer, tokens * spec.hidden, per, ad, weight=weight)
+    n = width or spec.hidden
+    weight = (weight_elems or n) * VECTOR_BYTES * (2 if ln else 1)
+    return _elementwise(name, layer, tokens * n, per, ad, weight=weight)
 
 
 def expected_distinct_experts(num_experts: int, top_k: int, tokens: float) -> float:
@@ -132,43 +142,124 @@ def expected_distinct_experts(num_experts: int, top_k: int, tokens: float) -> fl
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
 
 
+def _attention_op(
+    spec: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    kv_len: int,
+    qk_dim: int,
+    v_dim: int,
+    act_in_elems: float,
+    kvd: DType,
+    ad: DType,
+) -> Op:
+    tokens = float(batch * seq_len)
+    kvt = kv_bytes_per_token_layer(spec, kvd)
+    cached = kv_len if phase == "decode" else kv_len - seq_len  # see the module docstring
+    return Op(
+        name="attention",
+        kind=OpKind.ATTENTION,
+        layer=0,
+        # QK^T and PV, 2 FLOPs per MAC; causal prefill counts the full seq_len x kv_len rectangle.
+        flops=2.0 * batch * spec.heads * seq_len * kv_len * (qk_dim + v_dim),
+        weight_bytes=0.0,
+        act_in_bytes=act_in_elems * ad.bytes_per_element,
+        act_out_bytes=tokens * spec.heads * v_dim * ad.bytes_per_element,
+        kv_read_bytes=float(batch * cached) * kvt,
+        kv_write_bytes=tokens * kvt,
+        compute_dtype="fp32" if ad.name == "fp32" else ad.name,
+    )
+
+
+def _mla_ops(
+    spec: ModelSpec, phase: Phase, batch: int, seq_len: int, kv_len: int, wd: DType, kvd: DType, ad: DType
+) -> list[Op]:
+    """Multi-head latent attention (DeepSeek-V2, arXiv:2405.04434 §2.1) from q to out_proj.
+
+    Prefill decompresses the latent of the whole context through kv_b_proj and runs ordinary attention
+    with q/k heads of ``head_dim`` and v heads of ``v_head_dim``. Decode absorbs kv_b_proj into the
+    query and the output (the paper's §2.1.2 "absorbed" form, as vLLM, SGLang and KTransformers run
+    it): attention runs over the cached latent, each head with a kv_lora_rank-wide key and value.
+    """
+    h, hd, nh = spec.hidden, spec.head_dim, spec.heads
+    nope, rank, rope, vd = hd - spec.rope_head_dim, spec.kv_lora_rank, spec.rope_head_dim, spec.v_head_dim
+    tokens = float(batch * seq_len)
+    ops: list[Op] = []
+    if spec.q_lora_rank:
+        ops.append(_matmul("q_a_proj", 0, tokens, h, spec.q_lora_rank, wd, ad, bias=spec.qkv_bias))
+        ops.append(_norm(spec, "q_a_norm", 0, tokens, ad, spec.q_lora_rank))
+        ops.append(_matmul("q_b_proj", 0, tokens, spec.q_lora_rank, nh * hd, wd, ad, bias=False))
+    else:
+        ops.append(_matmul("q_proj", 0, tokens, h, nh * hd, wd, ad, bias=False))
+    ops.append(_matmul("kv_a_proj", 0, tokens, h, rank + rope, wd, ad, bias=spec.qkv_bias))
+    ops.append(_norm(spec, "kv_a_norm", 0, tokens, ad, rank))
+    if phase == "prefill":
+        ctx = float(batch * kv_len)  # the latent of every context token is decompressed
+        ops.append(_matmul("kv_b_proj", 0, ctx, rank, nh * (nope + vd), wd, ad, bias=False))
+        act_in = tokens * nh * hd + ctx * nh * (hd + vd)
+        ops.append(_attention_op(spec, phase, batch, seq_len, kv_len, hd, vd, act_in, kvd, ad))
+    else:
+        # W_UK absorbed into q (per head: nope -> rank), W_UV applied to the output (per head: rank -> v).
+        q_abs = _matmul("q_absorb", 0, tokens, nh * nope, rank, wd, ad, bias=False, module="kv_b_proj")
+        ops.append(dataclasses.replace(q_abs, act_out_bytes=tokens * nh * rank * ad.bytes_per_element))
+        act_in = tokens * nh * (rank + rope)
+        ops.append(_attention_op(spec, phase, batch, seq_len, kv_len, rank + rope, rank, act_in, kvd, ad))
+        o_abs = _matmul("out_absorb", 0, tokens, nh * rank, vd, wd, ad, bias=False, module="kv_b_proj")
+        ops.append(dataclasses.replace(o_abs, act_out_bytes=tokens * nh * vd * ad.bytes_per_element))
+    ops.append(_matmul("out_proj", 0, tokens, nh * vd, h, wd, ad, bias=spec.linear_bias))
+    return ops
+
+
+def _gated_mlp_ops(
+    prefix: str, tokens: float, h: int, inter: int, wd: DType, ad: DType, bias: bool
+) -> list[Op]:
+    return [
+        _matmul(f"{prefix}gate_proj", 0, tokens, h, inter, wd, ad, bias=bias),
+        _matmul(f"{prefix}up_proj", 0, tokens, h, inter, wd, ad, bias=bias),
+        _elementwise(f"{prefix}act", 0, tokens * inter, SWIGLU_FLOPS, ad, n_in=2),
+        _matmul(f"{prefix}down_proj", 0, tokens, inter, h, wd, ad, bias=bias),
+    ]
+
+
 @lru_cache(maxsize=4096)
 def _layer0_ops(
-    spec: ModelSpec, phase: Phase, batch: int, seq_len: int, kv_len: int, wd: DType, kvd: DType, ad: DType
+    spec: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    kv_len: int,
+    wd: DType,
+    kvd: DType,
+    ad: DType,
+    moe: bool | None = None,
 ) -> tuple[Op, ...]:
     _check(phase, batch, seq_len, kv_len)
+    moe = spec.is_moe if moe is None else (moe and spec.is_moe)
     h, hd = spec.hidden, spec.head_dim
     q_out, kv_out = spec.heads * hd, spec.kv_heads * hd
     tokens = float(batch * seq_len)
     ab = ad.bytes_per_element
     ops: list[Op] = [_norm(spec, "norm1", 0, tokens, ad)]
-    ops.append(_matmul("q_proj", 0, tokens, h, q_out, wd, ad, bias=spec.qkv_bias))
-    ops.append(_matmul("k_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
-    ops.append(_matmul("v_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
-
-    kvt = kv_bytes_per_token_layer(spec, kvd)
-    cached = kv_len if phase == "decode" else kv_len - seq_len  # see the module docstring
-    ops.append(
-        Op(
-            name="attention",
-            kind=OpKind.ATTENTION,
-            layer=0,
-            # QK^T and PV, 2 FLOPs per MAC; causal prefill counts the full seq_len x kv_len rectangle.
-            flops=4.0 * batch * spec.heads * seq_len * kv_len * hd,
-            weight_bytes=0.0,
-            act_in_bytes=tokens * (q_out + 2 * kv_out) * ab,
-            act_out_bytes=tokens * q_out * ab,
-            kv_read_bytes=float(batch * cached) * kvt,
-            kv_write_bytes=tokens * kvt,
-            compute_dtype="fp32" if ad.name == "fp32" else ad.name,
-        )
-    )
-    ops.append(_matmul("out_proj", 0, tokens, q_out, h, wd, ad, bias=spec.linear_bias))
+    if spec.is_mla:
+        ops += _mla_ops(spec, phase, batch, seq_len, kv_len, wd, kvd, ad)
+    else:
+        ops.append(_matmul("q_proj", 0, tokens, h, q_out, wd, ad, bias=spec.qkv_bias))
+        ops.append(_matmul("k_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
+        ops.append(_matmul("v_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
+        if spec.qk_norm:
+            ops.append(_norm(spec, "qk_norm", 0, tokens, ad, q_out + kv_out, weight_elems=2 * hd))
+        act_in = tokens * (q_out + 2 * kv_out)
+        ops.append(_attention_op(spec, phase, batch, seq_len, kv_len, hd, hd, act_in, kvd, ad))
+        ops.append(_matmul("out_proj", 0, tokens, q_out, h, wd, ad, bias=spec.linear_bias))
+    if spec.layer_norms == 4:
+        ops.append(_norm(spec, "post_attn_norm", 0, tokens, ad))
     ops.append(_elementwise("residual1", 0, tokens * h, RESIDUAL_FLOPS, ad, n_in=2))
-    ops.append(_norm(spec, "norm2", 0, tokens, ad))
+    if spec.layer_norms >= 2:
+        ops.append(_norm(spec, "norm2", 0, tokens, ad))
 
     inter, bias = spec.intermediate, spec.linear_bias
-    if spec.is_moe:
+    if moe:
         k, e = spec.experts_per_token, spec.num_experts
         routed = tokens * k  # token-expert pairs
         distinct = expected_distinct_experts(e, k, tokens)
@@ -180,15 +271,20 @@ def _layer0_ops(
         # Weighted sum of the k expert outputs of each token.
         combine = _elementwise("expert_combine", 0, tokens * h, 2.0 * k, ad)
         ops.append(dataclasses.replace(combine, act_in_bytes=routed * h * ab))
+        if spec.shared_intermediate:  # always-on shared expert(s), one gated MLP
+            ops += _gated_mlp_ops("shared_", tokens, h, spec.shared_intermediate, wd, ad, False)
+        if spec.shared_expert_gate:
+            ops.append(_matmul("shared_expert_gate", 0, tokens, h, 1, wd, ad, bias=False))
+    elif spec.is_moe:  # a dense layer of an MoE model (DeepSeek's first layers)
+        ops += _gated_mlp_ops("", tokens, h, spec.dense_intermediate or inter, wd, ad, bias)
     elif spec.gated_mlp:
-        ops.append(_matmul("gate_proj", 0, tokens, h, inter, wd, ad, bias=bias))
-        ops.append(_matmul("up_proj", 0, tokens, h, inter, wd, ad, bias=bias))
-        ops.append(_elementwise("act", 0, tokens * inter, SWIGLU_FLOPS, ad, n_in=2))
-        ops.append(_matmul("down_proj", 0, tokens, inter, h, wd, ad, bias=bias))
+        ops += _gated_mlp_ops("", tokens, h, inter, wd, ad, bias)
     else:
         ops.append(_matmul("fc1", 0, tokens, h, inter, wd, ad, bias=bias))
         ops.append(_elementwise("act", 0, tokens * inter, RELU_FLOPS, ad))
         ops.append(_matmul("fc2", 0, tokens, inter, h, wd, ad, bias=bias))
+    if spec.layer_norms == 4:
+        ops.append(_norm(spec, "post_mlp_norm", 0, tokens, ad))
     ops.append(_elementwise("residual2", 0, tokens * h, RESIDUAL_FLOPS, ad, n_in=2))
     return tuple(ops)
 
@@ -208,16 +304,20 @@ def decoder_layer_ops(
     weight_dtype: DType = FP16,
     kv_dtype: DType = FP16,
     act_dtype: DType = FP16,
-    layer: int = 0,
+    layer: int | None = None,
 ) -> tuple[Op, ...]:
     """The ops of one decoder layer for the whole batch, in execution order.
 
     norm1, q_proj, k_proj, v_proj, attention, out_proj, residual1, norm2, then the MLP (OPT: fc1, act,
     fc2; gated: gate_proj, up_proj, act, down_proj; MoE: router, gate_proj, up_proj, act, down_proj,
-    expert_combine), residual2. Hot loops can call this with ``layer=0`` and reuse the result.
+    expert_combine, then shared experts if any), residual2. MLA replaces q..out_proj (``_mla_ops``).
+
+    ``layer=None`` gives the typical layer (an expert layer of an MoE model), labelled 0; hot loops
+    call it once and reuse the result. An index gives that layer (DeepSeek's first layers are dense).
     """
-    ops = _layer0_ops(spec, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype, act_dtype)
-    return ops if layer == 0 else relabel(ops, layer)
+    moe = None if layer is None else spec.layer_is_moe(layer)
+    ops = _layer0_ops(spec, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype, act_dtype, moe)
+    return ops if not layer else relabel(ops, layer)
 
 
 @lru_cache(maxsize=4096)
@@ -265,7 +365,8 @@ def lm_head_ops(
     rows = float(batch * seq_len if all_logits else batch)
     layer = spec.layers
     norm = _norm(spec, "final_norm", layer, rows, act_dtype)
-    head = _matmul("lm_head", layer, rows, spec.hidden, spec.vocab, weight_dtype, act_dtype, bias=False)
+    # OPT-350m's project_out (hidden -> embed_dim, 0.1 % of its weights) is left out of the ops.
+    head = _matmul("lm_head", layer, rows, spec.token_dim, spec.vocab, weight_dtype, act_dtype, bias=False)
     return (norm, head)
 
 
@@ -283,10 +384,13 @@ def step_ops(
 ) -> tuple[Op, ...]:
     """All ops of one forward step: embedding, every decoder layer (labelled 0..L-1), final norm + head."""
     ops: list[Op] = [embedding_op(spec, batch, seq_len, weight_dtype, act_dtype)]
-    layer0 = _layer0_ops(spec, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype, act_dtype)
-    ops.extend(layer0)
+    kinds = {
+        moe: _layer0_ops(spec, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype, act_dtype, moe)
+        for moe in {spec.layer_is_moe(i) for i in range(spec.layers)}
+    }
+    ops.extend(kinds[spec.layer_is_moe(0)])
     for i in range(1, spec.layers):
-        ops.extend(relabel(layer0, i))
+        ops.extend(relabel(kinds[spec.layer_is_moe(i)], i))
     ops.extend(lm_head_ops(spec, phase, batch, seq_len, weight_dtype, act_dtype, all_logits))
     return tuple(ops)
 

@@ -33,7 +33,8 @@ def kv_cache_bytes(
 
 def activation_workspace(model: ModelSpec, batch: int, seq_len: int, act_dtype: str = "fp16") -> float:
     """Peak transient activations of one layer: the widest intermediate (MLP inner) plus the residual."""
-    inner = model.intermediate * (2 if model.gated_mlp else 1)
+    widest = max(model.intermediate, model.dense_intermediate, model.shared_intermediate)
+    inner = widest * (2 if model.gated_mlp else 1)
     return batch * seq_len * (inner + 2 * model.hidden) * DTYPES[act_dtype].bytes_per_element
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hetsim.errors import InputError
-from hetsim.models.hf_config import load_hf_config
+from hetsim.models.hf_config import load_hf_config, spec_from_hf_dict
 from hetsim.models.spec import ModelSpec
 
 # Re-exported so ``from hetsim.models.registry import param_count`` works.
@@ -87,6 +87,66 @@ def _llama(
     )
 
 
+def _moe(name: str, **cfg: object) -> ModelSpec:
+    """A model from the fields of its official config.json (only those hetsim reads)."""
+    return spec_from_hf_dict(dict(cfg), source=f"built-in {name}", name=name)
+
+
+_DEEPSEEK_V3 = _moe(
+    # deepseek-ai/DeepSeek-V3 config.json (also V3-0324 and R1, same shape); the MTP module
+    # (num_nextn_predict_layers 1) is not part of the served model and is left out.
+    "deepseek-v3",
+    model_type="deepseek_v3",
+    hidden_size=7168,
+    intermediate_size=18432,
+    moe_intermediate_size=2048,
+    num_hidden_layers=61,
+    num_attention_heads=128,
+    num_key_value_heads=128,
+    n_routed_experts=256,
+    n_shared_experts=1,
+    num_experts_per_tok=8,
+    first_k_dense_replace=3,
+    moe_layer_freq=1,
+    q_lora_rank=1536,
+    kv_lora_rank=512,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+    vocab_size=129280,
+    max_position_embeddings=163840,
+    tie_word_embeddings=False,
+)
+_QWEN3_MOE = {
+    "model_type": "qwen3_moe",
+    "head_dim": 128,
+    "num_experts_per_tok": 8,
+    "num_experts": 128,
+    "vocab_size": 151936,
+    "max_position_embeddings": 40960,
+    "tie_word_embeddings": False,
+}
+_QWEN3_30B = _moe(  # Qwen/Qwen3-30B-A3B config.json
+    "qwen3-30b-a3b",
+    **_QWEN3_MOE,
+    hidden_size=2048,
+    intermediate_size=6144,
+    moe_intermediate_size=768,
+    num_hidden_layers=48,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+)
+_QWEN3_235B = _moe(  # Qwen/Qwen3-235B-A22B config.json
+    "qwen3-235b-a22b",
+    **_QWEN3_MOE,
+    hidden_size=4096,
+    intermediate_size=12288,
+    moe_intermediate_size=1536,
+    num_hidden_layers=94,
+    num_attention_heads=64,
+    num_key_value_heads=4,
+)
+
 _MODELS: dict[str, ModelSpec] = {
     m.name: m
     for m in (
@@ -104,6 +164,9 @@ _MODELS: dict[str, ModelSpec] = {
         # up together; per matrix it is 24576. MHA, bias on the fused qkv only, untied head.
         _llama("qwen-72b", 8192, 80, 64, 64, 24576, 152064, 32768, family="qwen2", qkv_bias=True),
         _llama("mixtral-8x7b", 4096, 32, 32, 8, 14336, 32000, 32768, family="mixtral", experts=8, top_k=2),
+        _DEEPSEEK_V3,
+        _QWEN3_30B,
+        _QWEN3_235B,
     )
 }
 
@@ -121,6 +184,10 @@ _ALIASES = {
     "llama-2-70b-hf": "llama2-70b",
     "qwen1-72b": "qwen-72b",
     "mixtral-8x7b-v0.1": "mixtral-8x7b",
+    "deepseek-r1": "deepseek-v3",
+    "deepseek-v3-0324": "deepseek-v3",
+    "qwen3-30b": "qwen3-30b-a3b",
+    "qwen3-235b": "qwen3-235b-a22b",
 }
 
 

@@ -15,8 +15,22 @@ from functools import lru_cache
 from hetsim.models.layer_ops import decoder_layer_ops, embedding_op, lm_head_ops
 from hetsim.models.spec import DTYPES, ModelSpec, Op, OpKind, Phase
 
-COLUMN_PARALLEL = frozenset({"q_proj", "k_proj", "v_proj", "fc1", "gate_proj", "up_proj", "lm_head"})
-ROW_PARALLEL = frozenset({"out_proj", "fc2", "down_proj"})
+COLUMN_PARALLEL = frozenset(
+    {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "fc1",
+        "gate_proj",
+        "up_proj",
+        "shared_gate_proj",
+        "shared_up_proj",
+        "lm_head",
+    }
+)
+ROW_PARALLEL = frozenset({"out_proj", "fc2", "down_proj", "shared_down_proj"})
+# MLA's q_a/kv_a (low-rank down-projections) are replicated; its head-wise q_b, kv_b and the absorbed
+# products would split by head like q/k/v, which is left for when a strategy runs MLA under TP.
 TP_DEGREES = (1, 2, 4, 8)  # tensor-parallel group sizes inside one machine
 
 
@@ -59,7 +73,7 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
             act_out_bytes=op.act_out_bytes / p if column else op.act_out_bytes,
             weight_row_bytes=op.weight_row_bytes / p if column else op.weight_row_bytes,
         )
-    if op.name == "act":  # the MLP activation runs on the rank's slice of the inner dimension
+    if op.name in ("act", "shared_act"):  # the MLP activation runs on the rank's slice of the inner dimension
         return dataclasses.replace(
             op, flops=op.flops / p, act_in_bytes=op.act_in_bytes / p, act_out_bytes=op.act_out_bytes / p
         )

@@ -11,7 +11,23 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-Family = Literal["opt", "llama", "qwen2", "mistral", "mixtral"]
+Family = Literal[
+    "opt",
+    "llama",
+    "qwen2",
+    "mistral",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "falcon",
+    "gpt_neox",
+]
 Phase = Literal["prefill", "decode"]
 
 
@@ -47,7 +63,16 @@ INT8 = DType("int8", 8, compute="int8")
 # FlexGen-style asymmetric min-max, group 64, an fp16 (scale, min) pair per group: 0.5625 B/elem.
 INT4 = DType("int4", 4, group_size=64, group_overhead_bytes=4.0, compute="fp16")
 
-DTYPES: dict[str, DType] = {d.name: d for d in (FP32, FP16, BF16, INT8, INT4)}
+# llama.cpp's Q4_K_M GGUF mix: Q4_K blocks (4.5 bits per weight: 256 4-bit weights with 6-bit sub-block
+# scales and two fp16 super-block scales) with some tensors in Q6_K (6.56 bits), about 4.8 bits per
+# weight on average (DeepSeek-V3 Q4_K_M: ~404 GB for 671B parameters; KTransformers' tutorial). Stored as
+# 4 bits plus 25.6 bytes per 256 weights. Lossy: only ever the user's choice. llama.cpp's CPU kernels
+# multiply it with 8-bit-quantised activations (AVX-512 VNNI int8 dot products); on a GPU it computes
+# in fp16 after dequantising (a device without an int8_vnni peak falls back to fp16).
+Q4_K_M = DType("q4_k_m", 4, group_size=256, group_overhead_bytes=25.6, compute="int8_vnni")
+
+DTYPES: dict[str, DType] = {d.name: d for d in (FP32, FP16, BF16, INT8, INT4, Q4_K_M)}
+LOSSY_DTYPES = frozenset({"int8", "int4", "q4_k_m"})
 
 
 class OpKind(StrEnum):
@@ -77,10 +102,38 @@ class ModelSpec:
     num_experts: int = 1
     experts_per_token: int = 1
     norm: Literal["layernorm", "rmsnorm"] = "rmsnorm"
+    # Fields below describe the families past llama/OPT; their defaults are a plain llama/OPT layer.
+    layer_norms: int = 2  # hidden-size norms per layer: 1 (Falcon-7B), 2, 4 (Gemma-2 sandwich norms)
+    qk_norm: bool = False  # an RMSNorm of head_dim over each q and k head (Qwen3, Gemma-3)
+    shared_intermediate: int = 0  # inner size of the always-on shared expert(s) of an MoE layer
+    shared_expert_gate: bool = False  # Qwen2-MoE: a sigmoid gate Linear(hidden, 1) on the shared expert
+    dense_layers: int = 0  # the first layers have a dense MLP, not experts (DeepSeek first_k_dense_replace)
+    dense_intermediate: int = 0  # the inner size of those dense MLPs
+    # Multi-head latent attention (DeepSeek-V2/V3, arXiv:2405.04434); kv_lora_rank 0 = ordinary attention.
+    # head_dim is then the q/k head (no-rope part + rope_head_dim) and v_head_dim the value head.
+    q_lora_rank: int = 0  # 0 = q projected directly from the hidden state
+    kv_lora_rank: int = 0
+    rope_head_dim: int = 0
+    v_head_dim: int = 0
+    embed_dim: int = 0  # token-table width when it differs from hidden (OPT-350m: project_in/out)
+    final_norm: bool = True  # post-norm OPT (opt-350m) has no final LayerNorm
 
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 1
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the token embedding table and of the LM head's input."""
+        return self.embed_dim or self.hidden
+
+    def layer_is_moe(self, layer: int) -> bool:
+        """Whether decoder layer ``layer`` routes to experts (DeepSeek's first layers are dense)."""
+        return self.is_moe and layer >= self.dense_layers
 
 
 @dataclass(frozen=True)

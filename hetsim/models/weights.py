@@ -18,10 +18,13 @@ from hetsim.models.spec import DType, ModelSpec, WeightTensor
 VECTOR_BYTES = 2.0  # biases and norms are kept in 16-bit whatever the matrix dtype
 
 
-def _norm_tensors(spec: ModelSpec, module: str, block: str, prefix: str) -> list[WeightTensor]:
-    out = [WeightTensor(f"{prefix}.weight", module, block, (spec.hidden,), False)]  # type: ignore[arg-type]
+def _norm_tensors(
+    spec: ModelSpec, module: str, block: str, prefix: str, size: int | None = None
+) -> list[WeightTensor]:
+    n = size or spec.hidden
+    out = [WeightTensor(f"{prefix}.weight", module, block, (n,), False)]  # type: ignore[arg-type]
     if spec.norm == "layernorm":
-        out.append(WeightTensor(f"{prefix}.bias", module, block, (spec.hidden,), False))  # type: ignore[arg-type]
+        out.append(WeightTensor(f"{prefix}.bias", module, block, (n,), False))  # type: ignore[arg-type]
     return out
 
 
@@ -32,39 +35,92 @@ def _linear(name: str, module: str, block: str, out_f: int, in_f: int, bias: boo
     return out
 
 
+def _gated(prefix: str, mod: str, inter: int, h: int, bias: bool) -> list[WeightTensor]:
+    return [
+        *_linear(f"{prefix}gate_proj", f"{mod}gate_proj", "mlp", inter, h, bias),
+        *_linear(f"{prefix}up_proj", f"{mod}up_proj", "mlp", inter, h, bias),
+        *_linear(f"{prefix}down_proj", f"{mod}down_proj", "mlp", h, inter, bias),
+    ]
+
+
+def _attention_tensors(spec: ModelSpec) -> list[WeightTensor]:
+    h, hd = spec.hidden, spec.head_dim
+    t: list[WeightTensor] = []
+    if spec.is_mla:
+        # DeepSeek-V2 MLA (arXiv:2405.04434 §2.1): q through an optional low-rank pair, one down-projection
+        # to the KV latent plus the shared rotary key, one up-projection to per-head no-rope K and V.
+        nope = hd - spec.rope_head_dim
+        if spec.q_lora_rank:
+            t += _linear("q_a_proj", "q_a_proj", "attention", spec.q_lora_rank, h, spec.qkv_bias)
+            t += _norm_tensors(spec, "q_a_norm", "attention", "q_a_norm", spec.q_lora_rank)
+            t += _linear("q_b_proj", "q_b_proj", "attention", spec.heads * hd, spec.q_lora_rank, False)
+        else:
+            t += _linear("q_proj", "q_proj", "attention", spec.heads * hd, h, False)
+        kv_a = spec.kv_lora_rank + spec.rope_head_dim
+        t += _linear("kv_a_proj", "kv_a_proj", "attention", kv_a, h, spec.qkv_bias)
+        t += _norm_tensors(spec, "kv_a_norm", "attention", "kv_a_norm", spec.kv_lora_rank)
+        kv_b = spec.heads * (nope + spec.v_head_dim)
+        t += _linear("kv_b_proj", "kv_b_proj", "attention", kv_b, spec.kv_lora_rank, False)
+        t += _linear("out_proj", "out_proj", "attention", h, spec.heads * spec.v_head_dim, spec.linear_bias)
+    else:
+        q_out, kv_out = spec.heads * hd, spec.kv_heads * hd
+        t += _linear("q_proj", "q_proj", "attention", q_out, h, spec.qkv_bias)
+        t += _linear("k_proj", "k_proj", "attention", kv_out, h, spec.qkv_bias)
+        t += _linear("v_proj", "v_proj", "attention", kv_out, h, spec.qkv_bias)
+        t += _linear("out_proj", "out_proj", "attention", h, q_out, spec.linear_bias)
+        if spec.qk_norm:
+            t += _norm_tensors(spec, "q_norm", "attention", "q_norm", hd)
+            t += _norm_tensors(spec, "k_norm", "attention", "k_norm", hd)
+    t += _norm_tensors(spec, "norm1", "attention", "norm1")
+    if spec.layer_norms == 4:
+        t += _norm_tensors(spec, "post_attn_norm", "attention", "post_attn_norm")
+    return t
+
+
 @lru_cache(maxsize=256)
-def layer_weight_tensors(spec: ModelSpec) -> tuple[WeightTensor, ...]:
+def layer_weight_tensors(spec: ModelSpec, moe: bool | None = None) -> tuple[WeightTensor, ...]:
     """The parameter tensors of one decoder layer, in the implementation's order.
 
     Attention block: q W/b, k W/b, v W/b, out W/b, then the pre-attention norm; MLP block: the MLP
     matrices (fc1 W/b, fc2 W/b for OPT; gate, up, down for gated MLPs; router then experts for MoE),
     then the pre-MLP norm. This is FlexGen's per-tensor order in ``flex_opt.py: init_weight_list``,
-    which decides its step-function placement, so keep it.
+    which decides its step-function placement, so keep it. MLA, q/k norms, shared experts and
+    sandwich norms (other families) add their tensors to the block they run in.
+
+    ``moe`` picks the layer kind of a model whose first layers are dense (DeepSeek); ``None`` is the
+    typical layer (an expert layer for an MoE model).
     """
-    h, q_out, kv_out = spec.hidden, spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
-    t: list[WeightTensor] = []
-    t += _linear("q_proj", "q_proj", "attention", q_out, h, spec.qkv_bias)
-    t += _linear("k_proj", "k_proj", "attention", kv_out, h, spec.qkv_bias)
-    t += _linear("v_proj", "v_proj", "attention", kv_out, h, spec.qkv_bias)
-    t += _linear("out_proj", "out_proj", "attention", h, q_out, spec.linear_bias)
-    t += _norm_tensors(spec, "norm1", "attention", "norm1")
+    h = spec.hidden
+    moe = spec.is_moe if moe is None else (moe and spec.is_moe)
+    t = _attention_tensors(spec)
     inter, bias = spec.intermediate, spec.linear_bias
-    if spec.is_moe:
+    if moe:
         t += _linear("router", "router", "mlp", spec.num_experts, h, False)
         for e in range(spec.num_experts):
-            p = f"experts.{e}"
-            t += _linear(f"{p}.gate_proj", "gate_proj", "mlp", inter, h, bias)
-            t += _linear(f"{p}.up_proj", "up_proj", "mlp", inter, h, bias)
-            t += _linear(f"{p}.down_proj", "down_proj", "mlp", h, inter, bias)
+            t += _gated(f"experts.{e}.", "", inter, h, bias)
+        if spec.shared_intermediate:
+            t += _gated("shared_expert.", "shared_", spec.shared_intermediate, h, False)
+        if spec.shared_expert_gate:
+            t += _linear("shared_expert_gate", "shared_expert_gate", "mlp", 1, h, False)
+    elif spec.is_moe:  # a dense layer of an MoE model
+        t += _gated("", "", spec.dense_intermediate or inter, h, bias)
     elif spec.gated_mlp:
-        t += _linear("gate_proj", "gate_proj", "mlp", inter, h, bias)
-        t += _linear("up_proj", "up_proj", "mlp", inter, h, bias)
-        t += _linear("down_proj", "down_proj", "mlp", h, inter, bias)
+        t += _gated("", "", inter, h, bias)
     else:
         t += _linear("fc1", "fc1", "mlp", inter, h, bias)
         t += _linear("fc2", "fc2", "mlp", h, inter, bias)
-    t += _norm_tensors(spec, "norm2", "mlp", "norm2")
+    if spec.layer_norms >= 2:
+        t += _norm_tensors(spec, "norm2", "mlp", "norm2")
+    if spec.layer_norms == 4:
+        t += _norm_tensors(spec, "post_mlp_norm", "mlp", "post_mlp_norm")
     return tuple(t)
+
+
+def layer_kinds(spec: ModelSpec) -> tuple[tuple[bool, int], ...]:
+    """``(moe, count)`` for each kind of decoder layer the model has."""
+    if not spec.is_moe or not spec.dense_layers:
+        return ((spec.is_moe, spec.layers),)
+    return ((False, spec.dense_layers), (True, spec.layers - spec.dense_layers))
 
 
 def tensor_bytes(t: WeightTensor, dtype: DType) -> float:
@@ -73,42 +129,60 @@ def tensor_bytes(t: WeightTensor, dtype: DType) -> float:
 
 
 def _final_norm_params(spec: ModelSpec) -> int:
+    if not spec.final_norm:
+        return 0
     return spec.hidden * (2 if spec.norm == "layernorm" else 1)
 
 
-def layer_param_count(spec: ModelSpec) -> int:
-    return sum(t.numel for t in layer_weight_tensors(spec))
+def _projection_params(spec: ModelSpec) -> int:
+    """One of OPT-350m's project_in / project_out matrices (no bias); 0 when the widths agree."""
+    return spec.hidden * spec.embed_dim if spec.embed_dim else 0
+
+
+def layer_param_count(spec: ModelSpec, moe: bool | None = None) -> int:
+    return sum(t.numel for t in layer_weight_tensors(spec, moe))
+
+
+def decoder_param_count(spec: ModelSpec) -> int:
+    """Parameters of all decoder layers (dense and expert layers of an MoE model each counted)."""
+    return sum(n * layer_param_count(spec, moe) for moe, n in layer_kinds(spec))
 
 
 def embedding_param_count(spec: ModelSpec) -> int:
-    """Token table plus the learned position table (OPT), if any."""
-    return (spec.vocab + spec.learned_positions) * spec.hidden
+    """Token table, the learned position table (OPT) and project_in (OPT-350m), if any."""
+    return spec.vocab * spec.token_dim + spec.learned_positions * spec.hidden + _projection_params(spec)
 
 
 def param_count(spec: ModelSpec) -> int:
     """All parameters: embeddings, layers, final norm and an untied LM head."""
-    head = 0 if spec.tied_embeddings else spec.vocab * spec.hidden
-    return (
-        embedding_param_count(spec) + spec.layers * layer_param_count(spec) + _final_norm_params(spec) + head
-    )
+    head = (0 if spec.tied_embeddings else spec.vocab * spec.token_dim) + _projection_params(spec)
+    return embedding_param_count(spec) + decoder_param_count(spec) + _final_norm_params(spec) + head
 
 
 def active_param_count(spec: ModelSpec) -> int:
-    """Parameters one token touches: for MoE only ``experts_per_token`` of the experts count.
+    """Parameters one token touches: for MoE only ``experts_per_token`` of the routed experts count.
 
     Equals ``param_count`` for a dense model. The embedding table counts in full (as Mistral's
     "12.9B active" for Mixtral does), although a token gathers only one row of it.
     """
     if not spec.is_moe:
         return param_count(spec)
-    per_expert = sum(t.numel for t in layer_weight_tensors(spec) if t.name.startswith("experts.0."))
+    per_expert = sum(t.numel for t in layer_weight_tensors(spec, True) if t.name.startswith("experts.0."))
     idle = (spec.num_experts - spec.experts_per_token) * per_expert
-    return param_count(spec) - spec.layers * idle
+    return param_count(spec) - (spec.layers - spec.dense_layers) * idle
 
 
-def layer_weight_bytes(spec: ModelSpec, dtype: DType) -> float:
-    """Bytes of one decoder layer (matrices in ``dtype``, biases and norms in 16-bit)."""
-    return sum(tensor_bytes(t, dtype) for t in layer_weight_tensors(spec))
+def layer_weight_bytes(spec: ModelSpec, dtype: DType, moe: bool | None = None) -> float:
+    """Bytes of one decoder layer (matrices in ``dtype``, biases and norms in 16-bit).
+
+    ``moe=None`` is the typical layer; a model with dense first layers (DeepSeek) has smaller ones.
+    """
+    return sum(tensor_bytes(t, dtype) for t in layer_weight_tensors(spec, moe))
+
+
+def decoder_weight_bytes(spec: ModelSpec, dtype: DType) -> float:
+    """Bytes of all decoder layers."""
+    return sum(n * layer_weight_bytes(spec, dtype, moe) for moe, n in layer_kinds(spec))
 
 
 def embedding_bytes(spec: ModelSpec, dtype: DType) -> float:
@@ -121,36 +195,51 @@ def final_norm_bytes(spec: ModelSpec) -> float:
 
 
 def lm_head_bytes(spec: ModelSpec, dtype: DType) -> float:
-    """Bytes the final norm + LM head read: the h×V head matrix and the final norm.
+    """Bytes the final norm + LM head read: the head matrix, project_out (OPT-350m) and the final norm.
 
     For a tied head the matrix is the embedding table, so this overlaps ``embedding_bytes``;
     ``weight_bytes`` counts it once.
     """
-    return spec.vocab * spec.hidden * dtype.bytes_per_element + final_norm_bytes(spec)
+    matrices = spec.vocab * spec.token_dim + _projection_params(spec)
+    return matrices * dtype.bytes_per_element + final_norm_bytes(spec)
 
 
 def weight_bytes(spec: ModelSpec, dtype: DType) -> float:
     """Bytes of all the model's weights, a tied head counted once."""
-    head = final_norm_bytes(spec) if spec.tied_embeddings else lm_head_bytes(spec, dtype)
-    return embedding_bytes(spec, dtype) + spec.layers * layer_weight_bytes(spec, dtype) + head
+    if spec.tied_embeddings:
+        head = final_norm_bytes(spec) + _projection_params(spec) * dtype.bytes_per_element
+    else:
+        head = lm_head_bytes(spec, dtype)
+    return embedding_bytes(spec, dtype) + decoder_weight_bytes(spec, dtype) + head
 
 
-def module_weight_bytes(spec: ModelSpec, dtype: DType) -> dict[str, float]:
+NORM_MODULES = frozenset(
+    {"norm1", "norm2", "post_attn_norm", "post_mlp_norm", "q_norm", "k_norm", "q_a_norm", "kv_a_norm"}
+)
+
+
+def module_weight_bytes(spec: ModelSpec, dtype: DType, moe: bool | None = None) -> dict[str, float]:
     """Bytes of each linear module of one layer (weights + biases; all experts for MoE).
 
     Keys are the ``module`` names of the matmul ops: q_proj, k_proj, v_proj, out_proj, then fc1, fc2
-    or (router,) gate_proj, up_proj, down_proj. Norms are not linear modules and are left out.
+    or (router,) gate_proj, up_proj, down_proj (shared_* for shared experts). Norms are left out.
     """
     out: dict[str, float] = {}
-    for t in layer_weight_tensors(spec):
-        if t.module in ("norm1", "norm2"):
+    for t in layer_weight_tensors(spec, moe):
+        if t.module in NORM_MODULES:
             continue
         out[t.module] = out.get(t.module, 0.0) + tensor_bytes(t, dtype)
     return out
 
 
 def kv_bytes_per_token_layer(spec: ModelSpec, kv_dtype: DType) -> float:
-    """K and V of one token in one layer: 2·kv_heads·head_dim·bytes (GQA-aware)."""
+    """K and V of one token in one layer: 2·kv_heads·head_dim·bytes (GQA-aware).
+
+    MLA caches the compressed latent and the shared rotary key instead, (kv_lora_rank + rope_head_dim)
+    elements (DeepSeek-V2, arXiv:2405.04434, Table 1), as vLLM, SGLang and KTransformers do.
+    """
+    if spec.is_mla:
+        return (spec.kv_lora_rank + spec.rope_head_dim) * kv_dtype.bytes_per_element
     return 2 * spec.kv_heads * spec.head_dim * kv_dtype.bytes_per_element
 
 

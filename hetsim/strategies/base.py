@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
-from hetsim.models.spec import ModelSpec
+from hetsim.models.spec import LOSSY_DTYPES, ModelSpec
 from hetsim.sim.engine import Schedule
 from hetsim.strategies.plan_io import validate_plan
 from hetsim.workload import Workload
@@ -31,6 +31,9 @@ class Strategy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     plan_type: ClassVar[type]
+    # Weight precisions a user may ask for with ``--dtype`` (Workload.weight_dtype); the seed strategies
+    # run 16-bit weights (FlexGen's own compression is its plan's choice, not --dtype).
+    weight_dtypes: ClassVar[tuple[str, ...]] = ("fp16",)
 
     @abstractmethod
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
@@ -62,8 +65,14 @@ class Strategy(ABC):
         """What the plan gives up in model quality, for every output to show ("" = lossless).
 
         Lossy choices (compressed weights or KV cache) are the user's to ask for: searches try them
-        only with ``allow_lossy``."""
-        return ""
+        only with ``allow_lossy``, and a lossy ``--dtype`` only runs when the user names it. By default
+        a plan's ``weight_dtype`` / ``kv_dtype`` fields say it."""
+        parts = [
+            f"{getattr(plan, field)} {what}"
+            for field, what in (("weight_dtype", "weights"), ("kv_dtype", "KV cache"))
+            if getattr(plan, field, None) in LOSSY_DTYPES
+        ]
+        return "; ".join(parts)
 
     # ---- plans as JSON ------------------------------------------------------------------------
     def plan_to_dict(self, plan: Any) -> dict[str, Any]:

@@ -1,0 +1,172 @@
+"""MoE expert offload on one GPU and CPU sockets, as KTransformers runs DeepSeek-V3/R1 and Qwen3-MoE.
+
+KTransformers (kvcache-ai/ktransformers, Apache-2.0; doc/en/DeepseekR1_V3_tutorial.md) keeps attention
+(MLA), the KV cache, the dense layers, the routers and the shared experts on the GPU, and runs the
+routed experts on the CPU sockets, whose DRAM holds their weights. Per expert layer: the GPU runs
+attention and the router, sends the hidden states and the routing over PCIe, the sockets run the
+selected experts while the GPU runs the shared expert, and the expert outputs come back over PCIe.
+Layers depend on each other, so there is no overlap across layers at batch 1.
+
+With several sockets each holds a slice of every expert (its inner dimension split, Megatron-style,
+so every socket reads only its local DRAM) and sends its partial sum to the GPU. KTransformers
+instead replicates the experts in each NUMA node, which costs twice the DRAM for the same local
+reads; the slice is what hetsim models. Hot experts cached on the GPU are not modelled.
+
+Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise). Expert matmuls
+cost what the CPU's catalogue peak for the dtype's compute says (AMX bf16/int8, AVX-512 VNNI int8 for
+llama.cpp's quantised kernels) at the CPU efficiency class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+from hetsim.hardware.rig import Rig
+from hetsim.models.layer_ops import decoder_layer_ops
+from hetsim.models.memory import activation_workspace, hidden_bytes, kv_cache_bytes
+from hetsim.models.sharding import embed_ops, head_ops, shard
+from hetsim.models.spec import DTYPES, ModelSpec, Op, Phase
+from hetsim.models.weights import layer_weight_tensors, tensor_bytes, weight_bytes
+from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.workload import Workload, steps
+
+# The routed experts' ops (models.layer_ops names); everything else of an expert layer runs on the GPU.
+ROUTED_OPS = frozenset({"gate_proj", "up_proj", "act", "down_proj", "expert_combine"})
+ROUTING_BYTES_PER_CHOICE = 8.0  # an int32 expert id and an fp32 weight per token and chosen expert
+WEIGHT_DTYPES = ("bf16", "fp16", "int8", "int4", "q4_k_m")
+
+
+@dataclass(frozen=True)
+class MoEOffloadPlan:
+    gpu: str
+    sockets: tuple[str, ...]  # CPU sockets running the routed experts, each a slice of every expert
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "fp16"
+
+
+def routed_expert_bytes(model: ModelSpec, dtype: str) -> float:
+    """Bytes of all routed experts of all expert layers (what lives in host memory)."""
+    per_layer = sum(
+        tensor_bytes(t, DTYPES[dtype])
+        for t in layer_weight_tensors(model, True)
+        if t.name.startswith("experts.")
+    )
+    return per_layer * (model.layers - model.dense_layers)
+
+
+@dataclass(frozen=True)
+class _LayerWork:
+    before: tuple[Op, ...]  # GPU: attention .. router
+    shared: tuple[Op, ...]  # GPU, while the sockets run the experts: shared experts
+    routed: tuple[Op, ...]  # one socket's slice of the routed experts
+    after: tuple[Op, ...]  # GPU: the residual add
+
+
+@lru_cache(maxsize=1024)
+def _layer_work(
+    model: ModelSpec, phase: Phase, batch: int, seq: int, kv: int, wd: str, kvd: str, sockets: int, moe: bool
+) -> _LayerWork:
+    layer = model.dense_layers if moe else 0
+    ops = decoder_layer_ops(model, phase, batch, seq, kv, DTYPES[wd], DTYPES[kvd], layer=layer)
+    if not moe:
+        return _LayerWork(ops, (), (), ())
+    cut = next(i for i, o in enumerate(ops) if o.name == "router") + 1
+    routed = tuple(shard(o, sockets, model.kv_heads) for o in ops if o.name in ROUTED_OPS)
+    shared = tuple(o for o in ops[cut:] if o.name.startswith("shared_"))
+    after = tuple(o for o in ops[cut:] if o.name == "residual2")
+    return _LayerWork(ops[:cut], shared, routed, after)
+
+
+def node_sockets(rig: Rig, gpu: str) -> tuple[str, ...]:
+    """The GPU's host socket first, then the node's other sockets."""
+    host = rig.host_cpu(gpu)
+    others = sorted(c for c in rig.node_of(gpu).cpus if c != host)
+    return (host, *others)
+
+
+@register
+class MoEOffload(Strategy):
+    name = "moe-offload"
+    summary = (
+        "KTransformers-style: attention, KV, dense and shared experts on the GPU; routed experts on CPUs"
+    )
+    plan_type = MoEOffloadPlan
+    weight_dtypes = WEIGHT_DTYPES
+
+    def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
+        if not rig.gpus():
+            return "the rig has no GPUs"
+        if not model.is_moe:
+            return "a dense model has no routed experts to offload (see layer-offload)"
+        return None
+
+    def _gpu(self, rig: Rig) -> str:
+        return max(rig.gpus(), key=lambda g: (g.mem_bytes, g.mem_bw, g.name)).name
+
+    def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> MoEOffloadPlan:
+        gpu = self._gpu(rig)
+        return MoEOffloadPlan(gpu, node_sockets(rig, gpu), workload.weight_dtype or "bf16")
+
+    def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[MoEOffloadPlan]:
+        """Every socket of the GPU's node, or only its host socket (no cross-socket traffic)."""
+        plan = self.default_plan(rig, model, workload)
+        yield plan
+        if len(plan.sockets) > 1:
+            yield MoEOffloadPlan(plan.gpu, plan.sockets[:1], plan.weight_dtype, plan.kv_dtype)
+
+    def footprint(self, plan: MoEOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
+        routed = routed_expert_bytes(model, plan.weight_dtype)
+        out: dict[str, dict[str, float]] = {
+            plan.gpu: {
+                "weights": weight_bytes(model, DTYPES[plan.weight_dtype]) - routed,
+                "kv_cache": kv_cache_bytes(
+                    model, workload.batch, workload.context_len, model.layers, plan.kv_dtype
+                ),
+                "activations": activation_workspace(model, workload.batch, workload.prompt_len),
+            }
+        }
+        for s in plan.sockets:
+            out[s] = {"experts": routed / len(plan.sockets)}
+        return out
+
+    def devices(self, plan: MoEOffloadPlan) -> list[str]:
+        return [plan.gpu, *plan.sockets]
+
+    def schedule(self, plan: MoEOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload):
+        gpu, sockets, wd, kvd = plan.gpu, plan.sockets, plan.weight_dtype, plan.kv_dtype
+        b = workload.batch
+
+        def layer(engine, work: _LayerWork, tokens: int, label: str):
+            yield engine.compute(gpu, work.before, label=f"{label} attention")
+            if not work.routed:
+                return
+            pending = [engine.compute(gpu, work.shared, label=f"{label} shared")] if work.shared else []
+            send = (
+                hidden_bytes(model, 1, tokens) + tokens * model.experts_per_token * ROUTING_BYTES_PER_CHOICE
+            )
+            for s in sockets:
+                engine.transfer(gpu, s, send, label=f"{label} to {s}")
+                engine.compute(s, work.routed, label=f"{label} experts", after=engine.last_end)
+                back = engine.transfer(
+                    s, gpu, hidden_bytes(model, 1, tokens), label="back", after=engine.last_end
+                )
+                pending.append(back)
+            yield engine.all_of(pending)
+            yield engine.compute(gpu, work.after, label=f"{label} combine")
+
+        def run(engine):
+            for step in steps(workload):
+                tokens = b * step.seq_len
+                yield engine.compute(gpu, embed_ops(model, b, step.seq_len, wd))
+                for i in range(model.layers):
+                    moe = model.layer_is_moe(i)
+                    work = _layer_work(
+                        model, step.phase, b, step.seq_len, step.kv_len, wd, kvd, len(sockets), moe
+                    )
+                    yield from layer(engine, work, tokens, f"layer{i}")
+                yield engine.compute(gpu, head_ops(model, step.phase, b, step.seq_len, 1, wd))
+                engine.token_done(b)
+
+        return run
