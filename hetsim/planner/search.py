@@ -7,7 +7,7 @@ from importlib import import_module
 from typing import Any
 
 from hetsim.hardware.rig import Rig
-from hetsim.models.spec import ModelSpec
+from hetsim.models.spec import LOSSY_DTYPES, ModelSpec
 from hetsim.planner.ranking import best_plan, evaluator
 from hetsim.strategies.base import Objective, Strategy
 from hetsim.workload import Workload
@@ -34,6 +34,8 @@ def search(
     """The plan that ranks first for ``objective``; None when no candidate fits. Lossy options
     (compressed weights or KV cache) are tried only with ``allow_lossy``."""
     evaluate = evaluator(strategy, rig, model, workload)
+    # a lossy weight precision the user named (--dtype q4_k_m) is asked for, not chosen for them
+    allow_lossy = allow_lossy or workload.weight_dtype in LOSSY_DTYPES
     target = SOLVER_SEARCHES.get(strategy.name)
     if target is None:
         plans = strategy.candidates(rig, model, workload)
