@@ -18,6 +18,8 @@ from hetsim.models.memory import hidden_bytes
 from hetsim.models.sharding import layer_blocks
 from hetsim.strategies.pipeline_costs import layer_time
 
+pytest.importorskip("scipy")  # the fits (hetsim[validate])
+
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ROOT / "hardware_profiles" / "measured" / "vidur"
 

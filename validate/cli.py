@@ -97,6 +97,10 @@ def _from_profiles(root: Path, gpu: str | None, out: Path) -> None:
 
     if gpu is None:
         raise InputError("give the GPU the tables measured (a catalogue name)", field="--gpu")
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        raise InputError("needs scipy: pip install 'hetsim[validate]'", field="scipy") from None
     if not root.is_dir():
         raise InputError("no such folder", source=str(root), field="--from-profiles")
     doc, report = gpu_profile.build(root, gpu)
