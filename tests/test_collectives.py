@@ -131,3 +131,16 @@ def test_more_ranks_are_never_faster(p, q, m, a, b):
     lo, hi = sorted((p, q))
     assert allreduce_time(lo, m, a, b).time_s <= allreduce_time(hi, m, a, b).time_s
     assert allgather_time(lo, m, a, b).time_s <= allgather_time(hi, m, a, b).time_s
+
+
+def test_a_measured_allreduce_line_replaces_the_ring_formula():
+    """A link's measured line (latency + bytes / bandwidth) is what the all-reduce costs; without
+    one the alpha-beta ring / recursive doubling is unchanged."""
+    from hetsim.costs.collectives import allreduce_time
+
+    plain = allreduce_time(4, 16384.0, 1e-6, 300e9)
+    assert plain.algorithm in ("ring", "recursive-doubling")
+    measured = allreduce_time(4, 16384.0, 1e-6, 300e9, (40e-6, 200e9))
+    assert measured.algorithm == "measured"
+    assert measured.time_s == pytest.approx(40e-6 + 16384.0 / 200e9)
+    assert allreduce_time(1, 16384.0, 1e-6, 300e9, (40e-6, 200e9)).time_s == 0.0

@@ -119,16 +119,24 @@ SMALL_SHAPES = [  # (machine class model, part size) pairs from one region of th
 ]
 
 
+SERVING_DEMAND = Demand(  # 6 sequences per batch, up to 8 batches in flight: KV grows with stages
+    prompt_len=128, output_len=64, kv_sequences=6, max_in_flight=8, context=2048, act_tokens=2048
+)
+
+
 @pytest.mark.parametrize("shape", SMALL_SHAPES)
-def test_inner_cpsat_equals_exhaustive(full, shape):
+@pytest.mark.parametrize("serving", [False, True], ids=["offline", "serving"])
+def test_inner_cpsat_equals_exhaustive(full, shape, serving):
     model = get_model("llama2-13b")
     demand = Demand(prompt_len=128, output_len=64, kv_sequences=48, context=2048, act_tokens=2048)
+    if serving:
+        demand = SERVING_DEMAND
     classes = machine_classes(full)
     table = CostTable(full, model, demand, classes)
     idx = {(c.gpu_model, c.region): i for i, c in enumerate(classes)}
     parts = tuple(Part(idx[m, "illinois"], k) for m, k in shape)
     got, want = inner_cpsat(table, parts), inner_exhaustive(table, parts)
-    if len(shape) == 2:  # memory binds: the layers split unevenly over two GPU types
+    if len(shape) == 2 and not serving:  # memory binds: the layers split unevenly over two GPU types
         assert want is not None and len({g.layers for g in want.groups}) > 1
     assert (got is None) == (want is None)
     if want is not None:
@@ -138,6 +146,30 @@ def test_inner_cpsat_equals_exhaustive(full, shape):
         sym = inner_symmetric(table, parts)
         if sym is not None:  # the asymmetric optimum is never worse than the uniform baseline
             assert got.latency_s <= sym.latency_s * (1 + 1e-6)
+
+
+def test_serving_reserves_kv_for_one_batch_on_a_single_stage(tmp_path):
+    """A one-GPU replica runs one batch at a time, so it holds KV for ``max_batch`` sequences, not
+    for ``MAX_IN_FLIGHT`` batches (7B on one A100-80G: 32 x 2304 tokens of KV is 38.7 GB and fits
+    beside 13.5 GB of weights; 8 x that would not)."""
+    from hetsim.planner.hexgen_cpsat import search_serving
+
+    rig_file = tmp_path / "one-a100.yaml"
+    rig_file.write_text(
+        "name: one-a100\ndescription: one A100-80G\nsource: test\nnodes:\n"
+        "  - count: 1\n    region: lab\n    cpus: [xeon-8380]\n"
+        "    host_memory: {value: 256 GiB, source: test, grade: assumed}\n"
+        "    gpus: [{model: a100-80g, count: 1}]\n"
+    )
+    rig, model = load_rig(rig_file), get_model("llama2-7b")
+    reqs = [Request(i, 0.2 * i, 2048, 256) for i in range(4)]
+    found = search_serving(rig, model, reqs, max_batch=32)
+    assert found is not None
+    plan, res = found
+    assert res.feasible and len(plan.replicas[0].stages) == 1
+    # the same demand with every batch in flight reserved cannot fit the one GPU
+    over = Demand(prompt_len=2048, output_len=256, kv_sequences=32 * 8, context=2304, act_tokens=32 * 2048)
+    assert candidates(rig, model, over, max_batch=32) == []
 
 
 def test_engine_confirms_planner_latency(full):

@@ -31,8 +31,16 @@ def calibrate(
     fit: bool = typer.Option(False, "--fit", help="refit efficiencies of --profile to validate reports"),
     profile: Path | None = typer.Option(None, "--profile", help="profile to refit (default: --out)"),
     runs: list[Path] | None = typer.Argument(None, help="validate reports (JSON) for --fit"),
+    from_profiles: Path | None = typer.Option(
+        None, "--from-profiles", help="measured kernel tables (Vidur's format) to fit instead of measuring"
+    ),
+    gpu: str | None = typer.Option(None, "--gpu", help="catalogue GPU the --from-profiles tables measured"),
 ) -> None:
-    """Measure this machine with torch microbenchmarks and write a hardware profile."""
+    """Measure this machine with torch microbenchmarks and write a hardware profile; or, with
+    --from-profiles, fit a GPU's profile to measured kernel tables."""
+    if from_profiles is not None:
+        _from_profiles(from_profiles, gpu, out)
+        return
     _need_torch()
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -80,6 +88,34 @@ def calibrate(
     console.print(f"wrote {out} (+ {out.with_suffix('.microbench.json').name})")
     for k, v in d.items():
         console.print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
+
+
+def _from_profiles(root: Path, gpu: str | None, out: Path) -> None:
+    from rich.console import Console
+
+    from validate import gpu_profile
+
+    if gpu is None:
+        raise InputError("give the GPU the tables measured (a catalogue name)", field="--gpu")
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        raise InputError("needs scipy: pip install 'hetsim[validate]'", field="scipy") from None
+    if not root.is_dir():
+        raise InputError("no such folder", source=str(root), field="--from-profiles")
+    doc, report = gpu_profile.build(root, gpu)
+    gpu_profile.write(doc, out)
+    k = report["kernels"]
+    err = report["kernel_errors_in_sample"]
+    console = Console()
+    console.print(f"wrote {out}: {k['samples']} kernels, median error {err['median']:.1%} (in sample)")
+    console.print(
+        f"  matmul {k['matmul']:.3f} (half at {k['matmul_half_rows']:.1f} rows), memory {k['memory']:.3f}, "
+        f"elementwise memory {k['elementwise_memory']:.3f}, overhead {k['overhead_s'] * 1e6:.2f} us"
+    )
+    for ranks, ar in report.get("allreduce", {}).items():
+        lat, bw = ar["latency_s"] * 1e6, ar["bandwidth"] / 1e9
+        console.print(f"  all-reduce over {ranks} ranks: {lat:.2f} us + bytes / {bw:.1f} GB/s")
 
 
 def validate(

@@ -29,6 +29,22 @@ def ring_alpha_beta(rig: Rig, devices: Sequence[str]) -> tuple[float, float]:
     return alpha, beta
 
 
+def ring_allreduce_fit(rig: Rig, devices: Sequence[str]) -> tuple[float, float] | None:
+    """The measured all-reduce line for this many ranks when every link of the ring has one (the
+    worst latency and bandwidth among them); None when any link lacks it (use the ring formula)."""
+    ranks = len(devices)
+    lat, bw = 0.0, float("inf")
+    for i, a in enumerate(devices):
+        b = devices[(i + 1) % len(devices)]
+        for route in (rig.route(a, b), rig.route(b, a)):
+            for hop in route.hops:
+                fit = rig.links[hop.link].allreduce.get(ranks)
+                if fit is None:
+                    return None
+                lat, bw = max(lat, fit[0]), min(bw, fit[1])
+    return (lat, bw) if bw < float("inf") else None
+
+
 def straggler_share(rig: Rig, devices: Sequence[str]) -> float:
     """The share of each compute segment a lockstep group waits for its slowest rank."""
     return max(rig.nodes[rig.devices[d].node].straggler_fraction for d in devices)

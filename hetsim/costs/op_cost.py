@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hetsim.hardware.types import ComputeDevice
+from hetsim.models.fusion import fuse
 from hetsim.models.spec import Op, OpKind
 
 
@@ -41,7 +42,7 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
         mem_rate = device.mem_bw * eff.matmul_memory(op.weight_row_bytes)
     else:
         flops_rate = device.flops(op.compute_dtype) * eff.compute_for(op.kind.value)
-        mem_rate = device.mem_bw * eff.memory
+        mem_rate = device.mem_bw * eff.memory_for(op.kind.value)
     compute_s = op.flops / flops_rate if op.flops else 0.0
     memory_s = op.mem_bytes / mem_rate if op.mem_bytes else 0.0
     return OpCost(
@@ -73,6 +74,14 @@ def combine(costs: list[OpCost] | tuple[OpCost, ...]) -> OpCost:
         achieved_mem_bw=nbytes / busy if busy > 0 else float("inf"),
         memory_bound_s=sum(c.memory_bound_s for c in costs),
     )
+
+
+def block_cost(device: ComputeDevice, ops: tuple[Op, ...]) -> OpCost:
+    """Ops run back to back on one device as one task, as the device's kernels run them: fused
+    (``hetsim.models.fusion``) where its profile says the engine fuses, else one kernel per op."""
+    if device.efficiency.fused_kernels:
+        ops = fuse(tuple(ops))
+    return combine([op_cost(device, o) for o in ops])
 
 
 def repeated(cost: OpCost, times: int) -> OpCost:

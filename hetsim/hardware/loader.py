@@ -216,8 +216,17 @@ class _Builder:
             if q is not None:
                 halves[field_name] = q.si
                 prov[f"efficiency.{field_name}"] = _prov(q)
+        kernels = (override.kernels if override else None) or base.kernels or "separate"
+        by_kind = override.memory_by_kind if override else {}
+        for k, v in {**base.memory_by_kind, **by_kind}.items():
+            prov[f"efficiency.memory_by_kind.{k}"] = _prov(v)
         eff = Efficiency(
-            compute={k: v.si for k, v in compute.items()}, memory=memory.si, overhead_s=overhead.si, **halves
+            compute={k: v.si for k, v in compute.items()},
+            memory=memory.si,
+            overhead_s=overhead.si,
+            fused_kernels=kernels == "fused",
+            memory_by_kind={k: v.si for k, v in {**base.memory_by_kind, **by_kind}.items()},
+            **halves,
         )
         return eff, prov
 
@@ -227,6 +236,9 @@ class _Builder:
         pageable = spec.pageable_bandwidth or spec.bandwidth
         if spec.pageable_bandwidth is not None:
             prov["pageable_bw"] = _prov(spec.pageable_bandwidth, note)
+        for p in spec.allreduce:
+            prov[f"allreduce.{p.ranks}.latency_s"] = _prov(p.latency)
+            prov[f"allreduce.{p.ranks}.bw"] = _prov(p.bandwidth)
         self.links[name] = Link(
             name=name,
             kind=spec.kind,
@@ -236,6 +248,7 @@ class _Builder:
             latency_s=spec.latency.si,
             pageable_bw=pageable.si * count,
             provenance=prov,
+            allreduce={p.ranks: (p.latency.si, p.bandwidth.si) for p in spec.allreduce},
         )
 
     def default_upi(self, cpu: CpuSpec) -> LinkRef:

@@ -209,6 +209,9 @@ class EfficiencySpec(_Strict):
     # Half-performance lengths (Hockney); absent = 0 = off. See hetsim.hardware.types.Efficiency.
     matmul_half_rows: Rows | None = None
     stream_half_row: HalfBytes | None = None
+    # "fused": the constants describe an engine's fused kernels (hetsim.models.fusion); absent = separate
+    kernels: Literal["separate", "fused"] | None = None
+    memory_by_kind: dict[OpKind, Ratio] = Field(default_factory=dict)  # streaming, where not ``memory``
 
 
 class EfficiencyFile(_Strict):
@@ -267,6 +270,16 @@ class CpuSpec(_Entry):
     efficiency: EfficiencySpec | None = None
 
 
+class AllreducePoint(_Strict):
+    """A collective measured over one link kind at one world size, as a line: all-reduce time =
+    ``latency`` + bytes / ``bandwidth`` (NCCL picks ring, tree or LL protocols by size and ranks,
+    which the ring formula does not follow; fitted per world size from measurements)."""
+
+    ranks: int = Field(ge=2)
+    latency: Time
+    bandwidth: Bandwidth
+
+
 class LinkSpec(_Entry):
     """``bandwidth`` is the achievable rate per direction (pinned host memory for PCIe);
     ``theoretical_bandwidth`` is informational. For network links ``latency`` is per hop
@@ -277,6 +290,7 @@ class LinkSpec(_Entry):
     latency: Time
     theoretical_bandwidth: Bandwidth | None = None
     pageable_bandwidth: Bandwidth | None = None
+    allreduce: list[AllreducePoint] = Field(default_factory=list)  # measured, per world size
 
 
 class DiskSpec(_Entry):

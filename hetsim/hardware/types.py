@@ -50,9 +50,18 @@ class Efficiency:
     # memory x r / (r + stream_half_row_bytes).
     matmul_half_rows: float = 0.0
     stream_half_row_bytes: float = 0.0
+    # The engine runs fused kernels (fused QKV, fused gate+up, residual add fused into the norm; see
+    # hetsim.models.fusion): set by profiles fitted to such kernels, off in the catalogue.
+    fused_kernels: bool = False
+    # Streaming efficiency of op kinds other than matmuls where it differs from ``memory`` (measured
+    # elementwise kernels stream far below GEMM weight streaming); absent kinds use ``memory``.
+    memory_by_kind: Mapping[str, float] = field(default_factory=dict)
 
     def compute_for(self, kind: str) -> float:
         return self.compute.get(kind, self.compute.get("matmul", 1.0))
+
+    def memory_for(self, kind: str) -> float:
+        return self.memory_by_kind.get(kind, self.memory)
 
     def matmul_compute(self, rows: float) -> float:
         eff = self.compute_for("matmul")
@@ -116,6 +125,8 @@ class Link:
     latency_s: float
     pageable_bw: float
     provenance: Mapping[str, Provenance] = field(default_factory=dict)
+    # measured all-reduce over this link kind: ranks -> (latency s, bytes/s) of a fitted line
+    allreduce: Mapping[int, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,12 @@ def _norm(
     return _elementwise(name, layer, tokens * n, per, ad, weight=weight)
 
 
+# Public names for the two op builders: calibration describes measured kernels (fused QKV, fused
+# gate+up) with the same FLOP and byte counts as the layer ops above.
+matmul_op = _matmul
+elementwise_op = _elementwise
+
+
 def expected_distinct_experts(num_experts: int, top_k: int, tokens: float) -> float:
     """Expected number of distinct experts hit by ``tokens`` tokens routed top-k of E, uniformly."""
     if num_experts <= 1:

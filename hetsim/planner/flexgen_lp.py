@@ -27,7 +27,7 @@ from functools import lru_cache
 
 from ortools.linear_solver import pywraplp
 
-from hetsim.costs.op_cost import combine, op_cost
+from hetsim.costs.op_cost import block_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op
 from hetsim.planner.ranking import Evaluate, evaluator
@@ -100,7 +100,7 @@ def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
 def _t(rig: Rig, device: str, ops: tuple[Op, ...]) -> float:
     if not ops:
         return 0.0
-    return combine([op_cost(rig.devices[device], o) for o in ops]).time_s
+    return block_cost(rig.devices[device], tuple(ops)).time_s
 
 
 # ---- the LP -------------------------------------------------------------------------------------------

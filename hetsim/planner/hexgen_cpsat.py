@@ -58,7 +58,8 @@ class Demand:
 
     prompt_len: int = 64
     output_len: int = 64
-    kv_sequences: int = 8  # sequences whose KV cache a replica pre-allocates
+    kv_sequences: int = 8  # sequences per batch in flight whose KV cache a replica pre-allocates
+    max_in_flight: int = 1  # batches in flight: a replica of S stages holds KV for min(S, this) batches
     context: int = 256
     act_tokens: int = 512  # tokens in flight through one layer (activation workspace)
     weight_dtype: str = "fp16"
@@ -126,7 +127,7 @@ class CostTable:
     def __init__(self, rig: Rig, model: ModelSpec, demand: Demand, classes: list[MachineClass]):
         self.rig, self.model, self.demand, self.classes = rig, model, demand, classes
         self._layer: dict[tuple[int, int], float] = {}
-        self._cap: dict[tuple[int, int], int] = {}
+        self._cap: dict[tuple[int, int, int], int] = {}
         self._hop: dict[tuple[int, int | None], float] = {}
 
     def group(self, c: int, tp: int) -> tuple[str, ...]:
@@ -146,16 +147,16 @@ class CostTable:
             self._layer[key] = t
         return self._layer[key]
 
-    def cap(self, c: int, tp: int) -> int:
-        """Layers a TP group fits, reserving the embedding and head as if it were first and last."""
-        key = (c, tp)
+    def cap(self, c: int, tp: int, in_flight: int = 1) -> int:
+        """Layers a TP group fits with KV for ``in_flight`` batches, reserving the embedding and head
+        as if it were first and last."""
+        key = (c, tp, in_flight)
         if key not in self._cap:
             m, d = self.model, self.demand
             mem = min(self.rig.devices[x].mem_bytes for x in self.group(c, tp))
             per_layer = layer_bytes(m, d.weight_dtype) / tp
-            per_layer += kv_cache_bytes(m, d.kv_sequences, d.context, 1, d.kv_dtype) * kv_share(
-                tp, m.kv_heads
-            )
+            kv_seqs = d.kv_sequences * in_flight
+            per_layer += kv_cache_bytes(m, kv_seqs, d.context, 1, d.kv_dtype) * kv_share(tp, m.kv_heads)
             fixed = embed_bytes(m, d.weight_dtype) + head_bytes(m, d.weight_dtype) / tp
             fixed += activation_workspace(m, 1, max(1, d.act_tokens)) / tp
             self._cap[key] = max(0, int((mem - fixed) // per_layer))
@@ -196,10 +197,21 @@ def _solver(time_limit_s: float) -> cp_model.CpSolver:
     return solver
 
 
+def in_flight_of(demand: Demand, stages: int) -> int:
+    """Batches whose KV a replica of ``stages`` stages holds (serving runs one batch per stage)."""
+    return max(1, min(stages, demand.max_in_flight))
+
+
 def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float = 5.0) -> Layout | None:
-    """Minimum-latency asymmetric layout of one replica over ``parts`` (None if it cannot fit)."""
+    """Minimum-latency asymmetric layout of one replica over ``parts`` (None if it cannot fit).
+
+    The KV a stage reserves grows with the replica's stage count (one batch in flight per stage, up
+    to ``max_in_flight``): one indicator per count picks which memory caps bind."""
     model = table.model
+    bound = max(1, min(table.demand.max_in_flight, sum(p.gpus for p in parts)))
     m = cp_model.CpModel()
+    count = [m.new_bool_var(f"in_flight_{k}") for k in range(1, bound + 1)]  # batches in flight = k
+    m.add_exactly_one(count)
     slots: list[tuple[int, int, cp_model.IntVar, cp_model.IntVar]] = []  # (part, tp, use, layers)
     cost_terms = []
     n_stages, part_used = [], []
@@ -207,15 +219,18 @@ def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float =
         stage_vars = []
         width = []
         for t in tp_degrees(model, part.gpus):
-            cap = min(table.cap(part.cls, t), model.layers)
-            if cap <= 0:
+            caps = [min(table.cap(part.cls, t, k), model.layers) for k in range(1, bound + 1)]
+            if caps[0] <= 0:
                 continue
             prev = None
             for s in range(part.gpus // t):
                 use = m.new_bool_var(f"use_{p}_{t}_{s}")
-                lay = m.new_int_var(0, cap, f"lay_{p}_{t}_{s}")
-                m.add(lay <= cap * use)
+                lay = m.new_int_var(0, caps[0], f"lay_{p}_{t}_{s}")
+                m.add(lay <= caps[0] * use)
                 m.add(lay >= use)
+                for k, cap in enumerate(caps[1:], start=1):
+                    if cap < caps[0]:
+                        m.add(lay <= cap).only_enforce_if(count[k])
                 if prev is not None:
                     m.add(use <= prev)  # symmetry: fill slots in order
                 prev = use
@@ -238,6 +253,9 @@ def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float =
     if not slots:
         return None
     m.add(sum(lay for *_, lay in slots) == model.layers)
+    total = sum(ns for _, ns, _ in n_stages)
+    for k, var in enumerate(count, start=1):  # k batches in flight: k stages (the last: k or more)
+        m.add(total == k if k < bound else total >= k).only_enforce_if(var)
     # hops between machines: consecutive used parts (fixed machine order)
     if len(parts) > 1:
         hop = max(table.hop_s(a.cls, b.cls) for a in parts for b in parts)
@@ -304,7 +322,8 @@ def inner_exhaustive(table: CostTable, parts: tuple[Part, ...]) -> Layout | None
     for stages in rec(0, []):
         if not stages:
             continue
-        caps = [min(table.cap(parts[p].cls, t), table.model.layers) for p, t in stages]
+        k = in_flight_of(table.demand, len(stages))
+        caps = [min(table.cap(parts[p].cls, t, k), table.model.layers) for p, t in stages]
         if min(caps) <= 0 or sum(caps) < table.model.layers:
             continue
         for layers in _compositions(table.model.layers, caps):
@@ -325,7 +344,8 @@ def inner_symmetric(table: CostTable, parts: tuple[Part, ...]) -> Layout | None:
         if len(stages) > table.model.layers:
             continue
         layers = even_layers(table.model.layers, len(stages))
-        if any(n > table.cap(parts[p].cls, tt) for (p, tt), n in zip(stages, layers, strict=True)):
+        k = in_flight_of(table.demand, len(stages))
+        if any(n > table.cap(parts[p].cls, tt, k) for (p, tt), n in zip(stages, layers, strict=True)):
             continue
         groups = tuple(Group(p, tt, n) for (p, tt), n in zip(stages, layers, strict=True))
         lat = layout_latency(table, parts, groups)
@@ -550,7 +570,8 @@ def search_serving(
     demand = Demand(
         prompt_len=prompt,
         output_len=max(1, output),
-        kv_sequences=max_batch * MAX_IN_FLIGHT,  # serving reserves KV for every batch in flight
+        kv_sequences=max_batch,
+        max_in_flight=MAX_IN_FLIGHT,  # serving reserves KV for every batch in flight
         context=context,
         act_tokens=max_batch * max(r.prompt_len for r in requests),
     )
@@ -570,7 +591,8 @@ def search_serving(
 
 def reference_plan(rig: Rig, model: ModelSpec, max_batch: int = 8) -> HexGenPlan:
     """The lowest-latency replica layout of the reference rig (one replica serves one request)."""
-    cands = candidates(rig, model, Demand(kv_sequences=max_batch * MAX_IN_FLIGHT), max_batch=max_batch)
+    demand = Demand(kv_sequences=max_batch, max_in_flight=MAX_IN_FLIGHT)
+    cands = candidates(rig, model, demand, max_batch=max_batch)
     if not cands:
         raise ValueError(f"the model does not fit on the reference rig {rig.name}")
     return min(cands, key=lambda c: (c.est_latency_s, -c.est_rate)).plan

@@ -46,7 +46,8 @@ def make_study(
     demand = Demand(
         prompt_len=mean,
         output_len=mean,
-        kv_sequences=max_batch * MAX_IN_FLIGHT,
+        kv_sequences=max_batch,
+        max_in_flight=MAX_IN_FLIGHT,
         context=2 * max(PAPER_LENGTHS),
         act_tokens=max_batch * max(PAPER_LENGTHS),
     )

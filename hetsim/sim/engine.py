@@ -20,9 +20,15 @@ from typing import Any
 
 import simpy
 
-from hetsim.costs.collectives import CollectiveCost, allgather_time, allreduce_time
-from hetsim.costs.lockstep import lockstep_duration, lockstep_wait, ring_alpha_beta, straggler_share
-from hetsim.costs.op_cost import OpCost, combine, op_cost, repeated
+from hetsim.costs.collectives import CollectiveCost, Fit, allgather_time, allreduce_time
+from hetsim.costs.lockstep import (
+    lockstep_duration,
+    lockstep_wait,
+    ring_allreduce_fit,
+    ring_alpha_beta,
+    straggler_share,
+)
+from hetsim.costs.op_cost import OpCost, block_cost, combine, op_cost, repeated
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.types import Route
 from hetsim.models.spec import Op
@@ -89,7 +95,7 @@ class Engine:
         self._op_costs: dict[tuple[str, Op | tuple[Op, ...]], OpCost] = {}
         self._op_costs_by_id: dict[tuple[str, int], tuple[Op | tuple[Op, ...], OpCost]] = {}
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
-        self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float]] = {}
+        self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float, Fit | None]] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _lane(self, name: str) -> Lane:
@@ -135,7 +141,7 @@ class Engine:
             if isinstance(ops, Op):
                 cost = op_cost(dev, ops)
             else:
-                cost = combine([op_cost(dev, o) for o in ops])
+                cost = block_cost(dev, ops)
             self._op_costs[key] = cost
             self._op_costs_by_id[(device, id(ops))] = (ops, cost)
         return cost
@@ -250,11 +256,11 @@ class Engine:
             blocks = [self.cost_of(devices[0], item) for item in work if not isinstance(item, float)]
             cost = repeated(combine(blocks), repeat)
             return self.execute(devices[0], cost, label=label, args={"repeat": repeat})
-        lanes, alpha, beta = self._ring(devices)
+        lanes, alpha, beta, fit = self._ring(devices)
         compute_s = comm_s = 0.0
         for item in work:
             if isinstance(item, float):
-                comm_s += allreduce_time(len(devices), item, alpha, beta).time_s
+                comm_s += allreduce_time(len(devices), item, alpha, beta, fit).time_s
                 self.bytes_transferred += item * len(devices) * repeat
             else:  # ranks sharing one compute stream (cpu_sharing: core) run one after another
                 per_lane: dict[int, float] = {}
@@ -345,8 +351,9 @@ class Engine:
         self._paths[key] = path
         return path
 
-    def _ring(self, devices: Sequence[str]) -> tuple[tuple[Lane, ...], float, float]:
-        """Lanes of a ring over ``devices`` (both directions), its worst latency and bandwidth."""
+    def _ring(self, devices: Sequence[str]) -> tuple[tuple[Lane, ...], float, float, Fit | None]:
+        """Lanes of a ring over ``devices`` (both directions), its worst latency and bandwidth, and
+        the measured all-reduce line for this many ranks if its links have one."""
         key = tuple(devices)
         cached = self._ring_lanes.get(key)
         if cached is not None:
@@ -359,7 +366,7 @@ class Engine:
                     lanes.setdefault(hop.lane, self._lane(hop.lane))
         alpha, beta = ring_alpha_beta(self.rig, devices)
         unique = {id(lane): lane for lane in lanes.values()}  # shared (SMT) lanes appear once
-        result = (tuple(unique.values()), alpha, beta)
+        result = (tuple(unique.values()), alpha, beta, ring_allreduce_fit(self.rig, devices))
         self._ring_lanes[key] = result
         return result
 
@@ -367,13 +374,13 @@ class Engine:
         self,
         devices: Sequence[str],
         nbytes: float,
-        cost_fn: Callable[[int, float, float, float], CollectiveCost],
+        cost_fn: Callable[[int, float, float, float, Fit | None], CollectiveCost],
         label: str,
     ) -> simpy.Event:
         if len(devices) <= 1 or nbytes <= 0:
             return self.env.timeout(0)
-        lanes, alpha, beta = self._ring(devices)
-        cost = cost_fn(len(devices), nbytes, alpha, beta)
+        lanes, alpha, beta, fit = self._ring(devices)
+        cost = cost_fn(len(devices), nbytes, alpha, beta, fit)
         start = self._reserve(lanes, cost.time_s)
         self.bytes_transferred += nbytes * len(devices)
         args = {"bytes": nbytes, "ranks": len(devices), "algorithm": cost.algorithm} if self.tracer else {}

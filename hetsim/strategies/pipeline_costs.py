@@ -8,8 +8,8 @@ op costs (``hetsim.costs.op_cost``) and the same lockstep formula (``hetsim.cost
 from __future__ import annotations
 
 from hetsim.costs.collectives import allreduce_time
-from hetsim.costs.lockstep import lockstep_duration, ring_alpha_beta, straggler_share
-from hetsim.costs.op_cost import combine, op_cost
+from hetsim.costs.lockstep import lockstep_duration, ring_allreduce_fit, ring_alpha_beta, straggler_share
+from hetsim.costs.op_cost import block_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.memory import hidden_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
@@ -54,13 +54,14 @@ def _layer_time(rig, devices, model, phase, batch, seq_len, kv_len, weight_dtype
     if tp == 1:
         return busy
     alpha, beta = ring_alpha_beta(rig, devices)
-    comm = 2 * allreduce_time(tp, hidden_bytes(model, batch, seq_len), alpha, beta).time_s
+    fit = ring_allreduce_fit(rig, devices)
+    comm = 2 * allreduce_time(tp, hidden_bytes(model, batch, seq_len), alpha, beta, fit).time_s
     return lockstep_duration(busy, comm, straggler_share(rig, devices))
 
 
 def ops_time(rig: Rig, devices: tuple[str, ...], ops: tuple[Op, ...]) -> float:
     """Ops run back to back on every device of a group: the slowest device's time."""
-    return max(combine([op_cost(rig.devices[d], o) for o in ops]).time_s for d in devices)
+    return max(block_cost(rig.devices[d], ops).time_s for d in devices)
 
 
 def step_time(

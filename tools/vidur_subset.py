@@ -1,0 +1,52 @@
+"""Copy the subset of Vidur's profiling tables that hetsim ships (``hardware_profiles/measured/vidur``).
+
+Vidur (microsoft/vidur, MIT License, ``data/profiling/``) measures one decoder layer's ops on real
+GPUs. hetsim keeps the A100 and H100 per-op tables and the intra-node NCCL all-reduce tables, with
+the median column only (the statistic ``hetsim calibrate --from-profiles`` fits to):
+
+    python tools/vidur_subset.py VIDUR_PROFILING_DIR [OUT_DIR]
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+GPUS = ("a100", "h100")
+NETWORKS = ("a100_dgx", "h100_dgx")
+
+
+def _trim(df: pd.DataFrame) -> pd.DataFrame:
+    keep = [
+        c
+        for c in df.columns
+        if c.endswith(".median") or not (c.startswith("time_stats") or c.startswith("Unnamed") or c == "rank")
+    ]
+    return df[keep]
+
+
+def main(src: Path, out: Path) -> None:
+    for gpu in GPUS:
+        for f in sorted((src / "compute" / gpu).glob("*/*/mlp.csv")):
+            dst = out / f.relative_to(src)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _trim(pd.read_csv(f)).to_csv(dst, index=False)
+    for net in NETWORKS:
+        f = src / "network" / net / "all_reduce.csv"
+        df = _trim(pd.read_csv(f))
+        df = df[df.devices_per_node == df.num_workers]  # inside one node (NVLink / NVSwitch)
+        dst = out / f.relative_to(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(dst, index=False)
+    shutil.copy(src / "LICENSE", out / "LICENSE")
+
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parents[1]
+    main(
+        Path(sys.argv[1]),
+        Path(sys.argv[2]) if len(sys.argv) > 2 else here / "hardware_profiles/measured/vidur",
+    )

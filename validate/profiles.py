@@ -1,0 +1,131 @@
+"""Read measured GPU kernel tables in Vidur's format (microsoft/vidur, MIT; ``data/profiling/``).
+
+A profiles folder holds ``compute/<gpu>/<org>/<model>/mlp.csv`` (one decoder layer's ops, per
+``num_tokens`` and ``num_tensor_parallel_workers``, times in ms; columns ``time_stats.<op>.median``
+and the model shape ``n_head, n_kv_head, n_embd, n_expanded_embd, use_gated_mlp``) and
+``network/<node>/all_reduce.csv`` (NCCL all-reduce per ``size`` in fp16 elements and
+``num_workers``). Each measured kernel becomes a ``KernelSample``: the hetsim ``Op`` with the
+kernel's FLOPs and bytes (fused QKV and fused gate+up are one GEMM each, as the engines run them)
+and its measured seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from hetsim.errors import InputError
+from hetsim.models.layer_ops import RESIDUAL_FLOPS, RMSNORM_FLOPS, SWIGLU_FLOPS, elementwise_op, matmul_op
+from hetsim.models.spec import FP16, Op
+
+MATMULS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+ELEMENTWISE = ("input_layernorm", "post_attention_layernorm", "attn_rope", "mlp_act", "add")
+SHAPE = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "use_gated_mlp")
+ROPE_FLOPS = 3.0  # per q/k element: two multiplies and an add
+
+
+@dataclass(frozen=True)
+class KernelSample:
+    gpu: str  # folder name, e.g. a100
+    model: str  # org/model folder, e.g. meta-llama/Llama-2-7b-hf
+    op: str  # Vidur's op name
+    tp: int
+    tokens: int
+    kernel: Op
+    seconds: float
+    source: str  # the file it came from, relative to the profiles folder
+
+
+@dataclass(frozen=True)
+class CollectiveSample:
+    node: str  # e.g. a100_dgx
+    ranks: int
+    nbytes: float
+    seconds: float
+    source: str
+
+
+def kernel_op(op: str, tokens: int, tp: int, shape: dict[str, float]) -> Op:
+    """The hetsim op of one measured kernel on one of ``tp`` ranks (fp16 weights and activations)."""
+    heads, kv_heads, h, ffn = (int(shape[k]) for k in SHAPE[:4])
+    gated = bool(shape["use_gated_mlp"])
+    hd = h // heads
+    q = heads // tp * hd
+    kv = max(1, kv_heads // tp) * hd
+    f = ffn // tp
+    t = float(tokens)
+    if op == "attn_pre_proj":
+        return matmul_op(op, 0, t, h, q + 2 * kv, FP16, FP16, bias=False)
+    if op == "attn_post_proj":
+        return matmul_op(op, 0, t, q, h, FP16, FP16, bias=False)
+    if op == "mlp_up_proj":
+        return matmul_op(op, 0, t, h, f * (2 if gated else 1), FP16, FP16, bias=False)
+    if op == "mlp_down_proj":
+        return matmul_op(op, 0, t, f, h, FP16, FP16, bias=False)
+    if op in ("input_layernorm", "post_attention_layernorm"):
+        return elementwise_op(op, 0, t * h, RMSNORM_FLOPS, FP16, weight=h * FP16.bytes_per_element)
+    if op == "add":
+        return elementwise_op(op, 0, t * h, RESIDUAL_FLOPS, FP16, n_in=2)
+    if op == "mlp_act":
+        return elementwise_op(op, 0, t * f, SWIGLU_FLOPS, FP16, n_in=2 if gated else 1)
+    if op == "attn_rope":
+        return elementwise_op(op, 0, t * (q + kv), ROPE_FLOPS, FP16)
+    raise ValueError(f"unknown kernel {op!r}")
+
+
+def _read(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read: {exc}", source=str(path)) from None
+
+
+def compute_files(root: Path, gpu: str) -> list[Path]:
+    folder = root / "compute" / gpu
+    files = sorted(folder.glob("*/*/mlp.csv"))
+    if not files:
+        raise InputError(f"no compute/{gpu}/<org>/<model>/mlp.csv tables", source=str(root), field="--gpu")
+    return files
+
+
+def read_kernels(root: Path, gpu: str) -> list[KernelSample]:
+    """Every measured per-layer kernel of ``gpu`` (median times)."""
+    out: list[KernelSample] = []
+    for path in compute_files(root, gpu):
+        df = _read(path)
+        rel = str(path.relative_to(root))
+        need = [*SHAPE, "num_tokens", "num_tensor_parallel_workers"]
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise InputError(f"missing columns {', '.join(missing)}", source=str(path))
+        model = str(path.parent.relative_to(root / "compute" / gpu))
+        ops = [o for o in (*MATMULS, *ELEMENTWISE) if f"time_stats.{o}.median" in df.columns]
+        for row in df.to_dict("records"):
+            tp, tokens = int(row["num_tensor_parallel_workers"]), int(row["num_tokens"])
+            for op in ops:
+                ms = row[f"time_stats.{op}.median"]
+                if pd.isna(ms) or ms <= 0:
+                    continue
+                out.append(
+                    KernelSample(gpu, model, op, tp, tokens, kernel_op(op, tokens, tp, row), ms * 1e-3, rel)
+                )
+    return out
+
+
+def read_allreduce(root: Path, node: str) -> list[CollectiveSample]:
+    """NCCL all-reduce medians inside one node (``devices_per_node == num_workers`` where given)."""
+    path = root / "network" / node / "all_reduce.csv"
+    if not path.is_file():
+        raise InputError("no such all-reduce table", source=str(path))
+    df = _read(path)
+    if "devices_per_node" in df.columns:
+        df = df[df.devices_per_node == df.num_workers]
+    rel = str(path.relative_to(root))
+    return [
+        CollectiveSample(
+            node, int(r["num_workers"]), 2.0 * r["size"], r["time_stats.all_reduce.median"] * 1e-3, rel
+        )
+        for r in df.to_dict("records")
+    ]
