@@ -386,3 +386,13 @@ def test_default_plan_never_mixes_gpu_types_in_a_tp_group():
     for replica in plan.replicas:
         for stage in replica.stages:
             assert len({p.rig.devices[d].model for d in stage.devices}) == 1, stage
+
+
+def test_offline_demand_fields_are_the_workloads():
+    """Demand.offline once passed its fields by position and shifted them when a field was added."""
+    from hetsim.planner.hexgen_cpsat import Demand
+    from hetsim.workload import Workload
+
+    d = Demand.offline(Workload(4, 512, 32))
+    assert (d.prompt_len, d.output_len, d.kv_sequences, d.context, d.act_tokens) == (512, 32, 4, 544, 2048)
+    assert d.max_in_flight == 1  # an offline batch is one batch in flight

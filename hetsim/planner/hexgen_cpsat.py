@@ -67,7 +67,13 @@ class Demand:
 
     @classmethod
     def offline(cls, w: Workload) -> Demand:
-        return cls(w.prompt_len, w.gen_len, w.batch, w.context_len, w.batch * w.prompt_len)
+        return cls(
+            prompt_len=w.prompt_len,
+            output_len=w.gen_len,
+            kv_sequences=w.batch,
+            context=w.context_len,
+            act_tokens=w.batch * w.prompt_len,
+        )
 
 
 @dataclass(frozen=True)
@@ -210,8 +216,10 @@ def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float =
     model = table.model
     bound = max(1, min(table.demand.max_in_flight, sum(p.gpus for p in parts)))
     m = cp_model.CpModel()
-    count = [m.new_bool_var(f"in_flight_{k}") for k in range(1, bound + 1)]  # batches in flight = k
-    m.add_exactly_one(count)
+    # batches in flight = k; with one batch (offline runs) nothing to choose, so no variables
+    count = [m.new_bool_var(f"in_flight_{k}") for k in range(1, bound + 1)] if bound > 1 else []
+    if count:
+        m.add_exactly_one(count)
     slots: list[tuple[int, int, cp_model.IntVar, cp_model.IntVar]] = []  # (part, tp, use, layers)
     cost_terms = []
     n_stages, part_used = [], []
