@@ -6,14 +6,17 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from hetsim.hardware.types import ComputeDevice, Disk, Grade, Hop, Link, Node, Route
 
 # Routes are chosen to minimise the time to move this many bytes (latency + size/bandwidth):
 # big enough that bandwidth dominates, as it does for weights and KV cache.
 _ROUTE_PROBE_BYTES = 1e6
+
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 class NoRouteError(LookupError):
@@ -74,6 +77,8 @@ class Rig:
     # ---- topology -------------------------------------------------------------------------
     @cached_property
     def graph(self) -> nx.Graph:
+        import networkx as nx  # ~0.4 s to import: only when a route is first needed
+
         g = nx.Graph()
         for link in self.links.values():
             weight = link.latency_s + _ROUTE_PROBE_BYTES / link.bw
@@ -92,6 +97,8 @@ class Rig:
             route = Route(src, dst, (), float("inf"), float("inf"), 0.0)
         else:
             try:
+                import networkx as nx
+
                 path = nx.shortest_path(self.graph, src, dst, weight="weight")
             except (nx.NetworkXNoPath, nx.NodeNotFound) as exc:
                 raise NoRouteError(f"no route from {src} to {dst} in rig {self.name}") from exc
