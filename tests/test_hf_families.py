@@ -70,6 +70,21 @@ def test_published_totals_and_active_parameters(folder, total_p, active, source)
         assert abs(active_param_count(spec) - active) <= embed + 0.02 * active, source
 
 
+@pytest.mark.parametrize("folder", ACCEPTED)
+def test_a_decode_step_at_batch_1_reads_exactly_the_active_weights(folder):
+    """weights.py and layer_ops.py agree: one token reads every active parameter once, except the
+    embedding table (one row of it is gathered) and OPT-350m's project_in/out (left out of the ops)."""
+    spec = load_hf_config(DATA / folder)
+    ops = step_ops(spec, "decode", 1, 1, 10, BF16, BF16, BF16)
+    table = spec.vocab * spec.token_dim + spec.learned_positions * spec.hidden
+    row = spec.token_dim + (spec.hidden if spec.learned_positions else 0)
+    # A tied head reads the token table as the LM head, so only the position table goes unread.
+    unread = spec.learned_positions * spec.hidden if spec.tied_embeddings else table
+    projections = 2 * spec.hidden * spec.embed_dim
+    expected = active_param_count(spec) - unread + row - projections
+    assert total(ops, "weight_bytes") == 2 * expected
+
+
 def test_mla_caches_the_latent_and_dense_first_layers():
     v3 = get_model("deepseek-v3")
     # DeepSeek-V2 paper Table 1: MLA caches (d_c + d_h^R) = 512 + 64 elements per token per layer.
