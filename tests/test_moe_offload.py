@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetsim import api
 from hetsim.cli import main
 from hetsim.errors import InputError
-from hetsim.models import get_model
-from hetsim.models.spec import DTYPES
+from hetsim.models import get_model, weight_bytes
+from hetsim.models.spec import DTYPES, ModelSpec
+from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.moe_offload import routed_expert_bytes
 
@@ -110,3 +114,41 @@ def test_cli_shows_the_lossy_dtype(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["workload"]["weight_dtype"] == "q4_k_m"
     assert {r["plan"]["weight_dtype"] for r in doc["results"]} == {"q4_k_m"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    layers=st.integers(2, 6),
+    dense=st.integers(0, 2),
+    experts=st.sampled_from([4, 8, 16]),
+    top_k=st.integers(1, 4),
+    shared=st.sampled_from([0, 256]),
+    mla=st.booleans(),
+    dtype=st.sampled_from(["bf16", "q4_k_m", "int4"]),
+)
+def test_footprint_conserves_weights_and_slices_experts(layers, dense, experts, top_k, shared, mla, dtype):
+    """Every weight is on exactly one device: the GPU's share plus the sockets' expert slices is the
+    model; each socket holds the same slice; both candidates run. (Two sockets are not always faster:
+    for tiny experts the second socket's PCIe and UPI hops cost more than its share saves.)"""
+    model = ModelSpec(
+        name="tiny-moe", family="deepseek_v3", hidden=256, layers=layers, heads=4, kv_heads=4,
+        head_dim=96 if mla else 64, intermediate=128, vocab=1000, max_position=4096, gated_mlp=True,
+        qkv_bias=False, linear_bias=False, learned_positions=0, tied_embeddings=False,
+        num_experts=experts, experts_per_token=top_k, shared_intermediate=shared,
+        dense_layers=min(dense, layers - 1), dense_intermediate=512,
+        kv_lora_rank=64 if mla else 0, rope_head_dim=32 if mla else 0, v_head_dim=64 if mla else 0,
+    )  # fmt: skip
+    strategy = get_strategy("moe-offload")
+    p = api.problem("llama3-8b", "ktransformers-2s", 2, 16, 3, weight_dtype=dtype)
+    p = dataclasses.replace(p, model=model)
+    plans = list(strategy.candidates(p.rig, model, p.workload))
+    assert [len(pl.sockets) for pl in plans] == [2, 1]
+    for plan in plans:
+        fp = strategy.footprint(plan, p.rig, model, p.workload)
+        held = fp[plan.gpu]["weights"] + sum(fp[s]["experts"] for s in plan.sockets)
+        assert held == pytest.approx(weight_bytes(model, DTYPES[dtype]), rel=1e-12)
+        assert {fp[s]["experts"] for s in plan.sockets} == {
+            routed_expert_bytes(model, dtype) / len(plan.sockets)
+        }
+    two, one = (simulate(strategy, pl, p.rig, model, p.workload) for pl in plans)
+    assert two.feasible and one.feasible
