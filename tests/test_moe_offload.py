@@ -21,13 +21,16 @@ from hetsim.strategies.moe_offload import routed_expert_bytes
 V3_KT = dict(batch=1, prompt_len=500, gen_len=32, weight_dtype="q4_k_m")
 
 
-def _run(strategy: str, model: str, hw: str, **wl):
-    return api.best_result(get_strategy(strategy), api.problem(model, hw, **wl), "latency")
+def _run(strategy: str, model: str, hw: str, search: bool = True, **wl):
+    return api.best_result(get_strategy(strategy), api.problem(model, hw, **wl), "latency", search=search)
 
 
 @pytest.fixture(scope="module")
 def v3_1s():
-    return _run("moe-offload", "deepseek-v3", "ktransformers-1s", **V3_KT)
+    # The published configuration: KTransformers' default rule keeps every routed expert on the CPU.
+    r = _run("moe-offload", "deepseek-v3", "ktransformers-1s", search=False, **V3_KT)
+    assert r.plan["gpu_experts"] == 0 and r.plan["sockets"] == ["n0.cpu0"]
+    return r
 
 
 def test_q4_k_m_is_about_4_8_bits_and_lossy():
@@ -83,6 +86,19 @@ def test_two_sockets_split_the_expert_reads():
     assert two.peak_mem_bytes["n0.cpu1"] == pytest.approx(two.peak_mem_bytes["n0.cpu0"])
 
 
+def test_hot_experts_fill_free_gpu_memory():
+    searched = _run("moe-offload", "deepseek-v3", "ktransformers-1s", **V3_KT)
+    v3 = get_model("deepseek-v3")
+    per_layer_expert = routed_expert_bytes(v3, "q4_k_m") / 256
+    assert 0 < searched.plan["gpu_experts"] < 256
+    # The GPU holds its share, with less than one more expert per layer of room left.
+    assert 24e9 - per_layer_expert < searched.peak_mem_bytes["n0.gpu0"] <= 24e9
+    # Qwen3-30B-A3B in Q4_K_M fits the 24 GB card whole: every expert stays on the GPU.
+    q = _run("moe-offload", "qwen3-30b-a3b", "ktransformers-1s", batch=1, prompt_len=64, gen_len=4,
+             weight_dtype="q4_k_m")  # fmt: skip
+    assert q.plan["gpu_experts"] == 128 and q.peak_mem_bytes.get("n0.cpu0", 0.0) == 0.0
+
+
 def test_moe_offload_beats_layer_offload_when_the_model_does_not_fit():
     moe = _run("moe-offload", "deepseek-v3", "ktransformers-1s", batch=1, prompt_len=64, gen_len=4,
                weight_dtype="q4_k_m")  # fmt: skip
@@ -128,7 +144,7 @@ def test_cli_shows_the_lossy_dtype(capsys):
 )
 def test_footprint_conserves_weights_and_slices_experts(layers, dense, experts, top_k, shared, mla, dtype):
     """Every weight is on exactly one device: the GPU's share plus the sockets' expert slices is the
-    model; each socket holds the same slice; both candidates run. (Two sockets are not always faster:
+    model; each socket holds the same slice; every candidate runs. (Two sockets are not always faster:
     for tiny experts the second socket's PCIe and UPI hops cost more than its share saves.)"""
     model = ModelSpec(
         name="tiny-moe", family="deepseek_v3", hidden=256, layers=layers, heads=4, kv_heads=4,
@@ -142,13 +158,12 @@ def test_footprint_conserves_weights_and_slices_experts(layers, dense, experts, 
     p = api.problem("llama3-8b", "ktransformers-2s", 2, 16, 3, weight_dtype=dtype)
     p = dataclasses.replace(p, model=model)
     plans = list(strategy.candidates(p.rig, model, p.workload))
-    assert [len(pl.sockets) for pl in plans] == [2, 1]
+    # The tiny model's experts all fit on the 24 GB GPU: with none or all of them there.
+    assert {(len(pl.sockets), pl.gpu_experts) for pl in plans} == {(2, 0), (1, 0), (2, experts), (1, experts)}
     for plan in plans:
         fp = strategy.footprint(plan, p.rig, model, p.workload)
         held = fp[plan.gpu]["weights"] + sum(fp[s]["experts"] for s in plan.sockets)
         assert held == pytest.approx(weight_bytes(model, DTYPES[dtype]), rel=1e-12)
-        assert {fp[s]["experts"] for s in plan.sockets} == {
-            routed_expert_bytes(model, dtype) / len(plan.sockets)
-        }
-    two, one = (simulate(strategy, pl, p.rig, model, p.workload) for pl in plans)
-    assert two.feasible and one.feasible
+        slice_ = routed_expert_bytes(model, dtype) * (1 - plan.gpu_experts / experts) / len(plan.sockets)
+        assert [fp[s]["experts"] for s in plan.sockets] == pytest.approx([slice_] * len(plan.sockets))
+        assert simulate(strategy, plan, p.rig, model, p.workload).feasible
