@@ -167,3 +167,16 @@ def test_footprint_conserves_weights_and_slices_experts(layers, dense, experts, 
         slice_ = routed_expert_bytes(model, dtype) * (1 - plan.gpu_experts / experts) / len(plan.sockets)
         assert [fp[s]["experts"] for s in plan.sockets] == pytest.approx([slice_] * len(plan.sockets))
         assert simulate(strategy, plan, p.rig, model, p.workload).feasible
+
+
+@pytest.mark.parametrize("model", ["llama3-8b", "opt-13b", "deepseek-v3", "qwen3-30b-a3b"])
+def test_layer_offload_holds_every_weight_once_and_a_gpu_copy_of_a_tied_head(model):
+    strategy = get_strategy("layer-offload")
+    p = api.problem(model, "ktransformers-1s", 1, 64, 4, weight_dtype="q4_k_m")
+    plan = strategy.default_plan(p.rig, p.model, p.workload)
+    fp = strategy.footprint(plan, p.rig, p.model, p.workload)
+    spec, q4 = p.model, DTYPES["q4_k_m"]
+    copy = spec.vocab * spec.token_dim * q4.bytes_per_element if spec.tied_embeddings else 0.0
+    # llama.cpp keeps the token table on the CPU; a tied output layer needs its own copy on the GPU.
+    assert fp[plan.gpu]["weights"] + fp[plan.cpu]["weights"] == pytest.approx(weight_bytes(spec, q4) + copy)
+    assert sum(fp[plan.gpu].values()) <= p.rig.devices[plan.gpu].mem_bytes
