@@ -14,6 +14,7 @@ import pytest
 
 from hetsim.errors import InputError
 from hetsim.models import BF16, FP16, get_model, load_hf_config, param_count, weight_bytes
+from hetsim.models.hf_config import spec_from_hf_dict
 from hetsim.models.layer_ops import decoder_layer_ops, step_ops, total
 from hetsim.models.weights import active_param_count, kv_bytes_per_token_layer, layer_weight_bytes
 
@@ -31,6 +32,17 @@ def test_params_weight_bytes_and_kv_match_transformers(folder):
     # Every tensor in 16-bit: bytes are exactly 2 per parameter.
     assert weight_bytes(spec, BF16) == 2 * ref["params"]
     assert kv_bytes_per_token_layer(spec, FP16) == 2 * ref["kv_elems_per_token_layer"]
+
+
+SYNTHETIC = json.loads((DATA / "synthetic.json").read_text())["configs"]
+
+
+@pytest.mark.parametrize("name", sorted(SYNTHETIC))
+def test_synthetic_configs_match_transformers(name):
+    """Gemma-3 text, Falcon's new layout and its sequential one, DeepSeek without q_lora and with dense
+    first layers, tied heads, OPT-350m-like projections: code paths the real configs do not reach."""
+    entry = SYNTHETIC[name]
+    assert param_count(spec_from_hf_dict(dict(entry["config"]), name=name)) == entry["params"]
 
 
 @pytest.mark.parametrize(("folder", "field"), sorted(REFUSED.items()))
@@ -68,6 +80,21 @@ def test_published_totals_and_active_parameters(folder, total_p, active, source)
     if active is not None:
         embed = 2 * spec.vocab * spec.hidden
         assert abs(active_param_count(spec) - active) <= embed + 0.02 * active, source
+
+
+@pytest.mark.parametrize("folder", ACCEPTED)
+def test_a_decode_step_at_batch_1_reads_exactly_the_active_weights(folder):
+    """weights.py and layer_ops.py agree: one token reads every active parameter once, except the
+    embedding table (one row of it is gathered) and OPT-350m's project_in/out (left out of the ops)."""
+    spec = load_hf_config(DATA / folder)
+    ops = step_ops(spec, "decode", 1, 1, 10, BF16, BF16, BF16)
+    table = spec.vocab * spec.token_dim + spec.learned_positions * spec.hidden
+    row = spec.token_dim + (spec.hidden if spec.learned_positions else 0)
+    # A tied head reads the token table as the LM head, so only the position table goes unread.
+    unread = spec.learned_positions * spec.hidden if spec.tied_embeddings else table
+    projections = 2 * spec.hidden * spec.embed_dim
+    expected = active_param_count(spec) - unread + row - projections
+    assert total(ops, "weight_bytes") == 2 * expected
 
 
 def test_mla_caches_the_latent_and_dense_first_layers():
@@ -116,3 +143,17 @@ def test_live_transformers_count_matches():
         with torch.device("meta"):
             m = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
         assert param_count(load_hf_config(DATA / folder)) == sum(p.numel() for p in m.parameters()), folder
+    for name, entry in SYNTHETIC.items():
+        cfg = dict(entry["config"])
+        with torch.device("meta"):
+            m = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+        got = param_count(spec_from_hf_dict(dict(entry["config"]), name=name))
+        assert got == sum(p.numel() for p in m.parameters()), name
+
+
+def test_gemma3_vision_language_config_points_at_its_text_config(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"model_type": "gemma3", "text_config": SYNTHETIC["gemma3_text"]["config"]}))
+    with pytest.raises(InputError) as ei:
+        load_hf_config(p)
+    assert ei.value.field == "model_type" and "gemma3_text" in ei.value.message

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetsim import api
 from hetsim.cli import main
 from hetsim.errors import InputError
-from hetsim.models import get_model
-from hetsim.models.spec import DTYPES
+from hetsim.models import get_model, weight_bytes
+from hetsim.models.spec import DTYPES, ModelSpec
+from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.moe_offload import routed_expert_bytes
 
 V3_KT = dict(batch=1, prompt_len=500, gen_len=32, weight_dtype="q4_k_m")
 
 
-def _run(strategy: str, model: str, hw: str, **wl):
-    return api.best_result(get_strategy(strategy), api.problem(model, hw, **wl), "latency")
+def _run(strategy: str, model: str, hw: str, search: bool = True, **wl):
+    return api.best_result(get_strategy(strategy), api.problem(model, hw, **wl), "latency", search=search)
 
 
 @pytest.fixture(scope="module")
 def v3_1s():
-    return _run("moe-offload", "deepseek-v3", "ktransformers-1s", **V3_KT)
+    # The published configuration: KTransformers' default rule keeps every routed expert on the CPU.
+    r = _run("moe-offload", "deepseek-v3", "ktransformers-1s", search=False, **V3_KT)
+    assert r.plan["gpu_experts"] == 0 and r.plan["sockets"] == ["n0.cpu0"]
+    return r
 
 
 def test_q4_k_m_is_about_4_8_bits_and_lossy():
@@ -79,6 +86,19 @@ def test_two_sockets_split_the_expert_reads():
     assert two.peak_mem_bytes["n0.cpu1"] == pytest.approx(two.peak_mem_bytes["n0.cpu0"])
 
 
+def test_hot_experts_fill_free_gpu_memory():
+    searched = _run("moe-offload", "deepseek-v3", "ktransformers-1s", **V3_KT)
+    v3 = get_model("deepseek-v3")
+    per_layer_expert = routed_expert_bytes(v3, "q4_k_m") / 256
+    assert 0 < searched.plan["gpu_experts"] < 256
+    # The GPU holds its share, with less than one more expert per layer of room left.
+    assert 24e9 - per_layer_expert < searched.peak_mem_bytes["n0.gpu0"] <= 24e9
+    # Qwen3-30B-A3B in Q4_K_M fits the 24 GB card whole: every expert stays on the GPU.
+    q = _run("moe-offload", "qwen3-30b-a3b", "ktransformers-1s", batch=1, prompt_len=64, gen_len=4,
+             weight_dtype="q4_k_m")  # fmt: skip
+    assert q.plan["gpu_experts"] == 128 and q.peak_mem_bytes.get("n0.cpu0", 0.0) == 0.0
+
+
 def test_moe_offload_beats_layer_offload_when_the_model_does_not_fit():
     moe = _run("moe-offload", "deepseek-v3", "ktransformers-1s", batch=1, prompt_len=64, gen_len=4,
                weight_dtype="q4_k_m")  # fmt: skip
@@ -110,3 +130,53 @@ def test_cli_shows_the_lossy_dtype(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["workload"]["weight_dtype"] == "q4_k_m"
     assert {r["plan"]["weight_dtype"] for r in doc["results"]} == {"q4_k_m"}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    layers=st.integers(2, 6),
+    dense=st.integers(0, 2),
+    experts=st.sampled_from([4, 8, 16]),
+    top_k=st.integers(1, 4),
+    shared=st.sampled_from([0, 256]),
+    mla=st.booleans(),
+    dtype=st.sampled_from(["bf16", "q4_k_m", "int4"]),
+)
+def test_footprint_conserves_weights_and_slices_experts(layers, dense, experts, top_k, shared, mla, dtype):
+    """Every weight is on exactly one device: the GPU's share plus the sockets' expert slices is the
+    model; each socket holds the same slice; every candidate runs. (Two sockets are not always faster:
+    for tiny experts the second socket's PCIe and UPI hops cost more than its share saves.)"""
+    model = ModelSpec(
+        name="tiny-moe", family="deepseek_v3", hidden=256, layers=layers, heads=4, kv_heads=4,
+        head_dim=96 if mla else 64, intermediate=128, vocab=1000, max_position=4096, gated_mlp=True,
+        qkv_bias=False, linear_bias=False, learned_positions=0, tied_embeddings=False,
+        num_experts=experts, experts_per_token=top_k, shared_intermediate=shared,
+        dense_layers=min(dense, layers - 1), dense_intermediate=512,
+        kv_lora_rank=64 if mla else 0, rope_head_dim=32 if mla else 0, v_head_dim=64 if mla else 0,
+    )  # fmt: skip
+    strategy = get_strategy("moe-offload")
+    p = api.problem("llama3-8b", "ktransformers-2s", 2, 16, 3, weight_dtype=dtype)
+    p = dataclasses.replace(p, model=model)
+    plans = list(strategy.candidates(p.rig, model, p.workload))
+    # The tiny model's experts all fit on the 24 GB GPU: with none or all of them there.
+    assert {(len(pl.sockets), pl.gpu_experts) for pl in plans} == {(2, 0), (1, 0), (2, experts), (1, experts)}
+    for plan in plans:
+        fp = strategy.footprint(plan, p.rig, model, p.workload)
+        held = fp[plan.gpu]["weights"] + sum(fp[s]["experts"] for s in plan.sockets)
+        assert held == pytest.approx(weight_bytes(model, DTYPES[dtype]), rel=1e-12)
+        slice_ = routed_expert_bytes(model, dtype) * (1 - plan.gpu_experts / experts) / len(plan.sockets)
+        assert [fp[s]["experts"] for s in plan.sockets] == pytest.approx([slice_] * len(plan.sockets))
+        assert simulate(strategy, plan, p.rig, model, p.workload).feasible
+
+
+@pytest.mark.parametrize("model", ["llama3-8b", "opt-13b", "deepseek-v3", "qwen3-30b-a3b"])
+def test_layer_offload_holds_every_weight_once_and_a_gpu_copy_of_a_tied_head(model):
+    strategy = get_strategy("layer-offload")
+    p = api.problem(model, "ktransformers-1s", 1, 64, 4, weight_dtype="q4_k_m")
+    plan = strategy.default_plan(p.rig, p.model, p.workload)
+    fp = strategy.footprint(plan, p.rig, p.model, p.workload)
+    spec, q4 = p.model, DTYPES["q4_k_m"]
+    copy = spec.vocab * spec.token_dim * q4.bytes_per_element if spec.tied_embeddings else 0.0
+    # llama.cpp keeps the token table on the CPU; a tied output layer needs its own copy on the GPU.
+    assert fp[plan.gpu]["weights"] + fp[plan.cpu]["weights"] == pytest.approx(weight_bytes(spec, q4) + copy)
+    assert sum(fp[plan.gpu].values()) <= p.rig.devices[plan.gpu].mem_bytes

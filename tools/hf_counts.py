@@ -42,7 +42,21 @@ def count(folder: Path) -> dict[str, float]:
     return {"params": params, "kv_elems_per_token_layer": kv / 3 / 2}
 
 
+def count_synthetic() -> None:
+    """Fill in ``params`` of each small config in synthetic.json (family code paths the real ones miss)."""
+    path = ROOT / "synthetic.json"
+    doc = json.loads(path.read_text())
+    for entry in doc["configs"].values():
+        cfg = dict(entry["config"])
+        with torch.device("meta"):
+            m = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+        entry["params"] = sum(p.numel() for p in m.parameters())
+    doc["transformers_version"] = transformers.__version__
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 def main() -> None:
+    count_synthetic()
     counts = {"transformers_version": transformers.__version__, "models": {}}
     for folder in sorted(p for p in ROOT.iterdir() if p.is_dir()):
         try:

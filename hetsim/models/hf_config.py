@@ -160,6 +160,12 @@ def spec_from_hf_dict(
     mt = cfg.get("model_type")
     if mt is None:
         raise r.err("model_type", f"missing; supported: {', '.join(SUPPORTED)}")
+    if mt == "gemma3" and isinstance(cfg.get("text_config"), dict):
+        raise r.err(
+            "model_type",
+            "'gemma3' is the vision-language model; its decoder is supported: save its text_config as a "
+            "config.json with model_type gemma3_text",
+        )
     if not isinstance(mt, str) or mt.lower() not in SUPPORTED:
         raise r.err("model_type", f"unsupported model family {mt!r}; supported: {', '.join(SUPPORTED)}")
     mt = mt.lower()

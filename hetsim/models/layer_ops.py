@@ -345,7 +345,7 @@ def embedding_op(
         kind=OpKind.EMBEDDING,
         layer=-1,
         flops=(tables - 1) * tokens * spec.hidden,
-        weight_bytes=tables * tokens * spec.hidden * weight_dtype.bytes_per_element,
+        weight_bytes=tokens * (spec.token_dim + (tables - 1) * spec.hidden) * weight_dtype.bytes_per_element,
         act_in_bytes=tables * tokens * TOKEN_ID_BYTES,
         act_out_bytes=tokens * spec.hidden * act_dtype.bytes_per_element,
         module="embedding",
@@ -371,6 +371,8 @@ def lm_head_ops(
     rows = float(batch * seq_len if all_logits else batch)
     layer = spec.layers
     norm = _norm(spec, "final_norm", layer, rows, act_dtype)
+    if not spec.final_norm:  # post-norm OPT: the last layer's own norm already ran; nothing to read
+        norm = dataclasses.replace(norm, weight_bytes=0.0, flops=0.0)
     # OPT-350m's project_out (hidden -> embed_dim, 0.1 % of its weights) is left out of the ops.
     head = _matmul("lm_head", layer, rows, spec.token_dim, spec.vocab, weight_dtype, act_dtype, bias=False)
     return (norm, head)

@@ -3,8 +3,10 @@
 Shapes are copied from the official Hugging Face ``config.json`` of each model (facebook/opt-*,
 meta-llama/Llama-2-*-hf, meta-llama/Meta-Llama-3-*, Qwen/Qwen-72B, mistralai/Mixtral-8x7B-v0.1) and
 cross-checked with FlexGen's ``opt_config.py`` and xFasterTransformer's ``config.ini``
-(FlexGen, arXiv 2303.06865 and xFT, arXiv 2407.00029). Parameter counts are tested against the
-published ones in ``tests/test_models.py``.
+(FlexGen, arXiv 2303.06865 and xFT, arXiv 2407.00029). DeepSeek-V3 (deepseek-ai/DeepSeek-V3),
+Qwen3-30B-A3B and Qwen3-235B-A22B (Qwen/*) are built from the fields of their official config.json
+through ``hf_config``. Parameter counts are tested against the published ones in
+``tests/test_models.py``.
 """
 
 from __future__ import annotations

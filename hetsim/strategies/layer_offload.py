@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.layer_ops import decoder_layer_ops
-from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, hidden_bytes, kv_cache_bytes
+from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops
 from hetsim.models.spec import DTYPES, ModelSpec
-from hetsim.models.weights import layer_weight_bytes
+from hetsim.models.weights import layer_weight_bytes, lm_head_bytes
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.moe_offload import WEIGHT_DTYPES
 from hetsim.workload import Workload, steps
@@ -35,6 +35,11 @@ class LayerOffloadPlan:
 
 def _layer_bytes(model: ModelSpec, i: int, dtype: str) -> float:
     return layer_weight_bytes(model, DTYPES[dtype], model.layer_is_moe(i))
+
+
+def _head_bytes(model: ModelSpec, dtype: str) -> float:
+    """The output layer on the GPU: its own copy even when tied to the token table, which stays on the CPU."""
+    return lm_head_bytes(model, DTYPES[dtype])
 
 
 def _runs(model: ModelSpec, first: int, last: int) -> list[tuple[bool, int, int]]:
@@ -62,7 +67,7 @@ class LayerOffload(Strategy):
     def _fitting_layers(self, rig: Rig, model: ModelSpec, workload: Workload, gpu: str, wd: str) -> int:
         room = (
             rig.devices[gpu].mem_bytes
-            - head_bytes(model, wd)
+            - _head_bytes(model, wd)
             - activation_workspace(model, workload.batch, workload.prompt_len)
         )
         kv = kv_cache_bytes(model, workload.batch, workload.context_len, 1)
@@ -91,11 +96,16 @@ class LayerOffload(Strategy):
         cpu_w = sum(_layer_bytes(model, i, wd) for i in range(split))
         return {
             plan.gpu: {
-                "weights": gpu_w + head_bytes(model, wd),
+                "weights": gpu_w + (_head_bytes(model, wd) if plan.gpu_layers else 0.0),
                 "kv_cache": kv * plan.gpu_layers,
                 "activations": activation_workspace(model, workload.batch, workload.prompt_len),
             },
-            plan.cpu: {"weights": cpu_w + embed_bytes(model, wd), "kv_cache": kv * split},
+            plan.cpu: {
+                "weights": cpu_w
+                + embed_bytes(model, wd)
+                + (0.0 if plan.gpu_layers else _head_bytes(model, wd)),
+                "kv_cache": kv * split,
+            },
         }
 
     def devices(self, plan: LayerOffloadPlan) -> list[str]:

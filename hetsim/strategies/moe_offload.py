@@ -10,7 +10,9 @@ Layers depend on each other, so there is no overlap across layers at batch 1.
 With several sockets each holds a slice of every expert (its inner dimension split, Megatron-style,
 so every socket reads only its local DRAM) and sends its partial sum to the GPU. KTransformers
 instead replicates the experts in each NUMA node, which costs twice the DRAM for the same local
-reads; the slice is what hetsim models. Hot experts cached on the GPU are not modelled.
+reads; the slice is what hetsim models. ``gpu_experts`` of each layer's experts may stay on the GPU
+(when VRAM allows); under uniform routing they take that share of the token-expert pairs. Which
+experts are hot in practice (a skewed routing profile) is not modelled.
 
 Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise). Expert matmuls
 cost what the CPU's catalogue peak for the dtype's compute says (AMX bf16/int8, AVX-512 VNNI int8 for
@@ -19,6 +21,8 @@ llama.cpp's quantised kernels) at the CPU efficiency class.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,6 +48,7 @@ class MoEOffloadPlan:
     sockets: tuple[str, ...]  # CPU sockets running the routed experts, each a slice of every expert
     weight_dtype: str = "bf16"
     kv_dtype: str = "fp16"
+    gpu_experts: int = 0  # routed experts of every expert layer kept on the GPU
 
 
 def routed_expert_bytes(model: ModelSpec, dtype: str) -> float:
@@ -56,6 +61,17 @@ def routed_expert_bytes(model: ModelSpec, dtype: str) -> float:
     return per_layer * (model.layers - model.dense_layers)
 
 
+def _scaled(op: Op, share: float) -> Op:
+    """``share`` of a routed-expert op: its share of experts, token-expert pairs and their bytes."""
+    return dataclasses.replace(
+        op,
+        flops=op.flops * share,
+        weight_bytes=op.weight_bytes * share,
+        act_in_bytes=op.act_in_bytes * share,
+        act_out_bytes=op.act_out_bytes * share,
+    )
+
+
 @dataclass(frozen=True)
 class _LayerWork:
     before: tuple[Op, ...]  # GPU: attention .. router
@@ -66,15 +82,29 @@ class _LayerWork:
 
 @lru_cache(maxsize=1024)
 def _layer_work(
-    model: ModelSpec, phase: Phase, batch: int, seq: int, kv: int, wd: str, kvd: str, sockets: int, moe: bool
+    model: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq: int,
+    kv: int,
+    wd: str,
+    kvd: str,
+    sockets: int,
+    moe: bool,
+    gpu_experts: int = 0,
 ) -> _LayerWork:
     layer = model.dense_layers if moe else 0
     ops = decoder_layer_ops(model, phase, batch, seq, kv, DTYPES[wd], DTYPES[kvd], layer=layer)
     if not moe:
         return _LayerWork(ops, (), (), ())
     cut = next(i for i, o in enumerate(ops) if o.name == "router") + 1
-    routed = tuple(shard(o, sockets, model.kv_heads) for o in ops if o.name in ROUTED_OPS)
-    shared = tuple(o for o in ops[cut:] if o.name.startswith("shared_"))
+    on_gpu = gpu_experts / model.num_experts  # uniform routing: that share of the pairs and experts
+    routed_all = [o for o in ops if o.name in ROUTED_OPS]
+    routed = ()
+    if on_gpu < 1.0:
+        routed = tuple(shard(_scaled(o, 1.0 - on_gpu), sockets, model.kv_heads) for o in routed_all)
+    hot = tuple(_scaled(o, on_gpu) for o in routed_all) if on_gpu > 0 else ()
+    shared = hot + tuple(o for o in ops[cut:] if o.name.startswith("shared_"))
     after = tuple(o for o in ops[cut:] if o.name == "residual2")
     return _LayerWork(ops[:cut], shared, routed, after)
 
@@ -110,17 +140,30 @@ class MoEOffload(Strategy):
         return MoEOffloadPlan(gpu, node_sockets(rig, gpu), workload.weight_dtype or "bf16")
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[MoEOffloadPlan]:
-        """Every socket of the GPU's node, or only its host socket (no cross-socket traffic)."""
+        """Every socket of the GPU's node, or only its host socket (no cross-socket traffic); no experts
+        on the GPU, or as many as its free memory holds."""
         plan = self.default_plan(rig, model, workload)
-        yield plan
-        if len(plan.sockets) > 1:
-            yield MoEOffloadPlan(plan.gpu, plan.sockets[:1], plan.weight_dtype, plan.kv_dtype)
+        socket_sets = [plan.sockets] + ([plan.sockets[:1]] if len(plan.sockets) > 1 else [])
+        hot = self.gpu_expert_room(plan, rig, model, workload)
+        for sockets in socket_sets:
+            for n in dict.fromkeys((0, hot)):
+                yield dataclasses.replace(plan, sockets=sockets, gpu_experts=n)
+
+    def gpu_expert_room(self, plan: MoEOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> int:
+        """Experts per layer that fit in the GPU memory the rest of the plan leaves free."""
+        used = sum(
+            self.footprint(dataclasses.replace(plan, gpu_experts=0), rig, model, workload)[plan.gpu].values()
+        )
+        per_expert = routed_expert_bytes(model, plan.weight_dtype) / model.num_experts
+        free = rig.devices[plan.gpu].mem_bytes - used
+        return max(0, min(model.num_experts, math.floor(free / per_expert))) if per_expert > 0 else 0
 
     def footprint(self, plan: MoEOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         routed = routed_expert_bytes(model, plan.weight_dtype)
+        hot = routed * plan.gpu_experts / model.num_experts
         out: dict[str, dict[str, float]] = {
             plan.gpu: {
-                "weights": weight_bytes(model, DTYPES[plan.weight_dtype]) - routed,
+                "weights": weight_bytes(model, DTYPES[plan.weight_dtype]) - routed + hot,
                 "kv_cache": kv_cache_bytes(
                     model, workload.batch, workload.context_len, model.layers, plan.kv_dtype
                 ),
@@ -128,7 +171,7 @@ class MoEOffload(Strategy):
             }
         }
         for s in plan.sockets:
-            out[s] = {"experts": routed / len(plan.sockets)}
+            out[s] = {"experts": (routed - hot) / len(plan.sockets)}
         return out
 
     def devices(self, plan: MoEOffloadPlan) -> list[str]:
@@ -136,17 +179,17 @@ class MoEOffload(Strategy):
 
     def schedule(self, plan: MoEOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload):
         gpu, sockets, wd, kvd = plan.gpu, plan.sockets, plan.weight_dtype, plan.kv_dtype
-        b = workload.batch
+        b, hot = workload.batch, plan.gpu_experts
 
         def layer(engine, work: _LayerWork, tokens: int, label: str):
             yield engine.compute(gpu, work.before, label=f"{label} attention")
-            if not work.routed:
+            if not work.routed and not work.shared:
                 return
             pending = [engine.compute(gpu, work.shared, label=f"{label} shared")] if work.shared else []
             send = (
                 hidden_bytes(model, 1, tokens) + tokens * model.experts_per_token * ROUTING_BYTES_PER_CHOICE
             )
-            for s in sockets:
+            for s in sockets if work.routed else ():
                 engine.transfer(gpu, s, send, label=f"{label} to {s}")
                 engine.compute(s, work.routed, label=f"{label} experts", after=engine.last_end)
                 back = engine.transfer(
@@ -163,7 +206,7 @@ class MoEOffload(Strategy):
                 for i in range(model.layers):
                     moe = model.layer_is_moe(i)
                     work = _layer_work(
-                        model, step.phase, b, step.seq_len, step.kv_len, wd, kvd, len(sockets), moe
+                        model, step.phase, b, step.seq_len, step.kv_len, wd, kvd, len(sockets), moe, hot
                     )
                     yield from layer(engine, work, tokens, f"layer{i}")
                 yield engine.compute(gpu, head_ops(model, step.phase, b, step.seq_len, 1, wd))
