@@ -21,6 +21,7 @@ from hetsim.strategies.pipeline_costs import layer_time
 pytest.importorskip("scipy")  # the fits (hetsim[validate])
 
 ROOT = Path(__file__).resolve().parents[1]
+L7 = get_model("llama2-7b")
 TABLES = ROOT / "hardware_profiles" / "measured" / "vidur"
 
 
@@ -128,6 +129,26 @@ def test_held_out_layer_error_does_not_regress(holdout_rows, split, decode, medi
     assert r.after.median <= median and r.after.within_15 >= within, r
     if decode:
         assert r.after.median < r.before.median
+
+
+def test_held_out_attention():
+    """Prefill attention fitted on fresh prompts predicts chunked prefills; decode stays close."""
+    from validate.holdout import attention_rows
+
+    prefill, decode = attention_rows()
+    assert prefill.after.median <= 0.18 and prefill.before.median > 0.4  # docs: 14.4 % (53.5 % before)
+    assert decode.after.median <= 0.10  # docs: 7.7 %
+
+
+def test_decode_attention_is_not_slowed_by_the_prefill_half_length():
+    from hetsim.models.layer_ops import attention_op
+    from hetsim.models.spec import FP16
+
+    assert attention_op(L7, "decode", 8, 1, 512, FP16, FP16).rows == 0.0
+    assert attention_op(L7, "prefill", 1, 512, 512, FP16, FP16).rows == 512.0
+    dev = load_rig("a100-80g-measured").devices["n0.gpu0"]
+    assert dev.efficiency.attention_half_rows > 0
+    assert dev.provenance["efficiency.attention_half_rows"].grade.name.lower() == "fitted"
 
 
 def test_held_out_allreduce_sizes():

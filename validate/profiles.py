@@ -129,3 +129,56 @@ def read_allreduce(root: Path, node: str) -> list[CollectiveSample]:
         )
         for r in df.to_dict("records")
     ]
+
+
+@dataclass(frozen=True)
+class AttentionSample:
+    gpu: str
+    model: str
+    phase: str  # prefill or decode
+    batch: int
+    seq_len: int  # query tokens per sequence
+    kv_len: int  # context after the step
+    tp: int
+    kernel: Op
+    seconds: float
+    source: str
+
+
+def attention_files(root: Path, gpu: str) -> list[Path]:
+    """``attention*/<gpu>/<org>/<model>/attention.csv`` (Vidur's name, or a partial copy of it)."""
+    return sorted(
+        p for folder in sorted(root.glob("attention*")) for p in folder.glob(f"{gpu}/*/*/attention.csv")
+    )
+
+
+def read_attention(root: Path, gpu: str) -> list[AttentionSample]:
+    """Measured attention medians for models hetsim knows (the op needs the model's heads and KV
+    layout); prefill rows are fresh or chunked prompts, decode rows a batch over a KV context."""
+    from hetsim.errors import InputError as _InputError
+    from hetsim.models import get_model
+    from hetsim.models.layer_ops import attention_op
+
+    out: list[AttentionSample] = []
+    for path in attention_files(root, gpu):
+        name = path.parent.name.lower()
+        try:
+            spec = get_model(name)
+        except _InputError:
+            continue  # a model hetsim has no shape for
+        rel = str(path.relative_to(root))
+        df = _read(path)
+        for r in df.to_dict("records"):
+            tp = int(r["num_tensor_parallel_workers"])
+            if bool(r["is_prefill"]):
+                ms, phase = r.get("time_stats.attn_prefill.median"), "prefill"
+                batch, seq = 1, int(r["prefill_chunk_size"])
+                kv = seq + int(r["kv_cache_size"])
+            else:
+                ms, phase = r.get("time_stats.attn_decode.median"), "decode"
+                batch, seq, kv = int(r["batch_size"]), 1, int(r["kv_cache_size"])
+            if ms is None or pd.isna(ms) or ms <= 0 or tp != 1:
+                continue
+            op = attention_op(spec, phase, batch, seq, kv, FP16, FP16)
+            out.append(AttentionSample(gpu, name, phase, batch, seq, kv, tp, op, ms * 1e-3, rel))
+    return out

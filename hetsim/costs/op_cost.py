@@ -40,6 +40,9 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
     if op.kind == OpKind.MATMUL:
         flops_rate = device.flops(op.compute_dtype) * eff.matmul_compute(op.rows)
         mem_rate = device.mem_bw * eff.matmul_memory(op.weight_row_bytes)
+    elif op.kind == OpKind.ATTENTION:
+        flops_rate = device.flops(op.compute_dtype) * eff.attention_compute(op.rows)
+        mem_rate = device.mem_bw * eff.memory_for(op.kind.value)
     else:
         flops_rate = device.flops(op.compute_dtype) * eff.compute_for(op.kind.value)
         mem_rate = device.mem_bw * eff.memory_for(op.kind.value)

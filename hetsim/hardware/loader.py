@@ -211,7 +211,8 @@ class _Builder:
         prov["efficiency.overhead_s"] = _prov(overhead)
         halves = {}
         for key, field_name in (("matmul_half_rows", "matmul_half_rows"),
-                                ("stream_half_row", "stream_half_row_bytes")):  # fmt: skip
+                                ("stream_half_row", "stream_half_row_bytes"),
+                                ("attention_half_rows", "attention_half_rows")):  # fmt: skip
             q = getattr(override, key, None) or getattr(base, key)
             if q is not None:
                 halves[field_name] = q.si

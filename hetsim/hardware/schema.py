@@ -149,6 +149,7 @@ class EfficiencySpec(_Strict):
     # Half-performance lengths (Hockney); absent = 0 = off. See hetsim.hardware.types.Efficiency.
     matmul_half_rows: Sourced | None = None
     stream_half_row: Bytes | None = None
+    attention_half_rows: Sourced | None = None  # query rows per sequence; see Efficiency
     # "fused": the constants describe an engine's fused kernels (hetsim.models.fusion); absent = separate
     kernels: Literal["separate", "fused"] | None = None
     memory_by_kind: dict[OpKind, Ratio] = Field(default_factory=dict)  # streaming, where not ``memory``

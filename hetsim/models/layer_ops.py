@@ -138,6 +138,34 @@ def expected_distinct_experts(num_experts: int, top_k: int, tokens: float) -> fl
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
 
 
+def attention_op(
+    spec: ModelSpec, phase: Phase, batch: int, seq_len: int, kv_len: int, kvd: DType, ad: DType
+) -> Op:
+    """One layer's attention for the batch (see the module docstring for FLOPs and KV bytes)."""
+    hd = spec.head_dim
+    q_out, kv_out = spec.heads * hd, spec.kv_heads * hd
+    tokens = float(batch * seq_len)
+    ab = ad.bytes_per_element
+    kvt = kv_bytes_per_token_layer(spec, kvd)
+    cached = kv_len if phase == "decode" else kv_len - seq_len  # see the module docstring
+    return Op(
+        name="attention",
+        kind=OpKind.ATTENTION,
+        layer=0,
+        # QK^T and PV, 2 FLOPs per MAC; causal prefill counts the full seq_len x kv_len rectangle.
+        flops=4.0 * batch * spec.heads * seq_len * kv_len * hd,
+        weight_bytes=0.0,
+        act_in_bytes=tokens * (q_out + 2 * kv_out) * ab,
+        act_out_bytes=tokens * q_out * ab,
+        kv_read_bytes=float(batch * cached) * kvt,
+        kv_write_bytes=tokens * kvt,
+        compute_dtype="fp32" if ad.name == "fp32" else ad.name,
+        # prefill: query rows per sequence (Efficiency.attention_half_rows); decode kernels are
+        # bound by the KV bytes they read, and 0 leaves their compute rate alone
+        rows=float(seq_len) if phase == "prefill" else 0.0,
+    )
+
+
 @lru_cache(maxsize=4096)
 def _layer0_ops(
     spec: ModelSpec, phase: Phase, batch: int, seq_len: int, kv_len: int, wd: DType, kvd: DType, ad: DType
@@ -152,23 +180,7 @@ def _layer0_ops(
     ops.append(_matmul("k_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
     ops.append(_matmul("v_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
 
-    kvt = kv_bytes_per_token_layer(spec, kvd)
-    cached = kv_len if phase == "decode" else kv_len - seq_len  # see the module docstring
-    ops.append(
-        Op(
-            name="attention",
-            kind=OpKind.ATTENTION,
-            layer=0,
-            # QK^T and PV, 2 FLOPs per MAC; causal prefill counts the full seq_len x kv_len rectangle.
-            flops=4.0 * batch * spec.heads * seq_len * kv_len * hd,
-            weight_bytes=0.0,
-            act_in_bytes=tokens * (q_out + 2 * kv_out) * ab,
-            act_out_bytes=tokens * q_out * ab,
-            kv_read_bytes=float(batch * cached) * kvt,
-            kv_write_bytes=tokens * kvt,
-            compute_dtype="fp32" if ad.name == "fp32" else ad.name,
-        )
-    )
+    ops.append(attention_op(spec, phase, batch, seq_len, kv_len, kvd, ad))
     ops.append(_matmul("out_proj", 0, tokens, q_out, h, wd, ad, bias=spec.linear_bias))
     ops.append(_elementwise("residual1", 0, tokens * h, RESIDUAL_FLOPS, ad, n_in=2))
     ops.append(_norm(spec, "norm2", 0, tokens, ad))
