@@ -3,6 +3,7 @@ hardware_profiles/measured/vidur), the fused kernel graph, and ``hetsim calibrat
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -156,3 +157,33 @@ def test_held_out_allreduce_sizes():
 
     for c in collective_rows():
         assert c.after.median <= 0.12 and c.after.median < c.before.median, c
+
+
+def test_measured_gemms_cost_their_interpolated_measured_time():
+    """Inside the measured token range a measured GEMM shape costs the table's median (interpolated
+    between measured token counts); outside it, or for shapes not measured, the fitted roofline."""
+    from hetsim.costs.op_cost import op_cost
+    from hetsim.models.fusion import fuse
+
+    dev = load_rig("a100-80g-measured").devices["n0.gpu0"]
+    roofline = dataclasses.replace(dev, efficiency=dataclasses.replace(dev.efficiency, kernel_tables=""))
+
+    def qkv(model, tokens):
+        return fuse(layer_blocks(get_model(model), "prefill", 1, tokens, tokens, 1).attention)[1]
+
+    assert op_cost(dev, qkv("llama2-7b", 512)).time_s == pytest.approx(0.234e-3)  # mlp.csv, 512 tokens
+    mid = op_cost(dev, qkv("llama2-7b", 516)).time_s  # between the 512 and 520 rows: on the line
+    assert 0.2e-3 < mid < 0.3e-3
+    for op in (qkv("llama2-7b", 8192), qkv("opt-13b", 512)):  # beyond the tables / not measured
+        assert op_cost(dev, op).time_s == op_cost(roofline, op).time_s
+
+
+def test_missing_kernel_tables_folder_is_an_input_error(tmp_path):
+    from hetsim.errors import InputError
+
+    doc = yaml.safe_load((ROOT / "hardware_profiles/rigs/a100-80g-measured.yaml").read_text())
+    doc["nodes"][0]["gpus"][0]["efficiency"]["kernel_tables"] = "nowhere"
+    path = tmp_path / "rig.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="kernel tables folder not found"):
+        load_rig(path)

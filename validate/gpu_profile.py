@@ -10,6 +10,7 @@ with the files it came from; the peaks stay the catalogue's datasheet values.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,10 @@ def base_rig(gpu: str, efficiency: dict | None = None, nvlink: dict | None = Non
     return {"name": f"{gpu}-measured", "description": "", "source": "", "nodes": [node]}
 
 
-def build(root: Path, gpu: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(rig YAML document, fit report) for ``gpu`` from the tables under ``root``."""
+def build(root: Path, gpu: str, out: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(rig YAML document, fit report) for ``gpu`` from the tables under ``root``; with ``out``
+    (where the rig will be written) the rig also points at the kernel tables, so measured GEMM
+    shapes cost their interpolated measured times."""
     compute_dir, net_dir = VIDUR_NAMES.get(gpu, (gpu, f"{gpu}_dgx"))
     kernels = read_kernels(root, compute_dir)
     rig = load_rig_doc(base_rig(gpu))
@@ -83,6 +86,9 @@ def build(root: Path, gpu: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "kernels": "fused",
         "memory_by_kind": {"elementwise": _q(round(fit.elementwise_memory, 4), src)},
     }
+    if out is not None:
+        folder = (root / "compute" / compute_dir).resolve()
+        eff["kernel_tables"] = os.path.relpath(folder, out.resolve().parent)
     fitted = with_efficiency(device, fit.efficiency(device.efficiency))
     attention = read_attention(root, compute_dir)
     if any(a.phase == "prefill" for a in attention):

@@ -16,14 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from hetsim.costs.kernel_tables import ELEMENTWISE, MATMULS, SHAPE, kernel_op
 from hetsim.errors import InputError
-from hetsim.models.layer_ops import RESIDUAL_FLOPS, RMSNORM_FLOPS, SWIGLU_FLOPS, elementwise_op, matmul_op
 from hetsim.models.spec import FP16, Op
-
-MATMULS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
-ELEMENTWISE = ("input_layernorm", "post_attention_layernorm", "attn_rope", "mlp_act", "add")
-SHAPE = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "use_gated_mlp")
-ROPE_FLOPS = 3.0  # per q/k element: two multiplies and an add
 
 
 @dataclass(frozen=True)
@@ -45,34 +40,6 @@ class CollectiveSample:
     nbytes: float
     seconds: float
     source: str
-
-
-def kernel_op(op: str, tokens: int, tp: int, shape: dict[str, float]) -> Op:
-    """The hetsim op of one measured kernel on one of ``tp`` ranks (fp16 weights and activations)."""
-    heads, kv_heads, h, ffn = (int(shape[k]) for k in SHAPE[:4])
-    gated = bool(shape["use_gated_mlp"])
-    hd = h // heads
-    q = heads // tp * hd
-    kv = max(1, kv_heads // tp) * hd
-    f = ffn // tp
-    t = float(tokens)
-    if op == "attn_pre_proj":
-        return matmul_op(op, 0, t, h, q + 2 * kv, FP16, FP16, bias=False)
-    if op == "attn_post_proj":
-        return matmul_op(op, 0, t, q, h, FP16, FP16, bias=False)
-    if op == "mlp_up_proj":
-        return matmul_op(op, 0, t, h, f * (2 if gated else 1), FP16, FP16, bias=False)
-    if op == "mlp_down_proj":
-        return matmul_op(op, 0, t, f, h, FP16, FP16, bias=False)
-    if op in ("input_layernorm", "post_attention_layernorm"):
-        return elementwise_op(op, 0, t * h, RMSNORM_FLOPS, FP16, weight=h * FP16.bytes_per_element)
-    if op == "add":
-        return elementwise_op(op, 0, t * h, RESIDUAL_FLOPS, FP16, n_in=2)
-    if op == "mlp_act":
-        return elementwise_op(op, 0, t * f, SWIGLU_FLOPS, FP16, n_in=2 if gated else 1)
-    if op == "attn_rope":
-        return elementwise_op(op, 0, t * (q + kv), ROPE_FLOPS, FP16)
-    raise ValueError(f"unknown kernel {op!r}")
 
 
 def _read(path: Path) -> pd.DataFrame:

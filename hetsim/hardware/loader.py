@@ -219,6 +219,12 @@ class _Builder:
                 prov[f"efficiency.{field_name}"] = _prov(q)
         kernels = (override.kernels if override else None) or base.kernels or "separate"
         by_kind = override.memory_by_kind if override else {}
+        tables = (override.kernel_tables if override else None) or ""
+        if tables:
+            folder = (Path(self.source).parent / tables).resolve()
+            if not folder.is_dir():
+                raise self.fail(f"kernel tables folder not found: {folder}", "efficiency.kernel_tables")
+            tables = str(folder)
         for k, v in {**base.memory_by_kind, **by_kind}.items():
             prov[f"efficiency.memory_by_kind.{k}"] = _prov(v)
         eff = Efficiency(
@@ -226,6 +232,7 @@ class _Builder:
             memory=memory.si,
             overhead_s=overhead.si,
             fused_kernels=kernels == "fused",
+            kernel_tables=tables,
             memory_by_kind={k: v.si for k, v in {**base.memory_by_kind, **by_kind}.items()},
             **halves,
         )

@@ -59,6 +59,9 @@ class Efficiency:
     # Attention over s query rows per sequence reaches compute[attention] x s / (s + this) (0 = off):
     # short prefills leave FlashAttention-style kernels far below their long-prompt rate.
     attention_half_rows: float = 0.0
+    # Folder of measured per-layer kernel tables (Vidur's compute/<gpu> layout): measured GEMM shapes
+    # cost their interpolated measured time inside the measured token range (hetsim.costs.kernel_tables).
+    kernel_tables: str = ""
 
     def compute_for(self, kind: str) -> float:
         return self.compute.get(kind, self.compute.get("matmul", 1.0))
