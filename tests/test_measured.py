@@ -3,6 +3,7 @@ hardware_profiles/measured/vidur), the fused kernel graph, and ``hetsim calibrat
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from hetsim.strategies.pipeline_costs import layer_time
 pytest.importorskip("scipy")  # the fits (hetsim[validate])
 
 ROOT = Path(__file__).resolve().parents[1]
+L7 = get_model("llama2-7b")
 TABLES = ROOT / "hardware_profiles" / "measured" / "vidur"
 
 
@@ -130,8 +132,58 @@ def test_held_out_layer_error_does_not_regress(holdout_rows, split, decode, medi
         assert r.after.median < r.before.median
 
 
+def test_held_out_attention():
+    """Prefill attention fitted on fresh prompts predicts chunked prefills; decode stays close."""
+    from validate.holdout import attention_rows
+
+    prefill, decode = attention_rows()
+    assert prefill.after.median <= 0.18 and prefill.before.median > 0.4  # docs: 14.4 % (53.5 % before)
+    assert decode.after.median <= 0.10  # docs: 7.7 %
+
+
+def test_decode_attention_is_not_slowed_by_the_prefill_half_length():
+    from hetsim.models.layer_ops import attention_op
+    from hetsim.models.spec import FP16
+
+    assert attention_op(L7, "decode", 8, 1, 512, FP16, FP16).rows == 0.0
+    assert attention_op(L7, "prefill", 1, 512, 512, FP16, FP16).rows == 512.0
+    dev = load_rig("a100-80g-measured").devices["n0.gpu0"]
+    assert dev.efficiency.attention_half_rows > 0
+    assert dev.provenance["efficiency.attention_half_rows"].grade.name.lower() == "fitted"
+
+
 def test_held_out_allreduce_sizes():
     from validate.holdout import collective_rows
 
     for c in collective_rows():
         assert c.after.median <= 0.12 and c.after.median < c.before.median, c
+
+
+def test_measured_gemms_cost_their_interpolated_measured_time():
+    """Inside the measured token range a measured GEMM shape costs the table's median (interpolated
+    between measured token counts); outside it, or for shapes not measured, the fitted roofline."""
+    from hetsim.costs.op_cost import op_cost
+    from hetsim.models.fusion import fuse
+
+    dev = load_rig("a100-80g-measured").devices["n0.gpu0"]
+    roofline = dataclasses.replace(dev, efficiency=dataclasses.replace(dev.efficiency, kernel_tables=""))
+
+    def qkv(model, tokens):
+        return fuse(layer_blocks(get_model(model), "prefill", 1, tokens, tokens, 1).attention)[1]
+
+    assert op_cost(dev, qkv("llama2-7b", 512)).time_s == pytest.approx(0.234e-3)  # mlp.csv, 512 tokens
+    mid = op_cost(dev, qkv("llama2-7b", 516)).time_s  # between the 512 and 520 rows: on the line
+    assert 0.2e-3 < mid < 0.3e-3
+    for op in (qkv("llama2-7b", 8192), qkv("opt-13b", 512)):  # beyond the tables / not measured
+        assert op_cost(dev, op).time_s == op_cost(roofline, op).time_s
+
+
+def test_missing_kernel_tables_folder_is_an_input_error(tmp_path):
+    from hetsim.errors import InputError
+
+    doc = yaml.safe_load((ROOT / "hardware_profiles/rigs/a100-80g-measured.yaml").read_text())
+    doc["nodes"][0]["gpus"][0]["efficiency"]["kernel_tables"] = "nowhere"
+    path = tmp_path / "rig.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InputError, match="kernel tables folder not found"):
+        load_rig(path)

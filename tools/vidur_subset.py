@@ -41,6 +41,9 @@ def main(src: Path, out: Path) -> None:
         dst = out / f.relative_to(src)
         dst.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(dst, index=False)
+    partial = src / "attention-partial"  # a hand-transcribed part of Vidur's attention.csv, if present
+    if partial.is_dir():
+        shutil.copytree(partial, out / "attention-partial", dirs_exist_ok=True)
     shutil.copy(src / "LICENSE", out / "LICENSE")
 
 

@@ -103,7 +103,7 @@ def _from_profiles(root: Path, gpu: str | None, out: Path) -> None:
         raise InputError("needs scipy: pip install 'hetsim[validate]'", field="scipy") from None
     if not root.is_dir():
         raise InputError("no such folder", source=str(root), field="--from-profiles")
-    doc, report = gpu_profile.build(root, gpu)
+    doc, report = gpu_profile.build(root, gpu, out)
     gpu_profile.write(doc, out)
     k = report["kernels"]
     err = report["kernel_errors_in_sample"]

@@ -10,6 +10,7 @@ with the files it came from; the peaks stay the catalogue's datasheet values.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,14 @@ from hetsim.hardware.loader import catalog
 from validate.kernel_fit import (
     Errors,
     fit_allreduce,
+    fit_attention,
     fit_kernels,
     measured,
     predict,
     predict_allreduce,
     with_efficiency,
 )
-from validate.profiles import read_allreduce, read_kernels
+from validate.profiles import read_allreduce, read_attention, read_kernels
 
 # catalogue GPU -> (compute folder, network folder) in Vidur's layout; other names are used as is
 VIDUR_NAMES = {"a100-80g": ("a100", "a100_dgx"), "h100-sxm": ("h100", "h100_dgx"), "a40": ("a40", None)}
@@ -61,8 +63,10 @@ def base_rig(gpu: str, efficiency: dict | None = None, nvlink: dict | None = Non
     return {"name": f"{gpu}-measured", "description": "", "source": "", "nodes": [node]}
 
 
-def build(root: Path, gpu: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(rig YAML document, fit report) for ``gpu`` from the tables under ``root``."""
+def build(root: Path, gpu: str, out: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(rig YAML document, fit report) for ``gpu`` from the tables under ``root``; with ``out``
+    (where the rig will be written) the rig also points at the kernel tables, so measured GEMM
+    shapes cost their interpolated measured times."""
     compute_dir, net_dir = VIDUR_NAMES.get(gpu, (gpu, f"{gpu}_dgx"))
     kernels = read_kernels(root, compute_dir)
     rig = load_rig_doc(base_rig(gpu))
@@ -82,8 +86,20 @@ def build(root: Path, gpu: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "kernels": "fused",
         "memory_by_kind": {"elementwise": _q(round(fit.elementwise_memory, 4), src)},
     }
+    if out is not None:
+        folder = (root / "compute" / compute_dir).resolve()
+        eff["kernel_tables"] = os.path.relpath(folder, out.resolve().parent)
     fitted = with_efficiency(device, fit.efficiency(device.efficiency))
+    attention = read_attention(root, compute_dir)
+    if any(a.phase == "prefill" for a in attention):
+        af = fit_attention(fitted, attention)
+        asrc = f"fitted (hetsim calibrate --from-profiles) to {af.samples} prefill attention medians in "
+        asrc += ", ".join(sorted({a.source for a in attention}))
+        eff["compute"]["attention"] = _q(round(af.attention, 4), asrc)
+        eff["attention_half_rows"] = _q(round(af.attention_half_rows, 1), asrc)
+        fitted = with_efficiency(fitted, af.efficiency(fitted.efficiency))
     report: dict[str, Any] = {
+        "attention_samples": len(attention),
         "gpu": gpu,
         "kernels": {**fit.as_dict(), "samples": len(kernels)},
         "kernel_errors_in_sample": Errors.of(predict(fitted, kernels), measured(kernels)).__dict__,

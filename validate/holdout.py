@@ -27,7 +27,7 @@ from hetsim.models.sharding import layer_blocks
 from hetsim.models.spec import OpKind
 from validate.gpu_profile import base_rig, load_rig_doc
 from validate.kernel_fit import Errors, fit_kernels, with_efficiency
-from validate.profiles import KernelSample, read_allreduce, read_kernels
+from validate.profiles import KernelSample, read_allreduce, read_attention, read_kernels
 
 TABLES = Path(__file__).resolve().parents[1] / "hardware_profiles" / "measured" / "vidur"
 REGISTRY = {  # Vidur model folder -> hetsim registry name (models hetsim can run a step for)
@@ -155,11 +155,47 @@ def collective_rows(root: Path = TABLES) -> list[CollectiveRow]:
     return out
 
 
+@dataclass(frozen=True)
+class AttentionRow:
+    kind: str
+    fitted_on: str
+    tested_on: str
+    before: Errors  # catalogue GPU
+    after: Errors
+
+
+def attention_rows(root: Path = TABLES) -> list[AttentionRow]:
+    """A100 Llama-2-7B attention (a partial table): prefill constants fitted on fresh prompts,
+    tested on chunked prefills (a cached context before the chunk); decode is not fitted (it
+    reads the KV cache at the fitted ``memory``)."""
+    from validate.kernel_fit import fit_attention, measured, predict
+
+    att = read_attention(root, "a100")
+    base = catalogue_gpu("a100-80g")
+    kfit = fit_kernels(base, read_kernels(root, "a100"))
+    dev = with_efficiency(base, kfit.efficiency(base.efficiency))
+    fresh = [a for a in att if a.phase == "prefill" and a.kv_len == a.seq_len]
+    chunked = [a for a in att if a.phase == "prefill" and a.kv_len > a.seq_len]
+    decode = [a for a in att if a.phase == "decode"]
+    afit = fit_attention(dev, fresh)
+    after = with_efficiency(dev, afit.efficiency(dev.efficiency))
+    out = []
+    for kind, fitted_on, test in (
+        ("prefill", f"{len(fresh)} fresh prompts (480-2112 tokens)", chunked),
+        ("decode", "not fitted (KV bytes at the fitted memory efficiency)", decode),
+    ):
+        m = measured(test)
+        tested = f"{len(test)} {kind} rows" + (" with a cached context" if kind == "prefill" else "")
+        before, now = Errors.of(predict(base, test), m), Errors.of(predict(after, test), m)
+        out.append(AttentionRow(kind, fitted_on, tested, before, now))
+    return out
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def markdown(krows: list[Row], crows: list[CollectiveRow]) -> str:
+def markdown(krows: list[Row], crows: list[CollectiveRow], arows: list[AttentionRow] = ()) -> str:
     lines = [
         "| split | fitted on | tested on (held out) | step size | figures | median error before | after | "
         "within 15% before | after |",
@@ -182,12 +218,24 @@ def markdown(krows: list[Row], crows: list[CollectiveRow]) -> str:
             f"| {c.node} | {c.ranks} | {c.after.count} | {_pct(c.before.median)} | {_pct(c.after.median)} | "
             f"{_pct(c.before.within_15)} | {_pct(c.after.within_15)} |"
         )
+    if arows:
+        lines += [
+            "",
+            "| A100 Llama-2-7B attention | fitted on | tested on (held out) | median error before | after "
+            "| within 15% before | after |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for a in arows:
+            lines.append(
+                f"| {a.kind} | {a.fitted_on} | {a.tested_on} | {_pct(a.before.median)} | "
+                f"{_pct(a.after.median)} | {_pct(a.before.within_15)} | {_pct(a.after.within_15)} |"
+            )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] = (), write: Callable[[str], object] = sys.stdout.write) -> None:
     root = Path(argv[0]) if argv else TABLES
-    write(markdown(rows(root), collective_rows(root)) + "\n")
+    write(markdown(rows(root), collective_rows(root), attention_rows(root)) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from scipy.optimize import least_squares
 from hetsim.costs.collectives import allreduce_time
 from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.types import ComputeDevice, Efficiency
-from validate.profiles import CollectiveSample, KernelSample
+from validate.profiles import AttentionSample, CollectiveSample, KernelSample
 
 FIT_TOKENS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 PARAMS = ("matmul", "matmul_half_rows", "memory", "stream_half_row_bytes", "overhead_s", "elementwise_memory")
@@ -66,11 +66,13 @@ def with_efficiency(device: ComputeDevice, eff: Efficiency) -> ComputeDevice:
     return dataclasses.replace(device, efficiency=eff)
 
 
-def predict(device: ComputeDevice, samples: Sequence[KernelSample]) -> np.ndarray:
+def predict(device: ComputeDevice, samples: Sequence[KernelSample] | Sequence[AttentionSample]) -> np.ndarray:
     return np.array([op_cost(device, s.kernel).time_s for s in samples])
 
 
-def measured(samples: Sequence[KernelSample] | Sequence[CollectiveSample]) -> np.ndarray:
+def measured(
+    samples: Sequence[KernelSample] | Sequence[CollectiveSample] | Sequence[AttentionSample],
+) -> np.ndarray:
     return np.array([s.seconds for s in samples])
 
 
@@ -91,6 +93,40 @@ def fit_kernels(device: ComputeDevice, samples: Sequence[KernelSample]) -> Kerne
         residuals, np.log(START), bounds=(np.log(LOWER), np.log(UPPER)), x_scale=1.0, max_nfev=400
     )
     return KernelFit(*(float(v) for v in np.exp(res.x)), samples=len(chosen))
+
+
+@dataclass(frozen=True)
+class AttentionFit:
+    """Prefill attention: ``compute.attention`` and ``attention_half_rows`` (query rows)."""
+
+    attention: float
+    attention_half_rows: float
+    samples: int
+
+    def efficiency(self, base: Efficiency) -> Efficiency:
+        return dataclasses.replace(
+            base,
+            compute={**base.compute, "attention": self.attention},
+            attention_half_rows=self.attention_half_rows,
+        )
+
+
+def fit_attention(device: ComputeDevice, samples: Sequence[AttentionSample]) -> AttentionFit:
+    """Fitted to prefill attention kernels (decode attention is bound by the KV bytes it reads,
+    which ``memory`` already covers); the device's other constants stay as they are."""
+    chosen = [s for s in samples if s.phase == "prefill"]
+    if not chosen:
+        raise ValueError("no prefill attention to fit")
+    meas = np.log(measured(chosen))
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        fit = AttentionFit(*np.exp(x), samples=0)
+        dev = with_efficiency(device, fit.efficiency(device.efficiency))
+        return np.log(predict(dev, chosen)) - meas
+
+    res = least_squares(residuals, np.log([0.5, 256.0]), bounds=(np.log([0.01, 1e-3]), np.log([1.0, 1e6])))
+    eff, half = (float(v) for v in np.exp(res.x))
+    return AttentionFit(eff, half, len(chosen))
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from hetsim.costs.kernel_tables import ELEMENTWISE, MATMULS, SHAPE, kernel_op
 from hetsim.errors import InputError
-from hetsim.models.layer_ops import RESIDUAL_FLOPS, RMSNORM_FLOPS, SWIGLU_FLOPS, elementwise_op, matmul_op
 from hetsim.models.spec import FP16, Op
-
-MATMULS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
-ELEMENTWISE = ("input_layernorm", "post_attention_layernorm", "attn_rope", "mlp_act", "add")
-SHAPE = ("n_head", "n_kv_head", "n_embd", "n_expanded_embd", "use_gated_mlp")
-ROPE_FLOPS = 3.0  # per q/k element: two multiplies and an add
 
 
 @dataclass(frozen=True)
@@ -45,34 +40,6 @@ class CollectiveSample:
     nbytes: float
     seconds: float
     source: str
-
-
-def kernel_op(op: str, tokens: int, tp: int, shape: dict[str, float]) -> Op:
-    """The hetsim op of one measured kernel on one of ``tp`` ranks (fp16 weights and activations)."""
-    heads, kv_heads, h, ffn = (int(shape[k]) for k in SHAPE[:4])
-    gated = bool(shape["use_gated_mlp"])
-    hd = h // heads
-    q = heads // tp * hd
-    kv = max(1, kv_heads // tp) * hd
-    f = ffn // tp
-    t = float(tokens)
-    if op == "attn_pre_proj":
-        return matmul_op(op, 0, t, h, q + 2 * kv, FP16, FP16, bias=False)
-    if op == "attn_post_proj":
-        return matmul_op(op, 0, t, q, h, FP16, FP16, bias=False)
-    if op == "mlp_up_proj":
-        return matmul_op(op, 0, t, h, f * (2 if gated else 1), FP16, FP16, bias=False)
-    if op == "mlp_down_proj":
-        return matmul_op(op, 0, t, f, h, FP16, FP16, bias=False)
-    if op in ("input_layernorm", "post_attention_layernorm"):
-        return elementwise_op(op, 0, t * h, RMSNORM_FLOPS, FP16, weight=h * FP16.bytes_per_element)
-    if op == "add":
-        return elementwise_op(op, 0, t * h, RESIDUAL_FLOPS, FP16, n_in=2)
-    if op == "mlp_act":
-        return elementwise_op(op, 0, t * f, SWIGLU_FLOPS, FP16, n_in=2 if gated else 1)
-    if op == "attn_rope":
-        return elementwise_op(op, 0, t * (q + kv), ROPE_FLOPS, FP16)
-    raise ValueError(f"unknown kernel {op!r}")
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -129,3 +96,56 @@ def read_allreduce(root: Path, node: str) -> list[CollectiveSample]:
         )
         for r in df.to_dict("records")
     ]
+
+
+@dataclass(frozen=True)
+class AttentionSample:
+    gpu: str
+    model: str
+    phase: str  # prefill or decode
+    batch: int
+    seq_len: int  # query tokens per sequence
+    kv_len: int  # context after the step
+    tp: int
+    kernel: Op
+    seconds: float
+    source: str
+
+
+def attention_files(root: Path, gpu: str) -> list[Path]:
+    """``attention*/<gpu>/<org>/<model>/attention.csv`` (Vidur's name, or a partial copy of it)."""
+    return sorted(
+        p for folder in sorted(root.glob("attention*")) for p in folder.glob(f"{gpu}/*/*/attention.csv")
+    )
+
+
+def read_attention(root: Path, gpu: str) -> list[AttentionSample]:
+    """Measured attention medians for models hetsim knows (the op needs the model's heads and KV
+    layout); prefill rows are fresh or chunked prompts, decode rows a batch over a KV context."""
+    from hetsim.errors import InputError as _InputError
+    from hetsim.models import get_model
+    from hetsim.models.layer_ops import attention_op
+
+    out: list[AttentionSample] = []
+    for path in attention_files(root, gpu):
+        name = path.parent.name.lower()
+        try:
+            spec = get_model(name)
+        except _InputError:
+            continue  # a model hetsim has no shape for
+        rel = str(path.relative_to(root))
+        df = _read(path)
+        for r in df.to_dict("records"):
+            tp = int(r["num_tensor_parallel_workers"])
+            if bool(r["is_prefill"]):
+                ms, phase = r.get("time_stats.attn_prefill.median"), "prefill"
+                batch, seq = 1, int(r["prefill_chunk_size"])
+                kv = seq + int(r["kv_cache_size"])
+            else:
+                ms, phase = r.get("time_stats.attn_decode.median"), "decode"
+                batch, seq, kv = int(r["batch_size"]), 1, int(r["kv_cache_size"])
+            if ms is None or pd.isna(ms) or ms <= 0 or tp != 1:
+                continue
+            op = attention_op(spec, phase, batch, seq, kv, FP16, FP16)
+            out.append(AttentionSample(gpu, name, phase, batch, seq, kv, tp, op, ms * 1e-3, rel))
+    return out

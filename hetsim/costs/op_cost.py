@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hetsim.costs.kernel_tables import load_tables
 from hetsim.hardware.types import ComputeDevice
 from hetsim.models.fusion import fuse
 from hetsim.models.spec import Op, OpKind
@@ -40,11 +41,25 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
     if op.kind == OpKind.MATMUL:
         flops_rate = device.flops(op.compute_dtype) * eff.matmul_compute(op.rows)
         mem_rate = device.mem_bw * eff.matmul_memory(op.weight_row_bytes)
+    elif op.kind == OpKind.ATTENTION:
+        flops_rate = device.flops(op.compute_dtype) * eff.attention_compute(op.rows)
+        mem_rate = device.mem_bw * eff.memory_for(op.kind.value)
     else:
         flops_rate = device.flops(op.compute_dtype) * eff.compute_for(op.kind.value)
         mem_rate = device.mem_bw * eff.memory_for(op.kind.value)
     compute_s = op.flops / flops_rate if op.flops else 0.0
     memory_s = op.mem_bytes / mem_rate if op.mem_bytes else 0.0
+    measured = load_tables(eff.kernel_tables).seconds(op) if eff.kernel_tables else None
+    if measured is not None:  # a measured kernel: its time, with the roofline's split of it
+        return OpCost(
+            time_s=measured,
+            compute_s=compute_s,
+            memory_s=memory_s,
+            overhead_s=0.0,
+            memory_bytes=op.mem_bytes,
+            achieved_mem_bw=mem_rate,
+            memory_bound_s=measured if memory_s > compute_s else 0.0,
+        )
     return OpCost(
         time_s=eff.overhead_s + max(compute_s, memory_s),
         compute_s=compute_s,

@@ -211,13 +211,20 @@ class _Builder:
         prov["efficiency.overhead_s"] = _prov(overhead)
         halves = {}
         for key, field_name in (("matmul_half_rows", "matmul_half_rows"),
-                                ("stream_half_row", "stream_half_row_bytes")):  # fmt: skip
+                                ("stream_half_row", "stream_half_row_bytes"),
+                                ("attention_half_rows", "attention_half_rows")):  # fmt: skip
             q = getattr(override, key, None) or getattr(base, key)
             if q is not None:
                 halves[field_name] = q.si
                 prov[f"efficiency.{field_name}"] = _prov(q)
         kernels = (override.kernels if override else None) or base.kernels or "separate"
         by_kind = override.memory_by_kind if override else {}
+        tables = (override.kernel_tables if override else None) or ""
+        if tables:
+            folder = (Path(self.source).parent / tables).resolve()
+            if not folder.is_dir():
+                raise self.fail(f"kernel tables folder not found: {folder}", "efficiency.kernel_tables")
+            tables = str(folder)
         for k, v in {**base.memory_by_kind, **by_kind}.items():
             prov[f"efficiency.memory_by_kind.{k}"] = _prov(v)
         eff = Efficiency(
@@ -225,6 +232,7 @@ class _Builder:
             memory=memory.si,
             overhead_s=overhead.si,
             fused_kernels=kernels == "fused",
+            kernel_tables=tables,
             memory_by_kind={k: v.si for k, v in {**base.memory_by_kind, **by_kind}.items()},
             **halves,
         )

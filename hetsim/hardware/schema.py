@@ -209,6 +209,8 @@ class EfficiencySpec(_Strict):
     # Half-performance lengths (Hockney); absent = 0 = off. See hetsim.hardware.types.Efficiency.
     matmul_half_rows: Rows | None = None
     stream_half_row: HalfBytes | None = None
+    attention_half_rows: Rows | None = None  # query rows per sequence; see Efficiency
+    kernel_tables: str | None = None  # folder of measured kernel tables, relative to the rig file
     # "fused": the constants describe an engine's fused kernels (hetsim.models.fusion); absent = separate
     kernels: Literal["separate", "fused"] | None = None
     memory_by_kind: dict[OpKind, Ratio] = Field(default_factory=dict)  # streaming, where not ``memory``

@@ -56,12 +56,23 @@ class Efficiency:
     # Streaming efficiency of op kinds other than matmuls where it differs from ``memory`` (measured
     # elementwise kernels stream far below GEMM weight streaming); absent kinds use ``memory``.
     memory_by_kind: Mapping[str, float] = field(default_factory=dict)
+    # Attention over s query rows per sequence reaches compute[attention] x s / (s + this) (0 = off):
+    # short prefills leave FlashAttention-style kernels far below their long-prompt rate.
+    attention_half_rows: float = 0.0
+    # Folder of measured per-layer kernel tables (Vidur's compute/<gpu> layout): measured GEMM shapes
+    # cost their interpolated measured time inside the measured token range (hetsim.costs.kernel_tables).
+    kernel_tables: str = ""
 
     def compute_for(self, kind: str) -> float:
         return self.compute.get(kind, self.compute.get("matmul", 1.0))
 
     def memory_for(self, kind: str) -> float:
         return self.memory_by_kind.get(kind, self.memory)
+
+    def attention_compute(self, rows: float) -> float:
+        eff = self.compute_for("attention")
+        half = self.attention_half_rows
+        return eff * rows / (rows + half) if half > 0 and rows > 0 else eff
 
     def matmul_compute(self, rows: float) -> float:
         eff = self.compute_for("matmul")

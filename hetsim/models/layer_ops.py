@@ -175,7 +175,19 @@ def _attention_op(
         kv_read_bytes=float(batch * cached) * kvt,
         kv_write_bytes=tokens * kvt,
         compute_dtype="fp32" if ad.name == "fp32" else ad.name,
+        # prefill: query rows per sequence (Efficiency.attention_half_rows); decode kernels are
+        # bound by the KV bytes they read, and 0 leaves their compute rate alone
+        rows=float(seq_len) if phase == "prefill" else 0.0,
     )
+
+
+def attention_op(
+    spec: ModelSpec, phase: Phase, batch: int, seq_len: int, kv_len: int, kvd: DType, ad: DType
+) -> Op:
+    """One layer's multi-head / grouped-query attention for the batch (see the module docstring)."""
+    hd = spec.head_dim
+    act_in = float(batch * seq_len) * (spec.heads * hd + 2 * spec.kv_heads * hd)
+    return _attention_op(spec, phase, batch, seq_len, kv_len, hd, hd, act_in, kvd, ad)
 
 
 def _mla_ops(

@@ -177,9 +177,10 @@ class Op:
     kv_write_bytes: float = 0.0
     module: str = ""
     compute_dtype: str = "fp16"
-    # Matmuls only: rows of the activation (tokens per weight copy) and bytes of one weight row
-    # (output features x bytes per element). Short rows stream weights below peak bandwidth and
-    # few rows leave GEMM kernels below peak FLOP/s (Efficiency's half-performance lengths).
+    # Matmuls: rows of the activation (tokens per weight copy) and bytes of one weight row (output
+    # features x bytes per element); prefill attention: query rows per sequence (seq_len). Short
+    # rows stream weights below peak bandwidth and few rows leave GEMM and attention kernels below
+    # peak FLOP/s (Efficiency's half-performance lengths).
     rows: float = 0.0
     weight_row_bytes: float = 0.0
 
