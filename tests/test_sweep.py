@@ -279,3 +279,25 @@ def test_dask_without_the_extra_says_how_to_install(tmp_path, capsys, monkeypatc
     assert main(["sweep", str(_spec(tmp_path)), "--out", str(tmp_path / "o"), "--dask", "local"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'hetsim[dist]'" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("timeout_s: .inf\n", "timeout_s", "finite"),
+        ("timeout_s: 1e9\n", "timeout_s", "86400"),
+        ("grids:\n  - {batch: [1, 99999999999]}\n", "grids[0].batch[1]", "65536"),
+        ("grids:\n  - {batch: " + str(list(range(1, 101))) + ", gen_len: " + str(list(range(1, 101)))
+         + ", prompt_len: " + str(list(range(1, 101))) + "}\n", "grids", "1000000 points"),
+        ("grids:\n  - {gpu_mem_gb: [.inf]}\n", "grids[0].gpu_mem_gb[0]", "finite"),
+        ("grids:\n  - {batch: [1]}\nname: again\n", None, "duplicate key 'name'"),
+    ],
+)  # fmt: skip
+def test_sweep_spec_bounds(tmp_path, text, field, words):
+    base = "name: b\nbase: {model: llama2-7b, rig: mixed-lab, strategy: gpu-only}\n"
+    if not text.startswith("grids"):
+        text = text + "grids:\n  - {batch: [1]}\n" if "grids" not in text else text
+    spec = _spec(tmp_path, base + text, "b.yaml")
+    with pytest.raises(InputError) as info:
+        run_sweep(spec, tmp_path / "o", workers=1, progress=False, plots=False)
+    assert info.value.source == str(spec) and info.value.field == field and words in info.value.message
