@@ -338,3 +338,22 @@ def test_absurd_layer_count_config(tmp_path, capsys):
     assert main(["model", "show", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "num_hidden_layers" in err and "10000" in err
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("nodes:\n  - cpus", "nodes:\n  - count: 1000000000\n    cpus", "nodes[0].count"),
+        ("nodes:\n  - cpus", "nodes:\n  - count: true\n    cpus", "nodes[0].count"),
+        ("gpus: [t4, l4]", "gpus: [{model: t4, count: 100000}]", "nodes[0].gpus[0].count"),
+    ],
+)
+def test_rig_size_bounded(tmp_path, old, new, field):
+    err = _rig_error(tmp_path, RIG.replace(old, new))
+    assert err.field == field
+
+
+def test_total_nodes_bounded(tmp_path):
+    node = RIG.split("nodes:\n", 1)[1].replace("  - cpus", "  - count: 600\n    cpus")
+    err = _rig_error(tmp_path, RIG.split("nodes:\n", 1)[0] + "nodes:\n" + node + node)
+    assert "1200 nodes; at most 1024" in err.message

@@ -191,3 +191,113 @@ def test_pareto_front():
     pts = [(1.0, 10.0), (2.0, 20.0), (3.0, 15.0), (0.5, 1.0)]
     # low latency (x) and high throughput (y) are better
     assert pareto_front(pts, x_low=True, y_low=False) == [(0.5, 1.0), (1.0, 10.0), (2.0, 20.0)]
+
+
+# ---- signals, concurrent writers, --dask addresses (issue 19) ---------------------------------------
+SLOW = """
+name: slow
+base: {prompt_len: 64, gen_len: 4, model: llama2-7b, rig: mixed-lab}
+grids:
+  - {strategy: [accelerate, flexgen, hetegen, deepspeed], batch: [1, 2, 3, 4, 5, 6, 7, 8]}
+"""
+
+
+def _hetsim(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "hetsim.cli", *args]
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_stops_sweep_cleanly_and_keeps_points(tmp_path, sig, code):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    spec, out = _spec(tmp_path, SLOW, "slow.yaml"), tmp_path / "out"
+    proc = subprocess.Popen(
+        _hetsim("sweep", str(spec), "--out", str(out), "--no-plots", "--workers", "2"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the signal reaches the workers too, as Ctrl-C does
+    )
+    deadline = time.monotonic() + 120
+    while not Store(out).parts() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep finished before it could be interrupted"
+    os.killpg(proc.pid, getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert err.count("\n") == 1 and err.startswith(f"interrupted by {sig}: ") and "Traceback" not in err
+    kept = Store(out).read()
+    assert 0 < len(kept) < 32 and kept["feasible"].all()
+    resumed = run_sweep(spec, out, workers=2, progress=False, plots=False)
+    assert resumed.skipped == len(kept) and len(resumed.results) == 32
+
+
+def test_three_concurrent_sweeps_on_one_out(tmp_path):
+    import subprocess
+
+    import pyarrow.parquet as pq
+
+    spec, out = _spec(tmp_path), tmp_path / "out"
+    cmd = _hetsim("sweep", str(spec), "--out", str(out), "--no-plots", "--workers", "1")
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(3)
+    ]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errs
+    # every point exactly once, in the files themselves (not only after read() drops duplicates)
+    ids = [i for part in Store(out).parts() for i in pq.read_table(part).column("point_id").to_pylist()]
+    expected = {p["point_id"] for p in expand(load_spec(spec))}
+    assert sorted(ids) == sorted(expected)
+    assert not list((out / "results").glob("*.tmp")) and not list((out / "results").glob(".*.tmp"))
+    df = Store(out).read()
+    assert df["feasible"].all() and (df["error"] == "").all()
+
+
+@pytest.mark.parametrize("address", ["foo", "tcp://127.0.0.1:8786x", "tcp://:"])
+def test_malformed_dask_address_one_line(tmp_path, capsys, address):
+    pytest.importorskip("distributed")
+    from hetsim.cli import main
+
+    assert main(["sweep", str(_spec(tmp_path)), "--out", str(tmp_path / "o"), "--dask", address]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --dask: ")
+
+
+def test_dask_without_the_extra_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from hetsim.cli import main
+
+    for mod in [m for m in sys.modules if m == "distributed" or m.startswith("distributed.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import fails as if not installed
+    assert main(["sweep", str(_spec(tmp_path)), "--out", str(tmp_path / "o"), "--dask", "local"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'hetsim[dist]'" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("timeout_s: .inf\n", "timeout_s", "finite"),
+        ("timeout_s: 1e9\n", "timeout_s", "86400"),
+        ("grids:\n  - {batch: [1, 99999999999]}\n", "grids[0].batch[1]", "65536"),
+        ("grids:\n  - {batch: " + str(list(range(1, 101))) + ", gen_len: " + str(list(range(1, 101)))
+         + ", prompt_len: " + str(list(range(1, 101))) + "}\n", "grids", "1000000 points"),
+        ("grids:\n  - {gpu_mem_gb: [.inf]}\n", "grids[0].gpu_mem_gb[0]", "finite"),
+        ("grids:\n  - {batch: [1]}\nname: again\n", None, "duplicate key 'name'"),
+    ],
+)  # fmt: skip
+def test_sweep_spec_bounds(tmp_path, text, field, words):
+    base = "name: b\nbase: {model: llama2-7b, rig: mixed-lab, strategy: gpu-only}\n"
+    if not text.startswith("grids"):
+        text = text + "grids:\n  - {batch: [1]}\n" if "grids" not in text else text
+    spec = _spec(tmp_path, base + text, "b.yaml")
+    with pytest.raises(InputError) as info:
+        run_sweep(spec, tmp_path / "o", workers=1, progress=False, plots=False)
+    assert info.value.source == str(spec) and info.value.field == field and words in info.value.message

@@ -7,6 +7,7 @@ pyarrow, matplotlib, dask) happen inside the command.
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import typer
@@ -43,22 +44,54 @@ def sweep(
         console.print(f"{len(paths)} plot files in {root / 'plots'}", highlight=False)
         return
 
-    def stop(signum, frame):  # SIGTERM: unwind like Ctrl-C so finished points get flushed
-        raise KeyboardInterrupt
+    stopped: list[int] = []
 
-    old = signal.signal(signal.SIGTERM, stop)
+    def stop(signum, frame):  # SIGINT/SIGTERM: unwind so finished points get flushed; once only
+        if not stopped:
+            stopped.append(signum)
+            raise Interrupted(signum)
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         report = run_sweep(
             spec, out, dask=dask, workers=workers, plots=not no_plots, retry_failed=retry_failed
         )
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _say_interrupted(spec, out, signum)
+        raise typer.Exit(128 + signum) from None
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     console.print(
         f"{report.spec.name}: {report.total} points, {report.skipped} already done, ran {report.ran} "
         f"({report.failed} failed); results in {report.out / 'results'}"
         + (f", {len(report.plots)} plot files in {report.out / 'plots'}" if report.plots else ""),
         highlight=False,
     )
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the sweep; ``signum`` sets the exit code (128 + signum: 130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def _say_interrupted(spec: Path, out: Path | None, signum: int) -> None:
+    """One line: which signal, how many points are kept and where, how to resume."""
+    from hetsim.sweep.api import default_out
+    from hetsim.sweep.spec import load_spec
+    from hetsim.sweep.store import Store
+
+    try:
+        root = out or default_out(spec, load_spec(spec))
+        kept = f"{len(Store(root).read())} finished points kept in {root / 'results'}"
+    except Exception:  # the spec itself was being read: nothing was run
+        kept = "nothing kept"
+    name = signal.Signals(signum).name
+    sys.stderr.write(f"interrupted by {name}: {kept}; run the same command to resume\n")
 
 
 def register(app: typer.Typer) -> None:

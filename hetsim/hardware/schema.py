@@ -305,6 +305,13 @@ class DiskSpec(_Entry):
 
 
 # ---- rigs -----------------------------------------------------------------------------------
+# Bounds on a rig's size, past any machine or cluster studied here (the largest machines hold 16
+# GPUs; NVLink generations have up to 18 links per GPU) yet small enough that loading and searching
+# stay within minutes (a 256-node rig compares in ~15 s; route finding grows with the square).
+MAX_PER_NODE = 64
+MAX_NODES = 1024
+
+
 class GpuRef(BaseModel):
     """``t4`` or ``{model: t4, count: 8, socket: 0, link: pcie3-x16, memory: {...}}``: extra keys
     override catalogue fields for these instances (validated against the catalogue schema);
@@ -312,8 +319,8 @@ class GpuRef(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     model: str
-    count: int = Field(default=1, ge=1)
-    socket: int | None = Field(default=None, ge=0)
+    count: int = Field(default=1, ge=1, le=MAX_PER_NODE, strict=True)
+    socket: int | None = Field(default=None, ge=0, le=MAX_PER_NODE, strict=True)
     link: str | None = None
     # the host link with overrides, e.g. measured copy rates: {link: pcie5-x16, bandwidth: {...}}
     host_link: LinkRef | None = None
@@ -327,7 +334,7 @@ class CpuRef(BaseModel):
 class DiskRef(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     model: str
-    socket: int = Field(default=0, ge=0)
+    socket: int = Field(default=0, ge=0, le=MAX_PER_NODE, strict=True)
 
 
 class LinkRef(BaseModel):
@@ -335,8 +342,8 @@ class LinkRef(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
     link: str
-    count: int = Field(default=1, ge=1)
-    socket: int = Field(default=0, ge=0)
+    count: int = Field(default=1, ge=1, le=MAX_PER_NODE, strict=True)
+    socket: int = Field(default=0, ge=0, le=MAX_PER_NODE, strict=True)
 
 
 GpuRef.model_rebuild()
@@ -358,7 +365,7 @@ def _as_link(v: Any) -> Any:
 
 
 class NodeSpec(_Strict):
-    count: int = Field(default=1, ge=1)  # identical machines, named consecutively
+    count: int = Field(default=1, ge=1, le=MAX_NODES, strict=True)  # identical machines, named consecutively
     region: str = "local"
     description: str | None = None
     cpus: list[CpuRef] = Field(min_length=1)
@@ -416,8 +423,18 @@ class RigSpec(_Strict):
     name: str = Field(min_length=1)
     description: str | None = None
     source: str | None = None  # where the rig description comes from
-    nodes: list[NodeSpec] = Field(min_length=1)
+    nodes: list[NodeSpec] = Field(min_length=1, max_length=MAX_NODES)
     network: NetworkSpec | None = None
+
+    @model_validator(mode="after")
+    def _size(self) -> RigSpec:
+        total = sum(n.count for n in self.nodes)
+        if total > MAX_NODES:
+            raise ValueError(f"{total} nodes; at most {MAX_NODES} (a rig that can be searched in minutes)")
+        for i, n in enumerate(self.nodes):
+            if len(n.cpus) > MAX_PER_NODE or sum(g.count for g in n.gpus) > MAX_PER_NODE:
+                raise ValueError(f"nodes[{i}]: more than {MAX_PER_NODE} CPUs or GPUs in one machine")
+        return self
 
 
 NetworkSpec.model_rebuild()

@@ -25,6 +25,9 @@ TRACE_FIELDS = ("arrival_s", "prompt_len", "output_len")
 # One stream's size: percentiles and attainment are stable to <1% long before this, while the
 # event simulation's time and memory grow with it (~minutes per 10^5 requests on big rigs).
 MAX_REQUESTS = 100_000
+# Below this the arrival times of even a short stream run past what a float second can say usefully
+# (at 1e-308 they overflow to infinity); no serving question is asked at one request a fortnight.
+MIN_RATE = 1e-6
 WHY_MAX_REQUESTS = "more requests do not sharpen the percentiles, only lengthen the run"
 
 
@@ -47,8 +50,10 @@ def poisson_requests(
 ) -> list[Request]:
     """Poisson arrivals at ``rate`` req/s, bounded by ``n`` requests or ``duration_s`` seconds
     (both: whichever ends first); lengths drawn uniformly from the given choices."""
-    if not (rate > 0 and math.isfinite(rate)):
-        raise InputError(f"must be a positive finite number, got {rate}", field="--rate")
+    if not (rate >= MIN_RATE and math.isfinite(rate)):
+        raise InputError(
+            f"must be a finite number >= {MIN_RATE:g} requests/s (one a ~12 days), got {rate}", field="--rate"
+        )
     if n is None and duration_s is None:
         raise InputError("give a number of requests or a duration", field="--duration")
     if seed < 0:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from hetsim.errors import InputError
 from hetsim.sweep.grid import expand, knob_columns
-from hetsim.sweep.runner import execute
+from hetsim.sweep.runner import check_dask_address, execute
 from hetsim.sweep.spec import SweepSpec, load_spec
 from hetsim.sweep.store import Store, schema_for
 
@@ -41,6 +41,8 @@ def run_sweep(
     retry_failed: bool = False,
     stop_after: int | None = None,
 ) -> SweepReport:
+    if dask:
+        check_dask_address(dask)
     spec = load_spec(spec_path)
     try:
         points = expand(spec)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
@@ -31,6 +32,12 @@ def canonical(config: Mapping[str, Any]) -> str:
 
 def point_id(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
+
+
+# A sweep's size: at ~1 s a point on a few cores, 10^5 points is a day; a bigger grid is a typo in
+# an axis, and expanding 10^7 points alone takes minutes and gigabytes.
+MAX_POINTS = 100_000
+WHY_MAX_POINTS = "about a day of runs; split the grid"
 
 
 def expand(spec: SweepSpec) -> list[dict[str, Any]]:
@@ -53,6 +60,11 @@ def expand(spec: SweepSpec) -> list[dict[str, Any]]:
             if k not in axes:
                 raise ValueError(f"grid has no {k!r} (set it in base or in the grid)")
         keys = list(axes)
+        size = math.prod(len(axes[k]) if isinstance(axes[k], list) else 1 for k in keys)
+        if size + len(seen) > MAX_POINTS:
+            raise ValueError(
+                f"{size + len(seen)} points; at most {MAX_POINTS} in one sweep ({WHY_MAX_POINTS})"
+            )
         for values in itertools.product(*(axes[k] for k in keys)):
             config = {k: v for k, v in zip(keys, values, strict=True) if v is not None}
             config["search"] = spec.search

@@ -35,6 +35,10 @@ RESULT_COLUMNS = (
 )
 
 
+# How long to wait for a remote Dask scheduler before saying it cannot be reached.
+DASK_CONNECT_S = 20
+
+
 class PointTimeout(Exception):
     pass
 
@@ -151,7 +155,7 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
 
     # fork is cheap and inherits the imported strategies; spawn elsewhere
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_signals)
     futures = {pool.submit(run_point, p, timeout_s): p for p in points}
     finished = False
     try:
@@ -162,15 +166,51 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
                 yield _crashed(futures[fut], exc)
         finished = True
     finally:
-        # interrupted: drop queued points and do not wait for running ones (they are redone later)
+        # interrupted: drop queued points and do not wait for running ones (they are redone later).
+        # Take the workers before shutdown, which sets the pool's private _processes to None.
+        procs = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=finished, cancel_futures=True)
         if not finished:
-            for proc in list(getattr(pool, "_processes", {}).values()):
+            for proc in procs:
                 proc.terminate()
+            for proc in procs:
+                proc.join(timeout=5)
+
+
+def _worker_signals() -> None:
+    """Pool workers leave Ctrl-C (sent to the whole process group) to the parent, which stops them;
+    SIGTERM gets its default action (the parent's handler is inherited through fork)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def check_dask_address(address: str) -> None:
+    """'local', or a scheduler address such as tcp://host:8786 or host:8786; else an InputError.
+    Also refuses --dask when the optional ``dist`` extra (dask.distributed) is not installed."""
+    from hetsim.errors import InputError
+
+    try:
+        from distributed.comm.addressing import parse_address, parse_host_port
+    except ImportError:
+        raise InputError(
+            "needs dask.distributed: pip install 'hetsim[dist]' (or run without --dask)", field="--dask"
+        ) from None
+    if address == "local":
+        return
+    try:
+        scheme, loc = parse_address(address)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            parse_host_port(loc)
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"not a scheduler address ({exc}); use 'local' or e.g. tcp://10.0.0.5:8786", field="--dask"
+        ) from None
 
 
 def _run_dask(points: list[dict[str, Any]], address: str, workers: int) -> Iterable[dict]:
     from distributed import Client, LocalCluster, as_completed
+
+    from hetsim.errors import InputError
 
     cluster = None
     if address == "local":
@@ -183,7 +223,10 @@ def _run_dask(points: list[dict[str, Any]], address: str, workers: int) -> Itera
         )
         client = Client(cluster)
     else:
-        client = Client(address)
+        try:
+            client = Client(address, timeout=DASK_CONNECT_S)
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"cannot reach the scheduler at {address}: {exc}", field="--dask") from None
     try:
         futures = client.map(run_point, points, key=[f"hetsim-point-{p['point_id']}" for p in points])
         by_key = {f.key: p for f, p in zip(futures, points, strict=True)}

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hetsim.errors import InputError
 from hetsim.hardware.catalog import validation_error
 from hetsim.textfiles import parse_yaml, read_text
+from hetsim.workload import MAX_WORK, WHY_MAX
 
 WORKLOAD_AXES = ("batch", "prompt_len", "gen_len")
 CORE_AXES = ("model", "rig", "strategy", *WORKLOAD_AXES, "objective")
@@ -66,7 +67,8 @@ class SweepSpec(BaseModel):
     objective: Literal["latency", "throughput", "cost"] = "throughput"
     search: bool = True  # each strategy searches its plan space (False: default plans)
     allow_compression: bool = False  # searches may try lossy plans (4-bit weights / KV cache)
-    timeout_s: float = Field(120.0, gt=0)  # per point (local process pool; Dask runs have none)
+    # per point (local process pool; Dask runs have none); at most a day
+    timeout_s: float = Field(120.0, gt=0, le=86_400, allow_inf_nan=False)
     base: dict[str, Any] = Field(default_factory=dict)
     grids: list[dict[str, Any]] = Field(min_length=1)
     plots: list[PlotSpec] = Field(default_factory=list)
@@ -139,6 +141,8 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 not isinstance(value, int) or isinstance(value, bool) or value < 1
             ):
                 raise InputError(f"must be a positive integer, got {value!r}")
+            elif key in MAX_WORK and value > MAX_WORK[key]:
+                raise InputError(f"must be <= {MAX_WORK[key]} ({WHY_MAX[key]}), got {value}")
             elif key in ("gpu_mem_gb", "net_gbps") and (
                 not isinstance(value, int | float)
                 or isinstance(value, bool)

@@ -1,8 +1,13 @@
 """Results on disk: ``<out>/results/part-NNNNN.parquet``, one file per batch of finished points.
 
-Each file is written to a temporary name and renamed, so a killed sweep never leaves half a file.
-Rows are keyed by ``point_id``; reading keeps the last row of each id (a re-run of failed points
-supersedes the failure).
+Each file is written to a temporary name unique to the process and renamed, so a killed sweep
+never leaves half a file. Rows are keyed by ``point_id``; reading keeps the last row of each id (a
+re-run of failed points supersedes the failure).
+
+Several sweeps may share one output folder (two terminals, a resumed run beside a running one):
+writing a part, merging parts and reading them all happen under a lock on ``results/.lock``
+(``fcntl.flock``: exclusive to write, shared to read), so no writer takes another's part number
+and a merge never deletes a part it did not read.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hetsim.sweep.runner import RESULT_COLUMNS
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 RESULT_TYPES: dict[str, pa.DataType] = {
     "feasible": pa.bool_(),
@@ -58,6 +70,31 @@ def _cell(value: Any, typ: pa.DataType) -> Any:
     return value
 
 
+@contextmanager
+def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on ``folder/.lock`` (POSIX); elsewhere a no-op."""
+    if fcntl is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_part(table: pa.Table, path: Path) -> None:
+    """Write to a temporary name unique to this process, then rename into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class Store:
     """Append-only Parquet parts under ``root/results``; ``flush`` writes the buffered rows."""
 
@@ -75,6 +112,12 @@ class Store:
 
     def read(self) -> pd.DataFrame:
         """All rows, last row per point_id, sorted by point_id."""
+        if not self.dir.is_dir():
+            return pd.DataFrame(columns=["point_id", *RESULT_COLUMNS])
+        with _locked(self.dir, exclusive=False):
+            return self._read()
+
+    def _read(self) -> pd.DataFrame:
         frames = [pq.read_table(p).to_pandas() for p in self.parts()]
         frames = [f for f in frames if len(f)]
         if not frames:
@@ -108,27 +151,28 @@ class Store:
             for f in self.schema
         }
         table = pa.table(cols, schema=self.schema)
-        parts = self.parts()
-        n = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        while (path := self.dir / f"part-{n:05d}.parquet").exists():
-            n += 1
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with _locked(self.dir, exclusive=True):
+            parts = self.parts()
+            n = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+            while (path := self.dir / f"part-{n:05d}.parquet").exists():
+                n += 1
+            _write_part(table, path)
         self.buffer = []
 
     def compact(self) -> None:
         """Merge all parts into one (after a complete run), keeping one row per point."""
-        parts = self.parts()
-        if len(parts) <= 1:
+        if not self.dir.is_dir():
             return
-        df = self.read()
-        # the merged file is written after (and so wins over) the parts; a kill before the
-        # parts are deleted only leaves duplicates that reading drops
-        last = int(parts[-1].stem.split("-")[1])
-        path = self.dir / f"part-{last + 1:05d}.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-        os.replace(tmp, path)
-        for p in parts:
-            p.unlink()
+        with _locked(self.dir, exclusive=True):
+            parts = self.parts()
+            if len(parts) <= 1:
+                return
+            df = self._read()
+            # the merged file is written after (and so wins over) the parts; a kill before the
+            # parts are deleted only leaves duplicates that reading drops
+            last = int(parts[-1].stem.split("-")[1])
+            _write_part(
+                pa.Table.from_pandas(df, preserve_index=False), self.dir / f"part-{last + 1:05d}.parquet"
+            )
+            for p in parts:
+                p.unlink()
