@@ -12,6 +12,7 @@ with ``num_experts: 8`` is an MoE model that hetsim would otherwise read as dens
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,10 @@ def spec_from_hf_dict(
     name = name or Path(source).parent.name or Path(source).stem
 
     _refuse_unknown_arch_fields(r, mt)
+    return dataclasses.replace(_family_spec(r, name, mt), dtype=_checkpoint_dtype(r))
+
+
+def _family_spec(r: _Reader, name: str, mt: str) -> ModelSpec:
     if mt == "opt":
         return _opt(r, name)
     if mt == "qwen":
@@ -188,6 +193,23 @@ def spec_from_hf_dict(
     if mt in ("gemma2", "gemma3_text"):
         return _gemma(r, name, mt)
     return _llama_like(r, name, mt)
+
+
+# config.json ``torch_dtype`` (``dtype`` since transformers 4.56) -> hetsim's name; absent or "auto" = fp16
+_CHECKPOINT_DTYPES = {
+    "float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "auto": "fp16",
+}  # fmt: skip
+
+
+def _checkpoint_dtype(r: _Reader) -> str:
+    key = "torch_dtype" if "torch_dtype" in r.cfg else "dtype"
+    v = r.cfg.get(key)
+    if v is None:
+        return "fp16"
+    if not isinstance(v, str) or v.removeprefix("torch.") not in _CHECKPOINT_DTYPES:
+        known = ", ".join(sorted(k for k in _CHECKPOINT_DTYPES if k != "auto"))
+        raise r.err(key, f"unknown precision {v!r} (expected one of {known})")
+    return _CHECKPOINT_DTYPES[v.removeprefix("torch.")]
 
 
 def _refuse_unknown_arch_fields(r: _Reader, mt: str) -> None:

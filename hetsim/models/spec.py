@@ -117,6 +117,9 @@ class ModelSpec:
     v_head_dim: int = 0
     embed_dim: int = 0  # token-table width when it differs from hidden (OPT-350m: project_in/out)
     final_norm: bool = True  # post-norm OPT (opt-350m) has no final LayerNorm
+    # The checkpoint's precision (config.json ``torch_dtype``): what the weights are stored in, so what a
+    # plan that keeps full precision runs. fp16 when the config does not say.
+    dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
 
     @property
     def is_moe(self) -> bool:

@@ -77,6 +77,7 @@ def model_dict(spec: ModelSpec) -> dict[str, Any]:
         "max_position": spec.max_position,
         "experts": spec.num_experts,
         "experts_per_token": spec.experts_per_token,
+        "checkpoint_dtype": spec.dtype,
         "bytes_per_param": FP16.bytes_per_element,
         "weight_bytes_fp16": weight_bytes(spec, FP16),
         "kv_bytes_per_token_fp16": kv_bytes_per_token(spec, FP16),

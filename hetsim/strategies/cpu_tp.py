@@ -52,6 +52,7 @@ class CpuTensorParallel(Strategy):
     name = "cpu-tp"
     summary = "tensor parallelism over Xeon sockets and nodes (xFasterTransformer)"
     plan_type = CpuTpPlan
+    weight_dtypes = ("bf16", "fp16", "fp32")  # xFT runs these (AMX bf16; fp16 and fp32 on AVX-512)
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         if not rig.cpus():
@@ -68,7 +69,13 @@ class CpuTensorParallel(Strategy):
             pc.known_dtype(getattr(plan, name), name)
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> CpuTpPlan:
-        return CpuTpPlan(ranks=_layouts(rig, len(rig.cpus()))[0])
+        """Every socket; weights in bf16 (AMX) unless the user asks (``--dtype``) or the checkpoint is
+        fp32, which then runs in fp32 throughout, as torch runs it on a CPU."""
+        ranks = _layouts(rig, len(rig.cpus()))[0]
+        if model.dtype == "fp32":
+            wd = workload.weight_dtype or "fp32"
+            return CpuTpPlan(ranks=ranks, weight_dtype=wd, kv_dtype="fp32", act_dtype="fp32")
+        return CpuTpPlan(ranks=ranks, weight_dtype=workload.weight_dtype or "bf16")
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[CpuTpPlan]:
         """Every degree and layout that fits in memory."""
