@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -213,12 +213,12 @@ class PlanDocument(BaseModel):
     """A plan on disk: enough to re-run exactly what was planned."""
 
     model_config = ConfigDict(extra="forbid")
-    hetsim_plan: int = PLAN_FORMAT_VERSION
+    hetsim_plan: Literal[1] = PLAN_FORMAT_VERSION  # the format this version reads
     strategy: str
     model: str
     hardware: str
     workload: _WorkloadDoc
-    objective: str = "throughput"
+    objective: Objective = "throughput"
     gpu_mem_budget: float | None = None
     params: dict[str, Any]
     lossy: str = ""  # what the plan gives up in model quality ("" = lossless); informational
@@ -256,10 +256,11 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         strategy = get_strategy(doc.strategy)
         p = problem(doc.model, doc.hardware, **doc.workload.model_dump(), gpu_mem_budget=doc.gpu_mem_budget)
     except InputError as exc:
-        raise InputError(exc.message, source=source, field=exc.field) from None
+        field = {"--gpu-mem-budget": "gpu_mem_budget"}.get(exc.field or "", exc.field)  # the file's key
+        raise InputError(exc.message, source=source, field=field) from None
     plan = strategy.plan_from_dict(doc.params, source)
     try:
-        strategy.check_plan(plan, p.model, p.workload)
+        strategy.check_plan(plan, p.rig, p.model, p.workload)
     except InputError as exc:
         raise InputError(exc.message, source=source, field=exc.field) from None
     check_plan_names(strategy, plan, p, source)

@@ -216,6 +216,14 @@ TAMPERED = [
     ("flexgen", "params", {}, "params"),
     ("gpu-only", "strategy", "flexgen", "params."),  # a gpu-only plan under flexgen's name
     ("hexgen", "workload.batch", 0, "batch"),
+    ("gpu-only", "hetsim_plan", 99, "hetsim_plan"),
+    ("gpu-only", "objective", "speed", "objective"),
+    ("gpu-only", "gpu_mem_budget", -5, "gpu_mem_budget"),
+    ("gpu-only", "params.stages.0.devices.0", "n0.cpu0", "params.stages[0].devices[0]"),
+    ("hexgen", "params.replicas.0.stages.0.devices", ["n0.gpu0", "n1.gpu0"], "params.replicas[0].stages[0]"),
+    ("accelerate", "params.gpu", "n0.cpu0", "params.gpu"),
+    ("deepspeed", "params.cpu", "n0.gpu0", "params.cpu"),
+    ("cpu-tp", "params.ranks.0", "n0.gpu0", "params.ranks[0]"),
     ("hexgen", "workload.batch", 2**40, "batch"),
 ]
 
@@ -357,3 +365,39 @@ def test_total_nodes_bounded(tmp_path):
     node = RIG.split("nodes:\n", 1)[1].replace("  - cpus", "  - count: 600\n    cpus")
     err = _rig_error(tmp_path, RIG.split("nodes:\n", 1)[0] + "nodes:\n" + node + node)
     assert "1200 nodes; at most 1024" in err.message
+
+
+def test_tiny_rates_refused(tmp_path):
+    """A rate under the engine's floor (1 B/s counts as saturated) once looped past its timeline."""
+    text = RIG.replace(
+        "gpus: [t4, l4]",
+        "gpus: [{model: t4, host_link: {link: pcie3-x16,"
+        " bandwidth: {value: 1e-9, source: a, grade: assumed}}}]",
+    )
+    err = _rig_error(tmp_path, text)
+    assert err.field == "nodes[0].gpus[0].host_link.bandwidth" and "1e+06" in err.message
+
+
+def test_trace_arrivals_bounded(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_len,output_len\n1e308,10,10\n")
+    assert main(["serve", "--model", "llama2-7b", "--hw", "mixed-lab", "--requests", str(trace)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "arrival_s" in err
+
+
+def test_expert_count_bounded(tmp_path, capsys):
+    cfg = {
+        "model_type": "mixtral",
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+        "num_local_experts": 10**8,
+        "num_experts_per_tok": 2,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["model", "show", str(path)]) == 2
+    assert "num_local_experts" in capsys.readouterr().err

@@ -198,7 +198,9 @@ SLOW = """
 name: slow
 base: {prompt_len: 64, gen_len: 4, model: llama2-7b, rig: mixed-lab}
 grids:
-  - {strategy: [accelerate, flexgen, hetegen, deepspeed], batch: [1, 2, 3, 4, 5, 6, 7, 8]}
+  - strategy: [accelerate, flexgen, hetegen, deepspeed]
+    batch: [1, 2, 3, 4, 5, 6, 7, 8]
+    gen_len: [4, 5, 6, 7]
 """
 
 
@@ -231,10 +233,8 @@ def test_signal_stops_sweep_cleanly_and_keeps_points(tmp_path, sig, code):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code
     assert err.count("\n") == 1 and err.startswith(f"interrupted by {sig}: ") and "Traceback" not in err
-    kept = Store(out).read()
-    assert 0 < len(kept) < 32 and kept["feasible"].all()
-    resumed = run_sweep(spec, out, workers=2, progress=False, plots=False)
-    assert resumed.skipped == len(kept) and len(resumed.results) == 32
+    kept = Store(out).read()  # finished points are kept (resuming them is test_interrupted_sweep_...)
+    assert 0 < len(kept) < 128 and kept["feasible"].all() and kept["point_id"].is_unique
 
 
 def test_three_concurrent_sweeps_on_one_out(tmp_path):

@@ -123,6 +123,7 @@ class _Rate(Sourced):
 class Bytes(_Rate):
     _parse = staticmethod(parse_bytes)
     _unit_hint = "a size such as '16 GB' or '16 GiB'"
+    _low, _low_ok = 1.0, True
     _high = 1e18  # an exabyte
 
 
@@ -137,12 +138,16 @@ class HalfBytes(Sourced):
 class Bandwidth(_Rate):
     _parse = staticmethod(parse_bandwidth)
     _unit_hint = "a rate such as '12 GB/s' or '100 Gb/s'"
+    # 1 MB/s: slower is no link or memory of this century, and times stay finite (the engine's
+    # timelines count a rate under 1 B/s as saturated, and an efficiency may be as low as 0.001)
+    _low, _low_ok = 1e6, True
     _high = 1e16  # 10 PB/s
 
 
 class Flops(_Rate):
     _parse = staticmethod(parse_flops)
     _unit_hint = "a compute rate such as '65 TFLOPS' or '130 TOPS'"
+    _low, _low_ok = 1e6, True  # 1 MFLOP/s: slower than any CPU since the 1980s
     _high = 1e19  # 10 EFLOP/s
 
 
@@ -155,6 +160,7 @@ class Time(Sourced):
 class Frequency(_Rate):
     _parse = staticmethod(parse_frequency)
     _unit_hint = "a frequency such as '2.0 GHz' or '4800 MT/s'"
+    _low, _low_ok = 1e3, True
     _high = 1e12
 
 
@@ -170,12 +176,14 @@ class Count(_Rate):
 
 
 class Ratio(Sourced):
-    _unit_hint = "a fraction between 0 and 1"
+    """An efficiency: a share of a peak that is achieved. Below 0.1% it is a unit mistake."""
+
+    _unit_hint = "a fraction between 0.001 and 1"
 
     @model_validator(mode="after")
     def _fraction(self) -> Ratio:
-        if not 0 < self.si <= 1:
-            raise ValueError(f"must be a fraction in (0, 1], got {self.value!r}")
+        if not 1e-3 <= self.si <= 1:
+            raise ValueError(f"must be a fraction in [0.001, 1], got {self.value!r}")
         return self
 
 

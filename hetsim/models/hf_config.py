@@ -109,10 +109,10 @@ _UNDERSTOOD: dict[str, frozenset[str]] = {
 _UNDERSTOOD["deepseek_v3"] = _UNDERSTOOD["deepseek_v2"]
 
 
-# Upper bounds on shapes, far past any real model (the largest today have ~120 layers, hidden
-# ~20k, vocab ~250k), so an absurd config is an input error rather than a MemoryError or an hour
-# of simulated layers.
-_MAX = {"num_hidden_layers": 10_000, "num_layers": 10_000, "n_layer": 10_000}
+# Upper bounds on shapes, far past any real model (the largest today have ~120 layers, hidden ~20k,
+# vocab ~250k, 256 routed experts), so an absurd config is an input error rather than a MemoryError
+# or an hour of simulated layers.
+_MAX = {"num_hidden_layers": 10_000, "num_local_experts": 4096, "num_experts_per_tok": 4096}
 _MAX_DEFAULT = 10**8
 
 

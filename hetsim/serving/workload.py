@@ -28,6 +28,8 @@ MAX_REQUESTS = 100_000
 # Below this the arrival times of even a short stream run past what a float second can say usefully
 # (at 1e-308 they overflow to infinity); no serving question is asked at one request a fortnight.
 MIN_RATE = 1e-6
+# A trace spans at most ~30 years: later arrivals are a unit mistake (ms or us read as s).
+MAX_ARRIVAL_S = 1e9
 WHY_MAX_REQUESTS = "more requests do not sharpen the percentiles, only lengthen the run"
 
 
@@ -102,11 +104,13 @@ def read_trace(path: str | Path) -> list[Request]:
     for i, row in enumerate(rows, start=2):
         try:
             arrival = float(row["arrival_s"])
-            if not arrival >= 0 or arrival == float("inf"):
+            if not 0 <= arrival <= MAX_ARRIVAL_S:
                 raise ValueError
         except (TypeError, ValueError):
             raise InputError(
-                f"line {i}: not a finite time >= 0: {row['arrival_s']!r}", source=source, field="arrival_s"
+                f"line {i}: not a time in [0, {MAX_ARRIVAL_S:g}] s: {row['arrival_s']!r}",
+                source=source,
+                field="arrival_s",
             ) from None
         lengths = []
         for name in ("prompt_len", "output_len"):

@@ -86,7 +86,9 @@ class Accelerate(Strategy):
             return "the rig has no GPUs"
         return None
 
-    def check_plan(self, plan: OffloadPlan, model: ModelSpec, workload: Workload) -> None:
+    def check_plan(self, plan: OffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
+        pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
+        pc.device_of_kind(rig, plan.cpu, "cpu", "cpu")
         for name in ("gpu_layers", "cpu_layers", "disk_layers"):
             pc.in_range(getattr(plan, name), 0, model.layers, name)
         total = plan.gpu_layers + plan.cpu_layers + plan.disk_layers
@@ -96,6 +98,8 @@ class Accelerate(Strategy):
             )
         if plan.disk_layers and not plan.disk:
             raise pc.problem("disk", "disk_layers > 0 needs a disk")
+        if plan.disk:
+            pc.device_of_kind(rig, plan.disk, "disk", "disk")
         pc.at_least(plan.batch_per_pass, 1, "batch_per_pass")
         pc.optional_budget(plan.gpu_mem_budget)
 

@@ -82,7 +82,7 @@ class Strategy(ABC):
     def plan_from_dict(self, data: Mapping[str, Any], source: str = "plan") -> Any:
         return validate_plan(self.plan_type, data, source)
 
-    def check_plan(self, plan: Any, model: ModelSpec, workload: Workload) -> None:
+    def check_plan(self, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         """Raise ``InputError`` (field ``params.<name>``) when a plan (say, from a file) does not fit
         the model: layer counts that do not add up, fractions out of range, nothing to run on."""
         return None

@@ -59,11 +59,13 @@ class CpuTensorParallel(Strategy):
             return "the rig has no CPU sockets"
         return None
 
-    def check_plan(self, plan: CpuTpPlan, model: ModelSpec, workload: Workload) -> None:
+    def check_plan(self, plan: CpuTpPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         if not plan.ranks:
             raise pc.problem("ranks", "needs at least one CPU socket")
         if len(set(plan.ranks)) != len(plan.ranks):
             raise pc.problem("ranks", "names a socket twice")
+        for j, r in enumerate(plan.ranks):
+            pc.device_of_kind(rig, r, "cpu", f"ranks[{j}]")
         pc.at_least(plan.weight_copies, 1, "weight_copies")
         for name in ("weight_dtype", "kv_dtype", "allreduce_dtype", "act_dtype"):
             pc.known_dtype(getattr(plan, name), name)

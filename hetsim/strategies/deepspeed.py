@@ -53,7 +53,9 @@ class ZeroInference(Strategy):
             return "the rig has no GPU"
         return None
 
-    def check_plan(self, plan: ZeroInferencePlan, model: ModelSpec, workload: Workload) -> None:
+    def check_plan(self, plan: ZeroInferencePlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
+        pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
+        pc.device_of_kind(rig, plan.cpu, "cpu", "cpu")
         pc.at_least(plan.batch_per_pass, 1, "batch_per_pass")
         pc.optional_budget(plan.gpu_mem_budget)
 

@@ -53,7 +53,9 @@ class FlexGen(Strategy):
             return "the GPU has no host CPU"
         return None
 
-    def check_plan(self, plan: FlexGenPlan, model: ModelSpec, workload: Workload) -> None:
+    def check_plan(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
+        if plan.gpu:
+            pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
         pc.at_least(plan.gpu_batch_size, 1, "gpu_batch_size")
         pc.at_least(plan.num_gpu_batches, 1, "num_gpu_batches")
         for name in ("wg", "wc", "cg", "cc", "hg", "hc"):

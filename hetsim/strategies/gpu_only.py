@@ -115,8 +115,10 @@ class GpuOnly(Strategy):
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
 
-    def check_plan(self, plan: PipelinePlan, model: ModelSpec, workload: Workload) -> None:
+    def check_plan(self, plan: PipelinePlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         pc.stages_cover(plan.stages, model.layers, "stages")
+        for i, st in enumerate(plan.stages):
+            pc.tp_group(rig, st.devices, f"stages[{i}].devices")
         pc.at_least(plan.micro_batches, 1, "micro_batches")
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         pc.known_dtype(plan.kv_dtype, "kv_dtype")

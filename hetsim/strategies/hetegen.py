@@ -208,7 +208,9 @@ class HeteGen(Strategy):
             return "MoE experts are not split by HeteGen (dense OPT/Llama-style models only)"
         return None
 
-    def check_plan(self, plan: HeteGenPlan, model: ModelSpec, workload: Workload) -> None:
+    def check_plan(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
+        pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
+        pc.device_of_kind(rig, plan.cpu, "cpu", "cpu")
         for phase in ("alpha_prefill", "alpha_decode"):
             for kind, a in getattr(plan, phase).items():
                 pc.in_range(a, 0.0, 1.0, f"{phase}.{kind}")

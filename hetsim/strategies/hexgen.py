@@ -175,11 +175,13 @@ class HexGen(Strategy):
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
 
-    def check_plan(self, plan: HexGenPlan, model: ModelSpec, workload: Workload) -> None:
+    def check_plan(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         if not plan.replicas:
             raise pc.problem("replicas", "needs at least one replica")
         for i, replica in enumerate(plan.replicas):
             pc.stages_cover(replica.stages, model.layers, f"replicas[{i}].stages")
+            for j, st in enumerate(replica.stages):
+                pc.tp_group(rig, st.devices, f"replicas[{i}].stages[{j}].devices")
         pc.at_least(plan.max_batch, 1, "max_batch")
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         pc.known_dtype(plan.kv_dtype, "kv_dtype")

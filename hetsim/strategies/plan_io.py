@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from hetsim.errors import InputError
+from hetsim.hardware.rig import Rig
 from hetsim.models.spec import DTYPES
 
 
@@ -85,6 +86,21 @@ def known_dtype(name: str, field: str) -> None:
 def optional_budget(value: float | None, field: str = "gpu_mem_budget") -> None:
     if value is not None and not (math.isfinite(value) and value > 0):
         raise problem(field, f"must be a positive number of bytes or null, got {value!r}")
+
+
+def device_of_kind(rig: Rig, name: str, kind: str, field: str) -> None:
+    """``name`` is a device of ``rig`` of this kind ('gpu', 'cpu') or, for 'disk', one of its disks."""
+    found = rig.disks.get(name) if kind == "disk" else rig.devices.get(name)
+    if found is None or (kind != "disk" and rig.devices[name].kind != kind):
+        raise problem(field, f"{name!r} is not a {kind.upper()} of rig {rig.name}")
+
+
+def tp_group(rig: Rig, devices: Any, field: str) -> None:
+    """A tensor-parallel group: GPUs of one machine."""
+    for j, d in enumerate(devices):
+        device_of_kind(rig, d, "gpu", f"{field}[{j}]")
+    if len({rig.devices[d].node for d in devices}) > 1:
+        raise problem(field, "a tensor-parallel group must be GPUs of one machine")
 
 
 def stages_cover(stages: Any, n_layers: int, field: str) -> None:
