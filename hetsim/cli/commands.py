@@ -336,6 +336,9 @@ def simulate(
     plan_path: Path = typer.Option(..., "--plan", help="A plan JSON written by `hetsim plan --out`."),
     trace: Path | None = typer.Option(None, "--trace", help="Write a Chrome trace of the run."),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+    exact: bool = typer.Option(
+        False, "--exact", help="Simulate every decode step (long generations are fast-forwarded)."
+    ),
 ) -> None:
     """Run exactly the plan in a plan file."""
     from hetsim import api
@@ -344,7 +347,7 @@ def simulate(
     _check_format(fmt)
     p, strategy, plan_obj = api.load_plan(plan_path)
     result = run_plan(
-        strategy, plan_obj, p.rig, p.model, p.workload, trace_path=str(trace) if trace else None
+        strategy, plan_obj, p.rig, p.model, p.workload, trace_path=str(trace) if trace else None, exact=exact
     )
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result])
     if trace and fmt == "table":
