@@ -18,32 +18,21 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
-from pydantic import ValidationError
+from pydantic_core import ValidationError
 from rich.console import Console
 
-from hetsim import api
 from hetsim.errors import InputError
-from hetsim.hardware import list_rigs, load_rig, rig_to_dict
-from hetsim.models import get_model, list_models
-from hetsim.models.spec import LOSSY_DTYPES
-from hetsim.report import (
-    compare_document,
-    model_dict,
-    model_table,
-    models_table,
-    plan_summary_table,
-    results_table,
-    rig_tables,
-    rigs_table,
-)
-from hetsim.sim.result import Result
-from hetsim.sim.run import simulate as run_plan
-from hetsim.strategies.base import all_strategies, get_strategy
-from hetsim.units import UnitError, parse_bytes
+
+if TYPE_CHECKING:
+    from hetsim import api
+    from hetsim.sim.result import Result
+
+# The simulator (api, hardware, models, report, strategies: pydantic, the catalogue, numpy) is
+# imported inside the commands that use it, so `hetsim --help` and bad flags answer at once.
 
 # typer >= 0.20 vendors click (typer._click); older typer uses click itself. Find the classes either way.
 _cx = sys.modules[typer.BadParameter.__module__]
@@ -103,6 +92,9 @@ def _problem(
     gpu_mem_budget: str | None = None,
     dtype: str | None = None,
 ) -> api.Problem:
+    from hetsim import api
+    from hetsim.units import UnitError, parse_bytes
+
     _positive(batch=batch, prompt_len=prompt_len, gen_len=gen_len)
     budget = None
     if gpu_mem_budget is not None:
@@ -129,6 +121,10 @@ def _print_json(obj: Any) -> None:
 
 
 def _emit_results(fmt: str, model: str, hardware: str, workload: Any, results: Sequence[Result]) -> None:
+    from hetsim import api
+    from hetsim.models.spec import LOSSY_DTYPES
+    from hetsim.report import compare_document, results_table
+
     if fmt == "json":
         _print_json(compare_document(model, hardware, workload, results))
     elif fmt == "csv":
@@ -169,6 +165,9 @@ BudgetOpt = typer.Option(
 @model_app.command("list")
 def model_list(fmt: str = typer.Option("table", "--format", help="table | json")) -> None:
     """List the built-in models."""
+    from hetsim.models import get_model, list_models
+    from hetsim.report import model_dict, models_table
+
     _check_format(fmt, ("table", "json"))
     specs = [get_model(n) for n in list_models()]
     if fmt == "json":
@@ -183,6 +182,9 @@ def model_show(
     fmt: str = typer.Option("table", "--format", help="table | json"),
 ) -> None:
     """Shapes, parameter count and fp16 sizes of one model."""
+    from hetsim.models import get_model
+    from hetsim.report import model_dict, model_table
+
     _check_format(fmt, ("table", "json"))
     spec = get_model(model)
     if fmt == "json":
@@ -195,6 +197,9 @@ def model_show(
 @hw_app.command("list")
 def hw_list(fmt: str = typer.Option("table", "--format", help="table | json")) -> None:
     """List the shipped rigs."""
+    from hetsim.hardware import list_rigs, load_rig
+    from hetsim.report import rigs_table
+
     _check_format(fmt, ("table", "json"))
     rows: list[tuple[str, Any]] = []
     for name in list_rigs():
@@ -221,6 +226,9 @@ def hw_show(
     fmt: str = typer.Option("table", "--format", help="table | json"),
 ) -> None:
     """Devices, disks, links and price of a rig, with the weakest evidence grade of each."""
+    from hetsim.hardware import load_rig, rig_to_dict
+    from hetsim.report import rig_tables
+
     _check_format(fmt, ("table", "json"))
     r = load_rig(rig)
     summary = rig_to_dict(r)
@@ -249,6 +257,9 @@ def compare(
     dtype: str | None = DtypeOpt,
 ) -> None:
     """Every strategy's best plan on this rig, ranked by the objective (winner first)."""
+    from hetsim import api
+    from hetsim.strategies.base import all_strategies
+
     _check_format(fmt)
     obj = api.check_objective(objective)
     p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype)
@@ -288,6 +299,10 @@ def plan(
     dtype: str | None = DtypeOpt,
 ) -> None:
     """Search the best plan (of one strategy, or of all: the winner) and write it as JSON."""
+    from hetsim import api
+    from hetsim.report import plan_summary_table, results_table
+    from hetsim.strategies.base import all_strategies, get_strategy
+
     _check_format(fmt, ("table", "json"))
     obj = api.check_objective(objective)
     p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype)
@@ -321,12 +336,18 @@ def simulate(
     plan_path: Path = typer.Option(..., "--plan", help="A plan JSON written by `hetsim plan --out`."),
     trace: Path | None = typer.Option(None, "--trace", help="Write a Chrome trace of the run."),
     fmt: str = typer.Option("table", "--format", help="table | json | csv"),
+    exact: bool = typer.Option(
+        False, "--exact", help="Simulate every decode step (long generations are fast-forwarded)."
+    ),
 ) -> None:
     """Run exactly the plan in a plan file."""
+    from hetsim import api
+    from hetsim.sim.run import simulate as run_plan
+
     _check_format(fmt)
     p, strategy, plan_obj = api.load_plan(plan_path)
     result = run_plan(
-        strategy, plan_obj, p.rig, p.model, p.workload, trace_path=str(trace) if trace else None
+        strategy, plan_obj, p.rig, p.model, p.workload, trace_path=str(trace) if trace else None, exact=exact
     )
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result])
     if trace and fmt == "table":

@@ -43,6 +43,12 @@ def context_reason(model: ModelSpec, context_len: int) -> str | None:
     return None
 
 
+# Fast-forward of long generations (see ``fast_forward``): decode tokens simulated at each end of the
+# KV range, and the shortest generation that is fast-forwarded rather than run step by step.
+FF_SAMPLE = 16
+FF_MIN_GEN_LEN = 4 * FF_SAMPLE
+
+
 def simulate(
     strategy: Runnable,
     plan: Any,
@@ -51,12 +57,33 @@ def simulate(
     workload: Workload,
     *,
     trace_path: str | None = None,
+    exact: bool = False,
 ) -> Result:
-    """Simulate ``plan``; an out-of-memory or unroutable plan is an infeasible result, not a crash."""
+    """Simulate ``plan``; an out-of-memory or unroutable plan is an infeasible result, not a crash.
+
+    Generations longer than ``FF_MIN_GEN_LEN`` tokens are fast-forwarded (``fast_forward``) unless
+    ``exact`` is set or a trace is asked for; ``exact`` runs every decode step."""
     plan_dict = strategy.plan_to_dict(plan)
     too_long = context_reason(model, workload.context_len)
     if too_long:
         return Result.infeasible(strategy.name, too_long, plan_dict)
+    if not exact and trace_path is None and workload.gen_len > FF_MIN_GEN_LEN:
+        result = fast_forward(strategy, plan, rig, model, workload)
+        if result is not None:
+            return result
+    return _step_by_step(strategy, plan, rig, model, workload, trace_path)[0]
+
+
+def _step_by_step(
+    strategy: Runnable,
+    plan: Any,
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    trace_path: str | None = None,
+) -> tuple[Result, list[tuple[float, int]]]:
+    """Every step in the engine: the result and the token times (when, how many)."""
+    plan_dict = strategy.plan_to_dict(plan)
     engine = Engine(rig, trace=trace_path is not None)
     try:
         for device, tags in strategy.footprint(plan, rig, model, workload).items():
@@ -64,11 +91,11 @@ def simulate(
                 engine.alloc(device, nbytes, tag)
         makespan = engine.run(strategy.schedule(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
-        return Result.infeasible(strategy.name, str(exc), plan_dict)
+        return Result.infeasible(strategy.name, str(exc), plan_dict), []
     if trace_path is not None and engine.tracer is not None:
         engine.tracer.write(trace_path)
     result = summarize(strategy.name, plan_dict, engine, makespan, workload, strategy.devices(plan))
-    return replace(result, lossy=strategy.lossy(plan))
+    return replace(result, lossy=strategy.lossy(plan)), engine.token_times
 
 
 def summarize(
@@ -121,3 +148,87 @@ def first_token_time(token_times: list[tuple[float, int]], batch: int) -> float:
         if seen >= batch:
             return t
     return token_times[-1][0]
+
+
+def fast_forward(
+    strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload
+) -> Result | None:
+    """A long generation from two short runs of ``g = FF_SAMPLE`` tokens: the head (the real prompt:
+    prefill and the first decode steps, simulated as they are) and the tail (a prompt of
+    ``prompt_len + gen_len - g``, so its decode steps read the KV lengths the full run ends with, and
+    its context is the full one).
+
+    A decode step's cost depends on the step only through its KV length, and nearly linearly (the
+    attention's KV bytes and FLOPs grow by one token per step). Each run's steady step time is read
+    from its second half (the time from the ``g/2``-th round of tokens to the last, per round), which
+    leaves out start-up effects (pipeline fill, micro-batch offsets); the full run is the head, then
+    ``gen_len - g`` steps at the step time interpolated between the two at their mean KV length.
+    TTFT is the head's, exactly. Memory is exact: peaks and feasibility come from the full
+    workload's footprint (schedules allocate nothing while they run). Utilization is the head's busy
+    time plus the rest at the tail's occupancy (approximate).
+
+    Returns None (run step by step) when a sample is infeasible although the full footprint fits
+    (the tail's long prompt needs a larger prefill workspace) or gives no steady step time."""
+    g, n, h = FF_SAMPLE, workload.gen_len, FF_SAMPLE // 2
+    plan_dict = strategy.plan_to_dict(plan)
+    ledger = Engine(rig)
+    try:
+        for device, tags in strategy.footprint(plan, rig, model, workload).items():
+            for tag, nbytes in tags.items():
+                ledger.alloc(device, nbytes, tag)
+    except (OutOfMemory, NoRouteError) as exc:
+        return Result.infeasible(strategy.name, str(exc), plan_dict)
+    head, head_times = _step_by_step(strategy, plan, rig, model, replace(workload, gen_len=g))
+    tail_workload = replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g)
+    tail, tail_times = _step_by_step(strategy, plan, rig, model, tail_workload)
+    if not (head.feasible and tail.feasible):
+        return None
+    # Rounds of tokens (one per sequence): the head's rounds 1..g-1 as simulated; the full run's
+    # rounds g..n-1 at the steady step time; its last round (a schedule may end differently, e.g.
+    # with no prefetch) as the tail's last. Steady step times come from rounds h..g-1 of each run.
+    b = workload.batch
+    times = [_round_time(head_times, b, r) for r in (h, g - 1)] + [
+        _round_time(tail_times, b, r) for r in (h, g - 1, g)
+    ]
+    if any(t is None for t in times) or not (times[0] < times[1] and times[2] < times[3]):
+        return None
+    head_h, head_last, tail_h, tail_before_last, tail_last = times
+    step_head = (head_last - head_h) / (g - 1 - h)
+    step_tail = (tail_before_last - tail_h) / (g - 1 - h)
+    # the head's measured steps read KV lengths P+h..P+g-2, the tail's n-g further; the steps to
+    # add (rounds g..n-1) read P+g-1..P+n-2: their mean sits this far from the head's to the tail's
+    frac = (n - h - 1) / (2 * (n - g))
+    e2e = head_last + (n - g) * (step_head + frac * (step_tail - step_head)) + (tail_last - tail_before_last)
+    tokens = head.extras["tokens"] * n / g
+    # busy seconds: the head's, then the remaining time at the tail's occupancy
+    lanes = sorted(set(head.utilization) | set(tail.utilization))
+    util = {
+        k: (head.utilization.get(k, 0.0) * head.e2e_s + tail.utilization.get(k, 0.0) * (e2e - head.e2e_s))
+        / e2e
+        for k in lanes
+    }
+    bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
+    labelled = [b for b in (tail.bottleneck, head.bottleneck) if b.split(" (")[0] == bottleneck]
+    price = head.extras["price_usd_per_hour"]
+    return replace(
+        head,
+        tpot_s=(e2e - head.ttft_s) / (n - 1),
+        e2e_s=e2e,
+        throughput_tok_s=tokens / e2e,
+        peak_mem_bytes=ledger.memory.peaks(),
+        utilization=util,
+        bottleneck=labelled[0] if labelled else bottleneck,
+        cost_usd_per_mtok=usd_per_mtok(price, e2e, tokens) if tokens and price > 0 else float("nan"),
+        tasks=head.tasks + tail.tasks,
+        extras={**head.extras, "tokens": tokens, "fast_forward_sample": float(g)},
+    )
+
+
+def _round_time(token_times: list[tuple[float, int]], batch: int, rounds: int) -> float | None:
+    """When ``rounds`` tokens of every sequence exist (a schedule may finish a round in groups)."""
+    seen = 0
+    for t, count in token_times:
+        seen += count
+        if seen >= rounds * batch:
+            return t
+    return None

@@ -1,0 +1,127 @@
+"""Fast-forwarded decode (``simulate``'s default past ``FF_MIN_GEN_LEN`` tokens) against the
+step-by-step run (``exact=True``): within 0.5% on TTFT, TPOT and throughput, the same feasibility
+and the same memory peaks, over random shapes, strategies and rigs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hetsim.hardware import load_rig
+from hetsim.models import get_model
+from hetsim.sim import run as run_mod
+from hetsim.sim.run import FF_MIN_GEN_LEN, simulate
+from hetsim.strategies.base import all_strategies, get_strategy
+from hetsim.workload import Workload
+
+TOL = 0.005
+RIGS = [
+    "mixed-lab",
+    "hetegen-a10",
+    "flexgen-t4",
+    "hexgen-homogeneous",
+    "cputp-4x8575c",
+    "ktransformers-1s",
+    "a100-80g-measured",
+    "h100-sxm-measured",
+]
+MODELS = ["opt-6.7b", "llama2-7b", "llama3-8b", "opt-13b", "llama2-13b", "mixtral-8x7b", "qwen3-30b-a3b"]
+STRATEGIES = sorted(s.name for s in all_strategies())
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=TOL, abs_tol=1e-12)
+
+
+def _check(strategy_name: str, rig_name: str, model_name: str, workload: Workload) -> bool:
+    """Compare the two modes; False when the strategy does not apply (nothing to compare)."""
+    strategy, rig, model = get_strategy(strategy_name), load_rig(rig_name), get_model(model_name)
+    if strategy.applicable(rig, model, workload):
+        return False
+    plan = strategy.default_plan(rig, model, workload)
+    exact = simulate(strategy, plan, rig, model, workload, exact=True)
+    fast = simulate(strategy, plan, rig, model, workload)
+    assert fast.feasible == exact.feasible, (exact.reason, fast.reason)
+    if exact.feasible:
+        assert _close(fast.ttft_s, exact.ttft_s)
+        assert _close(fast.tpot_s, exact.tpot_s)
+        assert _close(fast.throughput_tok_s, exact.throughput_tok_s)
+        assert fast.peak_mem_bytes == exact.peak_mem_bytes
+        assert fast.extras["tokens"] == exact.extras["tokens"]
+        assert fast.tasks < exact.tasks  # it did skip work
+    return True
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(
+    strategy=st.sampled_from(STRATEGIES),
+    rig=st.sampled_from(RIGS),
+    model=st.sampled_from(MODELS),
+    batch=st.integers(1, 8),
+    prompt=st.integers(8, 1024),
+    gen=st.integers(FF_MIN_GEN_LEN + 1, 160),
+)
+def test_fast_forward_matches_every_step(strategy, rig, model, batch, prompt, gen):
+    _check(strategy, rig, model, Workload(batch, prompt, gen))
+
+
+@pytest.mark.parametrize(
+    ("strategy", "rig", "model", "batch", "prompt", "gen"),
+    [
+        ("flexgen", "mixed-lab", "llama2-7b", 1, 512, 200),  # last step differs (no prefetch)
+        ("hexgen", "hexgen-homogeneous", "llama2-13b", 8, 512, 300),  # micro-batches finish in groups
+        ("gpu-only", "mixed-lab", "llama2-13b", 4, 128, 300),
+        ("hetegen", "hetegen-a10", "opt-13b", 2, 256, 100),
+        ("deepspeed", "mixed-lab", "llama2-13b", 4, 64, 400),
+        ("cpu-tp", "cputp-4x8575c", "llama2-7b", 2, 32, 250),
+        ("moe-offload", "ktransformers-1s", "mixtral-8x7b", 1, 256, 120),
+    ],
+)
+def test_fast_forward_matches_every_step_on_known_cases(strategy, rig, model, batch, prompt, gen):
+    assert _check(strategy, rig, model, Workload(batch, prompt, gen))
+
+
+def test_out_of_memory_at_the_full_context_is_kept():
+    """The KV cache of the full generation decides feasibility, not the short samples'."""
+    strategy, rig, model = get_strategy("gpu-only"), load_rig("mixed-lab"), get_model("llama2-7b")
+    short, long = Workload(64, 128, 80), Workload(64, 128, 3900)
+    plan = strategy.default_plan(rig, model, short)
+    assert simulate(strategy, plan, rig, model, short, exact=True).feasible
+    exact = simulate(strategy, plan, rig, model, long, exact=True)
+    fast = simulate(strategy, plan, rig, model, long)
+    assert not exact.feasible and not fast.feasible
+    assert fast.reason == exact.reason
+
+
+def test_short_generations_traces_and_exact_run_every_step(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(run_mod, "fast_forward", lambda *a: calls.append(a) or None)
+    strategy, rig, model = get_strategy("gpu-only"), load_rig("mixed-lab"), get_model("llama2-7b")
+    plan = strategy.default_plan(rig, model, Workload(1, 64, 100))
+    simulate(strategy, plan, rig, model, Workload(1, 64, FF_MIN_GEN_LEN))
+    simulate(strategy, plan, rig, model, Workload(1, 64, 100), exact=True)
+    simulate(strategy, plan, rig, model, Workload(1, 64, 100), trace_path=str(tmp_path / "t.json"))
+    assert not calls
+    r = simulate(strategy, plan, rig, model, Workload(1, 64, 100))
+    assert len(calls) == 1 and r.feasible  # a fast-forward that declines falls back to every step
+    assert "fast_forward_sample" not in r.extras
+
+
+def test_cli_simulate_exact_runs_every_step(tmp_path, capsys):
+    from hetsim.cli.commands import main
+
+    plan = tmp_path / "plan.json"
+    args = ["--model", "llama2-7b", "--hw", "mixed-lab", "--strategy", "gpu-only", "--gen-len", "100"]
+    assert main(["plan", *args, "--out", str(plan), "--format", "json"]) == 0
+    capsys.readouterr()
+    docs = []
+    for extra in ([], ["--exact"]):
+        assert main(["simulate", "--plan", str(plan), "--format", "json", *extra]) == 0
+        docs.append(json.loads(capsys.readouterr().out)["results"][0])
+    fast, exact = docs
+    assert fast["tasks"] < exact["tasks"]
+    assert math.isclose(fast["tpot_s"], exact["tpot_s"], rel_tol=TOL)

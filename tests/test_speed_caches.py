@@ -1,0 +1,51 @@
+"""Caches that make the engine and the planners faster change no number: each run here is compared
+to the bit with the same run with the cache switched off."""
+
+from __future__ import annotations
+
+import pytest
+
+from hetsim import api
+from hetsim.sim import engine as engine_mod
+from hetsim.sim.engine import Engine
+
+
+def _uncached_lockstep(self, devices, work, repeat):
+    return self._lockstep_compute(devices, work, repeat)
+
+
+def _bits(results):
+    """Every field to the last bit (repr: NaN costs compare equal, floats round-trip exactly)."""
+    return [repr(r) for r in results]
+
+
+@pytest.mark.parametrize(
+    ("model", "rig", "strategies"),
+    [
+        ("llama2-70b", "hexgen-homogeneous", ["hexgen"]),
+        ("qwen-72b", "cputp-4x8575c", ["cpu-tp"]),
+        ("llama2-13b", "mixed-lab", ["accelerate", "layer-offload", "deepspeed"]),
+    ],
+)
+def test_lockstep_cache_changes_no_result(monkeypatch, model, rig, strategies):
+    p = api.problem(model, rig, 2, 128, 8)
+    cached = api.compare(p, strategies)
+    monkeypatch.setattr(Engine, "_lockstep_fixed", _uncached_lockstep)
+    assert _bits(api.compare(p, strategies)) == _bits(cached)
+    assert any(r.feasible for r in cached)
+
+
+def test_serving_is_bit_identical_without_the_lockstep_cache(monkeypatch):
+    args = dict(rate=1.0, num_requests=30, slo_scale=5.0, seed=3)
+    cached = api.serve("llama2-7b", "hexgen-half-budget", **args)
+    monkeypatch.setattr(Engine, "_lockstep_fixed", _uncached_lockstep)
+    assert repr(api.serve("llama2-7b", "hexgen-half-budget", **args)) == repr(cached)
+    assert cached["feasible"]
+
+
+def test_lockstep_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(engine_mod, "_LOCKSTEP_CACHE_MAX", 2)
+    p = api.problem("llama2-70b", "hexgen-homogeneous", 1, 64, 6)
+    bounded = api.compare(p, ["hexgen"], search=False)
+    monkeypatch.setattr(Engine, "_lockstep_fixed", _uncached_lockstep)
+    assert _bits(api.compare(p, ["hexgen"], search=False)) == _bits(bounded)
