@@ -56,11 +56,13 @@ class ReplicaServer:
     on_first: Callable[[Request, float], None]
     on_done: Callable[[Request, float], None]
     static: bool = False  # HexGen: a loop admits a batch only when empty (no continuous batching)
-    admit: Callable[[Request, float], bool] | None = None  # False: drop the request unserved
+    # admit(request, now, busy loops): False drops the request unserved
+    admit: Callable[[Request, float, int], bool] | None = None
     on_drop: Callable[[Request, float], None] | None = None
     queue: deque[Request] = field(default_factory=deque)
     waiting_loops: list = field(default_factory=list)
     outstanding: int = 0  # queued + running
+    busy_loops: int = 0  # loops with a batch running
 
     @property
     def loops(self) -> int:
@@ -102,7 +104,7 @@ class ReplicaServer:
                 self.queue and len(running) + len(new) < self.plan.max_batch and not (self.static and running)
             ):
                 req = self.queue.popleft()
-                if self.admit is not None and not self.admit(req, engine.env.now):
+                if self.admit is not None and not self.admit(req, engine.env.now, self.busy_loops):
                     self.outstanding -= 1
                     if self.on_drop is not None:
                         self.on_drop(req, engine.env.now)
@@ -110,6 +112,8 @@ class ReplicaServer:
                 new.append(Running(req))
             if not running and not new:
                 continue
+            if not running:
+                self.busy_loops += 1
             if new:
                 seq = bucket(sum(r.request.prompt_len for r in new) / len(new), PROMPT_BUCKET)
                 yield from self._step(engine, "prefill", len(new), seq, seq)
@@ -130,3 +134,5 @@ class ReplicaServer:
                 else:
                     still.append(r)
             running = still
+            if not running:
+                self.busy_loops -= 1

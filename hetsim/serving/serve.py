@@ -15,12 +15,13 @@ from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.spec import ModelSpec
 from hetsim.serving.batching import ReplicaServer, in_flight
 from hetsim.serving.dispatcher import Dispatcher
+from hetsim.serving.estimate import predicted_latency, replica_times
 from hetsim.serving.metrics import RequestRecord, ServeResult
 from hetsim.serving.workload import Request, poisson_requests
 from hetsim.sim.engine import Engine
 from hetsim.sim.memory import OutOfMemory
 from hetsim.strategies.hexgen import HexGenPlan, check_plan, replica_footprint
-from hetsim.strategies.pipeline_costs import request_latency, step_time
+from hetsim.strategies.pipeline_costs import step_time
 
 MODES = ("continuous", "hexgen")  # continuous batching (default) | HexGen's static batches
 
@@ -50,10 +51,11 @@ def serve_plan(
     per in-flight batch is allocated up front (out of memory -> infeasible result).
 
     ``mode="hexgen"``: HexGen's runtime, static batches run to completion (``ReplicaServer.static``).
-    ``drop_late`` (needs ``deadlines``, one per request in order): a request whose arrival plus
-    deadline is earlier than when it is taken from the queue plus its uncontended single-request
-    latency on that replica is dropped, unserved, as HexGen's serving simulator does; it counts as
-    missing its deadline. The prediction ignores contention, so a kept request may still miss."""
+    ``drop_late`` (needs ``deadlines``, one per request in order): a request is dropped, unserved,
+    when it is taken from the queue and would not finish by its arrival plus deadline, as HexGen's
+    serving simulator does; it counts as missing its deadline. The prediction is the estimate's
+    (``hetsim.serving.estimate.predicted_latency``: alone, or sharing the busiest stage with the
+    batches already running there), so a kept request may still miss."""
     check_plan(plan, rig, model)
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r} (use {', '.join(MODES)})", field="--mode")
@@ -141,16 +143,15 @@ def serve_plan(
 def _late_filter(
     rig: Rig, model: ModelSpec, plan: HexGenPlan, due: dict[int, float], where: dict[int, int]
 ) -> Callable[[Request, float], bool]:
-    """``admit(request, now)`` for ``drop_late``: keep it when it can still finish by its due time."""
+    """``admit(request, now, busy)`` for ``drop_late``: keep it when it can still finish in time."""
     dt = {"weight_dtype": plan.weight_dtype, "kv_dtype": plan.kv_dtype}
-    cache: dict[tuple[int, int, int], float] = {}
+    cache: dict[tuple[int, int, int], tuple[float, float]] = {}
 
-    def admit(r: Request, now: float) -> bool:
+    def admit(r: Request, now: float, busy: int) -> bool:
         key = (where[r.rid], r.prompt_len, r.output_len)
         if key not in cache:
-            stages = plan.replicas[key[0]].stages
-            cache[key] = request_latency(rig, stages, model, r.prompt_len, r.output_len, **dt)
-        return now + cache[key] <= due[r.rid] * (1 + 1e-12)
+            cache[key] = replica_times(rig, model, plan.replicas[key[0]], r.prompt_len, r.output_len, **dt)
+        return now + predicted_latency(*cache[key], busy + 1) <= due[r.rid] * (1 + 1e-12)
 
     return admit
 
