@@ -299,14 +299,22 @@ def serve(
     symmetric: bool = False,
     dispatch: str = "least-latency",
     seed: int = 0,
+    mode: str = "continuous",
+    drop_late: bool = False,
 ) -> dict[str, Any]:
     """A request stream (Poisson at ``rate``, or a CSV ``trace``) served on the rig under the HexGen
     plan with the best SLO attainment; the JSON document of ``hetsim serve``. ``feasible`` is False
-    (with a ``reason``) when no plan fits. Flags are checked here and named in errors."""
+    (with a ``reason``) when no plan fits. Flags are checked here and named in errors. ``mode``:
+    ``continuous`` batching or ``hexgen`` (HexGen's static batches); ``drop_late`` drops a request
+    that would miss its deadline (HexGen's simulator), which needs ``slo`` or ``slo_scale``."""
     from hetsim.planner.hexgen_cpsat import reference_plan, search_serving
-    from hetsim.serving.serve import Reference, attainment_at, deadlines_for, max_rate
+    from hetsim.serving.serve import MODES, Reference, attainment_at, deadlines_for, max_rate
 
     _check_serve_flags(dispatch, max_batch, target, slo, slo_scale, duration, num_requests)
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r} (use {', '.join(MODES)})", field="--mode")
+    if drop_late and slo is None and slo_scale is None:
+        raise InputError("--drop-late needs --slo or --slo-scale", field="--drop-late")
     spec, rig = get_model(model), load_rig(hw)
     reqs = _serve_requests(rate, duration, num_requests, trace, seed)
     longest = max(reqs, key=lambda r: r.prompt_len + r.output_len)
@@ -326,7 +334,15 @@ def serve(
         raise InputError("--max-rate needs --slo or --slo-scale", field="--max-rate")
     try:
         found = search_serving(
-            rig, spec, reqs, deadlines, symmetric=symmetric, max_batch=max_batch, dispatch=dispatch
+            rig,
+            spec,
+            reqs,
+            deadlines,
+            symmetric=symmetric,
+            max_batch=max_batch,
+            dispatch=dispatch,
+            mode=mode,
+            drop_late=drop_late,
         )
     except NoRouteError as exc:
         return {"feasible": False, "reason": str(exc)}
@@ -350,6 +366,8 @@ def serve(
                 slo_scale=slo_scale,
                 reference=reference,
                 dispatch=dispatch,
+                mode=mode,
+                drop_late=drop_late,
             ),
             target,
             lo=0.05,

@@ -35,12 +35,19 @@ def serve(
     max_batch: int = typer.Option(8, "--max-batch", help="Sequences per in-flight batch."),
     symmetric: bool = typer.Option(False, "--symmetric", help="Uniform TP x PP baseline plans only."),
     dispatch: str = typer.Option(
-        "least-latency", "--dispatch", help="least-latency | weighted | round-robin"
+        "least-latency", "--dispatch", help="least-latency | weighted | round-robin | earliest-available"
+    ),
+    mode: str = typer.Option(
+        "continuous", "--mode", help="continuous (batching) | hexgen (static batches, HexGen's runtime)"
+    ),
+    drop_late: bool = typer.Option(
+        False, "--drop-late", help="Drop a request that would miss its deadline (HexGen's simulator)."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the arrival process."),
     fmt: str = typer.Option("table", "--format", help="table | json"),
 ) -> None:
-    """Simulate online serving: Poisson or trace arrivals, continuous batching, SLO attainment."""
+    """Simulate online serving: Poisson or trace arrivals, continuous batching (or HexGen's static
+    batches, --mode hexgen), SLO attainment."""
     from hetsim import api
 
     if fmt not in ("table", "json"):
@@ -61,6 +68,8 @@ def serve(
         symmetric=symmetric,
         dispatch=dispatch,
         seed=seed,
+        mode=mode,
+        drop_late=drop_late,
     )
     if not doc["feasible"]:
         sys.stderr.write(f"error: {doc['reason']}\n")
@@ -97,7 +106,15 @@ def _print_table(doc: dict[str, Any]) -> None:
         for rep in doc["plan"]["replicas"]
     )
     console.print(f"plan: {len(doc['plan']['replicas'])} replicas: {shape}", highlight=False)
-    keys = ("slo_attainment", "max_rate", "throughput_tok_s", "cost_usd_per_mtok", "price_usd_per_hour")
+    keys = (
+        "mode",
+        "dropped",
+        "slo_attainment",
+        "max_rate",
+        "throughput_tok_s",
+        "cost_usd_per_mtok",
+        "price_usd_per_hour",
+    )
     for key in (*keys, "rig_cost_usd_per_mtok", "rig_price_usd_per_hour"):
         if key in doc:
             console.print(f"{key}: {_fmt(doc[key])}", highlight=False)

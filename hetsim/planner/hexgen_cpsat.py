@@ -566,6 +566,8 @@ def search_serving(
     max_batch: int = 8,
     max_candidates: int = 6,
     dispatch: str = "least-latency",
+    mode: str = "continuous",
+    drop_late: bool = False,
 ):
     """The candidate with the best SLO attainment on ``requests`` (mean latency breaks ties; with no
     deadlines, the lowest mean latency), each confirmed by a serving run in the engine.
@@ -587,7 +589,16 @@ def search_serving(
     for cand in candidates(
         rig, model, demand, symmetric=symmetric, max_candidates=max_candidates, max_batch=max_batch
     ):
-        res = serve_plan(cand.plan, rig, model, requests, dispatch=dispatch)
+        res = serve_plan(
+            cand.plan,
+            rig,
+            model,
+            requests,
+            dispatch=dispatch,
+            mode=mode,
+            deadlines=deadlines,
+            drop_late=drop_late,
+        )
         if not res.feasible:
             continue
         mean = float(res.latencies().mean())

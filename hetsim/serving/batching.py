@@ -7,6 +7,12 @@ waits for the replica up to ``max_batch`` sequences; an iteration is either a pr
 admitted requests (their first token) or one decode step of every running request (prefill first,
 as vLLM does). Per-step costs are the engine's: ``pipeline_pass`` books every stage's lockstep task
 and every pipeline send.
+
+HexGen's runtime (``static=True``; HexGen, arXiv 2311.11514, and its repo Relaxed-System-Lab/HexGen)
+has no continuous batching: a loop admits a batch only when its previous one has finished, and the
+batch runs to completion. Batches in different loops still overlap stage by stage (stage k works on
+batch n+1 while stage k+1 works on batch n). ``admit`` may refuse a request when it is taken from
+the queue (HexGen's simulator drops a request that would miss its deadline); ``on_drop`` records it.
 """
 
 from __future__ import annotations
@@ -49,9 +55,14 @@ class ReplicaServer:
     model: ModelSpec
     on_first: Callable[[Request, float], None]
     on_done: Callable[[Request, float], None]
+    static: bool = False  # HexGen: a loop admits a batch only when empty (no continuous batching)
+    # admit(request, now, busy loops): False drops the request unserved
+    admit: Callable[[Request, float, int], bool] | None = None
+    on_drop: Callable[[Request, float], None] | None = None
     queue: deque[Request] = field(default_factory=deque)
     waiting_loops: list = field(default_factory=list)
     outstanding: int = 0  # queued + running
+    busy_loops: int = 0  # loops with a batch running
 
     @property
     def loops(self) -> int:
@@ -89,8 +100,20 @@ class ReplicaServer:
                 yield wake
                 continue
             new: list[Running] = []
-            while self.queue and len(running) + len(new) < self.plan.max_batch:
-                new.append(Running(self.queue.popleft()))
+            while (
+                self.queue and len(running) + len(new) < self.plan.max_batch and not (self.static and running)
+            ):
+                req = self.queue.popleft()
+                if self.admit is not None and not self.admit(req, engine.env.now, self.busy_loops):
+                    self.outstanding -= 1
+                    if self.on_drop is not None:
+                        self.on_drop(req, engine.env.now)
+                    continue
+                new.append(Running(req))
+            if not running and not new:
+                continue
+            if not running:
+                self.busy_loops += 1
             if new:
                 seq = bucket(sum(r.request.prompt_len for r in new) / len(new), PROMPT_BUCKET)
                 yield from self._step(engine, "prefill", len(new), seq, seq)
@@ -111,3 +134,5 @@ class ReplicaServer:
                 else:
                     still.append(r)
             running = still
+            if not running:
+                self.busy_loops -= 1

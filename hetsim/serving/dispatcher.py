@@ -5,7 +5,10 @@
   the waves of batches ahead of it once its in-flight batches are full. Decode is parameter-scan
   bound, so joining a running batch on a fast replica usually beats an idle slow one;
 - ``weighted``: fewest outstanding requests per unit of replica speed (join-the-shortest-queue);
-- ``round-robin``: HexGen's coordinator (HexGen, arXiv 2311.11514).
+- ``round-robin``: HexGen's coordinator (HexGen, arXiv 2311.11514);
+- ``earliest-available``: HexGen's serving simulator (the replica whose clock frees first): the
+  fewest waves of full batches ahead of the request, times the replica's decode step; among
+  replicas with a free slot now, the fastest.
 Ties go to the lowest replica index, so runs are deterministic.
 """
 
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 from hetsim.errors import InputError
 from hetsim.serving.batching import ReplicaServer
 
-POLICIES = ("least-latency", "weighted", "round-robin")
+POLICIES = ("least-latency", "weighted", "round-robin", "earliest-available")
 
 
 class Dispatcher:
@@ -39,11 +42,18 @@ class Dispatcher:
         waves = math.ceil(n / (s.plan.max_batch * s.loops))
         return self.step_times[s.index][per_loop - 1] * waves
 
+    def wait(self, s: ReplicaServer) -> float:
+        """Predicted wait before a new request starts: whole waves of full batches ahead of it."""
+        waves_ahead = s.outstanding // (s.plan.max_batch * s.loops)
+        return waves_ahead * self.step_times[s.index][0]
+
     def choose(self) -> ReplicaServer:
         if self.policy == "round-robin":
             s = self.servers[self._next % len(self.servers)]
             self._next += 1
             return s
+        if self.policy == "earliest-available":
+            return min(self.servers, key=lambda s: (self.wait(s), self.step_times[s.index][0], s.index))
         if self.policy == "weighted":
             return min(
                 self.servers, key=lambda s: ((s.outstanding + 1) * self.step_times[s.index][0], s.index)

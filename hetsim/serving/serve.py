@@ -10,16 +10,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from hetsim.costs.pricing import price_of
+from hetsim.errors import InputError
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.spec import ModelSpec
 from hetsim.serving.batching import ReplicaServer, in_flight
 from hetsim.serving.dispatcher import Dispatcher
+from hetsim.serving.estimate import predicted_latency, replica_times
 from hetsim.serving.metrics import RequestRecord, ServeResult
 from hetsim.serving.workload import Request, poisson_requests
 from hetsim.sim.engine import Engine
 from hetsim.sim.memory import OutOfMemory
 from hetsim.strategies.hexgen import HexGenPlan, check_plan, replica_footprint
 from hetsim.strategies.pipeline_costs import step_time
+
+MODES = ("continuous", "hexgen")  # continuous batching (default) | HexGen's static batches
 
 
 def decode_step_times(rig: Rig, model: ModelSpec, plan: HexGenPlan, context: int) -> list[list[float]]:
@@ -39,10 +43,24 @@ def serve_plan(
     *,
     dispatch: str = "least-latency",
     horizon_s: float | None = None,
+    mode: str = "continuous",
+    deadlines: Sequence[float] | np.ndarray | None = None,
+    drop_late: bool = False,
 ) -> ServeResult:
     """Every request through the engine; memory for weights and the KV of ``max_batch`` sequences
-    per in-flight batch is allocated up front (out of memory -> infeasible result)."""
+    per in-flight batch is allocated up front (out of memory -> infeasible result).
+
+    ``mode="hexgen"``: HexGen's runtime, static batches run to completion (``ReplicaServer.static``).
+    ``drop_late`` (needs ``deadlines``, one per request in order): a request is dropped, unserved,
+    when it is taken from the queue and would not finish by its arrival plus deadline, as HexGen's
+    serving simulator does; it counts as missing its deadline. The prediction is the estimate's
+    (``hetsim.serving.estimate.predicted_latency``: alone, or sharing the busiest stage with the
+    batches already running there), so a kept request may still miss."""
     check_plan(plan, rig, model)
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r} (use {', '.join(MODES)})", field="--mode")
+    if drop_late and deadlines is None:
+        raise InputError("--drop-late needs --slo or --slo-scale", field="--drop-late")
     engine = Engine(rig)
     if not requests:
         return ServeResult(False, "no requests")
@@ -60,6 +78,11 @@ def serve_plan(
     first: dict[int, float] = {}
     finish: dict[int, float] = {}
     where: dict[int, int] = {}
+    dropped: dict[int, float] = {}
+    admit = None
+    if drop_late:
+        due = {r.rid: r.arrival_s + float(d) for r, d in zip(requests, deadlines, strict=True)}  # type: ignore[arg-type]
+        admit = _late_filter(rig, model, plan, due, where)
     servers = [
         ReplicaServer(
             i,
@@ -68,6 +91,9 @@ def serve_plan(
             model,
             on_first=lambda r, t: first.__setitem__(r.rid, t),
             on_done=lambda r, t: finish.__setitem__(r.rid, t),
+            static=mode == "hexgen",
+            admit=admit,
+            on_drop=lambda r, t: dropped.__setitem__(r.rid, t),
         )
         for i, rep in enumerate(plan.replicas)
     ]
@@ -103,13 +129,31 @@ def serve_plan(
         for r in requests
     )
     makespan = max(finish.values()) if finish else 0.0
+    extras = {"mode": mode, "dropped": len(dropped)} if mode != "continuous" or drop_late else {}
     return ServeResult(
         True,
         records=records,
         makespan_s=makespan,
         price_per_hour=price_of(rig, plan.devices),
         replicas=len(plan.replicas),
+        extras=extras,
     )
+
+
+def _late_filter(
+    rig: Rig, model: ModelSpec, plan: HexGenPlan, due: dict[int, float], where: dict[int, int]
+) -> Callable[[Request, float], bool]:
+    """``admit(request, now, busy)`` for ``drop_late``: keep it when it can still finish in time."""
+    dt = {"weight_dtype": plan.weight_dtype, "kv_dtype": plan.kv_dtype}
+    cache: dict[tuple[int, int, int], tuple[float, float]] = {}
+
+    def admit(r: Request, now: float, busy: int) -> bool:
+        key = (where[r.rid], r.prompt_len, r.output_len)
+        if key not in cache:
+            cache[key] = replica_times(rig, model, plan.replicas[key[0]], r.prompt_len, r.output_len, **dt)
+        return now + predicted_latency(*cache[key], busy + 1) <= due[r.rid] * (1 + 1e-12)
+
+    return admit
 
 
 # ---- deadlines ------------------------------------------------------------------------------------
@@ -201,9 +245,14 @@ def attainment_at(
     slo_scale: float | None = None,
     reference: Reference | None = None,
     dispatch: str = "least-latency",
+    mode: str = "continuous",
+    drop_late: bool = False,
 ) -> float:
     reqs = poisson_requests(rate, n=n, seed=seed)
-    res = serve_plan(plan, rig, model, reqs, dispatch=dispatch)
+    deadlines = deadlines_for(reqs, slo_s=slo_s, slo_scale=slo_scale, reference=reference)
+    res = serve_plan(
+        plan, rig, model, reqs, dispatch=dispatch, mode=mode, deadlines=deadlines, drop_late=drop_late
+    )
     if not res.feasible:
         return 0.0
-    return res.attainment(deadlines_for(reqs, slo_s=slo_s, slo_scale=slo_scale, reference=reference))
+    return res.attainment(deadlines)
