@@ -154,3 +154,52 @@ def test_cli_serve_takes_mode_and_drop_late(capsys):
     assert main([*args, "--mode", "static"]) == 2
     assert main([*args, "--drop-late"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+# ---- the paper's setting: 58 GPUs vs 16 A100s at the same price, under HexGen's runtime ----------
+@pytest.fixture(scope="module")
+def paper_setting():
+    from hetsim.planner.hexgen_study import make_reference, make_study
+
+    l70 = get_model("llama2-70b")
+    ref = make_reference("hexgen-homogeneous", l70, max_batch=1)
+    studies = {
+        n: make_study(n, l70, max_batch=1, max_candidates=3)
+        for n in ("hexgen-homogeneous", "hexgen-full-budget")
+    }
+    return ref, studies
+
+
+def _best(study, ref, rate, scale, length=64):
+    """What paper_figs/hexgen.py --mode hexgen does per point: the best candidate, drop-late."""
+    reqs = poisson_requests(rate, n=60, seed=0, prompt_lens=(length,), output_lens=(length,))
+    dl = scale * ref.latencies(reqs)
+    runs = [
+        serve_plan(p, study.rig, study.model, reqs, mode="hexgen", deadlines=dl, drop_late=True)
+        for p in study.plans
+    ]
+    return max((r.attainment(dl) for r in runs if r.feasible), default=0.0)
+
+
+@pytest.mark.slow
+def test_paper_setting_rate_ratio_is_at_least_2x_under_hexgens_runtime(paper_setting):
+    # issue 17's bar, at one point of paper_figs/hexgen.py --mode hexgen (in/out 64 tokens, deadline
+    # 10x the A100 latency, 99 % attainment): the A100 rig misses at 2.83 req/s, the 58 GPUs meet
+    # 5.66, so the max-rate ratio is at least 2x (the figure's grid reads 2.83x)
+    ref, studies = paper_setting
+    assert _best(studies["hexgen-homogeneous"], ref, 2 * 2**0.5, 10.0) < 0.99
+    assert _best(studies["hexgen-full-budget"], ref, 4 * 2**0.5, 10.0) >= 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="hetsim under HexGen's runtime: up to 2.83x higher rate at equal attainment over lengths "
+    "32/64/128 and deadlines 2x/5x/10x (paper_figs/hexgen.py --mode hexgen, 60 requests) vs the "
+    "paper's up to 4x (HexGen, arXiv 2311.11514); see docs/hexgen.md",
+)
+def test_golden_rate_4x_under_hexgens_runtime(paper_setting):
+    # 4x: the 58 GPUs meet 99 % at four times a rate the A100 rig still meets (2 req/s at 10x)
+    ref, studies = paper_setting
+    assert _best(studies["hexgen-homogeneous"], ref, 2.0, 10.0) >= 0.99
+    assert _best(studies["hexgen-full-budget"], ref, 8.0, 10.0) >= 0.99
