@@ -41,6 +41,21 @@ _LOCKSTEP_CACHE_MAX = 4096
 Schedule = Callable[["Engine"], Generator[simpy.Event, Any, Any]]
 
 
+class _Environment(simpy.Environment):
+    """SimPy's environment, numbering processes in the order they are made: a schedule's token
+    streams (one per process that calls ``token_done``) are then comparable between runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made = 0
+
+    def process(self, generator):  # type: ignore[override]
+        proc = super().process(generator)
+        proc.hetsim_index = self.made  # type: ignore[attr-defined]
+        self.made += 1
+        return proc
+
+
 class Lane:
     """An exclusive FIFO resource whose future is booked ahead (``free_at``)."""
 
@@ -81,7 +96,7 @@ class _LockstepFixed:
 
 class Engine:
     def __init__(self, rig: Rig, *, trace: bool = False, memory_timeline: bool = False):
-        self.env = simpy.Environment()
+        self.env = _Environment()
         self.rig = rig
         self.lanes: dict[str, Lane] = {}
         for dev in rig.devices.values():
@@ -109,6 +124,7 @@ class Engine:
         self.last_end = 0.0  # end time of the task booked last (to queue a follow-up with ``after``)
         self.bytes_transferred = 0.0
         self.token_times: list[tuple[float, int]] = []
+        self.token_streams: list[int] = []  # per token_times entry: the process that made it
         self._op_costs: dict[tuple[str, Op | tuple[Op, ...]], OpCost] = {}
         self._op_costs_by_id: dict[tuple[str, int], tuple[Op | tuple[Op, ...], OpCost]] = {}
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
@@ -378,6 +394,8 @@ class Engine:
     def token_done(self, count: int = 1) -> None:
         """A schedule calls this when ``count`` output tokens exist (one per sequence)."""
         self.token_times.append((self.env.now, count))
+        proc = self.env.active_process
+        self.token_streams.append(getattr(proc, "hetsim_index", -1))
 
     def run(self, schedule: Schedule) -> float:
         """Run a schedule to completion; returns the simulated makespan in seconds."""

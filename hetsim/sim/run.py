@@ -81,21 +81,27 @@ def _step_by_step(
     model: ModelSpec,
     workload: Workload,
     trace_path: str | None = None,
-) -> tuple[Result, list[tuple[float, int]]]:
-    """Every step in the engine: the result and the token times (when, how many)."""
+    book_memory: bool = True,
+) -> tuple[Result, dict[int, list[tuple[float, int]]]]:
+    """Every step in the engine: the result and the token times (when, how many) of each process
+    that made tokens, by the order processes were made."""
     plan_dict = strategy.plan_to_dict(plan)
     engine = Engine(rig, trace=trace_path is not None)
     try:
-        for device, tags in strategy.footprint(plan, rig, model, workload).items():
+        footprint = strategy.footprint(plan, rig, model, workload) if book_memory else {}
+        for device, tags in footprint.items():
             for tag, nbytes in tags.items():
                 engine.alloc(device, nbytes, tag)
         makespan = engine.run(strategy.schedule(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
-        return Result.infeasible(strategy.name, str(exc), plan_dict), []
+        return Result.infeasible(strategy.name, str(exc), plan_dict), {}
     if trace_path is not None and engine.tracer is not None:
         engine.tracer.write(trace_path)
     result = summarize(strategy.name, plan_dict, engine, makespan, workload, strategy.devices(plan))
-    return replace(result, lossy=strategy.lossy(plan)), engine.token_times
+    streams: dict[int, list[tuple[float, int]]] = {}
+    for entry, stream in zip(engine.token_times, engine.token_streams, strict=True):
+        streams.setdefault(stream, []).append(entry)
+    return replace(result, lossy=strategy.lossy(plan)), streams
 
 
 def summarize(
@@ -167,8 +173,9 @@ def fast_forward(
     workload's footprint (schedules allocate nothing while they run). Utilization is the head's busy
     time plus the rest at the tail's occupancy (approximate).
 
-    Returns None (run step by step) when a sample is infeasible although the full footprint fits
-    (the tail's long prompt needs a larger prefill workspace) or gives no steady step time."""
+    The tail books no memory (it is run for its timing; its long prompt would need a prefill
+    workspace the full run does not). Returns None (run step by step) when a sample is infeasible
+    although the full footprint fits, or its token streams give no steady step time."""
     g, n, h = FF_SAMPLE, workload.gen_len, FF_SAMPLE // 2
     plan_dict = strategy.plan_to_dict(plan)
     ledger = Engine(rig)
@@ -180,25 +187,37 @@ def fast_forward(
         return Result.infeasible(strategy.name, str(exc), plan_dict)
     head, head_times = _step_by_step(strategy, plan, rig, model, replace(workload, gen_len=g))
     tail_workload = replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g)
-    tail, tail_times = _step_by_step(strategy, plan, rig, model, tail_workload)
+    # timing only: the tail's long prompt needs a prefill workspace the full run does not
+    tail, tail_times = _step_by_step(strategy, plan, rig, model, tail_workload, book_memory=False)
     if not (head.feasible and tail.feasible):
         return None
-    # Rounds of tokens (one per sequence): the head's rounds 1..g-1 as simulated; the full run's
-    # rounds g..n-1 at the steady step time; its last round (a schedule may end differently, e.g.
-    # with no prefetch) as the tail's last. Steady step times come from rounds h..g-1 of each run.
-    b = workload.batch
-    times = [_round_time(head_times, b, r) for r in (h, g - 1)] + [
-        _round_time(tail_times, b, r) for r in (h, g - 1, g)
-    ]
-    if any(t is None for t in times) or not (times[0] < times[1] and times[2] < times[3]):
+    # Each process making tokens (a replica, a micro-batch) is a stream of its own; the run ends
+    # with the slowest. Per stream, rounds of tokens (one per sequence of the stream): the head's
+    # rounds 1..g-1 as simulated; the full run's rounds g..n-1 at the steady step time; its last
+    # round (a schedule may end differently, e.g. with no prefetch) as the tail's last. Steady step
+    # times come from rounds h..g-1 of each run.
+    if set(head_times) != set(tail_times) or not head_times:
         return None
-    head_h, head_last, tail_h, tail_before_last, tail_last = times
-    step_head = (head_last - head_h) / (g - 1 - h)
-    step_tail = (tail_before_last - tail_h) / (g - 1 - h)
     # the head's measured steps read KV lengths P+h..P+g-2, the tail's n-g further; the steps to
     # add (rounds g..n-1) read P+g-1..P+n-2: their mean sits this far from the head's to the tail's
     frac = (n - h - 1) / (2 * (n - g))
-    e2e = head_last + (n - g) * (step_head + frac * (step_tail - step_head)) + (tail_last - tail_before_last)
+    e2e = 0.0
+    for stream, head_stream in head_times.items():
+        tail_stream = tail_times[stream]
+        per_round = sum(c for _, c in head_stream)
+        if per_round % g or sum(c for _, c in tail_stream) != per_round:
+            return None
+        b = per_round // g
+        times = [_round_time(head_stream, b, r) for r in (h, g - 1)] + [
+            _round_time(tail_stream, b, r) for r in (h, g - 1, g)
+        ]
+        if any(t is None for t in times) or not (times[0] < times[1] and times[2] < times[3]):
+            return None
+        head_h, head_last, tail_h, tail_before_last, tail_last = times
+        step_head = (head_last - head_h) / (g - 1 - h)
+        step_tail = (tail_before_last - tail_h) / (g - 1 - h)
+        end = head_last + (n - g) * (step_head + frac * (step_tail - step_head))
+        e2e = max(e2e, end + (tail_last - tail_before_last))
     tokens = head.extras["tokens"] * n / g
     # busy seconds: the head's, then the remaining time at the tail's occupancy
     lanes = sorted(set(head.utilization) | set(tail.utilization))
