@@ -13,6 +13,7 @@ import math
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -151,13 +152,17 @@ def compare(
     """
     chosen = [get_strategy(s) for s in strategies] if strategies else all_strategies()
     names = [s.name for s in chosen]
+    unsorted: list[Result] | None = None
     if workers > 1 and len(names) > 1 and "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
-        with ProcessPoolExecutor(min(workers, len(names)), mp_context=ctx) as pool:
-            n = len(names)
-            unsorted = list(pool.map(_best_by_name, names, [p] * n, [objective] * n, [search] * n,
-                                     [allow_lossy] * n))  # fmt: skip
-    else:
+        try:
+            with ProcessPoolExecutor(min(workers, len(names)), mp_context=ctx) as pool:
+                n = len(names)
+                unsorted = list(pool.map(_best_by_name, names, [p] * n, [objective] * n, [search] * n,
+                                         [allow_lossy] * n))  # fmt: skip
+        except BrokenProcessPool:
+            unsorted = None  # a worker was killed (out of memory?): search again here, one at a time
+    if unsorted is None:
         unsorted = [best_result(s, p, objective, search=search, allow_lossy=allow_lossy) for s in chosen]
     results = sorted(unsorted, key=rank_key(objective))
     if trace_path and results and results[0].feasible:

@@ -401,3 +401,34 @@ def test_expert_count_bounded(tmp_path, capsys):
     path.write_text(json.dumps(cfg))
     assert main(["model", "show", str(path)]) == 2
     assert "num_local_experts" in capsys.readouterr().err
+
+
+
+_PARENT: list[int] = []  # the test process's pid, for the module-level (picklable) stand-in below
+
+
+def _dies_in_a_worker(name, *args):
+    """compare's per-strategy worker, except that cpu-tp's worker process dies as if killed."""
+    import os
+
+    from hetsim import api
+
+    if os.getpid() != _PARENT[0] and name == "cpu-tp":
+        os._exit(137)
+    return api.best_result(api.get_strategy(name), *args[:2], search=args[2], allow_lossy=args[3])
+
+
+def test_a_killed_search_worker_falls_back_to_searching_in_process(monkeypatch):
+    """A worker of compare's process pool dying (killed for memory, say) is not a traceback: the
+    strategies are searched again in the parent, with the same results as one process."""
+    import os
+
+    from hetsim import api
+
+    _PARENT[:] = [os.getpid()]
+    monkeypatch.setattr(api, "_best_by_name", _dies_in_a_worker)
+    p = api.problem("llama2-7b", "mixed-lab", 1, 64, 2)
+    pooled = api.compare(p, ["cpu-tp", "gpu-only"], workers=2)
+    alone = api.compare(p, ["cpu-tp", "gpu-only"], workers=1)
+    assert [r.to_dict() for r in pooled] == [r.to_dict() for r in alone]
+    assert all(r.feasible for r in pooled)
