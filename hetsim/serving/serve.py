@@ -69,10 +69,9 @@ def serve_plan(
     try:
         for rep in plan.replicas:
             kv_seqs = plan.max_batch * in_flight(rep)
-            fp = replica_footprint(model, rep, kv_seqs, context, plan.max_batch * max_prompt, plan)
-            for device, tags in fp.items():
-                for tag, nbytes in tags.items():
-                    engine.alloc(device, nbytes, tag)
+            engine.alloc_footprint(
+                replica_footprint(model, rep, kv_seqs, context, plan.max_batch * max_prompt, plan)
+            )
     except OutOfMemory as exc:
         return ServeResult(False, str(exc))
     first: dict[int, float] = {}

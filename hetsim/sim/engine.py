@@ -14,7 +14,7 @@ does no graph look-ups (routes and op costs are cached) and no re-planning.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -384,6 +384,13 @@ class Engine:
     def alloc(self, device: str, nbytes: float, tag: str) -> None:
         """Take memory now; raises ``OutOfMemory`` (the run becomes infeasible) past capacity."""
         self.memory.alloc(device, nbytes, tag)
+
+    def alloc_footprint(self, footprint: Mapping[str, Mapping[str, float]]) -> None:
+        """Take a plan's resident memory (device -> tag -> bytes), in its order; ``OutOfMemory`` past
+        capacity."""
+        for device, tags in footprint.items():
+            for tag, nbytes in tags.items():
+                self.memory.alloc(device, nbytes, tag)
 
     def free(self, device: str, tag: str, nbytes: float | None = None) -> None:
         self.memory.free(device, tag, nbytes)

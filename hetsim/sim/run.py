@@ -88,10 +88,8 @@ def _step_by_step(
     plan_dict = strategy.plan_to_dict(plan)
     engine = Engine(rig, trace=trace_path is not None)
     try:
-        footprint = strategy.footprint(plan, rig, model, workload) if book_memory else {}
-        for device, tags in footprint.items():
-            for tag, nbytes in tags.items():
-                engine.alloc(device, nbytes, tag)
+        if book_memory:
+            engine.alloc_footprint(strategy.footprint(plan, rig, model, workload))
         makespan = engine.run(strategy.schedule(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
         return Result.infeasible(strategy.name, str(exc), plan_dict), {}
@@ -180,9 +178,7 @@ def fast_forward(
     plan_dict = strategy.plan_to_dict(plan)
     ledger = Engine(rig)
     try:
-        for device, tags in strategy.footprint(plan, rig, model, workload).items():
-            for tag, nbytes in tags.items():
-                ledger.alloc(device, nbytes, tag)
+        ledger.alloc_footprint(strategy.footprint(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
         return Result.infeasible(strategy.name, str(exc), plan_dict)
     head, head_times = _step_by_step(strategy, plan, rig, model, replace(workload, gen_len=g))
