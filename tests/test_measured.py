@@ -115,12 +115,12 @@ def holdout_rows():
 @pytest.mark.parametrize(
     ("split", "decode", "median", "within"),
     [
-        ("models (A100)", True, 0.08, 0.78),  # docs: 6.7 %, 81.6 %
-        ("models (A100)", False, 0.04, 0.90),  # 3.3 %, 93.3 %
-        ("models (H100)", True, 0.15, 0.55),  # 12.5 %, 60.5 %
-        ("models (H100)", False, 0.08, 0.72),  # 6.3 %, 77.3 %
-        ("GPUs", True, 0.25, 0.15),  # 21.6 %, 20.6 %
-        ("GPUs", False, 0.08, 0.78),  # 6.2 %, 83.2 %
+        ("models (A100)", True, 0.06, 0.88),  # docs: 4.9 %, 92.5 %
+        ("models (A100)", False, 0.04, 0.95),  # 3.1 %, 98.1 %
+        ("models (H100)", True, 0.04, 0.93),  # 2.8 %, 98.0 %
+        ("models (H100)", False, 0.06, 0.85),  # 4.4 %, 88.5 %
+        ("GPUs", True, 0.09, 0.93),  # 6.8 %, 99.6 %
+        ("GPUs", False, 0.09, 0.78),  # 7.2 %, 82.2 %
     ],
 )
 def test_held_out_layer_error_does_not_regress(holdout_rows, split, decode, median, within):
@@ -130,6 +130,23 @@ def test_held_out_layer_error_does_not_regress(holdout_rows, split, decode, medi
     assert r.after.median <= median and r.after.within_15 >= within, r
     if decode:
         assert r.after.median < r.before.median
+
+
+def test_fitted_constants_cost_the_fused_kernels_they_were_fitted_to():
+    """The tables time fused kernels (QKV, gate+up, add+norm): a device with fitted constants must
+    cost a layer as those kernels, not as 13 separate ops each paying the fitted overhead."""
+    from validate.holdout import catalogue_gpu
+    from validate.kernel_fit import KernelFit, with_efficiency
+
+    base = catalogue_gpu("h100-sxm")
+    fit = KernelFit(0.77, 200.0, 0.91, 0.0, 2.7e-6, 0.62, samples=0)
+    dev = with_efficiency(base, fit.efficiency(base.efficiency))
+    assert dev.efficiency.fused_kernels
+    ops = layer_blocks(get_model("llama2-70b"), "decode", 1, 1, 512, 8).attention
+    ops = tuple(o for o in ops if o.kind.value != "attention")
+    unfused = with_efficiency(dev, dataclasses.replace(dev.efficiency, fused_kernels=False))
+    assert block_cost(dev, ops).overhead_s == pytest.approx(3 * 2.7e-6)  # add+norm, qkv, out
+    assert block_cost(unfused, ops).overhead_s == pytest.approx(6 * 2.7e-6)
 
 
 def test_held_out_attention():

@@ -56,6 +56,7 @@ class KernelFit:
             matmul_half_rows=self.matmul_half_rows,
             stream_half_row_bytes=self.stream_half_row_bytes,
             memory_by_kind={**base.memory_by_kind, "elementwise": self.elementwise_memory},
+            fused_kernels=True,  # the measured kernels are the fused ones
         )
 
     def as_dict(self) -> dict[str, float]:
