@@ -1,8 +1,9 @@
 """Copy the subset of Vidur's profiling tables that hetsim ships (``hardware_profiles/measured/vidur``).
 
 Vidur (microsoft/vidur, MIT License, ``data/profiling/``) measures one decoder layer's ops on real
-GPUs. hetsim keeps the A100 and H100 per-op tables and the intra-node NCCL all-reduce tables, with
-the median column only (the statistic ``hetsim calibrate --from-profiles`` fits to):
+GPUs. hetsim keeps the A100, H100 and A40 per-op tables, the intra-node NCCL all-reduce tables and
+the A40 pairwise-NVLink send/recv table (inside one node), with the median column only (the
+statistic ``hetsim calibrate --from-profiles`` fits to):
 
     python tools/vidur_subset.py VIDUR_PROFILING_DIR [OUT_DIR]
 """
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-GPUS = ("a100", "h100")
+GPUS = ("a100", "h100", "a40")
 NETWORKS = ("a100_dgx", "h100_dgx")
+SEND_RECV = ("a40_pairwise_nvlink",)  # no all-reduce table for A40: the bridge's point-to-point line
 
 
 def _trim(df: pd.DataFrame) -> pd.DataFrame:
@@ -38,6 +40,13 @@ def main(src: Path, out: Path) -> None:
         f = src / "network" / net / "all_reduce.csv"
         df = _trim(pd.read_csv(f))
         df = df[df.devices_per_node == df.num_workers]  # inside one node (NVLink / NVSwitch)
+        dst = out / f.relative_to(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(dst, index=False)
+    for net in SEND_RECV:
+        f = src / "network" / net / "send_recv.csv"
+        df = _trim(pd.read_csv(f))
+        df = df[df.devices_per_node == df.num_workers]  # both ranks in one node
         dst = out / f.relative_to(src)
         dst.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(dst, index=False)
