@@ -191,8 +191,63 @@ def attention_rows(root: Path = TABLES) -> list[AttentionRow]:
     return out
 
 
+@dataclass(frozen=True)
+class TransferRow:
+    """A GPU never fitted to, costed three ways: catalogue constants one kernel per op (as the
+    catalogue runs it), catalogue constants with fused kernels, and the transfer rule (fused)."""
+
+    gpu: str
+    regime: str
+    catalogue: Errors
+    catalogue_fused: Errors
+    rule: Errors
+
+
+def transfer_rows(root: Path = TABLES, held_out: str = "a40") -> list[TransferRow]:
+    """The datasheet transfer rule (``validate.transfer``) fitted on A100 and H100 kernels, tested
+    on every measured layer of ``held_out`` (its compute folder name; also its catalogue name)."""
+    import dataclasses
+
+    from validate.transfer import fit_rule
+
+    fits = []
+    for gpu, folder in (("a100-80g", "a100"), ("h100-sxm", "h100")):
+        dev = catalogue_gpu(gpu)
+        fits.append((dev, fit_kernels(dev, read_kernels(root, folder))))
+    rule = fit_rule(fits)
+    test = read_kernels(root, held_out)
+    base = catalogue_gpu(held_out)
+    fused = with_efficiency(base, dataclasses.replace(base.efficiency, fused_kernels=True))
+    ruled = with_efficiency(base, rule.constants(base).efficiency(base.efficiency))
+    preds = [layer_figures(d, test) for d in (base, fused, ruled)]
+    meas, keys = preds[0][1], preds[0][2]
+    small = np.array([k[2] <= DECODE_TOKENS for k in keys])
+    return [
+        TransferRow(held_out, regime, *(Errors.of(p[mask], meas[mask]) for p, _, _ in preds))
+        for regime, mask in ((f"<= {DECODE_TOKENS} tokens", small), (f"> {DECODE_TOKENS} tokens", ~small))
+    ]
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def transfer_markdown(trows: list[TransferRow]) -> str:
+    lines = [
+        "| held-out GPU | step size | figures | median error: catalogue | catalogue, fused | rule "
+        "| within 15%: catalogue | catalogue, fused | rule |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in trows:
+        errs = (t.catalogue, t.catalogue_fused, t.rule)
+        lines.append(
+            f"| {t.gpu} | {t.regime} | {t.rule.count} | "
+            + " | ".join(_pct(e.median) for e in errs)
+            + " | "
+            + " | ".join(_pct(e.within_15) for e in errs)
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def markdown(krows: list[Row], crows: list[CollectiveRow], arows: list[AttentionRow] = ()) -> str:
@@ -235,7 +290,8 @@ def markdown(krows: list[Row], crows: list[CollectiveRow], arows: list[Attention
 
 def main(argv: Sequence[str] = (), write: Callable[[str], object] = sys.stdout.write) -> None:
     root = Path(argv[0]) if argv else TABLES
-    write(markdown(rows(root), collective_rows(root), attention_rows(root)) + "\n")
+    write(markdown(rows(root), collective_rows(root), attention_rows(root)) + "\n\n")
+    write(transfer_markdown(transfer_rows(root)) + "\n")
 
 
 if __name__ == "__main__":
