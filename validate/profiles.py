@@ -83,17 +83,25 @@ def read_kernels(root: Path, gpu: str) -> list[KernelSample]:
 
 def read_allreduce(root: Path, node: str) -> list[CollectiveSample]:
     """NCCL all-reduce medians inside one node (``devices_per_node == num_workers`` where given)."""
-    path = root / "network" / node / "all_reduce.csv"
+    return read_collective(root, node, "all_reduce")
+
+
+def read_collective(root: Path, node: str, collective: str) -> list[CollectiveSample]:
+    """NCCL ``collective`` (``all_reduce``, ``send_recv``) medians inside one node
+    (``devices_per_node == num_workers`` where given); bytes are fp16 elements x 2."""
+    path = root / "network" / node / f"{collective}.csv"
     if not path.is_file():
-        raise InputError("no such all-reduce table", source=str(path))
+        raise InputError(f"no such {collective} table", source=str(path))
     df = _read(path)
+    col = f"time_stats.{collective}.median"
+    missing = [c for c in ("num_workers", "size", col) if c not in df.columns]
+    if missing:
+        raise InputError(f"missing columns {', '.join(missing)}", source=str(path))
     if "devices_per_node" in df.columns:
         df = df[df.devices_per_node == df.num_workers]
     rel = str(path.relative_to(root))
     return [
-        CollectiveSample(
-            node, int(r["num_workers"]), 2.0 * r["size"], r["time_stats.all_reduce.median"] * 1e-3, rel
-        )
+        CollectiveSample(node, int(r["num_workers"]), 2.0 * r["size"], r[col] * 1e-3, rel)
         for r in df.to_dict("records")
     ]
 
