@@ -52,12 +52,14 @@ def catalogue_gpu(gpu: str) -> ComputeDevice:
 def layer_figures(
     device: ComputeDevice, samples: Sequence[KernelSample]
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
-    """Per (model, TP, tokens) with a registry model: hetsim's layer time and the measured sum."""
-    meas: dict[tuple[str, int, int], float] = {}
+    """Per (model, TP, tokens) with a registry model: hetsim's layer time and the measured sum (a
+    kernel measured more than once at one token count, as Vidur's tables repeat 2048 and 4096
+    tokens, counts once at its median)."""
+    times: dict[tuple[str, int, int], dict[str, list[float]]] = {}
     for s in samples:
         if s.model in REGISTRY:
-            key = (s.model, s.tp, s.tokens)
-            meas[key] = meas.get(key, 0.0) + s.seconds
+            times.setdefault((s.model, s.tp, s.tokens), {}).setdefault(s.op, []).append(s.seconds)
+    meas = {k: sum(float(np.median(v)) for v in ops.values()) for k, ops in times.items()}
     keys = sorted(meas)
     pred = []
     for model, tp, tokens in keys:
