@@ -276,3 +276,18 @@ def test_end_to_end_steps_held_out():
     assert len(figs) == 48
     assert after.median <= 0.07 and after.within_15 >= 0.85
     assert after.median < before.median and after.within_15 > before.within_15
+
+
+def test_transfer_blocks_load_as_a_rig_override():
+    """``python -m validate.transfer`` prints, per catalogue GPU, an efficiency entry a rig may carry:
+    the rule for GPUs without tables, their own fit for A100-80G, H100 SXM and A40."""
+    from validate.gpu_profile import base_rig, load_rig_doc
+    from validate.transfer import catalogue_blocks, ridge
+
+    blocks = catalogue_blocks(TABLES)
+    assert {"t4", "a10", "rtx-a6000", "a40", "a100-80g"} <= set(blocks)
+    dev = load_rig_doc(base_rig("t4", blocks["t4"])).devices["n0.gpu0"]
+    eff = dev.efficiency
+    assert eff.fused_kernels and dev.provenance["efficiency.memory"].grade.name.lower() == "fitted"
+    assert eff.matmul_half_rows == pytest.approx(0.566 * ridge(dev), rel=0.01)
+    assert "a40" in blocks["a40"]["memory"]["source"] and "transfer rule" in blocks["t4"]["memory"]["source"]

@@ -12,6 +12,7 @@ split only (fused kernels).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 
 from hetsim.costs.collectives import allreduce_time
 from hetsim.costs.op_cost import block_cost
-from hetsim.hardware.types import ComputeDevice
+from hetsim.hardware.types import ComputeDevice, Efficiency
 from hetsim.models import get_model
 from hetsim.models.sharding import layer_blocks
 from hetsim.models.spec import OpKind
@@ -44,9 +45,21 @@ def is_big(model: str) -> bool:
     return model.split("/")[-1] in BIG
 
 
-def catalogue_gpu(gpu: str) -> ComputeDevice:
-    rig = load_rig_doc(base_rig(gpu))
-    return rig.devices["n0.gpu0"]
+def catalogue_gpu(gpu: str, assumed: bool = True) -> ComputeDevice:
+    """The catalogue GPU; with ``assumed`` its efficiency is the class defaults of efficiency.yaml
+    (assumed, one kernel per op: the "before" of every table here), not the fitted constants its
+    catalogue file may carry."""
+    dev = load_rig_doc(base_rig(gpu)).devices["n0.gpu0"]
+    return dataclasses.replace(dev, efficiency=assumed_efficiency()) if assumed else dev
+
+
+def assumed_efficiency() -> Efficiency:
+    from hetsim.hardware.loader import catalog
+
+    spec = catalog().efficiency.gpu  # type: ignore[union-attr]  # loaded with the catalogue
+    return Efficiency(
+        compute={k: v.si for k, v in spec.compute.items()}, memory=spec.memory.si, overhead_s=spec.overhead.si
+    )
 
 
 def layer_figures(
@@ -208,8 +221,6 @@ class TransferRow:
 def transfer_rows(root: Path = TABLES, held_out: str = "a40") -> list[TransferRow]:
     """The datasheet transfer rule (``validate.transfer``) fitted on A100 and H100 kernels, tested
     on every measured layer of ``held_out`` (its compute folder name; also its catalogue name)."""
-    import dataclasses
-
     from validate.transfer import fit_rule
 
     fits = []

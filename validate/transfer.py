@@ -18,8 +18,11 @@ measured but never fitted to here): ``validate.holdout.transfer_rows``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,3 +74,67 @@ def fit_rule(fits: Sequence[tuple[ComputeDevice, KernelFit]]) -> TransferRule:
         elementwise_memory=mean("elementwise_memory"),
         fitted_on=tuple(d.model for d, _ in fits),
     )
+
+
+# ---- per catalogue GPU: an efficiency entry for a rig ------------------------------------------------
+MEASURED = {"a100-80g": "a100", "h100-sxm": "h100", "a40": "a40"}  # catalogue GPU -> its kernel tables
+
+
+def efficiency_block(fit: KernelFit, source: str) -> dict[str, Any]:
+    """An ``efficiency:`` entry for a GPU in a rig (fused kernels, graded fitted)."""
+
+    def q(value: Any) -> dict[str, Any]:
+        return {"value": value, "source": source, "grade": "fitted"}
+
+    return {
+        "compute": {"matmul": q(round(fit.matmul, 4))},
+        "memory": q(round(fit.memory, 4)),
+        "overhead": q(f"{fit.overhead_s * 1e6:.3f} us"),
+        "matmul_half_rows": q(round(fit.matmul_half_rows, 1)),
+        "stream_half_row": q(f"{fit.stream_half_row_bytes:.0f} B"),
+        "kernels": "fused",
+        "memory_by_kind": {"elementwise": q(round(fit.elementwise_memory, 4))},
+    }
+
+
+def catalogue_blocks(root: Path) -> dict[str, dict[str, Any]]:
+    """Per catalogue GPU: its own fit where kernel tables exist, else the rule from A100 and H100."""
+    from hetsim.hardware.loader import catalog
+    from validate.holdout import catalogue_gpu
+    from validate.kernel_fit import fit_kernels
+    from validate.profiles import read_kernels
+
+    own = {}
+    for gpu, folder in MEASURED.items():
+        dev = catalogue_gpu(gpu)
+        own[gpu] = (dev, fit_kernels(dev, read_kernels(root, folder)))
+    rule = fit_rule([own["a100-80g"], own["h100-sxm"]])
+    out = {}
+    for gpu in catalog().names("gpus"):
+        if gpu in own:
+            src = "fitted to Vidur's measured kernels in hardware_profiles/measured/vidur/compute/"
+            src += MEASURED[gpu]
+            out[gpu] = efficiency_block(own[gpu][1], src)
+        else:
+            dev = catalogue_gpu(gpu)
+            src = (
+                "fitted: transfer rule from A100-80G and H100 SXM kernel fits (Vidur) and this GPU's "
+                f"datasheet ridge point {ridge(dev):.0f} FLOP/B (validate/transfer.py, docs/measured-gpus.md)"
+            )
+            out[gpu] = efficiency_block(rule.constants(dev), src)
+    return out
+
+
+def main(argv: Sequence[str] = ()) -> None:
+    """``python -m validate.transfer [PROFILES_DIR]``: per catalogue GPU, the ``efficiency:`` entry a
+    rig's GPU may carry (not applied to the catalogue: see docs/measured-gpus.md)."""
+    import yaml
+
+    from validate.holdout import TABLES
+
+    blocks = catalogue_blocks(Path(argv[0]) if argv else TABLES)
+    sys.stdout.write(yaml.safe_dump(blocks, sort_keys=False, width=200))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
