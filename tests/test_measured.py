@@ -83,7 +83,7 @@ def test_a40_rig_has_bridged_pairs_at_the_measured_send_recv_line():
     link = rig.links[bridges[0]]
     assert link.provenance["bw"].grade.name.lower() == "fitted"
     assert "a40_pairwise_nvlink/send_recv.csv" in link.provenance["latency_s"].source
-    # the measured pair moves ~8 GB/s (64 MiB in ~17 ms), far below the bridge's 56 GB/s datasheet
+    # the measured pair moves ~8 GB/s (128 MiB in ~17 ms), far below the bridge's 56 GB/s datasheet
     assert 5e9 < link.bw < 12e9 and 1e-6 < link.latency_s < 10e-6
     assert not link.allreduce  # no A40 all-reduce table: a TP pair pays the ring over the bridge
 
