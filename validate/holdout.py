@@ -221,13 +221,9 @@ class TransferRow:
 def transfer_rows(root: Path = TABLES, held_out: str = "a40") -> list[TransferRow]:
     """The datasheet transfer rule (``validate.transfer``) fitted on A100 and H100 kernels, tested
     on every measured layer of ``held_out`` (its compute folder name; also its catalogue name)."""
-    from validate.transfer import fit_rule
+    from validate.transfer import fit_rule, own_fit
 
-    fits = []
-    for gpu, folder in (("a100-80g", "a100"), ("h100-sxm", "h100")):
-        dev = catalogue_gpu(gpu)
-        fits.append((dev, fit_kernels(dev, read_kernels(root, folder))))
-    rule = fit_rule(fits)
+    rule = fit_rule([own_fit("a100-80g", root), own_fit("h100-sxm", root)])
     test = read_kernels(root, held_out)
     base = catalogue_gpu(held_out)
     fused = with_efficiency(base, dataclasses.replace(base.efficiency, fused_kernels=True))

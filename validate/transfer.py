@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -97,17 +98,23 @@ def efficiency_block(fit: KernelFit, source: str) -> dict[str, Any]:
     }
 
 
-def catalogue_blocks(root: Path) -> dict[str, dict[str, Any]]:
-    """Per catalogue GPU: its own fit where kernel tables exist, else the rule from A100 and H100."""
-    from hetsim.hardware.loader import catalog
+@lru_cache(maxsize=8)
+def own_fit(gpu: str, root: Path) -> tuple[ComputeDevice, KernelFit]:
+    """A measured GPU (class-default efficiency) and the constants fitted to all its kernels."""
     from validate.holdout import catalogue_gpu
     from validate.kernel_fit import fit_kernels
     from validate.profiles import read_kernels
 
-    own = {}
-    for gpu, folder in MEASURED.items():
-        dev = catalogue_gpu(gpu)
-        own[gpu] = (dev, fit_kernels(dev, read_kernels(root, folder)))
+    dev = catalogue_gpu(gpu)
+    return dev, fit_kernels(dev, read_kernels(root, MEASURED[gpu]))
+
+
+def catalogue_blocks(root: Path) -> dict[str, dict[str, Any]]:
+    """Per catalogue GPU: its own fit where kernel tables exist, else the rule from A100 and H100."""
+    from hetsim.hardware.loader import catalog
+    from validate.holdout import catalogue_gpu
+
+    own = {gpu: own_fit(gpu, root) for gpu in MEASURED}
     rule = fit_rule([own["a100-80g"], own["h100-sxm"]])
     out = {}
     for gpu in catalog().names("gpus"):
