@@ -66,10 +66,11 @@ INT4 = DType("int4", 4, group_size=64, group_overhead_bytes=4.0, compute="fp16")
 # llama.cpp's Q4_K_M GGUF mix: Q4_K blocks (4.5 bits per weight: 256 4-bit weights with 6-bit sub-block
 # scales and two fp16 super-block scales) with some tensors in Q6_K (6.56 bits), about 4.8 bits per
 # weight on average (DeepSeek-V3 Q4_K_M: ~404 GB for 671B parameters; KTransformers' tutorial). Stored as
-# 4 bits plus 25.6 bytes per 256 weights. Lossy: only ever the user's choice. llama.cpp's CPU kernels
-# multiply it with 8-bit-quantised activations (AVX-512 VNNI int8 dot products); on a GPU it computes
-# in fp16 after dequantising (a device without an int8_vnni peak falls back to fp16).
-Q4_K_M = DType("q4_k_m", 4, group_size=256, group_overhead_bytes=25.6, compute="int8_vnni")
+# 4 bits plus 25.6 bytes per 256 weights. Lossy: only ever the user's choice. On a CPU llama.cpp's own
+# kernels unpack each weight and multiply it with 8-bit-quantised activations: the compute dtype names
+# their measured cost (efficiency.yaml cpu.kernel_cycles.q4_k_m); on a GPU, which has no such entry, it
+# computes in fp16 after dequantising (ComputeDevice.flops falls back to fp16).
+Q4_K_M = DType("q4_k_m", 4, group_size=256, group_overhead_bytes=25.6, compute="q4_k_m")
 
 DTYPES: dict[str, DType] = {d.name: d for d in (FP32, FP16, BF16, INT8, INT4, Q4_K_M)}
 LOSSY_DTYPES = frozenset({"int8", "int4", "q4_k_m"})

@@ -14,9 +14,9 @@ reads; the slice is what hetsim models. ``gpu_experts`` of each layer's experts 
 (when VRAM allows); under uniform routing they take that share of the token-expert pairs. Which
 experts are hot in practice (a skewed routing profile) is not modelled.
 
-Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise). Expert matmuls
-cost what the CPU's catalogue peak for the dtype's compute says (AMX bf16/int8, AVX-512 VNNI int8 for
-llama.cpp's quantised kernels) at the CPU efficiency class.
+Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise). Expert matmuls in
+bf16/int8 cost the CPU's catalogue peak (AMX) at the CPU efficiency class; in llama.cpp's Q4_K_M they
+cost its measured k-quant kernels (``efficiency.yaml`` ``cpu.kernel_cycles``, ``hetsim.costs.op_cost``).
 """
 
 from __future__ import annotations
