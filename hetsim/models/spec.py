@@ -116,6 +116,11 @@ class ModelSpec:
     kv_lora_rank: int = 0
     rope_head_dim: int = 0
     v_head_dim: int = 0
+    # Sliding-window attention (Mistral-7B v0.1, Phi-3, Gemma-2/3): a sliding layer attends to and caches
+    # only the last ``sliding_window`` tokens. ``global_every`` n > 0: every n-th layer (i % n == n - 1)
+    # is global, the rest slide (Gemma-2: 2, Gemma-3: 6); 0: every layer slides. sliding_window 0 = none.
+    sliding_window: int = 0
+    global_every: int = 0
     embed_dim: int = 0  # token-table width when it differs from hidden (OPT-350m: project_in/out)
     final_norm: bool = True  # post-norm OPT (opt-350m) has no final LayerNorm
     # The checkpoint's precision (config.json ``torch_dtype``): what the weights are stored in, so what a
@@ -134,6 +139,30 @@ class ModelSpec:
     def token_dim(self) -> int:
         """Width of the token embedding table and of the LM head's input."""
         return self.embed_dim or self.hidden
+
+    def layer_is_sliding(self, layer: int) -> bool:
+        n = self.global_every
+        return self.sliding_window > 0 and not (n and layer % n == n - 1)
+
+    @property
+    def sliding_share(self) -> float:
+        """The share of layers that slide (0 without a window)."""
+        if not self.sliding_window:
+            return 0.0
+        n = self.global_every
+        return 1.0 - (self.layers // n) / self.layers if n else 1.0
+
+    def kv_tokens(self, tokens: float, sliding: bool | None = None) -> float:
+        """Tokens of KV a layer holds (and attends to) at a context of ``tokens``: all of them in a global
+        layer, the window's in a sliding one; ``sliding=None`` is the mean over the model's layers (what
+        a typical layer stands for, so that times its layer count it is the model's total)."""
+        if not self.sliding_window or sliding is False:
+            return tokens
+        windowed = min(tokens, float(self.sliding_window))
+        if sliding:
+            return windowed
+        s = self.sliding_share
+        return (1.0 - s) * tokens + s * windowed
 
     def layer_is_moe(self, layer: int) -> bool:
         """Whether decoder layer ``layer`` routes to experts (DeepSeek's first layers are dense)."""
