@@ -7,6 +7,14 @@
 Matmuls may scale both efficiencies by half-performance lengths (Hockney): few rows leave a GEMM
 below peak FLOP/s, short weight rows stream below peak bandwidth (``Efficiency.matmul_*``).
 
+A CPU matmul whose compute dtype has a measured kernel (llama.cpp's k-quants: unpacking every weight
+costs far more than the int8 dot product after it) computes at
+
+    compute rate = 2 FLOP x cores x clock / cycles per MAC(tokens per weight row)
+
+with the cycles measured on one CPU (``validate/kquant.py``) and carried to another by its cores and
+clock: the same AVX2 instruction stream at the same work per cycle (``Efficiency.kernel_cycles``).
+
 The engine uses ``compute_s`` and ``memory_bytes`` separately on CPUs, where the memory traffic
 competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as is.
 """
@@ -39,7 +47,11 @@ class OpCost:
 def op_cost(device: ComputeDevice, op: Op) -> OpCost:
     eff = device.efficiency
     if op.kind == OpKind.MATMUL:
-        flops_rate = device.flops(op.compute_dtype) * eff.matmul_compute(op.rows)
+        cycles = eff.cycles_per_mac(op.compute_dtype, op.rows) if device.cores and device.clock_hz else 0.0
+        if cycles:
+            flops_rate = 2.0 * device.cores * device.clock_hz / cycles
+        else:
+            flops_rate = device.flops(op.compute_dtype) * eff.matmul_compute(op.rows)
         mem_rate = device.mem_bw * eff.matmul_memory(op.weight_row_bytes)
     elif op.kind == OpKind.ATTENTION:
         flops_rate = device.flops(op.compute_dtype) * eff.attention_compute(op.rows)

@@ -227,6 +227,9 @@ class _Builder:
             tables = str(folder)
         for k, v in {**base.memory_by_kind, **by_kind}.items():
             prov[f"efficiency.memory_by_kind.{k}"] = _prov(v)
+        cycles = {**base.kernel_cycles, **(override.kernel_cycles if override else {})}
+        for k, kc in cycles.items():
+            prov[f"efficiency.kernel_cycles.{k}"] = Provenance(kc.source, kc.grade_enum)
         eff = Efficiency(
             compute={k: v.si for k, v in compute.items()},
             memory=memory.si,
@@ -234,6 +237,9 @@ class _Builder:
             fused_kernels=kernels == "fused",
             kernel_tables=tables,
             memory_by_kind={k: v.si for k, v in {**base.memory_by_kind, **by_kind}.items()},
+            kernel_cycles={
+                k: tuple(zip(kc.tokens, kc.cycles_per_mac, strict=True)) for k, kc in cycles.items()
+            },
             **halves,
         )
         return eff, prov
@@ -332,6 +338,7 @@ class _Builder:
             "mem_bytes": _prov(ns.host_memory, split),
             "mem_bw": _prov(spec.memory_bandwidth),
             "cores": _prov(spec.cores),
+            "clock_hz": _prov(spec.base_clock),
             **_peak_prov(spec.peak_flops),
             **eprov,
         }
@@ -347,6 +354,7 @@ class _Builder:
             efficiency=eff,
             price_per_hour=_si_or_zero(spec.price_per_hour),
             cores=int(spec.cores.si),
+            clock_hz=spec.base_clock.si,
             provenance=prov,
         )
 

@@ -208,6 +208,32 @@ class Price(Sourced):
 
 
 # ---- efficiency ---------------------------------------------------------------------------
+class KernelCycles(_Strict):
+    """A measured quantised CPU kernel: core cycles per multiply-accumulate by tokens per weight row
+    (see hetsim.hardware.types.Efficiency.kernel_cycles)."""
+
+    tokens: list[float] = Field(min_length=1)
+    cycles_per_mac: list[float] = Field(min_length=1)
+    source: str = Field(min_length=1)
+    grade: GradeName
+
+    @model_validator(mode="after")
+    def _points(self) -> KernelCycles:
+        if len(self.tokens) != len(self.cycles_per_mac):
+            raise ValueError("tokens and cycles_per_mac must be the same length")
+        if any(not math.isfinite(t) or t < 1 for t in self.tokens):
+            raise ValueError("tokens must be finite numbers >= 1")
+        if any(b <= a for a, b in zip(self.tokens, self.tokens[1:], strict=False)):
+            raise ValueError("tokens must increase")
+        if any(not math.isfinite(c) or not 1e-4 <= c <= 1e3 for c in self.cycles_per_mac):
+            raise ValueError("cycles_per_mac must be in [1e-4, 1e3] (physical bounds)")
+        return self
+
+    @property
+    def grade_enum(self) -> Grade:
+        return GRADES[self.grade]
+
+
 class EfficiencySpec(_Strict):
     """Class defaults (all fields) or a partial override (any subset)."""
 
@@ -222,6 +248,7 @@ class EfficiencySpec(_Strict):
     # "fused": the constants describe an engine's fused kernels (hetsim.models.fusion); absent = separate
     kernels: Literal["separate", "fused"] | None = None
     memory_by_kind: dict[OpKind, Ratio] = Field(default_factory=dict)  # streaming, where not ``memory``
+    kernel_cycles: dict[str, KernelCycles] = Field(default_factory=dict)  # compute dtype -> measured kernel
 
 
 class EfficiencyFile(_Strict):

@@ -7,6 +7,8 @@ keyed by the field name, so a result can report the weakest grade it relied on.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -62,6 +64,16 @@ class Efficiency:
     # Folder of measured per-layer kernel tables (Vidur's compute/<gpu> layout): measured GEMM shapes
     # cost their interpolated measured time inside the measured token range (hetsim.costs.kernel_tables).
     kernel_tables: str = ""
+    # Measured quantised CPU kernels (llama.cpp's k-quants): compute dtype -> ((tokens, core cycles per
+    # multiply-accumulate), ...) by tokens sharing each weight row. A device with cores and a clock runs
+    # such a matmul at 2 x cores x clock / cycles FLOP/s (hetsim.costs.op_cost), no compute efficiency:
+    # the cycles are achieved ones, measured (validate/kquant.py) and transferred by cores x clock.
+    kernel_cycles: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+
+    def cycles_per_mac(self, dtype: str, tokens: float) -> float:
+        """Cycles per MAC of the measured kernel for ``dtype`` at ``tokens`` per weight row; 0 = none."""
+        points = self.kernel_cycles.get(dtype)
+        return log_interp(points, max(tokens, 1.0)) if points else 0.0
 
     def compute_for(self, kind: str) -> float:
         return self.compute.get(kind, self.compute.get("matmul", 1.0))
@@ -83,6 +95,16 @@ class Efficiency:
         return self.memory * row_bytes / (row_bytes + half) if row_bytes > 0 else self.memory
 
 
+def log_interp(points: tuple[tuple[float, float], ...] | list[tuple[float, float]], x: float) -> float:
+    """Linear in log(x) between measured (x, y) points (x increasing, > 0), flat outside them."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x <= x1:
+            return y0 + (y1 - y0) * (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return points[-1][1]
+
+
 @dataclass(frozen=True)
 class ComputeDevice:
     """One GPU, or one CPU socket, placed in a rig under a unique ``name`` (e.g. ``n0.gpu0``)."""
@@ -97,6 +119,7 @@ class ComputeDevice:
     efficiency: Efficiency
     price_per_hour: float = 0.0
     cores: int = 0  # CPU physical cores (0 for GPUs)
+    clock_hz: float = 0.0  # CPU base clock (datasheet); 0 for GPUs
     provenance: Mapping[str, Provenance] = field(default_factory=dict)
 
     def flops(self, dtype: str) -> float:

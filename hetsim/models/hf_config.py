@@ -243,6 +243,40 @@ def _every_layer_moe(r: _Reader) -> None:
         raise r.err("decoder_sparse_step", f"{step}: expert layers only every few layers are not supported")
 
 
+def _sliding_window(r: _Reader, mt: str) -> int:
+    """The attention window of a llama-like config, 0 for none. Mistral, Mixtral and Phi-3 slide in every
+    layer when ``sliding_window`` is set; Qwen2/3 only with ``use_sliding_window``, and then only the
+    layers from ``max_window_layers`` on, a layout hetsim does not model (refused unless no layer slides)."""
+    window = r.cfg.get("sliding_window")
+    if window is None:
+        return 0
+    if mt.startswith(("qwen2", "qwen3")):
+        if not r.bool("use_sliding_window", False):
+            return 0
+        layers = r.int("num_hidden_layers")
+        if r.int("max_window_layers", layers, minimum=0) < layers:
+            msg = "sliding-window layers after max_window_layers are not supported"
+            raise r.err("use_sliding_window", msg)
+        return 0
+    return r.int("sliding_window")
+
+
+def _gemma_global_every(r: _Reader, mt: str) -> int:
+    """Every how many layers Gemma has a global one: 2 for Gemma-2 (even layers slide), Gemma-3's
+    ``sliding_window_pattern`` (6) or the period of its ``layer_types``."""
+    if mt == "gemma2":
+        return 2
+    types = r.cfg.get("layer_types")
+    if types:
+        layers = r.int("num_hidden_layers")
+        n = next((i + 1 for i, t in enumerate(types) if t == "full_attention"), 0)
+        expected = ["full_attention" if n and i % n == n - 1 else "sliding_attention" for i in range(layers)]
+        if list(types) != expected:
+            raise r.err("layer_types", "only a regular pattern (every n-th layer global) is supported")
+        return n
+    return r.int("sliding_window_pattern", 6)
+
+
 def _llama_like(r: _Reader, name: str, mt: str) -> ModelSpec:
     """llama, mistral, phi3 (fused qkv and gate_up: the same shapes), qwen2/3 and their MoE versions."""
     hidden = r.int("hidden_size")
@@ -292,13 +326,14 @@ def _llama_like(r: _Reader, name: str, mt: str) -> ModelSpec:
         qk_norm=mt in ("qwen3", "qwen3_moe"),
         shared_intermediate=shared,
         shared_expert_gate=mt == "qwen2_moe",
+        sliding_window=_sliding_window(r, mt),
     )
 
 
 def _gemma(r: _Reader, name: str, mt: str) -> ModelSpec:
     """Gemma-2 / Gemma-3 text: GeGLU MLP, four norms per layer (sandwich), tied embeddings.
 
-    Sliding-window layers hold the same weights as global ones; their KV cache is counted in full.
+    Sliding-window layers hold the same weights as global ones; they cache and attend to the window.
     """
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
@@ -327,6 +362,8 @@ def _gemma(r: _Reader, name: str, mt: str) -> ModelSpec:
         norm="rmsnorm",
         layer_norms=4,
         qk_norm=mt == "gemma3_text",
+        sliding_window=r.int("sliding_window", 4096),
+        global_every=_gemma_global_every(r, mt),
     )
 
 

@@ -159,16 +159,19 @@ def _attention_op(
     act_in_elems: float,
     kvd: DType,
     ad: DType,
+    sliding: bool | None = None,
 ) -> Op:
     tokens = float(batch * seq_len)
     kvt = kv_bytes_per_token_layer(spec, kvd)
     cached = kv_len if phase == "decode" else kv_len - seq_len  # see the module docstring
+    # A sliding-window layer attends to and reads at most the window (ModelSpec.kv_tokens).
+    attended, cached = spec.kv_tokens(kv_len, sliding), spec.kv_tokens(cached, sliding)
     return Op(
         name="attention",
         kind=OpKind.ATTENTION,
         layer=0,
         # QK^T and PV, 2 FLOPs per MAC; causal prefill counts the full seq_len x kv_len rectangle.
-        flops=2.0 * batch * spec.heads * seq_len * kv_len * (qk_dim + v_dim),
+        flops=2.0 * batch * spec.heads * seq_len * attended * (qk_dim + v_dim),
         weight_bytes=0.0,
         act_in_bytes=act_in_elems * ad.bytes_per_element,
         act_out_bytes=tokens * spec.heads * v_dim * ad.bytes_per_element,
@@ -182,12 +185,19 @@ def _attention_op(
 
 
 def attention_op(
-    spec: ModelSpec, phase: Phase, batch: int, seq_len: int, kv_len: int, kvd: DType, ad: DType
+    spec: ModelSpec,
+    phase: Phase,
+    batch: int,
+    seq_len: int,
+    kv_len: int,
+    kvd: DType,
+    ad: DType,
+    sliding: bool | None = None,
 ) -> Op:
     """One layer's multi-head / grouped-query attention for the batch (see the module docstring)."""
     hd = spec.head_dim
     act_in = float(batch * seq_len) * (spec.heads * hd + 2 * spec.kv_heads * hd)
-    return _attention_op(spec, phase, batch, seq_len, kv_len, hd, hd, act_in, kvd, ad)
+    return _attention_op(spec, phase, batch, seq_len, kv_len, hd, hd, act_in, kvd, ad, sliding)
 
 
 def _mla_ops(
@@ -251,6 +261,7 @@ def _layer0_ops(
     kvd: DType,
     ad: DType,
     moe: bool | None = None,
+    sliding: bool | None = None,
 ) -> tuple[Op, ...]:
     _check(phase, batch, seq_len, kv_len)
     moe = spec.is_moe if moe is None else (moe and spec.is_moe)
@@ -268,7 +279,7 @@ def _layer0_ops(
         if spec.qk_norm:
             ops.append(_norm(spec, "qk_norm", 0, tokens, ad, q_out + kv_out, weight_elems=2 * hd))
         act_in = tokens * (q_out + 2 * kv_out)
-        ops.append(_attention_op(spec, phase, batch, seq_len, kv_len, hd, hd, act_in, kvd, ad))
+        ops.append(_attention_op(spec, phase, batch, seq_len, kv_len, hd, hd, act_in, kvd, ad, sliding))
         ops.append(_matmul("out_proj", 0, tokens, q_out, h, wd, ad, bias=spec.linear_bias))
     if spec.layer_norms == 4:
         ops.append(_norm(spec, "post_attn_norm", 0, tokens, ad))
@@ -334,7 +345,8 @@ def decoder_layer_ops(
     call it once and reuse the result. An index gives that layer (DeepSeek's first layers are dense).
     """
     moe = None if layer is None else spec.layer_is_moe(layer)
-    ops = _layer0_ops(spec, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype, act_dtype, moe)
+    sliding = None if layer is None or not spec.sliding_window else spec.layer_is_sliding(layer)
+    ops = _layer0_ops(spec, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype, act_dtype, moe, sliding)
     return ops if not layer else relabel(ops, layer)
 
 

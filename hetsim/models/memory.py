@@ -27,8 +27,12 @@ def head_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
 def kv_cache_bytes(
     model: ModelSpec, sequences: int, tokens: int, layers: int, kv_dtype: str = "fp16"
 ) -> float:
-    """KV cache of ``sequences`` x ``tokens`` over ``layers`` layers (pre-allocated for the full context)."""
-    return sequences * tokens * layers * kv_bytes_per_token_layer(model, DTYPES[kv_dtype])
+    """KV cache of ``sequences`` x ``tokens`` over ``layers`` layers (pre-allocated for the full context).
+
+    Sliding-window layers hold only the window's tokens (a ring buffer, as vLLM and transformers'
+    hybrid cache allocate them); ``layers`` is counted at the model's mean, exact for the whole model
+    and for any run of layers of a regular pattern (Gemma-2's alternation) up to one layer's share."""
+    return sequences * model.kv_tokens(tokens) * layers * kv_bytes_per_token_layer(model, DTYPES[kv_dtype])
 
 
 def activation_workspace(model: ModelSpec, batch: int, seq_len: int, act_dtype: str = "fp16") -> float:

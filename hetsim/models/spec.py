@@ -66,10 +66,11 @@ INT4 = DType("int4", 4, group_size=64, group_overhead_bytes=4.0, compute="fp16")
 # llama.cpp's Q4_K_M GGUF mix: Q4_K blocks (4.5 bits per weight: 256 4-bit weights with 6-bit sub-block
 # scales and two fp16 super-block scales) with some tensors in Q6_K (6.56 bits), about 4.8 bits per
 # weight on average (DeepSeek-V3 Q4_K_M: ~404 GB for 671B parameters; KTransformers' tutorial). Stored as
-# 4 bits plus 25.6 bytes per 256 weights. Lossy: only ever the user's choice. llama.cpp's CPU kernels
-# multiply it with 8-bit-quantised activations (AVX-512 VNNI int8 dot products); on a GPU it computes
-# in fp16 after dequantising (a device without an int8_vnni peak falls back to fp16).
-Q4_K_M = DType("q4_k_m", 4, group_size=256, group_overhead_bytes=25.6, compute="int8_vnni")
+# 4 bits plus 25.6 bytes per 256 weights. Lossy: only ever the user's choice. On a CPU llama.cpp's own
+# kernels unpack each weight and multiply it with 8-bit-quantised activations: the compute dtype names
+# their measured cost (efficiency.yaml cpu.kernel_cycles.q4_k_m); on a GPU, which has no such entry, it
+# computes in fp16 after dequantising (ComputeDevice.flops falls back to fp16).
+Q4_K_M = DType("q4_k_m", 4, group_size=256, group_overhead_bytes=25.6, compute="q4_k_m")
 
 DTYPES: dict[str, DType] = {d.name: d for d in (FP32, FP16, BF16, INT8, INT4, Q4_K_M)}
 LOSSY_DTYPES = frozenset({"int8", "int4", "q4_k_m"})
@@ -115,6 +116,11 @@ class ModelSpec:
     kv_lora_rank: int = 0
     rope_head_dim: int = 0
     v_head_dim: int = 0
+    # Sliding-window attention (Mistral-7B v0.1, Phi-3, Gemma-2/3): a sliding layer attends to and caches
+    # only the last ``sliding_window`` tokens. ``global_every`` n > 0: every n-th layer (i % n == n - 1)
+    # is global, the rest slide (Gemma-2: 2, Gemma-3: 6); 0: every layer slides. sliding_window 0 = none.
+    sliding_window: int = 0
+    global_every: int = 0
     embed_dim: int = 0  # token-table width when it differs from hidden (OPT-350m: project_in/out)
     final_norm: bool = True  # post-norm OPT (opt-350m) has no final LayerNorm
     # The checkpoint's precision (config.json ``torch_dtype``): what the weights are stored in, so what a
@@ -133,6 +139,30 @@ class ModelSpec:
     def token_dim(self) -> int:
         """Width of the token embedding table and of the LM head's input."""
         return self.embed_dim or self.hidden
+
+    def layer_is_sliding(self, layer: int) -> bool:
+        n = self.global_every
+        return self.sliding_window > 0 and not (n and layer % n == n - 1)
+
+    @property
+    def sliding_share(self) -> float:
+        """The share of layers that slide (0 without a window)."""
+        if not self.sliding_window:
+            return 0.0
+        n = self.global_every
+        return 1.0 - (self.layers // n) / self.layers if n else 1.0
+
+    def kv_tokens(self, tokens: float, sliding: bool | None = None) -> float:
+        """Tokens of KV a layer holds (and attends to) at a context of ``tokens``: all of them in a global
+        layer, the window's in a sliding one; ``sliding=None`` is the mean over the model's layers (what
+        a typical layer stands for, so that times its layer count it is the model's total)."""
+        if not self.sliding_window or sliding is False:
+            return tokens
+        windowed = min(tokens, float(self.sliding_window))
+        if sliding:
+            return windowed
+        s = self.sliding_share
+        return (1.0 - s) * tokens + s * windowed
 
     def layer_is_moe(self, layer: int) -> bool:
         """Whether decoder layer ``layer`` routes to experts (DeepSeek's first layers are dense)."""

@@ -7,16 +7,24 @@ attention and the router, sends the hidden states and the routing over PCIe, the
 selected experts while the GPU runs the shared expert, and the expert outputs come back over PCIe.
 Layers depend on each other, so there is no overlap across layers at batch 1.
 
-With several sockets each holds a slice of every expert (its inner dimension split, Megatron-style,
-so every socket reads only its local DRAM) and sends its partial sum to the GPU. KTransformers
-instead replicates the experts in each NUMA node, which costs twice the DRAM for the same local
-reads; the slice is what hetsim models. ``gpu_experts`` of each layer's experts may stay on the GPU
+With several sockets each runs 1/S of every expert's work and sends its partial sum to the GPU. Where
+the weights live is the plan's ``numa``, and the planner chooses among:
+
+* ``slice``: each socket holds its own slice of every expert (the inner dimension split, Megatron-style;
+  KTransformers' later NUMA-aware tensor parallelism), so every read is local and the experts are held once;
+* ``replicate``: every socket holds all routed experts (KTransformers V0.2 with USE_NUMA): the same local
+  reads as ``slice`` at S times the DRAM;
+* ``interleave``: the experts held once, spread over the sockets' DRAM (llama.cpp with memory interleaved
+  over the NUMA nodes): a socket reads (S-1)/S of its weights from the other sockets, over the UPI links
+  (the rig's datasheet bandwidth) and out of the other sockets' DRAM, while it computes.
+
+``gpu_experts`` of each layer's experts may stay on the GPU
 (when VRAM allows); under uniform routing they take that share of the token-expert pairs. Which
 experts are hot in practice (a skewed routing profile) is not modelled.
 
-Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise). Expert matmuls
-cost what the CPU's catalogue peak for the dtype's compute says (AMX bf16/int8, AVX-512 VNNI int8 for
-llama.cpp's quantised kernels) at the CPU efficiency class.
+Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise). Expert matmuls in
+bf16/int8 cost the CPU's catalogue peak (AMX) at the CPU efficiency class; in llama.cpp's Q4_K_M they
+cost its measured k-quant kernels (``efficiency.yaml`` ``cpu.kernel_cycles``, ``hetsim.costs.op_cost``).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Literal
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.layer_ops import decoder_layer_ops
@@ -40,6 +49,8 @@ from hetsim.workload import Workload, steps
 ROUTED_OPS = frozenset({"gate_proj", "up_proj", "act", "down_proj", "expert_combine"})
 ROUTING_BYTES_PER_CHOICE = 8.0  # an int32 expert id and an fp32 weight per token and chosen expert
 WEIGHT_DTYPES = ("bf16", "fp16", "int8", "int4", "q4_k_m")
+Numa = Literal["slice", "replicate", "interleave"]
+NUMA_MODES: tuple[Numa, ...] = ("slice", "replicate", "interleave")
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class MoEOffloadPlan:
     weight_dtype: str = "bf16"
     kv_dtype: str = "fp16"
     gpu_experts: int = 0  # routed experts of every expert layer kept on the GPU
+    numa: Numa = "slice"  # where the routed experts live over several sockets (module docstring)
 
 
 def routed_expert_bytes(model: ModelSpec, dtype: str) -> float:
@@ -140,14 +152,14 @@ class MoEOffload(Strategy):
         return MoEOffloadPlan(gpu, node_sockets(rig, gpu), workload.weight_dtype or "bf16")
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[MoEOffloadPlan]:
-        """Every socket of the GPU's node, or only its host socket (no cross-socket traffic); no experts
-        on the GPU, or as many as its free memory holds."""
+        """Every socket of the GPU's node in each NUMA layout, or only its host socket; no experts on the
+        GPU, or as many as its free memory holds."""
         plan = self.default_plan(rig, model, workload)
-        socket_sets = [plan.sockets] + ([plan.sockets[:1]] if len(plan.sockets) > 1 else [])
+        layouts = [(plan.sockets, m) for m in NUMA_MODES] if len(plan.sockets) > 1 else []
         hot = self.gpu_expert_room(plan, rig, model, workload)
-        for sockets in socket_sets:
+        for sockets, numa in [*layouts, (plan.sockets[:1], "slice")]:
             for n in dict.fromkeys((0, hot)):
-                yield dataclasses.replace(plan, sockets=sockets, gpu_experts=n)
+                yield dataclasses.replace(plan, sockets=sockets, gpu_experts=n, numa=numa)
 
     def gpu_expert_room(self, plan: MoEOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> int:
         """Experts per layer that fit in the GPU memory the rest of the plan leaves free."""
@@ -170,8 +182,9 @@ class MoEOffload(Strategy):
                 "activations": activation_workspace(model, workload.batch, workload.prompt_len),
             }
         }
+        held = 1 if plan.numa == "replicate" else len(plan.sockets)  # sockets sharing one copy
         for s in plan.sockets:
-            out[s] = {"experts": (routed - hot) / len(plan.sockets)}
+            out[s] = {"experts": (routed - hot) / held}
         return out
 
     def devices(self, plan: MoEOffloadPlan) -> list[str]:
@@ -180,6 +193,8 @@ class MoEOffload(Strategy):
     def schedule(self, plan: MoEOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload):
         gpu, sockets, wd, kvd = plan.gpu, plan.sockets, plan.weight_dtype, plan.kv_dtype
         b, hot = workload.batch, plan.gpu_experts
+        n_s = len(sockets)
+        remote = plan.numa == "interleave" and n_s > 1
 
         def layer(engine, work: _LayerWork, tokens: int, label: str):
             yield engine.compute(gpu, work.before, label=f"{label} attention")
@@ -191,10 +206,18 @@ class MoEOffload(Strategy):
             )
             for s in sockets if work.routed else ():
                 engine.transfer(gpu, s, send, label=f"{label} to {s}")
-                engine.compute(s, work.routed, label=f"{label} experts", after=engine.last_end)
-                back = engine.transfer(
-                    s, gpu, hidden_bytes(model, 1, tokens), label="back", after=engine.last_end
-                )
+                arrived = engine.last_end
+                ops, ready = work.routed, arrived
+                if remote:  # interleave: (S-1)/S of this socket's weights stream in over UPI meanwhile
+                    ops = tuple(dataclasses.replace(o, weight_bytes=o.weight_bytes / n_s) for o in ops)
+                    wb = sum(o.weight_bytes for o in work.routed) / n_s
+                    for other in sockets:
+                        if other != s:
+                            engine.transfer(other, s, wb, label=f"{label} remote experts", after=arrived)
+                            ready = max(ready, engine.last_end)
+                engine.compute(s, ops, label=f"{label} experts", after=arrived)
+                done = max(engine.last_end, ready)
+                back = engine.transfer(s, gpu, hidden_bytes(model, 1, tokens), label="back", after=done)
                 pending.append(back)
             yield engine.all_of(pending)
             yield engine.compute(gpu, work.after, label=f"{label} combine")

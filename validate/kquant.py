@@ -1,0 +1,413 @@
+"""Measure llama.cpp's Q4_K and Q6_K matrix kernels on this CPU, per MAC in core cycles.
+
+KTransformers V0.2 runs DeepSeek-V3's routed experts on the CPU with llama.cpp's quantised kernels
+(Q4_K_M GGUF). Their cost is not the int8 dot-product peak: every weight is unpacked (mask, shift,
+per-sub-block scale) before an 8-bit multiply-add with the Q8_K-quantised activations, and at one
+token a matrix-vector product does that work once per weight read. This script times ggml's own
+``mul_mat`` (the library llama.cpp and llama-cpp-python build; no model file needed) on Q4_K weights
+of DeepSeek-V3's expert shapes:
+
+* **in cache** (weights small enough to stay in this core's L2): the kernel's compute cost, expressed
+  in core cycles per multiply-accumulate, the number that transfers to another CPU running the same
+  instruction stream (``hetsim.hardware`` applies it as cores x clock / cycles per MAC);
+* **from DRAM** (a set of expert matrices far larger than the last-level cache): what one and all
+  cores of this machine reach, for the record (this VM's DRAM is not the target's).
+
+The core clock is measured with a chain of dependent integer adds (one per cycle on every x86 core
+since the P6), compiled with the system's C compiler.
+
+Run (in a scratch venv: ``pip install llama-cpp-python==0.3.36`` builds llama.cpp from source with
+``-march=native``)::
+
+    python -m validate.kquant --out validate/results/kquant/<machine>.json
+
+It prints one table and writes the JSON that ``hardware_profiles/efficiency.yaml`` cites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hetsim.hardware.types import log_interp
+
+GGML_TYPE_F32 = 0
+GGML_TYPE_Q4_K = 12
+GGML_TYPE_Q6_K = 14
+QK_K = 256
+# ggml block sizes per 256 weights: Q4_K = 2 fp16 scales + 12 bytes of 6-bit sub-block scales + 128
+# bytes of nibbles; Q6_K = 128 bytes of low nibbles + 64 of high 2-bit pairs + 16 int8 scales + fp16.
+BLOCK_BYTES = {"q4_K": 144, "q6_K": 210}
+GGML_TYPES = {"q4_K": GGML_TYPE_Q4_K, "q6_K": GGML_TYPE_Q6_K}
+
+# DeepSeek-V3 routed expert: gate/up are hidden 7168 -> 2048, down is 2048 -> 7168 (K = input width).
+EXPERT_SHAPES = {"gate_up": (7168, 2048), "down": (2048, 7168)}
+# Same input widths, few enough output rows to stay in a 2 MB L2 (Q4_K: 0.5625 B per weight).
+CACHE_SHAPES = {"gate_up": (7168, 256), "down": (2048, 896)}
+TOKENS = (1, 4, 16, 64)
+DRAM_TOKENS = (1, 16)  # decode, and a 500-token prefill's ~16 tokens per expert (500 x 8 / 256)
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+class _CPlan(ctypes.Structure):  # struct ggml_cplan (ggml-cpu.h)
+    _fields_ = [
+        ("work_size", ctypes.c_size_t),
+        ("work_data", ctypes.c_void_p),
+        ("n_threads", ctypes.c_int),
+        ("threadpool", ctypes.c_void_p),
+        ("abort_callback", ctypes.c_void_p),
+        ("abort_callback_data", ctypes.c_void_p),
+        ("use_ref", ctypes.c_bool),
+    ]
+
+
+def _find_lib_dir() -> Path:
+    env = os.environ.get("GGML_LIB_DIR")
+    if env:
+        return Path(env)
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        sys.exit("llama_cpp not installed: pip install llama-cpp-python (or set GGML_LIB_DIR)")
+    return Path(spec.origin).parent / "lib"
+
+
+class Ggml:
+    """The few ggml C functions the benchmark needs, through ctypes."""
+
+    def __init__(self, lib_dir: Path) -> None:
+        mode = ctypes.RTLD_GLOBAL
+        self.base = ctypes.CDLL(str(lib_dir / "libggml-base.so"), mode=mode)
+        self.cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"), mode=mode)
+        b, c, vp, i64 = self.base, self.cpu, ctypes.c_void_p, ctypes.c_int64
+        b.ggml_init.argtypes, b.ggml_init.restype = [_InitParams], vp
+        b.ggml_free.argtypes, b.ggml_free.restype = [vp], None
+        b.ggml_new_tensor_2d.argtypes, b.ggml_new_tensor_2d.restype = [vp, ctypes.c_int, i64, i64], vp
+        b.ggml_mul_mat.argtypes, b.ggml_mul_mat.restype = [vp, vp, vp], vp
+        b.ggml_new_graph_custom.argtypes = [vp, ctypes.c_size_t, ctypes.c_bool]
+        b.ggml_new_graph_custom.restype = vp
+        b.ggml_build_forward_expand.argtypes, b.ggml_build_forward_expand.restype = [vp, vp], None
+        b.ggml_get_data.argtypes, b.ggml_get_data.restype = [vp], vp
+        b.ggml_nbytes.argtypes, b.ggml_nbytes.restype = [vp], ctypes.c_size_t
+        b.ggml_quantize_chunk.argtypes = [ctypes.c_int, vp, vp, i64, i64, i64, vp]
+        b.ggml_quantize_chunk.restype = ctypes.c_size_t
+        c.ggml_graph_plan.argtypes, c.ggml_graph_plan.restype = [vp, ctypes.c_int, vp], _CPlan
+        c.ggml_graph_compute.argtypes = [vp, ctypes.POINTER(_CPlan)]
+        c.ggml_graph_compute.restype = ctypes.c_int
+        c.ggml_cpu_init.argtypes, c.ggml_cpu_init.restype = [], None
+        c.ggml_cpu_init()
+
+
+def _random_floats(n: int, seed: int) -> ctypes.Array:
+    import random
+
+    rng = random.Random(seed)
+    row = [rng.uniform(-1.0, 1.0) for _ in range(4096)]
+    arr = (ctypes.c_float * n)()
+    for start in range(0, n, 4096):
+        chunk = min(4096, n - start)
+        arr[start : start + chunk] = row[:chunk]
+    return arr
+
+
+class MatmulCase:
+    """``copies`` Q4_K weight matrices K x N (distinct memory, same content), each multiplied by an
+    f32 K x m activation block in a graph of its own: one timed call is one ggml mul_mat."""
+
+    def __init__(self, g: Ggml, qtype: str, k: int, n: int, m: int, copies: int) -> None:
+        self.g, self.qtype, self.k, self.n, self.m, self.copies = g, qtype, k, n, m, copies
+        gtype = GGML_TYPES[qtype]
+        wbytes = n * (k // QK_K) * BLOCK_BYTES[qtype]
+        mem = copies * (wbytes + 4 * k * m + 4 * n * m + 64 * 1024) + 64 * 2**20
+        self.ctx = g.base.ggml_init(_InitParams(mem, None, False))
+        if not self.ctx:
+            raise MemoryError("ggml_init failed")
+        src = _random_floats(k * n, seed=1)
+        first = None
+        self.graphs = []
+        for _ in range(copies):
+            w = g.base.ggml_new_tensor_2d(self.ctx, gtype, k, n)
+            if first is None:
+                g.base.ggml_quantize_chunk(gtype, src, g.base.ggml_get_data(w), 0, n, k, None)
+                first = w
+            else:
+                ctypes.memmove(g.base.ggml_get_data(w), g.base.ggml_get_data(first), wbytes)
+            x = g.base.ggml_new_tensor_2d(self.ctx, GGML_TYPE_F32, k, m)
+            ctypes.memmove(g.base.ggml_get_data(x), src, 4 * k * m)
+            graph = g.base.ggml_new_graph_custom(self.ctx, 16, False)
+            g.base.ggml_build_forward_expand(graph, g.base.ggml_mul_mat(self.ctx, w, x))
+            self.graphs.append(graph)
+        self.weight_bytes = wbytes
+        self._plans: dict[tuple[int, int], _CPlan] = {}
+        self._work: list[ctypes.Array] = []
+
+    def _plan(self, i: int, threads: int) -> _CPlan:
+        """ggml's compute plan with a work buffer of our own (the Q8_K-quantised activations)."""
+        key = (i, threads)
+        if key not in self._plans:
+            plan = self.g.cpu.ggml_graph_plan(self.graphs[i], threads, None)
+            if plan.work_size:
+                buf = ctypes.create_string_buffer(plan.work_size + 64)
+                self._work.append(buf)
+                plan.work_data = ctypes.addressof(buf)
+            self._plans[key] = plan
+        return self._plans[key]
+
+    def run(self, i: int, threads: int) -> float:
+        graph, plan = self.graphs[i % self.copies], self._plan(i % self.copies, threads)
+        t0 = time.perf_counter()
+        rc = self.g.cpu.ggml_graph_compute(graph, ctypes.byref(plan))
+        dt = time.perf_counter() - t0
+        if rc != 0:
+            raise RuntimeError(f"ggml_graph_compute failed: {rc}")
+        return dt
+
+    @property
+    def macs(self) -> float:
+        return float(self.k) * self.n * self.m
+
+    def close(self) -> None:
+        self.g.base.ggml_free(self.ctx)
+
+
+_CHAIN_C = r"""
+#include <stdint.h>
+uint64_t chain(uint64_t n) {
+    uint64_t x = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+                         "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+    }
+    return x;
+}
+"""
+
+
+def core_clock_hz(calls: int = 400) -> float:
+    """Clock of the core this runs on: 8 dependent adds per loop trip take 8 cycles. Short calls
+    (~1 ms) and the fastest of many, so that a call the scheduler did not interrupt is among them."""
+    with tempfile.TemporaryDirectory() as d:
+        c, so = Path(d) / "chain.c", Path(d) / "chain.so"
+        c.write_text(_CHAIN_C)
+        subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(so), str(c)], check=True)
+        lib = ctypes.CDLL(str(so))
+        lib.chain.argtypes, lib.chain.restype = [ctypes.c_uint64], ctypes.c_uint64
+        n = 400_000  # 3.2 M cycles
+        lib.chain(n)
+        best = min(_timed(lambda: lib.chain(n)) for _ in range(calls))
+    return 8 * n / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _cases(g: Ggml, dram_mb: float) -> list[tuple[str, str, MatmulCase]]:
+    cases = []
+    for qtype in GGML_TYPES:
+        for where, shapes in (("cache", CACHE_SHAPES), ("dram", EXPERT_SHAPES)):
+            for name, (k, n) in shapes.items():
+                for m in TOKENS if where == "cache" else DRAM_TOKENS:
+                    copies = 1
+                    if where == "dram":  # cycle through more weights than the last-level cache holds
+                        copies = max(2, int(dram_mb * 2**20 / (n * (k // QK_K) * BLOCK_BYTES[qtype])))
+                    cases.append((where, name, MatmulCase(g, qtype, k, n, m, copies)))
+    return cases
+
+
+def measure(g: Ggml, threads_list: tuple[int, ...], calls: int, dram_mb: float) -> list[dict]:
+    """Each case: ``calls`` timed mul_mats per thread count, interleaved in rounds over the cases so
+    that a slow moment of the shared machine hits all of them; the fastest call is the kernel's time
+    (a call the scheduler did not interrupt), the median is kept beside it."""
+    cases = _cases(g, dram_mb)
+    times: dict[tuple[int, int], list[float]] = {}
+    rounds = 10
+    for r in range(rounds):
+        for t in threads_list:
+            for i, (_, _, case) in enumerate(cases):
+                case.run(0, t)
+                per = max(1, calls // rounds)
+                for j in range(per):
+                    times.setdefault((i, t), []).append(case.run(r * per + j + 1, t))
+    rows: list[dict] = []
+    for i, (where, name, case) in enumerate(cases):
+        for t in threads_list:
+            ts = times[(i, t)]
+            best = min(ts)
+            rows.append(
+                {
+                    "type": case.qtype,
+                    "where": where,
+                    "matrix": name,
+                    "k": case.k,
+                    "n": case.n,
+                    "tokens": case.m,
+                    "weight_sets": case.copies,
+                    "threads": t,
+                    "calls": len(ts),
+                    "best_s": best,
+                    "median_s": statistics.median(ts),
+                    "gmac_per_s": case.macs / best / 1e9,
+                    "weight_gb_per_s": case.weight_bytes / best / 1e9,
+                }
+            )
+    for *_, case in cases:
+        case.close()
+    return rows
+
+
+# llama.cpp's Q4_K_M mix (src/llama-quant.cpp, LLAMA_FTYPE_MOSTLY_Q4_K_M): Q4_K everywhere except the
+# output layer, and ffn_down (experts included) and attn_v of the layers where use_more_bits(i, n) holds
+# -- the first and last eighth and every third layer between, 30 of DeepSeek-V3's 61 -- in Q6_K. Of a
+# routed expert's three matrices (gate, up, down) that is about half of one: 1/6 of its MACs in Q6_K.
+Q4_K_M_Q6_SHARE = 1.0 / 6.0
+
+
+def fit(doc: dict) -> dict:
+    """The per-core cycles-per-MAC curve of each type by tokens: the mean of the two in-cache shapes
+    at one thread (one core; this VM's second core is shared with other work). Held out: DeepSeek-V3's
+    real expert matrices streamed from DRAM, each type alone and as the Q4_K_M mix."""
+    one = [r for r in doc["rows"] if r["threads"] == 1]
+    sums: dict[str, dict[int, list[float]]] = {}
+    for r in one:
+        if r["where"] == "cache":
+            sums.setdefault(r["type"], {}).setdefault(r["tokens"], []).append(r["cycles_per_mac"])
+    curves = {q: {t: statistics.fmean(v) for t, v in sorted(by.items())} for q, by in sums.items()}
+
+    def predict(qtype: str, tokens: float) -> float:
+        return interpolate([(float(t), c) for t, c in curves[qtype].items()], tokens)
+
+    held = []
+    for r in one:
+        if r["where"] == "cache":
+            continue
+        pred = predict(r["type"], r["tokens"])
+        held.append(
+            {k: r[k] for k in ("type", "where", "matrix", "tokens")}
+            | {"measured": r["cycles_per_mac"], "predicted": pred, "error": pred / r["cycles_per_mac"] - 1.0}
+        )
+    q6 = Q4_K_M_Q6_SHARE
+    for matrix in EXPERT_SHAPES:
+        for m in DRAM_TOKENS:
+            meas = {h["type"]: h["measured"] for h in held if h["matrix"] == matrix and h["tokens"] == m}
+            mixed = (1 - q6) * meas["q4_K"] + q6 * meas["q6_K"]
+            pred = (1 - q6) * predict("q4_K", m) + q6 * predict("q6_K", m)
+            held.append(
+                {
+                    "type": "q4_k_m",
+                    "where": "dram",
+                    "matrix": matrix,
+                    "tokens": m,
+                    "measured": mixed,
+                    "predicted": pred,
+                    "error": pred / mixed - 1.0,
+                }
+            )
+    tokens = list(curves["q4_K"])
+    mix = [(1 - q6) * curves["q4_K"][t] + q6 * curves["q6_K"][t] for t in tokens]
+    errs = [abs(h["error"]) for h in held if h["type"] == "q4_k_m"]
+    return {
+        "curves": curves,
+        "q4_k_m": {"tokens": tokens, "cycles_per_mac": [round(c, 4) for c in mix]},
+        "held_out": held,
+        "held_out_q4_k_m_abs_error": {"median": statistics.median(errs), "max": max(errs)},
+    }
+
+
+def interpolate(points: list[tuple[float, float]], tokens: float) -> float:
+    """hetsim's own rule between measured points (linear in log tokens, flat outside)."""
+    return log_interp(points, tokens)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--fit-only", action="store_true", help="refit an existing --out file; measure nothing")
+    ap.add_argument("--threads", default="1,2", help="thread counts, comma separated")
+    ap.add_argument("--calls", type=int, default=200, help="timed calls per case and thread count")
+    ap.add_argument("--dram-mb", type=float, default=512.0, help="weights per DRAM case (>> LLC)")
+    args = ap.parse_args(argv)
+    if args.fit_only:
+        doc = json.loads(args.out.read_text())
+        doc["fit"] = fit(doc)
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        _print_fit(doc["fit"])
+        return
+    threads = tuple(int(t) for t in args.threads.split(","))
+    g = Ggml(_find_lib_dir())
+    clock_before = core_clock_hz()
+    rows = measure(g, threads, args.calls, args.dram_mb)
+    clock_after = core_clock_hz()
+    clock = min(clock_before, clock_after)  # the lower: cycles per MAC err towards the slow side
+    for r in rows:
+        r["cycles_per_mac"] = clock * r["threads"] / (r["gmac_per_s"] * 1e9)
+    flags = ""
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1]
+                break
+    doc = {
+        "what": "ggml mul_mat, Q4_K / Q6_K weights x f32 activations (Q8_K inside), llama.cpp CPU backend",
+        "library": "llama-cpp-python 0.3.36 (llama.cpp vendored), built with -march=native",
+        "cpu": platform.processor() or _model_name(),
+        "model_name": _model_name(),
+        "isa": sorted(f for f in flags.split() if f.startswith(("avx", "amx")) or f in ("fma", "f16c")),
+        "clock_hz": {"before": clock_before, "after": clock_after, "used": clock},
+        "calls": args.calls,
+        "rows": rows,
+    }
+    doc["fit"] = fit(doc)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    ghz = (clock / 1e9, clock_before / 1e9, clock_after / 1e9)
+    print("core clock {:.2f} GHz (before {:.2f}, after {:.2f})".format(*ghz))
+    print("type  where  matrix       K     N    m thr   GMAC/s    GB/s  cyc/MAC")
+    for r in rows:
+        print(
+            f"{r['type']:5} {r['where']:6} {r['matrix']:8} {r['k']:5d} {r['n']:5d} {r['tokens']:4d} "
+            f"{r['threads']:3d} {r['gmac_per_s']:8.2f} {r['weight_gb_per_s']:7.2f} {r['cycles_per_mac']:8.4f}"
+        )
+    _print_fit(doc["fit"])
+
+
+def _print_fit(f: dict) -> None:
+    curves = {k: {t: round(c, 4) for t, c in v.items()} for k, v in f["curves"].items()}
+    print("fitted (in cache, 1 thread):", curves)
+    print("q4_k_m mix:", f["q4_k_m"])
+    for h in f["held_out"]:
+        print(
+            f"  held out {h['type']} {h['where']:5} {h['matrix']:8} m={h['tokens']:3d}: measured "
+            f"{h['measured']:.4f}, predicted {h['predicted']:.4f} ({100 * h['error']:+.1f} %)"
+        )
+    e = f["held_out_q4_k_m_abs_error"]
+    print(f"held-out q4_k_m |error|: median {100 * e['median']:.1f} %, max {100 * e['max']:.1f} %")
+
+
+def _model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+if __name__ == "__main__":
+    main()
