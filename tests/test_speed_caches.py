@@ -49,3 +49,33 @@ def test_lockstep_cache_is_bounded(monkeypatch):
     bounded = api.compare(p, ["hexgen"], search=False)
     monkeypatch.setattr(Engine, "_lockstep_fixed", _uncached_lockstep)
     assert _bits(api.compare(p, ["hexgen"], search=False)) == _bits(bounded)
+
+
+def _with_events(book):
+    """A ``book_*`` method that also schedules the SimPy timeout ``compute``/``transfer`` would."""
+
+    def booked(self, *args, **kwargs):
+        end = book(self, *args, **kwargs)
+        self.env.timeout(end - self.env.now)
+        return end
+
+    return booked
+
+
+@pytest.mark.parametrize(
+    ("model", "rig", "strategy", "dtype"),
+    [
+        ("llama2-70b", "mixed-lab", "hetegen", None),
+        ("opt-13b", "hetegen-a10", "hetegen", None),
+        ("qwen3-30b-a3b", "ktransformers-2s", "moe-offload", "q4_k_m"),
+    ],
+)
+def test_booking_without_an_event_changes_no_result(monkeypatch, model, rig, strategy, dtype):
+    """Paths joined by their end times book tasks nobody waits on; scheduling a timeout for each
+    (as ``compute`` and ``transfer`` do) gives the same numbers to the bit."""
+    p = api.problem(model, rig, 2, 96, 5, weight_dtype=dtype)
+    fast = api.compare(p, [strategy])
+    monkeypatch.setattr(Engine, "book_compute", _with_events(Engine.book_compute))
+    monkeypatch.setattr(Engine, "book_transfer", _with_events(Engine.book_transfer))
+    assert _bits(api.compare(p, [strategy])) == _bits(fast)
+    assert fast[0].feasible

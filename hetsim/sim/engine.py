@@ -149,13 +149,16 @@ class Engine:
             lane.busy_s += duration
         return start
 
-    def _finish(self, lanes: Sequence[Lane], start: float, end: float, label: str, args: dict) -> simpy.Event:
+    def _record(self, lanes: Sequence[Lane], start: float, end: float, label: str, args: dict) -> float:
         self.tasks += 1
         self.last_end = end
         if self.tracer is not None:
             for lane in lanes:
                 self.tracer.span(lane.name, label, start, end, args)
-        return self.env.timeout(end - self.env.now)
+        return end
+
+    def _finish(self, lanes: Sequence[Lane], start: float, end: float, label: str, args: dict) -> simpy.Event:
+        return self.env.timeout(self._record(lanes, start, end, label, args) - self.env.now)
 
     # ---- the API strategies use ------------------------------------------------------------
     def cost_of(self, device: str, ops: Op | tuple[Op, ...]) -> OpCost:
@@ -188,12 +191,21 @@ class Engine:
         ``after`` enqueues the task now but lets it start no earlier than that time, as work queued
         on a CUDA stream behind a copy does (pass ``engine.last_end`` of the task it follows).
         """
+        return self.env.timeout(self.book_compute(device, ops, label=label, after=after) - self.env.now)
+
+    def book_compute(
+        self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None, after: float = 0.0
+    ) -> float:
+        """``compute`` without an event to wait on: books the task and returns when it ends.
+
+        For work nobody waits on by itself (a path joined later by its end time): SimPy then has
+        one event fewer to schedule and process, and every lane, timeline and count is the same."""
         if isinstance(ops, Op):
             name, args = ops.name, {"layer": ops.layer, "flops": ops.flops, "bytes": ops.mem_bytes}
         else:
             name = f"{ops[0].name}..{ops[-1].name}" if ops else "nothing"
             args = {"layer": ops[0].layer if ops else -1, "ops": len(ops)}
-        return self.execute(device, self.cost_of(device, ops), label=label or name, args=args, after=after)
+        return self._book_cost(device, self.cost_of(device, ops), label or name, args, after)
 
     def execute(
         self,
@@ -205,6 +217,9 @@ class Engine:
         after: float = 0.0,
     ) -> simpy.Event:
         """Run work of a known cost on ``device``; CPU work also draws on the socket's DRAM."""
+        return self.env.timeout(self._book_cost(device, cost, label, args or {}, after) - self.env.now)
+
+    def _book_cost(self, device: str, cost: OpCost, label: str, args: dict, after: float) -> float:
         lane = self.lanes[f"{device}:compute"]
         start = max(self.env.now, lane.free_at, after)
         dram = self.host_memory.get(device)
@@ -222,7 +237,7 @@ class Engine:
         lane.busy_s += end - start
         # waiting on DRAM shared with DMA counts as memory-bound time too
         lane.memory_bound_s += cost.memory_bound_s + max(0.0, end - start - cost.time_s)
-        return self._finish((lane,), start, end, label, args or {})
+        return self._record((lane,), start, end, label, args)
 
     def delay(self, device: str, seconds: float, *, label: str = "overhead") -> simpy.Event:
         """Occupy a device's compute stream for a fixed time (host-side work, synchronisation)."""
@@ -243,9 +258,26 @@ class Engine:
         """Copy ``nbytes`` from ``src`` to ``dst`` (devices or disks) over the rig's route.
 
         ``after``: as for ``compute``, start no earlier than this (a queued follow-up)."""
+        return self.env.timeout(
+            self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=after) - self.env.now
+        )
+
+    send = transfer
+
+    def book_transfer(
+        self,
+        src: str,
+        dst: str,
+        nbytes: float,
+        *,
+        pinned: bool = True,
+        label: str = "copy",
+        after: float = 0.0,
+    ) -> float:
+        """``transfer`` without an event to wait on (as ``book_compute``): returns when it ends."""
         if nbytes <= 0 or src == dst:
             self.last_end = max(self.env.now, after)
-            return self.env.timeout(self.last_end - self.env.now)
+            return self.last_end
         path = self._path(src, dst, pinned)
         start = max([self.env.now, after, *(lane.free_at for lane in path.lanes)])
         if path.host_side is None:
@@ -257,9 +289,7 @@ class Engine:
             lane.busy_s += end - start
         self.bytes_transferred += nbytes
         args = {"bytes": nbytes, "src": src, "dst": dst} if self.tracer else {}
-        return self._finish(path.lanes, start, end, label, args)
-
-    send = transfer
+        return self._record(path.lanes, start, end, label, args)
 
     def allreduce(self, devices: Sequence[str], nbytes: float, *, label: str = "allreduce") -> simpy.Event:
         """Sum ``nbytes`` across ``devices`` (alpha-beta over the ring's slowest route)."""

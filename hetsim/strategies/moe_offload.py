@@ -190,11 +190,9 @@ class MoEOffload(Strategy):
                 hidden_bytes(model, 1, tokens) + tokens * model.experts_per_token * ROUTING_BYTES_PER_CHOICE
             )
             for s in sockets if work.routed else ():
-                engine.transfer(gpu, s, send, label=f"{label} to {s}")
-                engine.compute(s, work.routed, label=f"{label} experts", after=engine.last_end)
-                back = engine.transfer(
-                    s, gpu, hidden_bytes(model, 1, tokens), label="back", after=engine.last_end
-                )
+                sent = engine.book_transfer(gpu, s, send, label=f"{label} to {s}")
+                done = engine.book_compute(s, work.routed, label=f"{label} experts", after=sent)
+                back = engine.transfer(s, gpu, hidden_bytes(model, 1, tokens), label="back", after=done)
                 pending.append(back)
             yield engine.all_of(pending)
             yield engine.compute(gpu, work.after, label=f"{label} combine")
