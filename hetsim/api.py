@@ -156,10 +156,12 @@ def compare(
     if workers > 1 and len(names) > 1 and "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
         try:
+            # costliest searches first (longest-processing-time order), results back in ``names`` order
+            order = sorted(range(len(names)), key=lambda i: -chosen[i].search_weight)
             with ProcessPoolExecutor(min(workers, len(names)), mp_context=ctx) as pool:
-                n = len(names)
-                unsorted = list(pool.map(_best_by_name, names, [p] * n, [objective] * n, [search] * n,
-                                         [allow_lossy] * n))  # fmt: skip
+                futures = {i: pool.submit(_best_by_name, names[i], p, objective, search, allow_lossy)
+                           for i in order}  # fmt: skip
+                unsorted = [futures[i].result() for i in range(len(names))]
         except BrokenProcessPool:
             unsorted = None  # a worker was killed (out of memory?): search again here, one at a time
     if unsorted is None:

@@ -196,6 +196,7 @@ def resident_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
 @register
 class HeteGen(Strategy):
     name = "hetegen"
+    search_weight = 10  # engine-balanced split ratios per module kind
     summary = "per-module CPU/GPU split of linear layers with resident-module knapsack (HeteGen)"
     plan_type = HeteGenPlan
 
