@@ -2,7 +2,8 @@
 
 The development machine is shared and its load moves by 2-3x within minutes, so a number measured
 alone says little; runs of the two trees alternate (base, new, base, new, ...) and the table gives
-the minimum and median of each, plus whether the two printed the same bytes.
+the minimum and median of each, the least CPU time (user + system, worker processes included: less
+moved by the load than wall time), and whether the two printed the same bytes.
 
     git archive BASE_COMMIT | (mkdir -p /tmp/base && tar -x -C /tmp/base)
     .venv/bin/python benchmarks/side_by_side.py --base /tmp/base --repeats 3 [--only help,serve]
@@ -18,6 +19,7 @@ import argparse
 import datetime
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,43 +43,54 @@ CASES: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-def run_once(tree: Path, args: list[str]) -> tuple[float, bytes]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(tree: Path, args: list[str]) -> tuple[float, float, bytes]:
+    """(wall s, CPU s of the process and the workers it waited for, stdout)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    t0 = time.perf_counter()
+    cpu0, t0 = _children_cpu_s(), time.perf_counter()
     # cwd too: ``python -m`` puts the working directory ahead of PYTHONPATH
     proc = subprocess.run([sys.executable, "-m", "hetsim.cli", *args], env=env, cwd=tree, capture_output=True)
-    return time.perf_counter() - t0, proc.stdout
+    return time.perf_counter() - t0, _children_cpu_s() - cpu0, proc.stdout
 
 
-Row = tuple[str, list[float], list[float], bool]  # name, base times, new times, same output
+# name, base wall times, new wall times, same output, base CPU times, new CPU times
+Row = tuple[str, list[float], list[float], bool, list[float], list[float]]
 
 
 def measure(base: Path, new_tree: Path, names: list[str], repeats: int) -> list[Row]:
     rows = []
     for name in names:
-        old, new, same = [], [], True
+        old, new, same, cpu_old, cpu_new = [], [], True, [], []
         for _ in range(repeats):
-            t_old, out_old = run_once(base, CASES[name])
-            t_new, out_new = run_once(new_tree, CASES[name])
+            t_old, c_old, out_old = run_once(base, CASES[name])
+            t_new, c_new, out_new = run_once(new_tree, CASES[name])
             old.append(t_old)
             new.append(t_new)
+            cpu_old.append(c_old)
+            cpu_new.append(c_new)
             same = same and out_old == out_new
-            print(f"  {name}: base {t_old:.2f} s, new {t_new:.2f} s", file=sys.stderr, flush=True)
-        rows.append((name, old, new, same))
+            print(f"  {name}: base {t_old:.2f} s ({c_old:.2f} CPU s), new {t_new:.2f} s ({c_new:.2f} CPU s)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        rows.append((name, old, new, same, cpu_old, cpu_new))
     return rows
 
 
 def table(rows: list[Row], repeats: int) -> str:
     lines = [
         f"| command (fresh process; {repeats} alternating runs each) | base min / median | "
-        "new min / median | speed-up (minima) | same output |",
-        "|---|---|---|---|---|",
+        "new min / median | speed-up (minima) | CPU s base / new (minima) | same output |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, old, new, same in rows:
+    for name, old, new, same, cpu_old, cpu_new in rows:
         cmd = "hetsim " + " ".join(CASES[name])
         lines.append(
             f"| `{cmd}` | {min(old):.2f} / {statistics.median(old):.2f} s | {min(new):.2f} / "
-            f"{statistics.median(new):.2f} s | {min(old) / min(new):.1f}x | {'yes' if same else 'NO'} |"
+            f"{statistics.median(new):.2f} s | {min(old) / min(new):.1f}x | "
+            f"{min(cpu_old):.2f} / {min(cpu_new):.2f} s | {'yes' if same else 'NO'} |"
         )
     return "\n".join(lines)
 
