@@ -7,7 +7,7 @@ moved by the load than wall time), and whether the two printed the same bytes.
 
     git archive BASE_COMMIT | (mkdir -p /tmp/base && tar -x -C /tmp/base)
     .venv/bin/python benchmarks/side_by_side.py --base /tmp/base --repeats 3 [--only help,serve]
-        [--append]        # add the table to benchmarks/results.md with the date and machine
+        [--no-record]     # print only (by default the table is appended to benchmarks/results.md)
 
 Each run is a fresh process (``python -m hetsim.cli ...``, imports included) with ``PYTHONPATH``
 set to the tree under test.
@@ -16,15 +16,12 @@ set to the tree under test.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import resource
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from record import append, run_timed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,18 +40,11 @@ CASES: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_once(tree: Path, args: list[str]) -> tuple[float, float, bytes]:
     """(wall s, CPU s of the process and the workers it waited for, stdout)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cpu0, t0 = _children_cpu_s(), time.perf_counter()
     # cwd too: ``python -m`` puts the working directory ahead of PYTHONPATH
-    proc = subprocess.run([sys.executable, "-m", "hetsim.cli", *args], env=env, cwd=tree, capture_output=True)
-    return time.perf_counter() - t0, _children_cpu_s() - cpu0, proc.stdout
+    return run_timed([sys.executable, "-m", "hetsim.cli", *args], env=env, cwd=tree)
 
 
 # name, base wall times, new wall times, same output, base CPU times, new CPU times
@@ -102,21 +92,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     ap.add_argument("--label", default="", help="what the baseline is (a commit), for the heading")
-    ap.add_argument("--append", action="store_true", help="append the table to benchmarks/results.md")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to results.md")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
     rows = measure(args.base.resolve(), args.new.resolve(), names, args.repeats)
-    text = table(rows, args.repeats)
-    print(text)
-    if args.append:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        heading = (
-            f"\n## {datetime.date.today().isoformat()}, side by side against {args.label or args.base}, "
-            f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()} "
-            f"(load average {load:.1f} at the end: shared machine, compare within a row only)\n\n"
-        )
-        with open(ROOT / "benchmarks/results.md", "a") as f:
-            f.write(heading + text + "\n")
+    title = f"`side_by_side.py` against {args.label or args.base}"
+    append(title, table(rows, args.repeats), "Compare within a row only.", write=not args.no_record)
 
 
 if __name__ == "__main__":
