@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import simpy
@@ -37,6 +38,7 @@ from hetsim.sim.memory import MemoryLedger
 from hetsim.sim.trace import TraceRecorder
 
 _LOCKSTEP_CACHE_MAX = 4096
+_FREE_AT = attrgetter("free_at")
 
 Schedule = Callable[["Engine"], Generator[simpy.Event, Any, Any]]
 
@@ -322,35 +324,38 @@ class Engine:
         for nbytes in fixed.bytes_moved:
             self.bytes_transferred += nbytes
         lanes = fixed.lanes
+        now = self.env.now
         # CPU ranks stream their share of weights from DRAM; ranks on one shared DRAM compete, so the
         # compute part lasts at least until their traffic has been served.
-        start = max([self.env.now, *(lane.free_at for lane in lanes)])
+        start = max(now, max(map(_FREE_AT, lanes)))
         busy = fixed.compute_s * repeat
         for dram, nbytes, cap in fixed.traffic:
-            busy = max(busy, dram.book(self.env.now, start, nbytes, cap) - start)
+            busy = max(busy, dram.book(now, start, nbytes, cap) - start)
         stretch = busy - fixed.compute_s * repeat
         # Every segment ends in a collective, where the group waits for its slowest rank.
         wait = lockstep_wait(busy, fixed.straggle)
         duration = lockstep_duration(busy, fixed.comm_s * repeat, fixed.straggle)
+        end = start + duration
         for lane in lanes:
-            lane.free_at = start + duration
+            lane.free_at = end
             lane.busy_s += duration
+        idle = busy + wait
         for lane in fixed.link_lanes:  # links are busy only while the all-reduces run
-            lane.busy_s -= busy + wait
+            lane.busy_s -= idle
         for lane, mem_bound in fixed.memory_bound:
             lane.memory_bound_s += mem_bound + stretch
-        return self._finish(lanes, start, start + duration, label, {"ranks": len(devices), "repeat": repeat})
+        return self._finish(lanes, start, end, label, {"ranks": len(devices), "repeat": repeat})
 
     def _lockstep_fixed(
         self, devices: Sequence[str], work: Sequence[tuple[Op, ...] | float], repeat: int
     ) -> _LockstepFixed:
         """What a lockstep call's duration needs that does not depend on the clock, cached by the
         identity of its op blocks (layer_blocks hands out the same tuples for the same shape)."""
-        key = (tuple(devices), repeat, *(w if isinstance(w, float) else id(w) for w in work))
+        key = (tuple(devices), repeat, *[w if isinstance(w, float) else id(w) for w in work])
         hit = self._lockstep_cache.get(key)
-        if hit is not None and all(
-            a == b if isinstance(a, float) else a is b for a, b in zip(hit[0], work, strict=True)
-        ):
+        # A tuple compares its items by identity first: the same op blocks (the usual hit) cost no
+        # field-by-field comparison, and a reused id of an unequal block is a miss.
+        if hit is not None and hit[0] == tuple(work):
             return hit[1]
         fixed = self._lockstep_compute(devices, work, repeat)
         if len(self._lockstep_cache) >= _LOCKSTEP_CACHE_MAX:  # serving meets many shapes: bound memory
