@@ -79,3 +79,29 @@ def test_booking_without_an_event_changes_no_result(monkeypatch, model, rig, str
     monkeypatch.setattr(Engine, "book_transfer", _with_events(Engine.book_transfer))
     assert _bits(api.compare(p, [strategy])) == _bits(fast)
     assert fast[0].feasible
+
+
+def _fresh_costs(rig):
+    return {}, {}
+
+
+def test_op_costs_shared_between_engines_change_no_result(monkeypatch):
+    """Engines on one rig share op costs (a search's candidates, a --max-rate bisection's runs);
+    each engine costing its ops afresh gives the same numbers to the bit."""
+    p = api.problem("llama2-70b", "mixed-lab", 1, 128, 4)
+    args = dict(rate=1.0, num_requests=20, slo_scale=5.0, seed=1, find_max_rate=True)
+    shared = (_bits(api.compare(p, ["hetegen", "flexgen", "accelerate"])),
+              repr(api.serve("llama2-7b", "hexgen-half-budget", **args)))  # fmt: skip
+    monkeypatch.setattr(engine_mod, "_rig_costs", _fresh_costs)
+    fresh = (_bits(api.compare(p, ["hetegen", "flexgen", "accelerate"])),
+             repr(api.serve("llama2-7b", "hexgen-half-budget", **args)))  # fmt: skip
+    assert fresh == shared
+
+
+def test_op_cost_cache_keeps_a_few_rigs(monkeypatch):
+    monkeypatch.setattr(engine_mod, "_RIG_COSTS", {})
+    rigs = [api.problem("llama2-7b", "mixed-lab").rig for _ in range(engine_mod._RIG_COSTS_MAX_RIGS + 2)]
+    for rig in rigs:
+        Engine(rig)
+    assert len(engine_mod._RIG_COSTS) == engine_mod._RIG_COSTS_MAX_RIGS
+    assert Engine(rigs[-1])._op_costs is Engine(rigs[-1])._op_costs

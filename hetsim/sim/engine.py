@@ -96,6 +96,25 @@ class _LockstepFixed:
     memory_bound: tuple[tuple[Lane, float], ...]  # per rank: repeat x its memory-bound time
 
 
+_CostKey = tuple[str, "Op | tuple[Op, ...]"]
+# Op costs are a pure function of the rig (frozen) and the ops: engines on the same rig object (a
+# search's candidates, a serving run's bisection, HeteGen's split measurements) share them. Keyed by
+# the rig's identity, holding the rig so the id stays its own; the few latest rigs are kept.
+_RIG_COSTS: dict[int, tuple[Rig, dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]] = {}
+_RIG_COSTS_MAX_RIGS = 4
+_RIG_COSTS_MAX_ENTRIES = 65536
+
+
+def _rig_costs(rig: Rig) -> tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]:
+    """The op-cost caches (by value, and by the identity of the ops object) of engines on ``rig``."""
+    hit = _RIG_COSTS.get(id(rig))
+    if hit is None or hit[0] is not rig or len(hit[1]) + len(hit[2]) > _RIG_COSTS_MAX_ENTRIES:
+        if hit is None and len(_RIG_COSTS) >= _RIG_COSTS_MAX_RIGS:
+            del _RIG_COSTS[next(iter(_RIG_COSTS))]  # the oldest
+        hit = _RIG_COSTS[id(rig)] = (rig, {}, {})
+    return hit[1], hit[2]
+
+
 class Engine:
     def __init__(self, rig: Rig, *, trace: bool = False, memory_timeline: bool = False):
         self.env = _Environment()
@@ -127,8 +146,7 @@ class Engine:
         self.bytes_transferred = 0.0
         self.token_times: list[tuple[float, int]] = []
         self.token_streams: list[int] = []  # per token_times entry: the process that made it
-        self._op_costs: dict[tuple[str, Op | tuple[Op, ...]], OpCost] = {}
-        self._op_costs_by_id: dict[tuple[str, int], tuple[Op | tuple[Op, ...], OpCost]] = {}
+        self._op_costs, self._op_costs_by_id = _rig_costs(rig)
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
         self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float, Fit | None]] = {}
         self._lockstep_cache: dict[tuple, tuple[tuple, _LockstepFixed]] = {}
