@@ -257,7 +257,11 @@ class Engine:
         lane.busy_s += end - start
         # waiting on DRAM shared with DMA counts as memory-bound time too
         lane.memory_bound_s += cost.memory_bound_s + max(0.0, end - start - cost.time_s)
-        return self._record((lane,), start, end, label, args)
+        self.tasks += 1  # _record, inline: this is the hot path
+        self.last_end = end
+        if self.tracer is not None:
+            self.tracer.span(lane.name, label, start, end, args)
+        return end
 
     def delay(self, device: str, seconds: float, *, label: str = "overhead") -> simpy.Event:
         """Occupy a device's compute stream for a fixed time (host-side work, synchronisation)."""
