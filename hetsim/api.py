@@ -158,6 +158,8 @@ def compare(
     unsorted: list[Result] | None = None
     if workers > 1 and len(names) > 1 and "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
+        if search:
+            planner.preload(names)
         try:
             # costliest searches first (longest-processing-time order), results back in ``names`` order
             order = sorted(range(len(names)), key=lambda i: -chosen[i].search_weight)
