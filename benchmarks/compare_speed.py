@@ -1,57 +1,57 @@
-"""Wall time of the headline command, as a user runs it (a fresh process, imports included):
+"""Wall and CPU time of the headline command as a user runs it (a fresh process, imports included):
 
-    hetsim compare --model llama2-70b --hw hardware_profiles/rigs/mixed-lab.yaml \
-        --prompt-len 512 --gen-len 128
+    hetsim compare --model llama2-70b --hw mixed-lab --prompt-len 512 --gen-len G
 
-Also times the in-process API call (no interpreter start-up) and counts the engine tasks it ran.
-Target (issue 3): under 3 s on the 2-core development machine.
+at G = 32 (the baseline, in the same run) and G = 3584 (a 4096-token context, Llama-2-70B's limit),
+alternating. Targets (issue 20): under 1 s at gen 32, and a long generation within 1.2x of it.
+
+    .venv/bin/python benchmarks/compare_speed.py [--repeats 3] [--no-record]
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from record import append, min_median, run_timed
+
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = [
-    "compare",
-    "--model",
-    "llama2-70b",
-    "--hw",
-    str(ROOT / "hardware_profiles/rigs/mixed-lab.yaml"),
-    "--prompt-len",
-    "512",
-    "--gen-len",
-    "128",
-    "--format",
-    "json",
-]
+GEN_LENS = (32, 3584)
 
 
-def time_cli(repeats: int = 3) -> list[float]:
+def command(gen_len: int) -> list[str]:
     exe = shutil.which("hetsim") or str(Path(sys.executable).with_name("hetsim"))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        subprocess.run([exe, *ARGS], check=True, capture_output=True)
-        times.append(time.perf_counter() - t0)
-    return times
+    return [exe, "compare", "--model", "llama2-70b", "--hw", "mixed-lab", "--prompt-len", "512",
+            "--gen-len", str(gen_len), "--format", "json"]  # fmt: skip
 
 
-def time_api() -> tuple[float, int]:
-    from hetsim.api import compare, problem
-
-    t0 = time.perf_counter()
-    results = compare(problem("llama2-70b", "mixed-lab", 1, 512, 128))
-    return time.perf_counter() - t0, sum(r.tasks for r in results)
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to results.md")
+    args = ap.parse_args()
+    wall: dict[int, list[float]] = {g: [] for g in GEN_LENS}
+    cpu: dict[int, list[float]] = {g: [] for g in GEN_LENS}
+    for _ in range(args.repeats):
+        for g in GEN_LENS:
+            w, c, _ = run_timed(command(g), cwd=ROOT)
+            wall[g].append(w)
+            cpu[g].append(c)
+    base = GEN_LENS[0]
+    lines = [
+        f"| `hetsim compare --model llama2-70b --hw mixed-lab --prompt-len 512 --gen-len G` "
+        f"({args.repeats} alternating runs) | wall s: min / median | CPU s: min / median | "
+        f"min wall / gen {base}'s |",
+        "|---|---|---|---|",
+    ]
+    for g in GEN_LENS:
+        ratio = min(wall[g]) / min(wall[base])
+        lines.append(f"| G = {g} | {min_median(wall[g])} | {min_median(cpu[g])} | {ratio:.2f}x |")
+    note = f"Targets (issue 20): gen {base} under 1 s wall; any gen length within 1.2x of gen {base}."
+    append("`compare_speed.py`", "\n".join(lines), note, write=not args.no_record)
 
 
 if __name__ == "__main__":
-    cli = time_cli()
-    api_s, tasks = time_api()
-    print(f"hetsim compare (CLI, fresh process): median {statistics.median(cli):.2f} s over {len(cli)} runs")
-    print(f"compare via the API: {api_s:.2f} s; final confirmation runs booked {tasks} engine tasks")
+    main()

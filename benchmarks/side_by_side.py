@@ -2,11 +2,12 @@
 
 The development machine is shared and its load moves by 2-3x within minutes, so a number measured
 alone says little; runs of the two trees alternate (base, new, base, new, ...) and the table gives
-the minimum and median of each, plus whether the two printed the same bytes.
+the minimum and median of each, the least CPU time (user + system, worker processes included: less
+moved by the load than wall time), and whether the two printed the same bytes.
 
     git archive BASE_COMMIT | (mkdir -p /tmp/base && tar -x -C /tmp/base)
     .venv/bin/python benchmarks/side_by_side.py --base /tmp/base --repeats 3 [--only help,serve]
-        [--append]        # add the table to benchmarks/results.md with the date and machine
+        [--no-record]     # print only (by default the table is appended to benchmarks/results.md)
 
 Each run is a fresh process (``python -m hetsim.cli ...``, imports included) with ``PYTHONPATH``
 set to the tree under test.
@@ -15,14 +16,12 @@ set to the tree under test.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from record import append, run_timed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,43 +40,47 @@ CASES: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-def run_once(tree: Path, args: list[str]) -> tuple[float, bytes]:
+def run_once(tree: Path, args: list[str]) -> tuple[float, float, bytes]:
+    """(wall s, CPU s of the process and the workers it waited for, stdout)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    t0 = time.perf_counter()
     # cwd too: ``python -m`` puts the working directory ahead of PYTHONPATH
-    proc = subprocess.run([sys.executable, "-m", "hetsim.cli", *args], env=env, cwd=tree, capture_output=True)
-    return time.perf_counter() - t0, proc.stdout
+    return run_timed([sys.executable, "-m", "hetsim.cli", *args], env=env, cwd=tree)
 
 
-Row = tuple[str, list[float], list[float], bool]  # name, base times, new times, same output
+# name, base wall times, new wall times, same output, base CPU times, new CPU times
+Row = tuple[str, list[float], list[float], bool, list[float], list[float]]
 
 
 def measure(base: Path, new_tree: Path, names: list[str], repeats: int) -> list[Row]:
     rows = []
     for name in names:
-        old, new, same = [], [], True
+        old, new, same, cpu_old, cpu_new = [], [], True, [], []
         for _ in range(repeats):
-            t_old, out_old = run_once(base, CASES[name])
-            t_new, out_new = run_once(new_tree, CASES[name])
+            t_old, c_old, out_old = run_once(base, CASES[name])
+            t_new, c_new, out_new = run_once(new_tree, CASES[name])
             old.append(t_old)
             new.append(t_new)
+            cpu_old.append(c_old)
+            cpu_new.append(c_new)
             same = same and out_old == out_new
-            print(f"  {name}: base {t_old:.2f} s, new {t_new:.2f} s", file=sys.stderr, flush=True)
-        rows.append((name, old, new, same))
+            print(f"  {name}: base {t_old:.2f} s ({c_old:.2f} CPU s), new {t_new:.2f} s ({c_new:.2f} CPU s)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        rows.append((name, old, new, same, cpu_old, cpu_new))
     return rows
 
 
 def table(rows: list[Row], repeats: int) -> str:
     lines = [
         f"| command (fresh process; {repeats} alternating runs each) | base min / median | "
-        "new min / median | speed-up (minima) | same output |",
-        "|---|---|---|---|---|",
+        "new min / median | speed-up (minima) | CPU s base / new (minima) | same output |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, old, new, same in rows:
+    for name, old, new, same, cpu_old, cpu_new in rows:
         cmd = "hetsim " + " ".join(CASES[name])
         lines.append(
             f"| `{cmd}` | {min(old):.2f} / {statistics.median(old):.2f} s | {min(new):.2f} / "
-            f"{statistics.median(new):.2f} s | {min(old) / min(new):.1f}x | {'yes' if same else 'NO'} |"
+            f"{statistics.median(new):.2f} s | {min(old) / min(new):.1f}x | "
+            f"{min(cpu_old):.2f} / {min(cpu_new):.2f} s | {'yes' if same else 'NO'} |"
         )
     return "\n".join(lines)
 
@@ -89,21 +92,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     ap.add_argument("--label", default="", help="what the baseline is (a commit), for the heading")
-    ap.add_argument("--append", action="store_true", help="append the table to benchmarks/results.md")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to results.md")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n]
     rows = measure(args.base.resolve(), args.new.resolve(), names, args.repeats)
-    text = table(rows, args.repeats)
-    print(text)
-    if args.append:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        heading = (
-            f"\n## {datetime.date.today().isoformat()}, side by side against {args.label or args.base}, "
-            f"{os.cpu_count()}-core {platform.machine()}, Python {platform.python_version()} "
-            f"(load average {load:.1f} at the end: shared machine, compare within a row only)\n\n"
-        )
-        with open(ROOT / "benchmarks/results.md", "a") as f:
-            f.write(heading + text + "\n")
+    title = f"`side_by_side.py` against {args.label or args.base}"
+    append(title, table(rows, args.repeats), "Compare within a row only.", write=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -101,11 +101,13 @@ def best_result(
     search: bool = True,
     adjust: Callable[[Any], Any] | None = None,
     allow_lossy: bool = False,
+    exact: bool = False,
 ) -> Result:
     """``strategy``'s searched (or, with ``search=False``, default) plan simulated in full.
 
     ``adjust`` edits the chosen plan before it runs (a sweep's plan knobs); ``allow_lossy`` lets the
-    search try plans that change the model's outputs (FlexGen's 4-bit compression)."""
+    search try plans that change the model's outputs (FlexGen's 4-bit compression); ``exact`` runs
+    every decode step of the final simulation (``simulate``'s switch; searches always estimate)."""
     too_long = context_reason(p.model, p.workload.context_len)
     if too_long:
         return Result.infeasible(strategy.name, too_long)
@@ -132,7 +134,7 @@ def best_result(
         )
         why = f": e.g. the default plan: {fallback.reason}" if not fallback.feasible else ""
         return Result.infeasible(strategy.name, f"no feasible plan found by the search{why}", fallback.plan)
-    return simulate(strategy, plan, p.rig, p.model, p.workload)
+    return simulate(strategy, plan, p.rig, p.model, p.workload, exact=exact)
 
 
 def compare(
@@ -144,26 +146,33 @@ def compare(
     trace_path: str | None = None,
     workers: int = 1,
     allow_lossy: bool = False,
+    exact: bool = False,
 ) -> list[Result]:
     """Every requested (default: every registered) strategy with its best plan, best first.
 
     ``workers > 1`` searches strategies in that many forked processes (the CLI uses the machine's
-    cores); results are the same, in the same order, as with one.
+    cores); results are the same, in the same order, as with one. ``exact``: as for ``best_result``.
     """
     chosen = [get_strategy(s) for s in strategies] if strategies else all_strategies()
     names = [s.name for s in chosen]
     unsorted: list[Result] | None = None
     if workers > 1 and len(names) > 1 and "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
+        if search:
+            planner.preload(names)
         try:
+            # costliest searches first (longest-processing-time order), results back in ``names`` order
+            order = sorted(range(len(names)), key=lambda i: -chosen[i].search_weight)
             with ProcessPoolExecutor(min(workers, len(names)), mp_context=ctx) as pool:
-                n = len(names)
-                unsorted = list(pool.map(_best_by_name, names, [p] * n, [objective] * n, [search] * n,
-                                         [allow_lossy] * n))  # fmt: skip
+                futures = {i: pool.submit(_best_by_name, names[i], p, objective, search, allow_lossy, exact)
+                           for i in order}  # fmt: skip
+                unsorted = [futures[i].result() for i in range(len(names))]
         except BrokenProcessPool:
             unsorted = None  # a worker was killed (out of memory?): search again here, one at a time
     if unsorted is None:
-        unsorted = [best_result(s, p, objective, search=search, allow_lossy=allow_lossy) for s in chosen]
+        unsorted = [
+            best_result(s, p, objective, search=search, allow_lossy=allow_lossy, exact=exact) for s in chosen
+        ]
     results = sorted(unsorted, key=rank_key(objective))
     if trace_path and results and results[0].feasible:
         winner = get_strategy(results[0].strategy)
@@ -172,8 +181,10 @@ def compare(
     return results
 
 
-def _best_by_name(name: str, p: Problem, objective: Objective, search: bool, allow_lossy: bool) -> Result:
-    return best_result(get_strategy(name), p, objective, search=search, allow_lossy=allow_lossy)
+def _best_by_name(
+    name: str, p: Problem, objective: Objective, search: bool, allow_lossy: bool, exact: bool = False
+) -> Result:
+    return best_result(get_strategy(name), p, objective, search=search, allow_lossy=allow_lossy, exact=exact)
 
 
 def compare_frame(

@@ -141,3 +141,21 @@ def test_replicas_of_different_speeds_are_fast_forwarded_each():
     assert fast.tasks < exact.tasks
     for field in ("ttft_s", "tpot_s", "throughput_tok_s"):
         assert _close(getattr(fast, field), getattr(exact, field)), field
+
+
+def test_cli_compare_exact_runs_every_step_of_the_same_plans(capsys):
+    from hetsim.cli.commands import main
+
+    args = ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategies", "gpu-only,accelerate",
+            "--gen-len", "100", "--format", "json"]  # fmt: skip
+    docs = []
+    for extra in ([], ["--exact"]):
+        assert main([*args, *extra]) == 0
+        docs.append({r["strategy"]: r for r in json.loads(capsys.readouterr().out)["results"]})
+    fast, exact = docs
+    assert set(fast) == set(exact) == {"gpu-only", "accelerate"}
+    for name, r in exact.items():
+        assert r["plan"] == fast[name]["plan"]
+        assert "fast_forward_sample" in fast[name]["extras"] and "fast_forward_sample" not in r["extras"]
+        assert r["tasks"] > fast[name]["tasks"]
+        assert math.isclose(r["tpot_s"], fast[name]["tpot_s"], rel_tol=TOL)

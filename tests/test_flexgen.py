@@ -149,11 +149,3 @@ def test_search_reaches_the_paper_policy(t4, paper_result):
     assert out.seconds < 20  # target < 10 s on an idle core
     found = run(t4, "flexgen", out.plan, 144)
     assert found.throughput_tok_s >= paper_result.throughput_tok_s * (1 - 1e-9)
-
-
-def test_one_simulation_is_fast_enough(t4):
-    import time
-
-    t = time.perf_counter()
-    run(t4, "flexgen", PAPER, 144)
-    assert time.perf_counter() - t < 5  # target 1.5 s; loose for loaded CI machines

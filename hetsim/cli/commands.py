@@ -255,6 +255,9 @@ def compare(
     gpu_mem_budget: str | None = BudgetOpt,
     allow_compression: bool = LossyOpt,
     dtype: str | None = DtypeOpt,
+    exact: bool = typer.Option(
+        False, "--exact", help="Simulate every decode step (long generations are fast-forwarded)."
+    ),
 ) -> None:
     """Every strategy's best plan on this rig, ranked by the objective (winner first)."""
     from hetsim import api
@@ -274,6 +277,7 @@ def compare(
         trace_path=str(trace) if trace else None,
         workers=_cores(),
         allow_lossy=allow_compression,
+        exact=exact,
     )
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results)
     if trace and fmt == "table":

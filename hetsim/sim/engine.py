@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import simpy
@@ -37,6 +38,7 @@ from hetsim.sim.memory import MemoryLedger
 from hetsim.sim.trace import TraceRecorder
 
 _LOCKSTEP_CACHE_MAX = 4096
+_FREE_AT = attrgetter("free_at")
 
 Schedule = Callable[["Engine"], Generator[simpy.Event, Any, Any]]
 
@@ -94,6 +96,25 @@ class _LockstepFixed:
     memory_bound: tuple[tuple[Lane, float], ...]  # per rank: repeat x its memory-bound time
 
 
+_CostKey = tuple[str, "Op | tuple[Op, ...]"]
+# Op costs are a pure function of the rig (frozen) and the ops: engines on the same rig object (a
+# search's candidates, a serving run's bisection, HeteGen's split measurements) share them. Keyed by
+# the rig's identity, holding the rig so the id stays its own; the few latest rigs are kept.
+_RIG_COSTS: dict[int, tuple[Rig, dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]] = {}
+_RIG_COSTS_MAX_RIGS = 4
+_RIG_COSTS_MAX_ENTRIES = 65536
+
+
+def _rig_costs(rig: Rig) -> tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]:
+    """The op-cost caches (by value, and by the identity of the ops object) of engines on ``rig``."""
+    hit = _RIG_COSTS.get(id(rig))
+    if hit is None or hit[0] is not rig or len(hit[1]) + len(hit[2]) > _RIG_COSTS_MAX_ENTRIES:
+        if hit is None and len(_RIG_COSTS) >= _RIG_COSTS_MAX_RIGS:
+            del _RIG_COSTS[next(iter(_RIG_COSTS))]  # the oldest
+        hit = _RIG_COSTS[id(rig)] = (rig, {}, {})
+    return hit[1], hit[2]
+
+
 class Engine:
     def __init__(self, rig: Rig, *, trace: bool = False, memory_timeline: bool = False):
         self.env = _Environment()
@@ -125,8 +146,7 @@ class Engine:
         self.bytes_transferred = 0.0
         self.token_times: list[tuple[float, int]] = []
         self.token_streams: list[int] = []  # per token_times entry: the process that made it
-        self._op_costs: dict[tuple[str, Op | tuple[Op, ...]], OpCost] = {}
-        self._op_costs_by_id: dict[tuple[str, int], tuple[Op | tuple[Op, ...], OpCost]] = {}
+        self._op_costs, self._op_costs_by_id = _rig_costs(rig)
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
         self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float, Fit | None]] = {}
         self._lockstep_cache: dict[tuple, tuple[tuple, _LockstepFixed]] = {}
@@ -149,13 +169,16 @@ class Engine:
             lane.busy_s += duration
         return start
 
-    def _finish(self, lanes: Sequence[Lane], start: float, end: float, label: str, args: dict) -> simpy.Event:
+    def _record(self, lanes: Sequence[Lane], start: float, end: float, label: str, args: dict) -> float:
         self.tasks += 1
         self.last_end = end
         if self.tracer is not None:
             for lane in lanes:
                 self.tracer.span(lane.name, label, start, end, args)
-        return self.env.timeout(end - self.env.now)
+        return end
+
+    def _finish(self, lanes: Sequence[Lane], start: float, end: float, label: str, args: dict) -> simpy.Event:
+        return self.env.timeout(self._record(lanes, start, end, label, args) - self.env.now)
 
     # ---- the API strategies use ------------------------------------------------------------
     def cost_of(self, device: str, ops: Op | tuple[Op, ...]) -> OpCost:
@@ -188,12 +211,21 @@ class Engine:
         ``after`` enqueues the task now but lets it start no earlier than that time, as work queued
         on a CUDA stream behind a copy does (pass ``engine.last_end`` of the task it follows).
         """
+        return self.env.timeout(self.book_compute(device, ops, label=label, after=after) - self.env.now)
+
+    def book_compute(
+        self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None, after: float = 0.0
+    ) -> float:
+        """``compute`` without an event to wait on: books the task and returns when it ends.
+
+        For work nobody waits on by itself (a path joined later by its end time): SimPy then has
+        one event fewer to schedule and process, and every lane, timeline and count is the same."""
         if isinstance(ops, Op):
             name, args = ops.name, {"layer": ops.layer, "flops": ops.flops, "bytes": ops.mem_bytes}
         else:
             name = f"{ops[0].name}..{ops[-1].name}" if ops else "nothing"
             args = {"layer": ops[0].layer if ops else -1, "ops": len(ops)}
-        return self.execute(device, self.cost_of(device, ops), label=label or name, args=args, after=after)
+        return self._book_cost(device, self.cost_of(device, ops), label or name, args, after)
 
     def execute(
         self,
@@ -205,6 +237,9 @@ class Engine:
         after: float = 0.0,
     ) -> simpy.Event:
         """Run work of a known cost on ``device``; CPU work also draws on the socket's DRAM."""
+        return self.env.timeout(self._book_cost(device, cost, label, args or {}, after) - self.env.now)
+
+    def _book_cost(self, device: str, cost: OpCost, label: str, args: dict, after: float) -> float:
         lane = self.lanes[f"{device}:compute"]
         start = max(self.env.now, lane.free_at, after)
         dram = self.host_memory.get(device)
@@ -222,7 +257,11 @@ class Engine:
         lane.busy_s += end - start
         # waiting on DRAM shared with DMA counts as memory-bound time too
         lane.memory_bound_s += cost.memory_bound_s + max(0.0, end - start - cost.time_s)
-        return self._finish((lane,), start, end, label, args or {})
+        self.tasks += 1  # _record, inline: this is the hot path
+        self.last_end = end
+        if self.tracer is not None:
+            self.tracer.span(lane.name, label, start, end, args)
+        return end
 
     def delay(self, device: str, seconds: float, *, label: str = "overhead") -> simpy.Event:
         """Occupy a device's compute stream for a fixed time (host-side work, synchronisation)."""
@@ -243,9 +282,26 @@ class Engine:
         """Copy ``nbytes`` from ``src`` to ``dst`` (devices or disks) over the rig's route.
 
         ``after``: as for ``compute``, start no earlier than this (a queued follow-up)."""
+        return self.env.timeout(
+            self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=after) - self.env.now
+        )
+
+    send = transfer
+
+    def book_transfer(
+        self,
+        src: str,
+        dst: str,
+        nbytes: float,
+        *,
+        pinned: bool = True,
+        label: str = "copy",
+        after: float = 0.0,
+    ) -> float:
+        """``transfer`` without an event to wait on (as ``book_compute``): returns when it ends."""
         if nbytes <= 0 or src == dst:
             self.last_end = max(self.env.now, after)
-            return self.env.timeout(self.last_end - self.env.now)
+            return self.last_end
         path = self._path(src, dst, pinned)
         start = max([self.env.now, after, *(lane.free_at for lane in path.lanes)])
         if path.host_side is None:
@@ -257,9 +313,7 @@ class Engine:
             lane.busy_s += end - start
         self.bytes_transferred += nbytes
         args = {"bytes": nbytes, "src": src, "dst": dst} if self.tracer else {}
-        return self._finish(path.lanes, start, end, label, args)
-
-    send = transfer
+        return self._record(path.lanes, start, end, label, args)
 
     def allreduce(self, devices: Sequence[str], nbytes: float, *, label: str = "allreduce") -> simpy.Event:
         """Sum ``nbytes`` across ``devices`` (alpha-beta over the ring's slowest route)."""
@@ -292,35 +346,38 @@ class Engine:
         for nbytes in fixed.bytes_moved:
             self.bytes_transferred += nbytes
         lanes = fixed.lanes
+        now = self.env.now
         # CPU ranks stream their share of weights from DRAM; ranks on one shared DRAM compete, so the
         # compute part lasts at least until their traffic has been served.
-        start = max([self.env.now, *(lane.free_at for lane in lanes)])
+        start = max(now, max(map(_FREE_AT, lanes)))
         busy = fixed.compute_s * repeat
         for dram, nbytes, cap in fixed.traffic:
-            busy = max(busy, dram.book(self.env.now, start, nbytes, cap) - start)
+            busy = max(busy, dram.book(now, start, nbytes, cap) - start)
         stretch = busy - fixed.compute_s * repeat
         # Every segment ends in a collective, where the group waits for its slowest rank.
         wait = lockstep_wait(busy, fixed.straggle)
         duration = lockstep_duration(busy, fixed.comm_s * repeat, fixed.straggle)
+        end = start + duration
         for lane in lanes:
-            lane.free_at = start + duration
+            lane.free_at = end
             lane.busy_s += duration
+        idle = busy + wait
         for lane in fixed.link_lanes:  # links are busy only while the all-reduces run
-            lane.busy_s -= busy + wait
+            lane.busy_s -= idle
         for lane, mem_bound in fixed.memory_bound:
             lane.memory_bound_s += mem_bound + stretch
-        return self._finish(lanes, start, start + duration, label, {"ranks": len(devices), "repeat": repeat})
+        return self._finish(lanes, start, end, label, {"ranks": len(devices), "repeat": repeat})
 
     def _lockstep_fixed(
         self, devices: Sequence[str], work: Sequence[tuple[Op, ...] | float], repeat: int
     ) -> _LockstepFixed:
         """What a lockstep call's duration needs that does not depend on the clock, cached by the
         identity of its op blocks (layer_blocks hands out the same tuples for the same shape)."""
-        key = (tuple(devices), repeat, *(w if isinstance(w, float) else id(w) for w in work))
+        key = (tuple(devices), repeat, *[w if isinstance(w, float) else id(w) for w in work])
         hit = self._lockstep_cache.get(key)
-        if hit is not None and all(
-            a == b if isinstance(a, float) else a is b for a, b in zip(hit[0], work, strict=True)
-        ):
+        # A tuple compares its items by identity first: the same op blocks (the usual hit) cost no
+        # field-by-field comparison, and a reused id of an unequal block is a miss.
+        if hit is not None and hit[0] == tuple(work):
             return hit[1]
         fixed = self._lockstep_compute(devices, work, repeat)
         if len(self._lockstep_cache) >= _LOCKSTEP_CACHE_MAX:  # serving meets many shapes: bound memory

@@ -43,6 +43,7 @@ def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
 @register
 class FlexGen(Strategy):
     name = "flexgen"
+    search_weight = 5  # LP policy search, candidates ranked in the engine
     summary = "FlexGen: weights/KV/activations over GPU, CPU and disk, zig-zag block schedule, LP policy"
     plan_type = FlexGenPlan
 

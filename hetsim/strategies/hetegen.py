@@ -135,16 +135,14 @@ def split_paths(engine, gpu: str, cpu: str, op: Op, alpha: float) -> tuple[float
     """
     gpu_end = cpu_end = engine.env.now
     if alpha > 0:
-        engine.transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=f"{op.name} w")
-        engine.compute(gpu, share(op, alpha), label=f"{op.name} gpu", after=engine.last_end)
-        gpu_end = engine.last_end
+        w_end = engine.book_transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=f"{op.name} w")
+        gpu_end = engine.book_compute(gpu, share(op, alpha), label=f"{op.name} gpu", after=w_end)
     if alpha < 1:
-        engine.transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=f"{op.name} x")
-        engine.compute(cpu, share(op, 1.0 - alpha), label=f"{op.name} cpu", after=engine.last_end)
-        engine.transfer(
-            cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True, label="y", after=engine.last_end
+        x_end = engine.book_transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=f"{op.name} x")
+        c_end = engine.book_compute(cpu, share(op, 1.0 - alpha), label=f"{op.name} cpu", after=x_end)
+        cpu_end = engine.book_transfer(
+            cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True, label="y", after=c_end
         )
-        cpu_end = engine.last_end
     return gpu_end, cpu_end
 
 
@@ -198,6 +196,7 @@ def resident_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
 @register
 class HeteGen(Strategy):
     name = "hetegen"
+    search_weight = 10  # engine-balanced split ratios per module kind
     summary = "per-module CPU/GPU split of linear layers with resident-module knapsack (HeteGen)"
     plan_type = HeteGenPlan
 

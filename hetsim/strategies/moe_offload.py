@@ -205,18 +205,18 @@ class MoEOffload(Strategy):
                 hidden_bytes(model, 1, tokens) + tokens * model.experts_per_token * ROUTING_BYTES_PER_CHOICE
             )
             for s in sockets if work.routed else ():
-                engine.transfer(gpu, s, send, label=f"{label} to {s}")
-                arrived = engine.last_end
+                arrived = engine.book_transfer(gpu, s, send, label=f"{label} to {s}")
                 ops, ready = work.routed, arrived
                 if remote:  # interleave: (S-1)/S of this socket's weights stream in over UPI meanwhile
                     ops = tuple(dataclasses.replace(o, weight_bytes=o.weight_bytes / n_s) for o in ops)
                     wb = sum(o.weight_bytes for o in work.routed) / n_s
                     for other in sockets:
                         if other != s:
-                            engine.transfer(other, s, wb, label=f"{label} remote experts", after=arrived)
-                            ready = max(ready, engine.last_end)
-                engine.compute(s, ops, label=f"{label} experts", after=arrived)
-                done = max(engine.last_end, ready)
+                            ready = max(
+                                ready,
+                                engine.book_transfer(other, s, wb, label=f"{label} remote experts", after=arrived),
+                            )
+                done = max(engine.book_compute(s, ops, label=f"{label} experts", after=arrived), ready)
                 back = engine.transfer(s, gpu, hidden_bytes(model, 1, tokens), label="back", after=done)
                 pending.append(back)
             yield engine.all_of(pending)
