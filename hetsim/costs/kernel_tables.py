@@ -16,7 +16,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from hetsim.models.layer_ops import RESIDUAL_FLOPS, RMSNORM_FLOPS, SWIGLU_FLOPS, elementwise_op, matmul_op
 from hetsim.models.spec import FP16, Op, OpKind
@@ -89,6 +88,8 @@ class KernelTables:
 @lru_cache(maxsize=8)
 def load_tables(folder: str) -> KernelTables:
     """Every GEMM curve in ``folder/<org>/<model>/mlp.csv`` (median column), per measured shape."""
+    import pandas as pd  # ~0.5 s to import; only measured-profile rigs read tables, so not at start-up
+
     points: dict[tuple[str, int, int], dict[int, list[float]]] = {}
     for path in sorted(Path(folder).glob("*/*/mlp.csv")):
         df = pd.read_csv(path)
