@@ -138,8 +138,12 @@ def test_api_serve_reports_the_mode_and_drops():
         "llama2-7b", "mixed-lab", rate=4, num_requests=30, max_batch=1, slo=0.5, mode="hexgen", drop_late=True
     )
     assert doc["feasible"] and doc["mode"] == "hexgen"
-    assert 0 <= doc["dropped"] <= 30
-    assert doc["finished"] + doc["dropped"] == 30
+    assert 0 < doc["dropped"] < 30  # a 0.5 s deadline at 4 req/s: some dropped, some served
+    assert doc["finished"] + doc["dropped"] == 30 and doc["unfinished"] == doc["dropped"]
+    # percentiles over the served requests (they were None with any request dropped)
+    lat = doc["latency_s"]
+    assert all(lat[p] is not None for p in ("p50", "p90", "p99", "mean"))
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     plain = serve("llama2-7b", "mixed-lab", rate=4, num_requests=30, max_batch=1, slo=0.5)
     assert "mode" not in plain and "dropped" not in plain
 
