@@ -45,6 +45,7 @@ from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import param_count
 from hetsim.planner.ranking import Evaluate, best_plan, evaluator
 from hetsim.serving.batching import MAX_IN_FLIGHT
+from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.serve import serve_plan
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.hexgen import HexGenPlan, Replica
@@ -612,9 +613,15 @@ def search_serving(
     mode: str = "continuous",
     drop_late: bool = False,
 ):
-    """The candidate with the best SLO attainment on ``requests`` (mean latency breaks ties; with no
-    deadlines, the lowest mean latency), each confirmed by a serving run in the engine.
-    Returns (plan, ServeResult) or None."""
+    """The candidate with the best SLO attainment on ``requests`` (mean latency of the served
+    requests breaks ties; with no deadlines, the lowest mean latency), confirmed by serving runs in
+    the engine. Returns (plan, ServeResult) or None.
+
+    Under HexGen's runtime at batch 1 with deadlines, the candidates are first scored with HexGen's
+    fitness (``estimate_attainment``) and confirmed in that order; the search stops when the next
+    candidate's estimate cannot beat the best attainment confirmed so far (the estimate is
+    optimistic: it never counts contention the engine does not). Elsewhere the estimate does not
+    apply (it models static batches of one), and every candidate is served."""
     if not requests:
         return None
     prompt = round(sum(r.prompt_len for r in requests) / len(requests))
@@ -628,12 +635,26 @@ def search_serving(
         context=context,
         act_tokens=max_batch * max(r.prompt_len for r in requests),
     )
+    plans = [
+        c.plan
+        for c in candidates(
+            rig, model, demand, symmetric=symmetric, max_candidates=max_candidates, max_batch=max_batch
+        )
+    ]
+    screen = deadlines is not None and mode == "hexgen" and max_batch == 1
+    bound = [1.0] * len(plans)
+    if screen:
+        times: TimesCache = {}
+        bound = [
+            estimate_attainment(p, rig, model, requests, deadlines, drop_late=drop_late, times=times)
+            for p in plans
+        ]
     best = None
-    for cand in candidates(
-        rig, model, demand, symmetric=symmetric, max_candidates=max_candidates, max_batch=max_batch
-    ):
+    for i in sorted(range(len(plans)), key=lambda i: -bound[i]):  # stable: candidate order breaks ties
+        if screen and best is not None and bound[i] <= -best[0][0]:
+            break  # neither this candidate nor any after it can beat the best confirmed
         res = serve_plan(
-            cand.plan,
+            plans[i],
             rig,
             model,
             requests,
@@ -644,10 +665,9 @@ def search_serving(
         )
         if not res.feasible:
             continue
-        mean = float(res.latencies().mean())
-        key = (-(res.attainment(deadlines) if deadlines is not None else 0.0), mean)
+        key = (-(res.attainment(deadlines) if deadlines is not None else 0.0), res.mean_latency_s())
         if best is None or key < best[0]:
-            best = (key, cand.plan, res)
+            best = (key, plans[i], res)
     return None if best is None else (best[1], best[2])
 
 
