@@ -618,10 +618,14 @@ def search_serving(
     the engine. Returns (plan, ServeResult) or None.
 
     Under HexGen's runtime at batch 1 with deadlines, the candidates are first scored with HexGen's
-    fitness (``estimate_attainment``) and confirmed in that order; the search stops when the next
-    candidate's estimate cannot beat the best attainment confirmed so far (the estimate is
-    optimistic: it never counts contention the engine does not). Elsewhere the estimate does not
-    apply (it models static batches of one), and every candidate is served."""
+    fitness (``estimate_attainment``) and served in that order (candidate order breaks ties). The
+    estimate errs both ways (by up to ~0.06 of attainment on the paper's workload), so the search
+    measures its error on the candidates it serves and stops when the next estimate, plus the
+    largest error seen, falls short of the best attainment served so far, or when a served plan met
+    every deadline (then the first such, the lowest-latency of the estimate's best, is kept). This
+    is a heuristic, not a bound: on the grids in tests and benchmarks/results.md it finds the
+    attainment of serving every candidate. Elsewhere the estimate does not apply (it models static
+    batches of one), and every candidate is served."""
     if not requests:
         return None
     prompt = round(sum(r.prompt_len for r in requests) / len(requests))
@@ -642,17 +646,17 @@ def search_serving(
         )
     ]
     screen = deadlines is not None and mode == "hexgen" and max_batch == 1
-    bound = [1.0] * len(plans)
+    est = [1.0] * len(plans)
     if screen:
         times: TimesCache = {}
-        bound = [
+        est = [
             estimate_attainment(p, rig, model, requests, deadlines, drop_late=drop_late, times=times)
             for p in plans
         ]
-    best = None
-    for i in sorted(range(len(plans)), key=lambda i: -bound[i]):  # stable: candidate order breaks ties
-        if screen and best is not None and bound[i] <= -best[0][0]:
-            break  # neither this candidate nor any after it can beat the best confirmed
+    best, err = None, 0.0
+    for i in sorted(range(len(plans)), key=lambda i: -est[i]):  # stable: candidate order breaks ties
+        if screen and best is not None and (best[0][0] == -1.0 or est[i] + err < -best[0][0]):
+            break  # every request met, or no candidate left is likely to beat the best served
         res = serve_plan(
             plans[i],
             rig,
@@ -665,6 +669,8 @@ def search_serving(
         )
         if not res.feasible:
             continue
+        if screen:
+            err = max(err, abs(res.attainment(deadlines) - est[i]))
         key = (-(res.attainment(deadlines) if deadlines is not None else 0.0), res.mean_latency_s())
         if best is None or key < best[0]:
             best = (key, plans[i], res)
