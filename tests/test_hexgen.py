@@ -148,6 +148,72 @@ def test_inner_cpsat_equals_exhaustive(full, shape, serving):
             assert got.latency_s <= sym.latency_s * (1 + 1e-6)
 
 
+def _every_shape(table, max_parts=3):
+    """Every region-local multiset of parts laid out by the inner level, none dropped."""
+    from itertools import combinations_with_replacement
+
+    from hetsim.planner.hexgen_cpsat import Shape
+
+    out = []
+    for region in sorted({c.region for c in table.classes}):
+        here = [(i, c) for i, c in enumerate(table.classes) if c.region == region]
+        options = [Part(i, k) for i, c in here for k in c.part_sizes()]
+        for n in range(1, max_parts + 1):
+            for combo in combinations_with_replacement(options, n):
+                per_class = {p.cls: sum(q.cls == p.cls for q in combo) for p in combo}
+                if any(k > len(table.classes[c].nodes) for c, k in per_class.items()):
+                    continue
+                layout = inner_cpsat(table, combo)
+                if layout is not None:
+                    out.append(Shape(combo, layout))
+    return out
+
+
+def _sub_multiset(small, big) -> bool:
+    return all(small.count(p) <= big.count(p) for p in set(small))
+
+
+@pytest.mark.parametrize(
+    ("rig_name", "model_name", "demand"),
+    [
+        ("hexgen-full-budget", "llama2-70b", SERVING_DEMAND),
+        ("hexgen-half-budget", "llama2-13b", Demand()),
+        ("hexgen-full-budget", "llama2-13b", Demand.offline(Workload(4, 512, 32))),
+    ],
+)
+def test_dropped_shapes_are_dominated_and_the_outer_optimum_is_unchanged(rig_name, model_name, demand):
+    """enumerate_shapes skips (or drops) a shape that a sub-multiset of its parts serves at least as
+    fast; every shape it drops is dominated so, and the outer level's optimum at every latency cap
+    is what it is over every shape."""
+    from hetsim.planner.hexgen_cpsat import enumerate_shapes, outer_cpsat
+
+    rig, model = load_rig(rig_name), get_model(model_name)
+    classes = machine_classes(rig)
+    table = CostTable(rig, model, demand, classes)
+    kept, every = enumerate_shapes(table), _every_shape(table)
+    assert 0 < len(kept) < len(every)
+    lat = {s.parts: s.layout.latency_s for s in every}
+    for s in kept:
+        assert s.layout.latency_s == pytest.approx(lat[s.parts], rel=1e-9)
+    kept_parts = {s.parts for s in kept}
+    for s in every:
+        if s.parts in kept_parts:
+            continue
+        assert any(
+            _sub_multiset(k.parts, s.parts) and k.layout.latency_s <= s.layout.latency_s * (1 + 1e-9)
+            for k in kept
+            if k.parts != s.parts
+        ), s.parts
+
+    def value(chosen):
+        big = sum(c.gpus * len(c.nodes) for c in classes) + 1
+        rate = {s.parts: round(1e6 / s.layout.latency_s) * big - sum(p.gpus for p in s.parts) for s in every}
+        return sum(n * rate[s.parts] for s, n in chosen or [])
+
+    for cap in sorted(set(lat.values())):
+        assert value(outer_cpsat(classes, kept, cap)) == value(outer_cpsat(classes, every, cap))
+
+
 def test_serving_reserves_kv_for_one_batch_on_a_single_stage(tmp_path):
     """A one-GPU replica runs one batch at a time, so it holds KV for ``max_batch`` sequences, not
     for ``MAX_IN_FLIGHT`` batches (7B on one A100-80G: 32 x 2304 tokens of KV is 38.7 GB and fits

@@ -138,8 +138,12 @@ def test_api_serve_reports_the_mode_and_drops():
         "llama2-7b", "mixed-lab", rate=4, num_requests=30, max_batch=1, slo=0.5, mode="hexgen", drop_late=True
     )
     assert doc["feasible"] and doc["mode"] == "hexgen"
-    assert 0 <= doc["dropped"] <= 30
-    assert doc["finished"] + doc["dropped"] == 30
+    assert 0 < doc["dropped"] < 30  # a 0.5 s deadline at 4 req/s: some dropped, some served
+    assert doc["finished"] + doc["dropped"] == 30 and doc["unfinished"] == doc["dropped"]
+    # percentiles over the served requests (they were None with any request dropped)
+    lat = doc["latency_s"]
+    assert all(lat[p] is not None for p in ("p50", "p90", "p99", "mean"))
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     plain = serve("llama2-7b", "mixed-lab", rate=4, num_requests=30, max_batch=1, slo=0.5)
     assert "mode" not in plain and "dropped" not in plain
 
@@ -203,3 +207,27 @@ def test_golden_rate_4x_under_hexgens_runtime(paper_setting):
     ref, studies = paper_setting
     assert _best(studies["hexgen-homogeneous"], ref, 2.0, 10.0) >= 0.99
     assert _best(studies["hexgen-full-budget"], ref, 8.0, 10.0) >= 0.99
+
+
+# ---- the CP-SAT search under HexGen's runtime: screened by the estimate, confirmed in the engine ----
+@pytest.mark.parametrize(("rate", "scale", "length"), [(1.0, 5.0, 64), (8.0, 2.0, 32), (2.0, 10.0, 128)])
+def test_screened_search_finds_the_best_candidate_that_serving_every_one_finds(
+    paper_setting, rate, scale, length
+):
+    """search_serving confirms candidates in the order of their estimate and stops when the next
+    estimate cannot beat the best confirmed; its attainment equals the best of serving every
+    candidate in the engine (what it did before), and a second call gives the same plan."""
+    from hetsim.planner.hexgen_cpsat import Demand, candidates, search_serving
+    from hetsim.serving.batching import MAX_IN_FLIGHT
+
+    ref, studies = paper_setting
+    rig, model = studies["hexgen-full-budget"].rig, studies["hexgen-full-budget"].model
+    reqs = poisson_requests(rate, n=40, seed=1, prompt_lens=(length,), output_lens=(length,))
+    dl = scale * ref.latencies(reqs)
+    kw = {"mode": "hexgen", "drop_late": True}
+    plan, res = search_serving(rig, model, reqs, dl, max_batch=1, **kw)
+    demand = Demand(length, length, 1, MAX_IN_FLIGHT, 2 * length, length)
+    cands = candidates(rig, model, demand, max_batch=1)
+    every = [serve_plan(c.plan, rig, model, reqs, deadlines=dl, **kw) for c in cands]
+    assert res.attainment(dl) == max(r.attainment(dl) for r in every if r.feasible)
+    assert search_serving(rig, model, reqs, dl, max_batch=1, **kw)[0] == plan

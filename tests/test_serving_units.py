@@ -302,15 +302,25 @@ def test_summary_of_a_feasible_run():
     assert "slo_attainment" not in res.summary()
 
 
-@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy's percentile of inf
-def test_summary_is_strict_json_with_unfinished_requests():
-    s = result_of([1.0, 2.0, 3.0, INF]).summary()
+def test_summary_percentiles_are_over_finished_requests_with_the_rest_counted_beside():
+    """A dropped or unfinished request has no latency: percentiles and means are over the finished
+    ones (as serving benchmarks report them), ``unfinished`` says how many are not in them, and
+    attainment still counts them as misses. Strict JSON, no numpy warning."""
+    res = result_of([1.0, 2.0, 3.0, INF], extras={"dropped": 1})
+    s = res.summary(deadlines=[10.0] * 4)
     json.dumps(s, allow_nan=False)
-    assert (s["requests"], s["finished"]) == (4, 3)
-    # an unfinished request is infinitely late: the median is still a number, the tail is not
-    assert s["latency_s"] == {"p50": 2.5, "p90": None, "p99": None, "mean": None}
+    assert (s["requests"], s["finished"], s["unfinished"], s["dropped"]) == (4, 3, 1, 1)
+    assert s["latency_s"] == {"p50": 2.0, "p90": pytest.approx(2.8), "p99": pytest.approx(2.98), "mean": 2.0}
+    assert s["ttft_s"]["p50"] == 1.0 and s["tpot_s"]["mean"] == pytest.approx(2.0 / 2 / 9)
+    assert s["slo_attainment"] == 0.75  # the unfinished one misses
+    assert res.mean_latency_s() == 2.0 and len(res.finished) == 3
+    # the finished requests' numbers do not depend on how many others were dropped
+    assert result_of([1.0, 2.0, 3.0]).summary()["latency_s"] == s["latency_s"]
     none = result_of([INF]).summary()
+    assert none["latency_s"] == {"p50": None, "p90": None, "p99": None, "mean": None}
+    assert none["finished"] == 0 and none["unfinished"] == 1
     assert none["cost_usd_per_mtok"] is None and none["throughput_tok_s"] == 0.0
+    assert result_of([INF]).mean_latency_s() == INF
     assert ServeResult(False, reason="out of memory on n0.gpu1").summary() == {
         "feasible": False,
         "reason": "out of memory on n0.gpu1",

@@ -93,7 +93,9 @@ def _print_table(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 200)
-    t = Table(title=f"hetsim serve: {doc['model']} on {doc['hardware']} ({doc['requests']} requests)")
+    n, done = doc["requests"], doc.get("finished", doc["requests"])
+    over = f"{n} requests" if done == n else f"{n} requests; percentiles over the {done} finished"
+    t = Table(title=f"hetsim serve: {doc['model']} on {doc['hardware']} ({over})")
     t.add_column("metric")
     for p in ("p50", "p90", "p99", "mean"):
         t.add_column(p, justify="right")

@@ -33,7 +33,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
 from hetsim.serving.batching import in_flight
-from hetsim.serving.estimate import estimate_attainment
+from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.workload import Request
 from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_footprint
 from hetsim.strategies.pipeline import Stage, balance_layers
@@ -106,6 +106,7 @@ class HexGenGA:
         self.workload = Workload(batch=max_batch, prompt_len=prompt, gen_len=output)
         self._replica: dict[tuple[str, ...], Replica | None] = {}
         self._fitness: dict[Genome, tuple[float, int]] = {}
+        self._times: TimesCache = {}  # per-replica times, shared by every individual's estimate
 
     # ---- inner level -----------------------------------------------------------------------------
     def replica(self, group: tuple[str, ...]) -> Replica | None:
@@ -153,7 +154,9 @@ class HexGenGA:
             if plan is None:
                 self._fitness[genome] = (-1.0, 0)
             else:
-                att = estimate_attainment(plan, self.rig, self.model, self.requests, self.deadlines)
+                att = estimate_attainment(
+                    plan, self.rig, self.model, self.requests, self.deadlines, times=self._times
+                )
                 self._fitness[genome] = (att, len(plan.replicas))
         return self._fitness[genome]
 

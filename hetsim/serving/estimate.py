@@ -15,7 +15,7 @@ the engine's FIFO lanes, not a copy of them: it is optimistic for pipelines over
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,7 +32,10 @@ from hetsim.strategies.pipeline_costs import layer_time, step_time
 class _ReplicaClock:
     replica: Replica
     loops_free: list[float]
-    times: dict[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
+
+
+# (replica, prompt, output, weight dtype, kv dtype) -> (L, B); plans of one search share replicas
+TimesCache = dict[tuple[Replica, int, int, str, str], tuple[float, float]]
 
 
 def replica_times(
@@ -76,22 +79,26 @@ def estimate_attainment(
     deadlines: Sequence[float] | np.ndarray,
     *,
     drop_late: bool = True,
+    times: TimesCache | None = None,
 ) -> float:
-    """Fraction of ``requests`` predicted to finish within their deadlines (see the module doc)."""
+    """Fraction of ``requests`` predicted to finish within their deadlines (see the module doc).
+    ``times``: a cache of per-replica times shared by calls on the same rig and model (a search
+    scores many plans that share replicas)."""
     if not requests:
         return 0.0
     dt = {"weight_dtype": plan.weight_dtype, "kv_dtype": plan.kv_dtype}
+    times = {} if times is None else times
     clocks = [_ReplicaClock(rep, [0.0] * in_flight(rep)) for rep in plan.replicas]
     met = 0
     order = sorted(range(len(requests)), key=lambda i: (requests[i].arrival_s, requests[i].rid))
     for i in order:
         r = requests[i]
-        key = (r.prompt_len, r.output_len)
         best = None
         for idx, c in enumerate(clocks):
-            if key not in c.times:
-                c.times[key] = replica_times(rig, model, c.replica, *key, **dt)
-            lat, busy = c.times[key]
+            key = (c.replica, r.prompt_len, r.output_len, plan.weight_dtype, plan.kv_dtype)
+            if key not in times:
+                times[key] = replica_times(rig, model, c.replica, r.prompt_len, r.output_len, **dt)
+            lat, busy = times[key]
             start = max(r.arrival_s, min(c.loops_free))
             sharing = 1 + sum(f > start for f in c.loops_free)
             cand = (start + predicted_latency(lat, busy, sharing), start, idx)
