@@ -72,7 +72,7 @@ def problem(
         rig = with_gpu_mem_budget(rig, gpu_mem_budget)
     if weight_dtype is not None and weight_dtype not in DTYPES:
         raise InputError(f"unknown dtype {weight_dtype!r}; known: {', '.join(DTYPES)}", field="--dtype")
-    workload = Workload(batch or 1, prompt_len, gen_len, weight_dtype)
+    workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype)
     return Problem(get_model(model), model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
 
 
