@@ -86,6 +86,8 @@ def test_cli_rows_and_plan_file_carry_the_chosen_batch(tmp_path):
     res = runner.invoke(app, ["plan", *args, "--strategy", "flexgen", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["workload"]["batch"] == batch
-    res = runner.invoke(app, ["compare", *args, "--strategies", "flexgen", "--batch", "4", "--format", "json"])
+    res = runner.invoke(
+        app, ["compare", *args, "--strategies", "flexgen", "--batch", "4", "--format", "json"]
+    )
     doc = json.loads(res.output)
     assert doc["workload"]["batch"] == 4 and doc["results"][0]["batch"] == 4

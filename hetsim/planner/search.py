@@ -53,6 +53,7 @@ def search(
 def largest_batch(strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload) -> int:
     """The largest batch (<= ``MAX_WORK``) at which the strategy's default plan fits in memory, by
     bisection on the footprint alone (no run); 1 when not even that fits (the search then says why)."""
+
     def ok(batch: int) -> bool:
         wl = replace(workload, batch=batch)
         plan = strategy.default_plan(rig, model, wl)
