@@ -154,3 +154,38 @@ def test_one_simulation_is_fast_enough(t4):
     t = time.perf_counter()
     run(t4, "flexgen", PAPER, 144)
     assert time.perf_counter() - t < 5  # target 1.5 s; loose for loaded CI machines
+
+
+SEARCH_TOL = 0.25  # issue 16's bar for hetsim's own search against a published point
+
+
+@pytest.fixture(scope="module")
+def own_search():
+    """What `hetsim compare --objective throughput` picks for FlexGen with no flags but model and rig."""
+    from hetsim import api
+
+    p = api.problem("opt-30b", "flexgen-t4", batch=None, prompt_len=512, gen_len=32)
+    return api.best_result(get_strategy("flexgen"), p, "throughput")
+
+
+def test_golden_flexgen_own_search(own_search):
+    """hetsim's own policy search (free batch, lossless) on Tab. 2's OPT-30B cell: 8.46 tok/s at a
+    block of 192 vs 7.32 published (+16 %); the batch is FlexGen-class (the paper's block: 144)."""
+    assert own_search.feasible, own_search.reason
+    assert 64 <= own_search.batch <= 1024
+    assert not own_search.lossy
+    assert own_search.throughput_tok_s == pytest.approx(published("flexgen"), rel=SEARCH_TOL)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="hetsim's search with --allow-compression gives 11.1 tok/s (block 640) vs published 8.38 "
+    "(+33 %): the same H2D copy of the 4-bit KV cache from unpinned memory as the paper policy (+30 %)",
+)
+def test_golden_flexgen_own_search_4bit():
+    from hetsim import api
+
+    p = api.problem("opt-30b", "flexgen-t4", batch=None, prompt_len=512, gen_len=32)
+    r = api.best_result(get_strategy("flexgen"), p, "throughput", allow_lossy=True)
+    assert r.feasible and r.lossy
+    assert r.throughput_tok_s == pytest.approx(published("flexgen_4bit"), rel=SEARCH_TOL)
