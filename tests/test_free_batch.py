@@ -91,3 +91,24 @@ def test_cli_rows_and_plan_file_carry_the_chosen_batch(tmp_path):
     )
     doc = json.loads(res.output)
     assert doc["workload"]["batch"] == 4 and doc["results"][0]["batch"] == 4
+
+
+def test_the_free_batch_is_the_best_ranked_not_always_the_largest():
+    """llama.cpp-style layer offload of OPT-13B on the A10 host: its CPU layers make the largest
+    batch slower per token than a small one, so the free batch is neither 1 nor the largest, and it
+    beats both."""
+    from hetsim.planner.ranking import evaluator
+    from hetsim.planner.search import best_batch
+
+    rig, model = load_rig("hetegen-a10"), get_model("opt-13b")
+    s = get_strategy("layer-offload")
+    wl = Workload(1, 512, 32)
+    top = largest_batch(s, rig, model, wl)
+    b = best_batch(s, rig, model, wl, "throughput")
+
+    def rate(batch: int) -> float:
+        w = Workload(batch, 512, 32)
+        return evaluator(s, rig, model, w)(s.default_plan(rig, model, w)).throughput_tok_s
+
+    assert 1 < b < top
+    assert rate(b) > rate(1) and rate(b) > rate(top)

@@ -10,6 +10,7 @@ from typing import Any
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import LOSSY_DTYPES, ModelSpec
 from hetsim.planner.ranking import best_plan, evaluator
+from hetsim.sim.result import rank_key
 from hetsim.sim.run import fits
 from hetsim.strategies.base import Objective, Strategy
 from hetsim.workload import MAX_WORK, Workload
@@ -95,10 +96,35 @@ def search_free_batch(
             rig, model, workload, objective,
             lambda w: evaluator(strategy, rig, model, w), allow_lossy=allow_lossy,
         )  # fmt: skip
-    batch = largest_batch(strategy, rig, model, workload)
+    batch = best_batch(strategy, rig, model, workload, objective)
     while True:
         wl = replace(workload, batch=batch)
         plan = search(strategy, rig, model, wl, objective, allow_lossy=allow_lossy)
         if plan is not None or batch == 1:
             return (plan, batch) if plan is not None else None
         batch = max(1, batch // 2)
+
+
+def best_batch(
+    strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
+) -> int:
+    """The batch at which the strategy's default plan ranks best for ``objective``, up to the largest
+    one pass holds: a ladder of powers of 4 and the largest, estimated in the engine, then the
+    neighbours at half and twice the winner. Larger is not always better: a CPU-bound prefill or a
+    KV scan that grows with the batch can make the largest batch slower per token than a small one."""
+    top = largest_batch(strategy, rig, model, workload)
+    key = rank_key(objective)
+    scores: dict[int, tuple] = {}
+
+    def score(batch: int) -> tuple:
+        if batch not in scores:
+            wl = replace(workload, batch=batch)
+            scores[batch] = key(evaluator(strategy, rig, model, wl)(strategy.default_plan(rig, model, wl)))
+        return scores[batch]
+
+    ladder = sorted({top, *(4**k for k in range(12) if 4**k < top)})
+    best = min(ladder, key=lambda b: (score(b), -b))
+    for b in (best // 2, best * 2):
+        if 1 <= b <= top and b not in scores and score(b) < score(best):
+            best = b
+    return best
