@@ -50,12 +50,18 @@ class Problem:
     rig_ref: str
     workload: Workload
     gpu_mem_budget: float | None = None  # bytes each GPU may use; None = all of it
+    # No batch given: under a throughput or cost objective each strategy's search picks its own
+    # (``workload.batch`` is then 1, the batch of latency runs and of --no-search).
+    free_batch: bool = False
+
+    def batch_is_free(self, objective: str, search: bool = True) -> bool:
+        return self.free_batch and search and objective != "latency"
 
 
 def problem(
     model: str,
     hw: str,
-    batch: int = 1,
+    batch: int | None = 1,
     prompt_len: int = 512,
     gen_len: int = 32,
     gpu_mem_budget: float | None = None,
@@ -66,8 +72,8 @@ def problem(
         rig = with_gpu_mem_budget(rig, gpu_mem_budget)
     if weight_dtype is not None and weight_dtype not in DTYPES:
         raise InputError(f"unknown dtype {weight_dtype!r}; known: {', '.join(DTYPES)}", field="--dtype")
-    workload = Workload(batch, prompt_len, gen_len, weight_dtype)
-    return Problem(get_model(model), model, rig, hw, workload, gpu_mem_budget)
+    workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype)
+    return Problem(get_model(model), model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
 
 
 def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
@@ -119,6 +125,8 @@ def best_result(
     if reason:
         return Result.infeasible(strategy.name, f"not applicable: {reason}")
     fix = adjust or (lambda plan: plan)
+    if p.batch_is_free(objective, search):
+        return _best_at_free_batch(strategy, p, objective, fix, allow_lossy)
     try:
         if search:
             plan = planner.search(strategy, p.rig, p.model, p.workload, objective, allow_lossy=allow_lossy)
@@ -135,6 +143,26 @@ def best_result(
         why = f": e.g. the default plan: {fallback.reason}" if not fallback.feasible else ""
         return Result.infeasible(strategy.name, f"no feasible plan found by the search{why}", fallback.plan)
     return simulate(strategy, plan, p.rig, p.model, p.workload, exact=exact)
+
+
+def _best_at_free_batch(
+    strategy: Strategy, p: Problem, objective: Objective, fix: Callable[[Any], Any], allow_lossy: bool
+) -> Result:
+    """``best_result`` when the search also picks the batch (``planner.search_free_batch``)."""
+    try:
+        found = planner.search_free_batch(
+            strategy, p.rig, p.model, p.workload, objective, allow_lossy=allow_lossy
+        )
+    except NoRouteError as exc:
+        return Result.infeasible(strategy.name, str(exc))
+    if found is None:
+        fallback = simulate(
+            strategy, fix(strategy.default_plan(p.rig, p.model, p.workload)), p.rig, p.model, p.workload
+        )
+        why = f": e.g. the default plan at batch 1: {fallback.reason}" if not fallback.feasible else ""
+        return Result.infeasible(strategy.name, f"no feasible plan at any batch{why}", fallback.plan)
+    plan, batch = found
+    return simulate(strategy, fix(plan), p.rig, p.model, replace(p.workload, batch=batch))
 
 
 def compare(
@@ -177,7 +205,8 @@ def compare(
     if trace_path and results and results[0].feasible:
         winner = get_strategy(results[0].strategy)
         plan = winner.plan_from_dict(results[0].plan)
-        simulate(winner, plan, p.rig, p.model, p.workload, trace_path=trace_path)
+        wl = replace(p.workload, batch=results[0].batch or p.workload.batch)
+        simulate(winner, plan, p.rig, p.model, wl, trace_path=trace_path)
     return results
 
 
@@ -240,12 +269,16 @@ class PlanDocument(BaseModel):
     lossy: str = ""  # what the plan gives up in model quality ("" = lossless); informational
 
 
-def plan_document(p: Problem, strategy: Strategy, plan: Any, objective: Objective) -> dict[str, Any]:
+def plan_document(
+    p: Problem, strategy: Strategy, plan: Any, objective: Objective, batch: int | None = None
+) -> dict[str, Any]:
+    """The plan file; ``batch`` is the one the search chose when the problem left it free."""
+    wl = replace(p.workload, batch=batch) if batch else p.workload
     doc = PlanDocument(
         strategy=strategy.name,
         model=p.model_ref,
         hardware=str(p.rig_ref),
-        workload=_WorkloadDoc(**p.workload.to_dict()),
+        workload=_WorkloadDoc(**wl.to_dict()),
         objective=objective,
         gpu_mem_budget=p.gpu_mem_budget,
         params=strategy.plan_to_dict(plan),

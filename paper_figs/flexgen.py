@@ -1,15 +1,25 @@
-"""FlexGen Tab. 2 beside hetsim: OPT-6.7B/30B/175B on flexgen-t4, prompt 512, gen 32.
+"""FlexGen Tab. 2 beside hetsim: OPT-6.7B/30B/175B on flexgen-t4, prompts 512 and 1024, gen 32.
 
 Usage: python paper_figs/flexgen.py [OUT_DIR]   (default paper_figs/out/)
+
+Every column of the table hetsim can run, two ways:
+
+- "policy": the paper's own benchmark policy given as a plan (FlexGen, arXiv 2303.06865;
+  FMInference/FlexGen benchmark/flexgen/bench_suite.py) and the baselines at the paper's batch;
+  known here for OPT-30B at prompt 512 only;
+- "search": what `hetsim compare --objective throughput` picks with no batch given: FlexGen's
+  policy search over (gbs, nb) and placement (4-bit only with --allow-compression), the baselines
+  at the largest batch one pass holds.
+
 Writes flexgen.csv and flexgen.png and prints the relative error at every published point
-(paper_figs/paper_points.csv gives points for OPT-30B only; the others are hetsim alone).
+(paper_figs/paper_points.csv: OPT-30B, prompt 512; the other cells print hetsim alone).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -17,102 +27,126 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from hetsim.hardware.loader import load_rig
-from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import search_policy
+from hetsim import api
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import all_strategies, get_strategy
 from hetsim.strategies.flexgen_policy import FlexGenPlan
 from hetsim.workload import Workload
 
-PUBLISHED = {  # arXiv 2303.06865 Tab. 2, OPT-30B (paper_points.csv)
-    ("opt-30b", "FlexGen"): 7.32,
-    ("opt-30b", "FlexGen 4-bit"): 8.38,
-    ("opt-30b", "Accelerate"): 0.62,
-    ("opt-30b", "DeepSpeed"): 0.60,
+RIG = "flexgen-t4"
+GEN = 32
+PUBLISHED = {  # arXiv 2303.06865 Tab. 2, OPT-30B, prompt 512 (paper_points.csv)
+    ("opt-30b", 512, "FlexGen"): 7.32,
+    ("opt-30b", 512, "FlexGen 4-bit"): 8.38,
+    ("opt-30b", 512, "Accelerate"): 0.62,
+    ("opt-30b", 512, "DeepSpeed"): 0.60,
 }
-PAPER_POLICY = {  # the benchmark's OPT-30B policies (FlexGen, arXiv 2303.06865)
-    "FlexGen": (FlexGenPlan(48, 3, 20, 80, 0, 100, 0, 100, cpu_attention=True), 144),
-    "FlexGen 4-bit": (
-        FlexGenPlan(64, 8, 0, 100, 0, 100, 0, 100, cpu_attention=False, compress_cache=True),
-        512,
-    ),
+POLICIES = {  # the benchmark's OPT-30B, prompt 512 policies and baseline batches
+    ("opt-30b", 512): {
+        "FlexGen": FlexGenPlan(48, 3, 20, 80, 0, 100, 0, 100, cpu_attention=True, gpu="n0.gpu0"),
+        "FlexGen 4-bit": FlexGenPlan(
+            64, 8, 0, 100, 0, 100, 0, 100, cpu_attention=False, compress_cache=True, gpu="n0.gpu0"
+        ),
+        "Accelerate": 8,
+        "DeepSpeed": 4,
+    }
 }
-BASELINE_BATCH = {"Accelerate": ("accelerate", 8), "DeepSpeed": ("deepspeed", 4)}
+STRATEGY = {
+    "FlexGen": "flexgen",
+    "FlexGen 4-bit": "flexgen",
+    "Accelerate": "accelerate",
+    "DeepSpeed": "deepspeed",
+}
 MODELS = ("opt-6.7b", "opt-30b", "opt-175b")
+PROMPTS = (512, 1024)
 
 
-def hetsim_points(rig, model_name: str) -> dict[str, float]:
-    model = get_model(model_name)
-    gpu = rig.gpus()[0].name
-    out: dict[str, float] = {}
-    for system, (plan, batch) in PAPER_POLICY.items():
-        wl = Workload(batch, 512, 32)
-        if model_name == "opt-30b":
-            plan = replace(plan, gpu=gpu)
-        else:  # the paper's per-model policies are not in the reference notes: hetsim's own search
-            plan = search_policy(rig, model, wl).plan
-            if plan is not None and system == "FlexGen 4-bit" and not plan.compress_cache:
-                plan = None
-        r = simulate(get_strategy("flexgen"), plan, rig, model, wl) if plan is not None else None
-        out[system] = r.throughput_tok_s if r is not None and r.feasible else float("nan")
+def _policy_row(p: api.Problem, system: str, policy) -> tuple[float, int]:
+    s = get_strategy(STRATEGY[system])
+    if isinstance(policy, FlexGenPlan):
+        batch = policy.block_size
+        plan = policy
+    else:
+        batch = policy
+        plan = s.default_plan(p.rig, p.model, Workload(batch, p.workload.prompt_len, GEN))
+    r = simulate(s, plan, p.rig, p.model, Workload(batch, p.workload.prompt_len, GEN))
+    return (r.throughput_tok_s if r.feasible else math.nan), batch
+
+
+def _search_row(p: api.Problem, system: str) -> tuple[float, int, str]:
+    lossy = system == "FlexGen 4-bit"
+    r = api.best_result(get_strategy(STRATEGY[system]), p, "throughput", allow_lossy=lossy)
+    if not r.feasible:
+        return math.nan, 0, r.reason
+    if lossy and not r.lossy:
+        return math.nan, r.batch or 0, "the search kept the lossless plan"
+    return r.throughput_tok_s, r.batch or 0, r.lossy
+
+
+def rows_for(model: str, prompt: int) -> list[dict]:
+    p = api.problem(model, RIG, batch=None, prompt_len=prompt, gen_len=GEN)
     names = {s.name for s in all_strategies()}
-    for system, (strategy, batch) in BASELINE_BATCH.items():
+    out = []
+    for system, strategy in STRATEGY.items():
         if strategy not in names:
             continue
-        s = get_strategy(strategy)
-        wl = Workload(batch, 512, 32)
-        plan = s.default_plan(rig, model, wl)
-        r = simulate(s, plan, rig, model, wl)
-        out[system] = r.throughput_tok_s if r.feasible else float("nan")
+        pub = PUBLISHED.get((model, prompt, system))
+        policy = POLICIES.get((model, prompt), {}).get(system)
+        if policy is not None:
+            value, batch = _policy_row(p, system, policy)
+            out.append(_row(model, prompt, system, "policy", batch, value, pub, ""))
+        value, batch, note = _search_row(p, system)
+        out.append(_row(model, prompt, system, "search", batch, value, pub, note))
     return out
+
+
+def _row(model, prompt, system, how, batch, value, pub, note) -> dict:
+    return {
+        "model": model,
+        "prompt_len": prompt,
+        "system": system,
+        "how": how,
+        "batch": batch,
+        "hetsim_tok_s": value,
+        "published_tok_s": pub,
+        "rel_error": (value - pub) / pub if pub and math.isfinite(value) else math.nan,
+        "note": note,
+    }
 
 
 def main(out_dir: str = "paper_figs/out/") -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rig = load_rig("flexgen-t4")
-    rows = []
-    for m in MODELS:
-        for system, value in hetsim_points(rig, m).items():
-            pub = PUBLISHED.get((m, system))
-            err = (value - pub) / pub if pub else float("nan")
-            rows.append(
-                {
-                    "model": m,
-                    "system": system,
-                    "hetsim_tok_s": value,
-                    "published_tok_s": pub,
-                    "rel_error": err,
-                }
-            )
-            if pub:
-                print(f"{m:9s} {system:14s} hetsim {value:7.2f}  published {pub:6.2f}  error {err:+.0%}")
-            else:
-                print(f"{m:9s} {system:14s} hetsim {value:7.2f}  (no published point)")
+    rows = [r for m in MODELS for s in PROMPTS for r in rows_for(m, s)]
+    for r in rows:
+        head = (
+            f"{r['model']:9s} s={r['prompt_len']:<5d} {r['system']:13s} {r['how']:6s} batch {r['batch']:<5d}"
+        )
+        if r["published_tok_s"]:
+            print(f"{head} hetsim {r['hetsim_tok_s']:7.2f}  published {r['published_tok_s']:6.2f}  "
+                  f"error {r['rel_error']:+.0%}")  # fmt: skip
+        else:
+            print(f"{head} hetsim {r['hetsim_tok_s']:7.2f}  (no published point) {r['note']}")
     with (out / "flexgen.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    systems = list(dict.fromkeys(r["system"] for r in rows))
-    fig, axes = plt.subplots(1, len(MODELS), figsize=(4 * len(MODELS), 3.5))
-    for ax, m in zip(axes, MODELS, strict=True):
-        sub = {r["system"]: r for r in rows if r["model"] == m}
-        xs = range(len(systems))
-        ax.bar(
-            [x - 0.2 for x in xs],
-            [sub.get(s, {}).get("hetsim_tok_s", 0) or 0 for s in systems],
-            0.4,
-            label="hetsim",
-        )
-        pubs = [sub.get(s, {}).get("published_tok_s") or 0 for s in systems]
+    fig, axes = plt.subplots(len(PROMPTS), len(MODELS), figsize=(4 * len(MODELS), 3.2 * len(PROMPTS)))
+    for (i, s), (j, m) in ((a, b) for a in enumerate(PROMPTS) for b in enumerate(MODELS)):
+        ax = axes[i][j]
+        sub = [r for r in rows if r["model"] == m and r["prompt_len"] == s]
+        labels = [f"{r['system']}\n({r['how']})" for r in sub]
+        xs = range(len(sub))
+        ax.bar([x - 0.2 for x in xs], [r["hetsim_tok_s"] if math.isfinite(r["hetsim_tok_s"]) else 0
+                                       for r in sub], 0.4, label="hetsim")  # fmt: skip
+        pubs = [r["published_tok_s"] or 0 for r in sub]
         if any(pubs):
             ax.bar([x + 0.2 for x in xs], pubs, 0.4, label="paper (Tab. 2)")
-        ax.set_xticks(list(xs), systems, rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(list(xs), labels, rotation=40, ha="right", fontsize=6)
         ax.set_yscale("log")
-        ax.set_title(f"{m}, T4, s=512 n=32")
-        ax.set_ylabel("generation throughput (tok/s)")
-        ax.legend(fontsize=7)
+        ax.set_title(f"{m}, T4, s={s} n={GEN}", fontsize=9)
+        ax.set_ylabel("tok/s", fontsize=8)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "flexgen.png", dpi=120)
     print(f"wrote {out / 'flexgen.csv'} and {out / 'flexgen.png'}")

@@ -174,7 +174,21 @@ def plans(tmp_path_factory):
     for s in ("gpu-only", "accelerate", "deepspeed", "flexgen", "hetegen", "hexgen", "cpu-tp"):
         path = folder / f"{s}.json"
         assert (
-            main(["plan", "--model", "opt-13b", "--hw", "mixed-lab", "--strategy", s, "--out", str(path)])
+            main(
+                [
+                    "plan",
+                    "--model",
+                    "opt-13b",
+                    "--hw",
+                    "mixed-lab",
+                    "--strategy",
+                    s,
+                    "--batch",
+                    "1",
+                    "--out",
+                    str(path),
+                ]
+            )
             == 0
         )
         docs[s] = json.loads(path.read_text())
@@ -401,7 +415,6 @@ def test_expert_count_bounded(tmp_path, capsys):
     path.write_text(json.dumps(cfg))
     assert main(["model", "show", str(path)]) == 2
     assert "num_local_experts" in capsys.readouterr().err
-
 
 
 _PARENT: list[int] = []  # the test process's pid, for the module-level (picklable) stand-in below

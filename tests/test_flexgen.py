@@ -65,21 +65,18 @@ def test_released_placement_puts_8_percent_of_layer_weights_on_gpu(t4):
     assert fractions(model, replace(PAPER, wg=30, wc=70)).w_gpu > 4 * fractions(model, PAPER).w_gpu
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="hetsim gives 12.5 tok/s vs published 7.32 (+71%): prefill at 0.7 x 65 TFLOPS fp16 peak "
-    "(a 70 W T4 sustains far less; FlexGen's fit is 21 TFLOPS) and CPU attention as memory-bound fp32 "
-    "at 0.8 x 128 GB/s (FlexGen's fit: 0.0123 TFLOPS effective)",
-)
 def test_golden_flexgen_paper_policy(paper_result):
+    """8.08 tok/s vs 7.32 (+10%) with the T4's GEMM rate and the VM's host memory bandwidth from
+    FlexGen's part-level fit on that machine (rig flexgen-t4); 12.54 (+71%) with catalogue defaults."""
     assert paper_result.feasible, paper_result.reason
     assert paper_result.throughput_tok_s == pytest.approx(published("flexgen"), rel=TOL)
 
 
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim gives 14.8 tok/s vs published 8.38 (+77%): prefill of 512 x 512 tokens at 0.7 x 65 "
-    "TFLOPS (FlexGen's own fit: 21 TFLOPS) is half the time it really took",
+    reason="hetsim gives 10.9 tok/s vs published 8.38 (+30%): decode is bound by the H2D copy of the "
+    "4-bit KV cache from unpinned CPU memory at the assumed 6 GB/s pageable rate (FlexGen's release "
+    "fitted no constant for that copy: its cost model has no compressed-KV path)",
 )
 def test_golden_flexgen_4bit(t4):
     r = run(t4, "flexgen", FOURBIT, 512)
@@ -89,7 +86,7 @@ def test_golden_flexgen_4bit(t4):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim gives 0.91 tok/s vs published 0.60 (+52%): every weight streamed at the pinned "
+    reason="hetsim gives 0.90 tok/s vs published 0.60 (+50%): every weight streamed at the pinned "
     "12.89 GiB/s with perfect one-layer prefetch; ZeRO-3's per-parameter fetch overheads are not modelled",
 )
 def test_golden_deepspeed(t4):
@@ -106,7 +103,7 @@ def test_golden_deepspeed(t4):
 )
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim gives 0.88 tok/s vs published 0.62 (+42%): pageable 6 GB/s copies with 6 layers "
+    reason="hetsim gives 0.86 tok/s vs published 0.62 (+39%): pageable 6 GB/s copies with 6 layers "
     "resident on the GPU; the accelerate strategy's own modelling, not FlexGen's",
 )
 def test_golden_accelerate(t4):
@@ -149,3 +146,38 @@ def test_search_reaches_the_paper_policy(t4, paper_result):
     assert out.seconds < 20  # target < 10 s on an idle core
     found = run(t4, "flexgen", out.plan, 144)
     assert found.throughput_tok_s >= paper_result.throughput_tok_s * (1 - 1e-9)
+
+
+SEARCH_TOL = 0.25  # issue 16's bar for hetsim's own search against a published point
+
+
+@pytest.fixture(scope="module")
+def own_search():
+    """What `hetsim compare --objective throughput` picks for FlexGen with no flags but model and rig."""
+    from hetsim import api
+
+    p = api.problem("opt-30b", "flexgen-t4", batch=None, prompt_len=512, gen_len=32)
+    return api.best_result(get_strategy("flexgen"), p, "throughput")
+
+
+def test_golden_flexgen_own_search(own_search):
+    """hetsim's own policy search (free batch, lossless) on Tab. 2's OPT-30B cell: 8.46 tok/s at a
+    block of 192 vs 7.32 published (+16 %); the batch is FlexGen-class (the paper's block: 144)."""
+    assert own_search.feasible, own_search.reason
+    assert 64 <= own_search.batch <= 1024
+    assert not own_search.lossy
+    assert own_search.throughput_tok_s == pytest.approx(published("flexgen"), rel=SEARCH_TOL)
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="hetsim's search with --allow-compression gives 11.1 tok/s (block 640) vs published 8.38 "
+    "(+33 %): the same H2D copy of the 4-bit KV cache from unpinned memory as the paper policy (+30 %)",
+)
+def test_golden_flexgen_own_search_4bit():
+    from hetsim import api
+
+    p = api.problem("opt-30b", "flexgen-t4", batch=None, prompt_len=512, gen_len=32)
+    r = api.best_result(get_strategy("flexgen"), p, "throughput", allow_lossy=True)
+    assert r.feasible and r.lossy
+    assert r.throughput_tok_s == pytest.approx(published("flexgen_4bit"), rel=SEARCH_TOL)

@@ -62,6 +62,7 @@ def feasible() -> Result:
         utilization={"n0.gpu0:compute": 0.75},
         bottleneck="n0.gpu0:compute",
         cost_usd_per_mtok=0.42,
+        batch=8,
         weakest_grade="assumed",
         tasks=17,
         extras={"pipeline_bubbles": 0.5},
@@ -240,6 +241,7 @@ def test_compare_document_is_strict_json(feasible, infeasible):
         "tasks",
         "extras",
         "lossy",
+        "batch",
     }
     assert set(ok) == set(bad) == expected
 
@@ -250,6 +252,7 @@ def test_results_table_formats_feasible_and_infeasible_rows(feasible, infeasible
     assert header(text) == [
         "strategy",
         "ok",
+        "batch",
         "TTFT",
         "TPOT",
         "e2e",
@@ -263,6 +266,7 @@ def test_results_table_formats_feasible_and_infeasible_rows(feasible, infeasible
     assert ok == [
         "hexgen",
         "yes",
+        "8",
         "12.3 ms",
         "45.6 ms",
         "1.5 s",
@@ -272,13 +276,13 @@ def test_results_table_formats_feasible_and_infeasible_rows(feasible, infeasible
         "32.0 GB (n0.gpu0)",
         "assumed",
     ]
-    assert bad == ["flexgen", "no", *["-"] * 7, "out of memory on n0.gpu0"]
+    assert bad == ["flexgen", "no", *["-"] * 8, "out of memory on n0.gpu0"]
 
 
 def test_results_table_missing_numbers_show_as_dashes():
     r = Result("cpu-tp", True, e2e_s=2.0, throughput_tok_s=INF, cost_usd_per_mtok=0.0)
     ok = rows(render(results_table([r, Result.infeasible("x", "")], title="T")))
-    assert ok[0] == ["cpu-tp", "yes", "-", "-", "2 s", "-", "-", "-", "-", ""]
+    assert ok[0] == ["cpu-tp", "yes", "-", "-", "-", "2 s", "-", "-", "-", "-", ""]
     assert ok[1][-1] == "infeasible"  # no reason given
 
 

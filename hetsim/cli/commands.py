@@ -86,7 +86,7 @@ def _positive(**flags: int) -> None:
 def _problem(
     model: str,
     hw: str,
-    batch: int,
+    batch: int | None,
     prompt_len: int,
     gen_len: int,
     gpu_mem_budget: str | None = None,
@@ -95,7 +95,7 @@ def _problem(
     from hetsim import api
     from hetsim.units import UnitError, parse_bytes
 
-    _positive(batch=batch, prompt_len=prompt_len, gen_len=gen_len)
+    _positive(batch=1 if batch is None else batch, prompt_len=prompt_len, gen_len=gen_len)
     budget = None
     if gpu_mem_budget is not None:
         try:
@@ -120,13 +120,15 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def _emit_results(fmt: str, model: str, hardware: str, workload: Any, results: Sequence[Result]) -> None:
+def _emit_results(
+    fmt: str, model: str, hardware: str, workload: Any, results: Sequence[Result], free_batch: bool = False
+) -> None:
     from hetsim import api
     from hetsim.models.spec import LOSSY_DTYPES
     from hetsim.report import compare_document, results_table
 
     if fmt == "json":
-        _print_json(compare_document(model, hardware, workload, results))
+        _print_json(compare_document(model, hardware, workload, results, free_batch))
     elif fmt == "csv":
         sys.stdout.write(api.results_frame(results).to_csv(index=False))
     elif getattr(workload, "weight_dtype", None):
@@ -142,7 +144,12 @@ def _no_strategies() -> int:
     return 1
 
 
-BatchOpt = typer.Option(1, "--batch", help="Sequences in the offline batch.")
+BatchOpt = typer.Option(
+    None,
+    "--batch",
+    help="Sequences in the offline batch (default: under throughput or cost each strategy's search picks "
+    "its best batch, shown per row; 1 under latency and with --no-search).",
+)
 DtypeOpt = typer.Option(
     None,
     "--dtype",
@@ -245,7 +252,7 @@ def compare(
     model: str = typer.Option(..., "--model", help="Model name or config.json path."),
     hw: str = typer.Option(..., "--hw", help="Rig name or rig YAML path."),
     strategies: str | None = typer.Option(None, "--strategies", help="Comma-separated (default: all)."),
-    batch: int = BatchOpt,
+    batch: int | None = BatchOpt,
     prompt_len: int = PromptOpt,
     gen_len: int = GenOpt,
     objective: str = ObjectiveOpt,
@@ -279,7 +286,7 @@ def compare(
         allow_lossy=allow_compression,
         exact=exact,
     )
-    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results)
+    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, p.batch_is_free(obj, not no_search))
     if trace and fmt == "table":
         if results and results[0].feasible:
             err.print(f"trace of {results[0].strategy} written to {trace}", highlight=False)
@@ -292,7 +299,7 @@ def plan(
     model: str = typer.Option(..., "--model", help="Model name or config.json path."),
     hw: str = typer.Option(..., "--hw", help="Rig name or rig YAML path."),
     strategy: str = typer.Option("all", "--strategy", help="A strategy name, or 'all'."),
-    batch: int = BatchOpt,
+    batch: int | None = BatchOpt,
     prompt_len: int = PromptOpt,
     gen_len: int = GenOpt,
     objective: str = ObjectiveOpt,
@@ -322,7 +329,7 @@ def plan(
         err.print(f"error: no feasible plan ({reasons})", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     winner = get_strategy(best.strategy)
-    doc = api.plan_document(p, winner, winner.plan_from_dict(best.plan), obj)
+    doc = api.plan_document(p, winner, winner.plan_from_dict(best.plan), obj, best.batch)
     if out_path is not None:
         out_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     if fmt == "json":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -31,6 +32,7 @@ from hetsim.costs.op_cost import block_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op
 from hetsim.planner.ranking import Evaluate, evaluator
+from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
 from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, substep_ops
@@ -417,6 +419,89 @@ def lp_candidates(
     return sols, solved
 
 
+def lp_candidates_free(
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    ends: tuple[str, str, str],
+    budget: float | None = None,
+    allow_lossy: bool = False,
+) -> tuple[list[LpSolution], int]:
+    """FlexGen's own search with the batch free (its released cost_model.py ``solve``): for each GPU
+    batch size and flags, the number of GPU batches grows until the block no longer fits or the
+    time per sequence stops falling; the block is the batch (``wl.batch`` is ignored). Larger GPU
+    batch sizes stop once not even one GPU batch fits."""
+    sols, solved = [], 0
+    for gbs in GBS_CHOICES:
+        any_fit = False
+        for fl in candidate_flags(bool(ends[2]), allow_lossy):
+            prev = math.inf
+            for nb in NB_CHOICES:
+                sol = solve_lp(rig, model, replace(wl, batch=gbs * nb), gbs, nb, fl, ends, budget)
+                solved += 1
+                if sol is None:
+                    break  # more GPU batches only need more memory
+                sols.append(sol)
+                any_fit = True
+                if sol.time_per_seq_s > prev:
+                    break
+                prev = sol.time_per_seq_s
+        if not any_fit:
+            break
+    sols.sort(key=lambda s: (s.time_per_seq_s, -s.gbs, -s.nb))
+    return sols, solved
+
+
+def search_free(
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    objective: str,
+    evaluate_at: Callable[[Workload], Evaluate] | None = None,
+    *,
+    allow_lossy: bool = False,
+) -> tuple[FlexGenPlan, int] | None:
+    """The best policy and the batch (one block, gbs x nb) it runs, for a free batch: LP optima
+    ranked by time per sequence, the best few confirmed in the engine at their own batch."""
+    if evaluate_at is None:
+        strategy = get_strategy("flexgen")
+        evaluate_at = lambda w: evaluator(strategy, rig, model, w)  # noqa: E731
+    ends = endpoints(rig)
+    sols, _ = lp_candidates_free(rig, model, wl, ends, None, allow_lossy)
+    best, best_rate = None, 0.0
+    for plan in _confirmable(sols, model, ends[0], None, lambda p: replace(wl, batch=p.block_size), rig):
+        result = evaluate_at(replace(wl, batch=plan.block_size))(plan)
+        if result.feasible and result.throughput_tok_s > best_rate:
+            best, best_rate = (plan, plan.block_size), result.throughput_tok_s
+    return best
+
+
+def _confirmable(
+    sols: list[LpSolution],
+    model: ModelSpec,
+    gpu: str,
+    budget: float | None,
+    workload_of: Callable[[FlexGenPlan], Workload],
+    rig: Rig,
+):
+    """The plans worth confirming in the engine: the runtime's placement of the best LP optima that
+    fit in memory (rounding to whole percent and the per-tensor rule can push a full LP point past
+    a capacity; those are skipped, cheaply), at most ``CONFIRM``, within ``CONFIRM_WITHIN`` of the
+    best that fits."""
+    strategy = get_strategy("flexgen")
+    seen: set[FlexGenPlan] = set()
+    first = None
+    for sol in sols:
+        if len(seen) >= CONFIRM or (first is not None and sol.time_per_seq_s > first * CONFIRM_WITHIN):
+            return
+        plan = to_plan(sol, model, gpu, budget)
+        if plan in seen or not fits(strategy, plan, rig, model, workload_of(plan)):
+            continue
+        seen.add(plan)
+        first = sol.time_per_seq_s if first is None else first
+        yield plan
+
+
 def search_policy(
     rig: Rig,
     model: ModelSpec,
@@ -438,14 +523,7 @@ def search_policy(
     ends = endpoints(rig)
     sols, solved = lp_candidates(rig, model, wl, ends, budget, allow_lossy)
     best, best_e2e = None, math.inf
-    seen = set()
-    for sol in sols:
-        if len(seen) >= CONFIRM or sol.time_per_seq_s > sols[0].time_per_seq_s * CONFIRM_WITHIN:
-            break
-        plan = to_plan(sol, model, ends[0], budget)
-        if plan in seen:
-            continue
-        seen.add(plan)
+    for plan in _confirmable(sols, model, ends[0], budget, lambda _p: wl, rig):
         result = evaluate(plan)
         if result.feasible and result.e2e_s < best_e2e:
             best, best_e2e = plan, result.e2e_s

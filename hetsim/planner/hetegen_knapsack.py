@@ -28,11 +28,13 @@ from hetsim.planner.ranking import Evaluate, best_plan
 from hetsim.strategies.hetegen import (
     RUNTIME_RESERVE_BYTES,
     SPLIT_SYNC_S,
+    STREAM_CHUNK_BYTES,
     HeteGenPlan,
     measure_split,
     module_bytes,
     module_counts,
     module_ops,
+    share_buffer,
     working_set,
 )
 from hetsim.workload import Workload
@@ -167,7 +169,8 @@ def items_for(
             resident_t = op_cost(rig.devices[gpu], op).time_s
             saved += repeats * max(0.0, split_t - resident_t)
         a = max(alphas["prefill"][kind], alphas["decode"][kind])
-        out.append(Item(kind, counts[kind], int(size), saved, int(buffers * a * size + 0.5)))
+        buf = share_buffer(a * size, STREAM_CHUNK_BYTES)
+        out.append(Item(kind, counts[kind], int(size), saved, int(buffers * buf + 0.5)))
     return out
 
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import import_module
 from typing import Any
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import LOSSY_DTYPES, ModelSpec
 from hetsim.planner.ranking import best_plan, evaluator
+from hetsim.sim.result import rank_key
+from hetsim.sim.run import fits
 from hetsim.strategies.base import Objective, Strategy
-from hetsim.workload import Workload
+from hetsim.workload import MAX_WORK, Workload
 
 Search = Callable[..., Any]  # (rig, model, workload, objective, evaluate, *, allow_lossy) -> plan | None
+
+# Searches with the batch free as well: "module:function" -> (plan, batch) | None.
+FREE_BATCH_SEARCHES = {"flexgen": "hetsim.planner.flexgen_lp:search_free"}
 
 # Strategies with a solver-backed search: "module:function" (imported on use: OR-Tools is slow to load).
 SOLVER_SEARCHES = {
@@ -51,3 +57,82 @@ def search(
     module, function = target.split(":")
     solver: Search = getattr(import_module(module), function)
     return solver(rig, model, workload, objective, evaluate, allow_lossy=allow_lossy)
+
+
+def largest_batch(strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload) -> int:
+    """The largest batch (<= ``MAX_WORK``) at which the strategy's default plan fits in memory, by
+    bisection on the footprint alone (no run); 1 when not even that fits (the search then says why)."""
+
+    def ok(batch: int) -> bool:
+        wl = replace(workload, batch=batch)
+        plan = strategy.default_plan(rig, model, wl)
+        one_pass = strategy.pass_batch(plan)
+        return (one_pass is None or one_pass >= batch) and fits(strategy, plan, rig, model, wl)
+
+    if not ok(1):
+        return 1
+    lo, hi = 1, 2
+    while hi <= MAX_WORK["batch"] and ok(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, MAX_WORK["batch"] + 1)
+    while hi - lo > 1:  # ok(lo), not ok(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def search_free_batch(
+    strategy: Strategy,
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    objective: Objective,
+    *,
+    allow_lossy: bool = False,
+) -> tuple[Any, int] | None:
+    """The best plan and the batch it runs at when the user fixed no batch (throughput or cost).
+
+    FlexGen searches its GPU batch size and number of GPU batches jointly with its placement (its
+    own policy search). Every other strategy gets the largest batch at which its plan fits, as the
+    FlexGen paper gave each baseline (a larger offline batch shares each weight read among more
+    sequences); when the searched plan does not fit there, the batch is halved until one does."""
+    target = FREE_BATCH_SEARCHES.get(strategy.name)
+    if target is not None:
+        module, function = target.split(":")
+        solver: Search = getattr(import_module(module), function)
+        return solver(
+            rig, model, workload, objective,
+            lambda w: evaluator(strategy, rig, model, w), allow_lossy=allow_lossy,
+        )  # fmt: skip
+    batch = best_batch(strategy, rig, model, workload, objective)
+    while True:
+        wl = replace(workload, batch=batch)
+        plan = search(strategy, rig, model, wl, objective, allow_lossy=allow_lossy)
+        if plan is not None or batch == 1:
+            return (plan, batch) if plan is not None else None
+        batch = max(1, batch // 2)
+
+
+def best_batch(
+    strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
+) -> int:
+    """The batch at which the strategy's default plan ranks best for ``objective``, up to the largest
+    one pass holds: a ladder of powers of 4 and the largest, estimated in the engine, then the
+    neighbours at half and twice the winner. Larger is not always better: a CPU-bound prefill or a
+    KV scan that grows with the batch can make the largest batch slower per token than a small one."""
+    top = largest_batch(strategy, rig, model, workload)
+    key = rank_key(objective)
+    scores: dict[int, tuple] = {}
+
+    def score(batch: int) -> tuple:
+        if batch not in scores:
+            wl = replace(workload, batch=batch)
+            scores[batch] = key(evaluator(strategy, rig, model, wl)(strategy.default_plan(rig, model, wl)))
+        return scores[batch]
+
+    ladder = sorted({top, *(4**k for k in range(12) if 4**k < top)})
+    best = min(ladder, key=lambda b: (score(b), -b))
+    for b in (best // 2, best * 2):
+        if 1 <= b <= top and b not in scores and score(b) < score(best):
+            best = b
+    return best

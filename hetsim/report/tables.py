@@ -192,13 +192,17 @@ def rig_tables(rig: Rig, summary: dict[str, Any]) -> list[Table]:
 
 # ---- results --------------------------------------------------------------------------------
 def compare_document(
-    model: str, hardware: str, workload: Workload, results: Sequence[Result]
+    model: str, hardware: str, workload: Workload, results: Sequence[Result], free_batch: bool = False
 ) -> dict[str, Any]:
-    """The ``--format json`` object of docs/architecture.md."""
+    """The ``--format json`` object of docs/architecture.md; with a free batch the workload's batch
+    is null and each result carries the batch its search chose."""
+    wl = workload.to_dict()
+    if free_batch:
+        wl["batch"] = None
     return {
         "model": model,
         "hardware": hardware,
-        "workload": workload.to_dict(),
+        "workload": wl,
         "results": [r.to_dict() for r in results],
     }
 
@@ -212,7 +216,10 @@ def _peak(r: Result) -> str:
 
 def results_table(results: Sequence[Result], title: str = "Strategies, best first") -> Table:
     t = Table(title=title)
-    cols = ("strategy", "ok", "TTFT", "TPOT", "e2e", "tok/s", "$/Mtok", "bottleneck", "peak mem (max)")
+    cols = (
+        *("strategy", "ok", "batch", "TTFT", "TPOT", "e2e", "tok/s", "$/Mtok", "bottleneck"),
+        "peak mem (max)",
+    )
     for col in cols:
         left = col in ("strategy", "ok", "bottleneck", "peak mem (max)")
         width = max((len(r.strategy) for r in results), default=8) if col == "strategy" else None
@@ -220,11 +227,12 @@ def results_table(results: Sequence[Result], title: str = "Strategies, best firs
     t.add_column("reason / grade", overflow="fold")
     for i, r in enumerate(results, 1):
         if not r.feasible:
-            t.add_row(r.strategy, "[red]no[/red]", *[DASH] * 7, r.reason or "infeasible")
+            t.add_row(r.strategy, "[red]no[/red]", *[DASH] * 8, r.reason or "infeasible")
             continue
         t.add_row(
             f"[bold]{r.strategy}[/bold]" if i == 1 else r.strategy,
             "[green]yes[/green]",
+            str(r.batch) if r.batch else DASH,
             _t(r.ttft_s),
             _t(r.tpot_s),
             _t(r.e2e_s),

@@ -29,6 +29,8 @@ class Result:
     extras: Mapping[str, float] = field(default_factory=dict)
     # what the plan gives up in model quality ("" = lossless): e.g. "4-bit KV cache (group 64)"
     lossy: str = ""
+    # the sequences the run generated for (the offline batch; a free-batch search picks it)
+    batch: int | None = None
 
     @classmethod
     def infeasible(cls, strategy: str, reason: str, plan: Mapping[str, Any] | None = None) -> Result:
@@ -64,6 +66,7 @@ class Result:
                 "tasks": self.tasks,
                 "extras": dict(self.extras),
                 "lossy": self.lossy,
+                "batch": self.batch,
             }
         )
 

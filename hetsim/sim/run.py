@@ -10,7 +10,7 @@ from hetsim.costs.pricing import price_of, usd_per_mtok
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.engine import Engine, Schedule
-from hetsim.sim.memory import OutOfMemory
+from hetsim.sim.memory import MemoryLedger, OutOfMemory
 from hetsim.sim.result import Result
 from hetsim.workload import Workload
 
@@ -47,6 +47,21 @@ def context_reason(model: ModelSpec, context_len: int) -> str | None:
 # KV range, and the shortest generation that is fast-forwarded rather than run step by step.
 FF_SAMPLE = 16
 FF_MIN_GEN_LEN = 4 * FF_SAMPLE
+
+
+def fits(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
+    """Whether the plan's resident memory fits the rig (what ``simulate`` allocates first), without
+    running it: the cheap test a free-batch search bisects on."""
+    capacities = {d.name: d.mem_bytes for d in rig.devices.values()}
+    capacities.update({d.name: d.capacity_bytes for d in rig.disks.values()})
+    ledger = MemoryLedger(capacities, clock=lambda: 0.0)
+    try:
+        for device, tags in strategy.footprint(plan, rig, model, workload).items():
+            for tag, nbytes in tags.items():
+                ledger.alloc(device, nbytes, tag)
+    except (OutOfMemory, NoRouteError):
+        return False
+    return True
 
 
 def simulate(
@@ -141,6 +156,7 @@ def summarize(
         weakest_grade=rig.weakest_grade(devices).name.lower(),
         tasks=engine.tasks,
         extras={"price_usd_per_hour": price, "tokens": float(tokens)},
+        batch=workload.batch,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
@@ -115,6 +116,9 @@ class Accelerate(Strategy):
             if fits and (plan.disk_layers == 0 or plan.disk):
                 yield plan
                 return
+
+    def pass_batch(self, plan: Any) -> int | None:
+        return plan.batch_per_pass
 
     def footprint(self, plan: OffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         per_layer = layer_bytes(model)

@@ -64,6 +64,11 @@ class Strategy(ABC):
     def devices(self, plan: Any) -> list[str]:
         """Devices the plan uses (for the price of the run and the weakest grade)."""
 
+    def pass_batch(self, plan: Any) -> int | None:
+        """Sequences one pass of the plan runs together, when it splits the batch into passes
+        (None: the whole batch at once). A free-batch search gives no more than one pass holds."""
+        return None
+
     def lossy(self, plan: Any) -> str:
         """What the plan gives up in model quality, for every output to show ("" = lossless).
 

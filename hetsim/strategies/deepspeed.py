@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
@@ -87,6 +88,9 @@ class ZeroInference(Strategy):
         except OutOfMemory:
             return False
         return all(sum(tags.values()) <= rig.devices[d].mem_bytes for d, tags in fp.items())
+
+    def pass_batch(self, plan: Any) -> int | None:
+        return plan.batch_per_pass
 
     def footprint(self, plan: ZeroInferencePlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         b = plan.batch_per_pass
