@@ -94,6 +94,20 @@ def test_profile_loads_with_measured_numbers(tmp_path):
     assert load_rig(_profile(tmp_path, compute_scale=1.9)).nodes["n0"].cpu_sharing == "dram"
 
 
+def test_noisy_straggler_fit_is_clipped_and_the_profile_loads(tmp_path):
+    """Under heavy load the in-loop all-reduce fit can say the wait exceeds the whole segment (1.43
+    was seen with --quick): calibrate writes at most 1, says so in the source, and the profile loads."""
+    raw = _raw()
+    for lp in raw["multiprocess"]["allreduce_in_loop"]:
+        lp["both_s"] += 1.33 * lp["gemv_s"]  # straggler slope 0.1 + 1.33 = 1.43
+    d = cal.derive(raw)
+    assert d["straggler"] == 1.0 and d["straggler_clipped_from"] == pytest.approx(1.43, rel=1e-3)
+    path = cal.write_profile(cal.build_profile(raw, d), raw, tmp_path / "noisy.yaml")
+    rig = load_rig(path)
+    assert rig.nodes["n0"].straggler_fraction == 1.0
+    assert "clipped" in path.read_text() and "1.430" in path.read_text()
+
+
 def test_core_sharing_serialises_ranks(tmp_path):
     """Two ranks on SMT siblings cannot beat one rank on the same core; on real sockets they do."""
     path = _profile(tmp_path)
