@@ -403,7 +403,6 @@ def test_expert_count_bounded(tmp_path, capsys):
     assert "num_local_experts" in capsys.readouterr().err
 
 
-
 _PARENT: list[int] = []  # the test process's pid, for the module-level (picklable) stand-in below
 
 

@@ -5,7 +5,8 @@
     time_s    = overhead_s + max(compute_s, memory_s)
 
 Matmuls may scale both efficiencies by half-performance lengths (Hockney): few rows leave a GEMM
-below peak FLOP/s, short weight rows stream below peak bandwidth (``Efficiency.matmul_*``).
+below peak FLOP/s, short weight rows stream below peak bandwidth (``Efficiency.matmul_*``), with a
+curve per compute dtype where calibration measured one (``Efficiency.matmul_by_dtype``).
 
 The engine uses ``compute_s`` and ``memory_bytes`` separately on CPUs, where the memory traffic
 competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as is.
@@ -39,8 +40,8 @@ class OpCost:
 def op_cost(device: ComputeDevice, op: Op) -> OpCost:
     eff = device.efficiency
     if op.kind == OpKind.MATMUL:
-        flops_rate = device.flops(op.compute_dtype) * eff.matmul_compute(op.rows)
-        mem_rate = device.mem_bw * eff.matmul_memory(op.weight_row_bytes)
+        flops_rate = device.flops(op.compute_dtype) * eff.matmul_compute(op.rows, op.compute_dtype)
+        mem_rate = device.mem_bw * eff.matmul_memory(op.weight_row_bytes, op.compute_dtype)
     elif op.kind == OpKind.ATTENTION:
         flops_rate = device.flops(op.compute_dtype) * eff.attention_compute(op.rows)
         mem_rate = device.mem_bw * eff.memory_for(op.kind.value)
@@ -60,14 +61,15 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
             achieved_mem_bw=mem_rate,
             memory_bound_s=measured if memory_s > compute_s else 0.0,
         )
+    overhead = eff.overhead_for(op.compute_dtype)
     return OpCost(
-        time_s=eff.overhead_s + max(compute_s, memory_s),
+        time_s=overhead + max(compute_s, memory_s),
         compute_s=compute_s,
         memory_s=memory_s,
-        overhead_s=eff.overhead_s,
+        overhead_s=overhead,
         memory_bytes=op.mem_bytes,
         achieved_mem_bw=mem_rate,
-        memory_bound_s=eff.overhead_s + memory_s if memory_s > compute_s else 0.0,
+        memory_bound_s=overhead + memory_s if memory_s > compute_s else 0.0,
     )
 
 

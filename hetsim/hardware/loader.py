@@ -48,7 +48,7 @@ from hetsim.hardware.schema import (
     RigSpec,
     Sourced,
 )
-from hetsim.hardware.types import ComputeDevice, Disk, Efficiency, Grade, Link, Node, Provenance
+from hetsim.hardware.types import ComputeDevice, Disk, Efficiency, Grade, Link, MatmulCurve, Node, Provenance
 
 _PROTECTED = ("name", "kind", "aliases")
 
@@ -227,6 +227,13 @@ class _Builder:
             tables = str(folder)
         for k, v in {**base.memory_by_kind, **by_kind}.items():
             prov[f"efficiency.memory_by_kind.{k}"] = _prov(v)
+        curves = {**base.matmul_by_dtype, **(override.matmul_by_dtype if override else {})}
+        overheads = {**base.overhead_by_dtype, **(override.overhead_by_dtype if override else {})}
+        for dt, q in overheads.items():
+            prov[f"efficiency.overhead_by_dtype.{dt}"] = _prov(q)
+        for dt, c in curves.items():
+            for part in ("compute", "half_rows", "memory", "stream_half_row"):
+                prov[f"efficiency.matmul_by_dtype.{dt}.{part}"] = _prov(getattr(c, part))
         eff = Efficiency(
             compute={k: v.si for k, v in compute.items()},
             memory=memory.si,
@@ -234,6 +241,11 @@ class _Builder:
             fused_kernels=kernels == "fused",
             kernel_tables=tables,
             memory_by_kind={k: v.si for k, v in {**base.memory_by_kind, **by_kind}.items()},
+            matmul_by_dtype={
+                dt: MatmulCurve(c.compute.si, c.half_rows.si, c.memory.si, c.stream_half_row.si)
+                for dt, c in curves.items()
+            },
+            overhead_by_dtype={dt: q.si for dt, q in overheads.items()},
             **halves,
         )
         return eff, prov

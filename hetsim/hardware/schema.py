@@ -208,6 +208,15 @@ class Price(Sourced):
 
 
 # ---- efficiency ---------------------------------------------------------------------------
+class MatmulCurveSpec(_Strict):
+    """One compute dtype's matmul curve (see hetsim.hardware.types.MatmulCurve)."""
+
+    compute: Ratio  # many-row GEMM rate / peak_flops[dtype]
+    half_rows: Rows  # GEMM rows at half that rate
+    memory: Ratio  # long-row matrix-vector weight streaming / memory_bandwidth
+    stream_half_row: HalfBytes  # weight-row bytes at half that rate
+
+
 class EfficiencySpec(_Strict):
     """Class defaults (all fields) or a partial override (any subset)."""
 
@@ -222,6 +231,8 @@ class EfficiencySpec(_Strict):
     # "fused": the constants describe an engine's fused kernels (hetsim.models.fusion); absent = separate
     kernels: Literal["separate", "fused"] | None = None
     memory_by_kind: dict[OpKind, Ratio] = Field(default_factory=dict)  # streaming, where not ``memory``
+    matmul_by_dtype: dict[Dtype, MatmulCurveSpec] = Field(default_factory=dict)  # measured per dtype
+    overhead_by_dtype: dict[Dtype, Time] = Field(default_factory=dict)  # measured per compute dtype
 
 
 class EfficiencyFile(_Strict):
