@@ -99,6 +99,9 @@ def test_per_dtype_matmul_curves_reach_the_cost_model(tmp_path):
     assert gemm(1, "bf16", 2) / gemm(1, "fp32", 4) == pytest.approx(1.5, rel=0.02)
     # many rows: compute-bound at twice the rate
     assert gemm(512, "bf16", 2) / gemm(512, "fp32", 4) == pytest.approx(0.5, rel=0.02)
+    # fp16, not measured, takes its 16-bit peer's curve and per-op cost (as peak FLOP/s falls back)
+    assert gemm(1, "fp16", 2) == pytest.approx(gemm(1, "bf16", 2))
+    assert cpu.efficiency.overhead_for("fp16") == cpu.efficiency.overhead_for("bf16")
 
 
 def test_fit_half_without_length_dependence_keeps_best_rate():

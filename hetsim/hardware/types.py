@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Literal
+from typing import Literal, TypeVar
 
+T = TypeVar("T")
 DeviceKind = Literal["gpu", "cpu"]
 LinkKind = Literal["pcie", "nvlink", "upi", "ethernet", "infiniband", "rdma", "wan", "shm", "sata", "nvme"]
 
@@ -30,6 +31,16 @@ class Grade(IntEnum):
 class Provenance:
     source: str
     grade: Grade
+
+
+PEER_16BIT = {"fp16": "bf16", "bf16": "fp16"}  # where one 16-bit format was not measured, the other
+
+
+def _by_dtype(table: Mapping[str, T], dtype: str) -> T | None:
+    """A dtype's own entry, else its 16-bit peer's (as ``ComputeDevice.flops`` falls back), else None."""
+    if dtype in table:
+        return table[dtype]
+    return table.get(PEER_16BIT.get(dtype, ""))
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,8 @@ class Efficiency:
     overhead_by_dtype: Mapping[str, float] = field(default_factory=dict)
 
     def overhead_for(self, dtype: str) -> float:
-        return self.overhead_by_dtype.get(dtype, self.overhead_s)
+        own = _by_dtype(self.overhead_by_dtype, dtype)
+        return self.overhead_s if own is None else own
 
     def compute_for(self, kind: str) -> float:
         return self.compute.get(kind, self.compute.get("matmul", 1.0))
@@ -97,14 +109,14 @@ class Efficiency:
         return eff * rows / (rows + half) if half > 0 and rows > 0 else eff
 
     def matmul_compute(self, rows: float, dtype: str = "") -> float:
-        curve = self.matmul_by_dtype.get(dtype)
+        curve = _by_dtype(self.matmul_by_dtype, dtype)
         eff, half = self.compute_for("matmul"), self.matmul_half_rows
         if curve:
             eff, half = curve.compute, curve.half_rows
         return eff * rows / (rows + half) if rows > 1 else eff
 
     def matmul_memory(self, row_bytes: float, dtype: str = "") -> float:
-        curve = self.matmul_by_dtype.get(dtype)
+        curve = _by_dtype(self.matmul_by_dtype, dtype)
         eff, half = self.memory, self.stream_half_row_bytes
         if curve:
             eff, half = curve.memory, curve.half_row_bytes
