@@ -282,7 +282,7 @@ def plan_document(
         objective=objective,
         gpu_mem_budget=p.gpu_mem_budget,
         params=strategy.plan_to_dict(plan),
-        lossy=strategy.lossy(plan),
+        lossy=strategy.lossy(plan, p.model),
     ).model_dump()
     if doc["workload"]["weight_dtype"] is None:  # only a --dtype the user asked for is written
         del doc["workload"]["weight_dtype"]

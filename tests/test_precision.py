@@ -79,3 +79,19 @@ def test_asked_precision_overrides_the_checkpoint_on_cpu_tp():
     p = replace(p, workload=replace(p.workload, weight_dtype="bf16"))
     plan = get_strategy("cpu-tp").default_plan(p.rig, p.model, p.workload)
     assert plan.weight_dtype == "bf16"
+
+
+def test_gpu_strategies_report_a_16_bit_run_of_an_fp32_checkpoint():
+    """OPT-350m's checkpoint is fp32; GPU strategies run fp16 weights and KV: every output says so
+    (reported as lossy, the precision given up), while a 16-bit checkpoint's run reports nothing."""
+    from hetsim.api import best_result
+
+    opt32 = problem(str(CONFIGS / "OPT-350m" / "config.json"), "flexgen-t4", 1, 32, 4)
+    res = best_result(get_strategy("gpu-only"), opt32, "throughput", search=False)
+    assert res.feasible
+    assert "fp16 weights from a fp32 checkpoint" in res.lossy and "fp16 KV cache" in res.lossy
+    opt16 = replace(opt32, model=replace(opt32.model, dtype="fp16"))
+    assert best_result(get_strategy("gpu-only"), opt16, "throughput", search=False).lossy == ""
+    # bf16 and fp16 are peers: neither narrows the other
+    opt_bf = replace(opt32, model=replace(opt32.model, dtype="bf16"))
+    assert best_result(get_strategy("gpu-only"), opt_bf, "throughput", search=False).lossy == ""

@@ -58,6 +58,52 @@ def test_derive_recovers_hockney_half_lengths():
     assert d["eff_matmul"] == pytest.approx(1.0) and d["eff_memory"] == pytest.approx(1.0)
 
 
+def _with_bf16(raw: dict) -> dict:
+    """Add a bf16 sweep as torch runs it on a CPU: GEMV converts every weight (a third of fp32's
+    bytes/s), GEMMs run on bf16 units (twice fp32's many-row rate)."""
+    bf16 = []
+    for g in raw["gemm"]:
+        if g["dtype"] != "fp32":
+            continue
+        if g["m"] == 1:
+            bw = g["weight_bw"] / 3
+            bf16.append({**g, "dtype": "bf16", "weight_bw": bw, "flops": bw})  # 2 FLOPs per 2 bytes
+        else:
+            bf16.append({**g, "dtype": "bf16", "flops": 2 * g["flops"]})
+    return {**raw, "gemm": [g for g in raw["gemm"] if g["dtype"] == "fp32"] + bf16}
+
+
+def test_per_dtype_matmul_curves_reach_the_cost_model(tmp_path):
+    """calibrate fits one curve per dtype and the cost model uses the op's own: a bf16 GEMV streams
+    at bf16's measured rate, a bf16 prefill GEMM at bf16's, neither at fp32's."""
+    from hetsim.costs.op_cost import op_cost
+    from hetsim.models.spec import Op, OpKind
+
+    raw = _with_bf16(_raw())
+    d = cal.derive(raw)
+    assert d["curves"]["bf16"]["stream_inf"] == pytest.approx(STREAM_INF / 3, rel=1e-3)
+    assert d["curves"]["bf16"]["flops_inf"] == pytest.approx(2 * FLOPS_INF, rel=1e-3)
+    assert d["curves"]["bf16"]["rows_half"] == pytest.approx(ROWS_HALF, rel=1e-3)
+    path = cal.write_profile(cal.build_profile(raw, d), raw, tmp_path / "bf.yaml")
+    cpu = load_rig(path).devices["n0.cpu0"]
+    assert set(cpu.efficiency.matmul_by_dtype) == {"fp32", "bf16"}
+    assert cpu.provenance["efficiency.matmul_by_dtype.bf16.memory"].grade.name == "FITTED"
+
+    def gemm(rows: int, dtype: str, esize: int) -> float:
+        k = n = 4096
+        op = Op("q", OpKind.MATMUL, 0, 2.0 * rows * k * n, k * n * esize, 0.0, 0.0, module="q_proj",
+                compute_dtype=dtype, rows=rows, weight_row_bytes=n * esize)  # fmt: skip
+        return op_cost(cpu, op).time_s - cpu.efficiency.overhead_s
+
+    # GEMV: bytes / the dtype's streaming rate (half the bytes at a third of the rate: 1.5x slower)
+    assert gemm(1, "bf16", 2) / gemm(1, "fp32", 4) == pytest.approx(1.5, rel=0.02)
+    # many rows: compute-bound at twice the rate
+    assert gemm(512, "bf16", 2) / gemm(512, "fp32", 4) == pytest.approx(0.5, rel=0.02)
+    # fp16, not measured, takes its 16-bit peer's curve and per-op cost (as peak FLOP/s falls back)
+    assert gemm(1, "fp16", 2) == pytest.approx(gemm(1, "bf16", 2))
+    assert cpu.efficiency.overhead_for("fp16") == cpu.efficiency.overhead_for("bf16")
+
+
 def test_fit_half_without_length_dependence_keeps_best_rate():
     assert cal.fit_half([64, 64], [3.0, 5.0]) == (5.0, 0.0)
     assert cal.fit_half([8, 64, 512], [5.0, 5.0, 5.0]) == pytest.approx((5.0, 0.0), abs=1e-9)
@@ -92,6 +138,20 @@ def test_profile_loads_with_measured_numbers(tmp_path):
     assert rig.nodes["n0"].straggler_fraction == pytest.approx(0.1, rel=1e-3)
     assert "torch" in cpu.provenance["mem_bw"].source
     assert load_rig(_profile(tmp_path, compute_scale=1.9)).nodes["n0"].cpu_sharing == "dram"
+
+
+def test_noisy_straggler_fit_is_clipped_and_the_profile_loads(tmp_path):
+    """Under heavy load the in-loop all-reduce fit can say the wait exceeds the whole segment (1.43
+    was seen with --quick): calibrate writes at most 1, says so in the source, and the profile loads."""
+    raw = _raw()
+    for lp in raw["multiprocess"]["allreduce_in_loop"]:
+        lp["both_s"] += 1.33 * lp["gemv_s"]  # straggler slope 0.1 + 1.33 = 1.43
+    d = cal.derive(raw)
+    assert d["straggler"] == 1.0 and d["straggler_clipped_from"] == pytest.approx(1.43, rel=1e-3)
+    path = cal.write_profile(cal.build_profile(raw, d), raw, tmp_path / "noisy.yaml")
+    rig = load_rig(path)
+    assert rig.nodes["n0"].straggler_fraction == 1.0
+    assert "clipped" in path.read_text() and "1.430" in path.read_text()
 
 
 def test_core_sharing_serialises_ranks(tmp_path):
@@ -232,7 +292,7 @@ def test_quick_calibration_then_validate_on_this_machine(tmp_path, capsys):
     from hetsim.cli import main
 
     prof = tmp_path / "me.yaml"
-    assert main(["calibrate", "--quick", "--out", str(prof)]) == 0
+    assert main(["calibrate", "--quick", "--threads", "1", "--ranks", "2", "--out", str(prof)]) == 0
     rig = load_rig(prof)
     cpu = rig.devices["n0.cpu0"]
     assert cpu.peak_flops["fp32"] > 1e9 and cpu.mem_bw > 1e9

@@ -33,13 +33,17 @@ BASE_CPU = "ryzen-7950x"  # catalogue entry every field of which calibrate overr
 # Separate cores on a shared VM measure 1.5-2.3x here, so the margin keeps the class stable.
 SHARING_THRESHOLD = 1.3
 INDEPENDENT_FRACTION = 0.95  # co-running bandwidth below this share of linear: ranks share the DRAM
+STRAGGLER_MAX = 1.0  # a straggler wait is a share of the compute segment: at most all of it
 
 
 def _stamp(threads: int) -> str:
     import torch
 
     day = _dt.date.today().isoformat()
-    return f"{platform.node() or 'host'}, {day}, torch {torch.__version__}, {threads} thread(s) per rank"
+    return (
+        f"{platform.node() or 'host'} ({cpu_name()}), {day}, torch {torch.__version__}, "
+        f"{threads} thread(s) per rank, {'/'.join(MATMUL_DTYPES)}"
+    )
 
 
 def _q(value: Any, source: str, grade: str) -> dict[str, Any]:
@@ -75,34 +79,45 @@ def cpu_name() -> str:
 
 
 # ---- measuring ------------------------------------------------------------------------------------
-# GEMV (m = 1) over weight-row lengths n: streaming bandwidth vs row bytes (the n-half fit).
+# GEMV (m = 1) over weight-row lengths n: streaming bandwidth vs row bytes (the n-half fit), per dtype.
 GEMV_SHAPES = [
+    (4096, 128),
     (4096, 256),
     (4096, 512),
     (2048, 1024),
     (2048, 2048),
     (1024, 4096),
     (1024, 8192),
-    (1024, 16384),
+    (512, 16384),
+    (512, 32768),
 ]
-# GEMM over rows m >= 2 on two widths: FLOP/s vs m (the m-half fit).
-GEMM_ROWS = (2, 4, 8, 16, 32, 64, 128, 256)
+# GEMM over rows m >= 2: FLOP/s vs m (the m-half fit), per dtype, up to a long prompt's rows.
+GEMM_ROWS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 GEMM_KN = ((2048, 2048), (2048, 8192))
+GEMM_BIG_ROWS = 256  # rows above this run on the first K x N only (compute-bound: one width says it)
+MATMUL_DTYPES = ("fp32", "bf16")  # what torch runs a decoder in on a CPU
 QUICK_GEMV = [(2048, 256), (1024, 1024), (1024, 4096)]
 QUICK_ROWS, QUICK_KN = (2, 8, 32), ((1024, 1024),)
+# Attention: prefill over fresh prompts of these lengths (the half-length fit), decode over KV
+# caches of these lengths (the KV streaming rate).
+PREFILL_SEQS, DECODE_KV = (32, 128, 512, 1024), (256, 1024, 4096)
+QUICK_PREFILL_SEQS, QUICK_DECODE_KV = (32, 128), (256, 1024)
 
 
 SWEEP_PASSES = 3
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run of median time among repeated runs of one shape."""
+    """The run of median time among repeated runs of one shape. Not the fastest: on a busy machine a
+    short pass finds a quiet moment far more often than a whole decoder's run does, and the fastest
+    passes then predict every decoder ~30% fast (docs/cpu-calibration.md)."""
     return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
 
 
 def sweep_shapes(quick: bool) -> list[tuple[int, int, int]]:
     gemv, rows, kn = (QUICK_GEMV, QUICK_ROWS, QUICK_KN) if quick else (GEMV_SHAPES, GEMM_ROWS, GEMM_KN)
-    return [(1, k, n) for k, n in gemv] + [(m, k, n) for k, n in kn for m in rows]
+    gemm = [(m, k, n) for i, (k, n) in enumerate(kn) for m in rows if i == 0 or m <= GEMM_BIG_ROWS]
+    return [(1, k, n) for k, n in gemv] + gemm
 
 
 def measure(
@@ -119,10 +134,11 @@ def measure(
     torch.set_num_threads(threads)
     say = progress or (lambda _msg: None)
     shapes = sweep_shapes(quick)
-    raw: dict[str, Any] = {"threads": threads, "ranks": ranks, "quick": quick, "cpu": cpu_name()}
-    # bf16 without hardware support is very slow: one GEMV and one small GEMM
-    bf16 = [shapes[0], shapes[-len(QUICK_ROWS if quick else GEMM_ROWS)]]
-    todo = [(s, "fp32") for s in shapes] + [(s, "bf16") for s in bf16]
+    raw: dict[str, Any] = {
+        "threads": threads, "ranks": ranks, "quick": quick, "cpu": cpu_name(),
+        "torch": torch.__version__, "dtypes": list(MATMUL_DTYPES),
+    }  # fmt: skip
+    todo = [(s, dt) for dt in MATMUL_DTYPES for s in shapes]
     # Interleaved passes, median per shape: a shared VM's bandwidth drifts by several per cent
     # over seconds, and one pass per shape would bake that drift into the fitted curves.
     passes: list[list[dict[str, Any]]] = []
@@ -134,10 +150,15 @@ def measure(
     raw["gemm"] = [_median_run([run[i] for run in passes]) for i in range(len(todo))]
     say("STREAM copy/add")
     raw["stream"] = mb.stream(64 * 2**20 if quick else mb.WORKING_SET, quick=quick)
-    say("small-op overhead")
+    say("per-op overhead (a tiny decoder's step)")
     raw["overhead"] = mb.small_op_overhead(quick=quick)
-    say("attention (SDPA)")
-    raw["attention"] = _attention_rate(quick)
+    raw["decoder_overhead"] = {dt: mb.decoder_step_overhead(dt, quick=quick) for dt in MATMUL_DTYPES}
+    say("attention (SDPA): prefill lengths, decode KV lengths")
+    seqs, kvs = (QUICK_PREFILL_SEQS, QUICK_DECODE_KV) if quick else (PREFILL_SEQS, DECODE_KV)
+    raw["attention"] = {
+        "prefill": [mb.attention_prefill(s, quick=quick) for s in seqs],
+        "decode": [mb.attention_decode(kv, quick=quick) for kv in kvs],
+    }
     if ranks > 1:
         say(f"gloo all-reduce and co-running, {ranks} processes")
         raw["multiprocess"] = mb.multiprocess(ranks, threads, quick=quick)
@@ -161,39 +182,74 @@ def fit_half(lengths: list[float], rates: list[float]) -> tuple[float, float]:
     return float(1.0 / inv_r), float(slope / inv_r)
 
 
-def _attention_rate(quick: bool) -> dict[str, float]:
-    import torch
-    import torch.nn.functional as F
+def _dtypes(raw: dict[str, Any]) -> list[str]:
+    """Dtypes with a GEMV and a GEMM sweep (older sidecars measured bf16 at two points only)."""
+    out = []
+    for dt in dict.fromkeys(g["dtype"] for g in raw["gemm"]):
+        ms = {g["m"] for g in raw["gemm"] if g["dtype"] == dt}
+        if dt == "fp32" or (1 in ms and len(ms - {1}) >= 2):
+            out.append(dt)
+    return out
 
-    heads, hd, s = 16, 128, 32 if quick else 64
-    q = torch.randn(1, heads, s, hd)
-    t = mb.timeit(lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True), min_time=0.02)
-    return {"seq": s, "heads": heads, "head_dim": hd, "seconds": t, "flops": 4.0 * heads * s * s * hd / t}
+
+def _matmul_curve(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """One dtype's Hockney curves: GEMV weight streaming vs row bytes, GEMM FLOP/s vs rows."""
+    esize = {"fp32": 4, "bf16": 2, "fp16": 2}[runs[0]["dtype"]]
+    gemv = [g for g in runs if g["m"] == 1]
+    gemm = [g for g in runs if g["m"] > 1]
+    stream_inf, row_half = fit_half([g["n"] * esize for g in gemv], [g["weight_bw"] for g in gemv])
+    best = max(g["flops"] for g in runs)
+    flops_inf, rows_half = (
+        fit_half([g["m"] for g in gemm], [g["flops"] for g in gemm]) if gemm else (best, 0.0)
+    )
+    # the fitted many-row limit may lie just above the largest GEMM run: it is the peak then
+    return {"peak": max(best, flops_inf), "flops_inf": flops_inf, "rows_half": rows_half,
+            "stream_inf": stream_inf, "row_half": row_half}  # fmt: skip
+
+
+def _attention_fit(att: dict[str, Any], peak: float, mem_bw: float) -> tuple[float, float, float]:
+    """(compute efficiency, query-row half-length, KV streaming efficiency) of SDPA: prefill FLOP/s
+    against prompt length (Hockney), decode time against KV bytes (a line: fixed cost + bytes/rate)."""
+    if "prefill" not in att:  # an older sidecar: one prefill point
+        return min(1.0, att["flops"] / peak), 0.0, 1.0
+    pre = att["prefill"]
+    flops_inf, half = fit_half([a["seq"] for a in pre], [a["flops"] for a in pre])
+    dec = att["decode"]
+    _, inv_bw = mb.relative_line([a["bytes"] for a in dec], [a["seconds"] for a in dec])
+    kv_bw = 1.0 / inv_bw if inv_bw > 0 else max(a["bytes"] / a["seconds"] for a in dec)
+    return min(1.0, flops_inf / peak), half, max(1e-3, min(1.0, kv_bw / mem_bw))
 
 
 # ---- deriving the profile ---------------------------------------------------------------------------
 def derive(raw: dict[str, Any]) -> dict[str, Any]:
     """The numbers the profile needs, from the raw measurements."""
     fp32 = [g for g in raw["gemm"] if g["dtype"] == "fp32"]
-    bf16 = [g for g in raw["gemm"] if g["dtype"] == "bf16"]
-    peak = max(g["flops"] for g in fp32)
-    gemv = [g for g in fp32 if g["m"] == 1]
-    gemm = [g for g in fp32 if g["m"] > 1]
-    esize = 4  # fp32
-    stream_inf, row_half = fit_half([g["n"] * esize for g in gemv], [g["weight_bw"] for g in gemv])
-    flops_inf, rows_half = fit_half([g["m"] for g in gemm], [g["flops"] for g in gemm]) if gemm else (peak, 0)
-    mem_bw = max(stream_inf, raw["stream"]["copy_bw"], raw["stream"]["add_bw"])
-    peak = max(peak, flops_inf)  # the fitted many-row limit may lie just above the largest GEMM run
+    curves = {dt: _matmul_curve([g for g in raw["gemm"] if g["dtype"] == dt]) for dt in _dtypes(raw)}
+    c32 = curves["fp32"]
+    mem_bw = max(
+        [c["stream_inf"] for c in curves.values()] + [raw["stream"]["copy_bw"], raw["stream"]["add_bw"]]
+    )
+    peak = c32["peak"]
+    att_eff, att_half, att_mem = _attention_fit(raw["attention"], peak, mem_bw)
+    per_dtype = {dt: o["per_op_s"] for dt, o in raw.get("decoder_overhead", {}).items()}
+    over = per_dtype.get("fp32", raw["overhead"]["median"])
     d: dict[str, Any] = {
         "peak_fp32": peak,
-        "peak_bf16": max((g["flops"] for g in bf16), default=0.0),
+        "peak_bf16": curves["bf16"]["peak"] if "bf16" in curves else 0.0,
         "mem_bw": mem_bw,
-        "eff_matmul": min(1.0, flops_inf / peak),
-        "matmul_half_rows": rows_half,
-        "eff_memory": min(1.0, stream_inf / mem_bw),
-        "stream_half_row_bytes": row_half,
-        "eff_attention": min(1.0, raw["attention"]["flops"] / peak),
-        "overhead_s": raw["overhead"]["median"],
+        "eff_matmul": c32["flops_inf"] / peak,
+        "matmul_half_rows": c32["rows_half"],
+        "eff_memory": min(1.0, c32["stream_inf"] / mem_bw),
+        "stream_half_row_bytes": c32["row_half"],
+        "eff_attention": att_eff,
+        "attention_half_rows": att_half,
+        "attention_memory": att_mem,
+        "overhead_s": over,
+        "overhead_by_dtype": per_dtype,
+        "curves": {
+            dt: {**c, "compute": c["flops_inf"] / c["peak"], "memory": min(1.0, c["stream_inf"] / mem_bw)}
+            for dt, c in curves.items()
+        },
         "sharing": "none",
     }
     mp = raw.get("multiprocess")
@@ -210,7 +266,12 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
             slope = max(0.0, slope)
             d["alpha_isolated_s"] = d["alpha_s"]
             d["alpha_s"] = max(d["alpha_s"], float(np.mean(extra - slope * seg)))
-            d["straggler"] = slope
+            # A share of the segment lies in [0, 1] (the profile loader's bound); a fit above 1 means
+            # the in-loop timings were swamped by other load (seen: 1.43 with --quick on a busy box),
+            # so it is clipped and the profile's source says so, rather than written and refused.
+            d["straggler"] = min(slope, STRAGGLER_MAX)
+            if slope > STRAGGLER_MAX:
+                d["straggler_clipped_from"] = slope
         alone = {(g["m"], g["k"], g["n"]): g for g in fp32}
         ranks = mp["corun"]
 
@@ -248,16 +309,12 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
         "description": f"{raw['cpu']}: one rank's slice ({threads} thread(s)); numbers from hetsim calibrate",
         "cores": _q(threads, f"{meas}: torch threads per rank", "measured"),
         "peak_flops": {
-            "fp32": _q(
-                _gflops(d["peak_fp32"]),
-                f"{meas}: best fp32 torch.matmul over the GEMM sweep (or its fitted many-row limit)",
+            dt: _q(
+                _gflops(c["peak"]),
+                f"{meas}: best {dt} torch.matmul over the GEMM sweep (or its fitted many-row limit)",
                 "measured",
-            ),
-            "bf16": _q(
-                _gflops(max(d["peak_bf16"], 1.0)),
-                f"{meas}: best bf16 torch.matmul over the sweep",
-                "measured",
-            ),
+            )
+            for dt, c in d["curves"].items()
         },
         "memory_bandwidth": _q(
             _gbps(d["mem_bw"]),
@@ -272,7 +329,40 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
                     f"{fit}: GEMM rate for many rows (Hockney r_inf over m = 2..256) / peak",
                     "fitted",
                 ),
-                "attention": _q(round(d["eff_attention"], 4), f"{meas}: SDPA FLOP rate / peak", "measured"),
+                "attention": _q(
+                    round(d["eff_attention"], 4),
+                    f"{fit}: causal SDPA FLOP rate, long prompts (Hockney r_inf over prompt lengths) / peak",
+                    "fitted",
+                ),
+            },
+            "attention_half_rows": _q(
+                round(d.get("attention_half_rows", 0.0), 3),
+                f"{fit}: prompt length at half the long-prompt SDPA rate (Hockney n_half)",
+                "fitted",
+            ),
+            "memory_by_kind": {
+                "attention": _q(
+                    round(d.get("attention_memory", 1.0), 4),
+                    f"{fit}: decode SDPA KV-cache bytes per second (line over KV lengths) / memory_bandwidth",
+                    "fitted",
+                ),
+            },
+            "matmul_by_dtype": {
+                dt: {
+                    "compute": _q(round(c["compute"], 4), f"{fit}: {dt} GEMM many-row rate / peak", "fitted"),
+                    "half_rows": _q(
+                        round(c["rows_half"], 3), f"{fit}: {dt} GEMM rows at half rate", "fitted"
+                    ),
+                    "memory": _q(
+                        round(max(1e-3, c["memory"]), 4),
+                        f"{fit}: {dt} GEMV weight streaming with long rows / memory_bandwidth",
+                        "fitted",
+                    ),
+                    "stream_half_row": _q(
+                        f"{c['row_half']:.0f} B", f"{fit}: {dt} GEMV row bytes at half rate", "fitted"
+                    ),
+                }
+                for dt, c in d["curves"].items()
             },
             "memory": _q(
                 round(d["eff_memory"], 4),
@@ -290,8 +380,14 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
                 "fitted",
             ),
             "overhead": _q(
-                f"{d['overhead_s'] * 1e6:.3f} us", f"{meas}: median of tiny torch ops", "measured"
+                f"{d['overhead_s'] * 1e6:.3f} us",
+                f"{meas}: a tiny llama-style fp32 decoder's decode step / the ops hetsim costs for it",
+                "measured",
             ),
+            "overhead_by_dtype": {
+                dt: _q(f"{o * 1e6:.3f} us", f"{meas}: the tiny decoder's step in {dt} / its ops", "measured")
+                for dt, o in d.get("overhead_by_dtype", {}).items()
+            },
         },
     }
     node: dict[str, Any] = {
@@ -310,11 +406,18 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
                 "measured",
             )
         if "straggler" in d:
+            clipped = d.get("straggler_clipped_from")
+            why = (
+                f"; the fit gave {clipped:.3f}, clipped to {STRAGGLER_MAX:g} (a share of the segment; "
+                "other load on the machine swamped the timings: recalibrate when it is idle)"
+                if clipped is not None
+                else ""
+            )
             node["straggler_fraction"] = _q(
                 round(d["straggler"], 4),
                 f"{fit}: all-reduce cost behind a GEMV grows by this share of the GEMV's time "
-                "(two GEMV sizes)",
-                "fitted",
+                f"(two GEMV sizes){why}",
+                "fitted" if clipped is None else "assumed",
             )
         node["upi"] = {
             "link": "shm",

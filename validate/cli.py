@@ -26,8 +26,14 @@ def calibrate(
     out: Path = typer.Option(Path("calibrated.yaml"), "--out", help="profile (rig YAML) to write"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda adds the GPU benchmarks)"),
     quick: bool = typer.Option(False, "--quick", help="a few seconds, for CI"),
-    threads: int = typer.Option(1, "--threads", help="torch threads per rank"),
-    ranks: int = typer.Option(2, "--ranks", help="local processes for the gloo all-reduce"),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="torch threads per rank (default: torch's own, all cores, as plain torch runs)",
+    ),
+    ranks: int = typer.Option(
+        1, "--ranks", help="CPU entries (one process each); above 1 also measures the gloo all-reduce"
+    ),
     fit: bool = typer.Option(False, "--fit", help="refit efficiencies of --profile to validate reports"),
     profile: Path | None = typer.Option(None, "--profile", help="profile to refit (default: --out)"),
     runs: list[Path] | None = typer.Argument(None, help="validate reports (JSON) for --fit"),
@@ -50,6 +56,12 @@ def calibrate(
     console = Console()
     if device not in ("cpu", "cuda"):
         raise InputError(f"unknown device {device!r} (use cpu or cuda)", field="--device")
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    if threads < 1 or ranks < 1:
+        raise InputError("must be at least 1", field="--threads" if threads < 1 else "--ranks")
     if fit:
         base = profile or out
         if not runs:

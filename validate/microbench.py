@@ -20,6 +20,9 @@ import numpy as np
 
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 WORKING_SET = 256 * 2**20  # bytes of rotating weights: several times a typical LLC
+# From this many rows a GEMM reuses each weight enough to be compute-bound: two rotating copies keep
+# it out of the cache without making one timed call take seconds.
+COMPUTE_BOUND_ROWS = 64
 
 
 def _dt(name: str):
@@ -55,7 +58,7 @@ def matmul_rate(m: int, k: int, n: int, dtype: str = "fp32", *, device: str = "c
     dt = _dt(dtype)
     esize = torch.empty((), dtype=dt).element_size()
     copies = 1 if device != "cpu" else max(2, min(16, WORKING_SET // max(1, k * n * esize)))
-    if quick:
+    if quick or m >= COMPUTE_BOUND_ROWS:
         copies = min(copies, 2)
     ws = [torch.empty(k, n, dtype=dt, device=device).uniform_(-0.02, 0.02) for _ in range(copies)]
     a = torch.empty(m, k, dtype=dt, device=device).uniform_(-1, 1)
@@ -107,6 +110,93 @@ def small_op_overhead(*, quick: bool = False) -> dict[str, float]:
         "silu_mul": timeit(lambda: F.silu(x) * x, **kw),
     }
     return {**ops, "median": statistics.median(ops.values())}
+
+
+def attention_prefill(
+    seq: int, dtype: str = "fp32", *, heads: int = 16, head_dim: int = 128, quick: bool = False
+) -> dict[str, float]:
+    """Causal SDPA over a fresh prompt of ``seq`` tokens (one sequence); FLOPs as hetsim counts them
+    (4 x heads x seq x kv x head_dim, the causal half not subtracted)."""
+    import torch.nn.functional as F
+
+    q = torch_randn((1, heads, seq, head_dim), dtype)
+    t = timeit(
+        lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True),
+        min_time=0.01 if quick else 0.05,
+        reps=2 if quick else 3,
+    )
+    return {"seq": seq, "dtype": dtype, "seconds": t, "flops": 4.0 * heads * seq * seq * head_dim / t}
+
+
+def attention_decode(
+    kv_len: int,
+    dtype: str = "fp32",
+    *,
+    batch: int = 1,
+    heads: int = 16,
+    head_dim: int = 128,
+    quick: bool = False,
+) -> dict[str, float]:
+    """One query token per sequence over a KV cache of ``kv_len`` tokens; caches rotate through a
+    working set larger than the LLC, as a model's layers do. Returns seconds and KV bytes read."""
+    import torch
+    import torch.nn.functional as F
+
+    esize = torch.empty((), dtype=_dt(dtype)).element_size()
+    kv_bytes = 2 * batch * heads * kv_len * head_dim * esize
+    copies = max(2, min(16, WORKING_SET // max(1, kv_bytes)))
+    if quick:
+        copies = min(copies, 4)
+    caches = [torch_randn((batch, heads, kv_len, head_dim), dtype) for _ in range(2 * copies)]
+    q = torch_randn((batch, heads, 1, head_dim), dtype)
+
+    def run() -> None:
+        for i in range(copies):
+            F.scaled_dot_product_attention(q, caches[2 * i], caches[2 * i + 1])
+
+    t = timeit(run, min_time=0.01 if quick else 0.05, reps=2 if quick else 3) / copies
+    return {"kv_len": kv_len, "batch": batch, "dtype": dtype, "seconds": t, "bytes": float(kv_bytes)}
+
+
+def torch_randn(shape: tuple[int, ...], dtype: str):
+    import torch
+
+    return torch.randn(*shape).to(_dt(dtype))
+
+
+def decoder_step_overhead(dtype: str = "fp32", *, quick: bool = False) -> dict[str, float]:
+    """Per-op fixed cost as a decoder pays it: one decode step of a llama-style decoder whose tensors
+    are tiny (so the step is all dispatch, allocation and small-kernel cost: the rotary embedding,
+    cache writes, views and casts that a single tiny op leaves out), divided by the number of ops
+    hetsim costs for that step."""
+    import dataclasses
+
+    import torch
+
+    from hetsim.models import get_model
+    from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
+    from validate.torch_model import TorchDecoder
+
+    spec = dataclasses.replace(
+        get_model("llama2-7b"),
+        name="tiny",
+        layers=4,
+        hidden=128,
+        heads=2,
+        kv_heads=2,
+        head_dim=64,
+        intermediate=256,
+        vocab=256,
+    )
+    dec = TorchDecoder(spec, dtype=_dt(dtype))
+    ids = torch.zeros(1, 8, dtype=torch.long)
+    with torch.inference_mode():
+        dec.reset(1, 16)
+        tok = dec.step(ids, 0).view(1, 1)
+        t = timeit(lambda: dec.step(tok, 8), min_time=0.02 if quick else 0.1, reps=3)
+    n = len(embed_ops(spec, 1, 1)) + spec.layers * len(layer_blocks(spec, "decode", 1, 1, 9).whole)
+    n += len(head_ops(spec, "decode", 1, 1))
+    return {"dtype": dtype, "step_s": t, "ops": float(n), "per_op_s": t / n}
 
 
 # ---- multi-process: all-reduce and co-running ranks ----------------------------------------------

@@ -11,7 +11,7 @@ OUT=${1:?usage: validate/reference.sh OUT_DIR}
 H=${HETSIM:-hetsim}
 PY=${PYTHON:-python}
 mkdir -p "$OUT"
-$H calibrate --out "$OUT/profile.yaml"
+$H calibrate --threads 1 --ranks 2 --out "$OUT/profile.yaml"
 for h in 1536 3072; do
   $H validate --hw "$OUT/profile.yaml" --model llama2-7b --hidden $h --layers 2 --ranks 1,2 \
     --out "$OUT" --stem "train-h$h"

@@ -5,7 +5,8 @@
     time_s    = overhead_s + max(compute_s, memory_s)
 
 Matmuls may scale both efficiencies by half-performance lengths (Hockney): few rows leave a GEMM
-below peak FLOP/s, short weight rows stream below peak bandwidth (``Efficiency.matmul_*``).
+below peak FLOP/s, short weight rows stream below peak bandwidth (``Efficiency.matmul_*``), with a
+curve per compute dtype where calibration measured one (``Efficiency.matmul_by_dtype``).
 
 A CPU matmul whose compute dtype has a measured kernel (llama.cpp's k-quants: unpacking every weight
 costs far more than the int8 dot product after it) computes at
@@ -51,8 +52,8 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
         if cycles:
             flops_rate = 2.0 * device.cores * device.clock_hz / cycles
         else:
-            flops_rate = device.flops(op.compute_dtype) * eff.matmul_compute(op.rows)
-        mem_rate = device.mem_bw * eff.matmul_memory(op.weight_row_bytes)
+            flops_rate = device.flops(op.compute_dtype) * eff.matmul_compute(op.rows, op.compute_dtype)
+        mem_rate = device.mem_bw * eff.matmul_memory(op.weight_row_bytes, op.compute_dtype)
     elif op.kind == OpKind.ATTENTION:
         flops_rate = device.flops(op.compute_dtype) * eff.attention_compute(op.rows)
         mem_rate = device.mem_bw * eff.memory_for(op.kind.value)
@@ -72,14 +73,15 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
             achieved_mem_bw=mem_rate,
             memory_bound_s=measured if memory_s > compute_s else 0.0,
         )
+    overhead = eff.overhead_for(op.compute_dtype)
     return OpCost(
-        time_s=eff.overhead_s + max(compute_s, memory_s),
+        time_s=overhead + max(compute_s, memory_s),
         compute_s=compute_s,
         memory_s=memory_s,
-        overhead_s=eff.overhead_s,
+        overhead_s=overhead,
         memory_bytes=op.mem_bytes,
         achieved_mem_bw=mem_rate,
-        memory_bound_s=eff.overhead_s + memory_s if memory_s > compute_s else 0.0,
+        memory_bound_s=overhead + memory_s if memory_s > compute_s else 0.0,
     )
 
 

@@ -48,7 +48,7 @@ from hetsim.hardware.schema import (
     RigSpec,
     Sourced,
 )
-from hetsim.hardware.types import ComputeDevice, Disk, Efficiency, Grade, Link, Node, Provenance
+from hetsim.hardware.types import ComputeDevice, Disk, Efficiency, Grade, Link, MatmulCurve, Node, Provenance
 
 _PROTECTED = ("name", "kind", "aliases")
 
@@ -230,6 +230,13 @@ class _Builder:
         cycles = {**base.kernel_cycles, **(override.kernel_cycles if override else {})}
         for k, kc in cycles.items():
             prov[f"efficiency.kernel_cycles.{k}"] = Provenance(kc.source, kc.grade_enum)
+        curves = {**base.matmul_by_dtype, **(override.matmul_by_dtype if override else {})}
+        overheads = {**base.overhead_by_dtype, **(override.overhead_by_dtype if override else {})}
+        for dt, q in overheads.items():
+            prov[f"efficiency.overhead_by_dtype.{dt}"] = _prov(q)
+        for dt, c in curves.items():
+            for part in ("compute", "half_rows", "memory", "stream_half_row"):
+                prov[f"efficiency.matmul_by_dtype.{dt}.{part}"] = _prov(getattr(c, part))
         eff = Efficiency(
             compute={k: v.si for k, v in compute.items()},
             memory=memory.si,
@@ -240,6 +247,11 @@ class _Builder:
             kernel_cycles={
                 k: tuple(zip(kc.tokens, kc.cycles_per_mac, strict=True)) for k, kc in cycles.items()
             },
+            matmul_by_dtype={
+                dt: MatmulCurve(c.compute.si, c.half_rows.si, c.memory.si, c.stream_half_row.si)
+                for dt, c in curves.items()
+            },
+            overhead_by_dtype={dt: q.si for dt, q in overheads.items()},
             **halves,
         )
         return eff, prov

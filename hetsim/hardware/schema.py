@@ -232,6 +232,13 @@ class KernelCycles(_Strict):
     @property
     def grade_enum(self) -> Grade:
         return GRADES[self.grade]
+class MatmulCurveSpec(_Strict):
+    """One compute dtype's matmul curve (see hetsim.hardware.types.MatmulCurve)."""
+
+    compute: Ratio  # many-row GEMM rate / peak_flops[dtype]
+    half_rows: Rows  # GEMM rows at half that rate
+    memory: Ratio  # long-row matrix-vector weight streaming / memory_bandwidth
+    stream_half_row: HalfBytes  # weight-row bytes at half that rate
 
 
 class EfficiencySpec(_Strict):
@@ -249,6 +256,8 @@ class EfficiencySpec(_Strict):
     kernels: Literal["separate", "fused"] | None = None
     memory_by_kind: dict[OpKind, Ratio] = Field(default_factory=dict)  # streaming, where not ``memory``
     kernel_cycles: dict[str, KernelCycles] = Field(default_factory=dict)  # compute dtype -> measured kernel
+    matmul_by_dtype: dict[Dtype, MatmulCurveSpec] = Field(default_factory=dict)  # measured per dtype
+    overhead_by_dtype: dict[Dtype, Time] = Field(default_factory=dict)  # measured per compute dtype
 
 
 class EfficiencyFile(_Strict):

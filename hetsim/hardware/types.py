@@ -12,8 +12,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Literal
+from typing import Literal, TypeVar
 
+T = TypeVar("T")
 DeviceKind = Literal["gpu", "cpu"]
 LinkKind = Literal["pcie", "nvlink", "upi", "ethernet", "infiniband", "rdma", "wan", "shm", "sata", "nvme"]
 
@@ -32,6 +33,30 @@ class Grade(IntEnum):
 class Provenance:
     source: str
     grade: Grade
+
+
+PEER_16BIT = {"fp16": "bf16", "bf16": "fp16"}  # where one 16-bit format was not measured, the other
+
+
+def _by_dtype(table: Mapping[str, T], dtype: str) -> T | None:
+    """A dtype's own entry, else its 16-bit peer's (as ``ComputeDevice.flops`` falls back), else None."""
+    if dtype in table:
+        return table[dtype]
+    return table.get(PEER_16BIT.get(dtype, ""))
+
+
+@dataclass(frozen=True)
+class MatmulCurve:
+    """One compute dtype's matmul roofline, measured (``hetsim calibrate``): a GEMM of m >= 2 rows
+    reaches ``compute x m / (m + half_rows)`` of peak_flops[dtype]; a matrix-vector product streams
+    weight rows of r bytes at ``memory x r / (r + half_row_bytes)`` of the memory bandwidth. CPU
+    kernels differ by dtype (torch's bf16 GEMV converts every weight and runs far below the fp32
+    one, while bf16 GEMMs beat fp32), so one curve for all dtypes does not carry over."""
+
+    compute: float
+    half_rows: float
+    memory: float
+    half_row_bytes: float
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,16 @@ class Efficiency:
         points = self.kernel_cycles.get(dtype)
         return log_interp(points, max(tokens, 1.0)) if points else 0.0
 
+    # Per compute dtype matmul curves where measured; other dtypes use the fields above.
+    matmul_by_dtype: Mapping[str, MatmulCurve] = field(default_factory=dict)
+    # Per compute dtype fixed cost per op where measured (torch's bf16 ops on a CPU dispatch through
+    # conversions: a tiny bf16 decoder step costs ~1.5x the fp32 one); other dtypes pay overhead_s.
+    overhead_by_dtype: Mapping[str, float] = field(default_factory=dict)
+
+    def overhead_for(self, dtype: str) -> float:
+        own = _by_dtype(self.overhead_by_dtype, dtype)
+        return self.overhead_s if own is None else own
+
     def compute_for(self, kind: str) -> float:
         return self.compute.get(kind, self.compute.get("matmul", 1.0))
 
@@ -86,13 +121,19 @@ class Efficiency:
         half = self.attention_half_rows
         return eff * rows / (rows + half) if half > 0 and rows > 0 else eff
 
-    def matmul_compute(self, rows: float) -> float:
-        eff = self.compute_for("matmul")
-        return eff * rows / (rows + self.matmul_half_rows) if rows > 1 else eff
+    def matmul_compute(self, rows: float, dtype: str = "") -> float:
+        curve = _by_dtype(self.matmul_by_dtype, dtype)
+        eff, half = self.compute_for("matmul"), self.matmul_half_rows
+        if curve:
+            eff, half = curve.compute, curve.half_rows
+        return eff * rows / (rows + half) if rows > 1 else eff
 
-    def matmul_memory(self, row_bytes: float) -> float:
-        half = self.stream_half_row_bytes
-        return self.memory * row_bytes / (row_bytes + half) if row_bytes > 0 else self.memory
+    def matmul_memory(self, row_bytes: float, dtype: str = "") -> float:
+        curve = _by_dtype(self.matmul_by_dtype, dtype)
+        eff, half = self.memory, self.stream_half_row_bytes
+        if curve:
+            eff, half = curve.memory, curve.half_row_bytes
+        return eff * row_bytes / (row_bytes + half) if row_bytes > 0 else eff
 
 
 def log_interp(points: tuple[tuple[float, float], ...] | list[tuple[float, float]], x: float) -> float:

@@ -76,6 +76,12 @@ DTYPES: dict[str, DType] = {d.name: d for d in (FP32, FP16, BF16, INT8, INT4, Q4
 LOSSY_DTYPES = frozenset({"int8", "int4", "q4_k_m"})
 
 
+def narrowed(checkpoint: str, dtype: str) -> bool:
+    """Whether running a ``checkpoint``-precision model in ``dtype`` drops precision (fp32 -> 16-bit:
+    rounding the checkpoint's weights, which changes outputs; fp16 <-> bf16 are peers, not narrower)."""
+    return DTYPES[dtype].bits < DTYPES[checkpoint].bits and dtype not in LOSSY_DTYPES
+
+
 class OpKind(StrEnum):
     MATMUL = "matmul"
     ATTENTION = "attention"

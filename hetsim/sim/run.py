@@ -30,7 +30,7 @@ class Runnable(Protocol):
 
     def devices(self, plan: Any) -> list[str]: ...
 
-    def lossy(self, plan: Any) -> str: ...
+    def lossy(self, plan: Any, model: ModelSpec | None = None) -> str: ...
 
 
 def context_reason(model: ModelSpec, context_len: int) -> str | None:
@@ -114,7 +114,7 @@ def _step_by_step(
     streams: dict[int, list[tuple[float, int]]] = {}
     for entry, stream in zip(engine.token_times, engine.token_streams, strict=True):
         streams.setdefault(stream, []).append(entry)
-    return replace(result, lossy=strategy.lossy(plan)), streams
+    return replace(result, lossy=strategy.lossy(plan, model)), streams
 
 
 def summarize(

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
-from hetsim.models.spec import LOSSY_DTYPES, ModelSpec
+from hetsim.models.spec import LOSSY_DTYPES, ModelSpec, narrowed
 from hetsim.sim.engine import Schedule
 from hetsim.strategies.plan_io import validate_plan
 from hetsim.workload import Workload
@@ -69,18 +69,29 @@ class Strategy(ABC):
         (None: the whole batch at once). A free-batch search gives no more than one pass holds."""
         return None
 
-    def lossy(self, plan: Any) -> str:
+    def lossy(self, plan: Any, model: ModelSpec | None = None) -> str:
         """What the plan gives up in model quality, for every output to show ("" = lossless).
 
         Lossy choices (compressed weights or KV cache) are the user's to ask for: searches try them
         only with ``allow_lossy``, and a lossy ``--dtype`` only runs when the user names it. By default
-        a plan's ``weight_dtype`` / ``kv_dtype`` fields say it."""
+        a plan's ``weight_dtype`` / ``kv_dtype`` fields say it (16-bit when a plan has none); given the
+        model, a 16-bit run of an fp32 checkpoint says so too (reported, not gated)."""
         parts = [
             f"{getattr(plan, field)} {what}"
             for field, what in (("weight_dtype", "weights"), ("kv_dtype", "KV cache"))
             if getattr(plan, field, None) in LOSSY_DTYPES
         ]
-        return "; ".join(parts)
+        return "; ".join(parts + self._narrowing(plan, model))
+
+    def _narrowing(self, plan: Any, model: ModelSpec | None) -> list[str]:
+        if model is None:
+            return []
+        out = []
+        for field, what in (("weight_dtype", "weights"), ("kv_dtype", "KV cache")):
+            dtype = getattr(plan, field, "fp16")
+            if narrowed(model.dtype, dtype):
+                out.append(f"{dtype} {what} from a {model.dtype} checkpoint")
+        return out
 
     # ---- plans as JSON ------------------------------------------------------------------------
     def plan_to_dict(self, plan: Any) -> dict[str, Any]:

@@ -92,14 +92,15 @@ class FlexGen(Strategy):
     def devices(self, plan: FlexGenPlan) -> list[str]:
         return [plan.gpu] if plan.gpu else []
 
-    def lossy(self, plan: FlexGenPlan) -> str:
-        """FlexGen's group-wise 4-bit compression changes the model's outputs."""
+    def lossy(self, plan: FlexGenPlan, model: ModelSpec | None = None) -> str:
+        """FlexGen's group-wise 4-bit compression changes the model's outputs; so does its fp16 run of
+        an fp32 checkpoint."""
         parts = [
             f"4-bit {what} (group {INT4.group_size})"
             for what, on in (("weights", plan.compress_weight), ("KV cache", plan.compress_cache))
             if on
         ]
-        return "; ".join(parts)
+        return "; ".join(parts + self._narrowing(plan, model))
 
     # ---- schedule -----------------------------------------------------------------------------
     def schedule(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload):

@@ -212,10 +212,10 @@ class MoEOffload(Strategy):
                     wb = sum(o.weight_bytes for o in work.routed) / n_s
                     for other in sockets:
                         if other != s:
-                            ready = max(
-                                ready,
-                                engine.book_transfer(other, s, wb, label=f"{label} remote experts", after=arrived),
+                            remote_end = engine.book_transfer(
+                                other, s, wb, label=f"{label} remote experts", after=arrived
                             )
+                            ready = max(ready, remote_end)
                 done = max(engine.book_compute(s, ops, label=f"{label} experts", after=arrived), ready)
                 back = engine.transfer(s, gpu, hidden_bytes(model, 1, tokens), label="back", after=done)
                 pending.append(back)
