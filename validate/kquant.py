@@ -16,8 +16,9 @@ of DeepSeek-V3's expert shapes:
 The core clock is measured with a chain of dependent integer adds (one per cycle on every x86 core
 since the P6), compiled with the system's C compiler.
 
-Run (in a scratch venv: ``pip install llama-cpp-python==0.3.36`` builds llama.cpp from source with
-``-march=native``)::
+Run with hetsim importable and llama.cpp's libraries at hand: ``pip install llama-cpp-python==0.3.36``
+(it builds llama.cpp from source with ``-march=native``) into this venv, or into a scratch one and set
+``GGML_LIB_DIR`` to its ``site-packages/llama_cpp/lib``::
 
     python -m validate.kquant --out validate/results/kquant/<machine>.json
 

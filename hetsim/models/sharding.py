@@ -26,11 +26,14 @@ COLUMN_PARALLEL = frozenset(
         "shared_gate_proj",
         "shared_up_proj",
         "lm_head",
+        "q_b_proj",  # MLA: the up-projections to heads split by head like q/k/v
+        "kv_b_proj",
     }
 )
 ROW_PARALLEL = frozenset({"out_proj", "fc2", "down_proj", "shared_down_proj"})
-# MLA's q_a/kv_a (low-rank down-projections) are replicated; its head-wise q_b, kv_b and the absorbed
-# products would split by head like q/k/v, which is left for when a strategy runs MLA under TP.
+# MLA's q_a/kv_a (low-rank down-projections from the hidden state) and their norms are replicated; the
+# absorbed decode products work head by head on head-split inputs, so everything of theirs splits.
+HEAD_PARALLEL = frozenset({"q_absorb", "out_absorb"})
 TP_DEGREES = (1, 2, 4, 8)  # tensor-parallel group sizes inside one machine
 
 
@@ -62,6 +65,14 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
             act_out_bytes=op.act_out_bytes / p,
             kv_read_bytes=op.kv_read_bytes * share,
             kv_write_bytes=op.kv_write_bytes * share,
+        )
+    if op.name in HEAD_PARALLEL:
+        return dataclasses.replace(
+            op,
+            flops=op.flops / p,
+            weight_bytes=op.weight_bytes / p,
+            act_in_bytes=op.act_in_bytes / p,
+            act_out_bytes=op.act_out_bytes / p,
         )
     if op.module in COLUMN_PARALLEL or op.module in ROW_PARALLEL:
         column = op.module in COLUMN_PARALLEL
@@ -107,7 +118,7 @@ def layer_blocks(
     ops = decoder_layer_ops(
         model, phase, batch, seq_len, kv_len, DTYPES[weight_dtype], DTYPES[kv_dtype], DTYPES[act_dtype]
     )
-    sharded = tuple(shard(o, tp, model.kv_heads) for o in ops)
+    sharded = tuple(shard(o, tp, model.kv_groups) for o in ops)
     split = next(i for i, o in enumerate(sharded) if o.name == "residual1") + 1
     return LayerBlocks(sharded[:split], sharded[split:])
 
@@ -124,7 +135,7 @@ def head_ops(
 ) -> tuple[Op, ...]:
     """Final norm and LM head, vocabulary-split over ``tp`` ranks."""
     ops = lm_head_ops(model, phase, batch, seq_len, DTYPES[weight_dtype], DTYPES[act_dtype])
-    return tuple(shard(o, tp, model.kv_heads) for o in ops)
+    return tuple(shard(o, tp, model.kv_groups) for o in ops)
 
 
 @lru_cache(maxsize=4096)

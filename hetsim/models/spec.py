@@ -142,6 +142,12 @@ class ModelSpec:
         return self.kv_lora_rank > 0
 
     @property
+    def kv_groups(self) -> int:
+        """Parts the KV cache splits into over tensor-parallel ranks: the KV heads, or 1 for MLA, whose
+        one latent every head reads (each rank keeps all of it, as vLLM and SGLang do)."""
+        return 1 if self.is_mla else self.kv_heads
+
+    @property
     def token_dim(self) -> int:
         """Width of the token embedding table and of the LM head's input."""
         return self.embed_dim or self.hidden

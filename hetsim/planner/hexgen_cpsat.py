@@ -166,7 +166,7 @@ class CostTable:
             mem = min(self.rig.devices[x].mem_bytes for x in self.group(c, tp))
             per_layer = layer_bytes(m, d.weight_dtype) / tp
             kv_seqs = d.kv_sequences * in_flight
-            per_layer += kv_cache_bytes(m, kv_seqs, d.context, 1, d.kv_dtype) * kv_share(tp, m.kv_heads)
+            per_layer += kv_cache_bytes(m, kv_seqs, d.context, 1, d.kv_dtype) * kv_share(tp, m.kv_groups)
             fixed = embed_bytes(m, d.weight_dtype) + head_bytes(m, d.weight_dtype) / tp
             fixed += activation_workspace(m, 1, max(1, d.act_tokens)) / tp
             self._cap[key] = max(0, int((mem - fixed) // per_layer))

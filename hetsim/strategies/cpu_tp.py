@@ -99,7 +99,7 @@ class CpuTensorParallel(Strategy):
         weights = plan.weight_copies * (
             model.layers * layer_bytes(model, plan.weight_dtype) + head_bytes(model, plan.weight_dtype)
         )
-        kv_share = max(1.0 / p, 1.0 / model.kv_heads)
+        kv_share = max(1.0 / p, 1.0 / model.kv_groups)
         kv = kv_cache_bytes(model, workload.batch, workload.context_len, model.layers, plan.kv_dtype)
         return {
             rank: {

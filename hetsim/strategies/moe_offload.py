@@ -114,7 +114,7 @@ def _layer_work(
     routed_all = [o for o in ops if o.name in ROUTED_OPS]
     routed = ()
     if on_gpu < 1.0:
-        routed = tuple(shard(_scaled(o, 1.0 - on_gpu), sockets, model.kv_heads) for o in routed_all)
+        routed = tuple(shard(_scaled(o, 1.0 - on_gpu), sockets, model.kv_groups) for o in routed_all)
     hot = tuple(_scaled(o, on_gpu) for o in routed_all) if on_gpu > 0 else ()
     shared = hot + tuple(o for o in ops[cut:] if o.name.startswith("shared_"))
     after = tuple(o for o in ops[cut:] if o.name == "residual2")

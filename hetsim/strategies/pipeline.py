@@ -64,7 +64,7 @@ def stage_memory(
         weights += embed_bytes(model, weight_dtype)
     if last:
         weights += head_bytes(model, weight_dtype) / tp
-    kv = kv_cache_bytes(model, kv_sequences, context, stage.layers, kv_dtype) * kv_share(tp, model.kv_heads)
+    kv = kv_cache_bytes(model, kv_sequences, context, stage.layers, kv_dtype) * kv_share(tp, model.kv_groups)
     return {
         "weights": weights,
         "kv_cache": kv,
@@ -79,7 +79,7 @@ def balance_layers(
     capped by what fits in its memory; None when the groups cannot hold the model."""
     per_layer = layer_bytes(model, weight_dtype) + kv_cache_bytes(
         model, workload.batch, workload.context_len, 1
-    ) * kv_share(len(groups[0]), model.kv_heads)
+    ) * kv_share(len(groups[0]), model.kv_groups)
     caps = []
     for i, g in enumerate(groups):
         tp = len(g)
