@@ -126,7 +126,7 @@ def best_result(
         return Result.infeasible(strategy.name, f"not applicable: {reason}")
     fix = adjust or (lambda plan: plan)
     if p.batch_is_free(objective, search):
-        return _best_at_free_batch(strategy, p, objective, fix, allow_lossy)
+        return _best_at_free_batch(strategy, p, objective, fix, allow_lossy, exact)
     try:
         if search:
             plan = planner.search(strategy, p.rig, p.model, p.workload, objective, allow_lossy=allow_lossy)
@@ -146,7 +146,12 @@ def best_result(
 
 
 def _best_at_free_batch(
-    strategy: Strategy, p: Problem, objective: Objective, fix: Callable[[Any], Any], allow_lossy: bool
+    strategy: Strategy,
+    p: Problem,
+    objective: Objective,
+    fix: Callable[[Any], Any],
+    allow_lossy: bool,
+    exact: bool = False,
 ) -> Result:
     """``best_result`` when the search also picks the batch (``planner.search_free_batch``)."""
     try:
@@ -162,7 +167,7 @@ def _best_at_free_batch(
         why = f": e.g. the default plan at batch 1: {fallback.reason}" if not fallback.feasible else ""
         return Result.infeasible(strategy.name, f"no feasible plan at any batch{why}", fallback.plan)
     plan, batch = found
-    return simulate(strategy, fix(plan), p.rig, p.model, replace(p.workload, batch=batch))
+    return simulate(strategy, fix(plan), p.rig, p.model, replace(p.workload, batch=batch), exact=exact)
 
 
 def compare(
