@@ -31,9 +31,7 @@ def table():
 
 
 def test_every_held_out_case_was_measured(table):
-    assert [(r.case, r.batch, r.prompt) for r in table] == [
-        (Path(c).stem, b, p) for c, b, p in CASES
-    ]
+    assert [(r.case, r.batch, r.prompt) for r in table] == [(Path(c).stem, b, p) for c, b, p in CASES]
     assert {r.dtype for r in table} == {"fp32", "bf16"}
     assert {r.batch for r in table} == {1, 8} and {r.prompt for r in table} == {128, 1024}
 
