@@ -18,6 +18,10 @@ import pytest
 from validate.cpu_holdout import CASES, rows
 
 DATA = Path(__file__).resolve().parents[1] / "validate" / "results" / "cpu-holdout"
+# The committed table's errors (|predicted / measured - 1|), with a little room: TPOT median 4.0% and
+# max 27.5% (bf16, batch 8); TTFT median 20.8% and max 27.9%.
+TPOT_MEDIAN, TPOT_MAX = 0.05, 0.30
+TTFT_MEDIAN, TTFT_MAX = 0.22, 0.30
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +31,7 @@ def table():
 
 
 def test_every_held_out_case_was_measured(table):
-    assert [(r.case, r.batch, r.prompt) for r in table] == [
-        (Path(c).stem, b, p) for c, b, p in CASES
-    ]
+    assert [(r.case, r.batch, r.prompt) for r in table] == [(Path(c).stem, b, p) for c, b, p in CASES]
     assert {r.dtype for r in table} == {"fp32", "bf16"}
     assert {r.batch for r in table} == {1, 8} and {r.prompt for r in table} == {128, 1024}
 
