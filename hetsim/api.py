@@ -66,13 +66,16 @@ def problem(
     gen_len: int = 32,
     gpu_mem_budget: float | None = None,
     weight_dtype: str | None = None,
+    kv_dtype: str | None = None,
 ) -> Problem:
     rig = load_rig(hw)
     if gpu_mem_budget is not None:
         rig = with_gpu_mem_budget(rig, gpu_mem_budget)
     if weight_dtype is not None and weight_dtype not in DTYPES:
         raise InputError(f"unknown dtype {weight_dtype!r}; known: {', '.join(DTYPES)}", field="--dtype")
-    workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype)
+    if kv_dtype is not None and kv_dtype not in DTYPES:
+        raise InputError(f"unknown dtype {kv_dtype!r}; known: {', '.join(DTYPES)}", field="--kv-dtype")
+    workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype, kv_dtype)
     return Problem(get_model(model), model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
 
 
@@ -122,6 +125,10 @@ def best_result(
     if not reason and wd and wd not in strategy.weight_dtypes:
         offered = ", ".join(strategy.weight_dtypes) or "none"
         reason = f"--dtype {wd} is not a weight precision it runs (offers: {offered})"
+    kd = p.workload.kv_dtype
+    if not reason and kd and kd not in strategy.kv_dtypes:
+        offered = ", ".join(strategy.kv_dtypes) or "none"
+        reason = f"--kv-dtype {kd} is not a KV precision it runs (offers: {offered})"
     if reason:
         return Result.infeasible(strategy.name, f"not applicable: {reason}")
     fix = adjust or (lambda plan: plan)
@@ -257,6 +264,7 @@ class _WorkloadDoc(BaseModel):
     prompt_len: int
     gen_len: int
     weight_dtype: str | None = None
+    kv_dtype: str | None = None
 
 
 class PlanDocument(BaseModel):
@@ -289,8 +297,9 @@ def plan_document(
         params=strategy.plan_to_dict(plan),
         lossy=strategy.lossy(plan, p.model),
     ).model_dump()
-    if doc["workload"]["weight_dtype"] is None:  # only a --dtype the user asked for is written
-        del doc["workload"]["weight_dtype"]
+    for key in ("weight_dtype", "kv_dtype"):  # only a --dtype / --kv-dtype the user asked for is written
+        if doc["workload"][key] is None:
+            del doc["workload"][key]
     return doc
 
 
