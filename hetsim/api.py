@@ -364,12 +364,17 @@ def serve(
     seed: int = 0,
     mode: str = "continuous",
     drop_late: bool = False,
+    weight_dtype: str | None = None,
+    kv_dtype: str | None = None,
 ) -> dict[str, Any]:
     """A request stream (Poisson at ``rate``, or a CSV ``trace``) served on the rig under the HexGen
     plan with the best SLO attainment; the JSON document of ``hetsim serve``. ``feasible`` is False
     (with a ``reason``) when no plan fits. Flags are checked here and named in errors. ``mode``:
     ``continuous`` batching or ``hexgen`` (HexGen's static batches); ``drop_late`` drops a request
-    that would miss its deadline (HexGen's simulator), which needs ``slo`` or ``slo_scale``."""
+    that would miss its deadline (HexGen's simulator), which needs ``slo`` or ``slo_scale``.
+    ``weight_dtype`` / ``kv_dtype`` (``--dtype`` / ``--kv-dtype``) are the precisions the plans run, as in
+    ``compare`` (HexGen's fp16 when None; one HexGen does not run makes the result infeasible); the
+    ``--slo-scale`` reference rig keeps HexGen's fp16."""
     from hetsim.planner.hexgen_cpsat import reference_plan, search_serving
     from hetsim.serving.serve import MODES, Reference, attainment_at, deadlines_for, max_rate
 
@@ -378,7 +383,23 @@ def serve(
         raise InputError(f"unknown mode {mode!r} (use {', '.join(MODES)})", field="--mode")
     if drop_late and slo is None and slo_scale is None:
         raise InputError("--drop-late needs --slo or --slo-scale", field="--drop-late")
+    for flag, dt in (("--dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
+        if dt is not None and dt not in DTYPES:
+            raise InputError(f"unknown dtype {dt!r}; known: {', '.join(DTYPES)}", field=flag)
     spec, rig = get_model(model), load_rig(hw)
+    hexgen = get_strategy("hexgen")
+    if weight_dtype and weight_dtype not in hexgen.weight_dtypes:
+        offered = ", ".join(hexgen.weight_dtypes)
+        return {
+            "feasible": False,
+            "reason": f"--dtype {weight_dtype} is not a weight precision hexgen runs (offers: {offered})",
+        }
+    if kv_dtype and kv_dtype not in hexgen.kv_dtypes:
+        offered = ", ".join(hexgen.kv_dtypes)
+        return {
+            "feasible": False,
+            "reason": f"--kv-dtype {kv_dtype} is not a KV precision hexgen runs (offers: {offered})",
+        }
     reqs = _serve_requests(rate, duration, num_requests, trace, seed)
     longest = max(reqs, key=lambda r: r.prompt_len + r.output_len)
     too_long = context_reason(spec, longest.prompt_len + longest.output_len)
@@ -406,6 +427,8 @@ def serve(
             dispatch=dispatch,
             mode=mode,
             drop_late=drop_late,
+            weight_dtype=weight_dtype or "fp16",
+            kv_dtype=kv_dtype or "fp16",
         )
     except NoRouteError as exc:
         return {"feasible": False, "reason": str(exc)}
@@ -413,6 +436,9 @@ def serve(
         return {"feasible": False, "reason": f"no feasible plan for {spec.name} on {rig.name}"}
     plan, result = found
     doc = _serve_document(model, hw, reqs, rate, seed, slo, slo_scale, slo_ref, symmetric, rig, plan, result)
+    if weight_dtype or kv_dtype:  # the precisions asked for, and what they give up (absent: HexGen's fp16)
+        doc["plan"].update(weight_dtype=plan.weight_dtype, kv_dtype=plan.kv_dtype)
+        doc["lossy"] = hexgen.lossy(plan, spec)
     doc.update(result.summary(deadlines))
     doc.update(_rig_cost(rig, result))
     if find_max_rate:

@@ -107,3 +107,53 @@ def test_unknown_kv_dtype_is_one_line_exit_2(capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert err.strip().count("\n") == 0 and "--kv-dtype" in err and "int9" in err
+
+
+# ---- serve and sweep ---------------------------------------------------------------------------
+SERVE = ["serve", "--model", "llama2-7b", "--hw", "mixed-lab", "--rate", "2", "--num-requests", "8"]
+
+
+def test_serve_runs_the_kv_precision_asked_for(capsys):
+    assert main([*SERVE, "--format", "json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert "kv_dtype" not in plain["plan"] and "lossy" not in plain  # no flag: the document as before
+    assert main([*SERVE, "--kv-dtype", "int8", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["plan"]["kv_dtype"] == "int8" and doc["plan"]["weight_dtype"] == "fp16"
+    assert "int8 KV cache" in doc["lossy"]
+    assert main([*SERVE, "--kv-dtype", "int8"]) == 0
+    assert "KV cache int8 (lossy" in capsys.readouterr().out
+
+
+def test_serve_refuses_a_precision_hexgen_does_not_run(capsys):
+    assert main([*SERVE, "--dtype", "q4_k_m"]) == 1
+    assert "--dtype q4_k_m is not a weight precision hexgen runs" in capsys.readouterr().err
+    assert main([*SERVE, "--kv-dtype", "int9"]) == 2
+    err = capsys.readouterr().err
+    assert "--kv-dtype" in err and "Traceback" not in err and err.strip().count("\n") == 0
+
+
+def test_sweep_precision_axes(tmp_path):
+    from hetsim.sweep.api import run_sweep
+    from hetsim.sweep.grid import expand
+    from hetsim.sweep.spec import load_spec
+
+    spec = tmp_path / "kv.yaml"
+    spec.write_text(
+        "name: kv\nbase: {model: llama2-7b, rig: flexgen-t4, prompt_len: 2048, gen_len: 2, batch: 3}\n"
+        "search: false\ngrids:\n  - {strategy: [gpu-only, flexgen], kv_dtype: [fp16, int8]}\n"
+        "  - {strategy: [gpu-only]}\n"
+    )
+    points = expand(load_spec(spec))
+    assert sum("kv_dtype" not in p for p in points) == 1  # unset: not part of the point
+    df = run_sweep(spec, tmp_path / "out", workers=1, progress=False, plots=False).results
+    row = {(r.strategy, r.kv_dtype if isinstance(r.kv_dtype, str) else None): r for r in df.itertuples()}
+    assert not row[("gpu-only", "fp16")].feasible and row[("gpu-only", "int8")].feasible
+    assert "int8 KV cache" in row[("gpu-only", "int8")].lossy
+    assert "--kv-dtype int8" in row[("flexgen", "int8")].reason
+    assert row[("gpu-only", None)].e2e_s is not None and not row[("gpu-only", None)].feasible
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ngrids: [{model: [llama2-7b], rig: [mixed-lab], dtype: [fp7]}]\n")
+    with pytest.raises(InputError) as ei:
+        load_spec(bad)
+    assert ei.value.field == "grids[0].dtype[0]"
