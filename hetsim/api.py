@@ -322,6 +322,12 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         field = {"--gpu-mem-budget": "gpu_mem_budget"}.get(exc.field or "", exc.field)  # the file's key
         raise InputError(exc.message, source=source, field=field) from None
     plan = strategy.plan_from_dict(doc.params, source)
+    for key in ("weight_dtype", "kv_dtype"):  # what the workload asked for is what the plan runs
+        asked, runs = getattr(p.workload, key), getattr(plan, key, None)
+        if asked and runs is not None and runs != asked:
+            raise InputError(
+                f"is {runs!r} but the workload asks for {key} {asked!r}", source=source, field=f"params.{key}"
+            )
     try:
         strategy.check_plan(plan, p.rig, p.model, p.workload)
     except InputError as exc:

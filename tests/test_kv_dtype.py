@@ -157,3 +157,17 @@ def test_sweep_precision_axes(tmp_path):
     with pytest.raises(InputError) as ei:
         load_spec(bad)
     assert ei.value.field == "grids[0].dtype[0]"
+
+
+def test_a_plan_file_whose_params_contradict_its_asked_precision_is_refused(capsys, tmp_path):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--kv-dtype", "int8", "--dtype", "fp16",
+                 "--strategy", "gpu-only", "--batch", "2", *FAST, "--out", str(out)]) == 0  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert (doc["workload"]["weight_dtype"], doc["workload"]["kv_dtype"]) == ("fp16", "int8")
+    doc["params"]["kv_dtype"] = "fp16"
+    out.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["simulate", "--plan", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "params.kv_dtype" in err and "Traceback" not in err
