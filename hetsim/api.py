@@ -66,13 +66,16 @@ def problem(
     gen_len: int = 32,
     gpu_mem_budget: float | None = None,
     weight_dtype: str | None = None,
+    kv_dtype: str | None = None,
 ) -> Problem:
     rig = load_rig(hw)
     if gpu_mem_budget is not None:
         rig = with_gpu_mem_budget(rig, gpu_mem_budget)
     if weight_dtype is not None and weight_dtype not in DTYPES:
         raise InputError(f"unknown dtype {weight_dtype!r}; known: {', '.join(DTYPES)}", field="--dtype")
-    workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype)
+    if kv_dtype is not None and kv_dtype not in DTYPES:
+        raise InputError(f"unknown dtype {kv_dtype!r}; known: {', '.join(DTYPES)}", field="--kv-dtype")
+    workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype, kv_dtype)
     return Problem(get_model(model), model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
 
 
@@ -122,6 +125,10 @@ def best_result(
     if not reason and wd and wd not in strategy.weight_dtypes:
         offered = ", ".join(strategy.weight_dtypes) or "none"
         reason = f"--dtype {wd} is not a weight precision it runs (offers: {offered})"
+    kd = p.workload.kv_dtype
+    if not reason and kd and kd not in strategy.kv_dtypes:
+        offered = ", ".join(strategy.kv_dtypes) or "none"
+        reason = f"--kv-dtype {kd} is not a KV precision it runs (offers: {offered})"
     if reason:
         return Result.infeasible(strategy.name, f"not applicable: {reason}")
     fix = adjust or (lambda plan: plan)
@@ -257,6 +264,7 @@ class _WorkloadDoc(BaseModel):
     prompt_len: int
     gen_len: int
     weight_dtype: str | None = None
+    kv_dtype: str | None = None
 
 
 class PlanDocument(BaseModel):
@@ -289,8 +297,9 @@ def plan_document(
         params=strategy.plan_to_dict(plan),
         lossy=strategy.lossy(plan, p.model),
     ).model_dump()
-    if doc["workload"]["weight_dtype"] is None:  # only a --dtype the user asked for is written
-        del doc["workload"]["weight_dtype"]
+    for key in ("weight_dtype", "kv_dtype"):  # only a --dtype / --kv-dtype the user asked for is written
+        if doc["workload"][key] is None:
+            del doc["workload"][key]
     return doc
 
 
@@ -313,6 +322,12 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         field = {"--gpu-mem-budget": "gpu_mem_budget"}.get(exc.field or "", exc.field)  # the file's key
         raise InputError(exc.message, source=source, field=field) from None
     plan = strategy.plan_from_dict(doc.params, source)
+    for key in ("weight_dtype", "kv_dtype"):  # what the workload asked for is what the plan runs
+        asked, runs = getattr(p.workload, key), getattr(plan, key, None)
+        if asked and runs is not None and runs != asked:
+            raise InputError(
+                f"is {runs!r} but the workload asks for {key} {asked!r}", source=source, field=f"params.{key}"
+            )
     try:
         strategy.check_plan(plan, p.rig, p.model, p.workload)
     except InputError as exc:
@@ -355,12 +370,17 @@ def serve(
     seed: int = 0,
     mode: str = "continuous",
     drop_late: bool = False,
+    weight_dtype: str | None = None,
+    kv_dtype: str | None = None,
 ) -> dict[str, Any]:
     """A request stream (Poisson at ``rate``, or a CSV ``trace``) served on the rig under the HexGen
     plan with the best SLO attainment; the JSON document of ``hetsim serve``. ``feasible`` is False
     (with a ``reason``) when no plan fits. Flags are checked here and named in errors. ``mode``:
     ``continuous`` batching or ``hexgen`` (HexGen's static batches); ``drop_late`` drops a request
-    that would miss its deadline (HexGen's simulator), which needs ``slo`` or ``slo_scale``."""
+    that would miss its deadline (HexGen's simulator), which needs ``slo`` or ``slo_scale``.
+    ``weight_dtype`` / ``kv_dtype`` (``--dtype`` / ``--kv-dtype``) are the precisions the plans run, as in
+    ``compare`` (HexGen's fp16 when None; one HexGen does not run makes the result infeasible); the
+    ``--slo-scale`` reference rig keeps HexGen's fp16."""
     from hetsim.planner.hexgen_cpsat import reference_plan, search_serving
     from hetsim.serving.serve import MODES, Reference, attainment_at, deadlines_for, max_rate
 
@@ -369,7 +389,23 @@ def serve(
         raise InputError(f"unknown mode {mode!r} (use {', '.join(MODES)})", field="--mode")
     if drop_late and slo is None and slo_scale is None:
         raise InputError("--drop-late needs --slo or --slo-scale", field="--drop-late")
+    for flag, dt in (("--dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
+        if dt is not None and dt not in DTYPES:
+            raise InputError(f"unknown dtype {dt!r}; known: {', '.join(DTYPES)}", field=flag)
     spec, rig = get_model(model), load_rig(hw)
+    hexgen = get_strategy("hexgen")
+    if weight_dtype and weight_dtype not in hexgen.weight_dtypes:
+        offered = ", ".join(hexgen.weight_dtypes)
+        return {
+            "feasible": False,
+            "reason": f"--dtype {weight_dtype} is not a weight precision hexgen runs (offers: {offered})",
+        }
+    if kv_dtype and kv_dtype not in hexgen.kv_dtypes:
+        offered = ", ".join(hexgen.kv_dtypes)
+        return {
+            "feasible": False,
+            "reason": f"--kv-dtype {kv_dtype} is not a KV precision hexgen runs (offers: {offered})",
+        }
     reqs = _serve_requests(rate, duration, num_requests, trace, seed)
     longest = max(reqs, key=lambda r: r.prompt_len + r.output_len)
     too_long = context_reason(spec, longest.prompt_len + longest.output_len)
@@ -397,6 +433,8 @@ def serve(
             dispatch=dispatch,
             mode=mode,
             drop_late=drop_late,
+            weight_dtype=weight_dtype or "fp16",
+            kv_dtype=kv_dtype or "fp16",
         )
     except NoRouteError as exc:
         return {"feasible": False, "reason": str(exc)}
@@ -404,6 +442,9 @@ def serve(
         return {"feasible": False, "reason": f"no feasible plan for {spec.name} on {rig.name}"}
     plan, result = found
     doc = _serve_document(model, hw, reqs, rate, seed, slo, slo_scale, slo_ref, symmetric, rig, plan, result)
+    if weight_dtype or kv_dtype:  # the precisions asked for, and what they give up (absent: HexGen's fp16)
+        doc["plan"].update(weight_dtype=plan.weight_dtype, kv_dtype=plan.kv_dtype)
+        doc["lossy"] = hexgen.lossy(plan, spec)
     doc.update(result.summary(deadlines))
     doc.update(_rig_cost(rig, result))
     if find_max_rate:

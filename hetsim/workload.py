@@ -35,6 +35,9 @@ class Workload:
     # plan says otherwise). A lossy one (q4_k_m, int4) is never chosen for the user; strategies that
     # cannot run it are not applicable.
     weight_dtype: str | None = None
+    # The KV cache precision the user asks for (``--kv-dtype``); None = each strategy's own (16-bit, or
+    # the checkpoint's fp32 where a strategy runs it so). Strategies that cannot run it are not applicable.
+    kv_dtype: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "gen_len"):
@@ -61,6 +64,8 @@ class Workload:
         }
         if self.weight_dtype:
             out["weight_dtype"] = self.weight_dtype
+        if self.kv_dtype:
+            out["kv_dtype"] = self.kv_dtype
         return out
 
 

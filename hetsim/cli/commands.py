@@ -91,6 +91,7 @@ def _problem(
     gen_len: int,
     gpu_mem_budget: str | None = None,
     dtype: str | None = None,
+    kv_dtype: str | None = None,
 ) -> api.Problem:
     from hetsim import api
     from hetsim.units import UnitError, parse_bytes
@@ -102,7 +103,7 @@ def _problem(
             budget = parse_bytes(gpu_mem_budget)
         except UnitError as exc:
             raise InputError(str(exc), field="--gpu-mem-budget") from None
-    return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype)
+    return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype, kv_dtype)
 
 
 def _cores() -> int:
@@ -131,10 +132,17 @@ def _emit_results(
         _print_json(compare_document(model, hardware, workload, results, free_batch))
     elif fmt == "csv":
         sys.stdout.write(api.results_frame(results).to_csv(index=False))
-    elif getattr(workload, "weight_dtype", None):
-        wd = workload.weight_dtype
-        lossy = " (lossy, as asked with --dtype)" if wd in LOSSY_DTYPES else ""
-        out.print(results_table(results, title=f"Strategies, best first; weights {wd}{lossy}"))
+    elif getattr(workload, "weight_dtype", None) or getattr(workload, "kv_dtype", None):
+        asked = []
+        for dt, what, flag in (
+            (workload.weight_dtype, "weights", "--dtype"),
+            (workload.kv_dtype, "KV cache", "--kv-dtype"),
+        ):
+            if dt:
+                asked.append(
+                    f"{what} {dt}" + (f" (lossy, as asked with {flag})" if dt in LOSSY_DTYPES else "")
+                )
+        out.print(results_table(results, title="Strategies, best first; " + "; ".join(asked)))
     else:
         out.print(results_table(results))
 
@@ -154,6 +162,11 @@ DtypeOpt = typer.Option(
     None,
     "--dtype",
     help="Weight precision to run (e.g. q4_k_m, lossy); strategies that cannot run it are not applicable.",
+)
+KvDtypeOpt = typer.Option(
+    None,
+    "--kv-dtype",
+    help="KV cache precision to run (e.g. int8, lossy); strategies that cannot run it are not applicable.",
 )
 PromptOpt = typer.Option(512, "--prompt-len", help="Prompt tokens per sequence.")
 GenOpt = typer.Option(32, "--gen-len", help="Generated tokens per sequence.")
@@ -262,6 +275,7 @@ def compare(
     gpu_mem_budget: str | None = BudgetOpt,
     allow_compression: bool = LossyOpt,
     dtype: str | None = DtypeOpt,
+    kv_dtype: str | None = KvDtypeOpt,
     exact: bool = typer.Option(
         False, "--exact", help="Simulate every decode step (long generations are fast-forwarded)."
     ),
@@ -272,7 +286,7 @@ def compare(
 
     _check_format(fmt)
     obj = api.check_objective(objective)
-    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype)
+    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype)
     names = _split_names(strategies)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
@@ -308,6 +322,7 @@ def plan(
     gpu_mem_budget: str | None = BudgetOpt,
     allow_compression: bool = LossyOpt,
     dtype: str | None = DtypeOpt,
+    kv_dtype: str | None = KvDtypeOpt,
 ) -> None:
     """Search the best plan (of one strategy, or of all: the winner) and write it as JSON."""
     from hetsim import api
@@ -316,7 +331,7 @@ def plan(
 
     _check_format(fmt, ("table", "json"))
     obj = api.check_objective(objective)
-    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype)
+    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype)
     names = _split_names(strategy)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())

@@ -45,6 +45,12 @@ def serve(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the arrival process."),
     fmt: str = typer.Option("table", "--format", help="table | json"),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="Weight precision the plans run (HexGen runs fp16); others are refused."
+    ),
+    kv_dtype: str | None = typer.Option(
+        None, "--kv-dtype", help="KV cache precision the plans run (e.g. int8, lossy: shown in the output)."
+    ),
 ) -> None:
     """Simulate online serving: Poisson or trace arrivals, continuous batching (or HexGen's static
     batches, --mode hexgen), SLO attainment."""
@@ -70,6 +76,8 @@ def serve(
         seed=seed,
         mode=mode,
         drop_late=drop_late,
+        weight_dtype=dtype,
+        kv_dtype=kv_dtype,
     )
     if not doc["feasible"]:
         sys.stderr.write(f"error: {doc['reason']}\n")
@@ -117,6 +125,12 @@ def _print_table(doc: dict[str, Any]) -> None:
         "cost_usd_per_mtok",
         "price_usd_per_hour",
     )
+    if "kv_dtype" in doc["plan"]:
+        lossy = f" (lossy: {doc['lossy']})" if doc.get("lossy") else ""
+        console.print(
+            f"precision: weights {doc['plan']['weight_dtype']}, KV cache {doc['plan']['kv_dtype']}{lossy}",
+            highlight=False,
+        )
     for key in (*keys, "rig_cost_usd_per_mtok", "rig_price_usd_per_hour"):
         if key in doc:
             console.print(f"{key}: {_fmt(doc[key])}", highlight=False)

@@ -77,6 +77,7 @@ class Demand:
             kv_sequences=w.batch,
             context=w.context_len,
             act_tokens=w.batch * w.prompt_len,
+            kv_dtype=w.kv_dtype or "fp16",
         )
 
 
@@ -612,6 +613,8 @@ def search_serving(
     dispatch: str = "least-latency",
     mode: str = "continuous",
     drop_late: bool = False,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
 ):
     """The candidate with the best SLO attainment on ``requests`` (mean latency of the served
     requests breaks ties; with no deadlines, the lowest mean latency), confirmed by serving runs in
@@ -638,6 +641,8 @@ def search_serving(
         max_in_flight=MAX_IN_FLIGHT,  # serving reserves KV for every batch in flight
         context=context,
         act_tokens=max_batch * max(r.prompt_len for r in requests),
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
     )
     plans = [
         c.plan

@@ -48,8 +48,8 @@ def search(
     """The plan that ranks first for ``objective``; None when no candidate fits. Lossy options
     (compressed weights or KV cache) are tried only with ``allow_lossy``."""
     evaluate = evaluator(strategy, rig, model, workload)
-    # a lossy weight precision the user named (--dtype q4_k_m) is asked for, not chosen for them
-    allow_lossy = allow_lossy or workload.weight_dtype in LOSSY_DTYPES
+    # a lossy precision the user named (--dtype q4_k_m, --kv-dtype int8) is asked for, not chosen for them
+    allow_lossy = allow_lossy or bool({workload.weight_dtype, workload.kv_dtype} & LOSSY_DTYPES)
     target = SOLVER_SEARCHES.get(strategy.name)
     if target is None:
         plans = strategy.candidates(rig, model, workload)

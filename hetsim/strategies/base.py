@@ -34,6 +34,9 @@ class Strategy(ABC):
     # Weight precisions a user may ask for with ``--dtype`` (Workload.weight_dtype); the seed strategies
     # run 16-bit weights (FlexGen's own compression is its plan's choice, not --dtype).
     weight_dtypes: ClassVar[tuple[str, ...]] = ("fp16",)
+    # KV cache precisions a user may ask for with ``--kv-dtype`` (Workload.kv_dtype); strategies whose
+    # plans carry a ``kv_dtype`` take it into their default plan and candidates, the others run 16-bit.
+    kv_dtypes: ClassVar[tuple[str, ...]] = ("fp16",)
     # Rough CPU cost of a search, relative to the others: ``compare`` hands the costliest to its
     # worker processes first so that none is left running alone at the end. Order only, no result.
     search_weight: ClassVar[int] = 1

@@ -53,6 +53,7 @@ class CpuTensorParallel(Strategy):
     summary = "tensor parallelism over Xeon sockets and nodes (xFasterTransformer)"
     plan_type = CpuTpPlan
     weight_dtypes = ("bf16", "fp16", "fp32")  # xFT runs these (AMX bf16; fp16 and fp32 on AVX-512)
+    kv_dtypes = ("fp16", "bf16", "fp32", "int8")  # xFT's KV cache types (int8: lossy)
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         if not rig.cpus():
@@ -76,8 +77,11 @@ class CpuTensorParallel(Strategy):
         ranks = _layouts(rig, len(rig.cpus()))[0]
         if model.dtype == "fp32":
             wd = workload.weight_dtype or "fp32"
-            return CpuTpPlan(ranks=ranks, weight_dtype=wd, kv_dtype="fp32", act_dtype="fp32")
-        return CpuTpPlan(ranks=ranks, weight_dtype=workload.weight_dtype or "bf16")
+            kv = workload.kv_dtype or "fp32"
+            return CpuTpPlan(ranks=ranks, weight_dtype=wd, kv_dtype=kv, act_dtype="fp32")
+        return CpuTpPlan(
+            ranks=ranks, weight_dtype=workload.weight_dtype or "bf16", kv_dtype=workload.kv_dtype or "fp16"
+        )
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[CpuTpPlan]:
         """Every degree and layout that fits in memory."""

@@ -18,6 +18,7 @@ from hetsim.models.spec import ModelSpec
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.pipeline import (
+    GPU_KV_DTYPES,
     Stage,
     balance_layers,
     micro_batch_sizes,
@@ -111,6 +112,7 @@ class GpuOnly(Strategy):
     name = "gpu-only"
     summary = "GPUs alone: tensor parallel within a node, pipeline parallel across nodes"
     plan_type = PipelinePlan
+    kv_dtypes = GPU_KV_DTYPES
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
@@ -132,7 +134,8 @@ class GpuOnly(Strategy):
             base, extra = divmod(model.layers, len(groups))
             layers = tuple(base + (1 if i < extra else 0) for i in range(len(groups)))
         stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
-        return PipelinePlan(stages, micro_batches=min(len(stages), workload.batch))
+        kv = workload.kv_dtype or "fp16"
+        return PipelinePlan(stages, micro_batches=min(len(stages), workload.batch), kv_dtype=kv)
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[PipelinePlan]:
         """Pipelines over subsets of nodes and TP degrees whose layers fit, with and without
@@ -143,7 +146,7 @@ class GpuOnly(Strategy):
                 continue
             stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
             for mbs in sorted({1, min(len(stages), workload.batch)}):
-                yield PipelinePlan(stages, micro_batches=mbs)
+                yield PipelinePlan(stages, micro_batches=mbs, kv_dtype=workload.kv_dtype or "fp16")
 
     def footprint(self, plan: PipelinePlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         out: dict[str, dict[str, float]] = {}

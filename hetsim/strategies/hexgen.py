@@ -23,6 +23,7 @@ from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
 from hetsim.strategies.pipeline import (
+    GPU_KV_DTYPES,
     Stage,
     balance_layers,
     even_layers,
@@ -171,6 +172,7 @@ class HexGen(Strategy):
     name = "hexgen"
     summary = "HexGen: replicas of asymmetric TP x PP pipelines over heterogeneous GPUs"
     plan_type = HexGenPlan
+    kv_dtypes = GPU_KV_DTYPES
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
@@ -208,7 +210,7 @@ class HexGen(Strategy):
             groups = _strongest([g for gs in regions.values() for g in gs], model.layers, rig)
             layers = even_layers(model.layers, len(groups))
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
-        return HexGenPlan(tuple(replicas))
+        return HexGenPlan(tuple(replicas), kv_dtype=workload.kv_dtype or "fp16")
 
     def batch_split(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
         speeds = [replica_speed(rig, model, r, workload, plan) for r in plan.replicas]

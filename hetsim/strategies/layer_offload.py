@@ -60,6 +60,7 @@ class LayerOffload(Strategy):
     summary = "llama.cpp-style -ngl: the last N layers on the GPU, the rest on the host CPU"
     plan_type = LayerOffloadPlan
     weight_dtypes = WEIGHT_DTYPES
+    kv_dtypes = ("fp16", "bf16", "fp32", "int8", "int4")  # llama.cpp's -ctk/-ctv f16, bf16, f32, q8_0, q4_0
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
@@ -70,7 +71,7 @@ class LayerOffload(Strategy):
             - _head_bytes(model, wd)
             - activation_workspace(model, workload.batch, workload.prompt_len)
         )
-        kv = kv_cache_bytes(model, workload.batch, workload.context_len, 1)
+        kv = kv_cache_bytes(model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16")
         n = 0
         for i in range(model.layers - 1, -1, -1):
             room -= _layer_bytes(model, i, wd) + kv
@@ -81,10 +82,9 @@ class LayerOffload(Strategy):
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> LayerOffloadPlan:
         gpu = max(rig.gpus(), key=lambda g: (g.mem_bytes, g.mem_bw, g.name)).name
-        wd = workload.weight_dtype or "bf16"
-        return LayerOffloadPlan(
-            gpu, rig.host_cpu(gpu), self._fitting_layers(rig, model, workload, gpu, wd), wd
-        )
+        wd, kv = workload.weight_dtype or "bf16", workload.kv_dtype or "fp16"
+        n = self._fitting_layers(rig, model, workload, gpu, wd)
+        return LayerOffloadPlan(gpu, rig.host_cpu(gpu), n, wd, kv)
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[LayerOffloadPlan]:
         yield self.default_plan(rig, model, workload)  # more layers on the GPU is never slower here

@@ -136,6 +136,7 @@ class MoEOffload(Strategy):
     )
     plan_type = MoEOffloadPlan
     weight_dtypes = WEIGHT_DTYPES
+    kv_dtypes = ("fp16", "bf16", "fp32", "int8")
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         if not rig.gpus():
@@ -149,7 +150,8 @@ class MoEOffload(Strategy):
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> MoEOffloadPlan:
         gpu = self._gpu(rig)
-        return MoEOffloadPlan(gpu, node_sockets(rig, gpu), workload.weight_dtype or "bf16")
+        wd, kv = workload.weight_dtype or "bf16", workload.kv_dtype or "fp16"
+        return MoEOffloadPlan(gpu, node_sockets(rig, gpu), wd, kv_dtype=kv)
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[MoEOffloadPlan]:
         """Every socket of the GPU's node in each NUMA layout, or only its host socket; no experts on the

@@ -24,6 +24,10 @@ from hetsim.models.sharding import embed_ops, head_ops, kv_share, layer_blocks
 from hetsim.models.spec import ModelSpec, Phase
 from hetsim.workload import Workload
 
+# KV cache precisions the GPU pipelines (gpu-only, hexgen) run when asked with --kv-dtype: 16-bit, fp32,
+# and int8 (TensorRT-LLM's and LMDeploy's int8 KV cache; lossy).
+GPU_KV_DTYPES = ("fp16", "bf16", "fp32", "int8")
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -78,7 +82,7 @@ def balance_layers(
     """Layers per stage in proportion to each group's memory bandwidth (decode is bandwidth-bound),
     capped by what fits in its memory; None when the groups cannot hold the model."""
     per_layer = layer_bytes(model, weight_dtype) + kv_cache_bytes(
-        model, workload.batch, workload.context_len, 1
+        model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16"
     ) * kv_share(len(groups[0]), model.kv_groups)
     caps = []
     for i, g in enumerate(groups):

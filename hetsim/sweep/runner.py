@@ -128,7 +128,13 @@ def _evaluate(config: Mapping[str, Any]):
         config["model"],
         rig,
         config["rig"],
-        Workload(int(config["batch"]), int(config["prompt_len"]), int(config["gen_len"])),
+        Workload(
+            int(config["batch"]),
+            int(config["prompt_len"]),
+            int(config["gen_len"]),
+            config.get("dtype"),
+            config.get("kv_dtype"),
+        ),
     )
     budget = float(config["gpu_mem_gb"]) * 1e9 if config.get("gpu_mem_gb") is not None else None
     knobs, ignored = plan_knobs(config), []

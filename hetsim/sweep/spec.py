@@ -9,7 +9,8 @@
       - {kind: heatmap, x: gpu_mem_gb, y: pcie, facet: [model]}
 
 Axes: ``model``, ``rig``, ``strategy`` (a list or ``all``), ``batch``, ``prompt_len``, ``gen_len``,
-``objective``, the hardware knobs of ``hetsim.sweep.grid.HW_KNOBS`` and plan knobs ``plan.<field>``.
+``objective``, the precisions ``dtype`` and ``kv_dtype`` (``--dtype`` / ``--kv-dtype``), the hardware
+knobs of ``hetsim.sweep.grid.HW_KNOBS`` and plan knobs ``plan.<field>``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from hetsim.workload import MAX_WORK, WHY_MAX
 
 WORKLOAD_AXES = ("batch", "prompt_len", "gen_len")
 CORE_AXES = ("model", "rig", "strategy", *WORKLOAD_AXES, "objective")
+# weight and KV cache precisions (compare's --dtype / --kv-dtype); unset = each strategy's own, and not
+# part of a point's configuration, so sweeps that leave them out keep their point ids
+PRECISION_AXES = ("dtype", "kv_dtype")
 # hardware knobs: name -> what it does (applied by hetsim.sweep.grid.apply_hardware)
 HW_KNOBS = {
     "gpu_mem_gb": "GPU memory budget per GPU in GB (caps each GPU's memory; plans' gpu_mem_budget)",
@@ -94,11 +98,11 @@ class SweepSpec(BaseModel):
 
 
 def _check_axis(name: str) -> None:
-    if name in CORE_AXES or name in HW_KNOBS:
+    if name in CORE_AXES or name in PRECISION_AXES or name in HW_KNOBS:
         return
     if name.startswith("plan.") and len(name) > 5:
         return
-    known = ", ".join([*CORE_AXES, *HW_KNOBS, "plan.<field>"])
+    known = ", ".join([*CORE_AXES, *PRECISION_AXES, *HW_KNOBS, "plan.<field>"])
     raise ValueError(f"unknown axis {name!r} (known: {known})")
 
 
@@ -121,6 +125,7 @@ def _check_values(spec: SweepSpec, source: str) -> None:
     from hetsim.hardware.catalog import load_catalog
     from hetsim.hardware.loader import rig_path
     from hetsim.models.registry import get_model
+    from hetsim.models.spec import DTYPES
     from hetsim.strategies.base import get_strategy
 
     cat = load_catalog()
@@ -149,6 +154,8 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 or not (value > 0 and math.isfinite(value))
             ):
                 raise InputError(f"must be a positive finite number, got {value!r}")
+            elif key in PRECISION_AXES and value not in DTYPES:
+                raise InputError(f"unknown dtype {value!r}; known: {', '.join(DTYPES)}")
             elif key == "objective" and value not in ("latency", "throughput", "cost"):
                 raise InputError(f"unknown objective {value!r}")
             elif key == "bw_scale" and not (
