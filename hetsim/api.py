@@ -174,7 +174,17 @@ def _best_at_free_batch(
         why = f": e.g. the default plan at batch 1: {fallback.reason}" if not fallback.feasible else ""
         return Result.infeasible(strategy.name, f"no feasible plan at any batch{why}", fallback.plan)
     plan, batch = found
-    return simulate(strategy, fix(plan), p.rig, p.model, replace(p.workload, batch=batch), exact=exact)
+    while True:
+        result = simulate(strategy, fix(plan), p.rig, p.model, replace(p.workload, batch=batch), exact=exact)
+        if result.feasible or batch == 1:
+            return result
+        # The searches rank on estimates, whose memory peak can miss the full run's (seen: a pipeline's
+        # activations at batch 1549 on hexgen-full-budget); never report infeasible where a smaller
+        # batch runs: halve it and search again.
+        batch //= 2
+        plan = planner.search(
+            strategy, p.rig, p.model, replace(p.workload, batch=batch), objective, allow_lossy=allow_lossy
+        ) or strategy.default_plan(p.rig, p.model, replace(p.workload, batch=batch))
 
 
 def compare(

@@ -112,3 +112,15 @@ def test_the_free_batch_is_the_best_ranked_not_always_the_largest():
 
     assert 1 < b < top
     assert rate(b) > rate(1) and rate(b) > rate(top)
+
+
+def test_a_free_batch_falls_back_to_a_batch_that_runs():
+    """The searches rank on estimates: on hexgen-full-budget gpu-only's searched pipeline at its largest
+    batch (1549) fits by the estimate but runs out of activation memory in the full simulation, so
+    ``best_result`` halves the batch and searches again rather than report infeasible."""
+    gpu_only = get_strategy("gpu-only")
+    r = api.best_result(gpu_only, api.problem("llama2-7b", "hexgen-full-budget", batch=None), "throughput")
+    assert r.feasible, r.reason
+    assert 1 <= r.batch < 1549
+    at_one = api.best_result(gpu_only, api.problem("llama2-7b", "hexgen-full-budget", batch=1), "throughput")
+    assert r.throughput_tok_s > at_one.throughput_tok_s
