@@ -249,3 +249,36 @@ def test_queued_follow_up_equals_waiting_for_the_copy(rig):
     _, t_wait = run(rig, waiting)
     _, t_queue = run(rig, queued)
     assert t_queue == pytest.approx(t_wait) == pytest.approx(0.5 + 0.5)
+
+
+def test_booked_copies_joined_by_until_equal_all_of(rig):
+    """``transfer_time`` + ``until`` (FlexGen's released loop) resumes at the very clock ``transfer``
+    + ``all_of`` does, copy sizes and interleaved compute alike, to the bit."""
+    import random
+
+    rnd = random.Random(7)
+
+    def copy():
+        return rnd.choice(["n0.cpu0", "n0.disk0"]), rnd.uniform(0, 3e9) * rnd.choice([0, 1, 1])
+
+    plan = [[copy() for _ in range(4)] for _ in range(60)]
+
+    def body(booked: bool):
+        def schedule(e):
+            for copies in plan:
+                issue = e.transfer_time if booked else e.transfer
+                ev = [issue(src, "n0.gpu0", n, label="load") for src, n in copies[:2]]
+                yield e.compute("n0.gpu0", matmul(3e12, 1e9))
+                ev += [issue("n0.gpu0", src, n, pinned=False) for src, n in copies[2:]]
+                yield e.until(ev) if booked else e.all_of(ev)
+                e.token_done()
+
+        return schedule
+
+    runs = []
+    for booked in (False, True):
+        engine = Engine(rig)
+        makespan = engine.run(body(booked))
+        runs.append((makespan, engine.token_times, engine.bytes_transferred, engine.tasks,
+                     {n: (lane.free_at, lane.busy_s) for n, lane in engine.lanes.items()}))  # fmt: skip
+    assert runs[0] == runs[1]

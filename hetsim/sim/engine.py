@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from heapq import heappush
 from operator import attrgetter
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 from hetsim.costs.collectives import CollectiveCost, Fit, allgather_time, allreduce_time
 from hetsim.costs.lockstep import (
@@ -56,6 +58,14 @@ class _Environment(simpy.Environment):
         proc.hetsim_index = self.made  # type: ignore[attr-defined]
         self.made += 1
         return proc
+
+    def at(self, when: float) -> simpy.Event:
+        """An event processed at exactly ``when`` (not ``now + (when - now)``, which can round)."""
+        event = simpy.Event(self)
+        event._ok = True
+        event._value = None
+        heappush(self._queue, (max(when, self._now), NORMAL, next(self._eid), event))
+        return event
 
 
 class Lane:
@@ -454,6 +464,20 @@ class Engine:
 
     def all_of(self, events: Iterable[simpy.Event]) -> simpy.Event:
         return self.env.all_of(list(events))
+
+    def transfer_time(
+        self, src: str, dst: str, nbytes: float, *, pinned: bool = True, label: str = "copy"
+    ) -> float:
+        """``transfer`` booked without an event: the time its event would fire (``now + duration``,
+        rounded as SimPy rounds it), to be joined by ``until``."""
+        now = self.env.now
+        return now + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label) - now)
+
+    def until(self, times: Sequence[float]) -> simpy.Event:
+        """One event that fires when ``all_of`` over events firing at ``times`` would, for a schedule
+        that is the only process (with several, ``all_of`` resumes its waiter later among equal times).
+        """
+        return self.env.at(max(times, default=self.env.now))
 
     def token_done(self, count: int = 1) -> None:
         """A schedule calls this when ``count`` output tokens exist (one per sequence)."""
