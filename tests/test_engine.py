@@ -282,3 +282,41 @@ def test_booked_copies_joined_by_until_equal_all_of(rig):
         runs.append((makespan, engine.token_times, engine.bytes_transferred, engine.tasks,
                      {n: (lane.free_at, lane.busy_s) for n, lane in engine.lanes.items()}))  # fmt: skip
     assert runs[0] == runs[1]
+
+
+def test_inlined_dram_booking_equals_the_reference():
+    """``BandwidthTimeline.book`` (prune and split inlined) against the plain algorithm, to the bit."""
+    import random
+
+    class Reference(BandwidthTimeline):
+        def book(self, now, start, nbytes, cap_bps):
+            if nbytes <= 0:
+                return start
+            self._prune(now)
+            cap = min(cap_bps, self.capacity)
+            i = self._split(start)
+            remaining, t, k = nbytes, start, i
+            while True:
+                seg_end = self._times[k + 1] if k + 1 < len(self._times) else float("inf")
+                rate = min(cap, self.capacity - self._booked[k])
+                if rate > 1.0:
+                    if remaining <= rate * (seg_end - t):
+                        end = t + remaining / rate
+                        break
+                    remaining -= rate * (seg_end - t)
+                t = seg_end
+                k += 1
+            for j in range(i, self._split(end)):
+                self._booked[j] += min(cap, self.capacity - self._booked[j])
+            self.bytes_moved += nbytes
+            return end
+
+    rnd = random.Random(3)
+    fast, ref = BandwidthTimeline("d", 100e9), Reference("d", 100e9)
+    now = 0.0
+    for _ in range(2000):
+        now += rnd.choice([0.0, rnd.uniform(0, 0.05)])
+        start = now + rnd.choice([0.0, rnd.uniform(0, 0.1)])
+        nbytes, cap = rnd.choice([0.0, rnd.uniform(1e6, 5e9)]), rnd.uniform(1e9, 150e9)
+        assert fast.book(now, start, nbytes, cap) == ref.book(now, start, nbytes, cap)
+    assert (fast._times, fast._booked, fast.bytes_moved) == (ref._times, ref._booked, ref.bytes_moved)

@@ -312,18 +312,26 @@ class Engine:
         if nbytes <= 0 or src == dst:
             self.last_end = max(self.env.now, after)
             return self.last_end
-        path = self._path(src, dst, pinned)
-        start = max([self.env.now, after, *(lane.free_at for lane in path.lanes)])
+        path = self._paths.get((src, dst, pinned)) or self._path(src, dst, pinned)
+        now = self.env._now  # the hot path: what max([now, after, *free_at]) picks, without a list
+        start = after if after > now else now
+        lanes = path.lanes
+        for lane in lanes:
+            if lane.free_at > start:
+                start = lane.free_at
         if path.host_side is None:
             end = start + path.latency_s + nbytes / path.rate
         else:
-            end = path.host_side.book(self.env.now, start + path.latency_s, nbytes, path.rate)
-        for lane in path.lanes:
+            end = path.host_side.book(now, start + path.latency_s, nbytes, path.rate)
+        for lane in lanes:
             lane.free_at = end
             lane.busy_s += end - start
         self.bytes_transferred += nbytes
-        args = {"bytes": nbytes, "src": src, "dst": dst} if self.tracer else {}
-        return self._record(path.lanes, start, end, label, args)
+        if self.tracer is None:  # _record, inline
+            self.tasks += 1
+            self.last_end = end
+            return end
+        return self._record(lanes, start, end, label, {"bytes": nbytes, "src": src, "dst": dst})
 
     def allreduce(self, devices: Sequence[str], nbytes: float, *, label: str = "allreduce") -> simpy.Event:
         """Sum ``nbytes`` across ``devices`` (alpha-beta over the ring's slowest route)."""
