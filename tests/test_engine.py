@@ -320,3 +320,37 @@ def test_inlined_dram_booking_equals_the_reference():
         nbytes, cap = rnd.choice([0.0, rnd.uniform(1e6, 5e9)]), rnd.uniform(1e9, 150e9)
         assert fast.book(now, start, nbytes, cap) == ref.book(now, start, nbytes, cap)
     assert (fast._times, fast._booked, fast.bytes_moved) == (ref._times, ref._booked, ref.bytes_moved)
+
+
+def test_copies_issued_at_a_booked_computes_end_equal_waiting_for_it(rig):
+    """``compute_time`` + ``transfer_time(at=...)`` + ``until`` (FlexGen's GPU-only positions) equal
+    waiting on the kernel, then issuing the copies and ``all_of``, to the bit."""
+    import random
+
+    rnd = random.Random(11)
+    plan = [(rnd.uniform(0, 5e12), rnd.uniform(0, 3e9), rnd.uniform(0, 2e9)) for _ in range(80)]
+
+    def body(booked: bool):
+        def schedule(e):
+            for flops, load, store in plan:
+                if booked:
+                    ev = [e.transfer_time("n0.cpu0", "n0.gpu0", load)]
+                    done = e.compute_time("n0.gpu0", matmul(flops, 1e9))
+                    ev += [done, e.transfer_time("n0.gpu0", "n0.cpu0", store, pinned=False, at=done)]
+                    yield e.until(ev)
+                else:
+                    ev = [e.transfer("n0.cpu0", "n0.gpu0", load)]
+                    yield e.compute("n0.gpu0", matmul(flops, 1e9))
+                    ev += [e.transfer("n0.gpu0", "n0.cpu0", store, pinned=False)]
+                    yield e.all_of(ev)
+                e.token_done()
+
+        return schedule
+
+    runs = []
+    for booked in (False, True):
+        engine = Engine(rig)
+        makespan = engine.run(body(booked))
+        lanes = {n: (lane.free_at, lane.busy_s) for n, lane in engine.lanes.items()}
+        runs.append((makespan, engine.token_times, engine.bytes_transferred, engine.tasks, lanes))
+    assert runs[0] == runs[1]

@@ -474,12 +474,27 @@ class Engine:
         return self.env.all_of(list(events))
 
     def transfer_time(
-        self, src: str, dst: str, nbytes: float, *, pinned: bool = True, label: str = "copy"
+        self,
+        src: str,
+        dst: str,
+        nbytes: float,
+        *,
+        pinned: bool = True,
+        label: str = "copy",
+        at: float | None = None,
     ) -> float:
         """``transfer`` booked without an event: the time its event would fire (``now + duration``,
-        rounded as SimPy rounds it), to be joined by ``until``."""
-        now = self.env.now
-        return now + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label) - now)
+        rounded as SimPy rounds it), to be joined by ``until``. ``at``: the copy as it would be
+        issued at that (later) time, e.g. when a compute booked with ``compute_time`` ends."""
+        if at is None:
+            now = self.env._now
+            return now + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label) - now)
+        return at + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=at) - at)
+
+    def compute_time(self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None) -> float:
+        """``compute`` booked without an event: the time its event would fire (as ``transfer_time``)."""
+        now = self.env._now
+        return now + (self.book_compute(device, ops, label=label) - now)
 
     def until(self, times: Sequence[float]) -> simpy.Event:
         """One event that fires when ``all_of`` over events firing at ``times`` would, for a schedule

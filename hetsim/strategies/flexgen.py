@@ -112,10 +112,14 @@ class _Booked:
     """The engine as ``block_released``'s copies see it: ``transfer`` books the copy and returns the
     time its event would fire (``Engine.transfer_time``), for ``Engine.until`` to join."""
 
-    __slots__ = ("transfer",)
+    __slots__ = ("at", "e")
 
     def __init__(self, e):
-        self.transfer = e.transfer_time
+        self.e = e
+        self.at: float | None = None  # issue the copies as at this later time (a compute's end)
+
+    def transfer(self, src: str, dst: str, nbytes: float, *, pinned: bool = True, label: str = "copy"):
+        return self.e.transfer_time(src, dst, nbytes, pinned=pinned, label=label, at=self.at)
 
 
 class _Runner:
@@ -298,9 +302,20 @@ class _Runner:
                 ev += self.load_hidden(t, nstep, nj, gbs)
             if gather is not None:
                 yield from gather  # a synchronous CPU copy in the issuing thread
-            yield from self.compute(e, step, j, gbs)
-            if p > 0:
-                ev += self.store_cache(t, pstep, pj, gbs)
+            o = self.ops(step, j, gbs)
+            if o.cpu:
+                yield from self.compute(e, step, j, gbs)
+                if p > 0:
+                    ev += self.store_cache(t, pstep, pj, gbs)
+            else:
+                # One GPU kernel: booked, and the cache store issued as at its end, so one event
+                # joins both (the loop would wait on the kernel, then on the copies).
+                done = e.compute_time(self.gpu, o.gpu_pre, label=self.kinds[j])
+                ev.append(done)
+                if p > 0:
+                    t.at = done
+                    ev += self.store_cache(t, pstep, pj, gbs)
+                    t.at = None
             if ev:
                 yield e.until(ev)
             self._tokens(e, j, k, seqs)
