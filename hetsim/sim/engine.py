@@ -491,10 +491,15 @@ class Engine:
             return now + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label) - now)
         return at + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=at) - at)
 
-    def compute_time(self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None) -> float:
-        """``compute`` booked without an event: the time its event would fire (as ``transfer_time``)."""
-        now = self.env._now
-        return now + (self.book_compute(device, ops, label=label) - now)
+    def compute_time(
+        self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None, at: float | None = None
+    ) -> float:
+        """``compute`` booked without an event: the time its event would fire (as ``transfer_time``,
+        ``at`` included)."""
+        if at is None:
+            now = self.env._now
+            return now + (self.book_compute(device, ops, label=label) - now)
+        return at + (self.book_compute(device, ops, label=label, after=at) - at)
 
     def until(self, times: Sequence[float]) -> simpy.Event:
         """One event that fires when ``all_of`` over events firing at ``times`` would, for a schedule

@@ -121,6 +121,15 @@ class _Booked:
     def transfer(self, src: str, dst: str, nbytes: float, *, pinned: bool = True, label: str = "copy"):
         return self.e.transfer_time(src, dst, nbytes, pinned=pinned, label=label, at=self.at)
 
+    def compute(self, device: str, ops, *, label: str | None = None):
+        return self.e.compute_time(device, ops, label=label, at=self.at)
+
+    def chain(self, steps) -> None:
+        """Run a generator of serial steps (``_gather``, ``compute``) as the issuing thread would:
+        each step issued at the time the one before it ends; ``at`` is then the chain's end."""
+        for done in steps:
+            self.at = done
+
 
 class _Runner:
     """The zig-zag block schedule of one plan; ``run`` is the SimPy process."""
@@ -293,29 +302,24 @@ class _Runner:
             gather = None
             if p < last:
                 nstep, nj, _ = pos[p + 1]
-                cev, gather = self.load_cache(t, nstep, nj, gbs, e)
+                cev, gather = self.load_cache(t, nstep, nj, gbs)
                 ev += cev
             if p > 0:
                 pstep, pj, _ = pos[p - 1]
                 ev += self.store_hidden(t, pstep, pj, gbs)
             if p < last:
                 ev += self.load_hidden(t, nstep, nj, gbs)
+            # The issuing thread's serial work (the gather, the kernels and CPU attention) booked
+            # as a chain, each piece as issued when the one before it ends; the cache store as at
+            # the chain's end; one event joins it all (the loop would wait on each in turn).
+            t.at = None
             if gather is not None:
-                yield from gather  # a synchronous CPU copy in the issuing thread
-            o = self.ops(step, j, gbs)
-            if o.cpu:
-                yield from self.compute(e, step, j, gbs)
-                if p > 0:
-                    ev += self.store_cache(t, pstep, pj, gbs)
-            else:
-                # One GPU kernel: booked, and the cache store issued as at its end, so one event
-                # joins both (the loop would wait on the kernel, then on the copies).
-                done = e.compute_time(self.gpu, o.gpu_pre, label=self.kinds[j])
-                ev.append(done)
-                if p > 0:
-                    t.at = done
-                    ev += self.store_cache(t, pstep, pj, gbs)
-                    t.at = None
+                t.chain(gather)  # a synchronous CPU copy in the issuing thread
+            t.chain(self.compute(t, step, j, gbs))
+            ev.append(t.at)
+            if p > 0:
+                ev += self.store_cache(t, pstep, pj, gbs)
+            t.at = None
             if ev:
                 yield e.until(ev)
             self._tokens(e, j, k, seqs)
