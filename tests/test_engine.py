@@ -249,3 +249,108 @@ def test_queued_follow_up_equals_waiting_for_the_copy(rig):
     _, t_wait = run(rig, waiting)
     _, t_queue = run(rig, queued)
     assert t_queue == pytest.approx(t_wait) == pytest.approx(0.5 + 0.5)
+
+
+def test_booked_copies_joined_by_until_equal_all_of(rig):
+    """``transfer_time`` + ``until`` (FlexGen's released loop) resumes at the very clock ``transfer``
+    + ``all_of`` does, copy sizes and interleaved compute alike, to the bit."""
+    import random
+
+    rnd = random.Random(7)
+
+    def copy():
+        return rnd.choice(["n0.cpu0", "n0.disk0"]), rnd.uniform(0, 3e9) * rnd.choice([0, 1, 1])
+
+    plan = [[copy() for _ in range(4)] for _ in range(60)]
+
+    def body(booked: bool):
+        def schedule(e):
+            for copies in plan:
+                issue = e.transfer_time if booked else e.transfer
+                ev = [issue(src, "n0.gpu0", n, label="load") for src, n in copies[:2]]
+                yield e.compute("n0.gpu0", matmul(3e12, 1e9))
+                ev += [issue("n0.gpu0", src, n, pinned=False) for src, n in copies[2:]]
+                yield e.until(ev) if booked else e.all_of(ev)
+                e.token_done()
+
+        return schedule
+
+    runs = []
+    for booked in (False, True):
+        engine = Engine(rig)
+        makespan = engine.run(body(booked))
+        runs.append((makespan, engine.token_times, engine.bytes_transferred, engine.tasks,
+                     {n: (lane.free_at, lane.busy_s) for n, lane in engine.lanes.items()}))  # fmt: skip
+    assert runs[0] == runs[1]
+
+
+def test_inlined_dram_booking_equals_the_reference():
+    """``BandwidthTimeline.book`` (prune and split inlined) against the plain algorithm, to the bit."""
+    import random
+
+    class Reference(BandwidthTimeline):
+        def book(self, now, start, nbytes, cap_bps):
+            if nbytes <= 0:
+                return start
+            self._prune(now)
+            cap = min(cap_bps, self.capacity)
+            i = self._split(start)
+            remaining, t, k = nbytes, start, i
+            while True:
+                seg_end = self._times[k + 1] if k + 1 < len(self._times) else float("inf")
+                rate = min(cap, self.capacity - self._booked[k])
+                if rate > 1.0:
+                    if remaining <= rate * (seg_end - t):
+                        end = t + remaining / rate
+                        break
+                    remaining -= rate * (seg_end - t)
+                t = seg_end
+                k += 1
+            for j in range(i, self._split(end)):
+                self._booked[j] += min(cap, self.capacity - self._booked[j])
+            self.bytes_moved += nbytes
+            return end
+
+    rnd = random.Random(3)
+    fast, ref = BandwidthTimeline("d", 100e9), Reference("d", 100e9)
+    now = 0.0
+    for _ in range(2000):
+        now += rnd.choice([0.0, rnd.uniform(0, 0.05)])
+        start = now + rnd.choice([0.0, rnd.uniform(0, 0.1)])
+        nbytes, cap = rnd.choice([0.0, rnd.uniform(1e6, 5e9)]), rnd.uniform(1e9, 150e9)
+        assert fast.book(now, start, nbytes, cap) == ref.book(now, start, nbytes, cap)
+    assert (fast._times, fast._booked, fast.bytes_moved) == (ref._times, ref._booked, ref.bytes_moved)
+
+
+def test_copies_issued_at_a_booked_computes_end_equal_waiting_for_it(rig):
+    """``compute_time`` + ``transfer_time(at=...)`` + ``until`` (FlexGen's GPU-only positions) equal
+    waiting on the kernel, then issuing the copies and ``all_of``, to the bit."""
+    import random
+
+    rnd = random.Random(11)
+    plan = [(rnd.uniform(0, 5e12), rnd.uniform(0, 3e9), rnd.uniform(0, 2e9)) for _ in range(80)]
+
+    def body(booked: bool):
+        def schedule(e):
+            for flops, load, store in plan:
+                if booked:
+                    ev = [e.transfer_time("n0.cpu0", "n0.gpu0", load)]
+                    done = e.compute_time("n0.gpu0", matmul(flops, 1e9))
+                    ev += [done, e.transfer_time("n0.gpu0", "n0.cpu0", store, pinned=False, at=done)]
+                    yield e.until(ev)
+                else:
+                    ev = [e.transfer("n0.cpu0", "n0.gpu0", load)]
+                    yield e.compute("n0.gpu0", matmul(flops, 1e9))
+                    ev += [e.transfer("n0.gpu0", "n0.cpu0", store, pinned=False)]
+                    yield e.all_of(ev)
+                e.token_done()
+
+        return schedule
+
+    runs = []
+    for booked in (False, True):
+        engine = Engine(rig)
+        makespan = engine.run(body(booked))
+        lanes = {n: (lane.free_at, lane.busy_s) for n, lane in engine.lanes.items()}
+        runs.append((makespan, engine.token_times, engine.bytes_transferred, engine.tasks, lanes))
+    assert runs[0] == runs[1]

@@ -260,3 +260,19 @@ def test_split_shares_stream_through_two_chunk_buffers_so_small_budgets_run(opt3
     r = simulate(get_strategy("hetegen"), plan, p.rig, p.model, p.workload)
     assert r.feasible, r.reason
     assert r.peak_mem_bytes["n0.gpu0"] <= 1.5 * GB
+
+
+def test_share_by_identity_equals_the_uncached_share():
+    """``share``'s identity cache returns what building the part afresh returns, field by field."""
+    import dataclasses
+
+    from hetsim.models.spec import Op, OpKind
+    from hetsim.strategies import hetegen as hg
+
+    op = Op("q_proj", OpKind.MATMUL, 3, 7e12, 3e9, 1e6, 2e6)
+    for fraction in (0.37, 0.37, 1.0 - 0.37, 1.0, 0.0):
+        fresh = hg._share.__wrapped__(op, fraction)
+        got = hg.share(op, fraction)
+        assert dataclasses.astuple(got) == dataclasses.astuple(fresh)
+        assert [repr(v) for v in dataclasses.astuple(got)] == [repr(v) for v in dataclasses.astuple(fresh)]
+    assert hg.share(op, 0.37) is hg.share(op, 0.37)

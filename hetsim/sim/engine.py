@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from heapq import heappush
 from operator import attrgetter
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 from hetsim.costs.collectives import CollectiveCost, Fit, allgather_time, allreduce_time
 from hetsim.costs.lockstep import (
@@ -56,6 +58,14 @@ class _Environment(simpy.Environment):
         proc.hetsim_index = self.made  # type: ignore[attr-defined]
         self.made += 1
         return proc
+
+    def at(self, when: float) -> simpy.Event:
+        """An event processed at exactly ``when`` (not ``now + (when - now)``, which can round)."""
+        event = simpy.Event(self)
+        event._ok = True
+        event._value = None
+        heappush(self._queue, (max(when, self._now), NORMAL, next(self._eid), event))
+        return event
 
 
 class Lane:
@@ -302,18 +312,26 @@ class Engine:
         if nbytes <= 0 or src == dst:
             self.last_end = max(self.env.now, after)
             return self.last_end
-        path = self._path(src, dst, pinned)
-        start = max([self.env.now, after, *(lane.free_at for lane in path.lanes)])
+        path = self._paths.get((src, dst, pinned)) or self._path(src, dst, pinned)
+        now = self.env._now  # the hot path: what max([now, after, *free_at]) picks, without a list
+        start = after if after > now else now
+        lanes = path.lanes
+        for lane in lanes:
+            if lane.free_at > start:
+                start = lane.free_at
         if path.host_side is None:
             end = start + path.latency_s + nbytes / path.rate
         else:
-            end = path.host_side.book(self.env.now, start + path.latency_s, nbytes, path.rate)
-        for lane in path.lanes:
+            end = path.host_side.book(now, start + path.latency_s, nbytes, path.rate)
+        for lane in lanes:
             lane.free_at = end
             lane.busy_s += end - start
         self.bytes_transferred += nbytes
-        args = {"bytes": nbytes, "src": src, "dst": dst} if self.tracer else {}
-        return self._record(path.lanes, start, end, label, args)
+        if self.tracer is None:  # _record, inline
+            self.tasks += 1
+            self.last_end = end
+            return end
+        return self._record(lanes, start, end, label, {"bytes": nbytes, "src": src, "dst": dst})
 
     def allreduce(self, devices: Sequence[str], nbytes: float, *, label: str = "allreduce") -> simpy.Event:
         """Sum ``nbytes`` across ``devices`` (alpha-beta over the ring's slowest route)."""
@@ -454,6 +472,40 @@ class Engine:
 
     def all_of(self, events: Iterable[simpy.Event]) -> simpy.Event:
         return self.env.all_of(list(events))
+
+    def transfer_time(
+        self,
+        src: str,
+        dst: str,
+        nbytes: float,
+        *,
+        pinned: bool = True,
+        label: str = "copy",
+        at: float | None = None,
+    ) -> float:
+        """``transfer`` booked without an event: the time its event would fire (``now + duration``,
+        rounded as SimPy rounds it), to be joined by ``until``. ``at``: the copy as it would be
+        issued at that (later) time, e.g. when a compute booked with ``compute_time`` ends."""
+        if at is None:
+            now = self.env._now
+            return now + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label) - now)
+        return at + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=at) - at)
+
+    def compute_time(
+        self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None, at: float | None = None
+    ) -> float:
+        """``compute`` booked without an event: the time its event would fire (as ``transfer_time``,
+        ``at`` included)."""
+        if at is None:
+            now = self.env._now
+            return now + (self.book_compute(device, ops, label=label) - now)
+        return at + (self.book_compute(device, ops, label=label, after=at) - at)
+
+    def until(self, times: Sequence[float]) -> simpy.Event:
+        """One event that fires when ``all_of`` over events firing at ``times`` would, for a schedule
+        that is the only process (with several, ``all_of`` resumes its waiter later among equal times).
+        """
+        return self.env.at(max(times, default=self.env.now))
 
     def token_done(self, count: int = 1) -> None:
         """A schedule calls this when ``count`` output tokens exist (one per sequence)."""

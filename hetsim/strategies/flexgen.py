@@ -108,6 +108,29 @@ class FlexGen(Strategy):
         return _Runner(plan, rig, model, workload).run
 
 
+class _Booked:
+    """The engine as ``block_released``'s copies see it: ``transfer`` books the copy and returns the
+    time its event would fire (``Engine.transfer_time``), for ``Engine.until`` to join."""
+
+    __slots__ = ("at", "e")
+
+    def __init__(self, e):
+        self.e = e
+        self.at: float | None = None  # issue the copies as at this later time (a compute's end)
+
+    def transfer(self, src: str, dst: str, nbytes: float, *, pinned: bool = True, label: str = "copy"):
+        return self.e.transfer_time(src, dst, nbytes, pinned=pinned, label=label, at=self.at)
+
+    def compute(self, device: str, ops, *, label: str | None = None):
+        return self.e.compute_time(device, ops, label=label, at=self.at)
+
+    def chain(self, steps) -> None:
+        """Run a generator of serial steps (``_gather``, ``compute``) as the issuing thread would:
+        each step issued at the time the one before it ends; ``at`` is then the chain's end."""
+        for done in steps:
+            self.at = done
+
+
 class _Runner:
     """The zig-zag block schedule of one plan; ``run`` is the SimPy process."""
 
@@ -156,15 +179,16 @@ class _Runner:
             ev.append(e.transfer(self.gpu, self.disk, nbytes * self.f.hd, label="store_hidden"))
         return ev
 
-    def load_cache(self, e, step: Step, j: int, gbs: int) -> tuple[list, object | None]:
-        """Events on copy streams, and (CPU attention) the blocking gather into the fp32 workspace."""
+    def load_cache(self, e, step: Step, j: int, gbs: int, sync=None) -> tuple[list, object | None]:
+        """Events on copy streams, and (CPU attention) the blocking gather into the fp32 workspace
+        (issued on ``sync``, the engine, when ``e`` books copies as times: see ``_Booked``)."""
         if self.kinds[j] != "attention" or step.phase == "prefill" or self.off_kv <= 0:
             return [], None
         tokens = step.kv_len - 1  # what is cached before this step
         nbytes = gbs * tokens * self.kv_tok
         ev = []
         if self.cpu_att:
-            return ev, self._gather(e, gbs, tokens, nbytes)
+            return ev, self._gather(sync or e, gbs, tokens, nbytes)
         if self.f.cc > 0:  # the KV cache on the CPU is never pinned
             ev.append(e.transfer(self.cpu, self.gpu, nbytes * self.f.cc, pinned=False, label="load_cache"))
         if self.f.cd > 0:
@@ -256,42 +280,52 @@ class _Runner:
             e.token_done(max(0, min(gbs, seqs - k * gbs)))
 
     def block_released(self, e, seqs: int):
+        """The released runtime's loop. Its copies are waited on only together, at the end of each
+        position, so they are booked without SimPy events (``_Booked``) and joined by one event at
+        the time the last would have fired: the same bookings and clock, far fewer events."""
         gbs = self.plan.gpu_batch_size
-        yield e.all_of(self.load_weight(e, 0))  # prologue
+        t = _Booked(e)
+        yield e.until(self.load_weight(t, 0))  # prologue
         pos = list(self._positions())
         # Loads for position 0 happen before the loop (the runtime's warm-up).
         first = pos[0]
-        ev0, g0 = self.load_cache(e, first[0], first[1], gbs)
-        ev0 += self.load_hidden(e, first[0], first[1], gbs)
+        ev0, g0 = self.load_cache(t, first[0], first[1], gbs, e)
+        ev0 += self.load_hidden(t, first[0], first[1], gbs)
         if g0 is not None:
             yield from g0
-        yield e.all_of(ev0)
+        yield e.until(ev0)
         last = len(pos) - 1
         for p, (step, j, k) in enumerate(pos):
             ev = []
             if k == 0 and p + self.plan.num_gpu_batches <= last:
-                ev += self.load_weight(e, j + 1)
+                ev += self.load_weight(t, j + 1)
             gather = None
             if p < last:
                 nstep, nj, _ = pos[p + 1]
-                cev, gather = self.load_cache(e, nstep, nj, gbs)
+                cev, gather = self.load_cache(t, nstep, nj, gbs)
                 ev += cev
             if p > 0:
                 pstep, pj, _ = pos[p - 1]
-                ev += self.store_hidden(e, pstep, pj, gbs)
+                ev += self.store_hidden(t, pstep, pj, gbs)
             if p < last:
-                ev += self.load_hidden(e, nstep, nj, gbs)
+                ev += self.load_hidden(t, nstep, nj, gbs)
+            # The issuing thread's serial work (the gather, the kernels and CPU attention) booked
+            # as a chain, each piece as issued when the one before it ends; the cache store as at
+            # the chain's end; one event joins it all (the loop would wait on each in turn).
+            t.at = None
             if gather is not None:
-                yield from gather  # a synchronous CPU copy in the issuing thread
-            yield from self.compute(e, step, j, gbs)
+                t.chain(gather)  # a synchronous CPU copy in the issuing thread
+            t.chain(self.compute(t, step, j, gbs))
+            ev.append(t.at)
             if p > 0:
-                ev += self.store_cache(e, pstep, pj, gbs)
+                ev += self.store_cache(t, pstep, pj, gbs)
+            t.at = None
             if ev:
-                yield e.all_of(ev)
+                yield e.until(ev)
             self._tokens(e, j, k, seqs)
         # Epilogue: the last batch's outputs.
         step, j, _ = pos[last]
-        yield e.all_of(self.store_cache(e, step, j, gbs) + self.store_hidden(e, step, j, gbs))
+        yield e.until(self.store_cache(t, step, j, gbs) + self.store_hidden(t, step, j, gbs))
 
     def block_ideal(self, e, seqs: int):
         gbs, nb = self.plan.gpu_batch_size, self.plan.num_gpu_batches

@@ -107,9 +107,29 @@ def module_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> dict[str, floa
     return {k: op.weight_bytes for k, op in module_ops(model, "decode", 1, 1, weight_dtype).items()}
 
 
-@lru_cache(maxsize=65536)
+# share() of the same op object and fraction, kept: a schedule splits one op object per layer
+# program at the same alpha in every layer, so the engine's cost look-up by identity then hits.
+_SHARES: dict[tuple[int, float], tuple[Op, Op]] = {}
+_SHARES_MAX = 4096
+
+
 def share(op: Op, fraction: float) -> Op:
     """The part of a linear op over ``fraction`` of its output columns (input read in full)."""
+    if not fraction > 0.0:  # 0.0 and -0.0 are one key but scale to different zeros
+        return _share(op, fraction)
+    key = (id(op), fraction)
+    hit = _SHARES.get(key)
+    if hit is not None and hit[0] is op:  # the entry holds the op, so its id is not reused
+        return hit[1]
+    part = _share(op, fraction)
+    if len(_SHARES) >= _SHARES_MAX:
+        _SHARES.clear()
+    _SHARES[key] = (op, part)
+    return part
+
+
+@lru_cache(maxsize=65536)
+def _share(op: Op, fraction: float) -> Op:
     return dataclasses.replace(
         op,
         flops=op.flops * fraction,
