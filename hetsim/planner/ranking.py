@@ -32,6 +32,9 @@ def estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload
     r = simulate(strategy, plan, rig, model, proxy)
     if not r.feasible:
         return r
+    short = _full_context_short(strategy, plan, rig, model, proxy, workload, r)
+    if short:
+        return Result.infeasible(strategy.name, short, r.plan)
     e2e = r.ttft_s + r.tpot_s * (workload.gen_len - 1)
     tokens = workload.batch * workload.gen_len
     return replace(
@@ -41,6 +44,29 @@ def estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload
         cost_usd_per_mtok=r.cost_usd_per_mtok * e2e / r.e2e_s,
         extras={**r.extras, "estimated_from_gen_len": float(PROXY_GEN_LEN)},
     )
+
+
+def _full_context_short(
+    strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, proxy: Workload, full: Workload, r: Result
+) -> str:
+    """Why the full generation would run out of memory where the proxy did not ("" = it fits).
+
+    The proxy reserves a KV cache for its shorter context; the full run's peak is the proxy's peak plus
+    the extra resident bytes of the longer context (on a device near its capacity, a pipeline's
+    activations then no longer fit)."""
+    grow = strategy.footprint(plan, rig, model, full)
+    have = strategy.footprint(plan, rig, model, proxy)
+    capacity = {d.name: d.mem_bytes for d in rig.devices.values()}
+    capacity.update({d.name: d.capacity_bytes for d in rig.disks.values()})
+    for device, tags in grow.items():
+        extra = sum(tags.values()) - sum(have.get(device, {}).values())
+        peak = r.peak_mem_bytes.get(device, 0.0) + extra
+        if extra > 0 and device in capacity and peak > capacity[device]:
+            return (
+                f"out of memory on {device}: the full {full.context_len}-token context needs "
+                f"{peak / 1e9:.1f} GB of {capacity[device] / 1e9:.1f} GB (estimated from a shorter run)"
+            )
+    return ""
 
 
 def evaluator(strategy: Runnable, rig: Rig, model: ModelSpec, workload: Workload) -> Evaluate:
