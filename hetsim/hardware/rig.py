@@ -56,6 +56,13 @@ class Rig:
     def disks_of(self, node: str) -> list[Disk]:
         return [self.disks[d] for d in self.nodes[node].disks]
 
+    def capacities(self) -> dict[str, float]:
+        """Bytes each memory holds, by name: every device's memory and every disk."""
+        return {
+            **{d.name: d.mem_bytes for d in self.devices.values()},
+            **{d.name: d.capacity_bytes for d in self.disks.values()},
+        }
+
     @property
     def price_per_hour(self) -> float:
         """Hourly price of the whole rig: node prices plus per-device prices."""

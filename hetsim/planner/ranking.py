@@ -56,8 +56,7 @@ def _full_context_short(
     activations then no longer fit)."""
     grow = strategy.footprint(plan, rig, model, full)
     have = strategy.footprint(plan, rig, model, proxy)
-    capacity = {d.name: d.mem_bytes for d in rig.devices.values()}
-    capacity.update({d.name: d.capacity_bytes for d in rig.disks.values()})
+    capacity = rig.capacities()
     for device, tags in grow.items():
         extra = sum(tags.values()) - sum(have.get(device, {}).values())
         peak = r.peak_mem_bytes.get(device, 0.0) + extra

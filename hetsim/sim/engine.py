@@ -147,9 +147,9 @@ class Engine:
                     self.host_memory[cpu] = self.host_memory[first]
                     if node.cpu_sharing == "core":
                         self.lanes[f"{cpu}:compute"] = self.lanes[f"{first}:compute"]
-        capacities = {d.name: d.mem_bytes for d in rig.devices.values()}
-        capacities.update({d.name: d.capacity_bytes for d in rig.disks.values()})
-        self.memory = MemoryLedger(capacities, clock=lambda: self.env.now, keep_timeline=memory_timeline)
+        self.memory = MemoryLedger(
+            rig.capacities(), clock=lambda: self.env.now, keep_timeline=memory_timeline
+        )
         self.tracer = TraceRecorder() if trace else None
         self.tasks = 0
         self.last_end = 0.0  # end time of the task booked last (to queue a follow-up with ``after``)

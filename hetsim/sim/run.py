@@ -52,9 +52,7 @@ FF_MIN_GEN_LEN = 4 * FF_SAMPLE
 def fits(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
     """Whether the plan's resident memory fits the rig (what ``simulate`` allocates first), without
     running it: the cheap test a free-batch search bisects on."""
-    capacities = {d.name: d.mem_bytes for d in rig.devices.values()}
-    capacities.update({d.name: d.capacity_bytes for d in rig.disks.values()})
-    ledger = MemoryLedger(capacities, clock=lambda: 0.0)
+    ledger = MemoryLedger(rig.capacities(), clock=lambda: 0.0)
     try:
         for device, tags in strategy.footprint(plan, rig, model, workload).items():
             for tag, nbytes in tags.items():
