@@ -143,13 +143,17 @@ def best_result(
     except NoRouteError as exc:  # a search that meets two unconnected devices: the rig is the reason
         return Result.infeasible(strategy.name, str(exc))
     if plan is None:
-        # Say why: the plan a user would write by hand, and where it breaks.
-        fallback = simulate(
-            strategy, fix(strategy.default_plan(p.rig, p.model, p.workload)), p.rig, p.model, p.workload
-        )
-        why = f": e.g. the default plan: {fallback.reason}" if not fallback.feasible else ""
-        return Result.infeasible(strategy.name, f"no feasible plan found by the search{why}", fallback.plan)
+        return _no_plan(strategy, p, fix, "no feasible plan found by the search", "the default plan")
     return simulate(strategy, plan, p.rig, p.model, p.workload, exact=exact)
+
+
+def _no_plan(strategy: Strategy, p: Problem, fix: Callable[[Any], Any], what: str, example: str) -> Result:
+    """An infeasible result that says why: the plan a user would write by hand, and where it breaks."""
+    fallback = simulate(
+        strategy, fix(strategy.default_plan(p.rig, p.model, p.workload)), p.rig, p.model, p.workload
+    )
+    why = f": e.g. {example}: {fallback.reason}" if not fallback.feasible else ""
+    return Result.infeasible(strategy.name, f"{what}{why}", fallback.plan)
 
 
 def _best_at_free_batch(
@@ -168,23 +172,9 @@ def _best_at_free_batch(
     except NoRouteError as exc:
         return Result.infeasible(strategy.name, str(exc))
     if found is None:
-        fallback = simulate(
-            strategy, fix(strategy.default_plan(p.rig, p.model, p.workload)), p.rig, p.model, p.workload
-        )
-        why = f": e.g. the default plan at batch 1: {fallback.reason}" if not fallback.feasible else ""
-        return Result.infeasible(strategy.name, f"no feasible plan at any batch{why}", fallback.plan)
+        return _no_plan(strategy, p, fix, "no feasible plan at any batch", "the default plan at batch 1")
     plan, batch = found
-    while True:
-        result = simulate(strategy, fix(plan), p.rig, p.model, replace(p.workload, batch=batch), exact=exact)
-        if result.feasible or batch == 1:
-            return result
-        # The searches rank on estimates, whose memory peak can miss the full run's (seen: a pipeline's
-        # activations at batch 1549 on hexgen-full-budget); never report infeasible where a smaller
-        # batch runs: halve it and search again.
-        batch //= 2
-        plan = planner.search(
-            strategy, p.rig, p.model, replace(p.workload, batch=batch), objective, allow_lossy=allow_lossy
-        ) or strategy.default_plan(p.rig, p.model, replace(p.workload, batch=batch))
+    return simulate(strategy, fix(plan), p.rig, p.model, replace(p.workload, batch=batch), exact=exact)
 
 
 def compare(

@@ -118,7 +118,7 @@ def test_a_free_batch_never_reports_infeasible_where_a_smaller_batch_runs():
     """The searches rank on a short proxy run, whose KV cache is for a shorter context: on
     hexgen-full-budget gpu-only's pipeline at batch 1549 the proxy fitted and the full run then ran out
     of activation memory. The estimate now adds the full context's extra resident bytes to the proxy's
-    peak, and ``best_result`` halves the batch if a final run is still out of memory."""
+    peak."""
     from dataclasses import replace
 
     from hetsim.planner.ranking import estimate

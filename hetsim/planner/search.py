@@ -28,6 +28,12 @@ SOLVER_SEARCHES = {
 }
 
 
+def _solver(target: str) -> Search:
+    """The search function a "module:function" names, its module imported now."""
+    module, function = target.split(":")
+    return getattr(import_module(module), function)
+
+
 def preload(names: list[str]) -> None:
     """Import the solver searches of these strategies now: a parent about to fork workers loads
     OR-Tools (and the pandas it imports, ~0.5 s of CPU) once for all of them instead of once each."""
@@ -54,9 +60,7 @@ def search(
     if target is None:
         plans = strategy.candidates(rig, model, workload)
         return best_plan((p for p in plans if allow_lossy or not strategy.lossy(p)), evaluate, objective)
-    module, function = target.split(":")
-    solver: Search = getattr(import_module(module), function)
-    return solver(rig, model, workload, objective, evaluate, allow_lossy=allow_lossy)
+    return _solver(target)(rig, model, workload, objective, evaluate, allow_lossy=allow_lossy)
 
 
 def largest_batch(strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload) -> int:
@@ -93,14 +97,12 @@ def search_free_batch(
     """The best plan and the batch it runs at when the user fixed no batch (throughput or cost).
 
     FlexGen searches its GPU batch size and number of GPU batches jointly with its placement (its
-    own policy search). Every other strategy gets the largest batch at which its plan fits, as the
-    FlexGen paper gave each baseline (a larger offline batch shares each weight read among more
-    sequences); when the searched plan does not fit there, the batch is halved until one does."""
+    own policy search). Every other strategy runs at ``best_batch`` (a larger offline batch shares each
+    weight read among more sequences, but not always to its profit); when the searched plan does not
+    fit there by its estimate, the batch is halved until one does."""
     target = FREE_BATCH_SEARCHES.get(strategy.name)
     if target is not None:
-        module, function = target.split(":")
-        solver: Search = getattr(import_module(module), function)
-        return solver(
+        return _solver(target)(
             rig, model, workload, objective,
             lambda w: evaluator(strategy, rig, model, w), allow_lossy=allow_lossy,
         )  # fmt: skip
@@ -108,9 +110,13 @@ def search_free_batch(
     while True:
         wl = replace(workload, batch=batch)
         plan = search(strategy, rig, model, wl, objective, allow_lossy=allow_lossy)
-        if plan is not None or batch == 1:
+        if batch == 1:
             return (plan, batch) if plan is not None else None
-        batch = max(1, batch // 2)
+        # a search returns its best candidate even when none fits (the run then says why): at a batch
+        # the user did not ask for, halve instead (the ladder sized the default plan, not this one)
+        if plan is not None and evaluator(strategy, rig, model, wl)(plan).feasible:
+            return plan, batch
+        batch //= 2
 
 
 def best_batch(
