@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from hetsim.hardware.types import log_interp
+from validate.calibrate import cpu_name
 
 GGML_TYPE_F32 = 0
 GGML_TYPE_Q4_K = 12
@@ -366,8 +367,8 @@ def main(argv: list[str] | None = None) -> None:
     doc = {
         "what": "ggml mul_mat, Q4_K / Q6_K weights x f32 activations (Q8_K inside), llama.cpp CPU backend",
         "library": "llama-cpp-python 0.3.36 (llama.cpp vendored), built with -march=native",
-        "cpu": platform.processor() or _model_name(),
-        "model_name": _model_name(),
+        "cpu": platform.processor() or cpu_name(),
+        "model_name": cpu_name(),
         "isa": sorted(f for f in flags.split() if f.startswith(("avx", "amx")) or f in ("fma", "f16c")),
         "clock_hz": {"before": clock_before, "after": clock_after, "used": clock},
         "calls": args.calls,
@@ -398,16 +399,6 @@ def _print_fit(f: dict) -> None:
         )
     e = f["held_out_q4_k_m_abs_error"]
     print(f"held-out q4_k_m |error|: median {100 * e['median']:.1f} %, max {100 * e['max']:.1f} %")
-
-
-def _model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":
