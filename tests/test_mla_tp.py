@@ -35,3 +35,23 @@ def test_mla_splits_by_head_and_keeps_the_latent_whole(model, phase, tp):
     assert ranked["attention"].kv_write_bytes == one["attention"].kv_write_bytes
     weights = sum(o.weight_bytes for o in ranked.values() if o.name in SPLIT)
     assert weights == pytest.approx(sum(o.weight_bytes for o in one.values() if o.name in SPLIT) / tp)
+
+
+@pytest.mark.parametrize("tp", [1, 2, 8])
+def test_rank_weight_bytes_hold_the_replicated_down_projections_in_full(tp):
+    # DeepSeek-V3's config.json (hidden 7168, 128 heads, q_lora_rank 1536, kv_lora_rank 512, rope 64,
+    # nope 128, v 128, 256 routed experts of 2048, one shared expert of 2048), counted by hand in bf16.
+    from hetsim.models.sharding import rank_layer_bytes
+    from hetsim.strategies.pipeline import Stage, stage_memory
+
+    m = get_model("deepseek-v3")
+    h, heads, experts, inter = 7168, 128, 256, 2048
+    whole = 1536 * h + 576 * h + experts * h  # q_a, kv_a (latent + rotary key), router
+    whole += 1536 + 512 + 2 * h  # q_a_norm, kv_a_norm, norm1, norm2
+    split = heads * 192 * 1536 + heads * 256 * 512 + h * heads * 128  # q_b, kv_b, out
+    split += (experts + 1) * 3 * h * inter  # routed experts and the shared expert
+    assert rank_layer_bytes(m, "bf16", tp) == 2 * (whole + split / tp)
+    # A pipeline stage of 4 layers on a TP group holds that per rank (before: layer bytes / tp).
+    stage = Stage(tuple(f"g{i}" for i in range(tp)), 4)
+    mem = stage_memory(m, stage, False, False, 1, 16, 1, "bf16")
+    assert mem["weights"] == 4 * 2 * (whole + split / tp)

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from hetsim.models.layer_ops import decoder_layer_ops, embedding_op, lm_head_ops
 from hetsim.models.spec import DTYPES, ModelSpec, Op, OpKind, Phase
+from hetsim.models.weights import layer_weight_tensors, tensor_bytes
 
 COLUMN_PARALLEL = frozenset(
     {
@@ -89,6 +90,18 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
             op, flops=op.flops / p, act_in_bytes=op.act_in_bytes / p, act_out_bytes=op.act_out_bytes / p
         )
     return op
+
+
+@lru_cache(maxsize=1024)
+def rank_layer_bytes(model: ModelSpec, weight_dtype: str = "fp16", tp: int = 1) -> float:
+    """Weight bytes of one typical decoder layer that one of ``tp`` ranks holds: the tensors of the
+    column- and row-parallel modules split as ``shard`` splits their ops, every other tensor (norms,
+    the router, MLA's q_a/kv_a down-projections) held in full on each rank."""
+    dtype = DTYPES[weight_dtype]
+    split = COLUMN_PARALLEL | ROW_PARALLEL
+    return sum(
+        tensor_bytes(t, dtype) / (tp if t.module in split else 1) for t in layer_weight_tensors(model)
+    )
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,8 @@ from hetsim.models.memory import (
     head_bytes,
     hidden_bytes,
     kv_cache_bytes,
-    layer_bytes,
 )
-from hetsim.models.sharding import TP_DEGREES, kv_share, tp_degrees
+from hetsim.models.sharding import TP_DEGREES, kv_share, rank_layer_bytes, tp_degrees
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import param_count
 from hetsim.planner.ranking import Evaluate, best_plan, evaluator
@@ -165,7 +164,7 @@ class CostTable:
         if key not in self._cap:
             m, d = self.model, self.demand
             mem = min(self.rig.devices[x].mem_bytes for x in self.group(c, tp))
-            per_layer = layer_bytes(m, d.weight_dtype) / tp
+            per_layer = rank_layer_bytes(m, d.weight_dtype, tp)
             kv_seqs = d.kv_sequences * in_flight
             per_layer += kv_cache_bytes(m, kv_seqs, d.context, 1, d.kv_dtype) * kv_share(tp, m.kv_groups)
             fixed = embed_bytes(m, d.weight_dtype) + head_bytes(m, d.weight_dtype) / tp

@@ -18,9 +18,8 @@ from hetsim.models.memory import (
     head_bytes,
     hidden_bytes,
     kv_cache_bytes,
-    layer_bytes,
 )
-from hetsim.models.sharding import embed_ops, head_ops, kv_share, layer_blocks
+from hetsim.models.sharding import embed_ops, head_ops, kv_share, layer_blocks, rank_layer_bytes
 from hetsim.models.spec import ModelSpec, Phase
 from hetsim.workload import Workload
 
@@ -63,7 +62,7 @@ def stage_memory(
     split on the last), its KV shard for ``kv_sequences`` x ``context`` tokens, and the activation
     workspace of ``act_tokens`` tokens in flight through a layer."""
     tp = len(stage.devices)
-    weights = stage.layers * layer_bytes(model, weight_dtype) / tp
+    weights = stage.layers * rank_layer_bytes(model, weight_dtype, tp)
     if first:
         weights += embed_bytes(model, weight_dtype)
     if last:
@@ -81,12 +80,12 @@ def balance_layers(
 ) -> tuple[int, ...] | None:
     """Layers per stage in proportion to each group's memory bandwidth (decode is bandwidth-bound),
     capped by what fits in its memory; None when the groups cannot hold the model."""
-    per_layer = layer_bytes(model, weight_dtype) + kv_cache_bytes(
-        model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16"
-    ) * kv_share(len(groups[0]), model.kv_groups)
+    kv = kv_cache_bytes(model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16")
+    kv *= kv_share(len(groups[0]), model.kv_groups)
     caps = []
     for i, g in enumerate(groups):
         tp = len(g)
+        per_layer = rank_layer_bytes(model, weight_dtype, tp) * tp + kv
         mem = min(rig.devices[d].mem_bytes for d in g) * tp
         fixed = (embed_bytes(model, weight_dtype) * tp if i == 0 else 0.0) + (
             head_bytes(model, weight_dtype) if i == len(groups) - 1 else 0.0
