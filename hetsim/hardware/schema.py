@@ -29,8 +29,7 @@ LinkKindName = Literal[
     "pcie", "nvlink", "upi", "ethernet", "infiniband", "rdma", "wan", "shm", "sata", "nvme"
 ]
 OpKind = Literal["matmul", "attention", "elementwise", "embedding"]
-# int8_vnni: int8 dot products on AVX-512 VNNI (llama.cpp quantised kernels), apart from AMX int8.
-Dtype = Literal["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int8_vnni", "int4"]
+Dtype = Literal["fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4"]
 
 GRADES = {g.name.lower(): g for g in Grade}
 
