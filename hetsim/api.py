@@ -32,7 +32,7 @@ from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, simulate
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.textfiles import read_text
-from hetsim.workload import MAX_WORK, Workload
+from hetsim.workload import MAX_WORK, Workload, read_routing_profile
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers need it
     import pandas as pd
@@ -67,6 +67,7 @@ def problem(
     gpu_mem_budget: float | None = None,
     weight_dtype: str | None = None,
     kv_dtype: str | None = None,
+    routing_profile: str | None = None,
 ) -> Problem:
     rig = load_rig(hw)
     if gpu_mem_budget is not None:
@@ -75,8 +76,16 @@ def problem(
         raise InputError(f"unknown dtype {weight_dtype!r}; known: {', '.join(DTYPES)}", field="--dtype")
     if kv_dtype is not None and kv_dtype not in DTYPES:
         raise InputError(f"unknown dtype {kv_dtype!r}; known: {', '.join(DTYPES)}", field="--kv-dtype")
-    workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype, kv_dtype)
-    return Problem(get_model(model), model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
+    spec = get_model(model)
+    routing = None
+    if routing_profile is not None:
+        routing = read_routing_profile(routing_profile)
+        if not spec.is_moe:
+            raise InputError(f"{model} routes to no experts", source=routing_profile)
+        experts, k, moe_layers = spec.num_experts, spec.experts_per_token, spec.layers - spec.dense_layers
+        routing.check(experts, k, moe_layers, model)
+    workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype, kv_dtype, routing)
+    return Problem(spec, model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
 
 
 def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
@@ -265,6 +274,7 @@ class _WorkloadDoc(BaseModel):
     gen_len: int
     weight_dtype: str | None = None
     kv_dtype: str | None = None
+    routing_profile: str | None = None
 
 
 class PlanDocument(BaseModel):
@@ -297,7 +307,7 @@ def plan_document(
         params=strategy.plan_to_dict(plan),
         lossy=strategy.lossy(plan, p.model),
     ).model_dump()
-    for key in ("weight_dtype", "kv_dtype"):  # only a --dtype / --kv-dtype the user asked for is written
+    for key in ("weight_dtype", "kv_dtype", "routing_profile"):  # only what the user asked for is written
         if doc["workload"][key] is None:
             del doc["workload"][key]
     return doc

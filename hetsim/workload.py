@@ -1,12 +1,16 @@
-"""What is asked of the model: an offline batch (prompt and generation lengths), step by step."""
+"""What is asked of the model: an offline batch (prompt and generation lengths), step by step, and
+how its tokens pick a mixture-of-experts model's experts (a routing profile)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from hetsim.errors import InputError
+from hetsim.textfiles import read_yaml_mapping
 
 # Bounds on the work one run may ask for. Past 2**16 sequences a batch gains nothing (every strategy
 # here is bandwidth-bound far below it, and the KV cache of 65536 sequences of even 64 tokens of a 7B
@@ -18,6 +22,81 @@ WHY_MAX = {
     "prompt_len": "a million tokens, past any catalogued model's context window",
     "gen_len": "a million tokens, past any catalogued model's context window",
 }
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: it keys per-layer caches
+class RoutingProfile:
+    """How often the router picks each routed expert, per expert layer (e.g. counted over a trace).
+
+    ``shares[j][e]``: the share of layer j's token-expert picks that go to expert e (a layer's shares
+    sum to 1); j counts the expert layers only (DeepSeek's dense first layers have none). One row
+    stands for every expert layer.
+    """
+
+    source: str
+    shares: tuple[tuple[float, ...], ...]
+
+    def pick_probs(self, moe_layer: int, top_k: int) -> tuple[float, ...]:
+        """Probability that one token picks each expert of expert layer ``moe_layer`` (they sum to k)."""
+        row = self.shares[moe_layer if len(self.shares) > 1 else 0]
+        return tuple(top_k * s for s in row)
+
+    def check(self, experts: int, top_k: int, moe_layers: int, model: str) -> None:
+        """The profile fits the model: one row per expert layer (or one row), one share per expert, no
+        expert picked by more than every token (share <= 1/k)."""
+        if len(self.shares) not in (1, moe_layers):
+            raise InputError(
+                f"has {len(self.shares)} rows; {model} has {moe_layers} expert layers (give one row each, "
+                "or one row for all)",
+                source=self.source,
+                field="layers",
+            )
+        for j, row in enumerate(self.shares):
+            if len(row) != experts:
+                raise InputError(
+                    f"has {len(row)} experts; {model} routes to {experts}",
+                    source=self.source,
+                    field=f"layers[{j}]",
+                )
+            top = max(range(experts), key=lambda e: row[e])
+            if top_k * row[top] > 1 + 1e-9:
+                raise InputError(
+                    f"expert {top} takes {row[top]:.3g} of the picks, more than every token can give it with "
+                    f"top-{top_k} routing (at most {1 / top_k:.3g})",
+                    source=self.source,
+                    field=f"layers[{j}]",
+                )
+
+
+def read_routing_profile(path: str | Path) -> RoutingProfile:
+    """A routing profile file: YAML (or JSON) with ``layers``, a list of rows, one per expert layer
+    (or one row for all), each row one non-negative count or frequency per routed expert; an optional
+    ``description``. Rows are normalised to shares."""
+    source = str(path)
+    doc = read_yaml_mapping(path)
+    unknown = sorted(set(doc) - {"layers", "description"})
+    if unknown:
+        raise InputError("unknown key (known: layers, description)", source=source, field=str(unknown[0]))
+    rows = doc.get("layers")
+    if not isinstance(rows, list) or not rows:
+        raise InputError(
+            "must be a non-empty list of rows, one per expert layer", source=source, field="layers"
+        )
+    shares = []
+    for j, row in enumerate(rows):
+        where = f"layers[{j}]"
+        if not isinstance(row, list) or not row:
+            raise InputError("must be a non-empty list of per-expert counts", source=source, field=where)
+        for e, v in enumerate(row):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise InputError(
+                    f"must be a non-negative number, got {v!r}", source=source, field=f"{where}[{e}]"
+                )
+        total = float(sum(row))
+        if total <= 0:
+            raise InputError("all counts are zero", source=source, field=where)
+        shares.append(tuple(v / total for v in row))
+    return RoutingProfile(source, tuple(shares))
 
 
 @dataclass(frozen=True)
@@ -38,6 +117,8 @@ class Workload:
     # The KV cache precision the user asks for (``--kv-dtype``); None = each strategy's own (16-bit, or
     # the checkpoint's fp32 where a strategy runs it so). Strategies that cannot run it are not applicable.
     kv_dtype: str | None = None
+    # How the tokens pick experts (``--routing-profile``); None = uniformly (every expert equally often).
+    routing: RoutingProfile | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "gen_len"):
@@ -66,6 +147,8 @@ class Workload:
             out["weight_dtype"] = self.weight_dtype
         if self.kv_dtype:
             out["kv_dtype"] = self.kv_dtype
+        if self.routing:
+            out["routing_profile"] = self.routing.source
         return out
 
 

@@ -92,6 +92,7 @@ def _problem(
     gpu_mem_budget: str | None = None,
     dtype: str | None = None,
     kv_dtype: str | None = None,
+    routing_profile: Path | None = None,
 ) -> api.Problem:
     from hetsim import api
     from hetsim.units import UnitError, parse_bytes
@@ -103,7 +104,8 @@ def _problem(
             budget = parse_bytes(gpu_mem_budget)
         except UnitError as exc:
             raise InputError(str(exc), field="--gpu-mem-budget") from None
-    return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype, kv_dtype)
+    routing = str(routing_profile) if routing_profile is not None else None
+    return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype, kv_dtype, routing)
 
 
 def _cores() -> int:
@@ -132,8 +134,8 @@ def _emit_results(
         _print_json(compare_document(model, hardware, workload, results, free_batch))
     elif fmt == "csv":
         sys.stdout.write(api.results_frame(results).to_csv(index=False))
-    elif getattr(workload, "weight_dtype", None) or getattr(workload, "kv_dtype", None):
-        asked = []
+    elif any(getattr(workload, key, None) for key in ("weight_dtype", "kv_dtype", "routing")):
+        asked = [f"routing profile {workload.routing.source}"] if workload.routing else []
         for dt, what, flag in (
             (workload.weight_dtype, "weights", "--dtype"),
             (workload.kv_dtype, "KV cache", "--kv-dtype"),
@@ -167,6 +169,12 @@ KvDtypeOpt = typer.Option(
     None,
     "--kv-dtype",
     help="KV cache precision to run (e.g. int8, lossy); strategies that cannot run it are not applicable.",
+)
+RoutingOpt = typer.Option(
+    None,
+    "--routing-profile",
+    help="YAML/JSON of how often each routed expert is picked, per expert layer (MoE models; default: "
+    "uniform). It sets the distinct experts a batch reads and which experts moe-offload keeps on the GPU.",
 )
 PromptOpt = typer.Option(512, "--prompt-len", help="Prompt tokens per sequence.")
 GenOpt = typer.Option(32, "--gen-len", help="Generated tokens per sequence.")
@@ -276,6 +284,7 @@ def compare(
     allow_compression: bool = LossyOpt,
     dtype: str | None = DtypeOpt,
     kv_dtype: str | None = KvDtypeOpt,
+    routing_profile: Path | None = RoutingOpt,
     exact: bool = typer.Option(
         False, "--exact", help="Simulate every decode step (long generations are fast-forwarded)."
     ),
@@ -286,7 +295,7 @@ def compare(
 
     _check_format(fmt)
     obj = api.check_objective(objective)
-    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype)
+    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
     names = _split_names(strategies)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
@@ -323,6 +332,7 @@ def plan(
     allow_compression: bool = LossyOpt,
     dtype: str | None = DtypeOpt,
     kv_dtype: str | None = KvDtypeOpt,
+    routing_profile: Path | None = RoutingOpt,
 ) -> None:
     """Search the best plan (of one strategy, or of all: the winner) and write it as JSON."""
     from hetsim import api
@@ -331,7 +341,7 @@ def plan(
 
     _check_format(fmt, ("table", "json"))
     obj = api.check_objective(objective)
-    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype)
+    p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
     names = _split_names(strategy)
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())

@@ -142,10 +142,18 @@ elementwise_op = _elementwise
 
 
 def expected_distinct_experts(num_experts: int, top_k: int, tokens: float) -> float:
-    """Expected number of distinct experts hit by ``tokens`` tokens routed top-k of E, uniformly."""
+    """Expected number of distinct experts hit by ``tokens`` tokens routed top-k of E, uniformly
+    (``distinct_experts`` with every pick probability k/E)."""
     if num_experts <= 1:
         return 1.0
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
+
+
+def distinct_experts(pick_probs: tuple[float, ...], tokens: float) -> float:
+    """Expected number of distinct experts hit by ``tokens`` tokens when one token picks expert e with
+    probability ``pick_probs[e]`` (they sum to k): sum over e of 1 - (1 - p_e)^tokens, tokens taken as
+    independent (a routing profile's per-expert frequencies; the uniform case above)."""
+    return sum(1.0 - (1.0 - min(1.0, p)) ** tokens for p in pick_probs)
 
 
 def _attention_op(
@@ -434,6 +442,7 @@ def total(ops: tuple[Op, ...] | list[Op], field: str = "flops") -> float:
 
 __all__ = [
     "decoder_layer_ops",
+    "distinct_experts",
     "embedding_op",
     "expected_distinct_experts",
     "layer_weight_tensors",

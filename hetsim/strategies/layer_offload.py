@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from hetsim.hardware.rig import Rig
-from hetsim.models.layer_ops import decoder_layer_ops
+from hetsim.models.layer_ops import decoder_layer_ops, relabel
 from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import layer_weight_bytes, lm_head_bytes
 from hetsim.strategies.base import Footprint, Strategy, register
-from hetsim.strategies.moe_offload import WEIGHT_DTYPES
+from hetsim.strategies.moe_offload import WEIGHT_DTYPES, with_routing
 from hetsim.workload import Workload, steps
 
 
@@ -114,6 +114,7 @@ class LayerOffload(Strategy):
     def schedule(self, plan: LayerOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload):
         b, wd, kvd = workload.batch, DTYPES[plan.weight_dtype], DTYPES[plan.kv_dtype]
         split = model.layers - plan.gpu_layers
+        routing = workload.routing if model.is_moe else None
 
         def run(engine):
             for step in steps(workload):
@@ -121,11 +122,17 @@ class LayerOffload(Strategy):
                 for dev, first, last in ((plan.cpu, 0, split), (plan.gpu, split, model.layers)):
                     if dev == plan.gpu and first < last:
                         yield engine.transfer(plan.cpu, plan.gpu, hidden_bytes(model, b, step.seq_len))
-                    for _kind, start, count in _runs(model, first, last):
+                    for moe, start, count in _runs(model, first, last):
                         ops = decoder_layer_ops(
                             model, step.phase, b, step.seq_len, step.kv_len, wd, kvd, layer=start
                         )
-                        yield engine.lockstep([dev], [ops], repeat=count, label=f"layers {start}+{count}")
+                        if not (moe and routing):
+                            yield engine.lockstep([dev], [ops], repeat=count, label=f"layers {start}+{count}")
+                            continue
+                        for i in range(start, start + count):  # each layer reads its own distinct experts
+                            probs = routing.pick_probs(i - model.dense_layers, model.experts_per_token)
+                            layer_ops = relabel(with_routing(ops, model, probs, b * step.seq_len), i)
+                            yield engine.lockstep([dev], [layer_ops], label=f"layer {i}")
                 head_dev = plan.gpu if plan.gpu_layers else plan.cpu
                 yield engine.compute(
                     head_dev, head_ops(model, step.phase, b, step.seq_len, 1, plan.weight_dtype)

@@ -18,9 +18,10 @@ the weights live is the plan's ``numa``, and the planner chooses among:
   over the NUMA nodes): a socket reads (S-1)/S of its weights from the other sockets, over the UPI links
   (the rig's datasheet bandwidth) and out of the other sockets' DRAM, while it computes.
 
-``gpu_experts`` of each layer's experts may stay on the GPU
-(when VRAM allows); under uniform routing they take that share of the token-expert pairs. Which
-experts are hot in practice (a skewed routing profile) is not modelled.
+``gpu_experts`` of each layer's experts may stay on the GPU (when VRAM allows). Under uniform routing
+they take that share of the token-expert pairs; with a routing profile (``--routing-profile``) they are
+the layer's most often picked experts and take their share of the picks, and the experts a step reads
+on either side are the expected distinct experts its tokens hit there (``models.layer_ops``).
 
 Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise). Expert matmuls in
 bf16/int8 cost the CPU's catalogue peak (AMX) at the CPU efficiency class; in llama.cpp's Q4_K_M they
@@ -37,7 +38,7 @@ from functools import lru_cache
 from typing import Literal
 
 from hetsim.hardware.rig import Rig
-from hetsim.models.layer_ops import decoder_layer_ops
+from hetsim.models.layer_ops import decoder_layer_ops, distinct_experts, expected_distinct_experts
 from hetsim.models.memory import activation_workspace, hidden_bytes, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops, shard
 from hetsim.models.spec import DTYPES, ModelSpec, Op, Phase
@@ -73,15 +74,27 @@ def routed_expert_bytes(model: ModelSpec, dtype: str) -> float:
     return per_layer * (model.layers - model.dense_layers)
 
 
-def _scaled(op: Op, share: float) -> Op:
-    """``share`` of a routed-expert op: its share of experts, token-expert pairs and their bytes."""
+def _scaled(op: Op, share: float, weight_share: float | None = None) -> Op:
+    """``share`` of a routed-expert op's token-expert pairs (FLOPs, activations) and ``weight_share``
+    (default: the same) of the expert weights it reads."""
     return dataclasses.replace(
         op,
         flops=op.flops * share,
-        weight_bytes=op.weight_bytes * share,
+        weight_bytes=op.weight_bytes * (share if weight_share is None else weight_share),
         act_in_bytes=op.act_in_bytes * share,
         act_out_bytes=op.act_out_bytes * share,
     )
+
+
+def with_routing(
+    ops: tuple[Op, ...], model: ModelSpec, probs: tuple[float, ...], tokens: int
+) -> tuple[Op, ...]:
+    """A layer's ops reading the distinct experts ``tokens`` tokens hit under a routing profile's pick
+    probabilities ``probs``, instead of the uniform count the ops were built with."""
+    share = distinct_experts(probs, tokens) / expected_distinct_experts(
+        model.num_experts, model.experts_per_token, tokens
+    )
+    return tuple(_scaled(o, 1.0, share) if o.name in ROUTED_OPS else o for o in ops)
 
 
 @dataclass(frozen=True)
@@ -104,18 +117,32 @@ def _layer_work(
     sockets: int,
     moe: bool,
     gpu_experts: int = 0,
+    probs: tuple[float, ...] | None = None,
 ) -> _LayerWork:
+    """One layer's work; ``probs``: a routing profile's pick probability of each expert (None: uniform)."""
     layer = model.dense_layers if moe else 0
     ops = decoder_layer_ops(model, phase, batch, seq, kv, DTYPES[wd], DTYPES[kvd], layer=layer)
     if not moe:
         return _LayerWork(ops, (), (), ())
     cut = next(i for i, o in enumerate(ops) if o.name == "router") + 1
-    on_gpu = gpu_experts / model.num_experts  # uniform routing: that share of the pairs and experts
+    e, k = model.num_experts, model.experts_per_token
+    if probs is None:  # uniform: the GPU's experts take that share of the pairs and of the experts read
+        pairs_gpu = weights_gpu = gpu_experts / e
+        weights_cpu = 1.0 - weights_gpu
+    else:  # the GPU holds the most often picked experts; each side reads the distinct experts hit there
+        order = sorted(range(e), key=lambda x: (-probs[x], x))
+        hot_p, cold_p = [probs[x] for x in order[:gpu_experts]], [probs[x] for x in order[gpu_experts:]]
+        uniform = expected_distinct_experts(e, k, batch * seq)  # what the ops' weight bytes count
+        pairs_gpu = sum(hot_p) / k
+        weights_gpu = distinct_experts(tuple(hot_p), batch * seq) / uniform
+        weights_cpu = distinct_experts(tuple(cold_p), batch * seq) / uniform
     routed_all = [o for o in ops if o.name in ROUTED_OPS]
     routed = ()
-    if on_gpu < 1.0:
-        routed = tuple(shard(_scaled(o, 1.0 - on_gpu), sockets, model.kv_groups) for o in routed_all)
-    hot = tuple(_scaled(o, on_gpu) for o in routed_all) if on_gpu > 0 else ()
+    if gpu_experts < e:
+        routed = tuple(
+            shard(_scaled(o, 1.0 - pairs_gpu, weights_cpu), sockets, model.kv_groups) for o in routed_all
+        )
+    hot = tuple(_scaled(o, pairs_gpu, weights_gpu) for o in routed_all) if gpu_experts > 0 else ()
     shared = hot + tuple(o for o in ops[cut:] if o.name.startswith("shared_"))
     after = tuple(o for o in ops[cut:] if o.name == "residual2")
     return _LayerWork(ops[:cut], shared, routed, after)
@@ -224,6 +251,14 @@ class MoEOffload(Strategy):
             yield engine.all_of(pending)
             yield engine.compute(gpu, work.after, label=f"{label} combine")
 
+        routing = workload.routing
+        probs = [
+            routing.pick_probs(i - model.dense_layers, model.experts_per_token)
+            if routing and model.layer_is_moe(i)
+            else None
+            for i in range(model.layers)
+        ]
+
         def run(engine):
             for step in steps(workload):
                 tokens = b * step.seq_len
@@ -231,7 +266,7 @@ class MoEOffload(Strategy):
                 for i in range(model.layers):
                     moe = model.layer_is_moe(i)
                     work = _layer_work(
-                        model, step.phase, b, step.seq_len, step.kv_len, wd, kvd, len(sockets), moe, hot
+                        model, step.phase, b, step.seq_len, step.kv_len, wd, kvd, n_s, moe, hot, probs[i]
                     )
                     yield from layer(engine, work, tokens, f"layer{i}")
                 yield engine.compute(gpu, head_ops(model, step.phase, b, step.seq_len, 1, wd))
