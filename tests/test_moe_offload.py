@@ -17,7 +17,7 @@ from hetsim.models import get_model, weight_bytes
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.moe_offload import NUMA_MODES, routed_expert_bytes
+from hetsim.strategies.moe_offload import NUMA_MODES, _layer_work, routed_expert_bytes
 
 V3_KT = dict(batch=1, prompt_len=500, gen_len=32, weight_dtype="q4_k_m")
 
@@ -172,8 +172,11 @@ def test_footprint_conserves_weights_and_slices_experts(layers, dense, experts, 
         copies = len(plan.sockets) if plan.numa == "replicate" else 1
         routed_cpu = routed_expert_bytes(model, dtype) * (1 - plan.gpu_experts / experts)
         held = fp[plan.gpu]["weights"] + sum(fp[s]["experts"] for s in plan.sockets)
+        # MLA's kv_b_proj is held in bf16 on the GPU whatever the dtype (KTransformers' rules).
+        kv_b = layers * model.heads * (96 - 32 + 64) * 64 if mla else 0  # heads x (nope + v) x latent
+        kv_b *= 2 - DTYPES[dtype].bytes_per_element
         assert held == pytest.approx(
-            weight_bytes(model, DTYPES[dtype]) + (copies - 1) * routed_cpu, rel=1e-12
+            weight_bytes(model, DTYPES[dtype]) + (copies - 1) * routed_cpu + kv_b, rel=1e-12
         )
         slice_ = routed_cpu * copies / len(plan.sockets)
         assert [fp[s]["experts"] for s in plan.sockets] == pytest.approx([slice_] * len(plan.sockets))
@@ -236,3 +239,17 @@ def test_layer_offload_holds_every_weight_once_and_a_gpu_copy_of_a_tied_head(mod
     # llama.cpp keeps the token table on the CPU; a tied output layer needs its own copy on the GPU.
     assert fp[plan.gpu]["weights"] + fp[plan.cpu]["weights"] == pytest.approx(weight_bytes(spec, q4) + copy)
     assert sum(fp[plan.gpu].values()) <= p.rig.devices[plan.gpu].mem_bytes
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_kv_b_stays_16_bit_on_the_gpu(phase):
+    # KTransformers' DeepSeek rules quantise every linear but self_attn.kv_b_proj: 128 heads x (128 + 128)
+    # x 512 weights read in bf16 however the rest is stored.
+    v3 = get_model("deepseek-v3")
+    seq = 500 if phase == "prefill" else 1
+    work = _layer_work(v3, phase, 1, seq, 532, "q4_k_m", "fp16", 1, True)
+    kv_b = [o for o in work.before if o.module == "kv_b_proj"]
+    assert kv_b and all(o.compute_dtype == "bf16" for o in kv_b)
+    assert sum(o.weight_bytes for o in kv_b) == pytest.approx(128 * 256 * 512 * 2)
+    others = [o for o in work.before if o.name in ("q_b_proj", "out_proj")]
+    assert all(o.compute_dtype == "q4_k_m" for o in others)

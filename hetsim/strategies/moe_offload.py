@@ -23,7 +23,11 @@ they take that share of the token-expert pairs; with a routing profile (``--rout
 the layer's most often picked experts and take their share of the picks, and the experts a step reads
 on either side are the expected distinct experts its tokens hit there (``models.layer_ops``).
 
-Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise). Expert matmuls in
+Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise), but for MLA's
+``kv_b_proj``: KTransformers' DeepSeek rules (``optimize/optimize_rules/DeepSeek-V3-Chat.yaml``) replace
+every linear of a layer with its quantised GPU kernel *except* ``self_attn.kv_b_proj``, which stays a
+16-bit torch Linear that the absorbed attention splits into ``q_absorb``/``out_absorb``; the GPU holds
+and reads it in bf16 (more precise than asked, not less). Expert matmuls in
 bf16/int8 cost the CPU's catalogue peak (AMX) at the CPU efficiency class; in llama.cpp's Q4_K_M they
 cost its measured k-quant kernels (``efficiency.yaml`` ``cpu.kernel_cycles``, ``hetsim.costs.op_cost``).
 """
@@ -48,6 +52,7 @@ from hetsim.workload import Workload, steps
 
 # The routed experts' ops (models.layer_ops names); everything else of an expert layer runs on the GPU.
 ROUTED_OPS = frozenset({"gate_proj", "up_proj", "act", "down_proj", "expert_combine"})
+KV_B_DTYPE = "bf16"  # MLA's kv_b_proj on the GPU: KTransformers leaves it out of its quantised kernels
 ROUTING_BYTES_PER_CHOICE = 8.0  # an int32 expert id and an fp32 weight per token and chosen expert
 WEIGHT_DTYPES = ("bf16", "fp16", "int8", "int4", "q4_k_m")
 Numa = Literal["slice", "replicate", "interleave"]
@@ -97,6 +102,28 @@ def with_routing(
     return tuple(_scaled(o, 1.0, share) if o.name in ROUTED_OPS else o for o in ops)
 
 
+def _kv_b_16bit(op: Op, wd: str) -> Op:
+    """MLA's kv_b_proj (and the absorbed products that read it) in ``KV_B_DTYPE`` when ``wd`` is narrower."""
+    ratio = DTYPES[KV_B_DTYPE].bytes_per_element / DTYPES[wd].bytes_per_element
+    if op.module != "kv_b_proj" or ratio <= 1.0:
+        return op
+    return dataclasses.replace(
+        op,
+        weight_bytes=op.weight_bytes * ratio,
+        weight_row_bytes=op.weight_row_bytes * ratio,
+        compute_dtype=KV_B_DTYPE,
+    )
+
+
+def kv_b_extra_bytes(model: ModelSpec, wd: str) -> float:
+    """What holding every layer's kv_b_proj in ``KV_B_DTYPE`` adds to the GPU's weights in ``wd``."""
+    if not model.is_mla:
+        return 0.0
+    extra = DTYPES[KV_B_DTYPE].bytes_per_element - DTYPES[wd].bytes_per_element
+    per_layer = sum(t.numel for t in layer_weight_tensors(model) if t.module == "kv_b_proj" and t.is_matrix)
+    return max(0.0, extra) * per_layer * model.layers
+
+
 @dataclass(frozen=True)
 class _LayerWork:
     before: tuple[Op, ...]  # GPU: attention .. router
@@ -122,6 +149,8 @@ def _layer_work(
     """One layer's work; ``probs``: a routing profile's pick probability of each expert (None: uniform)."""
     layer = model.dense_layers if moe else 0
     ops = decoder_layer_ops(model, phase, batch, seq, kv, DTYPES[wd], DTYPES[kvd], layer=layer)
+    if model.is_mla:
+        ops = tuple(_kv_b_16bit(o, wd) for o in ops)
     if not moe:
         return _LayerWork(ops, (), (), ())
     cut = next(i for i, o in enumerate(ops) if o.name == "router") + 1
@@ -204,7 +233,10 @@ class MoEOffload(Strategy):
         hot = routed * plan.gpu_experts / model.num_experts
         out: dict[str, dict[str, float]] = {
             plan.gpu: {
-                "weights": weight_bytes(model, DTYPES[plan.weight_dtype]) - routed + hot,
+                "weights": weight_bytes(model, DTYPES[plan.weight_dtype])
+                - routed
+                + hot
+                + kv_b_extra_bytes(model, plan.weight_dtype),
                 "kv_cache": kv_cache_bytes(
                     model, workload.batch, workload.context_len, model.layers, plan.kv_dtype
                 ),
