@@ -52,12 +52,13 @@ def test_routed_experts_live_in_dram(v3_1s):
 
 GAP = (
     "KTransformers V0.2 (doc/en/DeepseekR1_V3_tutorial.md), DeepSeek-V3 Q4_K_M, 4090D + 1 x Xeon Gold "
-    "6454S, prompt 500, batch 1: prefill 54.21 tok/s, decode 8.73 tok/s; hetsim gives prefill 65.9 tok/s "
-    "(+22 %, within 25 %) and decode 13.9 tok/s (+60 %). The CPU experts cost llama.cpp's measured Q4_K/Q6_K "
-    "kernels (validate/kquant.py: ~0.105 cycles per MAC at one token, ~0.05 at a prefill's ~16 tokens "
-    "per expert) carried over by 32 cores x 2.2 GHz; at one token that is 667 G MAC/s, more than the "
-    "socket's DRAM feeds, so decode stays bound by reading 12.3 GB of experts at 0.8 x 307 GB/s. The "
-    "published decode implies ~120 GB/s: what the 32-core GEMV reaches from DRAM is not measured here "
+    "6454S, prompt 500, batch 1: prefill 54.21 tok/s, decode 8.73 tok/s (114.5 ms); hetsim gives prefill "
+    "65.9 tok/s (+22 %, within 25 %) and decode 13.6 tok/s (+56 %, 73.5 ms). Decode is bound by reading "
+    "12.3 GB of routed experts per token from the socket's DRAM: 51.5 ms at 0.8 x 307 GB/s (the measured "
+    "Q4_K kernels carried to 32 cores x 2.2 GHz compute faster than that), plus 22 ms of GPU and PCIe. "
+    "The published point leaves ~92 ms for the experts, i.e. ~130 GB/s; the part-level effects examined "
+    "(docs/ktransformers.md: thread-pool jobs, task imbalance, serial quantisation, clocks, per-core "
+    "bandwidth) add 1-3 ms. What a 32-thread Q4_K GEMV reaches from DRAM on that socket is not measured "
     "(a 2-core VM); nothing tuned"
 )
 
@@ -73,7 +74,7 @@ def test_golden_ktransformers_deepseek_v3_one_socket(v3_1s):
 def test_gap_is_what_the_xfail_reason_says(v3_1s):
     # Keeps the golden test's stated gap honest: it must be updated when the model moves.
     assert 500 / v3_1s.ttft_s == pytest.approx(65.9, rel=0.05)
-    assert 1 / v3_1s.tpot_s == pytest.approx(13.9, rel=0.05)
+    assert 1 / v3_1s.tpot_s == pytest.approx(13.6, rel=0.05)
 
 
 def test_bf16_experts_do_not_fit_one_socket():
