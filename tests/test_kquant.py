@@ -97,3 +97,31 @@ def test_bad_kernel_curve_is_one_line_naming_the_field(tmp_path):
     with pytest.raises(InputError) as info:
         load_rig(rig, profiles=root)
     assert "tokens must increase" in info.value.line() and "kernel_cycles" in info.value.line()
+
+
+def test_q8_k_quantisation_is_the_committed_measurement():
+    doc = json.loads((MEASURED.parent / "q8k-quantize-epyc-zen4-2core.json").read_text())
+    rows = {r["elements"]: r["cycles_per_element"] for r in doc["rows"]}
+    # DeepSeek-V3 quantises 7168 (the hidden state) and 8 x 2048 (the experts' intermediates) per token.
+    weighted = (7168 * rows[7168] + 16384 * rows[16384]) / (7168 + 16384)
+    cpu = load_rig("ktransformers-1s").devices["n0.cpu0"]
+    assert cpu.efficiency.quantize_cycles["q8_k"] == pytest.approx(weighted, abs=0.005)
+    assert cpu.provenance["efficiency.quantize_cycles.q8_k"].grade == Grade.MEASURED
+    repeat = json.loads((MEASURED.parent / "q8k-quantize-epyc-zen4-2core-run2.json").read_text())
+    for a, b in zip(doc["rows"], repeat["rows"], strict=True):
+        assert b["cycles_per_element"] == pytest.approx(a["cycles_per_element"], rel=0.01)
+
+
+def test_bad_quantize_cycles_one_line(tmp_path):
+    import shutil
+
+    root = tmp_path / "profiles"
+    shutil.copytree(profiles_dir(), root)
+    eff = root / "efficiency.yaml"
+    eff.write_text(eff.read_text().replace("value: 3.66", "value: -1"))
+    rig = tmp_path / "r.yaml"
+    memory = "{value: 64 GB, source: t, grade: assumed}"
+    rig.write_text(f"name: r\nnodes:\n  - cpus: [xeon-gold-6454s]\n    host_memory: {memory}\n")
+    with pytest.raises(InputError) as info:
+        load_rig(rig, profiles=root)
+    assert "quantize_cycles" in info.value.line() and "\n" not in info.value.line()

@@ -230,6 +230,9 @@ class _Builder:
         cycles = {**base.kernel_cycles, **(override.kernel_cycles if override else {})}
         for k, kc in cycles.items():
             prov[f"efficiency.kernel_cycles.{k}"] = Provenance(kc.source, kc.grade_enum)
+        quantize = {**base.quantize_cycles, **(override.quantize_cycles if override else {})}
+        for k, qc in quantize.items():
+            prov[f"efficiency.quantize_cycles.{k}"] = Provenance(qc.source, qc.grade_enum)
         curves = {**base.matmul_by_dtype, **(override.matmul_by_dtype if override else {})}
         overheads = {**base.overhead_by_dtype, **(override.overhead_by_dtype if override else {})}
         for dt, q in overheads.items():
@@ -247,6 +250,7 @@ class _Builder:
             kernel_cycles={
                 k: tuple(zip(kc.tokens, kc.cycles_per_mac, strict=True)) for k, kc in cycles.items()
             },
+            quantize_cycles={k: qc.value for k, qc in quantize.items()},
             matmul_by_dtype={
                 dt: MatmulCurve(c.compute.si, c.half_rows.si, c.memory.si, c.stream_half_row.si)
                 for dt, c in curves.items()

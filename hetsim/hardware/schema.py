@@ -231,6 +231,25 @@ class KernelCycles(_Strict):
     @property
     def grade_enum(self) -> Grade:
         return GRADES[self.grade]
+class ElementCycles(_Strict):
+    """A measured single-thread CPU kernel: core cycles per element (see
+    hetsim.hardware.types.Efficiency.quantize_cycles)."""
+
+    value: float
+    source: str = Field(min_length=1)
+    grade: GradeName
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ElementCycles:
+        if not math.isfinite(self.value) or not 1e-3 <= self.value <= 1e4:
+            raise ValueError("value must be in [1e-3, 1e4] cycles per element (physical bounds)")
+        return self
+
+    @property
+    def grade_enum(self) -> Grade:
+        return GRADES[self.grade]
+
+
 class MatmulCurveSpec(_Strict):
     """One compute dtype's matmul curve (see hetsim.hardware.types.MatmulCurve)."""
 
@@ -255,6 +274,7 @@ class EfficiencySpec(_Strict):
     kernels: Literal["separate", "fused"] | None = None
     memory_by_kind: dict[OpKind, Ratio] = Field(default_factory=dict)  # streaming, where not ``memory``
     kernel_cycles: dict[str, KernelCycles] = Field(default_factory=dict)  # compute dtype -> measured kernel
+    quantize_cycles: dict[str, ElementCycles] = Field(default_factory=dict)  # activation type -> measured
     matmul_by_dtype: dict[Dtype, MatmulCurveSpec] = Field(default_factory=dict)  # measured per dtype
     overhead_by_dtype: dict[Dtype, Time] = Field(default_factory=dict)  # measured per compute dtype
 

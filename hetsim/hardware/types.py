@@ -95,6 +95,10 @@ class Efficiency:
     # the cycles are achieved ones, measured (validate/kquant.py) and transferred by cores x clock.
     kernel_cycles: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
+    # Measured single-thread quantisation of fp32 activations to a k-quant dot-product type (llama.cpp's
+    # Q8_K): activation type -> core cycles per element (validate/q8k_quantize.py), carried by clock.
+    quantize_cycles: Mapping[str, float] = field(default_factory=dict)
+
     def cycles_per_mac(self, dtype: str, tokens: float) -> float:
         """Cycles per MAC of the measured kernel for ``dtype`` at ``tokens`` per weight row; 0 = none."""
         points = self.kernel_cycles.get(dtype)

@@ -249,6 +249,18 @@ class Engine:
         """Run work of a known cost on ``device``; CPU work also draws on the socket's DRAM."""
         return self.env.timeout(self._book_cost(device, cost, label, args or {}, after) - self.env.now)
 
+    def book_execute(
+        self,
+        device: str,
+        cost: OpCost,
+        *,
+        label: str = "compute",
+        args: dict | None = None,
+        after: float = 0.0,
+    ) -> float:
+        """``execute`` without an event to wait on (see ``book_compute``): returns when the work ends."""
+        return self._book_cost(device, cost, label, args or {}, after)
+
     def _book_cost(self, device: str, cost: OpCost, label: str, args: dict, after: float) -> float:
         lane = self.lanes[f"{device}:compute"]
         start = max(self.env.now, lane.free_at, after)

@@ -52,6 +52,12 @@ from hetsim.workload import Workload, steps
 
 # The routed experts' ops (models.layer_ops names); everything else of an expert layer runs on the GPU.
 ROUTED_OPS = frozenset({"gate_proj", "up_proj", "act", "down_proj", "expert_combine"})
+# KTransformers V0.2's CPU MoE (ktransformers_ext/operators/llamafile/moe.cpp): below GROUP_MIN_LEN tokens a
+# layer runs token by token (MOE::forward_one), quantising each token's hidden state and its experts'
+# intermediates to the kernels' activation type on one thread (its 64-row task stride is not a multiple
+# of Q8_K's 256-element block); from GROUP_MIN_LEN tokens on (forward_many) that runs inside its jobs.
+GROUP_MIN_LEN = 10
+ACTIVATION_TYPE = {"q4_k_m": "q8_k"}  # k-quant weights multiply Q8_K activations
 KV_B_DTYPE = "bf16"  # MLA's kv_b_proj on the GPU: KTransformers leaves it out of its quantised kernels
 ROUTING_BYTES_PER_CHOICE = 8.0  # an int32 expert id and an fp32 weight per token and chosen expert
 WEIGHT_DTYPES = ("bf16", "fp16", "int8", "int4", "q4_k_m")
@@ -130,6 +136,7 @@ class _LayerWork:
     shared: tuple[Op, ...]  # GPU, while the sockets run the experts: shared experts
     routed: tuple[Op, ...]  # one socket's slice of the routed experts
     after: tuple[Op, ...]  # GPU: the residual add
+    serial_elements: float = 0.0  # activations each socket quantises on one thread (GROUP_MIN_LEN)
 
 
 @lru_cache(maxsize=1024)
@@ -174,7 +181,10 @@ def _layer_work(
     hot = tuple(_scaled(o, pairs_gpu, weights_gpu) for o in routed_all) if gpu_experts > 0 else ()
     shared = hot + tuple(o for o in ops[cut:] if o.name.startswith("shared_"))
     after = tuple(o for o in ops[cut:] if o.name == "residual2")
-    return _LayerWork(ops[:cut], shared, routed, after)
+    serial = 0.0
+    if routed and wd in ACTIVATION_TYPE and batch * seq < GROUP_MIN_LEN:
+        serial = batch * seq * (model.hidden + k * (1.0 - pairs_gpu) * model.intermediate / sockets)
+    return _LayerWork(ops[:cut], shared, routed, after, serial)
 
 
 def node_sockets(rig: Rig, gpu: str) -> tuple[str, ...]:
@@ -277,7 +287,14 @@ class MoEOffload(Strategy):
                                 other, s, wb, label=f"{label} remote experts", after=arrived
                             )
                             ready = max(ready, remote_end)
-                done = max(engine.book_compute(s, ops, label=f"{label} experts", after=arrived), ready)
+                cost = engine.cost_of(s, ops)
+                cycles = rig.devices[s].efficiency.quantize_cycles.get(ACTIVATION_TYPE.get(wd, ""), 0.0)
+                if work.serial_elements and cycles and rig.devices[s].clock_hz:
+                    t = work.serial_elements * cycles / rig.devices[s].clock_hz  # one thread, the others wait
+                    cost = dataclasses.replace(cost, time_s=cost.time_s + t, overhead_s=cost.overhead_s + t)
+                args = {"layer": ops[0].layer, "ops": len(ops)}
+                end = engine.book_execute(s, cost, label=f"{label} experts", args=args, after=arrived)
+                done = max(end, ready)
                 back = engine.transfer(s, gpu, hidden_bytes(model, 1, tokens), label="back", after=done)
                 pending.append(back)
             yield engine.all_of(pending)
