@@ -148,3 +148,14 @@ def test_missing_profile_one_line(tmp_path, capsys):
     assert main(["compare", "--model", QWEN, "--hw", "ktransformers-1s", "--routing-profile", path]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and path in err and "no such file" in err
+
+
+def test_skewed_profile_speeds_up_both_strategies_at_batch_b(tmp_path):
+    # Half the picks on 16 experts: a decode batch of 16 reads fewer distinct experts on the CPU.
+    path = _write(tmp_path, {"layers": [[1.0] * 16 + [16 / 112] * 112]})
+    for strategy in ("moe-offload", "layer-offload"):
+        tpot = []
+        for routing in (None, path):
+            p = api.problem(QWEN, "ktransformers-1s", 16, 32, 3, None, "q4_k_m", routing_profile=routing)
+            tpot.append(api.best_result(get_strategy(strategy), p, "latency", search=False).tpot_s)
+        assert tpot[1] < tpot[0], strategy
