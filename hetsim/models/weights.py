@@ -232,6 +232,13 @@ def module_weight_bytes(spec: ModelSpec, dtype: DType, moe: bool | None = None) 
     return out
 
 
+def kv_element_bytes(kv_dtype: DType) -> float:
+    """Bytes of one cached K or V element: the dtype's width. An int8 KV cache keeps one scale per
+    tensor or per head (TensorRT-LLM's and LMDeploy's int8 KV cache), not per group of weights, so the
+    weight formats' group overhead does not apply; its few bytes are left out."""
+    return kv_dtype.bits / 8.0
+
+
 def kv_bytes_per_token_layer(spec: ModelSpec, kv_dtype: DType) -> float:
     """K and V of one token in one layer: 2·kv_heads·head_dim·bytes (GQA-aware).
 
@@ -239,8 +246,8 @@ def kv_bytes_per_token_layer(spec: ModelSpec, kv_dtype: DType) -> float:
     elements (DeepSeek-V2, arXiv:2405.04434, Table 1), as vLLM, SGLang and KTransformers do.
     """
     if spec.is_mla:
-        return (spec.kv_lora_rank + spec.rope_head_dim) * kv_dtype.bytes_per_element
-    return 2 * spec.kv_heads * spec.head_dim * kv_dtype.bytes_per_element
+        return (spec.kv_lora_rank + spec.rope_head_dim) * kv_element_bytes(kv_dtype)
+    return 2 * spec.kv_heads * spec.head_dim * kv_element_bytes(kv_dtype)
 
 
 def kv_bytes_per_token(spec: ModelSpec, kv_dtype: DType) -> float:

@@ -77,6 +77,7 @@ class Demand:
             kv_sequences=w.batch,
             context=w.context_len,
             act_tokens=w.batch * w.prompt_len,
+            weight_dtype=w.weight_dtype or "fp16",
             kv_dtype=w.kv_dtype or "fp16",
         )
 

@@ -79,6 +79,7 @@ def _scaled(op: Op, share: float) -> Op:
         op,
         flops=op.flops * share,
         weight_bytes=op.weight_bytes * share,
+        dequant_ops=op.dequant_ops * share,
         act_in_bytes=op.act_in_bytes * share,
         act_out_bytes=op.act_out_bytes * share,
     )

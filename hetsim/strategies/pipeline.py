@@ -27,6 +27,9 @@ from hetsim.workload import Workload
 # KV cache precisions the GPU pipelines (gpu-only, hexgen) run when asked with --kv-dtype: 16-bit, fp32,
 # and int8 (TensorRT-LLM's and LMDeploy's int8 KV cache; lossy).
 GPU_KV_DTYPES = ("fp16", "bf16", "fp32", "int8")
+# Weight precisions they run when asked with --dtype: 16-bit, fp32, and weight-only int8/int4 (GPTQ/AWQ
+# group-128 formats dequantised inside the GEMM, as vLLM, TGI and TensorRT-LLM serve them; lossy).
+GPU_WEIGHT_DTYPES = ("fp16", "bf16", "fp32", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,13 @@ def balance_layers(
 ) -> tuple[int, ...] | None:
     """Layers per stage in proportion to each group's memory bandwidth (decode is bandwidth-bound),
     capped by what fits in its memory; None when the groups cannot hold the model."""
-    per_layer = layer_bytes(model, weight_dtype) + kv_cache_bytes(
-        model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16"
-    ) * kv_share(len(groups[0]), model.kv_groups)
+    kv_layer = kv_cache_bytes(model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16")
     caps = []
     for i, g in enumerate(groups):
         tp = len(g)
+        # a group's bytes per layer: the layer's weights split over its ranks, each rank's KV share
+        # (replicated past the KV heads, so the group holds kv_share x tp of it)
+        per_layer = layer_bytes(model, weight_dtype) + kv_layer * kv_share(tp, model.kv_groups) * tp
         mem = min(rig.devices[d].mem_bytes for d in g) * tp
         fixed = (embed_bytes(model, weight_dtype) * tp if i == 0 else 0.0) + (
             head_bytes(model, weight_dtype) if i == len(groups) - 1 else 0.0
