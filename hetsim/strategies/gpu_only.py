@@ -20,6 +20,7 @@ from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.pipeline import (
     GPU_KV_DTYPES,
     GPU_WEIGHT_DTYPES,
+    gpu_dtypes,
     Stage,
     balance_layers,
     micro_batch_sizes,
@@ -131,19 +132,18 @@ class GpuOnly(Strategy):
         """Every GPU: one TP group per node, layers by memory bandwidth (even split if it cannot fit)."""
         groups = [tuple(n.gpus) for n in rig.nodes.values() if n.gpus]
         groups = [g[: max(tp_degrees(model, len(g)))] for g in groups]
-        wd = workload.weight_dtype or "fp16"
+        wd, kv = gpu_dtypes(model, workload)
         layers = balance_layers(model, groups, rig, workload, wd)
         if layers is None:  # does not fit: keep an even split so the run reports where it overflows
             base, extra = divmod(model.layers, len(groups))
             layers = tuple(base + (1 if i < extra else 0) for i in range(len(groups)))
         stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
-        kv = workload.kv_dtype or "fp16"
         return PipelinePlan(stages, min(len(stages), workload.batch), weight_dtype=wd, kv_dtype=kv)
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[PipelinePlan]:
         """Pipelines over subsets of nodes and TP degrees whose layers fit, with and without
         micro-batching."""
-        wd, kv = workload.weight_dtype or "fp16", workload.kv_dtype or "fp16"
+        wd, kv = gpu_dtypes(model, workload)
         for groups in candidate_groups(rig, model):
             layers = balance_layers(model, groups, rig, workload, wd)
             if layers is None:

@@ -25,6 +25,7 @@ from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
 from hetsim.strategies.pipeline import (
     GPU_KV_DTYPES,
     GPU_WEIGHT_DTYPES,
+    gpu_dtypes,
     Stage,
     balance_layers,
     even_layers,
@@ -204,7 +205,7 @@ class HexGen(Strategy):
         for name, groups in regions.items():
             # more groups than layers would leave stages empty: keep the ones with the most bandwidth
             groups = regions[name] = _strongest(groups, model.layers, rig)
-            layers = balance_layers(model, groups, rig, workload, workload.weight_dtype or "fp16")
+            layers = balance_layers(model, groups, rig, workload, gpu_dtypes(model, workload)[0])
             if layers is None:
                 continue
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
@@ -212,7 +213,7 @@ class HexGen(Strategy):
             groups = _strongest([g for gs in regions.values() for g in gs], model.layers, rig)
             layers = even_layers(model.layers, len(groups))
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
-        wd, kv = workload.weight_dtype or "fp16", workload.kv_dtype or "fp16"
+        wd, kv = gpu_dtypes(model, workload)
         return HexGenPlan(tuple(replicas), weight_dtype=wd, kv_dtype=kv)
 
     def batch_split(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:

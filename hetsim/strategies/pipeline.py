@@ -32,6 +32,13 @@ GPU_KV_DTYPES = ("fp16", "bf16", "fp32", "int8")
 GPU_WEIGHT_DTYPES = ("fp16", "bf16", "fp32", "int8", "int4")
 
 
+def gpu_dtypes(model: ModelSpec, workload: Workload) -> tuple[str, str]:
+    """(weights, KV cache) a GPU pipeline runs: what the user asked for, else fp16 for a 16-bit
+    checkpoint and fp32 for an fp32 one (narrowing it to 16 bits is lossy: the user's to ask for)."""
+    own = "fp32" if model.dtype == "fp32" else "fp16"
+    return workload.weight_dtype or own, workload.kv_dtype or own
+
+
 @dataclass(frozen=True)
 class Stage:
     devices: tuple[str, ...]  # one tensor-parallel group, all in one node
@@ -84,13 +91,12 @@ def balance_layers(
 ) -> tuple[int, ...] | None:
     """Layers per stage in proportion to each group's memory bandwidth (decode is bandwidth-bound),
     capped by what fits in its memory; None when the groups cannot hold the model."""
-    kv_layer = kv_cache_bytes(model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16")
+    per_layer = layer_bytes(model, weight_dtype) + kv_cache_bytes(
+        model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16"
+    ) * kv_share(len(groups[0]), model.kv_groups)
     caps = []
     for i, g in enumerate(groups):
         tp = len(g)
-        # a group's bytes per layer: the layer's weights split over its ranks, each rank's KV share
-        # (replicated past the KV heads, so the group holds kv_share x tp of it)
-        per_layer = layer_bytes(model, weight_dtype) + kv_layer * kv_share(tp, model.kv_groups) * tp
         mem = min(rig.devices[d].mem_bytes for d in g) * tp
         fixed = (embed_bytes(model, weight_dtype) * tp if i == 0 else 0.0) + (
             head_bytes(model, weight_dtype) if i == len(groups) - 1 else 0.0
