@@ -20,9 +20,9 @@ from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.pipeline import (
     GPU_KV_DTYPES,
     GPU_WEIGHT_DTYPES,
-    gpu_dtypes,
     Stage,
     balance_layers,
+    gpu_dtypes,
     micro_batch_sizes,
     pipeline_pass,
     stage_memory,

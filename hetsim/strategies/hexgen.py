@@ -25,10 +25,10 @@ from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
 from hetsim.strategies.pipeline import (
     GPU_KV_DTYPES,
     GPU_WEIGHT_DTYPES,
-    gpu_dtypes,
     Stage,
     balance_layers,
     even_layers,
+    gpu_dtypes,
     micro_batch_sizes,
     stage_memory,
 )
