@@ -124,3 +124,13 @@ def test_bf16_on_a_gpu_without_a_bf16_unit_costs_the_fp32_rate():
     assert a100.flops("bf16") == a100.peak_flops["bf16"]
     cpu = load_rig("ktransformers-1s").cpus()[0]
     assert cpu.flops("bf16") == cpu.peak_flops["bf16"]  # AMX
+
+
+def test_serve_runs_int4_weights_and_says_so(capsys):
+    serve = ["serve", "--model", "llama2-7b", "--hw", "mixed-lab", "--rate", "2", "--num-requests", "8"]
+    assert main([*serve, "--format", "json"]) == 0
+    fp16 = json.loads(capsys.readouterr().out)
+    assert main([*serve, "--dtype", "int4", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["plan"]["weight_dtype"] == "int4" and doc["lossy"] == "int4 weights"
+    assert doc["tpot_s"]["p50"] < fp16["tpot_s"]["p50"]
