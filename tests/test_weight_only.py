@@ -101,12 +101,16 @@ def test_flexgen_compresses_what_the_user_asks_and_only_that():
     assert w.lossy == "4-bit weights (group 64)"
     kv = _flexgen(kv_dtype="int4")
     assert kv.plan["compress_cache"] and not kv.plan["compress_weight"]
-    # --allow-compression lets the search choose 4-bit KV; a KV precision the user fixed is kept
-    fixed = _flexgen(allow_lossy=True, kv_dtype="fp16")
-    assert not fixed.plan["compress_cache"] and not fixed.lossy
+    # --allow-compression lets the search choose 4-bit weights and KV; a precision the user fixed is kept
+    kv_fixed = _flexgen(allow_lossy=True, kv_dtype="fp16")
+    assert not kv_fixed.plan["compress_cache"]
+    fixed = _flexgen(allow_lossy=True, weight_dtype="fp16", kv_dtype="fp16")
+    assert not fixed.plan["compress_weight"] and not fixed.plan["compress_cache"] and not fixed.lossy
     plain = _flexgen()
     assert not plain.plan["compress_weight"] and not plain.plan["compress_cache"]
     assert fixed.throughput_tok_s == plain.throughput_tok_s  # same plan, same numbers
+    chosen = _flexgen(allow_lossy=True)
+    assert chosen.throughput_tok_s >= plain.throughput_tok_s
     assert not _flexgen(weight_dtype="int8").feasible  # FlexGen has no int8 format
 
 

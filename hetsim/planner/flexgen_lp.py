@@ -385,20 +385,25 @@ def to_plan(sol: LpSolution, model: ModelSpec, gpu: str, budget: float | None) -
 
 
 def candidate_flags(disk: bool, allow_lossy: bool = False, wl: Workload | None = None) -> list[Flags]:
-    """Attention on the CPU or the GPU; a 4-bit KV cache (on one tier) only when the user allows
-    lossy plans (--allow-compression: the search may choose it) or asks for it (--kv-dtype int4);
-    a KV precision the user fixed (--kv-dtype fp16) is kept. 4-bit weights only when asked
-    (--dtype int4): compression changes the model's outputs."""
-    cw = wl is not None and wl.weight_dtype == "int4"
+    """Attention on the CPU or the GPU, with FlexGen's 4-bit compression of the weights and of the KV
+    cache (on one tier) each as the user says: asked for (--dtype int4, --kv-dtype int4), fixed off
+    (--dtype fp16, --kv-dtype fp16), or, when not named, chosen by the search only under
+    --allow-compression (``allow_lossy``): compression changes the model's outputs."""
+    wd = wl.weight_dtype if wl is not None else None
     kv = wl.kv_dtype if wl is not None else None
-    lossless = [Flags(True, False, compress_weight=cw), Flags(False, False, compress_weight=cw)]
+    weights = [True] if wd == "int4" else ([False, True] if wd is None and allow_lossy else [False])
     tiers = "gcd" if disk else "gc"
-    compressed = [Flags(False, True, t, compress_weight=cw) for t in tiers]
-    if kv == "int4":
-        return compressed
-    if kv is not None or not allow_lossy:
-        return lossless
-    return [*lossless, *compressed]
+    out = []
+    for cw in weights:
+        lossless = [Flags(True, False, compress_weight=cw), Flags(False, False, compress_weight=cw)]
+        compressed = [Flags(False, True, t, compress_weight=cw) for t in tiers]
+        if kv == "int4":
+            out += compressed
+        elif kv is not None or not allow_lossy:
+            out += lossless
+        else:
+            out += [*lossless, *compressed]
+    return out
 
 
 def lp_candidates(
