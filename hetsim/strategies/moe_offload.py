@@ -23,8 +23,10 @@ the weights live is the plan's ``numa``, and the planner chooses among:
 experts are hot in practice (a skewed routing profile) is not modelled.
 
 Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise). Expert matmuls in
-bf16/int8 cost the CPU's catalogue peak (AMX) at the CPU efficiency class; in llama.cpp's Q4_K_M they
-cost its measured k-quant kernels (``efficiency.yaml`` ``cpu.kernel_cycles``, ``hetsim.costs.op_cost``).
+bf16 cost the CPU's catalogue peak (AMX) at the CPU efficiency class; weight-only int8/int4 (group 128)
+compute in the activations' 16-bit dtype after dequantising on the vector units (an int8 x int8 AMX
+kernel, W8A8, would quantise the activations too: not offered); in llama.cpp's Q4_K_M they cost its
+measured k-quant kernels (``efficiency.yaml`` ``cpu.kernel_cycles``, ``hetsim.costs.op_cost``).
 """
 
 from __future__ import annotations
