@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetsim import api
 from hetsim.cli.commands import main
-from hetsim.costs.op_cost import block_cost
+from hetsim.costs.op_cost import block_cost, op_cost
 from hetsim.hardware.loader import load_rig
 from hetsim.models.registry import get_model
 from hetsim.models.sharding import layer_blocks
@@ -138,3 +140,22 @@ def test_serve_runs_int4_weights_and_says_so(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["plan"]["weight_dtype"] == "int4" and doc["lossy"] == "int4 weights"
     assert doc["tpot_s"]["p50"] < fp16["tpot_s"]["p50"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    model=st.sampled_from(["llama2-7b", "opt-6.7b", "mixtral-8x7b", "qwen3-30b-a3b"]),
+    gpu=st.sampled_from(["n0.gpu0", "n0.gpu1", "n1.gpu0"]),
+    rows=st.integers(1, 4096),
+    dtype=st.sampled_from(["int8", "int4"]),
+)
+def test_weight_only_matmuls_read_fewer_bytes_and_never_compute_faster(model, gpu, rows, dtype):
+    """Every matmul of a layer: the quantised one reads fewer bytes, and its compute (fp16 GEMM plus
+    the dequantisation) is never below the fp16 one's."""
+    m, dev = get_model(model), load_rig("mixed-lab").devices[gpu]
+    q16 = [o for o in layer_blocks(m, "prefill", 1, rows, rows, 1, "fp16").whole if o.kind == "matmul"]
+    qq = [o for o in layer_blocks(m, "prefill", 1, rows, rows, 1, dtype).whole if o.kind == "matmul"]
+    for a, b in zip(q16, qq, strict=True):
+        assert b.weight_bytes < a.weight_bytes and b.flops == a.flops and b.dequant_ops > 0
+        ca, cb = op_cost(dev, a), op_cost(dev, b)
+        assert cb.memory_s < ca.memory_s and cb.compute_s > ca.compute_s
