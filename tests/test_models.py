@@ -35,6 +35,7 @@ from hetsim.models.layer_ops import (
     step_ops,
     total,
 )
+from hetsim.models.spec import FLEXGEN_INT4
 from hetsim.models.weights import embedding_param_count
 
 GiB = 2**30
@@ -176,12 +177,15 @@ def test_gqa_reduces_kv():
 
 
 def test_dtype_bytes():
-    assert INT4.bytes_per_element == 0.5625
+    # group-128 weight-only formats (GPTQ/AWQ): fp16 scale + a zero at the weight's width per group
+    assert INT4.bytes_per_element == 0.5 + 2.5 / 128
+    assert INT8.bytes_per_element == 1 + 3 / 128
+    assert FLEXGEN_INT4.bytes_per_element == 0.5625  # FlexGen: group 64, fp16 scale and min
     m = get_model("llama2-70b")
     # Matrices scale with dtype, vectors stay 16-bit.
     vec = 2 * m.hidden * 2
     assert layer_weight_bytes(m, INT4) == pytest.approx(
-        (layer_weight_bytes(m, FP16) - vec) * 0.5625 / 2 + vec
+        (layer_weight_bytes(m, FP16) - vec) * INT4.bytes_per_element / 2 + vec
     )
     assert weight_bytes(m, FP32) == pytest.approx(2 * weight_bytes(m, FP16), rel=1e-4)
     # Tied head counted once.
@@ -447,9 +451,14 @@ def test_step_ops_layers_and_dtypes():
     assert sorted({o.layer for o in ops}) == list(range(-1, m.layers + 1))
     q = next(o for o in ops if o.name == "q_proj")
     assert q.compute_dtype == "fp16"
-    assert q.weight_bytes == m.hidden * m.hidden * 0.5625
+    assert q.weight_bytes == m.hidden * m.hidden * INT4.bytes_per_element
+    # weight-only int4: 1.5 instructions per weight dequantised, once for up to 64 rows
+    assert q.dequant_ops == m.hidden * m.hidden * 1.5
     att = next(o for o in ops if o.name == "attention")
-    assert att.kv_read_bytes == 2 * 100 * 2 * m.kv_heads * m.head_dim * 1
+    assert att.kv_read_bytes == 2 * 100 * 2 * m.kv_heads * m.head_dim * 1  # int8 KV: 1 B, per-tensor scale
+    assert att.dequant_ops == 2 * 100 * 2 * m.kv_heads * m.head_dim  # one instruction per cached element
+    q_prefill = decoder_layer_ops(m, "prefill", 2, 100, 100, INT4, FP16, FP16)[1]
+    assert q_prefill.dequant_ops == m.hidden * m.hidden * 1.5 * 4  # 200 rows: four 64-row tiles
     q32 = decoder_layer_ops(m, "decode", 2, 1, 100, FP16, FP16, FP32)[1]
     assert q32.compute_dtype == "fp32"
     # Weight bytes of a decode step (fp16) = layers + LM head + gathered embedding rows.

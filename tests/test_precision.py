@@ -81,15 +81,22 @@ def test_asked_precision_overrides_the_checkpoint_on_cpu_tp():
     assert plan.weight_dtype == "bf16"
 
 
-def test_gpu_strategies_report_a_16_bit_run_of_an_fp32_checkpoint():
-    """OPT-350m's checkpoint is fp32; GPU strategies run fp16 weights and KV: every output says so
-    (reported as lossy, the precision given up), while a 16-bit checkpoint's run reports nothing."""
+def test_gpu_strategies_run_an_fp32_checkpoint_in_fp32_unless_asked():
+    """OPT-350m's checkpoint is fp32: gpu-only and hexgen run it in fp32 (at the fp32 rate) unless the
+    user asks for 16 bits (--dtype fp16), which every output then reports as lossy; strategies that
+    run fp16 only (FlexGen) report their narrowing; a 16-bit checkpoint's run reports nothing."""
     from hetsim.api import best_result
 
     opt32 = problem(str(CONFIGS / "OPT-350m" / "config.json"), "flexgen-t4", 1, 32, 4)
     res = best_result(get_strategy("gpu-only"), opt32, "throughput", search=False)
-    assert res.feasible
-    assert "fp16 weights from a fp32 checkpoint" in res.lossy and "fp16 KV cache" in res.lossy
+    assert res.feasible and res.lossy == ""
+    assert (res.plan["weight_dtype"], res.plan["kv_dtype"]) == ("fp32", "fp32")
+    asked = replace(opt32, workload=replace(opt32.workload, weight_dtype="fp16", kv_dtype="fp16"))
+    res16 = best_result(get_strategy("gpu-only"), asked, "throughput", search=False)
+    assert "fp16 weights from a fp32 checkpoint" in res16.lossy and "fp16 KV cache" in res16.lossy
+    assert res16.ttft_s < res.ttft_s  # the T4's fp16 tensor cores against its fp32 CUDA cores
+    flexgen = best_result(get_strategy("flexgen"), opt32, "throughput", search=False)
+    assert "fp16 weights from a fp32 checkpoint" in flexgen.lossy
     opt16 = replace(opt32, model=replace(opt32.model, dtype="fp16"))
     assert best_result(get_strategy("gpu-only"), opt16, "throughput", search=False).lossy == ""
     # bf16 and fp16 are peers: neither narrows the other

@@ -16,6 +16,11 @@ costs far more than the int8 dot product after it) computes at
 with the cycles measured on one CPU (``validate/kquant.py``) and carried to another by its cores and
 clock: the same AVX2 instruction stream at the same work per cycle (``Efficiency.kernel_cycles``).
 
+Weight-only int8/int4 matmuls (and attention over an int8/int4 KV cache) dequantise inside the
+kernel: ``op.dequant_ops`` lane instructions on the vector units at their peak rate
+(``ComputeDevice.vector_ops``), added to the compute time. Decode stays bound by the narrower bytes;
+prefill, compute-bound, pays the dequantisation on top of the fp16 GEMM.
+
 The engine uses ``compute_s`` and ``memory_bytes`` separately on CPUs, where the memory traffic
 competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as is.
 """
@@ -61,6 +66,8 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
         flops_rate = device.flops(op.compute_dtype) * eff.compute_for(op.kind.value)
         mem_rate = device.mem_bw * eff.memory_for(op.kind.value)
     compute_s = op.flops / flops_rate if op.flops else 0.0
+    if op.dequant_ops:
+        compute_s += op.dequant_ops / device.vector_ops
     memory_s = op.mem_bytes / mem_rate if op.mem_bytes else 0.0
     measured = load_tables(eff.kernel_tables).seconds(op) if eff.kernel_tables else None
     if measured is not None:  # a measured kernel: its time, with the roofline's split of it

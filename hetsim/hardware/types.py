@@ -168,11 +168,24 @@ class ComputeDevice:
     provenance: Mapping[str, Provenance] = field(default_factory=dict)
 
     def flops(self, dtype: str) -> float:
-        """Peak FLOP/s for a compute dtype; int4 weights compute in fp16/bf16 after dequantising."""
-        for key in (dtype, "bf16" if dtype == "fp16" else "fp16", "fp32"):
+        """Peak FLOP/s for a compute dtype: its own unit, else its 16-bit peer's, else fp32.
+
+        A GPU with no bf16 entry has no bf16 unit (T4 and V100: bf16 tensor cores arrived with Ampere,
+        NVIDIA A100 whitepaper 2020); frameworks run bf16 there on the fp32 CUDA cores, so it costs
+        the fp32 rate, not the fp16 tensor-core one. CPUs fall back between the 16-bit formats; other
+        compute dtypes (a kernel the device has no entry for, e.g. q4_k_m on a GPU) to fp16."""
+        peer = {"fp16": "bf16", "bf16": "fp16" if self.kind == "cpu" else ""}.get(dtype, "fp16")
+        for key in (dtype, peer, "fp32"):
             if key in self.peak_flops:
                 return self.peak_flops[key]
         raise KeyError(f"{self.name}: no peak FLOP/s for {dtype}")
+
+    @property
+    def vector_ops(self) -> float:
+        """Lane instructions per second of the vector units (CUDA cores, AVX lanes): the fp32 peak
+        over the 2 FLOPs of one fused multiply-add. Dequantisation, conversion and integer unpacking
+        run here, not on tensor cores or AMX tiles."""
+        return self.flops("fp32") / 2.0
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ def _merge_matmuls(ops: tuple[Op, ...], name: str) -> Op:
         act_in_bytes=first.act_in_bytes,  # the shared input is read once
         act_out_bytes=sum(o.act_out_bytes for o in ops),
         weight_row_bytes=sum(o.weight_row_bytes for o in ops),
+        dequant_ops=sum(o.dequant_ops for o in ops),
     )
 
 

@@ -11,8 +11,10 @@ Shapes and conventions
 - ``tokens = batch * seq_len`` rows go through every matmul of a decoder layer.
 - Matmul: FLOPs = 2·tokens·in·out (bias adds are not counted); weight bytes = in·out in the weight
   dtype plus the bias in 16-bit; act_in = tokens·in, act_out = tokens·out, in the activation dtype.
-- ``compute_dtype`` of a matmul is the weight dtype's compute dtype (int4 is dequantised to fp16,
-  int8 computes in int8); with fp32 activations (FlexGen's CPU path) it is fp32.
+- ``compute_dtype`` of a matmul is the weight dtype's compute dtype; weight-only int8/int4 compute in
+  the activations' dtype after dequantising inside the kernel (``dequant_ops`` counts that work); with
+  fp32 activations (FlexGen's CPU path) it is fp32. An int8/int4 KV cache is dequantised the same way
+  inside attention (``KV_DEQUANT_OPS`` per cached element read).
 - Elementwise ops carry small per-element FLOP counts (named constants below); they are memory-bound
   in practice, so their bytes matter more than their FLOPs. Rotary embedding is folded into nothing:
   its FLOPs (≈ 3 per q/k element) are below 0.1 % of a layer and left out.
@@ -40,12 +42,14 @@ Shapes and conventions
 from __future__ import annotations
 
 import dataclasses
+import math
 from functools import lru_cache
 
 from hetsim.models.spec import FP16, DType, ModelSpec, Op, OpKind, Phase
 from hetsim.models.weights import (
     VECTOR_BYTES,
     kv_bytes_per_token_layer,
+    kv_element_bytes,
     layer_weight_tensors,
     module_weight_bytes,
 )
@@ -57,6 +61,14 @@ RESIDUAL_FLOPS = 1.0
 RELU_FLOPS = 1.0  # OPT's activation_function is "relu"
 SWIGLU_FLOPS = 5.0  # SiLU (≈4) and the gate·up multiply
 TOKEN_ID_BYTES = 8.0  # int64 token ids read by the embedding gather
+# Rows of the activation one fused weight-only GEMM thread block covers: Marlin (Frantar et al. 2024,
+# arXiv:2408.11743; IST-DASLab/marlin, Apache-2.0) runs at most 4 x 16 = 64 rows per block and splits a
+# larger batch into 64-row sub-problems, each re-reading and re-dequantising the weights.
+DEQUANT_TILE_ROWS = 64
+# ALU instructions per cached K or V element an attention kernel spends dequantising an int8/int4 KV
+# cache (TensorRT-LLM's and LMDeploy's kernels: one conversion and one scale multiply per pair of
+# elements in half2, as for weights); 16/32-bit caches need none. Counted, grade assumed.
+KV_DEQUANT_OPS = {"int8": 1.0, "int4": 1.5}
 
 
 def _check(phase: str, batch: int, seq_len: int, kv_len: int) -> None:
@@ -69,7 +81,17 @@ def _check(phase: str, batch: int, seq_len: int, kv_len: int) -> None:
 
 
 def _matmul_dtype(weight_dtype: DType, act_dtype: DType) -> str:
-    return "fp32" if act_dtype.name == "fp32" else weight_dtype.compute_dtype
+    """fp32 activations compute in fp32; weight-only formats in the activations' dtype."""
+    if act_dtype.name == "fp32" or weight_dtype.weight_only:
+        return act_dtype.name
+    return weight_dtype.compute_dtype
+
+
+def dequant_ops(weights: float, rows: float, wd: DType) -> float:
+    """ALU instructions a fused weight-only matmul spends dequantising: every weight once per tile of
+    ``DEQUANT_TILE_ROWS`` activation rows (a thread block dequantises the weight tile it loads for its
+    own rows; more rows run as more tiles, each dequantising again)."""
+    return weights * wd.dequant_ops * max(1, math.ceil(rows / DEQUANT_TILE_ROWS)) if wd.weight_only else 0.0
 
 
 def _matmul(
@@ -98,6 +120,7 @@ def _matmul(
         compute_dtype=_matmul_dtype(wd, ad),
         rows=tokens / weight_copies,
         weight_row_bytes=out_f * wd.bytes_per_element,
+        dequant_ops=weight_copies * dequant_ops(in_f * out_f, tokens / weight_copies, wd),
     )
 
 
@@ -189,6 +212,7 @@ def _attention_op(
         # prefill: query rows per sequence (Efficiency.attention_half_rows); decode kernels are
         # bound by the KV bytes they read, and 0 leaves their compute rate alone
         rows=float(seq_len) if phase == "prefill" else 0.0,
+        dequant_ops=float(batch * cached) * kvt / kv_element_bytes(kvd) * KV_DEQUANT_OPS.get(kvd.name, 0.0),
     )
 
 

@@ -66,6 +66,7 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
             act_out_bytes=op.act_out_bytes / p,
             kv_read_bytes=op.kv_read_bytes * share,
             kv_write_bytes=op.kv_write_bytes * share,
+            dequant_ops=op.dequant_ops * share,
         )
     if op.name in HEAD_PARALLEL:
         return dataclasses.replace(
@@ -74,6 +75,7 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
             weight_bytes=op.weight_bytes / p,
             act_in_bytes=op.act_in_bytes / p,
             act_out_bytes=op.act_out_bytes / p,
+            dequant_ops=op.dequant_ops / p,
         )
     if op.module in COLUMN_PARALLEL or op.module in ROW_PARALLEL:
         column = op.module in COLUMN_PARALLEL
@@ -84,6 +86,7 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
             act_in_bytes=op.act_in_bytes if column else op.act_in_bytes / p,
             act_out_bytes=op.act_out_bytes / p if column else op.act_out_bytes,
             weight_row_bytes=op.weight_row_bytes / p if column else op.weight_row_bytes,
+            dequant_ops=op.dequant_ops / p,
         )
     if op.name in ("act", "shared_act"):  # the MLP activation runs on the rank's slice of the inner dimension
         return dataclasses.replace(

@@ -35,7 +35,10 @@ Phase = Literal["prefill", "decode"]
 class DType:
     """Storage format of a tensor. ``bytes_per_element`` includes group-wise scale/zero overhead.
 
-    ``compute`` is the dtype the math runs in (int4 weights are dequantised to fp16 first).
+    ``compute`` is the dtype the math runs in. A weight-only format (``dequant_ops`` > 0) stores
+    weights narrow and computes in the activations' dtype: each stored weight is turned back into a
+    16-bit value inside the matmul kernel at ``dequant_ops`` ALU instructions per weight
+    (``hetsim.models.layer_ops`` counts them, ``hetsim.costs.op_cost`` times them).
     """
 
     name: str
@@ -43,6 +46,7 @@ class DType:
     group_size: int = 0  # 0 = no groups
     group_overhead_bytes: float = 0.0  # bytes of scale + zero per group
     compute: str = ""
+    dequant_ops: float = 0.0  # ALU instructions per weight to dequantise it (0 = not weight-only)
 
     @property
     def bytes_per_element(self) -> float:
@@ -55,13 +59,30 @@ class DType:
     def compute_dtype(self) -> str:
         return self.compute or self.name
 
+    @property
+    def weight_only(self) -> bool:
+        return self.dequant_ops > 0
+
 
 FP32 = DType("fp32", 32)
 FP16 = DType("fp16", 16)
 BF16 = DType("bf16", 16)
-INT8 = DType("int8", 8, compute="int8")
-# FlexGen-style asymmetric min-max, group 64, an fp16 (scale, min) pair per group: 0.5625 B/elem.
-INT4 = DType("int4", 4, group_size=64, group_overhead_bytes=4.0, compute="fp16")
+# Weight-only int8 and int4 (``--dtype int8`` / ``int4``), group-wise as GPTQ (Frantar et al., ICLR 2023,
+# arXiv:2210.17323) and AWQ (Lin et al., MLSys 2024, arXiv:2306.00978) store them: groups of 128 weights
+# along the input dimension (both papers' and AutoGPTQ/AutoAWQ's default group size), each with an fp16
+# scale and a zero point packed at the weight's width (AutoGPTQ/AutoAWQ ``scales`` fp16, ``qzeros``
+# packed int32): int8 1 + 3/128 = 1.023 B per weight, int4 0.5 + 2.5/128 = 0.520 B. The matmul runs in
+# fp16 after dequantising in registers (AWQ's GEMM, exllama, Marlin): per weight, int4 needs about 1.5
+# instructions (one lop3 unpack-and-convert, one half2 subtract of the zero and one half2 multiply by the
+# scale per pair of weights: FasterTransformer's and Marlin's fast int4 -> fp16 conversion), int8 about
+# 1 (a byte-permute conversion and one half2 fused multiply-add per pair); counted, grade assumed.
+INT8 = DType("int8", 8, group_size=128, group_overhead_bytes=3.0, compute="fp16", dequant_ops=1.0)
+INT4 = DType("int4", 4, group_size=128, group_overhead_bytes=2.5, compute="fp16", dequant_ops=1.5)
+# FlexGen's own 4-bit compression (flex_opt.py ``CompressionConfig(num_bits=4, group_size=64,
+# group_dim=...)``): asymmetric min-max, group 64, an fp16 (scale, min) pair per group: 0.5625 B/elem.
+# FlexGen dequantises in separate torch ops before an fp16 GEMM (``hetsim.strategies.flexgen_ops``),
+# not inside the matmul, so its matmuls carry no fused dequantisation.
+FLEXGEN_INT4 = DType("int4", 4, group_size=64, group_overhead_bytes=4.0, compute="fp16")
 
 # llama.cpp's Q4_K_M GGUF mix: Q4_K blocks (4.5 bits per weight: 256 4-bit weights with 6-bit sub-block
 # scales and two fp16 super-block scales) with some tensors in Q6_K (6.56 bits), about 4.8 bits per
@@ -228,6 +249,9 @@ class Op:
     # peak FLOP/s (Efficiency's half-performance lengths).
     rows: float = 0.0
     weight_row_bytes: float = 0.0
+    # ALU instructions that dequantise narrow weights (or a narrow KV cache) inside the kernel, on the
+    # device's vector units beside the FLOPs (``DType.dequant_ops``; 0 for 16/32-bit operands).
+    dequant_ops: float = 0.0
 
     @property
     def mem_bytes(self) -> float:

@@ -232,6 +232,18 @@ def module_weight_bytes(spec: ModelSpec, dtype: DType, moe: bool | None = None) 
     return out
 
 
+# A 4-bit KV cache: 4.5 bits per element, as llama.cpp's q4_0 (32 values and an fp16 scale) and
+# FlexGen's group-64 compression (an fp16 scale and min per 64) both store it.
+KV_INT4_BYTES = 0.5625
+
+
+def kv_element_bytes(kv_dtype: DType) -> float:
+    """Bytes of one cached K or V element. KV formats are not the weight formats: an int8 KV cache
+    keeps one scale per tensor or head (TensorRT-LLM's and LMDeploy's int8 KV cache; its few bytes are
+    left out), a 4-bit one ``KV_INT4_BYTES``."""
+    return KV_INT4_BYTES if kv_dtype.name == "int4" else kv_dtype.bits / 8.0
+
+
 def kv_bytes_per_token_layer(spec: ModelSpec, kv_dtype: DType) -> float:
     """K and V of one token in one layer: 2·kv_heads·head_dim·bytes (GQA-aware).
 
@@ -239,8 +251,8 @@ def kv_bytes_per_token_layer(spec: ModelSpec, kv_dtype: DType) -> float:
     elements (DeepSeek-V2, arXiv:2405.04434, Table 1), as vLLM, SGLang and KTransformers do.
     """
     if spec.is_mla:
-        return (spec.kv_lora_rank + spec.rope_head_dim) * kv_dtype.bytes_per_element
-    return 2 * spec.kv_heads * spec.head_dim * kv_dtype.bytes_per_element
+        return (spec.kv_lora_rank + spec.rope_head_dim) * kv_element_bytes(kv_dtype)
+    return 2 * spec.kv_heads * spec.head_dim * kv_element_bytes(kv_dtype)
 
 
 def kv_bytes_per_token(spec: ModelSpec, kv_dtype: DType) -> float:

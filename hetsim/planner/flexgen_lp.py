@@ -58,6 +58,7 @@ class Flags:
     cpu_attention: bool
     compress_cache: bool
     cache_tier: str = ""  # compressed KV cannot be split: "g", "c" or "d"
+    compress_weight: bool = False  # 4-bit weights: only when the user asks (--dtype int4)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def _slots(
     """(multiplicity, slot) for prefill and mean decode, attention and MLP slots."""
     gpu, cpu, _ = ends
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
-    plan = FlexGenPlan(compress_cache=fl.compress_cache, placement="continuous")
+    cw = fl.compress_weight
+    plan = FlexGenPlan(compress_cache=fl.compress_cache, compress_weight=cw, placement="continuous")
     split = layer_weight_split(model, replace(plan, wg=0.0, wc=100.0))
     w_att, w_mlp = split[1][1], split[2][1]
     kv_tok = kv_token_bytes(model, fl.compress_cache)
@@ -150,11 +152,11 @@ def _slots(
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
             if kind == "mlp":
-                o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, False, False)
+                o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
             elif phase == "prefill" or not fl.cpu_attention:
                 o = substep_ops(
-                    model, "attention", phase, gbs, seq, kv_len, False, 1.0, False, fl.compress_cache
+                    model, "attention", phase, gbs, seq, kv_len, False, 1.0, cw, fl.compress_cache
                 )
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 new_kv = gbs * seq * kv_tok
@@ -165,8 +167,8 @@ def _slots(
                     c.update(cc=kvb / lk.page, cd=kvb / lk.d2g)
                     dread["cd"] = nb * kvb / lk.d2g
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
-                o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, False, False)
-                og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, False, False)
+                o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
+                og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
                 small = o.to_cpu_bytes / lk.page + o.to_gpu_bytes / lk.page
                 t_fixed = _t(rig, gpu, o.gpu_pre + o.gpu_post)
                 t_gpu_att = _t(rig, gpu, og.gpu_pre) - _t(rig, gpu, o.gpu_pre)
@@ -187,14 +189,16 @@ def _slots(
 
 
 def _other_layers_time(
-    rig: Rig, model: ModelSpec, wl: Workload, gbs: int, nb: int, lk: Links, gpu: str
+    rig: Rig, model: ModelSpec, wl: Workload, gbs: int, nb: int, lk: Links, gpu: str, cw: bool = False
 ) -> float:
     """Input embedding and output layers: a constant per block (their weights counted off-GPU)."""
-    split = layer_weight_split(model, FlexGenPlan(wg=0.0, wc=100.0, placement="continuous"))
+    split = layer_weight_split(
+        model, FlexGenPlan(wg=0.0, wc=100.0, compress_weight=cw, placement="continuous")
+    )
     total = 0.0
     for phase, seq, mult in (("prefill", wl.prompt_len, 1), ("decode", 1, wl.gen_len - 1)):
         for kind, j in (("embed", 0), ("output", len(split) - 1)):
-            o = substep_ops(model, kind, phase, gbs, seq, wl.prompt_len, False, 1.0, False, False)
+            o = substep_ops(model, kind, phase, gbs, seq, wl.prompt_len, False, 1.0, cw, False)
             total += mult * max(split[j][1] / lk.pin, nb * _t(rig, gpu, o.gpu_pre))
     return total
 
@@ -234,11 +238,10 @@ def cost_model(
             v = 1.0 if t == fl.cache_tier else 0.0
             bounds["c" + t] = (v, v)
     # Memory: evaluate the shared formulas at unit vectors (they are linear in the fractions).
-    wtot = sum(s[1] for s in _split_cache(model, False))
-    wmax = max(s[1] for s in _split_cache(model, False))
-    shape = Shape(
-        gbs, nb, wl.prompt_len, wl.gen_len, fl.cpu_attention, fl.compress_cache, False, True, bool(disk)
-    )
+    wtot = sum(s[1] for s in _split_cache(model, fl.compress_weight))
+    wmax = max(s[1] for s in _split_cache(model, fl.compress_weight))
+    flags = (fl.cpu_attention, fl.compress_cache, fl.compress_weight)
+    shape = Shape(gbs, nb, wl.prompt_len, wl.gen_len, *flags, True, bool(disk))
     base = _mem(model, shape, {}, wtot, wmax)
     cap_gpu = rig.devices[gpu].mem_bytes
     caps = {
@@ -257,7 +260,7 @@ def cost_model(
         tuple(rows),
         tuple(_slots(rig, model, wl, gbs, nb, fl, lk, ends)),
         model.layers,
-        _other_layers_time(rig, model, wl, gbs, nb, lk, gpu),
+        _other_layers_time(rig, model, wl, gbs, nb, lk, gpu, fl.compress_weight),
         bounds,
     )
 
@@ -371,23 +374,36 @@ def to_plan(sol: LpSolution, model: ModelSpec, gpu: str, budget: float | None) -
         hc=100.0 - hg,
         cpu_attention=sol.flags.cpu_attention,
         compress_cache=sol.flags.compress_cache,
+        compress_weight=sol.flags.compress_weight,
         gpu=gpu,
         gpu_mem_budget=budget,
     )
-    allowed = x["wg"] * sum(s[1] for s in _split_cache(model, False)) * (1 + 1e-9)
+    allowed = x["wg"] * sum(s[1] for s in _split_cache(model, sol.flags.compress_weight)) * (1 + 1e-9)
     while plan.wg > 0 and fractions(model, plan).w_gpu > allowed:
         plan = replace(plan, wg=plan.wg - 1, wc=plan.wc + 1)
     return plan
 
 
-def candidate_flags(disk: bool, allow_lossy: bool = False) -> list[Flags]:
-    """Attention on the CPU or the GPU; a 4-bit KV cache (on one tier) only when the user allows
-    lossy plans: compression changes the model's outputs."""
-    lossless = [Flags(True, False), Flags(False, False)]
-    if not allow_lossy:
-        return lossless
+def candidate_flags(disk: bool, allow_lossy: bool = False, wl: Workload | None = None) -> list[Flags]:
+    """Attention on the CPU or the GPU, with FlexGen's 4-bit compression of the weights and of the KV
+    cache (on one tier) each as the user says: asked for (--dtype int4, --kv-dtype int4), fixed off
+    (--dtype fp16, --kv-dtype fp16), or, when not named, chosen by the search only under
+    --allow-compression (``allow_lossy``): compression changes the model's outputs."""
+    wd = wl.weight_dtype if wl is not None else None
+    kv = wl.kv_dtype if wl is not None else None
+    weights = [True] if wd == "int4" else ([False, True] if wd is None and allow_lossy else [False])
     tiers = "gcd" if disk else "gc"
-    return [*lossless, *(Flags(False, True, t) for t in tiers)]
+    out = []
+    for cw in weights:
+        lossless = [Flags(True, False, compress_weight=cw), Flags(False, False, compress_weight=cw)]
+        compressed = [Flags(False, True, t, compress_weight=cw) for t in tiers]
+        if kv == "int4":
+            out += compressed
+        elif kv is not None or not allow_lossy:
+            out += lossless
+        else:
+            out += [*lossless, *compressed]
+    return out
 
 
 def lp_candidates(
@@ -407,7 +423,7 @@ def lp_candidates(
         for nb in NB_CHOICES:
             if gbs * nb > wl.batch:
                 break
-            for fl in candidate_flags(bool(ends[2]), allow_lossy):
+            for fl in candidate_flags(bool(ends[2]), allow_lossy, wl):
                 sol = solve_lp(rig, model, wl, gbs, nb, fl, ends, budget)
                 solved += 1
                 if sol is not None:
@@ -434,7 +450,7 @@ def lp_candidates_free(
     sols, solved = [], 0
     for gbs in GBS_CHOICES:
         any_fit = False
-        for fl in candidate_flags(bool(ends[2]), allow_lossy):
+        for fl in candidate_flags(bool(ends[2]), allow_lossy, wl):
             prev = math.inf
             for nb in NB_CHOICES:
                 sol = solve_lp(rig, model, replace(wl, batch=gbs * nb), gbs, nb, fl, ends, budget)

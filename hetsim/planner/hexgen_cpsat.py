@@ -48,7 +48,7 @@ from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.serve import serve_plan
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.hexgen import HexGenPlan, Replica
-from hetsim.strategies.pipeline import Stage, even_layers
+from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes
 from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
 
@@ -69,14 +69,17 @@ class Demand:
     kv_dtype: str = "fp16"
 
     @classmethod
-    def offline(cls, w: Workload) -> Demand:
+    def offline(cls, w: Workload, model: ModelSpec | None = None) -> Demand:
+        """The offline batch ``w`` as a demand; the precisions the model's plans run (fp16 if none)."""
+        wd, kv = gpu_dtypes(model, w) if model else (w.weight_dtype or "fp16", w.kv_dtype or "fp16")
         return cls(
             prompt_len=w.prompt_len,
             output_len=w.gen_len,
             kv_sequences=w.batch,
             context=w.context_len,
             act_tokens=w.batch * w.prompt_len,
-            kv_dtype=w.kv_dtype or "fp16",
+            weight_dtype=wd,
+            kv_dtype=kv,
         )
 
 
@@ -595,7 +598,7 @@ def search(
     if evaluate is None:
         evaluate = evaluator(get_strategy("hexgen"), rig, model, workload)
     found = candidates(
-        rig, model, Demand.offline(workload), symmetric=symmetric, max_candidates=max_candidates
+        rig, model, Demand.offline(workload, model), symmetric=symmetric, max_candidates=max_candidates
     )
     return best_plan((c.plan for c in found), evaluate, objective)
 

@@ -54,12 +54,15 @@ def search(
     """The plan that ranks first for ``objective``; None when no candidate fits. Lossy options
     (compressed weights or KV cache) are tried only with ``allow_lossy``."""
     evaluate = evaluator(strategy, rig, model, workload)
-    # a lossy precision the user named (--dtype q4_k_m, --kv-dtype int8) is asked for, not chosen for them
-    allow_lossy = allow_lossy or bool({workload.weight_dtype, workload.kv_dtype} & LOSSY_DTYPES)
+    # a lossy precision the user named (--dtype q4_k_m, --kv-dtype int8) is asked for, not chosen for
+    # them: candidates carry the workload's precisions; a solver reads them from the workload and
+    # chooses further lossy options (FlexGen's 4-bit KV) only with ``allow_lossy``
+    asked = bool({workload.weight_dtype, workload.kv_dtype} & LOSSY_DTYPES)
     target = SOLVER_SEARCHES.get(strategy.name)
     if target is None:
         plans = strategy.candidates(rig, model, workload)
-        return best_plan((p for p in plans if allow_lossy or not strategy.lossy(p)), evaluate, objective)
+        ok = (p for p in plans if allow_lossy or asked or not strategy.lossy(p))
+        return best_plan(ok, evaluate, objective)
     return _solver(target)(rig, model, workload, objective, evaluate, allow_lossy=allow_lossy)
 
 

@@ -16,7 +16,8 @@ import math
 
 from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
-from hetsim.models.spec import INT4, ModelSpec
+from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
+from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
@@ -46,6 +47,9 @@ class FlexGen(Strategy):
     search_weight = 5  # LP policy search, candidates ranked in the engine
     summary = "FlexGen: weights/KV/activations over GPU, CPU and disk, zig-zag block schedule, LP policy"
     plan_type = FlexGenPlan
+    # its group-64 4-bit compression (Sheng et al. §5) as --dtype int4 / --kv-dtype int4 (lossy)
+    weight_dtypes = ("fp16", "int4")
+    kv_dtypes = ("fp16", "int4")
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         if not rig.gpus():
@@ -71,7 +75,11 @@ class FlexGen(Strategy):
         """The benchmark's OPT-30B policy shape (bench_suite.py), batch-sized to the workload."""
         gbs = min(workload.batch, 48)
         return FlexGenPlan(
-            gpu_batch_size=gbs, num_gpu_batches=math.ceil(workload.batch / gbs), gpu=endpoints(rig)[0]
+            gpu_batch_size=gbs,
+            num_gpu_batches=math.ceil(workload.batch / gbs),
+            gpu=endpoints(rig)[0],
+            compress_weight=workload.weight_dtype == "int4",
+            compress_cache=workload.kv_dtype == "int4",
         )
 
     # ---- memory -------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from functools import lru_cache
 
 from hetsim.models.layer_ops import embedding_op, lm_head_ops
 from hetsim.models.sharding import layer_blocks
-from hetsim.models.spec import FP16, INT4, ModelSpec, Op, OpKind, Phase
+from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
+from hetsim.models.spec import FP16, ModelSpec, Op, OpKind, Phase
 from hetsim.strategies.flexgen_policy import scheduling_layer_tensors
 
 FP32_BYTES = 4.0

@@ -17,7 +17,8 @@ from functools import lru_cache
 from typing import Literal
 
 from hetsim.errors import InputError
-from hetsim.models.spec import FP16, INT4, DType, ModelSpec
+from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
+from hetsim.models.spec import FP16, DType, ModelSpec
 from hetsim.models.weights import VECTOR_BYTES, layer_weight_tensors
 from hetsim.workload import Workload
 

@@ -19,8 +19,10 @@ from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.pipeline import (
     GPU_KV_DTYPES,
+    GPU_WEIGHT_DTYPES,
     Stage,
     balance_layers,
+    gpu_dtypes,
     micro_batch_sizes,
     pipeline_pass,
     stage_memory,
@@ -113,6 +115,7 @@ class GpuOnly(Strategy):
     summary = "GPUs alone: tensor parallel within a node, pipeline parallel across nodes"
     plan_type = PipelinePlan
     kv_dtypes = GPU_KV_DTYPES
+    weight_dtypes = GPU_WEIGHT_DTYPES
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
@@ -129,24 +132,25 @@ class GpuOnly(Strategy):
         """Every GPU: one TP group per node, layers by memory bandwidth (even split if it cannot fit)."""
         groups = [tuple(n.gpus) for n in rig.nodes.values() if n.gpus]
         groups = [g[: max(tp_degrees(model, len(g)))] for g in groups]
-        layers = balance_layers(model, groups, rig, workload)
+        wd, kv = gpu_dtypes(model, workload)
+        layers = balance_layers(model, groups, rig, workload, wd)
         if layers is None:  # does not fit: keep an even split so the run reports where it overflows
             base, extra = divmod(model.layers, len(groups))
             layers = tuple(base + (1 if i < extra else 0) for i in range(len(groups)))
         stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
-        kv = workload.kv_dtype or "fp16"
-        return PipelinePlan(stages, micro_batches=min(len(stages), workload.batch), kv_dtype=kv)
+        return PipelinePlan(stages, min(len(stages), workload.batch), weight_dtype=wd, kv_dtype=kv)
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[PipelinePlan]:
         """Pipelines over subsets of nodes and TP degrees whose layers fit, with and without
         micro-batching."""
+        wd, kv = gpu_dtypes(model, workload)
         for groups in candidate_groups(rig, model):
-            layers = balance_layers(model, groups, rig, workload)
+            layers = balance_layers(model, groups, rig, workload, wd)
             if layers is None:
                 continue
             stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
             for mbs in sorted({1, min(len(stages), workload.batch)}):
-                yield PipelinePlan(stages, micro_batches=mbs, kv_dtype=workload.kv_dtype or "fp16")
+                yield PipelinePlan(stages, micro_batches=mbs, weight_dtype=wd, kv_dtype=kv)
 
     def footprint(self, plan: PipelinePlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         out: dict[str, dict[str, float]] = {}

@@ -136,6 +136,7 @@ def _share(op: Op, fraction: float) -> Op:
         weight_bytes=op.weight_bytes * fraction,
         act_out_bytes=op.act_out_bytes * fraction,
         weight_row_bytes=op.weight_row_bytes * fraction,
+        dequant_ops=op.dequant_ops * fraction,
     )
 
 

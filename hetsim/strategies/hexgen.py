@@ -24,9 +24,11 @@ from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
 from hetsim.strategies.pipeline import (
     GPU_KV_DTYPES,
+    GPU_WEIGHT_DTYPES,
     Stage,
     balance_layers,
     even_layers,
+    gpu_dtypes,
     micro_batch_sizes,
     stage_memory,
 )
@@ -173,6 +175,7 @@ class HexGen(Strategy):
     summary = "HexGen: replicas of asymmetric TP x PP pipelines over heterogeneous GPUs"
     plan_type = HexGenPlan
     kv_dtypes = GPU_KV_DTYPES
+    weight_dtypes = GPU_WEIGHT_DTYPES
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
         return None if rig.gpus() else "the rig has no GPUs"
@@ -202,7 +205,7 @@ class HexGen(Strategy):
         for name, groups in regions.items():
             # more groups than layers would leave stages empty: keep the ones with the most bandwidth
             groups = regions[name] = _strongest(groups, model.layers, rig)
-            layers = balance_layers(model, groups, rig, workload)
+            layers = balance_layers(model, groups, rig, workload, gpu_dtypes(model, workload)[0])
             if layers is None:
                 continue
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
@@ -210,7 +213,8 @@ class HexGen(Strategy):
             groups = _strongest([g for gs in regions.values() for g in gs], model.layers, rig)
             layers = even_layers(model.layers, len(groups))
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
-        return HexGenPlan(tuple(replicas), kv_dtype=workload.kv_dtype or "fp16")
+        wd, kv = gpu_dtypes(model, workload)
+        return HexGenPlan(tuple(replicas), weight_dtype=wd, kv_dtype=kv)
 
     def batch_split(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
         speeds = [replica_speed(rig, model, r, workload, plan) for r in plan.replicas]

@@ -82,7 +82,10 @@ class LayerOffload(Strategy):
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> LayerOffloadPlan:
         gpu = max(rig.gpus(), key=lambda g: (g.mem_bytes, g.mem_bw, g.name)).name
-        wd, kv = workload.weight_dtype or "bf16", workload.kv_dtype or "fp16"
+        # 16-bit weights in bf16 where the GPU has a bf16 unit, else fp16 (T4, V100: bf16 would run on
+        # the fp32 cores; the two are peers, neither narrows the other)
+        own = "bf16" if "bf16" in rig.devices[gpu].peak_flops else "fp16"
+        wd, kv = workload.weight_dtype or own, workload.kv_dtype or "fp16"
         n = self._fitting_layers(rig, model, workload, gpu, wd)
         return LayerOffloadPlan(gpu, rig.host_cpu(gpu), n, wd, kv)
 

@@ -27,9 +27,11 @@ Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwi
 ``kv_b_proj``: KTransformers' DeepSeek rules (``optimize/optimize_rules/DeepSeek-V3-Chat.yaml``) replace
 every linear of a layer with its quantised GPU kernel *except* ``self_attn.kv_b_proj``, which stays a
 16-bit torch Linear that the absorbed attention splits into ``q_absorb``/``out_absorb``; the GPU holds
-and reads it in bf16 (more precise than asked, not less). Expert matmuls in
-bf16/int8 cost the CPU's catalogue peak (AMX) at the CPU efficiency class; in llama.cpp's Q4_K_M they
-cost its measured k-quant kernels (``efficiency.yaml`` ``cpu.kernel_cycles``, ``hetsim.costs.op_cost``).
+and reads it in bf16 (more precise than asked, not less). Expert matmuls in bf16 cost the CPU's
+catalogue peak (AMX) at the CPU efficiency class; weight-only int8/int4 (group 128) compute in the
+activations' 16-bit dtype after dequantising on the vector units (an int8 x int8 AMX kernel, W8A8,
+would quantise the activations too: not offered); in llama.cpp's Q4_K_M they cost its measured k-quant
+kernels (``efficiency.yaml`` ``cpu.kernel_cycles``, ``hetsim.costs.op_cost``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def _scaled(op: Op, share: float, weight_share: float | None = None) -> Op:
         op,
         flops=op.flops * share,
         weight_bytes=op.weight_bytes * (share if weight_share is None else weight_share),
+        dequant_ops=op.dequant_ops * (share if weight_share is None else weight_share),
         act_in_bytes=op.act_in_bytes * share,
         act_out_bytes=op.act_out_bytes * share,
     )
@@ -118,6 +121,7 @@ def _kv_b_16bit(op: Op, wd: str) -> Op:
         weight_bytes=op.weight_bytes * ratio,
         weight_row_bytes=op.weight_row_bytes * ratio,
         compute_dtype=KV_B_DTYPE,
+        dequant_ops=0.0,  # a 16-bit Linear: nothing to unpack
     )
 
 

@@ -26,6 +26,16 @@ from hetsim.workload import Workload
 # KV cache precisions the GPU pipelines (gpu-only, hexgen) run when asked with --kv-dtype: 16-bit, fp32,
 # and int8 (TensorRT-LLM's and LMDeploy's int8 KV cache; lossy).
 GPU_KV_DTYPES = ("fp16", "bf16", "fp32", "int8")
+# Weight precisions they run when asked with --dtype: 16-bit, fp32, and weight-only int8/int4 (GPTQ/AWQ
+# group-128 formats dequantised inside the GEMM, as vLLM, TGI and TensorRT-LLM serve them; lossy).
+GPU_WEIGHT_DTYPES = ("fp16", "bf16", "fp32", "int8", "int4")
+
+
+def gpu_dtypes(model: ModelSpec, workload: Workload) -> tuple[str, str]:
+    """(weights, KV cache) a GPU pipeline runs: what the user asked for, else fp16 for a 16-bit
+    checkpoint and fp32 for an fp32 one (narrowing it to 16 bits is lossy: the user's to ask for)."""
+    own = "fp32" if model.dtype == "fp32" else "fp16"
+    return workload.weight_dtype or own, workload.kv_dtype or own
 
 
 @dataclass(frozen=True)
