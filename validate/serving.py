@@ -24,7 +24,7 @@ The prediction is ``serve_plan`` on a rig whose GPU carries constants fitted on 
 kernels of **other** models (as in ``validate.endtoend``) and whose NVLink carries all-reduce lines
 fitted on the **even-indexed** sizes. Nothing is fitted to serving.
 
-    python -m validate.serving [PROFILES_DIR]
+    python -m validate.serving [--full] [PROFILES_DIR]     # --full: one row per figure
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from hetsim.strategies.pipeline import Stage
 from hetsim.strategies.pipeline_costs import step_time
 from validate.endtoend import GPUS
 from validate.gpu_profile import base_rig, load_rig_doc
-from validate.holdout import TABLES, catalogue_gpu, is_big
+from validate.holdout import TABLES, assumed_efficiency, catalogue_gpu, is_big
 from validate.kernel_fit import Errors, LineFit, fit_allreduce, fit_kernels, with_efficiency
 from validate.profiles import CollectiveSample, KernelSample, read_allreduce, read_kernels
 
@@ -185,6 +185,7 @@ class Figure:
     percentile: int
     predicted_s: float
     reference_s: float
+    before_s: float  # the catalogue GPU (assumed efficiencies, 13 kernels a layer, ring over NVLink)
 
 
 def percentiles(res: ServeResult) -> dict[tuple[str, int], float]:
@@ -213,6 +214,14 @@ def figures(root: Path = TABLES, models: Sequence = MODELS) -> list[Figure]:
         for model_dir, name, label, tps, rates in models:
             spec = get_model(name)
             rig = predicted_rig(gpu, kernels, model_dir, lines)
+            catalogue = load_rig_doc(base_rig(gpu))
+            catalogue = dataclasses.replace(
+                catalogue,
+                devices={
+                    n: with_efficiency(d, assumed_efficiency()) if d.kind == "gpu" else d
+                    for n, d in catalogue.devices.items()
+                },
+            )
             test = [k for k in kernels if k.model == model_dir]
             for tp in tps:
                 stage = Stage(tuple(f"n0.gpu{i}" for i in range(tp)), spec.layers)
@@ -227,41 +236,67 @@ def figures(root: Path = TABLES, models: Sequence = MODELS) -> list[Figure]:
                     )
                     pred = percentiles(serve_plan(plan, rig, spec, reqs))
                     ref = percentiles(serve_plan(plan, rig, spec, reqs, server=ref_server))
+                    before = percentiles(serve_plan(plan, catalogue, spec, reqs))
                     for m, p in pred:
-                        out.append(Figure(gpu_label, label, tp, rate, m, p, pred[m, p], ref[m, p]))
+                        fig = Figure(gpu_label, label, tp, rate, m, p, pred[m, p], ref[m, p], before[m, p])
+                        out.append(fig)
     return out
 
 
-def markdown(figs: Sequence[Figure]) -> str:
-    lines = [
-        "| GPU | model | TP | req/s | figure | hetsim (held out) | measured-kernel reference | error |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for f in figs:
-        lines.append(
-            f"| {f.gpu} | {f.model} | {f.tp} | {f.rate:g} | p{f.percentile} {f.metric} | "
-            f"{1e3 * f.predicted_s:.1f} ms | {1e3 * f.reference_s:.1f} ms | "
-            f"{100 * (f.predicted_s / f.reference_s - 1):+.1f}% |"
-        )
+def _summary(name: str, figs: Sequence[Figure]) -> str:
+    ref = np.array([f.reference_s for f in figs])
+    b = Errors.of(np.array([f.before_s for f in figs]), ref)
+    e = Errors.of(np.array([f.predicted_s for f in figs]), ref)
+    return (
+        f"{name}: {e.count} figures, median error {100 * b.median:.1f}% -> {100 * e.median:.1f}%, "
+        f"within 15% {100 * b.within_15:.1f}% -> {100 * e.within_15:.1f}%, "
+        f"p90 {100 * b.p90:.1f}% -> {100 * e.p90:.1f}% (catalogue -> held out)"
+    )
+
+
+def markdown(figs: Sequence[Figure], full: bool = False) -> str:
+    """One row per run (errors of p50/p90/p99 of each metric), or with ``full`` one row per figure."""
+    if full:
+        lines = [
+            "| GPU | model | TP | req/s | figure | hetsim (held out) | measured-kernel reference | error |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for f in figs:
+            lines.append(
+                f"| {f.gpu} | {f.model} | {f.tp} | {f.rate:g} | p{f.percentile} {f.metric} | "
+                f"{1e3 * f.predicted_s:.1f} ms | {1e3 * f.reference_s:.1f} ms | "
+                f"{100 * (f.predicted_s / f.reference_s - 1):+.1f}% |"
+            )
+    else:
+        lines = [
+            "| GPU | model | TP | req/s | p90 TTFT: hetsim | reference | error p50 / p90 / p99: TTFT "
+            "| TPOT | latency |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        runs: dict[tuple, dict[tuple[str, int], Figure]] = {}
+        for f in figs:
+            runs.setdefault((f.gpu, f.model, f.tp, f.rate), {})[f.metric, f.percentile] = f
+        for (gpu, model, tp, rate), by in runs.items():
+            p90 = by["TTFT", 90]
+            errs = [
+                " / ".join(
+                    f"{100 * (by[m, p].predicted_s / by[m, p].reference_s - 1):+.0f}%" for p in PERCENTILES
+                )
+                for m in METRICS
+            ]
+            lines.append(
+                f"| {gpu} | {model} | {tp} | {rate:g} | {1e3 * p90.predicted_s:.1f} ms | "
+                f"{1e3 * p90.reference_s:.1f} ms | " + " | ".join(errs) + " |"
+            )
     lines.append("")
     for rate in sorted({f.rate for f in figs}):
-        sub = [f for f in figs if f.rate == rate]
-        e = Errors.of(np.array([f.predicted_s for f in sub]), np.array([f.reference_s for f in sub]))
-        lines.append(
-            f"{rate:g} req/s: {e.count} figures, median error {100 * e.median:.1f}%, "
-            f"{100 * e.within_15:.1f}% within 15%, p90 {100 * e.p90:.1f}%"
-        )
-        lines.append("")
-    e = Errors.of(np.array([f.predicted_s for f in figs]), np.array([f.reference_s for f in figs]))
-    lines.append(
-        f"all: {e.count} figures, median error {100 * e.median:.1f}%, "
-        f"{100 * e.within_15:.1f}% within 15%, p90 {100 * e.p90:.1f}%"
-    )
-    return "\n".join(lines)
+        lines += [_summary(f"{rate:g} req/s", [f for f in figs if f.rate == rate]), ""]
+    return "\n".join([*lines, _summary("all", figs)])
 
 
 def main(argv: Sequence[str] = (), write: Callable[[str], object] = sys.stdout.write) -> None:
-    write(markdown(figures(Path(argv[0]) if argv else TABLES)) + "\n")
+    args = [a for a in argv if a != "--full"]
+    write(markdown(figures(Path(args[0]) if args else TABLES), full="--full" in argv) + "\n")
 
 
 if __name__ == "__main__":
