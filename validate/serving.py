@@ -21,8 +21,9 @@ every iteration's step time composed as Vidur composes it:
 - scheduling, sampling and other CPU overheads: on neither side (hetsim does not model them).
 
 The prediction is ``serve_plan`` on a rig whose GPU carries constants fitted on the same GPU's
-kernels of **other** models (as in ``validate.endtoend``) and whose NVLink carries all-reduce lines
-fitted on the **even-indexed** sizes. Nothing is fitted to serving.
+kernels of **other** models (as in ``validate.endtoend``) and whose NVLink carries the
+**even-indexed** all-reduce sizes: their medians (``Link.allreduce_table``) and the line fitted to
+them. Nothing is fitted to serving.
 
     python -m validate.serving [--full] [PROFILES_DIR]     # --full: one row per figure
 """
@@ -56,7 +57,15 @@ from hetsim.strategies.pipeline_costs import step_time
 from validate.endtoend import GPUS
 from validate.gpu_profile import base_rig, load_rig_doc
 from validate.holdout import TABLES, assumed_efficiency, catalogue_gpu, is_big
-from validate.kernel_fit import Errors, LineFit, fit_allreduce, fit_kernels, with_efficiency
+from validate.kernel_fit import (
+    Errors,
+    LineFit,
+    Table,
+    allreduce_tables,
+    fit_allreduce,
+    fit_kernels,
+    with_efficiency,
+)
 from validate.profiles import CollectiveSample, KernelSample, read_allreduce, read_kernels
 
 # (Vidur model folder, registry name, label, TP degrees, rates in requests/s). TP 1 of 70B does not
@@ -161,7 +170,11 @@ class ReferenceServer(ReplicaServer):
 
 # ---- the prediction: constants fitted on other models, lines on other sizes -----------------------
 def predicted_rig(
-    gpu: str, kernels: Sequence[KernelSample], model_dir: str, lines: dict[int, LineFit]
+    gpu: str,
+    kernels: Sequence[KernelSample],
+    model_dir: str,
+    lines: dict[int, LineFit],
+    tables: dict[int, Table] | None = None,
 ) -> Rig:
     base = catalogue_gpu(gpu)
     train = [k for k in kernels if (not is_big(k.model) if is_big(model_dir) else k.model != model_dir)]
@@ -169,8 +182,10 @@ def predicted_rig(
     rig = load_rig_doc(base_rig(gpu))
     devices = {n: with_efficiency(d, eff) if d.kind == "gpu" else d for n, d in rig.devices.items()}
     ar = {r: (f.latency_s, f.bandwidth) for r, f in lines.items()}
+    tab = tables or {}
     links = {
-        n: dataclasses.replace(x, allreduce=ar) if x.kind == "nvlink" else x for n, x in rig.links.items()
+        n: dataclasses.replace(x, allreduce=ar, allreduce_table=tab) if x.kind == "nvlink" else x
+        for n, x in rig.links.items()
     }
     return dataclasses.replace(rig, devices=devices, links=links)
 
@@ -207,13 +222,15 @@ def figures(root: Path = TABLES, models: Sequence = MODELS) -> list[Figure]:
     for gpu, folder, node, gpu_label in GPUS:
         kernels = read_kernels(root, folder)
         coll = read_allreduce(root, node)
-        lines = {}
+        lines, train = {}, []
         for ranks in sorted({c.ranks for c in coll}):
             sub = sorted((c for c in coll if c.ranks == ranks), key=lambda c: c.nbytes)
             lines[ranks] = fit_allreduce(sub[::2])[ranks]
+            train += sub[::2]
+        tables = allreduce_tables(train)
         for model_dir, name, label, tps, rates in models:
             spec = get_model(name)
-            rig = predicted_rig(gpu, kernels, model_dir, lines)
+            rig = predicted_rig(gpu, kernels, model_dir, lines, tables)
             catalogue = load_rig_doc(base_rig(gpu))
             catalogue = dataclasses.replace(
                 catalogue,
