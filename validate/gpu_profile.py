@@ -136,6 +136,8 @@ def build(root: Path, gpu: str, out: Path | None = None) -> tuple[dict[str, Any]
                 for r, f in fits.items()
             ]
         }
+        if out is not None:  # the medians themselves, used inside their size range
+            nvlink["allreduce_table"] = os.path.relpath(net.resolve(), out.resolve().parent)
         report["allreduce"] = {
             r: {
                 "latency_s": f.latency_s,

@@ -142,14 +142,19 @@ def rows(root: Path = TABLES) -> list[Row]:
 class CollectiveRow:
     node: str
     ranks: int
+    sizes: str  # which held-out sizes
     before: Errors  # the catalogue NVLink (datasheet bandwidth, assumed latency) in the ring formula
-    after: Errors
+    after: Errors  # the fitted line
+    table: Errors  # the measured medians of the training sizes inside their range, else the line
+
+
+SMALL_MESSAGE = 2 * 2**20  # bytes: decode all-reduces (hidden states of up to ~128 tokens)
 
 
 def collective_rows(root: Path = TABLES) -> list[CollectiveRow]:
     """All-reduce lines fitted on every other message size, tested on the sizes in between."""
     from hetsim.costs.lockstep import ring_alpha_beta
-    from validate.kernel_fit import fit_allreduce, measured, predict_allreduce
+    from validate.kernel_fit import allreduce_tables, fit_allreduce, measured, predict_allreduce
 
     out = []
     for node, gpu in (("a100_dgx", "a100-80g"), ("h100_dgx", "h100-sxm")):
@@ -162,11 +167,12 @@ def collective_rows(root: Path = TABLES) -> list[CollectiveRow]:
             alpha, beta = ring_alpha_beta(rig, [f"n0.gpu{i}" for i in range(ranks)])
             ring = np.array([allreduce_time(ranks, c.nbytes, alpha, beta).time_s for c in test])
             meas = measured(test)
-            out.append(
-                CollectiveRow(
-                    node, ranks, Errors.of(ring, meas), Errors.of(predict_allreduce(fits, test), meas)
-                )
-            )
+            line = predict_allreduce(fits, test)
+            table = predict_allreduce(fits, test, allreduce_tables(sub[::2]))
+            small = np.array([c.nbytes <= SMALL_MESSAGE for c in test])
+            for sizes, m in (("all", np.ones_like(small)), ("<= 2 MiB", small)):
+                errs = (Errors.of(p[m], meas[m]) for p in (ring, line, table))
+                out.append(CollectiveRow(node, ranks, sizes, *errs))
     return out
 
 
@@ -273,14 +279,18 @@ def markdown(krows: list[Row], crows: list[CollectiveRow], arows: list[Attention
         )
     lines += [
         "",
-        "| NCCL all-reduce | ranks | sizes held out | median error before | after "
-        "| within 15% before | after |",
-        "|---|---|---|---|---|---|---|",
+        "| NCCL all-reduce | ranks | sizes | held out | median error: ring | line | table "
+        "| within 15%: ring | line | table |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in crows:
+        errs = (c.before, c.after, c.table)
         lines.append(
-            f"| {c.node} | {c.ranks} | {c.after.count} | {_pct(c.before.median)} | {_pct(c.after.median)} | "
-            f"{_pct(c.before.within_15)} | {_pct(c.after.within_15)} |"
+            f"| {c.node} | {c.ranks} | {c.sizes} | {c.after.count} | "
+            + " | ".join(_pct(e.median) for e in errs)
+            + " | "
+            + " | ".join(_pct(e.within_15) for e in errs)
+            + " |"
         )
     if arows:
         lines += [

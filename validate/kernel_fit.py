@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from hetsim.costs.collectives import allreduce_time
+from hetsim.costs.collectives import Fit, allreduce_time
 from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.types import ComputeDevice, Efficiency
 from validate.profiles import AttentionSample, CollectiveSample, KernelSample
@@ -140,11 +140,32 @@ class LineFit:
     samples: int
 
 
-def predict_allreduce(fits: dict[int, LineFit], samples: Sequence[CollectiveSample]) -> np.ndarray:
+Table = tuple[tuple[float, ...], tuple[float, ...]]  # log bytes ascending, log seconds (Link.allreduce_table)
+
+
+def allreduce_tables(samples: Sequence[CollectiveSample]) -> dict[int, Table]:
+    """The measured medians as a rig carries them (``hetsim.hardware.loader.allreduce_table``)."""
+    by: dict[int, dict[float, list[float]]] = {}
+    for s in samples:
+        by.setdefault(s.ranks, {}).setdefault(s.nbytes, []).append(s.seconds)
+    return {
+        r: (
+            tuple(float(np.log(x)) for x in sorted(sizes)),
+            tuple(float(np.log(np.median(sizes[x]))) for x in sorted(sizes)),
+        )
+        for r, sizes in by.items()
+    }
+
+
+def predict_allreduce(
+    fits: dict[int, LineFit], samples: Sequence[CollectiveSample], tables: dict[int, Table] | None = None
+) -> np.ndarray:
+    """The fitted line per world size; with ``tables``, the measured medians inside their range."""
     out = []
     for s in samples:
         f = fits[s.ranks]
-        out.append(allreduce_time(s.ranks, s.nbytes, 0.0, 1.0, (f.latency_s, f.bandwidth)).time_s)
+        fit = Fit(f.latency_s, f.bandwidth, *(tables or {}).get(s.ranks, ((), ())))
+        out.append(allreduce_time(s.ranks, s.nbytes, 0.0, 1.0, fit).time_s)
     return np.array(out)
 
 

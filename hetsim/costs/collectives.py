@@ -10,13 +10,18 @@ by message size:
     send/recv:              alpha + m / beta
 
 A link kind with a measured all-reduce for the group's world size (``Link.allreduce``, fitted to
-NCCL) uses that line instead: latency + m / bandwidth.
+NCCL) uses that line instead: latency + m / bandwidth. Where the rig also carries the measured
+medians (``Link.allreduce_table``), a message inside their size range costs the measured time,
+log-log between the two measured sizes around it: NCCL switches protocol and algorithm by size,
+in steps a line cannot follow. Outside the measured range the line applies.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -25,16 +30,38 @@ class CollectiveCost:
     algorithm: str
 
 
-Fit = tuple[float, float]  # measured all-reduce line: (latency s, bytes/s)
+class Fit(NamedTuple):
+    """A measured all-reduce at one world size: the fitted line, and the measured medians (log bytes
+    ascending, log seconds; empty when the rig has none). A plain (latency, bandwidth) pair is a
+    line alone."""
+
+    latency_s: float
+    bandwidth: float  # bytes/s
+    log_bytes: tuple[float, ...] = ()
+    log_seconds: tuple[float, ...] = ()
+
+
+def measured_allreduce_s(fit: Fit | tuple[float, float], nbytes: float) -> float:
+    """Inside the measured sizes: log-log between the two around ``nbytes``; else the line."""
+    lat, bw, *table = fit
+    if table and table[0]:
+        xs, ys = table
+        x = math.log(nbytes)
+        if xs[0] <= x <= xs[-1]:
+            i = min(bisect_right(xs, x), len(xs) - 1)
+            x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+            w = (x - x0) / (x1 - x0) if x1 > x0 else 0.0
+            return math.exp(y0 + w * (y1 - y0))
+    return lat + nbytes / bw
 
 
 def allreduce_time(
-    ranks: int, nbytes: float, alpha_s: float, beta_bps: float, fit: Fit | None = None
+    ranks: int, nbytes: float, alpha_s: float, beta_bps: float, fit: Fit | tuple[float, float] | None = None
 ) -> CollectiveCost:
     if ranks <= 1 or nbytes <= 0:
         return CollectiveCost(0.0, "none")
     if fit is not None:
-        return CollectiveCost(fit[0] + nbytes / fit[1], "measured")
+        return CollectiveCost(measured_allreduce_s(fit, nbytes), "measured")
     ring = 2 * (ranks - 1) * (alpha_s + nbytes / (ranks * beta_bps))
     doubling = math.ceil(math.log2(ranks)) * (alpha_s + nbytes / beta_bps)
     if doubling <= ring:
@@ -43,7 +70,11 @@ def allreduce_time(
 
 
 def allgather_time(
-    ranks: int, nbytes_per_rank: float, alpha_s: float, beta_bps: float, fit: Fit | None = None
+    ranks: int,
+    nbytes_per_rank: float,
+    alpha_s: float,
+    beta_bps: float,
+    fit: Fit | tuple[float, float] | None = None,
 ) -> CollectiveCost:
     """``fit`` (an all-reduce measurement) does not apply to all-gathers and is ignored."""
     if ranks <= 1 or nbytes_per_rank <= 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hetsim.costs.collectives import Fit
 from hetsim.hardware.rig import Rig
 
 
@@ -29,20 +30,31 @@ def ring_alpha_beta(rig: Rig, devices: Sequence[str]) -> tuple[float, float]:
     return alpha, beta
 
 
-def ring_allreduce_fit(rig: Rig, devices: Sequence[str]) -> tuple[float, float] | None:
+def ring_allreduce_fit(rig: Rig, devices: Sequence[str]) -> Fit | None:
     """The measured all-reduce line for this many ranks when every link of the ring has one (the
-    worst latency and bandwidth among them); None when any link lacks it (use the ring formula)."""
+    worst latency and bandwidth among them), with the measured medians when every link carries the
+    same table; None when any link lacks a line (use the ring formula)."""
     ranks = len(devices)
     lat, bw = 0.0, float("inf")
+    table: tuple | None = None
+    same = True
     for i, a in enumerate(devices):
         b = devices[(i + 1) % len(devices)]
         for route in (rig.route(a, b), rig.route(b, a)):
             for hop in route.hops:
-                fit = rig.links[hop.link].allreduce.get(ranks)
+                link = rig.links[hop.link]
+                fit = link.allreduce.get(ranks)
                 if fit is None:
                     return None
                 lat, bw = max(lat, fit[0]), min(bw, fit[1])
-    return (lat, bw) if bw < float("inf") else None
+                t = link.allreduce_table.get(ranks, ((), ()))
+                same = same and (table is None or t is table)  # one parsed table, shared by the links
+                table = t
+    if bw == float("inf"):
+        return None
+    if not same or table is None:  # links measured apart: the line only
+        table = ((), ())
+    return Fit(lat, bw, *table)
 
 
 def straggler_share(rig: Rig, devices: Sequence[str]) -> float:

@@ -14,8 +14,12 @@ GPU-to-GPU traffic without NVLink routes through the host: GPU -> PCIe -> CPU so
 
 from __future__ import annotations
 
+import csv
+import functools
 import itertools
+import math
 import os
+import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ from hetsim.hardware.schema import (
     Sourced,
 )
 from hetsim.hardware.types import ComputeDevice, Disk, Efficiency, Grade, Link, MatmulCurve, Node, Provenance
+from hetsim.textfiles import read_text
 
 _PROTECTED = ("name", "kind", "aliases")
 
@@ -88,6 +93,44 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
             out[key] = _merge(cur, val)
         else:
             out[key] = val
+    return out
+
+
+ALLREDUCE_COLUMNS = ("num_workers", "size", "time_stats.all_reduce.median")
+
+
+@functools.lru_cache(maxsize=8)
+def allreduce_table(path: str, rig: str) -> dict[int, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """NCCL all-reduce medians in Vidur's ``all_reduce.csv`` (``size`` in fp16 elements, times in ms;
+    rows inside one node where ``devices_per_node`` is given): per world size, (log bytes ascending,
+    log seconds), a size measured more than once at its median. Cached, so every link of a rig
+    shares one table (``ring_allreduce_fit`` compares them by identity)."""
+    field = "nvlink.allreduce_table"
+    if not Path(path).is_file():
+        raise InputError(f"all-reduce table not found: {path}", source=rig, field=field)
+    rows = list(csv.DictReader(read_text(path).splitlines()))
+    missing = [c for c in ALLREDUCE_COLUMNS if not rows or c not in rows[0]]
+    if missing:
+        raise InputError(f"{path}: missing columns {', '.join(missing)}", source=rig, field=field)
+    by_ranks: dict[int, dict[float, list[float]]] = {}
+    for i, r in enumerate(rows, start=2):
+        try:
+            ranks, size = int(r["num_workers"]), float(r["size"])
+            ms = float(r["time_stats.all_reduce.median"])
+            local = r.get("devices_per_node") in (None, "") or int(r["devices_per_node"]) == ranks
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: line {i}: not a number", source=rig, field=field) from None
+        if not (size > 0 and ms > 0 and math.isfinite(size) and math.isfinite(ms)):
+            raise InputError(f"{path}: line {i}: size and time must be positive", source=rig, field=field)
+        if local:
+            by_ranks.setdefault(ranks, {}).setdefault(2.0 * size, []).append(ms * 1e-3)
+    out = {}
+    for ranks, sizes in by_ranks.items():
+        xs = sorted(sizes)
+        out[ranks] = (
+            tuple(math.log(x) for x in xs),
+            tuple(math.log(statistics.median(sizes[x])) for x in xs),
+        )
     return out
 
 
@@ -269,6 +312,15 @@ class _Builder:
         for p in spec.allreduce:
             prov[f"allreduce.{p.ranks}.latency_s"] = _prov(p.latency)
             prov[f"allreduce.{p.ranks}.bw"] = _prov(p.bandwidth)
+        tables = {}
+        if spec.allreduce_table:
+            path = (Path(self.source).parent / spec.allreduce_table).resolve()
+            lines = {p.ranks for p in spec.allreduce}
+            tables = {r: t for r, t in allreduce_table(str(path), self.source).items() if r in lines}
+            for r in tables:
+                prov[f"allreduce.{r}.table"] = Provenance(
+                    f"measured NCCL all-reduce medians in {spec.allreduce_table}", Grade.MEASURED
+                )
         self.links[name] = Link(
             name=name,
             kind=spec.kind,
@@ -279,6 +331,7 @@ class _Builder:
             pageable_bw=pageable.si * count,
             provenance=prov,
             allreduce={p.ranks: (p.latency.si, p.bandwidth.si) for p in spec.allreduce},
+            allreduce_table=tables,
         )
 
     def default_upi(self, cpu: CpuSpec) -> LinkRef:

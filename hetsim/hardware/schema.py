@@ -231,6 +231,8 @@ class KernelCycles(_Strict):
     @property
     def grade_enum(self) -> Grade:
         return GRADES[self.grade]
+
+
 class ElementCycles(_Strict):
     """A measured single-thread CPU kernel: core cycles per element (see
     hetsim.hardware.types.Efficiency.quantize_cycles)."""
@@ -356,6 +358,9 @@ class LinkSpec(_Entry):
     theoretical_bandwidth: Bandwidth | None = None
     pageable_bandwidth: Bandwidth | None = None
     allreduce: list[AllreducePoint] = Field(default_factory=list)  # measured, per world size
+    # the measured all-reduce medians themselves (Vidur's all_reduce.csv), relative to the rig file:
+    # used inside their size range, at world sizes that also have an ``allreduce`` line
+    allreduce_table: str | None = None
 
 
 class DiskSpec(_Entry):

@@ -219,6 +219,8 @@ class Link:
     provenance: Mapping[str, Provenance] = field(default_factory=dict)
     # measured all-reduce over this link kind: ranks -> (latency s, bytes/s) of a fitted line
     allreduce: Mapping[int, tuple[float, float]] = field(default_factory=dict)
+    # and its measured medians: ranks -> (log bytes ascending, log seconds), used inside their range
+    allreduce_table: Mapping[int, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

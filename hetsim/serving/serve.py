@@ -46,6 +46,7 @@ def serve_plan(
     mode: str = "continuous",
     deadlines: Sequence[float] | np.ndarray | None = None,
     drop_late: bool = False,
+    server: Callable[..., ReplicaServer] = ReplicaServer,
 ) -> ServeResult:
     """Every request through the engine; memory for weights and the KV of ``max_batch`` sequences
     per in-flight batch is allocated up front (out of memory -> infeasible result).
@@ -55,7 +56,10 @@ def serve_plan(
     when it is taken from the queue and would not finish by its arrival plus deadline, as HexGen's
     serving simulator does; it counts as missing its deadline. The prediction is the estimate's
     (``hetsim.serving.estimate.predicted_latency``: alone, or sharing the busiest stage with the
-    batches already running there), so a kept request may still miss."""
+    batches already running there), so a kept request may still miss.
+
+    ``server`` builds each replica's batch loop (``ReplicaServer``'s arguments); validation passes a
+    subclass that times its steps from measured tables (``validate.serving``), same scheduler."""
     check_plan(plan, rig, model)
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r} (use {', '.join(MODES)})", field="--mode")
@@ -83,7 +87,7 @@ def serve_plan(
         due = {r.rid: r.arrival_s + float(d) for r, d in zip(requests, deadlines, strict=True)}  # type: ignore[arg-type]
         admit = _late_filter(rig, model, plan, due, where)
     servers = [
-        ReplicaServer(
+        server(
             i,
             rep,
             plan,
