@@ -107,13 +107,15 @@ def test_op_cost_cache_keeps_a_few_rigs(monkeypatch):
     assert Engine(rigs[-1])._op_costs is Engine(rigs[-1])._op_costs
 
 
-def test_preload_imports_the_named_solver_searches(monkeypatch):
+def test_preload_imports_the_named_solver_searches_but_not_cp_sat(monkeypatch):
     import sys
 
     from hetsim.planner import preload
 
     for module in ("hetsim.planner.hetegen_knapsack", "hetsim.planner.flexgen_lp"):
         monkeypatch.delitem(sys.modules, module, raising=False)
-    preload(["hetegen", "gpu-only"])
-    assert "hetsim.planner.hetegen_knapsack" in sys.modules
-    assert "hetsim.planner.flexgen_lp" not in sys.modules
+    preload(["flexgen", "gpu-only"])
+    assert "hetsim.planner.flexgen_lp" in sys.modules
+    assert "hetsim.planner.hetegen_knapsack" not in sys.modules
+    preload(["hetegen"])  # CP-SAT: left to the worker that runs it
+    assert "hetsim.planner.hetegen_knapsack" not in sys.modules
