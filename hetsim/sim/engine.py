@@ -93,7 +93,7 @@ class TransferPath:
 
 @dataclass(frozen=True)
 class _LockstepFixed:
-    """The clock-independent part of one ``Engine.lockstep`` call (see ``Engine._lockstep_fixed``)."""
+    """The clock-independent part of one ``Engine.lockstep`` call (see ``Engine.lockstep_fixed``)."""
 
     single: OpCost | None  # one rank: the whole call is this cost on its compute stream
     bytes_moved: tuple[float, ...]  # all-reduce traffic, added one by one (same sums to the bit)
@@ -102,8 +102,9 @@ class _LockstepFixed:
     traffic: tuple[tuple[BandwidthTimeline, float, float], ...]  # (DRAM, bytes, rate cap) per socket
     straggle: float
     lanes: tuple[Lane, ...]
-    link_lanes: tuple[Lane, ...]
+    link_lanes: tuple[Lane, ...]  # the lanes that are not compute streams
     memory_bound: tuple[tuple[Lane, float], ...]  # per rank: repeat x its memory-bound time
+    compute_lanes: tuple[Lane, ...] = ()  # the ranks' compute streams (each once), in ``lanes`` order
 
 
 _CostKey = tuple[str, "Op | tuple[Op, ...]"]
@@ -160,6 +161,9 @@ class Engine:
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
         self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float, Fit | None]] = {}
         self._lockstep_cache: dict[tuple, tuple[tuple, _LockstepFixed]] = {}
+        # A schedule's own per-engine memo of prepared steps (``pipeline_pass``: a batch step's
+        # lockstep parts by shape), bounded as the lockstep cache is; see ``remember``.
+        self.step_cache: dict[tuple, Any] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _lane(self, name: str) -> Lane:
@@ -358,13 +362,19 @@ class Engine:
         which is what a synchronised TP group does to them; the duration comes from the same cost
         functions as ``compute`` and ``allreduce``.
         """
-        fixed = self._lockstep_fixed(devices, work, repeat)
+        return self.run_lockstep(devices, self.lockstep_fixed(devices, work, repeat), repeat, label)
+
+    def run_lockstep(
+        self, devices: Sequence[str], fixed: _LockstepFixed, repeat: int = 1, label: str = "lockstep"
+    ) -> simpy.Event:
+        """``lockstep`` of a clock-independent part already worked out (``lockstep_fixed`` of the same
+        devices, work and repeat on this engine): a schedule that repeats a step keeps it."""
         if fixed.single is not None:
             return self.execute(devices[0], fixed.single, label=label, args={"repeat": repeat})
         for nbytes in fixed.bytes_moved:
             self.bytes_transferred += nbytes
         lanes = fixed.lanes
-        now = self.env.now
+        now = self.env._now
         # CPU ranks stream their share of weights from DRAM; ranks on one shared DRAM compete, so the
         # compute part lasts at least until their traffic has been served.
         start = max(now, max(map(_FREE_AT, lanes)))
@@ -376,18 +386,33 @@ class Engine:
         wait = lockstep_wait(busy, fixed.straggle)
         duration = lockstep_duration(busy, fixed.comm_s * repeat, fixed.straggle)
         end = start + duration
-        for lane in lanes:
+        idle = busy + wait
+        # each lane's busy time takes +duration, then (links: busy only while the all-reduces run)
+        # -idle: per lane the same two roundings as in two passes
+        for lane in fixed.compute_lanes:
             lane.free_at = end
             lane.busy_s += duration
-        idle = busy + wait
-        for lane in fixed.link_lanes:  # links are busy only while the all-reduces run
-            lane.busy_s -= idle
+        for lane in fixed.link_lanes:
+            lane.free_at = end
+            lane.busy_s = lane.busy_s + duration - idle
         for lane, mem_bound in fixed.memory_bound:
             lane.memory_bound_s += mem_bound + stretch
-        return self._finish(lanes, start, end, label, {"ranks": len(devices), "repeat": repeat})
+        self.tasks += 1  # _finish, inline
+        self.last_end = end
+        if self.tracer is not None:
+            for lane in lanes:
+                self.tracer.span(lane.name, label, start, end, {"ranks": len(devices), "repeat": repeat})
+        return self.env.timeout(end - now)
 
-    def _lockstep_fixed(
-        self, devices: Sequence[str], work: Sequence[tuple[Op, ...] | float], repeat: int
+    def remember(self, key: tuple, value: Any) -> Any:
+        """Put ``value`` in ``step_cache`` under ``key`` (emptied first when full); returns it."""
+        if len(self.step_cache) >= _LOCKSTEP_CACHE_MAX:
+            self.step_cache.clear()
+        self.step_cache[key] = value
+        return value
+
+    def lockstep_fixed(
+        self, devices: Sequence[str], work: Sequence[tuple[Op, ...] | float], repeat: int = 1
     ) -> _LockstepFixed:
         """What a lockstep call's duration needs that does not depend on the clock, cached by the
         identity of its op blocks (layer_blocks hands out the same tuples for the same shape)."""
@@ -454,6 +479,7 @@ class Engine:
             lanes=lanes,
             link_lanes=tuple(lane for lane in lanes if id(lane) not in compute_lanes),
             memory_bound=tuple(memory_bound),
+            compute_lanes=tuple(lane for lane in lanes if id(lane) in compute_lanes),
         )
 
     def alloc(self, device: str, nbytes: float, tag: str) -> None:
