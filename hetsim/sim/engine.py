@@ -21,7 +21,7 @@ from operator import attrgetter
 from typing import Any
 
 import simpy
-from simpy.events import NORMAL
+from simpy.events import NORMAL, PENDING, Timeout
 
 from hetsim.costs.collectives import CollectiveCost, Fit, allgather_time, allreduce_time
 from hetsim.costs.lockstep import (
@@ -41,6 +41,7 @@ from hetsim.sim.trace import TraceRecorder
 
 _LOCKSTEP_CACHE_MAX = 4096
 _FREE_AT = attrgetter("free_at")
+_new_timeout = object.__new__
 
 Schedule = Callable[["Engine"], Generator[simpy.Event, Any, Any]]
 
@@ -59,6 +60,20 @@ class _Environment(simpy.Environment):
         self.made += 1
         return proc
 
+    def timeout(self, delay=0, value=None):  # type: ignore[override]
+        """SimPy's ``timeout`` (the same ``Timeout``, scheduled at ``now + delay`` with the same
+        priority and order), without two Python calls per event: the engine makes one per task."""
+        if delay < 0:
+            raise ValueError(f"Negative delay {delay}")
+        event = _new_timeout(Timeout)
+        event.env = self
+        event.callbacks = []
+        event._value = value
+        event._delay = delay
+        event._ok = True
+        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), event))
+        return event
+
     def at(self, when: float) -> simpy.Event:
         """An event processed at exactly ``when`` (not ``now + (when - now)``, which can round)."""
         event = simpy.Event(self)
@@ -66,6 +81,36 @@ class _Environment(simpy.Environment):
         event._value = None
         heappush(self._queue, (max(when, self._now), NORMAL, next(self._eid), event))
         return event
+
+
+class AllOf(simpy.Event):
+    """SimPy's ``env.all_of`` without its ``Condition`` machinery (a tuple of the events, a callback
+    per event that evaluates a predicate, a value built and the callbacks removed when it fires):
+    the same event is scheduled at the same moment with the same priority, so every process resumes
+    in the same order; it counts down instead, and its value is None (no schedule reads it). A failed
+    event fails it, as it fails ``all_of``."""
+
+    def __init__(self, env: simpy.Environment, events: list[simpy.Event]):
+        super().__init__(env)
+        self._left = len(events)
+        if not events:
+            self.succeed()
+            return
+        for event in events:
+            if event.callbacks is None:  # already processed
+                self._check(event)
+            else:
+                event.callbacks.append(self._check)
+
+    def _check(self, event: simpy.Event) -> None:
+        if self._value is not PENDING:
+            return
+        self._left -= 1
+        if not event._ok:
+            event._defused = True
+            self.fail(event._value)
+        elif not self._left:
+            self.succeed()
 
 
 class Lane:
@@ -497,7 +542,8 @@ class Engine:
         self.memory.free(device, tag, nbytes)
 
     def all_of(self, events: Iterable[simpy.Event]) -> simpy.Event:
-        return self.env.all_of(list(events))
+        """An event that fires when every one of ``events`` has (``env.all_of``'s timing; ``AllOf``)."""
+        return AllOf(self.env, list(events))
 
     def transfer_time(
         self,
