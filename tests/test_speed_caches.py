@@ -198,3 +198,30 @@ def test_pipelines_and_lockstep_groups_book_as_before(monkeypatch, tmp_path):
     _reference_passes(monkeypatch)
     assert _bits(api.compare(p, names, trace_path=str(tmp_path / "ref.json"))) == _bits(fast)
     assert (tmp_path / "fast.json").read_bytes() == (tmp_path / "ref.json").read_bytes()
+
+
+def test_free_batch_searches_simulate_each_estimate_once_and_find_the_same(monkeypatch):
+    import importlib
+    from contextlib import nullcontext
+
+    from hetsim.planner import ranking
+
+    search = importlib.import_module("hetsim.planner.search")
+
+    calls: list[tuple] = []
+    simulate_estimate = ranking._estimate
+
+    def counted(strategy, plan, rig, model, wl):
+        calls.append((strategy.name, repr(plan), wl))
+        return simulate_estimate(strategy, plan, rig, model, wl)
+
+    monkeypatch.setattr(ranking, "_estimate", counted)
+    p = api.problem("llama2-70b", "mixed-lab", None, 256, 16)
+    names = ["hetegen", "gpu-only", "cpu-tp"]
+    remembered = api.compare(p, names)
+    assert len(calls) == len(set(calls)) > 0  # no estimate simulated twice within a search
+    assert ranking._ESTIMATES is None  # nothing kept after the search
+    once = len(calls)
+    monkeypatch.setattr(search, "remembering", nullcontext)
+    assert _bits(api.compare(p, names)) == _bits(remembered)
+    assert len(calls) - once > once  # without the memo, some estimates ran again

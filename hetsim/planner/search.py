@@ -9,7 +9,7 @@ from typing import Any
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import LOSSY_DTYPES, ModelSpec
-from hetsim.planner.ranking import best_plan, evaluator
+from hetsim.planner.ranking import best_plan, evaluator, remembering
 from hetsim.sim.result import rank_key
 from hetsim.sim.run import fits
 from hetsim.strategies.base import Objective, Strategy
@@ -106,16 +106,23 @@ def search_free_batch(
     own policy search). Every other strategy runs at ``best_batch`` (a larger offline batch shares each
     weight read among more sequences, but not always to its profit); when the searched plan does not
     fit there by its estimate, the batch is halved until one does."""
+    with remembering():
+        return _search_free_batch(strategy, rig, model, workload, objective, lossy=allow_lossy)
+
+
+def _search_free_batch(
+    strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective, lossy: bool
+) -> tuple[Any, int] | None:
     target = FREE_BATCH_SEARCHES.get(strategy.name)
     if target is not None:
         return _solver(target)(
             rig, model, workload, objective,
-            lambda w: evaluator(strategy, rig, model, w), allow_lossy=allow_lossy,
+            lambda w: evaluator(strategy, rig, model, w), allow_lossy=lossy,
         )  # fmt: skip
     batch = best_batch(strategy, rig, model, workload, objective)
     while True:
         wl = replace(workload, batch=batch)
-        plan = search(strategy, rig, model, wl, objective, allow_lossy=allow_lossy)
+        plan = search(strategy, rig, model, wl, objective, allow_lossy=lossy)
         if batch == 1:
             return (plan, batch) if plan is not None else None
         # a search returns its best candidate even when none fits (the run then says why): at a batch
