@@ -38,6 +38,8 @@ CASES: dict[str, list[str]] = {
                                  "--format", "json"],
     "serve-600s": ["serve", "--model", "llama2-70b", "--hw", "hexgen-full-budget", "--rate", "5",
                    "--duration", "600", "--format", "json"],
+    "serve-3600s": ["serve", "--model", "llama2-70b", "--hw", "hexgen-full-budget", "--rate", "5",
+                    "--duration", "3600", "--format", "json"],
     "plan-hexgen-58gpu": ["plan", "--model", "llama2-70b", "--hw", "hexgen-full-budget", "--strategy",
                           "hexgen", "--format", "json"],
 }  # fmt: skip

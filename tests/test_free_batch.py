@@ -135,3 +135,11 @@ def test_a_free_batch_never_reports_infeasible_where_a_smaller_batch_runs():
     plan = search(gpu_only, p.rig, p.model, wl, "throughput")
     assert estimate(gpu_only, plan, p.rig, p.model, wl).feasible
     assert simulate(gpu_only, plan, p.rig, p.model, wl).feasible  # the estimate and the full run agree
+
+
+def test_a_context_too_long_for_a_plans_gpu_budget_is_a_reason_not_a_crash():
+    """HeteGen's footprint refuses a working set over its GPU budget; at a 4096-token context (gen 3584,
+    the benchmark's long run) the estimate's full-context check met that refusal and crashed compare."""
+    p = api.problem("llama2-70b", "mixed-lab", None, 512, 3584)
+    r = api.best_result(get_strategy("hetegen"), p, "throughput")
+    assert r.feasible or "out of memory" in r.reason

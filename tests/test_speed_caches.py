@@ -10,7 +10,7 @@ from hetsim.sim import engine as engine_mod
 from hetsim.sim.engine import Engine
 
 
-def _uncached_lockstep(self, devices, work, repeat):
+def _uncached_lockstep(self, devices, work, repeat=1):
     return self._lockstep_compute(devices, work, repeat)
 
 
@@ -30,7 +30,7 @@ def _bits(results):
 def test_lockstep_cache_changes_no_result(monkeypatch, model, rig, strategies):
     p = api.problem(model, rig, 2, 128, 8)
     cached = api.compare(p, strategies)
-    monkeypatch.setattr(Engine, "_lockstep_fixed", _uncached_lockstep)
+    monkeypatch.setattr(Engine, "lockstep_fixed", _uncached_lockstep)
     assert _bits(api.compare(p, strategies)) == _bits(cached)
     assert any(r.feasible for r in cached)
 
@@ -38,7 +38,7 @@ def test_lockstep_cache_changes_no_result(monkeypatch, model, rig, strategies):
 def test_serving_is_bit_identical_without_the_lockstep_cache(monkeypatch):
     args = dict(rate=1.0, num_requests=30, slo_scale=5.0, seed=3)
     cached = api.serve("llama2-7b", "hexgen-half-budget", **args)
-    monkeypatch.setattr(Engine, "_lockstep_fixed", _uncached_lockstep)
+    monkeypatch.setattr(Engine, "lockstep_fixed", _uncached_lockstep)
     assert repr(api.serve("llama2-7b", "hexgen-half-budget", **args)) == repr(cached)
     assert cached["feasible"]
 
@@ -47,7 +47,7 @@ def test_lockstep_cache_is_bounded(monkeypatch):
     monkeypatch.setattr(engine_mod, "_LOCKSTEP_CACHE_MAX", 2)
     p = api.problem("llama2-70b", "hexgen-homogeneous", 1, 64, 6)
     bounded = api.compare(p, ["hexgen"], search=False)
-    monkeypatch.setattr(Engine, "_lockstep_fixed", _uncached_lockstep)
+    monkeypatch.setattr(Engine, "lockstep_fixed", _uncached_lockstep)
     assert _bits(api.compare(p, ["hexgen"], search=False)) == _bits(bounded)
 
 
@@ -107,13 +107,121 @@ def test_op_cost_cache_keeps_a_few_rigs(monkeypatch):
     assert Engine(rigs[-1])._op_costs is Engine(rigs[-1])._op_costs
 
 
-def test_preload_imports_the_named_solver_searches(monkeypatch):
+def test_preload_imports_the_named_solver_searches_but_not_cp_sat(monkeypatch):
     import sys
 
     from hetsim.planner import preload
 
     for module in ("hetsim.planner.hetegen_knapsack", "hetsim.planner.flexgen_lp"):
         monkeypatch.delitem(sys.modules, module, raising=False)
-    preload(["hetegen", "gpu-only"])
-    assert "hetsim.planner.hetegen_knapsack" in sys.modules
-    assert "hetsim.planner.flexgen_lp" not in sys.modules
+    preload(["flexgen", "gpu-only"])
+    assert "hetsim.planner.flexgen_lp" in sys.modules
+    assert "hetsim.planner.hetegen_knapsack" not in sys.modules
+    preload(["hetegen"])  # CP-SAT: left to the worker that runs it
+    assert "hetsim.planner.hetegen_knapsack" not in sys.modules
+
+
+def _reference_lockstep(self, devices, work, *, repeat=1, label="lockstep"):
+    """``Engine.lockstep`` as it booked before ``run_lockstep`` (two passes over the lanes, ``_finish``)."""
+    fixed = self.lockstep_fixed(devices, work, repeat)
+    if fixed.single is not None:
+        return self.execute(devices[0], fixed.single, label=label, args={"repeat": repeat})
+    for nbytes in fixed.bytes_moved:
+        self.bytes_transferred += nbytes
+    lanes = fixed.lanes
+    now = self.env.now
+    start = max(now, max(lane.free_at for lane in lanes))
+    busy = fixed.compute_s * repeat
+    for dram, nbytes, cap in fixed.traffic:
+        busy = max(busy, dram.book(now, start, nbytes, cap) - start)
+    stretch = busy - fixed.compute_s * repeat
+    wait = engine_mod.lockstep_wait(busy, fixed.straggle)
+    duration = engine_mod.lockstep_duration(busy, fixed.comm_s * repeat, fixed.straggle)
+    end = start + duration
+    for lane in lanes:
+        lane.free_at = end
+        lane.busy_s += duration
+    for lane in fixed.link_lanes:
+        lane.busy_s -= busy + wait
+    for lane, mem_bound in fixed.memory_bound:
+        lane.memory_bound_s += mem_bound + stretch
+    return self._finish(lanes, start, end, label, {"ranks": len(devices), "repeat": repeat})
+
+
+def _reference_pipeline_pass(engine, stages, model, phase, batch, seq_len, kv_len, wd="fp16", kd="fp16"):
+    """``pipeline_pass`` before its per-engine step cache: every part looked up on every call."""
+    from hetsim.models.memory import hidden_bytes
+    from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
+
+    message = hidden_bytes(model, batch, seq_len)
+    for i, st in enumerate(stages):
+        tp = len(st.devices)
+        if i == 0:
+            yield engine.lockstep(st.devices, [embed_ops(model, batch, seq_len, wd)], label="embed")
+        blocks = layer_blocks(model, phase, batch, seq_len, kv_len, tp, wd, kd)
+        work = [blocks.attention, message, blocks.mlp, message]
+        yield engine.lockstep(st.devices, work, repeat=st.layers, label=f"stage{i}")
+        if i == len(stages) - 1:
+            head = head_ops(model, phase, batch, seq_len, tp, wd)
+            yield engine.lockstep(st.devices, [head], label="lm_head")
+        else:
+            yield engine.send(st.devices[0], stages[i + 1].devices[0], message, label="pp-send")
+
+
+def _reference_passes(monkeypatch):
+    from hetsim.serving import batching
+    from hetsim.strategies import gpu_only
+
+    monkeypatch.setattr(Engine, "lockstep", _reference_lockstep)
+    monkeypatch.setattr(batching, "pipeline_pass", _reference_pipeline_pass)
+    monkeypatch.setattr(gpu_only, "pipeline_pass", _reference_pipeline_pass)
+
+
+@pytest.mark.parametrize(
+    ("model", "rig", "args"),
+    [
+        ("llama2-70b", "hexgen-full-budget", dict(rate=2.0, num_requests=60, seed=1)),
+        ("llama2-7b", "hexgen-half-budget", dict(rate=1.0, num_requests=30, slo_scale=5.0, mode="hexgen")),
+    ],
+)
+def test_serving_step_cache_is_the_step_by_step_path_to_the_bit(monkeypatch, model, rig, args):
+    fast = api.serve(model, rig, **args)
+    _reference_passes(monkeypatch)
+    assert repr(api.serve(model, rig, **args)) == repr(fast)
+    assert fast["feasible"]
+
+
+def test_pipelines_and_lockstep_groups_book_as_before(monkeypatch, tmp_path):
+    p = api.problem("llama2-70b", "mixed-lab", 4, 128, 8)
+    names = ["gpu-only", "hexgen", "cpu-tp", "accelerate", "layer-offload"]
+    fast = api.compare(p, names, trace_path=str(tmp_path / "fast.json"))
+    _reference_passes(monkeypatch)
+    assert _bits(api.compare(p, names, trace_path=str(tmp_path / "ref.json"))) == _bits(fast)
+    assert (tmp_path / "fast.json").read_bytes() == (tmp_path / "ref.json").read_bytes()
+
+
+def test_free_batch_searches_simulate_each_estimate_once_and_find_the_same(monkeypatch):
+    import importlib
+    from contextlib import nullcontext
+
+    from hetsim.planner import ranking
+
+    search = importlib.import_module("hetsim.planner.search")
+
+    calls: list[tuple] = []
+    simulate_estimate = ranking._estimate
+
+    def counted(strategy, plan, rig, model, wl):
+        calls.append((strategy.name, repr(plan), wl))
+        return simulate_estimate(strategy, plan, rig, model, wl)
+
+    monkeypatch.setattr(ranking, "_estimate", counted)
+    p = api.problem("llama2-70b", "mixed-lab", None, 256, 16)
+    names = ["hetegen", "gpu-only", "cpu-tp"]
+    remembered = api.compare(p, names)
+    assert len(calls) == len(set(calls)) > 0  # no estimate simulated twice within a search
+    assert ranking._ESTIMATES is None  # nothing kept after the search
+    once = len(calls)
+    monkeypatch.setattr(search, "remembering", nullcontext)
+    assert _bits(api.compare(p, names)) == _bits(remembered)
+    assert len(calls) - once > once  # without the memo, some estimates ran again

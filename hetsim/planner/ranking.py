@@ -8,13 +8,15 @@ prompts much longer than the gap, at a fraction of the cost.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from itertools import chain
 from typing import Any
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
+from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import Runnable, simulate
 from hetsim.workload import Workload
@@ -24,8 +26,48 @@ PROXY_GEN_LEN = 6
 Evaluate = Callable[[Any], Result]  # a plan -> its (estimated) result
 
 
+# Estimates made during one search (``remembering``), by (strategy, plan, rig identity, model,
+# workload): a free-batch search meets the same plan again (the batch ladder's default plan among the
+# candidates, the winner checked once more), and a run is a pure function of these. Scoped to the
+# search, so nothing is kept between commands or tests; the rig is held, so its id stays its own.
+_ESTIMATES: dict[tuple, tuple[Rig, Result]] | None = None
+
+
+@contextmanager
+def remembering() -> Iterator[None]:
+    """Within this block, ``estimate`` simulates each distinct question once (nesting keeps one memo)."""
+    global _ESTIMATES
+    if _ESTIMATES is not None:
+        yield
+        return
+    _ESTIMATES = {}
+    try:
+        yield
+    finally:
+        _ESTIMATES = None
+
+
 def estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> Result:
-    """``simulate`` on a proxy workload of at most ``PROXY_GEN_LEN`` tokens, scaled to the full one."""
+    """``simulate`` on a proxy workload of at most ``PROXY_GEN_LEN`` tokens, scaled to the full one
+    (inside ``remembering``, the same estimate asked again is not simulated again)."""
+    memo = _ESTIMATES
+    if memo is None:
+        return _estimate(strategy, plan, rig, model, workload)
+    try:
+        hash(plan)
+        plan_key = plan
+    except TypeError:  # a plan with mappings (HeteGen's): its dataclass repr says every field exactly
+        plan_key = (type(plan), repr(plan))
+    key = (strategy.name, plan_key, id(rig), model, workload)
+    hit = memo.get(key)
+    if hit is not None and hit[0] is rig:
+        return hit[1]
+    result = _estimate(strategy, plan, rig, model, workload)
+    memo[key] = (rig, result)
+    return result
+
+
+def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> Result:
     if workload.gen_len <= PROXY_GEN_LEN:
         return simulate(strategy, plan, rig, model, workload)
     proxy = replace(workload, gen_len=PROXY_GEN_LEN)
@@ -53,8 +95,12 @@ def _full_context_short(
 
     The proxy reserves a KV cache for its shorter context; the full run's peak is the proxy's peak plus
     the extra resident bytes of the longer context (on a device near its capacity, a pipeline's
-    activations then no longer fit)."""
-    grow = strategy.footprint(plan, rig, model, full)
+    activations then no longer fit). A footprint that refuses the full context itself (HeteGen's
+    working set over its GPU budget) is the reason, as it is when ``simulate`` allocates it."""
+    try:
+        grow = strategy.footprint(plan, rig, model, full)
+    except OutOfMemory as exc:
+        return f"{exc} (the full {full.context_len}-token context)"
     have = strategy.footprint(plan, rig, model, proxy)
     capacity = rig.capacities()
     for device, tags in grow.items():

@@ -9,7 +9,7 @@ from typing import Any
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import LOSSY_DTYPES, ModelSpec
-from hetsim.planner.ranking import best_plan, evaluator
+from hetsim.planner.ranking import best_plan, evaluator, remembering
 from hetsim.sim.result import rank_key
 from hetsim.sim.run import fits
 from hetsim.strategies.base import Objective, Strategy
@@ -34,11 +34,17 @@ def _solver(target: str) -> Search:
     return getattr(import_module(module), function)
 
 
+# Searches whose module loads CP-SAT, and through it pandas (~0.5 s of CPU on import).
+CP_SAT_SEARCHES = frozenset({"hetegen", "hexgen"})
+
+
 def preload(names: list[str]) -> None:
-    """Import the solver searches of these strategies now: a parent about to fork workers loads
-    OR-Tools (and the pandas it imports, ~0.5 s of CPU) once for all of them instead of once each."""
+    """Import the solver searches of these strategies now, in a parent about to fork workers, except
+    those that load CP-SAT: the worker that runs one of them imports it while the other worker is
+    already searching (FlexGen's LP, the longest search, needs only the cheap linear solver), which
+    takes CP-SAT's import off the critical path of a two-worker compare."""
     for name in names:
-        if name in SOLVER_SEARCHES:
+        if name in SOLVER_SEARCHES and name not in CP_SAT_SEARCHES:
             import_module(SOLVER_SEARCHES[name].split(":")[0])
 
 
@@ -103,16 +109,23 @@ def search_free_batch(
     own policy search). Every other strategy runs at ``best_batch`` (a larger offline batch shares each
     weight read among more sequences, but not always to its profit); when the searched plan does not
     fit there by its estimate, the batch is halved until one does."""
+    with remembering():
+        return _search_free_batch(strategy, rig, model, workload, objective, lossy=allow_lossy)
+
+
+def _search_free_batch(
+    strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective, lossy: bool
+) -> tuple[Any, int] | None:
     target = FREE_BATCH_SEARCHES.get(strategy.name)
     if target is not None:
         return _solver(target)(
             rig, model, workload, objective,
-            lambda w: evaluator(strategy, rig, model, w), allow_lossy=allow_lossy,
+            lambda w: evaluator(strategy, rig, model, w), allow_lossy=lossy,
         )  # fmt: skip
     batch = best_batch(strategy, rig, model, workload, objective)
     while True:
         wl = replace(workload, batch=batch)
-        plan = search(strategy, rig, model, wl, objective, allow_lossy=allow_lossy)
+        plan = search(strategy, rig, model, wl, objective, allow_lossy=lossy)
         if batch == 1:
             return (plan, batch) if plan is not None else None
         # a search returns its best candidate even when none fits (the run then says why): at a batch

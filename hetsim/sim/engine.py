@@ -21,7 +21,7 @@ from operator import attrgetter
 from typing import Any
 
 import simpy
-from simpy.events import NORMAL
+from simpy.events import NORMAL, PENDING, Timeout
 
 from hetsim.costs.collectives import CollectiveCost, Fit, allgather_time, allreduce_time
 from hetsim.costs.lockstep import (
@@ -41,6 +41,7 @@ from hetsim.sim.trace import TraceRecorder
 
 _LOCKSTEP_CACHE_MAX = 4096
 _FREE_AT = attrgetter("free_at")
+_new_timeout = object.__new__
 
 Schedule = Callable[["Engine"], Generator[simpy.Event, Any, Any]]
 
@@ -59,6 +60,20 @@ class _Environment(simpy.Environment):
         self.made += 1
         return proc
 
+    def timeout(self, delay=0, value=None):  # type: ignore[override]
+        """SimPy's ``timeout`` (the same ``Timeout``, scheduled at ``now + delay`` with the same
+        priority and order), without two Python calls per event: the engine makes one per task."""
+        if delay < 0:
+            raise ValueError(f"Negative delay {delay}")
+        event = _new_timeout(Timeout)
+        event.env = self
+        event.callbacks = []
+        event._value = value
+        event._delay = delay
+        event._ok = True
+        heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), event))
+        return event
+
     def at(self, when: float) -> simpy.Event:
         """An event processed at exactly ``when`` (not ``now + (when - now)``, which can round)."""
         event = simpy.Event(self)
@@ -66,6 +81,36 @@ class _Environment(simpy.Environment):
         event._value = None
         heappush(self._queue, (max(when, self._now), NORMAL, next(self._eid), event))
         return event
+
+
+class AllOf(simpy.Event):
+    """SimPy's ``env.all_of`` without its ``Condition`` machinery (a tuple of the events, a callback
+    per event that evaluates a predicate, a value built and the callbacks removed when it fires):
+    the same event is scheduled at the same moment with the same priority, so every process resumes
+    in the same order; it counts down instead, and its value is None (no schedule reads it). A failed
+    event fails it, as it fails ``all_of``."""
+
+    def __init__(self, env: simpy.Environment, events: list[simpy.Event]):
+        super().__init__(env)
+        self._left = len(events)
+        if not events:
+            self.succeed()
+            return
+        for event in events:
+            if event.callbacks is None:  # already processed
+                self._check(event)
+            else:
+                event.callbacks.append(self._check)
+
+    def _check(self, event: simpy.Event) -> None:
+        if self._value is not PENDING:
+            return
+        self._left -= 1
+        if not event._ok:
+            event._defused = True
+            self.fail(event._value)
+        elif not self._left:
+            self.succeed()
 
 
 class Lane:
@@ -93,7 +138,7 @@ class TransferPath:
 
 @dataclass(frozen=True)
 class _LockstepFixed:
-    """The clock-independent part of one ``Engine.lockstep`` call (see ``Engine._lockstep_fixed``)."""
+    """The clock-independent part of one ``Engine.lockstep`` call (see ``Engine.lockstep_fixed``)."""
 
     single: OpCost | None  # one rank: the whole call is this cost on its compute stream
     bytes_moved: tuple[float, ...]  # all-reduce traffic, added one by one (same sums to the bit)
@@ -102,8 +147,9 @@ class _LockstepFixed:
     traffic: tuple[tuple[BandwidthTimeline, float, float], ...]  # (DRAM, bytes, rate cap) per socket
     straggle: float
     lanes: tuple[Lane, ...]
-    link_lanes: tuple[Lane, ...]
+    link_lanes: tuple[Lane, ...]  # the lanes that are not compute streams
     memory_bound: tuple[tuple[Lane, float], ...]  # per rank: repeat x its memory-bound time
+    compute_lanes: tuple[Lane, ...] = ()  # the ranks' compute streams (each once), in ``lanes`` order
 
 
 _CostKey = tuple[str, "Op | tuple[Op, ...]"]
@@ -160,6 +206,9 @@ class Engine:
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
         self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float, Fit | None]] = {}
         self._lockstep_cache: dict[tuple, tuple[tuple, _LockstepFixed]] = {}
+        # A schedule's own per-engine memo of prepared steps (``pipeline_pass``: a batch step's
+        # lockstep parts by shape), bounded as the lockstep cache is; see ``remember``.
+        self.step_cache: dict[tuple, Any] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _lane(self, name: str) -> Lane:
@@ -370,13 +419,19 @@ class Engine:
         which is what a synchronised TP group does to them; the duration comes from the same cost
         functions as ``compute`` and ``allreduce``.
         """
-        fixed = self._lockstep_fixed(devices, work, repeat)
+        return self.run_lockstep(devices, self.lockstep_fixed(devices, work, repeat), repeat, label)
+
+    def run_lockstep(
+        self, devices: Sequence[str], fixed: _LockstepFixed, repeat: int = 1, label: str = "lockstep"
+    ) -> simpy.Event:
+        """``lockstep`` of a clock-independent part already worked out (``lockstep_fixed`` of the same
+        devices, work and repeat on this engine): a schedule that repeats a step keeps it."""
         if fixed.single is not None:
             return self.execute(devices[0], fixed.single, label=label, args={"repeat": repeat})
         for nbytes in fixed.bytes_moved:
             self.bytes_transferred += nbytes
         lanes = fixed.lanes
-        now = self.env.now
+        now = self.env._now
         # CPU ranks stream their share of weights from DRAM; ranks on one shared DRAM compete, so the
         # compute part lasts at least until their traffic has been served.
         start = max(now, max(map(_FREE_AT, lanes)))
@@ -388,18 +443,33 @@ class Engine:
         wait = lockstep_wait(busy, fixed.straggle)
         duration = lockstep_duration(busy, fixed.comm_s * repeat, fixed.straggle)
         end = start + duration
-        for lane in lanes:
+        idle = busy + wait
+        # each lane's busy time takes +duration, then (links: busy only while the all-reduces run)
+        # -idle: per lane the same two roundings as in two passes
+        for lane in fixed.compute_lanes:
             lane.free_at = end
             lane.busy_s += duration
-        idle = busy + wait
-        for lane in fixed.link_lanes:  # links are busy only while the all-reduces run
-            lane.busy_s -= idle
+        for lane in fixed.link_lanes:
+            lane.free_at = end
+            lane.busy_s = lane.busy_s + duration - idle
         for lane, mem_bound in fixed.memory_bound:
             lane.memory_bound_s += mem_bound + stretch
-        return self._finish(lanes, start, end, label, {"ranks": len(devices), "repeat": repeat})
+        self.tasks += 1  # _finish, inline
+        self.last_end = end
+        if self.tracer is not None:
+            for lane in lanes:
+                self.tracer.span(lane.name, label, start, end, {"ranks": len(devices), "repeat": repeat})
+        return self.env.timeout(end - now)
 
-    def _lockstep_fixed(
-        self, devices: Sequence[str], work: Sequence[tuple[Op, ...] | float], repeat: int
+    def remember(self, key: tuple, value: Any) -> Any:
+        """Put ``value`` in ``step_cache`` under ``key`` (emptied first when full); returns it."""
+        if len(self.step_cache) >= _LOCKSTEP_CACHE_MAX:
+            self.step_cache.clear()
+        self.step_cache[key] = value
+        return value
+
+    def lockstep_fixed(
+        self, devices: Sequence[str], work: Sequence[tuple[Op, ...] | float], repeat: int = 1
     ) -> _LockstepFixed:
         """What a lockstep call's duration needs that does not depend on the clock, cached by the
         identity of its op blocks (layer_blocks hands out the same tuples for the same shape)."""
@@ -466,6 +536,7 @@ class Engine:
             lanes=lanes,
             link_lanes=tuple(lane for lane in lanes if id(lane) not in compute_lanes),
             memory_bound=tuple(memory_bound),
+            compute_lanes=tuple(lane for lane in lanes if id(lane) in compute_lanes),
         )
 
     def alloc(self, device: str, nbytes: float, tag: str) -> None:
@@ -483,7 +554,8 @@ class Engine:
         self.memory.free(device, tag, nbytes)
 
     def all_of(self, events: Iterable[simpy.Event]) -> simpy.Event:
-        return self.env.all_of(list(events))
+        """An event that fires when every one of ``events`` has (``env.all_of``'s timing; ``AllOf``)."""
+        return AllOf(self.env, list(events))
 
     def transfer_time(
         self,

@@ -134,18 +134,41 @@ def pipeline_pass(
     kv_dtype: str = "fp16",
 ):
     """One forward step of a batch through a pipeline on the engine: each stage one lockstep task
-    (layers x [attention, all-reduce, mlp, all-reduce]), leader-to-leader sends between stages."""
+    (layers x [attention, all-reduce, mlp, all-reduce]), leader-to-leader sends between stages.
+
+    The steps of a shape are worked out once per engine (serving repeats a few shapes thousands of
+    times) and booked as ``engine.lockstep`` would book them, one event each, in the same order."""
+    key = (id(stages), id(model), phase, batch, seq_len, kv_len, weight_dtype, kv_dtype)
+    hit = engine.step_cache.get(key)
+    if hit is None or hit[0] is not stages or hit[1] is not model:  # ids are held, so not reused
+        steps = _pass_steps(engine, stages, model, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype)
+        hit = engine.remember(key, (stages, model, steps))
+    for devices, fixed, repeat, label, message in hit[2]:
+        if fixed is None:
+            yield engine.send(devices[0], devices[1], message, label=label)
+        else:
+            yield engine.run_lockstep(devices, fixed, repeat, label)
+
+
+def _pass_steps(engine, stages, model, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype) -> tuple:
+    """``pipeline_pass``'s tasks in order: (devices, lockstep part, repeat, label, 0.0) for a stage's
+    lockstep, ((leader, next leader), None, 0, label, bytes) for a send."""
+    steps = []
     last = len(stages) - 1
     message = hidden_bytes(model, batch, seq_len)
     for i, st in enumerate(stages):
         tp = len(st.devices)
         if i == 0:
-            yield engine.lockstep(st.devices, [embed_ops(model, batch, seq_len, weight_dtype)], label="embed")
+            work = [embed_ops(model, batch, seq_len, weight_dtype)]
+            steps.append((st.devices, engine.lockstep_fixed(st.devices, work), 1, "embed", 0.0))
         blocks = layer_blocks(model, phase, batch, seq_len, kv_len, tp, weight_dtype, kv_dtype)
         work = [blocks.attention, message, blocks.mlp, message]
-        yield engine.lockstep(st.devices, work, repeat=st.layers, label=f"stage{i}")
+        fixed = engine.lockstep_fixed(st.devices, work, st.layers)
+        steps.append((st.devices, fixed, st.layers, f"stage{i}", 0.0))
         if i == last:
             head = head_ops(model, phase, batch, seq_len, tp, weight_dtype)
-            yield engine.lockstep(st.devices, [head], label="lm_head")
+            steps.append((st.devices, engine.lockstep_fixed(st.devices, [head]), 1, "lm_head", 0.0))
         else:
-            yield engine.send(st.devices[0], stages[i + 1].devices[0], message, label="pp-send")
+            pair = (st.devices[0], stages[i + 1].devices[0])
+            steps.append((pair, None, 0, "pp-send", message))
+    return tuple(steps)
