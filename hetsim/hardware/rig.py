@@ -6,13 +6,17 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from heapq import heappop, heappush
+from typing import TYPE_CHECKING
 
 from hetsim.hardware.types import ComputeDevice, Disk, Grade, Hop, Link, Node, Route
 
 # Routes are chosen to minimise the time to move this many bytes (latency + size/bandwidth):
 # big enough that bandwidth dominates, as it does for weights and KV cache.
 _ROUTE_PROBE_BYTES = 1e6
+
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 class NoRouteError(LookupError):
@@ -79,18 +83,16 @@ class Rig:
 
     # ---- topology -------------------------------------------------------------------------
     @cached_property
-    def adjacency(self) -> dict[str, dict[str, tuple[float, str]]]:
-        """Endpoint -> neighbour -> (route weight, link name): the fastest link between two endpoints,
-        in the order links are listed (which settles equal-time routes)."""
-        adj: dict[str, dict[str, tuple[float, str]]] = {}
+    def graph(self) -> nx.Graph:
+        import networkx as nx  # ~0.4 s to import: only when a route is first needed
+
+        g = nx.Graph()
         for link in self.links.values():
             weight = link.latency_s + _ROUTE_PROBE_BYTES / link.bw
-            old = adj.get(link.a, {}).get(link.b)
-            if old is not None and old[0] <= weight:
+            if g.has_edge(link.a, link.b) and g[link.a][link.b]["weight"] <= weight:
                 continue
-            adj.setdefault(link.a, {})[link.b] = (weight, link.name)
-            adj.setdefault(link.b, {})[link.a] = (weight, link.name)
-        return adj
+            g.add_edge(link.a, link.b, link=link.name, weight=weight)
+        return g
 
     def route(self, src: str, dst: str) -> Route:
         """The fastest path for bulk data; computed once per pair and cached."""
@@ -101,12 +103,15 @@ class Rig:
         if src == dst:
             route = Route(src, dst, (), float("inf"), float("inf"), 0.0)
         else:
-            path = shortest_path(self.adjacency, src, dst)
-            if path is None:
-                raise NoRouteError(f"no route from {src} to {dst} in rig {self.name}")
+            try:
+                import networkx as nx
+
+                path = nx.shortest_path(self.graph, src, dst, weight="weight")
+            except (nx.NetworkXNoPath, nx.NodeNotFound) as exc:
+                raise NoRouteError(f"no route from {src} to {dst} in rig {self.name}") from exc
             hops = []
             for u, v in itertools.pairwise(path):
-                link = self.links[self.adjacency[u][v][1]]
+                link = self.links[self.graph[u][v]["link"]]
                 hops.append(Hop(link.name, forward=(link.a == u)))
             links = [self.links[h.link] for h in hops]
             route = Route(
@@ -119,55 +124,3 @@ class Rig:
             )
         self._routes[key] = route
         return route
-
-
-def shortest_path(adj: Mapping[str, Mapping[str, tuple[float, str]]], src: str, dst: str) -> list[str] | None:
-    """The fastest path from ``src`` to ``dst`` over ``adj`` (weights > 0); None when there is none.
-
-    Bidirectional Dijkstra as networkx's ``shortest_path(G, src, dst, weight=...)`` runs it, step for
-    step, so equal-time routes settle the same way and every route (and result) is what it was when
-    hetsim used networkx, without its 0.2-0.4 s import on every command."""
-    if src not in adj or dst not in adj:
-        return None
-    if src == dst:
-        return [src]
-    dists: tuple[dict[str, float], dict[str, float]] = ({}, {})
-    preds: tuple[dict[str, str | None], dict[str, str | None]] = ({src: None}, {dst: None})
-    seen: tuple[dict[str, float], dict[str, float]] = ({src: 0.0}, {dst: 0.0})
-    pushed = itertools.count()
-    fringe: tuple[list[tuple[float, int, str]], list[tuple[float, int, str]]] = (
-        [(0.0, next(pushed), src)],
-        [(0.0, next(pushed), dst)],
-    )
-    best: float | None = None
-    meet = ""
-    side = 1
-    while fringe[0] and fringe[1]:
-        side = 1 - side  # alternate: forward from src, backward from dst
-        d, _, v = heappop(fringe[side])
-        if v in dists[side]:
-            continue
-        dists[side][v] = d
-        if v in dists[1 - side]:  # settled from both ends: the best meeting point is the path
-            return _walk(preds[0], meet)[::-1] + _walk(preds[1], preds[1][meet])
-        for u, (w, _) in adj[v].items():
-            du = d + w
-            if u in dists[side]:
-                continue
-            if u not in seen[side] or du < seen[side][u]:
-                seen[side][u] = du
-                heappush(fringe[side], (du, next(pushed), u))
-                preds[side][u] = v
-                if u in seen[1 - side]:
-                    through = du + seen[1 - side][u]
-                    if best is None or best > through:
-                        best, meet = through, u
-    return None
-
-
-def _walk(preds: Mapping[str, str | None], node: str | None) -> list[str]:
-    out: list[str] = []
-    while node is not None:
-        out.append(node)
-        node = preds[node]
-    return out
