@@ -210,7 +210,8 @@ def test_unpinned_kv_is_pinned_by_the_issuing_thread_before_its_dma(tmp_path):
     spans = [e for e in events if e.get("ph") == "X"]
     pins = [(e["ts"], e["ts"] + e["dur"]) for e in spans if e["name"] == "pin_memory"]
     dmas = sorted(e["ts"] for e in spans if e["name"] == "load_cache")
-    gpu = [(e["ts"], e["ts"] + e["dur"]) for e in spans if e["name"] in ("attention", "mlp", "embed", "output")]
+    kernels = ("attention", "mlp", "embed", "output")
+    gpu = [(e["ts"], e["ts"] + e["dur"]) for e in spans if e["name"] in kernels]
     assert pins and len(pins) == len(dmas)
     for (_, end), start in zip(sorted(pins), dmas, strict=True):
         assert start >= end - 1e-6
