@@ -89,8 +89,10 @@ def test_golden_flexgen_4bit(t4):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim gives 0.90 tok/s vs published 0.60 (+50%): every weight streamed at the pinned "
-    "12.89 GiB/s with perfect one-layer prefetch; ZeRO-3's per-parameter fetch overheads are not modelled",
+    reason="hetsim gives 0.90 tok/s vs published 0.60 (+50%): copy-bound, every weight streamed at the "
+    "pinned 12.89 GiB/s (4.3 s per token; compute overlaps); the published run implies ~6.5 s per token, "
+    "~2.2 s more = ~2.8 ms per parameter fetched (ZeRO-3 hooks fetch and release each of the 16 tensors "
+    "of a layer, persistence threshold 0): a host-side overhead no released measurement gives",
 )
 def test_golden_deepspeed(t4):
     rig, model = t4
@@ -106,13 +108,18 @@ def test_golden_deepspeed(t4):
 )
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim gives 0.86 tok/s vs published 0.62 (+39%): pageable 6 GB/s copies with 6 layers "
-    "resident on the GPU; the accelerate strategy's own modelling, not FlexGen's",
+    reason="hetsim gives 0.76 tok/s vs published 0.62 (+22%): every decoder layer copied in by the hooks, "
+    "synchronously, at the pageable H2D rate, which is assumed (6 GB/s; no measured figure for that VM); "
+    "the run is ~linear in it",
 )
 def test_golden_accelerate(t4):
+    """The benchmark's device map (hf_opt.py --cpu-offload): embeddings and LM head on the GPU, every
+    decoder layer offloaded; the default plan (device_map="auto" filling the GPU) keeps 6 resident."""
     rig, model = t4
     s = get_strategy("accelerate")
-    r = run(t4, "accelerate", s.default_plan(rig, model, Workload(8, 512, 32)), 8)
+    plan = s.default_plan(rig, model, Workload(8, 512, 32))
+    plan = replace(plan, gpu_layers=0, cpu_layers=model.layers - plan.disk_layers)
+    r = run(t4, "accelerate", plan, 8)
     assert r.feasible, r.reason
     assert r.throughput_tok_s == pytest.approx(published("hf_accelerate"), rel=TOL)
 
