@@ -163,8 +163,18 @@ class _Runner:
         elif c > 0:
             relay = self._relay(sync or e, c, "load_weight")
         if d > 0:
-            ev.append(e.transfer(self.disk, self.gpu, d, label="load_weight_disk"))
+            ev.append(self._via_host(e, self.disk, self.gpu, d, "load_weight_disk"))
         return ev, relay
+
+    def _via_host(self, e, src: str, dst: str, nbytes: float, label: str):
+        """A disk <-> GPU copy as FlexGen's copy threads make it (pytorch_backend.py: copy_worker_func):
+        the whole tensor through a pinned host relay, the disk hop first, then the PCIe hop (or the
+        reverse), so the PCIe lane is held only for its own hop. Returns the second hop's event/time."""
+        if isinstance(e, _Booked):
+            first = e.transfer(src, self.cpu, nbytes, label=label)
+            return e.e.transfer_time(self.cpu, dst, nbytes, label=label, at=first)
+        first = e.book_transfer(src, self.cpu, nbytes, label=label)
+        return e.transfer(self.cpu, dst, nbytes, label=label, after=first)
 
     def _relay(self, e, nbytes: float, label: str):
         """general_copy of an unpinned CPU tensor to the GPU (pytorch_backend.py): ``pin_memory()``
@@ -184,7 +194,7 @@ class _Runner:
         if nbytes and self.f.hc:
             ev.append(e.transfer(self.cpu, self.gpu, nbytes * self.f.hc, label="load_hidden"))
         if nbytes and self.f.hd:
-            ev.append(e.transfer(self.disk, self.gpu, nbytes * self.f.hd, label="load_hidden"))
+            ev.append(self._via_host(e, self.disk, self.gpu, nbytes * self.f.hd, "load_hidden"))
         return ev
 
     def store_hidden(self, e, step: Step, j: int, gbs: int) -> list:
@@ -193,7 +203,7 @@ class _Runner:
         if nbytes and self.f.hc:
             ev.append(e.transfer(self.gpu, self.cpu, nbytes * self.f.hc, label="store_hidden"))
         if nbytes and self.f.hd:
-            ev.append(e.transfer(self.gpu, self.disk, nbytes * self.f.hd, label="store_hidden"))
+            ev.append(self._via_host(e, self.gpu, self.disk, nbytes * self.f.hd, "store_hidden"))
         return ev
 
     def load_cache(self, e, step: Step, j: int, gbs: int, sync=None) -> tuple[list, object | None]:
@@ -207,7 +217,7 @@ class _Runner:
         if self.cpu_att:
             return ev, self._gather(sync or e, gbs, tokens, nbytes)
         if self.f.cd > 0:
-            ev.append(e.transfer(self.disk, self.gpu, nbytes * self.f.cd, label="load_cache_disk"))
+            ev.append(self._via_host(e, self.disk, self.gpu, nbytes * self.f.cd, "load_cache_disk"))
         if self.f.cc > 0:  # the KV cache on the CPU is never pinned: the host relay
             return ev, self._relay(sync or e, nbytes * self.f.cc, "load_cache")
         return ev, None
@@ -233,7 +243,7 @@ class _Runner:
         if self.f.cc > 0:
             ev.append(e.transfer(self.gpu, self.cpu, nbytes * self.f.cc, pinned=False, label="store_cache"))
         if self.f.cd > 0:
-            ev.append(e.transfer(self.gpu, self.disk, nbytes * self.f.cd, label="store_cache_disk"))
+            ev.append(self._via_host(e, self.gpu, self.disk, nbytes * self.f.cd, "store_cache_disk"))
         return ev
 
     def ops(self, step: Step, j: int, gbs: int):
