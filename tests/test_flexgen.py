@@ -235,6 +235,6 @@ def test_disk_reads_reach_the_gpu_through_a_host_relay():
     r = simulate(get_strategy("flexgen"), plan, rig, model, Workload(8, 64, 2))
     assert r.feasible, r.reason
     disk, pcie = r.utilization["n0.disk0:read"], r.utilization["n0.pcie.gpu0:rev"]
-    assert disk > 0.9
+    assert disk > 0.8  # disk-bound
     read_bw, pcie_bw = rig.disks["n0.disk0"].read_bw, rig.route("n0.cpu0", "n0.gpu0").bw
     assert pcie == pytest.approx(disk * read_bw / pcie_bw, rel=0.05)
