@@ -140,3 +140,25 @@ def test_a_free_batch_never_reports_infeasible_where_a_smaller_batch_runs():
     # default plan, but its searched plan runs at under a third of the free batch's (256: ~1340 tok/s)
     assert r.batch < 1549
     assert r.throughput_tok_s > 3 * at_1549.throughput_tok_s
+
+
+def test_the_full_context_check_reports_a_plan_budget_overflow_instead_of_raising():
+    """A plan whose own GPU budget holds the proxy's context but not the full one (HeteGen's working
+    set on hexgen-full-budget, reached once the ladder searched every rung) is an infeasible estimate
+    with the reason, not a crash."""
+    from types import SimpleNamespace
+
+    from hetsim.planner.ranking import _full_context_short
+    from hetsim.sim.memory import OutOfMemory
+
+    class Stub:
+        def footprint(self, plan, rig, model, wl):
+            if wl.gen_len > 6:
+                raise OutOfMemory("n0.gpu0", "working set (gpu_mem_budget)", 2e9, 0.0, 1e9)
+            return {"n0.gpu0": {"weights": 1e9}}
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    why = _full_context_short(
+        Stub(), None, rig, model, Workload(1, 512, 6), Workload(1, 512, 32), SimpleNamespace(peak_mem_bytes={})
+    )
+    assert "out of memory on n0.gpu0" in why and "gpu_mem_budget" in why

@@ -15,6 +15,7 @@ from typing import Any
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
+from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import Runnable, simulate
 from hetsim.workload import Workload
@@ -54,7 +55,10 @@ def _full_context_short(
     The proxy reserves a KV cache for its shorter context; the full run's peak is the proxy's peak plus
     the extra resident bytes of the longer context (on a device near its capacity, a pipeline's
     activations then no longer fit)."""
-    grow = strategy.footprint(plan, rig, model, full)
+    try:
+        grow = strategy.footprint(plan, rig, model, full)
+    except OutOfMemory as exc:  # a plan's own budget check (e.g. HeteGen's working set) at full context
+        return str(exc)
     have = strategy.footprint(plan, rig, model, proxy)
     capacity = rig.capacities()
     for device, tags in grow.items():
