@@ -158,7 +158,6 @@ def test_the_full_context_check_reports_a_plan_budget_overflow_instead_of_raisin
             return {"n0.gpu0": {"weights": 1e9}}
 
     rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
-    why = _full_context_short(
-        Stub(), None, rig, model, Workload(1, 512, 6), Workload(1, 512, 32), SimpleNamespace(peak_mem_bytes={})
-    )
+    proxy, full = Workload(1, 512, 6), Workload(1, 512, 32)
+    why = _full_context_short(Stub(), None, rig, model, proxy, full, SimpleNamespace(peak_mem_bytes={}))
     assert "out of memory on n0.gpu0" in why and "gpu_mem_budget" in why
