@@ -5,7 +5,10 @@ batches before moving right, so every weight load is shared by bls sequences. Th
 (flex_opt.py: generation_loop_overlap_multi_batch) runs, for each (token i, layer j, batch k):
 load layer j+1's weights (only when k == 0), load batch k+1's KV cache and hidden state, store
 batch k-1's, compute batch k, then a full barrier. CPU attention (--cpu-cache-compute) runs in the
-issuing thread, so it blocks the loop; the KV gather into the fp32 workspace does too.
+issuing thread, so it blocks the loop; the KV gather into the fp32 workspace does too, and so does
+``pin_memory()`` of every unpinned CPU tensor bound for the GPU (the KV cache is never pinned) before
+its DMA. Disk copies go through the copy threads' pinned relay, one hop after the other
+(pytorch_backend.py: general_copy, copy_worker_func).
 See FlexGen, arXiv 2303.06865; the policy is in flexgen_policy.py, the LP in
 hetsim/planner/flexgen_lp.py.
 """
