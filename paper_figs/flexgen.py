@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -47,7 +48,7 @@ POLICIES = {  # the benchmark's OPT-30B, prompt 512 policies and baseline batche
         "FlexGen 4-bit": FlexGenPlan(
             64, 8, 0, 100, 0, 100, 0, 100, cpu_attention=False, compress_cache=True, gpu="n0.gpu0"
         ),
-        "Accelerate": 8,
+        "Accelerate": 8,  # with every decoder layer offloaded (accelerate_benchmark_plan)
         "DeepSpeed": 4,
     }
 }
@@ -61,6 +62,14 @@ MODELS = ("opt-6.7b", "opt-30b", "opt-175b")
 PROMPTS = (512, 1024)
 
 
+def accelerate_benchmark_plan(plan):
+    """The baseline's device map in FlexGen's benchmark (benchmark/hf_ds/hf_opt.py, --cpu-offload):
+    GPU memory capped for weights (max_memory) so that the embeddings and the LM head stay on the GPU
+    and every decoder layer is offloaded to the CPU, copied in by Accelerate's hooks each time it runs
+    (accelerate 0.15 hooks.py: AlignDevicesHook.pre_forward, one synchronous copy per tensor)."""
+    return replace(plan, gpu_layers=0, cpu_layers=plan.gpu_layers + plan.cpu_layers)
+
+
 def _policy_row(p: api.Problem, system: str, policy) -> tuple[float, int]:
     s = get_strategy(STRATEGY[system])
     if isinstance(policy, FlexGenPlan):
@@ -69,6 +78,8 @@ def _policy_row(p: api.Problem, system: str, policy) -> tuple[float, int]:
     else:
         batch = policy
         plan = s.default_plan(p.rig, p.model, Workload(batch, p.workload.prompt_len, GEN))
+        if system == "Accelerate":
+            plan = accelerate_benchmark_plan(plan)
     r = simulate(s, plan, p.rig, p.model, Workload(batch, p.workload.prompt_len, GEN))
     return (r.throughput_tok_s if r.feasible else math.nan), batch
 

@@ -66,17 +66,20 @@ def test_released_placement_puts_8_percent_of_layer_weights_on_gpu(t4):
 
 
 def test_golden_flexgen_paper_policy(paper_result):
-    """8.08 tok/s vs 7.32 (+10%) with the T4's GEMM rate and the VM's host memory bandwidth from
-    FlexGen's part-level fit on that machine (rig flexgen-t4); 12.54 (+71%) with catalogue defaults."""
+    """8.03 tok/s vs 7.32 (+10%) with the T4's GEMM and attention rates and the VM's host memory
+    bandwidth from FlexGen's part-level fit on that machine (rig flexgen-t4); 12.54 (+71%) with
+    catalogue defaults."""
     assert paper_result.feasible, paper_result.reason
     assert paper_result.throughput_tok_s == pytest.approx(published("flexgen"), rel=TOL)
 
 
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim gives 10.9 tok/s vs published 8.38 (+30%): decode is bound by the H2D copy of the "
-    "4-bit KV cache from unpinned CPU memory at the assumed 6 GB/s pageable rate (FlexGen's release "
-    "fitted no constant for that copy: its cost model has no compressed-KV path)",
+    reason="hetsim gives 10.7 tok/s vs published 8.38 (+28%): with the code's own costs (the pin_memory "
+    "relay of the unpinned 4-bit KV, six decompress kernels = 13 B/element, FlexGen's fitted T4 decode "
+    "attention rate) a decode step is 23.0 s after an 806 s prefill; the published total implies ~37 s "
+    "per step. FlexGen's release fitted no compressed-KV constant, so the missing ~14 s/step has no "
+    "measured part to come from",
 )
 def test_golden_flexgen_4bit(t4):
     r = run(t4, "flexgen", FOURBIT, 512)
@@ -86,8 +89,10 @@ def test_golden_flexgen_4bit(t4):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim gives 0.90 tok/s vs published 0.60 (+50%): every weight streamed at the pinned "
-    "12.89 GiB/s with perfect one-layer prefetch; ZeRO-3's per-parameter fetch overheads are not modelled",
+    reason="hetsim gives 0.90 tok/s vs published 0.60 (+50%): copy-bound, every weight streamed at the "
+    "pinned 12.89 GiB/s (4.3 s per token; compute overlaps); the published run implies ~6.5 s per token, "
+    "~2.2 s more = ~2.8 ms per parameter fetched (ZeRO-3 hooks fetch and release each of the 16 tensors "
+    "of a layer, persistence threshold 0): a host-side overhead no released measurement gives",
 )
 def test_golden_deepspeed(t4):
     rig, model = t4
@@ -103,13 +108,18 @@ def test_golden_deepspeed(t4):
 )
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim gives 0.86 tok/s vs published 0.62 (+39%): pageable 6 GB/s copies with 6 layers "
-    "resident on the GPU; the accelerate strategy's own modelling, not FlexGen's",
+    reason="hetsim gives 0.76 tok/s vs published 0.62 (+22%): every decoder layer copied in by the hooks, "
+    "synchronously, at the pageable H2D rate, which is assumed (6 GB/s; no measured figure for that VM); "
+    "the run is ~linear in it",
 )
 def test_golden_accelerate(t4):
+    """The benchmark's device map (hf_opt.py --cpu-offload): embeddings and LM head on the GPU, every
+    decoder layer offloaded; the default plan (device_map="auto" filling the GPU) keeps 6 resident."""
     rig, model = t4
     s = get_strategy("accelerate")
-    r = run(t4, "accelerate", s.default_plan(rig, model, Workload(8, 512, 32)), 8)
+    plan = s.default_plan(rig, model, Workload(8, 512, 32))
+    plan = replace(plan, gpu_layers=0, cpu_layers=model.layers - plan.disk_layers)
+    r = run(t4, "accelerate", plan, 8)
     assert r.feasible, r.reason
     assert r.throughput_tok_s == pytest.approx(published("hf_accelerate"), rel=TOL)
 
@@ -160,8 +170,8 @@ def own_search():
 
 
 def test_golden_flexgen_own_search(own_search):
-    """hetsim's own policy search (free batch, lossless) on Tab. 2's OPT-30B cell: 8.46 tok/s at a
-    block of 192 vs 7.32 published (+16 %); the batch is FlexGen-class (the paper's block: 144)."""
+    """hetsim's own policy search (free batch, lossless) on Tab. 2's OPT-30B cell: 8.38 tok/s at a
+    block of 192 vs 7.32 published (+14 %); the batch is FlexGen-class (the paper's block: 144)."""
     assert own_search.feasible, own_search.reason
     assert 64 <= own_search.batch <= 1024
     assert not own_search.lossy
@@ -170,9 +180,9 @@ def test_golden_flexgen_own_search(own_search):
 
 @pytest.mark.xfail(
     strict=False,
-    reason="hetsim's search with --allow-compression gives 12.7 tok/s (block 24, 4-bit weights and KV) vs "
-    "published 8.38 (+52 %); KV-only compression gave 11.1 (block 640, +33 %): the same H2D copy of the "
-    "4-bit KV cache from unpinned memory as the paper policy (+30 %), and 4-bit weights cut the weight copy",
+    reason="hetsim's search with --allow-compression gives 10.9 tok/s (block 576, 4-bit KV; 4-bit weights "
+    "were a candidate and ranked lower once decompression costs FlexGen's six PyTorch kernels) vs "
+    "published 8.38 (+31 %): the same 4-bit KV decode gap as the paper policy (+28 %)",
 )
 def test_golden_flexgen_own_search_4bit():
     from hetsim import api
@@ -181,3 +191,51 @@ def test_golden_flexgen_own_search_4bit():
     r = api.best_result(get_strategy("flexgen"), p, "throughput", allow_lossy=True)
     assert r.feasible and r.lossy
     assert r.throughput_tok_s == pytest.approx(published("flexgen_4bit"), rel=SEARCH_TOL)
+
+
+def test_decompress_costs_what_flexgen_s_pytorch_ops_move():
+    """compression.py's decompress: six kernels per tensor, 13 B of memory traffic per fp16 element
+    (plus the group scales), not one fused 0.5625 B -> 2 B kernel."""
+    from hetsim.strategies.flexgen_ops import GROUP_SCALE, _dequant
+
+    ops = _dequant("dequant_kv", 1e9, 2)
+    assert len(ops) == 12
+    assert sum(o.mem_bytes for o in ops) == pytest.approx(1e9 * (13.0 + 2 * GROUP_SCALE))
+
+
+def test_unpinned_kv_is_pinned_by_the_issuing_thread_before_its_dma(tmp_path):
+    """general_copy's relay: pin_memory() (a host memcpy that blocks the loop, so no GPU kernel runs
+    meanwhile) then the DMA at the pinned rate, one per load of the CPU-resident cache."""
+    import json
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    plan = FlexGenPlan(8, 2, 100, 0, 0, 100, 100, 0, cpu_attention=False, compress_cache=True, gpu="n0.gpu0")
+    trace = tmp_path / "t.json"
+    r = simulate(get_strategy("flexgen"), plan, rig, model, Workload(16, 64, 3), trace_path=str(trace))
+    assert r.feasible, r.reason
+    events = json.loads(trace.read_text())
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    spans = [e for e in events if e.get("ph") == "X"]
+    pins = [(e["ts"], e["ts"] + e["dur"]) for e in spans if e["name"] == "pin_memory"]
+    dmas = sorted(e["ts"] for e in spans if e["name"] == "load_cache")
+    kernels = ("attention", "mlp", "embed", "output")
+    gpu = [(e["ts"], e["ts"] + e["dur"]) for e in spans if e["name"] in kernels]
+    assert pins and len(pins) == len(dmas)
+    for (_, end), start in zip(sorted(pins), dmas, strict=True):
+        assert start >= end - 1e-6
+    for a, b in pins:
+        assert not any(s < b - 1e-6 and e > a + 1e-6 for s, e in gpu)
+
+
+def test_disk_reads_reach_the_gpu_through_a_host_relay():
+    """FlexGen's copy threads read a disk tensor into a pinned relay, then DMA it: the PCIe lane is
+    busy only for its own hop (at 12.89 GiB/s), not for the whole read from the disk, which runs at
+    the disk's read rate."""
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    plan = FlexGenPlan(8, 1, 0, 0, 100, 0, 100, 0, gpu="n0.gpu0")  # weights on disk
+    r = simulate(get_strategy("flexgen"), plan, rig, model, Workload(8, 64, 2))
+    assert r.feasible, r.reason
+    disk, pcie = r.utilization["n0.disk0:read"], r.utilization["n0.pcie.gpu0:rev"]
+    assert disk > 0.8  # disk-bound
+    read_bw, pcie_bw = rig.disks["n0.disk0"].read_bw, rig.route("n0.cpu0", "n0.gpu0").bw
+    assert pcie == pytest.approx(disk * read_bw / pcie_bw, rel=0.05)

@@ -35,7 +35,7 @@ from hetsim.planner.ranking import Evaluate, evaluator
 from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
-from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, substep_ops
+from hetsim.strategies.flexgen_ops import host_copy_op, kv_gather_op, kv_token_bytes, substep_ops
 from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
     Fractions,
@@ -164,7 +164,9 @@ def _slots(
                 dwrite["cd"] = nb * new_kv / lk.g2d
                 if phase == "decode":
                     kvb = gbs * (step.kv_len - 1) * kv_tok
-                    c.update(cc=kvb / lk.page, cd=kvb / lk.d2g)
+                    # unpinned KV: a host memcpy in the issuing thread (serial), then a pinned DMA
+                    c.update(cc=kvb / lk.pin, cd=kvb / lk.d2g)
+                    p["cc"] = _t(rig, cpu, (host_copy_op(kvb),))
                     dread["cd"] = nb * kvb / lk.d2g
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)

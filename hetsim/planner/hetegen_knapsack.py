@@ -109,7 +109,7 @@ def crossing_bracket(
         if len(late) == 2 and late[0][1] != late[1][1]:
             (x0, f0), (x1, f1) = late
             c = x1 + f1 * (x1 - x0) / (f0 - f1) + (0.25 * width if side == 1 else -0.25 * width)
-        if not a < c < b:
+        if not a < c < b and fb != fa:  # equal only when gap underflows (a subnormal crossing)
             c = (a * fb - b * fa) / (fb - fa)
         if not a < c < b:
             c = 0.5 * (a + b)

@@ -106,9 +106,9 @@ def search_free_batch(
     """The best plan and the batch it runs at when the user fixed no batch (throughput or cost).
 
     FlexGen searches its GPU batch size and number of GPU batches jointly with its placement (its
-    own policy search). Every other strategy runs at ``best_batch`` (a larger offline batch shares each
-    weight read among more sequences, but not always to its profit); when the searched plan does not
-    fit there by its estimate, the batch is halved until one does."""
+    own policy search). Every other strategy runs at the batch of ``best_batch`` (a larger offline
+    batch shares each weight read among more sequences, but not always to its profit); when no rung's
+    searched plan fits by its estimate, the batch is halved from the winner until one does."""
     with remembering():
         return _search_free_batch(strategy, rig, model, workload, objective, lossy=allow_lossy)
 
@@ -122,39 +122,89 @@ def _search_free_batch(
             rig, model, workload, objective,
             lambda w: evaluator(strategy, rig, model, w), allow_lossy=lossy,
         )  # fmt: skip
-    batch = best_batch(strategy, rig, model, workload, objective)
+    ladder = _Ladder(strategy, rig, model, workload, objective, lossy)
+    batch = ladder.best()
     while True:
-        wl = replace(workload, batch=batch)
-        plan = search(strategy, rig, model, wl, objective, allow_lossy=lossy)
+        plan, fits_ = ladder.searched(batch)
         if batch == 1:
             return (plan, batch) if plan is not None else None
         # a search returns its best candidate even when none fits (the run then says why): at a batch
-        # the user did not ask for, halve instead (the ladder sized the default plan, not this one)
-        if plan is not None and evaluator(strategy, rig, model, wl)(plan).feasible:
+        # the user did not ask for, halve instead
+        if plan is not None and fits_:
             return plan, batch
         batch //= 2
 
 
 def best_batch(
-    strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload, objective: Objective
+    strategy: Strategy,
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    objective: Objective,
+    *,
+    allow_lossy: bool = False,
 ) -> int:
-    """The batch at which the strategy's default plan ranks best for ``objective``, up to the largest
-    one pass holds: a ladder of powers of 4 and the largest, estimated in the engine, then the
-    neighbours at half and twice the winner. Larger is not always better: a CPU-bound prefill or a
-    KV scan that grows with the batch can make the largest batch slower per token than a small one."""
-    top = largest_batch(strategy, rig, model, workload)
-    key = rank_key(objective)
-    scores: dict[int, tuple] = {}
+    """The batch whose searched plan ranks best for ``objective`` (``_Ladder``)."""
+    return _Ladder(strategy, rig, model, workload, objective, allow_lossy).best()
 
-    def score(batch: int) -> tuple:
-        if batch not in scores:
+
+STOP_AFTER_WORSE = 2  # ladder rungs past the best (16x its batch) that rank worse before it stops
+
+
+class _Ladder:
+    """Batches up to the largest one pass holds, each scored by the plan the strategy's search picks
+    there (not its default plan: the search may place a batch so differently that the default plan's
+    ranking misleads, e.g. gpu-only on hexgen-full-budget: 1549 ranked first by its default plan, yet
+    its searched plan ran at half the rate of 774's). Rungs: powers of 4 and the largest, estimated in
+    the engine from the smallest up until two in a row rank below the best so far (the searched rate
+    rises with the batch, then falls: searches cost), then the neighbours at half and twice the
+    winner. Larger is not always better: a
+    CPU-bound prefill or a KV scan that grows with the batch can make the largest batch slower per
+    token than a small one."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        rig: Rig,
+        model: ModelSpec,
+        workload: Workload,
+        objective: Objective,
+        allow_lossy: bool,
+    ):
+        self.args = (strategy, rig, model, workload)
+        self.objective, self.allow_lossy = objective, allow_lossy
+        self.key = rank_key(objective)
+        self.scores: dict[int, tuple] = {}
+        self.plans: dict[int, tuple[Any, bool]] = {}
+
+    def searched(self, batch: int) -> tuple[Any, bool]:
+        """(the searched plan at ``batch`` or None, whether it fits by its estimate)."""
+        if batch not in self.plans:
+            strategy, rig, model, workload = self.args
             wl = replace(workload, batch=batch)
-            scores[batch] = key(evaluator(strategy, rig, model, wl)(strategy.default_plan(rig, model, wl)))
-        return scores[batch]
+            plan = search(strategy, rig, model, wl, self.objective, allow_lossy=self.allow_lossy)
+            if plan is None:
+                self.plans[batch], self.scores[batch] = (None, False), (2,)
+            else:
+                r = evaluator(strategy, rig, model, wl)(plan)
+                self.plans[batch], self.scores[batch] = (plan, r.feasible), self.key(r)
+        return self.plans[batch]
 
-    ladder = sorted({top, *(4**k for k in range(12) if 4**k < top)})
-    best = min(ladder, key=lambda b: (score(b), -b))
-    for b in (best // 2, best * 2):
-        if 1 <= b <= top and b not in scores and score(b) < score(best):
-            best = b
-    return best
+    def score(self, batch: int) -> tuple:
+        self.searched(batch)
+        return self.scores[batch]
+
+    def best(self) -> int:
+        top = largest_batch(*self.args)
+        best, worse = 1, 0
+        for b in sorted({top, *(4**k for k in range(12) if 4**k < top)}):
+            if self.score(b) <= self.score(best):
+                best, worse = b, 0
+            else:
+                worse += 1
+                if worse == STOP_AFTER_WORSE:  # each search costs: stop once two rungs up lose
+                    break
+        for b in (best // 2, best * 2):
+            if 1 <= b <= top and b not in self.scores and self.score(b) < self.score(best):
+                best = b
+        return best

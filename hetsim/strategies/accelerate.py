@@ -2,9 +2,12 @@
 
 The embeddings, the LM head and as many decoder layers as fit stay on the GPU; the other layers
 live in host memory (then on disk) and are copied to the GPU by module hooks right before they
-run, one at a time and synchronously: no copy overlaps any compute. The KV cache and activations
-stay on the GPU, so the batch is bounded by GPU memory. Sequences beyond one pass are processed
-row by row: every offloaded weight crosses PCIe again for every pass and every token.
+run, one at a time and synchronously: no copy overlaps any compute. (Accelerate 0.15's
+AlignDevicesHook copies each leaf module's tensors with a blocking ``.to(device)`` from pageable
+memory just before that module; the copies and kernels of a layer are serial either way, so the
+layer is costed as one copy then its kernels, one per op: HF's OPT fuses nothing.) The KV cache
+and activations stay on the GPU, so the batch is bounded by GPU memory. Sequences beyond one pass
+are processed row by row: every offloaded weight crosses PCIe again for every pass and every token.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ batches before moving right, so every weight load is shared by bls sequences. Th
 (flex_opt.py: generation_loop_overlap_multi_batch) runs, for each (token i, layer j, batch k):
 load layer j+1's weights (only when k == 0), load batch k+1's KV cache and hidden state, store
 batch k-1's, compute batch k, then a full barrier. CPU attention (--cpu-cache-compute) runs in the
-issuing thread, so it blocks the loop; the KV gather into the fp32 workspace does too.
+issuing thread, so it blocks the loop; the KV gather into the fp32 workspace does too, and so does
+``pin_memory()`` of every unpinned CPU tensor bound for the GPU (the KV cache is never pinned) before
+its DMA. Disk copies go through the copy threads' pinned relay, one hop after the other
+(pytorch_backend.py: general_copy, copy_worker_func).
 See FlexGen, arXiv 2303.06865; the policy is in flexgen_policy.py, the LP in
 hetsim/planner/flexgen_lp.py.
 """
@@ -21,7 +24,7 @@ from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
-from hetsim.strategies.flexgen_ops import kv_gather_op, kv_token_bytes, layer_kind, substep_ops
+from hetsim.strategies.flexgen_ops import host_copy_op, kv_gather_op, kv_token_bytes, layer_kind, substep_ops
 from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
     fractions,
@@ -132,11 +135,16 @@ class _Booked:
     def compute(self, device: str, ops, *, label: str | None = None):
         return self.e.compute_time(device, ops, label=label, at=self.at)
 
-    def chain(self, steps) -> None:
-        """Run a generator of serial steps (``_gather``, ``compute``) as the issuing thread would:
-        each step issued at the time the one before it ends; ``at`` is then the chain's end."""
-        for done in steps:
-            self.at = done
+    def chain(self, steps) -> list:
+        """Run a generator of serial steps (``_gather``, ``_relay``, ``compute``) as the issuing thread
+        would: each step issued at the time the one before it ends; ``at`` is then the chain's end.
+        Returns what the generator returns: copies it left in flight (``_relay``'s DMA)."""
+        it = iter(steps)
+        while True:
+            try:
+                self.at = next(it)
+            except StopIteration as stop:
+                return list(stop.value or [])
 
 
 class _Runner:
@@ -155,14 +163,36 @@ class _Runner:
         self.steps = list(steps(workload))
 
     # ---- the pieces of a sub-step; each returns the events it issued ----------------------------
-    def load_weight(self, e, j: int) -> list:
+    def load_weight(self, e, j: int, sync=None) -> tuple[list, object | None]:
+        """Events on copy streams, and (unpinned weights, ``--pin-weight 0``) the host relay that
+        blocks the issuing thread (issued on ``sync`` as for ``load_cache``)."""
         _, c, d = self.split[j % self.nl]
         ev = []
-        if c > 0:
-            ev.append(e.transfer(self.cpu, self.gpu, c, pinned=self.plan.pin_weight, label="load_weight"))
+        relay = None
+        if c > 0 and self.plan.pin_weight:
+            ev.append(e.transfer(self.cpu, self.gpu, c, label="load_weight"))
+        elif c > 0:
+            relay = self._relay(sync or e, c, "load_weight")
         if d > 0:
-            ev.append(e.transfer(self.disk, self.gpu, d, label="load_weight_disk"))
-        return ev
+            ev.append(self._via_host(e, self.disk, self.gpu, d, "load_weight_disk"))
+        return ev, relay
+
+    def _via_host(self, e, src: str, dst: str, nbytes: float, label: str):
+        """A disk <-> GPU copy as FlexGen's copy threads make it (pytorch_backend.py: copy_worker_func):
+        the whole tensor through a pinned host relay, the disk hop first, then the PCIe hop (or the
+        reverse), so the PCIe lane is held only for its own hop. Returns the second hop's event/time."""
+        if isinstance(e, _Booked):
+            first = e.transfer(src, self.cpu, nbytes, label=label)
+            return e.e.transfer_time(self.cpu, dst, nbytes, label=label, at=first)
+        first = e.book_transfer(src, self.cpu, nbytes, label=label)
+        return e.transfer(self.cpu, dst, nbytes, label=label, after=first)
+
+    def _relay(self, e, nbytes: float, label: str):
+        """general_copy of an unpinned CPU tensor to the GPU (pytorch_backend.py): ``pin_memory()``
+        copies it to a pinned buffer in the issuing thread, then ``copy_(non_blocking=True)`` DMAs it
+        at the pinned rate. Returns the DMA, left in flight."""
+        yield e.compute(self.cpu, host_copy_op(nbytes), label="pin_memory")
+        return [e.transfer(self.cpu, self.gpu, nbytes, label=label)]
 
     def _hidden_bytes(self, step: Step, j: int, gbs: int, store: bool) -> float:
         if (j == 0 and not store) or (j == self.nl - 1 and store):
@@ -175,7 +205,7 @@ class _Runner:
         if nbytes and self.f.hc:
             ev.append(e.transfer(self.cpu, self.gpu, nbytes * self.f.hc, label="load_hidden"))
         if nbytes and self.f.hd:
-            ev.append(e.transfer(self.disk, self.gpu, nbytes * self.f.hd, label="load_hidden"))
+            ev.append(self._via_host(e, self.disk, self.gpu, nbytes * self.f.hd, "load_hidden"))
         return ev
 
     def store_hidden(self, e, step: Step, j: int, gbs: int) -> list:
@@ -184,7 +214,7 @@ class _Runner:
         if nbytes and self.f.hc:
             ev.append(e.transfer(self.gpu, self.cpu, nbytes * self.f.hc, label="store_hidden"))
         if nbytes and self.f.hd:
-            ev.append(e.transfer(self.gpu, self.disk, nbytes * self.f.hd, label="store_hidden"))
+            ev.append(self._via_host(e, self.gpu, self.disk, nbytes * self.f.hd, "store_hidden"))
         return ev
 
     def load_cache(self, e, step: Step, j: int, gbs: int, sync=None) -> tuple[list, object | None]:
@@ -197,10 +227,10 @@ class _Runner:
         ev = []
         if self.cpu_att:
             return ev, self._gather(sync or e, gbs, tokens, nbytes)
-        if self.f.cc > 0:  # the KV cache on the CPU is never pinned
-            ev.append(e.transfer(self.cpu, self.gpu, nbytes * self.f.cc, pinned=False, label="load_cache"))
         if self.f.cd > 0:
-            ev.append(e.transfer(self.disk, self.gpu, nbytes * self.f.cd, label="load_cache_disk"))
+            ev.append(self._via_host(e, self.disk, self.gpu, nbytes * self.f.cd, "load_cache_disk"))
+        if self.f.cc > 0:  # the KV cache on the CPU is never pinned: the host relay
+            return ev, self._relay(sync or e, nbytes * self.f.cc, "load_cache")
         return ev, None
 
     def _gather(self, e, gbs: int, tokens: int, nbytes: float):
@@ -209,6 +239,7 @@ class _Runner:
         if self.f.cd > 0:
             yield e.transfer(self.disk, self.cpu, nbytes * self.f.cd, label="load_cache_disk")
         yield e.compute(self.cpu, kv_gather_op(self.model, gbs, tokens, self.off_kv), label="kv_gather")
+        return []  # nothing left in flight
 
     def store_cache(self, e, step: Step, j: int, gbs: int) -> list:
         if self.kinds[j] != "attention" or self.off_kv <= 0:
@@ -223,7 +254,7 @@ class _Runner:
         if self.f.cc > 0:
             ev.append(e.transfer(self.gpu, self.cpu, nbytes * self.f.cc, pinned=False, label="store_cache"))
         if self.f.cd > 0:
-            ev.append(e.transfer(self.gpu, self.disk, nbytes * self.f.cd, label="store_cache_disk"))
+            ev.append(self._via_host(e, self.gpu, self.disk, nbytes * self.f.cd, "store_cache_disk"))
         return ev
 
     def ops(self, step: Step, j: int, gbs: int):
@@ -293,20 +324,25 @@ class _Runner:
         the time the last would have fired: the same bookings and clock, far fewer events."""
         gbs = self.plan.gpu_batch_size
         t = _Booked(e)
-        yield e.until(self.load_weight(t, 0))  # prologue
+        ev0, w0 = self.load_weight(t, 0, e)  # prologue
+        if w0 is not None:
+            ev0 += yield from w0
+        yield e.until(ev0)
         pos = list(self._positions())
         # Loads for position 0 happen before the loop (the runtime's warm-up).
         first = pos[0]
         ev0, g0 = self.load_cache(t, first[0], first[1], gbs, e)
         ev0 += self.load_hidden(t, first[0], first[1], gbs)
         if g0 is not None:
-            yield from g0
+            ev0 += yield from g0
         yield e.until(ev0)
         last = len(pos) - 1
         for p, (step, j, k) in enumerate(pos):
             ev = []
+            relay = None
             if k == 0 and p + self.plan.num_gpu_batches <= last:
-                ev += self.load_weight(t, j + 1)
+                wev, relay = self.load_weight(t, j + 1)
+                ev += wev
             gather = None
             if p < last:
                 nstep, nj, _ = pos[p + 1]
@@ -321,8 +357,9 @@ class _Runner:
             # as a chain, each piece as issued when the one before it ends; the cache store as at
             # the chain's end; one event joins it all (the loop would wait on each in turn).
             t.at = None
-            if gather is not None:
-                t.chain(gather)  # a synchronous CPU copy in the issuing thread
+            for serial in (relay, gather):  # synchronous CPU copies in the issuing thread
+                if serial is not None:
+                    ev += t.chain(serial)
             t.chain(self.compute(t, step, j, gbs))
             ev.append(t.at)
             if p > 0:
@@ -337,16 +374,13 @@ class _Runner:
 
     def block_ideal(self, e, seqs: int):
         gbs, nb = self.plan.gpu_batch_size, self.plan.num_gpu_batches
-        yield e.all_of(self.load_weight(e, 0))
+        yield e.all_of(self._issue(e, *self.load_weight(e, 0)))
         for si, step in enumerate(self.steps):
             for j in range(self.nl):
                 last_layer = si == len(self.steps) - 1 and j == self.nl - 1
-                ev = [] if last_layer else self.load_weight(e, j + 1)
+                ev = [] if last_layer else self._issue(e, *self.load_weight(e, j + 1))
                 for _k in range(nb):
-                    cev, gather = self.load_cache(e, step, j, gbs)
-                    ev += cev
-                    if gather is not None:
-                        ev.append(e.env.process(gather))
+                    ev += self._issue(e, *self.load_cache(e, step, j, gbs))
                     ev += self.load_hidden(e, step, j, gbs)
                     ev += self.compute_async(e, step, j, gbs)
                     ev += self.store_cache(e, step, j, gbs)
@@ -355,15 +389,30 @@ class _Runner:
                 for k in range(nb):
                     self._tokens(e, j, k, seqs)
 
+    @staticmethod
+    def _issue(e, ev: list, serial) -> list:
+        """``ev`` plus, with perfect overlap, the serial host work as its own process that ends when
+        the copies it leaves in flight do."""
+
+        def joined():
+            late = yield from serial
+            if late:
+                yield e.all_of(late)
+
+        return ev if serial is None else [*ev, e.env.process(joined())]
+
     def block_serial(self, e, seqs: int):
         gbs, nb = self.plan.gpu_batch_size, self.plan.num_gpu_batches
         for step in self.steps:
             for j in range(self.nl):
-                yield e.all_of(self.load_weight(e, j))
+                wev, relay = self.load_weight(e, j)
+                if relay is not None:
+                    wev += yield from relay
+                yield e.all_of(wev)
                 for k in range(nb):
                     cev, gather = self.load_cache(e, step, j, gbs)
                     if gather is not None:
-                        yield from gather
+                        cev += yield from gather
                     yield e.all_of(cev + self.load_hidden(e, step, j, gbs))
                     yield from self.compute(e, step, j, gbs)
                     yield e.all_of(self.store_cache(e, step, j, gbs) + self.store_hidden(e, step, j, gbs))

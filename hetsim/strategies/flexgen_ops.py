@@ -18,8 +18,33 @@ from hetsim.models.spec import FP16, ModelSpec, Op, OpKind, Phase
 from hetsim.strategies.flexgen_policy import scheduling_layer_tensors
 
 FP32_BYTES = 4.0
-DEQUANT_FLOPS = 2.0  # per element: q / scale + min
-QUANT_FLOPS = 6.0  # per element: min/max reduction, scale, round, pack
+GROUP_SCALE = 2.0 / INT4.group_size  # bytes of one fp16 scale (or min) per element of its group
+
+# FlexGen's group-wise 4-bit kernels (flexgen/compression.py, TorchCompressedDevice), one PyTorch op
+# each, none fused: (read, write) bytes per fp16 element of one tensor. decompress: the high and low
+# nibbles shifted/masked out of the packed bytes, each stored into every other fp16 element, then
+# div_(scale) and add_(min) in place.
+DECOMPRESS_KERNELS = (
+    ("unpack_hi", 0.5, 0.5),
+    ("store_hi", 0.5, 1.0),
+    ("unpack_lo", 0.5, 0.5),
+    ("store_lo", 0.5, 1.0),
+    ("div_scale", 2.0 + GROUP_SCALE, 2.0),
+    ("add_min", 2.0 + GROUP_SCALE, 2.0),
+)
+# compress: min and max over each group, (x - min), mul_, clamp_, round_, .to(uint8), then the pack:
+# every other byte shifted left by 4 and or-ed with the rest.
+COMPRESS_KERNELS = (
+    ("group_min", 2.0, GROUP_SCALE),
+    ("group_max", 2.0, GROUP_SCALE),
+    ("sub_min", 2.0 + GROUP_SCALE, 2.0),
+    ("mul_scale", 2.0 + GROUP_SCALE, 2.0),
+    ("clamp", 2.0, 2.0),
+    ("round", 2.0, 2.0),
+    ("to_uint8", 2.0, 1.0),
+    ("pack_shift", 0.5, 0.5),
+    ("pack_or", 1.0, 0.5),
+)
 
 
 def layer_kind(model: ModelSpec, j: int) -> str:
@@ -36,29 +61,33 @@ def kv_token_bytes(model: ModelSpec, compressed: bool) -> float:
     return 2 * model.kv_heads * model.head_dim * (INT4 if compressed else FP16).bytes_per_element
 
 
-def _dequant(name: str, elems: float) -> Op:
-    """Group-wise 4-bit to fp16 on the GPU: memory-bound, reads 0.5625 B and writes 2 B per element."""
-    return Op(
-        name,
-        OpKind.ELEMENTWISE,
-        0,
-        DEQUANT_FLOPS * elems,
-        0.0,
-        elems * INT4.bytes_per_element,
-        elems * FP16.bytes_per_element,
+def _kernels(name: str, table, elems: float, tensors: int) -> tuple[Op, ...]:
+    """``table``'s kernels over ``tensors`` tensors of ``elems`` elements in all: memory-bound
+    elementwise ops (one FLOP per element), each paying its own launch."""
+    per = elems / max(1, tensors)
+    return tuple(
+        Op(f"{name}.{k}", OpKind.ELEMENTWISE, 0, per, 0.0, per * r, per * w)
+        for _ in range(max(1, tensors))
+        for k, r, w in table
     )
 
 
-def _quant(name: str, elems: float) -> Op:
-    return Op(
-        name,
-        OpKind.ELEMENTWISE,
-        0,
-        QUANT_FLOPS * elems,
-        0.0,
-        elems * FP16.bytes_per_element,
-        elems * INT4.bytes_per_element,
-    )
+def _dequant(name: str, elems: float, tensors: int) -> tuple[Op, ...]:
+    """Group-wise 4-bit to fp16 on the GPU as FlexGen's decompress runs it: 13 B of memory traffic
+    per element in six kernels per tensor (0.5625 B read and 2 B written if it were one fused kernel)."""
+    return _kernels(name, DECOMPRESS_KERNELS, elems, tensors)
+
+
+def _quant(name: str, elems: float, tensors: int) -> tuple[Op, ...]:
+    return _kernels(name, COMPRESS_KERNELS, elems, tensors)
+
+
+def host_copy_op(nbytes: float) -> Op:
+    """``Tensor.pin_memory()`` on the host: read the pageable tensor, write a pinned copy.
+
+    FlexGen's general_copy takes this relay for every unpinned CPU tensor bound for the GPU (the
+    KV cache on the CPU is never pinned), in the issuing thread, before the DMA at the pinned rate."""
+    return Op("pin_memory", OpKind.ELEMENTWISE, 0, 0.0, 0.0, nbytes, nbytes)
 
 
 @dataclass(frozen=True)
@@ -93,8 +122,8 @@ def substep_ops(
     wdeq: tuple[Op, ...] = ()
     if compress_weight:
         idx = {"embed": 0, "attention": 1, "mlp": 2, "output": 2 * model.layers + 1}[kind]
-        elems = sum(n for n, m in scheduling_layer_tensors(model)[idx] if m)
-        wdeq = (_dequant("dequant_weights", elems),)
+        packed = [n for n, m in scheduling_layer_tensors(model)[idx] if m]
+        wdeq = _dequant("dequant_weights", sum(packed), len(packed))
     if kind == "embed":
         return SubStepOps((*wdeq, embedding_op(model, gbs, seq)))
     if kind == "output":
@@ -104,12 +133,12 @@ def substep_ops(
         return SubStepOps(wdeq + blocks.mlp)
     att = blocks.attention
     kv_elems_new = gbs * seq * 2 * model.kv_heads * model.head_dim
-    kvq: tuple[Op, ...] = (_quant("compress_kv", kv_elems_new),) if compress_cache else ()
+    kvq: tuple[Op, ...] = _quant("compress_kv", kv_elems_new, 2) if compress_cache else ()  # K and V
     if phase == "prefill" or not cpu_attention:
         kvdq: tuple[Op, ...] = ()
         if compress_cache and phase == "decode":
             cached = gbs * (kv_len - 1) * 2 * model.kv_heads * model.head_dim
-            kvdq = (_dequant("dequant_kv", cached),)
+            kvdq = _dequant("dequant_kv", cached, 2)
         return SubStepOps(wdeq + kvdq + att + kvq)
     split = next(i for i, o in enumerate(att) if o.kind == OpKind.ATTENTION)
     gpu_att = att[split]
