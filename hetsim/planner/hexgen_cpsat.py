@@ -32,14 +32,8 @@ from itertools import combinations_with_replacement
 from ortools.sat.python import cp_model
 
 from hetsim.hardware.rig import NoRouteError, Rig
-from hetsim.models.memory import (
-    activation_workspace,
-    embed_bytes,
-    head_bytes,
-    hidden_bytes,
-    kv_cache_bytes,
-)
-from hetsim.models.sharding import TP_DEGREES, kv_share, rank_layer_bytes, tp_degrees
+from hetsim.models.memory import hidden_bytes
+from hetsim.models.sharding import TP_DEGREES, tp_degrees
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import param_count
 from hetsim.planner.ranking import Evaluate, best_plan, evaluator
@@ -48,7 +42,7 @@ from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.serve import serve_plan
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.hexgen import HexGenPlan, Replica
-from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes
+from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes, layer_capacity
 from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
 
@@ -165,14 +159,19 @@ class CostTable:
         as if it were first and last."""
         key = (c, tp, in_flight)
         if key not in self._cap:
-            m, d = self.model, self.demand
-            mem = min(self.rig.devices[x].mem_bytes for x in self.group(c, tp))
-            per_layer = rank_layer_bytes(m, d.weight_dtype, tp)
-            kv_seqs = d.kv_sequences * in_flight
-            per_layer += kv_cache_bytes(m, kv_seqs, d.context, 1, d.kv_dtype) * kv_share(tp, m.kv_groups)
-            fixed = embed_bytes(m, d.weight_dtype) + head_bytes(m, d.weight_dtype) / tp
-            fixed += activation_workspace(m, 1, max(1, d.act_tokens)) / tp
-            self._cap[key] = max(0, int((mem - fixed) // per_layer))
+            d = self.demand
+            self._cap[key] = layer_capacity(
+                self.model,
+                self.group(c, tp),
+                self.rig,
+                True,
+                True,
+                d.kv_sequences * in_flight,
+                d.context,
+                d.act_tokens,
+                d.weight_dtype,
+                d.kv_dtype,
+            )
         return self._cap[key]
 
     def hop_s(self, c: int, other: int | None) -> float:

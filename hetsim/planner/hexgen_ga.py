@@ -32,10 +32,10 @@ from scipy.cluster.vq import kmeans2
 from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
-from hetsim.serving.batching import in_flight
+from hetsim.serving.batching import batches_in_flight
 from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.workload import Request
-from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_footprint
+from hetsim.strategies.hexgen import HexGenPlan, Replica
 from hetsim.strategies.pipeline import Stage, balance_layers
 from hetsim.workload import Workload
 
@@ -127,22 +127,20 @@ class HexGenGA:
                 left = left[t:]
         rep = None
         if len(tp_groups) <= self.model.layers:
-            layers = balance_layers(self.model, tp_groups, self.rig, self.workload)
+            # what a serving run allocates (``serve``): KV for every batch in flight, a batch's prompt
+            w = self.workload
+            layers = balance_layers(
+                self.model,
+                tp_groups,
+                self.rig,
+                kv_sequences=w.batch * batches_in_flight(len(tp_groups)),
+                context=w.context_len,
+                act_tokens=w.batch * w.prompt_len,
+            )
             if layers is not None:
                 rep = Replica(tuple(Stage(g, n) for g, n in zip(tp_groups, layers, strict=True)))
-                if not self._fits(rep):
-                    rep = None
         self._replica[group] = rep
         return rep
-
-    def _fits(self, rep: Replica) -> bool:
-        """What a serving run allocates (KV for every batch in flight) within every GPU's memory."""
-        w = self.workload
-        plan = HexGenPlan((rep,), max_batch=self.max_batch)
-        fp = replica_footprint(
-            self.model, rep, w.batch * in_flight(rep), w.prompt_len + w.gen_len, w.batch * w.prompt_len, plan
-        )
-        return all(sum(tags.values()) <= self.rig.devices[d].mem_bytes for d, tags in fp.items())
 
     def plan(self, genome: Genome) -> HexGenPlan | None:
         reps = [r for r in (self.replica(g) for g in genome) if r is not None]

@@ -34,7 +34,12 @@ KV_BUCKET = 32  # decode context rounds up to this
 
 
 def in_flight(replica: Replica) -> int:
-    return min(len(replica.stages), MAX_IN_FLIGHT)
+    return batches_in_flight(len(replica.stages))
+
+
+def batches_in_flight(stages: int) -> int:
+    """Batches a pipeline of ``stages`` stages keeps in flight (one per stage, at most MAX_IN_FLIGHT)."""
+    return min(stages, MAX_IN_FLIGHT)
 
 
 def bucket(x: float, size: int) -> int:

@@ -22,6 +22,7 @@ from hetsim.strategies.pipeline import (
     GPU_WEIGHT_DTYPES,
     Stage,
     balance_layers,
+    even_layers,
     gpu_dtypes,
     micro_batch_sizes,
     pipeline_pass,
@@ -46,18 +47,22 @@ def stage_footprint(
     model: ModelSpec, stage: Stage, first: bool, last: bool, workload: Workload, plan: PipelinePlan
 ) -> dict[str, float]:
     """Memory of one GPU of a stage: the KV cache of the whole batch, the workspace of a micro-batch."""
-    mb = max(micro_batch_sizes(workload.batch, plan.micro_batches))
     return stage_memory(
-        model,
-        stage,
-        first,
-        last,
-        workload.batch,
-        workload.context_len,
-        mb * workload.prompt_len,
-        plan.weight_dtype,
-        plan.kv_dtype,
+        model, stage, first, last, **_load(workload, plan.micro_batches, plan.weight_dtype, plan.kv_dtype)
     )
+
+
+def _load(workload: Workload, micro_batches: int, weight_dtype: str, kv_dtype: str) -> dict:
+    """What every stage holds besides its layers' weights, as ``stage_memory``'s and
+    ``balance_layers``' keywords: every micro-batch's KV is resident at once (they are all in flight),
+    and a layer's workspace is one micro-batch's prompt."""
+    return {
+        "kv_sequences": workload.batch,
+        "context": workload.context_len,
+        "act_tokens": max(micro_batch_sizes(workload.batch, micro_batches)) * workload.prompt_len,
+        "weight_dtype": weight_dtype,
+        "kv_dtype": kv_dtype,
+    }
 
 
 # Exhaustive enumeration (any subset of nodes, any split per node) is exponential in the number of
@@ -133,23 +138,23 @@ class GpuOnly(Strategy):
         groups = [tuple(n.gpus) for n in rig.nodes.values() if n.gpus]
         groups = [g[: max(tp_degrees(model, len(g)))] for g in groups]
         wd, kv = gpu_dtypes(model, workload)
-        layers = balance_layers(model, groups, rig, workload, wd)
+        mbs = min(len(groups), workload.batch)
+        layers = balance_layers(model, groups, rig, **_load(workload, mbs, wd, kv))
         if layers is None:  # does not fit: keep an even split so the run reports where it overflows
-            base, extra = divmod(model.layers, len(groups))
-            layers = tuple(base + (1 if i < extra else 0) for i in range(len(groups)))
+            layers = even_layers(model.layers, len(groups))
         stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
-        return PipelinePlan(stages, min(len(stages), workload.batch), weight_dtype=wd, kv_dtype=kv)
+        return PipelinePlan(stages, mbs, weight_dtype=wd, kv_dtype=kv)
 
     def candidates(self, rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[PipelinePlan]:
         """Pipelines over subsets of nodes and TP degrees whose layers fit, with and without
-        micro-batching."""
+        micro-batching (a micro-batch's smaller workspace may fit where the whole batch's does not)."""
         wd, kv = gpu_dtypes(model, workload)
         for groups in candidate_groups(rig, model):
-            layers = balance_layers(model, groups, rig, workload, wd)
-            if layers is None:
-                continue
-            stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
-            for mbs in sorted({1, min(len(stages), workload.batch)}):
+            for mbs in sorted({1, min(len(groups), workload.batch)}):
+                layers = balance_layers(model, groups, rig, **_load(workload, mbs, wd, kv))
+                if layers is None:
+                    continue
+                stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
                 yield PipelinePlan(stages, micro_batches=mbs, weight_dtype=wd, kv_dtype=kv)
 
     def footprint(self, plan: PipelinePlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:

@@ -78,6 +78,20 @@ def replica_footprint(
     return out
 
 
+def replica_load(workload: Workload, stages: int, weight_dtype: str, kv_dtype: str) -> dict:
+    """What a replica of ``stages`` stages must hold besides its weights, whatever share of the batch
+    it is dealt (``balance_layers``' keywords): the batch is split after the replicas are laid out,
+    by their speeds, so a layout is checked with the KV of the whole batch and the workspace of the
+    largest micro-batch a share can make (the ``footprint`` of any split is at most this)."""
+    return {
+        "kv_sequences": workload.batch,
+        "context": workload.context_len,
+        "act_tokens": max(micro_batch_sizes(workload.batch, stages)) * workload.prompt_len,
+        "weight_dtype": weight_dtype,
+        "kv_dtype": kv_dtype,
+    }
+
+
 def split_batch(batch: int, weights: list[float]) -> list[int]:
     """``batch`` sequences over replicas in proportion to ``weights`` (largest remainders, stable)."""
     total = sum(weights)
@@ -193,6 +207,7 @@ class HexGen(Strategy):
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HexGenPlan:
         """Each region one replica: per machine its largest TP group, layers by memory bandwidth."""
+        wd, kv = gpu_dtypes(model, workload)
         replicas = []
         regions: dict[str, list[tuple[str, ...]]] = {}
         for node in rig.nodes.values():
@@ -205,7 +220,7 @@ class HexGen(Strategy):
         for name, groups in regions.items():
             # more groups than layers would leave stages empty: keep the ones with the most bandwidth
             groups = regions[name] = _strongest(groups, model.layers, rig)
-            layers = balance_layers(model, groups, rig, workload, gpu_dtypes(model, workload)[0])
+            layers = balance_layers(model, groups, rig, **replica_load(workload, len(groups), wd, kv))
             if layers is None:
                 continue
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
@@ -213,7 +228,6 @@ class HexGen(Strategy):
             groups = _strongest([g for gs in regions.values() for g in gs], model.layers, rig)
             layers = even_layers(model.layers, len(groups))
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
-        wd, kv = gpu_dtypes(model, workload)
         return HexGenPlan(tuple(replicas), weight_dtype=wd, kv_dtype=kv)
 
     def batch_split(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:

@@ -68,9 +68,9 @@ def stage_memory(
     weight_dtype: str = "fp16",
     kv_dtype: str = "fp16",
 ) -> dict[str, float]:
-    """One GPU of a stage: its weight shard (the embedding replicated on the first stage, the head
-    split on the last), its KV shard for ``kv_sequences`` x ``context`` tokens, and the activation
-    workspace of ``act_tokens`` tokens in flight through a layer."""
+    """One GPU of a stage, as the engine's memory ledger charges it: its weight shard (the embedding
+    replicated on the first stage, the head split on the last), its KV shard for ``kv_sequences`` x
+    ``context`` tokens, and the activation workspace of ``act_tokens`` tokens in flight through a layer."""
     tp = len(stage.devices)
     weights = stage.layers * rank_layer_bytes(model, weight_dtype, tp)
     if first:
@@ -85,23 +85,60 @@ def stage_memory(
     }
 
 
+def layer_capacity(
+    model: ModelSpec,
+    group: tuple[str, ...],
+    rig: Rig,
+    first: bool,
+    last: bool,
+    kv_sequences: int,
+    context: int,
+    act_tokens: int,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
+) -> int:
+    """The most layers a TP group holds as a stage: the largest count whose ``stage_memory`` fits the
+    smallest GPU of the group (every rank holds the same bytes), as the memory ledger checks it."""
+    mem = min(rig.devices[d].mem_bytes for d in group)
+
+    def need(n: int) -> float:
+        tags = stage_memory(
+            model, Stage(group, n), first, last, kv_sequences, context, act_tokens, weight_dtype, kv_dtype
+        )
+        return sum(tags.values())
+
+    fixed = need(0)
+    per_layer = need(1) - fixed
+    if fixed > mem:
+        return 0
+    n = min(model.layers, int((mem - fixed) // per_layer)) if per_layer > 0 else model.layers
+    while n > 0 and need(n) > mem:  # the linear guess can be one over by rounding
+        n -= 1
+    return n
+
+
 def balance_layers(
-    model: ModelSpec, groups: list[tuple[str, ...]], rig: Rig, workload: Workload, weight_dtype: str = "fp16"
+    model: ModelSpec,
+    groups: list[tuple[str, ...]],
+    rig: Rig,
+    *,
+    kv_sequences: int,
+    context: int,
+    act_tokens: int,
+    weight_dtype: str = "fp16",
+    kv_dtype: str = "fp16",
 ) -> tuple[int, ...] | None:
     """Layers per stage in proportion to each group's memory bandwidth (decode is bandwidth-bound),
-    capped by what fits in its memory; None when the groups cannot hold the model."""
-    kv = kv_cache_bytes(model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16")
-    kv *= kv_share(len(groups[0]), model.kv_groups)
-    caps = []
-    for i, g in enumerate(groups):
-        tp = len(g)
-        per_layer = rank_layer_bytes(model, weight_dtype, tp) * tp + kv
-        mem = min(rig.devices[d].mem_bytes for d in g) * tp
-        fixed = (embed_bytes(model, weight_dtype) * tp if i == 0 else 0.0) + (
-            head_bytes(model, weight_dtype) if i == len(groups) - 1 else 0.0
+    capped by what fits in its memory (``layer_capacity``: each rank's weights, KV of
+    ``kv_sequences`` x ``context`` tokens and workspace of ``act_tokens`` tokens, the embedding on the
+    first stage and the head on the last); None when the groups cannot hold the model."""
+    last = len(groups) - 1
+    caps = [
+        layer_capacity(
+            model, g, rig, i == 0, i == last, kv_sequences, context, act_tokens, weight_dtype, kv_dtype
         )
-        fixed += activation_workspace(model, workload.batch, workload.prompt_len)
-        caps.append(max(0, int((mem - fixed) // per_layer)))
+        for i, g in enumerate(groups)
+    ]
     if sum(caps) < model.layers:
         return None
     speed = [sum(rig.devices[d].mem_bw for d in g) for g in groups]
