@@ -135,6 +135,23 @@ def test_local_sweep_end_to_end_with_plots(tmp_path):
     assert again.ran == 0 and again.skipped == 7
 
 
+def test_plots_of_the_same_results_are_the_same_bytes(tmp_path):
+    """SVG ids hash a salt matplotlib draws at random unless it is set: the same results give the
+    same files, PNG and SVG."""
+    from hetsim.sweep.plots import draw_all
+    from hetsim.sweep.spec import load_spec
+
+    spec_path = _spec(tmp_path)
+    report = run_sweep(spec_path, tmp_path / "out", workers=1, progress=False, plots=False)
+    spec = load_spec(spec_path)
+    first = draw_all(spec, report.results, tmp_path / "a")
+    second = draw_all(spec, report.results, tmp_path / "b")
+    assert any(p.suffix == ".svg" for p in first)
+    assert [p.name for p in first] == [p.name for p in second]
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
 def test_interrupted_sweep_resumes_to_the_same_content(tmp_path):
     spec = _spec(tmp_path)
     straight = run_sweep(spec, tmp_path / "a", workers=1, progress=False, plots=False).results

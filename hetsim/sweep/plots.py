@@ -119,7 +119,10 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
     fig.savefig(paths[0], dpi=120, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    # SVG element ids hash a salt that is random per process unless set: fixed, the same results
+    # draw the same bytes (as the date left out of the metadata)
+    with plt.rc_context({"svg.hashsalt": "hetsim"}):
+        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     return paths
 
