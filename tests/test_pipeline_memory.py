@@ -136,10 +136,11 @@ def test_each_group_uses_its_own_tp_degree():
     # A TP 1 stage after a TP 2 one: its rank holds the whole batch's KV, not the TP 2 group's half
     # (the balance used to take every group's KV share from the first group's degree).
     rig, model = shipped("mixed-lab"), get_model("llama2-13b")
-    wl = Workload(batch=80, prompt_len=1024, gen_len=1024)
+    # (80 sequences before each rank held the residual stream of its workspace in full; now 78)
+    wl = Workload(batch=78, prompt_len=1024, gen_len=1024)
     groups = [("n1.gpu0", "n1.gpu1"), ("n0.gpu0",)]  # two A6000s as TP 2, then the A100 alone
     layers = balance_layers(model, groups, rig, **_load(wl, 1, "fp16", "fp16"))
-    assert layers == (22, 18)  # both at their capacity: 80 sequences x 2048 tokens of KV is the limit
+    assert layers == (22, 18)  # both at their capacity: 78 sequences x 2048 tokens of KV is the limit
     gpu_only = get_strategy("gpu-only")
     plan = PipelinePlan((Stage(groups[0], 22), Stage(groups[1], 18)))
     assert fits(gpu_only, plan, rig, model, wl)
@@ -148,3 +149,38 @@ def test_each_group_uses_its_own_tp_degree():
         PipelinePlan((Stage(groups[0], 21), Stage(groups[1], 19))),
     ):
         assert not fits(gpu_only, more, rig, model, wl)
+
+
+# ---- the activation workspace of one TP rank ------------------------------------------------------
+def test_a_tp8_rank_of_llama2_70b_holds_the_residual_stream_in_full():
+    # Megatron-LM (arXiv 1909.08053, section 3, figure 3): the MLP up/gate outputs are split over the
+    # ranks; a layer's input and output (the residual stream) and its all-reduce are whole on each.
+    # llama2-70b: hidden 8192, gated MLP of 28672, by hand in fp16 for 4096 tokens at TP 8.
+    from hetsim.models.memory import activation_workspace, rank_activation_workspace
+
+    m = get_model("llama2-70b")
+    tokens, tp = 4096, 8
+    per_token = (2 * 28672 / tp + 2 * 8192) * 2  # 47,104 bytes
+    assert rank_activation_workspace(m, 1, tokens, tp) == tokens * per_token == 192_937_984
+    # what every rank of a TP 8 stage is charged; before, the whole workspace / 8 (2.56x too little)
+    stage = Stage(tuple(f"g{i}" for i in range(tp)), 10)
+    assert stage_memory(m, stage, False, True, 1, 16, tokens)["activations"] == 192_937_984
+    assert activation_workspace(m, 1, tokens) / tp == 75_497_472
+
+
+@given(
+    model=st.sampled_from(MODELS + ("deepseek-v3", "opt-30b", "qwen3-30b-a3b")),
+    batch=st.integers(1, 64),
+    seq=st.integers(1, 4096),
+    tp=st.sampled_from((1, 2, 3, 4, 8, 16)),
+)
+def test_a_rank_workspace_is_no_less_than_its_share_and_shrinks_with_tp(model, batch, seq, tp):
+    from hetsim.models.memory import activation_workspace, rank_activation_workspace
+
+    m = get_model(model)
+    whole = activation_workspace(m, batch, seq)
+    rank = rank_activation_workspace(m, batch, seq, tp)
+    assert rank * tp >= whole * (1 - 1e-12)  # the ranks together hold at least the unsplit workspace
+    assert rank <= whole * (1 + 1e-12)
+    assert rank_activation_workspace(m, batch, seq, 2 * tp) <= rank  # non-increasing in tp
+    assert rank_activation_workspace(m, batch, seq, 1) == whole  # tp 1: unchanged

@@ -37,9 +37,22 @@ def kv_cache_bytes(
 
 def activation_workspace(model: ModelSpec, batch: int, seq_len: int, act_dtype: str = "fp16") -> float:
     """Peak transient activations of one layer: the widest intermediate (MLP inner) plus the residual."""
+    return rank_activation_workspace(model, batch, seq_len, 1, act_dtype)
+
+
+def rank_activation_workspace(
+    model: ModelSpec, batch: int, seq_len: int, tp: int, act_dtype: str = "fp16"
+) -> float:
+    """``activation_workspace`` on one of ``tp`` tensor-parallel ranks (Megatron-style).
+
+    Only the column-parallel outputs are split: the MLP up/gate projections (the widest intermediate)
+    and the attention heads. The residual stream -- a layer's input and output, 2 x hidden per token --
+    and the all-reduce that sums the row-parallel outputs into it are whole on every rank (Shoeybi et
+    al., Megatron-LM, arXiv 1909.08053, section 3 and figure 3: f/g are the identity and all-reduce
+    around each split block, whose input X and output Z are full on each GPU)."""
     widest = max(model.intermediate, model.dense_intermediate, model.shared_intermediate)
     inner = widest * (2 if model.gated_mlp else 1)
-    return batch * seq_len * (inner + 2 * model.hidden) * DTYPES[act_dtype].bytes_per_element
+    return batch * seq_len * (inner / tp + 2 * model.hidden) * DTYPES[act_dtype].bytes_per_element
 
 
 def hidden_bytes(model: ModelSpec, batch: int, seq_len: int, act_dtype: str = "fp16") -> float:

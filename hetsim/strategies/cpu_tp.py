@@ -13,7 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from hetsim.hardware.rig import Rig
-from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
+from hetsim.models.memory import (
+    embed_bytes,
+    head_bytes,
+    kv_cache_bytes,
+    layer_bytes,
+    rank_activation_workspace,
+)
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
 from hetsim.strategies import plan_io as pc
@@ -105,12 +111,13 @@ class CpuTensorParallel(Strategy):
         )
         kv_share = max(1.0 / p, 1.0 / model.kv_groups)
         kv = kv_cache_bytes(model, workload.batch, workload.context_len, model.layers, plan.kv_dtype)
+        act = rank_activation_workspace(model, workload.batch, workload.prompt_len, p, "fp32")
         return {
             rank: {
                 "weights": weights / p,
                 "embedding": plan.weight_copies * embed_bytes(model, plan.weight_dtype),
                 "kv_cache": kv * kv_share,
-                "activations": activation_workspace(model, workload.batch, workload.prompt_len, "fp32") / p,
+                "activations": act,
             }
             for rank in plan.ranks
         }

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.memory import (
-    activation_workspace,
     embed_bytes,
     head_bytes,
     hidden_bytes,
     kv_cache_bytes,
+    rank_activation_workspace,
 )
 from hetsim.models.sharding import embed_ops, head_ops, kv_share, layer_blocks, rank_layer_bytes
 from hetsim.models.spec import ModelSpec, Phase
@@ -70,7 +70,12 @@ def stage_memory(
 ) -> dict[str, float]:
     """One GPU of a stage, as the engine's memory ledger charges it: its weight shard (the embedding
     replicated on the first stage, the head split on the last), its KV shard for ``kv_sequences`` x
-    ``context`` tokens, and the activation workspace of ``act_tokens`` tokens in flight through a layer."""
+    ``context`` tokens, and the activation workspace of ``act_tokens`` tokens in flight through a layer
+    (the intermediate split by ``tp``, the residual stream whole: ``rank_activation_workspace``).
+
+    The logits are not charged: they are transient after the layers' workspace is freed, at most the
+    stage's sequences x vocab (the last position only at prefill), below the layer workspace unless
+    prompts are a few tokens long."""
     tp = len(stage.devices)
     weights = stage.layers * rank_layer_bytes(model, weight_dtype, tp)
     if first:
@@ -81,7 +86,7 @@ def stage_memory(
     return {
         "weights": weights,
         "kv_cache": kv,
-        "activations": activation_workspace(model, 1, max(1, act_tokens)) / tp,
+        "activations": rank_activation_workspace(model, 1, max(1, act_tokens), tp),
     }
 
 
