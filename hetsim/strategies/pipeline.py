@@ -73,9 +73,11 @@ def stage_memory(
     ``context`` tokens, and the activation workspace of ``act_tokens`` tokens in flight through a layer
     (the intermediate split by ``tp``, the residual stream whole: ``rank_activation_workspace``).
 
-    The logits are not charged: they are transient after the layers' workspace is freed, at most the
-    stage's sequences x vocab (the last position only at prefill), below the layer workspace unless
-    prompts are a few tokens long."""
+    Not charged (a known gap): the last stage's logits, transient after a layer's workspace is freed,
+    a step's sequences x vocab (the last position only at prefill; about 6 bytes each where vLLM
+    gathers 16-bit logits and samples in fp32). They exceed the layer workspace only for prompts under
+    3 x vocab / (intermediate / tp + 2 x hidden) tokens: 4 on llama2-70b at TP 8, 20 on qwen-72b,
+    about 100 on qwen3-30b-a3b."""
     tp = len(stage.devices)
     weights = stage.layers * rank_layer_bytes(model, weight_dtype, tp)
     if first:
