@@ -169,7 +169,7 @@ def test_a_tp8_rank_of_llama2_70b_holds_the_residual_stream_in_full():
 
 
 @given(
-    model=st.sampled_from(MODELS + ("deepseek-v3", "opt-30b", "qwen3-30b-a3b")),
+    model=st.sampled_from((*MODELS, "deepseek-v3", "opt-30b", "qwen3-30b-a3b")),
     batch=st.integers(1, 64),
     seq=st.integers(1, 4096),
     tp=st.sampled_from((1, 2, 3, 4, 8, 16)),
