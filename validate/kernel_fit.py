@@ -204,18 +204,3 @@ class Errors:
     def of(cls, pred: np.ndarray, meas: np.ndarray) -> Errors:
         err = np.abs(pred - meas) / meas
         return cls(len(err), float(np.median(err)), float(np.mean(err <= 0.15)), float(np.quantile(err, 0.9)))
-
-
-def layer_sums(
-    device: ComputeDevice, samples: Sequence[KernelSample]
-) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int, int]]]:
-    """Per (model, TP, tokens): the measured and predicted sum of one layer's kernels (what a step
-    pays per layer outside attention and the all-reduce)."""
-    pred, meas, keys = {}, {}, {}
-    for s, p in zip(samples, predict(device, samples), strict=True):
-        key = (s.model, s.tp, s.tokens)
-        pred[key] = pred.get(key, 0.0) + p
-        meas[key] = meas.get(key, 0.0) + s.seconds
-        keys[key] = key
-    order = sorted(keys)
-    return np.array([pred[k] for k in order]), np.array([meas[k] for k in order]), order

@@ -102,9 +102,7 @@ def rank_layer_bytes(model: ModelSpec, weight_dtype: str = "fp16", tp: int = 1) 
     the router, MLA's q_a/kv_a down-projections) held in full on each rank."""
     dtype = DTYPES[weight_dtype]
     split = COLUMN_PARALLEL | ROW_PARALLEL
-    return sum(
-        tensor_bytes(t, dtype) / (tp if t.module in split else 1) for t in layer_weight_tensors(model)
-    )
+    return sum(tensor_bytes(t, dtype) / (tp if t.module in split else 1) for t in layer_weight_tensors(model))
 
 
 @dataclass(frozen=True)
