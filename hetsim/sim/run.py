@@ -128,7 +128,7 @@ def summarize(
     tokens = sum(count for _, count in engine.token_times)
     if not engine.token_times or makespan <= 0:
         return Result.infeasible(name, "the schedule produced no tokens", plan_dict)
-    ttft = first_token_time(engine.token_times, workload.batch)
+    ttft = first_token_time(engine.token_times, workload.batch, engine.token_streams, workload.gen_len)
     tpot = (makespan - ttft) / (workload.gen_len - 1) if workload.gen_len > 1 else 0.0
     util = engine.utilization(makespan)
     bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
@@ -158,12 +158,35 @@ def summarize(
     )
 
 
-def first_token_time(token_times: list[tuple[float, int]], batch: int) -> float:
-    """When every sequence of the batch has its first token (schedules may finish them in groups)."""
+def first_token_time(
+    token_times: list[tuple[float, int]],
+    batch: int,
+    streams: list[int] | None = None,
+    gen_len: int = 0,
+) -> float:
+    """When every sequence of the batch has its first token (schedules may finish them in groups).
+
+    Counting tokens in time order is right while no sequence decodes before every first token is out.
+    Processes that run their own sequences side by side (HexGen's replicas) break that: a fast replica's
+    second tokens would count for a slow one's first. When every process (``streams``, one per
+    ``token_times`` entry) made ``gen_len`` tokens per sequence it holds, each one's first tokens are
+    its first ``tokens / gen_len`` counted, and the batch has them all at the latest of those."""
+    per_stream: dict[int, list[tuple[float, int]]] = {}
+    for entry, stream in zip(token_times, streams or (), strict=False):
+        per_stream.setdefault(stream, []).append(entry)
+    if len(per_stream) > 1 and gen_len > 1:
+        sequences = {k: sum(c for _, c in v) / gen_len for k, v in per_stream.items()}
+        if all(n >= 1 and n == int(n) for n in sequences.values()):
+            return max(_count_reached(v, int(sequences[k])) for k, v in per_stream.items())
+    return _count_reached(token_times, batch)
+
+
+def _count_reached(token_times: list[tuple[float, int]], count: int) -> float:
+    """When ``count`` tokens have been made (the last token's time if never)."""
     seen = 0
-    for t, count in token_times:
-        seen += count
-        if seen >= batch:
+    for t, c in token_times:
+        seen += c
+        if seen >= count:
             return t
     return token_times[-1][0]
 
