@@ -21,9 +21,16 @@ from hetsim.models.sharding import tp_degrees
 from hetsim.sim.memory import MemoryLedger, OutOfMemory
 from hetsim.sim.run import fits, simulate
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.gpu_only import PipelinePlan, _load
-from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_footprint, replica_load
-from hetsim.strategies.pipeline import Stage, balance_layers, layer_capacity, micro_batch_sizes, stage_memory
+from hetsim.strategies.gpu_only import PipelinePlan
+from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_footprint
+from hetsim.strategies.pipeline import (
+    Stage,
+    balance_layers,
+    layer_capacity,
+    micro_batch_sizes,
+    pipeline_load,
+    stage_memory,
+)
 from hetsim.workload import Workload
 
 RIGS = ("mixed-lab", "hexgen-full-budget", "hexgen-half-budget", "flexgen-t4", "hetegen-a10")
@@ -82,7 +89,7 @@ def test_a_balanced_gpu_pipeline_fits_the_full_run(setup):
     rig, model, groups, wl, wd, kv = setup
     gpu_only = get_strategy("gpu-only")
     for mbs in sorted({1, min(len(groups), wl.batch)}):
-        load = _load(wl, mbs, wd, kv)
+        load = pipeline_load(wl, mbs, wd, kv)
         layers = balance_layers(model, groups, rig, **load)
         if layers is not None:
             assert sum(layers) == model.layers and min(layers) >= 1
@@ -104,7 +111,7 @@ def test_a_balanced_gpu_pipeline_fits_the_full_run(setup):
 def test_a_balanced_hexgen_replica_fits_any_share_of_the_batch(setup, share):
     # HexGen lays out its replicas before it splits the batch over them by speed: any share fits
     rig, model, groups, wl, wd, kv = setup
-    layers = balance_layers(model, groups, rig, **replica_load(wl, len(groups), wd, kv))
+    layers = balance_layers(model, groups, rig, **pipeline_load(wl, len(groups), wd, kv))
     if layers is None:
         return
     rep = Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True)))
@@ -139,7 +146,7 @@ def test_each_group_uses_its_own_tp_degree():
     # (80 sequences before each rank held the residual stream of its workspace in full; now 78)
     wl = Workload(batch=78, prompt_len=1024, gen_len=1024)
     groups = [("n1.gpu0", "n1.gpu1"), ("n0.gpu0",)]  # two A6000s as TP 2, then the A100 alone
-    layers = balance_layers(model, groups, rig, **_load(wl, 1, "fp16", "fp16"))
+    layers = balance_layers(model, groups, rig, **pipeline_load(wl, 1, "fp16", "fp16"))
     assert layers == (22, 18)  # both at their capacity: 78 sequences x 2048 tokens of KV is the limit
     gpu_only = get_strategy("gpu-only")
     plan = PipelinePlan((Stage(groups[0], 22), Stage(groups[1], 18)))

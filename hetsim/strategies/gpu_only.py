@@ -25,6 +25,7 @@ from hetsim.strategies.pipeline import (
     even_layers,
     gpu_dtypes,
     micro_batch_sizes,
+    pipeline_load,
     pipeline_pass,
     stage_memory,
 )
@@ -48,21 +49,12 @@ def stage_footprint(
 ) -> dict[str, float]:
     """Memory of one GPU of a stage: the KV cache of the whole batch, the workspace of a micro-batch."""
     return stage_memory(
-        model, stage, first, last, **_load(workload, plan.micro_batches, plan.weight_dtype, plan.kv_dtype)
+        model,
+        stage,
+        first,
+        last,
+        **pipeline_load(workload, plan.micro_batches, plan.weight_dtype, plan.kv_dtype),
     )
-
-
-def _load(workload: Workload, micro_batches: int, weight_dtype: str, kv_dtype: str) -> dict:
-    """What every stage holds besides its layers' weights, as ``stage_memory``'s and
-    ``balance_layers``' keywords: every micro-batch's KV is resident at once (they are all in flight),
-    and a layer's workspace is one micro-batch's prompt."""
-    return {
-        "kv_sequences": workload.batch,
-        "context": workload.context_len,
-        "act_tokens": max(micro_batch_sizes(workload.batch, micro_batches)) * workload.prompt_len,
-        "weight_dtype": weight_dtype,
-        "kv_dtype": kv_dtype,
-    }
 
 
 # Exhaustive enumeration (any subset of nodes, any split per node) is exponential in the number of
@@ -139,7 +131,7 @@ class GpuOnly(Strategy):
         groups = [g[: max(tp_degrees(model, len(g)))] for g in groups]
         wd, kv = gpu_dtypes(model, workload)
         mbs = min(len(groups), workload.batch)
-        layers = balance_layers(model, groups, rig, **_load(workload, mbs, wd, kv))
+        layers = balance_layers(model, groups, rig, **pipeline_load(workload, mbs, wd, kv))
         if layers is None:  # does not fit: keep an even split so the run reports where it overflows
             layers = even_layers(model.layers, len(groups))
         stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))
@@ -151,7 +143,7 @@ class GpuOnly(Strategy):
         wd, kv = gpu_dtypes(model, workload)
         for groups in candidate_groups(rig, model):
             for mbs in sorted({1, min(len(groups), workload.batch)}):
-                layers = balance_layers(model, groups, rig, **_load(workload, mbs, wd, kv))
+                layers = balance_layers(model, groups, rig, **pipeline_load(workload, mbs, wd, kv))
                 if layers is None:
                     continue
                 stages = tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))

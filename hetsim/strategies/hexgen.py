@@ -30,6 +30,7 @@ from hetsim.strategies.pipeline import (
     even_layers,
     gpu_dtypes,
     micro_batch_sizes,
+    pipeline_load,
     stage_memory,
 )
 from hetsim.strategies.pipeline_costs import step_time
@@ -76,20 +77,6 @@ def replica_footprint(
         for d in st.devices:
             out[d] = tags
     return out
-
-
-def replica_load(workload: Workload, stages: int, weight_dtype: str, kv_dtype: str) -> dict:
-    """What a replica of ``stages`` stages must hold besides its weights, whatever share of the batch
-    it is dealt (``balance_layers``' keywords): the batch is split after the replicas are laid out,
-    by their speeds, so a layout is checked with the KV of the whole batch and the workspace of the
-    largest micro-batch a share can make (the ``footprint`` of any split is at most this)."""
-    return {
-        "kv_sequences": workload.batch,
-        "context": workload.context_len,
-        "act_tokens": max(micro_batch_sizes(workload.batch, stages)) * workload.prompt_len,
-        "weight_dtype": weight_dtype,
-        "kv_dtype": kv_dtype,
-    }
 
 
 def split_batch(batch: int, weights: list[float]) -> list[int]:
@@ -220,7 +207,10 @@ class HexGen(Strategy):
         for name, groups in regions.items():
             # more groups than layers would leave stages empty: keep the ones with the most bandwidth
             groups = regions[name] = _strongest(groups, model.layers, rig)
-            layers = balance_layers(model, groups, rig, **replica_load(workload, len(groups), wd, kv))
+            # The batch is split after the replicas are laid out, by their speeds, so a layout is checked
+            # with the KV of the whole batch and the workspace of the largest micro-batch a share can
+            # make (the ``footprint`` of any split is at most this).
+            layers = balance_layers(model, groups, rig, **pipeline_load(workload, len(groups), wd, kv))
             if layers is None:
                 continue
             replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))

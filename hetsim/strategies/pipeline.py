@@ -57,6 +57,19 @@ def even_layers(total: int, parts: int) -> tuple[int, ...]:
     return tuple(base + (1 if i < extra else 0) for i in range(parts))
 
 
+def pipeline_load(workload: Workload, micro_batches: int, weight_dtype: str, kv_dtype: str) -> dict:
+    """What every stage holds besides its layers' weights, as ``stage_memory``'s and
+    ``balance_layers``' keywords: every micro-batch's KV is resident at once (they are all in flight),
+    and a layer's workspace is one micro-batch's prompt."""
+    return {
+        "kv_sequences": workload.batch,
+        "context": workload.context_len,
+        "act_tokens": max(micro_batch_sizes(workload.batch, micro_batches)) * workload.prompt_len,
+        "weight_dtype": weight_dtype,
+        "kv_dtype": kv_dtype,
+    }
+
+
 def stage_memory(
     model: ModelSpec,
     stage: Stage,
