@@ -16,7 +16,7 @@ from hetsim.strategies.base import get_strategy
 def test_a_fast_replica_s_second_tokens_do_not_count_for_a_slow_one_s_first():
     # replica 0: 2 sequences, tokens at 1, 2, 3; replica 1: 2 sequences, first token at 2.5
     times = [(1.0, 2), (2.0, 2), (2.5, 2), (3.0, 2), (3.5, 2), (4.0, 2)]
-    streams = [0, 0, 1, 0, 1, 1]
+    streams = {0: [times[0], times[1], times[3]], 1: [times[2], times[4], times[5]]}
     assert first_token_time(times, 4) == 2.0  # counting tokens alone: too early
     assert first_token_time(times, 4, streams, gen_len=3) == 2.5
 
@@ -27,7 +27,7 @@ def test_a_fast_replica_s_second_tokens_do_not_count_for_a_slow_one_s_first():
 def test_one_process_keeps_the_token_count(entries, gen_len):
     times = sorted(entries)
     batch = max(1, sum(c for _, c in times) // gen_len)
-    assert first_token_time(times, batch, [7] * len(times), gen_len) == first_token_time(times, batch)
+    assert first_token_time(times, batch, {7: times}, gen_len) == first_token_time(times, batch)
 
 
 def test_hexgen_replicas_ttft_is_the_slowest_replica_s_first_token_and_the_estimate_follows_the_run():

@@ -108,10 +108,10 @@ def _step_by_step(
         return Result.infeasible(strategy.name, str(exc), plan_dict), {}
     if trace_path is not None and engine.tracer is not None:
         engine.tracer.write(trace_path)
-    result = summarize(strategy.name, plan_dict, engine, makespan, workload, strategy.devices(plan))
     streams: dict[int, list[tuple[float, int]]] = {}
     for entry, stream in zip(engine.token_times, engine.token_streams, strict=True):
         streams.setdefault(stream, []).append(entry)
+    result = summarize(strategy.name, plan_dict, engine, makespan, workload, strategy.devices(plan), streams)
     return replace(result, lossy=strategy.lossy(plan, model)), streams
 
 
@@ -122,13 +122,15 @@ def summarize(
     makespan: float,
     workload: Workload,
     devices: list[str],
+    streams: dict[int, list[tuple[float, int]]],
 ) -> Result:
-    """Metrics of an offline batch: FlexGen's throughput (generated tokens / total time)."""
+    """Metrics of an offline batch: FlexGen's throughput (generated tokens / total time); ``streams``
+    are the token times grouped by the process that made them."""
     rig = engine.rig
     tokens = sum(count for _, count in engine.token_times)
     if not engine.token_times or makespan <= 0:
         return Result.infeasible(name, "the schedule produced no tokens", plan_dict)
-    ttft = first_token_time(engine.token_times, workload.batch, engine.token_streams, workload.gen_len)
+    ttft = first_token_time(engine.token_times, workload.batch, streams, workload.gen_len)
     tpot = (makespan - ttft) / (workload.gen_len - 1) if workload.gen_len > 1 else 0.0
     util = engine.utilization(makespan)
     bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
@@ -161,23 +163,20 @@ def summarize(
 def first_token_time(
     token_times: list[tuple[float, int]],
     batch: int,
-    streams: list[int] | None = None,
+    streams: dict[int, list[tuple[float, int]]] | None = None,
     gen_len: int = 0,
 ) -> float:
     """When every sequence of the batch has its first token (schedules may finish them in groups).
 
     Counting tokens in time order is right while no sequence decodes before every first token is out.
     Processes that run their own sequences side by side (HexGen's replicas) break that: a fast replica's
-    second tokens would count for a slow one's first. When every process (``streams``, one per
-    ``token_times`` entry) made ``gen_len`` tokens per sequence it holds, each one's first tokens are
-    its first ``tokens / gen_len`` counted, and the batch has them all at the latest of those."""
-    per_stream: dict[int, list[tuple[float, int]]] = {}
-    for entry, stream in zip(token_times, streams or (), strict=False):
-        per_stream.setdefault(stream, []).append(entry)
-    if len(per_stream) > 1 and gen_len > 1:
-        sequences = {k: sum(c for _, c in v) / gen_len for k, v in per_stream.items()}
+    second tokens would count for a slow one's first. When every process (``streams``: its token
+    times) made ``gen_len`` tokens per sequence it holds, each one's first tokens are its first
+    ``tokens / gen_len`` counted, and the batch has them all at the latest of those."""
+    if streams and len(streams) > 1 and gen_len > 1:
+        sequences = {k: sum(c for _, c in v) / gen_len for k, v in streams.items()}
         if all(n >= 1 and n == int(n) for n in sequences.values()):
-            return max(_count_reached(v, int(sequences[k])) for k, v in per_stream.items())
+            return max(_count_reached(v, int(sequences[k])) for k, v in streams.items())
     return _count_reached(token_times, batch)
 
 
