@@ -247,6 +247,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _error_cells(errs: tuple[Errors, ...]) -> str:
+    """Table cells: each error set's median, then each one's share within 15%."""
+    return " | ".join([_pct(e.median) for e in errs] + [_pct(e.within_15) for e in errs])
+
+
 def transfer_markdown(trows: list[TransferRow]) -> str:
     lines = [
         "| held-out GPU | step size | figures | median error: catalogue | catalogue, fused | rule "
@@ -255,13 +260,7 @@ def transfer_markdown(trows: list[TransferRow]) -> str:
     ]
     for t in trows:
         errs = (t.catalogue, t.catalogue_fused, t.rule)
-        lines.append(
-            f"| {t.gpu} | {t.regime} | {t.rule.count} | "
-            + " | ".join(_pct(e.median) for e in errs)
-            + " | "
-            + " | ".join(_pct(e.within_15) for e in errs)
-            + " |"
-        )
+        lines.append(f"| {t.gpu} | {t.regime} | {t.rule.count} | {_error_cells(errs)} |")
     return "\n".join(lines)
 
 
@@ -285,13 +284,7 @@ def markdown(krows: list[Row], crows: list[CollectiveRow], arows: list[Attention
     ]
     for c in crows:
         errs = (c.before, c.after, c.table)
-        lines.append(
-            f"| {c.node} | {c.ranks} | {c.sizes} | {c.after.count} | "
-            + " | ".join(_pct(e.median) for e in errs)
-            + " | "
-            + " | ".join(_pct(e.within_15) for e in errs)
-            + " |"
-        )
+        lines.append(f"| {c.node} | {c.ranks} | {c.sizes} | {c.after.count} | {_error_cells(errs)} |")
     if arows:
         lines += [
             "",
