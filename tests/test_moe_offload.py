@@ -272,3 +272,43 @@ def test_serial_q8_k_quantisation_of_a_decode_token(monkeypatch):
     serial_s = 58 * (7168 + 8 * 2048) * 3.66 / 2.2e9
     assert with_serial.tpot_s - without.tpot_s == pytest.approx(serial_s, rel=1e-6)
     assert with_serial.ttft_s == pytest.approx(without.ttft_s, rel=1e-12)
+
+
+def test_v0_2_reads_each_tokens_experts_below_ten_tokens():
+    # KTransformers V0.2 (moe.cpp, MOE::forward) runs forward_one once per token below group_min_len = 10:
+    # a decode batch of 4 reads 4 x 8 experts' weights per layer, not the ~30.2 distinct experts they hit.
+    v3 = get_model("deepseek-v3")
+    expert = 3 * 7168 * 2048 * DTYPES["q4_k_m"].bytes_per_element
+
+    def cpu_reads(batch, dtype="q4_k_m", **kw):
+        work = _layer_work(v3, "decode", batch, 1, 532, dtype, "fp16", 1, True, **kw)
+        return work.repeat * sum(o.weight_bytes for o in work.routed), work
+
+    one, w1 = cpu_reads(1)
+    assert w1.repeat == 1 and one == pytest.approx(8 * expert)
+    four, w4 = cpu_reads(4)
+    assert w4.repeat == 4 and four == pytest.approx(4 * 8 * expert)
+    assert all(o.rows == 1 for o in w4.routed if o.name in ("gate_proj", "up_proj", "down_proj"))
+    assert w4.serial_elements == 4 * (7168 + 8 * 2048)
+    # the GPU's side is the batch's: attention over 4 sequences
+    assert w4.before == _layer_work(v3, "decode", 4, 1, 532, "q4_k_m", "fp16", 1, True, 0, None, False).before
+    # from 10 tokens on (forward_many) an expert's tokens share its weights: the distinct experts
+    ten, w10 = cpu_reads(10)
+    assert w10.repeat == 1 and ten == pytest.approx(256 * (1 - (1 - 8 / 256) ** 10) * expert)
+    # bf16/int8/int4 experts are not V0.2's llamafile k-quant path: distinct experts at any batch
+    bf16, wb = cpu_reads(4, "bf16")
+    per_expert_bf16 = 3 * 7168 * 2048 * 2
+    assert wb.repeat == 1 and bf16 == pytest.approx(256 * (1 - (1 - 8 / 256) ** 4) * per_expert_bf16)
+    # hot experts on the GPU: each token's CPU share of its picks, token by token
+    hot, wh = cpu_reads(4, gpu_experts=64)
+    assert wh.repeat == 4 and hot == pytest.approx(4 * 8 * (1 - 64 / 256) * expert)
+
+
+def test_decode_batch_of_four_costs_four_tokens_of_expert_reads():
+    b1 = _run("moe-offload", "deepseek-v3", "ktransformers-1s", search=False, **V3_KT)
+    b4 = _run("moe-offload", "deepseek-v3", "ktransformers-1s", search=False, **{**V3_KT, "batch": 4})
+    # the CPU's experts (memory-bound, ~0.89 ms a layer a token) dominate: about 4x the batch-1 CPU time
+    v3 = get_model("deepseek-v3")
+    cpu_one = 58 * 8 * 3 * 7168 * 2048 * 0.6 / (0.8 * 307.2e9)
+    assert b4.tpot_s - b1.tpot_s == pytest.approx(3 * cpu_one, rel=0.1)
+    assert v3.layers - v3.dense_layers == 58

@@ -21,7 +21,9 @@ the weights live is the plan's ``numa``, and the planner chooses among:
 ``gpu_experts`` of each layer's experts may stay on the GPU (when VRAM allows). Under uniform routing
 they take that share of the token-expert pairs; with a routing profile (``--routing-profile``) they are
 the layer's most often picked experts and take their share of the picks, and the experts a step reads
-on either side are the expected distinct experts its tokens hit there (``models.layer_ops``).
+on either side are the expected distinct experts its tokens hit there (``models.layer_ops``) -- except
+where the CPU runs llama.cpp k-quants and a step has 2-9 tokens: KTransformers V0.2 then runs its
+experts token by token and reads every token's experts (``GROUP_MIN_LEN``).
 
 Weights are stored in the precision the user asks for (``--dtype``; bf16 otherwise), but for MLA's
 ``kv_b_proj``: KTransformers' DeepSeek rules (``optimize/optimize_rules/DeepSeek-V3-Chat.yaml``) replace
@@ -43,6 +45,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from hetsim.costs.op_cost import repeated
 from hetsim.hardware.rig import Rig
 from hetsim.models.layer_ops import decoder_layer_ops, distinct_experts, expected_distinct_experts
 from hetsim.models.memory import activation_workspace, hidden_bytes, kv_cache_bytes
@@ -55,9 +58,12 @@ from hetsim.workload import Workload, steps
 # The routed experts' ops (models.layer_ops names); everything else of an expert layer runs on the GPU.
 ROUTED_OPS = frozenset({"gate_proj", "up_proj", "act", "down_proj", "expert_combine"})
 # KTransformers V0.2's CPU MoE (ktransformers_ext/operators/llamafile/moe.cpp): below GROUP_MIN_LEN tokens a
-# layer runs token by token (MOE::forward_one), quantising each token's hidden state and its experts'
-# intermediates to the kernels' activation type on one thread (its 64-row task stride is not a multiple
-# of Q8_K's 256-element block); from GROUP_MIN_LEN tokens on (forward_many) that runs inside its jobs.
+# layer runs token by token (MOE::forward calls MOE::forward_one once per token), so b tokens read b x k
+# experts' weights (a GEMV each), not the distinct experts they hit, and each token quantises its hidden
+# state and its experts' intermediates to the kernels' activation type on one thread (its 64-row task
+# stride is not a multiple of Q8_K's 256-element block); from GROUP_MIN_LEN tokens on (forward_many) the
+# tokens of an expert share its weight reads and the quantisation runs inside the jobs. hetsim runs the
+# llamafile path for llama.cpp's k-quants (ACTIVATION_TYPE), the format V0.2 serves them in.
 GROUP_MIN_LEN = 10
 ACTIVATION_TYPE = {"q4_k_m": "q8_k"}  # k-quant weights multiply Q8_K activations
 KV_B_DTYPE = "bf16"  # MLA's kv_b_proj on the GPU: KTransformers leaves it out of its quantised kernels
@@ -141,6 +147,7 @@ class _LayerWork:
     routed: tuple[Op, ...]  # one socket's slice of the routed experts
     after: tuple[Op, ...]  # GPU: the residual add
     serial_elements: float = 0.0  # activations each socket quantises on one thread (GROUP_MIN_LEN)
+    repeat: int = 1  # ``routed`` runs this many times back to back (V0.2's token-by-token forward_one)
 
 
 @lru_cache(maxsize=1024)
@@ -156,8 +163,10 @@ def _layer_work(
     moe: bool,
     gpu_experts: int = 0,
     probs: tuple[float, ...] | None = None,
+    per_token: bool = True,
 ) -> _LayerWork:
-    """One layer's work; ``probs``: a routing profile's pick probability of each expert (None: uniform)."""
+    """One layer's work; ``probs``: a routing profile's pick probability of each expert (None: uniform);
+    ``per_token``: the CPU's experts as V0.2 runs a few tokens (GROUP_MIN_LEN), else as one batch."""
     layer = model.dense_layers if moe else 0
     ops = decoder_layer_ops(model, phase, batch, seq, kv, DTYPES[wd], DTYPES[kvd], layer=layer)
     if model.is_mla:
@@ -166,6 +175,14 @@ def _layer_work(
         return _LayerWork(ops, (), (), ())
     cut = next(i for i, o in enumerate(ops) if o.name == "router") + 1
     e, k = model.num_experts, model.experts_per_token
+    tokens = batch * seq
+    if per_token and wd in ACTIVATION_TYPE and 1 < tokens < GROUP_MIN_LEN and gpu_experts < e:
+        # V0.2's forward_one per token: the CPU's work is one token's, ``tokens`` times over
+        one = _layer_work(model, phase, 1, 1, kv, wd, kvd, sockets, moe, gpu_experts, probs)
+        work = _layer_work(model, phase, batch, seq, kv, wd, kvd, sockets, moe, gpu_experts, probs, False)
+        return dataclasses.replace(
+            work, routed=one.routed, serial_elements=tokens * one.serial_elements, repeat=tokens
+        )
     if probs is None:  # uniform: the GPU's experts take that share of the pairs and of the experts read
         pairs_gpu = weights_gpu = gpu_experts / e
         weights_cpu = 1.0 - weights_gpu
@@ -186,8 +203,8 @@ def _layer_work(
     shared = hot + tuple(o for o in ops[cut:] if o.name.startswith("shared_"))
     after = tuple(o for o in ops[cut:] if o.name == "residual2")
     serial = 0.0
-    if routed and wd in ACTIVATION_TYPE and batch * seq < GROUP_MIN_LEN:
-        serial = batch * seq * (model.hidden + k * (1.0 - pairs_gpu) * model.intermediate / sockets)
+    if routed and wd in ACTIVATION_TYPE and tokens < GROUP_MIN_LEN:
+        serial = tokens * (model.hidden + k * (1.0 - pairs_gpu) * model.intermediate / sockets)
     return _LayerWork(ops[:cut], shared, routed, after, serial)
 
 
@@ -284,7 +301,7 @@ class MoEOffload(Strategy):
                 ops, ready = work.routed, arrived
                 if remote:  # interleave: (S-1)/S of this socket's weights stream in over UPI meanwhile
                     ops = tuple(dataclasses.replace(o, weight_bytes=o.weight_bytes / n_s) for o in ops)
-                    wb = sum(o.weight_bytes for o in work.routed) / n_s
+                    wb = work.repeat * sum(o.weight_bytes for o in work.routed) / n_s
                     for other in sockets:
                         if other != s:
                             remote_end = engine.book_transfer(
@@ -292,6 +309,8 @@ class MoEOffload(Strategy):
                             )
                             ready = max(ready, remote_end)
                 cost = engine.cost_of(s, ops)
+                if work.repeat > 1:
+                    cost = repeated(cost, work.repeat)
                 cycles = rig.devices[s].efficiency.quantize_cycles.get(ACTIVATION_TYPE.get(wd, ""), 0.0)
                 if work.serial_elements and cycles and rig.devices[s].clock_hz:
                     t = work.serial_elements * cycles / rig.devices[s].clock_hz  # one thread, the others wait
