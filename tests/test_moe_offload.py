@@ -312,3 +312,22 @@ def test_decode_batch_of_four_costs_four_tokens_of_expert_reads():
     cpu_one = 58 * 8 * 3 * 7168 * 2048 * 0.6 / (0.8 * 307.2e9)
     assert b4.tpot_s - b1.tpot_s == pytest.approx(3 * cpu_one, rel=0.1)
     assert v3.layers - v3.dense_layers == 58
+
+
+def test_bottleneck_label_names_each_phases_bound(v3_1s):
+    # Prefill of 500 tokens computes (the k-quant kernels at 500 tokens a row); decode streams 12.3 GB of
+    # experts a token from DRAM. The whole run's CPU time is mostly prefill: one label would hide decode.
+    assert v3_1s.bottleneck == "n0.cpu0:compute (compute-bound prefill, memory-bound decode)"
+
+
+def test_fast_forward_labels_the_runs_own_prefill():
+    # A fast-forwarded run's tail simulates a long prompt (prompt + gen - 16) the real run does not have:
+    # its compute-bound prefill must not label a run whose 16-token prefill streams the experts.
+    wl = dict(batch=1, prompt_len=16, gen_len=80, weight_dtype="q4_k_m")
+    p = api.problem("deepseek-v3", "ktransformers-1s", **wl)
+    strategy = get_strategy("moe-offload")
+    plan = strategy.default_plan(p.rig, p.model, p.workload)
+    fast = simulate(strategy, plan, p.rig, p.model, p.workload)
+    exact = simulate(strategy, plan, p.rig, p.model, p.workload, exact=True)
+    assert fast.extras.get("fast_forward_sample") == 16
+    assert fast.bottleneck == exact.bottleneck == "n0.cpu0:compute (memory-bound)"

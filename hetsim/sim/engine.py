@@ -161,6 +161,10 @@ _RIG_COSTS_MAX_RIGS = 4
 _RIG_COSTS_MAX_ENTRIES = 65536
 
 
+def _bound(memory_bound_s: float, busy_s: float) -> str:
+    return "memory-bound" if memory_bound_s >= 0.5 * busy_s else "compute-bound"
+
+
 def _rig_costs(rig: Rig) -> tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]:
     """The op-cost caches (by value, and by the identity of the ops object) of engines on ``rig``."""
     hit = _RIG_COSTS.get(id(rig))
@@ -202,6 +206,8 @@ class Engine:
         self.bytes_transferred = 0.0
         self.token_times: list[tuple[float, int]] = []
         self.token_streams: list[int] = []  # per token_times entry: the process that made it
+        # each lane's (busy_s, memory_bound_s) booked when the first token exists: what the prefill took
+        self.lanes_at_first_token: dict[str, tuple[float, float]] = {}
         self._op_costs, self._op_costs_by_id = _rig_costs(rig)
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
         self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float, Fit | None]] = {}
@@ -593,6 +599,10 @@ class Engine:
 
     def token_done(self, count: int = 1) -> None:
         """A schedule calls this when ``count`` output tokens exist (one per sequence)."""
+        if not self.token_times:
+            self.lanes_at_first_token = {
+                n: (lane.busy_s, lane.memory_bound_s) for n, lane in self.lanes.items()
+            }
         self.token_times.append((self.env.now, count))
         proc = self.env.active_process
         self.token_streams.append(getattr(proc, "hetsim_index", -1))
@@ -667,11 +677,25 @@ class Engine:
 
     # ---- after the run ------------------------------------------------------------------------
     def bound_of(self, lane_name: str) -> str:
-        """'memory-bound' or 'compute-bound' for a compute stream (by where its busy time went)."""
+        """'memory-bound' or 'compute-bound' for a compute stream (by where its busy time went), per
+        phase where they differ: 'compute-bound prefill, memory-bound decode'. Prefill is the work
+        booked before the first token, decode the rest (a schedule that books ahead of its first
+        token counts that work as prefill)."""
         lane = self.lanes.get(lane_name)
         if lane is None or not lane_name.endswith(":compute") or lane.busy_s <= 0:
             return ""
-        return "memory-bound" if lane.memory_bound_s >= 0.5 * lane.busy_s else "compute-bound"
+        busy, mem = self.lanes_at_first_token.get(lane_name, (0.0, 0.0))
+        phases = [
+            (name, _bound(m, b))
+            for name, b, m in (
+                ("prefill", busy, mem),
+                ("decode", lane.busy_s - busy, lane.memory_bound_s - mem),
+            )
+            if b > 1e-12 * lane.busy_s
+        ]
+        if len({bound for _, bound in phases}) > 1:
+            return ", ".join(f"{bound} {name}" for name, bound in phases)
+        return _bound(lane.memory_bound_s, lane.busy_s)
 
     def utilization(self, makespan: float) -> dict[str, float]:
         """Busy fraction of every lane and DRAM timeline that did any work."""

@@ -259,7 +259,8 @@ def fast_forward(
         for k in lanes
     }
     bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
-    labelled = [b for b in (tail.bottleneck, head.bottleneck) if b.split(" (")[0] == bottleneck]
+    # the head's label: its prefill is the full run's, its decode steps the same kind of work
+    labelled = [b for b in (head.bottleneck, tail.bottleneck) if b.split(" (")[0] == bottleneck]
     price = head.extras["price_usd_per_hour"]
     return replace(
         head,
