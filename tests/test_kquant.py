@@ -18,7 +18,7 @@ from hetsim.hardware.types import log_interp
 from hetsim.models import get_model
 from hetsim.models.layer_ops import decoder_layer_ops
 from hetsim.models.spec import DTYPES
-from validate.kquant import fit
+from validate.kquant import BLOCK_BYTES, EXPERT_SHAPES, QK_K, decode_layer_rates, fit
 
 MEASURED = Path(__file__).parents[1] / "validate" / "results" / "kquant" / "epyc-zen4-2core.json"
 
@@ -125,3 +125,21 @@ def test_bad_quantize_cycles_one_line(tmp_path):
     with pytest.raises(InputError) as info:
         load_rig(rig, profiles=root)
     assert "quantize_cycles" in info.value.line() and "\n" not in info.value.line()
+
+
+def test_decode_layer_rate_combines_the_q4_k_m_expert():
+    # The number a 32-thread run on the target socket would report (docs/ktransformers.md): expert bytes
+    # per second of a one-token layer from DRAM. If every matrix streams X bytes/s of its own weights,
+    # the layer does too, whatever the mix.
+    rows = []
+    for qtype in BLOCK_BYTES:
+        for matrix, (k, n) in EXPERT_SHAPES.items():
+            for threads, rate in ((1, 20e9), (32, 245.76e9)):
+                nbytes = n * (k // QK_K) * BLOCK_BYTES[qtype]
+                rows.append({"type": qtype, "matrix": matrix, "k": k, "n": n, "where": "dram", "tokens": 1,
+                             "threads": threads, "best_s": nbytes / rate})  # fmt: skip
+    rates = decode_layer_rates({"rows": rows})
+    assert rates == {1: pytest.approx(20e9), 32: pytest.approx(245.76e9)}
+    # Measured here (one Zen 4 core, compute-bound): between its Q4_K and Q6_K rates, nearer Q4_K's.
+    got = decode_layer_rates(json.loads(MEASURED.read_text()))[1]
+    assert 19.7e9 < got < 22e9

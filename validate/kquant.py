@@ -22,7 +22,10 @@ Run with hetsim importable and llama.cpp's libraries at hand: ``pip install llam
 
     python -m validate.kquant --out validate/results/kquant/<machine>.json
 
-It prints one table and writes the JSON that ``hardware_profiles/efficiency.yaml`` cites.
+It prints one table and writes the JSON that ``hardware_profiles/efficiency.yaml`` cites, then the
+expert bytes per second a one-token DeepSeek-V3 expert layer streams from DRAM at each thread count
+(``decode_layer_rates``). On a Xeon Gold 6454S, ``--threads 1,8,16,32`` measures the one number
+hetsim's KTransformers decode gap turns on (docs/ktransformers.md).
 """
 
 from __future__ import annotations
@@ -331,6 +334,30 @@ def fit(doc: dict) -> dict:
     }
 
 
+def decode_layer_rates(doc: dict) -> dict[int, float]:
+    """Bytes/s of expert weights a decode token's expert layer streams from DRAM, by thread count: the
+    one-token DRAM rows combined as a DeepSeek-V3 Q4_K_M expert is stored (gate and up in Q4_K, down in
+    Q6_K in half the layers: ``Q4_K_M_Q6_SHARE`` of the MACs), each matrix at its measured time.
+
+    On the target socket (32 threads of a Xeon Gold 6454S) this is the number hetsim's moe-offload
+    decode turns on: it assumes ``cpu.memory`` x peak (0.8 x 307.2 GB/s) for this stream
+    (docs/ktransformers.md says what each result would mean)."""
+    rows = [r for r in doc["rows"] if r["where"] == "dram" and r["tokens"] == 1]
+    out: dict[int, float] = {}
+    for t in sorted({r["threads"] for r in rows}):
+        at = {(r["type"], r["matrix"]): r for r in rows if r["threads"] == t}
+        seconds = nbytes = 0.0
+        q6_down = 3 * Q4_K_M_Q6_SHARE  # of the down matrices (one of an expert's three) in Q6_K
+        # one expert's three matrices, per MAC: gate and up in Q4_K, down in Q4_K or Q6_K
+        parts = (("q4_K", "gate_up", 2.0), ("q4_K", "down", 1.0 - q6_down), ("q6_K", "down", q6_down))
+        for qtype, matrix, share in parts:
+            r = at[(qtype, matrix)]
+            seconds += share * r["best_s"] / (r["k"] * r["n"])
+            nbytes += share * (r["k"] // QK_K) * BLOCK_BYTES[qtype] / r["k"]
+        out[t] = nbytes / seconds
+    return out
+
+
 def interpolate(points: list[tuple[float, float]], tokens: float) -> float:
     """hetsim's own rule between measured points (linear in log tokens, flat outside)."""
     return log_interp(points, tokens)
@@ -349,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         doc["fit"] = fit(doc)
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
         _print_fit(doc["fit"])
+        _print_decode(doc)
         return
     threads = tuple(int(t) for t in args.threads.split(","))
     g = Ggml(_find_lib_dir())
@@ -386,6 +414,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{r['threads']:3d} {r['gmac_per_s']:8.2f} {r['weight_gb_per_s']:7.2f} {r['cycles_per_mac']:8.4f}"
         )
     _print_fit(doc["fit"])
+    _print_decode(doc)
+
+
+def _print_decode(doc: dict) -> None:
+    for t, rate in decode_layer_rates(doc).items():
+        print(
+            f"decode expert layer (Q4_K_M, 1 token, from DRAM), {t:3d} threads: {rate / 1e9:7.2f} GB/s "
+            f"(DeepSeek-V3's 12.26 GB of routed experts per token: {12.26e9 / rate * 1e3:.1f} ms)"
+        )
 
 
 def _print_fit(f: dict) -> None:
