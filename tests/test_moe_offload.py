@@ -57,8 +57,12 @@ GAP = (
     "12.3 GB of routed experts per token from the socket's DRAM: 51.5 ms at 0.8 x 307 GB/s (the measured "
     "Q4_K kernels carried to 32 cores x 2.2 GHz compute faster than that), plus 2.3 ms of measured serial "
     "Q8_K quantisation and 22 ms of GPU and PCIe. The published point leaves ~90 ms for streaming the "
-    "experts, i.e. ~136 GB/s; the other part-level effects examined (docs/ktransformers.md) are 1-2 ms. "
-    "What a 32-thread Q4_K GEMV reaches from DRAM on that socket is not measured (a 2-core VM); nothing tuned"
+    "experts, i.e. ~138 GB/s; the other part-level effects examined (docs/ktransformers.md) are 1-2 ms. "
+    "Only two could be 39 ms: the sustained DRAM fraction of a 32-thread read stream (0.45 instead of the "
+    "assumed 0.8) or unpacking not overlapping the loads (their sum: +30.6 ms); no part-level fact here "
+    "decides either. What a 32-thread Q4_K GEMV streams from that socket's DRAM is not measured (a 2-core "
+    "VM): `python -m validate.kquant --threads 1,8,16,32` on a 6454S settles it (<= 186 GB/s: within 25 %); "
+    "nothing tuned"
 )
 
 
@@ -276,7 +280,7 @@ def test_serial_q8_k_quantisation_of_a_decode_token(monkeypatch):
 
 def test_v0_2_reads_each_tokens_experts_below_ten_tokens():
     # KTransformers V0.2 (moe.cpp, MOE::forward) runs forward_one once per token below group_min_len = 10:
-    # a decode batch of 4 reads 4 x 8 experts' weights per layer, not the ~30.2 distinct experts they hit.
+    # a decode batch of 4 reads 4 x 8 experts' weights per layer, not the ~30.5 distinct experts they hit.
     v3 = get_model("deepseek-v3")
     expert = 3 * 7168 * 2048 * DTYPES["q4_k_m"].bytes_per_element
 
