@@ -354,3 +354,26 @@ def test_copies_issued_at_a_booked_computes_end_equal_waiting_for_it(rig):
         lanes = {n: (lane.free_at, lane.busy_s) for n, lane in engine.lanes.items()}
         runs.append((makespan, engine.token_times, engine.bytes_transferred, engine.tasks, lanes))
     assert runs[0] == runs[1]
+
+
+def test_bound_label_names_each_phase_where_they_differ(rig):
+    # 1 s of compute-bound prefill, then two 2 s memory-bound decode steps: the whole run's time is mostly
+    # memory-bound, and the label says what each phase was bound by.
+    def body(e):
+        yield e.compute("n0.gpu0", matmul(100e12, 0.0))
+        e.token_done()
+        for _ in range(2):
+            yield e.compute("n0.gpu0", matmul(0.0, 2e12))
+            e.token_done()
+
+    engine, _ = run(rig, body)
+    assert engine.bound_of("n0.gpu0:compute") == "compute-bound prefill, memory-bound decode"
+
+    def same(e):  # both phases memory-bound: one word
+        for _ in range(3):
+            yield e.compute("n0.gpu0", matmul(0.0, 2e12))
+            e.token_done()
+
+    engine, _ = run(rig, same)
+    assert engine.bound_of("n0.gpu0:compute") == "memory-bound"
+    assert engine.bound_of("n0.pcie.gpu0:fwd") == ""  # not a compute stream
