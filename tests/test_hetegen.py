@@ -304,3 +304,53 @@ def test_floor_is_what_the_algorithm_holds_and_one_byte_less_is_refused(model):
     )
     assert not short.feasible
     assert "gpu_mem_budget" in short.reason and "1 B short" in short.reason and "\n" not in short.reason
+
+
+def test_fp32_cpu_path_reads_twice_the_cpu_share_and_rebalances(opt30b):
+    """``cpu_dtype="fp32"``: the CPU holds its share as an fp32 copy (lossless) and runs an fp32 GEMV,
+    reading 4 bytes per weight where fp16 reads 2. The split moves towards the GPU, the host holds
+    the copy, and an all-split decode token takes 2P / (DRAM + PCIe): the CPU share 2(1 - a)P and the
+    DMA aP share the DRAM while the DMA runs at the link rate (fp16: P / DRAM)."""
+    from hetsim.costs.op_cost import op_cost
+    from hetsim.strategies.hetegen import cpu_side
+
+    p = opt30b
+    cpu = p.rig.devices["n0.cpu0"]
+    op = module_ops(p.model, "decode", 1, 1)["fc1"]
+    wide = cpu_side(op, "fp32")
+    assert wide.weight_bytes == 2 * op.weight_bytes and wide.compute_dtype == "fp32"
+    assert op_cost(cpu, wide).memory_s == pytest.approx(2 * op_cost(cpu, op).memory_s, rel=1e-3)
+    assert cpu_side(op, "fp16") is op
+
+    a16 = balanced_alpha(p.rig, "n0.gpu0", "n0.cpu0", op)
+    a32 = balanced_alpha(p.rig, "n0.gpu0", "n0.cpu0", op, "fp32")
+    assert a32 > a16 + 0.1
+
+    strategy = get_strategy("hetegen")
+    plan = plan_hetegen(p.rig, p.model, p.workload, "n0.gpu0", _minimum_budget(p) * 1.01, cpu_dtype="fp32")
+    assert plan.resident == {} and plan.cpu_dtype == "fp32"
+    host = strategy.footprint(plan, p.rig, p.model, p.workload)["n0.cpu0"]
+    weights = sum(module_bytes(p.model)[k] * n for k, n in module_counts(p.model).items())
+    assert host["split_weights"] == pytest.approx(weights)
+    assert host["split_weights_fp32"] == pytest.approx(2 * (1 - plan.alpha_decode["fc1"]) * weights, rel=0.01)
+    result = simulate(strategy, plan, p.rig, p.model, p.workload)
+    assert result.feasible, result.reason
+    dram = cpu.mem_bw * cpu.efficiency.memory
+    link = p.rig.route("n0.cpu0", "n0.gpu0").bw
+    per_token = 2 * weights / (dram + link)
+    assert per_token <= result.tpot_s <= 1.1 * per_token
+
+
+def test_cpu_dtype_round_trips_and_a_bad_one_is_an_input_error(hetegen_6gb):
+    import dataclasses
+
+    from hetsim.errors import InputError
+
+    plan, _ = hetegen_6gb
+    strategy = get_strategy("hetegen")
+    wide = dataclasses.replace(plan, cpu_dtype="fp32")
+    assert strategy.plan_from_dict(json.loads(json.dumps(strategy.plan_to_dict(wide)))) == wide
+    p = problem("opt-30b", "hetegen-a10", batch=1, prompt_len=512, gen_len=64)
+    with pytest.raises(InputError) as err:
+        strategy.check_plan(dataclasses.replace(plan, cpu_dtype="int8"), p.rig, p.model, p.workload)
+    assert err.value.field == "params.cpu_dtype"
