@@ -43,9 +43,9 @@ def workload_problem(model: str, rig: str = "hetegen-a10") -> Problem:
     return problem(model, rig, batch=1, prompt_len=512, gen_len=64)
 
 
-def hetegen_at_budget(p: Problem, budget: float) -> Result:
+def hetegen_at_budget(p: Problem, budget: float, cpu_dtype: str = "fp16") -> Result:
     strategy = get_strategy("hetegen")
-    plan = plan_hetegen(p.rig, p.model, p.workload, p.rig.gpus()[0].name, budget)
+    plan = plan_hetegen(p.rig, p.model, p.workload, p.rig.gpus()[0].name, budget, cpu_dtype=cpu_dtype)
     return simulate(strategy, plan, p.rig, p.model, p.workload)
 
 
@@ -177,29 +177,36 @@ def with_cpu(p: Problem, mem_bw: float | None = None, flops_scale: float = 1.0) 
 
 # Candidate hosts for "Intel Xeon @ 2.30 GHz, <= 16 cores" (HeteGen, arXiv 2403.01164 names no model
 # and no DRAM). Peak DRAM bandwidth = channels x MT/s x 8 B (Intel ARK); the engine applies the CPU
-# class's 0.8 achievable share to each, shared by the CPU GEMVs and the weight DMA.
+# class's 0.8 achievable share to each, shared by the CPU GEMVs and the weight DMA. What the CPU
+# multiplies in is not stated either: fp16 in place (hetsim's default) or an fp32 copy.
+SHIPPED = "as shipped: 16 of 40 cores of a Xeon 8380 socket, 81.9 GB/s"
+GOLD_5218 = "Xeon Gold 5218 (16c 2.3 GHz), 6 ch DDR4-2666, 128.0 GB/s"
+WHOLE_8380 = "whole Xeon 8380 socket (40c 2.3 GHz), 8 ch DDR4-3200, 204.8 GB/s"
 SENSITIVITY = (
-    ("as shipped: 16 of 40 cores of a Xeon 8380 socket, 81.9 GB/s", None, 1.0),
-    ("Xeon E5-2698 v3 (16c 2.3 GHz), 4 ch DDR4-2133, 68.3 GB/s", 68.3e9, 1.0),
-    ("Xeon Gold 5218 (16c 2.3 GHz), 6 ch DDR4-2666, 128.0 GB/s", 128.0e9, 1.0),
-    ("whole Xeon 8380 socket (40c 2.3 GHz), 8 ch DDR4-3200, 204.8 GB/s", 204.8e9, 1.0),
-    ("as shipped, CPU FLOP/s x0.5", None, 0.5),
-    ("as shipped, CPU FLOP/s x2", None, 2.0),
+    (SHIPPED, None, 1.0, "fp16"),
+    ("Xeon E5-2698 v3 (16c 2.3 GHz), 4 ch DDR4-2133, 68.3 GB/s", 68.3e9, 1.0, "fp16"),
+    (GOLD_5218, 128.0e9, 1.0, "fp16"),
+    (WHOLE_8380, 204.8e9, 1.0, "fp16"),
+    (SHIPPED + ", CPU share fp32", None, 1.0, "fp32"),
+    (GOLD_5218 + ", CPU share fp32", 128.0e9, 1.0, "fp32"),
+    (WHOLE_8380 + ", CPU share fp32", 204.8e9, 1.0, "fp32"),
+    ("as shipped, CPU FLOP/s x0.5", None, 0.5, "fp16"),
+    ("as shipped, CPU FLOP/s x2", None, 2.0, "fp16"),
 )
 
 
-def sensitivity() -> list[tuple[str, float, float, float]]:
+def sensitivity() -> list[tuple[str, Result, Result, Result]]:
     """(label, HeteGen at 6.25 GB, FlexGen at 6.1 GB, HeteGen at 22 GB) on OPT-30B."""
     p = workload_problem(PAPER_MODEL)
     out = []
-    for label, bw, fl in SENSITIVITY:
+    for label, bw, fl, cpu_dtype in SENSITIVITY:
         q = with_cpu(p, bw, fl)
         out.append(
             (
                 label,
-                hetegen_at_budget(q, PAPER["hetegen"][0] * GB).throughput_tok_s,
-                flexgen_at_budget(q, PAPER["flexgen"][0] * GB).throughput_tok_s,
-                hetegen_at_budget(q, 22.0 * GB).throughput_tok_s,
+                hetegen_at_budget(q, PAPER["hetegen"][0] * GB, cpu_dtype),
+                flexgen_at_budget(q, PAPER["flexgen"][0] * GB),
+                hetegen_at_budget(q, 22.0 * GB, cpu_dtype),
             )
         )
     return out
@@ -276,8 +283,14 @@ def main(out_dir: str = "paper_figs/out") -> None:
                 ["HeteGen", f"OPT-30B, A10, batch 1, 512 + 64, {setting}", metric, published, got]
             )
     print("Sensitivity to the host (OPT-30B; hetegen @6.25 GB, flexgen @6.1 GB, hetegen @22 GB; tok/s):")
-    for label, h, fg, h22 in sensitivity():
-        print(f"  {label:66s} hetegen {h:.3f}  flexgen {fg:.3f}  ratio {h / fg:.2f}x  hetegen@22 {h22:.3f}")
+    refused = []
+    for label, *runs in sensitivity():
+        h, fg, h22 = (f"{r.throughput_tok_s:.3f}" if r.feasible else "refused" for r in runs)
+        ratio = f"{runs[0].throughput_tok_s / runs[1].throughput_tok_s:.2f}x" if runs[0].feasible else "-"
+        print(f"  {label:82s} hetegen {h}  flexgen {fg}  ratio {ratio}  hetegen@22 {h22}")
+        refused += [f"    {label}: {r.reason}" for r in runs if not r.feasible]
+    if refused:
+        print("  refused:", *refused, sep="\n")
     print(f"wrote {out / 'hetegen_fig8.csv'} and {out / 'hetegen_fig8.png'}")
 
 
