@@ -354,3 +354,13 @@ def test_cpu_dtype_round_trips_and_a_bad_one_is_an_input_error(hetegen_6gb):
     with pytest.raises(InputError) as err:
         strategy.check_plan(dataclasses.replace(plan, cpu_dtype="int8"), p.rig, p.model, p.workload)
     assert err.value.field == "params.cpu_dtype"
+
+
+def test_fig8_curves_start_at_the_floor_and_hold_the_papers_budgets(opt30b):
+    fig = _paper_fig()
+    floor = fig.hetegen_floor(opt30b) / GB
+    hetegen = fig.budgets_for(opt30b, "opt-30b", "hetegen")
+    assert floor <= hetegen[0] < floor + 1e-4 and 6.25 in hetegen
+    assert all(b >= floor for b in hetegen)
+    assert 6.1 in fig.budgets_for(opt30b, "opt-30b", "flexgen")
+    assert 6.1 not in fig.budgets_for(opt30b, "opt-13b", "flexgen")
