@@ -43,7 +43,7 @@ _BISECT_STEPS = 24  # alpha to 6e-8: far below what any module time can resolve
 _BRACKET_EVALS = 16  # runs that narrow the bracket before the bisection (6 typically suffice)
 
 
-def balanced_alpha(rig: Rig, gpu: str, cpu: str, op: Op) -> float:
+def balanced_alpha(rig: Rig, gpu: str, cpu: str, op: Op, cpu_dtype: str = "fp16") -> float:
     """The alpha where the CPU path and the copy+GPU path of one split module end together.
 
     Bisection on the engine's timeline (DRAM contention, link latency, activation copies and op
@@ -51,7 +51,7 @@ def balanced_alpha(rig: Rig, gpu: str, cpu: str, op: Op) -> float:
     """
 
     def gap(alpha: float) -> float:  # > 0: the CPU path ends later
-        _, cpu_end, gpu_end = measure_split(rig, gpu, cpu, op, alpha)
+        _, cpu_end, gpu_end = measure_split(rig, gpu, cpu, op, alpha, cpu_dtype=cpu_dtype)
         return cpu_end - gpu_end
 
     return bisect_crossing(gap)
@@ -150,6 +150,7 @@ def items_for(
     weight_dtype: str = "fp16",
     sync_s: float = SPLIT_SYNC_S,
     buffers: int = 1,
+    cpu_dtype: str = "fp16",
 ) -> list[Item]:
     b = workload.batch
     sizes = module_bytes(model, weight_dtype)
@@ -165,7 +166,7 @@ def items_for(
             if repeats == 0:
                 continue
             op = module_ops(model, phase, b, seq, weight_dtype)[kind]
-            split_t, _, _ = measure_split(rig, gpu, cpu, op, alphas[phase][kind], sync_s)
+            split_t, _, _ = measure_split(rig, gpu, cpu, op, alphas[phase][kind], sync_s, cpu_dtype)
             resident_t = op_cost(rig.devices[gpu], op).time_s
             saved += repeats * max(0.0, split_t - resident_t)
         a = max(alphas["prefill"][kind], alphas["decode"][kind])
@@ -232,6 +233,7 @@ def plan_hetegen(
     weight_dtype: str = "fp16",
     split_sync_s: float = SPLIT_SYNC_S,
     runtime_reserve_bytes: float = RUNTIME_RESERVE_BYTES,
+    cpu_dtype: str = "fp16",
 ) -> HeteGenPlan:
     """Alphas per kind and phase, then the resident set that fits ``gpu_mem_budget``.
 
@@ -243,7 +245,7 @@ def plan_hetegen(
     alphas: dict[Phase, dict[str, float]] = {}
     for phase, seq in (("prefill", workload.prompt_len), ("decode", 1)):
         ops = module_ops(model, phase, b, seq, weight_dtype)
-        alphas[phase] = {k: round(balanced_alpha(rig, gpu, cpu, op), 6) for k, op in ops.items()}
+        alphas[phase] = {k: round(balanced_alpha(rig, gpu, cpu, op, cpu_dtype), 6) for k, op in ops.items()}
     base = HeteGenPlan(
         gpu=gpu,
         cpu=cpu,
@@ -254,6 +256,7 @@ def plan_hetegen(
         weight_dtype=weight_dtype,
         split_sync_s=split_sync_s,
         runtime_reserve_bytes=runtime_reserve_bytes,
+        cpu_dtype=cpu_dtype,
     )
     fixed = working_set(base, model, workload)
     fixed.pop("weight_buffers")  # the knapsack accounts for the buffers itself
@@ -267,6 +270,7 @@ def plan_hetegen(
         alphas,
         weight_dtype=weight_dtype,
         sync_s=split_sync_s,
+        cpu_dtype=cpu_dtype,
     )
     counts = solve_resident(items, capacity)
     return HeteGenPlan(**{**base.__dict__, "resident": {k: v for k, v in counts.items() if v}})

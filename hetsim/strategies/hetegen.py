@@ -15,6 +15,10 @@ Per split module the schedule issues, in this order:
    copy of the CPU's partial output;
 3. a barrier and a fixed synchronisation cost (``split_sync_s``).
 
+What the CPU multiplies in is not stated in the paper. ``cpu_dtype`` "fp16" (default) reads its share
+in place as fp16; "fp32" holds an fp32 copy of it (made once at load: lossless, twice the host bytes
+of that share) and runs an fp32 GEMV on it, as frameworks whose CPU fp16 matmuls are slow would.
+
 No cross-module prefetch: HeteGen, arXiv 2403.01164 says parameters move through rotating pinned buffers but
 that the paper's timing figure brackets each module with a barrier and shows no prefetch of the next
 module's weights ("do not assume it"). So a module's weight copy starts only after the previous
@@ -49,10 +53,13 @@ LM_HEAD = "lm_head"
 # Grade: assumed (~10 us for an OpenMP join plus ~10 us for cudaEventSynchronize); not calibrated.
 SPLIT_SYNC_S = 20e-6
 
-# GPU memory the process holds before any tensor: CUDA context, cuBLAS workspace, allocator slack.
-# The paper's x-axis is total GPU memory usage (HeteGen, arXiv 2403.01164), which includes it.
-# Grade: assumed (an idle PyTorch process on Ampere shows ~300-400 MB in nvidia-smi).
-RUNTIME_RESERVE_BYTES = 0.35e9
+# GPU memory the budget counts besides tensors (CUDA context, cuBLAS workspace): none by default.
+# A budget is what the allocator hands out, as for every other strategy here, and as FlexGen's
+# release reports its peak (torch.cuda.max_memory_allocated in flexgen/pytorch_backend.py); HeteGen's
+# Fig. 8 (arXiv 2403.01164) plots both systems on one "GPU memory usage" axis, so one convention
+# serves both curves. A user whose budget is nvidia-smi's total sets ~0.35 GB here (an idle PyTorch
+# process on Ampere; assumed).
+RUNTIME_RESERVE_BYTES = 0.0
 
 # The GPU share of a split module streams through two rotating chunk buffers (HeteGen's Param.
 # Manager, arXiv 2403.01164), not one buffer holding the whole share: the GPU never needs more than
@@ -77,6 +84,10 @@ class HeteGenPlan:
     split_sync_s: float = SPLIT_SYNC_S
     runtime_reserve_bytes: float = RUNTIME_RESERVE_BYTES
     stream_chunk_bytes: float = STREAM_CHUNK_BYTES
+    cpu_dtype: str = "fp16"  # what the CPU share is held and multiplied in: fp16 in place, or fp32
+
+
+CPU_DTYPES = ("fp16", "fp32")
 
 
 # ---- module shapes ------------------------------------------------------------------------------
@@ -140,6 +151,20 @@ def _share(op: Op, fraction: float) -> Op:
     )
 
 
+@lru_cache(maxsize=4096)
+def cpu_side(op: Op, cpu_dtype: str) -> Op:
+    """The CPU's part of a split op in ``cpu_dtype``: fp32 reads 4-byte weights and runs an fp32 GEMV
+    (the fp16 activation it receives is converted in cache; its bytes are unchanged)."""
+    if cpu_dtype == op.compute_dtype or cpu_dtype == "fp16":
+        return op
+    return dataclasses.replace(
+        op,
+        compute_dtype=cpu_dtype,
+        weight_bytes=op.weight_bytes * 2,
+        weight_row_bytes=op.weight_row_bytes * 2,
+    )
+
+
 # ---- Eq. 5: the closed-form split ---------------------------------------------------------------
 def eq5_alpha(v_cpu: float, v_com: float, v_gpu: float) -> float:
     """Eq. 5: alpha = (1/V_CPU) / (1/V_CPU + 1/V_COM + 1/V_GPU), speeds in weight bytes per second."""
@@ -156,7 +181,9 @@ def eq5_speeds(rig: Rig, gpu: str, cpu: str, op: Op) -> tuple[float, float, floa
 
 
 # ---- the split module: the schedule primitive the planner also measures ------------------------
-def split_paths(engine, gpu: str, cpu: str, op: Op, alpha: float) -> tuple[float, float]:
+def split_paths(
+    engine, gpu: str, cpu: str, op: Op, alpha: float, cpu_dtype: str = "fp16"
+) -> tuple[float, float]:
     """Queue both halves of one linear op split ``alpha`` (GPU) / ``1 - alpha`` (CPU).
 
     GPU path: copy the share's weights from pinned host memory, then compute it (queued behind the
@@ -169,16 +196,28 @@ def split_paths(engine, gpu: str, cpu: str, op: Op, alpha: float) -> tuple[float
         gpu_end = engine.book_compute(gpu, share(op, alpha), label=f"{op.name} gpu", after=w_end)
     if alpha < 1:
         x_end = engine.book_transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=f"{op.name} x")
-        c_end = engine.book_compute(cpu, share(op, 1.0 - alpha), label=f"{op.name} cpu", after=x_end)
+        part = share(op, 1.0 - alpha)
+        if cpu_dtype != "fp16":
+            part = cpu_side(part, cpu_dtype)
+        c_end = engine.book_compute(cpu, part, label=f"{op.name} cpu", after=x_end)
         cpu_end = engine.book_transfer(
             cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True, label="y", after=c_end
         )
     return gpu_end, cpu_end
 
 
-def split_linear(engine, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float, ends: dict | None = None):
+def split_linear(
+    engine,
+    gpu: str,
+    cpu: str,
+    op: Op,
+    alpha: float,
+    sync_s: float,
+    ends: dict | None = None,
+    cpu_dtype: str = "fp16",
+):
     """One split module and its barrier; a SimPy generator. ``ends`` receives each path's end."""
-    gpu_end, cpu_end = split_paths(engine, gpu, cpu, op, alpha)
+    gpu_end, cpu_end = split_paths(engine, gpu, cpu, op, alpha, cpu_dtype)
     if ends is not None:
         ends.update(gpu=gpu_end, cpu=cpu_end)
     yield engine.env.timeout(max(gpu_end, cpu_end) - engine.env.now)
@@ -187,11 +226,11 @@ def split_linear(engine, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float
 
 
 def measure_split(
-    rig: Rig, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float = 0.0
+    rig: Rig, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float = 0.0, cpu_dtype: str = "fp16"
 ) -> tuple[float, float, float]:
     """(module time, CPU path end, GPU path end) of one split module alone in a fresh engine."""
     ends = {"cpu": 0.0, "gpu": 0.0}
-    total = Engine(rig).run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends))
+    total = Engine(rig).run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends, cpu_dtype))
     return total, ends["cpu"], ends["gpu"]
 
 
@@ -256,6 +295,8 @@ class HeteGen(Strategy):
         pc.at_least(plan.runtime_reserve_bytes, 0.0, "runtime_reserve_bytes")
         pc.at_least(plan.stream_chunk_bytes, 1.0, "stream_chunk_bytes")
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
+        if plan.cpu_dtype not in CPU_DTYPES:
+            raise pc.problem("cpu_dtype", f"must be one of {', '.join(CPU_DTYPES)}, got {plan.cpu_dtype!r}")
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HeteGenPlan:
         """The first GPU and its host socket, every module split at Eq. 5's alpha, none resident
@@ -287,10 +328,19 @@ class HeteGen(Strategy):
         sizes = module_bytes(model, plan.weight_dtype)
         counts = module_counts(model)
         host_weights = sum(sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes)
+        host = {"split_weights": host_weights}
+        if plan.cpu_dtype == "fp32":  # the fp32 copy of the largest CPU share of either phase
+            host["split_weights_fp32"] = sum(
+                2
+                * sizes[k]
+                * (counts[k] - plan.resident.get(k, 0))
+                * (1 - min(plan.alpha_prefill.get(k, 0.0), plan.alpha_decode.get(k, 0.0)))
+                for k in sizes
+            )
         return {
             plan.gpu: gpu,
             plan.cpu: {
-                "split_weights": host_weights,
+                **host,
                 "embedding": embed_bytes(model, plan.weight_dtype),
                 "activations": activation_workspace(model, workload.batch, workload.prompt_len),
             },
@@ -303,7 +353,9 @@ class HeteGen(Strategy):
             if layer < plan.resident.get(op.module, 0):
                 yield engine.compute(gpu, op, label=f"{op.module} resident")
             else:
-                yield from split_linear(engine, gpu, cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s)
+                yield from split_linear(
+                    engine, gpu, cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s, None, plan.cpu_dtype
+                )
 
         def run(engine):
             for step in steps(workload):
