@@ -83,21 +83,23 @@ class SearchOutcome:
 # ---- hardware numbers, from the rig -------------------------------------------------------------
 @dataclass(frozen=True)
 class Links:
-    pin: float  # CPU<->GPU, pinned host memory (bytes/s)
-    page: float  # CPU<->GPU, pageable host memory
+    pin: float  # CPU -> GPU, pinned host memory (bytes/s)
+    page: float  # CPU -> GPU, pageable host memory
     d2g: float  # disk -> GPU (through the host)
     g2d: float  # GPU -> disk
+    out_pin: float  # GPU -> CPU, into pinned host memory
+    out_page: float  # GPU -> CPU, into pageable host memory
 
 
 def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
-    route = rig.route(cpu, gpu)
+    route, back = rig.route(cpu, gpu), rig.route(gpu, cpu)
     if disk:
         d = rig.disks[disk]
         d2g = min(rig.route(disk, gpu).bw, d.read_bw)
         g2d = min(rig.route(gpu, disk).bw, d.write_bw)
     else:
         d2g = g2d = math.inf  # no disk: its fractions are bounded to 0, so no disk terms at all
-    return Links(route.bw, route.pageable_bw, d2g, g2d)
+    return Links(route.bw, route.pageable_bw, d2g, g2d, back.bw, back.pageable_bw)
 
 
 def _t(rig: Rig, device: str, ops: tuple[Op, ...]) -> float:
@@ -147,7 +149,7 @@ def _slots(
             w_next = w_mlp if kind == "attention" else w_att
             w = {"wc": w_next / lk.pin, "wd": w_next / lk.d2g}
             c = dict(hid_load)
-            d2h = {"hc": nb * hid / lk.pin, "hd": nb * hid / lk.g2d}
+            d2h = {"hc": nb * hid / lk.out_pin, "hd": nb * hid / lk.g2d}
             dread = {"wd": w_next / lk.d2g, "hd": nb * hid / lk.d2g}
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
@@ -160,7 +162,7 @@ def _slots(
                 )
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 new_kv = gbs * seq * kv_tok
-                d2h.update(cc=nb * new_kv / lk.page, cd=nb * new_kv / lk.g2d)
+                d2h.update(cc=nb * new_kv / lk.out_page, cd=nb * new_kv / lk.g2d)
                 dwrite["cd"] = nb * new_kv / lk.g2d
                 if phase == "decode":
                     kvb = gbs * (step.kv_len - 1) * kv_tok
@@ -171,7 +173,7 @@ def _slots(
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
-                small = o.to_cpu_bytes / lk.page + o.to_gpu_bytes / lk.page
+                small = o.to_cpu_bytes / lk.out_page + o.to_gpu_bytes / lk.page
                 t_fixed = _t(rig, gpu, o.gpu_pre + o.gpu_post)
                 t_gpu_att = _t(rig, gpu, og.gpu_pre) - _t(rig, gpu, o.gpu_pre)
                 t_cpu_att = _t(rig, cpu, o.cpu)
