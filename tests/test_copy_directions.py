@@ -132,3 +132,17 @@ def test_faster_device_to_host_never_slower(pinned, pageable, faster, which, pla
     # Copies booked in issue order on shared lanes admit tiny list-scheduling anomalies (a faster
     # store shifts a later booking): seen up to 2.5e-5 relative, so 1e-4 is the bound here.
     assert t_fast >= t_slow * (1 - 1e-4)
+
+
+def test_hw_show_says_the_device_to_host_rates(capsys):
+    import json
+
+    assert main(["hw", "show", "flexgen-t4", "--format", "json"]) == 0
+    link = next(lk for lk in json.loads(capsys.readouterr().out)["links"] if lk["kind"] == "pcie")
+    assert link["to_b_bw"] == pytest.approx(4.82 * GiB) and link["to_b_pageable_bw"] == pytest.approx(
+        0.97 * GiB
+    )
+    assert main(["hw", "show", "flexgen-t4"]) == 0
+    assert "pageable" in capsys.readouterr().out
+    assert main(["hw", "show", "mixed-lab", "--format", "json"]) == 0
+    assert all("to_b_bw" not in lk for lk in json.loads(capsys.readouterr().out)["links"])

@@ -528,13 +528,15 @@ def _confirmable(
 ) -> list[FlexGenPlan]:
     """The plans worth confirming in the engine: the runtime's placement of the LP optima that fit in
     memory (rounding to whole percent and the per-tensor rule can push a full LP point past a
-    capacity; those are skipped, cheaply), ranked by the LP's time at that placement
-    (``released_time_per_seq``), at most ``CONFIRM``, within ``CONFIRM_WITHIN`` of the best. That
-    time is never below the optimum's, so optima past ``CONFIRM_WITHIN`` of the best so far are not
-    placed at all."""
+    capacity; those are skipped, cheaply). Two rankings each give at most ``CONFIRM``, within
+    ``CONFIRM_WITHIN`` of their best: the LP's time at the placement the runtime makes
+    (``released_time_per_seq``), then the LP optimum's own time; the engine judges their union, so
+    no plan the optimum's ranking would confirm is dropped. The placed time is never below the
+    optimum's, so optima past ``CONFIRM_WITHIN`` of the best placed time are not placed at all."""
     strategy = get_strategy("flexgen")
     seen: set[FlexGenPlan] = set()
-    ranked: list[tuple[float, FlexGenPlan]] = []
+    placed: list[tuple[float, FlexGenPlan]] = []
+    by_lp: list[tuple[float, FlexGenPlan]] = []
     best = math.inf
     for sol in sols:
         if sol.time_per_seq_s > best * CONFIRM_WITHIN:
@@ -544,12 +546,17 @@ def _confirmable(
         if plan in seen or not fits(strategy, plan, rig, model, wl):
             continue
         seen.add(plan)
+        by_lp.append((sol.time_per_seq_s, plan))
         t = released_time_per_seq(sol, plan, rig, model, wl, ends, budget)
         if t is not None:
-            ranked.append((t, plan))
+            placed.append((t, plan))
             best = min(best, t)
-    ranked.sort(key=lambda r: r[0])  # stable: equal times keep the LP's order
-    return [plan for t, plan in ranked[:CONFIRM] if t <= best * CONFIRM_WITHIN]
+    placed.sort(key=lambda r: r[0])  # stable: equal times keep the LP's order
+    out: list[FlexGenPlan] = []
+    for ranking in (placed, by_lp):
+        top = ranking[0][0] if ranking else 0.0
+        out += [p for t, p in ranking[:CONFIRM] if t <= top * CONFIRM_WITHIN and p not in out]
+    return out
 
 
 def search_policy(
