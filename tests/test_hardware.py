@@ -166,7 +166,7 @@ def test_flexgen_t4_numbers_and_routes():
     assert rig.devices["n0.cpu0"].mem_bytes == 208e9
     assert rig.disks["n0.disk0"].capacity_bytes == 1.5e12
     assert rig.disks["n0.disk0"].read_bw == 2e9
-    route = rig.route("n0.gpu0", "n0.cpu0")
+    route = rig.route("n0.cpu0", "n0.gpu0")  # host to device (the other way: test_copy_directions.py)
     assert route.bw == pytest.approx(12.89 * GiB)
     assert route.pageable_bw < route.bw
     assert rig.host_cpu("n0.gpu0") == "n0.cpu0"

@@ -303,12 +303,30 @@ class _Builder:
         )
         return eff, prov
 
-    def add_link(self, name: str, spec: LinkSpec, a: str, b: str, count: int = 1) -> None:
+    def add_link(
+        self, name: str, spec: LinkSpec, a: str, b: str, field: str, count: int = 1, to_host: bool = False
+    ) -> None:
+        """``field`` names the link's entry for errors. ``to_host``: a GPU's host link (``a`` the GPU),
+        the only link whose device-to-host rates (a -> b) may differ from the symmetric ones."""
         note = f" (x{count} in parallel)" if count > 1 else ""
         prov = {"bw": _prov(spec.bandwidth, note), "latency_s": _prov(spec.latency)}
         pageable = spec.pageable_bandwidth or spec.bandwidth
         if spec.pageable_bandwidth is not None:
             prov["pageable_bw"] = _prov(spec.pageable_bandwidth, note)
+        fwd: dict[str, float] = {}
+        for key, q in (
+            ("fwd_bw", spec.to_host_bandwidth),
+            ("fwd_pageable_bw", spec.to_host_pageable_bandwidth),
+        ):
+            if q is None:
+                continue
+            if not to_host:
+                what = "to_host_bandwidth" if key == "fwd_bw" else "to_host_pageable_bandwidth"
+                raise self.fail(
+                    f"only a GPU's host link has a device-to-host rate ({spec.name})", f"{field}.{what}"
+                )
+            fwd[key] = q.si * count
+            prov[key] = _prov(q, note)
         for p in spec.allreduce:
             prov[f"allreduce.{p.ranks}.latency_s"] = _prov(p.latency)
             prov[f"allreduce.{p.ranks}.bw"] = _prov(p.bandwidth)
@@ -332,6 +350,7 @@ class _Builder:
             provenance=prov,
             allreduce={p.ranks: (p.latency.si, p.bandwidth.si) for p in spec.allreduce},
             allreduce_table=tables,
+            **fwd,
         )
 
     def default_upi(self, cpu: CpuSpec) -> LinkRef:
@@ -436,7 +455,7 @@ class _Builder:
         upi = ns.upi or self.default_upi(socket0)
         uspec = self.link_entry(upi, f"{field}.upi")
         for a, b in itertools.combinations(range(len(cpus)), 2):
-            self.add_link(f"{node}.upi.cpu{a}-cpu{b}", uspec, cpus[a], cpus[b], upi.count)
+            self.add_link(f"{node}.upi.cpu{a}-cpu{b}", uspec, cpus[a], cpus[b], f"{field}.upi", upi.count)
 
     # ---- GPUs ------------------------------------------------------------------------------------
     def gpus(self, node: str, ns: NodeSpec, field: str, cpus: list[str]) -> list[str]:
@@ -483,8 +502,9 @@ class _Builder:
         """GPU ``j`` to its socket: the ref's ``host_link`` (with overrides), else its ``link``, else the
         card's own host interface. The link is named by its kind (``<node>.pcie.gpu<j>``)."""
         host = ref.host_link or LinkRef(link=ref.link or spec.host_interface)
-        lspec = self.link_entry(host, f"{field}.host_link" if ref.host_link else f"{field}.link")
-        self.add_link(f"{node}.{lspec.kind}.gpu{j}", lspec, f"{node}.gpu{j}", cpu)
+        lfield = f"{field}.host_link" if ref.host_link else f"{field}.link"
+        lspec = self.link_entry(host, lfield)
+        self.add_link(f"{node}.{lspec.kind}.gpu{j}", lspec, f"{node}.gpu{j}", cpu, lfield, to_host=True)
 
     def nvlinks(self, node: str, ns: NodeSpec, field: str, gpus: list[str]) -> None:
         """NVLink: every GPU to the node's NVSwitch (``switch``) and/or bridges between GPU ``pairs``."""
@@ -494,11 +514,15 @@ class _Builder:
         nspec = self.link_entry(nv, f"{field}.nvlink")
         if nv.switch:
             for j, g in enumerate(gpus):
-                self.add_link(f"{node}.nvlink.gpu{j}", nspec, g, f"{node}.nvswitch", nv.count)
+                self.add_link(
+                    f"{node}.nvlink.gpu{j}", nspec, g, f"{node}.nvswitch", f"{field}.nvlink", nv.count
+                )
         for k, (a, b) in enumerate(nv.pairs):
             if not (0 <= a < len(gpus) and 0 <= b < len(gpus)) or a == b:
                 raise self.fail(f"bad GPU pair ({a}, {b})", f"{field}.nvlink.pairs[{k}]")
-            self.add_link(f"{node}.nvlink.gpu{a}-gpu{b}", nspec, gpus[a], gpus[b], nv.count)
+            self.add_link(
+                f"{node}.nvlink.gpu{a}-gpu{b}", nspec, gpus[a], gpus[b], f"{field}.nvlink", nv.count
+            )
 
     # ---- disks and the NIC -----------------------------------------------------------------------
     def node_disks(self, node: str, ns: NodeSpec, field: str, cpus: list[str]) -> list[str]:
@@ -523,7 +547,7 @@ class _Builder:
         if nic.socket >= len(cpus):
             raise self.fail(f"socket {nic.socket} does not exist", f"{field}.nic.socket")
         lspec = self.link_entry(nic, f"{field}.nic")
-        self.add_link(f"{node}.nic", lspec, cpus[nic.socket], f"net.{ns.region}", nic.count)
+        self.add_link(f"{node}.nic", lspec, cpus[nic.socket], f"net.{ns.region}", f"{field}.nic", nic.count)
 
     def network(self, regions: list[str]) -> None:
         net = self.spec.network
@@ -545,13 +569,13 @@ class _Builder:
             key = frozenset((a, b))
             if key in explicit:
                 k, ref = explicit[key]
-                spec = self.link_entry(ref, f"network.pairs[{k}]")
+                where = f"network.pairs[{k}]"
             elif net.wan is not None:
-                ref = net.wan
-                spec = self.link_entry(ref, "network.wan")
+                ref, where = net.wan, "network.wan"
             else:
                 continue
-            self.add_link(f"wan.{a}-{b}", spec, f"net.{a}", f"net.{b}", ref.count)
+            spec = self.link_entry(ref, where)
+            self.add_link(f"wan.{a}-{b}", spec, f"net.{a}", f"net.{b}", where, ref.count)
 
 
 def load_rig(path_or_name: str | os.PathLike[str], *, profiles: str | os.PathLike[str] | None = None) -> Rig:
@@ -630,6 +654,8 @@ def rig_to_dict(rig: Rig) -> dict[str, Any]:
                 "b": lk.b,
                 "bw": lk.bw,
                 "pageable_bw": lk.pageable_bw,
+                **({"to_b_bw": lk.fwd_bw} if lk.fwd_bw is not None else {}),
+                **({"to_b_pageable_bw": lk.fwd_pageable_bw} if lk.fwd_pageable_bw is not None else {}),
                 "latency_s": lk.latency_s,
                 "weakest_grade": grade(lk.provenance),
             }

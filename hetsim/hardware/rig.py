@@ -113,14 +113,14 @@ class Rig:
             for u, v in itertools.pairwise(path):
                 link = self.links[self.graph[u][v]["link"]]
                 hops.append(Hop(link.name, forward=(link.a == u)))
-            links = [self.links[h.link] for h in hops]
+            dirs = [(self.links[h.link], h.forward) for h in hops]
             route = Route(
                 src,
                 dst,
                 tuple(hops),
-                bw=min(lk.bw for lk in links),
-                pageable_bw=min(lk.pageable_bw for lk in links),
-                latency_s=sum(lk.latency_s for lk in links),
+                bw=min(lk.rate(fwd) for lk, fwd in dirs),
+                pageable_bw=min(lk.rate(fwd, pinned=False) for lk, fwd in dirs),
+                latency_s=sum(lk.latency_s for lk, _ in dirs),
             )
         self._routes[key] = route
         return route

@@ -350,13 +350,20 @@ class AllreducePoint(_Strict):
 class LinkSpec(_Entry):
     """``bandwidth`` is the achievable rate per direction (pinned host memory for PCIe);
     ``theoretical_bandwidth`` is informational. For network links ``latency`` is per hop
-    (NIC to switch), so a node-to-node route pays it twice."""
+    (NIC to switch), so a node-to-node route pays it twice.
+
+    A GPU's host link may give the device-to-host direction its own rates (``to_host_bandwidth``
+    into pinned, ``to_host_pageable_bandwidth`` into pageable host memory): a copy's achieved rate
+    depends on its direction and on how the host buffer was allocated. Each absent one is the
+    symmetric rate (``bandwidth`` / ``pageable_bandwidth``), so a link without them is unchanged."""
 
     kind: LinkKindName
     bandwidth: Bandwidth
     latency: Time
     theoretical_bandwidth: Bandwidth | None = None
     pageable_bandwidth: Bandwidth | None = None
+    to_host_bandwidth: Bandwidth | None = None
+    to_host_pageable_bandwidth: Bandwidth | None = None
     allreduce: list[AllreducePoint] = Field(default_factory=list)  # measured, per world size
     # the measured all-reduce medians themselves (Vidur's all_reduce.csv), relative to the rig file:
     # used inside their size range, at world sizes that also have an ``allreduce`` line

@@ -206,7 +206,9 @@ class Link:
 
     Endpoints are device or disk names, or switch names (``n0.pcie-root``, ``net``, ...).
     ``pageable_bw`` is the achievable rate when the host side is pageable (not pinned)
-    memory; it is only meaningful for PCIe and equals ``bw`` elsewhere.
+    memory; it is only meaningful for PCIe and equals ``bw`` elsewhere. ``fwd_bw`` and
+    ``fwd_pageable_bw``, when set, replace them for traffic travelling a -> b (a GPU's host link:
+    device to host); ``rate`` picks the one a copy gets.
     """
 
     name: str
@@ -221,6 +223,14 @@ class Link:
     allreduce: Mapping[int, tuple[float, float]] = field(default_factory=dict)
     # and its measured medians: ranks -> (log bytes ascending, log seconds), used inside their range
     allreduce_table: Mapping[int, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
+    fwd_bw: float | None = None
+    fwd_pageable_bw: float | None = None
+
+    def rate(self, forward: bool, pinned: bool = True) -> float:
+        """Bytes/s of a copy over this link in one direction, pinned or pageable host memory."""
+        if pinned:
+            return self.fwd_bw if forward and self.fwd_bw is not None else self.bw
+        return self.fwd_pageable_bw if forward and self.fwd_pageable_bw is not None else self.pageable_bw
 
 
 @dataclass(frozen=True)
@@ -240,7 +250,7 @@ class Route:
     src: str
     dst: str
     hops: tuple[Hop, ...]
-    bw: float  # bottleneck bandwidth over the hops (bytes/s, pinned host memory)
+    bw: float  # bottleneck bandwidth over the hops in this direction (bytes/s, pinned host memory)
     pageable_bw: float  # bottleneck when the host end is pageable
     latency_s: float  # summed latency
 

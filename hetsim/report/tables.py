@@ -182,12 +182,23 @@ def rig_tables(rig: Rig, summary: dict[str, Any]) -> list[Table]:
             lk["name"],
             lk["kind"],
             f"{lk['a']} <-> {lk['b']}",
-            fmt_bw(lk["bw"]),
+            _link_bw(lk),
             _t(lk["latency_s"]),
             lk["weakest_grade"],
         )
     tables.append(links)
     return tables
+
+
+def _link_bw(lk: dict[str, Any]) -> str:
+    """A link's rate; one with its own a -> b rates (a GPU's host link: to the host) shows them."""
+    out = fmt_bw(lk["bw"])
+    if "to_b_bw" in lk or "to_b_pageable_bw" in lk:
+        out += f" ({fmt_bw(lk.get('to_b_bw', lk['bw']))} to {lk['b']}"
+        if "to_b_pageable_bw" in lk:
+            out += f", {fmt_bw(lk['to_b_pageable_bw'])} pageable"
+        out += ")"
+    return out
 
 
 # ---- results --------------------------------------------------------------------------------

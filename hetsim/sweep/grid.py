@@ -137,9 +137,18 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
             "bw": Provenance(spec.bandwidth.source, spec.bandwidth.grade),
             "latency_s": Provenance(spec.latency.source, spec.latency.grade),
         }
+        # a swapped PCIe link takes the catalogue entry's device-to-host rates too (none: symmetric)
+        to_host = {
+            "fwd_bw": spec.to_host_bandwidth.si if spec.to_host_bandwidth else None,
+            "fwd_pageable_bw": spec.to_host_pageable_bandwidth.si
+            if spec.to_host_pageable_bandwidth
+            else None,
+        }
         for lname, link in list(links.items()):
             if link.kind in kinds and (not only_nic or _is_nic(link)):
-                links[lname] = replace(link, bw=bw, latency_s=lat, pageable_bw=pageable, provenance=prov)
+                links[lname] = replace(
+                    link, bw=bw, latency_s=lat, pageable_bw=pageable, provenance=prov, **to_host
+                )
 
     if knobs.get("pcie") is not None:
         swap(("pcie",), knobs["pcie"], only_nic=False)
@@ -150,11 +159,19 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
         for lname, link in list(links.items()):
             if _is_nic(link):
                 prov = {**link.provenance, "bw": Provenance(f"{note}: net_gbps", _assumed())}
-                links[lname] = replace(link, bw=bw, pageable_bw=bw, provenance=prov)
+                links[lname] = replace(
+                    link, bw=bw, pageable_bw=bw, provenance=prov, fwd_bw=None, fwd_pageable_bw=None
+                )
     for kind, factor in (knobs.get("bw_scale") or {}).items():
         for lname, link in list(links.items()):
             if link.kind == kind:
-                links[lname] = replace(link, bw=link.bw * factor, pageable_bw=link.pageable_bw * factor)
+                fwd = {k: getattr(link, k) for k in ("fwd_bw", "fwd_pageable_bw")}
+                links[lname] = replace(
+                    link,
+                    bw=link.bw * factor,
+                    pageable_bw=link.pageable_bw * factor,
+                    **{k: v * factor if v is not None else None for k, v in fwd.items()},
+                )
 
     # a fresh route cache: routes of the original rig are stale here
     return replace(rig, devices=devices, links=links, nodes=nodes)
