@@ -42,6 +42,7 @@ from hetsim.sim.trace import TraceRecorder
 _LOCKSTEP_CACHE_MAX = 4096
 _FREE_AT = attrgetter("free_at")
 _new_timeout = object.__new__
+_NO_ARGS: dict = {}  # trace arguments of a task booked with no tracer (never read)
 
 Schedule = Callable[["Engine"], Generator[simpy.Event, Any, Any]]
 
@@ -50,9 +51,16 @@ class _Environment(simpy.Environment):
     """SimPy's environment, numbering processes in the order they are made: a schedule's token
     streams (one per process that calls ``token_done``) are then comparable between runs."""
 
+    # ``resume_at`` may move the clock without an event (tests switch it off to hold the two equal).
+    skip_events = True
+
     def __init__(self) -> None:
         super().__init__()
         self.made = 0
+        self.done = simpy.Event(self)  # already processed: a process yielding it goes on at once
+        self.done._ok = True
+        self.done._value = None
+        self.done.callbacks = None
 
     def process(self, generator):  # type: ignore[override]
         proc = super().process(generator)
@@ -73,6 +81,18 @@ class _Environment(simpy.Environment):
         event._ok = True
         heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), event))
         return event
+
+    def skip_to(self, when: float) -> bool:
+        """Move the clock to ``when`` now, for the active process about to yield an event processed
+        at ``when``: with no other event queued at or before ``when`` nothing can happen in between,
+        so the process may go on at once (yielding ``done``, which SimPy's process loop passes
+        straight back: no heap push and pop, no step) at the same time and in the same order.
+        False (and the clock unmoved) otherwise: yield the event."""
+        queue = self._queue
+        if self.skip_events and (not queue or queue[0][0] > when):
+            self._now = when
+            return True
+        return False
 
     def at(self, when: float) -> simpy.Event:
         """An event processed at exactly ``when`` (not ``now + (when - now)``, which can round)."""
@@ -279,12 +299,15 @@ class Engine:
 
         For work nobody waits on by itself (a path joined later by its end time): SimPy then has
         one event fewer to schedule and process, and every lane, timeline and count is the same."""
+        cost = self.cost_of(device, ops)
+        if self.tracer is None:  # the hot path: no label or trace arguments to build
+            return self._book_cost(device, cost, "", _NO_ARGS, after)
         if isinstance(ops, Op):
             name, args = ops.name, {"layer": ops.layer, "flops": ops.flops, "bytes": ops.mem_bytes}
         else:
             name = f"{ops[0].name}..{ops[-1].name}" if ops else "nothing"
             args = {"layer": ops[0].layer if ops else -1, "ops": len(ops)}
-        return self._book_cost(device, self.cost_of(device, ops), label or name, args, after)
+        return self._book_cost(device, cost, label or name, args, after)
 
     def execute(
         self,
@@ -312,7 +335,8 @@ class Engine:
 
     def _book_cost(self, device: str, cost: OpCost, label: str, args: dict, after: float) -> float:
         lane = self.lanes[f"{device}:compute"]
-        start = max(self.env.now, lane.free_at, after)
+        now = self.env._now
+        start = max(now, lane.free_at, after)
         dram = self.host_memory.get(device)
         if dram is None or cost.memory_bytes <= 0:
             end = start + cost.time_s
@@ -322,7 +346,7 @@ class Engine:
             if cost.compute_s > 0:
                 cap = min(cap, cost.memory_bytes / cost.compute_s)
             mem_start = start + cost.overhead_s
-            mem_end = dram.book(self.env.now, mem_start, cost.memory_bytes, cap)
+            mem_end = dram.book(now, mem_start, cost.memory_bytes, cap)
             end = max(mem_end, mem_start + cost.compute_s)
         lane.free_at = end
         lane.busy_s += end - start
@@ -336,9 +360,13 @@ class Engine:
 
     def delay(self, device: str, seconds: float, *, label: str = "overhead") -> simpy.Event:
         """Occupy a device's compute stream for a fixed time (host-side work, synchronisation)."""
+        return self.env.timeout(self.book_delay(device, seconds, label=label) - self.env.now)
+
+    def book_delay(self, device: str, seconds: float, *, label: str = "overhead") -> float:
+        """``delay`` without an event to wait on (as ``book_compute``): returns when it ends."""
         lane = self.lanes[f"{device}:compute"]
         start = self._reserve((lane,), seconds)
-        return self._finish((lane,), start, start + seconds, label, {})
+        return self._record((lane,), start, start + seconds, label, {})
 
     def transfer(
         self,
@@ -590,6 +618,26 @@ class Engine:
         that is the only process (with several, ``all_of`` resumes its waiter later among equal times).
         """
         return self.env.at(max(times, default=self.env.now))
+
+    def wait(self, end: float) -> simpy.Event:
+        """For the active process to yield at once: resumes it when a task booked (``book_*``) to
+        end at ``end`` is done, as yielding that task's own event would (``compute`` is
+        ``book_compute`` then this). Without an event when nothing else can happen first
+        (``_Environment.skip_to``)."""
+        env = self.env
+        delay = end - env._now
+        if delay >= 0 and env.skip_to(env._now + delay):  # where SimPy's timeout would put it
+            return env.done
+        return env.timeout(delay)
+
+    def wait_until(self, times: Sequence[float]) -> simpy.Event:
+        """``until`` for the active process to yield at once; without an event when nothing else
+        can happen first (``_Environment.skip_to``)."""
+        env = self.env
+        when = max(times, default=env._now)
+        if env.skip_to(max(when, env._now)):  # where ``at`` would put it
+            return env.done
+        return env.at(when)
 
     def token_done(self, count: int = 1) -> None:
         """A schedule calls this when ``count`` output tokens exist (one per sequence)."""
