@@ -37,6 +37,21 @@ class BandwidthTimeline:
             del booked[:i]
         capacity = self.capacity
         cap = min(cap_bps, capacity)
+        if start >= times[-1] and nbytes < _INF:
+            # Starting in the open last segment: the loop below in one step (the same arithmetic;
+            # a saturated segment goes the long way).
+            rate = min(cap, capacity - booked[-1])
+            if rate > _SATURATED:
+                end = start + nbytes / rate
+                if times[-1] != start:
+                    times.append(start)
+                    booked.append(booked[-1])
+                if end != start:
+                    times.append(end)
+                    booked.append(booked[-1])
+                    booked[-2] += min(cap, capacity - booked[-2])
+                self.bytes_moved += nbytes
+                return end
         i = bisect_right(times, start) - 1
         if times[i] != start:
             times.insert(i + 1, start)

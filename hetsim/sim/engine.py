@@ -213,6 +213,10 @@ class Engine:
                     self.host_memory[cpu] = self.host_memory[first]
                     if node.cpu_sharing == "core":
                         self.lanes[f"{cpu}:compute"] = self.lanes[f"{first}:compute"]
+        # per device: its compute stream and the DRAM its work draws on (None off CPUs)
+        self._streams: dict[str, tuple[Lane, BandwidthTimeline | None]] = {
+            dev: (self.lanes[f"{dev}:compute"], self.host_memory.get(dev)) for dev in rig.devices
+        }
         self.memory = MemoryLedger(
             rig.capacities(), clock=lambda: self.env.now, keep_timeline=memory_timeline
         )
@@ -334,10 +338,9 @@ class Engine:
         return self._book_cost(device, cost, label, args or {}, after)
 
     def _book_cost(self, device: str, cost: OpCost, label: str, args: dict, after: float) -> float:
-        lane = self.lanes[f"{device}:compute"]
+        lane, dram = self._streams[device]
         now = self.env._now
         start = max(now, lane.free_at, after)
-        dram = self.host_memory.get(device)
         if dram is None or cost.memory_bytes <= 0:
             end = start + cost.time_s
         else:
