@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from heapq import heappush
+from heapq import heappop, heappush
 from operator import attrgetter
 from typing import Any
 
 import simpy
+from simpy.core import StopSimulation
 from simpy.events import NORMAL, PENDING, Timeout
 
 from hetsim.costs.collectives import CollectiveCost, Fit, allgather_time, allreduce_time
@@ -94,6 +95,33 @@ class _Environment(simpy.Environment):
             return True
         return False
 
+    def run(self, until=None):  # type: ignore[override]
+        """SimPy's ``run`` until an event (or until nothing is left), with its ``step`` inline: the
+        same events processed in the same order, one Python call fewer per event. A time limit
+        goes to SimPy's own loop."""
+        if until is not None and not isinstance(until, simpy.Event):
+            return super().run(until)
+        if until is not None:
+            if until.callbacks is None:  # already processed
+                return until.value
+            until.callbacks.append(StopSimulation.callback)
+        queue = self._queue
+        try:
+            while queue:
+                self._now, _, _, event = heappop(queue)
+                callbacks, event.callbacks = event.callbacks, None
+                for callback in callbacks:
+                    callback(event)
+                if not event._ok and not hasattr(event, "_defused"):  # a failure nobody handled
+                    exc = type(event._value)(*event._value.args)
+                    exc.__cause__ = event._value
+                    raise exc
+        except StopSimulation as exc:
+            return exc.args[0]
+        if until is not None:
+            raise RuntimeError(f'No scheduled events left but "until" event was not triggered: {until}')
+        return None
+
     def at(self, when: float) -> simpy.Event:
         """An event processed at exactly ``when`` (not ``now + (when - now)``, which can round)."""
         event = simpy.Event(self)
@@ -111,16 +139,19 @@ class AllOf(simpy.Event):
     event fails it, as it fails ``all_of``."""
 
     def __init__(self, env: simpy.Environment, events: list[simpy.Event]):
-        super().__init__(env)
+        self.env = env  # simpy.Event.__init__, inline
+        self.callbacks = []
+        self._value = PENDING
         self._left = len(events)
         if not events:
             self.succeed()
             return
+        check = self._check
         for event in events:
             if event.callbacks is None:  # already processed
-                self._check(event)
+                check(event)
             else:
-                event.callbacks.append(self._check)
+                event.callbacks.append(check)
 
     def _check(self, event: simpy.Event) -> None:
         if self._value is not PENDING:
@@ -129,8 +160,11 @@ class AllOf(simpy.Event):
         if not event._ok:
             event._defused = True
             self.fail(event._value)
-        elif not self._left:
-            self.succeed()
+        elif not self._left:  # succeed(), inline
+            self._ok = True
+            self._value = None
+            env = self.env
+            heappush(env._queue, (env._now, NORMAL, next(env._eid), self))
 
 
 class Lane:
@@ -303,7 +337,8 @@ class Engine:
 
         For work nobody waits on by itself (a path joined later by its end time): SimPy then has
         one event fewer to schedule and process, and every lane, timeline and count is the same."""
-        cost = self.cost_of(device, ops)
+        hit = self._op_costs_by_id.get((device, id(ops)))  # cost_of's first look-up, inline
+        cost = hit[1] if hit is not None and hit[0] is ops else self.cost_of(device, ops)
         if self.tracer is None:  # the hot path: no label or trace arguments to build
             return self._book_cost(device, cost, "", _NO_ARGS, after)
         if isinstance(ops, Op):
@@ -338,24 +373,35 @@ class Engine:
         return self._book_cost(device, cost, label, args or {}, after)
 
     def _book_cost(self, device: str, cost: OpCost, label: str, args: dict, after: float) -> float:
+        # The hot path: comparisons where max() and min() of two or three floats would pick the
+        # same one (the first of equals, as they do).
         lane, dram = self._streams[device]
         now = self.env._now
-        start = max(now, lane.free_at, after)
+        start = now
+        if lane.free_at > start:
+            start = lane.free_at
+        if after > start:
+            start = after
         if dram is None or cost.memory_bytes <= 0:
             end = start + cost.time_s
         else:
             # Memory traffic cannot outpace the op's own compute: a compute-bound op streams slower.
             cap = cost.achieved_mem_bw
             if cost.compute_s > 0:
-                cap = min(cap, cost.memory_bytes / cost.compute_s)
+                streamed = cost.memory_bytes / cost.compute_s
+                if streamed < cap:
+                    cap = streamed
             mem_start = start + cost.overhead_s
-            mem_end = dram.book(now, mem_start, cost.memory_bytes, cap)
-            end = max(mem_end, mem_start + cost.compute_s)
+            end = dram.book(now, mem_start, cost.memory_bytes, cap)
+            computed = mem_start + cost.compute_s
+            if computed > end:
+                end = computed
         lane.free_at = end
         lane.busy_s += end - start
         # waiting on DRAM shared with DMA counts as memory-bound time too
-        lane.memory_bound_s += cost.memory_bound_s + max(0.0, end - start - cost.time_s)
-        self.tasks += 1  # _record, inline: this is the hot path
+        waited = end - start - cost.time_s
+        lane.memory_bound_s += cost.memory_bound_s + (waited if waited > 0.0 else 0.0)
+        self.tasks += 1  # _record, inline
         self.last_end = end
         if self.tracer is not None:
             self.tracer.span(lane.name, label, start, end, args)
