@@ -328,7 +328,7 @@ class Engine:
         ``after`` enqueues the task now but lets it start no earlier than that time, as work queued
         on a CUDA stream behind a copy does (pass ``engine.last_end`` of the task it follows).
         """
-        return self.env.timeout(self.book_compute(device, ops, label=label, after=after) - self.env.now)
+        return self.env.timeout(self.book_compute(device, ops, label=label, after=after) - self.env._now)
 
     def book_compute(
         self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None, after: float = 0.0
@@ -431,7 +431,7 @@ class Engine:
 
         ``after``: as for ``compute``, start no earlier than this (a queued follow-up)."""
         return self.env.timeout(
-            self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=after) - self.env.now
+            self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=after) - self.env._now
         )
 
     send = transfer
