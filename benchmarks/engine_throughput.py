@@ -6,7 +6,7 @@ Runs alternate (SimPy, engine, SimPy, ...); rates are per second of CPU time of 
 shared machine's load moves wall time far more) and of wall time. Target (issue 20): the engine at
 least a third of bare SimPy's rate.
 
-    .venv/bin/python benchmarks/engine_throughput.py [--repeats 5] [--no-record]
+    .venv/bin/python benchmarks/engine_throughput.py [--repeats 5] [--no-record] [--label TEXT]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to results.md")
+    ap.add_argument("--label", default="", help="what was measured, added to the title (e.g. a commit)")
     args = ap.parse_args()
     bare, eng = [], []
     for _ in range(args.repeats):
@@ -91,7 +92,7 @@ def main() -> None:
             f"{max(ratio):.2f} / {statistics.median(ratio):.2f} | target >= 0.33 |",
         ]
     )
-    append("`engine_throughput.py`", table, write=not args.no_record)
+    append(" ".join(filter(None, ["`engine_throughput.py`", args.label])), table, write=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ plots (alternating):
 Target (issue 20): at least 50 points/s. The table gives points per wall second and per CPU second
 (the workers' CPU included; the machine's load moves it less than wall time).
 
-    .venv/bin/python benchmarks/sweep_speed.py [--repeats 3] [--spec SWEEP.yaml] [--no-record]
+    .venv/bin/python benchmarks/sweep_speed.py [--repeats 3] [--spec SWEEP.yaml] [--no-record] [--label TEXT]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--spec", type=Path, default=ROOT / "experiments" / "strategy-map.yaml")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to results.md")
+    ap.add_argument("--label", default="", help="what was measured, added to the title (e.g. a commit)")
     args = ap.parse_args()
     spec = args.spec.resolve()
     points = len(expand(load_spec(spec)))
@@ -62,7 +63,12 @@ def main() -> None:
             f"| {points / min(cpu[v]):.1f} |"
         )
     note = "Target (issue 20): >= 50 points per wall second on this 2-core machine (whole command)."
-    append("`sweep_speed.py`", "\n".join(lines), note, write=not args.no_record)
+    append(
+        " ".join(filter(None, ["`sweep_speed.py`", args.label])),
+        "\n".join(lines),
+        note,
+        write=not args.no_record,
+    )
 
 
 if __name__ == "__main__":

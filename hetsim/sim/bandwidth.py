@@ -29,14 +29,33 @@ class BandwidthTimeline:
         """Book ``nbytes`` from ``start`` at no more than ``cap_bps``; return the end time."""
         if nbytes <= 0:
             return start
-        # The hot path of every DMA and CPU op: ``_prune`` and ``_split`` inlined, same arithmetic.
+        # The hot path of every DMA and CPU op: ``_prune`` and ``_split`` inlined, same arithmetic;
+        # ``x if x < cap else cap`` is ``min(cap, x)`` (the first of equals, as min picks).
         times, booked = self._times, self._booked
         i = bisect_right(times, now) - 1
         if i > 0:
             del times[:i]
             del booked[:i]
         capacity = self.capacity
-        cap = min(cap_bps, capacity)
+        cap = capacity if capacity < cap_bps else cap_bps
+        if start >= times[-1] and nbytes < _INF:
+            # Starting in the open last segment: the loop below in one step (the same arithmetic;
+            # a saturated segment goes the long way).
+            rate = capacity - booked[-1]
+            if not rate < cap:
+                rate = cap
+            if rate > _SATURATED:
+                end = start + nbytes / rate
+                if times[-1] != start:
+                    times.append(start)
+                    booked.append(booked[-1])
+                if end != start:
+                    times.append(end)
+                    booked.append(booked[-1])
+                    free = capacity - booked[-2]
+                    booked[-2] += free if free < cap else cap
+                self.bytes_moved += nbytes
+                return end
         i = bisect_right(times, start) - 1
         if times[i] != start:
             times.insert(i + 1, start)
@@ -47,7 +66,9 @@ class BandwidthTimeline:
         n = len(times)
         while True:
             seg_end = times[k + 1] if k + 1 < n else _INF
-            rate = min(cap, capacity - booked[k])
+            rate = capacity - booked[k]
+            if not rate < cap:
+                rate = cap
             if rate > _SATURATED:
                 if remaining <= rate * (seg_end - t):
                     end = t + remaining / rate
@@ -61,7 +82,8 @@ class BandwidthTimeline:
             booked.insert(last + 1, booked[last])
             last += 1
         for j in range(i, last):
-            booked[j] += min(cap, capacity - booked[j])
+            free = capacity - booked[j]
+            booked[j] += free if free < cap else cap
         self.bytes_moved += nbytes
         return end
 

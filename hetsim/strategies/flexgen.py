@@ -327,7 +327,7 @@ class _Runner:
         ev0, w0 = self.load_weight(t, 0, e)  # prologue
         if w0 is not None:
             ev0 += yield from w0
-        yield e.until(ev0)
+        yield e.wait_until(ev0)
         pos = list(self._positions())
         # Loads for position 0 happen before the loop (the runtime's warm-up).
         first = pos[0]
@@ -335,7 +335,7 @@ class _Runner:
         ev0 += self.load_hidden(t, first[0], first[1], gbs)
         if g0 is not None:
             ev0 += yield from g0
-        yield e.until(ev0)
+        yield e.wait_until(ev0)
         last = len(pos) - 1
         for p, (step, j, k) in enumerate(pos):
             ev = []
@@ -366,11 +366,11 @@ class _Runner:
                 ev += self.store_cache(t, pstep, pj, gbs)
             t.at = None
             if ev:
-                yield e.until(ev)
+                yield e.wait_until(ev)
             self._tokens(e, j, k, seqs)
         # Epilogue: the last batch's outputs.
         step, j, _ = pos[last]
-        yield e.until(self.store_cache(t, step, j, gbs) + self.store_hidden(t, step, j, gbs))
+        yield e.wait_until(self.store_cache(t, step, j, gbs) + self.store_hidden(t, step, j, gbs))
 
     def block_ideal(self, e, seqs: int):
         gbs, nb = self.plan.gpu_batch_size, self.plan.num_gpu_batches

@@ -220,9 +220,9 @@ def split_linear(
     gpu_end, cpu_end = split_paths(engine, gpu, cpu, op, alpha, cpu_dtype)
     if ends is not None:
         ends.update(gpu=gpu_end, cpu=cpu_end)
-    yield engine.env.timeout(max(gpu_end, cpu_end) - engine.env.now)
+    yield engine.wait(max(gpu_end, cpu_end))
     if sync_s > 0:
-        yield engine.delay(gpu, sync_s, label="split barrier")
+        yield engine.wait(engine.book_delay(gpu, sync_s, label="split barrier"))
 
 
 def measure_split(
@@ -351,7 +351,7 @@ class HeteGen(Strategy):
 
         def linear(engine, layer: int, op: Op, alphas: Mapping[str, float]):
             if layer < plan.resident.get(op.module, 0):
-                yield engine.compute(gpu, op, label=f"{op.module} resident")
+                yield engine.wait(engine.book_compute(gpu, op, label=f"{op.module} resident"))
             else:
                 yield from split_linear(
                     engine, gpu, cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s, None, plan.cpu_dtype
@@ -362,18 +362,22 @@ class HeteGen(Strategy):
                 alphas = plan.alpha_prefill if step.phase == "prefill" else plan.alpha_decode
                 program = layer_program(model, step.phase, b, step.seq_len, step.kv_len, wd)
                 # The embedding table lives in host DRAM: gather on the CPU, ship the hidden states.
-                yield engine.compute(cpu, embed_ops(model, b, step.seq_len, wd), label="embedding")
-                yield engine.transfer(cpu, gpu, hidden_bytes(model, b, step.seq_len), label="hidden")
+                yield engine.wait(
+                    engine.book_compute(cpu, embed_ops(model, b, step.seq_len, wd), label="embedding")
+                )
+                yield engine.wait(
+                    engine.book_transfer(cpu, gpu, hidden_bytes(model, b, step.seq_len), label="hidden")
+                )
                 for layer in range(model.layers):
                     for on_gpu, ops in program:
                         if on_gpu:
-                            yield engine.compute(gpu, ops, label="gpu ops")
+                            yield engine.wait(engine.book_compute(gpu, ops, label="gpu ops"))
                         else:
                             yield from linear(engine, layer, ops[0], alphas)
                 head = head_ops(model, step.phase, b, step.seq_len, 1, wd)
                 norm = tuple(o for o in head if o.kind != OpKind.MATMUL)
                 if norm:
-                    yield engine.compute(gpu, norm, label="final norm")
+                    yield engine.wait(engine.book_compute(gpu, norm, label="final norm"))
                 head_mm = next(o for o in head if o.kind == OpKind.MATMUL)
                 yield from linear(engine, 0, dataclasses.replace(head_mm, module=LM_HEAD), alphas)
                 engine.token_done(b)
