@@ -385,3 +385,17 @@ def test_fp32_cpu_path_of_non_16_bit_weights_is_refused(hetegen_6gb, weight_dtyp
     strategy.check_plan(dataclasses.replace(bad, cpu_dtype="fp16"), p.rig, p.model, p.workload)
     for ok in ("fp16", "bf16"):
         strategy.check_plan(dataclasses.replace(bad, weight_dtype=ok), p.rig, p.model, p.workload)
+
+
+def test_split_and_resident_bytes_add_up_to_the_model_and_the_host_holds_the_split(hetegen_6gb, opt30b):
+    from hetsim.strategies.hetegen import resident_bytes, split_weight_bytes
+
+    plan, _ = hetegen_6gb
+    p = opt30b
+    assert plan.resident  # some modules resident at 6.25 GB
+    total = sum(module_bytes(p.model)[k] * n for k, n in module_counts(p.model).items())
+    assert split_weight_bytes(plan, p.model) + resident_bytes(plan, p.model) == pytest.approx(
+        total, rel=1e-12
+    )
+    host = get_strategy("hetegen").footprint(plan, p.rig, p.model, p.workload)["n0.cpu0"]
+    assert host["split_weights"] == split_weight_bytes(plan, p.model) < total

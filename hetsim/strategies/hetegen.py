@@ -272,6 +272,13 @@ def resident_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
     return sum(sizes[k] * n for k, n in plan.resident.items())
 
 
+def split_weight_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
+    """Weight bytes of the split (non-resident) modules: what the host holds, and what one decode
+    token reads from host DRAM (the CPU share in place, the GPU share by DMA)."""
+    sizes, counts = module_bytes(model, plan.weight_dtype), module_counts(model)
+    return sum(sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes)
+
+
 @register
 class HeteGen(Strategy):
     name = "hetegen"
@@ -335,11 +342,9 @@ class HeteGen(Strategy):
         gpu = {"resident_weights": resident_bytes(plan, model), **working_set(plan, model, workload)}
         what = "hetegen GPU working set (gpu_mem_budget)"
         check_budget(plan.gpu, what, gpu, plan.gpu_mem_budget, rel_tol=1e-12)
-        sizes = module_bytes(model, plan.weight_dtype)
-        counts = module_counts(model)
-        host_weights = sum(sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes)
-        host = {"split_weights": host_weights}
+        host = {"split_weights": split_weight_bytes(plan, model)}
         if plan.cpu_dtype == "fp32":  # the fp32 copy of the largest CPU share of either phase
+            sizes, counts = module_bytes(model, plan.weight_dtype), module_counts(model)
             host["split_weights_fp32"] = sum(
                 2
                 * sizes[k]
