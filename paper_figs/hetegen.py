@@ -28,7 +28,7 @@ from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hetegen import module_bytes, module_counts, working_set
+from hetsim.strategies.hetegen import split_weight_bytes, working_set
 
 GB = 1e9
 MODELS = ("opt-6.7b", "opt-13b", "opt-30b")
@@ -125,13 +125,6 @@ def budgets_for(p: Problem, model: str, name: str) -> list[float]:
     return sorted(out)
 
 
-def split_bytes_per_token(p: Problem, plan) -> float:
-    """Host DRAM bytes one decode token reads: every split module's weights (the CPU share in
-    place, the GPU share by DMA); resident modules read none."""
-    sizes, counts = module_bytes(p.model, plan.weight_dtype), module_counts(p.model)
-    return sum(sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes)
-
-
 def sweep() -> list[dict]:
     rows = []
     for model in MODELS:
@@ -156,7 +149,7 @@ def sweep() -> list[dict]:
                 }
                 if name == "hetegen" and r.feasible:
                     plan = plan_hetegen(p.rig, p.model, p.workload, p.rig.gpus()[0].name, budget * GB)
-                    row["host_gb_per_decode_token"] = split_bytes_per_token(p, plan) / GB
+                    row["host_gb_per_decode_token"] = split_weight_bytes(plan, p.model) / GB
                 rows.append(row)
     return rows
 

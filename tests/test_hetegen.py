@@ -364,3 +364,38 @@ def test_fig8_curves_start_at_the_floor_and_hold_the_papers_budgets(opt30b):
     assert all(b >= floor for b in hetegen)
     assert 6.1 in fig.budgets_for(opt30b, "opt-30b", "flexgen")
     assert 6.1 not in fig.budgets_for(opt30b, "opt-13b", "flexgen")
+
+
+@pytest.mark.parametrize("weight_dtype", ["fp32", "int8", "int4", "q4_k_m"])
+def test_fp32_cpu_path_of_non_16_bit_weights_is_refused(hetegen_6gb, weight_dtype):
+    """``cpu_side`` costs the fp32 copy as 2x the 16-bit bytes (and the footprint adds 2x): int8/int4
+    weights would need 4-8x and no dequantisation, fp32 weights no copy at all. Refused in one line."""
+    import dataclasses
+
+    from hetsim.errors import InputError
+
+    plan, _ = hetegen_6gb
+    strategy = get_strategy("hetegen")
+    p = problem("opt-30b", "hetegen-a10", batch=1, prompt_len=512, gen_len=64)
+    bad = dataclasses.replace(plan, weight_dtype=weight_dtype, cpu_dtype="fp32")
+    with pytest.raises(InputError) as err:
+        strategy.check_plan(bad, p.rig, p.model, p.workload)
+    assert err.value.field == "params.cpu_dtype" and weight_dtype in err.value.line()
+    assert "\n" not in err.value.line()
+    strategy.check_plan(dataclasses.replace(bad, cpu_dtype="fp16"), p.rig, p.model, p.workload)
+    for ok in ("fp16", "bf16"):
+        strategy.check_plan(dataclasses.replace(bad, weight_dtype=ok), p.rig, p.model, p.workload)
+
+
+def test_split_and_resident_bytes_add_up_to_the_model_and_the_host_holds_the_split(hetegen_6gb, opt30b):
+    from hetsim.strategies.hetegen import resident_bytes, split_weight_bytes
+
+    plan, _ = hetegen_6gb
+    p = opt30b
+    assert plan.resident  # some modules resident at 6.25 GB
+    total = sum(module_bytes(p.model)[k] * n for k, n in module_counts(p.model).items())
+    assert split_weight_bytes(plan, p.model) + resident_bytes(plan, p.model) == pytest.approx(
+        total, rel=1e-12
+    )
+    host = get_strategy("hetegen").footprint(plan, p.rig, p.model, p.workload)["n0.cpu0"]
+    assert host["split_weights"] == split_weight_bytes(plan, p.model) < total

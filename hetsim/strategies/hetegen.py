@@ -17,7 +17,8 @@ Per split module the schedule issues, in this order:
 
 What the CPU multiplies in is not stated in the paper. ``cpu_dtype`` "fp16" (default) reads its share
 in place as fp16; "fp32" holds an fp32 copy of it (made once at load: lossless, twice the host bytes
-of that share) and runs an fp32 GEMV on it, as frameworks whose CPU fp16 matmuls are slow would.
+of that share) and runs an fp32 GEMV on it, as frameworks whose CPU fp16 matmuls are slow would;
+it needs fp16 or bf16 weights (``FP32_COPY_OF``).
 
 No cross-module prefetch: HeteGen, arXiv 2403.01164 says parameters move through rotating pinned buffers but
 that the paper's timing figure brackets each module with a barrier and shows no prefetch of the next
@@ -88,6 +89,9 @@ class HeteGenPlan:
 
 
 CPU_DTYPES = ("fp16", "fp32")
+# "fp32" is modelled as an upcast copy of 16-bit weights (2 B -> 4 B a weight, no dequantisation):
+# quantised or fp32 weights would need other bytes and kernels, so they are refused, not mis-costed.
+FP32_COPY_OF = ("fp16", "bf16")
 
 
 # ---- module shapes ------------------------------------------------------------------------------
@@ -268,6 +272,13 @@ def resident_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
     return sum(sizes[k] * n for k, n in plan.resident.items())
 
 
+def split_weight_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
+    """Weight bytes of the split (non-resident) modules: what the host holds, and what one decode
+    token reads from host DRAM (the CPU share in place, the GPU share by DMA)."""
+    sizes, counts = module_bytes(model, plan.weight_dtype), module_counts(model)
+    return sum(sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes)
+
+
 @register
 class HeteGen(Strategy):
     name = "hetegen"
@@ -297,6 +308,12 @@ class HeteGen(Strategy):
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         if plan.cpu_dtype not in CPU_DTYPES:
             raise pc.problem("cpu_dtype", f"must be one of {', '.join(CPU_DTYPES)}, got {plan.cpu_dtype!r}")
+        if plan.cpu_dtype == "fp32" and plan.weight_dtype not in FP32_COPY_OF:
+            raise pc.problem(
+                "cpu_dtype",
+                f"'fp32' is an upcast copy of {' or '.join(FP32_COPY_OF)} weights, "
+                f"not of weight_dtype {plan.weight_dtype!r}",
+            )
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HeteGenPlan:
         """The first GPU and its host socket, every module split at Eq. 5's alpha, none resident
@@ -325,11 +342,9 @@ class HeteGen(Strategy):
         gpu = {"resident_weights": resident_bytes(plan, model), **working_set(plan, model, workload)}
         what = "hetegen GPU working set (gpu_mem_budget)"
         check_budget(plan.gpu, what, gpu, plan.gpu_mem_budget, rel_tol=1e-12)
-        sizes = module_bytes(model, plan.weight_dtype)
-        counts = module_counts(model)
-        host_weights = sum(sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes)
-        host = {"split_weights": host_weights}
+        host = {"split_weights": split_weight_bytes(plan, model)}
         if plan.cpu_dtype == "fp32":  # the fp32 copy of the largest CPU share of either phase
+            sizes, counts = module_bytes(model, plan.weight_dtype), module_counts(model)
             host["split_weights_fp32"] = sum(
                 2
                 * sizes[k]
