@@ -146,3 +146,14 @@ def test_hw_show_says_the_device_to_host_rates(capsys):
     assert "pageable" in capsys.readouterr().out
     assert main(["hw", "show", "mixed-lab", "--format", "json"]) == 0
     assert all("to_b_bw" not in lk for lk in json.loads(capsys.readouterr().out)["links"])
+
+
+def test_a_pageable_copy_is_never_faster_than_a_pinned_one_in_its_direction():
+    """Only a pinned device-to-host rate given: the pageable one falls back to the link's symmetric
+    pageable rate but is capped by the pinned rate (a pageable copy stages through pinned memory)."""
+    from hetsim.hardware.types import Link
+
+    link = Link("pcie", "gpu", "cpu", bw=12e9, latency_s=0.0, pageable_bw=6e9, fwd_bw=4e9)
+    assert link.rate(True, pinned=False) == 4e9
+    assert link.rate(False, pinned=False) == 6e9
+    assert replace(link, fwd_bw=None).rate(True, pinned=False) == 6e9

@@ -230,7 +230,11 @@ class Link:
         """Bytes/s of a copy over this link in one direction, pinned or pageable host memory."""
         if pinned:
             return self.fwd_bw if forward and self.fwd_bw is not None else self.bw
-        return self.fwd_pageable_bw if forward and self.fwd_pageable_bw is not None else self.pageable_bw
+        if forward and self.fwd_pageable_bw is not None:
+            return self.fwd_pageable_bw
+        if forward and self.fwd_bw is not None:  # a pageable copy stages through pinned memory: never faster
+            return min(self.pageable_bw, self.fwd_bw)
+        return self.pageable_bw
 
 
 @dataclass(frozen=True)
