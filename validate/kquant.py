@@ -418,10 +418,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _print_decode(doc: dict) -> None:
+    from hetsim.models import get_model
+    from hetsim.strategies.moe_offload import routed_expert_bytes
+
+    v3 = get_model("deepseek-v3")  # one token reads its top-k of the routed experts in every expert layer
+    per_token = routed_expert_bytes(v3, "q4_k_m") * v3.experts_per_token / v3.num_experts
     for t, rate in decode_layer_rates(doc).items():
         print(
             f"decode expert layer (Q4_K_M, 1 token, from DRAM), {t:3d} threads: {rate / 1e9:7.2f} GB/s "
-            f"(DeepSeek-V3's 12.26 GB of routed experts per token: {12.26e9 / rate * 1e3:.1f} ms)"
+            f"(DeepSeek-V3's {per_token / 1e9:.2f} GB of routed experts per token: "
+            f"{per_token / rate * 1e3:.1f} ms)"
         )
 
 
