@@ -153,7 +153,7 @@ def test_a_pageable_copy_is_never_faster_than_a_pinned_one_in_its_direction():
     pageable rate but is capped by the pinned rate (a pageable copy stages through pinned memory)."""
     from hetsim.hardware.types import Link
 
-    link = Link("pcie", "gpu", "cpu", bw=12e9, latency_s=0.0, pageable_bw=6e9, fwd_bw=4e9)
+    link = Link("n0.gpu0-pcie", "pcie", "gpu", "cpu", bw=12e9, latency_s=0.0, pageable_bw=6e9, fwd_bw=4e9)
     assert link.rate(True, pinned=False) == 4e9
     assert link.rate(False, pinned=False) == 6e9
     assert replace(link, fwd_bw=None).rate(True, pinned=False) == 6e9
