@@ -1,20 +1,27 @@
-"""Measure the peak transient bytes of Hugging Face ``transformers``' OPT forward, as torch runs it.
+"""Measure the bytes Hugging Face ``transformers``' OPT forward allocates at its peak, as torch runs it.
 
     .venv/bin/pip install 'transformers>=4.51' && .venv/bin/python tools/hf_opt_peak.py
+    # the HF of FlexGen's 2023 baselines (legacy tuple KV cache), beside the venv's own:
+    .venv/bin/pip install --target /tmp/tf426 --no-deps transformers==4.26.1 huggingface_hub==0.13.4 \
+        tokenizers==0.13.3 regex requests urllib3 idna charset_normalizer certifi tqdm pyyaml packaging \
+        filelock numpy && PYTHONPATH=/tmp/tf426 .venv/bin/python tools/hf_opt_peak.py
 
-Writes tests/data/hf-opt-peak.csv: for small OPT configs (fp16, eager attention -- the only kernel the
-HF of FlexGen's 2023 baselines had), at several (batch, prompt or KV length, hidden, heads, vocab), the
-peak bytes held live above the weights during one prefill forward (all prompt logits, as that HF's
-``OPTForCausalLM`` returned them) and during one decode step with ``past_key_values``.
+Writes tests/data/hf-opt-peak-<transformers version>.csv: for small OPT configs (fp16, eager attention,
+the only kernel 2023's HF had) with 1 and 2 layers, at several (batch, prompt or KV length, hidden,
+heads, ffn, vocab), the peak bytes held live above the weights during one prefill forward (every
+prompt position's logits, as ``OPTForCausalLM`` returns them) and during one decode step given the
+prefill's cache.
 
 How: a ``TorchDispatchMode`` sees every aten op; each new storage an op returns is counted live until
-its Python storage object is collected (torch keeps one Python object per storage, so the weakref
-fires exactly when the allocation is freed). Storages alive before the call (weights, inputs, the
-cache passed in) are not counted. This counts what the model holds -- what a CUDA caching allocator
-must serve -- without CPU kernels' private temporaries (cuBLAS workspace is a fixed per-process
-buffer, not per shape). Columns: ``kv_bytes`` is the cache the call leaves behind (prefill: all of
-it; decode: the one new token's), ``workspace = peak - kv_bytes`` is what hetsim's
-``hf_eager_workspace`` predicts on top of its separately counted KV cache.
+its Python storage object is collected (torch keeps one Python object per storage, so the finalizer
+runs exactly when the allocation is freed). Weights are not counted; the cache passed in is counted
+as freed when transformers drops it. This is what the model holds -- what a CUDA caching allocator
+must serve -- without CPU kernels' private temporaries. One CPU-only copy is discounted: softmax of
+fp16 to fp32 on CUDA reads the fp16 input directly (ATen SoftMax.cpp, ``half_to_float``); on CPU it
+first makes an fp32 copy. Columns: ``kv_bytes`` is the cache the call adds (prefill: all of it;
+decode: one token's); ``workspace_bytes = peak - kv_bytes`` is what ``hetsim.models.memory``'s
+``hf_prefill_workspace`` / ``hf_decode_workspace`` predict; ``<moment>_bytes`` is the peak at each
+moment (the softmax, the cache concatenation, fc1's ReLU, the LM head, anything else) less kv_bytes.
 """
 
 from __future__ import annotations
