@@ -71,8 +71,8 @@ def hidden_bytes(model: ModelSpec, batch: int, seq_len: int, act_dtype: str = "f
 #   mask (2 B per n x kv); at the MLP, fc1's output and its ReLU (4 B per n x f); the prompt's logits in
 #   the full vocabulary (2 B per n x V: that forward returns every position's).
 # decode: each layer's ``torch.cat([past, new])`` makes a new cache while the caller (``generate``)
-#   still holds the old one until the step returns: a whole second KV cache (``_hf_previous_cache``).
-#   transformers >= 4.36's DynamicCache frees each old layer as it goes (tests/data/hf-opt-peak-5.24.0.csv).
+#   still holds the old one until the step returns: a whole second KV cache (``hf_decode_workspace``).
+#   Later transformers' DynamicCache frees each old layer as it goes (5.24.0, the other CSV there).
 _HF_PREFILL = {
     "attention": {"nh": 10.0, "mask": 2.0, "scores": 8.0},
     "mlp": {"nh": 8.0, "mask": 2.0, "nf": 4.0},
