@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from hetsim.api import compare, problem
 from hetsim.costs.op_cost import op_cost
-from hetsim.models.memory import layer_bytes
+from hetsim.models.memory import hf_eager_workspace, layer_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.planner import search
 from hetsim.sim.run import simulate
@@ -113,3 +114,22 @@ def test_compare_in_parallel_processes_gives_the_same_results():
     serial = [r.to_dict() for r in compare(p, names, "throughput")]
     parallel = [r.to_dict() for r in compare(p, names, "throughput", workers=2)]
     assert json.dumps(parallel) == json.dumps(serial)
+
+
+@pytest.mark.parametrize("name", ["accelerate", "deepspeed"])
+def test_hf_baselines_reserve_what_hf_transformers_holds_and_refuse_one_sequence_more(name):
+    """The GPU workspace of the HF-based baselines is HF's measured eager peak; the free batch is the
+    largest whose footprint fits the GPU, so one sequence more overflows it."""
+    p = problem("opt-30b", "flexgen-t4", batch=64, prompt_len=512, gen_len=32)
+    strategy = get_strategy(name)
+    plan = next(iter(strategy.candidates(p.rig, p.model, p.workload)))
+    b = plan.batch_per_pass
+    fp = strategy.footprint(plan, p.rig, p.model, p.workload)
+    wl = p.workload
+    assert fp[plan.gpu]["activations"] == hf_eager_workspace(p.model, b, wl.prompt_len, wl.context_len)
+    capacity = p.rig.devices[plan.gpu].mem_bytes
+    assert sum(fp[plan.gpu].values()) <= capacity
+    bigger = dataclasses.replace(plan, batch_per_pass=b + 1)
+    if name == "accelerate":  # one layer fewer on the GPU frees room; none resident is the floor
+        bigger = dataclasses.replace(bigger, gpu_layers=0, cpu_layers=p.model.layers)
+    assert sum(strategy.footprint(bigger, p.rig, p.model, p.workload)[plan.gpu].values()) > capacity

@@ -58,3 +58,61 @@ def rank_activation_workspace(
 def hidden_bytes(model: ModelSpec, batch: int, seq_len: int, act_dtype: str = "fp16") -> float:
     """Hidden states handed from one layer (or pipeline stage) to the next."""
     return batch * seq_len * model.hidden * DTYPES[act_dtype].bytes_per_element
+
+
+# Bytes per element that Hugging Face transformers' eager OPT forward holds at its peak moments (fp16),
+# as of transformers 4.26.1 (Jan 2023, the HF that FlexGen's baselines ran; its legacy tuple KV cache).
+# Measured: tools/hf_opt_peak.py counts every storage torch allocates in ``OPTForCausalLM.forward``
+# (torch 2.13; CUDA's half-to-float softmax, which needs no fp32 copy of its input, is what is counted)
+# at 17 small shapes x 1-2 layers; a least-squares fit on 13 shapes reproduces the 4 held-out ones to
+# the byte (tests/data/hf-opt-peak-4.26.1.csv, tests/test_hf_workspace.py). Terms: n tokens in the
+# step, h hidden, f MLP inner, H heads, V vocab, kv keys attended to. Grade: measured.
+# prefill: the fp16 scores, their fp32 softmax and its fp16 copy (8 B per score) beside the 4-D causal
+#   mask (2 B per n x kv); at the MLP, fc1's output and its ReLU (4 B per n x f); the prompt's logits in
+#   the full vocabulary (2 B per n x V: that forward returns every position's).
+# decode: each layer's ``torch.cat([past, new])`` makes a new cache while the caller (``generate``)
+#   still holds the old one until the step returns: a whole second KV cache (``hf_decode_workspace``).
+#   Later transformers' DynamicCache frees each old layer as it goes (5.24.0, the other CSV there).
+_HF_PREFILL = {
+    "attention": {"nh": 10.0, "mask": 2.0, "scores": 8.0},
+    "mlp": {"nh": 8.0, "mask": 2.0, "nf": 4.0},
+    "logits": {"nh": 2.0, "nV": 2.0},
+}
+_HF_DECODE = {
+    "attention": {"nh": 10.0, "mask": 2.0, "scores": 8.0},
+    "kv_update": {"nh": 12.0, "mask": 2.0},
+    "mlp": {"nh": 8.0, "mask": 2.0, "nf": 4.0},
+    "logits": {"nh": 2.0, "nV": 2.0},
+}
+
+
+def _hf_moments(model: ModelSpec, batch: int, tokens: int, kv: int, coeffs: dict) -> float:
+    widest = max(model.intermediate, model.dense_intermediate, model.shared_intermediate)
+    n = batch * tokens
+    terms = {
+        "nh": n * model.hidden,
+        "mask": n * kv,
+        "scores": n * model.heads * kv,
+        "nf": n * widest * (2 if model.gated_mlp else 1),
+        "nV": n * model.vocab,
+    }
+    return max(sum(c * terms[t] for t, c in moment.items()) for moment in coeffs.values())
+
+
+def hf_eager_workspace(model: ModelSpec, batch: int, prompt_len: int, context_len: int) -> float:
+    """Peak bytes HF transformers' eager generate holds beyond its weights and KV cache (fp16).
+
+    The larger of the prefill of ``prompt_len`` tokens and the last decode step (``context_len``
+    keys). Measured on OPT (constants above); other families are assumed to run the same ops (a
+    gated MLP as its two up projections; GQA's repeated keys not counted)."""
+    return max(hf_prefill_workspace(model, batch, prompt_len), hf_decode_workspace(model, batch, context_len))
+
+
+def hf_prefill_workspace(model: ModelSpec, batch: int, prompt_len: int) -> float:
+    return _hf_moments(model, batch, prompt_len, prompt_len, _HF_PREFILL)
+
+
+def hf_decode_workspace(model: ModelSpec, batch: int, kv_len: int) -> float:
+    """A decode step attending to ``kv_len`` keys: its moments plus the previous step's whole cache."""
+    previous_cache = kv_cache_bytes(model, batch, kv_len - 1, model.layers)
+    return _hf_moments(model, batch, 1, kv_len, _HF_DECODE) + previous_cache

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hetsim.hardware.rig import Rig
-from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
+from hetsim.models.memory import embed_bytes, head_bytes, hf_eager_workspace, kv_cache_bytes, layer_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import check_budget
@@ -41,12 +41,15 @@ class OffloadPlan:
 
 
 def gpu_reserve(model: ModelSpec, batch: int, workload: Workload, dtype: str = "fp16") -> float:
-    """GPU memory that is not resident decoder layers: tables, KV cache, workspace, one staging layer."""
+    """GPU memory that is not resident decoder layers: tables, KV cache, workspace, one staging layer.
+
+    The workspace is what HF transformers' own forward holds at its peak (``hf_eager_workspace``:
+    attention scores, the prompt's logits, the previous step's cache while the next is built)."""
     return (
         embed_bytes(model, dtype)
         + head_bytes(model, dtype)
         + kv_cache_bytes(model, batch, workload.context_len, model.layers)
-        + activation_workspace(model, batch, workload.prompt_len)
+        + hf_eager_workspace(model, batch, workload.prompt_len, workload.context_len)
         + layer_bytes(model, dtype)
     )
 
@@ -130,7 +133,9 @@ class Accelerate(Strategy):
                 "weights": plan.gpu_layers * per_layer + embed_bytes(model) + head_bytes(model),
                 "staging": per_layer if plan.gpu_layers < model.layers else 0.0,
                 "kv_cache": kv_cache_bytes(model, plan.batch_per_pass, workload.context_len, model.layers),
-                "activations": activation_workspace(model, plan.batch_per_pass, workload.prompt_len),
+                "activations": hf_eager_workspace(
+                    model, plan.batch_per_pass, workload.prompt_len, workload.context_len
+                ),
             },
             plan.cpu: {"offloaded": plan.cpu_layers * per_layer + (per_layer if plan.disk_layers else 0.0)},
         }

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hetsim.hardware.rig import Rig
-from hetsim.models.memory import activation_workspace, embed_bytes, head_bytes, kv_cache_bytes, layer_bytes
+from hetsim.models.memory import embed_bytes, head_bytes, hf_eager_workspace, kv_cache_bytes, layer_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory, check_budget
@@ -99,8 +99,8 @@ class ZeroInference(Strategy):
         gpu = {
             "weight_buffers": buffers,
             "kv_cache": kv_cache_bytes(model, b, workload.context_len, model.layers),
-            "activations": activation_workspace(model, b, workload.prompt_len)
-            + b * model.heads * workload.prompt_len**2 * 2.0,
+            # HF transformers' forward runs under ZeRO's hooks: its own peak (hf_eager_workspace)
+            "activations": hf_eager_workspace(model, b, workload.prompt_len, workload.context_len),
         }
         check_budget(plan.gpu, "gpu_mem_budget", gpu, plan.gpu_mem_budget)
         return {plan.gpu: gpu, plan.cpu: {"weights": sum(mods)}}
