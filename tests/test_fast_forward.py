@@ -28,6 +28,7 @@ RIGS = [
     "ktransformers-1s",
     "a100-80g-measured",
     "h100-sxm-measured",
+    "hexgen-full-budget",
 ]
 MODELS = ["opt-6.7b", "llama2-7b", "llama3-8b", "opt-13b", "llama2-13b", "mixtral-8x7b", "qwen3-30b-a3b"]
 STRATEGIES = sorted(s.name for s in all_strategies())
@@ -37,11 +38,12 @@ def _close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=TOL, abs_tol=1e-12)
 
 
-def _check(strategy_name: str, rig_name: str, model_name: str, workload: Workload) -> bool:
-    """Compare the two modes; False when the strategy does not apply (nothing to compare)."""
+def _check(strategy_name: str, rig_name: str, model_name: str, workload: Workload) -> bool | None:
+    """Compare the two modes: whether the default mode fast-forwarded; None when the strategy does not
+    apply (nothing to compare)."""
     strategy, rig, model = get_strategy(strategy_name), load_rig(rig_name), get_model(model_name)
     if strategy.applicable(rig, model, workload):
-        return False
+        return None
     plan = strategy.default_plan(rig, model, workload)
     exact = simulate(strategy, plan, rig, model, workload, exact=True)
     fast = simulate(strategy, plan, rig, model, workload)
@@ -52,8 +54,9 @@ def _check(strategy_name: str, rig_name: str, model_name: str, workload: Workloa
         assert _close(fast.throughput_tok_s, exact.throughput_tok_s)
         assert fast.peak_mem_bytes == exact.peak_mem_bytes
         assert fast.extras["tokens"] == exact.extras["tokens"]
-        assert fast.tasks < exact.tasks  # it did skip work
-    return True
+    skipped = "fast_forward_sample" in fast.extras
+    assert (fast.tasks < exact.tasks) == skipped  # it skipped work, or ran every step
+    return skipped
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
@@ -61,7 +64,7 @@ def _check(strategy_name: str, rig_name: str, model_name: str, workload: Workloa
     strategy=st.sampled_from(STRATEGIES),
     rig=st.sampled_from(RIGS),
     model=st.sampled_from(MODELS),
-    batch=st.integers(1, 8),
+    batch=st.one_of(st.integers(1, 8), st.sampled_from([16, 64, 256])),
     prompt=st.integers(8, 1024),
     gen=st.integers(FF_MIN_GEN_LEN + 1, 160),
 )
@@ -70,19 +73,23 @@ def test_fast_forward_matches_every_step(strategy, rig, model, batch, prompt, ge
 
 
 @pytest.mark.parametrize(
-    ("strategy", "rig", "model", "batch", "prompt", "gen"),
+    ("strategy", "rig", "model", "batch", "prompt", "gen", "skips"),
     [
-        ("flexgen", "mixed-lab", "llama2-7b", 1, 512, 200),  # last step differs (no prefetch)
-        ("hexgen", "hexgen-homogeneous", "llama2-13b", 8, 512, 300),  # micro-batches finish in groups
-        ("gpu-only", "mixed-lab", "llama2-13b", 4, 128, 300),
-        ("hetegen", "hetegen-a10", "opt-13b", 2, 256, 100),
-        ("deepspeed", "mixed-lab", "llama2-13b", 4, 64, 400),
-        ("cpu-tp", "cputp-4x8575c", "llama2-7b", 2, 32, 250),
-        ("moe-offload", "ktransformers-1s", "mixtral-8x7b", 1, 256, 120),
+        ("flexgen", "mixed-lab", "llama2-7b", 1, 512, 200, True),  # last step differs (no prefetch)
+        ("hexgen", "hexgen-homogeneous", "llama2-13b", 8, 512, 300, True),  # micro-batches end in groups
+        ("gpu-only", "mixed-lab", "llama2-13b", 4, 128, 300, True),
+        ("hetegen", "hetegen-a10", "opt-13b", 2, 256, 100, True),
+        ("deepspeed", "mixed-lab", "llama2-13b", 4, 64, 400, True),
+        ("cpu-tp", "cputp-4x8575c", "llama2-7b", 2, 32, 250, True),
+        ("moe-offload", "ktransformers-1s", "mixtral-8x7b", 1, 256, 120, True),
+        # the batch in 5 passes one after the other: a pass's step is not a round (was -48% throughput)
+        ("deepspeed", "flexgen-t4", "llama3-8b", 256, 894, 100, False),
+        # micro-batches of one replica meet every 5 steps: no steady step in a sample (was -4.6%)
+        ("hexgen", "hexgen-full-budget", "llama3-8b", 16, 189, 95, False),
     ],
 )
-def test_fast_forward_matches_every_step_on_known_cases(strategy, rig, model, batch, prompt, gen):
-    assert _check(strategy, rig, model, Workload(batch, prompt, gen))
+def test_fast_forward_matches_every_step_on_known_cases(strategy, rig, model, batch, prompt, gen, skips):
+    assert _check(strategy, rig, model, Workload(batch, prompt, gen)) is skips
 
 
 def test_out_of_memory_at_the_full_context_is_kept():

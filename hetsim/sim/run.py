@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from itertools import pairwise
 from typing import Any, Protocol
 
 from hetsim.costs.pricing import price_of, usd_per_mtok
@@ -32,6 +33,8 @@ class Runnable(Protocol):
 
     def lossy(self, plan: Any, model: ModelSpec | None = None) -> str: ...
 
+    def pass_batch(self, plan: Any) -> int | None: ...
+
 
 def context_reason(model: ModelSpec, context_len: int) -> str | None:
     """Why a sequence of ``context_len`` tokens cannot run on ``model`` (its position limit), else None."""
@@ -47,6 +50,11 @@ def context_reason(model: ModelSpec, context_len: int) -> str | None:
 # KV range, and the shortest generation that is fast-forwarded rather than run step by step.
 FF_SAMPLE = 16
 FF_MIN_GEN_LEN = 4 * FF_SAMPLE
+# How far a sampled decode window may stray from steps that grow evenly with the KV length (the
+# largest change of the step-to-step change, as a share of the mean step) before the run is
+# simulated step by step: a periodic pattern (micro-batches of one pipeline meeting on a link every
+# few steps) or a boundary crossed inside a sample is not a steady decode to extrapolate.
+FF_STEADY_TOL = 1e-3
 
 
 def fits(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
@@ -209,8 +217,13 @@ def fast_forward(
 
     The tail books no memory (it is run for its timing; its long prompt would need a prefill
     workspace the full run does not). Returns None (run step by step) when a sample is infeasible
-    although the full footprint fits, or its token streams give no steady step time."""
+    although the full footprint fits, or its token streams give no steady step time: a plan that
+    runs the batch in passes one after the other (each pass's decode is not a round of the batch),
+    or sampled steps that do not grow evenly (``FF_STEADY_TOL``)."""
     g, n, h = FF_SAMPLE, workload.gen_len, FF_SAMPLE // 2
+    one_pass = strategy.pass_batch(plan)
+    if one_pass is not None and one_pass < workload.batch:
+        return None
     plan_dict = strategy.plan_to_dict(plan)
     ledger = Engine(rig)
     try:
@@ -245,6 +258,8 @@ def fast_forward(
         ]
         if any(t is None for t in times) or not (times[0] < times[1] and times[2] < times[3]):
             return None
+        if not (_steady(head_stream, b, h, g - 1) and _steady(tail_stream, b, h, g - 1)):
+            return None
         head_h, head_last, tail_h, tail_before_last, tail_last = times
         step_head = (head_last - head_h) / (g - 1 - h)
         step_tail = (tail_before_last - tail_h) / (g - 1 - h)
@@ -273,6 +288,20 @@ def fast_forward(
         tasks=head.tasks + tail.tasks,
         extras={**head.extras, "tokens": tokens, "fast_forward_sample": float(g)},
     )
+
+
+def _steady(token_times: list[tuple[float, int]], batch: int, first: int, last: int) -> bool:
+    """Whether rounds ``first``..``last`` come at steps that change evenly (by the same amount each
+    step, within ``FF_STEADY_TOL`` of the mean step), as steps growing with the KV length do."""
+    times = [_round_time(token_times, batch, r) for r in range(first, last + 1)]
+    if any(t is None for t in times):
+        return False
+    steps = [b - a for a, b in pairwise(times)]  # type: ignore[operator]
+    changes = [b - a for a, b in pairwise(steps)]
+    if not changes:
+        return True
+    mean = sum(steps) / len(steps)
+    return max(changes) - min(changes) <= FF_STEADY_TOL * mean
 
 
 def _round_time(token_times: list[tuple[float, int]], batch: int, rounds: int) -> float | None:
