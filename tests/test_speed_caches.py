@@ -225,3 +225,18 @@ def test_free_batch_searches_simulate_each_estimate_once_and_find_the_same(monke
     monkeypatch.setattr(search, "remembering", nullcontext)
     assert _bits(api.compare(p, names)) == _bits(remembered)
     assert len(calls) - once > once  # without the memo, some estimates ran again
+
+
+def test_a_catalogue_problem_loads_neither_numpy_nor_pandas():
+    """Only measured kernel tables need numpy and pandas: the parent of a compare on a catalogue rig
+    (and every command's start) does without them (a fresh interpreter, so nothing is loaded yet)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hetsim import api; import hetsim.planner.flexgen_lp; "
+        "api.problem('llama2-70b', 'mixed-lab', None, 512, 32); "
+        "print(sorted(m for m in ('numpy', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
