@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 from hetsim.hardware import load_rig
 from hetsim.models import get_model
 from hetsim.sim import run as run_mod
-from hetsim.sim.run import FF_MIN_GEN_LEN, simulate
+from hetsim.sim.run import (
+    FF_LONG_GEN_LEN,
+    FF_MIN_GEN_LEN,
+    FF_SAMPLE,
+    FF_SHORT_SAMPLE,
+    ff_sample,
+    simulate,
+)
 from hetsim.strategies.base import all_strategies, get_strategy
 from hetsim.workload import Workload
 
@@ -64,7 +71,7 @@ def _check(strategy_name: str, rig_name: str, model_name: str, workload: Workloa
     strategy=st.sampled_from(STRATEGIES),
     rig=st.sampled_from(RIGS),
     model=st.sampled_from(MODELS),
-    batch=st.one_of(st.integers(1, 8), st.sampled_from([16, 64, 256])),
+    batch=st.integers(1, 8),
     prompt=st.integers(8, 1024),
     gen=st.integers(FF_MIN_GEN_LEN + 1, 160),
 )
@@ -82,6 +89,10 @@ def test_fast_forward_matches_every_step(strategy, rig, model, batch, prompt, ge
         ("deepspeed", "mixed-lab", "llama2-13b", 4, 64, 400, True),
         ("cpu-tp", "cputp-4x8575c", "llama2-7b", 2, 32, 250, True),
         ("moe-offload", "ktransformers-1s", "mixtral-8x7b", 1, 256, 120, True),
+        # short generations: samples of FF_SHORT_SAMPLE tokens
+        ("flexgen", "mixed-lab", "llama2-13b", 16, 512, 32, True),
+        ("hetegen", "hetegen-a10", "opt-13b", 8, 512, 48, True),
+        ("gpu-only", "mixed-lab", "llama2-7b", 4, 128, 64, True),
         # the batch in 5 passes one after the other: a pass's step is not a round (was -48% throughput)
         ("deepspeed", "flexgen-t4", "llama3-8b", 256, 894, 100, False),
         # micro-batches of one replica meet every 5 steps: no steady step in a sample (was -4.6%)
@@ -90,6 +101,17 @@ def test_fast_forward_matches_every_step(strategy, rig, model, batch, prompt, ge
 )
 def test_fast_forward_matches_every_step_on_known_cases(strategy, rig, model, batch, prompt, gen, skips):
     assert _check(strategy, rig, model, Workload(batch, prompt, gen)) is skips
+
+
+def test_sample_sizes_by_generation_length():
+    assert [ff_sample(n) for n in (1, FF_MIN_GEN_LEN, FF_MIN_GEN_LEN + 1, FF_LONG_GEN_LEN)] == [
+        0,
+        0,
+        FF_SHORT_SAMPLE,
+        FF_SHORT_SAMPLE,
+    ]
+    assert ff_sample(FF_LONG_GEN_LEN + 1) == FF_SAMPLE
+    assert FF_MIN_GEN_LEN + 1 >= 4 * FF_SHORT_SAMPLE  # the two samples are at most half the run
 
 
 def test_out_of_memory_at_the_full_context_is_kept():

@@ -47,14 +47,24 @@ def context_reason(model: ModelSpec, context_len: int) -> str | None:
 
 
 # Fast-forward of long generations (see ``fast_forward``): decode tokens simulated at each end of the
-# KV range, and the shortest generation that is fast-forwarded rather than run step by step.
+# KV range, ``FF_SAMPLE`` past ``FF_LONG_GEN_LEN`` tokens and ``FF_SHORT_SAMPLE`` from
+# ``FF_MIN_GEN_LEN + 1`` (the two samples are then at most half the run); shorter ones run every step.
 FF_SAMPLE = 16
-FF_MIN_GEN_LEN = 4 * FF_SAMPLE
+FF_LONG_GEN_LEN = 4 * FF_SAMPLE
+FF_SHORT_SAMPLE = 8
+FF_MIN_GEN_LEN = 4 * FF_SHORT_SAMPLE - 1
 # How far a sampled decode window may stray from steps that grow evenly with the KV length (the
 # largest change of the step-to-step change, as a share of the mean step) before the run is
 # simulated step by step: a periodic pattern (micro-batches of one pipeline meeting on a link every
 # few steps) or a boundary crossed inside a sample is not a steady decode to extrapolate.
 FF_STEADY_TOL = 1e-3
+
+
+def ff_sample(gen_len: int) -> int:
+    """Decode tokens in each sample that fast-forwards a generation of ``gen_len`` tokens (0: none)."""
+    if gen_len > FF_LONG_GEN_LEN:
+        return FF_SAMPLE
+    return FF_SHORT_SAMPLE if gen_len > FF_MIN_GEN_LEN else 0
 
 
 def fits(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
@@ -88,8 +98,9 @@ def simulate(
     too_long = context_reason(model, workload.context_len)
     if too_long:
         return Result.infeasible(strategy.name, too_long, plan_dict)
-    if not exact and trace_path is None and workload.gen_len > FF_MIN_GEN_LEN:
-        result = fast_forward(strategy, plan, rig, model, workload)
+    sample = ff_sample(workload.gen_len)
+    if not exact and trace_path is None and sample:
+        result = fast_forward(strategy, plan, rig, model, workload, sample)
         if result is not None:
             return result
     return _step_by_step(strategy, plan, rig, model, workload, trace_path)[0]
@@ -199,9 +210,9 @@ def _count_reached(token_times: list[tuple[float, int]], count: int) -> float:
 
 
 def fast_forward(
-    strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload
+    strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload, sample: int = FF_SAMPLE
 ) -> Result | None:
-    """A long generation from two short runs of ``g = FF_SAMPLE`` tokens: the head (the real prompt:
+    """A long generation from two short runs of ``g = sample`` tokens: the head (the real prompt:
     prefill and the first decode steps, simulated as they are) and the tail (a prompt of
     ``prompt_len + gen_len - g``, so its decode steps read the KV lengths the full run ends with, and
     its context is the full one).
@@ -220,7 +231,7 @@ def fast_forward(
     although the full footprint fits, or its token streams give no steady step time: a plan that
     runs the batch in passes one after the other (each pass's decode is not a round of the batch),
     or sampled steps that do not grow evenly (``FF_STEADY_TOL``)."""
-    g, n, h = FF_SAMPLE, workload.gen_len, FF_SAMPLE // 2
+    g, n, h = sample, workload.gen_len, sample // 2
     one_pass = strategy.pass_batch(plan)
     if one_pass is not None and one_pass < workload.batch:
         return None
