@@ -29,7 +29,7 @@ from hetsim.models.registry import get_model
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
-from hetsim.sim.run import context_reason, simulate
+from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.textfiles import read_text
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
@@ -125,7 +125,22 @@ def best_result(
 
     ``adjust`` edits the chosen plan before it runs (a sweep's plan knobs); ``allow_lossy`` lets the
     search try plans that change the model's outputs (FlexGen's 4-bit compression); ``exact`` runs
-    every decode step of the final simulation (``simulate``'s switch; searches always estimate)."""
+    every decode step of the final simulation (``simulate``'s switch; searches always estimate).
+    The search's runs are remembered until the final one, whose fast-forward starts with the run
+    that estimated the chosen plan."""
+    with remembering_runs():
+        return _best_result(strategy, p, objective, search, adjust, allow_lossy, exact)
+
+
+def _best_result(
+    strategy: Strategy,
+    p: Problem,
+    objective: Objective,
+    search: bool,
+    adjust: Callable[[Any], Any] | None,
+    allow_lossy: bool,
+    exact: bool,
+) -> Result:
     too_long = context_reason(p.model, p.workload.context_len)
     if too_long:
         return Result.infeasible(strategy.name, too_long)

@@ -240,3 +240,31 @@ def test_a_catalogue_problem_loads_neither_numpy_nor_pandas():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("model", "rig", "strategy"),
+    [("llama2-70b", "mixed-lab", "layer-offload"), ("opt-13b", "hetegen-a10", "hetegen")],
+)
+def test_remembered_runs_change_no_result_and_the_final_run_reuses_the_estimate(
+    monkeypatch, model, rig, strategy
+):
+    """``best_result`` remembers the search's runs: the final run's fast-forward head is the run that
+    estimated the chosen plan (one run fewer), and every field is the same as without the memo."""
+    import contextlib
+
+    from hetsim.sim import run as run_mod
+    from hetsim.strategies.base import get_strategy
+
+    calls = []
+    real = run_mod._run_steps
+    monkeypatch.setattr(run_mod, "_run_steps", lambda *a: calls.append(a[4]) or real(*a))
+    p = api.problem(model, rig, None, 512, 32)
+    with_memo = api.best_result(get_strategy(strategy), p, "throughput")
+    remembered = len(calls)
+    calls.clear()
+    monkeypatch.setattr(api, "remembering_runs", contextlib.nullcontext)
+    without = api.best_result(get_strategy(strategy), p, "throughput")
+    assert _bits([with_memo]) == _bits([without])
+    assert "fast_forward_sample" in with_memo.extras
+    assert remembered == len(calls) - 1

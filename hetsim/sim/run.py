@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from itertools import pairwise
 from typing import Any, Protocol
@@ -51,7 +52,7 @@ def context_reason(model: ModelSpec, context_len: int) -> str | None:
 # ``FF_MIN_GEN_LEN + 1`` (the two samples are then at most half the run); shorter ones run every step.
 FF_SAMPLE = 16
 FF_LONG_GEN_LEN = 4 * FF_SAMPLE
-FF_SHORT_SAMPLE = 8
+FF_SHORT_SAMPLE = 6  # = the planner's PROXY_GEN_LEN: a search's estimate of its pick is the head
 FF_MIN_GEN_LEN = 4 * FF_SHORT_SAMPLE - 1
 # How far a sampled decode window may stray from steps that grow evenly with the KV length (the
 # largest change of the step-to-step change, as a share of the mean step) before the run is
@@ -106,6 +107,40 @@ def simulate(
     return _step_by_step(strategy, plan, rig, model, workload, trace_path)[0]
 
 
+Streams = dict[int, list[tuple[float, int]]]  # token times (when, how many) by the process making them
+
+# Runs made inside ``remembering_runs``, by (strategy, plan, rig identity, model, workload, memory
+# booked): a search's estimate of the plan it picks is a run of its first ``PROXY_GEN_LEN`` tokens,
+# which is the head the final run's fast-forward samples (``FF_SHORT_SAMPLE`` is that length). A run
+# is a pure function of these; the block holds the rig, so its id stays its own, and keeps nothing
+# after it ends.
+_RUNS: dict[tuple, tuple[Rig, tuple[Result, Streams]]] | None = None
+
+
+@contextmanager
+def remembering_runs() -> Iterator[None]:
+    """Within this block, each distinct untraced run is simulated once (nesting keeps one memo)."""
+    global _RUNS
+    if _RUNS is not None:
+        yield
+        return
+    _RUNS = {}
+    try:
+        yield
+    finally:
+        _RUNS = None
+
+
+def plan_key(plan: Any) -> Any:
+    """The plan as a dictionary key: itself, or for a plan with mappings (HeteGen's) its dataclass
+    repr, which says every field exactly."""
+    try:
+        hash(plan)
+        return plan
+    except TypeError:
+        return (type(plan), repr(plan))
+
+
 def _step_by_step(
     strategy: Runnable,
     plan: Any,
@@ -114,9 +149,31 @@ def _step_by_step(
     workload: Workload,
     trace_path: str | None = None,
     book_memory: bool = True,
-) -> tuple[Result, dict[int, list[tuple[float, int]]]]:
+) -> tuple[Result, Streams]:
     """Every step in the engine: the result and the token times (when, how many) of each process
-    that made tokens, by the order processes were made."""
+    that made tokens, by the order processes were made (inside ``remembering_runs``, a run asked
+    for again is not simulated again; callers only read what it returns)."""
+    memo = _RUNS if trace_path is None else None
+    if memo is None:
+        return _run_steps(strategy, plan, rig, model, workload, trace_path, book_memory)
+    key = (strategy.name, plan_key(plan), id(rig), model, workload, book_memory)
+    hit = memo.get(key)
+    if hit is not None and hit[0] is rig:
+        return hit[1]
+    out = _run_steps(strategy, plan, rig, model, workload, None, book_memory)
+    memo[key] = (rig, out)
+    return out
+
+
+def _run_steps(
+    strategy: Runnable,
+    plan: Any,
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    trace_path: str | None,
+    book_memory: bool,
+) -> tuple[Result, Streams]:
     plan_dict = strategy.plan_to_dict(plan)
     engine = Engine(rig, trace=trace_path is not None)
     try:
@@ -231,7 +288,8 @@ def fast_forward(
     although the full footprint fits, or its token streams give no steady step time: a plan that
     runs the batch in passes one after the other (each pass's decode is not a round of the batch),
     or sampled steps that do not grow evenly (``FF_STEADY_TOL``)."""
-    g, n, h = sample, workload.gen_len, sample // 2
+    # the steady window: rounds h..g-1, its later half, and at least 4 rounds (2 step changes to check)
+    g, n, h = sample, workload.gen_len, min(sample // 2, sample - 4)
     one_pass = strategy.pass_batch(plan)
     if one_pass is not None and one_pass < workload.batch:
         return None
