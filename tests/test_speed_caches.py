@@ -268,3 +268,23 @@ def test_remembered_runs_change_no_result_and_the_final_run_reuses_the_estimate(
     assert _bits([with_memo]) == _bits([without])
     assert "fast_forward_sample" in with_memo.extras
     assert remembered == len(calls) - 1
+
+
+def test_compare_runs_the_cp_sat_searches_in_one_worker_job():
+    """HeteGen and HexGen load CP-SAT: one job of compare's workers runs both, so it loads once."""
+    from hetsim.strategies.base import all_strategies
+
+    chosen = all_strategies()
+    jobs = [[chosen[i].name for i in job] for job in api._worker_jobs(chosen, search=True)]
+    assert sorted(n for job in jobs for n in job) == sorted(s.name for s in chosen)
+    assert sorted(next(job for job in jobs if "hexgen" in job)) == ["hetegen", "hexgen"]
+    assert all(len(job) == 1 for job in jobs if "hexgen" not in job)
+    weights = [sum(get_weight(n) for n in job) for job in jobs]
+    assert weights == sorted(weights, reverse=True)  # costliest first
+    assert all(len(job) == 1 for job in api._worker_jobs(chosen, search=False))  # --no-search: no solver
+
+
+def get_weight(name: str) -> int:
+    from hetsim.strategies.base import get_strategy
+
+    return get_strategy(name).search_weight

@@ -173,9 +173,7 @@ def _strongest(groups: list[tuple[str, ...]], limit: int, rig: Rig) -> list[tupl
 @register
 class HexGen(Strategy):
     name = "hexgen"
-    # CP-SAT, costly on large rigs; handed out right after HeteGen so that the worker which loaded
-    # CP-SAT for HeteGen (the quicker of the two costliest) usually takes it, not a second import
-    search_weight = 5
+    search_weight = 5  # CP-SAT, costly on large rigs (compare runs it in HeteGen's worker job)
     summary = "HexGen: replicas of asymmetric TP x PP pipelines over heterogeneous GPUs"
     plan_type = HexGenPlan
     kv_dtypes = GPU_KV_DTYPES
