@@ -1,6 +1,7 @@
 """Fast-forwarded decode (``simulate``'s default past ``FF_MIN_GEN_LEN`` tokens) against the
 step-by-step run (``exact=True``): within 0.5% on TTFT, TPOT and throughput, the same feasibility
-and the same memory peaks, over random shapes, strategies and rigs."""
+and the same memory peaks, utilization within 0.02 and the same clear bottleneck, over random
+shapes, strategies and rigs."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from hetsim.strategies.base import all_strategies, get_strategy
 from hetsim.workload import Workload
 
 TOL = 0.005
+UTIL_TOL = 0.02  # busy fractions: the added steps' busy time is estimated (tail less its prefill)
 RIGS = [
     "mixed-lab",
     "hetegen-a10",
@@ -61,6 +63,11 @@ def _check(strategy_name: str, rig_name: str, model_name: str, workload: Workloa
         assert _close(fast.throughput_tok_s, exact.throughput_tok_s)
         assert fast.peak_mem_bytes == exact.peak_mem_bytes
         assert fast.extras["tokens"] == exact.extras["tokens"]
+        for lane in set(exact.utilization) | set(fast.utilization):
+            assert abs(fast.utilization.get(lane, 0.0) - exact.utilization.get(lane, 0.0)) <= UTIL_TOL, lane
+        busiest = sorted(exact.utilization.values(), reverse=True)
+        if len(busiest) < 2 or busiest[0] - busiest[1] > UTIL_TOL:  # a clear bottleneck is the same one
+            assert fast.bottleneck == exact.bottleneck
     skipped = "fast_forward_sample" in fast.extras
     assert (fast.tasks < exact.tasks) == skipped  # it skipped work, or ran every step
     return skipped

@@ -108,13 +108,15 @@ def simulate(
 
 
 Streams = dict[int, list[tuple[float, int]]]  # token times (when, how many) by the process making them
+# a run: its result, its streams, and each compute lane's busy seconds in memory-bound ops
+Run = tuple[Result, Streams, dict[str, float]]
 
 # Runs made inside ``remembering_runs``, by (strategy, plan, rig identity, model, workload, memory
 # booked): a search's estimate of the plan it picks is a run of its first ``PROXY_GEN_LEN`` tokens,
 # which is the head the final run's fast-forward samples (``FF_SHORT_SAMPLE`` is that length). A run
 # is a pure function of these; the block holds the rig, so its id stays its own, and keeps nothing
 # after it ends.
-_RUNS: dict[tuple, tuple[Rig, tuple[Result, Streams]]] | None = None
+_RUNS: dict[tuple, tuple[Rig, Run]] | None = None
 
 
 @contextmanager
@@ -149,9 +151,10 @@ def _step_by_step(
     workload: Workload,
     trace_path: str | None = None,
     book_memory: bool = True,
-) -> tuple[Result, Streams]:
-    """Every step in the engine: the result and the token times (when, how many) of each process
-    that made tokens, by the order processes were made (inside ``remembering_runs``, a run asked
+) -> Run:
+    """Every step in the engine: the result, the token times (when, how many) of each process that
+    made tokens, by the order processes were made, and each compute lane's memory-bound busy
+    seconds (inside ``remembering_runs``, a run asked
     for again is not simulated again; callers only read what it returns)."""
     memo = _RUNS if trace_path is None else None
     if memo is None:
@@ -173,7 +176,7 @@ def _run_steps(
     workload: Workload,
     trace_path: str | None,
     book_memory: bool,
-) -> tuple[Result, Streams]:
+) -> Run:
     plan_dict = strategy.plan_to_dict(plan)
     engine = Engine(rig, trace=trace_path is not None)
     try:
@@ -181,14 +184,15 @@ def _run_steps(
             engine.alloc_footprint(strategy.footprint(plan, rig, model, workload))
         makespan = engine.run(strategy.schedule(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
-        return Result.infeasible(strategy.name, str(exc), plan_dict), {}
+        return Result.infeasible(strategy.name, str(exc), plan_dict), {}, {}
     if trace_path is not None and engine.tracer is not None:
         engine.tracer.write(trace_path)
     streams: dict[int, list[tuple[float, int]]] = {}
     for entry, stream in zip(engine.token_times, engine.token_streams, strict=True):
         streams.setdefault(stream, []).append(entry)
     result = summarize(strategy.name, plan_dict, engine, makespan, workload, strategy.devices(plan), streams)
-    return replace(result, lossy=strategy.lossy(plan, model)), streams
+    memory_bound = {k: lane.memory_bound_s for k, lane in engine.lanes.items() if lane.memory_bound_s > 0}
+    return replace(result, lossy=strategy.lossy(plan, model)), streams, memory_bound
 
 
 def summarize(
@@ -280,8 +284,10 @@ def fast_forward(
     leaves out start-up effects (pipeline fill, micro-batch offsets); the full run is the head, then
     ``gen_len - g`` steps at the step time interpolated between the two at their mean KV length.
     TTFT is the head's, exactly. Memory is exact: peaks and feasibility come from the full
-    workload's footprint (schedules allocate nothing while they run). Utilization is the head's busy
-    time plus the rest at the tail's occupancy (approximate).
+    workload's footprint (schedules allocate nothing while they run). Busy time per lane (so
+    utilization, the bottleneck and whether it is memory-bound) is the head's plus, per added step,
+    the tail's less a run of the tail's prefill alone (a third, short run): a short sample's own
+    occupancy is mostly its prefill's.
 
     The tail books no memory (it is run for its timing; its long prompt would need a prefill
     workspace the full run does not). Returns None (run step by step) when a sample is infeasible
@@ -299,10 +305,10 @@ def fast_forward(
         ledger.alloc_footprint(strategy.footprint(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
         return Result.infeasible(strategy.name, str(exc), plan_dict)
-    head, head_times = _step_by_step(strategy, plan, rig, model, replace(workload, gen_len=g))
+    head, head_times, head_mb = _step_by_step(strategy, plan, rig, model, replace(workload, gen_len=g))
     tail_workload = replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g)
     # timing only: the tail's long prompt needs a prefill workspace the full run does not
-    tail, tail_times = _step_by_step(strategy, plan, rig, model, tail_workload, book_memory=False)
+    tail, tail_times, tail_mb = _step_by_step(strategy, plan, rig, model, tail_workload, book_memory=False)
     if not (head.feasible and tail.feasible):
         return None
     # Each process making tokens (a replica, a micro-batch) is a stream of its own; the run ends
@@ -335,15 +341,28 @@ def fast_forward(
         end = head_last + (n - g) * (step_head + frac * (step_tail - step_head))
         e2e = max(e2e, end + (tail_last - tail_before_last))
     tokens = head.extras["tokens"] * n / g
-    # busy seconds: the head's, then the remaining time at the tail's occupancy
-    lanes = sorted(set(head.utilization) | set(tail.utilization))
-    util = {
-        k: (head.utilization.get(k, 0.0) * head.e2e_s + tail.utilization.get(k, 0.0) * (e2e - head.e2e_s))
-        / e2e
-        for k in lanes
+    # busy seconds: the head's, then the added steps' at the tail's busy seconds per decode step (the
+    # tail less its prefill alone: a step's share of a short sample would be swamped by the prefill)
+    prefill, _, prefill_mb = _step_by_step(
+        strategy, plan, rig, model, replace(tail_workload, gen_len=1), book_memory=False
+    )
+    if not prefill.feasible:
+        return None
+
+    def full(head_s: float, tail_s: float, prefill_s: float) -> float:
+        """Seconds of the full run: the head's, and per added step the tail's less its prefill's."""
+        return head_s + (n - g) * max(0.0, tail_s - prefill_s) / (g - 1)
+
+    busy = {
+        k: full(*(r.utilization.get(k, 0.0) * r.e2e_s for r in (head, tail, prefill)))
+        for k in sorted(set(head.utilization) | set(tail.utilization))
     }
+    util = {k: s / e2e for k, s in busy.items()}
     bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
-    labelled = [b for b in (tail.bottleneck, head.bottleneck) if b.split(" (")[0] == bottleneck]
+    label = ""
+    if bottleneck.endswith(":compute") and busy[bottleneck] > 0:  # as Engine.bound_of
+        mb = full(*(m.get(bottleneck, 0.0) for m in (head_mb, tail_mb, prefill_mb)))
+        label = "memory-bound" if mb >= 0.5 * busy[bottleneck] else "compute-bound"
     price = head.extras["price_usd_per_hour"]
     return replace(
         head,
@@ -352,9 +371,9 @@ def fast_forward(
         throughput_tok_s=tokens / e2e,
         peak_mem_bytes=ledger.memory.peaks(),
         utilization=util,
-        bottleneck=labelled[0] if labelled else bottleneck,
+        bottleneck=f"{bottleneck} ({label})" if label else bottleneck,
         cost_usd_per_mtok=usd_per_mtok(price, e2e, tokens) if tokens and price > 0 else float("nan"),
-        tasks=head.tasks + tail.tasks,
+        tasks=head.tasks + tail.tasks + prefill.tasks,
         extras={**head.extras, "tokens": tokens, "fast_forward_sample": float(g)},
     )
 
