@@ -293,7 +293,9 @@ def fast_forward(
     workspace the full run does not). Returns None (run step by step) when a sample is infeasible
     although the full footprint fits, or its token streams give no steady step time: a plan that
     runs the batch in passes one after the other (each pass's decode is not a round of the batch),
-    or sampled steps that do not grow evenly (``FF_STEADY_TOL``)."""
+    or sampled steps that do not grow evenly (``FF_STEADY_TOL``) even over whole periods of a
+    repeating pattern (``_period``: the samples are then run again, longer by ``(n - g) % period``
+    tokens, so that the added steps are whole periods and the last falls where the tail's does)."""
     # the steady window: rounds h..g-1, its later half, and at least 4 rounds (2 step changes to check)
     g, n, h = sample, workload.gen_len, min(sample // 2, sample - 4)
     one_pass = strategy.pass_batch(plan)
@@ -305,41 +307,31 @@ def fast_forward(
         ledger.alloc_footprint(strategy.footprint(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
         return Result.infeasible(strategy.name, str(exc), plan_dict)
-    head, head_times, head_mb = _step_by_step(strategy, plan, rig, model, replace(workload, gen_len=g))
-    tail_workload = replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g)
-    # timing only: the tail's long prompt needs a prefill workspace the full run does not
-    tail, tail_times, tail_mb = _step_by_step(strategy, plan, rig, model, tail_workload, book_memory=False)
-    if not (head.feasible and tail.feasible):
-        return None
-    # Each process making tokens (a replica, a micro-batch) is a stream of its own; the run ends
-    # with the slowest. Per stream, rounds of tokens (one per sequence of the stream): the head's
-    # rounds 1..g-1 as simulated; the full run's rounds g..n-1 at the steady step time; its last
-    # round (a schedule may end differently, e.g. with no prefetch) as the tail's last. Steady step
-    # times come from rounds h..g-1 of each run.
-    if set(head_times) != set(tail_times) or not head_times:
-        return None
-    # the head's measured steps read KV lengths P+h..P+g-2, the tail's n-g further; the steps to
-    # add (rounds g..n-1) read P+g-1..P+n-2: their mean sits this far from the head's to the tail's
-    frac = (n - h - 1) / (2 * (n - g))
-    e2e = 0.0
-    for stream, head_stream in head_times.items():
-        tail_stream = tail_times[stream]
-        per_round = sum(c for _, c in head_stream)
-        if per_round % g or sum(c for _, c in tail_stream) != per_round:
+    period = 1
+    while True:
+        head, head_times, head_mb = _step_by_step(strategy, plan, rig, model, replace(workload, gen_len=g))
+        tail_workload = replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g)
+        # timing only: the tail's long prompt needs a prefill workspace the full run does not
+        tail, tail_times, tail_mb = _step_by_step(
+            strategy, plan, rig, model, tail_workload, book_memory=False
+        )
+        if not (head.feasible and tail.feasible) or set(head_times) != set(tail_times) or not head_times:
             return None
-        b = per_round // g
-        times = [_round_time(head_stream, b, r) for r in (h, g - 1)] + [
-            _round_time(tail_stream, b, r) for r in (h, g - 1, g)
-        ]
-        if any(t is None for t in times) or not (times[0] < times[1] and times[2] < times[3]):
+        e2e = _run_end(head_times, tail_times, g, n, h, period)
+        if e2e is not None:
+            break
+        if period > 1:
             return None
-        if not (_steady(head_stream, b, h, g - 1) and _steady(tail_stream, b, h, g - 1)):
+        # Steps that repeat a pattern (micro-batches of a pipeline meeting on a link every few
+        # steps): measure whole periods, and sample so that the steps to add are whole periods too
+        # (then the last step falls at the same point of the pattern as the tail's last).
+        period = _period(head_times, tail_times, g)
+        if period is None:
             return None
-        head_h, head_last, tail_h, tail_before_last, tail_last = times
-        step_head = (head_last - head_h) / (g - 1 - h)
-        step_tail = (tail_before_last - tail_h) / (g - 1 - h)
-        end = head_last + (n - g) * (step_head + frac * (step_tail - step_head))
-        e2e = max(e2e, end + (tail_last - tail_before_last))
+        g += (n - g) % period
+        h = g - 1 - max(2, (g - 1 - h) // period) * period
+        if h < 1 or 2 * g > n:
+            return None
     tokens = head.extras["tokens"] * n / g
     # busy seconds: the head's, then the added steps' at the tail's busy seconds per decode step (the
     # tail less its prefill alone: a step's share of a short sample would be swamped by the prefill)
@@ -378,14 +370,63 @@ def fast_forward(
     )
 
 
-def _steady(token_times: list[tuple[float, int]], batch: int, first: int, last: int) -> bool:
-    """Whether rounds ``first``..``last`` come at steps that change evenly (by the same amount each
-    step, within ``FF_STEADY_TOL`` of the mean step), as steps growing with the KV length do."""
+def _run_end(head_times: Streams, tail_times: Streams, g: int, n: int, h: int, period: int) -> float | None:
+    """When the full run ends, from samples of ``g`` rounds; None if a stream gives no steady step.
+
+    Each process making tokens (a replica, a micro-batch) is a stream of its own; the run ends with
+    the slowest. Per stream, rounds of tokens (one per sequence of the stream): the head's rounds
+    1..g-1 as simulated; the full run's rounds g..n-1 at the steady step time; its last round (a
+    schedule may end differently, e.g. with no prefetch) as the tail's last. Steady step times come
+    from rounds h..g-1 of each run (a whole number of ``period`` steps)."""
+    # the head's measured steps read KV lengths P+h..P+g-2, the tail's n-g further; the steps to
+    # add (rounds g..n-1) read P+g-1..P+n-2: their mean sits this far from the head's to the tail's
+    frac = (n - h - 1) / (2 * (n - g))
+    e2e = 0.0
+    for stream, head_stream in head_times.items():
+        tail_stream = tail_times[stream]
+        per_round = sum(c for _, c in head_stream)
+        if per_round % g or sum(c for _, c in tail_stream) != per_round:
+            return None
+        b = per_round // g
+        times = [_round_time(head_stream, b, r) for r in (h, g - 1)] + [
+            _round_time(tail_stream, b, r) for r in (h, g - 1, g)
+        ]
+        if any(t is None for t in times) or not (times[0] < times[1] and times[2] < times[3]):  # type: ignore[operator]
+            return None
+        if not (_steady(head_stream, b, h, g - 1, period) and _steady(tail_stream, b, h, g - 1, period)):
+            return None
+        head_h, head_last, tail_h, tail_before_last, tail_last = times  # type: ignore[misc]
+        step_head = (head_last - head_h) / (g - 1 - h)
+        step_tail = (tail_before_last - tail_h) / (g - 1 - h)
+        end = head_last + (n - g) * (step_head + frac * (step_tail - step_head))
+        e2e = max(e2e, end + (tail_last - tail_before_last))
+    return e2e
+
+
+def _period(head_times: Streams, tail_times: Streams, g: int) -> int | None:
+    """The shortest repeat (2 or more steps) of every stream's steps from its second round (the
+    first may wait for the pipeline to fill), in both samples, seen at least twice; None if none."""
+    for period in range(2, (g - 3) // 2 + 1):
+        if all(
+            _steady(times[k], sum(c for _, c in times[k]) // g, 2, g - 1, period)
+            for times in (head_times, tail_times)
+            for k in times
+        ):
+            return period
+    return None
+
+
+def _steady(token_times: list[tuple[float, int]], batch: int, first: int, last: int, period: int = 1) -> bool:
+    """Whether rounds ``first``..``last`` come at steps that change evenly (each step ``period``
+    steps on by the same amount, within ``FF_STEADY_TOL`` of the mean step), as steps growing with
+    the KV length do; a ``period`` above 1 must be seen twice."""
     times = [_round_time(token_times, batch, r) for r in range(first, last + 1)]
-    if any(t is None for t in times):
+    if any(t is None for t in times) or batch <= 0:
         return False
     steps = [b - a for a, b in pairwise(times)]  # type: ignore[operator]
-    changes = [b - a for a, b in pairwise(steps)]
+    if period > 1 and len(steps) < 2 * period:
+        return False
+    changes = [b - a for a, b in zip(steps, steps[period:], strict=False)]
     if not changes:
         return True
     mean = sum(steps) / len(steps)
