@@ -27,9 +27,10 @@ from hetsim.hardware.loader import load_rig
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.registry import get_model
 from hetsim.models.spec import DTYPES, ModelSpec
+from hetsim.planner.search import CP_SAT_SEARCHES
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
-from hetsim.sim.run import context_reason, simulate
+from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.textfiles import read_text
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
@@ -125,7 +126,22 @@ def best_result(
 
     ``adjust`` edits the chosen plan before it runs (a sweep's plan knobs); ``allow_lossy`` lets the
     search try plans that change the model's outputs (FlexGen's 4-bit compression); ``exact`` runs
-    every decode step of the final simulation (``simulate``'s switch; searches always estimate)."""
+    every decode step of the final simulation (``simulate``'s switch; searches always estimate).
+    The search's runs are remembered until the final one, whose fast-forward starts with the run
+    that estimated the chosen plan."""
+    with remembering_runs():
+        return _best_result(strategy, p, objective, search, adjust, allow_lossy, exact)
+
+
+def _best_result(
+    strategy: Strategy,
+    p: Problem,
+    objective: Objective,
+    search: bool,
+    adjust: Callable[[Any], Any] | None,
+    allow_lossy: bool,
+    exact: bool,
+) -> Result:
     too_long = context_reason(p.model, p.workload.context_len)
     if too_long:
         return Result.infeasible(strategy.name, too_long)
@@ -210,12 +226,16 @@ def compare(
         if search:
             planner.preload(names)
         try:
-            # costliest searches first (longest-processing-time order), results back in ``names`` order
-            order = sorted(range(len(names)), key=lambda i: -chosen[i].search_weight)
-            with ProcessPoolExecutor(min(workers, len(names)), mp_context=ctx) as pool:
-                futures = {i: pool.submit(_best_by_name, names[i], p, objective, search, allow_lossy, exact)
-                           for i in order}  # fmt: skip
-                unsorted = [futures[i].result() for i in range(len(names))]
+            jobs = _worker_jobs(chosen, search)
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+                futures = [pool.submit(_best_by_names, [names[i] for i in job], p, objective, search,
+                                       allow_lossy, exact) for job in jobs]  # fmt: skip
+                by_index = {
+                    i: r
+                    for job, f in zip(jobs, futures, strict=True)
+                    for i, r in zip(job, f.result(), strict=True)
+                }
+                unsorted = [by_index[i] for i in range(len(names))]
         except BrokenProcessPool:
             unsorted = None  # a worker was killed (out of memory?): search again here, one at a time
     if unsorted is None:
@@ -231,10 +251,22 @@ def compare(
     return results
 
 
-def _best_by_name(
-    name: str, p: Problem, objective: Objective, search: bool, allow_lossy: bool, exact: bool = False
-) -> Result:
-    return best_result(get_strategy(name), p, objective, search=search, allow_lossy=allow_lossy, exact=exact)
+def _worker_jobs(chosen: Sequence[Strategy], search: bool) -> list[list[int]]:
+    """Indices of ``chosen`` as the jobs of compare's workers, costliest first (longest-processing-time
+    order, by ``search_weight``): one job per strategy, except that the searches which load CP-SAT
+    (and pandas through it, ~0.3-0.5 s) share one, so one worker imports it, once."""
+    cp_sat = [i for i, s in enumerate(chosen) if search and s.name in CP_SAT_SEARCHES]
+    jobs = [[i] for i in range(len(chosen)) if i not in cp_sat] + ([cp_sat] if cp_sat else [])
+    return sorted(jobs, key=lambda job: -sum(chosen[i].search_weight for i in job))
+
+
+def _best_by_names(
+    names: list[str], p: Problem, objective: Objective, search: bool, allow_lossy: bool, exact: bool = False
+) -> list[Result]:
+    return [
+        best_result(get_strategy(n), p, objective, search=search, allow_lossy=allow_lossy, exact=exact)
+        for n in names
+    ]
 
 
 def compare_frame(

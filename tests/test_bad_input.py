@@ -420,15 +420,17 @@ def test_expert_count_bounded(tmp_path, capsys):
 _PARENT: list[int] = []  # the test process's pid, for the module-level (picklable) stand-in below
 
 
-def _dies_in_a_worker(name, *args):
-    """compare's per-strategy worker, except that cpu-tp's worker process dies as if killed."""
+def _dies_in_a_worker(names, *args):
+    """compare's worker job, except that the worker process running cpu-tp dies as if killed."""
     import os
 
     from hetsim import api
 
-    if os.getpid() != _PARENT[0] and name == "cpu-tp":
+    if os.getpid() != _PARENT[0] and "cpu-tp" in names:
         os._exit(137)
-    return api.best_result(api.get_strategy(name), *args[:2], search=args[2], allow_lossy=args[3])
+    return [
+        api.best_result(api.get_strategy(n), *args[:2], search=args[2], allow_lossy=args[3]) for n in names
+    ]
 
 
 def test_a_killed_search_worker_falls_back_to_searching_in_process(monkeypatch):
@@ -439,7 +441,7 @@ def test_a_killed_search_worker_falls_back_to_searching_in_process(monkeypatch):
     from hetsim import api
 
     _PARENT[:] = [os.getpid()]
-    monkeypatch.setattr(api, "_best_by_name", _dies_in_a_worker)
+    monkeypatch.setattr(api, "_best_by_names", _dies_in_a_worker)
     p = api.problem("llama2-7b", "mixed-lab", 1, 64, 2)
     pooled = api.compare(p, ["cpu-tp", "gpu-only"], workers=2)
     alone = api.compare(p, ["cpu-tp", "gpu-only"], workers=1)

@@ -35,7 +35,7 @@ def test_hexgen_replicas_ttft_is_the_slowest_replica_s_first_token_and_the_estim
     p = problem("llama2-70b", "hexgen-full-budget", 64, 512, 32)
     plan = search(hexgen, p.rig, p.model, p.workload, "throughput")
     assert len(plan.replicas) > 1
-    run, streams = _step_by_step(hexgen, plan, p.rig, p.model, p.workload)
+    run, streams = _step_by_step(hexgen, plan, p.rig, p.model, p.workload)[:2]
     assert run.ttft_s == max(tokens[0][0] for tokens in streams.values())  # one entry per replica step
     guess = estimate(hexgen, plan, p.rig, p.model, p.workload)  # 6 decode steps, extrapolated
     assert abs(guess.throughput_tok_s / run.throughput_tok_s - 1) < 0.02

@@ -225,3 +225,66 @@ def test_free_batch_searches_simulate_each_estimate_once_and_find_the_same(monke
     monkeypatch.setattr(search, "remembering", nullcontext)
     assert _bits(api.compare(p, names)) == _bits(remembered)
     assert len(calls) - once > once  # without the memo, some estimates ran again
+
+
+def test_a_catalogue_problem_loads_neither_numpy_nor_pandas():
+    """Only measured kernel tables need numpy and pandas: the parent of a compare on a catalogue rig
+    (and every command's start) does without them (a fresh interpreter, so nothing is loaded yet)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hetsim import api; import hetsim.planner.flexgen_lp; "
+        "api.problem('llama2-70b', 'mixed-lab', None, 512, 32); "
+        "print(sorted(m for m in ('numpy', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("model", "rig", "strategy"),
+    [("llama2-70b", "mixed-lab", "layer-offload"), ("opt-13b", "hetegen-a10", "hetegen")],
+)
+def test_remembered_runs_change_no_result_and_the_final_run_reuses_the_estimate(
+    monkeypatch, model, rig, strategy
+):
+    """``best_result`` remembers the search's runs: the final run's fast-forward head is the run that
+    estimated the chosen plan (one run fewer), and every field is the same as without the memo."""
+    import contextlib
+
+    from hetsim.sim import run as run_mod
+    from hetsim.strategies.base import get_strategy
+
+    calls = []
+    real = run_mod._run_steps
+    monkeypatch.setattr(run_mod, "_run_steps", lambda *a: calls.append(a[4]) or real(*a))
+    p = api.problem(model, rig, None, 512, 32)
+    with_memo = api.best_result(get_strategy(strategy), p, "throughput")
+    remembered = len(calls)
+    calls.clear()
+    monkeypatch.setattr(api, "remembering_runs", contextlib.nullcontext)
+    without = api.best_result(get_strategy(strategy), p, "throughput")
+    assert _bits([with_memo]) == _bits([without])
+    assert "fast_forward_sample" in with_memo.extras
+    assert remembered == len(calls) - 1
+
+
+def test_compare_runs_the_cp_sat_searches_in_one_worker_job():
+    """HeteGen and HexGen load CP-SAT: one job of compare's workers runs both, so it loads once."""
+    from hetsim.strategies.base import all_strategies
+
+    chosen = all_strategies()
+    jobs = [[chosen[i].name for i in job] for job in api._worker_jobs(chosen, search=True)]
+    assert sorted(n for job in jobs for n in job) == sorted(s.name for s in chosen)
+    assert sorted(next(job for job in jobs if "hexgen" in job)) == ["hetegen", "hexgen"]
+    assert all(len(job) == 1 for job in jobs if "hexgen" not in job)
+    weights = [sum(get_weight(n) for n in job) for job in jobs]
+    assert weights == sorted(weights, reverse=True)  # costliest first
+    assert all(len(job) == 1 for job in api._worker_jobs(chosen, search=False))  # --no-search: no solver
+
+
+def get_weight(name: str) -> int:
+    from hetsim.strategies.base import get_strategy
+
+    return get_strategy(name).search_weight

@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hetsim.models.layer_ops import RESIDUAL_FLOPS, RMSNORM_FLOPS, SWIGLU_FLOPS, elementwise_op, matmul_op
 from hetsim.models.spec import FP16, Op, OpKind
+
+if TYPE_CHECKING:  # numpy costs ~0.1-0.2 s to import; only rigs with measured kernel tables use it
+    import numpy as np
 
 MATMULS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
 ELEMENTWISE = ("input_layernorm", "post_attention_layernorm", "attn_rope", "mlp_act", "add")
@@ -82,12 +84,15 @@ class KernelTables:
         tokens, secs = curve
         if not tokens[0] <= op.rows <= tokens[-1]:
             return None
+        import numpy as np  # loaded by ``load_tables`` already: a dictionary look-up
+
         return float(np.interp(op.rows, tokens, secs))
 
 
 @lru_cache(maxsize=8)
 def load_tables(folder: str) -> KernelTables:
     """Every GEMM curve in ``folder/<org>/<model>/mlp.csv`` (median column), per measured shape."""
+    import numpy as np
     import pandas as pd  # ~0.4 s to import; only rigs with measured kernel tables need it
 
     points: dict[tuple[str, int, int], dict[int, list[float]]] = {}

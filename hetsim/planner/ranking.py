@@ -18,10 +18,12 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
-from hetsim.sim.run import Runnable, simulate
+from hetsim.sim.run import FF_SHORT_SAMPLE, Runnable, plan_key, simulate
 from hetsim.workload import Workload
 
-PROXY_GEN_LEN = 6
+# The proxy's length is the short fast-forward's sample, so the estimate of the plan a search picks
+# is the head of its final run (``hetsim.sim.run.remembering_runs``).
+PROXY_GEN_LEN = FF_SHORT_SAMPLE
 
 Evaluate = Callable[[Any], Result]  # a plan -> its (estimated) result
 
@@ -53,12 +55,7 @@ def estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload
     memo = _ESTIMATES
     if memo is None:
         return _estimate(strategy, plan, rig, model, workload)
-    try:
-        hash(plan)
-        plan_key = plan
-    except TypeError:  # a plan with mappings (HeteGen's): its dataclass repr says every field exactly
-        plan_key = (type(plan), repr(plan))
-    key = (strategy.name, plan_key, id(rig), model, workload)
+    key = (strategy.name, plan_key(plan), id(rig), model, workload)
     hit = memo.get(key)
     if hit is not None and hit[0] is rig:
         return hit[1]

@@ -219,6 +219,24 @@ def _bound(memory_bound_s: float, busy_s: float) -> str:
     return "memory-bound" if memory_bound_s >= 0.5 * busy_s else "compute-bound"
 
 
+def phase_bound(
+    busy_s: float, memory_bound_s: float, prefill_busy_s: float, prefill_memory_bound_s: float
+) -> str:
+    """A compute stream's bound from its busy and memory-bound seconds, per phase where prefill (the
+    seconds booked before the first token) and decode (the rest) differ."""
+    phases = [
+        (name, _bound(m, b))
+        for name, b, m in (
+            ("prefill", prefill_busy_s, prefill_memory_bound_s),
+            ("decode", busy_s - prefill_busy_s, memory_bound_s - prefill_memory_bound_s),
+        )
+        if b > 1e-12 * busy_s
+    ]
+    if len({bound for _, bound in phases}) > 1:
+        return ", ".join(f"{bound} {name}" for name, bound in phases)
+    return _bound(memory_bound_s, busy_s)
+
+
 def _rig_costs(rig: Rig) -> tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]:
     """The op-cost caches (by value, and by the identity of the ops object) of engines on ``rig``."""
     hit = _RIG_COSTS.get(id(rig))
@@ -787,17 +805,7 @@ class Engine:
         if lane is None or not lane_name.endswith(":compute") or lane.busy_s <= 0:
             return ""
         busy, mem = self.lanes_at_first_token.get(lane_name, (0.0, 0.0))
-        phases = [
-            (name, _bound(m, b))
-            for name, b, m in (
-                ("prefill", busy, mem),
-                ("decode", lane.busy_s - busy, lane.memory_bound_s - mem),
-            )
-            if b > 1e-12 * lane.busy_s
-        ]
-        if len({bound for _, bound in phases}) > 1:
-            return ", ".join(f"{bound} {name}" for name, bound in phases)
-        return _bound(lane.memory_bound_s, lane.busy_s)
+        return phase_bound(lane.busy_s, lane.memory_bound_s, busy, mem)
 
     def utilization(self, makespan: float) -> dict[str, float]:
         """Busy fraction of every lane and DRAM timeline that did any work."""

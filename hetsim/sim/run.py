@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
+from itertools import pairwise
 from typing import Any, Protocol
 
 from hetsim.costs.pricing import price_of, usd_per_mtok
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.spec import ModelSpec
-from hetsim.sim.engine import Engine, Schedule
+from hetsim.sim.engine import Engine, Schedule, phase_bound
 from hetsim.sim.memory import MemoryLedger, OutOfMemory
 from hetsim.sim.result import Result
 from hetsim.workload import Workload
@@ -32,6 +34,8 @@ class Runnable(Protocol):
 
     def lossy(self, plan: Any, model: ModelSpec | None = None) -> str: ...
 
+    def pass_batch(self, plan: Any) -> int | None: ...
+
 
 def context_reason(model: ModelSpec, context_len: int) -> str | None:
     """Why a sequence of ``context_len`` tokens cannot run on ``model`` (its position limit), else None."""
@@ -44,9 +48,24 @@ def context_reason(model: ModelSpec, context_len: int) -> str | None:
 
 
 # Fast-forward of long generations (see ``fast_forward``): decode tokens simulated at each end of the
-# KV range, and the shortest generation that is fast-forwarded rather than run step by step.
+# KV range, ``FF_SAMPLE`` past ``FF_LONG_GEN_LEN`` tokens and ``FF_SHORT_SAMPLE`` from
+# ``FF_MIN_GEN_LEN + 1`` (the two samples are then at most half the run); shorter ones run every step.
 FF_SAMPLE = 16
-FF_MIN_GEN_LEN = 4 * FF_SAMPLE
+FF_LONG_GEN_LEN = 4 * FF_SAMPLE
+FF_SHORT_SAMPLE = 6  # = the planner's PROXY_GEN_LEN: a search's estimate of its pick is the head
+FF_MIN_GEN_LEN = 4 * FF_SHORT_SAMPLE - 1
+# How far a sampled decode window may stray from steps that grow evenly with the KV length (the
+# largest change of the step-to-step change, as a share of the mean step) before the run is
+# simulated step by step: a periodic pattern (micro-batches of one pipeline meeting on a link every
+# few steps) or a boundary crossed inside a sample is not a steady decode to extrapolate.
+FF_STEADY_TOL = 1e-3
+
+
+def ff_sample(gen_len: int) -> int:
+    """Decode tokens in each sample that fast-forwards a generation of ``gen_len`` tokens (0: none)."""
+    if gen_len > FF_LONG_GEN_LEN:
+        return FF_SAMPLE
+    return FF_SHORT_SAMPLE if gen_len > FF_MIN_GEN_LEN else 0
 
 
 def fits(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
@@ -80,11 +99,49 @@ def simulate(
     too_long = context_reason(model, workload.context_len)
     if too_long:
         return Result.infeasible(strategy.name, too_long, plan_dict)
-    if not exact and trace_path is None and workload.gen_len > FF_MIN_GEN_LEN:
-        result = fast_forward(strategy, plan, rig, model, workload)
+    sample = ff_sample(workload.gen_len)
+    if not exact and trace_path is None and sample:
+        result = fast_forward(strategy, plan, rig, model, workload, sample)
         if result is not None:
             return result
     return _step_by_step(strategy, plan, rig, model, workload, trace_path)[0]
+
+
+Streams = dict[int, list[tuple[float, int]]]  # token times (when, how many) by the process making them
+# a run: its result, its streams, and each compute lane's busy seconds in memory-bound ops
+# the result, token times per process, memory-bound seconds per lane, (busy, memory-bound) at the first token
+Run = tuple[Result, Streams, dict[str, float], dict[str, tuple[float, float]]]
+
+# Runs made inside ``remembering_runs``, by (strategy, plan, rig identity, model, workload, memory
+# booked): a search's estimate of the plan it picks is a run of its first ``PROXY_GEN_LEN`` tokens,
+# which is the head the final run's fast-forward samples (``FF_SHORT_SAMPLE`` is that length). A run
+# is a pure function of these; the block holds the rig, so its id stays its own, and keeps nothing
+# after it ends.
+_RUNS: dict[tuple, tuple[Rig, Run]] | None = None
+
+
+@contextmanager
+def remembering_runs() -> Iterator[None]:
+    """Within this block, each distinct untraced run is simulated once (nesting keeps one memo)."""
+    global _RUNS
+    if _RUNS is not None:
+        yield
+        return
+    _RUNS = {}
+    try:
+        yield
+    finally:
+        _RUNS = None
+
+
+def plan_key(plan: Any) -> Any:
+    """The plan as a dictionary key: itself, or for a plan with mappings (HeteGen's) its dataclass
+    repr, which says every field exactly."""
+    try:
+        hash(plan)
+        return plan
+    except TypeError:
+        return (type(plan), repr(plan))
 
 
 def _step_by_step(
@@ -95,9 +152,32 @@ def _step_by_step(
     workload: Workload,
     trace_path: str | None = None,
     book_memory: bool = True,
-) -> tuple[Result, dict[int, list[tuple[float, int]]]]:
-    """Every step in the engine: the result and the token times (when, how many) of each process
-    that made tokens, by the order processes were made."""
+) -> Run:
+    """Every step in the engine: the result, the token times (when, how many) of each process that
+    made tokens, by the order processes were made, and each compute lane's memory-bound busy
+    seconds (inside ``remembering_runs``, a run asked
+    for again is not simulated again; callers only read what it returns)."""
+    memo = _RUNS if trace_path is None else None
+    if memo is None:
+        return _run_steps(strategy, plan, rig, model, workload, trace_path, book_memory)
+    key = (strategy.name, plan_key(plan), id(rig), model, workload, book_memory)
+    hit = memo.get(key)
+    if hit is not None and hit[0] is rig:
+        return hit[1]
+    out = _run_steps(strategy, plan, rig, model, workload, None, book_memory)
+    memo[key] = (rig, out)
+    return out
+
+
+def _run_steps(
+    strategy: Runnable,
+    plan: Any,
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    trace_path: str | None,
+    book_memory: bool,
+) -> Run:
     plan_dict = strategy.plan_to_dict(plan)
     engine = Engine(rig, trace=trace_path is not None)
     try:
@@ -105,14 +185,20 @@ def _step_by_step(
             engine.alloc_footprint(strategy.footprint(plan, rig, model, workload))
         makespan = engine.run(strategy.schedule(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
-        return Result.infeasible(strategy.name, str(exc), plan_dict), {}
+        return Result.infeasible(strategy.name, str(exc), plan_dict), {}, {}, {}
     if trace_path is not None and engine.tracer is not None:
         engine.tracer.write(trace_path)
     streams: dict[int, list[tuple[float, int]]] = {}
     for entry, stream in zip(engine.token_times, engine.token_streams, strict=True):
         streams.setdefault(stream, []).append(entry)
     result = summarize(strategy.name, plan_dict, engine, makespan, workload, strategy.devices(plan), streams)
-    return replace(result, lossy=strategy.lossy(plan, model)), streams
+    memory_bound = {k: lane.memory_bound_s for k, lane in engine.lanes.items() if lane.memory_bound_s > 0}
+    return (
+        replace(result, lossy=strategy.lossy(plan, model)),
+        streams,
+        memory_bound,
+        engine.lanes_at_first_token,
+    )
 
 
 def summarize(
@@ -191,9 +277,9 @@ def _count_reached(token_times: list[tuple[float, int]], count: int) -> float:
 
 
 def fast_forward(
-    strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload
+    strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload, sample: int = FF_SAMPLE
 ) -> Result | None:
-    """A long generation from two short runs of ``g = FF_SAMPLE`` tokens: the head (the real prompt:
+    """A long generation from two short runs of ``g = sample`` tokens: the head (the real prompt:
     prefill and the first decode steps, simulated as they are) and the tail (a prompt of
     ``prompt_len + gen_len - g``, so its decode steps read the KV lengths the full run ends with, and
     its context is the full one).
@@ -204,32 +290,103 @@ def fast_forward(
     leaves out start-up effects (pipeline fill, micro-batch offsets); the full run is the head, then
     ``gen_len - g`` steps at the step time interpolated between the two at their mean KV length.
     TTFT is the head's, exactly. Memory is exact: peaks and feasibility come from the full
-    workload's footprint (schedules allocate nothing while they run). Utilization is the head's busy
-    time plus the rest at the tail's occupancy (approximate).
+    workload's footprint (schedules allocate nothing while they run). Busy time per lane (so
+    utilization, the bottleneck and whether it is memory-bound) is the head's plus, per added step,
+    the tail's less a run of the tail's prefill alone (a third, short run): a short sample's own
+    occupancy is mostly its prefill's.
 
     The tail books no memory (it is run for its timing; its long prompt would need a prefill
     workspace the full run does not). Returns None (run step by step) when a sample is infeasible
-    although the full footprint fits, or its token streams give no steady step time."""
-    g, n, h = FF_SAMPLE, workload.gen_len, FF_SAMPLE // 2
+    although the full footprint fits, or its token streams give no steady step time: a plan that
+    runs the batch in passes one after the other (each pass's decode is not a round of the batch),
+    or sampled steps that do not grow evenly (``FF_STEADY_TOL``) even over whole periods of a
+    repeating pattern (``_period``: the samples are then run again, longer by ``(n - g) % period``
+    tokens, so that the added steps are whole periods and the last falls where the tail's does)."""
+    # the steady window: rounds h..g-1, its later half, and at least 4 rounds (2 step changes to check)
+    g, n, h = sample, workload.gen_len, min(sample // 2, sample - 4)
+    one_pass = strategy.pass_batch(plan)
+    if one_pass is not None and one_pass < workload.batch:
+        return None
     plan_dict = strategy.plan_to_dict(plan)
     ledger = Engine(rig)
     try:
         ledger.alloc_footprint(strategy.footprint(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
         return Result.infeasible(strategy.name, str(exc), plan_dict)
-    head, head_times = _step_by_step(strategy, plan, rig, model, replace(workload, gen_len=g))
-    tail_workload = replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g)
-    # timing only: the tail's long prompt needs a prefill workspace the full run does not
-    tail, tail_times = _step_by_step(strategy, plan, rig, model, tail_workload, book_memory=False)
-    if not (head.feasible and tail.feasible):
+    period = 1
+    while True:
+        head, head_times, head_mb, head_first = _step_by_step(
+            strategy, plan, rig, model, replace(workload, gen_len=g)
+        )
+        tail_workload = replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g)
+        # timing only: the tail's long prompt needs a prefill workspace the full run does not
+        tail, tail_times, tail_mb, _ = _step_by_step(
+            strategy, plan, rig, model, tail_workload, book_memory=False
+        )
+        if not (head.feasible and tail.feasible) or set(head_times) != set(tail_times) or not head_times:
+            return None
+        e2e = _run_end(head_times, tail_times, g, n, h, period)
+        if e2e is not None:
+            break
+        if period > 1:
+            return None
+        # Steps that repeat a pattern (micro-batches of a pipeline meeting on a link every few
+        # steps): measure whole periods, and sample so that the steps to add are whole periods too
+        # (then the last step falls at the same point of the pattern as the tail's last).
+        period = _period(head_times, tail_times, g)
+        if period is None:
+            return None
+        g += (n - g) % period
+        h = g - 1 - max(2, (g - 1 - h) // period) * period
+        if h < 1 or 2 * g > n:
+            return None
+    tokens = head.extras["tokens"] * n / g
+    # busy seconds: the head's, then the added steps' at the tail's busy seconds per decode step (the
+    # tail less its prefill alone: a step's share of a short sample would be swamped by the prefill)
+    prefill, _, prefill_mb, _ = _step_by_step(
+        strategy, plan, rig, model, replace(tail_workload, gen_len=1), book_memory=False
+    )
+    if not prefill.feasible:
         return None
-    # Each process making tokens (a replica, a micro-batch) is a stream of its own; the run ends
-    # with the slowest. Per stream, rounds of tokens (one per sequence of the stream): the head's
-    # rounds 1..g-1 as simulated; the full run's rounds g..n-1 at the steady step time; its last
-    # round (a schedule may end differently, e.g. with no prefetch) as the tail's last. Steady step
-    # times come from rounds h..g-1 of each run.
-    if set(head_times) != set(tail_times) or not head_times:
-        return None
+
+    def full(head_s: float, tail_s: float, prefill_s: float) -> float:
+        """Seconds of the full run: the head's, and per added step the tail's less its prefill's."""
+        return head_s + (n - g) * max(0.0, tail_s - prefill_s) / (g - 1)
+
+    busy = {
+        k: full(*(r.utilization.get(k, 0.0) * r.e2e_s for r in (head, tail, prefill)))
+        for k in sorted(set(head.utilization) | set(tail.utilization))
+    }
+    util = {k: s / e2e for k, s in busy.items()}
+    bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
+    label = ""
+    if bottleneck.endswith(":compute") and busy[bottleneck] > 0:  # as Engine.bound_of
+        mb = full(*(m.get(bottleneck, 0.0) for m in (head_mb, tail_mb, prefill_mb)))
+        # per phase as Engine.bound_of: the head's prefill is the full run's
+        label = phase_bound(busy[bottleneck], mb, *head_first.get(bottleneck, (0.0, 0.0)))
+    price = head.extras["price_usd_per_hour"]
+    return replace(
+        head,
+        tpot_s=(e2e - head.ttft_s) / (n - 1),
+        e2e_s=e2e,
+        throughput_tok_s=tokens / e2e,
+        peak_mem_bytes=ledger.memory.peaks(),
+        utilization=util,
+        bottleneck=f"{bottleneck} ({label})" if label else bottleneck,
+        cost_usd_per_mtok=usd_per_mtok(price, e2e, tokens) if tokens and price > 0 else float("nan"),
+        tasks=head.tasks + tail.tasks + prefill.tasks,
+        extras={**head.extras, "tokens": tokens, "fast_forward_sample": float(g)},
+    )
+
+
+def _run_end(head_times: Streams, tail_times: Streams, g: int, n: int, h: int, period: int) -> float | None:
+    """When the full run ends, from samples of ``g`` rounds; None if a stream gives no steady step.
+
+    Each process making tokens (a replica, a micro-batch) is a stream of its own; the run ends with
+    the slowest. Per stream, rounds of tokens (one per sequence of the stream): the head's rounds
+    1..g-1 as simulated; the full run's rounds g..n-1 at the steady step time; its last round (a
+    schedule may end differently, e.g. with no prefetch) as the tail's last. Steady step times come
+    from rounds h..g-1 of each run (a whole number of ``period`` steps)."""
     # the head's measured steps read KV lengths P+h..P+g-2, the tail's n-g further; the steps to
     # add (rounds g..n-1) read P+g-1..P+n-2: their mean sits this far from the head's to the tail's
     frac = (n - h - 1) / (2 * (n - g))
@@ -243,37 +400,46 @@ def fast_forward(
         times = [_round_time(head_stream, b, r) for r in (h, g - 1)] + [
             _round_time(tail_stream, b, r) for r in (h, g - 1, g)
         ]
-        if any(t is None for t in times) or not (times[0] < times[1] and times[2] < times[3]):
+        if any(t is None for t in times) or not (times[0] < times[1] and times[2] < times[3]):  # type: ignore[operator]
             return None
-        head_h, head_last, tail_h, tail_before_last, tail_last = times
+        if not (_steady(head_stream, b, h, g - 1, period) and _steady(tail_stream, b, h, g - 1, period)):
+            return None
+        head_h, head_last, tail_h, tail_before_last, tail_last = times  # type: ignore[misc]
         step_head = (head_last - head_h) / (g - 1 - h)
         step_tail = (tail_before_last - tail_h) / (g - 1 - h)
         end = head_last + (n - g) * (step_head + frac * (step_tail - step_head))
         e2e = max(e2e, end + (tail_last - tail_before_last))
-    tokens = head.extras["tokens"] * n / g
-    # busy seconds: the head's, then the remaining time at the tail's occupancy
-    lanes = sorted(set(head.utilization) | set(tail.utilization))
-    util = {
-        k: (head.utilization.get(k, 0.0) * head.e2e_s + tail.utilization.get(k, 0.0) * (e2e - head.e2e_s))
-        / e2e
-        for k in lanes
-    }
-    bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
-    # the head's label: its prefill is the full run's, its decode steps the same kind of work
-    labelled = [b for b in (head.bottleneck, tail.bottleneck) if b.split(" (")[0] == bottleneck]
-    price = head.extras["price_usd_per_hour"]
-    return replace(
-        head,
-        tpot_s=(e2e - head.ttft_s) / (n - 1),
-        e2e_s=e2e,
-        throughput_tok_s=tokens / e2e,
-        peak_mem_bytes=ledger.memory.peaks(),
-        utilization=util,
-        bottleneck=labelled[0] if labelled else bottleneck,
-        cost_usd_per_mtok=usd_per_mtok(price, e2e, tokens) if tokens and price > 0 else float("nan"),
-        tasks=head.tasks + tail.tasks,
-        extras={**head.extras, "tokens": tokens, "fast_forward_sample": float(g)},
-    )
+    return e2e
+
+
+def _period(head_times: Streams, tail_times: Streams, g: int) -> int | None:
+    """The shortest repeat (2 or more steps) of every stream's steps from its second round (the
+    first may wait for the pipeline to fill), in both samples, seen at least twice; None if none."""
+    for period in range(2, (g - 3) // 2 + 1):
+        if all(
+            _steady(times[k], sum(c for _, c in times[k]) // g, 2, g - 1, period)
+            for times in (head_times, tail_times)
+            for k in times
+        ):
+            return period
+    return None
+
+
+def _steady(token_times: list[tuple[float, int]], batch: int, first: int, last: int, period: int = 1) -> bool:
+    """Whether rounds ``first``..``last`` come at steps that change evenly (each step ``period``
+    steps on by the same amount, within ``FF_STEADY_TOL`` of the mean step), as steps growing with
+    the KV length do; a ``period`` above 1 must be seen twice."""
+    times = [_round_time(token_times, batch, r) for r in range(first, last + 1)]
+    if any(t is None for t in times) or batch <= 0:
+        return False
+    steps = [b - a for a, b in pairwise(times)]  # type: ignore[operator]
+    if period > 1 and len(steps) < 2 * period:
+        return False
+    changes = [b - a for a, b in zip(steps, steps[period:], strict=False)]
+    if not changes:
+        return True
+    mean = sum(steps) / len(steps)
+    return max(changes) - min(changes) <= FF_STEADY_TOL * mean
 
 
 def _round_time(token_times: list[tuple[float, int]], batch: int, rounds: int) -> float | None:

@@ -47,7 +47,9 @@ def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
 @register
 class FlexGen(Strategy):
     name = "flexgen"
-    search_weight = 5  # LP policy search, candidates ranked in the engine
+    # ~300 LPs, the best few confirmed in the engine, and the final run of a block of ~2000 sequences:
+    # the costliest of a compare (mixed-lab llama2-70b: ~2.4 CPU s of ~5.8)
+    search_weight = 20
     summary = "FlexGen: weights/KV/activations over GPU, CPU and disk, zig-zag block schedule, LP policy"
     plan_type = FlexGenPlan
     # its group-64 4-bit compression (Sheng et al. §5) as --dtype int4 / --kv-dtype int4 (lossy)

@@ -282,7 +282,7 @@ def split_weight_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
 @register
 class HeteGen(Strategy):
     name = "hetegen"
-    search_weight = 10  # engine-balanced split ratios per module kind
+    search_weight = 10  # engine-balanced split ratios per module kind, at each rung of the batch ladder
     summary = "per-module CPU/GPU split of linear layers with resident-module knapsack (HeteGen)"
     plan_type = HeteGenPlan
 

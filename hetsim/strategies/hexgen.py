@@ -173,6 +173,7 @@ def _strongest(groups: list[tuple[str, ...]], limit: int, rig: Rig) -> list[tupl
 @register
 class HexGen(Strategy):
     name = "hexgen"
+    search_weight = 5  # CP-SAT, costly on large rigs (compare runs it in HeteGen's worker job)
     summary = "HexGen: replicas of asymmetric TP x PP pipelines over heterogeneous GPUs"
     plan_type = HexGenPlan
     kv_dtypes = GPU_KV_DTYPES
