@@ -357,7 +357,7 @@ def fast_forward(
         k: full(*(r.utilization.get(k, 0.0) * r.e2e_s for r in (head, tail, prefill)))
         for k in sorted(set(head.utilization) | set(tail.utilization))
     }
-    util = {k: s / e2e for k, s in busy.items()}
+    util = {k: min(1.0, s / e2e) for k, s in busy.items()}  # an estimate: never more than the whole run
     bottleneck = max(util, key=lambda k: (util[k], k)) if util else ""
     label = ""
     if bottleneck.endswith(":compute") and busy[bottleneck] > 0:  # as Engine.bound_of
