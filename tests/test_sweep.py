@@ -318,3 +318,20 @@ def test_sweep_spec_bounds(tmp_path, text, field, words):
     with pytest.raises(InputError) as info:
         run_sweep(spec, tmp_path / "o", workers=1, progress=False, plots=False)
     assert info.value.source == str(spec) and info.value.field == field and words in info.value.message
+
+
+def test_a_compacted_store_is_the_same_folder_whatever_its_flushes(tmp_path):
+    """Same rows, flushed row by row or at once: after compaction the same file names and bytes."""
+    points = expand(load_spec(_spec(tmp_path)))
+    schema = schema_for(points, knob_columns(points))
+    rows = [{"point_id": p["point_id"], "feasible": True, "error": ""} for p in points]
+    folders = []
+    for name, every in (("one-by-one", 1), ("at-once", 10_000)):
+        store = Store(tmp_path / name, schema, every=every, every_s=1e9)
+        for row in rows:
+            store.add(row)
+        store.flush()
+        store.compact()
+        folders.append({p.name: p.read_bytes() for p in store.parts()})
+    assert list(folders[0]) == ["part-00000.parquet"]
+    assert folders[0] == folders[1]
