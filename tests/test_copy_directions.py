@@ -157,3 +157,22 @@ def test_a_pageable_copy_is_never_faster_than_a_pinned_one_in_its_direction():
     assert link.rate(True, pinned=False) == 4e9
     assert link.rate(False, pinned=False) == 6e9
     assert replace(link, fwd_bw=None).rate(True, pinned=False) == 6e9
+
+
+def test_a_sweep_swap_gives_device_to_host_rates_to_gpu_host_links_only(monkeypatch):
+    """A catalogue link with its own device-to-host rate, swapped in by a sweep: GPU host links take it
+    (with its provenance); a NIC swapped to the same entry does not (the loader refuses it there)."""
+    import importlib
+
+    from hetsim.sweep.grid import apply_hardware
+
+    cat = importlib.import_module("hetsim.hardware.catalog").load_catalog()
+    entry = cat.resolve("links", "pcie3-x16")
+    spec = entry.spec.model_copy(update={"to_host_bandwidth": entry.spec.pageable_bandwidth})
+    base = load_rig("mixed-lab")
+    monkeypatch.setattr(type(cat), "resolve", lambda self, section, name: replace(entry, spec=spec))
+    rig = apply_hardware(base, {"pcie": "pcie3-x16", "net_link": "pcie3-x16"})
+    host = rig.links["n0.pcie.gpu0"]
+    assert host.fwd_bw == pytest.approx(6e9) and host.provenance["fwd_bw"].grade == Grade.ASSUMED
+    nics = [lk for lk in rig.links.values() if lk.kind != "pcie" and lk.bw == host.bw]
+    assert nics and all(lk.fwd_bw is None and "fwd_bw" not in lk.provenance for lk in nics)

@@ -134,21 +134,26 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
         bw, lat = spec.bandwidth.si, spec.latency.si
         pageable = spec.pageable_bandwidth.si if spec.pageable_bandwidth is not None else bw
         prov = {
-            "bw": Provenance(spec.bandwidth.source, spec.bandwidth.grade),
-            "latency_s": Provenance(spec.latency.source, spec.latency.grade),
+            "bw": Provenance(spec.bandwidth.source, spec.bandwidth.grade_enum),
+            "latency_s": Provenance(spec.latency.source, spec.latency.grade_enum),
         }
-        # a swapped PCIe link takes the catalogue entry's device-to-host rates too (none: symmetric)
-        to_host = {
-            "fwd_bw": spec.to_host_bandwidth.si if spec.to_host_bandwidth else None,
-            "fwd_pageable_bw": spec.to_host_pageable_bandwidth.si
-            if spec.to_host_pageable_bandwidth
-            else None,
-        }
+        # a swapped GPU host link takes the catalogue entry's device-to-host rates too (none: symmetric);
+        # other links have none (the loader refuses them there)
+        to_host: dict[str, float | None] = {"fwd_bw": None, "fwd_pageable_bw": None}
+        to_host_prov: dict[str, Provenance] = {}
+        for key, q in (
+            ("fwd_bw", spec.to_host_bandwidth),
+            ("fwd_pageable_bw", spec.to_host_pageable_bandwidth),
+        ):
+            if q is not None:
+                to_host[key], to_host_prov[key] = q.si, Provenance(q.source, q.grade_enum)
         for lname, link in list(links.items()):
             if link.kind in kinds and (not only_nic or _is_nic(link)):
-                links[lname] = replace(
-                    link, bw=bw, latency_s=lat, pageable_bw=pageable, provenance=prov, **to_host
-                )
+                end = devices.get(link.a)
+                gpu_host = end is not None and end.kind == "gpu"
+                fwd = to_host if gpu_host else {"fwd_bw": None, "fwd_pageable_bw": None}
+                p = {**prov, **(to_host_prov if gpu_host else {})}
+                links[lname] = replace(link, bw=bw, latency_s=lat, pageable_bw=pageable, provenance=p, **fwd)
 
     if knobs.get("pcie") is not None:
         swap(("pcie",), knobs["pcie"], only_nic=False)
