@@ -8,8 +8,7 @@ prompts much longer than the gap, at a fraction of the cost.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from itertools import chain
 from typing import Any
@@ -18,7 +17,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
-from hetsim.sim.run import FF_SHORT_SAMPLE, Runnable, plan_key, simulate
+from hetsim.sim.run import FF_SHORT_SAMPLE, Runnable, ScopedMemo, simulate
 from hetsim.workload import Workload
 
 # The proxy's length is the short fast-forward's sample, so the estimate of the plan a search picks
@@ -30,38 +29,17 @@ Evaluate = Callable[[Any], Result]  # a plan -> its (estimated) result
 
 # Estimates made during one search (``remembering``), by (strategy, plan, rig identity, model,
 # workload): a free-batch search meets the same plan again (the batch ladder's default plan among the
-# candidates, the winner checked once more), and a run is a pure function of these. Scoped to the
-# search, so nothing is kept between commands or tests; the rig is held, so its id stays its own.
-_ESTIMATES: dict[tuple, tuple[Rig, Result]] | None = None
-
-
-@contextmanager
-def remembering() -> Iterator[None]:
-    """Within this block, ``estimate`` simulates each distinct question once (nesting keeps one memo)."""
-    global _ESTIMATES
-    if _ESTIMATES is not None:
-        yield
-        return
-    _ESTIMATES = {}
-    try:
-        yield
-    finally:
-        _ESTIMATES = None
+# candidates, the winner checked once more), and an estimate is a pure function of these.
+_ESTIMATES = ScopedMemo()
+remembering = _ESTIMATES.remembering
 
 
 def estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> Result:
     """``simulate`` on a proxy workload of at most ``PROXY_GEN_LEN`` tokens, scaled to the full one
     (inside ``remembering``, the same estimate asked again is not simulated again)."""
-    memo = _ESTIMATES
-    if memo is None:
-        return _estimate(strategy, plan, rig, model, workload)
-    key = (strategy.name, plan_key(plan), id(rig), model, workload)
-    hit = memo.get(key)
-    if hit is not None and hit[0] is rig:
-        return hit[1]
-    result = _estimate(strategy, plan, rig, model, workload)
-    memo[key] = (rig, result)
-    return result
+    return _ESTIMATES.recall(
+        strategy, plan, rig, (model, workload), lambda: _estimate(strategy, plan, rig, model, workload)
+    )
 
 
 def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> Result:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from itertools import pairwise
@@ -108,30 +108,50 @@ def simulate(
 
 
 Streams = dict[int, list[tuple[float, int]]]  # token times (when, how many) by the process making them
-# a run: its result, its streams, and each compute lane's busy seconds in memory-bound ops
-# the result, token times per process, memory-bound seconds per lane, (busy, memory-bound) at the first token
+# a run: its result, its streams, each compute lane's busy seconds in memory-bound ops, and each lane's
+# (busy, memory-bound) seconds when the first token existed
 Run = tuple[Result, Streams, dict[str, float], dict[str, tuple[float, float]]]
+
+
+class ScopedMemo:
+    """Results of pure simulations by (strategy, plan, rig identity, model, workload, ...), kept only
+    inside ``remembering()`` blocks (nesting keeps one memo), so nothing outlives a command or a test;
+    each entry holds its rig, so the rig's id stays its own while the memo lives."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, tuple[Rig, Any]] | None = None
+
+    @contextmanager
+    def remembering(self) -> Iterator[None]:
+        """Within this block, each distinct question is answered once."""
+        if self.entries is not None:
+            yield
+            return
+        self.entries = {}
+        try:
+            yield
+        finally:
+            self.entries = None
+
+    def recall(self, strategy: Runnable, plan: Any, rig: Rig, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, or what it gave for the same strategy, plan, rig and ``key`` in this block."""
+        entries = self.entries
+        if entries is None:
+            return make()
+        full = (strategy.name, plan_key(plan), id(rig), *key)
+        hit = entries.get(full)
+        if hit is not None and hit[0] is rig:
+            return hit[1]
+        out = make()
+        entries[full] = (rig, out)
+        return out
+
 
 # Runs made inside ``remembering_runs``, by (strategy, plan, rig identity, model, workload, memory
 # booked): a search's estimate of the plan it picks is a run of its first ``PROXY_GEN_LEN`` tokens,
-# which is the head the final run's fast-forward samples (``FF_SHORT_SAMPLE`` is that length). A run
-# is a pure function of these; the block holds the rig, so its id stays its own, and keeps nothing
-# after it ends.
-_RUNS: dict[tuple, tuple[Rig, Run]] | None = None
-
-
-@contextmanager
-def remembering_runs() -> Iterator[None]:
-    """Within this block, each distinct untraced run is simulated once (nesting keeps one memo)."""
-    global _RUNS
-    if _RUNS is not None:
-        yield
-        return
-    _RUNS = {}
-    try:
-        yield
-    finally:
-        _RUNS = None
+# which is the head the final run's fast-forward samples (``FF_SHORT_SAMPLE`` is that length).
+_RUNS = ScopedMemo()
+remembering_runs = _RUNS.remembering
 
 
 def plan_key(plan: Any) -> Any:
@@ -153,20 +173,18 @@ def _step_by_step(
     trace_path: str | None = None,
     book_memory: bool = True,
 ) -> Run:
-    """Every step in the engine: the result, the token times (when, how many) of each process that
-    made tokens, by the order processes were made, and each compute lane's memory-bound busy
-    seconds (inside ``remembering_runs``, a run asked
-    for again is not simulated again; callers only read what it returns)."""
-    memo = _RUNS if trace_path is None else None
-    if memo is None:
+    """Every step in the engine, as a ``Run``: the token times (when, how many) of each process that
+    made tokens are by the order processes were made (inside ``remembering_runs``, a run asked for
+    again is not simulated again; callers only read what it returns)."""
+    if trace_path is not None:
         return _run_steps(strategy, plan, rig, model, workload, trace_path, book_memory)
-    key = (strategy.name, plan_key(plan), id(rig), model, workload, book_memory)
-    hit = memo.get(key)
-    if hit is not None and hit[0] is rig:
-        return hit[1]
-    out = _run_steps(strategy, plan, rig, model, workload, None, book_memory)
-    memo[key] = (rig, out)
-    return out
+    return _RUNS.recall(
+        strategy,
+        plan,
+        rig,
+        (model, workload, book_memory),
+        lambda: _run_steps(strategy, plan, rig, model, workload, None, book_memory),
+    )
 
 
 def _run_steps(
