@@ -272,11 +272,16 @@ def resident_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
     return sum(sizes[k] * n for k, n in plan.resident.items())
 
 
+def split_weight_bytes_by_kind(plan: HeteGenPlan, model: ModelSpec) -> dict[str, float]:
+    """Weight bytes of each module kind's split (non-resident) modules."""
+    sizes, counts = module_bytes(model, plan.weight_dtype), module_counts(model)
+    return {k: sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes}
+
+
 def split_weight_bytes(plan: HeteGenPlan, model: ModelSpec) -> float:
     """Weight bytes of the split (non-resident) modules: what the host holds, and what one decode
     token reads from host DRAM (the CPU share in place, the GPU share by DMA)."""
-    sizes, counts = module_bytes(model, plan.weight_dtype), module_counts(model)
-    return sum(sizes[k] * (counts[k] - plan.resident.get(k, 0)) for k in sizes)
+    return sum(split_weight_bytes_by_kind(plan, model).values())
 
 
 @register
@@ -342,15 +347,12 @@ class HeteGen(Strategy):
         gpu = {"resident_weights": resident_bytes(plan, model), **working_set(plan, model, workload)}
         what = "hetegen GPU working set (gpu_mem_budget)"
         check_budget(plan.gpu, what, gpu, plan.gpu_mem_budget, rel_tol=1e-12)
-        host = {"split_weights": split_weight_bytes(plan, model)}
+        split = split_weight_bytes_by_kind(plan, model)
+        host = {"split_weights": sum(split.values())}
         if plan.cpu_dtype == "fp32":  # the fp32 copy of the largest CPU share of either phase
-            sizes, counts = module_bytes(model, plan.weight_dtype), module_counts(model)
             host["split_weights_fp32"] = sum(
-                2
-                * sizes[k]
-                * (counts[k] - plan.resident.get(k, 0))
-                * (1 - min(plan.alpha_prefill.get(k, 0.0), plan.alpha_decode.get(k, 0.0)))
-                for k in sizes
+                2 * nbytes * (1 - min(plan.alpha_prefill.get(k, 0.0), plan.alpha_decode.get(k, 0.0)))
+                for k, nbytes in split.items()
             )
         return {
             plan.gpu: gpu,
