@@ -37,6 +37,7 @@ from hetsim.hardware.catalog import (
 )
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.schema import (
+    TO_HOST_FIELDS,
     CpuRef,
     CpuSpec,
     DiskRef,
@@ -314,14 +315,11 @@ class _Builder:
         if spec.pageable_bandwidth is not None:
             prov["pageable_bw"] = _prov(spec.pageable_bandwidth, note)
         fwd: dict[str, float] = {}
-        for key, q in (
-            ("fwd_bw", spec.to_host_bandwidth),
-            ("fwd_pageable_bw", spec.to_host_pageable_bandwidth),
-        ):
+        for key, what in TO_HOST_FIELDS.items():
+            q = getattr(spec, what)
             if q is None:
                 continue
             if not to_host:
-                what = "to_host_bandwidth" if key == "fwd_bw" else "to_host_pageable_bandwidth"
                 raise self.fail(
                     f"only a GPU's host link has a device-to-host rate ({spec.name})", f"{field}.{what}"
                 )

@@ -347,6 +347,10 @@ class AllreducePoint(_Strict):
     bandwidth: Bandwidth
 
 
+# A link's device-to-host rate (``types.Link`` attribute) and the LinkSpec field that gives it.
+TO_HOST_FIELDS = {"fwd_bw": "to_host_bandwidth", "fwd_pageable_bw": "to_host_pageable_bandwidth"}
+
+
 class LinkSpec(_Entry):
     """``bandwidth`` is the achievable rate per direction (pinned host memory for PCIe);
     ``theoretical_bandwidth`` is informational. For network links ``latency`` is per hop

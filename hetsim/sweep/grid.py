@@ -19,6 +19,7 @@ from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 from hetsim.hardware.rig import Rig
+from hetsim.hardware.schema import TO_HOST_FIELDS
 from hetsim.hardware.types import Link, Provenance
 from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, SweepSpec
 
@@ -139,19 +140,17 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
         }
         # a swapped GPU host link takes the catalogue entry's device-to-host rates too (none: symmetric);
         # other links have none (the loader refuses them there)
-        to_host: dict[str, float | None] = {"fwd_bw": None, "fwd_pageable_bw": None}
+        to_host: dict[str, float | None] = dict.fromkeys(TO_HOST_FIELDS)
         to_host_prov: dict[str, Provenance] = {}
-        for key, q in (
-            ("fwd_bw", spec.to_host_bandwidth),
-            ("fwd_pageable_bw", spec.to_host_pageable_bandwidth),
-        ):
+        for key, what in TO_HOST_FIELDS.items():
+            q = getattr(spec, what)
             if q is not None:
                 to_host[key], to_host_prov[key] = q.si, Provenance(q.source, q.grade_enum)
         for lname, link in list(links.items()):
             if link.kind in kinds and (not only_nic or _is_nic(link)):
                 end = devices.get(link.a)
                 gpu_host = end is not None and end.kind == "gpu"
-                fwd = to_host if gpu_host else {"fwd_bw": None, "fwd_pageable_bw": None}
+                fwd = to_host if gpu_host else dict.fromkeys(TO_HOST_FIELDS)
                 p = {**prov, **(to_host_prov if gpu_host else {})}
                 links[lname] = replace(link, bw=bw, latency_s=lat, pageable_bw=pageable, provenance=p, **fwd)
 
@@ -165,12 +164,12 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
             if _is_nic(link):
                 prov = {**link.provenance, "bw": Provenance(f"{note}: net_gbps", _assumed())}
                 links[lname] = replace(
-                    link, bw=bw, pageable_bw=bw, provenance=prov, fwd_bw=None, fwd_pageable_bw=None
+                    link, bw=bw, pageable_bw=bw, provenance=prov, **dict.fromkeys(TO_HOST_FIELDS)
                 )
     for kind, factor in (knobs.get("bw_scale") or {}).items():
         for lname, link in list(links.items()):
             if link.kind == kind:
-                fwd = {k: getattr(link, k) for k in ("fwd_bw", "fwd_pageable_bw")}
+                fwd = {k: getattr(link, k) for k in TO_HOST_FIELDS}
                 links[lname] = replace(
                     link,
                     bw=link.bw * factor,
