@@ -224,11 +224,13 @@ class _Runner:
         (issued on ``sync``, the engine, when ``e`` books copies as times: see ``_Booked``)."""
         if self.kinds[j] != "attention" or step.phase == "prefill" or self.off_kv <= 0:
             return [], None
-        tokens = step.kv_len - 1  # what is cached before this step
-        nbytes = gbs * tokens * self.kv_tok
         ev = []
-        if self.cpu_att:
-            return ev, self._gather(sync or e, gbs, tokens, nbytes)
+        if self.cpu_att:  # path 1: the prompt_len + i - 1 cached tokens into the workspace
+            tokens = step.kv_len - 1
+            return ev, self._gather(sync or e, gbs, tokens, gbs * tokens * self.kv_tok)
+        # path 0 copies prompt_len + i = kv_len token slots, the new token's own slot included
+        # (flex_opt.py: SelfAttention.load_cache), which mha_gen then overwrites
+        nbytes = gbs * step.kv_len * self.kv_tok
         if self.f.cd > 0:
             ev.append(self._via_host(e, self.disk, self.gpu, nbytes * self.f.cd, "load_cache_disk"))
         if self.f.cc > 0:  # the KV cache on the CPU is never pinned: the host relay

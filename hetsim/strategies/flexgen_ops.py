@@ -32,11 +32,17 @@ DECOMPRESS_KERNELS = (
     ("div_scale", 2.0 + GROUP_SCALE, 2.0),
     ("add_min", 2.0 + GROUP_SCALE, 2.0),
 )
-# compress: min and max over each group, (x - min), mul_, clamp_, round_, .to(uint8), then the pack:
-# every other byte shifted left by 4 and or-ed with the rest.
+# compress (compression.py: TorchCompressedDevice.compress) on the GPU, one PyTorch op each, none fused:
+# min and max over each group (values and int64 indices written), mx - mn, ``B / (mx - mn)`` (a
+# reciprocal, then a multiply), data - mn, mul_, clamp_, round_, .to(uint8), the pack (every other
+# byte shifted left by 4, or-ed with the rest), and the cat of scale and min: 13 kernels per tensor.
+INDEX_BYTES = 8.0 / INT4.group_size  # an int64 index per group from torch.min / torch.max(dim=...)
 COMPRESS_KERNELS = (
-    ("group_min", 2.0, GROUP_SCALE),
-    ("group_max", 2.0, GROUP_SCALE),
+    ("group_min", 2.0, GROUP_SCALE + INDEX_BYTES),
+    ("group_max", 2.0, GROUP_SCALE + INDEX_BYTES),
+    ("range", 2 * GROUP_SCALE, GROUP_SCALE),
+    ("reciprocal", GROUP_SCALE, GROUP_SCALE),
+    ("scale", GROUP_SCALE, GROUP_SCALE),
     ("sub_min", 2.0 + GROUP_SCALE, 2.0),
     ("mul_scale", 2.0 + GROUP_SCALE, 2.0),
     ("clamp", 2.0, 2.0),
@@ -44,6 +50,7 @@ COMPRESS_KERNELS = (
     ("to_uint8", 2.0, 1.0),
     ("pack_shift", 0.5, 0.5),
     ("pack_or", 1.0, 0.5),
+    ("cat_scale_min", 2 * GROUP_SCALE, 2 * GROUP_SCALE),
 )
 
 
@@ -137,8 +144,10 @@ def substep_ops(
     if phase == "prefill" or not cpu_attention:
         kvdq: tuple[Op, ...] = ()
         if compress_cache and phase == "decode":
-            cached = gbs * (kv_len - 1) * 2 * model.kv_heads * model.head_dim
-            kvdq = _dequant("dequant_kv", cached, 2)
+            # load_cache copies prompt_len + i = kv_len token slots (the new token's slot included,
+            # flex_opt.py: SelfAttention.load_cache path 0) and mha_gen decompresses all it got
+            loaded = gbs * kv_len * 2 * model.kv_heads * model.head_dim
+            kvdq = _dequant("dequant_kv", loaded, 2)
         return SubStepOps(wdeq + kvdq + att + kvq)
     split = next(i for i, o in enumerate(att) if o.kind == OpKind.ATTENTION)
     gpu_att = att[split]
