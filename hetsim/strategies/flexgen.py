@@ -155,6 +155,7 @@ class _Runner:
     def __init__(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload):
         self.plan, self.model, self.workload = plan, model, workload
         self.gpu, self.cpu, self.disk = endpoints(rig, plan.gpu)
+        self.h2d, self.d2h = rig.route(self.cpu, self.gpu), rig.route(self.gpu, self.cpu)
         self.split = layer_weight_split(model, plan)
         self.f = fractions(model, plan)
         self.nl = len(self.split)
@@ -200,6 +201,11 @@ class _Runner:
         if (j == 0 and not store) or (j == self.nl - 1 and store):
             return 0.0  # token ids: a few bytes
         return gbs * step.seq_len * self.model.hidden * 2.0
+
+    def _hidden_copy_s(self, step: Step, j: int, gbs: int, store: bool) -> float:
+        """Seconds of a hidden-state copy to or from the CPU by itself (pinned; latency + bytes / rate)."""
+        nbytes = self._hidden_bytes(step, j, gbs, store) * self.f.hc
+        return (self.d2h if store else self.h2d).time(nbytes)
 
     def load_hidden(self, e, step: Step, j: int, gbs: int) -> list:
         nbytes = self._hidden_bytes(step, j, gbs, store=False)
@@ -256,7 +262,12 @@ class _Runner:
                 ev.append(e.transfer(self.cpu, self.disk, nbytes * self.f.cd, label="store_cache_disk"))
             return ev
         if self.f.cc > 0:
-            ev.append(e.transfer(self.gpu, self.cpu, nbytes * self.f.cc, pinned=False, label="store_cache"))
+            # general_copy into the unpinned cache: a prefill's slab (many tokens) goes through the copy
+            # threads' pinned relay (the rig's pageable device-to-host rate was fitted on it); a decode
+            # token's K and V (shape[0] == 1) is a direct, driver-staged copy_, charged at the link's
+            # device-to-host rate (no rate measured for it; a staged copy is never faster)
+            direct = step.phase == "decode"
+            ev.append(e.transfer(self.gpu, self.cpu, nbytes * self.f.cc, pinned=direct, label="store_cache"))
         if self.f.cd > 0:
             ev.append(self._via_host(e, self.gpu, self.disk, nbytes * self.f.cd, "store_cache_disk"))
         return ev
@@ -354,19 +365,34 @@ class _Runner:
                 ev += cev
             if p > 0:
                 pstep, pj, _ = pos[p - 1]
-                ev += self.store_hidden(t, pstep, pj, gbs)
-            if p < last:
-                ev += self.load_hidden(t, nstep, nj, gbs)
             # The issuing thread's serial work (the gather, the kernels and CPU attention) booked
-            # as a chain, each piece as issued when the one before it ends; the cache store as at
-            # the chain's end; one event joins it all (the loop would wait on each in turn).
+            # as a chain, each piece as issued when the one before it ends; one event joins it all
+            # (the loop would wait on each in turn).
             t.at = None
             for serial in (relay, gather):  # synchronous CPU copies in the issuing thread
                 if serial is not None:
                     ev += t.chain(serial)
+            launched = t.at
+            # store_hidden(k - 1) and load_hidden(k + 1) are plain copy_ calls on the default stream
+            # (flex_opt.py: TorchTensor.move, outside any stream context), issued after the cache
+            # load: compute_layer(k)'s kernels queue behind them on that stream. They wait for their
+            # own bytes only (assumed: the GPU's copy engines serve the other streams' copies side by
+            # side, not first in, first out behind the cache's DMA as the engine's lane books them).
+            if p > 0:
+                ev += self.store_hidden(t, pstep, pj, gbs)
+            if p < last:
+                ev += self.load_hidden(t, nstep, nj, gbs)
+            own = self._hidden_copy_s(pstep, pj, gbs, store=True) if p > 0 else 0.0
+            own += self._hidden_copy_s(nstep, nj, gbs, store=False) if p < last else 0.0
+            if own:
+                t.at = (e.env.now if launched is None else launched) + own
             t.chain(self.compute(t, step, j, gbs))
             ev.append(t.at)
             if p > 0:
+                # store_cache(k - 1) follows compute_layer(k) in the thread: at once when the GPU's
+                # kernels were only launched, after it when CPU attention held the thread
+                if not self.ops(step, j, gbs).cpu:
+                    t.at = launched
                 ev += self.store_cache(t, pstep, pj, gbs)
             t.at = None
             if ev:
