@@ -104,6 +104,21 @@ def test_decode_cache_store_is_a_direct_copy_and_prefill_s_goes_through_the_copy
     ]
 
 
+def test_cpu_attention_copies_move_fp32_q_and_output(opt30b):
+    """mha_gen on the CPU: q.float().cpu() (4 B a value), k_new and v_new as fp16, and the output back
+    as fp32 (.cuda().half()); gbs 48: 48 x (7168 x 4 + 2 x 7168 x 2) and 48 x 7168 x 4 bytes, the
+    device-to-host part as a direct copy (not the copy threads' relay)."""
+    rig, model = opt30b
+    o = substep_ops(model, "attention", "decode", 48, 1, 520, True, 1.0, False, False)
+    assert o.to_cpu_bytes == 48 * (7168 * 4 + 2 * 7168 * 2)
+    assert o.to_gpu_bytes == 48 * 7168 * 4
+    rec = Recorder()
+    r = _Runner(CPU_ATT, rig, model, Workload(144, 512, 32))
+    drain(r.compute(rec, Step("decode", 8, 1, 520), 1, 48))
+    assert rec.copies[0] == ("qkv_to_cpu", o.to_cpu_bytes, True)
+    assert rec.copies[1] == ("attn_to_gpu", o.to_gpu_bytes, False)
+
+
 def _spans(tmp_path, plan, model, wl):
     rig = load_rig("flexgen-t4")
     trace = tmp_path / "t.json"

@@ -294,7 +294,9 @@ class _Runner:
             yield e.compute(self.gpu, o.gpu_pre, label=self.kinds[j])
             return
         yield e.compute(self.gpu, o.gpu_pre, label="attention_gpu")
-        yield e.transfer(self.gpu, self.cpu, o.to_cpu_bytes, pinned=False, label="qkv_to_cpu")
+        # q.float().cpu() and the k/v copy_ into the workspace: direct, driver-staged copies to
+        # pageable memory, not the copy threads' relay (see store_cache)
+        yield e.transfer(self.gpu, self.cpu, o.to_cpu_bytes, label="qkv_to_cpu")
         yield e.compute(self.cpu, o.cpu, label="cpu_attention")
         yield e.transfer(self.cpu, self.gpu, o.to_gpu_bytes, pinned=False, label="attn_to_gpu")
         yield e.compute(self.gpu, o.gpu_post, label="attention_out")
@@ -304,7 +306,7 @@ class _Runner:
         o = self.ops(step, j, gbs)
         ev = [e.compute(self.gpu, o.gpu_pre + o.gpu_post, label=self.kinds[j])]
         if o.cpu:
-            ev.append(e.transfer(self.gpu, self.cpu, o.to_cpu_bytes, pinned=False, label="qkv_to_cpu"))
+            ev.append(e.transfer(self.gpu, self.cpu, o.to_cpu_bytes, label="qkv_to_cpu"))
             ev.append(e.compute(self.cpu, o.cpu, label="cpu_attention"))
             ev.append(e.transfer(self.cpu, self.gpu, o.to_gpu_bytes, pinned=False, label="attn_to_gpu"))
         return ev

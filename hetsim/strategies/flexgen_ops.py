@@ -104,8 +104,8 @@ class SubStepOps:
     gpu_pre: tuple[Op, ...]
     cpu: tuple[Op, ...] = ()
     gpu_post: tuple[Op, ...] = ()
-    to_cpu_bytes: float = 0.0  # q, k, v of the new token to the CPU
-    to_gpu_bytes: float = 0.0  # the attention output back to the GPU
+    to_cpu_bytes: float = 0.0  # q (fp32), k and v (fp16) of the new token to the CPU
+    to_gpu_bytes: float = 0.0  # the attention output (fp32) back to the GPU
 
 
 @lru_cache(maxsize=8192)
@@ -157,12 +157,15 @@ def substep_ops(
     cpu_op = _cpu_attention(model, gpu_att, gbs, kv_len, cpu_share)
     h_q = model.heads * model.head_dim
     h_kv = model.kv_heads * model.head_dim
+    # mha_gen: ``q.float().cpu()`` (fp32), k_new and v_new copied as fp16 into the fp32 workspace
+    # (torch stages a cross-dtype device-to-host copy in the source dtype), the output back as fp32
+    # (``.cuda().half()``): all direct copies to or from pageable memory
     return SubStepOps(
         gpu_pre=pre,
         cpu=(cpu_op,),
         gpu_post=att[split + 1 :],
-        to_cpu_bytes=gbs * (h_q + 2 * h_kv) * FP16.bytes_per_element,
-        to_gpu_bytes=gbs * h_q * FP16.bytes_per_element,
+        to_cpu_bytes=gbs * (h_q * FP32_BYTES + 2 * h_kv * FP16.bytes_per_element),
+        to_gpu_bytes=gbs * h_q * FP32_BYTES,
     )
 
 
