@@ -96,3 +96,28 @@ def test_free_search_finds_the_best_of_an_enumerated_policy_grid():
     plan, batch = found
     got = simulate(s, plan, rig, model, Workload(batch, 512, 8)).throughput_tok_s
     assert best > 0 and got >= best * (1 - 1e-3)
+
+
+def test_cpu_attention_disk_terms_take_the_cpu_disk_route():
+    """With CPU attention the disk share of the KV is read into the CPU workspace and the new K/V goes
+    from the CPU to the disk (the engine's _gather and store_cache): the LP charges those at the
+    CPU<->disk rates, not the GPU<->disk ones (here made 1 B/s so that using them would show)."""
+    from dataclasses import replace
+
+    from hetsim.planner.flexgen_lp import _slots, links
+    from hetsim.strategies.flexgen_ops import kv_token_bytes
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    ends = endpoints(rig)
+    _, cpu, disk = ends
+    lk = links(rig, *ends)
+    d = rig.disks[disk]
+    assert lk.d2c == min(rig.route(disk, cpu).bw, d.read_bw)
+    assert lk.c2d == min(rig.route(cpu, disk).bw, d.write_bw)
+    slow = replace(lk, d2g=1.0, g2d=1.0)
+    wl = Workload(96, 512, 32)
+    _, _, (_, att), _ = _slots(rig, model, wl, 48, 2, Flags(True, False), slow, ends)
+    tok = kv_token_bytes(model, False)
+    kv_mean = 512 + 16
+    assert att.dwrite["cd"] == pytest.approx(2 * 48 * tok / lk.c2d)
+    assert att.dread["cd"] == pytest.approx(2 * 48 * (kv_mean - 1) * tok / lk.d2c)

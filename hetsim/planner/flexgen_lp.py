@@ -89,6 +89,8 @@ class Links:
     g2d: float  # GPU -> disk
     out_pin: float  # GPU -> CPU, into pinned host memory
     out_page: float  # GPU -> CPU, into pageable host memory
+    d2c: float = math.inf  # disk -> CPU (CPU attention's memmap read)
+    c2d: float = math.inf  # CPU -> disk (CPU attention's new K/V)
 
 
 def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
@@ -97,9 +99,11 @@ def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
         d = rig.disks[disk]
         d2g = min(rig.route(disk, gpu).bw, d.read_bw)
         g2d = min(rig.route(gpu, disk).bw, d.write_bw)
-    else:
-        d2g = g2d = math.inf  # no disk: its fractions are bounded to 0, so no disk terms at all
-    return Links(route.bw, route.pageable_bw, d2g, g2d, back.bw, back.pageable_bw)
+        d2c = min(rig.route(disk, cpu).bw, d.read_bw)
+        c2d = min(rig.route(cpu, disk).bw, d.write_bw)
+    else:  # no disk: its fractions are bounded to 0, so no disk terms at all
+        d2g = g2d = d2c = c2d = math.inf
+    return Links(route.bw, route.pageable_bw, d2g, g2d, back.bw, back.pageable_bw, d2c, c2d)
 
 
 def _t(rig: Rig, device: str, ops: tuple[Op, ...]) -> float:
@@ -162,10 +166,12 @@ def _slots(
                 )
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 new_kv = gbs * seq * kv_tok
-                d2h.update(cc=nb * new_kv / lk.out_page, cd=nb * new_kv / lk.g2d)
+                # a prefill's slab through the copy threads' relay, a decode token's direct (flexgen.py)
+                store = lk.out_page if phase == "prefill" else lk.out_pin
+                d2h.update(cc=nb * new_kv / store, cd=nb * new_kv / lk.g2d)
                 dwrite["cd"] = nb * new_kv / lk.g2d
                 if phase == "decode":
-                    kvb = gbs * (step.kv_len - 1) * kv_tok
+                    kvb = gbs * step.kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
                     # unpinned KV: a host memcpy in the issuing thread (serial), then a pinned DMA
                     c.update(cc=kvb / lk.pin, cd=kvb / lk.d2g)
                     p["cc"] = _t(rig, cpu, (host_copy_op(kvb),))
@@ -173,7 +179,7 @@ def _slots(
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
-                small = o.to_cpu_bytes / lk.out_page + o.to_gpu_bytes / lk.page
+                small = o.to_cpu_bytes / lk.out_pin + o.to_gpu_bytes / lk.page
                 t_fixed = _t(rig, gpu, o.gpu_pre + o.gpu_post)
                 t_gpu_att = _t(rig, gpu, og.gpu_pre) - _t(rig, gpu, o.gpu_pre)
                 t_cpu_att = _t(rig, cpu, o.cpu)
@@ -184,10 +190,12 @@ def _slots(
                     const=t_fixed + small,
                     cg=t_gpu_att,
                     cc=t_cpu_att + t_gather,
-                    cd=t_cpu_att + t_gather + kvb / lk.d2g,
+                    cd=t_cpu_att + t_gather + kvb / lk.d2c,
                 )
-                dread["cd"] = nb * kvb / lk.d2g
-                dwrite["cd"] = nb * gbs * kv_tok / lk.g2d
+                dread["cd"] = nb * kvb / lk.d2c
+                dwrite["cd"] = nb * gbs * kv_tok / lk.c2d  # the new K/V went to the CPU with q
+            # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
+            p["hc"] = p.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
             out.append((mult, _Slot(w, c, p, d2h, dread, dwrite)))
     return out
 
