@@ -160,3 +160,22 @@ def test_hidden_copies_hold_the_default_stream_before_the_kernels(tmp_path):
     # copies were issued: no kernel overlaps the first position's pair of copies
     first_copy_end = hid[0][0] + hid[0][1]
     assert all(k >= first_copy_end - 1e-6 for k in kernels if k >= hid[0][0])
+
+
+def test_compressed_embedding_tables_are_decompressed_padded_then_cut(opt30b):
+    """--compress-weight groups rows in 64s: OPT's 50272-token and 2050-position tables are stored
+    padded to 50304 and 2112 rows, decompressed whole for every GPU batch, then cut back by one more
+    copy (2 + 2 B an element); the decoder's matrices (7168 and 28672 rows) need neither."""
+    _, model = opt30b
+    h = 7168
+    o = substep_ops(model, "embed", "decode", 64, 1, 520, False, 1.0, True, False)
+    deq = [x for x in o.gpu_pre if x.name.startswith("dequant")]
+    unpad = [x for x in deq if x.name.endswith("unpad")]
+    assert len(deq) == 2 * 6 + 2
+    assert [u.mem_bytes for u in unpad] == [4.0 * 50272 * h, 4.0 * 2050 * h]
+    padded = (50304 + 2112) * h
+    assert sum(x.mem_bytes for x in deq) == pytest.approx(
+        padded * (13 + 2 * GROUP_SCALE) + 4.0 * (50272 + 2050) * h
+    )
+    att = substep_ops(model, "attention", "decode", 64, 1, 520, False, 1.0, True, False)
+    assert not [x for x in att.gpu_pre if x.name.endswith("unpad")]

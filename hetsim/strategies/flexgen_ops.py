@@ -89,6 +89,23 @@ def _quant(name: str, elems: float, tensors: int) -> tuple[Op, ...]:
     return _kernels(name, COMPRESS_KERNELS, elems, tensors)
 
 
+def _padded_tables(model: ModelSpec, kind: str) -> tuple[float, tuple[Op, ...]]:
+    """The embedding tables' extra work when compressed: weights are grouped along dim 0 (rows) in
+    64s, so a table whose rows are no multiple of 64 (OPT: 50272 tokens, 2050 positions) is stored
+    and decompressed padded to whole groups, then cut back with ``.contiguous()``, one more copy
+    (compression.py: decompress, the unpad branch). Matrices of the decoder layers divide evenly.
+    Returns (padding elements decompressed, the unpad copies)."""
+    h, g = model.hidden, INT4.group_size
+    tables = {"embed": (model.vocab, model.learned_positions), "output": (model.vocab,)}.get(kind, ())
+    pad, ops = 0.0, []
+    for rows in tables:
+        if rows % g:
+            pad += (-rows % g) * h
+            n = float(rows * h)
+            ops.append(Op("dequant_weights.unpad", OpKind.ELEMENTWISE, 0, n, 0.0, 2.0 * n, 2.0 * n))
+    return pad, tuple(ops)
+
+
 def host_copy_op(nbytes: float) -> Op:
     """``Tensor.pin_memory()`` on the host: read the pageable tensor, write a pinned copy.
 
@@ -130,7 +147,8 @@ def substep_ops(
     if compress_weight:
         idx = {"embed": 0, "attention": 1, "mlp": 2, "output": 2 * model.layers + 1}[kind]
         packed = [n for n, m in scheduling_layer_tensors(model)[idx] if m]
-        wdeq = _dequant("dequant_weights", sum(packed), len(packed))
+        pad, unpad = _padded_tables(model, kind)
+        wdeq = _dequant("dequant_weights", sum(packed) + pad, len(packed)) + unpad
     if kind == "embed":
         return SubStepOps((*wdeq, embedding_op(model, gbs, seq)))
     if kind == "output":
