@@ -399,3 +399,28 @@ def test_split_and_resident_bytes_add_up_to_the_model_and_the_host_holds_the_spl
     )
     host = get_strategy("hetegen").footprint(plan, p.rig, p.model, p.workload)["n0.cpu0"]
     assert host["split_weights"] == split_weight_bytes(plan, p.model) < total
+
+
+def test_fp32_cpu_path_keeps_the_fp16_bytes_no_copy_reads(hetegen_6gb, opt30b):
+    """With ``cpu_dtype="fp32"`` the host keeps every split module's fp16 bytes, including the part
+    that only the CPU ever multiplies (1 - max alpha of the two phases), which nothing reads after the
+    fp32 copy is made: HeteGen publishes no code and no CPU dtype, so freeing it is not assumed. The
+    never-read bytes are stated by size here (OPT-30B at 6.25 GB: 6.17 GB of the 54.6 GB split)."""
+    import dataclasses
+
+    from hetsim.strategies.hetegen import split_weight_bytes_by_kind
+
+    p = opt30b
+    plan = dataclasses.replace(hetegen_6gb[0], cpu_dtype="fp32")
+    host = get_strategy("hetegen").footprint(plan, p.rig, p.model, p.workload)["n0.cpu0"]
+    split = split_weight_bytes_by_kind(plan, p.model)
+    assert host["split_weights"] == pytest.approx(sum(split.values()))
+    unread = sum(
+        b * (1 - max(plan.alpha_prefill.get(k, 0.0), plan.alpha_decode.get(k, 0.0))) for k, b in split.items()
+    )
+    assert unread == pytest.approx(6.17e9, rel=0.01)  # of 54.6 GB split: prefill's alphas are near 1
+    copy = sum(
+        2 * b * (1 - min(plan.alpha_prefill.get(k, 0.0), plan.alpha_decode.get(k, 0.0)))
+        for k, b in split.items()
+    )
+    assert host["split_weights_fp32"] == pytest.approx(copy)

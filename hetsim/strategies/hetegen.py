@@ -349,7 +349,11 @@ class HeteGen(Strategy):
         check_budget(plan.gpu, what, gpu, plan.gpu_mem_budget, rel_tol=1e-12)
         split = split_weight_bytes_by_kind(plan, model)
         host = {"split_weights": sum(split.values())}
-        if plan.cpu_dtype == "fp32":  # the fp32 copy of the largest CPU share of either phase
+        # fp32: the fp32 copy of the largest CPU share of either phase, and every fp16 byte kept, the
+        # always-CPU part's too (1 - max alpha of the phases), though no copy reads it after the
+        # upcast. HeteGen releases no code and its paper names no CPU dtype, so whether a runtime
+        # would free those bytes is not known; the larger footprint is kept and stated.
+        if plan.cpu_dtype == "fp32":
             host["split_weights_fp32"] = sum(
                 2 * nbytes * (1 - min(plan.alpha_prefill.get(k, 0.0), plan.alpha_decode.get(k, 0.0)))
                 for k, nbytes in split.items()
