@@ -6,13 +6,22 @@ from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import (
     embedding_bytes,
     kv_bytes_per_token_layer,
+    layer_leaf_modules,
     layer_weight_bytes,
     lm_head_bytes,
+    tensor_bytes,
 )
 
 
 def layer_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
     return layer_weight_bytes(model, DTYPES[weight_dtype])
+
+
+def largest_leaf_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
+    """The largest leaf module of a decoder layer (OPT's fc1 with its bias, a gated projection): what a
+    per-module hook holds on the GPU at once when it copies each module in before it runs."""
+    dtype = DTYPES[weight_dtype]
+    return max(sum(tensor_bytes(t, dtype) for t in leaf) for leaf in layer_leaf_modules(model))
 
 
 def embed_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
