@@ -111,3 +111,17 @@ def test_accelerate_stages_one_leaf_module_not_a_layer(opt30b):
     assert s.footprint(plan, rig, opt30b, wl)[plan.gpu]["staging"] == 2 * (F * H + F)
     llama = get_model("llama2-7b")  # a gated MLP: the largest leaf is one projection
     assert largest_leaf_bytes(llama) == 2 * llama.hidden * llama.intermediate
+
+
+@pytest.mark.parametrize("name", ["opt-6.7b", "opt-30b", "llama2-7b", "llama2-70b", "llama3-8b", "qwen-72b"])
+def test_every_weight_is_fetched_or_kept_once_a_forward(name):
+    """Fetched plus persistent elements are the model's parameters, the tied table counted again when
+    it is refetched for the head (gated MLPs' three projections, GQA's narrower k and v included)."""
+    from hetsim.models.spec import DTYPES
+    from hetsim.models.weights import weight_bytes
+
+    for model in (get_model(name), replace(get_model(name), layers=1)):  # 1 layer: a tied table is kept
+        f = fetches(model)
+        refetched = model.vocab * model.token_dim * 2 if model.tied_embeddings and not f.kept else 0
+        fetched = sum(f.block_bytes()) + f.persistent * 2
+        assert fetched - refetched == pytest.approx(weight_bytes(model, DTYPES["fp16"]), rel=1e-12)
