@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from hetsim.hardware.rig import Rig
@@ -97,6 +97,17 @@ class Fetches:
         return out
 
     def _walk(self, prefetch: bool) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
+        return self._prefetching if prefetch else self._one_by_one
+
+    @cached_property  # the search asks for a footprint per candidate batch: walk once per model
+    def _prefetching(self) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
+        return self._walk_calls(True)
+
+    @cached_property
+    def _one_by_one(self) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
+        return self._walk_calls(False)
+
+    def _walk_calls(self, prefetch: bool) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
         """The fetch calls in issue order, (leaf issuing it, [(leaf needing it, elements)]), and the
         most elements live at once (PartitionedParameterCoordinator.fetch_sub_module): a leaf fetches
         its tensors not yet requested; every module's pre-forward hook then requests the next
