@@ -65,7 +65,8 @@ class ZeroInferencePlan:
     # offload_param.pin_memory: DeepSpeed's default is false (offload_config.py:43); the ZeRO-3
     # offload config that transformers' DeepSpeed integration documents sets it true (assumed)
     pinned: bool = True
-    prefetch: bool = True  # fetch module i + 1 while module i computes
+    # prefetch along the recorded trace; False: one module at a time, as the first forward runs
+    prefetch: bool = True
     gpu_mem_budget: float | None = None
 
 
