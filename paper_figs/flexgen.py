@@ -66,7 +66,7 @@ def accelerate_benchmark_plan(plan):
     """The baseline's device map in FlexGen's benchmark (benchmark/hf_ds/hf_opt.py, --cpu-offload):
     GPU memory capped for weights (max_memory) so that the embeddings and the LM head stay on the GPU
     and every decoder layer is offloaded to the CPU, copied in by Accelerate's hooks each time it runs
-    (accelerate 0.15 hooks.py: AlignDevicesHook.pre_forward, one synchronous copy per tensor)."""
+    (accelerate 0.16.0 hooks.py:259-268: AlignDevicesHook.pre_forward, one blocking copy per tensor)."""
     return replace(plan, gpu_layers=0, cpu_layers=plan.gpu_layers + plan.cpu_layers)
 
 

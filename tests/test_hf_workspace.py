@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hetsim.models.memory import hf_decode_workspace, hf_eager_workspace, hf_prefill_workspace
+from hetsim.models.memory import hf_decode_workspace, hf_eager_workspace, hf_prefill_workspace, kv_cache_bytes
 from hetsim.models.registry import get_model
 
 DATA = Path(__file__).parent / "data" / "hf-opt-peak-4.26.1.csv"
@@ -92,3 +92,68 @@ def test_workspace_grows_with_batch_and_prompt(batch, prompt, gen, more_batch, m
     ws = hf_eager_workspace(OPT30, batch, prompt, prompt + gen)
     assert hf_eager_workspace(OPT30, batch + more_batch, prompt, prompt + gen) > ws
     assert hf_eager_workspace(OPT30, batch, prompt + more_prompt, prompt + more_prompt + gen) > ws
+
+
+GATED = Path(__file__).parent / "data" / "hf-gated-peak-4.35.2.csv"
+
+
+def _gated_rows() -> list[dict]:
+    with GATED.open() as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    return [{k: v if k in ("family", "phase") else int(v) for k, v in r.items()} for r in rows]
+
+
+@pytest.mark.parametrize(
+    "row",
+    _gated_rows(),
+    ids=lambda r: (
+        f"{r['family']}-{r['phase']}-b{r['batch']}-s{r['tokens']}-H{r['heads']}/{r['kv_heads']}-L{r['layers']}"
+    ),
+)
+def test_llama_style_workspace_matches_torch_without_a_fit(row):
+    """tools/hf_gated_peak.py's count of transformers 4.35.2's eager Llama and Mistral forwards (MHA,
+    GQA, MQA). The constants come from reading that code (gated MLP: 3 live n x f tensors; GQA's
+    repeated K and V; fp32 logits), none fitted to these rows: one-layer models within 1%; with two
+    layers a prefill holds an n x h-sized tensor more between layers (up to 6.2% here, 2 B per token
+    x hidden, noise at real sizes where the scores or the MLP dominate)."""
+    model = dataclasses.replace(
+        get_model("llama2-7b"),
+        hidden=row["hidden"],
+        heads=row["heads"],
+        kv_heads=row["kv_heads"],
+        head_dim=row["hidden"] // row["heads"],
+        intermediate=row["ffn"],
+        vocab=row["vocab"],
+        layers=row["layers"],
+    )
+    if row["phase"] == "prefill":
+        got = hf_prefill_workspace(model, row["batch"], row["tokens"])
+    else:
+        got = hf_decode_workspace(model, row["batch"], row["tokens"] + 1)
+    assert got == pytest.approx(row["workspace_bytes"], rel=0.01 if row["layers"] == 1 else 0.07)
+
+
+def test_mistral7b_prompt512_hand_count():
+    """Mistral-7B (32 heads, 8 KV heads, MLP 14336, vocab 32000), one sequence of 512: the prompt's
+    logits in fp16 and their fp32 copy (6 B x 512 x 32000, 98 MB) beat the attention moment (6 B x n x h,
+    2 B mask, 8 B per score, K and V repeated to 32 heads, 89 MB) and the MLP's three n x 14336
+    tensors."""
+    mistral = get_model(str(Path(__file__).parent / "data" / "hf-configs" / "Mistral-7B" / "config.json"))
+    n, h, kv = 512, 4096, 512
+    attention = 6 * n * h + 2 * n * kv + 8 * n * 32 * kv + 4 * kv * 32 * 128
+    mlp = 6 * n * h + 2 * n * kv + 2 * 3 * n * 14336
+    logits = 2 * n * h + 6 * n * 32000
+    assert hf_prefill_workspace(mistral, 1, 512) == logits > attention > mlp
+
+
+def test_llama2_70b_decode_holds_the_repeated_keys_and_values():
+    """Llama-2-70B's 8 KV heads are repeated to 64 for the eager matmuls: at 4096 keys a decode step of
+    8 sequences holds 2 x 2 B x 8 x 4096 x 64 x 128 = 1.07 GB of repeated K and V beside the previous
+    cache; with as many KV heads as heads there would be none."""
+    llama = get_model("llama2-70b")
+    b, kv = 8, 4096
+    rep = 4 * b * kv * 64 * 128
+    moments = 6 * b * 8192 + 2 * b * kv + 8 * b * 64 * kv + rep
+    assert hf_decode_workspace(llama, b, kv) - kv_cache_bytes(llama, b, kv - 1, llama.layers) == moments
+    mha = dataclasses.replace(llama, kv_heads=64)
+    assert hf_decode_workspace(mha, b, kv) - kv_cache_bytes(mha, b, kv - 1, mha.layers) == moments - rep

@@ -6,13 +6,22 @@ from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import (
     embedding_bytes,
     kv_bytes_per_token_layer,
+    layer_leaf_modules,
     layer_weight_bytes,
     lm_head_bytes,
+    tensor_bytes,
 )
 
 
 def layer_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
     return layer_weight_bytes(model, DTYPES[weight_dtype])
+
+
+def largest_leaf_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
+    """The largest leaf module of a decoder layer (OPT's fc1 with its bias, a gated projection): what a
+    per-module hook holds on the GPU at once when it copies each module in before it runs."""
+    dtype = DTYPES[weight_dtype]
+    return max(sum(tensor_bytes(t, dtype) for t in leaf) for leaf in layer_leaf_modules(model))
 
 
 def embed_bytes(model: ModelSpec, weight_dtype: str = "fp16") -> float:
@@ -75,14 +84,33 @@ def hidden_bytes(model: ModelSpec, batch: int, seq_len: int, act_dtype: str = "f
 #   Later transformers' DynamicCache frees each old layer as it goes (5.24.0, the other CSV there).
 _HF_PREFILL = {
     "attention": {"nh": 10.0, "mask": 2.0, "scores": 8.0},
-    "mlp": {"nh": 8.0, "mask": 2.0, "nf": 4.0},
+    "mlp": {"nh": 8.0, "mask": 2.0, "nf": 2.0},
     "logits": {"nh": 2.0, "nV": 2.0},
 }
 _HF_DECODE = {
     "attention": {"nh": 10.0, "mask": 2.0, "scores": 8.0},
     "kv_update": {"nh": 12.0, "mask": 2.0},
-    "mlp": {"nh": 8.0, "mask": 2.0, "nf": 4.0},
+    "mlp": {"nh": 8.0, "mask": 2.0, "nf": 2.0},
     "logits": {"nh": 2.0, "nV": 2.0},
+}
+# The Llama-style eager forward (transformers 4.35.2, Nov 2023, the last with the tuple cache: Llama
+# and Mistral; later families copy it), read from its code, not fitted: the same 8 B per score and
+# 2 B mask; ``repeat_kv`` materialises K and V for every query head when there are fewer KV heads
+# (``rep``: 2 x 2 B per sequence x key x head x head_dim; none with as many KV heads as heads, nor
+# with one, whose repeat is a view); the
+# gated MLP holds act(gate), up and their product at once (3 live n x f tensors, ``nf`` counts them);
+# ``logits.float()`` adds an fp32 copy of the logits (2 + 4 B per n x V); the residual, the normed
+# input and q (6 B per n x h) beside attention and the MLP. Checked against torch's own allocations
+# (tools/hf_gated_peak.py -> tests/data/hf-gated-peak-4.35.2.csv, tests/test_hf_workspace.py).
+_HF_GATED_PREFILL = {
+    "attention": {"nh": 6.0, "mask": 2.0, "scores": 8.0, "rep": 4.0},
+    "mlp": {"nh": 6.0, "mask": 2.0, "nf": 2.0},
+    "logits": {"nh": 2.0, "nV": 6.0},
+}
+_HF_GATED_DECODE = {
+    "attention": {"nh": 6.0, "mask": 2.0, "scores": 8.0, "rep": 4.0},
+    "mlp": {"nh": 6.0, "mask": 2.0, "nf": 2.0},
+    "logits": {"nh": 2.0, "nV": 6.0},
 }
 
 
@@ -93,26 +121,36 @@ def _hf_moments(model: ModelSpec, batch: int, tokens: int, kv: int, coeffs: dict
         "nh": n * model.hidden,
         "mask": n * kv,
         "scores": n * model.heads * kv,
-        "nf": n * widest * (2 if model.gated_mlp else 1),
+        "nf": n * widest * (3 if model.gated_mlp else 2),  # live n x f tensors at the MLP's peak
         "nV": n * model.vocab,
+        # one KV head (MQA) repeats as a view: expand then a reshape that needs no copy
+        "rep": batch * kv * model.heads * model.head_dim if 1 < model.kv_heads < model.heads else 0,
     }
     return max(sum(c * terms[t] for t, c in moment.items()) for moment in coeffs.values())
+
+
+def _tables(model: ModelSpec) -> tuple[dict, dict]:
+    """(prefill, decode) moments of the HF eager forward the model's family runs."""
+    if model.family == "opt":
+        return _HF_PREFILL, _HF_DECODE
+    return _HF_GATED_PREFILL, _HF_GATED_DECODE
 
 
 def hf_eager_workspace(model: ModelSpec, batch: int, prompt_len: int, context_len: int) -> float:
     """Peak bytes HF transformers' eager generate holds beyond its weights and KV cache (fp16).
 
     The larger of the prefill of ``prompt_len`` tokens and the last decode step (``context_len``
-    keys). Measured on OPT (constants above); other families are assumed to run the same ops (a
-    gated MLP as its two up projections; GQA's repeated keys not counted)."""
+    keys). OPT's constants are measured on OPT; every other family runs the Llama-style forward
+    (constants read from Llama's and Mistral's code and checked against torch's allocations);
+    MoE routing and MLA are not modelled beyond it."""
     return max(hf_prefill_workspace(model, batch, prompt_len), hf_decode_workspace(model, batch, context_len))
 
 
 def hf_prefill_workspace(model: ModelSpec, batch: int, prompt_len: int) -> float:
-    return _hf_moments(model, batch, prompt_len, prompt_len, _HF_PREFILL)
+    return _hf_moments(model, batch, prompt_len, prompt_len, _tables(model)[0])
 
 
 def hf_decode_workspace(model: ModelSpec, batch: int, kv_len: int) -> float:
     """A decode step attending to ``kv_len`` keys: its moments plus the previous step's whole cache."""
     previous_cache = kv_cache_bytes(model, batch, kv_len - 1, model.layers)
-    return _hf_moments(model, batch, 1, kv_len, _HF_DECODE) + previous_cache
+    return _hf_moments(model, batch, 1, kv_len, _tables(model)[1]) + previous_cache

@@ -116,6 +116,21 @@ def layer_weight_tensors(spec: ModelSpec, moe: bool | None = None) -> tuple[Weig
     return tuple(t)
 
 
+def layer_leaf_modules(spec: ModelSpec, moe: bool | None = None) -> tuple[tuple[WeightTensor, ...], ...]:
+    """``layer_weight_tensors`` grouped by the leaf module that owns them (q_proj's weight and bias,
+    one expert's gate_proj, a norm's scale and shift), in the same order: the unit that module hooks
+    (Accelerate's, ZeRO-3's) move to the GPU and release."""
+    out: list[list[WeightTensor]] = []
+    last = None
+    for t in layer_weight_tensors(spec, moe):
+        leaf = t.name.rsplit(".", 1)[0]
+        if leaf != last:
+            out.append([])
+            last = leaf
+        out[-1].append(t)
+    return tuple(tuple(leaf) for leaf in out)
+
+
 def layer_kinds(spec: ModelSpec) -> tuple[tuple[bool, int], ...]:
     """``(moe, count)`` for each kind of decoder layer the model has."""
     if not spec.is_moe or not spec.dense_layers:

@@ -1,10 +1,41 @@
-"""DeepSpeed ZeRO-Inference (ZeRO-3 ``offload_param`` to CPU) on one GPU.
+"""DeepSpeed ZeRO-Inference (ZeRO-3 ``offload_param`` to CPU) on one GPU, as DeepSpeed 0.8 runs it.
 
-Every parameter lives in pinned host memory and is fetched to the GPU module by module as the
-forward pass reaches it; the next module's fetch is prefetched, so one module's copy overlaps the
-current module's compute. The KV cache and activations stay on the GPU, so the batch is bounded by
-GPU memory, and the schedule is row by row: a pass generates all tokens of its batch, and every
-weight crosses PCIe again for every token of every pass (FlexGen, arXiv 2303.06865; bench_hf.py).
+Every parameter lives in host memory and is fetched to the GPU by module hooks as the forward pass
+reaches its module, then released; the KV cache and activations stay on the GPU, so the batch is
+bounded by GPU memory, and the schedule is row by row: a pass generates all tokens of its batch, and
+every weight crosses PCIe again for every token of every pass (FlexGen, arXiv 2303.06865; bench_hf.py).
+
+What DeepSpeed 0.8.0's code does per fetch (microsoft/DeepSpeed v0.8.0, MIT; runtime/zero/):
+
+- Tensors under ``stage3_param_persistence_threshold`` (1e5 elements by default, config.py:195-197) are
+  marked persistent (parameter_offload.py:316-334) and, once fetched, never released: biases and
+  norms stay on the GPU; only the matrices and tables cross PCIe each forward.
+- One fetch is ``param.ds_tensor.to(cuda)`` (a blocking copy from the host partition, pinned when
+  ``offload_param.pin_memory`` is set) followed by an all-gather into a separate GPU buffer, even at
+  world size 1 (partition_parameters.py:836-853): the gathered buffer is a second allocation, so the
+  all-gather reads and writes every fetched byte once on the GPU. Several tensors prefetched in one
+  call take the coalesced path (:855-880), which ``torch.cat``s the copies into a flat buffer and
+  ``torch.cat``s each parameter out of it again on wait (:525): two GPU copies per byte.
+- Every module's pre-forward hook (parameter_offload.py:466-478, on every module HF calls: the
+  layer, its attention, norms and activation too) waits for its own tensors, then prefetches the next
+  ``stage3_prefetch_bucket_size`` elements (5e7, config.py:187-189; at least one tensor) while
+  fewer than ``stage3_max_live_parameters`` (1e9, config.py:215-217) are fetched and unreleased
+  (partitioned_param_coordinator.py:318-349). HF's OPT layer (transformers 4.26.1) calls 11 modules
+  (the layer, 2 LayerNorms, the attention, q, k, v, out, fc1, the ReLU module, fc2) and fetches 6
+  matrices, so the lookahead fills that cap: ~2 GB of fp16 weights in flight, whatever the model.
+- The host copies run on a side stream (coordinator :398) and block the host; a module's wait makes
+  that stream wait for its own all-gather only (:265-273), which ran beside the copies after it,
+  so with a lookahead of two or more the gathers hide behind the next copies and the host copy
+  chain is the step; compute runs on the default stream, after its own tensors are gathered.
+- Prefetch follows a trace recorded during the first forward (``reset_step`` at the end of every
+  no-grad forward, parameter_offload.py:302-306); the first forward of a process fetches, gathers and
+  computes one module at a time (``prefetch=False``). A steady run is modelled (that forward is a
+  warm-up's: +4.2 s per pass on OPT-30B at batch 4, prompt 512, on the T4).
+- A tied LM head is released after the token lookup (``stage3_max_reuse_distance`` 1e9 elements,
+  coordinator :444-453) and fetched again for the head when more elements than that lie between.
+
+Host-side time per hook (Python, the sync after each blocking copy, while the link idles) has no
+measurement here and is not charged; docs/offloading-baselines.md states its size.
 """
 
 from __future__ import annotations
@@ -12,12 +43,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property, lru_cache
 from typing import Any
 
 from hetsim.hardware.rig import Rig
-from hetsim.models.memory import embed_bytes, head_bytes, hf_eager_workspace, kv_cache_bytes, layer_bytes
+from hetsim.models.memory import hf_eager_workspace, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
-from hetsim.models.spec import ModelSpec
+from hetsim.models.spec import DTYPES, ModelSpec, Op, OpKind
+from hetsim.models.weights import layer_leaf_modules, weight_bytes
 from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
@@ -29,24 +62,141 @@ class ZeroInferencePlan:
     gpu: str
     cpu: str
     batch_per_pass: int
-    pinned: bool = True  # ZeRO-3 offload_param keeps pinned host buffers (pin_memory: true)
-    prefetch: bool = True  # fetch module i + 1 while module i computes
+    # offload_param.pin_memory: DeepSpeed's default is false (offload_config.py:43); the ZeRO-3
+    # offload config that transformers' DeepSpeed integration documents sets it true (assumed)
+    pinned: bool = True
+    # prefetch along the recorded trace; False: one module at a time, as the first forward runs
+    prefetch: bool = True
     gpu_mem_budget: float | None = None
 
 
-def _modules(model: ModelSpec) -> list[float]:
-    """Bytes fetched per module in forward order: embeddings, decoder layers, then the LM head.
+# DeepSpeed 0.8.0's ZeRO-3 defaults (runtime/zero/config.py), assumed: FlexGen's benchmark config for
+# this baseline (benchmark/hf_ds) is not in its PyPI release.
+PERSISTENCE_THRESHOLD = 100_000  # elements: smaller tensors stay on the GPU once fetched
+PREFETCH_BUCKET = 50_000_000  # elements prefetched after each module's fetch (at least one tensor)
+MAX_REUSE_DISTANCE = 1_000_000_000  # elements: a tensor needed again within this many is kept
+MAX_LIVE = 1_000_000_000  # stage3_max_live_parameters: prefetch stops at this many fetched elements
+WEIGHT_BYTES = 2.0  # the fp16 checkpoint, as the baseline runs it
 
-    OPT ties the head to the token table, so the table is fetched again for the head.
-    """
-    head = head_bytes(model) or model.vocab * model.hidden * 2.0
-    return [embed_bytes(model), *([layer_bytes(model)] * model.layers), head]
+
+@dataclass(frozen=True)
+class Fetches:
+    """What one forward fetches, in elements: the tensors of each leaf module that has any to fetch,
+    in the order the forward reaches them, the scheduled block each leaf belongs to (0 the
+    embeddings, 1..L the decoder layers, L + 1 the LM head), and what stays on the GPU."""
+
+    leaves: tuple[tuple[int, ...], ...]
+    block: tuple[int, ...]  # per leaf
+    blocks: int
+    persistent: int  # tensors under the persistence threshold, fetched once and kept
+    kept: int = 0  # a tied token table used again within the reuse distance: live all forward
+
+    def block_bytes(self) -> list[float]:
+        out = [0.0] * self.blocks
+        for b, leaf in zip(self.block, self.leaves, strict=True):
+            out[b] += sum(leaf) * WEIGHT_BYTES
+        return out
+
+    def _walk(self, prefetch: bool) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
+        return self._prefetching if prefetch else self._one_by_one
+
+    @cached_property  # the search asks for a footprint per candidate batch: walk once per model
+    def _prefetching(self) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
+        return self._walk_calls(True)
+
+    @cached_property
+    def _one_by_one(self) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
+        return self._walk_calls(False)
+
+    def _walk_calls(self, prefetch: bool) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
+        """The fetch calls in issue order, (leaf issuing it, [(leaf needing it, elements)]), and the
+        most elements live at once (PartitionedParameterCoordinator.fetch_sub_module): a leaf fetches
+        its tensors not yet requested; every module's pre-forward hook then requests the next
+        ``PREFETCH_BUCKET`` elements (at least one tensor) while fewer than ``MAX_LIVE`` are fetched
+        and unreleased. HF's layers call more hooked modules than they have tensors to fetch (the
+        layer, its attention, norms and activation: 11 modules for OPT's 6 fetched matrices), so the
+        lookahead grows to ``MAX_LIVE`` within a few layers; it is taken as refilled to that cap after
+        every leaf. A leaf's tensors are released after it runs. A call's host copy lands in a GPU
+        tensor beside the gathered buffer until the all-gather (or the coalesced path's cat) is done:
+        one extra copy of the call at its issue."""
+        flat = [(m, n) for m, leaf in enumerate(self.leaves) for n in leaf]
+        calls: list[tuple[int, list[tuple[int, int]]]] = []
+        i, live, peak = 0, 0, 0
+        for m, leaf in enumerate(self.leaves):
+            own_end = i
+            while own_end < len(flat) and flat[own_end][0] <= m:
+                own_end += 1
+            if own_end > i:  # the leaf's own tensors, not prefetched before
+                call = flat[i:own_end]
+                calls.append((m, call))
+                i = own_end
+                live += sum(n for _, n in call)
+                peak = max(peak, live + sum(n for _, n in call))
+            while prefetch and i < len(flat) and live < MAX_LIVE:
+                room = min(MAX_LIVE - live, PREFETCH_BUCKET)
+                j, total = i, 0
+                while j < len(flat) and total < room:
+                    total += flat[j][1]
+                    j += 1
+                calls.append((m, flat[i:j]))
+                i = j
+                live += total
+                peak = max(peak, live + total)
+            peak = max(peak, live)
+            live -= sum(leaf)  # released after the leaf runs
+        return calls, peak
+
+    def gather_bytes(self, prefetch: bool) -> list[float]:
+        """GPU bytes the all-gathers copy per block: once per byte for a lone tensor, twice (cat in,
+        cat out) for a coalesced call."""
+        out = [0.0] * self.blocks
+        for _, tensors in self._walk(prefetch)[0]:
+            copies = 1 if len(tensors) == 1 else 2
+            for m, n in tensors:
+                out[self.block[m]] += copies * n * WEIGHT_BYTES
+        return out
+
+    def peak_bytes(self, prefetch: bool) -> float:
+        """Fetched-weight bytes live on the GPU at the worst moment (``_walk``), with the persistent
+        tensors and a tied table kept for its reuse."""
+        return (self._walk(prefetch)[1] + self.persistent + self.kept) * WEIGHT_BYTES
+
+
+@lru_cache(maxsize=64)
+def fetches(model: ModelSpec) -> Fetches:
+    """ZeRO-3's fetches of one forward of ``model`` in HF's module order (an MoE layer's experts all
+    counted, as if every expert ran)."""
+    table = model.vocab * model.token_dim
+    project = model.hidden * model.embed_dim if model.embed_dim else 0
+    final_norm = model.hidden * (2 if model.norm == "layernorm" else 1) if model.final_norm else 0
+    layers = [
+        [tuple(t.numel for t in leaf) for leaf in layer_leaf_modules(model, model.layer_is_moe(i))]
+        for i in range(model.layers)
+    ]
+    between = model.learned_positions * model.hidden + project + sum(sum(map(sum, layer)) for layer in layers)
+    refetch = not model.tied_embeddings or between + final_norm + project >= MAX_REUSE_DISTANCE
+    embed = [(table,), (model.learned_positions * model.hidden,), (project,)]  # tokens, positions, project_in
+    head = [(final_norm,), (project,), (table if refetch else 0,)]  # final norm, project_out, lm_head
+    leaves, block, persistent = [], [], 0
+    for b, group in enumerate((embed, *layers, head)):
+        for leaf in group:
+            fetched = tuple(n for n in leaf if n >= PERSISTENCE_THRESHOLD)
+            persistent += sum(leaf) - sum(fetched)
+            if fetched:
+                leaves.append(fetched)
+                block.append(b)
+    return Fetches(tuple(leaves), tuple(block), model.layers + 2, persistent, 0 if refetch else table)
+
+
+def gather_op(nbytes: float, layer: int) -> Op:
+    """The all-gather's GPU copy of fetched weights into their gathered buffers (read + write)."""
+    return Op("allgather_copy", OpKind.ELEMENTWISE, layer, 0.0, 0.0, nbytes, nbytes)
 
 
 @register
 class ZeroInference(Strategy):
     name = "deepspeed"
-    summary = "DeepSpeed ZeRO-Inference: weights in pinned host memory streamed per layer with prefetch"
+    summary = "DeepSpeed ZeRO-Inference: weights in host memory fetched per module, gathered, prefetched"
     plan_type = ZeroInferencePlan
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
@@ -94,33 +244,42 @@ class ZeroInference(Strategy):
 
     def footprint(self, plan: ZeroInferencePlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         b = plan.batch_per_pass
-        mods = _modules(model)
-        buffers = 2 * max(mods) if plan.prefetch else max(mods)
         gpu = {
-            "weight_buffers": buffers,
+            # fetched tensors in flight and in use, and the persistent small ones (Fetches.peak_bytes)
+            "weight_buffers": fetches(model).peak_bytes(plan.prefetch),
             "kv_cache": kv_cache_bytes(model, b, workload.context_len, model.layers),
             # HF transformers' forward runs under ZeRO's hooks: its own peak (hf_eager_workspace)
             "activations": hf_eager_workspace(model, b, workload.prompt_len, workload.context_len),
         }
         check_budget(plan.gpu, "gpu_mem_budget", gpu, plan.gpu_mem_budget)
-        return {plan.gpu: gpu, plan.cpu: {"weights": sum(mods)}}
+        return {plan.gpu: gpu, plan.cpu: {"weights": weight_bytes(model, DTYPES["fp16"])}}
 
     def devices(self, plan: ZeroInferencePlan) -> list[str]:
         return [plan.gpu, plan.cpu]
 
     def schedule(self, plan: ZeroInferencePlan, rig: Rig, model: ModelSpec, workload: Workload):
-        mods = _modules(model)
+        f = fetches(model)
+        copied = f.block_bytes()
+        gathers = [gather_op(n, i - 1) if n else None for i, n in enumerate(f.gather_bytes(plan.prefetch))]
+        last = len(copied) - 1
         passes = math.ceil(workload.batch / plan.batch_per_pass)
 
-        def module_ops(i: int, b: int, step):
+        def block_ops(i: int, b: int, step):
             if i == 0:
                 return embed_ops(model, b, step.seq_len)
-            if i == len(mods) - 1:
+            if i == last:
                 return head_ops(model, step.phase, b, step.seq_len)
             return layer_blocks(model, step.phase, b, step.seq_len, step.kv_len).whole
 
-        def fetch(engine, i: int):
-            return engine.transfer(plan.cpu, plan.gpu, mods[i], pinned=plan.pinned, label="fetch_params")
+        def gather(engine, i: int, landed: float) -> float:
+            """The all-gather's GPU copy once the host copy lands; the block's compute waits for it."""
+            op = gathers[i]
+            return landed if op is None else engine.book_compute(plan.gpu, op, after=landed)
+
+        def copy(engine, i: int, after: float = 0.0) -> float:
+            return engine.book_transfer(
+                plan.cpu, plan.gpu, copied[i], pinned=plan.pinned, label="fetch_params", after=after
+            )
 
         def run(engine):
             remaining = workload.batch
@@ -128,16 +287,25 @@ class ZeroInference(Strategy):
                 b = min(plan.batch_per_pass, remaining)
                 remaining -= b
                 for step in steps(workload):
-                    pending = fetch(engine, 0)
-                    for i in range(len(mods)):
-                        yield pending
-                        nxt = None
-                        if plan.prefetch and i + 1 < len(mods):
-                            nxt = fetch(engine, i + 1)
-                        yield engine.compute(plan.gpu, module_ops(i, b, step))
-                        pending = (
-                            nxt if nxt is not None else (fetch(engine, i + 1) if i + 1 < len(mods) else None)
-                        )
+                    landed = copy(engine, 0)
+                    ready = gather(engine, 0, landed)
+                    for i in range(last + 1):
+                        # prefetch: the host blocks on each copy and issues the next one without
+                        # waiting for the gathers (another stream) or compute; at most two blocks
+                        # ahead of compute, as the live-parameter cap holds it (Fetches._walk)
+                        ahead = copy(engine, i + 1, after=landed) if plan.prefetch and i < last else 0.0
+                        yield engine.wait(ready)
+                        done = engine.book_compute(plan.gpu, block_ops(i, b, step))
+                        if i == last:
+                            ready = done
+                        elif plan.prefetch:
+                            landed = ahead
+                            ready = gather(engine, i + 1, landed)
+                        else:  # no trace yet: fetch, gather, then compute, one block at a time
+                            yield engine.wait(done)
+                            landed = copy(engine, i + 1)
+                            ready = gather(engine, i + 1, landed)
+                    yield engine.wait(ready)
                     engine.token_done(b)
 
         return run

@@ -1,0 +1,127 @@
+"""DeepSpeed ZeRO-Inference and Accelerate as their early-2023 releases run on one GPU: what each
+fetch copies, where, in what order, and what stays on the GPU (DeepSpeed 0.8.0 runtime/zero/,
+Accelerate 0.16.0 hooks.py; see the strategies' docstrings for file:line)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from hetsim.costs.op_cost import op_cost
+from hetsim.hardware.loader import load_rig
+from hetsim.models import get_model
+from hetsim.models.memory import largest_leaf_bytes
+from hetsim.sim.run import simulate
+from hetsim.strategies.base import get_strategy
+from hetsim.strategies.deepspeed import MAX_LIVE, PERSISTENCE_THRESHOLD, fetches, gather_op
+from hetsim.workload import Workload
+
+H, F, V, POS, L = 7168, 28672, 50272, 2050, 48  # OPT-30B (config.json)
+TABLE = V * H
+
+
+@pytest.fixture(scope="module")
+def opt30b():
+    return get_model("opt-30b")
+
+
+def test_zero3_fetches_the_matrices_and_keeps_biases_and_norms(opt30b):
+    """Default persistence threshold 1e5 elements: per layer q, k, v, out, fc1, fc2 cross PCIe; the
+    biases and LayerNorms (the largest, fc1's bias, 28672) stay on the GPU; the tied token table
+    is fetched again for the head (29.6e9 elements between its uses > the 1e9 reuse distance)."""
+    f = fetches(opt30b)
+    layer = (H * H,) * 4 + (F * H, H * F)
+    assert f.leaves == ((TABLE,), (POS * H,), *([(n,) for n in layer] * L), (TABLE,))
+    assert f.persistent == L * (4 * H + F + H + 4 * H) + 2 * H
+    assert max(n for leaf in f.leaves for n in leaf) >= PERSISTENCE_THRESHOLD > F
+    assert sum(f.block_bytes()) == 2 * (2 * TABLE + POS * H + L * 12 * H * H)
+    assert f.kept == 0
+
+
+def test_a_small_tied_model_keeps_its_table_between_its_two_uses():
+    """Under 1e9 elements between the token lookup and the head, ZeRO-3 does not release the table."""
+    small = replace(get_model("opt-6.7b"), layers=2)
+    f = fetches(small)
+    assert f.kept == small.vocab * small.hidden
+    assert f.block_bytes()[-1] == 0.0  # nothing fetched for the head
+
+
+def test_allgather_copies_every_fetched_byte_once_on_the_gpu_twice_when_coalesced(opt30b):
+    """World size 1 still gathers into a second buffer: one GPU copy per byte for a lone tensor. On
+    OPT-30B every call holds one tensor but the first prefetch (the position table, 14.7e6 elements,
+    is under the 5e7 bucket, so q_proj of layer 0 joins it), whose bytes are copied twice."""
+    f = fetches(opt30b)
+    fetched = sum(f.block_bytes())
+    assert sum(f.gather_bytes(True)) == fetched + 2 * (POS * H + H * H)
+    small = fetches(get_model("opt-6.7b"))  # 4096^2 = 16.8e6 per attention matrix: calls coalesce
+    assert sum(small.block_bytes()) < sum(small.gather_bytes(True)) < 2 * sum(small.block_bytes())
+
+
+def test_gpu_weight_peak_is_the_live_parameter_cap_plus_one_call_in_flight(opt30b):
+    """Every hooked module prefetches, so the lookahead fills stage3_max_live_parameters (1e9
+    elements); the peak is the cap, plus the call that crosses it and its landing copy. Without
+    prefetch, the first fetch of the token table (landing + gathered) is the peak."""
+    for model in (opt30b, get_model("opt-6.7b"), get_model("llama2-7b")):
+        f = fetches(model)
+        biggest = max(n for leaf in f.leaves for n in leaf)
+        live = (f.peak_bytes(True) - f.persistent * 2) / 2
+        assert MAX_LIVE <= live <= MAX_LIVE + 2 * max(biggest, 50_000_000)
+    f = fetches(opt30b)
+    assert f.peak_bytes(False) == 2 * (2 * TABLE) + f.persistent * 2
+    assert f.peak_bytes(True) > 2 * (2 * TABLE) + f.persistent * 2
+
+
+def test_deepspeed_decode_step_is_the_host_copy_chain():
+    """Copy-bound decode (OPT-30B, batch 4, T4): the host blocks on each copy (12.89 GiB/s pinned)
+    and issues the next at once; the all-gathers' GPU copies (~0.48 s a step) run on another stream
+    beside the copies and hide, as does compute. Without prefetch (no trace yet) they are serial."""
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    s = get_strategy("deepspeed")
+    wl = Workload(4, 512, 32)
+    plan = replace(s.default_plan(rig, model, wl), batch_per_pass=4)
+    f = fetches(model)
+    gpu = rig.devices["n0.gpu0"]
+    copies = sum(b / (12.89 * 2**30) + 10e-6 for b in f.block_bytes())
+    gathers = sum(op_cost(gpu, gather_op(n, 0)).time_s for n in f.gather_bytes(False))
+    assert gathers > 0.4
+    assert simulate(s, plan, rig, model, wl).tpot_s == pytest.approx(copies, rel=0.005)
+    serial = simulate(s, replace(plan, prefetch=False), rig, model, wl).tpot_s
+    assert serial > copies + gathers
+
+
+def test_deepspeed_footprint_reserves_the_fetch_peak(opt30b):
+    rig = load_rig("flexgen-t4")
+    s = get_strategy("deepspeed")
+    wl = Workload(4, 512, 32)
+    plan = s.default_plan(rig, opt30b, wl)
+    fp = s.footprint(plan, rig, opt30b, wl)
+    assert fp[plan.gpu]["weight_buffers"] == fetches(opt30b).peak_bytes(True)
+    assert fp[plan.cpu]["weights"] == pytest.approx(2 * (TABLE + POS * H + L * (12 * H * H + 13 * H) + 2 * H))
+
+
+def test_accelerate_stages_one_leaf_module_not_a_layer(opt30b):
+    """Accelerate's hooks copy a leaf module in and drop it after it runs: the GPU holds fc1 (weight
+    and bias), 0.41 GB on OPT-30B, not the 1.23 GB layer."""
+    assert largest_leaf_bytes(opt30b) == 2 * (F * H + F)
+    rig = load_rig("flexgen-t4")
+    s = get_strategy("accelerate")
+    wl = Workload(8, 512, 32)
+    plan = replace(s.default_plan(rig, opt30b, wl), gpu_layers=0, cpu_layers=L, disk_layers=0)
+    assert s.footprint(plan, rig, opt30b, wl)[plan.gpu]["staging"] == 2 * (F * H + F)
+    llama = get_model("llama2-7b")  # a gated MLP: the largest leaf is one projection
+    assert largest_leaf_bytes(llama) == 2 * llama.hidden * llama.intermediate
+
+
+@pytest.mark.parametrize("name", ["opt-6.7b", "opt-30b", "llama2-7b", "llama2-70b", "llama3-8b", "qwen-72b"])
+def test_every_weight_is_fetched_or_kept_once_a_forward(name):
+    """Fetched plus persistent elements are the model's parameters, the tied table counted again when
+    it is refetched for the head (gated MLPs' three projections, GQA's narrower k and v included)."""
+    from hetsim.models.spec import DTYPES
+    from hetsim.models.weights import weight_bytes
+
+    for model in (get_model(name), replace(get_model(name), layers=1)):  # 1 layer: a tied table is kept
+        f = fetches(model)
+        refetched = model.vocab * model.token_dim * 2 if model.tied_embeddings and not f.kept else 0
+        fetched = sum(f.block_bytes()) + f.persistent * 2
+        assert fetched - refetched == pytest.approx(weight_bytes(model, DTYPES["fp16"]), rel=1e-12)
