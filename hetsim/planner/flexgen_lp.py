@@ -135,8 +135,7 @@ def _slots(
     gpu, cpu, _ = ends
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
     cw = fl.compress_weight
-    plan = FlexGenPlan(compress_cache=fl.compress_cache, compress_weight=cw, placement="continuous")
-    split = layer_weight_split(model, replace(plan, wg=0.0, wc=100.0))
+    split = _split_cache(model, cw)  # the weights all off the GPU; compress_cache does not enter
     w_att, w_mlp = split[1][1], split[2][1]
     kv_tok = kv_token_bytes(model, fl.compress_cache)
     out = []
@@ -196,9 +195,7 @@ def _other_layers_time(
     rig: Rig, model: ModelSpec, wl: Workload, gbs: int, nb: int, lk: Links, gpu: str, cw: bool = False
 ) -> float:
     """Input embedding and output layers: a constant per block (their weights counted off-GPU)."""
-    split = layer_weight_split(
-        model, FlexGenPlan(wg=0.0, wc=100.0, compress_weight=cw, placement="continuous")
-    )
+    split = _split_cache(model, cw)
     total = 0.0
     for phase, seq, mult in (("prefill", wl.prompt_len, 1), ("decode", 1, wl.gen_len - 1)):
         for kind, j in (("embed", 0), ("output", len(split) - 1)):
@@ -253,9 +250,10 @@ def cost_model(
         "cpu": rig.devices[cpu].mem_bytes,
         "disk": rig.disks[disk].capacity_bytes if disk else 0.0,
     }
+    unit = {v: _mem(model, shape, {v: 1.0}, wtot, wmax) for v in VARS}  # once for the three tiers
     rows = []
     for tier, cap in caps.items():  # in GB: keeps the LP well scaled
-        coefs = {v: (_mem(model, shape, {v: 1.0}, wtot, wmax)[tier] - base[tier]) / 1e9 for v in VARS}
+        coefs = {v: (unit[v][tier] - base[tier]) / 1e9 for v in VARS}
         rows.append(({v: c for v, c in coefs.items() if c}, (cap - base[tier]) / 1e9))
     return CostModel(
         gbs,
