@@ -7,7 +7,8 @@ module whose ``Index`` and ``Series`` are empty classes takes its place for the 
 import, and is removed at once: a later ``import pandas`` loads the real one. Models, solves and
 results are CP-SAT's own either way; only cp_model's pandas helpers would not work (they are not
 used). Should a future OR-Tools need more of pandas at import, the stand-in fails and the module is
-imported the ordinary way.
+imported the ordinary way. Another thread importing pandas during those ~0.1 s would get the
+stand-in: hetsim's searches run in processes, and sweeps load pandas before any search.
 """
 
 from __future__ import annotations
