@@ -254,7 +254,7 @@ def compare(
 def _worker_jobs(chosen: Sequence[Strategy], search: bool) -> list[list[int]]:
     """Indices of ``chosen`` as the jobs of compare's workers, costliest first (longest-processing-time
     order, by ``search_weight``): one job per strategy, except that the searches which load CP-SAT
-    (and pandas through it, ~0.3-0.5 s) share one, so one worker imports it, once."""
+    (~0.1 s) share one, so one worker imports it, once."""
     cp_sat = [i for i, s in enumerate(chosen) if search and s.name in CP_SAT_SEARCHES]
     jobs = [[i] for i in range(len(chosen)) if i not in cp_sat] + ([cp_sat] if cp_sat else [])
     return sorted(jobs, key=lambda job: -sum(chosen[i].search_weight for i in job))

@@ -139,8 +139,7 @@ def _slots(
     gpu, cpu, _ = ends
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
     cw = fl.compress_weight
-    plan = FlexGenPlan(compress_cache=fl.compress_cache, compress_weight=cw, placement="continuous")
-    split = layer_weight_split(model, replace(plan, wg=0.0, wc=100.0))
+    split = _split_cache(model, cw)  # the weights all off the GPU; compress_cache does not enter
     w_att, w_mlp = split[1][1], split[2][1]
     kv_tok = kv_token_bytes(model, fl.compress_cache)
     out = []
@@ -204,9 +203,7 @@ def _other_layers_time(
     rig: Rig, model: ModelSpec, wl: Workload, gbs: int, nb: int, lk: Links, gpu: str, cw: bool = False
 ) -> float:
     """Input embedding and output layers: a constant per block (their weights counted off-GPU)."""
-    split = layer_weight_split(
-        model, FlexGenPlan(wg=0.0, wc=100.0, compress_weight=cw, placement="continuous")
-    )
+    split = _split_cache(model, cw)
     total = 0.0
     for phase, seq, mult in (("prefill", wl.prompt_len, 1), ("decode", 1, wl.gen_len - 1)):
         for kind, j in (("embed", 0), ("output", len(split) - 1)):
@@ -261,9 +258,10 @@ def cost_model(
         "cpu": rig.devices[cpu].mem_bytes,
         "disk": rig.disks[disk].capacity_bytes if disk else 0.0,
     }
+    unit = {v: _mem(model, shape, {v: 1.0}, wtot, wmax) for v in VARS}  # once for the three tiers
     rows = []
     for tier, cap in caps.items():  # in GB: keeps the LP well scaled
-        coefs = {v: (_mem(model, shape, {v: 1.0}, wtot, wmax)[tier] - base[tier]) / 1e9 for v in VARS}
+        coefs = {v: (unit[v][tier] - base[tier]) / 1e9 for v in VARS}
         rows.append(({v: c for v, c in coefs.items() if c}, (cap - base[tier]) / 1e9))
     return CostModel(
         gbs,
@@ -302,6 +300,67 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
     return total + cm.other_s
 
 
+def _rows_of(
+    solver: pywraplp.Solver, t: pywraplp.Variable, parts: tuple[tuple[float, dict[str, float]], ...], x: dict
+) -> None:
+    """Add ``t >= sum(k * lin(form) for k, form in parts)`` as one row, its coefficients summed in the
+    order (and with the skipped zero multipliers) of OR-Tools' natural API (``LinearExpr.GetCoeffs``:
+    t, then each form's terms, each coefficient ``(-1.0 * k) * coef``), so the model GLOP receives is
+    the same, bit for bit, as ``solver.Add(t >= ...)`` builds, at a tenth of its Python cost."""
+    coeffs = {t: 1.0}
+    offset = 0.0
+    for k, form in parts:
+        m = -1.0 * k
+        if not m:
+            continue
+        for v, coef in form.items():
+            cm = m * coef
+            if v == "const":
+                offset += cm
+            elif cm:
+                coeffs[x[v]] = coeffs.get(x[v], 0.0) + cm
+    row = solver.Constraint(0.0 - offset, solver.infinity(), "")
+    for var, c in coeffs.items():
+        row.SetCoefficient(var, c)
+
+
+def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variable]]:
+    """GLOP's model of ``cm``: the 9 fractions, the tier sums, the memory rows, one epigraph variable
+    per slot (four overlap forms and the three lanes), the layers' summed time as the objective."""
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    x = {v: solver.NumVar(lo, hi, v) for v, (lo, hi) in cm.bounds.items()}
+    for tier in "wch":
+        row = solver.Constraint(1.0, 1.0, "")
+        for t in "gcd":
+            row.SetCoefficient(x[tier + t], 1.0)
+    for coefs, rhs in cm.memory:
+        if not coefs:  # the natural API's ``0 <= rhs``: an empty row, infeasible when rhs < 0
+            solver.Constraint(*((0, 0) if rhs >= 0 else (1, 1)), "")
+            continue
+        row = solver.Constraint(-solver.infinity(), rhs, "")
+        for v, c in coefs.items():
+            if c:
+                row.SetCoefficient(x[v], c)
+    objective = []
+    nbf = float(cm.nb)
+    for mult, slot in cm.slots:
+        t = solver.NumVar(0.0, solver.infinity(), "t")
+        _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
+        _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
+        _rows_of(solver, t, ((1.0, slot.p), (nbf - 1, slot.c)), x)
+        _rows_of(solver, t, ((nbf, slot.p),), x)
+        for lane in (slot.d2h, slot.dread, slot.dwrite):
+            _rows_of(solver, t, ((1.0, lane),), x)
+        objective.append((mult * cm.layers, t))
+    goal = solver.Objective()
+    goal.SetMinimization()
+    goal.SetOffset(0.0)
+    for c, t in objective:
+        if c:
+            goal.SetCoefficient(t, c)
+    return solver, x
+
+
 def solve_lp(
     rig: Rig,
     model: ModelSpec,
@@ -314,29 +373,7 @@ def solve_lp(
 ) -> LpSolution | None:
     """Minimise the block time over the 9 fractions; None when no placement fits in memory."""
     cm = cost_model(rig, model, wl, gbs, nb, fl, ends, gpu_budget)
-    solver = pywraplp.Solver.CreateSolver("GLOP")
-    x = {v: solver.NumVar(lo, hi, v) for v, (lo, hi) in cm.bounds.items()}
-    for tier in "wch":
-        solver.Add(sum(x[tier + t] for t in "gcd") == 1.0)
-    for coefs, rhs in cm.memory:
-        solver.Add(sum(c * x[v] for v, c in coefs.items()) <= rhs)
-
-    def lin(form: dict[str, float]):
-        return form.get("const", 0.0) + sum(coef * x[v] for v, coef in form.items() if v != "const")
-
-    terms = []
-    nbf = float(nb)
-    for mult, slot in cm.slots:
-        t = solver.NumVar(0.0, solver.infinity(), "t")
-        w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
-        solver.Add(t >= w + nbf * c)
-        solver.Add(t >= w + c + (nbf - 1) * p)
-        solver.Add(t >= p + (nbf - 1) * c)
-        solver.Add(t >= nbf * p)
-        for lane in (slot.d2h, slot.dread, slot.dwrite):
-            solver.Add(t >= lin(lane))
-        terms.append(mult * model.layers * t)
-    solver.Minimize(sum(terms))
+    solver, x = build_lp(cm)
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
         return None
     block = solver.Objective().Value() + cm.other_s

@@ -19,11 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ortools.sat.python import cp_model
-
 from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op, Phase
+from hetsim.planner.cpsat import cp_model
 from hetsim.planner.ranking import Evaluate, best_plan
 from hetsim.strategies.hetegen import (
     RUNTIME_RESERVE_BYTES,

@@ -29,13 +29,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
 
-from ortools.sat.python import cp_model
-
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.memory import hidden_bytes
 from hetsim.models.sharding import TP_DEGREES, tp_degrees
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import param_count
+from hetsim.planner.cpsat import cp_model
 from hetsim.planner.ranking import Evaluate, best_plan, evaluator
 from hetsim.serving.batching import MAX_IN_FLIGHT
 from hetsim.serving.estimate import TimesCache, estimate_attainment

@@ -1,0 +1,59 @@
+"""``hetsim.planner.cpsat`` loads CP-SAT without pandas, and changes nothing else (fresh interpreters:
+what is loaded matters)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+SOLVE = (
+    "m = cp_model.CpModel(); x = m.new_int_var(0, 10, 'x'); y = m.new_int_var(0, 10, 'y'); "
+    "m.add(3 * x + 2 * y <= 17); m.maximize(2 * x + 3 * y); s = cp_model.CpSolver(); "
+    "s.parameters.num_workers = 1; st = s.solve(m); "
+    "print(st == cp_model.OPTIMAL, s.value(x), s.value(y), s.objective_value)"
+)
+
+
+def test_cp_sat_loads_without_pandas_and_pandas_loads_after():
+    out = _run(
+        "import sys; from hetsim.planner.cpsat import cp_model; "
+        "print('pandas' in sys.modules, 'ortools.sat.python.cp_model' in sys.modules); "
+        + SOLVE
+        + "; import pandas; print(pandas.DataFrame({'a': [1, 2]})['a'].sum(), "
+        "sys.modules['pandas'] is pandas, hasattr(pandas, 'read_parquet'))"
+    )
+    loaded, solved, after = out.split("\n")[:3]
+    assert (loaded, after) == ("False True", "3 True True")
+    assert solved == "True 0 8 24.0"  # max 2x + 3y, 3x + 2y <= 17
+
+
+def test_the_same_solution_as_the_ordinary_import():
+    plain = _run("from ortools.sat.python import cp_model; " + SOLVE)
+    assert _run("from hetsim.planner.cpsat import cp_model; " + SOLVE) == plain
+
+
+def test_with_pandas_already_loaded_cp_sat_gets_the_real_one():
+    out = _run("import pandas; from hetsim.planner.cpsat import cp_model; print(cp_model.pd is pandas)")
+    assert out.strip() == "True"
+
+
+def test_a_stand_in_that_is_not_enough_falls_back_to_the_ordinary_import():
+    """An OR-Tools that needs more of pandas at import (here: a cp_model that reads pd.DataFrame) still
+    loads, through the real pandas, and leaves no stand-in behind."""
+    code = (
+        "import sys, importlib, types\n"
+        "real = importlib.import_module\n"
+        "def fussy(name, *a, **k):\n"
+        "    mod = real(name, *a, **k)\n"
+        "    if name == 'ortools.sat.python.cp_model': mod.pd.DataFrame\n"
+        "    return mod\n"
+        "importlib.import_module = fussy\n"
+        "from hetsim.planner.cpsat import cp_model\n"
+        "print(cp_model.pd is sys.modules['pandas'], hasattr(sys.modules['pandas'], 'DataFrame'))\n"
+    )
+    assert _run(code).strip() == "True True"

@@ -1,0 +1,130 @@
+"""``flexgen_lp.build_lp`` writes its rows directly; it must hand GLOP the very model that OR-Tools'
+natural API (``solver.Add(t >= w + nb * c)``, the LP's earlier form, kept below as the reference)
+builds: the same variables, rows, coefficients to the bit and their order, hence the same optimum."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ortools.linear_solver import pywraplp
+
+from hetsim.hardware.loader import load_rig
+from hetsim.models.registry import get_model
+from hetsim.planner.flexgen_lp import (
+    GBS_CHOICES,
+    NB_CHOICES,
+    _Slot,
+    build_lp,
+    candidate_flags,
+    cost_model,
+    solve_lp,
+)
+from hetsim.strategies.flexgen import endpoints
+from hetsim.workload import Workload
+
+
+def natural_api_lp(cm):
+    """The LP as solve_lp built it before build_lp (session 6's main), through the natural API."""
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    x = {v: solver.NumVar(lo, hi, v) for v, (lo, hi) in cm.bounds.items()}
+    for tier in "wch":
+        solver.Add(sum(x[tier + t] for t in "gcd") == 1.0)
+    for coefs, rhs in cm.memory:
+        solver.Add(sum(c * x[v] for v, c in coefs.items()) <= rhs)
+
+    def lin(form):
+        return form.get("const", 0.0) + sum(coef * x[v] for v, coef in form.items() if v != "const")
+
+    terms = []
+    nbf = float(cm.nb)
+    for mult, slot in cm.slots:
+        t = solver.NumVar(0.0, solver.infinity(), "t")
+        w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
+        solver.Add(t >= w + nbf * c)
+        solver.Add(t >= w + c + (nbf - 1) * p)
+        solver.Add(t >= p + (nbf - 1) * c)
+        solver.Add(t >= nbf * p)
+        for lane in (slot.d2h, slot.dread, slot.dwrite):
+            solver.Add(t >= lin(lane))
+        terms.append(mult * cm.layers * t)
+    solver.Minimize(sum(terms))
+    return solver, x
+
+
+def proto(solver) -> bytes:
+    from ortools.linear_solver import linear_solver_pb2
+
+    out = linear_solver_pb2.MPModelProto()
+    solver.ExportModelToProto(out)
+    return out.SerializeToString(deterministic=True)
+
+
+def same_model(cm) -> None:
+    (a, xa), (b, xb) = natural_api_lp(cm), build_lp(cm)
+    assert proto(a) == proto(b)
+    sa, sb = a.Solve(), b.Solve()
+    assert sa == sb
+    if sa == pywraplp.Solver.OPTIMAL:
+        assert a.Objective().Value() == b.Objective().Value()
+        assert [xa[v].solution_value() for v in xa] == [xb[v].solution_value() for v in xb]
+
+
+CASES = [
+    ("flexgen-t4", "opt-30b", 512, 32),
+    ("mixed-lab", "llama2-70b", 512, 32),
+    ("hetegen-a10", "opt-13b", 64, 2),
+    ("mixed-lab", "llama2-7b", 128, 1),  # gen 1: the decode slots' multiplicity is 0
+]
+
+
+@pytest.mark.parametrize(("hw", "name", "prompt", "gen"), CASES)
+def test_build_lp_is_the_natural_api_model_on_every_candidate(hw, name, prompt, gen):
+    rig, model = load_rig(hw), get_model(name)
+    ends = endpoints(rig)
+    for gbs in GBS_CHOICES[:9]:
+        for nb in (1, 2, 3, 8, 32):
+            for fl in candidate_flags(bool(ends[2]), True):
+                same_model(cost_model(rig, model, Workload(gbs * nb, prompt, gen), gbs, nb, fl, ends))
+
+
+def test_build_lp_with_a_budget_that_leaves_no_room_and_empty_rows():
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    ends = endpoints(rig)
+    fl = candidate_flags(True)[0]
+    cm = cost_model(rig, model, Workload(64, 512, 32), 16, 4, fl, ends, gpu_budget=1e8)
+    same_model(cm)
+    # rows a future cost term may produce: an empty memory row (satisfied and not), empty lanes
+    empty = replace(cm, memory=((({}, 1.0)), ({}, -1.0), *cm.memory))
+    same_model(empty)
+    bare = _Slot(cm.slots[0][1].w, {}, {"const": 0.0}, {}, {}, {})
+    same_model(replace(cm, slots=((1.0, bare), *cm.slots)))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    gbs=st.sampled_from(GBS_CHOICES),
+    nb=st.sampled_from(NB_CHOICES),
+    prompt=st.integers(1, 2048),
+    gen=st.integers(1, 512),
+    case=st.sampled_from(
+        [("flexgen-t4", "opt-6.7b"), ("mixed-lab", "llama2-13b"), ("hetegen-a10", "opt-30b")]
+    ),
+    flag=st.integers(0, 4),
+    budget=st.one_of(st.none(), st.floats(1e8, 8e10)),
+)
+def test_build_lp_equals_the_natural_api_on_random_shapes(gbs, nb, prompt, gen, case, flag, budget):
+    rig, model = load_rig(case[0]), get_model(case[1])
+    ends = endpoints(rig)
+    flags = candidate_flags(bool(ends[2]), True)
+    fl = flags[flag % len(flags)]
+    same_model(cost_model(rig, model, Workload(gbs * nb, prompt, gen), gbs, nb, fl, ends, budget))
+
+
+def test_solve_lp_still_solves():
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    ends = endpoints(rig)
+    sol = solve_lp(rig, model, Workload(96, 512, 32), 48, 2, candidate_flags(True)[0], ends)
+    assert sol is not None and sol.block_time_s > 0
