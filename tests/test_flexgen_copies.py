@@ -78,6 +78,26 @@ def test_decompression_runs_over_all_loaded_slots(opt30b):
     assert sum(x.mem_bytes for x in deq) == pytest.approx(elems * (13.0 + 2 * GROUP_SCALE))
 
 
+def test_a_compressed_cache_on_the_gpu_is_decompressed_whole_every_step(opt30b):
+    """With the compressed cache on the GPU, load_cache's smart_copy returns the home tensor itself
+    (same device), and mha_gen decompresses all of it before slicing ``[:src_s]``
+    (pytorch_backend.py: mha_gen): prompt_len + gen_len - 1 = 543 slots at every decode step, not
+    kv_len (517 at step 5). Off the GPU, only the kv_len slots copied are decompressed."""
+    rig, model = opt30b
+    elems = 64 * 2 * 7168 * (13.0 + 2 * GROUP_SCALE)
+    step = Step("decode", 5, 1, 517)
+
+    def deq_bytes(plan):
+        o = _Runner(plan, rig, model, Workload(512, 512, 32)).ops(step, 1, 64)
+        return sum(x.mem_bytes for x in o.gpu_pre if x.name.startswith("dequant_kv"))
+
+    on_gpu = FlexGenPlan(
+        64, 8, 0, 100, 100, 0, 0, 100, cpu_attention=False, compress_cache=True, gpu="n0.gpu0"
+    )
+    assert deq_bytes(on_gpu) == pytest.approx(543 * elems)
+    assert deq_bytes(FOURBIT) == pytest.approx(517 * elems)
+
+
 def test_compression_launches_the_thirteen_ops_of_compression_py():
     """compress(): min and max (values and int64 indices), mx - mn, B / (mx - mn) as reciprocal and
     multiply, data - mn, mul_, clamp_, round_, to(uint8), shift, or, cat: 13 kernels per tensor."""

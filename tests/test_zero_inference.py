@@ -47,6 +47,21 @@ def test_a_small_tied_model_keeps_its_table_between_its_two_uses():
     assert f.block_bytes()[-1] == 0.0  # nothing fetched for the head
 
 
+@pytest.mark.parametrize("layers", [2, 4])
+def test_a_kept_tied_table_counts_once_and_inside_the_live_cap(layers):
+    """The kept table is one fetched tensor that stays live: it counts against
+    stage3_max_live_parameters (the coordinator's __n_available_params falls only on release) and
+    is on the GPU once. With 2 layers (617e6 elements fetched) the peak is every fetched element and
+    one call's landing copy, at most; with 4 (1.02e9) the cap, the table inside it, plus one call."""
+    small = replace(get_model("opt-6.7b"), layers=layers)
+    f = fetches(small)
+    assert f.kept == small.vocab * small.hidden
+    fetched = sum(f.block_bytes()) / 2
+    biggest_call = max(sum(n for _, n in call) for _, call in f._walk(True)[0])
+    live = (f.peak_bytes(True) - f.persistent * 2) / 2
+    assert live <= min(fetched, MAX_LIVE) + biggest_call
+
+
 def test_allgather_copies_every_fetched_byte_once_on_the_gpu_twice_when_coalesced(opt30b):
     """World size 1 still gathers into a second buffer: one GPU copy per byte for a lone tensor. On
     OPT-30B every call holds one tensor but the first prefetch (the position table, 14.7e6 elements,

@@ -160,8 +160,10 @@ def _slots(
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
             elif phase == "prefill" or not fl.cpu_attention:
+                # a compressed cache on the GPU is decompressed whole each step (substep_ops)
+                off = 0.0 if fl.compress_cache and fl.cache_tier == "g" else 1.0
                 o = substep_ops(
-                    model, "attention", phase, gbs, seq, kv_len, False, 1.0, cw, fl.compress_cache
+                    model, "attention", phase, gbs, seq, kv_len, False, off, cw, fl.compress_cache, s + n - 1
                 )
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 new_kv = gbs * seq * kv_tok

@@ -116,11 +116,14 @@ class Fetches:
         and unreleased. HF's layers call more hooked modules than they have tensors to fetch (the
         layer, its attention, norms and activation: 11 modules for OPT's 6 fetched matrices), so the
         lookahead grows to ``MAX_LIVE`` within a few layers; it is taken as refilled to that cap after
-        every leaf. A leaf's tensors are released after it runs. A call's host copy lands in a GPU
-        tensor beside the gathered buffer until the all-gather (or the coalesced path's cat) is done:
-        one extra copy of the call at its issue."""
+        every leaf. A leaf's tensors are released after it runs (a kept tied table is not). A call's
+        host copy lands in a GPU tensor beside the gathered buffer until the all-gather (or the
+        coalesced path's cat) is done: one extra copy of the call at its issue."""
         flat = [(m, n) for m, leaf in enumerate(self.leaves) for n in leaf]
         calls: list[tuple[int, list[tuple[int, int]]]] = []
+        # a kept tied table stays fetched all forward and counts against the cap (the coordinator's
+        # __n_available_params falls only when a tensor is released)
+        kept = 0 if self.kept and self.leaves and self.leaves[0] == (self.kept,) else -1
         i, live, peak = 0, 0, 0
         for m, leaf in enumerate(self.leaves):
             own_end = i
@@ -143,7 +146,8 @@ class Fetches:
                 live += total
                 peak = max(peak, live + total)
             peak = max(peak, live)
-            live -= sum(leaf)  # released after the leaf runs
+            if m != kept:
+                live -= sum(leaf)  # released after the leaf runs
         return calls, peak
 
     def gather_bytes(self, prefetch: bool) -> list[float]:
@@ -157,9 +161,9 @@ class Fetches:
         return out
 
     def peak_bytes(self, prefetch: bool) -> float:
-        """Fetched-weight bytes live on the GPU at the worst moment (``_walk``), with the persistent
-        tensors and a tied table kept for its reuse."""
-        return (self._walk(prefetch)[1] + self.persistent + self.kept) * WEIGHT_BYTES
+        """Fetched-weight bytes live on the GPU at the worst moment (``_walk``, a tied table kept for
+        its reuse included), with the persistent tensors (a table under the threshold among them)."""
+        return (self._walk(prefetch)[1] + self.persistent) * WEIGHT_BYTES
 
 
 @lru_cache(maxsize=64)

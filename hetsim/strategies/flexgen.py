@@ -285,6 +285,7 @@ class _Runner:
             self.off_kv,
             p.compress_weight,
             p.compress_cache,
+            self.workload.prompt_len + self.workload.gen_len - 1,  # the cache's allocated slots
         )
 
     def compute(self, e, step: Step, j: int, gbs: int):

@@ -137,11 +137,14 @@ def substep_ops(
     cpu_share: float,
     compress_weight: bool,
     compress_cache: bool,
+    home_slots: int = 0,
 ) -> SubStepOps:
     """Ops of one GPU batch through one scheduling layer.
 
     ``cpu_share`` = fraction of the KV cache off the GPU; with CPU attention in decode, that share
     of the attention runs on the CPU in fp32 over the gathered workspace and the rest on the GPU.
+    ``home_slots`` = the token slots the KV cache is allocated for (prompt_len + gen_len - 1): what
+    a compressed cache kept on the GPU decompresses each decode step (0: not known, kv_len).
     """
     wdeq: tuple[Op, ...] = ()
     if compress_weight:
@@ -163,8 +166,11 @@ def substep_ops(
         kvdq: tuple[Op, ...] = ()
         if compress_cache and phase == "decode":
             # load_cache copies prompt_len + i = kv_len token slots (the new token's slot included,
-            # flex_opt.py: SelfAttention.load_cache path 0) and mha_gen decompresses all it got
-            loaded = gbs * kv_len * 2 * model.kv_heads * model.head_dim
+            # flex_opt.py: SelfAttention.load_cache path 0) and mha_gen decompresses all it got; a
+            # cache on the GPU is not copied (smart_copy returns the home tensor), so mha_gen
+            # decompresses all of it, then slices (pytorch_backend.py: mha_gen, decompress(k_cache))
+            slots = home_slots if home_slots and cpu_share <= 0 else kv_len
+            loaded = gbs * slots * 2 * model.kv_heads * model.head_dim
             kvdq = _dequant("dequant_kv", loaded, 2)
         return SubStepOps(wdeq + kvdq + att + kvq)
     split = next(i for i, o in enumerate(att) if o.kind == OpKind.ATTENTION)
