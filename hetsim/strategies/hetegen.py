@@ -232,10 +232,86 @@ def split_linear(
 def measure_split(
     rig: Rig, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float = 0.0, cpu_dtype: str = "fp16"
 ) -> tuple[float, float, float]:
-    """(module time, CPU path end, GPU path end) of one split module alone in a fresh engine."""
-    ends = {"cpu": 0.0, "gpu": 0.0}
-    total = Engine(rig).run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends, cpu_dtype))
-    return total, ends["cpu"], ends["gpu"]
+    """(module time, CPU path end, GPU path end) of one split module alone in a fresh engine.
+
+    Remembered by what such a run reads of the rig (``_split_setting``), so the rigs of a sweep that
+    differ elsewhere (another node, a NIC, the GPU memory size) measure each split once."""
+    setting = _split_setting(rig, gpu, cpu)
+    key = (setting, op, alpha, sync_s, cpu_dtype) if setting is not None else None
+    hit = _SPLITS.get(key) if key is not None else None
+    if hit is None:
+        ends = {"cpu": 0.0, "gpu": 0.0}
+        total = Engine(rig).run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends, cpu_dtype))
+        hit = (total, ends["cpu"], ends["gpu"])
+        if key is not None:
+            if len(_SPLITS) >= _SPLITS_MAX:
+                _SPLITS.clear()
+            _SPLITS[key] = hit
+    return hit
+
+
+_SPLITS: dict[tuple, tuple[float, float, float]] = {}
+_SPLITS_MAX = 65536
+# (rig id, gpu, cpu) -> (the rig, held so its id stays its own; the number of its split setting)
+_SETTING_OF: dict[tuple[int, str, str], tuple[Rig, int | None]] = {}
+_SETTING_NUMBERS: dict[tuple, int] = {}
+
+
+def _split_setting(rig: Rig, gpu: str, cpu: str) -> int | None:
+    """A number for everything a lone split module's engine run reads of ``rig``: the two devices as
+    op costs read them (not their memory size or provenance), the copy routes both ways, and the
+    host socket's DRAM and compute stream as the engine builds them (shared with its node's other
+    CPU entries, or not). Equal numbers, equal runs. None where a device holds a field of a type
+    this does not know (then nothing is remembered)."""
+    hit = _SETTING_OF.get((id(rig), gpu, cpu))
+    if hit is not None and hit[0] is rig:
+        return hit[1]
+    node = rig.nodes[rig.devices[cpu].node]
+    shared = node.cpu_sharing != "none" and len(node.cpus) > 1
+    parts = (
+        gpu,
+        cpu,
+        _timing_fields(rig.devices[gpu]),
+        _timing_fields(rig.devices[cpu]),
+        rig.route(cpu, gpu),
+        rig.route(gpu, cpu),
+        (node.cpu_sharing, node.shared_dram_bw, node.cpus, _timing_fields(rig.devices[node.cpus[0]]))
+        if shared
+        else None,
+    )
+    number = None
+    if not _unknown(parts):
+        number = _SETTING_NUMBERS.setdefault(parts, len(_SETTING_NUMBERS))
+    if len(_SETTING_OF) >= 1024:
+        _SETTING_OF.clear()
+    _SETTING_OF[id(rig), gpu, cpu] = (rig, number)
+    return number
+
+
+_UNKNOWN = object()
+_NOT_TIMING = ("mem_bytes", "provenance")  # op_cost reads neither; a sweep's GPU memory knob sets both
+
+
+def _timing_fields(value):
+    """``value`` as nested tuples of plain values (dataclasses by field, mappings sorted by key),
+    without the fields in ``_NOT_TIMING``; ``_UNKNOWN`` inside for any other type."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.fields(value)
+        kept = ((f.name, _timing_fields(getattr(value, f.name))) for f in fields if f.name not in _NOT_TIMING)
+        return (type(value).__name__, *kept)
+    if isinstance(value, Mapping):
+        return ("{}", *sorted((k, _timing_fields(v)) for k, v in value.items()))
+    if isinstance(value, (tuple, list)):
+        return ("()", *(_timing_fields(v) for v in value))
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return _UNKNOWN
+
+
+def _unknown(value) -> bool:
+    if value is _UNKNOWN:
+        return True
+    return isinstance(value, tuple) and any(_unknown(v) for v in value)
 
 
 # ---- memory -------------------------------------------------------------------------------------
