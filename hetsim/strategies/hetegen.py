@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hetsim.costs.op_cost import op_cost
+from hetsim.costs.op_cost import cost_key, op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
@@ -259,59 +259,26 @@ _SETTING_NUMBERS: dict[tuple, int] = {}
 
 def _split_setting(rig: Rig, gpu: str, cpu: str) -> int | None:
     """A number for everything a lone split module's engine run reads of ``rig``: the two devices as
-    op costs read them (not their memory size or provenance), the copy routes both ways, and the
+    op costs read them (``cost_key``: not their memory size), the copy routes both ways, and the
     host socket's DRAM and compute stream as the engine builds them (shared with its node's other
-    CPU entries, or not). Equal numbers, equal runs. None where a device holds a field of a type
-    this does not know (then nothing is remembered)."""
+    CPU entries, or not). Equal numbers, equal runs; None: not comparable (nothing is remembered)."""
     hit = _SETTING_OF.get((id(rig), gpu, cpu))
     if hit is not None and hit[0] is rig:
         return hit[1]
     node = rig.nodes[rig.devices[cpu].node]
     shared = node.cpu_sharing != "none" and len(node.cpus) > 1
-    parts = (
-        gpu,
-        cpu,
-        _timing_fields(rig.devices[gpu]),
-        _timing_fields(rig.devices[cpu]),
-        rig.route(cpu, gpu),
-        rig.route(gpu, cpu),
-        (node.cpu_sharing, node.shared_dram_bw, node.cpus, _timing_fields(rig.devices[node.cpus[0]]))
-        if shared
-        else None,
-    )
-    number = None
-    if not _unknown(parts):
-        number = _SETTING_NUMBERS.setdefault(parts, len(_SETTING_NUMBERS))
-    if len(_SETTING_OF) >= 1024:
+    devices = (cost_key(rig.devices[gpu]), cost_key(rig.devices[cpu]))
+    sharing = (node.cpu_sharing, node.shared_dram_bw, node.cpus, cost_key(rig.devices[node.cpus[0]]))
+    parts = (*devices, rig.route(cpu, gpu), rig.route(gpu, cpu), sharing if shared else None)
+    if len(_SETTING_OF) >= 1024 or len(_SETTING_NUMBERS) >= 1024:  # numbers restart: forget all
         _SETTING_OF.clear()
+        _SETTING_NUMBERS.clear()
+        _SPLITS.clear()
+    number = None
+    if None not in devices and (not shared or sharing[-1] is not None):
+        number = _SETTING_NUMBERS.setdefault(parts, len(_SETTING_NUMBERS))
     _SETTING_OF[id(rig), gpu, cpu] = (rig, number)
     return number
-
-
-_UNKNOWN = object()
-_NOT_TIMING = ("mem_bytes", "provenance")  # op_cost reads neither; a sweep's GPU memory knob sets both
-
-
-def _timing_fields(value):
-    """``value`` as nested tuples of plain values (dataclasses by field, mappings sorted by key),
-    without the fields in ``_NOT_TIMING``; ``_UNKNOWN`` inside for any other type."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = dataclasses.fields(value)
-        kept = ((f.name, _timing_fields(getattr(value, f.name))) for f in fields if f.name not in _NOT_TIMING)
-        return (type(value).__name__, *kept)
-    if isinstance(value, Mapping):
-        return ("{}", *sorted((k, _timing_fields(v)) for k, v in value.items()))
-    if isinstance(value, (tuple, list)):
-        return ("()", *(_timing_fields(v) for v in value))
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return _UNKNOWN
-
-
-def _unknown(value) -> bool:
-    if value is _UNKNOWN:
-        return True
-    return isinstance(value, tuple) and any(_unknown(v) for v in value)
 
 
 # ---- memory -------------------------------------------------------------------------------------
