@@ -107,6 +107,64 @@ def test_op_cost_cache_keeps_a_few_rigs(monkeypatch):
     assert Engine(rigs[-1])._op_costs is Engine(rigs[-1])._op_costs
 
 
+def test_cost_key_ignores_memory_size_and_provenance_only():
+    from dataclasses import replace
+
+    from hetsim.costs.op_cost import cost_key
+    from hetsim.hardware.types import Grade, Provenance
+
+    gpu = api.problem("llama2-7b", "mixed-lab").rig.devices["n0.gpu0"]
+    smaller = replace(gpu, mem_bytes=16e9, provenance={"mem_bytes": Provenance("a knob", Grade.ASSUMED)})
+    assert cost_key(smaller) == cost_key(gpu) is not None
+    assert cost_key(replace(gpu, mem_bw=gpu.mem_bw * 0.5)) != cost_key(gpu)
+    assert cost_key(replace(gpu, efficiency=replace(gpu.efficiency, overhead_s=1e-3))) != cost_key(gpu)
+    assert cost_key(replace(gpu, name="other")) != cost_key(gpu)
+
+
+def _sweep_rigs():
+    """mixed-lab as a sweep overrides it: GPU memory capped (op costs and splits as shipped), and
+    PCIe swapped (splits differ, op costs as shipped)."""
+    from hetsim.sweep.grid import apply_hardware
+
+    base = api.problem("llama2-7b", "mixed-lab").rig
+    return base, apply_hardware(base, {"gpu_mem_gb": 16}), apply_hardware(base, {"pcie": "pcie3-x16"})
+
+
+def test_rigs_with_alike_devices_share_op_costs_and_change_no_result(monkeypatch):
+    rigs = _sweep_rigs()
+    assert Engine(rigs[0])._op_costs is Engine(rigs[1])._op_costs is Engine(rigs[2])._op_costs
+    from dataclasses import replace
+
+    p = api.problem("llama2-13b", "mixed-lab", 2, 128, 8)
+    problems = [replace(p, rig=rig) for rig in rigs]
+    names = ["hetegen", "flexgen", "gpu-only", "deepspeed"]
+    shared = [_bits(api.compare(p, names)) for p in problems]
+    monkeypatch.setattr(engine_mod, "_rig_costs", _fresh_costs)
+    assert [_bits(api.compare(p, names)) for p in problems] == shared
+
+
+def test_split_measurements_remembered_across_rigs_are_measured_ones(monkeypatch):
+    """measure_split on a rig that differs only where a split does not look (GPU memory) answers
+    from the shipped rig's measurement, which is the one it would make; another PCIe link measures
+    again (a different answer)."""
+    from hetsim.models.sharding import layer_blocks
+    from hetsim.models.spec import OpKind
+    from hetsim.strategies import hetegen
+
+    base, capped, pcie3 = _sweep_rigs()
+    model = api.problem("llama2-13b", "mixed-lab").model
+    op = next(o for o in layer_blocks(model, "decode", 4, 1, 64, 1).whole if o.kind == OpKind.MATMUL)
+    args = ("n0.gpu0", "n0.cpu0", op, 0.37, 2e-5)
+    monkeypatch.setattr(hetegen, "_SPLITS", {})
+    first = hetegen.measure_split(base, *args)
+    assert len(hetegen._SPLITS) == 1
+    assert hetegen.measure_split(capped, *args) == first and len(hetegen._SPLITS) == 1
+    slower = hetegen.measure_split(pcie3, *args)
+    assert len(hetegen._SPLITS) == 2 and slower != first
+    monkeypatch.setattr(hetegen, "_split_setting", lambda rig, gpu, cpu: None)  # nothing remembered
+    assert [hetegen.measure_split(r, *args) for r in (capped, pcie3)] == [first, slower]
+
+
 def test_preload_imports_the_named_solver_searches_but_not_cp_sat(monkeypatch):
     import sys
 

@@ -152,6 +152,52 @@ def test_plots_of_the_same_results_are_the_same_bytes(tmp_path):
         assert a.read_bytes() == b.read_bytes(), a.name
 
 
+def test_plots_drawn_in_processes_are_the_files_drawn_in_one(tmp_path):
+    """Plots drawn side by side in forked processes: the same files, the same bytes, the same order."""
+    from hetsim.sweep.plots import draw_all
+    from hetsim.sweep.spec import load_spec
+
+    spec_path = _spec(tmp_path)
+    results = run_sweep(spec_path, tmp_path / "out", workers=1, progress=False, plots=False).results
+    spec = load_spec(spec_path)
+    one = draw_all(spec, results, tmp_path / "one", workers=1)
+    two = draw_all(spec, results, tmp_path / "two", workers=2)
+    assert len(one) > 4
+    assert [p.name for p in one] == [p.name for p in two]
+    for a, b in zip(one, two, strict=True):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_run_order_hands_out_a_configurations_strategies_together(tmp_path):
+    from hetsim.sweep.runner import run_order
+
+    points = expand(load_spec(_spec(tmp_path)))
+    ordered = run_order(points)
+    assert sorted(p["point_id"] for p in ordered) == sorted(p["point_id"] for p in points)
+    configs = [
+        tuple(sorted((k, str(v)) for k, v in p.items() if k not in ("strategy", "point_id"))) for p in ordered
+    ]
+    runs = [c for k, c in enumerate(configs) if k == 0 or c != configs[k - 1]]
+    assert len(runs) == len(set(configs)) < len(points)  # each configuration's points in one run
+
+
+def test_points_on_a_kept_rig_are_the_points_on_a_fresh_one(tmp_path, monkeypatch):
+    """The worker's rig cache (one Rig object per configuration) changes no row."""
+    from hetsim.sweep import runner
+
+    points = expand(load_spec(_spec(tmp_path)))
+    kept = execute_rows(points)
+    monkeypatch.setattr(runner, "_point_rig", lambda config: apply_hardware(load_rig(config["rig"]), config))
+    fresh = execute_rows(points)
+    assert kept == fresh
+
+
+def execute_rows(points: list[dict]) -> dict[str, str]:
+    rows: list[dict] = []
+    execute(points, workers=1, on_row=rows.append)
+    return {r["point_id"]: repr(sorted(r.items())) for r in rows}
+
+
 def test_interrupted_sweep_resumes_to_the_same_content(tmp_path):
     spec = _spec(tmp_path)
     straight = run_sweep(spec, tmp_path / "a", workers=1, progress=False, plots=False).results

@@ -19,7 +19,9 @@ def sweep(
         None, "--dask", help="Dask scheduler address, or 'local' for a LocalCluster on loopback."
     ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: <spec dir>/out/<name>)."),
-    workers: int = typer.Option(2, "--workers", help="Local processes (or LocalCluster workers)."),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Local processes (or LocalCluster workers); default: the usable cores."
+    ),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run points that errored again."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip drawing the spec's plots."),
     plots_only: bool = typer.Option(False, "--plots-only", help="Only redraw plots from stored results."),
@@ -31,6 +33,10 @@ def sweep(
     from hetsim.sweep.api import default_out, run_sweep
     from hetsim.sweep.spec import load_spec
 
+    if workers is None:
+        from hetsim.cli.commands import _cores
+
+        workers = _cores()
     if workers < 1:
         raise InputError(f"must be a positive integer, got {workers}", field="--workers")
     console = Console(stderr=True)
@@ -40,7 +46,7 @@ def sweep(
 
         s = load_spec(spec)
         root = out or default_out(spec, s)
-        paths = draw_all(s, Store(root).read(), root / "plots")
+        paths = draw_all(s, Store(root).read(), root / "plots", workers=workers)
         console.print(f"{len(paths)} plot files in {root / 'plots'}", highlight=False)
         return
 

@@ -27,7 +27,10 @@ competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from hetsim.costs.kernel_tables import load_tables
 from hetsim.hardware.types import ComputeDevice
@@ -48,6 +51,44 @@ class OpCost:
     @property
     def bound(self) -> str:
         return "compute" if self.compute_s >= self.memory_s else "memory"
+
+
+# Fields of a device that no op cost reads: its memory size and the provenance of its numbers (a
+# sweep's GPU memory knob changes both and no op's time).
+_NOT_COST_FIELDS = ("mem_bytes", "provenance")
+
+
+def cost_key(device: ComputeDevice) -> Hashable | None:
+    """Everything ``op_cost`` and ``block_cost`` may read of ``device``, as nested tuples of plain
+    values: devices with equal keys give every op the same cost. None where a field holds a type
+    this does not know (then treat the device as unlike any other)."""
+    fields = dataclasses.fields(device)
+    key = _plain((device.name, *(getattr(device, f.name) for f in fields if f.name not in _NOT_COST_FIELDS)))
+    return None if _holds(key, _UNKNOWN) else key
+
+
+_UNKNOWN = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as nested tuples (dataclasses by field, mappings sorted by key); ``_UNKNOWN`` inside
+    for a value of any other type."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (
+            type(value).__name__,
+            *((f.name, _plain(getattr(value, f.name))) for f in dataclasses.fields(value)),
+        )
+    if isinstance(value, Mapping):
+        return ("{}", *sorted((k, _plain(v)) for k, v in value.items()))
+    if isinstance(value, (tuple, list)):
+        return ("()", *(_plain(v) for v in value))
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return _UNKNOWN
+
+
+def _holds(value: Any, item: object) -> bool:
+    return value is item or (isinstance(value, tuple) and any(_holds(v, item) for v in value))
 
 
 def op_cost(device: ComputeDevice, op: Op) -> OpCost:

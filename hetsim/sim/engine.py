@@ -14,7 +14,7 @@ does no graph look-ups (routes and op costs are cached) and no re-planning.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from operator import attrgetter
@@ -32,7 +32,7 @@ from hetsim.costs.lockstep import (
     ring_alpha_beta,
     straggler_share,
 )
-from hetsim.costs.op_cost import OpCost, block_cost, combine, op_cost, repeated
+from hetsim.costs.op_cost import OpCost, block_cost, combine, cost_key, op_cost, repeated
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.types import Route
 from hetsim.models.spec import Op
@@ -207,10 +207,14 @@ class _LockstepFixed:
 
 
 _CostKey = tuple[str, "Op | tuple[Op, ...]"]
-# Op costs are a pure function of the rig (frozen) and the ops: engines on the same rig object (a
-# search's candidates, a serving run's bisection, HeteGen's split measurements) share them. Keyed by
-# the rig's identity, holding the rig so the id stays its own; the few latest rigs are kept.
+_CostCaches = tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]
+# Op costs are a pure function of the devices and the ops: engines on the same rig object (a
+# search's candidates, a serving run's bisection, HeteGen's split measurements) share them, and so do
+# rigs whose devices op costs cannot tell apart (``cost_key``: a sweep's rigs that differ in links or
+# GPU memory size). By the rig's identity, holding the rig so the id stays its own, the caches of the
+# rig's devices; the few latest rigs and device sets are kept.
 _RIG_COSTS: dict[int, tuple[Rig, dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]] = {}
+_DEVICE_COSTS: dict[Hashable, _CostCaches] = {}
 _RIG_COSTS_MAX_RIGS = 4
 _RIG_COSTS_MAX_ENTRIES = 65536
 
@@ -240,11 +244,21 @@ def phase_bound(
 def _rig_costs(rig: Rig) -> tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]:
     """The op-cost caches (by value, and by the identity of the ops object) of engines on ``rig``."""
     hit = _RIG_COSTS.get(id(rig))
-    if hit is None or hit[0] is not rig or len(hit[1]) + len(hit[2]) > _RIG_COSTS_MAX_ENTRIES:
-        if hit is None and len(_RIG_COSTS) >= _RIG_COSTS_MAX_RIGS:
-            del _RIG_COSTS[next(iter(_RIG_COSTS))]  # the oldest
-        hit = _RIG_COSTS[id(rig)] = (rig, {}, {})
-    return hit[1], hit[2]
+    if hit is not None and hit[0] is rig and len(hit[1]) + len(hit[2]) <= _RIG_COSTS_MAX_ENTRIES:
+        return hit[1], hit[2]
+    if hit is None and len(_RIG_COSTS) >= _RIG_COSTS_MAX_RIGS:
+        del _RIG_COSTS[next(iter(_RIG_COSTS))]  # the oldest
+    keys = tuple(cost_key(dev) for dev in rig.devices.values())
+    key = None if None in keys else keys
+    caches = _DEVICE_COSTS.get(key) if key is not None else None
+    if caches is None or len(caches[0]) + len(caches[1]) > _RIG_COSTS_MAX_ENTRIES:
+        caches = ({}, {})
+        if key is not None:
+            if key not in _DEVICE_COSTS and len(_DEVICE_COSTS) >= _RIG_COSTS_MAX_RIGS:
+                del _DEVICE_COSTS[next(iter(_DEVICE_COSTS))]
+            _DEVICE_COSTS[key] = caches
+    _RIG_COSTS[id(rig)] = (rig, *caches)
+    return caches
 
 
 class Engine:

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from hetsim.costs.op_cost import op_cost
+from hetsim.costs.op_cost import cost_key, op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
@@ -232,10 +232,53 @@ def split_linear(
 def measure_split(
     rig: Rig, gpu: str, cpu: str, op: Op, alpha: float, sync_s: float = 0.0, cpu_dtype: str = "fp16"
 ) -> tuple[float, float, float]:
-    """(module time, CPU path end, GPU path end) of one split module alone in a fresh engine."""
-    ends = {"cpu": 0.0, "gpu": 0.0}
-    total = Engine(rig).run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends, cpu_dtype))
-    return total, ends["cpu"], ends["gpu"]
+    """(module time, CPU path end, GPU path end) of one split module alone in a fresh engine.
+
+    Remembered by what such a run reads of the rig (``_split_setting``), so the rigs of a sweep that
+    differ elsewhere (another node, a NIC, the GPU memory size) measure each split once."""
+    setting = _split_setting(rig, gpu, cpu)
+    key = (setting, op, alpha, sync_s, cpu_dtype) if setting is not None else None
+    hit = _SPLITS.get(key) if key is not None else None
+    if hit is None:
+        ends = {"cpu": 0.0, "gpu": 0.0}
+        total = Engine(rig).run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends, cpu_dtype))
+        hit = (total, ends["cpu"], ends["gpu"])
+        if key is not None:
+            if len(_SPLITS) >= _SPLITS_MAX:
+                _SPLITS.clear()
+            _SPLITS[key] = hit
+    return hit
+
+
+_SPLITS: dict[tuple, tuple[float, float, float]] = {}
+_SPLITS_MAX = 65536
+# (rig id, gpu, cpu) -> (the rig, held so its id stays its own; the number of its split setting)
+_SETTING_OF: dict[tuple[int, str, str], tuple[Rig, int | None]] = {}
+_SETTING_NUMBERS: dict[tuple, int] = {}
+
+
+def _split_setting(rig: Rig, gpu: str, cpu: str) -> int | None:
+    """A number for everything a lone split module's engine run reads of ``rig``: the two devices as
+    op costs read them (``cost_key``: not their memory size), the copy routes both ways, and the
+    host socket's DRAM and compute stream as the engine builds them (shared with its node's other
+    CPU entries, or not). Equal numbers, equal runs; None: not comparable (nothing is remembered)."""
+    hit = _SETTING_OF.get((id(rig), gpu, cpu))
+    if hit is not None and hit[0] is rig:
+        return hit[1]
+    node = rig.nodes[rig.devices[cpu].node]
+    shared = node.cpu_sharing != "none" and len(node.cpus) > 1
+    devices = (cost_key(rig.devices[gpu]), cost_key(rig.devices[cpu]))
+    sharing = (node.cpu_sharing, node.shared_dram_bw, node.cpus, cost_key(rig.devices[node.cpus[0]]))
+    parts = (*devices, rig.route(cpu, gpu), rig.route(gpu, cpu), sharing if shared else None)
+    if len(_SETTING_OF) >= 1024 or len(_SETTING_NUMBERS) >= 1024:  # numbers restart: forget all
+        _SETTING_OF.clear()
+        _SETTING_NUMBERS.clear()
+        _SPLITS.clear()
+    number = None
+    if None not in devices and (not shared or sharing[-1] is not None):
+        number = _SETTING_NUMBERS.setdefault(parts, len(_SETTING_NUMBERS))
+    _SETTING_OF[id(rig), gpu, cpu] = (rig, number)
+    return number
 
 
 # ---- memory -------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def run_sweep(
     if plots and spec.plots:
         from hetsim.sweep.plots import draw_all
 
-        report.plots = draw_all(spec, report.results, root / "plots")
+        report.plots = draw_all(spec, report.results, root / "plots", workers=workers)
     return report
 
 

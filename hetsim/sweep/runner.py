@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from hetsim.sweep.grid import apply_hardware, override_plan, plan_knobs
+from hetsim.sweep.grid import apply_hardware, canonical, override_plan, plan_knobs
+from hetsim.sweep.spec import HW_KNOBS
 
 RESULT_COLUMNS = (
     "feasible",
@@ -115,14 +116,36 @@ def _floats(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+# The rigs of the points run in this process during one ``execute``: a point's rig is a pure function
+# of its rig file and hardware knobs, so the strategies of one configuration run on one Rig object
+# and share what is cached by its identity (routes, op costs) instead of loading and overriding the
+# rig again per point. Emptied at each ``execute`` (rig files may change between sweeps); bounded.
+_RIGS: dict[str, Any] = {}
+_RIGS_MAX = 256
+
+
+def _point_rig(config: Mapping[str, Any]) -> Any:
+    from hetsim.hardware.loader import load_rig
+
+    key = canonical({"rig": config["rig"], **{k: config.get(k) for k in HW_KNOBS}})
+    rig = _RIGS.get(key)
+    if rig is None:
+        if len(_RIGS) >= _RIGS_MAX:
+            _RIGS.clear()
+        base = _RIGS.get(config["rig"])  # the file loaded once (a key no knob set can equal)
+        if base is None:
+            base = _RIGS[config["rig"]] = load_rig(config["rig"])
+        rig = _RIGS[key] = apply_hardware(base, config)
+    return rig
+
+
 def _evaluate(config: Mapping[str, Any]):
     from hetsim import api
-    from hetsim.hardware.loader import load_rig
     from hetsim.models.registry import get_model
     from hetsim.strategies.base import get_strategy
     from hetsim.workload import Workload
 
-    rig = apply_hardware(load_rig(config["rig"]), config)
+    rig = _point_rig(config)
     p = api.Problem(
         get_model(config["model"]),
         config["model"],
@@ -251,6 +274,20 @@ def _crashed(config: Mapping[str, Any], exc: BaseException) -> dict[str, Any]:
     return error_row(config, f"worker crashed: {type(exc).__name__}: {exc}")
 
 
+def run_order(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points in the order they are handed out: the strategies of one configuration one after
+    the other (they share its rig, see ``_point_rig``), configurations in first-seen order. The
+    store sorts rows by point id, so the order changes no output."""
+    first: dict[str, int] = {}
+    for p in points:
+        first.setdefault(_config_key(p), len(first))
+    return sorted(points, key=lambda p: first[_config_key(p)])
+
+
+def _config_key(point: Mapping[str, Any]) -> str:
+    return canonical({k: v for k, v in point.items() if k not in ("strategy", "point_id")})
+
+
 def execute(
     points: list[dict[str, Any]],
     *,
@@ -263,6 +300,8 @@ def execute(
     """Run ``points``; ``on_row`` gets each finished row. ``stop_after`` (tests) stops after k rows."""
     if not points:
         return 0
+    _RIGS.clear()  # this run's rig files, read afresh (forked workers inherit the empty cache)
+    points = run_order(points)
     if dask:
         rows = _run_dask(points, dask, workers)
     elif workers <= 1:
