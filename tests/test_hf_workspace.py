@@ -112,10 +112,12 @@ def _gated_rows() -> list[dict]:
 )
 def test_llama_style_workspace_matches_torch_without_a_fit(row):
     """tools/hf_gated_peak.py's count of transformers 4.35.2's eager Llama and Mistral forwards (MHA,
-    GQA, MQA). The constants come from reading that code (gated MLP: 3 live n x f tensors; GQA's
-    repeated K and V; fp32 logits), none fitted to these rows: one-layer models within 1%; with two
-    layers a prefill holds an n x h-sized tensor more between layers (up to 6.2% here, 2 B per token
-    x hidden, noise at real sizes where the scores or the MLP dominate)."""
+    GQA, MQA, MQA at batch > 1 whose K and V matmul copies), called as ``generate`` calls it (with an
+    attention mask). The constants come from reading that code (gated MLP: 3 live n x f tensors; GQA's
+    repeated K and V; MQA's matmul copy; fp32 logits), none fitted to these rows: one-layer models
+    within 1%; with two layers an attention-bound step holds an n x h-sized tensor more between layers
+    (up to 7.1% here, 2 B per token x hidden, noise at real sizes where the scores or the MLP dominate).
+    Before the MQA copy was counted, the six MQA decode rows at batch > 1 came out 44-69% low."""
     model = dataclasses.replace(
         get_model("llama2-7b"),
         hidden=row["hidden"],
@@ -130,7 +132,7 @@ def test_llama_style_workspace_matches_torch_without_a_fit(row):
         got = hf_prefill_workspace(model, row["batch"], row["tokens"])
     else:
         got = hf_decode_workspace(model, row["batch"], row["tokens"] + 1)
-    assert got == pytest.approx(row["workspace_bytes"], rel=0.01 if row["layers"] == 1 else 0.07)
+    assert got == pytest.approx(row["workspace_bytes"], rel=0.01 if row["layers"] == 1 else 0.075)
 
 
 def test_mistral7b_prompt512_hand_count():
@@ -144,6 +146,24 @@ def test_mistral7b_prompt512_hand_count():
     mlp = 6 * n * h + 2 * n * kv + 2 * 3 * n * 14336
     logits = 2 * n * h + 6 * n * 32000
     assert hf_prefill_workspace(mistral, 1, 512) == logits > attention > mlp
+
+
+def test_mqa_decode_counts_the_copy_matmul_makes_of_the_shared_head():
+    """One KV head: ``repeat_kv`` is a view, but for more than one sequence ``torch.matmul`` copies the
+    expanded V (and before it K) to fold heads into its batch. Falcon-7B's shape (71 heads of 64, one
+    KV head), 4 sequences at 2048 keys: the probs x V moment holds q and the residual and normed
+    input (6 B), the output (2 B) per token x hidden, the mask, the fp16 probabilities and the copy
+    (2 B x 4 x 2048 x 71 x 64 = 74 MB). One sequence makes no copy: its peak is the scores' moment."""
+    falcon = dataclasses.replace(get_model("llama2-7b"), hidden=4544, heads=71, kv_heads=1, head_dim=64)
+    falcon = dataclasses.replace(falcon, intermediate=4 * 4544, gated_mlp=False, vocab=65024)
+    b, kv = 4, 2048
+    copy = 2 * b * kv * 71 * 64
+    pv = 8 * b * 4544 + 2 * b * kv + 2 * b * 71 * kv + copy
+    cache = kv_cache_bytes(falcon, b, kv - 1, falcon.layers)
+    assert hf_decode_workspace(falcon, b, kv) - cache == pv
+    one = kv_cache_bytes(falcon, 1, kv - 1, falcon.layers)
+    attention = 6 * 4544 + 2 * kv + 8 * 71 * kv  # b = 1: the scores' moment, no copy
+    assert hf_decode_workspace(falcon, 1, kv) - one == attention
 
 
 def test_llama2_70b_decode_holds_the_repeated_keys_and_values():

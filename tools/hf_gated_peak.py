@@ -10,9 +10,10 @@ by default for these families, the HF a 2023 offloading baseline runs them with.
 tools/hf_opt_peak.py does (its ``LiveBytes``: every storage an aten op returns, live until torch frees
 it; weights and the cache passed in are not counted; CUDA's fp16->fp32 softmax needs no fp32 input
 copy, so the CPU one is discounted). Writes tests/data/hf-gated-peak-<version>.csv: per family
-(llama: MHA and GQA; mistral: GQA), shape and phase, ``workspace_bytes`` = peak less the KV cache the
-call adds, what ``hetsim.models.memory.hf_eager_workspace`` predicts. Nothing is fitted to these rows:
-they check the formula's gated-MLP, repeated-KV and fp32-logits terms, which come from reading the code.
+(llama: MHA, GQA and MQA; mistral: GQA and MQA), shape and phase, ``workspace_bytes`` = peak less the
+KV cache the call adds, what ``hetsim.models.memory.hf_eager_workspace`` predicts. Nothing is fitted to
+these rows: they check the formula's gated-MLP, repeated-KV, MQA-copy and fp32-logits terms, which
+come from reading the code.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def measure(shape: tuple, layers: int, phase: str) -> dict:
     model = _model(family, hidden, heads, kv_heads, ffn, vocab, layers)
     ids = torch.randint(0, vocab, (batch, tokens))
     if phase == "prefill":
-        args = {"input_ids": ids, "use_cache": True}
+        # as generate() calls it: with a mask, which 4.35.2 expands to a b x 1 x s x s tensor (without
+        # one the causal mask is a broadcast view of a single s x s)
+        mask = torch.ones(batch, tokens, dtype=torch.long)
+        args = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
     else:
         cache = model(input_ids=ids, use_cache=True).past_key_values
         mask = torch.ones(batch, tokens + 1, dtype=torch.long)
@@ -87,8 +91,8 @@ def measure(shape: tuple, layers: int, phase: str) -> dict:
     }
 
 
-# (family, batch, tokens, hidden, heads, kv_heads, ffn, vocab): MHA and GQA, MLP-, attention- and
-# logits-dominated shapes
+# (family, batch, tokens, hidden, heads, kv_heads, ffn, vocab): MHA, GQA and MQA, MLP-, attention- and
+# logits-dominated shapes; the last three MQA at batch > 1, where matmul copies the repeated K and V
 SHAPES = [
     ("llama", 2, 64, 256, 4, 4, 688, 1000),
     ("llama", 2, 64, 256, 8, 2, 688, 1000),
@@ -98,6 +102,9 @@ SHAPES = [
     ("mistral", 2, 64, 256, 8, 2, 896, 1000),
     ("mistral", 1, 200, 512, 8, 4, 1792, 3000),
     ("mistral", 4, 48, 320, 10, 5, 640, 6000),
+    ("llama", 2, 96, 256, 8, 1, 688, 1000),
+    ("llama", 4, 48, 384, 6, 1, 1024, 2000),
+    ("mistral", 3, 128, 256, 16, 1, 512, 1000),
 ]
 
 

@@ -97,18 +97,23 @@ _HF_DECODE = {
 # and Mistral; later families copy it), read from its code, not fitted: the same 8 B per score and
 # 2 B mask; ``repeat_kv`` materialises K and V for every query head when there are fewer KV heads
 # (``rep``: 2 x 2 B per sequence x key x head x head_dim; none with as many KV heads as heads, nor
-# with one, whose repeat is a view); the
+# with one, whose repeat is a view); with one KV head and more than one sequence ``torch.matmul``
+# cannot fold that view's zero-stride head dim into its batch and copies it (``mqa``: 2 B per sequence
+# x key x head x head_dim, K at QK^T then V at probs x V; the later moment holds more: q, the fp16
+# probabilities and the output beside the copy, ``attention_pv``); the
 # gated MLP holds act(gate), up and their product at once (3 live n x f tensors, ``nf`` counts them);
 # ``logits.float()`` adds an fp32 copy of the logits (2 + 4 B per n x V); the residual, the normed
 # input and q (6 B per n x h) beside attention and the MLP. Checked against torch's own allocations
 # (tools/hf_gated_peak.py -> tests/data/hf-gated-peak-4.35.2.csv, tests/test_hf_workspace.py).
 _HF_GATED_PREFILL = {
     "attention": {"nh": 6.0, "mask": 2.0, "scores": 8.0, "rep": 4.0},
+    "attention_pv": {"nh": 8.0, "mask": 2.0, "scores": 2.0, "mqa": 2.0},
     "mlp": {"nh": 6.0, "mask": 2.0, "nf": 2.0},
     "logits": {"nh": 2.0, "nV": 6.0},
 }
 _HF_GATED_DECODE = {
     "attention": {"nh": 6.0, "mask": 2.0, "scores": 8.0, "rep": 4.0},
+    "attention_pv": {"nh": 8.0, "mask": 2.0, "scores": 2.0, "mqa": 2.0},
     "mlp": {"nh": 6.0, "mask": 2.0, "nf": 2.0},
     "logits": {"nh": 2.0, "nV": 6.0},
 }
@@ -123,8 +128,12 @@ def _hf_moments(model: ModelSpec, batch: int, tokens: int, kv: int, coeffs: dict
         "scores": n * model.heads * kv,
         "nf": n * widest * (3 if model.gated_mlp else 2),  # live n x f tensors at the MLP's peak
         "nV": n * model.vocab,
-        # one KV head (MQA) repeats as a view: expand then a reshape that needs no copy
+        # one KV head (MQA) repeats as a view: expand then a reshape that needs no copy ...
         "rep": batch * kv * model.heads * model.head_dim if 1 < model.kv_heads < model.heads else 0,
+        # ... which matmul copies once the batch dim cannot merge with its zero-stride heads
+        "mqa": batch * kv * model.heads * model.head_dim
+        if model.kv_heads == 1 < model.heads and batch > 1
+        else 0,
     }
     return max(sum(c * terms[t] for t, c in moment.items()) for moment in coeffs.values())
 
