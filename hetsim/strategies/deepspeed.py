@@ -28,9 +28,13 @@ What DeepSpeed 0.8.0's code does per fetch (microsoft/DeepSpeed v0.8.0, MIT; run
   so with a lookahead of two or more the gathers hide behind the next copies and the host copy
   chain is the step; compute runs on the default stream, after its own tensors are gathered.
 - Prefetch follows a trace recorded during the first forward (``reset_step`` at the end of every
-  no-grad forward, parameter_offload.py:302-306); the first forward of a process fetches, gathers and
-  computes one module at a time (``prefetch=False``). A steady run is modelled (that forward is a
-  warm-up's: +4.2 s per pass on OPT-30B at batch 4, prompt 512, on the T4).
+  no-grad forward, parameter_offload.py:302-306); the first forward of a process fetches each module's
+  own tensors in its hook (``prefetch=False``). Its copies still run beside compute: the side stream
+  waits for the previous gather (:265-273), but the compute stream's wait is GPU-side (``wait_stream``,
+  :280) and a release only ``record_stream``s the buffer (partition_parameters.py:231-239), so the host
+  never waits for compute; each copy follows the previous copy and its gather. A steady run is
+  modelled (that forward is a warm-up's: +5 ms per pass on OPT-30B at batch 4, prompt 512, on the T4,
+  whose compute-bound prefill hides the copies either way).
 - A tied LM head is released after the token lookup (``stage3_max_reuse_distance`` 1e9 elements,
   coordinator :444-453) and fetched again for the head when more elements than that lie between.
 
@@ -65,7 +69,7 @@ class ZeroInferencePlan:
     # offload_param.pin_memory: DeepSpeed's default is false (offload_config.py:43); the ZeRO-3
     # offload config that transformers' DeepSpeed integration documents sets it true (assumed)
     pinned: bool = True
-    # prefetch along the recorded trace; False: one module at a time, as the first forward runs
+    # prefetch along the recorded trace; False: each module fetches its own, as the first forward runs
     prefetch: bool = True
     gpu_mem_budget: float | None = None
 
@@ -285,6 +289,11 @@ class ZeroInference(Strategy):
                 plan.cpu, plan.gpu, copied[i], pinned=plan.pinned, label="fetch_params", after=after
             )
 
+        def gathered(engine, i: int, landed: float) -> float:
+            """When block i's all-gather, on its own stream, ends: the side stream waits for it."""
+            op = gathers[i]
+            return landed if op is None else landed + engine.cost_of(plan.gpu, op).time_s
+
         def run(engine):
             remaining = workload.batch
             for _ in range(passes):
@@ -296,18 +305,19 @@ class ZeroInference(Strategy):
                     for i in range(last + 1):
                         # prefetch: the host blocks on each copy and issues the next one without
                         # waiting for the gathers (another stream) or compute; at most two blocks
-                        # ahead of compute, as the live-parameter cap holds it (Fetches._walk)
-                        ahead = copy(engine, i + 1, after=landed) if plan.prefetch and i < last else 0.0
+                        # ahead of compute, as the live-parameter cap holds it (Fetches._walk).
+                        # No trace yet: each module's hook fetches its own tensors on the side stream
+                        # after that stream waited for the previous gather; the host never waits for
+                        # compute (wait_stream is GPU-side, release only record_streams), so copies
+                        # still run beside compute, each after the previous copy and its gather
+                        issue = landed if plan.prefetch else gathered(engine, i, landed)
+                        ahead = copy(engine, i + 1, after=issue) if i < last else 0.0
                         yield engine.wait(ready)
                         done = engine.book_compute(plan.gpu, block_ops(i, b, step))
                         if i == last:
                             ready = done
-                        elif plan.prefetch:
+                        else:
                             landed = ahead
-                            ready = gather(engine, i + 1, landed)
-                        else:  # no trace yet: fetch, gather, then compute, one block at a time
-                            yield engine.wait(done)
-                            landed = copy(engine, i + 1)
                             ready = gather(engine, i + 1, landed)
                     yield engine.wait(ready)
                     engine.token_done(b)
