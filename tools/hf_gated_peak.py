@@ -18,16 +18,14 @@ come from reading the code.
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_opt_peak import DATA, LiveBytes, _cache_bytes, _cache_tensors, _storages, _tensors
+from hf_opt_peak import LiveBytes, _cache_bytes, _cache_tensors, _storages, _tensors, write_rows
 
 FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
 
@@ -115,15 +113,7 @@ def main() -> int:
         for shape in SHAPES
         for layers in (1, 2)
     ]
-    out = DATA / f"hf-gated-peak-{transformers.__version__}.csv"
-    with out.open("w", newline="") as f:
-        f.write(
-            f"# tools/hf_gated_peak.py; transformers {transformers.__version__}, torch {torch.__version__}\n"
-        )
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {out} ({len(rows)} rows)", file=sys.stderr)
+    write_rows(rows, "hf-gated-peak", "tools/hf_gated_peak.py")
     return 0
 
 

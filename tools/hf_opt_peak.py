@@ -208,6 +208,17 @@ SHAPES = [
 ]
 
 
+def write_rows(rows: list[dict], stem: str, tool: str) -> None:
+    """tests/data/<stem>-<transformers version>.csv, headed by the tool and the versions it ran."""
+    out = DATA / f"{stem}-{transformers.__version__}.csv"
+    with out.open("w", newline="") as f:
+        f.write(f"# {tool}; transformers {transformers.__version__}, torch {torch.__version__}\n")
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    print(f"wrote {out} ({len(rows)} rows)", file=sys.stderr)
+
+
 def main() -> int:
     rows = [
         measure(b, s, h, n, v, layers, phase, f)
@@ -215,15 +226,7 @@ def main() -> int:
         for b, s, h, n, v, f in SHAPES
         for layers in (1, 2)
     ]
-    OUT = DATA / f"hf-opt-peak-{transformers.__version__}.csv"
-    with OUT.open("w", newline="") as f:
-        f.write(
-            f"# tools/hf_opt_peak.py; transformers {transformers.__version__}, torch {torch.__version__}\n"
-        )
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {OUT} ({len(rows)} rows)", file=sys.stderr)
+    write_rows(rows, "hf-opt-peak", "tools/hf_opt_peak.py")
     return 0
 
 
