@@ -381,3 +381,64 @@ def test_a_compacted_store_is_the_same_folder_whatever_its_flushes(tmp_path):
         folders.append({p.name: p.read_bytes() for p in store.parts()})
     assert list(folders[0]) == ["part-00000.parquet"]
     assert folders[0] == folders[1]
+
+
+def test_a_figure_is_measured_once_for_both_files(tmp_path, monkeypatch):
+    """``_save`` measures the tight box once (for the PNG) and crops the SVG to it: the PNG is the
+    bytes of a plain tight save, the SVG's page that box (within text metrics of a point)."""
+    import re
+
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from hetsim.sweep.plots import _save
+
+    def figure():
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([0, 1, 2], [3, 1, 2], marker="o", label="a line")
+        ax.set_xlabel("a long x label that sets the width")
+        ax.set_title("title\n(second line)", fontsize=9)
+        ax.legend()
+        return fig
+
+    fig = figure()
+    fig.savefig(tmp_path / "plain.png", dpi=120, bbox_inches="tight")
+    with plt.rc_context({"svg.hashsalt": "hetsim"}):
+        fig.savefig(tmp_path / "plain.svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+
+    calls = []
+    measure = Figure.get_tightbbox
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return measure(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "get_tightbbox", counted)
+    png, svg = _save(figure(), tmp_path / "saved", "fig")
+    assert len(calls) == 1  # a plain save of both files measures twice
+    assert png.read_bytes() == (tmp_path / "plain.png").read_bytes()
+
+    def page(path):
+        head = re.search(r'width="([\d.]+)pt" height="([\d.]+)pt"', path.read_text())
+        return float(head[1]), float(head[2])
+
+    for got, want in zip(page(svg), page(tmp_path / "plain.svg"), strict=True):
+        assert got == pytest.approx(want, abs=1.5)
+
+
+def test_matplotlib_is_imported_while_the_points_run(tmp_path, monkeypatch):
+    """The plots' import (matplotlib) happens with the first finished point, once, and only when
+    there are plots to draw."""
+    import hetsim.sweep.api as sweep_api
+
+    seen: list[int] = []
+
+    def record():
+        seen.append(1)
+
+    monkeypatch.setattr(sweep_api, "_import_plots", record)
+    run_sweep(_spec(tmp_path), tmp_path / "a", workers=1, progress=False, plots=False)
+    assert seen == []
+    report = run_sweep(_spec(tmp_path), tmp_path / "b", workers=1, progress=False, plots=True)
+    assert seen == [1] and report.ran == 7 and report.plots

@@ -55,8 +55,11 @@ def run_sweep(
     report = SweepReport(spec, root, total=len(points), skipped=len(points) - len(todo))
 
     bar = _Bar(len(points), report.skipped, spec.name) if progress else None
+    drawing = plots and bool(spec.plots)
 
     def on_row(row: dict) -> None:
+        if drawing and not report.ran:
+            _import_plots()
         store.add(row)
         report.ran += 1
         report.failed += bool(row.get("error"))
@@ -72,11 +75,18 @@ def run_sweep(
             bar.stop()
     store.compact()
     report.results = store.read()
-    if plots and spec.plots:
+    if drawing:
         from hetsim.sweep.plots import draw_all
 
         report.plots = draw_all(spec, report.results, root / "plots", workers=workers)
     return report
+
+
+def _import_plots() -> None:
+    """Import matplotlib (~0.4 s) while the points run, not after them: called with the first
+    finished row, when the local pool's workers are already forked (they do not inherit it), and
+    the main process waits on them with a core to spare at the points' tail."""
+    import hetsim.sweep.plots  # noqa: F401
 
 
 class _Bar:

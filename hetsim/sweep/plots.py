@@ -116,13 +116,33 @@ def _stem(plot: PlotSpec, facet: dict[str, Any]) -> str:
 
 
 def _save(fig, folder: Path, stem: str) -> list[Path]:
+    """PNG and SVG of ``fig``, cropped to one tight box.
+
+    ``bbox_inches="tight"`` lays the whole figure out once per file only to measure it; the box the
+    PNG's save measures (its Agg renderer at the PNG's dpi) is kept and handed to the SVG's save, so
+    the figure is measured once, not twice (the PNG is the same bytes; the SVG's page can differ
+    from a box measured for it by a fraction of a point of text metrics).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    boxes: list[Any] = []
+    measure = fig.get_tightbbox
+
+    def kept(*args: Any, **kwargs: Any) -> Any:
+        boxes.append(measure(*args, **kwargs))
+        return boxes[-1]
+
+    fig.get_tightbbox = kept  # savefig asks the figure for its box: record the answer
+    try:
+        fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    finally:
+        del fig.get_tightbbox
+    pad = matplotlib.rcParams["savefig.pad_inches"]
+    box = boxes[0].padded(pad) if len(boxes) == 1 else "tight"  # a matplotlib that measures otherwise
     # SVG element ids hash a salt that is random per process unless set: fixed, the same results
     # draw the same bytes (as the date left out of the metadata)
     with plt.rc_context({"svg.hashsalt": "hetsim"}):
-        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(paths[1], bbox_inches=box, metadata={"Date": None})
     plt.close(fig)
     return paths
 
@@ -182,9 +202,9 @@ def heatmap(spec: SweepSpec, plot: PlotSpec, df: pd.DataFrame, folder: Path) -> 
         xs, ys = _order(list(sub[plot.x])), _order(list(sub[plot.y]))
         cells: dict[tuple[int, int], Any] = {}
         for i, y in enumerate(ys):
+            row = sub[(sub[plot.y].isna() if y is None else sub[plot.y] == y)]
             for j, x in enumerate(xs):
-                hit = sub[(sub[plot.y].isna() if y is None else sub[plot.y] == y)]
-                hit = hit[(hit[plot.x].isna() if x is None else hit[plot.x] == x)]
+                hit = row[(row[plot.x].isna() if x is None else row[plot.x] == x)]
                 if plot.metric:
                     ok = hit[hit["feasible"].fillna(False).astype(bool)][plot.metric].dropna()
                     best = ok.min() if LOWER_IS_BETTER[plot.metric] else ok.max()

@@ -98,7 +98,7 @@ def _write_part(table: pa.Table, path: Path) -> None:
 class Store:
     """Append-only Parquet parts under ``root/results``; ``flush`` writes the buffered rows."""
 
-    def __init__(self, root: str | Path, schema: pa.Schema | None = None, *, every: int = 16, every_s=2.0):
+    def __init__(self, root: str | Path, schema: pa.Schema | None = None, *, every: int = 64, every_s=2.0):
         self.root = Path(root)
         self.dir = self.root / "results"
         self.schema = schema
