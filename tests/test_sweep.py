@@ -442,3 +442,26 @@ def test_matplotlib_is_imported_while_the_points_run(tmp_path, monkeypatch):
     assert seen == []
     report = run_sweep(_spec(tmp_path), tmp_path / "b", workers=1, progress=False, plots=True)
     assert seen == [1] and report.ran == 7 and report.plots
+
+
+def test_a_kept_rig_follows_its_file_when_the_cache_outlives_a_sweep(tmp_path):
+    """A Dask worker keeps its process (and ``runner._RIGS``) from one sweep to the next, and only
+    the calling process's cache is emptied by ``execute``: a rig file changed in between is read
+    again, not answered from the kept rig."""
+    import os
+    import shutil
+
+    from hetsim.hardware.loader import rig_path
+    from hetsim.sweep import runner
+
+    path = tmp_path / "lab.yaml"
+    shutil.copy(rig_path("mixed-lab"), path)
+    config = {"rig": str(path), "gpu_mem_gb": 16}
+    first = runner._point_rig(config)
+    assert runner._point_rig(config) is first  # kept while the file is unchanged
+    text = path.read_text()
+    path.write_text(text.replace("value: 9.68,", "value: 19.36,", 1))
+    os.utime(path, ns=(1, 1))  # a distinct modification time whatever the clock's resolution
+    second = runner._point_rig(config)
+    assert second.nodes["n0"].price_per_hour == 2 * first.nodes["n0"].price_per_hour
+    assert second.devices["n0.gpu0"].mem_bytes == first.devices["n0.gpu0"].mem_bytes == 16e9

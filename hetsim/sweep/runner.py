@@ -116,25 +116,29 @@ def _floats(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-# The rigs of the points run in this process during one ``execute``: a point's rig is a pure function
-# of its rig file and hardware knobs, so the strategies of one configuration run on one Rig object
-# and share what is cached by its identity (routes, op costs) instead of loading and overriding the
-# rig again per point. Emptied at each ``execute`` (rig files may change between sweeps); bounded.
-_RIGS: dict[str, Any] = {}
+# The rigs of the points run in this process: a point's rig is a pure function of its rig file and
+# hardware knobs, so the strategies of one configuration run on one Rig object and share what is
+# cached by its identity (routes, op costs) instead of loading and overriding the rig again per
+# point. Keyed by the file's path, modification time and size too: a Dask worker outlives a sweep
+# (``execute`` empties only its own process's cache), and a rig file may change between sweeps.
+_RIGS: dict[Any, Any] = {}
 _RIGS_MAX = 256
 
 
 def _point_rig(config: Mapping[str, Any]) -> Any:
-    from hetsim.hardware.loader import load_rig
+    from hetsim.hardware.loader import load_rig, rig_path
 
-    key = canonical({"rig": config["rig"], **{k: config.get(k) for k in HW_KNOBS}})
+    path = rig_path(config["rig"])
+    stat = path.stat()
+    file = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    key = (file, canonical({"rig": config["rig"], **{k: config.get(k) for k in HW_KNOBS}}))
     rig = _RIGS.get(key)
     if rig is None:
         if len(_RIGS) >= _RIGS_MAX:
             _RIGS.clear()
-        base = _RIGS.get(config["rig"])  # the file loaded once (a key no knob set can equal)
+        base = _RIGS.get(file)  # the file loaded once
         if base is None:
-            base = _RIGS[config["rig"]] = load_rig(config["rig"])
+            base = _RIGS[file] = load_rig(config["rig"])
         rig = _RIGS[key] = apply_hardware(base, config)
     return rig
 
