@@ -57,3 +57,16 @@ def test_a_stand_in_that_is_not_enough_falls_back_to_the_ordinary_import():
         "print(cp_model.pd is sys.modules['pandas'], hasattr(sys.modules['pandas'], 'DataFrame'))\n"
     )
     assert _run(code).strip() == "True True"
+
+
+def test_with_another_thread_alive_cp_sat_imports_the_ordinary_way():
+    """A thread importing pandas while the stand-in is in ``sys.modules`` would keep the stand-in
+    (no DataFrame, no read_csv): with other threads alive, no stand-in is put there."""
+    out = _run(
+        "import sys, threading; stop = threading.Event(); t = threading.Thread(target=stop.wait); t.start()\n"
+        "from hetsim.planner.cpsat import cp_model\n"
+        "stop.set(); t.join()\n"
+        "print('pandas' in sys.modules, cp_model.pd is sys.modules.get('pandas'), "
+        "hasattr(cp_model.pd, 'DataFrame'))\n"
+    )
+    assert out.strip() == "True True True"

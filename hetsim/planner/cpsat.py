@@ -7,21 +7,23 @@ module whose ``Index`` and ``Series`` are empty classes takes its place for the 
 import, and is removed at once: a later ``import pandas`` loads the real one. Models, solves and
 results are CP-SAT's own either way; only cp_model's pandas helpers would not work (they are not
 used). Should a future OR-Tools need more of pandas at import, the stand-in fails and the module is
-imported the ordinary way. Another thread importing pandas during those ~0.1 s would get the
-stand-in: hetsim's searches run in processes, and sweeps load pandas before any search.
+imported the ordinary way. Another thread importing pandas during those ~0.1 s would get the stand-in
+for good (a Dask worker runs sweep points in threads; a user's program may have threads): with more
+than one thread alive the module is imported the ordinary way.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import types
 from types import ModuleType
 
 
 def _load() -> ModuleType:
     name = "ortools.sat.python.cp_model"
-    if name in sys.modules or "pandas" in sys.modules:
+    if name in sys.modules or "pandas" in sys.modules or threading.active_count() > 1:
         return importlib.import_module(name)
     stand_in = types.ModuleType("pandas", "hetsim's stand-in while CP-SAT loads (hetsim.planner.cpsat)")
     stand_in.Index = type("Index", (), {})  # type: ignore[attr-defined]
