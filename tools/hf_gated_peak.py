@@ -25,7 +25,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_opt_peak import LiveBytes, _cache_bytes, _cache_tensors, _storages, _tensors, write_rows
+from hf_opt_peak import count_forward, write_rows
 
 FAMILIES = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
 
@@ -53,25 +53,9 @@ def measure(shape: tuple, layers: int, phase: str) -> dict:
     family, batch, tokens, hidden, heads, kv_heads, ffn, vocab = shape
     model = _model(family, hidden, heads, kv_heads, ffn, vocab, layers)
     ids = torch.randint(0, vocab, (batch, tokens))
-    if phase == "prefill":
-        # as generate() calls it: with a mask, which 4.35.2 expands to a b x 1 x s x s tensor (without
-        # one the causal mask is a broadcast view of a single s x s)
-        mask = torch.ones(batch, tokens, dtype=torch.long)
-        args = {"input_ids": ids, "attention_mask": mask, "use_cache": True}
-    else:
-        cache = model(input_ids=ids, use_cache=True).past_key_values
-        mask = torch.ones(batch, tokens + 1, dtype=torch.long)
-        args = {"input_ids": ids[:, -1:], "attention_mask": mask, "past_key_values": cache, "use_cache": True}
-        before = _cache_bytes(cache)
-    weights = _storages(list(model.parameters()), list(model.buffers()))
-    held = _tensors(ids, args.get("attention_mask"))
-    if phase == "decode":
-        held += _cache_tensors(cache)
-    mode = LiveBytes(weights, held)
-    del held
-    with mode:
-        out = model(**args)
-    kv = _cache_bytes(out.past_key_values) - (before if phase == "decode" else 0)
+    # as generate() calls the prefill: with a mask, which 4.35.2 expands to a b x 1 x s x s tensor
+    # (without one the causal mask is a broadcast view of a single s x s)
+    mode, kv = count_forward(model, ids, phase, prefill_mask=True)
     return {
         "family": family,
         "phase": phase,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import sys
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -137,16 +138,18 @@ def _cache_bytes(cache) -> int:
     return sum(t.nbytes for t in _cache_tensors(cache))
 
 
-@torch.no_grad()
-def measure(
-    batch: int, tokens: int, hidden: int, heads: int, vocab: int, layers: int, phase: str, ffn: int = 0
-) -> dict:
-    """``tokens`` is the prompt length (prefill) or the KV length before the step (decode)."""
-    ffn = ffn or 4 * hidden  # OPT's ffn_dim is 4 x hidden at every size; other values separate the terms
-    model = _model(hidden, heads, vocab, layers, ffn)
-    ids = torch.randint(0, vocab, (batch, tokens))
+def count_forward(
+    model, ids: torch.Tensor, phase: str, prefill_mask: bool, hook: Callable[[LiveBytes], None] | None = None
+) -> tuple[LiveBytes, int]:
+    """One ``phase`` forward of ``model`` on ``ids`` under ``LiveBytes``: the mode (its peak and moments)
+    and the KV bytes the step adds. Decode runs ``ids`` as the cache first, then one more token;
+    ``prefill_mask`` passes the prefill an attention mask, as ``generate`` does; ``hook`` marks moments."""
+    batch, tokens = ids.shape
+    before = 0
     if phase == "prefill":
         args = {"input_ids": ids, "use_cache": True}
+        if prefill_mask:
+            args["attention_mask"] = torch.ones(batch, tokens, dtype=torch.long)
     else:
         cache = model(input_ids=ids, use_cache=True).past_key_values
         mask = torch.ones(batch, tokens + 1, dtype=torch.long)
@@ -158,14 +161,30 @@ def measure(
         held += _cache_tensors(cache)
     mode = LiveBytes(weights, held)
     del held
-    for layer in model.model.decoder.layers:
-        mode.hook(layer.self_attn, "attention")
-        mode.hook(layer.self_attn_layer_norm, "attention")
-        mode.hook(layer.final_layer_norm, "mlp")
-    mode.hook(model.model.decoder.final_layer_norm, "logits")
+    if hook is not None:
+        hook(mode)
     with mode:
         out = model(**args)
-    kv = _cache_bytes(out.past_key_values) - (before if phase == "decode" else 0)
+    return mode, _cache_bytes(out.past_key_values) - before
+
+
+@torch.no_grad()
+def measure(
+    batch: int, tokens: int, hidden: int, heads: int, vocab: int, layers: int, phase: str, ffn: int = 0
+) -> dict:
+    """``tokens`` is the prompt length (prefill) or the KV length before the step (decode)."""
+    ffn = ffn or 4 * hidden  # OPT's ffn_dim is 4 x hidden at every size; other values separate the terms
+    model = _model(hidden, heads, vocab, layers, ffn)
+    ids = torch.randint(0, vocab, (batch, tokens))
+
+    def hook_moments(mode: LiveBytes) -> None:
+        for layer in model.model.decoder.layers:
+            mode.hook(layer.self_attn, "attention")
+            mode.hook(layer.self_attn_layer_norm, "attention")
+            mode.hook(layer.final_layer_norm, "mlp")
+        mode.hook(model.model.decoder.final_layer_norm, "logits")
+
+    mode, kv = count_forward(model, ids, phase, prefill_mask=False, hook=hook_moments)
     return {
         "phase": phase,
         "batch": batch,
