@@ -22,10 +22,11 @@ HELD_OUT_SHAPES = 4
 OPT30 = get_model("opt-30b")
 
 
-def _rows() -> list[dict]:
-    with DATA.open() as f:
+def _rows(path: Path = DATA) -> list[dict]:
+    """A peak tool's CSV: its text columns as they are, every other column an int."""
+    with path.open() as f:
         rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
-    return [{k: v if k == "phase" else int(v) for k, v in r.items()} for r in rows]
+    return [{k: v if k in ("family", "phase") else int(v) for k, v in r.items()} for r in rows]
 
 
 def _shape(r: dict) -> tuple:
@@ -39,12 +40,13 @@ def _held_out() -> list[dict]:
     return [r for r in rows if _shape(r) in held]
 
 
-def _opt(r: dict):
+def _shaped(base, r: dict):
+    """``base`` at a measured row's shape (its KV heads when the row has them, else one per head)."""
     return dataclasses.replace(
-        OPT30,
+        base,
         hidden=r["hidden"],
         heads=r["heads"],
-        kv_heads=r["heads"],
+        kv_heads=r.get("kv_heads", r["heads"]),
         head_dim=r["hidden"] // r["heads"],
         intermediate=r["ffn"],
         vocab=r["vocab"],
@@ -56,7 +58,7 @@ def _opt(r: dict):
     "row", _held_out(), ids=lambda r: f"{r['phase']}-b{r['batch']}-s{r['tokens']}-L{r['layers']}"
 )
 def test_workspace_matches_torch_at_held_out_shapes(row):
-    model = _opt(row)
+    model = _shaped(OPT30, row)
     if row["phase"] == "prefill":
         got = hf_prefill_workspace(model, row["batch"], row["tokens"])
     else:
@@ -97,15 +99,9 @@ def test_workspace_grows_with_batch_and_prompt(batch, prompt, gen, more_batch, m
 GATED = Path(__file__).parent / "data" / "hf-gated-peak-4.35.2.csv"
 
 
-def _gated_rows() -> list[dict]:
-    with GATED.open() as f:
-        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
-    return [{k: v if k in ("family", "phase") else int(v) for k, v in r.items()} for r in rows]
-
-
 @pytest.mark.parametrize(
     "row",
-    _gated_rows(),
+    _rows(GATED),
     ids=lambda r: (
         f"{r['family']}-{r['phase']}-b{r['batch']}-s{r['tokens']}-H{r['heads']}/{r['kv_heads']}-L{r['layers']}"
     ),
@@ -118,16 +114,7 @@ def test_llama_style_workspace_matches_torch_without_a_fit(row):
     within 1%; with two layers an attention-bound step holds an n x h-sized tensor more between layers
     (up to 7.1% here, 2 B per token x hidden, noise at real sizes where the scores or the MLP dominate).
     Before the MQA copy was counted, the six MQA decode rows at batch > 1 came out 44-69% low."""
-    model = dataclasses.replace(
-        get_model("llama2-7b"),
-        hidden=row["hidden"],
-        heads=row["heads"],
-        kv_heads=row["kv_heads"],
-        head_dim=row["hidden"] // row["heads"],
-        intermediate=row["ffn"],
-        vocab=row["vocab"],
-        layers=row["layers"],
-    )
+    model = _shaped(get_model("llama2-7b"), row)
     if row["phase"] == "prefill":
         got = hf_prefill_workspace(model, row["batch"], row["tokens"])
     else:
