@@ -38,6 +38,18 @@ What DeepSpeed 0.8.0's code does per fetch (microsoft/DeepSpeed v0.8.0, MIT; run
 - A tied LM head is released after the token lookup (``stage3_max_reuse_distance`` 1e9 elements,
   coordinator :444-453) and fetched again for the head when more elements than that lie between.
 
+With ``offload_param.device: nvme`` (ZeRO-Infinity; the only way a model larger than host memory runs,
+OPT-175B's 350 GB on the 208 GB T4 VM) every fetched tensor of at least ``MIN_AIO_BYTES`` (1 MiB,
+swap_tensor/utils.py:13; partitioned_param_swapper.py:99, :131-136) lives on the disk
+(partition_parameters.py:1086-1097) and is read by libaio into one of ``buffer_count`` pinned swap
+buffers (5 of ``buffer_size`` elements, offload_config.py:31-34; allocated pinned at
+partitioned_param_swapper.py:109-114) before its ``.to(cuda)``; a tensor must fit one buffer (:353), so
+a user raises ``buffer_size`` to the largest tensor (OPT-175B's token table, 618e6 elements): 5 such
+buffers are the host's footprint. Reads for the tensors after the ones in flight are issued
+asynchronously along the trace (coordinator :351-352, :458-481, at most the free buffers), and a
+buffer is freed when its parameter is released after its module ran (partition_parameters.py:
+1074-1078): the disk reads back to back, at most about a layer ahead of compute.
+
 Host-side time per hook (Python, the sync after each blocking copy, while the link idles) has no
 measurement here and is not charged; docs/offloading-baselines.md states its size.
 """
@@ -72,6 +84,10 @@ class ZeroInferencePlan:
     # prefetch along the recorded trace; False: each module fetches its own, as the first forward runs
     prefetch: bool = True
     gpu_mem_budget: float | None = None
+    # offload_param.device: "cpu" (host memory) or "nvme" (the fetched tensors on ``disk``, read
+    # through pinned swap buffers); the default plan takes nvme only when the weights exceed host memory
+    offload: str = "cpu"
+    disk: str = ""
 
 
 # DeepSpeed 0.8.0's ZeRO-3 defaults (runtime/zero/config.py), assumed: FlexGen's benchmark config for
@@ -81,6 +97,12 @@ PREFETCH_BUCKET = 50_000_000  # elements prefetched after each module's fetch (a
 MAX_REUSE_DISTANCE = 1_000_000_000  # elements: a tensor needed again within this many is kept
 MAX_LIVE = 1_000_000_000  # stage3_max_live_parameters: prefetch stops at this many fetched elements
 WEIGHT_BYTES = 2.0  # the fp16 checkpoint, as the baseline runs it
+MIN_AIO_BYTES = 1024**2  # nvme: smaller tensors stay in host memory (swap_tensor/utils.py:13)
+SWAP_BUFFERS = 5  # offload_param.buffer_count (offload_config.py:31)
+SWAP_BUFFER_ELEMENTS = (
+    100_000_000  # offload_param.buffer_size (offload_config.py:34), raised to the largest tensor
+)
+OFFLOADS = ("cpu", "nvme")
 
 
 @dataclass(frozen=True)
@@ -95,10 +117,11 @@ class Fetches:
     persistent: int  # tensors under the persistence threshold, fetched once and kept
     kept: int = 0  # a tied token table used again within the reuse distance: live all forward
 
-    def block_bytes(self) -> list[float]:
+    def block_bytes(self, least: int = 0) -> list[float]:
+        """Bytes fetched per block, counting only tensors of at least ``least`` bytes."""
         out = [0.0] * self.blocks
         for b, leaf in zip(self.block, self.leaves, strict=True):
-            out[b] += sum(leaf) * WEIGHT_BYTES
+            out[b] += sum(n for n in leaf if n * WEIGHT_BYTES >= least) * WEIGHT_BYTES
         return out
 
     def _walk(self, prefetch: bool) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
@@ -196,6 +219,18 @@ def fetches(model: ModelSpec) -> Fetches:
     return Fetches(tuple(leaves), tuple(block), model.layers + 2, persistent, 0 if refetch else table)
 
 
+def swapped_bytes(model: ModelSpec) -> tuple[float, float]:
+    """With nvme offload: (bytes on the disk, the pinned swap buffers' bytes). Every fetched tensor of
+    at least MIN_AIO_BYTES (1 MiB) is swappable (partitioned_param_swapper.py:131-136), each stored once
+    (the tied table's second fetch reads the same file); the buffers hold the largest of them."""
+    f = fetches(model)
+    stored = sum(f.block_bytes(MIN_AIO_BYTES))
+    if f.block_bytes()[-1] and model.tied_embeddings:  # refetched for the head: one file on the disk
+        stored -= model.vocab * model.token_dim * WEIGHT_BYTES
+    largest = max((n for leaf in f.leaves for n in leaf), default=0)
+    return stored, SWAP_BUFFERS * max(SWAP_BUFFER_ELEMENTS, largest + 1) * WEIGHT_BYTES
+
+
 def gather_op(nbytes: float, layer: int) -> Op:
     """The all-gather's GPU copy of fetched weights into their gathered buffers (read + write)."""
     return Op("allgather_copy", OpKind.ELEMENTWISE, layer, 0.0, 0.0, nbytes, nbytes)
@@ -217,10 +252,21 @@ class ZeroInference(Strategy):
         pc.device_of_kind(rig, plan.cpu, "cpu", "cpu")
         pc.at_least(plan.batch_per_pass, 1, "batch_per_pass")
         pc.optional_budget(plan.gpu_mem_budget)
+        if plan.offload not in OFFLOADS:
+            raise pc.problem("offload", f"{plan.offload!r} is not one of {', '.join(OFFLOADS)}")
+        if plan.offload == "nvme":
+            if not plan.disk:
+                raise pc.problem("disk", "offload nvme needs a disk")
+            pc.device_of_kind(rig, plan.disk, "disk", "disk")
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> ZeroInferencePlan:
         gpu = max(rig.gpus(), key=lambda d: (d.mem_bytes, d.name)).name
-        plan = ZeroInferencePlan(gpu, rig.host_cpu(gpu), workload.batch)
+        cpu = rig.host_cpu(gpu)
+        plan = ZeroInferencePlan(gpu, cpu, workload.batch)
+        disks = rig.disks_of(rig.devices[gpu].node)
+        if disks and weight_bytes(model, DTYPES["fp16"]) > rig.devices[cpu].mem_bytes:
+            # what a user configures when the weights do not fit host memory (ZeRO-Infinity)
+            plan = replace(plan, offload="nvme", disk=disks[0].name)
         best = self.largest_batch(plan, rig, model, workload)
         return replace(plan, batch_per_pass=max(1, min(workload.batch, best)))
 
@@ -245,7 +291,8 @@ class ZeroInference(Strategy):
             fp = self.footprint(plan, rig, model, workload)
         except OutOfMemory:
             return False
-        return all(sum(tags.values()) <= rig.devices[d].mem_bytes for d, tags in fp.items())
+        capacity = rig.capacities()
+        return all(sum(tags.values()) <= capacity[d] for d, tags in fp.items())
 
     def pass_batch(self, plan: Any) -> int | None:
         return plan.batch_per_pass
@@ -260,14 +307,23 @@ class ZeroInference(Strategy):
             "activations": hf_eager_workspace(model, b, workload.prompt_len, workload.context_len),
         }
         check_budget(plan.gpu, "gpu_mem_budget", gpu, plan.gpu_mem_budget)
-        return {plan.gpu: gpu, plan.cpu: {"weights": weight_bytes(model, DTYPES["fp16"])}}
+        weights = weight_bytes(model, DTYPES["fp16"])
+        if plan.offload != "nvme":
+            return {plan.gpu: gpu, plan.cpu: {"weights": weights}}
+        swapped, buffers = swapped_bytes(model)
+        return {
+            plan.gpu: gpu,
+            plan.cpu: {"weights": weights - swapped, "swap_buffers": buffers},
+            plan.disk: {"weights": swapped},
+        }
 
     def devices(self, plan: ZeroInferencePlan) -> list[str]:
-        return [plan.gpu, plan.cpu]
+        return [plan.gpu, plan.cpu, plan.disk] if plan.offload == "nvme" else [plan.gpu, plan.cpu]
 
     def schedule(self, plan: ZeroInferencePlan, rig: Rig, model: ModelSpec, workload: Workload):
         f = fetches(model)
         copied = f.block_bytes()
+        swapped = f.block_bytes(MIN_AIO_BYTES)
         gathers = [gather_op(n, i - 1) if n else None for i, n in enumerate(f.gather_bytes(plan.prefetch))]
         last = len(copied) - 1
         passes = math.ceil(workload.batch / plan.batch_per_pass)
@@ -284,7 +340,18 @@ class ZeroInference(Strategy):
             op = gathers[i]
             return landed if op is None else engine.book_compute(plan.gpu, op, after=landed)
 
+        nvme = plan.offload == "nvme"
+        freed = [0.0]  # nvme: when the swap buffers of the block before the one in compute are free
+
         def copy(engine, i: int, after: float = 0.0) -> float:
+            if nvme and swapped[i]:
+                # libaio read into a pinned swap buffer, issued ahead along the trace once a buffer is
+                # free (about a layer ahead: 5 buffers, 6 matrices a layer); the host waits for it
+                # (synchronize_reads) before the copy from that pinned buffer
+                read = engine.book_transfer(plan.disk, plan.cpu, swapped[i], label="swap_in", after=freed[0])
+                return engine.book_transfer(
+                    plan.cpu, plan.gpu, copied[i], label="fetch_params", after=max(after, read)
+                )
             return engine.book_transfer(
                 plan.cpu, plan.gpu, copied[i], pinned=plan.pinned, label="fetch_params", after=after
             )
@@ -314,6 +381,7 @@ class ZeroInference(Strategy):
                         ahead = copy(engine, i + 1, after=issue) if i < last else 0.0
                         yield engine.wait(ready)
                         done = engine.book_compute(plan.gpu, block_ops(i, b, step))
+                        freed[0] = done
                         if i == last:
                             ready = done
                         else:
