@@ -47,6 +47,12 @@ def natural_api_lp(cm):
         solver.Add(t >= w + c + (nbf - 1) * p)
         solver.Add(t >= p + (nbf - 1) * c)
         solver.Add(t >= nbf * p)
+        if slot.q or slot.q_prev:
+            q, qp = lin(slot.q), lin(slot.q_prev)
+            for rest in (c, p, q):
+                solver.Add(t >= qp + (nbf - 1) * rest)
+            solver.Add(t >= w + c + (nbf - 1) * q)
+            solver.Add(t >= p + (nbf - 1) * q)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             solver.Add(t >= lin(lane))
         terms.append(mult * cm.layers * t)

@@ -11,7 +11,10 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   c = one batch's H2D cache/hidden loads, p = one batch's compute on the issuing thread (GPU ops,
   plus the KV gather and CPU attention when attention runs on the CPU). That is exactly the max of
   four linear forms, so it is an epigraph constraint; the D2H, disk-read and disk-write lanes give
-  one more lower bound each;
+  one more lower bound each. A batch's KV store (q) is issued in the next position (``store_cache(k -
+  1)`` after ``compute_layer(k)``, flex_opt.py), whose barrier waits for it: the slot's first
+  sub-step holds the previous slot's last store, the others one of its own, so with stores the slot
+  is max(w + c, p, q_prev) + (nb - 1) max(c, p, q), nine forms;
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions.
 
 The LP minimises the block time; candidates are ranked by time per sequence, and the best few are
@@ -123,6 +126,10 @@ class _Slot:
     d2h: dict[str, float]
     dread: dict[str, float]
     dwrite: dict[str, float]
+    # one batch's KV store on the store stream, this slot's and the slot before's (it runs in this
+    # slot's first sub-step); empty when nothing is stored
+    q: dict[str, float] = field(default_factory=dict)
+    q_prev: dict[str, float] = field(default_factory=dict)
 
 
 def _slots(
@@ -145,6 +152,7 @@ def _slots(
     out = []
     kv_mean = s + max(1, n // 2)
     for phase, seq, kv_len, mult in (("prefill", s, s, 1.0), ("decode", 1, kv_mean, float(n - 1))):
+        pair: list[_Slot] = []
         step = Step(phase, 1 if phase == "decode" else 0, seq, kv_len)
         hid = gbs * seq * h * 2.0
         hid_load = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
@@ -156,6 +164,7 @@ def _slots(
             dread = {"wd": w_next / lk.d2g, "hd": nb * hid / lk.d2g}
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
+            q: dict[str, float] = {}
             if kind == "mlp":
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
@@ -169,13 +178,15 @@ def _slots(
                 new_kv = gbs * seq * kv_tok
                 # a prefill's slab through the copy threads' relay, a decode token's direct (flexgen.py)
                 store = lk.out_page if phase == "prefill" else lk.out_pin
-                d2h.update(cc=nb * new_kv / store, cd=nb * new_kv / lk.g2d)
+                q = {"cc": new_kv / store, "cd": new_kv / lk.g2d}
                 dwrite["cd"] = nb * new_kv / lk.g2d
                 if phase == "decode":
                     kvb = gbs * step.kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
                     # unpinned KV: a host memcpy in the issuing thread (serial), then a pinned DMA
-                    c.update(cc=kvb / lk.pin, cd=kvb / lk.d2g)
-                    p["cc"] = _t(rig, cpu, (host_copy_op(kvb),))
+                    # of what it pinned: the batch's load is both, one after the other
+                    memcpy = _t(rig, cpu, (host_copy_op(kvb),))
+                    c.update(cc=memcpy + kvb / lk.pin, cd=kvb / lk.d2g)
+                    p["cc"] = memcpy
                     dread["cd"] = nb * kvb / lk.d2g
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
@@ -197,7 +208,13 @@ def _slots(
                 dwrite["cd"] = nb * gbs * kv_tok / lk.c2d  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
             p["hc"] = p.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
-            out.append((mult, _Slot(w, c, p, d2h, dread, dwrite)))
+            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q))
+        att, mlp = pair  # each slot's first sub-step holds the other's last KV store
+        for slot, before in ((att, mlp), (mlp, att)):
+            lane = dict(slot.d2h)  # the D2H lane: hidden stores, (nb - 1) own KV stores, the one before
+            for v, k in (*((v, (nb - 1) * k) for v, k in slot.q.items()), *before.q.items()):
+                lane[v] = lane.get(v, 0.0) + k
+            out.append((mult, replace(slot, d2h=lane, q_prev=dict(before.q))))
     return out
 
 
@@ -297,6 +314,9 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         nb = cm.nb
         t = max(w + nb * c, w + c + (nb - 1) * p, p + (nb - 1) * c, nb * p)
+        if slot.q or slot.q_prev:  # max(w + c, p, q_prev) + (nb - 1) max(c, p, q)
+            q, qp = lin(slot.q), lin(slot.q_prev)
+            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c, p) + (nb - 1) * q)
         t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
         total += mult * cm.layers * t
     return total + cm.other_s
@@ -351,6 +371,12 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
         _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
         _rows_of(solver, t, ((1.0, slot.p), (nbf - 1, slot.c)), x)
         _rows_of(solver, t, ((nbf, slot.p),), x)
+        if slot.q or slot.q_prev:  # the KV stores' sub-step forms (_Slot.q)
+            for first in (slot.q_prev,):
+                for rest in (slot.c, slot.p, slot.q):
+                    _rows_of(solver, t, ((1.0, first), (nbf - 1, rest)), x)
+            _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
+            _rows_of(solver, t, ((1.0, slot.p), (nbf - 1, slot.q)), x)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             _rows_of(solver, t, ((1.0, lane),), x)
         objective.append((mult * cm.layers, t))
