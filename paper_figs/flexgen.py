@@ -137,7 +137,7 @@ def main(out_dir: str = "paper_figs/out/") -> None:
             print(f"{head} hetsim {r['hetsim_tok_s']:7.2f}  published {r['published_tok_s']:6.2f}  "
                   f"error {r['rel_error']:+.0%}")  # fmt: skip
         else:
-            print(f"{head} hetsim {r['hetsim_tok_s']:7.2f}  (no published point) {r['note']}")
+            print(f"{head} hetsim {r['hetsim_tok_s']:7.3g}  (no published point) {r['note']}")
     with (out / "flexgen.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
