@@ -216,6 +216,9 @@ TAMPERED = [
     ("accelerate", "params.batch_per_pass", 0, "params.batch_per_pass"),
     ("deepspeed", "params.batch_per_pass", 0, "params.batch_per_pass"),
     ("deepspeed", "params.gpu_mem_budget", -1.0, "params.gpu_mem_budget"),
+    ("deepspeed", "params.offload", "tape", "params.offload"),
+    ("deepspeed", "params.offload", "nvme", "params.disk"),  # nvme without a disk
+    ("deepspeed", "params.disk", "n0.gpu0", "params.disk"),
     ("cpu-tp", "params.weight_copies", 0, "params.weight_copies"),
     ("cpu-tp", "params.ranks", [], "params.ranks"),
     ("cpu-tp", "params.weight_dtype", "fp7", "params.weight_dtype"),

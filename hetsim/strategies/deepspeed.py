@@ -254,9 +254,9 @@ class ZeroInference(Strategy):
         pc.optional_budget(plan.gpu_mem_budget)
         if plan.offload not in OFFLOADS:
             raise pc.problem("offload", f"{plan.offload!r} is not one of {', '.join(OFFLOADS)}")
-        if plan.offload == "nvme":
-            if not plan.disk:
-                raise pc.problem("disk", "offload nvme needs a disk")
+        if plan.offload == "nvme" and not plan.disk:
+            raise pc.problem("disk", "offload nvme needs a disk")
+        if plan.disk:
             pc.device_of_kind(rig, plan.disk, "disk", "disk")
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> ZeroInferencePlan:
