@@ -215,23 +215,36 @@ def _evaluate_on(config: Mapping[str, Any], rig: Any):
 
 def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | None) -> Iterable[dict]:
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # fork is cheap and inherits the imported strategies; spawn elsewhere
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_signals)
-    futures = {pool.submit(run_points, c, timeout_s): c for c in answer_groups(points)}
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    # A task is a group of points (``answer_groups``); each row comes back through ``rows`` as its
+    # point finishes, so an interrupted sweep keeps every finished point of a group it stops.
+    rows = ctx.SimpleQueue()
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(rows,)
+    )
+    futures = {pool.submit(_run_group, g, timeout_s): g for g in answer_groups(points)}
+    pending = set(futures)
+    seen: set[str] = set()
     finished = False
     try:
-        for fut in as_completed(futures):
-            try:
-                yield from fut.result()
-            except Exception as exc:  # the worker process died
-                yield from (_crashed(p, exc) for p in futures[fut])
+        while pending:
+            done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            while not rows.empty():
+                row = rows.get()
+                seen.add(row["point_id"])
+                yield row
+            for fut in done:
+                exc = fut.exception()
+                if exc is not None:  # the worker process died: its group's unfinished points
+                    yield from (_crashed(p, exc) for p in futures[fut] if p["point_id"] not in seen)
         finished = True
     finally:
-        # interrupted: drop queued points and do not wait for running ones (they are redone later).
-        # Take the workers before shutdown, which sets the pool's private _processes to None.
+        # interrupted: drop queued groups and do not wait for running ones (their unfinished points
+        # are redone later). Take the workers before shutdown, which sets the pool's private
+        # _processes to None.
         procs = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=finished, cancel_futures=True)
         if not finished:
@@ -239,17 +252,28 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
                 proc.terminate()
             for proc in procs:
                 proc.join(timeout=5)
+        rows.close()
 
 
-def run_points(points: list[dict[str, Any]], timeout_s: float | None = None) -> list[dict[str, Any]]:
-    """``run_point`` for each point, in one process (one task of the pool: ``answer_groups``)."""
-    return [run_point(p, timeout_s) for p in points]
+_ROWS: Any = None  # a pool worker's queue of finished rows (``_worker_init``)
+
+
+def _worker_init(rows: Any) -> None:
+    global _ROWS
+    _ROWS = rows
+    _worker_signals()
+
+
+def _run_group(points: list[dict[str, Any]], timeout_s: float | None) -> None:
+    """A pool task: ``run_point`` for each point in this worker, each row sent as it is made."""
+    for p in points:
+        _ROWS.put(run_point(p, timeout_s))
 
 
 def answer_groups(points: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The points as the pool's tasks: those that may share an answer (one ``answer_key``) together,
     in one worker, where ``_evaluate`` can reuse it; larger groups first, so that the workers end
-    on small ones. Rows come back a group at a time; an interrupted group is run again later."""
+    on small ones."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for p in points:
         groups.setdefault(answer_key(p), []).append(p)
