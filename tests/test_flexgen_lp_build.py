@@ -134,3 +134,34 @@ def test_solve_lp_still_solves():
     ends = endpoints(rig)
     sol = solve_lp(rig, model, Workload(96, 512, 32), 48, 2, candidate_flags(True)[0], ends)
     assert sol is not None and sol.block_time_s > 0
+
+
+def test_lps_with_one_key_are_one_model_and_a_remembered_optimum_is_the_fresh_one(monkeypatch):
+    """``solve_lp`` remembers GLOP's optima by ``_lp_key``: every LP of a few rigs' searches (rigs that
+    differ in the NIC, so many LPs repeat) with one key exports one model, and the optimum remembered
+    for it is the one a fresh solve finds."""
+    from hetsim.planner import flexgen_lp
+    from hetsim.sweep.grid import apply_hardware
+
+    base = load_rig("mixed-lab")
+    rigs = [
+        base,
+        *(apply_hardware(base, k) for k in ({"net_gbps": 10}, {"pcie": "pcie3-x16"}, {"cpu_sockets": 1})),
+    ]
+    model = get_model("llama2-13b")
+    memo: dict = {}
+    by_key: dict[tuple, bytes] = {}
+    repeats = 0
+    for rig in rigs:
+        ends = endpoints(rig)
+        for gbs, nb in ((1, 1), (4, 2), (16, 3), (48, 8)):
+            for fl in candidate_flags(bool(ends[2]), True):
+                cm = cost_model(rig, model, Workload(gbs * nb, 256, 16), gbs, nb, fl, ends)
+                key, model_bytes = flexgen_lp._lp_key(cm), proto(build_lp(cm)[0])
+                repeats += key in by_key
+                assert by_key.setdefault(key, model_bytes) == model_bytes
+                monkeypatch.setattr(flexgen_lp, "_OPTIMA", memo)
+                remembered = flexgen_lp._optimum(cm)
+                monkeypatch.setattr(flexgen_lp, "_OPTIMA", {})
+                assert flexgen_lp._optimum(cm) == remembered
+    assert repeats > 0

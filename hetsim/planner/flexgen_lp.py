@@ -401,12 +401,50 @@ def solve_lp(
 ) -> LpSolution | None:
     """Minimise the block time over the 9 fractions; None when no placement fits in memory."""
     cm = cost_model(rig, model, wl, gbs, nb, fl, ends, gpu_budget)
+    optimum = _optimum(cm)
+    if optimum is None:
+        return None
+    value, x = optimum
+    block = value + cm.other_s
+    blocks = math.ceil(wl.batch / (gbs * nb))
+    return LpSolution(gbs, nb, fl, dict(x), block, block * blocks / wl.batch)
+
+
+# GLOP's optima by the LP itself: half the LPs of a sweep's FlexGen points are ones another point (a
+# rig differing where this LP does not look) already solved. The key is every number ``build_lp``
+# reads, in its order; equal keys build the same model (a coefficient 0.0 == -0.0 or 2 == 2.0 gives
+# GLOP the same row: zeros are skipped, coefficients passed as floats), and GLOP is deterministic.
+_OPTIMA: dict[tuple, tuple[float, tuple[tuple[str, float], ...]] | None] = {}
+_OPTIMA_MAX = 16384
+
+
+def _lp_key(cm: CostModel) -> tuple:
+    return (
+        cm.nb,
+        cm.layers,
+        tuple(cm.bounds.items()),
+        tuple((tuple(coefs.items()), rhs) for coefs, rhs in cm.memory),
+        tuple(
+            (mult, *(tuple(form.items()) for form in (s.w, s.c, s.p, s.d2h, s.dread, s.dwrite)))
+            for mult, s in cm.slots
+        ),
+    )
+
+
+def _optimum(cm: CostModel) -> tuple[float, tuple[tuple[str, float], ...]] | None:
+    """The LP's objective value and fractions at its optimum; None when it is infeasible."""
+    key = _lp_key(cm)
+    if key in _OPTIMA:
+        return _OPTIMA[key]
     solver, x = build_lp(cm)
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
-        return None
-    block = solver.Objective().Value() + cm.other_s
-    blocks = math.ceil(wl.batch / (gbs * nb))
-    return LpSolution(gbs, nb, fl, {v: x[v].solution_value() for v in VARS}, block, block * blocks / wl.batch)
+        out = None
+    else:
+        out = solver.Objective().Value(), tuple((v, x[v].solution_value()) for v in VARS)
+    if len(_OPTIMA) >= _OPTIMA_MAX:
+        _OPTIMA.clear()
+    _OPTIMA[key] = out
+    return out
 
 
 @lru_cache(maxsize=64)

@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
@@ -83,6 +83,27 @@ def knob_columns(points: list[dict[str, Any]]) -> list[str]:
 
 
 # ---- hardware overrides ---------------------------------------------------------------------
+# The parts a knob changes, by the part they came from and the change: rigs that apply the same
+# change to the same loaded part hold the same new object, so a sweep's remembered answers
+# (``runner._evaluate``), which compare parts by identity, see them as the same. Each entry holds
+# its original (and what else the change used), so the ids stay their own.
+_DERIVED: dict[tuple, tuple[Any, tuple, Any]] = {}
+_DERIVED_MAX = 65536
+
+
+def _derive(original: Any, change: tuple, make: Callable[[], Any], *held: Any) -> Any:
+    """``make()``, or what it gave for the same ``original`` object, ``change`` and ``held`` objects."""
+    key = (id(original), *change, *map(id, held))
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[0] is original and all(a is b for a, b in zip(hit[1], held, strict=True)):
+        return hit[2]
+    if len(_DERIVED) >= _DERIVED_MAX:
+        _DERIVED.clear()
+    new = make()
+    _DERIVED[key] = (original, held, new)
+    return new
+
+
 def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
     """The rig with the point's hardware knobs applied (a new Rig; the input is untouched)."""
     if not any(k in knobs for k in HW_KNOBS):
@@ -108,22 +129,34 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
                 if a == b or (a in kept and b in kept):  # a socket-to-socket link that now loops
                     del links[lname]
                 else:
-                    links[lname] = replace(link, a=a, b=b)
+                    links[lname] = _derive(
+                        link, ("ends", a, b), lambda link=link, a=a, b=b: replace(link, a=a, b=b)
+                    )
             host = node.host_mem_bytes * keep_n / len(node.cpus)  # the dropped sockets' DIMMs go too
-            nodes[name] = replace(node, cpus=kept, host_mem_bytes=host)
+            nodes[name] = _derive(
+                node,
+                ("sockets", keep_n),
+                lambda node=node, kept=kept, host=host: replace(node, cpus=kept, host_mem_bytes=host),
+            )
 
     if knobs.get("gpu_mem_gb") is not None:
         budget = float(knobs["gpu_mem_gb"]) * 1e9
         for name, dev in list(devices.items()):
             if dev.kind == "gpu" and dev.mem_bytes > budget:
-                prov = {
-                    **dev.provenance,
-                    "mem_bytes": Provenance(
-                        f"{note}: gpu_mem_gb",
-                        dev.provenance["mem_bytes"].grade if "mem_bytes" in dev.provenance else _assumed(),
-                    ),
-                }
-                devices[name] = replace(dev, mem_bytes=budget, provenance=prov)
+
+                def capped(dev: Any = dev) -> Any:
+                    prov = {
+                        **dev.provenance,
+                        "mem_bytes": Provenance(
+                            f"{note}: gpu_mem_gb",
+                            dev.provenance["mem_bytes"].grade
+                            if "mem_bytes" in dev.provenance
+                            else _assumed(),
+                        ),
+                    }
+                    return replace(dev, mem_bytes=budget, provenance=prov)
+
+                devices[name] = _derive(dev, ("mem", budget), capped)
 
     def swap(kinds: tuple[str, ...], link_name: str, only_nic: bool) -> None:
         from hetsim.hardware.catalog import load_catalog
@@ -152,7 +185,14 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
                 gpu_host = end is not None and end.kind == "gpu"
                 fwd = to_host if gpu_host else dict.fromkeys(TO_HOST_FIELDS)
                 p = {**prov, **(to_host_prov if gpu_host else {})}
-                links[lname] = replace(link, bw=bw, latency_s=lat, pageable_bw=pageable, provenance=p, **fwd)
+                links[lname] = _derive(
+                    link,
+                    ("swap", gpu_host),
+                    lambda link=link, fwd=fwd, p=p: replace(
+                        link, bw=bw, latency_s=lat, pageable_bw=pageable, provenance=p, **fwd
+                    ),
+                    spec,
+                )
 
     if knobs.get("pcie") is not None:
         swap(("pcie",), knobs["pcie"], only_nic=False)
@@ -162,20 +202,28 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
         bw = float(knobs["net_gbps"]) * 1e9 / 8
         for lname, link in list(links.items()):
             if _is_nic(link):
-                prov = {**link.provenance, "bw": Provenance(f"{note}: net_gbps", _assumed())}
-                links[lname] = replace(
-                    link, bw=bw, pageable_bw=bw, provenance=prov, **dict.fromkeys(TO_HOST_FIELDS)
-                )
+
+                def at_rate(link: Link = link) -> Link:
+                    prov = {**link.provenance, "bw": Provenance(f"{note}: net_gbps", _assumed())}
+                    return replace(
+                        link, bw=bw, pageable_bw=bw, provenance=prov, **dict.fromkeys(TO_HOST_FIELDS)
+                    )
+
+                links[lname] = _derive(link, ("net", bw), at_rate)
     for kind, factor in (knobs.get("bw_scale") or {}).items():
         for lname, link in list(links.items()):
             if link.kind == kind:
-                fwd = {k: getattr(link, k) for k in TO_HOST_FIELDS}
-                links[lname] = replace(
-                    link,
-                    bw=link.bw * factor,
-                    pageable_bw=link.pageable_bw * factor,
-                    **{k: v * factor if v is not None else None for k, v in fwd.items()},
-                )
+
+                def scaled(link: Link = link, factor: float = factor) -> Link:
+                    fwd = {k: getattr(link, k) for k in TO_HOST_FIELDS}
+                    return replace(
+                        link,
+                        bw=link.bw * factor,
+                        pageable_bw=link.pageable_bw * factor,
+                        **{k: v * factor if v is not None else None for k, v in fwd.items()},
+                    )
+
+                links[lname] = _derive(link, ("scale", factor), scaled)
 
     # a fresh route cache: routes of the original rig are stale here
     return replace(rig, devices=devices, links=links, nodes=nodes)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from hetsim.sweep.grid import apply_hardware, canonical, override_plan, plan_knobs
+from hetsim.sweep.grid import _DERIVED, apply_hardware, canonical, override_plan, plan_knobs
 from hetsim.sweep.spec import HW_KNOBS
 
 RESULT_COLUMNS = (
@@ -143,13 +143,44 @@ def _point_rig(config: Mapping[str, Any]) -> Any:
     return rig
 
 
+# Answers of the points run in this process, by what a point is besides its rig (its configuration
+# without the hardware knobs that act only through the rig; ``gpu_mem_gb`` stays: it is also the
+# plans' memory budget), each with its rig and what it read of the rig's links (``Rig.reading``). A
+# point whose rig answers those reads as that rig did (``agrees``: the same devices, nodes and disks,
+# the same links and routes where read) has the same answer: a one-GPU strategy's points that differ
+# only in the network, or in a PCIe generation whose numbers equal the rig's, are run once.
+_ANSWERS: dict[str, list[tuple[Any, Any, Any]]] = {}
+_ANSWERS_MAX = 4096
+_RIG_ONLY_KNOBS = tuple(k for k in HW_KNOBS if k != "gpu_mem_gb")
+
+
+def answer_key(config: Mapping[str, Any]) -> str:
+    return canonical({k: v for k, v in config.items() if k != "point_id" and k not in _RIG_ONLY_KNOBS})
+
+
 def _evaluate(config: Mapping[str, Any]):
+    from hetsim.hardware.rig import agrees, reading
+
+    rig = _point_rig(config)
+    key = answer_key(config)
+    known = _ANSWERS.get(key, [])
+    for then, log, answer in known:
+        if agrees(log, then, rig):
+            return answer
+    with reading() as log:
+        answer = _evaluate_on(config, rig)
+    if sum(map(len, _ANSWERS.values())) >= _ANSWERS_MAX:
+        _ANSWERS.clear()
+    _ANSWERS.setdefault(key, []).append((rig, log, answer))
+    return answer
+
+
+def _evaluate_on(config: Mapping[str, Any], rig: Any):
     from hetsim import api
     from hetsim.models.registry import get_model
     from hetsim.strategies.base import get_strategy
     from hetsim.workload import Workload
 
-    rig = _point_rig(config)
     p = api.Problem(
         get_model(config["model"]),
         config["model"],
@@ -184,23 +215,36 @@ def _evaluate(config: Mapping[str, Any]):
 
 def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | None) -> Iterable[dict]:
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # fork is cheap and inherits the imported strategies; spawn elsewhere
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_signals)
-    futures = {pool.submit(run_point, p, timeout_s): p for p in points}
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    # A task is a group of points (``answer_groups``); each row comes back through ``rows`` as its
+    # point finishes, so an interrupted sweep keeps every finished point of a group it stops.
+    rows = ctx.SimpleQueue()
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(rows,)
+    )
+    futures = {pool.submit(_run_group, g, timeout_s): g for g in answer_groups(points)}
+    pending = set(futures)
+    seen: set[str] = set()
     finished = False
     try:
-        for fut in as_completed(futures):
-            try:
-                yield fut.result()
-            except Exception as exc:  # the worker process died
-                yield _crashed(futures[fut], exc)
+        while pending:
+            done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+            while not rows.empty():
+                row = rows.get()
+                seen.add(row["point_id"])
+                yield row
+            for fut in done:
+                exc = fut.exception()
+                if exc is not None:  # the worker process died: its group's unfinished points
+                    yield from (_crashed(p, exc) for p in futures[fut] if p["point_id"] not in seen)
         finished = True
     finally:
-        # interrupted: drop queued points and do not wait for running ones (they are redone later).
-        # Take the workers before shutdown, which sets the pool's private _processes to None.
+        # interrupted: drop queued groups and do not wait for running ones (their unfinished points
+        # are redone later). Take the workers before shutdown, which sets the pool's private
+        # _processes to None.
         procs = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=finished, cancel_futures=True)
         if not finished:
@@ -208,6 +252,32 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
                 proc.terminate()
             for proc in procs:
                 proc.join(timeout=5)
+        rows.close()
+
+
+_ROWS: Any = None  # a pool worker's queue of finished rows (``_worker_init``)
+
+
+def _worker_init(rows: Any) -> None:
+    global _ROWS
+    _ROWS = rows
+    _worker_signals()
+
+
+def _run_group(points: list[dict[str, Any]], timeout_s: float | None) -> None:
+    """A pool task: ``run_point`` for each point in this worker, each row sent as it is made."""
+    for p in points:
+        _ROWS.put(run_point(p, timeout_s))
+
+
+def answer_groups(points: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The points as the pool's tasks: those that may share an answer (one ``answer_key``) together,
+    in one worker, where ``_evaluate`` can reuse it; larger groups first, so that the workers end
+    on small ones."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        groups.setdefault(answer_key(p), []).append(p)
+    return sorted(groups.values(), key=len, reverse=True)
 
 
 def _worker_signals() -> None:
@@ -305,6 +375,8 @@ def execute(
     if not points:
         return 0
     _RIGS.clear()  # this run's rig files, read afresh (forked workers inherit the empty cache)
+    _ANSWERS.clear()
+    _DERIVED.clear()
     points = run_order(points)
     if dask:
         rows = _run_dask(points, dask, workers)
