@@ -165,3 +165,23 @@ def test_lps_with_one_key_are_one_model_and_a_remembered_optimum_is_the_fresh_on
                 monkeypatch.setattr(flexgen_lp, "_OPTIMA", {})
                 assert flexgen_lp._optimum(cm) == remembered
     assert repeats > 0
+
+
+def test_lp_key_covers_every_form_of_a_slot():
+    """A cost model that differs from another only in one form of one slot (here the KV store's ``q``,
+    a field added after the key was written) has another key: the memo never answers it with the
+    other's optimum."""
+    from dataclasses import fields, replace
+
+    from hetsim.planner import flexgen_lp
+
+    rig = load_rig("mixed-lab")
+    cm = cost_model(
+        rig, get_model("llama2-13b"), Workload(32, 256, 16), 16, 2, candidate_flags(True)[0], endpoints(rig)
+    )
+    mult, slot = cm.slots[0]
+    for f in fields(slot):
+        form = dict(getattr(slot, f.name))
+        form["wg"] = form.get("wg", 0.0) + 1.0
+        other = replace(cm, slots=((mult, replace(slot, **{f.name: form})), *cm.slots[1:]))
+        assert flexgen_lp._lp_key(other) != flexgen_lp._lp_key(cm), f.name

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 
 from ortools.linear_solver import pywraplp
@@ -424,10 +424,8 @@ def _lp_key(cm: CostModel) -> tuple:
         cm.layers,
         tuple(cm.bounds.items()),
         tuple((tuple(coefs.items()), rhs) for coefs, rhs in cm.memory),
-        tuple(
-            (mult, *(tuple(form.items()) for form in (s.w, s.c, s.p, s.d2h, s.dread, s.dwrite)))
-            for mult, s in cm.slots
-        ),
+        # every field of every slot, so a form added to _Slot is in the key without anyone remembering
+        tuple((mult, *(tuple(getattr(s, f.name).items()) for f in fields(s))) for mult, s in cm.slots),
     )
 
 
