@@ -235,6 +235,7 @@ def compare(
         ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
         if search:
             planner.preload(names)
+        _ = p.rig.graph  # every worker routes copies: networkx (~0.1 s) imported, the graph built once
         try:
             jobs = _worker_jobs(chosen, search)
             with ProcessPoolExecutor(
