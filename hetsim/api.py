@@ -46,8 +46,8 @@ PLAN_FORMAT_VERSION = 1
 # A search keeps a few hundred thousand objects alive (remembered runs, op and split caches), and
 # every collection costs ~1 us per object it visits: at the default, ~0.4 of the headline compare's
 # ~3 CPU s went to collecting; at this threshold its workers never collect, and cyclic garbage
-# stays bounded (max RSS 94 -> 122 MB on the headline; `--exact` at gen 3584: 359 -> ~450 MB).
-# Collecting never changes a result.
+# stays bounded (max RSS 94 -> 122 MB on the headline; `--exact` at gen 3584 with no collection at
+# all: 359 -> 458 MB). Collecting never changes a result.
 WORKER_GC_THRESHOLD = 1_000_000
 
 
