@@ -346,3 +346,32 @@ def get_weight(name: str) -> int:
     from hetsim.strategies.base import get_strategy
 
     return get_strategy(name).search_weight
+
+
+def test_compare_workers_collect_rarely_and_the_parent_heap_is_unfrozen_after_the_fork(monkeypatch):
+    """Forked workers inherit a frozen heap and a high young-collection threshold; the parent's
+    collector is as it was afterwards, and a caller's own frozen objects stay frozen."""
+    import gc
+    from dataclasses import replace
+
+    real = api.best_result
+
+    def noting_gc(*a, **k):  # runs in the forked worker: its collector's state comes back in extras
+        r = real(*a, **k)
+        return replace(r, extras={**r.extras, "gc": (gc.get_threshold()[0], gc.get_freeze_count())})
+
+    monkeypatch.setattr(api, "best_result", noting_gc)
+    p = api.problem("llama2-7b", "mixed-lab", 1, 128, 8)
+    before = gc.get_threshold()
+    results = api.compare(p, ["gpu-only", "layer-offload"], "throughput", workers=2)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    assert "graph" in vars(p.rig)  # built once, before the fork, for every worker's routes
+    assert len(results) == 2
+    assert all(r.extras["gc"][0] == api.WORKER_GC_THRESHOLD and r.extras["gc"][1] > 0 for r in results)
+    gc.freeze()  # a caller's frozen heap is left alone
+    try:
+        mine = gc.get_freeze_count()
+        api.compare(p, ["gpu-only", "layer-offload"], "throughput", workers=2)
+        assert gc.get_freeze_count() == mine
+    finally:
+        gc.unfreeze()
