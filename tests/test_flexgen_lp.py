@@ -116,11 +116,14 @@ def test_cpu_attention_disk_terms_take_the_cpu_disk_route():
     assert lk.c2d == min(rig.route(cpu, disk).bw, d.write_bw)
     slow = replace(lk, d2g=1.0, g2d=1.0)
     wl = Workload(96, 512, 32)
-    _, _, (_, att), _ = _slots(rig, model, wl, 48, 2, Flags(True, False), slow, ends)
+    _, _, (_, att), (_, mlp) = _slots(rig, model, wl, 48, 2, Flags(True, False), slow, ends)
     tok = kv_token_bytes(model, False)
     kv_mean = 512 + 16
     assert att.dwrite["cd"] == pytest.approx(2 * 48 * tok / lk.c2d)
-    assert att.dread["cd"] == pytest.approx(2 * 48 * (kv_mean - 1) * tok / lk.d2c)
+    # batch k + 1's read is issued in position k: one of the two in the attention slot, the next
+    # layer's first batch's in the MLP slot
+    read = 48 * (kv_mean - 1) * tok / lk.d2c
+    assert att.dread["cd"] == pytest.approx(read) and mlp.dread["cd"] == pytest.approx(read)
 
 
 @pytest.mark.parametrize(
