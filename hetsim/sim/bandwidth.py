@@ -35,10 +35,11 @@ def overlap_delay(capacity_bps: float, earlier_bps: float, later_cap_bps: float)
     """Seconds a flow capped at ``later_cap_bps`` ends later per second it runs beside a flow of
     ``earlier_bps`` booked before it, as ``BandwidthTimeline.book`` serves them (first come, first
     served: the later flow takes what is left), when the later flow outlasts the earlier one."""
-    if later_cap_bps <= 0:
+    full = min(later_cap_bps, capacity_bps)  # its rate alone
+    if full <= 0:
         return 0.0
-    left = capacity_bps - min(earlier_bps, capacity_bps)
-    return max(0.0, later_cap_bps - left) / later_cap_bps
+    got = min(full, capacity_bps - min(earlier_bps, capacity_bps))  # its rate beside the earlier
+    return (full - got) / full
 
 
 class BandwidthTimeline:
