@@ -135,10 +135,6 @@ class _Slot:
     # the weight load of sub-step 0 runs beside (CPU attention's KV gather is issued one position
     # ahead, flex_opt.py, and the DMA slows it on the shared host DRAM); empty = p
     p0: dict[str, float] = field(default_factory=dict)
-    # the first sub-step's loads where a part of c runs on the thread (an unpinned KV's host memcpy,
-    # issued at the position's start): that part runs beside the weight DMA and only the rest
-    # (c_link) queues behind it on the link: max(w + c_link, c), not w + c; empty = w + c
-    c_link: dict[str, float] = field(default_factory=dict)
 
 
 def _slots(
@@ -178,7 +174,6 @@ def _slots(
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
             p0: dict[str, float] = {}
-            c_link: dict[str, float] = {}
             q: dict[str, float] = {}
             if kind == "mlp":
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
@@ -206,7 +201,6 @@ def _slots(
                     # of what it pinned: the batch's load is both, one after the other
                     memcpy = _t(rig, cpu, (host_copy_op(kvb),))
                     c.update(cc=memcpy + kvb / lk.pin, cd=kvb / lk.d2g)
-                    c_link = {**c, "cc": kvb / lk.pin}
                     p["cc"] = memcpy
                     dread["cd"] = nb * kvb / lk.d2g
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
@@ -241,7 +235,7 @@ def _slots(
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
             for form in (p, p0) if p0 else (p,):
                 form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
-            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, c_link=c_link))
+            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0))
         att, mlp = pair  # each slot's first sub-step holds the other's last KV store
         for slot, before in ((att, mlp), (mlp, att)):
             lane = dict(slot.d2h)  # the D2H lane: hidden stores, (nb - 1) own KV stores, the one before
@@ -370,11 +364,10 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         p0 = lin(slot.p0) if slot.p0 else p
         nb = cm.nb
-        load0 = max(w + lin(slot.c_link), c) if slot.c_link else w + c  # the first sub-step's loads
-        t = max(load0 + (nb - 1) * c, load0 + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
-        if slot.q or slot.q_prev:  # max(load0, p0, q_prev) + (nb - 1) max(c, p, q)
+        t = max(w + nb * c, w + c + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
+        if slot.q or slot.q_prev:  # max(w + c, p0, q_prev) + (nb - 1) max(c, p, q)
             q, qp = lin(slot.q), lin(slot.q_prev)
-            t = max(t, qp + (nb - 1) * max(c, p, q), max(load0, p0) + (nb - 1) * q)
+            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c, p0) + (nb - 1) * q)
         t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
         total += mult * cm.layers * t
     return total + cm.other_s
@@ -426,13 +419,8 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
     for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
         p0 = slot.p0 or slot.p
-        if slot.c_link:  # the first sub-step's loads: max(w + c_link, c) (_Slot.c_link)
-            for load0 in (((1.0, slot.w), (1.0, slot.c_link)), ((1.0, slot.c),)):
-                for rest in (slot.c, slot.p, *((slot.q,) if slot.q or slot.q_prev else ())):
-                    _rows_of(solver, t, (*load0, (nbf - 1, rest)), x)
-        else:
-            _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
-            _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
+        _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
+        _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
         _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.c)), x)
         if slot.p0:
             _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.p)), x)
@@ -442,8 +430,7 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
             for first in (slot.q_prev,):
                 for rest in (slot.c, slot.p, slot.q):
                     _rows_of(solver, t, ((1.0, first), (nbf - 1, rest)), x)
-            if not slot.c_link:
-                _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
+            _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
             _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.q)), x)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             _rows_of(solver, t, ((1.0, lane),), x)
