@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hetsim.models.spec import Op, OpKind
 from hetsim.sim.bandwidth import BandwidthTimeline
@@ -377,3 +379,26 @@ def test_bound_label_names_each_phase_where_they_differ(rig):
     engine, _ = run(rig, same)
     assert engine.bound_of("n0.gpu0:compute") == "memory-bound"
     assert engine.bound_of("n0.pcie.gpu0:fwd") == ""  # not a compute stream
+
+
+@given(
+    capacity=st.floats(10e9, 100e9),  # bytes/s (the timeline counts rates <= 1 B/s as none)
+    earlier=st.floats(1e9, 150e9),
+    cap=st.floats(1e9, 150e9),
+    overlap=st.floats(0.1, 5.0),
+    extra=st.floats(0.1, 5.0),
+)
+def test_overlap_delay_is_what_the_timeline_books(capacity, earlier, cap, overlap, extra):
+    """``bandwidth.overlap_delay`` (the FlexGen LP's share of host DRAM) is the delay
+    ``BandwidthTimeline.book`` gives a later flow that outlasts an earlier one: one formula, the
+    engine's."""
+    from hetsim.sim.bandwidth import BandwidthTimeline, overlap_delay
+
+    dram = BandwidthTimeline("dram", capacity)
+    dram.book(0.0, 0.0, earlier * overlap, earlier)  # ends at `overlap` when it fits
+    first_end = overlap * earlier / min(earlier, capacity)
+    full = min(cap, capacity)
+    got = min(full, capacity - min(earlier, capacity))
+    nbytes = got * first_end + full * extra  # the later flow outlasts the earlier one by `extra`
+    end = dram.book(0.0, 0.0, nbytes, cap)
+    assert end == pytest.approx(nbytes / full + overlap_delay(capacity, earlier, cap) * first_end, rel=1e-9)

@@ -116,11 +116,14 @@ def test_cpu_attention_disk_terms_take_the_cpu_disk_route():
     assert lk.c2d == min(rig.route(cpu, disk).bw, d.write_bw)
     slow = replace(lk, d2g=1.0, g2d=1.0)
     wl = Workload(96, 512, 32)
-    _, _, (_, att), _ = _slots(rig, model, wl, 48, 2, Flags(True, False), slow, ends)
+    _, _, (_, att), (_, mlp) = _slots(rig, model, wl, 48, 2, Flags(True, False), slow, ends)
     tok = kv_token_bytes(model, False)
     kv_mean = 512 + 16
     assert att.dwrite["cd"] == pytest.approx(2 * 48 * tok / lk.c2d)
-    assert att.dread["cd"] == pytest.approx(2 * 48 * (kv_mean - 1) * tok / lk.d2c)
+    # batch k + 1's read is issued in position k: one of the two in the attention slot, the next
+    # layer's first batch's in the MLP slot
+    read = 48 * (kv_mean - 1) * tok / lk.d2c
+    assert att.dread["cd"] == pytest.approx(read) and mlp.dread["cd"] == pytest.approx(read)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +151,8 @@ def test_lp_block_time_follows_the_engine_on_the_paper_rig(gbs, nb, cpu_attentio
     plan = to_plan(sol, model, ends[0], None)
     lp = released_time_per_seq(sol, plan, rig, model, wl, ends, None) * wl.batch
     engine = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
-    assert lp == pytest.approx(engine, rel=0.04)
+    # CPU attention within 0.4 % since its gather and host-DRAM share follow the engine (were -2.7 %)
+    assert lp == pytest.approx(engine, rel=0.005 if cpu_attention else 0.04)
 
 
 @pytest.mark.parametrize(("model", "prompt"), [("opt-30b", 512), ("opt-30b", 1024), ("opt-6.7b", 512)])
@@ -169,3 +173,66 @@ def test_flexgen_search_is_not_slower_with_a_faster_link(model, prompt):
         q = dc_replace(p, rig=apply_hardware(p.rig, {"bw_scale": {"pcie": factor}}))
         rates.append(api.best_result(get_strategy("flexgen"), q, "throughput").throughput_tok_s)
     assert rates[1] >= rates[0] * 0.995 and rates[2] >= rates[1] * 0.995, rates
+
+
+def _search_candidates(model: str, prompt: int, gpu_gb: float, n: int):
+    """The first ``n`` distinct plans, in the LP's order, that the free search could confirm on
+    flexgen-t4 with the GPU capped at ``gpu_gb``: (LP time at the runtime's placement, engine time)."""
+    from dataclasses import replace
+
+    from hetsim import api
+    from hetsim.planner.flexgen_lp import lp_candidates_free, released_time_per_seq
+    from hetsim.sim.run import fits, simulate
+    from hetsim.strategies.base import get_strategy
+
+    s = get_strategy("flexgen")
+    p = api.problem(
+        model, "flexgen-t4", batch=None, prompt_len=prompt, gen_len=32, gpu_mem_budget=gpu_gb * 1e9
+    )
+    ends = endpoints(p.rig)
+    sols, _ = lp_candidates_free(p.rig, p.model, p.workload, ends)
+    out, seen = [], set()
+    for sol in sols:
+        plan = to_plan(sol, p.model, ends[0], None)
+        wl = replace(p.workload, batch=plan.block_size)
+        if plan in seen or not fits(s, plan, p.rig, p.model, wl):
+            continue
+        seen.add(plan)
+        t = released_time_per_seq(sol, plan, p.rig, p.model, wl, ends, None)
+        if t is not None:
+            out.append((t * wl.batch, simulate(s, plan, p.rig, p.model, wl).e2e_s))
+        if len(out) == n:
+            break
+    return out
+
+
+@pytest.mark.parametrize(("model", "prompt"), [("opt-30b", 512), ("opt-30b", 1024)])
+def test_lp_follows_the_engine_on_the_search_candidates(model, prompt):
+    """OPT-30B on flexgen-t4 at 12 GB of GPU memory: on the first 8 plans the free search could
+    confirm (all with attention on the CPU) the LP's time is within 1 % of the engine's. Before the
+    LP issued CPU attention's KV gather a position ahead (load_cache(k + 1) before compute_layer(k),
+    flex_opt.py) and charged the weight DMA's share of host DRAM (the engine's first-come timeline)
+    it was -8.6..+2.6 % at 512: one-batch plans too slow, multi-batch ones too fast, so the engine
+    never saw the best plan at 12 GB (below)."""
+    rows = _search_candidates(model, prompt, 12, 8)
+    assert len(rows) == 8
+    errors = [lp / engine - 1 for lp, engine in rows]
+    assert max(abs(e) for e in errors) < 0.01, errors
+
+
+def test_flexgen_search_is_not_slower_with_more_gpu_memory():
+    """OPT-30B, 512 + 32 on flexgen-t4, own search (no flags), GPU capped at 8..16 GB: every GB more
+    is never slower than the best below it, to within 0.5 % (near-equal plans can swap). Before
+    (session 8's finding) 12 GB gave 8.20 tok/s against 11 GB's 8.44: the LP misranked a one-batch
+    plan the engine runs 3 % faster below the three it confirmed."""
+    from hetsim import api
+    from hetsim.strategies.base import get_strategy
+
+    best = 0.0
+    for gb in range(8, 17):
+        p = api.problem(
+            "opt-30b", "flexgen-t4", batch=None, prompt_len=512, gen_len=32, gpu_mem_budget=gb * 1e9
+        )
+        rate = api.best_result(get_strategy("flexgen"), p, "throughput").throughput_tok_s
+        assert rate >= best * 0.995, (gb, rate, best)
+        best = max(best, rate)

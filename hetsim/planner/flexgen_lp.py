@@ -35,6 +35,7 @@ from hetsim.costs.op_cost import block_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op
 from hetsim.planner.ranking import Evaluate, evaluator
+from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
 from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
@@ -130,6 +131,10 @@ class _Slot:
     # slot's first sub-step); empty when nothing is stored
     q: dict[str, float] = field(default_factory=dict)
     q_prev: dict[str, float] = field(default_factory=dict)
+    # the issuing thread's first sub-step where it differs from p (the others'): the serial CPU work
+    # the weight load of sub-step 0 runs beside (CPU attention's KV gather is issued one position
+    # ahead, flex_opt.py, and the DMA slows it on the shared host DRAM); empty = p
+    p0: dict[str, float] = field(default_factory=dict)
 
 
 def _slots(
@@ -145,6 +150,7 @@ def _slots(
     """(multiplicity, slot) for prefill and mean decode, attention and MLP slots."""
     gpu, cpu, _ = ends
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
+    dram = host_dram_bw(rig, cpu)
     cw = fl.compress_weight
     split = _split_cache(model, cw)  # the weights all off the GPU; compress_cache does not enter
     w_att, w_mlp = split[1][1], split[2][1]
@@ -156,6 +162,9 @@ def _slots(
         step = Step(phase, 1 if phase == "decode" else 0, seq, kv_len)
         hid = gbs * seq * h * 2.0
         hid_load = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
+        gather: dict[str, float] = {}  # CPU attention's KV gather of one batch (issued a position ahead)
+        gather_read = 0.0
+        slow: dict[str, float] = {}  # seconds of delay per byte of weights loaded beside the thread
         for kind in ("attention", "mlp"):
             w_next = w_mlp if kind == "attention" else w_att
             w = {"wc": w_next / lk.pin, "wd": w_next / lk.d2g}
@@ -164,10 +173,16 @@ def _slots(
             dread = {"wd": w_next / lk.d2g, "hd": nb * hid / lk.d2g}
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
+            p0: dict[str, float] = {}
             q: dict[str, float] = {}
             if kind == "mlp":
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
+                if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
+                    p0, p = _gather_into(
+                        p, gather, nb, last=True, slow={v: k * w_next for v, k in slow.items()}
+                    )
+                    dread["cd"] = dread.get("cd", 0.0) + gather_read
             elif phase == "prefill" or not fl.cpu_attention:
                 # a compressed cache on the GPU is decompressed whole each step (substep_ops)
                 off = 0.0 if fl.compress_cache and fl.cache_tier == "g" else 1.0
@@ -197,18 +212,30 @@ def _slots(
                 t_cpu_att = _t(rig, cpu, o.cpu)
                 t_gather = _t(rig, cpu, (kv_gather_op(model, gbs, kv_len - 1, 1.0),))
                 kvb = gbs * (kv_len - 1) * kv_tok
-                # The disk share is read synchronously (memmap) before the fp32 conversion.
-                p.update(
-                    const=t_fixed + small,
-                    cg=t_gpu_att,
-                    cc=t_cpu_att + t_gather,
-                    cd=t_cpu_att + t_gather + kvb / lk.d2c,
+                # The disk share is read synchronously (memmap) before the fp32 conversion. The
+                # gather of batch k + 1 is issued in position k (load_cache before compute_layer,
+                # flex_opt.py), so it runs in this slot's sub-steps but the last, and the next
+                # layer's first batch's in the MLP slot's last.
+                p.update(const=t_fixed + small, cg=t_gpu_att, cc=t_cpu_att, cd=t_cpu_att)
+                gather = {"cc": t_gather, "cd": t_gather + kvb / lk.d2c}
+                gather_read = kvb / lk.d2c
+                # host DRAM is shared (the engine's timeline, first come, first served): the weight
+                # DMA issued at the position's start slows the thread's gather and CPU attention
+                cost = block_cost(rig.devices[cpu], (kv_gather_op(model, gbs, kv_len - 1, 1.0), *o.cpu))
+                cap = min(
+                    cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf
                 )
-                dread["cd"] = nb * kvb / lk.d2c
+                # per byte of weights: pinned ones DMA'd at the link's rate, disk ones relayed through
+                # host memory, written at the disk's rate then read at the link's (_via_host)
+                pin = overlap_delay(dram, lk.pin, cap) / lk.pin
+                slow = {"wc": pin, "wd": pin + overlap_delay(dram, lk.d2c, cap) / lk.d2c}
+                p0, p = _gather_into(p, gather, nb, last=False, slow={v: k * w_next for v, k in slow.items()})
+                dread["cd"] = (nb - 1) * gather_read
                 dwrite["cd"] = nb * gbs * kv_tok / lk.c2d  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
-            p["hc"] = p.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
-            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q))
+            for form in (p, p0) if p0 else (p,):
+                form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
+            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0))
         att, mlp = pair  # each slot's first sub-step holds the other's last KV store
         for slot, before in ((att, mlp), (mlp, att)):
             lane = dict(slot.d2h)  # the D2H lane: hidden stores, (nb - 1) own KV stores, the one before
@@ -216,6 +243,29 @@ def _slots(
                 lane[v] = lane.get(v, 0.0) + k
             out.append((mult, replace(slot, d2h=lane, q_prev=dict(before.q))))
     return out
+
+
+def _gather_into(
+    p: dict[str, float], gather: dict[str, float], nb: int, *, last: bool, slow: dict[str, float]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(first sub-step, each other sub-step) of a slot whose thread also runs KV gathers: the
+    attention slot's sub-steps 0..nb-2 (``last`` False) or the MLP slot's last (``last`` True) each
+    gather one batch; the others' share is spread evenly over them (their time is summed). The
+    next layer's weight load, issued at the position's start, delays the first sub-step's CPU work
+    by ``slow`` (per weight fraction, ``bandwidth.overlap_delay``) when there is CPU work."""
+
+    def plus(form: dict[str, float], extra: dict[str, float], k: float) -> dict[str, float]:
+        out = dict(form)
+        for v, c in extra.items():
+            out[v] = out.get(v, 0.0) + k * c
+        return out
+
+    first_gathers = (1.0 if nb == 1 else 0.0) if last else (1.0 if nb > 1 else 0.0)
+    rest = (1.0 / (nb - 1) if last else (nb - 2) / (nb - 1)) if nb > 1 else 0.0
+    p0 = plus(p, gather, first_gathers)
+    if first_gathers or not last:  # CPU work in the first sub-step
+        p0 = plus(p0, slow, 1.0)
+    return p0, plus(p, gather, rest)
 
 
 def _other_layers_time(
@@ -312,11 +362,12 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
     total = 0.0
     for mult, slot in cm.slots:
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
+        p0 = lin(slot.p0) if slot.p0 else p
         nb = cm.nb
-        t = max(w + nb * c, w + c + (nb - 1) * p, p + (nb - 1) * c, nb * p)
-        if slot.q or slot.q_prev:  # max(w + c, p, q_prev) + (nb - 1) max(c, p, q)
+        t = max(w + nb * c, w + c + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
+        if slot.q or slot.q_prev:  # max(w + c, p0, q_prev) + (nb - 1) max(c, p, q)
             q, qp = lin(slot.q), lin(slot.q_prev)
-            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c, p) + (nb - 1) * q)
+            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c, p0) + (nb - 1) * q)
         t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
         total += mult * cm.layers * t
     return total + cm.other_s
@@ -367,16 +418,20 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
     nbf = float(cm.nb)
     for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
+        p0 = slot.p0 or slot.p
         _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
         _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
-        _rows_of(solver, t, ((1.0, slot.p), (nbf - 1, slot.c)), x)
-        _rows_of(solver, t, ((nbf, slot.p),), x)
+        _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.c)), x)
+        if slot.p0:
+            _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.p)), x)
+        else:
+            _rows_of(solver, t, ((nbf, slot.p),), x)
         if slot.q or slot.q_prev:  # the KV stores' sub-step forms (_Slot.q)
             for first in (slot.q_prev,):
                 for rest in (slot.c, slot.p, slot.q):
                     _rows_of(solver, t, ((1.0, first), (nbf - 1, rest)), x)
             _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
-            _rows_of(solver, t, ((1.0, slot.p), (nbf - 1, slot.q)), x)
+            _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.q)), x)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             _rows_of(solver, t, ((1.0, lane),), x)
         objective.append((mult * cm.layers, t))

@@ -12,9 +12,34 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
+from hetsim.hardware.rig import Rig
+
 # Below this rate a segment counts as saturated (bytes/s).
 _SATURATED = 1.0
 _INF = float("inf")
+
+
+def host_dram_bw(rig: Rig, cpu: str) -> float:
+    """The DRAM rate of ``cpu``'s timeline (bytes/s): its own, or, for CPU entries that are slices of
+    one socket, the node's shared rate (else the first slice's)."""
+    node = rig.nodes[rig.devices[cpu].node]
+    if node.cpu_sharing != "none" and len(node.cpus) > 1:
+        if node.shared_dram_bw > 0:
+            return node.shared_dram_bw
+        cpu = node.cpus[0]
+    dev = rig.devices[cpu]
+    return dev.mem_bw * dev.efficiency.memory
+
+
+def overlap_delay(capacity_bps: float, earlier_bps: float, later_cap_bps: float) -> float:
+    """Seconds a flow capped at ``later_cap_bps`` ends later per second it runs beside a flow of
+    ``earlier_bps`` booked before it, as ``BandwidthTimeline.book`` serves them (first come, first
+    served: the later flow takes what is left), when the later flow outlasts the earlier one."""
+    full = min(later_cap_bps, capacity_bps)  # its rate alone
+    if full <= 0:
+        return 0.0
+    got = min(full, capacity_bps - min(earlier_bps, capacity_bps))  # its rate beside the earlier
+    return (full - got) / full
 
 
 class BandwidthTimeline:

@@ -36,7 +36,7 @@ from hetsim.costs.op_cost import OpCost, block_cost, combine, cost_key, op_cost,
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.types import Route
 from hetsim.models.spec import Op
-from hetsim.sim.bandwidth import BandwidthTimeline
+from hetsim.sim.bandwidth import BandwidthTimeline, host_dram_bw
 from hetsim.sim.memory import MemoryLedger
 from hetsim.sim.trace import TraceRecorder
 
@@ -269,8 +269,7 @@ class Engine:
         for dev in rig.devices.values():
             self._lane(f"{dev.name}:compute")
         self.host_memory: dict[str, BandwidthTimeline] = {
-            cpu.name: BandwidthTimeline(f"{cpu.name}:dram", cpu.mem_bw * cpu.efficiency.memory)
-            for cpu in rig.cpus()
+            cpu.name: BandwidthTimeline(f"{cpu.name}:dram", host_dram_bw(rig, cpu.name)) for cpu in rig.cpus()
         }
         # CPU entries that are slices of one socket share its DRAM timeline (and, as SMT siblings,
         # its compute stream): the first entry's timeline and lane serve them all.
@@ -278,7 +277,7 @@ class Engine:
             if node.cpu_sharing != "none" and len(node.cpus) > 1:
                 first = node.cpus[0]
                 if node.shared_dram_bw > 0:
-                    self.host_memory[first] = BandwidthTimeline(f"{node.name}:dram", node.shared_dram_bw)
+                    self.host_memory[first] = BandwidthTimeline(f"{node.name}:dram", host_dram_bw(rig, first))
                 for cpu in node.cpus[1:]:
                     self.host_memory[cpu] = self.host_memory[first]
                     if node.cpu_sharing == "core":
