@@ -137,3 +137,21 @@ def test_a_remembered_split_setting_reads_its_routes_again():
     with reading() as log:  # a later point on the same rig object: the cached number, and the reads
         hetegen._split_setting(rig, "n0.gpu0", "n0.cpu0")
     assert {("n0.cpu0", "n0.gpu0"), ("n0.gpu0", "n0.cpu0")} <= set(log.routes)
+
+
+def _reads(log) -> tuple:
+    return log.all_links, set(log.links), set(log.routes), set(log.graded)
+
+
+@pytest.mark.parametrize("strategy", sorted(s.name for s in all_strategies()))
+def test_a_points_reads_do_not_depend_on_what_ran_before_it(clean, strategy):
+    """A number kept per rig object (HexGen's layer times) read the rig when an earlier point made
+    it: a later point that finds it must record those reads too, or a rig that differs there agrees."""
+    config = _config(strategy)
+    runner._evaluate(config)
+    alone = _reads(runner._ANSWERS[runner.answer_key(config)][0][1])
+    runner._ANSWERS.clear()
+    runner._RIGS.clear()  # a new rig object: nothing kept for it yet
+    runner._evaluate({**config, "batch": 2})  # another answer, the same rig object
+    runner._evaluate(config)
+    assert _reads(runner._ANSWERS[runner.answer_key(config)][0][1]) == alone
