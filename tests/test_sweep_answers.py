@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -149,9 +150,23 @@ def test_a_points_reads_do_not_depend_on_what_ran_before_it(clean, strategy):
     it: a later point that finds it must record those reads too, or a rig that differs there agrees."""
     config = _config(strategy)
     runner._evaluate(config)
-    alone = _reads(runner._ANSWERS[runner.answer_key(config)][0][1])
+    alone = _reads(runner._ANSWERS[runner.answer_key(config)][0][2])
     runner._ANSWERS.clear()
     runner._RIGS.clear()  # a new rig object: nothing kept for it yet
     runner._evaluate({**config, "batch": 2})  # another answer, the same rig object
     runner._evaluate(config)
-    assert _reads(runner._ANSWERS[runner.answer_key(config)][0][1]) == alone
+    assert _reads(runner._ANSWERS[runner.answer_key(config)][0][2]) == alone
+
+
+def test_a_model_file_that_changed_is_not_answered_from_before(clean, tmp_path):
+    """A Dask worker outlives a sweep and keeps its answers: a config.json edited between two sweeps
+    is another model, not the remembered one."""
+    src = json.loads(Path("tests/data/hf-configs/OPT-350m/config.json").read_text())
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(src))
+    config = {**_config("gpu-only"), "model": str(path)}
+    before = runner._evaluate(config)
+    path.write_text(json.dumps({**src, "num_hidden_layers": src["num_hidden_layers"] // 2}))
+    after = runner._evaluate(config)
+    assert _answer_dict(after) == _answer_dict(runner._evaluate_on(config, runner._point_rig(config)))
+    assert after[0].e2e_s < before[0].e2e_s

@@ -145,11 +145,12 @@ def _point_rig(config: Mapping[str, Any]) -> Any:
 
 # Answers of the points run in this process, by what a point is besides its rig (its configuration
 # without the hardware knobs that act only through the rig; ``gpu_mem_gb`` stays: it is also the
-# plans' memory budget), each with its rig and what it read of the rig's links (``Rig.reading``). A
-# point whose rig answers those reads as that rig did (``agrees``: the same devices, nodes and disks,
-# the same links and routes where read) has the same answer: a one-GPU strategy's points that differ
-# only in the network, or in a PCIe generation whose numbers equal the rig's, are run once.
-_ANSWERS: dict[str, list[tuple[Any, Any, Any]]] = {}
+# plans' memory budget), each with its rig, its model as read then (a config.json may change) and
+# what it read of the rig's links (``Rig.reading``). A point whose rig answers those reads as that rig
+# did (``agrees``: the same devices, nodes and disks, the same links and routes where read) has the
+# same answer: a one-GPU strategy's points that differ only in the network, or in a PCIe generation
+# whose numbers equal the rig's, are run once.
+_ANSWERS: dict[str, list[tuple[Any, Any, Any, Any]]] = {}  # key -> [(rig, model, read log, answer)]
 _ANSWERS_MAX = 4096
 _RIG_ONLY_KNOBS = tuple(k for k in HW_KNOBS if k != "gpu_mem_gb")
 
@@ -160,29 +161,33 @@ def answer_key(config: Mapping[str, Any]) -> str:
 
 def _evaluate(config: Mapping[str, Any]):
     from hetsim.hardware.rig import agrees, reading
+    from hetsim.models.registry import get_model
 
     rig = _point_rig(config)
+    # the model as read now: a config.json path's contents may change between two sweeps that a
+    # Dask worker (and its remembered answers) outlives
+    model = get_model(config["model"])
     key = answer_key(config)
     known = _ANSWERS.get(key, [])
-    for then, log, answer in known:
-        if agrees(log, then, rig):
+    for then, spec, log, answer in known:
+        if spec == model and agrees(log, then, rig):
             return answer
     with reading() as log:
-        answer = _evaluate_on(config, rig)
+        answer = _evaluate_on(config, rig, model)
     if sum(map(len, _ANSWERS.values())) >= _ANSWERS_MAX:
         _ANSWERS.clear()
-    _ANSWERS.setdefault(key, []).append((rig, log, answer))
+    _ANSWERS.setdefault(key, []).append((rig, model, log, answer))
     return answer
 
 
-def _evaluate_on(config: Mapping[str, Any], rig: Any):
+def _evaluate_on(config: Mapping[str, Any], rig: Any, model: Any = None):
     from hetsim import api
     from hetsim.models.registry import get_model
     from hetsim.strategies.base import get_strategy
     from hetsim.workload import Workload
 
     p = api.Problem(
-        get_model(config["model"]),
+        model if model is not None else get_model(config["model"]),
         config["model"],
         rig,
         config["rig"],
