@@ -170,3 +170,13 @@ def test_a_model_file_that_changed_is_not_answered_from_before(clean, tmp_path):
     after = runner._evaluate(config)
     assert _answer_dict(after) == _answer_dict(runner._evaluate_on(config, runner._point_rig(config)))
     assert after[0].e2e_s < before[0].e2e_s
+
+
+def test_the_switch_runs_every_point_afresh(monkeypatch, clean):
+    monkeypatch.setattr(runner, "REMEMBER_ANSWERS", False)
+    rows = [runner.run_point(_config("flexgen", net_gbps=g)) for g in (10, 100)]
+    assert runner._ANSWERS == {}
+    monkeypatch.setattr(runner, "REMEMBER_ANSWERS", True)
+    again = [runner.run_point(_config("flexgen", net_gbps=g)) for g in (10, 100)]
+    assert sum(map(len, runner._ANSWERS.values())) == 1
+    assert json.dumps(rows, sort_keys=True, default=str) == json.dumps(again, sort_keys=True, default=str)
