@@ -180,3 +180,11 @@ def test_the_switch_runs_every_point_afresh(monkeypatch, clean):
     again = [runner.run_point(_config("flexgen", net_gbps=g)) for g in (10, 100)]
     assert sum(map(len, runner._ANSWERS.values())) == 1
     assert json.dumps(rows, sort_keys=True, default=str) == json.dumps(again, sort_keys=True, default=str)
+
+
+def test_the_remembered_answers_hold_a_bounded_number_of_rigs(monkeypatch, clean):
+    monkeypatch.setattr(runner, "_ANSWER_RIGS", {}, raising=False)
+    monkeypatch.setattr(runner, "_ANSWER_RIGS_MAX", 2, raising=False)
+    for gbps in (10, 100, 400):  # gpu-only reads the network here: one answer and one rig each
+        runner._evaluate(_config("gpu-only", net_gbps=gbps))
+    assert len({id(entry[0]) for entries in runner._ANSWERS.values() for entry in entries}) <= 2

@@ -154,6 +154,10 @@ def _point_rig(config: Mapping[str, Any]) -> Any:
 REMEMBER_ANSWERS = True
 _ANSWERS: dict[str, list[tuple[Any, Any, Any, Any]]] = {}  # key -> [(rig, model, read log, answer)]
 _ANSWERS_MAX = 4096
+# Each answer holds its rig (~0.2 MB with its routes on the 58-GPU rig): all are forgotten when they
+# hold this many rigs, so a grid of thousands of hardware variants does not keep thousands of rigs.
+_ANSWER_RIGS: dict[int, Any] = {}
+_ANSWER_RIGS_MAX = 256
 _RIG_ONLY_KNOBS = tuple(k for k in HW_KNOBS if k != "gpu_mem_gb")
 
 
@@ -178,9 +182,11 @@ def _evaluate(config: Mapping[str, Any]):
             return answer
     with reading() as log:
         answer = _evaluate_on(config, rig, model)
-    if sum(map(len, _ANSWERS.values())) >= _ANSWERS_MAX:
+    if sum(map(len, _ANSWERS.values())) >= _ANSWERS_MAX or len(_ANSWER_RIGS) >= _ANSWER_RIGS_MAX:
         _ANSWERS.clear()
+        _ANSWER_RIGS.clear()
     _ANSWERS.setdefault(key, []).append((rig, model, log, answer))
+    _ANSWER_RIGS[id(rig)] = rig
     return answer
 
 
@@ -385,6 +391,7 @@ def execute(
         return 0
     _RIGS.clear()  # this run's rig files, read afresh (forked workers inherit the empty cache)
     _ANSWERS.clear()
+    _ANSWER_RIGS.clear()
     _DERIVED.clear()
     points = run_order(points)
     if dask:
