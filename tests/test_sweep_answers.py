@@ -188,3 +188,13 @@ def test_the_remembered_answers_hold_a_bounded_number_of_rigs(monkeypatch, clean
     for gbps in (10, 100, 400):  # gpu-only reads the network here: one answer and one rig each
         runner._evaluate(_config("gpu-only", net_gbps=gbps))
     assert len({id(entry[0]) for entries in runner._ANSWERS.values() for entry in entries}) <= 2
+
+
+def test_one_configuration_over_many_rigs_is_not_one_workers_task():
+    points = [{**_config("hexgen", net_gbps=g), "point_id": str(g)} for g in range(1, 11)]
+    points.append(_config("flexgen"))
+    tasks = runner.answer_groups(points, workers=2)
+    assert max(map(len, tasks)) <= 6 and sorted(p["point_id"] for t in tasks for p in t) == sorted(
+        p["point_id"] for p in points
+    )
+    assert len(runner.answer_groups(points, workers=1)) == 2  # one worker: the groups as they are

@@ -240,7 +240,7 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(rows,)
     )
-    futures = {pool.submit(_run_group, g, timeout_s): g for g in answer_groups(points)}
+    futures = {pool.submit(_run_group, g, timeout_s): g for g in answer_groups(points, workers)}
     pending = set(futures)
     seen: set[str] = set()
     finished = False
@@ -285,14 +285,22 @@ def _run_group(points: list[dict[str, Any]], timeout_s: float | None) -> None:
         _ROWS.put(run_point(p, timeout_s))
 
 
-def answer_groups(points: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def answer_groups(points: list[dict[str, Any]], workers: int = 1) -> list[list[dict[str, Any]]]:
     """The points as the pool's tasks: those that may share an answer (one ``answer_key``) together,
     in one worker, where ``_evaluate`` can reuse it; larger groups first, so that the workers end
-    on small ones."""
+    on small ones. A group larger than a worker's share of the points (a grid of hardware variants
+    of one configuration is one group) is halved until it is not, or it would keep one worker busy
+    while the others idle; each half then shares answers within itself."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for p in points:
         groups.setdefault(answer_key(p), []).append(p)
-    return sorted(groups.values(), key=len, reverse=True)
+    tasks = sorted(groups.values(), key=len, reverse=True)
+    share = math.ceil(len(points) / max(1, workers))
+    while tasks and len(tasks[0]) > max(1, share):
+        big = tasks.pop(0)
+        half = (len(big) + 1) // 2
+        tasks = sorted([*tasks, big[:half], big[half:]], key=len, reverse=True)
+    return tasks
 
 
 def _worker_signals() -> None:
