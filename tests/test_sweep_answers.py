@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +138,63 @@ def test_a_remembered_split_setting_reads_its_routes_again():
     with reading() as log:  # a later point on the same rig object: the cached number, and the reads
         hetegen._split_setting(rig, "n0.gpu0", "n0.cpu0")
     assert {("n0.cpu0", "n0.gpu0"), ("n0.gpu0", "n0.cpu0")} <= set(log.routes)
+
+
+def _reads(log) -> tuple:
+    return log.all_links, set(log.links), set(log.routes), set(log.graded)
+
+
+@pytest.mark.parametrize("strategy", sorted(s.name for s in all_strategies()))
+def test_a_points_reads_do_not_depend_on_what_ran_before_it(clean, strategy):
+    """A number kept per rig object (HexGen's layer times) read the rig when an earlier point made
+    it: a later point that finds it must record those reads too, or a rig that differs there agrees."""
+    config = _config(strategy)
+    runner._evaluate(config)
+    alone = _reads(runner._ANSWERS[runner.answer_key(config)][0][2])
+    runner._ANSWERS.clear()
+    runner._RIGS.clear()  # a new rig object: nothing kept for it yet
+    runner._evaluate({**config, "batch": 2})  # another answer, the same rig object
+    runner._evaluate(config)
+    assert _reads(runner._ANSWERS[runner.answer_key(config)][0][2]) == alone
+
+
+def test_a_model_file_that_changed_is_not_answered_from_before(clean, tmp_path):
+    """A Dask worker outlives a sweep and keeps its answers: a config.json edited between two sweeps
+    is another model, not the remembered one."""
+    src = json.loads(Path("tests/data/hf-configs/OPT-350m/config.json").read_text())
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(src))
+    config = {**_config("gpu-only"), "model": str(path)}
+    before = runner._evaluate(config)
+    path.write_text(json.dumps({**src, "num_hidden_layers": src["num_hidden_layers"] // 2}))
+    after = runner._evaluate(config)
+    assert _answer_dict(after) == _answer_dict(runner._evaluate_on(config, runner._point_rig(config)))
+    assert after[0].e2e_s < before[0].e2e_s
+
+
+def test_the_switch_runs_every_point_afresh(monkeypatch, clean):
+    monkeypatch.setattr(runner, "REMEMBER_ANSWERS", False)
+    rows = [runner.run_point(_config("flexgen", net_gbps=g)) for g in (10, 100)]
+    assert runner._ANSWERS == {}
+    monkeypatch.setattr(runner, "REMEMBER_ANSWERS", True)
+    again = [runner.run_point(_config("flexgen", net_gbps=g)) for g in (10, 100)]
+    assert sum(map(len, runner._ANSWERS.values())) == 1
+    assert json.dumps(rows, sort_keys=True, default=str) == json.dumps(again, sort_keys=True, default=str)
+
+
+def test_the_remembered_answers_hold_a_bounded_number_of_rigs(monkeypatch, clean):
+    monkeypatch.setattr(runner, "_ANSWER_RIGS", {}, raising=False)
+    monkeypatch.setattr(runner, "_ANSWER_RIGS_MAX", 2, raising=False)
+    for gbps in (10, 100, 400):  # gpu-only reads the network here: one answer and one rig each
+        runner._evaluate(_config("gpu-only", net_gbps=gbps))
+    assert len({id(entry[0]) for entries in runner._ANSWERS.values() for entry in entries}) <= 2
+
+
+def test_one_configuration_over_many_rigs_is_not_one_workers_task():
+    points = [{**_config("hexgen", net_gbps=g), "point_id": str(g)} for g in range(1, 11)]
+    points.append(_config("flexgen"))
+    tasks = runner.answer_groups(points, workers=2)
+    assert max(map(len, tasks)) <= 6 and sorted(p["point_id"] for t in tasks for p in t) == sorted(
+        p["point_id"] for p in points
+    )
+    assert len(runner.answer_groups(points, workers=1)) == 2  # one worker: the groups as they are

@@ -62,6 +62,17 @@ def reading() -> Iterator[ReadLog]:
         logs.remove(log)
 
 
+def replay(log: ReadLog) -> None:
+    """Tell the active ``reading()`` logs what ``log`` recorded: a number remembered per rig object
+    (worked out once under ``reading()``) reads that much of the rig each time it is used, or a point
+    that finds it made by an earlier point records too little."""
+    for into in _logs():
+        into.links.update(log.links)
+        into.routes.update(log.routes)
+        into.graded.update(log.graded)
+        into.all_links = into.all_links or log.all_links
+
+
 def _logs() -> list[ReadLog]:
     return getattr(_LOCAL, "logs", None) or []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from hetsim.costs.collectives import allreduce_time
 from hetsim.costs.lockstep import lockstep_duration, ring_allreduce_fit, ring_alpha_beta, straggler_share
 from hetsim.costs.op_cost import block_cost
-from hetsim.hardware.rig import Rig
+from hetsim.hardware.rig import ReadLog, Rig, reading, replay
 from hetsim.models.memory import hidden_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec, Op, Phase
@@ -35,14 +35,18 @@ def layer_time(
             _RIG_CACHES.clear()
         entry = _RIG_CACHES[id(rig)] = (rig, {})
     key = (devices, model, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype)
-    t = entry[1].get(key)
-    if t is None:
-        t = entry[1][key] = _layer_time(rig, *key)
-    return t
+    hit = entry[1].get(key)
+    if hit is None:
+        with reading() as log:
+            hit = entry[1][key] = (_layer_time(rig, *key), log)
+    else:  # what working it out read of the rig, told again (a sweep's remembered answers)
+        replay(hit[1])
+    return hit[0]
 
 
-# Rigs are not hashable; cache per rig object (the entry keeps the rig alive so ids are not reused).
-_RIG_CACHES: dict[int, tuple[Rig, dict]] = {}
+# Rigs are not hashable; cache per rig object (the entry keeps the rig alive so ids are not reused):
+# each time with what computing it read of the rig (``Rig.reading``).
+_RIG_CACHES: dict[int, tuple[Rig, dict[tuple, tuple[float, ReadLog]]]] = {}
 
 
 def _layer_time(rig, devices, model, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype) -> float:

@@ -145,12 +145,19 @@ def _point_rig(config: Mapping[str, Any]) -> Any:
 
 # Answers of the points run in this process, by what a point is besides its rig (its configuration
 # without the hardware knobs that act only through the rig; ``gpu_mem_gb`` stays: it is also the
-# plans' memory budget), each with its rig and what it read of the rig's links (``Rig.reading``). A
-# point whose rig answers those reads as that rig did (``agrees``: the same devices, nodes and disks,
-# the same links and routes where read) has the same answer: a one-GPU strategy's points that differ
-# only in the network, or in a PCIe generation whose numbers equal the rig's, are run once.
-_ANSWERS: dict[str, list[tuple[Any, Any, Any]]] = {}
+# plans' memory budget), each with its rig, its model as read then (a config.json may change) and
+# what it read of the rig's links (``Rig.reading``). A point whose rig answers those reads as that rig
+# did (``agrees``: the same devices, nodes and disks, the same links and routes where read) has the
+# same answer: a one-GPU strategy's points that differ only in the network, or in a PCIe generation
+# whose numbers equal the rig's, are run once.
+# ``REMEMBER_ANSWERS = False`` switches this off (every point run afresh; same rows, slower).
+REMEMBER_ANSWERS = True
+_ANSWERS: dict[str, list[tuple[Any, Any, Any, Any]]] = {}  # key -> [(rig, model, read log, answer)]
 _ANSWERS_MAX = 4096
+# Each answer holds its rig (~0.2 MB with its routes on the 58-GPU rig): all are forgotten when they
+# hold this many rigs, so a grid of thousands of hardware variants does not keep thousands of rigs.
+_ANSWER_RIGS: dict[int, Any] = {}
+_ANSWER_RIGS_MAX = 256
 _RIG_ONLY_KNOBS = tuple(k for k in HW_KNOBS if k != "gpu_mem_gb")
 
 
@@ -160,29 +167,37 @@ def answer_key(config: Mapping[str, Any]) -> str:
 
 def _evaluate(config: Mapping[str, Any]):
     from hetsim.hardware.rig import agrees, reading
+    from hetsim.models.registry import get_model
 
     rig = _point_rig(config)
+    # the model as read now: a config.json path's contents may change between two sweeps that a
+    # Dask worker (and its remembered answers) outlives
+    model = get_model(config["model"])
+    if not REMEMBER_ANSWERS:
+        return _evaluate_on(config, rig, model)
     key = answer_key(config)
     known = _ANSWERS.get(key, [])
-    for then, log, answer in known:
-        if agrees(log, then, rig):
+    for then, spec, log, answer in known:
+        if spec == model and agrees(log, then, rig):
             return answer
     with reading() as log:
-        answer = _evaluate_on(config, rig)
-    if sum(map(len, _ANSWERS.values())) >= _ANSWERS_MAX:
+        answer = _evaluate_on(config, rig, model)
+    if sum(map(len, _ANSWERS.values())) >= _ANSWERS_MAX or len(_ANSWER_RIGS) >= _ANSWER_RIGS_MAX:
         _ANSWERS.clear()
-    _ANSWERS.setdefault(key, []).append((rig, log, answer))
+        _ANSWER_RIGS.clear()
+    _ANSWERS.setdefault(key, []).append((rig, model, log, answer))
+    _ANSWER_RIGS[id(rig)] = rig
     return answer
 
 
-def _evaluate_on(config: Mapping[str, Any], rig: Any):
+def _evaluate_on(config: Mapping[str, Any], rig: Any, model: Any = None):
     from hetsim import api
     from hetsim.models.registry import get_model
     from hetsim.strategies.base import get_strategy
     from hetsim.workload import Workload
 
     p = api.Problem(
-        get_model(config["model"]),
+        model if model is not None else get_model(config["model"]),
         config["model"],
         rig,
         config["rig"],
@@ -225,7 +240,7 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(rows,)
     )
-    futures = {pool.submit(_run_group, g, timeout_s): g for g in answer_groups(points)}
+    futures = {pool.submit(_run_group, g, timeout_s): g for g in answer_groups(points, workers)}
     pending = set(futures)
     seen: set[str] = set()
     finished = False
@@ -270,14 +285,22 @@ def _run_group(points: list[dict[str, Any]], timeout_s: float | None) -> None:
         _ROWS.put(run_point(p, timeout_s))
 
 
-def answer_groups(points: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def answer_groups(points: list[dict[str, Any]], workers: int = 1) -> list[list[dict[str, Any]]]:
     """The points as the pool's tasks: those that may share an answer (one ``answer_key``) together,
     in one worker, where ``_evaluate`` can reuse it; larger groups first, so that the workers end
-    on small ones."""
+    on small ones. A group larger than a worker's share of the points (a grid of hardware variants
+    of one configuration is one group) is halved until it is not, or it would keep one worker busy
+    while the others idle; each half then shares answers within itself."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for p in points:
         groups.setdefault(answer_key(p), []).append(p)
-    return sorted(groups.values(), key=len, reverse=True)
+    tasks = sorted(groups.values(), key=len, reverse=True)
+    share = math.ceil(len(points) / max(1, workers))
+    while tasks and len(tasks[0]) > max(1, share):
+        big = tasks.pop(0)
+        half = (len(big) + 1) // 2
+        tasks = sorted([*tasks, big[:half], big[half:]], key=len, reverse=True)
+    return tasks
 
 
 def _worker_signals() -> None:
@@ -376,6 +399,7 @@ def execute(
         return 0
     _RIGS.clear()  # this run's rig files, read afresh (forked workers inherit the empty cache)
     _ANSWERS.clear()
+    _ANSWER_RIGS.clear()
     _DERIVED.clear()
     points = run_order(points)
     if dask:
