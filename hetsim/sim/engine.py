@@ -700,6 +700,12 @@ class Engine:
     ) -> float:
         """``compute`` booked without an event: the time its event would fire (as ``transfer_time``,
         ``at`` included)."""
+        hit = self._op_costs_by_id.get((device, id(ops)))
+        if hit is not None and hit[0] is ops and self.tracer is None:  # book_compute's hot path, inline
+            if at is None:
+                now = self.env._now
+                return now + (self._book_cost(device, hit[1], "", _NO_ARGS, 0.0) - now)
+            return at + (self._book_cost(device, hit[1], "", _NO_ARGS, at) - at)
         if at is None:
             now = self.env._now
             return now + (self.book_compute(device, ops, label=label) - now)
