@@ -723,18 +723,28 @@ class Engine:
         ``book_compute`` then this). Without an event when nothing else can happen first
         (``_Environment.skip_to``)."""
         env = self.env
-        delay = end - env._now
-        if delay >= 0 and env.skip_to(env._now + delay):  # where SimPy's timeout would put it
-            return env.done
+        now = env._now
+        delay = end - now
+        if delay >= 0 and env.skip_events:  # env.skip_to(now + delay), inline: one call per task
+            when = now + delay  # where SimPy's timeout would put it
+            queue = env._queue
+            if not queue or queue[0][0] > when:
+                env._now = when
+                return env.done
         return env.timeout(delay)
 
     def wait_until(self, times: Sequence[float]) -> simpy.Event:
         """``until`` for the active process to yield at once; without an event when nothing else
         can happen first (``_Environment.skip_to``)."""
         env = self.env
-        when = max(times, default=env._now)
-        if env.skip_to(max(when, env._now)):  # where ``at`` would put it
-            return env.done
+        now = env._now
+        when = max(times, default=now)
+        if env.skip_events:  # env.skip_to(max(when, now)), inline
+            to = now if now > when else when  # max(when, now): where ``at`` would put it
+            queue = env._queue
+            if not queue or queue[0][0] > to:
+                env._now = to
+                return env.done
         return env.at(when)
 
     def token_done(self, count: int = 1) -> None:
