@@ -38,8 +38,9 @@ programs = st.lists(st.lists(step, max_size=6), min_size=1, max_size=4)
 
 
 def _run(program, mode: str) -> tuple:
-    """``mode``: "skip" (``wait``/``wait_until``), "events" (the same with the skip switched off),
-    "reference" (the events the engine made before: ``env.timeout(end - now)`` and ``until``)."""
+    """``mode``: "skip" (``wait``/``wait_until``), "advance" (waits as ``advance``: yield only an event
+    it returns), "events" (the same with the skip switched off), "reference" (the events the engine
+    made before: ``env.timeout(end - now)`` and ``until``)."""
     engine = Engine(_RIG)
     env = engine.env
     log: list = []
@@ -53,7 +54,10 @@ def _run(program, mode: str) -> tuple:
 
     def proc(pid, steps):
         for n, (kind, *args) in enumerate(steps):
-            if kind == "wait":
+            if kind == "wait" and mode == "advance":
+                if (ev := engine.advance(engine.book_compute(*args))) is not None:
+                    yield ev
+            elif kind == "wait":
                 yield wait(engine.book_compute(*args))
             elif kind == "until":
                 ends = [engine.book_transfer("n0.cpu0", "n0.gpu0", a) if isinstance(a, float)
@@ -80,9 +84,11 @@ def _run(program, mode: str) -> tuple:
 def test_waits_resume_processes_as_their_events_do(program):
     ref = _run(program, "reference")
     assert _run(program, "skip") == ref
+    assert _run(program, "advance") == ref
     with pytest.MonkeyPatch.context() as m:
         m.setattr(_Environment, "skip_events", False)
         assert _run(program, "events") == ref
+        assert _run(program, "advance") == ref
 
 
 def test_a_lone_schedule_runs_without_events():

@@ -699,6 +699,12 @@ class Engine:
     ) -> float:
         """``compute`` booked without an event: the time its event would fire (as ``transfer_time``,
         ``at`` included)."""
+        hit = self._op_costs_by_id.get((device, id(ops)))
+        if hit is not None and hit[0] is ops and self.tracer is None:  # book_compute's hot path, inline
+            if at is None:
+                now = self.env._now
+                return now + (self._book_cost(device, hit[1], "", _NO_ARGS, 0.0) - now)
+            return at + (self._book_cost(device, hit[1], "", _NO_ARGS, at) - at)
         if at is None:
             now = self.env._now
             return now + (self.book_compute(device, ops, label=label) - now)
@@ -715,19 +721,37 @@ class Engine:
         end at ``end`` is done, as yielding that task's own event would (``compute`` is
         ``book_compute`` then this). Without an event when nothing else can happen first
         (``_Environment.skip_to``)."""
+        ev = self.advance(end)
+        return self.env.done if ev is None else ev
+
+    def advance(self, end: float) -> simpy.Event | None:
+        """``wait`` for a process that yields only when it must: None when the clock moved to
+        ``end`` at once (yielding ``done`` would resume it straight away, with nothing run in
+        between), else the event to yield. Saves a generator round trip per task in nested
+        schedules (HeteGen's split modules)."""
         env = self.env
-        delay = end - env._now
-        if delay >= 0 and env.skip_to(env._now + delay):  # where SimPy's timeout would put it
-            return env.done
+        now = env._now
+        delay = end - now
+        if delay >= 0 and env.skip_events:  # env.skip_to(now + delay), inline: one call per task
+            when = now + delay  # where SimPy's timeout would put it
+            queue = env._queue
+            if not queue or queue[0][0] > when:
+                env._now = when
+                return None
         return env.timeout(delay)
 
     def wait_until(self, times: Sequence[float]) -> simpy.Event:
         """``until`` for the active process to yield at once; without an event when nothing else
         can happen first (``_Environment.skip_to``)."""
         env = self.env
-        when = max(times, default=env._now)
-        if env.skip_to(max(when, env._now)):  # where ``at`` would put it
-            return env.done
+        now = env._now
+        when = max(times, default=now)
+        if env.skip_events:  # env.skip_to(max(when, now)), inline
+            to = now if now > when else when  # max(when, now): where ``at`` would put it
+            queue = env._queue
+            if not queue or queue[0][0] > to:
+                env._now = to
+                return env.done
         return env.at(when)
 
     def token_done(self, count: int = 1) -> None:

@@ -24,7 +24,14 @@ from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
-from hetsim.strategies.flexgen_ops import host_copy_op, kv_gather_op, kv_token_bytes, layer_kind, substep_ops
+from hetsim.strategies.flexgen_ops import (
+    SubStepOps,
+    host_copy_op,
+    kv_gather_op,
+    kv_token_bytes,
+    layer_kind,
+    substep_ops,
+)
 from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
     fractions,
@@ -142,9 +149,10 @@ class _Booked:
         would: each step issued at the time the one before it ends; ``at`` is then the chain's end.
         Returns what the generator returns: copies it left in flight (``_relay``'s DMA)."""
         it = iter(steps)
+        step = it.__next__  # bound once: a chain is a few steps, run ~10^4 times a confirmation
         while True:
             try:
-                self.at = next(it)
+                self.at = step()
             except StopIteration as stop:
                 return list(stop.value or [])
 
@@ -164,6 +172,11 @@ class _Runner:
         self.kv_tok = kv_token_bytes(model, plan.compress_cache)
         self.off_kv = self.f.cc + self.f.cd
         self.steps = list(steps(workload))
+        # Per-runner memos of what every position recomputes alike (the same objects and floats as
+        # computed afresh): without them, each look-up hashes the model through lru_cache.
+        self._ops: dict[tuple, SubStepOps] = {}
+        self._copy_s: dict[tuple, float] = {}
+        self._gather_ops: dict[tuple, object] = {}
 
     # ---- the pieces of a sub-step; each returns the events it issued ----------------------------
     def load_weight(self, e, j: int, sync=None) -> tuple[list, object | None]:
@@ -204,8 +217,12 @@ class _Runner:
 
     def _hidden_copy_s(self, step: Step, j: int, gbs: int, store: bool) -> float:
         """Seconds of a hidden-state copy to or from the CPU by itself (pinned; latency + bytes / rate)."""
-        nbytes = self._hidden_bytes(step, j, gbs, store) * self.f.hc
-        return (self.d2h if store else self.h2d).time(nbytes)
+        key = (step.seq_len, j, gbs, store)
+        s = self._copy_s.get(key)
+        if s is None:
+            nbytes = self._hidden_bytes(step, j, gbs, store) * self.f.hc
+            s = self._copy_s[key] = (self.d2h if store else self.h2d).time(nbytes)
+        return s
 
     def load_hidden(self, e, step: Step, j: int, gbs: int) -> list:
         nbytes = self._hidden_bytes(step, j, gbs, store=False)
@@ -248,7 +265,11 @@ class _Runner:
         read from its memmap first, then every off-GPU element is converted to fp32."""
         if self.f.cd > 0:
             yield e.transfer(self.disk, self.cpu, nbytes * self.f.cd, label="load_cache_disk")
-        yield e.compute(self.cpu, kv_gather_op(self.model, gbs, tokens, self.off_kv), label="kv_gather")
+        key = (gbs, tokens)
+        op = self._gather_ops.get(key)
+        if op is None:
+            op = self._gather_ops[key] = kv_gather_op(self.model, gbs, tokens, self.off_kv)
+        yield e.compute(self.cpu, op, label="kv_gather")
         return []  # nothing left in flight
 
     def store_cache(self, e, step: Step, j: int, gbs: int) -> list:
@@ -272,11 +293,19 @@ class _Runner:
             ev.append(self._via_host(e, self.gpu, self.disk, nbytes * self.f.cd, "store_cache_disk"))
         return ev
 
-    def ops(self, step: Step, j: int, gbs: int):
+    def ops(self, step: Step, j: int, gbs: int) -> SubStepOps:
+        kind = self.kinds[j]
+        key = (kind, step.phase, step.seq_len, step.kv_len, gbs)
+        o = self._ops.get(key)
+        if o is None:
+            o = self._ops[key] = self._substep_ops(kind, step, gbs)
+        return o
+
+    def _substep_ops(self, kind: str, step: Step, gbs: int) -> SubStepOps:
         p = self.plan
         return substep_ops(
             self.model,
-            self.kinds[j],
+            kind,
             step.phase,
             gbs,
             step.seq_len,
@@ -389,12 +418,16 @@ class _Runner:
             own += self._hidden_copy_s(nstep, nj, gbs, store=False) if p < last else 0.0
             if own:
                 t.at = (e.env.now if launched is None else launched) + own
-            t.chain(self.compute(t, step, j, gbs))
+            o = self.ops(step, j, gbs)
+            if o.cpu:
+                t.chain(self.compute(t, step, j, gbs))
+            else:  # ``compute``'s one step, without a generator to chain
+                t.at = t.compute(self.gpu, o.gpu_pre, label=self.kinds[j])
             ev.append(t.at)
             if p > 0:
                 # store_cache(k - 1) follows compute_layer(k) in the thread: at once when the GPU's
                 # kernels were only launched, after it when CPU attention held the thread
-                if not self.ops(step, j, gbs).cpu:
+                if not o.cpu:
                     t.at = launched
                 ev += self.store_cache(t, pstep, pj, gbs)
             t.at = None

@@ -224,9 +224,12 @@ def split_linear(
     gpu_end, cpu_end = split_paths(engine, gpu, cpu, op, alpha, cpu_dtype)
     if ends is not None:
         ends.update(gpu=gpu_end, cpu=cpu_end)
-    yield engine.wait(max(gpu_end, cpu_end))
-    if sync_s > 0:
-        yield engine.wait(engine.book_delay(gpu, sync_s, label="split barrier"))
+    # ``engine.advance``: yield only when the clock cannot simply move on (as ``wait``, same order)
+    if (ev := engine.advance(max(gpu_end, cpu_end))) is not None:
+        yield ev
+    barrier = engine.book_delay(gpu, sync_s, label="split barrier") if sync_s > 0 else None
+    if barrier is not None and (ev := engine.advance(barrier)) is not None:
+        yield ev
 
 
 def measure_split(
@@ -416,7 +419,10 @@ class HeteGen(Strategy):
 
         def linear(engine, layer: int, op: Op, alphas: Mapping[str, float]):
             if layer < plan.resident.get(op.module, 0):
-                yield engine.wait(engine.book_compute(gpu, op, label=f"{op.module} resident"))
+                if (
+                    ev := engine.advance(engine.book_compute(gpu, op, label=f"{op.module} resident"))
+                ) is not None:
+                    yield ev
             else:
                 yield from split_linear(
                     engine, gpu, cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s, None, plan.cpu_dtype
@@ -436,7 +442,10 @@ class HeteGen(Strategy):
                 for layer in range(model.layers):
                     for on_gpu, ops in program:
                         if on_gpu:
-                            yield engine.wait(engine.book_compute(gpu, ops, label="gpu ops"))
+                            if (
+                                ev := engine.advance(engine.book_compute(gpu, ops, label="gpu ops"))
+                            ) is not None:
+                                yield ev
                         else:
                             yield from linear(engine, layer, ops[0], alphas)
                 head = head_ops(model, step.phase, b, step.seq_len, 1, wd)
