@@ -172,3 +172,21 @@ def test_deepspeed_offloads_to_nvme_when_the_weights_exceed_host_memory():
     disk = rig.disks["n0.disk0"]
     assert r.tpot_s == pytest.approx(fetched / disk.read_bw, rel=0.01)
     assert r.peak_mem_bytes.get("n0.disk0", fp["n0.disk0"]["weights"]) <= disk.capacity_bytes
+
+
+def test_nvme_stores_a_kept_tied_table_once_when_the_head_fetches_other_tensors():
+    """OPT-350m: its tied table is kept between its two uses (under 1e9 elements apart), but the head's
+    block still fetches project_out (512 x 1024 elements, 1 MiB, swappable). Only a refetched table is
+    a second fetch of one file; a kept one was counted once already, so nothing is taken off the disk."""
+    import json
+    from pathlib import Path
+
+    from hetsim.models.hf_config import spec_from_hf_dict
+    from hetsim.strategies.deepspeed import MIN_AIO_BYTES, swapped_bytes
+
+    cfg = Path(__file__).parent / "data" / "hf-configs" / "OPT-350m" / "config.json"
+    model = spec_from_hf_dict(json.loads(cfg.read_text()))
+    f = fetches(model)
+    assert model.tied_embeddings and f.kept and f.block_bytes()[-1] > 0
+    stored, _ = swapped_bytes(model)
+    assert stored == sum(f.block_bytes(MIN_AIO_BYTES))

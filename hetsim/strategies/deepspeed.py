@@ -225,8 +225,9 @@ def swapped_bytes(model: ModelSpec) -> tuple[float, float]:
     (the tied table's second fetch reads the same file); the buffers hold the largest of them."""
     f = fetches(model)
     stored = sum(f.block_bytes(MIN_AIO_BYTES))
-    if f.block_bytes()[-1] and model.tied_embeddings:  # refetched for the head: one file on the disk
-        stored -= model.vocab * model.token_dim * WEIGHT_BYTES
+    table = model.vocab * model.token_dim * WEIGHT_BYTES
+    if model.tied_embeddings and not f.kept and table >= MIN_AIO_BYTES:  # refetched: one file on the disk
+        stored -= table
     largest = max((n for leaf in f.leaves for n in leaf), default=0)
     return stored, SWAP_BUFFERS * max(SWAP_BUFFER_ELEMENTS, largest + 1) * WEIGHT_BYTES
 
