@@ -45,10 +45,13 @@ swap_tensor/utils.py:13; partitioned_param_swapper.py:99, :131-136) lives on the
 buffers (5 of ``buffer_size`` elements, offload_config.py:31-34; allocated pinned at
 partitioned_param_swapper.py:109-114) before its ``.to(cuda)``; a tensor must fit one buffer (:353), so
 a user raises ``buffer_size`` to the largest tensor (OPT-175B's token table, 618e6 elements): 5 such
-buffers are the host's footprint. Reads for the tensors after the ones in flight are issued
-asynchronously along the trace (coordinator :351-352, :458-481, at most the free buffers), and a
-buffer is freed when its parameter is released after its module ran (partition_parameters.py:
-1074-1078): the disk reads back to back, at most about a layer ahead of compute.
+buffers are the host's footprint; a buffer is freed when its parameter is released after its module
+ran (partition_parameters.py:1073-1077). The disk and the link take turns: tensors on the disk are
+never all-gather-prefetched (coordinator :329-332), so nothing is in flight when
+``__prefetch_nvme_param_partitions`` (:351-352, :458-481) issues its asynchronous reads, and its
+``2 * numel_in_flight`` bound lets one read ahead; the next hook waits for it (synchronize_reads,
+partition_parameters.py:993-996), copies it with a blocking ``.to(cuda)`` (:846), and only then issues
+the next read. A disk-bound step is the fetched bytes over the disk's read rate plus over the link's.
 
 Host-side time per hook (Python, the sync after each blocking copy, while the link idles) has no
 measurement here and is not charged; docs/offloading-baselines.md states its size.
@@ -342,14 +345,13 @@ class ZeroInference(Strategy):
             return landed if op is None else engine.book_compute(plan.gpu, op, after=landed)
 
         nvme = plan.offload == "nvme"
-        freed = [0.0]  # nvme: when the swap buffers of the block before the one in compute are free
 
         def copy(engine, i: int, after: float = 0.0) -> float:
             if nvme and swapped[i]:
-                # libaio read into a pinned swap buffer, issued ahead along the trace once a buffer is
-                # free (about a layer ahead: 5 buffers, 6 matrices a layer); the host waits for it
-                # (synchronize_reads) before the copy from that pinned buffer
-                read = engine.book_transfer(plan.disk, plan.cpu, swapped[i], label="swap_in", after=freed[0])
+                # libaio read into a pinned swap buffer, issued once the host's blocking copy of the
+                # tensor before it returned (one read ahead, see the module docstring); the host waits
+                # for it (synchronize_reads) before the copy from that pinned buffer
+                read = engine.book_transfer(plan.disk, plan.cpu, swapped[i], label="swap_in", after=after)
                 return engine.book_transfer(
                     plan.cpu, plan.gpu, copied[i], label="fetch_params", after=max(after, read)
                 )
@@ -382,7 +384,6 @@ class ZeroInference(Strategy):
                         ahead = copy(engine, i + 1, after=issue) if i < last else 0.0
                         yield engine.wait(ready)
                         done = engine.book_compute(plan.gpu, block_ops(i, b, step))
-                        freed[0] = done
                         if i == last:
                             ready = done
                         else:
