@@ -682,6 +682,38 @@ def released_time_per_seq(
     return None if block is None else block * math.ceil(wl.batch / plan.block_size) / wl.batch
 
 
+def _repinned(
+    sol: LpSolution,
+    plan: FlexGenPlan,
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    ends: tuple[str, str, str],
+    budget: float | None,
+) -> tuple[LpSolution, FlexGenPlan] | None:
+    """The LP again with the weights pinned where the runtime really puts them (whole tensors by the
+    released midpoint rule put less on the GPU than the LP's even spread): the KV cache and the
+    activations take the GPU memory the placement left. None when the weights already sit where
+    the LP put them."""
+    f = fractions(model, plan)
+    wt = sum(s[1] for s in _split_cache(model, plan.compress_weight))
+    wg, wc = f.w_gpu / wt, f.w_cpu / wt
+    if abs(wg - sol.x["wg"]) < 1e-6:
+        return None
+    cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget)
+    pins = {"wg": (wg, wg), "wc": (wc, wc), "wd": (1.0 - wg - wc,) * 2}
+    cm = replace(cm, bounds={v: pins.get(v, b) for v, b in cm.bounds.items()})
+    optimum = _optimum(cm)
+    if optimum is None:
+        return None
+    value, x = optimum
+    block = value + cm.other_s
+    again = replace(
+        sol, x=dict(x), block_time_s=block, time_per_seq_s=block * sol.time_per_seq_s / sol.block_time_s
+    )
+    return again, replace(to_plan(again, model, ends[0], budget), wg=plan.wg, wc=plan.wc)
+
+
 def _confirmable(
     sols: list[LpSolution],
     model: ModelSpec,
@@ -696,7 +728,9 @@ def _confirmable(
     ``CONFIRM_WITHIN`` of their best: the LP's time at the placement the runtime makes
     (``released_time_per_seq``), then the LP optimum's own time; the engine judges their union, so
     no plan the optimum's ranking would confirm is dropped. The placed time is never below the
-    optimum's, so optima past ``CONFIRM_WITHIN`` of the best placed time are not placed at all."""
+    optimum's, so optima past ``CONFIRM_WITHIN`` of the best placed time are not placed at all.
+    Each optimum's ``_repinned`` plan joins the placed ranking when its placed time is lower (the KV
+    given the GPU memory whole tensors left: OPT-6.7B 512 at 14 GB 33.77 -> 34.38 tok/s)."""
     strategy = get_strategy("flexgen")
     seen: set[FlexGenPlan] = set()
     placed: list[tuple[float, FlexGenPlan]] = []
@@ -715,6 +749,13 @@ def _confirmable(
         if t is not None:
             placed.append((t, plan))
             best = min(best, t)
+        again = _repinned(sol, plan, rig, model, wl, ends, budget) if t is not None else None
+        if again is not None and again[1] not in seen and fits(strategy, again[1], rig, model, wl):
+            seen.add(again[1])
+            t2 = released_time_per_seq(*again, rig, model, wl, ends, budget)
+            if t2 is not None and t2 < t * (1 - 1e-9):  # ties would only cost engine runs
+                placed.append((t2, again[1]))
+                best = min(best, t2)
     placed.sort(key=lambda r: r[0])  # stable: equal times keep the LP's order
     out: list[FlexGenPlan] = []
     for ranking in (placed, by_lp):
