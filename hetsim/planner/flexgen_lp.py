@@ -660,6 +660,14 @@ def search_free(
     return best
 
 
+def _placed_weights(model: ModelSpec, plan: FlexGenPlan) -> tuple[float, float]:
+    """The shares of the weight bytes the runtime's per-tensor placement of ``plan`` puts on the GPU
+    and on the CPU (the LP's ``wg``, ``wc``)."""
+    f = fractions(model, plan)
+    wt = sum(s[1] for s in _split_cache(model, plan.compress_weight))
+    return f.w_gpu / wt, f.w_cpu / wt
+
+
 def released_time_per_seq(
     sol: LpSolution,
     plan: FlexGenPlan,
@@ -674,9 +682,9 @@ def released_time_per_seq(
     a row of the LP. The LP optimum is continuous and the released placement a step function, so an
     optimum's own time can be optimistic by 5-10 % (OPT-6.7B: gbs 24 x 1, 38.2 -> 35.8 tok/s)."""
     f = fractions(model, plan)
-    wt = sum(s[1] for s in _split_cache(model, plan.compress_weight))
-    x = {"wg": f.w_gpu / wt, "wc": f.w_cpu / wt}
-    x.update(wd=1.0 - x["wg"] - x["wc"], cg=f.cg, cc=f.cc, cd=f.cd, hg=f.hg, hc=f.hc, hd=f.hd)
+    wg, wc = _placed_weights(model, plan)
+    x = {"wg": wg, "wc": wc}
+    x.update(wd=1.0 - wg - wc, cg=f.cg, cc=f.cc, cd=f.cd, hg=f.hg, hc=f.hc, hd=f.hd)
     cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget)
     block = cost_at(cm, x)
     return None if block is None else block * math.ceil(wl.batch / plan.block_size) / wl.batch
@@ -695,9 +703,7 @@ def _repinned(
     released midpoint rule put less on the GPU than the LP's even spread): the KV cache and the
     activations take the GPU memory the placement left. None when the weights already sit where
     the LP put them."""
-    f = fractions(model, plan)
-    wt = sum(s[1] for s in _split_cache(model, plan.compress_weight))
-    wg, wc = f.w_gpu / wt, f.w_cpu / wt
+    wg, wc = _placed_weights(model, plan)
     if abs(wg - sol.x["wg"]) < 1e-6:
         return None
     cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget)
