@@ -246,15 +246,12 @@ class Rig:
         if not logs:
             return self._find_route(src, dst)
         # the route's value is what the reader read, not the links scanned to find it
-        try:
-            route = self._find_route(src, dst)
-        except NoRouteError as exc:
-            for log in logs:
-                log.routes[src, dst] = str(exc)
-            raise
+        answer = self._route_answer(src, dst)
         for log in logs:
-            log.routes[src, dst] = route
-        return route
+            log.routes[src, dst] = answer
+        if isinstance(answer, str):
+            raise NoRouteError(answer)
+        return answer
 
     def _route_answer(self, src: str, dst: str) -> Route | str:
         """The route, or the NoRouteError's text."""

@@ -427,9 +427,8 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
         else:
             _rows_of(solver, t, ((nbf, slot.p),), x)
         if slot.q or slot.q_prev:  # the KV stores' sub-step forms (_Slot.q)
-            for first in (slot.q_prev,):
-                for rest in (slot.c, slot.p, slot.q):
-                    _rows_of(solver, t, ((1.0, first), (nbf - 1, rest)), x)
+            for rest in (slot.c, slot.p, slot.q):
+                _rows_of(solver, t, ((1.0, slot.q_prev), (nbf - 1, rest)), x)
             _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
             _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.q)), x)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
@@ -660,12 +659,23 @@ def search_free(
     return best
 
 
-def _placed_weights(model: ModelSpec, plan: FlexGenPlan) -> tuple[float, float]:
-    """The shares of the weight bytes the runtime's per-tensor placement of ``plan`` puts on the GPU
-    and on the CPU (the LP's ``wg``, ``wc``)."""
+def _placed_fractions(model: ModelSpec, plan: FlexGenPlan) -> dict[str, float]:
+    """The LP's nine fractions at the placement the runtime really makes of ``plan`` (weights: the
+    shares of the weight bytes its per-tensor placement puts on each tier)."""
     f = fractions(model, plan)
     wt = sum(s[1] for s in _split_cache(model, plan.compress_weight))
-    return f.w_gpu / wt, f.w_cpu / wt
+    wg, wc = f.w_gpu / wt, f.w_cpu / wt
+    return {
+        "wg": wg,
+        "wc": wc,
+        "wd": 1.0 - wg - wc,
+        "cg": f.cg,
+        "cc": f.cc,
+        "cd": f.cd,
+        "hg": f.hg,
+        "hc": f.hc,
+        "hd": f.hd,
+    }
 
 
 def released_time_per_seq(
@@ -681,10 +691,7 @@ def released_time_per_seq(
     percents, whole tensors by the midpoint rule, whole sequences of KV), or None where that breaks
     a row of the LP. The LP optimum is continuous and the released placement a step function, so an
     optimum's own time can be optimistic by 5-10 % (OPT-6.7B: gbs 24 x 1, 38.2 -> 35.8 tok/s)."""
-    f = fractions(model, plan)
-    wg, wc = _placed_weights(model, plan)
-    x = {"wg": wg, "wc": wc}
-    x.update(wd=1.0 - wg - wc, cg=f.cg, cc=f.cc, cd=f.cd, hg=f.hg, hc=f.hc, hd=f.hd)
+    x = _placed_fractions(model, plan)
     cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget)
     block = cost_at(cm, x)
     return None if block is None else block * math.ceil(wl.batch / plan.block_size) / wl.batch
@@ -703,11 +710,11 @@ def _repinned(
     released midpoint rule put less on the GPU than the LP's even spread): the KV cache and the
     activations take the GPU memory the placement left. None when the weights already sit where
     the LP put them."""
-    wg, wc = _placed_weights(model, plan)
-    if abs(wg - sol.x["wg"]) < 1e-6:
+    placed = _placed_fractions(model, plan)
+    if abs(placed["wg"] - sol.x["wg"]) < 1e-6:
         return None
     cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget)
-    pins = {"wg": (wg, wg), "wc": (wc, wc), "wd": (1.0 - wg - wc,) * 2}
+    pins = {v: (placed[v], placed[v]) for v in ("wg", "wc", "wd")}
     cm = replace(cm, bounds={v: pins.get(v, b) for v, b in cm.bounds.items()})
     optimum = _optimum(cm)
     if optimum is None:
