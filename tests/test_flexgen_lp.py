@@ -265,3 +265,17 @@ def test_flexgen_search_beats_weights_off_gpu_with_the_most_kv_that_fits(prompt,
             ref = max(ref, simulate(s, plan, p.rig, p.model, wl).throughput_tok_s)
     got = api.best_result(s, p, "throughput").throughput_tok_s
     assert ref > 0 and got >= ref * (1 - 1e-3), (got, ref)
+
+
+@pytest.mark.parametrize("prompt", [512, 1024])
+def test_lp_follows_the_engine_with_most_weights_on_the_gpu(prompt):
+    """OPT-6.7B on flexgen-t4 (all 16 GB): on the first 10 plans the free search could confirm, most
+    with 53-92 % of the weight bytes on the GPU, the LP's time at the runtime's placement within 3 % of
+    the engine's. Before, the LP charged the embedding and output layers' weights as all off the
+    GPU (the released init_weight_list places them by the same percentages as every layer,
+    flex_opt.py) and spread the fractions evenly over each layer's bytes where whole tensors give
+    an attention block, an MLP block and the tables each their own share: -3.0..+14.5 % at 512."""
+    rows = _search_candidates("opt-6.7b", prompt, 16, 10)
+    assert len(rows) == 10
+    errors = [lp / engine - 1 for lp, engine in rows]
+    assert max(abs(e) for e in errors) < 0.03, errors

@@ -6,7 +6,8 @@ overlap structure (flex_opt.py in FMInference/FlexLLMGen), but every constant is
 constants (its released cost_model.py) is used. For one GPU batch size gbs, nb batches, and the
 flags (CPU attention, compressed KV), time is linear in the fractions:
 
-- per scheduling slot (attention, MLP) the released loop costs
+- per scheduling slot (attention, MLP; the embedding and output layers once per token) the released
+  loop costs
   max(w + c, p) + (nb - 1) max(c, p), with w = the next layer's weight load (sub-step 0 only),
   c = one batch's H2D cache/hidden loads, p = one batch's compute on the issuing thread (GPU ops,
   plus the KV gather and CPU attention when attention runs on the CPU). That is exactly the max of
@@ -15,7 +16,10 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   1)`` after ``compute_layer(k)``, flex_opt.py), whose barrier waits for it: the slot's first
   sub-step holds the previous slot's last store, the others one of its own, so with stores the slot
   is max(w + c, p, q_prev) + (nb - 1) max(c, p, q), nine forms;
-- memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions.
+- memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions;
+- the weight fractions are spread evenly over every layer's bytes (embedding and output included:
+  init_weight_list places each layer by the same percentages); at a plan's own placement, where
+  whole tensors give each block its own share, the loads are the plan's bytes (``placed``).
 
 The LP minimises the block time; candidates are ranked by time per sequence, and the best few are
 confirmed in the engine with the runtime's per-tensor ("released") placement.
@@ -50,6 +54,7 @@ from hetsim.strategies.flexgen_policy import (
 )
 from hetsim.workload import Step, Workload
 
+Split = tuple[tuple[float, float, float], ...]  # (GPU, CPU, disk) weight bytes of each scheduling layer
 VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
 GBS_CHOICES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 NB_CHOICES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32)
@@ -146,14 +151,19 @@ def _slots(
     fl: Flags,
     lk: Links,
     ends: tuple[str, str, str],
+    placed: Split | None = None,
 ) -> list[tuple[float, _Slot]]:
-    """(multiplicity, slot) for prefill and mean decode, attention and MLP slots."""
+    """(multiplicity, slot) for prefill and mean decode, attention and MLP slots; the weights loaded
+    as ``_weight_form`` charges them (``placed``: a plan's per-tensor split)."""
     gpu, cpu, _ = ends
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
     dram = host_dram_bw(rig, cpu)
     cw = fl.compress_weight
     split = _split_cache(model, cw)  # the weights all off the GPU; compress_cache does not enter
-    w_att, w_mlp = split[1][1], split[2][1]
+
+    def load(per_byte: dict[str, float], j: int) -> dict[str, float]:
+        return _weight_form(per_byte, split[j][1], None if placed is None else placed[j])
+
     kv_tok = kv_token_bytes(model, fl.compress_cache)
     out = []
     kv_mean = s + max(1, n // 2)
@@ -166,11 +176,11 @@ def _slots(
         gather_read = 0.0
         slow: dict[str, float] = {}  # seconds of delay per byte of weights loaded beside the thread
         for kind in ("attention", "mlp"):
-            w_next = w_mlp if kind == "attention" else w_att
-            w = {"wc": w_next / lk.pin, "wd": w_next / lk.d2g}
+            j_next = 2 if kind == "attention" else 1  # the next layer's weights: an MLP's, an attention's
+            w = load({"wc": 1.0 / lk.pin, "wd": 1.0 / lk.d2g}, j_next)
             c = dict(hid_load)
             d2h = {"hc": nb * hid / lk.out_pin, "hd": nb * hid / lk.g2d}
-            dread = {"wd": w_next / lk.d2g, "hd": nb * hid / lk.d2g}
+            dread = {**load({"wd": 1.0 / lk.d2g}, j_next), "hd": nb * hid / lk.d2g}
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
             p0: dict[str, float] = {}
@@ -179,9 +189,7 @@ def _slots(
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
-                    p0, p = _gather_into(
-                        p, gather, nb, last=True, slow={v: k * w_next for v, k in slow.items()}
-                    )
+                    p0, p = _gather_into(p, gather, nb, last=True, slow=load(slow, j_next))
                     dread["cd"] = dread.get("cd", 0.0) + gather_read
             elif phase == "prefill" or not fl.cpu_attention:
                 # a compressed cache on the GPU is decompressed whole each step (substep_ops)
@@ -229,7 +237,7 @@ def _slots(
                 # host memory, written at the disk's rate then read at the link's (_via_host)
                 pin = overlap_delay(dram, lk.pin, cap) / lk.pin
                 slow = {"wc": pin, "wd": pin + overlap_delay(dram, lk.d2c, cap) / lk.d2c}
-                p0, p = _gather_into(p, gather, nb, last=False, slow={v: k * w_next for v, k in slow.items()})
+                p0, p = _gather_into(p, gather, nb, last=False, slow=load(slow, j_next))
                 dread["cd"] = (nb - 1) * gather_read
                 dwrite["cd"] = nb * gbs * kv_tok / lk.c2d  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
@@ -268,17 +276,57 @@ def _gather_into(
     return p0, plus(p, gather, rest)
 
 
-def _other_layers_time(
-    rig: Rig, model: ModelSpec, wl: Workload, gbs: int, nb: int, lk: Links, gpu: str, cw: bool = False
-) -> float:
-    """Input embedding and output layers: a constant per block (their weights counted off-GPU)."""
+def _weight_form(
+    per_byte: dict[str, float], full: float, placed: tuple[float, float, float] | None
+) -> dict[str, float]:
+    """A linear form of a scheduling layer's weight load: ``per_byte`` seconds per byte of its weights
+    on the CPU ("wc") or the disk ("wd"). The LP spreads each fraction evenly over the layer's
+    ``full`` bytes; at a plan's placement (``placed``: the layer's (GPU, CPU, disk) bytes by the
+    released per-tensor rule, which puts whole tensors and so gives an attention block, an MLP
+    block and the embedding tables each their own share) it is a constant."""
+    if placed is None:
+        return {v: k * full for v, k in per_byte.items()}
+    _, cpu, disk = placed
+    return {"const": per_byte.get("wc", 0.0) * cpu + per_byte.get("wd", 0.0) * disk}
+
+
+def _other_slots(
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    gbs: int,
+    nb: int,
+    lk: Links,
+    gpu: str,
+    fl: Flags,
+    placed: Split | None,
+) -> list[tuple[float, _Slot]]:
+    """The input embedding's and the output layer's slots, once per token (multiplicity over the
+    layer count, which the objective multiplies back): their weights take the fractions as every
+    layer's do (init_weight_list places each layer's tensors by the same percentages, flex_opt.py),
+    each loaded beside its own GPU batches' kernels, max(w, p) + (nb - 1) p as any slot. The
+    embedding's output and the output layer's input are hidden states as a decoder layer's."""
+    cw = fl.compress_weight
     split = _split_cache(model, cw)
-    total = 0.0
-    for phase, seq, mult in (("prefill", wl.prompt_len, 1), ("decode", 1, wl.gen_len - 1)):
+    out = []
+    for phase, seq, mult in (("prefill", wl.prompt_len, 1.0), ("decode", 1, float(wl.gen_len - 1))):
+        hid = gbs * seq * model.hidden * 2.0
         for kind, j in (("embed", 0), ("output", len(split) - 1)):
             o = substep_ops(model, kind, phase, gbs, seq, wl.prompt_len, False, 1.0, cw, False)
-            total += mult * max(split[j][1] / lk.pin, nb * _t(rig, gpu, o.gpu_pre))
-    return total
+            at = None if placed is None else placed[j]
+            ld = _weight_form({"wc": 1.0 / lk.pin, "wd": 1.0 / lk.d2g}, split[j][1], at)
+            p = {"const": _t(rig, gpu, o.gpu_pre)}
+            if kind == "embed":  # stores its output
+                p["hc"] = hid / lk.out_pin
+                c: dict[str, float] = {}
+                d2h = {"hc": nb * hid / lk.out_pin, "hd": nb * hid / lk.g2d}
+            else:  # loads its input
+                p["hc"] = hid / lk.pin
+                c = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
+                d2h = {}
+            dread = _weight_form({"wd": 1.0 / lk.d2g}, split[j][1], at)
+            out.append((mult / model.layers, _Slot(ld, c, p, d2h, dread, {})))
+    return out
 
 
 @dataclass(frozen=True)
@@ -291,7 +339,6 @@ class CostModel:
     memory: tuple[tuple[dict[str, float], float], ...]  # (coefficients in GB, right-hand side in GB)
     slots: tuple[tuple[float, _Slot], ...]
     layers: int
-    other_s: float  # embedding and output layers, per block
     bounds: dict[str, tuple[float, float]]
 
 
@@ -304,8 +351,12 @@ def cost_model(
     fl: Flags,
     ends: tuple[str, str, str],
     gpu_budget: float | None = None,
+    placed: FlexGenPlan | None = None,
 ) -> CostModel:
+    """The LP of one (gbs, nb, flags); with ``placed``, its weight loads at that plan's per-tensor
+    placement (constants: its fractions are then pinned, ``released_time_per_seq``, ``_repinned``)."""
     gpu, cpu, disk = ends
+    split = None if placed is None else layer_weight_split(model, placed)
     lk = links(rig, gpu, cpu, disk)
     bounds = {v: (0.0, 1.0) for v in VARS}
     bounds["hd"] = (0.0, 0.0)  # the released runtime never puts activations on disk
@@ -337,9 +388,11 @@ def cost_model(
         nb,
         fl,
         tuple(rows),
-        tuple(_slots(rig, model, wl, gbs, nb, fl, lk, ends)),
+        (
+            *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split),
+            *_other_slots(rig, model, wl, gbs, nb, lk, gpu, fl, split),
+        ),
         model.layers,
-        _other_layers_time(rig, model, wl, gbs, nb, lk, gpu, fl.compress_weight),
         bounds,
     )
 
@@ -370,7 +423,7 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
             t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c, p0) + (nb - 1) * q)
         t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
         total += mult * cm.layers * t
-    return total + cm.other_s
+    return total
 
 
 def _rows_of(
@@ -459,7 +512,7 @@ def solve_lp(
     if optimum is None:
         return None
     value, x = optimum
-    block = value + cm.other_s
+    block = value
     blocks = math.ceil(wl.batch / (gbs * nb))
     return LpSolution(gbs, nb, fl, dict(x), block, block * blocks / wl.batch)
 
@@ -692,7 +745,7 @@ def released_time_per_seq(
     a row of the LP. The LP optimum is continuous and the released placement a step function, so an
     optimum's own time can be optimistic by 5-10 % (OPT-6.7B: gbs 24 x 1, 38.2 -> 35.8 tok/s)."""
     x = _placed_fractions(model, plan)
-    cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget)
+    cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget, plan)
     block = cost_at(cm, x)
     return None if block is None else block * math.ceil(wl.batch / plan.block_size) / wl.batch
 
@@ -713,14 +766,13 @@ def _repinned(
     placed = _placed_fractions(model, plan)
     if abs(placed["wg"] - sol.x["wg"]) < 1e-6:
         return None
-    cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget)
+    cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget, plan)
     pins = {v: (placed[v], placed[v]) for v in ("wg", "wc", "wd")}
     cm = replace(cm, bounds={v: pins.get(v, b) for v, b in cm.bounds.items()})
     optimum = _optimum(cm)
     if optimum is None:
         return None
-    value, x = optimum
-    block = value + cm.other_s
+    block, x = optimum
     again = replace(
         sol, x=dict(x), block_time_s=block, time_per_seq_s=block * sol.time_per_seq_s / sol.block_time_s
     )
