@@ -151,8 +151,10 @@ def test_lp_block_time_follows_the_engine_on_the_paper_rig(gbs, nb, cpu_attentio
     plan = to_plan(sol, model, ends[0], None)
     lp = released_time_per_seq(sol, plan, rig, model, wl, ends, None) * wl.batch
     engine = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
-    # CPU attention within 0.4 % since its gather and host-DRAM share follow the engine (were -2.7 %)
-    assert lp == pytest.approx(engine, rel=0.005 if cpu_attention else 0.04)
+    # CPU attention within 0.4 % since its gather and host-DRAM share follow the engine (were -2.7 %);
+    # GPU attention within 2.5 % since the KV's host memcpy runs beside the weight DMA (+2.5..+3.4 %
+    # before, -2.0..-1.3 % after: _Slot.c_link)
+    assert lp == pytest.approx(engine, rel=0.005 if cpu_attention else 0.025)
 
 
 @pytest.mark.parametrize(("model", "prompt"), [("opt-30b", 512), ("opt-30b", 1024), ("opt-6.7b", 512)])

@@ -140,6 +140,13 @@ class _Slot:
     # the weight load of sub-step 0 runs beside (CPU attention's KV gather is issued one position
     # ahead, flex_opt.py, and the DMA slows it on the shared host DRAM); empty = p
     p0: dict[str, float] = field(default_factory=dict)
+    # the first sub-step's loads where a part of c runs on the thread (an unpinned KV's host memcpy,
+    # issued at the position's start): that part runs beside the weight DMA and only the rest
+    # (c_link) queues behind it on the link: max(w + c_link, c), not w + c; empty = w + c. The
+    # loop issues load_weight(j + 1) before load_cache(k + 1) (flex_opt.py:1048-1049), and
+    # general_copy pins an unpinned CPU tensor in the issuing thread before its non-blocking copy_
+    # (pytorch_backend.py:843-849): the engine's load_weight, then _relay
+    c_link: dict[str, float] = field(default_factory=dict)
 
 
 def _slots(
@@ -184,6 +191,7 @@ def _slots(
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
             p0: dict[str, float] = {}
+            c_link: dict[str, float] = {}
             q: dict[str, float] = {}
             if kind == "mlp":
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
@@ -206,9 +214,12 @@ def _slots(
                 if phase == "decode":
                     kvb = gbs * step.kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
                     # unpinned KV: a host memcpy in the issuing thread (serial), then a pinned DMA
-                    # of what it pinned: the batch's load is both, one after the other
+                    # of what it pinned: the batch's load is both, one after the other; the disk
+                    # share is read into the copy threads' pinned relay, then DMA'd (_via_host).
+                    # Only the DMAs queue behind the weights' on the link (c_link)
                     memcpy = _t(rig, cpu, (host_copy_op(kvb),))
-                    c.update(cc=memcpy + kvb / lk.pin, cd=kvb / lk.d2g)
+                    c.update(cc=memcpy + kvb / lk.pin, cd=kvb / lk.d2g + kvb / lk.pin)
+                    c_link = {**c, "cc": kvb / lk.pin, "cd": kvb / lk.pin}
                     p["cc"] = memcpy
                     dread["cd"] = nb * kvb / lk.d2g
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
@@ -243,7 +254,7 @@ def _slots(
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
             for form in (p, p0) if p0 else (p,):
                 form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
-            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0))
+            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, c_link=c_link))
         att, mlp = pair  # each slot's first sub-step holds the other's last KV store
         for slot, before in ((att, mlp), (mlp, att)):
             lane = dict(slot.d2h)  # the D2H lane: hidden stores, (nb - 1) own KV stores, the one before
@@ -383,18 +394,11 @@ def cost_model(
     for tier, cap in caps.items():  # in GB: keeps the LP well scaled
         coefs = {v: (unit[v][tier] - base[tier]) / 1e9 for v in VARS}
         rows.append(({v: c for v, c in coefs.items() if c}, (cap - base[tier]) / 1e9))
-    return CostModel(
-        gbs,
-        nb,
-        fl,
-        tuple(rows),
-        (
-            *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split),
-            *_other_slots(rig, model, wl, gbs, nb, lk, gpu, fl, split),
-        ),
-        model.layers,
-        bounds,
+    slots = (
+        *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split),
+        *_other_slots(rig, model, wl, gbs, nb, lk, gpu, fl, split),
     )
+    return CostModel(gbs, nb, fl, tuple(rows), slots, model.layers, bounds)
 
 
 def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
@@ -417,10 +421,11 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         p0 = lin(slot.p0) if slot.p0 else p
         nb = cm.nb
-        t = max(w + nb * c, w + c + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
-        if slot.q or slot.q_prev:  # max(w + c, p0, q_prev) + (nb - 1) max(c, p, q)
+        load0 = max(w + lin(slot.c_link), c) if slot.c_link else w + c  # the first sub-step's loads
+        t = max(load0 + (nb - 1) * c, load0 + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
+        if slot.q or slot.q_prev:  # max(load0, p0, q_prev) + (nb - 1) max(c, p, q)
             q, qp = lin(slot.q), lin(slot.q_prev)
-            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c, p0) + (nb - 1) * q)
+            t = max(t, qp + (nb - 1) * max(c, p, q), max(load0, p0) + (nb - 1) * q)
         t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
         total += mult * cm.layers * t
     return total
@@ -472,8 +477,13 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
     for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
         p0 = slot.p0 or slot.p
-        _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
-        _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
+        if slot.c_link:  # the first sub-step's loads: max(w + c_link, c) (_Slot.c_link)
+            for load0 in (((1.0, slot.w), (1.0, slot.c_link)), ((1.0, slot.c),)):
+                for rest in (slot.c, slot.p, *((slot.q,) if slot.q or slot.q_prev else ())):
+                    _rows_of(solver, t, (*load0, (nbf - 1, rest)), x)
+        else:
+            _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
+            _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
         _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.c)), x)
         if slot.p0:
             _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.p)), x)
@@ -482,7 +492,8 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
         if slot.q or slot.q_prev:  # the KV stores' sub-step forms (_Slot.q)
             for rest in (slot.c, slot.p, slot.q):
                 _rows_of(solver, t, ((1.0, slot.q_prev), (nbf - 1, rest)), x)
-            _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
+            if not slot.c_link:
+                _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
             _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.q)), x)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             _rows_of(solver, t, ((1.0, lane),), x)
