@@ -183,6 +183,7 @@ def _slots(
         gather: dict[str, float] = {}  # CPU attention's KV gather of one batch (issued a position ahead)
         gather_read = 0.0
         slow: dict[str, float] = {}  # seconds of delay per byte of weights loaded beside the thread
+        ahead: tuple[dict[str, float], ...] = ()  # a one-batch GPU-attention KV load (in the MLP slot)
         for kind in ("attention", "mlp"):
             j_next = 2 if kind == "attention" else 1  # the next layer's weights: an MLP's, an attention's
             w = load({"wc": 1.0 / lk.pin, "wd": 1.0 / lk.d2g}, j_next)
@@ -197,6 +198,10 @@ def _slots(
             if kind == "mlp":
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
+                if ahead:  # (c, c_link, thread, disk read) of the next layer's one batch's KV load
+                    for form, extra in zip((c, c_link, p, dread), ahead, strict=True):
+                        form.update(extra)
+                    c_link = {**c, **c_link}
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
                     p0, p = _gather_into(p, gather, nb, last=True, slow=load(slow, j_next))
                     dread["cd"] = dread.get("cd", 0.0) + gather_read
@@ -219,10 +224,18 @@ def _slots(
                     # share is read into the copy threads' pinned relay, then DMA'd (_via_host).
                     # Only the DMAs queue behind the weights' on the link (c_link)
                     memcpy = _t(rig, cpu, (host_copy_op(kvb),))
-                    c.update(cc=memcpy + kvb / lk.pin, cd=kvb / lk.d2g + kvb / lk.pin)
-                    c_link = {**c, "cc": kvb / lk.pin, "cd": kvb / lk.pin}
-                    p["cc"] = memcpy
-                    dread["cd"] = nb * kvb / lk.d2g
+                    kv = (
+                        {"cc": memcpy + kvb / lk.pin, "cd": kvb / lk.d2g + kvb / lk.pin},
+                        {"cc": kvb / lk.pin, "cd": kvb / lk.pin},
+                        {"cc": memcpy},
+                        {"cd": nb * kvb / lk.d2g},
+                    )
+                    if nb == 1:  # load_cache(k + 1) is the next layer's, issued in the MLP's position
+                        ahead = kv
+                    else:  # the last sub-step's load (the next layer's first batch's) counted here too
+                        for form, extra in zip((c, c_link, p, dread), kv, strict=True):
+                            form.update(extra)
+                        c_link = {**c, **c_link}
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
