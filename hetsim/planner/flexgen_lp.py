@@ -329,7 +329,7 @@ def _other_slots(
     """The input embedding's and the output layer's slots, once per token (multiplicity over the
     layer count, which the objective multiplies back): their weights take the fractions as every
     layer's do (init_weight_list places each layer's tensors by the same percentages, flex_opt.py),
-    each loaded beside its own GPU batches' kernels, max(w, p) + (nb - 1) p as any slot. The
+    each loaded beside its own GPU batches' kernels as any slot's. The
     embedding's output and the output layer's input are hidden states as a decoder layer's."""
     cw = fl.compress_weight
     split = _split_cache(model, cw)
