@@ -44,15 +44,16 @@ def natural_api_lp(cm):
         t = solver.NumVar(0.0, solver.infinity(), "t")
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         p0 = lin(slot.p0) if slot.p0 else p  # the first sub-step's thread, where it differs
-        solver.Add(t >= w + nbf * c)
-        solver.Add(t >= w + c + (nbf - 1) * p)
+        c0 = lin(slot.c0) if slot.c0 else c  # ... and its copies (CPU attention's disk KV reads)
+        solver.Add(t >= ((w + c0 + (nbf - 1) * c) if slot.c0 else (w + nbf * c)))
+        solver.Add(t >= w + c0 + (nbf - 1) * p)
         solver.Add(t >= p0 + (nbf - 1) * c)
         solver.Add(t >= ((p0 + (nbf - 1) * p) if slot.p0 else nbf * p))
         if slot.q or slot.q_prev:
             q, qp = lin(slot.q), lin(slot.q_prev)
             for rest in (c, p, q):
                 solver.Add(t >= qp + (nbf - 1) * rest)
-            solver.Add(t >= w + c + (nbf - 1) * q)
+            solver.Add(t >= w + c0 + (nbf - 1) * q)
             solver.Add(t >= p0 + (nbf - 1) * q)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             solver.Add(t >= lin(lane))

@@ -135,6 +135,9 @@ class _Slot:
     # the weight load of sub-step 0 runs beside (CPU attention's KV gather is issued one position
     # ahead, flex_opt.py, and the DMA slows it on the shared host DRAM); empty = p
     p0: dict[str, float] = field(default_factory=dict)
+    # the copies waited for at the first sub-step's barrier where they differ from c (the others'):
+    # CPU attention's disk KV reads, on the copy threads beside the issuing thread; empty = c
+    c0: dict[str, float] = field(default_factory=dict)
 
 
 def _slots(
@@ -163,6 +166,7 @@ def _slots(
         hid = gbs * seq * h * 2.0
         hid_load = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
         gather: dict[str, float] = {}  # CPU attention's KV gather of one batch (issued a position ahead)
+        reads: dict[str, float] = {}  # ... and its disk share, read by the copy threads beside it
         gather_read = 0.0
         slow: dict[str, float] = {}  # seconds of delay per byte of weights loaded beside the thread
         for kind in ("attention", "mlp"):
@@ -174,14 +178,19 @@ def _slots(
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
             p0: dict[str, float] = {}
+            c0: dict[str, float] = {}
             q: dict[str, float] = {}
             if kind == "mlp":
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
+                    # after this gather the thread only launches the MLP's kernels, so V's disk read,
+                    # issued when the gather ends, is waited for after it (by the barrier)
+                    after = {**gather, "cd": gather_read / 2} if reads else gather
                     p0, p = _gather_into(
-                        p, gather, nb, last=True, slow={v: k * w_next for v, k in slow.items()}
+                        p, after, nb, last=True, slow={v: k * w_next for v, k in slow.items()}
                     )
+                    c0, c = _reads_into(c, reads, nb, last=True)
                     dread["cd"] = dread.get("cd", 0.0) + gather_read
             elif phase == "prefill" or not fl.cpu_attention:
                 # a compressed cache on the GPU is decompressed whole each step (substep_ops)
@@ -212,13 +221,16 @@ def _slots(
                 t_cpu_att = _t(rig, cpu, o.cpu)
                 t_gather = _t(rig, cpu, (kv_gather_op(model, gbs, kv_len - 1, 1.0),))
                 kvb = gbs * (kv_len - 1) * kv_tok
-                # The disk share is read synchronously (memmap) before the fp32 conversion. The
+                # The thread converts the CPU share to fp32; the disk share goes to the copy threads,
+                # which read and convert it beside the thread, K's once K's CPU share is converted,
+                # V's after V's, and the barrier waits for them (flexgen.py: _Runner._gather). The
                 # gather of batch k + 1 is issued in position k (load_cache before compute_layer,
                 # flex_opt.py), so it runs in this slot's sub-steps but the last, and the next
                 # layer's first batch's in the MLP slot's last.
                 p.update(const=t_fixed + small, cg=t_gpu_att, cc=t_cpu_att, cd=t_cpu_att)
-                gather = {"cc": t_gather, "cd": t_gather + kvb / lk.d2c}
+                gather = {"cc": t_gather}
                 gather_read = kvb / lk.d2c
+                reads = {"cc": t_gather / 2, "cd": gather_read}
                 # host DRAM is shared (the engine's timeline, first come, first served): the weight
                 # DMA issued at the position's start slows the thread's gather and CPU attention
                 cost = block_cost(rig.devices[cpu], (kv_gather_op(model, gbs, kv_len - 1, 1.0), *o.cpu))
@@ -230,12 +242,13 @@ def _slots(
                 pin = overlap_delay(dram, lk.pin, cap) / lk.pin
                 slow = {"wc": pin, "wd": pin + overlap_delay(dram, lk.d2c, cap) / lk.d2c}
                 p0, p = _gather_into(p, gather, nb, last=False, slow={v: k * w_next for v, k in slow.items()})
+                c0, c = _reads_into(c, reads, nb, last=False)
                 dread["cd"] = (nb - 1) * gather_read
                 dwrite["cd"] = nb * gbs * kv_tok / lk.c2d  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
             for form in (p, p0) if p0 else (p,):
                 form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
-            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0))
+            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, c0=c0))
         att, mlp = pair  # each slot's first sub-step holds the other's last KV store
         for slot, before in ((att, mlp), (mlp, att)):
             lane = dict(slot.d2h)  # the D2H lane: hidden stores, (nb - 1) own KV stores, the one before
@@ -254,18 +267,37 @@ def _gather_into(
     next layer's weight load, issued at the position's start, delays the first sub-step's CPU work
     by ``slow`` (per weight fraction, ``bandwidth.overlap_delay``) when there is CPU work."""
 
-    def plus(form: dict[str, float], extra: dict[str, float], k: float) -> dict[str, float]:
-        out = dict(form)
-        for v, c in extra.items():
-            out[v] = out.get(v, 0.0) + k * c
-        return out
-
-    first_gathers = (1.0 if nb == 1 else 0.0) if last else (1.0 if nb > 1 else 0.0)
-    rest = (1.0 / (nb - 1) if last else (nb - 2) / (nb - 1)) if nb > 1 else 0.0
-    p0 = plus(p, gather, first_gathers)
+    first_gathers, rest = _gather_shares(nb, last)
+    p0 = _plus(p, gather, first_gathers)
     if first_gathers or not last:  # CPU work in the first sub-step
-        p0 = plus(p0, slow, 1.0)
-    return p0, plus(p, gather, rest)
+        p0 = _plus(p0, slow, 1.0)
+    return p0, _plus(p, gather, rest)
+
+
+def _plus(form: dict[str, float], extra: dict[str, float], k: float) -> dict[str, float]:
+    out = dict(form)
+    for v, c in extra.items():
+        out[v] = out.get(v, 0.0) + k * c
+    return out
+
+
+def _gather_shares(nb: int, last: bool) -> tuple[float, float]:
+    """(gathers in the first sub-step, gathers in each other one) of a slot: see ``_gather_into``."""
+    first = (1.0 if nb == 1 else 0.0) if last else (1.0 if nb > 1 else 0.0)
+    rest = (1.0 / (nb - 1) if last else (nb - 2) / (nb - 1)) if nb > 1 else 0.0
+    return first, rest
+
+
+def _reads_into(
+    c: dict[str, float], reads: dict[str, float], nb: int, *, last: bool
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(first sub-step, each other sub-step) copies of a slot whose sub-steps gather KV with a disk
+    share: that share's reads join the copies the barrier waits for, in the sub-steps that gather
+    (``_gather_into``'s split); no reads, no change."""
+    if not reads:
+        return {}, c
+    first, rest = _gather_shares(nb, last)
+    return _plus(c, reads, first), _plus(c, reads, rest)
 
 
 def _other_layers_time(
@@ -363,11 +395,13 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
     for mult, slot in cm.slots:
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         p0 = lin(slot.p0) if slot.p0 else p
+        c0 = lin(slot.c0) if slot.c0 else c
         nb = cm.nb
-        t = max(w + nb * c, w + c + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
-        if slot.q or slot.q_prev:  # max(w + c, p0, q_prev) + (nb - 1) max(c, p, q)
+        copies = w + nb * c if not slot.c0 else w + c0 + (nb - 1) * c
+        t = max(copies, w + c0 + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
+        if slot.q or slot.q_prev:  # max(w + c0, p0, q_prev) + (nb - 1) max(c, p, q)
             q, qp = lin(slot.q), lin(slot.q_prev)
-            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c, p0) + (nb - 1) * q)
+            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c0, p0) + (nb - 1) * q)
         t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
         total += mult * cm.layers * t
     return total + cm.other_s
@@ -419,8 +453,12 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
     for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
         p0 = slot.p0 or slot.p
-        _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
-        _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
+        c0 = slot.c0 or slot.c
+        if slot.c0:
+            _rows_of(solver, t, ((1.0, slot.w), (1.0, c0), (nbf - 1, slot.c)), x)
+        else:
+            _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
+        _rows_of(solver, t, ((1.0, slot.w), (1.0, c0), (nbf - 1, slot.p)), x)
         _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.c)), x)
         if slot.p0:
             _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.p)), x)
@@ -429,7 +467,7 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
         if slot.q or slot.q_prev:  # the KV stores' sub-step forms (_Slot.q)
             for rest in (slot.c, slot.p, slot.q):
                 _rows_of(solver, t, ((1.0, slot.q_prev), (nbf - 1, rest)), x)
-            _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
+            _rows_of(solver, t, ((1.0, slot.w), (1.0, c0), (nbf - 1, slot.q)), x)
             _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.q)), x)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             _rows_of(solver, t, ((1.0, lane),), x)
