@@ -124,6 +124,35 @@ def test_cpu_attention_disk_terms_take_the_cpu_disk_route():
     # layer's first batch's in the MLP slot
     read = 48 * (kv_mean - 1) * tok / lk.d2c
     assert att.dread["cd"] == pytest.approx(read) and mlp.dread["cd"] == pytest.approx(read)
+    # ... by the copy threads, beside the issuing thread (flexgen.py: _Runner._gather): a bound of
+    # its own (K's half of the gather, then both reads), not part of the thread's work, which keeps
+    # only the reads' share of host DRAM (a few percent of the read's time)
+    assert att.kr0["cd"] == pytest.approx(read)
+    assert att.p0["cd"] - att.p["cd"] < 0.05 * read and att.p0["cd"] < 0.5 * read
+
+
+@pytest.mark.parametrize(
+    ("gbs", "nb", "cg", "cc"), [(32, 2, 0, 0), (32, 2, 0, 50), (24, 8, 4, 88), (128, 1, 2, 94)]
+)
+def test_lp_follows_the_engine_with_cpu_attention_and_kv_on_disk(gbs, nb, cg, cc):
+    """OPT-30B, 512 + 8 on flexgen-t4, CPU attention with 100, 50, 8 and 4 % of the KV on disk: the
+    LP's time at the runtime's placement is within 2 % of the engine's (-1.5..+0.4 %). The engine
+    now reads the disk share on the copy threads beside the thread (32 x 2 with all of the KV on
+    disk: 305.1 -> 282.6 s; half: 223.0 -> 204.9 s); the LP's bounds for those reads move with it
+    (it was -0.6..+1.9 % against the serial read)."""
+    from hetsim.planner.flexgen_lp import released_time_per_seq
+    from hetsim.sim.run import simulate
+    from hetsim.strategies.base import get_strategy
+    from hetsim.strategies.flexgen_policy import FlexGenPlan
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    ends = endpoints(rig)
+    wl = Workload(gbs * nb, 512, 8)
+    plan = FlexGenPlan(gbs, nb, 0, 100, cg, cc, 100, 0, cpu_attention=True, gpu=ends[0])
+    sol = solve_lp(rig, model, wl, gbs, nb, Flags(True, False), ends)
+    lp = released_time_per_seq(sol, plan, rig, model, wl, ends, None) * wl.batch
+    engine = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
+    assert lp == pytest.approx(engine, rel=0.02)
 
 
 @pytest.mark.parametrize(
@@ -213,15 +242,11 @@ def test_lp_follows_the_engine_on_the_search_candidates(model, prompt):
     LP issued CPU attention's KV gather a position ahead (load_cache(k + 1) before compute_layer(k),
     flex_opt.py) and charged the weight DMA's share of host DRAM (the engine's first-come timeline)
     it was -8.6..+2.6 % at 512: one-batch plans too slow, multi-batch ones too fast, so the engine
-    never saw the best plan at 12 GB (below). Plans with a few percent of the KV on disk are up to
-    3 % slow in the LP (+2.0 % at 512, +2.8 % at 1024; the others within 1.2 %): the copy threads
-    read that share beside the thread, and the LP adds the read to the weights' PCIe copy and, in
-    the MLP slot, V's read to the gather where the engine takes the larger of each."""
+    never saw the best plan at 12 GB (below)."""
     rows = _search_candidates(model, prompt, 12, 8)
     assert len(rows) == 8
     errors = [lp / engine - 1 for lp, engine in rows]
-    assert max(abs(e) for e in errors) < 0.03, errors
-    assert min(errors) > -0.01, errors  # never optimistic by more than 1 %
+    assert max(abs(e) for e in errors) < 0.01, errors
 
 
 @pytest.mark.parametrize("model", ["opt-30b", "opt-6.7b"])

@@ -14,7 +14,10 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   one more lower bound each. A batch's KV store (q) is issued in the next position (``store_cache(k -
   1)`` after ``compute_layer(k)``, flex_opt.py), whose barrier waits for it: the slot's first
   sub-step holds the previous slot's last store, the others one of its own, so with stores the slot
-  is max(w + c, p, q_prev) + (nb - 1) max(c, p, q), nine forms;
+  is max(w + c, p, q_prev) + (nb - 1) max(c, p, q), nine forms. With CPU attention the disk share
+  of the KV is read by the copy threads beside the thread (``store_cache``/``load_cache`` through
+  ``submit_copy``, waited for at ``sync()``): its reads are more options of each sub-step's max
+  (``_Slot.kr``, ``_disk_reads``), crossed with the others;
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions.
 
 The LP minimises the block time; candidates are ranked by time per sequence, and the best few are
@@ -135,9 +138,16 @@ class _Slot:
     # the weight load of sub-step 0 runs beside (CPU attention's KV gather is issued one position
     # ahead, flex_opt.py, and the DMA slows it on the shared host DRAM); empty = p
     p0: dict[str, float] = field(default_factory=dict)
-    # the copies waited for at the first sub-step's barrier where they differ from c (the others'):
-    # CPU attention's disk KV reads, on the copy threads beside the issuing thread; empty = c
-    c0: dict[str, float] = field(default_factory=dict)
+    # CPU attention's disk share of the KV, read by the copy threads beside the issuing thread and
+    # waited for at each sub-step's barrier (flexgen.py: _Runner._gather): more lower bounds of a
+    # sub-step, each other sub-step's (spread as the gathers are) and the first's; empty = none.
+    # kr: K's read, issued once K's CPU half is converted; vr: V's, once the whole gather is;
+    # dr0: the disk lane, first the next layer's weights, then the KV
+    kr: dict[str, float] = field(default_factory=dict)
+    vr: dict[str, float] = field(default_factory=dict)
+    kr0: dict[str, float] = field(default_factory=dict)
+    vr0: dict[str, float] = field(default_factory=dict)
+    dr0: dict[str, float] = field(default_factory=dict)
 
 
 def _slots(
@@ -151,7 +161,8 @@ def _slots(
     ends: tuple[str, str, str],
 ) -> list[tuple[float, _Slot]]:
     """(multiplicity, slot) for prefill and mean decode, attention and MLP slots."""
-    gpu, cpu, _ = ends
+    gpu, cpu, disk = ends
+    lat = rig.route(disk, cpu).latency_s if disk else 0.0  # each disk copy's
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
     dram = host_dram_bw(rig, cpu)
     cw = fl.compress_weight
@@ -166,8 +177,7 @@ def _slots(
         hid = gbs * seq * h * 2.0
         hid_load = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
         gather: dict[str, float] = {}  # CPU attention's KV gather of one batch (issued a position ahead)
-        reads: dict[str, float] = {}  # ... and its disk share, read by the copy threads beside it
-        gather_read = 0.0
+        gather_read = 0.0  # ... and its disk share, read by the copy threads beside the thread
         slow: dict[str, float] = {}  # seconds of delay per byte of weights loaded beside the thread
         for kind in ("attention", "mlp"):
             w_next = w_mlp if kind == "attention" else w_att
@@ -178,19 +188,18 @@ def _slots(
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
             p0: dict[str, float] = {}
-            c0: dict[str, float] = {}
             q: dict[str, float] = {}
+            reads: dict[str, dict[str, float]] = {}
             if kind == "mlp":
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
-                    # after this gather the thread only launches the MLP's kernels, so V's disk read,
-                    # issued when the gather ends, is waited for after it (by the barrier)
-                    after = {**gather, "cd": gather_read / 2} if reads else gather
-                    p0, p = _gather_into(
-                        p, after, nb, last=True, slow={v: k * w_next for v, k in slow.items()}
-                    )
-                    c0, c = _reads_into(c, reads, nb, last=True)
+                    wslow = {v: k * w_next for v, k in slow.items()}
+                    if disk:
+                        reads = _disk_reads(
+                            p, gather, gather_read, wslow, w_next / lk.d2c, lat, nb, last=True
+                        )
+                    p0, p = _gather_into(p, gather, nb, last=True, slow=wslow)
                     dread["cd"] = dread.get("cd", 0.0) + gather_read
             elif phase == "prefill" or not fl.cpu_attention:
                 # a compressed cache on the GPU is decompressed whole each step (substep_ops)
@@ -230,7 +239,6 @@ def _slots(
                 p.update(const=t_fixed + small, cg=t_gpu_att, cc=t_cpu_att, cd=t_cpu_att)
                 gather = {"cc": t_gather}
                 gather_read = kvb / lk.d2c
-                reads = {"cc": t_gather / 2, "cd": gather_read}
                 # host DRAM is shared (the engine's timeline, first come, first served): the weight
                 # DMA issued at the position's start slows the thread's gather and CPU attention
                 cost = block_cost(rig.devices[cpu], (kv_gather_op(model, gbs, kv_len - 1, 1.0), *o.cpu))
@@ -241,14 +249,20 @@ def _slots(
                 # host memory, written at the disk's rate then read at the link's (_via_host)
                 pin = overlap_delay(dram, lk.pin, cap) / lk.pin
                 slow = {"wc": pin, "wd": pin + overlap_delay(dram, lk.d2c, cap) / lk.d2c}
-                p0, p = _gather_into(p, gather, nb, last=False, slow={v: k * w_next for v, k in slow.items()})
-                c0, c = _reads_into(c, reads, nb, last=False)
+                wslow = {v: k * w_next for v, k in slow.items()}
+                own = gather
+                if disk:
+                    reads = _disk_reads(p, gather, gather_read, wslow, w_next / lk.d2c, lat, nb, last=False)
+                    # the reads take their share of host DRAM from the CPU work issued after them (V's
+                    # gather and the attention), which they overlap here (the MLP's gather: assumed not)
+                    own = {**gather, "cd": gather_read * overlap_delay(dram, lk.d2c, cap)}
+                p0, p = _gather_into(p, own, nb, last=False, slow=wslow)
                 dread["cd"] = (nb - 1) * gather_read
                 dwrite["cd"] = nb * gbs * kv_tok / lk.c2d  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
             for form in (p, p0) if p0 else (p,):
                 form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
-            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, c0=c0))
+            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, **reads))
         att, mlp = pair  # each slot's first sub-step holds the other's last KV store
         for slot, before in ((att, mlp), (mlp, att)):
             lane = dict(slot.d2h)  # the D2H lane: hidden stores, (nb - 1) own KV stores, the one before
@@ -288,16 +302,37 @@ def _gather_shares(nb: int, last: bool) -> tuple[float, float]:
     return first, rest
 
 
-def _reads_into(
-    c: dict[str, float], reads: dict[str, float], nb: int, *, last: bool
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(first sub-step, each other sub-step) copies of a slot whose sub-steps gather KV with a disk
-    share: that share's reads join the copies the barrier waits for, in the sub-steps that gather
-    (``_gather_into``'s split); no reads, no change."""
-    if not reads:
-        return {}, c
+def _disk_reads(
+    p: dict[str, float],
+    gather: dict[str, float],
+    read: float,
+    slow: dict[str, float],
+    w_read: float,
+    lat: float,
+    nb: int,
+    *,
+    last: bool,
+) -> dict[str, dict[str, float]]:
+    """``_Slot``'s read bounds (kr, vr, kr0, vr0, dr0) of a slot whose sub-steps gather a batch's KV
+    (split as ``_gather_into`` splits the gathers), ``read`` seconds per unit of ``cd`` for the disk
+    share, read half for K and half for V by the copy threads beside the thread. A gathering
+    sub-step lasts at least K's CPU half of the gather then both reads, and at least the whole
+    gather then V's read, each copy with the route's latency ``lat`` (the engine's lane is first in,
+    first out: V's waits for K's); the first sub-step's disk lane reads the next layer's weights
+    first (``w_read`` per unit of ``wd``). Each other sub-step's bound is spread as the gathers are, the
+    thread's own work (``p``, before the gathers) standing in the sub-steps that do not gather."""
     first, rest = _gather_shares(nb, last)
-    return _plus(c, reads, first), _plus(c, reads, rest)
+    k_read = _plus({"const": 2 * lat, "cd": read}, gather, 0.5)  # K's half of the gather, both reads
+    v_read = _plus({"const": lat, "cd": read / 2}, gather, 1.0)  # the whole gather, then V's read
+    out: dict[str, dict[str, float]] = {}
+    if nb > 1:
+        for name, form in (("kr", k_read), ("vr", v_read)):
+            out[name] = _plus(_plus({}, p, 1.0 - rest), form, rest)
+    if first:
+        out["kr0"] = k_read
+        out["vr0"] = _plus(v_read, slow, 1.0)
+        out["dr0"] = {"const": 2 * lat, "wd": w_read, "cd": read}
+    return out
 
 
 def _other_layers_time(
@@ -395,13 +430,18 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
     for mult, slot in cm.slots:
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         p0 = lin(slot.p0) if slot.p0 else p
-        c0 = lin(slot.c0) if slot.c0 else c
         nb = cm.nb
-        copies = w + nb * c if not slot.c0 else w + c0 + (nb - 1) * c
-        t = max(copies, w + c0 + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
-        if slot.q or slot.q_prev:  # max(w + c0, p0, q_prev) + (nb - 1) max(c, p, q)
+        t = max(w + nb * c, w + c + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
+        if slot.q or slot.q_prev:  # max(w + c, p0, q_prev) + (nb - 1) max(c, p, q)
             q, qp = lin(slot.q), lin(slot.q_prev)
-            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c0, p0) + (nb - 1) * q)
+            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c, p0) + (nb - 1) * q)
+        if slot.kr or slot.kr0:  # the disk reads' bounds: every first-sub-step option with every other
+            firsts = [w + c, p0, *([qp] if slot.q or slot.q_prev else [])]
+            others = [c, p, *([q] if slot.q or slot.q_prev else [])]
+            reads = [lin(f) for f in (slot.kr, slot.vr) if f]
+            reads0 = [lin(f) for f in (slot.kr0, slot.vr0, slot.dr0) if f]
+            t = max([t, *(a + (nb - 1) * b for a in firsts for b in reads)])
+            t = max([t, *(a + (nb - 1) * b for a in reads0 for b in others + reads)])
         t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
         total += mult * cm.layers * t
     return total + cm.other_s
@@ -453,12 +493,8 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
     for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
         p0 = slot.p0 or slot.p
-        c0 = slot.c0 or slot.c
-        if slot.c0:
-            _rows_of(solver, t, ((1.0, slot.w), (1.0, c0), (nbf - 1, slot.c)), x)
-        else:
-            _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
-        _rows_of(solver, t, ((1.0, slot.w), (1.0, c0), (nbf - 1, slot.p)), x)
+        _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
+        _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
         _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.c)), x)
         if slot.p0:
             _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.p)), x)
@@ -467,8 +503,23 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
         if slot.q or slot.q_prev:  # the KV stores' sub-step forms (_Slot.q)
             for rest in (slot.c, slot.p, slot.q):
                 _rows_of(solver, t, ((1.0, slot.q_prev), (nbf - 1, rest)), x)
-            _rows_of(solver, t, ((1.0, slot.w), (1.0, c0), (nbf - 1, slot.q)), x)
+            _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
             _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.q)), x)
+        if slot.kr or slot.kr0:  # CPU attention's disk reads (_Slot.kr): with every other option
+            stores = bool(slot.q or slot.q_prev)
+            firsts = [
+                ((1.0, slot.w), (1.0, slot.c)),
+                ((1.0, p0),),
+                *([((1.0, slot.q_prev),)] if stores else []),
+            ]
+            others = [slot.c, slot.p, *([slot.q] if stores else [])]
+            reads = [f for f in (slot.kr, slot.vr) if f]
+            for a in firsts:
+                for b in reads:
+                    _rows_of(solver, t, (*a, (nbf - 1, b)), x)
+            for f in (slot.kr0, slot.vr0, slot.dr0):
+                for b in (*others, *reads) if f else ():
+                    _rows_of(solver, t, ((1.0, f), (nbf - 1, b)), x)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             _rows_of(solver, t, ((1.0, lane),), x)
         objective.append((mult * cm.layers, t))
@@ -567,6 +618,14 @@ def to_plan(sol: LpSolution, model: ModelSpec, gpu: str, budget: float | None) -
     LP did (the released midpoint rule is a step function)."""
     x = sol.x
     pct = {v: math.floor(100 * x[v] + 1e-6) for v in VARS}
+    cc = min(100 - pct["cg"], pct["cc"] + (0 if x["cd"] > 1e-6 else 100 - pct["cg"] - pct["cc"]))
+    if sol.flags.cpu_attention:
+        # the disk share to the nearest percent and the rest to the CPU, not the remainder of the
+        # others' rounding: the reads run beside the thread, so the LP takes slivers of disk that
+        # would become 1-2 %; under 1 % none, as each disk copy's fixed cost (the route's latency,
+        # 100 us on flexgen-t4) is no linear term (OPT-6.7B 64 x 1 at 14 GB: 1 % on disk runs
+        # 0.25 % slower in the engine, the LP has it 0.06 % faster)
+        cc = 100 - pct["cg"] - (round(100 * x["cd"]) if x["cd"] >= 0.01 else 0)
     hg = 100.0 if x["hg"] >= x["hc"] else 0.0
     plan = FlexGenPlan(
         gpu_batch_size=sol.gbs,
@@ -574,7 +633,7 @@ def to_plan(sol: LpSolution, model: ModelSpec, gpu: str, budget: float | None) -
         wg=pct["wg"],
         wc=min(100 - pct["wg"], pct["wc"] + (0 if x["wd"] > 1e-6 else 100 - pct["wg"] - pct["wc"])),
         cg=pct["cg"],
-        cc=min(100 - pct["cg"], pct["cc"] + (0 if x["cd"] > 1e-6 else 100 - pct["cg"] - pct["cc"])),
+        cc=cc,
         hg=hg,
         hc=100.0 - hg,
         cpu_attention=sol.flags.cpu_attention,
