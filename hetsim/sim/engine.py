@@ -305,6 +305,33 @@ class Engine:
         # lockstep parts by shape), bounded as the lockstep cache is; see ``remember``.
         self.step_cache: dict[tuple, Any] = {}
 
+    def reset(self) -> None:
+        """Back to a fresh engine's state on the same rig: clock at 0 with no events, every lane free
+        and idle, DRAM timelines empty, no memory held, no tasks, bytes or tokens counted (a new
+        tracer when tracing). What it resolved of the rig stays: copy paths, rings, lockstep parts
+        and the schedule's ``step_cache`` (functions of the rig and the ops, holding these same
+        lanes), and the lanes made for copies, idle (nothing reports an idle lane). A search that
+        runs many short schedules on one rig then builds one engine (HeteGen's ``measure_split``).
+        Op costs are taken from ``_rig_costs`` again, as a new engine would."""
+        self.env = _Environment()
+        for lane in self.lanes.values():  # a shared lane is met twice: harmless
+            lane.free_at = 0.0
+            lane.busy_s = 0.0
+            lane.memory_bound_s = 0.0
+        for dram in self.host_memory.values():
+            dram.reset()
+        self.memory = MemoryLedger(
+            self.rig.capacities(), clock=lambda: self.env.now, keep_timeline=self.memory.timeline is not None
+        )
+        self.tracer = TraceRecorder() if self.tracer is not None else None
+        self.tasks = 0
+        self.last_end = 0.0
+        self.bytes_transferred = 0.0
+        self.token_times = []
+        self.token_streams = []
+        self.lanes_at_first_token = {}
+        self._op_costs, self._op_costs_by_id = _rig_costs(self.rig)
+
     # ---- plumbing ---------------------------------------------------------------------------
     def _lane(self, name: str) -> Lane:
         lane = self.lanes.get(name)
