@@ -482,9 +482,18 @@ class Engine:
 
     def book_delay(self, device: str, seconds: float, *, label: str = "overhead") -> float:
         """``delay`` without an event to wait on (as ``book_compute``): returns when it ends."""
-        lane = self.lanes[f"{device}:compute"]
-        start = self._reserve((lane,), seconds)
-        return self._record((lane,), start, start + seconds, label, {})
+        lane = self._streams[device][0]  # its compute stream; ``_reserve`` and ``_record``, inline
+        start = self.env._now
+        if lane.free_at > start:
+            start = lane.free_at
+        end = start + seconds
+        lane.free_at = end
+        lane.busy_s += seconds
+        self.tasks += 1
+        self.last_end = end
+        if self.tracer is not None:
+            self.tracer.span(lane.name, label, start, end, {})
+        return end
 
     def transfer(
         self,

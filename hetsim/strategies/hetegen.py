@@ -195,16 +195,21 @@ def split_paths(
     copy as on a CUDA stream). CPU path: ship the input activation to the host, compute the rest in
     place, ship its partial output back. Returns when each path ends (GPU, CPU); both are booked now.
     """
+    traced = engine.tracer is not None  # labels are read only by a trace: none made per module else
     gpu_end = cpu_end = engine.env.now
     if alpha > 0:
-        w_end = engine.book_transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=f"{op.name} w")
-        gpu_end = engine.book_compute(gpu, share(op, alpha), label=f"{op.name} gpu", after=w_end)
+        label = f"{op.name} w" if traced else ""
+        w_end = engine.book_transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=label)
+        label = f"{op.name} gpu" if traced else ""
+        gpu_end = engine.book_compute(gpu, share(op, alpha), label=label, after=w_end)
     if alpha < 1:
-        x_end = engine.book_transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=f"{op.name} x")
+        label = f"{op.name} x" if traced else ""
+        x_end = engine.book_transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=label)
         part = share(op, 1.0 - alpha)
         if cpu_dtype != "fp16":
             part = cpu_side(part, cpu_dtype)
-        c_end = engine.book_compute(cpu, part, label=f"{op.name} cpu", after=x_end)
+        label = f"{op.name} cpu" if traced else ""
+        c_end = engine.book_compute(cpu, part, label=label, after=x_end)
         cpu_end = engine.book_transfer(
             cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True, label="y", after=c_end
         )
@@ -437,21 +442,29 @@ class HeteGen(Strategy):
     def schedule(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload):
         gpu, cpu, b, wd = plan.gpu, plan.cpu, workload.batch, plan.weight_dtype
 
+        resident, sync_s, cpu_dtype = plan.resident, plan.split_sync_s, plan.cpu_dtype
+
         def linear(engine, layer: int, op: Op, alphas: Mapping[str, float]):
-            if layer < plan.resident.get(op.module, 0):
-                if (
-                    ev := engine.advance(engine.book_compute(gpu, op, label=f"{op.module} resident"))
-                ) is not None:
+            if layer < resident.get(op.module, 0):
+                label = f"{op.module} resident" if engine.tracer is not None else ""
+                if (ev := engine.advance(engine.book_compute(gpu, op, label=label))) is not None:
                     yield ev
             else:
                 yield from split_linear(
-                    engine, gpu, cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s, None, plan.cpu_dtype
+                    engine, gpu, cpu, op, alphas.get(op.module, 0.0), sync_s, None, cpu_dtype
                 )
 
         def run(engine):
             for step in steps(workload):
                 alphas = plan.alpha_prefill if step.phase == "prefill" else plan.alpha_decode
                 program = layer_program(model, step.phase, b, step.seq_len, step.kv_len, wd)
+                # per linear piece of the program: its op, its alpha, the layers it is resident in
+                pieces = [
+                    (ops, None, 0)
+                    if on_gpu
+                    else (ops[0], alphas.get(ops[0].module, 0.0), resident.get(ops[0].module, 0))
+                    for on_gpu, ops in program
+                ]
                 # The embedding table lives in host DRAM: gather on the CPU, ship the hidden states.
                 yield engine.wait(
                     engine.book_compute(cpu, embed_ops(model, b, step.seq_len, wd), label="embedding")
@@ -460,14 +473,18 @@ class HeteGen(Strategy):
                     engine.book_transfer(cpu, gpu, hidden_bytes(model, b, step.seq_len), label="hidden")
                 )
                 for layer in range(model.layers):
-                    for on_gpu, ops in program:
-                        if on_gpu:
+                    for ops, alpha, resident_in in pieces:  # ``linear``, inline: one generator fewer
+                        if alpha is None:
                             if (
                                 ev := engine.advance(engine.book_compute(gpu, ops, label="gpu ops"))
                             ) is not None:
                                 yield ev
+                        elif layer < resident_in:
+                            label = f"{ops.module} resident" if engine.tracer is not None else ""
+                            if (ev := engine.advance(engine.book_compute(gpu, ops, label=label))) is not None:
+                                yield ev
                         else:
-                            yield from linear(engine, layer, ops[0], alphas)
+                            yield from split_linear(engine, gpu, cpu, ops, alpha, sync_s, None, cpu_dtype)
                 head = head_ops(model, step.phase, b, step.seq_len, 1, wd)
                 norm = tuple(o for o in head if o.kind != OpKind.MATMUL)
                 if norm:
