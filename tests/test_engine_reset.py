@@ -4,6 +4,8 @@ fresh engine running the module as a process measures, to the bit."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -88,3 +90,24 @@ def test_without_the_skip_a_split_runs_as_a_process(monkeypatch):
     fast = hetegen.measure_split(_RIG, "n0.gpu0", "n0.cpu0", op, 0.37, 2e-5)
     monkeypatch.setattr(_Environment, "skip_events", False)
     assert hetegen.measure_split(_RIG, "n0.gpu0", "n0.cpu0", op, 0.37, 2e-5) == fast
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    batch=st.sampled_from([1, 4, 64]),
+    kind=st.sampled_from(sorted(module_ops(_MODEL, "decode", 1, 1))),
+    fraction=st.floats(0.0, 1.0),
+)
+def test_a_share_is_the_op_replaced(batch, kind, fraction):
+    op = module_ops(_MODEL, "prefill", batch, 16)[kind]
+    made = hetegen._share(op, fraction)
+    want = dataclasses.replace(
+        op,
+        flops=op.flops * fraction,
+        weight_bytes=op.weight_bytes * fraction,
+        act_out_bytes=op.act_out_bytes * fraction,
+        weight_row_bytes=op.weight_row_bytes * fraction,
+        dequant_ops=op.dequant_ops * fraction,
+    )
+    assert made == want and hash(made) == hash(want) and repr(made) == repr(want)
+    assert made.__dict__ == want.__dict__ and type(made) is Op

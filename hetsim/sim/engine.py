@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
+from itertools import count
 from operator import attrgetter
 from typing import Any
 
@@ -62,6 +63,14 @@ class _Environment(simpy.Environment):
         self.done._ok = True
         self.done._value = None
         self.done.callbacks = None
+
+    def restart(self) -> None:
+        """Back to time 0 with nothing queued and no process made, as when made."""
+        self._now = 0
+        self._queue = []
+        self._eid = count()
+        self._active_proc = None
+        self.made = 0
 
     def process(self, generator):  # type: ignore[override]
         proc = super().process(generator)
@@ -313,16 +322,14 @@ class Engine:
         lanes), and the lanes made for copies, idle (nothing reports an idle lane). A search that
         runs many short schedules on one rig then builds one engine (HeteGen's ``measure_split``).
         Op costs are taken from ``_rig_costs`` again, as a new engine would."""
-        self.env = _Environment()
+        self.env.restart()
         for lane in self.lanes.values():  # a shared lane is met twice: harmless
             lane.free_at = 0.0
             lane.busy_s = 0.0
             lane.memory_bound_s = 0.0
         for dram in self.host_memory.values():
             dram.reset()
-        self.memory = MemoryLedger(
-            self.rig.capacities(), clock=lambda: self.env.now, keep_timeline=self.memory.timeline is not None
-        )
+        self.memory.reset()
         self.tracer = TraceRecorder() if self.tracer is not None else None
         self.tasks = 0
         self.last_end = 0.0

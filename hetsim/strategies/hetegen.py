@@ -146,14 +146,17 @@ def share(op: Op, fraction: float) -> Op:
 
 @lru_cache(maxsize=65536)
 def _share(op: Op, fraction: float) -> Op:
-    return dataclasses.replace(
-        op,
-        flops=op.flops * fraction,
-        weight_bytes=op.weight_bytes * fraction,
-        act_out_bytes=op.act_out_bytes * fraction,
-        weight_row_bytes=op.weight_row_bytes * fraction,
-        dequant_ops=op.dequant_ops * fraction,
-    )
+    # ``dataclasses.replace`` of these five fields, made by copying the fields (Op has no
+    # ``__post_init__`` and no slots): a bisection makes thousands, and ``replace`` re-runs __init__.
+    part = object.__new__(Op)
+    fields = part.__dict__
+    fields.update(op.__dict__)
+    fields["flops"] = op.flops * fraction
+    fields["weight_bytes"] = op.weight_bytes * fraction
+    fields["act_out_bytes"] = op.act_out_bytes * fraction
+    fields["weight_row_bytes"] = op.weight_row_bytes * fraction
+    fields["dequant_ops"] = op.dequant_ops * fraction
+    return part
 
 
 @lru_cache(maxsize=4096)
