@@ -70,3 +70,13 @@ def test_with_another_thread_alive_cp_sat_imports_the_ordinary_way():
         "hasattr(cp_model.pd, 'DataFrame'))\n"
     )
     assert out.strip() == "True True True"
+
+
+def test_hetegen_loads_cp_sat_only_to_solve_a_knapsack():
+    out = _run(
+        "import sys; from hetsim.planner import hetegen_knapsack as k; loaded = lambda: "
+        "'ortools.sat.python.cp_model' in sys.modules; print(loaded()); "
+        "items = [k.Item('a', 3, 10, 1.0, 0), k.Item('b', 2, 4, 0.5, 1)]; "
+        "print(k.solve_resident(items, 0), loaded()); print(k.solve_resident(items, 25), loaded())"
+    )
+    assert out.split("\n")[:3] == ["False", "{'a': 0, 'b': 0} False", "{'a': 2, 'b': 1} True"]

@@ -44,23 +44,27 @@ def natural_api_lp(cm):
         t = solver.NumVar(0.0, solver.infinity(), "t")
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         p0 = lin(slot.p0) if slot.p0 else p  # the first sub-step's thread, where it differs
-        if slot.c_link:  # the first sub-step's loads: max(w + c_link, c)
-            stores = (lin(slot.q),) if slot.q or slot.q_prev else ()
-            for load0 in (w + lin(slot.c_link), c):
-                for rest in (c, p, *stores):
-                    solver.Add(t >= load0 + (nbf - 1) * rest)
-        else:
-            solver.Add(t >= w + nbf * c)
-            solver.Add(t >= w + c + (nbf - 1) * p)
+        solver.Add(t >= w + nbf * c)
+        solver.Add(t >= w + c + (nbf - 1) * p)
         solver.Add(t >= p0 + (nbf - 1) * c)
         solver.Add(t >= ((p0 + (nbf - 1) * p) if slot.p0 else nbf * p))
         if slot.q or slot.q_prev:
             q, qp = lin(slot.q), lin(slot.q_prev)
             for rest in (c, p, q):
                 solver.Add(t >= qp + (nbf - 1) * rest)
-            if not slot.c_link:
-                solver.Add(t >= w + c + (nbf - 1) * q)
+            solver.Add(t >= w + c + (nbf - 1) * q)
             solver.Add(t >= p0 + (nbf - 1) * q)
+        if slot.kr or slot.kr0:  # CPU attention's disk reads: each with every other option
+            stores = bool(slot.q or slot.q_prev)
+            firsts = [w + c, p0, *([lin(slot.q_prev)] if stores else [])]
+            others = [c, p, *([lin(slot.q)] if stores else [])]
+            reads = [lin(f) for f in (slot.kr, slot.vr) if f]
+            for a in firsts:
+                for b in reads:
+                    solver.Add(t >= a + (nbf - 1) * b)
+            for f in (slot.kr0, slot.vr0, slot.dr0):
+                for b in (*others, *reads) if f else ():
+                    solver.Add(t >= lin(f) + (nbf - 1) * b)
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             solver.Add(t >= lin(lane))
         terms.append(mult * cm.layers * t)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op, Phase
-from hetsim.planner.cpsat import cp_model
 from hetsim.planner.ranking import Evaluate, best_plan
 from hetsim.strategies.hetegen import (
     RUNTIME_RESERVE_BYTES,
@@ -183,6 +182,8 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
     cap = int(capacity)
     if cap <= 0:
         return {it.kind: 0 for it in items}
+    from hetsim.planner.cpsat import cp_model  # loaded when a knapsack is solved (~0.1 s), not before
+
     m = cp_model.CpModel()
     count = {it.kind: m.NewIntVar(0, it.count, f"n_{it.kind}") for it in items}
     full = {it.kind: m.NewBoolVar(f"full_{it.kind}") for it in items}

@@ -50,6 +50,12 @@ class BandwidthTimeline:
         self._booked: list[float] = [0.0]
         self.bytes_moved = 0.0
 
+    def reset(self) -> None:
+        """Empty, as when made: nothing booked, nothing moved."""
+        self._times = [0.0]
+        self._booked = [0.0]
+        self.bytes_moved = 0.0
+
     def book(self, now: float, start: float, nbytes: float, cap_bps: float) -> float:
         """Book ``nbytes`` from ``start`` at no more than ``cap_bps``; return the end time."""
         if nbytes <= 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
+from itertools import count
 from operator import attrgetter
 from typing import Any
 
@@ -62,6 +63,14 @@ class _Environment(simpy.Environment):
         self.done._ok = True
         self.done._value = None
         self.done.callbacks = None
+
+    def restart(self) -> None:
+        """Back to time 0 with nothing queued and no process made, as when made."""
+        self._now = 0
+        self._queue = []
+        self._eid = count()
+        self._active_proc = None
+        self.made = 0
 
     def process(self, generator):  # type: ignore[override]
         proc = super().process(generator)
@@ -305,6 +314,31 @@ class Engine:
         # lockstep parts by shape), bounded as the lockstep cache is; see ``remember``.
         self.step_cache: dict[tuple, Any] = {}
 
+    def reset(self) -> None:
+        """Back to a fresh engine's state on the same rig: clock at 0 with no events, every lane free
+        and idle, DRAM timelines empty, no memory held, no tasks, bytes or tokens counted (a new
+        tracer when tracing). What it resolved of the rig stays: copy paths, rings, lockstep parts
+        and the schedule's ``step_cache`` (functions of the rig and the ops, holding these same
+        lanes), and the lanes made for copies, idle (nothing reports an idle lane). A search that
+        runs many short schedules on one rig then builds one engine (HeteGen's ``measure_split``).
+        Op costs are taken from ``_rig_costs`` again, as a new engine would."""
+        self.env.restart()
+        for lane in self.lanes.values():  # a shared lane is met twice: harmless
+            lane.free_at = 0.0
+            lane.busy_s = 0.0
+            lane.memory_bound_s = 0.0
+        for dram in self.host_memory.values():
+            dram.reset()
+        self.memory.reset()
+        self.tracer = TraceRecorder() if self.tracer is not None else None
+        self.tasks = 0
+        self.last_end = 0.0
+        self.bytes_transferred = 0.0
+        self.token_times = []
+        self.token_streams = []
+        self.lanes_at_first_token = {}
+        self._op_costs, self._op_costs_by_id = _rig_costs(self.rig)
+
     # ---- plumbing ---------------------------------------------------------------------------
     def _lane(self, name: str) -> Lane:
         lane = self.lanes.get(name)
@@ -455,9 +489,18 @@ class Engine:
 
     def book_delay(self, device: str, seconds: float, *, label: str = "overhead") -> float:
         """``delay`` without an event to wait on (as ``book_compute``): returns when it ends."""
-        lane = self.lanes[f"{device}:compute"]
-        start = self._reserve((lane,), seconds)
-        return self._record((lane,), start, start + seconds, label, {})
+        lane = self._streams[device][0]  # its compute stream; ``_reserve`` and ``_record``, inline
+        start = self.env._now
+        if lane.free_at > start:
+            start = lane.free_at
+        end = start + seconds
+        lane.free_at = end
+        lane.busy_s += seconds
+        self.tasks += 1
+        self.last_end = end
+        if self.tracer is not None:
+            self.tracer.span(lane.name, label, start, end, {})
+        return end
 
     def transfer(
         self,

@@ -50,6 +50,14 @@ class MemoryLedger:
         self._clock = clock
         self.timeline: list[tuple[float, str, float]] | None = [] if keep_timeline else None
 
+    def reset(self) -> None:
+        """Nothing held, as when made (the same capacities)."""
+        for acc in self._accounts.values():
+            acc.used = acc.peak = 0.0
+        self._tags.clear()
+        if self.timeline is not None:
+            self.timeline.clear()
+
     def alloc(self, device: str, nbytes: float, tag: str) -> None:
         if nbytes <= 0:
             return

@@ -5,7 +5,8 @@ batches before moving right, so every weight load is shared by bls sequences. Th
 (flex_opt.py: generation_loop_overlap_multi_batch) runs, for each (token i, layer j, batch k):
 load layer j+1's weights (only when k == 0), load batch k+1's KV cache and hidden state, store
 batch k-1's, compute batch k, then a full barrier. CPU attention (--cpu-cache-compute) runs in the
-issuing thread, so it blocks the loop; the KV gather into the fp32 workspace does too, and so does
+issuing thread, so it blocks the loop; the gather of the CPU-resident KV into the fp32 workspace does
+too (its disk share is read by the copy threads, waited for at the barrier), and so does
 ``pin_memory()`` of every unpinned CPU tensor bound for the GPU (the KV cache is never pinned) before
 its DMA. Disk copies go through the copy threads' pinned relay, one hop after the other
 (pytorch_backend.py: general_copy, copy_worker_func).
@@ -261,16 +262,28 @@ class _Runner:
         return ev, None
 
     def _gather(self, e, gbs: int, tokens: int, nbytes: float):
-        """general_copy into the fp32 workspace, synchronous in the issuing thread: the disk share is
-        read from its memmap first, then every off-GPU element is converted to fp32."""
-        if self.f.cd > 0:
-            yield e.transfer(self.disk, self.cpu, nbytes * self.f.cd, label="load_cache_disk")
+        """general_copy of K, then of V, into the fp32 workspace (flex_opt.py:374-398). The cache is
+        a mixed tensor split [GPU, CPU, disk] (TorchMixedDevice), copied segment by segment: the CPU
+        segment by ``copy_`` in the issuing thread (fp16 to fp32, synchronous), the disk segment put
+        on the copy threads' queue (pytorch_backend.py:831-833: ``submit_copy``), where a thread reads
+        the memmap and converts it into the workspace (:878-906, no CUDA side: a plain ``copy_``).
+        So K's disk read starts when K's CPU segment is converted, V's after V's, and the thread goes
+        on; ``sync()`` (flex_opt.py:793-795, ``copy_queue.join()``) at the end of the position waits
+        for them. Returns the disk reads, left in flight."""
         key = (gbs, tokens)
-        op = self._gather_ops.get(key)
-        if op is None:
-            op = self._gather_ops[key] = kv_gather_op(self.model, gbs, tokens, self.off_kv)
-        yield e.compute(self.cpu, op, label="kv_gather")
-        return []  # nothing left in flight
+        ops = self._gather_ops.get(key)
+        if ops is None:
+            # with no disk share, one op over the whole CPU share (K and V back to back)
+            share = self.f.cc / 2 if self.f.cd > 0 else self.off_kv
+            op = kv_gather_op(self.model, gbs, tokens, share)
+            ops = self._gather_ops[key] = (op, op) if self.f.cd > 0 else (op,)
+        late = []
+        for op in ops:
+            if self.f.cc > 0:
+                yield e.compute(self.cpu, op, label="kv_gather")
+            if self.f.cd > 0:
+                late.append(e.transfer(self.disk, self.cpu, nbytes * self.f.cd / 2, label="load_cache_disk"))
+        return late
 
     def store_cache(self, e, step: Step, j: int, gbs: int) -> list:
         if self.kinds[j] != "attention" or self.off_kv <= 0:
@@ -381,7 +394,9 @@ class _Runner:
         ev0, g0 = self.load_cache(t, first[0], first[1], gbs, e)
         ev0 += self.load_hidden(t, first[0], first[1], gbs)
         if g0 is not None:
-            ev0 += yield from g0
+            late = yield from g0  # events: issued on the engine itself
+            if late:
+                yield e.all_of(late)
         yield e.wait_until(ev0)
         last = len(pos) - 1
         for p, (step, j, k) in enumerate(pos):

@@ -31,6 +31,7 @@ pageable alternative, which would add 2·alpha·P of DRAM traffic per module).
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -145,14 +146,17 @@ def share(op: Op, fraction: float) -> Op:
 
 @lru_cache(maxsize=65536)
 def _share(op: Op, fraction: float) -> Op:
-    return dataclasses.replace(
-        op,
-        flops=op.flops * fraction,
-        weight_bytes=op.weight_bytes * fraction,
-        act_out_bytes=op.act_out_bytes * fraction,
-        weight_row_bytes=op.weight_row_bytes * fraction,
-        dequant_ops=op.dequant_ops * fraction,
-    )
+    # ``dataclasses.replace`` of these five fields, made by copying the fields (Op has no
+    # ``__post_init__`` and no slots): a bisection makes thousands, and ``replace`` re-runs __init__.
+    part = object.__new__(Op)
+    fields = part.__dict__
+    fields.update(op.__dict__)
+    fields["flops"] = op.flops * fraction
+    fields["weight_bytes"] = op.weight_bytes * fraction
+    fields["act_out_bytes"] = op.act_out_bytes * fraction
+    fields["weight_row_bytes"] = op.weight_row_bytes * fraction
+    fields["dequant_ops"] = op.dequant_ops * fraction
+    return part
 
 
 @lru_cache(maxsize=4096)
@@ -194,16 +198,21 @@ def split_paths(
     copy as on a CUDA stream). CPU path: ship the input activation to the host, compute the rest in
     place, ship its partial output back. Returns when each path ends (GPU, CPU); both are booked now.
     """
+    traced = engine.tracer is not None  # labels are read only by a trace: none made per module else
     gpu_end = cpu_end = engine.env.now
     if alpha > 0:
-        w_end = engine.book_transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=f"{op.name} w")
-        gpu_end = engine.book_compute(gpu, share(op, alpha), label=f"{op.name} gpu", after=w_end)
+        label = f"{op.name} w" if traced else ""
+        w_end = engine.book_transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=label)
+        label = f"{op.name} gpu" if traced else ""
+        gpu_end = engine.book_compute(gpu, share(op, alpha), label=label, after=w_end)
     if alpha < 1:
-        x_end = engine.book_transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=f"{op.name} x")
+        label = f"{op.name} x" if traced else ""
+        x_end = engine.book_transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=label)
         part = share(op, 1.0 - alpha)
         if cpu_dtype != "fp16":
             part = cpu_side(part, cpu_dtype)
-        c_end = engine.book_compute(cpu, part, label=f"{op.name} cpu", after=x_end)
+        label = f"{op.name} cpu" if traced else ""
+        c_end = engine.book_compute(cpu, part, label=label, after=x_end)
         cpu_end = engine.book_transfer(
             cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True, label="y", after=c_end
         )
@@ -244,7 +253,16 @@ def measure_split(
     hit = _SPLITS.get(key) if key is not None else None
     if hit is None:
         ends = {"cpu": 0.0, "gpu": 0.0}
-        total = Engine(rig).run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends, cpu_dtype))
+        engine = _split_engine(rig)
+        engine.reset()
+        # Alone on an empty clock the module never yields (``Engine.advance`` moves the clock at
+        # once), so it runs to its end here without a SimPy process: the same bookings, the same
+        # clock. With the skip switched off (tests) it yields: run it as a process instead.
+        if next(split_linear(engine, gpu, cpu, op, alpha, sync_s, ends, cpu_dtype), None) is None:
+            total = engine.env.now
+        else:
+            engine.reset()
+            total = engine.run(lambda e: split_linear(e, gpu, cpu, op, alpha, sync_s, ends, cpu_dtype))
         hit = (total, ends["cpu"], ends["gpu"])
         if key is not None:
             if len(_SPLITS) >= _SPLITS_MAX:
@@ -258,6 +276,16 @@ _SPLITS_MAX = 65536
 # (rig id, gpu, cpu) -> (the rig, held so its id stays its own; the number of its split setting)
 _SETTING_OF: dict[tuple[int, str, str], tuple[Rig, int | None]] = {}
 _SETTING_NUMBERS: dict[tuple, int] = {}
+# The engine measure_split resets and reuses, per thread (a Dask worker runs sweep points in
+# threads), on the latest rig: a search's bisection measures thousands of splits, one engine each.
+_ENGINES = threading.local()
+
+
+def _split_engine(rig: Rig) -> Engine:
+    engine = getattr(_ENGINES, "engine", None)
+    if engine is None or engine.rig is not rig:
+        engine = _ENGINES.engine = Engine(rig)
+    return engine
 
 
 def _split_setting(rig: Rig, gpu: str, cpu: str) -> int | None:
@@ -417,21 +445,29 @@ class HeteGen(Strategy):
     def schedule(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload):
         gpu, cpu, b, wd = plan.gpu, plan.cpu, workload.batch, plan.weight_dtype
 
+        resident, sync_s, cpu_dtype = plan.resident, plan.split_sync_s, plan.cpu_dtype
+
         def linear(engine, layer: int, op: Op, alphas: Mapping[str, float]):
-            if layer < plan.resident.get(op.module, 0):
-                if (
-                    ev := engine.advance(engine.book_compute(gpu, op, label=f"{op.module} resident"))
-                ) is not None:
+            if layer < resident.get(op.module, 0):
+                label = f"{op.module} resident" if engine.tracer is not None else ""
+                if (ev := engine.advance(engine.book_compute(gpu, op, label=label))) is not None:
                     yield ev
             else:
                 yield from split_linear(
-                    engine, gpu, cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s, None, plan.cpu_dtype
+                    engine, gpu, cpu, op, alphas.get(op.module, 0.0), sync_s, None, cpu_dtype
                 )
 
         def run(engine):
             for step in steps(workload):
                 alphas = plan.alpha_prefill if step.phase == "prefill" else plan.alpha_decode
                 program = layer_program(model, step.phase, b, step.seq_len, step.kv_len, wd)
+                # per linear piece of the program: its op, its alpha, the layers it is resident in
+                pieces = [
+                    (ops, None, 0)
+                    if on_gpu
+                    else (ops[0], alphas.get(ops[0].module, 0.0), resident.get(ops[0].module, 0))
+                    for on_gpu, ops in program
+                ]
                 # The embedding table lives in host DRAM: gather on the CPU, ship the hidden states.
                 yield engine.wait(
                     engine.book_compute(cpu, embed_ops(model, b, step.seq_len, wd), label="embedding")
@@ -440,14 +476,18 @@ class HeteGen(Strategy):
                     engine.book_transfer(cpu, gpu, hidden_bytes(model, b, step.seq_len), label="hidden")
                 )
                 for layer in range(model.layers):
-                    for on_gpu, ops in program:
-                        if on_gpu:
+                    for ops, alpha, resident_in in pieces:  # ``linear``, inline: one generator fewer
+                        if alpha is None:
                             if (
                                 ev := engine.advance(engine.book_compute(gpu, ops, label="gpu ops"))
                             ) is not None:
                                 yield ev
+                        elif layer < resident_in:
+                            label = f"{ops.module} resident" if engine.tracer is not None else ""
+                            if (ev := engine.advance(engine.book_compute(gpu, ops, label=label))) is not None:
+                                yield ev
                         else:
-                            yield from linear(engine, layer, ops[0], alphas)
+                            yield from split_linear(engine, gpu, cpu, ops, alpha, sync_s, None, cpu_dtype)
                 head = head_ops(model, step.phase, b, step.seq_len, 1, wd)
                 norm = tuple(o for o in head if o.kind != OpKind.MATMUL)
                 if norm:
