@@ -70,3 +70,23 @@ def test_with_another_thread_alive_cp_sat_imports_the_ordinary_way():
         "hasattr(cp_model.pd, 'DataFrame'))\n"
     )
     assert out.strip() == "True True True"
+
+
+def test_the_lean_model_solves_as_cp_sat_own_and_lacks_only_the_pre_pep8_aliases():
+    from hetsim.planner.cpsat import CpModel, cp_model
+
+    def solve(model: cp_model.CpModel) -> tuple:
+        x, y = model.new_int_var(0, 10, "x"), model.new_int_var(0, 10, "y")
+        b = model.new_bool_var("b")
+        model.add(3 * x + 2 * y <= 17)
+        model.add(x >= 2).only_enforce_if(b)
+        model.add_exactly_one([b])
+        model.maximize(2 * x + 3 * y)
+        s = cp_model.CpSolver()
+        s.parameters.num_workers = 1
+        status = s.solve(model)
+        return status, s.value(x), s.value(y), s.objective_value, str(model.proto)
+
+    lean, own = CpModel(), cp_model.CpModel()
+    assert solve(lean) == solve(own)
+    assert hasattr(own, "NewIntVar") and not hasattr(lean, "NewIntVar")
