@@ -294,3 +294,24 @@ def test_flexgen_search_beats_weights_off_gpu_with_the_most_kv_that_fits(prompt,
             ref = max(ref, simulate(s, plan, p.rig, p.model, wl).throughput_tok_s)
     got = api.best_result(s, p, "throughput").throughput_tok_s
     assert ref > 0 and got >= ref * (1 - 1e-3), (got, ref)
+
+
+def test_cpu_attention_rounding_keeps_a_plan_whose_cpu_memory_is_full():
+    """OPT-30B 512 + 32 on flexgen-t4, CPU attention, 96 x 2 (an LP optimum of the free search within
+    4 % of its best): the LP fills host memory with KV 3.13/95.52/1.35 %. Rounding the disk share
+    to the nearest percent (1 %) gives the CPU 96 %, which no longer fits in host memory, and the
+    candidate was dropped; the remainder rule (3/95/2) fits and runs (8.39 tok/s in the engine)."""
+    from hetsim.planner.flexgen_lp import _confirmable
+    from hetsim.sim.run import fits
+    from hetsim.strategies.base import get_strategy
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    ends = endpoints(rig)
+    wl = Workload(192, 512, 32)
+    sol = solve_lp(rig, model, wl, 96, 2, Flags(True, False), ends)
+    assert sol.x["cd"] == pytest.approx(0.0135, abs=5e-4)
+    nearest = to_plan(sol, model, ends[0], None)
+    assert (nearest.cg, nearest.cc) == (3, 96)
+    assert not fits(get_strategy("flexgen"), nearest, rig, model, wl)
+    plans = _confirmable([sol], model, ends, None, lambda _p: wl, rig)
+    assert [(p.gpu_batch_size, p.num_gpu_batches, p.cg, p.cc) for p in plans] == [(96, 2, 3, 95)]
