@@ -256,3 +256,51 @@ def test_splits_measured_from_many_threads_are_fresh_ones():
     assert sorted(got) == [0, 1, 2, 3]
     for out in got.values():
         assert len(out) == len(jobs) and all(value == want[job] for job, value in out)
+
+
+_SCALED = ("flops", "weight_bytes", "act_out_bytes", "weight_row_bytes", "dequant_ops")
+
+
+def _every_field_set(cls=Op, **extra):
+    """An op of ``cls`` with every field (``dataclasses.fields``: a field added later included) set
+    to a value of its own, none at its default."""
+    values = {}
+    for i, f in enumerate(dataclasses.fields(cls)):
+        if f.name == "kind":
+            values[f.name] = OpKind.ATTENTION
+        elif f.type in ("str", str):
+            values[f.name] = f"{f.name}-{i}"
+        elif f.type in ("int", int):
+            values[f.name] = 7 + i
+        else:
+            values[f.name] = 1.5 + i
+    values.update(extra)
+    return cls(**values)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.0, 0.37, 1.0])
+def test_a_share_is_dataclasses_replace_over_every_field(fraction):
+    """``_share`` copies the op's fields: every field of Op (by ``dataclasses.fields``, so a field added
+    later is held to this too) is replace's, scaled or not; Op keeps what the copy relies on (no
+    ``__post_init__``, no field left out of ``__init__``, no slots, nothing cached on the instance)."""
+    op = _every_field_set()
+    made = hetegen._share.__wrapped__(op, fraction)  # the copy itself (lru_cache: 0.0 and -0.0 one key)
+    want = dataclasses.replace(op, **{name: getattr(op, name) * fraction for name in _SCALED})
+    for f in dataclasses.fields(Op):
+        assert repr(getattr(made, f.name)) == repr(getattr(want, f.name)), f.name
+    assert made == want and hash(made) == hash(want) and vars(made) == vars(want) and type(made) is Op
+    assert not hasattr(Op, "__post_init__") and not hasattr(Op, "__slots__")
+    assert all(f.init for f in dataclasses.fields(Op))
+    assert set(vars(op)) == {f.name for f in dataclasses.fields(Op)}  # e.g. no cached_property values
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaggedOp(Op):
+    tag: str = "t"
+
+
+def test_a_share_of_an_op_subclass_is_of_that_subclass():
+    op = _every_field_set(_TaggedOp)
+    made = hetegen._share(op, 0.25)
+    want = dataclasses.replace(op, **{name: getattr(op, name) * 0.25 for name in _SCALED})
+    assert type(made) is _TaggedOp and made == want and vars(made) == vars(want)

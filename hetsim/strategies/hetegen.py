@@ -144,10 +144,16 @@ def share(op: Op, fraction: float) -> Op:
     return part
 
 
+_SCALED = ("flops", "weight_bytes", "act_out_bytes", "weight_row_bytes", "dequant_ops")
+
+
 @lru_cache(maxsize=65536)
 def _share(op: Op, fraction: float) -> Op:
     # ``dataclasses.replace`` of these five fields, made by copying the fields (Op has no
     # ``__post_init__`` and no slots): a bisection makes thousands, and ``replace`` re-runs __init__.
+    # A subclass (its own type, perhaps a ``__post_init__``) goes through ``replace`` itself.
+    if type(op) is not Op:
+        return dataclasses.replace(op, **{name: getattr(op, name) * fraction for name in _SCALED})
     part = object.__new__(Op)
     fields = part.__dict__
     fields.update(op.__dict__)
