@@ -304,3 +304,34 @@ def test_a_share_of_an_op_subclass_is_of_that_subclass():
     made = hetegen._share(op, 0.25)
     want = dataclasses.replace(op, **{name: getattr(op, name) * 0.25 for name in _SCALED})
     assert type(made) is _TaggedOp and made == want and vars(made) == vars(want)
+
+
+def test_split_settings_met_by_two_threads_at_once_get_numbers_of_their_own(monkeypatch):
+    """Two threads numbering two new split settings at once (here: the second thread's whole call
+    runs between the first reading the next number and storing it) never share a number, which
+    would give one rig's measurements to the other."""
+    rig_a, rig_b = _RIGS["hetegen-a10"], _RIGS["flexgen-t4"]
+    monkeypatch.setattr(hetegen, "_SETTING_OF", {})
+    monkeypatch.setattr(hetegen, "_SPLITS", {})
+
+    class Interleaved(dict):
+        other = None
+
+        def setdefault(self, key, default=None):
+            if Interleaved.other is None:  # the other thread's whole call, now
+                Interleaved.other = -1
+                Interleaved.other = hetegen._split_setting(rig_b, "n0.gpu0", "n0.cpu0")
+            return dict.setdefault(self, key, default)
+
+    op = module_ops(_MODEL, "decode", 4, 1)["q_proj"]
+    numbers = Interleaved()
+    monkeypatch.setattr(hetegen, "_SETTING_NUMBERS", numbers)
+    a = hetegen._split_setting(rig_a, "n0.gpu0", "n0.cpu0")
+    b = hetegen._split_setting(rig_b, "n0.gpu0", "n0.cpu0")
+    assert b == Interleaved.other and None not in (a, b) and a != b
+    assert hetegen.measure_split(rig_a, "n0.gpu0", "n0.cpu0", op, 0.5) == _fresh_split(
+        rig_a, "n0.cpu0", op, 0.5, 0.0, "fp16"
+    )
+    assert hetegen.measure_split(rig_b, "n0.gpu0", "n0.cpu0", op, 0.5) == _fresh_split(
+        rig_b, "n0.cpu0", op, 0.5, 0.0, "fp16"
+    )
