@@ -116,7 +116,17 @@ def test_a_share_is_the_op_replaced(batch, kind, fraction):
 
 # ---- review (issue 20): state that could survive ``reset``, threads, ``_share``, the inline loop ----
 _RIGS = {name: load_rig(name) for name in ("mixed-lab", "hetegen-a10", "flexgen-t4")}
-_CPUS = {"mixed-lab": ("n0.cpu0", "n0.cpu1"), "hetegen-a10": ("n0.cpu0",), "flexgen-t4": ("n0.cpu0",)}
+# n0's two CPU entries as slices of one socket: one compute stream and one DRAM timeline for both,
+# which ``reset`` meets twice (no shipped rig shares a socket)
+_RIGS["shared-socket"] = dataclasses.replace(
+    _RIG,
+    nodes={
+        **_RIG.nodes,
+        "n0": dataclasses.replace(_RIG.nodes["n0"], cpu_sharing="core", shared_dram_bw=1.2e11),
+    },
+)
+_CPUS = {"hetegen-a10": ("n0.cpu0",), "flexgen-t4": ("n0.cpu0",)}
+_CPUS["mixed-lab"] = _CPUS["shared-socket"] = ("n0.cpu0", "n0.cpu1")
 
 
 def _fresh_split(rig, cpu, op, alpha, sync_s, cpu_dtype):
