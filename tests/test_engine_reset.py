@@ -345,3 +345,17 @@ def test_split_settings_met_by_two_threads_at_once_get_numbers_of_their_own(monk
     assert hetegen.measure_split(rig_b, "n0.gpu0", "n0.cpu0", op, 0.5) == _fresh_split(
         rig_b, "n0.cpu0", op, 0.5, 0.0, "fp16"
     )
+
+
+def test_shares_of_zero_and_minus_zero_keep_their_own_zeros():
+    """0.0 and -0.0 are one key to a cache but scale to different zeros: each share is its own."""
+    op = module_ops(_MODEL, "decode", 2, 1)["k_proj"]
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):
+        hetegen._share.cache_clear()
+        hetegen.share(op, first)
+        made = hetegen.share(op, second)
+        assert repr([getattr(made, name) for name in _SCALED]) == repr([x * second for x in _scaled(op)])
+
+
+def _scaled(op):
+    return [getattr(op, name) for name in _SCALED]

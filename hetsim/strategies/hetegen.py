@@ -132,8 +132,8 @@ _SHARES_MAX = 4096
 
 def share(op: Op, fraction: float) -> Op:
     """The part of a linear op over ``fraction`` of its output columns (input read in full)."""
-    if not fraction > 0.0:  # 0.0 and -0.0 are one key but scale to different zeros
-        return _share(op, fraction)
+    if not fraction > 0.0:  # 0.0 and -0.0 are one key (to lru_cache too) but scale to different zeros
+        return _share.__wrapped__(op, fraction)
     key = (id(op), fraction)
     hit = _SHARES.get(key)
     if hit is not None and hit[0] is op:  # the entry holds the op, so its id is not reused
