@@ -80,3 +80,23 @@ def test_hetegen_loads_cp_sat_only_to_solve_a_knapsack():
         "print(k.solve_resident(items, 0), loaded()); print(k.solve_resident(items, 25), loaded())"
     )
     assert out.split("\n")[:3] == ["False", "{'a': 0, 'b': 0} False", "{'a': 2, 'b': 1} True"]
+
+
+def test_the_lean_model_solves_as_cp_sat_own_and_lacks_only_the_pre_pep8_aliases():
+    from hetsim.planner.cpsat import CpModel, cp_model
+
+    def solve(model: cp_model.CpModel) -> tuple:
+        x, y = model.new_int_var(0, 10, "x"), model.new_int_var(0, 10, "y")
+        b = model.new_bool_var("b")
+        model.add(3 * x + 2 * y <= 17)
+        model.add(x >= 2).only_enforce_if(b)
+        model.add_exactly_one([b])
+        model.maximize(2 * x + 3 * y)
+        s = cp_model.CpSolver()
+        s.parameters.num_workers = 1
+        status = s.solve(model)
+        return status, s.value(x), s.value(y), s.objective_value, str(model.proto)
+
+    lean, own = CpModel(), cp_model.CpModel()
+    assert solve(lean) == solve(own)
+    assert hasattr(own, "NewIntVar") and not hasattr(lean, "NewIntVar")

@@ -14,6 +14,7 @@ from hetsim.hardware.loader import load_rig
 from hetsim.models.registry import get_model
 from hetsim.models.spec import Op, OpKind
 from hetsim.sim.engine import Engine, _Environment
+from hetsim.sim.memory import OutOfMemory
 from hetsim.strategies import hetegen
 from hetsim.strategies.hetegen import module_ops, split_linear
 
@@ -111,3 +112,250 @@ def test_a_share_is_the_op_replaced(batch, kind, fraction):
     )
     assert made == want and hash(made) == hash(want) and repr(made) == repr(want)
     assert made.__dict__ == want.__dict__ and type(made) is Op
+
+
+# ---- review (issue 20): state that could survive ``reset``, threads, ``_share``, the inline loop ----
+_RIGS = {name: load_rig(name) for name in ("mixed-lab", "hetegen-a10", "flexgen-t4")}
+# n0's two CPU entries as slices of one socket: one compute stream and one DRAM timeline for both,
+# which ``reset`` meets twice (no shipped rig shares a socket)
+_RIGS["shared-socket"] = dataclasses.replace(
+    _RIG,
+    nodes={
+        **_RIG.nodes,
+        "n0": dataclasses.replace(_RIG.nodes["n0"], cpu_sharing="core", shared_dram_bw=1.2e11),
+    },
+)
+_CPUS = {"hetegen-a10": ("n0.cpu0",), "flexgen-t4": ("n0.cpu0",)}
+_CPUS["mixed-lab"] = _CPUS["shared-socket"] = ("n0.cpu0", "n0.cpu1")
+
+
+def _fresh_split(rig, cpu, op, alpha, sync_s, cpu_dtype):
+    ends = {"cpu": 0.0, "gpu": 0.0}
+    total = Engine(rig).run(lambda e: split_linear(e, "n0.gpu0", cpu, op, alpha, sync_s, ends, cpu_dtype))
+    return total, ends["cpu"], ends["gpu"]
+
+
+def _raise(*args):
+    raise RuntimeError("half-way")
+
+
+split_call = st.tuples(
+    st.sampled_from(sorted(_RIGS)),
+    st.integers(0, 1),
+    st.sampled_from([1, 8]),
+    st.sampled_from(sorted(module_ops(_MODEL, "decode", 1, 1))),
+    st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0)),
+    st.sampled_from([0.0, 2e-5]),
+    st.sampled_from(["fp16", "fp32"]),
+    st.booleans(),  # first a call that raises half-way (an unknown CPU, after the GPU path is booked)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(calls=st.lists(split_call, min_size=1, max_size=8))
+def test_splits_measured_one_after_another_in_the_reused_engine_are_fresh_ones(calls):
+    """Any sequence of splits (other rigs, CPUs, modules, shares, and measurements that raised part way
+    through with bookings made) leaves nothing the next measurement reads."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(hetegen, "_split_setting", lambda rig, gpu, cpu: None)  # nothing remembered
+        for rig_name, c, batch, kind, alpha, sync_s, cpu_dtype, raise_first in calls:
+            rig, cpu = _RIGS[rig_name], _CPUS[rig_name][c % len(_CPUS[rig_name])]
+            op = module_ops(_MODEL, "decode", batch, 1)[kind]
+            if raise_first:  # the GPU path and the activation copy are booked, then it raises
+                with pytest.MonkeyPatch.context() as broken, pytest.raises(RuntimeError):
+                    broken.setattr(hetegen, "cpu_side", _raise)
+                    hetegen.measure_split(rig, "n0.gpu0", cpu, op, 0.5, sync_s, "fp32")
+            got = hetegen.measure_split(rig, "n0.gpu0", cpu, op, alpha, sync_s, cpu_dtype)
+            assert got == _fresh_split(rig, cpu, op, alpha, sync_s, cpu_dtype)
+
+
+def _streams_program(engine: Engine, n: int):
+    """``n`` processes whose tasks end at equal times (their order is SimPy's event order) making
+    tokens; the main process joins them."""
+
+    def worker(e, i):
+        yield e.compute("n0.gpu0", _OPS[i % 2])
+        yield e.transfer("n0.cpu0", "n0.gpu0", 1e5)
+        e.token_done(i + 1)
+        yield e.all_of([e.compute("n0.cpu0", _OPS[3]), e.env.timeout(0)])
+        e.token_done()
+
+    def main(e):
+        yield e.all_of([e.env.process(worker(e, i)) for i in range(n)])
+        e.token_done()
+
+    makespan = engine.run(main)
+    lanes = sorted((k, v.free_at, v.busy_s, v.memory_bound_s) for k, v in engine.lanes.items() if v.busy_s)
+    return makespan, engine.token_times, engine.token_streams, lanes, engine.tasks, engine.env._now
+
+
+@pytest.mark.parametrize("how", ["raised", "out of memory", "left events queued"])
+def test_a_reset_engine_after_a_run_that_did_not_finish_is_fresh(how):
+    """A run that raised inside a process (events and processes still queued, one active), one that
+    ran out of memory, one stopped with events queued: after ``reset`` the same event order at equal
+    times (token streams by process number), clock, lanes and memory as a fresh engine."""
+    used = Engine(_RIG)
+    if how == "raised":
+
+        def boom(e):
+            e.env.process(_streams_program_worker_forever(e))
+            yield e.compute("n0.gpu0", _OPS[0])
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            used.run(boom)
+    elif how == "out of memory":
+        used.alloc("n0.gpu0", 1e9, "weights")
+        with pytest.raises(OutOfMemory):
+            used.alloc("n0.gpu0", 1e15, "kv")
+    else:
+        used.env.process(_streams_program_worker_forever(used))
+        used.env.run(until=1e-3)
+    assert used.env._queue or how == "out of memory"
+    used.reset()
+    assert used.memory.peaks() == {} and used.memory.used("n0.gpu0") == 0.0
+    assert _streams_program(used, 5) == _streams_program(Engine(_RIG), 5)
+
+
+def _streams_program_worker_forever(e):
+    while True:
+        yield e.compute("n0.gpu0", _OPS[1])
+        yield e.transfer("n0.gpu0", "n1.gpu1", 3e8)
+
+
+def test_splits_measured_from_many_threads_are_fresh_ones():
+    """Each thread measures in its own engine (a Dask worker runs sweep points in threads): with the
+    interpreter switching threads every microsecond, every answer is the fresh engine's."""
+    import sys
+    import threading
+
+    jobs = [
+        (name, cpu, kind, alpha)
+        for name in sorted(_RIGS)
+        for cpu in _CPUS[name]
+        for kind in ("q_proj", "down_proj")
+        for alpha in (0.0, 0.3, 0.71, 1.0)
+    ]
+    want = {
+        job: _fresh_split(
+            _RIGS[job[0]], job[1], module_ops(_MODEL, "decode", 4, 1)[job[2]], job[3], 2e-5, "fp16"
+        )
+        for job in jobs
+    }
+    got: dict[int, list] = {}
+
+    def measure(i):
+        out = got.setdefault(i, [])
+        for job in jobs[i:] + jobs[:i]:
+            name, cpu, kind, alpha = job
+            op = module_ops(_MODEL, "decode", 4, 1)[kind]
+            out.append((job, hetegen.measure_split(_RIGS[name], "n0.gpu0", cpu, op, alpha, 2e-5, "fp16")))
+
+    interval = sys.getswitchinterval()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(hetegen, "_split_setting", lambda rig, gpu, cpu: None)
+        sys.setswitchinterval(1e-6)
+        try:
+            threads = [threading.Thread(target=measure, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            sys.setswitchinterval(interval)
+    assert sorted(got) == [0, 1, 2, 3]
+    for out in got.values():
+        assert len(out) == len(jobs) and all(value == want[job] for job, value in out)
+
+
+_SCALED = ("flops", "weight_bytes", "act_out_bytes", "weight_row_bytes", "dequant_ops")
+
+
+def _every_field_set(cls=Op, **extra):
+    """An op of ``cls`` with every field (``dataclasses.fields``: a field added later included) set
+    to a value of its own, none at its default."""
+    values = {}
+    for i, f in enumerate(dataclasses.fields(cls)):
+        if f.name == "kind":
+            values[f.name] = OpKind.ATTENTION
+        elif f.type in ("str", str):
+            values[f.name] = f"{f.name}-{i}"
+        elif f.type in ("int", int):
+            values[f.name] = 7 + i
+        else:
+            values[f.name] = 1.5 + i
+    values.update(extra)
+    return cls(**values)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.0, 0.37, 1.0])
+def test_a_share_is_dataclasses_replace_over_every_field(fraction):
+    """``_share`` copies the op's fields: every field of Op (by ``dataclasses.fields``, so a field added
+    later is held to this too) is replace's, scaled or not; Op keeps what the copy relies on (no
+    ``__post_init__``, no field left out of ``__init__``, no slots, nothing cached on the instance)."""
+    op = _every_field_set()
+    made = hetegen._share.__wrapped__(op, fraction)  # the copy itself (lru_cache: 0.0 and -0.0 one key)
+    want = dataclasses.replace(op, **{name: getattr(op, name) * fraction for name in _SCALED})
+    for f in dataclasses.fields(Op):
+        assert repr(getattr(made, f.name)) == repr(getattr(want, f.name)), f.name
+    assert made == want and hash(made) == hash(want) and vars(made) == vars(want) and type(made) is Op
+    assert not hasattr(Op, "__post_init__") and not hasattr(Op, "__slots__")
+    assert all(f.init for f in dataclasses.fields(Op))
+    assert set(vars(op)) == {f.name for f in dataclasses.fields(Op)}  # e.g. no cached_property values
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaggedOp(Op):
+    tag: str = "t"
+
+
+def test_a_share_of_an_op_subclass_is_of_that_subclass():
+    op = _every_field_set(_TaggedOp)
+    made = hetegen._share(op, 0.25)
+    want = dataclasses.replace(op, **{name: getattr(op, name) * 0.25 for name in _SCALED})
+    assert type(made) is _TaggedOp and made == want and vars(made) == vars(want)
+
+
+def test_split_settings_met_by_two_threads_at_once_get_numbers_of_their_own(monkeypatch):
+    """Two threads numbering two new split settings at once (here: the second thread's whole call
+    runs between the first reading the next number and storing it) never share a number, which
+    would give one rig's measurements to the other."""
+    rig_a, rig_b = _RIGS["hetegen-a10"], _RIGS["flexgen-t4"]
+    monkeypatch.setattr(hetegen, "_SETTING_OF", {})
+    monkeypatch.setattr(hetegen, "_SPLITS", {})
+
+    class Interleaved(dict):
+        other = None
+
+        def setdefault(self, key, default=None):
+            if Interleaved.other is None:  # the other thread's whole call, now
+                Interleaved.other = -1
+                Interleaved.other = hetegen._split_setting(rig_b, "n0.gpu0", "n0.cpu0")
+            return dict.setdefault(self, key, default)
+
+    op = module_ops(_MODEL, "decode", 4, 1)["q_proj"]
+    numbers = Interleaved()
+    monkeypatch.setattr(hetegen, "_SETTING_NUMBERS", numbers)
+    a = hetegen._split_setting(rig_a, "n0.gpu0", "n0.cpu0")
+    b = hetegen._split_setting(rig_b, "n0.gpu0", "n0.cpu0")
+    assert b == Interleaved.other and None not in (a, b) and a != b
+    assert hetegen.measure_split(rig_a, "n0.gpu0", "n0.cpu0", op, 0.5) == _fresh_split(
+        rig_a, "n0.cpu0", op, 0.5, 0.0, "fp16"
+    )
+    assert hetegen.measure_split(rig_b, "n0.gpu0", "n0.cpu0", op, 0.5) == _fresh_split(
+        rig_b, "n0.cpu0", op, 0.5, 0.0, "fp16"
+    )
+
+
+def test_shares_of_zero_and_minus_zero_keep_their_own_zeros():
+    """0.0 and -0.0 are one key to a cache but scale to different zeros: each share is its own."""
+    op = module_ops(_MODEL, "decode", 2, 1)["k_proj"]
+    for first, second in ((0.0, -0.0), (-0.0, 0.0)):
+        hetegen._share.cache_clear()
+        hetegen.share(op, first)
+        made = hetegen.share(op, second)
+        assert repr([getattr(made, name) for name in _SCALED]) == repr([x * second for x in _scaled(op)])
+
+
+def _scaled(op):
+    return [getattr(op, name) for name in _SCALED]

@@ -376,3 +376,24 @@ def test_a_one_batch_gpu_attention_kv_load_runs_in_the_mlp_position(gbs, wg, cg)
     lp = released_time_per_seq(sol, plan, rig, model, wl, ends, None) * gbs
     engine = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
     assert lp == pytest.approx(engine, rel=0.075)
+
+
+def test_cpu_attention_rounding_keeps_a_plan_whose_cpu_memory_is_full():
+    """OPT-30B 512 + 32 on flexgen-t4, CPU attention, 96 x 2 (an LP optimum of the free search within
+    4 % of its best): the LP fills host memory with KV 3.13/95.52/1.35 %. Rounding the disk share
+    to the nearest percent (1 %) gives the CPU 96 %, which no longer fits in host memory, and the
+    candidate was dropped; the remainder rule (3/95/2) fits and runs (8.39 tok/s in the engine)."""
+    from hetsim.planner.flexgen_lp import _confirmable
+    from hetsim.sim.run import fits
+    from hetsim.strategies.base import get_strategy
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    ends = endpoints(rig)
+    wl = Workload(192, 512, 32)
+    sol = solve_lp(rig, model, wl, 96, 2, Flags(True, False), ends)
+    assert sol.x["cd"] == pytest.approx(0.0135, abs=5e-4)
+    nearest = to_plan(sol, model, ends[0], None)
+    assert (nearest.cg, nearest.cc) == (3, 96)
+    assert not fits(get_strategy("flexgen"), nearest, rig, model, wl)
+    plans = _confirmable([sol], model, ends, None, lambda _p: wl, rig)
+    assert [(p.gpu_batch_size, p.num_gpu_batches, p.cg, p.cc) for p in plans] == [(96, 2, 3, 95)]

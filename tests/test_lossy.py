@@ -40,7 +40,7 @@ def test_search_is_lossless_unless_asked(capsys):
 
 
 def test_lossy_shows_in_the_table_and_the_plan_document(capsys, monkeypatch):
-    monkeypatch.setattr(cli_app.out, "width", 400)  # one line per row, whatever the terminal
+    monkeypatch.setattr(cli_app.out(), "width", 400)  # one line per row, whatever the terminal
     assert main(["compare", *ARGS[:-2], "--allow-compression"]) == 0
     assert "lossy: 4-bit weights (group 64)" in capsys.readouterr().out
     p = problem("opt-30b", "flexgen-t4", 8, 256, 16)

@@ -165,18 +165,17 @@ def test_split_measurements_remembered_across_rigs_are_measured_ones(monkeypatch
     assert [hetegen.measure_split(r, *args) for r in (capped, pcie3)] == [first, slower]
 
 
-def test_preload_imports_the_named_solver_searches_but_not_cp_sat(monkeypatch):
+def test_a_forking_compare_leaves_solver_imports_to_the_workers(monkeypatch):
+    """The parent's part before the fork is serial: a solver module is imported by the one worker
+    that runs its search, not by the parent (whose results are the same)."""
     import sys
 
-    from hetsim.planner import preload
-
-    for module in ("hetsim.planner.hetegen_knapsack", "hetsim.planner.flexgen_lp"):
-        monkeypatch.delitem(sys.modules, module, raising=False)
-    preload(["flexgen", "gpu-only"])
-    assert "hetsim.planner.flexgen_lp" in sys.modules
-    assert "hetsim.planner.hetegen_knapsack" not in sys.modules
-    preload(["hetegen"])  # CP-SAT: left to the worker that runs it
-    assert "hetsim.planner.hetegen_knapsack" not in sys.modules
+    p = api.problem("opt-6.7b", "flexgen-t4", 4, 64, 4)
+    alone = api.compare(p, ["flexgen", "gpu-only"], "throughput", workers=1)
+    monkeypatch.delitem(sys.modules, "hetsim.planner.flexgen_lp")
+    forked = api.compare(p, ["flexgen", "gpu-only"], "throughput", workers=2)
+    assert "hetsim.planner.flexgen_lp" not in sys.modules
+    assert [r.to_dict() for r in forked] == [r.to_dict() for r in alone]
 
 
 def _reference_lockstep(self, devices, work, *, repeat=1, label="lockstep"):

@@ -7,6 +7,6 @@ whose plan space needs a solver have one here: FlexGen's LP (``flexgen_lp``), He
 strategy's engine code back.
 """
 
-from hetsim.planner.search import preload, search, search_free_batch
+from hetsim.planner.search import search, search_free_batch
 
-__all__ = ["preload", "search", "search_free_batch"]
+__all__ = ["search", "search_free_batch"]

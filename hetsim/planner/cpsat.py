@@ -40,3 +40,12 @@ def _load() -> ModuleType:
 
 
 cp_model = _load()
+
+
+class CpModel(cp_model.CpModel):  # type: ignore[misc, name-defined]
+    """CP-SAT's model without the pre-PEP 8 aliases (``NewIntVar`` for ``new_int_var``...) that its
+    constructor sets on every instance, ~0.7 ms each (HexGen's search builds ~20 per compare).
+    Models, solves and results are the same; only those deprecated names are missing."""
+
+    def _add_pre_pep8_methods(self) -> None:
+        pass

@@ -688,14 +688,17 @@ def _mem(model: ModelSpec, shape: Shape, x: dict[str, float], wtot: float, wmax:
 
 
 # ---- turning an LP point into a runnable policy ---------------------------------------------------------
-def to_plan(sol: LpSolution, model: ModelSpec, gpu: str, budget: float | None) -> FlexGenPlan:
+def to_plan(
+    sol: LpSolution, model: ModelSpec, gpu: str, budget: float | None, *, nearest_disk: bool = True
+) -> FlexGenPlan:
     """Percentages for the runtime: activations on one tier, the rest rounded down to whole percent,
     and the weight GPU percent lowered until the per-tensor placement puts no more on the GPU than the
-    LP did (the released midpoint rule is a step function)."""
+    LP did (the released midpoint rule is a step function). ``nearest_disk=False``: with CPU attention
+    too, the KV's disk share is what rounding the others down leaves (never less than the LP's)."""
     x = sol.x
     pct = {v: math.floor(100 * x[v] + 1e-6) for v in VARS}
     cc = min(100 - pct["cg"], pct["cc"] + (0 if x["cd"] > 1e-6 else 100 - pct["cg"] - pct["cc"]))
-    if sol.flags.cpu_attention:
+    if sol.flags.cpu_attention and nearest_disk:
         # the disk share to the nearest percent and the rest to the CPU, not the remainder of the
         # others' rounding: the reads run beside the thread, so the LP takes slivers of disk that
         # would become 1-2 %; under 1 % none, as each disk copy's fixed cost (the route's latency,
@@ -909,8 +912,9 @@ def _confirmable(
 ) -> list[FlexGenPlan]:
     """The plans worth confirming in the engine: the runtime's placement of the LP optima that fit in
     memory (rounding to whole percent and the per-tensor rule can push a full LP point past a
-    capacity; those are skipped, cheaply). Two rankings each give at most ``CONFIRM``, within
-    ``CONFIRM_WITHIN`` of their best: the LP's time at the placement the runtime makes
+    capacity; those are skipped, cheaply, after a CPU-attention plan's disk share is tried rounded
+    up as well). Two rankings each give at most ``CONFIRM``, within ``CONFIRM_WITHIN`` of their
+    best: the LP's time at the placement the runtime makes
     (``released_time_per_seq``), then the LP optimum's own time; the engine judges their union, so
     no plan the optimum's ranking would confirm is dropped. The placed time is never below the
     optimum's, so optima past ``CONFIRM_WITHIN`` of the best placed time are not placed at all.
@@ -926,8 +930,17 @@ def _confirmable(
             break
         plan = to_plan(sol, model, ends[0], budget)
         wl = workload_of(plan)
-        if plan in seen or not fits(strategy, plan, rig, model, wl):
+        if plan in seen:
             continue
+        if not fits(strategy, plan, rig, model, wl):
+            if not sol.flags.cpu_attention:
+                continue
+            # the disk share rounded to the nearest percent can leave the CPU more KV than the LP
+            # gave it, past a full host memory: then the remainder rule (disk rounded up)
+            plan = to_plan(sol, model, ends[0], budget, nearest_disk=False)
+            wl = workload_of(plan)
+            if plan in seen or not fits(strategy, plan, rig, model, wl):
+                continue
         seen.add(plan)
         by_lp.append((sol.time_per_seq_s, plan))
         t = released_time_per_seq(sol, plan, rig, model, wl, ends, budget)

@@ -34,7 +34,7 @@ from hetsim.models.memory import hidden_bytes
 from hetsim.models.sharding import TP_DEGREES, tp_degrees
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import param_count
-from hetsim.planner.cpsat import cp_model
+from hetsim.planner.cpsat import CpModel, cp_model
 from hetsim.planner.ranking import Evaluate, best_plan, evaluator
 from hetsim.serving.batching import MAX_IN_FLIGHT
 from hetsim.serving.estimate import TimesCache, estimate_attainment
@@ -227,7 +227,7 @@ def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float =
     to ``max_in_flight``): one indicator per count picks which memory caps bind."""
     model = table.model
     bound = max(1, min(table.demand.max_in_flight, sum(p.gpus for p in parts)))
-    m = cp_model.CpModel()
+    m = CpModel()
     # batches in flight = k; with one batch (offline runs) nothing to choose, so no variables
     count = [m.new_bool_var(f"in_flight_{k}") for k in range(1, bound + 1)] if bound > 1 else []
     if count:
@@ -459,7 +459,7 @@ def outer_cpsat(
     allowed = [s for s in shapes if s.layout.latency_s <= latency_cap_s * (1 + 1e-9)]
     if not allowed:
         return None
-    m = cp_model.CpModel()
+    m = CpModel()
     cut: dict[tuple[int, int], cp_model.IntVar] = {}
     for i, c in enumerate(classes):
         for k in c.part_sizes():  # type: ignore[arg-type]

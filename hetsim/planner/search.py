@@ -38,16 +38,6 @@ def _solver(target: str) -> Search:
 CP_SAT_SEARCHES = frozenset({"hetegen", "hexgen"})
 
 
-def preload(names: list[str]) -> None:
-    """Import the solver searches of these strategies now, in a parent about to fork workers, except
-    those that load CP-SAT: the worker that runs one of them imports it while the other worker is
-    already searching (FlexGen's LP, the longest search, needs only the cheap linear solver), which
-    takes CP-SAT's import off the critical path of a two-worker compare."""
-    for name in names:
-        if name in SOLVER_SEARCHES and name not in CP_SAT_SEARCHES:
-            import_module(SOLVER_SEARCHES[name].split(":")[0])
-
-
 def search(
     strategy: Strategy,
     rig: Rig,

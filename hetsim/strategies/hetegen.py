@@ -31,6 +31,7 @@ pageable alternative, which would add 2·alpha·P of DRAM traffic per module).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -131,8 +132,8 @@ _SHARES_MAX = 4096
 
 def share(op: Op, fraction: float) -> Op:
     """The part of a linear op over ``fraction`` of its output columns (input read in full)."""
-    if not fraction > 0.0:  # 0.0 and -0.0 are one key but scale to different zeros
-        return _share(op, fraction)
+    if not fraction > 0.0:  # 0.0 and -0.0 are one key (to lru_cache too) but scale to different zeros
+        return _share.__wrapped__(op, fraction)
     key = (id(op), fraction)
     hit = _SHARES.get(key)
     if hit is not None and hit[0] is op:  # the entry holds the op, so its id is not reused
@@ -144,10 +145,16 @@ def share(op: Op, fraction: float) -> Op:
     return part
 
 
+_SCALED = ("flops", "weight_bytes", "act_out_bytes", "weight_row_bytes", "dequant_ops")
+
+
 @lru_cache(maxsize=65536)
 def _share(op: Op, fraction: float) -> Op:
     # ``dataclasses.replace`` of these five fields, made by copying the fields (Op has no
     # ``__post_init__`` and no slots): a bisection makes thousands, and ``replace`` re-runs __init__.
+    # A subclass (its own type, perhaps a ``__post_init__``) goes through ``replace`` itself.
+    if type(op) is not Op:
+        return dataclasses.replace(op, **{name: getattr(op, name) * fraction for name in _SCALED})
     part = object.__new__(Op)
     fields = part.__dict__
     fields.update(op.__dict__)
@@ -276,6 +283,9 @@ _SPLITS_MAX = 65536
 # (rig id, gpu, cpu) -> (the rig, held so its id stays its own; the number of its split setting)
 _SETTING_OF: dict[tuple[int, str, str], tuple[Rig, int | None]] = {}
 _SETTING_NUMBERS: dict[tuple, int] = {}
+# Numbers are drawn, never reused: two threads meeting new settings at once (each between reading a
+# number and storing it) get their own, and a number from before a clear never names another setting.
+_NEXT_SETTING = itertools.count()
 # The engine measure_split resets and reuses, per thread (a Dask worker runs sweep points in
 # threads), on the latest rig: a search's bisection measures thousands of splits, one engine each.
 _ENGINES = threading.local()
@@ -302,13 +312,13 @@ def _split_setting(rig: Rig, gpu: str, cpu: str) -> int | None:
     devices = (cost_key(rig.devices[gpu]), cost_key(rig.devices[cpu]))
     sharing = (node.cpu_sharing, node.shared_dram_bw, node.cpus, cost_key(rig.devices[node.cpus[0]]))
     parts = (*devices, rig.route(cpu, gpu), rig.route(gpu, cpu), sharing if shared else None)
-    if len(_SETTING_OF) >= 1024 or len(_SETTING_NUMBERS) >= 1024:  # numbers restart: forget all
+    if len(_SETTING_OF) >= 1024 or len(_SETTING_NUMBERS) >= 1024:  # forget all
         _SETTING_OF.clear()
         _SETTING_NUMBERS.clear()
         _SPLITS.clear()
     number = None
     if None not in devices and (not shared or sharing[-1] is not None):
-        number = _SETTING_NUMBERS.setdefault(parts, len(_SETTING_NUMBERS))
+        number = _SETTING_NUMBERS.setdefault(parts, next(_NEXT_SETTING))
     _SETTING_OF[id(rig), gpu, cpu] = (rig, number)
     return number
 
