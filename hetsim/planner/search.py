@@ -34,7 +34,8 @@ def _solver(target: str) -> Search:
     return getattr(import_module(module), function)
 
 
-# Searches whose module loads CP-SAT (~0.1 s of CPU on import, without pandas: ``planner.cpsat``).
+# Searches that load CP-SAT when they solve (~0.1 s of CPU on import, without pandas: ``planner.cpsat``;
+# HeteGen's on its first knapsack, HexGen's with its module).
 CP_SAT_SEARCHES = frozenset({"hetegen", "hexgen"})
 
 
