@@ -331,7 +331,8 @@ class _Runner:
         )
 
     def compute(self, e, step: Step, j: int, gbs: int):
-        """Compute one batch; a generator because CPU attention blocks the issuing thread."""
+        """Compute one batch; a generator because CPU attention blocks the issuing thread
+        (``block_released`` books the same steps inline: keep the two alike)."""
         o = self.ops(step, j, gbs)
         if not o.cpu:
             yield e.compute(self.gpu, o.gpu_pre, label=self.kinds[j])
@@ -434,9 +435,13 @@ class _Runner:
             if own:
                 t.at = (e.env.now if launched is None else launched) + own
             o = self.ops(step, j, gbs)
-            if o.cpu:
-                t.chain(self.compute(t, step, j, gbs))
-            else:  # ``compute``'s one step, without a generator to chain
+            if o.cpu:  # ``compute``'s steps, each issued when the one before ends, without a chain
+                t.at = t.compute(self.gpu, o.gpu_pre, label="attention_gpu")
+                t.at = t.transfer(self.gpu, self.cpu, o.to_cpu_bytes, label="qkv_to_cpu")
+                t.at = t.compute(self.cpu, o.cpu, label="cpu_attention")
+                t.at = t.transfer(self.cpu, self.gpu, o.to_gpu_bytes, pinned=False, label="attn_to_gpu")
+                t.at = t.compute(self.gpu, o.gpu_post, label="attention_out")
+            else:  # ``compute``'s one step
                 t.at = t.compute(self.gpu, o.gpu_pre, label=self.kinds[j])
             ev.append(t.at)
             if p > 0:
