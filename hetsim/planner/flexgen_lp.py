@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 
-from ortools.linear_solver import pywraplp
+from ortools.linear_solver import _pywraplp, pywraplp
 
 from hetsim.costs.op_cost import block_cost
 from hetsim.hardware.rig import Rig
@@ -122,7 +122,21 @@ def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
 def _t(rig: Rig, device: str, ops: tuple[Op, ...]) -> float:
     if not ops:
         return 0.0
-    return block_cost(rig.devices[device], tuple(ops)).time_s
+    dev = rig.devices[device]
+    key = (id(dev), tuple(ops))
+    hit = _T_MEMO.get(key)
+    if hit is None or hit[0] is not dev:
+        if len(_T_MEMO) >= _T_MEMO_MAX:
+            _T_MEMO.clear()
+        hit = _T_MEMO[key] = (dev, block_cost(dev, key[1]).time_s)
+    return hit[1]
+
+
+# ``_t``'s results: the LPs of one (gbs, flags) differ in nb, which no op depends on, so a search
+# costs each op block ~10 times over. Keyed by the device object (held in the value, so its id is
+# not reused while the entry lives) and the ops; block_cost is a pure function of the two.
+_T_MEMO: dict[tuple, tuple[object, float]] = {}
+_T_MEMO_MAX = 8192
 
 
 # ---- the LP -------------------------------------------------------------------------------------------
@@ -529,8 +543,10 @@ def _rows_of(
     """Add ``t >= sum(k * lin(form) for k, form in parts)`` as one row, its coefficients summed in the
     order (and with the skipped zero multipliers) of OR-Tools' natural API (``LinearExpr.GetCoeffs``:
     t, then each form's terms, each coefficient ``(-1.0 * k) * coef``), so the model GLOP receives is
-    the same, bit for bit, as ``solver.Add(t >= ...)`` builds, at a tenth of its Python cost."""
-    coeffs = {t: 1.0}
+    the same, bit for bit, as ``solver.Add(t >= ...)`` builds, at a tenth of its Python cost. The
+    SWIG calls go straight to ``_pywraplp`` (what ``Solver.Constraint`` and
+    ``Constraint.SetCoefficient`` call; ~30,000 rows a search)."""
+    coeffs: dict[str, float] = {}  # by name; t's first, as the natural API has it
     offset = 0.0
     for k, form in parts:
         m = -1.0 * k
@@ -541,10 +557,16 @@ def _rows_of(
             if v == "const":
                 offset += cm
             elif cm:
-                coeffs[x[v]] = coeffs.get(x[v], 0.0) + cm
-    row = solver.Constraint(0.0 - offset, solver.infinity(), "")
-    for var, c in coeffs.items():
-        row.SetCoefficient(var, c)
+                coeffs[v] = coeffs.get(v, 0.0) + cm
+    row = _new_row(solver, 0.0 - offset, _INF, "")
+    _set(row, t, 1.0)
+    for v, c in coeffs.items():
+        _set(row, x[v], c)
+
+
+_new_row = _pywraplp.Solver_Constraint
+_set = _pywraplp.Constraint_SetCoefficient
+_INF = pywraplp.Solver.infinity()
 
 
 def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variable]]:
@@ -862,13 +884,16 @@ def released_time_per_seq(
     wl: Workload,
     ends: tuple[str, str, str],
     budget: float | None,
+    cm: CostModel | None = None,
 ) -> float | None:
     """The LP's time per sequence at the placement the runtime really makes of ``plan`` (whole
     percents, whole tensors by the midpoint rule, whole sequences of KV), or None where that breaks
     a row of the LP. The LP optimum is continuous and the released placement a step function, so an
-    optimum's own time can be optimistic by 5-10 % (OPT-6.7B: gbs 24 x 1, 38.2 -> 35.8 tok/s)."""
+    optimum's own time can be optimistic by 5-10 % (OPT-6.7B: gbs 24 x 1, 38.2 -> 35.8 tok/s).
+    ``cm``: the cost model at ``plan``'s placement, when the caller already built it."""
     x = _placed_fractions(model, plan)
-    cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget, plan)
+    if cm is None:
+        cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget, plan)
     block = cost_at(cm, x)
     return None if block is None else block * math.ceil(wl.batch / plan.block_size) / wl.batch
 
@@ -881,15 +906,17 @@ def _repinned(
     wl: Workload,
     ends: tuple[str, str, str],
     budget: float | None,
+    cm: CostModel | None = None,
 ) -> tuple[LpSolution, FlexGenPlan] | None:
     """The LP again with the weights pinned where the runtime really puts them (whole tensors by the
     released midpoint rule put less on the GPU than the LP's even spread): the KV cache and the
     activations take the GPU memory the placement left. None when the weights already sit where
-    the LP put them."""
+    the LP put them. ``cm``: as for ``released_time_per_seq``."""
     placed = _placed_fractions(model, plan)
     if abs(placed["wg"] - sol.x["wg"]) < 1e-6:
         return None
-    cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget, plan)
+    if cm is None:
+        cm = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget, plan)
     pins = {v: (placed[v], placed[v]) for v in ("wg", "wc", "wd")}
     cm = replace(cm, bounds={v: pins.get(v, b) for v, b in cm.bounds.items()})
     optimum = _optimum(cm)
@@ -921,6 +948,17 @@ def _confirmable(
     Each optimum's ``_repinned`` plan joins the placed ranking when its placed time is lower (the KV
     given the GPU memory whole tensors left: OPT-6.7B 512 at 14 GB 33.77 -> 34.38 tok/s)."""
     strategy = get_strategy("flexgen")
+    models: dict[tuple, CostModel] = {}
+
+    def placed_model(sol: LpSolution, plan: FlexGenPlan, wl: Workload) -> CostModel:
+        # a plan enters the cost model only through its weights' per-tensor split: a plan and its
+        # _repinned twin (the same weight percents) share one
+        key = (sol.gbs, sol.nb, sol.flags, wl, layer_weight_split(model, plan))
+        cm = models.get(key)
+        if cm is None:
+            cm = models[key] = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget, plan)
+        return cm
+
     seen: set[FlexGenPlan] = set()
     placed: list[tuple[float, FlexGenPlan]] = []
     by_lp: list[tuple[float, FlexGenPlan]] = []
@@ -943,14 +981,15 @@ def _confirmable(
                 continue
         seen.add(plan)
         by_lp.append((sol.time_per_seq_s, plan))
-        t = released_time_per_seq(sol, plan, rig, model, wl, ends, budget)
+        cm = placed_model(sol, plan, wl)
+        t = released_time_per_seq(sol, plan, rig, model, wl, ends, budget, cm)
         if t is not None:
             placed.append((t, plan))
             best = min(best, t)
-        again = _repinned(sol, plan, rig, model, wl, ends, budget) if t is not None else None
+        again = _repinned(sol, plan, rig, model, wl, ends, budget, cm) if t is not None else None
         if again is not None and again[1] not in seen and fits(strategy, again[1], rig, model, wl):
             seen.add(again[1])
-            t2 = released_time_per_seq(*again, rig, model, wl, ends, budget)
+            t2 = released_time_per_seq(*again, rig, model, wl, ends, budget, placed_model(*again, wl))
             if t2 is not None and t2 < t * (1 - 1e-9):  # ties would only cost engine runs
                 placed.append((t2, again[1]))
                 best = min(best, t2)

@@ -1,0 +1,44 @@
+"""The FlexGen search's memos change no number: ``_t``'s op-block times (kept across LPs) and the
+placed cost model ``_confirmable`` shares between ``released_time_per_seq`` and ``_repinned``."""
+
+from __future__ import annotations
+
+import pytest
+
+from hetsim.costs.op_cost import block_cost
+from hetsim.hardware.loader import load_rig
+from hetsim.models.registry import get_model
+from hetsim.planner import flexgen_lp as fl
+from hetsim.strategies.flexgen import endpoints
+from hetsim.workload import Workload
+
+
+@pytest.fixture(scope="module")
+def headline():
+    rig, model = load_rig("mixed-lab"), get_model("llama2-70b")
+    wl = Workload(batch=96, prompt_len=512, gen_len=32)
+    return rig, model, wl, endpoints(rig)
+
+
+def test_t_memo_gives_block_costs_time_and_a_cold_cost_model_equals_a_warm_one(headline):
+    rig, model, wl, ends = headline
+    fl._T_MEMO.clear()
+    for fl_ in fl.candidate_flags(bool(ends[2])):
+        cold = fl._lp_key(fl.cost_model(rig, model, wl, 32, 3, fl_, ends))
+        assert fl._T_MEMO  # filled
+        for (_, ops), (dev, t) in fl._T_MEMO.items():
+            assert t == block_cost(dev, ops).time_s
+        warm = fl._lp_key(fl.cost_model(rig, model, wl, 32, 3, fl_, ends))
+        assert warm == cold
+
+
+def test_a_shared_placed_cost_model_gives_the_same_times(headline):
+    rig, model, wl, ends = headline
+    sols, _ = fl.lp_candidates(rig, model, wl, ends)
+    assert sols
+    for sol in sols[:6]:
+        plan = fl.to_plan(sol, model, ends[0], None)
+        cm = fl.cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, None, plan)
+        args = (sol, plan, rig, model, wl, ends, None)
+        assert fl.released_time_per_seq(*args, cm) == fl.released_time_per_seq(*args)
+        assert fl._repinned(*args, cm) == fl._repinned(*args)
