@@ -519,7 +519,9 @@ class Engine:
         ``host_extra``: host-DRAM bytes per byte copied that the copying thread also moves as the
         data lands (a conversion beside the read), booked on the host side at the copy's pace."""
         return self.env.timeout(
-            self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=after, host_extra=host_extra)
+            self.book_transfer(
+                src, dst, nbytes, pinned=pinned, label=label, after=after, host_extra=host_extra
+            )
             - self.env._now
         )
 
@@ -743,8 +745,12 @@ class Engine:
         issued at that (later) time, e.g. when a compute booked with ``compute_time`` ends."""
         if at is None:
             now = self.env._now
-            return now + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, host_extra=host_extra) - now)
-        end = self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=at, host_extra=host_extra)
+            return now + (
+                self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, host_extra=host_extra) - now
+            )
+        end = self.book_transfer(
+            src, dst, nbytes, pinned=pinned, label=label, after=at, host_extra=host_extra
+        )
         return at + (end - at)
 
     def compute_time(

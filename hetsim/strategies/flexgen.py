@@ -141,9 +141,18 @@ class _Booked:
         self.at: float | None = None  # issue the copies as at this later time (a compute's end)
 
     def transfer(
-        self, src: str, dst: str, nbytes: float, *, pinned: bool = True, label: str = "copy", host_extra: float = 0.0
+        self,
+        src: str,
+        dst: str,
+        nbytes: float,
+        *,
+        pinned: bool = True,
+        label: str = "copy",
+        host_extra: float = 0.0,
     ):
-        return self.e.transfer_time(src, dst, nbytes, pinned=pinned, label=label, at=self.at, host_extra=host_extra)
+        return self.e.transfer_time(
+            src, dst, nbytes, pinned=pinned, label=label, at=self.at, host_extra=host_extra
+        )
 
     def compute(self, device: str, ops, *, label: str | None = None):
         return self.e.compute_time(device, ops, label=label, at=self.at)
@@ -290,7 +299,11 @@ class _Runner:
             if self.f.cd > 0:
                 late.append(
                     e.transfer(
-                        self.disk, self.cpu, nbytes * self.f.cd / 2, label="load_cache_disk", host_extra=KV_CONVERT
+                        self.disk,
+                        self.cpu,
+                        nbytes * self.f.cd / 2,
+                        label="load_cache_disk",
+                        host_extra=KV_CONVERT,
                     )
                 )
         return late
