@@ -126,9 +126,10 @@ def test_cpu_attention_disk_terms_take_the_cpu_disk_route():
     assert att.dread["cd"] == pytest.approx(read) and mlp.dread["cd"] == pytest.approx(read)
     # ... by the copy threads, beside the issuing thread (flexgen.py: _Runner._gather): a bound of
     # its own (K's half of the gather, then both reads), not part of the thread's work, which keeps
-    # only the reads' share of host DRAM (a few percent of the read's time)
+    # only the host DRAM the reads and their fp32 conversion take (13 % of the read's time; under 5 %
+    # for the reads alone, before the conversion was charged)
     assert att.kr0["cd"] == pytest.approx(read)
-    assert att.p0["cd"] - att.p["cd"] < 0.05 * read and att.p0["cd"] < 0.5 * read
+    assert 0.05 * read < att.p0["cd"] - att.p["cd"] < 0.15 * read and att.p0["cd"] < 0.5 * read
 
 
 @pytest.mark.parametrize(
