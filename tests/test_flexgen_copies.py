@@ -279,7 +279,7 @@ def test_a_disk_kv_read_books_its_conversion_on_host_dram():
 
 def test_cpu_attention_kv_on_disk_is_no_faster_than_in_host_memory():
     """llama2-70b, 128 x 16 + 512 + 3 on hexgen-homogeneous, CPU attention, all weights on the CPU:
-    53 % of the KV on disk (the search's plan at the session's start) against 6 %. The KV on disk is
+    53 % of the KV on disk (near the search's 1/47/52 % before this change) against 6 %. The KV on disk is
     read and converted to fp32 by the copy threads beside the issuing thread, but on the same
     socket's DRAM (KV_CONVERT), so it no longer buys time over converting it on the thread (decode
     phase: 40.71 s on disk vs 45.34 s in host memory before; now 48.92 vs 46.06 s)."""
