@@ -239,3 +239,55 @@ def test_cpu_attention_reads_its_disk_kv_on_the_copy_threads(tmp_path):
     quarter = block_cost(cpu, (kv_gather_op(model, 32, 512, 0.25),)).time_s
     gathers = [(b - a) / 1e6 for a, b in spans("kv_gather")]  # trace times in microseconds
     assert gathers and min(gathers) < 1.5 * quarter
+
+
+def test_a_disk_kv_read_books_its_conversion_on_host_dram():
+    """A copy thread's read of fp16 KV from disk into the fp32 workspace (pytorch_backend.py:904:
+    ``dst_data.copy_(src_data)`` on a memmap) moves, beside the read's page-cache write, 2 B read back
+    and 4 B written per element: ``KV_CONVERT`` = 3 bytes of host DRAM per byte read, booked with the
+    read at its pace. CPU work issued after it gets what the socket has left, the delay the LP
+    charges (``overlap_delay`` at the read's rate times 1 + KV_CONVERT; hexgen-homogeneous: 16 GB/s
+    of disk, 64 GB/s of DRAM, beside a 113 GB/s socket). Before, the read booked 16 GB/s only."""
+    from hetsim.costs.op_cost import block_cost
+    from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
+    from hetsim.sim.engine import Engine
+    from hetsim.strategies.flexgen_ops import KV_CONVERT, kv_gather_op
+
+    rig, model = load_rig("hexgen-homogeneous"), get_model("llama2-70b")
+    cpu, disk = "n0.cpu0", "n0.disk0"
+    rate = min(rig.route(disk, cpu).bw, rig.disks[disk].read_bw)
+    assert KV_CONVERT == 3.0
+    engine = Engine(rig)
+    nbytes = 4e9  # a 0.25 s read
+    read_end = engine.book_transfer(disk, cpu, nbytes, host_extra=KV_CONVERT)
+    op = kv_gather_op(model, 128, 512, 1.0)  # ~0.4 GB of host DRAM: ends within the read
+    cost = block_cost(rig.devices[cpu], (op,))
+    end = engine.book_compute(cpu, op, after=0.01) - 0.01  # well inside the read
+    cap = min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else float("inf"))
+    dram = host_dram_bw(rig, cpu)
+    left = dram - rate * (1 + KV_CONVERT)
+    assert 0 < left < cap  # the conversion leaves the gather less than its own rate
+    assert end < read_end
+    assert end == pytest.approx(cost.overhead_s + cost.memory_bytes / left, rel=1e-6)
+    # the LP's per-second delay, at the conversion's bytes, is the engine's
+    alone = cost.memory_bytes / cap
+    slowed = end - cost.overhead_s
+    assert slowed - alone == pytest.approx(
+        overlap_delay(dram, rate * (1 + KV_CONVERT), cap) * slowed, rel=1e-6
+    )
+
+
+def test_cpu_attention_kv_on_disk_is_no_faster_than_in_host_memory():
+    """llama2-70b, 128 x 16 + 512 + 3 on hexgen-homogeneous, CPU attention, all weights on the CPU:
+    53 % of the KV on disk (near the search's 1/47/52 % before this change) against 6 %. The KV on disk is
+    read and converted to fp32 by the copy threads beside the issuing thread, but on the same
+    socket's DRAM (KV_CONVERT), so it no longer buys time over converting it on the thread (decode
+    phase: 40.71 s on disk vs 45.34 s in host memory before; now 48.92 vs 46.06 s)."""
+    rig, model = load_rig("hexgen-homogeneous"), get_model("llama2-70b")
+    wl = Workload(128 * 16, 512, 3)
+    decode = {}
+    for cc in (47, 94):
+        plan = FlexGenPlan(128, 16, 0, 100, 0, cc, 100, 0, cpu_attention=True, gpu="n0.gpu0")
+        res = simulate(get_strategy("flexgen"), plan, rig, model, wl)
+        decode[cc] = res.e2e_s - res.ttft_s
+    assert decode[47] >= decode[94]

@@ -126,9 +126,10 @@ def test_cpu_attention_disk_terms_take_the_cpu_disk_route():
     assert att.dread["cd"] == pytest.approx(read) and mlp.dread["cd"] == pytest.approx(read)
     # ... by the copy threads, beside the issuing thread (flexgen.py: _Runner._gather): a bound of
     # its own (K's half of the gather, then both reads), not part of the thread's work, which keeps
-    # only the reads' share of host DRAM (a few percent of the read's time)
+    # only the host DRAM the reads and their fp32 conversion take (13 % of the read's time; under 5 %
+    # for the reads alone, before the conversion was charged)
     assert att.kr0["cd"] == pytest.approx(read)
-    assert att.p0["cd"] - att.p["cd"] < 0.05 * read and att.p0["cd"] < 0.5 * read
+    assert 0.05 * read < att.p0["cd"] - att.p["cd"] < 0.15 * read and att.p0["cd"] < 0.5 * read
 
 
 @pytest.mark.parametrize(
@@ -397,3 +398,25 @@ def test_cpu_attention_rounding_keeps_a_plan_whose_cpu_memory_is_full():
     assert not fits(get_strategy("flexgen"), nearest, rig, model, wl)
     plans = _confirmable([sol], model, ends, None, lambda _p: wl, rig)
     assert [(p.gpu_batch_size, p.num_gpu_batches, p.cg, p.cc) for p in plans] == [(96, 2, 3, 95)]
+
+
+@pytest.mark.parametrize("cc", [47, 0])
+def test_lp_follows_the_engine_with_the_disk_kv_conversion(cc):
+    """llama2-70b, 128 x 16 + 512 + 3 on hexgen-homogeneous (16 GB/s disk, 113 GB/s of host DRAM),
+    CPU attention with 53 % / all of the KV on disk: the copy threads' fp16 -> fp32 conversion
+    (pytorch_backend.py:904, ``KV_CONVERT``) shares host DRAM with the thread's CPU work in the
+    engine and, through ``overlap_delay`` at the read's rate times 1 + KV_CONVERT, in the LP: within
+    0.5 % (-0.00 % / -0.02 %; with the LP at the read's rate alone, -1.13 % at 47)."""
+    from hetsim.planner.flexgen_lp import released_time_per_seq
+    from hetsim.sim.run import simulate
+    from hetsim.strategies.base import get_strategy
+    from hetsim.strategies.flexgen_policy import FlexGenPlan
+
+    rig, model = load_rig("hexgen-homogeneous"), get_model("llama2-70b")
+    ends = endpoints(rig)
+    wl = Workload(128 * 16, 512, 3)
+    plan = FlexGenPlan(128, 16, 0, 100, 0, cc, 100, 0, cpu_attention=True, gpu=ends[0])
+    sol = solve_lp(rig, model, wl, 128, 16, Flags(True, False), ends)
+    lp = released_time_per_seq(sol, plan, rig, model, wl, ends, None) * wl.batch
+    engine = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
+    assert lp == pytest.approx(engine, rel=0.005)

@@ -46,7 +46,7 @@ from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
 from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
-from hetsim.strategies.flexgen_ops import host_copy_op, kv_gather_op, kv_token_bytes, substep_ops
+from hetsim.strategies.flexgen_ops import KV_CONVERT, host_copy_op, kv_gather_op, kv_token_bytes, substep_ops
 from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
     Fractions,
@@ -290,8 +290,10 @@ def _slots(
                     w_read = load({"wd": 1.0 / lk.d2c}, j_next)
                     reads = _disk_reads(p, gather, gather_read, wslow, w_read, lat, nb, last=False)
                     # the reads take their share of host DRAM from the CPU work issued after them (V's
-                    # gather and the attention), which they overlap here (the MLP's gather: assumed not)
-                    own = {**gather, "cd": gather_read * overlap_delay(dram, lk.d2c, cap)}
+                    # gather and the attention), which they overlap here (the MLP's gather: assumed not):
+                    # the page-cache write and the copy thread's fp32 conversion beside it (KV_CONVERT)
+                    read_dram = lk.d2c * (1.0 + KV_CONVERT)
+                    own = {**gather, "cd": gather_read * overlap_delay(dram, read_dram, cap)}
                 p0, p = _gather_into(p, own, nb, last=False, slow=wslow)
                 dread["cd"] = (nb - 1) * gather_read
                 dwrite["cd"] = nb * gbs * kv_tok / lk.c2d  # the new K/V went to the CPU with q

@@ -511,12 +511,18 @@ class Engine:
         pinned: bool = True,
         label: str = "copy",
         after: float = 0.0,
+        host_extra: float = 0.0,
     ) -> simpy.Event:
         """Copy ``nbytes`` from ``src`` to ``dst`` (devices or disks) over the rig's route.
 
-        ``after``: as for ``compute``, start no earlier than this (a queued follow-up)."""
+        ``after``: as for ``compute``, start no earlier than this (a queued follow-up).
+        ``host_extra``: host-DRAM bytes per byte copied that the copying thread also moves as the
+        data lands (a conversion beside the read), booked on the host side at the copy's pace."""
         return self.env.timeout(
-            self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=after) - self.env._now
+            self.book_transfer(
+                src, dst, nbytes, pinned=pinned, label=label, after=after, host_extra=host_extra
+            )
+            - self.env._now
         )
 
     send = transfer
@@ -530,6 +536,7 @@ class Engine:
         pinned: bool = True,
         label: str = "copy",
         after: float = 0.0,
+        host_extra: float = 0.0,
     ) -> float:
         """``transfer`` without an event to wait on (as ``book_compute``): returns when it ends."""
         if nbytes <= 0 or src == dst:
@@ -544,6 +551,9 @@ class Engine:
                 start = lane.free_at
         if path.host_side is None:
             end = start + path.latency_s + nbytes / path.rate
+        elif host_extra:  # one host-DRAM flow: the copy and what its thread moves beside it
+            k = 1.0 + host_extra
+            end = path.host_side.book(now, start + path.latency_s, nbytes * k, path.rate * k)
         else:
             end = path.host_side.book(now, start + path.latency_s, nbytes, path.rate)
         for lane in lanes:
@@ -728,14 +738,20 @@ class Engine:
         pinned: bool = True,
         label: str = "copy",
         at: float | None = None,
+        host_extra: float = 0.0,
     ) -> float:
         """``transfer`` booked without an event: the time its event would fire (``now + duration``,
         rounded as SimPy rounds it), to be joined by ``until``. ``at``: the copy as it would be
         issued at that (later) time, e.g. when a compute booked with ``compute_time`` ends."""
         if at is None:
             now = self.env._now
-            return now + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label) - now)
-        return at + (self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, after=at) - at)
+            return now + (
+                self.book_transfer(src, dst, nbytes, pinned=pinned, label=label, host_extra=host_extra) - now
+            )
+        end = self.book_transfer(
+            src, dst, nbytes, pinned=pinned, label=label, after=at, host_extra=host_extra
+        )
+        return at + (end - at)
 
     def compute_time(
         self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None, at: float | None = None

@@ -26,6 +26,7 @@ from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.flexgen_ops import (
+    KV_CONVERT,
     SubStepOps,
     host_copy_op,
     kv_gather_op,
@@ -139,8 +140,19 @@ class _Booked:
         self.e = e
         self.at: float | None = None  # issue the copies as at this later time (a compute's end)
 
-    def transfer(self, src: str, dst: str, nbytes: float, *, pinned: bool = True, label: str = "copy"):
-        return self.e.transfer_time(src, dst, nbytes, pinned=pinned, label=label, at=self.at)
+    def transfer(
+        self,
+        src: str,
+        dst: str,
+        nbytes: float,
+        *,
+        pinned: bool = True,
+        label: str = "copy",
+        host_extra: float = 0.0,
+    ):
+        return self.e.transfer_time(
+            src, dst, nbytes, pinned=pinned, label=label, at=self.at, host_extra=host_extra
+        )
 
     def compute(self, device: str, ops, *, label: str | None = None):
         return self.e.compute_time(device, ops, label=label, at=self.at)
@@ -269,7 +281,10 @@ class _Runner:
         the memmap and converts it into the workspace (:878-906, no CUDA side: a plain ``copy_``).
         So K's disk read starts when K's CPU segment is converted, V's after V's, and the thread goes
         on; ``sync()`` (flex_opt.py:793-795, ``copy_queue.join()``) at the end of the position waits
-        for them. Returns the disk reads, left in flight."""
+        for them. The copy thread's ``copy_`` reads the pages back as they land in the page cache and
+        writes them as fp32 (``KV_CONVERT`` bytes of host DRAM per byte read), so each read books
+        its conversion on the socket's DRAM beside it, which CPU work issued later shares.
+        Returns the disk reads, left in flight."""
         key = (gbs, tokens)
         ops = self._gather_ops.get(key)
         if ops is None:
@@ -282,7 +297,15 @@ class _Runner:
             if self.f.cc > 0:
                 yield e.compute(self.cpu, op, label="kv_gather")
             if self.f.cd > 0:
-                late.append(e.transfer(self.disk, self.cpu, nbytes * self.f.cd / 2, label="load_cache_disk"))
+                late.append(
+                    e.transfer(
+                        self.disk,
+                        self.cpu,
+                        nbytes * self.f.cd / 2,
+                        label="load_cache_disk",
+                        host_extra=KV_CONVERT,
+                    )
+                )
         return late
 
     def store_cache(self, e, step: Step, j: int, gbs: int) -> list:

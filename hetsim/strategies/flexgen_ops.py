@@ -220,6 +220,12 @@ def _cpu_attention(model: ModelSpec, op: Op, gbs: int, kv_len: int, share: float
     )
 
 
+# Host-DRAM bytes per byte of fp16 KV a copy thread reads from disk into the fp32 workspace, beside
+# the read's own page-cache write: ``dst_data.copy_(src_data)`` (pytorch_backend.py:904) reads the
+# memmap's pages back (2 B per element) and writes fp32 (4 B), kv_gather_op's bytes per fp16 byte.
+KV_CONVERT = (2.0 + FP32_BYTES) / 2.0
+
+
 @lru_cache(maxsize=4096)
 def kv_gather_op(model: ModelSpec, gbs: int, tokens: int, share: float) -> Op:
     """Copy ``share`` of a batch's fp16 KV into the fp32 CPU workspace (load_cache, path 1)."""
