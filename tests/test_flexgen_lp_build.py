@@ -42,6 +42,27 @@ def natural_api_lp(cm):
     nbf = float(cm.nb)
     for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
+        if slot.c0 or slot.cl:  # a GPU-attention KV load: its own first and last sub-steps
+            stores = bool(slot.q or slot.q_prev)
+            firsts = [lin(slot.w) + lin(slot.c0 or slot.c), *([lin(slot.m0)] if slot.m0 else [])]
+            firsts += [lin(slot.p0 or slot.p), *([lin(slot.q_prev)] if stores else [])]
+            stored = [lin(slot.q)] if stores else []
+            mids = [lin(slot.c), lin(slot.p), *stored]
+            lasts = [lin(slot.cl or slot.c), lin(slot.pl or slot.p), *stored]
+            for a in firsts:
+                if nbf == 1:
+                    solver.Add(t >= a)
+                elif nbf == 2:
+                    for b in lasts:
+                        solver.Add(t >= a + b)
+                else:
+                    for m in mids:
+                        for b in lasts:
+                            solver.Add(t >= a + (nbf - 2) * m + b)
+            for lane in (slot.d2h, slot.dread, slot.dwrite):
+                solver.Add(t >= lin(lane))
+            terms.append(mult * cm.layers * t)
+            continue
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         p0 = lin(slot.p0) if slot.p0 else p  # the first sub-step's thread, where it differs
         solver.Add(t >= w + nbf * c)

@@ -18,7 +18,12 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   is max(w + c, p, q_prev) + (nb - 1) max(c, p, q), nine forms. With CPU attention the disk share
   of the KV is read by the copy threads beside the thread (``store_cache``/``load_cache`` through
   ``submit_copy``, waited for at ``sync()``): its reads are more options of each sub-step's max
-  (``_Slot.kr``, ``_disk_reads``), crossed with the others;
+  (``_Slot.kr``, ``_disk_reads``), crossed with the others. With GPU attention the decode's KV load
+  from the CPU is a host memcpy then its DMA (``_kv_load``); load_cache(k + 1) puts batches 1..nb-1's
+  in the attention slot's first nb - 1 sub-steps and the next layer's first batch's in the MLP
+  slot's last, so such a slot has a last sub-step of its own (``_Slot.cl``, ``pl``), and its first
+  sub-step's memcpy runs beside the weight DMA, slowed by it on host DRAM (``_Slot.c0``, ``m0``):
+  first + (nb - 2) middle + last, every option of each crossed (``_kv_forms``);
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions;
 - the weight fractions are spread evenly over every layer's bytes (embedding and output included:
   init_weight_list places each layer by the same percentages); at a plan's own placement, where
@@ -168,6 +173,14 @@ class _Slot:
     kr0: dict[str, float] = field(default_factory=dict)
     vr0: dict[str, float] = field(default_factory=dict)
     dr0: dict[str, float] = field(default_factory=dict)
+    # GPU-attention decode's unpinned KV load (``_kv_load``): c0, the first sub-step's loads on the
+    # link alone (after the weights), and m0, its loads with the KV's host memcpy slowed by the
+    # weight DMA beside it on host DRAM (empty = the first sub-step's loads are w + c); cl and pl,
+    # the last sub-step's loads and thread where they differ from c and p (empty = c, p)
+    c0: dict[str, float] = field(default_factory=dict)
+    m0: dict[str, float] = field(default_factory=dict)
+    cl: dict[str, float] = field(default_factory=dict)
+    pl: dict[str, float] = field(default_factory=dict)
 
 
 def _slots(
@@ -204,7 +217,7 @@ def _slots(
         gather: dict[str, float] = {}  # CPU attention's KV gather of one batch (issued a position ahead)
         gather_read = 0.0  # ... and its disk share, read by the copy threads beside the thread
         slow: dict[str, float] = {}  # seconds of delay per byte of weights loaded beside the thread
-        ahead: tuple[dict[str, float], ...] = ()  # a one-batch GPU-attention KV load (in the MLP slot)
+        ahead: tuple[dict[str, float], ...] = ()  # the next layer's first batch's KV load (_kv_load)
         for kind in ("attention", "mlp"):
             j_next = 2 if kind == "attention" else 1  # the next layer's weights: an MLP's, an attention's
             w = load({"wc": 1.0 / lk.pin, "wd": 1.0 / lk.d2g}, j_next)
@@ -216,12 +229,19 @@ def _slots(
             p0: dict[str, float] = {}
             q: dict[str, float] = {}
             reads: dict[str, dict[str, float]] = {}
+            kvf: dict[str, dict[str, float]] = {}  # _Slot's c0, m0, cl, pl
             if kind == "mlp":
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
-                if ahead:  # (c, thread, disk read) of the next layer's one batch's KV load
-                    for form, extra in zip((c, p, dread), ahead, strict=True):
-                        form.update(extra)
+                if ahead:  # load_cache(k + 1) at k = nb - 1 is the next layer's first batch's
+                    link, memcpy, disk_read, slow_kv = ahead
+                    dread = _plus(dread, disk_read, 1.0)
+                    if nb == 1:  # in the first sub-step, beside the weight DMA
+                        kvf = {"c0": _plus(c, link, 1.0), "m0": _plus(_plus(c, link, 1.0), memcpy, 1.0)}
+                        kvf["m0"] = _plus(kvf["m0"], load(slow_kv, j_next), 1.0)
+                        c, p = _plus(kvf["c0"], memcpy, 1.0), _plus(p, memcpy, 1.0)
+                    else:  # in the last
+                        kvf = {"cl": _plus(_plus(c, link, 1.0), memcpy, 1.0), "pl": _plus(p, memcpy, 1.0)}
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
                     wslow = load(slow, j_next)
                     if disk:
@@ -242,20 +262,14 @@ def _slots(
                 q = {"cc": new_kv / store, "cd": new_kv / lk.g2d}
                 dwrite["cd"] = nb * new_kv / lk.g2d
                 if phase == "decode":
-                    kvb = gbs * step.kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
-                    # unpinned KV: a host memcpy in the issuing thread (serial), then a pinned DMA
-                    # of what it pinned: the batch's load is both, one after the other
-                    memcpy = _t(rig, cpu, (host_copy_op(kvb),))
-                    kv = (
-                        {"cc": memcpy + kvb / lk.pin, "cd": kvb / lk.d2g},
-                        {"cc": memcpy},
-                        {"cd": nb * kvb / lk.d2g},
-                    )
-                    if nb == 1:  # load_cache(k + 1) is the next layer's, issued in the MLP's position
-                        ahead = kv
-                    else:  # the last sub-step's load (the next layer's first batch's) counted here too
-                        for form, extra in zip((c, p, dread), kv, strict=True):
-                            form.update(extra)
+                    ahead = _kv_load(rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram)
+                    if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
+                        link, memcpy, disk_read, slow_kv = ahead
+                        dread = _plus(dread, disk_read, nb - 1.0)
+                        kvf = {"cl": dict(c), "pl": dict(p)}
+                        kvf["c0"] = _plus(c, link, 1.0)
+                        c, p = _plus(kvf["c0"], memcpy, 1.0), _plus(p, memcpy, 1.0)
+                        kvf["m0"] = _plus(c, load(slow_kv, j_next), 1.0)
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
@@ -298,9 +312,10 @@ def _slots(
                 dread["cd"] = (nb - 1) * gather_read
                 dwrite["cd"] = nb * gbs * kv_tok / lk.c2d  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
-            for form in (p, p0) if p0 else (p,):
-                form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
-            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, **reads))
+            for form in (p, p0, kvf.get("pl", {})):
+                if form or form is p:
+                    form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
+            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, **reads, **kvf))
         att, mlp = pair  # each slot's first sub-step holds the other's last KV store
         for slot, before in ((att, mlp), (mlp, att)):
             lane = dict(slot.d2h)  # the D2H lane: hidden stores, (nb - 1) own KV stores, the one before
@@ -308,6 +323,26 @@ def _slots(
                 lane[v] = lane.get(v, 0.0) + k
             out.append((mult, replace(slot, d2h=lane, q_prev=dict(before.q))))
     return out
+
+
+def _kv_load(
+    rig: Rig, model: ModelSpec, gbs: int, kv_len: int, kv_tok: float, lk: Links, cpu: str, dram: float
+) -> tuple[dict[str, float], ...]:
+    """One batch's GPU-attention KV load from the CPU and the disk: (its link time, its host memcpy,
+    its disk read, the memcpy's delay per weight byte loaded beside it). The CPU share is unpinned:
+    general_copy pins it in the issuing thread (a host memcpy, pytorch_backend.py:843-849) and DMAs
+    what it pinned, so the thread and the load both take the memcpy, then the load the DMA. In the
+    first sub-step the memcpy shares host DRAM with the next layer's weight DMA issued just before
+    it (flex_opt.py:1048-1049) and ends later by ``bandwidth.overlap_delay`` per second of DMA (exact
+    when the memcpy outlasts the DMA; a shorter one is under the weights' own option)."""
+    kvb = gbs * kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
+    copy = host_copy_op(kvb)
+    cost = block_cost(rig.devices[cpu], (copy,))
+    cap = min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf)
+    pin = overlap_delay(dram, lk.pin, cap) / lk.pin
+    slow = {"wc": pin, "wd": pin + overlap_delay(dram, lk.d2c, cap) / lk.d2c}
+    link = {"cc": kvb / lk.pin, "cd": kvb / lk.d2g}
+    return link, {"cc": _t(rig, cpu, (copy,))}, {"cd": kvb / lk.d2g}, slow
 
 
 def _gather_into(
@@ -520,6 +555,11 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
 
     total = 0.0
     for mult, slot in cm.slots:
+        if slot.c0 or slot.cl:
+            t = max(sum(k * lin(f) for k, f in parts) for parts in _kv_forms(slot, cm.nb))
+            t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
+            total += mult * cm.layers * t
+            continue
         w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
         p0 = lin(slot.p0) if slot.p0 else p
         nb = cm.nb
@@ -537,6 +577,25 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
         t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
         total += mult * cm.layers * t
     return total
+
+
+def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]], ...]]:
+    """The sub-step forms of a slot with a GPU-attention KV load (``_Slot.c0``, ``cl``): every option
+    of the first sub-step (the weights then the loads on the link, the loads through the slowed
+    memcpy, the thread, the store before) plus nb - 2 of a middle one's (loads, thread, store) plus
+    the last's, each a sum ``(k, form)``: the max of the sub-steps' maxes, as linear forms."""
+    stores = bool(slot.q or slot.q_prev)
+    firsts: list[tuple[tuple[float, dict[str, float]], ...]] = [((1.0, slot.w), (1.0, slot.c0 or slot.c))]
+    if slot.m0:
+        firsts.append(((1.0, slot.m0),))
+    firsts.append(((1.0, slot.p0 or slot.p),))
+    if stores:
+        firsts.append(((1.0, slot.q_prev),))
+    if nb == 1:
+        return firsts
+    mids = [slot.c, slot.p, *([slot.q] if stores else [])] if nb > 2 else [{}]
+    lasts = [slot.cl or slot.c, slot.pl or slot.p, *([slot.q] if stores else [])]
+    return [(*f, (nb - 2.0, m), (1.0, last)) for f in firsts for m in mids for last in lasts]
 
 
 def _rows_of(
@@ -592,6 +651,13 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
     nbf = float(cm.nb)
     for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
+        if slot.c0 or slot.cl:  # a GPU-attention KV load: its own first and last sub-steps
+            for parts in _kv_forms(slot, cm.nb):
+                _rows_of(solver, t, parts, x)
+            for lane in (slot.d2h, slot.dread, slot.dwrite):
+                _rows_of(solver, t, ((1.0, lane),), x)
+            objective.append((mult * cm.layers, t))
+            continue
         p0 = slot.p0 or slot.p
         _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
         _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
