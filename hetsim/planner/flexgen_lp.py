@@ -555,28 +555,41 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
 
     total = 0.0
     for mult, slot in cm.slots:
-        if slot.c0 or slot.cl:
-            t = max(sum(k * lin(f) for k, f in parts) for parts in _kv_forms(slot, cm.nb))
-            t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
-            total += mult * cm.layers * t
-            continue
-        w, c, p = lin(slot.w), lin(slot.c), lin(slot.p)
-        p0 = lin(slot.p0) if slot.p0 else p
-        nb = cm.nb
-        t = max(w + nb * c, w + c + (nb - 1) * p, p0 + (nb - 1) * c, p0 + (nb - 1) * p)
-        if slot.q or slot.q_prev:  # max(w + c, p0, q_prev) + (nb - 1) max(c, p, q)
-            q, qp = lin(slot.q), lin(slot.q_prev)
-            t = max(t, qp + (nb - 1) * max(c, p, q), max(w + c, p0) + (nb - 1) * q)
-        if slot.kr or slot.kr0:  # the disk reads' bounds: every first-sub-step option with every other
-            firsts = [w + c, p0, *([qp] if slot.q or slot.q_prev else [])]
-            others = [c, p, *([q] if slot.q or slot.q_prev else [])]
-            reads = [lin(f) for f in (slot.kr, slot.vr) if f]
-            reads0 = [lin(f) for f in (slot.kr0, slot.vr0, slot.dr0) if f]
-            t = max([t, *(a + (nb - 1) * b for a in firsts for b in reads)])
-            t = max([t, *(a + (nb - 1) * b for a in reads0 for b in others + reads)])
-        t = max(t, lin(slot.d2h), lin(slot.dread), lin(slot.dwrite))
+        t = max(sum(k * lin(f) for k, f in parts) for parts in _slot_forms(slot, cm.nb))
         total += mult * cm.layers * t
     return total
+
+
+def _slot_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]], ...]]:
+    """Every lower bound of one slot's time, each a sum ``(k, form)`` of linear forms: the slot's time
+    is their max. ``build_lp`` writes each as a row (in this order) and ``cost_at`` evaluates them, so
+    the LP and the cost at a placement are one model. The overlap forms max(w + c, p0) + (nb - 1)
+    max(c, p) as sums; the KV stores' (``_Slot.q``); CPU attention's disk reads (``_Slot.kr``) with
+    every other option; or, for a GPU-attention KV load, ``_kv_forms``; then the three lanes."""
+    lanes = [((1.0, lane),) for lane in (slot.d2h, slot.dread, slot.dwrite)]
+    if slot.c0 or slot.cl:  # a GPU-attention KV load: its own first and last sub-steps
+        return [*_kv_forms(slot, nb), *lanes]
+    nbf = float(nb)
+    p0 = slot.p0 or slot.p
+    forms = [
+        ((1.0, slot.w), (nbf, slot.c)),
+        ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)),
+        ((1.0, p0), (nbf - 1, slot.c)),
+        ((1.0, p0), (nbf - 1, slot.p)) if slot.p0 else ((nbf, slot.p),),
+    ]
+    stores = bool(slot.q or slot.q_prev)
+    if stores:  # the KV stores' sub-step forms (_Slot.q)
+        forms += [((1.0, slot.q_prev), (nbf - 1, rest)) for rest in (slot.c, slot.p, slot.q)]
+        forms += [((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), ((1.0, p0), (nbf - 1, slot.q))]
+    if slot.kr or slot.kr0:  # CPU attention's disk reads (_Slot.kr): with every other option
+        firsts = [((1.0, slot.w), (1.0, slot.c)), ((1.0, p0),), *([((1.0, slot.q_prev),)] if stores else [])]
+        others = [slot.c, slot.p, *([slot.q] if stores else [])]
+        reads = [f for f in (slot.kr, slot.vr) if f]
+        forms += [(*a, (nbf - 1, b)) for a in firsts for b in reads]
+        forms += [
+            ((1.0, f), (nbf - 1, b)) for f in (slot.kr0, slot.vr0, slot.dr0) if f for b in (*others, *reads)
+        ]
+    return forms + lanes
 
 
 def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]], ...]]:
@@ -648,46 +661,10 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
             if c:
                 row.SetCoefficient(x[v], c)
     objective = []
-    nbf = float(cm.nb)
     for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
-        if slot.c0 or slot.cl:  # a GPU-attention KV load: its own first and last sub-steps
-            for parts in _kv_forms(slot, cm.nb):
-                _rows_of(solver, t, parts, x)
-            for lane in (slot.d2h, slot.dread, slot.dwrite):
-                _rows_of(solver, t, ((1.0, lane),), x)
-            objective.append((mult * cm.layers, t))
-            continue
-        p0 = slot.p0 or slot.p
-        _rows_of(solver, t, ((1.0, slot.w), (nbf, slot.c)), x)
-        _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.p)), x)
-        _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.c)), x)
-        if slot.p0:
-            _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.p)), x)
-        else:
-            _rows_of(solver, t, ((nbf, slot.p),), x)
-        if slot.q or slot.q_prev:  # the KV stores' sub-step forms (_Slot.q)
-            for rest in (slot.c, slot.p, slot.q):
-                _rows_of(solver, t, ((1.0, slot.q_prev), (nbf - 1, rest)), x)
-            _rows_of(solver, t, ((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), x)
-            _rows_of(solver, t, ((1.0, p0), (nbf - 1, slot.q)), x)
-        if slot.kr or slot.kr0:  # CPU attention's disk reads (_Slot.kr): with every other option
-            stores = bool(slot.q or slot.q_prev)
-            firsts = [
-                ((1.0, slot.w), (1.0, slot.c)),
-                ((1.0, p0),),
-                *([((1.0, slot.q_prev),)] if stores else []),
-            ]
-            others = [slot.c, slot.p, *([slot.q] if stores else [])]
-            reads = [f for f in (slot.kr, slot.vr) if f]
-            for a in firsts:
-                for b in reads:
-                    _rows_of(solver, t, (*a, (nbf - 1, b)), x)
-            for f in (slot.kr0, slot.vr0, slot.dr0):
-                for b in (*others, *reads) if f else ():
-                    _rows_of(solver, t, ((1.0, f), (nbf - 1, b)), x)
-        for lane in (slot.d2h, slot.dread, slot.dwrite):
-            _rows_of(solver, t, ((1.0, lane),), x)
+        for parts in _slot_forms(slot, cm.nb):
+            _rows_of(solver, t, parts, x)
         objective.append((mult * cm.layers, t))
     goal = solver.Objective()
     goal.SetMinimization()
