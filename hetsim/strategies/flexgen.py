@@ -354,8 +354,7 @@ class _Runner:
         )
 
     def compute(self, e, step: Step, j: int, gbs: int):
-        """Compute one batch; a generator because CPU attention blocks the issuing thread
-        (``block_released`` books the same steps inline: keep the two alike)."""
+        """Compute one batch; a generator because CPU attention blocks the issuing thread."""
         o = self.ops(step, j, gbs)
         if not o.cpu:
             yield e.compute(self.gpu, o.gpu_pre, label=self.kinds[j])
@@ -408,7 +407,7 @@ class _Runner:
         the time the last would have fired: the same bookings and clock, far fewer events."""
         gbs = self.plan.gpu_batch_size
         t = _Booked(e)
-        compute_time, transfer_time = e.compute_time, e.transfer_time
+        compute_time = e.compute_time
         ev0, w0 = self.load_weight(t, 0, e)  # prologue
         if w0 is not None:
             ev0 += yield from w0
@@ -459,17 +458,9 @@ class _Runner:
             if own:
                 t.at = (e.env.now if launched is None else launched) + own
             o = self.ops(step, j, gbs)
-            # ``compute``'s steps, each issued when the one before ends, booked on the engine
-            # directly (what ``_Booked``'s methods do) without a generator chain
             if o.cpu:
-                t.at = compute_time(self.gpu, o.gpu_pre, label="attention_gpu", at=t.at)
-                t.at = transfer_time(self.gpu, self.cpu, o.to_cpu_bytes, label="qkv_to_cpu", at=t.at)
-                t.at = compute_time(self.cpu, o.cpu, label="cpu_attention", at=t.at)
-                t.at = transfer_time(
-                    self.cpu, self.gpu, o.to_gpu_bytes, pinned=False, label="attn_to_gpu", at=t.at
-                )
-                t.at = compute_time(self.gpu, o.gpu_post, label="attention_out", at=t.at)
-            else:
+                t.chain(self.compute(t, step, j, gbs))
+            else:  # ``compute``'s one step, without a generator to chain
                 t.at = compute_time(self.gpu, o.gpu_pre, label=self.kinds[j], at=t.at)
             ev.append(t.at)
             if p > 0:
