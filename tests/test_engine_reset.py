@@ -359,3 +359,37 @@ def test_shares_of_zero_and_minus_zero_keep_their_own_zeros():
 
 def _scaled(op):
     return [getattr(op, name) for name in _SCALED]
+
+
+def test_op_cost_caches_of_many_rigs_filled_from_many_threads():
+    """``_rig_costs`` evicts its oldest rig past ``_RIG_COSTS_MAX_RIGS``: threads (a Dask worker's)
+    filling it for more rigs than that at once all get their caches (two evicting the same oldest
+    entry raised KeyError)."""
+    import sys
+    import threading
+
+    from hetsim.sim import engine as engine_module
+
+    rigs = [load_rig(n) for n in ("mixed-lab", "hetegen-a10", "flexgen-t4", "hexgen-homogeneous")]
+    rigs += [dataclasses.replace(r, name=r.name + "-copy") for r in rigs]
+    errors: list[str] = []
+
+    def fill(i):
+        try:
+            for r in range(200):
+                engine_module._rig_costs(rigs[(i + r) % len(rigs)])
+        except Exception as exc:  # any exception in a thread is the failure
+            errors.append(repr(exc))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(10):
+            threads = [threading.Thread(target=fill, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []

@@ -14,6 +14,7 @@ does no graph look-ups (routes and op costs are cached) and no re-planning.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
@@ -226,6 +227,9 @@ _RIG_COSTS: dict[int, tuple[Rig, dict[_CostKey, OpCost], dict[tuple[str, int], t
 _DEVICE_COSTS: dict[Hashable, _CostCaches] = {}
 _RIG_COSTS_MAX_RIGS = 4
 _RIG_COSTS_MAX_ENTRIES = 65536
+# Misses are filled and evicted under one lock: a Dask worker runs points in threads, and two threads
+# evicting the same oldest entry at once would raise KeyError.
+_RIG_COSTS_LOCK = threading.Lock()
 
 
 def _bound(memory_bound_s: float, busy_s: float) -> str:
@@ -253,6 +257,14 @@ def phase_bound(
 def _rig_costs(rig: Rig) -> tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]:
     """The op-cost caches (by value, and by the identity of the ops object) of engines on ``rig``."""
     hit = _RIG_COSTS.get(id(rig))
+    if hit is not None and hit[0] is rig and len(hit[1]) + len(hit[2]) <= _RIG_COSTS_MAX_ENTRIES:
+        return hit[1], hit[2]
+    with _RIG_COSTS_LOCK:
+        return _rig_costs_miss(rig)
+
+
+def _rig_costs_miss(rig: Rig) -> tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]:
+    hit = _RIG_COSTS.get(id(rig))  # again, under the lock: another thread may have filled it
     if hit is not None and hit[0] is rig and len(hit[1]) + len(hit[2]) <= _RIG_COSTS_MAX_ENTRIES:
         return hit[1], hit[2]
     if hit is None and len(_RIG_COSTS) >= _RIG_COSTS_MAX_RIGS:
