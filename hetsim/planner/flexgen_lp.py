@@ -23,7 +23,10 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   in the attention slot's first nb - 1 sub-steps and the next layer's first batch's in the MLP
   slot's last, so such a slot has a last sub-step of its own (``_Slot.cl``, ``pl``), and its first
   sub-step's memcpy runs beside the weight DMA, slowed by it on host DRAM (``_Slot.c0``, ``m0``):
-  first + (nb - 2) middle + last, every option of each crossed (``_kv_forms``);
+  first + (nb - 2) middle + last, every option of each crossed (``_kv_forms``). Its disk share is
+  read by the copy threads on the disk lane once the CPU share is pinned and hopped over the link
+  when it lands (general_copy's ``submit_copy``): the link carries the hop, and a loading sub-step
+  is at least the memcpy (or the next layer's weights' disk read) then the reads (``_Slot.dk0``);
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions;
 - the weight fractions are spread evenly over every layer's bytes (embedding and output included:
   init_weight_list places each layer by the same percentages); at a plan's own placement, where
