@@ -26,7 +26,7 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   first + (nb - 2) middle + last, every option of each crossed (``_kv_forms``). Its disk share is
   read by the copy threads on the disk lane once the CPU share is pinned and hopped over the link
   when it lands (general_copy's ``submit_copy``): the link carries the hop, and a loading sub-step
-  is at least the memcpy (or the next layer's weights' disk read) then the reads (``_Slot.dk0``);
+  is at least the memcpy then the reads then V's hop (``_Slot.dk0``, ``dkm``, ``dkl``);
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions;
 - the weight fractions are spread evenly over every layer's bytes (embedding and output included:
   init_weight_list places each layer by the same percentages); at a plan's own placement, where
@@ -184,11 +184,11 @@ class _Slot:
     m0: dict[str, float] = field(default_factory=dict)
     cl: dict[str, float] = field(default_factory=dict)
     pl: dict[str, float] = field(default_factory=dict)
-    # ... and its disk share's bounds (``_kv_load``), where a sub-step loads one: dk, the read and the
-    # last hop after K's CPU segment is pinned (in the first, middle and last sub-steps: dk0, dkm,
-    # dkl); dw0, the same after the next layer's weights' read in the first (empty = no disk share)
+    # ... and its disk share's bound (``_kv_load``) where a sub-step loads one, the memcpy then the
+    # reads then V's hop, in the first, middle and last sub-steps (empty = no disk share). In the
+    # first the reads may wait for the next layer's weights' instead: left to the slot's disk lane
+    # (dread; as a form it cost 12 rows an LP and moved no plan checked)
     dk0: dict[str, float] = field(default_factory=dict)
-    dw0: dict[str, float] = field(default_factory=dict)
     dkm: dict[str, float] = field(default_factory=dict)
     dkl: dict[str, float] = field(default_factory=dict)
 
@@ -251,10 +251,7 @@ def _slots(
                         kvf["m0"] = _plus(kvf["m0"], load(slow_kv, j_next), 1.0)
                         c, p = _plus(kvf["c0"], memcpy, 1.0), _plus(p, memcpy, 1.0)
                         if disk:
-                            kvf["dk0"], kvf["dw0"] = (
-                                dk,
-                                _kv_after_weights(dk, load({"wd": 1.0 / lk.d2c}, j_next)),
-                            )
+                            kvf["dk0"] = dk
                     else:  # in the last
                         kvf = {"cl": _plus(_plus(c, link, 1.0), memcpy, 1.0), "pl": _plus(p, memcpy, 1.0)}
                         if disk:
@@ -289,7 +286,6 @@ def _slots(
                         kvf["m0"] = _plus(c, load(slow_kv, j_next), 1.0)
                         if disk:
                             kvf["dk0"] = kvf["dkm"] = dk
-                            kvf["dw0"] = _kv_after_weights(dk, load({"wd": 1.0 / lk.d2c}, j_next))
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
@@ -369,13 +365,6 @@ def _kv_load(
     # V's hop ends the load (FlexGen's _mixed_load); the reads' 100 us latency is not a linear term
     dk = {"cc": memcpy, "cd": kvb / lk.d2c + kvb / (2 * lk.pin)}
     return link, {"cc": memcpy}, {"cd": kvb / lk.d2c}, slow, dk
-
-
-def _kv_after_weights(dk: dict[str, float], w_read: dict[str, float]) -> dict[str, float]:
-    """``dk`` in a sub-step that also loads the next layer's weights: their disk read, queued on the
-    copy threads first (load_weight before load_cache, flex_opt.py:1048-1049), goes before the KV's
-    on the disk lane, so the KV's reads wait for it instead of for K's memcpy."""
-    return _plus({"cd": dk["cd"]}, w_read, 1.0)
 
 
 def _gather_into(
@@ -637,7 +626,8 @@ def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]]
     firsts.append(((1.0, slot.p0 or slot.p),))
     if stores:
         firsts.append(((1.0, slot.q_prev),))
-    firsts += [((1.0, f),) for f in (slot.dk0, slot.dw0) if f]
+    if slot.dk0:
+        firsts.append(((1.0, slot.dk0),))
     if nb == 1:
         return firsts
     mids = [slot.c, slot.p, *([slot.q] if stores else []), *([slot.dkm] if slot.dkm else [])]
