@@ -239,6 +239,21 @@ def test_unpinned_kv_is_pinned_by_the_issuing_thread_before_its_dma(tmp_path):
         assert not any(s < b - 1e-6 and e > a + 1e-6 for s, e in gpu)
 
 
+def test_unpinned_weights_run_the_released_loop():
+    """``pin_weight=False`` (``--pin-weight 0``): the prologue's weight relay is issued on the engine
+    and waited on as events (it raised TypeError: its DMA's event went to ``wait_until``); the
+    pin_memory copies make it slower than the same plan pinned."""
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    pinned = FlexGenPlan(16, 2, 40, 30, 0, 50, 0, 100, cpu_attention=False, gpu="n0.gpu0")
+    for plan in (pinned, replace(pinned, cpu_attention=True)):
+        fast = simulate(get_strategy("flexgen"), plan, rig, model, Workload(32, 128, 4))
+        slow = simulate(
+            get_strategy("flexgen"), replace(plan, pin_weight=False), rig, model, Workload(32, 128, 4)
+        )
+        assert fast.feasible and slow.feasible, (fast.reason, slow.reason)
+        assert slow.e2e_s > fast.e2e_s
+
+
 def test_disk_reads_reach_the_gpu_through_a_host_relay():
     """FlexGen's copy threads read a disk tensor into a pinned relay, then DMA it: the PCIe lane is
     busy only for its own hop (at 12.89 GiB/s), not for the whole read from the disk, which runs at

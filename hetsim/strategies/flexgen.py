@@ -439,8 +439,10 @@ class _Runner:
         t = _Booked(e)
         compute_time = e.compute_time
         ev0, w0 = self.load_weight(t, 0, e)  # prologue
-        if w0 is not None:
-            ev0 += yield from w0
+        if w0 is not None:  # unpinned weights: the relay, issued on the engine itself (events)
+            late = yield from w0
+            if late:
+                yield e.all_of(late)
         yield e.wait_until(ev0 + t.book_hops())
         pos = list(self._positions())
         # Loads for position 0 happen before the loop (the runtime's warm-up).
