@@ -222,30 +222,19 @@ def test_knapsack_tie_break_keeps_the_optimum(opt30b):
                 assert got[a] == next(it.count for it in items if it.kind == a)
 
 
-def _by_enumeration(items: list[Item], cap: int) -> tuple[int, int, int]:
-    """The lexicographic best of every choice: the most whole microseconds saved, then the fewest
-    GPU bytes (weights plus the largest buffer of a kind not fully resident), then the kinds' ranks."""
-    best = None
-    for counts in itertools.product(*(range(it.count + 1) for it in items)):
-        buf = max((it.buffer_bytes for it, n in zip(items, counts) if n < it.count), default=0)
-        used = sum(it.nbytes * n for it, n in zip(items, counts)) + buf
-        if used > cap:
-            continue
-        saved = sum(round(it.saved_s * 1e6) * n for it, n in zip(items, counts))
-        key = (-saved, used, sum(i * n for i, n in enumerate(counts)))
-        best = key if best is None or key < best else best
-    return best
+def _key(items: list[Item], counts) -> tuple[int, int, int]:
+    """What both solves order choices by: the most whole microseconds saved, then the fewest GPU
+    bytes (weights plus the largest buffer of a kind not fully resident), then the kinds' ranks."""
+    pairs = list(zip(items, counts, strict=True))
+    buf = max((it.buffer_bytes for it, n in pairs if n < it.count), default=0)
+    saved = sum(round(it.saved_s * 1e6) * n for it, n in pairs)
+    return (-saved, sum(it.nbytes * n for it, n in pairs) + buf, sum(i * n for i, n in enumerate(counts)))
 
 
-def _key(items: list[Item], got: dict[str, int]) -> tuple[int, int, int]:
-    counts = [got[it.kind] for it in items]
-    buf = max((it.buffer_bytes for it, n in zip(items, counts) if n < it.count), default=0)
-    saved = sum(round(it.saved_s * 1e6) * n for it, n in zip(items, counts))
-    return (
-        -saved,
-        sum(it.nbytes * n for it, n in zip(items, counts)) + buf,
-        sum(i * n for i, n in enumerate(counts)),
-    )
+def _by_enumeration(items: list[Item], cap: int) -> tuple[int, int, int] | None:
+    """The least key of every choice that fits ``cap`` (None: not even the buffer fits)."""
+    keys = [_key(items, c) for c in itertools.product(*(range(it.count + 1) for it in items))]
+    return min((k for k in keys if k[1] <= cap), default=None)
 
 
 @settings(max_examples=60, deadline=None)
@@ -272,7 +261,7 @@ def test_knapsack_is_the_lexicographic_optimum_of_every_choice(kinds, cap):
     if cap == 0 or best is None:  # no budget, or not even the buffer fits: nothing resident
         assert set(got.values()) == {0}
         return
-    assert _key(items, got) == best
+    assert _key(items, [got[it.kind] for it in items]) == best
 
 
 def test_knapsack_budget_past_every_module():
