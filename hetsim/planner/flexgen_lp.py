@@ -36,12 +36,13 @@ confirmed in the engine with the runtime's per-tensor ("released") placement.
 from __future__ import annotations
 
 import math
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 
-from ortools.linear_solver import _pywraplp, pywraplp
+from ortools.linear_solver import pywraplp
 
 from hetsim.costs.op_cost import block_cost
 from hetsim.hardware.rig import Rig
@@ -611,15 +612,12 @@ def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]]
     return [(*f, (nb - 2.0, m), (1.0, last)) for f in firsts for m in mids for last in lasts]
 
 
-def _rows_of(
-    solver: pywraplp.Solver, t: pywraplp.Variable, parts: tuple[tuple[float, dict[str, float]], ...], x: dict
-) -> None:
-    """Add ``t >= sum(k * lin(form) for k, form in parts)`` as one row, its coefficients summed in the
-    order (and with the skipped zero multipliers) of OR-Tools' natural API (``LinearExpr.GetCoeffs``:
-    t, then each form's terms, each coefficient ``(-1.0 * k) * coef``), so the model GLOP receives is
-    the same, bit for bit, as ``solver.Add(t >= ...)`` builds, at a tenth of its Python cost. The
-    SWIG calls go straight to ``_pywraplp`` (what ``Solver.Constraint`` and
-    ``Constraint.SetCoefficient`` call; ~30,000 rows a search)."""
+def _rows_of(parts: tuple[tuple[float, dict[str, float]], ...], t: int, index: dict[str, int]) -> bytes:
+    """``t >= sum(k * lin(form) for k, form in parts)`` as one row of GLOP's model (``_row``), its
+    coefficients summed in the order (and with the skipped zero multipliers) of OR-Tools' natural API
+    (``LinearExpr.GetCoeffs``: t, then each form's terms, each coefficient ``(-1.0 * k) * coef``), so
+    the model GLOP receives is the same, bit for bit, as ``solver.Add(t >= ...)`` builds (~30,000
+    rows a search; ``tests/test_flexgen_lp_build.py``)."""
     coeffs: dict[str, float] = {}  # by name; t's first, as the natural API has it
     offset = 0.0
     for k, form in parts:
@@ -632,47 +630,91 @@ def _rows_of(
                 offset += cm
             elif cm:
                 coeffs[v] = coeffs.get(v, 0.0) + cm
-    row = _new_row(solver, 0.0 - offset, _INF, "")
-    _set(row, t, 1.0)
-    for v, c in coeffs.items():
-        _set(row, x[v], c)
+    return _row(0.0 - offset, _INF, [t, *map(index.__getitem__, coeffs)], [1.0, *coeffs.values()])
 
 
-_new_row = _pywraplp.Solver_Constraint
-_set = _pywraplp.Constraint_SetCoefficient
+# GLOP's model is handed over as the bytes of one ``MPModelProto`` (OR-Tools' linear_solver.proto)
+# that ``Solver.LoadModelFromProto`` loads in one call: MPSolver makes from it the same variables,
+# rows and coefficients, in the same order, as the ~140,000 calls of the Python API a search made
+# before (most of build_lp's time). Only the fields build_lp sets are written: protobuf's defaults
+# (no name, not integer, objective 0) are the API's; the loader drops names (``t`` repeats), which
+# GLOP does not read. The numbers are packed as protobuf's wire format has them (little-endian).
 _INF = pywraplp.Solver.infinity()
+_BOUNDS = struct.Struct("<BdBd").pack
+_DOUBLES: dict[int, Callable[..., bytes]] = {}  # struct.pack of n doubles, by n
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _row(lo: float, hi: float, index: list[int], coefs: list[float]) -> bytes:
+    """An ``MPConstraintProto`` (the model's field 4): bounds (2, 3), packed var_index (6) and
+    coefficient (7)."""
+    body = _BOUNDS(0x11, lo, 0x19, hi)
+    n = len(index)
+    if n:
+        pack = _DOUBLES.get(n) or _DOUBLES.setdefault(n, struct.Struct(f"<{n}d").pack)
+        ids = bytes(index) if index[0] < 0x80 else b"".join(map(_varint, index))  # t, the largest, first
+        body += b"\x32" + _varint(len(ids)) + ids + b"\x3a" + _varint(8 * n) + pack(*coefs)
+    return b"\x22" + _varint(len(body)) + body
+
+
+def _variable(lo: float, hi: float, objective: float) -> bytes:
+    """An ``MPVariableProto`` (the model's field 3): bounds (1, 2), objective coefficient (3)."""
+    body = _BOUNDS(0x09, lo, 0x11, hi)
+    if objective:
+        body += struct.pack("<Bd", 0x19, objective)
+    return b"\x1a" + _varint(len(body)) + body
 
 
 def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variable]]:
     """GLOP's model of ``cm``: the 9 fractions, the tier sums, the memory rows, one epigraph variable
-    per slot (four overlap forms and the three lanes), the layers' summed time as the objective."""
-    solver = pywraplp.Solver.CreateSolver("GLOP")
-    x = {v: solver.NumVar(lo, hi, v) for v, (lo, hi) in cm.bounds.items()}
-    for tier in "wch":
-        row = solver.Constraint(1.0, 1.0, "")
-        for t in "gcd":
-            row.SetCoefficient(x[tier + t], 1.0)
+    per slot (its ``_slot_forms`` as rows), the layers' summed time as the objective, in that order."""
+    from ortools.linear_solver.linear_solver_pb2 import MPModelProto  # ~0.03 s: at the first LP
+
+    index = {v: i for i, v in enumerate(cm.bounds)}
+    variables = [_variable(lo, hi, 0.0) for lo, hi in cm.bounds.values()]
+    rows = [_row(1.0, 1.0, [index[tier + t] for t in "gcd"], [1.0] * 3) for tier in "wch"]
     for coefs, rhs in cm.memory:
         if not coefs:  # the natural API's ``0 <= rhs``: an empty row, infeasible when rhs < 0
-            solver.Constraint(*((0, 0) if rhs >= 0 else (1, 1)), "")
+            rows.append(_row(*((0.0, 0.0) if rhs >= 0 else (1.0, 1.0)), [], []))
             continue
-        row = solver.Constraint(-solver.infinity(), rhs, "")
-        for v, c in coefs.items():
-            if c:
-                row.SetCoefficient(x[v], c)
-    objective = []
+        kept = {v: c for v, c in coefs.items() if c}
+        rows.append(_row(-_INF, rhs, [index[v] for v in kept], list(kept.values())))
     for mult, slot in cm.slots:
-        t = solver.NumVar(0.0, solver.infinity(), "t")
-        for parts in _slot_forms(slot, cm.nb):
-            _rows_of(solver, t, parts, x)
-        objective.append((mult * cm.layers, t))
+        t = len(variables)
+        variables.append(_variable(0.0, _INF, mult * cm.layers))
+        rows += [_rows_of(parts, t, index) for parts in _slot_forms(slot, cm.nb)]
+    proto = MPModelProto.FromString(b"".join(variables + rows))
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    if solver.LoadModelFromProto(proto):  # refused (a NaN or infinite number): call by call
+        solver = _load_by_calls(proto)
+    return solver, dict(zip(cm.bounds, solver.variables(), strict=False))
+
+
+def _load_by_calls(proto) -> pywraplp.Solver:
+    """``proto`` through the API's calls, as ``MPSolver::LoadModelFromProto`` makes them but without
+    its check of the numbers (which the API never made: GLOP judges the model, as before)."""
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    xs = [solver.NumVar(v.lower_bound, v.upper_bound, "") for v in proto.variable]
+    for c in proto.constraint:
+        row = solver.Constraint(c.lower_bound, c.upper_bound, "")
+        for i, k in zip(c.var_index, c.coefficient, strict=True):
+            row.SetCoefficient(xs[i], k)
     goal = solver.Objective()
     goal.SetMinimization()
-    goal.SetOffset(0.0)
-    for c, t in objective:
-        if c:
-            goal.SetCoefficient(t, c)
-    return solver, x
+    for x, v in zip(xs, proto.variable, strict=True):
+        if v.objective_coefficient:
+            goal.SetCoefficient(x, v.objective_coefficient)
+    return solver
 
 
 def solve_lp(
