@@ -755,8 +755,11 @@ def _lp_key(cm: CostModel) -> tuple:
         tuple(cm.bounds.items()),
         tuple((tuple(coefs.items()), rhs) for coefs, rhs in cm.memory),
         # every field of every slot, so a form added to _Slot is in the key without anyone remembering
-        tuple((mult, *(tuple(getattr(s, f.name).items()) for f in fields(s))) for mult, s in cm.slots),
+        tuple((mult, *(tuple(getattr(s, name).items()) for name in _SLOT_FIELDS)) for mult, s in cm.slots),
     )
+
+
+_SLOT_FIELDS = tuple(f.name for f in fields(_Slot))
 
 
 def _optimum(cm: CostModel) -> tuple[float, tuple[tuple[str, float], ...]] | None:
