@@ -993,10 +993,10 @@ def lp_candidates_lazy(
     def bound(c: _Chain, i: int, refine: bool) -> float:
         """A lower bound of member i's time per sequence, from the duals of the LP laid out alike
         nearest in gbs when first asked (with ``refine``: nearer ones since); -inf while none."""
-        cm, layout = member(c, i)
         old = c.bounds.get(i)
         if old is not None and not refine:
             return old[0]
+        cm, layout = member(c, i)
         near = solved.get((layout, c.order))
         if not near:
             return -math.inf
