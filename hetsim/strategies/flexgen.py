@@ -169,6 +169,12 @@ class _Booked:
             except StopIteration as stop:
                 return list(stop.value or [])
 
+    def run(self, steps) -> None:
+        """``chain`` of steps that leave nothing in flight (``compute``): a plain loop, each step
+        issued at the time the one before it ends (~40,000 a confirmation with CPU attention)."""
+        for self.at in steps:
+            pass
+
 
 class _Runner:
     """The zig-zag block schedule of one plan; ``run`` is the SimPy process."""
@@ -472,7 +478,7 @@ class _Runner:
             if own:
                 t.at = (e.env.now if launched is None else launched) + own
             if o.cpu:
-                chain(self.compute(t, step, j, gbs))
+                t.run(self.compute(t, step, j, gbs))
             else:  # ``compute``'s one step, without a generator to chain
                 t.at = compute_time(self.gpu, o.gpu_pre, label=self.kinds[j], at=t.at)
             ev.append(t.at)
