@@ -1118,7 +1118,7 @@ def _lower_bound(cm: CostModel, duals: Sequence[float]) -> float:
             share = min(left, cm.bounds[v][1] - cm.bounds[v][0])
             total += share * lin[v]
             left -= share
-    return total
+    return total if total == total else -math.inf  # a NaN bounds nothing
 
 
 def search_free(
