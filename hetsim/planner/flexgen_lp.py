@@ -938,7 +938,7 @@ def lp_candidates_free(
 
 
 # ---- the free-batch search's LPs, only those that can matter ------------------------------------------
-# A candidate's LP is left unsolved while a lower bound of its time, over by this share, is above the
+# A candidate's LP is left unsolved while a lower bound of its time, less this share, is above the
 # time of the next candidate in the ranking: GLOP's optimum meets its rows to ~1e-9, far inside it.
 _BOUND_SLACK = 1e-3
 
