@@ -128,3 +128,14 @@ def test_a_budget_with_no_room_at_all_yields_nothing():
     wl = Workload(1, 512, 32)
     assert list(lp_candidates_lazy(rig, model, wl, ends, 1e6)) == []
     assert lp_candidates_free(rig, model, wl, ends, 1e6)[0] == []
+
+
+@pytest.mark.parametrize(("hw", "name"), [("flexgen-t4", "opt-6.7b"), ("mixed-lab", "llama2-13b")])
+def test_the_free_batch_search_picks_what_it_picks_from_the_eager_list(monkeypatch, hw, name):
+    rig, model = load_rig(hw), get_model(name)
+    wl = Workload(1, 256, 16)
+    lazy = flexgen_lp.search_free(rig, model, wl, "throughput")
+    monkeypatch.setattr(
+        flexgen_lp, "lp_candidates_lazy", lambda *a: iter(flexgen_lp.lp_candidates_free(*a)[0])
+    )
+    assert lazy is not None and flexgen_lp.search_free(rig, model, wl, "throughput") == lazy
