@@ -434,6 +434,41 @@ def test_cpu_attention_rounding_keeps_a_plan_whose_cpu_memory_is_full():
     assert [(p.gpu_batch_size, p.num_gpu_batches, p.cg, p.cc) for p in plans] == [(96, 2, 3, 95)]
 
 
+def test_the_cut_off_keeps_the_optimums_ranking_when_a_placed_time_is_below_its_optimum():
+    """_confirmable stops reading optima past 15 % of the best placed time; a placed time can be
+    below its own optimum (the placed cost model is not the LP's: llama2-13b on mixed-lab, 128+64,
+    a repinned plan's 2 % below), so that cut-off must not drop the optima the optimum's ranking confirms (the
+    best 3 within 15 % of the best optimum). Real candidates, their LP times set so: the first's
+    optimum 2 % over its placed time, the next two 14 % over the first (past 1.02 / 1.15 of it)."""
+    from dataclasses import replace
+
+    from hetsim.planner.flexgen_lp import _confirmable, lp_candidates_free, released_time_per_seq
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    ends = endpoints(rig)
+    wl = Workload(1, 256, 16)
+    sols = lp_candidates_free(rig, model, wl, ends)[0]
+    plans, picked = [], []
+    for sol in sols:
+        plan = to_plan(sol, model, ends[0], None)
+        if plan not in plans:
+            plans.append(plan)
+            picked.append(sol)
+    first, second, third = picked[:3]
+    block = replace(wl, batch=first.gbs * first.nb)
+    placed = released_time_per_seq(first, plans[0], rig, model, block, ends, None)
+    top = placed * 1.02
+    fake = [
+        replace(first, time_per_seq_s=top, block_time_s=first.block_time_s * top / first.time_per_seq_s),
+        *(
+            replace(s, time_per_seq_s=top * 1.14, block_time_s=s.block_time_s * top * 1.14 / s.time_per_seq_s)
+            for s in (second, third)
+        ),
+    ]
+    out = _confirmable(fake, model, ends, None, lambda p: replace(wl, batch=p.block_size), rig)
+    assert plans[1] in out and plans[2] in out, out
+
+
 @pytest.mark.parametrize("cc", [47, 0])
 def test_lp_follows_the_engine_with_the_disk_kv_conversion(cc):
     """llama2-70b, 128 x 16 + 512 + 3 on hexgen-homogeneous (16 GB/s disk, 113 GB/s of host DRAM),
