@@ -67,6 +67,34 @@ def test_the_lazy_search_equals_the_eager_one_on_random_problems(case, prompt, g
     assert lazy == eager
 
 
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(
+    hw=st.sampled_from(["flexgen-t4", "mixed-lab", "a40-measured", "ktransformers-1s", "hexgen-homogeneous"]),
+    name=st.sampled_from(["opt-6.7b", "llama2-13b", "opt-30b", "mixtral-8x7b"]),
+    prompt=st.sampled_from([1, 2, 32, 777, 8192]),
+    gen=st.sampled_from([1, 2, 64, 1024]),
+    budget=st.one_of(st.none(), st.floats(5e8, 8e10)),
+    lossy=st.booleans(),
+    dtypes=st.sampled_from(
+        [(None, None), ("int4", None), (None, "int4"), ("int4", "int4"), ("fp16", "fp16")]
+    ),
+    no_disk=st.booleans(),
+)
+def test_the_lazy_search_equals_the_eager_one_over_rigs_flags_and_extremes(
+    hw, name, prompt, gen, budget, lossy, dtypes, no_disk
+):
+    """Beyond the three rigs above: GPU-attention LPs with a disk (their KV disk-read rows), 4-bit
+    asked for or offered, budgets down to none fitting, prompts and generations of 1-2 tokens and
+    8192 / 1024 (the review of s10-20a also ran 60 such problems over 8 rigs and 11 models: equal)."""
+    rig, model = load_rig(hw), get_model(name)
+    ends = endpoints(rig)
+    if no_disk:
+        ends = (ends[0], ends[1], "")
+    wl = Workload(1, prompt, gen, weight_dtype=dtypes[0], kv_dtype=dtypes[1])
+    lazy = list(lp_candidates_lazy(rig, model, wl, ends, budget, lossy))
+    assert lazy == lp_candidates_free(rig, model, wl, ends, budget, lossy)[0]
+
+
 def test_a_consumer_that_stops_early_leaves_most_lps_unsolved(monkeypatch):
     """The headline's search reads ~40 candidates of 317 (to 15 % over the best placed time); those
     take about a third of the eager search's LPs, and are its first 40."""
