@@ -1267,7 +1267,7 @@ def _confirmable(
     optimum, usual but no theorem (the placed cost model, per-tensor weights, is not the LP's:
     mixtral-8x7b on mixed-lab 256+16 has a placed time 0.4 % below its optimum, a repinned one
     0.8 %; llama2-13b 128+64 a repinned one 2 %). Reading every candidate instead gave the same
-    plans on every problem checked (24 rigs' and models' headlines, free and fixed batch; 28 random).
+    plans on every problem checked (24 rigs' and models' headlines, free and fixed batch; 80 random).
     Each optimum's ``_repinned`` plan joins the placed ranking when its placed time is lower (the KV
     given the GPU memory whole tensors left: OPT-6.7B 512 at 14 GB 33.77 -> 34.38 tok/s)."""
     strategy = get_strategy("flexgen")
