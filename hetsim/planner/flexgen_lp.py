@@ -368,14 +368,18 @@ def _kv_load(
     # K, then V, each pinned then DMA'd (FlexGen's _mixed_load): V's half is pinned while K's DMA
     # runs, so the load's last DMA ends at the later of K's pin then both DMAs and both pins then
     # V's DMA; both are cc times a constant, so their max is one form (``pinned``: what the load
-    # waits for besides its DMAs). The thread still takes the whole memcpy.
-    pinned = {"cc": max(memcpy / 2, memcpy - kvb / (2 * lk.pin))}
+    # waits for besides its DMAs).
+    # V's pin runs beside K's DMA on host DRAM and ends later by ``overlap_delay`` per second of it
+    # (the whole pin slowed when the DMA outlasts it); the thread takes that too
+    d, half_dma = overlap_delay(dram, lk.pin, cap), kvb / (2 * lk.pin)
+    v_late = min(memcpy / 2 * d / (1.0 - d), d * half_dma) if d < 1.0 else d * half_dma
+    pinned = {"cc": max(memcpy / 2, memcpy + v_late - half_dma)}
     # the disk reads: K's once K's CPU half is pinned, V's behind it on the disk lane (and after V's
     # pin: a second form, left out as it binds only where cc x memcpy > cd x read, i.e. little
     # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's hop ends the load.
     # The reads' 100 us latency is not a linear term
     dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + kvb / (2 * lk.pin)}
-    return link, {"cc": memcpy}, pinned, {"cd": kvb / lk.d2c}, slow, dk
+    return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
 
 def _gather_into(
