@@ -283,6 +283,41 @@ def test_disk_loads_hop_to_the_gpu_after_their_reads_land(tmp_path):
             assert start >= end - 1e-6
 
 
+def test_gpu_attention_pins_v_while_ks_dma_runs(tmp_path):
+    """OPT-6.7B 8 x 1 on flexgen-t4, every weight on the GPU, the KV on the CPU, GPU attention: the
+    released load_cache copies K, then V (flex_opt.py:359-368), each pinned in the issuing thread then
+    DMA'd (general_copy, pytorch_backend.py:843-849). So each decode load is two (pin, DMA) pairs of
+    half the bytes, K's DMA starts when K's pin ends while V's pin runs, and the load ends K's pin
+    plus both DMAs after it starts (here DMA-bound): at least half the pin time before one pin of
+    both then one DMA would (fails when K and V are pinned as one copy)."""
+    import json
+
+    from hetsim.strategies.flexgen_ops import kv_token_bytes
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    plan = FlexGenPlan(8, 1, 100, 0, 0, 100, 100, 0, cpu_attention=False, gpu="n0.gpu0")
+    trace = tmp_path / "t.json"
+    r = simulate(get_strategy("flexgen"), plan, rig, model, Workload(8, 512, 3), trace_path=str(trace))
+    assert r.feasible, r.reason
+    spans = sorted(
+        (e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"),
+        key=lambda e: e["ts"],
+    )
+    pins = [e for e in spans if e["name"] == "pin_memory"]
+    dmas = [e for e in spans if e["name"] == "load_cache"]
+    tok = kv_token_bytes(model, False)  # one layer's K and V of a token
+    assert len(pins) == len(dmas) == 2 * 2 * model.layers  # K and V, 2 decode steps, every layer
+    for i in range(0, len(pins), 2):
+        (pk, pv), (dk, dv) = pins[i : i + 2], dmas[i : i + 2]
+        assert dk["args"]["bytes"] == dv["args"]["bytes"]  # half of the kv_len (513 or 514) slots each
+        assert dk["args"]["bytes"] in (pytest.approx(8 * n * tok / 2) for n in (513, 514))
+        assert dk["ts"] == pytest.approx(pk["ts"] + pk["dur"]) == pytest.approx(pv["ts"])
+        end = dv["ts"] + dv["dur"]
+        assert end == pytest.approx(pk["ts"] + pk["dur"] + dk["dur"] + dv["dur"])
+        one_copy = 2 * pk["dur"] + dk["dur"] + dv["dur"]  # both pinned (unslowed), then one DMA
+        assert end - pk["ts"] <= one_copy - 0.5 * 2 * pk["dur"] + 1e-6
+
+
 def test_disk_reads_reach_the_gpu_through_a_host_relay():
     """FlexGen's copy threads read a disk tensor into a pinned relay, then DMA it: the PCIe lane is
     busy only for its own hop (at 12.89 GiB/s), not for the whole read from the disk, which runs at

@@ -24,9 +24,11 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   slot's last, so such a slot has a last sub-step of its own (``_Slot.cl``, ``pl``), and its first
   sub-step's memcpy runs beside the weight DMA, slowed by it on host DRAM (``_Slot.c0``, ``m0``):
   first + (nb - 2) middle + last, every option of each crossed (``_kv_forms``). Its disk share is
-  read by the copy threads on the disk lane once the CPU share is pinned and hopped over the link
+  read by the copy threads on the disk lane once K's CPU half is pinned and hopped over the link
   when it lands (general_copy's ``submit_copy``): the link carries the hop, and a loading sub-step
-  is at least the memcpy then the reads then V's hop (``_Slot.dk0``, ``dkm``, ``dkl``);
+  is at least K's memcpy then the reads then V's hop (``_Slot.dk0``, ``dkm``, ``dkl``). K and V are
+  two (memcpy, DMA) pairs, V pinned while K's DMA runs: the load waits for the later of K's
+  memcpy then both DMAs and both memcpys then V's DMA, one form as both scale with cc;
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions;
 - the weight fractions are spread evenly over every layer's bytes (embedding and output included:
   init_weight_list places each layer by the same percentages); at a plan's own placement, where
@@ -187,7 +189,7 @@ class _Slot:
     m0: dict[str, float] = field(default_factory=dict)
     cl: dict[str, float] = field(default_factory=dict)
     pl: dict[str, float] = field(default_factory=dict)
-    # ... and its disk share's bound (``_kv_load``) where a sub-step loads one, the memcpy then the
+    # ... and its disk share's bound (``_kv_load``) where a sub-step loads one, K's memcpy then the
     # reads then V's hop, in the first, middle and last sub-steps (empty = no disk share). In the
     # first the reads may wait for the next layer's weights' instead: left to the slot's disk lane
     # (dread; as a form it cost 12 rows an LP and moved no plan checked)
@@ -247,16 +249,16 @@ def _slots(
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 if ahead:  # load_cache(k + 1) at k = nb - 1 is the next layer's first batch's
-                    link, memcpy, disk_read, slow_kv, dk = ahead
+                    link, memcpy, pinned, disk_read, slow_kv, dk = ahead
                     dread = _plus(dread, disk_read, 1.0)
                     if nb == 1:  # in the first sub-step, beside the weight DMA
-                        kvf = {"c0": _plus(c, link, 1.0), "m0": _plus(_plus(c, link, 1.0), memcpy, 1.0)}
+                        kvf = {"c0": _plus(c, link, 1.0), "m0": _plus(_plus(c, link, 1.0), pinned, 1.0)}
                         kvf["m0"] = _plus(kvf["m0"], load(slow_kv, j_next), 1.0)
-                        c, p = _plus(kvf["c0"], memcpy, 1.0), _plus(p, memcpy, 1.0)
+                        c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
                         if disk:
                             kvf["dk0"] = dk
                     else:  # in the last
-                        kvf = {"cl": _plus(_plus(c, link, 1.0), memcpy, 1.0), "pl": _plus(p, memcpy, 1.0)}
+                        kvf = {"cl": _plus(_plus(c, link, 1.0), pinned, 1.0), "pl": _plus(p, memcpy, 1.0)}
                         if disk:
                             kvf["dkl"] = dk
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
@@ -281,11 +283,11 @@ def _slots(
                 if phase == "decode":
                     ahead = _kv_load(rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram)
                     if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
-                        link, memcpy, disk_read, slow_kv, dk = ahead
+                        link, memcpy, pinned, disk_read, slow_kv, dk = ahead
                         dread = _plus(dread, disk_read, nb - 1.0)
                         kvf = {"cl": dict(c), "pl": dict(p)}
                         kvf["c0"] = _plus(c, link, 1.0)
-                        c, p = _plus(kvf["c0"], memcpy, 1.0), _plus(p, memcpy, 1.0)
+                        c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
                         kvf["m0"] = _plus(c, load(slow_kv, j_next), 1.0)
                         if disk:
                             kvf["dk0"] = kvf["dkm"] = dk
@@ -348,9 +350,11 @@ def _kv_load(
     rig: Rig, model: ModelSpec, gbs: int, kv_len: int, kv_tok: float, lk: Links, cpu: str, dram: float
 ) -> tuple[dict[str, float], ...]:
     """One batch's GPU-attention KV load from the CPU and the disk: (its link time, its host memcpy,
-    its disk read, the memcpy's delay per weight byte loaded beside it). The CPU share is unpinned:
-    general_copy pins it in the issuing thread (a host memcpy, pytorch_backend.py:843-849) and DMAs
-    what it pinned, so the thread and the load both take the memcpy, then the load the DMA. In the
+    the part of it the load waits for, its disk read, the memcpy's delay per weight byte loaded
+    beside it, the disk share's bound). The CPU share is unpinned: general_copy pins it in the
+    issuing thread (a host memcpy, pytorch_backend.py:843-849) and DMAs what it pinned, K then V
+    (flex_opt.py:359-368), so the thread takes the whole memcpy and the load K's pin then both DMAs,
+    or both pins then V's DMA, whichever is longer (``pinned``). In the
     first sub-step the memcpy shares host DRAM with the next layer's weight DMA issued just before
     it (flex_opt.py:1048-1049) and ends later by ``bandwidth.overlap_delay`` per second of DMA (exact
     when the memcpy outlasts the DMA; a shorter one is under the weights' own option)."""
@@ -364,10 +368,21 @@ def _kv_load(
     # dread), then copied over the link at the pinned rate (copy_worker_func, :896-902)
     link = {"cc": kvb / lk.pin, "cd": kvb / lk.pin}
     memcpy = _t(rig, cpu, (copy,))
-    # the disk reads start once the CPU share is pinned, V's queues behind K's on the disk lane, and
-    # V's hop ends the load (FlexGen's _mixed_load); the reads' 100 us latency is not a linear term
-    dk = {"cc": memcpy, "cd": kvb / lk.d2c + kvb / (2 * lk.pin)}
-    return link, {"cc": memcpy}, {"cd": kvb / lk.d2c}, slow, dk
+    # K, then V, each pinned then DMA'd (FlexGen's _mixed_load): V's half is pinned while K's DMA
+    # runs, so the load's last DMA ends at the later of K's pin then both DMAs and both pins then
+    # V's DMA; both are cc times a constant, so their max is one form (``pinned``: what the load
+    # waits for besides its DMAs).
+    # V's pin runs beside K's DMA on host DRAM and ends later by ``overlap_delay`` per second of it
+    # (the whole pin slowed when the DMA outlasts it); the thread takes that too
+    d, half_dma = overlap_delay(dram, lk.pin, cap), kvb / (2 * lk.pin)
+    v_late = min(memcpy / 2 * d / (1.0 - d), d * half_dma) if d < 1.0 else d * half_dma
+    pinned = {"cc": max(memcpy / 2, memcpy + v_late - half_dma)}
+    # the disk reads: K's once K's CPU half is pinned, V's behind it on the disk lane (and after V's
+    # pin: a second form, left out as it binds only where cc x memcpy > cd x read, i.e. little
+    # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's hop ends the load.
+    # The reads' 100 us latency is not a linear term
+    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + kvb / (2 * lk.pin)}
+    return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
 
 def _gather_into(

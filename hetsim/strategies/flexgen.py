@@ -288,25 +288,25 @@ class _Runner:
         # path 0 copies prompt_len + i = kv_len token slots, the new token's own slot included
         # (flex_opt.py: SelfAttention.load_cache), which mha_gen then overwrites
         nbytes = gbs * step.kv_len * self.kv_tok
-        if self.f.cd > 0:
+        if self.off_kv > 0:  # the KV cache on the CPU is never pinned: the host relay
             return ev, self._mixed_load(sync or e, nbytes)
-        if self.f.cc > 0:  # the KV cache on the CPU is never pinned: the host relay
-            return ev, self._relay(sync or e, nbytes * self.f.cc, "load_cache")
         return ev, None
 
     def _mixed_load(self, e, nbytes: float):
-        """general_copy of K, then of V, from a cache split over the CPU and the disk (segments in
-        [GPU, CPU, disk] order, pytorch_backend.py:813-826): the CPU segment pinned in the issuing
-        thread and DMA'd (``_relay``, :843-849), then the disk segment put on the copy threads' queue
+        """general_copy of K, then of V (SelfAttention.load_cache path 0, flex_opt.py:359-367, one
+        smart_copy each), from a cache on the CPU and perhaps the disk (segments in [GPU, CPU, disk]
+        order, pytorch_backend.py:813-826): each tensor's CPU segment pinned in the issuing thread
+        and DMA'd (``_relay``, :843-849), then its disk segment put on the copy threads' queue
         (:831-833), which read it into their pinned relay and copy it over the link when it lands
-        (copy_worker_func, :896-902). As ``load_cache``'s relay, K's and V's CPU segments are pinned
-        as one copy (the runtime pins V's while K's DMA runs: not modelled), so both reads start
-        when it ends. Returns the copies left in flight."""
+        (copy_worker_func, :896-902). So V's CPU half is pinned while K's DMA runs, and K's read
+        starts when K's half is pinned, V's when V's is. Returns the copies left in flight."""
         late = []
-        if self.f.cc > 0:
-            late += yield from self._relay(e, nbytes * self.f.cc, "load_cache")
+        half = nbytes / 2
         for _ in ("k", "v"):
-            late.append(self._via_host(e, self.disk, self.gpu, nbytes * self.f.cd / 2, "load_cache_disk"))
+            if self.f.cc > 0:
+                late += yield from self._relay(e, half * self.f.cc, "load_cache")
+            if self.f.cd > 0:
+                late.append(self._via_host(e, self.disk, self.gpu, half * self.f.cd, "load_cache_disk"))
         return late
 
     def _gather(self, e, gbs: int, tokens: int, nbytes: float):
