@@ -12,6 +12,7 @@ import heavy dependencies (torch, dask) inside the command, not at module import
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 import yaml
@@ -70,7 +71,7 @@ class _App(typer.Typer):
     """A Typer whose console-script entry point reports errors as one line (see ``main``)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - exercised via subprocess
-        sys.exit(main(kwargs.get("args")))
+        exit_process(main(kwargs.get("args")))
 
 
 app = _App(
@@ -472,5 +473,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return rv if isinstance(rv, int) else 0
 
 
+def exit_process(code: int) -> NoReturn:
+    """End the process with ``code``, its heap frozen first (``gc.freeze``): the interpreter's last act
+    is otherwise a full collection of every object the command imported or made (~0.04 CPU s after a
+    compare, serial), just before the memory goes back to the system. All it skips is finalizing
+    cyclic garbage at exit, which Python does not promise; atexit handlers and flushes still run.
+    For the process's own end only: the heap stays frozen (tests call ``main``, not this)."""
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
