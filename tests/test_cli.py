@@ -299,3 +299,22 @@ def test_the_process_ends_with_its_heap_frozen_its_code_and_its_atexit_handlers(
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3
     assert proc.stdout == "buffered frozen True\n"
+
+
+def test_a_command_runs_with_rare_young_collections_and_main_restores_the_threshold(monkeypatch):
+    import gc
+
+    from hetsim.cli import commands
+    from hetsim.errors import InputError
+
+    seen = []
+
+    def problem(*args, **kwargs):
+        seen.append(gc.get_threshold())
+        raise InputError("stop here", field="--model")
+
+    monkeypatch.setattr(commands, "_problem", problem)
+    before = gc.get_threshold()
+    assert main(["compare", "--model", "llama2-7b", "--hw", "mixed-lab"]) == 2
+    assert seen == [(commands.CLI_GC_THRESHOLD, *before[1:])]
+    assert gc.get_threshold() == before
