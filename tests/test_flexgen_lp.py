@@ -306,12 +306,46 @@ def test_lp_follows_the_engine_with_most_weights_on_the_gpu(prompt):
     GPU (the released init_weight_list places them by the same percentages as every layer,
     flex_opt.py) and spread the fractions evenly over each layer's bytes where whole tensors give
     an attention block, an MLP block and the tables each their own share: -3.0..+14.5 % at 512.
-    Plans with KV on disk are left out: with GPU attention the LP charges the disk share's read
-    after the weight load, where the engine reads it beside (+7.5 .. +12 %, docs "Left")."""
-    rows = _search_candidates("opt-6.7b", prompt, 16, 10, keep=lambda plan: plan.cd == 0)
+    Plans with KV on disk are in (they were left out while the LP charged the disk share's read in
+    series on the load stream: +7.5..+12 %; see the test below)."""
+    rows = _search_candidates("opt-6.7b", prompt, 16, 10)
     assert len(rows) == 10
     errors = [lp / engine - 1 for lp, engine in rows]
     assert max(abs(e) for e in errors) < 0.03, errors
+
+
+@pytest.mark.parametrize(
+    ("model", "gbs", "nb", "wg", "cg", "cc"),
+    [
+        ("opt-6.7b", 8, 1, 87, 97, 0),
+        ("opt-6.7b", 16, 2, 60, 30, 40),
+        ("opt-6.7b", 32, 2, 60, 0, 50),
+        ("opt-6.7b", 16, 4, 50, 0, 80),
+        ("opt-30b", 16, 4, 0, 0, 50),
+    ],
+)
+def test_lp_follows_the_engine_with_gpu_attention_and_kv_on_disk(model, gbs, nb, wg, cg, cc):
+    """512 + 32 on flexgen-t4, attention on the GPU, 3..50 % of the KV on disk, no weights on disk:
+    the LP's time at the plan's placement within 2.5 % of the engine's (was +12.0, +6.5, -3.6,
+    +8.3 and +7.8 %). The released runtime puts a mixed cache's disk segment on the copy threads
+    (general_copy, pytorch_backend.py:831-833), which read it on the disk beside the issuing thread
+    and the weight DMA and copy it over the link when it lands (copy_worker_func, :895-899): the LP
+    had the read in series on the load stream (at the disk's rate, beside the weights' DMA), and
+    the engine read all of it at the position's start, before the CPU segment was pinned, with its
+    link hop booked ahead of the copies issued before the read landed."""
+    from hetsim.planner.flexgen_lp import LpSolution, released_time_per_seq
+    from hetsim.sim.run import simulate
+    from hetsim.strategies.base import get_strategy
+    from hetsim.strategies.flexgen_policy import FlexGenPlan
+
+    rig, m = load_rig("flexgen-t4"), get_model(model)
+    ends = endpoints(rig)
+    plan = FlexGenPlan(gbs, nb, wg, 100 - wg, cg, cc, 100, 0, cpu_attention=False, gpu=ends[0])
+    wl = Workload(gbs * nb, 512, 32)
+    sol = LpSolution(gbs, nb, Flags(False, False), {}, 1.0, 1.0)  # only its shape is read
+    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
+    engine = simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s
+    assert lp == pytest.approx(engine, rel=0.025)
 
 
 def test_lp_ties_go_to_the_faster_tier():

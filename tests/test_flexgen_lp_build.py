@@ -46,9 +46,11 @@ def natural_api_lp(cm):
             stores = bool(slot.q or slot.q_prev)
             firsts = [lin(slot.w) + lin(slot.c0 or slot.c), *([lin(slot.m0)] if slot.m0 else [])]
             firsts += [lin(slot.p0 or slot.p), *([lin(slot.q_prev)] if stores else [])]
+            firsts += [lin(slot.dk0)] if slot.dk0 else []  # the KV's disk share
             stored = [lin(slot.q)] if stores else []
-            mids = [lin(slot.c), lin(slot.p), *stored]
+            mids = [lin(slot.c), lin(slot.p), *stored, *([lin(slot.dkm)] if slot.dkm else [])]
             lasts = [lin(slot.cl or slot.c), lin(slot.pl or slot.p), *stored]
+            lasts += [lin(slot.dkl)] if slot.dkl else []
             for a in firsts:
                 if nbf == 1:
                     solver.Add(t >= a)

@@ -23,7 +23,10 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   in the attention slot's first nb - 1 sub-steps and the next layer's first batch's in the MLP
   slot's last, so such a slot has a last sub-step of its own (``_Slot.cl``, ``pl``), and its first
   sub-step's memcpy runs beside the weight DMA, slowed by it on host DRAM (``_Slot.c0``, ``m0``):
-  first + (nb - 2) middle + last, every option of each crossed (``_kv_forms``);
+  first + (nb - 2) middle + last, every option of each crossed (``_kv_forms``). Its disk share is
+  read by the copy threads on the disk lane once the CPU share is pinned and hopped over the link
+  when it lands (general_copy's ``submit_copy``): the link carries the hop, and a loading sub-step
+  is at least the memcpy then the reads then V's hop (``_Slot.dk0``, ``dkm``, ``dkl``);
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions;
 - the weight fractions are spread evenly over every layer's bytes (embedding and output included:
   init_weight_list places each layer by the same percentages); at a plan's own placement, where
@@ -181,6 +184,13 @@ class _Slot:
     m0: dict[str, float] = field(default_factory=dict)
     cl: dict[str, float] = field(default_factory=dict)
     pl: dict[str, float] = field(default_factory=dict)
+    # ... and its disk share's bound (``_kv_load``) where a sub-step loads one, the memcpy then the
+    # reads then V's hop, in the first, middle and last sub-steps (empty = no disk share). In the
+    # first the reads may wait for the next layer's weights' instead: left to the slot's disk lane
+    # (dread; as a form it cost 12 rows an LP and moved no plan checked)
+    dk0: dict[str, float] = field(default_factory=dict)
+    dkm: dict[str, float] = field(default_factory=dict)
+    dkl: dict[str, float] = field(default_factory=dict)
 
 
 def _slots(
@@ -234,14 +244,18 @@ def _slots(
                 o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 if ahead:  # load_cache(k + 1) at k = nb - 1 is the next layer's first batch's
-                    link, memcpy, disk_read, slow_kv = ahead
+                    link, memcpy, disk_read, slow_kv, dk = ahead
                     dread = _plus(dread, disk_read, 1.0)
                     if nb == 1:  # in the first sub-step, beside the weight DMA
                         kvf = {"c0": _plus(c, link, 1.0), "m0": _plus(_plus(c, link, 1.0), memcpy, 1.0)}
                         kvf["m0"] = _plus(kvf["m0"], load(slow_kv, j_next), 1.0)
                         c, p = _plus(kvf["c0"], memcpy, 1.0), _plus(p, memcpy, 1.0)
+                        if disk:
+                            kvf["dk0"] = dk
                     else:  # in the last
                         kvf = {"cl": _plus(_plus(c, link, 1.0), memcpy, 1.0), "pl": _plus(p, memcpy, 1.0)}
+                        if disk:
+                            kvf["dkl"] = dk
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
                     wslow = load(slow, j_next)
                     if disk:
@@ -264,12 +278,14 @@ def _slots(
                 if phase == "decode":
                     ahead = _kv_load(rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram)
                     if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
-                        link, memcpy, disk_read, slow_kv = ahead
+                        link, memcpy, disk_read, slow_kv, dk = ahead
                         dread = _plus(dread, disk_read, nb - 1.0)
                         kvf = {"cl": dict(c), "pl": dict(p)}
                         kvf["c0"] = _plus(c, link, 1.0)
                         c, p = _plus(kvf["c0"], memcpy, 1.0), _plus(p, memcpy, 1.0)
                         kvf["m0"] = _plus(c, load(slow_kv, j_next), 1.0)
+                        if disk:
+                            kvf["dk0"] = kvf["dkm"] = dk
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
@@ -341,8 +357,14 @@ def _kv_load(
     cap = min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf)
     pin = overlap_delay(dram, lk.pin, cap) / lk.pin
     slow = {"wc": pin, "wd": pin + overlap_delay(dram, lk.d2c, cap) / lk.d2c}
-    link = {"cc": kvb / lk.pin, "cd": kvb / lk.d2g}
-    return link, {"cc": _t(rig, cpu, (copy,))}, {"cd": kvb / lk.d2g}, slow
+    # the disk share: read by the copy threads into their pinned relay on the disk lane (the slot's
+    # dread), then copied over the link at the pinned rate (copy_worker_func, :895-899)
+    link = {"cc": kvb / lk.pin, "cd": kvb / lk.pin}
+    memcpy = _t(rig, cpu, (copy,))
+    # the disk reads start once the CPU share is pinned, V's queues behind K's on the disk lane, and
+    # V's hop ends the load (FlexGen's _mixed_load); the reads' 100 us latency is not a linear term
+    dk = {"cc": memcpy, "cd": kvb / lk.d2c + kvb / (2 * lk.pin)}
+    return link, {"cc": memcpy}, {"cd": kvb / lk.d2c}, slow, dk
 
 
 def _gather_into(
@@ -604,10 +626,18 @@ def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]]
     firsts.append(((1.0, slot.p0 or slot.p),))
     if stores:
         firsts.append(((1.0, slot.q_prev),))
+    if slot.dk0:
+        firsts.append(((1.0, slot.dk0),))
     if nb == 1:
         return firsts
-    mids = [slot.c, slot.p, *([slot.q] if stores else [])] if nb > 2 else [{}]
-    lasts = [slot.cl or slot.c, slot.pl or slot.p, *([slot.q] if stores else [])]
+    mids = [slot.c, slot.p, *([slot.q] if stores else []), *([slot.dkm] if slot.dkm else [])]
+    mids = mids if nb > 2 else [{}]
+    lasts = [
+        slot.cl or slot.c,
+        slot.pl or slot.p,
+        *([slot.q] if stores else []),
+        *([slot.dkl] if slot.dkl else []),
+    ]
     return [(*f, (nb - 2.0, m), (1.0, last)) for f in firsts for m in mids for last in lasts]
 
 

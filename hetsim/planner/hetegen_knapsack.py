@@ -177,7 +177,11 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
     """Exact bounded knapsack with CP-SAT: maximise time saved under ``capacity`` bytes.
 
     Resident weights plus the weight buffer (sized by the largest share of a kind not fully
-    resident) must fit in ``capacity``.
+    resident) must fit in ``capacity``. The optimum is rarely unique (q/k/v/out_proj are the same
+    item; whole microseconds of saving tie other mixes), so ties are broken explicitly, not by the
+    solver's search: a second solve with the saving fixed at its optimum takes the fewest GPU bytes
+    (resident weights plus buffer: the same time for less memory), then the kinds in ``items``' order
+    (a layer's execution order: q_proj before k_proj ...; the engine's time is the same for either).
     """
     cap = int(capacity)
     if cap <= 0:
@@ -192,15 +196,27 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
         m.Add(count[it.kind] == it.count).OnlyEnforceIf(full[it.kind])
         m.Add(count[it.kind] <= it.count - 1).OnlyEnforceIf(full[it.kind].Not())
         m.Add(buf >= it.buffer_bytes).OnlyEnforceIf(full[it.kind].Not())
-    m.Add(sum(it.nbytes * count[it.kind] for it in items) + buf <= cap)
-    # Microseconds saved (integer objective); ties go to fewer bytes, then deterministic search.
-    m.Maximize(sum(round(it.saved_s * 1e6) * count[it.kind] for it in items))
+    used = sum(it.nbytes * count[it.kind] for it in items) + buf
+    m.Add(used <= cap)
+    saved = sum(round(it.saved_s * 1e6) * count[it.kind] for it in items)  # whole microseconds
+    m.Maximize(saved)
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.max_time_in_seconds = 10.0
     status = solver.Solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return {it.kind: 0 for it in items}
+    first = {it.kind: int(solver.Value(count[it.kind])) for it in items}
+    if status != cp_model.OPTIMAL:  # no proven optimum to hold (never seen: 7 variables)
+        return first
+    # The tie-break: bytes first, then each kind's place (rank < ranks, so any byte outweighs it).
+    m.Add(saved == int(solver.ObjectiveValue()))
+    ranks = 1 + sum(i * it.count for i, it in enumerate(items))
+    m.Minimize(used * ranks + sum(i * count[it.kind] for i, it in enumerate(items)))
+    for it in items:  # the first solve's answer is feasible: a hint
+        m.AddHint(count[it.kind], first[it.kind])
+    if solver.Solve(m) != cp_model.OPTIMAL:
+        return first
     return {it.kind: int(solver.Value(count[it.kind])) for it in items}
 
 

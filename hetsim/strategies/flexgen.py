@@ -134,11 +134,23 @@ class _Booked:
     """The engine as ``block_released``'s copies see it: ``transfer`` books the copy and returns the
     time its event would fire (``Engine.transfer_time``), for ``Engine.until`` to join."""
 
-    __slots__ = ("at", "e")
+    __slots__ = ("at", "e", "hops")
 
     def __init__(self, e):
         self.e = e
         self.at: float | None = None  # issue the copies as at this later time (a compute's end)
+        # a disk load's second hop (src, dst, bytes, label, the read's end): issued by its copy
+        # thread when the read lands, so booked after the position's other copies (``book_hops``)
+        self.hops: list[tuple[str, str, float, str, float]] = []
+
+    def book_hops(self) -> list:
+        """Book the deferred hops in the order their reads land; the times they end."""
+        out = [
+            self.e.transfer_time(src, dst, n, label=label, at=at)
+            for src, dst, n, label, at in sorted(self.hops, key=lambda h: h[4])
+        ]
+        self.hops.clear()
+        return out
 
     def transfer(
         self,
@@ -212,6 +224,9 @@ class _Runner:
         reverse), so the PCIe lane is held only for its own hop. Returns the second hop's event/time."""
         if isinstance(e, _Booked):
             first = e.transfer(src, self.cpu, nbytes, label=label)
+            if src == self.disk:  # the PCIe hop once the read lands, after the copies issued before
+                e.hops.append((self.cpu, dst, nbytes, label, first))
+                return first
             return e.e.transfer_time(self.cpu, dst, nbytes, label=label, at=first)
         first = e.book_transfer(src, self.cpu, nbytes, label=label)
         return e.transfer(self.cpu, dst, nbytes, label=label, after=first)
@@ -268,10 +283,25 @@ class _Runner:
         # (flex_opt.py: SelfAttention.load_cache), which mha_gen then overwrites
         nbytes = gbs * step.kv_len * self.kv_tok
         if self.f.cd > 0:
-            ev.append(self._via_host(e, self.disk, self.gpu, nbytes * self.f.cd, "load_cache_disk"))
+            return ev, self._mixed_load(sync or e, nbytes)
         if self.f.cc > 0:  # the KV cache on the CPU is never pinned: the host relay
             return ev, self._relay(sync or e, nbytes * self.f.cc, "load_cache")
         return ev, None
+
+    def _mixed_load(self, e, nbytes: float):
+        """general_copy of K, then of V, from a cache split over the CPU and the disk (segments in
+        [GPU, CPU, disk] order, pytorch_backend.py:813-829): the CPU segment pinned in the issuing
+        thread and DMA'd (``_relay``, :843-849), then the disk segment put on the copy threads' queue
+        (:831-833), which read it into their pinned relay and copy it over the link when it lands
+        (copy_worker_func, :895-899). As ``load_cache``'s relay, K's and V's CPU segments are pinned
+        as one copy (the runtime pins V's while K's DMA runs: not modelled), so both reads start
+        when it ends. Returns the copies left in flight."""
+        late = []
+        if self.f.cc > 0:
+            late += yield from self._relay(e, nbytes * self.f.cc, "load_cache")
+        for _ in ("k", "v"):
+            late.append(self._via_host(e, self.disk, self.gpu, nbytes * self.f.cd / 2, "load_cache_disk"))
+        return late
 
     def _gather(self, e, gbs: int, tokens: int, nbytes: float):
         """general_copy of K, then of V, into the fp32 workspace (flex_opt.py:374-398). The cache is
@@ -411,7 +441,7 @@ class _Runner:
         ev0, w0 = self.load_weight(t, 0, e)  # prologue
         if w0 is not None:
             ev0 += yield from w0
-        yield e.wait_until(ev0)
+        yield e.wait_until(ev0 + t.book_hops())
         pos = list(self._positions())
         # Loads for position 0 happen before the loop (the runtime's warm-up).
         first = pos[0]
@@ -421,7 +451,7 @@ class _Runner:
             late = yield from g0  # events: issued on the engine itself
             if late:
                 yield e.all_of(late)
-        yield e.wait_until(ev0)
+        yield e.wait_until(ev0 + t.book_hops())
         last = len(pos) - 1
         for p, (step, j, k) in enumerate(pos):
             ev = []
@@ -470,6 +500,8 @@ class _Runner:
                     t.at = launched
                 ev += self.store_cache(t, pstep, pj, gbs)
             t.at = None
+            if t.hops:
+                ev += t.book_hops()
             if ev:
                 yield e.wait_until(ev)
             self._tokens(e, j, k, seqs)
