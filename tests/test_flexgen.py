@@ -239,6 +239,50 @@ def test_unpinned_kv_is_pinned_by_the_issuing_thread_before_its_dma(tmp_path):
         assert not any(s < b - 1e-6 and e > a + 1e-6 for s, e in gpu)
 
 
+def test_unpinned_weights_run_the_released_loop():
+    """``pin_weight=False`` (``--pin-weight 0``): the prologue's weight relay is issued on the engine
+    and waited on as events (it raised TypeError: its DMA's event went to ``wait_until``); the
+    pin_memory copies make it slower than the same plan pinned."""
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    pinned = FlexGenPlan(16, 2, 40, 30, 0, 50, 0, 100, cpu_attention=False, gpu="n0.gpu0")
+    for plan in (pinned, replace(pinned, cpu_attention=True)):
+        fast = simulate(get_strategy("flexgen"), plan, rig, model, Workload(32, 128, 4))
+        slow = simulate(
+            get_strategy("flexgen"), replace(plan, pin_weight=False), rig, model, Workload(32, 128, 4)
+        )
+        assert fast.feasible and slow.feasible, (fast.reason, slow.reason)
+        assert slow.e2e_s > fast.e2e_s
+
+
+def test_disk_loads_hop_to_the_gpu_after_their_reads_land(tmp_path):
+    """Weights and KV on disk, GPU attention: each disk load's link hop, booked after the position's
+    other copies (``_Booked.book_hops``), starts after a read of it has landed, and the link carries
+    the bytes the disk read, label by label."""
+    import json
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    plan = FlexGenPlan(16, 2, 40, 30, 0, 50, 0, 100, cpu_attention=False, gpu="n0.gpu0")
+    trace = tmp_path / "t.json"
+    r = simulate(get_strategy("flexgen"), plan, rig, model, Workload(32, 128, 4), trace_path=str(trace))
+    assert r.feasible, r.reason
+    events = json.loads(trace.read_text())["traceEvents"]
+    seen, spans = set(), []
+    for e in events:  # a copy is one span on each lane it holds
+        a = e.get("args") or {}
+        key = (e.get("name"), e.get("ts"), e.get("dur"), a.get("src"), a.get("dst"), a.get("bytes"))
+        if e.get("ph") == "X" and "src" in a and key not in seen:
+            seen.add(key)
+            spans.append(e)
+    for label in ("load_cache_disk", "load_weight_disk"):
+        reads = [e for e in spans if e["name"] == label and e["args"]["src"] == "n0.disk0"]
+        hops = [e for e in spans if e["name"] == label and e["args"]["dst"] == "n0.gpu0"]
+        assert reads and len(reads) == len(hops)
+        assert sum(e["args"]["bytes"] for e in hops) == pytest.approx(sum(e["args"]["bytes"] for e in reads))
+        landed = sorted(e["ts"] + e["dur"] for e in reads)
+        for end, start in zip(landed, sorted(e["ts"] for e in hops), strict=True):
+            assert start >= end - 1e-6
+
+
 def test_disk_reads_reach_the_gpu_through_a_host_relay():
     """FlexGen's copy threads read a disk tensor into a pinned relay, then DMA it: the PCIe lane is
     busy only for its own hop (at 12.89 GiB/s), not for the whole read from the disk, which runs at

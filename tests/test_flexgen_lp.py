@@ -329,7 +329,7 @@ def test_lp_follows_the_engine_with_gpu_attention_and_kv_on_disk(model, gbs, nb,
     the LP's time at the plan's placement within 2.5 % of the engine's (was +12.0, +6.5, -3.6,
     +8.3 and +7.8 %). The released runtime puts a mixed cache's disk segment on the copy threads
     (general_copy, pytorch_backend.py:831-833), which read it on the disk beside the issuing thread
-    and the weight DMA and copy it over the link when it lands (copy_worker_func, :895-899): the LP
+    and the weight DMA and copy it over the link when it lands (copy_worker_func, :896-902): the LP
     had the read in series on the load stream (at the disk's rate, beside the weights' DMA), and
     the engine read all of it at the position's start, before the CPU segment was pinned, with its
     link hop booked ahead of the copies issued before the read landed."""

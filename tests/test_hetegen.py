@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetsim.api import problem
 from hetsim.planner.hetegen_knapsack import (
@@ -217,6 +220,59 @@ def test_knapsack_tie_break_keeps_the_optimum(opt30b):
         for a, b in itertools.pairwise(order):
             if micro[a] == micro[b] and got[b] > 0:
                 assert got[a] == next(it.count for it in items if it.kind == a)
+
+
+def _key(items: list[Item], counts) -> tuple[int, int, int]:
+    """What both solves order choices by: the most whole microseconds saved, then the fewest GPU
+    bytes (weights plus the largest buffer of a kind not fully resident), then the kinds' ranks."""
+    pairs = list(zip(items, counts, strict=True))
+    buf = max((it.buffer_bytes for it, n in pairs if n < it.count), default=0)
+    saved = sum(round(it.saved_s * 1e6) * n for it, n in pairs)
+    return (-saved, sum(it.nbytes * n for it, n in pairs) + buf, sum(i * n for i, n in enumerate(counts)))
+
+
+def _by_enumeration(items: list[Item], cap: int) -> tuple[int, int, int] | None:
+    """The least key of every choice that fits ``cap`` (None: not even the buffer fits)."""
+    keys = [_key(items, c) for c in itertools.product(*(range(it.count + 1) for it in items))]
+    return min((k for k in keys if k[1] <= cap), default=None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kinds=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # count
+            st.sampled_from([1, 2, 3, 5]),  # MiB a module
+            st.sampled_from([0, 1, 2, 3, 1.5]),  # ms saved a module: ties on purpose
+            st.integers(0, 4),  # MiB of buffer
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    cap=st.integers(0, 40),
+)
+def test_knapsack_is_the_lexicographic_optimum_of_every_choice(kinds, cap):
+    """Both solves against enumeration: the most saved, then the fewest bytes, then the ranks."""
+    mb = 1 << 20
+    items = [Item(f"k{i}", c, b * mb, s * 1e-3, f * mb) for i, (c, b, s, f) in enumerate(kinds)]
+    got = solve_resident(items, cap * mb)
+    assert got == solve_resident(items, cap * mb)  # the same answer again
+    best = _by_enumeration(items, cap * mb)
+    if cap == 0 or best is None:  # no budget, or not even the buffer fits: nothing resident
+        assert set(got.values()) == {0}
+        return
+    assert _key(items, [got[it.kind] for it in items]) == best
+
+
+def test_knapsack_budget_past_every_module():
+    """A budget larger than every module (1e19 bytes is past CP-SAT's 64-bit bounds; inf) puts
+    them all on the GPU, as a budget of exactly their bytes does (both raised before)."""
+    mb = 1 << 20
+    items = [Item("q_proj", 4, 10 * mb, 1.0, mb), Item("fc1", 2, 20 * mb, 2.0, 2 * mb)]
+    whole = {"q_proj": 4, "fc1": 2}
+    assert solve_resident(items, 80 * mb) == whole
+    assert solve_resident(items, 1e19) == whole
+    assert solve_resident(items, math.inf) == whole
 
 
 def test_more_budget_means_more_resident_weights_and_more_throughput(opt30b):

@@ -358,7 +358,7 @@ def _kv_load(
     pin = overlap_delay(dram, lk.pin, cap) / lk.pin
     slow = {"wc": pin, "wd": pin + overlap_delay(dram, lk.d2c, cap) / lk.d2c}
     # the disk share: read by the copy threads into their pinned relay on the disk lane (the slot's
-    # dread), then copied over the link at the pinned rate (copy_worker_func, :895-899)
+    # dread), then copied over the link at the pinned rate (copy_worker_func, :896-902)
     link = {"cc": kvb / lk.pin, "cd": kvb / lk.pin}
     memcpy = _t(rig, cpu, (copy,))
     # the disk reads start once the CPU share is pinned, V's queues behind K's on the disk lane, and

@@ -183,7 +183,10 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
     (resident weights plus buffer: the same time for less memory), then the kinds in ``items``' order
     (a layer's execution order: q_proj before k_proj ...; the engine's time is the same for either).
     """
-    cap = int(capacity)
+    # no choice uses more than every module plus the largest buffer: a larger budget changes
+    # nothing, and one past 2^63 (or inf) would not reach CP-SAT (TypeError, OverflowError)
+    most = sum(it.nbytes * it.count for it in items) + max((it.buffer_bytes for it in items), default=0)
+    cap = int(min(capacity, max(most, 1)))
     if cap <= 0:
         return {it.kind: 0 for it in items}
     # loaded when a knapsack is solved (~0.1 s), not before; ``CpModel``: without the deprecated

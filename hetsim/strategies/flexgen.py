@@ -290,10 +290,10 @@ class _Runner:
 
     def _mixed_load(self, e, nbytes: float):
         """general_copy of K, then of V, from a cache split over the CPU and the disk (segments in
-        [GPU, CPU, disk] order, pytorch_backend.py:813-829): the CPU segment pinned in the issuing
+        [GPU, CPU, disk] order, pytorch_backend.py:813-826): the CPU segment pinned in the issuing
         thread and DMA'd (``_relay``, :843-849), then the disk segment put on the copy threads' queue
         (:831-833), which read it into their pinned relay and copy it over the link when it lands
-        (copy_worker_func, :895-899). As ``load_cache``'s relay, K's and V's CPU segments are pinned
+        (copy_worker_func, :896-902). As ``load_cache``'s relay, K's and V's CPU segments are pinned
         as one copy (the runtime pins V's while K's DMA runs: not modelled), so both reads start
         when it ends. Returns the copies left in flight."""
         late = []
@@ -439,8 +439,10 @@ class _Runner:
         t = _Booked(e)
         compute_time = e.compute_time
         ev0, w0 = self.load_weight(t, 0, e)  # prologue
-        if w0 is not None:
-            ev0 += yield from w0
+        if w0 is not None:  # unpinned weights: the relay, issued on the engine itself (events)
+            late = yield from w0
+            if late:
+                yield e.all_of(late)
         yield e.wait_until(ev0 + t.book_hops())
         pos = list(self._positions())
         # Loads for position 0 happen before the loop (the runtime's warm-up).
