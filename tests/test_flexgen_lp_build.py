@@ -1,6 +1,8 @@
-"""``flexgen_lp.build_lp`` writes its rows directly; it must hand GLOP the very model that OR-Tools'
-natural API (``solver.Add(t >= w + nb * c)``, the LP's earlier form, kept below as the reference)
-builds: the same variables, rows, coefficients to the bit and their order, hence the same optimum."""
+"""``flexgen_lp.build_lp`` writes its model as a protobuf and loads it in one call; it must hand GLOP
+the very model that OR-Tools' natural API (``solver.Add(t >= w + nb * c)``, the LP's earlier form,
+kept below as the reference) builds: the same variables, rows, coefficients to the bit and their
+order, hence the same optimum. Only the names differ (the loader drops them; GLOP does not read
+them): the models are compared without names, and their optima to the bit."""
 
 from __future__ import annotations
 
@@ -100,6 +102,8 @@ def proto(solver) -> bytes:
 
     out = linear_solver_pb2.MPModelProto()
     solver.ExportModelToProto(out)
+    for item in (*out.variable, *out.constraint):
+        item.ClearField("name")
     return out.SerializeToString(deterministic=True)
 
 
@@ -142,6 +146,26 @@ def test_build_lp_with_a_budget_that_leaves_no_room_and_empty_rows():
     same_model(empty)
     bare = _Slot(cm.slots[0][1].w, {}, {"const": 0.0}, {}, {}, {})
     same_model(replace(cm, slots=((1.0, bare), *cm.slots)))
+
+
+def test_a_model_the_loader_refuses_is_built_call_by_call(monkeypatch):
+    """MPSolver's proto loader refuses a NaN that the API's calls took: build_lp then makes those
+    calls, so GLOP gets what it got before (and judges it as before)."""
+    from hetsim.planner import flexgen_lp
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    ends = endpoints(rig)
+    cm = cost_model(rig, model, Workload(64, 512, 32), 16, 4, candidate_flags(True)[0], ends)
+    called = []
+    load = flexgen_lp._load_by_calls
+    monkeypatch.setattr(flexgen_lp, "_load_by_calls", lambda p: called.append(1) or load(p))
+    bad = replace(cm, memory=(({"wg": float("nan")}, 1.0), *cm.memory))
+    (a, _), (b, _) = natural_api_lp(bad), build_lp(bad)
+    assert called and proto(a) == proto(b)
+    assert a.Solve() == b.Solve()
+    called.clear()
+    same_model(cm)
+    assert not called
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

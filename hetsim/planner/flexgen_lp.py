@@ -38,13 +38,16 @@ confirmed in the engine with the runtime's per-tensor ("released") placement.
 
 from __future__ import annotations
 
+import heapq
 import math
+import struct
 import time
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 
-from ortools.linear_solver import _pywraplp, pywraplp
+from ortools.linear_solver import pywraplp
 
 from hetsim.costs.op_cost import block_cost
 from hetsim.hardware.rig import Rig
@@ -641,15 +644,12 @@ def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]]
     return [(*f, (nb - 2.0, m), (1.0, last)) for f in firsts for m in mids for last in lasts]
 
 
-def _rows_of(
-    solver: pywraplp.Solver, t: pywraplp.Variable, parts: tuple[tuple[float, dict[str, float]], ...], x: dict
-) -> None:
-    """Add ``t >= sum(k * lin(form) for k, form in parts)`` as one row, its coefficients summed in the
-    order (and with the skipped zero multipliers) of OR-Tools' natural API (``LinearExpr.GetCoeffs``:
-    t, then each form's terms, each coefficient ``(-1.0 * k) * coef``), so the model GLOP receives is
-    the same, bit for bit, as ``solver.Add(t >= ...)`` builds, at a tenth of its Python cost. The
-    SWIG calls go straight to ``_pywraplp`` (what ``Solver.Constraint`` and
-    ``Constraint.SetCoefficient`` call; ~30,000 rows a search)."""
+def _rows_of(parts: tuple[tuple[float, dict[str, float]], ...], t: int, index: dict[str, int]) -> bytes:
+    """``t >= sum(k * lin(form) for k, form in parts)`` as one row of GLOP's model (``_row``), its
+    coefficients summed in the order (and with the skipped zero multipliers) of OR-Tools' natural API
+    (``LinearExpr.GetCoeffs``: t, then each form's terms, each coefficient ``(-1.0 * k) * coef``), so
+    the model GLOP receives is the same, bit for bit, as ``solver.Add(t >= ...)`` builds (~30,000
+    rows a search; ``tests/test_flexgen_lp_build.py``)."""
     coeffs: dict[str, float] = {}  # by name; t's first, as the natural API has it
     offset = 0.0
     for k, form in parts:
@@ -662,47 +662,91 @@ def _rows_of(
                 offset += cm
             elif cm:
                 coeffs[v] = coeffs.get(v, 0.0) + cm
-    row = _new_row(solver, 0.0 - offset, _INF, "")
-    _set(row, t, 1.0)
-    for v, c in coeffs.items():
-        _set(row, x[v], c)
+    return _row(0.0 - offset, _INF, [t, *map(index.__getitem__, coeffs)], [1.0, *coeffs.values()])
 
 
-_new_row = _pywraplp.Solver_Constraint
-_set = _pywraplp.Constraint_SetCoefficient
+# GLOP's model is handed over as the bytes of one ``MPModelProto`` (OR-Tools' linear_solver.proto)
+# that ``Solver.LoadModelFromProto`` loads in one call: MPSolver makes from it the same variables,
+# rows and coefficients, in the same order, as the ~140,000 calls of the Python API a search made
+# before (most of build_lp's time). Only the fields build_lp sets are written: protobuf's defaults
+# (no name, not integer, objective 0) are the API's; the loader drops names (``t`` repeats), which
+# GLOP does not read. The numbers are packed as protobuf's wire format has them (little-endian).
 _INF = pywraplp.Solver.infinity()
+_BOUNDS = struct.Struct("<BdBd").pack
+_DOUBLES: dict[int, Callable[..., bytes]] = {}  # struct.pack of n doubles, by n
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _row(lo: float, hi: float, index: list[int], coefs: list[float]) -> bytes:
+    """An ``MPConstraintProto`` (the model's field 4): bounds (2, 3), packed var_index (6) and
+    coefficient (7)."""
+    body = _BOUNDS(0x11, lo, 0x19, hi)
+    n = len(index)
+    if n:
+        pack = _DOUBLES.get(n) or _DOUBLES.setdefault(n, struct.Struct(f"<{n}d").pack)
+        ids = bytes(index) if index[0] < 0x80 else b"".join(map(_varint, index))  # t, the largest, first
+        body += b"\x32" + _varint(len(ids)) + ids + b"\x3a" + _varint(8 * n) + pack(*coefs)
+    return b"\x22" + _varint(len(body)) + body
+
+
+def _variable(lo: float, hi: float, objective: float) -> bytes:
+    """An ``MPVariableProto`` (the model's field 3): bounds (1, 2), objective coefficient (3)."""
+    body = _BOUNDS(0x09, lo, 0x11, hi)
+    if objective:
+        body += struct.pack("<Bd", 0x19, objective)
+    return b"\x1a" + _varint(len(body)) + body
 
 
 def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variable]]:
     """GLOP's model of ``cm``: the 9 fractions, the tier sums, the memory rows, one epigraph variable
-    per slot (four overlap forms and the three lanes), the layers' summed time as the objective."""
-    solver = pywraplp.Solver.CreateSolver("GLOP")
-    x = {v: solver.NumVar(lo, hi, v) for v, (lo, hi) in cm.bounds.items()}
-    for tier in "wch":
-        row = solver.Constraint(1.0, 1.0, "")
-        for t in "gcd":
-            row.SetCoefficient(x[tier + t], 1.0)
+    per slot (its ``_slot_forms`` as rows), the layers' summed time as the objective, in that order."""
+    from ortools.linear_solver.linear_solver_pb2 import MPModelProto  # ~0.03 s: at the first LP
+
+    index = {v: i for i, v in enumerate(cm.bounds)}
+    variables = [_variable(lo, hi, 0.0) for lo, hi in cm.bounds.values()]
+    rows = [_row(1.0, 1.0, [index[tier + t] for t in "gcd"], [1.0] * 3) for tier in "wch"]
     for coefs, rhs in cm.memory:
         if not coefs:  # the natural API's ``0 <= rhs``: an empty row, infeasible when rhs < 0
-            solver.Constraint(*((0, 0) if rhs >= 0 else (1, 1)), "")
+            rows.append(_row(*((0.0, 0.0) if rhs >= 0 else (1.0, 1.0)), [], []))
             continue
-        row = solver.Constraint(-solver.infinity(), rhs, "")
-        for v, c in coefs.items():
-            if c:
-                row.SetCoefficient(x[v], c)
-    objective = []
+        kept = {v: c for v, c in coefs.items() if c}
+        rows.append(_row(-_INF, rhs, [index[v] for v in kept], list(kept.values())))
     for mult, slot in cm.slots:
-        t = solver.NumVar(0.0, solver.infinity(), "t")
-        for parts in _slot_forms(slot, cm.nb):
-            _rows_of(solver, t, parts, x)
-        objective.append((mult * cm.layers, t))
+        t = len(variables)
+        variables.append(_variable(0.0, _INF, mult * cm.layers))
+        rows += [_rows_of(parts, t, index) for parts in _slot_forms(slot, cm.nb)]
+    proto = MPModelProto.FromString(b"".join(variables + rows))
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    if solver.LoadModelFromProto(proto):  # refused (a NaN or infinite number): call by call
+        solver = _load_by_calls(proto)
+    return solver, dict(zip(cm.bounds, solver.variables(), strict=False))
+
+
+def _load_by_calls(proto) -> pywraplp.Solver:
+    """``proto`` through the API's calls, as ``MPSolver::LoadModelFromProto`` makes them but without
+    its check of the numbers (which the API never made: GLOP judges the model, as before)."""
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    xs = [solver.NumVar(v.lower_bound, v.upper_bound, "") for v in proto.variable]
+    for c in proto.constraint:
+        row = solver.Constraint(c.lower_bound, c.upper_bound, "")
+        for i, k in zip(c.var_index, c.coefficient, strict=True):
+            row.SetCoefficient(xs[i], k)
     goal = solver.Objective()
     goal.SetMinimization()
-    goal.SetOffset(0.0)
-    for c, t in objective:
-        if c:
-            goal.SetCoefficient(t, c)
-    return solver, x
+    for x, v in zip(xs, proto.variable, strict=True):
+        if v.objective_coefficient:
+            goal.SetCoefficient(x, v.objective_coefficient)
+    return solver
 
 
 def solve_lp(
@@ -730,7 +774,7 @@ def solve_lp(
 # rig differing where this LP does not look) already solved. The key is every number ``build_lp``
 # reads, in its order; equal keys build the same model (a coefficient 0.0 == -0.0 or 2 == 2.0 gives
 # GLOP the same row: zeros are skipped, coefficients passed as floats), and GLOP is deterministic.
-_OPTIMA: dict[tuple, tuple[float, tuple[tuple[str, float], ...]] | None] = {}
+_OPTIMA: dict[tuple, tuple] = {}  # key -> (optimum or None, duals): ``_solved``
 _OPTIMA_MAX = 16384
 
 
@@ -741,20 +785,35 @@ def _lp_key(cm: CostModel) -> tuple:
         tuple(cm.bounds.items()),
         tuple((tuple(coefs.items()), rhs) for coefs, rhs in cm.memory),
         # every field of every slot, so a form added to _Slot is in the key without anyone remembering
-        tuple((mult, *(tuple(getattr(s, f.name).items()) for f in fields(s))) for mult, s in cm.slots),
+        tuple((mult, *(tuple(getattr(s, name).items()) for name in _SLOT_FIELDS)) for mult, s in cm.slots),
     )
+
+
+_SLOT_FIELDS = tuple(f.name for f in fields(_Slot))
 
 
 def _optimum(cm: CostModel) -> tuple[float, tuple[tuple[str, float], ...]] | None:
     """The LP's objective value and fractions at its optimum; None when it is infeasible."""
+    return _solved(cm)[0]
+
+
+def _solved(cm: CostModel) -> tuple[tuple[float, tuple[tuple[str, float], ...]] | None, array]:
+    """``_optimum`` and the rows' dual values there (empty when infeasible), in ``build_lp``'s order:
+    ``_lower_bound``'s multipliers."""
     key = _lp_key(cm)
-    if key in _OPTIMA:
-        return _OPTIMA[key]
+    hit = _OPTIMA.get(key)
+    if hit is not None:
+        return hit
+    from ortools.linear_solver.linear_solver_pb2 import MPSolutionResponse
+
     solver, x = build_lp(cm)
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
-        out = None
+        out: tuple = None, array("d")
     else:
-        out = solver.Objective().Value(), tuple((v, x[v].solution_value()) for v in VARS)
+        response = MPSolutionResponse()
+        solver.FillSolutionResponseProto(response)
+        optimum = solver.Objective().Value(), tuple((v, x[v].solution_value()) for v in VARS)
+        out = optimum, array("d", response.dual_value)
     if len(_OPTIMA) >= _OPTIMA_MAX:
         _OPTIMA.clear()
     _OPTIMA[key] = out
@@ -908,6 +967,190 @@ def lp_candidates_free(
     return sols, solved
 
 
+# ---- the free-batch search's LPs, only those that can matter ------------------------------------------
+# A candidate's LP is left unsolved while a lower bound of its time, less this share, is above the
+# time of the next candidate in the ranking: GLOP's optimum meets its rows to ~1e-9, far inside it.
+_BOUND_SLACK = 1e-3
+
+
+@dataclass
+class _Chain:
+    """One (gbs, flags) of ``lp_candidates_free``'s loop: nb grows through ``NB_CHOICES`` until an LP
+    is infeasible or its time per sequence rises."""
+
+    level: int  # the index of gbs in GBS_CHOICES
+    order: int  # the flags' index in candidate_flags
+    gbs: int
+    flags: Flags
+    i: int = 0  # the next member: NB_CHOICES[i]
+    prev: float = math.inf
+    ended: bool = False
+    models: dict[int, tuple[CostModel, tuple[int, ...]]] = field(default_factory=dict)  # member -> LP, layout
+    # member -> (a lower bound of its time per sequence, how far in gbs levels its duals' LP was)
+    bounds: dict[int, tuple[float, int]] = field(default_factory=dict)
+    low: float | None = None  # the least of the unsolved members' bounds (None: not known)
+
+
+def lp_candidates_lazy(
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    ends: tuple[str, str, str],
+    budget: float | None = None,
+    allow_lossy: bool = False,
+) -> Iterator[LpSolution]:
+    """``lp_candidates_free``'s candidates in its order (time per sequence, larger gbs then nb first,
+    then its loop's order), each yielded once no LP left unsolved could come before it: an LP is
+    solved only when ``_lower_bound`` cannot put it after the best candidate known, or when the
+    loop's own rules (a chain goes on while its time falls; a larger gbs is tried only if a smaller
+    one fitted) need its answer. A consumer that stops early (``_confirmable``, at its cut-off) leaves
+    the LPs it would never look at unsolved; one that reads all gets ``lp_candidates_free``'s list."""
+    flags = candidate_flags(bool(ends[2]), allow_lossy, wl)
+    chains = [_Chain(j, k, gbs, fl) for j, gbs in enumerate(GBS_CHOICES) for k, fl in enumerate(flags)]
+    fit: list[bool | None] = [None] * len(GBS_CHOICES)  # some flags' first LP fits at this gbs
+    # the duals last solved, by the LP's row layout and flags, then by gbs: the nearest LP's serve
+    solved: dict[tuple, dict[int, array]] = {}
+    ready: list[tuple] = []  # solved candidates: (the sort key, the loop's order, the solution)
+
+    def member(c: _Chain, i: int) -> tuple[CostModel, tuple[int, ...]]:
+        got = c.models.get(i)
+        if got is None:
+            nb = NB_CHOICES[i]
+            cm = cost_model(rig, model, replace(wl, batch=c.gbs * nb), c.gbs, nb, c.flags, ends, budget)
+            got = c.models[i] = cm, _layout(cm)
+        return got
+
+    def bound(c: _Chain, i: int, refine: bool) -> float:
+        """A lower bound of member i's time per sequence, from the duals of the LP laid out alike
+        nearest in gbs when first asked (with ``refine``: nearer ones since); -inf while none."""
+        old = c.bounds.get(i)
+        if old is not None and not refine:
+            return old[0]
+        cm, layout = member(c, i)
+        near = solved.get((layout, c.order))
+        if not near:
+            return -math.inf
+        j = min(near, key=lambda j: abs(j - c.level))
+        if old is not None and old[1] <= abs(j - c.level):
+            return old[0]  # no nearer duals than the ones it came from
+        b = _lower_bound(cm, near[j]) / (c.gbs * NB_CHOICES[i])
+        b = b if old is None else max(b, old[0])  # both hold
+        c.bounds[i] = b, abs(j - c.level)
+        return b
+
+    def low(c: _Chain, refine: bool = False) -> float:
+        """The least lower bound of the chain's members not solved yet (any of them may exist);
+        ``refine``: the least taken again from nearer duals until it no longer moves."""
+        rest = range(c.i, len(NB_CHOICES))
+        if c.low is None:
+            c.low = min(bound(c, i, False) for i in rest)
+        while refine:
+            i = min(rest, key=lambda i: bound(c, i, False))
+            before = c.bounds.get(i)
+            bound(c, i, True)
+            refine = c.bounds.get(i) != before
+            c.low = min(bound(c, i, False) for i in rest)
+        return c.low
+
+    def advance(c: _Chain) -> None:
+        i = c.i
+        cm, layout = member(c, i)
+        optimum, duals = _solved(cm)
+        c.models.pop(i)
+        c.i += 1
+        c.low = None
+        if i == 0 and optimum is not None:
+            fit[c.level] = True
+        if optimum is None:
+            c.ended = True
+            if i == 0 and all(o.ended and o.i == 1 for o in chains if o.level == c.level):
+                fit[c.level] = fit[c.level] or False
+            return
+        solved.setdefault((layout, c.order), {})[c.level] = duals
+        block, x = optimum
+        nb = NB_CHOICES[i]
+        sol = LpSolution(c.gbs, nb, c.flags, dict(x), block, block / (c.gbs * nb))
+        heapq.heappush(ready, ((sol.time_per_seq_s, -c.gbs, -nb), (c.level, c.order, i), sol))
+        c.ended = sol.time_per_seq_s > c.prev or c.i == len(NB_CHOICES)
+        c.prev = sol.time_per_seq_s
+
+    while True:
+        last = next((j for j, f in enumerate(fit) if f is False), len(fit) - 1)  # no larger gbs exists
+        head = ready[0][0][0] if ready else math.inf
+        blocking, least = None, math.inf
+        for c in chains:
+            if c.ended or c.level > last:
+                continue
+            if low(c) * (1.0 - _BOUND_SLACK) <= head:  # might come next: with the nearest duals now?
+                b = low(c, refine=True)
+                if b * (1.0 - _BOUND_SLACK) <= head and b < least:
+                    blocking, least = c, b
+        if blocking is None:
+            if not ready:
+                return
+            yield heapq.heappop(ready)[2]
+            continue
+        for j in range(blocking.level):  # does its gbs exist? the first LPs of smaller ones, in order
+            while fit[j] is None:
+                advance(next(c for c in chains if c.level == j and not c.ended and c.i == 0))
+            if not fit[j]:
+                break
+        else:
+            advance(blocking)
+
+
+def _layout(cm: CostModel) -> tuple[int, ...]:
+    """The rows' layout of ``cm``'s LP (memory rows, each slot's row count): LPs laid out alike
+    share the meaning of each row."""
+    return (len(cm.memory), *(len(_slot_forms(s, cm.nb)) for _, s in cm.slots))
+
+
+def _lower_bound(cm: CostModel, duals: Sequence[float]) -> float:
+    """A lower bound of ``cm``'s LP optimum from multipliers of its rows (weak duality), here the
+    duals of another LP with the same row layout. Any y >= 0 on a slot's rows with sum(y) <= the
+    slot's weight c (its t >= 0), and any l >= 0 on the memory rows (a x <= b), give, at every
+    feasible point, objective = sum c t >= sum y (row's form) >= sum y (row's form) + sum l (a x - b),
+    a linear function of the fractions whose minimum over their bounds and tier sums is the bound.
+    The multipliers are clamped and scaled so, whatever GLOP returned; the tier rows are the simplex."""
+    nm = len(cm.memory)
+    weights: dict[int, list] = {}  # id(form) -> [form, summed multiplier]
+    r = 3 + nm  # build_lp's rows: the tier sums, the memory rows, then each slot's forms
+    for mult, slot in cm.slots:
+        forms = _slot_forms(slot, cm.nb)
+        ys = [max(0.0, y) for y in duals[r : r + len(forms)]]
+        r += len(forms)
+        cap, total = mult * cm.layers, sum(ys)
+        scale = cap / total if total > cap else 1.0
+        for y, parts in zip(ys, forms, strict=True):
+            if y * scale:
+                for k, form in parts:
+                    w = weights.setdefault(id(form), [form, 0.0])
+                    w[1] += y * scale * k
+    lin = dict.fromkeys(VARS, 0.0)
+    lin["const"] = 0.0
+    for form, w in weights.values():
+        for v, c in form.items():
+            lin[v] += w * c
+    for (coefs, rhs), d in zip(cm.memory, duals[3 : 3 + nm], strict=True):
+        lam = max(0.0, -d)  # GLOP's dual of a binding <= row of a minimisation is <= 0
+        if lam:
+            lin["const"] -= lam * rhs
+            for v, c in coefs.items():
+                lin[v] += lam * c
+    total = lin["const"]
+    for tier in "wch":  # the fractions of one tier sum to 1 within their bounds: cheapest first
+        names = [tier + t for t in "gcd"]
+        left = 1.0 - sum(cm.bounds[v][0] for v in names)
+        if left < 0.0 or sum(cm.bounds[v][1] for v in names) < 1.0:
+            return math.inf  # no placement at all
+        total += sum(lin[v] * cm.bounds[v][0] for v in names)
+        for v in sorted(names, key=lin.__getitem__):
+            share = min(left, cm.bounds[v][1] - cm.bounds[v][0])
+            total += share * lin[v]
+            left -= share
+    return total if total == total else -math.inf  # a NaN bounds nothing
+
+
 def search_free(
     rig: Rig,
     model: ModelSpec,
@@ -923,7 +1166,7 @@ def search_free(
         strategy = get_strategy("flexgen")
         evaluate_at = lambda w: evaluator(strategy, rig, model, w)  # noqa: E731
     ends = endpoints(rig)
-    sols, _ = lp_candidates_free(rig, model, wl, ends, None, allow_lossy)
+    sols = lp_candidates_lazy(rig, model, wl, ends, None, allow_lossy)
     best, best_rate = None, 0.0
     for plan in _confirmable(sols, model, ends, None, lambda p: replace(wl, batch=p.block_size), rig):
         result = evaluate_at(replace(wl, batch=plan.block_size))(plan)

@@ -155,9 +155,16 @@ def _split(
 
 def layer_weight_split(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, float, float], ...]:
     """(gpu, cpu, disk) weight bytes of each scheduling layer under ``plan``."""
-    dt = weight_dtype(plan)
-    wg, wc = plan.wg / 100.0, plan.wc / 100.0
-    return tuple(_split(t, wg, wc, dt, plan.placement) for t in scheduling_layer_tensors(model))
+    return _layer_split(model, plan.wg / 100.0, plan.wc / 100.0, weight_dtype(plan), plan.placement)
+
+
+@lru_cache(maxsize=1024)
+def _layer_split(
+    model: ModelSpec, wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[tuple[float, float, float], ...]:
+    # one look-up for a model's 2l + 2 layers: a FlexGen search asks ~500 times (to_plan lowering
+    # the GPU percent one at a time, footprints, placed cost models), for a few dozen placements
+    return tuple(_split(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model))
 
 
 # ---- memory -------------------------------------------------------------------------------------------
