@@ -284,3 +284,37 @@ def test_validate_bad_flags_are_one_line(capsys):
     assert_input_error(*run(capsys, *base, "--layers", "99"), "--layers")
     fit = ("calibrate", "--fit", "--profile", prof, "no-such-run.json")
     assert_input_error(*run(capsys, *fit), "no-such-run")
+
+
+def test_the_process_ends_with_its_heap_frozen_its_code_and_its_atexit_handlers():
+    """``exit_process`` (the console script's and ``python -m hetsim.cli``'s end) skips only the
+    interpreter's last collection: the code comes back, atexit handlers and buffered output run."""
+    code = (
+        "import atexit, gc, sys\n"
+        "from hetsim.cli.commands import exit_process\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+        "sys.stdout.write('buffered ')\n"
+        "exit_process(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert proc.stdout == "buffered frozen True\n"
+
+
+def test_a_command_runs_with_rare_young_collections_and_main_restores_the_threshold(monkeypatch):
+    import gc
+
+    from hetsim.cli import commands
+    from hetsim.errors import InputError
+
+    seen = []
+
+    def problem(*args, **kwargs):
+        seen.append(gc.get_threshold())
+        raise InputError("stop here", field="--model")
+
+    monkeypatch.setattr(commands, "_problem", problem)
+    before = gc.get_threshold()
+    assert main(["compare", "--model", "llama2-7b", "--hw", "mixed-lab"]) == 2
+    assert seen == [(commands.CLI_GC_THRESHOLD, *before[1:])]
+    assert gc.get_threshold() == before

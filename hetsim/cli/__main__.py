@@ -1,5 +1,3 @@
-import sys
+from hetsim.cli.commands import exit_process, main
 
-from hetsim.cli.commands import main
-
-sys.exit(main())
+exit_process(main())

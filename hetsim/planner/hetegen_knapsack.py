@@ -189,38 +189,40 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
     cap = int(min(capacity, max(most, 1)))
     if cap <= 0:
         return {it.kind: 0 for it in items}
-    from hetsim.planner.cpsat import cp_model  # loaded when a knapsack is solved (~0.1 s), not before
+    # loaded when a knapsack is solved (~0.1 s), not before; ``CpModel``: without the deprecated
+    # aliases CP-SAT's own sets on every model (~0.7 ms a model): the same model, built by their names
+    from hetsim.planner.cpsat import CpModel, cp_model
 
-    m = cp_model.CpModel()
-    count = {it.kind: m.NewIntVar(0, it.count, f"n_{it.kind}") for it in items}
-    full = {it.kind: m.NewBoolVar(f"full_{it.kind}") for it in items}
-    buf = m.NewIntVar(0, max((it.buffer_bytes for it in items), default=0), "buffer")
+    m = CpModel()
+    count = {it.kind: m.new_int_var(0, it.count, f"n_{it.kind}") for it in items}
+    full = {it.kind: m.new_bool_var(f"full_{it.kind}") for it in items}
+    buf = m.new_int_var(0, max((it.buffer_bytes for it in items), default=0), "buffer")
     for it in items:
-        m.Add(count[it.kind] == it.count).OnlyEnforceIf(full[it.kind])
-        m.Add(count[it.kind] <= it.count - 1).OnlyEnforceIf(full[it.kind].Not())
-        m.Add(buf >= it.buffer_bytes).OnlyEnforceIf(full[it.kind].Not())
+        m.add(count[it.kind] == it.count).only_enforce_if(full[it.kind])
+        m.add(count[it.kind] <= it.count - 1).only_enforce_if(full[it.kind].negated())
+        m.add(buf >= it.buffer_bytes).only_enforce_if(full[it.kind].negated())
     used = sum(it.nbytes * count[it.kind] for it in items) + buf
-    m.Add(used <= cap)
+    m.add(used <= cap)
     saved = sum(round(it.saved_s * 1e6) * count[it.kind] for it in items)  # whole microseconds
-    m.Maximize(saved)
+    m.maximize(saved)
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.max_time_in_seconds = 10.0
-    status = solver.Solve(m)
+    status = solver.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return {it.kind: 0 for it in items}
-    first = {it.kind: int(solver.Value(count[it.kind])) for it in items}
+    first = {it.kind: int(solver.value(count[it.kind])) for it in items}
     if status != cp_model.OPTIMAL:  # no proven optimum to hold (never seen: 7 variables)
         return first
     # The tie-break: bytes first, then each kind's place (rank < ranks, so any byte outweighs it).
-    m.Add(saved == int(solver.ObjectiveValue()))
+    m.add(saved == int(solver.objective_value))
     ranks = 1 + sum(i * it.count for i, it in enumerate(items))
-    m.Minimize(used * ranks + sum(i * count[it.kind] for i, it in enumerate(items)))
+    m.minimize(used * ranks + sum(i * count[it.kind] for i, it in enumerate(items)))
     for it in items:  # the first solve's answer is feasible: a hint
-        m.AddHint(count[it.kind], first[it.kind])
-    if solver.Solve(m) != cp_model.OPTIMAL:
+        m.add_hint(count[it.kind], first[it.kind])
+    if solver.solve(m) != cp_model.OPTIMAL:
         return first
-    return {it.kind: int(solver.Value(count[it.kind])) for it in items}
+    return {it.kind: int(solver.value(count[it.kind])) for it in items}
 
 
 def greedy_resident(items: list[Item], capacity: float) -> dict[str, int]:
