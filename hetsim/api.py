@@ -235,17 +235,18 @@ def compare(
         ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
         jobs = _worker_jobs(chosen, search)
         try:
-            # frozen while the pool starts: a collection of the whole heap in the parent (~0.045 s)
-            # would be serial (both workers wait for it)
+            # frozen before the import below: networkx's (~0.1 s) otherwise sets off a collection of
+            # the whole heap (~0.045 s, serial: both workers wait for it)
             with (
                 _frozen_heap() as freeze,
                 ProcessPoolExecutor(
                     min(workers, len(jobs)), mp_context=ctx, initializer=_start_worker
                 ) as pool,
             ):
-                # The solvers' modules are not imported here: each is imported by the one worker that
-                # runs its search (OR-Tools' linear solver ~0.05 s, CP-SAT ~0.14 s), while the other
-                # worker searches
+                # every worker routes copies: networkx imported, the graph built once. The solvers'
+                # modules are not: each is imported by the one worker that runs its search (OR-Tools'
+                # linear solver ~0.05 s, CP-SAT ~0.14 s), while the other worker searches
+                _ = p.rig.graph
                 freeze()  # what was made since: the workers are forked at the first submit
                 futures = [pool.submit(_best_by_names, [names[i] for i in job], p, objective, search,
                                        allow_lossy, exact) for job in jobs]  # fmt: skip

@@ -364,6 +364,7 @@ def test_compare_workers_collect_rarely_and_the_parent_heap_is_unfrozen_after_th
     before = gc.get_threshold()
     results = api.compare(p, ["gpu-only", "layer-offload"], "throughput", workers=2)
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+    assert "_graph" in vars(p.rig)  # built once, before the fork, for every worker's routes
     assert len(results) == 2
     assert all(r.extras["gc"][0] == api.WORKER_GC_THRESHOLD and r.extras["gc"][1] > 0 for r in results)
     gc.freeze()  # a caller's frozen heap is left alone

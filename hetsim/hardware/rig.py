@@ -8,7 +8,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 from hetsim.hardware.types import ComputeDevice, Disk, Grade, Hop, Link, Node, Route
@@ -24,60 +23,6 @@ if TYPE_CHECKING:
 
 class NoRouteError(LookupError):
     """No path in the rig between two endpoints (an infeasible placement, not a crash)."""
-
-
-def _shortest_path(
-    adj: Mapping[str, Mapping[str, tuple[float, str]]], source: str, target: str
-) -> list[str] | None:
-    """The least-weight path from ``source`` to ``target`` (None: none), found as networkx 3's
-    ``shortest_path(G, source, target, weight="weight")`` finds it (its ``bidirectional_dijkstra``,
-    BSD-3-Clause, NetworkX Developers), step for step: the same path among ties. Routes need no
-    more of networkx, whose import (~0.1 s) every command paid before its first copy."""
-    if source not in adj or target not in adj:
-        return None
-    if source == target:
-        return [source]
-    dists: list[dict[str, float]] = [{}, {}]  # final distances, forward and backward
-    preds: list[dict[str, str | None]] = [{source: None}, {target: None}]
-    seen: list[dict[str, float]] = [{source: 0}, {target: 0}]
-    fringe: list[list[tuple[float, int, str]]] = [[], []]
-    c = itertools.count()
-    heappush(fringe[0], (0, next(c), source))
-    heappush(fringe[1], (0, next(c), target))
-    finaldist: float | None = None
-    meetnode = ""
-    direction = 1
-    while fringe[0] and fringe[1]:
-        direction = 1 - direction
-        dist, _, v = heappop(fringe[direction])
-        if v in dists[direction]:
-            continue
-        dists[direction][v] = dist
-        if v in dists[1 - direction]:
-            forward: list[str] = []
-            node: str | None = meetnode
-            while node is not None:
-                forward.append(node)
-                node = preds[0][node]
-            node = preds[1][meetnode]
-            backward: list[str] = []
-            while node is not None:
-                backward.append(node)
-                node = preds[1][node]
-            return forward[::-1] + backward
-        for w, (cost, _link) in adj[v].items():
-            length = dist + cost
-            if w in dists[direction]:
-                continue  # weights are positive: never shorter
-            if w not in seen[direction] or length < seen[direction][w]:
-                seen[direction][w] = length
-                heappush(fringe[direction], (length, next(c), w))
-                preds[direction][w] = v
-                if w in seen[1 - direction]:
-                    through_w = length + seen[1 - direction][w]
-                    if finaldist is None or finaldist > through_w:
-                        finaldist, meetnode = through_w, w
-    return None
 
 
 # ---- what a computation read of a rig -----------------------------------------------------------------
@@ -280,11 +225,13 @@ class Rig:
     # ---- topology -------------------------------------------------------------------------
     @property
     def graph(self) -> nx.Graph:
-        """The route graph as a networkx ``Graph`` (edge attributes ``link`` and ``weight``), for a
-        user's own analyses: routes are found on ``_adjacency``, without networkx (~0.1 s to import)."""
-        import networkx as nx
-
         _note_all()
+        return self._graph
+
+    @cached_property
+    def _graph(self) -> nx.Graph:
+        import networkx as nx  # ~0.4 s to import: only when a route is first needed
+
         g = nx.Graph()
         for link in self.links._links.values():  # type: ignore[attr-defined]
             weight = link.latency_s + _ROUTE_PROBE_BYTES / link.bw
@@ -292,22 +239,6 @@ class Rig:
                 continue
             g.add_edge(link.a, link.b, link=link.name, weight=weight)
         return g
-
-    @cached_property
-    def _adjacency(self) -> dict[str, dict[str, tuple[float, str]]]:
-        """node -> neighbour -> (route weight, link name): per pair of endpoints the fastest of its
-        links (the first of equals), nodes and neighbours in the order networkx's ``Graph.add_edge``
-        would hold them, so ``_shortest_path`` meets ties as networkx did."""
-        adj: dict[str, dict[str, tuple[float, str]]] = {}
-        for link in self.links._links.values():  # type: ignore[attr-defined]
-            weight = link.latency_s + _ROUTE_PROBE_BYTES / link.bw
-            old = adj.get(link.a, {}).get(link.b)
-            if old is not None and old[0] <= weight:
-                continue
-            adj.setdefault(link.a, {})
-            adj.setdefault(link.b, {})
-            adj[link.a][link.b] = adj[link.b][link.a] = (weight, link.name)
-        return adj
 
     def route(self, src: str, dst: str) -> Route:
         """The fastest path for bulk data; computed once per pair and cached."""
@@ -337,14 +268,16 @@ class Rig:
         if src == dst:
             route = Route(src, dst, (), float("inf"), float("inf"), 0.0)
         else:
-            adj = self._adjacency
-            path = _shortest_path(adj, src, dst)
-            if path is None:
-                raise NoRouteError(f"no route from {src} to {dst} in rig {self.name}")
+            try:
+                import networkx as nx
+
+                path = nx.shortest_path(self._graph, src, dst, weight="weight")
+            except (nx.NetworkXNoPath, nx.NodeNotFound) as exc:
+                raise NoRouteError(f"no route from {src} to {dst} in rig {self.name}") from exc
             links = self.links._links  # type: ignore[attr-defined]
             hops = []
             for u, v in itertools.pairwise(path):
-                link = links[adj[u][v][1]]
+                link = links[self._graph[u][v]["link"]]
                 hops.append(Hop(link.name, forward=(link.a == u)))
             dirs = [(links[h.link], h.forward) for h in hops]
             route = Route(
