@@ -514,3 +514,39 @@ def test_fp32_cpu_path_keeps_the_fp16_bytes_no_copy_reads(hetegen_6gb, opt30b):
         for k, b in split.items()
     )
     assert host["split_weights_fp32"] == pytest.approx(copy)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 48), st.integers(1, 40), st.floats(0.0, 5.0), st.integers(0, 8)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(1, 400),
+)
+def test_knapsack_on_the_lean_model_is_cp_sats_own_model(rows, cap):
+    """solve_resident builds on hetsim's lean CpModel (no pre-PEP 8 aliases): at each of its solves
+    (the optimum, then the tie-break with its hint) the model proto, and the answer, are the ones
+    cp_model.CpModel builds from the same calls."""
+    from hetsim.planner import cpsat
+
+    mb = 1 << 20
+    items = [Item(f"k{i}", n, b * mb, s, buf * mb) for i, (n, b, s, buf) in enumerate(rows)]
+
+    def run(model_cls) -> tuple:
+        protos: list[str] = []
+        solve = cpsat.cp_model.CpSolver.solve
+
+        def spy(self, model, *a, **k):
+            protos.append(str(model.proto))
+            return solve(self, model, *a, **k)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cpsat, "CpModel", model_cls)
+            mp.setattr(cpsat.cp_model.CpSolver, "solve", spy)
+            got = solve_resident(items, cap * mb)
+        return got, protos
+
+    lean, own = run(cpsat.CpModel), run(cpsat.cp_model.CpModel)
+    assert lean == own and lean[1]  # at least one solve
