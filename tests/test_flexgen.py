@@ -318,6 +318,35 @@ def test_gpu_attention_pins_v_while_ks_dma_runs(tmp_path):
         assert end - pk["ts"] <= one_copy - 0.5 * 2 * pk["dur"] + 1e-6
 
 
+@pytest.mark.parametrize(("compress", "cc"), [(True, 100), (False, 70)])
+def test_gpu_attention_kv_halves_carry_the_whole_load(tmp_path, compress, cc):
+    """OPT-6.7B 8 x 2 on flexgen-t4, GPU attention, the KV on the CPU (4-bit, data and scales, or
+    fp16 with 30 % on disk): each decode load's K and V DMAs carry half of the CPU share each, so a
+    step's load_cache bytes are its kv_len slots of the compressed (or fp16) token bytes times the
+    CPU fraction, the pins the same bytes, and the disk copies the rest."""
+    import json
+
+    from hetsim.strategies.flexgen_ops import kv_token_bytes
+
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    plan = FlexGenPlan(
+        8, 2, 100, 0, 0, cc, 100, 0, cpu_attention=False, compress_cache=compress, gpu="n0.gpu0"
+    )
+    trace = tmp_path / "t.json"
+    r = simulate(get_strategy("flexgen"), plan, rig, model, Workload(16, 512, 3), trace_path=str(trace))
+    assert r.feasible, r.reason
+    spans = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"]
+    dmas = [e["args"]["bytes"] for e in spans if e["name"] == "load_cache"]
+    tok = kv_token_bytes(model, compress)
+    # 2 decode steps (kv_len 513, 514), 2 batches, every layer, K and V
+    assert len(dmas) == 2 * 2 * model.layers * 2
+    whole = sum(8 * n * tok for n in (513, 514)) * 2 * model.layers
+    assert sum(dmas) == pytest.approx(whole * cc / 100)
+    assert all(a == b for a, b in zip(dmas[::2], dmas[1::2], strict=True))  # K's half, V's half
+    disk = sum(e["args"]["bytes"] for e in spans if e["name"] == "load_cache_disk")
+    assert cc == 100 or disk > 0
+
+
 def test_disk_reads_reach_the_gpu_through_a_host_relay():
     """FlexGen's copy threads read a disk tensor into a pinned relay, then DMA it: the PCIe lane is
     busy only for its own hop (at 12.89 GiB/s), not for the whole read from the disk, which runs at
