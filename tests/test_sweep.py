@@ -300,6 +300,74 @@ def test_signal_stops_sweep_cleanly_and_keeps_points(tmp_path, sig, code):
     assert 0 < len(kept) < 128 and kept["feasible"].all() and kept["point_id"].is_unique
 
 
+# A child process: the real local pool on quick fake points, with the signal landing where it can in
+# ``concurrent.futures.wait``: ``_AcquireFutures.__enter__`` takes the futures' locks one by one in a
+# Python loop, so a handler that raises there leaves one taken, and the pool's manager thread then
+# waits on it forever (the exit joins that thread: the sweep said "interrupted" and hung). Landing in
+# ``submit``, before the pool's try, it skipped the pool's shutdown, with the same end.
+_SIGNAL_IN_POOL = """
+import concurrent.futures, signal, sys, time
+from hetsim.sweep import runner
+
+def group(points, timeout_s):  # fake points: this is about the pool, not the model
+    for p in points:
+        time.sleep(0.02 if sys.argv[1] == "wait" else 600)  # long: unless stopped, exit waits for them
+        runner._ROWS.put({"point_id": p["point_id"]})
+
+def signal_in_wait(fs, **kw):  # the first call takes one future's lock, then the signal arrives
+    if not calls:
+        calls.append(1)
+        f = next(iter(fs))
+        f._condition.acquire()
+        signal.raise_signal(signal.SIGINT)
+        f._condition.release()
+    return real_wait(fs, **kw)
+
+def signal_in_submit(self, *args):  # Ctrl-C while the groups are handed out
+    calls.append(1)
+    if len(calls) == 3:
+        signal.raise_signal(signal.SIGINT)
+    return real_submit(self, *args)
+
+runner._run_group = group
+real_wait, real_submit, calls = concurrent.futures.wait, concurrent.futures.ProcessPoolExecutor.submit, []
+if sys.argv[1] == "wait":
+    concurrent.futures.wait = signal_in_wait
+else:
+    concurrent.futures.ProcessPoolExecutor.submit = signal_in_submit
+kept = []
+try:
+    for row in runner._run_local([{"point_id": f"{i:03d}", "k": i} for i in range(64)], 2, None):
+        kept.append(row["point_id"])
+except KeyboardInterrupt:
+    print("interrupted", len(kept), len(set(kept)) == len(kept))
+"""
+
+
+@pytest.mark.parametrize("where", ["wait", "submit"])
+def test_signal_inside_the_pools_bookkeeping_still_exits(where):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGNAL_IN_POOL, where],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the interrupted pool did not exit within 60 s")
+    assert proc.returncode == 0, err
+    assert out.startswith("interrupted ") and out.split()[2] == "True", (out, err)
+
+
 def test_three_concurrent_sweeps_on_one_out(tmp_path):
     import subprocess
 
