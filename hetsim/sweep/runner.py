@@ -261,7 +261,10 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
                 for fut in done:
                     exc = fut.exception()
                     if exc is not None:  # the worker process died: its group's unfinished points
-                        yield from (_crashed(p, exc) for p in futures[fut] if p["point_id"] not in seen)
+                        for p in futures[fut]:
+                            if p["point_id"] not in seen:
+                                deliver()  # a signal that killed it stops the sweep: not crashes
+                                yield _crashed(p, exc)
             finished = True
         finally:
             # interrupted: drop queued groups and do not wait for running ones (their unfinished
@@ -332,7 +335,12 @@ def _worker_init(rows: Any) -> None:
 def _run_group(points: list[dict[str, Any]], timeout_s: float | None) -> None:
     """A pool task: ``run_point`` for each point in this worker, each row sent as it is made."""
     for p in points:
-        _ROWS.put(run_point(p, timeout_s))
+        row = run_point(p, timeout_s)
+        # again after each point: a CP-SAT solve (OR-Tools' ``catch_sigint_signal``, on by default)
+        # sets SIGINT to its default action when it ends, so Ctrl-C killed the worker, the pool broke,
+        # and every unfinished point of the sweep came back as a "worker crashed" row and was stored
+        _worker_signals()
+        _ROWS.put(row)
 
 
 def answer_groups(points: list[dict[str, Any]], workers: int = 1) -> list[list[dict[str, Any]]]:
