@@ -297,7 +297,106 @@ def test_signal_stops_sweep_cleanly_and_keeps_points(tmp_path, sig, code):
     assert proc.returncode == code
     assert err.count("\n") == 1 and err.startswith(f"interrupted by {sig}: ") and "Traceback" not in err
     kept = Store(out).read()  # finished points are kept (resuming them is test_interrupted_sweep_...)
-    assert 0 < len(kept) < 128 and kept["feasible"].all() and kept["point_id"].is_unique
+    errors = kept["error"].value_counts().to_dict()  # shown if a broken pool's crash rows were kept
+    assert 0 < len(kept) < 128 and kept["feasible"].all() and kept["point_id"].is_unique, errors
+
+
+# A child process: the real local pool on quick fake points, with the signal landing where it can in
+# ``concurrent.futures.wait``: ``_AcquireFutures.__enter__`` takes the futures' locks one by one in a
+# Python loop, so a handler that raises there leaves one taken, and the pool's manager thread then
+# waits on it forever (the exit joins that thread: the sweep said "interrupted" and hung). Landing in
+# ``submit``, before the pool's try, it skipped the pool's shutdown, with the same end.
+_SIGNAL_IN_POOL = """
+import concurrent.futures, signal, sys, time
+from hetsim.sweep import runner
+
+def group(points, timeout_s):  # fake points: this is about the pool, not the model
+    for p in points:
+        time.sleep(0.02 if sys.argv[1] == "wait" else 600)  # long: unless stopped, exit waits for them
+        runner._ROWS.put({"point_id": p["point_id"]})
+
+def signal_in_wait(fs, **kw):  # the first call takes one future's lock, then the signal arrives
+    if not calls:
+        calls.append(1)
+        f = next(iter(fs))
+        f._condition.acquire()
+        signal.raise_signal(signal.SIGINT)
+        f._condition.release()
+    return real_wait(fs, **kw)
+
+def signal_in_submit(self, *args):  # Ctrl-C while the groups are handed out
+    calls.append(1)
+    if len(calls) == 3:
+        signal.raise_signal(signal.SIGINT)
+    return real_submit(self, *args)
+
+runner._run_group = group
+real_wait, real_submit, calls = concurrent.futures.wait, concurrent.futures.ProcessPoolExecutor.submit, []
+if sys.argv[1] == "wait":
+    concurrent.futures.wait = signal_in_wait
+else:
+    concurrent.futures.ProcessPoolExecutor.submit = signal_in_submit
+kept = []
+try:
+    for row in runner._run_local([{"point_id": f"{i:03d}", "k": i} for i in range(64)], 2, None):
+        kept.append(row["point_id"])
+except KeyboardInterrupt:
+    print("interrupted", len(kept), len(set(kept)) == len(kept))
+"""
+
+
+@pytest.mark.parametrize("where", ["wait", "submit"])
+def test_signal_inside_the_pools_bookkeeping_still_exits(where):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGNAL_IN_POOL, where],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the interrupted pool did not exit within 60 s")
+    assert proc.returncode == 0, err
+    assert out.startswith("interrupted ") and out.split()[2] == "True", (out, err)
+
+
+# A child process as a pool worker: a HeteGen point (its knapsack is a CP-SAT solve), then Ctrl-C.
+_WORKER_AFTER_A_SOLVE = """
+import os, signal, sys, time
+from hetsim.sweep import grid, runner, spec
+
+rows = []
+runner._worker_init(type("Q", (), {"put": staticmethod(rows.append)})())
+points = [p for p in grid.expand(spec.load_spec(sys.argv[1])) if p["strategy"] == "hetegen"][:1]
+runner._run_group(points, None)
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.5)  # a pending signal's default action ends the process here
+print(len(rows), rows[0]["error"] or "ok")
+"""
+
+
+def test_pool_worker_still_leaves_ctrl_c_to_the_parent_after_a_cp_sat_solve(tmp_path):
+    """CP-SAT's solve leaves SIGINT at its default action (OR-Tools' ``catch_sigint_signal``): before,
+    Ctrl-C then killed a worker, the pool broke, and the parent stored every unfinished point of the
+    sweep as a "worker crashed" row (test_signal_stops_sweep_cleanly_and_keeps_points kept all 128)."""
+    import subprocess
+    import sys
+
+    spec = _spec(tmp_path, SLOW, "slow.yaml")
+    proc = subprocess.run(
+        [sys.executable, "-c", _WORKER_AFTER_A_SOLVE, str(spec)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.split() == ["1", "ok"]
 
 
 def test_three_concurrent_sweeps_on_one_out(tmp_path):

@@ -8,6 +8,7 @@ finished; a point that raises becomes a row with ``feasible=False`` and its ``er
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -236,38 +237,90 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     # A task is a group of points (``answer_groups``); each row comes back through ``rows`` as its
     # point finishes, so an interrupted sweep keeps every finished point of a group it stops.
-    rows = ctx.SimpleQueue()
-    pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(rows,)
-    )
-    futures = {pool.submit(_run_group, g, timeout_s): g for g in answer_groups(points, workers)}
-    pending = set(futures)
-    seen: set[str] = set()
-    finished = False
+    with _signals_at_safe_points() as deliver:
+        rows = ctx.SimpleQueue()
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(rows,)
+        )
+        futures: dict[Any, list[dict[str, Any]]] = {}
+        seen: set[str] = set()
+        finished = False
+        try:
+            for g in answer_groups(points, workers):
+                futures[pool.submit(_run_group, g, timeout_s)] = g
+                deliver()
+            pending = set(futures)
+            while pending:
+                deliver()
+                done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+                while not rows.empty():  # rows may come as fast as they are taken: deliver between
+                    deliver()
+                    row = rows.get()
+                    seen.add(row["point_id"])
+                    yield row
+                for fut in done:
+                    exc = fut.exception()
+                    if exc is not None:  # the worker process died: its group's unfinished points
+                        for p in futures[fut]:
+                            if p["point_id"] not in seen:
+                                deliver()  # a signal that killed it stops the sweep: not crashes
+                                yield _crashed(p, exc)
+            finished = True
+        finally:
+            # interrupted: drop queued groups and do not wait for running ones (their unfinished
+            # points are redone later). Take the workers before shutdown, which sets the pool's
+            # private _processes to None.
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=finished, cancel_futures=True)
+            if not finished:
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.join(timeout=5)
+            rows.close()
+
+
+@contextmanager
+def _signals_at_safe_points():
+    """Hold SIGINT/SIGTERM's Python handlers (the CLI's raises KeyboardInterrupt) while the pool is
+    run, and run them only where ``deliver()`` is called. A handler that raises at any bytecode can
+    stop ``concurrent.futures.wait`` half-way through taking its futures' locks (``_AcquireFutures``
+    takes them one by one in a Python loop), or ``submit`` before the pool is shut down: the pool's
+    manager thread then blocks on a lock or a result forever, and the interpreter's exit joins that
+    thread with no timeout, so the sweep said "interrupted" and hung. Nothing changes outside the main
+    thread (no handlers run there) or for a signal whose handler is not a Python function. A signal
+    held when the pool is done is delivered on the way out."""
+    held: list[tuple[int, Any]] = []
+    old: dict[int, Any] = {}
+    delivered: set[int] = set()
+    home = os.getpid()
+
+    def hold(signum: int, frame: Any) -> None:
+        if os.getpid() != home:  # a pool worker forked before its initializer set its own handlers
+            if signum == signal.SIGTERM:  # die as ``_worker_signals`` would have it
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+        held.append((signum, frame))
+
+    def deliver() -> None:
+        if held:
+            signum, frame = held[0]
+            held.clear()
+            if signum not in delivered:  # once per signal, as if it had not been held
+                delivered.add(signum)
+                old[signum](signum, frame)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if callable(signal.getsignal(sig)):
+                old[sig] = signal.signal(sig, hold)
     try:
-        while pending:
-            done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
-            while not rows.empty():
-                row = rows.get()
-                seen.add(row["point_id"])
-                yield row
-            for fut in done:
-                exc = fut.exception()
-                if exc is not None:  # the worker process died: its group's unfinished points
-                    yield from (_crashed(p, exc) for p in futures[fut] if p["point_id"] not in seen)
-        finished = True
+        yield deliver
     finally:
-        # interrupted: drop queued groups and do not wait for running ones (their unfinished points
-        # are redone later). Take the workers before shutdown, which sets the pool's private
-        # _processes to None.
-        procs = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=finished, cancel_futures=True)
-        if not finished:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.join(timeout=5)
-        rows.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        deliver()
 
 
 _ROWS: Any = None  # a pool worker's queue of finished rows (``_worker_init``)
@@ -282,7 +335,12 @@ def _worker_init(rows: Any) -> None:
 def _run_group(points: list[dict[str, Any]], timeout_s: float | None) -> None:
     """A pool task: ``run_point`` for each point in this worker, each row sent as it is made."""
     for p in points:
-        _ROWS.put(run_point(p, timeout_s))
+        row = run_point(p, timeout_s)
+        # again after each point: a CP-SAT solve (OR-Tools' ``catch_sigint_signal``, on by default)
+        # sets SIGINT to its default action when it ends, so Ctrl-C killed the worker, the pool broke,
+        # and every unfinished point of the sweep came back as a "worker crashed" row and was stored
+        _worker_signals()
+        _ROWS.put(row)
 
 
 def answer_groups(points: list[dict[str, Any]], workers: int = 1) -> list[list[dict[str, Any]]]:
