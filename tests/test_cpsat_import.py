@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -100,3 +102,32 @@ def test_the_lean_model_solves_as_cp_sat_own_and_lacks_only_the_pre_pep8_aliases
     lean, own = CpModel(), cp_model.CpModel()
     assert solve(lean) == solve(own)
     assert hasattr(own, "NewIntVar") and not hasattr(lean, "NewIntVar")
+
+
+_SOLVE_THEN_CTRL_C = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a sweep's pool worker sets it
+from ortools.sat.python import cp_model
+from hetsim.planner.hetegen_knapsack import Item, solve_resident
+from hetsim.planner.hexgen_cpsat import _solver
+
+if sys.argv[1] == "hexgen":
+    m = cp_model.CpModel()
+    x = m.new_int_var(0, 3, "x")
+    m.maximize(x)
+    assert _solver(1.0).solve(m) == cp_model.OPTIMAL
+else:
+    items = [Item("q_proj", 2, 10, 1e-3, 10), Item("fc1", 1, 30, 2e-3, 30)]
+    assert solve_resident(items, 40.0)["q_proj"] >= 0
+os.kill(os.getpid(), signal.SIGINT)
+print("alive")
+"""
+
+
+@pytest.mark.parametrize("which", ["hexgen", "knapsack"])
+def test_a_cp_sat_solve_leaves_ctrl_c_to_the_process(which):
+    """OR-Tools' CP-SAT catches SIGINT during a solve and leaves it at its default action after
+    (``catch_sigint_signal``, on by default): a process that ignored Ctrl-C then died of it."""
+    proc = subprocess.run([sys.executable, "-c", _SOLVE_THEN_CTRL_C, which], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.split() == ["alive"], (proc.returncode, proc.stderr[-1500:])

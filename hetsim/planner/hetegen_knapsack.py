@@ -208,6 +208,7 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.max_time_in_seconds = 10.0
+    solver.parameters.catch_sigint_signal = False  # Ctrl-C stays the caller's (see hexgen_cpsat)
     status = solver.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return {it.kind: 0 for it in items}

@@ -207,6 +207,10 @@ def _solver(time_limit_s: float, presolve: bool = True) -> cp_model.CpSolver:
     solver.parameters.random_seed = 0
     # presolve costs more than it saves on the inner level's models of a few dozen variables (2x)
     solver.parameters.cp_model_presolve = presolve
+    # CP-SAT otherwise catches SIGINT during a solve (stopping it early: a non-optimal answer kept as
+    # if optimal) and leaves it at its default action after: a process that ignored Ctrl-C (a sweep's
+    # pool worker) or handles it in Python (the CLI, flushing finished work) then dies of it
+    solver.parameters.catch_sigint_signal = False
     return solver
 
 
