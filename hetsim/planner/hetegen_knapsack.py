@@ -203,7 +203,8 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
         m.add(buf >= it.buffer_bytes).only_enforce_if(full[it.kind].negated())
     used = sum(it.nbytes * count[it.kind] for it in items) + buf
     m.add(used <= cap)
-    saved = sum(round(it.saved_s * 1e6) * count[it.kind] for it in items)  # whole microseconds
+    micros = {it.kind: round(it.saved_s * 1e6) for it in items}  # whole microseconds: exact integers
+    saved = sum(micros[it.kind] * count[it.kind] for it in items)
     m.maximize(saved)
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
@@ -216,7 +217,9 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
     if status != cp_model.OPTIMAL:  # no proven optimum to hold (never seen: 7 variables)
         return first
     # The tie-break: bytes first, then each kind's place (rank < ranks, so any byte outweighs it).
-    m.add(saved == int(solver.objective_value))
+    # the optimum from the answer's counts, in integers: ``objective_value`` is a float (6999.999999999999
+    # for 7000), and int() of it made the second model infeasible, so ties fell back to the first answer
+    m.add(saved == sum(micros[k] * n for k, n in first.items()))
     ranks = 1 + sum(i * it.count for i, it in enumerate(items))
     m.minimize(used * ranks + sum(i * count[it.kind] for i, it in enumerate(items)))
     for it in items:  # the first solve's answer is feasible: a hint
