@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import struct
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -659,13 +658,13 @@ def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]]
     return [(*f, (nb - 2.0, m), (1.0, last)) for f in firsts for m in mids for last in lasts]
 
 
-def _rows_of(parts: tuple[tuple[float, dict[str, float]], ...], t: int, index: dict[str, int]) -> bytes:
-    """``t >= sum(k * lin(form) for k, form in parts)`` as one row of GLOP's model (``_row``), its
-    coefficients summed in the order (and with the skipped zero multipliers) of OR-Tools' natural API
+def _row_terms(parts: tuple[tuple[float, dict[str, float]], ...]) -> tuple[float, dict[str, float]]:
+    """``t >= sum(k * lin(form) for k, form in parts)`` as one row's constant and coefficients (after
+    t's 1.0), summed in the order (and with the skipped zero multipliers) of OR-Tools' natural API
     (``LinearExpr.GetCoeffs``: t, then each form's terms, each coefficient ``(-1.0 * k) * coef``), so
     the model GLOP receives is the same, bit for bit, as ``solver.Add(t >= ...)`` builds (~30,000
     rows a search; ``tests/test_flexgen_lp_build.py``)."""
-    coeffs: dict[str, float] = {}  # by name; t's first, as the natural API has it
+    coeffs: dict[str, float] = {}
     offset = 0.0
     for k, form in parts:
         m = -1.0 * k
@@ -677,70 +676,63 @@ def _rows_of(parts: tuple[tuple[float, dict[str, float]], ...], t: int, index: d
                 offset += cm
             elif cm:
                 coeffs[v] = coeffs.get(v, 0.0) + cm
-    return _row(0.0 - offset, _INF, [t, *map(index.__getitem__, coeffs)], [1.0, *coeffs.values()])
+    return offset, coeffs
 
 
-# GLOP's model is handed over as the bytes of one ``MPModelProto`` (OR-Tools' linear_solver.proto)
-# that ``Solver.LoadModelFromProto`` loads in one call: MPSolver makes from it the same variables,
-# rows and coefficients, in the same order, as the ~140,000 calls of the Python API a search made
-# before (most of build_lp's time). Only the fields build_lp sets are written: protobuf's defaults
-# (no name, not integer, objective 0) are the API's; the loader drops names (``t`` repeats), which
-# GLOP does not read. The numbers are packed as protobuf's wire format has them (little-endian).
 _INF = pywraplp.Solver.infinity()
-_BOUNDS = struct.Struct("<BdBd").pack
-_DOUBLES: dict[int, Callable[..., bytes]] = {}  # struct.pack of n doubles, by n
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _row(lo: float, hi: float, index: list[int], coefs: list[float]) -> bytes:
-    """An ``MPConstraintProto`` (the model's field 4): bounds (2, 3), packed var_index (6) and
-    coefficient (7)."""
-    body = _BOUNDS(0x11, lo, 0x19, hi)
-    n = len(index)
-    if n:
-        pack = _DOUBLES.get(n) or _DOUBLES.setdefault(n, struct.Struct(f"<{n}d").pack)
-        ids = bytes(index) if index[0] < 0x80 else b"".join(map(_varint, index))  # t, the largest, first
-        body += b"\x32" + _varint(len(ids)) + ids + b"\x3a" + _varint(8 * n) + pack(*coefs)
-    return b"\x22" + _varint(len(body)) + body
-
-
-def _variable(lo: float, hi: float, objective: float) -> bytes:
-    """An ``MPVariableProto`` (the model's field 3): bounds (1, 2), objective coefficient (3)."""
-    body = _BOUNDS(0x09, lo, 0x11, hi)
-    if objective:
-        body += struct.pack("<Bd", 0x19, objective)
-    return b"\x1a" + _varint(len(body)) + body
 
 
 def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variable]]:
     """GLOP's model of ``cm``: the 9 fractions, the tier sums, the memory rows, one epigraph variable
-    per slot (its ``_slot_forms`` as rows), the layers' summed time as the objective, in that order."""
-    from ortools.linear_solver.linear_solver_pb2 import MPModelProto  # ~0.03 s: at the first LP
+    per slot (its ``_slot_forms`` as rows), the layers' summed time as the objective, in that order.
 
+    Built as one ``MPModelProto`` (OR-Tools' linear_solver.proto) that ``Solver.LoadModelFromProto``
+    loads in one call: MPSolver makes from it the same variables, rows and coefficients, in the same
+    order, as the ~140,000 calls of the Python API a search made before (most of build_lp's time).
+    The proto has no names (the loader drops them; GLOP does not read them)."""
+    from ortools.linear_solver import linear_solver_pb2 as pb  # ~0.03 s: at the first LP
+
+    Row, Var = pb.MPConstraintProto, pb.MPVariableProto
     index = {v: i for i, v in enumerate(cm.bounds)}
-    variables = [_variable(lo, hi, 0.0) for lo, hi in cm.bounds.values()]
-    rows = [_row(1.0, 1.0, [index[tier + t] for t in "gcd"], [1.0] * 3) for tier in "wch"]
+    variables = [Var(lower_bound=lo, upper_bound=hi) for lo, hi in cm.bounds.values()]
+    rows = [
+        Row(
+            lower_bound=1.0,
+            upper_bound=1.0,
+            var_index=[index[tier + t] for t in "gcd"],
+            coefficient=[1.0] * 3,
+        )
+        for tier in "wch"
+    ]
     for coefs, rhs in cm.memory:
         if not coefs:  # the natural API's ``0 <= rhs``: an empty row, infeasible when rhs < 0
-            rows.append(_row(*((0.0, 0.0) if rhs >= 0 else (1.0, 1.0)), [], []))
+            lo = 0.0 if rhs >= 0 else 1.0
+            rows.append(Row(lower_bound=lo, upper_bound=lo))
             continue
         kept = {v: c for v, c in coefs.items() if c}
-        rows.append(_row(-_INF, rhs, [index[v] for v in kept], list(kept.values())))
+        rows.append(
+            Row(
+                lower_bound=-_INF,
+                upper_bound=rhs,
+                var_index=[index[v] for v in kept],
+                coefficient=kept.values(),
+            )
+        )
     for mult, slot in cm.slots:
         t = len(variables)
-        variables.append(_variable(0.0, _INF, mult * cm.layers))
-        rows += [_rows_of(parts, t, index) for parts in _slot_forms(slot, cm.nb)]
-    proto = MPModelProto.FromString(b"".join(variables + rows))
+        variables.append(Var(lower_bound=0.0, upper_bound=_INF, objective_coefficient=mult * cm.layers))
+        for parts in _slot_forms(slot, cm.nb):
+            offset, coeffs = _row_terms(parts)
+            ids = [t, *map(index.__getitem__, coeffs)]
+            rows.append(
+                Row(
+                    lower_bound=0.0 - offset,
+                    upper_bound=_INF,
+                    var_index=ids,
+                    coefficient=[1.0, *coeffs.values()],
+                )
+            )
+    proto = pb.MPModelProto(variable=variables, constraint=rows)
     solver = pywraplp.Solver.CreateSolver("GLOP")
     if solver.LoadModelFromProto(proto):  # refused (a NaN or infinite number): call by call
         solver = _load_by_calls(proto)
