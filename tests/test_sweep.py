@@ -385,9 +385,10 @@ print(len(rows), rows[0]["error"] or "ok")
 
 
 def test_pool_worker_still_leaves_ctrl_c_to_the_parent_after_a_cp_sat_solve(tmp_path):
-    """CP-SAT's solve leaves SIGINT at its default action (OR-Tools' ``catch_sigint_signal``): before,
-    Ctrl-C then killed a worker, the pool broke, and the parent stored every unfinished point of the
-    sweep as a "worker crashed" row (test_signal_stops_sweep_cleanly_and_keeps_points kept all 128)."""
+    """A CP-SAT solve leaves SIGINT at its default action unless OR-Tools' ``catch_sigint_signal`` is
+    off (hetsim's solvers turn it off: tests/test_cpsat_import.py): before, Ctrl-C then killed a
+    worker, the pool broke, and the parent stored every unfinished point of the sweep as a "worker
+    crashed" row (test_signal_stops_sweep_cleanly_and_keeps_points kept all 128)."""
     import subprocess
     import sys
 

@@ -335,12 +335,7 @@ def _worker_init(rows: Any) -> None:
 def _run_group(points: list[dict[str, Any]], timeout_s: float | None) -> None:
     """A pool task: ``run_point`` for each point in this worker, each row sent as it is made."""
     for p in points:
-        row = run_point(p, timeout_s)
-        # again after each point: a CP-SAT solve (OR-Tools' ``catch_sigint_signal``, on by default)
-        # sets SIGINT to its default action when it ends, so Ctrl-C killed the worker, the pool broke,
-        # and every unfinished point of the sweep came back as a "worker crashed" row and was stored
-        _worker_signals()
-        _ROWS.put(row)
+        _ROWS.put(run_point(p, timeout_s))
 
 
 def answer_groups(points: list[dict[str, Any]], workers: int = 1) -> list[list[dict[str, Any]]]:
