@@ -226,8 +226,6 @@ def _streams_program_worker_forever(e):
 def test_splits_measured_from_many_threads_are_fresh_ones():
     """Each thread measures in its own engine (a Dask worker runs sweep points in threads): with the
     interpreter switching threads every microsecond, every answer is the fresh engine's."""
-    import sys
-    import threading
 
     jobs = [
         (name, cpu, kind, alpha)
@@ -251,18 +249,9 @@ def test_splits_measured_from_many_threads_are_fresh_ones():
             op = module_ops(_MODEL, "decode", 4, 1)[kind]
             out.append((job, hetegen.measure_split(_RIGS[name], "n0.gpu0", cpu, op, alpha, 2e-5, "fp16")))
 
-    interval = sys.getswitchinterval()
     with pytest.MonkeyPatch.context() as m:
         m.setattr(hetegen, "_split_setting", lambda rig, gpu, cpu: None)
-        sys.setswitchinterval(1e-6)
-        try:
-            threads = [threading.Thread(target=measure, args=(i,)) for i in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        finally:
-            sys.setswitchinterval(interval)
+        _race(measure)
     assert sorted(got) == [0, 1, 2, 3]
     for out in got.values():
         assert len(out) == len(jobs) and all(value == want[job] for job, value in out)
@@ -365,9 +354,6 @@ def test_op_cost_caches_of_many_rigs_filled_from_many_threads():
     """``_rig_costs`` evicts its oldest rig past ``_RIG_COSTS_MAX_RIGS``: threads (a Dask worker's)
     filling it for more rigs than that at once all get their caches (two evicting the same oldest
     entry raised KeyError)."""
-    import sys
-    import threading
-
     from hetsim.sim import engine as engine_module
 
     rigs = [load_rig(n) for n in ("mixed-lab", "hetegen-a10", "flexgen-t4", "hexgen-homogeneous")]
@@ -381,15 +367,24 @@ def test_op_cost_caches_of_many_rigs_filled_from_many_threads():
         except Exception as exc:  # any exception in a thread is the failure
             errors.append(repr(exc))
 
+    for _ in range(10):
+        _race(fill)
+    assert errors == []
+
+
+def _race(target, threads: int = 4) -> None:
+    """``target(i)`` in ``threads`` threads at once, the interpreter switching between them every
+    microsecond (races show within a few runs)."""
+    import sys
+    import threading
+
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        for _ in range(10):
-            threads = [threading.Thread(target=fill, args=(i,)) for i in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+        running = [threading.Thread(target=target, args=(i,)) for i in range(threads)]
+        for t in running:
+            t.start()
+        for t in running:
+            t.join()
     finally:
         sys.setswitchinterval(interval)
-    assert errors == []
