@@ -512,6 +512,14 @@ class CostModel:
     slots: tuple[tuple[float, _Slot], ...]
     layers: int
     bounds: dict[str, tuple[float, float]]
+    # each slot's ``_slot_forms``, worked out once: the layout, the lower bounds, the LP and
+    # ``cost_at`` all read them (a search asks ~10 times per model); ``replace`` works them out again
+    forms: tuple[list[tuple[tuple[float, dict[str, float]], ...]], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "forms", tuple(_slot_forms(s, self.nb) for _, s in self.slots))
 
 
 def cost_model(
@@ -593,8 +601,8 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
         return form.get("const", 0.0) + sum(c * x[v] for v, c in form.items() if v != "const")
 
     total = 0.0
-    for mult, slot in cm.slots:
-        t = max(sum(k * lin(f) for k, f in parts) for parts in _slot_forms(slot, cm.nb))
+    for (mult, _), forms in zip(cm.slots, cm.forms, strict=True):
+        t = max(sum(k * lin(f) for k, f in parts) for parts in forms)
         total += mult * cm.layers * t
     return total
 
@@ -718,10 +726,10 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
                 coefficient=kept.values(),
             )
         )
-    for mult, slot in cm.slots:
+    for (mult, _), forms in zip(cm.slots, cm.forms, strict=True):
         t = len(variables)
         variables.append(Var(lower_bound=0.0, upper_bound=_INF, objective_coefficient=mult * cm.layers))
-        for parts in _slot_forms(slot, cm.nb):
+        for parts in forms:
             offset, coeffs = _row_terms(parts)
             ids = [t, *map(index.__getitem__, coeffs)]
             rows.append(
@@ -1109,7 +1117,7 @@ def lp_candidates_lazy(
 def _layout(cm: CostModel) -> tuple[int, ...]:
     """The rows' layout of ``cm``'s LP (memory rows, each slot's row count): LPs laid out alike
     share the meaning of each row."""
-    return (len(cm.memory), *(len(_slot_forms(s, cm.nb)) for _, s in cm.slots))
+    return (len(cm.memory), *map(len, cm.forms))
 
 
 def _lower_bound(cm: CostModel, duals: Sequence[float]) -> float:
@@ -1122,8 +1130,7 @@ def _lower_bound(cm: CostModel, duals: Sequence[float]) -> float:
     nm = len(cm.memory)
     weights: dict[int, list] = {}  # id(form) -> [form, summed multiplier]
     r = 3 + nm  # build_lp's rows: the tier sums, the memory rows, then each slot's forms
-    for mult, slot in cm.slots:
-        forms = _slot_forms(slot, cm.nb)
+    for (mult, _), forms in zip(cm.slots, cm.forms, strict=True):
         ys = [max(0.0, y) for y in duals[r : r + len(forms)]]
         r += len(forms)
         cap, total = mult * cm.layers, sum(ys)
