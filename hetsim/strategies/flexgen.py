@@ -162,9 +162,16 @@ class _Booked:
         label: str = "copy",
         host_extra: float = 0.0,
     ):
-        return self.e.transfer_time(
-            src, dst, nbytes, pinned=pinned, label=label, at=self.at, host_extra=host_extra
+        # ``Engine.transfer_time``, inline (one call less for each of ~10^5 copies a search)
+        at = self.at
+        if at is None:
+            now = self.e.env._now
+            end = self.e.book_transfer(src, dst, nbytes, pinned=pinned, label=label, host_extra=host_extra)
+            return now + (end - now)
+        end = self.e.book_transfer(
+            src, dst, nbytes, pinned=pinned, label=label, after=at, host_extra=host_extra
         )
+        return at + (end - at)
 
     def compute(self, device: str, ops, *, label: str | None = None):
         return self.e.compute_time(device, ops, label=label, at=self.at)
@@ -447,7 +454,9 @@ class _Runner:
         # Per (step, layer): what every position of it reads, from the same helpers (memoised there),
         # looked up once here instead of at each of the ~10^4 positions a run.
         nl, nb = self.nl, self.plan.num_gpu_batches
-        copy_s = self._hidden_copy_s
+        copy_s, hidden = self._hidden_copy_s, self._hidden_bytes
+        direct = not self.f.hd  # hidden copies booked here (with a disk share: by their helpers)
+        hc = self.f.hc if direct else 0.0
         cells = [
             (
                 step,
@@ -455,6 +464,8 @@ class _Runner:
                 copy_s(step, j, gbs, store=True),
                 copy_s(step, j, gbs, store=False),
                 self.ops(step, j, gbs),
+                hidden(step, j, gbs, True) * hc,
+                hidden(step, j, gbs, False) * hc,
             )
             for step in self.steps
             for j in range(nl)
@@ -472,8 +483,9 @@ class _Runner:
         last = len(pos) - 1
         load_weight, load_cache, load_hidden = self.load_weight, self.load_cache, self.load_hidden
         store_cache, store_hidden, chain = self.store_cache, self.store_hidden, t.chain
+        transfer, gpu, cpu = t.transfer, self.gpu, self.cpu
         k = nb - 1
-        for p, (step, j, _, _, o) in enumerate(pos):
+        for p, (step, j, _, _, o, _, _) in enumerate(pos):
             k = 0 if k == nb - 1 else k + 1  # the GPU batch: positions run k = 0 .. nb - 1 per layer
             ev = []
             relay = None
@@ -482,11 +494,11 @@ class _Runner:
                 ev += wev
             gather = None
             if p < last:
-                nstep, nj, _, load_s, _ = pos[p + 1]
+                nstep, nj, _, load_s, _, _, load_b = pos[p + 1]
                 cev, gather = load_cache(t, nstep, nj, gbs)
                 ev += cev
             if p > 0:
-                pstep, pj, store_s, _, _ = pos[p - 1]
+                pstep, pj, store_s, _, _, store_b, _ = pos[p - 1]
             # The issuing thread's serial work (the gather, the kernels and CPU attention) booked
             # as a chain, each piece as issued when the one before it ends; one event joins it all
             # (the loop would wait on each in turn).
@@ -501,10 +513,16 @@ class _Runner:
             # load: compute_layer(k)'s kernels queue behind them on that stream. They wait for their
             # own bytes only (assumed: the GPU's copy engines serve the other streams' copies side by
             # side, not first in, first out behind the cache's DMA as the engine's lane books them).
-            if p > 0:
-                ev += store_hidden(t, pstep, pj, gbs)
-            if p < last:
-                ev += load_hidden(t, nstep, nj, gbs)
+            if not direct:
+                if p > 0:
+                    ev += store_hidden(t, pstep, pj, gbs)
+                if p < last:
+                    ev += load_hidden(t, nstep, nj, gbs)
+            else:  # ``store_hidden``, ``load_hidden`` with no disk share: their one copy each
+                if p > 0 and store_b:
+                    ev.append(transfer(gpu, cpu, store_b, label="store_hidden"))
+                if p < last and load_b:
+                    ev.append(transfer(cpu, gpu, load_b, label="load_hidden"))
             own = store_s if p > 0 else 0.0
             own += load_s if p < last else 0.0
             if own:
