@@ -167,6 +167,21 @@ def _layer_split(
     return tuple(_split(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model))
 
 
+@lru_cache(maxsize=1024)
+def _weight_totals(
+    model: ModelSpec, wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[float, float, float, float]:
+    """``layer_weight_split``'s (GPU, CPU, disk) totals and largest off-GPU layer: a FlexGen search
+    asks ~400 times (``to_plan`` lowering the GPU percent one at a time), for a few dozen placements."""
+    split = _layer_split(model, wg, wc, dtype, placement)
+    return (
+        sum(s[0] for s in split),
+        sum(s[1] for s in split),
+        sum(s[2] for s in split),
+        max(s[1] + s[2] for s in split),
+    )
+
+
 # ---- memory -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Fractions:
@@ -185,12 +200,14 @@ class Fractions:
 
 
 def fractions(model: ModelSpec, plan: FlexGenPlan) -> Fractions:
-    split = layer_weight_split(model, plan)
+    w_gpu, w_cpu, w_disk, w_off_gpu_max = _weight_totals(
+        model, plan.wg / 100.0, plan.wc / 100.0, weight_dtype(plan), plan.placement
+    )
     return Fractions(
-        w_gpu=sum(s[0] for s in split),
-        w_cpu=sum(s[1] for s in split),
-        w_disk=sum(s[2] for s in split),
-        w_off_gpu_max=max(s[1] + s[2] for s in split),
+        w_gpu=w_gpu,
+        w_cpu=w_cpu,
+        w_disk=w_disk,
+        w_off_gpu_max=w_off_gpu_max,
         cg=plan.cg / 100,
         cc=plan.cc / 100,
         cd=plan.cd / 100,
