@@ -402,6 +402,11 @@ class _Runner:
         if not o.cpu:
             yield e.compute(self.gpu, o.gpu_pre, label=self.kinds[j])
             return
+        yield from self.cpu_attention(e, o)
+
+    def cpu_attention(self, e, o: SubStepOps):
+        """``compute``'s steps of one batch with CPU attention, from its ops (``block_released`` has
+        them at hand)."""
         yield e.compute(self.gpu, o.gpu_pre, label="attention_gpu")
         # q.float().cpu() and the k/v copy_ into the workspace: direct, driver-staged copies to
         # pageable memory, not the copy threads' relay (see store_cache)
@@ -483,9 +488,10 @@ class _Runner:
         last = len(pos) - 1
         load_weight, load_cache, load_hidden = self.load_weight, self.load_cache, self.load_hidden
         store_cache, store_hidden, chain = self.store_cache, self.store_hidden, t.chain
-        transfer, gpu, cpu = t.transfer, self.gpu, self.cpu
+        transfer, gpu, cpu, kinds = t.transfer, self.gpu, self.cpu, self.kinds
+        cpu_attention = self.cpu_attention
         k = nb - 1
-        for p, (step, j, _, _, o, _, _) in enumerate(pos):
+        for p, (_, j, _, _, o, _, _) in enumerate(pos):
             k = 0 if k == nb - 1 else k + 1  # the GPU batch: positions run k = 0 .. nb - 1 per layer
             ev = []
             relay = None
@@ -528,9 +534,9 @@ class _Runner:
             if own:
                 t.at = (e.env.now if launched is None else launched) + own
             if o.cpu:
-                t.run(self.compute(t, step, j, gbs))
+                t.run(cpu_attention(t, o))
             else:  # ``compute``'s one step, without a generator to chain
-                t.at = compute_time(self.gpu, o.gpu_pre, label=self.kinds[j], at=t.at)
+                t.at = compute_time(gpu, o.gpu_pre, label=kinds[j], at=t.at)
             ev.append(t.at)
             if p > 0:
                 # store_cache(k - 1) follows compute_layer(k) in the thread: at once when the GPU's
