@@ -49,6 +49,8 @@ def natural_api_lp(cm):
             firsts = [lin(slot.w) + lin(slot.c0 or slot.c), *([lin(slot.m0)] if slot.m0 else [])]
             firsts += [lin(slot.p0 or slot.p), *([lin(slot.q_prev)] if stores else [])]
             firsts += [lin(slot.dk0)] if slot.dk0 else []  # the KV's disk share
+            firsts += [lin(slot.wr)] if slot.wr else []  # the weights' disk read, then hop
+            firsts += [lin(slot.dw0)] if slot.dw0 else []  # ... then the KV's reads, V's hop
             stored = [lin(slot.q)] if stores else []
             mids = [lin(slot.c), lin(slot.p), *stored, *([lin(slot.dkm)] if slot.dkm else [])]
             lasts = [lin(slot.cl or slot.c), lin(slot.pl or slot.p), *stored]
@@ -90,6 +92,12 @@ def natural_api_lp(cm):
             for f in (slot.kr0, slot.vr0, slot.dr0):
                 for b in (*others, *reads) if f else ():
                     solver.Add(t >= lin(f) + (nbf - 1) * b)
+        if slot.wr:  # the weights' disk read then hop, with every other (non-empty) option
+            stores = bool(slot.q or slot.q_prev)
+            rest = [slot.c, slot.p, *([slot.q] if stores else []), slot.kr, slot.vr] if nbf > 1 else [{}]
+            for b in rest:
+                if b or nbf == 1:
+                    solver.Add(t >= lin(slot.wr) + (nbf - 1) * lin(b))
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             solver.Add(t >= lin(lane))
         terms.append(mult * cm.layers * t)
