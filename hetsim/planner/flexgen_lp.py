@@ -27,7 +27,8 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   read by the copy threads on the disk lane once K's CPU half is pinned and hopped over the link
   when it lands (general_copy's ``submit_copy``): the link carries the hop, and a loading sub-step
   is at least K's memcpy then the reads then V's hop (``_Slot.dk0``, ``dkm``, ``dkl``), the first
-  also the next layer's weights' read then the reads then V's hop (``dw0``). K and V are
+  also the next layer's weights' read then the reads then V's hop (``dw0``), each disk bound with
+  its copies' latencies (``_latency``). K and V are
   two (memcpy, DMA) pairs, V pinned while K's DMA runs: the load waits for the later of K's
   memcpy then both DMAs and both memcpys then V's DMA, one form as both scale with cc;
 - a weight tensor on disk goes the same way (``_weight_loads``): read by the copy threads on the
@@ -224,6 +225,7 @@ def _slots(
     as ``_weight_form`` charges them (``placed``: a plan's per-tensor split)."""
     gpu, cpu, disk = ends
     lat = rig.route(disk, cpu).latency_s if disk else 0.0  # each disk copy's
+    hop_lat = rig.route(cpu, gpu).latency_s if disk else 0.0  # ... and each hop's
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
     dram = host_dram_bw(rig, cpu)
     cw = fl.compress_weight
@@ -272,12 +274,13 @@ def _slots(
                         )
                         c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
                         if disk:
-                            kvf["dk0"] = dk
-                            kvf["dw0"] = _plus(load({"wd": 1.0 / lk.d2c}, j_next), {"cd": dk["cd"]}, 1.0)
+                            kvf["dk0"] = _latency(dk, 2 * lat + hop_lat, p)
+                            dw0 = _plus(load({"wd": 1.0 / lk.d2c}, j_next), {"cd": dk["cd"]}, 1.0)
+                            kvf["dw0"] = _latency(dw0, lat + hop_lat, p)
                     else:  # in the last
                         kvf = {"cl": _plus(_plus(c, link, 1.0), pinned, 1.0), "pl": _plus(p, memcpy, 1.0)}
                         if disk:
-                            kvf["dkl"] = dk
+                            kvf["dkl"] = _latency(dk, 2 * lat + hop_lat, p)
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
                     wslow = load(slow, j_next)
                     if disk:
@@ -307,8 +310,9 @@ def _slots(
                         c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
                         kvf["m0"] = _plus(_plus(c, load(slow_kv, j_next), 1.0), load(hop, j_next), 1.0)
                         if disk:
-                            kvf["dk0"] = kvf["dkm"] = dk
-                            kvf["dw0"] = _plus(load({"wd": 1.0 / lk.d2c}, j_next), {"cd": dk["cd"]}, 1.0)
+                            kvf["dk0"] = kvf["dkm"] = _latency(dk, 2 * lat + hop_lat, p)
+                            dw0 = _plus(load({"wd": 1.0 / lk.d2c}, j_next), {"cd": dk["cd"]}, 1.0)
+                            kvf["dw0"] = _latency(dw0, lat + hop_lat, p)
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
@@ -354,6 +358,7 @@ def _slots(
             for form in (p, p0, kvf.get("pl", {})):
                 if form or form is p:
                     form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
+            wr = _latency(wr, lat + hop_lat, p) if wr else {}
             pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, wr=wr, **reads, **kvf))
         att, mlp = pair  # each slot's first sub-step holds the other's last KV store
         for slot, before in ((att, mlp), (mlp, att)):
@@ -401,6 +406,15 @@ def _kv_load(
     # The reads' 100 us latency is not a linear term
     dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + kvb / (2 * lk.pin)}
     return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
+
+
+def _latency(form: dict[str, float], lat: float, p: dict[str, float]) -> dict[str, float]:
+    """A disk bound with its copies' latencies (the engine's ``latency + bytes / rate`` per copy):
+    exact where the bound's disk share is not zero; where it is, the bound without its reads is
+    under the thread's (``p``: the same memcpy, then the kernels) as long as the latency is no
+    longer than the kernels, so the constant is capped there (a bound still, short of the latency
+    only where the kernels are shorter than it)."""
+    return _plus(form, {"const": min(lat, p.get("const", 0.0))}, 1.0)
 
 
 def _gather_into(
@@ -510,8 +524,9 @@ def _other_slots(
     embedding's output and the output layer's input are hidden states as a decoder layer's."""
     cw = fl.compress_weight
     split = _split_cache(model, cw)
-    gpu, _, disk = ends
+    gpu, cpu, disk = ends
     w_link, w_disk = _weight_loads(lk, disk)
+    lat = rig.route(disk, cpu).latency_s + rig.route(cpu, gpu).latency_s if disk else 0.0
     out = []
     for phase, seq, mult in (("prefill", wl.prompt_len, 1.0), ("decode", 1, float(wl.gen_len - 1))):
         hid = gbs * seq * model.hidden * 2.0
@@ -530,6 +545,7 @@ def _other_slots(
                 c = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
                 d2h = {}
             dread = _weight_form({"wd": 1.0 / lk.d2g}, split[j][1], at)
+            wr = _latency(wr, lat, p) if wr else {}
             out.append((mult / model.layers, _Slot(ld, c, p, d2h, dread, {}, wr=wr)))
     return out
 
