@@ -665,20 +665,27 @@ def _slot_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float
         ((1.0, p0), (nbf - 1, slot.c)),
         ((1.0, p0), (nbf - 1, slot.p)) if slot.p0 else ((nbf, slot.p),),
     ]
-    stores = bool(slot.q or slot.q_prev)
-    if stores:  # the KV stores' sub-step forms (_Slot.q)
-        forms += [((1.0, slot.q_prev), (nbf - 1, rest)) for rest in (slot.c, slot.p, slot.q)]
+    # the KV stores' sub-step forms (_Slot.q); a slot stores in its sub-steps (q) or its first holds
+    # the store before (q_prev), not both: an empty option is left out, as every form is >= 0 and
+    # so under a sibling (c, p)
+    if slot.q_prev:
+        forms += [((1.0, slot.q_prev), (nbf - 1, rest)) for rest in (slot.c, slot.p, slot.q) if rest]
+    if slot.q:
         forms += [((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), ((1.0, p0), (nbf - 1, slot.q))]
     if slot.kr or slot.kr0:  # CPU attention's disk reads (_Slot.kr): with every other option
-        firsts = [((1.0, slot.w), (1.0, slot.c)), ((1.0, p0),), *([((1.0, slot.q_prev),)] if stores else [])]
-        others = [slot.c, slot.p, *([slot.q] if stores else [])]
+        firsts = [
+            ((1.0, slot.w), (1.0, slot.c)),
+            ((1.0, p0),),
+            *([((1.0, slot.q_prev),)] if slot.q_prev else []),
+        ]
+        others = [slot.c, slot.p, *([slot.q] if slot.q else [])]
         reads = [f for f in (slot.kr, slot.vr) if f]
         forms += [(*a, (nbf - 1, b)) for a in firsts for b in reads]
         forms += [
             ((1.0, f), (nbf - 1, b)) for f in (slot.kr0, slot.vr0, slot.dr0) if f for b in (*others, *reads)
         ]
     if slot.wr:  # the weights' disk read then hop (_Slot.wr), with every other option (one at nb 1)
-        others = [slot.c, slot.p, *([slot.q] if stores else []), slot.kr, slot.vr] if nb > 1 else [{}]
+        others = [slot.c, slot.p, slot.q, slot.kr, slot.vr] if nb > 1 else [{}]
         forms += [((1.0, slot.wr), (nbf - 1, b)) for b in others if b or nb == 1]
     return forms + lanes
 
@@ -687,13 +694,13 @@ def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]]
     """The sub-step forms of a slot with a GPU-attention KV load (``_Slot.c0``, ``cl``): every option
     of the first sub-step (the weights then the loads on the link, the loads through the slowed
     memcpy, the thread, the store before) plus nb - 2 of a middle one's (loads, thread, store) plus
-    the last's, each a sum ``(k, form)``: the max of the sub-steps' maxes, as linear forms."""
-    stores = bool(slot.q or slot.q_prev)
+    the last's, each a sum ``(k, form)``: the max of the sub-steps' maxes, as linear forms. An empty
+    store (``q``, ``q_prev``) is left out (under the thread's option, as in ``_slot_forms``)."""
     firsts: list[tuple[tuple[float, dict[str, float]], ...]] = [((1.0, slot.w), (1.0, slot.c0 or slot.c))]
     if slot.m0:
         firsts.append(((1.0, slot.m0),))
     firsts.append(((1.0, slot.p0 or slot.p),))
-    if stores:
+    if slot.q_prev:
         firsts.append(((1.0, slot.q_prev),))
     if slot.dk0:
         firsts.append(((1.0, slot.dk0),))
@@ -703,12 +710,12 @@ def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]]
         firsts.append(((1.0, slot.dw0),))
     if nb == 1:
         return firsts
-    mids = [slot.c, slot.p, *([slot.q] if stores else []), *([slot.dkm] if slot.dkm else [])]
+    mids = [slot.c, slot.p, *([slot.q] if slot.q else []), *([slot.dkm] if slot.dkm else [])]
     mids = mids if nb > 2 else [{}]
     lasts = [
         slot.cl or slot.c,
         slot.pl or slot.p,
-        *([slot.q] if stores else []),
+        *([slot.q] if slot.q else []),
         *([slot.dkl] if slot.dkl else []),
     ]
     return [(*f, (nb - 2.0, m), (1.0, last)) for f in firsts for m in mids for last in lasts]
