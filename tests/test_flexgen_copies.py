@@ -49,8 +49,9 @@ def opt30b():
 def test_compressed_cache_load_copies_every_slot_up_to_the_new_token(opt30b):
     """load_cache path 0 copies prompt_len + i token slots at decode step i (the new token's slot
     included); OPT-30B, gbs 64, step 5 after a 512-token prompt: 64 x 517 x 8064 B = 266.8 MB, K's
-    half then V's each pinned by the issuing thread first. CPU attention's gather (path 1) copies the
-    516 cached tokens."""
+    half then V's, each its data then its scales (general_copy_compressed, compression.py:214-215:
+    8/9 and 1/9 of the bytes), each pinned by the issuing thread first. CPU attention's gather (path
+    1) copies the 516 cached tokens."""
     rig, model = opt30b
     step = Step("decode", 5, 1, 517)
     rec = Recorder()
@@ -59,9 +60,10 @@ def test_compressed_cache_load_copies_every_slot_up_to_the_new_token(opt30b):
     drain(relay)
     tok = kv_token_bytes(model, True)
     assert tok == pytest.approx(2 * 7168 * (0.5 + 4 / 64))  # 8064 B: nibbles plus a (scale, min) pair per 64
-    half = pytest.approx(64 * 517 * tok / 2)  # K, then V (flex_opt.py:359-368), each pinned then DMA'd
-    assert rec.copies == [("load_cache", half, True)] * 2
-    assert [op[1][0].act_in_bytes for op in rec.ops] == [half] * 2  # pin_memory's host copies
+    half = 64 * 517 * tok / 2  # K, then V (flex_opt.py:359-368), each pinned then DMA'd
+    parts = [pytest.approx(half * 8 / 9), pytest.approx(half / 9)]  # its data, then its scales
+    assert rec.copies == [("load_cache", b, True) for b in parts * 2]
+    assert [op[1][0].act_in_bytes for op in rec.ops] == parts * 2  # pin_memory's host copies
     rec = Recorder()
     r = _Runner(CPU_ATT, rig, model, Workload(144, 512, 32))
     drain(r.load_cache(rec, step, 1, 48)[1])

@@ -45,11 +45,13 @@ def natural_api_lp(cm):
     for mult, slot in cm.slots:
         t = solver.NumVar(0.0, solver.infinity(), "t")
         if slot.c0 or slot.cl:  # a GPU-attention KV load: its own first and last sub-steps
-            stores = bool(slot.q or slot.q_prev)
+            # an empty store (q, q_prev) is under the thread's option: left out
             firsts = [lin(slot.w) + lin(slot.c0 or slot.c), *([lin(slot.m0)] if slot.m0 else [])]
-            firsts += [lin(slot.p0 or slot.p), *([lin(slot.q_prev)] if stores else [])]
+            firsts += [lin(slot.p0 or slot.p), *([lin(slot.q_prev)] if slot.q_prev else [])]
             firsts += [lin(slot.dk0)] if slot.dk0 else []  # the KV's disk share
-            stored = [lin(slot.q)] if stores else []
+            firsts += [lin(slot.wr)] if slot.wr else []  # the weights' disk read, then hop
+            firsts += [lin(slot.dw0)] if slot.dw0 else []  # ... then the KV's reads, V's hop
+            stored = [lin(slot.q)] if slot.q else []
             mids = [lin(slot.c), lin(slot.p), *stored, *([lin(slot.dkm)] if slot.dkm else [])]
             lasts = [lin(slot.cl or slot.c), lin(slot.pl or slot.p), *stored]
             lasts += [lin(slot.dkl)] if slot.dkl else []
@@ -73,16 +75,17 @@ def natural_api_lp(cm):
         solver.Add(t >= w + c + (nbf - 1) * p)
         solver.Add(t >= p0 + (nbf - 1) * c)
         solver.Add(t >= ((p0 + (nbf - 1) * p) if slot.p0 else nbf * p))
-        if slot.q or slot.q_prev:
-            q, qp = lin(slot.q), lin(slot.q_prev)
-            for rest in (c, p, q):
+        if slot.q_prev:
+            qp = lin(slot.q_prev)
+            for rest in (c, p, *([lin(slot.q)] if slot.q else [])):
                 solver.Add(t >= qp + (nbf - 1) * rest)
+        if slot.q:
+            q = lin(slot.q)
             solver.Add(t >= w + c + (nbf - 1) * q)
             solver.Add(t >= p0 + (nbf - 1) * q)
         if slot.kr or slot.kr0:  # CPU attention's disk reads: each with every other option
-            stores = bool(slot.q or slot.q_prev)
-            firsts = [w + c, p0, *([lin(slot.q_prev)] if stores else [])]
-            others = [c, p, *([lin(slot.q)] if stores else [])]
+            firsts = [w + c, p0, *([lin(slot.q_prev)] if slot.q_prev else [])]
+            others = [c, p, *([lin(slot.q)] if slot.q else [])]
             reads = [lin(f) for f in (slot.kr, slot.vr) if f]
             for a in firsts:
                 for b in reads:
@@ -90,6 +93,11 @@ def natural_api_lp(cm):
             for f in (slot.kr0, slot.vr0, slot.dr0):
                 for b in (*others, *reads) if f else ():
                     solver.Add(t >= lin(f) + (nbf - 1) * b)
+        if slot.wr:  # the weights' disk read then hop, with every other (non-empty) option
+            rest = [slot.c, slot.p, slot.q, slot.kr, slot.vr] if nbf > 1 else [{}]
+            for b in rest:
+                if b or nbf == 1:
+                    solver.Add(t >= lin(slot.wr) + (nbf - 1) * lin(b))
         for lane in (slot.d2h, slot.dread, slot.dwrite):
             solver.Add(t >= lin(lane))
         terms.append(mult * cm.layers * t)

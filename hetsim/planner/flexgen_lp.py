@@ -26,9 +26,14 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   first + (nb - 2) middle + last, every option of each crossed (``_kv_forms``). Its disk share is
   read by the copy threads on the disk lane once K's CPU half is pinned and hopped over the link
   when it lands (general_copy's ``submit_copy``): the link carries the hop, and a loading sub-step
-  is at least K's memcpy then the reads then V's hop (``_Slot.dk0``, ``dkm``, ``dkl``). K and V are
+  is at least K's memcpy then the reads then V's hop (``_Slot.dk0``, ``dkm``, ``dkl``), the first
+  also the next layer's weights' read then the reads then V's hop (``dw0``), each disk bound with
+  its copies' latencies (``_latency``). K and V are
   two (memcpy, DMA) pairs, V pinned while K's DMA runs: the load waits for the later of K's
   memcpy then both DMAs and both memcpys then V's DMA, one form as both scale with cc;
+- a weight tensor on disk goes the same way (``_weight_loads``): read by the copy threads on the
+  disk lane, hopped over the link when it lands, after the position's other copies; w carries
+  the hop on the link, and the first sub-step lasts at least the read then the hop (``_Slot.wr``);
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions;
 - the weight fractions are spread evenly over every layer's bytes (embedding and output included:
   init_weight_list places each layer by the same percentages); at a plan's own placement, where
@@ -190,11 +195,19 @@ class _Slot:
     pl: dict[str, float] = field(default_factory=dict)
     # ... and its disk share's bound (``_kv_load``) where a sub-step loads one, K's memcpy then the
     # reads then V's hop, in the first, middle and last sub-steps (empty = no disk share). In the
-    # first the reads may wait for the next layer's weights' instead: left to the slot's disk lane
-    # (dread; as a form it cost 12 rows an LP and moved no plan checked)
+    # first the reads may wait for the next layer's weights' read instead (``dw0``)
     dk0: dict[str, float] = field(default_factory=dict)
     dkm: dict[str, float] = field(default_factory=dict)
     dkl: dict[str, float] = field(default_factory=dict)
+    # the next layer's weights' disk share, read by the copy threads on the disk lane and hopped
+    # over the link when it lands, after the position's other copies (``_weight_loads``): the
+    # first sub-step lasts at least the read then the hop (w carries the hop on the link); empty =
+    # no disk
+    wr: dict[str, float] = field(default_factory=dict)
+    # ... and the first sub-step's disk lane: the weights' read, then the KV's reads (issued after
+    # it), then V's hop (with weights on disk: OPT-13B 4 x 5 15/50/35, all the KV on disk, LP vs
+    # engine -4.5 % without it, -1.0 % with; 12 rows at nb >= 3)
+    dw0: dict[str, float] = field(default_factory=dict)
 
 
 def _slots(
@@ -212,6 +225,7 @@ def _slots(
     as ``_weight_form`` charges them (``placed``: a plan's per-tensor split)."""
     gpu, cpu, disk = ends
     lat = rig.route(disk, cpu).latency_s if disk else 0.0  # each disk copy's
+    hop_lat = rig.route(cpu, gpu).latency_s if disk else 0.0  # ... and each hop's
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
     dram = host_dram_bw(rig, cpu)
     cw = fl.compress_weight
@@ -221,6 +235,8 @@ def _slots(
         return _weight_form(per_byte, split[j][1], None if placed is None else placed[j])
 
     kv_tok = kv_token_bytes(model, fl.compress_cache)
+    w_link, w_disk = _weight_loads(lk, disk)
+    hop = {"wd": w_link["wd"]}  # the weights' disk share's link hop, after the position's copies
     out = []
     kv_mean = s + max(1, n // 2)
     for phase, seq, kv_len, mult in (("prefill", s, s, 1.0), ("decode", 1, kv_mean, float(n - 1))):
@@ -234,7 +250,8 @@ def _slots(
         ahead: tuple[dict[str, float], ...] = ()  # the next layer's first batch's KV load (_kv_load)
         for kind in ("attention", "mlp"):
             j_next = 2 if kind == "attention" else 1  # the next layer's weights: an MLP's, an attention's
-            w = load({"wc": 1.0 / lk.pin, "wd": 1.0 / lk.d2g}, j_next)
+            w = load(w_link, j_next)
+            wr = load(w_disk, j_next) if w_disk else {}
             c = dict(hid_load)
             d2h = {"hc": nb * hid / lk.out_pin, "hd": nb * hid / lk.g2d}
             dread = {**load({"wd": 1.0 / lk.d2g}, j_next), "hd": nb * hid / lk.d2g}
@@ -252,14 +269,18 @@ def _slots(
                     dread = _plus(dread, disk_read, 1.0)
                     if nb == 1:  # in the first sub-step, beside the weight DMA
                         kvf = {"c0": _plus(c, link, 1.0), "m0": _plus(_plus(c, link, 1.0), pinned, 1.0)}
-                        kvf["m0"] = _plus(kvf["m0"], load(slow_kv, j_next), 1.0)
+                        kvf["m0"] = _plus(
+                            _plus(kvf["m0"], load(slow_kv, j_next), 1.0), load(hop, j_next), 1.0
+                        )
                         c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
                         if disk:
-                            kvf["dk0"] = dk
+                            kvf["dk0"] = _latency(dk, 2 * lat + hop_lat, p)
+                            dw0 = _plus(load({"wd": 1.0 / lk.d2c}, j_next), {"cd": dk["cd"]}, 1.0)
+                            kvf["dw0"] = _latency(dw0, lat + hop_lat, p)
                     else:  # in the last
                         kvf = {"cl": _plus(_plus(c, link, 1.0), pinned, 1.0), "pl": _plus(p, memcpy, 1.0)}
                         if disk:
-                            kvf["dkl"] = dk
+                            kvf["dkl"] = _latency(dk, 2 * lat + hop_lat, p)
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
                     wslow = load(slow, j_next)
                     if disk:
@@ -287,9 +308,11 @@ def _slots(
                         kvf = {"cl": dict(c), "pl": dict(p)}
                         kvf["c0"] = _plus(c, link, 1.0)
                         c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
-                        kvf["m0"] = _plus(c, load(slow_kv, j_next), 1.0)
+                        kvf["m0"] = _plus(_plus(c, load(slow_kv, j_next), 1.0), load(hop, j_next), 1.0)
                         if disk:
-                            kvf["dk0"] = kvf["dkm"] = dk
+                            kvf["dk0"] = kvf["dkm"] = _latency(dk, 2 * lat + hop_lat, p)
+                            dw0 = _plus(load({"wd": 1.0 / lk.d2c}, j_next), {"cd": dk["cd"]}, 1.0)
+                            kvf["dw0"] = _latency(dw0, lat + hop_lat, p)
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
@@ -335,7 +358,8 @@ def _slots(
             for form in (p, p0, kvf.get("pl", {})):
                 if form or form is p:
                     form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
-            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, **reads, **kvf))
+            wr = _latency(wr, lat + hop_lat, p) if wr else {}
+            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, wr=wr, **reads, **kvf))
         att, mlp = pair  # each slot's first sub-step holds the other's last KV store
         for slot, before in ((att, mlp), (mlp, att)):
             lane = dict(slot.d2h)  # the D2H lane: hidden stores, (nb - 1) own KV stores, the one before
@@ -382,6 +406,15 @@ def _kv_load(
     # The reads' 100 us latency is not a linear term
     dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + kvb / (2 * lk.pin)}
     return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
+
+
+def _latency(form: dict[str, float], lat: float, p: dict[str, float]) -> dict[str, float]:
+    """A disk bound with its copies' latencies (the engine's ``latency + bytes / rate`` per copy):
+    exact where the bound's disk share is not zero; where it is, the bound without its reads is
+    under the thread's (``p``: the same memcpy, then the kernels) as long as the latency is no
+    longer than the kernels, so the constant is capped there (a bound still, short of the latency
+    only where the kernels are shorter than it)."""
+    return _plus(form, {"const": min(lat, p.get("const", 0.0))}, 1.0)
 
 
 def _gather_into(
@@ -448,6 +481,17 @@ def _disk_reads(
     return out
 
 
+def _weight_loads(lk: Links, disk: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per weight byte of a layer's load: (on the link, the disk share's read then hop).
+    A weight tensor on the CPU is DMA'd from pinned memory; one on the disk goes to the copy
+    threads (general_copy's ``submit_copy``, pytorch_backend.py:831-833), which read it into
+    their pinned relay and copy it over the link when it lands (copy_worker_func, :896-902): the
+    link carries its hop after the position's other copies, and the load lasts at least the read
+    then the hop (``_Slot.wr``; empty = no disk)."""
+    link = {"wc": 1.0 / lk.pin, "wd": 1.0 / lk.pin if disk else 0.0}
+    return link, ({"wd": 1.0 / lk.d2c + 1.0 / lk.pin} if disk else {})
+
+
 def _weight_form(
     per_byte: dict[str, float], full: float, placed: tuple[float, float, float] | None
 ) -> dict[str, float]:
@@ -469,7 +513,7 @@ def _other_slots(
     gbs: int,
     nb: int,
     lk: Links,
-    gpu: str,
+    ends: tuple[str, str, str],
     fl: Flags,
     placed: Split | None,
 ) -> list[tuple[float, _Slot]]:
@@ -480,13 +524,17 @@ def _other_slots(
     embedding's output and the output layer's input are hidden states as a decoder layer's."""
     cw = fl.compress_weight
     split = _split_cache(model, cw)
+    gpu, cpu, disk = ends
+    w_link, w_disk = _weight_loads(lk, disk)
+    lat = rig.route(disk, cpu).latency_s + rig.route(cpu, gpu).latency_s if disk else 0.0
     out = []
     for phase, seq, mult in (("prefill", wl.prompt_len, 1.0), ("decode", 1, float(wl.gen_len - 1))):
         hid = gbs * seq * model.hidden * 2.0
         for kind, j in (("embed", 0), ("output", len(split) - 1)):
             o = substep_ops(model, kind, phase, gbs, seq, wl.prompt_len, False, 1.0, cw, False)
             at = None if placed is None else placed[j]
-            ld = _weight_form({"wc": 1.0 / lk.pin, "wd": 1.0 / lk.d2g}, split[j][1], at)
+            ld = _weight_form(w_link, split[j][1], at)
+            wr = _weight_form(w_disk, split[j][1], at) if w_disk else {}
             p = {"const": _t(rig, gpu, o.gpu_pre)}
             if kind == "embed":  # stores its output
                 p["hc"] = hid / lk.out_pin
@@ -497,7 +545,8 @@ def _other_slots(
                 c = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
                 d2h = {}
             dread = _weight_form({"wd": 1.0 / lk.d2g}, split[j][1], at)
-            out.append((mult / model.layers, _Slot(ld, c, p, d2h, dread, {})))
+            wr = _latency(wr, lat, p) if wr else {}
+            out.append((mult / model.layers, _Slot(ld, c, p, d2h, dread, {}, wr=wr)))
     return out
 
 
@@ -565,7 +614,7 @@ def cost_model(
         rows.append(({v: c for v, c in coefs.items() if c}, (cap - base[tier]) / 1e9))
     slots = (
         *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split),
-        *_other_slots(rig, model, wl, gbs, nb, lk, gpu, fl, split),
+        *_other_slots(rig, model, wl, gbs, nb, lk, ends, fl, split),
     )
     return CostModel(
         gbs, nb, fl, tuple(rows), (*slots, _tie_break(slots, model.layers)), model.layers, bounds
@@ -624,18 +673,28 @@ def _slot_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float
         ((1.0, p0), (nbf - 1, slot.c)),
         ((1.0, p0), (nbf - 1, slot.p)) if slot.p0 else ((nbf, slot.p),),
     ]
-    stores = bool(slot.q or slot.q_prev)
-    if stores:  # the KV stores' sub-step forms (_Slot.q)
-        forms += [((1.0, slot.q_prev), (nbf - 1, rest)) for rest in (slot.c, slot.p, slot.q)]
+    # the KV stores' sub-step forms (_Slot.q); a slot stores in its sub-steps (q) or its first holds
+    # the store before (q_prev), not both: an empty option is left out, as every form is >= 0 and
+    # so under a sibling (c, p)
+    if slot.q_prev:
+        forms += [((1.0, slot.q_prev), (nbf - 1, rest)) for rest in (slot.c, slot.p, slot.q) if rest]
+    if slot.q:
         forms += [((1.0, slot.w), (1.0, slot.c), (nbf - 1, slot.q)), ((1.0, p0), (nbf - 1, slot.q))]
     if slot.kr or slot.kr0:  # CPU attention's disk reads (_Slot.kr): with every other option
-        firsts = [((1.0, slot.w), (1.0, slot.c)), ((1.0, p0),), *([((1.0, slot.q_prev),)] if stores else [])]
-        others = [slot.c, slot.p, *([slot.q] if stores else [])]
+        firsts = [
+            ((1.0, slot.w), (1.0, slot.c)),
+            ((1.0, p0),),
+            *([((1.0, slot.q_prev),)] if slot.q_prev else []),
+        ]
+        others = [slot.c, slot.p, *([slot.q] if slot.q else [])]
         reads = [f for f in (slot.kr, slot.vr) if f]
         forms += [(*a, (nbf - 1, b)) for a in firsts for b in reads]
         forms += [
             ((1.0, f), (nbf - 1, b)) for f in (slot.kr0, slot.vr0, slot.dr0) if f for b in (*others, *reads)
         ]
+    if slot.wr:  # the weights' disk read then hop (_Slot.wr), with every other option (one at nb 1)
+        others = [slot.c, slot.p, slot.q, slot.kr, slot.vr] if nb > 1 else [{}]
+        forms += [((1.0, slot.wr), (nbf - 1, b)) for b in others if b or nb == 1]
     return forms + lanes
 
 
@@ -643,24 +702,28 @@ def _kv_forms(slot: _Slot, nb: int) -> list[tuple[tuple[float, dict[str, float]]
     """The sub-step forms of a slot with a GPU-attention KV load (``_Slot.c0``, ``cl``): every option
     of the first sub-step (the weights then the loads on the link, the loads through the slowed
     memcpy, the thread, the store before) plus nb - 2 of a middle one's (loads, thread, store) plus
-    the last's, each a sum ``(k, form)``: the max of the sub-steps' maxes, as linear forms."""
-    stores = bool(slot.q or slot.q_prev)
+    the last's, each a sum ``(k, form)``: the max of the sub-steps' maxes, as linear forms. An empty
+    store (``q``, ``q_prev``) is left out (under the thread's option, as in ``_slot_forms``)."""
     firsts: list[tuple[tuple[float, dict[str, float]], ...]] = [((1.0, slot.w), (1.0, slot.c0 or slot.c))]
     if slot.m0:
         firsts.append(((1.0, slot.m0),))
     firsts.append(((1.0, slot.p0 or slot.p),))
-    if stores:
+    if slot.q_prev:
         firsts.append(((1.0, slot.q_prev),))
     if slot.dk0:
         firsts.append(((1.0, slot.dk0),))
+    if slot.wr:
+        firsts.append(((1.0, slot.wr),))
+    if slot.dw0:
+        firsts.append(((1.0, slot.dw0),))
     if nb == 1:
         return firsts
-    mids = [slot.c, slot.p, *([slot.q] if stores else []), *([slot.dkm] if slot.dkm else [])]
+    mids = [slot.c, slot.p, *([slot.q] if slot.q else []), *([slot.dkm] if slot.dkm else [])]
     mids = mids if nb > 2 else [{}]
     lasts = [
         slot.cl or slot.c,
         slot.pl or slot.p,
-        *([slot.q] if stores else []),
+        *([slot.q] if slot.q else []),
         *([slot.dkl] if slot.dkl else []),
     ]
     return [(*f, (nb - 2.0, m), (1.0, last)) for f in firsts for m in mids for last in lasts]

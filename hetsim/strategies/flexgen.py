@@ -29,6 +29,7 @@ from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
     SubStepOps,
     host_copy_op,
+    kv_copy_parts,
     kv_gather_op,
     kv_token_bytes,
     layer_kind,
@@ -212,6 +213,7 @@ class _Runner:
         self.kinds = [layer_kind(model, j) for j in range(self.nl)]
         self.cpu_att = plan.uses_cpu_attention
         self.kv_tok = kv_token_bytes(model, plan.compress_cache)
+        self.kv_parts = kv_copy_parts(plan.compress_cache)  # a cache tensor's copies, in order
         self.off_kv = self.f.cc + self.f.cd
         self.steps = list(steps(workload))
         # Per-runner memos of what every position recomputes alike (the same objects and floats as
@@ -310,14 +312,18 @@ class _Runner:
         and DMA'd (``_relay``, :843-849), then its disk segment put on the copy threads' queue
         (:831-833), which read it into their pinned relay and copy it over the link when it lands
         (copy_worker_func, :896-902). So V's CPU half is pinned while K's DMA runs, and K's read
-        starts when K's half is pinned, V's when V's is. Returns the copies left in flight."""
+        starts when K's half is pinned, V's when V's is. A 4-bit cache's tensor is two general_copy
+        calls, its data then its scales (compression.py:214-215, ``kv_copy_parts``): four (pin,
+        DMA) pairs a load. Returns the copies left in flight."""
         late = []
         half = nbytes / 2
         for _ in ("k", "v"):
-            if self.f.cc > 0:
-                late += yield from self._relay(e, half * self.f.cc, "load_cache")
-            if self.f.cd > 0:
-                late.append(self._via_host(e, self.disk, self.gpu, half * self.f.cd, "load_cache_disk"))
+            for part in self.kv_parts:
+                if self.f.cc > 0:
+                    late += yield from self._relay(e, half * part * self.f.cc, "load_cache")
+                if self.f.cd > 0:
+                    nd = half * part * self.f.cd
+                    late.append(self._via_host(e, self.disk, self.gpu, nd, "load_cache_disk"))
         return late
 
     def _gather(self, e, gbs: int, tokens: int, nbytes: float):
