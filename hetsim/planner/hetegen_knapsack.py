@@ -222,6 +222,12 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
     m.add(saved == sum(micros[k] * n for k, n in first.items()))
     ranks = 1 + sum(i * it.count for i, it in enumerate(items))
     m.minimize(used * ranks + sum(i * count[it.kind] for i, it in enumerate(items)))
+    # without presolve: its cost was ~8x this solve's (the objective's coefficients reach 1e14), and
+    # on large ties it ran into the time limit unproven (the first answer then stood); the search from
+    # the hint proves the optimum in milliseconds. (The first solve keeps presolve: its knapsack DP
+    # solves what a bare search can take 10 s for.) A proven optimum either way: only choices equal
+    # in saving, bytes and ranks can come out differently.
+    solver.parameters.cp_model_presolve = False
     for it in items:  # the first solve's answer is feasible: a hint
         m.add_hint(count[it.kind], first[it.kind])
     if solver.solve(m) != cp_model.OPTIMAL:
