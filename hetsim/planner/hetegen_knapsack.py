@@ -28,6 +28,7 @@ from hetsim.strategies.hetegen import (
     SPLIT_SYNC_S,
     STREAM_CHUNK_BYTES,
     HeteGenPlan,
+    e2e_floor,
     measure_split,
     module_bytes,
     module_counts,
@@ -323,4 +324,4 @@ def search(
     for gpu in rig.gpus():
         kinds.setdefault((gpu.model, rig.devices[rig.host_cpu(gpu.name)].model, gpu.mem_bytes), gpu)
     plans = (plan_hetegen(rig, model, workload, g.name, g.mem_bytes) for g in kinds.values())
-    return best_plan(plans, evaluate, objective)
+    return best_plan(plans, evaluate, objective, lambda plan: e2e_floor(plan, rig, model, workload))
