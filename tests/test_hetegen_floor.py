@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from hetsim.api import problem
 from hetsim.planner import hetegen_knapsack
-from hetsim.planner.hetegen_knapsack import plan_hetegen
+from hetsim.planner.hetegen_knapsack import plan_hetegen, split_plan
 from hetsim.planner.ranking import best_plan, estimate
 from hetsim.sim.result import Result
 from hetsim.sim.run import simulate
@@ -53,13 +53,19 @@ def test_floor_is_below_the_estimate_and_the_run(a10, lab, batch, prompt, gen, b
         for g in _gpu_kinds(p.rig):
             plan = plan_hetegen(p.rig, p.model, wl, g.name, budget or g.mem_bytes)
             floor = e2e_floor(plan, p.rig, p.model, wl)
+            base, _ = split_plan(p.rig, p.model, wl, g.name, budget or g.mem_bytes)
+            assert base == replace(plan, resident={})
+            # the floor over every resident set that fits is at most the chosen set's (to the last
+            # bits: the two sum in different orders)
+            any_set = hetegen_knapsack._Candidate(p.rig, p.model, wl, g.name, budget or g.mem_bytes)
+            assert any_set._any_resident_floor() <= floor * (1 + 1e-12)
             assert floor >= 0
             runs = [estimate(HETEGEN, plan, p.rig, p.model, wl)]
             if gen <= 8:
                 runs.append(simulate(HETEGEN, plan, p.rig, p.model, wl))
             for r in runs:
                 if r.feasible:
-                    assert r.e2e_s >= floor
+                    assert r.e2e_s >= max(floor, any_set._any_resident_floor())
 
 
 def test_floor_counts_only_split_layers(a10):
@@ -96,7 +102,7 @@ def test_best_plan_with_a_floor_picks_the_same_plan(times, slack, objective):
         return results[i]
 
     without = best_plan(range(len(times)), lambda i: results[i], objective)
-    got = best_plan(range(len(times)), evaluate, objective, floors.__getitem__)
+    got = best_plan(range(len(times)), evaluate, objective, lambda i, t: floors[i] >= t)
     assert got == without
     if objective == "cost" and len(times) > 1:  # cost is not ordered by time alone: every one runs
         assert run == list(range(len(times)))
@@ -104,17 +110,21 @@ def test_best_plan_with_a_floor_picks_the_same_plan(times, slack, objective):
 
 def test_hetegen_search_runs_only_the_winner_on_the_lab(lab, monkeypatch):
     """llama2-70b on mixed-lab: the A100's plan is estimated first and the floors of the RTX 4090's
-    and A6000's plans are above its time, so they are not run; the plan chosen is the A100's."""
+    and A6000's plans over any resident set are above its time, so they are neither run nor their
+    knapsacks solved; the plan chosen is the A100's."""
     p = lab
     wl = replace(p.workload, batch=16)
     seen = []
+    solved = []
+    solve = hetegen_knapsack.solve_resident
+    monkeypatch.setattr(hetegen_knapsack, "solve_resident", lambda *a: solved.append(1) or solve(*a))
 
     def evaluate(plan):
         seen.append(plan.gpu)
         return estimate(HETEGEN, plan, p.rig, p.model, wl)
 
     got = hetegen_knapsack.search(p.rig, p.model, wl, "throughput", evaluate)
-    assert got.gpu == "n0.gpu0" and seen == ["n0.gpu0"]
+    assert got.gpu == "n0.gpu0" and seen == ["n0.gpu0"] and len(solved) == 1
     rates = {g.name: estimate(HETEGEN, plan_hetegen(p.rig, p.model, wl, g.name, g.mem_bytes), p.rig,
                               p.model, wl).throughput_tok_s for g in _gpu_kinds(p.rig)}  # fmt: skip
     assert max(rates, key=rates.__getitem__) == "n0.gpu0"

@@ -95,14 +95,18 @@ def evaluator(strategy: Runnable, rig: Rig, model: ModelSpec, workload: Workload
 
 
 def best_plan(
-    plans: Iterable[Any], evaluate: Evaluate, objective: str, floor: Callable[[Any], float] | None = None
+    plans: Iterable[Any],
+    evaluate: Evaluate,
+    objective: str,
+    beaten: Callable[[Any, float], bool] | None = None,
 ) -> Any | None:
     """The candidate whose evaluated result ranks first for ``objective`` (the earliest on ties).
 
-    A lone candidate is returned without evaluating it: there is nothing to rank. ``floor(plan)``, a
-    lower bound on the evaluated result's ``e2e_s``, spares the run of a candidate that cannot rank
-    first: for throughput and latency (the tokens of one search are the same for every candidate), one
-    whose floor is at least the best time so far ranks at best level with it, and the earlier wins."""
+    A lone candidate is returned without evaluating it: there is nothing to rank. ``beaten(plan, t)``,
+    true only when the plan's evaluated ``e2e_s`` is at least ``t`` (a lower bound says so), spares
+    the run of a candidate that cannot rank first: for throughput and latency (the tokens of one
+    search are the same for every candidate) it ranks at best level with the best so far, and the
+    earlier wins."""
     key = rank_key(objective)
     it = iter(plans)
     best = next(it, _NONE)
@@ -113,9 +117,9 @@ def best_plan(
         return best
     best_r = evaluate(best)
     best_key = key(best_r)
-    prune = floor is not None and objective in ("throughput", "latency")
+    prune = beaten is not None and objective in ("throughput", "latency")
     for plan in chain((second,), it):
-        if prune and best_r.feasible and floor(plan) >= best_r.e2e_s:  # type: ignore[misc]
+        if prune and best_r.feasible and beaten(plan, best_r.e2e_s):  # type: ignore[misc]
             continue
         r = evaluate(plan)
         k = key(r)
