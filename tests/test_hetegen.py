@@ -222,6 +222,25 @@ def test_knapsack_tie_break_keeps_the_optimum(opt30b):
                 assert got[a] == next(it.count for it in items if it.kind == a)
 
 
+def test_knapsack_tie_break_is_proven_on_a_large_tie():
+    """Five kinds alike in bytes and saving, 172 of their 265 modules resident at the optimum: the
+    fewest ranks fill k1, k2 and k4, then 39 of k5. With CP-SAT's presolve the tie-break's solve hit
+    its 10 s limit unproven (FEASIBLE) and the first solve's answer was kept (k2 22, k5 67: the
+    same saving and bytes, more ranks); without it both solves prove their optimum in milliseconds."""
+    items = [
+        Item("k0", 7, 376438784, 0.210801, 202375168),
+        Item("k1", 45, 351272960, 0.201031, 5242880),
+        Item("k2", 50, 351272960, 0.201031, 69206016),
+        Item("k3", 40, 238026752, 0.024139, 144703488),
+        Item("k4", 38, 351272960, 0.201031, 97517568),
+        Item("k5", 67, 351272960, 0.201031, 122683392),
+        Item("k6", 60, 351272960, 0.022423, 49283072),
+        Item("k7", 65, 351272960, 0.201031, 47185920),
+    ]
+    got = solve_resident(items, 60626718057.66653)
+    assert got == {"k0": 0, "k1": 45, "k2": 50, "k3": 0, "k4": 38, "k5": 39, "k6": 0, "k7": 0}
+
+
 def _key(items: list[Item], counts) -> tuple[int, int, int]:
     """What both solves order choices by: the most whole microseconds saved, then the fewest GPU
     bytes (weights plus the largest buffer of a kind not fully resident), then the kinds' ranks."""

@@ -24,15 +24,18 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op, Phase
 from hetsim.planner.ranking import Evaluate, best_plan
 from hetsim.strategies.hetegen import (
+    FLOOR_SLACK,
     RUNTIME_RESERVE_BYTES,
     SPLIT_SYNC_S,
     STREAM_CHUNK_BYTES,
     HeteGenPlan,
+    e2e_floor,
     measure_split,
     module_bytes,
     module_counts,
     module_ops,
     share_buffer,
+    split_times,
     working_set,
 )
 from hetsim.workload import Workload
@@ -222,6 +225,12 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
     m.add(saved == sum(micros[k] * n for k, n in first.items()))
     ranks = 1 + sum(i * it.count for i, it in enumerate(items))
     m.minimize(used * ranks + sum(i * count[it.kind] for i, it in enumerate(items)))
+    # without presolve: its cost was ~8x this solve's (the objective's coefficients reach 1e14), and
+    # on large ties it ran into the time limit unproven (the first answer then stood); the search from
+    # the hint proves the optimum in milliseconds. (The first solve keeps presolve: its knapsack DP
+    # solves what a bare search can take 10 s for.) A proven optimum either way: only choices equal
+    # in saving, bytes and ranks can come out differently.
+    solver.parameters.cp_model_presolve = False
     for it in items:  # the first solve's answer is feasible: a hint
         m.add_hint(count[it.kind], first[it.kind])
     if solver.solve(m) != cp_model.OPTIMAL:
@@ -265,6 +274,34 @@ def plan_hetegen(
     When even the working set (KV cache, activations, runtime) does not fit, the plan keeps every
     module split; ``footprint`` then reports it infeasible against the budget.
     """
+    base, capacity = split_plan(
+        rig,
+        model,
+        workload,
+        gpu,
+        gpu_mem_budget,
+        weight_dtype=weight_dtype,
+        split_sync_s=split_sync_s,
+        runtime_reserve_bytes=runtime_reserve_bytes,
+        cpu_dtype=cpu_dtype,
+    )
+    return resident_plan(base, capacity, rig, model, workload)
+
+
+def split_plan(
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    gpu: str,
+    gpu_mem_budget: float,
+    *,
+    weight_dtype: str = "fp16",
+    split_sync_s: float = SPLIT_SYNC_S,
+    runtime_reserve_bytes: float = RUNTIME_RESERVE_BYTES,
+    cpu_dtype: str = "fp16",
+) -> tuple[HeteGenPlan, float]:
+    """``plan_hetegen``'s first half: the plan with its alphas and nothing resident, and the GPU
+    bytes left for resident modules and the weight buffer (the knapsack's capacity)."""
     cpu = rig.host_cpu(gpu)
     b = workload.batch
     alphas: dict[Phase, dict[str, float]] = {}
@@ -285,20 +322,68 @@ def plan_hetegen(
     )
     fixed = working_set(base, model, workload)
     fixed.pop("weight_buffers")  # the knapsack accounts for the buffers itself
-    capacity = gpu_mem_budget - sum(fixed.values())
+    return base, gpu_mem_budget - sum(fixed.values())
+
+
+def resident_plan(
+    base: HeteGenPlan, capacity: float, rig: Rig, model: ModelSpec, workload: Workload
+) -> HeteGenPlan:
+    """``plan_hetegen``'s second half: ``base`` with the resident set the knapsack picks."""
+    alphas: dict[Phase, Mapping[str, float]] = {"prefill": base.alpha_prefill, "decode": base.alpha_decode}
     items = items_for(
         rig,
         model,
         workload,
-        gpu,
-        cpu,
+        base.gpu,
+        base.cpu,
         alphas,
-        weight_dtype=weight_dtype,
-        sync_s=split_sync_s,
-        cpu_dtype=cpu_dtype,
+        weight_dtype=base.weight_dtype,
+        sync_s=base.split_sync_s,
+        cpu_dtype=base.cpu_dtype,
     )
     counts = solve_resident(items, capacity)
     return HeteGenPlan(**{**base.__dict__, "resident": {k: v for k, v in counts.items() if v}})
+
+
+class _Candidate:
+    """One GPU kind's plan in ``search``: alphas first, the knapsack only when its plan may still
+    rank first (``beaten``) or is run."""
+
+    def __init__(self, rig: Rig, model: ModelSpec, workload: Workload, gpu: str, budget: float):
+        self.rig, self.model, self.workload = rig, model, workload
+        self.base, self.capacity = split_plan(rig, model, workload, gpu, budget)
+        self._plan: HeteGenPlan | None = None
+
+    @property
+    def plan(self) -> HeteGenPlan:
+        if self._plan is None:
+            self._plan = resident_plan(self.base, self.capacity, self.rig, self.model, self.workload)
+        return self._plan
+
+    def beaten(self, time_s: float) -> bool:
+        """True when the plan's run takes at least ``time_s``: first by a floor over every resident
+        set that fits (no knapsack solved), then by the plan's own ``e2e_floor``."""
+        return (
+            self._any_resident_floor() >= time_s
+            or e2e_floor(self.plan, self.rig, self.model, self.workload) >= time_s
+        )
+
+    def _any_resident_floor(self) -> float:
+        """``e2e_floor`` of the best resident set that could fit: all split, less the most split time
+        whole modules (bytes as the knapsack counts them) could take off within the capacity, by the
+        fractional knapsack (modules by time per byte, the last one in part) - at least what any
+        choice of whole modules takes off. Sums of positive floats, then one difference: each side
+        is moved a part in 1e9 its own way."""
+        times = split_times(self.base, self.rig, self.model, self.workload)
+        sizes = module_bytes(self.model, self.base.weight_dtype)
+        layers = self.model.layers
+        left, off = max(0.0, self.capacity), 0.0
+        for kind in sorted(times, key=lambda k: -times[k] / max(int(sizes[k]), 1e-300)):
+            size = int(sizes[kind])
+            n = layers if size == 0 else min(layers, left / size)
+            off += n * times[kind]
+            left -= n * size
+        return FLOOR_SLACK * layers * sum(times.values()) - (2 - FLOOR_SLACK) * off
 
 
 def search(
@@ -311,10 +396,13 @@ def search(
     allow_lossy: bool = False,  # HeteGen has no lossy option
 ) -> HeteGenPlan | None:
     """Per GPU (with its host socket): alphas balanced in the engine, residency by CP-SAT; the plans
-    ranked by ``evaluate``."""
+    ranked by ``evaluate``. A GPU's plan that a lower bound shows no faster than the best run so far
+    is not run (``best_plan``'s ``beaten``), nor its knapsack solved when a bound over every
+    resident set shows it."""
     # GPUs of one kind on the same kind of host give the same plan: try one of each.
     kinds = {}
     for gpu in rig.gpus():
         kinds.setdefault((gpu.model, rig.devices[rig.host_cpu(gpu.name)].model, gpu.mem_bytes), gpu)
-    plans = (plan_hetegen(rig, model, workload, g.name, g.mem_bytes) for g in kinds.values())
-    return best_plan(plans, evaluate, objective)
+    candidates = (_Candidate(rig, model, workload, g.name, g.mem_bytes) for g in kinds.values())
+    best = best_plan(candidates, lambda c: evaluate(c.plan), objective, lambda c, t: c.beaten(t))
+    return None if best is None else best.plan

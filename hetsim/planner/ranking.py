@@ -94,10 +94,19 @@ def evaluator(strategy: Runnable, rig: Rig, model: ModelSpec, workload: Workload
     return lambda plan: estimate(strategy, plan, rig, model, workload)
 
 
-def best_plan(plans: Iterable[Any], evaluate: Evaluate, objective: str) -> Any | None:
+def best_plan(
+    plans: Iterable[Any],
+    evaluate: Evaluate,
+    objective: str,
+    beaten: Callable[[Any, float], bool] | None = None,
+) -> Any | None:
     """The candidate whose evaluated result ranks first for ``objective`` (the earliest on ties).
 
-    A lone candidate is returned without evaluating it: there is nothing to rank."""
+    A lone candidate is returned without evaluating it: there is nothing to rank. ``beaten(plan, t)``,
+    true only when the plan's evaluated ``e2e_s`` is at least ``t`` (a lower bound says so), spares
+    the run of a candidate that cannot rank first: for throughput and latency (the tokens of one
+    search are the same for every candidate) it ranks at best level with the best so far, and the
+    earlier wins."""
     key = rank_key(objective)
     it = iter(plans)
     best = next(it, _NONE)
@@ -106,11 +115,16 @@ def best_plan(plans: Iterable[Any], evaluate: Evaluate, objective: str) -> Any |
     second = next(it, _NONE)
     if second is _NONE:
         return best
-    best_key = key(evaluate(best))
+    best_r = evaluate(best)
+    best_key = key(best_r)
+    prune = beaten is not None and objective in ("throughput", "latency")
     for plan in chain((second,), it):
-        k = key(evaluate(plan))
+        if prune and best_r.feasible and beaten(plan, best_r.e2e_s):  # type: ignore[misc]
+            continue
+        r = evaluate(plan)
+        k = key(r)
         if k < best_key:
-            best, best_key = plan, k
+            best, best_key, best_r = plan, k, r
     return best
 
 

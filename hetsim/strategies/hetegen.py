@@ -509,6 +509,45 @@ class HeteGen(Strategy):
         return run
 
 
+def split_times(plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> dict[str, float]:
+    """Per module kind of a layer: what one layer's module of that kind takes over the workload when
+    split (the prefill's plus ``gen_len - 1`` decode steps'), each module alone (``measure_split``,
+    remembered: the planner has measured these). Decode steps differ only in attention (GPU-only),
+    so the first decode step's modules stand for every one."""
+    times: dict[str, float] = {}
+    prompt = workload.prompt_len
+    steps_ = [("prefill", prompt, prompt, 1)]
+    if workload.gen_len > 1:
+        steps_.append(("decode", 1, prompt + 1, workload.gen_len - 1))
+    for phase, seq_len, kv_len, repeats in steps_:
+        alphas = plan.alpha_prefill if phase == "prefill" else plan.alpha_decode
+        for on_gpu, ops in layer_program(model, phase, workload.batch, seq_len, kv_len, plan.weight_dtype):
+            if not on_gpu:
+                kind = ops[0].module
+                alpha = alphas.get(kind, 0.0)
+                alone = measure_split(
+                    rig, plan.gpu, plan.cpu, ops[0], alpha, plan.split_sync_s, plan.cpu_dtype
+                )
+                times[kind] = times.get(kind, 0.0) + repeats * alone[0]
+    return times
+
+
+# Float sums over thousands of bookings at a later clock round differently by ~1e-16 each: a floor
+# is lowered by a part in 1e9.
+FLOOR_SLACK = 1 - 1e-9
+
+
+def e2e_floor(plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> float:
+    """A lower bound on the end-to-end time of ``plan``'s schedule, and of a short run's estimate of it
+    (``hetsim.planner.ranking``: the prefill plus its mean decode step times ``gen_len - 1``).
+
+    Every booking of ``schedule`` is waited for before the next is made, so each split module starts
+    on idle devices and links and takes what it takes alone (``split_times``); its resident layers,
+    the GPU-only ops, the embedding and the head take at least nothing."""
+    times = split_times(plan, rig, model, workload)
+    return FLOOR_SLACK * sum((model.layers - plan.resident.get(k, 0)) * t for k, t in times.items())
+
+
 @lru_cache(maxsize=4096)
 def layer_program(
     model: ModelSpec, phase: Phase, batch: int, seq_len: int, kv_len: int, weight_dtype: str
