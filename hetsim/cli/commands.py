@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import gc
 import importlib
+import itertools
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -462,13 +465,77 @@ CLI_GC_THRESHOLD = 100_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 no result, 2 bad input)."""
+    """Run the CLI; returns the exit code (0 ok, 1 no result, 2 bad input, 128 + signal number when
+    SIGINT or SIGTERM stopped it: 130, 143)."""
     threshold = gc.get_threshold()
     gc.set_threshold(CLI_GC_THRESHOLD, *threshold[1:])
+    stop = _Stop(_command_name(argv))
     try:
-        return _main(argv)
+        try:
+            with stop:
+                code = _main(argv)
+        except KeyboardInterrupt:  # landed outside the command (typer turns one inside into 130)
+            code = 130
+        if stop.signum is None:
+            return code
+        sys.stderr.write(stop.line())
+        return 128 + stop.signum
     finally:
         gc.set_threshold(*threshold)
+
+
+class _Stop:
+    """SIGINT/SIGTERM while a command runs: the first unwinds it (``KeyboardInterrupt``, so ``finally``
+    blocks run) after killing this process's forked workers (they hold no results; killed, not asked:
+    one inside a solver would answer only when the solve returns). A second one ends the process at
+    once, in case the unwinding hangs. A forked worker that gets the signal itself (Ctrl-C reaches the
+    whole process group) leaves at once, silently. A command that keeps partial results (``sweep``)
+    installs its own handler and prints its own line; ``signum`` stays None then."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.signum: int | None = None
+        self.pid = os.getpid()
+        self.armed = False
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.armed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.armed = False  # from here a signal is only noted: the command's output is complete
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self.pid:
+            os._exit(128 + signum)  # a forked worker: nothing of its own to keep or say
+        if not self.armed:
+            return
+        if self.signum is not None:  # a second one: the unwinding is stuck, so leave now
+            sys.stderr.write(self.line())
+            os._exit(128 + self.signum)
+        self.signum = signum
+        mp = sys.modules.get("multiprocessing")
+        for child in mp.active_children() if mp else ():
+            child.kill()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def line(self) -> str:
+        """What stopped and what was kept: these commands write their output only at the end."""
+        name = signal.Signals(self.signum or signal.SIGINT).name
+        return f"interrupted by {name}: {self.command} stopped (it keeps no partial results)\n"
+
+
+def _command_name(argv: Sequence[str] | None) -> str:
+    """The command's words from the arguments (``compare``, ``model show``): before the first flag."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    words = list(itertools.takewhile(lambda a: not a.startswith("-"), args))
+    words = words[:2] if words[:1] in (["model"], ["hw"]) else words[:1]
+    return " ".join(["hetsim", *words])
 
 
 def _main(argv: Sequence[str] | None) -> int:
