@@ -28,6 +28,7 @@ from hetsim.strategies.hetegen import (
     SPLIT_SYNC_S,
     STREAM_CHUNK_BYTES,
     HeteGenPlan,
+    check_cpu_dtype,
     measure_split,
     module_bytes,
     module_counts,
@@ -267,6 +268,7 @@ def plan_hetegen(
     When even the working set (KV cache, activations, runtime) does not fit, the plan keeps every
     module split; ``footprint`` then reports it infeasible against the budget.
     """
+    check_cpu_dtype(cpu_dtype, weight_dtype)
     cpu = rig.host_cpu(gpu)
     b = workload.batch
     alphas: dict[Phase, dict[str, float]] = {}
