@@ -48,6 +48,9 @@ EXIT_ERRORS = tuple({typer.Exit, *(c for c in (getattr(_cx, "Exit", None),) if c
 ABORT_ERRORS = tuple({typer.Abort, *(c for c in (getattr(_cx, "Abort", None),) if c)})
 
 FORMATS = ("table", "json", "csv")
+# A bare number is bytes (``--gpu-mem-budget 24`` = 24 B): under a megabyte no model's working set
+# (activations and runtime alone) fits, so such a budget is a missing unit, refused rather than run.
+MIN_GPU_MEM_BUDGET = 1e6
 EXTENSION_MODULES = ("hetsim.cli.serve", "hetsim.cli.sweep", "validate.cli")
 
 # Piped output (not a terminal) gets wide tables instead of rich's 80-column default.
@@ -124,8 +127,24 @@ def _problem(
             budget = parse_bytes(gpu_mem_budget)
         except UnitError as exc:
             raise InputError(str(exc), field="--gpu-mem-budget") from None
+        if 0 < budget < MIN_GPU_MEM_BUDGET:  # zero and negatives: api's check says so
+            bare = _is_number(gpu_mem_budget)
+            hint = f"a bare number is bytes: give a unit, e.g. '{gpu_mem_budget.strip()} GB'"
+            raise InputError(
+                f"{gpu_mem_budget!r} is {budget:g} bytes, below any model's working set; "
+                + (hint if bare else "give a size such as '6 GB' or '512 MB'"),
+                field="--gpu-mem-budget",
+            )
     routing = str(routing_profile) if routing_profile is not None else None
     return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype, kv_dtype, routing)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _cores() -> int:
