@@ -136,7 +136,25 @@ def _problem(
                 field="--gpu-mem-budget",
             )
     routing = str(routing_profile) if routing_profile is not None else None
-    return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype, kv_dtype, routing)
+    try:
+        return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype, kv_dtype, routing)
+    except InputError as exc:  # the workload's own checks name its fields: name the flags here
+        if exc.source is None and exc.field in ("batch", "prompt_len", "gen_len"):
+            raise InputError(exc.message, field="--" + exc.field.replace("_", "-")) from None
+        raise
+
+
+def _strategy_names(text: str | None, flag: str) -> list[str] | None:
+    """The names in ``--strategies``/``--strategy`` (None: all), each known, or an error naming the flag."""
+    from hetsim.strategies.base import get_strategy
+
+    names = _split_names(text)
+    for name in names or ():
+        try:
+            get_strategy(name)
+        except InputError as exc:
+            raise InputError(exc.message, field=flag) from None
+    return names
 
 
 def _is_number(text: str) -> bool:
@@ -335,7 +353,7 @@ def compare(
     _check_format(fmt)
     obj = api.check_objective(objective)
     p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
-    names = _split_names(strategies)
+    names = _strategy_names(strategies, "--strategies")
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
     results = api.compare(
@@ -381,7 +399,7 @@ def plan(
     _check_format(fmt, ("table", "json"))
     obj = api.check_objective(objective)
     p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
-    names = _split_names(strategy)
+    names = _strategy_names(strategy, "--strategy")
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
     results = api.compare(p, names, obj, workers=_cores(), allow_lossy=allow_compression)
@@ -466,8 +484,8 @@ def _error_line(exc: BaseException) -> str:
         return f"not valid JSON ({exc.msg} at line {exc.lineno})"
     if isinstance(exc, yaml.YAMLError):
         return f"malformed YAML: {str(exc).splitlines()[0] if str(exc) else 'syntax error'}"
-    if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
-        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"  # any OS error on a path (NotADirectoryError too)
     return str(exc)
 
 
