@@ -4,6 +4,7 @@ behind. Real signals to real processes; the only clock is a generous kill timeou
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -138,3 +139,29 @@ def test_signal_during_a_command_in_process_returns_130_and_restores_handlers(mo
         "interrupted by SIGTERM: hetsim simulate stopped (it keeps no partial results)\n"
     )
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_an_interrupted_plan_out_keeps_the_old_file_whole(tmp_path, monkeypatch, capsys):
+    """``--out`` is written beside and renamed over: a run stopped while writing (here, at the
+    rename) leaves the previous plan as it was and no temporary file; before, the file was written
+    in place (a stop or a second run writing the same path left a mix)."""
+    import hetsim.textfiles
+    from hetsim.cli import main
+
+    out = tmp_path / "plan.json"
+    out.write_text("the previous plan\n")
+    args = ["plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategy", "gpu-only", "--out", str(out)]
+
+    def stopped(src, dst):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(hetsim.textfiles.os, "replace", stopped)
+        assert main(args) == 130
+    assert out.read_text() == "the previous plan\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+    assert main(args) == 0 and json.loads(out.read_text())["strategy"] == "gpu-only"
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    assert out.stat().st_mode == plain.stat().st_mode  # the mode a plain open gives
+    capsys.readouterr()

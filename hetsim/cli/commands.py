@@ -413,7 +413,9 @@ def plan(
     winner = get_strategy(best.strategy)
     doc = api.plan_document(p, winner, winner.plan_from_dict(best.plan), obj, best.batch)
     if out_path is not None:
-        out_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        from hetsim.textfiles import write_text_atomic
+
+        write_text_atomic(out_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     if fmt == "json":
         _print_json(doc)
         return
