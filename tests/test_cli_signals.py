@@ -123,6 +123,34 @@ def test_signal_stops_serve_and_simulate(tmp_path, command):
     assert err == f"interrupted by SIGINT: hetsim {command} stopped (it keeps no partial results)\n"
 
 
+# A command that loses the KeyboardInterrupt (as when the signal lands in a callback whose exceptions
+# Python only prints: logging's at-fork hook while compare's pool forks; compare then searched on,
+# serially, for minutes) and carries on.
+_LOST_INTERRUPT = """
+import signal, sys, time
+from hetsim.cli import commands
+
+def swallowing(argv):
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    except KeyboardInterrupt:
+        pass
+    time.sleep(600)
+    return 0
+
+commands._main = swallowing
+sys.exit(commands.main(["compare"]))
+"""
+
+
+def test_a_lost_interrupt_still_ends_the_command():
+    proc = subprocess.Popen([sys.executable, "-c", _LOST_INTERRUPT], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    err = _finish(proc)
+    assert proc.returncode == 143
+    assert err == "interrupted by SIGTERM: hetsim compare stopped (it keeps no partial results)\n"
+
+
 def test_signal_during_a_command_in_process_returns_130_and_restores_handlers(monkeypatch, capsys):
     """In-process (as tests call ``main``): the handler is the CLI's only while the command runs."""
     from hetsim.cli import commands

@@ -501,6 +501,9 @@ USER_ERRORS = (InputError, UsageError, ValidationError, json.JSONDecodeError, ya
 # then collected in bigger, rarer batches (at most this many objects). Collecting never changes a
 # result; ``main`` restores the caller's threshold.
 CLI_GC_THRESHOLD = 100_000
+# Seconds a command stopped by a signal has to unwind (its workers are killed first: ~0.1 s) before
+# the process ends without it; ending early only skips ``finally`` blocks of a command keeping nothing.
+STOP_GRACE_S = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -526,10 +529,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Stop:
     """SIGINT/SIGTERM while a command runs: the first unwinds it (``KeyboardInterrupt``, so ``finally``
     blocks run) after killing this process's forked workers (they hold no results; killed, not asked:
-    one inside a solver would answer only when the solve returns). A second one ends the process at
-    once, in case the unwinding hangs. A forked worker that gets the signal itself (Ctrl-C reaches the
-    whole process group) leaves at once, silently. A command that keeps partial results (``sweep``)
-    installs its own handler and prints its own line; ``signum`` stays None then."""
+    one inside a solver would answer only when the solve returns). A second one, or ``STOP_GRACE_S``
+    without the command gone, ends the process at once, in case the unwinding hangs or the raise was
+    lost. A forked worker that gets the signal itself (Ctrl-C reaches the whole process group)
+    leaves at once, silently. A command that keeps partial results (``sweep``) installs its own
+    handler and prints its own line; ``signum`` stays None then."""
 
     def __init__(self, command: str) -> None:
         self.command = command
@@ -537,6 +541,7 @@ class _Stop:
         self.pid = os.getpid()
         self.armed = False
         self.old: dict[int, Any] = {}
+        self.timer: threading.Timer | None = None
 
     def __enter__(self) -> _Stop:
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
@@ -546,6 +551,8 @@ class _Stop:
 
     def __exit__(self, *exc: object) -> None:
         self.armed = False  # from here a signal is only noted: the command's output is complete
+        if self.timer is not None:
+            self.timer.cancel()
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
 
@@ -555,13 +562,23 @@ class _Stop:
         if not self.armed:
             return
         if self.signum is not None:  # a second one: the unwinding is stuck, so leave now
-            sys.stderr.write(self.line())
-            os._exit(128 + self.signum)
+            self._leave()
         self.signum = signum
         mp = sys.modules.get("multiprocessing")
         for child in mp.active_children() if mp else ():
             child.kill()
+        # The raise below can be lost (landing in a callback whose exceptions Python only prints,
+        # e.g. logging's at-fork hook while a pool forks: compare then searched on, serially): a
+        # command not gone within the grace period is ended at once.
+        self.timer = threading.Timer(STOP_GRACE_S, self._leave)
+        self.timer.daemon = True
+        self.timer.start()
         raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _leave(self) -> None:
+        sys.stderr.write(self.line())
+        sys.stderr.flush()
+        os._exit(128 + (self.signum or signal.SIGINT))
 
     def line(self) -> str:
         """What stopped and what was kept: these commands write their output only at the end."""
