@@ -12,6 +12,8 @@ import heavy dependencies (torch, dask) inside the command, not at module import
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import gc
 import importlib
 import itertools
@@ -518,8 +520,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 code = _main(argv)
         except KeyboardInterrupt:  # landed outside the command (typer turns one inside into 130)
             code = 130
+        except Exception:
+            if stop.signum is None:
+                raise
+            code = 130  # what stopping did (its workers killed: BrokenProcessPool), not a bug
         if stop.signum is None:
             return code
+        _kill_children()  # one forked as the signal came is in no pool's list (the raise came first)
         sys.stderr.write(stop.line())
         return 128 + stop.signum
     finally:
@@ -542,10 +549,13 @@ class _Stop:
         self.armed = False
         self.old: dict[int, Any] = {}
         self.timer: threading.Timer | None = None
+        self.lost = False
+        self.old_hook = sys.unraisablehook
 
     def __enter__(self) -> _Stop:
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
             self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self.old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         self.armed = True
         return self
 
@@ -555,27 +565,48 @@ class _Stop:
             self.timer.cancel()
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
+        if self.old:
+            sys.unraisablehook = self.old_hook
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """The raise landed where Python can only print it (an at-fork hook while compare's pool
+        forks: "Exception ignored in ..." and a traceback, and compare searched on): deliver it again,
+        in the main flow."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.signum is not None and self.armed:
+            self.lost = True
+            self._redeliver()
+        else:
+            self.old_hook(unraisable)
 
     def _handle(self, signum: int, frame: object) -> None:
         if os.getpid() != self.pid:
             os._exit(128 + signum)  # a forked worker: nothing of its own to keep or say
         if not self.armed:
             return
+        if self.signum is not None and self.lost:  # the first one's raise, delivered again
+            if _inside(frame, _Stop._unraisable):  # still in the hook: raised here, it is printed
+                self._redeliver()
+                return
+            self.lost = False
+            raise KeyboardInterrupt(signal.Signals(self.signum).name)
         if self.signum is not None:  # a second one: the unwinding is stuck, so leave now
             self._leave()
         self.signum = signum
-        mp = sys.modules.get("multiprocessing")
-        for child in mp.active_children() if mp else ():
-            child.kill()
-        # The raise below can be lost (landing in a callback whose exceptions Python only prints,
-        # e.g. logging's at-fork hook while a pool forks: compare then searched on, serially): a
-        # command not gone within the grace period is ended at once.
+        _kill_children()
+        # The raise below can be lost (``_unraisable`` delivers it again; a command's own
+        # ``except BaseException`` could still swallow it): one not gone within the grace period is
+        # ended at once.
         self.timer = threading.Timer(STOP_GRACE_S, self._leave)
         self.timer.daemon = True
         self.timer.start()
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    def _redeliver(self) -> None:
+        """The signal again, from another thread (it waits for nothing, so this one moves on first)."""
+        _thread.start_new_thread(_thread.interrupt_main, (self.signum,))
+
     def _leave(self) -> None:
+        _kill_children()
         sys.stderr.write(self.line())
         sys.stderr.flush()
         os._exit(128 + (self.signum or signal.SIGINT))
@@ -584,6 +615,30 @@ class _Stop:
         """What stopped and what was kept: these commands write their output only at the end."""
         name = signal.Signals(self.signum or signal.SIGINT).name
         return f"interrupted by {name}: {self.command} stopped (it keeps no partial results)\n"
+
+
+def _inside(frame: Any, function: Any) -> bool:
+    while frame is not None:
+        if frame.f_code is function.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's children (a stopped command's search workers): those the kernel lists
+    (Linux), else those multiprocessing knows of."""
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    except OSError:
+        mp = sys.modules.get("multiprocessing")
+        pids.update(c.pid for c in mp.active_children() if c.pid) if mp else None
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _command_name(argv: Sequence[str] | None) -> str:
