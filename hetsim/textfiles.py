@@ -1,4 +1,5 @@
-"""Reading user files: UTF-8 text and strict YAML, every failure one ``InputError`` naming the file.
+"""Reading user files: UTF-8 text and strict YAML, every failure one ``InputError`` naming the file;
+writing output files whole (``write_text_atomic``).
 
 YAML is read with PyYAML's safe loader plus two fixes: a mapping with the same key twice is refused
 (PyYAML keeps the last silently), and ``1e-9`` is a float (YAML 1.1's float pattern needs a dot, so
@@ -7,7 +8,9 @@ PyYAML reads it as the string '1e-9'; YAML 1.2 reads it as a number).
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +85,24 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError("expected a mapping at the top level", source=str(path))
     return data
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, then renamed
+    over it. Two runs writing the same path leave one's file, never bytes of both; an interrupted
+    write leaves the old file (and no temporary one). The file gets the mode a plain open gives."""
+    path = Path(path)
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:  # pragma: no cover - a name drawn twice
+            continue
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

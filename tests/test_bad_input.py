@@ -339,7 +339,7 @@ SERVE = ["serve", "--model", "llama2-7b", "--hw", "mixed-lab"]
         ([*SERVE, "--rate", "1", "--num-requests", "100000000"], "--num-requests"),
         ([*SERVE, "--rate", "1", "--max-batch", str(2**62)], "--max-batch"),
         (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", str(2**63 - 1)], "batch"),
-        (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--gen-len", str(2**40)], "gen_len"),
+        (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--gen-len", str(2**40)], "--gen-len"),
         (
             ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--gpu-mem-budget", "1e400 GB"],
             "--gpu-mem-budget",

@@ -263,6 +263,23 @@ def test_bad_gpu_mem_budget(capsys):
 
 
 @pytest.mark.parametrize(
+    ("budget", "hint"), [("24", "give a unit, e.g. '24 GB'"), ("6.25", "'6.25 GB'"), ("512 KB", "'512 MB'")]
+)
+def test_a_gpu_mem_budget_below_a_megabyte_is_a_missing_unit(capsys, budget, hint):
+    """A bare number is bytes: ``--gpu-mem-budget 24`` (24 B) ran before, every plan infeasible."""
+    for command in ("compare", "plan"):
+        code, out, err = run(capsys, command, *SMALL, "--gpu-mem-budget", budget)
+        assert_input_error(code, out, err, "--gpu-mem-budget", "below any model's working set", hint)
+
+
+def test_documented_gpu_mem_budget_forms_still_run(capsys):
+    for budget in ("6GB", "6.25 GB", "8 GiB", "6e9"):
+        args = ("--strategies", "gpu-only", "--gpu-mem-budget", budget, "--format", "json")
+        code, out, err = run(capsys, "compare", *SMALL, *args)
+        assert code == 0 and json.loads(out)["results"][0]["feasible"], (budget, err)
+
+
+@pytest.mark.parametrize(
     ("field", "value", "needle"), [("ranks", ["n9.cpu0"], "n9.cpu0"), ("weight_dtype", "fp7", "fp7")]
 )
 def test_plan_naming_what_does_not_exist(capsys, tmp_path: Path, field, value, needle):

@@ -328,8 +328,8 @@ COMPARE_FLAGS: dict[str, tuple[st.SearchStrategy[str], st.SearchStrategy[str]]] 
     "--prompt-len": (st.integers(1, 512).map(str), st.sampled_from(["0", "-1", str(2**20 + 1), str(2**62)])),
     "--gen-len": (st.integers(1, 8).map(str), st.sampled_from(["0", "-1", str(2**20 + 1), "1.5"])),
     "--gpu-mem-budget": (
-        st.sampled_from(["6GB", "80 GB", "1e-30 GB"]),
-        st.sampled_from(["0GB", "-1GB", "1e400 GB", "inf", "nan GB", "x"]),
+        st.sampled_from(["6GB", "80 GB", "1 MB"]),  # 1 MB: the smallest taken (every plan infeasible)
+        st.sampled_from(["0GB", "-1GB", "1e400 GB", "inf", "nan GB", "x", "1e-30 GB", "24"]),
     ),
     "--objective": (st.sampled_from(["latency", "throughput", "cost"]), st.sampled_from(["speed", ""])),
 }

@@ -131,3 +131,31 @@ def test_a_cp_sat_solve_leaves_ctrl_c_to_the_process(which):
     proc = subprocess.run([sys.executable, "-c", _SOLVE_THEN_CTRL_C, which], capture_output=True, text=True,
                           timeout=120)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.split() == ["alive"], (proc.returncode, proc.stderr[-1500:])
+
+
+def test_every_cp_sat_solve_is_limited_by_work_not_by_the_clock(monkeypatch):
+    """A wall-clock limit lets a loaded machine stop a solve early and keep a different answer (other
+    bytes for the same inputs); a deterministic-time limit counts work. Every solve site: HeteGen's
+    knapsack (both solves) and HexGen's inner and outer levels, on a mixed rig and a budget."""
+    import math
+
+    from ortools.sat.python import cp_model
+
+    from hetsim import api
+
+    seen: list[tuple[float, float, str]] = []
+    real = cp_model.CpSolver.solve
+
+    def solve(self, model, *args, **kwargs):
+        status = real(self, model, *args, **kwargs)
+        seen.append((self.parameters.max_time_in_seconds, self.parameters.max_deterministic_time,
+                     self.status_name(status)))  # fmt: skip
+        return status
+
+    monkeypatch.setattr(cp_model.CpSolver, "solve", solve)
+    p = api.problem("llama2-7b", "mixed-lab", 1, 128, 8, 6e9)
+    results = api.compare(p, ["hetegen", "hexgen"], "latency", workers=1)
+    assert all(r.feasible for r in results)
+    assert len(seen) >= 4  # two knapsack solves, HexGen's inner and outer levels
+    assert all(math.isinf(wall) and math.isfinite(work) for wall, work, _ in seen), seen
+    assert "OPTIMAL" in {s for _, _, s in seen}

@@ -571,3 +571,28 @@ def test_knapsack_on_the_lean_model_is_cp_sats_own_model(rows, cap):
 
     lean, own = run(cpsat.CpModel), run(cpsat.cp_model.CpModel)
     assert lean == own and lean[1]  # at least one solve
+
+
+@pytest.mark.parametrize("cpu_dtype", ["int8", "FP32", "bf16", None])
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_measure_split_refuses_a_cpu_dtype_it_cannot_model(cpu_dtype, alpha):
+    """Before, any dtype but fp16 was costed as fp32 (doubled bytes), silently; at alpha 1 (no CPU
+    share) it was not even looked at."""
+    from hetsim.errors import InputError
+    from hetsim.strategies.hetegen import measure_split, module_ops
+
+    p = problem("opt-13b", "hetegen-a10", 1, 64, 4)
+    gpu = p.rig.gpus()[0].name
+    op = module_ops(p.model, "decode", 1, 1)["q_proj"]
+    with pytest.raises(InputError, match="cpu_dtype: must be one of fp16, fp32"):
+        measure_split(p.rig, gpu, p.rig.host_cpu(gpu), op, alpha, 0.0, cpu_dtype)
+
+
+def test_plan_hetegen_refuses_fp32_cpu_copies_of_quantised_weights():
+    from hetsim.errors import InputError
+
+    p = problem("opt-13b", "hetegen-a10", 1, 64, 4)
+    with pytest.raises(InputError, match="cpu_dtype: 'fp32' is an upcast copy of fp16 or bf16 weights"):
+        plan_hetegen(
+            p.rig, p.model, p.workload, p.rig.gpus()[0].name, 6e9, weight_dtype="int8", cpu_dtype="fp32"
+        )

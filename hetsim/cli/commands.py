@@ -12,11 +12,16 @@ import heavy dependencies (torch, dask) inside the command, not at module import
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import gc
 import importlib
+import itertools
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -45,6 +50,9 @@ EXIT_ERRORS = tuple({typer.Exit, *(c for c in (getattr(_cx, "Exit", None),) if c
 ABORT_ERRORS = tuple({typer.Abort, *(c for c in (getattr(_cx, "Abort", None),) if c)})
 
 FORMATS = ("table", "json", "csv")
+# A bare number is bytes (``--gpu-mem-budget 24`` = 24 B): under a megabyte no model's working set
+# (activations and runtime alone) fits, so such a budget is a missing unit, refused rather than run.
+MIN_GPU_MEM_BUDGET = 1e6
 EXTENSION_MODULES = ("hetsim.cli.serve", "hetsim.cli.sweep", "validate.cli")
 
 # Piped output (not a terminal) gets wide tables instead of rich's 80-column default.
@@ -121,8 +129,42 @@ def _problem(
             budget = parse_bytes(gpu_mem_budget)
         except UnitError as exc:
             raise InputError(str(exc), field="--gpu-mem-budget") from None
+        if 0 < budget < MIN_GPU_MEM_BUDGET:  # zero and negatives: api's check says so
+            bare = _is_number(gpu_mem_budget)
+            hint = f"a bare number is bytes: give a unit, e.g. '{gpu_mem_budget.strip()} GB'"
+            raise InputError(
+                f"{gpu_mem_budget!r} is {budget:g} bytes, below any model's working set; "
+                + (hint if bare else "give a size such as '6 GB' or '512 MB'"),
+                field="--gpu-mem-budget",
+            )
     routing = str(routing_profile) if routing_profile is not None else None
-    return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype, kv_dtype, routing)
+    try:
+        return api.problem(model, hw, batch, prompt_len, gen_len, budget, dtype, kv_dtype, routing)
+    except InputError as exc:  # the workload's own checks name its fields: name the flags here
+        if exc.source is None and exc.field in ("batch", "prompt_len", "gen_len"):
+            raise InputError(exc.message, field="--" + exc.field.replace("_", "-")) from None
+        raise
+
+
+def _strategy_names(text: str | None, flag: str) -> list[str] | None:
+    """The names in ``--strategies``/``--strategy`` (None: all), each known, or an error naming the flag."""
+    from hetsim.strategies.base import get_strategy
+
+    names = _split_names(text)
+    for name in names or ():
+        try:
+            get_strategy(name)
+        except InputError as exc:
+            raise InputError(exc.message, field=flag) from None
+    return names
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _cores() -> int:
@@ -313,7 +355,7 @@ def compare(
     _check_format(fmt)
     obj = api.check_objective(objective)
     p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
-    names = _split_names(strategies)
+    names = _strategy_names(strategies, "--strategies")
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
     results = api.compare(
@@ -359,7 +401,7 @@ def plan(
     _check_format(fmt, ("table", "json"))
     obj = api.check_objective(objective)
     p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
-    names = _split_names(strategy)
+    names = _strategy_names(strategy, "--strategy")
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
     results = api.compare(p, names, obj, workers=_cores(), allow_lossy=allow_compression)
@@ -373,7 +415,9 @@ def plan(
     winner = get_strategy(best.strategy)
     doc = api.plan_document(p, winner, winner.plan_from_dict(best.plan), obj, best.batch)
     if out_path is not None:
-        out_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        from hetsim.textfiles import write_text_atomic
+
+        write_text_atomic(out_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     if fmt == "json":
         _print_json(doc)
         return
@@ -444,8 +488,8 @@ def _error_line(exc: BaseException) -> str:
         return f"not valid JSON ({exc.msg} at line {exc.lineno})"
     if isinstance(exc, yaml.YAMLError):
         return f"malformed YAML: {str(exc).splitlines()[0] if str(exc) else 'syntax error'}"
-    if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
-        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"  # any OS error on a path (NotADirectoryError too)
     return str(exc)
 
 
@@ -459,16 +503,150 @@ USER_ERRORS = (InputError, UsageError, ValidationError, json.JSONDecodeError, ya
 # then collected in bigger, rarer batches (at most this many objects). Collecting never changes a
 # result; ``main`` restores the caller's threshold.
 CLI_GC_THRESHOLD = 100_000
+# Seconds a command stopped by a signal has to unwind (its workers are killed first: ~0.1 s) before
+# the process ends without it; ending early only skips ``finally`` blocks of a command keeping nothing.
+STOP_GRACE_S = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 no result, 2 bad input)."""
+    """Run the CLI; returns the exit code (0 ok, 1 no result, 2 bad input, 128 + signal number when
+    SIGINT or SIGTERM stopped it: 130, 143)."""
     threshold = gc.get_threshold()
     gc.set_threshold(CLI_GC_THRESHOLD, *threshold[1:])
+    stop = _Stop(_command_name(argv))
     try:
-        return _main(argv)
+        try:
+            with stop:
+                code = _main(argv)
+        except KeyboardInterrupt:  # landed outside the command (typer turns one inside into 130)
+            code = 130
+        except Exception:
+            if stop.signum is None:
+                raise
+            code = 130  # what stopping did (its workers killed: BrokenProcessPool), not a bug
+        if stop.signum is None:
+            return code
+        _kill_children()  # one forked as the signal came is in no pool's list (the raise came first)
+        sys.stderr.write(stop.line())
+        return 128 + stop.signum
     finally:
         gc.set_threshold(*threshold)
+
+
+class _Stop:
+    """SIGINT/SIGTERM while a command runs: the first unwinds it (``KeyboardInterrupt``, so ``finally``
+    blocks run) after killing this process's forked workers (they hold no results; killed, not asked:
+    one inside a solver would answer only when the solve returns). A second one, or ``STOP_GRACE_S``
+    without the command gone, ends the process at once, in case the unwinding hangs or the raise was
+    lost. A forked worker that gets the signal itself (Ctrl-C reaches the whole process group)
+    leaves at once, silently. A command that keeps partial results (``sweep``) installs its own
+    handler and prints its own line; ``signum`` stays None then."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.signum: int | None = None
+        self.pid = os.getpid()
+        self.armed = False
+        self.old: dict[int, Any] = {}
+        self.timer: threading.Timer | None = None
+        self.lost = False
+        self.old_hook = sys.unraisablehook
+
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self.old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        self.armed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.armed = False  # from here a signal is only noted: the command's output is complete
+        if self.timer is not None:
+            self.timer.cancel()
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        if self.old:
+            sys.unraisablehook = self.old_hook
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """The raise landed where Python can only print it (an at-fork hook while compare's pool
+        forks: "Exception ignored in ..." and a traceback, and compare searched on): deliver it again,
+        in the main flow."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.signum is not None and self.armed:
+            self.lost = True
+            self._redeliver()
+        else:
+            self.old_hook(unraisable)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self.pid:
+            os._exit(128 + signum)  # a forked worker: nothing of its own to keep or say
+        if not self.armed:
+            return
+        if self.signum is not None and self.lost:  # the first one's raise, delivered again
+            if _inside(frame, _Stop._unraisable):  # still in the hook: raised here, it is printed
+                self._redeliver()
+                return
+            self.lost = False
+            raise KeyboardInterrupt(signal.Signals(self.signum).name)
+        if self.signum is not None:  # a second one: the unwinding is stuck, so leave now
+            self._leave()
+        self.signum = signum
+        _kill_children()
+        # The raise below can be lost (``_unraisable`` delivers it again; a command's own
+        # ``except BaseException`` could still swallow it): one not gone within the grace period is
+        # ended at once.
+        self.timer = threading.Timer(STOP_GRACE_S, self._leave)
+        self.timer.daemon = True
+        self.timer.start()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _redeliver(self) -> None:
+        """The signal again, from another thread (it waits for nothing, so this one moves on first)."""
+        _thread.start_new_thread(_thread.interrupt_main, (self.signum,))
+
+    def _leave(self) -> None:
+        _kill_children()
+        sys.stderr.write(self.line())
+        sys.stderr.flush()
+        os._exit(128 + (self.signum or signal.SIGINT))
+
+    def line(self) -> str:
+        """What stopped and what was kept: these commands write their output only at the end."""
+        name = signal.Signals(self.signum or signal.SIGINT).name
+        return f"interrupted by {name}: {self.command} stopped (it keeps no partial results)\n"
+
+
+def _inside(frame: Any, function: Any) -> bool:
+    while frame is not None:
+        if frame.f_code is function.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _kill_children() -> None:
+    """SIGKILL this process's children (a stopped command's search workers): those the kernel lists
+    (Linux), else those multiprocessing knows of."""
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    except OSError:
+        mp = sys.modules.get("multiprocessing")
+        pids.update(c.pid for c in mp.active_children() if c.pid) if mp else None
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _command_name(argv: Sequence[str] | None) -> str:
+    """The command's words from the arguments (``compare``, ``model show``): before the first flag."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    words = list(itertools.takewhile(lambda a: not a.startswith("-"), args))
+    words = words[:2] if words[:1] in (["model"], ["hw"]) else words[:1]
+    return " ".join(["hetsim", *words])
 
 
 def _main(argv: Sequence[str] | None) -> int:

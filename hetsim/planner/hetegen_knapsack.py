@@ -29,6 +29,7 @@ from hetsim.strategies.hetegen import (
     SPLIT_SYNC_S,
     STREAM_CHUNK_BYTES,
     HeteGenPlan,
+    check_cpu_dtype,
     e2e_floor,
     measure_split,
     module_bytes,
@@ -211,7 +212,9 @@ def solve_resident(items: list[Item], capacity: float) -> dict[str, int]:
     m.maximize(saved)
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
-    solver.parameters.max_time_in_seconds = 10.0
+    # a limit on CP-SAT's deterministic time (work counted, not the clock: a loaded machine cannot
+    # stop it early and change the answer); the largest shipped knapsack takes ~0.003 units
+    solver.parameters.max_deterministic_time = 10.0
     solver.parameters.catch_sigint_signal = False  # Ctrl-C stays the caller's (see hexgen_cpsat)
     status = solver.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -302,6 +305,7 @@ def split_plan(
 ) -> tuple[HeteGenPlan, float]:
     """``plan_hetegen``'s first half: the plan with its alphas and nothing resident, and the GPU
     bytes left for resident modules and the weight buffer (the knapsack's capacity)."""
+    check_cpu_dtype(cpu_dtype, weight_dtype)
     cpu = rig.host_cpu(gpu)
     b = workload.batch
     alphas: dict[Phase, dict[str, float]] = {}

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hetsim.textfiles import write_text_atomic
+
 
 @dataclass
 class TraceRecorder:
@@ -35,4 +37,4 @@ class TraceRecorder:
         return {"traceEvents": meta + self.events, "displayTimeUnit": "ms"}
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json()))
+        write_text_atomic(path, json.dumps(self.to_json()))

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from hetsim.costs.op_cost import cost_key, op_cost
+from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
@@ -94,6 +95,23 @@ CPU_DTYPES = ("fp16", "fp32")
 # "fp32" is modelled as an upcast copy of 16-bit weights (2 B -> 4 B a weight, no dequantisation):
 # quantised or fp32 weights would need other bytes and kernels, so they are refused, not mis-costed.
 FP32_COPY_OF = ("fp16", "bf16")
+
+
+def cpu_dtype_problem(cpu_dtype: object, weight_dtype: str | None = None) -> str | None:
+    """Why ``cpu_dtype`` cannot be modelled (for weights of ``weight_dtype`` when given), or None."""
+    if cpu_dtype not in CPU_DTYPES:
+        return f"must be one of {', '.join(CPU_DTYPES)}, got {cpu_dtype!r}"
+    if cpu_dtype == "fp32" and weight_dtype is not None and weight_dtype not in FP32_COPY_OF:
+        copy_of = " or ".join(FP32_COPY_OF)
+        return f"'fp32' is an upcast copy of {copy_of} weights, not of weight_dtype {weight_dtype!r}"
+    return None
+
+
+def check_cpu_dtype(cpu_dtype: object, weight_dtype: str | None = None) -> None:
+    """``cpu_dtype_problem`` as an ``InputError`` on the field ``cpu_dtype`` (library callers: an
+    unknown one was costed as if fp32, with doubled bytes, instead of refused)."""
+    if (problem := cpu_dtype_problem(cpu_dtype, weight_dtype)) is not None:
+        raise InputError(problem, field="cpu_dtype")
 
 
 # ---- module shapes ------------------------------------------------------------------------------
@@ -170,6 +188,7 @@ def _share(op: Op, fraction: float) -> Op:
 def cpu_side(op: Op, cpu_dtype: str) -> Op:
     """The CPU's part of a split op in ``cpu_dtype``: fp32 reads 4-byte weights and runs an fp32 GEMV
     (the fp16 activation it receives is converted in cache; its bytes are unchanged)."""
+    check_cpu_dtype(cpu_dtype)  # once per op and dtype (cached)
     if cpu_dtype == op.compute_dtype or cpu_dtype == "fp16":
         return op
     return dataclasses.replace(
@@ -255,6 +274,8 @@ def measure_split(
 
     Remembered by what such a run reads of the rig (``_split_setting``), so the rigs of a sweep that
     differ elsewhere (another node, a NIC, the GPU memory size) measure each split once."""
+    if cpu_dtype not in CPU_DTYPES:
+        check_cpu_dtype(cpu_dtype)
     setting = _split_setting(rig, gpu, cpu)
     key = (setting, op, alpha, sync_s, cpu_dtype) if setting is not None else None
     hit = _SPLITS.get(key) if key is not None else None
@@ -396,14 +417,8 @@ class HeteGen(Strategy):
         pc.at_least(plan.runtime_reserve_bytes, 0.0, "runtime_reserve_bytes")
         pc.at_least(plan.stream_chunk_bytes, 1.0, "stream_chunk_bytes")
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
-        if plan.cpu_dtype not in CPU_DTYPES:
-            raise pc.problem("cpu_dtype", f"must be one of {', '.join(CPU_DTYPES)}, got {plan.cpu_dtype!r}")
-        if plan.cpu_dtype == "fp32" and plan.weight_dtype not in FP32_COPY_OF:
-            raise pc.problem(
-                "cpu_dtype",
-                f"'fp32' is an upcast copy of {' or '.join(FP32_COPY_OF)} weights, "
-                f"not of weight_dtype {plan.weight_dtype!r}",
-            )
+        if (problem := cpu_dtype_problem(plan.cpu_dtype, plan.weight_dtype)) is not None:
+            raise pc.problem("cpu_dtype", problem)
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HeteGenPlan:
         """The first GPU and its host socket, every module split at Eq. 5's alpha, none resident

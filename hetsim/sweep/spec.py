@@ -106,6 +106,10 @@ def _check_axis(name: str) -> None:
     raise ValueError(f"unknown axis {name!r} (known: {known})")
 
 
+# axes whose values are names (looked up in a registry or the catalogue)
+NAMED_AXES = frozenset({"model", "rig", "strategy", "pcie", "net_link", "objective", *PRECISION_AXES})
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep YAML; errors name the file and the field."""
     source = str(path)
@@ -134,6 +138,8 @@ def _check_values(spec: SweepSpec, source: str) -> None:
         try:
             if value is None:
                 return
+            if key in NAMED_AXES and not isinstance(value, str):  # a number or a list: not a name
+                raise InputError(f"must be a name (a string), got {value!r}")
             if key == "model":
                 get_model(value)
             elif key == "rig":
