@@ -63,7 +63,14 @@ from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
 from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
-from hetsim.strategies.flexgen_ops import KV_CONVERT, host_copy_op, kv_gather_op, kv_token_bytes, substep_ops
+from hetsim.strategies.flexgen_ops import (
+    KV_CONVERT,
+    host_copy_op,
+    kv_copy_parts,
+    kv_gather_op,
+    kv_token_bytes,
+    substep_ops,
+)
 from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
     Fractions,
@@ -301,7 +308,7 @@ def _slots(
                 q = {"cc": new_kv / store, "cd": new_kv / lk.g2d}
                 dwrite["cd"] = nb * new_kv / lk.g2d
                 if phase == "decode":
-                    ahead = _kv_load(rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram)
+                    ahead = _kv_load(rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram, fl.compress_cache)
                     if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
                         link, memcpy, pinned, disk_read, slow_kv, dk = ahead
                         dread = _plus(dread, disk_read, nb - 1.0)
@@ -370,7 +377,15 @@ def _slots(
 
 
 def _kv_load(
-    rig: Rig, model: ModelSpec, gbs: int, kv_len: int, kv_tok: float, lk: Links, cpu: str, dram: float
+    rig: Rig,
+    model: ModelSpec,
+    gbs: int,
+    kv_len: int,
+    kv_tok: float,
+    lk: Links,
+    cpu: str,
+    dram: float,
+    compressed: bool = False,
 ) -> tuple[dict[str, float], ...]:
     """One batch's GPU-attention KV load from the CPU and the disk: (its link time, its host memcpy,
     the part of it the load waits for, its disk read, the memcpy's delay per weight byte loaded
@@ -402,9 +417,12 @@ def _kv_load(
     pinned = {"cc": max(memcpy / 2, memcpy + v_late - half_dma)}
     # the disk reads: K's once K's CPU half is pinned, V's behind it on the disk lane (and after V's
     # pin: a second form, left out as it binds only where cc x memcpy > cd x read, i.e. little
-    # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's hop ends the load.
-    # The reads' 100 us latency is not a linear term
-    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + kvb / (2 * lk.pin)}
+    # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's last copy's hop
+    # ends the load: a 4-bit tensor is its data then its scales (``kv_copy_parts``), each read and
+    # hopped on its own, so only the scales' hop need follow the last read (V's data hop runs on the
+    # link while they are read). The reads' latencies are added by the caller (``_latency``)
+    last_hop = kvb / 2 * kv_copy_parts(compressed)[-1] / lk.pin
+    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + last_hop}
     return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
 
