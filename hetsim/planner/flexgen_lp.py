@@ -411,17 +411,26 @@ def _kv_load(
     # V's DMA; both are cc times a constant, so their max is one form (``pinned``: what the load
     # waits for besides its DMAs).
     # V's pin runs beside K's DMA on host DRAM and ends later by ``overlap_delay`` per second of it
-    # (the whole pin slowed when the DMA outlasts it); the thread takes that too
+    # (the whole pin slowed when the DMA outlasts it); the thread takes that too.
+    # A 4-bit tensor is two (pin, DMA) pairs, its data then its scales (``kv_copy_parts``): the
+    # load then waits for the latest of each piece's pins so far then its DMAs from there on, and
+    # K's DMA has run through K's scales' pin before V's pin starts (so less of it is beside V's)
+    parts = kv_copy_parts(compressed)
     d, half_dma = overlap_delay(dram, lk.pin, cap), kvb / (2 * lk.pin)
-    v_late = min(memcpy / 2 * d / (1.0 - d), d * half_dma) if d < 1.0 else d * half_dma
-    pinned = {"cc": max(memcpy / 2, memcpy + v_late - half_dma)}
+    beside = max(0.0, half_dma - memcpy / 2 * sum(parts[1:]))
+    v_late = min(memcpy / 2 * d / (1.0 - d), d * beside) if d < 1.0 else d * beside
+    pieces = (*parts, *parts)  # K's, then V's
+    # each piece's pins so far then its DMAs on; the last, every pin (V's slowed) then its DMA
+    waits = [memcpy / 2 * sum(pieces[: i + 1]) - half_dma * sum(pieces[:i]) for i in range(len(pieces) - 1)]
+    waits.append(memcpy + v_late - half_dma * sum(pieces[:-1]))
+    pinned = {"cc": max(waits)}
     # the disk reads: K's once K's CPU half is pinned, V's behind it on the disk lane (and after V's
     # pin: a second form, left out as it binds only where cc x memcpy > cd x read, i.e. little
     # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's last copy's hop
     # ends the load: a 4-bit tensor is its data then its scales (``kv_copy_parts``), each read and
     # hopped on its own, so only the scales' hop need follow the last read (V's data hop runs on the
     # link while they are read). The reads' latencies are added by the caller (``_latency``)
-    last_hop = kvb / 2 * kv_copy_parts(compressed)[-1] / lk.pin
+    last_hop = kvb * parts[-1] / (2 * lk.pin)
     dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + last_hop}
     return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
