@@ -30,7 +30,8 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   also the next layer's weights' read then the reads then V's hop (``dw0``), each disk bound with
   its copies' latencies (``_latency``). K and V are
   two (memcpy, DMA) pairs, V pinned while K's DMA runs: the load waits for the later of K's
-  memcpy then both DMAs and both memcpys then V's DMA, one form as both scale with cc;
+  memcpy then both DMAs and both memcpys then V's DMA, one form as both scale with cc (a 4-bit
+  tensor is two such pairs and two reads, its data then its scales: ``kv_copy_parts``);
 - a weight tensor on disk goes the same way (``_weight_loads``): read by the copy threads on the
   disk lane, hopped over the link when it lands, after the position's other copies; w carries
   the hop on the link, and the first sub-step lasts at least the read then the hop (``_Slot.wr``);
