@@ -30,7 +30,8 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   also the next layer's weights' read then the reads then V's hop (``dw0``), each disk bound with
   its copies' latencies (``_latency``). K and V are
   two (memcpy, DMA) pairs, V pinned while K's DMA runs: the load waits for the later of K's
-  memcpy then both DMAs and both memcpys then V's DMA, one form as both scale with cc;
+  memcpy then both DMAs and both memcpys then V's DMA, one form as both scale with cc (a 4-bit
+  tensor is two such pairs and two reads, its data then its scales: ``kv_copy_parts``);
 - a weight tensor on disk goes the same way (``_weight_loads``): read by the copy threads on the
   disk lane, hopped over the link when it lands, after the position's other copies; w carries
   the hop on the link, and the first sub-step lasts at least the read then the hop (``_Slot.wr``);
@@ -63,7 +64,14 @@ from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
 from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
-from hetsim.strategies.flexgen_ops import KV_CONVERT, host_copy_op, kv_gather_op, kv_token_bytes, substep_ops
+from hetsim.strategies.flexgen_ops import (
+    KV_CONVERT,
+    host_copy_op,
+    kv_copy_parts,
+    kv_gather_op,
+    kv_token_bytes,
+    substep_ops,
+)
 from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
     Fractions,
@@ -301,7 +309,7 @@ def _slots(
                 q = {"cc": new_kv / store, "cd": new_kv / lk.g2d}
                 dwrite["cd"] = nb * new_kv / lk.g2d
                 if phase == "decode":
-                    ahead = _kv_load(rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram)
+                    ahead = _kv_load(rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram, fl.compress_cache)
                     if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
                         link, memcpy, pinned, disk_read, slow_kv, dk = ahead
                         dread = _plus(dread, disk_read, nb - 1.0)
@@ -370,7 +378,15 @@ def _slots(
 
 
 def _kv_load(
-    rig: Rig, model: ModelSpec, gbs: int, kv_len: int, kv_tok: float, lk: Links, cpu: str, dram: float
+    rig: Rig,
+    model: ModelSpec,
+    gbs: int,
+    kv_len: int,
+    kv_tok: float,
+    lk: Links,
+    cpu: str,
+    dram: float,
+    compressed: bool = False,
 ) -> tuple[dict[str, float], ...]:
     """One batch's GPU-attention KV load from the CPU and the disk: (its link time, its host memcpy,
     the part of it the load waits for, its disk read, the memcpy's delay per weight byte loaded
@@ -396,15 +412,27 @@ def _kv_load(
     # V's DMA; both are cc times a constant, so their max is one form (``pinned``: what the load
     # waits for besides its DMAs).
     # V's pin runs beside K's DMA on host DRAM and ends later by ``overlap_delay`` per second of it
-    # (the whole pin slowed when the DMA outlasts it); the thread takes that too
+    # (the whole pin slowed when the DMA outlasts it); the thread takes that too.
+    # A 4-bit tensor is two (pin, DMA) pairs, its data then its scales (``kv_copy_parts``): the
+    # load then waits for the latest of each piece's pins so far then its DMAs from there on, and
+    # K's DMA has run through K's scales' pin before V's pin starts (so less of it is beside V's)
+    parts = kv_copy_parts(compressed)
     d, half_dma = overlap_delay(dram, lk.pin, cap), kvb / (2 * lk.pin)
-    v_late = min(memcpy / 2 * d / (1.0 - d), d * half_dma) if d < 1.0 else d * half_dma
-    pinned = {"cc": max(memcpy / 2, memcpy + v_late - half_dma)}
+    beside = max(0.0, half_dma - memcpy / 2 * sum(parts[1:]))
+    v_late = min(memcpy / 2 * d / (1.0 - d), d * beside) if d < 1.0 else d * beside
+    pieces = (*parts, *parts)  # K's, then V's
+    # each piece's pins so far then its DMAs on; the last, every pin (V's slowed) then its DMA
+    waits = [memcpy / 2 * sum(pieces[: i + 1]) - half_dma * sum(pieces[:i]) for i in range(len(pieces) - 1)]
+    waits.append(memcpy + v_late - half_dma * sum(pieces[:-1]))
+    pinned = {"cc": max(waits)}
     # the disk reads: K's once K's CPU half is pinned, V's behind it on the disk lane (and after V's
     # pin: a second form, left out as it binds only where cc x memcpy > cd x read, i.e. little
-    # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's hop ends the load.
-    # The reads' 100 us latency is not a linear term
-    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + kvb / (2 * lk.pin)}
+    # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's last copy's hop
+    # ends the load: a 4-bit tensor is its data then its scales (``kv_copy_parts``), each read and
+    # hopped on its own, so only the scales' hop need follow the last read (V's data hop runs on the
+    # link while they are read). The reads' latencies are added by the caller (``_latency``)
+    last_hop = kvb * parts[-1] / (2 * lk.pin)
+    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + last_hop}
     return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
 
