@@ -128,3 +128,36 @@ def test_hetegen_search_runs_only_the_winner_on_the_lab(lab, monkeypatch):
     rates = {g.name: estimate(HETEGEN, plan_hetegen(p.rig, p.model, wl, g.name, g.mem_bytes), p.rig,
                               p.model, wl).throughput_tok_s for g in _gpu_kinds(p.rig)}  # fmt: skip
     assert max(rates, key=rates.__getitem__) == "n0.gpu0"
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(
+    hw=st.sampled_from(["mixed-lab", "hexgen-full-budget", "hexgen-half-budget"]),
+    name=st.sampled_from(["opt-6.7b", "opt-30b", "llama2-13b", "llama2-70b", "mixtral-8x7b"]),
+    batch=st.sampled_from([1, 4, 32]),
+    prompt=st.sampled_from([1, 128, 2048]),
+    gen=st.sampled_from([1, 5, 40]),
+    budget=st.sampled_from([None, 4e9, 12e9]),
+    objective=st.sampled_from(["throughput", "latency"]),
+)
+def test_search_picks_what_it_picks_without_the_floors(hw, name, batch, prompt, gen, budget, objective):
+    """Rigs with several GPU kinds: ``search`` (candidates skipped by their floors) returns the plan
+    ``best_plan`` picks when every candidate's plan is estimated, and every skipped candidate's
+    estimate is indeed no faster than the best (a floor above it would drop the optimum silently)."""
+    p = problem(name, hw, batch=batch, prompt_len=prompt, gen_len=gen, gpu_mem_budget=budget)
+    rig, wl = p.rig, p.workload
+
+    def evaluate(plan):
+        return estimate(HETEGEN, plan, rig, p.model, wl)
+
+    got = hetegen_knapsack.search(rig, p.model, wl, objective, evaluate)
+    plans = [plan_hetegen(rig, p.model, wl, g.name, g.mem_bytes) for g in _gpu_kinds(rig)]
+    assert len(plans) > 1
+    assert got == best_plan(plans, evaluate, objective)
+    results = [evaluate(plan) for plan in plans]
+    best = min((r.e2e_s for r in results if r.feasible), default=None)
+    for g in _gpu_kinds(rig):
+        c = hetegen_knapsack._Candidate(rig, p.model, wl, g.name, g.mem_bytes)
+        r = evaluate(c.plan)
+        if best is not None and c.beaten(best):
+            assert not r.feasible or r.e2e_s >= best
