@@ -526,9 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = 130  # what stopping did (its workers killed: BrokenProcessPool), not a bug
         if stop.signum is None:
             return code
-        _kill_children(
-            stop.spare
-        )  # one forked as the signal came is in no pool's list (the raise came first)
+        # one forked as the signal came is in no pool's list (the raise came first)
+        _kill_children(stop.spare)
         sys.stderr.write(stop.line())
         return 128 + stop.signum
     finally:
