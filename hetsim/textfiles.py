@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -90,19 +91,33 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, then renamed
     over it. Two runs writing the same path leave one's file, never bytes of both; an interrupted
-    write leaves the old file (and no temporary one). The file gets the mode a plain open gives."""
-    path = Path(path)
-    while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:  # pragma: no cover - a name drawn twice
-            continue
+    write leaves the old file (and no temporary one). Otherwise as a plain open: a symlink's file is
+    written (the link stays), an existing file keeps its mode, a new one gets the umask's, and an
+    error names ``path`` (not the temporary file)."""
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(target)
+        mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
+    except OSError:  # none yet (or unreadable: the open below says why)
+        mode = None
+    try:
+        while True:
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                break
+            except FileExistsError:  # pragma: no cover - a name drawn twice
+                continue
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if mode is not None:
+                os.chmod(tmp, mode)
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise

@@ -223,3 +223,32 @@ def test_an_interrupted_plan_out_keeps_the_old_file_whole(tmp_path, monkeypatch,
     plain.write_text("")
     assert out.stat().st_mode == plain.stat().st_mode  # the mode a plain open gives
     capsys.readouterr()
+
+
+_LIBRARY_CALLER = """
+import os, signal, subprocess, sys, threading, time
+from pathlib import Path
+from hetsim.cli import main
+own = subprocess.Popen(["sleep", "120"])  # the caller's own child, there before the command
+def ctrl_c():  # once compare's two workers are forked (the caller's child makes three)
+    kids = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    while len(kids.read_text().split()) < 3:
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=ctrl_c, daemon=True).start()
+code = main(["compare", *sys.argv[1:]])
+time.sleep(0.3)
+print(code, own.poll(), signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+own.kill()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc for the worker pids")
+def test_a_stopped_command_kills_its_workers_not_the_callers_children():
+    """``main`` called in a process that has children of its own (a notebook, a script driving
+    hetsim): Ctrl-C stops the command and kills the workers it forked, and leaves the caller's
+    child running (every child the kernel listed was SIGKILLed before)."""
+    proc = subprocess.run([sys.executable, "-c", _LIBRARY_CALLER, *LONG_COMPARE], capture_output=True,
+                          text=True, timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert proc.stdout.split() == ["130", "None", "True"], (proc.stdout, proc.stderr[-1500:])
+    assert proc.stderr == "interrupted by SIGINT: hetsim compare stopped (it keeps no partial results)\n"

@@ -526,7 +526,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = 130  # what stopping did (its workers killed: BrokenProcessPool), not a bug
         if stop.signum is None:
             return code
-        _kill_children()  # one forked as the signal came is in no pool's list (the raise came first)
+        # one forked as the signal came is in no pool's list (the raise came first)
+        _kill_children(stop.spare)
         sys.stderr.write(stop.line())
         return 128 + stop.signum
     finally:
@@ -551,8 +552,10 @@ class _Stop:
         self.timer: threading.Timer | None = None
         self.lost = False
         self.old_hook = sys.unraisablehook
+        self.spare: frozenset[int] = frozenset()  # the children there before: not the command's
 
     def __enter__(self) -> _Stop:
+        self.spare = frozenset(_children())
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
             self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
             self.old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
@@ -592,7 +595,7 @@ class _Stop:
         if self.signum is not None:  # a second one: the unwinding is stuck, so leave now
             self._leave()
         self.signum = signum
-        _kill_children()
+        _kill_children(self.spare)
         # The raise below can be lost (``_unraisable`` delivers it again; a command's own
         # ``except BaseException`` could still swallow it): one not gone within the grace period is
         # ended at once.
@@ -606,7 +609,7 @@ class _Stop:
         _thread.start_new_thread(_thread.interrupt_main, (self.signum,))
 
     def _leave(self) -> None:
-        _kill_children()
+        _kill_children(self.spare)
         sys.stderr.write(self.line())
         sys.stderr.flush()
         os._exit(128 + (self.signum or signal.SIGINT))
@@ -625,9 +628,8 @@ def _inside(frame: Any, function: Any) -> bool:
     return False
 
 
-def _kill_children() -> None:
-    """SIGKILL this process's children (a stopped command's search workers): those the kernel lists
-    (Linux), else those multiprocessing knows of."""
+def _children() -> set[int]:
+    """This process's children: those the kernel lists (Linux), else those multiprocessing knows of."""
     pids: set[int] = set()
     try:
         for task in os.listdir("/proc/self/task"):
@@ -636,9 +638,15 @@ def _kill_children() -> None:
     except OSError:
         mp = sys.modules.get("multiprocessing")
         pids.update(c.pid for c in mp.active_children() if c.pid) if mp else None
-    for pid in pids:
+    return pids
+
+
+def _kill_children(spare: frozenset[int] = frozenset()) -> None:
+    """SIGKILL this process's children (a stopped command's search workers) but those in ``spare``:
+    the children the process had before the command (a caller of ``main`` may have its own)."""
+    for pid in _children() - spare:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows has no SIGKILL
 
 
 def _command_name(argv: Sequence[str] | None) -> str:

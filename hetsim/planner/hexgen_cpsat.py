@@ -200,13 +200,13 @@ class CostTable:
 
 
 # ---- inner level --------------------------------------------------------------------------------
-def _solver(time_limit_s: float, presolve: bool = True) -> cp_model.CpSolver:
-    """``time_limit_s`` is in CP-SAT's deterministic time (work counted, ~seconds on a fast core), not
+def _solver(work_limit: float, presolve: bool = True) -> cp_model.CpSolver:
+    """``work_limit`` is in CP-SAT's deterministic time (work counted, ~seconds on a fast core), not
     the clock's: a loaded machine cannot stop a solve early and change the answer. The largest shipped
     solves take ~0.0003 units (every rig and model, HexGen's inner and outer levels)."""
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1  # deterministic, and this machine has 2 cores
-    solver.parameters.max_deterministic_time = time_limit_s
+    solver.parameters.max_deterministic_time = work_limit
     solver.parameters.random_seed = 0
     # presolve costs more than it saves on the inner level's models of a few dozen variables (2x)
     solver.parameters.cp_model_presolve = presolve
@@ -222,8 +222,9 @@ def in_flight_of(demand: Demand, stages: int) -> int:
     return max(1, min(stages, demand.max_in_flight))
 
 
-def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float = 5.0) -> Layout | None:
-    """Minimum-latency asymmetric layout of one replica over ``parts`` (None if it cannot fit).
+def inner_cpsat(table: CostTable, parts: tuple[Part, ...], work_limit: float = 5.0) -> Layout | None:
+    """Minimum-latency asymmetric layout of one replica over ``parts`` (None if it cannot fit);
+    ``work_limit`` bounds the solve in CP-SAT's deterministic time, not seconds (``_solver``).
 
     Stages of one TP degree in one part are interchangeable (same per-layer time, same memory cap),
     so the model chooses, per (part, degree), how many stages ``n`` and how many layers ``x`` they
@@ -285,7 +286,7 @@ def inner_cpsat(table: CostTable, parts: tuple[Part, ...], time_limit_s: float =
             return None
         cost_terms.append(round(hop * NS) * (sum(part_used) - 1))
     m.minimize(sum(cost_terms))
-    solver = _solver(time_limit_s, presolve=False)
+    solver = _solver(work_limit, presolve=False)
     status = solver.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
@@ -387,7 +388,7 @@ class Shape:
 
 
 def enumerate_shapes(
-    table: CostTable, max_parts: int = 3, symmetric: bool = False, time_limit_s: float = 5.0
+    table: CostTable, max_parts: int = 3, symmetric: bool = False, work_limit: float = 5.0
 ) -> list[Shape]:
     """Every region-local multiset of parts that can hold the model, laid out by the inner level,
     less the *dominated* ones (asymmetric layouts only).
@@ -417,7 +418,7 @@ def enumerate_shapes(
                 elif n > 1 and _all_parts_bound(table, combo) >= sub:
                     continue  # dominated: cannot beat a sub-multiset even with every part in use
                 else:
-                    layout = inner_cpsat(table, combo, time_limit_s)
+                    layout = inner_cpsat(table, combo, work_limit)
                 if layout is None:
                     continue
                 best[combo] = min(sub, layout.latency_s)
@@ -459,10 +460,11 @@ def outer_cpsat(
     classes: list[MachineClass],
     shapes: list[Shape],
     latency_cap_s: float,
-    time_limit_s: float = 10.0,
+    work_limit: float = 10.0,
 ) -> list[tuple[Shape, int]] | None:
     """Replicas per shape and machine cuts, maximising the summed request rate of shapes whose
-    latency is within the cap (each machine's cut into equal parts is a decision)."""
+    latency is within the cap (each machine's cut into equal parts is a decision). ``work_limit``:
+    CP-SAT's deterministic time, not seconds (``_solver``)."""
     allowed = [s for s in shapes if s.layout.latency_s <= latency_cap_s * (1 + 1e-9)]
     if not allowed:
         return None
@@ -489,7 +491,7 @@ def outer_cpsat(
         sum(r * big * v for r, v in zip(rate, y, strict=True))
         - sum(g * v for g, v in zip(gpus, y, strict=True))
     )
-    solver = _solver(time_limit_s)
+    solver = _solver(work_limit)
     status = solver.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
