@@ -1,0 +1,134 @@
+"""Stopping a command on SIGINT/SIGTERM: one line, exit 128 + the signal, its forked workers killed.
+
+``main`` (hetsim.cli.commands) holds a ``Stop`` while a command runs; the sweep installs its own
+handler on top (it keeps finished points and says so).
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+# Seconds a command stopped by a signal has to unwind (its workers are killed first: ~0.1 s) before
+# the process ends without it; ending early only skips ``finally`` blocks of a command keeping nothing.
+STOP_GRACE_S = 5.0
+
+
+class Stop:
+    """SIGINT/SIGTERM while a command runs: the first unwinds it (``KeyboardInterrupt``, so ``finally``
+    blocks run) after killing this process's forked workers (they hold no results; killed, not asked:
+    one inside a solver would answer only when the solve returns). A second one, or ``STOP_GRACE_S``
+    without the command gone, ends the process at once, in case the unwinding hangs or the raise was
+    lost. A forked worker that gets the signal itself (Ctrl-C reaches the whole process group)
+    leaves at once, silently. A command that keeps partial results (``sweep``) installs its own
+    handler and prints its own line; ``signum`` stays None then."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.signum: int | None = None
+        self.pid = os.getpid()
+        self.armed = False
+        self.old: dict[int, Any] = {}
+        self.timer: threading.Timer | None = None
+        self.lost = False
+        self.old_hook = sys.unraisablehook
+        self.spare: frozenset[int] = frozenset()  # the children there before: not the command's
+
+    def __enter__(self) -> Stop:
+        self.spare = frozenset(_children())
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self.old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        self.armed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.armed = False  # from here a signal is only noted: the command's output is complete
+        if self.timer is not None:
+            self.timer.cancel()
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        if self.old:
+            sys.unraisablehook = self.old_hook
+
+    def _unraisable(self, unraisable: Any) -> None:
+        """The raise landed where Python can only print it (an at-fork hook while compare's pool
+        forks: "Exception ignored in ..." and a traceback, and compare searched on): deliver it again,
+        in the main flow."""
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and self.signum is not None and self.armed:
+            self.lost = True
+            self._redeliver()
+        else:
+            self.old_hook(unraisable)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self.pid:
+            os._exit(128 + signum)  # a forked worker: nothing of its own to keep or say
+        if not self.armed:
+            return
+        if self.signum is not None and self.lost:  # the first one's raise, delivered again
+            if _inside(frame, Stop._unraisable):  # still in the hook: raised here, it is printed
+                self._redeliver()
+                return
+            self.lost = False
+            raise KeyboardInterrupt(signal.Signals(self.signum).name)
+        if self.signum is not None:  # a second one: the unwinding is stuck, so leave now
+            self._leave()
+        self.signum = signum
+        kill_children(self.spare)
+        # The raise below can be lost (``_unraisable`` delivers it again; a command's own
+        # ``except BaseException`` could still swallow it): one not gone within the grace period is
+        # ended at once.
+        self.timer = threading.Timer(STOP_GRACE_S, self._leave)
+        self.timer.daemon = True
+        self.timer.start()
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _redeliver(self) -> None:
+        """The signal again, from another thread (it waits for nothing, so this one moves on first)."""
+        _thread.start_new_thread(_thread.interrupt_main, (self.signum,))
+
+    def _leave(self) -> None:
+        kill_children(self.spare)
+        sys.stderr.write(self.line())
+        sys.stderr.flush()
+        os._exit(128 + (self.signum or signal.SIGINT))
+
+    def line(self) -> str:
+        """What stopped and what was kept: these commands write their output only at the end."""
+        name = signal.Signals(self.signum or signal.SIGINT).name
+        return f"interrupted by {name}: {self.command} stopped (it keeps no partial results)\n"
+
+
+def _inside(frame: Any, function: Any) -> bool:
+    while frame is not None:
+        if frame.f_code is function.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _children() -> set[int]:
+    """This process's children: those the kernel lists (Linux), else those multiprocessing knows of."""
+    pids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    except OSError:
+        mp = sys.modules.get("multiprocessing")
+        pids.update(c.pid for c in mp.active_children() if c.pid) if mp else None
+    return pids
+
+
+def kill_children(spare: frozenset[int] = frozenset()) -> None:
+    """SIGKILL this process's children (a stopped command's search workers) but those in ``spare``:
+    the children the process had before the command (a caller of ``main`` may have its own)."""
+    for pid in _children() - spare:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows has no SIGKILL
