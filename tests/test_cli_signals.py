@@ -17,6 +17,11 @@ import pytest
 # ~100 CPU s if left alone (every decode step simulated, in compare's forked workers)
 LONG_COMPARE = ("--model", "llama2-70b", "--hw", "mixed-lab", "--prompt-len", "64", "--gen-len", "4000")
 KILL_TIMEOUT_S = 120
+# compare forks its search workers only with two usable cores (one: it searches serially, in-process)
+FORKS_WORKERS = pytest.mark.skipif(
+    (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) < 2,
+    reason="compare searches serially on one core: no workers to wait for",
+)
 
 
 def _children(pid: int) -> list[int]:
@@ -68,6 +73,7 @@ def _finish(proc: subprocess.Popen[str]) -> str:
     return err
 
 
+@FORKS_WORKERS
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc for the worker pids")
 @pytest.mark.parametrize(
     ("sig", "group", "code"),
@@ -243,6 +249,7 @@ own.kill()
 """
 
 
+@FORKS_WORKERS
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc for the worker pids")
 def test_a_stopped_command_kills_its_workers_not_the_callers_children():
     """``main`` called in a process that has children of its own (a notebook, a script driving
