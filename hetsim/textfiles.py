@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,12 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def temp_beside(path: Path) -> Path:
+    """A hidden temporary name beside ``path``, unique to this process and call: written, then
+    renamed over ``path`` (``write_text_atomic``, the sweep's Parquet parts)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, then renamed
     over it. Two runs writing the same path leave one's file, never bytes of both; an interrupted
@@ -100,14 +106,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
     except OSError:  # none yet (or unreadable: the open below says why)
         mode = None
+    tmp = temp_beside(target)
     try:
-        while True:
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                break
-            except FileExistsError:  # pragma: no cover - a name drawn twice
-                continue
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:

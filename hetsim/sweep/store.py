@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hetsim.sweep.runner import RESULT_COLUMNS
+from hetsim.textfiles import temp_beside
 
 try:
     import fcntl
@@ -87,7 +87,7 @@ def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
 
 def _write_part(table: pa.Table, path: Path) -> None:
     """Write to a temporary name unique to this process, then rename into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    tmp = temp_beside(path)
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
