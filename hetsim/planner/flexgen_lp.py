@@ -245,6 +245,17 @@ def _slots(
     kv_tok = kv_token_bytes(model, fl.compress_cache)
     w_link, w_disk = _weight_loads(lk, disk)
     hop = {"wd": w_link["wd"]}  # the weights' disk share's link hop, after the position's copies
+
+    def kv_disk(dk: dict[str, float], p: dict[str, float]) -> dict[str, float]:
+        """A loading sub-step's disk bound, K's memcpy then the reads then V's hop (``_Slot.dk0``,
+        ``dkm``, ``dkl``), with its copies' latencies: K's read, V's read, V's hop."""
+        return _latency(dk, 2 * lat + hop_lat, p)
+
+    def weights_then_kv(dk: dict[str, float], p: dict[str, float], j: int) -> dict[str, float]:
+        """The first sub-step's disk lane (``_Slot.dw0``): layer ``j``'s weights' read, then the KV's
+        reads, then V's hop, with one read's latency and the hop's."""
+        return _latency(_plus(load({"wd": 1.0 / lk.d2c}, j), {"cd": dk["cd"]}, 1.0), lat + hop_lat, p)
+
     out = []
     kv_mean = s + max(1, n // 2)
     for phase, seq, kv_len, mult in (("prefill", s, s, 1.0), ("decode", 1, kv_mean, float(n - 1))):
@@ -282,13 +293,11 @@ def _slots(
                         )
                         c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
                         if disk:
-                            kvf["dk0"] = _latency(dk, 2 * lat + hop_lat, p)
-                            dw0 = _plus(load({"wd": 1.0 / lk.d2c}, j_next), {"cd": dk["cd"]}, 1.0)
-                            kvf["dw0"] = _latency(dw0, lat + hop_lat, p)
+                            kvf["dk0"], kvf["dw0"] = kv_disk(dk, p), weights_then_kv(dk, p, j_next)
                     else:  # in the last
                         kvf = {"cl": _plus(_plus(c, link, 1.0), pinned, 1.0), "pl": _plus(p, memcpy, 1.0)}
                         if disk:
-                            kvf["dkl"] = _latency(dk, 2 * lat + hop_lat, p)
+                            kvf["dkl"] = kv_disk(dk, p)
                 if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
                     wslow = load(slow, j_next)
                     if disk:
@@ -318,9 +327,8 @@ def _slots(
                         c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
                         kvf["m0"] = _plus(_plus(c, load(slow_kv, j_next), 1.0), load(hop, j_next), 1.0)
                         if disk:
-                            kvf["dk0"] = kvf["dkm"] = _latency(dk, 2 * lat + hop_lat, p)
-                            dw0 = _plus(load({"wd": 1.0 / lk.d2c}, j_next), {"cd": dk["cd"]}, 1.0)
-                            kvf["dw0"] = _latency(dw0, lat + hop_lat, p)
+                            kvf["dk0"] = kvf["dkm"] = kv_disk(dk, p)
+                            kvf["dw0"] = weights_then_kv(dk, p, j_next)
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
