@@ -155,7 +155,12 @@ def _split(
 
 def layer_weight_split(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, float, float], ...]:
     """(gpu, cpu, disk) weight bytes of each scheduling layer under ``plan``."""
-    return _layer_split(model, plan.wg / 100.0, plan.wc / 100.0, weight_dtype(plan), plan.placement)
+    return _layer_split(model, *_split_key(plan))
+
+
+def _split_key(plan: FlexGenPlan) -> tuple[float, float, DType, Placement]:
+    """What of ``plan`` the weight split depends on (``_layer_split``'s and ``_weight_totals``' key)."""
+    return plan.wg / 100.0, plan.wc / 100.0, weight_dtype(plan), plan.placement
 
 
 @lru_cache(maxsize=1024)
@@ -200,9 +205,7 @@ class Fractions:
 
 
 def fractions(model: ModelSpec, plan: FlexGenPlan) -> Fractions:
-    w_gpu, w_cpu, w_disk, w_off_gpu_max = _weight_totals(
-        model, plan.wg / 100.0, plan.wc / 100.0, weight_dtype(plan), plan.placement
-    )
+    w_gpu, w_cpu, w_disk, w_off_gpu_max = _weight_totals(model, *_split_key(plan))
     return Fractions(
         w_gpu=w_gpu,
         w_cpu=w_cpu,
