@@ -283,19 +283,15 @@ def test_disk_loads_hop_to_the_gpu_after_their_reads_land(tmp_path):
             assert start >= end - 1e-6
 
 
-def test_gpu_attention_pins_v_while_ks_dma_runs(tmp_path):
-    """OPT-6.7B 8 x 1 on flexgen-t4, every weight on the GPU, the KV on the CPU, GPU attention: the
-    released load_cache copies K, then V (flex_opt.py:359-368), each pinned in the issuing thread then
-    DMA'd (general_copy, pytorch_backend.py:843-849). So each decode load is two (pin, DMA) pairs of
-    half the bytes, K's DMA starts when K's pin ends while V's pin runs, and the load ends K's pin
-    plus both DMAs after it starts (here DMA-bound): at least half the pin time before one pin of
-    both then one DMA would (fails when K and V are pinned as one copy)."""
+def _kv_load_spans(tmp_path, compress: bool):
+    """OPT-6.7B 8 x 1 on flexgen-t4 (512 + 3), every weight on the GPU, the KV on the CPU (4-bit when
+    ``compress``), GPU attention: the model and its trace's pin_memory and load_cache spans by start."""
     import json
 
-    from hetsim.strategies.flexgen_ops import kv_token_bytes
-
     rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
-    plan = FlexGenPlan(8, 1, 100, 0, 0, 100, 100, 0, cpu_attention=False, gpu="n0.gpu0")
+    plan = FlexGenPlan(
+        8, 1, 100, 0, 0, 100, 100, 0, cpu_attention=False, compress_cache=compress, gpu="n0.gpu0"
+    )
     trace = tmp_path / "t.json"
     r = simulate(get_strategy("flexgen"), plan, rig, model, Workload(8, 512, 3), trace_path=str(trace))
     assert r.feasible, r.reason
@@ -305,6 +301,19 @@ def test_gpu_attention_pins_v_while_ks_dma_runs(tmp_path):
     )
     pins = [e for e in spans if e["name"] == "pin_memory"]
     dmas = [e for e in spans if e["name"] == "load_cache"]
+    return model, pins, dmas
+
+
+def test_gpu_attention_pins_v_while_ks_dma_runs(tmp_path):
+    """OPT-6.7B 8 x 1 on flexgen-t4, every weight on the GPU, the KV on the CPU, GPU attention: the
+    released load_cache copies K, then V (flex_opt.py:359-368), each pinned in the issuing thread then
+    DMA'd (general_copy, pytorch_backend.py:843-849). So each decode load is two (pin, DMA) pairs of
+    half the bytes, K's DMA starts when K's pin ends while V's pin runs, and the load ends K's pin
+    plus both DMAs after it starts (here DMA-bound): at least half the pin time before one pin of
+    both then one DMA would (fails when K and V are pinned as one copy)."""
+    from hetsim.strategies.flexgen_ops import kv_token_bytes
+
+    model, pins, dmas = _kv_load_spans(tmp_path, compress=False)
     tok = kv_token_bytes(model, False)  # one layer's K and V of a token
     assert len(pins) == len(dmas) == 2 * 2 * model.layers  # K and V, 2 decode steps, every layer
     for i in range(0, len(pins), 2):
@@ -361,19 +370,8 @@ def test_a_4bit_kv_load_is_four_pin_dma_pairs(tmp_path):
     back, and each DMA starts when its pin and the DMA before it have ended (fails with K and V
     each one pinned copy)."""
     import itertools
-    import json
 
-    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
-    plan = FlexGenPlan(8, 1, 100, 0, 0, 100, 100, 0, cpu_attention=False, compress_cache=True, gpu="n0.gpu0")
-    trace = tmp_path / "t.json"
-    r = simulate(get_strategy("flexgen"), plan, rig, model, Workload(8, 512, 3), trace_path=str(trace))
-    assert r.feasible, r.reason
-    spans = sorted(
-        (e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"),
-        key=lambda e: e["ts"],
-    )
-    pins = [e for e in spans if e["name"] == "pin_memory"]
-    dmas = [e for e in spans if e["name"] == "load_cache"]
+    model, pins, dmas = _kv_load_spans(tmp_path, compress=True)
     assert len(pins) == len(dmas) == 4 * 2 * model.layers  # 4 pairs, 2 decode steps, every layer
     for i in range(0, len(pins), 4):
         p, d = pins[i : i + 4], dmas[i : i + 4]
