@@ -61,8 +61,9 @@ def test_the_helpers_path_is_taken_when_told(monkeypatch):
 
 
 def test_booked_transfer_is_engine_transfer_time_to_the_bit():
-    """``_Booked.transfer`` inlines ``Engine.transfer_time``: the same end times and lane states for
-    copies issued now or at a later time, pinned or not, with a host-side extra."""
+    """``_Booked.transfer`` books as ``Engine.transfer_time`` does, its ``at`` and every option passed
+    on: the same end times and lane states for copies issued now or at a later time, pinned or not,
+    with a host-side extra."""
     rig = load_rig("flexgen-t4")
     a, b = Engine(rig), Engine(rig)
     booked = _Booked(a)
