@@ -259,3 +259,23 @@ def test_a_stopped_command_kills_its_workers_not_the_callers_children():
                           text=True, timeout=KILL_TIMEOUT_S)  # fmt: skip
     assert proc.stdout.split() == ["130", "None", "True"], (proc.stdout, proc.stderr[-1500:])
     assert proc.stderr == "interrupted by SIGINT: hetsim compare stopped (it keeps no partial results)\n"
+
+
+def test_the_line_is_said_once_however_many_ask(capsys):
+    """The grace timer's ``_leave`` and the main flow (unstuck by the timer's kill of a worker forked
+    after the first kill) can both reach the line: CI once printed it twice."""
+    import threading
+
+    from hetsim.cli.stop import Stop
+
+    stop = Stop("hetsim compare")
+    stop.signum = signal.SIGTERM
+    threads = [threading.Thread(target=stop.say) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (
+        capsys.readouterr().err
+        == "interrupted by SIGTERM: hetsim compare stopped (it keeps no partial results)\n"
+    )

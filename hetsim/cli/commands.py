@@ -522,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         # one forked as the signal came is in no pool's list (the raise came first)
         kill_children(stop.spare)
-        sys.stderr.write(stop.line())
+        stop.say()
         return 128 + stop.signum
     finally:
         gc.set_threshold(*threshold)

@@ -38,6 +38,10 @@ class Stop:
         self.lost = False
         self.old_hook = sys.unraisablehook
         self.spare: frozenset[int] = frozenset()  # the children there before: not the command's
+        # The line is said once: the grace timer's ``_leave`` can fire while the main flow, unstuck
+        # by the timer's own kill of the workers, is saying it too (seen under CI load).
+        self.said = False
+        self.saying = threading.Lock()
 
     def __enter__(self) -> Stop:
         self.spare = frozenset(_children())
@@ -76,6 +80,7 @@ class Stop:
                 self._redeliver()
                 return
             self.lost = False
+            kill_children(self.spare)  # a worker forked since the first kill (the hook ran at a fork)
             raise KeyboardInterrupt(signal.Signals(self.signum).name)
         if self.signum is not None:  # a second one: the unwinding is stuck, so leave now
             self._leave()
@@ -95,9 +100,16 @@ class Stop:
 
     def _leave(self) -> None:
         kill_children(self.spare)
-        sys.stderr.write(self.line())
-        sys.stderr.flush()
+        self.say()
         os._exit(128 + (self.signum or signal.SIGINT))
+
+    def say(self) -> None:
+        """Write ``line`` to stderr unless it was written (from the main flow or the grace timer)."""
+        with self.saying:
+            if not self.said:
+                sys.stderr.write(self.line())
+                sys.stderr.flush()
+                self.said = True
 
     def line(self) -> str:
         """What stopped and what was kept: these commands write their output only at the end."""
