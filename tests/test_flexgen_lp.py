@@ -116,7 +116,8 @@ def test_cpu_attention_disk_terms_take_the_cpu_disk_route():
     assert lk.c2d == min(rig.route(cpu, disk).bw, d.write_bw)
     slow = replace(lk, d2g=1.0, g2d=1.0)
     wl = Workload(96, 512, 32)
-    _, _, (_, att), (_, mlp) = _slots(rig, model, wl, 48, 2, Flags(True, False), slow, ends)
+    slots = _slots(rig, model, wl, 48, 2, Flags(True, False), slow, ends)
+    (_, att), (_, mlp) = slots[len(slots) // 2 : len(slots) // 2 + 2]  # decode's first two
     tok = kv_token_bytes(model, False)
     kv_mean = 512 + 16
     assert att.dwrite["cd"] == pytest.approx(2 * 48 * tok / lk.c2d)

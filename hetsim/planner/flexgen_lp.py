@@ -6,8 +6,9 @@ overlap structure (flex_opt.py in FMInference/FlexLLMGen), but every constant is
 constants (its released cost_model.py) is used. For one GPU batch size gbs, nb batches, and the
 flags (CPU attention, compressed KV), time is linear in the fractions:
 
-- per scheduling slot (attention, MLP; the embedding and output layers once per token) the released
-  loop costs
+- per scheduling slot (attention, MLP; the last MLP, the embedding and the output layer once per
+  token, each beside the next layer's weight load as the release pairs them: ``_positions``) the
+  released loop costs
   max(w + c, p) + (nb - 1) max(c, p), with w = the next layer's weight load (sub-step 0 only),
   c = one batch's H2D cache/hidden loads, p = one batch's compute on the issuing thread (GPU ops,
   plus the KV gather and CPU attention when attention runs on the CPU). That is exactly the max of
@@ -267,12 +268,15 @@ def _slots(
         gather_read = 0.0  # ... and its disk share, read by the copy threads beside the thread
         slow: dict[str, float] = {}  # seconds of delay per byte of weights loaded beside the thread
         ahead: tuple[dict[str, float], ...] = ()  # the next layer's first batch's KV load (_kv_load)
-        for kind in ("attention", "mlp"):
-            j_next = 2 if kind == "attention" else 1  # the next layer's weights: an MLP's, an attention's
+        for kind, j_next, share in _positions(len(split), model.layers):
             w = load(w_link, j_next)
             wr = load(w_disk, j_next) if w_disk else {}
-            c = dict(hid_load)
-            d2h = {"hc": nb * hid / lk.out_pin, "hd": nb * hid / lk.g2d}
+            # load_hidden(k + 1): the embedding loads token ids (none), but in its last sub-step the
+            # next layer's first batch's input, left out (a lower bound); it stores k - 1's output
+            embed = kind == "embed"
+            c = {} if embed else dict(hid_load)
+            stores = nb - 1.0 if embed else float(nb)  # its k = 0 stores the output layer's: ids
+            d2h = {"hc": stores * hid / lk.out_pin, "hd": stores * hid / lk.g2d}
             dread = {**load({"wd": 1.0 / lk.d2g}, j_next), "hd": nb * hid / lk.d2g}
             dwrite = {"hd": nb * hid / lk.g2d}
             p: dict[str, float] = {}
@@ -280,10 +284,13 @@ def _slots(
             q: dict[str, float] = {}
             reads: dict[str, dict[str, float]] = {}
             kvf: dict[str, dict[str, float]] = {}  # _Slot's c0, m0, cl, pl
-            if kind == "mlp":
-                o = substep_ops(model, "mlp", phase, gbs, seq, kv_len, False, 1.0, cw, False)
+            if kind != "attention":  # an MLP or the embedding: no KV of its own
+                o = substep_ops(model, kind, phase, gbs, seq, kv_len, False, 1.0, cw, False)
                 p["const"] = _t(rig, gpu, o.gpu_pre)
-                if ahead:  # load_cache(k + 1) at k = nb - 1 is the next layer's first batch's
+                # load_cache(k + 1) at k = nb - 1 is the next layer's first batch's: an attention's
+                # after an MLP or the embedding, none after the last MLP (the output layer is next)
+                feeds = j_next == 1
+                if ahead and feeds:
                     link, memcpy, pinned, disk_read, slow_kv, dk = ahead
                     dread = _plus(dread, disk_read, 1.0)
                     if nb == 1:  # in the first sub-step, beside the weight DMA
@@ -298,7 +305,7 @@ def _slots(
                         kvf = {"cl": _plus(_plus(c, link, 1.0), pinned, 1.0), "pl": _plus(p, memcpy, 1.0)}
                         if disk:
                             kvf["dkl"] = kv_disk(dk, p)
-                if gather:  # the next layer's first batch's gather runs in this slot's last sub-step
+                if gather and feeds:  # the next layer's first batch's gather: this slot's last sub-step
                     wslow = load(slow, j_next)
                     if disk:
                         w_read = load({"wd": 1.0 / lk.d2c}, j_next)
@@ -370,19 +377,40 @@ def _slots(
                 p0, p = _gather_into(p, own, nb, last=False, slow=wslow)
                 dread["cd"] = (nb - 1) * gather_read
                 dwrite["cd"] = nb * gbs * kv_tok / lk.c2d  # the new K/V went to the CPU with q
-            # the hidden copies on the default stream hold the batch's kernels (flexgen.py)
+            # the hidden copies on the default stream hold the batch's kernels (flexgen.py); the
+            # embedding's, its stores alone, spread over its sub-steps
+            own_hid = stores / nb * hid / lk.out_pin if embed else hid / lk.pin + hid / lk.out_pin
             for form in (p, p0, kvf.get("pl", {})):
                 if form or form is p:
-                    form["hc"] = form.get("hc", 0.0) + hid / lk.pin + hid / lk.out_pin
+                    form["hc"] = form.get("hc", 0.0) + own_hid
             wr = _latency(wr, lat + hop_lat, p) if wr else {}
-            pair.append(_Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, wr=wr, **reads, **kvf))
-        att, mlp = pair  # each slot's first sub-step holds the other's last KV store
-        for slot, before in ((att, mlp), (mlp, att)):
+            pair.append((kind, share, _Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, wr=wr, **reads, **kvf)))
+        att = pair[0][2]  # an MLP's first sub-step holds the attention's last KV store; the attention
+        for kind, share, slot in pair:  # follows an MLP or the embedding, neither stores KV
+            before = att.q if kind == "mlp" else {}
             lane = dict(slot.d2h)  # the D2H lane: hidden stores, (nb - 1) own KV stores, the one before
-            for v, k in (*((v, (nb - 1) * k) for v, k in slot.q.items()), *before.q.items()):
+            for v, k in (*((v, (nb - 1) * k) for v, k in slot.q.items()), *before.items()):
                 lane[v] = lane.get(v, 0.0) + k
-            out.append((mult, replace(slot, d2h=lane, q_prev=dict(before.q))))
+            out.append((mult * share, replace(slot, d2h=lane, q_prev=dict(before))))
     return out
+
+
+def _positions(n_sched: int, layers: int) -> tuple[tuple[str, int, float], ...]:
+    """The slots ``_slots`` builds, (kernels, the scheduling layer whose weights load beside them,
+    share of a decoder layer's multiplicity): the released loop loads layer j + 1's weights while
+    layer j computes (flex_opt.py: load_weight(i, j + 1, k) at k == 0), so an attention block loads
+    an MLP's, an MLP the next attention's, the last MLP the output layer's and the embedding the
+    first attention's (the output layer, ``_other_slots``, the next token's embedding). Per token
+    the bytes are each layer's once, as before, but each load sits beside the kernels the release
+    runs it with (the embedding's big tables beside the last MLP's, not beside its own tiny
+    kernels: the LP was above the engine in prefill, +1.2 % on OPT-6.7B 32 x 1 512 + 2, half the
+    weights on disk)."""
+    return (
+        ("attention", 2, 1.0),
+        *((("mlp", 1, (layers - 1) / layers),) if layers > 1 else ()),
+        ("mlp", n_sched - 1, 1.0 / layers),
+        ("embed", 1, 1.0 / layers),
+    )
 
 
 def _kv_load(
@@ -553,36 +581,29 @@ def _other_slots(
     fl: Flags,
     placed: Split | None,
 ) -> list[tuple[float, _Slot]]:
-    """The input embedding's and the output layer's slots, once per token (multiplicity over the
-    layer count, which the objective multiplies back): their weights take the fractions as every
-    layer's do (init_weight_list places each layer's tensors by the same percentages, flex_opt.py),
-    each loaded beside its own GPU batches' kernels as any slot's. The
-    embedding's output and the output layer's input are hidden states as a decoder layer's."""
+    """The output layer's slots, once per token (multiplicity over the layer count, which the
+    objective multiplies back): the next token's embedding loads beside its kernels (flex_opt.py:
+    load_weight(i, j + 1, k) with j + 1 past the last layer is layer 0 of token i + 1; the first
+    token's, the loop's prologue, stands in for the last token's, which loads none), its weights
+    taking the fractions as every layer's do (init_weight_list places each layer's tensors by the
+    same percentages). Its input is a hidden state as a decoder layer's. The embedding's own slot
+    is ``_slots``' (it loads the first attention's weights and the first batch's KV)."""
     cw = fl.compress_weight
     split = _split_cache(model, cw)
     gpu, cpu, disk = ends
     w_link, w_disk = _weight_loads(lk, disk)
     lat = rig.route(disk, cpu).latency_s + rig.route(cpu, gpu).latency_s if disk else 0.0
+    at = None if placed is None else placed[0]  # the embedding's weights
+    ld = _weight_form(w_link, split[0][1], at)
+    dread = _weight_form({"wd": 1.0 / lk.d2g}, split[0][1], at)
     out = []
     for phase, seq, mult in (("prefill", wl.prompt_len, 1.0), ("decode", 1, float(wl.gen_len - 1))):
         hid = gbs * seq * model.hidden * 2.0
-        for kind, j in (("embed", 0), ("output", len(split) - 1)):
-            o = substep_ops(model, kind, phase, gbs, seq, wl.prompt_len, False, 1.0, cw, False)
-            at = None if placed is None else placed[j]
-            ld = _weight_form(w_link, split[j][1], at)
-            wr = _weight_form(w_disk, split[j][1], at) if w_disk else {}
-            p = {"const": _t(rig, gpu, o.gpu_pre)}
-            if kind == "embed":  # stores its output
-                p["hc"] = hid / lk.out_pin
-                c: dict[str, float] = {}
-                d2h = {"hc": nb * hid / lk.out_pin, "hd": nb * hid / lk.g2d}
-            else:  # loads its input
-                p["hc"] = hid / lk.pin
-                c = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
-                d2h = {}
-            dread = _weight_form({"wd": 1.0 / lk.d2g}, split[j][1], at)
-            wr = _latency(wr, lat, p) if wr else {}
-            out.append((mult / model.layers, _Slot(ld, c, p, d2h, dread, {}, wr=wr)))
+        o = substep_ops(model, "output", phase, gbs, seq, wl.prompt_len, False, 1.0, cw, False)
+        p = {"const": _t(rig, gpu, o.gpu_pre), "hc": hid / lk.pin}  # waits for its input's load
+        c = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
+        wr = _latency(_weight_form(w_disk, split[0][1], at), lat, p) if w_disk else {}
+        out.append((mult / model.layers, _Slot(ld, c, p, {}, dread, {}, wr=wr)))
     return out
 
 
