@@ -120,7 +120,9 @@ def test_cpu_attention_disk_terms_take_the_cpu_disk_route():
     (_, att), (_, mlp) = slots[len(slots) // 2 : len(slots) // 2 + 2]  # decode's first two
     tok = kv_token_bytes(model, False)
     kv_mean = 512 + 16
-    assert att.dwrite["cd"] == pytest.approx(2 * 48 * tok / lk.c2d)
+    # store_cache(k - 1) runs in the next position: the attention slot writes one of its two
+    # batches' new K/V, the MLP slot the other
+    assert att.dwrite["cd"] == pytest.approx(48 * tok / lk.c2d) == mlp.dwrite["cd"]
     # batch k + 1's read is issued in position k: one of the two in the attention slot, the next
     # layer's first batch's in the MLP slot
     read = 48 * (kv_mean - 1) * tok / lk.d2c
