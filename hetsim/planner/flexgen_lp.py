@@ -323,8 +323,10 @@ def _slots(
                 new_kv = gbs * seq * kv_tok
                 # a prefill's slab through the copy threads' relay, a decode token's direct (flexgen.py)
                 store = lk.out_page if phase == "prefill" else lk.out_pin
-                q = {"cc": new_kv / store, "cd": new_kv / lk.g2d}
-                store_w = {"cd": new_kv / lk.g2d}
+                # the disk share through the copy threads' relay: its hop to the CPU, then its write
+                # (flexgen.py: _via_host), one after the other
+                q = {"cc": new_kv / store, "cd": new_kv / lk.out_pin + new_kv / lk.c2d}
+                store_w = {"cd": new_kv / lk.c2d}
                 if phase == "decode":
                     ahead = _kv_load(rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram, fl.compress_cache)
                     if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
