@@ -336,7 +336,8 @@ def test_gpu_attention_kv_halves_carry_the_whole_load(tmp_path, compress, cc):
     fraction, the pins the same bytes, and the disk copies the rest."""
     import json
 
-    from hetsim.strategies.flexgen_ops import kv_copy_parts, kv_token_bytes
+    from hetsim.strategies.flexgen_ops import kv_token_bytes
+    from hetsim.strategies.flexgen_policy import copy_parts
 
     rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
     plan = FlexGenPlan(
@@ -348,13 +349,13 @@ def test_gpu_attention_kv_halves_carry_the_whole_load(tmp_path, compress, cc):
     spans = [e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"]
     dmas = [e["args"]["bytes"] for e in spans if e["name"] == "load_cache"]
     tok = kv_token_bytes(model, compress)
-    parts = kv_copy_parts(compress)  # a 4-bit tensor: its data, then its scales
+    parts = copy_parts(compress)  # a 4-bit tensor: its data, then its scales
     n = len(parts)
     # 2 decode steps (kv_len 513, 514), 2 batches, every layer, K and V
     assert len(dmas) == 2 * 2 * model.layers * 2 * n
     whole = sum(8 * n * tok for n in (513, 514)) * 2 * model.layers
     assert sum(dmas) == pytest.approx(whole * cc / 100)
-    for i in range(0, len(dmas), 2 * n):  # K's half, V's half, each in kv_copy_parts' shares
+    for i in range(0, len(dmas), 2 * n):  # K's half, V's half, each in copy_parts' shares
         k, v = dmas[i : i + n], dmas[i + n : i + 2 * n]
         assert k == v
         assert [b / sum(k) for b in k] == pytest.approx(parts)

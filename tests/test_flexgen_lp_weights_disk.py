@@ -57,10 +57,12 @@ def _random_plans(seed: int, n: int, cpu_attention: bool):
 @pytest.mark.parametrize(("cpu_attention", "n"), [(False, 24), (True, 12)])
 def test_lp_follows_the_engine_with_weights_on_disk_on_random_plans(cpu_attention, n):
     """Seeded random plans with 5-100 % of the weights on disk: the LP's time at the plan's
-    placement within 3 % of the engine's (measured -1.8..+0.2 % GPU attention, -1.8..+0.0 % CPU)."""
+    placement within 2 % below the engine's and at most 0.3 % above (measured -0.54..+0.00 % GPU
+    attention, -1.59..-0.02 % CPU; -1.8..+0.2 % and -1.8..+0.0 % with a layer's disk share one copy
+    in the engine and the LP)."""
     rig, plans = _random_plans(16 + cpu_attention, n, cpu_attention)
     errors = [_lp_vs_engine(rig, *p) for p in plans]
-    assert max(abs(e) for e in errors) < 0.03, errors
+    assert min(errors) > -0.02 and max(errors) < 0.003, errors
 
 
 @pytest.mark.parametrize(("model", "wg", "wc"), [("opt-6.7b", 40, 30), ("opt-30b", 10, 60)])

@@ -32,7 +32,7 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   its copies' latencies (``_latency``). K and V are
   two (memcpy, DMA) pairs, V pinned while K's DMA runs: the load waits for the later of K's
   memcpy then both DMAs and both memcpys then V's DMA, one form as both scale with cc (a 4-bit
-  tensor is two such pairs and two reads, its data then its scales: ``kv_copy_parts``);
+  tensor is two such pairs and two reads, its data then its scales: ``copy_parts``);
 - a weight tensor on disk goes the same way (``_weight_loads``): read by the copy threads on the
   disk lane, hopped over the link when it lands, after the position's other copies; w carries
   the hop on the link, and the first sub-step lasts at least the read then the hop (``_Slot.wr``);
@@ -68,7 +68,6 @@ from hetsim.strategies.flexgen import endpoints
 from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
     host_copy_op,
-    kv_copy_parts,
     kv_gather_op,
     kv_token_bytes,
     substep_ops,
@@ -77,7 +76,9 @@ from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
     Fractions,
     Shape,
+    copy_parts,
     fractions,
+    layer_disk_copies,
     layer_weight_split,
     memory_plan,
 )
@@ -229,6 +230,7 @@ def _slots(
     lk: Links,
     ends: tuple[str, str, str],
     placed: Split | None = None,
+    placed_copies: tuple[tuple[float, ...], ...] = (),
 ) -> list[tuple[float, _Slot]]:
     """(multiplicity, slot) for prefill and mean decode, attention and MLP slots; the weights loaded
     as ``_weight_form`` charges them (``placed``: a plan's per-tensor split)."""
@@ -244,7 +246,9 @@ def _slots(
         return _weight_form(per_byte, split[j][1], None if placed is None else placed[j])
 
     kv_tok = kv_token_bytes(model, fl.compress_cache)
-    w_link, w_disk = _weight_loads(lk, disk)
+    w_link = _weight_loads(lk, disk)
+    copies = _full_copies(model, cw) if placed is None else placed_copies
+    lats = None if placed is None else (lat, hop_lat)  # the placed relays' own (_weight_relay)
     hop = {"wd": w_link["wd"]}  # the weights' disk share's link hop, after the position's copies
 
     def kv_disk(dk: dict[str, float], p: dict[str, float]) -> dict[str, float]:
@@ -271,7 +275,7 @@ def _slots(
         store_w: dict[str, float] = {}  # one batch's KV store on the disk-write lane
         for kind, j_next, share in _positions(len(split), model.layers):
             w = load(w_link, j_next)
-            wr = load(w_disk, j_next) if w_disk else {}
+            wr = _weight_relay(lk, copies[j_next], lats) if disk else {}
             # load_hidden(k + 1): the embedding loads token ids (none), but in its last sub-step the
             # next layer's first batch's input, left out (a lower bound); it stores k - 1's output
             embed = kind == "embed"
@@ -386,7 +390,7 @@ def _slots(
             for form in (p, p0, kvf.get("pl", {})):
                 if form or form is p:
                     form["hc"] = form.get("hc", 0.0) + own_hid
-            wr = _latency(wr, lat + hop_lat, p) if wr else {}
+            wr = _latency(wr, lat + hop_lat, p) if wr and lats is None else wr
             pair.append((kind, share, _Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, wr=wr, **reads, **kvf)))
         att = pair[0][2]  # an MLP's first sub-step holds the attention's last KV store; the attention
         for kind, share, slot in pair:  # follows an MLP or the embedding, neither stores KV
@@ -458,10 +462,10 @@ def _kv_load(
     # waits for besides its DMAs).
     # V's pin runs beside K's DMA on host DRAM and ends later by ``overlap_delay`` per second of it
     # (the whole pin slowed when the DMA outlasts it); the thread takes that too.
-    # A 4-bit tensor is two (pin, DMA) pairs, its data then its scales (``kv_copy_parts``): the
+    # A 4-bit tensor is two (pin, DMA) pairs, its data then its scales (``copy_parts``): the
     # load then waits for the latest of each piece's pins so far then its DMAs from there on, and
     # K's DMA has run through K's scales' pin before V's pin starts (so less of it is beside V's)
-    parts = kv_copy_parts(compressed)
+    parts = copy_parts(compressed)
     d, half_dma = overlap_delay(dram, lk.pin, cap), kvb / (2 * lk.pin)
     beside = max(0.0, half_dma - memcpy / 2 * sum(parts[1:]))
     v_late = min(memcpy / 2 * d / (1.0 - d), d * beside) if d < 1.0 else d * beside
@@ -473,7 +477,7 @@ def _kv_load(
     # the disk reads: K's once K's CPU half is pinned, V's behind it on the disk lane (and after V's
     # pin: a second form, left out as it binds only where cc x memcpy > cd x read, i.e. little
     # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's last copy's hop
-    # ends the load: a 4-bit tensor is its data then its scales (``kv_copy_parts``), each read and
+    # ends the load: a 4-bit tensor is its data then its scales (``copy_parts``), each read and
     # hopped on its own, so only the scales' hop need follow the last read (V's data hop runs on the
     # link while they are read). The reads' latencies are added by the caller (``_latency``)
     last_hop = kvb * parts[-1] / (2 * lk.pin)
@@ -554,15 +558,29 @@ def _disk_reads(
     return out
 
 
-def _weight_loads(lk: Links, disk: str) -> tuple[dict[str, float], dict[str, float]]:
-    """Seconds per weight byte of a layer's load: (on the link, the disk share's read then hop).
-    A weight tensor on the CPU is DMA'd from pinned memory; one on the disk goes to the copy
-    threads (general_copy's ``submit_copy``, pytorch_backend.py:831-833), which read it into
-    their pinned relay and copy it over the link when it lands (copy_worker_func, :896-902): the
-    link carries its hop after the position's other copies, and the load lasts at least the read
-    then the hop (``_Slot.wr``; empty = no disk)."""
-    link = {"wc": 1.0 / lk.pin, "wd": 1.0 / lk.pin if disk else 0.0}
-    return link, ({"wd": 1.0 / lk.d2c + 1.0 / lk.pin} if disk else {})
+def _weight_loads(lk: Links, disk: str) -> dict[str, float]:
+    """Seconds per weight byte of a layer's load on the link. A weight tensor on the CPU is DMA'd
+    from pinned memory; one on the disk goes to the copy threads (general_copy's ``submit_copy``,
+    pytorch_backend.py:831-833), which read it into their pinned relay and copy it over the link
+    when it lands (copy_worker_func, :896-902): the link carries its hop after the position's other
+    copies (the read then the hops: ``_weight_relay``)."""
+    return {"wc": 1.0 / lk.pin, "wd": 1.0 / lk.pin if disk else 0.0}
+
+
+def _weight_relay(lk: Links, sizes: tuple[float, ...], lats: tuple[float, float] | None) -> dict[str, float]:
+    """A layer's disk share as the copy threads move it, tensor by tensor (``layer_disk_copies``):
+    the load lasts at least its reads, one after another on the disk lane, each copy's hop over the
+    link once its read has landed and the hop before it has ended (``_Slot.wr``). ``sizes``: the
+    copies at a plan's placement, each read and hop with its latency (``lats``: a constant, the
+    engine's chain), or (``lats`` None) every tensor whole, which the LP's even spread scales by
+    ``wd`` (copies all scaled alike span alike); the caller adds one read's and one hop's latency
+    (``_latency``: how many tensors a fraction puts on disk is no linear form)."""
+    lat, hop_lat = lats or (0.0, 0.0)
+    t_read = t_hop = 0.0
+    for b in sizes:
+        t_read += lat + b / lk.d2c
+        t_hop = max(t_hop, t_read) + hop_lat + b / lk.pin
+    return {"wd": t_hop} if lats is None else {"const": t_hop}
 
 
 def _weight_form(
@@ -589,6 +607,7 @@ def _other_slots(
     ends: tuple[str, str, str],
     fl: Flags,
     placed: Split | None,
+    placed_copies: tuple[tuple[float, ...], ...] = (),
 ) -> list[tuple[float, _Slot]]:
     """The output layer's slots, once per token (multiplicity over the layer count, which the
     objective multiplies back): the next token's embedding loads beside its kernels (flex_opt.py:
@@ -600,8 +619,9 @@ def _other_slots(
     cw = fl.compress_weight
     split = _split_cache(model, cw)
     gpu, cpu, disk = ends
-    w_link, w_disk = _weight_loads(lk, disk)
-    lat = rig.route(disk, cpu).latency_s + rig.route(cpu, gpu).latency_s if disk else 0.0
+    w_link = _weight_loads(lk, disk)
+    copies = _full_copies(model, cw) if placed is None else placed_copies
+    lats = (rig.route(disk, cpu).latency_s, rig.route(cpu, gpu).latency_s) if disk else (0.0, 0.0)
     at = None if placed is None else placed[0]  # the embedding's weights
     ld = _weight_form(w_link, split[0][1], at)
     dread = _weight_form({"wd": 1.0 / lk.d2g}, split[0][1], at)
@@ -611,7 +631,8 @@ def _other_slots(
         o = substep_ops(model, "output", phase, gbs, seq, wl.prompt_len, False, 1.0, cw, False)
         p = {"const": _t(rig, gpu, o.gpu_pre), "hc": hid / lk.pin}  # waits for its input's load
         c = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
-        wr = _latency(_weight_form(w_disk, split[0][1], at), lat, p) if w_disk else {}
+        wr = _weight_relay(lk, copies[0], None if placed is None else lats) if disk else {}
+        wr = _latency(wr, sum(lats), p) if wr and placed is None else wr
         out.append((mult / model.layers, _Slot(ld, c, p, {}, dread, {}, wr=wr)))
     return out
 
@@ -652,6 +673,7 @@ def cost_model(
     placement (constants: its fractions are then pinned, ``released_time_per_seq``, ``_repinned``)."""
     gpu, cpu, disk = ends
     split = None if placed is None else layer_weight_split(model, placed)
+    placed_copies = () if placed is None else layer_disk_copies(model, placed)
     lk = links(rig, gpu, cpu, disk)
     bounds = {v: (0.0, 1.0) for v in VARS}
     bounds["hd"] = (0.0, 0.0)  # the released runtime never puts activations on disk
@@ -679,8 +701,8 @@ def cost_model(
         coefs = {v: (unit[v][tier] - base[tier]) / 1e9 for v in VARS}
         rows.append(({v: c for v, c in coefs.items() if c}, (cap - base[tier]) / 1e9))
     slots = (
-        *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split),
-        *_other_slots(rig, model, wl, gbs, nb, lk, ends, fl, split),
+        *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split, placed_copies),
+        *_other_slots(rig, model, wl, gbs, nb, lk, ends, fl, split, placed_copies),
     )
     return CostModel(
         gbs, nb, fl, tuple(rows), (*slots, _tie_break(slots, model.layers)), model.layers, bounds
@@ -954,6 +976,13 @@ def _solved(cm: CostModel) -> tuple[tuple[float, tuple[tuple[str, float], ...]] 
         _OPTIMA.clear()
     _OPTIMA[key] = out
     return out
+
+
+@lru_cache(maxsize=64)
+def _full_copies(model: ModelSpec, compressed_weights: bool) -> tuple[tuple[float, ...], ...]:
+    """Every layer's tensors as the copy threads move them, all on disk (``_weight_relay``)."""
+    plan = FlexGenPlan(wg=0.0, wc=0.0, compress_weight=compressed_weights, placement="continuous")
+    return layer_disk_copies(model, plan)
 
 
 @lru_cache(maxsize=64)

@@ -29,7 +29,6 @@ from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
     SubStepOps,
     host_copy_op,
-    kv_copy_parts,
     kv_gather_op,
     kv_token_bytes,
     layer_kind,
@@ -37,7 +36,9 @@ from hetsim.strategies.flexgen_ops import (
 )
 from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
+    copy_parts,
     fractions,
+    layer_disk_copies,
     layer_weight_split,
     memory_plan,
     shape_of,
@@ -201,12 +202,13 @@ class _Runner:
         self.gpu, self.cpu, self.disk = endpoints(rig, plan.gpu)
         self.h2d, self.d2h = rig.route(self.cpu, self.gpu), rig.route(self.gpu, self.cpu)
         self.split = layer_weight_split(model, plan)
+        self.disk_copies = layer_disk_copies(model, plan)  # each layer's disk tensors, in order
         self.f = fractions(model, plan)
         self.nl = len(self.split)
         self.kinds = [layer_kind(model, j) for j in range(self.nl)]
         self.cpu_att = plan.uses_cpu_attention
         self.kv_tok = kv_token_bytes(model, plan.compress_cache)
-        self.kv_parts = kv_copy_parts(plan.compress_cache)  # a cache tensor's copies, in order
+        self.kv_parts = copy_parts(plan.compress_cache)  # a cache tensor's copies, in order
         self.off_kv = self.f.cc + self.f.cd
         self.steps = list(steps(workload))
         # Per-runner memos of what every position recomputes alike (the same objects and floats as
@@ -226,8 +228,9 @@ class _Runner:
             ev.append(e.transfer(self.cpu, self.gpu, c, label="load_weight"))
         elif c > 0:
             relay = self._relay(sync or e, c, "load_weight")
-        if d > 0:
-            ev.append(self._via_host(e, self.disk, self.gpu, d, "load_weight_disk"))
+        if d > 0:  # tensor by tensor: each read, then its hop beside the next one's read
+            for nbytes in self.disk_copies[j % self.nl]:
+                ev.append(self._via_host(e, self.disk, self.gpu, nbytes, "load_weight_disk"))
         return ev, relay
 
     def _via_host(self, e, src: str, dst: str, nbytes: float, label: str):
@@ -306,7 +309,7 @@ class _Runner:
         (:831-833), which read it into their pinned relay and copy it over the link when it lands
         (copy_worker_func, :896-902). So V's CPU half is pinned while K's DMA runs, and K's read
         starts when K's half is pinned, V's when V's is. A 4-bit cache's tensor is two general_copy
-        calls, its data then its scales (compression.py:214-215, ``kv_copy_parts``): four (pin,
+        calls, its data then its scales (compression.py:214-215, ``copy_parts``): four (pin,
         DMA) pairs a load. Returns the copies left in flight."""
         late = []
         half = nbytes / 2

@@ -68,16 +68,6 @@ def kv_token_bytes(model: ModelSpec, compressed: bool) -> float:
     return 2 * model.kv_heads * model.head_dim * (INT4 if compressed else FP16).bytes_per_element
 
 
-def kv_copy_parts(compressed: bool) -> tuple[float, ...]:
-    """The shares of a cache tensor's bytes that one general_copy moves as separate copies, in order:
-    a 4-bit tensor's packed data, then its group scales (general_copy_compressed, FlexGen 0.1.8
-    compression.py:214-215: 8/9 and 1/9 of the bytes in its group-64 format); an fp16 one whole."""
-    if not compressed:
-        return (1.0,)
-    data = INT4.bits / 8.0
-    return data / INT4.bytes_per_element, 1.0 - data / INT4.bytes_per_element
-
-
 def _kernels(name: str, table, elems: float, tensors: int) -> tuple[Op, ...]:
     """``table``'s kernels over ``tensors`` tensors of ``elems`` elements in all: memory-bound
     elementwise ops (one FLOP per element), each paying its own launch."""

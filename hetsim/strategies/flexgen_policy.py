@@ -126,36 +126,80 @@ def _bytes(numel: int, is_matrix: bool, dtype: DType) -> float:
     return numel * (dtype.bytes_per_element if is_matrix else VECTOR_BYTES)
 
 
+def copy_parts(compressed: bool) -> tuple[float, ...]:
+    """The shares of a tensor's bytes that one general_copy moves as separate copies, in order: a
+    4-bit tensor's packed data, then its group scales (general_copy_compressed, FlexGen 0.1.8
+    compression.py:214-215: 8/9 and 1/9 of the bytes in its group-64 format); an fp16 one whole.
+    A cache tensor and a weight matrix alike."""
+    if not compressed:
+        return (1.0,)
+    data = INT4.bits / 8.0
+    return data / INT4.bytes_per_element, 1.0 - data / INT4.bytes_per_element
+
+
+def _tiers(numels: list[int], wg: float, wc: float) -> list[int]:
+    """Each tensor's tier (0 GPU, 1 CPU, 2 disk) by the released rule: the tier whose interval holds
+    the midpoint of its cumulative share, intervals ordered disk [0, wd), CPU [wd, wd + wc), GPU
+    [wd + wc, 1] (flex_opt.py: init_weight_list; the share is computed on element counts, as the
+    runtime does on sizes)."""
+    wd = 1.0 - wg - wc
+    all_numel = float(sum(numels))
+    out = []
+    cum = 0.0
+    for n in numels:
+        mid = (cum + n / 2) / all_numel
+        cum += n
+        out.append(2 if mid < wd else (1 if mid < wd + wc else 0))
+    return out
+
+
 @lru_cache(maxsize=4096)
 def _split(
     tensors: tuple[tuple[int, bool], ...], wg: float, wc: float, dtype: DType, placement: Placement
 ) -> tuple[float, float, float]:
-    """(gpu, cpu, disk) bytes of one scheduling layer.
-
-    Released: each tensor goes whole to the tier whose interval holds the midpoint of its cumulative
-    byte share, intervals ordered disk [0, wd), CPU [wd, wd + wc), GPU [wd + wc, 1] (flex_opt.py:
-    init_weight_list; the share is computed on element counts, as the runtime does on sizes).
-    """
+    """(gpu, cpu, disk) bytes of one scheduling layer: each tensor whole on its tier (``_tiers``)."""
     sizes = [_bytes(n, m, dtype) for n, m in tensors]
     total = sum(sizes)
     wd = 1.0 - wg - wc
     if placement == "continuous":
         return wg * total, wc * total, max(wd, 0.0) * total
-    numels = [n for n, _ in tensors]
-    all_numel = float(sum(numels))
     out = [0.0, 0.0, 0.0]
-    cum = 0.0
-    for n, b in zip(numels, sizes, strict=True):
-        mid = (cum + n / 2) / all_numel
-        cum += n
-        tier = 2 if mid < wd else (1 if mid < wd + wc else 0)
+    for tier, b in zip(_tiers([n for n, _ in tensors], wg, wc), sizes, strict=True):
         out[tier] += b
     return out[0], out[1], out[2]
+
+
+@lru_cache(maxsize=4096)
+def _disk_copies(
+    tensors: tuple[tuple[int, bool], ...], wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[float, ...]:
+    """The bytes of each copy of one scheduling layer's disk share, in runtime order: a tensor on
+    disk is one copy, a 4-bit matrix two (``copy_parts``; vectors stay fp16); continuous, each
+    tensor's disk fraction."""
+    if placement == "continuous":
+        shares = [max(1.0 - wg - wc, 0.0)] * len(tensors)
+    else:
+        shares = [1.0 if t == 2 else 0.0 for t in _tiers([n for n, _ in tensors], wg, wc)]
+    out: list[float] = []
+    for (n, m), share in zip(tensors, shares, strict=True):
+        if share > 0.0:
+            b = _bytes(n, m, dtype) * share
+            out += [b * k for k in copy_parts(m and dtype == INT4)]
+    return tuple(out)
 
 
 def layer_weight_split(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, float, float], ...]:
     """(gpu, cpu, disk) weight bytes of each scheduling layer under ``plan``."""
     return _layer_split(model, *_split_key(plan))
+
+
+def layer_disk_copies(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, ...], ...]:
+    """Each scheduling layer's disk share as FlexGen's copy threads move it: load_weight copies
+    tensor by tensor (flex_opt.py: ``w.smart_copy`` per weight), and each disk tensor is a copy of
+    its own on the threads' queue (pytorch_backend.py:831-833), read then hopped over the link
+    (:896-902). The bytes of each copy, in order (``_disk_copies``)."""
+    wg, wc, dtype, placement = _split_key(plan)
+    return tuple(_disk_copies(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model))
 
 
 def _split_key(plan: FlexGenPlan) -> tuple[float, float, DType, Placement]:

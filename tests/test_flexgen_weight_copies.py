@@ -1,0 +1,53 @@
+"""FlexGen's weights on disk as the release moves them: load_weight copies a layer tensor by tensor
+(flex_opt.py: ``w.smart_copy`` per weight) and each disk tensor is a copy of its own on the copy
+threads' queue (general_copy's ``submit_copy``, pytorch_backend.py:831-833), read into a pinned relay
+and hopped over the link when it lands (copy_worker_func, :896-902); a 4-bit matrix is two copies,
+its data then its scales (compression.py:214-215). Before, the engine moved a layer's disk share as
+one copy: its hop waited for the whole read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hetsim.hardware.loader import load_rig
+from hetsim.models import get_model
+from hetsim.sim.run import simulate
+from hetsim.strategies.base import get_strategy
+from hetsim.strategies.flexgen import endpoints
+from hetsim.strategies.flexgen_policy import FlexGenPlan, copy_parts, layer_disk_copies
+from hetsim.workload import Workload
+
+
+def _weight_spans(tmp_path, plan: FlexGenPlan):
+    rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
+    trace = tmp_path / "t.json"
+    r = simulate(get_strategy("flexgen"), plan, rig, model, Workload(8, 256, 2), trace_path=str(trace))
+    assert r.feasible, r.reason
+    spans = sorted(
+        (e for e in json.loads(trace.read_text())["traceEvents"] if e.get("ph") == "X"),
+        key=lambda e: e["ts"],
+    )
+    _, cpu, disk = endpoints(rig)
+    ours = [e for e in spans if e["name"] == "load_weight_disk"]
+    reads = {(e["ts"], e["dur"]): e for e in ours if e["args"]["src"] == disk}  # once, not per lane
+    return model, sorted(reads.values(), key=lambda e: e["ts"]), [e for e in ours if e["args"]["src"] == cpu]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_layers_disk_share_is_read_and_hopped_tensor_by_tensor(tmp_path, compress):
+    """OPT-6.7B 8 x 1, weights 0/50/50 on flexgen-t4: the prologue's embedding, then the first
+    attention's load (W_q, b_q, W_k, b_k on disk by the midpoint rule), are reads of each copy's
+    bytes in order, and the first copy's hop starts before the last read ends."""
+    plan = FlexGenPlan(8, 1, 0, 50, 100, 0, 100, 0, compress_weight=compress, gpu="n0.gpu0")
+    model, reads, hops = _weight_spans(tmp_path, plan)
+    copies = layer_disk_copies(model, plan)
+    n0, n1 = len(copies[0]), len(copies[1])
+    assert n1 >= 4 and [e["args"]["bytes"] for e in reads[n0 : n0 + n1]] == pytest.approx(copies[1])
+    if compress:  # a matrix's data, then its scales
+        data, scales = copy_parts(True)
+        assert copies[1][1] / copies[1][0] == pytest.approx(scales / data)
+    first_hop = next(e for e in hops if e["ts"] >= reads[n0]["ts"])
+    last_read = reads[n0 + n1 - 1]
+    assert first_hop["ts"] < last_read["ts"] + last_read["dur"]
