@@ -367,10 +367,11 @@ def _slots(
                 cap = min(
                     cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf
                 )
-                # per byte of weights: pinned ones DMA'd at the link's rate, disk ones relayed through
-                # host memory, written at the disk's rate then read at the link's (_via_host)
+                # per byte of weights: pinned ones DMA'd at the link's rate, disk ones written into
+                # the relay at the disk's rate (their hops, booked when the reads land after the
+                # position's other copies, take host DRAM after the thread's work: _via_host)
                 pin = overlap_delay(dram, lk.pin, cap) / lk.pin
-                slow = {"wc": pin, "wd": pin + overlap_delay(dram, lk.d2c, cap) / lk.d2c}
+                slow = {"wc": pin, "wd": overlap_delay(dram, lk.d2c, cap) / lk.d2c}
                 wslow = load(slow, j_next)
                 own = gather
                 if disk:
@@ -451,7 +452,9 @@ def _kv_load(
     cost = block_cost(rig.devices[cpu], (copy,))
     cap = min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf)
     pin = overlap_delay(dram, lk.pin, cap) / lk.pin
-    slow = {"wc": pin, "wd": pin + overlap_delay(dram, lk.d2c, cap) / lk.d2c}
+    # a disk weight's read beside it (its hop follows the KV's DMAs on the link, so not the memcpy;
+    # with it: OPT-6.7B 32 x 1 0/50/50, the KV on the CPU, 1024 + 32, LP +1.08 % above the engine)
+    slow = {"wc": pin, "wd": overlap_delay(dram, lk.d2c, cap) / lk.d2c}
     # the disk share: read by the copy threads into their pinned relay on the disk lane (the slot's
     # dread), then copied over the link at the pinned rate (copy_worker_func, :896-902)
     link = {"cc": kvb / lk.pin, "cd": kvb / lk.pin}
