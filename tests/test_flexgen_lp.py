@@ -417,27 +417,26 @@ def test_a_one_batch_gpu_attention_kv_load_runs_in_the_mlp_position(gbs, wg, cg)
 
 
 def test_cpu_attention_rounding_keeps_a_plan_whose_cpu_memory_is_full():
-    """OPT-30B 512 + 32 on flexgen-t4, CPU attention, 96 x 2 (an LP optimum of the free search within
-    4 % of its best): the LP fills host memory with KV 3.13/95.84/1.03 % (1.35 % on disk, all the
-    weights on the CPU, before the weights' disk share was charged as a read beside the link then
-    a hop: now 0.76 % of them on disk). Rounding the disk share to the nearest percent (1 %) gives
-    the CPU 96 %, which no longer fits in host memory, and the candidate was dropped; the
-    remainder rule (3/95/2) fits and runs (8.39 tok/s in the engine; 8.36 with 1 % of the weights
-    on disk)."""
+    """OPT-30B 1024 + 32 on flexgen-t4, CPU attention, 48 x 2: the LP fills host memory with KV
+    1.20/97.90/0.90 % (and 1.0 % of the weights on disk). Rounding the disk share to the nearest
+    percent drops it (1/99/0), which no longer fits in host memory, so the candidate would be
+    dropped; the remainder rule (1/97/2) fits and runs (4.16 tok/s in the engine). (Before the
+    footprint took the copy threads' 8 GiB of relays and one CPU-attention workspace pair, the same
+    case was OPT-30B 512 + 32, 96 x 2: 3/96/1 over, 3/95/2 kept.)"""
     from hetsim.planner.flexgen_lp import _confirmable
     from hetsim.sim.run import fits
     from hetsim.strategies.base import get_strategy
 
     rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
     ends = endpoints(rig)
-    wl = Workload(192, 512, 32)
-    sol = solve_lp(rig, model, wl, 96, 2, Flags(True, False), ends)
-    assert sol.x["cd"] == pytest.approx(0.0103, abs=5e-4)
+    wl = Workload(96, 1024, 32)
+    sol = solve_lp(rig, model, wl, 48, 2, Flags(True, False), ends)
+    assert sol.x["cd"] == pytest.approx(0.0090, abs=5e-4)
     nearest = to_plan(sol, model, ends[0], None)
-    assert (nearest.cg, nearest.cc) == (3, 96)
+    assert (nearest.cg, nearest.cc) == (1, 99)
     assert not fits(get_strategy("flexgen"), nearest, rig, model, wl)
     plans = _confirmable([sol], model, ends, None, lambda _p: wl, rig)
-    assert [(p.gpu_batch_size, p.num_gpu_batches, p.cg, p.cc) for p in plans] == [(96, 2, 3, 95)]
+    assert [(p.gpu_batch_size, p.num_gpu_batches, p.cg, p.cc) for p in plans] == [(48, 2, 1, 97)]
 
 
 def test_the_cut_off_keeps_the_optimums_ranking_when_a_placed_time_is_below_its_optimum():

@@ -690,7 +690,7 @@ def cost_model(
     wtot = sum(s[1] for s in _split_cache(model, fl.compress_weight))
     wmax = max(s[1] for s in _split_cache(model, fl.compress_weight))
     flags = (fl.cpu_attention, fl.compress_cache, fl.compress_weight)
-    shape = Shape(gbs, nb, wl.prompt_len, wl.gen_len, *flags, True, bool(disk))
+    shape = Shape(gbs, nb, wl.prompt_len, wl.gen_len, *flags, True)
     base = _mem(model, shape, {}, wtot, wmax)
     cap_gpu = rig.devices[gpu].mem_bytes
     caps = {

@@ -106,7 +106,7 @@ class FlexGen(Strategy):
         uses_disk = f.w_disk > 0 or f.cd > 0 or f.hd > 0
         if uses_disk and not disk:
             raise OutOfMemory(gpu, "disk share (the rig has no disk)", 1.0, 0.0, 0.0)
-        mem = memory_plan(model, shape_of(plan, workload, uses_disk), f)
+        mem = memory_plan(model, shape_of(plan, workload), f)
         check_budget(gpu, "gpu_mem_budget", mem["gpu"], plan.gpu_mem_budget)
         out = {gpu: mem["gpu"], cpu: mem["cpu"]}
         if disk:

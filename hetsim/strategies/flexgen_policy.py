@@ -25,8 +25,10 @@ from hetsim.workload import Workload
 Placement = Literal["released", "continuous"]
 OverlapMode = Literal["released", "paper-ideal"]
 
-# FlexGen's disk path: 4 copy threads, each with a 1 GB pinned fp16 relay buffer (pytorch_backend.py).
-DISK_RELAY_BYTES = 4 * 2**30
+# FlexGen's copy threads: every run starts 4 (the disk device is always created, flex_opt.py:1194-1195;
+# pytorch_backend.py:624-646), each pinning a relay of 2**30 fp16 elements, 2 GiB (:882), for its disk
+# copies and the prefill's KV stores into the unpinned cache.
+COPY_RELAY_BYTES = 4 * 2**30 * 2
 
 
 @dataclass(frozen=True)
@@ -276,10 +278,9 @@ class Shape:
     compress_cache: bool
     compress_weight: bool
     pin_weight: bool
-    uses_disk: bool
 
 
-def shape_of(plan: FlexGenPlan, workload: Workload, uses_disk: bool) -> Shape:
+def shape_of(plan: FlexGenPlan, workload: Workload) -> Shape:
     return Shape(
         plan.gpu_batch_size,
         plan.num_gpu_batches,
@@ -289,7 +290,6 @@ def shape_of(plan: FlexGenPlan, workload: Workload, uses_disk: bool) -> Shape:
         plan.compress_cache,
         plan.compress_weight,
         plan.pin_weight,
-        uses_disk,
     )
 
 
@@ -300,7 +300,9 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     working set of one GPU batch (the widest activation of a layer, the fp16 prefill score matrix,
     and, when attention runs on the GPU over off-GPU KV, two batches of fp16 KV (current and
     prefetched) plus their compressed copies). CPU: resident shares, plus the fp32 attention
-    workspace (K and V for two GPU batches) with CPU attention, plus the disk relay buffers.
+    workspace with CPU attention (one K and one V buffer of a GPU batch: with attention and MLP as
+    separate scheduling layers the runtime allocates one pair, pytorch_backend.py:196-214), plus the
+    copy threads' pinned relays (``COPY_RELAY_BYTES``, with or without a disk share).
     The KV cache is pre-allocated for s + n - 1 tokens, as the runtime does.
     """
     h, s, n = model.hidden, shape.prompt_len, shape.gen_len
@@ -328,8 +330,7 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
         "hidden": f.hc * hidden,
     }
     if shape.cpu_attention:
-        cpu["attention_workspace"] = 2 * gbs * (s + n - 1) * 2 * model.heads * model.head_dim * 4.0
-    if shape.uses_disk:
-        cpu["disk_relay"] = DISK_RELAY_BYTES
+        cpu["attention_workspace"] = gbs * (s + n - 1) * 2 * model.heads * model.head_dim * 4.0
+    cpu["copy_relays"] = COPY_RELAY_BYTES
     disk = {"weights": f.w_disk, "kv_cache": f.cd * kv_total, "hidden": f.hd * hidden}
     return {"gpu": gpu, "cpu": cpu, "disk": disk}

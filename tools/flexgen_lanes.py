@@ -1,0 +1,74 @@
+"""Busy seconds per lane of FlexGen plans in the engine: the prefill, and one decode step (the middle one).
+
+    .venv/bin/python tools/flexgen_lanes.py [MODEL RIG PROMPT GEN]   # default opt-30b flexgen-t4 512 32
+
+Runs the paper's OPT-30B policy (48 x 3, weights 20/80, KV and activations on the CPU, CPU attention)
+and the plan hetsim's own search picks there (128 x 1, weights 0/100, KV 2/97/1, activations on the
+GPU), each step by step with a trace, and sums each lane's spans (and each label's) inside each window:
+docs/offloading-baselines.md, "FlexGen's own search against the paper's policy".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from hetsim import api
+from hetsim.sim.run import simulate
+from hetsim.strategies.base import get_strategy
+from hetsim.strategies.flexgen_policy import FlexGenPlan
+from hetsim.workload import Workload
+
+PLANS = {
+    "paper 48x3 w 20/80 c 0/100 h 0/100": FlexGenPlan(48, 3, 20, 80, 0, 100, 0, 100, cpu_attention=True),
+    "search 128x1 w 0/100 c 2/97 h 100/0": FlexGenPlan(128, 1, 0, 100, 2, 97, 100, 0, cpu_attention=True),
+}
+
+
+def spans(plan: FlexGenPlan, p: api.Problem) -> tuple[list[tuple[str, str, float, float]], float, float]:
+    """(lane, label, start, end) of every span of a traced run, its first-token time and its end."""
+    wl = Workload(plan.block_size, p.workload.prompt_len, p.workload.gen_len)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        r = simulate(get_strategy("flexgen"), plan, p.rig, p.model, wl, trace_path=str(path))
+        if not r.feasible:
+            raise SystemExit(f"{plan}: {r.reason}")
+        events = json.loads(path.read_text())["traceEvents"]
+    lanes = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
+    out = [
+        (lanes[e["tid"]], e["name"].split("[")[0].split(" ")[0], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6)
+        for e in events
+        if e["ph"] == "X"
+    ]
+    return out, r.ttft_s, r.e2e_s
+
+
+def main(model: str = "opt-30b", rig: str = "flexgen-t4", prompt: str = "512", gen: str = "32") -> None:
+    n = int(gen)
+    for name, plan in PLANS.items():
+        p = api.problem(model, rig, batch=plan.block_size, prompt_len=int(prompt), gen_len=n)
+        events, ttft, e2e = spans(plan, p)
+        step = (e2e - ttft) / (n - 1)
+        tok_s = plan.block_size * n / e2e
+        print(f"== {name}: {tok_s:.3f} tok/s, prefill {ttft:.1f} s, decode step {step:.3f} s")
+        middle = ttft + (n // 2 - 1) * step
+        for what, (t0, t1) in (("prefill", (0.0, ttft)), ("decode step", (middle, middle + step))):
+            lane: dict[str, float] = defaultdict(float)
+            label: dict[tuple[str, str], float] = defaultdict(float)
+            for ln, lb, s0, s1 in events:
+                overlap = min(s1, t1) - max(s0, t0)
+                if overlap > 0:
+                    lane[ln] += overlap
+                    label[(ln, lb)] += overlap
+            per_seq = (t1 - t0) / plan.block_size * 1e3
+            print(f"  {what}: {t1 - t0:.3f} s ({per_seq:.2f} ms a sequence)")
+            for ln in sorted(lane, key=lambda k: -lane[k]):
+                parts = ", ".join(f"{lb} {v:.3f}" for (l2, lb), v in sorted(label.items()) if l2 == ln)
+                print(f"    {ln:24s} {lane[ln]:9.3f} s  {lane[ln] / (t1 - t0):6.1%}  ({parts})")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
