@@ -81,7 +81,7 @@ def test_the_floors_are_below_the_run(plan, hw, name, prompt, gen):
     assert 0 <= rest * FLOOR_SLACK <= r.e2e_s - r.ttft_s
 
 
-@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=FILTERED)
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=FILTERED)
 @given(plan=plans(), hw=st.sampled_from(sorted(RIGS)), gen=st.sampled_from([1, 6, 7, 40]))
 def test_the_estimates_floor_is_below_the_estimate(plan, hw, gen):
     """``Estimator.floor``: the proxy's floors carried through ``estimate``'s extrapolation."""
@@ -106,11 +106,11 @@ def test_no_floor_where_the_loop_is_not_one_released_block():
 
 CASES = [  # (model, rig, prompt, gen, batch: None = free)
     ("llama2-70b", "mixed-lab", 512, 32, None),
-    ("opt-30b", "flexgen-t4", 512, 32, None),
     ("opt-6.7b", "flexgen-t4", 256, 8, None),
     ("llama2-13b", "a40-measured", 1024, 64, None),
     ("opt-30b", "flexgen-t4", 512, 32, 64),
     ("llama2-70b", "mixed-lab", 512, 32, 256),
+    ("llama2-7b", "a100-80g-measured", 512, 32, 300),  # the first plan confirmed is not the best
 ]
 
 
@@ -124,7 +124,8 @@ def _search(p, batch):
 @pytest.mark.parametrize(("name", "hw", "prompt", "gen", "batch"), CASES)
 def test_the_searches_pick_what_confirming_every_plan_picks(monkeypatch, name, hw, prompt, gen, batch):
     """Free and fixed batch: the same plan (and batch) with the floors as with every plan confirmed;
-    the headline confirms one plan where it confirmed five."""
+    the headline confirms one plan where it confirmed five. (Sparing every run after the first fails
+    on the last case.)"""
     p = problem(name, hw, None, prompt, gen)
     runs = []
     real = ranking._estimate
