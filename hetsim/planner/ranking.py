@@ -15,6 +15,7 @@ from typing import Any
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec
+from hetsim.sim.engine import FLOOR_SLACK
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import FF_SHORT_SAMPLE, Runnable, ScopedMemo, simulate
@@ -89,9 +90,42 @@ def _full_context_short(
     return ""
 
 
-def evaluator(strategy: Runnable, rig: Rig, model: ModelSpec, workload: Workload) -> Evaluate:
+def estimate_floor(workload: Workload, run_floors: Callable[[Workload], tuple[float, float] | None]) -> float:
+    """A lower bound of ``estimate``'s ``e2e_s`` on ``workload`` (0 where none), from lower bounds of
+    (TTFT, makespan - TTFT) of the run it simulates (``run_floors`` of that run's workload: the
+    proxy's when it is shorter); ``_estimate``'s extrapolation grows with both."""
+    proxy = workload if workload.gen_len <= PROXY_GEN_LEN else replace(workload, gen_len=PROXY_GEN_LEN)
+    got = run_floors(proxy)
+    if got is None:
+        return 0.0
+    ttft, rest = got
+    if proxy is not workload:
+        rest = rest / (PROXY_GEN_LEN - 1) * (workload.gen_len - 1)
+    return FLOOR_SLACK * (ttft + rest)
+
+
+class Estimator:
+    """The ``evaluate(plan)`` ``evaluator`` makes: ``estimate`` of one strategy on one problem. A
+    search given one knows what it runs, so a lower bound of that run (``estimate_floor``) may
+    spare it."""
+
+    __slots__ = ("model", "rig", "strategy", "workload")
+
+    def __init__(self, strategy: Runnable, rig: Rig, model: ModelSpec, workload: Workload):
+        self.strategy, self.rig, self.model, self.workload = strategy, rig, model, workload
+
+    def __call__(self, plan: Any) -> Result:
+        return estimate(self.strategy, plan, self.rig, self.model, self.workload)
+
+    def floor(self, plan: Any) -> float:
+        """A lower bound of ``self(plan).e2e_s`` from the strategy's ``run_floors`` (0 where none)."""
+        s, rig, model = self.strategy, self.rig, self.model
+        return estimate_floor(self.workload, lambda w: s.run_floors(plan, rig, model, w))
+
+
+def evaluator(strategy: Runnable, rig: Rig, model: ModelSpec, workload: Workload) -> Estimator:
     """The ``evaluate(plan)`` a planner is given: ``estimate`` of this strategy on this problem."""
-    return lambda plan: estimate(strategy, plan, rig, model, workload)
+    return Estimator(strategy, rig, model, workload)
 
 
 def best_plan(

@@ -49,6 +49,11 @@ _NO_ARGS: dict = {}  # trace arguments of a task booked with no tracer (never re
 
 Schedule = Callable[["Engine"], Generator[simpy.Event, Any, Any]]
 
+# Float sums over thousands of bookings at a later clock round differently by ~1e-16 each: a floor
+# of a run (a lower bound of its times, e.g. from ``compute_floor`` and ``transfer_floor``) is
+# lowered by a part in 1e9.
+FLOOR_SLACK = 1 - 1e-9
+
 
 class _Environment(simpy.Environment):
     """SimPy's environment, numbering processes in the order they are made: a schedule's token
@@ -780,6 +785,24 @@ class Engine:
             now = self.env._now
             return now + (self.book_compute(device, ops, label=label) - now)
         return at + (self.book_compute(device, ops, label=label, after=at) - at)
+
+    def compute_floor(self, device: str, ops: Op | tuple[Op, ...]) -> float:
+        """The least seconds any booking of ``ops`` on ``device`` lasts (``_book_cost``): its time
+        alone, or on a CPU, whose DRAM a booking may find busy, its overhead and then the longer of
+        its compute and its bytes at the op's own memory rate (a block of ops streams as one)."""
+        cost = self.cost_of(device, ops)
+        if self._streams[device][1] is None or cost.memory_bytes <= 0 or cost.achieved_mem_bw <= 0:
+            return cost.time_s
+        streamed = cost.memory_bytes / cost.achieved_mem_bw
+        return cost.overhead_s + (cost.compute_s if cost.compute_s > streamed else streamed)
+
+    def transfer_floor(self, src: str, dst: str, nbytes: float, *, pinned: bool = True) -> float:
+        """The least seconds any booking of this copy lasts (``book_transfer``): latency and bytes
+        at the path's rate, with every lane and the host's DRAM to itself."""
+        if nbytes <= 0 or src == dst:
+            return 0.0
+        path = self._paths.get((src, dst, pinned)) or self._path(src, dst, pinned)
+        return path.latency_s + nbytes / path.rate
 
     def until(self, times: Sequence[float]) -> simpy.Event:
         """One event that fires when ``all_of`` over events firing at ``times`` would, for a schedule

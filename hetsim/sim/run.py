@@ -36,6 +36,10 @@ class Runnable(Protocol):
 
     def pass_batch(self, plan: Any) -> int | None: ...
 
+    def run_floors(
+        self, plan: Any, rig: Rig, model: ModelSpec, workload: Workload
+    ) -> tuple[float, float] | None: ...
+
 
 def context_reason(model: ModelSpec, context_len: int) -> str | None:
     """Why a sequence of ``context_len`` tokens cannot run on ``model`` (its position limit), else None."""

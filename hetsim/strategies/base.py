@@ -72,6 +72,14 @@ class Strategy(ABC):
         (None: the whole batch at once). A free-batch search gives no more than one pass holds."""
         return None
 
+    def run_floors(
+        self, plan: Any, rig: Rig, model: ModelSpec, workload: Workload
+    ) -> tuple[float, float] | None:
+        """Lower bounds of (TTFT, makespan - TTFT) of the plan's run of ``workload``, every step in
+        the engine, as ``hetsim.sim.run.simulate`` makes it (a search's proxy run): far cheaper than
+        the run, so a search can leave out a plan they show cannot win (None: no bound known)."""
+        return None
+
     def lossy(self, plan: Any, model: ModelSpec | None = None) -> str:
         """What the plan gives up in model quality, for every output to show ("" = lossless).
 

@@ -22,6 +22,7 @@ from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
 from hetsim.models.spec import ModelSpec
+from hetsim.sim.engine import Engine
 from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
@@ -130,6 +131,13 @@ class FlexGen(Strategy):
     def schedule(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload):
         validate(plan)
         return _Runner(plan, rig, model, workload).run
+
+    def run_floors(
+        self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload
+    ) -> tuple[float, float] | None:
+        """``_Runner.floors``: the released loop's positions at their issuing thread's chain."""
+        validate(plan)
+        return _Runner(plan, rig, model, workload).floors(Engine(rig))
 
 
 class _Booked:
@@ -334,15 +342,8 @@ class _Runner:
         writes them as fp32 (``KV_CONVERT`` bytes of host DRAM per byte read), so each read books
         its conversion on the socket's DRAM beside it, which CPU work issued later shares.
         Returns the disk reads, left in flight."""
-        key = (gbs, tokens)
-        ops = self._gather_ops.get(key)
-        if ops is None:
-            # with no disk share, one op over the whole CPU share (K and V back to back)
-            share = self.f.cc / 2 if self.f.cd > 0 else self.off_kv
-            op = kv_gather_op(self.model, gbs, tokens, share)
-            ops = self._gather_ops[key] = (op, op) if self.f.cd > 0 else (op,)
         late = []
-        for op in ops:
+        for op in self._gather_ops_of(gbs, tokens):
             if self.f.cc > 0:
                 yield e.compute(self.cpu, op, label="kv_gather")
             if self.f.cd > 0:
@@ -356,6 +357,17 @@ class _Runner:
                     )
                 )
         return late
+
+    def _gather_ops_of(self, gbs: int, tokens: int) -> tuple:
+        """``_gather``'s CPU ops: K's then V's conversion, or with no disk share one op over the
+        whole CPU share (K and V back to back)."""
+        key = (gbs, tokens)
+        ops = self._gather_ops.get(key)
+        if ops is None:
+            share = self.f.cc / 2 if self.f.cd > 0 else self.off_kv
+            op = kv_gather_op(self.model, gbs, tokens, share)
+            ops = self._gather_ops[key] = (op, op) if self.f.cd > 0 else (op,)
+        return ops
 
     def store_cache(self, e, step: Step, j: int, gbs: int) -> list:
         if self.kinds[j] != "attention" or self.off_kv <= 0:
@@ -560,6 +572,79 @@ class _Runner:
         # Epilogue: the last batch's outputs.
         step, j, *_ = pos[last]
         yield e.wait_until(self.store_cache(t, step, j, gbs) + self.store_hidden(t, step, j, gbs))
+
+    def floors(self, e: Engine) -> tuple[float, float] | None:
+        """Lower bounds of (TTFT, makespan - TTFT) of ``run`` in ``e`` (a fresh engine on the rig),
+        for the released loop over one block (the workload's batch; None otherwise).
+
+        Each position waits for everything it issued before the next begins, so the run lasts at
+        least the sum of its positions, the prefill's ones before the first token (the last of them
+        makes it) and the decode's after. A position lasts at least its issuing thread's chain:
+        the next position's CPU gather, its own hidden copies' seconds (``own`` in
+        ``block_released``), then its kernels (with CPU attention: the GPU part, q/k/v to the CPU,
+        the CPU attention, its output back, the GPU part after), each at its ``Engine`` floor (its
+        time alone). The weights' copies, the KV loads and stores and the relays are left out (at
+        least nothing)."""
+        plan = self.plan
+        if not plan.overlap or plan.overlap_mode != "released" or self.workload.batch != plan.block_size:
+            return None
+        gbs, nb, gpu, cpu = plan.gpu_batch_size, plan.num_gpu_batches, self.gpu, self.cpu
+        kernels: dict[int, float] = {}  # id(SubStepOps) -> its chain's floor (the ops live in self._ops)
+
+        def chain(o: SubStepOps) -> float:
+            if not o.cpu:
+                return e.compute_floor(gpu, o.gpu_pre)
+            return (
+                e.compute_floor(gpu, o.gpu_pre)
+                + e.transfer_floor(gpu, cpu, o.to_cpu_bytes)
+                + e.compute_floor(cpu, o.cpu)
+                + e.transfer_floor(cpu, gpu, o.to_gpu_bytes, pinned=False)
+                + e.compute_floor(gpu, o.gpu_post)
+            )
+
+        def gather(step: Step, j: int) -> float:
+            """The CPU gather ``load_cache`` issues for this cell, in the position before it."""
+            if not (self.cpu_att and self.f.cc > 0 and self.kinds[j] == "attention"):
+                return 0.0
+            if step.phase == "prefill" or self.off_kv <= 0:
+                return 0.0
+            return sum(e.compute_floor(cpu, op) for op in self._gather_ops_of(gbs, step.kv_len - 1))
+
+        # per cell (step, layer): prefill?, its chain, and as a neighbour: its gather and hidden load
+        # (issued in the position before it), its hidden store (in the position after it)
+        cells = []
+        for step in self.steps:
+            for j in range(self.nl):
+                o = self.ops(step, j, gbs)
+                c = kernels.get(id(o))
+                if c is None:
+                    c = kernels[id(o)] = chain(o)
+                before = gather(step, j) + self._hidden_copy_s(step, j, gbs, store=False)
+                after = self._hidden_copy_s(step, j, gbs, store=True)
+                cells.append((step.phase == "prefill", c, before, after))
+        weights = [self._weight_floor(e, j) for j in range(self.nl)]
+        sums = [0.0, 0.0]  # decode, prefill
+        last = len(cells) - 1
+        for i, (prefill, c, before, after) in enumerate(cells):
+            # positions k = 0 .. nb - 1 of the cell: the next position is this cell's but for the
+            # last (the next cell's first, if any), the previous one this cell's but for the first
+            # (the previous cell's last); the first also loads the next layer's weights
+            ahead = cells[i + 1][2] if i < last else 0.0
+            behind = cells[i - 1][3] if i > 0 else 0.0
+            first = c + behind + (before if nb > 1 else ahead)
+            if i < last:
+                first = max(first, weights[(i + 1) % self.nl])
+            sums[prefill] += first + ((nb - 1) * (c + after) + (nb - 2) * before + ahead if nb > 1 else 0.0)
+        return sums[1], sums[0]
+
+    def _weight_floor(self, e: Engine, j: int) -> float:
+        """The least seconds ``load_weight`` of layer ``j`` holds its position: its CPU share's and
+        disk share's copies over the link one after the other (one lane), the disk share's read
+        before its hop."""
+        _, c, d = self.split[j % self.nl]
+        hop = e.transfer_floor(self.cpu, self.gpu, d)
+        read = e.transfer_floor(self.disk, self.cpu, d) if d > 0 else 0.0
+        return max(e.transfer_floor(self.cpu, self.gpu, c) + hop, read + hop)
 
     def block_ideal(self, e, seqs: int):
         gbs, nb = self.plan.gpu_batch_size, self.plan.num_gpu_batches

@@ -43,7 +43,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec, Op, OpKind, Phase
-from hetsim.sim.engine import Engine
+from hetsim.sim.engine import FLOOR_SLACK, Engine
 from hetsim.sim.memory import check_budget
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
@@ -545,11 +545,6 @@ def split_times(plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workloa
                 )
                 times[kind] = times.get(kind, 0.0) + repeats * alone[0]
     return times
-
-
-# Float sums over thousands of bookings at a later clock round differently by ~1e-16 each: a floor
-# is lowered by a part in 1e9.
-FLOOR_SLACK = 1 - 1e-9
 
 
 def e2e_floor(plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> float:
