@@ -638,13 +638,17 @@ class _Runner:
         return sums[1], sums[0]
 
     def _weight_floor(self, e: Engine, j: int) -> float:
-        """The least seconds ``load_weight`` of layer ``j`` holds its position: its CPU share's and
-        disk share's copies over the link one after the other (one lane), the disk share's read
-        before its hop."""
+        """The least seconds ``load_weight`` of layer ``j`` holds its position. Its disk share moves
+        tensor by tensor, each read then its hop, in whatever order the lanes take them: the link
+        carries the CPU share and every hop one after the other, at least one hop follows the last
+        read, and the first hop waits for a read."""
         _, c, d = self.split[j % self.nl]
-        hop = e.transfer_floor(self.cpu, self.gpu, d)
-        read = e.transfer_floor(self.disk, self.cpu, d) if d > 0 else 0.0
-        return max(e.transfer_floor(self.cpu, self.gpu, c) + hop, read + hop)
+        link = e.transfer_floor(self.cpu, self.gpu, c)
+        if d <= 0:
+            return link
+        hops = [e.transfer_floor(self.cpu, self.gpu, n) for n in self.disk_copies[j % self.nl]]
+        reads = [e.transfer_floor(self.disk, self.cpu, n) for n in self.disk_copies[j % self.nl]]
+        return max(link + sum(hops), sum(reads) + min(hops), min(reads) + sum(hops))
 
     def block_ideal(self, e, seqs: int):
         gbs, nb = self.plan.gpu_batch_size, self.plan.num_gpu_batches
