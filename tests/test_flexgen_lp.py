@@ -439,6 +439,23 @@ def test_cpu_attention_rounding_keeps_a_plan_whose_cpu_memory_is_full():
     assert [(p.gpu_batch_size, p.num_gpu_batches, p.cg, p.cc) for p in plans] == [(48, 2, 1, 97)]
 
 
+def test_cpu_attention_disk_share_of_a_percent_or_more_rounds_to_the_nearest_percent():
+    """OPT-30B 512 + 32 on flexgen-t4, CPU attention, 96 x 2: the LP puts 1.03 % of the KV on disk.
+    ``to_plan`` gives the disk its nearest percent, 1 (KV 3/96/1), and the CPU the rest; the
+    remainder rule (``nearest_disk=False``) gives it what rounding the others down leaves, 2
+    (3/95/2). (The previous test's case before the copy threads' relays entered the footprint: now
+    neither placement fits host memory, and that test's new case has 0.90 % on disk, under the 1 %
+    below which the disk gets none, so it no longer reaches this rounding.)"""
+    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    ends = endpoints(rig)
+    sol = solve_lp(rig, model, Workload(192, 512, 32), 96, 2, Flags(True, False), ends)
+    assert sol.x["cd"] == pytest.approx(0.0103, abs=5e-4)
+    nearest = to_plan(sol, model, ends[0], None)
+    remainder = to_plan(sol, model, ends[0], None, nearest_disk=False)
+    assert (nearest.cg, nearest.cc) == (3, 96)
+    assert (remainder.cg, remainder.cc) == (3, 95)
+
+
 def test_the_cut_off_keeps_the_optimums_ranking_when_a_placed_time_is_below_its_optimum():
     """_confirmable stops reading optima past 15 % of the best placed time; a placed time can be
     below its own optimum (the placed cost model is not the LP's: llama2-13b on mixed-lab, 128+64,

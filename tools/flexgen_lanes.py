@@ -15,8 +15,10 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import NoReturn
 
 from hetsim import api
+from hetsim.errors import InputError
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen_policy import FlexGenPlan
@@ -46,7 +48,16 @@ def spans(plan: FlexGenPlan, p: api.Problem) -> tuple[list[tuple[str, str, float
     return out, r.ttft_s, r.e2e_s
 
 
+def fail(message: str) -> NoReturn:
+    """Bad input: one line on stderr, exit 2 (as the CLI)."""
+    print(f"flexgen_lanes.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(model: str = "opt-30b", rig: str = "flexgen-t4", prompt: str = "512", gen: str = "32") -> None:
+    # a decode step is (e2e - prefill) / (GEN - 1): GEN needs two tokens at least
+    if not (prompt.isdigit() and int(prompt) > 0 and gen.isdigit() and int(gen) > 1):
+        fail(f"PROMPT must be a positive integer and GEN one above 1, got {prompt} {gen}")
     n = int(gen)
     for name, plan in PLANS.items():
         p = api.problem(model, rig, batch=plan.block_size, prompt_len=int(prompt), gen_len=n)
@@ -71,4 +82,9 @@ def main(model: str = "opt-30b", rig: str = "flexgen-t4", prompt: str = "512", g
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if len(sys.argv) > 5:
+        fail("usage: flexgen_lanes.py [MODEL RIG PROMPT GEN]")
+    try:
+        main(*sys.argv[1:])
+    except InputError as exc:
+        fail(exc.line())
