@@ -27,7 +27,7 @@ import typer
 import yaml
 from pydantic_core import ValidationError
 
-from hetsim.cli.stop import Stop, kill_children
+from hetsim.cli.stop import Stop, keep, kill_children, stopping_signal
 from hetsim.errors import InputError
 
 if TYPE_CHECKING:
@@ -180,16 +180,32 @@ def _print_json(obj: Any) -> None:
 
 
 def _emit_results(
-    fmt: str, model: str, hardware: str, workload: Any, results: Sequence[Result], free_batch: bool = False
+    fmt: str,
+    model: str,
+    hardware: str,
+    workload: Any,
+    results: Sequence[Result],
+    free_batch: bool = False,
+    partial: dict[str, Any] | None = None,
 ) -> None:
+    """``partial``: a stopped compare's ``{"stopped_by": signal, "not_finished": names}`` (in the
+    JSON as ``partial``, in the table's title; CSV has rows only: the stderr line says it)."""
     from hetsim import api
     from hetsim.models.spec import LOSSY_DTYPES
     from hetsim.report import compare_document, results_table
 
     if fmt == "json":
-        _print_json(compare_document(model, hardware, workload, results, free_batch))
+        doc = compare_document(model, hardware, workload, results, free_batch)
+        _print_json(doc if partial is None else {**doc, "partial": partial})
     elif fmt == "csv":
         sys.stdout.write(api.results_frame(results).to_csv(index=False))
+    elif partial is not None:
+        title = f"PARTIAL: stopped by {partial['stopped_by']}, " + (
+            f"not finished: {', '.join(partial['not_finished'])}; finished strategies, best first"
+            if partial["not_finished"]
+            else "trace not written; strategies, best first"
+        )
+        out().print(results_table(results, title=title))
     elif any(getattr(workload, key, None) for key in ("weight_dtype", "kv_dtype", "routing")):
         asked = [f"routing profile {workload.routing.source}"] if workload.routing else []
         for dt, what, flag in (
@@ -355,22 +371,37 @@ def compare(
     names = _strategy_names(strategies, "--strategies")
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
-    results = api.compare(
-        p,
-        names,
-        obj,
-        search=not no_search,
-        trace_path=str(trace) if trace else None,
-        workers=_cores(),
-        allow_lossy=allow_compression,
-        exact=exact,
-    )
-    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, p.batch_is_free(obj, not no_search))
+    free = p.batch_is_free(obj, not no_search)
+    try:
+        results = api.compare(
+            p,
+            names,
+            obj,
+            search=not no_search,
+            trace_path=str(trace) if trace else None,
+            workers=_cores(),
+            allow_lossy=allow_compression,
+            exact=exact,
+        )
+    except api.CompareStopped as stopped:  # the finished strategies' rows, marked partial
+        if stopped.results:
+            partial = {"stopped_by": stopping_signal(), "not_finished": stopped.unfinished}
+            _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, stopped.results, free, partial)
+            keep(_compare_kept(len(stopped.results), stopped.unfinished))
+        raise
+    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free)
     if trace and fmt == "table":
         if results and results[0].feasible:
             err().print(f"trace of {results[0].strategy} written to {trace}", highlight=False)
         else:
             err().print("no feasible strategy: no trace written", highlight=False)
+
+
+def _compare_kept(n: int, unfinished: Sequence[str]) -> str:
+    if not unfinished:
+        return "every strategy finished and is printed; the trace was not written"
+    rows = f"the rows of the {n} finished strateg{'y' if n == 1 else 'ies'}"
+    return f"{rows} are printed, marked partial; not finished: {', '.join(unfinished)}"
 
 
 @app.command()
@@ -415,6 +446,7 @@ def plan(
         from hetsim.textfiles import write_text_atomic
 
         write_text_atomic(out_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        keep(f"its plan, written whole to {out_path} before the stop, is kept")
     if fmt == "json":
         _print_json(doc)
         return

@@ -1,7 +1,8 @@
 """Stopping a command on SIGINT/SIGTERM: one line, exit 128 + the signal, its forked workers killed.
 
 ``main`` (hetsim.cli.commands) holds a ``Stop`` while a command runs; the sweep installs its own
-handler on top (it keeps finished points and says so).
+handler on top (it keeps finished points and says so). A command that keeps something when
+stopped (compare's finished strategies, plan's written ``--out``) says what with ``keep``.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ class Stop:
         # by the timer's own kill of the workers, is saying it too (seen under CI load).
         self.said = False
         self.saying = threading.Lock()
+        self.leaving = False
+        self.kept: str | None = None  # what the command keeps if stopped now (``keep``); None: nothing
 
     def __enter__(self) -> Stop:
+        _RUNNING.append(self)
         self.spare = frozenset(_children())
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
             self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -53,6 +57,7 @@ class Stop:
 
     def __exit__(self, *exc: object) -> None:
         self.armed = False  # from here a signal is only noted: the command's output is complete
+        _RUNNING.remove(self)
         if self.timer is not None:
             self.timer.cancel()
         for sig, handler in self.old.items():
@@ -73,7 +78,7 @@ class Stop:
     def _handle(self, signum: int, frame: object) -> None:
         if os.getpid() != self.pid:
             os._exit(128 + signum)  # a forked worker: nothing of its own to keep or say
-        if not self.armed:
+        if not self.armed or self.leaving:  # leaving: ``_leave`` ends the process, its line first
             return
         if self.signum is not None and self.lost:  # the first one's raise, delivered again
             if _inside(frame, Stop._unraisable):  # still in the hook: raised here, it is printed
@@ -99,6 +104,8 @@ class Stop:
         _thread.start_new_thread(_thread.interrupt_main, (self.signum,))
 
     def _leave(self) -> None:
+        # set first: a third signal landing in ``say`` would otherwise wait for the lock it holds
+        self.leaving = True
         kill_children(self.spare)
         self.say()
         os._exit(128 + (self.signum or signal.SIGINT))
@@ -112,9 +119,27 @@ class Stop:
                 self.said = True
 
     def line(self) -> str:
-        """What stopped and what was kept: these commands write their output only at the end."""
+        """What stopped and what was kept (``keep``; by default nothing: these commands write their
+        output at the end)."""
         name = signal.Signals(self.signum or signal.SIGINT).name
-        return f"interrupted by {name}: {self.command} stopped (it keeps no partial results)\n"
+        kept = self.kept or "it keeps no partial results"
+        return f"interrupted by {name}: {self.command} stopped ({kept})\n"
+
+
+_RUNNING: list[Stop] = []  # the Stop of the command running (main's), innermost last
+
+
+def keep(what: str) -> None:
+    """What the running command keeps if a signal stops it from now on (written, or printed while
+    it unwinds), for its interrupted line; nothing when no ``Stop`` is held (a direct call)."""
+    if _RUNNING:
+        _RUNNING[-1].kept = what
+
+
+def stopping_signal() -> str:
+    """The name of the signal stopping the running command ("SIGINT": a bare ``KeyboardInterrupt``)."""
+    signum = _RUNNING[-1].signum if _RUNNING else None
+    return signal.Signals(signum or signal.SIGINT).name
 
 
 def _inside(frame: Any, function: Any) -> bool:
