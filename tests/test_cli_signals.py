@@ -433,3 +433,52 @@ def test_a_third_signal_while_leaving_does_not_hang(monkeypatch):
     t.join(KILL_TIMEOUT_S)
     assert not t.is_alive(), "the third signal waited for the lock held by the second's line"
     assert ended == [(130,)] and written == [stop.line()]
+
+
+# ``python -m hetsim.cli`` (as the console script runs), Ctrl-C while the CLI imports WHEN
+_CTRL_C_WHILE_IMPORTING = """
+import importlib.abc, runpy, signal, sys
+WHEN = sys.argv[1]
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == WHEN:
+            signal.raise_signal(signal.SIGINT)
+sys.meta_path.insert(0, Hook())
+sys.argv = ["hetsim", "model", "list"]
+runpy.run_module("hetsim.cli", run_name="__main__")
+"""
+
+# ... and once ``main`` has returned, the command's output printed
+_CTRL_C_AFTER_THE_OUTPUT = """
+import runpy, signal, sys
+from hetsim.cli import commands
+real = commands.main
+def main(argv=None):
+    code = real(argv)
+    signal.raise_signal(signal.SIGINT)
+    return code
+commands.main = main
+sys.argv = ["hetsim", "model", "list", "--format", "json"]
+runpy.run_module("hetsim.cli", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("when", ["typer", "hetsim.cli.commands"])
+def test_ctrl_c_during_the_start_up_imports_is_one_line(when):
+    """Before ``main`` (~0.25 s of imports) Ctrl-C printed Python's traceback."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_IMPORTING, when], capture_output=True,
+                          text=True, timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        130,
+        "",
+        "interrupted by SIGINT: hetsim stopped while starting\n",
+    )
+
+
+def test_ctrl_c_after_the_output_prints_no_traceback():
+    """After the command's output (``main`` returned) Ctrl-C printed Python's traceback; now the
+    output stays whole and the process ends with 130, silently."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_THE_OUTPUT], capture_output=True, text=True,
+                          timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (130, "")
+    assert "llama2-70b" in [m["name"] for m in json.loads(proc.stdout)]
