@@ -145,7 +145,7 @@ def swallowing(argv):
     return 0
 
 commands._main = swallowing
-sys.exit(commands.main(["compare"]))
+sys.exit(commands.main(["compare"], process=True))
 """
 
 
@@ -174,7 +174,7 @@ def forking(argv):
 
 fired = []
 commands._main = forking
-sys.exit(commands.main(["compare"]))
+sys.exit(commands.main(["compare"], process=True))
 """
 
 
@@ -453,8 +453,8 @@ _CTRL_C_AFTER_THE_OUTPUT = """
 import runpy, signal, sys
 from hetsim.cli import commands
 real = commands.main
-def main(argv=None):
-    code = real(argv)
+def main(argv=None, **kw):
+    code = real(argv, **kw)
     signal.raise_signal(signal.SIGINT)
     return code
 commands.main = main
@@ -482,3 +482,37 @@ def test_ctrl_c_after_the_output_prints_no_traceback():
                           timeout=KILL_TIMEOUT_S)  # fmt: skip
     assert (proc.returncode, proc.stderr) == (130, "")
     assert "llama2-70b" in [m["name"] for m in json.loads(proc.stdout)]
+
+
+# A script calling ``main`` whose command swallows the first interrupt and carries on (a lost raise),
+# then gets a second signal: the script's process must live on
+_LIBRARY_SECOND_SIGNAL = """
+import signal, sys, time
+from hetsim.cli import commands, stop
+
+def swallowing(argv):
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    except KeyboardInterrupt:
+        pass
+    time.sleep(2 * stop.STOP_GRACE_S)  # past the grace period
+    signal.raise_signal(signal.SIGINT)  # the second signal
+    return 0
+
+stop.STOP_GRACE_S = 0.2
+commands._main = swallowing
+try:
+    code = commands.main(["compare"])
+except KeyboardInterrupt:
+    code = "raised"
+print(code, "the caller's process lives on")
+"""
+
+
+def test_main_in_a_callers_process_never_ends_it():
+    """The grace period and a second signal ``os._exit`` the process only when it is hetsim's own
+    (the console script); a script or notebook calling ``main`` was ended with it."""
+    proc = subprocess.run([sys.executable, "-c", _LIBRARY_SECOND_SIGNAL], capture_output=True, text=True,
+                          timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, "143 the caller's process lives on\n"), proc.stderr
+    assert proc.stderr == "interrupted by SIGTERM: hetsim compare stopped (it keeps no partial results)\n"

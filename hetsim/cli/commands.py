@@ -76,7 +76,7 @@ class _App(typer.Typer):
     """A Typer whose console-script entry point reports errors as one line (see ``main``)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - exercised via subprocess
-        exit_process(main(kwargs.get("args")))
+        exit_process(main(kwargs.get("args"), process=True))
 
 
 app = _App(
@@ -534,12 +534,14 @@ USER_ERRORS = (InputError, UsageError, ValidationError, json.JSONDecodeError, ya
 CLI_GC_THRESHOLD = 100_000
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 no result, 2 bad input, 128 + signal number when
-    SIGINT or SIGTERM stopped it: 130, 143)."""
+    SIGINT or SIGTERM stopped it: 130, 143). ``process``: the process is hetsim's own (the console
+    script), which a second signal, or a command not gone ``STOP_GRACE_S`` after the first, ends at
+    once; a caller's (a script or notebook calling ``main``) is never ended."""
     threshold = gc.get_threshold()
     gc.set_threshold(CLI_GC_THRESHOLD, *threshold[1:])
-    stop = Stop(_command_name(argv))
+    stop = Stop(_command_name(argv), process)
     try:
         try:
             with stop:
@@ -599,4 +601,4 @@ def exit_process(code: int) -> NoReturn:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    exit_process(main(process=True))

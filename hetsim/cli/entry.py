@@ -29,7 +29,7 @@ def run() -> NoReturn:
         from hetsim.cli.commands import exit_process, main
 
         started = True
-        code = main()
+        code = main(process=True)
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
     except KeyboardInterrupt:  # before main's Stop, or after it (the output was complete)

@@ -25,12 +25,17 @@ class Stop:
     blocks run) after killing this process's forked workers (they hold no results; killed, not asked:
     one inside a solver would answer only when the solve returns). A second one, or ``STOP_GRACE_S``
     without the command gone, ends the process at once, in case the unwinding hangs or the raise was
-    lost. A forked worker that gets the signal itself (Ctrl-C reaches the whole process group)
-    leaves at once, silently. A command that keeps partial results (``sweep``) installs its own
+    lost: only in hetsim's own process (``process``); in a caller's, each signal raises again. A
+    forked worker that gets the signal itself (Ctrl-C reaches the whole process group) leaves at
+    once, silently. A command that keeps partial results (``sweep``) installs its own
     handler and prints its own line; ``signum`` stays None then."""
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, process: bool = True) -> None:
         self.command = command
+        # ``process``: the process is the command's own (the console script), so leaving it is
+        # ours to do; in a caller's process (a script, a notebook calling ``main``) a second signal
+        # raises again and nothing ends the process
+        self.process = process
         self.signum: int | None = None
         self.pid = os.getpid()
         self.armed = False
@@ -87,16 +92,17 @@ class Stop:
             self.lost = False
             kill_children(self.spare)  # a worker forked since the first kill (the hook ran at a fork)
             raise KeyboardInterrupt(signal.Signals(self.signum).name)
-        if self.signum is not None:  # a second one: the unwinding is stuck, so leave now
+        if self.signum is not None and self.process:  # a second one: the unwinding is stuck, so leave now
             self._leave()
-        self.signum = signum
+        self.signum = self.signum or signum
         kill_children(self.spare)
         # The raise below can be lost (``_unraisable`` delivers it again; a command's own
         # ``except BaseException`` could still swallow it): one not gone within the grace period is
         # ended at once.
-        self.timer = threading.Timer(STOP_GRACE_S, self._leave)
-        self.timer.daemon = True
-        self.timer.start()
+        if self.process and self.timer is None:
+            self.timer = threading.Timer(STOP_GRACE_S, self._leave)
+            self.timer.daemon = True
+            self.timer.start()
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def _redeliver(self) -> None:
