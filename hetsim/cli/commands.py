@@ -585,9 +585,30 @@ def _main(argv: Sequence[str] | None) -> int:
         if NoArgsIsHelpError is not None and isinstance(exc, NoArgsIsHelpError):
             return 0  # typer already printed the help
         line = " ".join(_error_line(exc).split())
-        sys.stderr.write(f"error: {line}\n")
+        sys.stderr.write(f"error: {_flag_of_file(exc, argv)}{line}\n")
         return 2
     return rv if isinstance(rv, int) else 0
+
+
+# Flags naming a file whose errors would otherwise show only the path: a routing profile, or an
+# output (its directory missing, a directory given) that is not the command's main input.
+FILE_FLAGS = ("--routing-profile", "--trace", "--out")
+
+
+def _flag_of_file(exc: BaseException, argv: Sequence[str] | None) -> str:
+    """``"--trace "`` when the error is about the file given to one of ``FILE_FLAGS``, else ``""``."""
+    path = exc.source if isinstance(exc, InputError) else getattr(exc, "filename", None)
+    if not isinstance(path, str):
+        return ""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for flag, value in itertools.pairwise(args):
+        if flag in FILE_FLAGS and path in (value, str(Path(value))):
+            return f"{flag} "
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        if flag in FILE_FLAGS and value and path in (value, str(Path(value))):
+            return f"{flag} "
+    return ""
 
 
 def exit_process(code: int) -> NoReturn:
