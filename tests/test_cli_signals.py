@@ -516,3 +516,57 @@ def test_main_in_a_callers_process_never_ends_it():
                           timeout=KILL_TIMEOUT_S)  # fmt: skip
     assert (proc.returncode, proc.stdout) == (0, "143 the caller's process lives on\n"), proc.stderr
     assert proc.stderr == "interrupted by SIGTERM: hetsim compare stopped (it keeps no partial results)\n"
+
+
+# A sweep whose plots are drawn by two forked workers: the one drawing plot 0 sends Ctrl-C to the
+# whole group, and from then on every plot takes a minute to draw
+_CTRL_C_WHILE_DRAWING = """
+import os, signal, sys, time
+from pathlib import Path
+import hetsim.sweep.plots as plots
+from hetsim.cli.commands import main
+real, flag = plots._draw, Path(sys.argv[1]) / "stopped"
+def draw(spec, df, folder, k):
+    if k == 0 and not flag.exists():
+        flag.write_text("")
+        os.killpg(0, signal.SIGINT)
+    if flag.exists():
+        time.sleep(60)
+    return real(spec, df, folder, k)
+plots._draw = draw
+sys.exit(main(sys.argv[2:], process=True))
+"""
+
+
+@pytest.mark.parametrize("plots_only", [False, True])
+def test_ctrl_c_while_plots_are_drawn_stops_the_drawing_workers(tmp_path, plots_only):
+    """The forked plot workers inherited the sweep's handler: Ctrl-C raised in each (a plot's
+    exception), they drew on through the queue, and the sweep waited for every plot; now they
+    ignore it and the sweep terminates them. No plot is left half written."""
+    import yaml
+
+    spec = tmp_path / "fz.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "fz",
+        "base": {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 1},
+        "grids": [{"strategy": ["gpu-only", "accelerate"], "gen_len": [2, 4]}],
+        "plots": [{"kind": "line", "name": n, "x": "gen_len", "metric": m}
+                  for n, m in zip("abcdef", ["e2e_s", "ttft_s", "tpot_s"] * 2, strict=True)],
+    }))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["sweep", str(spec), "--out", str(out), "--workers", "2"]
+    if plots_only:
+        done = subprocess.run([sys.executable, "-m", "hetsim.cli", *args, "--no-plots"], capture_output=True,
+                              text=True, timeout=KILL_TIMEOUT_S)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        args.append("--plots-only")
+    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_WHILE_DRAWING, str(tmp_path), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    err = _finish(proc)
+    assert proc.returncode == 130, err
+    kept = (f"the plots drawn before the stop are whole, in {out / 'plots'})" if plots_only
+            else f"4 finished points kept in {out / 'results'}; run the same command to resume")  # fmt: skip
+    assert err.splitlines()[-1].endswith(kept) and "Traceback" not in err, err
+    drawn = sorted(p.name for p in (out / "plots").iterdir()) if (out / "plots").exists() else []
+    assert all(not n.startswith(".") for n in drawn), drawn  # no temporary file left
