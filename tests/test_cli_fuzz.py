@@ -227,6 +227,10 @@ def test_sweep_names_that_are_not_strings_are_bad_input(tmp_path, capsys, spec_c
         (["--prompt-len", "99999999999"], "error: --prompt-len: must be <= 1048576"),
         (["--gen-len", "99999999999"], "error: --gen-len: must be <= 1048576"),
         (["--batch", "99999999999"], "error: --batch: must be <= 65536"),
+        # found by session 12's fuzz pass (seeds 2-4 of its 900 cases): the name alone or 'model'
+        (["--hw", "-1"], "error: --hw -1: unknown rig '-1' (known: "),
+        (["--hw=nan"], "error: --hw nan: unknown rig 'nan' (known: "),
+        (["--model", "1.5"], "error: --model: unknown model '1.5'; known: "),
     ],
 )
 def test_flag_errors_from_deeper_checks_name_the_flag(capsys, args, line):

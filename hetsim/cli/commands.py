@@ -584,31 +584,37 @@ def _main(argv: Sequence[str] | None) -> int:
     except USER_ERRORS as exc:
         if NoArgsIsHelpError is not None and isinstance(exc, NoArgsIsHelpError):
             return 0  # typer already printed the help
-        line = " ".join(_error_line(exc).split())
-        sys.stderr.write(f"error: {_flag_of_file(exc, argv)}{line}\n")
+        line = " ".join(_error_line(_naming_the_flag(exc, argv)).split())
+        sys.stderr.write(f"error: {line}\n")
         return 2
     return rv if isinstance(rv, int) else 0
 
 
 # Flags naming a file whose errors would otherwise show only the path: a routing profile, or an
-# output (its directory missing, a directory given) that is not the command's main input.
+# output (its directory missing, a directory given) that is not the command's main input; and
+# flags taking a name or a file, whose errors about a name (no such file) would show the name alone.
 FILE_FLAGS = ("--routing-profile", "--trace", "--out")
+NAME_FLAGS = ("--hw",)
 
 
-def _flag_of_file(exc: BaseException, argv: Sequence[str] | None) -> str:
-    """``"--trace "`` when the error is about the file given to one of ``FILE_FLAGS``, else ``""``."""
+def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:
+    """``exc`` naming the flag that gave its file or name (``--trace PATH: ...``, ``--model: ...``)
+    where the error names only the path, the name or an internal field."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    pairs = [*itertools.pairwise(args), *(a.partition("=")[::2] for a in args if "=" in a)]
+    if isinstance(exc, InputError) and exc.source is None and exc.field == "model":  # a name, not a file
+        return InputError(exc.message, field="--model") if any(f == "--model" for f, _ in pairs) else exc
     path = exc.source if isinstance(exc, InputError) else getattr(exc, "filename", None)
     if not isinstance(path, str):
-        return ""
-    args = list(sys.argv[1:] if argv is None else argv)
-    for flag, value in itertools.pairwise(args):
-        if flag in FILE_FLAGS and path in (value, str(Path(value))):
-            return f"{flag} "
-    for arg in args:
-        flag, _, value = arg.partition("=")
-        if flag in FILE_FLAGS and value and path in (value, str(Path(value))):
-            return f"{flag} "
-    return ""
+        return exc
+    for flag, value in pairs:
+        if not value or path not in (value, str(Path(value))):
+            continue
+        if flag in FILE_FLAGS or (flag in NAME_FLAGS and not Path(value).exists()):
+            if isinstance(exc, InputError):
+                return InputError(exc.message, source=f"{flag} {path}", field=exc.field)
+            return OSError(exc.errno, exc.strerror, f"{flag} {path}")  # type: ignore[attr-defined]
+    return exc
 
 
 def exit_process(code: int) -> NoReturn:
