@@ -2,8 +2,8 @@
 
 Errors: every bad input (an ``InputError``, a pydantic/YAML/JSON error that escaped conversion, a
 bad flag value) prints one line ``error: <file>: <field>: <message>`` on stderr and exits with 2;
-no traceback. ``main`` does that; the console script ``hetsim = hetsim.cli:app`` reaches it
-because ``app`` is a ``Typer`` whose ``__call__`` goes through ``main``.
+no traceback. ``main`` does that; the console script (``hetsim.cli.entry:run``) calls it, and
+``app`` called as a function (an install whose script still names ``hetsim.cli:app``) does too.
 
 Commands from other modules: ``hetsim.cli.serve``, ``hetsim.cli.sweep`` and, where the package has
 it, ``validate.cli`` (calibrate, validate) each define ``register(app: typer.Typer) -> None``; they
