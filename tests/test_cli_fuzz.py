@@ -231,6 +231,8 @@ def test_sweep_names_that_are_not_strings_are_bad_input(tmp_path, capsys, spec_c
         (["--hw", "-1"], "error: --hw -1: unknown rig '-1' (known: "),
         (["--hw=nan"], "error: --hw nan: unknown rig 'nan' (known: "),
         (["--model", "1.5"], "error: --model: unknown model '1.5'; known: "),
+        (["--model", ""], "error: --model: unknown model ''; known: "),  # was 'config.json: no such file'
+        (["--hw", ""], "error: --hw: unknown rig '' (known: "),
     ],
 )
 def test_flag_errors_from_deeper_checks_name_the_flag(capsys, args, line):

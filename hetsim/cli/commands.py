@@ -608,12 +608,13 @@ def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseExce
     if not isinstance(path, str):
         return exc
     for flag, value in pairs:
-        if not value or path not in (value, str(Path(value))):
+        if path != value and not (value and path == str(Path(value))):
             continue
-        if flag in FILE_FLAGS or (flag in NAME_FLAGS and not Path(value).exists()):
+        if flag in FILE_FLAGS or (flag in NAME_FLAGS and not (value and Path(value).exists())):
+            named = f"{flag} {path}" if path else flag
             if isinstance(exc, InputError):
-                return InputError(exc.message, source=f"{flag} {path}", field=exc.field)
-            return OSError(exc.errno, exc.strerror, f"{flag} {path}")  # type: ignore[attr-defined]
+                return InputError(exc.message, source=named, field=exc.field)
+            return OSError(exc.errno, exc.strerror, named)  # type: ignore[attr-defined]
     return exc
 
 
