@@ -106,8 +106,13 @@ class Stop:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def _redeliver(self) -> None:
-        """The signal again, from another thread (it waits for nothing, so this one moves on first)."""
-        _thread.start_new_thread(_thread.interrupt_main, (self.signum,))
+        """The signal again, from another thread (it waits for nothing, so this one moves on first);
+        not once the command is over (``main`` then says the line: a late one would raise anywhere)."""
+        _thread.start_new_thread(self._again, ())
+
+    def _again(self) -> None:
+        if self.armed:
+            _thread.interrupt_main(self.signum or signal.SIGINT)
 
     def _leave(self) -> None:
         # set first: a third signal landing in ``say`` would otherwise wait for the lock it holds
