@@ -13,10 +13,11 @@ import json
 import math
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -227,10 +228,51 @@ def compare(
 
     ``workers > 1`` searches strategies in that many forked processes (the CLI uses the machine's
     cores); results are the same, in the same order, as with one. ``exact``: as for ``best_result``.
+    Interrupted (``KeyboardInterrupt``: Ctrl-C, or the CLI's SIGTERM), it raises ``CompareStopped``
+    with the strategies that had finished.
     """
     chosen = [get_strategy(s) for s in strategies] if strategies else all_strategies()
     names = [s.name for s in chosen]
-    unsorted: list[Result] | None = None
+    finished: dict[int, Result] = {}  # by index in ``chosen``, as each search's result arrives
+    try:
+        _search_all(chosen, p, objective, search, workers, allow_lossy, exact, finished)
+        results = sorted((finished[i] for i in range(len(names))), key=rank_key(objective))
+        if trace_path and results and results[0].feasible:
+            winner = get_strategy(results[0].strategy)
+            plan = winner.plan_from_dict(results[0].plan)
+            wl = replace(p.workload, batch=results[0].batch or p.workload.batch)
+            simulate(winner, plan, p.rig, p.model, wl, trace_path=trace_path)
+    except KeyboardInterrupt as exc:
+        done = dict(finished)  # a copy: the pool's thread, joined by now, was the other writer
+        kept = sorted(done.values(), key=rank_key(objective))
+        raise CompareStopped(kept, [n for i, n in enumerate(names) if i not in done]) from exc
+    return results
+
+
+class CompareStopped(KeyboardInterrupt):
+    """``compare`` interrupted: ``results``, the strategies whose search had finished, ranked as
+    ``compare`` ranks them (the first is best of these only), and ``unfinished``, the names of the
+    others (empty when only the winner's trace was being written)."""
+
+    def __init__(self, results: list[Result], unfinished: list[str]) -> None:
+        super().__init__(f"{len(results)} strategies finished; not finished: {', '.join(unfinished)}")
+        self.results = results
+        self.unfinished = unfinished
+
+
+def _search_all(
+    chosen: Sequence[Strategy],
+    p: Problem,
+    objective: Objective,
+    search: bool,
+    workers: int,
+    allow_lossy: bool,
+    exact: bool,
+    finished: dict[int, Result],
+) -> None:
+    """Each strategy's best result into ``finished`` (by index) as it arrives: a job's results
+    when its worker returns them, or one by one when searching here."""
+    names = [s.name for s in chosen]
     if workers > 1 and len(names) > 1 and "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
         jobs = _worker_jobs(chosen, search)
@@ -250,25 +292,21 @@ def compare(
                 freeze()  # what was made since: the workers are forked at the first submit
                 futures = [pool.submit(_best_by_names, [names[i] for i in job], p, objective, search,
                                        allow_lossy, exact) for job in jobs]  # fmt: skip
-                by_index = {
-                    i: r
-                    for job, f in zip(jobs, futures, strict=True)
-                    for i, r in zip(job, f.result(), strict=True)
-                }
-                unsorted = [by_index[i] for i in range(len(names))]
+                for job, f in zip(jobs, futures, strict=True):  # kept as each job ends, in any order
+                    f.add_done_callback(partial(_keep_job, job, finished))
+                for job, f in zip(jobs, futures, strict=True):  # a callback may run after result()
+                    finished.update(zip(job, f.result(), strict=True))  # raises what a job raised
+                return
         except BrokenProcessPool:
-            unsorted = None  # a worker was killed (out of memory?): search again here, one at a time
-    if unsorted is None:
-        unsorted = [
-            best_result(s, p, objective, search=search, allow_lossy=allow_lossy, exact=exact) for s in chosen
-        ]
-    results = sorted(unsorted, key=rank_key(objective))
-    if trace_path and results and results[0].feasible:
-        winner = get_strategy(results[0].strategy)
-        plan = winner.plan_from_dict(results[0].plan)
-        wl = replace(p.workload, batch=results[0].batch or p.workload.batch)
-        simulate(winner, plan, p.rig, p.model, wl, trace_path=trace_path)
-    return results
+            pass  # a worker was killed (out of memory?): search again here, one at a time
+    for i, s in enumerate(chosen):
+        finished[i] = best_result(s, p, objective, search=search, allow_lossy=allow_lossy, exact=exact)
+
+
+def _keep_job(job: list[int], finished: dict[int, Result], future: Future[list[Result]]) -> None:
+    """A done job's results into ``finished`` (run by the pool's thread, or here if done already)."""
+    if not future.cancelled() and future.exception() is None:
+        finished.update(zip(job, future.result(), strict=True))
 
 
 @contextmanager

@@ -227,6 +227,12 @@ def test_sweep_names_that_are_not_strings_are_bad_input(tmp_path, capsys, spec_c
         (["--prompt-len", "99999999999"], "error: --prompt-len: must be <= 1048576"),
         (["--gen-len", "99999999999"], "error: --gen-len: must be <= 1048576"),
         (["--batch", "99999999999"], "error: --batch: must be <= 65536"),
+        # found by session 12's fuzz pass (seeds 2-4 of its 900 cases): the name alone or 'model'
+        (["--hw", "-1"], "error: --hw -1: unknown rig '-1' (known: "),
+        (["--hw=nan"], "error: --hw nan: unknown rig 'nan' (known: "),
+        (["--model", "1.5"], "error: --model: unknown model '1.5'; known: "),
+        (["--model", ""], "error: --model: unknown model ''; known: "),  # was 'config.json: no such file'
+        (["--hw", ""], "error: --hw: unknown rig '' (known: "),
     ],
 )
 def test_flag_errors_from_deeper_checks_name_the_flag(capsys, args, line):
@@ -243,3 +249,28 @@ def test_an_os_error_on_a_path_is_one_line_naming_it(tmp_path, capsys):
     spec.write_text(yaml.safe_dump(SWEEP))
     code, err = _run(["sweep", str(spec), "--out", str(f), "--workers", "1", "--no-plots"], capsys)
     assert (code, err) == (2, f"error: {f / 'results'}: Not a directory\n")
+
+
+@pytest.mark.parametrize("form", ["spaced", "equals"])
+def test_errors_on_a_flags_file_name_the_flag(tmp_path, capsys, form):
+    """``--trace``/``--routing-profile``/``--out`` file errors named the file only (a missing
+    folder for a trace read as if an input were missing); now ``error: --trace PATH: ...``."""
+    bad = tmp_path / "nowhere" / "t.json"
+    routing = tmp_path / "r.yaml"
+    routing.write_text("layers: [")
+
+    def flag(name, value):
+        return [f"{name}={value}"] if form == "equals" else [name, str(value)]
+
+    base = ["--model", "llama2-7b", "--hw", "mixed-lab", *SMALL]
+    cases = [
+        (["compare", *base, "--strategies", "gpu-only", *flag("--trace", bad)],
+         f"error: --trace {bad}: No such file or directory\n"),
+        (["plan", *base, "--strategy", "gpu-only", *flag("--out", tmp_path)],
+         f"error: --out {tmp_path}: Is a directory\n"),
+        (["compare", "--model", "mixtral-8x7b", "--hw", "mixed-lab", *flag("--routing-profile", routing)],
+         f"error: --routing-profile {routing}: malformed YAML at line "),
+    ]  # fmt: skip
+    for args, line in cases:
+        code, err = _run(args, capsys)
+        assert code == 2 and err.startswith(line) and err.count("\n") == 1, (args, err)

@@ -145,7 +145,7 @@ def swallowing(argv):
     return 0
 
 commands._main = swallowing
-sys.exit(commands.main(["compare"]))
+sys.exit(commands.main(["compare"], process=True))
 """
 
 
@@ -174,7 +174,7 @@ def forking(argv):
 
 fired = []
 commands._main = forking
-sys.exit(commands.main(["compare"]))
+sys.exit(commands.main(["compare"], process=True))
 """
 
 
@@ -279,3 +279,294 @@ def test_the_line_is_said_once_however_many_ask(capsys):
         capsys.readouterr().err
         == "interrupted by SIGTERM: hetsim compare stopped (it keeps no partial results)\n"
     )
+
+
+# compare with two workers, FlexGen's search never ending; Ctrl-C to the whole group once the
+# parent has a job's results (from the pool's thread, as they arrive)
+_STOP_AFTER_A_JOB = """
+import os, signal, sys, time
+from hetsim import api
+from hetsim.cli import commands
+real_best, real_keep = api.best_result, api._keep_job
+def best(s, *a, **k):
+    if s.name == "flexgen":
+        time.sleep(600)
+    return real_best(s, *a, **k)
+def keep(job, finished, future):
+    real_keep(job, finished, future)
+    if finished and not sent:
+        sent.append(1)
+        os.killpg(os.getpgrp(), signal.SIGINT)
+sent = []
+api.best_result, api._keep_job = best, keep
+commands._cores = lambda: 2
+sys.exit(commands.main(["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "1",
+                        "--prompt-len", "16", "--gen-len", "2", *sys.argv[1:]]))
+"""
+
+
+@FORKS_WORKERS
+@pytest.mark.parametrize("fmt", ["json", "table"])
+def test_a_stopped_compare_prints_the_strategies_that_finished(fmt):
+    """Ctrl-C after some strategies' searches ended: their rows, ranked, marked partial with the
+    names of those that did not finish, exit 130 (before: nothing printed, "keeps no partial
+    results")."""
+    proc = subprocess.Popen([sys.executable, "-c", _STOP_AFTER_A_JOB, "--format", fmt],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
+    assert proc.returncode == 130, err
+    line = "interrupted by SIGINT: hetsim compare stopped (the rows of the "
+    assert err.startswith(line) and err.count("\n") == 1 and "marked partial; not finished: " in err, err
+    unfinished = err.split("not finished: ")[1].rstrip(")\n").split(", ")
+    assert "flexgen" in unfinished
+    if fmt == "json":
+        doc = json.loads(out)
+        assert doc["partial"] == {"stopped_by": "SIGINT", "not_finished": unfinished}
+        done = [r["strategy"] for r in doc["results"]]
+        assert done and not set(done) & set(unfinished)
+        assert f"the {len(done)} finished strateg" in err
+    else:
+        assert "PARTIAL: stopped by SIGINT, not finished: " + ", ".join(unfinished) in " ".join(out.split())
+
+
+def test_a_stopped_serial_compare_prints_what_finished_in_each_format(monkeypatch, capsys):
+    """One core (the search runs here, strategy by strategy): SIGTERM during HeteGen's search keeps
+    the strategies searched before it, ranked as compare ranks them."""
+    from hetsim import api
+    from hetsim.cli import commands
+
+    args = ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "1", "--prompt-len", "16",
+            "--gen-len", "2"]  # fmt: skip
+    assert commands.main([*args, "--format", "json"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    real = api.best_result
+
+    def best(s, *a, **k):
+        if s.name == "hetegen":
+            signal.raise_signal(signal.SIGTERM)
+        return real(s, *a, **k)
+
+    monkeypatch.setattr(commands, "_cores", lambda: 1)
+    monkeypatch.setattr(api, "best_result", best)
+    names = [s.name for s in api.all_strategies()]
+    before, after = names[: names.index("hetegen")], names[names.index("hetegen") :]
+    assert commands.main([*args, "--format", "json"]) == 143
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["partial"] == {"stopped_by": "SIGTERM", "not_finished": after}
+    assert doc["results"] == [r for r in whole["results"] if r["strategy"] in before]  # same rows, order
+    assert captured.err == (
+        f"interrupted by SIGTERM: hetsim compare stopped (the rows of the {len(before)} finished "
+        f"strategies are printed, marked partial; not finished: {', '.join(after)})\n"
+    )
+    assert commands.main([*args, "--format", "csv"]) == 143
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [r["strategy"] for r in doc["results"]]
+
+
+def test_a_plan_stopped_after_writing_out_says_the_file_is_kept(tmp_path, monkeypatch, capsys):
+    """Stopped after ``--out`` was written (here, as the table prints): the line says the file is
+    whole and kept (before: "it keeps no partial results")."""
+    from hetsim.cli import commands
+
+    out = tmp_path / "plan.json"
+
+    def stopped(*a, **k):
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(commands, "out", lambda: type("C", (), {"print": stopped})())
+    args = ["plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategy", "gpu-only", "--out", str(out)]
+    assert commands.main(args) == 130
+    assert json.loads(out.read_text())["strategy"] == "gpu-only"
+    assert capsys.readouterr().err == (
+        f"interrupted by SIGINT: hetsim plan stopped (its plan, written whole to {out} before the stop, "
+        "is kept)\n"
+    )
+
+
+def test_a_third_signal_while_leaving_does_not_hang(monkeypatch):
+    """A second signal ends the process (``_leave``: the line, then ``os._exit``); a third landing
+    while the line is written waited for the lock the second held, forever (found by the fuzz
+    pass: signals repeated from a pool's thread)."""
+    import threading
+
+    from hetsim.cli import stop as stop_module
+
+    stop = stop_module.Stop("hetsim compare")
+    stop.armed, stop.signum = True, signal.SIGINT
+    written = []
+
+    class Stderr:
+        def write(self, text):
+            if not written:
+                written.append(text)
+                stop._handle(signal.SIGINT, None)  # the third signal, inside the write
+
+        def flush(self):
+            pass
+
+    class Exited(Exception):
+        pass
+
+    def exit_(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(stop_module.sys, "stderr", Stderr())
+    monkeypatch.setattr(stop_module.os, "_exit", exit_)
+    monkeypatch.setattr(stop_module, "kill_children", lambda spare=frozenset(): None)
+    ended = []
+
+    def second():
+        try:
+            stop._handle(signal.SIGINT, None)
+        except Exited as exc:
+            ended.append(exc.args)
+
+    t = threading.Thread(target=second, daemon=True)
+    t.start()
+    t.join(KILL_TIMEOUT_S)
+    assert not t.is_alive(), "the third signal waited for the lock held by the second's line"
+    assert ended == [(130,)] and written == [stop.line()]
+
+
+# ``python -m hetsim.cli`` (as the console script runs), Ctrl-C while the CLI imports WHEN
+_CTRL_C_WHILE_IMPORTING = """
+import importlib.abc, runpy, signal, sys
+WHEN = sys.argv[1]
+class Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == WHEN:
+            signal.raise_signal(signal.SIGINT)
+sys.meta_path.insert(0, Hook())
+sys.argv = ["hetsim", "model", "list"]
+runpy.run_module("hetsim.cli", run_name="__main__")
+"""
+
+# ... and once ``main`` has returned, the command's output printed
+_CTRL_C_AFTER_THE_OUTPUT = """
+import runpy, signal, sys
+from hetsim.cli import commands
+real = commands.main
+def main(argv=None, **kw):
+    code = real(argv, **kw)
+    signal.raise_signal(signal.SIGINT)
+    return code
+commands.main = main
+sys.argv = ["hetsim", "model", "list", "--format", "json"]
+runpy.run_module("hetsim.cli", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("when", ["typer", "hetsim.cli.commands"])
+def test_ctrl_c_during_the_start_up_imports_is_one_line(when):
+    """Before ``main`` (~0.25 s of imports) Ctrl-C printed Python's traceback."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_WHILE_IMPORTING, when], capture_output=True,
+                          text=True, timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        130,
+        "",
+        "interrupted by SIGINT: hetsim stopped while starting\n",
+    )
+
+
+def test_ctrl_c_after_the_output_prints_no_traceback():
+    """After the command's output (``main`` returned) Ctrl-C printed Python's traceback; now the
+    output stays whole and the process ends with 130, silently."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_AFTER_THE_OUTPUT], capture_output=True, text=True,
+                          timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (130, "")
+    assert "llama2-70b" in [m["name"] for m in json.loads(proc.stdout)]
+
+
+# A script calling ``main`` whose command swallows the first interrupt and carries on (a lost raise),
+# then gets a second signal: the script's process must live on
+_LIBRARY_SECOND_SIGNAL = """
+import signal, sys, time
+from hetsim.cli import commands, stop
+
+def swallowing(argv):
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    except KeyboardInterrupt:
+        pass
+    time.sleep(2 * stop.STOP_GRACE_S)  # past the grace period
+    signal.raise_signal(signal.SIGINT)  # the second signal
+    return 0
+
+stop.STOP_GRACE_S = 0.2
+commands._main = swallowing
+try:
+    code = commands.main(["compare"])
+except KeyboardInterrupt:
+    code = "raised"
+print(code, "the caller's process lives on")
+"""
+
+
+def test_main_in_a_callers_process_never_ends_it():
+    """The grace period and a second signal ``os._exit`` the process only when it is hetsim's own
+    (the console script); a script or notebook calling ``main`` was ended with it."""
+    proc = subprocess.run([sys.executable, "-c", _LIBRARY_SECOND_SIGNAL], capture_output=True, text=True,
+                          timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (0, "143 the caller's process lives on\n"), proc.stderr
+    assert proc.stderr == "interrupted by SIGTERM: hetsim compare stopped (it keeps no partial results)\n"
+
+
+# A sweep whose plots are drawn by two forked workers: the one drawing plot 0 sends Ctrl-C to the
+# whole group, and from then on every plot takes a minute to draw
+_CTRL_C_WHILE_DRAWING = """
+import os, signal, sys, time
+from pathlib import Path
+import hetsim.sweep.plots as plots
+from hetsim.cli.commands import main
+real, flag = plots._draw, Path(sys.argv[1]) / "stopped"
+def draw(spec, df, folder, k):
+    if k == 0 and not flag.exists():
+        flag.write_text("")
+        os.killpg(0, signal.SIGINT)
+    if flag.exists():
+        time.sleep(60)
+    return real(spec, df, folder, k)
+plots._draw = draw
+sys.exit(main(sys.argv[2:], process=True))
+"""
+
+
+@pytest.mark.parametrize("plots_only", [False, True])
+def test_ctrl_c_while_plots_are_drawn_stops_the_drawing_workers(tmp_path, plots_only):
+    """The forked plot workers inherited the sweep's handler: Ctrl-C raised in each (a plot's
+    exception), they drew on through the queue, and the sweep waited for every plot; now they
+    ignore it and the sweep terminates them. No plot is left half written."""
+    import yaml
+
+    spec = tmp_path / "fz.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "fz",
+        "base": {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 1},
+        "grids": [{"strategy": ["gpu-only", "accelerate"], "gen_len": [2, 4]}],
+        "plots": [{"kind": "line", "name": n, "x": "gen_len", "metric": m}
+                  for n, m in zip("abcdef", ["e2e_s", "ttft_s", "tpot_s"] * 2, strict=True)],
+    }))  # fmt: skip
+    out = tmp_path / "out"
+    args = ["sweep", str(spec), "--out", str(out), "--workers", "2"]
+    if plots_only:
+        done = subprocess.run([sys.executable, "-m", "hetsim.cli", *args, "--no-plots"], capture_output=True,
+                              text=True, timeout=KILL_TIMEOUT_S)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        args.append("--plots-only")
+    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_WHILE_DRAWING, str(tmp_path), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    err = _finish(proc)
+    assert proc.returncode == 130, err
+    kept = (f"the plots drawn before the stop are whole, in {out / 'plots'})" if plots_only
+            else f"4 finished points kept in {out / 'results'}; run the same command to resume")  # fmt: skip
+    assert err.splitlines()[-1].endswith(kept) and "Traceback" not in err, err
+    drawn = sorted(p.name for p in (out / "plots").iterdir()) if (out / "plots").exists() else []
+    assert all(not n.startswith(".") for n in drawn), drawn  # no temporary file left

@@ -375,7 +375,7 @@ import os, signal, sys, time
 from hetsim.sweep import grid, runner, spec
 
 rows = []
-runner._worker_init(type("Q", (), {"put": staticmethod(rows.append)})())
+runner._start_worker(runner._worker_init, (type("Q", (), {"put": staticmethod(rows.append)})(),))
 points = [p for p in grid.expand(spec.load_spec(sys.argv[1])) if p["strategy"] == "hetegen"][:1]
 runner._run_group(points, None)
 os.kill(os.getpid(), signal.SIGINT)

@@ -46,11 +46,11 @@ def test_errors_name_the_path_given_not_the_temporary_file(tmp_path, capsys):
 
     missing = tmp_path / "nowhere" / "plan.json"
     assert main([*PLAN_ARGS, "--out", str(missing)]) == 2
-    assert capsys.readouterr().err == f"error: {missing}: No such file or directory\n"
+    assert capsys.readouterr().err == f"error: --out {missing}: No such file or directory\n"
     folder = tmp_path / "folder"
     folder.mkdir()
     assert main([*PLAN_ARGS, "--out", str(folder)]) == 2
-    assert capsys.readouterr().err == f"error: {folder}: Is a directory\n"
+    assert capsys.readouterr().err == f"error: --out {folder}: Is a directory\n"
     assert [p.name for p in tmp_path.iterdir()] == ["folder"] and not list(folder.iterdir())
 
 

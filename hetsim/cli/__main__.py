@@ -1,3 +1,3 @@
-from hetsim.cli.commands import exit_process, main
+from hetsim.cli.entry import run
 
-exit_process(main())
+run()

@@ -2,8 +2,8 @@
 
 Errors: every bad input (an ``InputError``, a pydantic/YAML/JSON error that escaped conversion, a
 bad flag value) prints one line ``error: <file>: <field>: <message>`` on stderr and exits with 2;
-no traceback. ``main`` does that; the console script ``hetsim = hetsim.cli:app`` reaches it
-because ``app`` is a ``Typer`` whose ``__call__`` goes through ``main``.
+no traceback. ``main`` does that; the console script (``hetsim.cli.entry:run``) calls it, and
+``app`` called as a function (an install whose script still names ``hetsim.cli:app``) does too.
 
 Commands from other modules: ``hetsim.cli.serve``, ``hetsim.cli.sweep`` and, where the package has
 it, ``validate.cli`` (calibrate, validate) each define ``register(app: typer.Typer) -> None``; they
@@ -27,7 +27,7 @@ import typer
 import yaml
 from pydantic_core import ValidationError
 
-from hetsim.cli.stop import Stop, kill_children
+from hetsim.cli.stop import Stop, keep, kill_children, stopping_signal
 from hetsim.errors import InputError
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class _App(typer.Typer):
     """A Typer whose console-script entry point reports errors as one line (see ``main``)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - exercised via subprocess
-        exit_process(main(kwargs.get("args")))
+        exit_process(main(kwargs.get("args"), process=True))
 
 
 app = _App(
@@ -180,16 +180,32 @@ def _print_json(obj: Any) -> None:
 
 
 def _emit_results(
-    fmt: str, model: str, hardware: str, workload: Any, results: Sequence[Result], free_batch: bool = False
+    fmt: str,
+    model: str,
+    hardware: str,
+    workload: Any,
+    results: Sequence[Result],
+    free_batch: bool = False,
+    partial: dict[str, Any] | None = None,
 ) -> None:
+    """``partial``: a stopped compare's ``{"stopped_by": signal, "not_finished": names}`` (in the
+    JSON as ``partial``, in the table's title; CSV has rows only: the stderr line says it)."""
     from hetsim import api
     from hetsim.models.spec import LOSSY_DTYPES
     from hetsim.report import compare_document, results_table
 
     if fmt == "json":
-        _print_json(compare_document(model, hardware, workload, results, free_batch))
+        doc = compare_document(model, hardware, workload, results, free_batch)
+        _print_json(doc if partial is None else {**doc, "partial": partial})
     elif fmt == "csv":
         sys.stdout.write(api.results_frame(results).to_csv(index=False))
+    elif partial is not None:
+        title = f"PARTIAL: stopped by {partial['stopped_by']}, " + (
+            f"not finished: {', '.join(partial['not_finished'])}; finished strategies, best first"
+            if partial["not_finished"]
+            else "trace not written; strategies, best first"
+        )
+        out().print(results_table(results, title=title))
     elif any(getattr(workload, key, None) for key in ("weight_dtype", "kv_dtype", "routing")):
         asked = [f"routing profile {workload.routing.source}"] if workload.routing else []
         for dt, what, flag in (
@@ -355,22 +371,37 @@ def compare(
     names = _strategy_names(strategies, "--strategies")
     if names is None and not all_strategies():
         raise typer.Exit(_no_strategies())
-    results = api.compare(
-        p,
-        names,
-        obj,
-        search=not no_search,
-        trace_path=str(trace) if trace else None,
-        workers=_cores(),
-        allow_lossy=allow_compression,
-        exact=exact,
-    )
-    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, p.batch_is_free(obj, not no_search))
+    free = p.batch_is_free(obj, not no_search)
+    try:
+        results = api.compare(
+            p,
+            names,
+            obj,
+            search=not no_search,
+            trace_path=str(trace) if trace else None,
+            workers=_cores(),
+            allow_lossy=allow_compression,
+            exact=exact,
+        )
+    except api.CompareStopped as stopped:  # the finished strategies' rows, marked partial
+        if stopped.results:
+            partial = {"stopped_by": stopping_signal(), "not_finished": stopped.unfinished}
+            _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, stopped.results, free, partial)
+            keep(_compare_kept(len(stopped.results), stopped.unfinished))
+        raise
+    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free)
     if trace and fmt == "table":
         if results and results[0].feasible:
             err().print(f"trace of {results[0].strategy} written to {trace}", highlight=False)
         else:
             err().print("no feasible strategy: no trace written", highlight=False)
+
+
+def _compare_kept(n: int, unfinished: Sequence[str]) -> str:
+    if not unfinished:
+        return "every strategy finished and is printed; the trace was not written"
+    rows = f"the rows of the {n} finished strateg{'y' if n == 1 else 'ies'}"
+    return f"{rows} are printed, marked partial; not finished: {', '.join(unfinished)}"
 
 
 @app.command()
@@ -415,6 +446,7 @@ def plan(
         from hetsim.textfiles import write_text_atomic
 
         write_text_atomic(out_path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        keep(f"its plan, written whole to {out_path} before the stop, is kept")
     if fmt == "json":
         _print_json(doc)
         return
@@ -502,12 +534,14 @@ USER_ERRORS = (InputError, UsageError, ValidationError, json.JSONDecodeError, ya
 CLI_GC_THRESHOLD = 100_000
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 no result, 2 bad input, 128 + signal number when
-    SIGINT or SIGTERM stopped it: 130, 143)."""
+    SIGINT or SIGTERM stopped it: 130, 143). ``process``: the process is hetsim's own (the console
+    script), which a second signal, or a command not gone ``STOP_GRACE_S`` after the first, ends at
+    once; a caller's (a script or notebook calling ``main``) is never ended."""
     threshold = gc.get_threshold()
     gc.set_threshold(CLI_GC_THRESHOLD, *threshold[1:])
-    stop = Stop(_command_name(argv))
+    stop = Stop(_command_name(argv), process)
     try:
         try:
             with stop:
@@ -550,10 +584,38 @@ def _main(argv: Sequence[str] | None) -> int:
     except USER_ERRORS as exc:
         if NoArgsIsHelpError is not None and isinstance(exc, NoArgsIsHelpError):
             return 0  # typer already printed the help
-        line = " ".join(_error_line(exc).split())
+        line = " ".join(_error_line(_naming_the_flag(exc, argv)).split())
         sys.stderr.write(f"error: {line}\n")
         return 2
     return rv if isinstance(rv, int) else 0
+
+
+# Flags naming a file whose errors would otherwise show only the path: a routing profile, or an
+# output (its directory missing, a directory given) that is not the command's main input; and
+# flags taking a name or a file, whose errors about a name (no such file) would show the name alone.
+FILE_FLAGS = ("--routing-profile", "--trace", "--out")
+NAME_FLAGS = ("--hw",)
+
+
+def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:
+    """``exc`` naming the flag that gave its file or name (``--trace PATH: ...``, ``--model: ...``)
+    where the error names only the path, the name or an internal field."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    pairs = [*itertools.pairwise(args), *(a.partition("=")[::2] for a in args if "=" in a)]
+    if isinstance(exc, InputError) and exc.source is None and exc.field == "model":  # a name, not a file
+        return InputError(exc.message, field="--model") if any(f == "--model" for f, _ in pairs) else exc
+    path = exc.source if isinstance(exc, InputError) else getattr(exc, "filename", None)
+    if not isinstance(path, str):
+        return exc
+    for flag, value in pairs:
+        if path != value and not (value and path == str(Path(value))):
+            continue
+        if flag in FILE_FLAGS or (flag in NAME_FLAGS and not (value and Path(value).exists())):
+            named = f"{flag} {path}" if path else flag
+            if isinstance(exc, InputError):
+                return InputError(exc.message, source=named, field=exc.field)
+            return OSError(exc.errno, exc.strerror, named)  # type: ignore[attr-defined]
+    return exc
 
 
 def exit_process(code: int) -> NoReturn:
@@ -567,4 +629,4 @@ def exit_process(code: int) -> NoReturn:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    exit_process(main(process=True))

@@ -1,7 +1,8 @@
 """Stopping a command on SIGINT/SIGTERM: one line, exit 128 + the signal, its forked workers killed.
 
 ``main`` (hetsim.cli.commands) holds a ``Stop`` while a command runs; the sweep installs its own
-handler on top (it keeps finished points and says so).
+handler on top (it keeps finished points and says so). A command that keeps something when
+stopped (compare's finished strategies, plan's written ``--out``) says what with ``keep``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ class Stop:
     blocks run) after killing this process's forked workers (they hold no results; killed, not asked:
     one inside a solver would answer only when the solve returns). A second one, or ``STOP_GRACE_S``
     without the command gone, ends the process at once, in case the unwinding hangs or the raise was
-    lost. A forked worker that gets the signal itself (Ctrl-C reaches the whole process group)
-    leaves at once, silently. A command that keeps partial results (``sweep``) installs its own
+    lost: only in hetsim's own process (``process``); in a caller's, each signal raises again. A
+    forked worker that gets the signal itself (Ctrl-C reaches the whole process group) leaves at
+    once, silently. A command that keeps partial results (``sweep``) installs its own
     handler and prints its own line; ``signum`` stays None then."""
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, process: bool = True) -> None:
         self.command = command
+        # ``process``: the process is the command's own (the console script), so leaving it is
+        # ours to do; in a caller's process (a script, a notebook calling ``main``) a second signal
+        # raises again and nothing ends the process
+        self.process = process
         self.signum: int | None = None
         self.pid = os.getpid()
         self.armed = False
@@ -42,8 +48,11 @@ class Stop:
         # by the timer's own kill of the workers, is saying it too (seen under CI load).
         self.said = False
         self.saying = threading.Lock()
+        self.leaving = False
+        self.kept: str | None = None  # what the command keeps if stopped now (``keep``); None: nothing
 
     def __enter__(self) -> Stop:
+        _RUNNING.append(self)
         self.spare = frozenset(_children())
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
             self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -53,6 +62,7 @@ class Stop:
 
     def __exit__(self, *exc: object) -> None:
         self.armed = False  # from here a signal is only noted: the command's output is complete
+        _RUNNING.remove(self)
         if self.timer is not None:
             self.timer.cancel()
         for sig, handler in self.old.items():
@@ -73,7 +83,7 @@ class Stop:
     def _handle(self, signum: int, frame: object) -> None:
         if os.getpid() != self.pid:
             os._exit(128 + signum)  # a forked worker: nothing of its own to keep or say
-        if not self.armed:
+        if not self.armed or self.leaving:  # leaving: ``_leave`` ends the process, its line first
             return
         if self.signum is not None and self.lost:  # the first one's raise, delivered again
             if _inside(frame, Stop._unraisable):  # still in the hook: raised here, it is printed
@@ -82,23 +92,31 @@ class Stop:
             self.lost = False
             kill_children(self.spare)  # a worker forked since the first kill (the hook ran at a fork)
             raise KeyboardInterrupt(signal.Signals(self.signum).name)
-        if self.signum is not None:  # a second one: the unwinding is stuck, so leave now
+        if self.signum is not None and self.process:  # a second one: the unwinding is stuck, so leave now
             self._leave()
-        self.signum = signum
+        self.signum = self.signum or signum
         kill_children(self.spare)
         # The raise below can be lost (``_unraisable`` delivers it again; a command's own
         # ``except BaseException`` could still swallow it): one not gone within the grace period is
         # ended at once.
-        self.timer = threading.Timer(STOP_GRACE_S, self._leave)
-        self.timer.daemon = True
-        self.timer.start()
+        if self.process and self.timer is None:
+            self.timer = threading.Timer(STOP_GRACE_S, self._leave)
+            self.timer.daemon = True
+            self.timer.start()
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def _redeliver(self) -> None:
-        """The signal again, from another thread (it waits for nothing, so this one moves on first)."""
-        _thread.start_new_thread(_thread.interrupt_main, (self.signum,))
+        """The signal again, from another thread (it waits for nothing, so this one moves on first);
+        not once the command is over (``main`` then says the line: a late one would raise anywhere)."""
+        _thread.start_new_thread(self._again, ())
+
+    def _again(self) -> None:
+        if self.armed:
+            _thread.interrupt_main(self.signum or signal.SIGINT)
 
     def _leave(self) -> None:
+        # set first: a third signal landing in ``say`` would otherwise wait for the lock it holds
+        self.leaving = True
         kill_children(self.spare)
         self.say()
         os._exit(128 + (self.signum or signal.SIGINT))
@@ -112,9 +130,27 @@ class Stop:
                 self.said = True
 
     def line(self) -> str:
-        """What stopped and what was kept: these commands write their output only at the end."""
+        """What stopped and what was kept (``keep``; by default nothing: these commands write their
+        output at the end)."""
         name = signal.Signals(self.signum or signal.SIGINT).name
-        return f"interrupted by {name}: {self.command} stopped (it keeps no partial results)\n"
+        kept = self.kept or "it keeps no partial results"
+        return f"interrupted by {name}: {self.command} stopped ({kept})\n"
+
+
+_RUNNING: list[Stop] = []  # the Stop of the command running (main's), innermost last
+
+
+def keep(what: str) -> None:
+    """What the running command keeps if a signal stops it from now on (written, or printed while
+    it unwinds), for its interrupted line; nothing when no ``Stop`` is held (a direct call)."""
+    if _RUNNING:
+        _RUNNING[-1].kept = what
+
+
+def stopping_signal() -> str:
+    """The name of the signal stopping the running command ("SIGINT": a bare ``KeyboardInterrupt``)."""
+    signum = _RUNNING[-1].signum if _RUNNING else None
+    return signal.Signals(signum or signal.SIGINT).name
 
 
 def _inside(frame: Any, function: Any) -> bool:

@@ -41,11 +41,13 @@ def sweep(
         raise InputError(f"must be a positive integer, got {workers}", field="--workers")
     console = Console(stderr=True)
     if plots_only:
+        from hetsim.cli.stop import keep
         from hetsim.sweep.plots import draw_all
         from hetsim.sweep.store import Store
 
         s = load_spec(spec)
         root = out or default_out(spec, s)
+        keep(f"the plots drawn before the stop are whole, in {root / 'plots'}")
         paths = draw_all(s, Store(root).read(), root / "plots", workers=workers)
         console.print(f"{len(paths)} plot files in {root / 'plots'}", highlight=False)
         return

@@ -215,7 +215,7 @@ def get_model(name_or_path: str) -> ModelSpec:
     if key in _MODELS:
         return _MODELS[key]
     p = Path(name_or_path)
-    if name_or_path.endswith(".json") or p.exists():
+    if name_or_path.endswith(".json") or (name_or_path and p.exists()):  # '' is no path ('.')
         return load_hf_config(p)
     raise InputError(
         f"unknown model {name_or_path!r}; known: {', '.join(_MODELS)} (or a path to a config.json)",

@@ -12,6 +12,7 @@ Other columns with several values become facets (one figure each).
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, LOWER_IS_BETTER, PlotSpec, SweepSpec
+from hetsim.textfiles import temp_beside
 
 SHIPPED = "shipped"
 OBJECTIVE_METRIC = {"latency": "e2e_s", "throughput": "throughput_tok_s", "cost": "cost_usd_per_mtok"}
@@ -134,7 +136,7 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
 
     fig.get_tightbbox = kept  # savefig asks the figure for its box: record the answer
     try:
-        fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+        _save_whole(fig, paths[0], dpi=120, bbox_inches="tight")
     finally:
         del fig.get_tightbbox
     pad = matplotlib.rcParams["savefig.pad_inches"]
@@ -142,9 +144,20 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
     # SVG element ids hash a salt that is random per process unless set: fixed, the same results
     # draw the same bytes (as the date left out of the metadata)
     with plt.rc_context({"svg.hashsalt": "hetsim"}):
-        fig.savefig(paths[1], bbox_inches=box, metadata={"Date": None})
+        _save_whole(fig, paths[1], bbox_inches=box, metadata={"Date": None})
     plt.close(fig)
     return paths
+
+
+def _save_whole(fig: Any, path: Path, **kwargs: Any) -> None:
+    """``fig.savefig(path)`` written beside and renamed over: a stopped (killed) drawing or two
+    sweeps drawing into one folder never leave a file half written."""
+    tmp = temp_beside(path)
+    try:
+        fig.savefig(tmp, format=path.suffix[1:], **kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _title(spec: SweepSpec, facet: dict[str, Any], held: dict[str, Any]) -> str:
@@ -294,12 +307,20 @@ def draw_all(spec: SweepSpec, df: pd.DataFrame, folder: str | Path, workers: int
     jobs = list(range(len(spec.plots)))
     if workers <= 1 or len(jobs) <= 1 or not _can_fork():
         return [path for k in jobs for path in _draw(spec, df, folder, k)]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import wait
+
+    from hetsim.sweep.runner import stoppable_pool
 
     heavy_first = sorted(jobs, key=lambda k: -_WEIGHT.get(spec.plots[k].kind, 1))
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("fork")) as pool:
+    # Ctrl-C: the workers ignore it (it reaches the whole group; they inherited the sweep's handler,
+    # which raised in each), this process stops them, and a file being drawn is never written half
+    with stoppable_pool(min(workers, len(jobs))) as (pool, deliver):
         futures = {k: pool.submit(_draw, spec, df, folder, k) for k in heavy_first}
+        pending = set(futures.values())
+        while pending:
+            deliver()
+            _, pending = wait(pending, timeout=0.05)
+        deliver()
         return [path for k in jobs for path in futures[k].result()]
 
 

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -231,21 +231,15 @@ def _evaluate_on(config: Mapping[str, Any], rig: Any, model: Any = None):
 
 def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | None) -> Iterable[dict]:
     import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    # fork is cheap and inherits the imported strategies; spawn elsewhere
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     # A task is a group of points (``answer_groups``); each row comes back through ``rows`` as its
     # point finishes, so an interrupted sweep keeps every finished point of a group it stops.
-    with _signals_at_safe_points() as deliver:
-        rows = ctx.SimpleQueue()
-        pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(rows,)
-        )
-        futures: dict[Any, list[dict[str, Any]]] = {}
-        seen: set[str] = set()
-        finished = False
-        try:
+    rows = _context(mp).SimpleQueue()
+    try:
+        with stoppable_pool(workers, _worker_init, (rows,)) as (pool, deliver):
+            futures: dict[Any, list[dict[str, Any]]] = {}
+            seen: set[str] = set()
             for g in answer_groups(points, workers):
                 futures[pool.submit(_run_group, g, timeout_s)] = g
                 deliver()
@@ -265,11 +259,38 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
                             if p["point_id"] not in seen:
                                 deliver()  # a signal that killed it stops the sweep: not crashes
                                 yield _crashed(p, exc)
+    finally:
+        rows.close()
+
+
+def _context(mp: Any) -> Any:
+    """fork where there is one (cheap, inherits the imported strategies), else the default (spawn)."""
+    return mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+
+
+@contextmanager
+def stoppable_pool(
+    workers: int, initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()
+) -> Iterator[tuple[Any, Callable[[], None]]]:
+    """A process pool (and ``deliver``, see ``_signals_at_safe_points``) whose workers leave Ctrl-C
+    to this process (``_worker_signals``, before ``initializer``). Left by an exception (an
+    interrupt delivered), queued tasks are dropped and running workers terminated, not waited for."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with _signals_at_safe_points() as deliver:
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=_context(mp),
+            initializer=_start_worker,
+            initargs=(initializer, initargs),
+        )
+        finished = False
+        try:
+            yield pool, deliver
             finished = True
         finally:
-            # interrupted: drop queued groups and do not wait for running ones (their unfinished
-            # points are redone later). Take the workers before shutdown, which sets the pool's
-            # private _processes to None.
+            # Take the workers before shutdown, which sets the pool's private _processes to None.
             procs = list((getattr(pool, "_processes", None) or {}).values())
             pool.shutdown(wait=finished, cancel_futures=True)
             if not finished:
@@ -277,7 +298,12 @@ def _run_local(points: list[dict[str, Any]], workers: int, timeout_s: float | No
                     proc.terminate()
                 for proc in procs:
                     proc.join(timeout=5)
-            rows.close()
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
+    _worker_signals()
+    if initializer is not None:
+        initializer(*initargs)
 
 
 @contextmanager
@@ -329,7 +355,6 @@ _ROWS: Any = None  # a pool worker's queue of finished rows (``_worker_init``)
 def _worker_init(rows: Any) -> None:
     global _ROWS
     _ROWS = rows
-    _worker_signals()
 
 
 def _run_group(points: list[dict[str, Any]], timeout_s: float | None) -> None:
