@@ -8,22 +8,20 @@ Everything returns ``Result`` objects (or a pandas DataFrame of them); nothing p
 
 from __future__ import annotations
 
-import gc
 import json
 import math
-import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hetsim import planner
+from hetsim import workers as forked
 from hetsim.costs.pricing import usd_per_mtok
 from hetsim.errors import InputError
 from hetsim.hardware.loader import load_rig
@@ -42,14 +40,6 @@ if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers n
     import pandas as pd
 
 PLAN_FORMAT_VERSION = 1
-
-# Net container objects a search worker creates before a young collection (CPython's default: 700).
-# A search keeps a few hundred thousand objects alive (remembered runs, op and split caches), and
-# every collection costs ~1 us per object it visits: at the default, ~0.4 of the headline compare's
-# ~3 CPU s went to collecting; at this threshold its workers never collect, and cyclic garbage
-# stays bounded (max RSS 94 -> 122 MB on the headline; `--exact` at gen 3584 with no collection at
-# all: 359 -> 458 MB). Collecting never changes a result.
-WORKER_GC_THRESHOLD = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -223,19 +213,21 @@ def compare(
     workers: int = 1,
     allow_lossy: bool = False,
     exact: bool = False,
+    started: tuple[ProcessPoolExecutor, int] | None = None,
 ) -> list[Result]:
     """Every requested (default: every registered) strategy with its best plan, best first.
 
     ``workers > 1`` searches strategies in that many forked processes (the CLI uses the machine's
-    cores); results are the same, in the same order, as with one. ``exact``: as for ``best_result``.
-    Interrupted (``KeyboardInterrupt``: Ctrl-C, or the CLI's SIGTERM), it raises ``CompareStopped``
-    with the strategies that had finished.
+    cores); results are the same, in the same order, as with one. ``started``: a pool of that many
+    workers forked already (``workers.early``; they count among ``workers``), given the costliest
+    jobs first. ``exact``: as for ``best_result``. Interrupted (``KeyboardInterrupt``: Ctrl-C, or
+    the CLI's SIGTERM), it raises ``CompareStopped`` with the strategies that had finished.
     """
     chosen = [get_strategy(s) for s in strategies] if strategies else all_strategies()
     names = [s.name for s in chosen]
     finished: dict[int, Result] = {}  # by index in ``chosen``, as each search's result arrives
     try:
-        _search_all(chosen, p, objective, search, workers, allow_lossy, exact, finished)
+        _search_all(chosen, p, objective, search, allow_lossy, exact, workers, started, finished)
         results = sorted((finished[i] for i in range(len(names))), key=rank_key(objective))
         if trace_path and results and results[0].feasible:
             winner = get_strategy(results[0].strategy)
@@ -243,9 +235,8 @@ def compare(
             wl = replace(p.workload, batch=results[0].batch or p.workload.batch)
             simulate(winner, plan, p.rig, p.model, wl, trace_path=trace_path)
     except KeyboardInterrupt as exc:
-        done = dict(finished)  # a copy: the pool's thread, joined by now, was the other writer
-        kept = sorted(done.values(), key=rank_key(objective))
-        raise CompareStopped(kept, [n for i, n in enumerate(names) if i not in done]) from exc
+        kept = sorted(finished.values(), key=rank_key(objective))
+        raise CompareStopped(kept, [n for i, n in enumerate(names) if i not in finished]) from exc
     return results
 
 
@@ -265,69 +256,52 @@ def _search_all(
     p: Problem,
     objective: Objective,
     search: bool,
-    workers: int,
     allow_lossy: bool,
     exact: bool,
+    workers: int,
+    started: tuple[ProcessPoolExecutor, int] | None,
     finished: dict[int, Result],
 ) -> None:
-    """Each strategy's best result into ``finished`` (by index) as it arrives: a job's results
-    when its worker returns them, or one by one when searching here."""
-    names = [s.name for s in chosen]
-    if workers > 1 and len(names) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules and the rig
-        jobs = _worker_jobs(chosen, search)
+    """Each strategy's best result into ``finished`` (by index in ``chosen``) as it arrives: a job's
+    results when its worker returns them, or one by one when searching here."""
+    if workers > 1 and len(chosen) > 1 and forked.can_fork():
         try:
-            # frozen before the import below: networkx's (~0.1 s) otherwise sets off a collection of
-            # the whole heap (~0.045 s, serial: both workers wait for it)
-            with (
-                _frozen_heap() as freeze,
-                ProcessPoolExecutor(
-                    min(workers, len(jobs)), mp_context=ctx, initializer=_start_worker
-                ) as pool,
-            ):
-                # every worker routes copies: networkx imported, the graph built once. The solvers'
-                # modules are not: each is imported by the one worker that runs its search (OR-Tools'
-                # linear solver ~0.05 s, CP-SAT ~0.14 s), while the other worker searches
-                _ = p.rig.graph
-                freeze()  # what was made since: the workers are forked at the first submit
-                futures = [pool.submit(_best_by_names, [names[i] for i in job], p, objective, search,
-                                       allow_lossy, exact) for job in jobs]  # fmt: skip
-                for job, f in zip(jobs, futures, strict=True):  # kept as each job ends, in any order
-                    f.add_done_callback(partial(_keep_job, job, finished))
-                for job, f in zip(jobs, futures, strict=True):  # a callback may run after result()
-                    finished.update(zip(job, f.result(), strict=True))  # raises what a job raised
-                return
+            _searched_in_workers(chosen, p, objective, search, allow_lossy, exact, workers, started, finished)
+            return
         except BrokenProcessPool:
             pass  # a worker was killed (out of memory?): search again here, one at a time
     for i, s in enumerate(chosen):
         finished[i] = best_result(s, p, objective, search=search, allow_lossy=allow_lossy, exact=exact)
 
 
-def _keep_job(job: list[int], finished: dict[int, Result], future: Future[list[Result]]) -> None:
-    """A done job's results into ``finished`` (run by the pool's thread, or here if done already)."""
-    if not future.cancelled() and future.exception() is None:
-        finished.update(zip(job, future.result(), strict=True))
+def _searched_in_workers(
+    chosen: Sequence[Strategy],
+    p: Problem,
+    objective: Objective,
+    search: bool,
+    allow_lossy: bool,
+    exact: bool,
+    workers: int,
+    started: tuple[ProcessPoolExecutor, int] | None,
+    finished: dict[int, Result],
+) -> None:
+    """``best_result`` of each of ``chosen`` into ``finished``, from forked workers (``compare``)."""
+    jobs = _worker_jobs(chosen, search)
+    names = [s.name for s in chosen]
+    calls = [(_best_by_names, ([names[i] for i in job], p, objective, search, allow_lossy, exact))
+             for job in jobs]  # fmt: skip
+    more = min(workers, len(jobs)) - (started[1] if started else 0)
 
+    def keep(j: int, results: list[Result]) -> None:
+        finished.update(zip(jobs[j], results, strict=True))
 
-@contextmanager
-def _frozen_heap() -> Iterator[Callable[[], None]]:
-    """The heap frozen while workers are forked: their collections then never traverse what they
-    inherit, nor copy the pages it sits on (a collection writes to every object it visits); the
-    function given freezes what was made since. Left as it is when the caller froze objects of its
-    own (unfreezing would release theirs too)."""
-    if gc.get_freeze_count():
-        yield lambda: None
-        return
-    gc.freeze()
-    try:
-        yield gc.freeze
-    finally:
-        gc.unfreeze()  # the parent collects as before
-
-
-def _start_worker() -> None:
-    """A forked search worker's collector: young collections rare (``WORKER_GC_THRESHOLD``)."""
-    gc.set_threshold(WORKER_GC_THRESHOLD, *gc.get_threshold()[1:])
+    # A pool forked here starts at its first job. Every worker routes copies, so each imports
+    # networkx (~0.1 s) and builds the rig's graph itself, in parallel, not here first; the solvers'
+    # modules are imported by the one worker that runs their search (OR-Tools' linear solver ~0.05
+    # s, CP-SAT ~0.14 s).
+    with forked.frozen_heap(), forked.pool(more) if more > 0 else nullcontext() as late:
+        pools = ([started] if started else []) + ([(late, more)] if late else [])
+        forked.scatter(pools, calls, keep)
 
 
 def _worker_jobs(chosen: Sequence[Strategy], search: bool) -> list[list[int]]:

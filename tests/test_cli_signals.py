@@ -287,18 +287,20 @@ _STOP_AFTER_A_JOB = """
 import os, signal, sys, time
 from hetsim import api
 from hetsim.cli import commands
-real_best, real_keep = api.best_result, api._keep_job
+real_best, real_scatter = api.best_result, api.forked.scatter
 def best(s, *a, **k):
     if s.name == "flexgen":
         time.sleep(600)
     return real_best(s, *a, **k)
-def keep(job, finished, future):
-    real_keep(job, finished, future)
-    if finished and not sent:
-        sent.append(1)
-        os.killpg(os.getpgrp(), signal.SIGINT)
+def scatter(pools, calls, keep):
+    def kept(i, result):  # the signal once a job's results are kept
+        keep(i, result)
+        if not sent:
+            sent.append(1)
+            os.killpg(os.getpgrp(), signal.SIGINT)
+    return real_scatter(pools, calls, kept)
 sent = []
-api.best_result, api._keep_job = best, keep
+api.best_result, api.forked.scatter = best, scatter
 commands._cores = lambda: 2
 sys.exit(commands.main(["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "1",
                         "--prompt-len", "16", "--gen-len", "2", *sys.argv[1:]]))

@@ -1,0 +1,110 @@
+"""compare's search workers (``hetsim.workers``): forked early, fed one job at a time, results in order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hetsim import api, workers
+from hetsim.cli.commands import SEARCH_MODULES
+
+FORK = pytest.mark.skipif(not workers.can_fork(), reason="processes cannot be forked here")
+
+
+class _Counting:
+    """A pool's calls, watched: the most ever running at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def run(self, seconds: float) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(seconds)
+        with self.lock:
+            self.now -= 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 3), min_size=1, max_size=3),
+    seconds=st.lists(st.sampled_from([0.0, 0.001, 0.003]), min_size=0, max_size=12),
+)
+def test_scatter_returns_every_result_in_call_order_and_never_queues_past_a_pools_workers(sizes, seconds):
+    counting = {f"pool{k}": _Counting() for k in range(len(sizes))}
+    pools = [(ThreadPoolExecutor(n, thread_name_prefix=f"pool{k}"), n) for k, n in enumerate(sizes)]
+
+    def call(i: int, s: float) -> int:
+        counting[threading.current_thread().name.split("_")[0]].run(s)  # the pool it runs on
+        return i
+
+    try:
+        results = workers.scatter(pools, [(call, (i, s)) for i, s in enumerate(seconds)])
+    finally:
+        for executor, _ in pools:
+            executor.shutdown()
+    assert results == list(range(len(seconds)))
+    assert all(c.most <= n for c, n in zip(counting.values(), sizes, strict=True))
+
+
+def test_scatter_gives_the_first_calls_to_the_first_pool():
+    """The pool listed first (the one forked early, its workers ready) gets the costliest jobs."""
+    first, second = ThreadPoolExecutor(1, "first"), ThreadPoolExecutor(2, "second")
+    try:
+        names = workers.scatter(
+            [(first, 1), (second, 2)], [(lambda: threading.current_thread().name, ())] * 3
+        )
+    finally:
+        first.shutdown()
+        second.shutdown()
+    assert names[0].startswith("first_") and all(n.startswith("second_") for n in names[1:])
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+@FORK
+def test_a_compare_with_workers_forked_early_has_the_results_of_one_process():
+    p = api.problem("llama2-7b", "mixed-lab", None, 64, 4)
+    names = ["gpu-only", "cpu-tp", "layer-offload", "deepspeed"]
+    alone = [r.to_dict() for r in api.compare(p, names, "throughput", workers=1)]
+    with workers.early(1, SEARCH_MODULES) as started:
+        assert started is not None
+        early_pid = started.submit(_pid).result()
+        pooled = [r.to_dict() for r in api.compare(p, names, "throughput", workers=2, started=(started, 1))]
+        assert started.submit(_pid).result() == early_pid  # the same worker, still there for more jobs
+    assert pooled == alone
+
+
+@FORK
+def test_an_early_worker_imports_the_search_while_the_parent_goes_on():
+    """In a fresh interpreter: the worker forked by ``early`` has the search and networkx imported
+    (and frozen, as a parent's heap is at a fork); the parent, meanwhile, imported none of it."""
+    code = (
+        "import gc, sys\n"
+        "from hetsim import workers\n"
+        "from hetsim.cli.commands import SEARCH_MODULES\n"
+        "def seen():\n"
+        "    return [n in sys.modules for n in SEARCH_MODULES], gc.get_freeze_count() > 0\n"
+        "with workers.early(1, SEARCH_MODULES) as pool:\n"
+        "    here = [n in sys.modules for n in ('hetsim.api', 'networkx')]\n"
+        "    print(pool.submit(seen).result(), here)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "([True, True, True], True) [False, False]"
+
+
+def test_no_workers_are_forked_for_one_core_or_none_asked():
+    with workers.early(0, SEARCH_MODULES) as started:
+        assert started is None
