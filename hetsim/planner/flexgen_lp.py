@@ -35,7 +35,8 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
   tensor is two such pairs and two reads, its data then its scales: ``copy_parts``);
 - a weight tensor on disk goes the same way (``_weight_loads``): read by the copy threads on the
   disk lane, hopped over the link when it lands, after the position's other copies; w carries
-  the hop on the link, and the first sub-step lasts at least the read then the hop (``_Slot.wr``);
+  the hops on the link, and the first sub-step lasts at least the layer's copies tensor by tensor,
+  each read then its hop beside the next read (``_weight_relay``, ``_Slot.wr``);
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions;
 - the weight fractions are spread evenly over every layer's bytes (embedding and output included:
   init_weight_list places each layer by the same percentages); at a plan's own placement, where
@@ -211,8 +212,8 @@ class _Slot:
     dkl: dict[str, float] = field(default_factory=dict)
     # the next layer's weights' disk share, read by the copy threads on the disk lane and hopped
     # over the link when it lands, after the position's other copies (``_weight_loads``): the
-    # first sub-step lasts at least the read then the hop (w carries the hop on the link); empty =
-    # no disk
+    # first sub-step lasts at least its copies' reads and hops, tensor by tensor (``_weight_relay``;
+    # w carries the hops on the link); empty = no disk
     wr: dict[str, float] = field(default_factory=dict)
     # ... and the first sub-step's disk lane: the weights' read, then the KV's reads (issued after
     # it), then V's hop (with weights on disk: OPT-13B 4 x 5 15/50/35, all the KV on disk, LP vs

@@ -139,12 +139,20 @@ def copy_parts(compressed: bool) -> tuple[float, ...]:
     return data / INT4.bytes_per_element, 1.0 - data / INT4.bytes_per_element
 
 
+def _disk_share(wg: float, wc: float) -> float:
+    """The weights' disk fraction, 1 - wg - wc, none where that is the float residue of percents that
+    sum to 100 (0.7 + 0.3 leaves 5.6e-17): else a continuous placement reads a phantom disk share,
+    every tensor a copy of ~1e-8 bytes paying its read's and hop's latencies."""
+    wd = 1.0 - wg - wc
+    return wd if wd > 1e-12 else 0.0
+
+
 def _tiers(numels: list[int], wg: float, wc: float) -> list[int]:
     """Each tensor's tier (0 GPU, 1 CPU, 2 disk) by the released rule: the tier whose interval holds
     the midpoint of its cumulative share, intervals ordered disk [0, wd), CPU [wd, wd + wc), GPU
     [wd + wc, 1] (flex_opt.py: init_weight_list; the share is computed on element counts, as the
     runtime does on sizes)."""
-    wd = 1.0 - wg - wc
+    wd = _disk_share(wg, wc)
     all_numel = float(sum(numels))
     out = []
     cum = 0.0
@@ -162,9 +170,8 @@ def _split(
     """(gpu, cpu, disk) bytes of one scheduling layer: each tensor whole on its tier (``_tiers``)."""
     sizes = [_bytes(n, m, dtype) for n, m in tensors]
     total = sum(sizes)
-    wd = 1.0 - wg - wc
     if placement == "continuous":
-        return wg * total, wc * total, max(wd, 0.0) * total
+        return wg * total, wc * total, _disk_share(wg, wc) * total
     out = [0.0, 0.0, 0.0]
     for tier, b in zip(_tiers([n for n, _ in tensors], wg, wc), sizes, strict=True):
         out[tier] += b
@@ -179,7 +186,7 @@ def _disk_copies(
     disk is one copy, a 4-bit matrix two (``copy_parts``; vectors stay fp16); continuous, each
     tensor's disk fraction."""
     if placement == "continuous":
-        shares = [max(1.0 - wg - wc, 0.0)] * len(tensors)
+        shares = [_disk_share(wg, wc)] * len(tensors)
     else:
         shares = [1.0 if t == 2 else 0.0 for t in _tiers([n for n, _ in tensors], wg, wc)]
     out: list[float] = []
