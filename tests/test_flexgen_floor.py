@@ -104,6 +104,16 @@ def test_no_floor_where_the_loop_is_not_one_released_block():
     assert evaluator(FLEXGEN, rig, model, Workload(32, 64, 4)).floor(plan) == 0.0
 
 
+def test_no_floor_where_a_copy_has_no_route():
+    """A disk share on a rig without a disk: the estimate is infeasible, the floor 0 (not a
+    ``NoRouteError`` out of the search's pruning test)."""
+    rig, model, wl = RIGS["a40-measured"], get_model("opt-6.7b"), Workload(8, 64, 4)
+    plan = FlexGenPlan(8, 1, 50, 49, 100, 0, 100, 0, gpu="n0.gpu0")  # 1 % of the weights on disk
+    assert not estimate(FLEXGEN, plan, rig, model, wl).feasible
+    assert FLEXGEN.run_floors(plan, rig, model, wl) is None
+    assert evaluator(FLEXGEN, rig, model, wl).floor(plan) == 0.0
+
+
 CASES = [  # (model, rig, prompt, gen, batch: None = free)
     ("llama2-70b", "mixed-lab", 512, 32, None),
     ("opt-6.7b", "flexgen-t4", 256, 8, None),
