@@ -93,6 +93,28 @@ def test_the_estimates_floor_is_below_the_estimate(plan, hw, gen):
     assert 0 < evaluator(FLEXGEN, rig, model, wl).floor(plan) <= r.e2e_s
 
 
+WIDE_RIGS = {n: load_rig(n) for n in ("a100-80g-measured", "hetegen-a10", "ktransformers-2s", "mixed-lab")}
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=FILTERED)
+@given(
+    plan=plans(),
+    hw=st.sampled_from(sorted(WIDE_RIGS)),
+    name=st.sampled_from(["llama2-7b", "opt-13b", "qwen3-30b-a3b"]),
+    prompt=st.sampled_from([1, 33, 1000, 2040]),
+    gen=st.sampled_from([2, 5, 8, 4096]),
+)
+def test_the_estimates_floor_is_below_the_estimate_widely(plan, hw, name, prompt, gen):
+    """``Estimator.floor`` on more rigs (diskless ones, two sockets, a MoE model), prompts and
+    generations up to the model's positions (the proxy's floors extrapolated 800-fold)."""
+    rig, model = WIDE_RIGS[hw], get_model(name)
+    wl = Workload(plan.block_size, prompt, min(gen, model.max_position - prompt))
+    assume(fits(FLEXGEN, plan, rig, model, wl))
+    r = estimate(FLEXGEN, plan, rig, model, wl)
+    assume(r.feasible)
+    assert 0 < evaluator(FLEXGEN, rig, model, wl).floor(plan) <= r.e2e_s
+
+
 def test_no_floor_where_the_loop_is_not_one_released_block():
     rig, model = RIGS["flexgen-t4"], get_model("opt-6.7b")
     plan = FlexGenPlan(8, 2, 50, 50, 0, 100, 0, 100, gpu="n0.gpu0")
@@ -102,6 +124,16 @@ def test_no_floor_where_the_loop_is_not_one_released_block():
     paper = replace(plan, overlap_mode="paper-ideal")
     assert FLEXGEN.run_floors(paper, rig, model, Workload(16, 64, 4)) is None
     assert evaluator(FLEXGEN, rig, model, Workload(32, 64, 4)).floor(plan) == 0.0
+
+
+def test_no_floor_where_a_copy_has_no_route():
+    """A disk share on a rig without a disk: the estimate is infeasible, the floor 0 (not a
+    ``NoRouteError`` out of the search's pruning test)."""
+    rig, model, wl = RIGS["a40-measured"], get_model("opt-6.7b"), Workload(8, 64, 4)
+    plan = FlexGenPlan(8, 1, 50, 49, 100, 0, 100, 0, gpu="n0.gpu0")  # 1 % of the weights on disk
+    assert not estimate(FLEXGEN, plan, rig, model, wl).feasible
+    assert FLEXGEN.run_floors(plan, rig, model, wl) is None
+    assert evaluator(FLEXGEN, rig, model, wl).floor(plan) == 0.0
 
 
 CASES = [  # (model, rig, prompt, gen, batch: None = free)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from hetsim.errors import InputError
-from hetsim.hardware.rig import Rig
+from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.engine import Engine
@@ -135,9 +135,14 @@ class FlexGen(Strategy):
     def run_floors(
         self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload
     ) -> tuple[float, float] | None:
-        """``_Runner.floors``: the released loop's positions at their issuing thread's chain."""
+        """``_Runner.floors``: the released loop's positions at their issuing thread's chain (None
+        where a copy has no route, e.g. a disk share on a rig without a disk: ``simulate`` makes
+        that run an infeasible result, which no floor need bound)."""
         validate(plan)
-        return _Runner(plan, rig, model, workload).floors(Engine(rig))
+        try:
+            return _Runner(plan, rig, model, workload).floors(Engine(rig))
+        except NoRouteError:
+            return None
 
 
 class _Booked:
