@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from hetsim.hardware.rig import Rig
@@ -36,3 +38,14 @@ def tiny_rig() -> Rig:
 @pytest.fixture
 def rig() -> Rig:
     return tiny_rig()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker past its last test ignores SIGINT: execnet sends the worker one itself when
+    its teardown (pytest_unconfigure's full collections of the suite's heap) runs over 5 s under
+    load, and it landed in hypothesis's gc callback ("KeyboardInterrupt ignored in gc_callback", a
+    PytestUnraisableExceptionWarning after the last test; no hetsim signal involved).
+    execnet still ends a worker stuck 10 s more (``os._exit``)."""
+    if hasattr(session.config, "workerinput"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -572,3 +572,33 @@ def test_ctrl_c_while_plots_are_drawn_stops_the_drawing_workers(tmp_path, plots_
     assert err.splitlines()[-1].endswith(kept) and "Traceback" not in err, err
     drawn = sorted(p.name for p in (out / "plots").iterdir()) if (out / "plots").exists() else []
     assert all(not n.startswith(".") for n in drawn), drawn  # no temporary file left
+
+
+def test_a_compare_stopped_after_every_search_ended_is_not_marked_partial(monkeypatch, capsys):
+    """A signal after the last strategy's search (here, as the results are ranked; also the pool's
+    shutdown) with no ``--trace`` asked: the comparison is whole, printed as a full run's (before:
+    marked PARTIAL, "the trace was not written" though none was asked)."""
+    from hetsim import api
+    from hetsim.cli import commands
+
+    args = ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "1", "--prompt-len", "16",
+            "--gen-len", "2", "--format", "json"]  # fmt: skip
+    monkeypatch.setattr(commands, "_cores", lambda: 1)
+    assert commands.main(args) == 0
+    whole = capsys.readouterr().out
+    real, sent = api.rank_key, []
+
+    def ranking(objective):
+        if not sent:
+            sent.append(1)
+            signal.raise_signal(signal.SIGINT)
+        return real(objective)
+
+    monkeypatch.setattr(api, "rank_key", ranking)
+    assert commands.main(args) == 130
+    captured = capsys.readouterr()
+    assert captured.out == whole
+    assert (
+        captured.err
+        == "interrupted by SIGINT: hetsim compare stopped (every strategy finished and is printed)\n"
+    )

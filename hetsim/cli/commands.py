@@ -404,9 +404,13 @@ def compare(
             )
         except api.CompareStopped as stopped:  # the finished strategies' rows, marked partial
             if stopped.results:
-                partial = {"stopped_by": stopping_signal(), "not_finished": stopped.unfinished}
+                # every search ended and no trace was asked: the comparison is whole, printed as such
+                whole = not stopped.unfinished and not trace
+                partial = (
+                    None if whole else {"stopped_by": stopping_signal(), "not_finished": stopped.unfinished}
+                )
                 _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, stopped.results, free, partial)
-                keep(_compare_kept(len(stopped.results), stopped.unfinished))
+                keep(_compare_kept(len(stopped.results), stopped.unfinished, whole))
             raise
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free)
     if trace and fmt == "table":
@@ -416,9 +420,9 @@ def compare(
             err().print("no feasible strategy: no trace written", highlight=False)
 
 
-def _compare_kept(n: int, unfinished: Sequence[str]) -> str:
+def _compare_kept(n: int, unfinished: Sequence[str], whole: bool) -> str:
     if not unfinished:
-        return "every strategy finished and is printed; the trace was not written"
+        return "every strategy finished and is printed" + ("" if whole else "; the trace was not written")
     rows = f"the rows of the {n} finished strateg{'y' if n == 1 else 'ies'}"
     return f"{rows} are printed, marked partial; not finished: {', '.join(unfinished)}"
 
