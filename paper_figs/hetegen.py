@@ -77,9 +77,9 @@ def flexgen_at_budget(p: Problem, budget: float) -> Result:
                 return False
             return True
 
-        # Scan down from 100 % (fits is not monotone everywhere: flexgen_policy's float rounding
-        # leaves a 1-byte disk share at some percentages, infeasible on this diskless rig), then
-        # refine by bisection inside the step.
+        # Scan down from 100 % (fits need not be monotone: until flexgen_policy's `_disk_share`
+        # dropped float leftovers, percentages summing to 100 left a phantom disk share, infeasible
+        # on this diskless rig), then refine by bisection inside the step.
         top = next((w / 4 for w in range(400, -1, -1) if fits(w / 4)), None)
         if top is None:
             continue
