@@ -155,3 +155,29 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize(
+    ("names", "cores", "forked"),
+    [(None, 16, 15), ("all", 16, 15), ("flexgen,hetegen", 16, 2), ("flexgen,flexgen", 16, 0),
+     ("flexgen", 16, 0), ("flexgen,hetegen,gpu-only", 2, 1), (None, 1, 0)],
+)  # fmt: skip
+def test_early_workers_are_no_more_than_the_strategies_named(monkeypatch, names, cores, forked):
+    """``--strategies a,b`` on 16 cores forked 15 workers, each importing the search (~0.3 CPU s),
+    for 2 jobs at most."""
+    from contextlib import contextmanager
+
+    from hetsim.cli import commands
+
+    asked = []
+
+    @contextmanager
+    def early(n, modules):
+        asked.append(n)
+        yield None
+
+    monkeypatch.setattr(workers, "early", early)
+    monkeypatch.setattr(commands, "_cores", lambda: cores)
+    with commands._search_workers(names) as (searching_on, started):
+        assert (searching_on, started) == (cores, None)
+    assert asked == [forked]
