@@ -108,3 +108,76 @@ def test_an_early_worker_imports_the_search_while_the_parent_goes_on():
 def test_no_workers_are_forked_for_one_core_or_none_asked():
     with workers.early(0, SEARCH_MODULES) as started:
         assert started is None
+
+
+_STUCK_IMPORT = (
+    "import os, time\nopen(os.environ['STUCK_PID'], 'w').write(str(os.getpid()))\ntime.sleep(600)\n"
+)
+_BAD_INPUT_WHILE_IMPORTING = """
+import sys
+from hetsim.cli import commands
+commands.SEARCH_MODULES = ("r20p_stuck_import",)  # the early worker's imports never end
+commands._cores = lambda: 2
+sys.exit(commands.main(["compare", "--model", "no-such-model", "--hw", "mixed-lab"]))
+"""
+
+
+@FORK
+def test_bad_input_does_not_wait_for_the_early_workers_imports(tmp_path):
+    """A compare whose input is bad ends with its one line and exit 2 without waiting for the early
+    worker still importing the search (shutting its pool down waited for those imports: here they
+    never end, so the command hung), and leaves no worker behind."""
+    (tmp_path / "r20p_stuck_import.py").write_text(_STUCK_IMPORT)
+    pid_file = tmp_path / "worker.pid"
+    env = {**os.environ, "STUCK_PID": str(pid_file)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _BAD_INPUT_WHILE_IMPORTING],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        worker = int(pid_file.read_text()) if pid_file.exists() else None
+        if worker is not None and _alive(worker):
+            os.kill(worker, 9)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: --model: unknown model 'no-such-model'")
+    assert worker is None or not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("names", "cores", "forked"),
+    [(None, 16, 15), ("all", 16, 15), ("flexgen,hetegen", 16, 2), ("flexgen,flexgen", 16, 0),
+     ("flexgen", 16, 0), ("flexgen,hetegen,gpu-only", 2, 1), (None, 1, 0)],
+)  # fmt: skip
+def test_early_workers_are_no_more_than_the_strategies_named(monkeypatch, names, cores, forked):
+    """``--strategies a,b`` on 16 cores forked 15 workers, each importing the search (~0.3 CPU s),
+    for 2 jobs at most."""
+    from contextlib import contextmanager
+
+    from hetsim.cli import commands
+
+    asked = []
+
+    @contextmanager
+    def early(n, modules):
+        asked.append(n)
+        yield None
+
+    monkeypatch.setattr(workers, "early", early)
+    monkeypatch.setattr(commands, "_cores", lambda: cores)
+    with commands._search_workers(names) as (searching_on, started):
+        assert (searching_on, started) == (cores, None)
+    assert asked == [forked]
