@@ -33,8 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 GEN_LENS = (32, 3584)
 
 
-def command(gen_len: int) -> list[str]:
-    exe = shutil.which("hetsim") or str(Path(sys.executable).with_name("hetsim"))
+def command(gen_len: int, tree: Path | None = None) -> list[str]:
+    """The headline compare; run with ``tree``'s own console script where it has a venv (a base
+    from before the console script's entry point moved cannot run this one's)."""
+    own = tree / ".venv" / "bin" / "hetsim" if tree is not None else None
+    exe = (
+        str(own)
+        if own and own.exists()
+        else shutil.which("hetsim") or str(Path(sys.executable).with_name("hetsim"))
+    )
     return [exe, "compare", "--model", "llama2-70b", "--hw", "mixed-lab", "--prompt-len", "512",
             "--gen-len", str(gen_len), "--format", "json"]  # fmt: skip
 
@@ -72,12 +79,12 @@ def main() -> None:
             for m in modes
         }
         for t, path in trees.items():  # untimed: writes the bytecode the "cached" runs read
-            run_timed(command(GEN_LENS[0]), cwd=path, env=envs[t, "cached"])
+            run_timed(command(GEN_LENS[0], path), cwd=path, env=envs[t, "cached"])
         for _ in range(args.repeats):
             for g in GEN_LENS:
                 for m in modes:
                     for t, path in trees.items():
-                        w, c, out = run_timed(command(g), cwd=path, env=envs[t, m])
+                        w, c, out = run_timed(command(g, path), cwd=path, env=envs[t, m])
                         wall[t, m, g].append(w)
                         cpu[t, m, g].append(c)
                         outputs[m, g].add(out)
