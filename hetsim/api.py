@@ -227,7 +227,7 @@ def compare(
     names = [s.name for s in chosen]
     finished: dict[int, Result] = {}  # by index in ``chosen``, as each search's result arrives
     try:
-        _search_all(chosen, p, objective, search, allow_lossy, exact, workers, started, finished)
+        _search_all(chosen, _Ask(p, objective, search, allow_lossy, exact), workers, started, finished)
         results = sorted((finished[i] for i in range(len(names))), key=rank_key(objective))
         if trace_path and results and results[0].feasible:
             winner = get_strategy(results[0].strategy)
@@ -251,13 +251,30 @@ class CompareStopped(KeyboardInterrupt):
         self.unfinished = unfinished
 
 
+@dataclass(frozen=True)
+class _Ask:
+    """What ``compare`` asks of each strategy's search (sent to its workers with the names)."""
+
+    p: Problem
+    objective: Objective
+    search: bool
+    allow_lossy: bool
+    exact: bool
+
+    def best(self, strategy: Strategy) -> Result:
+        return best_result(
+            strategy,
+            self.p,
+            self.objective,
+            search=self.search,
+            allow_lossy=self.allow_lossy,
+            exact=self.exact,
+        )
+
+
 def _search_all(
     chosen: Sequence[Strategy],
-    p: Problem,
-    objective: Objective,
-    search: bool,
-    allow_lossy: bool,
-    exact: bool,
+    ask: _Ask,
     workers: int,
     started: tuple[ProcessPoolExecutor, int] | None,
     finished: dict[int, Result],
@@ -266,30 +283,24 @@ def _search_all(
     results when its worker returns them, or one by one when searching here."""
     if workers > 1 and len(chosen) > 1 and forked.can_fork():
         try:
-            _searched_in_workers(chosen, p, objective, search, allow_lossy, exact, workers, started, finished)
+            _searched_in_workers(chosen, ask, workers, started, finished)
             return
         except BrokenProcessPool:
             pass  # a worker was killed (out of memory?): search again here, one at a time
     for i, s in enumerate(chosen):
-        finished[i] = best_result(s, p, objective, search=search, allow_lossy=allow_lossy, exact=exact)
+        finished[i] = ask.best(s)
 
 
 def _searched_in_workers(
     chosen: Sequence[Strategy],
-    p: Problem,
-    objective: Objective,
-    search: bool,
-    allow_lossy: bool,
-    exact: bool,
+    ask: _Ask,
     workers: int,
     started: tuple[ProcessPoolExecutor, int] | None,
     finished: dict[int, Result],
 ) -> None:
     """``best_result`` of each of ``chosen`` into ``finished``, from forked workers (``compare``)."""
-    jobs = _worker_jobs(chosen, search)
-    names = [s.name for s in chosen]
-    calls = [(_best_by_names, ([names[i] for i in job], p, objective, search, allow_lossy, exact))
-             for job in jobs]  # fmt: skip
+    jobs = _worker_jobs(chosen, ask.search)
+    calls = [(_best_by_names, ([chosen[i].name for i in job], ask)) for job in jobs]
     more = min(workers, len(jobs)) - (started[1] if started else 0)
 
     def keep(j: int, results: list[Result]) -> None:
@@ -313,13 +324,8 @@ def _worker_jobs(chosen: Sequence[Strategy], search: bool) -> list[list[int]]:
     return sorted(jobs, key=lambda job: -sum(chosen[i].search_weight for i in job))
 
 
-def _best_by_names(
-    names: list[str], p: Problem, objective: Objective, search: bool, allow_lossy: bool, exact: bool = False
-) -> list[Result]:
-    return [
-        best_result(get_strategy(n), p, objective, search=search, allow_lossy=allow_lossy, exact=exact)
-        for n in names
-    ]
+def _best_by_names(names: list[str], ask: _Ask) -> list[Result]:
+    return [ask.best(get_strategy(n)) for n in names]
 
 
 def compare_frame(

@@ -423,7 +423,7 @@ def test_expert_count_bounded(tmp_path, capsys):
 _PARENT: list[int] = []  # the test process's pid, for the module-level (picklable) stand-in below
 
 
-def _dies_in_a_worker(names, *args):
+def _dies_in_a_worker(names, ask):
     """compare's worker job, except that the worker process running cpu-tp dies as if killed."""
     import os
 
@@ -431,9 +431,7 @@ def _dies_in_a_worker(names, *args):
 
     if os.getpid() != _PARENT[0] and "cpu-tp" in names:
         os._exit(137)
-    return [
-        api.best_result(api.get_strategy(n), *args[:2], search=args[2], allow_lossy=args[3]) for n in names
-    ]
+    return [ask.best(api.get_strategy(n)) for n in names]
 
 
 def test_a_killed_search_worker_falls_back_to_searching_in_process(monkeypatch):
