@@ -588,8 +588,9 @@ class _Runner:
         the next position's CPU gather, its own hidden copies' seconds (``own`` in
         ``block_released``), then its kernels (with CPU attention: the GPU part, q/k/v to the CPU,
         the CPU attention, its output back, the GPU part after), each at its ``Engine`` floor (its
-        time alone). The weights' copies, the KV loads and stores and the relays are left out (at
-        least nothing)."""
+        time alone); a cell's first position also lasts at least the next layer's weight loads
+        (``_weight_floor``). The KV loads and stores and the relays are left out (at least
+        nothing)."""
         plan = self.plan
         if not plan.overlap or plan.overlap_mode != "released" or self.workload.batch != plan.block_size:
             return None
