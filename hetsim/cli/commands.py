@@ -502,12 +502,22 @@ def simulate(
 
     _check_format(fmt)
     p, strategy, plan_obj = api.load_plan(plan_path)
+    keep(_simulate_keeps(exact, trace))
     result = run_plan(
         strategy, plan_obj, p.rig, p.model, p.workload, trace_path=str(trace) if trace else None, exact=exact
     )
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result])
     if trace and fmt == "table":
         err().print(f"trace written to {trace}", highlight=False)
+
+
+def _simulate_keeps(exact: bool, trace: Path | None) -> str:
+    """Why a stopped simulate prints nothing (its interrupted line): a plan's metrics are its whole run's."""
+    why = "it keeps no partial results: throughput, TPOT, cost and utilisation are over the whole generation"
+    if trace is not None:
+        return f"{why}; the trace is written only whole, {trace} is left as it was"
+    # without --exact a long generation is fast-forwarded: seconds, not the minutes of every step
+    return why + ("; without --exact long generations are fast-forwarded" if exact else "")
 
 
 # ---- commands from other modules ------------------------------------------------------------
