@@ -603,3 +603,54 @@ def test_a_compare_stopped_after_every_search_ended_is_not_marked_partial(monkey
         captured.err
         == "interrupted by SIGINT: hetsim compare stopped (every strategy finished and is printed)\n"
     )
+
+
+# SIGTERM in the two gaps around ``main``'s ``Stop``: while it sets up (``_children`` reads the
+# children to spare, before its handlers are in: the console script's take the signal), and just
+# after its ``__exit__`` (the output complete)
+_SIGTERM_IN_A_GAP = """
+import signal, sys
+from hetsim.cli import entry, stop
+
+if sys.argv[1] == "before":
+    real, once = stop._children, []
+
+    def children():
+        if not once:
+            once.append(1)
+            signal.raise_signal(signal.SIGTERM)
+        return real()
+
+    stop._children = children
+else:
+    real_exit = stop.Stop.__exit__
+
+    def exit_(self, *exc):
+        real_exit(self, *exc)
+        signal.raise_signal(signal.SIGTERM)
+
+    stop.Stop.__exit__ = exit_
+sys.argv = ["hetsim", "model", "list", "--format", "json"]
+entry.run()
+"""
+
+
+def test_sigterm_before_the_commands_handlers_are_in_says_the_line():
+    """Before: exit 130 and nothing said (the KeyboardInterrupt came from the console script's handler,
+    which ``main`` took for one of its own command's)."""
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_IN_A_GAP, "before"], capture_output=True, text=True,
+                          timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        143,
+        "",
+        "interrupted by SIGTERM: hetsim model list stopped (it keeps no partial results)\n",
+    )
+
+
+def test_sigterm_just_after_the_command_is_143_and_silent():
+    """Before: 130 (``__exit__`` put back the console script's handler, whose raise ``main`` counted as
+    Ctrl-C). The output stays whole."""
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_IN_A_GAP, "after"], capture_output=True, text=True,
+                          timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (143, "")
+    assert "llama2-70b" in [m["name"] for m in json.loads(proc.stdout)]

@@ -28,7 +28,7 @@ import typer
 import yaml
 from pydantic_core import ValidationError
 
-from hetsim.cli.stop import Stop, keep, kill_children, stopping_signal
+from hetsim.cli.stop import Stop, keep, kill_children, signal_of, stopping_signal
 from hetsim.errors import InputError
 
 if TYPE_CHECKING:
@@ -586,19 +586,24 @@ def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
         try:
             with stop:
                 code = _main(argv)
-        except KeyboardInterrupt:  # landed outside the command (typer turns one inside into 130)
+        except KeyboardInterrupt as exc:  # landed outside the command (typer turns one inside into 130)
             code = 130
+            if (
+                stop.signum is None and not stop.entered
+            ):  # the caller's handler raised it (the console script's)
+                stop.signum = signal_of(exc)
         except Exception:
             if stop.signum is None:
                 raise
             code = 130  # what stopping did (its workers killed: BrokenProcessPool), not a bug
-        if stop.signum is None:
-            return code
+        if stop.signum is None:  # a signal after the output (``late``) ends it as one after main does
+            return code if stop.late is None else 128 + stop.late
         # one forked as the signal came is in no pool's list (the raise came first)
         kill_children(stop.spare)
         stop.say()
         return 128 + stop.signum
     finally:
+        stop.restore()
         gc.set_threshold(*threshold)
 
 
