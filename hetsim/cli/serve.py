@@ -107,7 +107,7 @@ def _kept(partial: dict[str, Any]) -> str:
         return "the served plan's metrics are printed, whole; --max-rate's search did not finish"
     searched = f"{partial['plans_served']} of {partial['candidate_plans']} candidate plans served"
     if "simulated_s" not in partial:
-        return f"the best of the {searched} is printed, whole, marked partial"
+        return f"the best plan of the {searched} is printed with its whole run, marked partial"
     return (
         f"the metrics of the {partial['finished']} requests finished by simulated "
         f"{partial['simulated_s']:.6g} s ({partial['arrived']} of {partial['requests']} arrived) "
