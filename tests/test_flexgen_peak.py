@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from hetsim import api
 from hetsim.models import get_model
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.flexgen_policy import FlexGenPlan, Shape, fractions, layer_peaks, memory_plan
+from hetsim.strategies.flexgen_policy import (
+    FlexGenPlan,
+    Fractions,
+    Shape,
+    fractions,
+    layer_peaks,
+    memory_plan,
+)
 
 CSV = Path(__file__).parent / "data" / "flexgen-peak-0.1.8.csv"
 OPT = get_model("opt-30b")
@@ -123,3 +130,35 @@ def test_the_free_search_no_longer_picks_a_batch_the_t4_cannot_hold():
     assert r.feasible and (gbs, nb) != (128, 1)
     assert _working(gbs, nb, 512, 32, r.plan["cpu_attention"]) < 15.77e9
     assert max(r.peak_mem_bytes.values()) > 0
+
+
+_FRACTION_FIELDS = ("w_gpu", "w_cpu", "w_disk", "w_off_gpu_max", "cg", "cc", "cd", "hg", "hc", "hd")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(["opt-30b", "llama2-70b", "llama2-13b", "opt-6.7b"]),
+    gbs=st.integers(1, 512),
+    nb=st.integers(1, 12),
+    prompt=st.integers(1, 4096),
+    gen=st.integers(1, 256),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    a=st.lists(st.floats(0, 1), min_size=10, max_size=10),
+    b=st.lists(st.floats(0, 1), min_size=10, max_size=10),
+    t=st.floats(0, 1),
+)
+def test_the_ledger_is_affine_in_the_fractions(name, gbs, nb, prompt, gen, flags, a, b, t):
+    """The LP reads its memory rows off ``memory_plan`` at unit vectors (flexgen_lp's ``_mem``), so
+    every tag must be affine in the fractions: the working set may depend on the shape (the largest
+    layer's peak) but never on where the fractions put things."""
+    model = get_model(name)
+    shape = Shape(gbs, nb, prompt, gen, *flags, True)
+    scale = [1e10 if f.startswith("w_") else 1.0 for f in _FRACTION_FIELDS]
+    fa = Fractions(*(x * k for x, k in zip(a, scale, strict=True)))
+    fb = Fractions(*(x * k for x, k in zip(b, scale, strict=True)))
+    mix = Fractions(*(t * x + (1 - t) * y for x, y in zip(vars(fa).values(), vars(fb).values(), strict=True)))
+    pa, pb, pm = (memory_plan(model, shape, f) for f in (fa, fb, mix))
+    for tier, tags in pm.items():
+        assert tags.keys() == pa[tier].keys() == pb[tier].keys()
+        for tag, v in tags.items():
+            assert v == pytest.approx(t * pa[tier][tag] + (1 - t) * pb[tier][tag], rel=1e-9, abs=1e-3)
