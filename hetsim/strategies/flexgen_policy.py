@@ -348,7 +348,10 @@ def layer_peaks(
     last decompression (the matrices so far, and the 4-bit unpacking's uint8 temporary, a quarter of
     the fp16 bytes, beside the layer's input).
 
-    The forms are OPT's (the only model the release runs); attention and MLP widths are the model's.
+    The forms are OPT's (the only model the release runs); for other models they are an extrapolation,
+    not a measurement: the model's q, k and v widths (GQA's narrower K and V, never repeated to the
+    query heads, as a grouped bmm would), a gated MLP holding gate and up (2 f-wide tensors: act and
+    product in place; HF's eager Llama holds a third, ``hetsim.models.memory``), no rotary temporaries.
     """
     b, s, h, n = gbs, tokens, model.hidden, model.heads
     kv_dim = model.kv_heads * model.head_dim
