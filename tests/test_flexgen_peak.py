@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from hetsim import api
 from hetsim.models import get_model
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.flexgen_policy import FlexGenPlan, Shape, fractions, layer_peaks, memory_plan
+from hetsim.strategies.flexgen_policy import (
+    FlexGenPlan,
+    Fractions,
+    Shape,
+    fractions,
+    layer_peaks,
+    memory_plan,
+)
 
 CSV = Path(__file__).parent / "data" / "flexgen-peak-0.1.8.csv"
 OPT = get_model("opt-30b")
@@ -28,7 +35,7 @@ def _rows() -> list[dict[str, int | str]]:
     return [{k: (v if k == "kind" else int(v)) for k, v in r.items()} for r in rows]
 
 
-def _opt(hidden: int, heads: int, ffn: int, vocab: int):
+def _opt(hidden: int, heads: int, ffn: int, vocab: int, positions: int):
     return replace(
         OPT,
         hidden=hidden,
@@ -37,35 +44,33 @@ def _opt(hidden: int, heads: int, ffn: int, vocab: int):
         head_dim=hidden // heads,
         intermediate=ffn,
         vocab=vocab,
+        learned_positions=positions,
     )
 
 
 def _predicted(row: dict) -> tuple[float, float]:
-    """(GPU, CPU) peak bytes hetsim's forms give for one measured call."""
-    m = _opt(row["hidden"], row["heads"], row["ffn"], row["vocab"])
+    """(GPU, CPU) peak bytes hetsim's forms give for one measured call (the tool's position table
+    has tokens + 2 rows)."""
+    m = _opt(row["hidden"], row["heads"], row["ffn"], row["vocab"], row["tokens"] + 2)
     b, s, kind = row["batch"], row["tokens"], row["kind"]
+    cw = kind.endswith("_cw")
+    kind = kind.removesuffix("_cw")
     if kind == "mha":
-        return layer_peaks(m, b, s, s, False)["attention"], 0.0
+        return layer_peaks(m, b, s, s, False, cw)["attention"], 0.0
     if kind.startswith("mha_gen"):
         cpu_attention = kind == "mha_gen_cpu"
-        gpu = layer_peaks(m, b, 1, s, cpu_attention)["attention"]
-        shape = Shape(b, 1, s, 1, cpu_attention, False, False, True)  # s + n - 1 = s keys
+        gpu = layer_peaks(m, b, 1, s, cpu_attention, cw)["attention"]
+        shape = Shape(b, 1, s, 1, cpu_attention, False, cw, True)  # s + n - 1 = s keys
         cpu = memory_plan(m, shape, fractions(m, FlexGenPlan(b, 1)))["cpu"].get("attention_temporaries", 0.0)
         return gpu, cpu
-    return layer_peaks(m, b, s, s, False)[kind], 0.0
+    return layer_peaks(m, b, s, s, False, cw)[kind], 0.0
 
 
 def test_the_measured_csv_covers_every_layer_kind_and_held_out_shapes():
     rows = _rows()
-    assert {r["kind"] for r in rows} == {
-        "input_embed",
-        "mha",
-        "mha_gen_gpu",
-        "mha_gen_cpu",
-        "mlp",
-        "output_embed",
-    }
-    assert len(rows) == 144
+    kinds = {"input_embed", "mha", "mha_gen_gpu", "mha_gen_cpu", "mlp", "output_embed"}
+    assert {r["kind"] for r in rows} == kinds | {k + "_cw" for k in kinds}
+    assert len(rows) == 144 + 96
 
 
 @pytest.mark.parametrize(
@@ -123,3 +128,51 @@ def test_the_free_search_no_longer_picks_a_batch_the_t4_cannot_hold():
     assert r.feasible and (gbs, nb) != (128, 1)
     assert _working(gbs, nb, 512, 32, r.plan["cpu_attention"]) < 15.77e9
     assert max(r.peak_mem_bytes.values()) > 0
+
+
+_FRACTION_FIELDS = ("w_gpu", "w_cpu", "w_disk", "w_off_gpu_max", "cg", "cc", "cd", "hg", "hc", "hd")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(["opt-30b", "llama2-70b", "llama2-13b", "opt-6.7b"]),
+    gbs=st.integers(1, 512),
+    nb=st.integers(1, 12),
+    prompt=st.integers(1, 4096),
+    gen=st.integers(1, 256),
+    flags=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    a=st.lists(st.floats(0, 1), min_size=10, max_size=10),
+    b=st.lists(st.floats(0, 1), min_size=10, max_size=10),
+    t=st.floats(0, 1),
+)
+def test_the_ledger_is_affine_in_the_fractions(name, gbs, nb, prompt, gen, flags, a, b, t):
+    """The LP reads its memory rows off ``memory_plan`` at unit vectors (flexgen_lp's ``_mem``), so
+    every tag must be affine in the fractions: the working set may depend on the shape (the largest
+    layer's peak) but never on where the fractions put things."""
+    model = get_model(name)
+    shape = Shape(gbs, nb, prompt, gen, *flags, True)
+    scale = [1e10 if f.startswith("w_") else 1.0 for f in _FRACTION_FIELDS]
+    fa = Fractions(*(x * k for x, k in zip(a, scale, strict=True)))
+    fb = Fractions(*(x * k for x, k in zip(b, scale, strict=True)))
+    mix = Fractions(*(t * x + (1 - t) * y for x, y in zip(vars(fa).values(), vars(fb).values(), strict=True)))
+    pa, pb, pm = (memory_plan(model, shape, f) for f in (fa, fb, mix))
+    for tier, tags in pm.items():
+        assert tags.keys() == pa[tier].keys() == pb[tier].keys()
+        for tag, v in tags.items():
+            assert v == pytest.approx(t * pa[tier][tag] + (1 - t) * pb[tier][tag], rel=1e-9, abs=1e-3)
+
+
+def test_compressed_weights_are_decompressed_on_the_gpu_for_the_call():
+    """--compress-weight: OPT-175B 16 x 4 at 1024 + 32, weights and KV 4-bit, all off the GPU (the
+    4-bit search's pick before the decompressed matrices entered the ledger): 15.18 GB by a ledger
+    without them, 16.39 GB with the MLP's fp16 fc1 and fc2 (2.42 GB) held beside its activations --
+    more than the T4's 16 GB."""
+    m = get_model("opt-175b")
+    plan = FlexGenPlan(
+        16, 4, 0, 100, 0, 100, 100, 0, cpu_attention=False, compress_weight=True, compress_cache=True
+    )
+    shape = Shape(16, 4, 1024, 32, False, True, True, True)
+    gpu = memory_plan(m, shape, fractions(m, plan))["gpu"]
+    assert sum(gpu.values()) == pytest.approx(16.39e9, rel=1e-3)
+    plain = layer_peaks(m, 16, 1024, 1024, False)
+    assert layer_peaks(m, 16, 1024, 1024, False, True)["mlp"] - plain["mlp"] == 2 * 4 * 12288 * 12288 * 2.0

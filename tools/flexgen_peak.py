@@ -8,7 +8,9 @@ wheel's ``flexgen.pytorch_backend.TorchDevice`` and calls its methods as ``flex_
 layer's input donated, weights and the KV cache it reads already resident): ``opt_input_embed``
 (:236-262), ``mha`` (prefill, :298-360), ``mha_gen`` (decode, :362-480) with attention on the GPU
 and with ``--cpu-cache-compute`` (the cache in the fp32 CPU workspace), ``mlp`` (:569-583) and
-``opt_output_embed`` (:264-285). Writes tests/data/flexgen-peak-0.1.8.csv.
+``opt_output_embed`` (:264-285); each once more with ``--compress-weight`` (kinds ``*_cw``: the
+matrices 4-bit on the GPU, the wheel's ``TorchCompressedDevice`` decompressing them in the call).
+Writes tests/data/flexgen-peak-0.1.8.csv.
 
 How: the method of tools/hf_opt_peak.py. A ``TorchDispatchMode`` sees every aten op; each new storage
 an op returns is counted live until its Python storage object is collected. Everything runs on the
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import torch
 from flexgen import pytorch_backend as pb
+from flexgen.compression import CompressionConfig
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -112,22 +115,41 @@ def _tensor(t: torch.Tensor, dev: pb.TorchDevice) -> pb.TorchTensor:
 
 
 KINDS = ("input_embed", "mha", "mha_gen_gpu", "mha_gen_cpu", "mlp", "output_embed")
+# --compress-weight: every matrix 4-bit, group 64 along dim 0 (flex_opt.py:1204-1205), decompressed to
+# fp16 on the GPU by the layer function itself before it computes (compression.py:146-201)
+WEIGHT_4BIT = CompressionConfig(num_bits=4, group_size=64, group_dim=0, symmetric=False)
 
 
 @torch.no_grad()
-def measure(kind: str, batch: int, tokens: int, hidden: int, heads: int, ffn: int, vocab: int) -> dict:
+def measure(
+    kind: str,
+    batch: int,
+    tokens: int,
+    hidden: int,
+    heads: int,
+    ffn: int,
+    vocab: int,
+    compress_weight: bool = False,
+) -> dict:
     """One call of ``kind`` at ``batch``; ``tokens`` is the prompt length (prefill: mha) or the KV
     length including the new token (decode: mha_gen); the embeddings and the MLP run on ``tokens``
-    positions (prefill; 1 is decode)."""
+    positions (prefill; 1 is decode). ``compress_weight``: the matrices 4-bit on the GPU."""
     pb.fix_recursive_import()
     dev = pb.TorchDevice("cpu")  # stands for the GPU: every layer's compute device (flex_opt.py)
+    dev.device_type = pb.DeviceType.CUDA  # decompress's GPU branch (its CPU one uses a workspace)
     torch.manual_seed(0)
     mode = DeviceLiveBytes()
     _patch(mode)
     f16 = torch.float16
 
     def w(*shape: int) -> pb.TorchTensor:
-        return _tensor(mode.resident(torch.randn(*shape, dtype=f16) * 0.02, GPU), dev)
+        t = torch.randn(*shape, dtype=f16) * 0.02
+        if not (compress_weight and len(shape) >= 2):  # vectors stay fp16 (flex_opt.py:104-106)
+            return _tensor(mode.resident(t, GPU), dev)
+        packed = dev.compressed_device.compress(t, WEIGHT_4BIT)
+        for part in packed.data[:2]:
+            mode.resident(part.data, GPU)
+        return packed
 
     b, s, h = batch, tokens, hidden
     q_len = 1 if kind.startswith("mha_gen") else s
@@ -162,7 +184,7 @@ def measure(kind: str, batch: int, tokens: int, hidden: int, heads: int, ffn: in
         out = call(*args)
     del out
     return {
-        "kind": kind,
+        "kind": kind + ("_cw" if compress_weight else ""),
         "batch": batch,
         "tokens": tokens,
         "hidden": hidden,
@@ -202,6 +224,7 @@ def main() -> int:
     for shape in SHAPES:  # the decode step's MLP and embeddings: one position
         b, _, *rest = shape
         rows += [measure(kind, b, 1, *rest) for kind in ("input_embed", "mlp", "output_embed")]
+    rows += [measure(kind, *shape, compress_weight=True) for kind in KINDS for shape in SHAPES]
     out = DATA / "flexgen-peak-0.1.8.csv"
     with out.open("w", newline="") as f:
         f.write(f"# tools/flexgen_peak.py; FlexGen 0.1.8 (Apache-2.0), torch {torch.__version__}\n")

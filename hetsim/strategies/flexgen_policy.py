@@ -300,8 +300,32 @@ def shape_of(plan: FlexGenPlan, workload: Workload) -> Shape:
     )
 
 
+@lru_cache(maxsize=64)
+def _decompressed(model: ModelSpec) -> dict[str, tuple[float, ...]]:
+    """With --compress-weight: the fp16 bytes of each matrix a layer function decompresses on the GPU,
+    in its order. ``TorchCompressedDevice.decompress`` (compression.py:146-201) fills an fp16 tensor
+    of whole groups (the rows padded to a multiple of INT4's 64, group_dim 0: flex_opt.py:1204-1205)
+    and returns a view of it."""
+
+    def fp16(rows: int, cols: int) -> float:
+        return -(-rows // INT4.group_size) * INT4.group_size * cols * 2.0
+
+    h, tensors = model.hidden, layer_weight_tensors(model)
+
+    def block(name: str) -> tuple[float, ...]:
+        return tuple(fp16(*t.shape) for t in tensors if t.block == name and t.is_matrix)
+
+    embed = (fp16(model.vocab, h),) + ((fp16(model.learned_positions, h),) if model.learned_positions else ())
+    return {
+        "input_embed": embed,
+        "attention": block("attention"),
+        "mlp": block("mlp"),
+        "output_embed": embed[:1],
+    }
+
+
 def layer_peaks(
-    model: ModelSpec, gbs: int, tokens: int, kv_len: int, cpu_attention: bool
+    model: ModelSpec, gbs: int, tokens: int, kv_len: int, cpu_attention: bool, compress_weight: bool = False
 ) -> dict[str, float]:
     """Peak GPU bytes each of FlexGen 0.1.8's layer functions holds live for one GPU batch of ``gbs``
     sequences, its input counted, weights and the KV cache it reads not: the prefill (``tokens`` = the
@@ -319,7 +343,15 @@ def layer_peaks(
     - the embeddings (:236-285): token and position embeddings and their sum; the LayerNorm and the
       logits of every position (the prefill's ``F.linear`` runs the LM head on all ``tokens``).
 
-    The forms are OPT's (the only model the release runs); attention and MLP widths are the model's.
+    With ``compress_weight`` each function first decompresses its matrices to fp16 and holds them for
+    the call (measured, exact): the peak above plus those matrices, or, where the batch is small, the
+    last decompression (the matrices so far, and the 4-bit unpacking's uint8 temporary, a quarter of
+    the fp16 bytes, beside the layer's input).
+
+    The forms are OPT's (the only model the release runs); for other models they are an extrapolation,
+    not a measurement: the model's q, k and v widths (GQA's narrower K and V, never repeated to the
+    query heads, as a grouped bmm would), a gated MLP holding gate and up (2 f-wide tensors: act and
+    product in place; HF's eager Llama holds a third, ``hetsim.models.memory``), no rotary temporaries.
     """
     b, s, h, n = gbs, tokens, model.hidden, model.heads
     kv_dim = model.kv_heads * model.head_dim
@@ -335,12 +367,21 @@ def layer_peaks(
         attention = 2 * b * h * 2.0 + b * qkv * 2.0 + b * h * 4.0  # + q in fp32, the value back from the host
     else:
         attention = b * (2 * h + qkv) * 2.0 + 2 * b * n * kv_len * 2.0 + 2
-    return {
+    peaks = {
         "input_embed": b * s * h * 3 * 2.0 + b * s * 8.0,
         "attention": attention,
         "mlp": b * s * (2 * h + inner) * 2.0,
         "output_embed": b * s * (h + model.vocab) * 2.0 + b * 8.0,
     }
+    if compress_weight:
+        ids, x = b * s * 4.0, b * s * h * 2.0  # the layer's input, alive while it decompresses
+        held_input = {"input_embed": ids, "attention": x, "mlp": x, "output_embed": x}
+        for kind, matrices in _decompressed(model).items():
+            held, moment = 0.0, 0.0
+            for m in matrices:  # unpacking m: the uint8 temporary of its packed size, m / 4
+                moment, held = max(moment, held + m + m / 4), held + m
+            peaks[kind] = max(peaks[kind] + held, held_input[kind] + moment)
+    return peaks
 
 
 def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[str, float]]:
@@ -361,8 +402,8 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     kvb = 2 * model.kv_heads * model.head_dim * (INT4 if shape.compress_cache else FP16).bytes_per_element
     kv_total = bls * (s + n - 1) * model.layers * kvb
     hidden = bls * s * h * 2.0
-    prefill = layer_peaks(model, gbs, s, s, shape.cpu_attention)
-    decode = layer_peaks(model, gbs, 1, s + n - 1, shape.cpu_attention)
+    prefill = layer_peaks(model, gbs, s, s, shape.cpu_attention, shape.compress_weight)
+    decode = layer_peaks(model, gbs, 1, s + n - 1, shape.cpu_attention, shape.compress_weight)
     # the prefill's new K and V of the batch before wait in cache_write_buf for their store, which the
     # loop issues after the next compute: the next batch's attention (flex_opt.py:1052-1053), or, one
     # GPU batch, this layer's MLP (:1025-1026)
