@@ -596,7 +596,7 @@ class ServeStopped(KeyboardInterrupt):
     served and none before it: that plan's requests finished by the simulated time reached
     (``simulated_s``; ``finished`` of the ``arrived`` of all ``requests``), their latency, TTFT and
     TPOT, throughput and costs over them, and SLO attainment over the requests decided by then
-    (finished, or unfinished past their deadline: ``slo_over`` of them). Stopped after some
+    (finished, or unfinished past their deadline or dropped: ``slo_over`` of them). Stopped after some
     candidates were served whole (``plans_served`` of ``candidate_plans``): the best of those, whole.
     Stopped during the ``--max-rate`` search: the served plan, whole, without ``max_rate``."""
 

@@ -186,3 +186,36 @@ def test_a_serve_stopped_in_its_max_rate_search_keeps_the_whole_plan(monkeypatch
         "max_rate": None,
         "partial": {"max_rate": "not found: stopped during its search"},
     }
+
+
+def test_a_request_dropped_before_the_stop_counts_as_decided(monkeypatch):
+    """``--drop-late``: a request dropped by the stop has missed its deadline whatever comes after, so
+    the partial SLO attainment counts it (a miss), even when its deadline is still ahead. Before, it
+    was left out until its deadline passed, which raised the attainment."""
+    reqs = poisson_requests(30.0, n=200, seed=5)
+    alone = serve_plan(PLAN, RIG, MODEL, reqs[:1]).records[0].latency_s
+    deadlines = [3 * alone] * len(reqs)
+    real, dropped = batching.ReplicaServer.__init__, []
+
+    def init(self, *a, **k):
+        real(self, *a, **k)
+        inner = self.on_drop
+
+        def on_drop(r, t):
+            inner(r, t)
+            dropped.append(r.rid)
+            if r.arrival_s + deadlines[r.rid] > t:  # dropped with its deadline still ahead: stop now
+                raise KeyboardInterrupt
+
+        self.on_drop = on_drop
+
+    monkeypatch.setattr(batching.ReplicaServer, "__init__", init)
+    with pytest.raises(RunStopped) as stopped:
+        serve_plan(PLAN, RIG, MODEL, reqs, deadlines=deadlines, drop_late=True)
+    run = stopped.value
+    finished = {r.rid for r in run.result.finished}
+    late = {r.rid for r in run.result.records if r.arrival_s + deadlines[r.rid] < run.now_s}
+    decided = finished | late | set(dropped)
+    met = sum(r.latency_s <= deadlines[r.rid] for r in run.result.finished)
+    assert dropped[-1] not in finished | late  # the case: a drop whose deadline is still ahead
+    assert run.attainment(deadlines) == (met / len(decided), len(decided))

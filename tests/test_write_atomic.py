@@ -125,3 +125,28 @@ def test_an_interrupted_validate_report_keeps_the_old_files_whole(tmp_path, monk
         report.save({**doc, "environment": {"cpu": "other"}}, tmp_path)
     assert png.read_bytes() == before[png.name]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or sys.platform == "win32", reason="POSIX symlinks")
+def test_a_sweep_figure_redrawn_through_a_symlink_writes_the_linked_file(tmp_path):
+    """The sweep's figures are written by ``savefig_whole`` (one home with ``open_whole``): a figure
+    linked from elsewhere stays a link and its file gets the new drawing; an existing file keeps its
+    mode. Before, the sweep's own copy (``plots._save_whole``) renamed a new file over the link, with
+    the umask's mode."""
+    import matplotlib.pyplot as plt
+
+    from hetsim.sweep.plots import _save
+
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"old")
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    (folder / "fig.png").symlink_to(kept)
+    (folder / "fig.svg").write_bytes(b"old")
+    os.chmod(folder / "fig.svg", 0o600)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png, svg = _save(fig, folder, "fig")
+    assert png.is_symlink() and kept.read_bytes().startswith(b"\x89PNG")
+    assert svg.read_text().startswith("<?xml") and stat.S_IMODE(os.stat(svg).st_mode) == 0o600
+    assert sorted(p.name for p in folder.iterdir()) == ["fig.png", "fig.svg"]

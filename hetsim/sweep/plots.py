@@ -12,7 +12,6 @@ Other columns with several values become facets (one figure each).
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, LOWER_IS_BETTER, PlotSpec, SweepSpec
-from hetsim.textfiles import temp_beside
+from hetsim.textfiles import savefig_whole
 
 SHIPPED = "shipped"
 OBJECTIVE_METRIC = {"latency": "e2e_s", "throughput": "throughput_tok_s", "cost": "cost_usd_per_mtok"}
@@ -136,7 +135,7 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
 
     fig.get_tightbbox = kept  # savefig asks the figure for its box: record the answer
     try:
-        _save_whole(fig, paths[0], dpi=120, bbox_inches="tight")
+        savefig_whole(fig, paths[0], dpi=120, bbox_inches="tight")
     finally:
         del fig.get_tightbbox
     pad = matplotlib.rcParams["savefig.pad_inches"]
@@ -144,20 +143,9 @@ def _save(fig, folder: Path, stem: str) -> list[Path]:
     # SVG element ids hash a salt that is random per process unless set: fixed, the same results
     # draw the same bytes (as the date left out of the metadata)
     with plt.rc_context({"svg.hashsalt": "hetsim"}):
-        _save_whole(fig, paths[1], bbox_inches=box, metadata={"Date": None})
+        savefig_whole(fig, paths[1], bbox_inches=box, metadata={"Date": None})
     plt.close(fig)
     return paths
-
-
-def _save_whole(fig: Any, path: Path, **kwargs: Any) -> None:
-    """``fig.savefig(path)`` written beside and renamed over: a stopped (killed) drawing or two
-    sweeps drawing into one folder never leave a file half written."""
-    tmp = temp_beside(path)
-    try:
-        fig.savefig(tmp, format=path.suffix[1:], **kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _title(spec: SweepSpec, facet: dict[str, Any], held: dict[str, Any]) -> str:

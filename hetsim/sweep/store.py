@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hetsim.sweep.runner import RESULT_COLUMNS
-from hetsim.textfiles import temp_beside
+from hetsim.textfiles import open_whole
 
 try:
     import fcntl
@@ -86,13 +86,9 @@ def _locked(folder: Path, exclusive: bool) -> Iterator[None]:
 
 
 def _write_part(table: pa.Table, path: Path) -> None:
-    """Write to a temporary name unique to this process, then rename into place."""
-    tmp = temp_beside(path)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the part whole or not at all (``open_whole``: a temporary file beside, renamed over)."""
+    with open_whole(path, "wb") as f:
+        pq.write_table(table, f)
 
 
 class Store:
