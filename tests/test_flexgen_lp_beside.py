@@ -43,11 +43,12 @@ def _random_plans(seed: int, n: int):
 
 def test_lp_follows_the_engine_with_cpu_work_beside_the_weight_copy():
     """40 seeded random CPU-attention plans (4-bit and fp16 weights, with and without disk): the LP's
-    time at the plan's placement within 2.5 % below the engine's and 1 % above (measured -2.01 ..
+    time at the plan's placement within 2 % below the engine's and 1 % above (measured -1.26 ..
     +0.09 %; before, -1.58 .. +2.13 %: OPT-6.7B 2 x 2, 4-bit weights 10/90, the KV on the CPU,
-    512 + 8, where the attention ends long before the weight copy). The lowest, OPT-6.7B 32 x 1 4-bit
-    15/45/40, KV 0/95/5, 1024 + 8 (-1.58 % before): the disk weights' hops wait on the link for the
-    attention's copy back to the GPU, which the LP leaves out (the copies' whole delay hid it)."""
+    512 + 8, where the attention ends long before the weight copy). With the copies' whole delay
+    gone, two waits on the link it had hidden are in: the thread's copy back to the GPU behind the
+    weight DMA, and the disk weights' hops behind that copy (OPT-6.7B 32 x 1 4-bit 15/45/40, the KV
+    0/95/5, 1024 + 8: -1.58 % before, -2.01 % with the overlap alone, -0.54 % with both)."""
     rig, plans = _random_plans(1613, 40)
     ends = endpoints(rig)
     errors = []
@@ -57,4 +58,4 @@ def test_lp_follows_the_engine_with_cpu_work_beside_the_weight_copy():
         sol = LpSolution(plan.gpu_batch_size, plan.num_gpu_batches, flags, {}, 1.0, 1.0)
         lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
         errors.append(lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1)
-    assert min(errors) > -0.025 and max(errors) < 0.01, (min(errors), max(errors))
+    assert min(errors) > -0.02 and max(errors) < 0.01, (min(errors), max(errors))
