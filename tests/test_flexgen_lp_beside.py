@@ -46,9 +46,9 @@ def test_lp_follows_the_engine_with_cpu_work_beside_the_weight_copy():
     time at the plan's placement within 2 % below the engine's and 1 % above (measured -1.26 ..
     +0.09 %; before, -1.58 .. +2.13 %: OPT-6.7B 2 x 2, 4-bit weights 10/90, the KV on the CPU,
     512 + 8, where the attention ends long before the weight copy). With the copies' whole delay
-    gone, two waits on the link it had hidden are in: the thread's copy back to the GPU behind the
-    weight DMA, and the disk weights' hops behind that copy (OPT-6.7B 32 x 1 4-bit 15/45/40, the KV
-    0/95/5, 1024 + 8: -1.58 % before, -2.01 % with the overlap alone, -0.54 % with both)."""
+    gone, a wait it had hidden is in: the disk weights' hops behind the thread's copy back to the GPU
+    on the link (OPT-6.7B 32 x 1 4-bit 15/45/40, the KV 0/95/5, 1024 + 8: -1.58 % before, -2.01 %
+    with the overlap alone, about -0.5 % with the hops)."""
     rig, plans = _random_plans(1613, 40)
     ends = endpoints(rig)
     errors = []

@@ -407,18 +407,12 @@ def _slots(
                     # the next layer's disk share hops over the link once the thread's copy back to
                     # the GPU is through (booked after the position's copies: flexgen.py, _via_host),
                     # so the sub-step lasts at least the thread but its last kernels, then the hops
-                    # (at a plan's placement; OPT-6.7B 8 x 1 70/25/5, the KV 40/50/10, 256 + 32: LP
-                    # -2.3 % below the engine without)
+                    # (at a plan's placement; OPT-6.7B 32 x 1 4-bit 15/45/40, the KV 0/95/5, 1024 + 8:
+                    # LP -2.0 % below the engine without, -0.5 % with)
                     hops = sum(hop_lat + b / lk.pin for b in copies[j_next])
                     late = hops - t_post
                     if late > 0.0:
                         p0 = _plus(p0, {"const": late}, 1.0)
-                # ... and the thread's copy back waits on the link (first in, first out) for the weight
-                # DMA and the hidden load issued before it, then the last kernels run (where no hop
-                # follows it on the link, as above): OPT-6.7B 8 x 1 70/25/5, the KV 40/50/10,
-                # 256 + 32, the attention's position 9.89 ms, the LP's 9.71 without
-                no_hops = not disk or (placed is not None and not placed[j_next][2])
-                w = _plus(w, {"const": o.to_gpu_bytes / lk.page + (t_post if no_hops else 0.0)}, 1.0)
                 dread["cd"] = (nb - 1) * gather_read
                 store_w = {"cd": gbs * kv_tok / lk.c2d}  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py); the
