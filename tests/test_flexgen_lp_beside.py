@@ -11,7 +11,7 @@ import random
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, released_time_per_seq
+from hetsim.planner.flexgen_lp import Flags, LpSolution, _beside, released_time_per_seq
 from hetsim.sim.run import fits, simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
@@ -59,3 +59,14 @@ def test_lp_follows_the_engine_with_cpu_work_beside_the_weight_copy():
         lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
         errors.append(lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1)
     assert min(errors) > -0.02 and max(errors) < 0.01, (min(errors), max(errors))
+
+
+def test_no_cpu_work_beside_a_copy_that_takes_all_of_host_dram():
+    """A copy whose delay is 1 s per second (a link as fast as host DRAM: ``overlap_delay`` 1) beside
+    no CPU work (the KV all on the GPU: nothing to gather, no CPU attention): delayed by nothing at
+    the plan; it raised ZeroDivisionError (0 work / 0 rate)."""
+    at = {"cg": 1.0, "cc": 0.0, "cd": 0.0}
+    form = _beside({"wc": 1.0}, ((1.0, 1.0),), {"cc": 0.1, "cd": 0.1}, {"cc": 1.0, "cd": 1.0}, {}, at)
+    assert (
+        abs(form.get("const", 0.0) + sum(k * at.get(v, 0.0) for v, k in form.items() if v != "const")) < 1e-9
+    )

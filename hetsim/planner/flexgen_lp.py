@@ -572,6 +572,8 @@ def _beside(
 
     def end(t: float, work: float) -> float:
         """When ``work`` seconds of CPU work issued at ``t`` end, slowed while the copies last."""
+        if work <= 0.0:  # none (the attention with the KV on the GPU): no 0 / 0 where a copy takes all
+            return t
         for stop, _ in flows:
             if t >= stop:
                 continue
