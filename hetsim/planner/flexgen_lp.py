@@ -561,7 +561,10 @@ def _beside(
     from the start, then ``gap`` (the GPU's kernels and the copy to the CPU before the attention),
     then the CPU attention (``att``), each slowed while a copy lasts (both copies' delays summed, a
     bound of their joint one); the form is its tangent there (exact at the plan, the LP's time at
-    the runtime's placement; above it elsewhere, as the delay is concave in the work). Before, the
+    the runtime's placement). Off the plan (``_repinned``'s LP, where the KV moves) it is no bound
+    either way: the delay is not concave in the fractions (the GPU's kernels move the attention's
+    start; synthetic flows: the tangent 0.65 s where the delay is 1.42 s), so a twin's own placed
+    time is worked out at its own KV (``_confirmable``'s cache keys on it). Before, the
     copies' whole delay beside short work: 4-bit weights, CPU attention, OPT-6.7B 8 x 1 50/50
     256 + 32, LP +5.7 % / +3.2 % above the engine with the KV on the GPU / the CPU."""
     if at is None or flows is None:
