@@ -65,7 +65,7 @@ def test_the_kv_store_is_written_in_the_next_position():
     gpu = endpoints(load_rig("flexgen-t4"))[0]
     plan = FlexGenPlan(32, 1, 60, 20, 0, 0, 100, 0, cpu_attention=True, gpu=gpu)
     lp, engine = _lp_and_engine(plan, Workload(32, 256, 2))
-    assert lp < engine * 1.003, lp / engine - 1
+    assert engine * 0.995 < lp < engine * 1.003, lp / engine - 1
 
 
 @pytest.mark.parametrize(
@@ -101,20 +101,18 @@ def test_a_disk_weights_hop_does_not_slow_the_kv_memcpy():
     assert engine * 0.99 < lp < engine * 1.006, lp / engine - 1
 
 
-@pytest.mark.xfail(strict=True, reason="open: _gather_into's slow charges d x the whole weight DMA")
 @pytest.mark.parametrize(("cg", "cc"), [(100, 0), (0, 100)])
 def test_4bit_weights_with_cpu_attention_stay_under_the_engine(cg, cc):
-    """OPT-6.7B 8 x 1, 4-bit weights 50/50 (none on disk), CPU attention, 256 + 32: the LP is above
-    the engine by +5.7 % (the KV on the GPU) and +3.2 % (on the CPU), the same at 1d37831. The
-    first sub-step's thread form (``_gather_into``) adds the delay the next layer's weight DMA
-    causes CPU work beside it on host DRAM, ``slow`` per weight byte: the delay of work that
-    outlasts the DMA. Here the CPU work (a short gather and attention, or none) ends long before
-    the DMA; with 4-bit weights the load is small and that form binds (without ``slow``: -0.2 %
-    and -1.8 %)."""
+    """OPT-6.7B 8 x 1, 4-bit weights 50/50 (none on disk), CPU attention, 256 + 32: the LP was above
+    the engine by +5.7 % (the KV on the GPU) and +3.2 % (on the CPU). The first sub-step's thread
+    form (``_gather_into``) added the delay of work that outlasts the next layer's weight DMA, d x
+    the DMA's seconds, where the CPU work (none, or a short attention after the GPU's kernels) ends
+    long before it. At the plan's placement the overlap is now the engine's (``_beside``): within
+    0.5 % below the engine (measured -0.24 %, -0.16 %)."""
     gpu = endpoints(load_rig("flexgen-t4"))[0]
     plan = FlexGenPlan(8, 1, 50, 50, cg, cc, 100, 0, cpu_attention=True, compress_weight=True, gpu=gpu)
     rig, m, wl = load_rig("flexgen-t4"), get_model("opt-6.7b"), Workload(8, 256, 32)
     sol = LpSolution(8, 1, Flags(True, False, "", True), {}, 1.0, 1.0)
     lp = released_time_per_seq(sol, plan, rig, m, wl, endpoints(rig), None) * wl.batch
     engine = simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s
-    assert lp < engine * 1.003, lp / engine - 1
+    assert engine * 0.995 < lp < engine * 1.003, lp / engine - 1

@@ -232,9 +232,11 @@ def _slots(
     ends: tuple[str, str, str],
     placed: Split | None = None,
     placed_copies: tuple[tuple[float, ...], ...] = (),
+    kv_at: dict[str, float] | None = None,
 ) -> list[tuple[float, _Slot]]:
     """(multiplicity, slot) for prefill and mean decode, attention and MLP slots; the weights loaded
-    as ``_weight_form`` charges them (``placed``: a plan's per-tensor split)."""
+    as ``_weight_form`` charges them (``placed``: a plan's per-tensor split; ``kv_at``: its KV
+    fractions, where ``_beside`` takes the thread's delay)."""
     gpu, cpu, disk = ends
     lat = rig.route(disk, cpu).latency_s if disk else 0.0  # each disk copy's
     hop_lat = rig.route(cpu, gpu).latency_s if disk else 0.0  # ... and each hop's
@@ -251,6 +253,14 @@ def _slots(
     copies = _full_copies(model, cw) if placed is None else placed_copies
     lats = None if placed is None else (lat, hop_lat)  # the placed relays' own (_weight_relay)
     hop = {"wd": w_link["wd"]}  # the weights' disk share's link hop, after the position's copies
+
+    def flows(j: int) -> tuple[tuple[float, float], ...] | None:
+        """At a plan's placement, scheduling layer ``j``'s weight copies beside the thread (``_beside``):
+        (seconds, delay per second beside it) of its DMA and of its disk share's read."""
+        if placed is None:
+            return None
+        _, c_bytes, d_bytes = placed[j]
+        return (c_bytes / lk.pin, dram_d[0]), (d_bytes / lk.d2c if disk else 0.0, dram_d[1])
 
     def kv_disk(dk: dict[str, float], p: dict[str, float]) -> dict[str, float]:
         """A loading sub-step's disk bound, K's memcpy then the reads then V's hop (``_Slot.dk0``,
@@ -272,6 +282,7 @@ def _slots(
         gather: dict[str, float] = {}  # CPU attention's KV gather of one batch (issued a position ahead)
         gather_read = 0.0  # ... and its disk share, read by the copy threads beside the thread
         slow: dict[str, float] = {}  # seconds of delay per byte of weights loaded beside the thread
+        dram_d = (0.0, 0.0)  # ... and per second of the DMA, of the disk read (``overlap_delay``)
         ahead: tuple[dict[str, float], ...] = ()  # the next layer's first batch's KV load (_kv_load)
         store_w: dict[str, float] = {}  # one batch's KV store on the disk-write lane
         for kind, j_next, share in _positions(len(split), model.layers):
@@ -312,11 +323,12 @@ def _slots(
                         if disk:
                             kvf["dkl"] = kv_disk(dk, p)
                 if gather and feeds:  # the next layer's first batch's gather: this slot's last sub-step
-                    wslow = load(slow, j_next)
+                    first = _plus({}, gather, _gather_shares(nb, True)[0])
+                    beside = _beside(load(slow, j_next), flows(j_next), first, {}, {}, kv_at)
                     if disk:
                         w_read = load({"wd": 1.0 / lk.d2c}, j_next)
-                        reads = _disk_reads(p, gather, gather_read, wslow, w_read, lat, nb, last=True)
-                    p0, p = _gather_into(p, gather, nb, last=True, slow=wslow)
+                        reads = _disk_reads(p, gather, gather_read, beside, w_read, lat, nb, last=True)
+                    p0, p = _gather_into(p, gather, nb, last=True, slow=beside)
                     dread["cd"] = dread.get("cd", 0.0) + gather_read
             elif phase == "prefill" or not fl.cpu_attention:
                 # a compressed cache on the GPU is decompressed whole each step (substep_ops)
@@ -349,6 +361,7 @@ def _slots(
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
                 small = o.to_cpu_bytes / lk.out_pin + o.to_gpu_bytes / lk.page
                 t_fixed = _t(rig, gpu, o.gpu_pre + o.gpu_post)
+                t_pre, t_post = _t(rig, gpu, o.gpu_pre), _t(rig, gpu, o.gpu_post)
                 t_gpu_att = _t(rig, gpu, og.gpu_pre) - _t(rig, gpu, o.gpu_pre)
                 t_cpu_att = _t(rig, cpu, o.cpu)
                 t_gather = _t(rig, cpu, (kv_gather_op(model, gbs, kv_len - 1, 1.0),))
@@ -371,19 +384,35 @@ def _slots(
                 # per byte of weights: pinned ones DMA'd at the link's rate, disk ones written into
                 # the relay at the disk's rate (their hops, booked when the reads land after the
                 # position's other copies, take host DRAM after the thread's work: _via_host)
-                pin = overlap_delay(dram, lk.pin, cap) / lk.pin
-                slow = {"wc": pin, "wd": overlap_delay(dram, lk.d2c, cap) / lk.d2c}
-                wslow = load(slow, j_next)
+                dram_d = overlap_delay(dram, lk.pin, cap), overlap_delay(dram, lk.d2c, cap)
+                slow = {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
+                wslow, beside_w = load(slow, j_next), flows(j_next)
+                first = _plus({}, gather, _gather_shares(nb, False)[0])
                 own = gather
                 if disk:
                     w_read = load({"wd": 1.0 / lk.d2c}, j_next)
-                    reads = _disk_reads(p, gather, gather_read, wslow, w_read, lat, nb, last=False)
+                    # V's read waits for the whole gather: its delay alone
+                    gslow = _beside(wslow, beside_w, first, {}, {}, kv_at)
+                    reads = _disk_reads(p, gather, gather_read, gslow, w_read, lat, nb, last=False)
                     # the reads take their share of host DRAM from the CPU work issued after them (V's
                     # gather and the attention), which they overlap here (the MLP's gather: assumed not):
                     # the page-cache write and the copy thread's fp32 conversion beside it (KV_CONVERT)
                     read_dram = lk.d2c * (1.0 + KV_CONVERT)
                     own = {**gather, "cd": gather_read * overlap_delay(dram, read_dram, cap)}
-                p0, p = _gather_into(p, own, nb, last=False, slow=wslow)
+                # the thread's work before the attention: the GPU's kernels, the copy to the CPU
+                before = {"const": t_pre + o.to_cpu_bytes / lk.out_pin, "cg": t_gpu_att}
+                beside = _beside(wslow, beside_w, first, {"cc": t_cpu_att, "cd": t_cpu_att}, before, kv_at)
+                p0, p = _gather_into(p, own, nb, last=False, slow=beside)
+                if disk and kv_at is not None:
+                    # the next layer's disk share hops over the link once the thread's copy back to
+                    # the GPU is through (booked after the position's copies: flexgen.py, _via_host),
+                    # so the sub-step lasts at least the thread but its last kernels, then the hops
+                    # (at a plan's placement; OPT-6.7B 32 x 1 4-bit 15/45/40, the KV 0/95/5, 1024 + 8:
+                    # LP -2.0 % below the engine without, -0.5 % with)
+                    hops = sum(hop_lat + b / lk.pin for b in copies[j_next])
+                    late = hops - t_post
+                    if late > 0.0:
+                        p0 = _plus(p0, {"const": late}, 1.0)
                 dread["cd"] = (nb - 1) * gather_read
                 store_w = {"cd": gbs * kv_tok / lk.c2d}  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py); the
@@ -512,6 +541,65 @@ def _gather_into(
     if first_gathers or not last:  # CPU work in the first sub-step
         p0 = _plus(p0, slow, 1.0)
     return p0, _plus(p, gather, rest)
+
+
+def _beside(
+    slow: dict[str, float],
+    flows: tuple[tuple[float, float], ...] | None,
+    gather: dict[str, float],
+    att: dict[str, float],
+    gap: dict[str, float],
+    at: dict[str, float] | None,
+) -> dict[str, float]:
+    """The delay the next layer's weight copies, issued at the position's start, cause the first
+    sub-step's CPU work on host DRAM (``_gather_into``'s ``slow``). The LP's own fractions (``at``
+    None) take ``slow``: ``overlap_delay`` x each copy's seconds, the delay of work that outlasts the
+    copies. The true delay is less where the work ends first or starts late, no linear form. At a
+    plan's placement (``at``, its KV fractions) the copies are constants (``flows``: each one's
+    seconds and delay per second beside it, the DMA's and the disk read's), and the delay is worked
+    out as the engine's timeline books it: the thread's gather (``gather``, seconds per KV fraction)
+    from the start, then ``gap`` (the GPU's kernels and the copy to the CPU before the attention),
+    then the CPU attention (``att``), each slowed while a copy lasts (both copies' delays summed, a
+    bound of their joint one); the form is its tangent there (exact at the plan, the LP's time at
+    the runtime's placement). Off the plan (``_repinned``'s LP, where the KV moves) it is no bound
+    either way: the delay is not concave in the fractions (the GPU's kernels move the attention's
+    start; synthetic flows: the tangent 0.65 s where the delay is 1.42 s), so a twin's own placed
+    time is worked out at its own KV (``_confirmable``'s cache keys on it). Before, the
+    copies' whole delay beside short work: 4-bit weights, CPU attention, OPT-6.7B 8 x 1 50/50
+    256 + 32, LP +5.7 % / +3.2 % above the engine with the KV on the GPU / the CPU."""
+    if at is None or flows is None:
+        return slow
+    flows = tuple(sorted((t, d) for t, d in flows if t > 0.0 and d > 0.0))
+    if not flows:
+        return {}
+
+    def end(t: float, work: float) -> float:
+        """When ``work`` seconds of CPU work issued at ``t`` end, slowed while the copies last."""
+        if work <= 0.0:  # none (the attention with the KV on the GPU): no 0 / 0 where a copy takes all
+            return t
+        for stop, _ in flows:
+            if t >= stop:
+                continue
+            rate = max(0.0, 1.0 - sum(d for s, d in flows if s > t))
+            if rate * (stop - t) >= work:
+                return t + work / rate
+            work -= rate * (stop - t)
+            t = stop
+        return t + work
+
+    def lin(form: dict[str, float], x: dict[str, float]) -> float:
+        return form.get("const", 0.0) + sum(k * x.get(v, 0.0) for v, k in form.items() if v != "const")
+
+    def delay(x: dict[str, float]) -> float:
+        g, a = lin(gather, x), lin(att, x)
+        t = end(0.0, g)
+        return t - g + end(t + lin(gap, x), a) - (t + lin(gap, x)) - a
+
+    here, h = delay(at), 1e-6
+    form = {v: (delay({**at, v: at.get(v, 0.0) + h}) - here) / h for v in ("cg", "cc", "cd")}
+    form = {v: k for v, k in form.items() if k}
+    form["const"] = here - sum(k * at.get(v, 0.0) for v, k in form.items())
+    return form
 
 
 def _plus(form: dict[str, float], extra: dict[str, float], k: float) -> dict[str, float]:
@@ -678,6 +766,10 @@ def cost_model(
     gpu, cpu, disk = ends
     split = None if placed is None else layer_weight_split(model, placed)
     placed_copies = () if placed is None else layer_disk_copies(model, placed)
+    kv_at = None
+    if placed is not None:
+        f = fractions(model, placed)
+        kv_at = {"cg": f.cg, "cc": f.cc, "cd": f.cd}
     lk = links(rig, gpu, cpu, disk)
     bounds = {v: (0.0, 1.0) for v in VARS}
     bounds["hd"] = (0.0, 0.0)  # the released runtime never puts activations on disk
@@ -705,7 +797,7 @@ def cost_model(
         coefs = {v: (unit[v][tier] - base[tier]) / 1e9 for v in VARS}
         rows.append(({v: c for v, c in coefs.items() if c}, (cap - base[tier]) / 1e9))
     slots = (
-        *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split, placed_copies),
+        *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split, placed_copies, kv_at),
         *_other_slots(rig, model, wl, gbs, nb, lk, ends, fl, split, placed_copies),
     )
     return CostModel(
@@ -1453,9 +1545,11 @@ def _confirmable(
     models: dict[tuple, CostModel] = {}
 
     def placed_model(sol: LpSolution, plan: FlexGenPlan, wl: Workload) -> CostModel:
-        # a plan enters the cost model only through its weights' per-tensor split: a plan and its
-        # _repinned twin (the same weight percents) share one
-        key = (sol.gbs, sol.nb, sol.flags, wl, layer_weight_split(model, plan))
+        # a plan enters the cost model only through its weights' per-tensor split and, with CPU
+        # attention, its KV fractions (``_beside``): without, a plan and its _repinned twin (the
+        # same weight percents) share one
+        kv = (plan.cg, plan.cc) if sol.flags.cpu_attention else ()
+        key = (sol.gbs, sol.nb, sol.flags, wl, layer_weight_split(model, plan), kv)
         cm = models.get(key)
         if cm is None:
             cm = models[key] = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget, plan)
