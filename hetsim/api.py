@@ -314,9 +314,10 @@ def _searched_in_workers(
     def keep(j: int, results: list[Result]) -> None:
         finished.update(zip(jobs[j], results, strict=True))
 
-    # A pool forked here starts at its first job. Every worker routes copies, so each builds the
-    # rig's route graph itself, in parallel, not here first; the solvers' modules are imported by
-    # the one worker that runs their search (OR-Tools' linear solver ~0.05 s, CP-SAT ~0.14 s).
+    # A pool forked here starts at its first job. Every worker routes copies, so each imports
+    # networkx (~0.1 s) and builds the rig's graph itself, in parallel, not here first; the solvers'
+    # modules are imported by the one worker that runs their search (OR-Tools' linear solver ~0.05
+    # s, CP-SAT ~0.14 s).
     with forked.frozen_heap(), forked.pool(more) if more > 0 else nullcontext() as late:
         pools = ([started] if started else []) + ([(late, more)] if late else [])
         forked.scatter(pools, calls, keep)

@@ -52,8 +52,9 @@ FORMATS = ("table", "json", "csv")
 # (activations and runtime alone) fits, so such a budget is a missing unit, refused rather than run.
 MIN_GPU_MEM_BUDGET = 1e6
 EXTENSION_MODULES = ("hetsim.cli.serve", "hetsim.cli.sweep", "validate.cli")
-# What a compare's search worker forked before the problem is read imports meanwhile: the search.
-SEARCH_MODULES = ("hetsim.api", "hetsim.strategies")
+# What a compare's search worker forked before the problem is read imports meanwhile: the search
+# and networkx (every strategy routes copies).
+SEARCH_MODULES = ("hetsim.api", "hetsim.strategies", "networkx")
 
 # Piped output (not a terminal) gets wide tables instead of rich's 80-column default.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
