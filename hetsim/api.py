@@ -395,12 +395,17 @@ def _plan_document() -> Any:
         params: dict[str, Any]
         lossy: str = ""  # what the plan gives up in model quality ("" = lossless); informational
 
+    # named as this module's (its ``__getattr__`` finds them): documents pickle as they did
+    for cls in (_WorkloadDoc, PlanDocument):
+        cls.__qualname__ = cls.__name__
     return PlanDocument
 
 
 def __getattr__(name: str) -> Any:
     if name == "PlanDocument":
         return _plan_document()
+    if name == "_WorkloadDoc":
+        return _plan_document().model_fields["workload"].annotation
     raise AttributeError(f"module 'hetsim.api' has no attribute {name!r}")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from hetsim.hardware.rig import NoRouteError, Rig
@@ -41,6 +43,19 @@ __all__ = [
     "load_rig",
     "rig_to_dict",
 ]
+
+
+class _Package(ModuleType):
+    """This package, whose ``catalog`` is the loader's function (as when ``__init__`` imported it):
+    importing the ``catalog`` submodule (its own ``sys.modules`` entry) binds it on the package,
+    which would hide the function from ``__getattr__``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (name == "catalog" and isinstance(value, ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,6 @@ import itertools
 import math
 import os
 import statistics
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -661,8 +660,3 @@ def rig_to_dict(rig: Rig) -> dict[str, Any]:
             for lk in rig.links.values()
         ],
     }
-
-
-# ``hetsim.hardware`` names this module's functions on first use (its ``__getattr__``); importing the
-# ``catalog`` submodule above bound the package's ``catalog`` to that module: the function's name.
-sys.modules["hetsim.hardware"].catalog = catalog  # type: ignore[attr-defined]
