@@ -15,16 +15,16 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ValidationError
 
 from hetsim import planner
 from hetsim import workers as forked
 from hetsim.costs.pricing import usd_per_mtok
 from hetsim.errors import InputError
-from hetsim.hardware.loader import load_rig
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.registry import get_model
 from hetsim.models.spec import DTYPES, ModelSpec
@@ -58,6 +58,14 @@ class Problem:
 
     def batch_is_free(self, objective: str, search: bool = True) -> bool:
         return self.free_batch and search and objective != "latency"
+
+
+def load_rig(hw: str) -> Rig:
+    """``hetsim.hardware.loader.load_rig``, imported on first use: the rig's schema (pydantic models,
+    YAML) is the parent's to read; compare's search workers import this module without it."""
+    from hetsim.hardware.loader import load_rig as load
+
+    return load(hw)
 
 
 def problem(
@@ -358,29 +366,47 @@ def results_frame(results: Sequence[Result]) -> pd.DataFrame:
 
 
 # ---- plan files ---------------------------------------------------------------------------------
-class _WorkloadDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    batch: int
-    prompt_len: int
-    gen_len: int
-    weight_dtype: str | None = None
-    kv_dtype: str | None = None
-    routing_profile: str | None = None
+@cache
+def _plan_document() -> Any:
+    """The plan file's pydantic model (``PlanDocument``), made on first use: pydantic's models cost
+    ~0.05 CPU s to import and build, which compare's search workers, importing this module, never use."""
+    from pydantic import BaseModel, ConfigDict
+
+    class _WorkloadDoc(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        batch: int
+        prompt_len: int
+        gen_len: int
+        weight_dtype: str | None = None
+        kv_dtype: str | None = None
+        routing_profile: str | None = None
+
+    class PlanDocument(BaseModel):
+        """A plan on disk: enough to re-run exactly what was planned."""
+
+        model_config = ConfigDict(extra="forbid")
+        hetsim_plan: Literal[1] = PLAN_FORMAT_VERSION  # the format this version reads
+        strategy: str
+        model: str
+        hardware: str
+        workload: _WorkloadDoc
+        objective: Objective = "throughput"
+        gpu_mem_budget: float | None = None
+        params: dict[str, Any]
+        lossy: str = ""  # what the plan gives up in model quality ("" = lossless); informational
+
+    # named as this module's (its ``__getattr__`` finds them): documents pickle as they did
+    for cls in (_WorkloadDoc, PlanDocument):
+        cls.__qualname__ = cls.__name__
+    return PlanDocument
 
 
-class PlanDocument(BaseModel):
-    """A plan on disk: enough to re-run exactly what was planned."""
-
-    model_config = ConfigDict(extra="forbid")
-    hetsim_plan: Literal[1] = PLAN_FORMAT_VERSION  # the format this version reads
-    strategy: str
-    model: str
-    hardware: str
-    workload: _WorkloadDoc
-    objective: Objective = "throughput"
-    gpu_mem_budget: float | None = None
-    params: dict[str, Any]
-    lossy: str = ""  # what the plan gives up in model quality ("" = lossless); informational
+def __getattr__(name: str) -> Any:
+    if name == "PlanDocument":
+        return _plan_document()
+    if name == "_WorkloadDoc":
+        return _plan_document().model_fields["workload"].annotation
+    raise AttributeError(f"module 'hetsim.api' has no attribute {name!r}")
 
 
 def plan_document(
@@ -388,11 +414,11 @@ def plan_document(
 ) -> dict[str, Any]:
     """The plan file; ``batch`` is the one the search chose when the problem left it free."""
     wl = replace(p.workload, batch=batch) if batch else p.workload
-    doc = PlanDocument(
+    doc = _plan_document()(
         strategy=strategy.name,
         model=p.model_ref,
         hardware=str(p.rig_ref),
-        workload=_WorkloadDoc(**wl.to_dict()),
+        workload=wl.to_dict(),
         objective=objective,
         gpu_mem_budget=p.gpu_mem_budget,
         params=strategy.plan_to_dict(plan),
@@ -412,7 +438,7 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", source=source) from None
     try:
-        doc = PlanDocument.model_validate(raw)
+        doc = _plan_document().model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(err["msg"], source=source, field=".".join(map(str, err["loc"]))) from None

@@ -90,19 +90,21 @@ def test_a_compare_with_workers_forked_early_has_the_results_of_one_process():
 @FORK
 def test_an_early_worker_imports_the_search_while_the_parent_goes_on():
     """In a fresh interpreter: the worker forked by ``early`` has the search and networkx imported
-    (and frozen, as a parent's heap is at a fork); the parent, meanwhile, imported none of it."""
+    (and frozen, as a parent's heap is at a fork), and neither the rig loader nor pydantic's models
+    (the parent reads the problem); the parent, meanwhile, imported none of it."""
     code = (
         "import gc, sys\n"
         "from hetsim import workers\n"
         "from hetsim.cli.commands import SEARCH_MODULES\n"
         "def seen():\n"
-        "    return [n in sys.modules for n in SEARCH_MODULES], gc.get_freeze_count() > 0\n"
+        "    mods = (*SEARCH_MODULES, 'hetsim.hardware.loader', 'pydantic.main')\n"
+        "    return [n in sys.modules for n in mods], gc.get_freeze_count() > 0\n"
         "with workers.early(1, SEARCH_MODULES) as pool:\n"
         "    here = [n in sys.modules for n in ('hetsim.api', 'networkx')]\n"
         "    print(pool.submit(seen).result(), here)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "([True, True, True], True) [False, False]"
+    assert out.strip() == "([True, True, True, False, False], True) [False, False]"
 
 
 def test_no_workers_are_forked_for_one_core_or_none_asked():
@@ -118,12 +120,21 @@ import sys
 from hetsim.cli import commands
 commands.SEARCH_MODULES = ("r20p_stuck_import",)  # the early worker's imports never end
 commands._cores = lambda: 2
-sys.exit(commands.main(["compare", "--model", "no-such-model", "--hw", "mixed-lab"]))
+sys.exit(commands.main(["compare", "--hw", "mixed-lab", *sys.argv[1:]]))
 """
 
 
 @FORK
-def test_bad_input_does_not_wait_for_the_early_workers_imports(tmp_path):
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--model", "no-such-model"], "error: --model: unknown model 'no-such-model'"),
+        # refused by typer's parsing, after the workers were forked (before it, since session 13)
+        (["--model", "llama2-7b", "--gen-len", "x"], "error: --gen-len: Input should be a valid integer"),
+        (["--model", "llama2-7b", "--format", "nope"], "error: --format: unknown format 'nope'"),
+    ],
+)
+def test_bad_input_does_not_wait_for_the_early_workers_imports(tmp_path, args, says):
     """A compare whose input is bad ends with its one line and exit 2 without waiting for the early
     worker still importing the search (shutting its pool down waited for those imports: here they
     never end, so the command hung), and leaves no worker behind."""
@@ -133,7 +144,7 @@ def test_bad_input_does_not_wait_for_the_early_workers_imports(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(
-            [sys.executable, "-c", _BAD_INPUT_WHILE_IMPORTING],
+            [sys.executable, "-c", _BAD_INPUT_WHILE_IMPORTING, *args],
             capture_output=True,
             text=True,
             env=env,
@@ -145,7 +156,7 @@ def test_bad_input_does_not_wait_for_the_early_workers_imports(tmp_path):
             os.kill(worker, 9)
     assert done.returncode == 2
     assert done.stderr.splitlines() == [done.stderr.strip()]
-    assert done.stderr.startswith("error: --model: unknown model 'no-such-model'")
+    assert done.stderr.startswith(says)
     assert worker is None or not _alive(worker)
 
 
@@ -181,3 +192,63 @@ def test_early_workers_are_no_more_than_the_strategies_named(monkeypatch, names,
     with commands._search_workers(names) as (searching_on, started):
         assert (searching_on, started) == (cores, None)
     assert asked == [forked]
+
+
+@pytest.mark.parametrize(
+    ("args", "forked"),
+    [(["compare", "--model", "m", "--strategies", "flexgen,hetegen"], 2),
+     (["compare", "--strategies=flexgen,hetegen,gpu-only", "--strategies", "flexgen"], 0),
+     (["compare", "--strategies", "a,b", "--strategies=a,b,c"], 3),
+     (["compare", "--model", "m"], 15), (["plan", "--strategy", "all"], 15), (["plan"], 15),
+     (["plan", "--strategy", "hexgen"], None), (["compare", "--help"], None),
+     (["simulate", "--plan", "p.json"], None), (["model", "list"], None), ([], None)],
+)  # fmt: skip
+def test_searching_commands_fork_their_workers_from_the_arguments(monkeypatch, args, forked):
+    """``_main`` forks a compare's or plan's workers from its arguments (the last ``--strategies``,
+    as typer takes it), before typer parses them; other commands, and help, fork none."""
+    from contextlib import contextmanager
+
+    from hetsim.cli import commands
+
+    asked = []
+
+    @contextmanager
+    def early(n, modules):
+        asked.append(n)
+        yield "pool" if n else None
+
+    monkeypatch.setattr(workers, "early", early)
+    monkeypatch.setattr(commands, "_cores", lambda: 16)
+    # the command's own call hands out the forked ones
+    with commands._forking(args), commands._search_workers("flexgen") as handed:
+        pass
+    if forked is None:  # forked by the command itself, as before
+        assert asked == [0] and handed == (16, None)
+    else:
+        assert asked == [forked] and handed == (16, ("pool", forked) if forked else None)
+    assert commands._forked is None
+
+
+_FORKED_WHEN = """
+import sys
+from contextlib import contextmanager
+from hetsim import workers
+from hetsim.cli import commands
+seen = []
+@contextmanager
+def early(n, modules):
+    seen.append(sorted(m for m in ("typer._adapters", "pydantic.main") if m in sys.modules))
+    yield None
+workers.early = early
+commands._cores = lambda: 2
+code = commands.main(["compare", "--model", "no-such-model", "--hw", "mixed-lab"])
+print(code, seen)
+"""
+
+
+@FORK
+def test_compare_forks_its_workers_before_typer_imports_pydantic():
+    """The early workers are forked before typer's flag parsing imports pydantic (~0.05 CPU s that
+    a worker forked after it waited for, and needs none of)."""
+    out = subprocess.run([sys.executable, "-c", _FORKED_WHEN], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2 [[]]"

@@ -173,12 +173,22 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+# Search workers forked by ``_main`` from the arguments, before typer parsed them, for the command
+# it runs (``_search_workers`` hands them out); None outside.
+_forked: tuple[int, tuple[Any, int] | None] | None = None
+# The commands that search, and the flag that names their strategies.
+SEARCHING = {"compare": "--strategies", "plan": "--strategy"}
+
+
 @contextmanager
 def _search_workers(strategies: str | None) -> Iterator[tuple[int, tuple[Any, int] | None]]:
     """The cores to search on and, where ``--strategies`` leaves several, search workers forked now
     (``api.compare``'s ``started``): one per core but the parent's, no more than the strategies
     named, importing the search while the parent reads the problem (~0.1 s sooner at their first
-    job on the headline compare)."""
+    job on the headline compare). Those ``_main`` forked for this command, where it did."""
+    if _forked is not None:
+        yield _forked
+        return
     from hetsim import workers
 
     cores, given = _cores(), _split_names(strategies)
@@ -188,6 +198,34 @@ def _search_workers(strategies: str | None) -> Iterator[tuple[int, tuple[Any, in
     early = min(cores - 1, named) if named > 1 else 0
     with workers.early(early, SEARCH_MODULES) as started:
         yield cores, (started, early) if started else None
+
+
+@contextmanager
+def _forking(args: Sequence[str]) -> Iterator[None]:
+    """For a searching command (``SEARCHING``), its search workers forked before typer parses
+    ``args``: parsing the flags imports pydantic (typer's coercion, ~0.05 CPU s), which the workers
+    do not need, so they start that much sooner. The strategies are read from ``args`` as typer
+    reads them (the last ``--strategies X`` or ``--strategies=X``); a worker count from odd
+    arguments only changes the speed, never a result, and bad arguments fail in typer as before
+    (the workers killed, not waited for: an exception leaving ``early`` kills them)."""
+    global _forked
+    words = list(itertools.takewhile(lambda a: not a.startswith("-"), args))
+    flag = SEARCHING.get(words[0]) if len(words) == 1 else None
+    if flag is None or "--help" in args:
+        yield
+        return
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.partition("=")[2]
+    with _search_workers(value) as forked:
+        _forked = forked
+        try:
+            yield
+        finally:
+            _forked = None
 
 
 def _split_names(text: str | None) -> list[str] | None:
@@ -618,9 +656,10 @@ def _command_name(argv: Sequence[str] | None) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
-        rv = command.main(
-            args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
-        )
+        with _forking(list(sys.argv[1:] if argv is None else argv)):
+            rv = command.main(
+                args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
+            )
     except EXIT_ERRORS as exc:
         return exc.exit_code  # type: ignore[attr-defined]
     except ABORT_ERRORS:
