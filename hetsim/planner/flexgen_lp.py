@@ -1425,16 +1425,22 @@ def search_free(
     return best
 
 
-# A plan whose host memory is this full may have been held back by its pinned weights' rounding
-# (``pinned_bytes``): the search is then run again with ``--pin-weight 0`` tried too (``search_free``,
-# ``search_policy``). to_plan's whole percents leave a host-bound optimum ~1-3 % below capacity.
+# A pinned plan held by host memory (``_host_bound``: this full, or with a disk share) may have been
+# held back by its pinned weights' rounding (``pinned_bytes``): the search is then run again with
+# ``--pin-weight 0`` tried too (``search_free``, ``search_policy``). to_plan's whole percents leave a
+# host-bound optimum ~1-3 % below capacity.
 HOST_BOUND = 0.95
 
 
 def _host_bound(rig: Rig, model: ModelSpec, wl: Workload, plan: FlexGenPlan, cpu: str) -> bool:
-    """Whether ``plan`` (pinned weights, on the CPU) fills ``HOST_BOUND`` of the host's memory."""
-    if not plan.pin_weight or fractions(model, plan).w_cpu <= 0:
+    """Whether ``plan`` (pinned weights, some on the CPU) is held by host memory: it puts weights or KV
+    on the disk, the slowest tier (the LP does only where the CPU is full), or fills ``HOST_BOUND`` of
+    the host (OPT-175B 4-bit, 512 + 32: the pinned 64 x 2, 60 % of the weights on the CPU, at 92 %)."""
+    f = fractions(model, plan)
+    if not plan.pin_weight or f.w_cpu <= 0:
         return False
+    if f.w_disk > 0 or plan.cd > 0:
+        return True
     used = sum(memory_plan(model, shape_of(plan, wl), fractions(model, plan))["cpu"].values())
     return used >= HOST_BOUND * rig.devices[cpu].mem_bytes
 
