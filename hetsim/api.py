@@ -482,7 +482,7 @@ def serve(
     ``weight_dtype`` / ``kv_dtype`` (``--dtype`` / ``--kv-dtype``) are the precisions the plans run, as in
     ``compare`` (HexGen's fp16 when None; one HexGen does not run makes the result infeasible); the
     ``--slo-scale`` reference rig keeps HexGen's fp16."""
-    from hetsim.planner.hexgen_cpsat import reference_plan, search_serving
+    from hetsim.planner.hexgen_cpsat import SearchStopped, reference_plan, search_serving
     from hetsim.serving.serve import MODES, Reference, attainment_at, deadlines_for, max_rate
 
     _check_serve_flags(dispatch, max_batch, target, slo, slo_scale, duration, num_requests)
@@ -523,6 +523,20 @@ def serve(
     )
     if find_max_rate and deadlines is None:
         raise InputError("--max-rate needs --slo or --slo-scale", field="--max-rate")
+
+    def document(plan: Any, result: Any) -> dict[str, Any]:
+        doc = _serve_document(
+            model, hw, reqs, rate, seed, slo, slo_scale, slo_ref, symmetric, rig, plan, result
+        )
+        if (
+            weight_dtype or kv_dtype
+        ):  # the precisions asked for, and what they give up (absent: HexGen's fp16)
+            doc["plan"].update(weight_dtype=plan.weight_dtype, kv_dtype=plan.kv_dtype)
+            doc["lossy"] = hexgen.lossy(plan, spec)
+        doc.update(result.summary(deadlines))
+        doc.update(_rig_cost(rig, result))
+        return doc
+
     try:
         found = search_serving(
             rig,
@@ -539,38 +553,73 @@ def serve(
         )
     except NoRouteError as exc:
         return {"feasible": False, "reason": str(exc)}
+    except SearchStopped as stopped:
+        raise ServeStopped(_stopped_document(stopped, document, deadlines, len(reqs))) from stopped
     if found is None:
         return {"feasible": False, "reason": f"no feasible plan for {spec.name} on {rig.name}"}
     plan, result = found
-    doc = _serve_document(model, hw, reqs, rate, seed, slo, slo_scale, slo_ref, symmetric, rig, plan, result)
-    if weight_dtype or kv_dtype:  # the precisions asked for, and what they give up (absent: HexGen's fp16)
-        doc["plan"].update(weight_dtype=plan.weight_dtype, kv_dtype=plan.kv_dtype)
-        doc["lossy"] = hexgen.lossy(plan, spec)
-    doc.update(result.summary(deadlines))
-    doc.update(_rig_cost(rig, result))
+    doc = document(plan, result)
     if find_max_rate:
         doc["target_attainment"] = target
-        doc["max_rate"] = max_rate(
-            lambda r: attainment_at(
-                plan,
-                rig,
-                spec,
-                r,
-                n=len(reqs),
-                seed=seed,
-                slo_s=slo,
-                slo_scale=slo_scale,
-                reference=reference,
-                dispatch=dispatch,
-                mode=mode,
-                drop_late=drop_late,
-            ),
-            target,
-            lo=0.05,
-            hi=max(0.1, rate or 1.0),
-            iterations=8,
-        )
+        try:
+            doc["max_rate"] = max_rate(
+                lambda r: attainment_at(
+                    plan,
+                    rig,
+                    spec,
+                    r,
+                    n=len(reqs),
+                    seed=seed,
+                    slo_s=slo,
+                    slo_scale=slo_scale,
+                    reference=reference,
+                    dispatch=dispatch,
+                    mode=mode,
+                    drop_late=drop_late,
+                ),
+                target,
+                lo=0.05,
+                hi=max(0.1, rate or 1.0),
+                iterations=8,
+            )
+        except KeyboardInterrupt as exc:  # the served plan is whole; only its highest rate is missing
+            doc["max_rate"] = None
+            raise ServeStopped(
+                {**doc, "partial": {"max_rate": "not found: stopped during its search"}}
+            ) from exc
     return doc
+
+
+class ServeStopped(KeyboardInterrupt):
+    """``serve`` interrupted (Ctrl-C, or the CLI's SIGTERM) once something was served: ``doc`` is
+    ``serve``'s document of it, with ``partial`` saying what it is. Stopped while a candidate plan was
+    served and none before it: that plan's requests finished by the simulated time reached
+    (``simulated_s``; ``finished`` of the ``arrived`` of all ``requests``), their latency, TTFT and
+    TPOT, throughput and costs over them, and SLO attainment over the requests decided by then
+    (finished, or unfinished past their deadline: ``slo_over`` of them). Stopped after some
+    candidates were served whole (``plans_served`` of ``candidate_plans``): the best of those, whole.
+    Stopped during the ``--max-rate`` search: the served plan, whole, without ``max_rate``."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        super().__init__(f"serve stopped: {doc['partial']}")
+        self.doc = doc
+
+
+def _stopped_document(
+    stopped: Any, document: Callable[[Any, Any], dict[str, Any]], deadlines: Any, total: int
+) -> dict[str, Any]:
+    """``serve``'s document of what a stopped search had served (``ServeStopped``)."""
+    partial: dict[str, Any] = {"plans_served": stopped.served, "candidate_plans": stopped.candidates}
+    if stopped.best is not None:
+        return {**document(*stopped.best), "partial": partial}
+    plan, run = stopped.running
+    doc = document(plan, run.result)
+    partial.update(
+        simulated_s=run.now_s, finished=len(run.result.finished), arrived=run.arrived, requests=total
+    )
+    if deadlines is not None:
+        doc["slo_attainment"], partial["slo_over"] = run.attainment(deadlines)
+    return {**doc, "partial": partial}
 
 
 def _serve_document(

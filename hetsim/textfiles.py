@@ -1,5 +1,5 @@
 """Reading user files: UTF-8 text and strict YAML, every failure one ``InputError`` naming the file;
-writing output files whole (``write_text_atomic``).
+writing output files whole (``write_text_atomic``, ``open_whole``, ``savefig_whole``).
 
 YAML is read with PyYAML's safe loader plus two fixes: a mapping with the same key twice is refused
 (PyYAML keeps the last silently), and ``1e-9`` is a float (YAML 1.1's float pattern needs a dot, so
@@ -8,12 +8,14 @@ PyYAML reads it as the string '1e-9'; YAML 1.2 reads it as a number).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -95,27 +97,42 @@ def temp_beside(path: Path) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all: into a temporary file beside it, then renamed
-    over it. Two runs writing the same path leave one's file, never bytes of both; an interrupted
-    write leaves the old file (and no temporary one). Otherwise as a plain open: a symlink's file is
+    """Write ``text`` to ``path`` whole or not at all (``open_whole``)."""
+    with open_whole(path) as f:
+        f.write(text)
+
+
+def savefig_whole(fig: Any, path: str | Path, **kwargs: Any) -> None:
+    """``fig.savefig(path, **kwargs)`` (a matplotlib figure; the format from the suffix), whole or not
+    at all (``open_whole``)."""
+    with open_whole(path, "wb") as f:
+        fig.savefig(f, format=Path(path).suffix[1:], **kwargs)
+
+
+@contextlib.contextmanager
+def open_whole(path: str | Path, mode: str = "w", *, newline: str | None = None) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` for writing (``"w"``: UTF-8 text, ``"wb"``: bytes), whole or not at all:
+    the block writes a temporary file beside ``path``, renamed over it when the block ends. Two runs
+    writing the same path leave one's file, never bytes of both; an interrupted or failed write
+    leaves the old file (and no temporary one). Otherwise as a plain open: a symlink's file is
     written (the link stays), an existing file keeps its mode, a new one gets the umask's, and an
     error names ``path`` (not the temporary file)."""
     target = Path(os.path.realpath(path))
     try:
         st = os.stat(target)
-        mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
+        kept = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
     except OSError:  # none yet (or unreadable: the open below says why)
-        mode = None
+        kept = None
     tmp = temp_beside(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            if mode is not None:
-                os.chmod(tmp, mode)
-            f.write(text)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8", newline=newline) as f:
+            if kept is not None:
+                os.chmod(tmp, kept)
+            yield f
         os.replace(tmp, target)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from hetsim.textfiles import open_whole, write_text_atomic
+
 HERE = Path(__file__).resolve().parent
 ORDER = ("flexgen", "hetegen", "hexgen", "cputp")
 FIELDS = ("paper", "setting", "metric", "published", "hetsim", "rel_error")
@@ -91,7 +93,7 @@ def main(out_dir: str = "paper_figs/out") -> int:
         proc = subprocess.run(
             [sys.executable, str(script), str(out)], capture_output=True, text=True, check=False
         )
-        (out / f"{paper}.log").write_text(proc.stdout + proc.stderr)
+        write_text_atomic(out / f"{paper}.log", proc.stdout + proc.stderr)
         print(proc.stdout.rstrip())
         took = time.time() - start
         if proc.returncode:
@@ -108,7 +110,7 @@ def main(out_dir: str = "paper_figs/out") -> int:
                 print(f"   {csv_path.name}: no published/hetsim columns, not summarised")
             else:
                 summary.extend(rows)
-    with (out / "summary.csv").open("w", newline="") as f:
+    with open_whole(out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(summary)

@@ -20,6 +20,7 @@ from pathlib import Path
 from hetsim.api import problem
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
+from hetsim.textfiles import open_whole, savefig_whole
 
 RIG = "cputp-4x8575c"
 MODEL = "qwen-72b"
@@ -73,7 +74,7 @@ def plot(data: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    savefig_whole(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -81,7 +82,7 @@ def main(out_dir: str = "paper_figs/out") -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = rows()
-    with (out / "cputp.csv").open("w", newline="") as f:
+    with open_whole(out / "cputp.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(data[0]))
         writer.writeheader()
         writer.writerows(data)

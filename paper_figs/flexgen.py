@@ -32,6 +32,7 @@ from hetsim import api
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import all_strategies, get_strategy
 from hetsim.strategies.flexgen_policy import FlexGenPlan
+from hetsim.textfiles import open_whole, savefig_whole
 from hetsim.workload import Workload
 
 RIG = "flexgen-t4"
@@ -138,7 +139,7 @@ def main(out_dir: str = "paper_figs/out/") -> None:
                   f"error {r['rel_error']:+.0%}")  # fmt: skip
         else:
             print(f"{head} hetsim {r['hetsim_tok_s']:7.3g}  (no published point) {r['note']}")
-    with (out / "flexgen.csv").open("w", newline="") as fh:
+    with open_whole(out / "flexgen.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -159,7 +160,7 @@ def main(out_dir: str = "paper_figs/out/") -> None:
         ax.set_ylabel("tok/s", fontsize=8)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "flexgen.png", dpi=120)
+    savefig_whole(fig, out / "flexgen.png", dpi=120)
     print(f"wrote {out / 'flexgen.csv'} and {out / 'flexgen.png'}")
 
 

@@ -29,6 +29,7 @@ from hetsim.sim.result import Result
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.hetegen import split_weight_bytes, working_set
+from hetsim.textfiles import open_whole, savefig_whole
 
 GB = 1e9
 MODELS = ("opt-6.7b", "opt-13b", "opt-30b")
@@ -233,7 +234,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    savefig_whole(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -241,7 +242,7 @@ def main(out_dir: str = "paper_figs/out") -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = sweep()
-    with (out / "hetegen_fig8.csv").open("w", newline="") as f:
+    with open_whole(out / "hetegen_fig8.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -268,7 +269,7 @@ def main(out_dir: str = "paper_figs/out") -> None:
         ("FlexGen at 6.1 GB GPU", "throughput_tok_s", PAPER["flexgen"][1], flex.throughput_tok_s),
         ("HeteGen / FlexGen", "throughput_ratio", PAPER_RATIO, ratio),
     ]
-    with (out / "hetegen_points.csv").open("w", newline="") as f:
+    with open_whole(out / "hetegen_points.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["paper", "setting", "metric", "published", "hetsim"])
         for setting, metric, published, got in points:

@@ -27,6 +27,7 @@ from hetsim.models import get_model
 from hetsim.planner.hexgen_study import best_attainment, best_min_scale, make_reference, make_study
 from hetsim.serving.serve import serve_plan
 from hetsim.serving.workload import poisson_requests
+from hetsim.textfiles import open_whole, savefig_whole
 
 PAPER = {"deadline_x": 2.3, "rate_x": 4.0}  # paper_points.csv: HexGen full budget vs homogeneous
 RIGS = {
@@ -114,15 +115,15 @@ def runtime_main(out_dir: Path, n: int) -> int:
                     f"lengths {length}, deadline {scale:g}x, attainment {t:.0%}: max rate homogeneous "
                     f"{homo:.3g}, hetero full {full:.3g} req/s -> {ratio:.2f}x"
                 )
-    with open(out_dir / "hexgen_runtime_vs_rate.csv", "w", newline="") as f:
+    with open_whole(out_dir / "hexgen_runtime_vs_rate.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["length", "setting", "deadline_scale", "rate_req_s", "slo_attainment"])
         w.writerows(rate_rows)
-    with open(out_dir / "hexgen_runtime_vs_deadline.csv", "w", newline="") as f:
+    with open_whole(out_dir / "hexgen_runtime_vs_deadline.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["length", "setting", "rate_req_s", "deadline_scale", "slo_attainment"])
         w.writerows(deadline_rows)
-    with open(out_dir / "hexgen_runtime_max_rate.csv", "w", newline="") as f:
+    with open_whole(out_dir / "hexgen_runtime_max_rate.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["length", "deadline_scale", "target", "homogeneous_req_s", "full_req_s", "ratio"])
         w.writerows(max_rows)
@@ -155,7 +156,7 @@ def runtime_main(out_dir: Path, n: int) -> int:
     axes[1, 0].legend(fontsize=6)
     fig.suptitle("hetsim, HexGen's runtime (static batch 1, drop-late): Llama-2-70B, full budget vs 16x A100")
     fig.tight_layout()
-    fig.savefig(out_dir / "hexgen_runtime.png", dpi=110)
+    savefig_whole(fig, out_dir / "hexgen_runtime.png", dpi=110)
     print("\n".join(lines))
     finite = [v for v in ratios.values() if v != float("inf")]
     print(
@@ -246,15 +247,15 @@ def main(argv: list[str]) -> int:
                 + f" -> hetero-full/homogeneous = {rate_x[target, scale]:.2f}x"
             )
 
-    with open(out_dir / "hexgen_vs_rate.csv", "w", newline="") as f:
+    with open_whole(out_dir / "hexgen_vs_rate.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["setting", "deadline_scale", "rate_req_s", "slo_attainment"])
         w.writerows(rate_rows)
-    with open(out_dir / "hexgen_vs_deadline.csv", "w", newline="") as f:
+    with open_whole(out_dir / "hexgen_vs_deadline.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["setting", "rate_req_s", "deadline_scale", "slo_attainment"])
         w.writerows(deadline_rows)
-    with open(out_dir / "hexgen_max_rate.csv", "w", newline="") as f:
+    with open_whole(out_dir / "hexgen_max_rate.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["setting", "target_attainment", "deadline_scale", "max_rate_req_s"])
         w.writerows(max_rows)
@@ -278,7 +279,7 @@ def main(argv: list[str]) -> int:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("hetsim: Llama-2-70B serving, HexGen rigs (Poisson, lengths 32/64/128)")
     fig.tight_layout()
-    fig.savefig(out_dir / "hexgen.png", dpi=110)
+    savefig_whole(fig, out_dir / "hexgen.png", dpi=110)
 
     print("\n".join(lines))
     best_d = max(deadline_x.values())
@@ -290,7 +291,7 @@ def main(argv: list[str]) -> int:
         f"(paper: up to {PAPER_ASYM['deadline_x']}x), up to {max(asym_r.values()):.2f}x higher rate "
         f"(paper: up to {PAPER_ASYM['rate_x']}x)"
     )
-    with (out_dir / "hexgen_points.csv").open("w", newline="") as f:
+    with open_whole(out_dir / "hexgen_points.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["paper", "setting", "metric", "published", "hetsim"])
         full = "Llama-2-70B, full-budget heterogeneous vs 16 x A100 at equal price"

@@ -23,6 +23,7 @@ from pathlib import Path
 from hetsim.api import best_result, problem
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
+from hetsim.textfiles import open_whole, savefig_whole
 
 RIG = "ktransformers-1s"
 MODEL = "deepseek-v3"
@@ -100,7 +101,7 @@ def plot(data: list[dict], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("DeepSeek-V3 Q4_K_M, 4090D + Xeon Gold 6454S, prompt 500, batch 1", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    savefig_whole(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -108,7 +109,7 @@ def main(out_dir: str = "paper_figs/out") -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = rows()
-    with (out / "ktransformers.csv").open("w", newline="") as f:
+    with open_whole(out / "ktransformers.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(data[0]))
         writer.writeheader()
         writer.writerows(data)

@@ -97,36 +97,37 @@ def test_signal_stops_compare_and_its_workers(sig, group, code):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for the CPU time")
-@pytest.mark.parametrize("command", ["serve", "simulate"])
-def test_signal_stops_serve_and_simulate(tmp_path, command):
-    if command == "serve":  # ~95,000 requests: ~20 CPU s if left alone
-        args = ("--model", "llama2-70b", "--hw", "mixed-lab", "--rate", "5", "--duration", "19000")
-    else:  # FlexGen's plan, every decode step simulated: > 15 CPU s if left alone
-        plan = tmp_path / "plan.json"
-        made = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hetsim.cli",
-                "plan",
-                *LONG_COMPARE,
-                "--strategy",
-                "flexgen",
-                "--out",
-                str(plan),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=KILL_TIMEOUT_S,
-        )
-        assert made.returncode == 0, made.stderr
-        args = ("--plan", str(plan), "--exact")
-    proc = _start(command, *args)
+def test_signal_stops_simulate_with_one_line_saying_why_it_keeps_nothing(tmp_path):
+    """A stopped serve prints what it served (tests/test_serve_stop.py); a stopped simulate has no
+    whole-run metric to print, and its one line says so (before: "it keeps no partial results")."""
+    plan = tmp_path / "plan.json"  # FlexGen's plan, every decode step simulated: > 15 CPU s if left alone
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hetsim.cli",
+            "plan",
+            *LONG_COMPARE,
+            "--strategy",
+            "flexgen",
+            "--out",
+            str(plan),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=KILL_TIMEOUT_S,
+    )
+    assert made.returncode == 0, made.stderr
+    proc = _start("simulate", "--plan", str(plan), "--exact")
     _wait_for(proc, lambda: _cpu_s(proc.pid) > 1.5)  # past the imports: in the command's work
     os.killpg(proc.pid, signal.SIGINT)
     err = _finish(proc)
     assert proc.returncode == 130, err
-    assert err == f"interrupted by SIGINT: hetsim {command} stopped (it keeps no partial results)\n"
+    assert err == (
+        "interrupted by SIGINT: hetsim simulate stopped (it keeps no partial results: throughput, TPOT, "
+        "cost and utilisation are over the whole generation; without --exact long generations are "
+        "fast-forwarded)\n"
+    )
 
 
 # A command that loses the KeyboardInterrupt (as when the signal lands in a callback whose exceptions
@@ -602,3 +603,54 @@ def test_a_compare_stopped_after_every_search_ended_is_not_marked_partial(monkey
         captured.err
         == "interrupted by SIGINT: hetsim compare stopped (every strategy finished and is printed)\n"
     )
+
+
+# SIGTERM in the two gaps around ``main``'s ``Stop``: while it sets up (``_children`` reads the
+# children to spare, before its handlers are in: the console script's take the signal), and just
+# after its ``__exit__`` (the output complete)
+_SIGTERM_IN_A_GAP = """
+import signal, sys
+from hetsim.cli import entry, stop
+
+if sys.argv[1] == "before":
+    real, once = stop._children, []
+
+    def children():
+        if not once:
+            once.append(1)
+            signal.raise_signal(signal.SIGTERM)
+        return real()
+
+    stop._children = children
+else:
+    real_exit = stop.Stop.__exit__
+
+    def exit_(self, *exc):
+        real_exit(self, *exc)
+        signal.raise_signal(signal.SIGTERM)
+
+    stop.Stop.__exit__ = exit_
+sys.argv = ["hetsim", "model", "list", "--format", "json"]
+entry.run()
+"""
+
+
+def test_sigterm_before_the_commands_handlers_are_in_says_the_line():
+    """Before: exit 130 and nothing said (the KeyboardInterrupt came from the console script's handler,
+    which ``main`` took for one of its own command's)."""
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_IN_A_GAP, "before"], capture_output=True, text=True,
+                          timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        143,
+        "",
+        "interrupted by SIGTERM: hetsim model list stopped (it keeps no partial results)\n",
+    )
+
+
+def test_sigterm_just_after_the_command_is_143_and_silent():
+    """Before: 130 (``__exit__`` put back the console script's handler, whose raise ``main`` counted as
+    Ctrl-C). The output stays whole."""
+    proc = subprocess.run([sys.executable, "-c", _SIGTERM_IN_A_GAP, "after"], capture_output=True, text=True,
+                          timeout=KILL_TIMEOUT_S)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (143, "")
+    assert "llama2-70b" in [m["name"] for m in json.loads(proc.stdout)]

@@ -52,7 +52,7 @@ def _lp_vs_engine(rig_name: str, model: str, plan: FlexGenPlan, wl: Workload, ti
 
 
 @pytest.mark.parametrize(
-    ("model", "gbs", "nb", "prompt"), [("opt-13b", 32, 4, 1024), ("llama2-13b", 64, 2, 2048)]
+    ("model", "gbs", "nb", "prompt"), [("opt-13b", 32, 4, 1024), ("llama2-13b", 32, 4, 2048)]
 )
 def test_lp_stays_under_the_engine_with_a_4bit_kv_cache_on_the_cpu(model, gbs, nb, prompt):
     """mixed-lab, the weights on the GPU, the KV 4-bit on the CPU, gen 32: each cache tensor's data

@@ -62,3 +62,66 @@ def test_concurrent_writers_leave_one_whole_text(tmp_path):
         list(pool.map(lambda t: write_text_atomic(out, t), texts))
     assert out.read_text() in texts
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+
+
+# A writer of result files in its own process (validate's, tools', paper_figs' scripts): a CSV of
+# ``rows`` rows, flushed row by row so that writers running at once really interleave their writes.
+_CSV_WRITER = """
+import csv, sys
+from hetsim.textfiles import open_whole
+
+path, tag, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open_whole(path, "w", newline="") as f:
+    w = csv.writer(f)
+    for i in range(rows):
+        w.writerow([tag, i, tag * 100])
+        f.flush()
+"""
+
+
+def test_concurrent_processes_writing_one_result_file_leave_one_whole(tmp_path):
+    """Eight runs of a script writing one CSV at once: it is one run's file, whole (a plain open would
+    leave rows of several, or a truncated tail); no temporary file is left."""
+    import subprocess
+
+    out = tmp_path / "points.csv"
+    tags = "abcdefgh"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CSV_WRITER, str(out), t, str(2000 + i)])
+        for i, t in enumerate(tags)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0] * len(tags)
+    lines = out.read_text().splitlines()
+    tag = lines[0][0]
+    assert lines == [f"{tag},{i},{tag * 100}" for i in range(2000 + tags.index(tag))]
+    assert [p.name for p in tmp_path.iterdir()] == ["points.csv"]
+
+
+def test_an_interrupted_validate_report_keeps_the_old_files_whole(tmp_path, monkeypatch):
+    """Ctrl-C while ``validate`` saves its PNG (or while any figure is written through
+    ``savefig_whole``): the previous PNG stays as it was, no temporary file is left. Before, the
+    PNG was opened in place, truncated and left half written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from validate import report
+
+    run = {"model": {"name": "m", "hidden": 64, "layers": 2}, "label": "r"}
+    run |= {"measured": {"ttft_s": 0.1, "tpot_s": 0.01}, "predicted": {"ttft_s": 0.11, "tpot_s": 0.012}}
+    doc = {"runs": [run], "environment": {"cpu": "test"}}
+    json_path, png = report.save(doc, tmp_path)
+    before = {p.name: p.read_bytes() for p in (json_path, png)}
+
+    def interrupted(self, fname, **kwargs):
+        f = fname if hasattr(fname, "write") else open(fname, "wb")  # noqa: SIM115
+        f.write(b"\x89PNG half")
+        f.flush()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.save({**doc, "environment": {"cpu": "other"}}, tmp_path)
+    assert png.read_bytes() == before[png.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)

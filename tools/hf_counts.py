@@ -18,6 +18,8 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from hetsim.textfiles import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1] / "tests" / "data" / "hf-configs"
 
 
@@ -52,7 +54,7 @@ def count_synthetic() -> None:
             m = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
         entry["params"] = sum(p.numel() for p in m.parameters())
     doc["transformers_version"] = transformers.__version__
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
 
 
 def main() -> None:
@@ -63,7 +65,7 @@ def main() -> None:
             counts["models"][folder.name] = count(folder)
         except Exception as e:  # a config transformers cannot build is recorded as such
             counts["models"][folder.name] = {"error": f"{type(e).__name__}: {e}"[:200]}
-    (ROOT / "counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+    write_text_atomic(ROOT / "counts.json", json.dumps(counts, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import OPTConfig, OPTForCausalLM
 
+from hetsim.textfiles import open_whole
+
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 
 
@@ -230,7 +232,7 @@ SHAPES = [
 def write_rows(rows: list[dict], stem: str, tool: str) -> None:
     """tests/data/<stem>-<transformers version>.csv, headed by the tool and the versions it ran."""
     out = DATA / f"{stem}-{transformers.__version__}.csv"
-    with out.open("w", newline="") as f:
+    with open_whole(out, "w", newline="") as f:
         f.write(f"# {tool}; transformers {transformers.__version__}, torch {torch.__version__}\n")
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from hetsim.textfiles import open_whole
+
 GPUS = ("a100", "h100", "a40")
 NETWORKS = ("a100_dgx", "h100_dgx")
 SEND_RECV = ("a40_pairwise_nvlink",)  # no all-reduce table for A40: the bridge's point-to-point line
@@ -35,21 +37,24 @@ def main(src: Path, out: Path) -> None:
         for f in sorted((src / "compute" / gpu).glob("*/*/mlp.csv")):
             dst = out / f.relative_to(src)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            _trim(pd.read_csv(f)).to_csv(dst, index=False)
+            with open_whole(dst, "w", newline="") as fh:
+                _trim(pd.read_csv(f)).to_csv(fh, index=False)
     for net in NETWORKS:
         f = src / "network" / net / "all_reduce.csv"
         df = _trim(pd.read_csv(f))
         df = df[df.devices_per_node == df.num_workers]  # inside one node (NVLink / NVSwitch)
         dst = out / f.relative_to(src)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(dst, index=False)
+        with open_whole(dst, "w", newline="") as fh:
+            df.to_csv(fh, index=False)
     for net in SEND_RECV:
         f = src / "network" / net / "send_recv.csv"
         df = _trim(pd.read_csv(f))
         df = df[df.devices_per_node == df.num_workers]  # both ranks in one node
         dst = out / f.relative_to(src)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(dst, index=False)
+        with open_whole(dst, "w", newline="") as fh:
+            df.to_csv(fh, index=False)
     partial = src / "attention-partial"  # a hand-transcribed part of Vidur's attention.csv, if present
     if partial.is_dir():
         shutil.copytree(partial, out / "attention-partial", dirs_exist_ok=True)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from hetsim.textfiles import write_text_atomic
 from validate import microbench as mb
 
 BASE_CPU = "ryzen-7950x"  # catalogue entry every field of which calibrate overrides (Zen family)
@@ -507,8 +508,8 @@ def gpu_entry(cuda: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
 def write_profile(doc: dict[str, Any], raw: dict[str, Any], out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(doc, sort_keys=False, width=110))
-    out.with_suffix(".microbench.json").write_text(json.dumps(raw, indent=1))
+    write_text_atomic(out, yaml.safe_dump(doc, sort_keys=False, width=110))
+    write_text_atomic(out.with_suffix(".microbench.json"), json.dumps(raw, indent=1))
     return out
 
 
@@ -675,4 +676,4 @@ def _write_fitted(profile: str | Path, fitted: dict[str, float], reports: list[s
     upi = doc["nodes"][0].get("upi")
     if upi is not None and fitted.get("collective_latency_s", 0.0) > 0:
         upi["latency"] = _q(f"{fitted['collective_latency_s'] * 1e6:.3f} us", src, "fitted")
-    Path(out).write_text(yaml.safe_dump(doc, sort_keys=False, width=110))
+    write_text_atomic(out, yaml.safe_dump(doc, sort_keys=False, width=110))

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hetsim.textfiles import write_text_atomic
+
 SHAPES = Path(__file__).resolve().parent / "shapes" / "holdout"
 GEN_LEN = 16
 # (config file, batch, prompt length): widths 768..2560, depths 2..6, MHA and GQA, two vocabularies,
@@ -167,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.cmd == "measure":
         doc = measure(a.threads, a.rounds)
-        Path(a.out).write_text(json.dumps(doc, indent=1))
+        write_text_atomic(a.out, json.dumps(doc, indent=1))
         print(f"wrote {a.out}")
     else:
         doc = json.loads(Path(a.measured).read_text())

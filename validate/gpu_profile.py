@@ -22,6 +22,7 @@ import yaml
 from hetsim.errors import InputError
 from hetsim.hardware import load_rig
 from hetsim.hardware.loader import catalog
+from hetsim.textfiles import write_text_atomic
 from validate.kernel_fit import (
     Errors,
     fit_allreduce,
@@ -196,5 +197,5 @@ HEADER = """# Measured GPU profile: op costs fitted to measured kernel times (he
 
 
 def write(doc: dict[str, Any], out: Path) -> None:
-    out.write_text(HEADER + yaml.safe_dump(doc, sort_keys=False, width=200))
+    write_text_atomic(out, HEADER + yaml.safe_dump(doc, sort_keys=False, width=200))
     load_rig(out)  # the profile must load

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from hetsim.hardware.types import log_interp
+from hetsim.textfiles import write_text_atomic
 from validate.calibrate import cpu_name
 
 GGML_TYPE_F32 = 0
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fit_only:
         doc = json.loads(args.out.read_text())
         doc["fit"] = fit(doc)
-        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        write_text_atomic(args.out, json.dumps(doc, indent=1) + "\n")
         _print_fit(doc["fit"])
         _print_decode(doc)
         return
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     doc["fit"] = fit(doc)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_text_atomic(args.out, json.dumps(doc, indent=1) + "\n")
     ghz = (clock / 1e9, clock_before / 1e9, clock_after / 1e9)
     print("core clock {:.2f} GHz (before {:.2f}, after {:.2f})".format(*ghz))
     print("type  where  matrix       K     N    m thr   GMAC/s    GB/s  cyc/MAC")

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from hetsim.textfiles import write_text_atomic
+
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 WORKING_SET = 256 * 2**20  # bytes of rotating weights: several times a typical LLC
 # From this many rows a GEMM reuses each weight enough to be compute-bound: two rotating copies keep
@@ -263,7 +265,7 @@ def _dist_worker(rank: int, world: int, init: str, threads: int, quick: bool, ou
         dist.all_gather_object(gathered, {"gemm": corun, "stream": st})
         if rank == 0:
             doc = {"allreduce": res, "allreduce_in_loop": in_loop, "corun": gathered}
-            Path(out).write_text(json.dumps(doc))
+            write_text_atomic(out, json.dumps(doc))
     finally:
         dist.destroy_process_group()
 

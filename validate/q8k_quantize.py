@@ -20,6 +20,7 @@ import json
 import time
 from pathlib import Path
 
+from hetsim.textfiles import write_text_atomic
 from validate.calibrate import cpu_name
 from validate.kquant import Ggml, _find_lib_dir, core_clock_hz
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_text_atomic(args.out, json.dumps(doc, indent=1) + "\n")
     print(f"core clock {clock / 1e9:.2f} GHz")
     for r in rows:
         us, cyc = r["seconds"] * 1e6, r["cycles_per_element"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hetsim.models.spec import ModelSpec
+from hetsim.textfiles import savefig_whole, write_text_atomic
 from hetsim.workload import Workload
 
 
@@ -135,7 +136,7 @@ def save(doc: dict[str, Any], out_dir: str | Path, stem: str = "validate") -> li
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js = out / f"{stem}.json"
-    js.write_text(json.dumps(doc, indent=1, default=str))
+    write_text_atomic(js, json.dumps(doc, indent=1, default=str))
     paths = [js]
     table = rows(doc["runs"])
     if table:
@@ -159,7 +160,7 @@ def save(doc: dict[str, Any], out_dir: str | Path, stem: str = "validate") -> li
         fig.suptitle(f"hetsim vs torch on {doc['environment']['cpu']}", fontsize=9)
         fig.tight_layout()
         png = out / f"{stem}.png"
-        fig.savefig(png, dpi=110)
+        savefig_whole(fig, png, dpi=110)
         plt.close(fig)
         paths.append(png)
     return paths

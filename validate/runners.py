@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hetsim.models.spec import ModelSpec
+from hetsim.textfiles import write_text_atomic
 from hetsim.workload import Workload
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -176,7 +177,7 @@ def _cpu_rank(rank: int, cfg: RunConfig, init: str, out: str) -> None:
         dec = TorchDecoder(cfg.spec, rank=rank, world=cfg.world, dtype=_torch_dtype(cfg.dtype), seed=cfg.seed)
         m = generate_timed(dec, cfg, allreduce=allreduce, gather=gather, barrier=barrier)
         if rank == 0:
-            Path(out).write_text(json.dumps(m.to_dict()))
+            write_text_atomic(out, json.dumps(m.to_dict()))
     finally:
         if cfg.world > 1:
             import torch.distributed as dist

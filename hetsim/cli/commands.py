@@ -28,7 +28,7 @@ import typer
 import yaml
 from pydantic_core import ValidationError
 
-from hetsim.cli.stop import Stop, keep, kill_children, stopping_signal
+from hetsim.cli.stop import Stop, keep, kill_children, signal_of, stopping_signal
 from hetsim.errors import InputError
 
 if TYPE_CHECKING:
@@ -502,12 +502,22 @@ def simulate(
 
     _check_format(fmt)
     p, strategy, plan_obj = api.load_plan(plan_path)
+    keep(_simulate_keeps(exact, trace))
     result = run_plan(
         strategy, plan_obj, p.rig, p.model, p.workload, trace_path=str(trace) if trace else None, exact=exact
     )
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result])
     if trace and fmt == "table":
         err().print(f"trace written to {trace}", highlight=False)
+
+
+def _simulate_keeps(exact: bool, trace: Path | None) -> str:
+    """Why a stopped simulate prints nothing (its interrupted line): a plan's metrics are its whole run's."""
+    why = "it keeps no partial results: throughput, TPOT, cost and utilisation are over the whole generation"
+    if trace is not None:
+        return f"{why}; the trace is written only whole, {trace} is left as it was"
+    # without --exact a long generation is fast-forwarded: seconds, not the minutes of every step
+    return why + ("; without --exact long generations are fast-forwarded" if exact else "")
 
 
 # ---- commands from other modules ------------------------------------------------------------
@@ -576,19 +586,24 @@ def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
         try:
             with stop:
                 code = _main(argv)
-        except KeyboardInterrupt:  # landed outside the command (typer turns one inside into 130)
+        except KeyboardInterrupt as exc:  # landed outside the command (typer turns one inside into 130)
             code = 130
+            if (
+                stop.signum is None and not stop.entered
+            ):  # the caller's handler raised it (the console script's)
+                stop.signum = signal_of(exc)
         except Exception:
             if stop.signum is None:
                 raise
             code = 130  # what stopping did (its workers killed: BrokenProcessPool), not a bug
-        if stop.signum is None:
-            return code
+        if stop.signum is None:  # a signal after the output (``late``) ends it as one after main does
+            return code if stop.late is None else 128 + stop.late
         # one forked as the signal came is in no pool's list (the raise came first)
         kill_children(stop.spare)
         stop.say()
         return 128 + stop.signum
     finally:
+        stop.restore()
         gc.set_threshold(*threshold)
 
 

@@ -1,8 +1,10 @@
 """The ``hetsim`` process: the console script (``hetsim = hetsim.cli.entry:run``) and
 ``python -m hetsim.cli``. ``main`` handles signals while a command runs (``hetsim.cli.stop``); this
 covers the process around it, so Ctrl-C never prints a traceback: during the start-up imports
-(~0.25 s, before ``main``) SIGINT/SIGTERM end it with one line and 128 + the signal; after ``main``
-returned (the command's output complete, flushed here) they end it at once, silently.
+(~0.25 s, before ``main``) SIGINT/SIGTERM end it with one line and 128 + the signal (inside ``main``
+before its ``Stop`` has its handlers in, ``main`` says the command's line, naming the signal this
+raise names); after ``main`` returned (the command's output complete, flushed here) they end it at
+once, silently.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def run() -> NoReturn:
 
     def early(signum: int, frame: object) -> None:  # main's Stop replaces it while a command runs
         got.append(signum)
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(signal.Signals(signum).name)  # named: ``main`` says which stopped it
 
     for sig in SIGNALS:
         signal.signal(sig, early)

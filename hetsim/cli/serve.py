@@ -58,34 +58,61 @@ def serve(
 
     if fmt not in ("table", "json"):
         raise InputError(f"unknown format {fmt!r} (use table, json)", field="--format")
-    doc = api.serve(
-        model,
-        hw,
-        rate=rate,
-        duration=duration,
-        num_requests=num_requests,
-        trace=requests,
-        slo=slo,
-        slo_scale=slo_scale,
-        slo_ref=slo_ref,
-        target=target,
-        find_max_rate=find_max_rate,
-        max_batch=max_batch,
-        symmetric=symmetric,
-        dispatch=dispatch,
-        seed=seed,
-        mode=mode,
-        drop_late=drop_late,
-        weight_dtype=dtype,
-        kv_dtype=kv_dtype,
-    )
+    try:
+        doc = api.serve(
+            model,
+            hw,
+            rate=rate,
+            duration=duration,
+            num_requests=num_requests,
+            trace=requests,
+            slo=slo,
+            slo_scale=slo_scale,
+            slo_ref=slo_ref,
+            target=target,
+            find_max_rate=find_max_rate,
+            max_batch=max_batch,
+            symmetric=symmetric,
+            dispatch=dispatch,
+            seed=seed,
+            mode=mode,
+            drop_late=drop_late,
+            weight_dtype=dtype,
+            kv_dtype=kv_dtype,
+        )
+    except api.ServeStopped as stopped:  # what was served by the stop, marked partial
+        from hetsim.cli.stop import keep, stopping_signal
+
+        doc = {**stopped.doc, "partial": {"stopped_by": stopping_signal(), **stopped.doc["partial"]}}
+        _emit(doc, fmt)
+        keep(_kept(doc["partial"]))
+        raise
     if not doc["feasible"]:
         sys.stderr.write(f"error: {doc['reason']}\n")
         raise typer.Exit(1)
+    _emit(doc, fmt)
+
+
+def _emit(doc: dict[str, Any], fmt: str) -> None:
     if fmt == "json":
         sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     else:
         _print_table(doc)
+    sys.stdout.flush()
+
+
+def _kept(partial: dict[str, Any]) -> str:
+    """The interrupted line's account of what a stopped serve printed (``api.ServeStopped``)."""
+    if "max_rate" in partial:
+        return "the served plan's metrics are printed, whole; --max-rate's search did not finish"
+    searched = f"{partial['plans_served']} of {partial['candidate_plans']} candidate plans served"
+    if "simulated_s" not in partial:
+        return f"the best plan of the {searched} is printed with its whole run, marked partial"
+    return (
+        f"the metrics of the {partial['finished']} requests finished by simulated "
+        f"{partial['simulated_s']:.6g} s ({partial['arrived']} of {partial['requests']} arrived) "
+        f"are printed, marked partial; {searched}"
+    )
 
 
 def _fmt(x: Any) -> str:
@@ -103,6 +130,8 @@ def _print_table(doc: dict[str, Any]) -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)
     n, done = doc["requests"], doc.get("finished", doc["requests"])
     over = f"{n} requests" if done == n else f"{n} requests; percentiles over the {done} finished"
+    if "partial" in doc:  # a line of its own: the table's title wraps at the table's width
+        console.print(f"PARTIAL: {_partial_line(doc['partial'])}", highlight=False)
     t = Table(title=f"hetsim serve: {doc['model']} on {doc['hardware']} ({over})")
     t.add_column("metric")
     for p in ("p50", "p90", "p99", "mean"):
@@ -134,6 +163,21 @@ def _print_table(doc: dict[str, Any]) -> None:
     for key in (*keys, "rig_cost_usd_per_mtok", "rig_price_usd_per_hour"):
         if key in doc:
             console.print(f"{key}: {_fmt(doc[key])}", highlight=False)
+
+
+def _partial_line(partial: dict[str, Any]) -> str:
+    stopped = f"stopped by {partial['stopped_by']}"
+    if "max_rate" in partial:
+        return f"{stopped} in the --max-rate search (max_rate {partial['max_rate']})"
+    searched = f"{partial['plans_served']} of {partial['candidate_plans']} candidate plans served"
+    if "simulated_s" not in partial:
+        return f"{stopped} after {searched}: the best of them"
+    return (
+        f"{stopped} at simulated {partial['simulated_s']:.6g} s: {partial['finished']} requests "
+        f"finished, {partial['arrived']} arrived, of {partial['requests']}; metrics over the finished"
+        + (f", SLO attainment over the {partial['slo_over']} decided" if "slo_over" in partial else "")
+        + f"; {searched}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -50,25 +50,40 @@ class Stop:
         self.saying = threading.Lock()
         self.leaving = False
         self.kept: str | None = None  # what the command keeps if stopped now (``keep``); None: nothing
+        self.entered = False  # the handlers were put in (a signal before went to the caller's)
+        self.late: int | None = None  # a signal after the command's output (``__exit__``): noted only
 
     def __enter__(self) -> Stop:
         _RUNNING.append(self)
         self.spare = frozenset(_children())
+        self.armed = True  # before the handlers: a signal the moment they are in stops the command
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
             self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
             self.old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
-        self.armed = True
+        self.entered = True  # after: one before this may have met the caller's handler (``main`` names it)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.armed = False  # from here a signal is only noted: the command's output is complete
-        _RUNNING.remove(self)
+        # From here a signal is only noted (``late``): the command's output is complete. The handlers
+        # stay until ``restore`` (``main``'s end), so one now still gives 128 + its number, silently.
+        self.armed = False
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         if self.timer is not None:
+            self.timer.cancel()
+
+    def restore(self) -> None:
+        """Put back the handlers (and the unraisable hook) that were there before ``__enter__``."""
+        self.armed = False
+        if self in _RUNNING:  # entered, and stopped before its ``with`` block began
+            _RUNNING.remove(self)
+        if self.timer is not None:  # the command is gone: no need to end it
             self.timer.cancel()
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
         if self.old:
             sys.unraisablehook = self.old_hook
+        self.old = {}
 
     def _unraisable(self, unraisable: Any) -> None:
         """The raise landed where Python can only print it (an at-fork hook while compare's pool
@@ -84,6 +99,7 @@ class Stop:
         if os.getpid() != self.pid:
             os._exit(128 + signum)  # a forked worker: nothing of its own to keep or say
         if not self.armed or self.leaving:  # leaving: ``_leave`` ends the process, its line first
+            self.late = self.late or (None if self.leaving else signum)
             return
         if self.signum is not None and self.lost:  # the first one's raise, delivered again
             if _inside(frame, Stop._unraisable):  # still in the hook: raised here, it is printed
@@ -151,6 +167,17 @@ def stopping_signal() -> str:
     """The name of the signal stopping the running command ("SIGINT": a bare ``KeyboardInterrupt``)."""
     signum = _RUNNING[-1].signum if _RUNNING else None
     return signal.Signals(signum or signal.SIGINT).name
+
+
+def signal_of(exc: KeyboardInterrupt) -> int:
+    """The signal a ``KeyboardInterrupt`` stands for: the one named in it (``Stop``'s handler and the
+    console script's raise it naming the signal), else SIGINT (Python's own Ctrl-C handler)."""
+    name = exc.args[0] if exc.args else None
+    return (
+        int(getattr(signal, name))
+        if isinstance(name, str) and name in ("SIGINT", "SIGTERM")
+        else signal.SIGINT
+    )
 
 
 def _inside(frame: Any, function: Any) -> bool:

@@ -38,7 +38,8 @@ from hetsim.planner.cpsat import CpModel, cp_model
 from hetsim.planner.ranking import Evaluate, best_plan, evaluator
 from hetsim.serving.batching import MAX_IN_FLIGHT
 from hetsim.serving.estimate import TimesCache, estimate_attainment
-from hetsim.serving.serve import serve_plan
+from hetsim.serving.metrics import ServeResult
+from hetsim.serving.serve import RunStopped, serve_plan
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.hexgen import HexGenPlan, Replica
 from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes, layer_capacity
@@ -667,28 +668,59 @@ def search_serving(
             estimate_attainment(p, rig, model, requests, deadlines, drop_late=drop_late, times=times)
             for p in plans
         ]
-    best, err = None, 0.0
-    for i in sorted(range(len(plans)), key=lambda i: -est[i]):  # stable: candidate order breaks ties
-        if screen and best is not None and (best[0][0] == -1.0 or est[i] + err < -best[0][0]):
-            break  # every request met, or no candidate left is likely to beat the best served
-        res = serve_plan(
-            plans[i],
-            rig,
-            model,
-            requests,
-            dispatch=dispatch,
-            mode=mode,
-            deadlines=deadlines,
-            drop_late=drop_late,
-        )
-        if not res.feasible:
-            continue
-        if screen:
-            err = max(err, abs(res.attainment(deadlines) - est[i]))
-        key = (-(res.attainment(deadlines) if deadlines is not None else 0.0), res.mean_latency_s())
-        if best is None or key < best[0]:
-            best = (key, plans[i], res)
+    best, err, served = None, 0.0, 0
+    try:
+        for i in sorted(range(len(plans)), key=lambda i: -est[i]):  # stable: candidate order breaks ties
+            if screen and best is not None and (best[0][0] == -1.0 or est[i] + err < -best[0][0]):
+                break  # every request met, or no candidate left is likely to beat the best served
+            try:
+                res = serve_plan(
+                    plans[i],
+                    rig,
+                    model,
+                    requests,
+                    dispatch=dispatch,
+                    mode=mode,
+                    deadlines=deadlines,
+                    drop_late=drop_late,
+                )
+            except RunStopped as stopped:
+                raise SearchStopped(
+                    best and (best[1], best[2]), (plans[i], stopped), served, len(plans)
+                ) from None
+            served += 1
+            if not res.feasible:
+                continue
+            if screen:
+                err = max(err, abs(res.attainment(deadlines) - est[i]))
+            key = (-(res.attainment(deadlines) if deadlines is not None else 0.0), res.mean_latency_s())
+            if best is None or key < best[0]:
+                best = (key, plans[i], res)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, SearchStopped) or best is None:
+            raise
+        raise SearchStopped((best[1], best[2]), None, served, len(plans)) from exc
     return None if best is None else (best[1], best[2])
+
+
+class SearchStopped(KeyboardInterrupt):
+    """``search_serving`` interrupted: ``best``, the best (plan, result) of the ``served`` candidates
+    served whole (None: none), and ``running``, the (plan, ``RunStopped``) of the candidate being
+    served then (None: stopped between runs), of ``candidates`` candidate plans (the search may stop
+    before serving them all)."""
+
+    def __init__(
+        self,
+        best: tuple[HexGenPlan, ServeResult] | None,
+        running: tuple[HexGenPlan, RunStopped] | None,
+        served: int,
+        candidates: int,
+    ) -> None:
+        super().__init__(f"{served} of {candidates} candidate plans served")
+        self.best = best
+        self.running = running
+        self.served = served
+        self.candidates = candidates
 
 
 def reference_plan(rig: Rig, model: ModelSpec, max_batch: int = 8) -> HexGenPlan:

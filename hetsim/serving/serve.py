@@ -119,6 +119,46 @@ def serve_plan(
         engine.env.run(until=horizon_s)
     except NoRouteError as exc:
         return ServeResult(False, str(exc))
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM (the CLI's): what finished by now is kept
+        partial = _result(rig, plan, requests, first, finish, where, dropped, mode, drop_late)
+        raise RunStopped(partial, engine.env.now, len(where)) from exc
+    return _result(rig, plan, requests, first, finish, where, dropped, mode, drop_late)
+
+
+class RunStopped(KeyboardInterrupt):
+    """``serve_plan`` interrupted: ``result`` holds every request, those finished by the simulated
+    time ``now_s`` with their times (the rest unfinished, as a horizon leaves them); ``arrived`` of
+    them had been dispatched by then."""
+
+    def __init__(self, result: ServeResult, now_s: float, arrived: int) -> None:
+        super().__init__(f"stopped at simulated {now_s:.6g} s: {len(result.finished)} requests finished")
+        self.result = result
+        self.now_s = now_s
+        self.arrived = arrived
+
+    def attainment(self, deadlines: Sequence[float] | np.ndarray) -> tuple[float | None, int]:
+        """(SLO attainment, requests it is over): over the requests decided by ``now_s``, those
+        finished and those unfinished past their deadline (a miss whatever comes after); None if none."""
+        latency, due = self.result.latencies(), np.asarray(deadlines, dtype=float)
+        arrival = np.array([r.arrival_s for r in self.result.records])
+        met = latency <= due
+        decided = np.isfinite(latency) | (arrival + due < self.now_s)
+        n = int(decided.sum())
+        return (float(met.sum() / n) if n else None), n
+
+
+def _result(
+    rig: Rig,
+    plan: HexGenPlan,
+    requests: Sequence[Request],
+    first: dict[int, float],
+    finish: dict[int, float],
+    where: dict[int, int],
+    dropped: dict[int, float],
+    mode: str,
+    drop_late: bool,
+) -> ServeResult:
+    """A run's result from its requests' first-token and finish times (a missing time: not reached)."""
     records = tuple(
         RequestRecord(
             r.rid,

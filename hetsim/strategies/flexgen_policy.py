@@ -351,13 +351,57 @@ def shape_of(plan: FlexGenPlan, workload: Workload) -> Shape:
     )
 
 
+def layer_peaks(
+    model: ModelSpec, gbs: int, tokens: int, kv_len: int, cpu_attention: bool
+) -> dict[str, float]:
+    """Peak GPU bytes each of FlexGen 0.1.8's layer functions holds live for one GPU batch of ``gbs``
+    sequences, its input counted, weights and the KV cache it reads not: the prefill (``tokens`` = the
+    prompt) or a decode step (``tokens`` = 1, ``kv_len`` keys). Measured by tools/flexgen_peak.py
+    (tests/data/flexgen-peak-0.1.8.csv; every row exact, held-out shapes included):
+
+    - ``mha`` (pytorch_backend.py:298-360): the input, its LayerNorm, q, k and v, then two fp16 score
+      matrices at once (``torch.where``'s and ``F.softmax``'s), the bool (b, 1, s, s) mask, the causal
+      mask and its index; or, at the output projection, one score matrix and four hidden-sized
+      tensors besides the first five (the 2-byte -1e4 lives only with the first);
+    - ``mha_gen`` (:362-480): per new token, ~5 hidden vectors and two score rows with attention on the
+      GPU; with attention on the CPU its GPU part is ~7 hidden vectors (the host's part:
+      ``memory_plan``'s CPU attention workspace);
+    - ``mlp`` (:569-583): the input, its LayerNorm and fc1's output, or fc1's and fc2's outputs;
+    - the embeddings (:236-285): token and position embeddings and their sum; the LayerNorm and the
+      logits of every position (the prefill's ``F.linear`` runs the LM head on all ``tokens``).
+
+    The forms are OPT's (the only model the release runs); attention and MLP widths are the model's.
+    """
+    b, s, h, n = gbs, tokens, model.hidden, model.heads
+    kv_dim = model.kv_heads * model.head_dim
+    qkv = h + 2 * kv_dim  # q, k, v of one position
+    inner = model.intermediate * (2 if model.gated_mlp else 1)
+    if s > 1:
+        masks = b * s * s + s * s + 8 * s  # bool mask (b, 1, s, s), causal (1, 1, s, s), int64 index
+        score = b * n * s * s * 2.0
+        attention = max(
+            b * s * (2 * h + qkv) * 2.0 + 2 * score + masks + 2, b * s * (4 * h + qkv) * 2.0 + score + masks
+        )
+    elif cpu_attention:
+        attention = 2 * b * h * 2.0 + b * qkv * 2.0 + b * h * 4.0  # + q in fp32, the value back from the host
+    else:
+        attention = b * (2 * h + qkv) * 2.0 + 2 * b * n * kv_len * 2.0 + 2
+    return {
+        "input_embed": b * s * h * 3 * 2.0 + b * s * 8.0,
+        "attention": attention,
+        "mlp": b * s * (2 * h + inner) * 2.0,
+        "output_embed": b * s * (h + model.vocab) * 2.0 + b * 8.0,
+    }
+
+
 def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[str, float]]:
     """Bytes per tier ("gpu", "cpu", "disk") and tag; every term is linear in the fractions.
 
     GPU: resident weights, KV and hidden states; the double-buffered next layer's weights; the
-    working set of one GPU batch (the widest activation of a layer, the fp16 prefill score matrix,
-    and, when attention runs on the GPU over off-GPU KV, two batches of fp16 KV (current and
-    prefetched) plus their compressed copies). CPU: resident shares, plus the fp32 attention
+    working set of one GPU batch: the largest of the layer functions' measured peaks (``layer_peaks``;
+    the prefill's attention holds two score matrices at once), the prefill K and V awaiting their
+    store, and, when attention runs on the GPU over off-GPU KV, two batches of fp16 KV (current and
+    prefetched) plus their compressed copies. CPU: resident shares, plus the fp32 attention
     workspace with CPU attention (one K and one V buffer of a GPU batch: with attention and MLP as
     separate scheduling layers the runtime allocates one pair, pytorch_backend.py:196-214), plus the
     copy threads' pinned relays (``COPY_RELAY_BYTES``, with or without a disk share).
@@ -368,8 +412,17 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     kvb = 2 * model.kv_heads * model.head_dim * (INT4 if shape.compress_cache else FP16).bytes_per_element
     kv_total = bls * (s + n - 1) * model.layers * kvb
     hidden = bls * s * h * 2.0
-    inner = model.intermediate * (2 if model.gated_mlp else 1)
-    act_ws = gbs * s * (inner + 2 * h) * 2.0 + gbs * model.heads * s * s * 2.0
+    prefill = layer_peaks(model, gbs, s, s, shape.cpu_attention)
+    decode = layer_peaks(model, gbs, 1, s + n - 1, shape.cpu_attention)
+    # the prefill's new K and V of the batch before wait in cache_write_buf for their store, which the
+    # loop issues after the next compute: the next batch's attention (flex_opt.py:1052-1053), or, one
+    # GPU batch, this layer's MLP (:1025-1026)
+    kv_pending = 2 * gbs * s * model.kv_heads * model.head_dim * 2.0
+    prefill["mlp"] += kv_pending
+    if shape.nb > 1:
+        prefill["attention"] += kv_pending
+    # attention and MLP are separate layers in the released loop: their peaks do not coexist
+    act_ws = max(*prefill.values(), *decode.values())
     hid_ws = 2 * gbs * s * h * 2.0  # a batch's input (loaded) and output (to be stored)
     kv_batch_fp16 = gbs * (s + n) * 2 * model.kv_heads * model.head_dim * 2.0
     kv_ws = 0.0
@@ -393,7 +446,11 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     if not shape.pin_weight and f.w_cpu_relay:
         cpu["weight_relay"] = f.w_cpu_relay
     if shape.cpu_attention:
-        cpu["attention_workspace"] = gbs * (s + n - 1) * 2 * model.heads * model.head_dim * 4.0
+        kv_len = s + n - 1
+        cpu["attention_workspace"] = gbs * kv_len * 2 * model.heads * model.head_dim * 4.0
+        # mha_gen's host temporaries at the softmax (tools/flexgen_peak.py, exact): q in fp32 and two
+        # fp32 score rows per head (``torch.where``'s and ``F.softmax``'s)
+        cpu["attention_temporaries"] = gbs * h * 4.0 + 2 * gbs * model.heads * kv_len * 4.0
     cpu["copy_relays"] = COPY_RELAY_BYTES
     disk = {"weights": f.w_disk, "kv_cache": f.cd * kv_total, "hidden": f.hd * hidden}
     return {"gpu": gpu, "cpu": cpu, "disk": disk}

@@ -1,0 +1,125 @@
+"""FlexGen's GPU working set as its released runtime allocates it: the peaks tools/flexgen_peak.py
+measured by running FlexGen 0.1.8's own layer functions (tests/data/flexgen-peak-0.1.8.csv), the
+ledger's working set the largest of them (attention and MLP are separate layers in the released
+loop), and the search no longer picking a plan that would run out of memory on the paper's T4."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hetsim import api
+from hetsim.models import get_model
+from hetsim.strategies.base import get_strategy
+from hetsim.strategies.flexgen_policy import FlexGenPlan, Shape, fractions, layer_peaks, memory_plan
+
+CSV = Path(__file__).parent / "data" / "flexgen-peak-0.1.8.csv"
+OPT = get_model("opt-30b")
+
+
+def _rows() -> list[dict[str, int | str]]:
+    with CSV.open() as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    return [{k: (v if k == "kind" else int(v)) for k, v in r.items()} for r in rows]
+
+
+def _opt(hidden: int, heads: int, ffn: int, vocab: int):
+    return replace(
+        OPT,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=heads,
+        head_dim=hidden // heads,
+        intermediate=ffn,
+        vocab=vocab,
+    )
+
+
+def _predicted(row: dict) -> tuple[float, float]:
+    """(GPU, CPU) peak bytes hetsim's forms give for one measured call."""
+    m = _opt(row["hidden"], row["heads"], row["ffn"], row["vocab"])
+    b, s, kind = row["batch"], row["tokens"], row["kind"]
+    if kind == "mha":
+        return layer_peaks(m, b, s, s, False)["attention"], 0.0
+    if kind.startswith("mha_gen"):
+        cpu_attention = kind == "mha_gen_cpu"
+        gpu = layer_peaks(m, b, 1, s, cpu_attention)["attention"]
+        shape = Shape(b, 1, s, 1, cpu_attention, False, False, True)  # s + n - 1 = s keys
+        cpu = memory_plan(m, shape, fractions(m, FlexGenPlan(b, 1)))["cpu"].get("attention_temporaries", 0.0)
+        return gpu, cpu
+    return layer_peaks(m, b, s, s, False)[kind], 0.0
+
+
+def test_the_measured_csv_covers_every_layer_kind_and_held_out_shapes():
+    rows = _rows()
+    assert {r["kind"] for r in rows} == {
+        "input_embed",
+        "mha",
+        "mha_gen_gpu",
+        "mha_gen_cpu",
+        "mlp",
+        "output_embed",
+    }
+    assert len(rows) == 144
+
+
+@pytest.mark.parametrize(
+    "row", _rows(), ids=lambda r: f"{r['kind']}-{r['batch']}x{r['tokens']}-h{r['hidden']}n{r['heads']}"
+)
+def test_the_fitted_forms_equal_the_measured_peaks_on_every_row(row):
+    """Exact, fitted shapes and held-out ones alike (the prefill attention's two moments: the softmax
+    with two score matrices, the output projection with one and four more hidden-sized tensors)."""
+    gpu, cpu = _predicted(row)
+    assert gpu == row["gpu_peak_bytes"]
+    assert cpu == row["cpu_peak_bytes"]
+
+
+def _working(gbs: int, nb: int, prompt: int, gen: int, cpu_attention: bool) -> float:
+    shape = Shape(gbs, nb, prompt, gen, cpu_attention, False, False, True)
+    return memory_plan(OPT, shape, fractions(OPT, FlexGenPlan(gbs, nb)))["gpu"]["working"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(gbs=st.integers(1, 160), nb=st.integers(1, 6), prompt=st.integers(2, 2048), gen=st.integers(1, 64))
+def test_the_working_set_is_the_largest_layer_not_the_sum(gbs, nb, prompt, gen):
+    """With attention on the CPU (no KV buffers on the GPU): the largest layer's peak, the K and V of
+    the batch before awaiting their store beside the MLP (beside the attention too with several GPU
+    batches), and the hidden states' double buffer -- never attention and MLP summed."""
+    h, s = OPT.hidden, prompt
+    peaks = layer_peaks(OPT, gbs, s, s, True)
+    pending = 2 * gbs * s * h * 2.0
+    kinds = [peaks["input_embed"], peaks["attention"] + (pending if nb > 1 else 0), peaks["mlp"] + pending]
+    kinds += [peaks["output_embed"], *layer_peaks(OPT, gbs, 1, s + gen - 1, True).values()]
+    assert _working(gbs, nb, prompt, gen, True) == max(kinds) + 2 * gbs * s * h * 2.0
+    assert (
+        _working(gbs, nb, prompt, gen, True)
+        < peaks["attention"] + peaks["mlp"] + pending + 2 * gbs * s * h * 2
+    )
+
+
+def test_the_prefill_holds_two_score_matrices():
+    """OPT-30B, 128 x 512 (the search's pick before): torch.where's and softmax's score matrices,
+    3.76 GB each, live at once; the working set 14.13 GB (it was 11.28 GB with one score matrix
+    and the MLP's activation added)."""
+    score = 128 * OPT.heads * 512 * 512 * 2.0
+    assert score == pytest.approx(3.758e9, rel=1e-3)
+    assert layer_peaks(OPT, 128, 512, 512, True)["attention"] > 2 * score
+    assert _working(128, 1, 512, 32, True) == pytest.approx(14.13e9, rel=1e-3)
+
+
+def test_the_free_search_no_longer_picks_a_batch_the_t4_cannot_hold():
+    """`compare --model opt-30b --hw flexgen-t4 --strategies flexgen --objective throughput` picked
+    128 x 1 with the GPU filled to 15.77 GB by a ledger that counted one score matrix; by the
+    runtime's peaks 128 x 1 needs 18+ GB there (FlexGen's own cost model: 27.7 GiB). The pick now
+    fits the runtime's peak."""
+    p = api.problem("opt-30b", "flexgen-t4", batch=None, prompt_len=512, gen_len=32)
+    r = api.best_result(get_strategy("flexgen"), p, "throughput")
+    gbs, nb = r.plan["gpu_batch_size"], r.plan["num_gpu_batches"]
+    assert r.feasible and (gbs, nb) != (128, 1)
+    assert _working(gbs, nb, 512, 32, r.plan["cpu_attention"]) < 15.77e9
+    assert max(r.peak_mem_bytes.values()) > 0
