@@ -74,6 +74,7 @@ from hetsim.strategies.flexgen_ops import (
     substep_ops,
 )
 from hetsim.strategies.flexgen_policy import (
+    COPY_RELAY_BYTES,
     FlexGenPlan,
     Fractions,
     Shape,
@@ -82,6 +83,7 @@ from hetsim.strategies.flexgen_policy import (
     layer_disk_copies,
     layer_weight_split,
     memory_plan,
+    shape_of,
 )
 from hetsim.workload import Step, Workload
 
@@ -100,6 +102,7 @@ class Flags:
     compress_cache: bool
     cache_tier: str = ""  # compressed KV cannot be split: "g", "c" or "d"
     compress_weight: bool = False  # 4-bit weights: only when the user asks (--dtype int4)
+    pin_weight: bool = True  # --pin-weight 0: the CPU weights pageable, pinned per load (_weight_pin)
 
 
 @dataclass(frozen=True)
@@ -422,7 +425,12 @@ def _slots(
                 if form or form is p:
                     form["hc"] = form.get("hc", 0.0) + own_hid
             wr = _latency(wr, lat + hop_lat, p) if wr and lats is None else wr
-            pair.append((kind, share, _Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, wr=wr, **reads, **kvf)))
+            slot = _Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, wr=wr, **reads, **kvf)
+            if not fl.pin_weight:
+                slot = _relayed(
+                    slot, _weight_pin(rig, cpu, split[j_next][1], None if placed is None else placed[j_next])
+                )
+            pair.append((kind, share, slot))
         att = pair[0][2]  # an MLP's first sub-step holds the attention's last KV store; the attention
         for kind, share, slot in pair:  # follows an MLP or the embedding, neither stores KV
             before = att.q if kind == "mlp" else {}
@@ -725,8 +733,31 @@ def _other_slots(
         c = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
         wr = _weight_relay(lk, copies[0], None if placed is None else lats) if disk else {}
         wr = _latency(wr, sum(lats), p) if wr and placed is None else wr
-        out.append((mult / model.layers, _Slot(ld, c, p, {}, dread, {}, wr=wr)))
+        slot = _Slot(ld, c, p, {}, dread, {}, wr=wr)
+        if not fl.pin_weight:
+            slot = _relayed(slot, _weight_pin(rig, cpu, split[0][1], at))
+        out.append((mult / model.layers, slot))
     return out
+
+
+def _weight_pin(
+    rig: Rig, cpu: str, full: float, placed: tuple[float, float, float] | None
+) -> dict[str, float]:
+    """With ``--pin-weight 0``, the issuing thread's ``pin_memory()`` of a layer's CPU weights before
+    their DMA: the engine's relay (``flexgen._Runner._relay``), one ``host_copy_op`` of the layer's CPU
+    bytes, timed by the same op cost. The LP's even spread scales the whole layer's copy by ``wc``
+    (the op is linear in its bytes but for its fixed overhead); at a plan's placement, its own bytes."""
+    if placed is None:
+        return {"wc": _t(rig, cpu, (host_copy_op(full),))}
+    return {"const": _t(rig, cpu, (host_copy_op(placed[1]),))} if placed[1] > 0 else {}
+
+
+def _relayed(slot: _Slot, pin: dict[str, float]) -> _Slot:
+    """``slot`` with its next layer's weights relayed (``_weight_pin``): the thread copies them to
+    pinned memory before all else in the first sub-step (its gather, kernels and KV pins wait), and
+    their DMA starts when the copy ends."""
+    first = {f: _plus(getattr(slot, f), pin, 1.0) for f in ("m0", "dk0", "kr0", "vr0") if getattr(slot, f)}
+    return replace(slot, w=_plus(slot.w, pin, 1.0), p0=_plus(slot.p0 or slot.p, pin, 1.0), **first)
 
 
 @dataclass(frozen=True)
@@ -783,15 +814,16 @@ def cost_model(
     wtot = sum(s[1] for s in _split_cache(model, fl.compress_weight))
     wmax = max(s[1] for s in _split_cache(model, fl.compress_weight))
     flags = (fl.cpu_attention, fl.compress_cache, fl.compress_weight)
-    shape = Shape(gbs, nb, wl.prompt_len, wl.gen_len, *flags, True)
-    base = _mem(model, shape, {}, wtot, wmax)
+    shape = Shape(gbs, nb, wl.prompt_len, wl.gen_len, *flags, fl.pin_weight)
+    host = _host_cache(model, fl.compress_weight)
+    base = _mem(model, shape, {}, wtot, wmax, host)
     cap_gpu = rig.devices[gpu].mem_bytes
     caps = {
         "gpu": cap_gpu if gpu_budget is None else min(gpu_budget, cap_gpu),
         "cpu": rig.devices[cpu].mem_bytes,
         "disk": rig.disks[disk].capacity_bytes if disk else 0.0,
     }
-    unit = {v: _mem(model, shape, {v: 1.0}, wtot, wmax) for v in VARS}  # once for the three tiers
+    unit = {v: _mem(model, shape, {v: 1.0}, wtot, wmax, host) for v in VARS}  # once for the three tiers
     rows = []
     for tier, cap in caps.items():  # in GB: keeps the LP well scaled
         coefs = {v: (unit[v][tier] - base[tier]) / 1e9 for v in VARS}
@@ -1087,13 +1119,32 @@ def _split_cache(model: ModelSpec, compressed_weights: bool) -> tuple[tuple[floa
     return layer_weight_split(model, plan)
 
 
-def _mem(model: ModelSpec, shape: Shape, x: dict[str, float], wtot: float, wmax: float) -> dict[str, float]:
+@lru_cache(maxsize=64)
+def _host_cache(model: ModelSpec, compressed_weights: bool) -> tuple[float, float, float]:
+    """The weights all on the CPU: their host memory pinned, unpinned, and the unpinned relay's
+    (``flexgen_policy._host_allocations``), which the LP scales by ``wc``."""
+    f = fractions(model, FlexGenPlan(wg=0.0, wc=100.0, compress_weight=compressed_weights))
+    return f.w_cpu_pinned, f.w_cpu_unpinned, f.w_cpu_relay
+
+
+def _mem(
+    model: ModelSpec,
+    shape: Shape,
+    x: dict[str, float],
+    wtot: float,
+    wmax: float,
+    host: tuple[float, float, float],
+) -> dict[str, float]:
     g = x.get
+    wc = g("wc", 0.0)
     f = Fractions(
         w_gpu=g("wg", 0.0) * wtot,
-        w_cpu=g("wc", 0.0) * wtot,
+        w_cpu=wc * wtot,
         w_disk=g("wd", 0.0) * wtot,
-        w_off_gpu_max=(g("wc", 0.0) + g("wd", 0.0)) * wmax,
+        w_off_gpu_max=(wc + g("wd", 0.0)) * wmax,
+        w_cpu_pinned=wc * host[0],
+        w_cpu_unpinned=wc * host[1],
+        w_cpu_relay=wc * host[2],
         cg=g("cg", 0.0),
         cc=g("cc", 0.0),
         cd=g("cd", 0.0),
@@ -1135,6 +1186,7 @@ def to_plan(
         cpu_attention=sol.flags.cpu_attention,
         compress_cache=sol.flags.compress_cache,
         compress_weight=sol.flags.compress_weight,
+        pin_weight=sol.flags.pin_weight,
         gpu=gpu,
         gpu_mem_budget=budget,
     )
@@ -1144,11 +1196,15 @@ def to_plan(
     return plan
 
 
-def candidate_flags(disk: bool, allow_lossy: bool = False, wl: Workload | None = None) -> list[Flags]:
+def candidate_flags(
+    disk: bool, allow_lossy: bool = False, wl: Workload | None = None, unpinned: tuple[bool, ...] = ()
+) -> list[Flags]:
     """Attention on the CPU or the GPU, with FlexGen's 4-bit compression of the weights and of the KV
     cache (on one tier) each as the user says: asked for (--dtype int4, --kv-dtype int4), fixed off
     (--dtype fp16, --kv-dtype fp16), or, when not named, chosen by the search only under
-    --allow-compression (``allow_lossy``): compression changes the model's outputs."""
+    --allow-compression (``allow_lossy``): compression changes the model's outputs. Then, for the
+    weight formats in ``unpinned`` (``unpinned_formats``), each of those again with ``--pin-weight 0``
+    (lossless), after all the pinned ones (so ties keep the pinned)."""
     wd = wl.weight_dtype if wl is not None else None
     kv = wl.kv_dtype if wl is not None else None
     weights = [True] if wd == "int4" else ([False, True] if wd is None and allow_lossy else [False])
@@ -1163,7 +1219,23 @@ def candidate_flags(disk: bool, allow_lossy: bool = False, wl: Workload | None =
             out += lossless
         else:
             out += [*lossless, *compressed]
-    return out
+    return out + [replace(fl, pin_weight=False) for fl in out if fl.compress_weight in unpinned]
+
+
+def _unpinned(
+    rig: Rig, model: ModelSpec, ends: tuple[str, str, str], given: tuple[bool, ...] | None
+) -> tuple[bool, ...]:
+    return unpinned_formats(rig, model, ends[1]) if given is None else given
+
+
+def unpinned_formats(rig: Rig, model: ModelSpec, cpu: str) -> tuple[bool, ...]:
+    """The weight formats (compressed or not) whose search also tries ``--pin-weight 0``: those whose
+    weights, all pinned on the CPU (``pinned_bytes`` per tensor), and the copy threads' relays fill
+    the host's memory, so that the pinning binds every plan's CPU weight share. Elsewhere pinned
+    weights take no memory a plan needs for itself unless the KV cache or the activations fill the
+    host (not tried: a second LP per candidate, the search's CPU time twice over)."""
+    cap = rig.devices[cpu].mem_bytes
+    return tuple(cw for cw in (False, True) if _host_cache(model, cw)[0] + COPY_RELAY_BYTES > cap)
 
 
 def lp_candidates(
@@ -1173,6 +1245,7 @@ def lp_candidates(
     ends: tuple[str, str, str],
     budget: float | None = None,
     allow_lossy: bool = False,
+    unpinned: tuple[bool, ...] | None = None,
 ) -> tuple[list[LpSolution], int]:
     """Every feasible (gbs, nb, flags) LP optimum, best time per sequence first."""
     sols, solved = [], 0
@@ -1183,7 +1256,7 @@ def lp_candidates(
         for nb in NB_CHOICES:
             if gbs * nb > wl.batch:
                 break
-            for fl in candidate_flags(bool(ends[2]), allow_lossy, wl):
+            for fl in candidate_flags(bool(ends[2]), allow_lossy, wl, _unpinned(rig, model, ends, unpinned)):
                 sol = solve_lp(rig, model, wl, gbs, nb, fl, ends, budget)
                 solved += 1
                 if sol is not None:
@@ -1202,6 +1275,7 @@ def lp_candidates_free(
     ends: tuple[str, str, str],
     budget: float | None = None,
     allow_lossy: bool = False,
+    unpinned: tuple[bool, ...] | None = None,
 ) -> tuple[list[LpSolution], int]:
     """FlexGen's own search with the batch free (its released cost_model.py ``solve``): for each GPU
     batch size and flags, the number of GPU batches grows until the block no longer fits or the
@@ -1210,7 +1284,7 @@ def lp_candidates_free(
     sols, solved = [], 0
     for gbs in GBS_CHOICES:
         any_fit = False
-        for fl in candidate_flags(bool(ends[2]), allow_lossy, wl):
+        for fl in candidate_flags(bool(ends[2]), allow_lossy, wl, _unpinned(rig, model, ends, unpinned)):
             prev = math.inf
             for nb in NB_CHOICES:
                 sol = solve_lp(rig, model, replace(wl, batch=gbs * nb), gbs, nb, fl, ends, budget)
@@ -1259,6 +1333,7 @@ def lp_candidates_lazy(
     ends: tuple[str, str, str],
     budget: float | None = None,
     allow_lossy: bool = False,
+    unpinned: tuple[bool, ...] | None = None,
 ) -> Iterator[LpSolution]:
     """``lp_candidates_free``'s candidates in its order (time per sequence, larger gbs then nb first,
     then its loop's order), each yielded once no LP left unsolved could come before it: an LP is
@@ -1266,7 +1341,7 @@ def lp_candidates_lazy(
     loop's own rules (a chain goes on while its time falls; a larger gbs is tried only if a smaller
     one fitted) need its answer. A consumer that stops early (``_confirmable``, at its cut-off) leaves
     the LPs it would never look at unsolved; one that reads all gets ``lp_candidates_free``'s list."""
-    flags = candidate_flags(bool(ends[2]), allow_lossy, wl)
+    flags = candidate_flags(bool(ends[2]), allow_lossy, wl, _unpinned(rig, model, ends, unpinned))
     chains = [_Chain(j, k, gbs, fl) for j, gbs in enumerate(GBS_CHOICES) for k, fl in enumerate(flags)]
     fit: list[bool | None] = [None] * len(GBS_CHOICES)  # some flags' first LP fits at this gbs
     # the duals last solved, by the LP's row layout and flags, then by gbs: the nearest LP's serve
@@ -1426,17 +1501,40 @@ def search_free(
         strategy = get_strategy("flexgen")
         evaluate_at = lambda w: evaluator(strategy, rig, model, w)  # noqa: E731
     ends = endpoints(rig)
-    sols = lp_candidates_lazy(rig, model, wl, ends, None, allow_lossy)
     best, best_rate = None, 0.0
-    for plan in _confirmable(sols, model, ends, None, lambda p: replace(wl, batch=p.block_size), rig):
-        w = replace(wl, batch=plan.block_size)
-        evaluate = evaluate_at(w)
-        if best is not None and _beaten(evaluate, plan, w.batch * w.gen_len / best_rate):
-            continue  # no faster than the best: its rate at most best_rate, and ties keep the first
-        result = evaluate(plan)
-        if result.feasible and result.throughput_tok_s > best_rate:
-            best, best_rate = (plan, plan.block_size), result.throughput_tok_s
+    for unpinned in (None, (False, True)):  # the second pass only where the first's plan fills the host
+        if unpinned is not None and (best is None or not _host_bound(rig, model, wl, best[0], ends[1])):
+            break
+        sols = lp_candidates_lazy(rig, model, wl, ends, None, allow_lossy, unpinned)
+        for plan in _confirmable(sols, model, ends, None, lambda p: replace(wl, batch=p.block_size), rig):
+            w = replace(wl, batch=plan.block_size)
+            evaluate = evaluate_at(w)
+            if best is not None and _beaten(evaluate, plan, w.batch * w.gen_len / best_rate):
+                continue  # no faster than the best: its rate at most best_rate, and ties keep the first
+            result = evaluate(plan)
+            if result.feasible and result.throughput_tok_s > best_rate:
+                best, best_rate = (plan, plan.block_size), result.throughput_tok_s
     return best
+
+
+# A pinned plan held by host memory (``_host_bound``: this full, or with a disk share) may have been
+# held back by its pinned weights' rounding (``pinned_bytes``): the search is then run again with
+# ``--pin-weight 0`` tried too (``search_free``, ``search_policy``). to_plan's whole percents leave a
+# host-bound optimum ~1-3 % below capacity.
+HOST_BOUND = 0.95
+
+
+def _host_bound(rig: Rig, model: ModelSpec, wl: Workload, plan: FlexGenPlan, cpu: str) -> bool:
+    """Whether ``plan`` (pinned weights, some on the CPU) is held by host memory: it puts weights or KV
+    on the disk, the slowest tier (the LP does only where the CPU is full), or fills ``HOST_BOUND`` of
+    the host (OPT-175B 4-bit, 512 + 32: the pinned 64 x 2, 60 % of the weights on the CPU, at 92 %)."""
+    f = fractions(model, plan)
+    if not plan.pin_weight or f.w_cpu <= 0:
+        return False
+    if f.w_disk > 0 or plan.cd > 0:
+        return True
+    used = sum(memory_plan(model, shape_of(plan, wl), fractions(model, plan))["cpu"].values())
+    return used >= HOST_BOUND * rig.devices[cpu].mem_bytes
 
 
 def _beaten(evaluate: Evaluate, plan: FlexGenPlan, e2e_s: float) -> bool:
@@ -1607,6 +1705,7 @@ def search_policy(
     budget: float | None = None,
     evaluate: Evaluate | None = None,
     allow_lossy: bool = False,
+    unpinned: tuple[bool, ...] | None = None,
 ) -> SearchOutcome:
     """LP over (gbs, nb, flags), then the best few confirmed in the engine (released placement).
 
@@ -1618,7 +1717,7 @@ def search_policy(
         evaluate = evaluator(get_strategy("flexgen"), rig, model, wl)
     t0 = time.perf_counter()
     ends = endpoints(rig)
-    sols, solved = lp_candidates(rig, model, wl, ends, budget, allow_lossy)
+    sols, solved = lp_candidates(rig, model, wl, ends, budget, allow_lossy, unpinned)
     best, best_e2e = None, math.inf
     for plan in _confirmable(sols, model, ends, budget, lambda _p: wl, rig):
         if best is not None and _beaten(evaluate, plan, best_e2e):
@@ -1626,6 +1725,11 @@ def search_policy(
         result = evaluate(plan)
         if result.feasible and result.e2e_s < best_e2e:
             best, best_e2e = plan, result.e2e_s
+    if unpinned is None and best is not None and _host_bound(rig, model, wl, best, ends[1]):
+        again = search_policy(rig, model, wl, objective, budget, evaluate, allow_lossy, (False, True))
+        if again.plan is not None and again.throughput > wl.batch * wl.gen_len / best_e2e:
+            again.seconds = time.perf_counter() - t0
+            return again
     out = SearchOutcome(best, sols[:CONFIRM], solved, time.perf_counter() - t0)
     if best is not None:
         out.throughput = wl.batch * wl.gen_len / best_e2e

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from hetsim.costs.pinned import pinned_bytes
 from hetsim.errors import InputError
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
 from hetsim.models.spec import FP16, DType, ModelSpec
@@ -28,7 +29,7 @@ OverlapMode = Literal["released", "paper-ideal"]
 # FlexGen's copy threads: every run starts 4 (the disk device is always created, flex_opt.py:1194-1195;
 # pytorch_backend.py:624-646), each pinning a relay of 2**30 fp16 elements, 2 GiB (:882), for its disk
 # copies and the prefill's KV stores into the unpinned cache.
-COPY_RELAY_BYTES = 4 * 2**30 * 2
+COPY_RELAY_BYTES = 4 * pinned_bytes(2**30 * 2)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,37 @@ def _disk_copies(
     return tuple(out)
 
 
+@lru_cache(maxsize=4096)
+def _host_allocations(
+    tensors: tuple[tuple[int, bool], ...], wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[float, float, tuple[tuple[float, int], ...]]:
+    """What one scheduling layer's CPU share takes of host memory: (pinned, unpinned, relay), with
+    ``--pin-weight 1`` every CPU tensor pinned, each part of a 4-bit matrix (its data, its scales:
+    compression.py:45-46, ``copy_parts``) a pinned allocation of its own (``pinned_bytes``); with
+    ``--pin-weight 0`` the matrices in pageable memory (exact bytes) and the vectors still pinned
+    (init_weight_list pins every tensor of under two dimensions, flex_opt.py:104-106). ``relay``: the
+    ``pin_memory()`` copies general_copy makes of the unpinned matrices on each load (pytorch_backend.py:
+    845-850), as (pinned size, count) per size class. Continuous: the fraction ``wc`` of each tensor,
+    as if it were the whole tensor's allocations scaled."""
+    if placement == "continuous":
+        on_cpu = [(n, m, wc) for n, m in tensors]
+    else:
+        tiers = _tiers([n for n, _ in tensors], wg, wc)
+        on_cpu = [(n, m, 1.0) for (n, m), t in zip(tensors, tiers, strict=True) if t == 1]
+    pinned = unpinned = 0.0
+    relay: dict[float, int] = {}
+    for n, m, share in on_cpu:
+        b = _bytes(n, m, dtype)
+        parts = [pinned_bytes(b * k) for k in copy_parts(m and dtype == INT4)]
+        pinned += share * sum(parts)
+        unpinned += share * (b if m else sum(parts))
+        if m:
+            for size in parts:
+                relay[size] = relay.get(size, 0) + 1
+    scale = wc if placement == "continuous" else 1.0
+    return pinned, unpinned, tuple((size * scale, k) for size, k in sorted(relay.items()))
+
+
 def layer_weight_split(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, float, float], ...]:
     """(gpu, cpu, disk) weight bytes of each scheduling layer under ``plan``."""
     return _layer_split(model, *_split_key(plan))
@@ -228,15 +260,26 @@ def _layer_split(
 @lru_cache(maxsize=1024)
 def _weight_totals(
     model: ModelSpec, wg: float, wc: float, dtype: DType, placement: Placement
-) -> tuple[float, float, float, float]:
-    """``layer_weight_split``'s (GPU, CPU, disk) totals and largest off-GPU layer: a FlexGen search
-    asks ~400 times (``to_plan`` lowering the GPU percent one at a time), for a few dozen placements."""
+) -> tuple[float, float, float, float, float, float, float]:
+    """``layer_weight_split``'s (GPU, CPU, disk) totals and largest off-GPU layer, then the CPU share's
+    host memory pinned, unpinned and its relay (``_host_allocations``): a FlexGen search asks ~400
+    times (``to_plan`` lowering the GPU percent one at a time), for a few dozen placements."""
     split = _layer_split(model, wg, wc, dtype, placement)
+    host = [_host_allocations(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model)]
+    # the relay's blocks stay cached (pinned_bytes): one layer's pins are in flight at a time (its DMAs
+    # end at the position's barrier), so each size class holds the most any one layer pins of it
+    classes: dict[float, int] = {}
+    for _, _, relay in host:
+        for size, k in relay:
+            classes[size] = max(classes.get(size, 0), k)
     return (
         sum(s[0] for s in split),
         sum(s[1] for s in split),
         sum(s[2] for s in split),
         max(s[1] + s[2] for s in split),
+        sum(h[0] for h in host),
+        sum(h[1] for h in host),
+        sum(size * k for size, k in classes.items()),
     )
 
 
@@ -249,6 +292,11 @@ class Fractions:
     w_cpu: float
     w_disk: float
     w_off_gpu_max: float  # largest off-GPU share of one scheduling layer (the double buffer)
+    # host memory of the CPU share as the runtime allocates it (``_host_allocations``): with
+    # --pin-weight 1, with --pin-weight 0, and the latter's pin_memory() relay blocks
+    w_cpu_pinned: float
+    w_cpu_unpinned: float
+    w_cpu_relay: float
     cg: float
     cc: float
     cd: float
@@ -258,12 +306,15 @@ class Fractions:
 
 
 def fractions(model: ModelSpec, plan: FlexGenPlan) -> Fractions:
-    w_gpu, w_cpu, w_disk, w_off_gpu_max = _weight_totals(model, *_split_key(plan))
+    w_gpu, w_cpu, w_disk, w_off_gpu_max, pinned, unpinned, relay = _weight_totals(model, *_split_key(plan))
     return Fractions(
         w_gpu=w_gpu,
         w_cpu=w_cpu,
         w_disk=w_disk,
         w_off_gpu_max=w_off_gpu_max,
+        w_cpu_pinned=pinned,
+        w_cpu_unpinned=unpinned,
+        w_cpu_relay=relay,
         cg=plan.cg / 100,
         cc=plan.cc / 100,
         cd=plan.cd / 100,
@@ -425,11 +476,16 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
         "hidden": f.hg * hidden,
         "working": act_ws + hid_ws + kv_ws,
     }
+    # host memory as torch allocates it (``pinned_bytes``): the weights per tensor (``Fractions``), a
+    # CPU hidden state one pinned allocation per GPU batch (pytorch_backend.py:184-190, pin_memory None
+    # on the CPU); the KV cache is not pinned (:292-293)
     cpu = {
-        "weights": f.w_cpu,
+        "weights": f.w_cpu_pinned if shape.pin_weight else f.w_cpu_unpinned,
         "kv_cache": f.cc * kv_total,
-        "hidden": f.hc * hidden,
+        "hidden": f.hc * shape.nb * pinned_bytes(gbs * s * h * 2.0),
     }
+    if not shape.pin_weight and f.w_cpu_relay:
+        cpu["weight_relay"] = f.w_cpu_relay
     if shape.cpu_attention:
         kv_len = s + n - 1
         cpu["attention_workspace"] = gbs * kv_len * 2 * model.heads * model.head_dim * 4.0
