@@ -6,6 +6,7 @@ loop), and the search no longer picking a plan that would run out of memory on t
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def test_the_free_search_no_longer_picks_a_batch_the_t4_cannot_hold():
     assert max(r.peak_mem_bytes.values()) > 0
 
 
-_FRACTION_FIELDS = ("w_gpu", "w_cpu", "w_disk", "w_off_gpu_max", "cg", "cc", "cd", "hg", "hc", "hd")
+_FRACTION_FIELDS = tuple(f.name for f in dataclasses.fields(Fractions))
 
 
 @settings(max_examples=60, deadline=None)
@@ -141,8 +142,8 @@ _FRACTION_FIELDS = ("w_gpu", "w_cpu", "w_disk", "w_off_gpu_max", "cg", "cc", "cd
     prompt=st.integers(1, 4096),
     gen=st.integers(1, 256),
     flags=st.tuples(st.booleans(), st.booleans(), st.booleans()),
-    a=st.lists(st.floats(0, 1), min_size=10, max_size=10),
-    b=st.lists(st.floats(0, 1), min_size=10, max_size=10),
+    a=st.lists(st.floats(0, 1), min_size=len(_FRACTION_FIELDS), max_size=len(_FRACTION_FIELDS)),
+    b=st.lists(st.floats(0, 1), min_size=len(_FRACTION_FIELDS), max_size=len(_FRACTION_FIELDS)),
     t=st.floats(0, 1),
 )
 def test_the_ledger_is_affine_in_the_fractions(name, gbs, nb, prompt, gen, flags, a, b, t):
