@@ -164,7 +164,11 @@ def test_the_free_batch_search_picks_what_it_picks_from_the_eager_list(monkeypat
     rig, model = load_rig(hw), get_model(name)
     wl = Workload(1, 256, 16)
     lazy = flexgen_lp.search_free(rig, model, wl, "throughput")
-    monkeypatch.setattr(
-        flexgen_lp, "lp_candidates_lazy", lambda *a: iter(flexgen_lp.lp_candidates_free(*a)[0])
-    )
+
+    def eager(*a, only_unpinned=False):  # the second pass's --pin-weight 0 chains alone
+        return iter(
+            [s for s in flexgen_lp.lp_candidates_free(*a)[0] if not (only_unpinned and s.flags.pin_weight)]
+        )
+
+    monkeypatch.setattr(flexgen_lp, "lp_candidates_lazy", eager)
     assert lazy is not None and flexgen_lp.search_free(rig, model, wl, "throughput") == lazy

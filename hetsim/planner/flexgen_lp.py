@@ -1334,14 +1334,19 @@ def lp_candidates_lazy(
     budget: float | None = None,
     allow_lossy: bool = False,
     unpinned: tuple[bool, ...] | None = None,
+    only_unpinned: bool = False,
 ) -> Iterator[LpSolution]:
     """``lp_candidates_free``'s candidates in its order (time per sequence, larger gbs then nb first,
     then its loop's order), each yielded once no LP left unsolved could come before it: an LP is
     solved only when ``_lower_bound`` cannot put it after the best candidate known, or when the
     loop's own rules (a chain goes on while its time falls; a larger gbs is tried only if a smaller
     one fitted) need its answer. A consumer that stops early (``_confirmable``, at its cut-off) leaves
-    the LPs it would never look at unsolved; one that reads all gets ``lp_candidates_free``'s list."""
+    the LPs it would never look at unsolved; one that reads all gets ``lp_candidates_free``'s list.
+    ``only_unpinned``: the ``--pin-weight 0`` chains alone (a second pass whose pinned chains the first
+    pass already ranked and confirmed)."""
     flags = candidate_flags(bool(ends[2]), allow_lossy, wl, _unpinned(rig, model, ends, unpinned))
+    if only_unpinned:
+        flags = [fl for fl in flags if not fl.pin_weight]
     chains = [_Chain(j, k, gbs, fl) for j, gbs in enumerate(GBS_CHOICES) for k, fl in enumerate(flags)]
     fit: list[bool | None] = [None] * len(GBS_CHOICES)  # some flags' first LP fits at this gbs
     # the duals last solved, by the LP's row layout and flags, then by gbs: the nearest LP's serve
@@ -1505,7 +1510,9 @@ def search_free(
     for unpinned in (None, (False, True)):  # the second pass only where the first's plan fills the host
         if unpinned is not None and (best is None or not _host_bound(rig, model, wl, best[0], ends[1])):
             break
-        sols = lp_candidates_lazy(rig, model, wl, ends, None, allow_lossy, unpinned)
+        sols = lp_candidates_lazy(
+            rig, model, wl, ends, None, allow_lossy, unpinned, only_unpinned=unpinned is not None
+        )
         for plan in _confirmable(sols, model, ends, None, lambda p: replace(wl, batch=p.block_size), rig):
             w = replace(wl, batch=plan.block_size)
             evaluate = evaluate_at(w)
