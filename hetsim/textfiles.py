@@ -9,6 +9,7 @@ PyYAML reads it as the string '1e-9'; YAML 1.2 reads it as a number).
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import stat
@@ -104,9 +105,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def savefig_whole(fig: Any, path: str | Path, **kwargs: Any) -> None:
     """``fig.savefig(path, **kwargs)`` (a matplotlib figure; the format from the suffix), whole or not
-    at all (``open_whole``)."""
+    at all (``open_whole``). Drawn into memory first, so the temporary file lives only for the write
+    of the finished bytes: a drawing worker terminated mid-drawing (a stopped sweep's plot pool) leaves
+    no temporary file behind (SIGTERM's default action skips ``open_whole``'s clean-up)."""
+    drawn = io.BytesIO()
+    fig.savefig(drawn, format=Path(path).suffix[1:], **kwargs)
     with open_whole(path, "wb") as f:
-        fig.savefig(f, format=Path(path).suffix[1:], **kwargs)
+        f.write(drawn.getbuffer())
 
 
 @contextlib.contextmanager
