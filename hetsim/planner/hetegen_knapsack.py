@@ -23,6 +23,7 @@ from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op, Phase
 from hetsim.planner.ranking import Evaluate, best_plan
+from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies.hetegen import (
     FLOOR_SLACK,
     RUNTIME_RESERVE_BYTES,
@@ -350,13 +351,27 @@ def resident_plan(
 
 
 class _Candidate:
-    """One GPU kind's plan in ``search``: alphas first, the knapsack only when its plan may still
-    rank first (``beaten``) or is run."""
+    """One GPU kind's plan in ``search``: alphas when its plan may still rank first (``beaten``)
+    or is run, the knapsack only when a bound over every resident set leaves it in the race."""
 
     def __init__(self, rig: Rig, model: ModelSpec, workload: Workload, gpu: str, budget: float):
         self.rig, self.model, self.workload = rig, model, workload
-        self.base, self.capacity = split_plan(rig, model, workload, gpu, budget)
+        self.gpu, self.budget = gpu, budget
+        self._split: tuple[HeteGenPlan, float] | None = None
         self._plan: HeteGenPlan | None = None
+
+    @property
+    def base(self) -> HeteGenPlan:
+        return self._split_plan()[0]
+
+    @property
+    def capacity(self) -> float:
+        return self._split_plan()[1]
+
+    def _split_plan(self) -> tuple[HeteGenPlan, float]:
+        if self._split is None:
+            self._split = split_plan(self.rig, self.model, self.workload, self.gpu, self.budget)
+        return self._split
 
     @property
     def plan(self) -> HeteGenPlan:
@@ -365,12 +380,32 @@ class _Candidate:
         return self._plan
 
     def beaten(self, time_s: float) -> bool:
-        """True when the plan's run takes at least ``time_s``: first by a floor over every resident
-        set that fits (no knapsack solved), then by the plan's own ``e2e_floor``."""
+        """True when the plan's run takes at least ``time_s`` (or cannot run): first when its working
+        set alone is over the budget (no alpha bisected), then by a floor over every resident set
+        that fits (no knapsack solved), then by the plan's own ``e2e_floor``."""
         return (
-            self._any_resident_floor() >= time_s
+            self._over_budget()
+            or self._any_resident_floor() >= time_s
             or e2e_floor(self.plan, self.rig, self.model, self.workload) >= time_s
         )
+
+    def _over_budget(self) -> bool:
+        """True when every plan on this GPU is refused by its footprint (``HeteGen.footprint``:
+        ``check_budget`` of resident weights and the working set), whatever its alphas: the working
+        set with nothing resident and no weight buffer (each of those adds bytes >= 0) is already
+        over the budget, by more (1e-9) than the order of a float sum can move it. Its run is then
+        infeasible and cannot rank first, as a run of the split plan would find, a few hundred
+        engine runs later (HeteGen's alphas). The routes the split plan reads are read (a rig
+        without one raises here as the split plan would)."""
+        cpu = self.rig.host_cpu(self.gpu)
+        self.rig.route(cpu, self.gpu), self.rig.route(self.gpu, cpu)
+        bare = HeteGenPlan(gpu=self.gpu, cpu=cpu, gpu_mem_budget=float(self.budget))
+        tags = {"resident_weights": 0.0, **working_set(bare, self.model, self.workload)}
+        try:
+            check_budget(self.gpu, "hetegen GPU working set", tags, bare.gpu_mem_budget, rel_tol=1e-9)
+        except OutOfMemory:
+            return True
+        return False
 
     def _any_resident_floor(self) -> float:
         """``e2e_floor`` of the best resident set that could fit: all split, less the most split time
