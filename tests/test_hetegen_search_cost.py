@@ -1,18 +1,67 @@
-"""HeteGen's search spares engine runs whose answer is known: no alpha bisection for a GPU whose
-working set alone is over its budget (its run is infeasible: the same plan is chosen)."""
+"""HeteGen's search spares engine runs whose answer is known: one alpha bisection per module shape
+(the same alphas as one per module kind, measured kernels included), and no bisection at all for a
+GPU whose working set alone is over its budget (its run is infeasible: the same plan is chosen)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetsim.api import problem
 from hetsim.planner import hetegen_knapsack as hk
 from hetsim.planner.ranking import best_plan, estimate
 from hetsim.strategies.base import get_strategy
+from hetsim.strategies.hetegen import module_ops
 
 HETEGEN = get_strategy("hetegen")
+
+
+def _each_kind(p, wl, gpu):
+    """The alphas bisected once per module kind and phase (what split_plan did before)."""
+    cpu = p.rig.host_cpu(gpu)
+    return {
+        phase: {
+            k: round(hk.balanced_alpha(p.rig, gpu, cpu, op), 6)
+            for k, op in module_ops(p.model, phase, wl.batch, seq).items()
+        }
+        for phase, seq in (("prefill", wl.prompt_len), ("decode", 1))
+    }
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(
+    hw=st.sampled_from(["mixed-lab", "a100-80g-measured", "hetegen-a10", "h100-sxm-measured"]),
+    name=st.sampled_from(["opt-6.7b", "llama2-13b", "llama2-70b", "llama3-8b"]),
+    batch=st.sampled_from([1, 3, 64, 300]),
+    prompt=st.sampled_from([1, 128, 700]),
+)
+def test_alphas_bisected_per_shape_equal_those_per_kind(hw, name, batch, prompt):
+    """Rigs with measured GEMM tables too (there out_proj is timed by its own measured kernel, q_proj
+    by the roofline: alike in shape, not in time, so they are bisected apart)."""
+    p = problem(name, hw, batch=batch, prompt_len=prompt)
+    for g in p.rig.gpus()[:2]:
+        base, _ = hk.split_plan(p.rig, p.model, p.workload, g.name, g.mem_bytes)
+        want = _each_kind(p, p.workload, g.name)
+        assert base.alpha_prefill == want["prefill"] and base.alpha_decode == want["decode"]
+
+
+def test_llama_bisects_five_shapes_per_phase(monkeypatch):
+    """Llama's eight module kinds are five shapes a phase (q/out, k/v, gate/up, down, lm_head), the
+    LM head's the same in both (the last token's row): 9 bisections, not 16. On a measured rig
+    out_proj selects its own kernel: q_proj and out_proj are then bisected apart (11)."""
+    calls = []
+    bisect = hk.balanced_alpha
+    monkeypatch.setattr(hk, "balanced_alpha", lambda *a: calls.append(a[3].name) or bisect(*a))
+    p = problem("llama2-70b", "mixed-lab", batch=4)
+    hk.split_plan(p.rig, p.model, p.workload, "n0.gpu0", 80e9)
+    assert len(calls) == 9
+    calls.clear()
+    p = problem("llama2-70b", "a100-80g-measured", batch=4)
+    hk.split_plan(p.rig, p.model, p.workload, p.rig.gpus()[0].name, 80e9)
+    assert len(calls) == 11 and calls.count("out_proj") == 2 and calls.count("q_proj") == 2
 
 
 @pytest.fixture(scope="module")

@@ -63,6 +63,12 @@ def kernel_op(op: str, tokens: int, tp: int, shape: Mapping[str, float]) -> Op:
     raise ValueError(f"unknown kernel {op!r}")
 
 
+def measured_kernel(op_name: str) -> str | None:
+    """The Vidur kernel whose curve may time a matmul named ``op_name`` (None: never measured): the
+    only part of an op's name that its cost reads."""
+    return VIDUR_GEMMS.get(op_name)
+
+
 def _key(kernel: str, weight_bytes: float, weight_row_bytes: float) -> tuple[str, int, int]:
     return kernel, round(weight_bytes), round(weight_row_bytes)
 
@@ -75,7 +81,7 @@ class KernelTables:
 
     def seconds(self, op: Op) -> float | None:
         """The measured time of ``op`` at its token count, or None (not measured, or outside)."""
-        kernel = VIDUR_GEMMS.get(op.name)
+        kernel = measured_kernel(op.name)
         if kernel is None or op.kind != OpKind.MATMUL or op.weight_row_bytes <= 0:
             return None
         curve = self.curves.get(_key(kernel, op.weight_bytes, op.weight_row_bytes))

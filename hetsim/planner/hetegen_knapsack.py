@@ -16,9 +16,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hetsim.costs.kernel_tables import measured_kernel
 from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op, Phase
@@ -58,6 +60,15 @@ def balanced_alpha(rig: Rig, gpu: str, cpu: str, op: Op, cpu_dtype: str = "fp16"
         return cpu_end - gpu_end
 
     return bisect_crossing(gap)
+
+
+def _alike(op: Op, measured: bool) -> tuple[Op, str | None]:
+    """What a lone split module's engine run (``measure_split``, untraced) reads of ``op``: all but
+    its names (trace labels), and, where a device of the run has measured kernels (``measured``),
+    the kernel its name selects (``measured_kernel``). Modules alike so have the same balanced alpha
+    (Llama's q_proj and out_proj, k_proj and v_proj, gate_proj and up_proj; the LM head of both
+    phases)."""
+    return dataclasses.replace(op, name="", module=""), measured_kernel(op.name) if measured else None
 
 
 def bisect_crossing(gap: Callable[[float], float], steps: int = _BISECT_STEPS) -> float:
@@ -309,10 +320,15 @@ def split_plan(
     check_cpu_dtype(cpu_dtype, weight_dtype)
     cpu = rig.host_cpu(gpu)
     b = workload.batch
-    alphas: dict[Phase, dict[str, float]] = {}
+    alphas: dict[Phase, dict[str, float]] = {"prefill": {}, "decode": {}}
+    found: dict[tuple[Op, str | None], float] = {}  # one bisection per shape (``_alike``)
+    measured = any(rig.devices[d].efficiency.kernel_tables for d in (gpu, cpu))
     for phase, seq in (("prefill", workload.prompt_len), ("decode", 1)):
-        ops = module_ops(model, phase, b, seq, weight_dtype)
-        alphas[phase] = {k: round(balanced_alpha(rig, gpu, cpu, op, cpu_dtype), 6) for k, op in ops.items()}
+        for kind, op in module_ops(model, phase, b, seq, weight_dtype).items():
+            key = _alike(op, measured)
+            if key not in found:
+                found[key] = round(balanced_alpha(rig, gpu, cpu, op, cpu_dtype), 6)
+            alphas[phase][kind] = found[key]
     base = HeteGenPlan(
         gpu=gpu,
         cpu=cpu,
