@@ -409,6 +409,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hetsim.api' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The module's names, the lazy plan document's included (``__getattr__``)."""
+    return sorted({*globals(), "PlanDocument", "_WorkloadDoc"})
+
+
 def plan_document(
     p: Problem, strategy: Strategy, plan: Any, objective: Objective, batch: int | None = None
 ) -> dict[str, Any]:

@@ -36,3 +36,15 @@ def test_plan_documents_pickle():
         "print(back == doc, type(back) is PlanDocument, type(back.workload) is type(doc.workload))\n"
     )
     assert out == "True True True"
+
+
+def test_dir_lists_the_lazy_names():
+    """``dir()`` (completion, ``help``) lists the names imported on first use, with the eager ones,
+    without importing them (pydantic, the rig loader)."""
+    out = _fresh(
+        "import sys, hetsim.api, hetsim.hardware\n"
+        "a, h = dir(hetsim.api), dir(hetsim.hardware)\n"
+        "print('PlanDocument' in a, 'compare' in a, all(n in h for n in hetsim.hardware.__all__),\n"
+        "      'pydantic' in sys.modules or 'hetsim.hardware.loader' in sys.modules)\n"
+    )
+    assert out == "True True True False"

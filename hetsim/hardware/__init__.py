@@ -64,3 +64,8 @@ def __getattr__(name: str) -> Any:
 
         return getattr(loader, name)
     raise AttributeError(f"module 'hetsim.hardware' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The module's names, the loader's lazy ones included (as when ``__init__`` imported them)."""
+    return sorted({*globals(), *_LOADER})
