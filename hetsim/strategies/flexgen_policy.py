@@ -443,8 +443,9 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     the prefill's attention holds two score matrices at once), the prefill K and V awaiting their
     store, and, when attention runs on the GPU over off-GPU KV, two batches of fp16 KV (current and
     prefetched) plus their compressed copies. CPU: resident shares, plus the fp32 attention
-    workspace with CPU attention (one K and one V buffer of a GPU batch: with attention and MLP as
-    separate scheduling layers the runtime allocates one pair, pytorch_backend.py:196-214), plus the
+    workspace with CPU attention (one K and one V buffer of a GPU batch, per KV head: with attention
+    and MLP as separate scheduling layers the runtime allocates one pair, pytorch_backend.py:196-214),
+    plus the
     copy threads' pinned relays (``COPY_RELAY_BYTES``, with or without a disk share).
     The KV cache is pre-allocated for s + n - 1 tokens, as the runtime does.
     """
@@ -488,7 +489,11 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
         cpu["weight_relay"] = f.w_cpu_relay
     if shape.cpu_attention:
         kv_len = s + n - 1
-        cpu["attention_workspace"] = gbs * kv_len * 2 * model.heads * model.head_dim * 4.0
+        # one fp32 K and one V of a GPU batch per KV head: the release allocates them per attention head
+        # of OPT (pytorch_backend.py:196-214), whose heads are its KV heads; a grouped runtime keeps K
+        # and V as stored (the traffic model's reading, ``flexgen_ops._cpu_attention``), not repeated
+        # to the query heads; the score rows below are per query head either way
+        cpu["attention_workspace"] = gbs * kv_len * 2 * model.kv_heads * model.head_dim * 4.0
         # mha_gen's host temporaries at the softmax (tools/flexgen_peak.py, exact): q in fp32 and two
         # fp32 score rows per head (``torch.where``'s and ``F.softmax``'s)
         cpu["attention_temporaries"] = gbs * h * 4.0 + 2 * gbs * model.heads * kv_len * 4.0
