@@ -32,6 +32,7 @@ from hetsim.planner.search import CP_SAT_SEARCHES
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
+from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.textfiles import read_text
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
@@ -580,7 +581,9 @@ def serve(
     except NoRouteError as exc:
         return {"feasible": False, "reason": str(exc)}
     except SearchStopped as stopped:
-        raise ServeStopped(_stopped_document(stopped, document, deadlines, len(reqs))) from stopped
+        with keeping():
+            kept = _stopped_document(stopped, document, deadlines, len(reqs))
+        raise ServeStopped(kept) from stopped
     if found is None:
         return {"feasible": False, "reason": f"no feasible plan for {spec.name} on {rig.name}"}
     plan, result = found

@@ -654,3 +654,51 @@ def test_sigterm_just_after_the_command_is_143_and_silent():
                           timeout=KILL_TIMEOUT_S)  # fmt: skip
     assert (proc.returncode, proc.stderr) == (143, "")
     assert "llama2-70b" in [m["name"] for m in json.loads(proc.stdout)]
+
+
+# A stopped serve whose kept document takes longer to build than the grace period (as on a much
+# busier machine): the whole document is printed, not cut off by the grace timer's exit.
+_SLOW_TO_KEEP = """
+import signal, sys, time
+from hetsim import api
+from hetsim.cli import commands, stop
+from hetsim.serving import batching
+
+stop.STOP_GRACE_S = 0.3
+real_doc, real_init, done = api._stopped_document, batching.ReplicaServer.__init__, [0]
+
+def slow_doc(*a, **k):
+    time.sleep(1.5)
+    return real_doc(*a, **k)
+
+def init(self, *a, **k):
+    real_init(self, *a, **k)
+    inner = self.on_done
+
+    def on_done(r, t):
+        inner(r, t)
+        done[0] += 1
+        if done[0] == 20:
+            signal.raise_signal(signal.SIGTERM)
+
+    self.on_done = on_done
+
+api._stopped_document = slow_doc
+batching.ReplicaServer.__init__ = init
+sys.exit(commands.main(["serve", "--model", "llama2-70b", "--hw", "mixed-lab", "--rate", "5",
+                        "--duration", "19000", "--format", "json"], process=True))
+"""
+
+
+def test_what_a_stopped_command_keeps_is_printed_whole_past_the_grace_period():
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_TO_KEEP], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
+    assert proc.returncode == 143, err
+    assert json.loads(out)["partial"]["stopped_by"] == "SIGTERM"  # before: nothing (the timer's exit)
+    assert err.startswith("interrupted by SIGTERM: hetsim serve stopped (the metrics of the "), err

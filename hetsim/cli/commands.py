@@ -30,6 +30,7 @@ from pydantic_core import ValidationError
 
 from hetsim.cli.stop import Stop, keep, kill_children, signal_of, stopping_signal
 from hetsim.errors import InputError
+from hetsim.stopping import keeping
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -451,7 +452,9 @@ def compare(
                 partial = (
                     None if whole else {"stopped_by": stopping_signal(), "not_finished": stopped.unfinished}
                 )
-                _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, stopped.results, free, partial)
+                with keeping():
+                    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, stopped.results, free, partial)
+                    sys.stdout.flush()  # the grace clock's exit would drop what is buffered
                 keep(_compare_kept(len(stopped.results), stopped.unfinished, whole))
             raise
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free)

@@ -82,9 +82,11 @@ def serve(
         )
     except api.ServeStopped as stopped:  # what was served by the stop, marked partial
         from hetsim.cli.stop import keep, stopping_signal
+        from hetsim.stopping import keeping
 
         doc = {**stopped.doc, "partial": {"stopped_by": stopping_signal(), **stopped.doc["partial"]}}
-        _emit(doc, fmt)
+        with keeping():
+            _emit(doc, fmt)
         keep(_kept(doc["partial"]))
         raise
     if not doc["feasible"]:
