@@ -96,40 +96,6 @@ def test_signal_stops_compare_and_its_workers(sig, group, code):
     assert not any(map(_alive, workers)), "a search worker outlived its compare"
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc for the CPU time")
-def test_signal_stops_simulate_with_one_line_saying_why_it_keeps_nothing(tmp_path):
-    """A stopped serve prints what it served (tests/test_serve_stop.py); a stopped simulate has no
-    whole-run metric to print, and its one line says so (before: "it keeps no partial results")."""
-    plan = tmp_path / "plan.json"  # FlexGen's plan, every decode step simulated: > 15 CPU s if left alone
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hetsim.cli",
-            "plan",
-            *LONG_COMPARE,
-            "--strategy",
-            "flexgen",
-            "--out",
-            str(plan),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=KILL_TIMEOUT_S,
-    )
-    assert made.returncode == 0, made.stderr
-    proc = _start("simulate", "--plan", str(plan), "--exact")
-    _wait_for(proc, lambda: _cpu_s(proc.pid) > 1.5)  # past the imports: in the command's work
-    os.killpg(proc.pid, signal.SIGINT)
-    err = _finish(proc)
-    assert proc.returncode == 130, err
-    assert err == (
-        "interrupted by SIGINT: hetsim simulate stopped (it keeps no partial results: throughput, TPOT, "
-        "cost and utilisation are over the whole generation; without --exact long generations are "
-        "fast-forwarded)\n"
-    )
-
-
 # A command that loses the KeyboardInterrupt (as when the signal lands in a callback whose exceptions
 # Python only prints: logging's at-fork hook while compare's pool forks; compare then searched on,
 # serially, for minutes) and carries on.

@@ -539,17 +539,68 @@ def simulate(
 ) -> None:
     """Run exactly the plan in a plan file."""
     from hetsim import api
+    from hetsim.sim.run import SimulateStopped
     from hetsim.sim.run import simulate as run_plan
 
     _check_format(fmt)
     p, strategy, plan_obj = api.load_plan(plan_path)
     keep(_simulate_keeps(exact, trace))
-    result = run_plan(
-        strategy, plan_obj, p.rig, p.model, p.workload, trace_path=str(trace) if trace else None, exact=exact
-    )
+    try:
+        result = run_plan(
+            strategy,
+            plan_obj,
+            p.rig,
+            p.model,
+            p.workload,
+            trace_path=str(trace) if trace else None,
+            exact=exact,
+        )
+    except SimulateStopped as stopped:  # how far the run got, marked partial
+        if stopped.progress is not None:
+            partial = {"stopped_by": stopping_signal(), "strategy": strategy.name, **stopped.progress}
+            with keeping():
+                _emit_simulate_partial(fmt, p, partial, trace)
+            keep(_simulate_kept(partial, fmt, trace))
+        raise
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result])
     if trace and fmt == "table":
         err().print(f"trace written to {trace}", highlight=False)
+
+
+def _emit_simulate_partial(fmt: str, p: api.Problem, partial: dict[str, Any], trace: Path | None) -> None:
+    """A stopped simulate's progress: in the JSON as ``partial`` beside no results, in the table as
+    its line; CSV has result rows only (none: the stderr line says how far it got)."""
+    from hetsim.report import compare_document
+
+    if fmt == "json":
+        _print_json({**compare_document(p.model_ref, p.rig_ref, p.workload, []), "partial": partial})
+    elif fmt == "table":
+        out().print(
+            f"PARTIAL: {_simulate_progress(partial)}; no metrics: they are over the whole generation"
+            + (f"; trace not written, {trace} is left as it was" if trace else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+    sys.stdout.flush()
+
+
+def _simulate_progress(partial: dict[str, Any]) -> str:
+    ttft = partial["ttft_s"]
+    return (
+        f"{partial['strategy']} stopped by {partial['stopped_by']} at simulated "
+        f"{partial['simulated_s']:.6g} s: {partial['tokens']} of {partial['tokens_total']} tokens made, "
+        + ("no TTFT (not every first token counted)" if ttft is None else f"TTFT {ttft:.6g} s")
+    )
+
+
+def _simulate_kept(partial: dict[str, Any], fmt: str, trace: Path | None) -> str:
+    """The interrupted line's account of a stopped simulate that got somewhere."""
+    told = "not printed: CSV has result rows only" if fmt == "csv" else "printed, marked partial"
+    return (
+        f"how far it got is {told}: {partial['tokens']} of {partial['tokens_total']} tokens made by "
+        f"simulated {partial['simulated_s']:.6g} s; no whole-run metrics"
+        + (f"; {trace} not written" if trace else "")
+    )
 
 
 def _simulate_keeps(exact: bool, trace: Path | None) -> str:
