@@ -622,6 +622,29 @@ def test_sigterm_just_after_the_command_is_143_and_silent():
     assert "llama2-70b" in [m["name"] for m in json.loads(proc.stdout)]
 
 
+def test_a_signal_after_the_output_in_a_callers_process_goes_to_the_caller(monkeypatch):
+    """In a caller's process (``main(process=False)``), Ctrl-C after the command's output but before
+    ``main`` put the caller's handlers back went nowhere: ``main`` returned 130 for a run that had
+    finished. Now the run's code comes back and the signal goes to the caller's handler."""
+    from hetsim.cli import commands
+    from hetsim.cli.stop import Stop
+
+    real_exit, got = Stop.__exit__, []
+
+    def exit_then_ctrl_c(self, *exc):
+        real_exit(self, *exc)
+        signal.raise_signal(signal.SIGINT)  # between ``__exit__`` and ``restore``
+
+    monkeypatch.setattr(Stop, "__exit__", exit_then_ctrl_c)
+    monkeypatch.setattr(commands, "_main", lambda argv: 0)
+    before = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        assert commands.main(["model", "list"]) == 0
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert got == [signal.SIGINT]
+
+
 # A stopped serve whose kept document takes longer to build than the grace period (as on a much
 # busier machine): the whole document is printed, not cut off by the grace timer's exit.
 _SLOW_TO_KEEP = """

@@ -689,7 +689,8 @@ def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
                 raise
             code = 130  # what stopping did (its workers killed: BrokenProcessPool), not a bug
         if stop.signum is None:  # a signal after the output (``late``) ends it as one after main does
-            return code if stop.late is None else 128 + stop.late
+            # (in a caller's process ``restore`` hands it to the caller's handler: the run finished)
+            return code if stop.late is None or not process else 128 + stop.late
         # one forked as the signal came is in no pool's list (the raise came first)
         kill_children(stop.spare)
         stop.say()

@@ -82,7 +82,9 @@ class Stop:
             self.timer.cancel()
 
     def restore(self) -> None:
-        """Put back the handlers (and the unraisable hook) that were there before ``__enter__``."""
+        """Put back the handlers (and the unraisable hook) that were there before ``__enter__``; in a
+        caller's process, a signal noted after the command's output (``late``) then goes to the
+        caller's handler, as it would a moment later (hetsim's own process exits 128 + it instead)."""
         self.armed = False
         if self in _RUNNING:  # entered, and stopped before its ``with`` block began
             _RUNNING.remove(self)
@@ -94,6 +96,9 @@ class Stop:
             sys.unraisablehook = self.old_hook
         self.old = {}
         self.unlisten()
+        late, self.late = self.late, None
+        if late is not None and not self.process:
+            signal.raise_signal(late)
 
     def _unraisable(self, unraisable: Any) -> None:
         """The raise landed where Python can only print it (an at-fork hook while compare's pool
