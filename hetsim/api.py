@@ -289,39 +289,29 @@ def _search_all(
     finished: dict[int, Result],
 ) -> None:
     """Each strategy's best result into ``finished`` (by index in ``chosen``) as it arrives: a job's
-    results when its worker returns them, or one by one when searching here."""
+    results when its worker returns them (``compare``'s forked workers), or one by one when
+    searching here."""
     if workers > 1 and len(chosen) > 1 and forked.can_fork():
+        jobs = _worker_jobs(chosen, ask.search)
+        calls = [(_best_by_names, ([chosen[i].name for i in job], ask)) for job in jobs]
+        more = min(workers, len(jobs)) - (started[1] if started else 0)
+
+        def keep(j: int, results: list[Result]) -> None:
+            finished.update(zip(jobs[j], results, strict=True))
+
+        # A pool forked here starts at its first job. Every worker routes copies, so each imports
+        # networkx (~0.1 s) and builds the rig's graph itself, in parallel, not here first; the
+        # solvers' modules are imported by the one worker that runs their search (OR-Tools' linear
+        # solver ~0.05 s, CP-SAT ~0.14 s).
         try:
-            _searched_in_workers(chosen, ask, workers, started, finished)
+            with forked.frozen_heap(), forked.pool(more) if more > 0 else nullcontext() as late:
+                pools = ([started] if started else []) + ([(late, more)] if late else [])
+                forked.scatter(pools, calls, keep)
             return
         except BrokenProcessPool:
             pass  # a worker was killed (out of memory?): search again here, one at a time
     for i, s in enumerate(chosen):
         finished[i] = ask.best(s)
-
-
-def _searched_in_workers(
-    chosen: Sequence[Strategy],
-    ask: _Ask,
-    workers: int,
-    started: tuple[ProcessPoolExecutor, int] | None,
-    finished: dict[int, Result],
-) -> None:
-    """``best_result`` of each of ``chosen`` into ``finished``, from forked workers (``compare``)."""
-    jobs = _worker_jobs(chosen, ask.search)
-    calls = [(_best_by_names, ([chosen[i].name for i in job], ask)) for job in jobs]
-    more = min(workers, len(jobs)) - (started[1] if started else 0)
-
-    def keep(j: int, results: list[Result]) -> None:
-        finished.update(zip(jobs[j], results, strict=True))
-
-    # A pool forked here starts at its first job. Every worker routes copies, so each imports
-    # networkx (~0.1 s) and builds the rig's graph itself, in parallel, not here first; the solvers'
-    # modules are imported by the one worker that runs their search (OR-Tools' linear solver ~0.05
-    # s, CP-SAT ~0.14 s).
-    with forked.frozen_heap(), forked.pool(more) if more > 0 else nullcontext() as late:
-        pools = ([started] if started else []) + ([(late, more)] if late else [])
-        forked.scatter(pools, calls, keep)
 
 
 def _worker_jobs(chosen: Sequence[Strategy], search: bool) -> list[list[int]]:
