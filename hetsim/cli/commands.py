@@ -149,8 +149,9 @@ def _problem(
 
 
 def _strategy_names(text: str | None, flag: str) -> list[str] | None:
-    """The names in ``--strategies``/``--strategy`` (None: all), each known, or an error naming the flag."""
-    from hetsim.strategies.base import get_strategy
+    """The names in ``--strategies``/``--strategy`` (None: all), each known, or an error naming the
+    flag; all of none (no strategy registered) ends the command with its own line, exit 1."""
+    from hetsim.strategies.base import all_strategies, get_strategy
 
     names = _split_names(text)
     for name in names or ():
@@ -158,6 +159,9 @@ def _strategy_names(text: str | None, flag: str) -> list[str] | None:
             get_strategy(name)
         except InputError as exc:
             raise InputError(exc.message, field=flag) from None
+    if names is None and not all_strategies():
+        err().print("error: no strategies are registered (hetsim.strategies is empty)", highlight=False)
+        raise typer.Exit(1)
     return names
 
 
@@ -279,11 +283,6 @@ def _emit_results(
         out().print(results_table(results, title="Strategies, best first; " + "; ".join(asked)))
     else:
         out().print(results_table(results))
-
-
-def _no_strategies() -> int:
-    err().print("error: no strategies are registered (hetsim.strategies is empty)", highlight=False)
-    return 1
 
 
 BatchOpt = typer.Option(
@@ -425,13 +424,10 @@ def compare(
     _check_format(fmt)
     with _search_workers(strategies) as (cores, started):
         from hetsim import api
-        from hetsim.strategies.base import all_strategies
 
         obj = api.check_objective(objective)
         p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
         names = _strategy_names(strategies, "--strategies")
-        if names is None and not all_strategies():
-            raise typer.Exit(_no_strategies())
         free = p.batch_is_free(obj, not no_search)
         try:
             results = api.compare(
@@ -493,13 +489,10 @@ def plan(
     _check_format(fmt, ("table", "json"))
     with _search_workers(strategy) as (cores, started):
         from hetsim import api
-        from hetsim.strategies.base import all_strategies
 
         obj = api.check_objective(objective)
         p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
         names = _strategy_names(strategy, "--strategy")
-        if names is None and not all_strategies():
-            raise typer.Exit(_no_strategies())
         results = api.compare(p, names, obj, workers=cores, allow_lossy=allow_compression, started=started)
     from hetsim.report import plan_summary_table, results_table
     from hetsim.strategies.base import get_strategy
