@@ -691,3 +691,29 @@ def test_what_a_stopped_command_keeps_is_printed_whole_past_the_grace_period():
     assert proc.returncode == 143, err
     assert json.loads(out)["partial"]["stopped_by"] == "SIGTERM"  # before: nothing (the timer's exit)
     assert err.startswith("interrupted by SIGTERM: hetsim serve stopped (the metrics of the "), err
+
+
+# A stopped command that leaves a thread that never ends, as a process pool interrupted inside its
+# shutdown can (its manager thread waiting for good: seen on CPython 3.11 with the signal injected there).
+_LEAVES_A_STUCK_THREAD = """
+import signal, sys, threading
+from hetsim.cli import commands
+
+def stopped(argv):
+    threading.Thread(target=threading.Event().wait, name="stuck").start()
+    signal.raise_signal(signal.SIGTERM)
+    return 0
+
+commands._main = stopped
+commands.exit_process(commands.main(["compare"], process=True))
+"""
+
+
+def test_a_stopped_process_does_not_wait_at_exit_for_threads_its_command_left():
+    """Before, the interpreter's exit joined the thread: the process hung after its line (the likely
+    cause of a rare timeout of test_signal_stops_compare_and_its_workers[sigterm-parent-only])."""
+    proc = subprocess.Popen([sys.executable, "-c", _LEAVES_A_STUCK_THREAD], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    err = _finish(proc)
+    assert proc.returncode == 143
+    assert err == "interrupted by SIGTERM: hetsim compare stopped (it keeps no partial results)\n"

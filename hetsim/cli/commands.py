@@ -12,6 +12,7 @@ import heavy dependencies (torch, dask) inside the command, not at module import
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import itertools
@@ -755,8 +756,23 @@ def exit_process(code: int) -> NoReturn:
     is otherwise a full collection of every object the command imported or made (~0.04 CPU s after a
     compare, serial), just before the memory goes back to the system. All it skips is finalizing
     cyclic garbage at exit, which Python does not promise; atexit handlers and flushes still run.
-    For the process's own end only: the heap stays frozen (tests call ``main``, not this)."""
+    For the process's own end only: the heap stays frozen (tests call ``main``, not this).
+
+    A command a signal stopped (``code`` 128 + the signal) ends at once, its output flushed: its
+    workers are killed, and what it keeps is written whole already. The interpreter's exit would
+    join the threads its process pools left, and an interrupt at an unlucky bytecode can leave one
+    that never ends: a lock a ``with`` took just before the raise is never released (CPython's
+    bpo-29988; the sweep's pools hold signals for this, ``runner._signals_at_safe_points``), and the
+    pool's manager thread waits on it (seen on 3.11 with SIGTERM injected during a broken pool's
+    shutdown: 6 of 6 runs hung). The process then hung after its line, holding its pipes: the rare
+    timeout of test_signal_stops_compare_and_its_workers. Inside ``main`` the grace timer ends such
+    a hang; after it, nothing did."""
     gc.freeze()
+    if code >= 128:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing to keep
+                stream.flush()
+        os._exit(code)
     sys.exit(code)
 
 
