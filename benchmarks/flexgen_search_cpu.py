@@ -1,8 +1,8 @@
 """CPU seconds of FlexGen's whole search on the headline (llama2-70b on mixed-lab, 512 + 32, batch
-free; `--gen-len` for another), in one process, by part: the LPs (``lp_candidates_lazy``'s candidates as ``_confirmable`` reads
-them, or ``lp_candidates_free`` in trees before it), ``_confirmable`` less those, the floors that spare
-confirmations (``Estimator.floor``, where the tree has it) and the engine runs (the confirmations),
-with the result to check two trees give the same one.
+free; ``--gen-len`` for another), in one process, by part: the LPs (``lp_candidates_lazy``'s
+candidates as ``_confirmable`` reads them, or ``lp_candidates_free`` in trees before it),
+``_confirmable`` less those, the floors that spare confirmations (``Estimator.floor``, where the
+tree has it) and the engine runs (the confirmations), with the result to check two trees give the same one.
 
     PYTHONPATH=TREE .venv/bin/python benchmarks/flexgen_search_cpu.py     # one run, printed
 
@@ -102,7 +102,12 @@ def alternate(base: Path, repeats: int, label: str, write: bool, gen_len: int = 
         for t, path in trees.items():
             env = {**os.environ, "PYTHONPATH": str(path)}
             out = subprocess.run(
-                [sys.executable, __file__, "--gen-len", str(gen_len)], capture_output=True, text=True, check=True, env=env, cwd=path
+                [sys.executable, __file__, "--gen-len", str(gen_len)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+                cwd=path,
             ).stdout.strip()
             numbers, result = out.split(" | ")
             words = numbers.split()

@@ -24,6 +24,7 @@ from hetsim.planner.flexgen_lp import (
     _solved,
     candidate_flags,
     cost_model,
+    lp_candidates,
     lp_candidates_free,
     lp_candidates_lazy,
     search_free,
@@ -137,6 +138,11 @@ def test_the_lazy_search_with_twins_equals_the_eager_one_that_solves_them_all(ca
         eager, _ = lp_candidates_free(rig, model, wl, ends, budget, False, (False, True))
         again = list(lp_candidates_lazy(rig, model, wl, ends, budget, False, (False, True)))
     assert lazy == eager == again
+    fixed = Workload(64, prompt, gen)  # the fixed-batch search's eager list (``search_policy``)
+    gated, _ = lp_candidates(rig, model, fixed, ends, budget, False, (False, True))
+    with pytest.MonkeyPatch.context() as mp:
+        all_twins(mp)
+        assert lp_candidates(rig, model, fixed, ends, budget, False, (False, True))[0] == gated
 
 
 @pytest.mark.parametrize(
