@@ -1483,11 +1483,11 @@ def lp_candidates_lazy(
         j = min(near, key=lambda j: abs(j - c.level))
         if old is not None and old[1] <= abs(j - c.level):
             return old[0]  # no nearer duals than the ones it came from
-        b = _lower_bound(cm, near[j]) / (c.gbs * NB_CHOICES[i])
-        b = b if old is None else max(b, old[0])  # both hold
+        fresh = _lower_bound(cm, near[j]) / (c.gbs * NB_CHOICES[i])
+        if c.flags.pin_weight and _host_free(near[j]):  # this one (not ``old``) bounds the twin too
+            memo.bounds[key] = max(fresh, memo.bounds.get(key, -math.inf))
+        b = fresh if old is None else max(fresh, old[0])  # both hold
         c.bounds[i] = b, abs(j - c.level)
-        if c.flags.pin_weight and _host_free(near[j]):
-            memo.bounds[key] = max(b, memo.bounds.get(key, -math.inf))  # it bounds the twin too
         return b
 
     def low(c: _Chain, refine: bool = False) -> float:
