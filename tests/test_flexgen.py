@@ -311,7 +311,7 @@ def test_gpu_attention_pins_v_while_ks_dma_runs(tmp_path):
     half the bytes, K's DMA starts when K's pin ends while V's pin runs, and the load ends K's pin
     plus both DMAs after it starts (here DMA-bound): at least half the pin time before one pin of
     both then one DMA would (fails when K and V are pinned as one copy)."""
-    from hetsim.strategies.flexgen_ops import kv_token_bytes
+    from hetsim.strategies.flexgen_policy import kv_token_bytes
 
     model, pins, dmas = _kv_load_spans(tmp_path, compress=False)
     tok = kv_token_bytes(model, False)  # one layer's K and V of a token
@@ -336,8 +336,7 @@ def test_gpu_attention_kv_halves_carry_the_whole_load(tmp_path, compress, cc):
     fraction, the pins the same bytes, and the disk copies the rest."""
     import json
 
-    from hetsim.strategies.flexgen_ops import kv_token_bytes
-    from hetsim.strategies.flexgen_policy import copy_parts
+    from hetsim.strategies.flexgen_policy import copy_parts, kv_token_bytes
 
     rig, model = load_rig("flexgen-t4"), get_model("opt-6.7b")
     plan = FlexGenPlan(

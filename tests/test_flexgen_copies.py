@@ -12,8 +12,8 @@ from hetsim.models import get_model
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import _Runner
-from hetsim.strategies.flexgen_ops import GROUP_SCALE, INDEX_BYTES, _quant, kv_token_bytes, substep_ops
-from hetsim.strategies.flexgen_policy import FlexGenPlan
+from hetsim.strategies.flexgen_ops import GROUP_SCALE, INDEX_BYTES, _quant, substep_ops
+from hetsim.strategies.flexgen_policy import FlexGenPlan, kv_token_bytes
 from hetsim.workload import Step, Workload
 
 FOURBIT = FlexGenPlan(64, 8, 0, 100, 0, 100, 0, 100, cpu_attention=False, compress_cache=True, gpu="n0.gpu0")

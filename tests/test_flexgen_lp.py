@@ -105,7 +105,7 @@ def test_cpu_attention_disk_terms_take_the_cpu_disk_route():
     from dataclasses import replace
 
     from hetsim.planner.flexgen_lp import _slots, links
-    from hetsim.strategies.flexgen_ops import kv_token_bytes
+    from hetsim.strategies.flexgen_policy import kv_token_bytes
 
     rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
     ends = endpoints(rig)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from flexgen import pytorch_backend as pb
-from flexgen.compression import CompressionConfig
+from flexgen.compression import CompressionConfig, TorchCompressedDevice
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -90,6 +90,9 @@ class DeviceLiveBytes(TorchDispatchMode):
         return out
 
 
+_COMPRESS = TorchCompressedDevice.compress
+
+
 def _patch(mode: DeviceLiveBytes) -> None:
     """``is_cuda``, ``.cuda()`` and ``.cpu()`` as on a machine with a GPU, by the mode's tags."""
 
@@ -105,6 +108,20 @@ def _patch(mode: DeviceLiveBytes) -> None:
 
         return move
 
+    # compress upcasts an fp16 tensor to fp32 when ``tensor.device.type == "cpu"`` (compression.py:
+    # 95-96), which on a GPU it is not: a GPU-tagged tensor is compressed as it comes
+    compress = _COMPRESS
+
+    def compress_as_on_its_device(self, tensor, comp_config):
+        if mode.device_of(tensor) == CPU:
+            return compress(self, tensor, comp_config)
+        upcast, torch.Tensor.float = torch.Tensor.float, lambda t: t
+        try:
+            return compress(self, tensor, comp_config)
+        finally:
+            torch.Tensor.float = upcast
+
+    TorchCompressedDevice.compress = compress_as_on_its_device
     torch.Tensor.is_cuda = property(lambda self: mode.device_of(self) == GPU)
     torch.Tensor.cuda = copy_to(GPU)
     torch.Tensor.cpu = copy_to(CPU)
@@ -118,6 +135,11 @@ KINDS = ("input_embed", "mha", "mha_gen_gpu", "mha_gen_cpu", "mlp", "output_embe
 # --compress-weight: every matrix 4-bit, group 64 along dim 0 (flex_opt.py:1204-1205), decompressed to
 # fp16 on the GPU by the layer function itself before it computes (compression.py:146-201)
 WEIGHT_4BIT = CompressionConfig(num_bits=4, group_size=64, group_dim=0, symmetric=False)
+# --compress-cache: K and V 4-bit, group 64 along head_dim (flex_opt.py:1207-1208); kinds ``*_cc``: mha
+# compresses the prefill's K and V before returning them (pytorch_backend.py:358-360), mha_gen gets the
+# cache as load_cache leaves it with compression on (path 0: a compressed copy on the GPU, flex_opt.py:
+# 345-369), decompresses it to fp16 in the call (:403-406) and compresses the new K and V (:458-464)
+CACHE_4BIT = CompressionConfig(num_bits=4, group_size=64, group_dim=2, symmetric=False)
 
 
 @torch.no_grad()
@@ -130,10 +152,13 @@ def measure(
     ffn: int,
     vocab: int,
     compress_weight: bool = False,
+    compress_cache: bool = False,
 ) -> dict:
     """One call of ``kind`` at ``batch``; ``tokens`` is the prompt length (prefill: mha) or the KV
     length including the new token (decode: mha_gen); the embeddings and the MLP run on ``tokens``
-    positions (prefill; 1 is decode). ``compress_weight``: the matrices 4-bit on the GPU."""
+    positions (prefill; 1 is decode). ``compress_weight``: the matrices 4-bit on the GPU;
+    ``compress_cache``: the KV cache 4-bit (attention on the GPU). ``kv_out_bytes``: the bytes of the
+    K and V an attention call returns (what waits in cache_write_buf for its store)."""
     pb.fix_recursive_import()
     dev = pb.TorchDevice("cpu")  # stands for the GPU: every layer's compute device (flex_opt.py)
     dev.device_type = pb.DeviceType.CUDA  # decompress's GPU branch (its CPU one uses a workspace)
@@ -170,21 +195,33 @@ def measure(
             call = dev.opt_output_embed
         else:
             attn = tuple(w(*shape) for shape in [(h, h), (h,)] * 4 + [(h,), (h,)])
+            cc = (compress_cache, CACHE_4BIT if compress_cache else None)
             if kind == "mha":
-                args = (x, mask, *attn, heads, donate, False, None)
+                args = (x, mask, *attn, heads, donate, *cc)
                 call = dev.mha
             else:  # the cache as load_cache leaves it: on the GPU (fp16) or in the CPU workspace (fp32)
                 dtype, device = (f16, GPU) if kind == "mha_gen_gpu" else (torch.float32, CPU)
                 shape = (s, b * heads, h // heads)
-                k, v = (_tensor(mode.resident(torch.randn(shape, dtype=dtype), device), dev) for _ in "kv")
-                args = (x, mask, *attn, heads, k, v, donate, 1.0, False, None)
+                if compress_cache:  # as the GPU's compressed device stores it: data and scales
+                    k, v = (
+                        dev.compressed_device.compress(torch.randn(shape, dtype=f16), CACHE_4BIT)
+                        for _ in "kv"
+                    )
+                    for part in (*k.data[:2], *v.data[:2]):
+                        mode.resident(part.data, GPU)
+                else:
+                    k, v = (
+                        _tensor(mode.resident(torch.randn(shape, dtype=dtype), device), dev) for _ in "kv"
+                    )
+                args = (x, mask, *attn, heads, k, v, donate, 1.0, *cc)
                 call = dev.mha_gen
         del x
     with mode:
         out = call(*args)
+    kv_out = sum(_nbytes(t) for t in out[1:]) if kind.startswith("mha") else 0
     del out
     return {
-        "kind": kind + ("_cw" if compress_weight else ""),
+        "kind": kind + ("_cw" if compress_weight else "") + ("_cc" if compress_cache else ""),
         "batch": batch,
         "tokens": tokens,
         "hidden": hidden,
@@ -193,7 +230,14 @@ def measure(
         "vocab": vocab,
         "gpu_peak_bytes": mode.peak[GPU],
         "cpu_peak_bytes": mode.peak[CPU],
+        "kv_out_bytes": kv_out,
     }
+
+
+def _nbytes(t: pb.TorchTensor) -> int:
+    """Storage bytes of a returned K or V: fp16, or 4-bit data and fp16 scales (compression.py:84-144)."""
+    parts = t.data[:2] if isinstance(t.data, tuple) else (t,)
+    return sum(p.data.untyped_storage().nbytes() for p in parts)
 
 
 # (batch, tokens, hidden, heads, ffn, vocab): a grid that moves each term on its own (fit), then shapes
@@ -225,6 +269,9 @@ def main() -> int:
         b, _, *rest = shape
         rows += [measure(kind, b, 1, *rest) for kind in ("input_embed", "mlp", "output_embed")]
     rows += [measure(kind, *shape, compress_weight=True) for kind in KINDS for shape in SHAPES]
+    rows += [
+        measure(kind, *shape, compress_cache=True) for kind in ("mha", "mha_gen_gpu") for shape in SHAPES
+    ]
     out = DATA / "flexgen-peak-0.1.8.csv"
     with out.open("w", newline="") as f:
         f.write(f"# tools/flexgen_peak.py; FlexGen 0.1.8 (Apache-2.0), torch {torch.__version__}\n")

@@ -6,9 +6,14 @@ nearest power of two to improve reuse. These power of two sizes are also used to
 list": torch 2.13.0's ATen/core/CachingHostAllocator.h:300-309, ``CachingHostAllocatorImpl::
 allocate``'s ``roundSize``, ``c10::llvm::PowerOf2Ceil(size)``; it stops only above
 ``pinned_max_round_threshold``, c10/core/AllocatorConfig.h:361, which defaults to SIZE_MAX). The torch
-release FlexGen's runs used is not stated (the wheel asks for torch >= 1.12); earlier releases'
-aten/src/ATen/cuda/CachingHostAllocator.cpp is not checked here. Freed blocks stay cached for reuse
-by a request of the same size class, never given back while the process runs.
+release FlexGen's runs used is not stated (the wheel asks for torch >= 1.12); the oldest it allows
+rounds the same way: torch 1.12.1's libtorch_cuda.so (PyPI's cp310 manylinux1 wheel), disassembled,
+computes the size it passes to ``cudaHostAlloc`` in ``at::cuda::CUDAHostAllocatorWrapper::allocate``
+(0xea46ab-0xea46f8) as size - 1, or-ed with itself shifted right by 1, 2, 4, 8, 16 and 32, plus 1:
+``llvm::PowerOf2Ceil`` inlined (aten/src/ATen/cuda/CachingHostAllocator.cpp then). The oldest and
+the newest release checked both round (those between are not checked): no version property needed.
+Freed blocks stay cached for reuse by a request of the same size class, never given back while the
+process runs.
 
 FlexGen 0.1.8 pins each CPU-resident weight tensor separately (``--pin-weight 1``, flex_opt.py:
 init_weight_list -> pytorch_backend.py:184-190 ``allocate(pin_memory=...)``), the copy threads'

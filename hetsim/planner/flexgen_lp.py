@@ -70,7 +70,6 @@ from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
     host_copy_op,
     kv_gather_op,
-    kv_token_bytes,
     substep_ops,
 )
 from hetsim.strategies.flexgen_policy import (
@@ -80,6 +79,7 @@ from hetsim.strategies.flexgen_policy import (
     Shape,
     copy_parts,
     fractions,
+    kv_token_bytes,
     layer_disk_copies,
     layer_weight_split,
     memory_plan,

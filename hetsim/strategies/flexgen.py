@@ -31,7 +31,6 @@ from hetsim.strategies.flexgen_ops import (
     SubStepOps,
     host_copy_op,
     kv_gather_op,
-    kv_token_bytes,
     layer_kind,
     substep_ops,
 )
@@ -39,6 +38,7 @@ from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
     copy_parts,
     fractions,
+    kv_token_bytes,
     layer_disk_copies,
     layer_weight_split,
     memory_plan,

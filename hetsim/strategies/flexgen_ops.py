@@ -63,11 +63,6 @@ def layer_kind(model: ModelSpec, j: int) -> str:
     return "attention" if j % 2 == 1 else "mlp"
 
 
-def kv_token_bytes(model: ModelSpec, compressed: bool) -> float:
-    """K and V of one token of one sequence in one layer."""
-    return 2 * model.kv_heads * model.head_dim * (INT4 if compressed else FP16).bytes_per_element
-
-
 def _kernels(name: str, table, elems: float, tensors: int) -> tuple[Op, ...]:
     """``table``'s kernels over ``tensors`` tensors of ``elems`` elements in all: memory-bound
     elementwise ops (one FLOP per element), each paying its own launch."""

@@ -375,8 +375,27 @@ def _decompressed(model: ModelSpec) -> dict[str, tuple[float, ...]]:
     }
 
 
+def kv_token_bytes(model: ModelSpec, compressed: bool) -> float:
+    """K and V of one token of one sequence in one layer, as the release stores them: fp16, or 4-bit
+    data and an fp16 (scale, min) pair per group of 64 along head_dim, each head's row rounded up to
+    whole groups (compression.py:33-49, :84-144; tools/flexgen_peak.py's ``kv_out_bytes``, exact)."""
+    if not compressed:
+        return 2 * model.kv_heads * model.head_dim * FP16.bytes_per_element
+    return 2 * model.kv_heads * _group_padded(model.head_dim) * INT4.bytes_per_element
+
+
+def _group_padded(width: int) -> int:
+    return -(-width // INT4.group_size) * INT4.group_size
+
+
 def layer_peaks(
-    model: ModelSpec, gbs: int, tokens: int, kv_len: int, cpu_attention: bool, compress_weight: bool = False
+    model: ModelSpec,
+    gbs: int,
+    tokens: int,
+    kv_len: int,
+    cpu_attention: bool,
+    compress_weight: bool = False,
+    compress_cache: bool = False,
 ) -> dict[str, float]:
     """Peak GPU bytes each of FlexGen 0.1.8's layer functions holds live for one GPU batch of ``gbs``
     sequences, its input counted, weights and the KV cache it reads not: the prefill (``tokens`` = the
@@ -389,7 +408,12 @@ def layer_peaks(
       tensors besides the first five (the 2-byte -1e4 lives only with the first);
     - ``mha_gen`` (:362-480): per new token, ~5 hidden vectors and two score rows with attention on the
       GPU; with attention on the CPU its GPU part is ~7 hidden vectors (the host's part:
-      ``memory_plan``'s CPU attention workspace);
+      ``memory_plan``'s CPU attention workspace); with ``compress_cache`` (GPU attention) it first
+      decompresses the batch's K, then V, to fp16 (compression.py:146-201: an fp16 buffer of
+      head_dim rounded up to the group, the 4-bit unpacking's uint8 temporary, then, where head_dim
+      was rounded, a contiguous unpadded copy) and holds both through the attention (``*_cc`` rows;
+      the prefill's ``mha`` compressing its K and V holds no more where head_dim is a whole number
+      of groups, as for every shipped model; a rounded head_dim holds more, not modelled);
     - ``mlp`` (:569-583): the input, its LayerNorm and fc1's output, or fc1's and fc2's outputs;
     - the embeddings (:236-285): token and position embeddings and their sum; the LayerNorm and the
       logits of every position (the prefill's ``F.linear`` runs the LM head on all ``tokens``).
@@ -399,10 +423,12 @@ def layer_peaks(
     last decompression (the matrices so far, and the 4-bit unpacking's uint8 temporary, a quarter of
     the fp16 bytes, beside the layer's input).
 
-    The forms are OPT's (the only model the release runs); for other models they are an extrapolation,
-    not a measurement: the model's q, k and v widths (GQA's narrower K and V, never repeated to the
-    query heads, as a grouped bmm would), a gated MLP holding gate and up (2 f-wide tensors: act and
-    product in place; HF's eager Llama holds a third, ``hetsim.models.memory``), no rotary temporaries.
+    The forms are OPT's (the only model the release runs; no released FlexGen-style runtime for Llama
+    is on PyPI: flexgen's newest is 0.1.8, OPT only, and no flexllmgen package exists, checked in
+    session 14); for other models they are an extrapolation, not a measurement: the model's q, k and
+    v widths (GQA's narrower K and V, never repeated to the query heads, as a grouped bmm would), a
+    gated MLP holding gate and up (2 f-wide tensors: act and product in place; HF's eager Llama holds a
+    third, ``hetsim.models.memory``), no rotary temporaries.
     """
     b, s, h, n = gbs, tokens, model.hidden, model.heads
     kv_dim = model.kv_heads * model.head_dim
@@ -416,6 +442,12 @@ def layer_peaks(
         )
     elif cpu_attention:
         attention = 2 * b * h * 2.0 + b * qkv * 2.0 + b * h * 4.0  # + q in fp32, the value back from the host
+    elif compress_cache:
+        rows = b * kv_len * model.kv_heads
+        full = rows * _group_padded(model.head_dim) * 2.0  # one decompressed K or V, padded
+        kept = rows * model.head_dim * 2.0  # after unpadding (or the padded buffer itself)
+        temp = max(full / 4, kept if kept != full else 0.0)  # the uint8 unpacking, the unpadding copy
+        attention = b * (2 * h + qkv) * 2.0 + max(kept + full + temp, 2 * kept + 2 * b * n * kv_len * 2.0 + 2)
     else:
         attention = b * (2 * h + qkv) * 2.0 + 2 * b * n * kv_len * 2.0 + 2
     peaks = {
@@ -441,34 +473,40 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     GPU: resident weights, KV and hidden states; the double-buffered next layer's weights; the
     working set of one GPU batch: the largest of the layer functions' measured peaks (``layer_peaks``;
     the prefill's attention holds two score matrices at once), the prefill K and V awaiting their
-    store, and, when attention runs on the GPU over off-GPU KV, two batches of fp16 KV (current and
-    prefetched) plus their compressed copies. CPU: resident shares, plus the fp32 attention
-    workspace with CPU attention (one K and one V buffer of a GPU batch: with attention and MLP as
-    separate scheduling layers the runtime allocates one pair, pytorch_backend.py:196-214), plus the
+    store, and, when attention runs on the GPU, two batches' copies of their KV (current and
+    prefetched: fp16, or with --compress-cache 4-bit, decompressed inside ``mha_gen``). CPU: resident
+    shares, plus the fp32 attention workspace with CPU attention (one K and one V buffer of a GPU
+    batch, per KV head: with attention and MLP as separate scheduling layers the runtime allocates
+    one pair, pytorch_backend.py:196-214), plus the
     copy threads' pinned relays (``COPY_RELAY_BYTES``, with or without a disk share).
     The KV cache is pre-allocated for s + n - 1 tokens, as the runtime does.
     """
     h, s, n = model.hidden, shape.prompt_len, shape.gen_len
     bls, gbs = shape.gbs * shape.nb, shape.gbs
-    kvb = 2 * model.kv_heads * model.head_dim * (INT4 if shape.compress_cache else FP16).bytes_per_element
+    kvb = kv_token_bytes(model, shape.compress_cache)
     kv_total = bls * (s + n - 1) * model.layers * kvb
     hidden = bls * s * h * 2.0
     prefill = layer_peaks(model, gbs, s, s, shape.cpu_attention, shape.compress_weight)
-    decode = layer_peaks(model, gbs, 1, s + n - 1, shape.cpu_attention, shape.compress_weight)
+    decode = layer_peaks(
+        model, gbs, 1, s + n - 1, shape.cpu_attention, shape.compress_weight, shape.compress_cache
+    )
     # the prefill's new K and V of the batch before wait in cache_write_buf for their store, which the
     # loop issues after the next compute: the next batch's attention (flex_opt.py:1052-1053), or, one
-    # GPU batch, this layer's MLP (:1025-1026)
-    kv_pending = 2 * gbs * s * model.kv_heads * model.head_dim * 2.0
+    # GPU batch, this layer's MLP (:1025-1026); with --compress-cache mha returns them compressed
+    # (pytorch_backend.py:358-360: 4-bit data and scales, tools/flexgen_peak.py's ``kv_out_bytes``)
+    kv_pending = gbs * s * kv_token_bytes(model, shape.compress_cache)
     prefill["mlp"] += kv_pending
     if shape.nb > 1:
         prefill["attention"] += kv_pending
     # attention and MLP are separate layers in the released loop: their peaks do not coexist
     act_ws = max(*prefill.values(), *decode.values())
     hid_ws = 2 * gbs * s * h * 2.0  # a batch's input (loaded) and output (to be stored)
-    kv_batch_fp16 = gbs * (s + n) * 2 * model.kv_heads * model.head_dim * 2.0
+    # GPU attention: load_cache's copies of the current batch's KV and of the next, prefetched; with
+    # --compress-cache they are 4-bit copies (path 0 to the GPU's compressed device, flex_opt.py:344-
+    # 369) and the current batch's fp16 K and V exist only inside mha_gen (``layer_peaks``)
     kv_ws = 0.0
     if not shape.cpu_attention:
-        kv_ws = 2 * kv_batch_fp16 * (1 + (INT4.bytes_per_element / 2 if shape.compress_cache else 0))
+        kv_ws = 2 * gbs * (s + n) * kv_token_bytes(model, shape.compress_cache)
     gpu = {
         "weights": f.w_gpu,
         "weight_buffers": 2 * f.w_off_gpu_max,
@@ -488,7 +526,11 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
         cpu["weight_relay"] = f.w_cpu_relay
     if shape.cpu_attention:
         kv_len = s + n - 1
-        cpu["attention_workspace"] = gbs * kv_len * 2 * model.heads * model.head_dim * 4.0
+        # one fp32 K and one V of a GPU batch per KV head: the release allocates them per attention head
+        # of OPT (pytorch_backend.py:196-214), whose heads are its KV heads; a grouped runtime keeps K
+        # and V as stored (the traffic model's reading, ``flexgen_ops._cpu_attention``), not repeated
+        # to the query heads; the score rows below are per query head either way
+        cpu["attention_workspace"] = gbs * kv_len * 2 * model.kv_heads * model.head_dim * 4.0
         # mha_gen's host temporaries at the softmax (tools/flexgen_peak.py, exact): q in fp32 and two
         # fp32 score rows per head (``torch.where``'s and ``F.softmax``'s)
         cpu["attention_temporaries"] = gbs * h * 4.0 + 2 * gbs * model.heads * kv_len * 4.0
