@@ -717,3 +717,31 @@ def test_a_stopped_process_does_not_wait_at_exit_for_threads_its_command_left():
     err = _finish(proc)
     assert proc.returncode == 143
     assert err == "interrupted by SIGTERM: hetsim compare stopped (it keeps no partial results)\n"
+
+
+def test_a_late_signal_raised_in_the_callers_handler_leaves_the_callers_gc_threshold(monkeypatch):
+    """``restore`` hands a late Ctrl-C to the caller's handler (Python's: KeyboardInterrupt, raised
+    inside ``main``'s ``finally``); the caller's collection threshold is put back all the same
+    (before: left at CLI_GC_THRESHOLD, the rest of the ``finally`` skipped by the raise)."""
+    import gc
+
+    from hetsim.cli import commands
+    from hetsim.cli.stop import Stop
+
+    real_exit = Stop.__exit__
+
+    def exit_then_ctrl_c(self, *exc):
+        real_exit(self, *exc)
+        signal.raise_signal(signal.SIGINT)  # between ``__exit__`` and ``restore``
+
+    monkeypatch.setattr(Stop, "__exit__", exit_then_ctrl_c)
+    monkeypatch.setattr(commands, "_main", lambda argv: 0)
+    threshold = gc.get_threshold()
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            commands.main(["model", "list"])
+        assert gc.get_threshold() == threshold
+    finally:
+        gc.set_threshold(*threshold)
+        signal.signal(signal.SIGINT, before)
