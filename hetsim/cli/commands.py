@@ -690,8 +690,8 @@ def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
         stop.say()
         return 128 + stop.signum
     finally:
+        gc.set_threshold(*threshold)  # first: ``restore`` can raise (a late signal, to the caller's handler)
         stop.restore()
-        gc.set_threshold(*threshold)
 
 
 def _command_name(argv: Sequence[str] | None) -> str:
