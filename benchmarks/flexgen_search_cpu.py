@@ -1,8 +1,8 @@
 """CPU seconds of FlexGen's whole search on the headline (llama2-70b on mixed-lab, 512 + 32, batch
-free), in one process, by part: the LPs (``lp_candidates_lazy``'s candidates as ``_confirmable`` reads
-them, or ``lp_candidates_free`` in trees before it), ``_confirmable`` less those, the floors that spare
-confirmations (``Estimator.floor``, where the tree has it) and the engine runs (the confirmations),
-with the result to check two trees give the same one.
+free; ``--gen-len`` for another), in one process, by part: the LPs (``lp_candidates_lazy``'s
+candidates as ``_confirmable`` reads them, or ``lp_candidates_free`` in trees before it),
+``_confirmable`` less those, the floors that spare confirmations (``Estimator.floor``, where the
+tree has it) and the engine runs (the confirmations), with the result to check two trees give the same one.
 
     PYTHONPATH=TREE .venv/bin/python benchmarks/flexgen_search_cpu.py     # one run, printed
 
@@ -73,7 +73,7 @@ def timed_iter(module: object, name: str, label: str) -> None:
 PARTS = ("LPs", "_confirmable", "floors", "engine")
 
 
-def measure() -> None:
+def measure(gen_len: int = 32) -> None:
     """One search in this process; prints the total, the parts and the result."""
     if hasattr(flexgen_lp, "lp_candidates_lazy"):
         timed_iter(flexgen_lp, "lp_candidates_lazy", "LPs")
@@ -83,7 +83,7 @@ def measure() -> None:
     timed(ranking, "_estimate", "engine")
     if hasattr(ranking, "Estimator"):
         timed(ranking.Estimator, "floor", "floors")
-    problem = api.problem("llama2-70b", "mixed-lab", None, 512, 32)
+    problem = api.problem("llama2-70b", "mixed-lab", None, 512, gen_len)
     t0 = time.process_time()
     result = api.best_result(get_strategy("flexgen"), problem, "throughput")
     total = time.process_time() - t0
@@ -93,7 +93,7 @@ def measure() -> None:
     print(f"total {total:.3f} {parts} | {result.throughput_tok_s!r} tok/s, batch {result.batch}")
 
 
-def alternate(base: Path, repeats: int, label: str, write: bool) -> None:
+def alternate(base: Path, repeats: int, label: str, write: bool, gen_len: int = 32) -> None:
     """This tree and ``base`` run alternating, ``repeats`` each; the table appended to results.md."""
     trees = {"base": base.resolve(), "branch": ROOT}
     runs: dict[str, list[dict[str, float]]] = {t: [] for t in trees}
@@ -102,7 +102,12 @@ def alternate(base: Path, repeats: int, label: str, write: bool) -> None:
         for t, path in trees.items():
             env = {**os.environ, "PYTHONPATH": str(path)}
             out = subprocess.run(
-                [sys.executable, __file__], capture_output=True, text=True, check=True, env=env, cwd=path
+                [sys.executable, __file__, "--gen-len", str(gen_len)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+                cwd=path,
             ).stdout.strip()
             numbers, result = out.split(" | ")
             words = numbers.split()
@@ -110,7 +115,7 @@ def alternate(base: Path, repeats: int, label: str, write: bool) -> None:
             results[t].add(result)
     head = ["total", *PARTS]
     lines = [
-        "| FlexGen's headline search (llama2-70b, mixed-lab, 512 + 32, batch free), "
+        f"| FlexGen's headline search (llama2-70b, mixed-lab, 512 + {gen_len}, batch free), "
         f"{repeats} alternating runs, CPU s min / median | {' | '.join(head)} |",
         "|---|" + "---|" * len(head),
     ]
@@ -128,11 +133,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to results.md")
     ap.add_argument("--label", default="", help="what was measured, added to the title (e.g. a commit)")
+    ap.add_argument("--gen-len", type=int, default=32, help="the generation length (default 32)")
     args = ap.parse_args()
     if args.base is None:
-        measure()
+        measure(args.gen_len)
     else:
-        alternate(args.base, args.repeats, args.label, not args.no_record)
+        alternate(args.base, args.repeats, args.label, not args.no_record, args.gen_len)
 
 
 if __name__ == "__main__":

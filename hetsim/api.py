@@ -32,6 +32,7 @@ from hetsim.planner.search import CP_SAT_SEARCHES
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
+from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.textfiles import read_text
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
@@ -288,39 +289,29 @@ def _search_all(
     finished: dict[int, Result],
 ) -> None:
     """Each strategy's best result into ``finished`` (by index in ``chosen``) as it arrives: a job's
-    results when its worker returns them, or one by one when searching here."""
+    results when its worker returns them (``compare``'s forked workers), or one by one when
+    searching here."""
     if workers > 1 and len(chosen) > 1 and forked.can_fork():
+        jobs = _worker_jobs(chosen, ask.search)
+        calls = [(_best_by_names, ([chosen[i].name for i in job], ask)) for job in jobs]
+        more = min(workers, len(jobs)) - (started[1] if started else 0)
+
+        def keep(j: int, results: list[Result]) -> None:
+            finished.update(zip(jobs[j], results, strict=True))
+
+        # A pool forked here starts at its first job. Every worker routes copies, so each imports
+        # networkx (~0.1 s) and builds the rig's graph itself, in parallel, not here first; the
+        # solvers' modules are imported by the one worker that runs their search (OR-Tools' linear
+        # solver ~0.05 s, CP-SAT ~0.14 s).
         try:
-            _searched_in_workers(chosen, ask, workers, started, finished)
+            with forked.frozen_heap(), forked.pool(more) if more > 0 else nullcontext() as late:
+                pools = ([started] if started else []) + ([(late, more)] if late else [])
+                forked.scatter(pools, calls, keep)
             return
         except BrokenProcessPool:
             pass  # a worker was killed (out of memory?): search again here, one at a time
     for i, s in enumerate(chosen):
         finished[i] = ask.best(s)
-
-
-def _searched_in_workers(
-    chosen: Sequence[Strategy],
-    ask: _Ask,
-    workers: int,
-    started: tuple[ProcessPoolExecutor, int] | None,
-    finished: dict[int, Result],
-) -> None:
-    """``best_result`` of each of ``chosen`` into ``finished``, from forked workers (``compare``)."""
-    jobs = _worker_jobs(chosen, ask.search)
-    calls = [(_best_by_names, ([chosen[i].name for i in job], ask)) for job in jobs]
-    more = min(workers, len(jobs)) - (started[1] if started else 0)
-
-    def keep(j: int, results: list[Result]) -> None:
-        finished.update(zip(jobs[j], results, strict=True))
-
-    # A pool forked here starts at its first job. Every worker routes copies, so each imports
-    # networkx (~0.1 s) and builds the rig's graph itself, in parallel, not here first; the solvers'
-    # modules are imported by the one worker that runs their search (OR-Tools' linear solver ~0.05
-    # s, CP-SAT ~0.14 s).
-    with forked.frozen_heap(), forked.pool(more) if more > 0 else nullcontext() as late:
-        pools = ([started] if started else []) + ([(late, more)] if late else [])
-        forked.scatter(pools, calls, keep)
 
 
 def _worker_jobs(chosen: Sequence[Strategy], search: bool) -> list[list[int]]:
@@ -585,7 +576,9 @@ def serve(
     except NoRouteError as exc:
         return {"feasible": False, "reason": str(exc)}
     except SearchStopped as stopped:
-        raise ServeStopped(_stopped_document(stopped, document, deadlines, len(reqs))) from stopped
+        with keeping():
+            kept = _stopped_document(stopped, document, deadlines, len(reqs))
+        raise ServeStopped(kept) from stopped
     if found is None:
         return {"feasible": False, "reason": f"no feasible plan for {spec.name} on {rig.name}"}
     plan, result = found

@@ -6,6 +6,8 @@ multipliers it is given."""
 
 from __future__ import annotations
 
+import heapq
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -165,10 +167,9 @@ def test_the_free_batch_search_picks_what_it_picks_from_the_eager_list(monkeypat
     wl = Workload(1, 256, 16)
     lazy = flexgen_lp.search_free(rig, model, wl, "throughput")
 
-    def eager(*a, only_unpinned=False):  # the second pass's --pin-weight 0 chains alone
-        return iter(
-            [s for s in flexgen_lp.lp_candidates_free(*a)[0] if not (only_unpinned and s.flags.pin_weight)]
-        )
+    def eager(*a, only_unpinned=False, memo=None, given=()):  # the second pass: given + its own chains
+        own = [s for s in flexgen_lp.lp_candidates_free(*a)[0] if not (only_unpinned and s.flags.pin_weight)]
+        return heapq.merge(given, own, key=lambda s: (s.time_per_seq_s, -s.gbs, -s.nb))
 
     monkeypatch.setattr(flexgen_lp, "lp_candidates_lazy", eager)
     assert lazy is not None and flexgen_lp.search_free(rig, model, wl, "throughput") == lazy

@@ -14,7 +14,7 @@ from hetsim.api import problem
 from hetsim.planner import hetegen_knapsack as hk
 from hetsim.planner.ranking import best_plan, estimate
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hetegen import module_ops
+from hetsim.strategies.hetegen import HeteGenPlan, module_ops, working_set
 
 HETEGEN = get_strategy("hetegen")
 
@@ -90,3 +90,42 @@ def test_over_budget_gpus_are_not_bisected(lab, monkeypatch):
     assert not any(evaluate(plan).feasible for plan in plans)
     full = hk.plan_hetegen(p.rig, p.model, wl, "n0.gpu0", 80e9)
     assert got == best_plan([full, *plans], evaluate, "throughput") == full
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(
+    name=st.sampled_from(["opt-6.7b", "llama2-13b"]),
+    batch=st.sampled_from([1, 64]),
+    eps=st.sampled_from([-1e-3, -1e-10, 0.0, 1e-12, 1e-6, 0.05, 1.0]),
+)
+def test_budgets_at_the_working_sets_edge(name, batch, eps):
+    """mixed-lab with its two smaller GPU kinds cut to (1 + eps) x the working set with nothing
+    resident and no weight buffer (the A100 keeps its 80 GB, so its run is the feasible best the
+    others are asked about): a GPU is skipped only where its plan is infeasible, never where that
+    working set fits (eps >= 0; within the shortcut's 1e-9 margin it is run), and the search picks
+    what the full search (no GPU skipped, one bisection per module kind) picks."""
+    p = problem(name, "mixed-lab", batch=batch, prompt_len=128, gen_len=8)
+    a100 = p.rig.gpus()[0]
+    bare = HeteGenPlan(gpu=a100.name, cpu=p.rig.host_cpu(a100.name), gpu_mem_budget=1.0)
+    need = sum(working_set(bare, p.model, p.workload).values())
+    devices = {
+        k: replace(d, mem_bytes=need * (1 + eps)) if d.kind == "gpu" and d.model != a100.model else d
+        for k, d in p.rig.devices.items()
+    }
+    rig = replace(p.rig, devices=devices)
+
+    def evaluate(plan):
+        return estimate(HETEGEN, plan, rig, p.model, p.workload)
+
+    kinds = {(g.model, g.mem_bytes): g for g in rig.gpus()}.values()
+    assert len(kinds) == 3
+    for g in kinds:
+        c = hk._Candidate(rig, p.model, p.workload, g.name, g.mem_bytes)
+        assert c._over_budget() == (g is not a100 and eps < -1e-9)
+        if c._over_budget():
+            assert not evaluate(c.plan).feasible
+    got = hk.search(rig, p.model, p.workload, "throughput", evaluate)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(hk._Candidate, "_over_budget", lambda self: False)
+        m.setattr(hk, "_alike", lambda op, measured: (op, None))
+        assert got == hk.search(rig, p.model, p.workload, "throughput", evaluate)

@@ -219,3 +219,32 @@ def test_a_request_dropped_before_the_stop_counts_as_decided(monkeypatch):
     met = sum(r.latency_s <= deadlines[r.rid] for r in run.result.finished)
     assert dropped[-1] not in finished | late  # the case: a drop whose deadline is still ahead
     assert run.attainment(deadlines) == (met / len(decided), len(decided))
+
+
+# ``hetsim serve`` that gets SIGTERM (a real one, from the kernel) as its candidate plans are made:
+# before any of them is served.
+_SERVE_STOPPED_WHILE_PLANNING = """
+import signal, sys
+from hetsim.cli import commands
+from hetsim.planner import hexgen_cpsat
+
+real = hexgen_cpsat.candidates
+
+def candidates(*a, **k):
+    signal.raise_signal(signal.SIGTERM)
+    return real(*a, **k)
+
+hexgen_cpsat.candidates = candidates
+sys.exit(commands.main(["serve", *sys.argv[1:]], process=True))
+"""
+
+
+def test_a_serve_stopped_before_its_first_run_says_it_has_nothing_to_print():
+    """Before, its line said only "it keeps no partial results"."""
+    args = [sys.executable, "-c", _SERVE_STOPPED_WHILE_PLANNING, *LONG_SERVE, "--format", "json"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=KILL_TIMEOUT_S)
+    assert (done.returncode, done.stdout) == (143, "")
+    assert (
+        done.stderr
+        == "interrupted by SIGTERM: hetsim serve stopped (it had served no plan yet: nothing to print)\n"
+    )

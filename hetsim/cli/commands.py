@@ -12,6 +12,7 @@ import heavy dependencies (torch, dask) inside the command, not at module import
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import itertools
@@ -30,6 +31,7 @@ from pydantic_core import ValidationError
 
 from hetsim.cli.stop import Stop, keep, kill_children, signal_of, stopping_signal
 from hetsim.errors import InputError
+from hetsim.stopping import keeping
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -148,8 +150,9 @@ def _problem(
 
 
 def _strategy_names(text: str | None, flag: str) -> list[str] | None:
-    """The names in ``--strategies``/``--strategy`` (None: all), each known, or an error naming the flag."""
-    from hetsim.strategies.base import get_strategy
+    """The names in ``--strategies``/``--strategy`` (None: all), each known, or an error naming the
+    flag; all of none (no strategy registered) ends the command with its own line, exit 1."""
+    from hetsim.strategies.base import all_strategies, get_strategy
 
     names = _split_names(text)
     for name in names or ():
@@ -157,6 +160,9 @@ def _strategy_names(text: str | None, flag: str) -> list[str] | None:
             get_strategy(name)
         except InputError as exc:
             raise InputError(exc.message, field=flag) from None
+    if names is None and not all_strategies():
+        err().print("error: no strategies are registered (hetsim.strategies is empty)", highlight=False)
+        raise typer.Exit(1)
     return names
 
 
@@ -278,11 +284,6 @@ def _emit_results(
         out().print(results_table(results, title="Strategies, best first; " + "; ".join(asked)))
     else:
         out().print(results_table(results))
-
-
-def _no_strategies() -> int:
-    err().print("error: no strategies are registered (hetsim.strategies is empty)", highlight=False)
-    return 1
 
 
 BatchOpt = typer.Option(
@@ -424,13 +425,10 @@ def compare(
     _check_format(fmt)
     with _search_workers(strategies) as (cores, started):
         from hetsim import api
-        from hetsim.strategies.base import all_strategies
 
         obj = api.check_objective(objective)
         p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
         names = _strategy_names(strategies, "--strategies")
-        if names is None and not all_strategies():
-            raise typer.Exit(_no_strategies())
         free = p.batch_is_free(obj, not no_search)
         try:
             results = api.compare(
@@ -451,7 +449,9 @@ def compare(
                 partial = (
                     None if whole else {"stopped_by": stopping_signal(), "not_finished": stopped.unfinished}
                 )
-                _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, stopped.results, free, partial)
+                with keeping():
+                    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, stopped.results, free, partial)
+                    sys.stdout.flush()  # the grace clock's exit would drop what is buffered
                 keep(_compare_kept(len(stopped.results), stopped.unfinished, whole))
             raise
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free)
@@ -490,13 +490,10 @@ def plan(
     _check_format(fmt, ("table", "json"))
     with _search_workers(strategy) as (cores, started):
         from hetsim import api
-        from hetsim.strategies.base import all_strategies
 
         obj = api.check_objective(objective)
         p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
         names = _strategy_names(strategy, "--strategy")
-        if names is None and not all_strategies():
-            raise typer.Exit(_no_strategies())
         results = api.compare(p, names, obj, workers=cores, allow_lossy=allow_compression, started=started)
     from hetsim.report import plan_summary_table, results_table
     from hetsim.strategies.base import get_strategy
@@ -536,17 +533,68 @@ def simulate(
 ) -> None:
     """Run exactly the plan in a plan file."""
     from hetsim import api
+    from hetsim.sim.run import SimulateStopped
     from hetsim.sim.run import simulate as run_plan
 
     _check_format(fmt)
     p, strategy, plan_obj = api.load_plan(plan_path)
     keep(_simulate_keeps(exact, trace))
-    result = run_plan(
-        strategy, plan_obj, p.rig, p.model, p.workload, trace_path=str(trace) if trace else None, exact=exact
-    )
+    try:
+        result = run_plan(
+            strategy,
+            plan_obj,
+            p.rig,
+            p.model,
+            p.workload,
+            trace_path=str(trace) if trace else None,
+            exact=exact,
+        )
+    except SimulateStopped as stopped:  # how far the run got, marked partial
+        if stopped.progress is not None:
+            partial = {"stopped_by": stopping_signal(), "strategy": strategy.name, **stopped.progress}
+            with keeping():
+                _emit_simulate_partial(fmt, p, partial, trace)
+            keep(_simulate_kept(partial, fmt, trace))
+        raise
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result])
     if trace and fmt == "table":
         err().print(f"trace written to {trace}", highlight=False)
+
+
+def _emit_simulate_partial(fmt: str, p: api.Problem, partial: dict[str, Any], trace: Path | None) -> None:
+    """A stopped simulate's progress: in the JSON as ``partial`` beside no results, in the table as
+    its line; CSV has result rows only (none: the stderr line says how far it got)."""
+    from hetsim.report import compare_document
+
+    if fmt == "json":
+        _print_json({**compare_document(p.model_ref, p.rig_ref, p.workload, []), "partial": partial})
+    elif fmt == "table":
+        out().print(
+            f"PARTIAL: {_simulate_progress(partial)}; no metrics: they are over the whole generation"
+            + (f"; trace not written, {trace} is left as it was" if trace else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+    sys.stdout.flush()
+
+
+def _simulate_progress(partial: dict[str, Any]) -> str:
+    ttft = partial["ttft_s"]
+    return (
+        f"{partial['strategy']} stopped by {partial['stopped_by']} at simulated "
+        f"{partial['simulated_s']:.6g} s: {partial['tokens']} of {partial['tokens_total']} tokens made, "
+        + ("no TTFT (not every first token counted)" if ttft is None else f"TTFT {ttft:.6g} s")
+    )
+
+
+def _simulate_kept(partial: dict[str, Any], fmt: str, trace: Path | None) -> str:
+    """The interrupted line's account of a stopped simulate that got somewhere."""
+    told = "not printed: CSV has result rows only" if fmt == "csv" else "printed, marked partial"
+    return (
+        f"how far it got is {told}: {partial['tokens']} of {partial['tokens_total']} tokens made by "
+        f"simulated {partial['simulated_s']:.6g} s; no whole-run metrics"
+        + (f"; {trace} not written" if trace else "")
+    )
 
 
 def _simulate_keeps(exact: bool, trace: Path | None) -> str:
@@ -635,7 +683,8 @@ def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
                 raise
             code = 130  # what stopping did (its workers killed: BrokenProcessPool), not a bug
         if stop.signum is None:  # a signal after the output (``late``) ends it as one after main does
-            return code if stop.late is None else 128 + stop.late
+            # (in a caller's process ``restore`` hands it to the caller's handler: the run finished)
+            return code if stop.late is None or not process else 128 + stop.late
         # one forked as the signal came is in no pool's list (the raise came first)
         kill_children(stop.spare)
         stop.say()
@@ -707,8 +756,23 @@ def exit_process(code: int) -> NoReturn:
     is otherwise a full collection of every object the command imported or made (~0.04 CPU s after a
     compare, serial), just before the memory goes back to the system. All it skips is finalizing
     cyclic garbage at exit, which Python does not promise; atexit handlers and flushes still run.
-    For the process's own end only: the heap stays frozen (tests call ``main``, not this)."""
+    For the process's own end only: the heap stays frozen (tests call ``main``, not this).
+
+    A command a signal stopped (``code`` 128 + the signal) ends at once, its output flushed: its
+    workers are killed, and what it keeps is written whole already. The interpreter's exit would
+    join the threads its process pools left, and an interrupt at an unlucky bytecode can leave one
+    that never ends: a lock a ``with`` took just before the raise is never released (CPython's
+    bpo-29988; the sweep's pools hold signals for this, ``runner._signals_at_safe_points``), and the
+    pool's manager thread waits on it (seen on 3.11 with SIGTERM injected during a broken pool's
+    shutdown: 6 of 6 runs hung). The process then hung after its line, holding its pipes: the rare
+    timeout of test_signal_stops_compare_and_its_workers. Inside ``main`` the grace timer ends such
+    a hang; after it, nothing did."""
     gc.freeze()
+    if code >= 128:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing to keep
+                stream.flush()
+        os._exit(code)
     sys.exit(code)
 
 

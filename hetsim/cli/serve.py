@@ -55,9 +55,13 @@ def serve(
     """Simulate online serving: Poisson or trace arrivals, continuous batching (or HexGen's static
     batches, --mode hexgen), SLO attainment."""
     from hetsim import api
+    from hetsim.cli.stop import keep
 
     if fmt not in ("table", "json"):
         raise InputError(f"unknown format {fmt!r} (use table, json)", field="--format")
+    # stopped before the first candidate's run began (the candidates, their estimates, the --slo-scale
+    # reference): no plan served, nothing to print
+    keep("it had served no plan yet: nothing to print")
     try:
         doc = api.serve(
             model,
@@ -81,10 +85,12 @@ def serve(
             kv_dtype=kv_dtype,
         )
     except api.ServeStopped as stopped:  # what was served by the stop, marked partial
-        from hetsim.cli.stop import keep, stopping_signal
+        from hetsim.cli.stop import stopping_signal
+        from hetsim.stopping import keeping
 
         doc = {**stopped.doc, "partial": {"stopped_by": stopping_signal(), **stopped.doc["partial"]}}
-        _emit(doc, fmt)
+        with keeping():
+            _emit(doc, fmt)
         keep(_kept(doc["partial"]))
         raise
     if not doc["feasible"]:

@@ -15,6 +15,8 @@ import sys
 import threading
 from typing import Any
 
+from hetsim import stopping
+
 # Seconds a command stopped by a signal has to unwind (its workers are killed first: ~0.1 s) before
 # the process ends without it; ending early only skips ``finally`` blocks of a command keeping nothing.
 STOP_GRACE_S = 5.0
@@ -52,6 +54,12 @@ class Stop:
         self.kept: str | None = None  # what the command keeps if stopped now (``keep``); None: nothing
         self.entered = False  # the handlers were put in (a signal before went to the caller's)
         self.late: int | None = None  # a signal after the command's output (``__exit__``): noted only
+        # ``stopping.keeping`` blocks under way (building or printing what a stopped command keeps):
+        # the grace clock waits for them, then starts again (``due``: it ran out meanwhile)
+        self.keeps = 0
+        self.due = False
+        self.clock = threading.Lock()
+        self.unlisten = lambda: None
 
     def __enter__(self) -> Stop:
         _RUNNING.append(self)
@@ -60,6 +68,7 @@ class Stop:
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
             self.old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
             self.old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        self.unlisten = stopping.listen(self._keeping)
         self.entered = True  # after: one before this may have met the caller's handler (``main`` names it)
         return self
 
@@ -73,7 +82,9 @@ class Stop:
             self.timer.cancel()
 
     def restore(self) -> None:
-        """Put back the handlers (and the unraisable hook) that were there before ``__enter__``."""
+        """Put back the handlers (and the unraisable hook) that were there before ``__enter__``; in a
+        caller's process, a signal noted after the command's output (``late``) then goes to the
+        caller's handler, as it would a moment later (hetsim's own process exits 128 + it instead)."""
         self.armed = False
         if self in _RUNNING:  # entered, and stopped before its ``with`` block began
             _RUNNING.remove(self)
@@ -84,6 +95,10 @@ class Stop:
         if self.old:
             sys.unraisablehook = self.old_hook
         self.old = {}
+        self.unlisten()
+        late, self.late = self.late, None
+        if late is not None and not self.process:
+            signal.raise_signal(late)
 
     def _unraisable(self, unraisable: Any) -> None:
         """The raise landed where Python can only print it (an at-fork hook while compare's pool
@@ -116,10 +131,28 @@ class Stop:
         # ``except BaseException`` could still swallow it): one not gone within the grace period is
         # ended at once.
         if self.process and self.timer is None:
-            self.timer = threading.Timer(STOP_GRACE_S, self._leave)
-            self.timer.daemon = True
-            self.timer.start()
+            self._start_clock()
         raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _start_clock(self) -> None:
+        self.timer = threading.Timer(STOP_GRACE_S, self._timed_out)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _timed_out(self) -> None:
+        with self.clock:  # held to the end: a ``keeping`` block beginning now waits for the exit
+            if self.keeps > 0:
+                self.due = True  # its end starts the clock again
+                return
+            self._leave()
+
+    def _keeping(self, on: bool) -> None:
+        """``stopping.keeping``'s listener: the grace clock waits while what is kept is built or printed."""
+        with self.clock:
+            self.keeps += 1 if on else -1
+            if self.keeps == 0 and self.due and self.armed:
+                self.due = False
+                self._start_clock()
 
     def _redeliver(self) -> None:
         """The signal again, from another thread (it waits for nothing, so this one moves on first);

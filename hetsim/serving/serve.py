@@ -20,6 +20,7 @@ from hetsim.serving.metrics import RequestRecord, ServeResult
 from hetsim.serving.workload import Request, poisson_requests
 from hetsim.sim.engine import Engine
 from hetsim.sim.memory import OutOfMemory
+from hetsim.stopping import keeping
 from hetsim.strategies.hexgen import HexGenPlan, check_plan, replica_footprint
 from hetsim.strategies.pipeline_costs import step_time
 
@@ -120,7 +121,8 @@ def serve_plan(
     except NoRouteError as exc:
         return ServeResult(False, str(exc))
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM (the CLI's): what finished by now is kept
-        partial = _result(rig, plan, requests, first, finish, where, dropped, mode, drop_late)
+        with keeping():  # ~0.4 CPU s for 100,000 requests
+            partial = _result(rig, plan, requests, first, finish, where, dropped, mode, drop_late)
         raise RunStopped(partial, engine.env.now, len(where), frozenset(dropped)) from exc
     return _result(rig, plan, requests, first, finish, where, dropped, mode, drop_late)
 

@@ -105,10 +105,43 @@ def simulate(
         return Result.infeasible(strategy.name, too_long, plan_dict)
     sample = ff_sample(workload.gen_len)
     if not exact and trace_path is None and sample:
-        result = fast_forward(strategy, plan, rig, model, workload, sample)
+        try:
+            result = fast_forward(strategy, plan, rig, model, workload, sample)
+        except SimulateStopped as stopped:  # in a sample run: not the run's own steps
+            raise SimulateStopped(None) from stopped
         if result is not None:
             return result
     return _step_by_step(strategy, plan, rig, model, workload, trace_path)[0]
+
+
+class SimulateStopped(KeyboardInterrupt):
+    """A run stopped (Ctrl-C, or the CLI's SIGTERM) while the engine ran it step by step:
+    ``progress`` says how far it got, as ``{"simulated_s": time reached, "tokens": made, "tokens_total":
+    batch x gen_len, "ttft_s": when every sequence had its first token (None: not yet, or not known:
+    processes running their own sequences side by side count their first tokens apart)}``. No rate:
+    decode steps slow as the KV grows, so the part run's tokens per second would overstate the
+    whole's. None: stopped in the short sample runs a fast-forward extrapolates from."""
+
+    def __init__(self, progress: dict[str, Any] | None) -> None:
+        super().__init__(
+            "simulate stopped" + (f" at simulated {progress['simulated_s']:.6g} s" if progress else "")
+        )
+        self.progress = progress
+
+    @classmethod
+    def of(cls, engine: Engine, workload: Workload) -> SimulateStopped:
+        """How far ``engine`` got with a run of ``workload``."""
+        tokens = sum(count for _, count in engine.token_times)
+        one_stream = len(set(engine.token_streams)) <= 1
+        first = one_stream and tokens >= workload.batch
+        return cls(
+            {
+                "simulated_s": engine.env.now,
+                "tokens": tokens,
+                "tokens_total": workload.batch * workload.gen_len,
+                "ttft_s": _count_reached(engine.token_times, workload.batch) if first else None,
+            }
+        )
 
 
 Streams = dict[int, list[tuple[float, int]]]  # token times (when, how many) by the process making them
@@ -208,6 +241,8 @@ def _run_steps(
         makespan = engine.run(strategy.schedule(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
         return Result.infeasible(strategy.name, str(exc), plan_dict), {}, {}, {}
+    except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM (the CLI's): how far the run got
+        raise SimulateStopped.of(engine, workload) from exc
     if trace_path is not None and engine.tracer is not None:
         engine.tracer.write(trace_path)
     streams: dict[int, list[tuple[float, int]]] = {}
