@@ -110,6 +110,29 @@ def test_the_k_and_v_an_attention_call_returns_are_what_the_ledger_holds_for_the
     assert row["kv_out_bytes"] == row["batch"] * positions * kv_token_bytes(m, row["kind"].endswith("_cc"))
 
 
+@pytest.mark.parametrize(
+    "row",
+    [r for r in _rows() if r["kind"] == "mha_cc" and _exact(r)],
+    ids=lambda r: f"{r['batch']}x{r['tokens']}",
+)
+def test_the_compressed_prefill_k_and_v_wait_for_their_store_as_measured(row):
+    """--compress-cache, GPU attention, two GPU batches: the working set holds the prefill attention's
+    measured peak plus the 4-bit K and V it returned (measured ``kv_out_bytes``), or the MLP with them,
+    or a decode call -- the largest -- beside the hidden double buffer and the two batches' 4-bit KV
+    copies. Not the pending K and V in fp16 (3.6x the bytes)."""
+    b, s = row["batch"], row["tokens"]
+    m = _opt(row["hidden"], row["heads"], row["ffn"], row["vocab"], s + 2)
+    shape = Shape(b, 2, s, 1, False, True, False, True)
+    plan = FlexGenPlan(b, 2, 100, 0, 100, 0, 100, 0, cpu_attention=False, compress_cache=True)
+    working = memory_plan(m, shape, fractions(m, plan))["gpu"]["working"]
+    prefill = layer_peaks(m, b, s, s, False)
+    pending = row["kv_out_bytes"]
+    kinds = [row["gpu_peak_bytes"] + pending, prefill["mlp"] + pending, prefill["input_embed"]]
+    kinds += [prefill["output_embed"], *layer_peaks(m, b, 1, s, False, False, True).values()]
+    kv_copies = 2 * b * (s + 1) * kv_token_bytes(m, True)
+    assert working == max(kinds) + 2 * b * s * m.hidden * 2.0 + kv_copies
+
+
 def _working(gbs: int, nb: int, prompt: int, gen: int, cpu_attention: bool) -> float:
     shape = Shape(gbs, nb, prompt, gen, cpu_attention, False, False, True)
     return memory_plan(OPT, shape, fractions(OPT, FlexGenPlan(gbs, nb)))["gpu"]["working"]
