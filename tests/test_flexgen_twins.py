@@ -28,6 +28,7 @@ from hetsim.planner.flexgen_lp import (
     lp_candidates_free,
     lp_candidates_lazy,
     search_free,
+    search_policy,
 )
 from hetsim.strategies.flexgen import endpoints
 from hetsim.workload import Workload
@@ -160,3 +161,20 @@ def test_the_search_that_skips_twins_returns_what_solving_them_all_returns(
     gated = search_free(rig, model, wl, "throughput", allow_lossy=lossy)
     all_twins(monkeypatch)
     assert gated is not None and search_free(rig, model, wl, "throughput", allow_lossy=lossy) == gated
+
+
+def test_a_pinned_twin_whose_plan_does_not_fit_rules_nothing_out(monkeypatch):
+    """flexgen-t4 OPT-175B 4-bit, 512 + 32 at batch 64 (``search_policy``, the second pass's fixed-batch
+    list): the pinned twin's LP (18.07 s a sequence) beats the unpinned one (19.15 s), but its runtime
+    placement does not fit the host (pinned rounding per tensor, ``_runnable``); ruling the unpinned one
+    out by it left only slower plans: 1.2816 tok/s where solving every twin gives the unpinned 1.4254
+    (review of s14-20f). ``_as_twin`` treats such a twin as infeasible: the same plan as solving and
+    offering every twin."""
+    rig, model = load_rig("flexgen-t4"), get_model("opt-175b")
+    wl = Workload(64, 512, 32)
+    gated = search_policy(rig, model, wl, "throughput", allow_lossy=True)
+    all_twins(monkeypatch)
+    monkeypatch.setattr(flexgen_lp, "_beats", lambda sol, twin: True)  # and every one offered
+    every = search_policy(rig, model, wl, "throughput", allow_lossy=True)
+    assert not every.plan.pin_weight
+    assert (gated.plan, gated.throughput) == (every.plan, every.throughput)

@@ -1306,7 +1306,7 @@ def lp_candidates(
                 break
             twins: dict[Flags, tuple[LpSolution | None, bool]] = {}  # the pinned flags come first
             for fl in candidate_flags(bool(ends[2]), allow_lossy, wl, _unpinned(rig, model, ends, unpinned)):
-                twin = None if fl.pin_weight else twins[_twin(fl)]
+                twin = None if fl.pin_weight else _as_twin(twins[_twin(fl)], rig, model, wl, ends, budget)
                 if twin is not None and twin[1]:
                     continue  # the pinned twin's host row is free: this one cannot beat it
                 sol, free = _solve(rig, model, wl, gbs, nb, fl, ends, budget)
@@ -1348,7 +1348,8 @@ def lp_candidates_free(
                 solved += 1
                 if sol is None:
                     break  # more GPU batches only need more memory
-                if fl.pin_weight or _beats(sol, solve_lp(rig, model, w, gbs, nb, _twin(fl), ends, budget)):
+                twin = None if fl.pin_weight else _solve(rig, model, w, gbs, nb, _twin(fl), ends, budget)
+                if twin is None or _beats(sol, _as_twin(twin, rig, model, w, ends, budget)[0]):
                     sols.append(sol)
                 any_fit = True
                 if sol.time_per_seq_s > prev:
@@ -1432,16 +1433,23 @@ def lp_candidates_lazy(
     solved = memo.duals
     twins = memo.twins
 
-    def twin(c: _Chain, i: int) -> tuple[LpSolution | None, bool]:
-        """Member i's pinned twin: its solution (None: infeasible) and ``_host_free``."""
-        key = c.gbs, NB_CHOICES[i], _twin(c.flags)
-        got = twins.get(key)
+    usable: dict[tuple[int, int, Flags], tuple[LpSolution | None, bool]] = {}  # ``_as_twin``'s, by key
+
+    def as_twin(key: tuple[int, int, Flags]) -> tuple[LpSolution | None, bool]:
+        got = usable.get(key)
         if got is None:
-            nb = NB_CHOICES[i]
-            got = twins[key] = _solve(
-                rig, model, replace(wl, batch=c.gbs * nb), c.gbs, nb, key[2], ends, budget
-            )
+            w = replace(wl, batch=key[0] * key[1])
+            got = usable[key] = _as_twin(twins[key], rig, model, w, ends, budget)
         return got
+
+    def twin(c: _Chain, i: int) -> tuple[LpSolution | None, bool]:
+        """Member i's pinned twin: its solution (None: infeasible or not runnable, ``_as_twin``) and
+        ``_host_free``."""
+        key = c.gbs, NB_CHOICES[i], _twin(c.flags)
+        if key not in twins:
+            nb = NB_CHOICES[i]
+            twins[key] = _solve(rig, model, replace(wl, batch=c.gbs * nb), c.gbs, nb, key[2], ends, budget)
+        return as_twin(key)
 
     ready: list[tuple] = []  # solved candidates: (the sort key, the loop's order, the solution)
     others, seq = iter(given), itertools.count()
@@ -1469,7 +1477,7 @@ def lp_candidates_lazy(
             return old[0]
         key = c.gbs, NB_CHOICES[i], _twin(c.flags)
         if not c.flags.pin_weight:
-            known = twins.get(key)
+            known = as_twin(key) if key in twins else None
             if known is not None and known[1]:
                 c.bounds[i] = math.inf, 0  # never offered (``_host_free``)
                 return math.inf
@@ -1572,6 +1580,47 @@ def lp_candidates_lazy(
             if not blocking.flags.pin_weight and unknown_twin(blocking):
                 continue
             advance(blocking)
+
+
+def _runnable(
+    sol: LpSolution,
+    plan: FlexGenPlan,
+    rig: Rig,
+    model: ModelSpec,
+    ends: tuple[str, str, str],
+    budget: float | None,
+    workload_of: Callable[[FlexGenPlan], Workload],
+) -> FlexGenPlan | None:
+    """The runtime's placement of ``sol`` (``plan``, its ``to_plan``) where it fits in memory, else,
+    with CPU attention, the disk share rounded up (the nearest percent can leave the CPU more KV than
+    the LP gave it, past a full host memory) where that fits; None where neither does."""
+    strategy = get_strategy("flexgen")
+    if fits(strategy, plan, rig, model, workload_of(plan)):
+        return plan
+    if not sol.flags.cpu_attention:
+        return None
+    plan = to_plan(sol, model, ends[0], budget, nearest_disk=False)
+    return plan if fits(strategy, plan, rig, model, workload_of(plan)) else None
+
+
+def _as_twin(
+    twin: tuple[LpSolution | None, bool],
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    ends: tuple[str, str, str],
+    budget: float | None,
+) -> tuple[LpSolution | None, bool]:
+    """A pinned LP's answer (solution, ``_host_free``) as the ``--pin-weight 0`` rules may use it: an
+    optimum whose runtime placement does not fit (``_runnable``: pinned weights rounded per tensor
+    can take it past the host the LP's fractions fit) rules its unpinned twin out of nothing, as if
+    infeasible (flexgen-t4 OPT-175B 4-bit 512 + 32 at batch 64: the pinned twin 18.07 s a sequence
+    by its LP, not runnable; ruling by it dropped the unpinned 19.15 s plan, 1.4254 -> 1.2816 tok/s)."""
+    sol = twin[0]
+    if sol is None:
+        return twin
+    runnable = _runnable(sol, to_plan(sol, model, ends[0], budget), rig, model, ends, budget, lambda _p: wl)
+    return twin if runnable is not None else (None, False)
 
 
 def _twin(fl: Flags) -> Flags:
@@ -1830,18 +1879,12 @@ def _confirmable(
         ):  # (best is finite only once by_lp has a plan) the optimum's ranking may still want it
             break
         plan = to_plan(sol, model, ends[0], budget)
-        wl = workload_of(plan)
         if plan in seen:
             continue
-        if not fits(strategy, plan, rig, model, wl):
-            if not sol.flags.cpu_attention:
-                continue
-            # the disk share rounded to the nearest percent can leave the CPU more KV than the LP
-            # gave it, past a full host memory: then the remainder rule (disk rounded up)
-            plan = to_plan(sol, model, ends[0], budget, nearest_disk=False)
-            wl = workload_of(plan)
-            if plan in seen or not fits(strategy, plan, rig, model, wl):
-                continue
+        plan = _runnable(sol, plan, rig, model, ends, budget, workload_of)
+        if plan is None or plan in seen:
+            continue
+        wl = workload_of(plan)
         seen.add(plan)
         by_lp.append((sol.time_per_seq_s, plan))
         cm = placed_model(sol, plan, wl)
