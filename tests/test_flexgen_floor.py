@@ -156,10 +156,11 @@ def _search(p, batch):
 @pytest.mark.parametrize(("name", "hw", "prompt", "gen", "batch"), CASES)
 def test_the_searches_pick_what_confirming_every_plan_picks(monkeypatch, name, hw, prompt, gen, batch):
     """Free and fixed batch: the same plan (and batch) with the floors as with every plan confirmed;
-    the headline confirms one plan where it confirmed four (eight with the CPU attention workspace
-    counted per KV head before the search offered a --pin-weight 0 twin only where it beats its pinned
-    twin, five before that workspace change, four before pinned weights were rounded as torch pins
-    them). (Sparing every run after the first fails on the last case.)"""
+    the headline confirms one plan where it confirmed four (eight with s14-16g's per-KV-head CPU
+    attention workspace before s14-20f: that makes the headline host-bound, so the --pin-weight 0
+    pass runs, and its old unpinned-only ranking confirmed four more; the merged ranking confirms none;
+    five before the workspace change, four before pinned weights were rounded as torch pins them).
+    (Sparing every run after the first fails on the last case.)"""
     p = problem(name, hw, None, prompt, gen)
     runs = []
     real = ranking._estimate

@@ -151,6 +151,9 @@ def test_the_lazy_search_with_twins_equals_the_eager_one_that_solves_them_all(ca
     [
         ("mixed-lab", "llama2-70b", 512, 3584, False),  # host-bound (KV on disk): the second pass runs
         ("flexgen-t4", "opt-175b", 512, 32, True),  # fp16 unpinned in the first pass, 4-bit in the second
+        # the plan is unpinned and its pinned twin fits, binding the host row: a criterion that skipped
+        # every twin (``_host_free`` always true) returns a pinned plan here (the two above: the same)
+        ("flexgen-t4", "opt-66b", 512, 8, False),
     ],
 )
 def test_the_search_that_skips_twins_returns_what_solving_them_all_returns(
@@ -159,6 +162,8 @@ def test_the_search_that_skips_twins_returns_what_solving_them_all_returns(
     rig, model = load_rig(hw), get_model(name)
     wl = Workload(1, prompt, gen)
     gated = search_free(rig, model, wl, "throughput", allow_lossy=lossy)
+    if name == "opt-66b":
+        assert not gated[0].pin_weight
     all_twins(monkeypatch)
     assert gated is not None and search_free(rig, model, wl, "throughput", allow_lossy=lossy) == gated
 
