@@ -173,7 +173,7 @@ def test_a_pinned_twin_whose_plan_does_not_fit_rules_nothing_out(monkeypatch):
     list): the pinned twin's LP (18.07 s a sequence) beats the unpinned one (19.15 s), but its runtime
     placement does not fit the host (pinned rounding per tensor, ``_runnable``); ruling the unpinned one
     out by it left only slower plans: 1.2816 tok/s where solving every twin gives the unpinned 1.4254
-    (review of s14-20f). ``_as_twin`` treats such a twin as infeasible: the same plan as solving and
+    (review of s14-20f). ``_runs`` treats such a twin as infeasible: the same plan as solving and
     offering every twin."""
     rig, model = load_rig("flexgen-t4"), get_model("opt-175b")
     wl = Workload(64, 512, 32)

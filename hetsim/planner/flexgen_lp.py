@@ -1306,8 +1306,8 @@ def lp_candidates(
                 break
             twins: dict[Flags, tuple[LpSolution | None, bool]] = {}  # the pinned flags come first
             for fl in candidate_flags(bool(ends[2]), allow_lossy, wl, _unpinned(rig, model, ends, unpinned)):
-                twin = None if fl.pin_weight else _as_twin(twins[_twin(fl)], rig, model, wl, ends, budget)
-                if twin is not None and twin[1]:
+                twin = None if fl.pin_weight else twins[_twin(fl)]
+                if twin is not None and twin[1] and _runs(twin[0], rig, model, wl, ends, budget):
                     continue  # the pinned twin's host row is free: this one cannot beat it
                 sol, free = _solve(rig, model, wl, gbs, nb, fl, ends, budget)
                 solved += 1
@@ -1315,7 +1315,11 @@ def lp_candidates(
                     twins[fl] = sol, free
                 if sol is not None:
                     any_fit = True
-                    if twin is None or _beats(sol, twin[0]):
+                    if (
+                        twin is None
+                        or _beats(sol, twin[0])
+                        or not _runs(twin[0], rig, model, wl, ends, budget)
+                    ):
                         sols.append(sol)
         if not any_fit:
             break  # larger GPU batches only need more memory
@@ -1349,7 +1353,7 @@ def lp_candidates_free(
                 if sol is None:
                     break  # more GPU batches only need more memory
                 twin = None if fl.pin_weight else _solve(rig, model, w, gbs, nb, _twin(fl), ends, budget)
-                if twin is None or _beats(sol, _as_twin(twin, rig, model, w, ends, budget)[0]):
+                if twin is None or _beats(sol, twin[0]) or not _runs(twin[0], rig, model, w, ends, budget):
                     sols.append(sol)
                 any_fit = True
                 if sol.time_per_seq_s > prev:
@@ -1433,23 +1437,23 @@ def lp_candidates_lazy(
     solved = memo.duals
     twins = memo.twins
 
-    usable: dict[tuple[int, int, Flags], tuple[LpSolution | None, bool]] = {}  # ``_as_twin``'s, by key
+    placed: dict[tuple[int, int, Flags], bool] = {}  # a pinned twin's ``_runs``, by key
 
-    def as_twin(key: tuple[int, int, Flags]) -> tuple[LpSolution | None, bool]:
-        got = usable.get(key)
+    def runs(key: tuple[int, int, Flags]) -> bool:
+        got = placed.get(key)
         if got is None:
-            w = replace(wl, batch=key[0] * key[1])
-            got = usable[key] = _as_twin(twins[key], rig, model, w, ends, budget)
+            got = placed[key] = _runs(
+                twins[key][0], rig, model, replace(wl, batch=key[0] * key[1]), ends, budget
+            )
         return got
 
     def twin(c: _Chain, i: int) -> tuple[LpSolution | None, bool]:
-        """Member i's pinned twin: its solution (None: infeasible or not runnable, ``_as_twin``) and
-        ``_host_free``."""
+        """Member i's pinned twin: its solution (None: infeasible) and ``_host_free``."""
         key = c.gbs, NB_CHOICES[i], _twin(c.flags)
         if key not in twins:
             nb = NB_CHOICES[i]
             twins[key] = _solve(rig, model, replace(wl, batch=c.gbs * nb), c.gbs, nb, key[2], ends, budget)
-        return as_twin(key)
+        return twins[key]
 
     ready: list[tuple] = []  # solved candidates: (the sort key, the loop's order, the solution)
     others, seq = iter(given), itertools.count()
@@ -1477,8 +1481,8 @@ def lp_candidates_lazy(
             return old[0]
         key = c.gbs, NB_CHOICES[i], _twin(c.flags)
         if not c.flags.pin_weight:
-            known = as_twin(key) if key in twins else None
-            if known is not None and known[1]:
+            known = twins.get(key)
+            if known is not None and known[1] and runs(key):
                 c.bounds[i] = math.inf, 0  # never offered (``_host_free``)
                 return math.inf
             if old is None and key in memo.bounds:  # its pinned twin's, without building its LP
@@ -1546,7 +1550,8 @@ def lp_candidates_lazy(
         sol = LpSolution(c.gbs, nb, c.flags, dict(x), block, block / (c.gbs * nb))
         if c.flags.pin_weight:
             twins[c.gbs, nb, c.flags] = sol, _host_free(duals)
-        if c.flags.pin_weight or _beats(sol, twin(c, i)[0]):
+        key = c.gbs, nb, _twin(c.flags)
+        if c.flags.pin_weight or _beats(sol, twin(c, i)[0]) or not runs(key):
             heapq.heappush(ready, ((sol.time_per_seq_s, -c.gbs, -nb), (c.level, c.order, i), sol))
         c.ended = sol.time_per_seq_s > c.prev or c.i == len(NB_CHOICES)
         c.prev = sol.time_per_seq_s
@@ -1603,24 +1608,24 @@ def _runnable(
     return plan if fits(strategy, plan, rig, model, workload_of(plan)) else None
 
 
-def _as_twin(
-    twin: tuple[LpSolution | None, bool],
+def _runs(
+    sol: LpSolution,
     rig: Rig,
     model: ModelSpec,
     wl: Workload,
     ends: tuple[str, str, str],
     budget: float | None,
-) -> tuple[LpSolution | None, bool]:
-    """A pinned LP's answer (solution, ``_host_free``) as the ``--pin-weight 0`` rules may use it: an
-    optimum whose runtime placement does not fit (``_runnable``: pinned weights rounded per tensor
-    can take it past the host the LP's fractions fit) rules its unpinned twin out of nothing, as if
-    infeasible (flexgen-t4 OPT-175B 4-bit 512 + 32 at batch 64: the pinned twin 18.07 s a sequence
-    by its LP, not runnable; ruling by it dropped the unpinned 19.15 s plan, 1.4254 -> 1.2816 tok/s)."""
-    sol = twin[0]
-    if sol is None:
-        return twin
-    runnable = _runnable(sol, to_plan(sol, model, ends[0], budget), rig, model, ends, budget, lambda _p: wl)
-    return twin if runnable is not None else (None, False)
+) -> bool:
+    """Whether a pinned LP optimum's runtime placement fits (``_runnable``), as it must to rule out its
+    ``--pin-weight 0`` twin (``_host_free``, ``_beats``): pinned weights rounded per tensor can take an
+    LP point past the host its fractions fit, and such a pinned twin rules out nothing, as if
+    infeasible (flexgen-t4 OPT-175B 4-bit 512 + 32 at batch 64: the pinned twin 18.07 s a sequence by
+    its LP, not runnable; ruling by it dropped the unpinned 19.15 s plan, 1.4254 -> 1.2816 tok/s).
+    Asked only where the twin would rule something out (it costs a placement and a fit)."""
+    return (
+        _runnable(sol, to_plan(sol, model, ends[0], budget), rig, model, ends, budget, lambda _p: wl)
+        is not None
+    )
 
 
 def _twin(fl: Flags) -> Flags:
