@@ -55,7 +55,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from ortools.linear_solver import pywraplp
 
@@ -1102,6 +1102,18 @@ def _beats(sol: LpSolution, twin: LpSolution | None) -> bool:
     return twin is None or sol.time_per_seq_s < twin.time_per_seq_s * (1.0 - 1e-9)
 
 
+def _ruled_out(
+    sol: LpSolution | None, twin: tuple[LpSolution | None, bool] | None, runs: Callable[[LpSolution], bool]
+) -> bool:
+    """Whether a ``--pin-weight 0`` LP is ruled out by its pinned ``twin`` (solution, ``_host_free``):
+    left unsolved (``sol`` None) where the twin's host row is free, not offered where it does not beat
+    the twin (``_beats``); either only where the twin's own placement runs (``runs``: ``_runs``, asked
+    last: it costs a placement and a fit)."""
+    if twin is None or twin[0] is None:
+        return False
+    return (twin[1] if sol is None else not _beats(sol, twin[0])) and runs(twin[0])
+
+
 # GLOP's optima by the LP itself: half the LPs of a sweep's FlexGen points are ones another point (a
 # rig differing where this LP does not look) already solved. The key is every number ``build_lp``
 # reads, in its order; equal keys build the same model (a coefficient 0.0 == -0.0 or 2 == 2.0 gives
@@ -1297,6 +1309,7 @@ def lp_candidates(
     one only where it beats its pinned twin (``_beats``; not solved where that twin's host row is free,
     ``_host_free``)."""
     sols, solved = [], 0
+    runs = partial(_runs, rig=rig, model=model, wl=wl, ends=ends, budget=budget)
     for gbs in GBS_CHOICES:
         if gbs > wl.batch:
             break
@@ -1307,7 +1320,7 @@ def lp_candidates(
             twins: dict[Flags, tuple[LpSolution | None, bool]] = {}  # the pinned flags come first
             for fl in candidate_flags(bool(ends[2]), allow_lossy, wl, _unpinned(rig, model, ends, unpinned)):
                 twin = None if fl.pin_weight else twins[_twin(fl)]
-                if twin is not None and twin[1] and _runs(twin[0], rig, model, wl, ends, budget):
+                if _ruled_out(None, twin, runs):
                     continue  # the pinned twin's host row is free: this one cannot beat it
                 sol, free = _solve(rig, model, wl, gbs, nb, fl, ends, budget)
                 solved += 1
@@ -1315,11 +1328,7 @@ def lp_candidates(
                     twins[fl] = sol, free
                 if sol is not None:
                     any_fit = True
-                    if (
-                        twin is None
-                        or _beats(sol, twin[0])
-                        or not _runs(twin[0], rig, model, wl, ends, budget)
-                    ):
+                    if not _ruled_out(sol, twin, runs):
                         sols.append(sol)
         if not any_fit:
             break  # larger GPU batches only need more memory
@@ -1353,7 +1362,9 @@ def lp_candidates_free(
                 if sol is None:
                     break  # more GPU batches only need more memory
                 twin = None if fl.pin_weight else _solve(rig, model, w, gbs, nb, _twin(fl), ends, budget)
-                if twin is None or _beats(sol, twin[0]) or not _runs(twin[0], rig, model, w, ends, budget):
+                if not _ruled_out(
+                    sol, twin, partial(_runs, rig=rig, model=model, wl=w, ends=ends, budget=budget)
+                ):
                     sols.append(sol)
                 any_fit = True
                 if sol.time_per_seq_s > prev:
@@ -1481,8 +1492,7 @@ def lp_candidates_lazy(
             return old[0]
         key = c.gbs, NB_CHOICES[i], _twin(c.flags)
         if not c.flags.pin_weight:
-            known = twins.get(key)
-            if known is not None and known[1] and runs(key):
+            if _ruled_out(None, twins.get(key), lambda _s: runs(key)):
                 c.bounds[i] = math.inf, 0  # never offered (``_host_free``)
                 return math.inf
             if old is None and key in memo.bounds:  # its pinned twin's, without building its LP
@@ -1551,7 +1561,7 @@ def lp_candidates_lazy(
         if c.flags.pin_weight:
             twins[c.gbs, nb, c.flags] = sol, _host_free(duals)
         key = c.gbs, nb, _twin(c.flags)
-        if c.flags.pin_weight or _beats(sol, twin(c, i)[0]) or not runs(key):
+        if c.flags.pin_weight or not _ruled_out(sol, twin(c, i), lambda _s: runs(key)):
             heapq.heappush(ready, ((sol.time_per_seq_s, -c.gbs, -nb), (c.level, c.order, i), sol))
         c.ended = sol.time_per_seq_s > c.prev or c.i == len(NB_CHOICES)
         c.prev = sol.time_per_seq_s
@@ -1620,8 +1630,7 @@ def _runs(
     ``--pin-weight 0`` twin (``_host_free``, ``_beats``): pinned weights rounded per tensor can take an
     LP point past the host its fractions fit, and such a pinned twin rules out nothing, as if
     infeasible (flexgen-t4 OPT-175B 4-bit 512 + 32 at batch 64: the pinned twin 18.07 s a sequence by
-    its LP, not runnable; ruling by it dropped the unpinned 19.15 s plan, 1.4254 -> 1.2816 tok/s).
-    Asked only where the twin would rule something out (it costs a placement and a fit)."""
+    its LP, not runnable; ruling by it dropped the unpinned 19.15 s plan, 1.4254 -> 1.2816 tok/s)."""
     return (
         _runnable(sol, to_plan(sol, model, ends[0], budget), rig, model, ends, budget, lambda _p: wl)
         is not None
