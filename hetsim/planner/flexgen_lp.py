@@ -1539,6 +1539,16 @@ def lp_candidates_lazy(
         c.low = None if asked else c.low
         return bool(asked)
 
+    def implied(c: _Chain, lower: list[int]) -> bool:
+        """Whether the first LP of ``c`` fitting proves that of its flags at each gbs level in
+        ``lower`` fits (``_dominated``), so that level's first LPs need not be solved to learn it."""
+        cm = member(c, 0)[0]
+        for j in lower:
+            o = chains[j * len(flags) + c.order]
+            if o.i != 0 or not _dominated(member(o, 0)[0], cm):
+                return False
+        return True
+
     def advance(c: _Chain) -> None:
         i = c.i
         cm, layout = member(c, i)
@@ -1587,6 +1597,16 @@ def lp_candidates_lazy(
                 take()
             yield sol
             continue
+        lower = [j for j in range(blocking.level) if fit[j] is None]
+        if lower and blocking.i == 0 and implied(blocking, lower):
+            # its gbs exists if its first LP fits: that proves the smaller ones' fit (``_dominated``)
+            if not blocking.flags.pin_weight and unknown_twin(blocking):
+                continue
+            advance(blocking)
+            if blocking.prev < math.inf:  # it fitted
+                for j in lower:
+                    fit[j] = True
+            continue
         for j in range(blocking.level):  # does its gbs exist? the first LPs of smaller ones, in order
             while fit[j] is None:
                 advance(next(c for c in chains if c.level == j and not c.ended and c.i == 0))
@@ -1596,6 +1616,21 @@ def lp_candidates_lazy(
             if not blocking.flags.pin_weight and unknown_twin(blocking):
                 continue
             advance(blocking)
+
+
+def _dominated(small: CostModel, large: CostModel) -> bool:
+    """Whether every point that fits ``large``'s memory fits ``small``'s: the same bounds (>= 0, as
+    every fraction's are), and each memory row of ``small`` has no larger coefficient and no smaller
+    right-hand side (for x >= 0: a_s x <= a_l x <= b_l <= b_s). Then ``large`` feasible implies
+    ``small`` feasible. A smaller gbs at the same nb and flags is so (``memory_plan``: the weights do not
+    depend on the batch, every other term grows with it; ``tests/test_flexgen_lp_fit.py``); the search
+    checks it rather than assume it."""
+    if small.bounds != large.bounds or len(small.memory) != len(large.memory):
+        return False
+    for (cs, bs), (cl, bl) in zip(small.memory, large.memory, strict=True):
+        if bs < bl or any(cs.get(v, 0.0) > cl.get(v, 0.0) for v in cs.keys() | cl.keys()):
+            return False
+    return all(lo >= 0.0 for lo, _ in large.bounds.values())
 
 
 def _runnable(
