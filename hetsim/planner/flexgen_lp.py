@@ -226,6 +226,12 @@ class _Slot:
     dw0: dict[str, float] = field(default_factory=dict)
 
 
+def _with(slot: _Slot, **changes: dict[str, float]) -> _Slot:
+    """``dataclasses.replace(slot, **changes)`` without its per-field checks (every field of ``_Slot``
+    is an init field, none has a ``__post_init__``): a cost model makes ~10, a search ~5,000."""
+    return _Slot(**{**vars(slot), **changes})
+
+
 def _slots(
     rig: Rig,
     model: ModelSpec,
@@ -445,7 +451,7 @@ def _slots(
             # +15.6 % above the engine)
             own = store_w if kind == "attention" else {}
             writes = _plus(_plus(slot.dwrite, own, nb - 1.0), store_w if kind == "mlp" else {}, 1.0)
-            out.append((mult * share, replace(slot, d2h=lane, dwrite=writes, q_prev=dict(before))))
+            out.append((mult * share, _with(slot, d2h=lane, dwrite=writes, q_prev=dict(before))))
     return out
 
 
@@ -759,7 +765,7 @@ def _relayed(slot: _Slot, pin: dict[str, float]) -> _Slot:
     pinned memory before all else in the first sub-step (its gather, kernels and KV pins wait), and
     their DMA starts when the copy ends."""
     first = {f: _plus(getattr(slot, f), pin, 1.0) for f in ("m0", "dk0", "kr0", "vr0") if getattr(slot, f)}
-    return replace(slot, w=_plus(slot.w, pin, 1.0), p0=_plus(slot.p0 or slot.p, pin, 1.0), **first)
+    return _with(slot, w=_plus(slot.w, pin, 1.0), p0=_plus(slot.p0 or slot.p, pin, 1.0), **first)
 
 
 @dataclass(frozen=True)
@@ -1673,6 +1679,7 @@ def _runs(
     )
 
 
+@lru_cache(maxsize=64)  # the lazy search asks ~9,000 times a search, of a few flags
 def _twin(fl: Flags) -> Flags:
     """The pinned flags a ``--pin-weight 0`` LP differs from only by its pinning (``_host_free``)."""
     return replace(fl, pin_weight=True)
