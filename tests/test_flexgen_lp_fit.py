@@ -7,6 +7,7 @@ the premise fails, and that those LPs are no longer solved."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -78,6 +79,16 @@ def test_the_rule_holds_only_where_every_row_is_dominated(cm):
     # a coefficient the larger has (negative: it frees memory) and the smaller does not
     assert not _dominated(cm, rows(cm, 1, coefs={**c, "hd": -1.0}))
     assert not _dominated(cm, replace(cm, bounds={**cm.bounds, "wg": (0.0, 0.5)}))
+
+
+def test_a_row_it_cannot_compare_proves_nothing(cm):
+    """A NaN in either row (unordered: every comparison false) is no proof that the smaller fits."""
+    c = cm.memory[1][0]
+    v = next(iter(c))
+    assert not _dominated(rows(cm, 1, rhs=math.nan), cm)
+    assert not _dominated(cm, rows(cm, 1, rhs=math.nan))
+    assert not _dominated(rows(cm, 1, coefs={**c, v: math.nan}), cm)
+    assert not _dominated(cm, rows(cm, 1, coefs={**c, v: math.nan}))
 
 
 def test_where_a_smaller_gpu_batch_needs_more_memory_the_search_solves_it(monkeypatch):

@@ -1630,11 +1630,12 @@ def _dominated(small: CostModel, large: CostModel) -> bool:
     right-hand side (for x >= 0: a_s x <= a_l x <= b_l <= b_s). Then ``large`` feasible implies
     ``small`` feasible. A smaller gbs at the same nb and flags is so (``memory_plan``: the weights do not
     depend on the batch, every other term grows with it; ``tests/test_flexgen_lp_fit.py``); the search
-    checks it rather than assume it."""
+    checks it rather than assume it. Each comparison must hold, not merely fail to be refuted: a NaN
+    (unordered) proves nothing."""
     if small.bounds != large.bounds or len(small.memory) != len(large.memory):
         return False
     for (cs, bs), (cl, bl) in zip(small.memory, large.memory, strict=True):
-        if bs < bl or any(cs.get(v, 0.0) > cl.get(v, 0.0) for v in cs.keys() | cl.keys()):
+        if not bs >= bl or not all(cs.get(v, 0.0) <= cl.get(v, 0.0) for v in cs.keys() | cl.keys()):
             return False
     return all(lo >= 0.0 for lo, _ in large.bounds.values())
 
