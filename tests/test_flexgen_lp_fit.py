@@ -112,6 +112,32 @@ def test_where_a_smaller_gpu_batch_needs_more_memory_the_search_solves_it(monkey
     assert list(lp_candidates_lazy(rig, model, wl, ends)) == eager
 
 
+def test_a_larger_first_lp_that_does_not_fit_proves_nothing_about_the_smaller(monkeypatch):
+    """gbs 8 has no room for any flags, and gbs 16 up none for the first flags, whose rows still
+    dominate the smaller gbs's (less room at every level): the eager search stops at gbs 4. The lazy
+    one may solve a first-flags first LP above gbs 8 before gbs 8's, to learn whether the smaller
+    gbs exist (``_dominated``); that it does not fit proves nothing about them, and they must not be
+    marked as fitting (which would offer the other flags' gbs 16-512, past where the eager one
+    stops)."""
+    real = flexgen_lp.cost_model
+    rig, model = load_rig("mixed-lab"), get_model("llama2-70b")
+    ends = endpoints(rig)
+    first = candidate_flags(bool(ends[2]))[0]
+
+    def squeezed(rig, model, wl, gbs, nb, fl, *a, **k):
+        out = real(rig, model, wl, gbs, nb, fl, *a, **k)
+        if gbs == 8 or (gbs > 8 and fl == first):
+            out = replace(out, memory=tuple((c, -2.0 if gbs == 8 else -3.0) for c, _ in out.memory))
+        return out
+
+    monkeypatch.setattr(flexgen_lp, "cost_model", squeezed)
+    monkeypatch.setattr(flexgen_lp, "_OPTIMA", {})
+    wl = Workload(1, 512, 32)
+    eager, _ = lp_candidates_free(rig, model, wl, ends)
+    assert eager and max(s.gbs for s in eager) == 4
+    assert list(lp_candidates_lazy(rig, model, wl, ends)) == eager
+
+
 def test_the_headline_solves_no_first_lp_only_to_learn_that_its_gpu_batch_fits(monkeypatch):
     """llama2-70b on mixed-lab, 512 + 32: the best candidates are at gbs 384-512; the first LPs of the
     gbs below that the search never reads (2-32: their bounds rank them after its cut-off) are left
