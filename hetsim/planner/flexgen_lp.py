@@ -360,6 +360,27 @@ def _slots(
                         if disk:
                             kvf["dk0"] = kvf["dkm"] = kv_disk(dk, p)
                             kvf["dw0"] = weights_then_kv(dk, p, j_next)
+            elif fl.compress_cache:  # decode with CPU attention over a 4-bit cache at home on the CPU
+                # (candidate_flags: tier "c"): no load (smart_copy returns the home tensor); the thread
+                # runs the GPU's kernels, the copy to the CPU, the decompression of the whole cache into
+                # the fp32 workspace and the attention there (flexgen_ops.substep_ops), the copy back;
+                # the new 4-bit K and V are stored as GPU attention's are (flexgen.py: store_cache)
+                o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, True, s + n - 1)
+                small = o.to_cpu_bytes / lk.out_pin + o.to_gpu_bytes / lk.page
+                t_cpu_att = _t(rig, cpu, o.cpu)
+                p.update(const=_t(rig, gpu, o.gpu_pre + o.gpu_post) + small, cc=t_cpu_att)
+                q = {"cc": gbs * kv_tok / lk.out_pin}
+                # the weight DMA issued at the position's start slows the CPU work on host DRAM, as for
+                # the uncompressed attention below (``_beside``), with no gather before it
+                cost = block_cost(rig.devices[cpu], o.cpu)
+                cap = min(
+                    cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf
+                )
+                dram_d = overlap_delay(dram, lk.pin, cap), overlap_delay(dram, lk.d2c, cap)
+                slow = {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
+                before = {"const": _t(rig, gpu, o.gpu_pre) + o.to_cpu_bytes / lk.out_pin}
+                beside = _beside(load(slow, j_next), flows(j_next), {}, {"cc": t_cpu_att}, before, kv_at)
+                p0, p = _gather_into(p, {}, nb, last=False, slow=beside)
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
@@ -1271,6 +1292,10 @@ def candidate_flags(
     for cw in weights:
         lossless = [Flags(True, False, compress_weight=cw), Flags(False, False, compress_weight=cw)]
         compressed = [Flags(False, True, t, compress_weight=cw) for t in tiers]
+        # CPU attention over a compressed cache, which FlexGen 0.1.8 runs (flexgen_ops.substep_ops)
+        # with the cache at home on the CPU; on the GPU or the disk each step would first copy it there
+        # (the engine runs such a plan; the search does not try it)
+        compressed.append(Flags(True, True, "c", compress_weight=cw))
         if kv == "int4":
             out += compressed
         elif kv is not None or not allow_lossy:
