@@ -372,12 +372,7 @@ def _slots(
                 q = {"cc": gbs * kv_tok / lk.out_pin}
                 # the weight DMA issued at the position's start slows the CPU work on host DRAM, as for
                 # the uncompressed attention below (``_beside``), with no gather before it
-                cost = block_cost(rig.devices[cpu], o.cpu)
-                cap = min(
-                    cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf
-                )
-                dram_d = overlap_delay(dram, lk.pin, cap), overlap_delay(dram, lk.d2c, cap)
-                slow = {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
+                dram_d, slow = _weight_slow(dram, lk, _host_pace(rig, cpu, o.cpu))
                 before = {"const": _t(rig, gpu, o.gpu_pre) + o.to_cpu_bytes / lk.out_pin}
                 beside = _beside(load(slow, j_next), flows(j_next), {}, {"cc": t_cpu_att}, before, kv_at)
                 p0, p = _gather_into(p, {}, nb, last=False, slow=beside)
@@ -402,15 +397,8 @@ def _slots(
                 gather_read = kvb / lk.d2c
                 # host DRAM is shared (the engine's timeline, first come, first served): the weight
                 # DMA issued at the position's start slows the thread's gather and CPU attention
-                cost = block_cost(rig.devices[cpu], (kv_gather_op(model, gbs, kv_len - 1, 1.0), *o.cpu))
-                cap = min(
-                    cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf
-                )
-                # per byte of weights: pinned ones DMA'd at the link's rate, disk ones written into
-                # the relay at the disk's rate (their hops, booked when the reads land after the
-                # position's other copies, take host DRAM after the thread's work: _via_host)
-                dram_d = overlap_delay(dram, lk.pin, cap), overlap_delay(dram, lk.d2c, cap)
-                slow = {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
+                cap = _host_pace(rig, cpu, (kv_gather_op(model, gbs, kv_len - 1, 1.0), *o.cpu))
+                dram_d, slow = _weight_slow(dram, lk, cap)
                 wslow, beside_w = load(slow, j_next), flows(j_next)
                 first = _plus({}, gather, _gather_shares(nb, False)[0])
                 own = gather
@@ -469,6 +457,21 @@ def _slots(
     return out
 
 
+def _host_pace(rig: Rig, cpu: str, ops: tuple[Op, ...]) -> float:
+    """The host-DRAM bytes per second CPU work ``ops`` draws (what ``overlap_delay`` shares with a copy)."""
+    cost = block_cost(rig.devices[cpu], ops)
+    return min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf)
+
+
+def _weight_slow(dram: float, lk: Links, cap: float) -> tuple[tuple[float, float], dict[str, float]]:
+    """The delay per second of the weight DMA and of the disk read beside CPU work drawing ``cap`` of
+    host DRAM, and per byte of weights: pinned ones DMA'd at the link's rate, disk ones written into
+    the relay at the disk's rate (their hops, booked when the reads land after the position's other
+    copies, take host DRAM after the thread's work: _via_host)."""
+    dram_d = overlap_delay(dram, lk.pin, cap), overlap_delay(dram, lk.d2c, cap)
+    return dram_d, {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
+
+
 def _positions(n_sched: int, layers: int) -> tuple[tuple[str, int, float], ...]:
     """The slots ``_slots`` builds, (kernels, the scheduling layer whose weights load beside them,
     share of a decoder layer's multiplicity): the released loop loads layer j + 1's weights while
@@ -509,8 +512,7 @@ def _kv_load(
     when the memcpy outlasts the DMA; a shorter one is under the weights' own option)."""
     kvb = gbs * kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
     copy = host_copy_op(kvb)
-    cost = block_cost(rig.devices[cpu], (copy,))
-    cap = min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf)
+    cap = _host_pace(rig, cpu, (copy,))
     pin = overlap_delay(dram, lk.pin, cap) / lk.pin
     # a disk weight's read beside it (its hop follows the KV's DMAs on the link, so not the memcpy;
     # with it: OPT-6.7B 32 x 1 0/50/50, the KV on the CPU, 1024 + 32, LP +1.08 % above the engine)

@@ -228,7 +228,7 @@ class _Runner:
         home = plan.compress_cache and plan.kv_home == ("c" if self.cpu_att else "g")
         self.home_slots = workload.prompt_len + workload.gen_len - 1 if home else 0
         # compressed CPU attention reading a cache it must copy first (on the GPU or the disk)
-        self.kv_remote = 1.0 if self.cpu_att and plan.compress_cache and plan.kv_home != "c" else 0.0
+        self.kv_remote = self.f.cg + self.f.cd if self.cpu_att and plan.compress_cache else 0.0
         self.steps = list(steps(workload))
         # Per-runner memos of what every position recomputes alike (the same objects and floats as
         # computed afresh): without them, each look-up hashes the model through lru_cache.
@@ -320,12 +320,12 @@ class _Runner:
             # slots are copied into new pinned host tensors (TorchDevice.allocate), each part by a
             # general_copy of its own (``copy_parts``): a DMA on the load stream, or the copy threads'
             # read of the disk file straight into them (:896-906, no relay for a CPU destination)
-            if self.plan.kv_home == "c":
-                return ev, None
-            src = self.gpu if self.plan.kv_home == "g" else self.disk
             half = gbs * step.kv_len * self.kv_tok / 2
             for _ in ("k", "v"):
-                ev += [e.transfer(src, self.cpu, half * part, label="load_cache") for part in self.kv_parts]
+                for part in self.kv_parts:
+                    for src, share in ((self.gpu, self.f.cg), (self.disk, self.f.cd)):
+                        if share > 0:
+                            ev.append(e.transfer(src, self.cpu, half * part * share, label="load_cache"))
             return ev, None
         if self.cpu_att:  # path 1: the prompt_len + i - 1 cached tokens into the workspace
             tokens = step.kv_len - 1

@@ -173,8 +173,11 @@ def substep_ops(
     if kind == "mlp":
         return SubStepOps(wdeq + blocks.mlp)
     att = blocks.attention
-    kv_elems_new = gbs * seq * 2 * model.kv_heads * model.head_dim
-    kvq: tuple[Op, ...] = _quant("compress_kv", kv_elems_new, 2) if compress_cache else ()  # K and V
+
+    def kv_elems(slots: int) -> int:  # K and V of the batch over ``slots`` token slots
+        return gbs * slots * 2 * model.kv_heads * model.head_dim
+
+    kvq: tuple[Op, ...] = _quant("compress_kv", kv_elems(seq), 2) if compress_cache else ()  # K and V
     if phase == "prefill" or not cpu_attention:
         kvdq: tuple[Op, ...] = ()
         if compress_cache and phase == "decode":
@@ -183,8 +186,7 @@ def substep_ops(
             # cache on the GPU is not copied (smart_copy returns the home tensor), so mha_gen
             # decompresses all of it, then slices (pytorch_backend.py: mha_gen, decompress(k_cache))
             slots = home_slots if home_slots and cpu_share <= 0 else kv_len
-            loaded = gbs * slots * 2 * model.kv_heads * model.head_dim
-            kvdq = _dequant("dequant_kv", loaded, 2)
+            kvdq = _dequant("dequant_kv", kv_elems(slots), 2)
         return SubStepOps(wdeq + kvdq + att + kvq)
     split = next(i for i, o in enumerate(att) if o.kind == OpKind.ATTENTION)
     gpu_att = att[split]
@@ -192,10 +194,7 @@ def substep_ops(
     host_dq: tuple[Op, ...] = ()
     if compress_cache:  # all of it on the CPU, decompressed there first
         cpu_share = 1.0
-        slots = home_slots or kv_len
-        host_dq = _kernels(
-            "dequant_kv", HOST_DECOMPRESS_KERNELS, gbs * slots * 2 * model.kv_heads * model.head_dim, 2
-        )
+        host_dq = _kernels("dequant_kv", HOST_DECOMPRESS_KERNELS, kv_elems(home_slots or kv_len), 2)
     if cpu_share < 1.0:
         pre = (*pre, _scale(gpu_att, 1.0 - cpu_share))
     cpu_op = _cpu_attention(model, gpu_att, gbs, kv_len, cpu_share)
