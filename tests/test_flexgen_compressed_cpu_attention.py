@@ -146,3 +146,41 @@ def test_a_compressed_cache_on_the_gpu_read_by_cpu_attention_is_copied_to_pinned
     r = simulate(get_strategy("flexgen"), plan, rig, m, wl)
     home = FlexGenPlan(**{**plan.__dict__, "cg": 0.0, "cc": 100.0})
     assert r.throughput_tok_s < simulate(get_strategy("flexgen"), home, rig, m, wl).throughput_tok_s * 1.05
+
+
+@pytest.mark.parametrize(
+    ("flags", "tier"),
+    [(Flags(False, True, "g"), "g"), (Flags(True, True, "c"), "c"), (Flags(False, True, "c"), "c")],
+)
+def test_the_lp_rows_of_a_compressed_cache_are_the_ledger_at_its_tier(flags, tier):
+    """A compressed cache lies wholly on the tier its flags fix, so the LP's rows are memory_plan's of
+    that plan exactly: no copies counted for a cache the attention reads where it lives (GPU attention
+    over a 4-bit cache on the GPU; CPU attention over one on the CPU), GPU attention's copies of a
+    cache on the CPU counted (review of s15-16c: the LP counted the copies of every compressed cache)."""
+    from hetsim.planner.flexgen_lp import VARS, cost_model
+
+    rig = load_rig("flexgen-t4")
+    ends = endpoints(rig)
+    m = get_model("opt-6.7b")
+    wl = Workload(64, 128, 2048)  # the decode attention's peak (and its copies) binds the GPU
+    cm = cost_model(rig, m, wl, 16, 4, flags, ends)
+    x = dict.fromkeys(VARS, 0.0) | {"wc": 1.0, "c" + tier: 1.0, "hg": 1.0}
+    kv = {t: 100.0 * (t == tier) for t in "gcd"}
+    plan = FlexGenPlan(
+        16,
+        4,
+        0,
+        100,
+        kv["g"],
+        kv["c"],
+        100,
+        0,
+        cpu_attention=flags.cpu_attention,
+        compress_cache=True,
+        gpu=ends[0],
+    )
+    mem = memory_plan(m, shape_of(plan, wl), fractions(m, plan))
+    caps = (rig.devices[ends[0]].mem_bytes, rig.devices[ends[1]].mem_bytes)
+    for (coefs, rhs), tier_name, cap in zip(cm.memory, ("gpu", "cpu"), caps, strict=False):
+        used = cap - 1e9 * (rhs - sum(c * x[v] for v, c in coefs.items()))
+        assert used == pytest.approx(sum(mem[tier_name].values()), rel=1e-9)

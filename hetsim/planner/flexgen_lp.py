@@ -838,7 +838,11 @@ def cost_model(
     wtot = sum(s[1] for s in _split_cache(model, fl.compress_weight))
     wmax = max(s[1] for s in _split_cache(model, fl.compress_weight))
     flags = (fl.cpu_attention, fl.compress_cache, fl.compress_weight)
-    shape = Shape(gbs, nb, wl.prompt_len, wl.gen_len, *flags, fl.pin_weight)
+    # a compressed cache lies wholly on its flags' tier (exact copies, ``kv_load_copies``); an
+    # uncompressed one's fractions are solved for: its copies counted as for a split cache ("")
+    shape = Shape(
+        gbs, nb, wl.prompt_len, wl.gen_len, *flags, fl.pin_weight, fl.cache_tier if fl.compress_cache else ""
+    )
     host = _host_cache(model, fl.compress_weight)
     base = _mem(model, shape, {}, wtot, wmax, host)
     cap_gpu = rig.devices[gpu].mem_bytes
