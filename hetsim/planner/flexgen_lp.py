@@ -1246,17 +1246,20 @@ def to_plan(
 ) -> FlexGenPlan:
     """Percentages for the runtime: activations on one tier, the rest rounded down to whole percent,
     and the weight GPU percent lowered until the per-tensor placement puts no more on the GPU than the
-    LP did (the released midpoint rule is a step function). ``nearest_disk=False``: with CPU attention
-    too, the KV's disk share is what rounding the others down leaves (never less than the LP's)."""
+    LP did (the released midpoint rule is a step function). ``nearest_disk=False``: the KV's disk share
+    is what rounding the others down leaves (never less than the LP's)."""
     x = sol.x
     pct = {v: math.floor(100 * x[v] + 1e-6) for v in VARS}
     cc = min(100 - pct["cg"], pct["cc"] + (0 if x["cd"] > 1e-6 else 100 - pct["cg"] - pct["cc"]))
-    if sol.flags.cpu_attention and nearest_disk:
+    if nearest_disk:
         # the disk share to the nearest percent and the rest to the CPU, not the remainder of the
-        # others' rounding: the reads run beside the thread, so the LP takes slivers of disk that
-        # would become 1-2 %; under 1 % none, as each disk copy's fixed cost (the route's latency,
-        # 100 us on flexgen-t4) is no linear term (OPT-6.7B 64 x 1 at 14 GB: 1 % on disk runs
-        # 0.25 % slower in the engine, the LP has it 0.06 % faster)
+        # others' rounding: with CPU attention the reads run beside the thread, so the LP takes
+        # slivers of disk that would become 1-2 %; under 1 % none, as each disk copy's fixed cost
+        # (the route's latency, 100 us on flexgen-t4) is no linear term (OPT-6.7B 64 x 1 at 14 GB:
+        # 1 % on disk runs 0.25 % slower in the engine, the LP has it 0.06 % faster). With GPU
+        # attention too: two floors' remainder on the slowest tier is a percent of the KV off the
+        # LP's balance of CPU and disk reads (llama2-70b hexgen-homogeneous 96 x 32, LP 0.09/52.99/
+        # 46.92: 0/52/48 runs 48.14 tok/s, 0/53/47 48.35, and the LP's placed time agrees)
         cc = 100 - pct["cg"] - (round(100 * x["cd"]) if x["cd"] >= 0.01 else 0)
     hg = 100.0 if x["hg"] >= x["hc"] else 0.0
     plan = FlexGenPlan(
@@ -1637,14 +1640,12 @@ def _runnable(
     budget: float | None,
     workload_of: Callable[[FlexGenPlan], Workload],
 ) -> FlexGenPlan | None:
-    """The runtime's placement of ``sol`` (``plan``, its ``to_plan``) where it fits in memory, else,
-    with CPU attention, the disk share rounded up (the nearest percent can leave the CPU more KV than
-    the LP gave it, past a full host memory) where that fits; None where neither does."""
+    """The runtime's placement of ``sol`` (``plan``, its ``to_plan``) where it fits in memory, else
+    the disk share rounded up (the nearest percent can leave the CPU more KV than the LP gave it,
+    past a full host memory) where that fits; None where neither does."""
     strategy = get_strategy("flexgen")
     if fits(strategy, plan, rig, model, workload_of(plan)):
         return plan
-    if not sol.flags.cpu_attention:
-        return None
     plan = to_plan(sol, model, ends[0], budget, nearest_disk=False)
     return plan if fits(strategy, plan, rig, model, workload_of(plan)) else None
 
