@@ -184,3 +184,18 @@ def test_the_lp_rows_of_a_compressed_cache_are_the_ledger_at_its_tier(flags, tie
     for (coefs, rhs), tier_name, cap in zip(cm.memory, ("gpu", "cpu"), caps, strict=False):
         used = cap - 1e9 * (rhs - sum(c * x[v] for v, c in coefs.items()))
         assert used == pytest.approx(sum(mem[tier_name].values()), rel=1e-9)
+
+
+def test_one_gpu_batch_holds_one_copy_beside_its_decode_attention():
+    """OPT-6.7B fp16, GPU attention, the KV on the CPU, 128 + 2048 (the decode attention with its
+    copies is the largest peak): one GPU batch holds only its own copy there (the loop's next load is
+    the MLP's, flex_opt.py:1022-1024), two or more hold the next batch's too (review of s15-16c)."""
+    m = get_model("opt-6.7b")
+    s, n, b = 128, 2048, 16
+    copy = b * (s + n - 1) * kv_token_bytes(m, False)
+    decode = layer_peaks(m, b, 1, s + n - 1, False)
+    hid = 2 * b * s * m.hidden * 2.0
+    for nb, held in ((1, 1), (2, 2)):
+        plan = FlexGenPlan(b, nb, 100, 0, 0, 100, 100, 0, cpu_attention=False)
+        mem = memory_plan(m, shape_of(plan, Workload(b * nb, s, n)), fractions(m, plan))
+        assert mem["gpu"]["working"] == pytest.approx(decode["attention"] + held * copy + hid)
