@@ -367,6 +367,22 @@ def _slots(
                         if disk:
                             kvf["dk0"] = kvf["dkm"] = kv_disk(dk, p)
                             kvf["dw0"] = weights_then_kv(dk, p, j_next)
+            elif fl.compress_cache:  # decode with CPU attention over a 4-bit cache at home on the CPU
+                # (candidate_flags: tier "c"): no load (smart_copy returns the home tensor); the thread
+                # runs the GPU's kernels, the copy to the CPU, the decompression of the whole cache into
+                # the fp32 workspace and the attention there (flexgen_ops.substep_ops), the copy back;
+                # the new 4-bit K and V are stored as GPU attention's are (flexgen.py: store_cache)
+                o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, True, s + n - 1)
+                small = o.to_cpu_bytes / lk.out_pin + o.to_gpu_bytes / lk.page
+                t_cpu_att = _t(rig, cpu, o.cpu)
+                p.update(const=_t(rig, gpu, o.gpu_pre + o.gpu_post) + small, cc=t_cpu_att)
+                q = {"cc": gbs * kv_tok / lk.out_pin}
+                # the weight DMA issued at the position's start slows the CPU work on host DRAM, as for
+                # the uncompressed attention below (``_beside``), with no gather before it
+                dram_d, slow = _weight_slow(dram, lk, _host_pace(rig, cpu, o.cpu))
+                before = {"const": _t(rig, gpu, o.gpu_pre) + o.to_cpu_bytes / lk.out_pin}
+                beside = _beside(load(slow, j_next), flows(j_next), {}, {"cc": t_cpu_att}, before, kv_at)
+                p0, p = _gather_into(p, {}, nb, last=False, slow=beside)
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
@@ -388,15 +404,8 @@ def _slots(
                 gather_read = kvb / lk.d2c
                 # host DRAM is shared (the engine's timeline, first come, first served): the weight
                 # DMA issued at the position's start slows the thread's gather and CPU attention
-                cost = block_cost(rig.devices[cpu], (kv_gather_op(model, gbs, kv_len - 1, 1.0), *o.cpu))
-                cap = min(
-                    cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf
-                )
-                # per byte of weights: pinned ones DMA'd at the link's rate, disk ones written into
-                # the relay at the disk's rate (their hops, booked when the reads land after the
-                # position's other copies, take host DRAM after the thread's work: _via_host)
-                dram_d = overlap_delay(dram, lk.pin, cap), overlap_delay(dram, lk.d2c, cap)
-                slow = {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
+                cap = _host_pace(rig, cpu, (kv_gather_op(model, gbs, kv_len - 1, 1.0), *o.cpu))
+                dram_d, slow = _weight_slow(dram, lk, cap)
                 wslow, beside_w = load(slow, j_next), flows(j_next)
                 first = _plus({}, gather, _gather_shares(nb, False)[0])
                 own = gather
@@ -455,6 +464,21 @@ def _slots(
     return out
 
 
+def _host_pace(rig: Rig, cpu: str, ops: tuple[Op, ...]) -> float:
+    """The host-DRAM bytes per second CPU work ``ops`` draws (what ``overlap_delay`` shares with a copy)."""
+    cost = block_cost(rig.devices[cpu], ops)
+    return min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf)
+
+
+def _weight_slow(dram: float, lk: Links, cap: float) -> tuple[tuple[float, float], dict[str, float]]:
+    """The delay per second of the weight DMA and of the disk read beside CPU work drawing ``cap`` of
+    host DRAM, and per byte of weights: pinned ones DMA'd at the link's rate, disk ones written into
+    the relay at the disk's rate (their hops, booked when the reads land after the position's other
+    copies, take host DRAM after the thread's work: _via_host)."""
+    dram_d = overlap_delay(dram, lk.pin, cap), overlap_delay(dram, lk.d2c, cap)
+    return dram_d, {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
+
+
 def _positions(n_sched: int, layers: int) -> tuple[tuple[str, int, float], ...]:
     """The slots ``_slots`` builds, (kernels, the scheduling layer whose weights load beside them,
     share of a decoder layer's multiplicity): the released loop loads layer j + 1's weights while
@@ -495,8 +519,7 @@ def _kv_load(
     when the memcpy outlasts the DMA; a shorter one is under the weights' own option)."""
     kvb = gbs * kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
     copy = host_copy_op(kvb)
-    cost = block_cost(rig.devices[cpu], (copy,))
-    cap = min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf)
+    cap = _host_pace(rig, cpu, (copy,))
     pin = overlap_delay(dram, lk.pin, cap) / lk.pin
     # a disk weight's read beside it (its hop follows the KV's DMAs on the link, so not the memcpy;
     # with it: OPT-6.7B 32 x 1 0/50/50, the KV on the CPU, 1024 + 32, LP +1.08 % above the engine)
@@ -822,7 +845,11 @@ def cost_model(
     wtot = sum(s[1] for s in _split_cache(model, fl.compress_weight))
     wmax = max(s[1] for s in _split_cache(model, fl.compress_weight))
     flags = (fl.cpu_attention, fl.compress_cache, fl.compress_weight)
-    shape = Shape(gbs, nb, wl.prompt_len, wl.gen_len, *flags, fl.pin_weight)
+    # a compressed cache lies wholly on its flags' tier (exact copies, ``kv_load_copies``); an
+    # uncompressed one's fractions are solved for: its copies counted as for a split cache ("")
+    shape = Shape(
+        gbs, nb, wl.prompt_len, wl.gen_len, *flags, fl.pin_weight, fl.cache_tier if fl.compress_cache else ""
+    )
     host = _host_cache(model, fl.compress_weight)
     base = _mem(model, shape, {}, wtot, wmax, host)
     cap_gpu = rig.devices[gpu].mem_bytes
@@ -1226,17 +1253,20 @@ def to_plan(
 ) -> FlexGenPlan:
     """Percentages for the runtime: activations on one tier, the rest rounded down to whole percent,
     and the weight GPU percent lowered until the per-tensor placement puts no more on the GPU than the
-    LP did (the released midpoint rule is a step function). ``nearest_disk=False``: with CPU attention
-    too, the KV's disk share is what rounding the others down leaves (never less than the LP's)."""
+    LP did (the released midpoint rule is a step function). ``nearest_disk=False``: the KV's disk share
+    is what rounding the others down leaves (never less than the LP's)."""
     x = sol.x
     pct = {v: math.floor(100 * x[v] + 1e-6) for v in VARS}
     cc = min(100 - pct["cg"], pct["cc"] + (0 if x["cd"] > 1e-6 else 100 - pct["cg"] - pct["cc"]))
-    if sol.flags.cpu_attention and nearest_disk:
+    if nearest_disk:
         # the disk share to the nearest percent and the rest to the CPU, not the remainder of the
-        # others' rounding: the reads run beside the thread, so the LP takes slivers of disk that
-        # would become 1-2 %; under 1 % none, as each disk copy's fixed cost (the route's latency,
-        # 100 us on flexgen-t4) is no linear term (OPT-6.7B 64 x 1 at 14 GB: 1 % on disk runs
-        # 0.25 % slower in the engine, the LP has it 0.06 % faster)
+        # others' rounding: with CPU attention the reads run beside the thread, so the LP takes
+        # slivers of disk that would become 1-2 %; under 1 % none, as each disk copy's fixed cost
+        # (the route's latency, 100 us on flexgen-t4) is no linear term (OPT-6.7B 64 x 1 at 14 GB:
+        # 1 % on disk runs 0.25 % slower in the engine, the LP has it 0.06 % faster). With GPU
+        # attention too: two floors' remainder on the slowest tier is a percent of the KV off the
+        # LP's balance of CPU and disk reads (llama2-70b hexgen-homogeneous 96 x 32, LP 0.09/52.99/
+        # 46.92: 0/52/48 runs 48.14 tok/s, 0/53/47 48.35, and the LP's placed time agrees)
         cc = 100 - pct["cg"] - (round(100 * x["cd"]) if x["cd"] >= 0.01 else 0)
     hg = 100.0 if x["hg"] >= x["hc"] else 0.0
     plan = FlexGenPlan(
@@ -1278,6 +1308,10 @@ def candidate_flags(
     for cw in weights:
         lossless = [Flags(True, False, compress_weight=cw), Flags(False, False, compress_weight=cw)]
         compressed = [Flags(False, True, t, compress_weight=cw) for t in tiers]
+        # CPU attention over a compressed cache, which FlexGen 0.1.8 runs (flexgen_ops.substep_ops)
+        # with the cache at home on the CPU; on the GPU or the disk each step would first copy it there
+        # (the engine runs such a plan; the search does not try it)
+        compressed.append(Flags(True, True, "c", compress_weight=cw))
         if kv == "int4":
             out += compressed
         elif kv is not None or not allow_lossy:
@@ -1649,14 +1683,12 @@ def _runnable(
     budget: float | None,
     workload_of: Callable[[FlexGenPlan], Workload],
 ) -> FlexGenPlan | None:
-    """The runtime's placement of ``sol`` (``plan``, its ``to_plan``) where it fits in memory, else,
-    with CPU attention, the disk share rounded up (the nearest percent can leave the CPU more KV than
-    the LP gave it, past a full host memory) where that fits; None where neither does."""
+    """The runtime's placement of ``sol`` (``plan``, its ``to_plan``) where it fits in memory, else
+    the disk share rounded up (the nearest percent can leave the CPU more KV than the LP gave it,
+    past a full host memory) where that fits; None where neither does."""
     strategy = get_strategy("flexgen")
     if fits(strategy, plan, rig, model, workload_of(plan)):
         return plan
-    if not sol.flags.cpu_attention:
-        return None
     plan = to_plan(sol, model, ends[0], budget, nearest_disk=False)
     return plan if fits(strategy, plan, rig, model, workload_of(plan)) else None
 
