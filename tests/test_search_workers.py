@@ -252,3 +252,38 @@ def test_compare_forks_its_workers_before_typer_imports_pydantic():
     a worker forked after it waited for, and needs none of)."""
     out = subprocess.run([sys.executable, "-c", _FORKED_WHEN], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2 [[]]"
+
+
+_FORKED_WITH = """
+import sys
+from contextlib import contextmanager
+from hetsim import workers
+from hetsim.cli import commands
+seen = []
+@contextmanager
+def early(n, modules):
+    seen.append((n, list(modules), "hetsim.api" in sys.modules))
+    yield None
+workers.early = early
+commands._cores = lambda: 2
+commands.main(["compare", "--model", "no-such-model", "--hw", "mixed-lab", *sys.argv[1:]])
+print(seen)
+"""
+
+
+@FORK
+@pytest.mark.parametrize(
+    ("args", "flexgen"),
+    [([], True), (["--strategies", "flexgen,gpu-only"], True), (["--strategies", "hetegen,gpu-only"], False)],
+)
+def test_the_parent_imports_the_search_before_the_fork_and_the_early_worker_flexgens_lp(args, flexgen):
+    """The parent imports ``hetsim.api`` once, before forking (it needs it before the first job
+    anyway; a worker would import it again); where FlexGen is searched the early worker imports its
+    LP solver too, before FlexGen's job, the first, arrives."""
+    from hetsim.cli.commands import FLEXGEN_MODULES
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FORKED_WITH, *args], capture_output=True, text=True, check=True
+    ).stdout
+    modules = [*SEARCH_MODULES, *(FLEXGEN_MODULES if flexgen else ())]
+    assert out.strip() == repr([(1, modules, True)])
