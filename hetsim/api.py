@@ -302,11 +302,12 @@ def _search_all(
         # A pool forked here starts at its first job. Every worker routes copies, so each imports
         # networkx (~0.1 s) and builds the rig's graph itself, in parallel, not here first; the
         # solvers' modules are imported by the one worker that runs their search (OR-Tools' linear
-        # solver ~0.05 s, CP-SAT ~0.14 s).
+        # solver ~0.05 s, CP-SAT ~0.14 s). The pool forked here is let go when it has nothing left
+        # to run: its workers exit while ``started``'s last job runs (``started`` stays the caller's).
         try:
             with forked.frozen_heap(), forked.pool(more) if more > 0 else nullcontext() as late:
                 pools = ([started] if started else []) + ([(late, more)] if late else [])
-                forked.scatter(pools, calls, keep)
+                forked.scatter(pools, calls, keep, release=[late] if late else [])
             return
         except BrokenProcessPool:
             pass  # a worker was killed (out of memory?): search again here, one at a time

@@ -254,6 +254,35 @@ def test_compare_forks_its_workers_before_typer_imports_pydantic():
     assert out.stdout.strip() == "2 [[]]"
 
 
+def test_scatter_lets_a_released_pool_go_while_another_pools_call_runs():
+    """A pool in ``release`` with nothing left to run is shut down while the other pool's last call
+    still runs (its workers exit meanwhile); a pool not in ``release`` stays open for its caller."""
+    kept, released = ThreadPoolExecutor(1, "kept"), ThreadPoolExecutor(1, "released")
+
+    def refuses(executor: ThreadPoolExecutor) -> bool:
+        try:
+            executor.submit(int).result()
+        except RuntimeError:  # cannot schedule new futures after shutdown
+            return True
+        return False
+
+    def long_call() -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if refuses(released):
+                return True
+            time.sleep(0.005)
+        return False
+
+    try:
+        seen = workers.scatter([(kept, 1), (released, 1)], [(long_call, ()), (int, ())], release=[released])
+        assert seen == [True, 0]
+        assert not refuses(kept)
+    finally:
+        kept.shutdown()
+        released.shutdown()
+
+
 _FORKED_WITH = """
 import sys
 from contextlib import contextmanager
