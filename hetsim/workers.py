@@ -114,6 +114,7 @@ def scatter(
     calls: Sequence[Call],
     keep: Callable[[int, Any], None] | None = None,
     release: Collection[Executor] = (),
+    meanwhile: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Each call's result, in the order of ``calls``: run over ``pools`` (each with its number of
     workers), the next call to the first pool with an idle worker. A pool gets no more than its idle
@@ -122,13 +123,17 @@ def scatter(
     call's result arrives (what an interrupted caller keeps). A call's exception is raised here
     (``BrokenProcessPool`` when a worker died). The pools in ``release`` are shut down once every
     call has started and theirs have finished (``shutdown(wait=False)``: the interpreter's exit
-    joins their workers, a later ``shutdown`` does not wait)."""
+    joins their workers, a later ``shutdown`` does not wait). ``meanwhile()`` is called here once, as
+    soon as a released pool has let its workers go while calls still run elsewhere: a core is free
+    for the caller's own work (where none is freed, it is not called)."""
     results: list[Any] = [None] * len(calls)
     idle = [n for _, n in pools]
     running: dict[Future[Any], tuple[int, int]] = {}  # -> (index of the call, index of its pool)
     todo = list(enumerate(calls))[::-1]  # the next call last
+    freed = False  # a released pool has let its workers go
 
     def fill() -> None:
+        nonlocal freed
         for k, (executor, workers) in enumerate(pools):
             while idle[k] and todo:
                 i, (fn, args) = todo.pop()
@@ -136,9 +141,13 @@ def scatter(
                 idle[k] -= 1
             if not todo and idle[k] == workers and executor in release:
                 executor.shutdown(wait=False)  # a repeated call does nothing
+                freed = True
 
     fill()
     while running:
+        if freed and meanwhile is not None:
+            meanwhile, now = None, meanwhile
+            now()
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in done:
             i, k = running.pop(future)

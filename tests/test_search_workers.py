@@ -316,3 +316,30 @@ def test_the_parent_imports_the_search_before_the_fork_and_the_early_worker_flex
     ).stdout
     modules = [*SEARCH_MODULES, *(FLEXGEN_MODULES if flexgen else ())]
     assert out.strip() == repr([(1, modules, True)])
+
+
+@pytest.mark.parametrize("released", [True, False])
+def test_scatter_calls_meanwhile_once_while_a_freed_core_waits_for_the_last_call(released):
+    """``meanwhile`` (the caller's own work: the CLI imports rich's tables) runs once, while the
+    other pool's last call still runs, as soon as a released pool let its workers go; never where
+    no pool is released."""
+    kept, other = ThreadPoolExecutor(1, "kept"), ThreadPoolExecutor(1, "other")
+    called = threading.Event()
+    calls = []
+
+    def meanwhile() -> None:
+        calls.append(threading.current_thread() is threading.main_thread())
+        called.set()
+
+    try:
+        results = workers.scatter(
+            [(kept, 1), (other, 1)],
+            [(called.wait, (2 if released else 0.05,)), (int, ())],
+            release=[other] if released else [],
+            meanwhile=meanwhile,
+        )
+    finally:
+        kept.shutdown()
+        other.shutdown()
+    assert results == [released, 0]  # the long call saw it called (or timed out, and nothing called)
+    assert calls == ([True] if released else [])
