@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
+import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
@@ -49,10 +50,29 @@ def _start(modules: Sequence[str]) -> None:
         gc.freeze()
 
 
+class _Pool(ProcessPoolExecutor):
+    """A process pool whose ``shutdown(wait=False)`` (a pool let go: ``scatter``'s ``release``) lets
+    its workers exit while the caller goes on, and whose later ``shutdown()`` (its ``with`` block's
+    end) still waits for them. The standard one forgets its manager thread at the first and leaves
+    it to the interpreter's exit, whose wakeup of a live manager thread (CPython 3.11's
+    ``_python_exit``, without the pool's lock) races the thread closing that pipe: "OSError: [Errno
+    9] Bad file descriptor" printed at exit."""
+
+    _going: threading.Thread | None = None  # the manager thread of a pool shut down without waiting
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        # the manager thread is private: the standard library has no public way to wait for it later
+        going = getattr(self, "_executor_manager_thread", None) or self._going
+        super().shutdown(wait, cancel_futures=cancel_futures)
+        self._going = None if wait else going
+        if wait and going is not None:
+            going.join()
+
+
 def pool(workers: int, modules: Sequence[str] = ()) -> ProcessPoolExecutor:
     """``workers`` forked processes (forked at the first submit, all of them) that import ``modules``."""
     ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(tuple(modules),))
+    return _Pool(workers, mp_context=ctx, initializer=_start, initargs=(tuple(modules),))
 
 
 @contextmanager
@@ -122,10 +142,11 @@ def scatter(
     workers are ready first, and the calls costliest first. ``keep(i, result)`` is called here as each
     call's result arrives (what an interrupted caller keeps). A call's exception is raised here
     (``BrokenProcessPool`` when a worker died). The pools in ``release`` are shut down once every
-    call has started and theirs have finished (``shutdown(wait=False)``: the interpreter's exit
-    joins their workers, a later ``shutdown`` does not wait). ``meanwhile()`` is called here once, as
-    soon as a released pool has let its workers go while calls still run elsewhere: a core is free
-    for the caller's own work (where none is freed, it is not called)."""
+    call has started and theirs have finished (``shutdown(wait=False)``: their workers exit
+    meanwhile; a later ``shutdown`` of a ``pool``, as its ``with`` block ends, waits for them).
+    ``meanwhile()`` is called here once, as soon as a released pool has let its workers go while
+    calls still run elsewhere: a core is free for the caller's own work (where none is freed, it is
+    not called)."""
     results: list[Any] = [None] * len(calls)
     idle = [n for _, n in pools]
     running: dict[Future[Any], tuple[int, int]] = {}  # -> (index of the call, index of its pool)

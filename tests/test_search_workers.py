@@ -343,3 +343,33 @@ def test_scatter_calls_meanwhile_once_while_a_freed_core_waits_for_the_last_call
         other.shutdown()
     assert results == [released, 0]  # the long call saw it called (or timed out, and nothing called)
     assert calls == ([True] if released else [])
+
+
+_EXIT_WITH_SLOW_MANAGERS = """
+import sys, time
+import concurrent.futures.process as cfp
+from hetsim.cli import commands
+joined = cfp._ExecutorManagerThread.join_executor_internals
+def join_slowly(self):  # a pool's manager thread, descheduled for a while (a loaded machine)
+    time.sleep(0.3)
+    joined(self)
+cfp._ExecutorManagerThread.join_executor_internals = join_slowly
+commands._cores = lambda: 2
+code = commands.main(["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "1", "--prompt-len",
+                      "16", "--gen-len", "2", "--format", "json", "--strategies",
+                      "gpu-only,accelerate,layer-offload"])
+print(code, any(t.is_alive() for t in list(cfp._threads_wakeups)))
+"""
+
+
+@FORK
+def test_a_compare_returns_with_its_released_pools_workers_joined():
+    """Pools let go without waiting (the late one in ``scatter``, the early one after ``compare``)
+    are still waited for before the command returns (their workers exit meanwhile): left to the
+    interpreter's exit, CPython 3.11's ``_python_exit`` wakes each live manager thread without its
+    lock, racing the thread closing that pipe ("OSError: [Errno 9] Bad file descriptor" at exit)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITH_SLOW_MANAGERS], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.splitlines()[-1] == "0 False", out.stderr
+    assert out.stderr == ""

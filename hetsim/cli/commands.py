@@ -227,8 +227,8 @@ def _tables_imported() -> None:
 
 def _let_go(started: tuple[Any, int] | None) -> None:
     """The early workers, done with, told to exit without waiting for them: the kernel frees their
-    heap (~10 ms on the headline compare) while the parent prints (the interpreter's exit, or the
-    pool's manager thread, joins them)."""
+    heap (~10 ms on the headline compare) while the parent prints (``workers.early``'s end waits for
+    them, after the printing)."""
     if started is not None:
         started[0].shutdown(wait=False)
 
