@@ -144,17 +144,14 @@ def scatter(
     (``BrokenProcessPool`` when a worker died). The pools in ``release`` are shut down once every
     call has started and theirs have finished (``shutdown(wait=False)``: their workers exit
     meanwhile; a later ``shutdown`` of a ``pool``, as its ``with`` block ends, waits for them).
-    ``meanwhile()`` is called here once, as soon as a released pool has let its workers go while
-    calls still run elsewhere: a core is free for the caller's own work (where none is freed, it is
-    not called)."""
+    ``meanwhile()`` is called here once, as soon as a worker has nothing left to run while calls
+    still run: its core is free for the caller's own work (where none is, it is not called)."""
     results: list[Any] = [None] * len(calls)
     idle = [n for _, n in pools]
     running: dict[Future[Any], tuple[int, int]] = {}  # -> (index of the call, index of its pool)
     todo = list(enumerate(calls))[::-1]  # the next call last
-    freed = False  # a released pool has let its workers go
 
     def fill() -> None:
-        nonlocal freed
         for k, (executor, workers) in enumerate(pools):
             while idle[k] and todo:
                 i, (fn, args) = todo.pop()
@@ -162,11 +159,10 @@ def scatter(
                 idle[k] -= 1
             if not todo and idle[k] == workers and executor in release:
                 executor.shutdown(wait=False)  # a repeated call does nothing
-                freed = True
 
     fill()
     while running:
-        if freed and meanwhile is not None:
+        if meanwhile is not None and not todo and any(idle):
             meanwhile, now = None, meanwhile
             now()
         done, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -319,11 +319,13 @@ def test_the_parent_imports_the_search_before_the_fork_and_the_early_worker_flex
 
 
 @pytest.mark.parametrize("released", [True, False])
-def test_scatter_calls_meanwhile_once_while_a_freed_core_waits_for_the_last_call(released):
-    """``meanwhile`` (the caller's own work: the CLI imports rich's tables) runs once, while the
-    other pool's last call still runs, as soon as a released pool let its workers go; never where
-    no pool is released."""
-    kept, other = ThreadPoolExecutor(1, "kept"), ThreadPoolExecutor(1, "other")
+@pytest.mark.parametrize("long_first", [True, False])
+def test_scatter_calls_meanwhile_once_a_worker_is_idle_while_the_last_call_runs(released, long_first):
+    """``meanwhile`` (the caller's own work: the CLI imports rich's tables) runs once, here, as soon
+    as a worker has nothing left to run while another's last call still runs: its core is free,
+    whichever pool it is in and whether or not that pool is let go (it was called only when a
+    released pool was done first: never where the caller's own pool, FlexGen's, finished first)."""
+    first, second = ThreadPoolExecutor(1, "first"), ThreadPoolExecutor(1, "second")
     called = threading.Event()
     calls = []
 
@@ -331,18 +333,28 @@ def test_scatter_calls_meanwhile_once_while_a_freed_core_waits_for_the_last_call
         calls.append(threading.current_thread() is threading.main_thread())
         called.set()
 
+    long, short = (called.wait, (10,)), (int, ())
     try:
         results = workers.scatter(
-            [(kept, 1), (other, 1)],
-            [(called.wait, (2 if released else 0.05,)), (int, ())],
-            release=[other] if released else [],
+            [(first, 1), (second, 1)],
+            [long, short] if long_first else [short, long],
+            release=[first, second] if released else [],
             meanwhile=meanwhile,
         )
     finally:
-        kept.shutdown()
-        other.shutdown()
-    assert results == [released, 0]  # the long call saw it called (or timed out, and nothing called)
-    assert calls == ([True] if released else [])
+        first.shutdown()
+        second.shutdown()
+    assert results == ([True, 0] if long_first else [0, True])  # the long call saw it called
+    assert calls == [True]
+
+
+def test_scatter_does_not_call_meanwhile_where_no_worker_idles_before_the_end():
+    one, calls = ThreadPoolExecutor(1, "one"), []
+    try:
+        results = workers.scatter([(one, 1)], [(int, ()), (int, ())], meanwhile=lambda: calls.append(1))
+    finally:
+        one.shutdown()
+    assert (results, calls) == ([0, 0], [])
 
 
 _EXIT_WITH_SLOW_MANAGERS = """
