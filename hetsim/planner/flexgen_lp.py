@@ -56,6 +56,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache, partial
+from typing import Any
 
 from ortools.linear_solver import pywraplp
 
@@ -223,6 +224,12 @@ class _Slot:
     # it), then V's hop (with weights on disk: OPT-13B 4 x 5 15/50/35, all the KV on disk, LP vs
     # engine -4.5 % without it, -1.0 % with; 12 rows at nb >= 3)
     dw0: dict[str, float] = field(default_factory=dict)
+
+
+def _with(slot: _Slot, **changes: dict[str, float]) -> _Slot:
+    """``dataclasses.replace(slot, **changes)`` without its per-field checks (every field of ``_Slot``
+    is an init field, none has a ``__post_init__``): a cost model makes ~10, a search ~5,000."""
+    return _Slot(**{**vars(slot), **changes})
 
 
 def _slots(
@@ -444,7 +451,7 @@ def _slots(
             # +15.6 % above the engine)
             own = store_w if kind == "attention" else {}
             writes = _plus(_plus(slot.dwrite, own, nb - 1.0), store_w if kind == "mlp" else {}, 1.0)
-            out.append((mult * share, replace(slot, d2h=lane, dwrite=writes, q_prev=dict(before))))
+            out.append((mult * share, _with(slot, d2h=lane, dwrite=writes, q_prev=dict(before))))
     return out
 
 
@@ -758,7 +765,7 @@ def _relayed(slot: _Slot, pin: dict[str, float]) -> _Slot:
     pinned memory before all else in the first sub-step (its gather, kernels and KV pins wait), and
     their DMA starts when the copy ends."""
     first = {f: _plus(getattr(slot, f), pin, 1.0) for f in ("m0", "dk0", "kr0", "vr0") if getattr(slot, f)}
-    return replace(slot, w=_plus(slot.w, pin, 1.0), p0=_plus(slot.p0 or slot.p, pin, 1.0), **first)
+    return _with(slot, w=_plus(slot.w, pin, 1.0), p0=_plus(slot.p0 or slot.p, pin, 1.0), **first)
 
 
 @dataclass(frozen=True)
@@ -1538,6 +1545,16 @@ def lp_candidates_lazy(
         c.low = None if asked else c.low
         return bool(asked)
 
+    def implied(c: _Chain, lower: list[int]) -> bool:
+        """Whether the first LP of ``c`` fitting proves that of its flags at each gbs level in
+        ``lower`` fits (``_dominated``), so that level's first LPs need not be solved to learn it."""
+        cm = member(c, 0)[0]
+        for j in lower:
+            o = chains[j * len(flags) + c.order]
+            if o.i != 0 or not _dominated(member(o, 0)[0], cm):
+                return False
+        return True
+
     def advance(c: _Chain) -> None:
         i = c.i
         cm, layout = member(c, i)
@@ -1586,6 +1603,16 @@ def lp_candidates_lazy(
                 take()
             yield sol
             continue
+        lower = [j for j in range(blocking.level) if fit[j] is None]
+        if lower and blocking.i == 0 and implied(blocking, lower):
+            # its gbs exists if its first LP fits: that proves the smaller ones' fit (``_dominated``)
+            if not blocking.flags.pin_weight and unknown_twin(blocking):
+                continue
+            advance(blocking)
+            if blocking.prev < math.inf:  # it fitted
+                for j in lower:
+                    fit[j] = True
+            continue
         for j in range(blocking.level):  # does its gbs exist? the first LPs of smaller ones, in order
             while fit[j] is None:
                 advance(next(c for c in chains if c.level == j and not c.ended and c.i == 0))
@@ -1595,6 +1622,22 @@ def lp_candidates_lazy(
             if not blocking.flags.pin_weight and unknown_twin(blocking):
                 continue
             advance(blocking)
+
+
+def _dominated(small: CostModel, large: CostModel) -> bool:
+    """Whether every point that fits ``large``'s memory fits ``small``'s: the same bounds (>= 0, as
+    every fraction's are), and each memory row of ``small`` has no larger coefficient and no smaller
+    right-hand side (for x >= 0: a_s x <= a_l x <= b_l <= b_s). Then ``large`` feasible implies
+    ``small`` feasible. A smaller gbs at the same nb and flags is so (``memory_plan``: the weights do not
+    depend on the batch, every other term grows with it; ``tests/test_flexgen_lp_fit.py``); the search
+    checks it rather than assume it. Each comparison must hold, not merely fail to be refuted: a NaN
+    (unordered) proves nothing."""
+    if small.bounds != large.bounds or len(small.memory) != len(large.memory):
+        return False
+    for (cs, bs), (cl, bl) in zip(small.memory, large.memory, strict=True):
+        if not bs >= bl or not all(cs.get(v, 0.0) <= cl.get(v, 0.0) for v in cs.keys() | cl.keys()):
+            return False
+    return all(lo >= 0.0 for lo, _ in large.bounds.values())
 
 
 def _runnable(
@@ -1637,6 +1680,7 @@ def _runs(
     )
 
 
+@lru_cache(maxsize=64)  # the lazy search asks ~9,000 times a search, of a few flags
 def _twin(fl: Flags) -> Flags:
     """The pinned flags a ``--pin-weight 0`` LP differs from only by its pinning (``_host_free``)."""
     return replace(fl, pin_weight=True)
@@ -1709,7 +1753,7 @@ def search_free(
         evaluate_at = lambda w: evaluator(strategy, rig, model, w)  # noqa: E731
     ends = endpoints(rig)
     best, best_rate = None, 0.0
-    memo, read, judged = _Memo(), [], set()
+    memo, read, judged, placings = _Memo(), [], set(), _Placings()
     formats = unpinned_formats(rig, model, ends[1])
     first = _recorded(lp_candidates_lazy(rig, model, wl, ends, None, allow_lossy, formats, memo=memo), read)
     for second in (False, True):
@@ -1724,7 +1768,8 @@ def search_free(
             )
         else:
             sols = first
-        for plan in _confirmable(sols, model, ends, None, lambda p: replace(wl, batch=p.block_size), rig):
+        workload_of = lambda p: replace(wl, batch=p.block_size)  # noqa: E731
+        for plan in _confirmable(sols, model, ends, None, workload_of, rig, placings):
             if plan in judged:
                 continue  # the first pass judged it against a best that has only risen since
             judged.add(plan)
@@ -1846,13 +1891,35 @@ def _repinned(
     return again, replace(to_plan(again, model, ends[0], budget), wg=plan.wg, wc=plan.wc)
 
 
+@dataclass
+class _Placings:
+    """What ``_confirmable`` works out for each LP optimum it reads (its runtime placement, that
+    placement's times, its ``_repinned`` plan, their fits) and its placed cost models, kept for a second
+    ``_confirmable`` over the same search (same rig, model, ends, budget and ``workload_of``) reading
+    the same optima again: ``search_free``'s second pass reads the first pass's ranking (the same
+    ``LpSolution`` objects) before its own. Each answer is a function of the optimum alone, so reading
+    it here gives what working it out again would."""
+
+    done: dict[tuple[int, str], tuple[LpSolution, object]] = field(default_factory=dict)
+    models: dict[tuple, CostModel] = field(default_factory=dict)
+
+    def once(self, sol: LpSolution, stage: str, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)`` for ``sol`` at ``stage``, worked out the first time only (keyed by the
+        object, which the entry keeps alive, so its id is not reused)."""
+        got = self.done.get((id(sol), stage))
+        if got is None:
+            got = self.done[id(sol), stage] = sol, work(*args)
+        return got[1]
+
+
 def _confirmable(
-    sols: list[LpSolution],
+    sols: Iterable[LpSolution],
     model: ModelSpec,
     ends: tuple[str, str, str],
     budget: float | None,
     workload_of: Callable[[FlexGenPlan], Workload],
     rig: Rig,
+    placings: _Placings | None = None,
 ) -> list[FlexGenPlan]:
     """The plans worth confirming in the engine: the runtime's placement of the LP optima that fit in
     memory (rounding to whole percent and the per-tensor rule can push a full LP point past a
@@ -1868,9 +1935,11 @@ def _confirmable(
     0.8 %; llama2-13b 128+64 a repinned one 2 %). Reading every candidate instead gave the same
     plans on every problem checked (24 rigs' and models' headlines, free and fixed batch; 80 random).
     Each optimum's ``_repinned`` plan joins the placed ranking when its placed time is lower (the KV
-    given the GPU memory whole tensors left: OPT-6.7B 512 at 14 GB 33.77 -> 34.38 tok/s)."""
+    given the GPU memory whole tensors left: OPT-6.7B 512 at 14 GB 33.77 -> 34.38 tok/s).
+    ``placings``: a first ``_confirmable``'s work, where this one reads the same optima again."""
     strategy = get_strategy("flexgen")
-    models: dict[tuple, CostModel] = {}
+    memo = _Placings() if placings is None else placings
+    models, once = memo.models, memo.once
 
     def placed_model(sol: LpSolution, plan: FlexGenPlan, wl: Workload) -> CostModel:
         # a plan enters the cost model only through its weights' per-tensor split and, with CPU
@@ -1883,6 +1952,15 @@ def _confirmable(
             cm = models[key] = cost_model(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget, plan)
         return cm
 
+    def timed(
+        sol: LpSolution, plan: FlexGenPlan, wl: Workload, repin: bool = True
+    ) -> tuple[float | None, tuple[LpSolution, FlexGenPlan] | None]:
+        """``plan``'s placed time and (``repin``, where it has one) its ``_repinned`` plan."""
+        cm = placed_model(sol, plan, wl)
+        t = released_time_per_seq(sol, plan, rig, model, wl, ends, budget, cm)
+        again = _repinned(sol, plan, rig, model, wl, ends, budget, cm) if repin and t is not None else None
+        return t, again
+
     seen: set[FlexGenPlan] = set()
     placed: list[tuple[float, FlexGenPlan]] = []
     by_lp: list[tuple[float, FlexGenPlan]] = []
@@ -1892,24 +1970,26 @@ def _confirmable(
             len(by_lp) >= CONFIRM or sol.time_per_seq_s > by_lp[0][0] * CONFIRM_WITHIN
         ):  # (best is finite only once by_lp has a plan) the optimum's ranking may still want it
             break
-        plan = to_plan(sol, model, ends[0], budget)
+        plan = once(sol, "plan", to_plan, sol, model, ends[0], budget)
         if plan in seen:
             continue
-        plan = _runnable(sol, plan, rig, model, ends, budget, workload_of)
+        plan = once(sol, "runnable", _runnable, sol, plan, rig, model, ends, budget, workload_of)
         if plan is None or plan in seen:
             continue
         wl = workload_of(plan)
         seen.add(plan)
         by_lp.append((sol.time_per_seq_s, plan))
-        cm = placed_model(sol, plan, wl)
-        t = released_time_per_seq(sol, plan, rig, model, wl, ends, budget, cm)
+        t, again = once(sol, "timed", timed, sol, plan, wl)
         if t is not None:
             placed.append((t, plan))
             best = min(best, t)
-        again = _repinned(sol, plan, rig, model, wl, ends, budget, cm) if t is not None else None
-        if again is not None and again[1] not in seen and fits(strategy, again[1], rig, model, wl):
+        if (
+            again is not None
+            and again[1] not in seen
+            and once(sol, "fits", fits, strategy, again[1], rig, model, wl)
+        ):
             seen.add(again[1])
-            t2 = released_time_per_seq(*again, rig, model, wl, ends, budget, placed_model(*again, wl))
+            t2 = once(sol, "again", timed, *again, wl, False)[0]
             if t2 is not None and t2 < t * (1 - 1e-9):  # ties would only cost engine runs
                 placed.append((t2, again[1]))
                 best = min(best, t2)
