@@ -223,20 +223,24 @@ def compare(
     allow_lossy: bool = False,
     exact: bool = False,
     started: tuple[ProcessPoolExecutor, int] | None = None,
+    meanwhile: Callable[[], None] | None = None,
 ) -> list[Result]:
     """Every requested (default: every registered) strategy with its best plan, best first.
 
     ``workers > 1`` searches strategies in that many forked processes (the CLI uses the machine's
     cores); results are the same, in the same order, as with one. ``started``: a pool of that many
     workers forked already (``workers.early``; they count among ``workers``), given the costliest
-    jobs first. ``exact``: as for ``best_result``. Interrupted (``KeyboardInterrupt``: Ctrl-C, or
+    jobs first. ``exact``: as for ``best_result``. ``meanwhile``: the caller's own work, called once
+    while the last searches leave a forked worker's core free (``workers.scatter``; not called where
+    none is, nor when searching here). Interrupted (``KeyboardInterrupt``: Ctrl-C, or
     the CLI's SIGTERM), it raises ``CompareStopped`` with the strategies that had finished.
     """
     chosen = [get_strategy(s) for s in strategies] if strategies else all_strategies()
     names = [s.name for s in chosen]
     finished: dict[int, Result] = {}  # by index in ``chosen``, as each search's result arrives
     try:
-        _search_all(chosen, _Ask(p, objective, search, allow_lossy, exact), workers, started, finished)
+        ask = _Ask(p, objective, search, allow_lossy, exact)
+        _search_all(chosen, ask, workers, started, finished, meanwhile)
         results = sorted((finished[i] for i in range(len(names))), key=rank_key(objective))
         if trace_path and results and results[0].feasible:
             winner = get_strategy(results[0].strategy)
@@ -287,6 +291,7 @@ def _search_all(
     workers: int,
     started: tuple[ProcessPoolExecutor, int] | None,
     finished: dict[int, Result],
+    meanwhile: Callable[[], None] | None = None,
 ) -> None:
     """Each strategy's best result into ``finished`` (by index in ``chosen``) as it arrives: a job's
     results when its worker returns them (``compare``'s forked workers), or one by one when
@@ -302,11 +307,12 @@ def _search_all(
         # A pool forked here starts at its first job. Every worker routes copies, so each imports
         # networkx (~0.1 s) and builds the rig's graph itself, in parallel, not here first; the
         # solvers' modules are imported by the one worker that runs their search (OR-Tools' linear
-        # solver ~0.05 s, CP-SAT ~0.14 s).
+        # solver ~0.05 s, CP-SAT ~0.14 s). The pool forked here is let go when it has nothing left
+        # to run: its workers exit while ``started``'s last job runs (``started`` stays the caller's).
         try:
             with forked.frozen_heap(), forked.pool(more) if more > 0 else nullcontext() as late:
                 pools = ([started] if started else []) + ([(late, more)] if late else [])
-                forked.scatter(pools, calls, keep)
+                forked.scatter(pools, calls, keep, release=[late] if late else [], meanwhile=meanwhile)
             return
         except BrokenProcessPool:
             pass  # a worker was killed (out of memory?): search again here, one at a time

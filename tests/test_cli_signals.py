@@ -260,13 +260,13 @@ def best(s, *a, **k):
     if s.name == "flexgen":
         time.sleep(600)
     return real_best(s, *a, **k)
-def scatter(pools, calls, keep):
+def scatter(pools, calls, keep, **kw):
     def kept(i, result):  # the signal once a job's results are kept
         keep(i, result)
         if not sent:
             sent.append(1)
             os.killpg(os.getpgrp(), signal.SIGINT)
-    return real_scatter(pools, calls, kept)
+    return real_scatter(pools, calls, kept, **kw)
 sent = []
 api.best_result, api.forked.scatter = best, scatter
 commands._cores = lambda: 2

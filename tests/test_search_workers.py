@@ -252,3 +252,136 @@ def test_compare_forks_its_workers_before_typer_imports_pydantic():
     a worker forked after it waited for, and needs none of)."""
     out = subprocess.run([sys.executable, "-c", _FORKED_WHEN], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "2 [[]]"
+
+
+def test_scatter_lets_a_released_pool_go_while_another_pools_call_runs():
+    """A pool in ``release`` with nothing left to run is shut down while the other pool's last call
+    still runs (its workers exit meanwhile); a pool not in ``release`` stays open for its caller."""
+    kept, released = ThreadPoolExecutor(1, "kept"), ThreadPoolExecutor(1, "released")
+
+    def refuses(executor: ThreadPoolExecutor) -> bool:
+        try:
+            executor.submit(int).result()
+        except RuntimeError:  # cannot schedule new futures after shutdown
+            return True
+        return False
+
+    def long_call() -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if refuses(released):
+                return True
+            time.sleep(0.005)
+        return False
+
+    try:
+        seen = workers.scatter([(kept, 1), (released, 1)], [(long_call, ()), (int, ())], release=[released])
+        assert seen == [True, 0]
+        assert not refuses(kept)
+    finally:
+        kept.shutdown()
+        released.shutdown()
+
+
+_FORKED_WITH = """
+import sys
+from contextlib import contextmanager
+from hetsim import workers
+from hetsim.cli import commands
+seen = []
+@contextmanager
+def early(n, modules):
+    seen.append((n, list(modules), "hetsim.api" in sys.modules))
+    yield None
+workers.early = early
+commands._cores = lambda: 2
+commands.main(["compare", "--model", "no-such-model", "--hw", "mixed-lab", *sys.argv[1:]])
+print(seen)
+"""
+
+
+@FORK
+@pytest.mark.parametrize(
+    ("args", "flexgen"),
+    [([], True), (["--strategies", "flexgen,gpu-only"], True), (["--strategies", "hetegen,gpu-only"], False)],
+)
+def test_the_parent_imports_the_search_before_the_fork_and_the_early_worker_flexgens_lp(args, flexgen):
+    """The parent imports ``hetsim.api`` once, before forking (it needs it before the first job
+    anyway; a worker would import it again); where FlexGen is searched the early worker imports its
+    LP solver too, before FlexGen's job, the first, arrives."""
+    from hetsim.cli.commands import FLEXGEN_MODULES
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FORKED_WITH, *args], capture_output=True, text=True, check=True
+    ).stdout
+    modules = [*SEARCH_MODULES, *(FLEXGEN_MODULES if flexgen else ())]
+    assert out.strip() == repr([(1, modules, True)])
+
+
+@pytest.mark.parametrize("released", [True, False])
+@pytest.mark.parametrize("long_first", [True, False])
+def test_scatter_calls_meanwhile_once_a_worker_is_idle_while_the_last_call_runs(released, long_first):
+    """``meanwhile`` (the caller's own work: the CLI imports rich's tables) runs once, here, as soon
+    as a worker has nothing left to run while another's last call still runs: its core is free,
+    whichever pool it is in and whether or not that pool is let go (it was called only when a
+    released pool was done first: never where the caller's own pool, FlexGen's, finished first)."""
+    first, second = ThreadPoolExecutor(1, "first"), ThreadPoolExecutor(1, "second")
+    called = threading.Event()
+    calls = []
+
+    def meanwhile() -> None:
+        calls.append(threading.current_thread() is threading.main_thread())
+        called.set()
+
+    long, short = (called.wait, (10,)), (int, ())
+    try:
+        results = workers.scatter(
+            [(first, 1), (second, 1)],
+            [long, short] if long_first else [short, long],
+            release=[first, second] if released else [],
+            meanwhile=meanwhile,
+        )
+    finally:
+        first.shutdown()
+        second.shutdown()
+    assert results == ([True, 0] if long_first else [0, True])  # the long call saw it called
+    assert calls == [True]
+
+
+def test_scatter_does_not_call_meanwhile_where_no_worker_idles_before_the_end():
+    one, calls = ThreadPoolExecutor(1, "one"), []
+    try:
+        results = workers.scatter([(one, 1)], [(int, ()), (int, ())], meanwhile=lambda: calls.append(1))
+    finally:
+        one.shutdown()
+    assert (results, calls) == ([0, 0], [])
+
+
+_EXIT_WITH_SLOW_MANAGERS = """
+import sys, time
+import concurrent.futures.process as cfp
+from hetsim.cli import commands
+joined = cfp._ExecutorManagerThread.join_executor_internals
+def join_slowly(self):  # a pool's manager thread, descheduled for a while (a loaded machine)
+    time.sleep(0.3)
+    joined(self)
+cfp._ExecutorManagerThread.join_executor_internals = join_slowly
+commands._cores = lambda: 2
+code = commands.main(["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "1", "--prompt-len",
+                      "16", "--gen-len", "2", "--format", "json", "--strategies",
+                      "gpu-only,accelerate,layer-offload"])
+print(code, any(t.is_alive() for t in list(cfp._threads_wakeups)))
+"""
+
+
+@FORK
+def test_a_compare_returns_with_its_released_pools_workers_joined():
+    """Pools let go without waiting (the late one in ``scatter``, the early one after ``compare``)
+    are still waited for before the command returns (their workers exit meanwhile): left to the
+    interpreter's exit, CPython 3.11's ``_python_exit`` wakes each live manager thread without its
+    lock, racing the thread closing that pipe ("OSError: [Errno 9] Bad file descriptor" at exit)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _EXIT_WITH_SLOW_MANAGERS], capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.splitlines()[-1] == "0 False", out.stderr
+    assert out.stderr == ""
