@@ -50,7 +50,7 @@ def _start(modules: Sequence[str]) -> None:
         gc.freeze()
 
 
-class _Pool(ProcessPoolExecutor):
+class JoinedPool(ProcessPoolExecutor):
     """A process pool whose ``shutdown(wait=False)`` (a pool let go: ``scatter``'s ``release``) lets
     its workers exit while the caller goes on, and whose later ``shutdown()`` (its ``with`` block's
     end) still waits for them. The standard one forgets its manager thread at the first and leaves
@@ -64,15 +64,22 @@ class _Pool(ProcessPoolExecutor):
         # the manager thread is private: the standard library has no public way to wait for it later
         going = getattr(self, "_executor_manager_thread", None) or self._going
         super().shutdown(wait, cancel_futures=cancel_futures)
-        self._going = None if wait else going
-        if wait and going is not None:
-            going.join()
+        self._going = going
+        if wait:
+            self.join_manager()
+
+    def join_manager(self, timeout: float | None = None) -> None:
+        """Wait (at most ``timeout`` s) for the manager thread of a pool shut down without waiting."""
+        if self._going is not None:
+            self._going.join(timeout)
+            if not self._going.is_alive():
+                self._going = None
 
 
 def pool(workers: int, modules: Sequence[str] = ()) -> ProcessPoolExecutor:
     """``workers`` forked processes (forked at the first submit, all of them) that import ``modules``."""
     ctx = multiprocessing.get_context("fork")  # children inherit the loaded modules
-    return _Pool(workers, mp_context=ctx, initializer=_start, initargs=(tuple(modules),))
+    return JoinedPool(workers, mp_context=ctx, initializer=_start, initargs=(tuple(modules),))
 
 
 @contextmanager

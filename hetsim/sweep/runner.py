@@ -276,10 +276,11 @@ def stoppable_pool(
     to this process (``_worker_signals``, before ``initializer``). Left by an exception (an
     interrupt delivered), queued tasks are dropped and running workers terminated, not waited for."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+
+    from hetsim.workers import JoinedPool
 
     with _signals_at_safe_points() as deliver:
-        pool = ProcessPoolExecutor(
+        pool = JoinedPool(
             max_workers=workers,
             mp_context=_context(mp),
             initializer=_start_worker,
@@ -298,6 +299,8 @@ def stoppable_pool(
                     proc.terminate()
                 for proc in procs:
                     proc.join(timeout=5)
+                # and its manager thread, not left to the interpreter's exit (``JoinedPool``)
+                pool.join_manager(timeout=5)
 
 
 def _start_worker(initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> None:
