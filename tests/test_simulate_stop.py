@@ -70,6 +70,8 @@ def test_a_stopped_simulate_prints_how_far_it_got_marked_partial(signalled, plan
     whole = simulate(strategy, plan, p.rig, p.model, p.workload)
     assert partial["ttft_s"] == whole.ttft_s
     assert partial["ttft_s"] < partial["simulated_s"] < whole.e2e_s
+    peaks = partial["peak_mem_bytes"]  # reached by the stop: none above the whole run's
+    assert peaks and all(0 < peaks[d] <= whole.peak_mem_bytes[d] for d in peaks)
     assert err == (
         f"interrupted by {sig}: hetsim simulate stopped (how far it got is printed, marked partial: "
         f"{partial['tokens']} of {partial['tokens_total']} tokens made by simulated "
@@ -87,7 +89,8 @@ def test_a_stopped_simulate_marks_its_table_partial_and_leaves_the_trace_alone(
     )
     assert returncode == 130, err
     assert re.fullmatch(
-        r"PARTIAL: flexgen stopped by SIGINT at simulated \S+ s: \d+ of 1152000 tokens made, TTFT \S+ s; "
+        r"PARTIAL: flexgen stopped by SIGINT at simulated \S+ s: \d+ of 1152000 tokens made, TTFT \S+ s, "
+        r"peak memory so far \S+ \S+ \(n0\.\S+\); "
         rf"no metrics: they are over the whole generation; trace not written, {re.escape(str(trace))} "
         r"is left as it was\n",
         out,
@@ -127,8 +130,16 @@ def test_progress_counts_the_tokens_made_before_the_stop(monkeypatch):
         "tokens": 4 * 4,
         "tokens_total": 4 * 200,
         "ttft_s": whole.ttft_s,
+        "peak_mem_bytes": progress["peak_mem_bytes"],
     }
     assert whole.ttft_s < progress["simulated_s"] < whole.e2e_s
+    # the peaks reached by the stop: the devices the whole run used, none above its peak; the GPU's
+    # (weights and the whole KV cache, booked before the first step) already reached
+    peaks = progress["peak_mem_bytes"]
+    assert peaks.keys() == whole.peak_mem_bytes.keys()
+    assert all(0 < peaks[d] <= whole.peak_mem_bytes[d] for d in peaks)
+    gpu = max(whole.peak_mem_bytes, key=lambda d: ("gpu" in d, whole.peak_mem_bytes[d]))
+    assert peaks[gpu] == whole.peak_mem_bytes[gpu]
 
 
 def test_no_ttft_while_processes_make_tokens_apart(monkeypatch):

@@ -579,11 +579,14 @@ def _emit_simulate_partial(fmt: str, p: api.Problem, partial: dict[str, Any], tr
 
 
 def _simulate_progress(partial: dict[str, Any]) -> str:
+    from hetsim.report import fmt_peak
+
     ttft = partial["ttft_s"]
     return (
         f"{partial['strategy']} stopped by {partial['stopped_by']} at simulated "
         f"{partial['simulated_s']:.6g} s: {partial['tokens']} of {partial['tokens_total']} tokens made, "
         + ("no TTFT (not every first token counted)" if ttft is None else f"TTFT {ttft:.6g} s")
+        + f", peak memory so far {fmt_peak(partial['peak_mem_bytes'])}"
     )
 
 
