@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import stat
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,7 +59,7 @@ def read_text(path: str | Path) -> str:
     """A file's text as UTF-8; a missing, unreadable or non-UTF-8 file is an InputError."""
     source = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = _read_bytes(Path(path))
     except FileNotFoundError:
         raise InputError("no such file", source=source) from None
     except IsADirectoryError:
@@ -68,6 +70,45 @@ def read_text(path: str | Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"not a UTF-8 text file (byte {exc.start})", source=source) from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    """``path``'s bytes; a named pipe is opened without waiting for a writer (a plain open blocks
+    until one comes, for ever if none does), then read to its end: what a writer sends, or nothing."""
+    if not stat.S_ISFIFO(path.stat().st_mode):
+        return path.read_bytes()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    os.set_blocking(fd, True)  # a writer's data is waited for; with none the read ends at once
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _too_long() -> str:
+    return f"an integer longer than {sys.get_int_max_str_digits()} digits"
+
+
+def _int_or_refused(loader: StrictLoader, node: yaml.ScalarNode) -> int:
+    """YAML's int, or a YAML error for one longer than Python converts (``sys.get_int_max_str_digits``)."""
+    try:
+        return loader.construct_yaml_int(node)  # type: ignore[no-any-return]
+    except ValueError:
+        raise yaml.constructor.ConstructorError(None, None, _too_long(), node.start_mark) from None
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:int", _int_or_refused)
+
+
+def parse_json(text: str, source: str) -> Any:
+    """JSON text; a syntax error, or an integer too long to convert, is an InputError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"at line {e.lineno} column {e.colno}"
+        raise InputError(f"malformed JSON: {e.msg} {where}", source=source) from None
+    except ValueError:  # only the integer digit limit (sys.get_int_max_str_digits) raises this
+        raise InputError(f"malformed JSON: {_too_long()}", source=source) from None
+    except RecursionError:
+        raise InputError("malformed JSON: nested too deeply", source=source) from None
 
 
 def parse_yaml(text: str, source: str) -> Any:

@@ -730,7 +730,7 @@ def _main(argv: Sequence[str] | None) -> int:
 # output (its directory missing, a directory given) that is not the command's main input; and
 # flags taking a name or a file, whose errors about a name (no such file) would show the name alone.
 FILE_FLAGS = ("--routing-profile", "--trace", "--out")
-NAME_FLAGS = ("--hw",)
+NAME_FLAGS = ("--hw", "--slo-ref")
 
 
 def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:
