@@ -162,13 +162,24 @@ def open_whole(path: str | Path, mode: str = "w", *, newline: str | None = None)
     writing the same path leave one's file, never bytes of both; an interrupted or failed write
     leaves the old file (and no temporary one). Otherwise as a plain open: a symlink's file is
     written (the link stays), an existing file keeps its mode, a new one gets the umask's, and an
-    error names ``path`` (not the temporary file)."""
+    error names ``path`` (not the temporary file). A path that is there and no regular file (a
+    named pipe, ``/dev/null``, ``/dev/stdout``) is written in place: there is no file to replace,
+    and renaming over it would put a regular file where the device was (as root, ``/dev/null``)."""
     target = Path(os.path.realpath(path))
     try:
         st = os.stat(target)
         kept = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
     except OSError:  # none yet (or unreadable: the open below says why)
-        kept = None
+        st, kept = None, None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        try:
+            with open(path, mode, encoding=None if "b" in mode else "utf-8", newline=newline) as f:
+                yield f
+        except OSError as exc:
+            if exc.errno is not None:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            raise
+        return
     tmp = temp_beside(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
