@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,11 +56,20 @@ StrictLoader.add_implicit_resolver(
 )
 
 
+# The most bytes a user file may hold (a trace at MAX_REQUESTS rows is a few MB): a character device
+# that never ends (/dev/zero, /dev/urandom) was read whole, until MemoryError or the OOM killer.
+MAX_TEXT_BYTES = 256 * 2**20
+# Seconds a named pipe with no writer yet waits for one (``mkfifo p; hetsim ... p & producer > p``);
+# none by then: an InputError, not a wait for ever.
+FIFO_WAIT_S = 10.0
+_CHUNK = 1 << 20
+
+
 def read_text(path: str | Path) -> str:
-    """A file's text as UTF-8; a missing, unreadable or non-UTF-8 file is an InputError."""
+    """A file's text as UTF-8; a missing, unreadable, endless or non-UTF-8 file is an InputError."""
     source = str(path)
     try:
-        data = _read_bytes(Path(path))
+        data = _read_bytes(Path(path), source)
     except FileNotFoundError:
         raise InputError("no such file", source=source) from None
     except IsADirectoryError:
@@ -72,15 +82,38 @@ def read_text(path: str | Path) -> str:
         raise InputError(f"not a UTF-8 text file (byte {exc.start})", source=source) from None
 
 
-def _read_bytes(path: Path) -> bytes:
-    """``path``'s bytes; a named pipe is opened without waiting for a writer (a plain open blocks
-    until one comes, for ever if none does), then read to its end: what a writer sends, or nothing."""
-    if not stat.S_ISFIFO(path.stat().st_mode):
-        return path.read_bytes()
+def _read_bytes(path: Path, source: str) -> bytes:
+    """``path``'s bytes, at most ``MAX_TEXT_BYTES``. Opened without waiting (a plain open of a named
+    pipe blocks until a writer comes, for ever if none does), then read to its end; a pipe with no
+    writer yet is waited on for ``FIFO_WAIT_S`` (one connected, as ``<(cmd)``'s, is read as long as
+    it writes)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    os.set_blocking(fd, True)  # a writer's data is waited for; with none the read ends at once
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
+    try:
+        fifo = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        deadline = time.monotonic() + FIFO_WAIT_S
+        chunks: list[bytes] = []
+        size, writer = 0, not fifo
+        while True:
+            try:
+                chunk = os.read(fd, _CHUNK)
+            except BlockingIOError:  # a writer is there, nothing written yet: wait for its bytes
+                writer = True
+                os.set_blocking(fd, True)
+                continue
+            if chunk:
+                writer = True
+                size += len(chunk)
+                if size > MAX_TEXT_BYTES:
+                    raise InputError(f"more than {MAX_TEXT_BYTES // 2**20} MiB", source=source)
+                chunks.append(chunk)
+                continue
+            if writer:  # the end of a file, or of what the pipe's writer sent
+                return b"".join(chunks)
+            if time.monotonic() >= deadline:
+                raise InputError(f"a named pipe nobody wrote to within {FIFO_WAIT_S:g} s", source=source)
+            time.sleep(0.02)  # no writer yet (a read of a pipe without one ends at once)
+    finally:
+        os.close(fd)
 
 
 def _too_long() -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
+import hetsim.textfiles
 from hetsim.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +50,10 @@ def _one_line(code: int, err: str) -> str:
 
 # ---- a named pipe nobody writes to: opening it for reading waited for a writer for ever ----------
 @pytest.mark.parametrize("kind", ["config", "plan", "trace", "sweep", "routing"])
-def test_a_named_pipe_with_no_writer_is_read_as_empty_not_waited_on(tmp_path, capsys, kind):
+def test_a_named_pipe_with_no_writer_is_waited_on_for_a_while_not_for_ever(
+    tmp_path, capsys, monkeypatch, kind
+):
+    monkeypatch.setattr(hetsim.textfiles, "FIFO_WAIT_S", 0.1)
     fifo = tmp_path / "input"
     os.mkfifo(fifo)
     args = {
@@ -58,7 +64,52 @@ def test_a_named_pipe_with_no_writer_is_read_as_empty_not_waited_on(tmp_path, ca
         "routing": ["compare", "--model", "mixtral-8x7b", "--hw", "mixed-lab", *SMALL,
                     "--strategies", "moe-offload", "--routing-profile", str(fifo)],
     }[kind]  # fmt: skip
-    assert str(fifo) in _one_line(*_run(args, capsys))
+    assert f"{fifo}: a named pipe nobody wrote to within 0.1 s" in _one_line(*_run(args, capsys))
+
+
+def test_a_named_pipe_whose_writer_comes_later_is_read_whole(tmp_path, capsys, monkeypatch):
+    """``mkfifo p; hetsim model show p & producer > p``: the producer may open the pipe after hetsim
+    did. Before, a pipe with no writer at the first read was read as empty (malformed JSON)."""
+    monkeypatch.setattr(hetsim.textfiles, "FIFO_WAIT_S", 60.0)
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    text = (ROOT / "tests/data/hf-configs/Llama-2-7B/config.json").read_text()
+    opened = threading.Event()
+
+    def write():  # once hetsim has the pipe open (a non-blocking open for writing needs a reader)
+        while not opened.is_set():
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                opened.wait(0.01)
+                continue
+            os.close(fd)  # a writer that came and went, writing nothing: hetsim waits on
+            opened.set()
+        opened.wait(1.0)  # then one that comes later still (the old read ended at once)
+        with open(fifo, "w") as f:
+            f.write(text)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    code, err = _run(["model", "show", str(fifo), "--format", "json"], capsys)
+    writer.join(HANG_S)
+    assert code == 0, err
+
+
+def test_an_endless_device_is_refused_not_read_until_memory_runs_out(tmp_path):
+    """/dev/zero as a file: before, read whole until MemoryError (here under a 2 GiB address-space
+    limit; without one, until the OOM killer came)."""
+    resource = pytest.importorskip("resource")
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    limit = (2 * 2**30, 2 * 2**30)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from hetsim.cli import main; sys.exit(main(sys.argv[1:]))",
+         "model", "show", "/dev/zero"],
+        capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, limit),
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (2, "error: /dev/zero: more than 256 MiB\n")
 
 
 def test_a_named_pipe_with_a_writer_is_read_whole(tmp_path, capsys):
