@@ -131,13 +131,30 @@ def _int_or_refused(loader: StrictLoader, node: yaml.ScalarNode) -> int:
 StrictLoader.add_constructor("tag:yaml.org,2002:int", _int_or_refused)
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refusing_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (``json`` would keep the last one's value, silently)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
 def parse_json(text: str, source: str) -> Any:
-    """JSON text; a syntax error, or an integer too long to convert, is an InputError."""
+    """JSON text; a syntax error, a key given twice in an object (as ``parse_yaml``), or an integer
+    too long to convert is an InputError."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_refusing_duplicates)
     except json.JSONDecodeError as e:
         where = f"at line {e.lineno} column {e.colno}"
         raise InputError(f"malformed JSON: {e.msg} {where}", source=source) from None
+    except _DuplicateKey as e:
+        raise InputError(f"malformed JSON: duplicate key {e.args[0]!r}", source=source) from None
     except ValueError:  # only the integer digit limit (sys.get_int_max_str_digits) raises this
         raise InputError(f"malformed JSON: {_too_long()}", source=source) from None
     except RecursionError:

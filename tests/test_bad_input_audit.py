@@ -149,6 +149,22 @@ def test_a_huge_integer_in_json_is_one_line(tmp_path, capsys, kind):
     assert err == f"error: {f}: malformed JSON: an integer longer than 4300 digits\n"
 
 
+@pytest.mark.parametrize("kind", ["config", "plan"])
+def test_a_key_given_twice_in_json_is_refused(tmp_path, capsys, plans, kind):
+    """As YAML's loader does. Before, the last one's value was kept, silently: a plan edited by
+    adding a line (the first ``micro_batches`` left above it) ran the second."""
+    f = tmp_path / "doc.json"
+    if kind == "config":
+        text = (ROOT / "tests/data/hf-configs/Llama-2-7B/config.json").read_text()
+        f.write_text(text.replace('"vocab_size": ', '"vocab_size": 7, "vocab_size": ', 1))
+        args, key = ["model", "show", str(f)], "vocab_size"
+    else:
+        text = json.dumps(plans["gpu-only"])
+        f.write_text(text.replace('"micro_batches": 1', '"micro_batches": 1, "micro_batches": 1', 1))
+        args, key = ["simulate", "--plan", str(f)], "micro_batches"
+    assert _one_line(*_run(args, capsys)) == f"error: {f}: malformed JSON: duplicate key '{key}'\n"
+
+
 # ---- flags ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("args", "line"),
