@@ -708,10 +708,10 @@ from hetsim.stopping import keeping
 stop.STOP_GRACE_S, stop.KEEP_CAP_S = 0.2, 0.5
 
 def stopped(argv):
-    try:
-        signal.raise_signal(signal.SIGTERM)
-    finally:
-        with keeping():
+    with keeping():  # entered before the signal: the 0.2 s grace clock cannot run out first
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:  # the command unwinds to what it keeps
             sys.stdout.write('{"partial": ')
             sys.stdout.flush()
             threading.Event().wait()  # as a write blocked on a full pipe
