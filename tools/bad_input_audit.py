@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import hetsim.textfiles
 from hetsim.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -477,9 +478,9 @@ def test_rig(name, cmd, tmp_path, audit, monkeypatch):
     audit(f"rig {cmd} {name}", args)
 
 
-@pytest.mark.parametrize("args_kind", ["dir", "missing", "devnull", "fifo"])
-def test_rig_paths(args_kind, tmp_path, audit):
-
+@pytest.mark.parametrize("args_kind", ["dir", "missing", "devnull", "devzero", "fifo"])
+def test_rig_paths(args_kind, tmp_path, audit, monkeypatch):
+    monkeypatch.setattr(hetsim.textfiles, "FIFO_WAIT_S", 0.2)  # a pipe with no writer: 10 s each else
     if args_kind == "dir":
         p = tmp_path / "d.yaml"
         p.mkdir()
@@ -487,6 +488,8 @@ def test_rig_paths(args_kind, tmp_path, audit):
         p = tmp_path / "m.yaml"
     elif args_kind == "devnull":
         p = Path("/dev/null")
+    elif args_kind == "devzero":  # endless: read until memory ran out before MAX_TEXT_BYTES
+        p = Path("/dev/zero")
     else:
         p = tmp_path / "f.yaml"
         os.mkfifo(p)
