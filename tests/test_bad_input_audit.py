@@ -288,3 +288,23 @@ def test_a_trace_with_an_extra_column_still_runs(tmp_path, capsys):
         ["serve", "--model", "llama2-7b", "--hw", "hexgen-half-budget", "--requests", str(f)], capsys
     )
     assert code == 0
+
+
+# ---- sweep YAML: names that become paths ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [({"name": "../../escaped"}, "name"),
+     ({"plots": [{"kind": "line", "x": "batch", "name": "../p"}]}, "plots[0].name")],
+)  # fmt: skip
+def test_a_sweep_name_that_is_a_path_is_refused(tmp_path, capsys, doc, field):
+    """The sweep's name is its folder under ``out``, a plot's its file: before, "../../escaped"
+    wrote the results two folders above the spec's ``out``."""
+    base = {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 1}
+    spec = tmp_path / "a" / "b" / "s.yaml"
+    spec.parent.mkdir(parents=True)
+    spec.write_text(yaml.safe_dump({"name": "n", "base": base, "grids": [{"strategy": ["gpu-only"]}], **doc}))
+    err = _one_line(*_run(["sweep", str(spec), "--workers", "1"], capsys))
+    assert err.startswith(
+        f"error: {spec}: {field}: must be a plain name (no path separator, not '.' or '..'), got "
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
