@@ -469,6 +469,33 @@ def test_cpu_attention_disk_share_of_a_percent_or_more_rounds_to_the_nearest_per
     assert (remainder.cg, remainder.cc) == (2, 96)
 
 
+def test_gpu_attention_disk_share_rounds_to_the_nearest_percent_too():
+    """llama2-70b on hexgen-homogeneous, 512 + 32, GPU attention 96 x 32: the LP's optimum puts the KV
+    0.09/52.99/46.92 % on GPU/CPU/disk. Flooring the CPU's share and giving the disk the rest (0/52/48)
+    ran 48.14 tok/s against 48.35 at 0/53/47, and the LP's own time at the placement agrees (0.6646 vs
+    0.6608 s a sequence): the remainder of two floors went to the slowest tier. The disk's nearest
+    percent, as for CPU attention, gives 0/53/47 (review of s15-16c: the branch's smaller GPU working
+    set let the optimum put 0.07 % more on the GPU, and the floor took a percent from the CPU)."""
+    x = {
+        "wg": 0.0,
+        "wc": 1.0,
+        "wd": 0.0,
+        "cg": 0.0009,
+        "cc": 0.5299,
+        "cd": 0.4692,
+        "hg": 1.0,
+        "hc": 0.0,
+        "hd": 0.0,
+    }
+    from hetsim.planner.flexgen_lp import LpSolution
+
+    sol = LpSolution(96, 32, Flags(False, False), x, 2029.0, 0.6605)
+    plan = to_plan(sol, get_model("llama2-70b"), "n0.gpu0", None)
+    assert (plan.cg, plan.cc, plan.cd) == (0, 53, 47)
+    remainder = to_plan(sol, get_model("llama2-70b"), "n0.gpu0", None, nearest_disk=False)
+    assert (remainder.cg, remainder.cc, remainder.cd) == (0, 52, 48)
+
+
 def test_the_cut_off_keeps_the_optimums_ranking_when_a_placed_time_is_below_its_optimum():
     """_confirmable stops reading optima past 15 % of the best placed time; a placed time can be
     below its own optimum (the placed cost model is not the LP's: llama2-13b on mixed-lab, 128+64,

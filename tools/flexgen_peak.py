@@ -30,6 +30,7 @@ import csv
 import sys
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from flexgen import pytorch_backend as pb
@@ -157,8 +158,9 @@ def measure(
     """One call of ``kind`` at ``batch``; ``tokens`` is the prompt length (prefill: mha) or the KV
     length including the new token (decode: mha_gen); the embeddings and the MLP run on ``tokens``
     positions (prefill; 1 is decode). ``compress_weight``: the matrices 4-bit on the GPU;
-    ``compress_cache``: the KV cache 4-bit (attention on the GPU). ``kv_out_bytes``: the bytes of the
-    K and V an attention call returns (what waits in cache_write_buf for its store)."""
+    ``compress_cache``: the KV cache 4-bit (on the GPU, or with ``mha_gen_cpu`` on the CPU, decompressed
+    into the host's fp32 workspace: ``workspace_bytes``, made before the call). ``kv_out_bytes``: the
+    bytes of the K and V an attention call returns (what waits in cache_write_buf for its store)."""
     pb.fix_recursive_import()
     dev = pb.TorchDevice("cpu")  # stands for the GPU: every layer's compute device (flex_opt.py)
     dev.device_type = pb.DeviceType.CUDA  # decompress's GPU branch (its CPU one uses a workspace)
@@ -177,6 +179,7 @@ def measure(
         return packed
 
     b, s, h = batch, tokens, hidden
+    workspace = 0  # host bytes of the CPU attention's workspace (allocated before the call, not counted)
     q_len = 1 if kind.startswith("mha_gen") else s
     mask_device = CPU if kind == "mha_gen_cpu" else GPU
     mask = _tensor(mode.resident(torch.ones(b, s, dtype=torch.bool), mask_device), dev)
@@ -202,7 +205,25 @@ def measure(
             else:  # the cache as load_cache leaves it: on the GPU (fp16) or in the CPU workspace (fp32)
                 dtype, device = (f16, GPU) if kind == "mha_gen_gpu" else (torch.float32, CPU)
                 shape = (s, b * heads, h // heads)
-                if compress_cache:  # as the GPU's compressed device stores it: data and scales
+                if compress_cache and kind == "mha_gen_cpu":
+                    # --cpu-cache-compute: load_cache's path 0 to the CPU's compressed device leaves the
+                    # home cache itself (smart_copy, pytorch_backend.py:142-145), and mha_gen decompresses
+                    # it into the CPU's fp32 workspace, made once by init_attention_compute_workspace
+                    # (compression.py:61-82, 175-180); the cache's s slots are all the home holds
+                    host = pb.TorchDevice("cpu")
+                    cfg = SimpleNamespace(n_head=heads, input_dim=h)
+                    task = SimpleNamespace(prompt_len=s, gen_len=1)
+                    policy = SimpleNamespace(gpu_batch_size=b, comp_cache_config=CACHE_4BIT)
+                    host.compressed_device.init_attention_compute_workspace(cfg, task, policy)
+                    for t in host.compressed_device.data_decompress_workspace:
+                        workspace += mode.resident(t, CPU).untyped_storage().nbytes()
+                    k, v = (
+                        host.compressed_device.compress(torch.randn(shape, dtype=f16), CACHE_4BIT)
+                        for _ in "kv"
+                    )
+                    for part in (*k.data[:2], *v.data[:2]):
+                        mode.resident(part.data, CPU)
+                elif compress_cache:  # as the GPU's compressed device stores it: data and scales
                     k, v = (
                         dev.compressed_device.compress(torch.randn(shape, dtype=f16), CACHE_4BIT)
                         for _ in "kv"
@@ -231,6 +252,7 @@ def measure(
         "gpu_peak_bytes": mode.peak[GPU],
         "cpu_peak_bytes": mode.peak[CPU],
         "kv_out_bytes": kv_out,
+        "workspace_bytes": workspace,
     }
 
 
@@ -270,7 +292,9 @@ def main() -> int:
         rows += [measure(kind, b, 1, *rest) for kind in ("input_embed", "mlp", "output_embed")]
     rows += [measure(kind, *shape, compress_weight=True) for kind in KINDS for shape in SHAPES]
     rows += [
-        measure(kind, *shape, compress_cache=True) for kind in ("mha", "mha_gen_gpu") for shape in SHAPES
+        measure(kind, *shape, compress_cache=True)
+        for kind in ("mha", "mha_gen_gpu", "mha_gen_cpu")
+        for shape in SHAPES
     ]
     out = DATA / "flexgen-peak-0.1.8.csv"
     with out.open("w", newline="") as f:

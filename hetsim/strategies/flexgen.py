@@ -223,6 +223,12 @@ class _Runner:
         self.kv_tok = kv_token_bytes(model, plan.compress_cache)
         self.kv_parts = copy_parts(plan.compress_cache)  # a cache tensor's copies, in order
         self.off_kv = self.f.cc + self.f.cd
+        # a compressed cache read where it lives (by GPU attention on the GPU, CPU attention on the CPU)
+        # is decompressed whole, its allocated slots; elsewhere load_cache copies kv_len of them
+        home = plan.compress_cache and plan.kv_home == ("c" if self.cpu_att else "g")
+        self.home_slots = workload.prompt_len + workload.gen_len - 1 if home else 0
+        # compressed CPU attention reading a cache it must copy first (on the GPU or the disk)
+        self.kv_remote = self.f.cg + self.f.cd if self.cpu_att and plan.compress_cache else 0.0
         self.steps = list(steps(workload))
         # Per-runner memos of what every position recomputes alike (the same objects and floats as
         # computed afresh): without them, each look-up hashes the model through lru_cache.
@@ -301,9 +307,26 @@ class _Runner:
     def load_cache(self, e, step: Step, j: int, gbs: int, sync=None) -> tuple[list, object | None]:
         """Events on copy streams, and (CPU attention) the blocking gather into the fp32 workspace
         (issued on ``sync``, the engine, when ``e`` books copies as times: see ``_Booked``)."""
-        if self.kinds[j] != "attention" or step.phase == "prefill" or self.off_kv <= 0:
+        if (
+            self.kinds[j] != "attention"
+            or step.phase == "prefill"
+            or (self.off_kv <= 0 and not self.kv_remote)
+        ):
             return [], None
         ev = []
+        if self.cpu_att and self.plan.compress_cache:
+            # path 0 to the CPU's compressed device (flex_opt.py:345-347): a cache at home on the CPU is
+            # not copied (smart_copy, pytorch_backend.py:142-145); on the GPU or the disk, its kv_len
+            # slots are copied into new pinned host tensors (TorchDevice.allocate), each part by a
+            # general_copy of its own (``copy_parts``): a DMA on the load stream, or the copy threads'
+            # read of the disk file straight into them (:896-906, no relay for a CPU destination)
+            half = gbs * step.kv_len * self.kv_tok / 2
+            for _ in ("k", "v"):
+                for part in self.kv_parts:
+                    for src, share in ((self.gpu, self.f.cg), (self.disk, self.f.cd)):
+                        if share > 0:
+                            ev.append(e.transfer(src, self.cpu, half * part * share, label="load_cache"))
+            return ev, None
         if self.cpu_att:  # path 1: the prompt_len + i - 1 cached tokens into the workspace
             tokens = step.kv_len - 1
             return ev, self._gather(sync or e, gbs, tokens, gbs * tokens * self.kv_tok)
@@ -379,8 +402,9 @@ class _Runner:
             return []
         nbytes = gbs * step.seq_len * self.kv_tok
         ev = []
-        if step.phase == "decode" and self.cpu_att:
-            # The new K and V already went to the CPU with q; only the disk share moves on.
+        if step.phase == "decode" and self.cpu_att and not self.plan.compress_cache:
+            # The new K and V already went to the CPU with q; only the disk share moves on (with
+            # --compress-cache their 4-bit copies, made on the GPU, are stored as GPU attention's are).
             if self.f.cd > 0:
                 ev.append(e.transfer(self.cpu, self.disk, nbytes * self.f.cd, label="store_cache_disk"))
             return ev
@@ -416,7 +440,7 @@ class _Runner:
             self.off_kv,
             p.compress_weight,
             p.compress_cache,
-            self.workload.prompt_len + self.workload.gen_len - 1,  # the cache's allocated slots
+            self.home_slots,
         )
 
     def compute(self, e, step: Step, j: int, gbs: int):
@@ -610,7 +634,12 @@ class _Runner:
 
         def gather(step: Step, j: int) -> float:
             """The CPU gather ``load_cache`` issues for this cell, in the position before it."""
-            if not (self.cpu_att and self.f.cc > 0 and self.kinds[j] == "attention"):
+            if not (
+                self.cpu_att
+                and not self.plan.compress_cache
+                and self.f.cc > 0
+                and self.kinds[j] == "attention"
+            ):
                 return 0.0
             if step.phase == "prefill" or self.off_kv <= 0:
                 return 0.0

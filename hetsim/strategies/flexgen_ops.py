@@ -32,6 +32,17 @@ DECOMPRESS_KERNELS = (
     ("div_scale", 2.0 + GROUP_SCALE, 2.0),
     ("add_min", 2.0 + GROUP_SCALE, 2.0),
 )
+# decompress on the CPU (--cpu-cache-compute with --compress-cache): the same six ops into the
+# compressed device's fp32 workspace (compression.py:175-180, group dim 2, no fp16 tensor): the stores
+# and the in-place scale and min write 4 bytes per element
+HOST_DECOMPRESS_KERNELS = (
+    ("unpack_hi", 0.5, 0.5),
+    ("store_hi", 0.5, 2.0),
+    ("unpack_lo", 0.5, 0.5),
+    ("store_lo", 0.5, 2.0),
+    ("div_scale", FP32_BYTES + GROUP_SCALE, FP32_BYTES),
+    ("add_min", FP32_BYTES + GROUP_SCALE, FP32_BYTES),
+)
 # compress (compression.py: TorchCompressedDevice.compress) on the GPU, one PyTorch op each, none fused:
 # min and max over each group (values and int64 indices written), mx - mn, ``B / (mx - mn)`` (a
 # reciprocal, then a multiply), data - mn, mul_, clamp_, round_, .to(uint8), the pack (every other
@@ -139,7 +150,14 @@ def substep_ops(
     ``cpu_share`` = fraction of the KV cache off the GPU; with CPU attention in decode, that share
     of the attention runs on the CPU in fp32 over the gathered workspace and the rest on the GPU.
     ``home_slots`` = the token slots the KV cache is allocated for (prompt_len + gen_len - 1): what
-    a compressed cache kept on the GPU decompresses each decode step (0: not known, kv_len).
+    a compressed cache at home on the attention's device decompresses each decode step (0: not at
+    home there, or not known: the kv_len slots load_cache copied).
+
+    With CPU attention and --compress-cache the whole attention runs on the CPU whatever the cache's
+    tier (load_cache path 0 to the CPU's compressed device, flex_opt.py:345-347): mha_gen decompresses
+    K, then V, into the host's fp32 workspace (``HOST_DECOMPRESS_KERNELS``, host compute and DRAM
+    traffic), attends there in fp32, and compresses the new K and V on the GPU after the output
+    projection (pytorch_backend.py:403-423, 458-464).
     """
     wdeq: tuple[Op, ...] = ()
     if compress_weight:
@@ -155,8 +173,11 @@ def substep_ops(
     if kind == "mlp":
         return SubStepOps(wdeq + blocks.mlp)
     att = blocks.attention
-    kv_elems_new = gbs * seq * 2 * model.kv_heads * model.head_dim
-    kvq: tuple[Op, ...] = _quant("compress_kv", kv_elems_new, 2) if compress_cache else ()  # K and V
+
+    def kv_elems(slots: int) -> int:  # K and V of the batch over ``slots`` token slots
+        return gbs * slots * 2 * model.kv_heads * model.head_dim
+
+    kvq: tuple[Op, ...] = _quant("compress_kv", kv_elems(seq), 2) if compress_cache else ()  # K and V
     if phase == "prefill" or not cpu_attention:
         kvdq: tuple[Op, ...] = ()
         if compress_cache and phase == "decode":
@@ -165,12 +186,15 @@ def substep_ops(
             # cache on the GPU is not copied (smart_copy returns the home tensor), so mha_gen
             # decompresses all of it, then slices (pytorch_backend.py: mha_gen, decompress(k_cache))
             slots = home_slots if home_slots and cpu_share <= 0 else kv_len
-            loaded = gbs * slots * 2 * model.kv_heads * model.head_dim
-            kvdq = _dequant("dequant_kv", loaded, 2)
+            kvdq = _dequant("dequant_kv", kv_elems(slots), 2)
         return SubStepOps(wdeq + kvdq + att + kvq)
     split = next(i for i, o in enumerate(att) if o.kind == OpKind.ATTENTION)
     gpu_att = att[split]
     pre = wdeq + att[:split]
+    host_dq: tuple[Op, ...] = ()
+    if compress_cache:  # all of it on the CPU, decompressed there first
+        cpu_share = 1.0
+        host_dq = _kernels("dequant_kv", HOST_DECOMPRESS_KERNELS, kv_elems(home_slots or kv_len), 2)
     if cpu_share < 1.0:
         pre = (*pre, _scale(gpu_att, 1.0 - cpu_share))
     cpu_op = _cpu_attention(model, gpu_att, gbs, kv_len, cpu_share)
@@ -181,8 +205,8 @@ def substep_ops(
     # (``.cuda().half()``): all direct copies to or from pageable memory
     return SubStepOps(
         gpu_pre=pre,
-        cpu=(cpu_op,),
-        gpu_post=att[split + 1 :],
+        cpu=(*host_dq, cpu_op),
+        gpu_post=att[split + 1 :] + kvq,
         to_cpu_bytes=gbs * (h_q * FP32_BYTES + 2 * h_kv * FP16.bytes_per_element),
         to_gpu_bytes=gbs * h_q * FP32_BYTES,
     )

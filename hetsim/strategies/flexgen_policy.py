@@ -71,8 +71,17 @@ class FlexGenPlan:
 
     @property
     def uses_cpu_attention(self) -> bool:
-        """The runtime switches CPU attention off when the KV cache is compressed (flex_opt.py)."""
-        return self.cpu_attention and not self.compress_cache
+        """--cpu-cache-compute: decode attention on the CPU, with a compressed KV cache too. FlexGen
+        0.1.8 keeps it on (SelfAttention.attention_compute, flex_opt.py:273-274): load_cache takes
+        path 0 to the CPU's compressed device (:345-347) and mha_gen decompresses the cache into the
+        host's fp32 workspace and attends there (pytorch_backend.py:403-423, compression.py:175-180)."""
+        return self.cpu_attention
+
+    @property
+    def kv_home(self) -> str:
+        """The KV cache's one tier ("g", "c" or "d"), or "" where it is split across tiers."""
+        whole = [t for t, pct in (("g", self.cg), ("c", self.cc), ("d", self.cd)) if pct >= 100.0 - 1e-9]
+        return whole[0] if whole else ""
 
 
 def validate(plan: FlexGenPlan) -> None:
@@ -336,6 +345,9 @@ class Shape:
     compress_cache: bool
     compress_weight: bool
     pin_weight: bool
+    # the KV cache's one tier ("g", "c", "d"; ``FlexGenPlan.kv_home``), or "": split, or not known (the
+    # LP's uncompressed cache, whose fractions it solves for): load_cache's copies counted as for a split
+    kv_home: str = ""
 
 
 def shape_of(plan: FlexGenPlan, workload: Workload) -> Shape:
@@ -348,6 +360,7 @@ def shape_of(plan: FlexGenPlan, workload: Workload) -> Shape:
         plan.compress_cache,
         plan.compress_weight,
         plan.pin_weight,
+        plan.kv_home,
     )
 
 
@@ -467,18 +480,67 @@ def layer_peaks(
     return peaks
 
 
+def kv_load_copies(shape: Shape) -> tuple[str, float, float]:
+    """Where load_cache copies a GPU batch's KV to, and how many copies are live during decode attention
+    and during the layer before it: ("gpu" or "cpu", attention's, the previous layer's); ("", 0, 0): none.
+
+    Path 0 (flex_opt.py:359-369) copies the home K and V to the attention's device (its compressed one
+    with --compress-cache), but ``smart_copy`` returns the home tensor itself where it already lives
+    there (pytorch_backend.py:142-145): a cache wholly on the GPU read by GPU attention, or, compressed,
+    wholly on the CPU read by CPU attention, is not copied; a split one is copied whole (its mixed
+    tensor). Uncompressed CPU attention gathers into its fp32 workspace instead (path 1, counted there).
+    The loop loads batch k + 1 before computing batch k (flex_opt.py:1045-1052; one GPU batch, the next
+    layer: :1022-1024), wrapping to the next layer's first batch: a decode attention holds its own copy
+    and the next batch's (one GPU batch: its own only, the next load being the MLP's), the layer before
+    an attention (an MLP, the embedding) holds that attention's first batch's, the prefill none
+    (load_cache returns at i == 0)."""
+    if shape.cpu_attention and not shape.compress_cache:
+        return "", 0.0, 0.0
+    device, home = ("cpu", "c") if shape.cpu_attention else ("gpu", "g")
+    if shape.kv_home == home:
+        return "", 0.0, 0.0
+    return device, (2.0 if shape.nb > 1 else 1.0), 1.0
+
+
+def cpu_attention_host(model: ModelSpec, gbs: int, kv_len: int, compress_cache: bool) -> dict[str, float]:
+    """CPU attention's host memory for a GPU batch attending over ``kv_len`` keys (tools/flexgen_peak.py's
+    ``mha_gen_cpu`` rows, exact): the fp32 K and V workspace, made once, and mha_gen's temporaries.
+
+    Uncompressed: one K and one V buffer of head_dim (pytorch_backend.py:196-214); at the softmax, q in
+    fp32 and two fp32 score rows per query head (``torch.where``'s and ``F.softmax``'s). With
+    --compress-cache the release allocates the compressed device's decompression workspace instead
+    (compression.py:61-82): K and V in fp32 with head_dim rounded up to the group of 64, into which
+    ``decompress`` unpacks the whole cache (:175-180) through a uint8 temporary of the packed size (the
+    high nibbles, then the low: an eighth of one buffer); where head_dim was rounded it then copies the
+    unpadded K, and V, out contiguous (:194-199), both held through the attention. Per KV head, as the
+    release's per-head buffers of OPT (whose heads are its KV heads): a grouped runtime keeps K and V
+    as stored (the traffic model's reading, ``flexgen_ops._cpu_attention``), not repeated to the query
+    heads; the score rows are per query head either way."""
+    rows = gbs * kv_len * model.kv_heads
+    attend = gbs * model.hidden * 4.0 + 2 * gbs * model.heads * kv_len * 4.0
+    if not compress_cache:
+        return {"attention_workspace": 2 * rows * model.head_dim * 4.0, "attention_temporaries": attend}
+    padded = _group_padded(model.head_dim)
+    unpack = rows * padded * INT4.bits / 8.0
+    kept = rows * model.head_dim * 4.0 if padded != model.head_dim else 0.0
+    return {
+        "attention_workspace": 2 * rows * padded * 4.0,
+        "attention_temporaries": max(kept + unpack, 2 * kept + attend),
+    }
+
+
 def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[str, float]]:
     """Bytes per tier ("gpu", "cpu", "disk") and tag; every term is linear in the fractions.
 
     GPU: resident weights, KV and hidden states; the double-buffered next layer's weights; the
     working set of one GPU batch: the largest of the layer functions' measured peaks (``layer_peaks``;
-    the prefill's attention holds two score matrices at once), the prefill K and V awaiting their
-    store, and, when attention runs on the GPU, two batches' copies of their KV (current and
-    prefetched: fp16, or with --compress-cache 4-bit, decompressed inside ``mha_gen``). CPU: resident
-    shares, plus the fp32 attention workspace with CPU attention (one K and one V buffer of a GPU
-    batch, per KV head: with attention and MLP as separate scheduling layers the runtime allocates
-    one pair, pytorch_backend.py:196-214), plus the
-    copy threads' pinned relays (``COPY_RELAY_BYTES``, with or without a disk share).
+    the prefill's attention holds two score matrices at once), each with what coexists with it: the
+    prefill K and V awaiting their store, and load_cache's copies of a batch's KV where it makes them
+    (``kv_load_copies``: fp16, or with --compress-cache 4-bit, decompressed inside ``mha_gen``). CPU:
+    resident shares, plus with CPU attention its fp32 workspace and temporaries (``cpu_attention_host``;
+    with attention and MLP as separate scheduling layers the runtime allocates one workspace), and a
+    compressed cache's copies to the CPU where it is not at home there, plus the copy threads' pinned
+    relays (``COPY_RELAY_BYTES``, with or without a disk share).
     The KV cache is pre-allocated for s + n - 1 tokens, as the runtime does.
     """
     h, s, n = model.hidden, shape.prompt_len, shape.gen_len
@@ -498,21 +560,22 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     prefill["mlp"] += kv_pending
     if shape.nb > 1:
         prefill["attention"] += kv_pending
+    # load_cache's copies of one batch's K and V, prompt_len + i slots (s + n - 1 at the last step)
+    where, at_attention, before = kv_load_copies(shape)
+    copy = gbs * (s + n - 1) * kvb
+    on_gpu = copy if where == "gpu" else 0.0
+    decode["attention"] += at_attention * on_gpu
+    decode["mlp"] += before * on_gpu
+    decode["input_embed"] += before * on_gpu
     # attention and MLP are separate layers in the released loop: their peaks do not coexist
     act_ws = max(*prefill.values(), *decode.values())
     hid_ws = 2 * gbs * s * h * 2.0  # a batch's input (loaded) and output (to be stored)
-    # GPU attention: load_cache's copies of the current batch's KV and of the next, prefetched; with
-    # --compress-cache they are 4-bit copies (path 0 to the GPU's compressed device, flex_opt.py:344-
-    # 369) and the current batch's fp16 K and V exist only inside mha_gen (``layer_peaks``)
-    kv_ws = 0.0
-    if not shape.cpu_attention:
-        kv_ws = 2 * gbs * (s + n) * kv_token_bytes(model, shape.compress_cache)
     gpu = {
         "weights": f.w_gpu,
         "weight_buffers": 2 * f.w_off_gpu_max,
         "kv_cache": f.cg * kv_total,
         "hidden": f.hg * hidden,
-        "working": act_ws + hid_ws + kv_ws,
+        "working": act_ws + hid_ws,
     }
     # host memory as torch allocates it (``pinned_bytes``): the weights per tensor (``Fractions``), a
     # CPU hidden state one pinned allocation per GPU batch (pytorch_backend.py:184-190, pin_memory None
@@ -525,15 +588,12 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     if not shape.pin_weight and f.w_cpu_relay:
         cpu["weight_relay"] = f.w_cpu_relay
     if shape.cpu_attention:
-        kv_len = s + n - 1
-        # one fp32 K and one V of a GPU batch per KV head: the release allocates them per attention head
-        # of OPT (pytorch_backend.py:196-214), whose heads are its KV heads; a grouped runtime keeps K
-        # and V as stored (the traffic model's reading, ``flexgen_ops._cpu_attention``), not repeated
-        # to the query heads; the score rows below are per query head either way
-        cpu["attention_workspace"] = gbs * kv_len * 2 * model.kv_heads * model.head_dim * 4.0
-        # mha_gen's host temporaries at the softmax (tools/flexgen_peak.py, exact): q in fp32 and two
-        # fp32 score rows per head (``torch.where``'s and ``F.softmax``'s)
-        cpu["attention_temporaries"] = gbs * h * 4.0 + 2 * gbs * model.heads * kv_len * 4.0
+        cpu.update(cpu_attention_host(model, gbs, s + n - 1, shape.compress_cache))
+    if where == "cpu":
+        # a compressed copy made on the CPU is pinned (TorchDevice.allocate's default, pytorch_backend.py:
+        # 180-183): K's and V's data and scales, each an allocation of its own (``copy_parts``)
+        parts = sum(pinned_bytes(copy / 2 * k) for k in copy_parts(True))
+        cpu["kv_copies"] = at_attention * 2 * parts
     cpu["copy_relays"] = COPY_RELAY_BYTES
     disk = {"weights": f.w_disk, "kv_cache": f.cd * kv_total, "hidden": f.hd * hidden}
     return {"gpu": gpu, "cpu": cpu, "disk": disk}
