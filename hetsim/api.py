@@ -34,7 +34,7 @@ from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
-from hetsim.textfiles import read_text
+from hetsim.textfiles import parse_json, read_text
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers need it
@@ -435,10 +435,7 @@ def plan_document(
 def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
     """Read and validate a plan JSON; errors name the file and the field."""
     source = str(path)
-    try:
-        raw = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON ({exc.msg} at line {exc.lineno})", source=source) from None
+    raw = parse_json(read_text(path), source)
     try:
         doc = _plan_document().model_validate(raw)
     except ValidationError as exc:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import stat
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +56,20 @@ StrictLoader.add_implicit_resolver(
 )
 
 
+# The most bytes a user file may hold (a trace at MAX_REQUESTS rows is a few MB): a character device
+# that never ends (/dev/zero, /dev/urandom) was read whole, until MemoryError or the OOM killer.
+MAX_TEXT_BYTES = 256 * 2**20
+# Seconds a named pipe with no writer yet waits for one (``mkfifo p; hetsim ... p & producer > p``);
+# none by then: an InputError, not a wait for ever.
+FIFO_WAIT_S = 10.0
+_CHUNK = 1 << 20
+
+
 def read_text(path: str | Path) -> str:
-    """A file's text as UTF-8; a missing, unreadable or non-UTF-8 file is an InputError."""
+    """A file's text as UTF-8; a missing, unreadable, endless or non-UTF-8 file is an InputError."""
     source = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = _read_bytes(Path(path), source)
     except FileNotFoundError:
         raise InputError("no such file", source=source) from None
     except IsADirectoryError:
@@ -68,6 +80,85 @@ def read_text(path: str | Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"not a UTF-8 text file (byte {exc.start})", source=source) from None
+
+
+def _read_bytes(path: Path, source: str) -> bytes:
+    """``path``'s bytes, at most ``MAX_TEXT_BYTES``. Opened without waiting (a plain open of a named
+    pipe blocks until a writer comes, for ever if none does), then read to its end; a pipe with no
+    writer yet is waited on for ``FIFO_WAIT_S`` (one connected, as ``<(cmd)``'s, is read as long as
+    it writes)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        fifo = stat.S_ISFIFO(os.fstat(fd).st_mode)
+        deadline = time.monotonic() + FIFO_WAIT_S
+        chunks: list[bytes] = []
+        size, writer = 0, not fifo
+        while True:
+            try:
+                chunk = os.read(fd, _CHUNK)
+            except BlockingIOError:  # a writer is there, nothing written yet: wait for its bytes
+                writer = True
+                os.set_blocking(fd, True)
+                continue
+            if chunk:
+                writer = True
+                size += len(chunk)
+                if size > MAX_TEXT_BYTES:
+                    raise InputError(f"more than {MAX_TEXT_BYTES // 2**20} MiB", source=source)
+                chunks.append(chunk)
+                continue
+            if writer:  # the end of a file, or of what the pipe's writer sent
+                return b"".join(chunks)
+            if time.monotonic() >= deadline:
+                raise InputError(f"a named pipe nobody wrote to within {FIFO_WAIT_S:g} s", source=source)
+            time.sleep(0.02)  # no writer yet (a read of a pipe without one ends at once)
+    finally:
+        os.close(fd)
+
+
+def _too_long() -> str:
+    return f"an integer longer than {sys.get_int_max_str_digits()} digits"
+
+
+def _int_or_refused(loader: StrictLoader, node: yaml.ScalarNode) -> int:
+    """YAML's int, or a YAML error for one longer than Python converts (``sys.get_int_max_str_digits``)."""
+    try:
+        return loader.construct_yaml_int(node)  # type: ignore[no-any-return]
+    except ValueError:
+        raise yaml.constructor.ConstructorError(None, None, _too_long(), node.start_mark) from None
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:int", _int_or_refused)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refusing_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (``json`` would keep the last one's value, silently)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def parse_json(text: str, source: str) -> Any:
+    """JSON text; a syntax error, a key given twice in an object (as ``parse_yaml``), or an integer
+    too long to convert is an InputError."""
+    try:
+        return json.loads(text, object_pairs_hook=_refusing_duplicates)
+    except json.JSONDecodeError as e:
+        where = f"at line {e.lineno} column {e.colno}"
+        raise InputError(f"malformed JSON: {e.msg} {where}", source=source) from None
+    except _DuplicateKey as e:
+        raise InputError(f"malformed JSON: duplicate key {e.args[0]!r}", source=source) from None
+    except ValueError:  # only the integer digit limit (sys.get_int_max_str_digits) raises this
+        raise InputError(f"malformed JSON: {_too_long()}", source=source) from None
+    except RecursionError:
+        raise InputError("malformed JSON: nested too deeply", source=source) from None
 
 
 def parse_yaml(text: str, source: str) -> Any:
@@ -121,13 +212,24 @@ def open_whole(path: str | Path, mode: str = "w", *, newline: str | None = None)
     writing the same path leave one's file, never bytes of both; an interrupted or failed write
     leaves the old file (and no temporary one). Otherwise as a plain open: a symlink's file is
     written (the link stays), an existing file keeps its mode, a new one gets the umask's, and an
-    error names ``path`` (not the temporary file)."""
+    error names ``path`` (not the temporary file). A path that is there and no regular file (a
+    named pipe, ``/dev/null``, ``/dev/stdout``) is written in place: there is no file to replace,
+    and renaming over it would put a regular file where the device was (as root, ``/dev/null``)."""
     target = Path(os.path.realpath(path))
     try:
         st = os.stat(target)
         kept = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
     except OSError:  # none yet (or unreadable: the open below says why)
-        kept = None
+        st, kept = None, None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        try:
+            with open(path, mode, encoding=None if "b" in mode else "utf-8", newline=newline) as f:
+                yield f
+        except OSError as exc:
+            if exc.errno is not None:
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+            raise
+        return
     tmp = temp_beside(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -698,6 +698,47 @@ def test_what_a_stopped_command_keeps_is_printed_whole_past_the_grace_period():
     assert err.startswith("interrupted by SIGTERM: hetsim serve stopped (the metrics of the "), err
 
 
+# A stopped command whose kept output never finishes printing (a pipe nobody reads, full): the
+# grace clock waits for the ``keeping`` block only up to ``KEEP_CAP_S``, then ends the process.
+_KEPT_OUTPUT_BLOCKED = """
+import signal, sys, threading
+from hetsim.cli import commands, stop
+from hetsim.stopping import keeping
+
+stop.STOP_GRACE_S, stop.KEEP_CAP_S = 0.2, 0.5
+
+def stopped(argv):
+    with keeping():  # entered before the signal: the 0.2 s grace clock cannot run out first
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:  # the command unwinds to what it keeps
+            sys.stdout.write('{"partial": ')
+            sys.stdout.flush()
+            threading.Event().wait()  # as a write blocked on a full pipe
+    return 0
+
+commands._main = stopped
+commands.exit_process(commands.main(["serve"], process=True))
+"""
+
+
+def test_a_kept_output_that_never_finishes_printing_is_cut_short_at_the_cap():
+    """Before, the grace clock waited for the block without end: the process never exited."""
+    proc = subprocess.Popen([sys.executable, "-c", _KEPT_OUTPUT_BLOCKED], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
+    assert (proc.returncode, out) == (143, '{"partial": ')
+    assert err == (
+        "interrupted by SIGTERM: hetsim serve stopped (what it keeps was cut short: still printing it "
+        "0.5 s past the grace period)\n"
+    )
+
+
 # A stopped command that leaves a thread that never ends, as a process pool interrupted inside its
 # shutdown can (its manager thread waiting for good: seen on CPython 3.11 with the signal injected there).
 _LEAVES_A_STUCK_THREAD = """

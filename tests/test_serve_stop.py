@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
 
@@ -55,25 +53,13 @@ sys.exit(commands.main(["serve", *sys.argv[2:]], process=True))
 """
 
 
-def _stopped_serve(sig: str, *args: str) -> tuple[int, str, str]:
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE_WITH_PROGRESS, "20", *LONG_SERVE, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        first = proc.stderr.readline()  # blocks until the 20th request finished (or the process ended)
-        assert first == READY, first + proc.stderr.read()
-        os.killpg(proc.pid, getattr(signal, sig))
-        out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
-    return proc.returncode, out, err
+def _stopped_serve(signalled, sig: str, *args: str) -> tuple[int, str, str]:
+    return signalled(_SERVE_WITH_PROGRESS, ["20", *LONG_SERVE, *args], READY, sig)
 
 
 @pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
-def test_a_stopped_serve_prints_the_finished_requests_marked_partial(sig, code):
-    returncode, out, err = _stopped_serve(sig, "--format", "json", "--slo", "20")
+def test_a_stopped_serve_prints_the_finished_requests_marked_partial(signalled, sig, code):
+    returncode, out, err = _stopped_serve(signalled, sig, "--format", "json", "--slo", "20")
     assert returncode == code, err
     doc = json.loads(out)
     partial = doc["partial"]
@@ -94,8 +80,8 @@ def test_a_stopped_serve_prints_the_finished_requests_marked_partial(sig, code):
     )
 
 
-def test_a_stopped_serve_table_says_partial():
-    returncode, out, err = _stopped_serve("SIGINT")
+def test_a_stopped_serve_table_says_partial(signalled):
+    returncode, out, err = _stopped_serve(signalled, "SIGINT")
     assert returncode == 130, err
     line = out.splitlines()[0]
     assert line.startswith("PARTIAL: stopped by SIGINT at simulated ") and " requests finished, " in line

@@ -6,11 +6,7 @@ Before, it printed nothing but why it kept nothing."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 
 import pytest
 
@@ -19,7 +15,6 @@ from hetsim.cli import main
 from hetsim.sim import engine as engine_module
 from hetsim.sim.run import SimulateStopped, simulate
 
-KILL_TIMEOUT_S = 120
 # FlexGen's plan for 288 sequences of 4000 tokens: every decode step simulated, ~100 CPU s if left alone
 PLAN_ARGS = ("--model", "llama2-70b", "--hw", "mixed-lab", "--prompt-len", "64", "--gen-len", "4000")
 READY = "progress: tokens made\n"
@@ -51,25 +46,15 @@ def plan_file(tmp_path_factory):
     return path
 
 
-def _stopped_simulate(sig: str, *args: str) -> tuple[int, str, str]:
-    proc = subprocess.Popen([sys.executable, "-c", _SIMULATE_WITH_PROGRESS, "40", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        first = proc.stderr.readline()  # blocks until the 40th round of tokens (or the process ended)
-        assert first == READY, first + proc.stderr.read()
-        os.killpg(proc.pid, getattr(signal, sig))
-        out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
-    return proc.returncode, out, err
+def _stopped_simulate(signalled, sig: str, *args: str) -> tuple[int, str, str]:
+    return signalled(_SIMULATE_WITH_PROGRESS, ["40", *args], READY, sig)
 
 
 @pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
-def test_a_stopped_simulate_prints_how_far_it_got_marked_partial(plan_file, sig, code):
-    returncode, out, err = _stopped_simulate(sig, "--plan", str(plan_file), "--exact", "--format", "json")
+def test_a_stopped_simulate_prints_how_far_it_got_marked_partial(signalled, plan_file, sig, code):
+    returncode, out, err = _stopped_simulate(
+        signalled, sig, "--plan", str(plan_file), "--exact", "--format", "json"
+    )
     assert returncode == code, err
     doc = json.loads(out)
     assert doc["results"] == []  # no whole-run metric: each is over the whole generation
@@ -85,6 +70,8 @@ def test_a_stopped_simulate_prints_how_far_it_got_marked_partial(plan_file, sig,
     whole = simulate(strategy, plan, p.rig, p.model, p.workload)
     assert partial["ttft_s"] == whole.ttft_s
     assert partial["ttft_s"] < partial["simulated_s"] < whole.e2e_s
+    peaks = partial["peak_mem_bytes"]  # reached by the stop: none above the whole run's
+    assert peaks and all(0 < peaks[d] <= whole.peak_mem_bytes[d] for d in peaks)
     assert err == (
         f"interrupted by {sig}: hetsim simulate stopped (how far it got is printed, marked partial: "
         f"{partial['tokens']} of {partial['tokens_total']} tokens made by simulated "
@@ -92,13 +79,18 @@ def test_a_stopped_simulate_prints_how_far_it_got_marked_partial(plan_file, sig,
     )
 
 
-def test_a_stopped_simulate_marks_its_table_partial_and_leaves_the_trace_alone(plan_file, tmp_path):
+def test_a_stopped_simulate_marks_its_table_partial_and_leaves_the_trace_alone(
+    signalled, plan_file, tmp_path
+):
     trace = tmp_path / "trace.json"
     trace.write_text("the previous trace\n")
-    returncode, out, err = _stopped_simulate("SIGINT", "--plan", str(plan_file), "--trace", str(trace))
+    returncode, out, err = _stopped_simulate(
+        signalled, "SIGINT", "--plan", str(plan_file), "--trace", str(trace)
+    )
     assert returncode == 130, err
     assert re.fullmatch(
-        r"PARTIAL: flexgen stopped by SIGINT at simulated \S+ s: \d+ of 1152000 tokens made, TTFT \S+ s; "
+        r"PARTIAL: flexgen stopped by SIGINT at simulated \S+ s: \d+ of 1152000 tokens made, TTFT \S+ s, "
+        r"peak memory so far \S+ \S+ \(n0\.\S+\); "
         rf"no metrics: they are over the whole generation; trace not written, {re.escape(str(trace))} "
         r"is left as it was\n",
         out,
@@ -138,8 +130,16 @@ def test_progress_counts_the_tokens_made_before_the_stop(monkeypatch):
         "tokens": 4 * 4,
         "tokens_total": 4 * 200,
         "ttft_s": whole.ttft_s,
+        "peak_mem_bytes": progress["peak_mem_bytes"],
     }
     assert whole.ttft_s < progress["simulated_s"] < whole.e2e_s
+    # the peaks reached by the stop: the devices the whole run used, none above its peak; the GPU's
+    # (weights and the whole KV cache, booked before the first step) already reached
+    peaks = progress["peak_mem_bytes"]
+    assert peaks.keys() == whole.peak_mem_bytes.keys()
+    assert all(0 < peaks[d] <= whole.peak_mem_bytes[d] for d in peaks)
+    gpu = max(whole.peak_mem_bytes, key=lambda d: ("gpu" in d, whole.peak_mem_bytes[d]))
+    assert peaks[gpu] == whole.peak_mem_bytes[gpu]
 
 
 def test_no_ttft_while_processes_make_tokens_apart(monkeypatch):

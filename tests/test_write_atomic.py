@@ -3,6 +3,7 @@ did, but whole: through a symlink, keeping an existing file's mode, errors namin
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -37,6 +38,26 @@ def test_an_existing_file_keeps_its_mode(tmp_path):
     out.chmod(0o600)
     write_text_atomic(out, "new\n")
     assert out.read_text() == "new\n" and stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX named pipes")
+def test_a_path_that_is_no_regular_file_is_written_in_place(tmp_path, capsys):
+    """``--out /dev/null`` or ``/dev/stdout``, or a named pipe a reader waits on: written in place.
+    Before, the temporary file was renamed over it: the pipe became a regular file and its reader
+    got nothing (run as root, ``--out /dev/null`` put a regular file in /dev/null's place)."""
+    from hetsim.cli import main
+
+    fifo = tmp_path / "plan.json"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader there first, as `cat plan.json &`
+    try:
+        code = main([*PLAN_ARGS, "--batch", "1", "--prompt-len", "16", "--gen-len", "2", "--out", str(fifo)])
+        text = os.read(reader, 1 << 20).decode()  # the plan is far below the pipe's 64 KiB buffer
+    finally:
+        os.close(reader)
+    assert code == 0 and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert json.loads(text)["strategy"] == "gpu-only"
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
 
 
 def test_errors_name_the_path_given_not_the_temporary_file(tmp_path, capsys):

@@ -12,6 +12,18 @@ import typer
 from hetsim.errors import InputError
 
 CPU_STRATEGIES = ("cpu-tp", "cpu")
+# A rank is a process; --threads goes to torch.set_num_threads, a C int: counts past these are typos
+# (99999999999 overflowed there, and as ranks ran out of memory), not machines.
+MAX_RANKS = 1024
+MAX_THREADS = 4096
+
+
+def check_count(value: int, high: int, field: str) -> None:
+    """``value`` in [1, ``high``], else one ``InputError`` naming the flag."""
+    if not 1 <= value <= high:
+        raise InputError(f"must be in [1, {high}], got {value}", field=field)
+
+
 CUDA_STRATEGIES = ("gpu-only", "accelerate", "hetegen", "flexgen")
 
 
@@ -60,8 +72,8 @@ def calibrate(
         import torch
 
         threads = torch.get_num_threads()
-    if threads < 1 or ranks < 1:
-        raise InputError("must be at least 1", field="--threads" if threads < 1 else "--ranks")
+    check_count(threads, MAX_THREADS, "--threads")
+    check_count(ranks, MAX_RANKS, "--ranks")
     if fit:
         base = profile or out
         if not runs:

@@ -42,7 +42,17 @@ def run_validate(
 
     # the table has ten columns: keep it readable when the output goes to a log, not a terminal
     console = Console() if Console().is_terminal else Console(width=140)
-    worlds = [int(x) for x in ranks.split(",") if x.strip()]
+    from validate.cli import MAX_RANKS, MAX_THREADS, check_count
+
+    try:
+        worlds = [int(x) for x in ranks.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"a comma-separated list of rank counts, got {ranks!r}", field="--ranks") from None
+    if not worlds:
+        raise InputError("give at least one rank count", field="--ranks")
+    for world in worlds:
+        check_count(world, MAX_RANKS, "--ranks")
+    check_count(threads, MAX_THREADS, "--threads")
     plan_obj = None
     if plan is not None:
         from hetsim.api import load_plan

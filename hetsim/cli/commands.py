@@ -609,11 +609,14 @@ def _emit_simulate_partial(fmt: str, p: api.Problem, partial: dict[str, Any], tr
 
 
 def _simulate_progress(partial: dict[str, Any]) -> str:
+    from hetsim.report import fmt_peak
+
     ttft = partial["ttft_s"]
     return (
         f"{partial['strategy']} stopped by {partial['stopped_by']} at simulated "
         f"{partial['simulated_s']:.6g} s: {partial['tokens']} of {partial['tokens_total']} tokens made, "
         + ("no TTFT (not every first token counted)" if ttft is None else f"TTFT {ttft:.6g} s")
+        + f", peak memory so far {fmt_peak(partial['peak_mem_bytes'])}"
     )
 
 
@@ -757,7 +760,7 @@ def _main(argv: Sequence[str] | None) -> int:
 # output (its directory missing, a directory given) that is not the command's main input; and
 # flags taking a name or a file, whose errors about a name (no such file) would show the name alone.
 FILE_FLAGS = ("--routing-profile", "--trace", "--out")
-NAME_FLAGS = ("--hw",)
+NAME_FLAGS = ("--hw", "--slo-ref")
 
 
 def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:

@@ -20,6 +20,11 @@ from hetsim import stopping
 # Seconds a command stopped by a signal has to unwind (its workers are killed first: ~0.1 s) before
 # the process ends without it; ending early only skips ``finally`` blocks of a command keeping nothing.
 STOP_GRACE_S = 5.0
+# Seconds past the grace period that building and printing what a stopped command keeps (its
+# ``stopping.keeping`` blocks) may still take: a print blocked on a full pipe nobody reads would
+# hold the process for ever. At the cap the process ends as at the grace period's end (its line,
+# saying the output was cut short; 128 + the signal): stdout may end mid-document then.
+KEEP_CAP_S = 60.0
 
 
 class Stop:
@@ -58,6 +63,7 @@ class Stop:
         # the grace clock waits for them, then starts again (``due``: it ran out meanwhile)
         self.keeps = 0
         self.due = False
+        self.cap: threading.Timer | None = None  # ``KEEP_CAP_S``, from the first wait for them
         self.clock = threading.Lock()
         self.unlisten = lambda: None
 
@@ -78,8 +84,12 @@ class Stop:
         self.armed = False
         if self in _RUNNING:
             _RUNNING.remove(self)
-        if self.timer is not None:
-            self.timer.cancel()
+        self._cancel_clocks()
+
+    def _cancel_clocks(self) -> None:
+        for timer in (self.timer, self.cap):
+            if timer is not None:
+                timer.cancel()
 
     def restore(self) -> None:
         """Put back the handlers (and the unraisable hook) that were there before ``__enter__``; in a
@@ -88,8 +98,7 @@ class Stop:
         self.armed = False
         if self in _RUNNING:  # entered, and stopped before its ``with`` block began
             _RUNNING.remove(self)
-        if self.timer is not None:  # the command is gone: no need to end it
-            self.timer.cancel()
+        self._cancel_clocks()  # the command is gone: no need to end it
         for sig, handler in self.old.items():
             signal.signal(sig, handler)
         if self.old:
@@ -143,7 +152,23 @@ class Stop:
         with self.clock:  # held to the end: a ``keeping`` block beginning now waits for the exit
             if self.keeps > 0:
                 self.due = True  # its end starts the clock again
+                if self.cap is None:  # but not for ever
+                    self.cap = threading.Timer(KEEP_CAP_S, self._capped)
+                    self.cap.daemon = True
+                    self.cap.start()
                 return
+            self._leave()
+
+    def _capped(self) -> None:
+        """What is kept still not built or printed ``KEEP_CAP_S`` past the grace period: end now."""
+        with self.clock:
+            if not self.armed:
+                return
+            if self.keeps == 0:  # they ended: the grace clock runs again; a later wait starts its own cap
+                self.cap = None
+                return
+            cut = f"cut short: still printing it {KEEP_CAP_S:g} s past the grace period"
+            self.kept = f"{self.kept}; {cut}" if self.kept else f"what it keeps was {cut}"
             self._leave()
 
     def _keeping(self, on: bool) -> None:

@@ -31,6 +31,7 @@ def sweep(
 
     from hetsim.errors import InputError
     from hetsim.sweep.api import default_out, run_sweep
+    from hetsim.sweep.runner import MAX_WORKERS
     from hetsim.sweep.spec import load_spec
 
     if workers is None:
@@ -39,6 +40,8 @@ def sweep(
         workers = _cores()
     if workers < 1:
         raise InputError(f"must be a positive integer, got {workers}", field="--workers")
+    if workers > MAX_WORKERS:
+        raise InputError(f"must be <= {MAX_WORKERS} (processes to start), got {workers}", field="--workers")
     console = Console(stderr=True)
     if plots_only:
         from hetsim.cli.stop import keep

@@ -13,13 +13,12 @@ with ``num_experts: 8`` is an MoE model that hetsim would otherwise read as dens
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from hetsim.errors import InputError
 from hetsim.models.spec import ModelSpec
-from hetsim.textfiles import read_text
+from hetsim.textfiles import parse_json, read_text
 
 SUPPORTED = (
     "llama",
@@ -561,9 +560,5 @@ def load_hf_config(path: str | Path, *, name: str | None = None) -> ModelSpec:
     if p.is_dir():
         p = p / "config.json"
     src = str(p)
-    text = read_text(p)
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}", source=src) from None
+    cfg = parse_json(read_text(p), src)
     return spec_from_hf_dict(cfg, source=src, name=name)

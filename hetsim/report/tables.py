@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hetsim.hardware.rig import Rig
@@ -226,10 +226,11 @@ def compare_document(
     }
 
 
-def _peak(r: Result) -> str:
-    if not r.peak_mem_bytes:
+def fmt_peak(peak_mem_bytes: Mapping[str, float]) -> str:
+    """The largest peak of a device's memory, and the device."""
+    if not peak_mem_bytes:
         return DASH
-    dev, nbytes = max(r.peak_mem_bytes.items(), key=lambda kv: (kv[1], kv[0]))
+    dev, nbytes = max(peak_mem_bytes.items(), key=lambda kv: (kv[1], kv[0]))
     return f"{fmt_bytes(nbytes)} ({dev})"
 
 
@@ -258,7 +259,7 @@ def results_table(results: Sequence[Result], title: str = "Strategies, best firs
             fmt_rate(r.throughput_tok_s),
             fmt_money(r.cost_usd_per_mtok),
             r.bottleneck or DASH,
-            _peak(r),
+            fmt_peak(r.peak_mem_bytes),
             f"{r.weakest_grade}; [yellow]lossy: {r.lossy}[/yellow]" if r.lossy else r.weakest_grade,
         )
     return t

@@ -91,17 +91,22 @@ def read_trace(path: str | Path) -> list[Request]:
     """A CSV with columns arrival_s, prompt_len, output_len (header required), sorted by arrival."""
     source = str(path)
     text = read_text(path)
-    rows = list(csv.DictReader(text.splitlines()))
+    reader = csv.DictReader(text.splitlines())
+    rows = list(reader)
     header = rows[0].keys() if rows else (text.splitlines()[0].split(",") if text.strip() else [])
     for name in TRACE_FIELDS:
         if name not in header:
             raise InputError(f"missing column (need {', '.join(TRACE_FIELDS)})", source=source, field=name)
+        if (reader.fieldnames or []).count(name) > 1:  # the reader would keep the last one's values
+            raise InputError("column given twice", source=source, field=name)
     if not rows:
         raise InputError("no requests in the trace", source=source)
     if len(rows) > MAX_REQUESTS:
         raise InputError(f"{len(rows)} requests; at most {MAX_REQUESTS} ({WHY_MAX_REQUESTS})", source=source)
     out = []
     for i, row in enumerate(rows, start=2):
+        if None in row:  # more values than columns: which belongs to which is a guess
+            raise InputError(f"line {i}: more values than the header has columns", source=source)
         try:
             arrival = float(row["arrival_s"])
             if not 0 <= arrival <= MAX_ARRIVAL_S:

@@ -118,9 +118,13 @@ class SimulateStopped(KeyboardInterrupt):
     """A run stopped (Ctrl-C, or the CLI's SIGTERM) while the engine ran it step by step:
     ``progress`` says how far it got, as ``{"simulated_s": time reached, "tokens": made, "tokens_total":
     batch x gen_len, "ttft_s": when every sequence had its first token (None: not yet, or not known:
-    processes running their own sequences side by side count their first tokens apart)}``. No rate:
-    decode steps slow as the KV grows, so the part run's tokens per second would overstate the
-    whole's. None: stopped in the short sample runs a fast-forward extrapolates from."""
+    processes running their own sequences side by side count their first tokens apart),
+    "peak_mem_bytes": the most each device held by then (the whole run's peak is at least this)}``.
+    No rate: decode steps slow as the KV grows, so the part run's tokens per second would overstate
+    the whole's. No utilisation: lanes are booked ahead, so work issued before the stop may run past
+    it, and the engine keeps each lane's busy seconds as one sum, not split at a time; busy over the
+    time reached would overstate it. None: stopped in the short sample runs a fast-forward
+    extrapolates from."""
 
     def __init__(self, progress: dict[str, Any] | None) -> None:
         super().__init__(
@@ -140,6 +144,7 @@ class SimulateStopped(KeyboardInterrupt):
                 "tokens": tokens,
                 "tokens_total": workload.batch * workload.gen_len,
                 "ttft_s": _count_reached(engine.token_times, workload.batch) if first else None,
+                "peak_mem_bytes": dict(sorted(engine.memory.peaks().items())),
             }
         )
 

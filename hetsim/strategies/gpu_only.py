@@ -122,7 +122,7 @@ class GpuOnly(Strategy):
         pc.stages_cover(plan.stages, model.layers, "stages")
         for i, st in enumerate(plan.stages):
             pc.tp_group(rig, st.devices, f"stages[{i}].devices")
-        pc.at_least(plan.micro_batches, 1, "micro_batches")
+        pc.in_range(plan.micro_batches, 1, workload.batch, "micro_batches")  # was: 1e30 echoed, run as batch
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         pc.known_dtype(plan.kv_dtype, "kv_dtype")
 

@@ -19,6 +19,7 @@ from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes
 from hetsim.models.sharding import embed_ops, head_ops
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import layer_weight_bytes, lm_head_bytes
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.moe_offload import WEIGHT_DTYPES, with_routing
 from hetsim.workload import Workload, steps
@@ -79,6 +80,11 @@ class LayerOffload(Strategy):
                 break
             n += 1
         return n
+
+    def check_plan(self, plan: LayerOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
+        pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
+        pc.device_of_kind(rig, plan.cpu, "cpu", "cpu")
+        pc.in_range(plan.gpu_layers, 0, model.layers, "gpu_layers")  # was: -1 ran, 1e30 hung
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> LayerOffloadPlan:
         gpu = max(rig.gpus(), key=lambda g: (g.mem_bytes, g.mem_bw, g.name)).name

@@ -52,6 +52,7 @@ from hetsim.models.memory import activation_workspace, hidden_bytes, kv_cache_by
 from hetsim.models.sharding import embed_ops, head_ops, shard
 from hetsim.models.spec import DTYPES, ModelSpec, Op, Phase
 from hetsim.models.weights import layer_weight_tensors, tensor_bytes, weight_bytes
+from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.workload import Workload, steps
 
@@ -234,6 +235,16 @@ class MoEOffload(Strategy):
 
     def _gpu(self, rig: Rig) -> str:
         return max(rig.gpus(), key=lambda g: (g.mem_bytes, g.mem_bw, g.name)).name
+
+    def check_plan(self, plan: MoEOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
+        pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
+        if not plan.sockets:  # was: a division by zero
+            raise pc.problem("sockets", "needs at least one CPU socket to run the routed experts")
+        for i, socket in enumerate(plan.sockets):
+            pc.device_of_kind(rig, socket, "cpu", f"sockets[{i}]")
+        if len(set(plan.sockets)) < len(plan.sockets):
+            raise pc.problem("sockets", "a socket is listed twice")
+        pc.in_range(plan.gpu_experts, 0, model.num_experts, "gpu_experts")  # was: -1 ran
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> MoEOffloadPlan:
         gpu = self._gpu(rig)

@@ -39,6 +39,9 @@ RESULT_COLUMNS = (
 
 # How long to wait for a remote Dask scheduler before saying it cannot be reached.
 DASK_CONNECT_S = 20
+# Local processes (or LocalCluster workers) a sweep may start: more than cores only contend, and a
+# pool's queues are sized by the count (a C int: ~2e9 raised OverflowError inside the pool).
+MAX_WORKERS = 1024
 
 
 class PointTimeout(Exception):

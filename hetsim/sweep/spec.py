@@ -45,6 +45,14 @@ LOWER_IS_BETTER = {"ttft_s": True, "tpot_s": True, "e2e_s": True, "cost_usd_per_
                    "throughput_tok_s": False}  # fmt: skip
 
 
+def _plain_name(v: str | None) -> str | None:
+    """A name that becomes a folder or file under ``out`` (the sweep's, a plot's): one path part.
+    "../../x" wrote the results two folders above ``out``."""
+    if v is not None and (v in ("", ".", "..") or any(c in v for c in "/\\\0")):
+        raise ValueError(f"must be a plain name (no path separator, not '.' or '..'), got {v!r}")
+    return v
+
+
 class PlotSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["line", "heatmap", "pareto"]
@@ -55,6 +63,8 @@ class PlotSpec(BaseModel):
     facet: list[str] = Field(default_factory=list)  # one figure per combination of these columns
     where: dict[str, Any] = Field(default_factory=dict)  # fix these columns (default: base values)
     objective: Literal["latency", "throughput", "cost"] | None = None  # heatmap winner rule
+
+    _name = field_validator("name")(_plain_name)
 
     @field_validator("metric")
     @classmethod
@@ -76,6 +86,8 @@ class SweepSpec(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     grids: list[dict[str, Any]] = Field(min_length=1)
     plots: list[PlotSpec] = Field(default_factory=list)
+
+    _name = field_validator("name")(_plain_name)
 
     @field_validator("base")
     @classmethod

@@ -1,0 +1,921 @@
+"""A hostile user's audit of every command against bad input (session 15): flags with 0, negative,
+NaN, infinite, 1e308, empty, wrong-unit and huge values; rig YAML with fields dropped, mistyped,
+duplicated, unknown devices, zero rates, links to nowhere, empty, binary, a directory, a named pipe;
+Hugging Face config.json with every number spoilt; every field of every strategy's plan JSON edited,
+another model, rig or strategy's plan; trace CSV; sweep YAML; routing profiles; calibrate and
+validate flags (~4,400 cases, ~15 min at -n 2 on two cores; not in the test suite: its regressions
+are in tests/test_bad_input_audit.py).
+
+Each case runs ``hetsim.cli.main`` in-process and must end with 0, 1 (no result: one line) or 2 (bad
+input: one line ``error: ...``), never a traceback, an exception out of ``main`` or a hang (an alarm).
+A test whose cases break that errors at teardown listing them; ``HETSIM_AUDIT_LOG=DIR`` also writes
+every case (arguments, exit code, stderr) to ``DIR/audit-<worker>.jsonl``, to read the exit-0 cases
+for silently wrong numbers (how the plan and trace findings were found).
+
+    .venv/bin/python -m pytest tools/bad_input_audit.py -n 2 -p no:cacheprovider
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+import hetsim.textfiles
+from hetsim.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
+VALUES = ["0", "-1", "nan", "inf", "-inf", "1e308", "1e400", "", "x", "1.5", "99999999999", "-0", "1e-300",
+          "0x10", " 1", "1 GB", "-1 GB", "0 GB", "nan GB", "1e308 GB"]  # fmt: skip
+HANG_S = 90
+
+
+class _Hang(Exception):
+    pass
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str, str, str]:
+    def hang(signum: int, frame: object) -> None:
+        raise _Hang
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(HANG_S)
+    try:
+        code: int | str = main(args)
+    except _Hang:
+        code = "HANG"
+    except BaseException as e:  # what the audit looks for: anything out of main
+        code = f"RAISED {type(e).__name__}: {e}"[:300]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+Audit = Callable[[str, list[str]], None]
+
+
+@pytest.fixture
+def audit(capsys: pytest.CaptureFixture[str]) -> Iterator[Audit]:
+    """``audit(case, args)``: run one case; the test errors at teardown listing every broken case."""
+    broken: list[str] = []
+    log = os.environ.get("HETSIM_AUDIT_LOG")
+
+    def check(case: str, args: list[str]) -> None:
+        code, out, err = _run(args, capsys)
+        lines = err.strip().splitlines()
+        one_line = len(lines) == 1 and lines[0].startswith("error: ")
+        bad = code not in (0, 1, 2) or "Traceback" in err or (code in (1, 2) and not one_line)
+        if bad:
+            broken.append(f"{case}: {code}: {err[-300:]}")
+        if log:
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            with open(Path(log) / f"audit-{worker}.jsonl", "a") as f:
+                row = {
+                    "case": case,
+                    "args": args,
+                    "code": code,
+                    "bad": bad,
+                    "err": err[-600:],
+                    "out": out[:300],
+                }
+                f.write(json.dumps(row) + "\n")
+
+    yield check
+    if broken:
+        pytest.fail(f"{len(broken)} cases broke the standard:\n" + "\n".join(broken), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def plan_text(tmp_path_factory):
+    d = tmp_path_factory.mktemp("p")
+    texts = {}
+    for s in [
+        "gpu-only",
+        "flexgen",
+        "hexgen",
+        "hetegen",
+        "accelerate",
+        "moe-offload",
+        "cpu-tp",
+        "layer-offload",
+        "deepspeed",
+    ]:
+        model = "mixtral-8x7b" if s == "moe-offload" else "llama2-7b"
+        out = d / f"{s}.json"
+        c = main(
+            [
+                "plan",
+                "--model",
+                model,
+                "--hw",
+                "mixed-lab",
+                *SMALL,
+                "--strategy",
+                s,
+                "--out",
+                str(out),
+                "--format",
+                "json",
+            ]
+        )
+        if c == 0:
+            texts[s] = out.read_text()
+    return texts
+
+
+FLAGCASES = []
+COMMON = [
+    "--batch",
+    "--prompt-len",
+    "--gen-len",
+    "--objective",
+    "--gpu-mem-budget",
+    "--dtype",
+    "--kv-dtype",
+    "--format",
+    "--routing-profile",
+    "--trace",
+]
+for fl in [*COMMON, "--strategies"]:
+    for v in VALUES:
+        FLAGCASES.append(("compare", fl, v))
+for fl in [
+    "--batch",
+    "--prompt-len",
+    "--gen-len",
+    "--gpu-mem-budget",
+    "--out",
+    "--strategy",
+    "--dtype",
+    "--kv-dtype",
+]:
+    for v in VALUES:
+        FLAGCASES.append(("plan", fl, v))
+for fl in [
+    "--rate",
+    "--duration",
+    "--num-requests",
+    "--slo",
+    "--slo-scale",
+    "--slo-ref",
+    "--target",
+    "--max-batch",
+    "--seed",
+    "--dispatch",
+    "--mode",
+    "--dtype",
+    "--kv-dtype",
+    "--requests",
+]:
+    for v in VALUES:
+        FLAGCASES.append(("serve", fl, v))
+for fl in ["--workers", "--dask", "--out"]:
+    for v in VALUES:
+        FLAGCASES.append(("sweep", fl, v))
+for fl in ["--trace", "--format"]:
+    for v in VALUES:
+        FLAGCASES.append(("simulate", fl, v))
+
+
+@pytest.mark.parametrize("cmd,flag,value", FLAGCASES)
+def test_flag(cmd, flag, value, tmp_path, audit, monkeypatch, plan_text):
+    monkeypatch.chdir(tmp_path)
+    if cmd == "compare":
+        args = ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategies", "gpu-only"]
+    elif cmd == "plan":
+        args = [
+            "plan",
+            "--model",
+            "llama2-7b",
+            "--hw",
+            "mixed-lab",
+            *SMALL,
+            "--strategy",
+            "gpu-only",
+            "--out",
+            str(tmp_path / "p.json"),
+        ]
+    elif cmd == "serve":
+        args = [
+            "serve",
+            "--model",
+            "llama2-7b",
+            "--hw",
+            "hexgen-half-budget",
+            "--num-requests",
+            "3",
+            "--rate",
+            "1",
+        ]
+    elif cmd == "sweep":
+        spec = tmp_path / "s.yaml"
+        spec.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "a",
+                    "base": {
+                        "prompt_len": 16,
+                        "gen_len": 2,
+                        "model": "llama2-7b",
+                        "rig": "mixed-lab",
+                        "batch": 1,
+                    },
+                    "grids": [{"strategy": ["gpu-only"]}],
+                }
+            )
+        )
+        args = ["sweep", str(spec), "--no-plots", "--workers", "1", "--out", str(tmp_path / "o")]
+    else:
+        p = tmp_path / "plan.json"
+        p.write_text(plan_text["gpu-only"])
+        args = ["simulate", "--plan", str(p)]
+    args = [*args, flag, value]
+    audit(f"flag {cmd} {flag}={value!r}", args)
+
+
+RIG = (ROOT / "hardware_profiles/rigs/mixed-lab.yaml").read_text()
+RIGDOC = yaml.safe_load(RIG)
+
+
+def rig_variants():
+    v = {}
+    v["empty"] = b""
+    v["binary"] = bytes(range(256))
+    v["list"] = b"- a\n- b\n"
+    v["scalar"] = b"42\n"
+    v["null"] = b"null\n"
+    v["no-nodes"] = yaml.safe_dump({"name": "x"}).encode()
+    v["nodes-empty"] = yaml.safe_dump({"name": "x", "nodes": []}).encode()
+    v["nodes-dict"] = yaml.safe_dump({"name": "x", "nodes": {"a": 1}}).encode()
+
+    def mut(name, f):
+        d = copy.deepcopy(RIGDOC)
+        f(d)
+        v[name] = yaml.safe_dump(d).encode()
+
+    mut("no-name", lambda d: d.pop("name"))
+    mut("name-int", lambda d: d.update(name=5))
+    mut("name-empty", lambda d: d.update(name=""))
+    mut("gpu-unknown", lambda d: d["nodes"][0]["gpus"].__setitem__(0, "h900"))
+    mut("gpu-model-unknown", lambda d: d["nodes"][0]["gpus"][0].update(model="h900"))
+    mut("cpu-unknown", lambda d: d["nodes"][0].update(cpus=["xeon-9999"]))
+    mut("cpus-empty", lambda d: d["nodes"][0].update(cpus=[]))
+    mut("gpus-empty", lambda d: [n.update(gpus=[]) for n in d["nodes"]])
+    mut("gpus-none", lambda d: [n.pop("gpus") for n in d["nodes"]])
+    mut("socket-9", lambda d: d["nodes"][0]["gpus"][0].update(socket=9))
+    mut("socket-neg", lambda d: d["nodes"][0]["gpus"][0].update(socket=-1))
+    mut("socket-str", lambda d: d["nodes"][0]["gpus"][0].update(socket="a"))
+    mut("count-0", lambda d: d["nodes"][1]["gpus"][0].update(count=0))
+    mut("count-neg", lambda d: d["nodes"][1]["gpus"][0].update(count=-2))
+    mut("count-huge", lambda d: d["nodes"][1]["gpus"][0].update(count=10**9))
+    mut("count-float", lambda d: d["nodes"][1]["gpus"][0].update(count=1.5))
+    mut("count-nan", lambda d: d["nodes"][1]["gpus"][0].update(count=float("nan")))
+    mut("disk-unknown", lambda d: d["nodes"][0].update(disks=["floppy"]))
+    mut("nic-unknown", lambda d: d["nodes"][0].update(nic="carrier-pigeon"))
+    mut("nic-none", lambda d: [n.pop("nic") for n in d["nodes"]])
+    mut("nic-one", lambda d: d["nodes"][0].pop("nic"))
+    mut("upi-unknown", lambda d: d["nodes"][0].update(upi={"link": "upi-99", "count": 4}))
+    mut("upi-count-0", lambda d: d["nodes"][0].update(upi={"link": "upi-16gt", "count": 0}))
+    mut("upi-count-neg", lambda d: d["nodes"][0].update(upi={"link": "upi-16gt", "count": -4}))
+    mut(
+        "hostmem-0",
+        lambda d: d["nodes"][0].update(host_memory={"value": "0 GB", "source": "x", "grade": "assumed"}),
+    )
+    mut(
+        "hostmem-unit",
+        lambda d: d["nodes"][0].update(host_memory={"value": "1024 GB/s", "source": "x", "grade": "assumed"}),
+    )
+    mut(
+        "hostmem-seconds",
+        lambda d: d["nodes"][0].update(host_memory={"value": "5 s", "source": "x", "grade": "assumed"}),
+    )
+    mut("hostmem-plain", lambda d: d["nodes"][0].update(host_memory=1024))
+    mut("hostmem-nosource", lambda d: d["nodes"][0].update(host_memory={"value": "1 GB", "grade": "assumed"}))
+    mut(
+        "hostmem-badgrade",
+        lambda d: d["nodes"][0].update(host_memory={"value": "1 GB", "source": "x", "grade": "vibes"}),
+    )
+    mut(
+        "hostmem-huge",
+        lambda d: d["nodes"][0].update(host_memory={"value": "1e30 GB", "source": "x", "grade": "assumed"}),
+    )
+    mut(
+        "price-neg",
+        lambda d: d["nodes"][0].update(price_per_hour={"value": -1, "source": "x", "grade": "assumed"}),
+    )
+    mut(
+        "price-nan",
+        lambda d: d["nodes"][0].update(price_per_hour={"value": ".nan", "source": "x", "grade": "assumed"}),
+    )
+    mut(
+        "price-inf",
+        lambda d: d["nodes"][0].update(
+            price_per_hour={"value": float("inf"), "source": "x", "grade": "assumed"}
+        ),
+    )
+    mut(
+        "price-huge",
+        lambda d: d["nodes"][0].update(price_per_hour={"value": 1e300, "source": "x", "grade": "assumed"}),
+    )
+    mut(
+        "membw-0",
+        lambda d: d["nodes"][0]["gpus"][0].update(
+            memory_bandwidth={"value": "0 GB/s", "source": "x", "grade": "assumed"}
+        ),
+    )
+    mut(
+        "membw-unit",
+        lambda d: d["nodes"][0]["gpus"][0].update(
+            memory_bandwidth={"value": "1935 GB", "source": "x", "grade": "assumed"}
+        ),
+    )
+    mut(
+        "membw-tiny",
+        lambda d: d["nodes"][0]["gpus"][0].update(
+            memory_bandwidth={"value": "1e-300 GB/s", "source": "x", "grade": "assumed"}
+        ),
+    )
+    mut("unknown-field", lambda d: d["nodes"][0].update(colour="red"))
+    mut("unknown-top", lambda d: d.update(colour="red"))
+    mut("gpu-unknown-field", lambda d: d["nodes"][0]["gpus"][0].update(colour="red"))
+    mut("region-int", lambda d: d["nodes"][0].update(region=3))
+    mut("region-two", lambda d: d["nodes"][1].update(region="other"))
+    mut(
+        "region-two-net",
+        lambda d: (d["nodes"][1].update(region="other"), d.update(network={"lab": "ethernet-100g"})),
+    )
+    mut("network-unknown-region", lambda d: d.update(network={"mars": "ethernet-100g"}))
+    mut("network-list", lambda d: d.update(network=["a"]))
+    mut("nodes-many", lambda d: d.update(nodes=d["nodes"] * 5000))
+    mut("host-link-unknown", lambda d: d["nodes"][0]["gpus"][0].update(host_link={"link": "pcie9"}))
+    mut(
+        "host-link-bw-0",
+        lambda d: d["nodes"][0]["gpus"][0].update(
+            host_link={
+                "link": "pcie4-x16",
+                "bandwidth": {"value": "0 GB/s", "source": "x", "grade": "assumed"},
+            }
+        ),
+    )
+    mut(
+        "host-link-lat-neg",
+        lambda d: d["nodes"][0]["gpus"][0].update(
+            host_link={"link": "pcie4-x16", "latency": {"value": "-1 us", "source": "x", "grade": "assumed"}}
+        ),
+    )
+    mut(
+        "host-link-lat-huge",
+        lambda d: d["nodes"][0]["gpus"][0].update(
+            host_link={
+                "link": "pcie4-x16",
+                "latency": {"value": "1e300 s", "source": "x", "grade": "assumed"},
+            }
+        ),
+    )
+    mut("nvlink-unknown", lambda d: d["nodes"][1]["gpus"][0].update(nvlink="nvlink9"))
+    mut("nvlink-int", lambda d: d["nodes"][1]["gpus"][0].update(nvlink=3))
+    mut("peak-flops-empty", lambda d: d["nodes"][0]["gpus"][0].update(peak_flops={}))
+    mut(
+        "peak-flops-dtype",
+        lambda d: d["nodes"][0]["gpus"][0].update(
+            peak_flops={"fp99": {"value": 1, "source": "x", "grade": "assumed"}}
+        ),
+    )
+    mut(
+        "eff-kind",
+        lambda d: d["nodes"][0]["gpus"][0].update(
+            efficiency={"compute": {"nope": {"value": 0.5, "source": "x", "grade": "assumed"}}}
+        ),
+    )
+    mut(
+        "eff-gt1",
+        lambda d: d["nodes"][0]["gpus"][0].update(
+            efficiency={"memory": {"value": 1.5, "source": "x", "grade": "assumed"}}
+        ),
+    )
+    mut(
+        "eff-kernel-tables",
+        lambda d: d["nodes"][0]["gpus"][0].update(efficiency={"kernel_tables": "../../../../etc"}),
+    )
+    mut(
+        "eff-kernel-tables-missing",
+        lambda d: d["nodes"][0]["gpus"][0].update(efficiency={"kernel_tables": "nowhere"}),
+    )
+    mut(
+        "allreduce-table-missing",
+        lambda d: d["nodes"][0].update(nic={"link": "ethernet-100g", "allreduce_table": "nowhere.csv"}),
+    )
+    mut("dup-gpu-node", lambda d: d["nodes"][0]["gpus"].append(d["nodes"][0]["gpus"][0]))
+    mut(
+        "disk-bw-0",
+        lambda d: d["nodes"][0].update(
+            disks=[
+                {
+                    "model": "nvme-pcie4",
+                    "read_bandwidth": {"value": "0 GB/s", "source": "x", "grade": "assumed"},
+                }
+            ]
+        ),
+    )
+    mut(
+        "disk-cap-0",
+        lambda d: d["nodes"][0].update(
+            disks=[{"model": "nvme-pcie4", "capacity": {"value": "0 GB", "source": "x", "grade": "assumed"}}]
+        ),
+    )
+    mut(
+        "gpu-mem-tiny",
+        lambda d: d["nodes"][0]["gpus"][0].update(memory={"value": "1 B", "source": "x", "grade": "assumed"}),
+    )
+    v["dup-key"] = (RIG + "name: again\n").encode()
+    v["tab-indent"] = RIG.replace("  - region", "\t- region").encode()
+    # a billion-laughs document: 9**8 list items by aliases (the safe loader builds them by reference)
+    bomb, prev = ["a: &a [x,x,x,x,x,x,x,x,x]"], "a"
+    for name in "bcdefg":
+        bomb.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+        prev = name
+    v["anchor-bomb"] = (
+        "\n".join([*bomb, "h: [" + ",".join(["*g"] * 9) + "]", "name: x", "nodes: []"]) + "\n"
+    ).encode()
+    v["python-tag"] = b"name: !!python/object/apply:os.system ['true']\nnodes: []\n"
+    v["deep"] = ("a: " + "[" * 5000 + "]" * 5000 + "\n").encode()
+    v["huge-int"] = RIG.replace("count: 2", "count: " + "9" * 5000).encode()
+    return v
+
+
+RIGV = rig_variants()
+
+
+@pytest.mark.parametrize("name", sorted(RIGV))
+@pytest.mark.parametrize("cmd", ["hw", "compare"])
+def test_rig(name, cmd, tmp_path, audit, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "rig.yaml"
+    f.write_bytes(RIGV[name])
+    args = (
+        ["hw", "show", str(f)]
+        if cmd == "hw"
+        else [
+            "compare",
+            "--model",
+            "llama2-7b",
+            "--hw",
+            str(f),
+            *SMALL,
+            "--strategies",
+            "gpu-only,flexgen,hexgen",
+        ]
+    )
+    audit(f"rig {cmd} {name}", args)
+
+
+@pytest.mark.parametrize("args_kind", ["dir", "missing", "devnull", "devzero", "fifo"])
+def test_rig_paths(args_kind, tmp_path, audit, monkeypatch):
+    monkeypatch.setattr(hetsim.textfiles, "FIFO_WAIT_S", 0.2)  # a pipe with no writer: 10 s each else
+    if args_kind == "dir":
+        p = tmp_path / "d.yaml"
+        p.mkdir()
+    elif args_kind == "missing":
+        p = tmp_path / "m.yaml"
+    elif args_kind == "devnull":
+        p = Path("/dev/null")
+    elif args_kind == "devzero":  # endless: read until memory ran out before MAX_TEXT_BYTES
+        p = Path("/dev/zero")
+    else:
+        p = tmp_path / "f.yaml"
+        os.mkfifo(p)
+    for args in (
+        ["hw", "show", str(p)],
+        ["model", "show", str(p)],
+        ["simulate", "--plan", str(p)],
+        ["serve", "--model", "llama2-7b", "--hw", "mixed-lab", "--requests", str(p)],
+        ["sweep", str(p), "--no-plots"],
+        [
+            "compare",
+            "--model",
+            "mixtral-8x7b",
+            "--hw",
+            "mixed-lab",
+            *SMALL,
+            "--strategies",
+            "moe-offload",
+            "--routing-profile",
+            str(p),
+        ],
+    ):
+        audit(f"path {args_kind} {args[0]}", args)
+
+
+CFG = json.loads((ROOT / "tests/data/hf-configs/Llama-2-7B/config.json").read_text())
+MOE = json.loads((ROOT / "tests/data/hf-configs/Mixtral-8x7B/config.json").read_text())
+DS = json.loads((ROOT / "tests/data/hf-configs/DeepSeek-V2-Lite/config.json").read_text())
+QW = json.loads((ROOT / "tests/data/hf-configs/Qwen3-30B-A3B/config.json").read_text())
+
+
+def cfg_variants():
+    v = {}
+    for base_name, base in (("llama", CFG), ("moe", MOE), ("ds", DS), ("qwmoe", QW)):
+        keys = [k for k in base if isinstance(base[k], (int, float)) and not isinstance(base[k], bool)]
+        for k in keys:
+            for val in (0, -1, 3, 10**12, 1.5, "x", None, True, 1e308):
+                d = dict(base)
+                d[k] = val
+                v[f"{base_name} {k}={val!r}"] = d
+            d = dict(base)
+            d.pop(k)
+            v[f"{base_name} no {k}"] = d
+    for val in ("bogus", None, 3, "", "float8", "int4"):
+        d = dict(CFG)
+        d["torch_dtype"] = val
+        v[f"llama torch_dtype={val!r}"] = d
+    for val in ("bogus", None, 3, "", "gpt2", "bert"):
+        d = dict(CFG)
+        d["model_type"] = val
+        v[f"llama model_type={val!r}"] = d
+    d = dict(CFG)
+    d["head_dim"] = 100
+    v["llama head_dim=100"] = d
+    d = dict(CFG)
+    d["hidden_size"] = 4095
+    v["llama hidden 4095"] = d
+    d = dict(CFG)
+    d["num_key_value_heads"] = 5
+    v["llama kv 5"] = d
+    d = dict(CFG)
+    d["num_key_value_heads"] = 64
+    v["llama kv 64"] = d
+    d = dict(CFG)
+    d["sliding_window"] = 0
+    v["llama sw 0"] = d
+    d = dict(CFG)
+    d["sliding_window"] = -5
+    v["llama sw -5"] = d
+    d = dict(CFG)
+    d["sliding_window"] = "x"
+    v["llama sw x"] = d
+    d = dict(CFG)
+    d["layer_types"] = ["full_attention"]
+    v["llama layer_types short"] = d
+    d = dict(CFG)
+    d["layer_types"] = "x"
+    v["llama layer_types str"] = d
+    d = dict(CFG)
+    d["quantization_config"] = {"bits": 3}
+    v["llama quant bits 3"] = d
+    d = dict(CFG)
+    d["quantization_config"] = "x"
+    v["llama quant str"] = d
+    d = dict(CFG)
+    d["rope_scaling"] = {"type": "linear", "factor": 0}
+    v["llama rope 0"] = d
+    d = dict(MOE)
+    d["num_experts_per_tok"] = 9
+    v["moe topk > experts"] = d
+    d = dict(DS)
+    d["first_k_dense_replace"] = 10**6
+    v["ds first_k huge"] = d
+    d = dict(DS)
+    d["moe_layer_freq"] = 0
+    v["ds moe freq 0"] = d
+    d = dict(QW)
+    d["mlp_only_layers"] = [999]
+    v["qw mlp_only 999"] = d
+    d = dict(QW)
+    d["mlp_only_layers"] = "x"
+    v["qw mlp_only str"] = d
+    d = dict(QW)
+    d["decoder_sparse_step"] = 0
+    v["qw sparse step 0"] = d
+    v["list"] = [1, 2]
+    v["text_config bad"] = {"model_type": "gemma3", "text_config": {"hidden_size": 0}}
+    return v
+
+
+CFGV = cfg_variants()
+
+
+@pytest.mark.parametrize("name", sorted(CFGV))
+def test_config(name, tmp_path, audit, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps(CFGV[name]))
+    for args in (
+        ["model", "show", str(f)],
+        [
+            "compare",
+            "--model",
+            str(f),
+            "--hw",
+            "mixed-lab",
+            *SMALL,
+            "--strategies",
+            "gpu-only,flexgen,moe-offload,hexgen",
+            "--format",
+            "json",
+        ],
+    ):
+        audit(f"config {args[0]} {name}", args)
+
+
+EDIT_VALUES = [0, -1, None, "x", 1e308, 10**30, 1.5, True, [], {}]
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        "gpu-only",
+        "flexgen",
+        "hexgen",
+        "hetegen",
+        "accelerate",
+        "moe-offload",
+        "cpu-tp",
+        "layer-offload",
+        "deepspeed",
+    ],
+)
+def test_plan_edits(strategy, plan_text, tmp_path, audit):
+    if strategy not in plan_text:
+        pytest.skip("no plan")
+    doc = json.loads(plan_text[strategy])
+    paths = []
+
+    def walk(d, pre=()):
+        if pre:
+            paths.append(pre)
+        if isinstance(d, dict):
+            for k, v in d.items():
+                walk(v, (*pre, k))
+        elif isinstance(d, list):
+            for i, v in enumerate(d):
+                walk(v, (*pre, i))
+
+    walk(doc)
+    f = tmp_path / "p.json"
+    for path in paths:
+        for val in [*EDIT_VALUES, "__del__"]:
+            d = copy.deepcopy(doc)
+            parent = d
+            for k in path[:-1]:
+                parent = parent[k]
+            if val == "__del__":
+                if isinstance(parent, dict):
+                    del parent[path[-1]]
+                else:
+                    continue
+            else:
+                parent[path[-1]] = val
+            f.write_text(json.dumps(d))
+            args = ["simulate", "--plan", str(f), "--format", "json"]
+            audit(f"plan {strategy} {'.'.join(map(str, path))}={val!r}", args)
+    # other model / other strategy's plan / other rig
+    for key, val in (
+        ("model", "llama2-70b"),
+        ("model", "mixtral-8x7b"),
+        ("model", "opt-30b"),
+        ("hardware", "flexgen-t4"),
+        ("hardware", "cputp-4x8575c"),
+    ):
+        d = copy.deepcopy(doc)
+        d[key] = val
+        f.write_text(json.dumps(d))
+        args = ["simulate", "--plan", str(f), "--format", "json"]
+        audit(f"plan {strategy} {key}={val}", args)
+    for other in plan_text:
+        if other == strategy:
+            continue
+        d = copy.deepcopy(doc)
+        d["strategy"] = other
+        f.write_text(json.dumps(d))
+        args = ["simulate", "--plan", str(f), "--format", "json"]
+        audit(f"plan {strategy} strategy={other}", args)
+
+
+TRACES = {
+    "no-header": "0.0,16,2\n",
+    "header-only": "arrival_s,prompt_len,output_len\n",
+    "extra-col": "arrival_s,prompt_len,output_len,x\n0,16,2,5\n",
+    "short-row": "arrival_s,prompt_len,output_len\n0,16\n",
+    "long-row": "arrival_s,prompt_len,output_len\n0,16,2,9,9\n",
+    "unsorted": "arrival_s,prompt_len,output_len\n5,16,2\n0,16,2\n",
+    "neg-arrival": "arrival_s,prompt_len,output_len\n-5,16,2\n",
+    "nan-arrival": "arrival_s,prompt_len,output_len\nnan,16,2\n",
+    "inf-arrival": "arrival_s,prompt_len,output_len\ninf,16,2\n",
+    "huge-arrival": "arrival_s,prompt_len,output_len\n1e308,16,2\n",
+    "zero-prompt": "arrival_s,prompt_len,output_len\n0,0,2\n",
+    "zero-out": "arrival_s,prompt_len,output_len\n0,16,0\n",
+    "float-prompt": "arrival_s,prompt_len,output_len\n0,16.5,2\n",
+    "huge-prompt": "arrival_s,prompt_len,output_len\n0,99999999999,2\n",
+    "huge-out": "arrival_s,prompt_len,output_len\n0,16,99999999999\n",
+    "ctx-over": "arrival_s,prompt_len,output_len\n0,4090,100\n",
+    "bigint": "arrival_s,prompt_len,output_len\n0," + "9" * 5000 + ",2\n",
+    "bom": "\ufeffarrival_s,prompt_len,output_len\n0,16,2\n",
+    "crlf": "arrival_s,prompt_len,output_len\r\n0,16,2\r\n",
+    "quoted": 'arrival_s,prompt_len,output_len\n"0","16","2"\n',
+    "spaces": "arrival_s, prompt_len, output_len\n0, 16, 2\n",
+    "dup-col": "arrival_s,prompt_len,output_len,prompt_len\n0,16,2,5\n",
+    "nul": "arrival_s,prompt_len,output_len\n0,16\x00,2\n",
+    "semicolon": "arrival_s;prompt_len;output_len\n0;16;2\n",
+    "many-same-time": "arrival_s,prompt_len,output_len\n" + "0,16,2\n" * 2000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRACES))
+def test_trace(name, tmp_path, audit):
+    f = tmp_path / "t.csv"
+    f.write_text(TRACES[name])
+    for extra in ([], ["--mode", "hexgen"], ["--max-rate", "--slo", "5"]):
+        args = [
+            "serve",
+            "--model",
+            "llama2-7b",
+            "--hw",
+            "hexgen-half-budget",
+            "--requests",
+            str(f),
+            "--format",
+            "json",
+            *extra,
+        ]
+        audit(f"trace {name} {extra}", args)
+
+
+SWEEP = {
+    "name": "a",
+    "base": {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 1},
+    "grids": [{"strategy": ["gpu-only"]}],
+}
+
+
+def sweep_variants():
+    v = {}
+    for key in (
+        "prompt_len",
+        "gen_len",
+        "batch",
+        "model",
+        "rig",
+        "strategy",
+        "objective",
+        "dtype",
+        "kv_dtype",
+        "gpu_mem_budget",
+        "timeout_s",
+        "name",
+    ):
+        for val in (0, -1, None, "x", 1e308, 10**30, 1.5, True, [], {}, float("nan"), float("inf")):
+            d = copy.deepcopy(SWEEP)
+            if key in ("timeout_s", "name"):
+                d[key] = val
+            else:
+                d["base"][key] = val
+            v[f"{key}={val!r}"] = d
+    d = copy.deepcopy(SWEEP)
+    d["grids"] = []
+    v["grids-empty"] = d
+    d = copy.deepcopy(SWEEP)
+    d["grids"] = [{"strategy": []}]
+    v["grid-axis-empty"] = d
+    d = copy.deepcopy(SWEEP)
+    d["grids"] = [{"batch": list(range(1, 2000)), "gen_len": list(range(1, 2000))}]
+    v["grid-huge"] = d
+    d = copy.deepcopy(SWEEP)
+    d["grids"] = [{"colour": ["red"]}]
+    v["grid-unknown-axis"] = d
+    d = copy.deepcopy(SWEEP)
+    d["grids"] = "x"
+    v["grids-str"] = d
+    d = copy.deepcopy(SWEEP)
+    d["plots"] = [{"kind": "nope"}]
+    v["plot-kind"] = d
+    d = copy.deepcopy(SWEEP)
+    d["plots"] = [{"kind": "heatmap", "x": "nope", "y": "strategy"}]
+    v["plot-axis"] = d
+    d = copy.deepcopy(SWEEP)
+    d["plots"] = [{"kind": "line", "name": "../../../x", "x": "batch", "metric": "e2e_s"}]
+    v["plot-name-path"] = d
+    d = copy.deepcopy(SWEEP)
+    d["plots"] = [{"kind": "line", "name": "p", "x": "batch", "metric": "nope"}]
+    v["plot-metric"] = d
+    d = copy.deepcopy(SWEEP)
+    d["name"] = "../../escape"
+    v["name-path"] = d
+    d = copy.deepcopy(SWEEP)
+    d["name"] = "a/b"
+    v["name-slash"] = d
+    return v
+
+
+SWV = sweep_variants()
+
+
+@pytest.mark.parametrize("name", sorted(SWV))
+def test_sweep(name, tmp_path, audit, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(SWV[name]))
+    args = ["sweep", str(f), "--workers", "1", "--out", str(tmp_path / "o")]
+    audit(f"sweep {name}", args)
+
+
+ROUTING = {
+    "empty": "",
+    "list": "- 1\n",
+    "layers-empty": "layers: []\n",
+    "neg": "layers: [[-1, 1, 1, 1, 1, 1, 1, 1]]\n",
+    "nan": "layers: [[.nan, 1, 1, 1, 1, 1, 1, 1]]\n",
+    "zero": "layers: [[0, 0, 0, 0, 0, 0, 0, 0]]\n",
+    "short": "layers: [[1, 1]]\n",
+    "inf": "layers: [[.inf, 1, 1, 1, 1, 1, 1, 1]]\n",
+    "str": "layers: [[a, 1, 1, 1, 1, 1, 1, 1]]\n",
+    "many-layers": "layers: " + json.dumps([[1] * 8] * 999) + "\n",
+    "huge": "layers: [[1e308, 1e308, 1, 1, 1, 1, 1, 1]]\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUTING))
+def test_routing(name, tmp_path, audit):
+    f = tmp_path / "r.yaml"
+    f.write_text(ROUTING[name])
+    args = [
+        "compare",
+        "--model",
+        "mixtral-8x7b",
+        "--hw",
+        "mixed-lab",
+        *SMALL,
+        "--strategies",
+        "moe-offload",
+        "--routing-profile",
+        str(f),
+        "--format",
+        "json",
+    ]
+    audit(f"routing {name}", args)
+
+
+CAL = []
+for fl in ["--threads", "--ranks", "--device", "--gpu", "--out", "--profile", "--from-profiles"]:
+    for v in ["0", "-1", "nan", "99999999999", "", "x"]:
+        CAL.append(("calibrate", fl, v))
+for fl in [
+    "--ranks",
+    "--layers",
+    "--hidden",
+    "--batch",
+    "--prompt-len",
+    "--gen-len",
+    "--dtype",
+    "--threads",
+    "--repeats",
+    "--rounds",
+    "--strategy",
+    "--model",
+    "--stem",
+    "--out",
+]:
+    for v in ["0", "-1", "nan", "99999999999", "", "x"]:
+        CAL.append(("validate", fl, v))
+
+
+@pytest.mark.parametrize("cmd,flag,value", CAL)
+def test_calval(cmd, flag, value, tmp_path, audit, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if cmd == "calibrate":
+        args = ["calibrate", "--quick", "--out", str(tmp_path / "c.yaml"), flag, value]
+    else:
+        args = [
+            "validate",
+            "--hw",
+            str(ROOT / "hardware_profiles/rigs/cputp-4x8575c.yaml"),
+            "--model",
+            "opt-125m",
+            "--layers",
+            "1",
+            "--hidden",
+            "64",
+            "--gen-len",
+            "2",
+            "--prompt-len",
+            "4",
+            "--ranks",
+            "1",
+            "--repeats",
+            "1",
+            "--rounds",
+            "1",
+            "--out",
+            str(tmp_path / "v"),
+            flag,
+            value,
+        ]
+    audit(f"{cmd} {flag}={value!r}", args)
