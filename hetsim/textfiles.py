@@ -66,7 +66,9 @@ _CHUNK = 1 << 20
 
 
 def read_text(path: str | Path) -> str:
-    """A file's text as UTF-8; a missing, unreadable, endless or non-UTF-8 file is an InputError."""
+    """A file's text as UTF-8, a leading byte-order mark dropped (as editors on Windows and Excel's
+    "CSV UTF-8" write it: a trace's first column read as "\ufeffarrival_s", a JSON file refused); a
+    missing, unreadable, endless or non-UTF-8 file is an InputError."""
     source = str(path)
     try:
         data = _read_bytes(Path(path), source)
@@ -77,7 +79,7 @@ def read_text(path: str | Path) -> str:
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", source=source) from None
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"not a UTF-8 text file (byte {exc.start})", source=source) from None
 

@@ -448,3 +448,21 @@ def test_a_killed_search_worker_falls_back_to_searching_in_process(monkeypatch):
     alone = api.compare(p, ["cpu-tp", "gpu-only"], workers=1)
     assert [r.to_dict() for r in pooled] == [r.to_dict() for r in alone]
     assert all(r.feasible for r in pooled)
+
+
+def test_a_byte_order_mark_is_not_part_of_a_files_text(tmp_path):
+    """Excel's "CSV UTF-8" and Windows editors start a file with a byte-order mark: a trace's first
+    column was read as "\\ufeffarrival_s" ("missing column arrival_s"), a JSON file refused."""
+    from hetsim.serving.workload import read_trace
+    from hetsim.textfiles import parse_json, read_text
+
+    trace = tmp_path / "t.csv"
+    trace.write_bytes(b"\xef\xbb\xbfarrival_s,prompt_len,output_len\n0.5,16,4\n")
+    [request] = read_trace(trace)
+    assert (request.arrival_s, request.prompt_len, request.output_len) == (0.5, 16, 4)
+    doc = tmp_path / "c.json"
+    doc.write_bytes(b'\xef\xbb\xbf{"hidden_size": 8}')
+    assert parse_json(read_text(doc), str(doc)) == {"hidden_size": 8}
+    doc.write_bytes("\ufeff".encode() + b"x\xff")  # still refused where the rest is not UTF-8
+    with pytest.raises(InputError, match="not a UTF-8 text file"):
+        read_text(doc)
