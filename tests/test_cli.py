@@ -303,6 +303,29 @@ def test_validate_bad_flags_are_one_line(capsys):
     assert_input_error(*run(capsys, *fit), "no-such-run")
 
 
+@pytest.mark.parametrize(
+    "runs, field",
+    [
+        ("[1, 2]", "runs"),  # not a report
+        ('{"runs": [{"strategy": "cpu-tp", "measured": {}}]}', "runs[0]"),  # cut short
+        (
+            '{"runs": [{"strategy": "cpu-tp", "measured": {"ttft_s": "x", "tpot_s": 1}, "model": {}}]}',
+            "runs[0]",
+        ),
+    ],
+)
+def test_calibrate_fit_names_the_report_and_run_that_is_malformed(capsys, tmp_path, runs, field):
+    """``calibrate --fit`` read a validate report with bare key lookups: an edited or cut-short
+    report was a KeyError traceback."""
+    pytest.importorskip("torch")
+    prof = "validate/results/2core-run1/profile-fitted.yaml"
+    report = tmp_path / "bad-run.json"
+    report.write_text(runs)
+    assert_input_error(
+        *run(capsys, "calibrate", "--fit", "--profile", prof, str(report)), "bad-run.json", field
+    )
+
+
 def test_the_process_ends_with_its_heap_frozen_its_code_and_its_atexit_handlers():
     """``exit_process`` (the console script's and ``python -m hetsim.cli``'s end) skips only the
     interpreter's last collection: the code comes back, atexit handlers and buffered output run."""

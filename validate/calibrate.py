@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -580,28 +581,50 @@ class _Step:
 
 
 def _report_steps(path: Path, node, link, model_type) -> list[_Step]:
+    from hetsim.errors import InputError
     from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
     from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES, TOKEN_PAIR_BYTES
+    from hetsim.textfiles import parse_json, read_text
 
     beta = link.bw if link else 1.0
     out = []
-    for run in json.loads(path.read_text())["runs"]:
-        if not run.get("strategy", "").startswith("cpu") or "measured" not in run:
+    source = str(path)
+    doc = parse_json(read_text(path), source)
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    if not isinstance(runs, list):
+        raise InputError("not a validate report (no list of runs)", source=source, field="runs")
+    for i, run in enumerate(runs):
+        if (
+            not isinstance(run, dict)
+            or not str(run.get("strategy", "")).startswith("cpu")
+            or "measured" not in run
+        ):
             continue
-        spec = model_type(**run["model"])
-        w, world, plan, m = run["workload"], run["world"], run["plan"], run["measured"]
-        b, p = w["batch"], w["prompt_len"]
+        try:  # a report edited or cut short: a missing or mistyped field is the file's, not a bug
+            spec = model_type(**run["model"])
+            w, world, plan, m = run["workload"], int(run["world"]), run["plan"], run["measured"]
+            b, p, gen_len = int(w["batch"]), int(w["prompt_len"]), int(w["gen_len"])
+            ttft, tpot = float(m["ttft_s"]), float(m["tpot_s"])
+            wd, kd, ad = plan["weight_dtype"], plan["kv_dtype"], plan.get("act_dtype", "fp16")
+            reduce_bytes = ALLREDUCE_BYTES[plan["allreduce_dtype"]] if world > 1 else 0.0
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(
+                f"run {i}: missing or malformed ({exc})", source=source, field=f"runs[{i}]"
+            ) from None
+        if not all(math.isfinite(t) and t > 0 for t in (ttft, tpot)) or min(world, b, p, gen_len) < 1:
+            raise InputError(
+                f"run {i}: times and sizes must be positive and finite", source=source, field=f"runs[{i}]"
+            )
         serial = world if node.cpu_sharing == "core" else 1
         shared = node.cpu_sharing != "none" and node.shared_dram_bw > 0 and world > 1
-        mid = max(1, (w["gen_len"] - 1) // 2)
-        wd, kd, ad = plan["weight_dtype"], plan["kv_dtype"], plan.get("act_dtype", "fp16")
-        for phase, seq, kv, measured in (("prefill", p, p, m["ttft_s"]), ("decode", 1, p + mid, m["tpot_s"])):
+        mid = max(1, (gen_len - 1) // 2)
+        for phase, seq, kv, measured in (("prefill", p, p, ttft), ("decode", 1, p + mid, tpot)):
             blk = layer_blocks(spec, phase, b, seq, kv, world, wd, kd, ad)
             ops = (*embed_ops(spec, b, seq, wd, ad), *(blk.whole * spec.layers),
                    *head_ops(spec, phase, b, seq, world, wd, ad))  # fmt: skip
             n_coll, bytes_s = 0, 0.0
             if world > 1:  # two all-reduces per layer, then the top-1 gather ((world - 1) hops)
-                msg = b * seq * spec.hidden * ALLREDUCE_BYTES[plan["allreduce_dtype"]]
+                msg = b * seq * spec.hidden * reduce_bytes
                 n_coll = 2 * spec.layers + world - 1
                 bytes_s = 2 * spec.layers * msg / beta + (world - 1) * TOKEN_PAIR_BYTES * b / beta
             out.append(_Step(
