@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny hand-built rig whose numbers make closed forms easy; a script run in its
-own process and signalled once it says it got far enough (``signalled``)."""
+own process and signalled once it says it got far enough (``signalled``); the CLI's ``main`` run
+in-process under an alarm (``guarded``)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,35 @@ def tiny_rig() -> Rig:
 @pytest.fixture
 def rig() -> Rig:
     return tiny_rig()
+
+
+class Hang(Exception):
+    """A ``guarded`` command still running at its alarm: a hang is a bug, not a slow case."""
+
+
+Guarded = Callable[..., tuple[int, str]]
+
+
+@pytest.fixture
+def guarded(capsys: pytest.CaptureFixture[str]) -> Guarded:
+    """``run(args, hang_s=60)``: the CLI's ``main(args)`` in this process, (exit code, stderr); one
+    still running after ``hang_s`` raises ``Hang`` (SIGALRM) instead of holding the suite."""
+    from hetsim.cli import main
+
+    def run(args: list[str], hang_s: int = 60) -> tuple[int, str]:
+        def hang(signum: int, frame: object) -> None:
+            raise Hang(args)
+
+        old = signal.signal(signal.SIGALRM, hang)
+        signal.alarm(hang_s)
+        try:
+            code = main(args)
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+        return code, capsys.readouterr().err
+
+    return run
 
 
 # Seconds a signalled script has, first to print its progress line, then to exit after the signal.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -25,24 +24,6 @@ SMALL = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
 HANG_S = 30  # each case takes well under a second; a hang is a bug
 
 
-class _Hang(Exception):
-    pass
-
-
-def _run(args: list[str], capsys) -> tuple[int, str]:
-    def hang(signum, frame):
-        raise _Hang(args)
-
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(HANG_S)
-    try:
-        code = main(args)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    return code, capsys.readouterr().err
-
-
 def _one_line(code: int, err: str) -> str:
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
     return err
@@ -51,7 +32,7 @@ def _one_line(code: int, err: str) -> str:
 # ---- a named pipe nobody writes to: opening it for reading waited for a writer for ever ----------
 @pytest.mark.parametrize("kind", ["config", "plan", "trace", "sweep", "routing"])
 def test_a_named_pipe_with_no_writer_is_waited_on_for_a_while_not_for_ever(
-    tmp_path, capsys, monkeypatch, kind
+    tmp_path, capsys, monkeypatch, kind, guarded
 ):
     monkeypatch.setattr(hetsim.textfiles, "FIFO_WAIT_S", 0.1)
     fifo = tmp_path / "input"
@@ -64,10 +45,10 @@ def test_a_named_pipe_with_no_writer_is_waited_on_for_a_while_not_for_ever(
         "routing": ["compare", "--model", "mixtral-8x7b", "--hw", "mixed-lab", *SMALL,
                     "--strategies", "moe-offload", "--routing-profile", str(fifo)],
     }[kind]  # fmt: skip
-    assert f"{fifo}: a named pipe nobody wrote to within 0.1 s" in _one_line(*_run(args, capsys))
+    assert f"{fifo}: a named pipe nobody wrote to within 0.1 s" in _one_line(*guarded(args, HANG_S))
 
 
-def test_a_named_pipe_whose_writer_comes_later_is_read_whole(tmp_path, capsys, monkeypatch):
+def test_a_named_pipe_whose_writer_comes_later_is_read_whole(tmp_path, capsys, monkeypatch, guarded):
     """``mkfifo p; hetsim model show p & producer > p``: the producer may open the pipe after hetsim
     did. Before, a pipe with no writer at the first read was read as empty (malformed JSON)."""
     monkeypatch.setattr(hetsim.textfiles, "FIFO_WAIT_S", 60.0)
@@ -91,7 +72,7 @@ def test_a_named_pipe_whose_writer_comes_later_is_read_whole(tmp_path, capsys, m
 
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
-    code, err = _run(["model", "show", str(fifo), "--format", "json"], capsys)
+    code, err = guarded(["model", "show", str(fifo), "--format", "json"], HANG_S)
     writer.join(HANG_S)
     assert code == 0, err
 
@@ -112,7 +93,7 @@ def test_an_endless_device_is_refused_not_read_until_memory_runs_out(tmp_path):
     assert (proc.returncode, proc.stderr) == (2, "error: /dev/zero: more than 256 MiB\n")
 
 
-def test_a_named_pipe_with_a_writer_is_read_whole(tmp_path, capsys):
+def test_a_named_pipe_with_a_writer_is_read_whole(tmp_path, capsys, guarded):
     """As ``--model <(cat config.json)`` gives it: the writer's text, waited for."""
     fifo = tmp_path / "config.json"
     os.mkfifo(fifo)
@@ -124,33 +105,33 @@ def test_a_named_pipe_with_a_writer_is_read_whole(tmp_path, capsys):
 
     writer = threading.Thread(target=write, daemon=True)
     writer.start()
-    code, _ = _run(["model", "show", str(fifo), "--format", "json"], capsys)
+    code, _ = guarded(["model", "show", str(fifo), "--format", "json"], HANG_S)
     writer.join(HANG_S)
     assert code == 0
 
 
 # ---- integers longer than Python converts (4300 digits): ValueError out of main ------------------
-def test_a_huge_integer_in_a_rig_is_one_line(tmp_path, capsys):
+def test_a_huge_integer_in_a_rig_is_one_line(tmp_path, capsys, guarded):
     rig = tmp_path / "rig.yaml"
     text = (ROOT / "hardware_profiles/rigs/mixed-lab.yaml").read_text()
     rig.write_text(text.replace("count: 2", "count: " + "9" * 5000))
-    err = _one_line(*_run(["hw", "show", str(rig)], capsys))
+    err = _one_line(*guarded(["hw", "show", str(rig)], HANG_S))
     assert (
         err.startswith(f"error: {rig}: malformed YAML at line ") and "integer longer than 4300 digits" in err
     )
 
 
 @pytest.mark.parametrize("kind", ["config", "plan"])
-def test_a_huge_integer_in_json_is_one_line(tmp_path, capsys, kind):
+def test_a_huge_integer_in_json_is_one_line(tmp_path, capsys, kind, guarded):
     f = tmp_path / "doc.json"
     f.write_text('{"num_hidden_layers": ' + "9" * 5000 + "}")
     args = ["model", "show", str(f)] if kind == "config" else ["simulate", "--plan", str(f)]
-    err = _one_line(*_run(args, capsys))
+    err = _one_line(*guarded(args, HANG_S))
     assert err == f"error: {f}: malformed JSON: an integer longer than 4300 digits\n"
 
 
 @pytest.mark.parametrize("kind", ["config", "plan"])
-def test_a_key_given_twice_in_json_is_refused(tmp_path, capsys, plans, kind):
+def test_a_key_given_twice_in_json_is_refused(tmp_path, capsys, plans, kind, guarded):
     """As YAML's loader does. Before, the last one's value was kept, silently: a plan edited by
     adding a line (the first ``micro_batches`` left above it) ran the second."""
     f = tmp_path / "doc.json"
@@ -162,7 +143,7 @@ def test_a_key_given_twice_in_json_is_refused(tmp_path, capsys, plans, kind):
         text = json.dumps(plans["gpu-only"])
         f.write_text(text.replace('"micro_batches": 1', '"micro_batches": 1, "micro_batches": 1', 1))
         args, key = ["simulate", "--plan", str(f)], "micro_batches"
-    assert _one_line(*_run(args, capsys)) == f"error: {f}: malformed JSON: duplicate key '{key}'\n"
+    assert _one_line(*guarded(args, HANG_S)) == f"error: {f}: malformed JSON: duplicate key '{key}'\n"
 
 
 # ---- flags ---------------------------------------------------------------------------------------
@@ -189,7 +170,7 @@ def test_a_key_given_twice_in_json_is_refused(tmp_path, capsys, plans, kind):
          "error: --ranks: must be in [1, 1024], got 99999999999\n"),
     ],
 )  # fmt: skip
-def test_absurd_flags_found_by_the_audit(tmp_path, capsys, monkeypatch, args, line):
+def test_absurd_flags_found_by_the_audit(tmp_path, capsys, monkeypatch, args, line, guarded):
     if args[0] in ("calibrate", "validate"):
         pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
@@ -210,7 +191,7 @@ def test_absurd_flags_found_by_the_audit(tmp_path, capsys, monkeypatch, args, li
         )
     )
     args = [str(spec) if a == "SPEC" else str(tmp_path / "c.yaml") if a == "OUT" else a for a in args]
-    assert _one_line(*_run(args, capsys)).startswith(line)
+    assert _one_line(*guarded(args, HANG_S)).startswith(line)
 
 
 # ---- plans from files: strategies that checked nothing ---------------------------------------------
@@ -255,12 +236,12 @@ def plans(tmp_path_factory):
         ("gpu-only", "micro_batches", 10**30, "params.micro_batches: must be in [1, 1]"),  # ran as 1
     ],
 )
-def test_tampered_plan_refused(tmp_path, capsys, plans, strategy, key, value, field):
+def test_tampered_plan_refused(tmp_path, capsys, plans, strategy, key, value, field, guarded):
     doc = json.loads(json.dumps(plans[strategy]))
     doc["params"][key] = value
     bad = tmp_path / "plan.json"
     bad.write_text(json.dumps(doc))
-    assert _one_line(*_run(["simulate", "--plan", str(bad)], capsys)).startswith(f"error: {bad}: {field}")
+    assert _one_line(*guarded(["simulate", "--plan", str(bad)], HANG_S)).startswith(f"error: {bad}: {field}")
 
 
 # ---- trace CSV: values read under the wrong column ---------------------------------------------------
@@ -273,19 +254,19 @@ def test_tampered_plan_refused(tmp_path, capsys, plans, strategy, key, value, fi
         ("arrival_s,prompt_len,output_len\n0,16,2,9\n", "line 2: more values than the header has columns"),
     ],
 )
-def test_trace_columns_that_do_not_line_up_are_refused(tmp_path, capsys, text, line):
+def test_trace_columns_that_do_not_line_up_are_refused(tmp_path, capsys, text, line, guarded):
     f = tmp_path / "t.csv"
     f.write_text(text)
     args = ["serve", "--model", "llama2-7b", "--hw", "hexgen-half-budget", "--requests", str(f)]
-    assert _one_line(*_run(args, capsys)) == f"error: {f}: {line}\n"
+    assert _one_line(*guarded(args, HANG_S)) == f"error: {f}: {line}\n"
 
 
-def test_a_trace_with_an_extra_column_still_runs(tmp_path, capsys):
+def test_a_trace_with_an_extra_column_still_runs(tmp_path, capsys, guarded):
     """Columns beyond the three (a request id) are left alone."""
     f = tmp_path / "t.csv"
     f.write_text("arrival_s,prompt_len,output_len,id\n0,16,2,a\n0.5,8,3,b\n")
-    code, _ = _run(
-        ["serve", "--model", "llama2-7b", "--hw", "hexgen-half-budget", "--requests", str(f)], capsys
+    code, _ = guarded(
+        ["serve", "--model", "llama2-7b", "--hw", "hexgen-half-budget", "--requests", str(f)], HANG_S
     )
     assert code == 0
 
@@ -296,14 +277,14 @@ def test_a_trace_with_an_extra_column_still_runs(tmp_path, capsys):
     [({"name": "../../escaped"}, "name"),
      ({"plots": [{"kind": "line", "x": "batch", "name": "../p"}]}, "plots[0].name")],
 )  # fmt: skip
-def test_a_sweep_name_that_is_a_path_is_refused(tmp_path, capsys, doc, field):
+def test_a_sweep_name_that_is_a_path_is_refused(tmp_path, capsys, doc, field, guarded):
     """The sweep's name is its folder under ``out``, a plot's its file: before, "../../escaped"
     wrote the results two folders above the spec's ``out``."""
     base = {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 1}
     spec = tmp_path / "a" / "b" / "s.yaml"
     spec.parent.mkdir(parents=True)
     spec.write_text(yaml.safe_dump({"name": "n", "base": base, "grids": [{"strategy": ["gpu-only"]}], **doc}))
-    err = _one_line(*_run(["sweep", str(spec), "--workers", "1"], capsys))
+    err = _one_line(*guarded(["sweep", str(spec), "--workers", "1"], HANG_S))
     assert err.startswith(
         f"error: {spec}: {field}: must be a plain name (no path separator, not '.' or '..'), got "
     )

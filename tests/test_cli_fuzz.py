@@ -14,7 +14,6 @@ import copy
 import json
 import math
 import random
-import signal
 from pathlib import Path
 
 import pytest
@@ -151,24 +150,6 @@ def _cases(kind: str, tmp: Path, plan_text: str) -> list[tuple[list[str], list[s
     return cases
 
 
-class _Hang(Exception):
-    pass
-
-
-def _run(args: list[str], capsys) -> tuple[int, str]:
-    def hang(signum, frame):
-        raise _Hang(args)
-
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(60)  # generous: a hang is a bug, not a slow case
-    try:
-        code = main(args)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-    return code, capsys.readouterr().err
-
-
 @pytest.fixture(scope="module")
 def plan_text(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("plan") / "plan.json"
@@ -179,12 +160,12 @@ def plan_text(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("kind", ["rig", "model", "plan", "trace", "sweep", "flags"])
 def test_mutated_inputs_give_a_result_or_one_line_naming_the_file_or_flag(kind, tmp_path, monkeypatch, capsys,
-                                                                          plan_text):  # fmt: skip
+                                                                          plan_text, guarded):  # fmt: skip
     monkeypatch.chdir(tmp_path)  # anything a case writes by a relative name stays here
     capsys.readouterr()
     bad = []
     for args, names in _cases(kind, tmp_path, plan_text):
-        code, err = _run(args, capsys)
+        code, err = guarded(args)
         lines = err.strip().splitlines()
         one_line = len(lines) == 1 and lines[0].startswith("error: ")
         if code not in (0, 1, 2) or "Traceback" in err or (code in (1, 2) and not one_line):
@@ -204,7 +185,7 @@ def test_mutated_inputs_give_a_result_or_one_line_naming_the_file_or_flag(kind, 
         ({"base": {"objective": 3}}, "base.objective"),
     ],
 )
-def test_sweep_names_that_are_not_strings_are_bad_input(tmp_path, capsys, spec_change, field):
+def test_sweep_names_that_are_not_strings_are_bad_input(tmp_path, capsys, spec_change, field, guarded):
     """Found by the fuzz pass: a number or a list where a name goes raised AttributeError/TypeError."""
     spec = copy.deepcopy(SWEEP)
     for key, value in spec_change.items():
@@ -214,7 +195,7 @@ def test_sweep_names_that_are_not_strings_are_bad_input(tmp_path, capsys, spec_c
             spec[key] = value
     f = tmp_path / "fz.yaml"
     f.write_text(yaml.safe_dump(spec))
-    code, err = _run(["sweep", str(f), "--out", str(tmp_path / "out"), "--plots-only"], capsys)
+    code, err = guarded(["sweep", str(f), "--out", str(tmp_path / "out"), "--plots-only"])
     assert (
         code == 2 and err == f"error: {f}: {field}: must be a name (a string), got " + err.split("got ", 1)[1]
     )
@@ -235,24 +216,24 @@ def test_sweep_names_that_are_not_strings_are_bad_input(tmp_path, capsys, spec_c
         (["--hw", ""], "error: --hw: unknown rig '' (known: "),
     ],
 )
-def test_flag_errors_from_deeper_checks_name_the_flag(capsys, args, line):
+def test_flag_errors_from_deeper_checks_name_the_flag(capsys, args, line, guarded):
     """Found by the fuzz pass: these named the workload's field (prompt_len) or 'strategy'."""
-    code, err = _run(["compare", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, *args], capsys)
+    code, err = guarded(["compare", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, *args])
     assert code == 2 and err.startswith(line) and err.count("\n") == 1
 
 
-def test_an_os_error_on_a_path_is_one_line_naming_it(tmp_path, capsys):
+def test_an_os_error_on_a_path_is_one_line_naming_it(tmp_path, capsys, guarded):
     """Found by the fuzz pass: ``sweep --out`` on a file printed ``[Errno 20] Not a directory: ...``."""
     f = tmp_path / "file"
     f.write_text("")
     spec = tmp_path / "fz.yaml"
     spec.write_text(yaml.safe_dump(SWEEP))
-    code, err = _run(["sweep", str(spec), "--out", str(f), "--workers", "1", "--no-plots"], capsys)
+    code, err = guarded(["sweep", str(spec), "--out", str(f), "--workers", "1", "--no-plots"])
     assert (code, err) == (2, f"error: {f / 'results'}: Not a directory\n")
 
 
 @pytest.mark.parametrize("form", ["spaced", "equals"])
-def test_errors_on_a_flags_file_name_the_flag(tmp_path, capsys, form):
+def test_errors_on_a_flags_file_name_the_flag(tmp_path, capsys, form, guarded):
     """``--trace``/``--routing-profile``/``--out`` file errors named the file only (a missing
     folder for a trace read as if an input were missing); now ``error: --trace PATH: ...``."""
     bad = tmp_path / "nowhere" / "t.json"
@@ -272,5 +253,5 @@ def test_errors_on_a_flags_file_name_the_flag(tmp_path, capsys, form):
          f"error: --routing-profile {routing}: malformed YAML at line "),
     ]  # fmt: skip
     for args, line in cases:
-        code, err = _run(args, capsys)
+        code, err = guarded(args)
         assert code == 2 and err.startswith(line) and err.count("\n") == 1, (args, err)
