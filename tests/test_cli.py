@@ -303,27 +303,73 @@ def test_validate_bad_flags_are_one_line(capsys):
     assert_input_error(*run(capsys, *fit), "no-such-run")
 
 
-@pytest.mark.parametrize(
-    "runs, field",
-    [
-        ("[1, 2]", "runs"),  # not a report
-        ('{"runs": [{"strategy": "cpu-tp", "measured": {}}]}', "runs[0]"),  # cut short
-        (
-            '{"runs": [{"strategy": "cpu-tp", "measured": {"ttft_s": "x", "tpot_s": 1}, "model": {}}]}',
-            "runs[0]",
-        ),
-    ],
-)
+def _cpu_run(**change) -> dict:
+    """The first run of a real validate report, with ``change`` applied (dotted keys reach inside)."""
+    doc = json.loads(Path("validate/results/2core-run1/cpu-llama2-7b.json").read_text())
+    run = doc["runs"][0]
+    for key, value in change.items():
+        *path, last = key.split(".")
+        node = run
+        for k in path:
+            node = node[k]
+        if value is _DROP:
+            del node[last]
+        else:
+            node[last] = value
+    return run
+
+
+_DROP = object()
+_BAD_REPORTS = [
+    ("[1, 2]", "runs"),  # not a report
+    ('{"runs": [{"strategy": "cpu-tp", "measured": {}}]}', "runs[0]"),  # cut short
+    ('{"runs": [{"strategy": "cpu-tp", "measured": {"ttft_s": "x", "tpot_s": 1}, "model": {}}]}', "runs[0]"),
+    ('{"runs": [7]}', "runs[0]"),  # a run that is not an object
+    (json.dumps({"runs": [_cpu_run(world=True)]}), "world"),  # true is not 1 rank
+    (json.dumps({"runs": [_cpu_run(**{"workload.batch": "1"})]}), "workload.batch"),
+    (json.dumps({"runs": [_cpu_run(**{"measured.tpot_s": 0})]}), "measured.tpot_s"),
+    (json.dumps({"runs": [_cpu_run(**{"measured.ttft_s": -1.0})]}), "measured.ttft_s"),
+    (json.dumps({"runs": [_cpu_run(**{"plan.weight_dtype": "fp7"})]}), "weight_dtype"),
+    (json.dumps({"runs": [_cpu_run(world=2, **{"plan.allreduce_dtype": _DROP})]}), "allreduce_dtype"),
+    (json.dumps({"runs": [_cpu_run(**{"model.hidden": _DROP})]}), "hidden"),
+    (json.dumps({"runs": [_cpu_run(**{"workload.gen_len": 10**9})]}), "gen_len"),
+]
+
+
+@pytest.mark.parametrize("runs, field", _BAD_REPORTS)
 def test_calibrate_fit_names_the_report_and_run_that_is_malformed(capsys, tmp_path, runs, field):
     """``calibrate --fit`` read a validate report with bare key lookups: an edited or cut-short
-    report was a KeyError traceback."""
+    report was a KeyError traceback; ``true`` read as one rank, a wrong dtype as a KeyError."""
     pytest.importorskip("torch")
     prof = "validate/results/2core-run1/profile-fitted.yaml"
     report = tmp_path / "bad-run.json"
     report.write_text(runs)
-    assert_input_error(
-        *run(capsys, "calibrate", "--fit", "--profile", prof, str(report)), "bad-run.json", field
-    )
+    code, out, err = run(capsys, "calibrate", "--fit", "--profile", prof, str(report))
+    assert_input_error(code, out, err, "bad-run.json", field, *(["runs[0]"] if field != "runs" else []))
+
+
+@pytest.mark.parametrize("runs, field", _BAD_REPORTS)
+def test_validate_summary_reads_reports_as_calibrate_does(capsys, tmp_path, runs, field):
+    """``python -m validate.summary`` read reports with bare json.loads and key lookups (a traceback);
+    it now shares calibrate's reader: the same one line, exit 2."""
+    from validate.summary import main as summary_main
+
+    report = tmp_path / "bad-run.json"
+    report.write_text(runs)
+    code = summary_main(["validate/results/2core-run1/profile-fitted.yaml", str(report)])
+    out, err = capsys.readouterr()
+    assert_input_error(code, out, err, "bad-run.json", field, *(["runs[0]"] if field != "runs" else []))
+
+
+def test_validate_summary_on_real_reports(capsys):
+    """Its rows on the reports shipped in validate/results: the measured times as written."""
+    from validate.summary import summarize
+
+    path = "validate/results/2core-run1/cpu-llama2-7b.json"
+    rows = summarize("validate/results/2core-run1/profile-fitted.yaml", [path])
+    runs = json.loads(Path(path).read_text())["runs"]
+    assert [r["ranks"] for r in rows] == [r["world"] for r in runs]
+    assert [r["ttft_ms"][0] for r in rows] == [r["measured"]["ttft_s"] * 1e3 for r in runs]
 
 
 def test_the_process_ends_with_its_heap_frozen_its_code_and_its_atexit_handlers():

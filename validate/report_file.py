@@ -1,0 +1,118 @@
+"""A validate report read back (``calibrate --fit``, ``python -m validate.summary``): one pydantic model.
+
+``hetsim validate`` writes the report (``validate.report.save``); a file edited by hand or cut short is
+the user's input, so every field the readers use is checked here, and a bad one is one ``InputError``
+naming the file and ``runs[i]`` (the CLI prints it and exits 2), never a KeyError traceback. The
+readers use the CPU runs that were measured (a CUDA run, or one skipped, has nothing they refit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hetsim.errors import InputError
+from hetsim.models.spec import DTYPES, ModelSpec
+from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES
+from hetsim.textfiles import parse_json, read_text
+from hetsim.workload import Workload
+
+_Count = Annotated[int, Field(strict=True, ge=1)]
+# a NaN step time fed the least-squares fit
+_Seconds = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Workload(_Doc):
+    batch: _Count
+    prompt_len: _Count
+    gen_len: _Count
+
+
+class _Plan(_Doc):
+    weight_dtype: str
+    kv_dtype: str
+    act_dtype: str = "fp16"
+    allreduce_dtype: str | None = None  # read only with more than one rank
+
+    @model_validator(mode="after")
+    def _known(self) -> _Plan:
+        for name in ("weight_dtype", "kv_dtype", "act_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"plan.{name}: unknown dtype {getattr(self, name)!r}")
+        if self.allreduce_dtype is not None and self.allreduce_dtype not in ALLREDUCE_BYTES:
+            raise ValueError(f"plan.allreduce_dtype: unknown dtype {self.allreduce_dtype!r}")
+        return self
+
+
+class _Measured(_Doc):
+    ttft_s: _Seconds
+    tpot_s: _Seconds
+
+
+class _CpuRun(_Doc):
+    model: dict[str, Any]
+    workload: _Workload
+    world: _Count
+    plan: _Plan
+    measured: _Measured
+
+    @model_validator(mode="after")
+    def _reduced(self) -> _CpuRun:
+        if self.world > 1 and self.plan.allreduce_dtype is None:
+            raise ValueError("plan.allreduce_dtype: needed with more than one rank")
+        return self
+
+
+@dataclass(frozen=True)
+class CpuRun:
+    """One measured CPU run of a report, checked."""
+
+    spec: ModelSpec
+    workload: Workload
+    world: int
+    plan: _Plan
+    ttft_s: float
+    tpot_s: float
+
+
+def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
+    """The measured CPU runs of the validate report at ``path``; ``model_type`` builds the model
+    (calibrate's fit passes its own)."""
+    source = str(path)
+    doc = parse_json(read_text(path), source)
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    if not isinstance(runs, list):
+        raise InputError("not a validate report (no list of runs)", source=source, field="runs")
+    out = []
+    for i, run in enumerate(runs):
+        if not isinstance(run, dict):
+            raise InputError(f"run {i}: not an object", source=source, field=f"runs[{i}]")
+        if not str(run.get("strategy", "")).startswith("cpu") or "measured" not in run:
+            continue  # a CUDA run, or one skipped: nothing a CPU profile is fitted to
+        try:
+            r = _CpuRun.model_validate(run)
+            spec = model_type(**r.model)
+            w = r.workload
+            workload = Workload(w.batch, w.prompt_len, w.gen_len)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(map(str, err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            raise InputError(
+                f"run {i}: {where + ': ' if where else ''}{msg}", source=source, field=f"runs[{i}]"
+            ) from None
+        except TypeError as exc:  # a model field missing or unknown
+            raise InputError(f"run {i}: model: {exc}", source=source, field=f"runs[{i}]") from None
+        except InputError as exc:  # a workload past hetsim's bounds
+            raise InputError(
+                f"run {i}: workload.{exc.field}: {exc.message}", source=source, field=f"runs[{i}]"
+            ) from None
+        out.append(CpuRun(spec, workload, r.world, r.plan, r.measured.ttft_s, r.measured.tpot_s))
+    return out
