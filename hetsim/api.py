@@ -34,6 +34,7 @@ from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
+from hetsim.strategies.plan_io import validate_strictly
 from hetsim.textfiles import parse_json, read_text
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
 
@@ -437,7 +438,7 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
     source = str(path)
     raw = parse_json(read_text(path), source)
     try:
-        doc = _plan_document().model_validate(raw)
+        doc = validate_strictly(_plan_document(), raw)  # `true` is not a batch of 1
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(err["msg"], source=source, field=".".join(map(str, err["loc"]))) from None
