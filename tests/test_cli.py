@@ -404,3 +404,44 @@ def test_a_command_runs_with_rare_young_collections_and_main_restores_the_thresh
     assert main(["compare", "--model", "llama2-7b", "--hw", "mixed-lab"]) == 2
     assert seen == [(commands.CLI_GC_THRESHOLD, *before[1:])]
     assert gc.get_threshold() == before
+
+
+_SERVE = ("serve", "--model", "llama2-7b", "--hw", "mixed-lab")
+
+
+@pytest.mark.parametrize(
+    "args, flag, other",
+    [
+        ((*_SERVE, "--rate", "1", "--slo-ref", "mixed-lab"), "--slo-ref", "--slo-scale"),
+        ((*_SERVE, "--rate", "1", "--target", "0.5"), "--target", "--max-rate"),
+        ((*_SERVE, "--requests", "t.csv", "--duration", "5"), "--duration", "--rate"),
+        ((*_SERVE, "--requests", "t.csv", "--num-requests", "5"), "--num-requests", "--rate"),
+        (("calibrate", "--gpu", "a100-80g"), "--gpu", "--from-profiles"),
+        (("calibrate", "--profile", "p.yaml"), "--profile", "--fit"),
+        (("calibrate", "report.json"), "RUNS", "--fit"),
+        (("calibrate", "--fit", "--from-profiles", "d", "r.json"), "--fit", "--from-profiles"),
+        (("calibrate", "--fit", "--quick", "r.json"), "--quick", "--fit"),
+        (
+            ("calibrate", "--from-profiles", "d", "--gpu", "a100-80g", "--ranks", "2"),
+            "--ranks",
+            "--from-profiles",
+        ),
+        (("validate", "--hw", "p.yaml", "--plan", "p.json", "--model", "opt-13b"), "--model", "--plan"),
+        (("validate", "--hw", "p.yaml", "--plan", "p.json", "--batch", "4"), "--batch", "--plan"),
+        (("sweep", "s.yaml", "--plots-only", "--no-plots"), "--no-plots", "--plots-only"),
+        (("sweep", "s.yaml", "--plots-only", "--retry-failed"), "--retry-failed", "--plots-only"),
+    ],
+)
+def test_a_flag_that_only_matters_with_another_is_refused_alone(capsys, args, flag, other):
+    """These did nothing, silently: --slo-ref without --slo-scale served with no deadline, calibrate
+    --gpu without --from-profiles measured this machine (minutes), validate --plan --model ran the
+    plan's model. One line naming both flags, exit 2, before any work."""
+    assert_input_error(*run(capsys, *args), f"{flag}: {flag}", other)
+
+
+def test_a_flag_with_its_partner_passes_the_check(capsys):
+    """--slo-ref with --slo-scale is not refused: the next check (a bad --dispatch) speaks."""
+    assert_input_error(
+        *run(capsys, *_SERVE, "--rate", "1", "--slo-scale", "2", "--slo-ref", "mixed-lab", "--dispatch", "x"),
+        "--dispatch",
+    )

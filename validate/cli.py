@@ -35,6 +35,7 @@ def _need_torch() -> None:
 
 
 def calibrate(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("calibrated.yaml"), "--out", help="profile (rig YAML) to write"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda adds the GPU benchmarks)"),
     quick: bool = typer.Option(False, "--quick", help="a few seconds, for CI"),
@@ -56,6 +57,15 @@ def calibrate(
 ) -> None:
     """Measure this machine with torch microbenchmarks and write a hardware profile; or, with
     --from-profiles, fit a GPU's profile to measured kernel tables."""
+    from hetsim.cli.flags import needs, not_with
+
+    needs(ctx, "--gpu", "--from-profiles", from_profiles is not None)
+    needs(ctx, "--profile", "--fit", fit)
+    needs(ctx, "RUNS", "--fit", fit)
+    not_with(ctx, "--fit", "--from-profiles", from_profiles is not None)
+    for flag in ("--device", "--quick", "--threads", "--ranks"):  # what measuring this machine takes
+        not_with(ctx, flag, "--fit", fit)
+        not_with(ctx, flag, "--from-profiles", from_profiles is not None)
     if from_profiles is not None:
         _from_profiles(from_profiles, gpu, out)
         return
@@ -143,6 +153,7 @@ def _from_profiles(root: Path, gpu: str | None, out: Path) -> None:
 
 
 def validate(
+    ctx: typer.Context,
     hw: Path = typer.Option(..., "--hw", help="calibrated profile (from hetsim calibrate)"),
     plan: Path | None = typer.Option(None, "--plan", help="plan JSON (model, workload, strategy)"),
     model: str | None = typer.Option(None, "--model"),
@@ -161,6 +172,10 @@ def validate(
     stem: str = typer.Option("validate", "--stem", help="file name stem of the report"),
 ) -> None:
     """Run a plan for real on torch, simulate it on the calibrated profile, compare."""
+    from hetsim.cli.flags import not_with
+
+    for flag in ("--model", "--strategy", "--batch", "--prompt-len", "--gen-len"):  # the plan says these
+        not_with(ctx, flag, "--plan", plan is not None)
     _need_torch()
     from validate.cli_impl import run_validate
 
