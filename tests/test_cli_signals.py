@@ -739,6 +739,48 @@ def test_a_kept_output_that_never_finishes_printing_is_cut_short_at_the_cap():
     )
 
 
+# Two kept blocks, each within the cap, the second begun after the first's wait: before, the cap ran
+# from the first wait on, so it cut the second short (1.4 s into a 2 s cap it had 0.6 s left).
+_TWO_KEPT_BLOCKS = """
+import signal, sys, threading
+from hetsim.cli import commands, stop
+from hetsim.stopping import keeping
+
+stop.STOP_GRACE_S, stop.KEEP_CAP_S = 0.2, 2.0
+
+def block(text):
+    with keeping():
+        threading.Event().wait(1.4)  # past the grace period, within the cap
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+def stopped(argv):
+    try:
+        with keeping():  # entered before the signal: the grace clock cannot run out first
+            signal.raise_signal(signal.SIGTERM)
+    except KeyboardInterrupt:
+        block("first ")
+        block("second")  # begun at once: the grace clock started again by the first's end has not run out
+    return 0
+
+commands._main = stopped
+commands.exit_process(commands.main(["serve"], process=True))
+"""
+
+
+def test_each_kept_block_gets_its_own_cap():
+    proc = subprocess.Popen([sys.executable, "-c", _TWO_KEPT_BLOCKS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
+    assert out == "first second", err  # before: "first " and the cap's line
+    assert "cut short" not in err, err
+
+
 # A stopped command that leaves a thread that never ends, as a process pool interrupted inside its
 # shutdown can (its manager thread waiting for good: seen on CPython 3.11 with the signal injected there).
 _LEAVES_A_STUCK_THREAD = """
