@@ -59,10 +59,13 @@ def validate_strictly(model: type, data: Any) -> Any:
     return TypeAdapter(model).validate_json(text, strict=True)  # strict JSON: an array is a tuple
 
 
+_EXACT = 2.0**53  # past it a float is no count anyone wrote (1e308 -> a 309-digit int overflowed later)
+
+
 def _whole_numbers(x: Any) -> Any:
-    """``x`` with each float that has no fractional part as an int (2.0 -> 2; an int field takes it,
-    a float field turns it back)."""
-    if isinstance(x, float) and x.is_integer():
+    """``x`` with each float that has no fractional part, up to 2**53 (where floats stop holding every
+    integer), as an int (2.0 -> 2; an int field takes it, a float field turns it back)."""
+    if isinstance(x, float) and x.is_integer() and abs(x) <= _EXACT:
         return int(x)
     if isinstance(x, Mapping):
         return {k: _whole_numbers(v) for k, v in x.items()}
