@@ -276,6 +276,23 @@ LAX = [
 ]
 
 
+# the field named in full (the audit's check that each line names its field): Workload's own check
+# said "batch", an unknown rig named no field; 1e308 where a count goes stays a float (refused), not a
+# 309-digit integer that overflowed later (a regression of the strict reading, caught by the audit)
+NAMED = [
+    ("gpu-only", "workload.batch", 0, "workload.batch: must be a positive integer"),
+    ("hexgen", "workload.gen_len", 10**7, "workload.gen_len: must be <="),
+    ("gpu-only", "hardware", "no-such-rig", "hardware: unknown rig"),
+    ("flexgen", "params.gpu_batch_size", 1e308, "params.gpu_batch_size: Input should be a valid integer"),
+    ("accelerate", "params.batch_per_pass", 1e300, "params.batch_per_pass"),
+]
+
+
+@pytest.mark.parametrize(("strategy", "path", "value", "field"), NAMED)
+def test_a_plan_error_names_the_field_in_full(tmp_path, capsys, plans, strategy, path, value, field):
+    test_tampered_plan_refused(tmp_path, capsys, plans, strategy, path, value, field)
+
+
 @pytest.mark.parametrize(("strategy", "path", "value", "field"), LAX)
 def test_plan_values_of_another_json_type_are_refused(tmp_path, capsys, plans, strategy, path, value, field):
     test_tampered_plan_refused(tmp_path, capsys, plans, strategy, path, value, field)

@@ -313,3 +313,37 @@ def test_a_sweep_name_that_is_a_path_is_refused(tmp_path, capsys, doc, field, gu
         f"error: {spec}: {field}: must be a plain name (no path separator, not '.' or '..'), got "
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategies", "gpu-only",
+         "--trace="],
+        ["compare", "--model", "mixtral-8x7b", "--hw", "mixed-lab", *SMALL, "--strategies", "moe-offload",
+         "--routing-profile", ""],
+        ["plan", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategy", "gpu-only", "--out", ""],
+    ],
+)  # fmt: skip
+def test_an_empty_path_names_its_flag(tmp_path, monkeypatch, guarded, args):
+    """``--trace ''`` read as Path('') = '.': "error: .: Is a directory", naming neither the flag nor
+    what was wrong (the audit's check that each line names its flag found it)."""
+    monkeypatch.chdir(tmp_path)
+    flag = next(
+        a for a in args if a.startswith("--") and a.rstrip("=") in ("--trace", "--routing-profile", "--out")
+    )
+    assert f"error: {flag.rstrip('=')}: is empty" in _one_line(*guarded(args, HANG_S))
+
+
+@pytest.mark.parametrize("field", ["weight_dtype", "kv_dtype"])
+def test_an_unknown_dtype_in_a_plan_names_its_field(tmp_path, capsys, guarded, field):
+    """layer-offload and moe-offload do not check dtypes themselves: the footprint's KeyError was
+    "params: unknown name 'x'"; now the field that gave it."""
+    plan = tmp_path / "p.json"
+    args = ["plan", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategy", "layer-offload"]
+    assert guarded([*args, "--out", str(plan)], HANG_S)[0] == 0
+    doc = json.loads(plan.read_text())
+    doc["params"][field] = "fp7"
+    plan.write_text(json.dumps(doc))
+    line = _one_line(*guarded(["simulate", "--plan", str(plan)], HANG_S))
+    assert f"{plan}: params.{field}: unknown name 'fp7'" in line

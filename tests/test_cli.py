@@ -303,6 +303,22 @@ def test_validate_bad_flags_are_one_line(capsys):
     assert_input_error(*run(capsys, *fit), "no-such-run")
 
 
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--repeats", "99999999999"), ("--rounds", "99999999999"), ("--hidden", "99999999999"), ("--stem", ""),
+     ("--stem", "a/b"), ("--batch", "0"), ("--prompt-len", "-1"), ("--gen-len", "99999999999")],
+)  # fmt: skip
+def test_validate_flags_the_audit_reached_once_its_model_was_known(capsys, tmp_path, flag, value):
+    """The audit's validate cases used a model hetsim lacks (opt-125m): each stopped at --model. With
+    one it has: --repeats / --rounds 99999999999 ran for ever, --hidden 99999999999 ran torch out of
+    memory (a traceback), --stem '' a matplotlib ValueError; a bad workload named 'batch', not --batch."""
+    pytest.importorskip("torch")
+    args = ["validate", "--hw", "validate/results/2core-run1/profile-fitted.yaml", "--model", "llama2-7b",
+            "--layers", "1", "--hidden", "128", "--prompt-len", "4", "--gen-len", "2", "--ranks", "1",
+            "--repeats", "1", "--rounds", "1", "--out", str(tmp_path), flag, value]  # fmt: skip
+    assert_input_error(*run(capsys, *args), f"{flag}:")
+
+
 def _cpu_run(**change) -> dict:
     """The first run of a real validate report, with ``change`` applied (dotted keys reach inside)."""
     doc = json.loads(Path("validate/results/2core-run1/cpu-llama2-7b.json").read_text())

@@ -16,6 +16,9 @@ CPU_STRATEGIES = ("cpu-tp", "cpu")
 # (99999999999 overflowed there, and as ranks ran out of memory), not machines.
 MAX_RANKS = 1024
 MAX_THREADS = 4096
+# Each repeat is one whole timed generation, each round every rank count again: the reference protocol
+# takes 3 and 3; 99999999999 ran for ever (the audit's hang).
+MAX_REPEATS = MAX_ROUNDS = 1000
 
 
 def check_count(value: int, high: int, field: str) -> None:
