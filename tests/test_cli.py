@@ -348,6 +348,12 @@ _BAD_REPORTS = [
     (json.dumps({"runs": [_cpu_run(**{"plan.weight_dtype": "fp7"})]}), "weight_dtype"),
     (json.dumps({"runs": [_cpu_run(world=2, **{"plan.allreduce_dtype": _DROP})]}), "allreduce_dtype"),
     (json.dumps({"runs": [_cpu_run(**{"model.hidden": _DROP})]}), "hidden"),
+    # the model's shape, as ModelSpec(**...) took it: a string width was a TypeError traceback, zero heads
+    # or a negative width a fit of nonsense (exit 0)
+    (json.dumps({"runs": [_cpu_run(**{"model.hidden": "1536"})]}), "model.hidden"),
+    (json.dumps({"runs": [_cpu_run(**{"model.heads": 0})]}), "model.heads"),
+    (json.dumps({"runs": [_cpu_run(**{"model.hidden": -1536})]}), "model.hidden"),
+    (json.dumps({"runs": [_cpu_run(**{"model.name": 5})]}), "model.name"),
     (json.dumps({"runs": [_cpu_run(**{"workload.gen_len": 10**9})]}), "gen_len"),
 ]
 

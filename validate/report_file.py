@@ -8,6 +8,7 @@ readers use the CPU runs that were measured (a CUDA run, or one skipped, has not
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hetsim.errors import InputError
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES
+from hetsim.strategies.plan_io import validate_strictly
 from hetsim.textfiles import parse_json, read_text
 from hetsim.workload import Workload
 
@@ -70,6 +72,33 @@ class _CpuRun(_Doc):
         return self
 
 
+# A run's model shape (``dataclasses.asdict`` of the ``ModelSpec`` it ran): these are at least 1, the
+# other counts at least 0; past 10**8 (``hf_config``'s bound on a config's shapes) none is a model.
+_SIZES = frozenset(
+    {"hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "max_position"}
+    | {"num_experts", "experts_per_token"}
+)
+_MAX_SHAPE = 10**8
+
+
+def _model(model_type: type, data: dict[str, Any]) -> Any:
+    """``data`` as ``model_type``, each field of its type and in range: a string width was a TypeError
+    traceback later, a zero or negative one a fit of nonsense (exit 0)."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(model_type)})
+    if unknown:
+        raise ValueError(f"model.{unknown[0]}: unknown field")
+    try:
+        spec = validate_strictly(model_type, data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ValueError(f"model.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    for f in dataclasses.fields(spec):
+        v, low = getattr(spec, f.name), 1 if f.name in _SIZES else 0
+        if type(v) is int and not low <= v <= _MAX_SHAPE:
+            raise ValueError(f"model.{f.name}: must be in {low}..{_MAX_SHAPE}, got {v}")
+    return spec
+
+
 @dataclass(frozen=True)
 class CpuRun:
     """One measured CPU run of a report, checked."""
@@ -98,7 +127,7 @@ def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
             continue  # a CUDA run, or one skipped: nothing a CPU profile is fitted to
         try:
             r = _CpuRun.model_validate(run)
-            spec = model_type(**r.model)
+            spec = _model(model_type, r.model)
             w = r.workload
             workload = Workload(w.batch, w.prompt_len, w.gen_len)
         except ValidationError as exc:
@@ -108,8 +137,8 @@ def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
             raise InputError(
                 f"run {i}: {where + ': ' if where else ''}{msg}", source=source, field=f"runs[{i}]"
             ) from None
-        except TypeError as exc:  # a model field missing or unknown
-            raise InputError(f"run {i}: model: {exc}", source=source, field=f"runs[{i}]") from None
+        except ValueError as exc:  # the model's shape (``_model``)
+            raise InputError(f"run {i}: {exc}", source=source, field=f"runs[{i}]") from None
         except InputError as exc:  # a workload past hetsim's bounds
             raise InputError(
                 f"run {i}: workload.{exc.field}: {exc.message}", source=source, field=f"runs[{i}]"
