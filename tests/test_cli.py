@@ -319,6 +319,35 @@ def test_validate_flags_the_audit_reached_once_its_model_was_known(capsys, tmp_p
     assert_input_error(*run(capsys, *args), f"{flag}:")
 
 
+@pytest.mark.parametrize(
+    "hw, ranks, needles",
+    [("validate/results/2core-run1/profile-fitted.yaml", "1,4", ("--ranks", "2 CPU entries")),
+     ("no-such-profile.yaml", "1", ("--hw", "no-such-profile.yaml"))],
+)  # fmt: skip
+def test_validate_reads_its_profile_before_measuring(capsys, tmp_path, hw, ranks, needles):
+    """More ranks than the profile's CPU entries, or a --hw that is not there, were found only after
+    every run was measured (minutes; the first a ValueError traceback, exit 1): now at once, nothing run."""
+    pytest.importorskip("torch")
+    args = ["validate", "--hw", hw, "--model", "llama2-7b", "--layers", "1", "--hidden", "512",
+            "--prompt-len", "4", "--gen-len", "2", "--ranks", ranks, "--repeats", "1", "--rounds", "1",
+            "--out", str(tmp_path)]  # fmt: skip
+    code, out, err = run(capsys, *args)
+    assert_input_error(code, out, err, *needles)
+    assert "running" not in out
+
+
+def test_validate_summary_names_a_run_the_profile_cannot_predict(capsys, tmp_path):
+    """A report's run with more ranks than the profile's CPU entries (or one that does not fit it) was
+    predict_cpu's ValueError traceback out of ``python -m validate.summary``."""
+    from validate.summary import main as summary_main
+
+    report = tmp_path / "wide.json"
+    report.write_text(json.dumps({"runs": [_cpu_run(), _cpu_run(world=4)]}))
+    code = summary_main(["validate/results/2core-run1/profile-fitted.yaml", str(report)])
+    out, err = capsys.readouterr()
+    assert_input_error(code, out, err, "wide.json", "runs[1]", "2 CPU entries")
+
+
 def _cpu_run(**change) -> dict:
     """The first run of a real validate report, with ``change`` applied (dotted keys reach inside)."""
     doc = json.loads(Path("validate/results/2core-run1/cpu-llama2-7b.json").read_text())

@@ -81,7 +81,16 @@ def run_validate(
     runs: list[dict[str, Any]] = []
     base = {"model": dataclasses.asdict(spec), "workload": workload.to_dict(), "strategy": strategy}
     if strategy in ("cpu-tp", "cpu"):
+        from hetsim.hardware import load_rig
+
+        # read before the minutes of measuring: a bad --hw, or more ranks than its CPU entries (which
+        # predict_cpu simulates), was found only after them (a ValueError traceback, the runs lost)
+        cpus = len(list(load_rig(hw).cpus()))
         for world in worlds:
+            if world > cpus:
+                raise InputError(
+                    f"the profile {hw} has {cpus} CPU entries, fewer than {world} ranks", field="--ranks"
+                )
             if spec.heads % world:
                 raise InputError(f"{spec.heads} heads do not split over {world} ranks", field="--ranks")
         measured: dict[int, list] = {w: [] for w in worlds}

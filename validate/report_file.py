@@ -103,6 +103,7 @@ def _model(model_type: type, data: dict[str, Any]) -> Any:
 class CpuRun:
     """One measured CPU run of a report, checked."""
 
+    index: int  # its place in the report's runs
     spec: ModelSpec
     workload: Workload
     world: int
@@ -143,5 +144,5 @@ def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
             raise InputError(
                 f"run {i}: workload.{exc.field}: {exc.message}", source=source, field=f"runs[{i}]"
             ) from None
-        out.append(CpuRun(spec, workload, r.world, r.plan, r.measured.ttft_s, r.measured.tpot_s))
+        out.append(CpuRun(i, spec, workload, r.world, r.plan, r.measured.ttft_s, r.measured.tpot_s))
     return out

@@ -19,7 +19,10 @@ def summarize(profile: str, reports: list[str]) -> list[dict]:
     for path in reports:
         for run in cpu_runs(path):  # checked: a malformed run is one line naming the file and runs[i]
             spec = run.spec
-            pred = predict_cpu(profile, spec, run.workload, run.world, run.plan.weight_dtype)
+            try:
+                pred = predict_cpu(profile, spec, run.workload, run.world, run.plan.weight_dtype)
+            except ValueError as exc:  # more ranks than the profile's CPU entries, or a run that cannot fit
+                raise InputError(f"run {run.index}: {exc}", source=path, field=f"runs[{run.index}]") from None
             rows.append({"model": spec.name, "ranks": run.world,
                          "ttft_err": error(run.ttft_s, pred["ttft_s"]),
                          "tpot_err": error(run.tpot_s, pred["tpot_s"]),
