@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from hetsim.cli import main
 from hetsim.strategies.base import all_strategies
@@ -496,3 +497,19 @@ def test_a_flag_with_its_partner_passes_the_check(capsys):
         *run(capsys, *_SERVE, "--rate", "1", "--slo-scale", "2", "--slo-ref", "mixed-lab", "--dispatch", "x"),
         "--dispatch",
     )
+
+
+def test_a_flag_pair_check_naming_a_flag_the_command_lacks_is_a_bug_not_a_silent_pass():
+    """``flags.given`` looked the flag up by name and answered "not given" for one the command lacks
+    (a misspelt ``needs(ctx, "--slo_ref", ...)`` would never fire)."""
+    from hetsim.cli.flags import given
+
+    app = typer.Typer()
+
+    @app.command()
+    def cmd(ctx: typer.Context, slo_ref: str = typer.Option("x", "--slo-ref")) -> None:
+        assert given(ctx, "--slo-ref")
+        with pytest.raises(ValueError, match="--slo_ref"):
+            given(ctx, "--slo_ref")
+
+    typer.main.get_command(app).main(["--slo-ref", "y"], standalone_mode=False)

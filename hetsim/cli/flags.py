@@ -15,7 +15,9 @@ from hetsim.errors import InputError
 def given(ctx: typer.Context, flag: str) -> bool:
     """Whether ``flag`` ("--slo-ref", or an argument's name) was on the command line."""
     name = next((p.name for p in ctx.command.params if flag in p.opts or flag.lower() == p.name), None)
-    source = ctx.get_parameter_source(name) if name is not None else None
+    if name is None:  # a misspelt flag here would make its check never fire, silently
+        raise ValueError(f"{ctx.command.name} has no flag {flag}")
+    source = ctx.get_parameter_source(name)
     return getattr(source, "name", None) == "COMMANDLINE"  # typer carries its own click's enum
 
 
