@@ -413,3 +413,18 @@ def test_layer_offload_sums_layer_bytes_worked_out_once_a_kind_and_changes_no_re
     monkeypatch.setattr(lo, "_layer_sizes", every_layer)
     assert _bits(api.compare(p, ["layer-offload"])) == _bits(fast)
     assert fast[0].feasible
+
+
+def test_deepspeed_works_out_a_models_block_and_gather_bytes_once():
+    """ZeRO-Inference's per-block fetched and all-gathered bytes are worked out once per model (every
+    run's schedule asks for them; the gather walk is ~1 ms), the same numbers as a fresh walk."""
+    from hetsim.models.registry import get_model
+    from hetsim.strategies.deepspeed import MIN_AIO_BYTES, fetches
+
+    f = fetches(get_model("llama2-13b"))
+    assert f.block_bytes() is f.block_bytes() and f.gather_bytes(True) is f.gather_bytes(True)
+    walked = type(f)
+    for least in (0, MIN_AIO_BYTES):
+        assert walked.block_bytes.__wrapped__(f, least) == f.block_bytes(least)
+    for prefetch in (False, True):
+        assert walked.gather_bytes.__wrapped__(f, prefetch) == f.gather_bytes(prefetch)
