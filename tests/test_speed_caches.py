@@ -415,6 +415,27 @@ def test_layer_offload_sums_layer_bytes_worked_out_once_a_kind_and_changes_no_re
     assert fast[0].feasible
 
 
+def test_layer_offload_layer_sizes_are_each_layers_own_bytes_in_every_model_and_dtype():
+    """``_layer_sizes`` keeps each layer's own kind: a model whose first layers are dense and the rest
+    route to experts (DeepSeek-V3's 3 dense layers) has two sizes, in their layers' places, for every
+    registered model and weight dtype (the parametrised test above has no such model)."""
+    from hetsim.models.registry import get_model, list_models
+    from hetsim.models.spec import DTYPES
+    from hetsim.models.weights import layer_weight_bytes
+    from hetsim.strategies import layer_offload as lo
+
+    mixed = 0
+    for name in list_models():
+        model = get_model(name)
+        for dtype in DTYPES:
+            want = tuple(
+                layer_weight_bytes(model, DTYPES[dtype], model.layer_is_moe(i)) for i in range(model.layers)
+            )
+            assert lo._layer_sizes(model, dtype) == want, (name, dtype)
+            mixed += len(set(want)) > 1
+    assert mixed  # at least one model mixes dense and expert layers
+
+
 def test_deepspeed_works_out_a_models_block_and_gather_bytes_once():
     """ZeRO-Inference's per-block fetched and all-gathered bytes are worked out once per model (every
     run's schedule asks for them; the gather walk is ~1 ms), the same numbers as a fresh walk."""
