@@ -480,6 +480,7 @@ _SERVE = ("serve", "--model", "llama2-7b", "--hw", "mixed-lab")
         ),
         (("validate", "--hw", "p.yaml", "--plan", "p.json", "--model", "opt-13b"), "--model", "--plan"),
         (("validate", "--hw", "p.yaml", "--plan", "p.json", "--batch", "4"), "--batch", "--plan"),
+        (("validate", "--hw", "p.yaml", "--plan", "p.json", "--ranks", "1,4"), "--ranks", "--plan"),
         (("sweep", "s.yaml", "--plots-only", "--no-plots"), "--no-plots", "--plots-only"),
         (("sweep", "s.yaml", "--plots-only", "--retry-failed"), "--retry-failed", "--plots-only"),
     ],

@@ -177,7 +177,8 @@ def validate(
     """Run a plan for real on torch, simulate it on the calibrated profile, compare."""
     from hetsim.cli.flags import not_with
 
-    for flag in ("--model", "--strategy", "--batch", "--prompt-len", "--gen-len"):  # the plan says these
+    # the plan says these (a cpu-tp plan its rank counts: 1 and its ranks; other plans run no cpu-tp)
+    for flag in ("--model", "--strategy", "--batch", "--prompt-len", "--gen-len", "--ranks"):
         not_with(ctx, flag, "--plan", plan is not None)
     _need_torch()
     from validate.cli_impl import run_validate
