@@ -34,6 +34,7 @@ from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
+from hetsim.strategies.plan_io import validate_strictly
 from hetsim.textfiles import parse_json, read_text
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
 
@@ -437,7 +438,7 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
     source = str(path)
     raw = parse_json(read_text(path), source)
     try:
-        doc = _plan_document().model_validate(raw)
+        doc = validate_strictly(_plan_document(), raw)  # `true` is not a batch of 1
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InputError(err["msg"], source=source, field=".".join(map(str, err["loc"]))) from None
@@ -446,6 +447,10 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         p = problem(doc.model, doc.hardware, **doc.workload.model_dump(), gpu_mem_budget=doc.gpu_mem_budget)
     except InputError as exc:
         field = {"--gpu-mem-budget": "gpu_mem_budget"}.get(exc.field or "", exc.field)  # the file's key
+        if field in type(doc.workload).model_fields:  # Workload's own check names its argument
+            field = f"workload.{field}"
+        elif field is None and exc.source == doc.hardware:  # an unknown rig, named by itself
+            field = "hardware"
         raise InputError(exc.message, source=source, field=field) from None
     plan = strategy.plan_from_dict(doc.params, source)
     for key in ("weight_dtype", "kv_dtype"):  # what the workload asked for is what the plan runs
@@ -470,8 +475,10 @@ def check_plan_names(strategy: Strategy, plan: Any, p: Problem, source: str) -> 
             raise InputError(f"{name!r} is not a device of rig {rig.name}", source=source, field="params")
     try:
         strategy.footprint(plan, rig, p.model, p.workload)
-    except KeyError as exc:
-        raise InputError(f"unknown name {exc.args[0]!r}", source=source, field="params") from None
+    except KeyError as exc:  # a dtype or device name the plan gives and hetsim lacks: which field
+        name, params = exc.args[0], strategy.plan_to_dict(plan)
+        field = next((f"params.{k}" for k, v in params.items() if v == name), "params")
+        raise InputError(f"unknown name {name!r}", source=source, field=field) from None
     except OutOfMemory:
         pass  # a well-formed plan that does not fit: simulating it reports that as a result
 

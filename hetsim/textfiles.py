@@ -77,11 +77,20 @@ def read_text(path: str | Path) -> str:
     except IsADirectoryError:
         raise InputError("is a directory, not a file", source=source) from None
     except OSError as exc:
+        if _is_socket(path):  # open() says "No such device or address"
+            raise InputError("is a socket, not a file", source=source) from None
         raise InputError(f"cannot read file: {exc.strerror or exc}", source=source) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"not a UTF-8 text file (byte {exc.start})", source=source) from None
+
+
+def _is_socket(path: str | Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _read_bytes(path: Path, source: str) -> bytes:

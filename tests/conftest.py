@@ -79,25 +79,37 @@ def guarded(capsys: pytest.CaptureFixture[str]) -> Guarded:
 # Seconds a signalled script has, first to print its progress line, then to exit after the signal.
 KILL_TIMEOUT_S = 120
 
-Signalled = Callable[[str, list[str], str, str], tuple[int, str, str]]
+Signalled = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
 def signalled() -> Iterator[Signalled]:
     """``run(script, args, ready, sig)``: ``python -c script *args`` in its own session; once its
     first stderr line is ``ready``, ``sig`` (a name: "SIGINT") goes to its process group, as from a
-    terminal. Returns (exit code, stdout, stderr after the ready line). A script that never says
-    ``ready`` or never exits within ``KILL_TIMEOUT_S`` is killed and the test fails."""
+    terminal; ``run(script, args)``: a script that signals itself, only waited for. Returns (exit
+    code, stdout, stderr after the ready line). A script that never says ``ready`` or never exits
+    within ``KILL_TIMEOUT_S`` is killed and the test fails."""
     procs: list[subprocess.Popen[str]] = []
 
     def kill(proc: subprocess.Popen[str]) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
 
-    def run(script: str, args: list[str], ready: str, sig: str) -> tuple[int, str, str]:
+    def run(script: str, args: list[str], ready: str | None = None, sig: str = "") -> tuple[int, str, str]:
         proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
         procs.append(proc)
+        if ready is not None:
+            signal_when_ready(proc, ready, sig)
+        try:
+            out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            kill(proc)
+            proc.communicate()
+            pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
+        return proc.returncode, out, err
+
+    def signal_when_ready(proc: subprocess.Popen[str], ready: str, sig: str) -> None:
         guard = threading.Timer(KILL_TIMEOUT_S, kill, (proc,))  # readline has no timeout of its own
         guard.start()
         try:
@@ -108,13 +120,6 @@ def signalled() -> Iterator[Signalled]:
             kill(proc)
             pytest.fail(f"expected {ready!r} first on stderr, got {first!r}" + proc.communicate()[1])
         os.killpg(proc.pid, getattr(signal, sig))
-        try:
-            out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            kill(proc)
-            proc.communicate()
-            pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
-        return proc.returncode, out, err
 
     yield run
     for proc in procs:  # a failed assertion leaves none running

@@ -256,6 +256,70 @@ def test_tampered_plan_refused(tmp_path, capsys, plans, strategy, path, value, f
     assert err.count("\n") == 1 and err.startswith(f"error: {bad}: ") and field in err, err
 
 
+# pydantic's lax mode read these as another value: true as 1, "3" as 3, 1 as true (one place now:
+# plan_io.validate_strictly, for every plan model and the plan document)
+LAX = [
+    ("gpu-only", "params.micro_batches", True, "params.micro_batches"),
+    ("gpu-only", "params.stages.0.layers", "40", "params.stages.0.layers"),
+    ("hexgen", "params.max_batch", True, "params.max_batch"),
+    ("hexgen", "params.symmetric", 1, "params.symmetric"),
+    ("flexgen", "params.wg", "100", "params.wg"),
+    ("flexgen", "params.cpu_attention", "false", "params.cpu_attention"),
+    ("flexgen", "params.gpu_batch_size", True, "params.gpu_batch_size"),
+    ("accelerate", "params.pinned", 0, "params.pinned"),
+    ("deepspeed", "params.batch_per_pass", "1", "params.batch_per_pass"),
+    ("cpu-tp", "params.weight_copies", True, "params.weight_copies"),
+    ("hetegen", "params.gpu_mem_budget", True, "params.gpu_mem_budget"),
+    ("hexgen", "workload.batch", True, "workload.batch"),
+    ("gpu-only", "workload.gen_len", "32", "workload.gen_len"),
+    ("gpu-only", "gpu_mem_budget", "24e9", "gpu_mem_budget"),
+]
+
+
+# the field named in full (the audit's check that each line names its field): Workload's own check
+# said "batch", an unknown rig named no field; 1e308 where a count goes stays a float (refused), not a
+# 309-digit integer that overflowed later (a regression of the strict reading, caught by the audit)
+NAMED = [
+    ("gpu-only", "workload.batch", 0, "workload.batch: must be a positive integer"),
+    ("hexgen", "workload.gen_len", 10**7, "workload.gen_len: must be <="),
+    ("gpu-only", "hardware", "no-such-rig", "hardware: unknown rig"),
+    ("flexgen", "params.gpu_batch_size", 1e308, "params.gpu_batch_size: Input should be a valid integer"),
+    ("accelerate", "params.batch_per_pass", 1e300, "params.batch_per_pass"),
+]
+
+
+@pytest.mark.parametrize(("strategy", "path", "value", "field"), NAMED)
+def test_a_plan_error_names_the_field_in_full(tmp_path, capsys, plans, strategy, path, value, field):
+    test_tampered_plan_refused(tmp_path, capsys, plans, strategy, path, value, field)
+
+
+@pytest.mark.parametrize(("strategy", "path", "value", "field"), LAX)
+def test_plan_values_of_another_json_type_are_refused(tmp_path, capsys, plans, strategy, path, value, field):
+    test_tampered_plan_refused(tmp_path, capsys, plans, strategy, path, value, field)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "path"),
+    [("gpu-only", "params.micro_batches"), ("hexgen", "workload.batch"), ("flexgen", "params.wg")],
+)
+def test_a_whole_float_is_the_integer_it_names(tmp_path, capsys, plans, strategy, path):
+    """2.0 where an integer goes (or 100.0 where a float goes) runs as 2: JSON does not tell them
+    apart, and numpy or JavaScript write every number so. The same bytes out."""
+    outs = []
+    for as_float in (False, True):
+        doc = json.loads(json.dumps(plans[strategy]))
+        node = doc
+        for key in path.split(".")[:-1]:
+            node = node[key]
+        value = node[path.split(".")[-1]]
+        node[path.split(".")[-1]] = float(value) if as_float else int(value)
+        f = tmp_path / f"plan-{as_float}.json"
+        f.write_text(json.dumps(doc))
+        assert main(["simulate", "--plan", str(f), "--format", "json"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+
+
 def test_untampered_plans_simulate(tmp_path, capsys, plans):
     for s, doc in plans.items():
         path = tmp_path / f"{s}.json"

@@ -30,7 +30,7 @@ def _one_line(code: int, err: str) -> str:
 
 
 # ---- a named pipe nobody writes to: opening it for reading waited for a writer for ever ----------
-@pytest.mark.parametrize("kind", ["config", "plan", "trace", "sweep", "routing"])
+@pytest.mark.parametrize("kind", ["config", "plan", "trace", "sweep", "routing", "rig"])
 def test_a_named_pipe_with_no_writer_is_waited_on_for_a_while_not_for_ever(
     tmp_path, capsys, monkeypatch, kind, guarded
 ):
@@ -44,6 +44,7 @@ def test_a_named_pipe_with_no_writer_is_waited_on_for_a_while_not_for_ever(
         "sweep": ["sweep", str(fifo), "--no-plots", "--out", str(tmp_path / "o")],
         "routing": ["compare", "--model", "mixtral-8x7b", "--hw", "mixed-lab", *SMALL,
                     "--strategies", "moe-offload", "--routing-profile", str(fifo)],
+        "rig": ["hw", "show", str(fifo)],  # was "rig file not found"
     }[kind]  # fmt: skip
     assert f"{fifo}: a named pipe nobody wrote to within 0.1 s" in _one_line(*guarded(args, HANG_S))
 
@@ -75,6 +76,29 @@ def test_a_named_pipe_whose_writer_comes_later_is_read_whole(tmp_path, capsys, m
     code, err = guarded(["model", "show", str(fifo), "--format", "json"], HANG_S)
     writer.join(HANG_S)
     assert code == 0, err
+
+
+def test_a_rig_from_a_pipe_is_read_and_what_is_not_a_rig_file_is_named(tmp_path, capsys, guarded):
+    """``hetsim hw show <(cat rig.yaml)`` said "rig file not found" (the loader asked ``is_file``);
+    now the pipe is read as every other input is, and a directory or socket is called what it is."""
+    import socket
+
+    read, write = os.pipe()
+    text = (ROOT / "hardware_profiles/rigs/mixed-lab.yaml").read_text()
+    writer = threading.Thread(target=lambda: (os.write(write, text.encode()), os.close(write)), daemon=True)
+    writer.start()
+    code, err = guarded(["hw", "show", f"/dev/fd/{read}", "--format", "json"], HANG_S)
+    writer.join(HANG_S)
+    os.close(read)
+    assert (code, err) == (0, "")  # the rig read whole: it loads and prints
+    assert f"{tmp_path}: is a directory, not a rig file" in _one_line(
+        *guarded(["hw", "show", str(tmp_path)], HANG_S)
+    )
+    sock_path = tmp_path / "rig.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(sock_path))
+        line = _one_line(*guarded(["hw", "show", str(sock_path)], HANG_S))
+    assert f"{sock_path}: is a socket, not a file" in line
 
 
 def test_an_endless_device_is_refused_not_read_until_memory_runs_out(tmp_path):
@@ -289,3 +313,37 @@ def test_a_sweep_name_that_is_a_path_is_refused(tmp_path, capsys, doc, field, gu
         f"error: {spec}: {field}: must be a plain name (no path separator, not '.' or '..'), got "
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategies", "gpu-only",
+         "--trace="],
+        ["compare", "--model", "mixtral-8x7b", "--hw", "mixed-lab", *SMALL, "--strategies", "moe-offload",
+         "--routing-profile", ""],
+        ["plan", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategy", "gpu-only", "--out", ""],
+    ],
+)  # fmt: skip
+def test_an_empty_path_names_its_flag(tmp_path, monkeypatch, guarded, args):
+    """``--trace ''`` read as Path('') = '.': "error: .: Is a directory", naming neither the flag nor
+    what was wrong (the audit's check that each line names its flag found it)."""
+    monkeypatch.chdir(tmp_path)
+    flag = next(
+        a for a in args if a.startswith("--") and a.rstrip("=") in ("--trace", "--routing-profile", "--out")
+    )
+    assert f"error: {flag.rstrip('=')}: is empty" in _one_line(*guarded(args, HANG_S))
+
+
+@pytest.mark.parametrize("field", ["weight_dtype", "kv_dtype"])
+def test_an_unknown_dtype_in_a_plan_names_its_field(tmp_path, capsys, guarded, field):
+    """layer-offload and moe-offload do not check dtypes themselves: the footprint's KeyError was
+    "params: unknown name 'x'"; now the field that gave it."""
+    plan = tmp_path / "p.json"
+    args = ["plan", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategy", "layer-offload"]
+    assert guarded([*args, "--out", str(plan)], HANG_S)[0] == 0
+    doc = json.loads(plan.read_text())
+    doc["params"][field] = "fp7"
+    plan.write_text(json.dumps(doc))
+    line = _one_line(*guarded(["simulate", "--plan", str(plan)], HANG_S))
+    assert f"{plan}: params.{field}: unknown name 'fp7'" in line

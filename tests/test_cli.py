@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
 from hetsim.cli import main
 from hetsim.strategies.base import all_strategies
@@ -304,26 +305,123 @@ def test_validate_bad_flags_are_one_line(capsys):
 
 
 @pytest.mark.parametrize(
-    "runs, field",
-    [
-        ("[1, 2]", "runs"),  # not a report
-        ('{"runs": [{"strategy": "cpu-tp", "measured": {}}]}', "runs[0]"),  # cut short
-        (
-            '{"runs": [{"strategy": "cpu-tp", "measured": {"ttft_s": "x", "tpot_s": 1}, "model": {}}]}',
-            "runs[0]",
-        ),
-    ],
-)
+    "flag, value",
+    [("--repeats", "99999999999"), ("--rounds", "99999999999"), ("--hidden", "99999999999"), ("--stem", ""),
+     ("--stem", "a/b"), ("--batch", "0"), ("--prompt-len", "-1"), ("--gen-len", "99999999999")],
+)  # fmt: skip
+def test_validate_flags_the_audit_reached_once_its_model_was_known(capsys, tmp_path, flag, value):
+    """The audit's validate cases used a model hetsim lacks (opt-125m): each stopped at --model. With
+    one it has: --repeats / --rounds 99999999999 ran for ever, --hidden 99999999999 ran torch out of
+    memory (a traceback), --stem '' a matplotlib ValueError; a bad workload named 'batch', not --batch."""
+    pytest.importorskip("torch")
+    args = ["validate", "--hw", "validate/results/2core-run1/profile-fitted.yaml", "--model", "llama2-7b",
+            "--layers", "1", "--hidden", "128", "--prompt-len", "4", "--gen-len", "2", "--ranks", "1",
+            "--repeats", "1", "--rounds", "1", "--out", str(tmp_path), flag, value]  # fmt: skip
+    assert_input_error(*run(capsys, *args), f"{flag}:")
+
+
+@pytest.mark.parametrize(
+    "hw, ranks, needles",
+    [("validate/results/2core-run1/profile-fitted.yaml", "1,4", ("--ranks", "2 CPU entries")),
+     ("no-such-profile.yaml", "1", ("--hw", "no-such-profile.yaml"))],
+)  # fmt: skip
+def test_validate_reads_its_profile_before_measuring(capsys, tmp_path, hw, ranks, needles):
+    """More ranks than the profile's CPU entries, or a --hw that is not there, were found only after
+    every run was measured (minutes; the first a ValueError traceback, exit 1): now at once, nothing run."""
+    pytest.importorskip("torch")
+    args = ["validate", "--hw", hw, "--model", "llama2-7b", "--layers", "1", "--hidden", "512",
+            "--prompt-len", "4", "--gen-len", "2", "--ranks", ranks, "--repeats", "1", "--rounds", "1",
+            "--out", str(tmp_path)]  # fmt: skip
+    code, out, err = run(capsys, *args)
+    assert_input_error(code, out, err, *needles)
+    assert "running" not in out
+
+
+def test_validate_summary_names_a_run_the_profile_cannot_predict(capsys, tmp_path):
+    """A report's run with more ranks than the profile's CPU entries (or one that does not fit it) was
+    predict_cpu's ValueError traceback out of ``python -m validate.summary``."""
+    from validate.summary import main as summary_main
+
+    report = tmp_path / "wide.json"
+    report.write_text(json.dumps({"runs": [_cpu_run(), _cpu_run(world=4)]}))
+    code = summary_main(["validate/results/2core-run1/profile-fitted.yaml", str(report)])
+    out, err = capsys.readouterr()
+    assert_input_error(code, out, err, "wide.json", "runs[1]", "2 CPU entries")
+
+
+def _cpu_run(**change) -> dict:
+    """The first run of a real validate report, with ``change`` applied (dotted keys reach inside)."""
+    doc = json.loads(Path("validate/results/2core-run1/cpu-llama2-7b.json").read_text())
+    run = doc["runs"][0]
+    for key, value in change.items():
+        *path, last = key.split(".")
+        node = run
+        for k in path:
+            node = node[k]
+        if value is _DROP:
+            del node[last]
+        else:
+            node[last] = value
+    return run
+
+
+_DROP = object()
+_BAD_REPORTS = [
+    ("[1, 2]", "runs"),  # not a report
+    ('{"runs": [{"strategy": "cpu-tp", "measured": {}}]}', "runs[0]"),  # cut short
+    ('{"runs": [{"strategy": "cpu-tp", "measured": {"ttft_s": "x", "tpot_s": 1}, "model": {}}]}', "runs[0]"),
+    ('{"runs": [7]}', "runs[0]"),  # a run that is not an object
+    (json.dumps({"runs": [_cpu_run(world=True)]}), "world"),  # true is not 1 rank
+    (json.dumps({"runs": [_cpu_run(**{"workload.batch": "1"})]}), "workload.batch"),
+    (json.dumps({"runs": [_cpu_run(**{"measured.tpot_s": 0})]}), "measured.tpot_s"),
+    (json.dumps({"runs": [_cpu_run(**{"measured.ttft_s": -1.0})]}), "measured.ttft_s"),
+    (json.dumps({"runs": [_cpu_run(**{"plan.weight_dtype": "fp7"})]}), "weight_dtype"),
+    (json.dumps({"runs": [_cpu_run(world=2, **{"plan.allreduce_dtype": _DROP})]}), "allreduce_dtype"),
+    (json.dumps({"runs": [_cpu_run(**{"model.hidden": _DROP})]}), "hidden"),
+    # the model's shape, as ModelSpec(**...) took it: a string width was a TypeError traceback, zero heads
+    # or a negative width a fit of nonsense (exit 0)
+    (json.dumps({"runs": [_cpu_run(**{"model.hidden": "1536"})]}), "model.hidden"),
+    (json.dumps({"runs": [_cpu_run(**{"model.heads": 0})]}), "model.heads"),
+    (json.dumps({"runs": [_cpu_run(**{"model.hidden": -1536})]}), "model.hidden"),
+    (json.dumps({"runs": [_cpu_run(**{"model.name": 5})]}), "model.name"),
+    (json.dumps({"runs": [_cpu_run(**{"workload.gen_len": 10**9})]}), "gen_len"),
+]
+
+
+@pytest.mark.parametrize("runs, field", _BAD_REPORTS)
 def test_calibrate_fit_names_the_report_and_run_that_is_malformed(capsys, tmp_path, runs, field):
     """``calibrate --fit`` read a validate report with bare key lookups: an edited or cut-short
-    report was a KeyError traceback."""
+    report was a KeyError traceback; ``true`` read as one rank, a wrong dtype as a KeyError."""
     pytest.importorskip("torch")
     prof = "validate/results/2core-run1/profile-fitted.yaml"
     report = tmp_path / "bad-run.json"
     report.write_text(runs)
-    assert_input_error(
-        *run(capsys, "calibrate", "--fit", "--profile", prof, str(report)), "bad-run.json", field
-    )
+    code, out, err = run(capsys, "calibrate", "--fit", "--profile", prof, str(report))
+    assert_input_error(code, out, err, "bad-run.json", field, *(["runs[0]"] if field != "runs" else []))
+
+
+@pytest.mark.parametrize("runs, field", _BAD_REPORTS)
+def test_validate_summary_reads_reports_as_calibrate_does(capsys, tmp_path, runs, field):
+    """``python -m validate.summary`` read reports with bare json.loads and key lookups (a traceback);
+    it now shares calibrate's reader: the same one line, exit 2."""
+    from validate.summary import main as summary_main
+
+    report = tmp_path / "bad-run.json"
+    report.write_text(runs)
+    code = summary_main(["validate/results/2core-run1/profile-fitted.yaml", str(report)])
+    out, err = capsys.readouterr()
+    assert_input_error(code, out, err, "bad-run.json", field, *(["runs[0]"] if field != "runs" else []))
+
+
+def test_validate_summary_on_real_reports(capsys):
+    """Its rows on the reports shipped in validate/results: the measured times as written."""
+    from validate.summary import summarize
+
+    path = "validate/results/2core-run1/cpu-llama2-7b.json"
+    rows = summarize("validate/results/2core-run1/profile-fitted.yaml", [path])
+    runs = json.loads(Path(path).read_text())["runs"]
+    assert [r["ranks"] for r in rows] == [r["world"] for r in runs]
+    assert [r["ttft_ms"][0] for r in rows] == [r["measured"]["ttft_s"] * 1e3 for r in runs]
 
 
 def test_the_process_ends_with_its_heap_frozen_its_code_and_its_atexit_handlers():
@@ -358,3 +456,61 @@ def test_a_command_runs_with_rare_young_collections_and_main_restores_the_thresh
     assert main(["compare", "--model", "llama2-7b", "--hw", "mixed-lab"]) == 2
     assert seen == [(commands.CLI_GC_THRESHOLD, *before[1:])]
     assert gc.get_threshold() == before
+
+
+_SERVE = ("serve", "--model", "llama2-7b", "--hw", "mixed-lab")
+
+
+@pytest.mark.parametrize(
+    "args, flag, other",
+    [
+        ((*_SERVE, "--rate", "1", "--slo-ref", "mixed-lab"), "--slo-ref", "--slo-scale"),
+        ((*_SERVE, "--rate", "1", "--target", "0.5"), "--target", "--max-rate"),
+        ((*_SERVE, "--requests", "t.csv", "--duration", "5"), "--duration", "--rate"),
+        ((*_SERVE, "--requests", "t.csv", "--num-requests", "5"), "--num-requests", "--rate"),
+        (("calibrate", "--gpu", "a100-80g"), "--gpu", "--from-profiles"),
+        (("calibrate", "--profile", "p.yaml"), "--profile", "--fit"),
+        (("calibrate", "report.json"), "RUNS", "--fit"),
+        (("calibrate", "--fit", "--from-profiles", "d", "r.json"), "--fit", "--from-profiles"),
+        (("calibrate", "--fit", "--quick", "r.json"), "--quick", "--fit"),
+        (
+            ("calibrate", "--from-profiles", "d", "--gpu", "a100-80g", "--ranks", "2"),
+            "--ranks",
+            "--from-profiles",
+        ),
+        (("validate", "--hw", "p.yaml", "--plan", "p.json", "--model", "opt-13b"), "--model", "--plan"),
+        (("validate", "--hw", "p.yaml", "--plan", "p.json", "--batch", "4"), "--batch", "--plan"),
+        (("validate", "--hw", "p.yaml", "--plan", "p.json", "--ranks", "1,4"), "--ranks", "--plan"),
+        (("sweep", "s.yaml", "--plots-only", "--no-plots"), "--no-plots", "--plots-only"),
+        (("sweep", "s.yaml", "--plots-only", "--retry-failed"), "--retry-failed", "--plots-only"),
+    ],
+)
+def test_a_flag_that_only_matters_with_another_is_refused_alone(capsys, args, flag, other):
+    """These did nothing, silently: --slo-ref without --slo-scale served with no deadline, calibrate
+    --gpu without --from-profiles measured this machine (minutes), validate --plan --model ran the
+    plan's model. One line naming both flags, exit 2, before any work."""
+    assert_input_error(*run(capsys, *args), f"{flag}: {flag}", other)
+
+
+def test_a_flag_with_its_partner_passes_the_check(capsys):
+    """--slo-ref with --slo-scale is not refused: the next check (a bad --dispatch) speaks."""
+    assert_input_error(
+        *run(capsys, *_SERVE, "--rate", "1", "--slo-scale", "2", "--slo-ref", "mixed-lab", "--dispatch", "x"),
+        "--dispatch",
+    )
+
+
+def test_a_flag_pair_check_naming_a_flag_the_command_lacks_is_a_bug_not_a_silent_pass():
+    """``flags.given`` looked the flag up by name and answered "not given" for one the command lacks
+    (a misspelt ``needs(ctx, "--slo_ref", ...)`` would never fire)."""
+    from hetsim.cli.flags import given
+
+    app = typer.Typer()
+
+    @app.command()
+    def cmd(ctx: typer.Context, slo_ref: str = typer.Option("x", "--slo-ref")) -> None:
+        assert given(ctx, "--slo-ref")
+        with pytest.raises(ValueError, match="--slo_ref"):
+            given(ctx, "--slo_ref")
+
+    typer.main.get_command(app).main(["--slo-ref", "y"], standalone_mode=False)

@@ -277,20 +277,12 @@ sys.exit(commands.main(["compare", "--model", "llama2-7b", "--hw", "mixed-lab", 
 
 @FORKS_WORKERS
 @pytest.mark.parametrize("fmt", ["json", "table"])
-def test_a_stopped_compare_prints_the_strategies_that_finished(fmt):
+def test_a_stopped_compare_prints_the_strategies_that_finished(fmt, signalled):
     """Ctrl-C after some strategies' searches ended: their rows, ranked, marked partial with the
     names of those that did not finish, exit 130 (before: nothing printed, "keeps no partial
     results")."""
-    proc = subprocess.Popen([sys.executable, "-c", _STOP_AFTER_A_JOB, "--format", fmt],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
-    assert proc.returncode == 130, err
+    returncode, out, err = signalled(_STOP_AFTER_A_JOB, ["--format", fmt])
+    assert returncode == 130, err
     line = "interrupted by SIGINT: hetsim compare stopped (the rows of the "
     assert err.startswith(line) and err.count("\n") == 1 and "marked partial; not finished: " in err, err
     unfinished = err.split("not finished: ")[1].rstrip(")\n").split(", ")
@@ -684,16 +676,9 @@ sys.exit(commands.main(["serve", "--model", "llama2-70b", "--hw", "mixed-lab", "
 """
 
 
-def test_what_a_stopped_command_keeps_is_printed_whole_past_the_grace_period():
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_TO_KEEP], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
-    assert proc.returncode == 143, err
+def test_what_a_stopped_command_keeps_is_printed_whole_past_the_grace_period(signalled):
+    returncode, out, err = signalled(_SLOW_TO_KEEP, [])
+    assert returncode == 143, err
     assert json.loads(out)["partial"]["stopped_by"] == "SIGTERM"  # before: nothing (the timer's exit)
     assert err.startswith("interrupted by SIGTERM: hetsim serve stopped (the metrics of the "), err
 
@@ -722,21 +707,49 @@ commands.exit_process(commands.main(["serve"], process=True))
 """
 
 
-def test_a_kept_output_that_never_finishes_printing_is_cut_short_at_the_cap():
+def test_a_kept_output_that_never_finishes_printing_is_cut_short_at_the_cap(signalled):
     """Before, the grace clock waited for the block without end: the process never exited."""
-    proc = subprocess.Popen([sys.executable, "-c", _KEPT_OUTPUT_BLOCKED], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=KILL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"did not exit within {KILL_TIMEOUT_S} s of the signal")
-    assert (proc.returncode, out) == (143, '{"partial": ')
+    returncode, out, err = signalled(_KEPT_OUTPUT_BLOCKED, [])
+    assert (returncode, out) == (143, '{"partial": ')
     assert err == (
         "interrupted by SIGTERM: hetsim serve stopped (what it keeps was cut short: still printing it "
         "0.5 s past the grace period)\n"
     )
+
+
+# Two kept blocks, each within the cap, the second begun after the first's wait: before, the cap ran
+# from the first wait on, so it cut the second short (1.4 s into a 2 s cap it had 0.6 s left).
+_TWO_KEPT_BLOCKS = """
+import signal, sys, threading
+from hetsim.cli import commands, stop
+from hetsim.stopping import keeping
+
+stop.STOP_GRACE_S, stop.KEEP_CAP_S = 0.2, 2.0
+
+def block(text):
+    with keeping():
+        threading.Event().wait(1.4)  # past the grace period, within the cap
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+def stopped(argv):
+    try:
+        with keeping():  # entered before the signal: the grace clock cannot run out first
+            signal.raise_signal(signal.SIGTERM)
+    except KeyboardInterrupt:
+        block("first ")
+        block("second")  # begun at once: the grace clock started again by the first's end has not run out
+    return 0
+
+commands._main = stopped
+commands.exit_process(commands.main(["serve"], process=True))
+"""
+
+
+def test_each_kept_block_gets_its_own_cap(signalled):
+    _, out, err = signalled(_TWO_KEPT_BLOCKS, [])
+    assert out == "first second", err  # before: "first " and the cap's line
+    assert "cut short" not in err, err
 
 
 # A stopped command that leaves a thread that never ends, as a process pool interrupted inside its

@@ -3,11 +3,12 @@ NaN, infinite, 1e308, empty, wrong-unit and huge values; rig YAML with fields dr
 duplicated, unknown devices, zero rates, links to nowhere, empty, binary, a directory, a named pipe;
 Hugging Face config.json with every number spoilt; every field of every strategy's plan JSON edited,
 another model, rig or strategy's plan; trace CSV; sweep YAML; routing profiles; calibrate and
-validate flags (~4,400 cases, ~15 min at -n 2 on two cores; not in the test suite: its regressions
-are in tests/test_bad_input_audit.py).
+validate flags (5,412 cases, ~15 min at -n 2 on two cores; not in the test suite: its regressions
+are in tests/test_bad_input_audit.py and beside the tests of what they broke).
 
 Each case runs ``hetsim.cli.main`` in-process and must end with 0, 1 (no result: one line) or 2 (bad
-input: one line ``error: ...``), never a traceback, an exception out of ``main`` or a hang (an alarm).
+input: one line ``error: ...`` naming the offending file or flag, and the field where the case spoils
+one), never a traceback, an exception out of ``main`` or a hang (an alarm).
 A test whose cases break that errors at teardown listing them; ``HETSIM_AUDIT_LOG=DIR`` also writes
 every case (arguments, exit code, stderr) to ``DIR/audit-<worker>.jsonl``, to read the exit-0 cases
 for silently wrong numbers (how the plan and trace findings were found).
@@ -60,20 +61,25 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int | str
     return code, out, err
 
 
-Audit = Callable[[str, list[str]], None]
+Audit = Callable[..., None]
 
 
 @pytest.fixture
 def audit(capsys: pytest.CaptureFixture[str]) -> Iterator[Audit]:
-    """``audit(case, args)``: run one case; the test errors at teardown listing every broken case."""
+    """``audit(case, args, *names)``: run one case; exit 2's line must name each of ``names`` (the file
+    or flag, the field); the test errors at teardown listing every broken case."""
     broken: list[str] = []
     log = os.environ.get("HETSIM_AUDIT_LOG")
 
-    def check(case: str, args: list[str]) -> None:
+    def check(case: str, args: list[str], *names: str) -> None:
         code, out, err = _run(args, capsys)
         lines = err.strip().splitlines()
         one_line = len(lines) == 1 and lines[0].startswith("error: ")
+        unnamed = [n for n in names if n not in err]
         bad = code not in (0, 1, 2) or "Traceback" in err or (code in (1, 2) and not one_line)
+        bad = bad or (code == 2 and bool(unnamed))
+        if code == 2 and unnamed:
+            err = f"(does not name {', '.join(map(repr, unnamed))}) {err}"
         if bad:
             broken.append(f"{case}: {code}: {err[-300:]}")
         if log:
@@ -238,8 +244,9 @@ def test_flag(cmd, flag, value, tmp_path, audit, monkeypatch, plan_text):
         p = tmp_path / "plan.json"
         p.write_text(plan_text["gpu-only"])
         args = ["simulate", "--plan", str(p)]
-    args = [*args, flag, value]
-    audit(f"flag {cmd} {flag}={value!r}", args)
+    partner = {"--slo-ref": ["--slo-scale", "2"], "--target": ["--max-rate", "--slo", "5"]}.get(flag, [])
+    args = [*args, *(partner if cmd == "serve" else []), flag, value]
+    audit(f"flag {cmd} {flag}={value!r}", args, flag)
 
 
 RIG = (ROOT / "hardware_profiles/rigs/mixed-lab.yaml").read_text()
@@ -453,6 +460,11 @@ def rig_variants():
 
 
 RIGV = rig_variants()
+# the field a rig variant spoils, by the first word of its name (the rest spoil the whole file)
+RIG_FIELDS = {"name": ["name"], "gpu": ["gpus"], "cpu": ["cpus"], "cpus": ["cpus"], "gpus": ["gpus"],
+              "socket": ["socket"], "count": ["count"], "disk": ["disks"], "nic": ["nic"], "upi": ["upi"],
+              "hostmem": ["host_memory"], "no-name": ["name"], "no-nodes": ["nodes"],
+              "nodes": ["nodes"]}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(RIGV))
@@ -475,7 +487,7 @@ def test_rig(name, cmd, tmp_path, audit, monkeypatch):
             "gpu-only,flexgen,hexgen",
         ]
     )
-    audit(f"rig {cmd} {name}", args)
+    audit(f"rig {cmd} {name}", args, str(f), *RIG_FIELDS.get(name, RIG_FIELDS.get(name.split("-")[0], ())))
 
 
 @pytest.mark.parametrize("args_kind", ["dir", "missing", "devnull", "devzero", "fifo"])
@@ -512,7 +524,7 @@ def test_rig_paths(args_kind, tmp_path, audit, monkeypatch):
             str(p),
         ],
     ):
-        audit(f"path {args_kind} {args[0]}", args)
+        audit(f"path {args_kind} {args[0]}", args, str(p))
 
 
 CFG = json.loads((ROOT / "tests/data/hf-configs/Llama-2-7B/config.json").read_text())
@@ -601,6 +613,10 @@ def cfg_variants():
 
 
 CFGV = cfg_variants()
+# "llama hidden_size=0", "moe no num_local_experts": the key spoilt
+_SPOILT = ("llama", "moe", "ds", "qwmoe")
+CFG_FIELDS = {n: [n.split()[-1].split("=")[0]] for n in CFGV
+              if n.split()[0] in _SPOILT and ("=" in n or n.split()[1] == "no")}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CFGV))
@@ -623,7 +639,7 @@ def test_config(name, tmp_path, audit, monkeypatch):
             "json",
         ],
     ):
-        audit(f"config {args[0]} {name}", args)
+        audit(f"config {args[0]} {name}", args, str(f), *CFG_FIELDS.get(name, ()))
 
 
 EDIT_VALUES = [0, -1, None, "x", 1e308, 10**30, 1.5, True, [], {}]
@@ -676,7 +692,13 @@ def test_plan_edits(strategy, plan_text, tmp_path, audit):
                 parent[path[-1]] = val
             f.write_text(json.dumps(d))
             args = ["simulate", "--plan", str(f), "--format", "json"]
-            audit(f"plan {strategy} {'.'.join(map(str, path))}={val!r}", args)
+            keys = [k for k in path if isinstance(k, str)]  # the top-level key and the last named one
+            audit(
+                f"plan {strategy} {'.'.join(map(str, path))}={val!r}",
+                args,
+                str(f),
+                *dict.fromkeys([keys[0], keys[-1]]),
+            )
     # other model / other strategy's plan / other rig
     for key, val in (
         ("model", "llama2-70b"),
@@ -689,7 +711,7 @@ def test_plan_edits(strategy, plan_text, tmp_path, audit):
         d[key] = val
         f.write_text(json.dumps(d))
         args = ["simulate", "--plan", str(f), "--format", "json"]
-        audit(f"plan {strategy} {key}={val}", args)
+        audit(f"plan {strategy} {key}={val}", args, str(f))
     for other in plan_text:
         if other == strategy:
             continue
@@ -697,7 +719,7 @@ def test_plan_edits(strategy, plan_text, tmp_path, audit):
         d["strategy"] = other
         f.write_text(json.dumps(d))
         args = ["simulate", "--plan", str(f), "--format", "json"]
-        audit(f"plan {strategy} strategy={other}", args)
+        audit(f"plan {strategy} strategy={other}", args, str(f))
 
 
 TRACES = {
@@ -746,7 +768,7 @@ def test_trace(name, tmp_path, audit):
             "json",
             *extra,
         ]
-        audit(f"trace {name} {extra}", args)
+        audit(f"trace {name} {extra}", args, str(f))
 
 
 SWEEP = {
@@ -824,7 +846,8 @@ def test_sweep(name, tmp_path, audit, monkeypatch):
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(SWV[name]))
     args = ["sweep", str(f), "--workers", "1", "--out", str(tmp_path / "o")]
-    audit(f"sweep {name}", args)
+    key = name.split("=")[0] if "=" in name else None
+    audit(f"sweep {name}", args, str(f), *([key] if key else []))
 
 
 ROUTING = {
@@ -860,10 +883,11 @@ def test_routing(name, tmp_path, audit):
         "--format",
         "json",
     ]
-    audit(f"routing {name}", args)
+    audit(f"routing {name}", args, str(f))
 
 
 CAL = []
+REPORT = str(ROOT / "validate/results/2core-run1/cpu-llama2-7b.json")  # a validate report for --fit
 for fl in ["--threads", "--ranks", "--device", "--gpu", "--out", "--profile", "--from-profiles"]:
     for v in ["0", "-1", "nan", "99999999999", "", "x"]:
         CAL.append(("calibrate", fl, v))
@@ -890,15 +914,18 @@ for fl in [
 @pytest.mark.parametrize("cmd,flag,value", CAL)
 def test_calval(cmd, flag, value, tmp_path, audit, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    if cmd == "calibrate":
-        args = ["calibrate", "--quick", "--out", str(tmp_path / "c.yaml"), flag, value]
+    if cmd == "calibrate":  # each flag where it matters: --gpu with tables, --profile with --fit
+        mode = {"--gpu": ["--from-profiles", str(ROOT / "hardware_profiles/measured/vidur")],
+                "--from-profiles": ["--gpu", "a100-80g"],
+                "--profile": ["--fit", REPORT]}  # fmt: skip
+        args = ["calibrate", *mode.get(flag, ["--quick"]), "--out", str(tmp_path / "c.yaml"), flag, value]
     else:
         args = [
             "validate",
             "--hw",
             str(ROOT / "hardware_profiles/rigs/cputp-4x8575c.yaml"),
             "--model",
-            "opt-125m",
+            "llama2-7b",  # opt-125m (no such model) made every validate case an unknown --model
             "--layers",
             "1",
             "--hidden",
@@ -918,4 +945,4 @@ def test_calval(cmd, flag, value, tmp_path, audit, monkeypatch):
             flag,
             value,
         ]
-    audit(f"{cmd} {flag}={value!r}", args)
+    audit(f"{cmd} {flag}={value!r}", args, flag)

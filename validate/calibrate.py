@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
-import math
 import os
 import platform
 from collections.abc import Callable
@@ -524,13 +523,12 @@ def fit_runs(
     re-assigned from the current fit and the solve repeated). The half-performance lengths, the
     straggler share and the DRAM sharing stay as calibrated."""
     from hetsim.hardware import load_rig
-    from hetsim.models.spec import ModelSpec
 
     rig = load_rig(profile)
     dev = next(iter(rig.cpus()))
     node = rig.nodes[dev.node]
     link = rig.links[next(iter(rig.links))] if rig.links else None
-    steps = [s for rep in reports for s in _report_steps(Path(rep), node, link, ModelSpec)]
+    steps = [s for rep in reports for s in _report_steps(Path(rep), node, link)]
     if len(steps) < 4:
         raise ValueError(f"need at least 2 runs (4 step times) to fit, got {len(steps) // 2}")
     eff = dev.efficiency
@@ -580,41 +578,19 @@ class _Step:
     dram_share: float  # the share of one rank's bandwidth it gets with the others streaming
 
 
-def _report_steps(path: Path, node, link, model_type) -> list[_Step]:
-    from hetsim.errors import InputError
+def _report_steps(path: Path, node, link) -> list[_Step]:
     from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
     from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES, TOKEN_PAIR_BYTES
-    from hetsim.textfiles import parse_json, read_text
+    from validate.report_file import cpu_runs
 
     beta = link.bw if link else 1.0
     out = []
-    source = str(path)
-    doc = parse_json(read_text(path), source)
-    runs = doc.get("runs") if isinstance(doc, dict) else None
-    if not isinstance(runs, list):
-        raise InputError("not a validate report (no list of runs)", source=source, field="runs")
-    for i, run in enumerate(runs):
-        if (
-            not isinstance(run, dict)
-            or not str(run.get("strategy", "")).startswith("cpu")
-            or "measured" not in run
-        ):
-            continue
-        try:  # a report edited or cut short: a missing or mistyped field is the file's, not a bug
-            spec = model_type(**run["model"])
-            w, world, plan, m = run["workload"], int(run["world"]), run["plan"], run["measured"]
-            b, p, gen_len = int(w["batch"]), int(w["prompt_len"]), int(w["gen_len"])
-            ttft, tpot = float(m["ttft_s"]), float(m["tpot_s"])
-            wd, kd, ad = plan["weight_dtype"], plan["kv_dtype"], plan.get("act_dtype", "fp16")
-            reduce_bytes = ALLREDUCE_BYTES[plan["allreduce_dtype"]] if world > 1 else 0.0
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(
-                f"run {i}: missing or malformed ({exc})", source=source, field=f"runs[{i}]"
-            ) from None
-        if not all(math.isfinite(t) and t > 0 for t in (ttft, tpot)) or min(world, b, p, gen_len) < 1:
-            raise InputError(
-                f"run {i}: times and sizes must be positive and finite", source=source, field=f"runs[{i}]"
-            )
+    for run in cpu_runs(path):  # checked: a malformed run is one line naming the file and runs[i]
+        spec, world, plan = run.spec, run.world, run.plan
+        b, p, gen_len = run.workload.batch, run.workload.prompt_len, run.workload.gen_len
+        ttft, tpot = run.ttft_s, run.tpot_s
+        wd, kd, ad = plan.weight_dtype, plan.kv_dtype, plan.act_dtype
+        reduce_bytes = ALLREDUCE_BYTES[plan.allreduce_dtype] if world > 1 else 0.0
         serial = world if node.cpu_sharing == "core" else 1
         shared = node.cpu_sharing != "none" and node.shared_dram_bw > 0 and world > 1
         mid = max(1, (gen_len - 1) // 2)

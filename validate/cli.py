@@ -16,6 +16,9 @@ CPU_STRATEGIES = ("cpu-tp", "cpu")
 # (99999999999 overflowed there, and as ranks ran out of memory), not machines.
 MAX_RANKS = 1024
 MAX_THREADS = 4096
+# Each repeat is one whole timed generation, each round every rank count again: the reference protocol
+# takes 3 and 3; 99999999999 ran for ever (the audit's hang).
+MAX_REPEATS = MAX_ROUNDS = 1000
 
 
 def check_count(value: int, high: int, field: str) -> None:
@@ -35,6 +38,7 @@ def _need_torch() -> None:
 
 
 def calibrate(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("calibrated.yaml"), "--out", help="profile (rig YAML) to write"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda adds the GPU benchmarks)"),
     quick: bool = typer.Option(False, "--quick", help="a few seconds, for CI"),
@@ -56,6 +60,15 @@ def calibrate(
 ) -> None:
     """Measure this machine with torch microbenchmarks and write a hardware profile; or, with
     --from-profiles, fit a GPU's profile to measured kernel tables."""
+    from hetsim.cli.flags import needs, not_with
+
+    needs(ctx, "--gpu", "--from-profiles", from_profiles is not None)
+    needs(ctx, "--profile", "--fit", fit)
+    needs(ctx, "RUNS", "--fit", fit)
+    not_with(ctx, "--fit", "--from-profiles", from_profiles is not None)
+    for flag in ("--device", "--quick", "--threads", "--ranks"):  # what measuring this machine takes
+        not_with(ctx, flag, "--fit", fit)
+        not_with(ctx, flag, "--from-profiles", from_profiles is not None)
     if from_profiles is not None:
         _from_profiles(from_profiles, gpu, out)
         return
@@ -143,6 +156,7 @@ def _from_profiles(root: Path, gpu: str | None, out: Path) -> None:
 
 
 def validate(
+    ctx: typer.Context,
     hw: Path = typer.Option(..., "--hw", help="calibrated profile (from hetsim calibrate)"),
     plan: Path | None = typer.Option(None, "--plan", help="plan JSON (model, workload, strategy)"),
     model: str | None = typer.Option(None, "--model"),
@@ -161,6 +175,11 @@ def validate(
     stem: str = typer.Option("validate", "--stem", help="file name stem of the report"),
 ) -> None:
     """Run a plan for real on torch, simulate it on the calibrated profile, compare."""
+    from hetsim.cli.flags import not_with
+
+    # the plan says these (a cpu-tp plan its rank counts: 1 and its ranks; other plans run no cpu-tp)
+    for flag in ("--model", "--strategy", "--batch", "--prompt-len", "--gen-len", "--ranks"):
+        not_with(ctx, flag, "--plan", plan is not None)
     _need_torch()
     from validate.cli_impl import run_validate
 

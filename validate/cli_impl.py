@@ -20,6 +20,8 @@ def _spec(model: str, layers: int | None, hidden: int | None):
             raise InputError(f"must be in 1..{spec.layers}", field="--layers")
         spec = dataclasses.replace(spec, layers=layers)
     if hidden is not None:  # CI smoke tests only: keeps head_dim, scales heads and MLP
+        if not 1 <= hidden <= spec.hidden:  # a narrower copy (99999999999 ran torch out of memory)
+            raise InputError(f"must be in 1..{spec.hidden}", field="--hidden")
         heads = max(1, hidden // spec.head_dim)
         ratio = spec.intermediate / spec.hidden
         kv = spec.kv_heads if heads % spec.kv_heads == 0 else heads
@@ -42,7 +44,7 @@ def run_validate(
 
     # the table has ten columns: keep it readable when the output goes to a log, not a terminal
     console = Console() if Console().is_terminal else Console(width=140)
-    from validate.cli import MAX_RANKS, MAX_THREADS, check_count
+    from validate.cli import MAX_RANKS, MAX_REPEATS, MAX_ROUNDS, MAX_THREADS, check_count
 
     try:
         worlds = [int(x) for x in ranks.split(",") if x.strip()]
@@ -64,16 +66,31 @@ def run_validate(
             worlds = [1, len(plan_obj.ranks)] if len(plan_obj.ranks) > 1 else [1]
     if model is None:
         raise InputError("give --plan or --model", field="--model")
-    if rounds < 1 or repeats < 1:
-        raise InputError("must be at least 1", field="--rounds" if rounds < 1 else "--repeats")
+    check_count(rounds, MAX_ROUNDS, "--rounds")
+    check_count(repeats, MAX_REPEATS, "--repeats")
+    if not stem or Path(stem).name != stem or stem in (".", ".."):  # '' wrote ".json"; 'a/b' left --out
+        raise InputError(f"must be a file name, got {stem!r}", field="--stem")
     if dtype not in runners.DTYPES:
         raise InputError(f"unknown dtype {dtype!r} (use {', '.join(runners.DTYPES)})", field="--dtype")
     spec = _spec(model, layers, hidden)
-    workload = Workload(batch, prompt_len, gen_len)
+    try:
+        workload = Workload(batch, prompt_len, gen_len)
+    except InputError as exc:  # Workload names its argument: the flag gave it
+        flag = {"batch": "--batch", "prompt_len": "--prompt-len", "gen_len": "--gen-len"}.get(exc.field or "")
+        raise InputError(exc.message, field=flag or exc.field) from None
     runs: list[dict[str, Any]] = []
     base = {"model": dataclasses.asdict(spec), "workload": workload.to_dict(), "strategy": strategy}
     if strategy in ("cpu-tp", "cpu"):
+        from hetsim.hardware import load_rig
+
+        # read before the minutes of measuring: a bad --hw, or more ranks than its CPU entries (which
+        # predict_cpu simulates), was found only after them (a ValueError traceback, the runs lost)
+        cpus = len(list(load_rig(hw).cpus()))
         for world in worlds:
+            if world > cpus:
+                raise InputError(
+                    f"the profile {hw} has {cpus} CPU entries, fewer than {world} ranks", field="--ranks"
+                )
             if spec.heads % world:
                 raise InputError(f"{spec.heads} heads do not split over {world} ranks", field="--ranks")
         measured: dict[int, list] = {w: [] for w in worlds}

@@ -759,8 +759,8 @@ def _main(argv: Sequence[str] | None) -> int:
 # Flags naming a file whose errors would otherwise show only the path: a routing profile, or an
 # output (its directory missing, a directory given) that is not the command's main input; and
 # flags taking a name or a file, whose errors about a name (no such file) would show the name alone.
-FILE_FLAGS = ("--routing-profile", "--trace", "--out")
-NAME_FLAGS = ("--hw", "--slo-ref")
+FILE_FLAGS = ("--routing-profile", "--trace", "--out", "--from-profiles")
+NAME_FLAGS = ("--hw", "--slo-ref", "--profile")  # calibrate --profile: a rig name or file, as --hw
 
 
 def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:
@@ -774,6 +774,8 @@ def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseExce
     if not isinstance(path, str):
         return exc
     for flag, value in pairs:
+        if not value and path == "." and flag in (*FILE_FLAGS, *NAME_FLAGS):  # Path("") is this folder
+            return InputError("is empty: give a file's path", field=flag)
         if path != value and not (value and path == str(Path(value))):
             continue
         if flag in FILE_FLAGS or (flag in NAME_FLAGS and not (value and Path(value).exists())):

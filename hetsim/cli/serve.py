@@ -13,10 +13,12 @@ from typing import Any
 
 import typer
 
+from hetsim.cli.flags import needs
 from hetsim.errors import InputError
 
 
 def serve(
+    ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Model name or config.json path."),
     hw: str = typer.Option(..., "--hw", help="Rig name or rig YAML path."),
     rate: float | None = typer.Option(None, "--rate", help="Poisson arrival rate (requests/s)."),
@@ -59,6 +61,10 @@ def serve(
 
     if fmt not in ("table", "json"):
         raise InputError(f"unknown format {fmt!r} (use table, json)", field="--format")
+    needs(ctx, "--slo-ref", "--slo-scale", slo_scale is not None)
+    needs(ctx, "--target", "--max-rate", find_max_rate)
+    for flag in ("--duration", "--num-requests"):  # a trace's requests are its own
+        needs(ctx, flag, "--rate", rate is not None)
     # stopped before the first candidate's run began (the candidates, their estimates, the --slo-scale
     # reference): no plan served, nothing to print
     keep("it had served no plan yet: nothing to print")

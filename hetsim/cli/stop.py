@@ -63,7 +63,7 @@ class Stop:
         # the grace clock waits for them, then starts again (``due``: it ran out meanwhile)
         self.keeps = 0
         self.due = False
-        self.cap: threading.Timer | None = None  # ``KEEP_CAP_S``, from the first wait for them
+        self.cap: threading.Timer | None = None  # ``KEEP_CAP_S``, from a wait for them to its end
         self.clock = threading.Lock()
         self.unlisten = lambda: None
 
@@ -154,18 +154,16 @@ class Stop:
                 self.due = True  # its end starts the clock again
                 if self.cap is None:  # but not for ever
                     self.cap = threading.Timer(KEEP_CAP_S, self._capped)
+                    self.cap.args = (self.cap,)  # one cancelled as it fired is not the next wait's
                     self.cap.daemon = True
                     self.cap.start()
                 return
             self._leave()
 
-    def _capped(self) -> None:
+    def _capped(self, cap: threading.Timer) -> None:
         """What is kept still not built or printed ``KEEP_CAP_S`` past the grace period: end now."""
         with self.clock:
-            if not self.armed:
-                return
-            if self.keeps == 0:  # they ended: the grace clock runs again; a later wait starts its own cap
-                self.cap = None
+            if not self.armed or cap is not self.cap:  # the wait ended as it fired (``_keeping``)
                 return
             cut = f"cut short: still printing it {KEEP_CAP_S:g} s past the grace period"
             self.kept = f"{self.kept}; {cut}" if self.kept else f"what it keeps was {cut}"
@@ -175,6 +173,11 @@ class Stop:
         """``stopping.keeping``'s listener: the grace clock waits while what is kept is built or printed."""
         with self.clock:
             self.keeps += 1 if on else -1
+            if self.keeps == 0 and self.cap is not None:
+                # the cap is per wait: one print blocked on a pipe. Kept running, it cut a later block
+                # short by however long this one took, its line still saying "60 s past the grace period"
+                self.cap.cancel()
+                self.cap = None
             if self.keeps == 0 and self.due and self.armed:
                 self.due = False
                 self._start_clock()

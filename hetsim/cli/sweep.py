@@ -14,6 +14,7 @@ import typer
 
 
 def sweep(
+    ctx: typer.Context,
     spec: Path = typer.Argument(..., help="A sweep YAML (see experiments/README.md)."),
     dask: str | None = typer.Option(
         None, "--dask", help="Dask scheduler address, or 'local' for a LocalCluster on loopback."
@@ -29,11 +30,14 @@ def sweep(
     """Run a grid of experiments (local processes or a Dask cluster); skip points already done."""
     from rich.console import Console
 
+    from hetsim.cli.flags import not_with
     from hetsim.errors import InputError
     from hetsim.sweep.api import default_out, run_sweep
     from hetsim.sweep.runner import MAX_WORKERS
     from hetsim.sweep.spec import load_spec
 
+    for flag in ("--no-plots", "--retry-failed", "--dask"):  # --plots-only runs no point
+        not_with(ctx, flag, "--plots-only", plots_only)
     if workers is None:
         from hetsim.cli.commands import _cores
 

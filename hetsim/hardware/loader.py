@@ -74,9 +74,11 @@ def rig_path(path_or_name: str | os.PathLike[str], profiles: str | os.PathLike[s
     text = str(path_or_name)
     p = Path(text)
     if p.is_file() or p.suffix in (".yaml", ".yml") or os.sep in text:
-        if not p.is_file():
+        if p.is_dir():
+            raise InputError("is a directory, not a rig file", source=text)
+        if not p.exists():
             raise InputError("rig file not found", source=text)
-        return p
+        return p  # a named pipe (`--hw <(cmd)`) or a device: read_text reads it or says why not
     candidate = profiles_dir(profiles) / "rigs" / f"{text}.yaml"
     if not candidate.is_file():
         known = ", ".join(list_rigs(profiles)) or "none"
