@@ -388,12 +388,25 @@ def _decompressed(model: ModelSpec) -> dict[str, tuple[float, ...]]:
     }
 
 
+def q_width(model: ModelSpec) -> int:
+    """Width of one position's q, and of the attention's value before the output projection: heads x
+    head_dim. The release computes head_dim = h // n_head (pytorch_backend.py:309, :380), so for OPT
+    it is the hidden size; for models whose heads are not hidden / heads wide (Qwen3-30B-A3B,
+    Qwen3-235B, DeepSeek-V3) it is not."""
+    return model.heads * model.head_dim
+
+
+def kv_width(model: ModelSpec) -> int:
+    """Width of one position's K (or V) in one layer: kv_heads x head_dim (GQA's narrower K and V)."""
+    return model.kv_heads * model.head_dim
+
+
 def kv_token_bytes(model: ModelSpec, compressed: bool) -> float:
     """K and V of one token of one sequence in one layer, as the release stores them: fp16, or 4-bit
     data and an fp16 (scale, min) pair per group of 64 along head_dim, each head's row rounded up to
     whole groups (compression.py:33-49, :84-144; tools/flexgen_peak.py's ``kv_out_bytes``, exact)."""
     if not compressed:
-        return 2 * model.kv_heads * model.head_dim * FP16.bytes_per_element
+        return 2 * kv_width(model) * FP16.bytes_per_element
     return 2 * model.kv_heads * _group_padded(model.head_dim) * INT4.bytes_per_element
 
 
@@ -444,8 +457,7 @@ def layer_peaks(
     third, ``hetsim.models.memory``), no rotary temporaries.
     """
     b, s, h, n = gbs, tokens, model.hidden, model.heads
-    kv_dim = model.kv_heads * model.head_dim
-    qkv = h + 2 * kv_dim  # q, k, v of one position
+    qkv = q_width(model) + 2 * kv_width(model)  # q, k, v of one position
     inner = model.intermediate * (2 if model.gated_mlp else 1)
     if s > 1:
         masks = b * s * s + s * s + 8 * s  # bool mask (b, 1, s, s), causal (1, 1, s, s), int64 index
@@ -454,7 +466,8 @@ def layer_peaks(
             b * s * (2 * h + qkv) * 2.0 + 2 * score + masks + 2, b * s * (4 * h + qkv) * 2.0 + score + masks
         )
     elif cpu_attention:
-        attention = 2 * b * h * 2.0 + b * qkv * 2.0 + b * h * 4.0  # + q in fp32, the value back from the host
+        # + q in fp32, the value back from the host (heads x head_dim wide)
+        attention = 2 * b * h * 2.0 + b * qkv * 2.0 + b * q_width(model) * 4.0
     elif compress_cache:
         rows = b * kv_len * model.kv_heads
         full = rows * _group_padded(model.head_dim) * 2.0  # one decompressed K or V, padded
@@ -517,7 +530,7 @@ def cpu_attention_host(model: ModelSpec, gbs: int, kv_len: int, compress_cache: 
     as stored (the traffic model's reading, ``flexgen_ops._cpu_attention``), not repeated to the query
     heads; the score rows are per query head either way."""
     rows = gbs * kv_len * model.kv_heads
-    attend = gbs * model.hidden * 4.0 + 2 * gbs * model.heads * kv_len * 4.0
+    attend = gbs * q_width(model) * 4.0 + 2 * gbs * model.heads * kv_len * 4.0
     if not compress_cache:
         return {"attention_workspace": 2 * rows * model.head_dim * 4.0, "attention_temporaries": attend}
     padded = _group_padded(model.head_dim)
