@@ -226,7 +226,7 @@ class _Runner:
         # a compressed cache read where it lives (by GPU attention on the GPU, CPU attention on the CPU)
         # is decompressed whole, its allocated slots; elsewhere load_cache copies kv_len of them
         home = plan.compress_cache and plan.kv_home == ("c" if self.cpu_att else "g")
-        self.home_slots = workload.prompt_len + workload.gen_len - 1 if home else 0
+        self.home_slots = workload.kv_slots if home else 0  # a sample's: the whole run's (Workload.head)
         # compressed CPU attention reading a cache it must copy first (on the GPU or the disk)
         self.kv_remote = self.f.cg + self.f.cd if self.cpu_att and plan.compress_cache else 0.0
         self.steps = list(steps(workload))
