@@ -525,8 +525,12 @@ def _kv_load(
     # with it: OPT-6.7B 32 x 1 0/50/50, the KV on the CPU, 1024 + 32, LP +1.08 % above the engine)
     slow = {"wc": pin, "wd": overlap_delay(dram, lk.d2c, cap) / lk.d2c}
     # the disk share: read by the copy threads into their pinned relay on the disk lane (the slot's
-    # dread), then copied over the link at the pinned rate (copy_worker_func, :896-902)
-    link = {"cc": kvb / lk.pin, "cd": kvb / lk.pin}
+    # dread), then copied over the link (copy_worker_func, :896-902): at the pinned rate, but a 4-bit
+    # tensor's packed data from a pageable temporary (flexgen.py: ``_via_host``'s ``packed``)
+    parts = copy_parts(compressed)
+    rates = [lk.page if compressed and i == 0 else lk.pin for i in range(len(parts))]
+    hops = [kvb * b / r for b, r in zip(parts, rates, strict=True)]  # each part's, K's and V's
+    link = {"cc": kvb / lk.pin, "cd": sum(hops)}
     memcpy = _t(rig, cpu, (copy,))
     # K, then V, each pinned then DMA'd (FlexGen's _mixed_load): V's half is pinned while K's DMA
     # runs, so the load's last DMA ends at the later of K's pin then both DMAs and both pins then
@@ -537,7 +541,6 @@ def _kv_load(
     # A 4-bit tensor is two (pin, DMA) pairs, its data then its scales (``copy_parts``): the
     # load then waits for the latest of each piece's pins so far then its DMAs from there on, and
     # K's DMA has run through K's scales' pin before V's pin starts (so less of it is beside V's)
-    parts = copy_parts(compressed)
     d, half_dma = overlap_delay(dram, lk.pin, cap), kvb / (2 * lk.pin)
     beside = max(0.0, half_dma - memcpy / 2 * sum(parts[1:]))
     v_late = min(memcpy / 2 * d / (1.0 - d), d * beside) if d < 1.0 else d * beside
@@ -551,9 +554,11 @@ def _kv_load(
     # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's last copy's hop
     # ends the load: a 4-bit tensor is its data then its scales (``copy_parts``), each read and
     # hopped on its own, so only the scales' hop need follow the last read (V's data hop runs on the
-    # link while they are read). The reads' latencies are added by the caller (``_latency``)
-    last_hop = kvb * parts[-1] / (2 * lk.pin)
-    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + last_hop}
+    # link while they are read, or, slower than their read, ends before their hop starts). The
+    # reads' latencies are added by the caller (``_latency``)
+    last_read = kvb * parts[-1] / (2 * lk.d2c) if len(parts) > 1 else 0.0
+    tail = max(last_read, sum(hops[:-1]) / 2) + kvb * parts[-1] / (2 * rates[-1])
+    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c - last_read + tail}
     return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
 

@@ -154,15 +154,15 @@ class _Booked:
     def __init__(self, e):
         self.e = e
         self.at: float | None = None  # issue the copies as at this later time (a compute's end)
-        # a disk load's second hop (src, dst, bytes, label, the read's end): issued by its copy
+        # a disk load's second hop (src, dst, bytes, label, the read's end, pinned): issued by its copy
         # thread when the read lands, so booked after the position's other copies (``book_hops``)
-        self.hops: list[tuple[str, str, float, str, float]] = []
+        self.hops: list[tuple[str, str, float, str, float, bool]] = []
 
     def book_hops(self) -> list:
         """Book the deferred hops in the order their reads land; the times they end."""
         out = [
-            self.e.transfer_time(src, dst, n, label=label, at=at)
-            for src, dst, n, label, at in sorted(self.hops, key=lambda h: h[4])
+            self.e.transfer_time(src, dst, n, label=label, at=at, pinned=pinned)
+            for src, dst, n, label, at, pinned in sorted(self.hops, key=lambda h: h[4])
         ]
         self.hops.clear()
         return out
@@ -252,18 +252,26 @@ class _Runner:
                 ev.append(self._via_host(e, self.disk, self.gpu, nbytes, "load_weight_disk"))
         return ev, relay
 
-    def _via_host(self, e, src: str, dst: str, nbytes: float, label: str):
+    def _via_host(self, e, src: str, dst: str, nbytes: float, label: str, packed: bool = False):
         """A disk <-> GPU copy as FlexGen's copy threads make it (pytorch_backend.py: copy_worker_func):
         the whole tensor through a pinned host relay, the disk hop first, then the PCIe hop (or the
-        reverse), so the PCIe lane is held only for its own hop. Returns the second hop's event/time."""
+        reverse), so the PCIe lane is held only for its own hop. Returns the second hop's event/time.
+
+        ``packed``: a 4-bit tensor's packed data (uint8) bound for the GPU. The relay is an fp16 view
+        (``cpu_buf[:size].view(shape)``, :893-895), so ``tmp_cpu_buf.copy_(src_data)`` converts the
+        bytes to fp16, and the blocking ``dst_data.copy_(tmp_cpu_buf)`` into the uint8 GPU tensor is a
+        cross-dtype copy, which PyTorch converts on the CPU when blocking (aten/src/ATen/native/cuda/
+        Copy.cu, copy_kernel_cuda: ``conversion_device = non_blocking ? kCUDA : kCPU``) into a new
+        pageable uint8 tensor, then copies from pageable memory: the hop at the pageable rate."""
+        pinned = not (packed and src == self.disk)
         if isinstance(e, _Booked):
             first = e.transfer(src, self.cpu, nbytes, label=label)
             if src == self.disk:  # the PCIe hop once the read lands, after the copies issued before
-                e.hops.append((self.cpu, dst, nbytes, label, first))
+                e.hops.append((self.cpu, dst, nbytes, label, first, pinned))
                 return first
             return e.e.transfer_time(self.cpu, dst, nbytes, label=label, at=first)
         first = e.book_transfer(src, self.cpu, nbytes, label=label)
-        return e.transfer(self.cpu, dst, nbytes, label=label, after=first)
+        return e.transfer(self.cpu, dst, nbytes, label=label, after=first, pinned=pinned)
 
     def _relay(self, e, nbytes: float, label: str):
         """general_copy of an unpinned CPU tensor to the GPU (pytorch_backend.py): ``pin_memory()``
@@ -350,12 +358,12 @@ class _Runner:
         late = []
         half = nbytes / 2
         for _ in ("k", "v"):
-            for part in self.kv_parts:
+            for i, part in enumerate(self.kv_parts):
                 if self.f.cc > 0:
                     late += yield from self._relay(e, half * part * self.f.cc, "load_cache")
                 if self.f.cd > 0:
-                    nd = half * part * self.f.cd
-                    late.append(self._via_host(e, self.disk, self.gpu, nd, "load_cache_disk"))
+                    nd, packed = half * part * self.f.cd, self.plan.compress_cache and i == 0
+                    late.append(self._via_host(e, self.disk, self.gpu, nd, "load_cache_disk", packed))
         return late
 
     def _gather(self, e, gbs: int, tokens: int, nbytes: float):
