@@ -74,7 +74,7 @@ def test_lp_stays_under_the_engine_with_a_4bit_kv_cache_on_the_cpu(model, gbs, n
 def test_a_4bit_caches_packed_data_hops_from_disk_at_the_pageable_rate(
     rig_name, model, gbs, nb, wg, wc, prompt, tok_s
 ):
-    """The copy threads' relay is an fp16 view (pytorch_backend.py:893-895): a 4-bit tensor's uint8 data
+    """The copy threads' relay is an fp16 view (pytorch_backend.py:882, :899-902): a 4-bit tensor's uint8 data
     is converted to fp16 into it, and the blocking copy into the uint8 GPU tensor converts back on the
     CPU into a pageable temporary (PyTorch's copy_kernel_cuda) and copies from there: its hop runs at
     the link's pageable rate, the scales' (fp16, no conversion) at the pinned one. The KV 4-bit on disk,

@@ -258,11 +258,12 @@ class _Runner:
         reverse), so the PCIe lane is held only for its own hop. Returns the second hop's event/time.
 
         ``packed``: a 4-bit tensor's packed data (uint8) bound for the GPU. The relay is an fp16 view
-        (``cpu_buf[:size].view(shape)``, :893-895), so ``tmp_cpu_buf.copy_(src_data)`` converts the
-        bytes to fp16, and the blocking ``dst_data.copy_(tmp_cpu_buf)`` into the uint8 GPU tensor is a
-        cross-dtype copy, which PyTorch converts on the CPU when blocking (aten/src/ATen/native/cuda/
-        Copy.cu, copy_kernel_cuda: ``conversion_device = non_blocking ? kCUDA : kCPU``) into a new
-        pageable uint8 tensor, then copies from pageable memory: the hop at the pageable rate."""
+        (``cpu_buf[:size].view(shape)``, pytorch_backend.py:882, :899-902), so
+        ``tmp_cpu_buf.copy_(src_data)`` converts the bytes to fp16, and the blocking
+        ``dst_data.copy_(tmp_cpu_buf)`` into the uint8 GPU tensor is a cross-dtype copy, which PyTorch
+        converts on the CPU when blocking (aten/src/ATen/native/cuda/Copy.cu, copy_kernel_cuda:
+        ``conversion_device = non_blocking ? kCUDA : kCPU``) into a new pageable uint8 tensor, then
+        copies from pageable memory: the hop at the pageable rate."""
         pinned = not (packed and src == self.disk)
         if isinstance(e, _Booked):
             first = e.transfer(src, self.cpu, nbytes, label=label)
