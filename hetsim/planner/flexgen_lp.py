@@ -83,6 +83,7 @@ from hetsim.strategies.flexgen_policy import (
     fractions,
     kv_token_bytes,
     layer_disk_copies,
+    layer_disk_packed,
     layer_weight_split,
     memory_plan,
     shape_of,
@@ -90,6 +91,8 @@ from hetsim.strategies.flexgen_policy import (
 from hetsim.workload import Step, Workload
 
 Split = tuple[tuple[float, float, float], ...]  # (GPU, CPU, disk) weight bytes of each scheduling layer
+# each scheduling layer's disk copies, in order: (bytes, a 4-bit tensor's packed data?)
+Copies = tuple[tuple[tuple[float, bool], ...], ...]
 VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
 GBS_CHOICES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 NB_CHOICES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32)
@@ -242,7 +245,7 @@ def _slots(
     lk: Links,
     ends: tuple[str, str, str],
     placed: Split | None = None,
-    placed_copies: tuple[tuple[float, ...], ...] = (),
+    placed_copies: Copies = (),
     kv_at: dict[str, float] | None = None,
 ) -> list[tuple[float, _Slot]]:
     """(multiplicity, slot) for prefill and mean decode, attention and MLP slots; the weights loaded
@@ -263,7 +266,6 @@ def _slots(
     w_link = _weight_loads(lk, disk)
     copies = _full_copies(model, cw) if placed is None else placed_copies
     lats = None if placed is None else (lat, hop_lat)  # the placed relays' own (_weight_relay)
-    hop = {"wd": w_link["wd"]}  # the weights' disk share's link hop, after the position's copies
 
     def flows(j: int) -> tuple[tuple[float, float], ...] | None:
         """At a plan's placement, scheduling layer ``j``'s weight copies beside the thread (``_beside``):
@@ -297,7 +299,9 @@ def _slots(
         ahead: tuple[dict[str, float], ...] = ()  # the next layer's first batch's KV load (_kv_load)
         store_w: dict[str, float] = {}  # one batch's KV store on the disk-write lane
         for kind, j_next, share in _positions(len(split), model.layers):
-            w = load(w_link, j_next)
+            w_j = _wd_per_byte(lk, copies[j_next], w_link) if disk else w_link
+            hop = {"wd": w_j["wd"]}  # the weights' disk share's link hop, after the position's copies
+            w = load(w_j, j_next)
             wr = _weight_relay(lk, copies[j_next], lats) if disk else {}
             # load_hidden(k + 1): the embedding loads token ids (none), but in its last sub-step the
             # next layer's first batch's input, left out (a lower bound); it stores k - 1's output
@@ -429,7 +433,7 @@ def _slots(
                     # so the sub-step lasts at least the thread but its last kernels, then the hops
                     # (at a plan's placement; OPT-6.7B 32 x 1 4-bit 15/45/40, the KV 0/95/5, 1024 + 8:
                     # LP -2.0 % below the engine without, -0.5 % with)
-                    hops = sum(hop_lat + b / lk.pin for b in copies[j_next])
+                    hops = sum(hop_lat + _hop_s(lk, b, k) for b, k in copies[j_next])
                     late = hops - t_post
                     if late > 0.0:
                         p0 = _plus(p0, {"const": late}, 1.0)
@@ -703,7 +707,9 @@ def _weight_loads(lk: Links, disk: str) -> dict[str, float]:
     return {"wc": 1.0 / lk.pin, "wd": 1.0 / lk.pin if disk else 0.0}
 
 
-def _weight_relay(lk: Links, sizes: tuple[float, ...], lats: tuple[float, float] | None) -> dict[str, float]:
+def _weight_relay(
+    lk: Links, sizes: tuple[tuple[float, bool], ...], lats: tuple[float, float] | None
+) -> dict[str, float]:
     """A layer's disk share as the copy threads move it, tensor by tensor (``layer_disk_copies``):
     the load lasts at least its reads, one after another on the disk lane, each copy's hop over the
     link once its read has landed and the hop before it has ended (``_Slot.wr``). ``sizes``: the
@@ -713,9 +719,9 @@ def _weight_relay(lk: Links, sizes: tuple[float, ...], lats: tuple[float, float]
     (``_latency``: how many tensors a fraction puts on disk is no linear form)."""
     lat, hop_lat = lats or (0.0, 0.0)
     t_read = t_hop = 0.0
-    for b in sizes:
+    for b, packed in sizes:
         t_read += lat + b / lk.d2c
-        t_hop = max(t_hop, t_read) + hop_lat + b / lk.pin
+        t_hop = max(t_hop, t_read) + hop_lat + _hop_s(lk, b, packed)
     return {"wd": t_hop} if lats is None else {"const": t_hop}
 
 
@@ -743,7 +749,7 @@ def _other_slots(
     ends: tuple[str, str, str],
     fl: Flags,
     placed: Split | None,
-    placed_copies: tuple[tuple[float, ...], ...] = (),
+    placed_copies: Copies = (),
 ) -> list[tuple[float, _Slot]]:
     """The output layer's slots, once per token (multiplicity over the layer count, which the
     objective multiplies back): the next token's embedding loads beside its kernels (flex_opt.py:
@@ -759,7 +765,7 @@ def _other_slots(
     copies = _full_copies(model, cw) if placed is None else placed_copies
     lats = (rig.route(disk, cpu).latency_s, rig.route(cpu, gpu).latency_s) if disk else (0.0, 0.0)
     at = None if placed is None else placed[0]  # the embedding's weights
-    ld = _weight_form(w_link, split[0][1], at)
+    ld = _weight_form(_wd_per_byte(lk, copies[0], w_link) if disk else w_link, split[0][1], at)
     dread = _weight_form({"wd": 1.0 / lk.d2g}, split[0][1], at)
     out = []
     for phase, seq, mult in (("prefill", wl.prompt_len, 1.0), ("decode", 1, float(wl.gen_len - 1))):
@@ -832,7 +838,9 @@ def cost_model(
     placement (constants: its fractions are then pinned, ``released_time_per_seq``, ``_repinned``)."""
     gpu, cpu, disk = ends
     split = None if placed is None else layer_weight_split(model, placed)
-    placed_copies = () if placed is None else layer_disk_copies(model, placed)
+    placed_copies = (
+        () if placed is None else _copies(layer_disk_copies(model, placed), layer_disk_packed(model, placed))
+    )
     kv_at = None
     if placed is not None:
         f = fractions(model, placed)
@@ -1204,10 +1212,30 @@ def _solved(cm: CostModel) -> tuple[tuple[float, tuple[tuple[str, float], ...]] 
 
 
 @lru_cache(maxsize=64)
-def _full_copies(model: ModelSpec, compressed_weights: bool) -> tuple[tuple[float, ...], ...]:
+def _full_copies(model: ModelSpec, compressed_weights: bool) -> Copies:
     """Every layer's tensors as the copy threads move them, all on disk (``_weight_relay``)."""
     plan = FlexGenPlan(wg=0.0, wc=0.0, compress_weight=compressed_weights, placement="continuous")
-    return layer_disk_copies(model, plan)
+    return _copies(layer_disk_copies(model, plan), layer_disk_packed(model, plan))
+
+
+def _copies(sizes: tuple[tuple[float, ...], ...], packed: tuple[tuple[bool, ...], ...]) -> Copies:
+    return tuple(tuple(zip(b, k, strict=True)) for b, k in zip(sizes, packed, strict=True))
+
+
+def _hop_s(lk: Links, nbytes: float, packed: bool) -> float:
+    """One disk copy's hop over the link: from the pinned relay, or, a 4-bit tensor's packed data,
+    from the pageable temporary its conversion makes (flexgen.py: ``_via_host``)."""
+    return nbytes / (lk.page if packed else lk.pin)
+
+
+def _wd_per_byte(
+    lk: Links, copies: tuple[tuple[float, bool], ...], w_link: dict[str, float]
+) -> dict[str, float]:
+    """``w_link`` with a layer's disk share at its copies' mean hop seconds per byte (the pinned rate's
+    where none is packed data: ``_weight_loads``)."""
+    if not any(k for _, k in copies):
+        return w_link
+    return {**w_link, "wd": sum(_hop_s(lk, b, k) for b, k in copies) / sum(b for b, _ in copies)}
 
 
 @lru_cache(maxsize=64)

@@ -40,6 +40,7 @@ from hetsim.strategies.flexgen_policy import (
     fractions,
     kv_token_bytes,
     layer_disk_copies,
+    layer_disk_packed,
     layer_weight_split,
     memory_plan,
     shape_of,
@@ -216,6 +217,7 @@ class _Runner:
         self.h2d, self.d2h = rig.route(self.cpu, self.gpu), rig.route(self.gpu, self.cpu)
         self.split = layer_weight_split(model, plan)
         self.disk_copies = layer_disk_copies(model, plan)  # each layer's disk tensors, in order
+        self.disk_packed = layer_disk_packed(model, plan)  # ... which are 4-bit packed data
         self.f = fractions(model, plan)
         self.nl = len(self.split)
         self.kinds = [layer_kind(model, j) for j in range(self.nl)]
@@ -248,8 +250,9 @@ class _Runner:
         elif c > 0:
             relay = self._relay(sync or e, c, "load_weight")
         if d > 0:  # tensor by tensor: each read, then its hop beside the next one's read
-            for nbytes in self.disk_copies[j % self.nl]:
-                ev.append(self._via_host(e, self.disk, self.gpu, nbytes, "load_weight_disk"))
+            packed = self.disk_packed[j % self.nl]
+            for nbytes, pk in zip(self.disk_copies[j % self.nl], packed, strict=True):
+                ev.append(self._via_host(e, self.disk, self.gpu, nbytes, "load_weight_disk", pk))
         return ev, relay
 
     def _via_host(self, e, src: str, dst: str, nbytes: float, label: str, packed: bool = False):

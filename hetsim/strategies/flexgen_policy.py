@@ -195,15 +195,25 @@ def _disk_copies(
     """The bytes of each copy of one scheduling layer's disk share, in runtime order: a tensor on
     disk is one copy, a 4-bit matrix two (``copy_parts``; vectors stay fp16); continuous, each
     tensor's disk fraction."""
+    return tuple(b for b, _ in _disk_copy_kinds(tensors, wg, wc, dtype, placement))
+
+
+@lru_cache(maxsize=4096)
+def _disk_copy_kinds(
+    tensors: tuple[tuple[int, bool], ...], wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[tuple[float, bool], ...]:
+    """``_disk_copies`` with, for each copy, whether it is a 4-bit tensor's packed data (uint8), which
+    the copy threads' fp16 relay converts (``layer_disk_packed``)."""
     if placement == "continuous":
         shares = [_disk_share(wg, wc)] * len(tensors)
     else:
         shares = [1.0 if t == 2 else 0.0 for t in _tiers([n for n, _ in tensors], wg, wc)]
-    out: list[float] = []
+    out: list[tuple[float, bool]] = []
     for (n, m), share in zip(tensors, shares, strict=True):
         if share > 0.0:
             b = _bytes(n, m, dtype) * share
-            out += [b * k for k in copy_parts(m and dtype == INT4)]
+            packed = m and dtype == INT4
+            out += [(b * k, packed and i == 0) for i, k in enumerate(copy_parts(packed))]
     return tuple(out)
 
 
@@ -250,6 +260,17 @@ def layer_disk_copies(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float,
     (:896-902). The bytes of each copy, in order (``_disk_copies``)."""
     wg, wc, dtype, placement = _split_key(plan)
     return tuple(_disk_copies(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model))
+
+
+def layer_disk_packed(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[bool, ...], ...]:
+    """For each of ``layer_disk_copies``' copies, whether it is a 4-bit matrix's packed data: through
+    the copy threads' fp16 relay it hops to the GPU from a pageable temporary (flexgen.py:
+    ``_via_host``'s ``packed``)."""
+    wg, wc, dtype, placement = _split_key(plan)
+    return tuple(
+        tuple(k for _, k in _disk_copy_kinds(t, wg, wc, dtype, placement))
+        for t in scheduling_layer_tensors(model)
+    )
 
 
 def _split_key(plan: FlexGenPlan) -> tuple[float, float, DType, Placement]:
