@@ -255,6 +255,7 @@ def _slots(
     lat = rig.route(disk, cpu).latency_s if disk else 0.0  # each disk copy's
     hop_lat = rig.route(cpu, gpu).latency_s if disk else 0.0  # ... and each hop's
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
+    home = wl.kv_slots  # the token slots a 4-bit cache at home is decompressed over (Workload.kv_slots)
     dram = host_dram_bw(rig, cpu)
     cw = fl.compress_weight
     split = _split_cache(model, cw)  # the weights all off the GPU; compress_cache does not enter
@@ -349,7 +350,7 @@ def _slots(
                 # a compressed cache on the GPU is decompressed whole each step (substep_ops)
                 off = 0.0 if fl.compress_cache and fl.cache_tier == "g" else 1.0
                 o = substep_ops(
-                    model, "attention", phase, gbs, seq, kv_len, False, off, cw, fl.compress_cache, s + n - 1
+                    model, "attention", phase, gbs, seq, kv_len, False, off, cw, fl.compress_cache, home
                 )
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 new_kv = gbs * seq * kv_tok
@@ -376,7 +377,7 @@ def _slots(
                 # runs the GPU's kernels, the copy to the CPU, the decompression of the whole cache into
                 # the fp32 workspace and the attention there (flexgen_ops.substep_ops), the copy back;
                 # the new 4-bit K and V are stored as GPU attention's are (flexgen.py: store_cache)
-                o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, True, s + n - 1)
+                o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, True, home)
                 small = o.to_cpu_bytes / lk.out_pin + o.to_gpu_bytes / lk.page
                 t_cpu_att = _t(rig, cpu, o.cpu)
                 p.update(const=_t(rig, gpu, o.gpu_pre + o.gpu_post) + small, cc=t_cpu_att)

@@ -149,7 +149,7 @@ def substep_ops(
 
     ``cpu_share`` = fraction of the KV cache off the GPU; with CPU attention in decode, that share
     of the attention runs on the CPU in fp32 over the gathered workspace and the rest on the GPU.
-    ``home_slots`` = the token slots the KV cache is allocated for (prompt_len + gen_len - 1): what
+    ``home_slots`` = the token slots the KV cache is allocated for (``Workload.kv_slots``): what
     a compressed cache at home on the attention's device decompresses each decode step (0: not at
     home there, or not known: the kv_len slots load_cache copied).
 
