@@ -86,6 +86,7 @@ from hetsim.strategies.flexgen_policy import (
     layer_disk_packed,
     layer_weight_split,
     memory_plan,
+    packed_parts,
     shape_of,
 )
 from hetsim.workload import Step, Workload
@@ -533,8 +534,8 @@ def _kv_load(
     # dread), then copied over the link (copy_worker_func, :896-902): at the pinned rate, but a 4-bit
     # tensor's packed data from a pageable temporary (flexgen.py: ``_via_host``'s ``packed``)
     parts = copy_parts(compressed)
-    rates = [lk.page if compressed and i == 0 else lk.pin for i in range(len(parts))]
-    hops = [kvb * b / r for b, r in zip(parts, rates, strict=True)]  # each part's, K's and V's
+    packed = packed_parts(compressed)
+    hops = [_hop_s(lk, kvb * b, k) for b, k in zip(parts, packed, strict=True)]  # each part's, K's and V's
     link = {"cc": kvb / lk.pin, "cd": sum(hops)}
     memcpy = _t(rig, cpu, (copy,))
     # K, then V, each pinned then DMA'd (FlexGen's _mixed_load): V's half is pinned while K's DMA
@@ -562,7 +563,7 @@ def _kv_load(
     # link while they are read, or, slower than their read, ends before their hop starts). The
     # reads' latencies are added by the caller (``_latency``)
     last_read = kvb * parts[-1] / (2 * lk.d2c) if len(parts) > 1 else 0.0
-    tail = max(last_read, sum(hops[:-1]) / 2) + kvb * parts[-1] / (2 * rates[-1])
+    tail = max(last_read, sum(hops[:-1]) / 2) + hops[-1] / 2
     dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c - last_read + tail}
     return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
 

@@ -43,6 +43,7 @@ from hetsim.strategies.flexgen_policy import (
     layer_disk_packed,
     layer_weight_split,
     memory_plan,
+    packed_parts,
     shape_of,
     validate,
 )
@@ -224,6 +225,7 @@ class _Runner:
         self.cpu_att = plan.uses_cpu_attention
         self.kv_tok = kv_token_bytes(model, plan.compress_cache)
         self.kv_parts = copy_parts(plan.compress_cache)  # a cache tensor's copies, in order
+        self.kv_packed = packed_parts(plan.compress_cache)  # ... which are 4-bit packed data
         self.off_kv = self.f.cc + self.f.cd
         # a compressed cache read where it lives (by GPU attention on the GPU, CPU attention on the CPU)
         # is decompressed whole, its allocated slots; elsewhere load_cache copies kv_len of them
@@ -362,11 +364,11 @@ class _Runner:
         late = []
         half = nbytes / 2
         for _ in ("k", "v"):
-            for i, part in enumerate(self.kv_parts):
+            for part, packed in zip(self.kv_parts, self.kv_packed, strict=True):
                 if self.f.cc > 0:
                     late += yield from self._relay(e, half * part * self.f.cc, "load_cache")
                 if self.f.cd > 0:
-                    nd, packed = half * part * self.f.cd, self.plan.compress_cache and i == 0
+                    nd = half * part * self.f.cd
                     late.append(self._via_host(e, self.disk, self.gpu, nd, "load_cache_disk", packed))
         return late
 

@@ -149,6 +149,13 @@ def copy_parts(compressed: bool) -> tuple[float, ...]:
     return data / INT4.bytes_per_element, 1.0 - data / INT4.bytes_per_element
 
 
+def packed_parts(compressed: bool) -> tuple[bool, ...]:
+    """For each of ``copy_parts``' copies, whether it is a 4-bit tensor's packed data (uint8), which the
+    copy threads' fp16 relay converts, so that its hop to the GPU leaves from a pageable temporary
+    (flexgen.py: ``_via_host``'s ``packed``); the scales (fp16) and an fp16 tensor are not."""
+    return (True, False) if compressed else (False,)
+
+
 def _disk_share(wg: float, wc: float) -> float:
     """The weights' disk fraction, 1 - wg - wc, none where that is the float residue of percents that
     sum to 100 (0.7 + 0.3 leaves 5.6e-17): else a continuous placement reads a phantom disk share,
@@ -213,7 +220,7 @@ def _disk_copy_kinds(
         if share > 0.0:
             b = _bytes(n, m, dtype) * share
             packed = m and dtype == INT4
-            out += [(b * k, packed and i == 0) for i, k in enumerate(copy_parts(packed))]
+            out += [(b * k, p) for k, p in zip(copy_parts(packed), packed_parts(packed), strict=True)]
     return tuple(out)
 
 
