@@ -277,6 +277,18 @@ def _slots(
         _, c_bytes, d_bytes = placed[j]
         return (c_bytes / lk.pin, dram_d[0]), (d_bytes / lk.d2c if disk else 0.0, dram_d[1])
 
+    def hops_late(j: int, t_post: float) -> dict[str, float]:
+        """At a plan's placement, a CPU-attention sub-step's tail: scheduling layer ``j``'s disk copies
+        hop over the link once the thread's copy back to the GPU is through (booked after the
+        position's copies: flexgen.py, ``_via_host``), so the sub-step lasts at least the thread but
+        its last kernels (``t_post``), then the hops (OPT-6.7B 32 x 1 4-bit 15/45/40, the KV 0/95/5,
+        1024 + 8: LP -2.0 % below the engine without, -0.5 % with). The same over a 4-bit cache at
+        home: mixed-lab Llama-2-7B 16 x 2 4-bit 20/0/80, 256 + 32, -4.6 % without, -0.2 % with."""
+        if not disk or kv_at is None:
+            return {}
+        late = sum(hop_lat + _hop_s(lk, b, k) for b, k in copies[j]) - t_post
+        return {"const": late} if late > 0.0 else {}
+
     def kv_disk(dk: dict[str, float], p: dict[str, float]) -> dict[str, float]:
         """A loading sub-step's disk bound, K's memcpy then the reads then V's hop (``_Slot.dk0``,
         ``dkm``, ``dkl``), with its copies' latencies: K's read, V's read, V's hop."""
@@ -389,6 +401,7 @@ def _slots(
                 before = {"const": _t(rig, gpu, o.gpu_pre) + o.to_cpu_bytes / lk.out_pin}
                 beside = _beside(load(slow, j_next), flows(j_next), {}, {"cc": t_cpu_att}, before, kv_at)
                 p0, p = _gather_into(p, {}, nb, last=False, slow=beside)
+                p0 = _plus(p0, hops_late(j_next, _t(rig, gpu, o.gpu_post)), 1.0)
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
@@ -429,16 +442,7 @@ def _slots(
                 before = {"const": t_pre + o.to_cpu_bytes / lk.out_pin, "cg": t_gpu_att}
                 beside = _beside(wslow, beside_w, first, {"cc": t_cpu_att, "cd": t_cpu_att}, before, kv_at)
                 p0, p = _gather_into(p, own, nb, last=False, slow=beside)
-                if disk and kv_at is not None:
-                    # the next layer's disk share hops over the link once the thread's copy back to
-                    # the GPU is through (booked after the position's copies: flexgen.py, _via_host),
-                    # so the sub-step lasts at least the thread but its last kernels, then the hops
-                    # (at a plan's placement; OPT-6.7B 32 x 1 4-bit 15/45/40, the KV 0/95/5, 1024 + 8:
-                    # LP -2.0 % below the engine without, -0.5 % with)
-                    hops = sum(hop_lat + _hop_s(lk, b, k) for b, k in copies[j_next])
-                    late = hops - t_post
-                    if late > 0.0:
-                        p0 = _plus(p0, {"const": late}, 1.0)
+                p0 = _plus(p0, hops_late(j_next, t_post), 1.0)  # the next layer's disk share's hops
                 dread["cd"] = (nb - 1) * gather_read
                 store_w = {"cd": gbs * kv_tok / lk.c2d}  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py); the
