@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -119,6 +119,9 @@ class Workload:
     kv_dtype: str | None = None
     # How the tokens pick experts (``--routing-profile``); None = uniformly (every expert equally often).
     routing: RoutingProfile | None = None
+    # A short run standing for a longer one (``head``): the generation length of the run it stands for,
+    # by which a runtime that allocates its KV cache up front sizes it (``kv_slots``); 0 = its own.
+    alloc_gen_len: int = 0
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "gen_len"):
@@ -127,6 +130,19 @@ class Workload:
                 raise InputError(f"must be a positive integer, got {value!r}", field=name)
             if value > MAX_WORK[name]:
                 raise InputError(f"must be <= {MAX_WORK[name]} ({WHY_MAX[name]}), got {value}", field=name)
+        if self.alloc_gen_len and self.alloc_gen_len < self.gen_len:
+            raise InputError(f"must be 0 or >= gen_len, got {self.alloc_gen_len}", field="alloc_gen_len")
+
+    def head(self, gen_len: int) -> Workload:
+        """This run's first ``gen_len`` tokens, standing for it (a sample or a proxy of the run): the KV
+        cache allocated as the whole run allocates it."""
+        return replace(self, gen_len=gen_len, alloc_gen_len=self.alloc_gen_len or self.gen_len)
+
+    @property
+    def kv_slots(self) -> int:
+        """Token slots per sequence of a KV cache allocated up front for the whole generation: the prompt
+        and every generated token but the last (FlexGen 0.1.8, pytorch_backend.py:287-296)."""
+        return self.prompt_len + (self.alloc_gen_len or self.gen_len) - 1
 
     @property
     def context_len(self) -> int:

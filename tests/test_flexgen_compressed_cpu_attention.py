@@ -61,20 +61,21 @@ def test_the_host_decompresses_the_whole_cache_into_fp32_then_attends():
 
 def test_the_engine_runs_it_on_the_host_and_the_lp_follows():
     """flexgen-t4, OPT-30B 64 x 8 at 512 + 32, the cache 4-bit on the CPU: with --cpu-cache-compute the
-    engine runs 4.71 tok/s (the whole cache decompressed on the host each step), not GPU attention's
+    engine runs 4.63 tok/s (the whole cache decompressed on the host each step), not GPU attention's
     10.77 (what hetsim ran for this plan before, having turned CPU attention off). The LP at the plan's
-    placement within 2 % of the engine (+1.5 %)."""
+    placement within 0.2 % of the engine (-0.04 %; +1.5 % when the engine's fast-forward head sample
+    allocated, so decompressed, a cache of its own 6 tokens, not the run's 32: 4.71 tok/s)."""
     rig = load_rig("flexgen-t4")
     ends = endpoints(rig)
     wl = Workload(512, 512, 32)
     strategy = get_strategy("flexgen")
     cpu = simulate(strategy, _plan(True, gpu=ends[0]), rig, OPT30, wl)
     gpu = simulate(strategy, _plan(False, gpu=ends[0]), rig, OPT30, wl)
-    assert cpu.throughput_tok_s == pytest.approx(4.7056, rel=1e-3)
+    assert cpu.throughput_tok_s == pytest.approx(4.6347, rel=1e-3)
     assert gpu.throughput_tok_s == pytest.approx(10.7733, rel=1e-4)
     sol = LpSolution(64, 8, Flags(True, True, "c"), {}, 1.0, 1.0)
     lp = released_time_per_seq(sol, _plan(True, gpu=ends[0]), rig, OPT30, wl, ends, None) * wl.batch
-    assert abs(lp / cpu.e2e_s - 1) < 0.02
+    assert abs(lp / cpu.e2e_s - 1) < 0.002
 
 
 def test_the_search_tries_it_only_when_compression_is_allowed():

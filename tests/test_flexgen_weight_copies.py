@@ -86,3 +86,18 @@ def test_a_layers_disk_copies_carry_its_disk_bytes(model, wg, wc_share, compress
     for (_, _, d), copies in zip(layer_weight_split(m, plan), layer_disk_copies(m, plan), strict=True):
         assert sum(copies) == pytest.approx(d, rel=1e-12, abs=0.0)
         assert all(b > 0 for b in copies)
+
+
+def test_a_4bit_matrixs_packed_data_hops_from_a_pageable_temporary(tmp_path):
+    """The copy threads' relay is an fp16 view (pytorch_backend.py:882, :899-902): a 4-bit matrix's uint8
+    data is converted to fp16 into it and back, on the CPU, into a pageable temporary by the blocking
+    cross-dtype copy to the GPU (PyTorch's copy_kernel_cuda), which then copies from pageable memory: the
+    data's hop at the link's pageable rate (6 GB/s on flexgen-t4), its scales' (fp16) at the pinned one
+    (13.8 GB/s): OPT-6.7B 8 x 1, 4-bit weights 0/50/50, the prologue's first matrix (data, then scales)."""
+    plan = FlexGenPlan(8, 1, 0, 50, 100, 0, 100, 0, compress_weight=True, gpu="n0.gpu0")
+    _, _, hops = _weight_spans(tmp_path, plan)
+    route = load_rig("flexgen-t4").route("n0.cpu0", "n0.gpu0")
+    data, scales = hops[0], hops[1]
+    assert data["args"]["bytes"] == pytest.approx(8 * scales["args"]["bytes"])
+    assert data["dur"] * 1e-6 == pytest.approx(data["args"]["bytes"] / route.pageable_bw, rel=0.01)
+    assert scales["dur"] * 1e-6 == pytest.approx(scales["args"]["bytes"] / route.bw, rel=0.02)

@@ -83,13 +83,17 @@ from hetsim.strategies.flexgen_policy import (
     fractions,
     kv_token_bytes,
     layer_disk_copies,
+    layer_disk_packed,
     layer_weight_split,
     memory_plan,
+    packed_parts,
     shape_of,
 )
 from hetsim.workload import Step, Workload
 
 Split = tuple[tuple[float, float, float], ...]  # (GPU, CPU, disk) weight bytes of each scheduling layer
+# each scheduling layer's disk copies, in order: (bytes, a 4-bit tensor's packed data?)
+Copies = tuple[tuple[tuple[float, bool], ...], ...]
 VARS = ("wg", "wc", "wd", "cg", "cc", "cd", "hg", "hc", "hd")
 GBS_CHOICES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 NB_CHOICES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32)
@@ -242,7 +246,7 @@ def _slots(
     lk: Links,
     ends: tuple[str, str, str],
     placed: Split | None = None,
-    placed_copies: tuple[tuple[float, ...], ...] = (),
+    placed_copies: Copies = (),
     kv_at: dict[str, float] | None = None,
 ) -> list[tuple[float, _Slot]]:
     """(multiplicity, slot) for prefill and mean decode, attention and MLP slots; the weights loaded
@@ -252,6 +256,7 @@ def _slots(
     lat = rig.route(disk, cpu).latency_s if disk else 0.0  # each disk copy's
     hop_lat = rig.route(cpu, gpu).latency_s if disk else 0.0  # ... and each hop's
     s, n, h = wl.prompt_len, wl.gen_len, model.hidden
+    home = wl.kv_slots  # the token slots a 4-bit cache at home is decompressed over (Workload.kv_slots)
     dram = host_dram_bw(rig, cpu)
     cw = fl.compress_weight
     split = _split_cache(model, cw)  # the weights all off the GPU; compress_cache does not enter
@@ -263,7 +268,6 @@ def _slots(
     w_link = _weight_loads(lk, disk)
     copies = _full_copies(model, cw) if placed is None else placed_copies
     lats = None if placed is None else (lat, hop_lat)  # the placed relays' own (_weight_relay)
-    hop = {"wd": w_link["wd"]}  # the weights' disk share's link hop, after the position's copies
 
     def flows(j: int) -> tuple[tuple[float, float], ...] | None:
         """At a plan's placement, scheduling layer ``j``'s weight copies beside the thread (``_beside``):
@@ -272,6 +276,18 @@ def _slots(
             return None
         _, c_bytes, d_bytes = placed[j]
         return (c_bytes / lk.pin, dram_d[0]), (d_bytes / lk.d2c if disk else 0.0, dram_d[1])
+
+    def hops_late(j: int, t_post: float) -> dict[str, float]:
+        """At a plan's placement, a CPU-attention sub-step's tail: scheduling layer ``j``'s disk copies
+        hop over the link once the thread's copy back to the GPU is through (booked after the
+        position's copies: flexgen.py, ``_via_host``), so the sub-step lasts at least the thread but
+        its last kernels (``t_post``), then the hops (OPT-6.7B 32 x 1 4-bit 15/45/40, the KV 0/95/5,
+        1024 + 8: LP -2.0 % below the engine without, -0.5 % with). The same over a 4-bit cache at
+        home: mixed-lab Llama-2-7B 16 x 2 4-bit 20/0/80, 256 + 32, -4.6 % without, -0.2 % with."""
+        if not disk or kv_at is None:
+            return {}
+        late = sum(hop_lat + _hop_s(lk, b, k) for b, k in copies[j]) - t_post
+        return {"const": late} if late > 0.0 else {}
 
     def kv_disk(dk: dict[str, float], p: dict[str, float]) -> dict[str, float]:
         """A loading sub-step's disk bound, K's memcpy then the reads then V's hop (``_Slot.dk0``,
@@ -297,7 +313,9 @@ def _slots(
         ahead: tuple[dict[str, float], ...] = ()  # the next layer's first batch's KV load (_kv_load)
         store_w: dict[str, float] = {}  # one batch's KV store on the disk-write lane
         for kind, j_next, share in _positions(len(split), model.layers):
-            w = load(w_link, j_next)
+            w_j = _wd_per_byte(lk, copies[j_next], w_link) if disk else w_link
+            hop = {"wd": w_j["wd"]}  # the weights' disk share's link hop, after the position's copies
+            w = load(w_j, j_next)
             wr = _weight_relay(lk, copies[j_next], lats) if disk else {}
             # load_hidden(k + 1): the embedding loads token ids (none), but in its last sub-step the
             # next layer's first batch's input, left out (a lower bound); it stores k - 1's output
@@ -345,7 +363,7 @@ def _slots(
                 # a compressed cache on the GPU is decompressed whole each step (substep_ops)
                 off = 0.0 if fl.compress_cache and fl.cache_tier == "g" else 1.0
                 o = substep_ops(
-                    model, "attention", phase, gbs, seq, kv_len, False, off, cw, fl.compress_cache, s + n - 1
+                    model, "attention", phase, gbs, seq, kv_len, False, off, cw, fl.compress_cache, home
                 )
                 p["const"] = _t(rig, gpu, o.gpu_pre)
                 new_kv = gbs * seq * kv_tok
@@ -372,7 +390,7 @@ def _slots(
                 # runs the GPU's kernels, the copy to the CPU, the decompression of the whole cache into
                 # the fp32 workspace and the attention there (flexgen_ops.substep_ops), the copy back;
                 # the new 4-bit K and V are stored as GPU attention's are (flexgen.py: store_cache)
-                o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, True, s + n - 1)
+                o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, True, home)
                 small = o.to_cpu_bytes / lk.out_pin + o.to_gpu_bytes / lk.page
                 t_cpu_att = _t(rig, cpu, o.cpu)
                 p.update(const=_t(rig, gpu, o.gpu_pre + o.gpu_post) + small, cc=t_cpu_att)
@@ -383,6 +401,7 @@ def _slots(
                 before = {"const": _t(rig, gpu, o.gpu_pre) + o.to_cpu_bytes / lk.out_pin}
                 beside = _beside(load(slow, j_next), flows(j_next), {}, {"cc": t_cpu_att}, before, kv_at)
                 p0, p = _gather_into(p, {}, nb, last=False, slow=beside)
+                p0 = _plus(p0, hops_late(j_next, _t(rig, gpu, o.gpu_post)), 1.0)
             else:  # decode with CPU attention, split cg (GPU) / cc + cd (CPU)
                 o = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 1.0, cw, False)
                 og = substep_ops(model, "attention", phase, gbs, seq, kv_len, True, 0.0, cw, False)
@@ -423,16 +442,7 @@ def _slots(
                 before = {"const": t_pre + o.to_cpu_bytes / lk.out_pin, "cg": t_gpu_att}
                 beside = _beside(wslow, beside_w, first, {"cc": t_cpu_att, "cd": t_cpu_att}, before, kv_at)
                 p0, p = _gather_into(p, own, nb, last=False, slow=beside)
-                if disk and kv_at is not None:
-                    # the next layer's disk share hops over the link once the thread's copy back to
-                    # the GPU is through (booked after the position's copies: flexgen.py, _via_host),
-                    # so the sub-step lasts at least the thread but its last kernels, then the hops
-                    # (at a plan's placement; OPT-6.7B 32 x 1 4-bit 15/45/40, the KV 0/95/5, 1024 + 8:
-                    # LP -2.0 % below the engine without, -0.5 % with)
-                    hops = sum(hop_lat + b / lk.pin for b in copies[j_next])
-                    late = hops - t_post
-                    if late > 0.0:
-                        p0 = _plus(p0, {"const": late}, 1.0)
+                p0 = _plus(p0, hops_late(j_next, t_post), 1.0)  # the next layer's disk share's hops
                 dread["cd"] = (nb - 1) * gather_read
                 store_w = {"cd": gbs * kv_tok / lk.c2d}  # the new K/V went to the CPU with q
             # the hidden copies on the default stream hold the batch's kernels (flexgen.py); the
@@ -525,8 +535,12 @@ def _kv_load(
     # with it: OPT-6.7B 32 x 1 0/50/50, the KV on the CPU, 1024 + 32, LP +1.08 % above the engine)
     slow = {"wc": pin, "wd": overlap_delay(dram, lk.d2c, cap) / lk.d2c}
     # the disk share: read by the copy threads into their pinned relay on the disk lane (the slot's
-    # dread), then copied over the link at the pinned rate (copy_worker_func, :896-902)
-    link = {"cc": kvb / lk.pin, "cd": kvb / lk.pin}
+    # dread), then copied over the link (copy_worker_func, :896-902): at the pinned rate, but a 4-bit
+    # tensor's packed data from a pageable temporary (flexgen.py: ``_via_host``'s ``packed``)
+    parts = copy_parts(compressed)
+    packed = packed_parts(compressed)
+    hops = [_hop_s(lk, kvb * b, k) for b, k in zip(parts, packed, strict=True)]  # each part's, K's and V's
+    link = {"cc": kvb / lk.pin, "cd": sum(hops)}
     memcpy = _t(rig, cpu, (copy,))
     # K, then V, each pinned then DMA'd (FlexGen's _mixed_load): V's half is pinned while K's DMA
     # runs, so the load's last DMA ends at the later of K's pin then both DMAs and both pins then
@@ -537,7 +551,6 @@ def _kv_load(
     # A 4-bit tensor is two (pin, DMA) pairs, its data then its scales (``copy_parts``): the
     # load then waits for the latest of each piece's pins so far then its DMAs from there on, and
     # K's DMA has run through K's scales' pin before V's pin starts (so less of it is beside V's)
-    parts = copy_parts(compressed)
     d, half_dma = overlap_delay(dram, lk.pin, cap), kvb / (2 * lk.pin)
     beside = max(0.0, half_dma - memcpy / 2 * sum(parts[1:]))
     v_late = min(memcpy / 2 * d / (1.0 - d), d * beside) if d < 1.0 else d * beside
@@ -551,9 +564,11 @@ def _kv_load(
     # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's last copy's hop
     # ends the load: a 4-bit tensor is its data then its scales (``copy_parts``), each read and
     # hopped on its own, so only the scales' hop need follow the last read (V's data hop runs on the
-    # link while they are read). The reads' latencies are added by the caller (``_latency``)
-    last_hop = kvb * parts[-1] / (2 * lk.pin)
-    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c + last_hop}
+    # link while they are read, or, slower than their read, ends before their hop starts). The
+    # reads' latencies are added by the caller (``_latency``)
+    last_read = kvb * parts[-1] / (2 * lk.d2c) if len(parts) > 1 else 0.0
+    tail = max(last_read, sum(hops[:-1]) / 2) + hops[-1] / 2
+    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c - last_read + tail}
     return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
 
@@ -698,7 +713,9 @@ def _weight_loads(lk: Links, disk: str) -> dict[str, float]:
     return {"wc": 1.0 / lk.pin, "wd": 1.0 / lk.pin if disk else 0.0}
 
 
-def _weight_relay(lk: Links, sizes: tuple[float, ...], lats: tuple[float, float] | None) -> dict[str, float]:
+def _weight_relay(
+    lk: Links, sizes: tuple[tuple[float, bool], ...], lats: tuple[float, float] | None
+) -> dict[str, float]:
     """A layer's disk share as the copy threads move it, tensor by tensor (``layer_disk_copies``):
     the load lasts at least its reads, one after another on the disk lane, each copy's hop over the
     link once its read has landed and the hop before it has ended (``_Slot.wr``). ``sizes``: the
@@ -708,9 +725,9 @@ def _weight_relay(lk: Links, sizes: tuple[float, ...], lats: tuple[float, float]
     (``_latency``: how many tensors a fraction puts on disk is no linear form)."""
     lat, hop_lat = lats or (0.0, 0.0)
     t_read = t_hop = 0.0
-    for b in sizes:
+    for b, packed in sizes:
         t_read += lat + b / lk.d2c
-        t_hop = max(t_hop, t_read) + hop_lat + b / lk.pin
+        t_hop = max(t_hop, t_read) + hop_lat + _hop_s(lk, b, packed)
     return {"wd": t_hop} if lats is None else {"const": t_hop}
 
 
@@ -738,7 +755,7 @@ def _other_slots(
     ends: tuple[str, str, str],
     fl: Flags,
     placed: Split | None,
-    placed_copies: tuple[tuple[float, ...], ...] = (),
+    placed_copies: Copies = (),
 ) -> list[tuple[float, _Slot]]:
     """The output layer's slots, once per token (multiplicity over the layer count, which the
     objective multiplies back): the next token's embedding loads beside its kernels (flex_opt.py:
@@ -754,7 +771,7 @@ def _other_slots(
     copies = _full_copies(model, cw) if placed is None else placed_copies
     lats = (rig.route(disk, cpu).latency_s, rig.route(cpu, gpu).latency_s) if disk else (0.0, 0.0)
     at = None if placed is None else placed[0]  # the embedding's weights
-    ld = _weight_form(w_link, split[0][1], at)
+    ld = _weight_form(_wd_per_byte(lk, copies[0], w_link) if disk else w_link, split[0][1], at)
     dread = _weight_form({"wd": 1.0 / lk.d2g}, split[0][1], at)
     out = []
     for phase, seq, mult in (("prefill", wl.prompt_len, 1.0), ("decode", 1, float(wl.gen_len - 1))):
@@ -827,7 +844,9 @@ def cost_model(
     placement (constants: its fractions are then pinned, ``released_time_per_seq``, ``_repinned``)."""
     gpu, cpu, disk = ends
     split = None if placed is None else layer_weight_split(model, placed)
-    placed_copies = () if placed is None else layer_disk_copies(model, placed)
+    placed_copies = (
+        () if placed is None else _copies(layer_disk_copies(model, placed), layer_disk_packed(model, placed))
+    )
     kv_at = None
     if placed is not None:
         f = fractions(model, placed)
@@ -1199,10 +1218,30 @@ def _solved(cm: CostModel) -> tuple[tuple[float, tuple[tuple[str, float], ...]] 
 
 
 @lru_cache(maxsize=64)
-def _full_copies(model: ModelSpec, compressed_weights: bool) -> tuple[tuple[float, ...], ...]:
+def _full_copies(model: ModelSpec, compressed_weights: bool) -> Copies:
     """Every layer's tensors as the copy threads move them, all on disk (``_weight_relay``)."""
     plan = FlexGenPlan(wg=0.0, wc=0.0, compress_weight=compressed_weights, placement="continuous")
-    return layer_disk_copies(model, plan)
+    return _copies(layer_disk_copies(model, plan), layer_disk_packed(model, plan))
+
+
+def _copies(sizes: tuple[tuple[float, ...], ...], packed: tuple[tuple[bool, ...], ...]) -> Copies:
+    return tuple(tuple(zip(b, k, strict=True)) for b, k in zip(sizes, packed, strict=True))
+
+
+def _hop_s(lk: Links, nbytes: float, packed: bool) -> float:
+    """One disk copy's hop over the link: from the pinned relay, or, a 4-bit tensor's packed data,
+    from the pageable temporary its conversion makes (flexgen.py: ``_via_host``)."""
+    return nbytes / (lk.page if packed else lk.pin)
+
+
+def _wd_per_byte(
+    lk: Links, copies: tuple[tuple[float, bool], ...], w_link: dict[str, float]
+) -> dict[str, float]:
+    """``w_link`` with a layer's disk share at its copies' mean hop seconds per byte (the pinned rate's
+    where none is packed data: ``_weight_loads``)."""
+    if not any(k for _, k in copies):
+        return w_link
+    return {**w_link, "wd": sum(_hop_s(lk, b, k) for b, k in copies) / sum(b for b, _ in copies)}
 
 
 @lru_cache(maxsize=64)

@@ -46,7 +46,7 @@ def estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload
 def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> Result:
     if workload.gen_len <= PROXY_GEN_LEN:
         return simulate(strategy, plan, rig, model, workload)
-    proxy = replace(workload, gen_len=PROXY_GEN_LEN)
+    proxy = workload.head(PROXY_GEN_LEN)
     r = simulate(strategy, plan, rig, model, proxy)
     if not r.feasible:
         return r
@@ -94,7 +94,7 @@ def estimate_floor(workload: Workload, run_floors: Callable[[Workload], tuple[fl
     """A lower bound of ``estimate``'s ``e2e_s`` on ``workload`` (0 where none), from lower bounds of
     (TTFT, makespan - TTFT) of the run it simulates (``run_floors`` of that run's workload: the
     proxy's when it is shorter); ``_estimate``'s extrapolation grows with both."""
-    proxy = workload if workload.gen_len <= PROXY_GEN_LEN else replace(workload, gen_len=PROXY_GEN_LEN)
+    proxy = workload if workload.gen_len <= PROXY_GEN_LEN else workload.head(PROXY_GEN_LEN)
     got = run_floors(proxy)
     if got is None:
         return 0.0

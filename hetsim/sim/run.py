@@ -346,9 +346,11 @@ def fast_forward(
     its context is the full one).
 
     A decode step's cost depends on the step only through its KV length, and nearly linearly (the
-    attention's KV bytes and FLOPs grow by one token per step). Each run's steady step time is read
-    from its second half (the time from the ``g/2``-th round of tokens to the last, per round), which
-    leaves out start-up effects (pipeline fill, micro-batch offsets); the full run is the head, then
+    attention's KV bytes and FLOPs grow by one token per step), and on the cache the run allocates
+    (FlexGen decompresses a 4-bit cache's every slot): both samples allocate the full run's. Each
+    run's steady step time is read from its second half (the time from the ``g/2``-th round of
+    tokens to the last, per round), which leaves out start-up effects (pipeline fill, micro-batch
+    offsets); the full run is the head, then
     ``gen_len - g`` steps at the step time interpolated between the two at their mean KV length.
     TTFT is the head's, exactly. Memory is exact: peaks and feasibility come from the full
     workload's footprint (schedules allocate nothing while they run). Busy time per lane (so
@@ -376,10 +378,12 @@ def fast_forward(
         return Result.infeasible(strategy.name, str(exc), plan_dict)
     period = 1
     while True:
-        head, head_times, head_mb, head_first = _step_by_step(
-            strategy, plan, rig, model, replace(workload, gen_len=g)
+        head, head_times, head_mb, head_first = _step_by_step(strategy, plan, rig, model, workload.head(g))
+        # its KV cache as the full run's (Workload.kv_slots), the head's too (Workload.head)
+        alloc = workload.alloc_gen_len and workload.alloc_gen_len - n + g
+        tail_workload = replace(
+            workload, prompt_len=workload.prompt_len + n - g, gen_len=g, alloc_gen_len=alloc
         )
-        tail_workload = replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g)
         # timing only: the tail's long prompt needs a prefill workspace the full run does not
         tail, tail_times, tail_mb, _ = _step_by_step(
             strategy, plan, rig, model, tail_workload, book_memory=False

@@ -40,8 +40,10 @@ from hetsim.strategies.flexgen_policy import (
     fractions,
     kv_token_bytes,
     layer_disk_copies,
+    layer_disk_packed,
     layer_weight_split,
     memory_plan,
+    packed_parts,
     shape_of,
     validate,
 )
@@ -154,15 +156,15 @@ class _Booked:
     def __init__(self, e):
         self.e = e
         self.at: float | None = None  # issue the copies as at this later time (a compute's end)
-        # a disk load's second hop (src, dst, bytes, label, the read's end): issued by its copy
+        # a disk load's second hop (src, dst, bytes, label, the read's end, pinned): issued by its copy
         # thread when the read lands, so booked after the position's other copies (``book_hops``)
-        self.hops: list[tuple[str, str, float, str, float]] = []
+        self.hops: list[tuple[str, str, float, str, float, bool]] = []
 
     def book_hops(self) -> list:
         """Book the deferred hops in the order their reads land; the times they end."""
         out = [
-            self.e.transfer_time(src, dst, n, label=label, at=at)
-            for src, dst, n, label, at in sorted(self.hops, key=lambda h: h[4])
+            self.e.transfer_time(src, dst, n, label=label, at=at, pinned=pinned)
+            for src, dst, n, label, at, pinned in sorted(self.hops, key=lambda h: h[4])
         ]
         self.hops.clear()
         return out
@@ -216,17 +218,19 @@ class _Runner:
         self.h2d, self.d2h = rig.route(self.cpu, self.gpu), rig.route(self.gpu, self.cpu)
         self.split = layer_weight_split(model, plan)
         self.disk_copies = layer_disk_copies(model, plan)  # each layer's disk tensors, in order
+        self.disk_packed = layer_disk_packed(model, plan)  # ... which are 4-bit packed data
         self.f = fractions(model, plan)
         self.nl = len(self.split)
         self.kinds = [layer_kind(model, j) for j in range(self.nl)]
         self.cpu_att = plan.uses_cpu_attention
         self.kv_tok = kv_token_bytes(model, plan.compress_cache)
         self.kv_parts = copy_parts(plan.compress_cache)  # a cache tensor's copies, in order
+        self.kv_packed = packed_parts(plan.compress_cache)  # ... which are 4-bit packed data
         self.off_kv = self.f.cc + self.f.cd
         # a compressed cache read where it lives (by GPU attention on the GPU, CPU attention on the CPU)
         # is decompressed whole, its allocated slots; elsewhere load_cache copies kv_len of them
         home = plan.compress_cache and plan.kv_home == ("c" if self.cpu_att else "g")
-        self.home_slots = workload.prompt_len + workload.gen_len - 1 if home else 0
+        self.home_slots = workload.kv_slots if home else 0  # a sample's: the whole run's (Workload.head)
         # compressed CPU attention reading a cache it must copy first (on the GPU or the disk)
         self.kv_remote = self.f.cg + self.f.cd if self.cpu_att and plan.compress_cache else 0.0
         self.steps = list(steps(workload))
@@ -248,22 +252,32 @@ class _Runner:
         elif c > 0:
             relay = self._relay(sync or e, c, "load_weight")
         if d > 0:  # tensor by tensor: each read, then its hop beside the next one's read
-            for nbytes in self.disk_copies[j % self.nl]:
-                ev.append(self._via_host(e, self.disk, self.gpu, nbytes, "load_weight_disk"))
+            packed = self.disk_packed[j % self.nl]
+            for nbytes, pk in zip(self.disk_copies[j % self.nl], packed, strict=True):
+                ev.append(self._via_host(e, self.disk, self.gpu, nbytes, "load_weight_disk", pk))
         return ev, relay
 
-    def _via_host(self, e, src: str, dst: str, nbytes: float, label: str):
+    def _via_host(self, e, src: str, dst: str, nbytes: float, label: str, packed: bool = False):
         """A disk <-> GPU copy as FlexGen's copy threads make it (pytorch_backend.py: copy_worker_func):
         the whole tensor through a pinned host relay, the disk hop first, then the PCIe hop (or the
-        reverse), so the PCIe lane is held only for its own hop. Returns the second hop's event/time."""
+        reverse), so the PCIe lane is held only for its own hop. Returns the second hop's event/time.
+
+        ``packed``: a 4-bit tensor's packed data (uint8) bound for the GPU. The relay is an fp16 view
+        (``cpu_buf[:size].view(shape)``, pytorch_backend.py:882, :899-902), so
+        ``tmp_cpu_buf.copy_(src_data)`` converts the bytes to fp16, and the blocking
+        ``dst_data.copy_(tmp_cpu_buf)`` into the uint8 GPU tensor is a cross-dtype copy, which PyTorch
+        converts on the CPU when blocking (aten/src/ATen/native/cuda/Copy.cu, copy_kernel_cuda:
+        ``conversion_device = non_blocking ? kCUDA : kCPU``) into a new pageable uint8 tensor, then
+        copies from pageable memory: the hop at the pageable rate."""
+        pinned = not (packed and src == self.disk)
         if isinstance(e, _Booked):
             first = e.transfer(src, self.cpu, nbytes, label=label)
             if src == self.disk:  # the PCIe hop once the read lands, after the copies issued before
-                e.hops.append((self.cpu, dst, nbytes, label, first))
+                e.hops.append((self.cpu, dst, nbytes, label, first, pinned))
                 return first
             return e.e.transfer_time(self.cpu, dst, nbytes, label=label, at=first)
         first = e.book_transfer(src, self.cpu, nbytes, label=label)
-        return e.transfer(self.cpu, dst, nbytes, label=label, after=first)
+        return e.transfer(self.cpu, dst, nbytes, label=label, after=first, pinned=pinned)
 
     def _relay(self, e, nbytes: float, label: str):
         """general_copy of an unpinned CPU tensor to the GPU (pytorch_backend.py): ``pin_memory()``
@@ -350,12 +364,12 @@ class _Runner:
         late = []
         half = nbytes / 2
         for _ in ("k", "v"):
-            for part in self.kv_parts:
+            for part, packed in zip(self.kv_parts, self.kv_packed, strict=True):
                 if self.f.cc > 0:
                     late += yield from self._relay(e, half * part * self.f.cc, "load_cache")
                 if self.f.cd > 0:
                     nd = half * part * self.f.cd
-                    late.append(self._via_host(e, self.disk, self.gpu, nd, "load_cache_disk"))
+                    late.append(self._via_host(e, self.disk, self.gpu, nd, "load_cache_disk", packed))
         return late
 
     def _gather(self, e, gbs: int, tokens: int, nbytes: float):

@@ -15,7 +15,7 @@ from hetsim.models.layer_ops import embedding_op, lm_head_ops
 from hetsim.models.sharding import layer_blocks
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
 from hetsim.models.spec import FP16, ModelSpec, Op, OpKind, Phase
-from hetsim.strategies.flexgen_policy import scheduling_layer_tensors
+from hetsim.strategies.flexgen_policy import kv_width, q_width, scheduling_layer_tensors
 
 FP32_BYTES = 4.0
 GROUP_SCALE = 2.0 / INT4.group_size  # bytes of one fp16 scale (or min) per element of its group
@@ -149,7 +149,7 @@ def substep_ops(
 
     ``cpu_share`` = fraction of the KV cache off the GPU; with CPU attention in decode, that share
     of the attention runs on the CPU in fp32 over the gathered workspace and the rest on the GPU.
-    ``home_slots`` = the token slots the KV cache is allocated for (prompt_len + gen_len - 1): what
+    ``home_slots`` = the token slots the KV cache is allocated for (``Workload.kv_slots``): what
     a compressed cache at home on the attention's device decompresses each decode step (0: not at
     home there, or not known: the kv_len slots load_cache copied).
 
@@ -175,7 +175,7 @@ def substep_ops(
     att = blocks.attention
 
     def kv_elems(slots: int) -> int:  # K and V of the batch over ``slots`` token slots
-        return gbs * slots * 2 * model.kv_heads * model.head_dim
+        return gbs * slots * 2 * kv_width(model)
 
     kvq: tuple[Op, ...] = _quant("compress_kv", kv_elems(seq), 2) if compress_cache else ()  # K and V
     if phase == "prefill" or not cpu_attention:
@@ -198,8 +198,7 @@ def substep_ops(
     if cpu_share < 1.0:
         pre = (*pre, _scale(gpu_att, 1.0 - cpu_share))
     cpu_op = _cpu_attention(model, gpu_att, gbs, kv_len, cpu_share)
-    h_q = model.heads * model.head_dim
-    h_kv = model.kv_heads * model.head_dim
+    h_q, h_kv = q_width(model), kv_width(model)
     # mha_gen: ``q.float().cpu()`` (fp32), k_new and v_new copied as fp16 into the fp32 workspace
     # (torch stages a cross-dtype device-to-host copy in the source dtype), the output back as fp32
     # (``.cuda().half()``): all direct copies to or from pageable memory
@@ -223,9 +222,9 @@ def _cpu_attention(model: ModelSpec, op: Op, gbs: int, kv_len: int, share: float
 
     Reads the fp32 K and V workspace, writes and reads back the fp32 score matrix.
     """
-    kv_fp32 = gbs * kv_len * 2 * model.kv_heads * model.head_dim * FP32_BYTES * share
+    kv_fp32 = gbs * kv_len * 2 * kv_width(model) * FP32_BYTES * share
     scores = gbs * model.heads * kv_len * FP32_BYTES * 2 * share
-    q = gbs * model.heads * model.head_dim * FP32_BYTES
+    q = gbs * q_width(model) * FP32_BYTES
     return Op(
         "cpu_attention",
         OpKind.ATTENTION,
@@ -248,5 +247,5 @@ KV_CONVERT = (2.0 + FP32_BYTES) / 2.0
 @lru_cache(maxsize=4096)
 def kv_gather_op(model: ModelSpec, gbs: int, tokens: int, share: float) -> Op:
     """Copy ``share`` of a batch's fp16 KV into the fp32 CPU workspace (load_cache, path 1)."""
-    elems = gbs * tokens * 2 * model.kv_heads * model.head_dim * share
+    elems = gbs * tokens * 2 * kv_width(model) * share
     return Op("kv_gather", OpKind.ELEMENTWISE, 0, elems, 0.0, elems * 2.0, elems * FP32_BYTES)

@@ -149,6 +149,13 @@ def copy_parts(compressed: bool) -> tuple[float, ...]:
     return data / INT4.bytes_per_element, 1.0 - data / INT4.bytes_per_element
 
 
+def packed_parts(compressed: bool) -> tuple[bool, ...]:
+    """For each of ``copy_parts``' copies, whether it is a 4-bit tensor's packed data (uint8), which the
+    copy threads' fp16 relay converts, so that its hop to the GPU leaves from a pageable temporary
+    (flexgen.py: ``_via_host``'s ``packed``); the scales (fp16) and an fp16 tensor are not."""
+    return (True, False) if compressed else (False,)
+
+
 def _disk_share(wg: float, wc: float) -> float:
     """The weights' disk fraction, 1 - wg - wc, none where that is the float residue of percents that
     sum to 100 (0.7 + 0.3 leaves 5.6e-17): else a continuous placement reads a phantom disk share,
@@ -195,15 +202,25 @@ def _disk_copies(
     """The bytes of each copy of one scheduling layer's disk share, in runtime order: a tensor on
     disk is one copy, a 4-bit matrix two (``copy_parts``; vectors stay fp16); continuous, each
     tensor's disk fraction."""
+    return tuple(b for b, _ in _disk_copy_kinds(tensors, wg, wc, dtype, placement))
+
+
+@lru_cache(maxsize=4096)
+def _disk_copy_kinds(
+    tensors: tuple[tuple[int, bool], ...], wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[tuple[float, bool], ...]:
+    """``_disk_copies`` with, for each copy, whether it is a 4-bit tensor's packed data (uint8), which
+    the copy threads' fp16 relay converts (``layer_disk_packed``)."""
     if placement == "continuous":
         shares = [_disk_share(wg, wc)] * len(tensors)
     else:
         shares = [1.0 if t == 2 else 0.0 for t in _tiers([n for n, _ in tensors], wg, wc)]
-    out: list[float] = []
+    out: list[tuple[float, bool]] = []
     for (n, m), share in zip(tensors, shares, strict=True):
         if share > 0.0:
             b = _bytes(n, m, dtype) * share
-            out += [b * k for k in copy_parts(m and dtype == INT4)]
+            packed = m and dtype == INT4
+            out += [(b * k, p) for k, p in zip(copy_parts(packed), packed_parts(packed), strict=True)]
     return tuple(out)
 
 
@@ -250,6 +267,17 @@ def layer_disk_copies(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float,
     (:896-902). The bytes of each copy, in order (``_disk_copies``)."""
     wg, wc, dtype, placement = _split_key(plan)
     return tuple(_disk_copies(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model))
+
+
+def layer_disk_packed(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[bool, ...], ...]:
+    """For each of ``layer_disk_copies``' copies, whether it is a 4-bit matrix's packed data: through
+    the copy threads' fp16 relay it hops to the GPU from a pageable temporary (flexgen.py:
+    ``_via_host``'s ``packed``)."""
+    wg, wc, dtype, placement = _split_key(plan)
+    return tuple(
+        tuple(k for _, k in _disk_copy_kinds(t, wg, wc, dtype, placement))
+        for t in scheduling_layer_tensors(model)
+    )
 
 
 def _split_key(plan: FlexGenPlan) -> tuple[float, float, DType, Placement]:
@@ -388,12 +416,25 @@ def _decompressed(model: ModelSpec) -> dict[str, tuple[float, ...]]:
     }
 
 
+def q_width(model: ModelSpec) -> int:
+    """Width of one position's q, and of the attention's value before the output projection: heads x
+    head_dim. The release computes head_dim = h // n_head (pytorch_backend.py:309, :380), so for OPT
+    it is the hidden size; for models whose heads are not hidden / heads wide (Qwen3-30B-A3B,
+    Qwen3-235B, DeepSeek-V3) it is not."""
+    return model.heads * model.head_dim
+
+
+def kv_width(model: ModelSpec) -> int:
+    """Width of one position's K (or V) in one layer: kv_heads x head_dim (GQA's narrower K and V)."""
+    return model.kv_heads * model.head_dim
+
+
 def kv_token_bytes(model: ModelSpec, compressed: bool) -> float:
     """K and V of one token of one sequence in one layer, as the release stores them: fp16, or 4-bit
     data and an fp16 (scale, min) pair per group of 64 along head_dim, each head's row rounded up to
     whole groups (compression.py:33-49, :84-144; tools/flexgen_peak.py's ``kv_out_bytes``, exact)."""
     if not compressed:
-        return 2 * model.kv_heads * model.head_dim * FP16.bytes_per_element
+        return 2 * kv_width(model) * FP16.bytes_per_element
     return 2 * model.kv_heads * _group_padded(model.head_dim) * INT4.bytes_per_element
 
 
@@ -444,8 +485,7 @@ def layer_peaks(
     third, ``hetsim.models.memory``), no rotary temporaries.
     """
     b, s, h, n = gbs, tokens, model.hidden, model.heads
-    kv_dim = model.kv_heads * model.head_dim
-    qkv = h + 2 * kv_dim  # q, k, v of one position
+    qkv = q_width(model) + 2 * kv_width(model)  # q, k, v of one position
     inner = model.intermediate * (2 if model.gated_mlp else 1)
     if s > 1:
         masks = b * s * s + s * s + 8 * s  # bool mask (b, 1, s, s), causal (1, 1, s, s), int64 index
@@ -454,7 +494,8 @@ def layer_peaks(
             b * s * (2 * h + qkv) * 2.0 + 2 * score + masks + 2, b * s * (4 * h + qkv) * 2.0 + score + masks
         )
     elif cpu_attention:
-        attention = 2 * b * h * 2.0 + b * qkv * 2.0 + b * h * 4.0  # + q in fp32, the value back from the host
+        # + q in fp32, the value back from the host (heads x head_dim wide)
+        attention = 2 * b * h * 2.0 + b * qkv * 2.0 + b * q_width(model) * 4.0
     elif compress_cache:
         rows = b * kv_len * model.kv_heads
         full = rows * _group_padded(model.head_dim) * 2.0  # one decompressed K or V, padded
@@ -517,7 +558,7 @@ def cpu_attention_host(model: ModelSpec, gbs: int, kv_len: int, compress_cache: 
     as stored (the traffic model's reading, ``flexgen_ops._cpu_attention``), not repeated to the query
     heads; the score rows are per query head either way."""
     rows = gbs * kv_len * model.kv_heads
-    attend = gbs * model.hidden * 4.0 + 2 * gbs * model.heads * kv_len * 4.0
+    attend = gbs * q_width(model) * 4.0 + 2 * gbs * model.heads * kv_len * 4.0
     if not compress_cache:
         return {"attention_workspace": 2 * rows * model.head_dim * 4.0, "attention_temporaries": attend}
     padded = _group_padded(model.head_dim)
