@@ -31,33 +31,42 @@ from hetsim.planner.flexgen_lp import (
 from hetsim.strategies.flexgen import endpoints
 from hetsim.workload import Workload
 
-RIGS = ["flexgen-t4", "mixed-lab", "hetegen-a10", "a40-measured", "a100-80g-measured"]
+RIGS = ["flexgen-t4", "mixed-lab", "hetegen-a10", "a40-measured", "a100-80g-measured", "hexgen-half-budget"]
+# dense (MHA, GQA) and MoE (few and many experts, MLA): the weights' split and copies differ by shape
 MODELS = ["opt-6.7b", "opt-30b", "opt-175b", "llama2-13b", "llama2-70b", "mixtral-8x7b"]
+MODELS += ["llama3-70b", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3"]
 
 
 def _nonneg(form: dict[str, float]) -> bool:
     return all(c >= 0.0 for c in form.values())
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     hw=st.sampled_from(RIGS),
     name=st.sampled_from(MODELS),
     prompt=st.sampled_from([1, 64, 512, 2048]),
-    gen=st.sampled_from([2, 32, 3584]),
+    gen=st.sampled_from([1, 2, 32, 3584]),
     sizes=st.lists(
         st.tuples(st.sampled_from(GBS_CHOICES), st.sampled_from(NB_CHOICES)), min_size=2, max_size=2
     ),
     fl_index=st.integers(0, 7),
     unpinned=st.booleans(),
     budget=st.one_of(st.none(), st.floats(2e9, 8e10)),
+    host=st.sampled_from([None, 32e9, 128e9]),
 )
-def test_the_weights_bound_is_below_every_optimum(hw, name, prompt, gen, sizes, fl_index, unpinned, budget):
+def test_the_weights_bound_is_below_every_optimum(
+    hw, name, prompt, gen, sizes, fl_index, unpinned, budget, host
+):
     """Two members of one flags share ``_weights_form`` (the search takes it from whichever it built
     first); each slot's first form is its ``w`` plus terms >= 0 (so the slot lasts at least ``w``);
-    and ``_weights_bound`` from the member's ``_memory`` is at most its LP optimum."""
+    and ``_weights_bound`` from the member's ``_memory`` is at most its LP optimum. ``host``: the CPU's
+    memory (``None``: the rig's), which decides which LPs fit and the --pin-weight 0 relays' pressure."""
     rig, model = load_rig(hw), get_model(name)
     ends = endpoints(rig)
+    if host is not None:
+        cpu = rig.devices[ends[1]]
+        rig = replace(rig, devices={**rig.devices, ends[1]: replace(cpu, mem_bytes=host)})
     flags = candidate_flags(bool(ends[2]), True)
     fl = replace(flags[fl_index % len(flags)], pin_weight=not unpinned)
     cms = [cost_model(rig, model, Workload(g * nb, prompt, gen), g, nb, fl, ends, budget) for g, nb in sizes]
