@@ -220,3 +220,24 @@ def test_a_repeating_step_pattern_is_sampled_over_whole_periods():
     assert _period(head, tail, FF_SAMPLE) == 5
     fast = simulate(strategy, plan, rig, model, workload)
     assert (95 - fast.extras["fast_forward_sample"]) % 5 == 0
+
+
+def test_simulate_makes_the_plans_json_once_a_run_and_only_for_a_result(monkeypatch):
+    """``simulate`` turns the plan into JSON where a result carries it (the run's, or a context too
+    long for the model), not before it knows which: a search's every run asked for it twice."""
+    strategy = get_strategy("gpu-only")
+    rig, model = load_rig("mixed-lab"), get_model("llama2-7b")
+    plan = strategy.default_plan(rig, model, Workload(2, 64, 4))
+    calls = []
+    real = type(strategy).plan_to_dict
+
+    def counted(self, p):
+        calls.append(p)
+        return real(self, p)
+
+    monkeypatch.setattr(type(strategy), "plan_to_dict", counted)
+    r = simulate(strategy, plan, rig, model, Workload(2, 64, 4))
+    assert r.feasible and r.plan == real(strategy, plan) and len(calls) == 1
+    calls.clear()
+    r = simulate(strategy, plan, rig, model, Workload(2, model.max_position, 4))  # too long: no run
+    assert not r.feasible and r.plan == real(strategy, plan) and len(calls) == 1

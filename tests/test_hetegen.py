@@ -32,6 +32,7 @@ from hetsim.strategies.hetegen import (
     eq5_speeds,
     module_bytes,
     module_counts,
+    module_kinds,
     module_ops,
     working_set,
 )
@@ -596,3 +597,87 @@ def test_plan_hetegen_refuses_fp32_cpu_copies_of_quantised_weights():
         plan_hetegen(
             p.rig, p.model, p.workload, p.rig.gpus()[0].name, 6e9, weight_dtype="int8", cpu_dtype="fp32"
         )
+
+
+# ---- a split module's parts, made once a step (issue 20: HeteGen's search simulates each rung) ----
+def test_a_hetegen_run_splits_each_linear_piece_once_a_step_not_once_a_layer(monkeypatch):
+    """The schedule makes each split piece's two parts (``share``) once per step and books them in
+    every layer: ``share`` is asked 2 x (split kinds + the LM head) times a step, not 2 x kinds x
+    layers (as when every module was split again as it was booked)."""
+    import hetsim.strategies.hetegen as hg
+
+    p = problem("opt-6.7b", "hetegen-a10", batch=2, prompt_len=64, gen_len=3)
+    strategy = get_strategy("hetegen")
+    plan = strategy.default_plan(p.rig, p.model, p.workload)  # every module split, none resident
+    want = simulate(strategy, plan, p.rig, p.model, p.workload)
+    calls = []
+    real = hg.share
+
+    def counted(op, fraction):
+        calls.append(fraction)
+        return real(op, fraction)
+
+    monkeypatch.setattr(hg, "share", counted)
+    got = simulate(strategy, plan, p.rig, p.model, p.workload)
+    kinds = len(module_kinds(p.model))  # the layer's linear kinds and the LM head
+    assert p.model.layers > 1
+    assert len(calls) == p.workload.gen_len * 2 * kinds
+    assert (got.e2e_s, got.ttft_s, got.utilization) == (want.e2e_s, want.ttft_s, want.utilization)
+
+
+def _split_as_booked_per_call(engine, gpu, cpu, op, alpha, cpu_dtype):
+    """The bookings of one split module as ``split_paths`` made them before ``SplitModule`` (each
+    part made as it was booked; the uncached ``_share``): the reference ``book_split`` must equal."""
+    from hetsim.strategies.hetegen import _share, cpu_side
+
+    gpu_end = cpu_end = engine.env.now
+    if alpha > 0:
+        w_end = engine.book_transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label="")
+        gpu_end = engine.book_compute(gpu, _share.__wrapped__(op, alpha), label="", after=w_end)
+    if alpha < 1:
+        x_end = engine.book_transfer(gpu, cpu, op.act_in_bytes, pinned=True, label="")
+        part = _share.__wrapped__(op, 1.0 - alpha)
+        if cpu_dtype != "fp16":
+            part = cpu_side(part, cpu_dtype)
+        c_end = engine.book_compute(cpu, part, label="", after=x_end)
+        out = op.act_out_bytes * (1.0 - alpha)
+        cpu_end = engine.book_transfer(cpu, gpu, out, pinned=True, label="y", after=c_end)
+    return gpu_end, cpu_end
+
+
+def _engine_state(engine):
+    lanes = {k: (v.free_at, v.busy_s, v.memory_bound_s) for k, v in engine.lanes.items()}
+    drams = {k: (list(d._times), list(d._booked), d.bytes_moved) for k, d in engine.host_memory.items()}
+    return lanes, drams, engine.tasks, engine.last_end, engine.bytes_transferred
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    alpha=st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0.0, 1.0)),
+    cpu_dtype=st.sampled_from(["fp16", "fp32"]),
+    decode=st.booleans(),
+    busy_bytes=st.sampled_from([0.0, 1e6, 3e8, 2e9]),
+)
+def test_book_split_books_exactly_what_splitting_per_call_booked(alpha, cpu_dtype, decode, busy_bytes):
+    """A prepared ``SplitModule`` books the same tasks at the same times to the bit as the module
+    split as it is booked, on an engine whose host DRAM and copy lanes are already busy (contention)."""
+    from hetsim.sim.engine import Engine
+    from hetsim.strategies.hetegen import book_split, split_module
+
+    p = problem("opt-6.7b", "hetegen-a10", batch=4, prompt_len=128, gen_len=2)
+    gpu = p.rig.gpus()[0].name
+    cpu = p.rig.host_cpu(gpu)
+    op = module_ops(p.model, "decode" if decode else "prefill", 4, 1 if decode else 128)["fc1"]
+    ends, states = [], []
+    for book in (
+        lambda e: book_split(e, gpu, cpu, split_module(op, alpha, cpu_dtype)),
+        lambda e: _split_as_booked_per_call(e, gpu, cpu, op, alpha, cpu_dtype),
+    ):
+        engine = Engine(p.rig)
+        if busy_bytes:  # earlier work still running: a copy and a CPU op drawing on the same DRAM
+            engine.book_transfer(cpu, gpu, busy_bytes, pinned=True)
+            engine.book_compute(cpu, op)
+        ends.append(book(engine))
+        states.append(_engine_state(engine))
+    assert ends[0] == ends[1]
+    assert states[0] == states[1]

@@ -377,3 +377,75 @@ def test_compare_workers_collect_rarely_and_the_parent_heap_is_unfrozen_after_th
     finally:
         gc.unfreeze()
     assert any(o is mine for o in gc.get_objects())  # the check above can see it when unfrozen
+
+
+@pytest.mark.parametrize(
+    ("model", "dtype"), [("llama2-70b", None), ("qwen3-30b-a3b", None), ("llama2-13b", "q4_k_m")]
+)
+def test_layer_offload_sums_layer_bytes_worked_out_once_a_kind_and_changes_no_result(
+    monkeypatch, model, dtype
+):
+    """layer-offload's footprints and fitting read each layer kind's bytes once (``_layer_sizes``),
+    not once a layer at every batch the ladder tries (~4,500 sums of ~10 tensors a compare): the
+    free-batch search gives the same result to the bit as summing every layer again."""
+    from hetsim.models.weights import layer_weight_bytes
+    from hetsim.strategies import layer_offload as lo
+
+    p = api.problem(model, "mixed-lab", None, 128, 8, weight_dtype=dtype)
+    calls = []
+
+    def counted(*args, **kw):
+        calls.append(args)
+        return layer_weight_bytes(*args, **kw)
+
+    monkeypatch.setattr(lo, "layer_weight_bytes", counted)
+    lo._layer_sizes.cache_clear()
+    fast = api.compare(p, ["layer-offload"])
+    kinds = len({p.model.layer_is_moe(i) for i in range(p.model.layers)})
+    dtypes = len({a[1] for a in calls})
+    assert 0 < len(calls) <= kinds * dtypes
+
+    def every_layer(model, dtype):  # each layer's bytes summed anew, as before the cache
+        return tuple(
+            layer_weight_bytes(model, lo.DTYPES[dtype], model.layer_is_moe(i)) for i in range(model.layers)
+        )
+
+    monkeypatch.setattr(lo, "_layer_sizes", every_layer)
+    assert _bits(api.compare(p, ["layer-offload"])) == _bits(fast)
+    assert fast[0].feasible
+
+
+def test_layer_offload_layer_sizes_are_each_layers_own_bytes_in_every_model_and_dtype():
+    """``_layer_sizes`` keeps each layer's own kind: a model whose first layers are dense and the rest
+    route to experts (DeepSeek-V3's 3 dense layers) has two sizes, in their layers' places, for every
+    registered model and weight dtype (the parametrised test above has no such model)."""
+    from hetsim.models.registry import get_model, list_models
+    from hetsim.models.spec import DTYPES
+    from hetsim.models.weights import layer_weight_bytes
+    from hetsim.strategies import layer_offload as lo
+
+    mixed = 0
+    for name in list_models():
+        model = get_model(name)
+        for dtype in DTYPES:
+            want = tuple(
+                layer_weight_bytes(model, DTYPES[dtype], model.layer_is_moe(i)) for i in range(model.layers)
+            )
+            assert lo._layer_sizes(model, dtype) == want, (name, dtype)
+            mixed += len(set(want)) > 1
+    assert mixed  # at least one model mixes dense and expert layers
+
+
+def test_deepspeed_works_out_a_models_block_and_gather_bytes_once():
+    """ZeRO-Inference's per-block fetched and all-gathered bytes are worked out once per model (every
+    run's schedule asks for them; the gather walk is ~1 ms), the same numbers as a fresh walk."""
+    from hetsim.models.registry import get_model
+    from hetsim.strategies.deepspeed import MIN_AIO_BYTES, fetches
+
+    f = fetches(get_model("llama2-13b"))
+    assert f.block_bytes() is f.block_bytes() and f.gather_bytes(True) is f.gather_bytes(True)
+    walked = type(f)
+    for least in (0, MIN_AIO_BYTES):
+        assert walked.block_bytes.__wrapped__(f, least) == f.block_bytes(least)
+    for prefetch in (False, True):
+        assert walked.gather_bytes.__wrapped__(f, prefetch) == f.gather_bytes(prefetch)

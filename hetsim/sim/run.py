@@ -99,10 +99,9 @@ def simulate(
 
     Generations longer than ``FF_MIN_GEN_LEN`` tokens are fast-forwarded (``fast_forward``) unless
     ``exact`` is set or a trace is asked for; ``exact`` runs every decode step."""
-    plan_dict = strategy.plan_to_dict(plan)
     too_long = context_reason(model, workload.context_len)
-    if too_long:
-        return Result.infeasible(strategy.name, too_long, plan_dict)
+    if too_long:  # the plan as JSON only here (~0.05-0.13 ms a plan: every search's run asks)
+        return Result.infeasible(strategy.name, too_long, strategy.plan_to_dict(plan))
     sample = ff_sample(workload.gen_len)
     if not exact and trace_path is None and sample:
         try:

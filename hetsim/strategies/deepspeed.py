@@ -120,12 +120,13 @@ class Fetches:
     persistent: int  # tensors under the persistence threshold, fetched once and kept
     kept: int = 0  # a tied token table used again within the reuse distance: live all forward
 
-    def block_bytes(self, least: int = 0) -> list[float]:
+    @lru_cache(maxsize=8)  # noqa: B019 - ``fetches`` keeps one per model: every run's schedule asks
+    def block_bytes(self, least: int = 0) -> tuple[float, ...]:
         """Bytes fetched per block, counting only tensors of at least ``least`` bytes."""
         out = [0.0] * self.blocks
         for b, leaf in zip(self.block, self.leaves, strict=True):
             out[b] += sum(n for n in leaf if n * WEIGHT_BYTES >= least) * WEIGHT_BYTES
-        return out
+        return tuple(out)
 
     def _walk(self, prefetch: bool) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
         return self._prefetching if prefetch else self._one_by_one
@@ -180,7 +181,8 @@ class Fetches:
                 live -= sum(leaf)  # released after the leaf runs
         return calls, peak
 
-    def gather_bytes(self, prefetch: bool) -> list[float]:
+    @lru_cache(maxsize=4)  # noqa: B019 - as ``block_bytes``
+    def gather_bytes(self, prefetch: bool) -> tuple[float, ...]:
         """GPU bytes the all-gathers copy per block: once per byte for a lone tensor, twice (cat in,
         cat out) for a coalesced call."""
         out = [0.0] * self.blocks
@@ -188,7 +190,7 @@ class Fetches:
             copies = 1 if len(tensors) == 1 else 2
             for m, n in tensors:
                 out[self.block[m]] += copies * n * WEIGHT_BYTES
-        return out
+        return tuple(out)
 
     def peak_bytes(self, prefetch: bool) -> float:
         """Fetched-weight bytes live on the GPU at the worst moment (``_walk``, a tied table kept for

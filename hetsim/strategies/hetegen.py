@@ -215,33 +215,60 @@ def eq5_speeds(rig: Rig, gpu: str, cpu: str, op: Op) -> tuple[float, float, floa
 
 
 # ---- the split module: the schedule primitive the planner also measures ------------------------
+@dataclass(frozen=True)
+class SplitModule:
+    """One linear op split ``alpha`` (GPU) / ``1 - alpha`` (CPU), its parts worked out once: a
+    schedule books the same module in every layer of a step, and ``share``, ``cpu_side`` and the
+    byte products are the same each time (the same objects and floats as made per booking)."""
+
+    op: Op
+    alpha: float
+    gpu_part: Op | None  # ``share(op, alpha)``; None when alpha <= 0 (no GPU path)
+    cpu_part: Op | None  # ``share(op, 1 - alpha)`` in ``cpu_dtype``; None when alpha >= 1
+    weight_bytes: float  # the alpha share's weights, copied to the GPU
+    out_bytes: float  # the CPU's partial output, copied back
+
+
+def split_module(op: Op, alpha: float, cpu_dtype: str = "fp16") -> SplitModule:
+    """``op`` split at ``alpha``, its parts made as ``split_paths`` books them."""
+    gpu_part = share(op, alpha) if alpha > 0 else None
+    cpu_part = None
+    if alpha < 1:
+        cpu_part = share(op, 1.0 - alpha)
+        if cpu_dtype != "fp16":
+            cpu_part = cpu_side(cpu_part, cpu_dtype)
+    out_bytes = op.act_out_bytes * (1.0 - alpha)
+    return SplitModule(op, alpha, gpu_part, cpu_part, op.weight_bytes * alpha, out_bytes)
+
+
 def split_paths(
     engine, gpu: str, cpu: str, op: Op, alpha: float, cpu_dtype: str = "fp16"
 ) -> tuple[float, float]:
-    """Queue both halves of one linear op split ``alpha`` (GPU) / ``1 - alpha`` (CPU).
+    """Queue both halves of one linear op split ``alpha`` (GPU) / ``1 - alpha`` (CPU): ``book_split``."""
+    return book_split(engine, gpu, cpu, split_module(op, alpha, cpu_dtype))
+
+
+def book_split(engine, gpu: str, cpu: str, split: SplitModule) -> tuple[float, float]:
+    """Queue both halves of a split module.
 
     GPU path: copy the share's weights from pinned host memory, then compute it (queued behind the
     copy as on a CUDA stream). CPU path: ship the input activation to the host, compute the rest in
     place, ship its partial output back. Returns when each path ends (GPU, CPU); both are booked now.
     """
     traced = engine.tracer is not None  # labels are read only by a trace: none made per module else
+    op = split.op
     gpu_end = cpu_end = engine.env.now
-    if alpha > 0:
+    if split.gpu_part is not None:
         label = f"{op.name} w" if traced else ""
-        w_end = engine.book_transfer(cpu, gpu, op.weight_bytes * alpha, pinned=True, label=label)
+        w_end = engine.book_transfer(cpu, gpu, split.weight_bytes, pinned=True, label=label)
         label = f"{op.name} gpu" if traced else ""
-        gpu_end = engine.book_compute(gpu, share(op, alpha), label=label, after=w_end)
-    if alpha < 1:
+        gpu_end = engine.book_compute(gpu, split.gpu_part, label=label, after=w_end)
+    if split.cpu_part is not None:
         label = f"{op.name} x" if traced else ""
         x_end = engine.book_transfer(gpu, cpu, op.act_in_bytes, pinned=True, label=label)
-        part = share(op, 1.0 - alpha)
-        if cpu_dtype != "fp16":
-            part = cpu_side(part, cpu_dtype)
         label = f"{op.name} cpu" if traced else ""
-        c_end = engine.book_compute(cpu, part, label=label, after=x_end)
-        cpu_end = engine.book_transfer(
-            cpu, gpu, op.act_out_bytes * (1.0 - alpha), pinned=True, label="y", after=c_end
-        )
+        c_end = engine.book_compute(cpu, split.cpu_part, label=label, after=x_end)
+        cpu_end = engine.book_transfer(cpu, gpu, split.out_bytes, pinned=True, label="y", after=c_end)
     return gpu_end, cpu_end
 
 
@@ -256,7 +283,12 @@ def split_linear(
     cpu_dtype: str = "fp16",
 ):
     """One split module and its barrier; a SimPy generator. ``ends`` receives each path's end."""
-    gpu_end, cpu_end = split_paths(engine, gpu, cpu, op, alpha, cpu_dtype)
+    return split_barrier(engine, gpu, cpu, split_module(op, alpha, cpu_dtype), sync_s, ends)
+
+
+def split_barrier(engine, gpu: str, cpu: str, split: SplitModule, sync_s: float, ends: dict | None = None):
+    """``split_linear`` of a prepared ``SplitModule``; a SimPy generator."""
+    gpu_end, cpu_end = book_split(engine, gpu, cpu, split)
     if ends is not None:
         ends.update(gpu=gpu_end, cpu=cpu_end)
     # ``engine.advance``: yield only when the clock cannot simply move on (as ``wait``, same order)
@@ -482,15 +514,23 @@ class HeteGen(Strategy):
                     engine, gpu, cpu, op, alphas.get(op.module, 0.0), sync_s, None, cpu_dtype
                 )
 
+        def barrier(engine) -> float:
+            return engine.book_delay(gpu, sync_s, label="split barrier")
+
         def run(engine):
             for step in steps(workload):
                 alphas = plan.alpha_prefill if step.phase == "prefill" else plan.alpha_decode
                 program = layer_program(model, step.phase, b, step.seq_len, step.kv_len, wd)
-                # per linear piece of the program: its op, its alpha, the layers it is resident in
+                # per linear piece of the program: its op, its split (made once a step), the layers
+                # it is resident in
                 pieces = [
                     (ops, None, 0)
                     if on_gpu
-                    else (ops[0], alphas.get(ops[0].module, 0.0), resident.get(ops[0].module, 0))
+                    else (
+                        ops[0],
+                        split_module(ops[0], alphas.get(ops[0].module, 0.0), cpu_dtype),
+                        resident.get(ops[0].module, 0),
+                    )
                     for on_gpu, ops in program
                 ]
                 # The embedding table lives in host DRAM: gather on the CPU, ship the hidden states.
@@ -501,8 +541,8 @@ class HeteGen(Strategy):
                     engine.book_transfer(cpu, gpu, hidden_bytes(model, b, step.seq_len), label="hidden")
                 )
                 for layer in range(model.layers):
-                    for ops, alpha, resident_in in pieces:  # ``linear``, inline: one generator fewer
-                        if alpha is None:
+                    for ops, split, resident_in in pieces:  # ``linear``, inline: one generator fewer
+                        if split is None:
                             if (
                                 ev := engine.advance(engine.book_compute(gpu, ops, label="gpu ops"))
                             ) is not None:
@@ -512,7 +552,12 @@ class HeteGen(Strategy):
                             if (ev := engine.advance(engine.book_compute(gpu, ops, label=label))) is not None:
                                 yield ev
                         else:
-                            yield from split_linear(engine, gpu, cpu, ops, alpha, sync_s, None, cpu_dtype)
+                            # ``split_barrier``, inline: no generator per module
+                            gpu_end, cpu_end = book_split(engine, gpu, cpu, split)
+                            if (ev := engine.advance(max(gpu_end, cpu_end))) is not None:
+                                yield ev
+                            if sync_s > 0 and (ev := engine.advance(barrier(engine))) is not None:
+                                yield ev
                 head = head_ops(model, step.phase, b, step.seq_len, 1, wd)
                 norm = tuple(o for o in head if o.kind != OpKind.MATMUL)
                 if norm:

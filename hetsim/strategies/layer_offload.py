@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.layer_ops import decoder_layer_ops, relabel
@@ -34,8 +35,16 @@ class LayerOffloadPlan:
     kv_dtype: str = "fp16"
 
 
-def _layer_bytes(model: ModelSpec, i: int, dtype: str) -> float:
-    return layer_weight_bytes(model, DTYPES[dtype], model.layer_is_moe(i))
+@lru_cache(maxsize=256)
+def _layer_sizes(model: ModelSpec, dtype: str) -> tuple[float, ...]:
+    """Bytes of each decoder layer in ``dtype`` (``layer_weight_bytes`` of its kind, worked out once a
+    kind: the batch ladder sums them at every footprint it tries, ~4,500 layers a compare)."""
+    kinds: dict[bool, float] = {}
+    for i in range(model.layers):
+        moe = model.layer_is_moe(i)
+        if moe not in kinds:
+            kinds[moe] = layer_weight_bytes(model, DTYPES[dtype], moe)
+    return tuple(kinds[model.layer_is_moe(i)] for i in range(model.layers))
 
 
 def _head_bytes(model: ModelSpec, dtype: str) -> float:
@@ -74,8 +83,9 @@ class LayerOffload(Strategy):
         )
         kv = kv_cache_bytes(model, workload.batch, workload.context_len, 1, workload.kv_dtype or "fp16")
         n = 0
+        sizes = _layer_sizes(model, wd)
         for i in range(model.layers - 1, -1, -1):
-            room -= _layer_bytes(model, i, wd) + kv
+            room -= sizes[i] + kv
             if room < 0:
                 break
             n += 1
@@ -101,8 +111,9 @@ class LayerOffload(Strategy):
     def footprint(self, plan: LayerOffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         wd, split = plan.weight_dtype, model.layers - plan.gpu_layers
         kv = kv_cache_bytes(model, workload.batch, workload.context_len, 1, plan.kv_dtype)
-        gpu_w = sum(_layer_bytes(model, i, wd) for i in range(split, model.layers))
-        cpu_w = sum(_layer_bytes(model, i, wd) for i in range(split))
+        sizes = _layer_sizes(model, wd)
+        gpu_w = sum(sizes[split:])
+        cpu_w = sum(sizes[:split])
         return {
             plan.gpu: {
                 "weights": gpu_w + (_head_bytes(model, wd) if plan.gpu_layers else 0.0),
