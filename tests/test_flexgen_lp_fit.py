@@ -140,8 +140,8 @@ def test_a_larger_first_lp_that_does_not_fit_proves_nothing_about_the_smaller(mo
 
 def test_the_headline_solves_no_first_lp_only_to_learn_that_its_gpu_batch_fits(monkeypatch):
     """llama2-70b on mixed-lab, 512 + 32: the best candidates are at gbs 384-512; the first LPs of the
-    gbs below that the search never reads (2-32: their bounds rank them after its cut-off) are left
-    unsolved; the candidates read are the eager search's, in order."""
+    gbs below that the search never reads (2-32: their bounds rank them after its cut-off) are not
+    solved only to learn that they fit; the candidates read are the eager search's, in order."""
     rig, model = load_rig("mixed-lab"), get_model("llama2-70b")
     ends = endpoints(rig)
     wl = Workload(1, 512, 32)
@@ -152,4 +152,8 @@ def test_the_headline_solves_no_first_lp_only_to_learn_that_its_gpu_batch_fits(m
     monkeypatch.setattr(flexgen_lp, "_solved", lambda cm: solved.append((cm.gbs, cm.nb)) or real(cm))
     it = lp_candidates_lazy(rig, model, wl, ends)
     assert [next(it) for _ in range(40)] == eager[:40]
-    assert not [gbs for gbs, nb in solved if 2 <= gbs <= 32], sorted(solved)
+    # a chain there whose bound falls below the head goes on past its first LP (its own candidacy:
+    # with ``_weights_bound``, gbs 16 with GPU attention, nb 1-3; 92 LPs in all, 95 before)
+    firsts = {gbs for gbs, nb in solved if 2 <= gbs <= 32} - {gbs for gbs, nb in solved if nb > 1}
+    assert not firsts, sorted(solved)
+    assert len(solved) <= 95

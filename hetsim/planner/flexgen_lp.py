@@ -839,9 +839,11 @@ def cost_model(
     ends: tuple[str, str, str],
     gpu_budget: float | None = None,
     placed: FlexGenPlan | None = None,
+    memory: tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]] | None = None,
 ) -> CostModel:
     """The LP of one (gbs, nb, flags); with ``placed``, its weight loads at that plan's per-tensor
-    placement (constants: its fractions are then pinned, ``released_time_per_seq``, ``_repinned``)."""
+    placement (constants: its fractions are then pinned, ``released_time_per_seq``, ``_repinned``).
+    ``memory``: its ``_memory``, where already worked out."""
     gpu, cpu, disk = ends
     split = None if placed is None else layer_weight_split(model, placed)
     placed_copies = (
@@ -852,6 +854,27 @@ def cost_model(
         f = fractions(model, placed)
         kv_at = {"cg": f.cg, "cc": f.cc, "cd": f.cd}
     lk = links(rig, gpu, cpu, disk)
+    rows, bounds = memory if memory is not None else _memory(rig, model, wl, gbs, nb, fl, ends, gpu_budget)
+    slots = (
+        *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split, placed_copies, kv_at),
+        *_other_slots(rig, model, wl, gbs, nb, lk, ends, fl, split, placed_copies),
+    )
+    return CostModel(gbs, nb, fl, rows, (*slots, _tie_break(slots, model.layers)), model.layers, bounds)
+
+
+def _memory(
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    gbs: int,
+    nb: int,
+    fl: Flags,
+    ends: tuple[str, str, str],
+    gpu_budget: float | None = None,
+) -> tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]]:
+    """``cost_model``'s memory rows and the fractions' bounds: all ``_weights_bound`` needs of it
+    besides the weights' form, ~1/4 of its time."""
+    gpu, cpu, disk = ends
     bounds = {v: (0.0, 1.0) for v in VARS}
     bounds["hd"] = (0.0, 0.0)  # the released runtime never puts activations on disk
     if not disk:
@@ -882,13 +905,7 @@ def cost_model(
     for tier, cap in caps.items():  # in GB: keeps the LP well scaled
         coefs = {v: (unit[v][tier] - base[tier]) / 1e9 for v in VARS}
         rows.append(({v: c for v, c in coefs.items() if c}, (cap - base[tier]) / 1e9))
-    slots = (
-        *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split, placed_copies, kv_at),
-        *_other_slots(rig, model, wl, gbs, nb, lk, ends, fl, split, placed_copies),
-    )
-    return CostModel(
-        gbs, nb, fl, tuple(rows), (*slots, _tie_break(slots, model.layers)), model.layers, bounds
-    )
+    return tuple(rows), bounds
 
 
 def _tie_break(slots: tuple[tuple[float, _Slot], ...], layers: int) -> tuple[float, _Slot]:
@@ -1475,6 +1492,7 @@ class _Chain:
     prev: float = math.inf
     ended: bool = False
     models: dict[int, tuple[CostModel, tuple[int, ...]]] = field(default_factory=dict)  # member -> LP, layout
+    memory: dict[int, tuple] = field(default_factory=dict)  # member -> its ``_memory``, not yet built
     # member -> (a lower bound of its time per sequence, how far in gbs levels its duals' LP was)
     bounds: dict[int, tuple[float, int]] = field(default_factory=dict)
     low: float | None = None  # the least of the unsolved members' bounds (None: not known)
@@ -1556,17 +1574,33 @@ def lp_candidates_lazy(
             key = (sol.time_per_seq_s, -sol.gbs, -sol.nb)
             heapq.heappush(ready, (key, (GBS_CHOICES.index(sol.gbs), -1, next(seq)), sol))
 
+    weights: dict[Flags, dict[str, float]] = {}  # flags -> ``_weights_form`` (one for all members)
+
+    def memory_of(c: _Chain, i: int) -> tuple:
+        got = c.memory.get(i)
+        if got is None:
+            nb = NB_CHOICES[i]
+            got = c.memory[i] = _memory(
+                rig, model, replace(wl, batch=c.gbs * nb), c.gbs, nb, c.flags, ends, budget
+            )
+        return got
+
     def member(c: _Chain, i: int) -> tuple[CostModel, tuple[int, ...]]:
         got = c.models.get(i)
         if got is None:
             nb = NB_CHOICES[i]
-            cm = cost_model(rig, model, replace(wl, batch=c.gbs * nb), c.gbs, nb, c.flags, ends, budget)
+            w = replace(wl, batch=c.gbs * nb)
+            mem = c.memory.pop(i, None)
+            cm = cost_model(rig, model, w, c.gbs, nb, c.flags, ends, budget, memory=mem)
             got = c.models[i] = cm, _layout(cm)
+            if c.flags not in weights:
+                weights[c.flags] = _weights_form(cm)
         return got
 
     def bound(c: _Chain, i: int, refine: bool) -> float:
         """A lower bound of member i's time per sequence, from the duals of the LP laid out alike
-        nearest in gbs when first asked (with ``refine``: nearer ones since); -inf while none."""
+        nearest in gbs when first asked (with ``refine``: nearer ones since), and at least its
+        ``_weights_bound``; that alone (its LP not built) until refined; -inf while none."""
         old = c.bounds.get(i)
         if old is not None and not refine:
             return old[0]
@@ -1578,10 +1612,15 @@ def lp_candidates_lazy(
             if old is None and key in memo.bounds:  # its pinned twin's, without building its LP
                 c.bounds[i] = memo.bounds[key], len(GBS_CHOICES)
                 return memo.bounds[key]
+        if old is None and not refine and i not in c.models and c.flags in weights:
+            # its memory rows alone: most members are never refined (ruled out by this bound)
+            b = _weights_bound(weights[c.flags], memory_of(c, i)) / (c.gbs * NB_CHOICES[i])
+            c.bounds[i] = b, len(GBS_CHOICES)  # any duals are nearer
+            return b
         cm, layout = member(c, i)
         near = solved.get((layout, _twin(c.flags)))
         if not near:
-            return -math.inf
+            return -math.inf if old is None else old[0]
         j = min(near, key=lambda j: abs(j - c.level))
         if old is not None and old[1] <= abs(j - c.level):
             return old[0]  # no nearer duals than the ones it came from
@@ -1592,13 +1631,14 @@ def lp_candidates_lazy(
         c.bounds[i] = b, abs(j - c.level)
         return b
 
-    def low(c: _Chain, refine: bool = False) -> float:
+    def low(c: _Chain, refine: bool = False, cap: float = math.inf) -> float:
         """The least lower bound of the chain's members not solved yet (any of them may exist);
-        ``refine``: the least taken again from nearer duals until it no longer moves."""
+        ``refine``: the least taken again from nearer duals until it no longer moves or passes
+        ``cap`` (refining only raises it)."""
         rest = range(c.i, len(NB_CHOICES))
         if c.low is None:
             c.low = min(bound(c, i, False) for i in rest)
-        while refine:
+        while refine and not c.low > cap:
             i = min(rest, key=lambda i: bound(c, i, False))
             before = c.bounds.get(i)
             bound(c, i, True)
@@ -1661,12 +1701,13 @@ def lp_candidates_lazy(
         last = next((j for j, f in enumerate(fit) if f is False), len(fit) - 1)  # no larger gbs exists
         head = ready[0][0][0] if ready else math.inf
         blocking, least = None, math.inf
+        cap = head / (1.0 - _BOUND_SLACK)
         for c in chains:
             if c.ended or c.level > last:
                 continue
-            if low(c) * (1.0 - _BOUND_SLACK) <= head:  # might come next: with the nearest duals now?
-                b = low(c, refine=True)
-                if b * (1.0 - _BOUND_SLACK) <= head and b < least:
+            if low(c) <= cap:  # might come next: with the nearest duals now?
+                b = low(c, refine=True, cap=cap)
+                if b <= cap and b < least:
                     blocking, least = c, b
         if blocking is None:
             if not ready:
@@ -1794,18 +1835,67 @@ def _lower_bound(cm: CostModel, duals: Sequence[float]) -> float:
             lin["const"] -= lam * rhs
             for v, c in coefs.items():
                 lin[v] += lam * c
+    return _least(lin, cm.bounds)
+
+
+def _least(lin: dict[str, float], bounds: dict[str, tuple[float, float]]) -> float:
+    """The minimum of the linear form ``lin`` (every var and "const" a key) over the fractions'
+    ``bounds`` and tier sums; +inf where they admit no placement, -inf for a NaN (it bounds nothing)."""
     total = lin["const"]
     for tier in "wch":  # the fractions of one tier sum to 1 within their bounds: cheapest first
         names = [tier + t for t in "gcd"]
-        left = 1.0 - sum(cm.bounds[v][0] for v in names)
-        if left < 0.0 or sum(cm.bounds[v][1] for v in names) < 1.0:
+        left = 1.0 - sum(bounds[v][0] for v in names)
+        if left < 0.0 or sum(bounds[v][1] for v in names) < 1.0:
             return math.inf  # no placement at all
-        total += sum(lin[v] * cm.bounds[v][0] for v in names)
+        total += sum(lin[v] * bounds[v][0] for v in names)
         for v in sorted(names, key=lin.__getitem__):
-            share = min(left, cm.bounds[v][1] - cm.bounds[v][0])
+            share = min(left, bounds[v][1] - bounds[v][0])
             total += share * lin[v]
             left -= share
     return total if total == total else -math.inf  # a NaN bounds nothing
+
+
+def _weights_form(cm: CostModel) -> dict[str, float]:
+    """The block's time loading weights alone: sum over slots of multiplicity x layers x ``w``. Every
+    slot lasts at least its ``w`` (its first form: ``w`` plus loads and sub-steps, each >= 0), so this
+    at any point is <= the LP's objective there. ``w`` is the next layer's weight load (``_slots``,
+    ``_other_slots``: per byte of the layer's weights, plus the relay under --pin-weight 0), and the
+    multiplicities the phases' positions: neither depends on gbs or nb, so one model serves every
+    member of its flags in a search (``tests/test_flexgen_weights_bound.py``)."""
+    lin = dict.fromkeys(VARS, 0.0)
+    lin["const"] = 0.0
+    for mult, slot in cm.slots:
+        for v, c in slot.w.items():
+            lin[v] += mult * cm.layers * c
+    return lin
+
+
+def _weights_bound(
+    form: dict[str, float],
+    memory: tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]],
+) -> float:
+    """A lower bound of an LP's optimum from its ``_memory`` alone: the least of ``_weights_form`` over
+    the fractions' bounds and tier sums with the GPU row (the first) priced in (weak duality: for any
+    multiplier l >= 0, form(x) >= form(x) + l (a x - b) where a x <= b), at the best l, one where
+    two fractions of a tier trade places (the bound is concave, piecewise linear in l)."""
+    rows, bounds = memory
+    coefs, rhs = rows[0]
+
+    def priced(lam: float) -> float:
+        lin = {v: k + lam * coefs.get(v, 0.0) for v, k in form.items()}
+        lin["const"] -= lam * rhs
+        return _least(lin, bounds)
+
+    turns = {0.0}
+    for tier in "wch":
+        names = [tier + t for t in "gcd"]
+        for a, b in itertools.combinations(names, 2):
+            da = coefs.get(a, 0.0) - coefs.get(b, 0.0)
+            if da:
+                lam = (form[b] - form[a]) / da
+                if lam > 0.0:
+                    turns.add(lam)
+    return max(map(priced, sorted(turns)))
 
 
 def search_free(
