@@ -181,5 +181,16 @@ def test_a_pinned_twin_whose_plan_does_not_fit_rules_nothing_out(monkeypatch):
     all_twins(monkeypatch)
     monkeypatch.setattr(flexgen_lp, "_beats", lambda sol, twin: True)  # and every one offered
     every = search_policy(rig, model, wl, "throughput", allow_lossy=True)
-    assert not every.plan.pin_weight
     assert (gated.plan, gated.throughput) == (every.plan, every.throughput)
+    # the case itself, in the second pass's list (the search's pick no longer shows it: a two-block
+    # pinned 32 x 1 wins since estimates count each block's prefill): the unpinned 64 x 1 is offered
+    # although its pinned twin's LP is faster, because that twin's placement does not fit
+    monkeypatch.undo()
+    ends = endpoints(rig)
+    sols, _ = flexgen_lp.lp_candidates(rig, model, wl, ends, None, True, (False, True))
+    unpinned = min((s for s in sols if not s.flags.pin_weight), key=lambda s: s.time_per_seq_s)
+    twin = replace(unpinned.flags, pin_weight=True)
+    pinned = [s for s in sols if s.flags == twin and s.gbs == unpinned.gbs]
+    assert (unpinned.gbs, unpinned.nb) == (64, 1)
+    assert any(s.nb == unpinned.nb and s.time_per_seq_s < unpinned.time_per_seq_s for s in pinned)
+    assert not flexgen_lp._runs(pinned[0], rig, model, wl, ends, None)

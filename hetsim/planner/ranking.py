@@ -53,11 +53,21 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
     short = _full_context_short(strategy, plan, rig, model, proxy, workload, r)
     if short:
         return Result.infeasible(strategy.name, short, r.plan)
-    e2e = r.ttft_s + r.tpot_s * (workload.gen_len - 1)
+    one = strategy.pass_batch(plan)
+    if one is not None and one < workload.batch:
+        # passes one after another, each paying its own prefill: the proxy's TPOT (its makespan
+        # after the first token) holds later passes' prefills, so extrapolate the makespan from its
+        # decode rounds instead: the proxy's less a prefill-only run of the same passes
+        prefill = simulate(strategy, plan, rig, model, workload.head(1)).e2e_s
+        e2e = r.e2e_s + (r.e2e_s - prefill) * (workload.gen_len - PROXY_GEN_LEN) / (PROXY_GEN_LEN - 1)
+        tpot = (e2e - r.ttft_s) / (workload.gen_len - 1)
+    else:
+        e2e, tpot = r.ttft_s + r.tpot_s * (workload.gen_len - 1), r.tpot_s
     tokens = workload.batch * workload.gen_len
     return replace(
         r,
         e2e_s=e2e,
+        tpot_s=tpot,
         throughput_tok_s=tokens / e2e,
         cost_usd_per_mtok=r.cost_usd_per_mtok * e2e / r.e2e_s,
         extras={**r.extras, "estimated_from_gen_len": float(PROXY_GEN_LEN)},

@@ -90,6 +90,10 @@ class FlexGen(Strategy):
             raise pc.problem(exc.field or "wg", exc.message) from None
         pc.optional_budget(plan.gpu_mem_budget)
 
+    def pass_batch(self, plan: FlexGenPlan) -> int | None:
+        # one block per generate() call (flex_opt.py:855), the calls one after another (``run``)
+        return plan.block_size
+
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> FlexGenPlan:
         """The benchmark's OPT-30B policy shape (bench_suite.py), batch-sized to the workload."""
         gbs = min(workload.batch, 48)
