@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 
 from hetsim.api import problem
-from hetsim.planner.ranking import estimate
+from hetsim.planner.ranking import FLOOR_SLACK, estimate, estimate_floor
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen_policy import FlexGenPlan
+from hetsim.workload import Workload
 
 
 @pytest.mark.parametrize("batch", [32, 48, 40])  # 2 and 3 blocks of 16; 16 + 16 + 8
@@ -38,3 +39,13 @@ def test_deepspeed_passes_one_after_another_are_estimated_as_the_run(model, batc
     run = simulate(deepspeed, plan, p.rig, p.model, p.workload)
     guess = estimate(deepspeed, plan, p.rig, p.model, p.workload)
     assert abs(guess.e2e_s / run.e2e_s - 1) < 0.02
+
+
+def test_the_floor_of_a_plan_in_passes_is_not_extrapolated_past_its_estimate():
+    """``_estimate`` extrapolates a plan in passes from its decode rounds: at least the proxy's
+    makespan, not ttft + (makespan - ttft) x (n - 1) / 5, so the floor must not extrapolate either
+    (else ``best_plan`` could skip a plan its bound says cannot win, though it would)."""
+    wl = Workload(48, 512, 32)
+    floors = lambda _w: (10.0, 50.0)  # noqa: E731  (TTFT, makespan - TTFT) floors of the proxy
+    assert estimate_floor(wl, floors, in_passes=True) == FLOOR_SLACK * 60.0
+    assert estimate_floor(wl, floors) == FLOOR_SLACK * (10.0 + 50.0 / 5 * 31)

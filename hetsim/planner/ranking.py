@@ -53,8 +53,7 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
     short = _full_context_short(strategy, plan, rig, model, proxy, workload, r)
     if short:
         return Result.infeasible(strategy.name, short, r.plan)
-    one = strategy.pass_batch(plan)
-    if one is not None and one < workload.batch:
+    if _in_passes(strategy, plan, workload):
         # passes one after another, each paying its own prefill: the proxy's TPOT (its makespan
         # after the first token) holds later passes' prefills, so extrapolate the makespan from its
         # decode rounds instead: the proxy's less a prefill-only run of the same passes
@@ -100,16 +99,27 @@ def _full_context_short(
     return ""
 
 
-def estimate_floor(workload: Workload, run_floors: Callable[[Workload], tuple[float, float] | None]) -> float:
+def _in_passes(strategy: Runnable, plan: Any, workload: Workload) -> bool:
+    """Whether the plan runs the batch in passes one after another (``Strategy.pass_batch``)."""
+    one = strategy.pass_batch(plan)
+    return one is not None and one < workload.batch
+
+
+def estimate_floor(
+    workload: Workload,
+    run_floors: Callable[[Workload], tuple[float, float] | None],
+    in_passes: bool = False,
+) -> float:
     """A lower bound of ``estimate``'s ``e2e_s`` on ``workload`` (0 where none), from lower bounds of
     (TTFT, makespan - TTFT) of the run it simulates (``run_floors`` of that run's workload: the
-    proxy's when it is shorter); ``_estimate``'s extrapolation grows with both."""
+    proxy's when it is shorter); ``_estimate``'s extrapolation grows with both. A plan ``in_passes``
+    is extrapolated from its decode rounds alone, at least the proxy's makespan: no more is bounded."""
     proxy = workload if workload.gen_len <= PROXY_GEN_LEN else workload.head(PROXY_GEN_LEN)
     got = run_floors(proxy)
     if got is None:
         return 0.0
     ttft, rest = got
-    if proxy is not workload:
+    if proxy is not workload and not in_passes:
         rest = rest / (PROXY_GEN_LEN - 1) * (workload.gen_len - 1)
     return FLOOR_SLACK * (ttft + rest)
 
@@ -130,7 +140,8 @@ class Estimator:
     def floor(self, plan: Any) -> float:
         """A lower bound of ``self(plan).e2e_s`` from the strategy's ``run_floors`` (0 where none)."""
         s, rig, model = self.strategy, self.rig, self.model
-        return estimate_floor(self.workload, lambda w: s.run_floors(plan, rig, model, w))
+        floors = lambda w: s.run_floors(plan, rig, model, w)  # noqa: E731
+        return estimate_floor(self.workload, floors, _in_passes(s, plan, self.workload))
 
 
 def evaluator(strategy: Runnable, rig: Rig, model: ModelSpec, workload: Workload) -> Estimator:
