@@ -26,6 +26,21 @@ Linear = Callable[[int, str, torch.Tensor, torch.Tensor, "torch.Tensor | None"],
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, slice, int], torch.Tensor]
 
 INIT_SCALE = 0.02  # small uniform weights keep activations finite without denormals
+# Weights of at least this many elements repeat one random pool (``_tiled``): drawing 7B values from
+# one CPU generator took over a minute per model (~10-45 ns each), longer than the runs it times.
+TILE_FROM = 2**24
+POOL = 2**24 + 1  # odd: rows of power-of-two widths start at shifted pool offsets
+
+
+def _tiled(pool: torch.Tensor, shape: tuple[int, ...], start: int, device: torch.device) -> torch.Tensor:
+    """A tensor of ``shape`` on ``device`` filled with ``pool`` repeated from offset ``start``."""
+    out = torch.empty(shape, dtype=pool.dtype, device=device)
+    flat, n, i = out.view(-1), out.numel(), 0
+    while i < n:
+        take = min(n - i, pool.numel() - start)
+        flat[i : i + take].copy_(pool[start : start + take])
+        i, start = i + take, 0
+    return out
 
 
 def _split(n: int, world: int, rank: int) -> tuple[int, int]:
@@ -95,7 +110,15 @@ class TorchDecoder:
         opt = spec.family == "opt"
         ln = spec.norm == "layernorm"
 
+        pools: dict[torch.device, torch.Tensor] = {}
+
         def w(*shape: int) -> torch.Tensor:
+            if torch.Size(shape).numel() >= TILE_FROM:
+                if wdev not in pools:
+                    pool = torch.empty(POOL, dtype=dtype).uniform_(-INIT_SCALE, INIT_SCALE, generator=gen)
+                    pools[wdev] = pool.to(wdev)
+                start = int(torch.randint(POOL, (1,), generator=gen))
+                return _tiled(pools[wdev], shape, start, wdev)
             t = torch.empty(*shape, dtype=dtype)
             t.uniform_(-INIT_SCALE, INIT_SCALE, generator=gen)
             return t.to(wdev)

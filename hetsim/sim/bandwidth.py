@@ -73,9 +73,9 @@ class BandwidthTimeline:
             # Starting in the open last segment: the loop below in one step (the same arithmetic;
             # a saturated segment goes the long way).
             rate = capacity - booked[-1]
-            if not rate < cap:
-                rate = cap
-            if rate > _SATURATED:
+            if rate > _SATURATED:  # free capacity (an op capped below 1 B/s still moves)
+                if not rate < cap:
+                    rate = cap
                 end = start + nbytes / rate
                 if times[-1] != start:
                     times.append(start)
@@ -98,9 +98,9 @@ class BandwidthTimeline:
         while True:
             seg_end = times[k + 1] if k + 1 < n else _INF
             rate = capacity - booked[k]
-            if not rate < cap:
-                rate = cap
             if rate > _SATURATED:
+                if not rate < cap:
+                    rate = cap
                 if remaining <= rate * (seg_end - t):
                     end = t + remaining / rate
                     break

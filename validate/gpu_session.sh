@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# One prepared GPU session (one NVIDIA GPU and its host; ~6 minutes): every CUDA path of hetsim's
+# torch backend once, and the part measurements the simulator's GPU and copy costs stand on.
+#   env          nvidia-smi (GPU, PCIe link), lscpu, torch
+#   calibrate    hetsim calibrate --device cuda --quick -> OUT/gpu.yaml (CPU + GPU microbenchmarks;
+#                the full CPU set takes minutes)
+#   gpu-only-*   hetsim validate --strategy gpu-only on OUT/gpu.yaml (dense and GQA models, batches)
+#   accelerate, hetegen, flexgen
+#                the offloading runners, plans searched on OUT/gpu-10g.yaml (the same profile with a
+#                10 GiB GPU, so that the plans offload; the runs place weights as the plans say)
+#   packed-hop   python -m validate.packed_hop: FlexGen's relay of 4-bit packed data, part by part
+#   pytest-cuda  the tests marked cuda
+#   kquant       only on a Sapphire/Emerald Rapids host with ggml's source at GGML_SRC (issue 18)
+# Each step has its own time limit inside BUDGET seconds (default 420); a step that fails leaves
+# its log and the next one runs. Usage: bash validate/gpu_session.sh OUT_DIR [BUDGET]
+set -uo pipefail
+OUT=${1:?usage: validate/gpu_session.sh OUT_DIR [BUDGET_SECONDS]}
+BUDGET=${2:-420}
+H=${HETSIM:-hetsim}
+PY=${PYTHON:-python}
+mkdir -p "$OUT/validate"
+start=$(date +%s)
+
+step() {  # step NAME MAX_SECONDS COMMAND...: runs COMMAND within min(MAX, what is left), logs it
+  local name=$1 max=$2 left
+  shift 2
+  left=$((BUDGET - ($(date +%s) - start) - 10))
+  if ((left < 10)); then
+    echo "== $name: skipped (session budget spent)"
+    return
+  fi
+  ((max > left)) && max=$left
+  echo "== $name (limit ${max}s, at $(($(date +%s) - start))s)"
+  local t0=$(date +%s)
+  timeout -k 5 "$max" bash -c '"$@"' _ "$@" >"$OUT/$name.log" 2>&1
+  echo "== $name: exit $? in $(($(date +%s) - t0))s"
+  tail -n 30 "$OUT/$name.log"
+}
+
+env_info() {
+  nvidia-smi
+  nvidia-smi -q | grep -E -A2 -i "product name|pcie generation|link width|max clocks|bar1"
+  lscpu
+  free -g
+  $PY -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))"
+}
+
+small_gpu() {  # the calibrated profile with a 10 GiB GPU: the searches must offload
+  $PY - "$OUT/gpu.yaml" "$OUT/gpu-10g.yaml" <<'EOF'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+gpu = doc["nodes"][0]["gpus"][0]
+gpu["memory"] = {"value": "10 GiB", "source": "validate/gpu_session.sh: a budget that makes plans offload",
+                 "grade": "assumed"}
+doc["name"] = doc["name"] + "-10g"
+open(sys.argv[2], "w").write(yaml.safe_dump(doc, sort_keys=False))
+EOF
+}
+
+val() {  # val STEM ARGS...: one hetsim validate run into OUT/validate
+  local stem=$1
+  shift
+  $H validate --out "$OUT/validate" --stem "$stem" "$@"
+}
+
+kquant() {
+  grep -q -E "Xeon" /proc/cpuinfo || { echo "not a Xeon host: skipped"; return 0; }
+  local model
+  model=$(awk '/^model\t/ {print $3; exit}' /proc/cpuinfo)
+  case $model in 143 | 207) ;; *) echo "CPU model $model is not Sapphire/Emerald Rapids: skipped" && return 0 ;; esac
+  [ -f "${GGML_SRC:-}" ] || { echo "GGML_SRC (ggml source tarball) not given: skipped"; return 0; }
+  rm -rf /tmp/ggml && mkdir -p /tmp/ggml && tar xzf "$GGML_SRC" -C /tmp/ggml
+  cmake -S /tmp/ggml/ggml -B /tmp/ggml/build -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_BUILD_EXAMPLES=OFF -DGGML_BUILD_TESTS=OFF >/dev/null && cmake --build /tmp/ggml/build -j "$(nproc)" \
+    --target ggml-cpu >/dev/null || return 1
+  GGML_LIB_DIR=/tmp/ggml/build/src $PY -m validate.kquant --out "$OUT/kquant.json" --threads 1,8,16 --calls 3
+}
+
+export OUT H PY
+export -f env_info small_gpu val kquant
+step env 30 env_info
+step calibrate 120 $H calibrate --device cuda --quick --out "$OUT/gpu.yaml"
+step small-gpu 20 small_gpu
+step gpu-only-llama2-7b-b1 60 val gpu-only-llama2-7b-b1 --hw "$OUT/gpu.yaml" --strategy gpu-only \
+  --model llama2-7b --batch 1 --prompt-len 512 --gen-len 32 --repeats 3
+step gpu-only-llama2-7b-b32 60 val gpu-only-llama2-7b-b32 --hw "$OUT/gpu.yaml" --strategy gpu-only \
+  --model llama2-7b --batch 32 --prompt-len 512 --gen-len 32 --repeats 3
+step gpu-only-llama3-8b-b8 60 val gpu-only-llama3-8b-b8 --hw "$OUT/gpu.yaml" --strategy gpu-only \
+  --model llama3-8b --batch 8 --prompt-len 1024 --gen-len 32 --repeats 3
+step accelerate 90 val accelerate-llama2-7b --hw "$OUT/gpu-10g.yaml" --strategy accelerate \
+  --model llama2-7b --batch 1 --prompt-len 128 --gen-len 8 --repeats 2
+step hetegen 90 val hetegen-opt-6.7b --hw "$OUT/gpu-10g.yaml" --strategy hetegen \
+  --model opt-6.7b --batch 1 --prompt-len 128 --gen-len 8 --repeats 2
+step flexgen 90 val flexgen-opt-6.7b --hw "$OUT/gpu-10g.yaml" --strategy flexgen \
+  --model opt-6.7b --batch 16 --prompt-len 128 --gen-len 8 --repeats 2
+step packed-hop 60 $PY -m validate.packed_hop --out "$OUT/packed_hop.json" --mib 128 --threads 1,4,16
+step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py
+step kquant 90 kquant
+echo "== done in $(($(date +%s) - start))s"
