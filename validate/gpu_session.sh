@@ -8,11 +8,13 @@
 #   accelerate, hetegen, flexgen
 #                the offloading runners, plans searched on OUT/gpu-10g.yaml (the same profile with a
 #                10 GiB GPU, so that the plans offload; the runs place weights as the plans say)
+#   step-profile python -m validate.step_profile: a decode step's kernels and the host's pace
 #   packed-hop   python -m validate.packed_hop: FlexGen's relay of 4-bit packed data, part by part
 #   pytest-cuda  the tests marked cuda
 #   kquant       only on a Sapphire/Emerald Rapids host with ggml's source at GGML_SRC (issue 18)
 # Each step has its own time limit inside BUDGET seconds (default 420); a step that fails leaves
-# its log and the next one runs. Usage: bash validate/gpu_session.sh OUT_DIR [BUDGET]
+# its log and the next one runs. STEPS="a b" runs only the steps named.
+# Usage: [STEPS="..."] bash validate/gpu_session.sh OUT_DIR [BUDGET]
 set -uo pipefail
 OUT=${1:?usage: validate/gpu_session.sh OUT_DIR [BUDGET_SECONDS]}
 BUDGET=${2:-420}
@@ -24,6 +26,9 @@ start=$(date +%s)
 step() {  # step NAME MAX_SECONDS COMMAND...: runs COMMAND within min(MAX, what is left), logs it
   local name=$1 max=$2 left
   shift 2
+  if [[ -n ${STEPS:-} && " $STEPS " != *" $name "* ]]; then
+    return
+  fi
   left=$((BUDGET - ($(date +%s) - start) - 10))
   if ((left < 10)); then
     echo "== $name: skipped (session budget spent)"
@@ -93,6 +98,7 @@ step hetegen 90 val hetegen-opt-6.7b --hw "$OUT/gpu-10g.yaml" --strategy hetegen
   --model opt-6.7b --batch 1 --prompt-len 128 --gen-len 8 --repeats 2
 step flexgen 90 val flexgen-opt-6.7b --hw "$OUT/gpu-10g.yaml" --strategy flexgen \
   --model opt-6.7b --batch 16 --prompt-len 128 --gen-len 8 --repeats 2
+step step-profile 90 $PY -m validate.step_profile --out "$OUT/step_profile.json" --model llama2-7b --batch 1,32
 step packed-hop 60 $PY -m validate.packed_hop --out "$OUT/packed_hop.json" --mib 128 --threads 1,4,16
 step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py
 step kquant 90 kquant
