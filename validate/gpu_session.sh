@@ -98,6 +98,12 @@ step hetegen 90 val hetegen-opt-6.7b --hw "$OUT/gpu-10g.yaml" --strategy hetegen
   --model opt-6.7b --batch 1 --prompt-len 128 --gen-len 8 --repeats 2
 step flexgen 90 val flexgen-opt-6.7b --hw "$OUT/gpu-10g.yaml" --strategy flexgen \
   --model opt-6.7b --batch 16 --prompt-len 128 --gen-len 8 --repeats 2
+step gpu-only-opt-6.7b-b4 60 val gpu-only-opt-6.7b-b4 --hw "$OUT/gpu.yaml" --strategy gpu-only \
+  --model opt-6.7b --batch 4 --prompt-len 256 --gen-len 32 --repeats 3
+step hetegen-llama2-7b 90 val hetegen-llama2-7b --hw "$OUT/gpu-10g.yaml" --strategy hetegen \
+  --model llama2-7b --batch 1 --prompt-len 128 --gen-len 8 --repeats 3
+step flexgen-opt-13b 90 val flexgen-opt-13b --hw "$OUT/gpu-10g.yaml" --strategy flexgen \
+  --model opt-13b --batch 8 --prompt-len 128 --gen-len 8 --repeats 2
 step step-profile 90 $PY -m validate.step_profile --out "$OUT/step_profile.json" --model llama2-7b --batch 1,32
 step packed-hop 60 $PY -m validate.packed_hop --out "$OUT/packed_hop.json" --mib 128 --threads 1,4,16
 step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py
