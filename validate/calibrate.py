@@ -477,13 +477,14 @@ def gpu_entry(cuda: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
     fp16 = [g for g in cuda["gemm"] if g["dtype"] == "fp16" and g["m"] >= mb.COMPUTE_BOUND_ROWS]
     flops_inf, rows_half = fit_half([g["m"] for g in fp16], [g["flops"] for g in fp16])
     copies = cuda["copies"]
+    # One kernel's launch per op, added to the op's roofline: the engine's composition. The eager
+    # decoder pays more per op (2.5 kernels per costed op on the H200 host, issued at ~11 us each),
+    # but its host issues them while earlier kernels run, which an added cost does not describe:
+    # fed the tiny decoder's per-op cost (37 us), gpu-only decode came out +70..+128 % on the
+    # H200 host; fed one launch, -34..-8 % (validate/results/h200/README.md).
     decoder = cuda.get("decoder_overhead")
-    overhead = (
-        _q(f"{decoder['per_op_s'] * 1e6:.3f} us",
-           f"{meas}: a tiny llama-style fp16 decoder's decode step on the GPU / the ops hetsim costs for it "
-           f"(one tiny kernel alone: {cuda['launch_s'] * 1e6:.1f} us)", "measured")
-        if decoder else _q(f"{cuda['launch_s'] * 1e6:.3f} us", f"{meas}: tiny kernel launches", "measured")
-    )  # fmt: skip
+    aside = f"; a tiny fp16 decoder pays {decoder['per_op_s'] * 1e6:.1f} us per costed op" if decoder else ""
+    overhead = _q(f"{cuda['launch_s'] * 1e6:.3f} us", f"{meas}: tiny kernel launches{aside}", "measured")
     return {
         "model": base,
         "socket": 0,
