@@ -293,6 +293,15 @@ def _cases(g: Ggml, dram_mb: float) -> list[tuple[str, str, MatmulCase]]:
     return cases
 
 
+def weight_set(r: int, ti: int, j: int, per: int, n_threads: int) -> int:
+    """Which copy of a case's weights the j-th timed call of round ``r`` at the ``ti``-th thread count
+    reads (set 0 is the untimed warm-up's). Each call a set of its own, until the sets run out
+    (``MatmulCase.run`` wraps): the old index (round and call only) had every thread count of a round
+    read the set the first one had just read, after only ~140 MB of other weights -- less than an
+    Emerald Rapids socket's 300 MB L3 -- so a DRAM row past the first thread count could hit in L3."""
+    return 1 + (r * n_threads + ti) * per + j
+
+
 def measure(g: Ggml, threads_list: tuple[int, ...], calls: int, dram_mb: float) -> list[dict]:
     """Each case: ``calls`` timed mul_mats per thread count, interleaved in rounds over the cases so
     that a slow moment of the shared machine hits all of them; the fastest call is the kernel's time
@@ -300,13 +309,15 @@ def measure(g: Ggml, threads_list: tuple[int, ...], calls: int, dram_mb: float) 
     cases = _cases(g, dram_mb)
     times: dict[tuple[int, int], list[float]] = {}
     rounds = 10
+    per = max(1, calls // rounds)
     for r in range(rounds):
-        for t in threads_list:
+        for ti, t in enumerate(threads_list):
             for i, (_, _, case) in enumerate(cases):
                 case.run(0, t)
-                per = max(1, calls // rounds)
                 for j in range(per):
-                    times.setdefault((i, t), []).append(case.run(r * per + j + 1, t))
+                    times.setdefault((i, t), []).append(
+                        case.run(weight_set(r, ti, j, per, len(threads_list)), t)
+                    )
     rows: list[dict] = []
     for i, (where, name, case) in enumerate(cases):
         for t in threads_list:
