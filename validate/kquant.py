@@ -26,8 +26,9 @@ Run with hetsim importable and llama.cpp's libraries at hand: ``pip install llam
 
 It prints one table and writes the JSON that ``hardware_profiles/efficiency.yaml`` cites, then the
 expert bytes per second a one-token DeepSeek-V3 expert layer streams from DRAM at each thread count
-(``decode_layer_rates``). On a Xeon Gold 6454S, ``--threads 1,8,16,32`` measures the one number
-hetsim's KTransformers decode gap turns on (docs/ktransformers.md).
+(``decode_layer_rates``). On a bare-metal Xeon Gold 6454S, ``--threads 1,2,4,8,16,24,32 --calls 200
+--dram-mb 2048`` measures the number hetsim's KTransformers decode gap turns on (docs/ktransformers.md says
+what else that run needs).
 """
 
 from __future__ import annotations
@@ -262,9 +263,13 @@ def clock_probe(calls: int = 400) -> dict[str, float]:
 
 
 def core_clock_hz(calls: int = 400) -> float:
-    """The core clock from the ``imul`` chain; a warning on stderr when the ``add`` chain disagrees by
-    more than 10 % (one of the two latencies is not what the tables say on this core)."""
-    probe = clock_probe(calls)
+    """The core clock from the ``imul`` chain (see ``checked_clock``)."""
+    return checked_clock(clock_probe(calls))
+
+
+def checked_clock(probe: dict[str, float]) -> float:
+    """The ``imul`` chain's clock; a warning on stderr when the ``add`` chain's disagrees by more than
+    10 % (one of the two latencies is not what the tables say on this core)."""
     if abs(probe["add"] / probe["imul"] - 1.0) > 0.10:
         print(
             f"warning: clock probe chains disagree: imul {probe['imul'] / 1e9:.2f} GHz, "
@@ -297,7 +302,7 @@ def weight_set(r: int, ti: int, j: int, per: int, n_threads: int) -> int:
     """Which copy of a case's weights the j-th timed call of round ``r`` at the ``ti``-th thread count
     reads (set 0 is the untimed warm-up's). Each call a set of its own, until the sets run out
     (``MatmulCase.run`` wraps): the old index (round and call only) had every thread count of a round
-    read the set the first one had just read, after only ~140 MB of other weights -- less than an
+    read the set the first one had just read, after ~160 MB of other weights -- less than an
     Emerald Rapids socket's 300 MB L3 -- so a DRAM row past the first thread count could hit in L3."""
     return 1 + (r * n_threads + ti) * per + j
 
@@ -477,9 +482,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     threads = tuple(int(t) for t in args.threads.split(","))
     g = Ggml(_find_lib_dir())
-    clock_before = core_clock_hz()
+    probe_before = clock_probe()
     rows = measure(g, threads, args.calls, args.dram_mb)
-    clock_after = core_clock_hz()
+    probe_after = clock_probe()
+    clock_before, clock_after = checked_clock(probe_before), checked_clock(probe_after)
     clock = min(clock_before, clock_after)  # the lower: cycles per MAC err towards the slow side
     set_cycles_per_mac(rows, clock)
     flags = ""
@@ -495,7 +501,11 @@ def main(argv: list[str] | None = None) -> None:
         "model_name": cpu_name(),
         "isa": sorted(f for f in flags.split() if f.startswith(("avx", "amx")) or f in ("fma", "f16c")),
         "clock_hz": {"before": clock_before, "after": clock_after, "used": clock},
-        "clock_probe": "dependent imul r32,r32 chain, 3 cycles each (validate.kquant.CHAIN_CYCLES)",
+        "clock_probe": {
+            "used": "dependent imul r32,r32 chain, 3 cycles each (validate.kquant.CHAIN_CYCLES)",
+            "before": probe_before,
+            "after": probe_after,
+        },
         "calls": args.calls,
         "rows": rows,
     }
