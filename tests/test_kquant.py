@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hetsim.costs.op_cost import op_cost
@@ -18,9 +18,23 @@ from hetsim.hardware.types import log_interp
 from hetsim.models import get_model
 from hetsim.models.layer_ops import decoder_layer_ops
 from hetsim.models.spec import DTYPES
-from validate.kquant import BLOCK_BYTES, EXPERT_SHAPES, QK_K, decode_layer_rates, fit
+from validate.kquant import (
+    _CHAIN_C,
+    _CHAIN_OPS,
+    BLOCK_BYTES,
+    CHAIN_CYCLES,
+    EXPERT_SHAPES,
+    QK_K,
+    assume_clock,
+    clock_from_chain,
+    decode_layer_rates,
+    fit,
+    weight_set,
+)
 
 MEASURED = Path(__file__).parents[1] / "validate" / "results" / "kquant" / "epyc-zen4-2core.json"
+# The lead's run on an Emerald Rapids KVM guest (16 vCPUs), refitted at its nominal 2.1 GHz (assumed).
+EMR = MEASURED.parent / "xeon-emr-kvm16.json"
 
 
 def _expert_op(tokens: int, name: str = "gate_proj"):
@@ -143,3 +157,64 @@ def test_decode_layer_rate_combines_the_q4_k_m_expert():
     # Measured here (one Zen 4 core, compute-bound): between its Q4_K and Q6_K rates, nearer Q4_K's.
     got = decode_layer_rates(json.loads(MEASURED.read_text()))[1]
     assert 19.7e9 < got < 22e9
+
+
+def test_clock_probe_chains_have_no_immediate_operand():
+    # The old probe timed dependent `add $1, reg`, which Golden Cove and later Intel renamers fold (several
+    # per cycle): it read 10.1-11.2 GHz on the Emerald Rapids VM. Multiplies, and adds of a run-time
+    # register, run at their table latencies (Agner Fog, uops.info).
+    assert "$" not in _CHAIN_C
+    assert "imul %1, %0" in _CHAIN_C and "add %1, %0" in _CHAIN_C
+    assert CHAIN_CYCLES == {"imul": 3, "add": 1}
+
+
+def test_a_probe_reading_no_x86_core_reaches_is_refused():
+    doc = json.loads(EMR.read_text())
+    trips = 400_000  # the old chain: 400k loop trips of 8 adds, taken as one cycle each
+    for hz in (doc["clock_hz"]["before"], doc["clock_hz"]["after"]):
+        with pytest.raises(ValueError, match="above any x86 core"):
+            clock_from_chain("add", trips, _CHAIN_OPS * trips / hz)
+    # Zen 4 here: both chains and the old one read 3.692 GHz.
+    assert clock_from_chain("imul", 150_000, _CHAIN_OPS * 3 * 150_000 / 3.692e9) == pytest.approx(3.692e9)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(min_value=1e9, max_value=6e9))
+def test_the_clock_scales_cycles_per_mac_not_the_held_out_errors(clock):
+    # The EMR file's held-out misses (-37 % median) are the DRAM rows against the in-cache fit at one
+    # thread: both sides scale with the clock, so no clock, right or wrong, moves them.
+    doc = json.loads(EMR.read_text())
+    before, used = fit(doc), doc["clock_hz"]["used"]
+    assume_clock(doc, clock, "test")
+    after = fit(doc)
+    assert doc["clock_assumed"] == {"value": clock, "source": "test", "grade": "assumed"}
+    for a, b in zip(before["held_out"], after["held_out"], strict=True):
+        assert b["error"] == pytest.approx(a["error"], abs=1e-12)
+    assert after["curves"]["q4_K"][1] == pytest.approx(before["curves"]["q4_K"][1] * clock / used)
+
+
+def test_emerald_rapids_run_refitted_at_its_nominal_clock():
+    doc = json.loads(EMR.read_text())
+    assert doc["clock_hz"]["used"] == doc["clock_assumed"]["value"] == 2.1e9
+    assert doc["clock_assumed"]["grade"] == "assumed"
+    for r in doc["rows"]:
+        assert r["cycles_per_mac"] == pytest.approx(2.1e9 * r["threads"] / (r["gmac_per_s"] * 1e9))
+    # At that clock one core's in-cache one-token Q4_K_M cost is Zen 4's within 10 % (0.0997 vs 0.1055):
+    # the catalogue's "same cycles on another x86 core" holds there, if the core ran at its base clock.
+    zen4 = fit(json.loads(MEASURED.read_text()))["q4_k_m"]["cycles_per_mac"][0]
+    assert doc["fit"]["q4_k_m"]["cycles_per_mac"][0] == pytest.approx(zen4, rel=0.10)
+    # The decode expert layer's rates (docs/ktransformers.md): per thread 6.46, 4.25, 3.26 GB/s.
+    rates = decode_layer_rates(doc)
+    assert {t: round(r / 1e9, 2) for t, r in rates.items()} == {1: 6.46, 8: 33.99, 16: 52.10}
+
+
+@given(st.integers(1, 10), st.integers(1, 8), st.integers(1, 20))
+def test_each_timed_call_reads_a_weight_set_of_its_own(rounds, n_threads, per):
+    # Every thread count of a round read the set the first had just read (possibly from L3) before.
+    sets = [
+        weight_set(r, ti, j, per, n_threads)
+        for r in range(rounds)
+        for ti in range(n_threads)
+        for j in range(per)
+    ]
+    assert len(set(sets)) == len(sets) and min(sets) == 1  # set 0 is the warm-up's

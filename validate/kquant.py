@@ -13,8 +13,10 @@ of DeepSeek-V3's expert shapes:
 * **from DRAM** (a set of expert matrices far larger than the last-level cache): what one and all
   cores of this machine reach, for the record (this VM's DRAM is not the target's).
 
-The core clock is measured with a chain of dependent integer adds (one per cycle on every x86 core
-since the P6), compiled with the system's C compiler.
+The core clock is measured with a chain of dependent ``imul reg, reg`` (3 cycles each on every big x86
+core since Core 2 and K8; see ``CHAIN_CYCLES``), compiled with the system's C compiler, and checked
+against a chain of ``add reg, reg``. A file measured with another clock (or none) is refitted at a
+stated, assumed one with ``--fit-only --clock-hz HZ --clock-source TEXT``.
 
 Run with hetsim importable and llama.cpp's libraries at hand: ``pip install llama-cpp-python==0.3.36``
 (it builds llama.cpp from source with ``-march=native``) into this venv, or into a scratch one and set
@@ -24,8 +26,9 @@ Run with hetsim importable and llama.cpp's libraries at hand: ``pip install llam
 
 It prints one table and writes the JSON that ``hardware_profiles/efficiency.yaml`` cites, then the
 expert bytes per second a one-token DeepSeek-V3 expert layer streams from DRAM at each thread count
-(``decode_layer_rates``). On a Xeon Gold 6454S, ``--threads 1,8,16,32`` measures the one number
-hetsim's KTransformers decode gap turns on (docs/ktransformers.md).
+(``decode_layer_rates``). On a bare-metal Xeon Gold 6454S, ``--threads 1,2,4,8,16,24,32 --calls 200
+--dram-mb 2048`` measures the number hetsim's KTransformers decode gap turns on (docs/ktransformers.md says
+what else that run needs).
 """
 
 from __future__ import annotations
@@ -189,32 +192,91 @@ class MatmulCase:
         self.g.base.ggml_free(self.ctx)
 
 
+# The clock probe: a chain of dependent 32-bit ``imul reg, reg``, 3 cycles each on the big x86 cores:
+# Intel from Core 2 (Merom) to Golden/Raptor Cove (Sapphire/Emerald Rapids, Alder/Raptor Lake P-cores),
+# AMD K8, K10 and Zen 1-4 (Agner Fog, "Instruction tables", agner.org/optimize/instruction_tables.pdf,
+# IMUL r32,r32; uops.info, IMUL_R32_R32). Exceptions in those tables: P6 and Pentium M (4 cycles),
+# NetBurst, AMD Bulldozer family (4). (Recalled from the tables, not re-read here: no network.) A multiply
+# is not done at register renaming, and its other operand is a run-time register, not an immediate.
+# The old probe's chain of ``add reg, imm`` (taken as 1 cycle "since the P6") runs several per cycle on
+# Golden Cove and later Intel cores, whose renamer folds additions of small immediates (reported by Chips
+# and Cheese, "Popping the Hood on Golden Cove", 2021; not re-read here): it read 10.1-11.2 GHz on an
+# Emerald Rapids VM (validate/results/kquant/xeon-emr-kvm16.log). A chain of ``add reg, reg`` (1 cycle,
+# no immediate) is timed beside it: the two clocks must agree, or the probe says so.
+CHAIN_CYCLES = {"imul": 3, "add": 1}  # core cycles per dependent instruction of each chain
+_CHAIN_OPS = 8  # dependent instructions per loop trip
+# No x86 core has shipped above 6.2 GHz (Intel Core i9-14900KS, max turbo; Intel ARK): a faster reading
+# means the chain ran faster than its latency, not a faster core.
+MAX_CORE_CLOCK_HZ = 6.5e9
 _CHAIN_C = r"""
 #include <stdint.h>
-uint64_t chain(uint64_t n) {
-    uint64_t x = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                         "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
-    }
+#define OPS8(op) op "\n\t" op "\n\t" op "\n\t" op "\n\t" op "\n\t" op "\n\t" op "\n\t" op
+uint64_t chain_imul(uint64_t n, uint32_t y) {
+    uint32_t x = y;
+    for (uint64_t i = 0; i < n; i++) __asm__ volatile(OPS8("imul %1, %0") : "+r"(x) : "r"(y));
+    return x;
+}
+uint64_t chain_add(uint64_t n, uint64_t y) {
+    uint64_t x = y;
+    for (uint64_t i = 0; i < n; i++) __asm__ volatile(OPS8("add %1, %0") : "+r"(x) : "r"(y));
     return x;
 }
 """
 
 
-def core_clock_hz(calls: int = 400) -> float:
-    """Clock of the core this runs on: 8 dependent adds per loop trip take 8 cycles. Short calls
-    (~1 ms) and the fastest of many, so that a call the scheduler did not interrupt is among them."""
+def clock_from_chain(op: str, trips: int, seconds: float) -> float:
+    """The core clock a timed chain implies: ``trips`` loop trips of ``_CHAIN_OPS`` dependent ``op``s,
+    each ``CHAIN_CYCLES[op]`` cycles. A reading no x86 core reaches is refused (ValueError): the chain
+    then ran faster than the latency it is assumed to have."""
+    hz = _CHAIN_OPS * CHAIN_CYCLES[op] * trips / seconds
+    if hz > MAX_CORE_CLOCK_HZ:
+        raise ValueError(
+            f"clock probe: a chain of {op} read {hz / 1e9:.2f} GHz, above any x86 core "
+            f"({MAX_CORE_CLOCK_HZ / 1e9:.1f} GHz): it ran faster than {CHAIN_CYCLES[op]} cycle(s) per {op}"
+        )
+    return hz
+
+
+def clock_probe(calls: int = 400) -> dict[str, float]:
+    """Clock of the core this runs on from each chain (``imul`` is the one used). Short calls (~1 ms)
+    and the fastest of many, so that a call the scheduler did not interrupt is among them; the two
+    chains alternate so that a clock change hits both."""
     with tempfile.TemporaryDirectory() as d:
         c, so = Path(d) / "chain.c", Path(d) / "chain.so"
         c.write_text(_CHAIN_C)
         subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-o", str(so), str(c)], check=True)
         lib = ctypes.CDLL(str(so))
-        lib.chain.argtypes, lib.chain.restype = [ctypes.c_uint64], ctypes.c_uint64
-        n = 400_000  # 3.2 M cycles
-        lib.chain(n)
-        best = min(_timed(lambda: lib.chain(n)) for _ in range(calls))
-    return 8 * n / best
+        lib.chain_imul.argtypes, lib.chain_imul.restype = [ctypes.c_uint64, ctypes.c_uint32], ctypes.c_uint64
+        lib.chain_add.argtypes, lib.chain_add.restype = [ctypes.c_uint64, ctypes.c_uint64], ctypes.c_uint64
+        trips = {"imul": 150_000, "add": 450_000}  # 3.6 M cycles each
+        fns = {
+            "imul": lambda: lib.chain_imul(trips["imul"], 0x9E3779B1),
+            "add": lambda: lib.chain_add(trips["add"], 3),
+        }
+        best = {op: float("inf") for op in fns}
+        for fn in fns.values():
+            fn()
+        for _ in range(calls):
+            for op, fn in fns.items():
+                best[op] = min(best[op], _timed(fn))
+    return {op: clock_from_chain(op, trips[op], best[op]) for op in fns}
+
+
+def core_clock_hz(calls: int = 400) -> float:
+    """The core clock from the ``imul`` chain (see ``checked_clock``)."""
+    return checked_clock(clock_probe(calls))
+
+
+def checked_clock(probe: dict[str, float]) -> float:
+    """The ``imul`` chain's clock; a warning on stderr when the ``add`` chain's disagrees by more than
+    10 % (one of the two latencies is not what the tables say on this core)."""
+    if abs(probe["add"] / probe["imul"] - 1.0) > 0.10:
+        print(
+            f"warning: clock probe chains disagree: imul {probe['imul'] / 1e9:.2f} GHz, "
+            f"add {probe['add'] / 1e9:.2f} GHz (imul used)",
+            file=sys.stderr,
+        )
+    return probe["imul"]
 
 
 def _timed(fn) -> float:
@@ -236,6 +298,15 @@ def _cases(g: Ggml, dram_mb: float) -> list[tuple[str, str, MatmulCase]]:
     return cases
 
 
+def weight_set(r: int, ti: int, j: int, per: int, n_threads: int) -> int:
+    """Which copy of a case's weights the j-th timed call of round ``r`` at the ``ti``-th thread count
+    reads (set 0 is the untimed warm-up's). Each call a set of its own, until the sets run out
+    (``MatmulCase.run`` wraps): the old index (round and call only) had every thread count of a round
+    read the set the first one had just read, after ~160 MB of other weights -- less than an
+    Emerald Rapids socket's 300 MB L3 -- so a DRAM row past the first thread count could hit in L3."""
+    return 1 + (r * n_threads + ti) * per + j
+
+
 def measure(g: Ggml, threads_list: tuple[int, ...], calls: int, dram_mb: float) -> list[dict]:
     """Each case: ``calls`` timed mul_mats per thread count, interleaved in rounds over the cases so
     that a slow moment of the shared machine hits all of them; the fastest call is the kernel's time
@@ -243,13 +314,15 @@ def measure(g: Ggml, threads_list: tuple[int, ...], calls: int, dram_mb: float) 
     cases = _cases(g, dram_mb)
     times: dict[tuple[int, int], list[float]] = {}
     rounds = 10
+    per = max(1, calls // rounds)
     for r in range(rounds):
-        for t in threads_list:
+        for ti, t in enumerate(threads_list):
             for i, (_, _, case) in enumerate(cases):
                 case.run(0, t)
-                per = max(1, calls // rounds)
                 for j in range(per):
-                    times.setdefault((i, t), []).append(case.run(r * per + j + 1, t))
+                    times.setdefault((i, t), []).append(
+                        case.run(weight_set(r, ti, j, per, len(threads_list)), t)
+                    )
     rows: list[dict] = []
     for i, (where, name, case) in enumerate(cases):
         for t in threads_list:
@@ -359,6 +432,21 @@ def decode_layer_rates(doc: dict) -> dict[int, float]:
     return out
 
 
+def set_cycles_per_mac(rows: list[dict], clock_hz: float) -> None:
+    """Each row's core cycles per MAC at ``clock_hz``: all its threads' cycles over its MAC rate."""
+    for r in rows:
+        r["cycles_per_mac"] = clock_hz * r["threads"] / (r["gmac_per_s"] * 1e9)
+
+
+def assume_clock(doc: dict, clock_hz: float, source: str) -> None:
+    """Recompute a measurement's cycles per MAC at a clock its probe did not measure: the probe's
+    readings stay in ``clock_hz`` (``before``/``after``), ``used`` becomes ``clock_hz``, and
+    ``clock_assumed`` records it as {value, source, grade: assumed}. The times are untouched."""
+    doc["clock_hz"]["used"] = clock_hz
+    doc["clock_assumed"] = {"value": clock_hz, "source": source, "grade": "assumed"}
+    set_cycles_per_mac(doc["rows"], clock_hz)
+
+
 def interpolate(points: list[tuple[float, float]], tokens: float) -> float:
     """hetsim's own rule between measured points (linear in log tokens, flat outside)."""
     return log_interp(points, tokens)
@@ -371,9 +459,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", default="1,2", help="thread counts, comma separated")
     ap.add_argument("--calls", type=int, default=200, help="timed calls per case and thread count")
     ap.add_argument("--dram-mb", type=float, default=512.0, help="weights per DRAM case (>> LLC)")
+    ap.add_argument(
+        "--clock-hz",
+        type=float,
+        help="with --fit-only: recompute every row's cycles per MAC at this core clock (one the probe did "
+        "not measure, e.g. a file written by a probe now known wrong); --clock-source says where it is from",
+    )
+    ap.add_argument(
+        "--clock-source", default="", help="with --clock-hz: its source (recorded, graded assumed)"
+    )
     args = ap.parse_args(argv)
+    if args.clock_hz is not None and not (args.fit_only and args.clock_source and 1e8 < args.clock_hz < 1e10):
+        ap.error("--clock-hz needs --fit-only, a --clock-source and a clock in Hz (e.g. 2.1e9)")
     if args.fit_only:
         doc = json.loads(args.out.read_text())
+        if args.clock_hz is not None:
+            assume_clock(doc, args.clock_hz, args.clock_source)
         doc["fit"] = fit(doc)
         write_text_atomic(args.out, json.dumps(doc, indent=1) + "\n")
         _print_fit(doc["fit"])
@@ -381,12 +482,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     threads = tuple(int(t) for t in args.threads.split(","))
     g = Ggml(_find_lib_dir())
-    clock_before = core_clock_hz()
+    probe_before = clock_probe()
     rows = measure(g, threads, args.calls, args.dram_mb)
-    clock_after = core_clock_hz()
+    probe_after = clock_probe()
+    clock_before, clock_after = checked_clock(probe_before), checked_clock(probe_after)
     clock = min(clock_before, clock_after)  # the lower: cycles per MAC err towards the slow side
-    for r in rows:
-        r["cycles_per_mac"] = clock * r["threads"] / (r["gmac_per_s"] * 1e9)
+    set_cycles_per_mac(rows, clock)
     flags = ""
     if Path("/proc/cpuinfo").exists():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -400,6 +501,11 @@ def main(argv: list[str] | None = None) -> None:
         "model_name": cpu_name(),
         "isa": sorted(f for f in flags.split() if f.startswith(("avx", "amx")) or f in ("fma", "f16c")),
         "clock_hz": {"before": clock_before, "after": clock_after, "used": clock},
+        "clock_probe": {
+            "used": "dependent imul r32,r32 chain, 3 cycles each (validate.kquant.CHAIN_CYCLES)",
+            "before": probe_before,
+            "after": probe_after,
+        },
         "calls": args.calls,
         "rows": rows,
     }
