@@ -11,6 +11,7 @@
 #   step-profile python -m validate.step_profile: a decode step's kernels and the host's pace
 #   packed-hop   python -m validate.packed_hop: FlexGen's relay of 4-bit packed data, part by part
 #   pytest-cuda  the tests marked cuda
+#   dram-read    the host's DRAM read rate per thread count (2 GiB arrays, beyond any L3)
 #   kquant       only on a Sapphire/Emerald Rapids host with ggml's source at GGML_SRC (issue 18)
 # Each step has its own time limit inside BUDGET seconds (default 420); a step that fails leaves
 # its log and the next one runs. STEPS="a b" runs only the steps named.
@@ -68,6 +69,22 @@ val() {  # val STEM ARGS...: one hetsim validate run into OUT/validate
   $H validate --out "$OUT/validate" --stem "$stem" "$@"
 }
 
+dram_read() {  # the host's DRAM read rate per thread count, arrays far beyond any L3 (2 GiB)
+  $PY - <<'PYEOF'
+import time, torch
+x = torch.ones(2**29)  # 2 GiB of fp32, written
+for t in (1, 2, 4, 8, 16):
+    torch.set_num_threads(t)
+    x.sum()
+    runs = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        x.sum()
+        runs.append(time.perf_counter() - t0)
+    print(f"threads {t:2d}: {x.numel() * 4 / min(runs) / 1e9:7.2f} GB/s read (sum over 2 GiB, best of 5)")
+PYEOF
+}
+
 kquant() {
   grep -q -E "Xeon" /proc/cpuinfo || { echo "not a Xeon host: skipped"; return 0; }
   local model
@@ -78,11 +95,12 @@ kquant() {
   cmake -S /tmp/ggml/ggml -B /tmp/ggml/build -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_TYPE=Release \
     -DGGML_BUILD_EXAMPLES=OFF -DGGML_BUILD_TESTS=OFF >/dev/null && cmake --build /tmp/ggml/build -j "$(nproc)" \
     --target ggml-cpu >/dev/null || return 1
-  GGML_LIB_DIR=/tmp/ggml/build/src $PY -m validate.kquant --out "$OUT/kquant.json" --threads 1,8,16 --calls 3
+  GGML_LIB_DIR=/tmp/ggml/build/src $PY -m validate.kquant --out "$OUT/kquant.json" --threads 1,2,4,8,16 \
+    --calls "${KQUANT_CALLS:-10}" --dram-mb "${KQUANT_DRAM_MB:-1024}"
 }
 
 export OUT H PY
-export -f env_info small_gpu val kquant
+export -f env_info small_gpu val kquant dram_read
 step env 30 env_info
 step calibrate 120 $H calibrate --device cuda --quick --out "$OUT/gpu.yaml"
 step small-gpu 20 small_gpu
@@ -107,5 +125,6 @@ step flexgen-opt-13b 90 val flexgen-opt-13b --hw "$OUT/gpu-10g.yaml" --strategy 
 step step-profile 90 $PY -m validate.step_profile --out "$OUT/step_profile.json" --model llama2-7b --batch 1,32
 step packed-hop 60 $PY -m validate.packed_hop --out "$OUT/packed_hop.json" --mib 128 --threads 1,4,16
 step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py
-step kquant 90 kquant
+step dram-read 40 dram_read
+step kquant 150 kquant
 echo "== done in $(($(date +%s) - start))s"
