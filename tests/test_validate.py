@@ -369,3 +369,17 @@ def test_flexgen_block_schedule_matches_the_plain_decoder(cpu_attention):
 
     timed = run_flexgen(dataclasses.replace(cfg, batch=1, dtype="fp32"), plan, device="cpu")
     assert timed.tpot_s > 0 and len(timed.tokens) == cfg.gen_len
+
+
+def test_working_sets_pass_the_largest_cache(tmp_path):
+    """Rotating weights and STREAM arrays are sized past the LLC read from sysfs (256 MiB sat inside
+    an Emerald Rapids socket's 300 MiB L3)."""
+    from validate import microbench as mb
+
+    for index, size in (("index0", "48K"), ("index2", "2048K"), ("index3", "307200K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    assert mb.llc_bytes(tmp_path) == 300 * 2**20
+    assert mb.llc_bytes(tmp_path / "none") == 0
+    assert mb.WORKING_SET >= max(256 * 2**20, 4 * mb.llc_bytes())
+    assert mb.QUICK_STREAM >= 2 * mb.llc_bytes()

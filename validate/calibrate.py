@@ -152,7 +152,7 @@ def measure(
             passes[-1].append(mb.matmul_rate(*s, dt, quick=quick))
     raw["gemm"] = [_median_run([run[i] for run in passes]) for i in range(len(todo))]
     say("STREAM copy/add")
-    raw["stream"] = mb.stream(64 * 2**20 if quick else mb.WORKING_SET, quick=quick)
+    raw["stream"] = mb.stream(mb.QUICK_STREAM if quick else mb.WORKING_SET, quick=quick)
     say("per-op overhead (a tiny decoder's step)")
     raw["overhead"] = mb.small_op_overhead(quick=quick)
     raw["decoder_overhead"] = {dt: mb.decoder_step_overhead(dt, quick=quick) for dt in dtypes}

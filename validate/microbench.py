@@ -21,7 +21,24 @@ import numpy as np
 from hetsim.textfiles import write_text_atomic
 
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-WORKING_SET = 256 * 2**20  # bytes of rotating weights: several times a typical LLC
+
+
+def llc_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """The largest cache one core sees (Linux sysfs), 0 where unknown."""
+    best = 0
+    for path in root.glob("index*/size"):
+        text = path.read_text().strip()  # e.g. "32768K"
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            best = max(best, int(digits) * scale)
+    return best
+
+
+# Bytes of rotating weights (and STREAM arrays): several times the LLC, so the rates are DRAM's.
+# 256 MiB fit an Emerald Rapids socket's 300 MiB L3 (the H200 host's): 4x the LLC where larger.
+WORKING_SET = max(256 * 2**20, 4 * llc_bytes())
+QUICK_STREAM = max(64 * 2**20, 2 * llc_bytes())  # --quick's STREAM arrays, still past the LLC
 # From this many rows a GEMM reuses each weight enough to be compute-bound: two rotating copies keep
 # it out of the cache without making one timed call take seconds.
 COMPUTE_BOUND_ROWS = 64
@@ -270,7 +287,7 @@ def _dist_worker(rank: int, world: int, init: str, threads: int, quick: bool, ou
         shapes = [(1, 2048, 2048), (16, 2048, 2048)] if not quick else [(1, 1024, 1024), (8, 1024, 1024)]
         corun = [matmul_rate(*s, quick=quick) for s in shapes]
         dist.barrier()
-        st = stream(64 * 2**20 if quick else WORKING_SET, quick=quick)
+        st = stream(QUICK_STREAM if quick else WORKING_SET, quick=quick)
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, {"gemm": corun, "stream": st})
         if rank == 0:
