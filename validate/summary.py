@@ -1,8 +1,11 @@
 """Re-simulate the runs of validate reports on another profile and print measured vs predicted.
 
-    python -m validate.summary PROFILE.yaml REPORT.json [REPORT.json ...]
+    python -m validate.summary PROFILE.yaml REPORT.json [REPORT.json ...] [--offload PROFILE.yaml]
 
 Used to compare profiles on the same measurements (e.g. microbenchmarks only vs after ``--fit``).
+CPU runs are simulated as they ran (cpu-tp ranks); CUDA runs replay the plan they recorded, the
+offloading ones (accelerate, hetegen, flexgen) on ``--offload`` where given (the profile their plans
+were searched on).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import sys
 from hetsim.errors import InputError
 from validate.report import error, predict_cpu
 from validate.report_file import cpu_runs
+
+OFFLOADING = ("accelerate", "hetegen", "flexgen")
 
 
 def summarize(profile: str, reports: list[str]) -> list[dict]:
@@ -31,15 +36,66 @@ def summarize(profile: str, reports: list[str]) -> list[dict]:
     return rows
 
 
+def summarize_cuda(profile: str, reports: list[str], offload: str | None = None) -> list[dict]:
+    """The CUDA runs of ``reports``, their recorded plans simulated on ``profile`` (``offload`` for
+    the offloading strategies); a FlexGen run's batch is its plan's block."""
+
+    from hetsim.models.spec import ModelSpec
+    from hetsim.strategies.base import get_strategy
+    from hetsim.textfiles import parse_json, read_text
+    from hetsim.workload import Workload
+    from validate.report import predict_plan
+
+    rows = []
+    for path in reports:
+        runs = parse_json(read_text(path), path).get("runs", [])
+        for i, run in enumerate(runs):
+            if str(run.get("strategy", "")).startswith("cpu") or "measured" not in run or not run.get("plan"):
+                continue
+            try:
+                label, plan, w, m = run["label"], run["plan"], run["workload"], run["measured"]
+                flexgen = label == "flexgen"
+                block = int(plan["gpu_batch_size"]) * int(plan["num_gpu_batches"]) if flexgen else 0
+                workload = Workload(block or w["batch"], w["prompt_len"], w["gen_len"])
+                hw = offload if (offload and label in OFFLOADING) else profile
+                pred = predict_plan(
+                    hw, label, get_strategy(label).plan_from_dict(plan), ModelSpec(**run["model"]), workload
+                )
+            except (KeyError, TypeError, ValueError, InputError) as exc:
+                why = exc.message if isinstance(exc, InputError) else str(exc)
+                why = f"missing {why}" if isinstance(exc, KeyError) else why
+                raise InputError(f"run {i}: {why}", source=path, field=f"runs[{i}]") from None
+            rows.append({"model": run["model"]["name"], "run": label, "batch": workload.batch,
+                         "ttft_err": error(m["ttft_s"], pred["ttft_s"]),
+                         "tpot_err": error(m["tpot_s"], pred["tpot_s"]),
+                         "ttft_ms": (m["ttft_s"] * 1e3, pred["ttft_s"] * 1e3),
+                         "tpot_ms": (m["tpot_s"] * 1e3, pred["tpot_s"] * 1e3)})  # fmt: skip
+    return rows
+
+
 def main(argv: list[str]) -> int:
+    offload = None
+    if "--offload" in argv:
+        at = argv.index("--offload")
+        offload, argv = (argv[at + 1] if at + 1 < len(argv) else None), argv[:at] + argv[at + 2 :]
+        if offload is None:
+            print("error: --offload needs a profile", file=sys.stderr)
+            return 2
     if len(argv) < 2:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     try:
         rows = summarize(argv[0], argv[1:])
+        cuda = summarize_cuda(argv[0], argv[1:], offload)
     except InputError as exc:  # a bad profile or report: one line, as the CLI prints it
         print(f"error: {exc.line()}", file=sys.stderr)
         return 2
+    for r in cuda:
+        print(
+            f"{r['model'][:14]:14s} {r['run']:10s} b{r['batch']:<3d} TTFT {r['ttft_ms'][0]:8.2f} -> "
+            f"{r['ttft_ms'][1]:8.2f} {r['ttft_err']:+6.1%}   TPOT {r['tpot_ms'][0]:7.2f} -> "
+            f"{r['tpot_ms'][1]:7.2f} {r['tpot_err']:+6.1%}"
+        )
     for r in rows:
         print(
             f"{r['model'][:22]:22s} x{r['ranks']}  TTFT {r['ttft_ms'][0]:8.2f} -> {r['ttft_ms'][1]:8.2f} "
