@@ -255,6 +255,16 @@ def _host_allocations(
     return pinned, unpinned, tuple((size * scale, k) for size, k in sorted(relay.items()))
 
 
+def scheduling_layer_tiers(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[int, ...], ...]:
+    """Each tensor's tier (0 GPU, 1 CPU, 2 disk) in each scheduling layer, in
+    ``scheduling_layer_tensors``' order, by the released rule (``_tiers``): what a real run places
+    (validate.offload's FlexGen runner). Released placement only: a continuous one splits tensors."""
+    if plan.placement != "released":
+        raise ValueError(f"tensors have no single tier under {plan.placement!r} placement")
+    wg, wc, _, _ = _split_key(plan)
+    return tuple(tuple(_tiers([n for n, _ in t], wg, wc)) for t in scheduling_layer_tensors(model))
+
+
 def layer_weight_split(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, float, float], ...]:
     """(gpu, cpu, disk) weight bytes of each scheduling layer under ``plan``."""
     return _layer_split(model, *_split_key(plan))
