@@ -890,7 +890,7 @@ def _memory(
     # a compressed cache lies wholly on its flags' tier (exact copies, ``kv_load_copies``); an
     # uncompressed one's fractions are solved for: its copies counted as for a split cache ("")
     shape = Shape(
-        gbs, nb, wl.prompt_len, wl.gen_len, *flags, fl.pin_weight, fl.cache_tier if fl.compress_cache else ""
+        gbs, nb, wl.prompt_len, wl.kv_slots, *flags, fl.pin_weight, fl.cache_tier if fl.compress_cache else ""
     )
     host = _host_cache(model, fl.compress_weight)
     base = _mem(model, shape, {}, wtot, wmax, host)

@@ -368,7 +368,9 @@ class Shape:
     gbs: int
     nb: int
     prompt_len: int
-    gen_len: int
+    # the token slots per sequence the KV cache is allocated for (``Workload.kv_slots``: s + n - 1 of
+    # the run, or of the run a head stands for)
+    kv_slots: int
     cpu_attention: bool
     compress_cache: bool
     compress_weight: bool
@@ -383,7 +385,7 @@ def shape_of(plan: FlexGenPlan, workload: Workload) -> Shape:
         plan.gpu_batch_size,
         plan.num_gpu_batches,
         workload.prompt_len,
-        workload.gen_len,
+        workload.kv_slots,
         plan.uses_cpu_attention,
         plan.compress_cache,
         plan.compress_weight,
@@ -582,16 +584,16 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     with attention and MLP as separate scheduling layers the runtime allocates one workspace), and a
     compressed cache's copies to the CPU where it is not at home there, plus the copy threads' pinned
     relays (``COPY_RELAY_BYTES``, with or without a disk share).
-    The KV cache is pre-allocated for s + n - 1 tokens, as the runtime does.
+    The KV cache is pre-allocated for ``shape.kv_slots`` tokens, as the runtime does.
     """
-    h, s, n = model.hidden, shape.prompt_len, shape.gen_len
+    h, s, slots = model.hidden, shape.prompt_len, shape.kv_slots
     bls, gbs = shape.gbs * shape.nb, shape.gbs
     kvb = kv_token_bytes(model, shape.compress_cache)
-    kv_total = bls * (s + n - 1) * model.layers * kvb
+    kv_total = bls * slots * model.layers * kvb
     hidden = bls * s * h * 2.0
     prefill = layer_peaks(model, gbs, s, s, shape.cpu_attention, shape.compress_weight)
     decode = layer_peaks(
-        model, gbs, 1, s + n - 1, shape.cpu_attention, shape.compress_weight, shape.compress_cache
+        model, gbs, 1, slots, shape.cpu_attention, shape.compress_weight, shape.compress_cache
     )
     # the prefill's new K and V of the batch before wait in cache_write_buf for their store, which the
     # loop issues after the next compute: the next batch's attention (flex_opt.py:1052-1053), or, one
@@ -601,9 +603,9 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     prefill["mlp"] += kv_pending
     if shape.nb > 1:
         prefill["attention"] += kv_pending
-    # load_cache's copies of one batch's K and V, prompt_len + i slots (s + n - 1 at the last step)
+    # load_cache's copies of one batch's K and V, prompt_len + i slots (all of them at the last step)
     where, at_attention, before = kv_load_copies(shape)
-    copy = gbs * (s + n - 1) * kvb
+    copy = gbs * slots * kvb
     on_gpu = copy if where == "gpu" else 0.0
     decode["attention"] += at_attention * on_gpu
     decode["mlp"] += before * on_gpu
@@ -629,7 +631,7 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     if not shape.pin_weight and f.w_cpu_relay:
         cpu["weight_relay"] = f.w_cpu_relay
     if shape.cpu_attention:
-        cpu.update(cpu_attention_host(model, gbs, s + n - 1, shape.compress_cache))
+        cpu.update(cpu_attention_host(model, gbs, slots, shape.compress_cache))
     if where == "cpu":
         # a compressed copy made on the CPU is pinned (TorchDevice.allocate's default, pytorch_backend.py:
         # 180-183): K's and V's data and scales, each an allocation of its own (``copy_parts``)
