@@ -15,7 +15,7 @@ from hetsim.models.layer_ops import embedding_op, lm_head_ops
 from hetsim.models.sharding import layer_blocks
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
 from hetsim.models.spec import FP16, ModelSpec, Op, OpKind, Phase
-from hetsim.strategies.flexgen_policy import kv_width, q_width, scheduling_layer_tensors
+from hetsim.strategies.flexgen_policy import embedding_tables, kv_width, q_width, scheduling_layer_tensors
 
 FP32_BYTES = 4.0
 GROUP_SCALE = 2.0 / INT4.group_size  # bytes of one fp16 scale (or min) per element of its group
@@ -101,13 +101,13 @@ def _padded_tables(model: ModelSpec, kind: str) -> tuple[float, tuple[Op, ...]]:
     and decompressed padded to whole groups, then cut back with ``.contiguous()``, one more copy
     (compression.py: decompress, the unpad branch). Matrices of the decoder layers divide evenly.
     Returns (padding elements decompressed, the unpad copies)."""
-    h, g = model.hidden, INT4.group_size
-    tables = {"embed": (model.vocab, model.learned_positions), "output": (model.vocab,)}.get(kind, ())
+    g = INT4.group_size
+    tables = embedding_tables(model).get({"embed": "input_embed", "output": "output_embed"}.get(kind, ""), ())
     pad, ops = 0.0, []
-    for rows in tables:
+    for rows, cols in tables:
         if rows % g:
-            pad += (-rows % g) * h
-            n = float(rows * h)
+            pad += (-rows % g) * cols
+            n = float(rows * cols)
             ops.append(Op("dequant_weights.unpad", OpKind.ELEMENTWISE, 0, n, 0.0, 2.0 * n, 2.0 * n))
     return pad, tuple(ops)
 

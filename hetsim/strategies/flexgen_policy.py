@@ -107,23 +107,40 @@ def kv_dtype(plan: FlexGenPlan) -> DType:
 
 # ---- weights per scheduling layer ------------------------------------------------------------------
 @lru_cache(maxsize=64)
+def embedding_tables(model: ModelSpec) -> dict[str, tuple[tuple[int, int], ...]]:
+    """(rows, cols) of the matrices of the input and the output embedding layer, in runtime order.
+
+    The release builds the token table (vocab, input_dim) for both layers (the output layer keeps its
+    own copy as the LM head) and OPT's learned positions (s + 2, input_dim) (flex_opt.py:149-156,
+    :213-222); its input_dim is the hidden size of every model it runs (opt_config.py: OPT-350m, whose
+    table is narrower, raises NotImplementedError at :70-76). hetsim sizes them as the checkpoint
+    does: the token table ``token_dim`` wide (``ModelSpec.token_dim``: OPT-350m's word_embed_proj_dim,
+    512 against a hidden 1024), the positions hidden wide, and where the widths differ the projections
+    between them (project_in (hidden, token_dim) after the tables, project_out (token_dim, hidden)
+    before the head; nn.Linear weights are (out, in)), as ``models.weights`` counts them."""
+    h, d = model.hidden, model.token_dim
+    token = (model.vocab, d)
+    embed = [token]
+    if model.learned_positions:
+        embed.append((model.learned_positions, h))
+    output = [token]
+    if d != h:
+        embed.append((h, d))
+        output.insert(0, (d, h))
+    return {"input_embed": tuple(embed), "output_embed": tuple(output)}
+
+
 def scheduling_layer_tensors(model: ModelSpec) -> tuple[tuple[tuple[int, bool], ...], ...]:
     """(numel, is_matrix) of every tensor of each of the 2l + 2 scheduling layers, in runtime order.
 
-    Input embedding (token table, position table), then attention and MLP blocks of each decoder
-    layer, then the output layer (final LayerNorm and the LM head, which FlexGen keeps as its own
-    copy of the token table).
+    Input embedding (``embedding_tables``), then attention and MLP blocks of each decoder layer, then
+    the output layer (the final LayerNorm, where the model has one, and ``embedding_tables``' head).
     """
-    h = model.hidden
-    embed = [(model.vocab * h, True)]
-    if model.learned_positions:
-        embed.append((model.learned_positions * h, True))
-    norm = (h, False)
-    output = (
-        [norm, norm, (model.vocab * h, True)]
-        if model.norm == "layernorm"
-        else [norm, (model.vocab * h, True)]
-    )
+    tables = embedding_tables(model)
+    embed = [(r * c, True) for r, c in tables["input_embed"]]
+    norm = (model.hidden, False)
+    norms = ([norm, norm] if model.norm == "layernorm" else [norm]) if model.final_norm else []
+    output = norms + [(r * c, True) for r, c in tables["output_embed"]]
     tensors = layer_weight_tensors(model)
     att = tuple((t.numel, t.is_matrix) for t in tensors if t.block == "attention")
     mlp = tuple((t.numel, t.is_matrix) for t in tensors if t.block == "mlp")
@@ -404,17 +421,17 @@ def _decompressed(model: ModelSpec) -> dict[str, tuple[float, ...]]:
     def fp16(rows: int, cols: int) -> float:
         return -(-rows // INT4.group_size) * INT4.group_size * cols * 2.0
 
-    h, tensors = model.hidden, layer_weight_tensors(model)
+    tensors = layer_weight_tensors(model)
 
     def block(name: str) -> tuple[float, ...]:
         return tuple(fp16(*t.shape) for t in tensors if t.block == name and t.is_matrix)
 
-    embed = (fp16(model.vocab, h),) + ((fp16(model.learned_positions, h),) if model.learned_positions else ())
+    tables = embedding_tables(model)
     return {
-        "input_embed": embed,
+        "input_embed": tuple(fp16(*t) for t in tables["input_embed"]),
         "attention": block("attention"),
         "mlp": block("mlp"),
-        "output_embed": embed[:1],
+        "output_embed": tuple(fp16(*t) for t in tables["output_embed"]),
     }
 
 
