@@ -29,7 +29,8 @@ OverlapMode = Literal["released", "paper-ideal"]
 # FlexGen's copy threads: every run starts 4 (the disk device is always created, flex_opt.py:1194-1195;
 # pytorch_backend.py:624-646), each pinning a relay of 2**30 fp16 elements, 2 GiB (:882), for its disk
 # copies and the prefill's KV stores into the unpinned cache.
-COPY_RELAY_BYTES = 4 * pinned_bytes(2**30 * 2)
+COPY_THREADS = 4
+COPY_RELAY_BYTES = COPY_THREADS * pinned_bytes(2**30 * 2)
 
 
 @dataclass(frozen=True)
@@ -314,11 +315,16 @@ def _layer_split(
 @lru_cache(maxsize=1024)
 def _weight_totals(
     model: ModelSpec, wg: float, wc: float, dtype: DType, placement: Placement
-) -> tuple[float, float, float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float, float, float]:
     """``layer_weight_split``'s (GPU, CPU, disk) totals and largest off-GPU layer, then the CPU share's
-    host memory pinned, unpinned and its relay (``_host_allocations``): a FlexGen search asks ~400
-    times (``to_plan`` lowering the GPU percent one at a time), for a few dozen placements."""
+    host memory pinned, unpinned and its relay (``_host_allocations``), then the packed parts' pageable
+    temporaries a layer's disk load can hold at once (``packed_temporaries``): a FlexGen search asks
+    ~400 times (``to_plan`` lowering the GPU percent one at a time), for a few dozen placements."""
     split = _layer_split(model, wg, wc, dtype, placement)
+    temps = max(
+        packed_temporaries(_disk_copy_kinds(t, wg, wc, dtype, placement))
+        for t in scheduling_layer_tensors(model)
+    )
     host = [_host_allocations(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model)]
     # the relay's blocks stay cached (pinned_bytes): one layer's pins are in flight at a time (its DMAs
     # end at the position's barrier), so each size class holds the most any one layer pins of it
@@ -334,7 +340,16 @@ def _weight_totals(
         sum(h[0] for h in host),
         sum(h[1] for h in host),
         sum(size * k for size, k in classes.items()),
+        temps,
     )
+
+
+def packed_temporaries(copies: tuple[tuple[float, bool], ...]) -> float:
+    """The pageable uint8 temporaries of packed parts (``_via_host``: the blocking copy from the fp16
+    relay converts into one, held until its hop ends) that one load's ``copies`` ((bytes, packed) each)
+    can hold at once: one per copy thread at most (``COPY_THREADS``), the largest ones, a bound (they
+    are alive together only where hops queue behind the link)."""
+    return sum(sorted((b for b, k in copies if k), reverse=True)[:COPY_THREADS])
 
 
 # ---- memory -------------------------------------------------------------------------------------------
@@ -357,10 +372,14 @@ class Fractions:
     hg: float
     hc: float
     hd: float
+    # the pageable temporaries of the packed parts one disk load can hold at once (``packed_temporaries``)
+    w_packed_temps: float = 0.0
 
 
 def fractions(model: ModelSpec, plan: FlexGenPlan) -> Fractions:
-    w_gpu, w_cpu, w_disk, w_off_gpu_max, pinned, unpinned, relay = _weight_totals(model, *_split_key(plan))
+    w_gpu, w_cpu, w_disk, w_off_gpu_max, pinned, unpinned, relay, temps = _weight_totals(
+        model, *_split_key(plan)
+    )
     return Fractions(
         w_gpu=w_gpu,
         w_cpu=w_cpu,
@@ -375,6 +394,7 @@ def fractions(model: ModelSpec, plan: FlexGenPlan) -> Fractions:
         hg=plan.hg / 100,
         hc=plan.hc / 100,
         hd=plan.hd / 100,
+        w_packed_temps=temps,
     )
 
 
@@ -655,5 +675,12 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
         parts = sum(pinned_bytes(copy / 2 * k) for k in copy_parts(True))
         cpu["kv_copies"] = at_attention * 2 * parts
     cpu["copy_relays"] = COPY_RELAY_BYTES
+    # the copy threads' pageable uint8 temporaries of packed parts bound for the GPU (``_via_host``): a
+    # layer's 4-bit weights on disk, and a 4-bit cache on disk that GPU attention loads (K's and V's
+    # data of one batch; with CPU attention it goes to the CPU, no relay); transient, at their peak
+    if shape.compress_weight or shape.compress_cache:
+        kv = zip(copy_parts(True), packed_parts(True), strict=True)
+        kv_parts = () if shape.cpu_attention else tuple((copy * f.cd / 2 * k, p) for k, p in kv) * 2
+        cpu["packed_temporaries"] = f.w_packed_temps + packed_temporaries(kv_parts)
     disk = {"weights": f.w_disk, "kv_cache": f.cd * kv_total, "hidden": f.hd * hidden}
     return {"gpu": gpu, "cpu": cpu, "disk": disk}
