@@ -126,7 +126,7 @@ def test_gpu_attention_copies_no_kv_that_lives_on_the_gpu():
 def test_the_lp_rows_are_the_ledger_of_its_cache_tier():
     """The LP's memory rows are memory_plan's at the tier its flags fix: a compressed cache's tier is
     known (exact), an uncompressed one's fractions are solved for (copies counted, as for a split)."""
-    shape = Shape(16, 4, 1024, 32, False, False, False, True)
+    shape = Shape(16, 4, 1024, 1024 + 32 - 1, False, False, False, True)
     m = get_model("opt-6.7b")
     p = FlexGenPlan(16, 4, 100, 0, 100, 0, 100, 0, cpu_attention=False)
     at_home = memory_plan(m, shape_of(p, Workload(64, 1024, 32)), fractions(m, p))["gpu"]["working"]

@@ -50,7 +50,7 @@ def test_cpu_attention_workspace_holds_kv_heads_as_the_traffic_model_reads_them(
     the query heads (8x the bytes: 18.2 vs 2.3 GB at 512 + 32, gbs 64)."""
     model = get_model("llama2-70b")
     kv_len = prompt + gen - 1
-    shape = Shape(gbs, 1, prompt, gen, True, False, False, True)
+    shape = Shape(gbs, 1, prompt, kv_len, True, False, False, True)
     plan = FlexGenPlan(gbs, 1, 0, 100, 0, 100, 0, 100, cpu_attention=True)
     held = memory_plan(model, shape, fractions(model, plan))["cpu"]["attention_workspace"]
     blocks = layer_blocks(model, "decode", gbs, 1, kv_len)

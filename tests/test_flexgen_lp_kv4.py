@@ -66,9 +66,9 @@ def test_lp_stays_under_the_engine_with_a_4bit_kv_cache_on_the_cpu(model, gbs, n
 @pytest.mark.parametrize(
     ("rig_name", "model", "gbs", "nb", "wg", "wc", "prompt", "tok_s"),
     [
-        ("flexgen-t4", "opt-30b", 64, 4, 10, 60, 512, 4.6690),
-        ("flexgen-t4", "opt-6.7b", 32, 4, 60, 40, 512, 17.3629),
-        ("mixed-lab", "opt-13b", 32, 4, 100, 0, 1024, 21.5906),
+        ("flexgen-t4", "opt-30b", 64, 4, 10, 60, 512, 4.5181),
+        ("flexgen-t4", "opt-6.7b", 32, 4, 60, 40, 512, 16.5775),
+        ("mixed-lab", "opt-13b", 32, 4, 100, 0, 1024, 20.5265),
     ],
 )
 def test_a_4bit_caches_packed_data_hops_from_disk_at_the_pageable_rate(
@@ -79,7 +79,10 @@ def test_a_4bit_caches_packed_data_hops_from_disk_at_the_pageable_rate(
     CPU into a pageable temporary (PyTorch's copy_kernel_cuda) and copies from there: its hop runs at
     the link's pageable rate, the scales' (fp16, no conversion) at the pinned one. The KV 4-bit on disk,
     512/1024 + 32: 4.8575 -> 4.6690, 18.3725 -> 17.3629, 24.9416 -> 21.5906 tok/s; the LP follows,
-    within 0.3 % under the engine (was -0.5, -0.8 and -6.1 % on mixed-lab, the last failing this)."""
+    within 0.3 % under the engine (was -0.5, -0.8 and -6.1 % on mixed-lab, the last failing this).
+    Session 17: the conversion into the temporary is timed before the hop (``packed_unrelay_cost``,
+    2.60 cycles per element over the host's cores): 4.5181, 16.5775, 20.5265 tok/s (-3.2, -4.5,
+    -4.9 %); the LP -0.05, -0.19, -0.19 % (without its term -2.1, -3.0, -2.9 %)."""
     plan = FlexGenPlan(gbs, nb, wg, wc, 0, 0, 100, 0, cpu_attention=False, compress_cache=True)
     wl = Workload(gbs * nb, prompt, 32)
     err = _lp_vs_engine(rig_name, model, plan, wl, "d")

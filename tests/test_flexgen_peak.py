@@ -64,7 +64,7 @@ def _predicted(row: dict) -> tuple[float, float]:
     if kind.startswith("mha_gen"):
         cpu_attention = kind == "mha_gen_cpu"
         gpu = layer_peaks(m, b, 1, s, cpu_attention, cw, cc)["attention"]
-        shape = Shape(b, 1, s, 1, cpu_attention, cc, cw, True, "c")  # s + n - 1 = s keys, the cache at home
+        shape = Shape(b, 1, s, s, cpu_attention, cc, cw, True, "c")  # s slots (n = 1), the cache at home
         plan = FlexGenPlan(b, 1, compress_cache=cc)
         cpu = memory_plan(m, shape, fractions(m, plan))["cpu"].get("attention_temporaries", 0.0)
         return gpu, cpu
@@ -116,7 +116,7 @@ def test_cpu_attention_s_host_workspace_is_the_ledger_s(row):
     uncompressed one (pytorch_backend.py:196-214) is not measured here (0): its form is head_dim's."""
     m = _opt(row["hidden"], row["heads"], row["ffn"], row["vocab"], row["tokens"] + 2)
     cc = row["kind"].endswith("_cc")
-    shape = Shape(row["batch"], 1, row["tokens"], 1, True, cc, False, True, "c")
+    shape = Shape(row["batch"], 1, row["tokens"], row["tokens"], True, cc, False, True, "c")
     cpu = memory_plan(m, shape, fractions(m, FlexGenPlan(row["batch"], 1, compress_cache=cc)))["cpu"]
     if cc:
         assert cpu["attention_workspace"] == row["workspace_bytes"]
@@ -146,7 +146,7 @@ def test_the_compressed_prefill_k_and_v_wait_for_their_store_as_measured(row):
     copies. Not the pending K and V in fp16 (3.6x the bytes)."""
     b, s = row["batch"], row["tokens"]
     m = _opt(row["hidden"], row["heads"], row["ffn"], row["vocab"], s + 2)
-    shape = Shape(b, 2, s, 1, False, True, False, True)
+    shape = Shape(b, 2, s, s, False, True, False, True)
     plan = FlexGenPlan(b, 2, 100, 0, 100, 0, 100, 0, cpu_attention=False, compress_cache=True)
     working = memory_plan(m, shape, fractions(m, plan))["gpu"]["working"]
     prefill = layer_peaks(m, b, s, s, False)
@@ -160,7 +160,7 @@ def test_the_compressed_prefill_k_and_v_wait_for_their_store_as_measured(row):
 
 
 def _working(gbs: int, nb: int, prompt: int, gen: int, cpu_attention: bool) -> float:
-    shape = Shape(gbs, nb, prompt, gen, cpu_attention, False, False, True)
+    shape = Shape(gbs, nb, prompt, prompt + gen - 1, cpu_attention, False, False, True)
     return memory_plan(OPT, shape, fractions(OPT, FlexGenPlan(gbs, nb)))["gpu"]["working"]
 
 
@@ -225,7 +225,7 @@ def test_the_ledger_is_affine_in_the_fractions(name, gbs, nb, prompt, gen, flags
     every tag must be affine in the fractions: the working set may depend on the shape (the largest
     layer's peak) but never on where the fractions put things."""
     model = get_model(name)
-    shape = Shape(gbs, nb, prompt, gen, *flags, True)
+    shape = Shape(gbs, nb, prompt, prompt + gen - 1, *flags, True)
     scale = [1e10 if f.startswith("w_") else 1.0 for f in _FRACTION_FIELDS]
     fa = Fractions(*(x * k for x, k in zip(a, scale, strict=True)))
     fb = Fractions(*(x * k for x, k in zip(b, scale, strict=True)))
@@ -247,7 +247,7 @@ def test_compressed_weights_are_decompressed_on_the_gpu_for_the_call():
     plan = FlexGenPlan(
         16, 4, 0, 100, 0, 100, 100, 0, cpu_attention=False, compress_weight=True, compress_cache=True
     )
-    shape = Shape(16, 4, 1024, 32, False, True, True, True)
+    shape = Shape(16, 4, 1024, 1024 + 32 - 1, False, True, True, True)
     gpu = memory_plan(m, shape, fractions(m, plan))["gpu"]
     assert sum(gpu.values()) == pytest.approx(13.683e9, rel=1e-4)
     plain = layer_peaks(m, 16, 1024, 1024, False)

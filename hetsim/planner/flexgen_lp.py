@@ -70,8 +70,10 @@ from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
 from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
+    PACKED_RELAY,
     host_copy_op,
     kv_gather_op,
+    packed_unrelay_cost,
     substep_ops,
 )
 from hetsim.strategies.flexgen_policy import (
@@ -141,6 +143,10 @@ class Links:
     out_page: float  # GPU -> CPU, into pageable host memory
     d2c: float = math.inf  # disk -> CPU (CPU attention's memmap read)
     c2d: float = math.inf  # CPU -> disk (CPU attention's new K/V)
+    # a packed part's conversion before its hop (``packed_unrelay_op``): seconds per packed byte and
+    # its per-op overhead, the host's own (the copy thread's work on host DRAM)
+    unpack: float = 0.0
+    unpack_lat: float = 0.0
 
 
 def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
@@ -153,7 +159,19 @@ def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
         c2d = min(rig.route(cpu, disk).bw, d.write_bw)
     else:  # no disk: its fractions are bounded to 0, so no disk terms at all
         d2g = g2d = d2c = c2d = math.inf
-    return Links(route.bw, route.pageable_bw, d2g, g2d, back.bw, back.pageable_bw, d2c, c2d)
+    unpack = packed_unrelay_cost(rig.devices[cpu], 1.0)
+    return Links(
+        route.bw,
+        route.pageable_bw,
+        d2g,
+        g2d,
+        back.bw,
+        back.pageable_bw,
+        d2c,
+        c2d,
+        unpack.time_s - unpack.overhead_s,
+        unpack.overhead_s,
+    )
 
 
 def _t(rig: Rig, device: str, ops: tuple[Op, ...]) -> float:
@@ -286,7 +304,7 @@ def _slots(
         home: mixed-lab Llama-2-7B 16 x 2 4-bit 20/0/80, 256 + 32, -4.6 % without, -0.2 % with."""
         if not disk or kv_at is None:
             return {}
-        late = sum(hop_lat + _hop_s(lk, b, k) for b, k in copies[j]) - t_post
+        late = _hops_after(lk, copies[j], hop_lat) - t_post
         return {"const": late} if late > 0.0 else {}
 
     def kv_disk(dk: dict[str, float], p: dict[str, float]) -> dict[str, float]:
@@ -397,7 +415,7 @@ def _slots(
                 q = {"cc": gbs * kv_tok / lk.out_pin}
                 # the weight DMA issued at the position's start slows the CPU work on host DRAM, as for
                 # the uncompressed attention below (``_beside``), with no gather before it
-                dram_d, slow = _weight_slow(dram, lk, _host_pace(rig, cpu, o.cpu))
+                dram_d, slow = _weight_slow(dram, lk, _host_pace(rig, cpu, o.cpu), copies[j_next])
                 before = {"const": _t(rig, gpu, o.gpu_pre) + o.to_cpu_bytes / lk.out_pin}
                 beside = _beside(load(slow, j_next), flows(j_next), {}, {"cc": t_cpu_att}, before, kv_at)
                 p0, p = _gather_into(p, {}, nb, last=False, slow=beside)
@@ -424,7 +442,7 @@ def _slots(
                 # host DRAM is shared (the engine's timeline, first come, first served): the weight
                 # DMA issued at the position's start slows the thread's gather and CPU attention
                 cap = _host_pace(rig, cpu, (kv_gather_op(model, gbs, kv_len - 1, 1.0), *o.cpu))
-                dram_d, slow = _weight_slow(dram, lk, cap)
+                dram_d, slow = _weight_slow(dram, lk, cap, copies[j_next])
                 wslow, beside_w = load(slow, j_next), flows(j_next)
                 first = _plus({}, gather, _gather_shares(nb, False)[0])
                 own = gather
@@ -480,12 +498,21 @@ def _host_pace(rig: Rig, cpu: str, ops: tuple[Op, ...]) -> float:
     return min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf)
 
 
-def _weight_slow(dram: float, lk: Links, cap: float) -> tuple[tuple[float, float], dict[str, float]]:
+def _weight_slow(
+    dram: float, lk: Links, cap: float, copies: tuple[tuple[float, bool], ...] = ()
+) -> tuple[tuple[float, float], dict[str, float]]:
     """The delay per second of the weight DMA and of the disk read beside CPU work drawing ``cap`` of
     host DRAM, and per byte of weights: pinned ones DMA'd at the link's rate, disk ones written into
     the relay at the disk's rate (their hops, booked when the reads land after the position's other
-    copies, take host DRAM after the thread's work: _via_host)."""
-    dram_d = overlap_delay(dram, lk.pin, cap), overlap_delay(dram, lk.d2c, cap)
+    copies, take host DRAM after the thread's work: _via_host). A layer's packed parts (``copies``,
+    its disk copies) are converted into the relay as they land (``PACKED_RELAY`` more bytes of host
+    DRAM beside each read byte): the read's delay is its bytes' mean."""
+    whole = sum(b for b, _ in copies)
+    packed = sum(b for b, k in copies if k) / whole if whole else 0.0
+    read = overlap_delay(dram, lk.d2c, cap)
+    if packed:
+        read += packed * (overlap_delay(dram, lk.d2c * (1.0 + PACKED_RELAY), cap) - read)
+    dram_d = overlap_delay(dram, lk.pin, cap), read
     return dram_d, {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
 
 
@@ -567,7 +594,9 @@ def _kv_load(
     # link while they are read, or, slower than their read, ends before their hop starts). The
     # reads' latencies are added by the caller (``_latency``)
     last_read = kvb * parts[-1] / (2 * lk.d2c) if len(parts) > 1 else 0.0
-    tail = max(last_read, sum(hops[:-1]) / 2) + hops[-1] / 2
+    # V's packed data is converted once read (``_unpack_s``, its overhead with the latencies), then hops
+    unpack = _unpack_s(lk, kvb * parts[0] / 2, False) if packed[0] else 0.0
+    tail = max(last_read, unpack + sum(hops[:-1]) / 2) + hops[-1] / 2
     dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c - last_read + tail}
     return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
@@ -724,10 +753,14 @@ def _weight_relay(
     ``wd`` (copies all scaled alike span alike); the caller adds one read's and one hop's latency
     (``_latency``: how many tensors a fraction puts on disk is no linear form)."""
     lat, hop_lat = lats or (0.0, 0.0)
-    t_read = t_hop = 0.0
+    t_read = t_hop = t_unpack = 0.0
     for b, packed in sizes:
         t_read += lat + b / lk.d2c
-        t_hop = max(t_hop, t_read) + hop_lat + _hop_s(lk, b, packed)
+        ready = t_read
+        if packed:  # its conversion first, once read and after the one before it (the copy threads'
+            # conversions share the host's cores: ``Engine.book_beside``), beside the hop before it
+            ready = t_unpack = max(t_unpack, t_read) + _unpack_s(lk, b, lats is not None)
+        t_hop = max(t_hop, ready) + hop_lat + _hop_s(lk, b, packed)
     return {"wd": t_hop} if lats is None else {"const": t_hop}
 
 
@@ -890,7 +923,7 @@ def _memory(
     # a compressed cache lies wholly on its flags' tier (exact copies, ``kv_load_copies``); an
     # uncompressed one's fractions are solved for: its copies counted as for a split cache ("")
     shape = Shape(
-        gbs, nb, wl.prompt_len, wl.gen_len, *flags, fl.pin_weight, fl.cache_tier if fl.compress_cache else ""
+        gbs, nb, wl.prompt_len, wl.kv_slots, *flags, fl.pin_weight, fl.cache_tier if fl.compress_cache else ""
     )
     host = _host_cache(model, fl.compress_weight)
     base = _mem(model, shape, {}, wtot, wmax, host)
@@ -1251,6 +1284,26 @@ def _hop_s(lk: Links, nbytes: float, packed: bool) -> float:
     return nbytes / (lk.page if packed else lk.pin)
 
 
+def _unpack_s(lk: Links, nbytes: float, whole: bool = True) -> float:
+    """A packed part's conversion into its pageable temporary before its hop (``packed_unrelay_op``,
+    flexgen.py: ``_via_host``), with its overhead where the copy is ``whole`` (not a share that a
+    fraction scales)."""
+    return nbytes * lk.unpack + (lk.unpack_lat if whole else 0.0)
+
+
+def _hops_after(lk: Links, copies: tuple[tuple[float, bool], ...], hop_lat: float) -> float:
+    """A layer's disk copies' hops once the thread's CPU work is through, their reads landed: the
+    engine books each packed part's conversion on host DRAM after the CPU work booked before it
+    (first come, first served), so the conversions run then, one after another (each takes the
+    DRAM's rate), and each hop follows its conversion and the hop before it."""
+    t = ready = 0.0
+    for b, k in copies:
+        if k:
+            ready += _unpack_s(lk, b)
+        t = max(t, ready) + hop_lat + _hop_s(lk, b, k)
+    return t
+
+
 def _wd_per_byte(
     lk: Links, copies: tuple[tuple[float, bool], ...], w_link: dict[str, float]
 ) -> dict[str, float]:
@@ -1299,8 +1352,16 @@ def _mem(
         hg=g("hg", 0.0),
         hc=g("hc", 0.0),
         hd=g("hd", 0.0),
+        w_packed_temps=g("wd", 0.0) * _disk_temps(model, shape.compress_weight),
     )
     return {tier: sum(tags.values()) for tier, tags in memory_plan(model, shape, f).items()}
+
+
+@lru_cache(maxsize=64)
+def _disk_temps(model: ModelSpec, compressed_weights: bool) -> float:
+    """The weights all on disk: the packed parts' pageable temporaries of a layer's load
+    (``flexgen_policy.packed_temporaries``), which the LP scales by ``wd``."""
+    return fractions(model, FlexGenPlan(wg=0.0, wc=0.0, compress_weight=compressed_weights)).w_packed_temps
 
 
 # ---- turning an LP point into a runnable policy ---------------------------------------------------------

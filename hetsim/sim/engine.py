@@ -500,6 +500,30 @@ class Engine:
             self.tracer.span(lane.name, label, start, end, args)
         return end
 
+    def book_beside(self, device: str, cost: OpCost, *, label: str = "host", after: float = 0.0) -> float:
+        """CPU work of threads other than the one that holds ``device``'s compute stream (a runtime's
+        copy threads converting buffers on the host's cores): one after another on a lane of their
+        own (work that takes every core runs no faster beside more of it), from ``after`` (or now),
+        its bytes on the socket's DRAM beside everything booked there, no faster than its compute.
+        Returns when it ends."""
+        lane = self.lanes.get(f"{device}:beside") or self._lane(f"{device}:beside")
+        now = self.env._now
+        start = after if after > now else now
+        if lane.free_at > start:
+            start = lane.free_at
+        dram = self._streams[device][1]
+        if dram is None or cost.memory_bytes <= 0:
+            end = start + cost.time_s
+        else:  # as ``_book_cost``: the traffic no faster than the work's own compute
+            cap = cost.achieved_mem_bw
+            if cost.compute_s > 0:
+                cap = min(cap, cost.memory_bytes / cost.compute_s)
+            mem_start = start + cost.overhead_s
+            end = max(dram.book(now, mem_start, cost.memory_bytes, cap), mem_start + cost.compute_s)
+        lane.free_at = end
+        lane.busy_s += end - start
+        return self._record((lane,), start, end, label, {"bytes": cost.memory_bytes})
+
     def delay(self, device: str, seconds: float, *, label: str = "overhead") -> simpy.Event:
         """Occupy a device's compute stream for a fixed time (host-side work, synchronisation)."""
         return self.env.timeout(self.book_delay(device, seconds, label=label) - self.env.now)

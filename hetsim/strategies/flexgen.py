@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from hetsim.costs.op_cost import OpCost
 from hetsim.errors import InputError
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
@@ -28,10 +29,12 @@ from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
+    PACKED_RELAY,
     SubStepOps,
     host_copy_op,
     kv_gather_op,
     layer_kind,
+    packed_unrelay_cost,
     substep_ops,
 )
 from hetsim.strategies.flexgen_policy import (
@@ -160,16 +163,19 @@ class _Booked:
     def __init__(self, e):
         self.e = e
         self.at: float | None = None  # issue the copies as at this later time (a compute's end)
-        # a disk load's second hop (src, dst, bytes, label, the read's end, pinned): issued by its copy
-        # thread when the read lands, so booked after the position's other copies (``book_hops``)
-        self.hops: list[tuple[str, str, float, str, float, bool]] = []
+        # a disk load's second hop (src, dst, bytes, label, the read's end, a packed part's conversion
+        # before it or None): issued by its copy thread when the read lands, so booked after the
+        # position's other copies (``book_hops``)
+        self.hops: list[tuple[str, str, float, str, float, OpCost | None]] = []
 
     def book_hops(self) -> list:
-        """Book the deferred hops in the order their reads land; the times they end."""
-        out = [
-            self.e.transfer_time(src, dst, n, label=label, at=at, pinned=pinned)
-            for src, dst, n, label, at, pinned in sorted(self.hops, key=lambda h: h[4])
-        ]
+        """Book the deferred hops in the order their reads land (a packed part's after its conversion,
+        ``_via_host``); the times they end."""
+        out = []
+        for src, dst, n, label, at, unrelay in sorted(self.hops, key=lambda h: h[4]):
+            if unrelay is not None:
+                at = self.e.book_beside(src, unrelay, label="relay_to_uint8", after=at)
+            out.append(self.e.transfer_time(src, dst, n, label=label, at=at, pinned=unrelay is None))
         self.hops.clear()
         return out
 
@@ -243,6 +249,8 @@ class _Runner:
         self._ops: dict[tuple, SubStepOps] = {}
         self._copy_s: dict[tuple, float] = {}
         self._gather_ops: dict[tuple, object] = {}
+        self._unrelays: dict[float, OpCost] = {}
+        self.cpu_device = rig.devices[self.cpu]
 
     # ---- the pieces of a sub-step; each returns the events it issued ----------------------------
     def load_weight(self, e, j: int, sync=None) -> tuple[list, object | None]:
@@ -268,20 +276,32 @@ class _Runner:
 
         ``packed``: a 4-bit tensor's packed data (uint8) bound for the GPU. The relay is an fp16 view
         (``cpu_buf[:size].view(shape)``, pytorch_backend.py:882, :899-902), so
-        ``tmp_cpu_buf.copy_(src_data)`` converts the bytes to fp16, and the blocking
-        ``dst_data.copy_(tmp_cpu_buf)`` into the uint8 GPU tensor is a cross-dtype copy, which PyTorch
-        converts on the CPU when blocking (aten/src/ATen/native/cuda/Copy.cu, copy_kernel_cuda:
-        ``conversion_device = non_blocking ? kCUDA : kCPU``) into a new pageable uint8 tensor, then
-        copies from pageable memory: the hop at the pageable rate."""
-        pinned = not (packed and src == self.disk)
+        ``tmp_cpu_buf.copy_(src_data)`` converts the bytes to fp16 as the read lands (``PACKED_RELAY``
+        bytes of host DRAM per byte beside it), and the blocking ``dst_data.copy_(tmp_cpu_buf)`` into
+        the uint8 GPU tensor is a cross-dtype copy, which PyTorch converts on the CPU when blocking
+        (aten/src/ATen/native/cuda/Copy.cu, copy_kernel_cuda: ``conversion_device = non_blocking ?
+        kCUDA : kCPU``) into a new pageable uint8 tensor (``packed_unrelay_op``, the copy thread's
+        own work on host DRAM, no compute stream held), then copies from pageable memory: the hop at
+        the pageable rate."""
+        unrelay = self._unrelay(nbytes) if packed and src == self.disk else None
+        extra = PACKED_RELAY if unrelay is not None else 0.0
         if isinstance(e, _Booked):
-            first = e.transfer(src, self.cpu, nbytes, label=label)
+            first = e.transfer(src, self.cpu, nbytes, label=label, host_extra=extra)
             if src == self.disk:  # the PCIe hop once the read lands, after the copies issued before
-                e.hops.append((self.cpu, dst, nbytes, label, first, pinned))
+                e.hops.append((self.cpu, dst, nbytes, label, first, unrelay))
                 return first
             return e.e.transfer_time(self.cpu, dst, nbytes, label=label, at=first)
-        first = e.book_transfer(src, self.cpu, nbytes, label=label)
-        return e.transfer(self.cpu, dst, nbytes, label=label, after=first, pinned=pinned)
+        first = e.book_transfer(src, self.cpu, nbytes, label=label, host_extra=extra)
+        if unrelay is not None:
+            first = e.book_beside(self.cpu, unrelay, label="relay_to_uint8", after=first)
+        return e.transfer(self.cpu, dst, nbytes, label=label, after=first, pinned=unrelay is None)
+
+    def _unrelay(self, nbytes: float) -> OpCost:
+        """A packed part's conversion into its pageable temporary (``packed_unrelay_cost``), memoised."""
+        cost = self._unrelays.get(nbytes)
+        if cost is None:
+            cost = self._unrelays[nbytes] = packed_unrelay_cost(self.cpu_device, nbytes)
+        return cost
 
     def _relay(self, e, nbytes: float, label: str):
         """general_copy of an unpinned CPU tensor to the GPU (pytorch_backend.py): ``pin_memory()``

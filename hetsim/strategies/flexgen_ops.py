@@ -8,14 +8,16 @@ attention block of decoder layer (j - 1) // 2, even j > 0 its MLP block, j = 2l 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from hetsim.costs.op_cost import OpCost, op_cost
+from hetsim.hardware.types import ComputeDevice
 from hetsim.models.layer_ops import embedding_op, lm_head_ops
 from hetsim.models.sharding import layer_blocks
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
 from hetsim.models.spec import FP16, ModelSpec, Op, OpKind, Phase
-from hetsim.strategies.flexgen_policy import kv_width, q_width, scheduling_layer_tensors
+from hetsim.strategies.flexgen_policy import embedding_tables, kv_width, q_width, scheduling_layer_tensors
 
 FP32_BYTES = 4.0
 GROUP_SCALE = 2.0 / INT4.group_size  # bytes of one fp16 scale (or min) per element of its group
@@ -101,13 +103,13 @@ def _padded_tables(model: ModelSpec, kind: str) -> tuple[float, tuple[Op, ...]]:
     and decompressed padded to whole groups, then cut back with ``.contiguous()``, one more copy
     (compression.py: decompress, the unpad branch). Matrices of the decoder layers divide evenly.
     Returns (padding elements decompressed, the unpad copies)."""
-    h, g = model.hidden, INT4.group_size
-    tables = {"embed": (model.vocab, model.learned_positions), "output": (model.vocab,)}.get(kind, ())
+    g = INT4.group_size
+    tables = embedding_tables(model).get({"embed": "input_embed", "output": "output_embed"}.get(kind, ""), ())
     pad, ops = 0.0, []
-    for rows in tables:
+    for rows, cols in tables:
         if rows % g:
-            pad += (-rows % g) * h
-            n = float(rows * h)
+            pad += (-rows % g) * cols
+            n = float(rows * cols)
             ops.append(Op("dequant_weights.unpad", OpKind.ELEMENTWISE, 0, n, 0.0, 2.0 * n, 2.0 * n))
     return pad, tuple(ops)
 
@@ -242,6 +244,53 @@ def _cpu_attention(model: ModelSpec, op: Op, gbs: int, kv_len: int, share: float
 # the read's own page-cache write: ``dst_data.copy_(src_data)`` (pytorch_backend.py:904) reads the
 # memmap's pages back (2 B per element) and writes fp32 (4 B), kv_gather_op's bytes per fp16 byte.
 KV_CONVERT = (2.0 + FP32_BYTES) / 2.0
+
+
+# Host-DRAM bytes per packed byte (a 4-bit tensor's uint8 data) a copy thread moves as its disk read
+# lands, beside the read's own page-cache write: the relay is fp16 (pytorch_backend.py:882), so
+# ``tmp_cpu_buf.copy_(src_data)`` (:899-901) reads the memmap's byte back (1 B) and writes it as fp16
+# (2 B): a conversion by value, streamed as the pages arrive.
+PACKED_RELAY = 1.0 + 2.0
+
+
+# Cycles per element of PyTorch's CPU dtype conversions on one thread (TensorIterator copy kernels;
+# the intra-op pool runs them on the host's cores, torch's default threads = its physical cores). A
+# part measured on one host, carried to another by cores x clock (as ``kernel_cycles``).
+# measured: ``python -m validate.packed_hop --mib 128 --threads 1`` (d70be3c), torch 2.13.0+cpu, AMD
+# EPYC at 2.596 GHz (the development VM): fp16 -> uint8 into a fresh pageable tensor (its first-touch
+# page faults included) 0.1346 s per 2**27 elements -> 2.60 cycles. Grade: measured (one host; not the
+# T4 VM's). (uint8 -> fp16 into the relay, 0.0832 s -> 1.61 cycles, runs as the disk read lands, under
+# it: ``PACKED_RELAY``.)
+UNRELAY_CYCLES = 2.60
+
+
+@lru_cache(maxsize=4096)
+def packed_unrelay_op(nbytes: float) -> Op:
+    """The copy thread's blocking ``dst_data.copy_(tmp_cpu_buf)`` of a packed part (fp16 relay into a
+    uint8 GPU tensor): a cross-dtype copy, which PyTorch converts on the CPU when blocking
+    (aten/src/ATen/native/cuda/Copy.cu, ``copy_kernel_cuda``: ``conversion_device = non_blocking ?
+    kCUDA : kCPU``, then ``src.to(dst.dtype)``) into a new pageable uint8 temporary before the copy
+    over the link: 2 B of fp16 read and 1 B written per packed byte, one element each, all of it before
+    the hop starts (the temporary is whole before the memcpy is issued)."""
+    return Op("relay_to_uint8", OpKind.ELEMENTWISE, 0, nbytes, 0.0, 2.0 * nbytes, nbytes)
+
+
+def packed_unrelay_cost(cpu: ComputeDevice, nbytes: float) -> OpCost:
+    """``packed_unrelay_op`` on ``cpu``: its bytes at the host's memory rate (``op_cost``), its compute
+    ``UNRELAY_CYCLES`` per element over the host's cores at its clock, the longer of the two. The
+    conversion is compute-bound on every host measured (validate.packed_hop: ~1 ns per element on one
+    thread), far from a memory-bound elementwise op's rate."""
+    cost = op_cost(cpu, packed_unrelay_op(nbytes))
+    if not (cpu.cores and cpu.clock_hz):
+        return cost
+    compute = nbytes * UNRELAY_CYCLES / (cpu.cores * cpu.clock_hz)
+    memory_bound = cost.overhead_s + cost.memory_s if cost.memory_s > compute else 0.0
+    return replace(
+        cost,
+        compute_s=compute,
+        time_s=cost.overhead_s + max(compute, cost.memory_s),
+        memory_bound_s=memory_bound,
+    )
 
 
 @lru_cache(maxsize=4096)

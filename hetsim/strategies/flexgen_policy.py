@@ -29,7 +29,8 @@ OverlapMode = Literal["released", "paper-ideal"]
 # FlexGen's copy threads: every run starts 4 (the disk device is always created, flex_opt.py:1194-1195;
 # pytorch_backend.py:624-646), each pinning a relay of 2**30 fp16 elements, 2 GiB (:882), for its disk
 # copies and the prefill's KV stores into the unpinned cache.
-COPY_RELAY_BYTES = 4 * pinned_bytes(2**30 * 2)
+COPY_THREADS = 4
+COPY_RELAY_BYTES = COPY_THREADS * pinned_bytes(2**30 * 2)
 
 
 @dataclass(frozen=True)
@@ -107,23 +108,40 @@ def kv_dtype(plan: FlexGenPlan) -> DType:
 
 # ---- weights per scheduling layer ------------------------------------------------------------------
 @lru_cache(maxsize=64)
+def embedding_tables(model: ModelSpec) -> dict[str, tuple[tuple[int, int], ...]]:
+    """(rows, cols) of the matrices of the input and the output embedding layer, in runtime order.
+
+    The release builds the token table (vocab, input_dim) for both layers (the output layer keeps its
+    own copy as the LM head) and OPT's learned positions (s + 2, input_dim) (flex_opt.py:149-156,
+    :213-222); its input_dim is the hidden size of every model it runs (opt_config.py: OPT-350m, whose
+    table is narrower, raises NotImplementedError at :70-76). hetsim sizes them as the checkpoint
+    does: the token table ``token_dim`` wide (``ModelSpec.token_dim``: OPT-350m's word_embed_proj_dim,
+    512 against a hidden 1024), the positions hidden wide, and where the widths differ the projections
+    between them (project_in (hidden, token_dim) after the tables, project_out (token_dim, hidden)
+    before the head; nn.Linear weights are (out, in)), as ``models.weights`` counts them."""
+    h, d = model.hidden, model.token_dim
+    token = (model.vocab, d)
+    embed = [token]
+    if model.learned_positions:
+        embed.append((model.learned_positions, h))
+    output = [token]
+    if d != h:
+        embed.append((h, d))
+        output.insert(0, (d, h))
+    return {"input_embed": tuple(embed), "output_embed": tuple(output)}
+
+
 def scheduling_layer_tensors(model: ModelSpec) -> tuple[tuple[tuple[int, bool], ...], ...]:
     """(numel, is_matrix) of every tensor of each of the 2l + 2 scheduling layers, in runtime order.
 
-    Input embedding (token table, position table), then attention and MLP blocks of each decoder
-    layer, then the output layer (final LayerNorm and the LM head, which FlexGen keeps as its own
-    copy of the token table).
+    Input embedding (``embedding_tables``), then attention and MLP blocks of each decoder layer, then
+    the output layer (the final LayerNorm, where the model has one, and ``embedding_tables``' head).
     """
-    h = model.hidden
-    embed = [(model.vocab * h, True)]
-    if model.learned_positions:
-        embed.append((model.learned_positions * h, True))
-    norm = (h, False)
-    output = (
-        [norm, norm, (model.vocab * h, True)]
-        if model.norm == "layernorm"
-        else [norm, (model.vocab * h, True)]
-    )
+    tables = embedding_tables(model)
+    embed = [(r * c, True) for r, c in tables["input_embed"]]
+    norm = (model.hidden, False)
+    norms = ([norm, norm] if model.norm == "layernorm" else [norm]) if model.final_norm else []
+    output = norms + [(r * c, True) for r, c in tables["output_embed"]]
     tensors = layer_weight_tensors(model)
     att = tuple((t.numel, t.is_matrix) for t in tensors if t.block == "attention")
     mlp = tuple((t.numel, t.is_matrix) for t in tensors if t.block == "mlp")
@@ -307,11 +325,16 @@ def _layer_split(
 @lru_cache(maxsize=1024)
 def _weight_totals(
     model: ModelSpec, wg: float, wc: float, dtype: DType, placement: Placement
-) -> tuple[float, float, float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, float, float, float]:
     """``layer_weight_split``'s (GPU, CPU, disk) totals and largest off-GPU layer, then the CPU share's
-    host memory pinned, unpinned and its relay (``_host_allocations``): a FlexGen search asks ~400
-    times (``to_plan`` lowering the GPU percent one at a time), for a few dozen placements."""
+    host memory pinned, unpinned and its relay (``_host_allocations``), then the packed parts' pageable
+    temporaries a layer's disk load can hold at once (``packed_temporaries``): a FlexGen search asks
+    ~400 times (``to_plan`` lowering the GPU percent one at a time), for a few dozen placements."""
     split = _layer_split(model, wg, wc, dtype, placement)
+    temps = max(
+        packed_temporaries(_disk_copy_kinds(t, wg, wc, dtype, placement))
+        for t in scheduling_layer_tensors(model)
+    )
     host = [_host_allocations(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model)]
     # the relay's blocks stay cached (pinned_bytes): one layer's pins are in flight at a time (its DMAs
     # end at the position's barrier), so each size class holds the most any one layer pins of it
@@ -327,7 +350,16 @@ def _weight_totals(
         sum(h[0] for h in host),
         sum(h[1] for h in host),
         sum(size * k for size, k in classes.items()),
+        temps,
     )
+
+
+def packed_temporaries(copies: tuple[tuple[float, bool], ...]) -> float:
+    """The pageable uint8 temporaries of packed parts (``_via_host``: the blocking copy from the fp16
+    relay converts into one, held until its hop ends) that one load's ``copies`` ((bytes, packed) each)
+    can hold at once: one per copy thread at most (``COPY_THREADS``), the largest ones, a bound (they
+    are alive together only where hops queue behind the link)."""
+    return sum(sorted((b for b, k in copies if k), reverse=True)[:COPY_THREADS])
 
 
 # ---- memory -------------------------------------------------------------------------------------------
@@ -350,10 +382,14 @@ class Fractions:
     hg: float
     hc: float
     hd: float
+    # the pageable temporaries of the packed parts one disk load can hold at once (``packed_temporaries``)
+    w_packed_temps: float = 0.0
 
 
 def fractions(model: ModelSpec, plan: FlexGenPlan) -> Fractions:
-    w_gpu, w_cpu, w_disk, w_off_gpu_max, pinned, unpinned, relay = _weight_totals(model, *_split_key(plan))
+    w_gpu, w_cpu, w_disk, w_off_gpu_max, pinned, unpinned, relay, temps = _weight_totals(
+        model, *_split_key(plan)
+    )
     return Fractions(
         w_gpu=w_gpu,
         w_cpu=w_cpu,
@@ -368,6 +404,7 @@ def fractions(model: ModelSpec, plan: FlexGenPlan) -> Fractions:
         hg=plan.hg / 100,
         hc=plan.hc / 100,
         hd=plan.hd / 100,
+        w_packed_temps=temps,
     )
 
 
@@ -378,7 +415,9 @@ class Shape:
     gbs: int
     nb: int
     prompt_len: int
-    gen_len: int
+    # the token slots per sequence the KV cache is allocated for (``Workload.kv_slots``: s + n - 1 of
+    # the run, or of the run a head stands for)
+    kv_slots: int
     cpu_attention: bool
     compress_cache: bool
     compress_weight: bool
@@ -393,7 +432,7 @@ def shape_of(plan: FlexGenPlan, workload: Workload) -> Shape:
         plan.gpu_batch_size,
         plan.num_gpu_batches,
         workload.prompt_len,
-        workload.gen_len,
+        workload.kv_slots,
         plan.uses_cpu_attention,
         plan.compress_cache,
         plan.compress_weight,
@@ -412,17 +451,17 @@ def _decompressed(model: ModelSpec) -> dict[str, tuple[float, ...]]:
     def fp16(rows: int, cols: int) -> float:
         return -(-rows // INT4.group_size) * INT4.group_size * cols * 2.0
 
-    h, tensors = model.hidden, layer_weight_tensors(model)
+    tensors = layer_weight_tensors(model)
 
     def block(name: str) -> tuple[float, ...]:
         return tuple(fp16(*t.shape) for t in tensors if t.block == name and t.is_matrix)
 
-    embed = (fp16(model.vocab, h),) + ((fp16(model.learned_positions, h),) if model.learned_positions else ())
+    tables = embedding_tables(model)
     return {
-        "input_embed": embed,
+        "input_embed": tuple(fp16(*t) for t in tables["input_embed"]),
         "attention": block("attention"),
         "mlp": block("mlp"),
-        "output_embed": embed[:1],
+        "output_embed": tuple(fp16(*t) for t in tables["output_embed"]),
     }
 
 
@@ -592,16 +631,16 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     with attention and MLP as separate scheduling layers the runtime allocates one workspace), and a
     compressed cache's copies to the CPU where it is not at home there, plus the copy threads' pinned
     relays (``COPY_RELAY_BYTES``, with or without a disk share).
-    The KV cache is pre-allocated for s + n - 1 tokens, as the runtime does.
+    The KV cache is pre-allocated for ``shape.kv_slots`` tokens, as the runtime does.
     """
-    h, s, n = model.hidden, shape.prompt_len, shape.gen_len
+    h, s, slots = model.hidden, shape.prompt_len, shape.kv_slots
     bls, gbs = shape.gbs * shape.nb, shape.gbs
     kvb = kv_token_bytes(model, shape.compress_cache)
-    kv_total = bls * (s + n - 1) * model.layers * kvb
+    kv_total = bls * slots * model.layers * kvb
     hidden = bls * s * h * 2.0
     prefill = layer_peaks(model, gbs, s, s, shape.cpu_attention, shape.compress_weight)
     decode = layer_peaks(
-        model, gbs, 1, s + n - 1, shape.cpu_attention, shape.compress_weight, shape.compress_cache
+        model, gbs, 1, slots, shape.cpu_attention, shape.compress_weight, shape.compress_cache
     )
     # the prefill's new K and V of the batch before wait in cache_write_buf for their store, which the
     # loop issues after the next compute: the next batch's attention (flex_opt.py:1052-1053), or, one
@@ -611,9 +650,9 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     prefill["mlp"] += kv_pending
     if shape.nb > 1:
         prefill["attention"] += kv_pending
-    # load_cache's copies of one batch's K and V, prompt_len + i slots (s + n - 1 at the last step)
+    # load_cache's copies of one batch's K and V, prompt_len + i slots (all of them at the last step)
     where, at_attention, before = kv_load_copies(shape)
-    copy = gbs * (s + n - 1) * kvb
+    copy = gbs * slots * kvb
     on_gpu = copy if where == "gpu" else 0.0
     decode["attention"] += at_attention * on_gpu
     decode["mlp"] += before * on_gpu
@@ -639,12 +678,19 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     if not shape.pin_weight and f.w_cpu_relay:
         cpu["weight_relay"] = f.w_cpu_relay
     if shape.cpu_attention:
-        cpu.update(cpu_attention_host(model, gbs, s + n - 1, shape.compress_cache))
+        cpu.update(cpu_attention_host(model, gbs, slots, shape.compress_cache))
     if where == "cpu":
         # a compressed copy made on the CPU is pinned (TorchDevice.allocate's default, pytorch_backend.py:
         # 180-183): K's and V's data and scales, each an allocation of its own (``copy_parts``)
         parts = sum(pinned_bytes(copy / 2 * k) for k in copy_parts(True))
         cpu["kv_copies"] = at_attention * 2 * parts
     cpu["copy_relays"] = COPY_RELAY_BYTES
+    # the copy threads' pageable uint8 temporaries of packed parts bound for the GPU (``_via_host``): a
+    # layer's 4-bit weights on disk, and a 4-bit cache on disk that GPU attention loads (K's and V's
+    # data of one batch; with CPU attention it goes to the CPU, no relay); transient, at their peak
+    if shape.compress_weight or shape.compress_cache:
+        kv = zip(copy_parts(True), packed_parts(True), strict=True)
+        kv_parts = () if shape.cpu_attention else tuple((copy * f.cd / 2 * k, p) for k, p in kv) * 2
+        cpu["packed_temporaries"] = f.w_packed_temps + packed_temporaries(kv_parts)
     disk = {"weights": f.w_disk, "kv_cache": f.cd * kv_total, "hidden": f.hd * hidden}
     return {"gpu": gpu, "cpu": cpu, "disk": disk}
