@@ -74,3 +74,13 @@ def test_cuda_without_cuda_is_one_line_and_exit_2(capsys):
     assert split_parts.main(["--phases", "decode"]) == 2
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0 and "needs CUDA" in out
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_parts_on_cuda_include_the_copies_and_both_at_once():
+    m = split_parts.measure(1, 256, 512, 0.5, 2, device="cuda", reps=1)
+    for key in ("h2d_s", "h2d_cached_s", "both_cpu_s", "both_h2d_s", "both_s", "runner_s"):
+        assert m[key] > 0
+    assert m["both_s"] >= max(m["both_cpu_s"], m["both_h2d_s"])
+    assert m["max_abs_diff"] <= 1e-2
