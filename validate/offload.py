@@ -48,6 +48,45 @@ class _Split:
     bias: torch.Tensor | None  # full bias, on the device
 
 
+def split_matmul(
+    x: torch.Tensor,
+    sp: _Split,
+    pool: ThreadPoolExecutor,
+    dev: torch.device,
+    copy_stream: Any = None,
+) -> torch.Tensor:
+    """``x @ w`` of one split module as HeteGen runs it (no bias): the CPU share on a host thread,
+    overlapping the GPU share's pinned copy (on ``copy_stream``) and its GEMM; joined by ``cat``.
+
+    In this order, each step waiting for the one before where the data needs it:
+    1. ``x.to("cpu")``: a blocking D2H copy into pageable memory (it waits for the GPU's queued work,
+       which produced ``x``), then the CPU share is submitted to ``pool``;
+    2. the GPU share's weights are copied on ``copy_stream`` and multiplied on the current stream;
+    3. the CPU's partial output goes back (pageable H2D) and the halves are concatenated.
+    ``validate.split_parts`` times each of these on a GPU host."""
+    cuda = dev.type == "cuda"
+    parts = []
+    if sp.cpu_part.shape[-1] > 0:  # the CPU share, on a host thread, overlapping the GPU share
+        x_host = x.to("cpu")
+        cpu = pool.submit(torch.matmul, x_host, sp.cpu_part)
+    if sp.cols > 0:
+        if cuda:
+            assert copy_stream is not None
+            with torch.cuda.stream(copy_stream):
+                w_dev = sp.gpu_src.to(dev, non_blocking=True)
+            current = torch.cuda.current_stream()
+            current.wait_stream(copy_stream)
+            # the buffer was allocated on the copy stream: keep it from the next module's copy
+            # until this stream's GEMM has read it (a module with no CPU share has no blocking D2H)
+            w_dev.record_stream(current)
+        else:
+            w_dev = sp.gpu_src
+        parts.append(x @ w_dev)
+    if sp.cpu_part.shape[-1] > 0:
+        parts.append(cpu.result().to(dev, non_blocking=cuda))
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
 class HeteGenRun:
     """A decoder whose linear modules run as a HeteGen plan prescribes (see the module docstring)."""
 
@@ -101,22 +140,7 @@ class HeteGenRun:
             y = x @ own[0]
             return y + own[1] if own[1] is not None else y
         sp = self.splits[(self.phase, layer, kind)]
-        parts = []
-        if sp.cols < w.shape[1]:  # the CPU share, on a host thread, overlapping the GPU share
-            x_host = x.to("cpu")
-            cpu = self.pool.submit(torch.matmul, x_host, sp.cpu_part)
-        if sp.cols > 0:
-            if self.cuda:
-                assert self.copy_stream is not None
-                with torch.cuda.stream(self.copy_stream):
-                    w_dev = sp.gpu_src.to(self.dev, non_blocking=True)
-                torch.cuda.current_stream().wait_stream(self.copy_stream)
-            else:
-                w_dev = sp.gpu_src
-            parts.append(x @ w_dev)
-        if sp.cols < w.shape[1]:
-            parts.append(cpu.result().to(self.dev, non_blocking=self.cuda))
-        y = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        y = split_matmul(x, sp, self.pool, self.dev, self.copy_stream)
         return y + sp.bias if sp.bias is not None else y
 
     # the three methods generate_timed uses
