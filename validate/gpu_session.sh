@@ -8,6 +8,7 @@
 #   accelerate, hetegen, flexgen
 #                the offloading runners, plans searched on OUT/gpu-10g.yaml (the same profile with a
 #                10 GiB GPU, so that the plans offload; the runs place weights as the plans say)
+#   split-parts  python -m validate.split_parts: one HeteGen split module's parts on CUDA
 #   step-profile python -m validate.step_profile: a decode step's kernels and the host's pace
 #   packed-hop   python -m validate.packed_hop: FlexGen's relay of 4-bit packed data, part by part
 #   pytest-cuda  the tests marked cuda
@@ -122,6 +123,7 @@ step hetegen-llama2-7b 90 val hetegen-llama2-7b --hw "$OUT/gpu-10g.yaml" --strat
   --model llama2-7b --batch 1 --prompt-len 128 --gen-len 8 --repeats 3
 step flexgen-opt-13b 90 val flexgen-opt-13b --hw "$OUT/gpu-10g.yaml" --strategy flexgen \
   --model opt-13b --batch 8 --prompt-len 128 --gen-len 8 --repeats 2
+step split-parts 60 $PY -m validate.split_parts --out "$OUT/split_parts.json"
 step step-profile 90 $PY -m validate.step_profile --out "$OUT/step_profile.json" --model llama2-7b --batch 1,32
 step packed-hop 60 $PY -m validate.packed_hop --out "$OUT/packed_hop.json" --mib 128 --threads 1,4,16
 step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py

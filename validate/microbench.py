@@ -77,7 +77,7 @@ def matmul_rate(m: int, k: int, n: int, dtype: str = "fp32", *, device: str = "c
     dt = _dt(dtype)
     esize = torch.empty((), dtype=dt).element_size()
     copies = 1 if device != "cpu" else max(2, min(16, WORKING_SET // max(1, k * n * esize)))
-    if quick or m >= COMPUTE_BOUND_ROWS:
+    if m >= COMPUTE_BOUND_ROWS:  # quick too: two copies of a small GEMV's weights sit in a large L3
         copies = min(copies, 2)
     ws = [torch.empty(k, n, dtype=dt, device=device).uniform_(-0.02, 0.02) for _ in range(copies)]
     a = torch.empty(m, k, dtype=dt, device=device).uniform_(-1, 1)
