@@ -368,7 +368,8 @@ def results_frame(results: Sequence[Result]) -> pd.DataFrame:
 def _plan_document() -> Any:
     """The plan file's pydantic model (``PlanDocument``), made on first use: pydantic's models cost
     ~0.05 CPU s to import and build, which compare's search workers, importing this module, never use."""
-    from pydantic import BaseModel, ConfigDict
+    from pydantic import BaseModel, ConfigDict, field_validator
+    from pydantic_core import PydanticCustomError
 
     class _WorkloadDoc(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -392,6 +393,13 @@ def _plan_document() -> Any:
         gpu_mem_budget: float | None = None
         params: dict[str, Any]
         lossy: str = ""  # what the plan gives up in model quality ("" = lossless); informational
+
+        @field_validator("hetsim_plan", mode="before")
+        @classmethod
+        def _a_number(cls, v: Any) -> Any:
+            if isinstance(v, bool):  # Literal[1] takes true (== 1), even in strict mode
+                raise PydanticCustomError("literal_error", "Input should be 1, not {v}", {"v": json.dumps(v)})
+            return v
 
     # named as this module's (its ``__getattr__`` finds them): documents pickle as they did
     for cls in (_WorkloadDoc, PlanDocument):

@@ -273,6 +273,7 @@ LAX = [
     ("hexgen", "workload.batch", True, "workload.batch"),
     ("gpu-only", "workload.gen_len", "32", "workload.gen_len"),
     ("gpu-only", "gpu_mem_budget", "24e9", "gpu_mem_budget"),
+    ("gpu-only", "hetsim_plan", True, "hetsim_plan: Input should be 1, not true"),  # Literal[1] took it
 ]
 
 
