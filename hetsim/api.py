@@ -34,8 +34,7 @@ from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
-from hetsim.strategies.plan_io import validate_strictly
-from hetsim.textfiles import parse_json, read_text
+from hetsim.textfiles import parse_json, read_text, validate_strictly
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers need it

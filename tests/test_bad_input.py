@@ -91,6 +91,32 @@ def test_host_memory_true_refused(tmp_path):
     assert err.field == "nodes[0].host_memory.value"
 
 
+# pydantic's lax mode read these as another value (now textfiles.validate_strictly, as plans are)
+A100S = "gpus: [a100-80g, a100-80g]\n    nvlink: {link: nvlink3, "
+MEASURED = "{value: 1 us, source: x, grade: assumed}"
+LAX_RIG = [
+    ("gpus: [t4, l4]", A100S + "switch: 1}", "nodes[0].nvlink.switch"),
+    ("gpus: [t4, l4]", A100S + "pairs: [[0, true]]}", "nodes[0].nvlink.pairs[0][1]"),
+    ("name: tiny", "name: tiny\ndescription: 2024-01-01", "description"),  # a YAML date, not text (guard)
+    # an override is read against the catalogue's schema: a count given as text
+    ("gpus: [t4, l4]", "gpus: [t4, l4]\n    nic: {link: ethernet-25g, allreduce: [{ranks: '2', latency: "
+     + MEASURED + ", bandwidth: " + MEASURED.replace("1 us", "1 GB/s") + "}]}",
+     "nodes[0].nic.allreduce[0].ranks"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("old", "new", "field"), LAX_RIG)
+def test_rig_values_of_another_type_are_refused(tmp_path, old, new, field):
+    err = _rig_error(tmp_path, RIG.replace(old, new))
+    assert err.field is not None and err.field.endswith(field), err
+
+
+def test_the_strict_rig_loads(tmp_path):
+    path = tmp_path / "rig.yaml"
+    path.write_text(RIG.replace("gpus: [t4, l4]", A100S + "switch: true, pairs: [[0, 1]]}"))
+    assert load_rig(path).name == "tiny"
+
+
 def test_cores_inf_refused(tmp_path):
     text = RIG.replace(
         "cpus: [xeon-8480+]", "cpus: [{model: xeon-8480+, cores: {value: .inf, source: x, grade: assumed}}]"

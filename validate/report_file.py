@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hetsim.errors import InputError
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES
-from hetsim.strategies.plan_io import validate_strictly
-from hetsim.textfiles import parse_json, read_text
+from hetsim.textfiles import parse_json, read_text, validate_strictly
 from hetsim.workload import Workload
 
 _Count = Annotated[int, Field(strict=True, ge=1)]
