@@ -453,11 +453,18 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         strategy = get_strategy(doc.strategy)
         p = problem(doc.model, doc.hardware, **doc.workload.model_dump(), gpu_mem_budget=doc.gpu_mem_budget)
     except InputError as exc:
+        if exc.source is not None and exc.field is not None:  # inside the rig or config.json it names
+            raise
         field = {"--gpu-mem-budget": "gpu_mem_budget"}.get(exc.field or "", exc.field)  # the file's key
         if field in type(doc.workload).model_fields:  # Workload's own check names its argument
             field = f"workload.{field}"
-        elif field is None and exc.source == doc.hardware:  # an unknown rig, named by itself
-            field = "hardware"
+        elif field is None and exc.source is not None:  # a file it names that is missing or unknown
+            named = {
+                doc.hardware: "hardware",
+                doc.model: "model",
+                doc.workload.routing_profile: "workload.routing_profile",
+            }
+            field = named.get(exc.source)
         raise InputError(exc.message, source=source, field=field) from None
     plan = strategy.plan_from_dict(doc.params, source)
     for key in ("weight_dtype", "kv_dtype"):  # what the workload asked for is what the plan runs

@@ -347,6 +347,28 @@ def test_a_whole_float_is_the_integer_it_names(tmp_path, capsys, plans, strategy
     assert outs[0] == outs[1]
 
 
+def test_an_error_inside_a_file_a_plan_names_is_that_files(tmp_path, capsys, plans):
+    """A rig or config.json the plan points to is read as itself: its own errors name it and their
+    field (they named the plan file, with the rig's field); one it lacks names the plan's key."""
+    rig = tmp_path / "rig.yaml"
+    rig.write_text(RIG.replace("64 GB", "64 GBX"))
+    config = tmp_path / "config.json"
+    config.write_text('{"hidden_size": 8}')
+    cases = [
+        ("hardware", str(rig), f"error: {rig}: nodes[0].host_memory: "),
+        ("model", str(config), f"error: {config}: model_type: "),
+        ("model", str(tmp_path / "none.json"), "plan.json: model: no such file"),
+    ]
+    for key, value, line in cases:
+        doc = json.loads(json.dumps(plans["gpu-only"]))
+        doc[key] = value
+        bad = tmp_path / "plan.json"
+        bad.write_text(json.dumps(doc))
+        assert main(["simulate", "--plan", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and line in err, err
+
+
 def test_untampered_plans_simulate(tmp_path, capsys, plans):
     for s, doc in plans.items():
         path = tmp_path / f"{s}.json"
