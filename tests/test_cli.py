@@ -468,6 +468,7 @@ _SERVE = ("serve", "--model", "llama2-7b", "--hw", "mixed-lab")
         ((*_SERVE, "--rate", "1", "--target", "0.5"), "--target", "--max-rate"),
         ((*_SERVE, "--requests", "t.csv", "--duration", "5"), "--duration", "--rate"),
         ((*_SERVE, "--requests", "t.csv", "--num-requests", "5"), "--num-requests", "--rate"),
+        ((*_SERVE, "--requests", "t.csv", "--seed", "7"), "--seed", "--rate or --max-rate"),
         (("calibrate", "--gpu", "a100-80g"), "--gpu", "--from-profiles"),
         (("calibrate", "--profile", "p.yaml"), "--profile", "--fit"),
         (("calibrate", "report.json"), "RUNS", "--fit"),
@@ -486,7 +487,8 @@ _SERVE = ("serve", "--model", "llama2-7b", "--hw", "mixed-lab")
     ],
 )
 def test_a_flag_that_only_matters_with_another_is_refused_alone(capsys, args, flag, other):
-    """These did nothing, silently: --slo-ref without --slo-scale served with no deadline, calibrate
+    """These did nothing, silently: --slo-ref without --slo-scale served with no deadline, --seed with a
+    trace (and no --max-rate, whose Poisson streams it seeds) drew nothing, calibrate
     --gpu without --from-profiles measured this machine (minutes), validate --plan --model ran the
     plan's model. One line naming both flags, exit 2, before any work."""
     assert_input_error(*run(capsys, *args), f"{flag}: {flag}", other)
