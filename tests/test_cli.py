@@ -337,6 +337,52 @@ def test_validate_reads_its_profile_before_measuring(capsys, tmp_path, hw, ranks
     assert "running" not in out
 
 
+@pytest.mark.parametrize("strategy", ["gpu-only", "flexgen"])
+def test_validate_reads_its_profile_before_a_cuda_run(capsys, tmp_path, strategy):
+    """A CUDA path read --hw only in its prediction: without CUDA the run was skipped, exit 0, and a
+    report written for a profile that is not there. Now one line at once, nothing written."""
+    pytest.importorskip("torch")
+    args = ["validate", "--hw", "no-such-profile.yaml", "--strategy", strategy, "--model", "llama2-7b",
+            "--layers", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert_input_error(*run(capsys, *args), "--hw", "no-such-profile.yaml")
+    assert not list(tmp_path.iterdir())
+
+
+def test_validate_predicts_flexgen_at_its_block_before_the_run(capsys, tmp_path, monkeypatch):
+    """A FlexGen plan whose block is not the batch is predicted at its block: that prediction ran
+    after the measured run, and one that failed was a ValueError traceback, the measurement lost."""
+    pytest.importorskip("torch")
+    from validate import report, runners
+
+    calls = []
+    plan = {"gpu_batch_size": 2, "num_gpu_batches": 2}
+
+    def predict(hw, strategy, plan_obj, spec, workload):
+        calls.append(f"predict batch {workload.batch}")
+        if workload.batch == 4:
+            raise ValueError("the simulator finds the plan infeasible: test")
+        return {"ttft_s": 1.0, "tpot_s": 0.1, "e2e_s": 2.0, "plan": plan}
+
+    def measure(cfg, plan):
+        calls.append("run")
+        return runners.Measured(ttft_s=1.0, tpot_s=0.1, e2e_s=2.0)
+
+    monkeypatch.setattr(runners, "cuda_available", lambda: True)
+    monkeypatch.setattr(report, "predict_plan", predict)
+    monkeypatch.setattr(runners, "run_flexgen", measure)
+    monkeypatch.setattr(
+        "hetsim.strategies.base.get_strategy", lambda name: type("S", (), {"plan_from_dict": dict})
+    )
+    args = ["validate", "--hw", "flexgen-t4", "--strategy", "flexgen", "--model", "opt-6.7b", "--layers", "1",
+            "--batch", "1", "--out", str(tmp_path)]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert calls == ["predict batch 1", "predict batch 4", "run"]
+    doc = json.loads((tmp_path / "validate.json").read_text())
+    assert doc["runs"][0]["prediction"] == "the simulator finds the plan infeasible: test"
+    assert doc["runs"][0]["measured"]["ttft_s"] == 1.0
+
+
 def test_validate_summary_names_a_run_the_profile_cannot_predict(capsys, tmp_path):
     """A report's run with more ranks than the profile's CPU entries (or one that does not fit it) was
     predict_cpu's ValueError traceback out of ``python -m validate.summary``."""
