@@ -430,6 +430,11 @@ _BAD_REPORTS = [
     (json.dumps({"runs": [_cpu_run(**{"model.heads": 0})]}), "model.heads"),
     (json.dumps({"runs": [_cpu_run(**{"model.hidden": -1536})]}), "model.hidden"),
     (json.dumps({"runs": [_cpu_run(**{"model.name": 5})]}), "model.name"),
+    (
+        json.dumps({"runs": [_cpu_run(**{"model.kv_heads": 64})]}),
+        "model.kv_heads: 64 does not divide heads 32",
+    ),
+    (json.dumps({"runs": [_cpu_run(**{"model.kv_heads": 5})]}), "model.kv_heads: 5 does not divide heads 32"),
     (json.dumps({"runs": [_cpu_run(**{"workload.gen_len": 10**9})]}), "gen_len"),
 ]
 

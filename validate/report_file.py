@@ -95,6 +95,8 @@ def _model(model_type: type, data: dict[str, Any]) -> Any:
         v, low = getattr(spec, f.name), 1 if f.name in _SIZES else 0
         if type(v) is int and not low <= v <= _MAX_SHAPE:
             raise ValueError(f"model.{f.name}: must be in {low}..{_MAX_SHAPE}, got {v}")
+    if spec.heads % spec.kv_heads:  # as hf_config reads a config.json: more KV heads than heads fit nonsense
+        raise ValueError(f"model.kv_heads: {spec.kv_heads} does not divide heads {spec.heads}")
     return spec
 
 
