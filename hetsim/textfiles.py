@@ -199,6 +199,11 @@ def validate_strictly(model: type, data: Any, *, whole_floats: bool = True) -> A
     from pydantic import TypeAdapter  # ~0.03 s: only files read into models need it
 
     try:  # NaN is written as NaN: refused by the models' own checks
+        size = _expanded(data, {})
+        if size > MAX_VALUES:  # YAML's aliases: 9**8 values of a few lines (~7 GB as JSON)
+            raise _refused(
+                model, (), None, f"{size:.3g} values once its aliases are expanded; at most {MAX_VALUES:.0e}"
+            )
         text = _plain_json(data) if not whole_floats else None  # the catalogue's ~50 files: no walk
         text = text or json.dumps(_json_value(data, whole_floats, ()))
     except _NotJson as exc:
@@ -210,6 +215,22 @@ def validate_strictly(model: type, data: Any, *, whole_floats: bool = True) -> A
     if hasattr(model, "model_validate_json"):  # a pydantic model: no adapter to build (~60 us each)
         return model.model_validate_json(text, strict=True)
     return TypeAdapter(model).validate_json(text, strict=True)  # strict JSON: an array is a tuple
+
+
+MAX_VALUES = 10**7  # values in one file's data, its YAML aliases expanded (a large plan holds ~10**4)
+
+
+def _expanded(x: Any, seen: dict[int, int]) -> int:
+    """How many values ``x`` holds, each container counted once per place it stands (a YAML alias
+    names one object from many places); ``seen`` keeps each container's count, so a few lines that
+    nest aliases nine deep are counted, not walked 9**8 times."""
+    n = seen.get(id(x))
+    if n is None:
+        n = 1
+        for v in x.values() if isinstance(x, dict) else x if isinstance(x, list | tuple) else ():
+            n += _expanded(v, seen) if isinstance(v, dict | list | tuple) else 1
+        seen[id(x)] = n
+    return n
 
 
 _EXACT = 2.0**53  # past it a float is no count anyone wrote
