@@ -286,6 +286,11 @@ TAMPERED = [
     ("deepspeed", "params.cpu", "n0.gpu0", "params.cpu"),
     ("cpu-tp", "params.ranks.0", "n0.gpu0", "params.ranks[0]"),
     ("hexgen", "workload.batch", 2**40, "batch"),
+    # found reading the audit's exit-0 cases: a pass larger than the batch sized the KV cache for sequences
+    # that do not exist (peak memory 13.5 -> 14.7 GB at 64, silently); 1e308 s of sync overflowed the engine
+    ("accelerate", "params.batch_per_pass", 2, "params.batch_per_pass: must be in [1, 1]"),
+    ("deepspeed", "params.batch_per_pass", 64, "params.batch_per_pass: must be in [1, 1]"),
+    ("hetegen", "params.split_sync_s", 1e308, "params.split_sync_s: must be in [0, 1]"),
 ]
 
 
