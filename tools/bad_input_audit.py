@@ -200,21 +200,7 @@ def test_flag(cmd, flag, value, tmp_path, audit, monkeypatch, plan_text):
         ]
     elif cmd == "sweep":
         spec = tmp_path / "s.yaml"
-        spec.write_text(
-            yaml.safe_dump(
-                {
-                    "name": "a",
-                    "base": {
-                        "prompt_len": 16,
-                        "gen_len": 2,
-                        "model": "llama2-7b",
-                        "rig": "mixed-lab",
-                        "batch": 1,
-                    },
-                    "grids": [{"strategy": ["gpu-only"]}],
-                }
-            )
-        )
+        spec.write_text(yaml.safe_dump(SWEEP))
         args = ["sweep", str(spec), "--no-plots", "--workers", "1", "--out", str(tmp_path / "o")]
     else:
         p = tmp_path / "plan.json"
@@ -606,11 +592,7 @@ def test_trace(name, tmp_path, audit):
         audit(f"trace {name} {extra}", args, str(f))
 
 
-SWEEP = {
-    "name": "a",
-    "base": {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 1},
-    "grids": [{"strategy": ["gpu-only"]}],
-}
+SWEEP = yaml.safe_load((ROOT / "tests/data/audit-sweep.yaml").read_text())  # one point, as the regressions
 
 
 def sweep_variants():
