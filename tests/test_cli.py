@@ -545,6 +545,27 @@ def test_a_flag_that_only_matters_with_another_is_refused_alone(capsys, args, fl
     assert_input_error(*run(capsys, *args), f"{flag}: {flag}", other)
 
 
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (("sweep", "SPEC", "--out", ""), "--out"),
+        (("sweep", "SPEC", "--out", "o", "--dask", ""), "--dask"),
+        (("validate", "--hw", "mixed-lab", "--model", "llama2-7b", "--out", ""), "--out"),
+        (("compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategies", ""), "--strategies"),
+        (("plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategy", ","), "--strategy"),
+    ],
+)
+def test_an_empty_flag_is_refused_before_any_work(capsys, tmp_path, monkeypatch, args, flag):
+    """Found reading the audit's exit-0 cases: Path('') is this folder, so ``sweep --out ''`` and
+    ``validate --out ''`` wrote their results into it; ``--dask ''`` ran locally; ``--strategies ''``
+    (a shell variable left unset) searched every strategy. One line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("name: a\nbase: {model: llama2-7b, rig: mixed-lab, strategy: gpu-only}\n"
+                                     "grids: [{batch: [1]}]\n")  # fmt: skip
+    assert_input_error(*run(capsys, *("s.yaml" if a == "SPEC" else a for a in args)), f"{flag}: is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
 def test_a_flag_with_its_partner_passes_the_check(capsys):
     """--slo-ref with --slo-scale is not refused: the next check (a bad --dispatch) speaks."""
     assert_input_error(

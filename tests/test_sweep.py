@@ -459,6 +459,9 @@ def test_dask_without_the_extra_says_how_to_install(tmp_path, capsys, monkeypatc
         ("search: 1\n", "search", "valid boolean"),
         ("allow_compression: 'yes'\n", "allow_compression", "valid boolean"),
         ("objective: 2024-01-01\n", "objective", "not a date"),
+        # null leaves a knob unset; a point needs these (objective: null was each point's KeyError)
+        ("grids:\n  - {batch: [1], objective: [null]}\n", "grids[0].objective[0]", "must be given"),
+        ("grids:\n  - {batch: [null]}\n", "grids[0].batch[0]", "must be given"),
     ],
 )  # fmt: skip
 def test_sweep_spec_bounds(tmp_path, text, field, words):

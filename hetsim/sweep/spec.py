@@ -148,6 +148,10 @@ def _check_values(spec: SweepSpec, source: str) -> None:
 
     def check(field: str, key: str, value: Any) -> None:
         try:
+            if (
+                value is None and key in CORE_AXES
+            ):  # every point needs these: it failed (objective: a KeyError)
+                raise InputError("must be given (null leaves only knobs unset)")
             if value is None:
                 return
             if key in NAMED_AXES and not isinstance(value, str):  # a number or a list: not a name
