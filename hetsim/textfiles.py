@@ -17,7 +17,7 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -261,7 +261,7 @@ def _json_value(x: Any, whole_floats: bool, loc: tuple[Any, ...]) -> Any:
         return x
     if isinstance(x, float):
         return int(x) if whole_floats and x.is_integer() and abs(x) <= _EXACT else x
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):
         for k in x:
             if not (k is None or isinstance(k, str | bool | int | float)):
                 raise _NotJson((*loc, str(k)), k)
