@@ -772,14 +772,13 @@ def _flag_values(args: list[str]) -> list[tuple[str, str]]:
 
 
 def _refuse_empty(args: list[str]) -> None:
-    """A file, name or address flag given '' (a shell variable left unset), before any work: Path('')
-    is this folder, so ``sweep --out ''`` and ``validate --out ''`` wrote into it, ``--dask ''`` ran
-    locally and ``--trace ''`` said only ".: Is a directory"."""
-    wanted = dict.fromkeys(FILE_FLAGS, "a file's path") | dict.fromkeys(NAME_FLAGS, "a name or a file's path")
-    wanted["--dask"] = "a scheduler's address or 'local'"
+    """A file flag or ``--dask`` given '' (a shell variable left unset), before any work: Path('') is
+    this folder, so ``sweep --out ''`` and ``validate --out ''`` wrote into it, ``--trace ''`` said
+    only ".: Is a directory" and ``--dask ''`` ran locally. (A name flag's '' is an unknown name.)"""
     for flag, value in _flag_values(args):
-        if not value and flag in wanted:
-            raise InputError(f"is empty: give {wanted[flag]}", field=flag)
+        if not value and flag in (*FILE_FLAGS, "--dask"):
+            why = "a file's path" if flag != "--dask" else "a scheduler's address or 'local'"
+            raise InputError(f"is empty: give {why}", field=flag)
 
 
 def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:
@@ -792,6 +791,8 @@ def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseExce
     if not isinstance(path, str):
         return exc
     for flag, value in pairs:
+        if not value and path == "." and flag in NAME_FLAGS:  # Path("") is this folder (calibrate --profile)
+            return InputError("is empty: give a file's path", field=flag)
         if path != value and not (value and path == str(Path(value))):
             continue
         if flag in FILE_FLAGS or (flag in NAME_FLAGS and not (value and Path(value).exists())):
