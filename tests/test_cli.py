@@ -337,6 +337,52 @@ def test_validate_reads_its_profile_before_measuring(capsys, tmp_path, hw, ranks
     assert "running" not in out
 
 
+@pytest.mark.parametrize("strategy", ["gpu-only", "flexgen"])
+def test_validate_reads_its_profile_before_a_cuda_run(capsys, tmp_path, strategy):
+    """A CUDA path read --hw only in its prediction: without CUDA the run was skipped, exit 0, and a
+    report written for a profile that is not there. Now one line at once, nothing written."""
+    pytest.importorskip("torch")
+    args = ["validate", "--hw", "no-such-profile.yaml", "--strategy", strategy, "--model", "llama2-7b",
+            "--layers", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert_input_error(*run(capsys, *args), "--hw", "no-such-profile.yaml")
+    assert not list(tmp_path.iterdir())
+
+
+def test_validate_predicts_flexgen_at_its_block_before_the_run(capsys, tmp_path, monkeypatch):
+    """A FlexGen plan whose block is not the batch is predicted at its block: that prediction ran
+    after the measured run, and one that failed was a ValueError traceback, the measurement lost."""
+    pytest.importorskip("torch")
+    from validate import report, runners
+
+    calls = []
+    plan = {"gpu_batch_size": 2, "num_gpu_batches": 2}
+
+    def predict(hw, strategy, plan_obj, spec, workload):
+        calls.append(f"predict batch {workload.batch}")
+        if workload.batch == 4:
+            raise ValueError("the simulator finds the plan infeasible: test")
+        return {"ttft_s": 1.0, "tpot_s": 0.1, "e2e_s": 2.0, "plan": plan}
+
+    def measure(cfg, plan):
+        calls.append("run")
+        return runners.Measured(ttft_s=1.0, tpot_s=0.1, e2e_s=2.0)
+
+    monkeypatch.setattr(runners, "cuda_available", lambda: True)
+    monkeypatch.setattr(report, "predict_plan", predict)
+    monkeypatch.setattr(runners, "run_flexgen", measure)
+    monkeypatch.setattr(
+        "hetsim.strategies.base.get_strategy", lambda name: type("S", (), {"plan_from_dict": dict})
+    )
+    args = ["validate", "--hw", "flexgen-t4", "--strategy", "flexgen", "--model", "opt-6.7b", "--layers", "1",
+            "--batch", "1", "--out", str(tmp_path)]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert calls == ["predict batch 1", "predict batch 4", "run"]
+    doc = json.loads((tmp_path / "validate.json").read_text())
+    assert doc["runs"][0]["prediction"] == "the simulator finds the plan infeasible: test"
+    assert doc["runs"][0]["measured"]["ttft_s"] == 1.0
+
+
 def test_validate_summary_names_a_run_the_profile_cannot_predict(capsys, tmp_path):
     """A report's run with more ranks than the profile's CPU entries (or one that does not fit it) was
     predict_cpu's ValueError traceback out of ``python -m validate.summary``."""
@@ -384,6 +430,11 @@ _BAD_REPORTS = [
     (json.dumps({"runs": [_cpu_run(**{"model.heads": 0})]}), "model.heads"),
     (json.dumps({"runs": [_cpu_run(**{"model.hidden": -1536})]}), "model.hidden"),
     (json.dumps({"runs": [_cpu_run(**{"model.name": 5})]}), "model.name"),
+    (
+        json.dumps({"runs": [_cpu_run(**{"model.kv_heads": 64})]}),
+        "model.kv_heads: 64 does not divide heads 32",
+    ),
+    (json.dumps({"runs": [_cpu_run(**{"model.kv_heads": 5})]}), "model.kv_heads: 5 does not divide heads 32"),
     (json.dumps({"runs": [_cpu_run(**{"workload.gen_len": 10**9})]}), "gen_len"),
 ]
 
@@ -468,6 +519,7 @@ _SERVE = ("serve", "--model", "llama2-7b", "--hw", "mixed-lab")
         ((*_SERVE, "--rate", "1", "--target", "0.5"), "--target", "--max-rate"),
         ((*_SERVE, "--requests", "t.csv", "--duration", "5"), "--duration", "--rate"),
         ((*_SERVE, "--requests", "t.csv", "--num-requests", "5"), "--num-requests", "--rate"),
+        ((*_SERVE, "--requests", "t.csv", "--seed", "7"), "--seed", "--rate or --max-rate"),
         (("calibrate", "--gpu", "a100-80g"), "--gpu", "--from-profiles"),
         (("calibrate", "--profile", "p.yaml"), "--profile", "--fit"),
         (("calibrate", "report.json"), "RUNS", "--fit"),
@@ -486,10 +538,32 @@ _SERVE = ("serve", "--model", "llama2-7b", "--hw", "mixed-lab")
     ],
 )
 def test_a_flag_that_only_matters_with_another_is_refused_alone(capsys, args, flag, other):
-    """These did nothing, silently: --slo-ref without --slo-scale served with no deadline, calibrate
+    """These did nothing, silently: --slo-ref without --slo-scale served with no deadline, --seed with a
+    trace (and no --max-rate, whose Poisson streams it seeds) drew nothing, calibrate
     --gpu without --from-profiles measured this machine (minutes), validate --plan --model ran the
     plan's model. One line naming both flags, exit 2, before any work."""
     assert_input_error(*run(capsys, *args), f"{flag}: {flag}", other)
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (("sweep", "SPEC", "--out", ""), "--out"),
+        (("sweep", "SPEC", "--out", "o", "--dask", ""), "--dask"),
+        (("validate", "--hw", "mixed-lab", "--model", "llama2-7b", "--out", ""), "--out"),
+        (("compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategies", ""), "--strategies"),
+        (("plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategy", ","), "--strategy"),
+    ],
+)
+def test_an_empty_flag_is_refused_before_any_work(capsys, tmp_path, monkeypatch, args, flag):
+    """Found reading the audit's exit-0 cases: Path('') is this folder, so ``sweep --out ''`` and
+    ``validate --out ''`` wrote their results into it; ``--dask ''`` ran locally; ``--strategies ''``
+    (a shell variable left unset) searched every strategy. One line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("name: a\nbase: {model: llama2-7b, rig: mixed-lab, strategy: gpu-only}\n"
+                                     "grids: [{batch: [1]}]\n")  # fmt: skip
+    assert_input_error(*run(capsys, *("s.yaml" if a == "SPEC" else a for a in args)), f"{flag}: is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
 def test_a_flag_with_its_partner_passes_the_check(capsys):

@@ -158,6 +158,8 @@ def _strategy_names(text: str | None, flag: str) -> list[str] | None:
     from hetsim.strategies.base import all_strategies, get_strategy
 
     names = _split_names(text)
+    if names is None and text is not None and text.strip() != "all":  # '' or ',': all, silently
+        raise InputError("is empty: give strategy names, 'all', or leave the flag out", field=flag)
     for name in names or ():
         try:
             get_strategy(name)
@@ -738,6 +740,7 @@ def _command_name(argv: Sequence[str] | None) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
+        _refuse_empty(list(sys.argv[1:] if argv is None else argv))
         with _forking(list(sys.argv[1:] if argv is None else argv)):
             rv = command.main(
                 args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
@@ -763,18 +766,32 @@ FILE_FLAGS = ("--routing-profile", "--trace", "--out", "--from-profiles")
 NAME_FLAGS = ("--hw", "--slo-ref", "--profile")  # calibrate --profile: a rig name or file, as --hw
 
 
+def _flag_values(args: list[str]) -> list[tuple[str, str]]:
+    """(flag, the argument after it) and (flag, value) of each ``--flag=value``."""
+    return [*itertools.pairwise(args), *(a.partition("=")[::2] for a in args if "=" in a)]
+
+
+def _refuse_empty(args: list[str]) -> None:
+    """A file flag or ``--dask`` given '' (a shell variable left unset), before any work: Path('') is
+    this folder, so ``sweep --out ''`` and ``validate --out ''`` wrote into it, ``--trace ''`` said
+    only ".: Is a directory" and ``--dask ''`` ran locally. (A name flag's '' is an unknown name.)"""
+    for flag, value in _flag_values(args):
+        if not value and flag in (*FILE_FLAGS, "--dask"):
+            why = "a file's path" if flag != "--dask" else "a scheduler's address or 'local'"
+            raise InputError(f"is empty: give {why}", field=flag)
+
+
 def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:
     """``exc`` naming the flag that gave its file or name (``--trace PATH: ...``, ``--model: ...``)
     where the error names only the path, the name or an internal field."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    pairs = [*itertools.pairwise(args), *(a.partition("=")[::2] for a in args if "=" in a)]
+    pairs = _flag_values(list(sys.argv[1:] if argv is None else argv))
     if isinstance(exc, InputError) and exc.source is None and exc.field == "model":  # a name, not a file
         return InputError(exc.message, field="--model") if any(f == "--model" for f, _ in pairs) else exc
     path = exc.source if isinstance(exc, InputError) else getattr(exc, "filename", None)
     if not isinstance(path, str):
         return exc
     for flag, value in pairs:
-        if not value and path == "." and flag in (*FILE_FLAGS, *NAME_FLAGS):  # Path("") is this folder
+        if not value and path == "." and flag in NAME_FLAGS:  # Path("") is this folder (calibrate --profile)
             return InputError("is empty: give a file's path", field=flag)
         if path != value and not (value and path == str(Path(value))):
             continue
