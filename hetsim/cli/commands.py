@@ -29,6 +29,7 @@ import typer
 import yaml
 from pydantic_core import ValidationError
 
+from hetsim.cli.collecting import CLI_GC_THRESHOLD
 from hetsim.cli.stop import Stop, keep, kill_children, signal_of, stopping_signal
 from hetsim.errors import InputError
 from hetsim.stopping import keeping
@@ -682,15 +683,6 @@ def _error_line(exc: BaseException) -> str:
 
 
 USER_ERRORS = (InputError, UsageError, ValidationError, json.JSONDecodeError, yaml.YAMLError, OSError)
-
-
-# Net container objects made before CPython's young collection, while a command runs (default 700).
-# A command's imports and set-up make ~60,000 objects that live to the end (modules, classes, the
-# rig): at the default, ~90 young and middle collections traverse them again and again (~0.02 CPU s
-# before a compare's workers start, serial; 0 collections at this threshold). Garbage in cycles is
-# then collected in bigger, rarer batches (at most this many objects). Collecting never changes a
-# result; ``main`` restores the caller's threshold.
-CLI_GC_THRESHOLD = 100_000
 
 
 def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
