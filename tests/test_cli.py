@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -490,6 +491,52 @@ def test_the_process_ends_with_its_heap_frozen_its_code_and_its_atexit_handlers(
     assert proc.stdout == "buffered frozen True\n"
 
 
+_ENDING = """
+import atexit, os, sys, threading, time
+from hetsim.cli.commands import exit_process
+# run by the interpreter's exit (threading._shutdown, before atexit), as concurrent.futures' pools' is
+threading._register_atexit(lambda: print("shutdown"))
+if sys.argv[1] == "thread":  # a thread still running: the interpreter's exit waits for it
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread"))).start()
+atexit.register(lambda: print("atexit"))
+sys.stdout.write("buffered ")
+exit_process(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "out"),
+    [
+        ("alone", 0, "buffered atexit\n"),  # no interpreter shutdown after the handlers
+        ("alone", 1, "buffered atexit\n"),
+        ("thread", 0, "buffered shutdown\nthread\natexit\n"),  # as the interpreter ends it
+    ],
+)
+def test_a_command_alone_ends_after_its_atexit_handlers_without_finalization(case, code, out):
+    """Once a command ended by itself, nothing after the atexit handlers is needed: the process ends
+    there, its output flushed and its code returned (the interpreter's teardown of every module and
+    object, ~15-25 ms after a compare, is skipped); with another thread still running it ends as the
+    interpreter ends it (the threads' exit callbacks, the thread joined, then the handlers)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _ENDING, case, str(code)], capture_output=True, text=True, timeout=60
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, out, "")
+
+
+def test_a_command_whose_output_pipe_is_closed_ends_as_the_interpreter_ends_it():
+    """Output to a closed pipe: the interpreter's exit reports it (exit 120, one line), as before."""
+    code = "import sys, time\nfrom hetsim.cli.commands import exit_process\ntime.sleep(0.5)\n"
+    code += "sys.stdout.write('x' * 100)\nexit_process(0)\n"
+    read, write = os.pipe()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as a user's
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE, env=env)
+    os.close(write)
+    os.close(read)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 120
+    assert "BrokenPipeError" in err
+
+
 def test_a_command_runs_with_rare_young_collections_and_main_restores_the_threshold(monkeypatch):
     import gc
 
@@ -588,3 +635,32 @@ def test_a_flag_pair_check_naming_a_flag_the_command_lacks_is_a_bug_not_a_silent
             given(ctx, "--slo_ref")
 
     typer.main.get_command(app).main(["--slo-ref", "y"], standalone_mode=False)
+
+
+_START_UP = """
+import atexit, builtins, gc, sys
+from hetsim.cli.entry import run
+seen, at_main = [], []
+gc.callbacks.append(lambda phase, info: seen.append(info["generation"]) if phase == "start" else None)
+real = builtins.__import__
+def imported(name, *args, **kwargs):
+    module = real(name, *args, **kwargs)
+    if name == "hetsim.cli.commands" and not at_main:
+        at_main.append(len(seen))
+    return module
+builtins.__import__ = imported
+sys.argv = ["hetsim", "model", "list"]
+atexit.register(lambda: sys.stderr.write(f"{at_main} {gc.get_threshold()[0]}\\n"))
+run()
+"""
+
+
+def test_the_console_script_imports_the_cli_without_young_collections():
+    """The console script raises the young-collection threshold before it imports the CLI (typer,
+    YAML, pydantic-core: ~40 collections, 4-8 ms, serial, before a compare's workers are forked),
+    not only once ``main`` runs."""
+    from hetsim.cli.commands import CLI_GC_THRESHOLD
+
+    proc = subprocess.run([sys.executable, "-c", _START_UP], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"[0] {CLI_GC_THRESHOLD}"
