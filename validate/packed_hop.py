@@ -25,10 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import threading
 from typing import Any
 
 from hetsim.textfiles import write_text_atomic
 from validate.microbench import timeit
+
+COPY_THREADS = 4  # TorchDisk(num_copy_threads=4), pytorch_backend.py:624
 
 
 def measure(nbytes: int, threads: list[int]) -> dict[str, Any]:
@@ -41,6 +44,7 @@ def measure(nbytes: int, threads: list[int]) -> dict[str, Any]:
     relay = torch.empty(nbytes, dtype=torch.float16, pin_memory=cuda)
     relay.copy_(src)
     plain = torch.empty(nbytes // 2, dtype=torch.float16).uniform_(-1, 1)  # the same bytes in fp16
+    touched = torch.zeros(nbytes, dtype=torch.uint8)  # uint8 memory already faulted in
     out: dict[str, Any] = {"bytes": nbytes, "cuda": torch.cuda.get_device_name(0) if cuda else None}
     per_threads = []
     saved = torch.get_num_threads()
@@ -51,6 +55,7 @@ def measure(nbytes: int, threads: list[int]) -> dict[str, Any]:
         row["u8_to_fp16_pinned_s"] = timeit(lambda: relay.copy_(src), **kw)
         row["fp16_to_u8_new_s"] = timeit(lambda: relay.to(torch.uint8), **kw)
         row["fp16_memcpy_to_pinned_s"] = timeit(lambda: relay[: nbytes // 2].copy_(plain), **kw)
+        row.update(_fresh_parts(torch, relay, touched, kw))
         if cuda:
             dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
             dst16 = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda")
@@ -78,6 +83,34 @@ def measure(nbytes: int, threads: list[int]) -> dict[str, Any]:
     torch.set_num_threads(saved)
     out["runs"] = per_threads
     return out
+
+
+def _fresh_parts(torch: Any, relay: Any, touched: Any, kw: dict[str, Any]) -> dict[str, float]:
+    """The parts of ``fp16_to_u8_new_s``, so that a host's conversion and its page faults can be told
+    apart (the form carries cycles by cores x clock; first-touch faults are the OS's, per 4 KiB page):
+    the same conversion into uint8 memory already touched; a fresh tensor's first touch (a fill), and
+    the same fill of touched memory (fresh - touched = the faults). And the conversion as FlexGen's
+    copy threads run it: ``COPY_THREADS`` Python threads, each converting its quarter into a fresh
+    tensor at once (each thread's intra-op pool is torch's setting; they share the cores)."""
+    n = touched.numel()
+    q = n // COPY_THREADS
+
+    def copy_threads() -> None:
+        def one(i: int) -> None:
+            relay[i * q : (i + 1) * q].to(torch.uint8)
+
+        workers = [threading.Thread(target=one, args=(i,)) for i in range(COPY_THREADS)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    return {
+        "fp16_to_u8_touched_s": timeit(lambda: touched.copy_(relay), **kw),
+        "u8_fill_fresh_s": timeit(lambda: torch.empty(n, dtype=torch.uint8).fill_(1), **kw),
+        "u8_fill_touched_s": timeit(lambda: touched.fill_(1), **kw),
+        "fp16_to_u8_new_copy_threads_s": timeit(copy_threads, **kw),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
