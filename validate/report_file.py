@@ -112,6 +112,52 @@ class CpuRun:
     tpot_s: float
 
 
+class _CudaRun(_Doc):
+    workload: _Workload
+    model: dict[str, Any]
+    label: str
+    plan: dict[str, Any]
+    measured: _Measured
+
+
+@dataclass(frozen=True)
+class CudaRun:
+    """One measured CUDA run of a report with the plan it ran, checked (the plan by its strategy)."""
+
+    index: int
+    label: str
+    plan: dict[str, Any]
+    spec: ModelSpec
+    workload: Workload
+    ttft_s: float
+    tpot_s: float
+
+
+def cuda_run(run: dict[str, Any], i: int, source: str) -> CudaRun:
+    """``run`` (``runs[i]`` of the report at ``source``) read as a measured CUDA run: a missing, zero or
+    non-numeric time, or a model of nonsense shape, is one ``InputError`` naming ``runs[i]`` (it was a
+    KeyError/TypeError traceback, or a +nan % error and exit 0)."""
+    try:
+        r = _CudaRun.model_validate(run)
+        spec = _model(ModelSpec, r.model)
+        w = r.workload
+        workload = Workload(w.batch, w.prompt_len, w.gen_len)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        raise InputError(
+            f"run {i}: {where + ': ' if where else ''}{msg}", source=source, field=f"runs[{i}]"
+        ) from None
+    except ValueError as exc:
+        raise InputError(f"run {i}: {exc}", source=source, field=f"runs[{i}]") from None
+    except InputError as exc:
+        raise InputError(
+            f"run {i}: workload.{exc.field}: {exc.message}", source=source, field=f"runs[{i}]"
+        ) from None
+    return CudaRun(i, r.label, r.plan, spec, workload, r.measured.ttft_s, r.measured.tpot_s)
+
+
 def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
     """The measured CPU runs of the validate report at ``path``; ``model_type`` builds the model
     (calibrate's fit passes its own)."""
