@@ -331,6 +331,30 @@ def test_fit_above_the_microbenchmarks_raises_the_peak(tmp_path):
     assert load_rig(tmp_path / "up.yaml").route("n0.cpu0", "n0.cpu1").latency_s == pytest.approx(1e-3)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flexgen_runner_on_cuda_matches_the_plain_decoder():
+    """Every weight on the host, attention and KV on the GPU, so the host issues layers ahead of the
+    GPU: each fetched layer's buffers must outlive the kernels reading them (record_stream), or a
+    later layer's copy can land in them. A race: passing here does not prove it absent."""
+    from validate.offload import flexgen_decoder
+    from validate.runners import RunConfig, generate_timed
+    from validate.torch_model import TorchDecoder
+
+    spec = dataclasses.replace(
+        get_model("llama2-7b"), layers=8, hidden=1024, heads=8, kv_heads=8, intermediate=4096
+    )
+    plan = {"gpu_batch_size": 4, "num_gpu_batches": 1, "wg": 0.0, "wc": 100.0, "cg": 100.0, "cc": 0.0,
+            "cpu_attention": False}  # fmt: skip
+    cfg = RunConfig(
+        model=dataclasses.asdict(spec), batch=4, prompt_len=256, gen_len=8, repeats=1, warmup_steps=0
+    )
+    plain = generate_timed(TorchDecoder(spec, device="cuda"), cfg)
+    run = flexgen_decoder(spec, plan, dtype=torch.float32, device="cuda")
+    assert run.host_fields
+    assert generate_timed(run, cfg).tokens == plain.tokens
+
+
 @pytest.mark.parametrize("cpu_attention", [True, False])
 def test_flexgen_block_schedule_matches_the_plain_decoder(cpu_attention):
     """The zig-zag block schedule (layer-major over GPU batches, KV cache on the host, CPU attention
