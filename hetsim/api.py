@@ -34,8 +34,7 @@ from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
-from hetsim.strategies.plan_io import validate_strictly
-from hetsim.textfiles import parse_json, read_text
+from hetsim.textfiles import parse_json, read_text, validate_strictly
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers need it
@@ -368,7 +367,8 @@ def results_frame(results: Sequence[Result]) -> pd.DataFrame:
 def _plan_document() -> Any:
     """The plan file's pydantic model (``PlanDocument``), made on first use: pydantic's models cost
     ~0.05 CPU s to import and build, which compare's search workers, importing this module, never use."""
-    from pydantic import BaseModel, ConfigDict
+    from pydantic import BaseModel, ConfigDict, field_validator
+    from pydantic_core import PydanticCustomError
 
     class _WorkloadDoc(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -392,6 +392,13 @@ def _plan_document() -> Any:
         gpu_mem_budget: float | None = None
         params: dict[str, Any]
         lossy: str = ""  # what the plan gives up in model quality ("" = lossless); informational
+
+        @field_validator("hetsim_plan", mode="before")
+        @classmethod
+        def _a_number(cls, v: Any) -> Any:
+            if isinstance(v, bool):  # Literal[1] takes true (== 1), even in strict mode
+                raise PydanticCustomError("literal_error", "Input should be 1, not {v}", {"v": json.dumps(v)})
+            return v
 
     # named as this module's (its ``__getattr__`` finds them): documents pickle as they did
     for cls in (_WorkloadDoc, PlanDocument):
@@ -446,11 +453,18 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         strategy = get_strategy(doc.strategy)
         p = problem(doc.model, doc.hardware, **doc.workload.model_dump(), gpu_mem_budget=doc.gpu_mem_budget)
     except InputError as exc:
+        if exc.source is not None and exc.field is not None:  # inside the rig or config.json it names
+            raise
         field = {"--gpu-mem-budget": "gpu_mem_budget"}.get(exc.field or "", exc.field)  # the file's key
         if field in type(doc.workload).model_fields:  # Workload's own check names its argument
             field = f"workload.{field}"
-        elif field is None and exc.source == doc.hardware:  # an unknown rig, named by itself
-            field = "hardware"
+        elif field is None and exc.source is not None:  # a file it names that is missing or unknown
+            named = {
+                doc.hardware: "hardware",
+                doc.model: "model",
+                doc.workload.routing_profile: "workload.routing_profile",
+            }
+            field = named.get(exc.source)
         raise InputError(exc.message, source=source, field=field) from None
     plan = strategy.plan_from_dict(doc.params, source)
     for key in ("weight_dtype", "kv_dtype"):  # what the workload asked for is what the plan runs

@@ -17,7 +17,7 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -183,6 +183,94 @@ def parse_yaml(text: str, source: str) -> Any:
         raise InputError(f"malformed YAML{where}: {problem}", source=source) from None
     except RecursionError:
         raise InputError("malformed YAML: nested too deeply", source=source) from None
+
+
+def validate_strictly(model: type, data: Any, *, whole_floats: bool = True) -> Any:
+    """``data`` (JSON-like, from a user's file) as ``model`` (a dataclass or pydantic model), each value
+    of its own JSON type: pydantic's lax mode read ``true`` as 1 (or 1.0), ``"3"`` as 3 and ``1`` as
+    true, which change what a file says. Every plan model, rig and catalogue file and sweep spec is read
+    here; raises ``ValidationError`` (a value no JSON holds, such as a YAML date, too).
+
+    ``whole_floats``: a number with no fraction (``2.0``) is the integer it names, up to 2**53 (where
+    floats stop holding every integer; 1e308 became a 309-digit int that overflowed later). JSON does
+    not tell 2 from 2.0, and writers that hold every number as a float (numpy, JavaScript) write 2.0.
+    YAML files are written by hand and tell them apart, and a sweep's axis values (``Any``) keep what
+    was written: YAML readers pass False."""
+    from pydantic import TypeAdapter  # ~0.03 s: only files read into models need it
+
+    try:  # NaN is written as NaN: refused by the models' own checks
+        size = _expanded(data, {})
+        if size > MAX_VALUES:  # YAML's aliases: 9**8 values of a few lines (~7 GB as JSON)
+            raise _refused(
+                model, (), None, f"{size:.3g} values once its aliases are expanded; at most {MAX_VALUES:.0e}"
+            )
+        text = _plain_json(data) if not whole_floats else None  # the catalogue's ~50 files: no walk
+        text = text or json.dumps(_json_value(data, whole_floats, ()))
+    except _NotJson as exc:
+        loc, value = exc.args
+        why = f"must be a string, number, true/false, list or mapping, not a {type(value).__name__}"
+        raise _refused(model, loc, value, why) from None
+    except RecursionError:
+        raise _refused(model, (), None, "nested too deeply") from None
+    if hasattr(model, "model_validate_json"):  # a pydantic model: no adapter to build (~60 us each)
+        return model.model_validate_json(text, strict=True)
+    return TypeAdapter(model).validate_json(text, strict=True)  # strict JSON: an array is a tuple
+
+
+MAX_VALUES = 10**7  # values in one file's data, its YAML aliases expanded (a large plan holds ~10**4)
+
+
+def _expanded(x: Any, seen: dict[int, int]) -> int:
+    """How many values ``x`` holds, each container counted once per place it stands (a YAML alias
+    names one object from many places); ``seen`` keeps each container's count, so a few lines that
+    nest aliases nine deep are counted, not walked 9**8 times."""
+    n = seen.get(id(x))
+    if n is None:
+        n = 1
+        for v in x.values() if isinstance(x, dict) else x if isinstance(x, list | tuple) else ():
+            n += _expanded(v, seen) if isinstance(v, dict | list | tuple) else 1
+        seen[id(x)] = n
+    return n
+
+
+_EXACT = 2.0**53  # past it a float is no count anyone wrote
+
+
+def _plain_json(data: Any) -> str | None:
+    """``data`` as JSON text when it holds only JSON's values, else None."""
+    try:
+        return json.dumps(data)
+    except (TypeError, ValueError, RecursionError):  # a date, a set, a numpy scalar; a cycle
+        return None
+
+
+def _refused(model: type, loc: tuple[Any, ...], value: Any, why: str) -> Exception:
+    from pydantic_core import PydanticCustomError, ValidationError
+
+    error = PydanticCustomError("json_type", why.replace("{", "{{").replace("}", "}}"))
+    return ValidationError.from_exception_data(model.__name__, [{"type": error, "loc": loc, "input": value}])
+
+
+class _NotJson(Exception):
+    """(location, value): a value ``json`` cannot hold (a YAML date or set)."""
+
+
+def _json_value(x: Any, whole_floats: bool, loc: tuple[Any, ...]) -> Any:
+    """``x`` as plain JSON values; a numpy scalar (in a plan made in memory) as its Python number."""
+    if x is None or isinstance(x, str | bool | int):
+        return x
+    if isinstance(x, float):
+        return int(x) if whole_floats and x.is_integer() and abs(x) <= _EXACT else x
+    if isinstance(x, Mapping):
+        for k in x:
+            if not (k is None or isinstance(k, str | bool | int | float)):
+                raise _NotJson((*loc, str(k)), k)
+        return {k: _json_value(v, whole_floats, (*loc, k)) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_value(v, whole_floats, (*loc, i)) for i, v in enumerate(x)]
+    if hasattr(x, "item") and not hasattr(x, "__len__"):  # numpy's scalars
+        return _json_value(x.item(), whole_floats, loc)
+    raise _NotJson(loc, x)
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ how its tokens pick a mixture-of-experts model's experts (a routing profile)."""
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,13 +89,19 @@ def read_routing_profile(path: str | Path) -> RoutingProfile:
         if not isinstance(row, list) or not row:
             raise InputError("must be a non-empty list of per-expert counts", source=source, field=where)
         for e, v in enumerate(row):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            # a count past a float (an int of 400 digits) made isfinite raise; NaN fails both comparisons
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= sys.float_info.max:
                 raise InputError(
-                    f"must be a non-negative number, got {v!r}", source=source, field=f"{where}[{e}]"
+                    f"must be a non-negative number, got {v!r:.40}", source=source, field=f"{where}[{e}]"
                 )
-        total = float(sum(row))
+        counted = sum(row)  # float() of a 400-digit int's sum overflowed; 1e308 + 1e308 is inf
+        total = float(counted) if counted <= sys.float_info.max else math.inf
         if total <= 0:
             raise InputError("all counts are zero", source=source, field=where)
+        if not math.isfinite(total):  # each share was v / inf = 0: no expert ever picked, silently
+            raise InputError(
+                "the counts add up past a float's range: scale them down", source=source, field=where
+            )
         shares.append(tuple(v / total for v in row))
     return RoutingProfile(source, tuple(shares))
 

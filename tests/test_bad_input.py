@@ -91,6 +91,50 @@ def test_host_memory_true_refused(tmp_path):
     assert err.field == "nodes[0].host_memory.value"
 
 
+# pydantic's lax mode read these as another value (now textfiles.validate_strictly, as plans are)
+A100S = "gpus: [a100-80g, a100-80g]\n    nvlink: {link: nvlink3, "
+MEASURED = "{value: 1 us, source: x, grade: assumed}"
+LAX_RIG = [
+    ("gpus: [t4, l4]", A100S + "switch: 1}", "nodes[0].nvlink.switch"),
+    ("gpus: [t4, l4]", A100S + "pairs: [[0, true]]}", "nodes[0].nvlink.pairs[0][1]"),
+    ("name: tiny", "name: tiny\ndescription: 2024-01-01", "description"),  # a YAML date, not text (guard)
+    # an override is read against the catalogue's schema: a count given as text
+    ("gpus: [t4, l4]", "gpus: [t4, l4]\n    nic: {link: ethernet-25g, allreduce: [{ranks: '2', latency: "
+     + MEASURED + ", bandwidth: " + MEASURED.replace("1 us", "1 GB/s") + "}]}",
+     "nodes[0].nic.allreduce[0].ranks"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("old", "new", "field"), LAX_RIG)
+def test_rig_values_of_another_type_are_refused(tmp_path, old, new, field):
+    err = _rig_error(tmp_path, RIG.replace(old, new))
+    assert err.field is not None and err.field.endswith(field), err
+
+
+@pytest.mark.parametrize("kind", ["rig", "sweep"])
+def test_nested_yaml_aliases_are_counted_not_expanded(tmp_path, capsys, kind):
+    """A few lines of aliases nested nine deep hold 9**8 values: reading them strictly as JSON took
+    44 s and 6.8 GB (lax pydantic stopped at the first unknown key; strict reading dumps it all)."""
+    lines, prev = ["a: &a [x,x,x,x,x,x,x,x,x]"], "a"
+    for name in "bcdefgh":
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+        prev = name
+    path = tmp_path / "bomb.yaml"
+    path.write_text(
+        "\n".join([*lines, "name: x", "grids: [{batch: [1]}]" if kind == "sweep" else "nodes: []"])
+    )
+    args = ["hw", "show", str(path)] if kind == "rig" else ["sweep", str(path), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "values once its aliases are expanded" in err, err
+
+
+def test_the_strict_rig_loads(tmp_path):
+    path = tmp_path / "rig.yaml"
+    path.write_text(RIG.replace("gpus: [t4, l4]", A100S + "switch: true, pairs: [[0, 1]]}"))
+    assert load_rig(path).name == "tiny"
+
+
 def test_cores_inf_refused(tmp_path):
     text = RIG.replace(
         "cpus: [xeon-8480+]", "cpus: [{model: xeon-8480+, cores: {value: .inf, source: x, grade: assumed}}]"
@@ -242,6 +286,11 @@ TAMPERED = [
     ("deepspeed", "params.cpu", "n0.gpu0", "params.cpu"),
     ("cpu-tp", "params.ranks.0", "n0.gpu0", "params.ranks[0]"),
     ("hexgen", "workload.batch", 2**40, "batch"),
+    # found reading the audit's exit-0 cases: a pass larger than the batch sized the KV cache for sequences
+    # that do not exist (peak memory 13.5 -> 14.7 GB at 64, silently); 1e308 s of sync overflowed the engine
+    ("accelerate", "params.batch_per_pass", 2, "params.batch_per_pass: must be in [1, 1]"),
+    ("deepspeed", "params.batch_per_pass", 64, "params.batch_per_pass: must be in [1, 1]"),
+    ("hetegen", "params.split_sync_s", 1e308, "params.split_sync_s: must be in [0, 1]"),
 ]
 
 
@@ -273,6 +322,7 @@ LAX = [
     ("hexgen", "workload.batch", True, "workload.batch"),
     ("gpu-only", "workload.gen_len", "32", "workload.gen_len"),
     ("gpu-only", "gpu_mem_budget", "24e9", "gpu_mem_budget"),
+    ("gpu-only", "hetsim_plan", True, "hetsim_plan: Input should be 1, not true"),  # Literal[1] took it
 ]
 
 
@@ -318,6 +368,28 @@ def test_a_whole_float_is_the_integer_it_names(tmp_path, capsys, plans, strategy
         assert main(["simulate", "--plan", str(f), "--format", "json"]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1]
+
+
+def test_an_error_inside_a_file_a_plan_names_is_that_files(tmp_path, capsys, plans):
+    """A rig or config.json the plan points to is read as itself: its own errors name it and their
+    field (they named the plan file, with the rig's field); one it lacks names the plan's key."""
+    rig = tmp_path / "rig.yaml"
+    rig.write_text(RIG.replace("64 GB", "64 GBX"))
+    config = tmp_path / "config.json"
+    config.write_text('{"hidden_size": 8}')
+    cases = [
+        ("hardware", str(rig), f"error: {rig}: nodes[0].host_memory: "),
+        ("model", str(config), f"error: {config}: model_type: "),
+        ("model", str(tmp_path / "none.json"), "plan.json: model: no such file"),
+    ]
+    for key, value, line in cases:
+        doc = json.loads(json.dumps(plans["gpu-only"]))
+        doc[key] = value
+        bad = tmp_path / "plan.json"
+        bad.write_text(json.dumps(doc))
+        assert main(["simulate", "--plan", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and line in err, err
 
 
 def test_untampered_plans_simulate(tmp_path, capsys, plans):

@@ -199,21 +199,7 @@ def test_absurd_flags_found_by_the_audit(tmp_path, capsys, monkeypatch, args, li
         pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
     spec = tmp_path / "s.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "name": "a",
-                "base": {
-                    "prompt_len": 16,
-                    "gen_len": 2,
-                    "model": "llama2-7b",
-                    "rig": "mixed-lab",
-                    "batch": 1,
-                },
-                "grids": [{"strategy": ["gpu-only"]}],
-            }
-        )
-    )
+    spec.write_text((ROOT / "tests/data/audit-sweep.yaml").read_text())  # the audit's own small sweep
     args = [str(spec) if a == "SPEC" else str(tmp_path / "c.yaml") if a == "OUT" else a for a in args]
     assert _one_line(*guarded(args, HANG_S)).startswith(line)
 

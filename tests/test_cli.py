@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -337,6 +338,52 @@ def test_validate_reads_its_profile_before_measuring(capsys, tmp_path, hw, ranks
     assert "running" not in out
 
 
+@pytest.mark.parametrize("strategy", ["gpu-only", "flexgen"])
+def test_validate_reads_its_profile_before_a_cuda_run(capsys, tmp_path, strategy):
+    """A CUDA path read --hw only in its prediction: without CUDA the run was skipped, exit 0, and a
+    report written for a profile that is not there. Now one line at once, nothing written."""
+    pytest.importorskip("torch")
+    args = ["validate", "--hw", "no-such-profile.yaml", "--strategy", strategy, "--model", "llama2-7b",
+            "--layers", "1", "--out", str(tmp_path)]  # fmt: skip
+    assert_input_error(*run(capsys, *args), "--hw", "no-such-profile.yaml")
+    assert not list(tmp_path.iterdir())
+
+
+def test_validate_predicts_flexgen_at_its_block_before_the_run(capsys, tmp_path, monkeypatch):
+    """A FlexGen plan whose block is not the batch is predicted at its block: that prediction ran
+    after the measured run, and one that failed was a ValueError traceback, the measurement lost."""
+    pytest.importorskip("torch")
+    from validate import report, runners
+
+    calls = []
+    plan = {"gpu_batch_size": 2, "num_gpu_batches": 2}
+
+    def predict(hw, strategy, plan_obj, spec, workload):
+        calls.append(f"predict batch {workload.batch}")
+        if workload.batch == 4:
+            raise ValueError("the simulator finds the plan infeasible: test")
+        return {"ttft_s": 1.0, "tpot_s": 0.1, "e2e_s": 2.0, "plan": plan}
+
+    def measure(cfg, plan):
+        calls.append("run")
+        return runners.Measured(ttft_s=1.0, tpot_s=0.1, e2e_s=2.0)
+
+    monkeypatch.setattr(runners, "cuda_available", lambda: True)
+    monkeypatch.setattr(report, "predict_plan", predict)
+    monkeypatch.setattr(runners, "run_flexgen", measure)
+    monkeypatch.setattr(
+        "hetsim.strategies.base.get_strategy", lambda name: type("S", (), {"plan_from_dict": dict})
+    )
+    args = ["validate", "--hw", "flexgen-t4", "--strategy", "flexgen", "--model", "opt-6.7b", "--layers", "1",
+            "--batch", "1", "--out", str(tmp_path)]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert calls == ["predict batch 1", "predict batch 4", "run"]
+    doc = json.loads((tmp_path / "validate.json").read_text())
+    assert doc["runs"][0]["prediction"] == "the simulator finds the plan infeasible: test"
+    assert doc["runs"][0]["measured"]["ttft_s"] == 1.0
+
+
 def test_validate_summary_names_a_run_the_profile_cannot_predict(capsys, tmp_path):
     """A report's run with more ranks than the profile's CPU entries (or one that does not fit it) was
     predict_cpu's ValueError traceback out of ``python -m validate.summary``."""
@@ -384,6 +431,11 @@ _BAD_REPORTS = [
     (json.dumps({"runs": [_cpu_run(**{"model.heads": 0})]}), "model.heads"),
     (json.dumps({"runs": [_cpu_run(**{"model.hidden": -1536})]}), "model.hidden"),
     (json.dumps({"runs": [_cpu_run(**{"model.name": 5})]}), "model.name"),
+    (
+        json.dumps({"runs": [_cpu_run(**{"model.kv_heads": 64})]}),
+        "model.kv_heads: 64 does not divide heads 32",
+    ),
+    (json.dumps({"runs": [_cpu_run(**{"model.kv_heads": 5})]}), "model.kv_heads: 5 does not divide heads 32"),
     (json.dumps({"runs": [_cpu_run(**{"workload.gen_len": 10**9})]}), "gen_len"),
 ]
 
@@ -439,6 +491,52 @@ def test_the_process_ends_with_its_heap_frozen_its_code_and_its_atexit_handlers(
     assert proc.stdout == "buffered frozen True\n"
 
 
+_ENDING = """
+import atexit, os, sys, threading, time
+from hetsim.cli.commands import exit_process
+# run by the interpreter's exit (threading._shutdown, before atexit), as concurrent.futures' pools' is
+threading._register_atexit(lambda: print("shutdown"))
+if sys.argv[1] == "thread":  # a thread still running: the interpreter's exit waits for it
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread"))).start()
+atexit.register(lambda: print("atexit"))
+sys.stdout.write("buffered ")
+exit_process(int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "out"),
+    [
+        ("alone", 0, "buffered atexit\n"),  # no interpreter shutdown after the handlers
+        ("alone", 1, "buffered atexit\n"),
+        ("thread", 0, "buffered shutdown\nthread\natexit\n"),  # as the interpreter ends it
+    ],
+)
+def test_a_command_alone_ends_after_its_atexit_handlers_without_finalization(case, code, out):
+    """Once a command ended by itself, nothing after the atexit handlers is needed: the process ends
+    there, its output flushed and its code returned (the interpreter's teardown of every module and
+    object, ~15-25 ms after a compare, is skipped); with another thread still running it ends as the
+    interpreter ends it (the threads' exit callbacks, the thread joined, then the handlers)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _ENDING, case, str(code)], capture_output=True, text=True, timeout=60
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (code, out, "")
+
+
+def test_a_command_whose_output_pipe_is_closed_ends_as_the_interpreter_ends_it():
+    """Output to a closed pipe: the interpreter's exit reports it (exit 120, one line), as before."""
+    code = "import sys, time\nfrom hetsim.cli.commands import exit_process\ntime.sleep(0.5)\n"
+    code += "sys.stdout.write('x' * 100)\nexit_process(0)\n"
+    read, write = os.pipe()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as a user's
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE, env=env)
+    os.close(write)
+    os.close(read)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 120
+    assert "BrokenPipeError" in err
+
+
 def test_a_command_runs_with_rare_young_collections_and_main_restores_the_threshold(monkeypatch):
     import gc
 
@@ -468,6 +566,7 @@ _SERVE = ("serve", "--model", "llama2-7b", "--hw", "mixed-lab")
         ((*_SERVE, "--rate", "1", "--target", "0.5"), "--target", "--max-rate"),
         ((*_SERVE, "--requests", "t.csv", "--duration", "5"), "--duration", "--rate"),
         ((*_SERVE, "--requests", "t.csv", "--num-requests", "5"), "--num-requests", "--rate"),
+        ((*_SERVE, "--requests", "t.csv", "--seed", "7"), "--seed", "--rate or --max-rate"),
         (("calibrate", "--gpu", "a100-80g"), "--gpu", "--from-profiles"),
         (("calibrate", "--profile", "p.yaml"), "--profile", "--fit"),
         (("calibrate", "report.json"), "RUNS", "--fit"),
@@ -486,10 +585,32 @@ _SERVE = ("serve", "--model", "llama2-7b", "--hw", "mixed-lab")
     ],
 )
 def test_a_flag_that_only_matters_with_another_is_refused_alone(capsys, args, flag, other):
-    """These did nothing, silently: --slo-ref without --slo-scale served with no deadline, calibrate
+    """These did nothing, silently: --slo-ref without --slo-scale served with no deadline, --seed with a
+    trace (and no --max-rate, whose Poisson streams it seeds) drew nothing, calibrate
     --gpu without --from-profiles measured this machine (minutes), validate --plan --model ran the
     plan's model. One line naming both flags, exit 2, before any work."""
     assert_input_error(*run(capsys, *args), f"{flag}: {flag}", other)
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (("sweep", "SPEC", "--out", ""), "--out"),
+        (("sweep", "SPEC", "--out", "o", "--dask", ""), "--dask"),
+        (("validate", "--hw", "mixed-lab", "--model", "llama2-7b", "--out", ""), "--out"),
+        (("compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategies", ""), "--strategies"),
+        (("plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategy", ","), "--strategy"),
+    ],
+)
+def test_an_empty_flag_is_refused_before_any_work(capsys, tmp_path, monkeypatch, args, flag):
+    """Found reading the audit's exit-0 cases: Path('') is this folder, so ``sweep --out ''`` and
+    ``validate --out ''`` wrote their results into it; ``--dask ''`` ran locally; ``--strategies ''``
+    (a shell variable left unset) searched every strategy. One line, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("name: a\nbase: {model: llama2-7b, rig: mixed-lab, strategy: gpu-only}\n"
+                                     "grids: [{batch: [1]}]\n")  # fmt: skip
+    assert_input_error(*run(capsys, *("s.yaml" if a == "SPEC" else a for a in args)), f"{flag}: is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
 
 
 def test_a_flag_with_its_partner_passes_the_check(capsys):
@@ -514,3 +635,32 @@ def test_a_flag_pair_check_naming_a_flag_the_command_lacks_is_a_bug_not_a_silent
             given(ctx, "--slo_ref")
 
     typer.main.get_command(app).main(["--slo-ref", "y"], standalone_mode=False)
+
+
+_START_UP = """
+import atexit, builtins, gc, sys
+from hetsim.cli.entry import run
+seen, at_main = [], []
+gc.callbacks.append(lambda phase, info: seen.append(info["generation"]) if phase == "start" else None)
+real = builtins.__import__
+def imported(name, *args, **kwargs):
+    module = real(name, *args, **kwargs)
+    if name == "hetsim.cli.commands" and not at_main:
+        at_main.append(len(seen))
+    return module
+builtins.__import__ = imported
+sys.argv = ["hetsim", "model", "list"]
+atexit.register(lambda: sys.stderr.write(f"{at_main} {gc.get_threshold()[0]}\\n"))
+run()
+"""
+
+
+def test_the_console_script_imports_the_cli_without_young_collections():
+    """The console script raises the young-collection threshold before it imports the CLI (typer,
+    YAML, pydantic-core: ~40 collections, 4-8 ms, serial, before a compare's workers are forked),
+    not only once ``main`` runs."""
+    from hetsim.cli.commands import CLI_GC_THRESHOLD
+
+    proc = subprocess.run([sys.executable, "-c", _START_UP], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[-1] == f"[0] {CLI_GC_THRESHOLD}"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -25,10 +27,13 @@ from validate.kquant import (
     CHAIN_CYCLES,
     EXPERT_SHAPES,
     QK_K,
+    MatmulCase,
+    _CPlan,
     assume_clock,
     clock_from_chain,
     decode_layer_rates,
     fit,
+    measure,
     weight_set,
 )
 
@@ -218,3 +223,47 @@ def test_each_timed_call_reads_a_weight_set_of_its_own(rounds, n_threads, per):
         for j in range(per)
     ]
     assert len(set(sets)) == len(sets) and min(sets) == 1  # set 0 is the warm-up's
+
+
+class _RecordedCase(MatmulCase):
+    """A DRAM case without ggml: ``run`` is MatmulCase's own, and the compute call records which copy of
+    the weights it was given."""
+
+    def __init__(self, copies: int, log: list[int]) -> None:
+        self.qtype, self.k, self.n, self.m, self.copies = "q4_K", QK_K, 1, 1, copies
+        self.graphs, self.weight_bytes = list(range(copies)), 1
+        compute = lambda graph, plan: log.append(graph) or 0  # noqa: E731
+        self.g = SimpleNamespace(cpu=SimpleNamespace(ggml_graph_compute=compute))
+
+    def _plan(self, i: int, threads: int) -> _CPlan:
+        return _CPlan()
+
+    def close(self) -> None:
+        pass
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 4), st.integers(1, 300))
+def test_no_timed_call_rereads_weights_the_case_read_since_its_last_lap(copies, n_threads, calls):
+    # Each DRAM read must come after every other copy a timed call can reach (copies - 1 of them) has been
+    # read since that copy's last read, the most traffic the case holds. The wrap of the timed calls' index
+    # onto copy 0 -- the warm-up's, read just before the block's timed calls -- broke this (an L3 hit, and
+    # the fastest call is the one kept).
+    log: list[int] = []
+    case = _RecordedCase(copies, log)
+    kquant = sys.modules[MatmulCase.__module__]
+    original = kquant._cases
+    kquant._cases = lambda g, dram_mb: [("dram", "gate_up", case)]
+    try:
+        measure(None, tuple(range(1, n_threads + 1)), calls, 0.0)
+    finally:
+        kquant._cases = original
+    per = max(1, calls // 10)
+    assert len(log) == 10 * n_threads * (per + 1)
+    last: dict[int, int] = {}
+    for pos, c in enumerate(log):
+        if pos % (per + 1):  # a timed call (each block starts with its warm-up)
+            assert c != 0
+            if c in last:
+                assert len(set(log[last[c] + 1 : pos]) - {0}) == copies - 2
+        last[c] = pos

@@ -133,6 +133,11 @@ def test_cli_routing_profile_shown_and_in_the_plan(tmp_path, capsys):
         ({"layers": [[0] * 128]}, QWEN, "layers[0]: all counts are zero"),
         ({"layers": [[1000] + [1] * 127]}, QWEN, "layers[0]: expert 0 takes"),
         ({"layers": [[1] * 128]}, "llama2-7b", "routes to no experts"),
+        # found reading the bad-input audit's exit-0 cases: shares of a sum past a float were each 0
+        # (no expert ever picked, a result all the same); a 400-digit count's float() an OverflowError
+        ({"layers": [[1e308, 1e308] + [1] * 126]}, QWEN, "layers[0]: the counts add up past"),
+        ({"layers": [[10**308] * 2 + [1] * 126]}, QWEN, "layers[0]: the counts add up past"),
+        ({"layers": [[10**400] + [1] * 127]}, QWEN, "layers[0][0]: must be a non-negative number"),
     ],
 )
 def test_bad_profile_one_line_exit_2(tmp_path, capsys, doc, model, field):

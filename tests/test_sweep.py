@@ -454,6 +454,14 @@ def test_dask_without_the_extra_says_how_to_install(tmp_path, capsys, monkeypatc
          + ", prompt_len: " + str(list(range(1, 101))) + "}\n", "grids", "1000000 points"),
         ("grids:\n  - {gpu_mem_gb: [.inf]}\n", "grids[0].gpu_mem_gb[0]", "finite"),
         ("grids:\n  - {batch: [1]}\nname: again\n", None, "duplicate key 'name'"),
+        # pydantic's lax mode read these as another value (now read as plans are: validate_strictly)
+        ("timeout_s: true\n", "timeout_s", "valid number"),
+        ("search: 1\n", "search", "valid boolean"),
+        ("allow_compression: 'yes'\n", "allow_compression", "valid boolean"),
+        ("objective: 2024-01-01\n", "objective", "not a date"),
+        # null leaves a knob unset; a point needs these (objective: null was each point's KeyError)
+        ("grids:\n  - {batch: [1], objective: [null]}\n", "grids[0].objective[0]", "must be given"),
+        ("grids:\n  - {batch: [null]}\n", "grids[0].batch[0]", "must be given"),
     ],
 )  # fmt: skip
 def test_sweep_spec_bounds(tmp_path, text, field, words):

@@ -38,6 +38,11 @@ VALUES = ["0", "-1", "nan", "inf", "-inf", "1e308", "1e400", "", "x", "1.5", "99
 HANG_S = 90
 
 
+def _small(cmd: str, model: str, hw: str, *rest: str) -> list[str]:
+    """``cmd`` (compare, plan) of ``model`` on ``hw`` with the small workload, then ``rest``."""
+    return [cmd, "--model", model, "--hw", hw, *SMALL, *rest]
+
+
 class _Hang(Exception):
     pass
 
@@ -100,39 +105,19 @@ def audit(capsys: pytest.CaptureFixture[str]) -> Iterator[Audit]:
         pytest.fail(f"{len(broken)} cases broke the standard:\n" + "\n".join(broken), pytrace=False)
 
 
+# the strategies whose plans (one each, llama2-7b or mixtral-8x7b on mixed-lab) are edited
+PLANNED = ["gpu-only", "flexgen", "hexgen", "hetegen", "accelerate", "moe-offload", "cpu-tp", "layer-offload",
+           "deepspeed"]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def plan_text(tmp_path_factory):
     d = tmp_path_factory.mktemp("p")
     texts = {}
-    for s in [
-        "gpu-only",
-        "flexgen",
-        "hexgen",
-        "hetegen",
-        "accelerate",
-        "moe-offload",
-        "cpu-tp",
-        "layer-offload",
-        "deepspeed",
-    ]:
+    for s in PLANNED:
         model = "mixtral-8x7b" if s == "moe-offload" else "llama2-7b"
         out = d / f"{s}.json"
-        c = main(
-            [
-                "plan",
-                "--model",
-                model,
-                "--hw",
-                "mixed-lab",
-                *SMALL,
-                "--strategy",
-                s,
-                "--out",
-                str(out),
-                "--format",
-                "json",
-            ]
-        )
+        c = main(_small("plan", model, "mixed-lab", "--strategy", s, "--out", str(out), "--format", "json"))
         if c == 0:
             texts[s] = out.read_text()
     return texts
@@ -196,20 +181,11 @@ for fl in ["--trace", "--format"]:
 def test_flag(cmd, flag, value, tmp_path, audit, monkeypatch, plan_text):
     monkeypatch.chdir(tmp_path)
     if cmd == "compare":
-        args = ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategies", "gpu-only"]
+        args = _small("compare", "llama2-7b", "mixed-lab", "--strategies", "gpu-only")
     elif cmd == "plan":
-        args = [
-            "plan",
-            "--model",
-            "llama2-7b",
-            "--hw",
-            "mixed-lab",
-            *SMALL,
-            "--strategy",
-            "gpu-only",
-            "--out",
-            str(tmp_path / "p.json"),
-        ]
+        args = _small(
+            "plan", "llama2-7b", "mixed-lab", "--strategy", "gpu-only", "--out", str(tmp_path / "p.json")
+        )
     elif cmd == "serve":
         args = [
             "serve",
@@ -224,21 +200,7 @@ def test_flag(cmd, flag, value, tmp_path, audit, monkeypatch, plan_text):
         ]
     elif cmd == "sweep":
         spec = tmp_path / "s.yaml"
-        spec.write_text(
-            yaml.safe_dump(
-                {
-                    "name": "a",
-                    "base": {
-                        "prompt_len": 16,
-                        "gen_len": 2,
-                        "model": "llama2-7b",
-                        "rig": "mixed-lab",
-                        "batch": 1,
-                    },
-                    "grids": [{"strategy": ["gpu-only"]}],
-                }
-            )
-        )
+        spec.write_text(yaml.safe_dump(SWEEP))
         args = ["sweep", str(spec), "--no-plots", "--workers", "1", "--out", str(tmp_path / "o")]
     else:
         p = tmp_path / "plan.json"
@@ -293,63 +255,51 @@ def rig_variants():
     mut("upi-unknown", lambda d: d["nodes"][0].update(upi={"link": "upi-99", "count": 4}))
     mut("upi-count-0", lambda d: d["nodes"][0].update(upi={"link": "upi-16gt", "count": 0}))
     mut("upi-count-neg", lambda d: d["nodes"][0].update(upi={"link": "upi-16gt", "count": -4}))
-    mut(
-        "hostmem-0",
-        lambda d: d["nodes"][0].update(host_memory={"value": "0 GB", "source": "x", "grade": "assumed"}),
-    )
-    mut(
-        "hostmem-unit",
-        lambda d: d["nodes"][0].update(host_memory={"value": "1024 GB/s", "source": "x", "grade": "assumed"}),
-    )
-    mut(
-        "hostmem-seconds",
-        lambda d: d["nodes"][0].update(host_memory={"value": "5 s", "source": "x", "grade": "assumed"}),
-    )
+
+    def sourced(value: object) -> dict[str, object]:
+        return {"value": value, "source": "x", "grade": "assumed"}
+
+    # one quantity spoilt: case -> (where, field, value)
+    quantities = {
+        "hostmem-0": ("node", "host_memory", "0 GB"),
+        "hostmem-unit": ("node", "host_memory", "1024 GB/s"),
+        "hostmem-seconds": ("node", "host_memory", "5 s"),
+        "hostmem-huge": ("node", "host_memory", "1e30 GB"),
+        "price-neg": ("node", "price_per_hour", -1),
+        "price-nan": ("node", "price_per_hour", ".nan"),
+        "price-inf": ("node", "price_per_hour", float("inf")),
+        "price-huge": ("node", "price_per_hour", 1e300),
+        "membw-0": ("gpu", "memory_bandwidth", "0 GB/s"),
+        "membw-unit": ("gpu", "memory_bandwidth", "1935 GB"),
+        "membw-tiny": ("gpu", "memory_bandwidth", "1e-300 GB/s"),
+        "gpu-mem-tiny": ("gpu", "memory", "1 B"),
+        "host-link-bw-0": ("host_link", "bandwidth", "0 GB/s"),
+        "host-link-lat-neg": ("host_link", "latency", "-1 us"),
+        "host-link-lat-huge": ("host_link", "latency", "1e300 s"),
+        "disk-bw-0": ("disk", "read_bandwidth", "0 GB/s"),
+        "disk-cap-0": ("disk", "capacity", "0 GB"),
+        "peak-flops-dtype": ("gpu", "peak_flops", {"fp99": sourced(1)}),
+        "eff-kind": ("gpu", "efficiency", {"compute": {"nope": sourced(0.5)}}),
+        "eff-gt1": ("gpu", "efficiency", {"memory": sourced(1.5)}),
+    }
+    for name, (where, key, value) in quantities.items():
+        x = value if isinstance(value, dict) else sourced(value)
+        if where == "node":
+            mut(name, lambda d, k=key, x=x: d["nodes"][0].update({k: x}))
+        elif where == "gpu":
+            mut(name, lambda d, k=key, x=x: d["nodes"][0]["gpus"][0].update({k: x}))
+        elif where == "host_link":
+            mut(
+                name,
+                lambda d, k=key, x=x: d["nodes"][0]["gpus"][0].update(host_link={"link": "pcie4-x16", k: x}),
+            )
+        else:
+            mut(name, lambda d, k=key, x=x: d["nodes"][0].update(disks=[{"model": "nvme-pcie4", k: x}]))
     mut("hostmem-plain", lambda d: d["nodes"][0].update(host_memory=1024))
     mut("hostmem-nosource", lambda d: d["nodes"][0].update(host_memory={"value": "1 GB", "grade": "assumed"}))
     mut(
         "hostmem-badgrade",
         lambda d: d["nodes"][0].update(host_memory={"value": "1 GB", "source": "x", "grade": "vibes"}),
-    )
-    mut(
-        "hostmem-huge",
-        lambda d: d["nodes"][0].update(host_memory={"value": "1e30 GB", "source": "x", "grade": "assumed"}),
-    )
-    mut(
-        "price-neg",
-        lambda d: d["nodes"][0].update(price_per_hour={"value": -1, "source": "x", "grade": "assumed"}),
-    )
-    mut(
-        "price-nan",
-        lambda d: d["nodes"][0].update(price_per_hour={"value": ".nan", "source": "x", "grade": "assumed"}),
-    )
-    mut(
-        "price-inf",
-        lambda d: d["nodes"][0].update(
-            price_per_hour={"value": float("inf"), "source": "x", "grade": "assumed"}
-        ),
-    )
-    mut(
-        "price-huge",
-        lambda d: d["nodes"][0].update(price_per_hour={"value": 1e300, "source": "x", "grade": "assumed"}),
-    )
-    mut(
-        "membw-0",
-        lambda d: d["nodes"][0]["gpus"][0].update(
-            memory_bandwidth={"value": "0 GB/s", "source": "x", "grade": "assumed"}
-        ),
-    )
-    mut(
-        "membw-unit",
-        lambda d: d["nodes"][0]["gpus"][0].update(
-            memory_bandwidth={"value": "1935 GB", "source": "x", "grade": "assumed"}
-        ),
-    )
-    mut(
-        "membw-tiny",
-        lambda d: d["nodes"][0]["gpus"][0].update(
-            memory_bandwidth={"value": "1e-300 GB/s", "source": "x", "grade": "assumed"}
-        ),
     )
     mut("unknown-field", lambda d: d["nodes"][0].update(colour="red"))
     mut("unknown-top", lambda d: d.update(colour="red"))
@@ -364,51 +314,9 @@ def rig_variants():
     mut("network-list", lambda d: d.update(network=["a"]))
     mut("nodes-many", lambda d: d.update(nodes=d["nodes"] * 5000))
     mut("host-link-unknown", lambda d: d["nodes"][0]["gpus"][0].update(host_link={"link": "pcie9"}))
-    mut(
-        "host-link-bw-0",
-        lambda d: d["nodes"][0]["gpus"][0].update(
-            host_link={
-                "link": "pcie4-x16",
-                "bandwidth": {"value": "0 GB/s", "source": "x", "grade": "assumed"},
-            }
-        ),
-    )
-    mut(
-        "host-link-lat-neg",
-        lambda d: d["nodes"][0]["gpus"][0].update(
-            host_link={"link": "pcie4-x16", "latency": {"value": "-1 us", "source": "x", "grade": "assumed"}}
-        ),
-    )
-    mut(
-        "host-link-lat-huge",
-        lambda d: d["nodes"][0]["gpus"][0].update(
-            host_link={
-                "link": "pcie4-x16",
-                "latency": {"value": "1e300 s", "source": "x", "grade": "assumed"},
-            }
-        ),
-    )
     mut("nvlink-unknown", lambda d: d["nodes"][1]["gpus"][0].update(nvlink="nvlink9"))
     mut("nvlink-int", lambda d: d["nodes"][1]["gpus"][0].update(nvlink=3))
     mut("peak-flops-empty", lambda d: d["nodes"][0]["gpus"][0].update(peak_flops={}))
-    mut(
-        "peak-flops-dtype",
-        lambda d: d["nodes"][0]["gpus"][0].update(
-            peak_flops={"fp99": {"value": 1, "source": "x", "grade": "assumed"}}
-        ),
-    )
-    mut(
-        "eff-kind",
-        lambda d: d["nodes"][0]["gpus"][0].update(
-            efficiency={"compute": {"nope": {"value": 0.5, "source": "x", "grade": "assumed"}}}
-        ),
-    )
-    mut(
-        "eff-gt1",
-        lambda d: d["nodes"][0]["gpus"][0].update(
-            efficiency={"memory": {"value": 1.5, "source": "x", "grade": "assumed"}}
-        ),
-    )
     mut(
         "eff-kernel-tables",
         lambda d: d["nodes"][0]["gpus"][0].update(efficiency={"kernel_tables": "../../../../etc"}),
@@ -422,27 +330,6 @@ def rig_variants():
         lambda d: d["nodes"][0].update(nic={"link": "ethernet-100g", "allreduce_table": "nowhere.csv"}),
     )
     mut("dup-gpu-node", lambda d: d["nodes"][0]["gpus"].append(d["nodes"][0]["gpus"][0]))
-    mut(
-        "disk-bw-0",
-        lambda d: d["nodes"][0].update(
-            disks=[
-                {
-                    "model": "nvme-pcie4",
-                    "read_bandwidth": {"value": "0 GB/s", "source": "x", "grade": "assumed"},
-                }
-            ]
-        ),
-    )
-    mut(
-        "disk-cap-0",
-        lambda d: d["nodes"][0].update(
-            disks=[{"model": "nvme-pcie4", "capacity": {"value": "0 GB", "source": "x", "grade": "assumed"}}]
-        ),
-    )
-    mut(
-        "gpu-mem-tiny",
-        lambda d: d["nodes"][0]["gpus"][0].update(memory={"value": "1 B", "source": "x", "grade": "assumed"}),
-    )
     v["dup-key"] = (RIG + "name: again\n").encode()
     v["tab-indent"] = RIG.replace("  - region", "\t- region").encode()
     # a billion-laughs document: 9**8 list items by aliases (the safe loader builds them by reference)
@@ -476,16 +363,7 @@ def test_rig(name, cmd, tmp_path, audit, monkeypatch):
     args = (
         ["hw", "show", str(f)]
         if cmd == "hw"
-        else [
-            "compare",
-            "--model",
-            "llama2-7b",
-            "--hw",
-            str(f),
-            *SMALL,
-            "--strategies",
-            "gpu-only,flexgen,hexgen",
-        ]
+        else _small("compare", "llama2-7b", str(f), "--strategies", "gpu-only,flexgen,hexgen")
     )
     audit(f"rig {cmd} {name}", args, str(f), *RIG_FIELDS.get(name, RIG_FIELDS.get(name.split("-")[0], ())))
 
@@ -511,18 +389,9 @@ def test_rig_paths(args_kind, tmp_path, audit, monkeypatch):
         ["simulate", "--plan", str(p)],
         ["serve", "--model", "llama2-7b", "--hw", "mixed-lab", "--requests", str(p)],
         ["sweep", str(p), "--no-plots"],
-        [
-            "compare",
-            "--model",
-            "mixtral-8x7b",
-            "--hw",
-            "mixed-lab",
-            *SMALL,
-            "--strategies",
-            "moe-offload",
-            "--routing-profile",
-            str(p),
-        ],
+        _small(
+            "compare", "mixtral-8x7b", "mixed-lab", "--strategies", "moe-offload", "--routing-profile", str(p)
+        ),
     ):
         audit(f"path {args_kind} {args[0]}", args, str(p))
 
@@ -553,60 +422,28 @@ def cfg_variants():
         d = dict(CFG)
         d["model_type"] = val
         v[f"llama model_type={val!r}"] = d
-    d = dict(CFG)
-    d["head_dim"] = 100
-    v["llama head_dim=100"] = d
-    d = dict(CFG)
-    d["hidden_size"] = 4095
-    v["llama hidden 4095"] = d
-    d = dict(CFG)
-    d["num_key_value_heads"] = 5
-    v["llama kv 5"] = d
-    d = dict(CFG)
-    d["num_key_value_heads"] = 64
-    v["llama kv 64"] = d
-    d = dict(CFG)
-    d["sliding_window"] = 0
-    v["llama sw 0"] = d
-    d = dict(CFG)
-    d["sliding_window"] = -5
-    v["llama sw -5"] = d
-    d = dict(CFG)
-    d["sliding_window"] = "x"
-    v["llama sw x"] = d
-    d = dict(CFG)
-    d["layer_types"] = ["full_attention"]
-    v["llama layer_types short"] = d
-    d = dict(CFG)
-    d["layer_types"] = "x"
-    v["llama layer_types str"] = d
-    d = dict(CFG)
-    d["quantization_config"] = {"bits": 3}
-    v["llama quant bits 3"] = d
-    d = dict(CFG)
-    d["quantization_config"] = "x"
-    v["llama quant str"] = d
-    d = dict(CFG)
-    d["rope_scaling"] = {"type": "linear", "factor": 0}
-    v["llama rope 0"] = d
-    d = dict(MOE)
-    d["num_experts_per_tok"] = 9
-    v["moe topk > experts"] = d
-    d = dict(DS)
-    d["first_k_dense_replace"] = 10**6
-    v["ds first_k huge"] = d
-    d = dict(DS)
-    d["moe_layer_freq"] = 0
-    v["ds moe freq 0"] = d
-    d = dict(QW)
-    d["mlp_only_layers"] = [999]
-    v["qw mlp_only 999"] = d
-    d = dict(QW)
-    d["mlp_only_layers"] = "x"
-    v["qw mlp_only str"] = d
-    d = dict(QW)
-    d["decoder_sparse_step"] = 0
-    v["qw sparse step 0"] = d
+    # one key spoilt: case -> (config, key, value)
+    for name, (base, key, val) in {
+        "llama head_dim=100": (CFG, "head_dim", 100),
+        "llama hidden 4095": (CFG, "hidden_size", 4095),
+        "llama kv 5": (CFG, "num_key_value_heads", 5),
+        "llama kv 64": (CFG, "num_key_value_heads", 64),
+        "llama sw 0": (CFG, "sliding_window", 0),
+        "llama sw -5": (CFG, "sliding_window", -5),
+        "llama sw x": (CFG, "sliding_window", "x"),
+        "llama layer_types short": (CFG, "layer_types", ["full_attention"]),
+        "llama layer_types str": (CFG, "layer_types", "x"),
+        "llama quant bits 3": (CFG, "quantization_config", {"bits": 3}),
+        "llama quant str": (CFG, "quantization_config", "x"),
+        "llama rope 0": (CFG, "rope_scaling", {"type": "linear", "factor": 0}),
+        "moe topk > experts": (MOE, "num_experts_per_tok", 9),
+        "ds first_k huge": (DS, "first_k_dense_replace", 10**6),
+        "ds moe freq 0": (DS, "moe_layer_freq", 0),
+        "qw mlp_only 999": (QW, "mlp_only_layers", [999]),
+        "qw mlp_only str": (QW, "mlp_only_layers", "x"),
+        "qw sparse step 0": (QW, "decoder_sparse_step", 0),
+    }.items():
+        v[name] = {**base, key: val}
     v["list"] = [1, 2]
     v["text_config bad"] = {"model_type": "gemma3", "text_config": {"hidden_size": 0}}
     return v
@@ -626,18 +463,15 @@ def test_config(name, tmp_path, audit, monkeypatch):
     f.write_text(json.dumps(CFGV[name]))
     for args in (
         ["model", "show", str(f)],
-        [
+        _small(
             "compare",
-            "--model",
             str(f),
-            "--hw",
             "mixed-lab",
-            *SMALL,
             "--strategies",
             "gpu-only,flexgen,moe-offload,hexgen",
             "--format",
             "json",
-        ],
+        ),
     ):
         audit(f"config {args[0]} {name}", args, str(f), *CFG_FIELDS.get(name, ()))
 
@@ -645,20 +479,7 @@ def test_config(name, tmp_path, audit, monkeypatch):
 EDIT_VALUES = [0, -1, None, "x", 1e308, 10**30, 1.5, True, [], {}]
 
 
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        "gpu-only",
-        "flexgen",
-        "hexgen",
-        "hetegen",
-        "accelerate",
-        "moe-offload",
-        "cpu-tp",
-        "layer-offload",
-        "deepspeed",
-    ],
-)
+@pytest.mark.parametrize("strategy", PLANNED)
 def test_plan_edits(strategy, plan_text, tmp_path, audit):
     if strategy not in plan_text:
         pytest.skip("no plan")
@@ -771,11 +592,7 @@ def test_trace(name, tmp_path, audit):
         audit(f"trace {name} {extra}", args, str(f))
 
 
-SWEEP = {
-    "name": "a",
-    "base": {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 1},
-    "grids": [{"strategy": ["gpu-only"]}],
-}
+SWEEP = yaml.safe_load((ROOT / "tests/data/audit-sweep.yaml").read_text())  # one point, as the regressions
 
 
 def sweep_variants():
@@ -869,20 +686,8 @@ ROUTING = {
 def test_routing(name, tmp_path, audit):
     f = tmp_path / "r.yaml"
     f.write_text(ROUTING[name])
-    args = [
-        "compare",
-        "--model",
-        "mixtral-8x7b",
-        "--hw",
-        "mixed-lab",
-        *SMALL,
-        "--strategies",
-        "moe-offload",
-        "--routing-profile",
-        str(f),
-        "--format",
-        "json",
-    ]
+    routed = ["--strategies", "moe-offload", "--routing-profile", str(f), "--format", "json"]
+    args = _small("compare", "mixtral-8x7b", "mixed-lab", *routed)
     audit(f"routing {name}", args, str(f))
 
 

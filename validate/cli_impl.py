@@ -80,12 +80,16 @@ def run_validate(
         raise InputError(exc.message, field=flag or exc.field) from None
     runs: list[dict[str, Any]] = []
     base = {"model": dataclasses.asdict(spec), "workload": workload.to_dict(), "strategy": strategy}
-    if strategy in ("cpu-tp", "cpu"):
-        from hetsim.hardware import load_rig
+    if strategy not in ("cpu-tp", "cpu", *CUDA_STRATEGIES):
+        raise InputError(f"unknown strategy {strategy!r}", field="--strategy")
+    from hetsim.hardware import load_rig
 
-        # read before the minutes of measuring: a bad --hw, or more ranks than its CPU entries (which
-        # predict_cpu simulates), was found only after them (a ValueError traceback, the runs lost)
-        cpus = len(list(load_rig(hw).cpus()))
+    # read before the minutes of measuring, on every path: a bad --hw, or more ranks than its CPU
+    # entries (which predict_cpu simulates), was found only after them (a ValueError traceback, the
+    # runs lost); a CUDA run skipped for want of CUDA wrote a report for a profile that is not there
+    rig = load_rig(hw)
+    if strategy in ("cpu-tp", "cpu"):
+        cpus = len(list(rig.cpus()))
         for world in worlds:
             if world > cpus:
                 raise InputError(
@@ -108,15 +112,16 @@ def run_validate(
             label = "baseline (1 rank)" if world == 1 else f"cpu-tp {world} ranks"
             runs.append({**base, "label": label, "world": world, "threads": threads, "rounds": rounds,
                          "plan": pred.pop("plan"), "measured": m.to_dict(), "predicted": pred})  # fmt: skip
-    elif strategy in ("gpu-only", "accelerate", "hetegen", "flexgen"):
-        runs.append(_run_cuda(hw, strategy, plan_obj, spec, workload, base, repeats, console))
     else:
-        raise InputError(f"unknown strategy {strategy!r}", field="--strategy")
+        runs.append(_run_cuda(hw, strategy, plan_obj, spec, workload, base, repeats, console))
     doc = {"environment": report.environment(), "profile": hw, "runs": runs}
     report.print_table(runs, console)
     for path in report.save(doc, out, stem):
         console.print(f"wrote {path}")
     return doc
+
+
+CUDA_STRATEGIES = ("gpu-only", "accelerate", "hetegen", "flexgen")
 
 
 def _run_cuda(hw: str, strategy: str, plan_obj, spec, workload, base: dict[str, Any], repeats: int, console):
@@ -131,6 +136,20 @@ def _run_cuda(hw: str, strategy: str, plan_obj, spec, workload, base: dict[str, 
     except ValueError as exc:
         pred, why = None, str(exc)
     plan = pred.pop("plan") if pred else {}
+    if strategy == "flexgen" and plan:  # the run's batch is the plan's block: predict that, before the run
+        block = int(plan["gpu_batch_size"]) * int(plan["num_gpu_batches"])
+        if block != workload.batch:
+            from hetsim.strategies.base import get_strategy
+            from hetsim.workload import Workload
+
+            blk = Workload(block, workload.prompt_len, workload.gen_len)
+            try:
+                pred = report.predict_plan(
+                    hw, strategy, get_strategy(strategy).plan_from_dict(plan), spec, blk
+                )
+                pred.pop("plan")
+            except ValueError as exc:  # it had been a traceback after the run, the measurement lost
+                pred, why = None, str(exc)
     # Warm up with a whole generation: on the H200 host every gpu-only run's first generation stepped
     # at 70-81 ms at each position the warm-up had not visited, its later ones at 11.5-20.6 ms
     # (medians), whatever the model or batch (cause not traced: validate/results/h200/README.md).
@@ -151,15 +170,6 @@ def _run_cuda(hw: str, strategy: str, plan_obj, spec, workload, base: dict[str, 
         m = runners.run_hetegen(cfg, plan)
     else:
         m = runners.run_flexgen(cfg, plan)
-        block = int(plan["gpu_batch_size"]) * int(plan["num_gpu_batches"])
-        if block != workload.batch:  # the run's batch is the plan's block: predict that
-            from hetsim.strategies.base import get_strategy
-            from hetsim.workload import Workload
-
-            plan_obj = get_strategy(strategy).plan_from_dict(plan)
-            blk = Workload(block, workload.prompt_len, workload.gen_len)
-            pred = report.predict_plan(hw, strategy, plan_obj, spec, blk)
-            pred.pop("plan")
     run = {**base, "label": strategy, "plan": plan, "measured": m.to_dict()}
     if pred is not None:
         run["predicted"] = pred

@@ -176,7 +176,10 @@ class MatmulCase:
         return self._plans[key]
 
     def run(self, i: int, threads: int) -> float:
-        graph, plan = self.graphs[i % self.copies], self._plan(i % self.copies, threads)
+        """One mul_mat on copy ``weight_copy(i, copies)``: 0 for the warm-up (i = 0), timed calls cycle
+        over the others."""
+        c = weight_copy(i, self.copies)
+        graph, plan = self.graphs[c], self._plan(c, threads)
         t0 = time.perf_counter()
         rc = self.g.cpu.ggml_graph_compute(graph, ctypes.byref(plan))
         dt = time.perf_counter() - t0
@@ -298,12 +301,21 @@ def _cases(g: Ggml, dram_mb: float) -> list[tuple[str, str, MatmulCase]]:
     return cases
 
 
+def weight_copy(i: int, copies: int) -> int:
+    """The copy of a case's weights call ``i`` reads. Copy 0 is the untimed warm-up's, read just before
+    each block of timed calls; timed calls (i >= 1) cycle over copies 1..copies-1, so a wrap never lands
+    on the copy the warm-up has just brought into the cache (``i % copies`` did, at every multiple of
+    ``copies``: an L3 hit, and the fastest call is the one kept)."""
+    return 0 if i == 0 or copies == 1 else 1 + (i - 1) % (copies - 1)
+
+
 def weight_set(r: int, ti: int, j: int, per: int, n_threads: int) -> int:
     """Which copy of a case's weights the j-th timed call of round ``r`` at the ``ti``-th thread count
     reads (set 0 is the untimed warm-up's). Each call a set of its own, until the sets run out
-    (``MatmulCase.run`` wraps): the old index (round and call only) had every thread count of a round
-    read the set the first one had just read, after ~160 MB of other weights -- less than an
-    Emerald Rapids socket's 300 MB L3 -- so a DRAM row past the first thread count could hit in L3."""
+    (``weight_copy`` wraps them onto sets 1..copies-1): the old index (round and call only) had every
+    thread count of a round read the set the first one had just read, after ~160 MB of other weights
+    -- less than an Emerald Rapids socket's 300 MB L3 -- so a DRAM row past the first thread count
+    could hit in L3."""
     return 1 + (r * n_threads + ti) * per + j
 
 

@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hetsim.errors import InputError
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.strategies.cpu_tp import ALLREDUCE_BYTES
-from hetsim.strategies.plan_io import validate_strictly
-from hetsim.textfiles import parse_json, read_text
+from hetsim.textfiles import parse_json, read_text, validate_strictly
 from hetsim.workload import Workload
 
 _Count = Annotated[int, Field(strict=True, ge=1)]
@@ -96,6 +95,8 @@ def _model(model_type: type, data: dict[str, Any]) -> Any:
         v, low = getattr(spec, f.name), 1 if f.name in _SIZES else 0
         if type(v) is int and not low <= v <= _MAX_SHAPE:
             raise ValueError(f"model.{f.name}: must be in {low}..{_MAX_SHAPE}, got {v}")
+    if spec.heads % spec.kv_heads:  # as hf_config reads a config.json: more KV heads than heads fit nonsense
+        raise ValueError(f"model.kv_heads: {spec.kv_heads} does not divide heads {spec.heads}")
     return spec
 
 

@@ -12,6 +12,7 @@ import heavy dependencies (torch, dask) inside the command, not at module import
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import importlib
@@ -19,6 +20,7 @@ import itertools
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -29,6 +31,7 @@ import typer
 import yaml
 from pydantic_core import ValidationError
 
+from hetsim.cli.collecting import CLI_GC_THRESHOLD
 from hetsim.cli.stop import Stop, keep, kill_children, signal_of, stopping_signal
 from hetsim.errors import InputError
 from hetsim.stopping import keeping
@@ -158,6 +161,8 @@ def _strategy_names(text: str | None, flag: str) -> list[str] | None:
     from hetsim.strategies.base import all_strategies, get_strategy
 
     names = _split_names(text)
+    if names is None and text is not None and text.strip() != "all":  # '' or ',': all, silently
+        raise InputError("is empty: give strategy names, 'all', or leave the flag out", field=flag)
     for name in names or ():
         try:
             get_strategy(name)
@@ -684,15 +689,6 @@ def _error_line(exc: BaseException) -> str:
 USER_ERRORS = (InputError, UsageError, ValidationError, json.JSONDecodeError, yaml.YAMLError, OSError)
 
 
-# Net container objects made before CPython's young collection, while a command runs (default 700).
-# A command's imports and set-up make ~60,000 objects that live to the end (modules, classes, the
-# rig): at the default, ~90 young and middle collections traverse them again and again (~0.02 CPU s
-# before a compare's workers start, serial; 0 collections at this threshold). Garbage in cycles is
-# then collected in bigger, rarer batches (at most this many objects). Collecting never changes a
-# result; ``main`` restores the caller's threshold.
-CLI_GC_THRESHOLD = 100_000
-
-
 def main(argv: Sequence[str] | None = None, *, process: bool = False) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 no result, 2 bad input, 128 + signal number when
     SIGINT or SIGTERM stopped it: 130, 143). ``process``: the process is hetsim's own (the console
@@ -738,6 +734,7 @@ def _command_name(argv: Sequence[str] | None) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
+        _refuse_empty(list(sys.argv[1:] if argv is None else argv))
         with _forking(list(sys.argv[1:] if argv is None else argv)):
             rv = command.main(
                 args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
@@ -763,18 +760,32 @@ FILE_FLAGS = ("--routing-profile", "--trace", "--out", "--from-profiles")
 NAME_FLAGS = ("--hw", "--slo-ref", "--profile")  # calibrate --profile: a rig name or file, as --hw
 
 
+def _flag_values(args: list[str]) -> list[tuple[str, str]]:
+    """(flag, the argument after it) and (flag, value) of each ``--flag=value``."""
+    return [*itertools.pairwise(args), *(a.partition("=")[::2] for a in args if "=" in a)]
+
+
+def _refuse_empty(args: list[str]) -> None:
+    """A file flag or ``--dask`` given '' (a shell variable left unset), before any work: Path('') is
+    this folder, so ``sweep --out ''`` and ``validate --out ''`` wrote into it, ``--trace ''`` said
+    only ".: Is a directory" and ``--dask ''`` ran locally. (A name flag's '' is an unknown name.)"""
+    for flag, value in _flag_values(args):
+        if not value and flag in (*FILE_FLAGS, "--dask"):
+            why = "a file's path" if flag != "--dask" else "a scheduler's address or 'local'"
+            raise InputError(f"is empty: give {why}", field=flag)
+
+
 def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:
     """``exc`` naming the flag that gave its file or name (``--trace PATH: ...``, ``--model: ...``)
     where the error names only the path, the name or an internal field."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    pairs = [*itertools.pairwise(args), *(a.partition("=")[::2] for a in args if "=" in a)]
+    pairs = _flag_values(list(sys.argv[1:] if argv is None else argv))
     if isinstance(exc, InputError) and exc.source is None and exc.field == "model":  # a name, not a file
         return InputError(exc.message, field="--model") if any(f == "--model" for f, _ in pairs) else exc
     path = exc.source if isinstance(exc, InputError) else getattr(exc, "filename", None)
     if not isinstance(path, str):
         return exc
     for flag, value in pairs:
-        if not value and path == "." and flag in (*FILE_FLAGS, *NAME_FLAGS):  # Path("") is this folder
+        if not value and path == "." and flag in NAME_FLAGS:  # Path("") is this folder (calibrate --profile)
             return InputError("is empty: give a file's path", field=flag)
         if path != value and not (value and path == str(Path(value))):
             continue
@@ -801,14 +812,40 @@ def exit_process(code: int) -> NoReturn:
     pool's manager thread waits on it (seen on 3.11 with SIGTERM injected during a broken pool's
     shutdown: 6 of 6 runs hung). The process then hung after its line, holding its pipes: the rare
     timeout of test_signal_stops_compare_and_its_workers. Inside ``main`` the grace timer ends such
-    a hang; after it, nothing did."""
+    a hang; after it, nothing did.
+
+    A command that ended by itself, with no thread but this one left, ends as the interpreter would
+    up to its atexit handlers (output flushed, the handlers run), then at once: the interpreter's
+    finalization after them (tearing down every module, freeing every object one by one: ~15-25 ms
+    after a compare, serial, after the output) does nothing a command's result needs: its files are
+    written and closed by then (``textfiles``), temporary files and directories are atexit's, and
+    with no other thread the threads' exit has nothing to join. Where flushing fails (a closed pipe)
+    or another thread runs, the interpreter ends it as before."""
     gc.freeze()
     if code >= 128:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed or broken pipe: nothing to keep
                 stream.flush()
         os._exit(code)
+    # CPython's own: the stdlib has no public way to run the handlers before os._exit (it clears them)
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is not None and _flushed() and threading.active_count() == 1:
+        run_exit_handlers()
+        if _flushed() and threading.active_count() == 1:
+            os._exit(code)
     sys.exit(code)
+
+
+def _flushed() -> bool:
+    """Standard output and error flushed (False: a closed or broken pipe, for the interpreter's exit
+    to report as it does)."""
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ once, silently.
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 from typing import NoReturn
+
+from hetsim.cli.collecting import CLI_GC_THRESHOLD
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -27,6 +30,7 @@ def run() -> NoReturn:
         signal.signal(sig, early)
     started = False
     code = 0
+    gc.set_threshold(CLI_GC_THRESHOLD, *gc.get_threshold()[1:])  # the process's own: never restored
     try:
         from hetsim.cli.commands import exit_process, main
 

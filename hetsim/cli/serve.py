@@ -45,7 +45,7 @@ def serve(
     drop_late: bool = typer.Option(
         False, "--drop-late", help="Drop a request that would miss its deadline (HexGen's simulator)."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the arrival process."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Poisson arrivals (--rate, --max-rate)."),
     fmt: str = typer.Option("table", "--format", help="table | json"),
     dtype: str | None = typer.Option(
         None, "--dtype", help="Weight precision the plans run (HexGen runs fp16); others are refused."
@@ -65,6 +65,7 @@ def serve(
     needs(ctx, "--target", "--max-rate", find_max_rate)
     for flag in ("--duration", "--num-requests"):  # a trace's requests are its own
         needs(ctx, flag, "--rate", rate is not None)
+    needs(ctx, "--seed", "--rate or --max-rate", rate is not None or find_max_rate)  # a trace's arrivals too
     # stopped before the first candidate's run began (the candidates, their estimates, the --slo-scale
     # reference): no plan served, nothing to print
     keep("it had served no plan yet: nothing to print")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from hetsim.errors import InputError
 from hetsim.hardware.schema import CpuSpec, DiskSpec, EfficiencyFile, GpuSpec, LinkSpec
-from hetsim.textfiles import read_yaml_mapping
+from hetsim.textfiles import read_yaml_mapping, validate_strictly
 
 PROFILES_ENV = "HETSIM_PROFILES"
 SECTIONS: dict[str, type[BaseModel]] = {
@@ -113,7 +113,7 @@ def _load(root: Path) -> Catalog:
         for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
             raw = read_yaml(path)
             try:
-                spec = model.model_validate(raw)
+                spec = validate_strictly(model, raw, whole_floats=False)
             except ValidationError as exc:
                 raise validation_error(exc, str(path)) from None
             if spec.name != path.stem:
@@ -135,7 +135,7 @@ def _load(root: Path) -> Catalog:
     eff_path = root / "efficiency.yaml"
     raw = read_yaml(eff_path)
     try:
-        eff = EfficiencyFile.model_validate(raw)
+        eff = validate_strictly(EfficiencyFile, raw, whole_floats=False)
     except ValidationError as exc:
         raise validation_error(exc, str(eff_path)) from None
     object.__setattr__(cat, "efficiency", eff)

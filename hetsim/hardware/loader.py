@@ -54,7 +54,7 @@ from hetsim.hardware.schema import (
     Sourced,
 )
 from hetsim.hardware.types import ComputeDevice, Disk, Efficiency, Grade, Link, MatmulCurve, Node, Provenance
-from hetsim.textfiles import read_text
+from hetsim.textfiles import read_text, validate_strictly
 
 _PROTECTED = ("name", "kind", "aliases")
 
@@ -236,7 +236,7 @@ class _Builder:
             if key in overrides:
                 raise self.fail("cannot be overridden in a rig", f"{field}.{key}")
         try:
-            return model.model_validate(_merge(found.raw, overrides))
+            return validate_strictly(model, _merge(found.raw, overrides), whole_floats=False)
         except ValidationError as exc:
             raise validation_error(exc, self.source, prefix=field) from None
 
@@ -584,7 +584,7 @@ def load_rig(path_or_name: str | os.PathLike[str], *, profiles: str | os.PathLik
     source = str(path)
     raw = read_yaml(path)
     try:
-        spec = RigSpec.model_validate(raw)
+        spec = validate_strictly(RigSpec, raw, whole_floats=False)  # `true` is not 1
     except ValidationError as exc:
         raise validation_error(exc, source) from None
     return _Builder(spec, source, load_catalog(profiles)).build()

@@ -443,6 +443,12 @@ def _as_link(v: Any) -> Any:
     return {"link": v} if isinstance(v, str) else v
 
 
+def _tuple(v: Any) -> Any:
+    """A list as a tuple: a model's before-validator passes Python values on, which strict validation
+    (``textfiles.validate_strictly``) reads as Python's, where a list is not a tuple (JSON's array is)."""
+    return tuple(v) if isinstance(v, list) else v
+
+
 class NodeSpec(_Strict):
     count: int = Field(default=1, ge=1, le=MAX_NODES, strict=True)  # identical machines, named consecutively
     region: str = "local"
@@ -476,6 +482,9 @@ class NodeSpec(_Strict):
             for key in ("upi", "nvlink", "nic"):
                 if key in data:
                     data[key] = _as_link(data[key])
+            nvlink = data.get("nvlink")
+            if isinstance(nvlink, dict) and isinstance(nvlink.get("pairs"), list):
+                data["nvlink"] = {**nvlink, "pairs": [_tuple(p) for p in nvlink["pairs"]]}
         return data
 
 
@@ -491,6 +500,10 @@ class NetworkSpec(_Strict):
     def _shorthand(cls, data: Any) -> Any:
         if isinstance(data, dict) and "wan" in data:
             data = {**data, "wan": _as_link(data["wan"])}
+        if isinstance(data, dict) and isinstance(data.get("pairs"), list):
+            pairs = [{**p, "between": _tuple(p["between"])} if isinstance(p, dict) and "between" in p else p
+                     for p in data["pairs"]]  # fmt: skip
+            data = {**data, "pairs": pairs}
         return data
 
 

@@ -121,7 +121,8 @@ class Accelerate(Strategy):
             raise pc.problem("disk", "disk_layers > 0 needs a disk")
         if plan.disk:
             pc.device_of_kind(rig, plan.disk, "disk", "disk")
-        pc.at_least(plan.batch_per_pass, 1, "batch_per_pass")
+        # a pass of more than the batch sized the KV cache for sequences that do not exist
+        pc.in_range(plan.batch_per_pass, 1, workload.batch, "batch_per_pass")
         pc.optional_budget(plan.gpu_mem_budget)
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> OffloadPlan:

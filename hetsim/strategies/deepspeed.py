@@ -257,7 +257,8 @@ class ZeroInference(Strategy):
     def check_plan(self, plan: ZeroInferencePlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
         pc.device_of_kind(rig, plan.cpu, "cpu", "cpu")
-        pc.at_least(plan.batch_per_pass, 1, "batch_per_pass")
+        # a pass of more than the batch sized the KV cache for sequences that do not exist
+        pc.in_range(plan.batch_per_pass, 1, workload.batch, "batch_per_pass")
         pc.optional_budget(plan.gpu_mem_budget)
         if plan.offload not in OFFLOADS:
             raise pc.problem("offload", f"{plan.offload!r} is not one of {', '.join(OFFLOADS)}")

@@ -445,7 +445,7 @@ class HeteGen(Strategy):
         for kind, n in plan.resident.items():
             pc.in_range(n, 0, 1 if kind == LM_HEAD else model.layers, f"resident.{kind}")
         pc.optional_budget(plan.gpu_mem_budget)
-        pc.at_least(plan.split_sync_s, 0.0, "split_sync_s")
+        pc.in_range(plan.split_sync_s, 0.0, 1.0, "split_sync_s")  # a barrier's cost (1e308 overflowed)
         pc.at_least(plan.runtime_reserve_bytes, 0.0, "runtime_reserve_bytes")
         pc.at_least(plan.stream_chunk_bytes, 1.0, "stream_chunk_bytes")
         pc.known_dtype(plan.weight_dtype, "weight_dtype")

@@ -8,7 +8,6 @@ layer counts that add up, fractions in range, at least one rank or stage).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from pydantic_core import ValidationError
 from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import DTYPES
+from hetsim.textfiles import validate_strictly
 
 
 def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
@@ -45,40 +45,6 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in ("params", *err["loc"]))
         raise InputError(err["msg"], source=source, field=where) from None
-
-
-def validate_strictly(model: type, data: Any) -> Any:
-    """``data`` (JSON-like) as ``model`` (a dataclass or pydantic model), each value of its own JSON type:
-    pydantic's lax mode read ``true`` as 1 (or 1.0), ``"3"`` as 3 and ``1`` as true, which change what a
-    plan says. A number with no fraction (``2.0``) is the integer it names: JSON does not tell them
-    apart, and writers that hold every number as a float (numpy, JavaScript) write it so. Every plan
-    model (a strategy's ``plan_type``, the plan file's document) is read here; raises ``ValidationError``."""
-    from pydantic import TypeAdapter  # ~0.03 s: only plans read from files or dicts need it
-
-    text = json.dumps(_whole_numbers(data), default=_scalar)  # NaN: refused by the caller, named
-    return TypeAdapter(model).validate_json(text, strict=True)  # strict JSON: an array is a tuple
-
-
-_EXACT = 2.0**53  # past it a float is no count anyone wrote (1e308 -> a 309-digit int overflowed later)
-
-
-def _whole_numbers(x: Any) -> Any:
-    """``x`` with each float that has no fractional part, up to 2**53 (where floats stop holding every
-    integer), as an int (2.0 -> 2; an int field takes it, a float field turns it back)."""
-    if isinstance(x, float) and x.is_integer() and abs(x) <= _EXACT:
-        return int(x)
-    if isinstance(x, Mapping):
-        return {k: _whole_numbers(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_whole_numbers(v) for v in x]
-    return x
-
-
-def _scalar(x: Any) -> Any:
-    """A numpy scalar in a plan made in memory (``item()``: its Python number), for ``json.dumps``."""
-    if hasattr(x, "item"):
-        return _whole_numbers(x.item())
-    raise TypeError(f"{type(x).__name__} is not a JSON value")
 
 
 def _non_finite(x: Any, path: str = "") -> str | None:

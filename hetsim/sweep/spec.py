@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hetsim.errors import InputError
 from hetsim.hardware.catalog import validation_error
-from hetsim.textfiles import parse_yaml, read_text
+from hetsim.textfiles import parse_yaml, read_text, validate_strictly
 from hetsim.workload import MAX_WORK, WHY_MAX
 
 WORKLOAD_AXES = ("batch", "prompt_len", "gen_len")
@@ -129,7 +129,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(raw, dict):
         raise InputError("expected a mapping at the top level", source=source)
     try:
-        spec = SweepSpec.model_validate(raw)
+        spec = validate_strictly(SweepSpec, raw, whole_floats=False)  # `true` is not 1
     except ValidationError as exc:
         raise validation_error(exc, source) from None
     _check_values(spec, source)
@@ -148,6 +148,10 @@ def _check_values(spec: SweepSpec, source: str) -> None:
 
     def check(field: str, key: str, value: Any) -> None:
         try:
+            if (
+                value is None and key in CORE_AXES
+            ):  # every point needs these: it failed (objective: a KeyError)
+                raise InputError("must be given (null leaves only knobs unset)")
             if value is None:
                 return
             if key in NAMED_AXES and not isinstance(value, str):  # a number or a list: not a name
