@@ -331,6 +331,30 @@ def test_fit_above_the_microbenchmarks_raises_the_peak(tmp_path):
     assert load_rig(tmp_path / "up.yaml").route("n0.cpu0", "n0.cpu1").latency_s == pytest.approx(1e-3)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flexgen_runner_on_cuda_matches_the_plain_decoder():
+    """Every weight on the host, attention and KV on the GPU, so the host issues layers ahead of the
+    GPU: each fetched layer's buffers must outlive the kernels reading them (record_stream), or a
+    later layer's copy can land in them. A race: passing here does not prove it absent."""
+    from validate.offload import flexgen_decoder
+    from validate.runners import RunConfig, generate_timed
+    from validate.torch_model import TorchDecoder
+
+    spec = dataclasses.replace(
+        get_model("llama2-7b"), layers=8, hidden=1024, heads=8, kv_heads=8, intermediate=4096
+    )
+    plan = {"gpu_batch_size": 4, "num_gpu_batches": 1, "wg": 0.0, "wc": 100.0, "cg": 100.0, "cc": 0.0,
+            "cpu_attention": False}  # fmt: skip
+    cfg = RunConfig(
+        model=dataclasses.asdict(spec), batch=4, prompt_len=256, gen_len=8, repeats=1, warmup_steps=0
+    )
+    plain = generate_timed(TorchDecoder(spec, device="cuda"), cfg)
+    run = flexgen_decoder(spec, plan, dtype=torch.float32, device="cuda")
+    assert run.host_fields
+    assert generate_timed(run, cfg).tokens == plain.tokens
+
+
 @pytest.mark.parametrize("cpu_attention", [True, False])
 def test_flexgen_block_schedule_matches_the_plain_decoder(cpu_attention):
     """The zig-zag block schedule (layer-major over GPU batches, KV cache on the host, CPU attention
@@ -383,6 +407,28 @@ def test_working_sets_pass_the_largest_cache(tmp_path):
     assert mb.llc_bytes(tmp_path / "none") == 0
     assert max(256 * 2**20, 4 * mb.llc_bytes()) <= mb.WORKING_SET
     assert 2 * mb.llc_bytes() <= mb.QUICK_STREAM
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_a_gemv_rotates_through_the_whole_working_set(monkeypatch, quick):
+    """A GEMV's rotating weights cover WORKING_SET: at most 16 copies kept a 2-16 MiB GEMV's rotation
+    inside a 300 MiB L3 (the H200 host's fp32 GEMV at 107 GB/s, above DRAM's 87); a GEMM keeps two."""
+    from validate import microbench as mb
+
+    seen = {}
+
+    def timeit(fn, **_kw):
+        cells = dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__), strict=True))
+        seen["bytes"] = sum(w.numel() * w.element_size() for w in cells["ws"])
+        seen["copies"] = len(cells["ws"])
+        return 1.0
+
+    monkeypatch.setattr(mb, "timeit", timeit)
+    monkeypatch.setattr(mb, "WORKING_SET", 8 * 2**20)
+    mb.matmul_rate(1, 256, 256, "fp32", quick=quick)  # 256 KiB of weights
+    assert seen["bytes"] >= 8 * 2**20 and seen["copies"] == 32
+    mb.matmul_rate(mb.COMPUTE_BOUND_ROWS, 256, 256, "fp32", quick=quick)
+    assert seen["copies"] == 2
 
 
 def test_flexgen_runner_places_tensors_as_the_release_does():

@@ -150,9 +150,9 @@ def _run_cuda(hw: str, strategy: str, plan_obj, spec, workload, base: dict[str, 
                 pred.pop("plan")
             except ValueError as exc:  # it had been a traceback after the run, the measurement lost
                 pred, why = None, str(exc)
-    # Warm up with a whole generation: on the H200 host every run's first generation decoded at
-    # ~50 ms a step against 13-15 after it, whatever the model or batch (likely each new KV length's
-    # buffers being first allocations of torch's caching allocator; not traced).
+    # Warm up with a whole generation: on the H200 host every gpu-only run's first generation stepped
+    # at 70-81 ms at each position the warm-up had not visited, its later ones at 11.5-20.6 ms
+    # (medians), whatever the model or batch (cause not traced: validate/results/h200/README.md).
     cfg = runners.RunConfig(
         model=dataclasses.asdict(spec), batch=workload.batch, prompt_len=workload.prompt_len,
         gen_len=workload.gen_len, dtype="fp16", repeats=repeats, warmup_steps=workload.gen_len,

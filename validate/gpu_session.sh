@@ -126,7 +126,7 @@ step flexgen-opt-13b 90 val flexgen-opt-13b --hw "$OUT/gpu-10g.yaml" --strategy 
 step split-parts 60 $PY -m validate.split_parts --out "$OUT/split_parts.json"
 step step-profile 90 $PY -m validate.step_profile --out "$OUT/step_profile.json" --model llama2-7b --batch 1,32
 step packed-hop 60 $PY -m validate.packed_hop --out "$OUT/packed_hop.json" --mib 128 --threads 1,4,16
-step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py
+step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py tests/test_split_parts.py
 step dram-read 40 dram_read
 step kquant 150 kquant
 echo "== done in $(($(date +%s) - start))s"

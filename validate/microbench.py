@@ -76,7 +76,10 @@ def matmul_rate(m: int, k: int, n: int, dtype: str = "fp32", *, device: str = "c
 
     dt = _dt(dtype)
     esize = torch.empty((), dtype=dt).element_size()
-    copies = 1 if device != "cpu" else max(2, min(16, WORKING_SET // max(1, k * n * esize)))
+    # Enough copies to rotate through the whole working set: at most 16 (as was) put a 2-16 MiB GEMV's
+    # rotation at 32-256 MiB, inside the H200 host's 300 MiB L3 (its fp32 GEMV read 107 GB/s, above
+    # the 87 GB/s 16 threads read from DRAM: dram_read.log).
+    copies = 1 if device != "cpu" else max(2, -(-WORKING_SET // max(1, k * n * esize)))
     if m >= COMPUTE_BOUND_ROWS:  # quick too: two copies of a small GEMV's weights sit in a large L3
         copies = min(copies, 2)
     ws = [torch.empty(k, n, dtype=dt, device=device).uniform_(-0.02, 0.02) for _ in range(copies)]

@@ -241,10 +241,18 @@ class FlexGenRun:
         if not self.host_fields or not self.cuda:
             return lw, None
         assert self.copy_stream is not None
+        current = torch.cuda.current_stream()
         with torch.cuda.stream(self.copy_stream):
             on_gpu = lw.map(lambda t: t.to(self.dev, non_blocking=True), only=self.host_fields)
             done = torch.cuda.Event()
             done.record(self.copy_stream)
+        # Allocated on the copy stream, read on this one: freed when the loop moves on, a block the
+        # copy two layers later could overwrite while this stream's queued kernels still read it
+        # (the host runs ahead where no CPU attention blocks it). As split_matmul's GPU share.
+        for name in self.host_fields:
+            t = getattr(on_gpu, name)
+            if t is not None:
+                t.record_stream(current)
         return on_gpu, done
 
     def _fetch_shared(self, names: tuple[str, ...]) -> None:
@@ -253,10 +261,13 @@ class FlexGenRun:
         if not todo or not self.cuda:
             return
         assert self.copy_stream is not None
+        current = torch.cuda.current_stream()
         with torch.cuda.stream(self.copy_stream):
             for name in todo:
                 setattr(self.dec, name, self.host_shared[name].to(self.dev, non_blocking=True))
-        torch.cuda.current_stream().wait_stream(self.copy_stream)
+        current.wait_stream(self.copy_stream)
+        for name in todo:  # read on this stream (see _fetch_async)
+            getattr(self.dec, name).record_stream(current)
 
     def _attend_cpu(self, i: int, q, k, v, rows: slice, start: int):
         dec = self.dec

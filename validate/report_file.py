@@ -113,6 +113,58 @@ class CpuRun:
     tpot_s: float
 
 
+class _CudaRun(_Doc):
+    workload: _Workload
+    model: dict[str, Any]
+    label: str
+    plan: dict[str, Any]
+    measured: _Measured
+
+
+@dataclass(frozen=True)
+class CudaRun:
+    """One measured CUDA run of a report with the plan it ran, checked (the plan by its strategy)."""
+
+    index: int
+    label: str
+    plan: dict[str, Any]
+    spec: ModelSpec
+    workload: Workload
+    ttft_s: float
+    tpot_s: float
+
+
+def _read_run(doc: type[_Doc], run: dict[str, Any], i: int, source: str, model_type: type) -> tuple:
+    """``run`` (``runs[i]`` of the report at ``source``) as ``doc``, its model built and checked, its
+    workload within hetsim's bounds; anything wrong is one ``InputError`` naming ``runs[i]``."""
+    try:
+        r: Any = doc.model_validate(run)
+        spec = _model(model_type, r.model)
+        w = r.workload
+        return r, spec, Workload(w.batch, w.prompt_len, w.gen_len)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        raise InputError(
+            f"run {i}: {where + ': ' if where else ''}{msg}", source=source, field=f"runs[{i}]"
+        ) from None
+    except ValueError as exc:  # the model's shape (``_model``)
+        raise InputError(f"run {i}: {exc}", source=source, field=f"runs[{i}]") from None
+    except InputError as exc:  # a workload past hetsim's bounds
+        raise InputError(
+            f"run {i}: workload.{exc.field}: {exc.message}", source=source, field=f"runs[{i}]"
+        ) from None
+
+
+def cuda_run(run: dict[str, Any], i: int, source: str) -> CudaRun:
+    """``run`` (``runs[i]`` of the report at ``source``) read as a measured CUDA run: a missing, zero or
+    non-numeric time, or a model of nonsense shape, is one ``InputError`` naming ``runs[i]`` (it was a
+    KeyError/TypeError traceback, or a +nan % error and exit 0)."""
+    r, spec, workload = _read_run(_CudaRun, run, i, source, ModelSpec)
+    return CudaRun(i, r.label, r.plan, spec, workload, r.measured.ttft_s, r.measured.tpot_s)
+
+
 def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
     """The measured CPU runs of the validate report at ``path``; ``model_type`` builds the model
     (calibrate's fit passes its own)."""
@@ -127,23 +179,6 @@ def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
             raise InputError(f"run {i}: not an object", source=source, field=f"runs[{i}]")
         if not str(run.get("strategy", "")).startswith("cpu") or "measured" not in run:
             continue  # a CUDA run, or one skipped: nothing a CPU profile is fitted to
-        try:
-            r = _CpuRun.model_validate(run)
-            spec = _model(model_type, r.model)
-            w = r.workload
-            workload = Workload(w.batch, w.prompt_len, w.gen_len)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(map(str, err["loc"]))
-            msg = err["msg"].removeprefix("Value error, ")
-            raise InputError(
-                f"run {i}: {where + ': ' if where else ''}{msg}", source=source, field=f"runs[{i}]"
-            ) from None
-        except ValueError as exc:  # the model's shape (``_model``)
-            raise InputError(f"run {i}: {exc}", source=source, field=f"runs[{i}]") from None
-        except InputError as exc:  # a workload past hetsim's bounds
-            raise InputError(
-                f"run {i}: workload.{exc.field}: {exc.message}", source=source, field=f"runs[{i}]"
-            ) from None
+        r, spec, workload = _read_run(_CpuRun, run, i, source, model_type)
         out.append(CpuRun(i, spec, workload, r.world, r.plan, r.measured.ttft_s, r.measured.tpot_s))
     return out

@@ -14,7 +14,7 @@ import sys
 
 from hetsim.errors import InputError
 from validate.report import error, predict_cpu
-from validate.report_file import cpu_runs
+from validate.report_file import cpu_runs, cuda_run
 
 OFFLOADING = ("accelerate", "hetegen", "flexgen")
 
@@ -40,7 +40,6 @@ def summarize_cuda(profile: str, reports: list[str], offload: str | None = None)
     """The CUDA runs of ``reports``, their recorded plans simulated on ``profile`` (``offload`` for
     the offloading strategies); a FlexGen run's batch is its plan's block."""
 
-    from hetsim.models.spec import ModelSpec
     from hetsim.strategies.base import get_strategy
     from hetsim.textfiles import parse_json, read_text
     from hetsim.workload import Workload
@@ -48,28 +47,31 @@ def summarize_cuda(profile: str, reports: list[str], offload: str | None = None)
 
     rows = []
     for path in reports:
-        runs = parse_json(read_text(path), path).get("runs", [])
-        for i, run in enumerate(runs):
-            if str(run.get("strategy", "")).startswith("cpu") or "measured" not in run or not run.get("plan"):
+        doc = parse_json(read_text(path), path)
+        runs = doc.get("runs") if isinstance(doc, dict) else None
+        if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+            raise InputError("not a validate report (no list of runs)", source=path, field="runs")
+        for i, raw in enumerate(runs):
+            if str(raw.get("strategy", "")).startswith("cpu") or "measured" not in raw or not raw.get("plan"):
                 continue
+            run = cuda_run(raw, i, path)
             try:
-                label, plan, w, m = run["label"], run["plan"], run["workload"], run["measured"]
-                flexgen = label == "flexgen"
-                block = int(plan["gpu_batch_size"]) * int(plan["num_gpu_batches"]) if flexgen else 0
-                workload = Workload(block or w["batch"], w["prompt_len"], w["gen_len"])
-                hw = offload if (offload and label in OFFLOADING) else profile
-                pred = predict_plan(
-                    hw, label, get_strategy(label).plan_from_dict(plan), ModelSpec(**run["model"]), workload
-                )
+                flexgen = run.label == "flexgen"
+                block = int(run.plan["gpu_batch_size"]) * int(run.plan["num_gpu_batches"]) if flexgen else 0
+                w = run.workload
+                workload = Workload(block or w.batch, w.prompt_len, w.gen_len)
+                hw = offload if (offload and run.label in OFFLOADING) else profile
+                plan = get_strategy(run.label).plan_from_dict(run.plan)
+                pred = predict_plan(hw, run.label, plan, run.spec, workload)
             except (KeyError, TypeError, ValueError, InputError) as exc:
                 why = exc.message if isinstance(exc, InputError) else str(exc)
                 why = f"missing {why}" if isinstance(exc, KeyError) else why
                 raise InputError(f"run {i}: {why}", source=path, field=f"runs[{i}]") from None
-            rows.append({"model": run["model"]["name"], "run": label, "batch": workload.batch,
-                         "ttft_err": error(m["ttft_s"], pred["ttft_s"]),
-                         "tpot_err": error(m["tpot_s"], pred["tpot_s"]),
-                         "ttft_ms": (m["ttft_s"] * 1e3, pred["ttft_s"] * 1e3),
-                         "tpot_ms": (m["tpot_s"] * 1e3, pred["tpot_s"] * 1e3)})  # fmt: skip
+            rows.append({"model": run.spec.name, "run": run.label, "batch": workload.batch,
+                         "ttft_err": error(run.ttft_s, pred["ttft_s"]),
+                         "tpot_err": error(run.tpot_s, pred["tpot_s"]),
+                         "ttft_ms": (run.ttft_s * 1e3, pred["ttft_s"] * 1e3),
+                         "tpot_ms": (run.tpot_s * 1e3, pred["tpot_s"] * 1e3)})  # fmt: skip
     return rows
 
 

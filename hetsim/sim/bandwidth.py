@@ -69,6 +69,8 @@ class BandwidthTimeline:
             del booked[:i]
         capacity = self.capacity
         cap = capacity if capacity < cap_bps else cap_bps
+        if not cap > 0:  # NaN too: such a flow never ends (it returned an end before its start, or NaN)
+            raise ValueError(f"{self.name}: a flow capped at {cap_bps} B/s on {capacity} B/s never ends")
         if start >= times[-1] and nbytes < _INF:
             # Starting in the open last segment: the loop below in one step (the same arithmetic;
             # a saturated segment goes the long way).
