@@ -86,6 +86,15 @@ def test_zero_latency_and_price_allowed(tmp_path):
     assert rig.links["n0.pcie.gpu0"].latency_s == 0.0
 
 
+@pytest.mark.parametrize("value", ["9" * 400, "-" + "9" * 400])
+def test_a_quantity_past_a_float_is_refused(tmp_path, value):
+    """An int past a float's range (YAML reads 400 digits as an int): float() raised OverflowError,
+    a traceback, where 1e400 (inf) was already refused as not finite."""
+    err = _rig_error(tmp_path, RIG.replace("{value: 64 GB,", "{value: " + value + ","))
+    assert err.field == "nodes[0].host_memory" and "finite" in err.message
+    assert len(err.message) < 120
+
+
 def test_host_memory_true_refused(tmp_path):
     err = _rig_error(tmp_path, RIG.replace("{value: 64 GB,", "{value: true,"))
     assert err.field == "nodes[0].host_memory.value"
