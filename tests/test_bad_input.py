@@ -386,10 +386,20 @@ def test_an_error_inside_a_file_a_plan_names_is_that_files(tmp_path, capsys, pla
     rig.write_text(RIG.replace("64 GB", "64 GBX"))
     config = tmp_path / "config.json"
     config.write_text('{"hidden_size": 8}')
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: a\nname: b\nnodes: []\n")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken" / "config.json"
+    broken.write_text('{"hidden_size": 8,')
     cases = [
         ("hardware", str(rig), f"error: {rig}: nodes[0].host_memory: "),
         ("model", str(config), f"error: {config}: model_type: "),
         ("model", str(tmp_path / "none.json"), "plan.json: model: no such file"),
+        # the whole file's errors (its line numbers) named the plan file too
+        ("hardware", str(dup), f"error: {dup}: malformed YAML at line 2, column 1: duplicate key 'name'"),
+        ("model", str(broken), f"error: {broken}: malformed JSON"),
+        ("model", str(tmp_path / "empty"), "plan.json: model: no such file"),  # a folder with no config.json
     ]
     for key, value, line in cases:
         doc = json.loads(json.dumps(plans["gpu-only"]))
