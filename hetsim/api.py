@@ -453,7 +453,9 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         strategy = get_strategy(doc.strategy)
         p = problem(doc.model, doc.hardware, **doc.workload.model_dump(), gpu_mem_budget=doc.gpu_mem_budget)
     except InputError as exc:
-        if exc.source is not None and exc.field is not None:  # inside the rig or config.json it names
+        # inside the rig, config.json or routing profile it names (a field, or the file's whole text:
+        # malformed, a key twice, not a mapping): that file's error, its line numbers its own
+        if exc.source is not None and (exc.field is not None or Path(exc.source).is_file()):
             raise
         field = {"--gpu-mem-budget": "gpu_mem_budget"}.get(exc.field or "", exc.field)  # the file's key
         if field in type(doc.workload).model_fields:  # Workload's own check names its argument
@@ -462,6 +464,7 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
             named = {
                 doc.hardware: "hardware",
                 doc.model: "model",
+                str(Path(doc.model) / "config.json"): "model",  # a model folder: its config.json
                 doc.workload.routing_profile: "workload.routing_profile",
             }
             field = named.get(exc.source)

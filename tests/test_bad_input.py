@@ -86,6 +86,15 @@ def test_zero_latency_and_price_allowed(tmp_path):
     assert rig.links["n0.pcie.gpu0"].latency_s == 0.0
 
 
+@pytest.mark.parametrize("value", ["9" * 400, "-" + "9" * 400])
+def test_a_quantity_past_a_float_is_refused(tmp_path, value):
+    """An int past a float's range (YAML reads 400 digits as an int): float() raised OverflowError,
+    a traceback, where 1e400 (inf) was already refused as not finite."""
+    err = _rig_error(tmp_path, RIG.replace("{value: 64 GB,", "{value: " + value + ","))
+    assert err.field == "nodes[0].host_memory" and "finite" in err.message
+    assert len(err.message) < 120
+
+
 def test_host_memory_true_refused(tmp_path):
     err = _rig_error(tmp_path, RIG.replace("{value: 64 GB,", "{value: true,"))
     assert err.field == "nodes[0].host_memory.value"
@@ -377,10 +386,20 @@ def test_an_error_inside_a_file_a_plan_names_is_that_files(tmp_path, capsys, pla
     rig.write_text(RIG.replace("64 GB", "64 GBX"))
     config = tmp_path / "config.json"
     config.write_text('{"hidden_size": 8}')
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: a\nname: b\nnodes: []\n")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken" / "config.json"
+    broken.write_text('{"hidden_size": 8,')
     cases = [
         ("hardware", str(rig), f"error: {rig}: nodes[0].host_memory: "),
         ("model", str(config), f"error: {config}: model_type: "),
         ("model", str(tmp_path / "none.json"), "plan.json: model: no such file"),
+        # the whole file's errors (its line numbers) named the plan file too
+        ("hardware", str(dup), f"error: {dup}: malformed YAML at line 2, column 1: duplicate key 'name'"),
+        ("model", str(broken), f"error: {broken}: malformed JSON"),
+        ("model", str(tmp_path / "empty"), "plan.json: model: no such file"),  # a folder with no config.json
     ]
     for key, value, line in cases:
         doc = json.loads(json.dumps(plans["gpu-only"]))

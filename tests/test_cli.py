@@ -600,6 +600,10 @@ def test_a_flag_that_only_matters_with_another_is_refused_alone(capsys, args, fl
         (("validate", "--hw", "mixed-lab", "--model", "llama2-7b", "--out", ""), "--out"),
         (("compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategies", ""), "--strategies"),
         (("plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--strategy", ","), "--strategy"),
+        # a command's main input given '' said only ".: is a directory, not a file"
+        (("simulate", "--plan", ""), "--plan"),
+        (("validate", "--hw", "mixed-lab", "--plan="), "--plan"),
+        (("serve", "--model", "llama2-7b", "--hw", "mixed-lab", "--requests", ""), "--requests"),
     ],
 )
 def test_an_empty_flag_is_refused_before_any_work(capsys, tmp_path, monkeypatch, args, flag):

@@ -462,6 +462,10 @@ def test_dask_without_the_extra_says_how_to_install(tmp_path, capsys, monkeypatc
         # null leaves a knob unset; a point needs these (objective: null was each point's KeyError)
         ("grids:\n  - {batch: [1], objective: [null]}\n", "grids[0].objective[0]", "must be given"),
         ("grids:\n  - {batch: [null]}\n", "grids[0].batch[0]", "must be given"),
+        # an int past a float's range: math.isfinite raised OverflowError, a traceback
+        ("grids:\n  - {gpu_mem_gb: [" + "9" * 400 + "]}\n", "grids[0].gpu_mem_gb[0]", "finite"),
+        ("grids:\n  - {net_gbps: [" + "9" * 400 + "]}\n", "grids[0].net_gbps[0]", "finite"),
+        ("grids:\n  - {bw_scale: [{pcie: " + "9" * 400 + "}]}\n", "grids[0].bw_scale[0]", "positive"),
     ],
 )  # fmt: skip
 def test_sweep_spec_bounds(tmp_path, text, field, words):

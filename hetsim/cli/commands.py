@@ -758,6 +758,8 @@ def _main(argv: Sequence[str] | None) -> int:
 # flags taking a name or a file, whose errors about a name (no such file) would show the name alone.
 FILE_FLAGS = ("--routing-profile", "--trace", "--out", "--from-profiles")
 NAME_FLAGS = ("--hw", "--slo-ref", "--profile")  # calibrate --profile: a rig name or file, as --hw
+# a command's main input file: its errors name it already; given '' it said only ".: is a directory"
+INPUT_FLAGS = ("--plan", "--requests")
 
 
 def _flag_values(args: list[str]) -> list[tuple[str, str]]:
@@ -770,7 +772,7 @@ def _refuse_empty(args: list[str]) -> None:
     this folder, so ``sweep --out ''`` and ``validate --out ''`` wrote into it, ``--trace ''`` said
     only ".: Is a directory" and ``--dask ''`` ran locally. (A name flag's '' is an unknown name.)"""
     for flag, value in _flag_values(args):
-        if not value and flag in (*FILE_FLAGS, "--dask"):
+        if not value and flag in (*FILE_FLAGS, *INPUT_FLAGS, "--dask"):
             why = "a file's path" if flag != "--dask" else "a scheduler's address or 'local'"
             raise InputError(f"is empty: give {why}", field=flag)
 

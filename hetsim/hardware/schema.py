@@ -92,6 +92,8 @@ class Sourced(_Strict):
             si = cls._parse(self.value)
         except UnitError as exc:
             raise ValueError(f"{exc} (expected {cls._unit_hint})") from None
+        except OverflowError:  # an int past a float (400 digits): float() raised, a traceback
+            raise ValueError(f"must be a finite quantity, got {self.value!r:.40}...") from None
         if not math.isfinite(si):
             raise ValueError(f"must be a finite quantity, got {self.value!r}")
         low_fails = si < cls._low if cls._low_ok else si <= cls._low

@@ -15,7 +15,7 @@ knobs of ``hetsim.sweep.grid.HW_KNOBS`` and plan knobs ``plan.<field>``.
 
 from __future__ import annotations
 
-import math
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,6 +118,12 @@ def _check_axis(name: str) -> None:
     raise ValueError(f"unknown axis {name!r} (known: {known})")
 
 
+def _positive_finite(x: Any) -> bool:
+    """A number > 0 and finite: NaN fails both comparisons; an int past a float (400 digits) is
+    compared exactly (``math.isfinite`` raised OverflowError on it, a traceback)."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and 0 < x <= sys.float_info.max
+
+
 # axes whose values are names (looked up in a registry or the catalogue)
 NAMED_AXES = frozenset({"model", "rig", "strategy", "pcie", "net_link", "objective", *PRECISION_AXES})
 
@@ -170,22 +176,14 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 raise InputError(f"must be a positive integer, got {value!r}")
             elif key in MAX_WORK and value > MAX_WORK[key]:
                 raise InputError(f"must be <= {MAX_WORK[key]} ({WHY_MAX[key]}), got {value}")
-            elif key in ("gpu_mem_gb", "net_gbps") and (
-                not isinstance(value, int | float)
-                or isinstance(value, bool)
-                or not (value > 0 and math.isfinite(value))
-            ):
-                raise InputError(f"must be a positive finite number, got {value!r}")
+            elif key in ("gpu_mem_gb", "net_gbps") and not _positive_finite(value):
+                raise InputError(f"must be a positive finite number, got {value!r:.40}")
             elif key in PRECISION_AXES and value not in DTYPES:
                 raise InputError(f"unknown dtype {value!r}; known: {', '.join(DTYPES)}")
             elif key == "objective" and value not in ("latency", "throughput", "cost"):
                 raise InputError(f"unknown objective {value!r}")
             elif key == "bw_scale" and not (
-                isinstance(value, dict)
-                and all(
-                    isinstance(f, int | float) and not isinstance(f, bool) and f > 0 and math.isfinite(f)
-                    for f in value.values()
-                )
+                isinstance(value, dict) and all(_positive_finite(f) for f in value.values())
             ):
                 raise InputError("must map link kinds to positive factors")
         except InputError as exc:
