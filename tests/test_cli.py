@@ -498,6 +498,10 @@ from hetsim.cli.commands import exit_process
 threading._register_atexit(lambda: print("shutdown"))
 if sys.argv[1] == "thread":  # a thread still running: the interpreter's exit waits for it
     threading.Thread(target=lambda: (time.sleep(0.3), print("thread"))).start()
+if sys.argv[1] == "traced":  # coverage, trace, pdb: they act after the SystemExit
+    sys.settrace(lambda *args: None)
+if sys.argv[1] == "profiled":  # profile, cProfile: likewise
+    sys.setprofile(lambda *args: None)
 atexit.register(lambda: print("atexit"))
 sys.stdout.write("buffered ")
 exit_process(int(sys.argv[2]))
@@ -510,6 +514,8 @@ exit_process(int(sys.argv[2]))
         ("alone", 0, "buffered atexit\n"),  # no interpreter shutdown after the handlers
         ("alone", 1, "buffered atexit\n"),
         ("thread", 0, "buffered shutdown\nthread\natexit\n"),  # as the interpreter ends it
+        ("traced", 0, "buffered shutdown\natexit\n"),
+        ("profiled", 1, "buffered shutdown\natexit\n"),
     ],
 )
 def test_a_command_alone_ends_after_its_atexit_handlers_without_finalization(case, code, out):
@@ -521,6 +527,34 @@ def test_a_command_alone_ends_after_its_atexit_handlers_without_finalization(cas
         [sys.executable, "-c", _ENDING, case, str(code)], capture_output=True, text=True, timeout=60
     )
     assert (proc.returncode, proc.stdout, proc.stderr) == (code, out, "")
+
+
+_PROFILED = "from hetsim.cli.commands import exit_process\nprint('ran')\nexit_process(0)\n"
+
+
+def test_a_profiled_process_gets_the_profile_its_exit_writes(tmp_path):
+    """``python -m cProfile -o FILE`` (as coverage run, trace, pdb) writes its output once the
+    script's ``SystemExit`` reaches it: the process is not ended before (``os._exit``)."""
+    script, out = tmp_path / "command.py", tmp_path / "command.prof"
+    script.write_text(_PROFILED)
+    run = [sys.executable, "-m", "cProfile", "-o", str(out), str(script)]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "ran\n")
+    assert out.stat().st_size > 0
+
+
+def test_an_inspected_process_reaches_its_prompt(tmp_path):
+    """``python -i``: the script's exit lands at the interactive prompt, as the interpreter's does."""
+    script = tmp_path / "command.py"
+    script.write_text(_PROFILED)
+    proc = subprocess.run(
+        [sys.executable, "-i", str(script)],
+        input="print('prompt')\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout == "ran\nprompt\n"
 
 
 def test_a_command_whose_output_pipe_is_closed_ends_as_the_interpreter_ends_it():

@@ -822,7 +822,8 @@ def exit_process(code: int) -> NoReturn:
     after a compare, serial, after the output) does nothing a command's result needs: its files are
     written and closed by then (``textfiles``), temporary files and directories are atexit's, and
     with no other thread the threads' exit has nothing to join. Where flushing fails (a closed pipe)
-    or another thread runs, the interpreter ends it as before."""
+    or another thread runs, the interpreter ends it as before; so too where something in the process
+    waits for the ``SystemExit`` (``_watched``: a profiler, a tracer, ``-i``)."""
     gc.freeze()
     if code >= 128:
         for stream in (sys.stdout, sys.stderr):
@@ -831,11 +832,24 @@ def exit_process(code: int) -> NoReturn:
         os._exit(code)
     # CPython's own: the stdlib has no public way to run the handlers before os._exit (it clears them)
     run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
-    if run_exit_handlers is not None and _flushed() and threading.active_count() == 1:
+    if run_exit_handlers is not None and not _watched() and _flushed() and threading.active_count() == 1:
         run_exit_handlers()
         if _flushed() and threading.active_count() == 1:
             os._exit(code)
     sys.exit(code)
+
+
+def _watched() -> bool:
+    """Whether something in this process acts after the script's ``SystemExit``, which ``os._exit``
+    would end first: a profiler or tracer (``python -m cProfile -o FILE``, ``coverage run``, ``python
+    -m trace``, pdb: their output is written once the script's exit reaches them; on 3.12+ cProfile
+    and coverage may watch through ``sys.monitoring`` instead) or ``python -i`` (its prompt)."""
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return True
+    if sys.flags.inspect or os.environ.get("PYTHONINSPECT"):
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    return monitoring is not None and any(monitoring.get_tool(i) is not None for i in range(6))
 
 
 def _flushed() -> bool:
