@@ -577,3 +577,16 @@ def test_a_kept_rig_follows_its_file_when_the_cache_outlives_a_sweep(tmp_path):
     second = runner._point_rig(config)
     assert second.nodes["n0"].price_per_hour == 2 * first.nodes["n0"].price_per_hour
     assert second.devices["n0.gpu0"].mem_bytes == first.devices["n0.gpu0"].mem_bytes == 16e9
+
+
+def test_a_plan_knob_is_checked_as_a_plan_file_is():
+    """plan.<field> knobs replace fields of the searched plan: the result is checked as a plan file
+    is (accelerate's batch_per_pass 16 at batch 1 ran silently, its KV cache sized for 16)."""
+    from hetsim.sweep.runner import run_point
+
+    base = {"model": "llama2-7b", "rig": "mixed-lab", "strategy": "accelerate", "batch": 1,
+            "prompt_len": 16, "gen_len": 2, "objective": "throughput"}  # fmt: skip
+    ok = run_point({**base, "plan.batch_per_pass": 1})
+    bad = run_point({**base, "plan.batch_per_pass": 16})
+    assert ok["feasible"] and not ok["error"]
+    assert not bad["feasible"] and "batch_per_pass" in bad["error"] and "16" in bad["error"]

@@ -215,12 +215,14 @@ def _evaluate_on(config: Mapping[str, Any], rig: Any, model: Any = None):
     )
     budget = float(config["gpu_mem_gb"]) * 1e9 if config.get("gpu_mem_gb") is not None else None
     knobs, ignored = plan_knobs(config), []
+    strategy = get_strategy(config["strategy"])
 
     def adjust(plan: Any) -> Any:  # the point's plan knobs on the searched (or default) plan
         fixed, ignored[:] = override_plan(plan, knobs, budget)
+        if fixed is not plan:  # checked as a plan file is: batch_per_pass > batch ran silently
+            strategy.check_plan(fixed, p.rig, p.model, p.workload)
         return fixed
 
-    strategy = get_strategy(config["strategy"])
     result = api.best_result(
         strategy,
         p,
