@@ -702,3 +702,16 @@ def test_the_console_script_imports_the_cli_without_young_collections():
     proc = subprocess.run([sys.executable, "-c", _START_UP], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[-1] == f"[0] {CLI_GC_THRESHOLD}"
+
+
+@pytest.mark.parametrize(
+    "args", [["sweep", ""], ["calibrate", "--fit", "x.json", ""], ["hw", "show", ""], ["model", "show", ""]]
+)
+def test_an_empty_positional_argument_is_one_line_naming_it(args, capsys):
+    """An empty positional argument (a shell variable left unset) is refused before any work, naming
+    the command's argument: ``sweep ''`` said only ".: is a directory, not a file"."""
+    from hetsim.cli.commands import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "argument: is empty" in err and f"hetsim {args[0]}" in err

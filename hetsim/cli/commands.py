@@ -775,6 +775,12 @@ def _refuse_empty(args: list[str]) -> None:
         if not value and flag in (*FILE_FLAGS, *INPUT_FLAGS, "--dask"):
             why = "a file's path" if flag != "--dask" else "a scheduler's address or 'local'"
             raise InputError(f"is empty: give {why}", field=flag)
+    # An empty positional argument (after the command's words or another value, not after a flag):
+    # ``sweep ''`` and ``calibrate --fit ''`` said only ".: is a directory" / ".: no such file".
+    for before, value in itertools.pairwise(args):
+        if not value and not before.startswith("-"):
+            field = f"{_command_name(args)}'s argument"
+            raise InputError("is empty: give a name or a file's path", field=field)
 
 
 def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:
