@@ -165,9 +165,10 @@ def cuda_run(run: dict[str, Any], i: int, source: str) -> CudaRun:
     return CudaRun(i, r.label, r.plan, spec, workload, r.measured.ttft_s, r.measured.tpot_s)
 
 
-def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
-    """The measured CPU runs of the validate report at ``path``; ``model_type`` builds the model
-    (calibrate's fit passes its own)."""
+def _measured_runs(path: str | Path, cpu: bool) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
+    """(source, [(i, runs[i])]) of the validate report at ``path``: its measured CPU runs (``cpu``) or
+    its other measured runs; a report without a list of runs, or a run that is not an object, is one
+    ``InputError``."""
     source = str(path)
     doc = parse_json(read_text(path), source)
     runs = doc.get("runs") if isinstance(doc, dict) else None
@@ -177,8 +178,24 @@ def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
     for i, run in enumerate(runs):
         if not isinstance(run, dict):
             raise InputError(f"run {i}: not an object", source=source, field=f"runs[{i}]")
-        if not str(run.get("strategy", "")).startswith("cpu") or "measured" not in run:
-            continue  # a CUDA run, or one skipped: nothing a CPU profile is fitted to
+        if str(run.get("strategy", "")).startswith("cpu") == cpu and "measured" in run:
+            out.append((i, run))
+    return source, out
+
+
+def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
+    """The measured CPU runs of the validate report at ``path``; ``model_type`` builds the model
+    (calibrate's fit passes its own)."""
+    source, runs = _measured_runs(path, cpu=True)
+    out = []
+    for i, run in runs:
         r, spec, workload = _read_run(_CpuRun, run, i, source, model_type)
         out.append(CpuRun(i, spec, workload, r.world, r.plan, r.measured.ttft_s, r.measured.tpot_s))
     return out
+
+
+def cuda_runs(path: str | Path) -> list[CudaRun]:
+    """The measured CUDA runs of the validate report at ``path`` that recorded the plan they ran,
+    each read by ``cuda_run``."""
+    source, runs = _measured_runs(path, cpu=False)
+    return [cuda_run(run, i, source) for i, run in runs if run.get("plan")]

@@ -14,9 +14,16 @@ import sys
 
 from hetsim.errors import InputError
 from validate.report import error, predict_cpu
-from validate.report_file import cpu_runs, cuda_run
+from validate.report_file import cpu_runs, cuda_runs
 
 OFFLOADING = ("accelerate", "hetegen", "flexgen")
+
+
+def _row(head: dict, ttft_s: float, tpot_s: float, pred: dict) -> dict:
+    """One table row: ``head``'s columns, then measured and predicted TTFT/TPOT and their errors."""
+    return {**head, "ttft_err": error(ttft_s, pred["ttft_s"]), "tpot_err": error(tpot_s, pred["tpot_s"]),
+            "ttft_ms": (ttft_s * 1e3, pred["ttft_s"] * 1e3),
+            "tpot_ms": (tpot_s * 1e3, pred["tpot_s"] * 1e3)}  # fmt: skip
 
 
 def summarize(profile: str, reports: list[str]) -> list[dict]:
@@ -28,11 +35,7 @@ def summarize(profile: str, reports: list[str]) -> list[dict]:
                 pred = predict_cpu(profile, spec, run.workload, run.world, run.plan.weight_dtype)
             except ValueError as exc:  # more ranks than the profile's CPU entries, or a run that cannot fit
                 raise InputError(f"run {run.index}: {exc}", source=path, field=f"runs[{run.index}]") from None
-            rows.append({"model": spec.name, "ranks": run.world,
-                         "ttft_err": error(run.ttft_s, pred["ttft_s"]),
-                         "tpot_err": error(run.tpot_s, pred["tpot_s"]),
-                         "ttft_ms": (run.ttft_s * 1e3, pred["ttft_s"] * 1e3),
-                         "tpot_ms": (run.tpot_s * 1e3, pred["tpot_s"] * 1e3)})  # fmt: skip
+            rows.append(_row({"model": spec.name, "ranks": run.world}, run.ttft_s, run.tpot_s, pred))
     return rows
 
 
@@ -41,20 +44,13 @@ def summarize_cuda(profile: str, reports: list[str], offload: str | None = None)
     the offloading strategies); a FlexGen run's batch is its plan's block."""
 
     from hetsim.strategies.base import get_strategy
-    from hetsim.textfiles import parse_json, read_text
     from hetsim.workload import Workload
     from validate.report import predict_plan
 
     rows = []
     for path in reports:
-        doc = parse_json(read_text(path), path)
-        runs = doc.get("runs") if isinstance(doc, dict) else None
-        if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
-            raise InputError("not a validate report (no list of runs)", source=path, field="runs")
-        for i, raw in enumerate(runs):
-            if str(raw.get("strategy", "")).startswith("cpu") or "measured" not in raw or not raw.get("plan"):
-                continue
-            run = cuda_run(raw, i, path)
+        for run in cuda_runs(path):  # checked as the CPU runs are: one line naming runs[i]
+            i = run.index
             try:
                 flexgen = run.label == "flexgen"
                 block = int(run.plan["gpu_batch_size"]) * int(run.plan["num_gpu_batches"]) if flexgen else 0
@@ -67,11 +63,8 @@ def summarize_cuda(profile: str, reports: list[str], offload: str | None = None)
                 why = exc.message if isinstance(exc, InputError) else str(exc)
                 why = f"missing {why}" if isinstance(exc, KeyError) else why
                 raise InputError(f"run {i}: {why}", source=path, field=f"runs[{i}]") from None
-            rows.append({"model": run.spec.name, "run": run.label, "batch": workload.batch,
-                         "ttft_err": error(run.ttft_s, pred["ttft_s"]),
-                         "tpot_err": error(run.tpot_s, pred["tpot_s"]),
-                         "ttft_ms": (run.ttft_s * 1e3, pred["ttft_s"] * 1e3),
-                         "tpot_ms": (run.tpot_s * 1e3, pred["tpot_s"] * 1e3)})  # fmt: skip
+            head = {"model": run.spec.name, "run": run.label, "batch": workload.batch}
+            rows.append(_row(head, run.ttft_s, run.tpot_s, pred))
     return rows
 
 
