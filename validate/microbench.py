@@ -186,6 +186,14 @@ def torch_randn(shape: tuple[int, ...], dtype: str):
     return torch.randn(*shape).to(_dt(dtype))
 
 
+def decode_step_ops(spec, batch: int, kv_len: int) -> int:
+    """The ops hetsim costs for one decode step of ``spec`` (embedding, every layer, head)."""
+    from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
+
+    layer = layer_blocks(spec, "decode", batch, 1, kv_len).whole
+    return len(embed_ops(spec, batch, 1)) + spec.layers * len(layer) + len(head_ops(spec, "decode", batch, 1))
+
+
 def decoder_step_overhead(
     dtype: str = "fp32", *, quick: bool = False, device: str = "cpu"
 ) -> dict[str, float]:
@@ -203,7 +211,6 @@ def decoder_step_overhead(
     import torch
 
     from hetsim.models import get_model
-    from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
     from validate.torch_model import TorchDecoder
 
     sync = torch.cuda.synchronize if device != "cpu" else None
@@ -219,8 +226,7 @@ def decoder_step_overhead(
             dec.reset(1, 16)
             tok = dec.step(ids, 0).view(1, 1)
             t = timeit(lambda: dec.step(tok, 8), min_time=0.02 if quick else 0.1, reps=3, sync=sync)
-        n = len(embed_ops(spec, 1, 1)) + layers * len(layer_blocks(spec, "decode", 1, 1, 9).whole)
-        return t, n + len(head_ops(spec, "decode", 1, 1))
+        return t, decode_step_ops(spec, 1, 9)
 
     if device == "cpu":
         t, n = step(4)

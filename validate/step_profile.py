@@ -35,7 +35,7 @@ def profile(model: str, batch: int, prompt_len: int, steps: int) -> dict:
     from torch.profiler import profile as torch_profile
 
     from hetsim.models import get_model
-    from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
+    from validate.microbench import decode_step_ops
     from validate.torch_model import TorchDecoder
 
     spec = get_model(model)
@@ -62,10 +62,7 @@ def profile(model: str, batch: int, prompt_len: int, steps: int) -> dict:
             torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     gpu_s = sum(e.device_time for e in kernels) * 1e-6 / steps
-    ops = len(embed_ops(spec, batch, 1)) + spec.layers * len(
-        layer_blocks(spec, "decode", batch, 1, prompt_len + 4).whole
-    )
-    ops += len(head_ops(spec, "decode", batch, 1))
+    ops = decode_step_ops(spec, batch, prompt_len + 4)
     return {
         "model": dataclasses.asdict(spec)["name"], "batch": batch, "prompt_len": prompt_len,
         "steps": steps, "wall_s": sorted(walls)[len(walls) // 2], "kernels_per_step": len(kernels) / steps,
