@@ -252,8 +252,10 @@ def test_cuda_microbenchmarks_become_a_gpu_of_the_profile(tmp_path):
     assert gpu.mem_bytes == pytest.approx(79.1 * 2**30, rel=1e-3)
     assert gpu.efficiency.compute["matmul"] == pytest.approx(600e12 / gpu.peak_flops["fp16"], rel=1e-3)
     assert gpu.efficiency.matmul_half_rows == pytest.approx(64, rel=1e-3)
-    # one kernel's launch per op (the tiny decoder's per-op cost is recorded beside it, not used)
+    # one kernel's launch per op, and the host's issue per kernel: the tiny decoder's cost per op
+    # over its kernels (13 ops, 26 kernels a llama layer), which the engine uses in its place
     assert gpu.efficiency.overhead_s == pytest.approx(4e-6)
+    assert gpu.efficiency.kernel_issue_s == pytest.approx(2e-5 * 13 / 26, rel=1e-3)
     link = rig.route(gpu.name, "n0.cpu0")
     assert link.bw == pytest.approx(50e9, rel=1e-3) and link.pageable_bw == pytest.approx(20e9, rel=1e-3)
     assert (

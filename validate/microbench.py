@@ -194,6 +194,31 @@ def decode_step_ops(spec, batch: int, kv_len: int) -> int:
     return len(embed_ops(spec, batch, 1)) + spec.layers * len(layer) + len(head_ops(spec, "decode", batch, 1))
 
 
+def tiny_decoder(layers: int):
+    """The llama-style decoder ``decoder_step_overhead`` times: tensors so small that a step is all
+    host work (dispatch, allocation, kernel issue)."""
+    import dataclasses
+
+    from hetsim.models import get_model
+
+    return dataclasses.replace(
+        get_model("llama2-7b"), name="tiny", layers=layers, hidden=128, heads=2, kv_heads=2,
+        head_dim=64, intermediate=256, vocab=256,
+    )  # fmt: skip
+
+
+def kernel_issue_s(decoder: dict[str, float]) -> float:
+    """The host's time per kernel issuing the eager decoder (``decoder_step_overhead`` on CUDA): its
+    cost per costed op spread over the kernels those ops launch (``hetsim.models.kernels``; a
+    layer's ops and kernels, as the slope between 2 and 8 layers is per layer)."""
+    from hetsim.models.kernels import op_kernels
+    from hetsim.models.sharding import layer_blocks
+
+    spec = tiny_decoder(1)
+    layer = layer_blocks(spec, "decode", 1, 1, 9).whole
+    return decoder["per_op_s"] * len(layer) / op_kernels(spec, layer)
+
+
 def decoder_step_overhead(
     dtype: str = "fp32", *, quick: bool = False, device: str = "cpu"
 ) -> dict[str, float]:
@@ -206,20 +231,14 @@ def decoder_step_overhead(
     a fixed round trip (the synchronize the runners end a step with, the host waiting on it) that
     is no op's, and at 4 layers it added ~45 % to every op (51.6 vs ~36 us per op on the H200 host).
     """
-    import dataclasses
-
     import torch
 
-    from hetsim.models import get_model
     from validate.torch_model import TorchDecoder
 
     sync = torch.cuda.synchronize if device != "cpu" else None
 
     def step(layers: int) -> tuple[float, int]:
-        spec = dataclasses.replace(
-            get_model("llama2-7b"), name="tiny", layers=layers, hidden=128, heads=2, kv_heads=2,
-            head_dim=64, intermediate=256, vocab=256,
-        )  # fmt: skip
+        spec = tiny_decoder(layers)
         dec = TorchDecoder(spec, dtype=_dt(dtype), device=device)
         ids = torch.zeros(1, 8, dtype=torch.long)
         with torch.inference_mode():

@@ -283,6 +283,9 @@ class _Builder:
         overheads = {**base.overhead_by_dtype, **(override.overhead_by_dtype if override else {})}
         for dt, q in overheads.items():
             prov[f"efficiency.overhead_by_dtype.{dt}"] = _prov(q)
+        issue = (override.kernel_issue if override else None) or base.kernel_issue
+        if issue is not None:
+            prov["efficiency.kernel_issue_s"] = _prov(issue)
         for dt, c in curves.items():
             for part in ("compute", "half_rows", "memory", "stream_half_row"):
                 prov[f"efficiency.matmul_by_dtype.{dt}.{part}"] = _prov(getattr(c, part))
@@ -302,6 +305,7 @@ class _Builder:
                 for dt, c in curves.items()
             },
             overhead_by_dtype={dt: q.si for dt, q in overheads.items()},
+            kernel_issue_s=issue.si if issue is not None else 0.0,
             **halves,
         )
         return eff, prov

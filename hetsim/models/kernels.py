@@ -29,6 +29,8 @@ is not added here: which GEMMs split is cuBLAS's heuristic per shape and GPU.
 
 from __future__ import annotations
 
+import dataclasses
+
 from hetsim.models.spec import ModelSpec, Op
 
 # Ops whose kernel count does not depend on the model's options.
@@ -66,3 +68,15 @@ def eager_kernels(spec: ModelSpec, name: str) -> int:
 def op_kernels(spec: ModelSpec, ops: tuple[Op, ...] | list[Op]) -> int:
     """Kernels ``ops`` of ``spec`` launch, back to back."""
     return sum(eager_kernels(spec, o.name) for o in ops)
+
+
+def counted(spec: ModelSpec, ops: tuple[Op, ...]) -> tuple[Op, ...]:
+    """``ops`` with their kernel counts; ops the validate decoder does not run (MoE routing, MLA)
+    keep one kernel each."""
+    return tuple(
+        dataclasses.replace(o, kernels=eager_kernels(spec, o.name)) if _known(o.name) else o for o in ops
+    )
+
+
+def _known(name: str) -> bool:
+    return name in _FIXED or name in ("q_proj", "k_proj", "out_proj", "fc2", "down_proj", "act", "embedding")

@@ -1,0 +1,81 @@
+"""The host issuing kernels ahead of the GPU (``Efficiency.kernel_issue_s``): ops cost the slower of
+the host's issue (kernels x issue time) and the device's roofline, summed over a run of ops, with no
+per-op overhead; a profile without the field keeps its per-op ``overhead_s`` on the roofline."""
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hetsim.costs.op_cost import block_cost, combine, op_cost, repeated
+from hetsim.hardware.loader import load_rig
+from hetsim.hardware.types import ComputeDevice, Efficiency
+from hetsim.models import get_model
+from hetsim.models.layer_ops import step_ops
+from hetsim.models.spec import Op, OpKind
+
+ISSUE = 14e-6  # s per kernel
+
+
+def _gpu(issue: float, overhead: float = 9e-6) -> ComputeDevice:
+    eff = Efficiency(compute={"matmul": 0.8}, memory=0.8, overhead_s=overhead, kernel_issue_s=issue)
+    return ComputeDevice("g", "h200", "gpu", "n0", 141e9, 4.8e12, {"fp16": 989e12}, eff)
+
+
+def test_a_llama2_7b_decode_step_at_batch_1_is_paced_by_the_host_and_a_long_prefill_by_the_gpu():
+    spec, gpu = get_model("llama2-7b"), _gpu(ISSUE)
+    decode = block_cost(gpu, step_ops(spec, "decode", 1, 1, 513))
+    assert decode.issue_s == pytest.approx(838 * ISSUE)  # 26 kernels a layer, 6 outside
+    assert decode.time_s == decode.issue_s > decode.device_s  # the weights stream in ~4 ms
+    prefill = block_cost(gpu, step_ops(spec, "prefill", 32, 512, 512))
+    assert prefill.time_s == prefill.device_s > 10 * prefill.issue_s
+    assert decode.overhead_s == prefill.overhead_s == 0.0  # no launch on top of the roofline
+
+
+def test_a_gpu_whose_issue_is_unknown_keeps_one_overhead_per_op_on_the_roofline():
+    spec = get_model("llama2-7b")
+    ops = step_ops(spec, "decode", 1, 1, 513)
+    cost = block_cost(_gpu(0.0), ops)
+    assert cost.issue_s == 0.0 and cost.overhead_s == pytest.approx(419 * 9e-6)
+    assert cost.time_s == sum(op_cost(_gpu(0.0), o).time_s for o in ops)
+
+
+_ops = st.lists(
+    st.builds(
+        lambda flops, nbytes, n: Op("x", OpKind.ELEMENTWISE, 0, flops, 0.0, nbytes, 0.0, kernels=n),
+        st.floats(0, 1e12),
+        st.floats(0, 1e9),
+        st.integers(1, 8),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_ops, st.integers(1, 5))
+def test_ops_back_to_back_take_the_slower_of_issue_and_device_over_the_whole_run(ops, times):
+    gpu = _gpu(ISSUE)
+    costs = [op_cost(gpu, o) for o in ops]
+    run = combine(costs)
+    issue = sum(o.kernels for o in ops) * ISSUE
+    device = sum(max(c.compute_s, c.memory_s) for c in costs)
+    assert run.issue_s == pytest.approx(issue) and run.device_s == pytest.approx(device)
+    assert run.time_s == pytest.approx(max(issue, device))
+    assert run.time_s <= sum(c.time_s for c in costs) * (1 + 1e-12)  # overlap across ops, never worse
+    again = repeated(run, times)
+    assert again.time_s == pytest.approx(times * run.time_s) and again.issue_s == pytest.approx(times * issue)
+
+
+def test_a_profile_gives_the_issue_time_with_its_provenance(tmp_path: Path):
+    src = Path(__file__).resolve().parents[1] / "validate/results/h200/final/gpu.yaml"
+    text = src.read_text()
+    at = text.index("      matmul_half_rows:", text.index("9.321 us"))
+    entry = "      kernel_issue:\n        value: 14.021 us\n        source: a test\n        grade: measured\n"
+    (tmp_path / "gpu.yaml").write_text(text[:at] + entry + text[at:])
+    rig = load_rig(tmp_path / "gpu.yaml")
+    gpu = next(d for d in rig.devices.values() if d.kind == "gpu")
+    assert gpu.efficiency.kernel_issue_s == pytest.approx(14.021e-6)
+    assert gpu.provenance["efficiency.kernel_issue_s"].source == "a test"
+    assert load_rig(src).devices[gpu.name].efficiency.kernel_issue_s == 0.0
