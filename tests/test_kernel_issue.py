@@ -79,3 +79,16 @@ def test_a_profile_gives_the_issue_time_with_its_provenance(tmp_path: Path):
     assert gpu.efficiency.kernel_issue_s == pytest.approx(14.021e-6)
     assert gpu.provenance["efficiency.kernel_issue_s"].source == "a test"
     assert load_rig(src).devices[gpu.name].efficiency.kernel_issue_s == 0.0
+
+
+def test_kernel_issue_on_a_cpu_is_one_line_naming_the_field(tmp_path: Path):
+    from hetsim.errors import InputError
+
+    src = Path(__file__).resolve().parents[1] / "validate/results/h200/final/gpu.yaml"
+    text = src.read_text()
+    at = text.index("      overhead:\n        value: 20.913 us")
+    entry = "      kernel_issue:\n        value: 5 us\n        source: a test\n        grade: measured\n"
+    (tmp_path / "cpu.yaml").write_text(text[:at] + entry + text[at:])
+    with pytest.raises(InputError, match="kernel_issue is a GPU's") as err:
+        load_rig(tmp_path / "cpu.yaml")
+    assert "efficiency.kernel_issue" in str(err.value) and "cpu.yaml" in str(err.value)

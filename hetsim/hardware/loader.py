@@ -284,6 +284,8 @@ class _Builder:
         for dt, q in overheads.items():
             prov[f"efficiency.overhead_by_dtype.{dt}"] = _prov(q)
         issue = (override.kernel_issue if override else None) or base.kernel_issue
+        if issue is not None and kind != "gpu":  # the engine books CPU work by compute and DRAM traffic
+            raise self.fail("kernel_issue is a GPU's (its host issuing kernels)", "efficiency.kernel_issue")
         if issue is not None:
             prov["efficiency.kernel_issue_s"] = _prov(issue)
         for dt, c in curves.items():
