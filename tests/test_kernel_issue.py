@@ -68,6 +68,27 @@ def test_ops_back_to_back_take_the_slower_of_issue_and_device_over_the_whole_run
     assert again.time_s == pytest.approx(times * run.time_s) and again.issue_s == pytest.approx(times * issue)
 
 
+def _two_cursors(issue: list[float], device: list[float]) -> float:
+    """One stream: op j starts when the device is free and the host has issued it; the host issues
+    on without waiting for the device."""
+    issued = free = 0.0
+    for i, d in zip(issue, device, strict=True):
+        issued += i
+        free = max(free, issued) + d
+    return free
+
+
+@settings(max_examples=60, deadline=None)
+@given(_ops, st.integers(1, 40))
+def test_paced_is_the_period_of_the_two_cursor_schedule_of_a_repeated_run(ops, times):
+    costs = [op_cost(_gpu(ISSUE), o) for o in ops]
+    issue, device = [c.issue_s for c in costs] * times, [c.device_s for c in costs] * times
+    period = combine(costs).time_s
+    transient = sum(c.issue_s + c.device_s for c in costs)
+    schedule = _two_cursors(issue, device)
+    assert times * period * (1 - 1e-9) <= schedule <= times * period + transient * (1 + 1e-9)
+
+
 def test_a_profile_gives_the_issue_time_with_its_provenance(tmp_path: Path):
     src = Path(__file__).resolve().parents[1] / "validate/results/h200/final/gpu.yaml"
     text = src.read_text()

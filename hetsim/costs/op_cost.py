@@ -28,8 +28,10 @@ has issued it, so ops run back to back take
 
     time_s = max(sum of kernels x kernel_issue_s, sum of device times)     (``paced``)
 
-(exact for a steady stream; within one op's time of the two-cursor schedule where the bound changes
-inside the run). A device whose issue time is unknown keeps ``overhead_s`` per op on the roofline.
+the period of the two-cursor schedule (op j starts at max(device free, host done issuing it)) of a run
+repeated back to back, as a step repeats its layers: the host keeps ahead over a period. One run
+alone may take up to one period's issue plus device time more (host-paced ops before device-paced
+ones cannot overlap them). A device whose issue time is unknown keeps ``overhead_s`` per op.
 
 The engine uses ``compute_s`` and ``memory_bytes`` separately on CPUs, where the memory traffic
 competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as is.
