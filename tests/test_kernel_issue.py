@@ -113,3 +113,17 @@ def test_kernel_issue_on_a_cpu_is_one_line_naming_the_field(tmp_path: Path):
     with pytest.raises(InputError, match="kernel_issue is a GPU's") as err:
         load_rig(tmp_path / "cpu.yaml")
     assert "efficiency.kernel_issue" in str(err.value) and "cpu.yaml" in str(err.value)
+
+
+def test_a_zero_kernel_issue_is_refused_not_read_as_unknown(tmp_path: Path):
+    """0 us would leave the per-op overhead on, under a field that says the host's issue is free."""
+    from hetsim.errors import InputError
+
+    src = Path(__file__).resolve().parents[1] / "validate/results/h200/final/gpu.yaml"
+    text = src.read_text()
+    at = text.index("      matmul_half_rows:", text.index("9.321 us"))
+    entry = "      kernel_issue:\n        value: 0 us\n        source: a test\n        grade: measured\n"
+    (tmp_path / "gpu.yaml").write_text(text[:at] + entry + text[at:])
+    with pytest.raises(InputError, match="kernel_issue must be > 0") as err:
+        load_rig(tmp_path / "gpu.yaml")
+    assert "efficiency.kernel_issue" in str(err.value) and "gpu.yaml" in str(err.value)

@@ -256,6 +256,13 @@ def test_cuda_microbenchmarks_become_a_gpu_of_the_profile(tmp_path):
     # over its kernels (13 ops, 26 kernels a llama layer), which the engine uses in its place
     assert gpu.efficiency.overhead_s == pytest.approx(4e-6)
     assert gpu.efficiency.kernel_issue_s == pytest.approx(2e-5 * 13 / 26, rel=1e-3)
+    # a decoder whose fit measured no cost per op (the slope clamped to 0) writes no issue time: the
+    # profile keeps one launch per op, and says so by leaving the field out
+    raw["cuda"]["decoder_overhead"] = {**raw["cuda"]["decoder_overhead"], "per_op_s": 0.0}
+    flat = load_rig(cal.write_profile(cal.build_profile(raw, cal.derive(raw)), raw, tmp_path / "f.yaml"))
+    (flat_gpu,) = flat.gpus()
+    assert flat_gpu.efficiency.kernel_issue_s == 0.0 and flat_gpu.efficiency.overhead_s == pytest.approx(4e-6)
+    assert "efficiency.kernel_issue_s" not in flat_gpu.provenance
     link = rig.route(gpu.name, "n0.cpu0")
     assert link.bw == pytest.approx(50e9, rel=1e-3) and link.pageable_bw == pytest.approx(20e9, rel=1e-3)
     assert (

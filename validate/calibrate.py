@@ -489,7 +489,7 @@ def gpu_entry(cuda: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
         {"kernel_issue": _q(f"{mb.kernel_issue_s(decoder) * 1e6:.3f} us",
                             f"{meas}: a tiny fp16 decoder's step per kernel it launches (slope over layers)",
                             "measured")}
-        if decoder else {}
+        if decoder and round(mb.kernel_issue_s(decoder) * 1e6, 3) > 0 else {}  # 0: overhead per op
     )  # fmt: skip
     return {
         "model": base,

@@ -286,6 +286,10 @@ class _Builder:
         issue = (override.kernel_issue if override else None) or base.kernel_issue
         if issue is not None and kind != "gpu":  # the engine books CPU work by compute and DRAM traffic
             raise self.fail("kernel_issue is a GPU's (its host issuing kernels)", "efficiency.kernel_issue")
+        if issue is not None and issue.si <= 0:  # 0 would read as unknown: overhead per op, silently
+            raise self.fail(
+                "kernel_issue must be > 0 (leave it out where not measured)", "efficiency.kernel_issue"
+            )
         if issue is not None:
             prov["efficiency.kernel_issue_s"] = _prov(issue)
         for dt, c in curves.items():
