@@ -89,29 +89,33 @@ def test_paced_is_the_period_of_the_two_cursor_schedule_of_a_repeated_run(ops, t
     assert times * period * (1 - 1e-9) <= schedule <= times * period + transient * (1 + 1e-9)
 
 
+_FINAL = Path(__file__).resolve().parents[1] / "validate/results/h200/final/gpu.yaml"
+_GPU_AT = ("      matmul_half_rows:", "9.321 us")  # inside the H200's entry, after its launch overhead
+_CPU_AT = ("      overhead:\n        value: 20.913 us", "")  # inside the host CPU's entry
+
+
+def _with_issue(path: Path, value: str, anchor: tuple[str, str]) -> Path:
+    """``final/gpu.yaml`` with ``kernel_issue: value`` added to the entry at ``anchor``."""
+    text = _FINAL.read_text()
+    at = text.index(anchor[0], text.index(anchor[1]))
+    entry = f"      kernel_issue:\n        value: {value}\n        source: a test\n        grade: measured\n"
+    path.write_text(text[:at] + entry + text[at:])
+    return path
+
+
 def test_a_profile_gives_the_issue_time_with_its_provenance(tmp_path: Path):
-    src = Path(__file__).resolve().parents[1] / "validate/results/h200/final/gpu.yaml"
-    text = src.read_text()
-    at = text.index("      matmul_half_rows:", text.index("9.321 us"))
-    entry = "      kernel_issue:\n        value: 14.021 us\n        source: a test\n        grade: measured\n"
-    (tmp_path / "gpu.yaml").write_text(text[:at] + entry + text[at:])
-    rig = load_rig(tmp_path / "gpu.yaml")
+    rig = load_rig(_with_issue(tmp_path / "gpu.yaml", "14.021 us", _GPU_AT))
     gpu = next(d for d in rig.devices.values() if d.kind == "gpu")
     assert gpu.efficiency.kernel_issue_s == pytest.approx(14.021e-6)
     assert gpu.provenance["efficiency.kernel_issue_s"].source == "a test"
-    assert load_rig(src).devices[gpu.name].efficiency.kernel_issue_s == 0.0
+    assert load_rig(_FINAL).devices[gpu.name].efficiency.kernel_issue_s == 0.0
 
 
 def test_kernel_issue_on_a_cpu_is_one_line_naming_the_field(tmp_path: Path):
     from hetsim.errors import InputError
 
-    src = Path(__file__).resolve().parents[1] / "validate/results/h200/final/gpu.yaml"
-    text = src.read_text()
-    at = text.index("      overhead:\n        value: 20.913 us")
-    entry = "      kernel_issue:\n        value: 5 us\n        source: a test\n        grade: measured\n"
-    (tmp_path / "cpu.yaml").write_text(text[:at] + entry + text[at:])
     with pytest.raises(InputError, match="kernel_issue is a GPU's") as err:
-        load_rig(tmp_path / "cpu.yaml")
+        load_rig(_with_issue(tmp_path / "cpu.yaml", "5 us", _CPU_AT))
     assert "efficiency.kernel_issue" in str(err.value) and "cpu.yaml" in str(err.value)
 
 
@@ -119,11 +123,6 @@ def test_a_zero_kernel_issue_is_refused_not_read_as_unknown(tmp_path: Path):
     """0 us would leave the per-op overhead on, under a field that says the host's issue is free."""
     from hetsim.errors import InputError
 
-    src = Path(__file__).resolve().parents[1] / "validate/results/h200/final/gpu.yaml"
-    text = src.read_text()
-    at = text.index("      matmul_half_rows:", text.index("9.321 us"))
-    entry = "      kernel_issue:\n        value: 0 us\n        source: a test\n        grade: measured\n"
-    (tmp_path / "gpu.yaml").write_text(text[:at] + entry + text[at:])
     with pytest.raises(InputError, match="kernel_issue must be > 0") as err:
-        load_rig(tmp_path / "gpu.yaml")
+        load_rig(_with_issue(tmp_path / "gpu.yaml", "0 us", _GPU_AT))
     assert "efficiency.kernel_issue" in str(err.value) and "gpu.yaml" in str(err.value)
