@@ -151,3 +151,13 @@ def test_the_serving_estimate_of_one_gpu_is_the_engines_time_where_the_host_issu
         assert done.finish_s == pytest.approx(
             request_latency(rig, replica.stages, model, prompt, out), rel=1e-9
         )
+
+
+def test_hw_show_gives_the_issue_time_that_replaces_the_per_op_overhead_and_only_where_measured():
+    from hetsim.hardware import rig_to_dict
+
+    h200 = Path(__file__).resolve().parents[1] / "validate/results/h200"
+    (issued,) = (d for d in rig_to_dict(load_rig(h200 / "issue/gpu.yaml"))["devices"] if d["kind"] == "gpu")
+    assert issued["efficiency"]["kernel_issue_s"] == pytest.approx(14.021e-6)
+    (plain,) = (d for d in rig_to_dict(load_rig(h200 / "final/gpu.yaml"))["devices"] if d["kind"] == "gpu")
+    assert "kernel_issue_s" not in plain["efficiency"]  # every other profile's output as it was

@@ -638,6 +638,10 @@ def rig_to_dict(rig: Rig) -> dict[str, Any]:
                     "compute": dict(d.efficiency.compute),
                     "memory": d.efficiency.memory,
                     "overhead_s": d.efficiency.overhead_s,
+                    # where measured it replaces overhead_s (hetsim.costs.op_cost): say so
+                    **(
+                        {"kernel_issue_s": d.efficiency.kernel_issue_s} if d.efficiency.kernel_issue_s else {}
+                    ),
                 },
                 "weakest_grade": grade(d.provenance),
             }
