@@ -280,9 +280,7 @@ def _llama_like(r: _Reader, name: str, mt: str) -> ModelSpec:
     """llama, mistral, phi3 (fused qkv and gate_up: the same shapes), qwen2/3 and their MoE versions."""
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
-    kv_heads = r.int("num_key_value_heads", heads)
-    if heads % kv_heads:
-        raise r.err("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
+    kv_heads = _kv_heads(r, "num_key_value_heads", r.int("num_key_value_heads", heads), heads)
     head_dim = _head_dim(r, hidden, heads)
     num_experts, top_k = 1, 1
     intermediate = r.int("intermediate_size")
@@ -336,9 +334,7 @@ def _gemma(r: _Reader, name: str, mt: str) -> ModelSpec:
     """
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
-    kv_heads = r.int("num_key_value_heads", heads)
-    if heads % kv_heads:
-        raise r.err("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
+    kv_heads = _kv_heads(r, "num_key_value_heads", r.int("num_key_value_heads", heads), heads)
     bias = r.bool("attention_bias", False)
     if bias:
         raise r.err("attention_bias", "Gemma with attention biases is not supported")
@@ -374,11 +370,9 @@ def _falcon(r: _Reader, name: str) -> ModelSpec:
         raise r.err("num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
     new_arch = r.bool("new_decoder_architecture", False)
     if new_arch:
-        kv_heads = r.int("num_kv_heads", heads)
+        kv_heads = _kv_heads(r, "num_kv_heads", r.int("num_kv_heads", heads), heads)
     else:
         kv_heads = 1 if r.bool("multi_query", True) else heads
-    if heads % kv_heads:
-        raise r.err("num_kv_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
     parallel = r.bool("parallel_attn", True)
     ln_parallel = r.int("num_ln_in_parallel_attn", 2 if new_arch else 1)
     bias = r.bool("bias", False)
@@ -447,7 +441,7 @@ def _deepseek(r: _Reader, name: str, mt: str) -> ModelSpec:
     rope = r.int("qk_rope_head_dim")
     dense_inter = r.int("intermediate_size")
     num_experts, top_k, inter, shared, dense_layers = 1, 1, dense_inter, 0, 0
-    if r.cfg.get("n_routed_experts"):
+    if r.cfg.get("n_routed_experts") is not None:  # 0 experts is no model (null: a dense one)
         num_experts, top_k = _experts(r, "n_routed_experts")
         inter = r.int("moe_intermediate_size")
         shared = r.int("n_shared_experts", 0, minimum=0) * inter
@@ -485,6 +479,13 @@ def _deepseek(r: _Reader, name: str, mt: str) -> ModelSpec:
         rope_head_dim=rope,
         v_head_dim=r.int("v_head_dim"),
     )
+
+
+def _kv_heads(r: _Reader, key: str, kv_heads: int, heads: int) -> int:
+    """``kv_heads`` as read from ``key``: each KV head serves a whole group of query heads."""
+    if heads % kv_heads:
+        raise r.err(key, f"{kv_heads} does not divide num_attention_heads {heads}")
+    return kv_heads
 
 
 def _head_dim(r: _Reader, hidden: int, heads: int) -> int:
