@@ -44,3 +44,112 @@ def test_kv_heads_that_do_not_divide_the_heads_are_refused_by_their_key(folder, 
     with pytest.raises(InputError) as ei:
         spec_from_hf_dict(_config(folder, **changes))
     assert ei.value.field == key and "does not divide num_attention_heads" in ei.value.message
+
+
+# quantization_config as transformers writes it (4.46.3, src/transformers/utils/quantization_config.py:
+# GPTQConfig, AwqConfig, BitsAndBytesConfig; DeepSeek-V3's published config.json for fp8).
+GPTQ = {"bits": 4, "group_size": 128, "damp_percent": 0.01, "desc_act": False, "sym": True,
+        "true_sequential": True, "quant_method": "gptq"}  # fmt: skip
+AWQ = {"quant_method": "awq", "zero_point": True, "group_size": 128, "bits": 4, "version": "gemm"}
+
+
+@pytest.mark.parametrize(
+    ("quant", "weights"),
+    [(GPTQ, "int4"), ({**GPTQ, "bits": 8}, "int8"), (AWQ, "int4"), ({"quant_method": "awq"}, "int4")],
+)
+def test_gptq_and_awq_checkpoints_are_their_weight_dtype(quant, weights):
+    spec = spec_from_hf_dict(_config("Llama-2-7B", quantization_config=quant))
+    assert spec.quantized == weights and spec.dtype == "fp16"
+    assert spec_from_hf_dict(_config("Llama-2-7B")).quantized == ""
+
+
+BNB = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+
+
+@pytest.mark.parametrize(
+    ("quant", "field"),
+    [
+        (BNB, "quantization_config.quant_method"),
+        (FP8, "quantization_config.quant_method"),
+        ({"bits": 4}, "quantization_config.quant_method"),
+        ({**GPTQ, "bits": 3}, "quantization_config.bits"),
+        ({**GPTQ, "bits": True}, "quantization_config.bits"),
+        ({**GPTQ, "bits": None}, "quantization_config.bits"),
+        ({**GPTQ, "group_size": -1}, "quantization_config.group_size"),
+        ({**AWQ, "group_size": 64}, "quantization_config.group_size"),
+        ("gptq", "quantization_config"),
+    ],
+)
+def test_a_quantization_hetsim_does_not_model_is_refused_saying_what_to_pass(quant, field):
+    with pytest.raises(InputError) as ei:
+        spec_from_hf_dict(_config("Llama-2-7B", quantization_config=quant), source="q/config.json")
+    assert ei.value.source == "q/config.json" and ei.value.field == field
+    assert field == "quantization_config" or "--dtype" in ei.value.message
+
+
+def _checkpoint(tmp_path: Path, name: str, **changes: object) -> str:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(_config("Llama-2-7B", **changes)))
+    return str(folder)
+
+
+_RUN = [
+    "--hw",
+    "mixed-lab",
+    "--strategies",
+    "gpu-only",
+    "--batch",
+    "1",
+    "--prompt-len",
+    "16",
+    "--gen-len",
+    "2",
+]
+
+
+def test_a_gptq_checkpoint_is_costed_at_its_weights_and_says_so(tmp_path, capsys):
+    """A GPTQ 4-bit checkpoint was costed as fp16 (3.5 GB of weights as 13.5): now as --dtype int4 on
+    the same shape, to the byte, and the output names the precision."""
+    from hetsim.cli.commands import main
+
+    quantized = _checkpoint(tmp_path, "q", quantization_config=GPTQ)
+    plain = _checkpoint(tmp_path, "p")
+    assert main(["compare", "--model", quantized, *_RUN, "--format", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert main(["compare", "--model", plain, "--dtype", "int4", *_RUN, "--format", "json"]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert got["workload"]["weight_dtype"] == "int4"
+    assert {**got, "model": None} == {**want, "model": None}
+    assert main(["compare", "--model", quantized, *_RUN]) == 0
+    assert "weights int4 (lossy, the checkpoint's)" in capsys.readouterr().out
+
+
+def test_another_dtype_for_a_quantised_checkpoint_is_refused(tmp_path, capsys):
+    from hetsim.cli.commands import main
+
+    quantized = _checkpoint(tmp_path, "q", quantization_config=GPTQ)
+    assert main(["compare", "--model", quantized, *_RUN, "--dtype", "fp16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: --dtype:") and "quantization_config" in err
+
+
+def test_a_sweep_point_runs_a_quantised_checkpoint_at_its_weights(tmp_path):
+    from hetsim.sweep.runner import run_point
+
+    quantized = _checkpoint(tmp_path, "q", quantization_config=GPTQ)
+    config = {"rig": "mixed-lab", "model": quantized, "strategy": "gpu-only", "batch": 1, "prompt_len": 16,
+              "gen_len": 2, "objective": "latency", "search": True, "point_id": "p"}  # fmt: skip
+    row = run_point(config)
+    assert row["feasible"] and "int4" in row["lossy"] and not row["error"]
+    row = run_point({**config, "dtype": "fp16"})
+    assert not row["feasible"] and "quantization_config" in row["error"]
+
+
+def test_validate_refuses_a_quantised_checkpoint(tmp_path):
+    from validate.cli_impl import _spec
+
+    with pytest.raises(InputError) as ei:
+        _spec(_checkpoint(tmp_path, "q", quantization_config=GPTQ), None, None)
+    assert ei.value.field == "--model" and "quantization_config" in ei.value.message

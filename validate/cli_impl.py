@@ -13,6 +13,10 @@ def _spec(model: str, layers: int | None, hidden: int | None):
     from hetsim.models import get_model
 
     spec = get_model(model)
+    if spec.quantized:  # torch runs the shape with full-precision random weights: not this checkpoint
+        msg = f"{spec.quantized} weights (quantization_config): validate runs unquantised ones; remove it to "
+        msg += "measure the shape"
+        raise InputError(msg, field="--model")
     if model.endswith(".json"):  # name a config.json shape after its file
         spec = dataclasses.replace(spec, name=Path(model).stem)
     if layers is not None:

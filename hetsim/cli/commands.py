@@ -284,9 +284,11 @@ def _emit_results(
     results: Sequence[Result],
     free_batch: bool = False,
     partial: dict[str, Any] | None = None,
+    quantized: str = "",
 ) -> None:
     """``partial``: a stopped compare's ``{"stopped_by": signal, "not_finished": names}`` (in the
-    JSON as ``partial``, in the table's title; CSV has rows only: the stderr line says it)."""
+    JSON as ``partial``, in the table's title; CSV has rows only: the stderr line says it).
+    ``quantized``: the checkpoint's own weight precision (``ModelSpec.quantized``), named as such."""
     from hetsim import api
     from hetsim.models.spec import LOSSY_DTYPES
     from hetsim.report import compare_document, results_table
@@ -310,9 +312,8 @@ def _emit_results(
             (workload.kv_dtype, "KV cache", "--kv-dtype"),
         ):
             if dt:
-                asked.append(
-                    f"{what} {dt}" + (f" (lossy, as asked with {flag})" if dt in LOSSY_DTYPES else "")
-                )
+                why = f"as asked with {flag}" if dt != quantized or what != "weights" else "the checkpoint's"
+                asked.append(f"{what} {dt}" + (f" (lossy, {why})" if dt in LOSSY_DTYPES else ""))
         out().print(results_table(results, title="Strategies, best first; " + "; ".join(asked)))
     else:
         out().print(results_table(results))
@@ -484,11 +485,20 @@ def compare(
                     None if whole else {"stopped_by": stopping_signal(), "not_finished": stopped.unfinished}
                 )
                 with keeping():
-                    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, stopped.results, free, partial)
+                    _emit_results(
+                        fmt,
+                        p.model_ref,
+                        p.rig_ref,
+                        p.workload,
+                        stopped.results,
+                        free,
+                        partial,
+                        p.model.quantized,
+                    )
                     sys.stdout.flush()  # the grace clock's exit would drop what is buffered
                 keep(_compare_kept(len(stopped.results), stopped.unfinished, whole))
             raise
-    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free)
+    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free, quantized=p.model.quantized)
     if trace and fmt == "table":
         if results and results[0].feasible:
             err().print(f"trace of {results[0].strategy} written to {trace}", highlight=False)
@@ -591,7 +601,7 @@ def simulate(
                 _emit_simulate_partial(fmt, p, partial, trace)
             keep(_simulate_kept(partial, fmt, trace))
         raise
-    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result])
+    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result], quantized=p.model.quantized)
     if trace and fmt == "table":
         err().print(f"trace written to {trace}", highlight=False)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hetsim.errors import InputError
 from hetsim.models.spec import ModelSpec
@@ -175,7 +175,8 @@ def spec_from_hf_dict(
     name = name or Path(source).parent.name or Path(source).stem
 
     _refuse_unknown_arch_fields(r, mt)
-    return dataclasses.replace(_family_spec(r, name, mt), dtype=_checkpoint_dtype(r))
+    spec = _family_spec(r, name, mt)
+    return dataclasses.replace(spec, dtype=_checkpoint_dtype(r), quantized=_checkpoint_quantization(r))
 
 
 def _family_spec(r: _Reader, name: str, mt: str) -> ModelSpec:
@@ -209,6 +210,59 @@ def _checkpoint_dtype(r: _Reader) -> str:
         known = ", ".join(sorted(k for k in _CHECKPOINT_DTYPES if k != "auto"))
         raise r.err(key, f"unknown precision {v!r} (expected one of {known})")
     return _CHECKPOINT_DTYPES[v.removeprefix("torch.")]
+
+
+# ``quantization_config`` methods whose weights hetsim models: GPTQ (Frantar et al., arXiv:2210.17323) and
+# AWQ (Lin et al., arXiv:2306.00978) store ``bits``-wide weights in groups of ``group_size`` along the
+# input, each group with an fp16 scale and a packed zero (transformers 4.46.3,
+# src/transformers/utils/quantization_config.py:548 ``GPTQConfig``: bits, group_size 128 by default, -1
+# per column; :765 ``AwqConfig``: bits 4 and group_size 128 by default). At 4 or 8 bits and group 128
+# that is hetsim's ``int4``/``int8`` (``models.spec``); AWQ without zero points differs by 0.5 of 130
+# bytes per group, ignored. Other widths and group sizes, and other methods (bitsandbytes' nf4/int8,
+# fp8, compressed-tensors, hqq...), are refused: hetsim has no model of their bytes or kernels.
+_QUANT_METHODS = ("gptq", "awq")
+_QUANT_BITS = {4: "int4", 8: "int8"}
+_QUANT_GROUP = 128
+_QUANT_INSTEAD = (
+    "remove quantization_config from the file and pass --dtype (int4, int8, fp16, bf16) to cost it at a "
+    "precision hetsim models"
+)
+
+
+def _checkpoint_quantization(r: _Reader) -> Literal["", "int4", "int8"]:
+    """The weight dtype of a quantised checkpoint (``quantization_config``), "" for none."""
+    q = r.cfg.get("quantization_config")
+    if q is None:
+        return ""
+    if not isinstance(q, dict):
+        raise r.err("quantization_config", f"expected an object, got {q!r:.40}")
+    method = q.get("quant_method")
+    known = "gptq or awq at 4 or 8 bits in groups of 128"
+    if method not in _QUANT_METHODS:
+        msg = f"{method!r:.40} weights are not a format hetsim models ({known}); {_QUANT_INSTEAD}"
+        raise r.err("quantization_config.quant_method", msg)
+    bits = q.get("bits", 4 if method == "awq" else None)
+    if isinstance(bits, bool) or bits not in _QUANT_BITS:
+        msg = f"{method} at {bits!r:.40} bits is not a precision hetsim models ({known}); {_QUANT_INSTEAD}"
+        raise r.err("quantization_config.bits", msg)
+    group = q.get("group_size", _QUANT_GROUP)
+    if isinstance(group, bool) or group != _QUANT_GROUP:
+        msg = f"{method} in groups of {group!r:.40} is not a format hetsim models ({known}); {_QUANT_INSTEAD}"
+        raise r.err("quantization_config.group_size", msg)
+    return _QUANT_BITS[int(bits)]  # type: ignore[return-value]
+
+
+def weight_dtype_for(spec: ModelSpec, asked: str | None, flag: str = "--dtype") -> str | None:
+    """The weight precision a run of ``spec`` costs: ``asked`` (``--dtype``; None = each strategy's own)
+    or, for a quantised checkpoint, its own, whose weights exist at no other precision (asking another is
+    refused: costing a GPTQ 4-bit checkpoint as fp16 was a silent wrong number)."""
+    if not spec.quantized or asked in (None, spec.quantized):
+        return asked or spec.quantized or None
+    raise InputError(
+        f"{spec.name}'s weights are {spec.quantized} (its config.json quantization_config), not {asked}: "
+        f"drop {flag}, or remove quantization_config to cost the model at {asked}",
+        field=flag,
+    )
 
 
 def _refuse_unknown_arch_fields(r: _Reader, mt: str) -> None:
