@@ -7,7 +7,8 @@ and up together, so the per-matrix size is half of it). Each family reads the fi
 ``transformers`` implementation reads; parameter counts are tested equal to ``transformers`` on the
 meta device. Anything wrong in the file raises ``InputError`` naming the file and the key, and so
 does a field that changes the architecture where the family does not have it (a ``mistral`` config
-with ``num_experts: 8`` is an MoE model that hetsim would otherwise read as dense).
+with ``num_experts: 8`` is an MoE model that hetsim would otherwise read as dense), and a
+``quantization_config`` whose weights hetsim does not model (GPTQ/AWQ 4- and 8-bit ones it does).
 """
 
 from __future__ import annotations
@@ -217,9 +218,10 @@ def _checkpoint_dtype(r: _Reader) -> str:
 # input, each group with an fp16 scale and a packed zero (transformers 4.46.3,
 # src/transformers/utils/quantization_config.py:548 ``GPTQConfig``: bits, group_size 128 by default, -1
 # per column; :765 ``AwqConfig``: bits 4 and group_size 128 by default). At 4 or 8 bits and group 128
-# that is hetsim's ``int4``/``int8`` (``models.spec``); AWQ without zero points differs by 0.5 of 130
-# bytes per group, ignored. Other widths and group sizes, and other methods (bitsandbytes' nf4/int8,
-# fp8, compressed-tensors, hqq...), are refused: hetsim has no model of their bytes or kernels.
+# that is hetsim's ``int4``/``int8`` (``models.spec``); AWQ without zero points stores half a byte less
+# per group of 128 weights (under 1 %), ignored. Other widths and group sizes, and other methods
+# (bitsandbytes' nf4/int8, fp8, compressed-tensors, hqq...), are refused: hetsim has no model of their
+# bytes or kernels.
 _QUANT_METHODS = ("gptq", "awq")
 _QUANT_BITS = {4: "int4", 8: "int8"}
 _QUANT_GROUP = 128
@@ -334,7 +336,7 @@ def _llama_like(r: _Reader, name: str, mt: str) -> ModelSpec:
     """llama, mistral, phi3 (fused qkv and gate_up: the same shapes), qwen2/3 and their MoE versions."""
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
-    kv_heads = _kv_heads(r, "num_key_value_heads", r.int("num_key_value_heads", heads), heads)
+    kv_heads = _kv_heads(r, "num_key_value_heads", heads)
     head_dim = _head_dim(r, hidden, heads)
     num_experts, top_k = 1, 1
     intermediate = r.int("intermediate_size")
@@ -388,7 +390,7 @@ def _gemma(r: _Reader, name: str, mt: str) -> ModelSpec:
     """
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
-    kv_heads = _kv_heads(r, "num_key_value_heads", r.int("num_key_value_heads", heads), heads)
+    kv_heads = _kv_heads(r, "num_key_value_heads", heads)
     bias = r.bool("attention_bias", False)
     if bias:
         raise r.err("attention_bias", "Gemma with attention biases is not supported")
@@ -424,7 +426,7 @@ def _falcon(r: _Reader, name: str) -> ModelSpec:
         raise r.err("num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
     new_arch = r.bool("new_decoder_architecture", False)
     if new_arch:
-        kv_heads = _kv_heads(r, "num_kv_heads", r.int("num_kv_heads", heads), heads)
+        kv_heads = _kv_heads(r, "num_kv_heads", heads)
     else:
         kv_heads = 1 if r.bool("multi_query", True) else heads
     parallel = r.bool("parallel_attn", True)
@@ -535,8 +537,9 @@ def _deepseek(r: _Reader, name: str, mt: str) -> ModelSpec:
     )
 
 
-def _kv_heads(r: _Reader, key: str, kv_heads: int, heads: int) -> int:
-    """``kv_heads`` as read from ``key``: each KV head serves a whole group of query heads."""
+def _kv_heads(r: _Reader, key: str, heads: int) -> int:
+    """The KV heads ``key`` gives (``heads`` when absent): each serves a whole group of query heads."""
+    kv_heads = r.int(key, heads)
     if heads % kv_heads:
         raise r.err(key, f"{kv_heads} does not divide num_attention_heads {heads}")
     return kv_heads
