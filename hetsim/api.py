@@ -89,7 +89,7 @@ def problem(
     if kv_dtype is not None and kv_dtype not in DTYPES:
         raise InputError(f"unknown dtype {kv_dtype!r}; known: {', '.join(DTYPES)}", field="--kv-dtype")
     spec = get_model(model)
-    weight_dtype = weight_dtype_for(spec, weight_dtype)  # a quantised checkpoint's own precision
+    weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     routing = None
     if routing_profile is not None:
         routing = read_routing_profile(routing_profile)
@@ -545,7 +545,7 @@ def serve(
         if dt is not None and dt not in DTYPES:
             raise InputError(f"unknown dtype {dt!r}; known: {', '.join(DTYPES)}", field=flag)
     spec, rig = get_model(model), load_rig(hw)
-    weight_dtype = weight_dtype_for(spec, weight_dtype)  # a quantised checkpoint's own precision
+    weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     hexgen = get_strategy("hexgen")
     if weight_dtype and weight_dtype not in hexgen.weight_dtypes:
         offered = ", ".join(hexgen.weight_dtypes)

@@ -132,7 +132,8 @@ def test_another_dtype_for_a_quantised_checkpoint_is_refused(tmp_path, capsys):
     quantized = _checkpoint(tmp_path, "q", quantization_config=GPTQ)
     assert main(["compare", "--model", quantized, *_RUN, "--dtype", "fp16"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error: --dtype:") and "quantization_config" in err
+    assert err.count("\n") == 0 and err.startswith(f"error: --dtype: {quantized}:")
+    assert "quantization_config" in err
 
 
 def test_a_sweep_point_runs_a_quantised_checkpoint_at_its_weights(tmp_path):

@@ -254,15 +254,15 @@ def _checkpoint_quantization(r: _Reader) -> Literal["", "int4", "int8"]:
     return _QUANT_BITS[int(bits)]  # type: ignore[return-value]
 
 
-def weight_dtype_for(spec: ModelSpec, asked: str | None, flag: str = "--dtype") -> str | None:
-    """The weight precision a run of ``spec`` costs: ``asked`` (``--dtype``; None = each strategy's own)
-    or, for a quantised checkpoint, its own, whose weights exist at no other precision (asking another is
-    refused: costing a GPTQ 4-bit checkpoint as fp16 was a silent wrong number)."""
+def weight_dtype_for(spec: ModelSpec, asked: str | None, flag: str = "--dtype", ref: str = "") -> str | None:
+    """The weight precision a run of ``spec`` (``ref``: the model as given) costs: ``asked`` (``--dtype``;
+    None = each strategy's own) or, for a quantised checkpoint, its own, whose weights exist at no other
+    precision (asking another is refused: a GPTQ 4-bit checkpoint costed as fp16 was silently wrong)."""
     if not spec.quantized or asked in (None, spec.quantized):
         return asked or spec.quantized or None
     raise InputError(
-        f"{spec.name}'s weights are {spec.quantized} (its config.json quantization_config), not {asked}: "
-        f"drop {flag}, or remove quantization_config to cost the model at {asked}",
+        f"{ref or spec.name}: its weights are {spec.quantized} (config.json quantization_config), not "
+        f"{asked}: drop {flag}, or remove quantization_config to cost the model at {asked}",
         field=flag,
     )
 
