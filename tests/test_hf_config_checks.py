@@ -9,6 +9,9 @@ import pytest
 
 from hetsim.errors import InputError
 from hetsim.models.hf_config import spec_from_hf_dict
+from hetsim.models.layer_ops import step_ops
+from hetsim.models.spec import FLEXGEN_INT4, FP16, INT4, INT8
+from hetsim.models.weights import decoder_weight_bytes, embedding_bytes, weight_bytes
 
 DATA = Path(__file__).parent / "data" / "hf-configs"
 
@@ -63,6 +66,26 @@ def test_gptq_and_awq_checkpoints_are_their_weight_dtype(quant, weights):
     assert spec_from_hf_dict(_config("Llama-2-7B")).quantized == ""
 
 
+def test_a_gptq_or_awq_checkpoint_keeps_its_token_table_and_lm_head_at_its_own_precision():
+    """GPTQ and AWQ quantise the decoder layers' linear modules only (optimum's GPTQ quantiser replaces
+    the layers under the blocks; transformers' AWQ quantiser leaves out the output embedding): the
+    tables of a Llama-2-7B GPTQ checkpoint are 2 x 32000 x 4096 fp16, ~0.39 GB more than int4's."""
+    plain = spec_from_hf_dict(_config("Llama-2-7B"))
+    table = plain.vocab * plain.hidden
+    for quant, dt in ((GPTQ, INT4), ({**GPTQ, "bits": 8}, INT8), (AWQ, INT4)):
+        q = spec_from_hf_dict(_config("Llama-2-7B", quantization_config=quant))
+        gap = 2 * table * (FP16.bytes_per_element - dt.bytes_per_element)
+        assert weight_bytes(q, dt) - weight_bytes(plain, dt) == pytest.approx(gap)
+        assert decoder_weight_bytes(q, dt) == decoder_weight_bytes(plain, dt)
+        # the ops read what the sizing holds: the head's matmul reads fp16, dequantises nothing
+        (head,) = (o for o in step_ops(q, "decode", 1, 1, 16, dt) if o.name == "lm_head")
+        assert head.weight_bytes == 2 * table and head.dequant_ops == 0
+    assert weight_bytes(plain, INT4) - weight_bytes(plain, FP16) < -9e9  # hetsim's own int4: tables too
+    assert embedding_bytes(plain, INT4) == table * INT4.bytes_per_element
+    q = spec_from_hf_dict(_config("Llama-2-7B", quantization_config=GPTQ))
+    assert embedding_bytes(q, FLEXGEN_INT4) == embedding_bytes(plain, FLEXGEN_INT4)  # FlexGen's own format
+
+
 BNB = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
 FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
 
@@ -111,7 +134,8 @@ _RUN = [
 
 def test_a_gptq_checkpoint_is_costed_at_its_weights_and_says_so(tmp_path, capsys):
     """A GPTQ 4-bit checkpoint was costed as fp16 (3.5 GB of weights as 13.5): now as --dtype int4 on
-    the same shape, to the byte, and the output names the precision."""
+    the same shape but for its token table and LM head, which it keeps at 16 bits, and the output
+    names the precision."""
     from hetsim.cli.commands import main
 
     quantized = _checkpoint(tmp_path, "q", quantization_config=GPTQ)
@@ -120,8 +144,12 @@ def test_a_gptq_checkpoint_is_costed_at_its_weights_and_says_so(tmp_path, capsys
     got = json.loads(capsys.readouterr().out)
     assert main(["compare", "--model", plain, "--dtype", "int4", *_RUN, "--format", "json"]) == 0
     want = json.loads(capsys.readouterr().out)
-    assert got["workload"]["weight_dtype"] == "int4"
-    assert {**got, "model": None} == {**want, "model": None}
+    assert got["workload"] == want["workload"] and got["workload"]["weight_dtype"] == "int4"
+    (g,), (w,) = got["results"], want["results"]
+    assert g["plan"] == w["plan"] and g["lossy"] == w["lossy"] == "int4 weights"
+    table = 32000 * 4096 * (FP16.bytes_per_element - INT4.bytes_per_element)  # ~0.194 GB each
+    assert sum(g["peak_mem_bytes"].values()) - sum(w["peak_mem_bytes"].values()) == pytest.approx(2 * table)
+    assert w["tpot_s"] < g["tpot_s"] < 1.05 * w["tpot_s"]  # the 16-bit head: 194 MB more read per token
     assert main(["compare", "--model", quantized, *_RUN]) == 0
     assert "weights int4 (lossy, the checkpoint's)" in capsys.readouterr().out
 
