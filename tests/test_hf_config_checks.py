@@ -99,6 +99,8 @@ FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "we
         ({**GPTQ, "bits": 3}, "quantization_config.bits"),
         ({**GPTQ, "bits": True}, "quantization_config.bits"),
         ({**GPTQ, "bits": None}, "quantization_config.bits"),
+        ({**GPTQ, "bits": [4]}, "quantization_config.bits"),
+        ({**GPTQ, "bits": {"4": 4}}, "quantization_config.bits"),
         ({**GPTQ, "group_size": -1}, "quantization_config.group_size"),
         ({**AWQ, "group_size": 64}, "quantization_config.group_size"),
         ("gptq", "quantization_config"),

@@ -244,7 +244,7 @@ def _checkpoint_quantization(r: _Reader) -> Literal["", "int4", "int8"]:
         msg = f"{method!r:.40} weights are not a format hetsim models ({known}); {_QUANT_INSTEAD}"
         raise r.err("quantization_config.quant_method", msg)
     bits = q.get("bits", 4 if method == "awq" else None)
-    if isinstance(bits, bool) or bits not in _QUANT_BITS:
+    if not isinstance(bits, int | float) or isinstance(bits, bool) or bits not in _QUANT_BITS:  # [4]: a list
         msg = f"{method} at {bits!r:.40} bits is not a precision hetsim models ({known}); {_QUANT_INSTEAD}"
         raise r.err("quantization_config.bits", msg)
     group = q.get("group_size", _QUANT_GROUP)
