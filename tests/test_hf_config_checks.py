@@ -103,6 +103,7 @@ FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "we
         ({**GPTQ, "bits": {"4": 4}}, "quantization_config.bits"),
         ({**GPTQ, "group_size": -1}, "quantization_config.group_size"),
         ({**AWQ, "group_size": 64}, "quantization_config.group_size"),
+        ({**AWQ, "bits": 8}, "quantization_config.bits"),  # AutoAWQ's kernels are 4-bit only
         ("gptq", "quantization_config"),
     ],
 )

@@ -219,11 +219,14 @@ def _checkpoint_dtype(r: _Reader) -> str:
 # src/transformers/utils/quantization_config.py:548 ``GPTQConfig``: bits, group_size 128 by default, -1
 # per column; :765 ``AwqConfig``: bits 4 and group_size 128 by default). At 4 or 8 bits and group 128
 # that is hetsim's ``int4``/``int8`` (``models.spec``); AWQ without zero points stores half a byte less
-# per group of 128 weights (under 1 %), ignored. Other widths and group sizes, and other methods
+# per group of 128 weights (under 1 %), ignored. AWQ is 4-bit only: every AutoAWQ kernel refuses another
+# width (autoawq 0.2.7 awq/modules/linear/gemm.py:120, gemv.py:31, marlin.py:45, exllamav2.py:18), so an
+# 8-bit AWQ config is no checkpoint that runs. Other widths and group sizes, and other methods
 # (bitsandbytes' nf4/int8, fp8, compressed-tensors, hqq...), are refused: hetsim has no model of their
 # bytes or kernels.
 _QUANT_METHODS = ("gptq", "awq")
 _QUANT_BITS = {4: "int4", 8: "int8"}
+_AWQ_BITS = {4: "int4"}
 _QUANT_GROUP = 128
 _QUANT_INSTEAD = (
     "remove quantization_config from the file and pass --dtype (int4, int8, fp16, bf16) to cost it at a "
@@ -239,19 +242,20 @@ def _checkpoint_quantization(r: _Reader) -> Literal["", "int4", "int8"]:
     if not isinstance(q, dict):
         raise r.err("quantization_config", f"expected an object, got {q!r:.40}")
     method = q.get("quant_method")
-    known = "gptq or awq at 4 or 8 bits in groups of 128"
+    known = "gptq at 4 or 8 bits or awq at 4, in groups of 128"
     if method not in _QUANT_METHODS:
         msg = f"{method!r:.40} weights are not a format hetsim models ({known}); {_QUANT_INSTEAD}"
         raise r.err("quantization_config.quant_method", msg)
     bits = q.get("bits", 4 if method == "awq" else None)
-    if not isinstance(bits, int | float) or isinstance(bits, bool) or bits not in _QUANT_BITS:  # [4]: a list
+    widths = _AWQ_BITS if method == "awq" else _QUANT_BITS
+    if not isinstance(bits, int | float) or isinstance(bits, bool) or bits not in widths:  # [4]: a list
         msg = f"{method} at {bits!r:.40} bits is not a precision hetsim models ({known}); {_QUANT_INSTEAD}"
         raise r.err("quantization_config.bits", msg)
     group = q.get("group_size", _QUANT_GROUP)
     if isinstance(group, bool) or group != _QUANT_GROUP:
         msg = f"{method} in groups of {group!r:.40} is not a format hetsim models ({known}); {_QUANT_INSTEAD}"
         raise r.err("quantization_config.group_size", msg)
-    return _QUANT_BITS[int(bits)]  # type: ignore[return-value]
+    return widths[int(bits)]  # type: ignore[return-value]
 
 
 def weight_dtype_for(spec: ModelSpec, asked: str | None, flag: str = "--dtype", ref: str = "") -> str | None:
