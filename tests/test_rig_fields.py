@@ -95,3 +95,17 @@ def test_a_whole_float_sweep_batch_says_what_to_write(tmp_path):
     with pytest.raises(InputError) as ei:
         load_spec(path)
     assert ei.value.field == "base.batch" and "write 4, not 4.0" in ei.value.message
+
+
+def test_a_whole_float_count_quantity_says_what_to_write(tmp_path):
+    """A ``Count`` (cores, memory_channels, upi_links) is an integer field too: ``cores: {value: 56.0}``
+    was read as 56 while ``count: 2.0`` was refused."""
+    path = _rig(tmp_path, "[a100-80g]")
+    cores = f"{{model: xeon-8480+, cores: {{value: 56.0, {_SOURCED}}}}}"
+    path.write_text(path.read_text().replace("cpus: [xeon-8480+]", f"cpus: [{cores}]"))
+    with pytest.raises(InputError) as ei:
+        load_rig(path)
+    assert ei.value.source == str(path) and ei.value.field == "nodes[0].cpus[0].cores"
+    assert "write 56, not 56.0" in ei.value.message
+    path.write_text(path.read_text().replace("56.0", "56"))
+    assert [c.cores for c in load_rig(path).cpus()] == [56]

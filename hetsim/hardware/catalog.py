@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from hetsim.errors import InputError
-from hetsim.hardware.schema import CpuSpec, DiskSpec, EfficiencyFile, GpuSpec, LinkSpec
+from hetsim.hardware.schema import CpuSpec, DiskSpec, EfficiencyFile, GpuSpec, LinkSpec, whole_number
 from hetsim.textfiles import read_yaml_mapping, validate_strictly
 
 PROFILES_ENV = "HETSIM_PROFILES"
@@ -66,16 +66,6 @@ def validation_error(exc: ValidationError, source: str, prefix: str = "") -> Inp
     elif err["type"] == "int_type" and isinstance(err.get("input"), float):
         msg = whole_number(err["input"])
     return InputError(msg, source=source, field=dotted(loc, prefix) or None)
-
-
-def whole_number(value: float) -> str:
-    """Why a YAML file's float is refused where an integer belongs. One rule for every YAML file (rigs,
-    the catalogue, sweep specs): a count is written as an integer, and ``2.0`` is a float (YAML tells
-    them apart, and a sweep's axis values keep what was written); JSON files (plans, reports,
-    config.json), whose writers may hold every number as a float, take ``2.0`` as 2."""
-    if value.is_integer() and abs(value) < 2**53:
-        return f"expected an integer: write {int(value)}, not {value!r} (YAML reads {value!r} as a float)"
-    return f"expected an integer, got {value!r:.40}"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
