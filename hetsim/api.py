@@ -459,7 +459,8 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         # malformed, a key twice, not a mapping): that file's error, its line numbers its own
         if exc.source is not None and (exc.field is not None or Path(exc.source).is_file()):
             raise
-        field = {"--gpu-mem-budget": "gpu_mem_budget"}.get(exc.field or "", exc.field)  # the file's key
+        flags = {"--gpu-mem-budget": "gpu_mem_budget", "--dtype": "weight_dtype", "--kv-dtype": "kv_dtype"}
+        field = flags.get(exc.field or "", exc.field)  # the file's key
         if field in type(doc.workload).model_fields:  # Workload's own check names its argument
             field = f"workload.{field}"
         elif field is None and exc.source is not None:  # a file it names that is missing or unknown

@@ -185,3 +185,19 @@ def test_validate_refuses_a_quantised_checkpoint(tmp_path):
     with pytest.raises(InputError) as ei:
         _spec(_checkpoint(tmp_path, "q", quantization_config=GPTQ), None, None)
     assert ei.value.field == "--model" and "quantization_config" in ei.value.message
+
+
+def test_a_plan_file_asking_another_dtype_of_a_quantised_checkpoint_names_its_field(tmp_path, capsys):
+    """The plan file's key, not --dtype (a flag the user never gave)."""
+    from hetsim.cli.commands import main
+
+    quantized = _checkpoint(tmp_path, "q", quantization_config=GPTQ)
+    plan = tmp_path / "plan.json"
+    run = ["--strategy" if a == "--strategies" else a for a in _RUN]
+    assert main(["plan", "--model", quantized, *run, "--out", str(plan)]) == 0
+    capsys.readouterr()
+    plan.write_text(plan.read_text().replace('"int4"', '"fp16"'))
+    assert main(["simulate", "--plan", str(plan)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {plan}: workload.weight_dtype: {quantized}: its weights are int4")
+    assert "--dtype" not in err and err.count("\n") == 0

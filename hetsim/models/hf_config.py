@@ -266,7 +266,7 @@ def weight_dtype_for(spec: ModelSpec, asked: str | None, flag: str = "--dtype", 
         return asked or spec.quantized or None
     raise InputError(
         f"{ref or spec.name}: its weights are {spec.quantized} (config.json quantization_config), not "
-        f"{asked}: drop {flag}, or remove quantization_config to cost the model at {asked}",
+        f"{asked}: drop it, or remove quantization_config to cost the model at {asked}",
         field=flag,
     )
 
