@@ -26,6 +26,7 @@ from hetsim import workers as forked
 from hetsim.costs.pricing import usd_per_mtok
 from hetsim.errors import InputError
 from hetsim.hardware.rig import NoRouteError, Rig
+from hetsim.models.hf_config import weight_dtype_for
 from hetsim.models.registry import get_model
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.planner.search import CP_SAT_SEARCHES
@@ -88,6 +89,7 @@ def problem(
     if kv_dtype is not None and kv_dtype not in DTYPES:
         raise InputError(f"unknown dtype {kv_dtype!r}; known: {', '.join(DTYPES)}", field="--kv-dtype")
     spec = get_model(model)
+    weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     routing = None
     if routing_profile is not None:
         routing = read_routing_profile(routing_profile)
@@ -457,7 +459,8 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
         # malformed, a key twice, not a mapping): that file's error, its line numbers its own
         if exc.source is not None and (exc.field is not None or Path(exc.source).is_file()):
             raise
-        field = {"--gpu-mem-budget": "gpu_mem_budget"}.get(exc.field or "", exc.field)  # the file's key
+        flags = {"--gpu-mem-budget": "gpu_mem_budget", "--dtype": "weight_dtype", "--kv-dtype": "kv_dtype"}
+        field = flags.get(exc.field or "", exc.field)  # the file's key
         if field in type(doc.workload).model_fields:  # Workload's own check names its argument
             field = f"workload.{field}"
         elif field is None and exc.source is not None:  # a file it names that is missing or unknown
@@ -543,6 +546,7 @@ def serve(
         if dt is not None and dt not in DTYPES:
             raise InputError(f"unknown dtype {dt!r}; known: {', '.join(DTYPES)}", field=flag)
     spec, rig = get_model(model), load_rig(hw)
+    weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     hexgen = get_strategy("hexgen")
     if weight_dtype and weight_dtype not in hexgen.weight_dtypes:
         offered = ", ".join(hexgen.weight_dtypes)

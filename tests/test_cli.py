@@ -705,7 +705,17 @@ def test_the_console_script_imports_the_cli_without_young_collections():
 
 
 @pytest.mark.parametrize(
-    "args", [["sweep", ""], ["calibrate", "--fit", "x.json", ""], ["hw", "show", ""], ["model", "show", ""]]
+    "args",
+    [
+        ["sweep", ""],
+        ["calibrate", "--fit", "x.json", ""],
+        ["hw", "show", ""],
+        ["model", "show", ""],
+        ["hw", "show", "--format", "json", ""],
+        # after a flag that takes no value the '' is the command's argument: it said ".: no such file"
+        ["calibrate", "--fit", ""],
+        ["calibrate", "--profile", "p.yaml", "--fit", ""],
+    ],
 )
 def test_an_empty_positional_argument_is_one_line_naming_it(args, capsys):
     """An empty positional argument (a shell variable left unset) is refused before any work, naming

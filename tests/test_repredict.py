@@ -73,3 +73,20 @@ def test_summarize_cuda_alone_refuses_a_report_without_runs(tmp_path):
     bad.write_text(json.dumps([1, 2]))
     with pytest.raises(InputError, match="no list of runs"):
         summarize_cuda(str(H200 / "gpu.yaml"), [str(bad)])
+
+
+def test_summary_reads_each_report_once(monkeypatch, capsys):
+    """main reads a report's file once for both kinds of run (it read it once per kind), and prints
+    the rows it printed before."""
+    import validate.report_file as report_file
+
+    reports = [str(H200 / f"{stem}.json") for stem in ("gpu-only-llama2-7b-b32", "accelerate-llama2-7b")]
+    profile = str(H200 / "gpu.yaml")
+    assert main([profile, *reports]) == 0
+    before = capsys.readouterr().out
+    reads: list[str] = []
+    read_text = report_file.read_text
+    monkeypatch.setattr(report_file, "read_text", lambda p: reads.append(str(p)) or read_text(p))
+    assert main([profile, *reports]) == 0
+    assert sorted(reads) == sorted(reports)
+    assert capsys.readouterr().out == before and before.count("\n") >= 2

@@ -181,6 +181,8 @@ def test_tiny_real_run_baseline_and_tp(tmp_path):
     for r in doc["runs"]:
         assert r["measured"]["ttft_s"] > 0 and r["predicted"]["tpot_s"] > 0
         assert len(r["measured"]["tokens"]) == 3
+        # the model as readers from before ModelSpec.quantized know it (an unknown key is refused there)
+        assert "quantized" not in r["model"] and r["model"]["hidden"] == 256
     assert (tmp_path / "v.json").is_file() and (tmp_path / "v.png").is_file()
     # the refit runs on these reports and keeps efficiencies in (0, 1]
     fitted = cal.fit_runs(tmp_path / "p.yaml", [tmp_path / "v.json"], tmp_path / "f.yaml")

@@ -3,7 +3,7 @@ NaN, infinite, 1e308, empty, wrong-unit and huge values; rig YAML with fields dr
 duplicated, unknown devices, zero rates, links to nowhere, empty, binary, a directory, a named pipe;
 Hugging Face config.json with every number spoilt; every field of every strategy's plan JSON edited,
 another model, rig or strategy's plan; trace CSV; sweep YAML; routing profiles; calibrate and
-validate flags (5,412 cases, ~15 min at -n 2 on two cores; not in the test suite: its regressions
+validate flags (5,422 cases, ~10-15 min at -n 2 on two cores; not in the test suite: its regressions
 are in tests/test_bad_input_audit.py and beside the tests of what they broke).
 
 Each case runs ``hetsim.cli.main`` in-process and must end with 0, 1 (no result: one line) or 2 (bad
@@ -400,6 +400,7 @@ CFG = json.loads((ROOT / "tests/data/hf-configs/Llama-2-7B/config.json").read_te
 MOE = json.loads((ROOT / "tests/data/hf-configs/Mixtral-8x7B/config.json").read_text())
 DS = json.loads((ROOT / "tests/data/hf-configs/DeepSeek-V2-Lite/config.json").read_text())
 QW = json.loads((ROOT / "tests/data/hf-configs/Qwen3-30B-A3B/config.json").read_text())
+_GPTQ = {"quant_method": "gptq", "bits": 4}
 
 
 def cfg_variants():
@@ -435,6 +436,11 @@ def cfg_variants():
         "llama layer_types str": (CFG, "layer_types", "x"),
         "llama quant bits 3": (CFG, "quantization_config", {"bits": 3}),
         "llama quant str": (CFG, "quantization_config", "x"),
+        "llama quant gptq": (CFG, "quantization_config", {**_GPTQ, "group_size": 128}),
+        "llama quant gptq g-1": (CFG, "quantization_config", {**_GPTQ, "group_size": -1}),
+        "llama quant awq 8.5": (CFG, "quantization_config", {"quant_method": "awq", "bits": 8.5}),
+        "llama quant bnb": (CFG, "quantization_config", {"quant_method": "bitsandbytes", "bits": 4}),
+        "llama quant fp8": (CFG, "quantization_config", {"quant_method": "fp8", "fmt": "e4m3"}),
         "llama rope 0": (CFG, "rope_scaling", {"type": "linear", "factor": 0}),
         "moe topk > experts": (MOE, "num_experts_per_tok", 9),
         "ds first_k huge": (DS, "first_k_dense_replace", 10**6),

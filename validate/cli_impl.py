@@ -13,6 +13,10 @@ def _spec(model: str, layers: int | None, hidden: int | None):
     from hetsim.models import get_model
 
     spec = get_model(model)
+    if spec.quantized:  # torch runs the shape with full-precision random weights: not this checkpoint
+        msg = f"{spec.quantized} weights (quantization_config): validate runs unquantised ones; remove it to "
+        msg += "measure the shape"
+        raise InputError(msg, field="--model")
     if model.endswith(".json"):  # name a config.json shape after its file
         spec = dataclasses.replace(spec, name=Path(model).stem)
     if layers is not None:
@@ -79,7 +83,7 @@ def run_validate(
         flag = {"batch": "--batch", "prompt_len": "--prompt-len", "gen_len": "--gen-len"}.get(exc.field or "")
         raise InputError(exc.message, field=flag or exc.field) from None
     runs: list[dict[str, Any]] = []
-    base = {"model": dataclasses.asdict(spec), "workload": workload.to_dict(), "strategy": strategy}
+    base = {"model": runners.model_record(spec), "workload": workload.to_dict(), "strategy": strategy}
     if strategy not in ("cpu-tp", "cpu", *CUDA_STRATEGIES):
         raise InputError(f"unknown strategy {strategy!r}", field="--strategy")
     from hetsim.hardware import load_rig
@@ -101,7 +105,7 @@ def run_validate(
         for r in range(rounds):  # the rank counts take turns, so slow drift hits them alike
             for world in worlds:
                 cfg = runners.RunConfig(
-                    model=dataclasses.asdict(spec), batch=batch, prompt_len=prompt_len, gen_len=gen_len,
+                    model=runners.model_record(spec), batch=batch, prompt_len=prompt_len, gen_len=gen_len,
                     world=world, threads=threads, dtype=dtype, repeats=repeats,
                 )  # fmt: skip
                 console.print(f"running {spec.name} ({spec.layers} layers) cpu-tp x{world}, round {r + 1}")
@@ -154,7 +158,7 @@ def _run_cuda(hw: str, strategy: str, plan_obj, spec, workload, base: dict[str, 
     # at 70-81 ms at each position the warm-up had not visited, its later ones at 11.5-20.6 ms
     # (medians), whatever the model or batch (cause not traced: validate/results/h200/README.md).
     cfg = runners.RunConfig(
-        model=dataclasses.asdict(spec), batch=workload.batch, prompt_len=workload.prompt_len,
+        model=runners.model_record(spec), batch=workload.batch, prompt_len=workload.prompt_len,
         gen_len=workload.gen_len, dtype="fp16", repeats=repeats, warmup_steps=workload.gen_len,
     )  # fmt: skip
     console.print(f"running {spec.name} ({spec.layers} layers) {strategy} on CUDA ...")

@@ -62,7 +62,7 @@ def measure(threads: int = 1, rounds: int = 2, repeats: int = 2, cases=CASES) ->
 
     from hetsim.workload import Workload
     from validate.calibrate import cpu_name
-    from validate.runners import RunConfig, generate_timed
+    from validate.runners import RunConfig, generate_timed, model_record
     from validate.torch_model import TorchDecoder
 
     torch.set_num_threads(threads)
@@ -71,7 +71,7 @@ def measure(threads: int = 1, rounds: int = 2, repeats: int = 2, cases=CASES) ->
         for i, (name, batch, prompt) in enumerate(cases):
             spec = _spec(name)
             print(f"round {r + 1}: {spec.name} {spec.dtype} batch {batch} prompt {prompt}", flush=True)
-            cfg = RunConfig(model=dataclasses.asdict(spec), batch=batch, prompt_len=prompt, gen_len=GEN_LEN,
+            cfg = RunConfig(model=model_record(spec), batch=batch, prompt_len=prompt, gen_len=GEN_LEN,
                             threads=threads, dtype=spec.dtype, repeats=repeats)  # fmt: skip
             dec = TorchDecoder(spec, dtype=getattr(torch, DTYPE_OF[spec.dtype]))
             m = generate_timed(dec, cfg)

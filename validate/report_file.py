@@ -165,28 +165,24 @@ def cuda_run(run: dict[str, Any], i: int, source: str) -> CudaRun:
     return CudaRun(i, r.label, r.plan, spec, workload, r.measured.ttft_s, r.measured.tpot_s)
 
 
-def _measured_runs(path: str | Path, cpu: bool) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
-    """(source, [(i, runs[i])]) of the validate report at ``path``: its measured CPU runs (``cpu``) or
-    its other measured runs; a report without a list of runs, or a run that is not an object, is one
-    ``InputError``."""
+def _measured_runs(path: str | Path) -> tuple[str, list[tuple[int, dict[str, Any]]], list[tuple[int, dict]]]:
+    """(source, CPU runs, other runs), each as [(i, runs[i])], the measured runs of the validate report
+    at ``path``; a report without a list of runs, or a run that is not an object, is one ``InputError``."""
     source = str(path)
     doc = parse_json(read_text(path), source)
     runs = doc.get("runs") if isinstance(doc, dict) else None
     if not isinstance(runs, list):
         raise InputError("not a validate report (no list of runs)", source=source, field="runs")
-    out = []
+    cpu, other = [], []
     for i, run in enumerate(runs):
         if not isinstance(run, dict):
             raise InputError(f"run {i}: not an object", source=source, field=f"runs[{i}]")
-        if str(run.get("strategy", "")).startswith("cpu") == cpu and "measured" in run:
-            out.append((i, run))
-    return source, out
+        if "measured" in run:
+            (cpu if str(run.get("strategy", "")).startswith("cpu") else other).append((i, run))
+    return source, cpu, other
 
 
-def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
-    """The measured CPU runs of the validate report at ``path``; ``model_type`` builds the model
-    (calibrate's fit passes its own)."""
-    source, runs = _measured_runs(path, cpu=True)
+def _cpu_runs(source: str, runs: list[tuple[int, dict[str, Any]]], model_type: type) -> list[CpuRun]:
     out = []
     for i, run in runs:
         r, spec, workload = _read_run(_CpuRun, run, i, source, model_type)
@@ -194,8 +190,32 @@ def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
     return out
 
 
+def cpu_runs(path: str | Path, model_type: type = ModelSpec) -> list[CpuRun]:
+    """The measured CPU runs of the validate report at ``path``; ``model_type`` builds the model
+    (calibrate's fit passes its own)."""
+    source, cpu, _ = _measured_runs(path)
+    return _cpu_runs(source, cpu, model_type)
+
+
 def cuda_runs(path: str | Path) -> list[CudaRun]:
     """The measured CUDA runs of the validate report at ``path`` that recorded the plan they ran,
     each read by ``cuda_run``."""
-    source, runs = _measured_runs(path, cpu=False)
-    return [cuda_run(run, i, source) for i, run in runs if run.get("plan")]
+    source, _, other = _measured_runs(path)
+    return [cuda_run(run, i, source) for i, run in other if run.get("plan")]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A validate report's measured runs of both kinds, read from its file once."""
+
+    path: str
+    cpu: list[CpuRun]
+    cuda: list[CudaRun]
+
+
+def read_report(path: str | Path) -> Report:
+    """The report at ``path``, its CPU runs as ``cpu_runs`` reads them and its CUDA runs as
+    ``cuda_runs`` does, from one read of the file."""
+    source, cpu, other = _measured_runs(path)
+    cuda = [cuda_run(run, i, source) for i, run in other if run.get("plan")]
+    return Report(source, _cpu_runs(source, cpu, ModelSpec), cuda)

@@ -31,9 +31,18 @@ from hetsim.workload import Workload
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
+def model_record(spec: ModelSpec) -> dict[str, Any]:
+    """``spec`` as a run and its report hold it: ``dataclasses.asdict``, ``quantized`` only when set
+    (report readers from before the field refuse an unknown key; validate runs no quantised model)."""
+    record = dataclasses.asdict(spec)
+    if not record["quantized"]:
+        del record["quantized"]
+    return record
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    model: dict[str, Any]  # dataclasses.asdict(ModelSpec) (picklable across spawn)
+    model: dict[str, Any]  # model_record(ModelSpec) (picklable across spawn)
     batch: int
     prompt_len: int
     gen_len: int

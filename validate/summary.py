@@ -14,7 +14,7 @@ import sys
 
 from hetsim.errors import InputError
 from validate.report import error, predict_cpu
-from validate.report_file import cpu_runs, cuda_runs
+from validate.report_file import Report, cpu_runs, cuda_runs, read_report
 
 OFFLOADING = ("accelerate", "hetegen", "flexgen")
 
@@ -26,10 +26,14 @@ def _row(head: dict, ttft_s: float, tpot_s: float, pred: dict) -> dict:
             "tpot_ms": (tpot_s * 1e3, pred["tpot_s"] * 1e3)}  # fmt: skip
 
 
-def summarize(profile: str, reports: list[str]) -> list[dict]:
+def summarize(profile: str, reports: list[str] | list[Report]) -> list[dict]:
+    """The CPU runs of ``reports`` (paths, or reports read once by ``read_report``) simulated on
+    ``profile`` as they ran."""
     rows = []
-    for path in reports:
-        for run in cpu_runs(path):  # checked: a malformed run is one line naming the file and runs[i]
+    for report in reports:
+        path = report.path if isinstance(report, Report) else report
+        runs = report.cpu if isinstance(report, Report) else cpu_runs(report)
+        for run in runs:  # checked: a malformed run is one line naming the file and runs[i]
             spec = run.spec
             try:
                 pred = predict_cpu(profile, spec, run.workload, run.world, run.plan.weight_dtype)
@@ -39,17 +43,20 @@ def summarize(profile: str, reports: list[str]) -> list[dict]:
     return rows
 
 
-def summarize_cuda(profile: str, reports: list[str], offload: str | None = None) -> list[dict]:
-    """The CUDA runs of ``reports``, their recorded plans simulated on ``profile`` (``offload`` for
-    the offloading strategies); a FlexGen run's batch is its plan's block."""
+def summarize_cuda(profile: str, reports: list[str] | list[Report], offload: str | None = None) -> list[dict]:
+    """The CUDA runs of ``reports`` (paths, or reports read by ``read_report``), their recorded plans
+    simulated on ``profile`` (``offload`` for the offloading strategies); a FlexGen run's batch is its
+    plan's block."""
 
     from hetsim.strategies.base import get_strategy
     from hetsim.workload import Workload
     from validate.report import predict_plan
 
     rows = []
-    for path in reports:
-        for run in cuda_runs(path):  # checked as the CPU runs are: one line naming runs[i]
+    for report in reports:
+        path = report.path if isinstance(report, Report) else report
+        runs = report.cuda if isinstance(report, Report) else cuda_runs(report)
+        for run in runs:  # checked as the CPU runs are: one line naming runs[i]
             i = run.index
             try:
                 flexgen = run.label == "flexgen"
@@ -80,8 +87,9 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
         return 2
     try:
-        rows = summarize(argv[0], argv[1:])
-        cuda = summarize_cuda(argv[0], argv[1:], offload)
+        reports = [read_report(path) for path in argv[1:]]  # each file read once, for both kinds of run
+        rows = summarize(argv[0], reports)
+        cuda = summarize_cuda(argv[0], reports, offload)
     except InputError as exc:  # a bad profile or report: one line, as the CLI prints it
         print(f"error: {exc.line()}", file=sys.stderr)
         return 2

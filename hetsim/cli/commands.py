@@ -284,9 +284,11 @@ def _emit_results(
     results: Sequence[Result],
     free_batch: bool = False,
     partial: dict[str, Any] | None = None,
+    quantized: str = "",
 ) -> None:
     """``partial``: a stopped compare's ``{"stopped_by": signal, "not_finished": names}`` (in the
-    JSON as ``partial``, in the table's title; CSV has rows only: the stderr line says it)."""
+    JSON as ``partial``, in the table's title; CSV has rows only: the stderr line says it).
+    ``quantized``: the checkpoint's own weight precision (``ModelSpec.quantized``), named as such."""
     from hetsim import api
     from hetsim.models.spec import LOSSY_DTYPES
     from hetsim.report import compare_document, results_table
@@ -310,9 +312,8 @@ def _emit_results(
             (workload.kv_dtype, "KV cache", "--kv-dtype"),
         ):
             if dt:
-                asked.append(
-                    f"{what} {dt}" + (f" (lossy, as asked with {flag})" if dt in LOSSY_DTYPES else "")
-                )
+                why = f"as asked with {flag}" if dt != quantized or what != "weights" else "the checkpoint's"
+                asked.append(f"{what} {dt}" + (f" (lossy, {why})" if dt in LOSSY_DTYPES else ""))
         out().print(results_table(results, title="Strategies, best first; " + "; ".join(asked)))
     else:
         out().print(results_table(results))
@@ -484,11 +485,20 @@ def compare(
                     None if whole else {"stopped_by": stopping_signal(), "not_finished": stopped.unfinished}
                 )
                 with keeping():
-                    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, stopped.results, free, partial)
+                    _emit_results(
+                        fmt,
+                        p.model_ref,
+                        p.rig_ref,
+                        p.workload,
+                        stopped.results,
+                        free,
+                        partial,
+                        p.model.quantized,
+                    )
                     sys.stdout.flush()  # the grace clock's exit would drop what is buffered
                 keep(_compare_kept(len(stopped.results), stopped.unfinished, whole))
             raise
-    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free)
+    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free, quantized=p.model.quantized)
     if trace and fmt == "table":
         if results and results[0].feasible:
             err().print(f"trace of {results[0].strategy} written to {trace}", highlight=False)
@@ -591,7 +601,7 @@ def simulate(
                 _emit_simulate_partial(fmt, p, partial, trace)
             keep(_simulate_kept(partial, fmt, trace))
         raise
-    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result])
+    _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result], quantized=p.model.quantized)
     if trace and fmt == "table":
         err().print(f"trace written to {trace}", highlight=False)
 
@@ -734,7 +744,7 @@ def _command_name(argv: Sequence[str] | None) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
-        _refuse_empty(list(sys.argv[1:] if argv is None else argv))
+        _refuse_empty(list(sys.argv[1:] if argv is None else argv), command)
         with _forking(list(sys.argv[1:] if argv is None else argv)):
             rv = command.main(
                 args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
@@ -767,7 +777,7 @@ def _flag_values(args: list[str]) -> list[tuple[str, str]]:
     return [*itertools.pairwise(args), *(a.partition("=")[::2] for a in args if "=" in a)]
 
 
-def _refuse_empty(args: list[str]) -> None:
+def _refuse_empty(args: list[str], command: Any) -> None:
     """A file flag or ``--dask`` given '' (a shell variable left unset), before any work: Path('') is
     this folder, so ``sweep --out ''`` and ``validate --out ''`` wrote into it, ``--trace ''`` said
     only ".: Is a directory" and ``--dask ''`` ran locally. (A name flag's '' is an unknown name.)"""
@@ -775,12 +785,23 @@ def _refuse_empty(args: list[str]) -> None:
         if not value and flag in (*FILE_FLAGS, *INPUT_FLAGS, "--dask"):
             why = "a file's path" if flag != "--dask" else "a scheduler's address or 'local'"
             raise InputError(f"is empty: give {why}", field=flag)
-    # An empty positional argument (after the command's words or another value, not after a flag):
-    # ``sweep ''`` and ``calibrate --fit ''`` said only ".: is a directory" / ".: no such file".
+    # An empty positional argument (after the command's words, another value or a flag that takes no
+    # value): ``sweep ''`` and ``calibrate --fit ''`` said only ".: is a directory" / ".: no such file".
     for before, value in itertools.pairwise(args):
-        if not value and not before.startswith("-"):
+        if not value and (not before.startswith("-") or before in _valueless_flags(command, args)):
             field = f"{_command_name(args)}'s argument"
             raise InputError("is empty: give a name or a file's path", field=field)
+
+
+def _valueless_flags(command: Any, args: list[str]) -> set[str]:
+    """The flags of the command ``args`` name that take no value (``--fit``, ``--quick``): what follows
+    one is a positional argument. Read from click's own parameters (only when an empty value needs it)."""
+    for word in itertools.takewhile(lambda a: not a.startswith("-"), args):
+        if word not in getattr(command, "commands", {}):  # a group's subcommands (click or typer's own)
+            break
+        command = command.commands[word]
+    flags = (p for p in command.params if getattr(p, "is_flag", False) or getattr(p, "count", False))
+    return {o for p in flags for o in (*p.opts, *p.secondary_opts)}
 
 
 def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseException:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from hetsim.errors import InputError
-from hetsim.hardware.schema import CpuSpec, DiskSpec, EfficiencyFile, GpuSpec, LinkSpec
+from hetsim.hardware.schema import CpuSpec, DiskSpec, EfficiencyFile, GpuSpec, LinkSpec, whole_number
 from hetsim.textfiles import read_yaml_mapping, validate_strictly
 
 PROFILES_ENV = "HETSIM_PROFILES"
@@ -63,6 +63,8 @@ def validation_error(exc: ValidationError, source: str, prefix: str = "") -> Inp
         msg = "required field is missing"
     elif err["type"] == "extra_forbidden":
         msg = "unknown field (typo?)"
+    elif err["type"] == "int_type" and isinstance(err.get("input"), float):
+        msg = whole_number(err["input"])
     return InputError(msg, source=source, field=dotted(loc, prefix) or None)
 
 

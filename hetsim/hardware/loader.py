@@ -476,6 +476,8 @@ class _Builder:
         for j, (k, ref) in enumerate(refs):
             f = f"{field}.gpus[{k}]"
             spec: GpuSpec = self.instance("gpus", ref, f, GpuSpec)
+            if "nvlink" in (ref.model_extra or {}):  # an override; the shipped catalogue's names are tested
+                self.nvlink_name(spec.nvlink, f"{f}.nvlink")
             name = f"{node}.gpu{j}"
             self.devices[name] = self.gpu_device(name, node, spec)
             names.append(name)
@@ -484,6 +486,13 @@ class _Builder:
             cpu = self.socket_cpu(socket, cpus, f"{f}.socket")
             self.gpu_host_link(node, j, ref, spec, f, cpu)
         return names
+
+    def nvlink_name(self, name: str | None, field: str) -> None:
+        """An overridden GPU's ``nvlink`` names an NVLink in the link catalogue (or is null: none)."""
+        found = None if name is None else self.cat.resolve("links", name)
+        if name is not None and (found is None or found.spec.kind != "nvlink"):
+            known = ", ".join(n for n in self.cat.names("links") if n.startswith("nvlink"))
+            raise self.fail(f"unknown NVLink {name!r} (known: {known})", field)
 
     def gpu_device(self, name: str, node: str, spec: GpuSpec) -> ComputeDevice:
         """A GPU device straight from its (possibly overridden) catalogue spec."""

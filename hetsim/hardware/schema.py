@@ -165,12 +165,25 @@ class Frequency(_Rate):
     _high = 1e12
 
 
+def whole_number(value: float) -> str:
+    """Why a YAML file's float is refused where an integer belongs. One rule for every YAML file (rigs,
+    the catalogue, sweep specs): a count is written as an integer (``count``, ``socket``, ``pairs``,
+    ``ranks``, a ``Count``'s value such as ``cores``), and ``2.0`` is a float (YAML tells them apart,
+    and a sweep's axis values keep what was written); JSON files (plans, reports, config.json), whose
+    writers may hold every number as a float, take ``2.0`` as 2."""
+    if value.is_integer() and abs(value) < 2**53:
+        return f"expected an integer: write {int(value)}, not {value!r} (YAML reads {value!r} as a float)"
+    return f"expected an integer, got {value!r:.40}"
+
+
 class Count(_Rate):
     _unit_hint = "a whole number"
     _high = 1e6
 
     @model_validator(mode="after")
     def _whole(self) -> Count:
+        if isinstance(self.value, float):  # cores: 16.0 was read as 16 where count: 2.0 is refused
+            raise ValueError(whole_number(self.value))
         if self.si != int(self.si):
             raise ValueError(f"must be a whole number, got {self.value!r}")
         return self

@@ -7,14 +7,15 @@ and up together, so the per-matrix size is half of it). Each family reads the fi
 ``transformers`` implementation reads; parameter counts are tested equal to ``transformers`` on the
 meta device. Anything wrong in the file raises ``InputError`` naming the file and the key, and so
 does a field that changes the architecture where the family does not have it (a ``mistral`` config
-with ``num_experts: 8`` is an MoE model that hetsim would otherwise read as dense).
+with ``num_experts: 8`` is an MoE model that hetsim would otherwise read as dense), and a
+``quantization_config`` whose weights hetsim does not model (GPTQ/AWQ 4- and 8-bit ones it does).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hetsim.errors import InputError
 from hetsim.models.spec import ModelSpec
@@ -175,7 +176,8 @@ def spec_from_hf_dict(
     name = name or Path(source).parent.name or Path(source).stem
 
     _refuse_unknown_arch_fields(r, mt)
-    return dataclasses.replace(_family_spec(r, name, mt), dtype=_checkpoint_dtype(r))
+    spec = _family_spec(r, name, mt)
+    return dataclasses.replace(spec, dtype=_checkpoint_dtype(r), quantized=_checkpoint_quantization(r))
 
 
 def _family_spec(r: _Reader, name: str, mt: str) -> ModelSpec:
@@ -209,6 +211,64 @@ def _checkpoint_dtype(r: _Reader) -> str:
         known = ", ".join(sorted(k for k in _CHECKPOINT_DTYPES if k != "auto"))
         raise r.err(key, f"unknown precision {v!r} (expected one of {known})")
     return _CHECKPOINT_DTYPES[v.removeprefix("torch.")]
+
+
+# ``quantization_config`` methods whose weights hetsim models: GPTQ (Frantar et al., arXiv:2210.17323) and
+# AWQ (Lin et al., arXiv:2306.00978) store ``bits``-wide weights in groups of ``group_size`` along the
+# input, each group with an fp16 scale and a packed zero (transformers 4.46.3,
+# src/transformers/utils/quantization_config.py:548 ``GPTQConfig``: bits, group_size 128 by default, -1
+# per column; :765 ``AwqConfig``: bits 4 and group_size 128 by default). At 4 or 8 bits and group 128
+# that is hetsim's ``int4``/``int8`` (``models.spec``); AWQ without zero points stores half a byte less
+# per group of 128 weights (under 1 %), ignored. AWQ is 4-bit only: every AutoAWQ kernel refuses another
+# width (autoawq 0.2.7 awq/modules/linear/gemm.py:120, gemv.py:31, marlin.py:45, exllamav2.py:18), so an
+# 8-bit AWQ config is no checkpoint that runs. Other widths and group sizes, and other methods
+# (bitsandbytes' nf4/int8, fp8, compressed-tensors, hqq...), are refused: hetsim has no model of their
+# bytes or kernels.
+_QUANT_METHODS = ("gptq", "awq")
+_QUANT_BITS = {4: "int4", 8: "int8"}
+_AWQ_BITS = {4: "int4"}
+_QUANT_GROUP = 128
+_QUANT_INSTEAD = (
+    "remove quantization_config from the file and pass --dtype (int4, int8, fp16, bf16) to cost it at a "
+    "precision hetsim models"
+)
+
+
+def _checkpoint_quantization(r: _Reader) -> Literal["", "int4", "int8"]:
+    """The weight dtype of a quantised checkpoint (``quantization_config``), "" for none."""
+    q = r.cfg.get("quantization_config")
+    if q is None:
+        return ""
+    if not isinstance(q, dict):
+        raise r.err("quantization_config", f"expected an object, got {q!r:.40}")
+    method = q.get("quant_method")
+    known = "gptq at 4 or 8 bits or awq at 4, in groups of 128"
+    if method not in _QUANT_METHODS:
+        msg = f"{method!r:.40} weights are not a format hetsim models ({known}); {_QUANT_INSTEAD}"
+        raise r.err("quantization_config.quant_method", msg)
+    bits = q.get("bits", 4 if method == "awq" else None)
+    widths = _AWQ_BITS if method == "awq" else _QUANT_BITS
+    if not isinstance(bits, int | float) or isinstance(bits, bool) or bits not in widths:  # [4]: a list
+        msg = f"{method} at {bits!r:.40} bits is not a precision hetsim models ({known}); {_QUANT_INSTEAD}"
+        raise r.err("quantization_config.bits", msg)
+    group = q.get("group_size", _QUANT_GROUP)
+    if isinstance(group, bool) or group != _QUANT_GROUP:
+        msg = f"{method} in groups of {group!r:.40} is not a format hetsim models ({known}); {_QUANT_INSTEAD}"
+        raise r.err("quantization_config.group_size", msg)
+    return widths[int(bits)]  # type: ignore[return-value]
+
+
+def weight_dtype_for(spec: ModelSpec, asked: str | None, flag: str = "--dtype", ref: str = "") -> str | None:
+    """The weight precision a run of ``spec`` (``ref``: the model as given) costs: ``asked`` (``--dtype``;
+    None = each strategy's own) or, for a quantised checkpoint, its own, whose weights exist at no other
+    precision (asking another is refused: a GPTQ 4-bit checkpoint costed as fp16 was silently wrong)."""
+    if not spec.quantized or asked in (None, spec.quantized):
+        return asked or spec.quantized or None
+    raise InputError(
+        f"{ref or spec.name}: its weights are {spec.quantized} (config.json quantization_config), not "
+        f"{asked}: drop it, or remove quantization_config to cost the model at {asked}",
+        field=flag,
+    )
 
 
 def _refuse_unknown_arch_fields(r: _Reader, mt: str) -> None:
@@ -280,9 +340,7 @@ def _llama_like(r: _Reader, name: str, mt: str) -> ModelSpec:
     """llama, mistral, phi3 (fused qkv and gate_up: the same shapes), qwen2/3 and their MoE versions."""
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
-    kv_heads = r.int("num_key_value_heads", heads)
-    if heads % kv_heads:
-        raise r.err("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
+    kv_heads = _kv_heads(r, "num_key_value_heads", heads)
     head_dim = _head_dim(r, hidden, heads)
     num_experts, top_k = 1, 1
     intermediate = r.int("intermediate_size")
@@ -336,9 +394,7 @@ def _gemma(r: _Reader, name: str, mt: str) -> ModelSpec:
     """
     hidden = r.int("hidden_size")
     heads = r.int("num_attention_heads")
-    kv_heads = r.int("num_key_value_heads", heads)
-    if heads % kv_heads:
-        raise r.err("num_key_value_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
+    kv_heads = _kv_heads(r, "num_key_value_heads", heads)
     bias = r.bool("attention_bias", False)
     if bias:
         raise r.err("attention_bias", "Gemma with attention biases is not supported")
@@ -374,11 +430,9 @@ def _falcon(r: _Reader, name: str) -> ModelSpec:
         raise r.err("num_attention_heads", f"{heads} does not divide hidden_size {hidden}")
     new_arch = r.bool("new_decoder_architecture", False)
     if new_arch:
-        kv_heads = r.int("num_kv_heads", heads)
+        kv_heads = _kv_heads(r, "num_kv_heads", heads)
     else:
         kv_heads = 1 if r.bool("multi_query", True) else heads
-    if heads % kv_heads:
-        raise r.err("num_kv_heads", f"{kv_heads} does not divide num_attention_heads {heads}")
     parallel = r.bool("parallel_attn", True)
     ln_parallel = r.int("num_ln_in_parallel_attn", 2 if new_arch else 1)
     bias = r.bool("bias", False)
@@ -447,7 +501,7 @@ def _deepseek(r: _Reader, name: str, mt: str) -> ModelSpec:
     rope = r.int("qk_rope_head_dim")
     dense_inter = r.int("intermediate_size")
     num_experts, top_k, inter, shared, dense_layers = 1, 1, dense_inter, 0, 0
-    if r.cfg.get("n_routed_experts"):
+    if r.cfg.get("n_routed_experts") is not None:  # 0 experts is no model (null: a dense one)
         num_experts, top_k = _experts(r, "n_routed_experts")
         inter = r.int("moe_intermediate_size")
         shared = r.int("n_shared_experts", 0, minimum=0) * inter
@@ -485,6 +539,14 @@ def _deepseek(r: _Reader, name: str, mt: str) -> ModelSpec:
         rope_head_dim=rope,
         v_head_dim=r.int("v_head_dim"),
     )
+
+
+def _kv_heads(r: _Reader, key: str, heads: int) -> int:
+    """The KV heads ``key`` gives (``heads`` when absent): each serves a whole group of query heads."""
+    kv_heads = r.int(key, heads)
+    if heads % kv_heads:
+        raise r.err(key, f"{kv_heads} does not divide num_attention_heads {heads}")
+    return kv_heads
 
 
 def _head_dim(r: _Reader, hidden: int, heads: int) -> int:

@@ -53,6 +53,7 @@ from hetsim.models.weights import (
     kv_element_bytes,
     layer_weight_tensors,
     module_weight_bytes,
+    table_dtype,
 )
 
 # FLOPs per element of the elementwise ops (approximate; these ops are memory-bound).
@@ -397,6 +398,7 @@ def embedding_op(
     """
     tokens = float(batch * seq_len)
     tables = 2 if spec.learned_positions else 1
+    weight_dtype = table_dtype(spec, weight_dtype)  # a GPTQ/AWQ checkpoint's table is not quantised
     return Op(
         kernels=eager_kernels(spec, "embedding"),
         name="embedding",
@@ -432,7 +434,8 @@ def lm_head_ops(
     if not spec.final_norm:  # post-norm OPT: the last layer's own norm already ran; nothing to read
         norm = dataclasses.replace(norm, weight_bytes=0.0, flops=0.0)
     # OPT-350m's project_out (hidden -> embed_dim, 0.1 % of its weights) is left out of the ops.
-    head = _matmul("lm_head", layer, rows, spec.token_dim, spec.vocab, weight_dtype, act_dtype, bias=False)
+    wd = table_dtype(spec, weight_dtype)  # a GPTQ/AWQ checkpoint keeps its head at its own precision
+    head = _matmul("lm_head", layer, rows, spec.token_dim, spec.vocab, wd, act_dtype, bias=False)
     return counted(spec, (norm, head))
 
 

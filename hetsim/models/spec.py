@@ -153,6 +153,10 @@ class ModelSpec:
     # The checkpoint's precision (config.json ``torch_dtype``): what the weights are stored in, so what a
     # plan that keeps full precision runs. fp16 when the config does not say.
     dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
+    # A quantised checkpoint's weights (config.json ``quantization_config``: GPTQ at 4 or 8 bits, AWQ at 4,
+    # in groups of 128, hetsim's ``int4``/``int8``); "" = weights at ``dtype``. Its weights exist only
+    # at that precision, so every run costs them so (``hf_config.weight_dtype_for``).
+    quantized: Literal["", "int4", "int8"] = ""
 
     @property
     def is_moe(self) -> bool:

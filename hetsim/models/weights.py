@@ -7,13 +7,15 @@ Conventions:
   and HeteGen keep them.
 - Linear weights have torch's ``(out_features, in_features)`` shape.
 - A tied LM head shares the embedding table: it is counted (and stored) once, in the embedding.
+- A GPTQ/AWQ checkpoint (``ModelSpec.quantized``) keeps the token table, the LM head and OPT's
+  projections at its own precision (``table_dtype``): only its decoder layers are quantised.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from hetsim.models.spec import DType, ModelSpec, WeightTensor
+from hetsim.models.spec import DTYPES, DType, ModelSpec, WeightTensor
 
 VECTOR_BYTES = 2.0  # biases and norms are kept in 16-bit whatever the matrix dtype
 
@@ -200,9 +202,21 @@ def decoder_weight_bytes(spec: ModelSpec, dtype: DType) -> float:
     return sum(n * layer_weight_bytes(spec, dtype, moe) for moe, n in layer_kinds(spec))
 
 
+def table_dtype(spec: ModelSpec, dtype: DType) -> DType:
+    """The dtype of the token table, the LM head and OPT's projections where the layers are in ``dtype``.
+
+    ``dtype``, except in a GPTQ/AWQ checkpoint's own format (``spec.quantized``): those quantise only
+    the linear modules of the decoder layers, so the tables stay at the checkpoint's ``spec.dtype``
+    (optimum 1.23.3 gptq/quantizer.py:220 replaces the layers under ``block_name_to_quantize`` only;
+    transformers 4.46.3 quantizers/quantizer_awq.py:97 leaves out the output embedding that
+    integrations/bitsandbytes.py:316 ``get_keys_to_not_convert`` names; an embedding is no linear).
+    """
+    return DTYPES[spec.dtype] if spec.quantized and dtype == DTYPES[spec.quantized] else dtype
+
+
 def embedding_bytes(spec: ModelSpec, dtype: DType) -> float:
     """Bytes of the whole token embedding table plus the learned position table (OPT)."""
-    return embedding_param_count(spec) * dtype.bytes_per_element
+    return embedding_param_count(spec) * table_dtype(spec, dtype).bytes_per_element
 
 
 def final_norm_bytes(spec: ModelSpec) -> float:
@@ -216,13 +230,13 @@ def lm_head_bytes(spec: ModelSpec, dtype: DType) -> float:
     ``weight_bytes`` counts it once.
     """
     matrices = spec.vocab * spec.token_dim + _projection_params(spec)
-    return matrices * dtype.bytes_per_element + final_norm_bytes(spec)
+    return matrices * table_dtype(spec, dtype).bytes_per_element + final_norm_bytes(spec)
 
 
 def weight_bytes(spec: ModelSpec, dtype: DType) -> float:
     """Bytes of all the model's weights, a tied head counted once."""
     if spec.tied_embeddings:
-        head = final_norm_bytes(spec) + _projection_params(spec) * dtype.bytes_per_element
+        head = final_norm_bytes(spec) + _projection_params(spec) * table_dtype(spec, dtype).bytes_per_element
     else:
         head = lm_head_bytes(spec, dtype)
     return embedding_bytes(spec, dtype) + decoder_weight_bytes(spec, dtype) + head

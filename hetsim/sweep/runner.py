@@ -196,12 +196,14 @@ def _evaluate(config: Mapping[str, Any]):
 
 def _evaluate_on(config: Mapping[str, Any], rig: Any, model: Any = None):
     from hetsim import api
+    from hetsim.models.hf_config import weight_dtype_for
     from hetsim.models.registry import get_model
     from hetsim.strategies.base import get_strategy
     from hetsim.workload import Workload
 
+    model = model if model is not None else get_model(config["model"])
     p = api.Problem(
-        model if model is not None else get_model(config["model"]),
+        model,
         config["model"],
         rig,
         config["rig"],
@@ -209,7 +211,9 @@ def _evaluate_on(config: Mapping[str, Any], rig: Any, model: Any = None):
             int(config["batch"]),
             int(config["prompt_len"]),
             int(config["gen_len"]),
-            config.get("dtype"),
+            weight_dtype_for(
+                model, config.get("dtype"), "dtype", config["model"]
+            ),  # a quantised checkpoint's own
             config.get("kv_dtype"),
         ),
     )

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hetsim.errors import InputError
-from hetsim.hardware.catalog import validation_error
+from hetsim.hardware.catalog import validation_error, whole_number
 from hetsim.textfiles import parse_yaml, read_text, validate_strictly
 from hetsim.workload import MAX_WORK, WHY_MAX
 
@@ -170,6 +170,8 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 get_strategy(value)
             elif key in ("pcie", "net_link") and cat.resolve("links", value) is None:
                 raise InputError(f"unknown catalogue link {value!r}")
+            elif key in ("batch", "prompt_len", "gen_len", "cpu_sockets") and isinstance(value, float):
+                raise InputError(whole_number(value))
             elif key in ("batch", "prompt_len", "gen_len", "cpu_sockets") and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1
             ):
