@@ -12,7 +12,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,23 @@ def llc_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
         if digits.isdigit():
             best = max(best, int(digits) * scale)
     return best
+
+
+def host_cores(
+    root: Path = Path("/sys/devices/system/cpu"), cpus: Iterable[int] | None = None
+) -> tuple[int, int]:
+    """(logical CPUs, physical cores) this process may run on: ``cpus`` (default its affinity set)
+    and the cores they sit on, counted by distinct sysfs ``topology/thread_siblings_list`` (an SMT
+    core's hardware threads list each other). Physical is 0 where sysfs does not say for every CPU.
+    A guest sees what its hypervisor exposes: vCPUs shown as one thread per core count as cores."""
+    usable = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    siblings: set[str] = set()
+    for cpu in usable:
+        try:
+            siblings.add((root / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip())
+        except OSError:
+            return len(usable), 0
+    return len(usable), len(siblings)
 
 
 # Bytes of rotating weights (and STREAM arrays): several times the LLC, so the rates are DRAM's.
