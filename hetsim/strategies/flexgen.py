@@ -251,6 +251,9 @@ class _Runner:
         self._gather_ops: dict[tuple, object] = {}
         self._unrelays: dict[float, OpCost] = {}
         self.cpu_device = rig.devices[self.cpu]
+        # packed parts read from disk are converted by the copy threads on the host's cores
+        # (``_via_host``), which the issuing thread's CPU work takes too (``Engine.share_cores``)
+        self.converts = any(any(p) for p in self.disk_packed) or (self.f.cd > 0 and any(self.kv_packed))
 
     # ---- the pieces of a sub-step; each returns the events it issued ----------------------------
     def load_weight(self, e, j: int, sync=None) -> tuple[list, object | None]:
@@ -512,6 +515,8 @@ class _Runner:
 
     # ---- the loops ------------------------------------------------------------------------------
     def run(self, e):
+        if self.converts:
+            e.share_cores(self.cpu)
         remaining = self.workload.batch
         while remaining > 0:
             seqs = min(self.plan.block_size, remaining)
