@@ -30,6 +30,7 @@ from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
     PACKED_RELAY,
+    PLAIN_RELAY,
     SubStepOps,
     host_copy_op,
     kv_gather_op,
@@ -285,9 +286,11 @@ class _Runner:
         (aten/src/ATen/native/cuda/Copy.cu, copy_kernel_cuda: ``conversion_device = non_blocking ?
         kCUDA : kCPU``) into a new pageable uint8 tensor (``packed_unrelay_op``, the copy thread's
         own work on host DRAM, no compute stream held), then copies from pageable memory: the hop at
-        the pageable rate."""
+        the pageable rate. fp16 data read from disk is a memcpy from the memmap's pages into the
+        relay (``PLAIN_RELAY`` bytes of host DRAM per byte beside the read)."""
         unrelay = self._unrelay(nbytes) if packed and src == self.disk else None
-        extra = PACKED_RELAY if unrelay is not None else 0.0
+        # the relay's own host DRAM beside a disk read: a conversion (packed data) or a memcpy (fp16)
+        extra = PACKED_RELAY if unrelay is not None else PLAIN_RELAY if src == self.disk else 0.0
         if isinstance(e, _Booked):
             first = e.transfer(src, self.cpu, nbytes, label=label, host_extra=extra)
             if src == self.disk:  # the PCIe hop once the read lands, after the copies issued before
