@@ -493,3 +493,21 @@ def test_calibrate_writes_physical_cores(tmp_path, threads, cores):
     older = {k: v for k, v in raw.items() if k != "host_cpus"}  # a sidecar from before: the threads
     path = cal.write_profile(cal.build_profile(older, cal.derive(older)), older, tmp_path / "old.yaml")
     assert load_rig(path).devices["n0.cpu0"].cores == threads
+
+
+@pytest.mark.parametrize(
+    ("siblings", "expected"),
+    [
+        ({0: "", 1: ""}, (2, 0)),  # an empty topology file says nothing: unknown, not one core
+        ({0: "0-1", 1: "0,1"}, (2, 1)),  # one core, its list written two ways
+        ({0: "1", 1: "0"}, (2, 0)),  # a list without the CPU itself is not a topology: unknown
+        ({0: "0-x", 1: "1"}, (2, 0)),  # unreadable: unknown
+    ],
+)
+def test_host_cores_reads_sibling_lists_as_sets(tmp_path, siblings, expected):
+    """The sibling list is a set of CPUs (``0-1`` is ``0,1``); one that is empty, garbled or does not
+    name its own CPU leaves the physical count unknown (0: the profile keeps the torch threads)."""
+    from validate import microbench as mb
+
+    _fake_cpus(tmp_path, siblings)
+    assert mb.host_cores(tmp_path, siblings) == expected

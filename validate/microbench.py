@@ -43,13 +43,26 @@ def host_cores(
     core's hardware threads list each other). Physical is 0 where sysfs does not say for every CPU.
     A guest sees what its hypervisor exposes: vCPUs shown as one thread per core count as cores."""
     usable = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
-    siblings: set[str] = set()
+    siblings: set[frozenset[int]] = set()
     for cpu in usable:
         try:
-            siblings.add((root / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip())
-        except OSError:
+            group = _cpu_list((root / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text())
+        except (OSError, ValueError):
             return len(usable), 0
+        if cpu not in group:  # empty, or not this CPU's core: sysfs says nothing we can use
+            return len(usable), 0
+        siblings.add(group)
     return len(usable), len(siblings)
+
+
+def _cpu_list(text: str) -> frozenset[int]:
+    """A sysfs CPU list (``0-3,8,10-11``) as a set; ValueError if it is not one."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(out)
 
 
 # Bytes of rotating weights (and STREAM arrays): several times the LLC, so the rates are DRAM's.
