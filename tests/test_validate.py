@@ -511,3 +511,13 @@ def test_host_cores_reads_sibling_lists_as_sets(tmp_path, siblings, expected):
 
     _fake_cpus(tmp_path, siblings)
     assert mb.host_cores(tmp_path, siblings) == expected
+
+
+def test_host_cores_without_affinity_calls(tmp_path, monkeypatch):
+    """macOS and Windows have no ``os.sched_getaffinity`` (nor sysfs): every CPU, physical unknown,
+    instead of an AttributeError that stopped ``hetsim calibrate`` there."""
+    from validate import microbench as mb
+
+    monkeypatch.delattr(mb.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(mb.os, "cpu_count", lambda: 6)
+    assert mb.host_cores(tmp_path / "none") == (6, 0)

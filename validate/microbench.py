@@ -42,7 +42,10 @@ def host_cores(
     and the cores they sit on, counted by distinct sysfs ``topology/thread_siblings_list`` (an SMT
     core's hardware threads list each other). Physical is 0 where sysfs does not say for every CPU.
     A guest sees what its hypervisor exposes: vCPUs shown as one thread per core count as cores."""
-    usable = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    if cpus is None:  # no affinity call off Linux: every CPU (and no sysfs there, so physical 0)
+        affinity = getattr(os, "sched_getaffinity", None)
+        cpus = affinity(0) if affinity else range(os.cpu_count() or 1)
+    usable = sorted(cpus)
     siblings: set[frozenset[int]] = set()
     for cpu in usable:
         try:
