@@ -39,8 +39,8 @@ def test_placed_models_read_their_members_memory_rows(monkeypatch, name, hw, pro
 
     made = flexgen_lp.cost_model
 
-    def cost_model(rig_, model_, wl_, gbs, nb, fl, ends, gpu_budget=None, placed_plan=None, memory=None):
-        cm = made(rig_, model_, wl_, gbs, nb, fl, ends, gpu_budget, placed_plan, memory=memory)
+    def cost_model(rig_, model_, wl_, gbs, nb, fl, ends, gpu_budget=None, placed_plan=None, memory=None, **k):
+        cm = made(rig_, model_, wl_, gbs, nb, fl, ends, gpu_budget, placed_plan, memory=memory, **k)
         if placed_plan is not None or memory is not None:
             rows = placed if placed_plan is not None else handed
             rows.append((cm, fresh(rig_, model_, wl_, gbs, nb, fl, ends, gpu_budget)))

@@ -252,14 +252,45 @@ def test_cuda_microbenchmarks_become_a_gpu_of_the_profile(tmp_path):
     assert gpu.mem_bytes == pytest.approx(79.1 * 2**30, rel=1e-3)
     assert gpu.efficiency.compute["matmul"] == pytest.approx(600e12 / gpu.peak_flops["fp16"], rel=1e-3)
     assert gpu.efficiency.matmul_half_rows == pytest.approx(64, rel=1e-3)
-    # one kernel's launch per op (the tiny decoder's per-op cost is recorded beside it, not used)
+    # one kernel's launch per op, and the host's issue per kernel: the tiny decoder's cost per op
+    # over its kernels (13 ops, 26 kernels a llama layer), which the engine uses in its place
     assert gpu.efficiency.overhead_s == pytest.approx(4e-6)
+    assert gpu.efficiency.kernel_issue_s == pytest.approx(2e-5 * 13 / 26, rel=1e-3)
+    # a decoder whose fit measured no cost per op (the slope clamped to 0) writes no issue time: the
+    # profile keeps one launch per op, and says so by leaving the field out
+    raw["cuda"]["decoder_overhead"] = {**raw["cuda"]["decoder_overhead"], "per_op_s": 0.0}
+    flat = load_rig(cal.write_profile(cal.build_profile(raw, cal.derive(raw)), raw, tmp_path / "f.yaml"))
+    (flat_gpu,) = flat.gpus()
+    assert flat_gpu.efficiency.kernel_issue_s == 0.0 and flat_gpu.efficiency.overhead_s == pytest.approx(4e-6)
+    assert "efficiency.kernel_issue_s" not in flat_gpu.provenance
     link = rig.route(gpu.name, "n0.cpu0")
     assert link.bw == pytest.approx(50e9, rel=1e-3) and link.pageable_bw == pytest.approx(20e9, rel=1e-3)
     assert (
         cal.gpu_base("NVIDIA H100 PCIe") == "h100-pcie"
         and cal.gpu_base("NVIDIA A100-SXM4-40GB") == "a100-40g"
     )
+
+
+def test_the_cuda_decoders_cost_per_op_is_a_line_over_five_layer_counts_that_one_bad_point_cannot_bend(
+    monkeypatch,
+):
+    """calibrate's kernel issue comes from the tiny decoder's step time over its ops: a step of
+    28 us per op and 0.22 ms fixed, its 2-layer point 35 % low (as after/'s H200 calibration, whose
+    2-point slope came out 31 % above final/'s), still gives 28 us per op; two points (2, 8) gave 32.6."""
+    per_op, fixed = 28e-6, 0.22e-3
+
+    def step(layers, dtype, device, quick):
+        n = mb.decode_step_ops(mb.tiny_decoder(layers), 1, 9)
+        t = fixed + per_op * n
+        return (0.65 * t if layers == 2 else t), n
+
+    monkeypatch.setattr(mb, "_tiny_step_s", step)
+    got = mb.decoder_step_overhead("fp16", device="cuda")
+    assert got["per_op_s"] == pytest.approx(per_op, rel=1e-9)
+    assert got["fixed_step_s"] == pytest.approx(fixed, rel=1e-9)
+    assert [s["layers"] for s in got["steps"]] == [1, 2, 4, 8, 16]
+    assert (got["step_s"], got["ops"]) == (pytest.approx(fixed + per_op * 107), 107.0)  # the 8-layer step
+    assert mb.kernel_issue_s(got) == pytest.approx(per_op * 13 / 26)
 
 
 def test_fit_recovers_the_collective_latency_of_simulated_runs(tmp_path):

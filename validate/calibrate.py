@@ -492,14 +492,20 @@ def gpu_entry(cuda: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
     fp16 = [g for g in cuda["gemm"] if g["dtype"] == "fp16" and g["m"] >= mb.COMPUTE_BOUND_ROWS]
     flops_inf, rows_half = fit_half([g["m"] for g in fp16], [g["flops"] for g in fp16])
     copies = cuda["copies"]
-    # One kernel's launch per op, added to the op's roofline: the engine's composition. The eager
-    # decoder pays more per op (2.5 kernels per costed op on the H200 host, issued at ~11 us each),
-    # but its host issues them while earlier kernels run, which an added cost does not describe:
-    # fed the tiny decoder's per-op cost (37 us), gpu-only decode came out +70..+128 % on the
-    # H200 host; fed one launch, -34..-8 % (validate/results/h200/README.md).
+    # The host's time issuing one kernel as the eager decoder issues them (the tiny decoder's cost
+    # per op over the kernels its ops launch): the engine lets the host issue ahead of the GPU
+    # (hetsim.costs.op_cost), so an op costs max(issue, roofline), not a launch added to it. The
+    # tiny add_'s launch (``overhead``, 9.3 us on the H200 host) leaves out the host work between
+    # kernels (views, Python, dispatch): the decoder issues at 14.0 us a kernel there.
     decoder = cuda.get("decoder_overhead")
     aside = f"; a tiny fp16 decoder pays {decoder['per_op_s'] * 1e6:.1f} us per costed op" if decoder else ""
     overhead = _q(f"{cuda['launch_s'] * 1e6:.3f} us", f"{meas}: tiny kernel launches{aside}", "measured")
+    issue = (
+        {"kernel_issue": _q(f"{mb.kernel_issue_s(decoder) * 1e6:.3f} us",
+                            f"{meas}: a tiny fp16 decoder's step per kernel it launches (slope over layers)",
+                            "measured")}
+        if decoder and round(mb.kernel_issue_s(decoder) * 1e6, 3) > 0 else {}  # 0: overhead per op
+    )  # fmt: skip
     return {
         "model": base,
         "socket": 0,
@@ -519,6 +525,7 @@ def gpu_entry(cuda: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
                 "measured",
             ),
             "overhead": overhead,
+            **issue,
             "matmul_half_rows": _q(
                 round(rows_half, 3),
                 f"{fit}: fp16 GEMM rows at half rate (m >= {mb.COMPUTE_BOUND_ROWS})",

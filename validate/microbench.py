@@ -227,47 +227,86 @@ def decode_step_ops(spec, batch: int, kv_len: int) -> int:
     return len(embed_ops(spec, batch, 1)) + spec.layers * len(layer) + len(head_ops(spec, "decode", batch, 1))
 
 
-def decoder_step_overhead(
-    dtype: str = "fp32", *, quick: bool = False, device: str = "cpu"
-) -> dict[str, float]:
+def tiny_decoder(layers: int):
+    """The llama-style decoder ``decoder_step_overhead`` times: tensors so small that a step is all
+    host work (dispatch, allocation, kernel issue)."""
+    import dataclasses
+
+    from hetsim.models import get_model
+
+    return dataclasses.replace(
+        get_model("llama2-7b"), name="tiny", layers=layers, hidden=128, heads=2, kv_heads=2,
+        head_dim=64, intermediate=256, vocab=256,
+    )  # fmt: skip
+
+
+def kernel_issue_s(decoder: dict[str, Any]) -> float:
+    """The host's time per kernel issuing the eager decoder (``decoder_step_overhead`` on CUDA): its
+    cost per costed op spread over the kernels those ops launch (``hetsim.models.kernels``; a
+    layer's ops and kernels, as the slope over layer counts is per layer)."""
+    from hetsim.models.kernels import op_kernels
+    from hetsim.models.sharding import layer_blocks
+
+    spec = tiny_decoder(1)
+    layer = layer_blocks(spec, "decode", 1, 1, 9).whole
+    return decoder["per_op_s"] * len(layer) / op_kernels(spec, layer)
+
+
+# Layer counts of the tiny decoder whose step times calibrate fits a line through on CUDA: the slope
+# (seconds per costed op) is the host's issue, the intercept the step's fixed round trip. Two points
+# (2 and 8 layers) gave 28.0 and 36.7 us per op in two calibrations on one H200 host (one with a
+# negative intercept: validate/results/h200/README.md); five points and a median of pairwise slopes
+# keep one disturbed point from setting the slope.
+DECODER_LAYERS = (1, 2, 4, 8, 16)
+
+
+def fit_step_line(ops: list[float], seconds: list[float]) -> tuple[float, float]:
+    """Seconds per op and fixed seconds of a step, from steps of several sizes: the Theil-Sen line
+    (scipy.stats.theilslopes: the median of the pairwise slopes, robust to one disturbed point)."""
+    from scipy.stats import theilslopes
+
+    fit = theilslopes(seconds, ops)
+    return float(fit.slope), float(fit.intercept)
+
+
+def _tiny_step_s(layers: int, dtype: str, device: str, quick: bool) -> tuple[float, int]:
+    """Seconds of one decode step of ``tiny_decoder(layers)`` on ``device``, and the ops hetsim costs
+    for it."""
+    import torch
+
+    from validate.torch_model import TorchDecoder
+
+    sync = torch.cuda.synchronize if device != "cpu" else None
+    spec = tiny_decoder(layers)
+    dec = TorchDecoder(spec, dtype=_dt(dtype), device=device)
+    ids = torch.zeros(1, 8, dtype=torch.long)
+    with torch.inference_mode():
+        dec.reset(1, 16)
+        tok = dec.step(ids, 0).view(1, 1)
+        t = timeit(lambda: dec.step(tok, 8), min_time=0.02 if quick else 0.1, reps=3, sync=sync)
+    return t, decode_step_ops(spec, 1, 9)
+
+
+def decoder_step_overhead(dtype: str = "fp32", *, quick: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Per-op fixed cost as a decoder pays it: one decode step of a llama-style decoder whose tensors
     are tiny (so the step is all dispatch, allocation and small-kernel cost: the rotary embedding,
     cache writes, views and casts that a single tiny op leaves out), divided by the number of ops
     hetsim costs for that step.
 
-    On CUDA the cost per op is the slope between a 2- and an 8-layer decoder: each step also pays
-    a fixed round trip (the synchronize the runners end a step with, the host waiting on it) that
-    is no op's, and at 4 layers it added ~45 % to every op (51.6 vs ~36 us per op on the H200 host).
+    On CUDA the cost per op is the slope of the step's time over its ops at ``DECODER_LAYERS``
+    (``fit_step_line``): each step also pays a fixed round trip (the synchronize the runners end a
+    step with, the host waiting on it) that is no op's, and at 4 layers it added ~45 % to every op
+    (51.6 vs ~36 us per op on the H200 host). ``step_s`` and ``ops`` are the 8-layer step's.
     """
-    import dataclasses
-
-    import torch
-
-    from hetsim.models import get_model
-    from validate.torch_model import TorchDecoder
-
-    sync = torch.cuda.synchronize if device != "cpu" else None
-
-    def step(layers: int) -> tuple[float, int]:
-        spec = dataclasses.replace(
-            get_model("llama2-7b"), name="tiny", layers=layers, hidden=128, heads=2, kv_heads=2,
-            head_dim=64, intermediate=256, vocab=256,
-        )  # fmt: skip
-        dec = TorchDecoder(spec, dtype=_dt(dtype), device=device)
-        ids = torch.zeros(1, 8, dtype=torch.long)
-        with torch.inference_mode():
-            dec.reset(1, 16)
-            tok = dec.step(ids, 0).view(1, 1)
-            t = timeit(lambda: dec.step(tok, 8), min_time=0.02 if quick else 0.1, reps=3, sync=sync)
-        return t, decode_step_ops(spec, 1, 9)
-
     if device == "cpu":
-        t, n = step(4)
+        t, n = _tiny_step_s(4, dtype, device, quick)
         return {"dtype": dtype, "step_s": t, "ops": float(n), "per_op_s": t / n}
-    (t2, n2), (t8, n8) = step(2), step(8)
-    per_op = max(0.0, (t8 - t2) / (n8 - n2))
-    return {"dtype": dtype, "step_s": t8, "ops": float(n8), "per_op_s": per_op,
-            "fixed_step_s": t2 - per_op * n2}  # fmt: skip
+    points = {layers: _tiny_step_s(layers, dtype, device, quick) for layers in DECODER_LAYERS}
+    slope, fixed = fit_step_line([float(n) for _, n in points.values()], [t for t, _ in points.values()])
+    t8, n8 = points[8]
+    steps = [{"layers": layers, "ops": float(n), "step_s": t} for layers, (t, n) in points.items()]
+    return {"dtype": dtype, "step_s": t8, "ops": float(n8), "per_op_s": max(0.0, slope),
+            "fixed_step_s": fixed, "steps": steps}  # fmt: skip
 
 
 # ---- multi-process: all-reduce and co-running ranks ----------------------------------------------

@@ -5,7 +5,8 @@ decoder on CUDA (fp16), prefills a prompt, then profiles a few decode steps with
 per step, the wall time, the number of CUDA kernels and the sum of their GPU times. A step whose
 wall time is far above its kernels' sum is paced by the host issuing the kernels (eager PyTorch),
 not by the GPU; the kernel count against the ops hetsim costs for the step says how many kernels
-one costed op stands for.
+one costed op stands for, and against the kernels hetsim counts (``hetsim.models.kernels``: torch's
+own) how many the libraries add (split-K reductions, split-KV combines).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def profile(model: str, batch: int, prompt_len: int, steps: int) -> dict:
     from torch.profiler import profile as torch_profile
 
     from hetsim.models import get_model
+    from hetsim.models.kernels import op_kernels
+    from hetsim.models.layer_ops import step_ops
     from validate.microbench import decode_step_ops
     from validate.torch_model import TorchDecoder
 
@@ -63,10 +66,11 @@ def profile(model: str, batch: int, prompt_len: int, steps: int) -> dict:
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     gpu_s = sum(e.device_time for e in kernels) * 1e-6 / steps
     ops = decode_step_ops(spec, batch, prompt_len + 4)
+    counted = op_kernels(spec, step_ops(spec, "decode", batch, 1, prompt_len + 4))
     return {
         "model": dataclasses.asdict(spec)["name"], "batch": batch, "prompt_len": prompt_len,
         "steps": steps, "wall_s": sorted(walls)[len(walls) // 2], "kernels_per_step": len(kernels) / steps,
-        "kernel_gpu_s_per_step": gpu_s, "hetsim_ops_per_step": ops,
+        "kernel_gpu_s_per_step": gpu_s, "hetsim_ops_per_step": ops, "hetsim_kernels_per_step": counted,
     }  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Time of one op on one device: a roofline plus a fixed launch overhead.
+"""Time of one op on one device: a roofline plus a fixed launch overhead, or paced by the host's issue.
 
     compute_s = FLOPs / (peak FLOP/s[dtype] x efficiency.compute[op kind])
     memory_s  = bytes / (peak memory bandwidth x efficiency.memory)
@@ -20,6 +20,18 @@ Weight-only int8/int4 matmuls (and attention over an int8/int4 KV cache) dequant
 kernel: ``op.dequant_ops`` lane instructions on the vector units at their peak rate
 (``ComputeDevice.vector_ops``), added to the compute time. Decode stays bound by the narrower bytes;
 prefill, compute-bound, pays the dequantisation on top of the fp16 GEMM.
+
+A device whose profile measured the host's time issuing one kernel (``Efficiency.kernel_issue_s``,
+eager PyTorch on a GPU) has no per-op overhead: the host issues an op's kernels (``Op.kernels``)
+ahead of the device on one stream, each kernel starting when both the device is free and the host
+has issued it, so ops run back to back take
+
+    time_s = max(sum of kernels x kernel_issue_s, sum of device times)     (``paced``)
+
+the period of the two-cursor schedule (op j starts at max(device free, host done issuing it)) of a run
+repeated back to back, as a step repeats its layers: the host keeps ahead over a period. One run
+alone may take up to one period's issue plus device time more (host-paced ops before device-paced
+ones cannot overlap them). A device whose issue time is unknown keeps ``overhead_s`` per op.
 
 The engine uses ``compute_s`` and ``memory_bytes`` separately on CPUs, where the memory traffic
 competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as is.
@@ -47,6 +59,8 @@ class OpCost:
     memory_bytes: float
     achieved_mem_bw: float  # bytes/s this op may draw from memory at most
     memory_bound_s: float = 0.0  # the part of time_s spent in ops whose memory term dominates
+    issue_s: float = 0.0  # the host's time issuing the kernels (0: issue not modelled, overhead_s is)
+    device_s: float = 0.0  # where issue_s > 0: the device's own time, which time_s = max(issue_s, this)
 
     @property
     def bound(self) -> str:
@@ -111,6 +125,20 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
         compute_s += op.dequant_ops / device.vector_ops
     memory_s = op.mem_bytes / mem_rate if op.mem_bytes else 0.0
     measured = load_tables(eff.kernel_tables).seconds(op) if eff.kernel_tables else None
+    if eff.kernel_issue_s > 0:
+        run = measured if measured is not None else max(compute_s, memory_s)
+        issue = op.kernels * eff.kernel_issue_s
+        return OpCost(
+            time_s=paced(issue, run),
+            compute_s=compute_s,
+            memory_s=memory_s,
+            overhead_s=0.0,
+            memory_bytes=op.mem_bytes,
+            achieved_mem_bw=mem_rate,
+            memory_bound_s=run if memory_s > compute_s else 0.0,
+            issue_s=issue,
+            device_s=run,
+        )
     if measured is not None:  # a measured kernel: its time, with the roofline's split of it
         return OpCost(
             time_s=measured,
@@ -133,6 +161,11 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
     )
 
 
+def paced(issue_s: float, device_s: float) -> float:
+    """Work the host issues ahead of the device it runs on: the slower of the two paces it."""
+    return issue_s if issue_s > device_s else device_s
+
+
 def combine(costs: list[OpCost] | tuple[OpCost, ...]) -> OpCost:
     """Ops run back to back on one device, as one task.
 
@@ -142,14 +175,22 @@ def combine(costs: list[OpCost] | tuple[OpCost, ...]) -> OpCost:
     """
     busy = sum(max(c.compute_s, c.memory_s) for c in costs)
     nbytes = sum(c.memory_bytes for c in costs)
+    time_s = sum(c.time_s for c in costs)
+    issue = device = 0.0
+    if any(c.issue_s for c in costs):  # the host issues ahead over the whole run (module docstring)
+        issue = sum(c.issue_s for c in costs)
+        device = sum(c.device_s if c.issue_s else c.time_s for c in costs)
+        time_s = paced(issue, device)
     return OpCost(
-        time_s=sum(c.time_s for c in costs),
+        time_s=time_s,
         compute_s=busy,
         memory_s=sum(c.memory_s for c in costs),
         overhead_s=sum(c.overhead_s for c in costs),
         memory_bytes=nbytes,
         achieved_mem_bw=nbytes / busy if busy > 0 else float("inf"),
         memory_bound_s=sum(c.memory_bound_s for c in costs),
+        issue_s=issue,
+        device_s=device,
     )
 
 
@@ -171,4 +212,6 @@ def repeated(cost: OpCost, times: int) -> OpCost:
         memory_bytes=cost.memory_bytes * times,
         achieved_mem_bw=cost.achieved_mem_bw,
         memory_bound_s=cost.memory_bound_s * times,
+        issue_s=cost.issue_s * times,
+        device_s=cost.device_s * times,
     )

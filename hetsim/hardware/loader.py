@@ -283,6 +283,15 @@ class _Builder:
         overheads = {**base.overhead_by_dtype, **(override.overhead_by_dtype if override else {})}
         for dt, q in overheads.items():
             prov[f"efficiency.overhead_by_dtype.{dt}"] = _prov(q)
+        issue = (override.kernel_issue if override else None) or base.kernel_issue
+        if issue is not None and kind != "gpu":  # the engine books CPU work by compute and DRAM traffic
+            raise self.fail("kernel_issue is a GPU's (its host issuing kernels)", "efficiency.kernel_issue")
+        if issue is not None and issue.si <= 0:  # 0 would read as unknown: overhead per op, silently
+            raise self.fail(
+                "kernel_issue must be > 0 (leave it out where not measured)", "efficiency.kernel_issue"
+            )
+        if issue is not None:
+            prov["efficiency.kernel_issue_s"] = _prov(issue)
         for dt, c in curves.items():
             for part in ("compute", "half_rows", "memory", "stream_half_row"):
                 prov[f"efficiency.matmul_by_dtype.{dt}.{part}"] = _prov(getattr(c, part))
@@ -302,6 +311,7 @@ class _Builder:
                 for dt, c in curves.items()
             },
             overhead_by_dtype={dt: q.si for dt, q in overheads.items()},
+            kernel_issue_s=issue.si if issue is not None else 0.0,
             **halves,
         )
         return eff, prov
@@ -628,6 +638,10 @@ def rig_to_dict(rig: Rig) -> dict[str, Any]:
                     "compute": dict(d.efficiency.compute),
                     "memory": d.efficiency.memory,
                     "overhead_s": d.efficiency.overhead_s,
+                    # where measured it replaces overhead_s (hetsim.costs.op_cost): say so
+                    **(
+                        {"kernel_issue_s": d.efficiency.kernel_issue_s} if d.efficiency.kernel_issue_s else {}
+                    ),
                 },
                 "weakest_grade": grade(d.provenance),
             }

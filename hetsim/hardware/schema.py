@@ -281,6 +281,8 @@ class EfficiencySpec(_Strict):
     quantize_cycles: dict[str, ElementCycles] = Field(default_factory=dict)  # activation type -> measured
     matmul_by_dtype: dict[Dtype, MatmulCurveSpec] = Field(default_factory=dict)  # measured per dtype
     overhead_by_dtype: dict[Dtype, Time] = Field(default_factory=dict)  # measured per compute dtype
+    # Host time issuing one kernel as eager PyTorch does (measured); absent = unknown: ``overhead`` per op
+    kernel_issue: Time | None = None
 
 
 class EfficiencyFile(_Strict):

@@ -109,6 +109,10 @@ class Efficiency:
     # Per compute dtype fixed cost per op where measured (torch's bf16 ops on a CPU dispatch through
     # conversions: a tiny bf16 decoder step costs ~1.5x the fp32 one); other dtypes pay overhead_s.
     overhead_by_dtype: Mapping[str, float] = field(default_factory=dict)
+    # Host time issuing one kernel of an op (``Op.kernels``) where measured (0 = unknown): the host
+    # issues ahead of the device, so ops cost max(issue, roofline) and no ``overhead_s``
+    # (hetsim.costs.op_cost). Unknown keeps ``overhead_s`` per op, added to the roofline.
+    kernel_issue_s: float = 0.0
 
     def overhead_for(self, dtype: str) -> float:
         own = _by_dtype(self.overhead_by_dtype, dtype)

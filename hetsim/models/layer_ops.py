@@ -45,6 +45,7 @@ import dataclasses
 import math
 from functools import lru_cache
 
+from hetsim.models.kernels import counted, eager_kernels
 from hetsim.models.spec import FP16, DType, ModelSpec, Op, OpKind, Phase
 from hetsim.models.weights import (
     VECTOR_BYTES,
@@ -347,7 +348,7 @@ def _layer0_ops(
     if spec.layer_norms == 4:
         ops.append(_norm(spec, "post_mlp_norm", 0, tokens, ad))
     ops.append(_elementwise("residual2", 0, tokens * h, RESIDUAL_FLOPS, ad, n_in=2))
-    return tuple(ops)
+    return counted(spec, tuple(ops))
 
 
 def relabel(ops: tuple[Op, ...], layer: int) -> tuple[Op, ...]:
@@ -397,6 +398,7 @@ def embedding_op(
     tokens = float(batch * seq_len)
     tables = 2 if spec.learned_positions else 1
     return Op(
+        kernels=eager_kernels(spec, "embedding"),
         name="embedding",
         kind=OpKind.EMBEDDING,
         layer=-1,
@@ -431,7 +433,7 @@ def lm_head_ops(
         norm = dataclasses.replace(norm, weight_bytes=0.0, flops=0.0)
     # OPT-350m's project_out (hidden -> embed_dim, 0.1 % of its weights) is left out of the ops.
     head = _matmul("lm_head", layer, rows, spec.token_dim, spec.vocab, weight_dtype, act_dtype, bias=False)
-    return (norm, head)
+    return counted(spec, (norm, head))
 
 
 @lru_cache(maxsize=256)  # a step of a 96-layer model is ~1200 ops

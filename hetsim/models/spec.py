@@ -252,6 +252,9 @@ class Op:
     # ALU instructions that dequantise narrow weights (or a narrow KV cache) inside the kernel, on the
     # device's vector units beside the FLOPs (``DType.dequant_ops``; 0 for 16/32-bit operands).
     dequant_ops: float = 0.0
+    # GPU kernels the op launches in eager PyTorch (hetsim.models.kernels; 1 where not counted): the
+    # host issues each one, which paces a step of small ops (hetsim.costs.op_cost).
+    kernels: int = 1
 
     @property
     def mem_bytes(self) -> float:

@@ -876,10 +876,13 @@ def cost_model(
     gpu_budget: float | None = None,
     placed: FlexGenPlan | None = None,
     memory: tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]] | None = None,
+    pinned: Sequence[tuple[float, _Slot]] | None = None,
 ) -> CostModel:
     """The LP of one (gbs, nb, flags); with ``placed``, its weight loads at that plan's per-tensor
     placement (constants: its fractions are then pinned, ``released_time_per_seq``, ``_repinned``).
-    ``memory``: its ``_memory``, where already worked out."""
+    ``memory``: its ``_memory``, where already worked out. ``pinned``: for an unplaced ``--pin-weight
+    0`` model, its pinned twin's unplaced ``CostModel.slots`` less the tie-break, which it relays
+    (``_relayed_slots``) instead of working them out again."""
     gpu, cpu, disk = ends
     split = None if placed is None else layer_weight_split(model, placed)
     placed_copies = (
@@ -891,11 +894,32 @@ def cost_model(
         kv_at = {"cg": f.cg, "cc": f.cc, "cd": f.cd}
     lk = links(rig, gpu, cpu, disk)
     rows, bounds = memory if memory is not None else _memory(rig, model, wl, gbs, nb, fl, ends, gpu_budget)
-    slots = (
-        *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split, placed_copies, kv_at),
-        *_other_slots(rig, model, wl, gbs, nb, lk, ends, fl, split, placed_copies),
-    )
+    if pinned is not None and placed is None and not fl.pin_weight:
+        slots = tuple(_relayed_slots(pinned, rig, model, fl, cpu))
+    else:
+        slots = (
+            *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split, placed_copies, kv_at),
+            *_other_slots(rig, model, wl, gbs, nb, lk, ends, fl, split, placed_copies),
+        )
     return CostModel(gbs, nb, fl, rows, (*slots, _tie_break(slots, model.layers)), model.layers, bounds)
+
+
+def _relayed_slots(
+    pinned: Sequence[tuple[float, _Slot]], rig: Rig, model: ModelSpec, fl: Flags, cpu: str
+) -> list[tuple[float, _Slot]]:
+    """An unplaced ``--pin-weight 0`` model's slots from its pinned twin's (``cost_model``'s ``pinned``),
+    as ``_slots`` and ``_other_slots`` relay them: ``pin_weight`` reaches nothing else in either, and
+    ``_relayed`` touches only a slot's first sub-step (``w``, ``p0``, ``m0``, ``dk0``, ``kr0``, ``vr0``),
+    none of what ``_slots``' lanes pass reads or writes after it (``d2h``, ``dwrite``, ``q``,
+    ``q_prev``), so relaying after that pass gives the same slots. ``_slots``' come first, a slot per
+    ``_positions`` entry and phase (prefill, decode), each relaying its position's next layer; then
+    ``_other_slots``' (each phase's), relaying the next token's embedding."""
+    split = _split_cache(model, fl.compress_weight)
+    nexts = [j for _ in range(2) for _, j, _ in _positions(len(split), model.layers)] + [0, 0]
+    return [
+        (m, _relayed(slot, _weight_pin(rig, cpu, split[j][1], None)))
+        for (m, slot), j in zip(pinned, nexts, strict=True)
+    ]
 
 
 def _memory(
@@ -1169,14 +1193,18 @@ def _solve(
 ) -> tuple[LpSolution | None, bool]:
     """``solve_lp``'s answer and whether its optimum leaves the host-memory row free (``_host_free``).
     ``memory``: its ``_memory``, where already worked out."""
-    cm = cost_model(rig, model, wl, gbs, nb, fl, ends, gpu_budget, memory=memory)
+    return _solution(cost_model(rig, model, wl, gbs, nb, fl, ends, gpu_budget, memory=memory), wl)
+
+
+def _solution(cm: CostModel, wl: Workload) -> tuple[LpSolution | None, bool]:
+    """``_solve``'s answer for its cost model ``cm``."""
     optimum, duals = _solved(cm)
     if optimum is None:
         return None, False
     value, x = optimum
     block = value
-    blocks = math.ceil(wl.batch / (gbs * nb))
-    return LpSolution(gbs, nb, fl, dict(x), block, block * blocks / wl.batch), _host_free(duals)
+    blocks = math.ceil(wl.batch / (cm.gbs * cm.nb))
+    return LpSolution(cm.gbs, cm.nb, cm.flags, dict(x), block, block * blocks / wl.batch), _host_free(duals)
 
 
 # ---- --pin-weight 0: which unpinned twins can win ---------------------------------------------------------
@@ -1580,6 +1608,10 @@ class _Memo:
     # ``_confirmable``'s placed models of its optimum (``_Placings.memory``; ``_memory`` does not read a
     # placement): 625 -> 558 calls on the headline, ~8 ms
     memory: dict[tuple, tuple] = field(default_factory=dict)
+    # (gbs, nb, pinned flags, workload) -> its unplaced cost model's slots less the tie-break, which the
+    # --pin-weight 0 member of the same key relays (``cost_model``'s ``pinned``) rather than working
+    # them out again: 91 of the headline's 417 ``_slots``, ~25 ms
+    slots: dict[tuple, tuple] = field(default_factory=dict)
 
 
 def lp_candidates_lazy(
@@ -1634,7 +1666,9 @@ def lp_candidates_lazy(
             nb = NB_CHOICES[i]
             w = replace(wl, batch=c.gbs * nb)
             rows = memo.memory.get((c.gbs, nb, key[2], w, budget))  # its bound's, where it had one
-            twins[key] = _solve(rig, model, w, c.gbs, nb, key[2], ends, budget, memory=rows)
+            cm = cost_model(rig, model, w, c.gbs, nb, key[2], ends, budget, memory=rows)
+            memo.slots[c.gbs, nb, key[2], w] = cm.slots[:-1]
+            twins[key] = _solution(cm, w)
         return twins[key]
 
     ready: list[tuple] = []  # solved candidates: (the sort key, the loop's order, the solution)
@@ -1666,12 +1700,13 @@ def lp_candidates_lazy(
             nb = NB_CHOICES[i]
             w = replace(wl, batch=c.gbs * nb)
             key = c.gbs, nb, c.flags, w, budget
-            mem = c.memory.pop(i, None)
-            cm = cost_model(
-                rig, model, w, c.gbs, nb, c.flags, ends, budget, memory=mem or memo.memory.get(key)
-            )
+            mem = c.memory.pop(i, None) or memo.memory.get(key)
+            pinned = None if c.flags.pin_weight else memo.slots.get((c.gbs, nb, _twin(c.flags), w))
+            cm = cost_model(rig, model, w, c.gbs, nb, c.flags, ends, budget, memory=mem, pinned=pinned)
             got = c.models[i] = cm, _layout(cm)
             memo.memory[key] = cm.memory, cm.bounds
+            if c.flags.pin_weight:
+                memo.slots[c.gbs, nb, c.flags, w] = cm.slots[:-1]
             if c.flags not in weights:
                 weights[c.flags] = _weights_form(cm)
         return got

@@ -323,9 +323,11 @@ def split_plan(
     alphas: dict[Phase, dict[str, float]] = {"prefill": {}, "decode": {}}
     found: dict[tuple[Op, str | None], float] = {}  # one bisection per shape (``_alike``)
     measured = any(rig.devices[d].efficiency.kernel_tables for d in (gpu, cpu))
+    # an op's kernels are read only where a device's host issue is measured (hetsim.costs.op_cost)
+    issued = any(rig.devices[d].efficiency.kernel_issue_s for d in (gpu, cpu))
     for phase, seq in (("prefill", workload.prompt_len), ("decode", 1)):
         for kind, op in module_ops(model, phase, b, seq, weight_dtype).items():
-            key = _alike(op, measured)
+            key = _alike(op if issued else dataclasses.replace(op, kernels=1), measured)
             if key not in found:
                 found[key] = round(balanced_alpha(rig, gpu, cpu, op, cpu_dtype), 6)
             alphas[phase][kind] = found[key]

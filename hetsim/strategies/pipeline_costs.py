@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from hetsim.costs.collectives import allreduce_time
 from hetsim.costs.lockstep import lockstep_duration, ring_allreduce_fit, ring_alpha_beta, straggler_share
-from hetsim.costs.op_cost import block_cost
+from hetsim.costs.op_cost import block_cost, combine
 from hetsim.hardware.rig import ReadLog, Rig, reading, replay
 from hetsim.models.memory import hidden_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
@@ -52,6 +52,9 @@ _RIG_CACHES: dict[int, tuple[Rig, dict[tuple, tuple[float, ReadLog]]]] = {}
 def _layer_time(rig, devices, model, phase, batch, seq_len, kv_len, weight_dtype, kv_dtype) -> float:
     tp = len(devices)
     blocks = layer_blocks(model, phase, batch, seq_len, kv_len, tp, weight_dtype, kv_dtype)
+    if tp == 1:  # the engine books one device's blocks as one run (``combine``: the host issues across them)
+        dev = rig.devices[devices[0]]
+        return combine([block_cost(dev, blocks.attention), block_cost(dev, blocks.mlp)]).time_s
     busy = 0.0
     for block in (blocks.attention, blocks.mlp):
         busy += ops_time(rig, devices, block)
