@@ -492,3 +492,65 @@ def test_flexgen_runner_places_tensors_as_the_release_does():
     plain = generate_timed(TorchDecoder(spec, dtype=torch.float32), cfg)
     fp32 = flexgen_decoder(spec, plan, dtype=torch.float32, device="cpu")
     assert generate_timed(fp32, cfg).tokens == plain.tokens
+
+
+def _fake_cpus(root, siblings: dict[int, str]) -> None:
+    for cpu, text in siblings.items():
+        topo = root / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "thread_siblings_list").write_text(text + "\n")
+
+
+def test_host_cores_counts_smt_siblings_once(tmp_path):
+    """Two hardware threads of one core list each other in sysfs: 8 logical CPUs on 4 cores count 4
+    (the H200 guest's 16 vCPUs behaved as ~8 cores); CPUs outside the affinity set do not count."""
+    from validate import microbench as mb
+
+    _fake_cpus(tmp_path, {c: f"{c % 4},{c % 4 + 4}" for c in range(8)})
+    assert mb.host_cores(tmp_path, range(8)) == (8, 4)
+    assert mb.host_cores(tmp_path, [0, 4, 1]) == (3, 2)  # cpu0 and cpu4 are one core
+    assert mb.host_cores(tmp_path / "none", range(8)) == (8, 0)  # sysfs silent: unknown
+    logical, physical = mb.host_cores()  # this machine: as many or fewer cores than CPUs
+    assert 0 <= physical <= logical
+
+
+@pytest.mark.parametrize(("threads", "cores"), [(16, 8), (4, 4)])
+def test_calibrate_writes_physical_cores(tmp_path, threads, cores):
+    """A profile's ``cores`` is compute in parallel (the packed hop's conversion, k-quant kernels):
+    16 torch threads on 8 SMT cores are 8 cores, the logical count kept in the source."""
+    raw = {**_raw(), "threads": threads, "host_cpus": {"logical": 16, "physical": 8}}
+    path = cal.write_profile(cal.build_profile(raw, cal.derive(raw)), raw, tmp_path / "smt.yaml")
+    cpu = load_rig(path).devices["n0.cpu0"]
+    assert cpu.cores == cores
+    assert "8 physical core(s) of 16 logical CPU(s)" in cpu.provenance["cores"].source
+    older = {k: v for k, v in raw.items() if k != "host_cpus"}  # a sidecar from before: the threads
+    path = cal.write_profile(cal.build_profile(older, cal.derive(older)), older, tmp_path / "old.yaml")
+    assert load_rig(path).devices["n0.cpu0"].cores == threads
+
+
+@pytest.mark.parametrize(
+    ("siblings", "expected"),
+    [
+        ({0: "", 1: ""}, (2, 0)),  # an empty topology file says nothing: unknown, not one core
+        ({0: "0-1", 1: "0,1"}, (2, 1)),  # one core, its list written two ways
+        ({0: "1", 1: "0"}, (2, 0)),  # a list without the CPU itself is not a topology: unknown
+        ({0: "0-x", 1: "1"}, (2, 0)),  # unreadable: unknown
+    ],
+)
+def test_host_cores_reads_sibling_lists_as_sets(tmp_path, siblings, expected):
+    """The sibling list is a set of CPUs (``0-1`` is ``0,1``); one that is empty, garbled or does not
+    name its own CPU leaves the physical count unknown (0: the profile keeps the torch threads)."""
+    from validate import microbench as mb
+
+    _fake_cpus(tmp_path, siblings)
+    assert mb.host_cores(tmp_path, siblings) == expected
+
+
+def test_host_cores_without_affinity_calls(tmp_path, monkeypatch):
+    """macOS and Windows have no ``os.sched_getaffinity`` (nor sysfs): every CPU, physical unknown,
+    instead of an AttributeError that stopped ``hetsim calibrate`` there."""
+    from validate import microbench as mb
+
+    monkeypatch.delattr(mb.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(mb.os, "cpu_count", lambda: 6)
+    assert mb.host_cores(tmp_path / "none") == (6, 0)

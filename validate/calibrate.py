@@ -140,6 +140,7 @@ def measure(
     raw: dict[str, Any] = {
         "threads": threads, "ranks": ranks, "quick": quick, "cpu": cpu_name(),
         "torch": torch.__version__, "dtypes": list(dtypes),
+        "host_cpus": dict(zip(("logical", "physical"), mb.host_cores(), strict=True)),
     }  # fmt: skip
     todo = [(s, dt) for dt in dtypes for s in shapes]
     # Interleaved passes, median per shape: a shared VM's bandwidth drifts by several per cent
@@ -301,6 +302,20 @@ def derive(raw: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def rank_cores(raw: dict[str, Any], meas: str) -> tuple[int, str, str]:
+    """One rank's cores (value, source, grade): its torch threads, but no more than the physical cores
+    the process may run on. Hardware threads of one SMT core share its units, so a profile that reads
+    ``cores`` as parallel compute (``packed_unrelay_cost``, ``kernel_cycles``) must not count them
+    twice; the logical count stays in the source (and the raw sidecar's ``host_cpus``)."""
+    threads = raw["threads"]
+    host = raw.get("host_cpus") or {}
+    logical, physical = host.get("logical", 0), host.get("physical", 0)
+    if not physical:  # an older sidecar, or sysfs silent: the threads, as before
+        return threads, f"{meas}: torch threads per rank", "measured"
+    where = f"{physical} physical core(s) of {logical} logical CPU(s) (sysfs thread_siblings_list)"
+    return min(threads, physical), f"{meas}: torch threads per rank, at most the {where}", "measured"
+
+
 def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
     """A rig document: one node, ``ranks`` CPU entries (overrides of a catalogue CPU), an shm link."""
     threads, ranks = raw["threads"], max(1, raw["ranks"])
@@ -310,7 +325,7 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
     cpu = {
         "model": BASE_CPU,
         "description": f"{raw['cpu']}: one rank's slice ({threads} thread(s)); numbers from hetsim calibrate",
-        "cores": _q(threads, f"{meas}: torch threads per rank", "measured"),
+        "cores": _q(*rank_cores(raw, meas)),
         "peak_flops": {
             dt: _q(
                 _gflops(c["peak"]),

@@ -12,7 +12,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,39 @@ def llc_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
         if digits.isdigit():
             best = max(best, int(digits) * scale)
     return best
+
+
+def host_cores(
+    root: Path = Path("/sys/devices/system/cpu"), cpus: Iterable[int] | None = None
+) -> tuple[int, int]:
+    """(logical CPUs, physical cores) this process may run on: ``cpus`` (default its affinity set)
+    and the cores they sit on, counted by distinct sysfs ``topology/thread_siblings_list`` (an SMT
+    core's hardware threads list each other). Physical is 0 where sysfs does not say for every CPU.
+    A guest sees what its hypervisor exposes: vCPUs shown as one thread per core count as cores."""
+    if cpus is None:  # no affinity call off Linux: every CPU (and no sysfs there, so physical 0)
+        affinity = getattr(os, "sched_getaffinity", None)
+        cpus = affinity(0) if affinity else range(os.cpu_count() or 1)
+    usable = sorted(cpus)
+    siblings: set[frozenset[int]] = set()
+    for cpu in usable:
+        try:
+            group = _cpu_list((root / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text())
+        except (OSError, ValueError):
+            return len(usable), 0
+        if cpu not in group:  # empty, or not this CPU's core: sysfs says nothing we can use
+            return len(usable), 0
+        siblings.add(group)
+    return len(usable), len(siblings)
+
+
+def _cpu_list(text: str) -> frozenset[int]:
+    """A sysfs CPU list (``0-3,8,10-11``) as a set; ValueError if it is not one."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if part:
+            lo, _, hi = part.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(out)
 
 
 # Bytes of rotating weights (and STREAM arrays): several times the LLC, so the rates are DRAM's.

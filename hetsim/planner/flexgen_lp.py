@@ -71,6 +71,7 @@ from hetsim.strategies.flexgen import endpoints
 from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
     PACKED_RELAY,
+    PLAIN_RELAY,
     host_copy_op,
     kv_gather_op,
     packed_unrelay_cost,
@@ -504,12 +505,14 @@ def _weight_slow(
     """The delay per second of the weight DMA and of the disk read beside CPU work drawing ``cap`` of
     host DRAM, and per byte of weights: pinned ones DMA'd at the link's rate, disk ones written into
     the relay at the disk's rate (their hops, booked when the reads land after the position's other
-    copies, take host DRAM after the thread's work: _via_host). A layer's packed parts (``copies``,
-    its disk copies) are converted into the relay as they land (``PACKED_RELAY`` more bytes of host
-    DRAM beside each read byte): the read's delay is its bytes' mean."""
+    copies, take host DRAM after the thread's work: _via_host). Each read's bytes are copied into
+    the relay as they land (``PLAIN_RELAY`` more bytes of host DRAM beside each read byte), a
+    layer's packed parts (``copies``, its disk copies) converted (``PACKED_RELAY``): the read's delay
+    is its bytes' mean. (The KV memcpy's delay in ``_kv_load`` keeps the bare read: with the relay's
+    bytes there the LP went +0.6 % above the engine on a 4-bit plan.)"""
     whole = sum(b for b, _ in copies)
     packed = sum(b for b, k in copies if k) / whole if whole else 0.0
-    read = overlap_delay(dram, lk.d2c, cap)
+    read = overlap_delay(dram, lk.d2c * (1.0 + PLAIN_RELAY), cap)
     if packed:
         read += packed * (overlap_delay(dram, lk.d2c * (1.0 + PACKED_RELAY), cap) - read)
     dram_d = overlap_delay(dram, lk.pin, cap), read

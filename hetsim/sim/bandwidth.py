@@ -120,6 +120,16 @@ class BandwidthTimeline:
         self.bytes_moved += nbytes
         return end
 
+    def claim(self, now: float, start: float, end: float, rate: float) -> None:
+        """Hold ``rate`` over [``start``, ``end``) whatever is booked there: work that takes its share
+        first, never later for what was booked before it; bookings after it find the rest."""
+        if end <= start or rate <= 0:
+            return
+        self._prune(now)
+        i = self._split(start)
+        for k in range(i, self._split(end)):
+            self._booked[k] += rate
+
     def _split(self, t: float) -> int:
         """Ensure a breakpoint at ``t``; return the index of the segment starting there."""
         i = bisect_right(self._times, t) - 1

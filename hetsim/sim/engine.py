@@ -221,6 +221,7 @@ class _LockstepFixed:
     compute_lanes: tuple[Lane, ...] = ()  # the ranks' compute streams (each once), in ``lanes`` order
 
 
+_CORE_NS = 1e9  # a cores timeline's capacity: ns of all-core work per second (``Engine.share_cores``)
 _CostKey = tuple[str, "Op | tuple[Op, ...]"]
 _CostCaches = tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]
 # Op costs are a pure function of the devices and the ops: engines on the same rig object (a
@@ -312,6 +313,9 @@ class Engine:
         self._streams: dict[str, tuple[Lane, BandwidthTimeline | None]] = {
             dev: (self.lanes[f"{dev}:compute"], self.host_memory.get(dev)) for dev in rig.devices
         }
+        # CPUs whose cores the compute stream and the work beside it share (``share_cores``): one
+        # timeline each, in nanoseconds of all-core work per second (a timeline's rates are > 1)
+        self._cores: dict[str, BandwidthTimeline] = {}
         self.memory = MemoryLedger(
             rig.capacities(), clock=lambda: self.env.now, keep_timeline=memory_timeline
         )
@@ -346,6 +350,7 @@ class Engine:
             lane.memory_bound_s = 0.0
         for dram in self.host_memory.values():
             dram.reset()
+        self._cores = {}
         self.memory.reset()
         self.tracer = TraceRecorder() if self.tracer is not None else None
         self.tasks = 0
@@ -489,6 +494,9 @@ class Engine:
             computed = mem_start + cost.compute_s
             if computed > end:
                 end = computed
+        if self._cores and device in self._cores and end > start:  # its share of the cores
+            need = cost.compute_s / (end - start)
+            self._cores[device].claim(now, start, end, _CORE_NS * (need if need > 0.5 else 0.5))
         lane.free_at = end
         lane.busy_s += end - start
         # waiting on DRAM shared with DMA counts as memory-bound time too
@@ -520,9 +528,25 @@ class Engine:
                 cap = min(cap, cost.memory_bytes / cost.compute_s)
             mem_start = start + cost.overhead_s
             end = max(dram.book(now, mem_start, cost.memory_bytes, cap), mem_start + cost.compute_s)
+        cores = self._cores.get(device)
+        if cores is not None:  # its compute on every core, less what the compute stream holds
+            computed = cores.book(now, start + cost.overhead_s, cost.compute_s * _CORE_NS, _CORE_NS)
+            end = max(end, computed)
         lane.free_at = end
         lane.busy_s += end - start
         return self._record((lane,), start, end, label, {"bytes": cost.memory_bytes})
+
+    def share_cores(self, device: str) -> None:
+        """From now on the work booked beside ``device``'s compute stream (``book_beside``) takes the
+        host's cores that stream's work leaves. Torch's intra-op work in two threads at once (the
+        issuing thread's CPU attention, a copy thread's conversion) runs as two OpenMP teams of
+        torch's thread count on the same cores, which the OS time-shares: the stream's work holds
+        at least half the cores while it runs (its fair share: memory-bound threads hold their time
+        slices too), all it computes with if more (its compute over its duration), and is never
+        slowed by the conversions (the issuing thread first, as a later DRAM flow never slows an
+        earlier one); the work beside gets the rest, all of them where the stream is idle."""
+        if device not in self._cores:
+            self._cores[device] = BandwidthTimeline(f"{device}:cores", _CORE_NS)
 
     def delay(self, device: str, seconds: float, *, label: str = "overhead") -> simpy.Event:
         """Occupy a device's compute stream for a fixed time (host-side work, synchronisation)."""

@@ -472,9 +472,49 @@ def _run_end(head_times: Streams, tail_times: Streams, g: int, n: int, h: int, p
         head_h, head_last, tail_h, tail_before_last, tail_last = times  # type: ignore[misc]
         step_head = (head_last - head_h) / (g - 1 - h)
         step_tail = (tail_before_last - tail_h) / (g - 1 - h)
-        end = head_last + (n - g) * (step_head + frac * (step_tail - step_head))
-        e2e = max(e2e, end + (tail_last - tail_before_last))
+        added = (n - g) * (step_head + frac * (step_tail - step_head))
+        if period == 1:
+            added = _kinked(head_stream, tail_stream, b, g, n, h, (step_head, step_tail), added)
+        e2e = max(e2e, head_last + added + (tail_last - tail_before_last))
     return e2e
+
+
+def _kinked(
+    head: list[tuple[float, int]],
+    tail: list[tuple[float, int]],
+    b: int,
+    g: int,
+    n: int,
+    h: int,
+    steps: tuple[float, float],
+    chord: float,
+) -> float:
+    """The added steps' seconds (rounds g..n-1), where the step's growth with the KV length bends
+    between the samples; else ``chord`` (the steps interpolated between the samples' means).
+
+    A decode step is the longest of its lanes' chains, each growing linearly with the KV length, so
+    its time is convex and piecewise linear: where one lane takes over from another between the two
+    samples, the chord between them runs above the steps (+0.05 % on a 4-bit disk cache). Each
+    sample's own growth per step (its first and last step) gives its line; with one bend between
+    them the steps are the larger of the two lines, exactly. Taken only where the lines part by more
+    than ``FF_STEADY_TOL`` of the mean step over the added steps (straight steps keep the chord)."""
+    if g - 2 - h < 1:
+        return chord
+    slopes = []
+    for stream in (head, tail):
+        t = [_round_time(stream, b, r) for r in (h, h + 1, g - 2, g - 1)]
+        if any(x is None for x in t):
+            return chord
+        slopes.append(((t[3] - t[2]) - (t[1] - t[0])) / (g - 2 - h))  # type: ignore[operator]
+    (step_head, step_tail), (s_head, s_tail) = steps, slopes
+    mean = (step_head + step_tail) / 2
+    if not (s_tail - s_head) * (n - g) > FF_STEADY_TOL * mean:
+        return chord
+    c_head = (h + g - 2) / 2  # the samples' mean steps sit at these step indices (the tail's n - g on)
+    c_tail = c_head + n - g
+    return sum(
+        max(step_head + s_head * (i - c_head), step_tail + s_tail * (i - c_tail)) for i in range(g - 1, n - 1)
+    )
 
 
 def _period(head_times: Streams, tail_times: Streams, g: int) -> int | None:

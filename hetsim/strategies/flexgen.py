@@ -30,6 +30,7 @@ from hetsim.strategies.base import Footprint, Strategy, register
 from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
     PACKED_RELAY,
+    PLAIN_RELAY,
     SubStepOps,
     host_copy_op,
     kv_gather_op,
@@ -251,6 +252,9 @@ class _Runner:
         self._gather_ops: dict[tuple, object] = {}
         self._unrelays: dict[float, OpCost] = {}
         self.cpu_device = rig.devices[self.cpu]
+        # packed parts read from disk are converted by the copy threads on the host's cores
+        # (``_via_host``), which the issuing thread's CPU work takes too (``Engine.share_cores``)
+        self.converts = any(any(p) for p in self.disk_packed) or (self.f.cd > 0 and any(self.kv_packed))
 
     # ---- the pieces of a sub-step; each returns the events it issued ----------------------------
     def load_weight(self, e, j: int, sync=None) -> tuple[list, object | None]:
@@ -282,9 +286,11 @@ class _Runner:
         (aten/src/ATen/native/cuda/Copy.cu, copy_kernel_cuda: ``conversion_device = non_blocking ?
         kCUDA : kCPU``) into a new pageable uint8 tensor (``packed_unrelay_op``, the copy thread's
         own work on host DRAM, no compute stream held), then copies from pageable memory: the hop at
-        the pageable rate."""
+        the pageable rate. fp16 data read from disk is a memcpy from the memmap's pages into the
+        relay (``PLAIN_RELAY`` bytes of host DRAM per byte beside the read)."""
         unrelay = self._unrelay(nbytes) if packed and src == self.disk else None
-        extra = PACKED_RELAY if unrelay is not None else 0.0
+        # the relay's own host DRAM beside a disk read: a conversion (packed data) or a memcpy (fp16)
+        extra = PACKED_RELAY if unrelay is not None else PLAIN_RELAY if src == self.disk else 0.0
         if isinstance(e, _Booked):
             first = e.transfer(src, self.cpu, nbytes, label=label, host_extra=extra)
             if src == self.disk:  # the PCIe hop once the read lands, after the copies issued before
@@ -512,6 +518,8 @@ class _Runner:
 
     # ---- the loops ------------------------------------------------------------------------------
     def run(self, e):
+        if self.converts:
+            e.share_cores(self.cpu)
         remaining = self.workload.batch
         while remaining > 0:
             seqs = min(self.plan.block_size, remaining)

@@ -253,6 +253,16 @@ KV_CONVERT = (2.0 + FP32_BYTES) / 2.0
 PACKED_RELAY = 1.0 + 2.0
 
 
+# Host-DRAM bytes per byte of fp16 data (uncompressed weights, hidden states, KV; a 4-bit tensor's
+# scales) a copy thread moves as its disk read lands, beside the read's own page-cache write: the
+# relay is fp16 and so is the data, so ``tmp_cpu_buf.copy_(src_data)`` (pytorch_backend.py:899-901)
+# is a memcpy from the memmap's pages into the pinned relay, 1 B read back and 1 B written. It is
+# memory-bound: ``validate.packed_hop``'s ``fp16_memcpy_to_pinned_s`` is 2.28 ms per 128 MiB at 16
+# threads on the H200 host (59 GB/s, validate/results/h200/packed_hop.json), 23 ms on 1 thread
+# (5.8 GB/s), at or above every disk's rate, so its bytes at the read's pace are its whole cost.
+PLAIN_RELAY = 1.0 + 1.0
+
+
 # Cycles per element of PyTorch's CPU dtype conversions on one thread (TensorIterator copy kernels;
 # the intra-op pool runs them on the host's cores, torch's default threads = its physical cores). A
 # part measured on one host, carried to another by cores x clock (as ``kernel_cycles``).
