@@ -48,6 +48,10 @@ def test_one_bend_between_the_samples_is_followed_exactly(base, slope, steeper, 
     head, tail = _stream(step, 0, g), _stream(step, n - g, g)
     end = _run_end({0: head}, {0: tail}, g, n, h, 1)
     assert end == pytest.approx(every, rel=1e-9)
+    k = _crossing({0: head}, {0: tail}, g, n, h)  # and with the middle sample fast_forward takes
+    if k is not None:
+        mid = _stream(step, k, g)
+        assert _run_end({0: head}, {0: tail}, g, n, h, 1, (k, {0: mid})) == pytest.approx(every, rel=1e-9)
 
 
 def test_straight_steps_keep_the_chord():

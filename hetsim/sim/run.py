@@ -565,7 +565,7 @@ def _crossing(head_times: Streams, tail_times: Streams, g: int, n: int, h: int) 
             (step_head, s_head), (step_tail, s_tail) = _line(head, b, g, h), _line(tail, b, g, h)  # type: ignore[misc]
             # step_head + s_head x = step_tail + s_tail (x - (n - g)), x from the head's mean step
             x = (step_tail - step_head - s_tail * (n - g)) / (s_head - s_tail)
-            return min(max(round(x), 1), n - g - 1)
+            return round(x) if g <= x <= n - 2 * g else (n - g) // 2  # else between the samples: the middle
     return None
 
 
@@ -582,13 +582,16 @@ def _bent(
     """The added steps' seconds through three samples' lines (the middle one ``k`` steps on from the
     head): from each sample's line to the next's where the two cross between them (a bend, up or
     down), else along the chord between their mean steps; None where the middle sample is not
-    steady (a bend inside it: the head's and the tail's lines hold)."""
+    steady, or its mean step lies on the larger of the head's and the tail's lines (one bend:
+    those lines hold, ``_kinked``)."""
     lines = [_line(s, b, g, h) for s in (head, mid, tail)]
     if sum(c for _, c in mid) != b * g or any(x is None for x in lines) or not _steady(mid, b, h, g - 1):
         return None
     c_head = (h + g - 2) / 2
     (va, sa), (vm, sm), (vb, sb) = lines  # type: ignore[misc]
     a, m, z = (va, sa, c_head), (vm, sm, c_head + k), (vb, sb, c_head + n - g)
+    if abs(vm - max(va + sa * k, vb + sb * (k - n + g))) <= FF_STEADY_TOL * vm:
+        return None  # on the larger of the two lines: one bend (or one inside it, too mild to see)
     return sum(_follow(*(a, m) if i <= m[2] else (m, z), i) for i in range(g - 1, n - 1))
 
 
