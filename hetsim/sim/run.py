@@ -352,6 +352,8 @@ def fast_forward(
     tokens to the last, per round), which leaves out start-up effects (pipeline fill, micro-batch
     offsets); the full run is the head, then
     ``gen_len - g`` steps at the step time interpolated between the two at their mean KV length.
+    Where the samples' own growth per step parts (a lane taking over between them), a third,
+    timing-only sample where their lines cross gives the steps' bends (``_kinked``, ``_bent``).
     TTFT is the head's, exactly. Memory is exact: peaks and feasibility come from the full
     workload's footprint (schedules allocate nothing while they run). Busy time per lane (so
     utilization, the bottleneck and whether it is memory-bound) is the head's plus, per added step,
@@ -405,6 +407,16 @@ def fast_forward(
         h = g - 1 - max(2, (g - 1 - h) // period) * period
         if h < 1 or 2 * g > n:
             return None
+    k = _crossing(head_times, tail_times, g, n, h) if period == 1 else None
+    if k is not None:
+        # the samples' lines part: a third, timing-only sample where they cross (``_bent``)
+        mid_workload = replace(
+            tail_workload, prompt_len=workload.prompt_len + k, alloc_gen_len=(workload.alloc_gen_len or n) - k
+        )
+        mid, mid_times, _, _ = _step_by_step(strategy, plan, rig, model, mid_workload, book_memory=False)
+        if mid.feasible and set(mid_times) == set(head_times):
+            e2e = _run_end(head_times, tail_times, g, n, h, period, (k, mid_times)) or e2e
+            head = replace(head, tasks=head.tasks + mid.tasks)
     tokens = head.extras["tokens"] * n / g
     # busy seconds: the head's, then the added steps' at the tail's busy seconds per decode step (the
     # tail less its prefill alone: a step's share of a short sample would be swamped by the prefill)
@@ -444,7 +456,15 @@ def fast_forward(
     )
 
 
-def _run_end(head_times: Streams, tail_times: Streams, g: int, n: int, h: int, period: int) -> float | None:
+def _run_end(
+    head_times: Streams,
+    tail_times: Streams,
+    g: int,
+    n: int,
+    h: int,
+    period: int,
+    mid: tuple[int, Streams] | None = None,
+) -> float | None:
     """When the full run ends, from samples of ``g`` rounds; None if a stream gives no steady step.
 
     Each process making tokens (a replica, a micro-batch) is a stream of its own; the run ends with
@@ -475,8 +495,33 @@ def _run_end(head_times: Streams, tail_times: Streams, g: int, n: int, h: int, p
         added = (n - g) * (step_head + frac * (step_tail - step_head))
         if period == 1:
             added = _kinked(head_stream, tail_stream, b, g, n, h, (step_head, step_tail), added)
+            if mid is not None:
+                added = _bent(head_stream, mid[1][stream], tail_stream, b, g, n, h, mid[0]) or added
         e2e = max(e2e, head_last + added + (tail_last - tail_before_last))
     return e2e
+
+
+def _line(stream: list[tuple[float, int]], b: int, g: int, h: int) -> tuple[float, float] | None:
+    """A sample's line: its mean step over rounds h..g-1 and its own growth per step (its first and
+    last step's); None where it has too few steps."""
+    if g - 2 - h < 1:
+        return None
+    t = [_round_time(stream, b, r) for r in (h, h + 1, g - 2, g - 1)]
+    if any(x is None for x in t):
+        return None
+    return (t[3] - t[0]) / (g - 1 - h), ((t[3] - t[2]) - (t[1] - t[0])) / (g - 2 - h)  # type: ignore[operator]
+
+
+def _parted(
+    head: list[tuple[float, int]], tail: list[tuple[float, int]], b: int, g: int, n: int, h: int
+) -> bool:
+    """Whether the samples' growth per step parts by more than ``FF_STEADY_TOL`` of their mean step
+    over the added steps, growing (straight steps keep the chord)."""
+    lines = _line(head, b, g, h), _line(tail, b, g, h)
+    if lines[0] is None or lines[1] is None:
+        return False
+    (step_head, s_head), (step_tail, s_tail) = lines
+    return (s_tail - s_head) * (n - g) > FF_STEADY_TOL * (step_head + step_tail) / 2
 
 
 def _kinked(
@@ -492,29 +537,74 @@ def _kinked(
     """The added steps' seconds (rounds g..n-1), where the step's growth with the KV length bends
     between the samples; else ``chord`` (the steps interpolated between the samples' means).
 
-    A decode step is the longest of its lanes' chains, each growing linearly with the KV length, so
-    its time is convex and piecewise linear: where one lane takes over from another between the two
-    samples, the chord between them runs above the steps (+0.05 % on a 4-bit disk cache). Each
-    sample's own growth per step (its first and last step) gives its line; with one bend between
-    them the steps are the larger of the two lines, exactly. Taken only where the lines part by more
-    than ``FF_STEADY_TOL`` of the mean step over the added steps (straight steps keep the chord)."""
-    if g - 2 - h < 1:
+    A decode step is the longest of its lanes' chains, each growing linearly with the KV length:
+    where one lane takes over from another between the two samples, the chord between them runs
+    above the steps (+0.05 % on a 4-bit disk cache). Each sample's mean step and own growth per
+    step give its line (``_line``); with one bend between them the steps are the larger of the two
+    lines, exactly. Two bends, or growth that falls again, need the middle sample (``_bent``)."""
+    if not _parted(head, tail, b, g, n, h):
         return chord
-    slopes = []
-    for stream in (head, tail):
-        t = [_round_time(stream, b, r) for r in (h, h + 1, g - 2, g - 1)]
-        if any(x is None for x in t):
-            return chord
-        slopes.append(((t[3] - t[2]) - (t[1] - t[0])) / (g - 2 - h))  # type: ignore[operator]
-    (step_head, step_tail), (s_head, s_tail) = steps, slopes
-    mean = (step_head + step_tail) / 2
-    if not (s_tail - s_head) * (n - g) > FF_STEADY_TOL * mean:
-        return chord
+    (step_head, step_tail), (_, s_head), (_, s_tail) = steps, _line(head, b, g, h), _line(tail, b, g, h)  # type: ignore[misc]
     c_head = (h + g - 2) / 2  # the samples' mean steps sit at these step indices (the tail's n - g on)
     c_tail = c_head + n - g
     return sum(
         max(step_head + s_head * (i - c_head), step_tail + s_tail * (i - c_tail)) for i in range(g - 1, n - 1)
     )
+
+
+def _crossing(head_times: Streams, tail_times: Streams, g: int, n: int, h: int) -> int | None:
+    """Where to take the middle sample (its offset in steps from the head, as the tail's is
+    ``n - g``): where the head's and the tail's lines cross, in the first stream whose lines part
+    (``_parted``); None where none does. A convex step with two bends between the samples takes
+    its middle line there (the two lines cross between the bends); with one bend, the middle
+    sample straddles it (not steady) and the larger line is kept."""
+    for k in sorted(head_times):
+        head, tail = head_times[k], tail_times[k]
+        b = sum(c for _, c in head) // g
+        if b and _parted(head, tail, b, g, n, h):
+            (step_head, s_head), (step_tail, s_tail) = _line(head, b, g, h), _line(tail, b, g, h)  # type: ignore[misc]
+            # step_head + s_head x = step_tail + s_tail (x - (n - g)), x from the head's mean step
+            x = (step_tail - step_head - s_tail * (n - g)) / (s_head - s_tail)
+            return round(x) if g <= x <= n - 2 * g else (n - g) // 2  # else between the samples: the middle
+    return None
+
+
+def _bent(
+    head: list[tuple[float, int]],
+    mid: list[tuple[float, int]],
+    tail: list[tuple[float, int]],
+    b: int,
+    g: int,
+    n: int,
+    h: int,
+    k: int,
+) -> float | None:
+    """The added steps' seconds through three samples' lines (the middle one ``k`` steps on from the
+    head): from each sample's line to the next's where the two cross between them (a bend, up or
+    down), else along the chord between their mean steps; None where the middle sample is not
+    steady, or its mean step lies on the larger of the head's and the tail's lines (one bend:
+    those lines hold, ``_kinked``)."""
+    lines = [_line(s, b, g, h) for s in (head, mid, tail)]
+    if sum(c for _, c in mid) != b * g or any(x is None for x in lines) or not _steady(mid, b, h, g - 1):
+        return None
+    c_head = (h + g - 2) / 2
+    (va, sa), (vm, sm), (vb, sb) = lines  # type: ignore[misc]
+    a, m, z = (va, sa, c_head), (vm, sm, c_head + k), (vb, sb, c_head + n - g)
+    if abs(vm - max(va + sa * k, vb + sb * (k - n + g))) <= FF_STEADY_TOL * vm:
+        return None  # on the larger of the two lines: one bend (or one inside it, too mild to see)
+    return sum(_follow(*(a, m) if i <= m[2] else (m, z), i) for i in range(g - 1, n - 1))
+
+
+def _follow(one: tuple[float, float, float], two: tuple[float, float, float], i: int) -> float:
+    """Step ``i`` between two samples' lines (mean step, growth per step, the step index it sits at):
+    the first's up to where they cross, the second's after; the chord where they do not cross
+    between the samples."""
+    (v1, s1, c1), (v2, s2, c2) = one, two
+    if s1 != s2:
+        x = (v2 - v1 - s2 * c2 + s1 * c1) / (s1 - s2)
+        if c1 <= x <= c2:
+            return v1 + s1 * (i - c1) if i < x else v2 + s2 * (i - c2)
+    return v1 + (v2 - v1) * (i - c1) / (c2 - c1)
 
 
 def _period(head_times: Streams, tail_times: Streams, g: int) -> int | None:
