@@ -494,7 +494,7 @@ def _run_end(
         step_tail = (tail_before_last - tail_h) / (g - 1 - h)
         added = (n - g) * (step_head + frac * (step_tail - step_head))
         if period == 1:
-            added = _kinked(head_stream, tail_stream, b, g, n, h, (step_head, step_tail), added)
+            added = _kinked(head_stream, tail_stream, b, g, n, h, added)
             if mid is not None:
                 added = _bent(head_stream, mid[1][stream], tail_stream, b, g, n, h, mid[0]) or added
         e2e = max(e2e, head_last + added + (tail_last - tail_before_last))
@@ -514,14 +514,16 @@ def _line(stream: list[tuple[float, int]], b: int, g: int, h: int) -> tuple[floa
 
 def _parted(
     head: list[tuple[float, int]], tail: list[tuple[float, int]], b: int, g: int, n: int, h: int
-) -> bool:
-    """Whether the samples' growth per step parts by more than ``FF_STEADY_TOL`` of their mean step
-    over the added steps, growing (straight steps keep the chord)."""
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The samples' lines (``_line``) where their growth per step parts by more than
+    ``FF_STEADY_TOL`` of their mean step over the added steps, growing; else None (straight steps
+    keep the chord)."""
     lines = _line(head, b, g, h), _line(tail, b, g, h)
     if lines[0] is None or lines[1] is None:
-        return False
+        return None
     (step_head, s_head), (step_tail, s_tail) = lines
-    return (s_tail - s_head) * (n - g) > FF_STEADY_TOL * (step_head + step_tail) / 2
+    parted = (s_tail - s_head) * (n - g) > FF_STEADY_TOL * (step_head + step_tail) / 2
+    return (lines[0], lines[1]) if parted else None
 
 
 def _kinked(
@@ -531,7 +533,6 @@ def _kinked(
     g: int,
     n: int,
     h: int,
-    steps: tuple[float, float],
     chord: float,
 ) -> float:
     """The added steps' seconds (rounds g..n-1), where the step's growth with the KV length bends
@@ -542,9 +543,10 @@ def _kinked(
     above the steps (+0.05 % on a 4-bit disk cache). Each sample's mean step and own growth per
     step give its line (``_line``); with one bend between them the steps are the larger of the two
     lines, exactly. Two bends, or growth that falls again, need the middle sample (``_bent``)."""
-    if not _parted(head, tail, b, g, n, h):
+    lines = _parted(head, tail, b, g, n, h)
+    if lines is None:
         return chord
-    (step_head, step_tail), (_, s_head), (_, s_tail) = steps, _line(head, b, g, h), _line(tail, b, g, h)  # type: ignore[misc]
+    (step_head, s_head), (step_tail, s_tail) = lines
     c_head = (h + g - 2) / 2  # the samples' mean steps sit at these step indices (the tail's n - g on)
     c_tail = c_head + n - g
     return sum(
@@ -561,8 +563,9 @@ def _crossing(head_times: Streams, tail_times: Streams, g: int, n: int, h: int) 
     for k in sorted(head_times):
         head, tail = head_times[k], tail_times[k]
         b = sum(c for _, c in head) // g
-        if b and _parted(head, tail, b, g, n, h):
-            (step_head, s_head), (step_tail, s_tail) = _line(head, b, g, h), _line(tail, b, g, h)  # type: ignore[misc]
+        lines = _parted(head, tail, b, g, n, h) if b else None
+        if lines is not None:
+            (step_head, s_head), (step_tail, s_tail) = lines
             # step_head + s_head x = step_tail + s_tail (x - (n - g)), x from the head's mean step
             x = (step_tail - step_head - s_tail * (n - g)) / (s_head - s_tail)
             return round(x) if g <= x <= n - 2 * g else (n - g) // 2  # else between the samples: the middle
