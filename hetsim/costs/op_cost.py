@@ -125,7 +125,8 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
         compute_s += op.dequant_ops / device.vector_ops
     memory_s = op.mem_bytes / mem_rate if op.mem_bytes else 0.0
     measured = load_tables(eff.kernel_tables).seconds(op) if eff.kernel_tables else None
-    if eff.kernel_issue_s > 0:
+    if eff.kernel_issue_s > 0 or measured is not None:
+        # a measured kernel's time, or the roofline's, paced by the host's issue where it is measured
         run = measured if measured is not None else max(compute_s, memory_s)
         issue = op.kernels * eff.kernel_issue_s
         return OpCost(
@@ -137,17 +138,7 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
             achieved_mem_bw=mem_rate,
             memory_bound_s=run if memory_s > compute_s else 0.0,
             issue_s=issue,
-            device_s=run,
-        )
-    if measured is not None:  # a measured kernel: its time, with the roofline's split of it
-        return OpCost(
-            time_s=measured,
-            compute_s=compute_s,
-            memory_s=memory_s,
-            overhead_s=0.0,
-            memory_bytes=op.mem_bytes,
-            achieved_mem_bw=mem_rate,
-            memory_bound_s=measured if memory_s > compute_s else 0.0,
+            device_s=run if eff.kernel_issue_s > 0 else 0.0,
         )
     overhead = eff.overhead_for(op.compute_dtype)
     return OpCost(
