@@ -52,17 +52,10 @@ ROTARY_KERNELS = 5  # neg, cat, x * cos, rot * sin, add (torch_model.py:196-205)
 
 def eager_kernels(spec: ModelSpec, name: str) -> int:
     """Kernels the costed op ``name`` of ``spec`` launches in the validate decoder on a GPU."""
-    if name in _FIXED:
-        return _FIXED[name]
-    if name in ("q_proj", "k_proj"):
-        return 1 + (ROTARY_KERNELS if spec.family != "opt" else 0)
-    if name in ("out_proj", "fc2", "down_proj"):
-        return 1 + (1 if spec.linear_bias else 0)
-    if name == "act":
-        return 2 if spec.gated_mlp else 1
-    if name == "embedding":
-        return 1 + (1 if spec.learned_positions else 0)
-    raise ValueError(f"{spec.name}: no kernel count for op {name!r} (validate's decoder does not run it)")
+    kernels = _count(spec, name)
+    if kernels is None:
+        raise ValueError(f"{spec.name}: no kernel count for op {name!r} (validate's decoder does not run it)")
+    return kernels
 
 
 def op_kernels(spec: ModelSpec, ops: tuple[Op, ...] | list[Op]) -> int:
@@ -73,10 +66,23 @@ def op_kernels(spec: ModelSpec, ops: tuple[Op, ...] | list[Op]) -> int:
 def counted(spec: ModelSpec, ops: tuple[Op, ...]) -> tuple[Op, ...]:
     """``ops`` with their kernel counts; ops the validate decoder does not run (MoE routing, MLA)
     keep one kernel each."""
-    return tuple(
-        dataclasses.replace(o, kernels=eager_kernels(spec, o.name)) if _known(o.name) else o for o in ops
-    )
+    out = []
+    for o in ops:
+        kernels = _count(spec, o.name)
+        out.append(o if kernels is None else dataclasses.replace(o, kernels=kernels))
+    return tuple(out)
 
 
-def _known(name: str) -> bool:
-    return name in _FIXED or name in ("q_proj", "k_proj", "out_proj", "fc2", "down_proj", "act", "embedding")
+def _count(spec: ModelSpec, name: str) -> int | None:
+    """``eager_kernels``' count, None for an op the validate decoder does not run."""
+    if name in _FIXED:
+        return _FIXED[name]
+    if name in ("q_proj", "k_proj"):
+        return 1 + (ROTARY_KERNELS if spec.family != "opt" else 0)
+    if name in ("out_proj", "fc2", "down_proj"):
+        return 1 + (1 if spec.linear_bias else 0)
+    if name == "act":
+        return 2 if spec.gated_mlp else 1
+    if name == "embedding":
+        return 1 + (1 if spec.learned_positions else 0)
+    return None
