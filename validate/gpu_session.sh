@@ -11,6 +11,7 @@
 #   split-parts  python -m validate.split_parts: one HeteGen split module's parts on CUDA
 #   step-profile python -m validate.step_profile: a decode step's kernels and the host's pace
 #   packed-hop   python -m validate.packed_hop: FlexGen's relay of 4-bit packed data, part by part
+#   ho-*         held-out validate runs (shapes no earlier H200 run measured)
 #   pytest-cuda  the tests marked cuda
 #   dram-read    the host's DRAM read rate per thread count (2 GiB arrays, beyond any L3)
 #   kquant       only on a Sapphire/Emerald Rapids host with ggml's source at GGML_SRC (issue 18)
@@ -123,6 +124,21 @@ step hetegen-llama2-7b 90 val hetegen-llama2-7b --hw "$OUT/gpu-10g.yaml" --strat
   --model llama2-7b --batch 1 --prompt-len 128 --gen-len 8 --repeats 3
 step flexgen-opt-13b 90 val flexgen-opt-13b --hw "$OUT/gpu-10g.yaml" --strategy flexgen \
   --model opt-13b --batch 8 --prompt-len 128 --gen-len 8 --repeats 2
+# Held out (session 19): shapes no earlier H200 run measured: other models, batches and prompt lengths.
+step ho-gpu-only-llama2-13b-b2 60 val gpu-only-llama2-13b-b2 --hw "$OUT/gpu.yaml" --strategy gpu-only \
+  --model llama2-13b --batch 2 --prompt-len 1024 --gen-len 32 --repeats 3
+step ho-gpu-only-opt-13b-b16 60 val gpu-only-opt-13b-b16 --hw "$OUT/gpu.yaml" --strategy gpu-only \
+  --model opt-13b --batch 16 --prompt-len 128 --gen-len 32 --repeats 3
+step ho-gpu-only-llama3-8b-b1 60 val gpu-only-llama3-8b-b1 --hw "$OUT/gpu.yaml" --strategy gpu-only \
+  --model llama3-8b --batch 1 --prompt-len 2048 --gen-len 32 --repeats 3
+step ho-gpu-only-llama2-7b-b4 60 val gpu-only-llama2-7b-b4 --hw "$OUT/gpu.yaml" --strategy gpu-only \
+  --model llama2-7b --batch 4 --prompt-len 2048 --gen-len 32 --repeats 3
+step ho-accelerate-opt-6.7b 90 val accelerate-opt-6.7b --hw "$OUT/gpu-10g.yaml" --strategy accelerate \
+  --model opt-6.7b --batch 1 --prompt-len 128 --gen-len 8 --repeats 2
+step ho-hetegen-opt-13b 90 val hetegen-opt-13b --hw "$OUT/gpu-10g.yaml" --strategy hetegen \
+  --model opt-13b --batch 1 --prompt-len 128 --gen-len 8 --repeats 2
+step ho-flexgen-opt-6.7b-b32 90 val flexgen-opt-6.7b-b32 --hw "$OUT/gpu-10g.yaml" --strategy flexgen \
+  --model opt-6.7b --batch 32 --prompt-len 256 --gen-len 8 --repeats 2
 step split-parts 60 $PY -m validate.split_parts --out "$OUT/split_parts.json"
 step step-profile 90 $PY -m validate.step_profile --out "$OUT/step_profile.json" --model llama2-7b --batch 1,32
 step packed-hop 60 $PY -m validate.packed_hop --out "$OUT/packed_hop.json" --mib 128 --threads 1,4,16
