@@ -276,23 +276,40 @@ def test_cuda_microbenchmarks_become_a_gpu_of_the_profile(tmp_path):
 def test_the_cuda_decoders_cost_per_op_is_a_line_over_five_layer_counts_that_one_bad_point_cannot_bend(
     monkeypatch,
 ):
-    """calibrate's kernel issue comes from the tiny decoder's step time over its ops: a step of
-    28 us per op and 0.22 ms fixed, its 2-layer point 35 % low (as after/'s H200 calibration, whose
-    2-point slope came out 31 % above final/'s), still gives 28 us per op; two points (2, 8) gave 32.6."""
+    """calibrate's kernel issue comes from the host's time issuing the tiny decoder's step behind a
+    busy GPU, over its ops: 28 us per op and 0.22 ms fixed, its 2-layer point 35 % low (as after/'s
+    H200 calibration, whose 2-point slope came out 31 % above final/'s), still gives 28 us per op;
+    two points (2, 8) gave 32.6. Steps back to back (here twice as long) are kept beside it."""
     per_op, fixed = 28e-6, 0.22e-3
 
     def step(layers, dtype, device, quick):
         n = mb.decode_step_ops(mb.tiny_decoder(layers), 1, 9)
         t = fixed + per_op * n
-        return (0.65 * t if layers == 2 else t), n
+        return 2 * t, (0.65 * t if layers == 2 else t), n  # back to back twice the host's issue
 
     monkeypatch.setattr(mb, "_tiny_step_s", step)
     got = mb.decoder_step_overhead("fp16", device="cuda")
+    assert got["regime"] == "issue behind a busy GPU"
+    assert got["queued_per_op_s"] == pytest.approx(2 * per_op, rel=1e-9)
     assert got["per_op_s"] == pytest.approx(per_op, rel=1e-9)
     assert got["fixed_step_s"] == pytest.approx(fixed, rel=1e-9)
     assert [s["layers"] for s in got["steps"]] == [1, 2, 4, 8, 16]
-    assert (got["step_s"], got["ops"]) == (pytest.approx(fixed + per_op * 107), 107.0)  # the 8-layer step
+    assert (got["step_s"], got["ops"]) == (pytest.approx(2 * (fixed + per_op * 107)), 107.0)  # 8 layers
     assert mb.kernel_issue_s(got) == pytest.approx(per_op * 13 / 26)
+
+
+def test_without_an_issue_timed_behind_a_busy_gpu_the_queued_steps_line_stands_in(monkeypatch):
+    """Where the GPU finished the sleep kernel before the host had issued a step (no rep timed the
+    issue alone), the back-to-back steps' line is the cost per op, and the regime says so."""
+
+    def step(layers, dtype, device, quick):
+        n = mb.decode_step_ops(mb.tiny_decoder(layers), 1, 9)
+        return 1e-4 + 3e-5 * n, (None if layers == 16 else 1e-5 * n), n
+
+    monkeypatch.setattr(mb, "_tiny_step_s", step)
+    got = mb.decoder_step_overhead("fp16", device="cuda")
+    assert got["regime"] == "queued steps"
+    assert got["per_op_s"] == pytest.approx(3e-5) and got["fixed_step_s"] == pytest.approx(1e-4)
 
 
 def test_fit_recovers_the_collective_latency_of_simulated_runs(tmp_path):

@@ -496,13 +496,16 @@ def gpu_entry(cuda: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
     # per op over the kernels its ops launch): the engine lets the host issue ahead of the GPU
     # (hetsim.costs.op_cost), so an op costs max(issue, roofline), not a launch added to it. The
     # tiny add_'s launch (``overhead``, 9.3 us on the H200 host) leaves out the host work between
-    # kernels (views, Python, dispatch): the decoder issues at 14.0 us a kernel there.
+    # kernels (views, Python, dispatch). Timed as the host issues a step behind a busy GPU
+    # (microbench.decoder_step_overhead: steps back to back gave 14.0 and 20.0 us a kernel on two
+    # H200 hosts whose Llama-2-7B steps were paced at 10.8 and 9.2).
     decoder = cuda.get("decoder_overhead")
     aside = f"; a tiny fp16 decoder pays {decoder['per_op_s'] * 1e6:.1f} us per costed op" if decoder else ""
     overhead = _q(f"{cuda['launch_s'] * 1e6:.3f} us", f"{meas}: tiny kernel launches{aside}", "measured")
     issue = (
         {"kernel_issue": _q(f"{mb.kernel_issue_s(decoder) * 1e6:.3f} us",
-                            f"{meas}: a tiny fp16 decoder's step per kernel it launches (slope over layers)",
+                            f"{meas}: a tiny fp16 decoder's step per kernel it launches (slope over layers;"
+                            f" {decoder.get('regime', 'queued steps')})",
                             "measured")}
         if decoder and round(mb.kernel_issue_s(decoder) * 1e6, 3) > 0 else {}  # 0: overhead per op
     )  # fmt: skip

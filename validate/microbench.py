@@ -269,22 +269,46 @@ def fit_step_line(ops: list[float], seconds: list[float]) -> tuple[float, float]
     return float(fit.slope), float(fit.intercept)
 
 
-def _tiny_step_s(layers: int, dtype: str, device: str, quick: bool) -> tuple[float, int]:
-    """Seconds of one decode step of ``tiny_decoder(layers)`` on ``device``, and the ops hetsim costs
-    for it."""
+# A sleep kernel queued ahead of a step keeps the GPU busy while the host issues it (~50 ms at the
+# H200's 1.98 GHz; longer at idle clocks): no launch then waits on the GPU, as in a real model's step.
+BUSY_GPU_CYCLES = 100_000_000
+
+
+def _issue_behind_busy_gpu(step: Callable[[], Any], reps: int) -> float | None:
+    """Median host seconds to issue ``step`` while a sleep kernel keeps the GPU busy; None when no rep
+    ended with the GPU still busy (the issue then waited on it)."""
+    import torch
+
+    times = []
+    for _ in range(reps):
+        torch.cuda._sleep(BUSY_GPU_CYCLES)
+        t0 = time.perf_counter()
+        step()
+        t = time.perf_counter() - t0
+        if not torch.cuda.current_stream().query():  # still busy: nothing waited
+            times.append(t)
+        torch.cuda.synchronize()
+    return statistics.median(times) if times else None
+
+
+def _tiny_step_s(layers: int, dtype: str, device: str, quick: bool) -> tuple[float, float | None, int]:
+    """One decode step of ``tiny_decoder(layers)`` on ``device``: seconds per step back to back, the
+    host's seconds issuing it behind a busy GPU (CUDA only, else None), and the ops hetsim costs."""
     import torch
 
     from validate.torch_model import TorchDecoder
 
-    sync = torch.cuda.synchronize if device != "cpu" else None
+    cuda = device != "cpu"
     spec = tiny_decoder(layers)
     dec = TorchDecoder(spec, dtype=_dt(dtype), device=device)
     ids = torch.zeros(1, 8, dtype=torch.long)
     with torch.inference_mode():
         dec.reset(1, 16)
         tok = dec.step(ids, 0).view(1, 1)
+        sync = torch.cuda.synchronize if cuda else None
         t = timeit(lambda: dec.step(tok, 8), min_time=0.02 if quick else 0.1, reps=3, sync=sync)
-    return t, decode_step_ops(spec, 1, 9)
+        issue = _issue_behind_busy_gpu(lambda: dec.step(tok, 8), 5 if quick else 11) if cuda else None
+    return t, issue, decode_step_ops(spec, 1, 9)
 
 
 def decoder_step_overhead(dtype: str = "fp32", *, quick: bool = False, device: str = "cpu") -> dict[str, Any]:
@@ -293,20 +317,29 @@ def decoder_step_overhead(dtype: str = "fp32", *, quick: bool = False, device: s
     cache writes, views and casts that a single tiny op leaves out), divided by the number of ops
     hetsim costs for that step.
 
-    On CUDA the cost per op is the slope of the step's time over its ops at ``DECODER_LAYERS``
-    (``fit_step_line``): each step also pays a fixed round trip (the synchronize the runners end a
-    step with, the host waiting on it) that is no op's, and at 4 layers it added ~45 % to every op
-    (51.6 vs ~36 us per op on the H200 host). ``step_s`` and ``ops`` are the 8-layer step's.
+    On CUDA the cost per op is the slope over ``DECODER_LAYERS`` (``fit_step_line``) of the host's
+    time issuing a step while the GPU is busy (``_issue_behind_busy_gpu``): what the engine's
+    ``kernel_issue`` means (the host issuing ahead of the GPU). Steps timed back to back gave 28.0
+    and 40.0 us per op on two H200 hosts whose whole Llama-2-7B steps were paced at 10.8 and 9.2 us
+    a kernel (validate/results/h200/README.md): the tiny decoder's kernels leave the GPU idle
+    between them, and what each then costs is not the host's issue alone. Their line is kept
+    (``queued_per_op_s``, ``steps``' ``step_s``) beside it; where no issue could be timed behind a
+    busy GPU the queued line stands in (``regime``). ``step_s`` and ``ops`` are the 8-layer step's.
     """
     if device == "cpu":
-        t, n = _tiny_step_s(4, dtype, device, quick)
+        t, _, n = _tiny_step_s(4, dtype, device, quick)
         return {"dtype": dtype, "step_s": t, "ops": float(n), "per_op_s": t / n}
     points = {layers: _tiny_step_s(layers, dtype, device, quick) for layers in DECODER_LAYERS}
-    slope, fixed = fit_step_line([float(n) for _, n in points.values()], [t for t, _ in points.values()])
-    t8, n8 = points[8]
-    steps = [{"layers": layers, "ops": float(n), "step_s": t} for layers, (t, n) in points.items()]
+    ops = [float(n) for _, _, n in points.values()]
+    queued, queued_fixed = fit_step_line(ops, [t for t, _, _ in points.values()])
+    issued = [i for _, i, _ in points.values() if i is not None]
+    behind = len(issued) == len(points)
+    slope, fixed = fit_step_line(ops, issued) if behind else (queued, queued_fixed)
+    t8, _, n8 = points[8]
+    steps = [{"layers": k, "ops": float(n), "step_s": t, "issue_s": i} for k, (t, i, n) in points.items()]
+    regime = "issue behind a busy GPU" if behind else "queued steps"
     return {"dtype": dtype, "step_s": t8, "ops": float(n8), "per_op_s": max(0.0, slope),
-            "fixed_step_s": fixed, "steps": steps}  # fmt: skip
+            "fixed_step_s": fixed, "regime": regime, "queued_per_op_s": queued, "steps": steps}  # fmt: skip
 
 
 # ---- multi-process: all-reduce and co-running ranks ----------------------------------------------
