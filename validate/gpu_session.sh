@@ -8,6 +8,7 @@
 #   accelerate, hetegen, flexgen
 #                the offloading runners, plans searched on OUT/gpu-10g.yaml (the same profile with a
 #                10 GiB GPU, so that the plans offload; the runs place weights as the plans say)
+#   issue-probe  python -m validate.issue_probe: the host's pace issuing kernels, three regimes, two widths
 #   split-parts  python -m validate.split_parts: one HeteGen split module's parts on CUDA
 #   step-profile python -m validate.step_profile: a decode step's kernels and the host's pace
 #   packed-hop   python -m validate.packed_hop: FlexGen's relay of 4-bit packed data, part by part
@@ -106,6 +107,7 @@ export -f env_info small_gpu val kquant dram_read
 step env 30 env_info
 step calibrate 120 $H calibrate --device cuda --quick --out "$OUT/gpu.yaml"
 step small-gpu 20 small_gpu
+step issue-probe 90 $PY -m validate.issue_probe --out "$OUT/issue_probe.json"
 step gpu-only-llama2-7b-b1 60 val gpu-only-llama2-7b-b1 --hw "$OUT/gpu.yaml" --strategy gpu-only \
   --model llama2-7b --batch 1 --prompt-len 512 --gen-len 32 --repeats 3
 step gpu-only-llama2-7b-b32 60 val gpu-only-llama2-7b-b32 --hw "$OUT/gpu.yaml" --strategy gpu-only \
