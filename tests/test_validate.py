@@ -206,6 +206,20 @@ def test_gpu_only_runs():
     assert run_gpu_only(cfg).tpot_s > 0
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_hosts_issue_is_timed_while_the_gpu_is_still_busy(tmp_path):
+    """Behind a sleep kernel the host's issue of a tiny step is far below the sleep (nothing waited),
+    and issue_probe writes every regime for both widths."""
+    from validate import issue_probe
+
+    got = mb.decoder_step_overhead("fp16", quick=True, device="cuda")
+    assert got["regime"] == "issue behind a busy GPU"
+    assert all(0 < s["issue_s"] < 0.02 for s in got["steps"])
+    row = issue_probe.probe("tiny", 2, 1, reps=3)
+    assert row["kernels"] > 0 and 0 < row["issue_s"] <= row["sync_s"] * 1.5
+
+
 @pytest.mark.parametrize("model", ["llama2-7b", "opt-6.7b"])
 def test_hetegen_run_matches_the_plain_decoder(model):
     """HeteGen's column-split linears (GPU share + CPU thread share, here both on the host) and
