@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetsim.hardware import load_rig
 from validate import calibrate as cal
@@ -29,7 +31,7 @@ def test_quick_sweep_runs_a_prompts_rows():
 
 
 def _curve(rates: dict[int, float]) -> dict:
-    runs = [{"m": 1, "k": 1024, "n": 1024, "dtype": "fp16", "seconds": 1.0, "flops": 2e9, "weight_bw": 2e9}]
+    runs = [{"m": 1, "k": 1024, "n": 1024, "dtype": "fp16", "seconds": 1.0, "flops": 1.0, "weight_bw": 2e9}]
     runs += [{"m": m, "k": 1024, "n": 1024, "dtype": "fp16", "seconds": 1.0, "flops": f, "weight_bw": 1.0}
              for m, f in rates.items()]  # fmt: skip
     return cal._matmul_curve(runs)
@@ -47,6 +49,22 @@ def test_rows_fit_grades_an_extrapolated_limit():
     # no length dependence: the best run is the limit, nothing extrapolated
     flat = _curve({2: 5e11, 8: 5e11, 32: 5e11})
     assert cal.rows_fit(flat)[1] == "fitted"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    r_inf=st.floats(1e9, 1e13),
+    m_half=st.floats(0.5, 2000.0),
+    rows=st.sets(st.sampled_from([2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]), min_size=2),
+)
+def test_rows_fit_assumed_exactly_when_the_knee_is_past_the_data(r_inf, m_half, rows):
+    """Hockney-exact rates: the fit recovers m_half, and the limit is graded assumed exactly when
+    m_half lies past the largest rows run (the limit then also lies above every rate measured)."""
+    curve = _curve({m: r_inf * m / (m + m_half) for m in rows})
+    assert curve["rows_half"] == pytest.approx(m_half, rel=1e-6)
+    where, grade = cal.rows_fit(curve)
+    assert where.startswith(f"m = {min(rows)}..{max(rows)}")
+    assert grade == ("assumed" if m_half > max(rows) else "fitted")
 
 
 def test_recorded_h200_profile_says_its_fp16_limit_is_extrapolated(tmp_path):
