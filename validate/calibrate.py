@@ -101,7 +101,7 @@ QUICK_GEMV = [(2048, 256), (1024, 1024), (1024, 4096)]
 # --quick's GEMM rows reach a prompt's (128, the validate runs' prefill): a Hockney fit over m <= 32
 # alone extrapolates its many-row limit. The H200 host's fp16 (session 19: m_half 38.5 fitted on m =
 # 2, 8, 32) booked HeteGen's CPU share 1157 GFLOP/s at 128 rows; the one share timed at 128 rows on
-# that host type ran 608 (validate/results/h200/final/split_parts.json, OPT-6.7B fc1).
+# that host type ran 607 (validate/results/h200/final/split_parts.json, OPT-6.7B fc1).
 QUICK_ROWS, QUICK_KN = (2, 8, 32, 128), ((1024, 1024),)
 # Attention: prefill over fresh prompts of these lengths (the half-length fit), decode over KV
 # caches of these lengths (the KV streaming rate).
