@@ -98,7 +98,11 @@ GEMM_KN = ((2048, 2048), (2048, 8192))
 GEMM_BIG_ROWS = 256  # rows above this run on the first K x N only (compute-bound: one width says it)
 MATMUL_DTYPES = ("fp32", "bf16")  # what torch runs a decoder in on a CPU
 QUICK_GEMV = [(2048, 256), (1024, 1024), (1024, 4096)]
-QUICK_ROWS, QUICK_KN = (2, 8, 32), ((1024, 1024),)
+# --quick's GEMM rows reach a prompt's (128, the validate runs' prefill): a Hockney fit over m <= 32
+# alone extrapolates its many-row limit. The H200 host's fp16 (session 19: m_half 38.5 fitted on m =
+# 2, 8, 32) booked HeteGen's CPU share 1157 GFLOP/s at 128 rows; the one share timed at 128 rows on
+# that host type ran 607 (validate/results/h200/final/split_parts.json, OPT-6.7B fc1).
+QUICK_ROWS, QUICK_KN = (2, 8, 32, 128), ((1024, 1024),)
 # Attention: prefill over fresh prompts of these lengths (the half-length fit), decode over KV
 # caches of these lengths (the KV streaming rate).
 PREFILL_SEQS, DECODE_KV = (32, 128, 512, 1024), (256, 1024, 4096)
@@ -207,8 +211,19 @@ def _matmul_curve(runs: list[dict[str, Any]]) -> dict[str, float]:
         fit_half([g["m"] for g in gemm], [g["flops"] for g in gemm]) if gemm else (best, 0.0)
     )
     # the fitted many-row limit may lie just above the largest GEMM run: it is the peak then
+    rows = (min(g["m"] for g in gemm), max(g["m"] for g in gemm)) if gemm else (1, 1)
     return {"peak": max(best, flops_inf), "flops_inf": flops_inf, "rows_half": rows_half,
-            "stream_inf": stream_inf, "row_half": row_half}  # fmt: skip
+            "stream_inf": stream_inf, "row_half": row_half, "best": best, "rows": rows}  # fmt: skip
+
+
+def rows_fit(curve: dict[str, Any]) -> tuple[str, str]:
+    """Where a dtype's GEMM curve was fitted (``m = lo..hi``, said in its sources) and the grade of its
+    many-row limit: "assumed" where the fitted m_half lies past the largest m measured (the limit, and
+    every rate at more rows than were run, is then an extrapolation), else "fitted"."""
+    lo, hi = curve["rows"]
+    if curve["rows_half"] > hi and curve["flops_inf"] > curve["best"]:
+        return f"m = {lo}..{hi}; extrapolated: m_half {curve['rows_half']:.0f} is past m = {hi}", "assumed"
+    return f"m = {lo}..{hi}", "fitted"
 
 
 def _attention_fit(att: dict[str, Any], peak: float, mem_bw: float) -> tuple[float, float, float]:
@@ -316,24 +331,27 @@ def rank_cores(raw: dict[str, Any], meas: str) -> tuple[int, str, str]:
     return min(threads, physical), f"{meas}: torch threads per rank, at most the {where}", "measured"
 
 
+def _peak_flops(dt: str, curve: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
+    """A dtype's peak FLOP/s: the best GEMM run (measured), or the fitted many-row limit above it
+    (fitted; assumed where that limit is extrapolated past the rows run: ``rows_fit``)."""
+    if curve["peak"] <= curve["best"]:
+        return _q(_gflops(curve["peak"]), f"{meas}: best {dt} torch.matmul over the GEMM sweep", "measured")
+    where, grade = rows_fit(curve)
+    return _q(_gflops(curve["peak"]), f"{fit}: {dt} GEMM many-row limit (Hockney r_inf over {where})", grade)
+
+
 def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
     """A rig document: one node, ``ranks`` CPU entries (overrides of a catalogue CPU), an shm link."""
     threads, ranks = raw["threads"], max(1, raw["ranks"])
     stamp = _stamp(threads, raw.get("dtypes", MATMUL_DTYPES))
     meas = f"measured by hetsim calibrate ({stamp})"
     fit = f"fitted by hetsim calibrate ({stamp})"
+    rows32, grade32 = rows_fit(d["curves"]["fp32"])
     cpu = {
         "model": BASE_CPU,
         "description": f"{raw['cpu']}: one rank's slice ({threads} thread(s)); numbers from hetsim calibrate",
         "cores": _q(*rank_cores(raw, meas)),
-        "peak_flops": {
-            dt: _q(
-                _gflops(c["peak"]),
-                f"{meas}: best {dt} torch.matmul over the GEMM sweep (or its fitted many-row limit)",
-                "measured",
-            )
-            for dt, c in d["curves"].items()
-        },
+        "peak_flops": {dt: _peak_flops(dt, c, meas, fit) for dt, c in d["curves"].items()},
         "memory_bandwidth": _q(
             _gbps(d["mem_bw"]),
             f"{meas}: max of STREAM copy/add and GEMV weight streaming (long rows, fitted limit)",
@@ -344,8 +362,8 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
             "compute": {
                 "matmul": _q(
                     round(d["eff_matmul"], 4),
-                    f"{fit}: GEMM rate for many rows (Hockney r_inf over m = 2..256) / peak",
-                    "fitted",
+                    f"{fit}: GEMM rate for many rows (Hockney r_inf over {rows32}) / peak",
+                    grade32,
                 ),
                 "attention": _q(
                     round(d["eff_attention"], 4),
@@ -367,9 +385,15 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
             },
             "matmul_by_dtype": {
                 dt: {
-                    "compute": _q(round(c["compute"], 4), f"{fit}: {dt} GEMM many-row rate / peak", "fitted"),
+                    "compute": _q(
+                        round(c["compute"], 4),
+                        f"{fit}: {dt} GEMM many-row rate ({rows_fit(c)[0]}) / peak",
+                        rows_fit(c)[1],
+                    ),
                     "half_rows": _q(
-                        round(c["rows_half"], 3), f"{fit}: {dt} GEMM rows at half rate", "fitted"
+                        round(c["rows_half"], 3),
+                        f"{fit}: {dt} GEMM rows at half rate ({rows_fit(c)[0]})",
+                        rows_fit(c)[1],
                     ),
                     "memory": _q(
                         round(max(1e-3, c["memory"]), 4),
@@ -389,8 +413,8 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
             ),
             "matmul_half_rows": _q(
                 round(d["matmul_half_rows"], 3),
-                f"{fit}: GEMM rows at half the many-row rate (Hockney m_half over m = 2..256)",
-                "fitted",
+                f"{fit}: GEMM rows at half the many-row rate (Hockney m_half over {rows32})",
+                grade32,
             ),
             "stream_half_row": _q(
                 f"{d['stream_half_row_bytes']:.0f} B",

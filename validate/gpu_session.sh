@@ -10,6 +10,7 @@
 #                10 GiB GPU, so that the plans offload; the runs place weights as the plans say)
 #   issue-probe  python -m validate.issue_probe: the host's pace issuing kernels, three regimes, two widths
 #   split-parts  python -m validate.split_parts: one HeteGen split module's parts on CUDA
+#   split-parts-opt-13b  the same for the session-19 OPT-13B plan's fc1 and fc2 in prefill
 #   step-profile python -m validate.step_profile: a decode step's kernels and the host's pace
 #   packed-hop   python -m validate.packed_hop: FlexGen's relay of 4-bit packed data, part by part
 #   ho-*         held-out validate runs (shapes no earlier H200 run measured)
@@ -88,6 +89,14 @@ for t in (1, 2, 4, 8, 16):
 PYEOF
 }
 
+split_parts_13b() {  # the session-19 OPT-13B HeteGen plan's prefill modules, part by part (its shapes)
+  local m
+  for m in fc1 fc2; do
+    $PY -m validate.split_parts --report validate/results/h200/s19/hetegen-opt-13b.json \
+      --hw validate/results/h200/s19/gpu-10g.yaml --module $m --phases prefill --out "$OUT/split_parts-opt-13b-$m.json"
+  done
+}
+
 kquant() {
   grep -q -E "Xeon" /proc/cpuinfo || { echo "not a Xeon host: skipped"; return 0; }
   local model
@@ -103,7 +112,7 @@ kquant() {
 }
 
 export OUT H PY
-export -f env_info small_gpu val kquant dram_read
+export -f env_info small_gpu val kquant dram_read split_parts_13b
 step env 30 env_info
 step calibrate 120 $H calibrate --device cuda --quick --out "$OUT/gpu.yaml"
 step small-gpu 20 small_gpu
@@ -142,6 +151,9 @@ step ho-hetegen-opt-13b 90 val hetegen-opt-13b --hw "$OUT/gpu-10g.yaml" --strate
 step ho-flexgen-opt-6.7b-b32 90 val flexgen-opt-6.7b-b32 --hw "$OUT/gpu-10g.yaml" --strategy flexgen \
   --model opt-6.7b --batch 32 --prompt-len 256 --gen-len 8 --repeats 2
 step split-parts 60 $PY -m validate.split_parts --out "$OUT/split_parts.json"
+# HeteGen's CPU share at a prompt's 128 rows, as the session-19 OPT-13B run split it (TTFT -44 %: its
+# fp16 curve was fitted on m <= 32); calibrate above now times 128 rows on the same host.
+step split-parts-opt-13b 120 split_parts_13b
 step step-profile 90 $PY -m validate.step_profile --out "$OUT/step_profile.json" --model llama2-7b --batch 1,32
 step packed-hop 60 $PY -m validate.packed_hop --out "$OUT/packed_hop.json" --mib 128 --threads 1,4,16
 step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py tests/test_split_parts.py
