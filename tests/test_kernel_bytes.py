@@ -5,6 +5,8 @@ new outputs (or the tensor it writes in place); views move nothing. A gather rea
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.types import Efficiency
@@ -153,3 +155,28 @@ def test_eager_passes_add_to_the_roofline_only_where_the_device_runs_eager_pytor
     assert eager.time_s == pytest.approx(gemm + 10 * q.act_out_bytes / (4.8e12 * 0.8))
     assert eager.memory_bytes == q.mem_bytes + 10 * q.act_out_bytes
     assert fused.memory_bytes == q.mem_bytes
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=st.sampled_from(["llama2-7b", "llama3-8b", "opt-6.7b", "qwen-72b", "mixtral-8x7b"]),
+    phase=st.sampled_from(["prefill", "decode"]),
+    batch=st.integers(1, 64),
+    seq=st.integers(1, 4096),
+    tp=st.sampled_from([1, 2, 4, 8]),
+)
+def test_eager_kernels_move_at_least_one_pass_and_split_with_the_op(model, phase, batch, seq, tp):
+    """No op moves fewer bytes eagerly than its one pass; a tensor-parallel share's passes are the
+    whole op's over the ranks where the rotated, activated or biased tensor splits (column-parallel
+    q/k, the MLP's inner width)."""
+    spec = get_model(model)
+    q_len, kv_len = (seq, seq) if phase == "prefill" else (1, seq)
+    whole = layer_blocks(spec, phase, batch, q_len, kv_len).whole
+    split = layer_blocks(spec, phase, batch, q_len, kv_len, tp=tp).whole if spec.heads % tp == 0 else whole
+    for o in (*whole, *head_ops(spec, phase, batch, q_len), *embed_ops(spec, batch, q_len)):
+        e = eager_bytes(o)
+        assert e.passes >= 0 and e.main >= 0 and e.total >= o.mem_bytes
+    p = tp if split is not whole else 1
+    for w, s in zip(whole, split, strict=True):
+        if w.name in ("q_proj", "act"):
+            assert eager_bytes(s).passes == pytest.approx(eager_bytes(w).passes / p)
