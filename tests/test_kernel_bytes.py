@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hetsim.costs.op_cost import op_cost
+from hetsim.costs.op_cost import block_cost, op_cost
 from hetsim.hardware.types import Efficiency
 from hetsim.models import get_model
+from hetsim.models.fusion import fuse
 from hetsim.models.kernel_bytes import eager_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 
@@ -180,3 +181,26 @@ def test_eager_kernels_move_at_least_one_pass_and_split_with_the_op(model, phase
     for w, s in zip(whole, split, strict=True):
         if w.name in ("q_proj", "act"):
             assert eager_bytes(s).passes == pytest.approx(eager_bytes(w).passes / p)
+
+
+def test_the_logits_passes_are_over_16_bit_logits_whatever_the_heads_weight_format():
+    """q4_k_m names llama.cpp's weight kernel (0.5 B a weight), not the logits' dtype: its LM head writes
+    fp16 logits as int4's does (act_out_bytes), cast to fp32 and read by max: 5 passes, not 14."""
+    spec = get_model("llama2-7b")
+    for dtype in ("fp16", "int4", "q4_k_m"):
+        head = next(o for o in head_ops(spec, "decode", 4, 1, weight_dtype=dtype) if o.name == "lm_head")
+        assert eager_bytes(head).passes == pytest.approx(5 * head.act_out_bytes + 28 * 4), dtype
+
+
+def test_a_profile_of_fused_kernels_keeps_one_pass_per_op_even_with_a_measured_issue():
+    """``kernels: fused`` says the engine fuses rotary, SiLU x up and the cache writes: no eager passes,
+    where an issue time is measured too (without the gate the rotary went with q_proj's name into the
+    fused qkv_proj while SiLU's multiply and the cache copies stayed)."""
+    spec = get_model("llama2-7b")
+    ops = layer_blocks(spec, "prefill", 32, 512, 512).whole
+    gpu = _gpu(1e-6)
+    fused = dataclasses.replace(gpu, efficiency=dataclasses.replace(gpu.efficiency, fused_kernels=True))
+    assert block_cost(fused, ops).memory_bytes == sum(o.mem_bytes for o in fuse(ops))
+    q = next(o for o in ops if o.name == "q_proj")
+    assert op_cost(fused, q).memory_bytes == q.mem_bytes
+    assert block_cost(gpu, ops).memory_bytes > sum(o.mem_bytes for o in ops)  # eager: the passes

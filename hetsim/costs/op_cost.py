@@ -39,7 +39,9 @@ are memory-bound passes of their own, run one after another on the stream:
 
     device time = max(compute_s, main kernel's bytes / memory rate) + pass bytes / elementwise memory rate
 
-A device without it keeps one pass per op (serving engines fuse these: ``hetsim.models.fusion``).
+A device without it keeps one pass per op (serving engines fuse these: ``hetsim.models.fusion``), and
+so does one whose profile says its kernels are fused (``kernels: fused``). The switch is an assumption:
+a measured issue time is calibrate's, from the validate decoder, which runs eager PyTorch.
 
 The engine uses ``compute_s`` and ``memory_bytes`` separately on CPUs, where the memory traffic
 competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as is.
@@ -137,7 +139,7 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
     if eff.kernel_issue_s > 0 or measured is not None:
         # a measured kernel's time, or the roofline's, paced by the host's issue where it is measured
         nbytes, pass_s = op.mem_bytes, 0.0
-        if eff.kernel_issue_s > 0:  # eager PyTorch: the op's other kernels are passes of their own
+        if eff.kernel_issue_s > 0 and not eff.fused_kernels:  # eager PyTorch: other kernels, passes
             eager = eager_bytes(op)
             nbytes, memory_s = eager.total, eager.main / mem_rate if eager.main else 0.0
             pass_s = eager.passes / (device.mem_bw * eff.memory_for(OpKind.ELEMENTWISE.value))

@@ -83,7 +83,9 @@ def eager_bytes(op: Op) -> EagerBytes:
     if op.name in ("out_proj", "fc2", "down_proj", "embedding") and op.kernels == 2:
         return EagerBytes(mem, BIAS_PASSES * out)
     if op.name == "lm_head" and op.kernels == 4:
-        act = DTYPES[op.compute_dtype].bytes_per_element if op.compute_dtype in DTYPES else 2.0
+        # the logits' dtype is the activations' (16 or 32 bit); a narrower compute dtype names the
+        # weights' kernel (q4_k_m), whose logits are 16-bit
+        act = max(2.0, DTYPES[op.compute_dtype].bytes_per_element) if op.compute_dtype in DTYPES else 2.0
         cast = out * (1.0 + 4.0 / act) if act < 4 else 0.0  # .float() of fp32 logits is no kernel
         return EagerBytes(mem, cast + out * 4.0 / act + LOGIT_ROW_BYTES * op.rows)
     return EagerBytes(mem, 0.0)
