@@ -33,6 +33,16 @@ repeated back to back, as a step repeats its layers: the host keeps ahead over a
 alone may take up to one period's issue plus device time more (host-paced ops before device-paced
 ones cannot overlap them). A device whose issue time is unknown keeps ``overhead_s`` per op.
 
+Such a device runs eager PyTorch, and an op's kernels beyond the one its roofline stands for (rotary
+embedding after q_proj, SiLU's multiply, a bias added after a matmul: ``hetsim.models.kernel_bytes``)
+are memory-bound passes of their own, run one after another on the stream:
+
+    device time = max(compute_s, main kernel's bytes / memory rate) + pass bytes / elementwise memory rate
+
+A device without it keeps one pass per op (serving engines fuse these: ``hetsim.models.fusion``), and
+so does one whose profile says its kernels are fused (``kernels: fused``). The switch is an assumption:
+a measured issue time is calibrate's, from the validate decoder, which runs eager PyTorch.
+
 The engine uses ``compute_s`` and ``memory_bytes`` separately on CPUs, where the memory traffic
 competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as is.
 """
@@ -47,6 +57,7 @@ from typing import Any
 from hetsim.costs.kernel_tables import load_tables
 from hetsim.hardware.types import ComputeDevice
 from hetsim.models.fusion import fuse
+from hetsim.models.kernel_bytes import eager_bytes
 from hetsim.models.spec import Op, OpKind
 
 
@@ -127,16 +138,22 @@ def op_cost(device: ComputeDevice, op: Op) -> OpCost:
     measured = load_tables(eff.kernel_tables).seconds(op) if eff.kernel_tables else None
     if eff.kernel_issue_s > 0 or measured is not None:
         # a measured kernel's time, or the roofline's, paced by the host's issue where it is measured
-        run = measured if measured is not None else max(compute_s, memory_s)
+        nbytes, pass_s = op.mem_bytes, 0.0
+        if eff.kernel_issue_s > 0 and not eff.fused_kernels:  # eager PyTorch: other kernels, passes
+            eager = eager_bytes(op)
+            nbytes, memory_s = eager.total, eager.main / mem_rate if eager.main else 0.0
+            pass_s = eager.passes / (device.mem_bw * eff.memory_for(OpKind.ELEMENTWISE.value))
+        main = measured if measured is not None else max(compute_s, memory_s)
+        run = main + pass_s
         issue = op.kernels * eff.kernel_issue_s
         return OpCost(
             time_s=paced(issue, run),
             compute_s=compute_s,
-            memory_s=memory_s,
+            memory_s=memory_s + pass_s,
             overhead_s=0.0,
-            memory_bytes=op.mem_bytes,
+            memory_bytes=nbytes,
             achieved_mem_bw=mem_rate,
-            memory_bound_s=run if memory_s > compute_s else 0.0,
+            memory_bound_s=(main if memory_s > compute_s else 0.0) + pass_s,
             issue_s=issue,
             device_s=run if eff.kernel_issue_s > 0 else 0.0,
         )

@@ -111,7 +111,8 @@ class Efficiency:
     overhead_by_dtype: Mapping[str, float] = field(default_factory=dict)
     # Host time issuing one kernel of an op (``Op.kernels``) where measured (0 = unknown): the host
     # issues ahead of the device, so ops cost max(issue, roofline) and no ``overhead_s``
-    # (hetsim.costs.op_cost). Unknown keeps ``overhead_s`` per op, added to the roofline.
+    # (hetsim.costs.op_cost); such a GPU runs eager PyTorch, an op's extra kernels memory passes of their
+    # own (hetsim.models.kernel_bytes). Unknown keeps ``overhead_s`` per op, added to the roofline.
     kernel_issue_s: float = 0.0
 
     def overhead_for(self, dtype: str) -> float:
