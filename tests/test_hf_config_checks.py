@@ -201,3 +201,21 @@ def test_a_plan_file_asking_another_dtype_of_a_quantised_checkpoint_names_its_fi
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {plan}: workload.weight_dtype: {quantized}: its weights are int4")
     assert "--dtype" not in err and err.count("\n") == 0
+
+
+def test_a_strategy_that_cannot_run_a_checkpoints_own_weights_says_they_are_the_checkpoints(tmp_path, capsys):
+    """No --dtype was given: the reason named a flag the user never typed."""
+    from hetsim.cli.commands import main
+
+    quantized = _checkpoint(tmp_path, "q", quantization_config=GPTQ)
+    run = [a if a != "gpu-only" else "accelerate" for a in _RUN]
+    assert main(["compare", "--model", quantized, *run, "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["reason"] == (
+        "not applicable: the checkpoint's int4 weights (config.json quantization_config) are not a weight "
+        "precision it runs (offers: fp16)"
+    )
+    plain = _checkpoint(tmp_path, "p")
+    assert main(["compare", "--model", plain, *run, "--dtype", "int4", "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["reason"] == "not applicable: --dtype int4 is not a weight precision it runs (offers: fp16)"
