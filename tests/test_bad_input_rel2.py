@@ -1,0 +1,62 @@
+"""Session 19's bad-input fixes: each case here gave a traceback, an error row that was a Python
+error, a line naming the wrong thing, or ran a wrong value silently before its fix."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+SWEEP = {
+    "name": "kn",
+    "base": {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 4},
+    "grids": [{"strategy": "all"}],
+}
+
+
+def _sweep(tmp_path, guarded, grid: dict, base: dict | None = None) -> tuple[int, str, str]:
+    spec = {**SWEEP, "base": {**SWEEP["base"], **(base or {})}, "grids": [{**SWEEP["grids"][0], **grid}]}
+    f = tmp_path / "kn.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    code, err = guarded(["sweep", str(f), "--out", str(tmp_path / "out"), "--plots-only"])
+    return code, err, str(f)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (2.0, "expected an integer: write 2, not 2.0 (YAML reads 2.0 as a float)"),
+        (True, "Input should be a valid integer, got True"),  # ran as micro_batches=1
+        ("x", "Input should be a valid integer, got 'x'"),  # a TypeError row
+        (None, "Input should be a valid integer, got None"),
+        (1e400, "must be a finite number, got inf"),
+    ],
+)
+def test_a_plan_knob_of_the_wrong_type_is_refused_naming_its_field(tmp_path, capsys, guarded, value, why):
+    """``plan.micro_batches: [2.0]`` over every strategy: gpu-only's point was an error row
+    ``TypeError: 'float' object cannot be interpreted as an integer``."""
+    code, err, f = _sweep(tmp_path, guarded, {"plan.micro_batches": [1, value]})
+    assert (code, err) == (2, f"error: {f}: grids[0].plan.micro_batches[1]: {why} (gpu-only's plan field)\n")
+
+
+def test_a_plan_knob_is_checked_only_against_the_strategies_it_meets(tmp_path, capsys, guarded):
+    """A knob a strategy's plan lacks is ignored by it (and reported so per point): not refused."""
+    code, err, f = _sweep(tmp_path, guarded, {"strategy": ["flexgen"], "plan.micro_batches": [2.5]})
+    assert code == 0, err
+    code, err, f = _sweep(tmp_path, guarded, {"strategy": ["gpu-only"]}, {"plan.micro_batches": True})
+    why = "Input should be a valid integer, got True (gpu-only's plan field)"
+    assert (code, err) == (2, f"error: {f}: base.plan.micro_batches: {why}\n")
+    code, err, f = _sweep(tmp_path, guarded, {"strategy": ["flexgen"], "plan.wg": ["50"]})
+    assert code == 2 and err.startswith(f"error: {f}: grids[0].plan.wg[0]: Input should be a valid number")
+    for bad in (True, float("nan")):  # ran as 1 % / passed every range check
+        code, err, f = _sweep(tmp_path, guarded, {"strategy": ["flexgen"], "plan.wg": [bad]})
+        assert code == 2 and err.startswith(f"error: {f}: grids[0].plan.wg[0]: "), err
+
+
+def test_plan_knobs_of_the_right_type_still_run(tmp_path, guarded):
+    from hetsim.sweep.spec import load_spec
+
+    spec = {**SWEEP, "grids": [{"strategy": "all", "plan.micro_batches": [1, 2], "plan.wg": [50, 12.5],
+                                "plan.gpu_mem_budget": [6e9], "plan.ranks": [["n0.cpu0"]]}]}  # fmt: skip
+    f = tmp_path / "ok.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    assert load_spec(f).grids[0]["plan.micro_batches"] == [1, 2]
