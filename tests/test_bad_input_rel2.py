@@ -60,3 +60,18 @@ def test_plan_knobs_of_the_right_type_still_run(tmp_path, guarded):
     f = tmp_path / "ok.yaml"
     f.write_text(yaml.safe_dump(spec))
     assert load_spec(f).grids[0]["plan.micro_batches"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--no-search", ""],
+         "error: --no-search: takes no value (it is a switch), got ''\n"),  # said "compare's argument"
+        (["plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--allow-compression", ""],
+         "error: --allow-compression: takes no value (it is a switch), got ''\n"),
+        (["compare", ""], "error: hetsim compare: takes no argument, got ''\n"),
+        (["model", "list", ""], "error: hetsim model list: takes no argument, got ''\n"),
+    ],
+)  # fmt: skip
+def test_an_empty_value_after_a_switch_names_the_switch(capsys, guarded, args, line):
+    assert guarded(args) == (2, line)
