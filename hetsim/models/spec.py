@@ -157,6 +157,8 @@ class ModelSpec:
     # in groups of 128, hetsim's ``int4``/``int8``); "" = weights at ``dtype``. Its weights exist only
     # at that precision, so every run costs them so (``hf_config.weight_dtype_for``).
     quantized: Literal["", "int4", "int8"] = ""
+    # Its LM head quantised too (GPTQModel's ``lm_head: true``); otherwise the head stays at ``dtype``.
+    quantized_head: bool = False
 
     @property
     def is_moe(self) -> bool:
