@@ -52,11 +52,22 @@ def test_a_plan_knob_is_checked_only_against_the_strategies_it_meets(tmp_path, c
         assert code == 2 and err.startswith(f"error: {f}: grids[0].plan.wg[0]: "), err
 
 
+@pytest.mark.parametrize("strategy", ["moe-offload", "layer-offload", "gpu-only", "hexgen", "cpu-tp"])
+def test_a_plan_knobs_unknown_dtype_is_refused_naming_its_field(tmp_path, capsys, guarded, strategy):
+    """moe-offload's plan.weight_dtype: ['x'] was a point's ``KeyError: 'x'`` row (the knobs' check
+    had no dtype check); the other strategies' rows said 'params.weight_dtype: unknown dtype'."""
+    code, err, f = _sweep(tmp_path, guarded, {"strategy": [strategy], "plan.weight_dtype": ["x"]})
+    assert code == 2 and err.startswith(
+        f"error: {f}: grids[0].plan.weight_dtype[0]: unknown dtype 'x'; known: "
+    )
+
+
 def test_plan_knobs_of_the_right_type_still_run(tmp_path, guarded):
     from hetsim.sweep.spec import load_spec
 
     spec = {**SWEEP, "grids": [{"strategy": "all", "plan.micro_batches": [1, 2], "plan.wg": [50, 12.5],
-                                "plan.gpu_mem_budget": [6e9], "plan.ranks": [["n0.cpu0"]]}]}  # fmt: skip
+                                "plan.gpu_mem_budget": [6e9], "plan.ranks": [["n0.cpu0"]],
+                                "plan.weight_dtype": ["int4", "bf16"]}]}  # fmt: skip
     f = tmp_path / "ok.yaml"
     f.write_text(yaml.safe_dump(spec))
     assert load_spec(f).grids[0]["plan.micro_batches"] == [1, 2]

@@ -249,6 +249,7 @@ def _plan_value_problem(plan_type: type, name: str, value: Any) -> str | None:
 
     from pydantic import create_model
 
+    from hetsim.models.spec import DTYPES
     from hetsim.strategies.plan_io import non_finite
 
     if not dataclasses.is_dataclass(plan_type) or name not in {f.name for f in dataclasses.fields(plan_type)}:
@@ -262,4 +263,6 @@ def _plan_value_problem(plan_type: type, name: str, value: Any) -> str | None:
     except ValidationError as exc:
         why = validation_error(exc, "").message
         return why if f"{value!r:.40}" in why else f"{why}, got {value!r:.40}"
+    if name.endswith("dtype") and value not in DTYPES:  # moe-offload's weight_dtype 'x': a KeyError row
+        return f"unknown dtype {value!r:.40}; known: {', '.join(DTYPES)}"
     return None
