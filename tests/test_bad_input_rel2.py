@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+SMALL = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
 SWEEP = {
     "name": "kn",
     "base": {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 4},
@@ -86,3 +87,19 @@ def test_plan_knobs_of_the_right_type_still_run(tmp_path, guarded):
 )  # fmt: skip
 def test_an_empty_value_after_a_switch_names_the_switch(capsys, guarded, args, line):
     assert guarded(args) == (2, line)
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (
+            ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategies", "gpu-only"],
+            "--trace",
+        ),
+        (["plan", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategy", "gpu-only"], "--out"),
+    ],
+)
+def test_an_output_file_that_is_the_root_folder_is_one_line(capsys, guarded, args, flag):
+    """``--trace /`` and ``--out /``: ``ValueError: PosixPath('/') has an empty name`` out of main (the
+    temporary file is named after the target's name); any other folder said 'Is a directory'."""
+    assert guarded([*args, flag, "/"]) == (2, f"error: {flag} /: Is a directory\n")
