@@ -218,6 +218,8 @@ def _check_plan_knobs(spec: SweepSpec, source: str) -> None:
     """Each ``plan.<field>`` value of the type the field has in the plan of every strategy it may
     meet that has the field (others ignore the knob), read as a plan file's values are: ``2.0`` for
     gpu-only's ``micro_batches`` ran into a TypeError (a point's error row) and ``true`` ran as 1."""
+    if not any(k.startswith("plan.") for k in (*spec.base, *(k for g in spec.grids for k in g))):
+        return  # no strategy imported for a spec without plan knobs
     from hetsim.strategies.base import all_strategies, get_strategy
 
     def met(grid: dict[str, Any]) -> list[Any]:
