@@ -179,7 +179,14 @@ def spec_from_hf_dict(
     spec = _family_spec(r, name, mt)
     quantized = _checkpoint_quantization(r)
     head = bool(quantized) and _quantized_head(r, spec)
-    return dataclasses.replace(spec, dtype=_checkpoint_dtype(r), quantized=quantized, quantized_head=head)
+    router = (
+        bool(quantized)
+        and spec.is_moe
+        and "gate" in (r.cfg["quantization_config"].get("modules_to_not_convert") or ())
+    )
+    return dataclasses.replace(
+        spec, dtype=_checkpoint_dtype(r), quantized=quantized, quantized_head=head, router_16bit=router
+    )
 
 
 def _family_spec(r: _Reader, name: str, mt: str) -> ModelSpec:
@@ -262,10 +269,12 @@ def _checkpoint_quantization(r: _Reader) -> Literal["", "int4", "int8"]:
 
 # Modules a quantised checkpoint leaves out beside the tables, as its quantization_config says. GPTQModel
 # writes ``lm_head``: true when it quantised the LM head as well (its QuantizeConfig's ``lm_head``), costed
-# so. AWQ's ``modules_to_not_convert`` (transformers' AwqConfig) names modules kept at 16 bits: the LM
-# head and token table are already (``weights.table_dtype``); any other (Mixtral's router ``gate``, a
-# vision tower) hetsim cannot keep apart from the layers' int4 linears, so it is refused, naming it.
-_KEPT_ANYWAY = frozenset({"lm_head", "embed_tokens"})
+# so. AWQ's ``modules_to_not_convert`` (transformers' AwqConfig) names modules kept at 16 bits, matched
+# by their own name or a path part: the LM head and token table are already (``weights.table_dtype``);
+# ``gate`` is the MoE router (Mixtral's, Qwen-MoE's, DeepSeek's ``mlp.gate``; a dense model has no module
+# of that name: gate_proj is another), kept at 16 bits (``ModelSpec.router_16bit``). Any other name (a
+# vision tower, one projection of every layer) hetsim cannot keep apart: refused, naming it.
+_KEPT_ANYWAY = frozenset({"lm_head", "embed_tokens", "gate"})
 
 
 def _quantized_head(r: _Reader, spec: ModelSpec) -> bool:
@@ -280,7 +289,7 @@ def _quantized_head(r: _Reader, spec: ModelSpec) -> bool:
         if other:
             msg = (
                 f"keeping {other[0]!r} at 16 bits is not modelled: hetsim costs every linear of the decoder "
-                f"layers at the checkpoint's bits (only {' and '.join(sorted(_KEPT_ANYWAY))} stay 16-bit); "
+                f"layers at the checkpoint's bits (only {', '.join(sorted(_KEPT_ANYWAY))} can stay 16-bit); "
                 f"{_QUANT_INSTEAD}"
             )
             raise r.err(field, msg)

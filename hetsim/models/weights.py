@@ -98,7 +98,8 @@ def layer_weight_tensors(spec: ModelSpec, moe: bool | None = None) -> tuple[Weig
     t = _attention_tensors(spec)
     inter, bias = spec.intermediate, spec.linear_bias
     if moe:
-        t += _linear("router", "router", "mlp", spec.num_experts, h, False)
+        # a router the checkpoint left unquantised is stored as the vectors are: in 16-bit
+        t.append(WeightTensor("router.weight", "router", "mlp", (spec.num_experts, h), not spec.router_16bit))
         for e in range(spec.num_experts):
             t += _gated(f"experts.{e}.", "", inter, h, bias)
         if spec.shared_intermediate:
