@@ -103,3 +103,9 @@ def test_an_output_file_that_is_the_root_folder_is_one_line(capsys, guarded, arg
     """``--trace /`` and ``--out /``: ``ValueError: PosixPath('/') has an empty name`` out of main (the
     temporary file is named after the target's name); any other folder said 'Is a directory'."""
     assert guarded([*args, flag, "/"]) == (2, f"error: {flag} /: Is a directory\n")
+
+
+def test_a_folder_given_as_the_rig_names_the_flag(tmp_path, capsys, guarded):
+    """``--hw /`` said '/: is a directory, not a rig file' (a missing path named --hw already)."""
+    args = ["compare", "--model", "llama2-7b", "--hw", str(tmp_path), *SMALL]
+    assert guarded(args) == (2, f"error: --hw {tmp_path}: is a directory, not a rig file\n")

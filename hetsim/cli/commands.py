@@ -833,7 +833,7 @@ def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseExce
             return InputError("is empty: give a file's path", field=flag)
         if path != value and not (value and path == str(Path(value))):
             continue
-        if flag in FILE_FLAGS or (flag in NAME_FLAGS and not (value and Path(value).exists())):
+        if flag in FILE_FLAGS or (flag in NAME_FLAGS and not (value and Path(value).is_file())):
             named = f"{flag} {path}" if path else flag
             if isinstance(exc, InputError):
                 return InputError(exc.message, source=named, field=exc.field)
