@@ -10,7 +10,8 @@
 
 Axes: ``model``, ``rig``, ``strategy`` (a list or ``all``), ``batch``, ``prompt_len``, ``gen_len``,
 ``objective``, the precisions ``dtype`` and ``kv_dtype`` (``--dtype`` / ``--kv-dtype``), the hardware
-knobs of ``hetsim.sweep.grid.HW_KNOBS`` and plan knobs ``plan.<field>``.
+knobs of ``hetsim.sweep.grid.HW_KNOBS`` and plan knobs ``plan.<field>`` (each value checked on load against
+the field's type in the plan of every strategy it meets, as a plan file's values are).
 """
 
 from __future__ import annotations
