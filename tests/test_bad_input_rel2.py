@@ -28,7 +28,6 @@ def _sweep(tmp_path, guarded, grid: dict, base: dict | None = None) -> tuple[int
         (2.0, "expected an integer: write 2, not 2.0 (YAML reads 2.0 as a float)"),
         (True, "Input should be a valid integer, got True"),  # ran as micro_batches=1
         ("x", "Input should be a valid integer, got 'x'"),  # a TypeError row
-        (None, "Input should be a valid integer, got None"),
         (1e400, "must be a finite number, got inf"),
     ],
 )
@@ -37,6 +36,20 @@ def test_a_plan_knob_of_the_wrong_type_is_refused_naming_its_field(tmp_path, cap
     ``TypeError: 'float' object cannot be interpreted as an integer``."""
     code, err, f = _sweep(tmp_path, guarded, {"plan.micro_batches": [1, value]})
     assert (code, err) == (2, f"error: {f}: grids[0].plan.micro_batches[1]: {why} (gpu-only's plan field)\n")
+
+
+def test_a_null_plan_knob_still_leaves_the_knob_unset(tmp_path, capsys, guarded):
+    """null is no value of any plan field, but a sweep's null means the knob is unset (the point runs
+    the strategy's own plan; ``grid.expand`` drops it), as it did before knob values were checked."""
+    from hetsim.sweep.grid import expand
+    from hetsim.sweep.spec import load_spec
+
+    code, err, f = _sweep(tmp_path, guarded, {"strategy": ["gpu-only"], "plan.micro_batches": [None, 2]})
+    assert code == 0, err
+    code, err, f = _sweep(tmp_path, guarded, {"strategy": ["gpu-only"]}, {"plan.weight_dtype": None})
+    assert code == 0, err
+    points = expand(load_spec(f))
+    assert points and all("plan.weight_dtype" not in p for p in points)
 
 
 def test_a_plan_knob_is_checked_only_against_the_strategies_it_meets(tmp_path, capsys, guarded):

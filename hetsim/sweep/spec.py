@@ -238,6 +238,8 @@ def _check_plan_knobs(spec: SweepSpec, source: str) -> None:
             if not key.startswith("plan."):
                 continue
             for j, value in enumerate(values if isinstance(values, list) else [values]):
+                if value is None:  # null leaves the knob unset (``grid.expand`` drops it): each plan's own
+                    continue
                 field = f"{where}.{key}" + (f"[{j}]" if indexed else "")
                 for strategy in strategies:
                     why = _plan_value_problem(strategy.plan_type, key[5:], value)
