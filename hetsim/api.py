@@ -161,7 +161,12 @@ def _best_result(
     wd = p.workload.weight_dtype
     if not reason and wd and wd not in strategy.weight_dtypes:
         offered = ", ".join(strategy.weight_dtypes) or "none"
-        reason = f"--dtype {wd} is not a weight precision it runs (offers: {offered})"
+        what = (  # a GPTQ/AWQ checkpoint's own weights: no flag asked for them
+            f"the checkpoint's {wd} weights (config.json quantization_config) are"
+            if wd == p.model.quantized
+            else f"--dtype {wd} is"
+        )
+        reason = f"{what} not a weight precision it runs (offers: {offered})"
     kd = p.workload.kv_dtype
     if not reason and kd and kd not in strategy.kv_dtypes:
         offered = ", ".join(strategy.kv_dtypes) or "none"

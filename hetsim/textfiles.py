@@ -9,6 +9,7 @@ PyYAML reads it as the string '1e-9'; YAML 1.2 reads it as a number).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -329,6 +330,8 @@ def open_whole(path: str | Path, mode: str = "w", *, newline: str | None = None)
                 raise OSError(exc.errno, exc.strerror, str(path)) from None
             raise
         return
+    if st is not None and stat.S_ISDIR(st.st_mode):  # '/' has no name to put a temporary one beside
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     tmp = temp_beside(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

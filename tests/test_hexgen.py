@@ -8,6 +8,7 @@ on the 58-GPU heterogeneous rig than on 16 x A100-40G.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -462,3 +463,30 @@ def test_offline_demand_fields_are_the_workloads():
     d = Demand.offline(Workload(4, 512, 32))
     assert (d.prompt_len, d.output_len, d.kv_sequences, d.context, d.act_tokens) == (512, 32, 4, 544, 2048)
     assert d.max_in_flight == 1  # an offline batch is one batch in flight
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_shapes_whose_gpus_cannot_hold_a_gptq_checkpoint_are_not_solved(monkeypatch, symmetric):
+    """enumerate_shapes' memory bound is the weights' size from their one home (``weight_bytes``):
+    a Llama-2-7B GPTQ 4-bit checkpoint keeps its token table and LM head at 16 bits, 3.89 GB in all;
+    the bound (parameters x int4's bytes) said 3.50 GB, so two 1.85 GB GPUs were handed to the solver."""
+    import hetsim.planner.hexgen_cpsat as hc
+    from hetsim.models.hf_config import spec_from_hf_dict
+    from hetsim.models.spec import INT4
+    from hetsim.models.weights import weight_bytes
+    from hetsim.sweep.grid import apply_hardware
+
+    cfg = json.loads((Path(__file__).parent / "data/hf-configs/Llama-2-7B/config.json").read_text())
+    model = spec_from_hf_dict({**cfg, "quantization_config": {"quant_method": "gptq", "bits": 4}})
+    need = weight_bytes(model, INT4)
+    assert need == pytest.approx(3.889e9, rel=1e-3)
+    rig = apply_hardware(load_rig("hexgen-half-budget"), {"gpu_mem_gb": 1.85})  # parts of 2, 3, 4, 8 GPUs
+    classes = machine_classes(rig)
+    table = CostTable(rig, model, Demand(weight_dtype="int4"), classes)
+    solved = []
+    for name in ("inner_cpsat", "inner_symmetric"):
+        solve = getattr(hc, name)
+        monkeypatch.setattr(hc, name, lambda t, parts, *a, _f=solve: solved.append(parts) or _f(t, parts, *a))
+    hc.enumerate_shapes(table, max_parts=2, symmetric=symmetric)
+    mem = [sum(p.gpus * rig.devices[table.group(p.cls, 1)[0]].mem_bytes for p in parts) for parts in solved]
+    assert solved and min(mem) >= need

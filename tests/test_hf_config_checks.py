@@ -201,3 +201,85 @@ def test_a_plan_file_asking_another_dtype_of_a_quantised_checkpoint_names_its_fi
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {plan}: workload.weight_dtype: {quantized}: its weights are int4")
     assert "--dtype" not in err and err.count("\n") == 0
+
+
+def test_a_strategy_that_cannot_run_a_checkpoints_own_weights_says_they_are_the_checkpoints(tmp_path, capsys):
+    """No --dtype was given: the reason named a flag the user never typed."""
+    from hetsim.cli.commands import main
+
+    quantized = _checkpoint(tmp_path, "q", quantization_config=GPTQ)
+    run = [a if a != "gpu-only" else "accelerate" for a in _RUN]
+    assert main(["compare", "--model", quantized, *run, "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["reason"] == (
+        "not applicable: the checkpoint's int4 weights (config.json quantization_config) are not a weight "
+        "precision it runs (offers: fp16)"
+    )
+    plain = _checkpoint(tmp_path, "p")
+    assert main(["compare", "--model", plain, *run, "--dtype", "int4", "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["reason"] == "not applicable: --dtype int4 is not a weight precision it runs (offers: fp16)"
+
+
+def test_a_gptqmodel_checkpoint_with_a_quantised_lm_head_costs_it_at_its_bits():
+    """GPTQModel writes ``lm_head: true`` when it quantised the head too: it was read as 16-bit
+    (Llama-2-7B: 32000 x 4096 at 2 bytes, ~0.19 GB more than int4's, and every decode step read it)."""
+    plain = spec_from_hf_dict(_config("Llama-2-7B", quantization_config=GPTQ))
+    for quant, dt in (({**GPTQ, "lm_head": True}, INT4), ({**GPTQ, "bits": 8, "lm_head": True}, INT8)):
+        q = spec_from_hf_dict(_config("Llama-2-7B", quantization_config=quant))
+        assert q.quantized_head and not plain.quantized_head
+        head = q.vocab * q.hidden
+        gap = head * (FP16.bytes_per_element - dt.bytes_per_element)
+        plain_dt = spec_from_hf_dict(_config("Llama-2-7B", quantization_config={**quant, "lm_head": False}))
+        assert weight_bytes(plain_dt, dt) - weight_bytes(q, dt) == pytest.approx(gap)
+        assert embedding_bytes(q, dt) == embedding_bytes(plain_dt, dt)  # the token table stays 16-bit
+        (op,) = (o for o in step_ops(q, "decode", 1, 1, 16, dt) if o.name == "lm_head")
+        assert op.weight_bytes == pytest.approx(head * dt.bytes_per_element) and op.dequant_ops > 0
+
+
+@pytest.mark.parametrize(
+    ("folder", "quant", "field", "words"),
+    [
+        ("Llama-2-7B", {**GPTQ, "lm_head": "yes"}, "quantization_config.lm_head", "expected true or false"),
+        ("Llama-2-7B", {**GPTQ, "lm_head": 1}, "quantization_config.lm_head", "expected true or false"),
+        ("Gemma-2-9B", {**GPTQ, "lm_head": True}, "quantization_config.lm_head", "tied to the token table"),
+        ("Llama-2-7B", {**GPTQ, "lm_head": True, "modules_to_not_convert": ["lm_head"]},
+         "quantization_config.lm_head", "keeps lm_head at 16 bits"),
+        ("Llama-2-7B", {**AWQ, "modules_to_not_convert": ["q_proj"]},
+         "quantization_config.modules_to_not_convert", "keeping 'q_proj' at 16 bits is not modelled"),
+        ("Llama-2-7B", {**AWQ, "modules_to_not_convert": ["lm_head", "visual"]},
+         "quantization_config.modules_to_not_convert", "keeping 'visual' at 16 bits"),
+        ("Llama-2-7B", {**AWQ, "modules_to_not_convert": "gate"},
+         "quantization_config.modules_to_not_convert", "expected a list of module names"),
+        ("Llama-2-7B", {**AWQ, "modules_to_not_convert": [3]},
+         "quantization_config.modules_to_not_convert", "expected a list of module names"),
+    ],
+)  # fmt: skip
+def test_quantised_modules_hetsim_cannot_cost_are_refused_naming_the_field(folder, quant, field, words):
+    """AWQ's modules_to_not_convert kept modules at 16 bits that hetsim costed at int4, silently."""
+    with pytest.raises(InputError) as ei:
+        spec_from_hf_dict(_config(folder, quantization_config=quant), source="q/config.json")
+    assert ei.value.source == "q/config.json" and ei.value.field == field and words in ei.value.message
+
+
+@pytest.mark.parametrize("keep", [None, [], ["lm_head"], ["lm_head", "embed_tokens"], ["gate"]])
+def test_modules_to_not_convert_that_stay_16_bit_anyway_change_nothing(keep):
+    q = spec_from_hf_dict(_config("Llama-2-7B", quantization_config={**AWQ, "modules_to_not_convert": keep}))
+    assert q == spec_from_hf_dict(_config("Llama-2-7B", quantization_config=AWQ))
+
+
+def test_an_awq_moe_checkpoint_that_keeps_its_router_costs_it_at_16_bits():
+    """AutoAWQ leaves Mixtral's router (``gate``) unquantised and says so in modules_to_not_convert: it was
+    costed at int4 (8 x 4096 per layer: 1.5 MB less over 32 layers than the 16-bit router it is)."""
+    plain = spec_from_hf_dict(_config("Mixtral-8x7B", quantization_config=AWQ))
+    kept = spec_from_hf_dict(
+        _config("Mixtral-8x7B", quantization_config={**AWQ, "modules_to_not_convert": ["gate"]})
+    )
+    assert kept.router_16bit and not plain.router_16bit
+    router = kept.num_experts * kept.hidden
+    gap = kept.layers * router * (FP16.bytes_per_element - INT4.bytes_per_element)
+    assert weight_bytes(kept, INT4) - weight_bytes(plain, INT4) == pytest.approx(gap)
+    for spec, want in ((kept, FP16), (plain, INT4)):
+        (op,) = (o for o in step_ops(spec, "decode", 1, 1, 16, INT4) if o.name == "router" and o.layer == 0)
+        assert op.weight_bytes == pytest.approx(router * want.bytes_per_element)
+        assert (op.dequant_ops == 0) == (want is FP16)

@@ -788,18 +788,33 @@ def _refuse_empty(args: list[str], command: Any) -> None:
     # An empty positional argument (after the command's words, another value or a flag that takes no
     # value): ``sweep ''`` and ``calibrate --fit ''`` said only ".: is a directory" / ".: no such file".
     for before, value in itertools.pairwise(args):
-        if not value and (not before.startswith("-") or before in _valueless_flags(command, args)):
+        if value:
+            continue
+        sub = _subcommand(command, args)
+        switch = before in _valueless_flags(sub)
+        if not before.startswith("-") or switch:
+            # a command with no positional argument (compare, plan): the '' is a switch's value
+            # (``compare --no-search ''`` named "compare's argument", which it has none of)
+            if not any(getattr(p, "param_type_name", "") == "argument" for p in sub.params):
+                if switch:
+                    raise InputError("takes no value (it is a switch), got ''", field=before)
+                raise InputError("takes no argument, got ''", field=_command_name(args))
             field = f"{_command_name(args)}'s argument"
             raise InputError("is empty: give a name or a file's path", field=field)
 
 
-def _valueless_flags(command: Any, args: list[str]) -> set[str]:
-    """The flags of the command ``args`` name that take no value (``--fit``, ``--quick``): what follows
-    one is a positional argument. Read from click's own parameters (only when an empty value needs it)."""
+def _subcommand(command: Any, args: list[str]) -> Any:
+    """The click command ``args`` name (``model show``: the group's subcommand)."""
     for word in itertools.takewhile(lambda a: not a.startswith("-"), args):
         if word not in getattr(command, "commands", {}):  # a group's subcommands (click or typer's own)
             break
         command = command.commands[word]
+    return command
+
+
+def _valueless_flags(command: Any) -> set[str]:
+    """The flags of ``command`` that take no value (``--fit``, ``--quick``): what follows one is a
+    positional argument. Read from click's own parameters (only when an empty value needs it)."""
     flags = (p for p in command.params if getattr(p, "is_flag", False) or getattr(p, "count", False))
     return {o for p in flags for o in (*p.opts, *p.secondary_opts)}
 
@@ -818,7 +833,7 @@ def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseExce
             return InputError("is empty: give a file's path", field=flag)
         if path != value and not (value and path == str(Path(value))):
             continue
-        if flag in FILE_FLAGS or (flag in NAME_FLAGS and not (value and Path(value).exists())):
+        if flag in FILE_FLAGS or (flag in NAME_FLAGS and not (value and Path(value).is_file())):
             named = f"{flag} {path}" if path else flag
             if isinstance(exc, InputError):
                 return InputError(exc.message, source=named, field=exc.field)

@@ -177,7 +177,16 @@ def spec_from_hf_dict(
 
     _refuse_unknown_arch_fields(r, mt)
     spec = _family_spec(r, name, mt)
-    return dataclasses.replace(spec, dtype=_checkpoint_dtype(r), quantized=_checkpoint_quantization(r))
+    quantized = _checkpoint_quantization(r)
+    head = bool(quantized) and _quantized_head(r, spec)
+    router = (
+        bool(quantized)
+        and spec.is_moe
+        and "gate" in (r.cfg["quantization_config"].get("modules_to_not_convert") or ())
+    )
+    return dataclasses.replace(
+        spec, dtype=_checkpoint_dtype(r), quantized=quantized, quantized_head=head, router_16bit=router
+    )
 
 
 def _family_spec(r: _Reader, name: str, mt: str) -> ModelSpec:
@@ -256,6 +265,45 @@ def _checkpoint_quantization(r: _Reader) -> Literal["", "int4", "int8"]:
         msg = f"{method} in groups of {group!r:.40} is not a format hetsim models ({known}); {_QUANT_INSTEAD}"
         raise r.err("quantization_config.group_size", msg)
     return widths[int(bits)]  # type: ignore[return-value]
+
+
+# Modules a quantised checkpoint leaves out beside the tables, as its quantization_config says. GPTQModel
+# writes ``lm_head``: true when it quantised the LM head as well (its QuantizeConfig's ``lm_head``), costed
+# so. AWQ's ``modules_to_not_convert`` (transformers' AwqConfig) names modules kept at 16 bits, matched
+# by their own name or a path part: the LM head and token table are already (``weights.table_dtype``);
+# ``gate`` is the MoE router (Mixtral's, Qwen-MoE's, DeepSeek's ``mlp.gate``; a dense model has no module
+# of that name: gate_proj is another), kept at 16 bits (``ModelSpec.router_16bit``). Any other name (a
+# vision tower, one projection of every layer) hetsim cannot keep apart: refused, naming it.
+_KEPT_ANYWAY = frozenset({"lm_head", "embed_tokens", "gate"})
+
+
+def _quantized_head(r: _Reader, spec: ModelSpec) -> bool:
+    """Whether the checkpoint's LM head is quantised too; refuses what hetsim cannot cost."""
+    q = r.cfg["quantization_config"]
+    keep = q.get("modules_to_not_convert")
+    if keep is not None:
+        field = "quantization_config.modules_to_not_convert"
+        if not isinstance(keep, list) or not all(isinstance(m, str) for m in keep):
+            raise r.err(field, f"expected a list of module names or null, got {keep!r:.40}")
+        other = [m for m in keep if m not in _KEPT_ANYWAY]
+        if other:
+            msg = (
+                f"keeping {other[0]!r} at 16 bits is not modelled: hetsim costs every linear of the decoder "
+                f"layers at the checkpoint's bits (only {', '.join(sorted(_KEPT_ANYWAY))} can stay 16-bit); "
+                f"{_QUANT_INSTEAD}"
+            )
+            raise r.err(field, msg)
+    head = q.get("lm_head", False)
+    if not isinstance(head, bool):
+        raise r.err("quantization_config.lm_head", f"expected true or false, got {head!r:.40}")
+    if head and (spec.tied_embeddings or (keep and "lm_head" in keep)):
+        why = (
+            "the LM head is tied to the token table, which stays 16-bit"
+            if spec.tied_embeddings
+            else "modules_to_not_convert keeps lm_head at 16 bits"
+        )
+        raise r.err("quantization_config.lm_head", f"true, but {why}: hetsim cannot cost both")
+    return head
 
 
 def weight_dtype_for(spec: ModelSpec, asked: str | None, flag: str = "--dtype", ref: str = "") -> str | None:

@@ -49,6 +49,7 @@ from hetsim.models.kernels import counted, eager_kernels
 from hetsim.models.spec import FP16, DType, ModelSpec, Op, OpKind, Phase
 from hetsim.models.weights import (
     VECTOR_BYTES,
+    head_dtype,
     kv_bytes_per_token_layer,
     kv_element_bytes,
     layer_weight_tensors,
@@ -326,7 +327,8 @@ def _layer0_ops(
         k, e = spec.experts_per_token, spec.num_experts
         routed = tokens * k  # token-expert pairs
         distinct = expected_distinct_experts(e, k, tokens)
-        ops.append(_matmul("router", 0, tokens, h, e, wd, ad, bias=False))
+        router_wd = table_dtype(spec, wd) if spec.router_16bit else wd  # AWQ's gate left unquantised
+        ops.append(_matmul("router", 0, tokens, h, e, router_wd, ad, bias=False))
         for name, i_f, o_f in (("gate_proj", h, inter), ("up_proj", h, inter)):
             ops.append(_matmul(name, 0, routed, i_f, o_f, wd, ad, bias=bias, weight_copies=distinct))
         ops.append(_elementwise("act", 0, routed * inter, SWIGLU_FLOPS, ad, n_in=2))
@@ -434,7 +436,7 @@ def lm_head_ops(
     if not spec.final_norm:  # post-norm OPT: the last layer's own norm already ran; nothing to read
         norm = dataclasses.replace(norm, weight_bytes=0.0, flops=0.0)
     # OPT-350m's project_out (hidden -> embed_dim, 0.1 % of its weights) is left out of the ops.
-    wd = table_dtype(spec, weight_dtype)  # a GPTQ/AWQ checkpoint keeps its head at its own precision
+    wd = head_dtype(spec, weight_dtype)  # a GPTQ/AWQ checkpoint keeps its head at its own precision
     head = _matmul("lm_head", layer, rows, spec.token_dim, spec.vocab, wd, act_dtype, bias=False)
     return counted(spec, (norm, head))
 

@@ -157,6 +157,10 @@ class ModelSpec:
     # in groups of 128, hetsim's ``int4``/``int8``); "" = weights at ``dtype``. Its weights exist only
     # at that precision, so every run costs them so (``hf_config.weight_dtype_for``).
     quantized: Literal["", "int4", "int8"] = ""
+    # Its LM head quantised too (GPTQModel's ``lm_head: true``); otherwise the head stays at ``dtype``.
+    quantized_head: bool = False
+    # Its MoE router left at 16 bits (AWQ's ``modules_to_not_convert: [gate]``).
+    router_16bit: bool = False
 
     @property
     def is_moe(self) -> bool:
@@ -218,7 +222,7 @@ class WeightTensor:
     module: str
     block: Literal["attention", "mlp"]
     shape: tuple[int, ...]
-    is_matrix: bool  # 2-D weights get compressed/quantised; biases and norms stay in 16-bit
+    is_matrix: bool  # 2-D weights get compressed/quantised; biases, norms (and a kept router) stay 16-bit
 
     @property
     def numel(self) -> int:

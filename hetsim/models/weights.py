@@ -8,7 +8,8 @@ Conventions:
 - Linear weights have torch's ``(out_features, in_features)`` shape.
 - A tied LM head shares the embedding table: it is counted (and stored) once, in the embedding.
 - A GPTQ/AWQ checkpoint (``ModelSpec.quantized``) keeps the token table, the LM head and OPT's
-  projections at its own precision (``table_dtype``): only its decoder layers are quantised.
+  projections at its own precision (``table_dtype``): only its decoder layers are quantised, and its
+  LM head where it says so (``head_dtype``).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def layer_weight_tensors(spec: ModelSpec, moe: bool | None = None) -> tuple[Weig
     t = _attention_tensors(spec)
     inter, bias = spec.intermediate, spec.linear_bias
     if moe:
-        t += _linear("router", "router", "mlp", spec.num_experts, h, False)
+        # a router the checkpoint left unquantised is stored as the vectors are: in 16-bit
+        t.append(WeightTensor("router.weight", "router", "mlp", (spec.num_experts, h), not spec.router_16bit))
         for e in range(spec.num_experts):
             t += _gated(f"experts.{e}.", "", inter, h, bias)
         if spec.shared_intermediate:
@@ -214,6 +216,12 @@ def table_dtype(spec: ModelSpec, dtype: DType) -> DType:
     return DTYPES[spec.dtype] if spec.quantized and dtype == DTYPES[spec.quantized] else dtype
 
 
+def head_dtype(spec: ModelSpec, dtype: DType) -> DType:
+    """The LM head matrix's dtype: ``table_dtype``'s, or the checkpoint's quantised one where it
+    quantised the head too (``spec.quantized_head``: GPTQModel's ``lm_head: true``)."""
+    return dtype if spec.quantized_head and dtype == DTYPES[spec.quantized] else table_dtype(spec, dtype)
+
+
 def embedding_bytes(spec: ModelSpec, dtype: DType) -> float:
     """Bytes of the whole token embedding table plus the learned position table (OPT)."""
     return embedding_param_count(spec) * table_dtype(spec, dtype).bytes_per_element
@@ -229,8 +237,11 @@ def lm_head_bytes(spec: ModelSpec, dtype: DType) -> float:
     For a tied head the matrix is the embedding table, so this overlaps ``embedding_bytes``;
     ``weight_bytes`` counts it once.
     """
+    table, head = table_dtype(spec, dtype), head_dtype(spec, dtype)
     matrices = spec.vocab * spec.token_dim + _projection_params(spec)
-    return matrices * table_dtype(spec, dtype).bytes_per_element + final_norm_bytes(spec)
+    # 0.0 unless the head is quantised apart from the table (GPTQModel's lm_head: true): same bytes else
+    quantised = spec.vocab * spec.token_dim * (table.bytes_per_element - head.bytes_per_element)
+    return matrices * table.bytes_per_element - quantised + final_norm_bytes(spec)
 
 
 def weight_bytes(spec: ModelSpec, dtype: DType) -> float:

@@ -33,7 +33,7 @@ from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.memory import hidden_bytes
 from hetsim.models.sharding import TP_DEGREES, tp_degrees
 from hetsim.models.spec import DTYPES, ModelSpec
-from hetsim.models.weights import param_count
+from hetsim.models.weights import weight_bytes
 from hetsim.planner.cpsat import CpModel, cp_model
 from hetsim.planner.ranking import Evaluate, best_plan, evaluator
 from hetsim.serving.batching import MAX_IN_FLIGHT
@@ -399,7 +399,7 @@ def enumerate_shapes(
     Shapes are visited by part count, so every sub-multiset's best latency is known first; a shape
     whose lower bound with every part in use (``_all_parts_bound``) cannot beat it is not solved."""
     classes, model = table.classes, table.model
-    need = param_count(model) * DTYPES[table.demand.weight_dtype].bytes_per_element
+    need = weight_bytes(model, DTYPES[table.demand.weight_dtype])  # the one home: a GPTQ table stays 16-bit
     shapes: list[Shape] = []
     best: dict[tuple[Part, ...], float] = {}  # lowest latency of a multiset or any sub-multiset
     regions = sorted({c.region for c in classes})

@@ -87,6 +87,7 @@ def model_dict(spec: ModelSpec) -> dict[str, Any]:
         "experts_per_token": spec.experts_per_token,
         "checkpoint_dtype": spec.dtype,
         **({"checkpoint_weights": spec.quantized} if spec.quantized else {}),  # quantization_config's
+        **({"checkpoint_lm_head": spec.quantized} if spec.quantized_head else {}),  # GPTQModel's lm_head
         "bytes_per_param": FP16.bytes_per_element,
         "weight_bytes_fp16": weight_bytes(spec, FP16),
         "kv_bytes_per_token_fp16": kv_bytes_per_token(spec, FP16),

@@ -36,7 +36,7 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
             source=source,
             field=f"params.{unknown[0]}",
         )
-    bad = _non_finite(data)
+    bad = non_finite(data)
     if bad is not None:
         raise InputError("must be a finite number", source=source, field=f"params.{bad}")
     try:
@@ -47,7 +47,7 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
         raise InputError(err["msg"], source=source, field=where) from None
 
 
-def _non_finite(x: Any, path: str = "") -> str | None:
+def non_finite(x: Any, path: str = "") -> str | None:
     """The dotted path of the first NaN or infinite number in a JSON-like value, else None."""
     if isinstance(x, float) and not math.isfinite(x):
         return path or "value"
@@ -58,7 +58,7 @@ def _non_finite(x: Any, path: str = "") -> str | None:
     else:
         return None
     for k, v in items:
-        found = _non_finite(v, f"{path}.{k}" if path else str(k))
+        found = non_finite(v, f"{path}.{k}" if path else str(k))
         if found is not None:
             return found
     return None

@@ -10,7 +10,8 @@
 
 Axes: ``model``, ``rig``, ``strategy`` (a list or ``all``), ``batch``, ``prompt_len``, ``gen_len``,
 ``objective``, the precisions ``dtype`` and ``kv_dtype`` (``--dtype`` / ``--kv-dtype``), the hardware
-knobs of ``hetsim.sweep.grid.HW_KNOBS`` and plan knobs ``plan.<field>``.
+knobs of ``hetsim.sweep.grid.HW_KNOBS`` and plan knobs ``plan.<field>`` (each value checked on load against
+the field's type in the plan of every strategy it meets, as a plan file's values are).
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ def _check_values(spec: SweepSpec, source: str) -> None:
         for k, values in grid.items():
             for j, v in enumerate(values if isinstance(values, list) else [values]):
                 check(f"grids[{i}].{k}[{j}]", k, v)
+    _check_plan_knobs(spec, source)
     axes = {*spec.base, *(k for g in spec.grids for k in g), *CORE_AXES}
     for i, plot in enumerate(spec.plots):
         cols = [plot.x, *plot.facet, *plot.where]
@@ -211,3 +213,61 @@ def _check_values(spec: SweepSpec, source: str) -> None:
             raise InputError("pareto x and y must be metrics", source=source, field=f"plots[{i}]")
         if plot.kind == "line" and not plot.metric:
             raise InputError("required for a line plot", source=source, field=f"plots[{i}].metric")
+
+
+def _check_plan_knobs(spec: SweepSpec, source: str) -> None:
+    """Each ``plan.<field>`` value of the type the field has in the plan of every strategy it may
+    meet that has the field (others ignore the knob), read as a plan file's values are: ``2.0`` for
+    gpu-only's ``micro_batches`` ran into a TypeError (a point's error row) and ``true`` ran as 1."""
+    if not any(k.startswith("plan.") for k in (*spec.base, *(k for g in spec.grids for k in g))):
+        return  # no strategy imported for a spec without plan knobs
+    from hetsim.strategies.base import all_strategies, get_strategy
+
+    def met(grid: dict[str, Any]) -> list[Any]:
+        names = grid.get("strategy", spec.base.get("strategy", "all"))
+        names = names if isinstance(names, list) else [names]
+        return all_strategies() if "all" in names else [get_strategy(n) for n in names]
+
+    grids = [(f"grids[{i}]", grid, met(grid)) for i, grid in enumerate(spec.grids)]
+    base = [s for _, _, found in grids for s in found]  # a base value goes to every grid's points
+    places = [("base", {k: [v] for k, v in spec.base.items()}, base, False), *(
+        (where, grid, found, True) for where, grid, found in grids
+    )]  # fmt: skip
+    for where, knobs, strategies, indexed in places:
+        for key, values in knobs.items():
+            if not key.startswith("plan."):
+                continue
+            for j, value in enumerate(values if isinstance(values, list) else [values]):
+                if value is None:  # null leaves the knob unset (``grid.expand`` drops it): each plan's own
+                    continue
+                field = f"{where}.{key}" + (f"[{j}]" if indexed else "")
+                for strategy in strategies:
+                    why = _plan_value_problem(strategy.plan_type, key[5:], value)
+                    if why:
+                        raise InputError(f"{why} ({strategy.name}'s plan field)", source=source, field=field)
+
+
+def _plan_value_problem(plan_type: type, name: str, value: Any) -> str | None:
+    """Why ``value`` is no value of ``plan_type``'s field ``name`` (None: it is, or there is no such one)."""
+    import dataclasses
+    import typing
+
+    from pydantic import create_model
+
+    from hetsim.models.spec import DTYPES
+    from hetsim.strategies.plan_io import non_finite
+
+    if not dataclasses.is_dataclass(plan_type) or name not in {f.name for f in dataclasses.fields(plan_type)}:
+        return None
+    if non_finite(value) is not None:  # as a plan file's: NaN passed every range check
+        return f"must be a finite number, got {value!r:.40}"
+    hint = typing.get_type_hints(plan_type)[name]
+    one = create_model(f"{plan_type.__name__}_{name}", **{name: (hint, ...)})
+    try:
+        validate_strictly(one, {name: value}, whole_floats=False)  # YAML: 2.0 is a float, true no 1
+    except ValidationError as exc:
+        why = validation_error(exc, "").message
+        return why if f"{value!r:.40}" in why else f"{why}, got {value!r:.40}"
+    if name.endswith("dtype") and value not in DTYPES:  # moe-offload's weight_dtype 'x': a KeyError row
+        return f"unknown dtype {value!r:.40}; known: {', '.join(DTYPES)}"
+    return None
