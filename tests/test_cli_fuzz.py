@@ -4,7 +4,7 @@ truncated text, directories and missing paths for files), each run in-process th
 
 Every run must end with 0, 1 (no result: one line with the reason) or 2 (bad input: one line naming
 the file or the flag), never a traceback nor an exception out of ``main``. Seeded, so the same
-cases run every time; ~70 runs in a few seconds (cheap commands: ``hw show``, ``model show``,
+cases run every time; ~50 runs in a few seconds (cheap commands: ``hw show``, ``model show``,
 ``simulate`` and ``serve`` on a tiny workload, ``sweep --plots-only``, which reads the spec as
 ``sweep`` does)."""
 
