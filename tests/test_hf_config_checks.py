@@ -201,3 +201,54 @@ def test_a_plan_file_asking_another_dtype_of_a_quantised_checkpoint_names_its_fi
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {plan}: workload.weight_dtype: {quantized}: its weights are int4")
     assert "--dtype" not in err and err.count("\n") == 0
+
+
+def test_flexgen_is_not_applicable_to_a_gptq_or_awq_checkpoint(tmp_path, capsys):
+    """FlexGen reads 16-bit weights and packs them into its own group-64 4-bit format; it cannot load a
+    GPTQ/AWQ checkpoint, which was costed as if --compress-weight had packed it. Now an infeasible row
+    saying why (compare), a one-line no-plan (plan), not an error; an fp16 checkpoint at --dtype int4
+    still runs."""
+    from hetsim.cli.commands import main
+
+    run = ["--hw", "flexgen-t4", "--batch", "4", "--prompt-len", "16", "--gen-len", "2"]
+    why = "not applicable: FlexGen cannot load a GPTQ/AWQ int4 checkpoint (config.json quantization_config)"
+    for quant in (GPTQ, AWQ):
+        quantized = _checkpoint(tmp_path, quant["quant_method"], quantization_config=quant)
+        assert (
+            main(["compare", "--model", quantized, "--strategies", "flexgen", *run, "--format", "json"]) == 0
+        )
+        (row,) = json.loads(capsys.readouterr().out)["results"]
+        assert not row["feasible"] and row["strategy"] == "flexgen" and row["reason"].startswith(why)
+        plan = [
+            "plan",
+            "--model",
+            quantized,
+            "--strategy",
+            "flexgen",
+            *run,
+            "--out",
+            str(tmp_path / "p.json"),
+        ]
+        assert main(plan) == 1
+        err = capsys.readouterr().err.strip()
+        assert why in err and err.count("\n") == 0
+    plain = _checkpoint(tmp_path, "p")
+    assert (
+        main(
+            [
+                "compare",
+                "--model",
+                plain,
+                "--dtype",
+                "int4",
+                "--strategies",
+                "flexgen",
+                *run,
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["feasible"] and row["lossy"].startswith("4-bit weights")

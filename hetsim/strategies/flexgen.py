@@ -79,6 +79,13 @@ class FlexGen(Strategy):
             return "the rig has no GPU"
         if not rig.nodes[rig.gpus()[0].node].cpus:
             return "the GPU has no host CPU"
+        # its weights are fp16 .npy files per tensor (flex_opt.py: init_weight_list), packed into its own
+        # group-64 4-bit format by --compress-weight (compression.py): no GPTQ/AWQ qweight tensors
+        if model.quantized:
+            return (
+                f"FlexGen cannot load a GPTQ/AWQ {model.quantized} checkpoint (config.json "
+                "quantization_config): it reads 16-bit weights and compresses them itself"
+            )
         return None
 
     def check_plan(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
