@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
@@ -108,3 +110,27 @@ def test_lp_follows_the_engine_with_the_kv_split_between_cpu_and_disk_on_random_
     rig, plans = _kv_split_plans(20, 16)
     errors = [_lp_vs_engine(rig, *p) for p in plans]
     assert min(errors) > -0.008 and max(errors) < 0.003, errors
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(st.tuples(st.floats(0.0, 10.0), st.floats(0.0, 0.99)), max_size=3),
+    st.floats(0.0, 10.0),
+    st.floats(0.0, 10.0),
+    st.floats(0.0, 5.0),
+)
+def test_work_slowed_by_copies_ends_no_sooner_and_no_later_than_its_bounds(flows, t, work, more):
+    """``_slowed_end`` (V's pin beside K's DMA and read; the thread beside the weight copies): the work
+    ends no sooner than alone, no later than at the slowest rate throughout, later with more work, and
+    as alone once the copies have ended."""
+    from hetsim.planner.flexgen_lp import _slowed_end
+
+    flows = tuple(sorted(flows))
+    end = _slowed_end(flows, t, work)
+    last = max((s for s, _ in flows), default=0.0)
+    assert t + work - 1e-9 <= end <= max(t, last) + work + 1e-9
+    slowest = 1.0 - sum(d for _, d in flows)
+    if slowest > 0.0:
+        assert end <= t + work / slowest + 1e-9
+    assert _slowed_end(flows, t, work + more) >= end - 1e-9
+    assert _slowed_end(flows, max(t, last), work) == pytest.approx(max(t, last) + work)

@@ -62,6 +62,11 @@ def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
     return gpu, rig.host_cpu(gpu), disks[0].name if disks else ""
 
 
+def disk_read_bps(rig: Rig, disk: str, dst: str) -> float:
+    """A read from ``disk`` to ``dst``'s rate: the route's, no faster than the disk reads."""
+    return min(rig.route(disk, dst).bw, rig.disks[disk].read_bw)
+
+
 @register
 class FlexGen(Strategy):
     name = "flexgen"
@@ -259,6 +264,7 @@ class _Runner:
         self._gather_ops: dict[tuple, object] = {}
         self._unrelays: dict[float, OpCost] = {}
         self.cpu_device = rig.devices[self.cpu]
+        self.read_bps = disk_read_bps(rig, self.disk, self.cpu) if self.disk else None  # feeds the relay
         # packed parts read from disk are converted by the copy threads on the host's cores
         # (``_via_host``), which the issuing thread's CPU work takes too (``Engine.share_cores``)
         self.converts = any(any(p) for p in self.disk_packed) or (self.f.cd > 0 and any(self.kv_packed))
@@ -313,7 +319,7 @@ class _Runner:
         """A packed part's conversion into its pageable temporary (``packed_unrelay_cost``), memoised."""
         cost = self._unrelays.get(nbytes)
         if cost is None:
-            cost = self._unrelays[nbytes] = packed_unrelay_cost(self.cpu_device, nbytes)
+            cost = self._unrelays[nbytes] = packed_unrelay_cost(self.cpu_device, nbytes, self.read_bps)
         return cost
 
     def _relay(self, e, nbytes: float, label: str):
