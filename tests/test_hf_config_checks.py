@@ -252,3 +252,44 @@ def test_flexgen_is_not_applicable_to_a_gptq_or_awq_checkpoint(tmp_path, capsys)
     )
     (row,) = json.loads(capsys.readouterr().out)["results"]
     assert row["feasible"] and row["lossy"].startswith("4-bit weights")
+
+
+def test_a_flexgen_plan_file_on_a_gptq_or_awq_checkpoint_is_refused(tmp_path, capsys):
+    """``simulate --plan`` runs a plan file without the search's applicability check: a FlexGen plan
+    written for an fp16 checkpoint (--dtype int4, so --compress-weight) and pointed at a GPTQ/AWQ one
+    was costed in FlexGen's own group-64 format, as ``compare`` no longer does; now the plan file's
+    model is refused with the same reason."""
+    from hetsim.cli.commands import main
+
+    run = ["--hw", "flexgen-t4", "--batch", "4", "--prompt-len", "16", "--gen-len", "2"]
+    plain = _checkpoint(tmp_path, "p")
+    written = tmp_path / "plan.json"
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                plain,
+                "--strategy",
+                "flexgen",
+                "--dtype",
+                "int4",
+                *run,
+                "--out",
+                str(written),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    for quant in (GPTQ, AWQ):
+        quantized = _checkpoint(tmp_path, quant["quant_method"], quantization_config=quant)
+        doc = json.loads(written.read_text())
+        doc["model"] = quantized
+        plan = tmp_path / f"{quant['quant_method']}.json"
+        plan.write_text(json.dumps(doc))
+        assert main(["simulate", "--plan", str(plan), "--format", "json"]) == 2  # bad input
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {plan}: model: FlexGen cannot load a GPTQ/AWQ int4 checkpoint"), err
+        assert err.count("\n") == 0
+    assert main(["simulate", "--plan", str(written), "--format", "json"]) == 0

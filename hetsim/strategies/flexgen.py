@@ -67,6 +67,18 @@ def disk_read_bps(rig: Rig, disk: str, dst: str) -> float:
     return min(rig.route(disk, dst).bw, rig.disks[disk].read_bw)
 
 
+def _cannot_load(model: ModelSpec) -> str | None:
+    """Why FlexGen cannot load ``model``'s checkpoint, or None. Its weights are fp16 .npy files per
+    tensor (flex_opt.py: init_weight_list), packed into its own group-64 4-bit format by
+    --compress-weight (compression.py): no GPTQ/AWQ qweight tensors."""
+    if model.quantized:
+        return (
+            f"FlexGen cannot load a GPTQ/AWQ {model.quantized} checkpoint (config.json "
+            "quantization_config): it reads 16-bit weights and compresses them itself"
+        )
+    return None
+
+
 @register
 class FlexGen(Strategy):
     name = "flexgen"
@@ -84,16 +96,12 @@ class FlexGen(Strategy):
             return "the rig has no GPU"
         if not rig.nodes[rig.gpus()[0].node].cpus:
             return "the GPU has no host CPU"
-        # its weights are fp16 .npy files per tensor (flex_opt.py: init_weight_list), packed into its own
-        # group-64 4-bit format by --compress-weight (compression.py): no GPTQ/AWQ qweight tensors
-        if model.quantized:
-            return (
-                f"FlexGen cannot load a GPTQ/AWQ {model.quantized} checkpoint (config.json "
-                "quantization_config): it reads 16-bit weights and compresses them itself"
-            )
-        return None
+        return _cannot_load(model)
 
     def check_plan(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
+        why = _cannot_load(model)  # a plan file is not searched, so not asked ``applicable``
+        if why:
+            raise InputError(why, field="model")
         if plan.gpu:
             pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
         pc.at_least(plan.gpu_batch_size, 1, "gpu_batch_size")
