@@ -274,9 +274,12 @@ UNRELAY_CYCLES = 2.60
 # ... and uint8 -> fp16 into the pinned relay as the disk read lands (``tmp_cpu_buf.copy_(src_data)``,
 # its bytes ``PACKED_RELAY``), 0.0832 s -> 1.61 cycles. Over the cores it is under the read on every
 # shipped rig (hexgen-homogeneous: 0.022 ns per packed byte vs its 16 GB/s disk's 0.0625); what of it
-# outlasts a faster read is left when the read lands (``packed_unrelay_cost``'s ``read_bps``). Checked
-# on the H200 host (validate/results/h200/packed_hop.json, 128 MiB at 16 threads 0.0208 s measured;
-# 0.0129 s on its 8 physical cores at 2.1 GHz, as session 17 inferred them): a lower bound, as above.
+# outlasts a faster read is left when the read lands (``packed_unrelay_cost``'s ``read_bps``). Grade:
+# measured, one part on one host (the same run as above; its relay pageable, the VM has no CUDA), not
+# fitted to a whole. Checked on the H200 host (validate/results/h200/packed_hop.json, a pinned relay):
+# 1 thread 0.1496 s per 2**27 elements measured, 0.1029 s carried at 2.1 GHz (2.34 cycles there, so
+# per element it is host-dependent, unlike ``UNRELAY_CYCLES``' +3.8 %); 16 threads 0.0208 s measured,
+# 0.0129 s on its 8 physical cores as session 17 inferred them (1.6x): a lower bound on both counts.
 RELAY_CYCLES = 1.61
 
 
