@@ -283,3 +283,95 @@ def test_an_awq_moe_checkpoint_that_keeps_its_router_costs_it_at_16_bits():
         (op,) = (o for o in step_ops(spec, "decode", 1, 1, 16, INT4) if o.name == "router" and o.layer == 0)
         assert op.weight_bytes == pytest.approx(router * want.bytes_per_element)
         assert (op.dequant_ops == 0) == (want is FP16)
+
+
+def test_flexgen_is_not_applicable_to_a_gptq_or_awq_checkpoint(tmp_path, capsys):
+    """FlexGen reads 16-bit weights and packs them into its own group-64 4-bit format; it cannot load a
+    GPTQ/AWQ checkpoint, which was costed as if --compress-weight had packed it. Now an infeasible row
+    saying why (compare), a one-line no-plan (plan), not an error; an fp16 checkpoint at --dtype int4
+    still runs."""
+    from hetsim.cli.commands import main
+
+    run = ["--hw", "flexgen-t4", "--batch", "4", "--prompt-len", "16", "--gen-len", "2"]
+    why = "not applicable: FlexGen cannot load a GPTQ/AWQ int4 checkpoint (config.json quantization_config)"
+    for quant in (GPTQ, AWQ):
+        quantized = _checkpoint(tmp_path, quant["quant_method"], quantization_config=quant)
+        assert (
+            main(["compare", "--model", quantized, "--strategies", "flexgen", *run, "--format", "json"]) == 0
+        )
+        (row,) = json.loads(capsys.readouterr().out)["results"]
+        assert not row["feasible"] and row["strategy"] == "flexgen" and row["reason"].startswith(why)
+        plan = [
+            "plan",
+            "--model",
+            quantized,
+            "--strategy",
+            "flexgen",
+            *run,
+            "--out",
+            str(tmp_path / "p.json"),
+        ]
+        assert main(plan) == 1
+        err = capsys.readouterr().err.strip()
+        assert why in err and err.count("\n") == 0
+    plain = _checkpoint(tmp_path, "p")
+    assert (
+        main(
+            [
+                "compare",
+                "--model",
+                plain,
+                "--dtype",
+                "int4",
+                "--strategies",
+                "flexgen",
+                *run,
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["feasible"] and row["lossy"].startswith("4-bit weights")
+
+
+def test_a_flexgen_plan_file_on_a_gptq_or_awq_checkpoint_is_refused(tmp_path, capsys):
+    """``simulate --plan`` runs a plan file without the search's applicability check: a FlexGen plan
+    written for an fp16 checkpoint (--dtype int4, so --compress-weight) and pointed at a GPTQ/AWQ one
+    was costed in FlexGen's own group-64 format, as ``compare`` no longer does; now the plan file's
+    model is refused with the same reason."""
+    from hetsim.cli.commands import main
+
+    run = ["--hw", "flexgen-t4", "--batch", "4", "--prompt-len", "16", "--gen-len", "2"]
+    plain = _checkpoint(tmp_path, "p")
+    written = tmp_path / "plan.json"
+    assert (
+        main(
+            [
+                "plan",
+                "--model",
+                plain,
+                "--strategy",
+                "flexgen",
+                "--dtype",
+                "int4",
+                *run,
+                "--out",
+                str(written),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    for quant in (GPTQ, AWQ):
+        quantized = _checkpoint(tmp_path, quant["quant_method"], quantization_config=quant)
+        doc = json.loads(written.read_text())
+        doc["model"] = quantized
+        plan = tmp_path / f"{quant['quant_method']}.json"
+        plan.write_text(json.dumps(doc))
+        assert main(["simulate", "--plan", str(plan), "--format", "json"]) == 2  # bad input
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {plan}: model: FlexGen cannot load a GPTQ/AWQ int4 checkpoint"), err
+        assert err.count("\n") == 0
+    assert main(["simulate", "--plan", str(written), "--format", "json"]) == 0

@@ -67,7 +67,7 @@ from hetsim.planner.ranking import Estimator, Evaluate, evaluator
 from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
 from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.flexgen import endpoints
+from hetsim.strategies.flexgen import disk_read_bps, endpoints
 from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
     PACKED_RELAY,
@@ -154,13 +154,13 @@ def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
     route, back = rig.route(cpu, gpu), rig.route(gpu, cpu)
     if disk:
         d = rig.disks[disk]
-        d2g = min(rig.route(disk, gpu).bw, d.read_bw)
+        d2g = disk_read_bps(rig, disk, gpu)
         g2d = min(rig.route(gpu, disk).bw, d.write_bw)
-        d2c = min(rig.route(disk, cpu).bw, d.read_bw)
+        d2c = disk_read_bps(rig, disk, cpu)
         c2d = min(rig.route(cpu, disk).bw, d.write_bw)
     else:  # no disk: its fractions are bounded to 0, so no disk terms at all
         d2g = g2d = d2c = c2d = math.inf
-    unpack = packed_unrelay_cost(rig.devices[cpu], 1.0)
+    unpack = packed_unrelay_cost(rig.devices[cpu], 1.0, d2c if disk else None)  # per packed byte read
     return Links(
         route.bw,
         route.pageable_bw,
@@ -393,7 +393,9 @@ def _slots(
                 q = {"cc": new_kv / store, "cd": new_kv / lk.out_pin + new_kv / lk.c2d}
                 store_w = {"cd": new_kv / lk.c2d}
                 if phase == "decode":
-                    ahead = _kv_load(rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram, fl.compress_cache)
+                    ahead = _kv_load(
+                        rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram, fl.compress_cache, kv_at
+                    )
                     if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
                         link, memcpy, pinned, disk_read, slow_kv, dk = ahead
                         dread = _plus(dread, disk_read, nb - 1.0)
@@ -508,15 +510,24 @@ def _weight_slow(
     copies, take host DRAM after the thread's work: _via_host). Each read's bytes are copied into
     the relay as they land (``PLAIN_RELAY`` more bytes of host DRAM beside each read byte), a
     layer's packed parts (``copies``, its disk copies) converted (``PACKED_RELAY``): the read's delay
-    is its bytes' mean. (The KV memcpy's delay in ``_kv_load`` keeps the bare read: with the relay's
-    bytes there the LP went +0.6 % above the engine on a 4-bit plan.)"""
+    is its bytes' mean (``_read_delay``). (The KV memcpy's delay beside the weights' read in
+    ``_kv_load`` keeps the bare read: with the relay's bytes there the LP went +0.6 % above the engine
+    on a 4-bit plan.)"""
+    dram_d = overlap_delay(dram, lk.pin, cap), _read_delay(dram, lk, cap, copies)
+    return dram_d, {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
+
+
+def _read_delay(dram: float, lk: Links, cap: float, copies: Iterable[tuple[float, bool]]) -> float:
+    """The delay per second of a disk read through the copy threads' relay beside CPU work drawing
+    ``cap`` of host DRAM: each byte's page-cache write and the relay's bytes (``PLAIN_RELAY``, a packed
+    part's ``PACKED_RELAY``), the mean over ``copies`` (bytes, packed?) by their bytes."""
+    copies = tuple(copies)
     whole = sum(b for b, _ in copies)
     packed = sum(b for b, k in copies if k) / whole if whole else 0.0
     read = overlap_delay(dram, lk.d2c * (1.0 + PLAIN_RELAY), cap)
     if packed:
         read += packed * (overlap_delay(dram, lk.d2c * (1.0 + PACKED_RELAY), cap) - read)
-    dram_d = overlap_delay(dram, lk.pin, cap), read
-    return dram_d, {"wc": dram_d[0] / lk.pin, "wd": dram_d[1] / lk.d2c}
+    return read
 
 
 def _positions(n_sched: int, layers: int) -> tuple[tuple[str, int, float], ...]:
@@ -547,6 +558,7 @@ def _kv_load(
     cpu: str,
     dram: float,
     compressed: bool = False,
+    at: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], ...]:
     """One batch's GPU-attention KV load from the CPU and the disk: (its link time, its host memcpy,
     the part of it the load waits for, its disk read, the memcpy's delay per weight byte loaded
@@ -556,7 +568,8 @@ def _kv_load(
     or both pins then V's DMA, whichever is longer (``pinned``). In the
     first sub-step the memcpy shares host DRAM with the next layer's weight DMA issued just before
     it (flex_opt.py:1048-1049) and ends later by ``bandwidth.overlap_delay`` per second of DMA (exact
-    when the memcpy outlasts the DMA; a shorter one is under the weights' own option)."""
+    when the memcpy outlasts the DMA; a shorter one is under the weights' own option). ``at``: a
+    plan's KV fractions, where V's pin is also slowed by K's disk read beside it (tangent forms)."""
     kvb = gbs * kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
     copy = host_copy_op(kvb)
     cap = _host_pace(rig, cpu, (copy,))
@@ -588,7 +601,32 @@ def _kv_load(
     # each piece's pins so far then its DMAs on; the last, every pin (V's slowed) then its DMA
     waits = [memcpy / 2 * sum(pieces[: i + 1]) - half_dma * sum(pieces[:i]) for i in range(len(pieces) - 1)]
     waits.append(memcpy + v_late - half_dma * sum(pieces[:-1]))
-    pinned = {"cc": max(waits)}
+    pinned, thread = {"cc": max(waits)}, {"cc": memcpy + v_late}
+    if at is not None and at.get("cc", 0.0) > 0.0 and at.get("cd", 0.0) > 0.0:
+        # K's disk share is read from when K's CPU half is pinned, beside V's pin, and its page-cache
+        # write and the relay's memcpy (``_read_delay``, a weight read's) slow the pin on host DRAM
+        # too: V's pin then ends by both copies (``_slowed_end``), and V's DMA after it may end the
+        # load. Not one form in cc and cd (the read may end within the pin or outlast it): at a plan's
+        # placement its tangent, exact there (as ``_beside``); the LP's own fractions leave it out.
+        # (hexgen-homogeneous Llama-2-70B 96 x 32, the KV 0/53/47: LP -1.25 % under the engine without,
+        # +0.12 % with; the LP's own fractions there are as before, so its search may favour disk KV)
+        read_d = _read_delay(dram, lk, cap, zip(parts, packed, strict=True))
+        ahead = memcpy / 2 * sum(parts[1:])  # K's later parts' pins, before V's: the copies run on
+
+        def v_pin(x: dict[str, float]) -> float:
+            """V's pins' delay at the KV fractions ``x``."""
+            cc, cd = x.get("cc", 0.0), x.get("cd", 0.0)
+            flows = ((beside * cc, d), (max(0.0, kvb * cd / (2 * lk.d2c) - ahead * cc), read_d))
+            work = memcpy / 2 * cc
+            return _slowed_end(tuple(sorted(f for f in flows if f[0] > 0.0)), 0.0, work) - work
+
+        def last(x: dict[str, float]) -> float:
+            """What the load waits for besides its DMAs: the latest of ``waits``, V's with its delay."""
+            cc = x.get("cc", 0.0)
+            return max(max(waits[:-1]) * cc, (memcpy - half_dma * sum(pieces[:-1])) * cc + v_pin(x))
+
+        pinned = _tangent(last, at)
+        thread = _plus(_tangent(v_pin, at), {"cc": memcpy}, 1.0)
     # the disk reads: K's once K's CPU half is pinned, V's behind it on the disk lane (and after V's
     # pin: a second form, left out as it binds only where cc x memcpy > cd x read, i.e. little
     # disk share, and then misses by at most (cc x memcpy - cd x read) / 2); V's last copy's hop
@@ -600,8 +638,14 @@ def _kv_load(
     # V's packed data is converted once read (``_unpack_s``, its overhead with the latencies), then hops
     unpack = _unpack_s(lk, kvb * parts[0] / 2, False) if packed[0] else 0.0
     tail = max(last_read, unpack + sum(hops[:-1]) / 2) + hops[-1] / 2
-    dk = {"cc": memcpy / 2, "cd": kvb / lk.d2c - last_read + tail}
-    return link, {"cc": memcpy + v_late}, pinned, {"cd": kvb / lk.d2c}, slow, dk
+    # ... or, where the hops are slower than the reads, K's first read (and its conversion), then
+    # every hop one after another on the link: the link's own sum has no wait for the first read (a
+    # 4-bit cache at hexgen-homogeneous's 16 GB/s against the 10 GB/s pageable hop: Llama-2-13B
+    # 16 x 4, the weights on the CPU, 512 + 16, LP -5.1 % under the engine without, -1.5 % with).
+    # Both chains scale with cd alike, so their max is one form
+    first = kvb * parts[0] / (2 * lk.d2c) + unpack + sum(hops)
+    dk = {"cc": memcpy / 2, "cd": max(kvb / lk.d2c - last_read + tail, first)}
+    return link, thread, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
 
 def _latency(form: dict[str, float], lat: float, p: dict[str, float]) -> dict[str, float]:
@@ -658,20 +702,7 @@ def _beside(
     flows = tuple(sorted((t, d) for t, d in flows if t > 0.0 and d > 0.0))
     if not flows:
         return {}
-
-    def end(t: float, work: float) -> float:
-        """When ``work`` seconds of CPU work issued at ``t`` end, slowed while the copies last."""
-        if work <= 0.0:  # none (the attention with the KV on the GPU): no 0 / 0 where a copy takes all
-            return t
-        for stop, _ in flows:
-            if t >= stop:
-                continue
-            rate = max(0.0, 1.0 - sum(d for s, d in flows if s > t))
-            if rate * (stop - t) >= work:
-                return t + work / rate
-            work -= rate * (stop - t)
-            t = stop
-        return t + work
+    end = partial(_slowed_end, flows)
 
     def lin(form: dict[str, float], x: dict[str, float]) -> float:
         return form.get("const", 0.0) + sum(k * x.get(v, 0.0) for v, k in form.items() if v != "const")
@@ -681,8 +712,30 @@ def _beside(
         t = end(0.0, g)
         return t - g + end(t + lin(gap, x), a) - (t + lin(gap, x)) - a
 
-    here, h = delay(at), 1e-6
-    form = {v: (delay({**at, v: at.get(v, 0.0) + h}) - here) / h for v in ("cg", "cc", "cd")}
+    return _tangent(delay, at)
+
+
+def _slowed_end(flows: tuple[tuple[float, float], ...], t: float, work: float) -> float:
+    """When ``work`` seconds of CPU work issued at ``t`` end, slowed while copies last on host DRAM
+    (``flows``: each copy's end and delay per second beside it, by end; their delays summed, a bound of
+    their joint one, exact where the work may draw all of host DRAM)."""
+    if work <= 0.0:  # none (the attention with the KV on the GPU): no 0 / 0 where a copy takes all
+        return t
+    for stop, _ in flows:
+        if t >= stop:
+            continue
+        rate = max(0.0, 1.0 - sum(d for s, d in flows if s > t))
+        if rate * (stop - t) >= work:
+            return t + work / rate
+        work -= rate * (stop - t)
+        t = stop
+    return t + work
+
+
+def _tangent(fn: Callable[[dict[str, float]], float], at: dict[str, float]) -> dict[str, float]:
+    """``fn``'s tangent form at the KV fractions ``at`` (forward differences): exact at a plan."""
+    here, h = fn(at), 1e-6
+    form = {v: (fn({**at, v: at.get(v, 0.0) + h}) - here) / h for v in ("cg", "cc", "cd")}
     form = {v: k for v, k in form.items() if k}
     form["const"] = here - sum(k * at.get(v, 0.0) for v, k in form.items())
     return form

@@ -62,6 +62,23 @@ def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
     return gpu, rig.host_cpu(gpu), disks[0].name if disks else ""
 
 
+def disk_read_bps(rig: Rig, disk: str, dst: str) -> float:
+    """A read from ``disk`` to ``dst``'s rate: the route's, no faster than the disk reads."""
+    return min(rig.route(disk, dst).bw, rig.disks[disk].read_bw)
+
+
+def _cannot_load(model: ModelSpec) -> str | None:
+    """Why FlexGen cannot load ``model``'s checkpoint, or None. Its weights are fp16 .npy files per
+    tensor (flex_opt.py: init_weight_list), packed into its own group-64 4-bit format by
+    --compress-weight (compression.py): no GPTQ/AWQ qweight tensors."""
+    if model.quantized:
+        return (
+            f"FlexGen cannot load a GPTQ/AWQ {model.quantized} checkpoint (config.json "
+            "quantization_config): it reads 16-bit weights and compresses them itself"
+        )
+    return None
+
+
 @register
 class FlexGen(Strategy):
     name = "flexgen"
@@ -79,9 +96,12 @@ class FlexGen(Strategy):
             return "the rig has no GPU"
         if not rig.nodes[rig.gpus()[0].node].cpus:
             return "the GPU has no host CPU"
-        return None
+        return _cannot_load(model)
 
     def check_plan(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
+        why = _cannot_load(model)  # a plan file is not searched, so not asked ``applicable``
+        if why:
+            raise InputError(why, field="model")
         if plan.gpu:
             pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
         pc.at_least(plan.gpu_batch_size, 1, "gpu_batch_size")
@@ -252,6 +272,7 @@ class _Runner:
         self._gather_ops: dict[tuple, object] = {}
         self._unrelays: dict[float, OpCost] = {}
         self.cpu_device = rig.devices[self.cpu]
+        self.read_bps = disk_read_bps(rig, self.disk, self.cpu) if self.disk else None  # feeds the relay
         # packed parts read from disk are converted by the copy threads on the host's cores
         # (``_via_host``), which the issuing thread's CPU work takes too (``Engine.share_cores``)
         self.converts = any(any(p) for p in self.disk_packed) or (self.f.cd > 0 and any(self.kv_packed))
@@ -306,7 +327,7 @@ class _Runner:
         """A packed part's conversion into its pageable temporary (``packed_unrelay_cost``), memoised."""
         cost = self._unrelays.get(nbytes)
         if cost is None:
-            cost = self._unrelays[nbytes] = packed_unrelay_cost(self.cpu_device, nbytes)
+            cost = self._unrelays[nbytes] = packed_unrelay_cost(self.cpu_device, nbytes, self.read_bps)
         return cost
 
     def _relay(self, e, nbytes: float, label: str):

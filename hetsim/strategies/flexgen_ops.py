@@ -269,9 +269,18 @@ PLAIN_RELAY = 1.0 + 1.0
 # measured: ``python -m validate.packed_hop --mib 128 --threads 1`` (d70be3c), torch 2.13.0+cpu, AMD
 # EPYC at 2.596 GHz (the development VM): fp16 -> uint8 into a fresh pageable tensor (its first-touch
 # page faults included) 0.1346 s per 2**27 elements -> 2.60 cycles. Grade: measured (one host; not the
-# T4 VM's). (uint8 -> fp16 into the relay, 0.0832 s -> 1.61 cycles, runs as the disk read lands, under
-# it: ``PACKED_RELAY``.)
+# T4 VM's).
 UNRELAY_CYCLES = 2.60
+# ... and uint8 -> fp16 into the pinned relay as the disk read lands (``tmp_cpu_buf.copy_(src_data)``,
+# its bytes ``PACKED_RELAY``), 0.0832 s -> 1.61 cycles. Over the cores it is under the read on every
+# shipped rig (hexgen-homogeneous: 0.022 ns per packed byte vs its 16 GB/s disk's 0.0625); what of it
+# outlasts a faster read is left when the read lands (``packed_unrelay_cost``'s ``read_bps``). Grade:
+# measured, one part on one host (the same run as above; its relay pageable, the VM has no CUDA), not
+# fitted to a whole. Checked on the H200 host (validate/results/h200/packed_hop.json, a pinned relay):
+# 1 thread 0.1496 s per 2**27 elements measured, 0.1029 s carried at 2.1 GHz (2.34 cycles there, so
+# per element it is host-dependent, unlike ``UNRELAY_CYCLES``' +3.8 %); 16 threads 0.0208 s measured,
+# 0.0129 s on its 8 physical cores as session 17 inferred them (1.6x): a lower bound on both counts.
+RELAY_CYCLES = 1.61
 
 
 @lru_cache(maxsize=4096)
@@ -285,15 +294,20 @@ def packed_unrelay_op(nbytes: float) -> Op:
     return Op("relay_to_uint8", OpKind.ELEMENTWISE, 0, nbytes, 0.0, 2.0 * nbytes, nbytes)
 
 
-def packed_unrelay_cost(cpu: ComputeDevice, nbytes: float) -> OpCost:
+def packed_unrelay_cost(cpu: ComputeDevice, nbytes: float, read_bps: float | None = None) -> OpCost:
     """``packed_unrelay_op`` on ``cpu``: its bytes at the host's memory rate (``op_cost``), its compute
     ``UNRELAY_CYCLES`` per element over the host's cores at its clock, the longer of the two. The
     conversion is compute-bound on every host measured (validate.packed_hop: ~1 ns per element on one
-    thread), far from a memory-bound elementwise op's rate."""
+    thread), far from a memory-bound elementwise op's rate. ``read_bps``: the rate of the disk read
+    that fed the relay, whose conversion into it (``RELAY_CYCLES``) ran as the read landed: what of
+    its compute the read did not hide runs first (none on the shipped rigs; None: not charged)."""
     cost = op_cost(cpu, packed_unrelay_op(nbytes))
     if not (cpu.cores and cpu.clock_hz):
         return cost
     compute = nbytes * UNRELAY_CYCLES / (cpu.cores * cpu.clock_hz)
+    if read_bps is not None:
+        relay_left = nbytes * RELAY_CYCLES / (cpu.cores * cpu.clock_hz) - nbytes / read_bps
+        compute += max(0.0, relay_left)
     memory_bound = cost.overhead_s + cost.memory_s if cost.memory_s > compute else 0.0
     return replace(
         cost,
