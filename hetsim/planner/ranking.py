@@ -105,6 +105,15 @@ def _in_passes(strategy: Runnable, plan: Any, workload: Workload) -> bool:
     return one is not None and one < workload.batch
 
 
+def floor_run(workload: Workload) -> tuple[Workload, float]:
+    """The run ``estimate`` simulates for ``workload`` (its proxy when that is shorter), and what a
+    second of that run after its first token counts in the estimate's ``e2e_s`` (a plan not in
+    passes: ``estimate_floor``'s scale)."""
+    if workload.gen_len <= PROXY_GEN_LEN:
+        return workload, 1.0
+    return workload.head(PROXY_GEN_LEN), (workload.gen_len - 1) / (PROXY_GEN_LEN - 1)
+
+
 def estimate_floor(
     workload: Workload,
     run_floors: Callable[[Workload], tuple[float, float] | None],
