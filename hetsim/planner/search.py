@@ -154,9 +154,9 @@ class _Ladder:
     its searched plan ran at half the rate of 774's). Rungs: powers of 4 and the largest, estimated in
     the engine from the smallest up until two in a row rank below the best so far (the searched rate
     rises with the batch, then falls: searches cost), then the neighbours at half and twice the
-    winner. Larger is not always better: a
-    CPU-bound prefill or a KV scan that grows with the batch can make the largest batch slower per
-    token than a small one."""
+    winner, each unless a lower bound of its search's plans shows it cannot rank first
+    (``beaten``). Larger is not always better: a CPU-bound prefill or a KV scan that grows with
+    the batch can make the largest batch slower per token than a small one."""
 
     def __init__(
         self,
