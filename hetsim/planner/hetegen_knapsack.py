@@ -436,20 +436,12 @@ class _Candidate:
         estimate's weights (``floor_run``); ``estimate_floor`` then bounds the estimate at them."""
         proxy, scale = floor_run(self.workload)
         parts = floor_parts(self.base, self.rig, self.model, proxy)
-        sizes = module_bytes(self.model, self.base.weight_dtype)
-        layers = self.model.layers
         saved = {
             k: (s[0] - r[0]) + (s[1] - r[1]) * scale
             for k, s, r in ((k, parts.split[k], parts.resident[k]) for k in parts.split)
         }
-        left, counts = max(0.0, self.capacity), {}
-        for kind in sorted(saved, key=lambda k: -saved[k] / max(int(sizes[k]), 1e-300)):
-            if saved[kind] <= 0:
-                break
-            size = int(sizes[kind])
-            counts[kind] = layers if size == 0 else min(layers, left / size)
-            left -= counts[kind] * size
-        return estimate_floor(self.workload, lambda w: parts.run(counts, layers))
+        counts = self._fractional_resident(saved)
+        return estimate_floor(self.workload, lambda w: parts.run(counts, self.model.layers))
 
     def _any_resident_floor(self) -> float:
         """``e2e_floor`` of the best resident set that could fit: all split, less the most split time
@@ -458,15 +450,27 @@ class _Candidate:
         choice of whole modules takes off. Sums of positive floats, then one difference: each side
         is moved a part in 1e9 its own way."""
         times = split_times(self.base, self.rig, self.model, self.workload)
+        off = 0.0
+        for kind, n in self._fractional_resident(times).items():
+            off += n * times[kind]
+        return FLOOR_SLACK * self.model.layers * sum(times.values()) - (2 - FLOOR_SLACK) * off
+
+    def _fractional_resident(self, saved: Mapping[str, float]) -> dict[str, float]:
+        """The resident count of each kind (a fraction allowed) that saves the most of ``saved``
+        (seconds one layer's module saves resident) within the knapsack's capacity (bytes as it
+        counts them), by the fractional knapsack: kinds by saving per byte, each as far as the
+        bytes left allow, the last one in part; a kind saving nothing is left out. No choice of
+        whole modules that fits saves more (the relaxation's optimum)."""
         sizes = module_bytes(self.model, self.base.weight_dtype)
         layers = self.model.layers
-        left, off = max(0.0, self.capacity), 0.0
-        for kind in sorted(times, key=lambda k: -times[k] / max(int(sizes[k]), 1e-300)):
+        left, counts = max(0.0, self.capacity), {}
+        for kind in sorted(saved, key=lambda k: -saved[k] / max(int(sizes[k]), 1e-300)):
+            if saved[kind] <= 0:
+                break
             size = int(sizes[kind])
-            n = layers if size == 0 else min(layers, left / size)
-            off += n * times[kind]
-            left -= n * size
-        return FLOOR_SLACK * layers * sum(times.values()) - (2 - FLOOR_SLACK) * off
+            counts[kind] = layers if size == 0 else min(layers, left / size)
+            left -= counts[kind] * size
+        return counts
 
 
 def _candidates(rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[_Candidate]:

@@ -123,7 +123,7 @@ def estimate_floor(
     (TTFT, makespan - TTFT) of the run it simulates (``run_floors`` of that run's workload: the
     proxy's when it is shorter); ``_estimate``'s extrapolation grows with both. A plan ``in_passes``
     is extrapolated from its decode rounds alone, at least the proxy's makespan: no more is bounded."""
-    proxy = workload if workload.gen_len <= PROXY_GEN_LEN else workload.head(PROXY_GEN_LEN)
+    proxy, _ = floor_run(workload)
     got = run_floors(proxy)
     if got is None:
         return 0.0
