@@ -17,14 +17,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from hetsim.costs.kernel_tables import measured_kernel
 from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import ModelSpec, Op, Phase
-from hetsim.planner.ranking import Evaluate, best_plan
+from hetsim.planner.ranking import Evaluate, best_plan, estimate_floor, floor_run
 from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies.hetegen import (
     FLOOR_SLACK,
@@ -34,6 +35,7 @@ from hetsim.strategies.hetegen import (
     HeteGenPlan,
     check_cpu_dtype,
     e2e_floor,
+    floor_parts,
     measure_split,
     module_bytes,
     module_counts,
@@ -425,6 +427,22 @@ class _Candidate:
             return True
         return False
 
+    def estimate_floor(self) -> float:
+        """A lower bound of the estimated ``e2e_s`` of this candidate's plan whatever its resident
+        set (``FloorParts`` of the split plan, its proxy run's as ``estimate`` simulates it): the
+        resident counts that make the bound least within the knapsack's capacity, by the fractional
+        knapsack (kinds by time saved per byte, the last one in part), a bound over every set of
+        whole modules that fits (a kind saving nothing stays split). The counts are chosen by the
+        estimate's weights (``floor_run``); ``estimate_floor`` then bounds the estimate at them."""
+        proxy, scale = floor_run(self.workload)
+        parts = floor_parts(self.base, self.rig, self.model, proxy)
+        saved = {
+            k: (s[0] - r[0]) + (s[1] - r[1]) * scale
+            for k, s, r in ((k, parts.split[k], parts.resident[k]) for k in parts.split)
+        }
+        counts = self._fractional_resident(saved)
+        return estimate_floor(self.workload, lambda w: parts.run(counts, self.model.layers))
+
     def _any_resident_floor(self) -> float:
         """``e2e_floor`` of the best resident set that could fit: all split, less the most split time
         whole modules (bytes as the knapsack counts them) could take off within the capacity, by the
@@ -432,15 +450,36 @@ class _Candidate:
         choice of whole modules takes off. Sums of positive floats, then one difference: each side
         is moved a part in 1e9 its own way."""
         times = split_times(self.base, self.rig, self.model, self.workload)
+        off = 0.0
+        for kind, n in self._fractional_resident(times).items():
+            off += n * times[kind]
+        return FLOOR_SLACK * self.model.layers * sum(times.values()) - (2 - FLOOR_SLACK) * off
+
+    def _fractional_resident(self, saved: Mapping[str, float]) -> dict[str, float]:
+        """The resident count of each kind (a fraction allowed) that saves the most of ``saved``
+        (seconds one layer's module saves resident) within the knapsack's capacity (bytes as it
+        counts them), by the fractional knapsack: kinds by saving per byte, each as far as the
+        bytes left allow, the last one in part; a kind saving nothing is left out. No choice of
+        whole modules that fits saves more (the relaxation's optimum)."""
         sizes = module_bytes(self.model, self.base.weight_dtype)
         layers = self.model.layers
-        left, off = max(0.0, self.capacity), 0.0
-        for kind in sorted(times, key=lambda k: -times[k] / max(int(sizes[k]), 1e-300)):
+        left, counts = max(0.0, self.capacity), {}
+        for kind in sorted(saved, key=lambda k: -saved[k] / max(int(sizes[k]), 1e-300)):
+            if saved[kind] <= 0:
+                break
             size = int(sizes[kind])
-            n = layers if size == 0 else min(layers, left / size)
-            off += n * times[kind]
-            left -= n * size
-        return FLOOR_SLACK * layers * sum(times.values()) - (2 - FLOOR_SLACK) * off
+            counts[kind] = layers if size == 0 else min(layers, left / size)
+            left -= counts[kind] * size
+        return counts
+
+
+def _candidates(rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[_Candidate]:
+    """``search``'s candidates: GPUs of one kind on the same kind of host give the same plan, so one
+    of each."""
+    kinds = {}
+    for gpu in rig.gpus():
+        kinds.setdefault((gpu.model, rig.devices[rig.host_cpu(gpu.name)].model, gpu.mem_bytes), gpu)
+    return (_Candidate(rig, model, workload, g.name, g.mem_bytes) for g in kinds.values())
 
 
 def search(
@@ -456,10 +495,16 @@ def search(
     ranked by ``evaluate``. A GPU's plan that a lower bound shows no faster than the best run so far
     is not run (``best_plan``'s ``beaten``), nor its knapsack solved when a bound over every
     resident set shows it."""
-    # GPUs of one kind on the same kind of host give the same plan: try one of each.
-    kinds = {}
-    for gpu in rig.gpus():
-        kinds.setdefault((gpu.model, rig.devices[rig.host_cpu(gpu.name)].model, gpu.mem_bytes), gpu)
-    candidates = (_Candidate(rig, model, workload, g.name, g.mem_bytes) for g in kinds.values())
+    candidates = _candidates(rig, model, workload)
     best = best_plan(candidates, lambda c: evaluate(c.plan), objective, lambda c, t: c.beaten(t))
     return None if best is None else best.plan
+
+
+def search_floor(rig: Rig, model: ModelSpec, workload: Workload) -> float:
+    """A lower bound of the estimated ``e2e_s`` (``hetsim.planner.ranking.estimate``) of every plan
+    ``search`` may return that runs (inf: none can), with no knapsack solved and nothing run: the
+    least over its candidates of ``_Candidate.estimate_floor``, a candidate over its GPU budget
+    whatever its alphas left out (its plan is refused). The batch ladder leaves out a batch this
+    shows cannot rank first (``hetsim.planner.search``)."""
+    floors = [c.estimate_floor() for c in _candidates(rig, model, workload) if not c._over_budget()]
+    return min(floors, default=math.inf)

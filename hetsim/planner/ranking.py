@@ -105,6 +105,15 @@ def _in_passes(strategy: Runnable, plan: Any, workload: Workload) -> bool:
     return one is not None and one < workload.batch
 
 
+def floor_run(workload: Workload) -> tuple[Workload, float]:
+    """The run ``estimate`` simulates for ``workload`` (its proxy when that is shorter), and what a
+    second of that run after its first token counts in the estimate's ``e2e_s`` (a plan not in
+    passes: ``estimate_floor``'s scale)."""
+    if workload.gen_len <= PROXY_GEN_LEN:
+        return workload, 1.0
+    return workload.head(PROXY_GEN_LEN), (workload.gen_len - 1) / (PROXY_GEN_LEN - 1)
+
+
 def estimate_floor(
     workload: Workload,
     run_floors: Callable[[Workload], tuple[float, float] | None],
@@ -114,7 +123,7 @@ def estimate_floor(
     (TTFT, makespan - TTFT) of the run it simulates (``run_floors`` of that run's workload: the
     proxy's when it is shorter); ``_estimate``'s extrapolation grows with both. A plan ``in_passes``
     is extrapolated from its decode rounds alone, at least the proxy's makespan: no more is bounded."""
-    proxy = workload if workload.gen_len <= PROXY_GEN_LEN else workload.head(PROXY_GEN_LEN)
+    proxy, _ = floor_run(workload)
     got = run_floors(proxy)
     if got is None:
         return 0.0

@@ -34,6 +34,11 @@ def _solver(target: str) -> Search:
     return getattr(import_module(module), function)
 
 
+# Lower bounds of the estimated e2e_s of any plan a strategy's search returns that runs, with nothing
+# searched: "module:function" -> (rig, model, workload) -> seconds. ``_Ladder`` leaves out a
+# neighbour rung such a bound shows cannot rank first.
+SEARCH_FLOORS = {"hetegen": "hetsim.planner.hetegen_knapsack:search_floor"}
+
 # Searches that load CP-SAT when they solve (~0.1 s of CPU on import, without pandas: ``planner.cpsat``;
 # HeteGen's on its first knapsack, HexGen's with its module).
 CP_SAT_SEARCHES = frozenset({"hetegen", "hexgen"})
@@ -149,9 +154,9 @@ class _Ladder:
     its searched plan ran at half the rate of 774's). Rungs: powers of 4 and the largest, estimated in
     the engine from the smallest up until two in a row rank below the best so far (the searched rate
     rises with the batch, then falls: searches cost), then the neighbours at half and twice the
-    winner. Larger is not always better: a
-    CPU-bound prefill or a KV scan that grows with the batch can make the largest batch slower per
-    token than a small one."""
+    winner, each unless a lower bound of its search's plans shows it cannot rank first
+    (``beaten``). Larger is not always better: a CPU-bound prefill or a KV scan that grows with
+    the batch can make the largest batch slower per token than a small one."""
 
     def __init__(
         self,
@@ -196,6 +201,22 @@ class _Ladder:
                 if worse == STOP_AFTER_WORSE:  # each search costs: stop once two rungs up lose
                     break
         for b in (best // 2, best * 2):
-            if 1 <= b <= top and b not in self.scores and self.score(b) < self.score(best):
+            fresh = 1 <= b <= top and b not in self.scores and not self.beaten(b, best)
+            if fresh and self.score(b) < self.score(best):
                 best = b
         return best
+
+    def beaten(self, batch: int, best: int) -> bool:
+        """True when no plan the search may return at ``batch`` ranks above ``best``'s, by a lower
+        bound of its estimated ``e2e_s`` (``SEARCH_FLOORS``; throughput only, where a rung's score
+        is its tokens over that time): at least the time in which ``batch``'s tokens come at
+        ``best``'s rate, and a part in 1e12 more (the rounding of that quotient), leaves its rate
+        below ``best``'s, however its own quotient rounds."""
+        target = SEARCH_FLOORS.get(self.args[0].name)
+        top = self.scores[best]
+        if target is None or self.objective != "throughput" or top[0] != 0:
+            return False
+        _, rig, model, workload = self.args
+        wl = replace(workload, batch=batch)
+        tokens = batch * workload.gen_len
+        return _solver(target)(rig, model, wl) >= tokens / -top[1] * (1 + 1e-12)

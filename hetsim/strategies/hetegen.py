@@ -499,6 +499,12 @@ class HeteGen(Strategy):
             },
         }
 
+    def run_floors(
+        self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload
+    ) -> tuple[float, float] | None:
+        """``FloorParts.run`` of the plan's resident set."""
+        return floor_parts(plan, rig, model, workload).run(plan.resident, model.layers)
+
     def schedule(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload):
         gpu, cpu, b, wd = plan.gpu, plan.cpu, workload.batch, plan.weight_dtype
 
@@ -601,6 +607,60 @@ def e2e_floor(plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload)
     the GPU-only ops, the embedding and the head take at least nothing."""
     times = split_times(plan, rig, model, workload)
     return FLOOR_SLACK * sum((model.layers - plan.resident.get(k, 0)) * t for k, t in times.items())
+
+
+@dataclass(frozen=True)
+class FloorParts:
+    """Lower bounds of the parts of a run of ``schedule``, each as (before the first token, after it)
+    seconds: one layer's module of each kind split (alone, ``measure_split``) and resident (its
+    booking on the GPU, ``Engine.compute_floor``), and every layer's GPU-only ops (the same). Every
+    booking of ``schedule`` is waited for before the next is made, so the run lasts at least the sum
+    of its bookings' floors; the embedding, its copy, the final norm and the head are left out (at
+    least nothing)."""
+
+    split: dict[str, tuple[float, float]]
+    resident: dict[str, tuple[float, float]]
+    gpu_ops: tuple[float, float]
+
+    def run(self, resident: Mapping[str, float], layers: int) -> tuple[float, float]:
+        """(TTFT, makespan - TTFT) floors of a run with ``resident[kind]`` layers of each kind
+        resident (a fraction allowed: a bound over resident sets), lowered by ``FLOOR_SLACK``."""
+        out = list(self.gpu_ops)
+        for kind, split in self.split.items():
+            n = resident.get(kind, 0)
+            for i in (0, 1):
+                out[i] += (layers - n) * split[i] + n * self.resident[kind][i]
+        return FLOOR_SLACK * out[0], FLOOR_SLACK * out[1]
+
+
+def floor_parts(plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> FloorParts:
+    """``FloorParts`` of ``plan``'s run of ``workload`` (its residency not read), step by step: the
+    GPU-only ops (attention) grow with the KV length."""
+    engine = _split_engine(rig)  # compute_floor books nothing
+    split: dict[str, list[float]] = {}
+    resident: dict[str, list[float]] = {}
+    gpu_ops = [0.0, 0.0]
+    for step in steps(workload):
+        i = int(step.phase == "decode")
+        alphas = plan.alpha_prefill if i == 0 else plan.alpha_decode
+        program = layer_program(
+            model, step.phase, workload.batch, step.seq_len, step.kv_len, plan.weight_dtype
+        )
+        for on_gpu, ops in program:
+            if on_gpu:
+                gpu_ops[i] += model.layers * engine.compute_floor(plan.gpu, ops)
+                continue
+            op = ops[0]
+            alone = measure_split(
+                rig, plan.gpu, plan.cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s, plan.cpu_dtype
+            )
+            split.setdefault(op.module, [0.0, 0.0])[i] += alone[0]
+            resident.setdefault(op.module, [0.0, 0.0])[i] += engine.compute_floor(plan.gpu, op)
+    return FloorParts(
+        {k: (v[0], v[1]) for k, v in split.items()},
+        {k: (v[0], v[1]) for k, v in resident.items()},
+        (gpu_ops[0], gpu_ops[1]),
+    )
 
 
 @lru_cache(maxsize=4096)
