@@ -5,6 +5,7 @@ GPU whose working set alone is over its budget (its run is infeasible: the same 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -127,5 +128,25 @@ def test_budgets_at_the_working_sets_edge(name, batch, eps):
     got = hk.search(rig, p.model, p.workload, "throughput", evaluate)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(hk._Candidate, "_over_budget", lambda self: False)
-        m.setattr(hk, "_alike", lambda op, measured: (op, None))
+        m.setattr(hk, "_alike", lambda op, measured, issued=False: (op, None, 0.0))
         assert got == hk.search(rig, p.model, p.workload, "throughput", evaluate)
+
+
+@pytest.mark.parametrize("model", ["llama2-7b", "opt-13b", "llama3-8b"])
+def test_on_an_eager_gpu_modules_share_a_bisection_only_where_their_alphas_are_the_same(model):
+    """On a GPU with a measured host issue, op costs read the op's name (its eager passes:
+    ``hetsim.models.kernel_bytes``): modules that share one bisection (``_alike``) must still be
+    those whose own bisections agree. The session-19 H200 profile (kernel_issue, 10 GiB)."""
+    from hetsim.hardware.loader import load_rig
+    from hetsim.models import get_model
+    from hetsim.workload import Workload
+
+    rig = load_rig(Path(__file__).resolve().parents[1] / "validate/results/h200/s19/gpu-10g.yaml")
+    gpu = rig.gpus()[0]
+    assert rig.devices[gpu.name].efficiency.kernel_issue_s > 0
+    spec, work = get_model(model), Workload(batch=1, prompt_len=128, gen_len=8)
+    shared, _ = hk.split_plan(rig, spec, work, gpu.name, gpu.mem_bytes)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(hk, "_alike", lambda op, measured, issued=False: (op, None, 0.0))
+        alone, _ = hk.split_plan(rig, spec, work, gpu.name, gpu.mem_bytes)
+    assert shared.alpha_prefill == alone.alpha_prefill and shared.alpha_decode == alone.alpha_decode
