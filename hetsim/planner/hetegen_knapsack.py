@@ -68,12 +68,14 @@ def balanced_alpha(rig: Rig, gpu: str, cpu: str, op: Op, cpu_dtype: str = "fp16"
 def _alike(op: Op, measured: bool, issued: bool = False) -> tuple[Op, str | None, float]:
     """What a lone split module's engine run (``measure_split``, untraced) reads of ``op``: all but
     its names (trace labels); where a device of the run has measured kernels (``measured``), the
-    kernel its name selects (``measured_kernel``); where one issues eager kernels (``issued``), the
-    bytes of the passes its name selects (``eager_bytes``). Modules alike so have the same balanced
-    alpha (Llama's q_proj and out_proj, k_proj and v_proj, where no host issue is measured;
-    gate_proj and up_proj; the LM head of both phases)."""
+    kernel its name selects (``measured_kernel``); where one's host issue is measured (``issued``),
+    its kernel count and the bytes of the passes its name selects (``eager_bytes``), else neither
+    (``hetsim.costs.op_cost``). Modules alike so have the same balanced alpha (Llama's q_proj and
+    out_proj, k_proj and v_proj, where no host issue is measured; gate_proj and up_proj; the LM head
+    of both phases)."""
     kernel = measured_kernel(op.name) if measured else None
-    return dataclasses.replace(op, name="", module=""), kernel, eager_bytes(op).passes if issued else 0.0
+    passes = eager_bytes(op).passes if issued else 0.0
+    return dataclasses.replace(op, name="", module="", kernels=op.kernels if issued else 1), kernel, passes
 
 
 def bisect_crossing(gap: Callable[[float], float], steps: int = _BISECT_STEPS) -> float:
@@ -328,11 +330,10 @@ def split_plan(
     alphas: dict[Phase, dict[str, float]] = {"prefill": {}, "decode": {}}
     found: dict[tuple[Op, str | None, float], float] = {}  # one bisection per shape (``_alike``)
     measured = any(rig.devices[d].efficiency.kernel_tables for d in (gpu, cpu))
-    # an op's kernels are read only where a device's host issue is measured (hetsim.costs.op_cost)
     issued = any(rig.devices[d].efficiency.kernel_issue_s for d in (gpu, cpu))
     for phase, seq in (("prefill", workload.prompt_len), ("decode", 1)):
         for kind, op in module_ops(model, phase, b, seq, weight_dtype).items():
-            key = _alike(op if issued else dataclasses.replace(op, kernels=1), measured, issued)
+            key = _alike(op, measured, issued)
             if key not in found:
                 found[key] = round(balanced_alpha(rig, gpu, cpu, op, cpu_dtype), 6)
             alphas[phase][kind] = found[key]
