@@ -178,12 +178,7 @@ def spec_from_hf_dict(
     _refuse_unknown_arch_fields(r, mt)
     spec = _family_spec(r, name, mt)
     quantized = _checkpoint_quantization(r)
-    head = bool(quantized) and _quantized_head(r, spec)
-    router = (
-        bool(quantized)
-        and spec.is_moe
-        and "gate" in (r.cfg["quantization_config"].get("modules_to_not_convert") or ())
-    )
+    head, router = _kept_apart(r, spec) if quantized else (False, False)
     return dataclasses.replace(
         spec, dtype=_checkpoint_dtype(r), quantized=quantized, quantized_head=head, router_16bit=router
     )
@@ -277,8 +272,9 @@ def _checkpoint_quantization(r: _Reader) -> Literal["", "int4", "int8"]:
 _KEPT_ANYWAY = frozenset({"lm_head", "embed_tokens", "gate"})
 
 
-def _quantized_head(r: _Reader, spec: ModelSpec) -> bool:
-    """Whether the checkpoint's LM head is quantised too; refuses what hetsim cannot cost."""
+def _kept_apart(r: _Reader, spec: ModelSpec) -> tuple[bool, bool]:
+    """Whether the checkpoint's LM head is quantised too, and whether its MoE router stays 16-bit;
+    refuses what hetsim cannot cost."""
     q = r.cfg["quantization_config"]
     keep = q.get("modules_to_not_convert")
     if keep is not None:
@@ -303,7 +299,7 @@ def _quantized_head(r: _Reader, spec: ModelSpec) -> bool:
             else "modules_to_not_convert keeps lm_head at 16 bits"
         )
         raise r.err("quantization_config.lm_head", f"true, but {why}: hetsim cannot cost both")
-    return head
+    return head, spec.is_moe and "gate" in (keep or ())
 
 
 def weight_dtype_for(spec: ModelSpec, asked: str | None, flag: str = "--dtype", ref: str = "") -> str | None:

@@ -237,11 +237,9 @@ def lm_head_bytes(spec: ModelSpec, dtype: DType) -> float:
     For a tied head the matrix is the embedding table, so this overlaps ``embedding_bytes``;
     ``weight_bytes`` counts it once.
     """
-    table, head = table_dtype(spec, dtype), head_dtype(spec, dtype)
-    matrices = spec.vocab * spec.token_dim + _projection_params(spec)
-    # 0.0 unless the head is quantised apart from the table (GPTQModel's lm_head: true): same bytes else
-    quantised = spec.vocab * spec.token_dim * (table.bytes_per_element - head.bytes_per_element)
-    return matrices * table.bytes_per_element - quantised + final_norm_bytes(spec)
+    head = spec.vocab * spec.token_dim * head_dtype(spec, dtype).bytes_per_element
+    projections = _projection_params(spec) * table_dtype(spec, dtype).bytes_per_element
+    return head + projections + final_norm_bytes(spec)
 
 
 def weight_bytes(spec: ModelSpec, dtype: DType) -> float:

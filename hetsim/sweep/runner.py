@@ -211,9 +211,7 @@ def _evaluate_on(config: Mapping[str, Any], rig: Any, model: Any = None):
             int(config["batch"]),
             int(config["prompt_len"]),
             int(config["gen_len"]),
-            weight_dtype_for(
-                model, config.get("dtype"), "dtype", config["model"]
-            ),  # a quantised checkpoint's own
+            weight_dtype_for(model, config.get("dtype"), "dtype", config["model"]),  # a checkpoint's own
             config.get("kv_dtype"),
         ),
     )
