@@ -340,6 +340,21 @@ def _peak_flops(dt: str, curve: dict[str, Any], meas: str, fit: str) -> dict[str
     return _q(_gflops(curve["peak"]), f"{fit}: {dt} GEMM many-row limit (Hockney r_inf over {where})", grade)
 
 
+def _matmul_entry(dt: str, c: dict[str, Any], fit: str) -> dict[str, Any]:
+    """A dtype's ``matmul_by_dtype`` entry: its GEMM curve (graded by ``rows_fit``) and GEMV streaming."""
+    where, grade = rows_fit(c)
+    return {
+        "compute": _q(round(c["compute"], 4), f"{fit}: {dt} GEMM many-row rate ({where}) / peak", grade),
+        "half_rows": _q(round(c["rows_half"], 3), f"{fit}: {dt} GEMM rows at half rate ({where})", grade),
+        "memory": _q(
+            round(max(1e-3, c["memory"]), 4),
+            f"{fit}: {dt} GEMV weight streaming with long rows / memory_bandwidth",
+            "fitted",
+        ),
+        "stream_half_row": _q(f"{c['row_half']:.0f} B", f"{fit}: {dt} GEMV row bytes at half rate", "fitted"),
+    }
+
+
 def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
     """A rig document: one node, ``ranks`` CPU entries (overrides of a catalogue CPU), an shm link."""
     threads, ranks = raw["threads"], max(1, raw["ranks"])
@@ -383,29 +398,7 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
                     "fitted",
                 ),
             },
-            "matmul_by_dtype": {
-                dt: {
-                    "compute": _q(
-                        round(c["compute"], 4),
-                        f"{fit}: {dt} GEMM many-row rate ({rows_fit(c)[0]}) / peak",
-                        rows_fit(c)[1],
-                    ),
-                    "half_rows": _q(
-                        round(c["rows_half"], 3),
-                        f"{fit}: {dt} GEMM rows at half rate ({rows_fit(c)[0]})",
-                        rows_fit(c)[1],
-                    ),
-                    "memory": _q(
-                        round(max(1e-3, c["memory"]), 4),
-                        f"{fit}: {dt} GEMV weight streaming with long rows / memory_bandwidth",
-                        "fitted",
-                    ),
-                    "stream_half_row": _q(
-                        f"{c['row_half']:.0f} B", f"{fit}: {dt} GEMV row bytes at half rate", "fitted"
-                    ),
-                }
-                for dt, c in d["curves"].items()
-            },
+            "matmul_by_dtype": {dt: _matmul_entry(dt, c, fit) for dt, c in d["curves"].items()},
             "memory": _q(
                 round(d["eff_memory"], 4),
                 f"{fit}: GEMV weight streaming with long rows / memory_bandwidth",
