@@ -6,9 +6,9 @@ depth cut, at 1 and 16 torch threads:
 
 - ``sync_s``: one step then ``torch.cuda.synchronize`` (median);
 - ``queued_s``: steps back to back, one synchronize at the end (calibrate's ``timeit``), per step;
-- ``issue_s``: the host's time to issue one step while the GPU is busy with a long sleep kernel
-  queued ahead of it, so that no launch waits on the GPU (median; the step's kernels stay far
-  below the launch queue's depth);
+- ``issue_s``: the host's time to issue one step while a sleep kernel queued ahead keeps the GPU
+  busy, so that no launch waits on it (``microbench.issue_behind_busy_gpu``, as calibrate times it;
+  None where the GPU went idle before the issue ended);
 - ``kernels``: CUDA kernels per step (torch.profiler).
 
 On the H200 host of session 19 the tiny decoder cost 20 us per kernel in calibrate while a whole
@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import time
 
 from hetsim.textfiles import write_text_atomic
-
-SLEEP_CYCLES = 400_000_000  # ~0.2 s at ~2 GHz: longer than any step issued behind it
 
 
 def _kernels_per_step(dec, tok, pos: int, steps: int = 2) -> float:
@@ -44,7 +43,7 @@ def probe(width: str, layers: int, threads: int, reps: int) -> dict:
     import torch
 
     from hetsim.models import get_model
-    from validate.microbench import tiny_decoder
+    from validate.microbench import issue_behind_busy_gpu, timeit, tiny_decoder
     from validate.torch_model import TorchDecoder
 
     torch.set_num_threads(threads)
@@ -65,24 +64,12 @@ def probe(width: str, layers: int, threads: int, reps: int) -> dict:
             dec.step(tok, prompt)
             sync()
             synced.append(time.perf_counter() - t0)
-        queued = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                dec.step(tok, prompt)
-            sync()
-            queued.append((time.perf_counter() - t0) / reps)
-        issued = []
-        for _ in range(reps):
-            torch.cuda._sleep(SLEEP_CYCLES)
-            t0 = time.perf_counter()
-            dec.step(tok, prompt)
-            issued.append(time.perf_counter() - t0)
-            sync()
+        queued = timeit(lambda: dec.step(tok, prompt), min_time=0.02, reps=3, sync=sync)  # as calibrate
+        issued = issue_behind_busy_gpu(lambda: dec.step(tok, prompt), reps)
         kernels = _kernels_per_step(dec, tok, prompt)
     return {
         "width": width, "layers": layers, "threads": threads, "kernels": kernels,
-        "sync_s": statistics.median(synced), "queued_s": min(queued), "issue_s": statistics.median(issued),
+        "sync_s": statistics.median(synced), "queued_s": queued, "issue_s": issued,
     }  # fmt: skip
 
 
@@ -97,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         for width, layers in cases:
             rows.append(probe(width, layers, threads, a.reps))
             r = rows[-1]
-            per = {k: r[f"{k}_s"] / r["kernels"] * 1e6 for k in ("sync", "queued", "issue")}
+            per = {k: (r[f"{k}_s"] or math.nan) / r["kernels"] * 1e6 for k in ("sync", "queued", "issue")}
             print(
                 f"{width:>9} L{layers:<2} t{threads:<2} kernels {r['kernels']:6.0f}  us/kernel: "
                 + "  ".join(f"{k} {v:6.2f}" for k, v in per.items()),

@@ -274,7 +274,7 @@ def fit_step_line(ops: list[float], seconds: list[float]) -> tuple[float, float]
 BUSY_GPU_CYCLES = 100_000_000
 
 
-def _issue_behind_busy_gpu(step: Callable[[], Any], reps: int) -> float | None:
+def issue_behind_busy_gpu(step: Callable[[], Any], reps: int) -> float | None:
     """Median host seconds to issue ``step`` while a sleep kernel keeps the GPU busy; None when no rep
     ended with the GPU still busy (the issue then waited on it)."""
     import torch
@@ -307,7 +307,7 @@ def _tiny_step_s(layers: int, dtype: str, device: str, quick: bool) -> tuple[flo
         tok = dec.step(ids, 0).view(1, 1)
         sync = torch.cuda.synchronize if cuda else None
         t = timeit(lambda: dec.step(tok, 8), min_time=0.02 if quick else 0.1, reps=3, sync=sync)
-        issue = _issue_behind_busy_gpu(lambda: dec.step(tok, 8), 5 if quick else 11) if cuda else None
+        issue = issue_behind_busy_gpu(lambda: dec.step(tok, 8), 5 if quick else 11) if cuda else None
     return t, issue, decode_step_ops(spec, 1, 9)
 
 
@@ -318,7 +318,7 @@ def decoder_step_overhead(dtype: str = "fp32", *, quick: bool = False, device: s
     hetsim costs for that step.
 
     On CUDA the cost per op is the slope over ``DECODER_LAYERS`` (``fit_step_line``) of the host's
-    time issuing a step while the GPU is busy (``_issue_behind_busy_gpu``): what the engine's
+    time issuing a step while the GPU is busy (``issue_behind_busy_gpu``): what the engine's
     ``kernel_issue`` means (the host issuing ahead of the GPU). Steps timed back to back gave 28.0
     and 40.0 us per op on two H200 hosts whose whole Llama-2-7B steps were paced at 10.8 and 9.2 us
     a kernel (validate/results/h200/README.md): the tiny decoder's kernels leave the GPU idle
