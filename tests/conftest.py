@@ -42,6 +42,22 @@ def tiny_rig() -> Rig:
     return Rig("tiny", "<test>", nodes, devices, {"n0.disk0": disk}, links)
 
 
+@pytest.fixture(scope="module")
+def lab():
+    """Llama-2-70B on the mixed-lab rig (README's headline problem), for the planner's tests."""
+    from hetsim.api import problem
+
+    return problem("llama2-70b", "mixed-lab")
+
+
+@pytest.fixture(scope="module")
+def a10():
+    """OPT-30B on HeteGen's A10 rig, for the planner's tests."""
+    from hetsim.api import problem
+
+    return problem("opt-30b", "hetegen-a10")
+
+
 @pytest.fixture
 def rig() -> Rig:
     return tiny_rig()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,16 +25,6 @@ def _gpu_kinds(rig):
     for g in rig.gpus():
         kinds.setdefault((g.model, rig.devices[rig.host_cpu(g.name)].model, g.mem_bytes), g)
     return list(kinds.values())
-
-
-@pytest.fixture(scope="module")
-def lab():
-    return problem("llama2-70b", "mixed-lab")
-
-
-@pytest.fixture(scope="module")
-def a10():
-    return problem("opt-30b", "hetegen-a10")
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)

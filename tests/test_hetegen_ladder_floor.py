@@ -23,16 +23,6 @@ HETEGEN = get_strategy("hetegen")
 ladder = importlib.import_module("hetsim.planner.search")  # the module (``planner.search`` is a function)
 
 
-@pytest.fixture(scope="module")
-def lab():
-    return problem("llama2-70b", "mixed-lab")
-
-
-@pytest.fixture(scope="module")
-def a10():
-    return problem("opt-30b", "hetegen-a10")
-
-
 @settings(max_examples=12, deadline=None, derandomize=True)
 @given(
     batch=st.sampled_from([1, 3, 16, 64, 157]),

@@ -65,11 +65,6 @@ def test_llama_bisects_five_shapes_per_phase(monkeypatch):
     assert len(calls) == 11 and calls.count("out_proj") == 2 and calls.count("q_proj") == 2
 
 
-@pytest.fixture(scope="module")
-def lab():
-    return problem("llama2-70b", "mixed-lab")
-
-
 def test_over_budget_gpus_are_not_bisected(lab, monkeypatch):
     """llama2-70b on mixed-lab at batch 256: the KV cache and activations alone are over the 24 GB
     and 48 GB GPUs' memory, so only the 80 GB GPU's alphas are bisected; the others' plans (bisected
