@@ -148,3 +148,35 @@ def test_booked_rate_passes_through_the_rows_run_and_never_past_them(rates, m):
     got = mc.gemm_compute(m) * curve["peak"]
     assert min(rates[lo], rates[hi]) * (1 - 1e-9) <= got <= max(rates[lo], rates[hi]) * (1 + 1e-9)
 
+
+def test_shipped_profiles_book_the_rates_their_sidecars_measured():
+    """Every shipped profile calibrate wrote from a recorded sidecar carries that sidecar's GEMM rates
+    (tools/rebuild_matmul_rows.py --check), and books them at the rows run."""
+    import importlib.util
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "rebuild_matmul_rows.py"
+    spec = importlib.util.spec_from_file_location("rebuild_matmul_rows", tool)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for rel, side in mod.SIDECARS.items():
+        text = (mod.ROOT / rel).read_text()
+        assert mod.rebuilt(text, json.loads((mod.ROOT / side).read_text())) == text, rel
+    cpu = load_rig(mod.ROOT / "h200/s19/gpu-10g.yaml").devices["n0.cpu0"]
+    assert cpu.flops("fp16") * cpu.efficiency.matmul_compute(128, "fp16") == pytest.approx(695.8e9, rel=1e-3)
+
+
+def test_bad_measured_rows_are_one_line_naming_the_field(tmp_path):
+    from hetsim.errors import InputError
+
+    text = (S19.parent / "gpu.yaml").read_text()
+    bad = tmp_path / "gpu.yaml"
+    bad.write_text(
+        text.replace(
+            "rows:\n            - 2\n            - 8\n", "rows:\n            - 8\n            - 2\n", 1
+        )
+    )
+    assert bad.read_text() != text
+    with pytest.raises(InputError) as info:
+        load_rig(bad)
+    line = info.value.line()
+    assert "rows must increase" in line and "by_rows" in line and "\n" not in line
