@@ -19,9 +19,11 @@ from validate.cpu_holdout import CASES, rows
 
 DATA = Path(__file__).resolve().parents[1] / "validate" / "results" / "cpu-holdout"
 # The committed table's errors (|predicted / measured - 1|), with a little room: TPOT median 4.0% and
-# max 27.5% (bf16, batch 8); TTFT median 20.8% and max 27.9%.
-TPOT_MEDIAN, TPOT_MAX = 0.05, 0.30
-TTFT_MEDIAN, TTFT_MAX = 0.22, 0.30
+# max 38.0% (fp32, batch 8: the sidecar's 8-row GEMM ran 5.6 GFLOP/s, booked as measured since session
+# 20; Hockney's curve had smoothed it to 6.8 and the max was 27.5%); TTFT median 10.7% (was 20.8%) and
+# max 33.3% (was 27.9%).
+TPOT_MEDIAN, TPOT_MAX = 0.05, 0.40
+TTFT_MEDIAN, TTFT_MAX = 0.12, 0.35
 
 
 @pytest.fixture(scope="module")

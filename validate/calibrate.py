@@ -212,8 +212,16 @@ def _matmul_curve(runs: list[dict[str, Any]]) -> dict[str, float]:
     )
     # the fitted many-row limit may lie just above the largest GEMM run: it is the peak then
     rows = (min(g["m"] for g in gemm), max(g["m"] for g in gemm)) if gemm else (1, 1)
+    # The rate at each m run, the geometric mean over the K x N widths run there: what the profile
+    # books at those rows (MatmulCurve.rows) instead of Hockney's curve, which misses the measured
+    # points and, fitted on few rows, runs far past the largest one.
+    by_m: dict[int, list[float]] = {}
+    for g in gemm:
+        by_m.setdefault(g["m"], []).append(g["flops"])
+    points = [(m, float(np.exp(np.mean(np.log(f))))) for m, f in sorted(by_m.items())]
     return {"peak": max(best, flops_inf), "flops_inf": flops_inf, "rows_half": rows_half,
-            "stream_inf": stream_inf, "row_half": row_half, "best": best, "rows": rows}  # fmt: skip
+            "stream_inf": stream_inf, "row_half": row_half, "best": best, "rows": rows,
+            "points": points}  # fmt: skip
 
 
 def rows_fit(curve: dict[str, Any]) -> tuple[str, str]:
@@ -340,9 +348,20 @@ def _peak_flops(dt: str, curve: dict[str, Any], meas: str, fit: str) -> dict[str
     return _q(_gflops(curve["peak"]), f"{fit}: {dt} GEMM many-row limit (Hockney r_inf over {where})", grade)
 
 
-def _matmul_entry(dt: str, c: dict[str, Any], fit: str) -> dict[str, Any]:
-    """A dtype's ``matmul_by_dtype`` entry: its GEMM curve (graded by ``rows_fit``) and GEMV streaming."""
+def _matmul_entry(dt: str, c: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
+    """A dtype's ``matmul_by_dtype`` entry: its GEMM curve (graded by ``rows_fit``), the measured rates
+    that replace it at and between the rows run and past them (``by_rows``), and GEMV streaming."""
     where, grade = rows_fit(c)
+    by_rows = (
+        {"by_rows": {
+            "rows": [m for m, _ in c["points"]],
+            "compute": [float(f"{r / c['peak']:.5g}") for _, r in c["points"]],
+            "source": f"{meas}: {dt} torch.matmul FLOP/s at each m run (geometric mean over the K x N run "
+                      f"there) / peak; a power law between them, flat past m = {c['rows'][1]}",
+            "grade": "measured",
+        }}
+        if c.get("points") else {}
+    )  # fmt: skip
     return {
         "compute": _q(round(c["compute"], 4), f"{fit}: {dt} GEMM many-row rate ({where}) / peak", grade),
         "half_rows": _q(round(c["rows_half"], 3), f"{fit}: {dt} GEMM rows at half rate ({where})", grade),
@@ -352,6 +371,7 @@ def _matmul_entry(dt: str, c: dict[str, Any], fit: str) -> dict[str, Any]:
             "fitted",
         ),
         "stream_half_row": _q(f"{c['row_half']:.0f} B", f"{fit}: {dt} GEMV row bytes at half rate", "fitted"),
+        **by_rows,
     }
 
 
@@ -398,7 +418,7 @@ def build_profile(raw: dict[str, Any], d: dict[str, Any], *, name: str | None = 
                     "fitted",
                 ),
             },
-            "matmul_by_dtype": {dt: _matmul_entry(dt, c, fit) for dt, c in d["curves"].items()},
+            "matmul_by_dtype": {dt: _matmul_entry(dt, c, meas, fit) for dt, c in d["curves"].items()},
             "memory": _q(
                 round(d["eff_memory"], 4),
                 f"{fit}: GEMV weight streaming with long rows / memory_bandwidth",

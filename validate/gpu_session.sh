@@ -11,6 +11,7 @@
 #   issue-probe  python -m validate.issue_probe: the host's pace issuing kernels, three regimes, two widths
 #   split-parts  python -m validate.split_parts: one HeteGen split module's parts on CUDA
 #   split-parts-opt-13b  the same for the session-19 OPT-13B plan's fc1 and fc2 in prefill
+#   hetegen-opt-13b-s19-plan  session 19's OPT-13B HeteGen plan on today's runner (pinned activations)
 #   step-profile python -m validate.step_profile: a decode step's kernels and the host's pace
 #   packed-hop   python -m validate.packed_hop: FlexGen's relay of 4-bit packed data, part by part
 #   ho-*         held-out validate runs (shapes no earlier H200 run measured)
@@ -148,6 +149,10 @@ step ho-accelerate-opt-6.7b 90 val accelerate-opt-6.7b --hw "$OUT/gpu-10g.yaml" 
   --model opt-6.7b --batch 1 --prompt-len 128 --gen-len 8 --repeats 2
 step ho-hetegen-opt-13b 90 val hetegen-opt-13b --hw "$OUT/gpu-10g.yaml" --strategy hetegen \
   --model opt-13b --batch 1 --prompt-len 128 --gen-len 8 --repeats 2
+# session 19's OPT-13B HeteGen plan again, as planned then (its report's plan), on the runner that stages
+# activations in pinned memory and starts the weights' copy with its module (session 20): TTFT 452.3 ms then
+step hetegen-opt-13b-s19-plan 90 val hetegen-opt-13b-s19-plan --hw validate/results/h200/s19/gpu-10g.yaml \
+  --plan validate/results/h200/s19/hetegen-opt-13b.plan.json --repeats 2
 step ho-flexgen-opt-6.7b-b32 90 val flexgen-opt-6.7b-b32 --hw "$OUT/gpu-10g.yaml" --strategy flexgen \
   --model opt-6.7b --batch 32 --prompt-len 256 --gen-len 8 --repeats 2
 step split-parts 60 $PY -m validate.split_parts --out "$OUT/split_parts.json"
@@ -156,7 +161,8 @@ step split-parts 60 $PY -m validate.split_parts --out "$OUT/split_parts.json"
 step split-parts-opt-13b 120 split_parts_13b
 step step-profile 90 $PY -m validate.step_profile --out "$OUT/step_profile.json" --model llama2-7b --batch 1,32
 step packed-hop 60 $PY -m validate.packed_hop --out "$OUT/packed_hop.json" --mib 128 --threads 1,4,16
-step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py tests/test_split_parts.py
+step pytest-cuda 60 $PY -m pytest -p no:cacheprovider -m cuda tests/test_validate.py tests/test_split_parts.py \
+  tests/test_hetegen_runner.py
 step dram-read 40 dram_read
 step kquant 150 kquant
 echo "== done in $(($(date +%s) - start))s"

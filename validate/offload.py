@@ -4,7 +4,9 @@
 ``resident[kind]`` layers live on the GPU; every other linear module is split by output columns,
 the GPU share (``alpha``) copied asynchronously from pinned host memory on a side stream and
 multiplied on the GPU, while a CPU thread multiplies the rest with the host copy; the halves are
-joined on the GPU. ``FlexGenRun`` runs FlexGen's zig-zag block schedule (see its docstring).
+joined on the GPU. The activations travel through pinned staging buffers (``Staging``), as
+HeteGen's parameter manager moves data through pinned buffers, so the runner times the algorithm,
+not pageable copies. ``FlexGenRun`` runs FlexGen's zig-zag block schedule (see its docstring).
 ``device="cpu"`` runs the same code paths with the "GPU" on the host (no
 streams, no copies), which is how the tests check the arithmetic on machines without CUDA.
 """
@@ -48,42 +50,92 @@ class _Split:
     bias: torch.Tensor | None  # full bias, on the device
 
 
+class Staging:
+    """Pinned host buffers for the activations' trips, one per (role, shape, dtype), reused by every
+    module of that shape. Reuse is safe without more synchronisation: a module's pool thread writes
+    its output buffer only after an event recorded on the GPU's stream behind every copy queued
+    before (``split_matmul``), and a module returns only once its CPU share has read its input.
+    Unpinned on a CPU "GPU" (the tests), where the same code runs without streams."""
+
+    def __init__(self, pin: bool):
+        self.pin = pin
+        self.buffers: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = {}
+
+    def get(self, role: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        key = (role, tuple(shape), dtype)
+        buf = self.buffers.get(key)
+        if buf is None:
+            # a normal tensor even where the caller runs in inference mode: that mode is the thread's,
+            # and the pool thread, outside it, may not write an inference tensor in place
+            with torch.inference_mode(False):
+                buf = self.buffers[key] = torch.empty(shape, dtype=dtype, pin_memory=self.pin)
+        return buf
+
+
+def _cpu_share(x_host: torch.Tensor, w: torch.Tensor, out: torch.Tensor, ready: Any) -> torch.Tensor:
+    """The CPU share on the pool thread: it waits for the activation's copy alone (``ready``, a CUDA
+    event), not for the GPU's whole queue, then multiplies into the pinned output buffer."""
+    if ready is not None:
+        ready.synchronize()
+    return torch.matmul(x_host, w, out=out)
+
+
 def split_matmul(
     x: torch.Tensor,
     sp: _Split,
     pool: ThreadPoolExecutor,
     dev: torch.device,
     copy_stream: Any = None,
+    staging: Staging | None = None,
 ) -> torch.Tensor:
     """``x @ w`` of one split module as HeteGen runs it (no bias): the CPU share on a host thread,
     overlapping the GPU share's pinned copy (on ``copy_stream``) and its GEMM; joined by ``cat``.
 
-    In this order, each step waiting for the one before where the data needs it:
-    1. ``x.to("cpu")``: a blocking D2H copy into pageable memory (it waits for the GPU's queued work,
-       which produced ``x``), then the CPU share is submitted to ``pool``;
-    2. the GPU share's weights are copied on ``copy_stream`` and multiplied on the current stream;
-    3. the CPU's partial output goes back (pageable H2D) and the halves are concatenated.
+    The module starts when the kernels producing ``x`` end (HeteGen's barrier between modules, and
+    where hetsim starts a split); from there both paths run at once, as HeteGen's runtime overlaps
+    CPU compute, the pinned H2D copy and GPU compute (arXiv 2403.01164). Issued in this order, none
+    of it blocking the host:
+    1. an event where ``x`` is ready; the GPU share's weight copy on ``copy_stream``, behind it;
+    2. ``x``'s copy into a pinned buffer on the current stream and an event behind that; the CPU
+       share goes to ``pool``, whose thread waits on that event alone;
+    3. the GPU share's GEMM on the current stream once its weights have landed;
+    4. when the CPU share is done, its output goes back from its pinned buffer (async) and the
+       halves are concatenated.
+    The host thread blocks only on the CPU share. ``staging`` holds the pinned buffers (one
+    ``Staging`` per runner: pinning memory per call costs more than the copies).
     ``validate.split_parts`` times each of these on a GPU host."""
     cuda = dev.type == "cuda"
+    staging = staging if staging is not None else Staging(pin=cuda)
+    w_dev = sp.gpu_src
+    if sp.cols > 0 and cuda:  # 1. the weights' copy, from the module's start: no cross-module prefetch
+        assert copy_stream is not None
+        start = torch.cuda.Event()
+        start.record()
+        copy_stream.wait_event(start)
+        with torch.cuda.stream(copy_stream):
+            w_dev = sp.gpu_src.to(dev, non_blocking=True)
+    cpu_cols = sp.cpu_part.shape[-1]
+    if cpu_cols > 0:  # 2. the activation to pinned memory, then the CPU share on the pool thread
+        x_host = staging.get("x", tuple(x.shape), x.dtype)
+        x_host.copy_(x, non_blocking=cuda)
+        ready = torch.cuda.Event() if cuda else None
+        if ready is not None:
+            ready.record()
+        y_host = staging.get("y", (*x.shape[:-1], cpu_cols), x.dtype)
+        cpu = pool.submit(_cpu_share, x_host, sp.cpu_part, y_host, ready)
     parts = []
-    if sp.cpu_part.shape[-1] > 0:  # the CPU share, on a host thread, overlapping the GPU share
-        x_host = x.to("cpu")
-        cpu = pool.submit(torch.matmul, x_host, sp.cpu_part)
-    if sp.cols > 0:
+    if sp.cols > 0:  # 3. the GPU share's GEMM, behind its weights
         if cuda:
-            assert copy_stream is not None
-            with torch.cuda.stream(copy_stream):
-                w_dev = sp.gpu_src.to(dev, non_blocking=True)
             current = torch.cuda.current_stream()
             current.wait_stream(copy_stream)
             # the buffer was allocated on the copy stream: keep it from the next module's copy
-            # until this stream's GEMM has read it (a module with no CPU share has no blocking D2H)
+            # until this stream's GEMM has read it
             w_dev.record_stream(current)
-        else:
-            w_dev = sp.gpu_src
         parts.append(x @ w_dev)
-    if sp.cpu_part.shape[-1] > 0:
-        parts.append(cpu.result().to(dev, non_blocking=cuda))
+    if cpu_cols > 0:  # 4. the CPU share's output back, async from pinned memory; a copy either way,
+        # so the staging buffer is free for the next module
+        y = cpu.result()
+        parts.append(y.to(dev, non_blocking=True) if cuda else y.clone())
     return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
 
@@ -101,6 +153,7 @@ class HeteGenRun:
         self.cuda = self.dev.type == "cuda"
         self.copy_stream = torch.cuda.Stream() if self.cuda else None
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hetegen-cpu")
+        self.staging = Staging(pin=self.cuda)
         self.phase = "prefill"
         self.resident: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.splits: dict[tuple[str, int, str], _Split] = {}
@@ -140,7 +193,7 @@ class HeteGenRun:
             y = x @ own[0]
             return y + own[1] if own[1] is not None else y
         sp = self.splits[(self.phase, layer, kind)]
-        y = split_matmul(x, sp, self.pool, self.dev, self.copy_stream)
+        y = split_matmul(x, sp, self.pool, self.dev, self.copy_stream, self.staging)
         return y + sp.bias if sp.bias is not None else y
 
     # the three methods generate_timed uses

@@ -13,10 +13,11 @@ its parts, each timed alone and then together, so that the part that is off show
 - ``h2d`` / ``h2d_cached``: the GPU share's pinned copy alone (rotating / one copy);
 - ``both``: the CPU share on the pool and the pinned copy on a side stream at once (``both_cpu``:
   when the CPU share ended, ``both_h2d``: when the copy ended, from the same start);
-- ``x_d2h``, ``y_h2d``, ``cat``: the activation's trip to the host, the partial output's trip back
-  from pageable memory, the join;
-- ``runner``: ``split_matmul`` itself, rotating, synchronised after each module (the next module's
-  ``x.to("cpu")`` waits for the GPU anyway);
+- ``x_d2h``, ``y_h2d``, ``cat``: the activation's trip to the host and the partial output's trip
+  back, through pinned buffers as the runner stages them (``x_d2h_pageable`` / ``y_h2d_pageable``:
+  the same from pageable memory, as the runner copied before session 20), the join;
+- ``runner``: ``split_matmul`` itself, rotating, synchronised after each module (a split module
+  ends at a barrier);
 - ``dram_copy`` / ``cached_copy``: host memcpy rates over 1 GiB (far above an LLC) and over
   calibrate's 64 MiB STREAM arrays.
 
@@ -138,7 +139,7 @@ def measure(
     """Each part of one split module (x (rows, k) @ w (k, n), the GPU share ``alpha``), seconds."""
     import torch
 
-    from validate.offload import _Split, split_matmul
+    from validate.offload import Staging, _Split, split_matmul
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -157,6 +158,7 @@ def measure(
     x_host = x.cpu()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hetegen-cpu")
     stream = torch.cuda.Stream() if cuda else None
+    staging = Staging(pin=cuda)  # the runner's pinned buffers, one set for every module
     out: dict[str, float] = {
         "copies": copies,
         "threads_main": torch.get_num_threads(),
@@ -183,8 +185,14 @@ def measure(
                 lambda: None,
             )
             part = x_host @ splits[0].cpu_part
-            out["x_d2h_s"] = _median_pass(lambda i: x.to("cpu"), copies, reps, sync)
-            out["y_h2d_s"] = _median_pass(lambda i: part.to(dev, non_blocking=cuda), copies, reps, sync)
+            x_pin = staging.get("x", tuple(x.shape), x.dtype)
+            y_pin = staging.get("y", tuple(part.shape), part.dtype).copy_(part)
+            out["x_d2h_s"] = _median_pass(lambda i: x_pin.copy_(x, non_blocking=cuda), copies, reps, sync)
+            out["y_h2d_s"] = _median_pass(lambda i: y_pin.to(dev, non_blocking=cuda), copies, reps, sync)
+            out["x_d2h_pageable_s"] = _median_pass(lambda i: x.to("cpu"), copies, reps, sync)
+            out["y_h2d_pageable_s"] = _median_pass(
+                lambda i: part.to(dev, non_blocking=cuda), copies, reps, sync
+            )
         if cols and cuda:
             assert stream is not None
             dst = torch.empty(k, cols, dtype=torch.float16, device=dev)
@@ -232,12 +240,12 @@ def measure(
             c = (x_host @ splits[0].cpu_part).to(dev)
             out["cat_s"] = _median_pass(lambda i: torch.cat([g, c], dim=-1), copies, reps, sync)
         out["runner_s"] = _median_pass(
-            lambda i: split_matmul(x, splits[i], pool, dev, stream), copies, reps, sync
+            lambda i: split_matmul(x, splits[i], pool, dev, stream, staging), copies, reps, sync
         )
         # the result is the module's: the runner's split equals the whole matmul
         i = copies - 1
         whole = torch.cat([splits[i].gpu_src, splits[i].cpu_part], dim=-1).to(dev)
-        got = split_matmul(x, splits[i], pool, dev, stream)
+        got = split_matmul(x, splits[i], pool, dev, stream, staging)
         out["max_abs_diff"] = float((got.float() - (x @ whole).float()).abs().max())
     pool.shutdown()
     return out
@@ -296,8 +304,10 @@ ROWS = [  # (label, measured key, booked key)
     ("both at once: CPU share ends", "both_cpu_s", "module_cpu_end_s"),
     ("both at once: H2D ends", "both_h2d_s", "module_gpu_end_s"),
     ("both at once", "both_s", None),
-    ("x to the host (pageable D2H)", "x_d2h_s", "x_d2h_s"),
-    ("CPU output back (pageable H2D)", "y_h2d_s", "y_h2d_s"),
+    ("x to the host (pinned D2H, the runner's)", "x_d2h_s", "x_d2h_s"),
+    ("CPU output back (pinned H2D, the runner's)", "y_h2d_s", "y_h2d_s"),
+    ("x to the host, pageable", "x_d2h_pageable_s", "x_d2h_s"),
+    ("CPU output back, pageable", "y_h2d_pageable_s", "y_h2d_s"),
     ("cat", "cat_s", None),
     ("the runner's split module", "runner_s", "module_s"),
 ]

@@ -295,6 +295,10 @@ class _Builder:
         for dt, c in curves.items():
             for part in ("compute", "half_rows", "memory", "stream_half_row"):
                 prov[f"efficiency.matmul_by_dtype.{dt}.{part}"] = _prov(getattr(c, part))
+            if c.by_rows is not None:
+                prov[f"efficiency.matmul_by_dtype.{dt}.by_rows"] = Provenance(
+                    c.by_rows.source, c.by_rows.grade_enum
+                )
         eff = Efficiency(
             compute={k: v.si for k, v in compute.items()},
             memory=memory.si,
@@ -307,7 +311,13 @@ class _Builder:
             },
             quantize_cycles={k: qc.value for k, qc in quantize.items()},
             matmul_by_dtype={
-                dt: MatmulCurve(c.compute.si, c.half_rows.si, c.memory.si, c.stream_half_row.si)
+                dt: MatmulCurve(
+                    c.compute.si,
+                    c.half_rows.si,
+                    c.memory.si,
+                    c.stream_half_row.si,
+                    tuple(zip(c.by_rows.rows, c.by_rows.compute, strict=True)) if c.by_rows else (),
+                )
                 for dt, c in curves.items()
             },
             overhead_by_dtype={dt: q.si for dt, q in overheads.items()},

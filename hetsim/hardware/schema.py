@@ -267,6 +267,32 @@ class ElementCycles(_Strict):
         return GRADES[self.grade]
 
 
+class MatmulRows(_Strict):
+    """A GEMM's measured share of peak_flops[dtype] at each row count run (see
+    hetsim.hardware.types.MatmulCurve.rows)."""
+
+    rows: list[float] = Field(min_length=1)
+    compute: list[float] = Field(min_length=1)
+    source: str = Field(min_length=1)
+    grade: GradeName
+
+    @model_validator(mode="after")
+    def _points(self) -> MatmulRows:
+        if len(self.rows) != len(self.compute):
+            raise ValueError("rows and compute must be the same length")
+        if any(not math.isfinite(m) or m < 2 for m in self.rows):
+            raise ValueError("rows must be finite numbers >= 2 (a GEMM's; one row is a GEMV's)")
+        if any(b <= a for a, b in zip(self.rows, self.rows[1:], strict=False)):
+            raise ValueError("rows must increase")
+        if any(not math.isfinite(c) or not 0 < c <= 1 for c in self.compute):
+            raise ValueError("compute must be in (0, 1] (a share of peak_flops)")
+        return self
+
+    @property
+    def grade_enum(self) -> Grade:
+        return GRADES[self.grade]
+
+
 class MatmulCurveSpec(_Strict):
     """One compute dtype's matmul curve (see hetsim.hardware.types.MatmulCurve)."""
 
@@ -274,6 +300,7 @@ class MatmulCurveSpec(_Strict):
     half_rows: Rows  # GEMM rows at half that rate
     memory: Ratio  # long-row matrix-vector weight streaming / memory_bandwidth
     stream_half_row: HalfBytes  # weight-row bytes at half that rate
+    by_rows: MatmulRows | None = None  # measured GEMM shares; where given they replace the Hockney form
 
 
 class EfficiencySpec(_Strict):

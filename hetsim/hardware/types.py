@@ -51,12 +51,24 @@ class MatmulCurve:
     reaches ``compute x m / (m + half_rows)`` of peak_flops[dtype]; a matrix-vector product streams
     weight rows of r bytes at ``memory x r / (r + half_row_bytes)`` of the memory bandwidth. CPU
     kernels differ by dtype (torch's bf16 GEMV converts every weight and runs far below the fp32
-    one, while bf16 GEMMs beat fp32), so one curve for all dtypes does not carry over."""
+    one, while bf16 GEMMs beat fp32), so one curve for all dtypes does not carry over.
+
+    ``rows``, where measured, replaces the GEMM's Hockney form: (m, share of peak) at the rows run, a
+    power law between them and flat outside them. Hockney's limit lies past the rows run and is no
+    measurement: fitted on m = 2..32, the H200 host's fp16 curve booked 1157 GFLOP/s at 128 rows
+    where one 128-row GEMM ran 607 (validate/results/h200/final/split_parts.json)."""
 
     compute: float
     half_rows: float
     memory: float
     half_row_bytes: float
+    rows: tuple[tuple[float, float], ...] = ()
+
+    def gemm_compute(self, m: float) -> float:
+        """Share of peak_flops[dtype] a GEMM of m >= 2 rows reaches."""
+        if self.rows:
+            return loglog_interp(self.rows, m)
+        return self.compute * m / (m + self.half_rows)
 
 
 @dataclass(frozen=True)
@@ -132,9 +144,9 @@ class Efficiency:
 
     def matmul_compute(self, rows: float, dtype: str = "") -> float:
         curve = _by_dtype(self.matmul_by_dtype, dtype)
-        eff, half = self.compute_for("matmul"), self.matmul_half_rows
         if curve:
-            eff, half = curve.compute, curve.half_rows
+            return curve.gemm_compute(rows) if rows > 1 else curve.compute
+        eff, half = self.compute_for("matmul"), self.matmul_half_rows
         return eff * rows / (rows + half) if rows > 1 else eff
 
     def matmul_memory(self, row_bytes: float, dtype: str = "") -> float:
@@ -153,6 +165,13 @@ def log_interp(points: tuple[tuple[float, float], ...] | list[tuple[float, float
         if x <= x1:
             return y0 + (y1 - y0) * (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
     return points[-1][1]
+
+
+def loglog_interp(points: tuple[tuple[float, float], ...], x: float) -> float:
+    """A power law between measured (x, y) points (x increasing, x and y > 0), flat outside them: a
+    rate that grows like x^p between two sizes grows so at every size between them."""
+    y = log_interp(tuple((px, math.log(py)) for px, py in points), x)
+    return math.exp(y)
 
 
 @dataclass(frozen=True)
