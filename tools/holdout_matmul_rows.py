@@ -1,9 +1,9 @@
 """Held-out error of the CPU GEMM rate a profile books from calibrate's measured rates per rows
-(``MatmulCurve.rows``: a power law between the rows run, flat outside them) and of Hockney's curve
-fitted through the same rows (what profiles booked before session 20), on every recorded calibrate
-sidecar under validate/results. Both come from the code that books them (``calibrate._matmul_curve``,
-``MatmulCurve.gemm_compute``). Each test fits on some of a sweep's rows and predicts every K x N run
-at the others; no run scored is in its fit:
+(``MatmulCurve.rows``: a power law between the rows run, Hockney's shape from the nearest outside
+them) and of Hockney's curve fitted through the same rows (what profiles booked before session 20),
+on every recorded calibrate sidecar under validate/results. Both come from the code that books them
+(``calibrate._matmul_curve``, ``MatmulCurve.gemm_compute``). Each test fits on some of a sweep's rows
+and predicts every K x N run at the others; no run scored is in its fit:
 
 - each interior m left out in turn (neither the smallest nor the largest m run);
 - fit on --quick's rows (2, 8, 32, 128), predict the other rows (inside 2..128, and past 128);

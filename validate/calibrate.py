@@ -350,14 +350,15 @@ def _peak_flops(dt: str, curve: dict[str, Any], meas: str, fit: str) -> dict[str
 
 def _matmul_entry(dt: str, c: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
     """A dtype's ``matmul_by_dtype`` entry: its GEMM curve (graded by ``rows_fit``), the measured rates
-    that replace it at and between the rows run and past them (``by_rows``), and GEMV streaming."""
+    that replace it at and between the rows run (``by_rows``; past them Hockney's shape from the nearest),
+    and GEMV streaming."""
     where, grade = rows_fit(c)
     by_rows = (
         {"by_rows": {
             "rows": [m for m, _ in c["points"]],
             "compute": [float(f"{r / c['peak']:.5g}") for _, r in c["points"]],
             "source": f"{meas}: {dt} torch.matmul FLOP/s at each m run (geometric mean over the K x N run "
-                      f"there) / peak; a power law between them, flat past m = {c['rows'][1]}",
+                      f"there) / peak; a power law between them, Hockney's shape past m = {c['rows'][1]}",
             "grade": "measured",
         }}
         if c.get("points") else {}
