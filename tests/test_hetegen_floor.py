@@ -143,3 +143,19 @@ def test_search_picks_what_it_picks_without_the_floors(hw, name, batch, prompt, 
         r = evaluate(c.plan)
         if best is not None and c.beaten(best):
             assert not r.feasible or r.e2e_s >= best
+
+
+def test_both_floors_read_one_walk_of_the_split_modules(a10, lab):
+    """``floor_parts`` (the estimate's floor) and ``split_times`` (``e2e_floor``'s) take a split module's
+    time from one walk (``_split_modules``): per kind, the parts before and after the first token sum
+    to ``split_times``' to the bit (``floor_parts`` summed its decode steps one by one before, the last
+    bits apart)."""
+    from hetsim.strategies.hetegen import floor_parts, split_times
+
+    for p in (a10, lab):
+        wl = replace(p.workload, batch=4, prompt_len=96, gen_len=33)
+        for g in gpu_kinds(p.rig):
+            plan, _ = split_plan(p.rig, p.model, wl, g.name, g.mem_bytes)
+            parts, times = floor_parts(plan, p.rig, p.model, wl), split_times(plan, p.rig, p.model, wl)
+            assert {k: s[0] + s[1] for k, s in parts.split.items()} == times
+            assert all(s[1] > 0 for s in parts.split.values())
