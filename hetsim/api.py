@@ -28,7 +28,7 @@ from hetsim.errors import InputError
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.hf_config import weight_dtype_for
 from hetsim.models.registry import get_model
-from hetsim.models.spec import DTYPES, ModelSpec
+from hetsim.models.spec import ModelSpec, unknown_dtype
 from hetsim.planner.search import CP_SAT_SEARCHES
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
@@ -84,10 +84,7 @@ def problem(
     rig = load_rig(hw)
     if gpu_mem_budget is not None:
         rig = with_gpu_mem_budget(rig, gpu_mem_budget)
-    if weight_dtype is not None and weight_dtype not in DTYPES:
-        raise InputError(f"unknown dtype {weight_dtype!r}; known: {', '.join(DTYPES)}", field="--dtype")
-    if kv_dtype is not None and kv_dtype not in DTYPES:
-        raise InputError(f"unknown dtype {kv_dtype!r}; known: {', '.join(DTYPES)}", field="--kv-dtype")
+    _known_dtypes(weight_dtype, kv_dtype)
     spec = get_model(model)
     weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     routing = None
@@ -99,6 +96,13 @@ def problem(
         routing.check(experts, k, moe_layers, model)
     workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype, kv_dtype, routing)
     return Problem(spec, model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
+
+
+def _known_dtypes(weight_dtype: str | None, kv_dtype: str | None) -> None:
+    """``--dtype`` and ``--kv-dtype``, each unset or a dtype hetsim knows."""
+    for flag, dt in (("--dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
+        if dt is not None and (why := unknown_dtype(dt)) is not None:
+            raise InputError(why, field=flag)
 
 
 def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
@@ -547,9 +551,7 @@ def serve(
         raise InputError(f"unknown mode {mode!r} (use {', '.join(MODES)})", field="--mode")
     if drop_late and slo is None and slo_scale is None:
         raise InputError("--drop-late needs --slo or --slo-scale", field="--drop-late")
-    for flag, dt in (("--dtype", weight_dtype), ("--kv-dtype", kv_dtype)):
-        if dt is not None and dt not in DTYPES:
-            raise InputError(f"unknown dtype {dt!r}; known: {', '.join(DTYPES)}", field=flag)
+    _known_dtypes(weight_dtype, kv_dtype)
     spec, rig = get_model(model), load_rig(hw)
     weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     hexgen = get_strategy("hexgen")

@@ -122,3 +122,24 @@ def test_a_folder_given_as_the_rig_names_the_flag(tmp_path, capsys, guarded):
     """``--hw /`` said '/: is a directory, not a rig file' (a missing path named --hw already)."""
     args = ["compare", "--model", "llama2-7b", "--hw", str(tmp_path), *SMALL]
     assert guarded(args) == (2, f"error: --hw {tmp_path}: is a directory, not a rig file\n")
+
+
+def test_every_dtype_check_says_the_same_line():
+    """One rule (``models.spec.unknown_dtype``) for the flags, a plan file's fields and a sweep's axes
+    and plan knobs: a plan file's said '(known: ...)' where the others said '; known: ...'."""
+    from hetsim.api import problem
+    from hetsim.errors import InputError
+    from hetsim.models.spec import DTYPES
+    from hetsim.strategies.gpu_only import PipelinePlan
+    from hetsim.strategies.plan_io import known_dtype
+    from hetsim.sweep.spec import _plan_value_problem
+
+    line = f"unknown dtype 'fp7'; known: {', '.join(DTYPES)}"
+    with pytest.raises(InputError) as flag:
+        problem("llama2-7b", "mixed-lab", kv_dtype="fp7")
+    with pytest.raises(InputError) as plan_file:
+        known_dtype("fp7", "kv_dtype")
+    assert (flag.value.field, flag.value.message) == ("--kv-dtype", line)
+    assert (plan_file.value.field, plan_file.value.message) == ("params.kv_dtype", line)
+    assert _plan_value_problem(PipelinePlan, "kv_dtype", "fp7") == line
+    assert _plan_value_problem(PipelinePlan, "kv_dtype", "fp16") is None

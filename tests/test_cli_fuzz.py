@@ -261,26 +261,7 @@ def test_errors_on_a_flags_file_name_the_flag(tmp_path, capsys, form, guarded):
 # the pass without editing it), given one seeded bad value each: session 19's pass over all of them
 # (1,354 runs, 26 values each) found `--trace /` and `--out /` raising ValueError out of main.
 OPTION_VALUES = ["0", "-1", "nan", "inf", "1e400", "", "x", "1.5", "99999999999", "\x00", "/", ",", "2.0"]
-OPTION_BASE = {
-    "compare": ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategies", "gpu-only"],
-    "plan": ["plan", "--model", "llama2-7b", "--hw", "mixed-lab", *SMALL, "--strategy", "gpu-only"],
-    "simulate": ["simulate", "--plan", "PLAN"],
-    "serve": [
-        "serve",
-        "--model",
-        "llama2-7b",
-        "--hw",
-        "hexgen-half-budget",
-        "--num-requests",
-        "3",
-        "--rate",
-        "1",
-    ],
-    "model show": ["model", "show", "llama2-7b"],
-    "model list": ["model", "list"],
-    "hw show": ["hw", "show", "mixed-lab"],
-    "hw list": ["hw", "list"],
-}
+OPTION_BASE = yaml.safe_load((ROOT / "tests/data/cli-bases.yaml").read_text())  # command -> its line
 
 
 def _options(words: str) -> list[str]:

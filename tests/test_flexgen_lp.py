@@ -551,3 +551,19 @@ def test_lp_follows_the_engine_with_the_disk_kv_conversion(cc):
     lp = released_time_per_seq(sol, plan, rig, model, wl, ends, None) * wl.batch
     engine = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
     assert lp == pytest.approx(engine, rel=0.005)
+
+
+def test_the_lps_disk_rates_are_the_engines_copies(rig):
+    """``links``' four disk rates and the engine's copies read one rule (``Rig.copy_bw``): the tiny
+    rig's 8 GB/s NVMe link capped by its disk's 2 GB/s reads and 1 GB/s writes; the PCIe link's own
+    10 GB/s pinned and 5 GB/s pageable where no disk is at either end."""
+    from hetsim.planner.flexgen_lp import links
+    from hetsim.sim.engine import Engine
+
+    got = links(rig, "n0.gpu0", "n0.cpu0", "n0.disk0")
+    assert (got.d2g, got.g2d, got.d2c, got.c2d, got.pin, got.page) == (2e9, 1e9, 2e9, 1e9, 10e9, 5e9)
+    engine = Engine(rig)
+    for src, dst, rate in [("n0.disk0", "n0.gpu0", got.d2g), ("n0.gpu0", "n0.disk0", got.g2d),
+                           ("n0.disk0", "n0.cpu0", got.d2c), ("n0.cpu0", "n0.disk0", got.c2d)]:  # fmt: skip
+        assert engine._path(src, dst, True).rate == rate == rig.copy_bw(src, dst)
+    assert engine._path("n0.cpu0", "n0.gpu0", False).rate == rig.copy_bw("n0.cpu0", "n0.gpu0", False) == 5e9

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from hetsim.api import problem
 from hetsim.planner import hetegen_knapsack
-from hetsim.planner.hetegen_knapsack import plan_hetegen, split_plan
+from hetsim.planner.hetegen_knapsack import gpu_kinds, plan_hetegen, split_plan
 from hetsim.planner.ranking import best_plan, estimate
 from hetsim.sim.result import Result
 from hetsim.sim.run import simulate
@@ -18,13 +18,6 @@ from hetsim.strategies.base import get_strategy
 from hetsim.strategies.hetegen import e2e_floor
 
 HETEGEN = get_strategy("hetegen")
-
-
-def _gpu_kinds(rig):
-    kinds = {}
-    for g in rig.gpus():
-        kinds.setdefault((g.model, rig.devices[rig.host_cpu(g.name)].model, g.mem_bytes), g)
-    return list(kinds.values())
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
@@ -39,7 +32,7 @@ def test_floor_is_below_the_estimate_and_the_run(a10, lab, batch, prompt, gen, b
     least the floor (checked over 122 plans when written: at worst 3.1% above it)."""
     for p in (a10, lab):
         wl = replace(p.workload, batch=batch, prompt_len=prompt, gen_len=gen)
-        for g in _gpu_kinds(p.rig):
+        for g in gpu_kinds(p.rig):
             plan = plan_hetegen(p.rig, p.model, wl, g.name, budget or g.mem_bytes)
             floor = e2e_floor(plan, p.rig, p.model, wl)
             base, _ = split_plan(p.rig, p.model, wl, g.name, budget or g.mem_bytes)
@@ -115,7 +108,7 @@ def test_hetegen_search_runs_only_the_winner_on_the_lab(lab, monkeypatch):
     got = hetegen_knapsack.search(p.rig, p.model, wl, "throughput", evaluate)
     assert got.gpu == "n0.gpu0" and seen == ["n0.gpu0"] and len(solved) == 1
     rates = {g.name: estimate(HETEGEN, plan_hetegen(p.rig, p.model, wl, g.name, g.mem_bytes), p.rig,
-                              p.model, wl).throughput_tok_s for g in _gpu_kinds(p.rig)}  # fmt: skip
+                              p.model, wl).throughput_tok_s for g in gpu_kinds(p.rig)}  # fmt: skip
     assert max(rates, key=rates.__getitem__) == "n0.gpu0"
 
 
@@ -140,13 +133,29 @@ def test_search_picks_what_it_picks_without_the_floors(hw, name, batch, prompt, 
         return estimate(HETEGEN, plan, rig, p.model, wl)
 
     got = hetegen_knapsack.search(rig, p.model, wl, objective, evaluate)
-    plans = [plan_hetegen(rig, p.model, wl, g.name, g.mem_bytes) for g in _gpu_kinds(rig)]
+    plans = [plan_hetegen(rig, p.model, wl, g.name, g.mem_bytes) for g in gpu_kinds(rig)]
     assert len(plans) > 1
     assert got == best_plan(plans, evaluate, objective)
     results = [evaluate(plan) for plan in plans]
     best = min((r.e2e_s for r in results if r.feasible), default=None)
-    for g in _gpu_kinds(rig):
+    for g in gpu_kinds(rig):
         c = hetegen_knapsack._Candidate(rig, p.model, wl, g.name, g.mem_bytes)
         r = evaluate(c.plan)
         if best is not None and c.beaten(best):
             assert not r.feasible or r.e2e_s >= best
+
+
+def test_both_floors_read_one_walk_of_the_split_modules(a10, lab):
+    """``floor_parts`` (the estimate's floor) and ``split_times`` (``e2e_floor``'s) take a split module's
+    time from one walk (``_split_modules``): per kind, the parts before and after the first token sum
+    to ``split_times``' to the bit (``floor_parts`` summed its decode steps one by one before, the last
+    bits apart)."""
+    from hetsim.strategies.hetegen import floor_parts, split_times
+
+    for p in (a10, lab):
+        wl = replace(p.workload, batch=4, prompt_len=96, gen_len=33)
+        for g in gpu_kinds(p.rig):
+            plan, _ = split_plan(p.rig, p.model, wl, g.name, g.mem_bytes)
+            parts, times = floor_parts(plan, p.rig, p.model, wl), split_times(plan, p.rig, p.model, wl)
+            assert {k: s[0] + s[1] for k, s in parts.split.items()} == times
+            assert all(s[1] > 0 for s in parts.split.values())

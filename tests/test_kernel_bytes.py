@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_decoder import step_under, tiny
 
 from hetsim.costs.op_cost import block_cost, op_cost
 from hetsim.hardware.types import Efficiency
@@ -16,8 +17,6 @@ from hetsim.models.kernel_bytes import eager_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 
 torch = pytest.importorskip("torch")
-
-CONTEXT = 16
 
 
 def _tensors(values) -> list:
@@ -37,8 +36,6 @@ def _nbytes(t) -> int:
 def _dispatched_bytes(spec, batch: int, seq: int, phase: str) -> int:
     """Bytes the aten ops of one step of validate's decoder read and write (fp16, as the GPU runs)."""
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from validate.torch_model import TorchDecoder
 
     class Count(TorchDispatchMode):
         def __init__(self) -> None:
@@ -67,25 +64,9 @@ def _dispatched_bytes(spec, batch: int, seq: int, phase: str) -> int:
             self.bytes += sum(map(_nbytes, ins)) + sum(map(_nbytes, written)) + sum(map(_nbytes, new))
             return out
 
-    dec = TorchDecoder(spec, dtype=torch.float16)
-    dec.reset(batch, CONTEXT)
-    with torch.inference_mode():
-        ids = torch.randint(0, spec.vocab, (batch, seq))
-        if phase == "prefill":
-            with Count() as count:
-                dec.step(ids, 0)
-        else:
-            tok = dec.step(ids, 0).view(-1, 1)
-            with Count() as count:
-                dec.step(tok, seq)
+    count = Count()
+    step_under(count, spec, batch, seq, phase)
     return count.bytes
-
-
-def _tiny(model: str, layers: int):
-    spec = get_model(model)
-    kv = 2 if spec.kv_heads != spec.heads else 4
-    return dataclasses.replace(spec, layers=layers, hidden=64, heads=4, kv_heads=kv, head_dim=16,
-                               intermediate=96, vocab=100)  # fmt: skip
 
 
 def _eager(ops) -> float:
@@ -95,8 +76,8 @@ def _eager(ops) -> float:
 @pytest.mark.parametrize("model", ["llama2-7b", "llama3-8b", "opt-6.7b", "qwen-72b"])
 @pytest.mark.parametrize(("phase", "batch", "seq"), [("prefill", 1, 6), ("prefill", 3, 5), ("decode", 3, 4)])
 def test_eager_bytes_are_the_validate_decoders_aten_bytes(model, phase, batch, seq):
-    one, two = (_dispatched_bytes(_tiny(model, n), batch, seq, phase) for n in (1, 2))
-    spec = _tiny(model, 1)
+    one, two = (_dispatched_bytes(tiny(model, n), batch, seq, phase) for n in (1, 2))
+    spec = tiny(model, 1)
     q_len, kv_len = (seq, seq) if phase == "prefill" else (1, seq + 1)
     layer = layer_blocks(spec, phase, batch, q_len, kv_len).whole
     # Known and sized in kernel_bytes' docstring: the two rotary multiplies read cos and sin rows

@@ -2,9 +2,8 @@
 every dispatched op that writes memory (a new tensor or an in-place write) is one GPU kernel in eager
 PyTorch; views, slices and a ``.to`` that changes nothing are none."""
 
-import dataclasses
-
 import pytest
+from tiny_decoder import step_under, tiny
 
 from hetsim.models import get_model
 from hetsim.models.kernels import eager_kernels, op_kernels
@@ -16,8 +15,6 @@ torch = pytest.importorskip("torch")
 def _dispatched_kernels(spec, batch: int) -> int:
     """Aten ops one decode step of validate's decoder dispatches that write memory."""
     from torch.utils._python_dispatch import TorchDispatchMode
-
-    from validate.torch_model import TorchDecoder
 
     class Count(TorchDispatchMode):
         def __init__(self) -> None:
@@ -34,27 +31,18 @@ def _dispatched_kernels(spec, batch: int) -> int:
                 self.kernels += 1
             return out
 
-    dec = TorchDecoder(spec, dtype=torch.float16)  # as the GPU runs: the fp32 cast of the logits is a kernel
-    dec.reset(batch, 16)
-    with torch.inference_mode():
-        tok = dec.step(torch.randint(0, spec.vocab, (batch, 4)), 0).view(-1, 1)
-        with Count() as count:
-            dec.step(tok, 4)
+    count = Count()
+    step_under(
+        count, spec, batch, 4, "decode"
+    )  # fp16, as the GPU runs: the fp32 cast of the logits is a kernel
     return count.kernels
-
-
-def _tiny(model: str, layers: int):
-    spec = get_model(model)
-    kv = 2 if spec.kv_heads != spec.heads else 4
-    return dataclasses.replace(spec, layers=layers, hidden=64, heads=4, kv_heads=kv, head_dim=16,
-                               intermediate=96, vocab=100)  # fmt: skip
 
 
 @pytest.mark.parametrize("model", ["llama2-7b", "llama3-8b", "opt-6.7b", "qwen-72b"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_kernel_counts_are_the_validate_decoders_aten_ops(model, batch):
-    one, two = (_dispatched_kernels(_tiny(model, n), batch) for n in (1, 2))
-    spec = _tiny(model, 1)
+    one, two = (_dispatched_kernels(tiny(model, n), batch) for n in (1, 2))
+    spec = tiny(model, 1)
     layer = layer_blocks(spec, "decode", batch, 1, 5).whole
     outside = (*embed_ops(spec, batch, 1), *head_ops(spec, "decode", batch, 1))
     assert two - one == op_kernels(spec, layer)

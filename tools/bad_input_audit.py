@@ -123,6 +123,8 @@ def plan_text(tmp_path_factory):
     return texts
 
 
+# each command's cheap line, to which a case adds its flag (the fuzz pass over every option reads it too)
+BASES = yaml.safe_load((ROOT / "tests/data/cli-bases.yaml").read_text())
 FLAGCASES = []
 COMMON = [
     "--batch",
@@ -180,24 +182,10 @@ for fl in ["--trace", "--format"]:
 @pytest.mark.parametrize("cmd,flag,value", FLAGCASES)
 def test_flag(cmd, flag, value, tmp_path, audit, monkeypatch, plan_text):
     monkeypatch.chdir(tmp_path)
-    if cmd == "compare":
-        args = _small("compare", "llama2-7b", "mixed-lab", "--strategies", "gpu-only")
+    if cmd in ("compare", "serve"):
+        args = list(BASES[cmd])
     elif cmd == "plan":
-        args = _small(
-            "plan", "llama2-7b", "mixed-lab", "--strategy", "gpu-only", "--out", str(tmp_path / "p.json")
-        )
-    elif cmd == "serve":
-        args = [
-            "serve",
-            "--model",
-            "llama2-7b",
-            "--hw",
-            "hexgen-half-budget",
-            "--num-requests",
-            "3",
-            "--rate",
-            "1",
-        ]
+        args = [*BASES["plan"], "--out", str(tmp_path / "p.json")]
     elif cmd == "sweep":
         spec = tmp_path / "s.yaml"
         spec.write_text(yaml.safe_dump(SWEEP))
@@ -205,7 +193,7 @@ def test_flag(cmd, flag, value, tmp_path, audit, monkeypatch, plan_text):
     else:
         p = tmp_path / "plan.json"
         p.write_text(plan_text["gpu-only"])
-        args = ["simulate", "--plan", str(p)]
+        args = [str(p) if a == "PLAN" else a for a in BASES["simulate"]]
     partner = {"--slo-ref": ["--slo-scale", "2"], "--target": ["--max-rate", "--slo", "5"]}.get(flag, [])
     args = [*args, *(partner if cmd == "serve" else []), flag, value]
     audit(f"flag {cmd} {flag}={value!r}", args, flag)

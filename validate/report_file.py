@@ -201,7 +201,12 @@ def cuda_runs(path: str | Path) -> list[CudaRun]:
     """The measured CUDA runs of the validate report at ``path`` that recorded the plan they ran,
     each read by ``cuda_run``."""
     source, _, other = _measured_runs(path)
-    return [cuda_run(run, i, source) for i, run in other if run.get("plan")]
+    return _cuda_runs(source, other)
+
+
+def _cuda_runs(source: str, runs: list[tuple[int, dict[str, Any]]]) -> list[CudaRun]:
+    """``cuda_run`` of each of ``runs`` that recorded the plan it ran."""
+    return [cuda_run(run, i, source) for i, run in runs if run.get("plan")]
 
 
 @dataclass(frozen=True)
@@ -217,5 +222,4 @@ def read_report(path: str | Path) -> Report:
     """The report at ``path``, its CPU runs as ``cpu_runs`` reads them and its CUDA runs as
     ``cuda_runs`` does, from one read of the file."""
     source, cpu, other = _measured_runs(path)
-    cuda = [cuda_run(run, i, source) for i, run in other if run.get("plan")]
-    return Report(source, _cpu_runs(source, cpu, ModelSpec), cuda)
+    return Report(source, _cpu_runs(source, cpu, ModelSpec), _cuda_runs(source, other))

@@ -253,6 +253,17 @@ class Rig:
             raise NoRouteError(answer)
         return answer
 
+    def copy_bw(self, src: str, dst: str, pinned: bool = True) -> float:
+        """A bulk copy's rate from ``src`` to ``dst``: its route's (from pinned or pageable host
+        memory), no faster than a disk at either end reads or writes."""
+        route = self.route(src, dst)
+        rate = route.bw if pinned else route.pageable_bw
+        if src in self.disks:
+            rate = min(rate, self.disks[src].read_bw)
+        if dst in self.disks:
+            rate = min(rate, self.disks[dst].write_bw)
+        return rate
+
     def _route_answer(self, src: str, dst: str) -> Route | str:
         """The route, or the NoRouteError's text."""
         try:

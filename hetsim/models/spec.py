@@ -97,6 +97,14 @@ DTYPES: dict[str, DType] = {d.name: d for d in (FP32, FP16, BF16, INT8, INT4, Q4
 LOSSY_DTYPES = frozenset({"int8", "int4", "q4_k_m"})
 
 
+def unknown_dtype(name: object) -> str | None:
+    """Why ``name`` is no dtype of ``DTYPES`` (None: it is one): the one message of every dtype check
+    (flags, plan files, sweep axes and plan knobs); a long value is cut to 40 characters."""
+    if isinstance(name, str) and name in DTYPES:
+        return None
+    return f"unknown dtype {name!r:.40}; known: {', '.join(DTYPES)}"
+
+
 def narrowed(checkpoint: str, dtype: str) -> bool:
     """Whether running a ``checkpoint``-precision model in ``dtype`` drops precision (fp32 -> 16-bit:
     rounding the checkpoint's weights, which changes outputs; fp16 <-> bf16 are peers, not narrower)."""

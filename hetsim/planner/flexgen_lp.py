@@ -67,7 +67,7 @@ from hetsim.planner.ranking import Estimator, Evaluate, evaluator
 from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
 from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.flexgen import disk_read_bps, endpoints
+from hetsim.strategies.flexgen import endpoints
 from hetsim.strategies.flexgen_ops import (
     KV_CONVERT,
     PACKED_RELAY,
@@ -152,12 +152,9 @@ class Links:
 
 def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
     route, back = rig.route(cpu, gpu), rig.route(gpu, cpu)
-    if disk:
-        d = rig.disks[disk]
-        d2g = disk_read_bps(rig, disk, gpu)
-        g2d = min(rig.route(gpu, disk).bw, d.write_bw)
-        d2c = disk_read_bps(rig, disk, cpu)
-        c2d = min(rig.route(cpu, disk).bw, d.write_bw)
+    if disk:  # each a copy's rate as the engine books it (``Rig.copy_bw``)
+        d2g, g2d = rig.copy_bw(disk, gpu), rig.copy_bw(gpu, disk)
+        d2c, c2d = rig.copy_bw(disk, cpu), rig.copy_bw(cpu, disk)
     else:  # no disk: its fractions are bounded to 0, so no disk terms at all
         d2g = g2d = d2c = c2d = math.inf
     unpack = packed_unrelay_cost(rig.devices[cpu], 1.0, d2c if disk else None)  # per packed byte read

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from hetsim.costs.kernel_tables import measured_kernel
 from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.rig import Rig
+from hetsim.hardware.types import ComputeDevice
 from hetsim.models.kernel_bytes import eager_bytes
 from hetsim.models.spec import ModelSpec, Op, Phase
 from hetsim.planner.ranking import Evaluate, best_plan, estimate_floor, floor_run
@@ -477,13 +478,18 @@ class _Candidate:
         return counts
 
 
-def _candidates(rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[_Candidate]:
-    """``search``'s candidates: GPUs of one kind on the same kind of host give the same plan, so one
-    of each."""
-    kinds = {}
+def gpu_kinds(rig: Rig) -> list[ComputeDevice]:
+    """The first GPU of each kind on each kind of host (model, host CPU model, memory): GPUs of one
+    kind on the same kind of host give the same plan."""
+    kinds: dict[tuple[str, str, float], ComputeDevice] = {}
     for gpu in rig.gpus():
         kinds.setdefault((gpu.model, rig.devices[rig.host_cpu(gpu.name)].model, gpu.mem_bytes), gpu)
-    return (_Candidate(rig, model, workload, g.name, g.mem_bytes) for g in kinds.values())
+    return list(kinds.values())
+
+
+def _candidates(rig: Rig, model: ModelSpec, workload: Workload) -> Iterator[_Candidate]:
+    """``search``'s candidates: one a GPU kind (``gpu_kinds``)."""
+    return (_Candidate(rig, model, workload, g.name, g.mem_bytes) for g in gpu_kinds(rig))
 
 
 def search(

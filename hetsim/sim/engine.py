@@ -921,18 +921,15 @@ class Engine:
         rig = self.rig
         route = rig.route(src, dst)
         lanes = [self._lane(hop.lane) for hop in route.hops]
-        rate = route.bw if pinned else route.pageable_bw
         if src in rig.disks:
             lanes.append(self._lane(f"{src}:read"))
-            rate = min(rate, rig.disks[src].read_bw)
         if dst in rig.disks:
             lanes.append(self._lane(f"{dst}:write"))
-            rate = min(rate, rig.disks[dst].write_bw)
         host = next((e for e in (src, dst) if e in self.host_memory), None)
         path = TransferPath(
             lanes=tuple(lanes),
             route=route,
-            rate=rate,
+            rate=rig.copy_bw(src, dst, pinned),
             host_side=self.host_memory[host] if host else None,
             latency_s=route.latency_s,
         )

@@ -62,11 +62,6 @@ def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
     return gpu, rig.host_cpu(gpu), disks[0].name if disks else ""
 
 
-def disk_read_bps(rig: Rig, disk: str, dst: str) -> float:
-    """A read from ``disk`` to ``dst``'s rate: the route's, no faster than the disk reads."""
-    return min(rig.route(disk, dst).bw, rig.disks[disk].read_bw)
-
-
 def _cannot_load(model: ModelSpec) -> str | None:
     """Why FlexGen cannot load ``model``'s checkpoint, or None. Its weights are fp16 .npy files per
     tensor (flex_opt.py: init_weight_list), packed into its own group-64 4-bit format by
@@ -272,7 +267,7 @@ class _Runner:
         self._gather_ops: dict[tuple, object] = {}
         self._unrelays: dict[float, OpCost] = {}
         self.cpu_device = rig.devices[self.cpu]
-        self.read_bps = disk_read_bps(rig, self.disk, self.cpu) if self.disk else None  # feeds the relay
+        self.read_bps = rig.copy_bw(self.disk, self.cpu) if self.disk else None  # feeds the relay
         # packed parts read from disk are converted by the copy threads on the host's cores
         # (``_via_host``), which the issuing thread's CPU work takes too (``Engine.share_cores``)
         self.converts = any(any(p) for p in self.disk_packed) or (self.f.cd > 0 and any(self.kv_packed))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -575,26 +575,34 @@ class HeteGen(Strategy):
         return run
 
 
-def split_times(plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> dict[str, float]:
-    """Per module kind of a layer: what one layer's module of that kind takes over the workload when
-    split (the prefill's plus ``gen_len - 1`` decode steps'), each module alone (``measure_split``,
+def _split_modules(
+    plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload
+) -> Iterator[tuple[int, Op, int, float]]:
+    """Each split module of one layer in each phase of the workload, as (0 before the first token or
+    1 after it, its op, the steps it runs in, what it takes split alone in one: ``measure_split``,
     remembered: the planner has measured these). Decode steps differ only in attention (GPU-only),
-    so the first decode step's modules stand for every one."""
-    times: dict[str, float] = {}
+    so the first decode step's modules stand for every one: the one walk both floors make."""
     prompt = workload.prompt_len
-    steps_ = [("prefill", prompt, prompt, 1)]
+    phases = [("prefill", prompt, prompt, 1)]
     if workload.gen_len > 1:
-        steps_.append(("decode", 1, prompt + 1, workload.gen_len - 1))
-    for phase, seq_len, kv_len, repeats in steps_:
-        alphas = plan.alpha_prefill if phase == "prefill" else plan.alpha_decode
+        phases.append(("decode", 1, prompt + 1, workload.gen_len - 1))
+    for i, (phase, seq_len, kv_len, repeats) in enumerate(phases):
+        alphas = plan.alpha_prefill if i == 0 else plan.alpha_decode
         for on_gpu, ops in layer_program(model, phase, workload.batch, seq_len, kv_len, plan.weight_dtype):
             if not on_gpu:
-                kind = ops[0].module
-                alpha = alphas.get(kind, 0.0)
+                op = ops[0]
                 alone = measure_split(
-                    rig, plan.gpu, plan.cpu, ops[0], alpha, plan.split_sync_s, plan.cpu_dtype
+                    rig, plan.gpu, plan.cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s, plan.cpu_dtype
                 )
-                times[kind] = times.get(kind, 0.0) + repeats * alone[0]
+                yield i, op, repeats, alone[0]
+
+
+def split_times(plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> dict[str, float]:
+    """Per module kind of a layer: what one layer's module of that kind takes over the workload when
+    split (the prefill's plus ``gen_len - 1`` decode steps'), each module alone (``_split_modules``)."""
+    times: dict[str, float] = {}
+    for _, op, repeats, alone in _split_modules(plan, rig, model, workload):
+        times[op.module] = times.get(op.module, 0.0) + repeats * alone
     return times
 
 
@@ -634,28 +642,23 @@ class FloorParts:
 
 
 def floor_parts(plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> FloorParts:
-    """``FloorParts`` of ``plan``'s run of ``workload`` (its residency not read), step by step: the
-    GPU-only ops (attention) grow with the KV length."""
+    """``FloorParts`` of ``plan``'s run of ``workload`` (its residency not read): its split modules as
+    ``split_times`` walks them, the GPU-only ops (attention) step by step, as they grow with the KV
+    length."""
     engine = _split_engine(rig)  # compute_floor books nothing
     split: dict[str, list[float]] = {}
     resident: dict[str, list[float]] = {}
+    for i, op, repeats, alone in _split_modules(plan, rig, model, workload):
+        split.setdefault(op.module, [0.0, 0.0])[i] += repeats * alone
+        resident.setdefault(op.module, [0.0, 0.0])[i] += repeats * engine.compute_floor(plan.gpu, op)
     gpu_ops = [0.0, 0.0]
     for step in steps(workload):
-        i = int(step.phase == "decode")
-        alphas = plan.alpha_prefill if i == 0 else plan.alpha_decode
         program = layer_program(
             model, step.phase, workload.batch, step.seq_len, step.kv_len, plan.weight_dtype
         )
         for on_gpu, ops in program:
             if on_gpu:
-                gpu_ops[i] += model.layers * engine.compute_floor(plan.gpu, ops)
-                continue
-            op = ops[0]
-            alone = measure_split(
-                rig, plan.gpu, plan.cpu, op, alphas.get(op.module, 0.0), plan.split_sync_s, plan.cpu_dtype
-            )
-            split.setdefault(op.module, [0.0, 0.0])[i] += alone[0]
-            resident.setdefault(op.module, [0.0, 0.0])[i] += engine.compute_floor(plan.gpu, op)
+                gpu_ops[int(step.phase == "decode")] += model.layers * engine.compute_floor(plan.gpu, ops)
     return FloorParts(
         {k: (v[0], v[1]) for k, v in split.items()},
         {k: (v[0], v[1]) for k, v in resident.items()},

@@ -58,8 +58,6 @@ def _layer_time(rig, devices, model, phase, batch, seq_len, kv_len, weight_dtype
     busy = 0.0
     for block in (blocks.attention, blocks.mlp):
         busy += ops_time(rig, devices, block)
-    if tp == 1:
-        return busy
     alpha, beta = ring_alpha_beta(rig, devices)
     fit = ring_allreduce_fit(rig, devices)
     comm = 2 * allreduce_time(tp, hidden_bytes(model, batch, seq_len), alpha, beta, fit).time_s

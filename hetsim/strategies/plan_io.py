@@ -16,7 +16,7 @@ from pydantic_core import ValidationError
 
 from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
-from hetsim.models.spec import DTYPES
+from hetsim.models.spec import unknown_dtype
 from hetsim.textfiles import validate_strictly
 
 
@@ -80,8 +80,8 @@ def in_range(value: float, low: float, high: float, field: str) -> None:
 
 
 def known_dtype(name: str, field: str) -> None:
-    if name not in DTYPES:
-        raise problem(field, f"unknown dtype {name!r} (known: {', '.join(DTYPES)})")
+    if (why := unknown_dtype(name)) is not None:
+        raise problem(field, why)
 
 
 def optional_budget(value: float | None, field: str = "gpu_mem_budget") -> None:

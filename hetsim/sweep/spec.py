@@ -148,7 +148,7 @@ def _check_values(spec: SweepSpec, source: str) -> None:
     from hetsim.hardware.catalog import load_catalog
     from hetsim.hardware.loader import rig_path
     from hetsim.models.registry import get_model
-    from hetsim.models.spec import DTYPES
+    from hetsim.models.spec import unknown_dtype
     from hetsim.strategies.base import get_strategy
 
     cat = load_catalog()
@@ -181,8 +181,8 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 raise InputError(f"must be <= {MAX_WORK[key]} ({WHY_MAX[key]}), got {value}")
             elif key in ("gpu_mem_gb", "net_gbps") and not _positive_finite(value):
                 raise InputError(f"must be a positive finite number, got {value!r:.40}")
-            elif key in PRECISION_AXES and value not in DTYPES:
-                raise InputError(f"unknown dtype {value!r}; known: {', '.join(DTYPES)}")
+            elif key in PRECISION_AXES and (why := unknown_dtype(value)) is not None:
+                raise InputError(why)
             elif key == "objective" and value not in ("latency", "throughput", "cost"):
                 raise InputError(f"unknown objective {value!r}")
             elif key == "bw_scale" and not (
@@ -254,7 +254,7 @@ def _plan_value_problem(plan_type: type, name: str, value: Any) -> str | None:
 
     from pydantic import create_model
 
-    from hetsim.models.spec import DTYPES
+    from hetsim.models.spec import unknown_dtype
     from hetsim.strategies.plan_io import non_finite
 
     if not dataclasses.is_dataclass(plan_type) or name not in {f.name for f in dataclasses.fields(plan_type)}:
@@ -268,6 +268,6 @@ def _plan_value_problem(plan_type: type, name: str, value: Any) -> str | None:
     except ValidationError as exc:
         why = validation_error(exc, "").message
         return why if f"{value!r:.40}" in why else f"{why}, got {value!r:.40}"
-    if name.endswith("dtype") and value not in DTYPES:  # moe-offload's weight_dtype 'x': a KeyError row
-        return f"unknown dtype {value!r:.40}; known: {', '.join(DTYPES)}"
+    if name.endswith("dtype"):  # moe-offload's weight_dtype 'x': a KeyError row
+        return unknown_dtype(value)
     return None
