@@ -828,6 +828,12 @@ def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseExce
     path = exc.source if isinstance(exc, InputError) else getattr(exc, "filename", None)
     if not isinstance(path, str):
         return exc
+    # the whole config.json (missing, a folder, not JSON); a folder's is its config.json (``--model /``)
+    if isinstance(exc, InputError) and exc.field is None:
+        for flag, value in pairs:
+            folder = str(Path(value) / "config.json") if value else None
+            if flag == "--model" and value and path in (value, str(Path(value)), folder):
+                return InputError(exc.message, source=f"--model {path}")
     for flag, value in pairs:
         if not value and path == "." and flag in NAME_FLAGS:  # Path("") is this folder (calibrate --profile)
             return InputError("is empty: give a file's path", field=flag)
