@@ -3,6 +3,8 @@ left the CLI with a traceback before its fix."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 SMALL = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
@@ -24,3 +26,36 @@ def test_a_model_path_that_is_no_config_names_the_flag(tmp_path, capsys, guarded
     for args in (["--model", value], [f"--model={value}"]):
         got = guarded(["compare", *args, "--hw", "mixed-lab", *SMALL])
         assert got == (2, f"error: --model {path}: {why}\n")
+
+
+def _plan_file(tmp_path, strategy: str, model: str, hw: str, **params: object) -> str:
+    """``strategy``'s default plan of ``model`` on ``hw`` as a plan file (``plan --out``'s document),
+    ``params`` edited in."""
+    from hetsim import api
+    from hetsim.strategies.base import get_strategy
+
+    p = api.problem(model, hw, 1, 16, 2)
+    s = get_strategy(strategy)
+    doc = api.plan_document(p, s, s.default_plan(p.rig, p.model, p.workload), "throughput")
+    doc["params"].update(params)
+    f = tmp_path / f"{strategy}.json"
+    f.write_text(json.dumps(doc))
+    return str(f)
+
+
+@pytest.mark.parametrize("chunk", [1, 2**23 - 1, 12e9 + 1, 1e300])
+def test_hetegen_chunks_out_of_range_are_refused_naming_the_field(tmp_path, capsys, guarded, chunk):
+    """``stream_chunk_bytes`` took any value >= 1: a 1-byte chunk shrank the GPU's share buffers to
+    nothing while the timing still booked one copy a share (no per-copy latency), and 1e300 ran."""
+    f = _plan_file(tmp_path, "hetegen", "opt-6.7b", "hetegen-a10", stream_chunk_bytes=chunk)
+    why = (
+        "must be from 8388608 (8 MiB: a copy long beside its latency) to 12000000000 (two chunks in "
+        f"n0.gpu0's memory), got {float(chunk)!r}"
+    )
+    assert guarded(["simulate", "--plan", f]) == (2, f"error: {f}: params.stream_chunk_bytes: {why}\n")
+
+
+@pytest.mark.parametrize("chunk", [2**23, 32 * 2**20, 12e9])
+def test_hetegen_chunks_in_range_run(tmp_path, capsys, guarded, chunk):
+    f = _plan_file(tmp_path, "hetegen", "opt-6.7b", "hetegen-a10", stream_chunk_bytes=chunk)
+    assert guarded(["simulate", "--plan", f, "--format", "json"])[0] == 0
