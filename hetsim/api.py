@@ -157,22 +157,9 @@ def _best_result(
     too_long = context_reason(p.model, p.workload.context_len)
     if too_long:
         return Result.infeasible(strategy.name, too_long)
-    reason = strategy.applicable(p.rig, p.model, p.workload)
-    wd = p.workload.weight_dtype
-    if not reason and wd and wd not in strategy.weight_dtypes:
-        offered = ", ".join(strategy.weight_dtypes) or "none"
-        what = (  # a GPTQ/AWQ checkpoint's own weights: no flag asked for them
-            f"the checkpoint's {wd} weights (config.json quantization_config) are"
-            if wd == p.model.quantized
-            else f"--dtype {wd} is"
-        )
-        reason = f"{what} not a weight precision it runs (offers: {offered})"
-    kd = p.workload.kv_dtype
-    if not reason and kd and kd not in strategy.kv_dtypes:
-        offered = ", ".join(strategy.kv_dtypes) or "none"
-        reason = f"--kv-dtype {kd} is not a KV precision it runs (offers: {offered})"
+    reason = not_applicable(strategy, p)
     if reason:
-        return Result.infeasible(strategy.name, f"not applicable: {reason}")
+        return Result.infeasible(strategy.name, reason)
     fix = adjust or (lambda plan: plan)
     if p.batch_is_free(objective, search):
         return _best_at_free_batch(strategy, p, objective, fix, allow_lossy, exact)
@@ -187,6 +174,27 @@ def _best_result(
     if plan is None:
         return _no_plan(strategy, p, fix, "no feasible plan found by the search", "the default plan")
     return simulate(strategy, plan, p.rig, p.model, p.workload, exact=exact)
+
+
+def not_applicable(strategy: Strategy, p: Problem) -> str | None:
+    """Why ``strategy`` cannot run ``p``'s model on its rig at all ("not applicable: ..."), or None: its
+    own rule (``Strategy.applicable``), then the weight and KV precisions it runs. The one check for
+    compare and plan (an infeasible row) and for a plan file (``load_plan``: bad input)."""
+    reason = strategy.applicable(p.rig, p.model, p.workload)
+    wd = p.workload.weight_dtype
+    if not reason and wd and wd not in strategy.weight_dtypes:
+        offered = ", ".join(strategy.weight_dtypes) or "none"
+        what = (  # a GPTQ/AWQ checkpoint's own weights: no flag asked for them
+            f"the checkpoint's {wd} weights (config.json quantization_config) are"
+            if wd == p.model.quantized
+            else f"--dtype {wd} is"
+        )
+        reason = f"{what} not a weight precision it runs (offers: {offered})"
+    kd = p.workload.kv_dtype
+    if not reason and kd and kd not in strategy.kv_dtypes:
+        offered = ", ".join(strategy.kv_dtypes) or "none"
+        reason = f"--kv-dtype {kd} is not a KV precision it runs (offers: {offered})"
+    return f"not applicable: {reason}" if reason else None
 
 
 def _no_plan(strategy: Strategy, p: Problem, fix: Callable[[Any], Any], what: str, example: str) -> Result:
@@ -477,6 +485,9 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
             }
             field = named.get(exc.source)
         raise InputError(exc.message, source=source, field=field) from None
+    why = not_applicable(strategy, p)  # as compare and plan decide it: that strategy cannot run this at all
+    if why:
+        raise InputError(why, source=source, field="strategy")
     plan = strategy.plan_from_dict(doc.params, source)
     for key in ("weight_dtype", "kv_dtype"):  # what the workload asked for is what the plan runs
         asked, runs = getattr(p.workload, key), getattr(plan, key, None)

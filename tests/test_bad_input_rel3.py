@@ -4,6 +4,7 @@ left the CLI with a traceback before its fix."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,25 @@ def test_hetegen_chunks_out_of_range_are_refused_naming_the_field(tmp_path, caps
 def test_hetegen_chunks_in_range_run(tmp_path, capsys, guarded, chunk):
     f = _plan_file(tmp_path, "hetegen", "opt-6.7b", "hetegen-a10", stream_chunk_bytes=chunk)
     assert guarded(["simulate", "--plan", f, "--format", "json"])[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("strategy", "model", "hw", "edit", "why"),
+    [
+        # HeteGen splits dense modules only: Mixtral's plan ran, its experts costed as one dense MLP
+        ("hetegen", "opt-6.7b", "hetegen-a10", {"model": "mixtral-8x7b"},
+         "MoE experts are not split by HeteGen (dense OPT/Llama-style models only)"),
+        ("moe-offload", "mixtral-8x7b", "mixed-lab", {"model": "llama2-7b"},
+         "a dense model has no routed experts to offload (see layer-offload)"),
+        ("deepspeed", "llama2-7b", "mixed-lab", {"hardware": "cputp-4x8575c"}, "the rig has no GPU"),
+    ],
+)  # fmt: skip
+def test_a_plan_of_a_strategy_that_does_not_apply_is_refused(tmp_path, capsys, guarded, strategy, model, hw,
+                                                            edit, why):  # fmt: skip
+    """``simulate --plan`` asked FlexGen alone whether it applies (``Strategy.applicable``, which compare
+    and plan ask of each); another strategy's plan for a model or rig it cannot run ran, or failed
+    further in with a line about something else. Now the check compare makes, one line, exit 2."""
+    f = _plan_file(tmp_path, strategy, model, hw)
+    doc = json.loads(Path(f).read_text())
+    Path(f).write_text(json.dumps({**doc, **edit}))
+    assert guarded(["simulate", "--plan", f]) == (2, f"error: {f}: strategy: not applicable: {why}\n")

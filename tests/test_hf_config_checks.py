@@ -372,6 +372,7 @@ def test_a_flexgen_plan_file_on_a_gptq_or_awq_checkpoint_is_refused(tmp_path, ca
         plan.write_text(json.dumps(doc))
         assert main(["simulate", "--plan", str(plan), "--format", "json"]) == 2  # bad input
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {plan}: model: FlexGen cannot load a GPTQ/AWQ int4 checkpoint"), err
+        why = "strategy: not applicable: FlexGen cannot load a GPTQ/AWQ int4 checkpoint"
+        assert err.startswith(f"error: {plan}: {why}"), err
         assert err.count("\n") == 0
     assert main(["simulate", "--plan", str(written), "--format", "json"]) == 0
