@@ -30,7 +30,7 @@ from hetsim.models.hf_config import weight_dtype_for
 from hetsim.models.registry import get_model
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.planner.search import CP_SAT_SEARCHES
-from hetsim.sim.memory import OutOfMemory
+from hetsim.sim.memory import OutOfMemory, budget_problem
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.stopping import keeping
@@ -107,8 +107,9 @@ def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
     Capping the capacity the engine's memory ledger enforces makes every strategy honour the budget
     (plots of throughput against GPU memory, as HeteGen's Fig. 8) without each re-implementing it.
     """
-    if not (budget > 0 and math.isfinite(budget)):
-        raise InputError(f"must be a positive finite size, got {budget}", field="--gpu-mem-budget")
+    why = budget_problem(budget)
+    if why:
+        raise InputError(why, field="--gpu-mem-budget")
     devices = {
         name: replace(d, mem_bytes=min(d.mem_bytes, budget)) if d.kind == "gpu" else d
         for name, d in rig.devices.items()

@@ -82,3 +82,29 @@ def test_a_plan_of_a_strategy_that_does_not_apply_is_refused(tmp_path, capsys, g
     doc = json.loads(Path(f).read_text())
     Path(f).write_text(json.dumps({**doc, **edit}))
     assert guarded(["simulate", "--plan", f]) == (2, f"error: {f}: strategy: not applicable: {why}\n")
+
+
+@pytest.mark.parametrize("budget", [24, 1e-300, 5e-324, 999999.0])
+@pytest.mark.parametrize(("strategy", "where"), [("hetegen", "params"), ("gpu-only", "top")])
+def test_a_plan_files_budget_under_a_megabyte_is_refused_as_the_flag_is(tmp_path, capsys, guarded, budget,
+                                                                         strategy, where):  # fmt: skip
+    """Found by the fuzz pass (tests/test_file_fuzz.py): ``--gpu-mem-budget 24`` is refused (24 bytes:
+    a missing unit), a plan file's ``gpu_mem_budget: 24`` (or 1e-300) ran to an out-of-memory row,
+    'needs 5.7 GB with 0 B of 0 B in use'. Now the flag's rule (``sim.memory.budget_problem``)."""
+    hw = "hetegen-a10" if strategy == "hetegen" else "mixed-lab"
+    f = _plan_file(
+        tmp_path, strategy, "opt-6.7b", hw, **({"gpu_mem_budget": budget} if where == "params" else {})
+    )
+    if where == "top":
+        Path(f).write_text(json.dumps({**json.loads(Path(f).read_text()), "gpu_mem_budget": budget}))
+    field = "params.gpu_mem_budget" if where == "params" else "gpu_mem_budget"
+    why = f"{float(budget):g} bytes is below any model's working set (at least 1 MB): a size in bytes"
+    assert guarded(["simulate", "--plan", f]) == (2, f"error: {f}: {field}: {why}\n")
+
+
+def test_budgets_from_a_megabyte_up_still_run(tmp_path, capsys):
+    f = _plan_file(tmp_path, "hetegen", "opt-6.7b", "hetegen-a10", gpu_mem_budget=1e6)
+    from hetsim.cli import main
+
+    assert main(["simulate", "--plan", f, "--format", "json"]) == 0  # a result: what does not fit, and why
+    assert "out of memory" in json.loads(capsys.readouterr().out)["results"][0]["reason"]
