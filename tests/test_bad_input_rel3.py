@@ -108,3 +108,21 @@ def test_budgets_from_a_megabyte_up_still_run(tmp_path, capsys):
 
     assert main(["simulate", "--plan", f, "--format", "json"]) == 0  # a result: what does not fit, and why
     assert "out of memory" in json.loads(capsys.readouterr().out)["results"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(64, "64"), (2, "2"), ("0.5 MB", "'0.5 MB'"), ("999999 B", "'999999 B'")]
+)
+def test_a_rig_size_under_a_megabyte_is_refused(tmp_path, capsys, guarded, value, shown):
+    """Found by the fuzz pass: ``host_memory: {value: 2}`` (bytes: a bare number) loaded, and every strategy
+    that holds weights in host memory was an out-of-memory row; a GPU's ``memory: 64`` the same."""
+    import yaml
+
+    doc = yaml.safe_load(Path("hardware_profiles/rigs/hetegen-a10.yaml").read_text())
+    doc["nodes"][0]["host_memory"]["value"] = value
+    f = tmp_path / "rig.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    bare = "; a bare number is bytes: give a unit" if isinstance(value, int) else ""
+    why = f"must be in [1e+06, 1e+18] (SI units; physical bounds), got {shown}{bare}"
+    line = f"error: {f}: nodes[0].host_memory: {why}\n"
+    assert guarded(["compare", "--model", "opt-6.7b", "--hw", str(f), *SMALL, "--no-search"]) == (2, line)
