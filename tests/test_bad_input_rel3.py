@@ -126,3 +126,20 @@ def test_a_rig_size_under_a_megabyte_is_refused(tmp_path, capsys, guarded, value
     why = f"must be in [1e+06, 1e+18] (SI units; physical bounds), got {shown}{bare}"
     line = f"error: {f}: nodes[0].host_memory: {why}\n"
     assert guarded(["compare", "--model", "opt-6.7b", "--hw", str(f), *SMALL, "--no-search"]) == (2, line)
+
+
+@pytest.mark.parametrize("gb", [1e-9, 0.0005])
+def test_a_sweeps_budget_under_a_megabyte_is_refused(tmp_path, capsys, guarded, gb):
+    """``gpu_mem_gb: [1e-9]`` (one byte) ran its points to out-of-memory rows; the flag and a plan
+    file refuse a budget under 1 MB (``sim.memory.budget_problem``), and so does the sweep now."""
+    import yaml
+
+    spec = {
+        "name": "b",
+        "base": {"prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab", "batch": 1},
+        "grids": [{"strategy": ["gpu-only"], "gpu_mem_gb": [16, gb]}],
+    }
+    f = tmp_path / "b.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    got = guarded(["sweep", str(f), "--out", str(tmp_path / "out"), "--plots-only"])
+    assert got == (2, f"error: {f}: grids[0].gpu_mem_gb[1]: must be at least 0.001 (1 MB), got {gb!r}\n")
