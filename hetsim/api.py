@@ -577,7 +577,7 @@ def serve(
             "feasible": False,
             "reason": f"--kv-dtype {kv_dtype} is not a KV precision hexgen runs (offers: {offered})",
         }
-    reqs = _serve_requests(rate, duration, num_requests, trace, seed)
+    reqs = _serve_requests(rate, duration, num_requests, trace, seed, lambda n: context_reason(spec, n))
     longest = max(reqs, key=lambda r: r.prompt_len + r.output_len)
     too_long = context_reason(spec, longest.prompt_len + longest.output_len)
     if too_long:
@@ -765,14 +765,20 @@ def _check_serve_flags(
 
 
 def _serve_requests(
-    rate: float | None, duration: float | None, num_requests: int | None, trace: str | Path | None, seed: int
+    rate: float | None,
+    duration: float | None,
+    num_requests: int | None,
+    trace: str | Path | None,
+    seed: int,
+    too_long: Callable[[int], str | None] | None = None,
 ) -> list[Any]:
+    """The requests of a Poisson stream or a ``trace`` (whose rows ``too_long`` refuses, naming the line)."""
     from hetsim.serving.workload import poisson_requests, read_trace
 
     if trace is not None:
         if rate is not None:
             raise InputError("give --rate or --requests, not both", field="--rate")
-        return read_trace(trace)
+        return read_trace(trace, too_long)
     if rate is None:
         raise InputError("give --rate (with --duration or --num-requests) or --requests", field="--rate")
     if duration is None and num_requests is None:

@@ -143,3 +143,25 @@ def test_a_sweeps_budget_under_a_megabyte_is_refused(tmp_path, capsys, guarded, 
     f.write_text(yaml.safe_dump(spec))
     got = guarded(["sweep", str(f), "--out", str(tmp_path / "out"), "--plots-only"])
     assert got == (2, f"error: {f}: grids[0].gpu_mem_gb[1]: must be at least 0.001 (1 MB), got {gb!r}\n")
+
+
+def test_a_trace_row_longer_than_the_models_context_names_the_file_and_line(tmp_path, capsys, guarded):
+    """A ``serve --requests`` row whose prompt + output passes the model's context exited 1 with
+    'error: request 1: context ... exceeds' (its index after sorting by arrival), naming no file."""
+    f = tmp_path / "trace.csv"
+    f.write_text("arrival_s,prompt_len,output_len\n1.0,16,2\n0.5,4000,97\n")  # llama2-7b: 4096 positions
+    got = guarded(["serve", "--model", "llama2-7b", "--hw", "hexgen-half-budget", "--requests", str(f)])
+    why = "context of 4097 tokens (prompt + generated) exceeds llama2-7b's maximum of 4096 positions"
+    assert got == (2, f"error: {f}: prompt_len + output_len: line 3: {why}\n")
+
+
+def test_a_trace_row_at_the_models_context_is_read(tmp_path):
+    """The bound is the model's context: a row of exactly 4096 tokens is a request (the control)."""
+    from hetsim.models.registry import get_model
+    from hetsim.serving.workload import read_trace
+    from hetsim.sim.run import context_reason
+
+    f = tmp_path / "trace.csv"
+    f.write_text("arrival_s,prompt_len,output_len\n0.5,4000,96\n")
+    (req,) = read_trace(f, lambda n: context_reason(get_model("llama2-7b"), n))
+    assert (req.prompt_len, req.output_len) == (4000, 96)
