@@ -30,7 +30,7 @@ from hetsim.models.hf_config import weight_dtype_for
 from hetsim.models.registry import get_model
 from hetsim.models.spec import ModelSpec, unknown_dtype
 from hetsim.planner.search import CP_SAT_SEARCHES
-from hetsim.sim.memory import OutOfMemory
+from hetsim.sim.memory import OutOfMemory, budget_problem
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.stopping import keeping
@@ -111,8 +111,9 @@ def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
     Capping the capacity the engine's memory ledger enforces makes every strategy honour the budget
     (plots of throughput against GPU memory, as HeteGen's Fig. 8) without each re-implementing it.
     """
-    if not (budget > 0 and math.isfinite(budget)):
-        raise InputError(f"must be a positive finite size, got {budget}", field="--gpu-mem-budget")
+    why = budget_problem(budget)
+    if why:
+        raise InputError(why, field="--gpu-mem-budget")
     devices = {
         name: replace(d, mem_bytes=min(d.mem_bytes, budget)) if d.kind == "gpu" else d
         for name, d in rig.devices.items()
@@ -161,22 +162,9 @@ def _best_result(
     too_long = context_reason(p.model, p.workload.context_len)
     if too_long:
         return Result.infeasible(strategy.name, too_long)
-    reason = strategy.applicable(p.rig, p.model, p.workload)
-    wd = p.workload.weight_dtype
-    if not reason and wd and wd not in strategy.weight_dtypes:
-        offered = ", ".join(strategy.weight_dtypes) or "none"
-        what = (  # a GPTQ/AWQ checkpoint's own weights: no flag asked for them
-            f"the checkpoint's {wd} weights (config.json quantization_config) are"
-            if wd == p.model.quantized
-            else f"--dtype {wd} is"
-        )
-        reason = f"{what} not a weight precision it runs (offers: {offered})"
-    kd = p.workload.kv_dtype
-    if not reason and kd and kd not in strategy.kv_dtypes:
-        offered = ", ".join(strategy.kv_dtypes) or "none"
-        reason = f"--kv-dtype {kd} is not a KV precision it runs (offers: {offered})"
+    reason = not_applicable(strategy, p)
     if reason:
-        return Result.infeasible(strategy.name, f"not applicable: {reason}")
+        return Result.infeasible(strategy.name, reason)
     fix = adjust or (lambda plan: plan)
     if p.batch_is_free(objective, search):
         return _best_at_free_batch(strategy, p, objective, fix, allow_lossy, exact)
@@ -191,6 +179,27 @@ def _best_result(
     if plan is None:
         return _no_plan(strategy, p, fix, "no feasible plan found by the search", "the default plan")
     return simulate(strategy, plan, p.rig, p.model, p.workload, exact=exact)
+
+
+def not_applicable(strategy: Strategy, p: Problem) -> str | None:
+    """Why ``strategy`` cannot run ``p``'s model on its rig at all ("not applicable: ..."), or None: its
+    own rule (``Strategy.applicable``), then the weight and KV precisions it runs. The one check for
+    compare and plan (an infeasible row) and for a plan file (``load_plan``: bad input)."""
+    reason = strategy.applicable(p.rig, p.model, p.workload)
+    wd = p.workload.weight_dtype
+    if not reason and wd and wd not in strategy.weight_dtypes:
+        offered = ", ".join(strategy.weight_dtypes) or "none"
+        what = (  # a GPTQ/AWQ checkpoint's own weights: no flag asked for them
+            f"the checkpoint's {wd} weights (config.json quantization_config) are"
+            if wd == p.model.quantized
+            else f"--dtype {wd} is"
+        )
+        reason = f"{what} not a weight precision it runs (offers: {offered})"
+    kd = p.workload.kv_dtype
+    if not reason and kd and kd not in strategy.kv_dtypes:
+        offered = ", ".join(strategy.kv_dtypes) or "none"
+        reason = f"--kv-dtype {kd} is not a KV precision it runs (offers: {offered})"
+    return f"not applicable: {reason}" if reason else None
 
 
 def _no_plan(strategy: Strategy, p: Problem, fix: Callable[[Any], Any], what: str, example: str) -> Result:
@@ -481,6 +490,9 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
             }
             field = named.get(exc.source)
         raise InputError(exc.message, source=source, field=field) from None
+    why = not_applicable(strategy, p)  # as compare and plan decide it: that strategy cannot run this at all
+    if why:
+        raise InputError(why, source=source, field="strategy")
     plan = strategy.plan_from_dict(doc.params, source)
     for key in ("weight_dtype", "kv_dtype"):  # what the workload asked for is what the plan runs
         asked, runs = getattr(p.workload, key), getattr(plan, key, None)
@@ -567,7 +579,7 @@ def serve(
             "feasible": False,
             "reason": f"--kv-dtype {kv_dtype} is not a KV precision hexgen runs (offers: {offered})",
         }
-    reqs = _serve_requests(rate, duration, num_requests, trace, seed)
+    reqs = _serve_requests(rate, duration, num_requests, trace, seed, lambda n: context_reason(spec, n))
     longest = max(reqs, key=lambda r: r.prompt_len + r.output_len)
     too_long = context_reason(spec, longest.prompt_len + longest.output_len)
     if too_long:
@@ -755,14 +767,20 @@ def _check_serve_flags(
 
 
 def _serve_requests(
-    rate: float | None, duration: float | None, num_requests: int | None, trace: str | Path | None, seed: int
+    rate: float | None,
+    duration: float | None,
+    num_requests: int | None,
+    trace: str | Path | None,
+    seed: int,
+    too_long: Callable[[int], str | None] | None = None,
 ) -> list[Any]:
+    """The requests of a Poisson stream or a ``trace`` (whose rows ``too_long`` refuses, naming the line)."""
     from hetsim.serving.workload import poisson_requests, read_trace
 
     if trace is not None:
         if rate is not None:
             raise InputError("give --rate or --requests, not both", field="--rate")
-        return read_trace(trace)
+        return read_trace(trace, too_long)
     if rate is None:
         raise InputError("give --rate (with --duration or --num-requests) or --requests", field="--rate")
     if duration is None and num_requests is None:

@@ -310,7 +310,7 @@ def test_negative_number(tmp_path):
     )
     err = _error(tmp_path, text)
     assert err.field == "nodes[0].gpus[1].memory"
-    assert "must be in [1, 1e+18]" in err.message
+    assert "must be in [1e+06, 1e+18]" in err.message
 
 
 def test_missing_field(tmp_path):

@@ -372,6 +372,22 @@ def test_a_flexgen_plan_file_on_a_gptq_or_awq_checkpoint_is_refused(tmp_path, ca
         plan.write_text(json.dumps(doc))
         assert main(["simulate", "--plan", str(plan), "--format", "json"]) == 2  # bad input
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"error: {plan}: model: FlexGen cannot load a GPTQ/AWQ int4 checkpoint"), err
+        why = "strategy: not applicable: FlexGen cannot load a GPTQ/AWQ int4 checkpoint"
+        assert err.startswith(f"error: {plan}: {why}"), err
         assert err.count("\n") == 0
     assert main(["simulate", "--plan", str(written), "--format", "json"]) == 0
+
+
+@pytest.mark.parametrize(("torch_dtype", "width"), [("float16", 2), ("bfloat16", 2), ("float32", 4)])
+def test_an_awq_router_kept_apart_is_stored_at_the_checkpoints_dtype(torch_dtype, width):
+    """AutoAWQ (0.2.9) quantises a model held at the dtype it loaded it in, the router left out, and saves
+    that dtype as torch_dtype: an fp32 checkpoint's router is 32-bit, as its tables. Its memory counted
+    it at 16 bits (2 MiB less over Mixtral's 32 layers) while its matmul read it at 32."""
+    cfg = {"torch_dtype": torch_dtype, "quantization_config": {**AWQ, "modules_to_not_convert": ["gate"]}}
+    kept = spec_from_hf_dict(_config("Mixtral-8x7B", **cfg))
+    plain = spec_from_hf_dict(_config("Mixtral-8x7B", **{**cfg, "quantization_config": AWQ}))
+    router = kept.num_experts * kept.hidden
+    gap = kept.layers * router * (width - INT4.bytes_per_element)
+    assert weight_bytes(kept, INT4) - weight_bytes(plain, INT4) == pytest.approx(gap)
+    (op,) = (o for o in step_ops(kept, "decode", 1, 1, 16, INT4) if o.name == "router" and o.layer == 0)
+    assert op.weight_bytes == router * width  # what it reads is what it holds

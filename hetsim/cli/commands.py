@@ -53,9 +53,6 @@ EXIT_ERRORS = tuple({typer.Exit, *(c for c in (getattr(_cx, "Exit", None),) if c
 ABORT_ERRORS = tuple({typer.Abort, *(c for c in (getattr(_cx, "Abort", None),) if c)})
 
 FORMATS = ("table", "json", "csv")
-# A bare number is bytes (``--gpu-mem-budget 24`` = 24 B): under a megabyte no model's working set
-# (activations and runtime alone) fits, so such a budget is a missing unit, refused rather than run.
-MIN_GPU_MEM_BUDGET = 1e6
 EXTENSION_MODULES = ("hetsim.cli.serve", "hetsim.cli.sweep", "validate.cli")
 # What a compare's search worker forked before the problem is read imports meanwhile: the search
 # and networkx (every strategy routes copies).
@@ -129,6 +126,7 @@ def _problem(
     routing_profile: Path | None = None,
 ) -> api.Problem:
     from hetsim import api
+    from hetsim.sim.memory import MIN_GPU_MEM_BUDGET
     from hetsim.units import UnitError, parse_bytes
 
     _positive(batch=1 if batch is None else batch, prompt_len=prompt_len, gen_len=gen_len)
@@ -138,7 +136,9 @@ def _problem(
             budget = parse_bytes(gpu_mem_budget)
         except UnitError as exc:
             raise InputError(str(exc), field="--gpu-mem-budget") from None
-        if 0 < budget < MIN_GPU_MEM_BUDGET:  # zero and negatives: api's check says so
+        if (
+            0 < budget < MIN_GPU_MEM_BUDGET
+        ):  # zero and negatives: api's check says so (a bare number is bytes)
             bare = _is_number(gpu_mem_budget)
             hint = f"a bare number is bytes: give a unit, e.g. '{gpu_mem_budget.strip()} GB'"
             raise InputError(
@@ -828,6 +828,12 @@ def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseExce
     path = exc.source if isinstance(exc, InputError) else getattr(exc, "filename", None)
     if not isinstance(path, str):
         return exc
+    # the whole config.json (missing, a folder, not JSON); a folder's is its config.json (``--model /``)
+    if isinstance(exc, InputError) and exc.field is None:
+        for flag, value in pairs:
+            folder = str(Path(value) / "config.json") if value else None
+            if flag == "--model" and value and path in (value, str(Path(value)), folder):
+                return InputError(exc.message, source=f"--model {path}")
     for flag, value in pairs:
         if not value and path == "." and flag in NAME_FLAGS:  # Path("") is this folder (calibrate --profile)
             return InputError("is empty: give a file's path", field=flag)

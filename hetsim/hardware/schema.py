@@ -99,8 +99,10 @@ class Sourced(_Strict):
         low_fails = si < cls._low if cls._low_ok else si <= cls._low
         if low_fails or si > cls._high:
             lo = "[" if cls._low_ok else "("
+            bare = "; a bare number is bytes: give a unit" if cls is Bytes and _bare(self.value) else ""
             raise ValueError(
                 f"must be in {lo}{cls._low:g}, {cls._high:g}] (SI units; physical bounds), got {self.value!r}"
+                + bare
             )
         self._si = si
         return self
@@ -114,6 +116,15 @@ class Sourced(_Strict):
         return GRADES[self.grade]
 
 
+def _bare(value: str | float | int) -> bool:
+    """A number without a unit (``64``, ``"64"``)."""
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
 class _Rate(Sourced):
     """A capacity or rate: strictly positive (a zero would divide by zero downstream)."""
 
@@ -122,9 +133,12 @@ class _Rate(Sourced):
 
 
 class Bytes(_Rate):
+    """A memory or disk size: at least a megabyte, far below any part's (a bare ``64``, meant as GB,
+    is 64 bytes: refused, not run to an out-of-memory row, as ``--gpu-mem-budget 64`` is)."""
+
     _parse = staticmethod(parse_bytes)
     _unit_hint = "a size such as '16 GB' or '16 GiB'"
-    _low, _low_ok = 1.0, True
+    _low, _low_ok = 1e6, True
     _high = 1e18  # an exabyte
 
 

@@ -267,7 +267,7 @@ def _checkpoint_quantization(r: _Reader) -> Literal["", "int4", "int8"]:
 # so. AWQ's ``modules_to_not_convert`` (transformers' AwqConfig) names modules kept at 16 bits, matched
 # by their own name or a path part: the LM head and token table are already (``weights.table_dtype``);
 # ``gate`` is the MoE router (Mixtral's, Qwen-MoE's, DeepSeek's ``mlp.gate``; a dense model has no module
-# of that name: gate_proj is another), kept at 16 bits (``ModelSpec.router_16bit``). Any other name (a
+# of that name: gate_proj is another), kept unconverted (``ModelSpec.router_16bit``). Any other name (a
 # vision tower, one projection of every layer) hetsim cannot keep apart: refused, naming it.
 _KEPT_ANYWAY = frozenset({"lm_head", "embed_tokens", "gate"})
 

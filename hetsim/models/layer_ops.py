@@ -54,6 +54,7 @@ from hetsim.models.weights import (
     kv_element_bytes,
     layer_weight_tensors,
     module_weight_bytes,
+    router_dtype,
     table_dtype,
 )
 
@@ -327,8 +328,7 @@ def _layer0_ops(
         k, e = spec.experts_per_token, spec.num_experts
         routed = tokens * k  # token-expert pairs
         distinct = expected_distinct_experts(e, k, tokens)
-        router_wd = table_dtype(spec, wd) if spec.router_16bit else wd  # AWQ's gate left unquantised
-        ops.append(_matmul("router", 0, tokens, h, e, router_wd, ad, bias=False))
+        ops.append(_matmul("router", 0, tokens, h, e, router_dtype(spec, wd), ad, bias=False))
         for name, i_f, o_f in (("gate_proj", h, inter), ("up_proj", h, inter)):
             ops.append(_matmul(name, 0, routed, i_f, o_f, wd, ad, bias=bias, weight_copies=distinct))
         ops.append(_elementwise("act", 0, routed * inter, SWIGLU_FLOPS, ad, n_in=2))

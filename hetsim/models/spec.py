@@ -167,7 +167,8 @@ class ModelSpec:
     quantized: Literal["", "int4", "int8"] = ""
     # Its LM head quantised too (GPTQModel's ``lm_head: true``); otherwise the head stays at ``dtype``.
     quantized_head: bool = False
-    # Its MoE router left at 16 bits (AWQ's ``modules_to_not_convert: [gate]``).
+    # Its MoE router left unconverted (AWQ's ``modules_to_not_convert: [gate]``): at the checkpoint's
+    # ``dtype``, as its tables (``weights.router_dtype``; the name is older than fp32 checkpoints here).
     router_16bit: bool = False
 
     @property
@@ -230,7 +231,10 @@ class WeightTensor:
     module: str
     block: Literal["attention", "mlp"]
     shape: tuple[int, ...]
-    is_matrix: bool  # 2-D weights get compressed/quantised; biases, norms (and a kept router) stay 16-bit
+    is_matrix: bool  # 2-D weights get compressed/quantised; biases and norms stay 16-bit
+    # A matrix a quantised checkpoint left unconverted (AWQ's ``modules_to_not_convert: [gate]``): stored
+    # at this dtype (``weights.router_dtype``), whatever the layers' ("" = the layers').
+    stored: str = ""
 
     @property
     def numel(self) -> int:

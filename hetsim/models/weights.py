@@ -98,8 +98,8 @@ def layer_weight_tensors(spec: ModelSpec, moe: bool | None = None) -> tuple[Weig
     t = _attention_tensors(spec)
     inter, bias = spec.intermediate, spec.linear_bias
     if moe:
-        # a router the checkpoint left unquantised is stored as the vectors are: in 16-bit
-        t.append(WeightTensor("router.weight", "router", "mlp", (spec.num_experts, h), not spec.router_16bit))
+        kept = router_dtype(spec, DTYPES[spec.quantized]).name if spec.router_16bit else ""
+        t.append(WeightTensor("router.weight", "router", "mlp", (spec.num_experts, h), True, kept))
         for e in range(spec.num_experts):
             t += _gated(f"experts.{e}.", "", inter, h, bias)
         if spec.shared_intermediate:
@@ -143,8 +143,11 @@ def layer_kinds(spec: ModelSpec) -> tuple[tuple[bool, int], ...]:
 
 
 def tensor_bytes(t: WeightTensor, dtype: DType) -> float:
-    """Bytes of one tensor: matrices in ``dtype``, vectors in 16-bit."""
-    return t.numel * (dtype.bytes_per_element if t.is_matrix else VECTOR_BYTES)
+    """Bytes of one tensor: matrices in ``dtype`` (one the checkpoint kept apart in its own), vectors in
+    16-bit."""
+    if not t.is_matrix:
+        return t.numel * VECTOR_BYTES
+    return t.numel * (DTYPES[t.stored] if t.stored else dtype).bytes_per_element
 
 
 def _final_norm_params(spec: ModelSpec) -> int:
@@ -214,6 +217,17 @@ def table_dtype(spec: ModelSpec, dtype: DType) -> DType:
     integrations/bitsandbytes.py:316 ``get_keys_to_not_convert`` names; an embedding is no linear).
     """
     return DTYPES[spec.dtype] if spec.quantized and dtype == DTYPES[spec.quantized] else dtype
+
+
+def router_dtype(spec: ModelSpec, dtype: DType) -> DType:
+    """The MoE router's dtype where the layers are in ``dtype``: ``dtype``, or ``table_dtype``'s where a
+    quantised checkpoint left it unconverted (``spec.router_16bit``). It is then stored as the tables it
+    left unconverted: AutoAWQ 0.2.9 holds the whole model at the ``torch_dtype`` it
+    loaded (awq/models/base.py ``from_pretrained``, float16 by default), quantises the linears but the
+    ``modules_to_not_convert`` (awq/models/mixtral.py: ``["gate"]``) and ``save_pretrained`` records
+    that dtype as config.json's ``torch_dtype``: so the checkpoint's own (``spec.dtype``), 32-bit in an
+    fp32 one."""
+    return table_dtype(spec, dtype) if spec.router_16bit else dtype
 
 
 def head_dtype(spec: ModelSpec, dtype: DType) -> DType:

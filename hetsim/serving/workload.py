@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,8 +87,9 @@ def poisson_requests(
     ]
 
 
-def read_trace(path: str | Path) -> list[Request]:
-    """A CSV with columns arrival_s, prompt_len, output_len (header required), sorted by arrival."""
+def read_trace(path: str | Path, too_long: Callable[[int], str | None] | None = None) -> list[Request]:
+    """A CSV with columns arrival_s, prompt_len, output_len (header required), sorted by arrival.
+    ``too_long(prompt_len + output_len)``: why a row's context does not fit the model, or None."""
     source = str(path)
     text = read_text(path)
     reader = csv.DictReader(text.splitlines())
@@ -128,6 +129,9 @@ def read_trace(path: str | Path) -> list[Request]:
                     f"line {i}: not a positive integer: {row[name]!r}", source=source, field=name
                 ) from None
             lengths.append(v)
+        why = too_long(sum(lengths)) if too_long else None
+        if why:  # the file's row, not a plan's limit: refused naming it, as a bad cell is
+            raise InputError(f"line {i}: {why}", source=source, field="prompt_len + output_len")
         out.append((arrival, i, lengths[0], lengths[1]))
     out.sort()
     return [Request(k, a, p, o) for k, (a, _, p, o) in enumerate(out)]

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hetsim.units import fmt_bytes
+
+# The least GPU memory budget (bytes): under a megabyte no model's working set (activations and runtime
+# alone) fits, so such a budget is a missing unit (``--gpu-mem-budget 24``, a plan file's ``24``: bytes),
+# refused rather than run to an out-of-memory result.
+MIN_GPU_MEM_BUDGET = 1e6
+
+
+def budget_problem(budget: float) -> str | None:
+    """Why ``budget`` (bytes) is no GPU memory budget, or None."""
+    if not (budget > 0 and math.isfinite(budget)):
+        return f"must be a positive finite size, got {budget}"
+    if budget < MIN_GPU_MEM_BUDGET:
+        return f"{budget:g} bytes is below any model's working set (at least 1 MB): a size in bytes"
+    return None
 
 
 class OutOfMemory(Exception):

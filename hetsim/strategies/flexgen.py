@@ -94,9 +94,6 @@ class FlexGen(Strategy):
         return _cannot_load(model)
 
     def check_plan(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
-        why = _cannot_load(model)  # a plan file is not searched, so not asked ``applicable``
-        if why:
-            raise InputError(why, field="model")
         if plan.gpu:
             pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
         pc.at_least(plan.gpu_batch_size, 1, "gpu_batch_size")

@@ -17,6 +17,7 @@ from pydantic_core import ValidationError
 from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
 from hetsim.models.spec import unknown_dtype
+from hetsim.sim.memory import budget_problem
 from hetsim.textfiles import validate_strictly
 
 
@@ -87,6 +88,9 @@ def known_dtype(name: str, field: str) -> None:
 def optional_budget(value: float | None, field: str = "gpu_mem_budget") -> None:
     if value is not None and not (math.isfinite(value) and value > 0):
         raise problem(field, f"must be a positive number of bytes or null, got {value!r}")
+    why = None if value is None else budget_problem(value)
+    if why:
+        raise problem(field, why)
 
 
 def device_of_kind(rig: Rig, name: str, kind: str, field: str) -> None:

@@ -149,6 +149,7 @@ def _check_values(spec: SweepSpec, source: str) -> None:
     from hetsim.hardware.loader import rig_path
     from hetsim.models.registry import get_model
     from hetsim.models.spec import unknown_dtype
+    from hetsim.sim.memory import MIN_GPU_MEM_BUDGET, budget_problem
     from hetsim.strategies.base import get_strategy
 
     cat = load_catalog()
@@ -181,6 +182,8 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 raise InputError(f"must be <= {MAX_WORK[key]} ({WHY_MAX[key]}), got {value}")
             elif key in ("gpu_mem_gb", "net_gbps") and not _positive_finite(value):
                 raise InputError(f"must be a positive finite number, got {value!r:.40}")
+            elif key == "gpu_mem_gb" and budget_problem(value * 1e9):  # under 1 MB: as --gpu-mem-budget
+                raise InputError(f"must be at least {MIN_GPU_MEM_BUDGET / 1e9:g} (1 MB), got {value!r}")
             elif key in PRECISION_AXES and (why := unknown_dtype(value)) is not None:
                 raise InputError(why)
             elif key == "objective" and value not in ("latency", "throughput", "cost"):
