@@ -78,6 +78,10 @@ STREAM_CHUNK_BYTES = 32 * 2**20
 # tenth of the bandwidth on every rig; 8 MiB is the power of two above (the default and every recorded
 # plan give 32 MiB). A rig-free bound: a plan file is checked before, and apart from, any one link.
 MIN_STREAM_CHUNK_BYTES = 8 * 2**20
+# Past any GPU's memory: a larger chunk is no setting but a typo. A chunk larger than a module's share
+# only means the share is copied whole (``share_buffer``), and the memory ledger counts that buffer, so
+# the bound need not read the GPU (whose memory a --gpu-mem-budget caps after the plan was written).
+MAX_STREAM_CHUNK_BYTES = 2**40
 
 
 @dataclass(frozen=True)
@@ -383,14 +387,13 @@ def _split_setting(rig: Rig, gpu: str, cpu: str) -> int | None:
 
 
 # ---- memory -------------------------------------------------------------------------------------
-def _check_chunk(chunk: float, gpu_bytes: float, gpu: str) -> None:
-    """A plan's ``stream_chunk_bytes``: at least ``MIN_STREAM_CHUNK_BYTES``, and two chunks (the
-    rotating buffers) no more than its GPU holds."""
-    if not MIN_STREAM_CHUNK_BYTES <= chunk <= gpu_bytes / 2:
+def _check_chunk(chunk: float) -> None:
+    """A plan's ``stream_chunk_bytes``: from ``MIN_STREAM_CHUNK_BYTES`` to ``MAX_STREAM_CHUNK_BYTES``."""
+    if not MIN_STREAM_CHUNK_BYTES <= chunk <= MAX_STREAM_CHUNK_BYTES:
         raise pc.problem(
             "stream_chunk_bytes",
             f"must be from {MIN_STREAM_CHUNK_BYTES} (8 MiB: a copy long beside its latency) to "
-            f"{gpu_bytes / 2:.0f} (two chunks in {gpu}'s memory), got {chunk!r}",
+            f"{MAX_STREAM_CHUNK_BYTES} (1 TiB, past any GPU's memory), got {chunk!r}",
         )
 
 
@@ -464,7 +467,7 @@ class HeteGen(Strategy):
         pc.optional_budget(plan.gpu_mem_budget)
         pc.in_range(plan.split_sync_s, 0.0, 1.0, "split_sync_s")  # a barrier's cost (1e308 overflowed)
         pc.at_least(plan.runtime_reserve_bytes, 0.0, "runtime_reserve_bytes")
-        _check_chunk(plan.stream_chunk_bytes, rig.devices[plan.gpu].mem_bytes, plan.gpu)
+        _check_chunk(plan.stream_chunk_bytes)
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         if (problem := cpu_dtype_problem(plan.cpu_dtype, plan.weight_dtype)) is not None:
             raise pc.problem("cpu_dtype", problem)
