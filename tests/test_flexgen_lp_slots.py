@@ -1,6 +1,5 @@
-"""The FlexGen LP's slots are built with ``flexgen_lp._slot`` where ``_Slot(...)`` was, and rebuilt
-with ``flexgen_lp._with`` where ``dataclasses.replace`` was: the same slot, field for field, so the
-same LPs to the bit."""
+"""The FlexGen LP's slots are rebuilt with ``flexgen_lp._with`` where ``dataclasses.replace`` was:
+the same slot, field for field, so the same LPs to the bit."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 from hetsim.hardware.loader import load_rig
 from hetsim.models.registry import get_model
 from hetsim.planner import flexgen_lp
-from hetsim.planner.flexgen_lp import _lp_key, _Slot, _slot, _with, candidate_flags, cost_model
+from hetsim.planner.flexgen_lp import _lp_key, _Slot, _with, candidate_flags, cost_model
 from hetsim.strategies.flexgen import endpoints
 from hetsim.workload import Workload
 
@@ -29,33 +28,16 @@ forms = st.dictionaries(st.sampled_from(["const", "wc", "wd", "cc", "hg"]), st.f
 )
 def test_with_is_replace(base, changes):
     slot = _Slot(**{n: {} for n in NAMES[:6]} | base)
-    assert _with(slot, **changes) == replace(slot, **changes)
-    assert type(_with(slot, **changes)) is _Slot
-
-
-def _dataclass_slot(**given_forms: dict[str, float]) -> _Slot:
-    """``_Slot``'s own ``__init__``, its six required forms empty where not given (as ``_slot`` has them)."""
-    return _Slot(**{n: {} for n in NAMES[:6]} | given_forms)
-
-
-@settings(max_examples=60, deadline=None, derandomize=True)
-@given(given_forms=st.fixed_dictionaries({}, optional={n: forms for n in NAMES}))
-def test_slot_is_the_dataclass_init(given_forms):
-    made, built = _slot(**given_forms), _dataclass_slot(**given_forms)
+    made, built = _with(slot, **changes), replace(slot, **changes)
     assert type(made) is _Slot
     assert made == built
     assert list(vars(made).items()) == list(vars(built).items())  # field order: what vars() copies
     assert pickle.loads(pickle.dumps(made)) == built
-    # every field not given is an empty dict of its own, as the default factory makes
-    other = _slot(**given_forms)
-    assert all(getattr(made, n) is not getattr(other, n) for n in NAMES if n not in given_forms)
 
 
-def test_slot_and_with_refuse_unknown_fields():
+def test_with_refuses_unknown_fields():
     with pytest.raises(TypeError, match="no field"):
-        _slot(w={}, nope={})
-    with pytest.raises(TypeError, match="no field"):
-        _with(_slot(), nope={})
+        _with(_Slot({}, {}, {}, {}, {}, {}), nope={})
 
 
 def test_cost_models_built_with_replace_are_the_same_lps(monkeypatch):
@@ -73,5 +55,4 @@ def test_cost_models_built_with_replace_are_the_same_lps(monkeypatch):
 
     ours = keys()
     monkeypatch.setattr(flexgen_lp, "_with", replace)
-    monkeypatch.setattr(flexgen_lp, "_slot", _dataclass_slot)
     assert ours == keys()

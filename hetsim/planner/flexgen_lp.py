@@ -253,22 +253,11 @@ _SLOT_FIELDS = tuple(f.name for f in fields(_Slot))
 _SLOT_FIELD_SET = frozenset(_SLOT_FIELDS)
 
 
-def _slot(**forms: dict[str, float]) -> _Slot:
-    """``_Slot(**forms)`` (every field not named an empty dict of its own, as its default factory
-    makes) without the frozen dataclass's ``__init__``, which sets each of the 24 fields through
-    ``object.__setattr__`` (~6 us a slot; a search makes ~3,600 and ``_with`` as many again): the
-    instance's ``__dict__`` filled at once, in field order. Every field is an init field and none has
-    a ``__post_init__``, so the slot is the one ``__init__`` makes (equal, same hash, pickles alike)."""
-    if not forms.keys() <= _SLOT_FIELD_SET:
-        raise TypeError(f"_Slot has no field {sorted(forms.keys() - _SLOT_FIELD_SET)}")
-    slot = object.__new__(_Slot)
-    slot.__dict__.update({name: forms.get(name, {}) for name in _SLOT_FIELDS})
-    return slot
-
-
 def _with(slot: _Slot, **changes: dict[str, float]) -> _Slot:
-    """``dataclasses.replace(slot, **changes)`` without its per-field checks or ``__init__``
-    (``_slot``): a cost model makes ~10, a search ~3,600."""
+    """``dataclasses.replace(slot, **changes)`` without its per-field checks or the frozen
+    ``__init__``'s 24 ``object.__setattr__`` (every field of ``_Slot`` is an init field, none has a
+    ``__post_init__``): the slot's ``__dict__`` copied, in field order, then the changes (~1.0 us a
+    slot, through ``__init__`` ~3.6 us); a cost model makes ~10, a search ~3,600."""
     if not changes.keys() <= _SLOT_FIELD_SET:
         raise TypeError(f"_Slot has no field {sorted(changes.keys() - _SLOT_FIELD_SET)}")
     new = object.__new__(_Slot)
@@ -495,9 +484,7 @@ def _slots(
                 if form or form is p:
                     form["hc"] = form.get("hc", 0.0) + own_hid
             wr = _latency(wr, lat + hop_lat, p) if wr and lats is None else wr
-            slot = _slot(
-                w=w, c=c, p=p, d2h=d2h, dread=dread, dwrite=dwrite, q=q, p0=p0, wr=wr, **reads, **kvf
-            )
+            slot = _Slot(w, c, p, d2h, dread, dwrite, q, p0=p0, wr=wr, **reads, **kvf)
             if not fl.pin_weight:
                 slot = _relayed(
                     slot, _weight_pin(rig, cpu, split[j_next][1], None if placed is None else placed[j_next])
@@ -894,7 +881,7 @@ def _other_slots(
         c = {"hc": hid / lk.pin, "hd": hid / lk.d2g}
         wr = _weight_relay(lk, copies[0], None if placed is None else lats) if disk else {}
         wr = _latency(wr, sum(lats), p) if wr and placed is None else wr
-        slot = _slot(w=ld, c=c, p=p, dread=dread, wr=wr)
+        slot = _Slot(ld, c, p, {}, dread, {}, wr=wr)
         if not fl.pin_weight:
             slot = _relayed(slot, _weight_pin(rig, cpu, split[0][1], at))
         out.append((mult / model.layers, slot))
@@ -1055,7 +1042,7 @@ def _tie_break(slots: tuple[tuple[float, _Slot], ...], layers: int) -> tuple[flo
     compute = sum(m * layers * s.p.get("const", 0.0) for m, s in slots)
     eps = TIE_BREAK * compute
     lane = {f"{kind}{tier}": k * eps for kind in "wch" for tier, k in (("c", 1.0), ("d", 2.0))}
-    return 1.0 / layers, _slot(d2h=lane)
+    return 1.0 / layers, _Slot({}, {}, {}, lane, {}, {})
 
 
 def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
