@@ -3,8 +3,10 @@ the same slot, field for field, so the same LPs to the bit."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import fields, replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,8 +28,16 @@ forms = st.dictionaries(st.sampled_from(["const", "wc", "wd", "cc", "hg"]), st.f
 )
 def test_with_is_replace(base, changes):
     slot = _Slot(**{n: {} for n in NAMES[:6]} | base)
-    assert _with(slot, **changes) == replace(slot, **changes)
-    assert type(_with(slot, **changes)) is _Slot
+    made, built = _with(slot, **changes), replace(slot, **changes)
+    assert type(made) is _Slot
+    assert made == built
+    assert list(vars(made).items()) == list(vars(built).items())  # field order: what vars() copies
+    assert pickle.loads(pickle.dumps(made)) == built
+
+
+def test_with_refuses_unknown_fields():
+    with pytest.raises(TypeError, match="no field"):
+        _with(_Slot({}, {}, {}, {}, {}, {}), nope={})
 
 
 def test_cost_models_built_with_replace_are_the_same_lps(monkeypatch):

@@ -12,9 +12,10 @@ memory constraints off ``memory_plan`` by evaluating it at unit vectors: one for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, TypeVar
 
 from hetsim.costs.pinned import pinned_bytes
 from hetsim.errors import InputError
@@ -31,6 +32,7 @@ OverlapMode = Literal["released", "paper-ideal"]
 # copies and the prefill's KV stores into the unpinned cache.
 COPY_THREADS = 4
 COPY_RELAY_BYTES = COPY_THREADS * pinned_bytes(2**30 * 2)
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -131,11 +133,13 @@ def embedding_tables(model: ModelSpec) -> dict[str, tuple[tuple[int, int], ...]]
     return {"input_embed": tuple(embed), "output_embed": tuple(output)}
 
 
+@lru_cache(maxsize=64)
 def scheduling_layer_tensors(model: ModelSpec) -> tuple[tuple[tuple[int, bool], ...], ...]:
     """(numel, is_matrix) of every tensor of each of the 2l + 2 scheduling layers, in runtime order.
 
     Input embedding (``embedding_tables``), then attention and MLP blocks of each decoder layer, then
     the output layer (the final LayerNorm, where the model has one, and ``embedding_tables``' head).
+    Every decoder layer's attention (and MLP) block is one and the same tuple (``_each_layer``).
     """
     tables = embedding_tables(model)
     embed = [(r * c, True) for r, c in tables["input_embed"]]
@@ -293,24 +297,39 @@ def layer_disk_copies(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float,
     tensor by tensor (flex_opt.py: ``w.smart_copy`` per weight), and each disk tensor is a copy of
     its own on the threads' queue (pytorch_backend.py:831-833), read then hopped over the link
     (:896-902). The bytes of each copy, in order (``_disk_copies``)."""
-    wg, wc, dtype, placement = _split_key(plan)
-    return tuple(_disk_copies(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model))
+    return tuple(_each_layer(_disk_copies, model, *_split_key(plan)))
 
 
 def layer_disk_packed(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[bool, ...], ...]:
     """For each of ``layer_disk_copies``' copies, whether it is a 4-bit matrix's packed data: through
     the copy threads' fp16 relay it hops to the GPU from a pageable temporary (flexgen.py:
     ``_via_host``'s ``packed``)."""
-    wg, wc, dtype, placement = _split_key(plan)
-    return tuple(
-        tuple(k for _, k in _disk_copy_kinds(t, wg, wc, dtype, placement))
-        for t in scheduling_layer_tensors(model)
-    )
+    return tuple(_each_layer(_disk_packed, model, *_split_key(plan)))
+
+
+def _disk_packed(
+    tensors: tuple[tuple[int, bool], ...], wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[bool, ...]:
+    return tuple(k for _, k in _disk_copy_kinds(tensors, wg, wc, dtype, placement))
 
 
 def _split_key(plan: FlexGenPlan) -> tuple[float, float, DType, Placement]:
     """What of ``plan`` the weight split depends on (``_layer_split``'s and ``_weight_totals``' key)."""
     return plan.wg / 100.0, plan.wc / 100.0, weight_dtype(plan), plan.placement
+
+
+def _each_layer(f: Callable[..., _R], model: ModelSpec, *key: object) -> list[_R]:
+    """``[f(t, *key) for t in scheduling_layer_tensors(model)]``, ``f`` (a pure function of its
+    arguments) called once per distinct layer: a decoder's 2l blocks are two tuples repeated (4 distinct
+    of Llama-2-70B's 162), and each of ``f``'s cache look-ups hashes the layer's tensors and the dtype
+    (~1 us apiece). The same values in the same order, so sums over them are the same to the bit."""
+    done: dict[int, _R] = {}  # by id: every layer is held by the cached tuple while this runs
+    out = []
+    for t in scheduling_layer_tensors(model):
+        if id(t) not in done:
+            done[id(t)] = f(t, *key)
+        out.append(done[id(t)])
+    return out
 
 
 @lru_cache(maxsize=1024)
@@ -319,7 +338,13 @@ def _layer_split(
 ) -> tuple[tuple[float, float, float], ...]:
     # one look-up for a model's 2l + 2 layers: a FlexGen search asks ~500 times (to_plan lowering
     # the GPU percent one at a time, footprints, placed cost models), for a few dozen placements
-    return tuple(_split(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model))
+    return tuple(_each_layer(_split, model, wg, wc, dtype, placement))
+
+
+def _layer_temporaries(
+    tensors: tuple[tuple[int, bool], ...], wg: float, wc: float, dtype: DType, placement: Placement
+) -> float:
+    return packed_temporaries(_disk_copy_kinds(tensors, wg, wc, dtype, placement))
 
 
 @lru_cache(maxsize=1024)
@@ -331,11 +356,8 @@ def _weight_totals(
     temporaries a layer's disk load can hold at once (``packed_temporaries``): a FlexGen search asks
     ~400 times (``to_plan`` lowering the GPU percent one at a time), for a few dozen placements."""
     split = _layer_split(model, wg, wc, dtype, placement)
-    temps = max(
-        packed_temporaries(_disk_copy_kinds(t, wg, wc, dtype, placement))
-        for t in scheduling_layer_tensors(model)
-    )
-    host = [_host_allocations(t, wg, wc, dtype, placement) for t in scheduling_layer_tensors(model)]
+    temps = max(_each_layer(_layer_temporaries, model, wg, wc, dtype, placement))
+    host = _each_layer(_host_allocations, model, wg, wc, dtype, placement)
     # the relay's blocks stay cached (pinned_bytes): one layer's pins are in flight at a time (its DMAs
     # end at the position's barrier), so each size class holds the most any one layer pins of it
     classes: dict[float, int] = {}
