@@ -148,6 +148,9 @@ class Links:
     # its per-op overhead, the host's own (the copy thread's work on host DRAM)
     unpack: float = 0.0
     unpack_lat: float = 0.0
+    # ... and its delay per second beside a disk read landing in the relay, a plain part's and a packed
+    # part's (``overlap_delay``: the reads are booked on host DRAM before the position's conversions)
+    unpack_slow: tuple[float, float] = (0.0, 0.0)
 
 
 def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
@@ -161,6 +164,12 @@ def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
     else:  # no disk: its fractions are bounded to 0, so no disk terms at all
         d2g = g2d = d2c = c2d = math.inf
     unpack = packed_unrelay_cost(rig.devices[cpu], 1.0, d2c if disk else None)  # per packed byte read
+    dram, pace = host_dram_bw(rig, cpu), unpack.dram_pace
+    # a read's bytes on host DRAM: its page-cache write and the relay's (a plain part's memcpy, a packed
+    # part's conversion by value), booked before the conversions as the engine's reads are
+    plain, packed = (
+        overlap_delay(dram, d2c * (1.0 + k), pace) if disk else 0.0 for k in (PLAIN_RELAY, PACKED_RELAY)
+    )
     return Links(
         route.bw,
         route.pageable_bw,
@@ -172,6 +181,7 @@ def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
         c2d,
         unpack.time_s - unpack.overhead_s,
         unpack.overhead_s,
+        (plain, packed),
     )
 
 
@@ -394,7 +404,17 @@ def _slots(
                 store_w = {"cd": new_kv / lk.c2d}
                 if phase == "decode":
                     ahead = _kv_load(
-                        rig, model, gbs, step.kv_len, kv_tok, lk, cpu, dram, fl.compress_cache, kv_at
+                        rig,
+                        model,
+                        gbs,
+                        step.kv_len,
+                        kv_tok,
+                        lk,
+                        cpu,
+                        dram,
+                        fl.compress_cache,
+                        kv_at,
+                        lat,
                     )
                     if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
                         link, memcpy, pinned, disk_read, slow_kv, dk = ahead
@@ -497,8 +517,7 @@ def _slots(
 
 def _host_pace(rig: Rig, cpu: str, ops: tuple[Op, ...]) -> float:
     """The host-DRAM bytes per second CPU work ``ops`` draws (what ``overlap_delay`` shares with a copy)."""
-    cost = block_cost(rig.devices[cpu], ops)
-    return min(cost.achieved_mem_bw, cost.memory_bytes / cost.compute_s if cost.compute_s else math.inf)
+    return block_cost(rig.devices[cpu], ops).dram_pace
 
 
 def _weight_slow(
@@ -559,6 +578,7 @@ def _kv_load(
     dram: float,
     compressed: bool = False,
     at: dict[str, float] | None = None,
+    lat: float = 0.0,
 ) -> tuple[dict[str, float], ...]:
     """One batch's GPU-attention KV load from the CPU and the disk: (its link time, its host memcpy,
     the part of it the load waits for, its disk read, the memcpy's delay per weight byte loaded
@@ -569,7 +589,8 @@ def _kv_load(
     first sub-step the memcpy shares host DRAM with the next layer's weight DMA issued just before
     it (flex_opt.py:1048-1049) and ends later by ``bandwidth.overlap_delay`` per second of DMA (exact
     when the memcpy outlasts the DMA; a shorter one is under the weights' own option). ``at``: a
-    plan's KV fractions, where V's pin is also slowed by K's disk read beside it (tangent forms)."""
+    plan's KV fractions, where V's pin is also slowed by K's disk read beside it (tangent forms).
+    ``lat``: each disk read's latency, in the timeline a packed part's conversion runs beside."""
     kvb = gbs * kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
     copy = host_copy_op(kvb)
     cap = _host_pace(rig, cpu, (copy,))
@@ -635,15 +656,30 @@ def _kv_load(
     # link while they are read, or, slower than their read, ends before their hop starts). The
     # reads' latencies are added by the caller (``_latency``)
     last_read = kvb * parts[-1] / (2 * lk.d2c) if len(parts) > 1 else 0.0
-    # V's packed data is converted once read (``_unpack_s``, its overhead with the latencies), then hops
-    unpack = _unpack_s(lk, kvb * parts[0] / 2, False) if packed[0] else 0.0
+    # the reads on the disk lane, K's parts then V's, each (its bytes' start, its end, packed?), each
+    # its latency then its bytes: only a 4-bit cache has packed parts, and it lies whole on one tier
+    # (cd 0 or 1), so its chain at cd = 1, latencies in, is exact wherever it binds (the latencies
+    # themselves are the caller's, ``_latency``)
+    secs = [kvb * b / (2 * lk.d2c) for b in (*parts, *parts)]
+    ends = list(itertools.accumulate(lat + t for t in secs))
+    reads = list(zip([e - t for e, t in zip(ends, secs, strict=True)], ends, (*packed, *packed), strict=True))
+
+    def unpacked(i: int) -> float:
+        """The i-th read's packed part's conversion (``_unpack_s``, its overhead with the latencies)
+        from when it lands, beside the reads after it (``_converted``); none for a plain part."""
+        if not reads[i][2]:
+            return 0.0
+        return _converted(lk, ends[i], _unpack_s(lk, secs[i] * lk.d2c, False), reads) - ends[i]
+
+    # V's packed data is converted once read, then hops
+    unpack = unpacked(len(parts))
     tail = max(last_read, unpack + sum(hops[:-1]) / 2) + hops[-1] / 2
     # ... or, where the hops are slower than the reads, K's first read (and its conversion), then
     # every hop one after another on the link: the link's own sum has no wait for the first read (a
     # 4-bit cache at hexgen-homogeneous's 16 GB/s against the 10 GB/s pageable hop: Llama-2-13B
     # 16 x 4, the weights on the CPU, 512 + 16, LP -5.1 % under the engine without, -1.5 % with).
     # Both chains scale with cd alike, so their max is one form
-    first = kvb * parts[0] / (2 * lk.d2c) + unpack + sum(hops)
+    first = secs[0] + unpacked(0) + sum(hops)
     dk = {"cc": memcpy / 2, "cd": max(kvb / lk.d2c - last_read + tail, first)}
     return link, thread, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
@@ -809,13 +845,17 @@ def _weight_relay(
     ``wd`` (copies all scaled alike span alike); the caller adds one read's and one hop's latency
     (``_latency``: how many tensors a fraction puts on disk is no linear form)."""
     lat, hop_lat = lats or (0.0, 0.0)
-    t_read = t_hop = t_unpack = 0.0
-    for b, packed in sizes:
-        t_read += lat + b / lk.d2c
+    # the reads on the disk lane, one after another, each (its bytes' start, its end, packed?)
+    ends = list(itertools.accumulate(lat + b / lk.d2c for b, _ in sizes))
+    reads = [(end - b / lk.d2c, end, packed) for end, (b, packed) in zip(ends, sizes, strict=True)]
+    t_hop = t_unpack = 0.0
+    for t_read, (b, packed) in zip(ends, sizes, strict=True):
         ready = t_read
         if packed:  # its conversion first, once read and after the one before it (the copy threads'
             # conversions share the host's cores: ``Engine.book_beside``), beside the hop before it
-            ready = t_unpack = max(t_unpack, t_read) + _unpack_s(lk, b, lats is not None)
+            # and the reads after it (``_converted``)
+            unpack = _unpack_s(lk, b, lats is not None)
+            ready = t_unpack = _converted(lk, max(t_unpack, t_read), unpack, reads)
         t_hop = max(t_hop, ready) + hop_lat + _hop_s(lk, b, packed)
     return {"wd": t_hop} if lats is None else {"const": t_hop}
 
@@ -1375,6 +1415,33 @@ def _unpack_s(lk: Links, nbytes: float, whole: bool = True) -> float:
     flexgen.py: ``_via_host``), with its overhead where the copy is ``whole`` (not a share that a
     fraction scales)."""
     return nbytes * lk.unpack + (lk.unpack_lat if whole else 0.0)
+
+
+def _converted(lk: Links, start: float, work: float, reads: Iterable[tuple[float, float, bool]]) -> float:
+    """When a packed part's conversion of ``work`` seconds, issued at ``start``, ends beside the disk
+    reads the copy threads have in flight (``reads``: each one's start, end and packed?): the engine
+    books the position's reads on host DRAM before its conversions (``_Booked.book_hops``), so each
+    read slows the conversion by ``Links.unpack_slow`` per second beside it (``overlap_delay``). A
+    chain whose reads all scale with one fraction is that fraction times its unit chain's (one form).
+    (hexgen-homogeneous OPT-13B 32 x 6, a 4-bit KV on disk, 1024 + 32: K's data 3.08 ms alone, 4.90 ms
+    in the engine beside K's scales' and V's data's reads; the LP was 5.9 % under the engine.)"""
+    t = start
+    for r0, r1, packed in sorted(reads):
+        if work <= 0.0:
+            break
+        if r1 <= t:
+            continue
+        if r0 > t:  # alone until the read starts
+            step = min(work, r0 - t)
+            t, work = t + step, work - step
+            if work <= 0.0:
+                break
+        rate = 1.0 - lk.unpack_slow[packed]
+        if rate * (r1 - t) >= work:
+            return t + work / rate
+        work -= rate * (r1 - t)
+        t = r1
+    return t + work
 
 
 def _hops_after(lk: Links, copies: tuple[tuple[float, bool], ...], hop_lat: float) -> float:
