@@ -277,10 +277,12 @@ def _slots(
     placed: Split | None = None,
     placed_copies: Copies = (),
     kv_at: dict[str, float] | None = None,
+    pin_at: dict[str, float] | None = None,
 ) -> list[tuple[float, _Slot]]:
     """(multiplicity, slot) for prefill and mean decode, attention and MLP slots; the weights loaded
     as ``_weight_form`` charges them (``placed``: a plan's per-tensor split; ``kv_at``: its KV
-    fractions, where ``_beside`` takes the thread's delay)."""
+    fractions, where ``_beside`` takes the thread's delay and ``_kv_load`` V's pin's; ``pin_at``: KV
+    fractions where ``_kv_load`` alone takes it, the search's second pass, ``_second_pass``)."""
     gpu, cpu, disk = ends
     lat = rig.route(disk, cpu).latency_s if disk else 0.0  # each disk copy's
     hop_lat = rig.route(cpu, gpu).latency_s if disk else 0.0  # ... and each hop's
@@ -413,7 +415,7 @@ def _slots(
                         cpu,
                         dram,
                         fl.compress_cache,
-                        kv_at,
+                        pin_at if kv_at is None else kv_at,
                         lat,
                     )
                     if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
@@ -970,12 +972,14 @@ def cost_model(
     placed: FlexGenPlan | None = None,
     memory: tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]] | None = None,
     pinned: Sequence[tuple[float, _Slot]] | None = None,
+    pin_at: dict[str, float] | None = None,
 ) -> CostModel:
     """The LP of one (gbs, nb, flags); with ``placed``, its weight loads at that plan's per-tensor
     placement (constants: its fractions are then pinned, ``released_time_per_seq``, ``_repinned``).
     ``memory``: its ``_memory``, where already worked out. ``pinned``: for an unplaced ``--pin-weight
     0`` model, its pinned twin's unplaced ``CostModel.slots`` less the tie-break, which it relays
-    (``_relayed_slots``) instead of working them out again."""
+    (``_relayed_slots``) instead of working them out again. ``pin_at``: an unplaced model's KV fractions
+    where V's pin takes K's disk read as its tangent there (``_second_pass``)."""
     gpu, cpu, disk = ends
     split = None if placed is None else layer_weight_split(model, placed)
     placed_copies = (
@@ -987,11 +991,11 @@ def cost_model(
         kv_at = {"cg": f.cg, "cc": f.cc, "cd": f.cd}
     lk = links(rig, gpu, cpu, disk)
     rows, bounds = memory if memory is not None else _memory(rig, model, wl, gbs, nb, fl, ends, gpu_budget)
-    if pinned is not None and placed is None and not fl.pin_weight:
+    if pinned is not None and placed is None and not fl.pin_weight and pin_at is None:
         slots = tuple(_relayed_slots(pinned, rig, model, fl, cpu))
     else:
         slots = (
-            *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split, placed_copies, kv_at),
+            *_slots(rig, model, wl, gbs, nb, fl, lk, ends, split, placed_copies, kv_at, pin_at),
             *_other_slots(rig, model, wl, gbs, nb, lk, ends, fl, split, placed_copies),
         )
     return CostModel(gbs, nb, fl, rows, (*slots, _tie_break(slots, model.layers)), model.layers, bounds)
@@ -1085,6 +1089,11 @@ def cost_at(cm: CostModel, x: dict[str, float]) -> float | None:
     for coefs, rhs in cm.memory:
         if sum(c * x[v] for v, c in coefs.items()) > rhs + 1e-9:
             return None
+    return _time_at(cm, x)
+
+
+def _time_at(cm: CostModel, x: dict[str, float]) -> float:
+    """``cost_at`` without its checks: the block time of ``cm``'s slots at ``x``."""
 
     def lin(form: dict[str, float]) -> float:
         return form.get("const", 0.0) + sum(c * x[v] for v, c in form.items() if v != "const")
@@ -1286,15 +1295,68 @@ def _solve(
 ) -> tuple[LpSolution | None, bool]:
     """``solve_lp``'s answer and whether its optimum leaves the host-memory row free (``_host_free``).
     ``memory``: its ``_memory``, where already worked out."""
-    return _solution(cost_model(rig, model, wl, gbs, nb, fl, ends, gpu_budget, memory=memory), wl)
+    cm = cost_model(rig, model, wl, gbs, nb, fl, ends, gpu_budget, memory=memory)
+    return _solution(cm, wl, _remake(rig, model, wl, fl, ends, gpu_budget, cm))
 
 
-def _solution(cm: CostModel, wl: Workload) -> tuple[LpSolution | None, bool]:
-    """``_solve``'s answer for its cost model ``cm``."""
+def _remake(
+    rig: Rig,
+    model: ModelSpec,
+    wl: Workload,
+    fl: Flags,
+    ends: tuple[str, str, str],
+    budget: float | None,
+    cm: CostModel,
+) -> Callable[[dict[str, float]], CostModel]:
+    """``cm`` made again with V's pin's tangent at given KV fractions (``_second_pass``)."""
+    memory = cm.memory, cm.bounds
+    return lambda at: cost_model(rig, model, wl, cm.gbs, cm.nb, fl, ends, budget, memory=memory, pin_at=at)
+
+
+def _second_pass(
+    cm: CostModel, optimum: tuple[float, tuple[tuple[str, float], ...]], remake: Callable[..., CostModel]
+) -> tuple[float, tuple[tuple[str, float], ...]]:
+    """An LP optimum with V's pin slowed by K's disk read (``_kv_load``) where it splits an
+    uncompressed GPU-attention cache between the CPU and the disk: that delay is no linear form in
+    cc and cd (the read may end within the pin or outlast it), so the LP leaves it out and its
+    optimum's time is low there (hexgen-homogeneous Llama-2-70B 96 x 32, the KV 0/53/47: 1.3 %). The
+    optimum's time is taken again with the delay's tangent at its own fractions (exact there), and the
+    LP is solved once more with that tangent (a second pass, which may move the split); the better
+    of the two, each timed with the tangent at its own fractions, is the answer. Each such time is at
+    least the first LP's objective (the delay is >= 0 and the first LP the least of the time without
+    it), so the search's lower bounds, taken from first-pass duals, still hold. ``_host_free``'s proof
+    that an unpinned twin cannot beat its pinned one is of first-pass objectives: with these times it
+    is a heuristic (the twin's time is >= the pinned time at each point, delay included, but this is no
+    exact optimum of it)."""
+    x = dict(optimum[1])
+    fl = cm.flags
+    if fl.cpu_attention or fl.compress_cache or not (x["cc"] > 1e-9 and x["cd"] > 1e-9):
+        return optimum
+
+    def tangent(y: dict[str, float]) -> CostModel:
+        """The model with the delay's tangent at ``y`` (``cm`` itself where ``y`` does not split)."""
+        split = y["cc"] > 1e-9 and y["cd"] > 1e-9
+        return remake({v: y[v] for v in ("cg", "cc", "cd")}) if split else cm
+
+    at_x = tangent(x)
+    best = _time_at(at_x, x), optimum[1]
+    again = _optimum(at_x)
+    if again is not None:
+        y = dict(again[1])
+        t = _time_at(tangent(y), y)
+        if t < best[0]:
+            best = t, again[1]
+    return best
+
+
+def _solution(
+    cm: CostModel, wl: Workload, remake: Callable[..., CostModel] | None = None
+) -> tuple[LpSolution | None, bool]:
+    """``_solve``'s answer for its cost model ``cm`` (``remake``: ``_second_pass``'s, where wanted)."""
     optimum, duals = _solved(cm)
     if optimum is None:
         return None, False
-    value, x = optimum
+    value, x = optimum if remake is None else _second_pass(cm, optimum, remake)
     block = value
     blocks = math.ceil(wl.batch / (cm.gbs * cm.nb))
     return LpSolution(cm.gbs, cm.nb, cm.flags, dict(x), block, block * blocks / wl.batch), _host_free(duals)
@@ -1788,7 +1850,7 @@ def lp_candidates_lazy(
             rows = memo.memory.get((c.gbs, nb, key[2], w, budget))  # its bound's, where it had one
             cm = cost_model(rig, model, w, c.gbs, nb, key[2], ends, budget, memory=rows)
             memo.slots[c.gbs, nb, key[2], w] = cm.slots[:-1]
-            twins[key] = _solution(cm, w)
+            twins[key] = _solution(cm, w, _remake(rig, model, w, key[2], ends, budget, cm))
         return twins[key]
 
     ready: list[tuple] = []  # solved candidates: (the sort key, the loop's order, the solution)
@@ -1919,8 +1981,10 @@ def lp_candidates_lazy(
                 fit[c.level] = fit[c.level] or False
             return
         solved.setdefault((layout, _twin(c.flags)), {})[c.level] = duals
-        block, x = optimum
         nb = NB_CHOICES[i]
+        block, x = _second_pass(
+            cm, optimum, _remake(rig, model, replace(wl, batch=c.gbs * nb), c.flags, ends, budget, cm)
+        )
         sol = LpSolution(c.gbs, nb, c.flags, dict(x), block, block / (c.gbs * nb))
         if c.flags.pin_weight:
             twins[c.gbs, nb, c.flags] = sol, _host_free(duals)
