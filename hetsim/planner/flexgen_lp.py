@@ -378,6 +378,7 @@ def _slots(
                         c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
                         if disk:
                             kvf["dk0"], kvf["dw0"] = kv_disk(dk, p), weights_then_kv(dk, p, j_next)
+                            wr = _then_kv_hops(wr, link)
                     else:  # in the last
                         kvf = {"cl": _plus(_plus(c, link, 1.0), pinned, 1.0), "pl": _plus(p, memcpy, 1.0)}
                         if disk:
@@ -428,6 +429,7 @@ def _slots(
                         if disk:
                             kvf["dk0"] = kvf["dkm"] = kv_disk(dk, p)
                             kvf["dw0"] = weights_then_kv(dk, p, j_next)
+                            wr = _then_kv_hops(wr, link)
             elif fl.compress_cache:  # decode with CPU attention over a 4-bit cache at home on the CPU
                 # (candidate_flags: tier "c"): no load (smart_copy returns the home tensor); the thread
                 # runs the GPU's kernels, the copy to the CPU, the decompression of the whole cache into
@@ -860,6 +862,16 @@ def _weight_relay(
             ready = t_unpack = _converted(lk, max(t_unpack, t_read), unpack, reads)
         t_hop = max(t_hop, ready) + hop_lat + _hop_s(lk, b, packed)
     return {"wd": t_hop} if lats is None else {"const": t_hop}
+
+
+def _then_kv_hops(wr: dict[str, float], link: dict[str, float]) -> dict[str, float]:
+    """A first sub-step's weights' relay chain (``_Slot.wr``) then the KV's disk share's hops (``link``'s
+    "cd", ``_kv_load``): the KV's reads queue behind the weights' on the disk lane (load_weight before
+    load_cache, flex_opt.py), so its hops follow the weights' on the link (hexgen-homogeneous OPT-6.7B
+    16 x 4, 4-bit weights 30/35/35, a 4-bit KV on disk, 256 + 16: the weights' read, conversion and
+    hops, then the KV's four hops, 9.3 ms of the engine's first sub-step; the LP, the chains apart,
+    -7.1 % under the engine). Nothing where no weights are on disk."""
+    return _plus(wr, {"cd": link.get("cd", 0.0)}, 1.0) if wr else wr
 
 
 def _weight_form(
