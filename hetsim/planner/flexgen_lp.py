@@ -36,14 +36,18 @@ flags (CPU attention, compressed KV), time is linear in the fractions:
 - a weight tensor on disk goes the same way (``_weight_loads``): read by the copy threads on the
   disk lane, hopped over the link when it lands, after the position's other copies; w carries
   the hops on the link, and the first sub-step lasts at least the layer's copies tensor by tensor,
-  each read then its hop beside the next read (``_weight_relay``, ``_Slot.wr``);
+  each read then its hop beside the next read (``_weight_relay``, ``_Slot.wr``), and a loading first
+  sub-step's KV hops after that chain (``_then_kv_hops``); a 4-bit part's conversion before its hop is
+  slowed on host DRAM by the reads in flight beside it (``_converted``);
 - memory (GPU, CPU, disk) is ``flexgen_policy.memory_plan``, linear in the fractions;
 - the weight fractions are spread evenly over every layer's bytes (embedding and output included:
   init_weight_list places each layer by the same percentages); at a plan's own placement, where
   whole tensors give each block its own share, the loads are the plan's bytes (``placed``).
 
-The LP minimises the block time; candidates are ranked by time per sequence, and the best few are
-confirmed in the engine with the runtime's per-tensor ("released") placement.
+The LP minimises the block time; an optimum that splits a GPU-attention cache between the CPU and the
+disk is timed again with V's pin slowed by K's disk read (``_second_pass``).
+Candidates are ranked by time per sequence, and the best few are confirmed in the engine with the
+runtime's per-tensor ("released") placement.
 """
 
 from __future__ import annotations
@@ -1332,33 +1336,19 @@ def _second_pass(
     uncompressed GPU-attention cache between the CPU and the disk: that delay is no linear form in
     cc and cd (the read may end within the pin or outlast it), so the LP leaves it out and its
     optimum's time is low there (hexgen-homogeneous Llama-2-70B 96 x 32, the KV 0/53/47: 1.3 %). The
-    optimum's time is taken again with the delay's tangent at its own fractions (exact there), and the
-    LP is solved once more with that tangent (a second pass, which may move the split); the better
-    of the two, each timed with the tangent at its own fractions, is the answer. Each such time is at
-    least the first LP's objective (the delay is >= 0 and the first LP the least of the time without
-    it), so the search's lower bounds, taken from first-pass duals, still hold. ``_host_free``'s proof
-    that an unpinned twin cannot beat its pinned one is of first-pass objectives: with these times it
-    is a heuristic (the twin's time is >= the pinned time at each point, delay included, but this is no
-    exact optimum of it)."""
+    optimum is timed again with the delay's tangent at its own fractions (exact there), so the search
+    ranks it with the delay. The LP is not solved again with that tangent: a re-solve lowered the LP's
+    time of 57 / 84 re-timed optima by up to 2.4 % by moving the split (hexgen-homogeneous Llama-2-70B
+    / OPT-30B 512 + 32), but its LP-vs-engine on 300 seeded optima was no closer (median -0.58 % both)
+    and it cost those searches +60-76 % of CPU (this re-timing: +14-37 %). The time is at least the
+    LP's objective (the delay is >= 0), so the search's lower bounds, taken from its duals, still
+    hold; ``_host_free``'s proof that an unpinned twin cannot beat its pinned one is of those
+    objectives, with these times a heuristic."""
     x = dict(optimum[1])
     fl = cm.flags
     if fl.cpu_attention or fl.compress_cache or not (x["cc"] > 1e-9 and x["cd"] > 1e-9):
         return optimum
-
-    def tangent(y: dict[str, float]) -> CostModel:
-        """The model with the delay's tangent at ``y`` (``cm`` itself where ``y`` does not split)."""
-        split = y["cc"] > 1e-9 and y["cd"] > 1e-9
-        return remake({v: y[v] for v in ("cg", "cc", "cd")}) if split else cm
-
-    at_x = tangent(x)
-    best = _time_at(at_x, x), optimum[1]
-    again = _optimum(at_x)
-    if again is not None:
-        y = dict(again[1])
-        t = _time_at(tangent(y), y)
-        if t < best[0]:
-            best = t, again[1]
-    return best
+    return _time_at(remake({v: x[v] for v in ("cg", "cc", "cd")}), x), optimum[1]
 
 
 def _solution(
