@@ -853,15 +853,17 @@ def _weight_relay(
     ``wd`` (copies all scaled alike span alike); the caller adds one read's and one hop's latency
     (``_latency``: how many tensors a fraction puts on disk is no linear form)."""
     lat, hop_lat = lats or (0.0, 0.0)
-    # the reads on the disk lane, one after another, each (its bytes' start, its end, packed?)
-    ends = list(itertools.accumulate(lat + b / lk.d2c for b, _ in sizes))
-    reads = [(end - b / lk.d2c, end, packed) for end, (b, packed) in zip(ends, sizes, strict=True)]
-    t_hop = t_unpack = 0.0
-    for t_read, (b, packed) in zip(ends, sizes, strict=True):
+    reads: list[tuple[float, float, bool]] = []  # built at the first packed part (most layers have none)
+    t_read = t_hop = t_unpack = 0.0
+    for b, packed in sizes:
+        t_read += lat + b / lk.d2c
         ready = t_read
         if packed:  # its conversion first, once read and after the one before it (the copy threads'
             # conversions share the host's cores: ``Engine.book_beside``), beside the hop before it
             # and the reads after it (``_converted``)
+            if not reads:  # the reads on the disk lane, one after another: (start, end, packed?)
+                ends = itertools.accumulate(lat + c / lk.d2c for c, _ in sizes)
+                reads = [(end - c / lk.d2c, end, k) for end, (c, k) in zip(ends, sizes, strict=True)]
             unpack = _unpack_s(lk, b, lats is not None)
             ready = t_unpack = _converted(lk, max(t_unpack, t_read), unpack, reads)
         t_hop = max(t_hop, ready) + hop_lat + _hop_s(lk, b, packed)
