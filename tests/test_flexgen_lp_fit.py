@@ -150,6 +150,16 @@ def test_the_headline_solves_no_first_lp_only_to_learn_that_its_gpu_batch_fits(m
     real = flexgen_lp._solved
     monkeypatch.setattr(flexgen_lp, "_OPTIMA", {})
     monkeypatch.setattr(flexgen_lp, "_solved", lambda cm: solved.append((cm.gbs, cm.nb)) or real(cm))
+    again, second_pass = [], flexgen_lp._second_pass
+
+    def second(*args):  # the second passes' LPs (``_second_pass``) apart
+        n = len(solved)
+        out = second_pass(*args)
+        again.extend(solved[n:])
+        del solved[n:]
+        return out
+
+    monkeypatch.setattr(flexgen_lp, "_second_pass", second)
     it = lp_candidates_lazy(rig, model, wl, ends)
     assert [next(it) for _ in range(40)] == eager[:40]
     # a chain there whose bound falls below the head goes on past its first LP (its own candidacy:
@@ -157,3 +167,5 @@ def test_the_headline_solves_no_first_lp_only_to_learn_that_its_gpu_batch_fits(m
     firsts = {gbs for gbs, nb in solved if 2 <= gbs <= 32} - {gbs for gbs, nb in solved if nb > 1}
     assert not firsts, sorted(solved)
     assert len(solved) <= 95
+    # ... and none in the second passes (``_second_pass`` times a split cache's optimum again, 12 here)
+    assert not again, again

@@ -50,6 +50,7 @@ competes with DMA for the socket's DRAM bandwidth; on GPUs it uses ``time_s`` as
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,14 @@ class OpCost:
     @property
     def bound(self) -> str:
         return "compute" if self.compute_s >= self.memory_s else "memory"
+
+    @property
+    def dram_pace(self) -> float:
+        """Bytes per second this op's memory traffic draws at most: no faster than its own compute (a
+        compute-bound op streams slower). The engine books it so on a DRAM timeline, and a planner's
+        ``overlap_delay`` takes it as the later flow's cap."""
+        streamed = self.memory_bytes / self.compute_s if self.compute_s > 0 else math.inf
+        return streamed if streamed < self.achieved_mem_bw else self.achieved_mem_bw
 
 
 # Fields of a device that no op cost reads: its memory size and the provenance of its numbers (a

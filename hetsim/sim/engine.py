@@ -483,12 +483,7 @@ class Engine:
         if dram is None or cost.memory_bytes <= 0:
             end = start + cost.time_s
         else:
-            # Memory traffic cannot outpace the op's own compute: a compute-bound op streams slower.
-            cap = cost.achieved_mem_bw
-            if cost.compute_s > 0:
-                streamed = cost.memory_bytes / cost.compute_s
-                if streamed < cap:
-                    cap = streamed
+            cap = cost.dram_pace  # memory traffic cannot outpace the op's own compute
             mem_start = start + cost.overhead_s
             end = dram.book(now, mem_start, cost.memory_bytes, cap)
             computed = mem_start + cost.compute_s
@@ -523,9 +518,7 @@ class Engine:
         if dram is None or cost.memory_bytes <= 0:
             end = start + cost.time_s
         else:  # as ``_book_cost``: the traffic no faster than the work's own compute
-            cap = cost.achieved_mem_bw
-            if cost.compute_s > 0:
-                cap = min(cap, cost.memory_bytes / cost.compute_s)
+            cap = cost.dram_pace
             mem_start = start + cost.overhead_s
             end = max(dram.book(now, mem_start, cost.memory_bytes, cap), mem_start + cost.compute_s)
         cores = self._cores.get(device)
