@@ -107,10 +107,12 @@ def split_matmul(
     cuda = dev.type == "cuda"
     staging = staging if staging is not None else Staging(pin=cuda)
     w_dev = sp.gpu_src
+    # dev's own stream, not the current device's: on cuda:1 the events would otherwise mark device 0's
+    current = torch.cuda.current_stream(dev) if cuda else None
     if sp.cols > 0 and cuda:  # 1. the weights' copy, from the module's start: no cross-module prefetch
         assert copy_stream is not None
         start = torch.cuda.Event()
-        start.record()
+        start.record(current)
         copy_stream.wait_event(start)
         with torch.cuda.stream(copy_stream):
             w_dev = sp.gpu_src.to(dev, non_blocking=True)
@@ -120,13 +122,12 @@ def split_matmul(
         x_host.copy_(x, non_blocking=cuda)
         ready = torch.cuda.Event() if cuda else None
         if ready is not None:
-            ready.record()
+            ready.record(current)
         y_host = staging.get("y", (*x.shape[:-1], cpu_cols), x.dtype)
         cpu = pool.submit(_cpu_share, x_host, sp.cpu_part, y_host, ready)
     parts = []
     if sp.cols > 0:  # 3. the GPU share's GEMM, behind its weights
         if cuda:
-            current = torch.cuda.current_stream()
             current.wait_stream(copy_stream)
             # the buffer was allocated on the copy stream: keep it from the next module's copy
             # until this stream's GEMM has read it
