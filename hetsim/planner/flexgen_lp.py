@@ -1350,10 +1350,11 @@ def _second_pass(
     ranks it with the delay. The LP is not solved again with that tangent: a re-solve lowered the LP's
     time of 57 / 84 re-timed optima by up to 2.4 % by moving the split (hexgen-homogeneous Llama-2-70B
     / OPT-30B 512 + 32), but its LP-vs-engine on 300 seeded optima was no closer (median -0.58 % both)
-    and it cost those searches +60-76 % of CPU (this re-timing: +14-37 %). The time is at least the
-    LP's objective (the delay is >= 0), so the search's lower bounds, taken from its duals, still
-    hold; ``_host_free``'s proof that an unpinned twin cannot beat its pinned one is of those
-    objectives, with these times a heuristic."""
+    and it cost those searches +60-76 % of CPU (this re-timing: +5-37 %). The time is at least the
+    LP's objective (the delay is >= 0; equal up to an ulp of rounding where the delay vanishes, well
+    inside the bounds' 1e-3 slack), so the search's lower bounds, taken from its duals, still hold;
+    ``_host_free``'s proof that an unpinned twin cannot beat its pinned one is of those objectives,
+    with these times a heuristic."""
     x = dict(optimum[1])
     fl = cm.flags
     if fl.cpu_attention or fl.compress_cache or not (x["cc"] > 1e-9 and x["cd"] > 1e-9):
