@@ -302,3 +302,19 @@ def test_plan_summary_table(feasible):
     assert body["workload"] == "batch 4, prompt 128, gen 32"
     assert body["params.max_batch"] == "8" and body["params.weight_dtype"] == "fp16"
     assert body["e2e / tok/s"] == "1.5 s / 1,234.6"
+
+
+def test_predict_plan_refuses_a_precision_the_strategy_does_not_run():
+    """validate's predictions ask what compare, plan and a plan file ask (``api.not_applicable``): the
+    strategy's own rule, then the precisions it runs. HexGen runs no q4_k_m weights; only its own rule was
+    asked before, and the search ran."""
+    from pathlib import Path
+
+    from hetsim.workload import Workload
+    from validate.report import predict_plan
+
+    rig = Path(__file__).resolve().parents[1] / "hardware_profiles" / "rigs" / "mixed-lab.yaml"
+    wl = Workload(1, 16, 2, weight_dtype="q4_k_m")
+    why = r"hexgen on .*: not applicable: --dtype q4_k_m is not a weight precision"
+    with pytest.raises(ValueError, match=why):
+        predict_plan(str(rig), "hexgen", None, get_model("llama2-7b"), wl)

@@ -42,6 +42,7 @@ def predict_plan(
     """Simulate ``plan`` (or, when None, the plan hetsim's search picks on this rig) of ``strategy``.
 
     Raises ValueError with the reason when there is nothing to predict (no plan, infeasible)."""
+    from hetsim.api import Problem, not_applicable
     from hetsim.hardware import load_rig
     from hetsim.planner import search
     from hetsim.sim.run import simulate
@@ -49,9 +50,10 @@ def predict_plan(
 
     rig = load_rig(rig_path)
     strat = get_strategy(strategy)
-    reason = strat.applicable(rig, spec, workload)
+    # the check compare, plan and a plan file make: the strategy's own rule and the precisions it runs
+    reason = not_applicable(strat, Problem(spec, spec.name, rig, str(rig_path), workload))
     if reason:
-        raise ValueError(f"{strategy} does not apply to {rig.name}: {reason}")
+        raise ValueError(f"{strategy} on {rig.name}: {reason}")
     if plan is None:
         plan = search(strat, rig, spec, workload, "throughput")
         if plan is None:
