@@ -39,6 +39,16 @@ def _prefix(prefix: str, what: str, text: object) -> float:
     raise UnitError(f"unknown unit prefix {prefix!r} in {what} {text!r}")
 
 
+def is_bare_number(text: str | float | int) -> bool:
+    """A number without a unit (``64``, ``"64"``): a size so given is bytes (``--gpu-mem-budget 24``, a
+    rig's ``memory: 64``), which the size checks name when it is absurdly small."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_bytes(text: str | float | int) -> float:
     """'16 GB' -> 16e9, '16 GiB' -> 17179869184, '512 MB' -> 5.12e8, 1e9 -> 1e9."""
     value, unit = _split(text)

@@ -127,7 +127,7 @@ def _problem(
 ) -> api.Problem:
     from hetsim import api
     from hetsim.sim.memory import MIN_GPU_MEM_BUDGET
-    from hetsim.units import UnitError, parse_bytes
+    from hetsim.units import UnitError, is_bare_number, parse_bytes
 
     _positive(batch=1 if batch is None else batch, prompt_len=prompt_len, gen_len=gen_len)
     budget = None
@@ -136,10 +136,9 @@ def _problem(
             budget = parse_bytes(gpu_mem_budget)
         except UnitError as exc:
             raise InputError(str(exc), field="--gpu-mem-budget") from None
-        if (
-            0 < budget < MIN_GPU_MEM_BUDGET
-        ):  # zero and negatives: api's check says so (a bare number is bytes)
-            bare = _is_number(gpu_mem_budget)
+        # zero and negatives: api's check says so; here a size too small, most likely a missing unit
+        if 0 < budget < MIN_GPU_MEM_BUDGET:
+            bare = is_bare_number(gpu_mem_budget)
             hint = f"a bare number is bytes: give a unit, e.g. '{gpu_mem_budget.strip()} GB'"
             raise InputError(
                 f"{gpu_mem_budget!r} is {budget:g} bytes, below any model's working set; "
@@ -172,14 +171,6 @@ def _strategy_names(text: str | None, flag: str) -> list[str] | None:
         err().print("error: no strategies are registered (hetsim.strategies is empty)", highlight=False)
         raise typer.Exit(1)
     return names
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _cores() -> int:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from hetsim.hardware.types import Grade
 from hetsim.units import (
     UnitError,
+    is_bare_number,
     parse_bandwidth,
     parse_bytes,
     parse_flops,
@@ -99,10 +100,11 @@ class Sourced(_Strict):
         low_fails = si < cls._low if cls._low_ok else si <= cls._low
         if low_fails or si > cls._high:
             lo = "[" if cls._low_ok else "("
-            bare = "; a bare number is bytes: give a unit" if cls is Bytes and _bare(self.value) else ""
+            bare = cls is Bytes and is_bare_number(self.value)
+            hint = "; a bare number is bytes: give a unit" if bare else ""
             raise ValueError(
                 f"must be in {lo}{cls._low:g}, {cls._high:g}] (SI units; physical bounds), got {self.value!r}"
-                + bare
+                + hint
             )
         self._si = si
         return self
@@ -114,15 +116,6 @@ class Sourced(_Strict):
     @property
     def grade_enum(self) -> Grade:
         return GRADES[self.grade]
-
-
-def _bare(value: str | float | int) -> bool:
-    """A number without a unit (``64``, ``"64"``)."""
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
 
 
 class _Rate(Sourced):
