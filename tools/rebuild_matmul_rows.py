@@ -78,8 +78,9 @@ def main(argv: list[str]) -> int:
     stale = []
     for rel, side in SIDECARS.items():
         path = ROOT / rel
-        text = rebuilt(path.read_text(), json.loads((ROOT / side).read_text()))
-        if text != path.read_text():
+        old = path.read_text()
+        text = rebuilt(old, json.loads((ROOT / side).read_text()))
+        if text != old:
             stale.append(rel)
             if "--check" not in argv:
                 write_text_atomic(path, text)
