@@ -773,15 +773,12 @@ def _slowed_end(flows: tuple[tuple[float, float], ...], t: float, work: float) -
     their joint one, exact where the work may draw all of host DRAM)."""
     if work <= 0.0:  # none (the attention with the KV on the GPU): no 0 / 0 where a copy takes all
         return t
+    spans, rates, before = [], [], -math.inf  # between two ends, the copies not yet ended slow it together
     for stop, _ in flows:
-        if t >= stop:
-            continue
-        rate = max(0.0, 1.0 - sum(d for s, d in flows if s > t))
-        if rate * (stop - t) >= work:
-            return t + work / rate
-        work -= rate * (stop - t)
-        t = stop
-    return t + work
+        spans.append((before, stop, len(rates)))
+        rates.append(max(0.0, 1.0 - sum(d for s, d in flows if s > before)))
+        before = stop
+    return _paced_end(t, work, spans, rates)
 
 
 def _tangent(fn: Callable[[dict[str, float]], float], at: dict[str, float]) -> dict[str, float]:
@@ -1497,18 +1494,27 @@ def _converted(lk: Links, start: float, work: float, reads: Iterable[tuple[float
     chain whose reads all scale with one fraction is that fraction times its unit chain's (one form).
     (hexgen-homogeneous OPT-13B 32 x 6, a 4-bit KV on disk, 1024 + 32: K's data 3.08 ms alone, 4.90 ms
     in the engine beside K's scales' and V's data's reads; the LP was 5.9 % under the engine.)"""
-    t = start
-    for r0, r1, packed in sorted(reads):
+    slow = lk.unpack_slow
+    return _paced_end(start, work, sorted(reads), (1.0 - slow[0], 1.0 - slow[1]))
+
+
+def _paced_end(
+    t: float, work: float, spans: Iterable[tuple[float, float, int]], rates: Sequence[float]
+) -> float:
+    """When ``work`` seconds of CPU work issued at ``t`` end, at full rate but at ``rates[i]`` of it
+    within each span (``spans``: (start, stop, i), by start): the walk of both ``_converted`` (beside
+    the disk reads) and ``_slowed_end`` (beside the copies)."""
+    for r0, r1, i in spans:
         if work <= 0.0:
             break
         if r1 <= t:
             continue
-        if r0 > t:  # alone until the read starts
+        if r0 > t:  # full rate until the span starts
             step = min(work, r0 - t)
             t, work = t + step, work - step
             if work <= 0.0:
                 break
-        rate = 1.0 - lk.unpack_slow[packed]
+        rate = rates[i]
         if rate * (r1 - t) >= work:
             return t + work / rate
         work -= rate * (r1 - t)
