@@ -110,6 +110,28 @@ def test_a_plan_files_budget_under_a_megabyte_is_refused_as_the_flag_is(tmp_path
     assert guarded(["simulate", "--plan", f]) == (2, f"error: {f}: {field}: {why}\n")
 
 
+@pytest.mark.parametrize(("budget", "shown"), [(0, "0.0"), (-5, "-5.0"), (-1e-300, "-1e-300")])
+@pytest.mark.parametrize(("strategy", "where"), [("hetegen", "params"), ("gpu-only", "top")])
+def test_a_plan_files_budget_not_positive_says_bytes_or_null(tmp_path, capsys, guarded, budget, shown,
+                                                             strategy, where):  # fmt: skip
+    """A strategy's own budget (``plan_io.optional_budget``) that is no size says it may be null, in
+    ``budget_problem``'s words otherwise; the workload's (``api.with_gpu_mem_budget``) as the flag's."""
+    hw = "hetegen-a10" if strategy == "hetegen" else "mixed-lab"
+    f = _plan_file(
+        tmp_path, strategy, "opt-6.7b", hw, **({"gpu_mem_budget": 1e9} if where == "params" else {})
+    )
+    doc = json.loads(Path(f).read_text())
+    if where == "params":
+        doc["params"]["gpu_mem_budget"] = budget
+    else:
+        doc["gpu_mem_budget"] = budget
+    Path(f).write_text(json.dumps(doc))
+    field = "params.gpu_mem_budget" if where == "params" else "gpu_mem_budget"
+    must = "a positive number of bytes or null" if where == "params" else "a positive finite size"
+    why = f"must be {must}, got {shown}"
+    assert guarded(["simulate", "--plan", f]) == (2, f"error: {f}: {field}: {why}\n")
+
+
 def test_budgets_from_a_megabyte_up_still_run(tmp_path, capsys):
     f = _plan_file(tmp_path, "hetegen", "opt-6.7b", "hetegen-a10", gpu_mem_budget=1e6)
     from hetsim.cli import main

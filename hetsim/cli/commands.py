@@ -126,7 +126,7 @@ def _problem(
     routing_profile: Path | None = None,
 ) -> api.Problem:
     from hetsim import api
-    from hetsim.sim.memory import MIN_GPU_MEM_BUDGET
+    from hetsim.sim.memory import too_small
     from hetsim.units import UnitError, is_bare_number, parse_bytes
 
     _positive(batch=1 if batch is None else batch, prompt_len=prompt_len, gen_len=gen_len)
@@ -137,7 +137,7 @@ def _problem(
         except UnitError as exc:
             raise InputError(str(exc), field="--gpu-mem-budget") from None
         # zero and negatives: api's check says so; here a size too small, most likely a missing unit
-        if 0 < budget < MIN_GPU_MEM_BUDGET:
+        if too_small(budget):
             bare = is_bare_number(gpu_mem_budget)
             hint = f"a bare number is bytes: give a unit, e.g. '{gpu_mem_budget.strip()} GB'"
             raise InputError(

@@ -15,13 +15,19 @@ from hetsim.units import fmt_bytes
 MIN_GPU_MEM_BUDGET = 1e6
 
 
-def budget_problem(budget: float) -> str | None:
-    """Why ``budget`` (bytes) is no GPU memory budget, or None."""
+def budget_problem(budget: float, must: str = "a positive finite size") -> str | None:
+    """Why ``budget`` (bytes) is no GPU memory budget, or None (``must``: what it must be, in the
+    words of the input that gave it)."""
     if not (budget > 0 and math.isfinite(budget)):
-        return f"must be a positive finite size, got {budget}"
-    if budget < MIN_GPU_MEM_BUDGET:
+        return f"must be {must}, got {budget}"
+    if too_small(budget):
         return f"{budget:g} bytes is below any model's working set (at least 1 MB): a size in bytes"
     return None
+
+
+def too_small(budget: float) -> bool:
+    """A positive budget under any model's working set: most likely a size missing its unit."""
+    return 0 < budget < MIN_GPU_MEM_BUDGET
 
 
 class OutOfMemory(Exception):

@@ -86,9 +86,7 @@ def known_dtype(name: str, field: str) -> None:
 
 
 def optional_budget(value: float | None, field: str = "gpu_mem_budget") -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise problem(field, f"must be a positive number of bytes or null, got {value!r}")
-    why = None if value is None else budget_problem(value)
+    why = None if value is None else budget_problem(value, "a positive number of bytes or null")
     if why:
         raise problem(field, why)
 
