@@ -65,6 +65,8 @@ PLANS = [
     ("moe-offload", "mixtral-8x7b", "ktransformers-1s"),
     ("layer-offload", "llama2-7b", "hetegen-a10"),
 ]
+# serve's line with a --requests trace (TRACE: the file's path), as the bad-input audit runs it
+SERVE_TRACE = yaml.safe_load((ROOT / "tests/data/cli-bases.yaml").read_text())["serve trace"]
 TRACE_HEAD = ["arrival_s", "prompt_len", "output_len"]
 TRACE_ROWS = [["0.0", "16", "2"], ["0.5", "32", "4"], ["1.0", "8", "3"], ["1.5", "24", "2"]]
 TRACE_CELLS = ["", " ", "nan", "inf", "-inf", "-1", "0", "-0", "1e-300", "1e300", "x", "1.5", "2.0",
@@ -172,17 +174,7 @@ def _trace_case(rng: random.Random, d: Path) -> list[str]:
             r.append(rng.choice(["x", "", "1"]))
     f = d / "trace.csv"
     f.write_text("\n".join(",".join(r) for r in [head, *rows]) + "\n")
-    return [
-        "serve",
-        "--model",
-        "llama2-7b",
-        "--hw",
-        "hexgen-half-budget",
-        "--requests",
-        str(f),
-        "--format",
-        "json",
-    ]
+    return [str(f) if a == "TRACE" else a for a in SERVE_TRACE]
 
 
 @pytest.fixture(scope="module")

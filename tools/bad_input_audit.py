@@ -571,18 +571,7 @@ def test_trace(name, tmp_path, audit):
     f = tmp_path / "t.csv"
     f.write_text(TRACES[name])
     for extra in ([], ["--mode", "hexgen"], ["--max-rate", "--slo", "5"]):
-        args = [
-            "serve",
-            "--model",
-            "llama2-7b",
-            "--hw",
-            "hexgen-half-budget",
-            "--requests",
-            str(f),
-            "--format",
-            "json",
-            *extra,
-        ]
+        args = [*(str(f) if a == "TRACE" else a for a in BASES["serve trace"]), *extra]
         audit(f"trace {name} {extra}", args, str(f))
 
 
