@@ -424,6 +424,11 @@ _BAD_REPORTS = [
     (json.dumps({"runs": [_cpu_run(**{"measured.ttft_s": -1.0})]}), "measured.ttft_s"),
     (json.dumps({"runs": [_cpu_run(**{"plan.weight_dtype": "fp7"})]}), "weight_dtype"),
     (json.dumps({"runs": [_cpu_run(world=2, **{"plan.allreduce_dtype": _DROP})]}), "allreduce_dtype"),
+    (
+        json.dumps({"runs": [_cpu_run(world=2, **{"plan.allreduce_dtype": "fp7"})]}),
+        "allreduce_dtype: unknown dtype",
+    ),
+    (json.dumps({"runs": [_cpu_run(**{"plan.kv_dtype": "int3"})]}), "plan.kv_dtype: unknown dtype 'int3'"),
     (json.dumps({"runs": [_cpu_run(**{"model.hidden": _DROP})]}), "hidden"),
     # the model's shape, as ModelSpec(**...) took it: a string width was a TypeError traceback, zero heads
     # or a negative width a fit of nonsense (exit 0)

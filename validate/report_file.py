@@ -36,6 +36,15 @@ class _Workload(_Doc):
     gen_len: _Count
 
 
+# each dtype a plan names, and the ones it may be
+_DTYPE_FIELDS = {
+    "weight_dtype": DTYPES,
+    "kv_dtype": DTYPES,
+    "act_dtype": DTYPES,
+    "allreduce_dtype": ALLREDUCE_BYTES,
+}
+
+
 class _Plan(_Doc):
     weight_dtype: str
     kv_dtype: str
@@ -44,11 +53,10 @@ class _Plan(_Doc):
 
     @model_validator(mode="after")
     def _known(self) -> _Plan:
-        for name in ("weight_dtype", "kv_dtype", "act_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"plan.{name}: unknown dtype {getattr(self, name)!r}")
-        if self.allreduce_dtype is not None and self.allreduce_dtype not in ALLREDUCE_BYTES:
-            raise ValueError(f"plan.allreduce_dtype: unknown dtype {self.allreduce_dtype!r}")
+        for name, known in _DTYPE_FIELDS.items():
+            value = getattr(self, name)
+            if value is not None and value not in known:  # None: an allreduce_dtype not given
+                raise ValueError(f"plan.{name}: unknown dtype {value!r}")
         return self
 
 
