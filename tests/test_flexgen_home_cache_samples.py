@@ -8,11 +8,12 @@ one (OPT-13B 32 x 1 at 1024 + 32 / + 64, mixed-lab), which read as the LP sittin
 from __future__ import annotations
 
 import pytest
+from flexgen_placed import lp_vs_engine
 
 from hetsim.errors import InputError
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, released_time_per_seq
+from hetsim.planner.flexgen_lp import Flags
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
@@ -58,9 +59,7 @@ def test_lp_meets_the_engine_on_cpu_attention_over_a_4bit_cpu_cache(rig_name, mo
     m = get_model(model)
     plan = _plan(rig, gbs, nb, True, "c")
     wl = Workload(gbs * nb, prompt, 32)
-    sol = LpSolution(gbs, nb, Flags(True, True, "c"), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, endpoints(rig), None) * wl.batch
-    err = lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
+    err = lp_vs_engine(plan, rig, m, wl, Flags(True, True, "c"))
     assert abs(err) < 0.002, err
 
 
@@ -83,7 +82,5 @@ def test_lp_sizes_a_home_cache_by_the_runs_allocation():
     m = get_model("opt-13b")
     plan = _plan(rig, 32, 1, True, "c")
     wl = Workload(32, 1024, 64).head(16)
-    sol = LpSolution(32, 1, Flags(True, True, "c"), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, endpoints(rig), None) * wl.batch
-    err = lp / simulate(get_strategy("flexgen"), plan, rig, m, wl, exact=True).e2e_s - 1
+    err = lp_vs_engine(plan, rig, m, wl, Flags(True, True, "c"), exact=True)
     assert abs(err) < 0.002, err

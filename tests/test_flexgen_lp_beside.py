@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import random
 
-from hetsim.hardware.loader import load_rig
+from flexgen_placed import fitting_plans, lp_vs_engine
+
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, _beside, released_time_per_seq
-from hetsim.sim.run import fits, simulate
-from hetsim.strategies.base import get_strategy
-from hetsim.strategies.flexgen import endpoints
+from hetsim.planner.flexgen_lp import Flags, _beside
 from hetsim.strategies.flexgen_policy import FlexGenPlan
 from hetsim.workload import Workload
 
@@ -22,11 +20,8 @@ from hetsim.workload import Workload
 def _random_plans(seed: int, n: int):
     """``n`` CPU-attention plans that fit flexgen-t4: OPT-6.7B/13B/30B, 4-bit weights in two of
     three, a disk share in two of five, gbs 2-32, nb 1-6, the KV anywhere, prompts 256-1024."""
-    rng = random.Random(seed)
-    rig = load_rig("flexgen-t4")
-    gpu = endpoints(rig)[0]
-    out = []
-    while len(out) < n:
+
+    def draw(rng: random.Random, gpu: str) -> tuple[str, FlexGenPlan, Workload]:
         model = rng.choice(["opt-6.7b", "opt-13b", "opt-30b"])
         cw, disk = rng.random() < 2 / 3, rng.random() < 0.4
         gbs, nb = rng.choice([2, 4, 8, 16, 32]), rng.randint(1, 6)
@@ -36,9 +31,9 @@ def _random_plans(seed: int, n: int):
         cc = 100 - cg if not disk else rng.randrange(0, 101 - cg, 5)
         wl = Workload(gbs * nb, rng.choice([256, 512, 1024]), rng.choice([8, 16, 32]))
         plan = FlexGenPlan(gbs, nb, wg, wc, cg, cc, 100, 0, cpu_attention=True, compress_weight=cw, gpu=gpu)
-        if fits(get_strategy("flexgen"), plan, rig, get_model(model), wl):
-            out.append((model, plan, wl))
-    return rig, out
+        return model, plan, wl
+
+    return fitting_plans("flexgen-t4", seed, n, draw)
 
 
 def test_lp_follows_the_engine_with_cpu_work_beside_the_weight_copy():
@@ -50,14 +45,10 @@ def test_lp_follows_the_engine_with_cpu_work_beside_the_weight_copy():
     on the link (OPT-6.7B 32 x 1 4-bit 15/45/40, the KV 0/95/5, 1024 + 8: -1.58 % before, -2.01 %
     with the overlap alone, about -0.5 % with the hops)."""
     rig, plans = _random_plans(1613, 40)
-    ends = endpoints(rig)
-    errors = []
-    for model, plan, wl in plans:
-        m = get_model(model)
-        flags = Flags(True, False, "", plan.compress_weight)
-        sol = LpSolution(plan.gpu_batch_size, plan.num_gpu_batches, flags, {}, 1.0, 1.0)
-        lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-        errors.append(lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1)
+    errors = [
+        lp_vs_engine(plan, rig, get_model(model), wl, Flags(True, False, "", plan.compress_weight))
+        for model, plan, wl in plans
+    ]
     assert min(errors) > -0.02 and max(errors) < 0.01, (min(errors), max(errors))
 
 

@@ -10,10 +10,11 @@ DMAs) were above the engine too (+0.3 %, +0.5 % on mixed-lab)."""
 from __future__ import annotations
 
 import pytest
+from flexgen_placed import lp_vs_engine
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, released_time_per_seq
+from hetsim.planner.flexgen_lp import Flags
 from hetsim.sim.run import fits, simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
@@ -34,9 +35,7 @@ def test_lp_stays_under_the_engine_with_a_4bit_kv_cache_on_disk(model, gbs, nb, 
     plan = FlexGenPlan(gbs, nb, wg, wc, 0, 0, 100, 0, cpu_attention=False, compress_cache=True, gpu=ends[0])
     wl = Workload(gbs * nb, 512, 32)
     assert fits(get_strategy("flexgen"), plan, rig, m, wl)
-    sol = LpSolution(gbs, nb, Flags(False, True, "d"), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-    err = lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
+    err = lp_vs_engine(plan, rig, m, wl, Flags(False, True, "d"))
     assert -0.02 < err < 0.002, err
 
 
@@ -46,9 +45,7 @@ def _lp_vs_engine(rig_name: str, model: str, plan: FlexGenPlan, wl: Workload, ti
     m = get_model(model)
     plan = FlexGenPlan(**{**plan.__dict__, "gpu": ends[0]})
     assert fits(get_strategy("flexgen"), plan, rig, m, wl)
-    sol = LpSolution(plan.gpu_batch_size, plan.num_gpu_batches, Flags(False, True, tier), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-    return lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
+    return lp_vs_engine(plan, rig, m, wl, Flags(False, True, tier))
 
 
 @pytest.mark.parametrize(
@@ -102,7 +99,5 @@ def test_lp_waits_for_the_first_read_before_the_hops_where_the_hops_are_slower()
     ends = endpoints(rig)
     plan = FlexGenPlan(16, 4, 0, 100, 0, 0, 100, 0, cpu_attention=False, compress_cache=True, gpu=ends[0])
     wl = Workload(64, 512, 16)
-    sol = LpSolution(16, 4, Flags(False, True, "d"), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-    err = lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
+    err = lp_vs_engine(plan, rig, m, wl, Flags(False, True, "d"))
     assert -0.02 < err < 0.002, err

@@ -8,10 +8,11 @@ the LP, a lower bound of the engine's time, came out above it."""
 from __future__ import annotations
 
 import pytest
+from flexgen_placed import placed_lp
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, cost_model, released_time_per_seq
+from hetsim.planner.flexgen_lp import Flags, cost_model
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
@@ -21,11 +22,7 @@ from hetsim.workload import Workload
 
 def _lp_and_engine(plan: FlexGenPlan, wl: Workload, model: str = "opt-6.7b") -> tuple[float, float]:
     rig, m = load_rig("flexgen-t4"), get_model(model)
-    sol = LpSolution(
-        plan.gpu_batch_size, plan.num_gpu_batches, Flags(plan.cpu_attention, False), {}, 1.0, 1.0
-    )
-    lp = released_time_per_seq(sol, plan, rig, m, wl, endpoints(rig), None) * wl.batch
-    return lp, simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s
+    return placed_lp(plan, rig, m, wl), simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s
 
 
 @pytest.mark.parametrize("cpu_attention", [False, True])
@@ -112,7 +109,6 @@ def test_4bit_weights_with_cpu_attention_stay_under_the_engine(cg, cc):
     gpu = endpoints(load_rig("flexgen-t4"))[0]
     plan = FlexGenPlan(8, 1, 50, 50, cg, cc, 100, 0, cpu_attention=True, compress_weight=True, gpu=gpu)
     rig, m, wl = load_rig("flexgen-t4"), get_model("opt-6.7b"), Workload(8, 256, 32)
-    sol = LpSolution(8, 1, Flags(True, False, "", True), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, endpoints(rig), None) * wl.batch
+    lp = placed_lp(plan, rig, m, wl, Flags(True, False, "", True))
     engine = simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s
     assert engine * 0.995 < lp < engine * 1.003, lp / engine - 1

@@ -12,35 +12,23 @@ from __future__ import annotations
 import random
 
 import pytest
+from flexgen_placed import fitting_plans, lp_vs_engine, placed_lp
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, released_time_per_seq
-from hetsim.sim.run import fits, simulate
+from hetsim.planner.flexgen_lp import Flags
+from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
 from hetsim.strategies.flexgen_policy import FlexGenPlan
 from hetsim.workload import Workload
 
 
-def _lp_vs_engine(rig, model: str, plan: FlexGenPlan, wl: Workload) -> float:
-    ends = endpoints(rig)
-    m = get_model(model)
-    sol = LpSolution(
-        plan.gpu_batch_size, plan.num_gpu_batches, Flags(plan.cpu_attention, False), {}, 1.0, 1.0
-    )
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-    return lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
-
-
 def _random_plans(seed: int, n: int, cpu_attention: bool):
     """``n`` plans that fit flexgen-t4, each with some of the weights on disk: OPT-6.7B/13B/30B, gbs
     2-32, nb 1-6, the KV anywhere, prompts 256-1024."""
-    rng = random.Random(seed)
-    rig = load_rig("flexgen-t4")
-    gpu = endpoints(rig)[0]
-    out = []
-    while len(out) < n:
+
+    def draw(rng: random.Random, gpu: str) -> tuple[str, FlexGenPlan, Workload]:
         model = rng.choice(["opt-6.7b", "opt-13b", "opt-30b"])
         gbs, nb = rng.choice([2, 4, 8, 16, 32]), rng.randint(1, 6)
         wg = rng.randrange(0, 90, 5)
@@ -48,10 +36,9 @@ def _random_plans(seed: int, n: int, cpu_attention: bool):
         cg = rng.choice([0, rng.randrange(0, 101, 5), 100])
         cc = rng.randrange(0, 101 - cg, 5)
         wl = Workload(gbs * nb, rng.choice([256, 512, 1024]), rng.choice([8, 16, 32]))
-        plan = FlexGenPlan(gbs, nb, wg, wc, cg, cc, 100, 0, cpu_attention=cpu_attention, gpu=gpu)
-        if fits(get_strategy("flexgen"), plan, rig, get_model(model), wl):
-            out.append((model, plan, wl))
-    return rig, out
+        return model, FlexGenPlan(gbs, nb, wg, wc, cg, cc, 100, 0, cpu_attention=cpu_attention, gpu=gpu), wl
+
+    return fitting_plans("flexgen-t4", seed, n, draw)
 
 
 @pytest.mark.parametrize(("cpu_attention", "n"), [(False, 24), (True, 12)])
@@ -65,7 +52,7 @@ def test_lp_follows_the_engine_with_weights_on_disk_on_random_plans(cpu_attentio
     the LP (at the plan's placement it brings this plan to -1.0 %, but it tipped the fixed-batch
     search's ranking on OPT-6.7B 1024 + 32, batch 16: left for a later change)."""
     rig, plans = _random_plans(16 + cpu_attention, n, cpu_attention)
-    errors = [_lp_vs_engine(rig, *p) for p in plans]
+    errors = [lp_vs_engine(plan, rig, get_model(model), wl) for model, plan, wl in plans]
     assert min(errors) > -0.025 and max(errors) < 0.003, errors
 
 
@@ -75,7 +62,7 @@ def test_lp_follows_the_engine_with_weights_on_disk_and_gpu_attention(model, wg,
     in series with the DMA, no hop)."""
     rig = load_rig("flexgen-t4")
     plan = FlexGenPlan(8, 2, wg, wc, 100, 0, 100, 0, cpu_attention=False, gpu=endpoints(rig)[0])
-    err = _lp_vs_engine(rig, model, plan, Workload(16, 512, 32))
+    err = lp_vs_engine(plan, rig, get_model(model), Workload(16, 512, 32))
     assert abs(err) < 0.01, err
 
 
@@ -86,7 +73,7 @@ def test_lp_carries_the_disk_copies_latency():
     charges them on the disk bounds (``flexgen_lp._latency``): within 1.5 % (was -5.5 %, -0.9 % now)."""
     rig = load_rig("flexgen-t4")
     plan = FlexGenPlan(4, 2, 87, 13, 94, 0, 100, 0, cpu_attention=False, gpu=endpoints(rig)[0])
-    err = _lp_vs_engine(rig, "opt-6.7b", plan, Workload(8, 512, 32))
+    err = lp_vs_engine(plan, rig, get_model("opt-6.7b"), Workload(8, 512, 32))
     assert abs(err) < 0.015, err
 
 
@@ -113,8 +100,7 @@ def test_lp_follows_4bit_weights_packed_data_hops_from_disk(rig_name, model, gbs
     wl = Workload(gbs * nb, prompt, 32)
     r = simulate(get_strategy("flexgen"), plan, rig, m, wl)
     assert r.throughput_tok_s == pytest.approx(tok_s, rel=1e-4)
-    sol = LpSolution(gbs, nb, Flags(False, False, "", True), {}, 1.0, 1.0)
-    err = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch / r.e2e_s - 1
+    err = placed_lp(plan, rig, m, wl, Flags(False, False, "", True)) / r.e2e_s - 1
     assert -0.003 < err < 0.002, err
 
 
@@ -148,7 +134,5 @@ def test_lp_holds_the_weight_hops_after_cpu_attention_over_a_4bit_home_cache(
         gpu=ends[0],
     )
     wl = Workload(gbs * nb, prompt, 32)
-    sol = LpSolution(gbs, nb, Flags(True, True, "c", True), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-    err = lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
+    err = lp_vs_engine(plan, rig, m, wl, Flags(True, True, "c", True))
     assert -0.003 < err < 0.002, err

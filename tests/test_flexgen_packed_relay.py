@@ -12,6 +12,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from flexgen_placed import placed_lp
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
@@ -108,7 +109,7 @@ def test_the_engine_and_the_lp_take_the_relays_conversion_on_a_host_with_few_cor
     on the GPU, 256 + 8: each packed part's relay conversion outlasts its read, 42.6360 -> 36.0458
     tok/s; the LP takes the same (``Links.unpack``): -0.03 % of the engine (the 24-core rig's run and
     the 13 compare cases the same bytes)."""
-    from hetsim.planner.flexgen_lp import Flags, LpSolution, released_time_per_seq
+    from hetsim.planner.flexgen_lp import Flags
 
     rig = load_rig("hexgen-homogeneous")
     ends = endpoints(rig)
@@ -118,6 +119,5 @@ def test_the_engine_and_the_lp_take_the_relays_conversion_on_a_host_with_few_cor
     wl = Workload(32, 256, 8)
     r = simulate(get_strategy("flexgen"), plan, rig, m, wl)
     assert r.throughput_tok_s == pytest.approx(36.0458, rel=1e-5)
-    sol = LpSolution(16, 2, Flags(False, False, "", True), {}, 1.0, 1.0)
-    err = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch / r.e2e_s - 1
+    err = placed_lp(plan, rig, m, wl, Flags(False, False, "", True)) / r.e2e_s - 1
     assert abs(err) < 0.003, err

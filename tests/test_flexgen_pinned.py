@@ -11,16 +11,15 @@ from __future__ import annotations
 import random
 
 import pytest
+from flexgen_placed import lp_vs_engine
 
 from hetsim.costs.pinned import pinned_bytes
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
 from hetsim.planner.flexgen_lp import (
     Flags,
-    LpSolution,
     _weight_pin,
     links,
-    released_time_per_seq,
     search_free,
 )
 from hetsim.sim.engine import Engine
@@ -89,12 +88,9 @@ def test_lp_weight_pin_is_the_engines_relay():
 
 
 def _lp_vs_engine(rig, model: str, plan: FlexGenPlan, wl: Workload) -> float:
-    ends = endpoints(rig)
-    m = get_model(model)
-    fl = Flags(plan.cpu_attention, False, pin_weight=plan.pin_weight)
-    sol = LpSolution(plan.gpu_batch_size, plan.num_gpu_batches, fl, {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-    return lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
+    return lp_vs_engine(
+        plan, rig, get_model(model), wl, Flags(plan.cpu_attention, False, pin_weight=plan.pin_weight)
+    )
 
 
 def test_lp_follows_the_engine_on_random_unpinned_plans():

@@ -9,14 +9,15 @@ from __future__ import annotations
 import random
 
 import pytest
+from flexgen_placed import fitting_plans, lp_vs_engine, placed_lp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, released_time_per_seq
+from hetsim.planner.flexgen_lp import Flags
 from hetsim.sim.engine import Engine
-from hetsim.sim.run import fits, simulate
+from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
 from hetsim.strategies.flexgen_ops import PACKED_RELAY, PLAIN_RELAY
@@ -58,8 +59,7 @@ def test_the_relays_memcpy_slows_cpu_work_beside_it_and_the_lp_follows():
     wl = Workload(128, 512, 32)
     r = simulate(get_strategy("flexgen"), plan, rig, m, wl)
     assert r.throughput_tok_s == pytest.approx(54.7735, rel=1e-5)
-    sol = LpSolution(64, 2, Flags(False, False), {}, 1.0, 1.0)
-    err = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch / r.e2e_s - 1
+    err = placed_lp(plan, rig, m, wl, Flags(False, False)) / r.e2e_s - 1
     assert -0.02 < err < 0.004, err
 
 
@@ -67,26 +67,16 @@ def _kv_split_plans(seed: int, n: int):
     """``n`` seeded GPU-attention plans that fit hexgen-homogeneous (16 GB/s disk, 113 GB/s of host
     DRAM: the relay's 48 GB/s beside a KV read is felt there), the KV split between the CPU and the
     disk, 16-bit weights on the GPU and the CPU: Llama-2-7B/13B, OPT-6.7B, gbs 4-64, nb 1-6."""
-    rng = random.Random(seed)
-    rig = load_rig("hexgen-homogeneous")
-    gpu = endpoints(rig)[0]
-    out = []
-    while len(out) < n:
+
+    def draw(rng: random.Random, gpu: str) -> tuple[str, FlexGenPlan, Workload]:
         model = rng.choice(["llama2-7b", "llama2-13b", "opt-6.7b"])
         gbs, nb = rng.choice([4, 8, 16, 32, 64]), rng.randint(1, 6)
         wg = rng.randrange(0, 95, 5)
         cc = rng.randrange(5, 100, 5)
         wl = Workload(gbs * nb, rng.choice([256, 512, 1024]), rng.choice([8, 16, 32]))
-        plan = FlexGenPlan(gbs, nb, wg, 100 - wg, 0, cc, 100, 0, cpu_attention=False, gpu=gpu)
-        if fits(get_strategy("flexgen"), plan, rig, get_model(model), wl):
-            out.append((get_model(model), plan, wl))
-    return rig, out
+        return model, FlexGenPlan(gbs, nb, wg, 100 - wg, 0, cc, 100, 0, cpu_attention=False, gpu=gpu), wl
 
-
-def _lp_vs_engine(rig, model, plan: FlexGenPlan, wl: Workload) -> float:
-    sol = LpSolution(plan.gpu_batch_size, plan.num_gpu_batches, Flags(False, False), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, model, wl, endpoints(rig), None) * wl.batch
-    return lp / simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s - 1
+    return fitting_plans("hexgen-homogeneous", seed, n, draw)
 
 
 def test_a_kv_reads_relay_slows_the_next_halfs_pin_and_the_lp_follows():
@@ -98,7 +88,7 @@ def test_a_kv_reads_relay_slows_the_next_halfs_pin_and_the_lp_follows():
     rig = load_rig("hexgen-homogeneous")
     plan = FlexGenPlan(96, 32, 0, 100, 0, 53, 100, 0, cpu_attention=False, gpu=endpoints(rig)[0])
     wl = Workload(96 * 32, 512, 32)
-    err = _lp_vs_engine(rig, get_model("llama2-70b"), plan, wl)
+    err = lp_vs_engine(plan, rig, get_model("llama2-70b"), wl)
     assert -0.005 < err < 0.003, err
 
 
@@ -108,7 +98,7 @@ def test_lp_follows_the_engine_with_the_kv_split_between_cpu_and_disk_on_random_
     beside V's pin -1.76..-0.09 % (OPT-6.7B 16 x 3 20/80, the KV 0/55/45, 1024 + 32: -1.76 -> -0.01 %;
     8 x 3 15/85, 0/55/45, 1024 + 8: -1.19 -> -0.10 %; the other 14 the same)."""
     rig, plans = _kv_split_plans(20, 16)
-    errors = [_lp_vs_engine(rig, *p) for p in plans]
+    errors = [lp_vs_engine(plan, rig, get_model(model), wl) for model, plan, wl in plans]
     assert min(errors) > -0.008 and max(errors) < 0.003, errors
 
 
