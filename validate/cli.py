@@ -27,9 +27,6 @@ def check_count(value: int, high: int, field: str) -> None:
         raise InputError(f"must be in [1, {high}], got {value}", field=field)
 
 
-CUDA_STRATEGIES = ("gpu-only", "accelerate", "hetegen", "flexgen")
-
-
 def _need_torch() -> None:
     try:
         import torch  # noqa: F401
