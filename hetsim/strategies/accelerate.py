@@ -36,7 +36,7 @@ from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import check_budget
 from hetsim.strategies import plan_io as pc
-from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.strategies.base import Footprint, Strategy, no_gpu, register
 from hetsim.workload import Step, Workload, steps
 
 
@@ -103,9 +103,7 @@ class Accelerate(Strategy):
     plan_type = OffloadPlan
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
-        if not rig.gpus():
-            return "the rig has no GPUs"
-        return None
+        return no_gpu(rig)
 
     def check_plan(self, plan: OffloadPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")

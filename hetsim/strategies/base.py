@@ -118,6 +118,11 @@ class Strategy(ABC):
         return None
 
 
+def no_gpu(rig: Rig) -> str | None:
+    """Why a strategy that runs on GPUs cannot run on ``rig``: it has none (else None)."""
+    return None if rig.gpus() else "the rig has no GPUs"
+
+
 def _jsonable(x: Any) -> Any:
     if isinstance(x, Mapping):
         return {k: _jsonable(v) for k, v in x.items()}

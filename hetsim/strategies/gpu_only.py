@@ -16,7 +16,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
 from hetsim.strategies import plan_io as pc
-from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.strategies.base import Footprint, Strategy, no_gpu, register
 from hetsim.strategies.pipeline import (
     GPU_KV_DTYPES,
     GPU_WEIGHT_DTYPES,
@@ -116,7 +116,7 @@ class GpuOnly(Strategy):
     weight_dtypes = GPU_WEIGHT_DTYPES
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
-        return None if rig.gpus() else "the rig has no GPUs"
+        return no_gpu(rig)
 
     def check_plan(self, plan: PipelinePlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         pc.stages_cover(plan.stages, model.layers, "stages")

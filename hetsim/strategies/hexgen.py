@@ -20,7 +20,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
 from hetsim.strategies import plan_io as pc
-from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.strategies.base import Footprint, Strategy, no_gpu, register
 from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
 from hetsim.strategies.pipeline import (
     GPU_KV_DTYPES,
@@ -180,7 +180,7 @@ class HexGen(Strategy):
     weight_dtypes = GPU_WEIGHT_DTYPES
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
-        return None if rig.gpus() else "the rig has no GPUs"
+        return no_gpu(rig)
 
     def check_plan(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         if not plan.replicas:

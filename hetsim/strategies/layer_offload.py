@@ -21,7 +21,7 @@ from hetsim.models.sharding import embed_ops, head_ops
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import layer_weight_bytes, lm_head_bytes
 from hetsim.strategies import plan_io as pc
-from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.strategies.base import Footprint, Strategy, no_gpu, register
 from hetsim.strategies.moe_offload import WEIGHT_DTYPES, with_routing
 from hetsim.workload import Workload, steps
 
@@ -73,7 +73,7 @@ class LayerOffload(Strategy):
     kv_dtypes = ("fp16", "bf16", "fp32", "int8", "int4")  # llama.cpp's -ctk/-ctv f16, bf16, f32, q8_0, q4_0
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
-        return None if rig.gpus() else "the rig has no GPUs"
+        return no_gpu(rig)
 
     def _fitting_layers(self, rig: Rig, model: ModelSpec, workload: Workload, gpu: str, wd: str) -> int:
         room = (

@@ -53,7 +53,7 @@ from hetsim.models.sharding import embed_ops, head_ops, shard
 from hetsim.models.spec import DTYPES, ModelSpec, Op, Phase
 from hetsim.models.weights import layer_weight_tensors, tensor_bytes, weight_bytes
 from hetsim.strategies import plan_io as pc
-from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.strategies.base import Footprint, Strategy, no_gpu, register
 from hetsim.workload import Workload, steps
 
 # The routed experts' ops (models.layer_ops names); everything else of an expert layer runs on the GPU.
@@ -227,8 +227,8 @@ class MoEOffload(Strategy):
     kv_dtypes = ("fp16", "bf16", "fp32", "int8")
 
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
-        if not rig.gpus():
-            return "the rig has no GPUs"
+        if (why := no_gpu(rig)) is not None:
+            return why
         if not model.is_moe:
             return "a dense model has no routed experts to offload (see layer-offload)"
         return None
