@@ -1,5 +1,5 @@
 """A sweep point takes a remembered answer only where its rig answers everything that answer read
-(``Rig.reading``, ``agrees``): each rig below differs from mixed-lab in one link field, and the
+(``hardware.rig.reading``, ``agrees``): each rig below differs from mixed-lab in one link field, and the
 remembered answer of every strategy must equal a fresh evaluation on it."""
 
 from __future__ import annotations

@@ -368,7 +368,7 @@ def _split_setting(rig: Rig, gpu: str, cpu: str) -> int | None:
     CPU entries, or not). Equal numbers, equal runs; None: not comparable (nothing is remembered)."""
     hit = _SETTING_OF.get((id(rig), gpu, cpu))
     if hit is not None and hit[0] is rig:
-        rig.route(cpu, gpu), rig.route(gpu, cpu)  # read again for ``Rig.reading`` (cached: cheap)
+        rig.route(cpu, gpu), rig.route(gpu, cpu)  # read again for ``hardware.rig.reading`` (cached: cheap)
         return hit[1]
     node = rig.nodes[rig.devices[cpu].node]
     shared = node.cpu_sharing != "none" and len(node.cpus) > 1

@@ -45,7 +45,7 @@ def layer_time(
 
 
 # Rigs are not hashable; cache per rig object (the entry keeps the rig alive so ids are not reused):
-# each time with what computing it read of the rig (``Rig.reading``).
+# each time with what computing it read of the rig (``hardware.rig.reading``).
 _RIG_CACHES: dict[int, tuple[Rig, dict[tuple, tuple[float, ReadLog]]]] = {}
 
 

@@ -150,7 +150,7 @@ def _point_rig(config: Mapping[str, Any]) -> Any:
 # Answers of the points run in this process, by what a point is besides its rig (its configuration
 # without the hardware knobs that act only through the rig; ``gpu_mem_gb`` stays: it is also the
 # plans' memory budget), each with its rig, its model as read then (a config.json may change) and
-# what it read of the rig's links (``Rig.reading``). A point whose rig answers those reads as that rig
+# what it read of the rig's links (``rig.reading``). A point whose rig answers those reads as that rig
 # did (``agrees``: the same devices, nodes and disks, the same links and routes where read) has the
 # same answer: a one-GPU strategy's points that differ only in the network, or in a PCIe generation
 # whose numbers equal the rig's, are run once.
