@@ -8,10 +8,11 @@ the layer before it (one)."""
 from __future__ import annotations
 
 import pytest
+from flexgen_placed import placed_lp
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, candidate_flags, released_time_per_seq
+from hetsim.planner.flexgen_lp import Flags, candidate_flags
 from hetsim.sim.run import fits, simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
@@ -73,8 +74,7 @@ def test_the_engine_runs_it_on_the_host_and_the_lp_follows():
     gpu = simulate(strategy, _plan(False, gpu=ends[0]), rig, OPT30, wl)
     assert cpu.throughput_tok_s == pytest.approx(4.6347, rel=1e-3)
     assert gpu.throughput_tok_s == pytest.approx(10.7733, rel=1e-4)
-    sol = LpSolution(64, 8, Flags(True, True, "c"), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, _plan(True, gpu=ends[0]), rig, OPT30, wl, ends, None) * wl.batch
+    lp = placed_lp(_plan(True, gpu=ends[0]), rig, OPT30, wl, Flags(True, True, "c"))
     assert abs(lp / cpu.e2e_s - 1) < 0.002
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from flexgen_placed import placed_lp
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
@@ -343,7 +344,6 @@ def test_lp_follows_the_engine_with_gpu_attention_and_kv_on_disk(model, gbs, nb,
     had the read in series on the load stream (at the disk's rate, beside the weights' DMA), and
     the engine read all of it at the position's start, before the CPU segment was pinned, with its
     link hop booked ahead of the copies issued before the read landed."""
-    from hetsim.planner.flexgen_lp import LpSolution, released_time_per_seq
     from hetsim.sim.run import simulate
     from hetsim.strategies.base import get_strategy
     from hetsim.strategies.flexgen_policy import FlexGenPlan
@@ -352,8 +352,7 @@ def test_lp_follows_the_engine_with_gpu_attention_and_kv_on_disk(model, gbs, nb,
     ends = endpoints(rig)
     plan = FlexGenPlan(gbs, nb, wg, 100 - wg, cg, cc, 100, 0, cpu_attention=False, gpu=ends[0])
     wl = Workload(gbs * nb, 512, 32)
-    sol = LpSolution(gbs, nb, Flags(False, False), {}, 1.0, 1.0)  # only its shape is read
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
+    lp = placed_lp(plan, rig, m, wl)
     engine = simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s
     assert lp == pytest.approx(engine, rel=0.025)
 
@@ -408,7 +407,6 @@ def test_a_one_batch_gpu_attention_kv_load_runs_in_the_mlp_position(gbs, wg, cg)
     memcpy holds the thread); the LP had it in the attention's own slot. What is left (+4.7 ..
     +7.0 %) is the first sub-step's w + c: the memcpy runs beside the weight DMA in the engine
     (docs/offloading-baselines.md, "Left")."""
-    from hetsim.planner.flexgen_lp import LpSolution, released_time_per_seq
     from hetsim.sim.run import simulate
     from hetsim.strategies.base import get_strategy
     from hetsim.strategies.flexgen_policy import FlexGenPlan
@@ -417,8 +415,7 @@ def test_a_one_batch_gpu_attention_kv_load_runs_in_the_mlp_position(gbs, wg, cg)
     ends = endpoints(rig)
     plan = FlexGenPlan(gbs, 1, wg, 100 - wg, cg, 100 - cg, 100, 0, cpu_attention=False, gpu=ends[0])
     wl = Workload(gbs, 512, 32)
-    sol = LpSolution(gbs, 1, Flags(False, False), {}, 1.0, 1.0)  # only its shape is read
-    lp = released_time_per_seq(sol, plan, rig, model, wl, ends, None) * gbs
+    lp = placed_lp(plan, rig, model, wl)
     engine = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
     assert lp == pytest.approx(engine, rel=0.075)
 

@@ -8,11 +8,12 @@ the next layer's first batch's load in the MLP slot's last sub-step."""
 import json
 
 import pytest
+from flexgen_placed import placed_lp
 
 from hetsim.costs.op_cost import block_cost
 from hetsim.hardware import load_rig
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, links, released_time_per_seq
+from hetsim.planner.flexgen_lp import links
 from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
@@ -65,9 +66,8 @@ def test_the_engine_slows_the_kv_memcpy_by_the_weight_dma_beside_it(tmp_path):
 def test_lp_follows_the_engine_on_one_batch_gpu_attention_within_2_percent(gbs, wg, cg):
     """Was +4.7 .. +7.7 % with w + memcpy + DMA in series; max(w + DMA, memcpy + its delay + DMA)
     puts these at -0.1 .. -0.3 %."""
-    rig, model, ends, plan, wl = _case(gbs, wg, cg)
-    sol = LpSolution(gbs, 1, Flags(False, False), {}, 1.0, 1.0)  # only its shape is read
-    lp = released_time_per_seq(sol, plan, rig, model, wl, ends, None) * gbs
+    rig, model, _, plan, wl = _case(gbs, wg, cg)
+    lp = placed_lp(plan, rig, model, wl)
     engine = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
     assert lp == pytest.approx(engine, rel=0.02)
 
@@ -82,7 +82,6 @@ def test_lp_follows_the_engine_with_more_batches_within_2_percent(gbs, nb):
     ends = endpoints(rig)
     plan = FlexGenPlan(gbs, nb, 80, 20, 0, 100, 100, 0, cpu_attention=False, gpu=ends[0])
     wl = Workload(gbs * nb, 512, 32)
-    sol = LpSolution(gbs, nb, Flags(False, False), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, model, wl, ends, None) * gbs * nb
+    lp = placed_lp(plan, rig, model, wl)
     engine = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
     assert lp == pytest.approx(engine, rel=0.01)
