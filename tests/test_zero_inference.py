@@ -118,7 +118,26 @@ def test_deepspeed_footprint_reserves_the_fetch_peak(opt30b):
     plan = s.default_plan(rig, opt30b, wl)
     fp = s.footprint(plan, rig, opt30b, wl)
     assert fp[plan.gpu]["weight_buffers"] == fetches(opt30b).peak_bytes(True)
-    assert fp[plan.cpu]["weights"] == pytest.approx(2 * (TABLE + POS * H + L * (12 * H * H + 13 * H) + 2 * H))
+    pageable = s.footprint(replace(plan, pinned=False), rig, opt30b, wl)
+    assert pageable[plan.cpu]["weights"] == 2 * (TABLE + POS * H + L * (12 * H * H + 13 * H) + 2 * H)
+
+
+def test_deepspeed_pins_each_partition_as_torch_rounds_it(opt30b):
+    """``offload_param.pin_memory``: each parameter's CPU partition is ``.pin_memory()``-ed on its own
+    (partition_parameters.py:1099-1106), a power-of-two block of torch's caching host allocator: per
+    OPT-30B layer q, k, v, out (102.8 MB) take 128 MiB each, fc1 and fc2 (411 MB) 512 MiB each, the 9
+    vectors of 7168 16 KiB each and fc1's bias (28672) 64 KiB; the tied table (721 MB) 1 GiB, the
+    positions (29.4 MB) 32 MiB, the final norm 2 x 16 KiB: 78.43 GB, not the 59.95 GB of fp16 weights."""
+    rig = load_rig("flexgen-t4")
+    s = get_strategy("deepspeed")
+    wl = Workload(4, 512, 32)
+    plan = s.default_plan(rig, opt30b, wl)
+    assert plan.pinned
+    mib, kib = 2**20, 2**10
+    layer = 4 * 128 * mib + 2 * 512 * mib + 9 * 16 * kib + 64 * kib
+    expected = 1024 * mib + 32 * mib + L * layer + 2 * 16 * kib
+    assert s.footprint(plan, rig, opt30b, wl)[plan.cpu]["weights"] == expected
+    assert expected == pytest.approx(78.427e9, rel=1e-4)
 
 
 def test_accelerate_stages_one_leaf_module_not_a_layer(opt30b):
@@ -167,7 +186,8 @@ def test_deepspeed_offloads_to_nvme_when_the_weights_exceed_host_memory():
     h, v = model.hidden, model.vocab
     fetched = sum(fetches(model).block_bytes())
     assert fp["n0.disk0"]["weights"] == pytest.approx(fetched - 2 * v * h)  # one file for the tied table
-    assert fp[plan.cpu]["swap_buffers"] == 5 * (v * h + 1) * 2
+    # one pinned torch.empty of 5 buffers (6.18 GB), a power-of-two block: 8 GiB
+    assert 2**32 < 5 * (v * h + 1) * 2 < 2**33 == fp[plan.cpu]["swap_buffers"]
     assert sum(fp[plan.cpu].values()) < rig.devices[plan.cpu].mem_bytes
     r = simulate(s, plan, rig, model, wl)
     assert r.feasible, r.reason
