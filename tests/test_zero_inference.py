@@ -12,6 +12,7 @@ from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
 from hetsim.models.memory import largest_leaf_bytes
+from hetsim.models.registry import list_models
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.deepspeed import MAX_LIVE, PERSISTENCE_THRESHOLD, fetches, gather_op
@@ -213,3 +214,20 @@ def test_nvme_stores_a_kept_tied_table_once_when_the_head_fetches_other_tensors(
     assert model.tied_embeddings and f.kept and f.block_bytes()[-1] > 0
     stored, _ = swapped_bytes(model)
     assert stored == sum(f.block_bytes(MIN_AIO_BYTES))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_host_partitions_are_the_weights_and_pinning_at_most_doubles_them(name):
+    """Every parameter tensor once (a tied table once): pageable, the host holds exactly the fp16
+    weights; pinned, each partition's power-of-two block is at least it and under twice it; with nvme
+    only tensors under 1 MiB stay on the host."""
+    from hetsim.models.spec import DTYPES
+    from hetsim.models.weights import weight_bytes
+    from hetsim.strategies.deepspeed import MIN_AIO_BYTES, host_bytes, partitions
+
+    model = get_model(name)
+    pageable = host_bytes(model, False, False)
+    assert pageable == pytest.approx(weight_bytes(model, DTYPES["fp16"]), rel=1e-12)
+    assert pageable <= host_bytes(model, True, False) < 2 * pageable
+    small = sum(2 * n for n in partitions(model) if 2 * n < MIN_AIO_BYTES)
+    assert host_bytes(model, False, True) == small <= host_bytes(model, True, True) < 2 * small + 1

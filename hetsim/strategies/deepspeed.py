@@ -83,7 +83,9 @@ class ZeroInferencePlan:
     cpu: str
     batch_per_pass: int
     # offload_param.pin_memory: DeepSpeed's default is false (offload_config.py:43); the ZeRO-3
-    # offload config that transformers' DeepSpeed integration documents sets it true (assumed)
+    # offload config that transformers' DeepSpeed integration documents sets it true (assumed). FlexGen's
+    # baseline script takes it from --pin-memory, 0 by default (recalled, not checked): false is 2.3x
+    # slower on OPT-30B (docs/offloading-baselines.md, session 21)
     pinned: bool = True
     # prefetch along the recorded trace; False: each module fetches its own, as the first forward runs
     prefetch: bool = True
