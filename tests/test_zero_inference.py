@@ -231,3 +231,22 @@ def test_host_partitions_are_the_weights_and_pinning_at_most_doubles_them(name):
     assert pageable <= host_bytes(model, True, False) < 2 * pageable
     small = sum(2 * n for n in partitions(model) if 2 * n < MIN_AIO_BYTES)
     assert host_bytes(model, False, True) == small <= host_bytes(model, True, True) < 2 * small + 1
+
+
+@pytest.mark.parametrize("rig_name", ["a100-80g-measured", "mixed-lab"])
+def test_deepspeed_unpins_when_the_weights_fit_the_host_but_their_pinned_blocks_do_not(rig_name):
+    """OPT-175B's 349 GB of fp16 weights fit these hosts (550 GB without a disk, 512 GB with NVMe);
+    pinned in power-of-two blocks they take 621 GB, which ``cudaHostAlloc`` cannot give. A user turns
+    ``pin_memory`` off (DeepSpeed's default) and keeps the weights in host memory, as the plan ran
+    before the pinned ledger; NVMe stays for weights that do not fit the host at all."""
+    from hetsim.strategies.deepspeed import host_bytes
+
+    rig, model = load_rig(rig_name), get_model("opt-175b")
+    s = get_strategy("deepspeed")
+    wl = Workload(4, 512, 32)
+    plan = s.default_plan(rig, model, wl)
+    mem = rig.devices[plan.cpu].mem_bytes
+    assert host_bytes(model, False, False) < mem < host_bytes(model, True, False)
+    assert (plan.offload, plan.pinned, plan.batch_per_pass) == ("cpu", False, 4)
+    assert s.fits(plan, rig, model, wl)
+    assert simulate(s, plan, rig, model, wl).feasible

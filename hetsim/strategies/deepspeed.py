@@ -85,7 +85,8 @@ class ZeroInferencePlan:
     # offload_param.pin_memory: DeepSpeed's default is false (offload_config.py:43); the ZeRO-3
     # offload config that transformers' DeepSpeed integration documents sets it true (assumed). FlexGen's
     # baseline script takes it from --pin-memory, 0 by default (recalled, not checked): false is 2.3x
-    # slower on OPT-30B (docs/offloading-baselines.md, session 21)
+    # slower on OPT-30B (docs/offloading-baselines.md, session 21); the default plan turns it off where
+    # the weights fit host memory but their pinned blocks (``host_bytes``) do not
     pinned: bool = True
     # prefetch along the recorded trace; False: each module fetches its own, as the first forward runs
     prefetch: bool = True
@@ -306,9 +307,14 @@ class ZeroInference(Strategy):
         cpu = rig.host_cpu(gpu)
         plan = ZeroInferencePlan(gpu, cpu, workload.batch)
         disks = rig.disks_of(rig.devices[gpu].node)
-        if disks and host_bytes(model, plan.pinned, False) > rig.devices[cpu].mem_bytes:
+        mem = rig.devices[cpu].mem_bytes
+        if disks and host_bytes(model, False, False) > mem:
             # what a user configures when the weights do not fit host memory (ZeRO-Infinity)
             plan = replace(plan, offload="nvme", disk=disks[0].name)
+        elif host_bytes(model, True, False) > mem:
+            # the weights fit but not their power-of-two pinned blocks (cudaHostAlloc fails at init):
+            # pin_memory off, DeepSpeed's own default, keeps them in host memory
+            plan = replace(plan, pinned=False)
         best = self.largest_batch(plan, rig, model, workload)
         return replace(plan, batch_per_pass=max(1, min(workload.batch, best)))
 
