@@ -12,6 +12,7 @@ from hetsim.costs.op_cost import op_cost
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
 from hetsim.models.memory import largest_leaf_bytes
+from hetsim.models.registry import list_models
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.deepspeed import MAX_LIVE, PERSISTENCE_THRESHOLD, fetches, gather_op
@@ -118,7 +119,26 @@ def test_deepspeed_footprint_reserves_the_fetch_peak(opt30b):
     plan = s.default_plan(rig, opt30b, wl)
     fp = s.footprint(plan, rig, opt30b, wl)
     assert fp[plan.gpu]["weight_buffers"] == fetches(opt30b).peak_bytes(True)
-    assert fp[plan.cpu]["weights"] == pytest.approx(2 * (TABLE + POS * H + L * (12 * H * H + 13 * H) + 2 * H))
+    pageable = s.footprint(replace(plan, pinned=False), rig, opt30b, wl)
+    assert pageable[plan.cpu]["weights"] == 2 * (TABLE + POS * H + L * (12 * H * H + 13 * H) + 2 * H)
+
+
+def test_deepspeed_pins_each_partition_as_torch_rounds_it(opt30b):
+    """``offload_param.pin_memory``: each parameter's CPU partition is ``.pin_memory()``-ed on its own
+    (partition_parameters.py:1099-1106), a power-of-two block of torch's caching host allocator: per
+    OPT-30B layer q, k, v, out (102.8 MB) take 128 MiB each, fc1 and fc2 (411 MB) 512 MiB each, the 9
+    vectors of 7168 16 KiB each and fc1's bias (28672) 64 KiB; the tied table (721 MB) 1 GiB, the
+    positions (29.4 MB) 32 MiB, the final norm 2 x 16 KiB: 78.43 GB, not the 59.95 GB of fp16 weights."""
+    rig = load_rig("flexgen-t4")
+    s = get_strategy("deepspeed")
+    wl = Workload(4, 512, 32)
+    plan = s.default_plan(rig, opt30b, wl)
+    assert plan.pinned
+    mib, kib = 2**20, 2**10
+    layer = 4 * 128 * mib + 2 * 512 * mib + 9 * 16 * kib + 64 * kib
+    expected = 1024 * mib + 32 * mib + L * layer + 2 * 16 * kib
+    assert s.footprint(plan, rig, opt30b, wl)[plan.cpu]["weights"] == expected
+    assert expected == pytest.approx(78.427e9, rel=1e-4)
 
 
 def test_accelerate_stages_one_leaf_module_not_a_layer(opt30b):
@@ -167,7 +187,8 @@ def test_deepspeed_offloads_to_nvme_when_the_weights_exceed_host_memory():
     h, v = model.hidden, model.vocab
     fetched = sum(fetches(model).block_bytes())
     assert fp["n0.disk0"]["weights"] == pytest.approx(fetched - 2 * v * h)  # one file for the tied table
-    assert fp[plan.cpu]["swap_buffers"] == 5 * (v * h + 1) * 2
+    # one pinned torch.empty of 5 buffers (6.18 GB), a power-of-two block: 8 GiB
+    assert 2**32 < 5 * (v * h + 1) * 2 < 2**33 == fp[plan.cpu]["swap_buffers"]
     assert sum(fp[plan.cpu].values()) < rig.devices[plan.cpu].mem_bytes
     r = simulate(s, plan, rig, model, wl)
     assert r.feasible, r.reason
@@ -193,3 +214,39 @@ def test_nvme_stores_a_kept_tied_table_once_when_the_head_fetches_other_tensors(
     assert model.tied_embeddings and f.kept and f.block_bytes()[-1] > 0
     stored, _ = swapped_bytes(model)
     assert stored == sum(f.block_bytes(MIN_AIO_BYTES))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_host_partitions_are_the_weights_and_pinning_at_most_doubles_them(name):
+    """Every parameter tensor once (a tied table once): pageable, the host holds exactly the fp16
+    weights; pinned, each partition's power-of-two block is at least it and under twice it; with nvme
+    only tensors under 1 MiB stay on the host."""
+    from hetsim.models.spec import DTYPES
+    from hetsim.models.weights import weight_bytes
+    from hetsim.strategies.deepspeed import MIN_AIO_BYTES, host_bytes, partitions
+
+    model = get_model(name)
+    pageable = host_bytes(model, False, False)
+    assert pageable == pytest.approx(weight_bytes(model, DTYPES["fp16"]), rel=1e-12)
+    assert pageable <= host_bytes(model, True, False) < 2 * pageable
+    small = sum(2 * n for n in partitions(model) if 2 * n < MIN_AIO_BYTES)
+    assert host_bytes(model, False, True) == small <= host_bytes(model, True, True) < 2 * small + 1
+
+
+@pytest.mark.parametrize("rig_name", ["a100-80g-measured", "mixed-lab"])
+def test_deepspeed_unpins_when_the_weights_fit_the_host_but_their_pinned_blocks_do_not(rig_name):
+    """OPT-175B's 349 GB of fp16 weights fit these hosts (550 GB without a disk, 512 GB with NVMe);
+    pinned in power-of-two blocks they take 621 GB, which ``cudaHostAlloc`` cannot give. A user turns
+    ``pin_memory`` off (DeepSpeed's default) and keeps the weights in host memory, as the plan ran
+    before the pinned ledger; NVMe stays for weights that do not fit the host at all."""
+    from hetsim.strategies.deepspeed import host_bytes
+
+    rig, model = load_rig(rig_name), get_model("opt-175b")
+    s = get_strategy("deepspeed")
+    wl = Workload(4, 512, 32)
+    plan = s.default_plan(rig, model, wl)
+    mem = rig.devices[plan.cpu].mem_bytes
+    assert host_bytes(model, False, False) < mem < host_bytes(model, True, False)
+    assert (plan.offload, plan.pinned, plan.batch_per_pass) == ("cpu", False, 4)
+    assert s.fits(plan, rig, model, wl)
+    assert simulate(s, plan, rig, model, wl).feasible

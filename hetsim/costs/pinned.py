@@ -10,8 +10,11 @@ release FlexGen's runs used is not stated (the wheel asks for torch >= 1.12); th
 rounds the same way: torch 1.12.1's libtorch_cuda.so (PyPI's cp310 manylinux1 wheel), disassembled,
 computes the size it passes to ``cudaHostAlloc`` in ``at::cuda::CUDAHostAllocatorWrapper::allocate``
 (0xea46ab-0xea46f8) as size - 1, or-ed with itself shifted right by 1, 2, 4, 8, 16 and 32, plus 1:
-``llvm::PowerOf2Ceil`` inlined (aten/src/ATen/cuda/CachingHostAllocator.cpp then). The oldest and
-the newest release checked both round (those between are not checked): no version property needed.
+``llvm::PowerOf2Ceil`` inlined (aten/src/ATen/cuda/CachingHostAllocator.cpp then); torch 1.13.1's
+(current when FlexGen's paper appeared, PyPI's cp310 manylinux1 wheel) does the same in
+libtorch_cuda_cpp.so (0x1559e0-0x155a36), and both serve ``Tensor.pin_memory()`` (``_pin_memory_cuda``)
+from ``getCachingHostAllocator()``. The releases checked all round (those between 1.13 and 2.13 are not
+checked): no version property needed.
 Freed blocks stay cached for reuse by a request of the same size class, never given back while the
 process runs.
 

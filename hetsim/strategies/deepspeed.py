@@ -65,11 +65,12 @@ from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from typing import Any
 
+from hetsim.costs.pinned import pinned_bytes
 from hetsim.hardware.rig import Rig
 from hetsim.models.memory import hf_eager_workspace, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
-from hetsim.models.spec import DTYPES, ModelSpec, Op, OpKind
-from hetsim.models.weights import layer_leaf_modules, weight_bytes
+from hetsim.models.spec import ModelSpec, Op, OpKind
+from hetsim.models.weights import layer_leaf_modules
 from hetsim.sim.memory import OutOfMemory, check_budget
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
@@ -82,7 +83,10 @@ class ZeroInferencePlan:
     cpu: str
     batch_per_pass: int
     # offload_param.pin_memory: DeepSpeed's default is false (offload_config.py:43); the ZeRO-3
-    # offload config that transformers' DeepSpeed integration documents sets it true (assumed)
+    # offload config that transformers' DeepSpeed integration documents sets it true (assumed). FlexGen's
+    # baseline script takes it from --pin-memory, 0 by default (recalled, not checked): false is 2.3x
+    # slower on OPT-30B (docs/offloading-baselines.md, session 21); the default plan turns it off where
+    # the weights fit host memory but their pinned blocks (``host_bytes``) do not
     pinned: bool = True
     # prefetch along the recorded trace; False: each module fetches its own, as the first forward runs
     prefetch: bool = True
@@ -224,17 +228,48 @@ def fetches(model: ModelSpec) -> Fetches:
     return Fetches(tuple(leaves), tuple(block), model.layers + 2, persistent, 0 if refetch else table)
 
 
+@lru_cache(maxsize=64)
+def partitions(model: ModelSpec) -> tuple[int, ...]:
+    """Elements of each parameter tensor of ``model``, a tied table once: ZeRO-3 gives every parameter
+    a CPU partition of its own (partition_parameters.py:1096-1106; one rank holds the whole tensor)."""
+    norm = (2 if model.norm == "layernorm" else 1) if model.final_norm else 0  # weight (and bias)
+    leaves = (leaf for i in range(model.layers) for leaf in layer_leaf_modules(model, model.layer_is_moe(i)))
+    layers = [t.numel for leaf in leaves for t in leaf]
+    tensors = [
+        model.vocab * model.token_dim,
+        model.learned_positions * model.hidden,
+        *([model.hidden * model.embed_dim] * (2 if model.embed_dim else 0)),  # project_in, project_out
+        *layers,
+        *([model.hidden] * norm),
+        *(() if model.tied_embeddings else (model.vocab * model.token_dim,)),  # lm_head
+    ]
+    return tuple(n for n in tensors if n)
+
+
+def host_bytes(model: ModelSpec, pinned: bool, nvme: bool) -> float:
+    """Host memory the CPU partitions take: each partition is a ``torch.empty`` on the CPU, then
+    ``.pin_memory()`` when ``offload_param.pin_memory`` (partition_parameters.py:1099-1106), which torch's
+    caching host allocator serves in a power-of-two block (``pinned_bytes``): OPT-30B's 59.9 GB of fp16
+    weights take 78.4 GB pinned. With nvme, tensors of at least MIN_AIO_BYTES live on the disk instead
+    (partitioned_param_swapper.py:131-136)."""
+    kept = [n * WEIGHT_BYTES for n in partitions(model)]
+    if nvme:
+        kept = [b for b in kept if b < MIN_AIO_BYTES]
+    return sum(pinned_bytes(b) for b in kept) if pinned else sum(kept)
+
+
 def swapped_bytes(model: ModelSpec) -> tuple[float, float]:
     """With nvme offload: (bytes on the disk, the pinned swap buffers' bytes). Every fetched tensor of
     at least MIN_AIO_BYTES (1 MiB) is swappable (partitioned_param_swapper.py:131-136), each stored once
-    (the tied table's second fetch reads the same file); the buffers hold the largest of them."""
+    (the tied table's second fetch reads the same file); the buffers hold the largest of them, in one
+    pinned ``torch.empty`` of ``buffer_count`` buffers (:109-113), a power-of-two block (``pinned_bytes``)."""
     f = fetches(model)
     stored = sum(f.block_bytes(MIN_AIO_BYTES))
     table = model.vocab * model.token_dim * WEIGHT_BYTES
     if model.tied_embeddings and not f.kept and table >= MIN_AIO_BYTES:  # refetched: one file on the disk
         stored -= table
     largest = max((n for leaf in f.leaves for n in leaf), default=0)
-    return stored, SWAP_BUFFERS * max(SWAP_BUFFER_ELEMENTS, largest + 1) * WEIGHT_BYTES
+    return stored, pinned_bytes(SWAP_BUFFERS * max(SWAP_BUFFER_ELEMENTS, largest + 1) * WEIGHT_BYTES)
 
 
 def gather_op(nbytes: float, layer: int) -> Op:
@@ -272,9 +307,14 @@ class ZeroInference(Strategy):
         cpu = rig.host_cpu(gpu)
         plan = ZeroInferencePlan(gpu, cpu, workload.batch)
         disks = rig.disks_of(rig.devices[gpu].node)
-        if disks and weight_bytes(model, DTYPES["fp16"]) > rig.devices[cpu].mem_bytes:
+        mem = rig.devices[cpu].mem_bytes
+        if disks and host_bytes(model, False, False) > mem:
             # what a user configures when the weights do not fit host memory (ZeRO-Infinity)
             plan = replace(plan, offload="nvme", disk=disks[0].name)
+        elif host_bytes(model, True, False) > mem:
+            # the weights fit but not their power-of-two pinned blocks (cudaHostAlloc fails at init):
+            # pin_memory off, DeepSpeed's own default, keeps them in host memory
+            plan = replace(plan, pinned=False)
         best = self.largest_batch(plan, rig, model, workload)
         return replace(plan, batch_per_pass=max(1, min(workload.batch, best)))
 
@@ -315,13 +355,14 @@ class ZeroInference(Strategy):
             "activations": hf_eager_workspace(model, b, workload.prompt_len, workload.context_len),
         }
         check_budget(plan.gpu, "gpu_mem_budget", gpu, plan.gpu_mem_budget)
-        weights = weight_bytes(model, DTYPES["fp16"])
-        if plan.offload != "nvme":
+        nvme = plan.offload == "nvme"
+        weights = host_bytes(model, plan.pinned, nvme)
+        if not nvme:
             return {plan.gpu: gpu, plan.cpu: {"weights": weights}}
         swapped, buffers = swapped_bytes(model)
         return {
             plan.gpu: gpu,
-            plan.cpu: {"weights": weights - swapped, "swap_buffers": buffers},
+            plan.cpu: {"weights": weights, "swap_buffers": buffers},
             plan.disk: {"weights": swapped},
         }
 
