@@ -42,3 +42,21 @@ def test_a_shared_placed_cost_model_gives_the_same_times(headline):
         args = (sol, plan, rig, model, wl, ends, None)
         assert fl.released_time_per_seq(*args, cm) == fl.released_time_per_seq(*args)
         assert fl._repinned(*args, cm) == fl._repinned(*args)
+
+
+def test_links_are_worked_out_once_per_rig_and_tell_reading_what_they_read(headline):
+    from dataclasses import replace
+
+    from hetsim.hardware.rig import reading
+
+    rig, _, _, ends = headline
+    fl._LINKS.clear()
+    with reading() as first:
+        got = fl.links(rig, *ends)
+    assert got == fl._links(rig, *ends)
+    assert first.routes  # the routes it asked for
+    with reading() as again:  # a hit: the same object, the same reads told
+        assert fl.links(rig, *ends) is got
+    assert again.routes == first.routes and again.links == first.links
+    other = replace(rig)  # another rig object: worked out for it
+    assert fl.links(other, *ends) == got and fl.links(other, *ends) is not got

@@ -65,7 +65,7 @@ from typing import Any
 from ortools.linear_solver import pywraplp
 
 from hetsim.costs.op_cost import block_cost
-from hetsim.hardware.rig import Rig
+from hetsim.hardware.rig import ReadLog, Rig, reading, replay
 from hetsim.models.spec import ModelSpec, Op
 from hetsim.planner.ranking import Estimator, Evaluate, evaluator
 from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
@@ -158,6 +158,28 @@ class Links:
 
 
 def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
+    """``_links`` of the rig's ``(gpu, cpu, disk)``, worked out once per rig object (a search asks per
+    cost model, ~430 times): each time with what working it out read of the rig's links, told again
+    (``Rig.reading``: a sweep's remembered answers), as ``pipeline_costs`` caches per rig."""
+    entry = _LINKS.get(id(rig))
+    if entry is None or entry[0] is not rig:
+        if len(_LINKS) >= 16:
+            _LINKS.clear()
+        entry = _LINKS[id(rig)] = (rig, {})
+    hit = entry[1].get((gpu, cpu, disk))
+    if hit is None:
+        with reading() as log:
+            hit = entry[1][gpu, cpu, disk] = _links(rig, gpu, cpu, disk), log
+    else:
+        replay(hit[1])
+    return hit[0]
+
+
+# rigs are not hashable: by the rig object's id, the entry keeping the rig alive (its id not reused)
+_LINKS: dict[int, tuple[Rig, dict[tuple[str, str, str], tuple[Links, ReadLog]]]] = {}
+
+
+def _links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
     route, back = rig.route(cpu, gpu), rig.route(gpu, cpu)
     if disk:  # each a copy's rate as the engine books it (``Rig.copy_bw``)
         d2g, g2d = rig.copy_bw(disk, gpu), rig.copy_bw(gpu, disk)
