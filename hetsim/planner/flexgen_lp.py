@@ -88,6 +88,7 @@ from hetsim.strategies.flexgen_policy import (
     Shape,
     copy_parts,
     fractions,
+    gpu_weight_bytes,
     kv_token_bytes,
     layer_disk_copies,
     layer_disk_packed,
@@ -1650,7 +1651,7 @@ def to_plan(
         gpu_mem_budget=budget,
     )
     allowed = x["wg"] * sum(s[1] for s in _split_cache(model, sol.flags.compress_weight)) * (1 + 1e-9)
-    while plan.wg > 0 and fractions(model, plan).w_gpu > allowed:
+    while plan.wg > 0 and gpu_weight_bytes(model, plan) > allowed:
         plan = replace(plan, wg=plan.wg - 1, wc=plan.wc + 1)
     return plan
 

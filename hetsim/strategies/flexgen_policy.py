@@ -292,6 +292,13 @@ def layer_weight_split(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float
     return _layer_split(model, *_split_key(plan))
 
 
+def gpu_weight_bytes(model: ModelSpec, plan: FlexGenPlan) -> float:
+    """``fractions(model, plan).w_gpu`` (the same sum) without the CPU share's host memory and the disk
+    share's temporaries, which ``_weight_totals`` works out too: ``to_plan`` lowers the GPU percent one
+    at a time and reads only this."""
+    return sum(s[0] for s in _layer_split(model, *_split_key(plan)))
+
+
 def layer_disk_copies(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, ...], ...]:
     """Each scheduling layer's disk share as FlexGen's copy threads move it: load_weight copies
     tensor by tensor (flex_opt.py: ``w.smart_copy`` per weight), and each disk tensor is a copy of
