@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from hetsim.costs.pinned import pinned_bytes
 from hetsim.models.registry import get_model
+from hetsim.planner import flexgen_lp as fl
 from hetsim.strategies import flexgen_policy as fp
 from hetsim.strategies.flexgen_policy import (
     COPY_RELAY_BYTES,
@@ -114,3 +115,28 @@ def test_memory_plan_is_the_formula_worked_out_whole(name, shape, xs):
     got, want = fp.memory_plan(model, shape, f), _reference(model, shape, f)
     assert got == want
     assert [list(t.items()) for t in got.values()] == [list(t.items()) for t in want.values()]  # order too
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(MODELS), shapes, st.sampled_from((None, *fl.VARS)))
+def test_the_lps_memory_points_are_memory_plans(name, shape, var):
+    """``flexgen_lp._mem`` (a ``Fractions`` built without its ``__init__``, the shape's terms read once)
+    gives ``memory_plan``'s tier totals at the same point."""
+    model = get_model(name)
+    x = {} if var is None else {var: 1.0}
+    whole = fl._whole_weights(model, shape.compress_weight)
+    wtot, wmax, host, temps = whole
+    wc, wd = x.get("wc", 0.0), x.get("wd", 0.0)
+    f = Fractions(
+        x.get("wg", 0.0) * wtot,
+        wc * wtot,
+        wd * wtot,
+        (wc + wd) * wmax,
+        wc * host[0],
+        wc * host[1],
+        wc * host[2],
+        *(x.get(v, 0.0) for v in ("cg", "cc", "cd", "hg", "hc", "hd")),
+        w_packed_temps=wd * temps,
+    )
+    want = {tier: sum(tags.values()) for tier, tags in fp.memory_plan(model, shape, f).items()}
+    assert fl._mem(fp.shape_memory(model, shape), shape, x, whole) == want

@@ -662,7 +662,12 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     relays (``COPY_RELAY_BYTES``, with or without a disk share).
     The KV cache is pre-allocated for ``shape.kv_slots`` tokens, as the runtime does.
     """
-    t = _shape_memory(model, shape)
+    return memory_at(shape_memory(model, shape), shape, f)
+
+
+def memory_at(t: ShapeMemory, shape: Shape, f: Fractions) -> dict[str, dict[str, float]]:
+    """``memory_plan`` from ``shape``'s terms (``shape_memory``), where the caller reads many
+    placements of one shape (the LP's unit vectors, ``flexgen_lp._memory``)."""
     gpu = {
         "weights": f.w_gpu,
         "weight_buffers": 2 * f.w_off_gpu_max,
@@ -697,7 +702,7 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
 
 
 @dataclass(frozen=True)
-class _ShapeMemory:
+class ShapeMemory:
     """``memory_plan``'s terms that depend on the shape alone, not on the fractions."""
 
     kv_total: float  # the whole KV cache's bytes
@@ -710,7 +715,7 @@ class _ShapeMemory:
 
 
 @lru_cache(maxsize=4096)
-def _shape_memory(model: ModelSpec, shape: Shape) -> _ShapeMemory:
+def shape_memory(model: ModelSpec, shape: Shape) -> ShapeMemory:
     """``memory_plan``'s shape terms, worked out once per shape: the LP reads ``memory_plan`` at 10
     points per (gbs, nb, flags) (``flexgen_lp._memory``), ~5,600 times a search."""
     h, s, slots = model.hidden, shape.prompt_len, shape.kv_slots
@@ -749,6 +754,4 @@ def _shape_memory(model: ModelSpec, shape: Shape) -> _ShapeMemory:
         # 180-183): K's and V's data and scales, each an allocation of its own (``copy_parts``)
         parts = sum(pinned_bytes(copy / 2 * k) for k in copy_parts(True))
         kv_copies = at_attention * 2 * parts
-    return _ShapeMemory(
-        kv_total, hidden, act_ws + hid_ws, pinned_hidden, tuple(host.items()), kv_copies, copy
-    )
+    return ShapeMemory(kv_total, hidden, act_ws + hid_ws, pinned_hidden, tuple(host.items()), kv_copies, copy)
