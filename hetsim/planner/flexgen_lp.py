@@ -1285,16 +1285,17 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
         kept = {v: c for v, c in coefs.items() if c}
         row(lower_bound=-_INF, upper_bound=rhs, var_index=[index[v] for v in kept], coefficient=kept.values())
     t = len(cm.bounds)
+    column = index.__getitem__
+    # an epigraph variable's and its rows' upper bounds are left unset: the proto's default, +inf
+    # (linear_solver.proto), what the loader reads (~0.3 us a row less); the lists set after the row
+    # is made (~0.5 us less than as its arguments)
     for (mult, _), forms in zip(cm.slots, cm.forms, strict=True):
-        var(lower_bound=0.0, upper_bound=_INF, objective_coefficient=mult * cm.layers)
+        var(lower_bound=0.0, objective_coefficient=mult * cm.layers)
         for parts in forms:
             offset, coeffs = _row_terms(parts)
-            row(
-                lower_bound=0.0 - offset,
-                upper_bound=_INF,
-                var_index=[t, *map(index.__getitem__, coeffs)],
-                coefficient=[1.0, *coeffs.values()],
-            )
+            r = row(lower_bound=0.0 - offset)
+            r.var_index.extend([t, *map(column, coeffs)])
+            r.coefficient.extend([1.0, *coeffs.values()])
         t += 1
     solver = pywraplp.Solver.CreateSolver("GLOP")
     if solver.LoadModelFromProto(proto):  # refused (a NaN or infinite number): call by call
