@@ -1,4 +1,4 @@
-"""The FlexGen search's memos change no number: ``_t``'s op-block times (kept across LPs) and the
+"""The FlexGen search's memos change no number: ``_cost``'s op-block costs (kept across LPs) and the
 placed cost model ``_confirmable`` shares between ``released_time_per_seq`` and ``_repinned``."""
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ def headline():
 def test_t_memo_gives_block_costs_time_and_a_cold_cost_model_equals_a_warm_one(headline):
     rig, model, wl, ends = headline
     fl._T_MEMO.clear()
+    fl._BY_ID.clear()
     for fl_ in fl.candidate_flags(bool(ends[2])):
         cold = fl._lp_key(fl.cost_model(rig, model, wl, 32, 3, fl_, ends))
-        assert fl._T_MEMO  # filled
-        for (_, ops), (dev, t) in fl._T_MEMO.items():
-            assert t == block_cost(dev, ops).time_s
+        assert fl._T_MEMO and fl._BY_ID  # filled
+        for (_, ops), (dev, cost) in fl._T_MEMO.items():
+            assert cost == block_cost(dev, ops)
+        for (i, j), (dev, ops, cost) in fl._BY_ID.items():  # by identity: the same costs
+            assert (i, j) == (id(dev), id(ops)) and cost == block_cost(dev, ops)
         warm = fl._lp_key(fl.cost_model(rig, model, wl, 32, 3, fl_, ends))
         assert warm == cold
 

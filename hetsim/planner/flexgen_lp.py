@@ -64,7 +64,7 @@ from typing import Any
 
 from ortools.linear_solver import pywraplp
 
-from hetsim.costs.op_cost import block_cost
+from hetsim.costs.op_cost import OpCost, block_cost
 from hetsim.hardware.rig import ReadLog, Rig, reading, replay
 from hetsim.models.spec import ModelSpec, Op
 from hetsim.planner.ranking import Estimator, Evaluate, evaluator
@@ -213,22 +213,35 @@ def _links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
 
 
 def _t(rig: Rig, device: str, ops: tuple[Op, ...]) -> float:
-    if not ops:
-        return 0.0
+    return _cost(rig, device, ops).time_s if ops else 0.0
+
+
+def _cost(rig: Rig, device: str, ops: tuple[Op, ...]) -> OpCost:
+    """``block_cost`` of ``ops`` on the rig's ``device``, remembered (``_T_MEMO``). Most tuples asked
+    for are the same objects again (``substep_ops``' cached ``Ops``): those are found by identity
+    (``_BY_ID``, ~0.3 us) before their ops are hashed (~2 us a tuple of a few ops)."""
     dev = rig.devices[device]
+    hit = _BY_ID.get((id(dev), id(ops)))
+    if hit is not None and hit[0] is dev and hit[1] is ops:
+        return hit[2]
     key = (id(dev), tuple(ops))
-    hit = _T_MEMO.get(key)
-    if hit is None or hit[0] is not dev:
+    got = _T_MEMO.get(key)
+    if got is None or got[0] is not dev:
         if len(_T_MEMO) >= _T_MEMO_MAX:
             _T_MEMO.clear()
-        hit = _T_MEMO[key] = (dev, block_cost(dev, key[1]).time_s)
-    return hit[1]
+        got = _T_MEMO[key] = (dev, block_cost(dev, key[1]))
+    if len(_BY_ID) >= _T_MEMO_MAX:
+        _BY_ID.clear()
+    _BY_ID[id(dev), id(ops)] = (dev, ops, got[1])
+    return got[1]
 
 
-# ``_t``'s results: the LPs of one (gbs, flags) differ in nb, which no op depends on, so a search
+# ``_cost``'s results: the LPs of one (gbs, flags) differ in nb, which no op depends on, so a search
 # costs each op block ~10 times over. Keyed by the device object (held in the value, so its id is
-# not reused while the entry lives) and the ops; block_cost is a pure function of the two.
-_T_MEMO: dict[tuple, tuple[object, float]] = {}
+# not reused while the entry lives) and the ops; block_cost is a pure function of the two. ``_BY_ID``:
+# the same by the ops tuple's identity (held in the value too).
+_T_MEMO: dict[tuple, tuple[object, OpCost]] = {}
+_BY_ID: dict[tuple[int, int], tuple[object, tuple[Op, ...], OpCost]] = {}
 _T_MEMO_MAX = 8192
 
 
@@ -559,7 +572,7 @@ def _slots(
 
 def _host_pace(rig: Rig, cpu: str, ops: tuple[Op, ...]) -> float:
     """The host-DRAM bytes per second CPU work ``ops`` draws (what ``overlap_delay`` shares with a copy)."""
-    return block_cost(rig.devices[cpu], ops).dram_pace
+    return _cost(rig, cpu, ops).dram_pace
 
 
 def _weight_slow(
