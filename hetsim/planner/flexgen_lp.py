@@ -647,8 +647,8 @@ def _kv_load(
     plan's KV fractions, where V's pin is also slowed by K's disk read beside it (tangent forms).
     ``lat``: each disk read's latency, in the timeline a packed part's conversion runs beside."""
     kvb = gbs * kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
-    copy = host_copy_op(kvb)
-    cap = _host_pace(rig, cpu, (copy,))
+    copied = _pin_ops(kvb)
+    cap = _host_pace(rig, cpu, copied)
     pin = overlap_delay(dram, lk.pin, cap) / lk.pin
     # a disk weight's read beside it (its hop follows the KV's DMAs on the link, so not the memcpy;
     # with it: OPT-6.7B 32 x 1 0/50/50, the KV on the CPU, 1024 + 32, LP +1.08 % above the engine)
@@ -660,7 +660,7 @@ def _kv_load(
     packed = packed_parts(compressed)
     hops = [_hop_s(lk, kvb * b, k) for b, k in zip(parts, packed, strict=True)]  # each part's, K's and V's
     link = {"cc": kvb / lk.pin, "cd": sum(hops)}
-    memcpy = _t(rig, cpu, (copy,))
+    memcpy = _t(rig, cpu, copied)
     # K, then V, each pinned then DMA'd (FlexGen's _mixed_load): V's half is pinned while K's DMA
     # runs, so the load's last DMA ends at the later of K's pin then both DMAs and both pins then
     # V's DMA; both are cc times a constant, so their max is one form (``pinned``: what the load
@@ -992,8 +992,14 @@ def _weight_pin(
     bytes, timed by the same op cost. The LP's even spread scales the whole layer's copy by ``wc``
     (the op is linear in its bytes but for its fixed overhead); at a plan's placement, its own bytes."""
     if placed is None:
-        return {"wc": _t(rig, cpu, (host_copy_op(full),))}
-    return {"const": _t(rig, cpu, (host_copy_op(placed[1]),))} if placed[1] > 0 else {}
+        return {"wc": _t(rig, cpu, _pin_ops(full))}
+    return {"const": _t(rig, cpu, _pin_ops(placed[1]))} if placed[1] > 0 else {}
+
+
+@lru_cache(maxsize=1024)
+def _pin_ops(nbytes: float) -> tuple[Op, ...]:
+    """``(host_copy_op(nbytes),)``, the same tuple each time: ``_cost`` finds it by identity."""
+    return (host_copy_op(nbytes),)
 
 
 def _relayed(slot: _Slot, pin: dict[str, float]) -> _Slot:
