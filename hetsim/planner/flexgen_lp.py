@@ -92,6 +92,7 @@ from hetsim.strategies.flexgen_policy import (
     gpu_weight_bytes,
     kv_token_bytes,
     layer_disk_copies,
+    layer_disk_copy_kinds,
     layer_disk_packed,
     layer_weight_split,
     memory_at,
@@ -1053,9 +1054,7 @@ def cost_model(
     where V's pin takes K's disk read as its tangent there (``_second_pass``)."""
     gpu, cpu, disk = ends
     split = None if placed is None else layer_weight_split(model, placed)
-    placed_copies = (
-        () if placed is None else _copies(layer_disk_copies(model, placed), layer_disk_packed(model, placed))
-    )
+    placed_copies = () if placed is None else layer_disk_copy_kinds(model, placed)
     kv_at = None
     if placed is not None:
         f = fractions(model, placed)

@@ -314,6 +314,19 @@ def layer_disk_packed(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[bool, 
     return tuple(_each_layer(_disk_packed, model, *_split_key(plan)))
 
 
+def layer_disk_copy_kinds(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[tuple[float, bool], ...], ...]:
+    """``layer_disk_copies`` and ``layer_disk_packed`` zipped, each copy (bytes, packed?), per layer:
+    worked out once per placement (a FlexGen search's placed cost models ask ~70 times)."""
+    return _layer_copy_kinds(model, *_split_key(plan))
+
+
+@lru_cache(maxsize=1024)
+def _layer_copy_kinds(
+    model: ModelSpec, wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[tuple[tuple[float, bool], ...], ...]:
+    return tuple(_each_layer(_disk_copy_kinds, model, wg, wc, dtype, placement))
+
+
 def _disk_packed(
     tensors: tuple[tuple[int, bool], ...], wg: float, wc: float, dtype: DType, placement: Placement
 ) -> tuple[bool, ...]:
