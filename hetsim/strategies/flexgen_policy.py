@@ -296,7 +296,12 @@ def gpu_weight_bytes(model: ModelSpec, plan: FlexGenPlan) -> float:
     """``fractions(model, plan).w_gpu`` (the same sum) without the CPU share's host memory and the disk
     share's temporaries, which ``_weight_totals`` works out too: ``to_plan`` lowers the GPU percent one
     at a time and reads only this."""
-    return sum(s[0] for s in _layer_split(model, *_split_key(plan)))
+    return _gpu_total(model, *_split_key(plan))
+
+
+@lru_cache(maxsize=1024)
+def _gpu_total(model: ModelSpec, wg: float, wc: float, dtype: DType, placement: Placement) -> float:
+    return sum(s[0] for s in _layer_split(model, wg, wc, dtype, placement))
 
 
 def layer_disk_copies(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, ...], ...]:
