@@ -2186,11 +2186,8 @@ def _lower_bound(cm: CostModel, duals: Sequence[float]) -> float:
     weights: dict[int, list] = {}  # id(form) -> [form, summed multiplier]
     r = 3 + nm  # build_lp's rows: the tier sums, the memory rows, then each slot's forms
     for (mult, _), forms in zip(cm.slots, cm.forms, strict=True):
-        got = duals[r : r + len(forms)]
+        ys = [max(0.0, y) for y in duals[r : r + len(forms)]]
         r += len(forms)
-        if not any(got):  # no multiplier on the slot's rows (most slots): nothing to add
-            continue
-        ys = [max(0.0, y) for y in got]
         cap, total = mult * cm.layers, sum(ys)
         scale = cap / total if total > cap else 1.0
         for y, parts in zip(ys, forms, strict=True):
