@@ -2186,15 +2186,20 @@ def _lower_bound(cm: CostModel, duals: Sequence[float]) -> float:
     weights: dict[int, list] = {}  # id(form) -> [form, summed multiplier]
     r = 3 + nm  # build_lp's rows: the tier sums, the memory rows, then each slot's forms
     for (mult, _), forms in zip(cm.slots, cm.forms, strict=True):
-        ys = [max(0.0, y) for y in duals[r : r + len(forms)]]
+        # max(0.0, y) without the call: y where y > 0, else 0.0 (a NaN, -0.0 too)
+        ys = [y if y > 0.0 else 0.0 for y in duals[r : r + len(forms)]]
         r += len(forms)
         cap, total = mult * cm.layers, sum(ys)
         scale = cap / total if total > cap else 1.0
-        for y, parts in zip(ys, forms, strict=True):
-            if y * scale:
+        # the rows with a multiplier alone (most have none: 0.0 * scale adds nothing)
+        for y, parts in itertools.compress(zip(ys, forms, strict=True), ys):
+            ys_ = y * scale
+            if ys_:
                 for k, form in parts:
-                    w = weights.setdefault(id(form), [form, 0.0])
-                    w[1] += y * scale * k
+                    w = weights.get(id(form))
+                    if w is None:
+                        w = weights[id(form)] = [form, 0.0]
+                    w[1] += ys_ * k
     lin = dict.fromkeys(VARS, 0.0)
     lin["const"] = 0.0
     for form, w in weights.values():
