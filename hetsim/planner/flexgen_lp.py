@@ -91,9 +91,7 @@ from hetsim.strategies.flexgen_policy import (
     fractions,
     gpu_weight_bytes,
     kv_token_bytes,
-    layer_disk_copies,
     layer_disk_copy_kinds,
-    layer_disk_packed,
     layer_weight_split,
     memory_at,
     memory_plan,
@@ -1513,11 +1511,7 @@ def _solved(cm: CostModel) -> tuple[tuple[float, tuple[tuple[str, float], ...]] 
 def _full_copies(model: ModelSpec, compressed_weights: bool) -> Copies:
     """Every layer's tensors as the copy threads move them, all on disk (``_weight_relay``)."""
     plan = FlexGenPlan(wg=0.0, wc=0.0, compress_weight=compressed_weights, placement="continuous")
-    return _copies(layer_disk_copies(model, plan), layer_disk_packed(model, plan))
-
-
-def _copies(sizes: tuple[tuple[float, ...], ...], packed: tuple[tuple[bool, ...], ...]) -> Copies:
-    return tuple(tuple(zip(b, k, strict=True)) for b, k in zip(sizes, packed, strict=True))
+    return layer_disk_copy_kinds(model, plan)
 
 
 def _hop_s(lk: Links, nbytes: float, packed: bool) -> float:
