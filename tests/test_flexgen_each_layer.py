@@ -68,3 +68,29 @@ def test_each_layer_works_each_distinct_layer_out_once():
     assert out == [len(t) * 3 for t in layers]
     assert len(layers) == 2 * model.layers + 2
     assert len(calls) == len({id(t) for t in layers}) == 4  # embedding, attention, MLP, output
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(MODELS), st.integers(0, 100), st.integers(0, 100), st.booleans(), st.booleans())
+def test_gpu_weight_bytes_is_fractions_gpu_total(name, wg, wc, compressed, released):
+    wc = min(wc, 100 - wg)
+    plan = FlexGenPlan(
+        wg=wg, wc=wc, compress_weight=compressed, placement="released" if released else "continuous"
+    )
+    model = get_model(name)
+    assert fp.gpu_weight_bytes(model, plan) == fp.fractions(model, plan).w_gpu
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(MODELS), st.integers(0, 100), st.integers(0, 100), st.booleans(), st.booleans())
+def test_layer_disk_copy_kinds_zips_the_copies_and_their_packing(name, wg, wc, compressed, released):
+    wc = min(wc, 100 - wg)
+    plan = FlexGenPlan(
+        wg=wg, wc=wc, compress_weight=compressed, placement="released" if released else "continuous"
+    )
+    model = get_model(name)
+    want = tuple(
+        tuple(zip(b, k, strict=True))
+        for b, k in zip(fp.layer_disk_copies(model, plan), fp.layer_disk_packed(model, plan), strict=True)
+    )
+    assert fp.layer_disk_copy_kinds(model, plan) == want

@@ -64,8 +64,8 @@ from typing import Any
 
 from ortools.linear_solver import pywraplp
 
-from hetsim.costs.op_cost import block_cost
-from hetsim.hardware.rig import Rig
+from hetsim.costs.op_cost import OpCost, block_cost
+from hetsim.hardware.rig import ReadLog, Rig, reading, replay
 from hetsim.models.spec import ModelSpec, Op
 from hetsim.planner.ranking import Estimator, Evaluate, evaluator
 from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
@@ -86,14 +86,17 @@ from hetsim.strategies.flexgen_policy import (
     FlexGenPlan,
     Fractions,
     Shape,
+    ShapeMemory,
     copy_parts,
     fractions,
+    gpu_weight_bytes,
     kv_token_bytes,
-    layer_disk_copies,
-    layer_disk_packed,
+    layer_disk_copy_kinds,
     layer_weight_split,
+    memory_at,
     memory_plan,
     packed_parts,
+    shape_memory,
     shape_of,
 )
 from hetsim.workload import Step, Workload
@@ -158,6 +161,28 @@ class Links:
 
 
 def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
+    """``_links`` of the rig's ``(gpu, cpu, disk)``, worked out once per rig object (a search asks per
+    cost model, ~430 times): each time with what working it out read of the rig's links, told again
+    (``Rig.reading``: a sweep's remembered answers), as ``pipeline_costs`` caches per rig."""
+    entry = _LINKS.get(id(rig))
+    if entry is None or entry[0] is not rig:
+        if len(_LINKS) >= 16:
+            _LINKS.clear()
+        entry = _LINKS[id(rig)] = (rig, {})
+    hit = entry[1].get((gpu, cpu, disk))
+    if hit is None:
+        with reading() as log:
+            hit = entry[1][gpu, cpu, disk] = _links(rig, gpu, cpu, disk), log
+    else:
+        replay(hit[1])
+    return hit[0]
+
+
+# rigs are not hashable: by the rig object's id, the entry keeping the rig alive (its id not reused)
+_LINKS: dict[int, tuple[Rig, dict[tuple[str, str, str], tuple[Links, ReadLog]]]] = {}
+
+
+def _links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
     route, back = rig.route(cpu, gpu), rig.route(gpu, cpu)
     if disk:  # each a copy's rate as the engine books it (``Rig.copy_bw``)
         d2g, g2d = rig.copy_bw(disk, gpu), rig.copy_bw(gpu, disk)
@@ -187,22 +212,35 @@ def links(rig: Rig, gpu: str, cpu: str, disk: str) -> Links:
 
 
 def _t(rig: Rig, device: str, ops: tuple[Op, ...]) -> float:
-    if not ops:
-        return 0.0
+    return _cost(rig, device, ops).time_s if ops else 0.0
+
+
+def _cost(rig: Rig, device: str, ops: tuple[Op, ...]) -> OpCost:
+    """``block_cost`` of ``ops`` on the rig's ``device``, remembered (``_T_MEMO``). Most tuples asked
+    for are the same objects again (``substep_ops``' cached ``Ops``): those are found by identity
+    (``_BY_ID``, ~0.3 us) before their ops are hashed (~2 us a tuple of a few ops)."""
     dev = rig.devices[device]
+    hit = _BY_ID.get((id(dev), id(ops)))
+    if hit is not None and hit[0] is dev and hit[1] is ops:
+        return hit[2]
     key = (id(dev), tuple(ops))
-    hit = _T_MEMO.get(key)
-    if hit is None or hit[0] is not dev:
+    got = _T_MEMO.get(key)
+    if got is None or got[0] is not dev:
         if len(_T_MEMO) >= _T_MEMO_MAX:
             _T_MEMO.clear()
-        hit = _T_MEMO[key] = (dev, block_cost(dev, key[1]).time_s)
-    return hit[1]
+        got = _T_MEMO[key] = (dev, block_cost(dev, key[1]))
+    if len(_BY_ID) >= _T_MEMO_MAX:
+        _BY_ID.clear()
+    _BY_ID[id(dev), id(ops)] = (dev, ops, got[1])
+    return got[1]
 
 
-# ``_t``'s results: the LPs of one (gbs, flags) differ in nb, which no op depends on, so a search
+# ``_cost``'s results: the LPs of one (gbs, flags) differ in nb, which no op depends on, so a search
 # costs each op block ~10 times over. Keyed by the device object (held in the value, so its id is
-# not reused while the entry lives) and the ops; block_cost is a pure function of the two.
-_T_MEMO: dict[tuple, tuple[object, float]] = {}
+# not reused while the entry lives) and the ops; block_cost is a pure function of the two. ``_BY_ID``:
+# the same by the ops tuple's identity (held in the value too).
+_T_MEMO: dict[tuple, tuple[object, OpCost]] = {}
+_BY_ID: dict[tuple[int, int], tuple[object, tuple[Op, ...], OpCost]] = {}
 _T_MEMO_MAX = 8192
 
 
@@ -533,7 +571,7 @@ def _slots(
 
 def _host_pace(rig: Rig, cpu: str, ops: tuple[Op, ...]) -> float:
     """The host-DRAM bytes per second CPU work ``ops`` draws (what ``overlap_delay`` shares with a copy)."""
-    return block_cost(rig.devices[cpu], ops).dram_pace
+    return _cost(rig, cpu, ops).dram_pace
 
 
 def _weight_slow(
@@ -608,8 +646,8 @@ def _kv_load(
     plan's KV fractions, where V's pin is also slowed by K's disk read beside it (tangent forms).
     ``lat``: each disk read's latency, in the timeline a packed part's conversion runs beside."""
     kvb = gbs * kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
-    copy = host_copy_op(kvb)
-    cap = _host_pace(rig, cpu, (copy,))
+    copied = _pin_ops(kvb)
+    cap = _host_pace(rig, cpu, copied)
     pin = overlap_delay(dram, lk.pin, cap) / lk.pin
     # a disk weight's read beside it (its hop follows the KV's DMAs on the link, so not the memcpy;
     # with it: OPT-6.7B 32 x 1 0/50/50, the KV on the CPU, 1024 + 32, LP +1.08 % above the engine)
@@ -621,7 +659,7 @@ def _kv_load(
     packed = packed_parts(compressed)
     hops = [_hop_s(lk, kvb * b, k) for b, k in zip(parts, packed, strict=True)]  # each part's, K's and V's
     link = {"cc": kvb / lk.pin, "cd": sum(hops)}
-    memcpy = _t(rig, cpu, (copy,))
+    memcpy = _t(rig, cpu, copied)
     # K, then V, each pinned then DMA'd (FlexGen's _mixed_load): V's half is pinned while K's DMA
     # runs, so the load's last DMA ends at the later of K's pin then both DMAs and both pins then
     # V's DMA; both are cc times a constant, so their max is one form (``pinned``: what the load
@@ -950,8 +988,14 @@ def _weight_pin(
     bytes, timed by the same op cost. The LP's even spread scales the whole layer's copy by ``wc``
     (the op is linear in its bytes but for its fixed overhead); at a plan's placement, its own bytes."""
     if placed is None:
-        return {"wc": _t(rig, cpu, (host_copy_op(full),))}
-    return {"const": _t(rig, cpu, (host_copy_op(placed[1]),))} if placed[1] > 0 else {}
+        return {"wc": _t(rig, cpu, _pin_ops(full))}
+    return {"const": _t(rig, cpu, _pin_ops(placed[1]))} if placed[1] > 0 else {}
+
+
+@lru_cache(maxsize=1024)
+def _pin_ops(nbytes: float) -> tuple[Op, ...]:
+    """``(host_copy_op(nbytes),)``, the same tuple each time: ``_cost`` finds it by identity."""
+    return (host_copy_op(nbytes),)
 
 
 def _relayed(slot: _Slot, pin: dict[str, float]) -> _Slot:
@@ -1005,9 +1049,7 @@ def cost_model(
     where V's pin takes K's disk read as its tangent there (``_second_pass``)."""
     gpu, cpu, disk = ends
     split = None if placed is None else layer_weight_split(model, placed)
-    placed_copies = (
-        () if placed is None else _copies(layer_disk_copies(model, placed), layer_disk_packed(model, placed))
-    )
+    placed_copies = () if placed is None else layer_disk_copy_kinds(model, placed)
     kv_at = None
     if placed is not None:
         f = fractions(model, placed)
@@ -1064,23 +1106,22 @@ def _memory(
             v = 1.0 if t == fl.cache_tier else 0.0
             bounds["c" + t] = (v, v)
     # Memory: evaluate the shared formulas at unit vectors (they are linear in the fractions).
-    wtot = sum(s[1] for s in _split_cache(model, fl.compress_weight))
-    wmax = max(s[1] for s in _split_cache(model, fl.compress_weight))
+    whole = _whole_weights(model, fl.compress_weight)
     flags = (fl.cpu_attention, fl.compress_cache, fl.compress_weight)
     # a compressed cache lies wholly on its flags' tier (exact copies, ``kv_load_copies``); an
     # uncompressed one's fractions are solved for: its copies counted as for a split cache ("")
     shape = Shape(
         gbs, nb, wl.prompt_len, wl.kv_slots, *flags, fl.pin_weight, fl.cache_tier if fl.compress_cache else ""
     )
-    host = _host_cache(model, fl.compress_weight)
-    base = _mem(model, shape, {}, wtot, wmax, host)
+    terms = shape_memory(model, shape)
+    base = _mem(terms, shape, {}, whole)
     cap_gpu = rig.devices[gpu].mem_bytes
     caps = {
         "gpu": cap_gpu if gpu_budget is None else min(gpu_budget, cap_gpu),
         "cpu": rig.devices[cpu].mem_bytes,
         "disk": rig.disks[disk].capacity_bytes if disk else 0.0,
     }
-    unit = {v: _mem(model, shape, {v: 1.0}, wtot, wmax, host) for v in VARS}  # once for the three tiers
+    unit = {v: _mem(terms, shape, {v: 1.0}, whole) for v in VARS}  # once for the three tiers
     rows = []
     for tier, cap in caps.items():  # in GB: keeps the LP well scaled
         coefs = {v: (unit[v][tier] - base[tier]) / 1e9 for v in VARS}
@@ -1257,16 +1298,17 @@ def build_lp(cm: CostModel) -> tuple[pywraplp.Solver, dict[str, pywraplp.Variabl
         kept = {v: c for v, c in coefs.items() if c}
         row(lower_bound=-_INF, upper_bound=rhs, var_index=[index[v] for v in kept], coefficient=kept.values())
     t = len(cm.bounds)
+    column = index.__getitem__
+    # an epigraph variable's and its rows' upper bounds are left unset: the proto's default, +inf
+    # (linear_solver.proto), what the loader reads (~0.3 us a row less); the lists set after the row
+    # is made (~0.5 us less than as its arguments)
     for (mult, _), forms in zip(cm.slots, cm.forms, strict=True):
-        var(lower_bound=0.0, upper_bound=_INF, objective_coefficient=mult * cm.layers)
+        var(lower_bound=0.0, objective_coefficient=mult * cm.layers)
         for parts in forms:
             offset, coeffs = _row_terms(parts)
-            row(
-                lower_bound=0.0 - offset,
-                upper_bound=_INF,
-                var_index=[t, *map(index.__getitem__, coeffs)],
-                coefficient=[1.0, *coeffs.values()],
-            )
+            r = row(lower_bound=0.0 - offset)
+            r.var_index.extend([t, *map(column, coeffs)])
+            r.coefficient.extend([1.0, *coeffs.values()])
         t += 1
     solver = pywraplp.Solver.CreateSolver("GLOP")
     if solver.LoadModelFromProto(proto):  # refused (a NaN or infinite number): call by call
@@ -1466,11 +1508,7 @@ def _solved(cm: CostModel) -> tuple[tuple[float, tuple[tuple[str, float], ...]] 
 def _full_copies(model: ModelSpec, compressed_weights: bool) -> Copies:
     """Every layer's tensors as the copy threads move them, all on disk (``_weight_relay``)."""
     plan = FlexGenPlan(wg=0.0, wc=0.0, compress_weight=compressed_weights, placement="continuous")
-    return _copies(layer_disk_copies(model, plan), layer_disk_packed(model, plan))
-
-
-def _copies(sizes: tuple[tuple[float, ...], ...], packed: tuple[tuple[bool, ...], ...]) -> Copies:
-    return tuple(tuple(zip(b, k, strict=True)) for b, k in zip(sizes, packed, strict=True))
+    return layer_disk_copy_kinds(model, plan)
 
 
 def _hop_s(lk: Links, nbytes: float, packed: bool) -> float:
@@ -1559,33 +1597,52 @@ def _host_cache(model: ModelSpec, compressed_weights: bool) -> tuple[float, floa
     return f.w_cpu_pinned, f.w_cpu_unpinned, f.w_cpu_relay
 
 
+Whole = tuple[float, float, tuple[float, float, float], float]  # ``_whole_weights``
+
+
+@lru_cache(maxsize=64)
+def _whole_weights(model: ModelSpec, compressed_weights: bool) -> Whole:
+    """What ``_mem`` scales by the fractions: the weights' bytes, the largest layer's, the host memory
+    of them all on the CPU (``_host_cache``), the temporaries of them all on disk (``_disk_temps``)."""
+    split = _split_cache(model, compressed_weights)
+    return (
+        sum(s[1] for s in split),
+        max(s[1] for s in split),
+        _host_cache(model, compressed_weights),
+        _disk_temps(model, compressed_weights),
+    )
+
+
 def _mem(
-    model: ModelSpec,
+    terms: ShapeMemory,
     shape: Shape,
     x: dict[str, float],
-    wtot: float,
-    wmax: float,
-    host: tuple[float, float, float],
+    whole: Whole,
 ) -> dict[str, float]:
     g = x.get
+    wtot, wmax, host, temps = whole
     wc = g("wc", 0.0)
-    f = Fractions(
-        w_gpu=g("wg", 0.0) * wtot,
-        w_cpu=wc * wtot,
-        w_disk=g("wd", 0.0) * wtot,
-        w_off_gpu_max=(wc + g("wd", 0.0)) * wmax,
-        w_cpu_pinned=wc * host[0],
-        w_cpu_unpinned=wc * host[1],
-        w_cpu_relay=wc * host[2],
-        cg=g("cg", 0.0),
-        cc=g("cc", 0.0),
-        cd=g("cd", 0.0),
-        hg=g("hg", 0.0),
-        hc=g("hc", 0.0),
-        hd=g("hd", 0.0),
-        w_packed_temps=g("wd", 0.0) * _disk_temps(model, shape.compress_weight),
-    )
-    return {tier: sum(tags.values()) for tier, tags in memory_plan(model, shape, f).items()}
+    values = {
+        "w_gpu": g("wg", 0.0) * wtot,
+        "w_cpu": wc * wtot,
+        "w_disk": g("wd", 0.0) * wtot,
+        "w_off_gpu_max": (wc + g("wd", 0.0)) * wmax,
+        "w_cpu_pinned": wc * host[0],
+        "w_cpu_unpinned": wc * host[1],
+        "w_cpu_relay": wc * host[2],
+        "cg": g("cg", 0.0),
+        "cc": g("cc", 0.0),
+        "cd": g("cd", 0.0),
+        "hg": g("hg", 0.0),
+        "hc": g("hc", 0.0),
+        "hd": g("hd", 0.0),
+        "w_packed_temps": g("wd", 0.0) * temps,
+    }
+    # built as ``_with`` builds slots, without the frozen ``__init__``'s 14 ``object.__setattr__``
+    # (~4.8 -> ~0.7 us; ``_memory`` builds 10 per (gbs, nb, flags), ~5,600 a search)
+    f = object.__new__(Fractions)
+    f.__dict__.update(values)
+    return {tier: sum(tags.values()) for tier, tags in memory_at(terms, shape, f).items()}
 
 
 @lru_cache(maxsize=64)
@@ -1634,7 +1691,7 @@ def to_plan(
         gpu_mem_budget=budget,
     )
     allowed = x["wg"] * sum(s[1] for s in _split_cache(model, sol.flags.compress_weight)) * (1 + 1e-9)
-    while plan.wg > 0 and fractions(model, plan).w_gpu > allowed:
+    while plan.wg > 0 and gpu_weight_bytes(model, plan) > allowed:
         plan = replace(plan, wg=plan.wg - 1, wc=plan.wc + 1)
     return plan
 
@@ -2129,15 +2186,20 @@ def _lower_bound(cm: CostModel, duals: Sequence[float]) -> float:
     weights: dict[int, list] = {}  # id(form) -> [form, summed multiplier]
     r = 3 + nm  # build_lp's rows: the tier sums, the memory rows, then each slot's forms
     for (mult, _), forms in zip(cm.slots, cm.forms, strict=True):
-        ys = [max(0.0, y) for y in duals[r : r + len(forms)]]
+        # max(0.0, y) without the call: y where y > 0, else 0.0 (a NaN, -0.0 too)
+        ys = [y if y > 0.0 else 0.0 for y in duals[r : r + len(forms)]]
         r += len(forms)
         cap, total = mult * cm.layers, sum(ys)
         scale = cap / total if total > cap else 1.0
-        for y, parts in zip(ys, forms, strict=True):
-            if y * scale:
+        # the rows with a multiplier alone (most have none: 0.0 * scale adds nothing)
+        for y, parts in itertools.compress(zip(ys, forms, strict=True), ys):
+            ys_ = y * scale
+            if ys_:
                 for k, form in parts:
-                    w = weights.setdefault(id(form), [form, 0.0])
-                    w[1] += y * scale * k
+                    w = weights.get(id(form))
+                    if w is None:
+                        w = weights[id(form)] = [form, 0.0]
+                    w[1] += ys_ * k
     lin = dict.fromkeys(VARS, 0.0)
     lin["const"] = 0.0
     for form, w in weights.values():

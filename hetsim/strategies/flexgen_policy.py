@@ -292,6 +292,18 @@ def layer_weight_split(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float
     return _layer_split(model, *_split_key(plan))
 
 
+def gpu_weight_bytes(model: ModelSpec, plan: FlexGenPlan) -> float:
+    """``fractions(model, plan).w_gpu`` (the same sum) without the CPU share's host memory and the disk
+    share's temporaries, which ``_weight_totals`` works out too: ``to_plan`` lowers the GPU percent one
+    at a time and reads only this."""
+    return _gpu_total(model, *_split_key(plan))
+
+
+@lru_cache(maxsize=1024)
+def _gpu_total(model: ModelSpec, wg: float, wc: float, dtype: DType, placement: Placement) -> float:
+    return sum(s[0] for s in _layer_split(model, wg, wc, dtype, placement))
+
+
 def layer_disk_copies(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[float, ...], ...]:
     """Each scheduling layer's disk share as FlexGen's copy threads move it: load_weight copies
     tensor by tensor (flex_opt.py: ``w.smart_copy`` per weight), and each disk tensor is a copy of
@@ -305,6 +317,19 @@ def layer_disk_packed(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[bool, 
     the copy threads' fp16 relay it hops to the GPU from a pageable temporary (flexgen.py:
     ``_via_host``'s ``packed``)."""
     return tuple(_each_layer(_disk_packed, model, *_split_key(plan)))
+
+
+def layer_disk_copy_kinds(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[tuple[float, bool], ...], ...]:
+    """``layer_disk_copies`` and ``layer_disk_packed`` zipped, each copy (bytes, packed?), per layer:
+    worked out once per placement (a FlexGen search's placed cost models ask ~70 times)."""
+    return _layer_copy_kinds(model, *_split_key(plan))
+
+
+@lru_cache(maxsize=1024)
+def _layer_copy_kinds(
+    model: ModelSpec, wg: float, wc: float, dtype: DType, placement: Placement
+) -> tuple[tuple[tuple[float, bool], ...], ...]:
+    return tuple(_each_layer(_disk_copy_kinds, model, wg, wc, dtype, placement))
 
 
 def _disk_packed(
@@ -655,6 +680,62 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     relays (``COPY_RELAY_BYTES``, with or without a disk share).
     The KV cache is pre-allocated for ``shape.kv_slots`` tokens, as the runtime does.
     """
+    return memory_at(shape_memory(model, shape), shape, f)
+
+
+def memory_at(t: ShapeMemory, shape: Shape, f: Fractions) -> dict[str, dict[str, float]]:
+    """``memory_plan`` from ``shape``'s terms (``shape_memory``), where the caller reads many
+    placements of one shape (the LP's unit vectors, ``flexgen_lp._memory``)."""
+    gpu = {
+        "weights": f.w_gpu,
+        "weight_buffers": 2 * f.w_off_gpu_max,
+        "kv_cache": f.cg * t.kv_total,
+        "hidden": f.hg * t.hidden,
+        "working": t.working,
+    }
+    # host memory as torch allocates it (``pinned_bytes``): the weights per tensor (``Fractions``), a
+    # CPU hidden state one pinned allocation per GPU batch (pytorch_backend.py:184-190, pin_memory None
+    # on the CPU); the KV cache is not pinned (:292-293)
+    cpu = {
+        "weights": f.w_cpu_pinned if shape.pin_weight else f.w_cpu_unpinned,
+        "kv_cache": f.cc * t.kv_total,
+        "hidden": f.hc * shape.nb * t.hidden_pinned,
+    }
+    if not shape.pin_weight and f.w_cpu_relay:
+        cpu["weight_relay"] = f.w_cpu_relay
+    cpu.update(t.attention_host)
+    if t.kv_copies is not None:
+        cpu["kv_copies"] = t.kv_copies
+    cpu["copy_relays"] = COPY_RELAY_BYTES
+    # the copy threads' pageable uint8 temporaries of packed parts bound for the GPU (``_via_host``): a
+    # layer's 4-bit weights on disk, and a 4-bit cache on disk that GPU attention loads (K's and V's
+    # data of one batch; with CPU attention it goes to the CPU, no relay); transient, at their peak
+    if shape.compress_weight or shape.compress_cache:
+        kv = zip(copy_parts(True), packed_parts(True), strict=True)
+        copy = t.kv_copy
+        kv_parts = () if shape.cpu_attention else tuple((copy * f.cd / 2 * k, p) for k, p in kv) * 2
+        cpu["packed_temporaries"] = f.w_packed_temps + packed_temporaries(kv_parts)
+    disk = {"weights": f.w_disk, "kv_cache": f.cd * t.kv_total, "hidden": f.hd * t.hidden}
+    return {"gpu": gpu, "cpu": cpu, "disk": disk}
+
+
+@dataclass(frozen=True)
+class ShapeMemory:
+    """``memory_plan``'s terms that depend on the shape alone, not on the fractions."""
+
+    kv_total: float  # the whole KV cache's bytes
+    hidden: float  # the block's hidden states
+    working: float  # the GPU's working set: the largest layer peak, a batch's input and output
+    hidden_pinned: float  # one GPU batch's CPU hidden state as a pinned allocation
+    attention_host: tuple[tuple[str, float], ...]  # CPU attention's host workspace and temporaries
+    kv_copies: float | None  # a compressed cache's pinned copies on the CPU, where it makes them
+    kv_copy: float  # load_cache's copy of one batch's K and V, bytes
+
+
+@lru_cache(maxsize=4096)
+def shape_memory(model: ModelSpec, shape: Shape) -> ShapeMemory:
+    """``memory_plan``'s shape terms, worked out once per shape: the LP reads ``memory_plan`` at 10
+    points per (gbs, nb, flags) (``flexgen_lp._memory``), ~5,600 times a search."""
     h, s, slots = model.hidden, shape.prompt_len, shape.kv_slots
     bls, gbs = shape.gbs * shape.nb, shape.gbs
     kvb = kv_token_bytes(model, shape.compress_cache)
@@ -682,37 +763,13 @@ def memory_plan(model: ModelSpec, shape: Shape, f: Fractions) -> dict[str, dict[
     # attention and MLP are separate layers in the released loop: their peaks do not coexist
     act_ws = max(*prefill.values(), *decode.values())
     hid_ws = 2 * gbs * s * h * 2.0  # a batch's input (loaded) and output (to be stored)
-    gpu = {
-        "weights": f.w_gpu,
-        "weight_buffers": 2 * f.w_off_gpu_max,
-        "kv_cache": f.cg * kv_total,
-        "hidden": f.hg * hidden,
-        "working": act_ws + hid_ws,
-    }
-    # host memory as torch allocates it (``pinned_bytes``): the weights per tensor (``Fractions``), a
-    # CPU hidden state one pinned allocation per GPU batch (pytorch_backend.py:184-190, pin_memory None
-    # on the CPU); the KV cache is not pinned (:292-293)
-    cpu = {
-        "weights": f.w_cpu_pinned if shape.pin_weight else f.w_cpu_unpinned,
-        "kv_cache": f.cc * kv_total,
-        "hidden": f.hc * shape.nb * pinned_bytes(gbs * s * h * 2.0),
-    }
-    if not shape.pin_weight and f.w_cpu_relay:
-        cpu["weight_relay"] = f.w_cpu_relay
-    if shape.cpu_attention:
-        cpu.update(cpu_attention_host(model, gbs, slots, shape.compress_cache))
+    host = cpu_attention_host(model, gbs, slots, shape.compress_cache) if shape.cpu_attention else {}
+    # a CPU hidden state: one pinned allocation per GPU batch (see memory_plan)
+    pinned_hidden = pinned_bytes(gbs * s * h * 2.0)
+    kv_copies = None
     if where == "cpu":
         # a compressed copy made on the CPU is pinned (TorchDevice.allocate's default, pytorch_backend.py:
         # 180-183): K's and V's data and scales, each an allocation of its own (``copy_parts``)
         parts = sum(pinned_bytes(copy / 2 * k) for k in copy_parts(True))
-        cpu["kv_copies"] = at_attention * 2 * parts
-    cpu["copy_relays"] = COPY_RELAY_BYTES
-    # the copy threads' pageable uint8 temporaries of packed parts bound for the GPU (``_via_host``): a
-    # layer's 4-bit weights on disk, and a 4-bit cache on disk that GPU attention loads (K's and V's
-    # data of one batch; with CPU attention it goes to the CPU, no relay); transient, at their peak
-    if shape.compress_weight or shape.compress_cache:
-        kv = zip(copy_parts(True), packed_parts(True), strict=True)
-        kv_parts = () if shape.cpu_attention else tuple((copy * f.cd / 2 * k, p) for k, p in kv) * 2
-        cpu["packed_temporaries"] = f.w_packed_temps + packed_temporaries(kv_parts)
-    disk = {"weights": f.w_disk, "kv_cache": f.cd * kv_total, "hidden": f.hd * hidden}
-    return {"gpu": gpu, "cpu": cpu, "disk": disk}
+        kv_copies = at_attention * 2 * parts
+    return ShapeMemory(kv_total, hidden, act_ws + hid_ws, pinned_hidden, tuple(host.items()), kv_copies, copy)
