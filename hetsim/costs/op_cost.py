@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,12 +211,17 @@ def combine(costs: list[OpCost] | tuple[OpCost, ...]) -> OpCost:
     )
 
 
-def block_cost(device: ComputeDevice, ops: tuple[Op, ...]) -> OpCost:
+def block_cost(
+    device: ComputeDevice, ops: tuple[Op, ...], cost: Callable[[Op], OpCost] | None = None
+) -> OpCost:
     """Ops run back to back on one device as one task, as the device's kernels run them: fused
-    (``hetsim.models.fusion``) where its profile says the engine fuses, else one kernel per op."""
+    (``hetsim.models.fusion``) where its profile says the engine fuses, else one kernel per op.
+    ``cost``: ``op_cost`` of ``device`` and an op, remembered by the caller (the engine's cache)."""
     if device.efficiency.fused_kernels:
         ops = fuse(tuple(ops))
-    return combine([op_cost(device, o) for o in ops])
+    if cost is None:
+        return combine([op_cost(device, o) for o in ops])
+    return combine([cost(o) for o in ops])
 
 
 def repeated(cost: OpCost, times: int) -> OpCost:

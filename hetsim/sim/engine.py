@@ -408,7 +408,17 @@ class Engine:
             if isinstance(ops, Op):
                 cost = op_cost(dev, ops)
             else:
-                cost = block_cost(dev, ops)
+                # each op's cost by its value too: a block of a new shape (a decode step's next KV
+                # length) repeats all but its attention op, whose costs are known (~6 us each)
+                costs = self._op_costs
+
+                def one(op: Op) -> OpCost:
+                    hit = costs.get((device, op))
+                    if hit is None:
+                        hit = costs[device, op] = op_cost(dev, op)
+                    return hit
+
+                cost = block_cost(dev, ops, one)
             self._op_costs[key] = cost
             self._op_costs_by_id[(device, id(ops))] = (ops, cost)
         return cost
