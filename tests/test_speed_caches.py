@@ -83,7 +83,7 @@ def test_booking_without_an_event_changes_no_result(monkeypatch, model, rig, str
 
 
 def _fresh_costs(rig):
-    return {}, {}
+    return {}, {}, {}  # no op costs kept, no twin devices
 
 
 def test_op_costs_shared_between_engines_change_no_result(monkeypatch):

@@ -101,6 +101,15 @@ def cost_key(device: ComputeDevice) -> Hashable | None:
     return None if _holds(key, _UNKNOWN) else key
 
 
+def twin_key(device: ComputeDevice) -> Hashable | None:
+    """``cost_key`` less what names the device and places it (its name, its node): devices with equal
+    keys (a rig's identical sockets or cards) give every op the same cost. None as ``cost_key``."""
+    fields = dataclasses.fields(device)
+    skip = (*_NOT_COST_FIELDS, "name", "node")
+    key = _plain(tuple(getattr(device, f.name) for f in fields if f.name not in skip))
+    return None if _holds(key, _UNKNOWN) else key
+
+
 _UNKNOWN = object()
 
 
