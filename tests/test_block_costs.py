@@ -59,3 +59,36 @@ def test_blocks_costed_op_by_op_afresh_change_no_result(monkeypatch, model, rig,
     monkeypatch.setattr(engine_mod, "block_cost", lambda dev, ops, cost=None: real(dev, ops))
     assert [repr(r) for r in api.compare(p, strategies)] == kept
     assert "feasible=True" in "".join(kept)
+
+
+def test_a_twin_device_takes_the_costs_its_twin_worked_out(monkeypatch):
+    """A rig's identical sockets share op costs: the second asks op_cost nothing."""
+    op_cost_mod = importlib.import_module("hetsim.costs.op_cost")
+    calls = []
+    real = op_cost_mod.op_cost
+    counted = lambda dev, op: calls.append(dev.name) or real(dev, op)  # noqa: E731
+    monkeypatch.setattr(engine_mod, "op_cost", counted)
+    monkeypatch.setattr(op_cost_mod, "op_cost", counted)
+    monkeypatch.setattr(engine_mod, "_RIG_COSTS", {})
+    monkeypatch.setattr(engine_mod, "_DEVICE_COSTS", {})
+    rig = load_rig("mixed-lab")
+    engine = Engine(rig)
+    whole = layer_blocks(get_model("llama2-7b"), "decode", 3, 1, 33).whole
+    first = engine.cost_of("n0.cpu0", whole)
+    assert calls and set(calls) == {"n0.cpu0"}
+    calls.clear()
+    assert engine.cost_of("n1.cpu1", whole) == first
+    assert engine.cost_of("n1.cpu1", whole[0]) == engine.cost_of("n0.cpu0", whole[0])
+    assert calls == []  # the lone op too: n0.cpu0 costed it within the block
+    assert engine.cost_of("n1.gpu0", whole) != engine.cost_of("n0.gpu0", whole)  # A6000, A100: no twins
+
+
+@pytest.mark.parametrize("strategies", [["cpu-tp", "hexgen", "gpu-only"], ["deepspeed", "hetegen"]])
+def test_costs_without_twins_change_no_result(monkeypatch, strategies):
+    p = api.problem("llama2-70b", "mixed-lab", 2, 128, 8)
+    kept = [repr(r) for r in api.compare(p, strategies)]
+    monkeypatch.setattr(engine_mod, "_RIG_COSTS", {})
+    monkeypatch.setattr(engine_mod, "_DEVICE_COSTS", {})
+    monkeypatch.setattr(engine_mod, "twin_key", lambda dev: None)
+    assert [repr(r) for r in api.compare(p, strategies)] == kept
+    assert "feasible=True" in "".join(kept)
