@@ -199,22 +199,33 @@ def combine(costs: list[OpCost] | tuple[OpCost, ...]) -> OpCost:
     (sum of each op's max(compute, memory)) so that, on a CPU, the block's DRAM traffic is spread
     over it at its average rate and contention with DMA stretches it as it would stretch each op.
     """
-    busy = sum(max(c.compute_s, c.memory_s) for c in costs)
-    nbytes = sum(c.memory_bytes for c in costs)
-    time_s = sum(c.time_s for c in costs)
+    # One pass for the sums (each ``sum()``'s: from 0, in order; ``max(a, b)`` is ``b if b > a else
+    # a``): a new block shape is combined for each engine that meets it, ~3,800 on the headline.
+    busy = nbytes = time_s = memory_s = overhead_s = bound_s = 0
+    issued = False
+    for c in costs:
+        a, b = c.compute_s, c.memory_s
+        busy += b if b > a else a
+        nbytes += c.memory_bytes
+        time_s += c.time_s
+        memory_s += b
+        overhead_s += c.overhead_s
+        bound_s += c.memory_bound_s
+        if c.issue_s:
+            issued = True
     issue = device = 0.0
-    if any(c.issue_s for c in costs):  # the host issues ahead over the whole run (module docstring)
+    if issued:  # the host issues ahead over the whole run (module docstring)
         issue = sum(c.issue_s for c in costs)
         device = sum(c.device_s if c.issue_s else c.time_s for c in costs)
         time_s = paced(issue, device)
     return OpCost(
         time_s=time_s,
         compute_s=busy,
-        memory_s=sum(c.memory_s for c in costs),
-        overhead_s=sum(c.overhead_s for c in costs),
+        memory_s=memory_s,
+        overhead_s=overhead_s,
         memory_bytes=nbytes,
         achieved_mem_bw=nbytes / busy if busy > 0 else float("inf"),
-        memory_bound_s=sum(c.memory_bound_s for c in costs),
+        memory_bound_s=bound_s,
         issue_s=issue,
         device_s=device,
     )
