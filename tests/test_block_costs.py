@@ -9,7 +9,9 @@ import importlib
 import pytest
 
 from hetsim import api
+from hetsim.costs.op_cost import block_cost, op_cost
 from hetsim.hardware import load_rig
+from hetsim.hardware.types import MatmulCurve
 from hetsim.models import get_model
 from hetsim.models.sharding import layer_blocks
 from hetsim.sim import engine as engine_mod
@@ -92,3 +94,45 @@ def test_costs_without_twins_change_no_result(monkeypatch, strategies):
     monkeypatch.setattr(engine_mod, "twin_key", lambda dev: None)
     assert [repr(r) for r in api.compare(p, strategies)] == kept
     assert "feasible=True" in "".join(kept)
+
+
+def _changed(dev, what):
+    """``dev`` with one field op_cost reads changed (a per-instance override, a measured profile)."""
+    eff = dev.efficiency
+    return {
+        "fused": lambda: dataclasses.replace(dev, efficiency=dataclasses.replace(eff, fused_kernels=True)),
+        "bandwidth": lambda: dataclasses.replace(dev, mem_bw=dev.mem_bw * 0.9),
+        "peak": lambda: dataclasses.replace(dev, peak_flops={k: v * 0.9 for k, v in dev.peak_flops.items()}),
+        "overhead by dtype": lambda: dataclasses.replace(
+            dev, efficiency=dataclasses.replace(eff, overhead_by_dtype={"fp16": 5e-5})
+        ),
+        "measured rows": lambda: dataclasses.replace(
+            dev,
+            efficiency=dataclasses.replace(
+                eff, matmul_by_dtype={"fp16": MatmulCurve(0.8, 10.0, 0.7, 100.0, ((2.0, 0.1), (64.0, 0.6)))}
+            ),
+        ),
+        "issue": lambda: dataclasses.replace(dev, efficiency=dataclasses.replace(eff, kernel_issue_s=7e-6)),
+    }[what]()
+
+
+_CHANGES = ["fused", "bandwidth", "peak", "overhead by dtype", "measured rows", "issue"]
+
+
+@pytest.mark.parametrize("what", _CHANGES)
+@pytest.mark.parametrize("device", ["n1.cpu1", "n1.gpu1"])
+def test_a_device_unlike_its_twins_in_any_costed_field_keeps_its_own_costs(monkeypatch, device, what):
+    """One of a rig's identical sockets or cards with a field op_cost reads overridden is no twin:
+    every device's block and op costs are its own, whichever device asks first."""
+    monkeypatch.setattr(engine_mod, "_RIG_COSTS", {})
+    monkeypatch.setattr(engine_mod, "_DEVICE_COSTS", {})
+    rig = load_rig("mixed-lab")
+    rig = dataclasses.replace(rig, devices={**rig.devices, device: _changed(rig.devices[device], what)})
+    engine = Engine(rig)
+    model = get_model("llama2-7b")
+    blocks = (layer_blocks(model, "decode", 3, 1, 71), layer_blocks(model, "prefill", 2, 64, 64))
+    for whole in (b.whole for b in blocks):
+        for name in sorted(rig.devices):  # n0.* first: the overridden device asks after its old twins
+            dev = rig.devices[name]
+            assert repr(engine.cost_of(name, whole)) == repr(block_cost(dev, whole))
+            assert [repr(engine.cost_of(name, o)) for o in whole] == [repr(op_cost(dev, o)) for o in whole]
