@@ -83,7 +83,7 @@ def test_booking_without_an_event_changes_no_result(monkeypatch, model, rig, str
 
 
 def _fresh_costs(rig):
-    return {}, {}
+    return {}, {}, {}  # no op costs kept, no twin devices
 
 
 def test_op_costs_shared_between_engines_change_no_result(monkeypatch):
@@ -449,3 +449,42 @@ def test_deepspeed_works_out_a_models_block_and_gather_bytes_once():
         assert walked.block_bytes.__wrapped__(f, least) == f.block_bytes(least)
     for prefetch in (False, True):
         assert walked.gather_bytes.__wrapped__(f, prefetch) == f.gather_bytes(prefetch)
+
+
+def test_a_layers_whole_is_one_tuple_for_the_engines_look_up_by_identity():
+    """``LayerBlocks.whole`` is made once: a schedule that books it every step (DeepSpeed, Accelerate)
+    then finds its cost by the tuple's identity instead of hashing its ops each time."""
+    from hetsim.models import get_model
+    from hetsim.models.sharding import layer_blocks
+
+    blocks = layer_blocks(get_model("llama2-13b"), "decode", 2, 1, 64)
+    assert blocks.whole is blocks.whole
+    assert blocks.whole == blocks.attention + blocks.mlp
+
+
+@pytest.mark.parametrize("strategies", [["deepspeed", "accelerate"], ["gpu-only", "cpu-tp"]])
+def test_a_whole_made_each_time_changes_no_result(monkeypatch, strategies):
+    from hetsim.models.sharding import LayerBlocks
+
+    p = api.problem("llama2-13b", "mixed-lab", 2, 128, 8)
+    kept = api.compare(p, strategies)
+    monkeypatch.setattr(LayerBlocks, "whole", property(lambda self: self.attention + self.mlp))
+    assert _bits(api.compare(p, strategies)) == _bits(kept)
+    assert any(r.feasible for r in kept)
+
+
+def test_counted_keeps_an_op_that_has_its_count():
+    """An op whose kernel count is the default already is not rebuilt; one that needs another count
+    is (with it), and the two ops are equal to what a rebuild of each gives."""
+    import dataclasses
+
+    from hetsim.models import get_model
+    from hetsim.models.kernels import counted
+    from hetsim.models.spec import Op, OpKind
+
+    spec = get_model("llama2-7b")
+    v = Op("v_proj", OpKind.MATMUL, 0, 2.0, 8.0, 4.0, 4.0, module="v_proj")
+    q = dataclasses.replace(v, name="q_proj", module="q_proj")
+    out_v, out_q = counted(spec, (v, q))
+    assert out_v is v
+    assert out_q == dataclasses.replace(q, kernels=6) and q.kernels == 1

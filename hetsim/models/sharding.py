@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from hetsim.models.layer_ops import decoder_layer_ops, embedding_op, lm_head_ops
 from hetsim.models.spec import DTYPES, ModelSpec, Op, OpKind, Phase
@@ -112,8 +112,10 @@ class LayerBlocks:
     attention: tuple[Op, ...]
     mlp: tuple[Op, ...]
 
-    @property
+    @cached_property
     def whole(self) -> tuple[Op, ...]:
+        # kept: a schedule asks each step for the same (cached) blocks' whole layer, and the engine's
+        # cost look-up by identity then hits (a new tuple each time hashed all its ops)
         return self.attention + self.mlp
 
 

@@ -34,7 +34,7 @@ from hetsim.costs.lockstep import (
     ring_alpha_beta,
     straggler_share,
 )
-from hetsim.costs.op_cost import OpCost, block_cost, combine, cost_key, op_cost, repeated
+from hetsim.costs.op_cost import OpCost, block_cost, combine, cost_key, op_cost, repeated, twin_key
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.types import Route
 from hetsim.models.spec import Op
@@ -223,13 +223,17 @@ class _LockstepFixed:
 
 _CORE_NS = 1e9  # a cores timeline's capacity: ns of all-core work per second (``Engine.share_cores``)
 _CostKey = tuple[str, "Op | tuple[Op, ...]"]
-_CostCaches = tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]
+# (by value, by the identity of the ops object, each device's twin: the first device whose op costs
+# are its own, ``twin_key``)
+_CostCaches = tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]], dict[str, str]]
 # Op costs are a pure function of the devices and the ops: engines on the same rig object (a
 # search's candidates, a serving run's bisection, HeteGen's split measurements) share them, and so do
 # rigs whose devices op costs cannot tell apart (``cost_key``: a sweep's rigs that differ in links or
 # GPU memory size). By the rig's identity, holding the rig so the id stays its own, the caches of the
 # rig's devices; the few latest rigs and device sets are kept.
-_RIG_COSTS: dict[int, tuple[Rig, dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]] = {}
+_RIG_COSTS: dict[
+    int, tuple[Rig, dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]], dict[str, str]]
+] = {}
 _DEVICE_COSTS: dict[Hashable, _CostCaches] = {}
 _RIG_COSTS_MAX_RIGS = 4
 _RIG_COSTS_MAX_ENTRIES = 65536
@@ -260,26 +264,33 @@ def phase_bound(
     return _bound(memory_bound_s, busy_s)
 
 
-def _rig_costs(rig: Rig) -> tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]:
-    """The op-cost caches (by value, and by the identity of the ops object) of engines on ``rig``."""
+def _rig_costs(rig: Rig) -> _CostCaches:
+    """The op-cost caches (by value, and by the identity of the ops object) of engines on ``rig``, and
+    its devices' twins."""
     hit = _RIG_COSTS.get(id(rig))
     if hit is not None and hit[0] is rig and len(hit[1]) + len(hit[2]) <= _RIG_COSTS_MAX_ENTRIES:
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     with _RIG_COSTS_LOCK:
         return _rig_costs_miss(rig)
 
 
-def _rig_costs_miss(rig: Rig) -> tuple[dict[_CostKey, OpCost], dict[tuple[str, int], tuple[Any, OpCost]]]:
+def _rig_costs_miss(rig: Rig) -> _CostCaches:
     hit = _RIG_COSTS.get(id(rig))  # again, under the lock: another thread may have filled it
     if hit is not None and hit[0] is rig and len(hit[1]) + len(hit[2]) <= _RIG_COSTS_MAX_ENTRIES:
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     if hit is None and len(_RIG_COSTS) >= _RIG_COSTS_MAX_RIGS:
         del _RIG_COSTS[next(iter(_RIG_COSTS))]  # the oldest
     keys = tuple(cost_key(dev) for dev in rig.devices.values())
     key = None if None in keys else keys
     caches = _DEVICE_COSTS.get(key) if key is not None else None
     if caches is None or len(caches[0]) + len(caches[1]) > _RIG_COSTS_MAX_ENTRIES:
-        caches = ({}, {})
+        firsts: dict[Hashable, str] = {}
+        twins = {}
+        for dev in rig.devices.values():
+            twin = twin_key(dev)
+            if twin is not None:
+                twins[dev.name] = firsts.setdefault(twin, dev.name)
+        caches = ({}, {}, twins)
         if key is not None:
             if key not in _DEVICE_COSTS and len(_DEVICE_COSTS) >= _RIG_COSTS_MAX_RIGS:
                 del _DEVICE_COSTS[next(iter(_DEVICE_COSTS))]
@@ -327,7 +338,7 @@ class Engine:
         self.token_streams: list[int] = []  # per token_times entry: the process that made it
         # each lane's (busy_s, memory_bound_s) booked when the first token exists: what the prefill took
         self.lanes_at_first_token: dict[str, tuple[float, float]] = {}
-        self._op_costs, self._op_costs_by_id = _rig_costs(rig)
+        self._op_costs, self._op_costs_by_id, self._twins = _rig_costs(rig)
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
         self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float, Fit | None]] = {}
         self._lockstep_cache: dict[tuple, tuple[tuple, _LockstepFixed]] = {}
@@ -359,7 +370,7 @@ class Engine:
         self.token_times = []
         self.token_streams = []
         self.lanes_at_first_token = {}
-        self._op_costs, self._op_costs_by_id = _rig_costs(self.rig)
+        self._op_costs, self._op_costs_by_id, self._twins = _rig_costs(self.rig)
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _lane(self, name: str) -> Lane:
@@ -400,17 +411,30 @@ class Engine:
         if by_id is not None and by_id[0] is ops:
             return by_id[1]
         key = (device, ops)
-        cost = self._op_costs.get(key)
-        if cost is not None:
-            self._op_costs_by_id[(device, id(ops))] = (ops, cost)
-        else:
-            dev = self.rig.devices[device]
-            if isinstance(ops, Op):
-                cost = op_cost(dev, ops)
-            else:
-                cost = block_cost(dev, ops)
-            self._op_costs[key] = cost
-            self._op_costs_by_id[(device, id(ops))] = (ops, cost)
+        costs = self._op_costs
+        cost = costs.get(key)
+        if cost is None:
+            # a twin's cost (a rig's identical socket or card) is this device's: worked out by the
+            # device that asks first (an error names it), kept under the twin's name for the others
+            twin = self._twins.get(device, device)
+            cost = costs.get((twin, ops)) if twin != device else None
+            if cost is None:
+                dev = self.rig.devices[device]
+                if isinstance(ops, Op):
+                    cost = op_cost(dev, ops)
+                else:
+                    # each op's cost by its value too: a block of a new shape (a decode step's next
+                    # KV length) repeats all but its attention op, whose costs are known (~6 us each)
+                    def one(op: Op) -> OpCost:
+                        hit = costs.get((twin, op))
+                        if hit is None:
+                            hit = costs[twin, op] = op_cost(dev, op)
+                        return hit
+
+                    cost = block_cost(dev, ops, one)
+                costs[twin, ops] = cost
+            costs[key] = cost
+        self._op_costs_by_id[(device, id(ops))] = (ops, cost)
         return cost
 
     def compute(
