@@ -64,3 +64,54 @@ def test_whole_activations_run_and_continuous_slivers_are_splits(tmp_path, capsy
     validate(FlexGenPlan(hg=0.0, hc=1e-300, placement="continuous"))  # the LP's ideal splits anything
     assert FlexGenPlan(cg=0.0, cc=1e-300).kv_home == "" and FlexGenPlan(cg=0.0, cc=0.0).kv_home == "d"
     assert whole_tier(100, 0) == "g" and whole_tier(0.0, 100.0) == "c" and whole_tier(50.0, 50.0) == ""
+
+
+# ---- trace CSV and quantities: ASCII decimal numbers only -----------------------------------------------
+@pytest.mark.parametrize(
+    ("row", "field", "cell"),
+    [
+        ("0,1_000,4", "prompt_len", "1_000"),  # int() read 1000
+        ("0,٣,4", "prompt_len", "٣"),  # Arabic-Indic three: int() read 3
+        ("0,16,４", "output_len", "４"),  # a fullwidth four
+        ("0,16,+4", "output_len", "+4"),
+        ("0,16,4.0", "output_len", "4.0"),
+        ("1_0.5,16,4", "arrival_s", "1_0.5"),  # float() read 10.5
+        ("٣,16,4", "arrival_s", "٣"),
+        ("nan,16,4", "arrival_s", "nan"),
+        ("infinity,16,4", "arrival_s", "infinity"),
+    ],
+)
+def test_a_trace_cell_not_in_ascii_decimal_is_refused_naming_line_and_field(
+    tmp_path, capsys, guarded, row, field, cell
+):
+    f = tmp_path / "t.csv"
+    f.write_text(f"arrival_s,prompt_len,output_len\n0,16,4\n{row}\n", encoding="utf-8")
+    got = guarded(["serve", "--model", "llama2-7b", "--hw", "hexgen-half-budget", "--requests", str(f)])
+    what = "not a time in [0, 1e+09] s" if field == "arrival_s" else "not a positive integer"
+    assert got == (2, f"error: {f}: {field}: line 3: {what}: {cell!r}\n")
+
+
+def test_plain_trace_cells_are_read_as_before(tmp_path):
+    from hetsim.serving.workload import read_trace
+
+    f = tmp_path / "t.csv"
+    f.write_text("arrival_s,prompt_len,output_len\n 0.5 , 016 ,4\n1e-3,8, 2\n.25,1,1\n")
+    got = [(r.arrival_s, r.prompt_len, r.output_len) for r in read_trace(f)]
+    assert got == [(1e-3, 8, 2), (0.25, 1, 1), (0.5, 16, 4)]
+
+
+@pytest.mark.parametrize("value", ["٣ GB", "１6 GB", "٣"])
+def test_a_quantity_in_other_scripts_digits_is_refused(value):
+    """re's ``\\d`` matched any script's digit and float() read it: '٣ GB' was 3 GB."""
+    from hetsim.units import UnitError, is_bare_number, parse_bytes
+
+    with pytest.raises(UnitError, match="cannot parse quantity"):
+        parse_bytes(value)
+    assert not is_bare_number(value)
+
+
+def test_a_quantity_with_a_no_break_space_is_still_read():
+    from hetsim.units import is_bare_number, parse_bytes
+
+    assert parse_bytes("16\xa0GB") == 16e9 and is_bare_number(" 64 ") and is_bare_number(2.5)
+    assert not is_bare_number("64 GB") and not is_bare_number(True) and not is_bare_number("nan")
