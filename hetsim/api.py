@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic_core import ValidationError
 
@@ -37,6 +37,8 @@ from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.textfiles import parse_json, read_text, validate_strictly
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers need it
     import pandas as pd
@@ -81,11 +83,11 @@ def problem(
     kv_dtype: str | None = None,
     routing_profile: str | None = None,
 ) -> Problem:
-    rig = load_rig(hw)
+    rig = _given_by("hw", load_rig, hw)
     if gpu_mem_budget is not None:
         rig = with_gpu_mem_budget(rig, gpu_mem_budget)
     _known_dtypes(weight_dtype, kv_dtype)
-    spec = get_model(model)
+    spec = _given_by("model", get_model, model)
     weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     routing = None
     if routing_profile is not None:
@@ -96,6 +98,15 @@ def problem(
         routing.check(experts, k, moe_layers, model)
     workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype, kv_dtype, routing)
     return Problem(spec, model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
+
+
+def _given_by(argument: str, load: Callable[[str], _T], value: str) -> _T:
+    """``load(value)``, its InputError marked as ``argument``'s (``InputError.argument``)."""
+    try:
+        return load(value)
+    except InputError as exc:
+        exc.argument = exc.argument or argument
+        raise
 
 
 def _known_dtypes(weight_dtype: str | None, kv_dtype: str | None) -> None:

@@ -14,8 +14,8 @@ SMALL = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
 @pytest.mark.parametrize(
     ("value", "path", "why"),
     [
-        ("{d}", "{d}/config.json", "no such file"),  # a folder without a config.json
-        ("{d}/", "{d}/config.json", "no such file"),
+        ("{d}", "{d}", "a folder with no config.json in it"),  # said '{d}/config.json: no such file'
+        ("{d}/", "{d}", "a folder with no config.json in it"),
         ("{d}/x.json", "{d}/x.json", "no such file"),
         ("{d}/bad.json", "{d}/bad.json", "malformed JSON: Expecting value at line 1 column 1"),
     ],

@@ -115,3 +115,37 @@ def test_a_quantity_with_a_no_break_space_is_still_read():
 
     assert parse_bytes("16\xa0GB") == 16e9 and is_bare_number(" 64 ") and is_bare_number(2.5)
     assert not is_bare_number("64 GB") and not is_bare_number(True) and not is_bare_number("nan")
+
+
+# ---- model show and --model: what is wrong, and which flag ---------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "line"),
+    [
+        ("{d}", "{d}: a folder with no config.json in it"),  # said '{d}/config.json: no such file'
+        ("/", "/: a folder with no config.json in it"),
+        ("{d}/sub", "{d}/sub/config.json: is a directory, not a file"),
+        ("{d}/bad.json", "{d}/bad.json: malformed JSON: Expecting value at line 1 column 1"),
+        ("{d}/nofield/config.json", "{d}/nofield/config.json: model_type: missing; supported: "),
+        ("{d}/none", "model: unknown model '{d}/none'; no file or folder by that path either; known: "),
+    ],
+)
+def test_model_show_says_what_is_wrong_with_its_argument(tmp_path, capsys, guarded, value, line):
+    (tmp_path / "sub" / "config.json").mkdir(parents=True)
+    (tmp_path / "nofield").mkdir()
+    (tmp_path / "nofield" / "config.json").write_text('{"hidden_size": 64}')
+    (tmp_path / "bad.json").write_text("not json\n")
+    value, line = value.format(d=tmp_path), line.format(d=tmp_path)
+    code, err = guarded(["model", "show", value])
+    assert code == 2 and err.startswith(f"error: {line}") and err.count("\n") == 1, err
+
+
+def test_the_same_folder_as_model_and_rig_names_the_flag_that_failed(tmp_path, capsys, guarded):
+    """``--model / --hw /``: the rig's error ("is a directory, not a rig file") was put on --model,
+    whose value was the same path."""
+    d = str(tmp_path)
+    assert guarded(["compare", "--model", d, "--hw", d, *SMALL]) == (
+        2,
+        f"error: --hw {d}: is a directory, not a rig file\n",
+    )
+    code, err = guarded(["compare", "--model", d, "--hw", "mixed-lab", *SMALL])
+    assert (code, err) == (2, f"error: --model {d}: a folder with no config.json in it\n")
