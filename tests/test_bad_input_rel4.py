@@ -149,3 +149,37 @@ def test_the_same_folder_as_model_and_rig_names_the_flag_that_failed(tmp_path, c
     )
     code, err = guarded(["compare", "--model", d, "--hw", "mixed-lab", *SMALL])
     assert (code, err) == (2, f"error: --model {d}: a folder with no config.json in it\n")
+
+
+# ---- vectors follow the matrices' float format -----------------------------------------------------------
+FP32_CONFIGS = ("Mistral-7B", "Gemma-2-9B", "OPT-350m")  # torch_dtype float32
+
+
+@pytest.mark.parametrize("name", FP32_CONFIGS)
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_a_float_runs_weights_are_its_parameters_at_its_width(name, dtype):
+    """Norms and biases took a fixed 2 B: an fp32 run of Mistral-7B counted 28,966,395,904 B of weights
+    for 7,241,732,096 parameters (532,480 B short of 4 B each), its layers' ops read as much less."""
+    from pathlib import Path
+
+    from hetsim.models.hf_config import load_hf_config
+    from hetsim.models.layer_ops import decoder_layer_ops
+    from hetsim.models.spec import DTYPES
+    from hetsim.models.weights import layer_param_count, layer_weight_bytes, param_count, weight_bytes
+
+    spec = load_hf_config(Path(__file__).parent / "data" / "hf-configs" / name / "config.json")
+    d = DTYPES[dtype]
+    assert weight_bytes(spec, d) == param_count(spec) * d.bytes_per_element
+    assert layer_weight_bytes(spec, d) == layer_param_count(spec) * d.bytes_per_element
+    ops = decoder_layer_ops(spec, "decode", 1, 1, 16, d, DTYPES["fp16"], DTYPES["fp16"])
+    assert sum(o.weight_bytes for o in ops) == layer_param_count(spec) * d.bytes_per_element
+
+
+def test_vectors_beside_a_quantised_format_stay_16_bit():
+    from hetsim.models.spec import DTYPES, FLEXGEN_INT4
+    from hetsim.models.weights import vector_bytes
+
+    assert [vector_bytes(DTYPES[n]) for n in ("fp32", "fp16", "bf16", "int8", "int4", "q4_k_m")] == [
+        4.0, 2.0, 2.0, 2.0, 2.0, 2.0,
+    ]  # fmt: skip
+    assert vector_bytes(FLEXGEN_INT4) == 2.0

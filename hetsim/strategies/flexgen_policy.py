@@ -21,7 +21,7 @@ from hetsim.costs.pinned import pinned_bytes
 from hetsim.errors import InputError
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
 from hetsim.models.spec import FP16, DType, ModelSpec
-from hetsim.models.weights import VECTOR_BYTES, layer_weight_tensors
+from hetsim.models.weights import layer_weight_tensors, vector_bytes
 from hetsim.workload import Workload
 
 Placement = Literal["released", "continuous"]
@@ -174,7 +174,7 @@ def scheduling_layer_tensors(model: ModelSpec) -> tuple[tuple[tuple[int, bool], 
 
 
 def _bytes(numel: int, is_matrix: bool, dtype: DType) -> float:
-    return numel * (dtype.bytes_per_element if is_matrix else VECTOR_BYTES)
+    return numel * (dtype.bytes_per_element if is_matrix else vector_bytes(dtype))
 
 
 def copy_parts(compressed: bool) -> tuple[float, ...]:
