@@ -195,18 +195,23 @@ def _best_result(
 def not_applicable(strategy: Strategy, p: Problem) -> str | None:
     """Why ``strategy`` cannot run ``p``'s model on its rig at all ("not applicable: ..."), or None: its
     own rule (``Strategy.applicable``), then the weight and KV precisions it runs. The one check for
-    compare and plan (an infeasible row) and for a plan file (``load_plan``: bad input)."""
-    reason = strategy.applicable(p.rig, p.model, p.workload)
-    wd = p.workload.weight_dtype
+    compare and plan (an infeasible row), for a plan file (``load_plan``: bad input) and for serve's
+    HexGen (``serve``)."""
+    return _not_applicable(strategy, p.rig, p.model, p.workload)
+
+
+def _not_applicable(strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
+    reason = strategy.applicable(rig, model, workload)
+    wd = workload.weight_dtype
     if not reason and wd and wd not in strategy.weight_dtypes:
         offered = ", ".join(strategy.weight_dtypes) or "none"
         what = (  # a GPTQ/AWQ checkpoint's own weights: no flag asked for them
             f"the checkpoint's {wd} weights (config.json quantization_config) are"
-            if wd == p.model.quantized
+            if wd == model.quantized
             else f"--dtype {wd} is"
         )
         reason = f"{what} not a weight precision it runs (offers: {offered})"
-    kd = p.workload.kv_dtype
+    kd = workload.kv_dtype
     if not reason and kd and kd not in strategy.kv_dtypes:
         offered = ", ".join(strategy.kv_dtypes) or "none"
         reason = f"--kv-dtype {kd} is not a KV precision it runs (offers: {offered})"
@@ -578,18 +583,11 @@ def serve(
     spec, rig = get_model(model), load_rig(hw)
     weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     hexgen = get_strategy("hexgen")
-    if weight_dtype and weight_dtype not in hexgen.weight_dtypes:
-        offered = ", ".join(hexgen.weight_dtypes)
-        return {
-            "feasible": False,
-            "reason": f"--dtype {weight_dtype} is not a weight precision hexgen runs (offers: {offered})",
-        }
-    if kv_dtype and kv_dtype not in hexgen.kv_dtypes:
-        offered = ", ".join(hexgen.kv_dtypes)
-        return {
-            "feasible": False,
-            "reason": f"--kv-dtype {kv_dtype} is not a KV precision hexgen runs (offers: {offered})",
-        }
+    # the rule compare's rows apply (a rig without GPUs, a precision HexGen does not run): the lengths
+    # are the requests', checked below, so the workload here carries only the precisions
+    why = _not_applicable(hexgen, rig, spec, Workload(weight_dtype=weight_dtype, kv_dtype=kv_dtype))
+    if why:
+        return {"feasible": False, "reason": f"hexgen {why}"}
     reqs = _serve_requests(rate, duration, num_requests, trace, seed, lambda n: context_reason(spec, n))
     longest = max(reqs, key=lambda r: r.prompt_len + r.output_len)
     too_long = context_reason(spec, longest.prompt_len + longest.output_len)

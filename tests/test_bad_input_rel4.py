@@ -183,3 +183,27 @@ def test_vectors_beside_a_quantised_format_stay_16_bit():
         4.0, 2.0, 2.0, 2.0, 2.0, 2.0,
     ]  # fmt: skip
     assert vector_bytes(FLEXGEN_INT4) == 2.0
+
+
+# ---- serve: HexGen's applicability is compare's rule, in compare's words ------------------------------
+@pytest.mark.parametrize(
+    ("hw", "flags", "why"),
+    [
+        # was "no feasible plan for llama2-7b on cputp-4x8575c", after building the requests
+        ("cputp-4x8575c", [], "the rig has no GPUs"),
+        # was "--dtype q4_k_m is not a weight precision hexgen runs (...)", serve's own wording
+        ("mixed-lab", ["--dtype", "q4_k_m"],
+         "--dtype q4_k_m is not a weight precision it runs (offers: fp16, bf16, fp32, int8, int4)"),
+        ("mixed-lab", ["--kv-dtype", "q4_k_m"],
+         "--kv-dtype q4_k_m is not a KV precision it runs (offers: fp16, bf16, fp32, int8)"),
+    ],
+)  # fmt: skip
+def test_serve_says_why_hexgen_does_not_apply_as_compare_does(capsys, guarded, hw, flags, why):
+    from hetsim import api
+    from hetsim.strategies.base import get_strategy
+
+    args = ["serve", "--model", "llama2-7b", "--hw", hw, "--rate", "1", "--num-requests", "4", *flags]
+    assert guarded(args) == (1, f"error: hexgen not applicable: {why}\n")
+    dt = dict(zip(flags[::2], flags[1::2], strict=True))
+    p = api.problem("llama2-7b", hw, 1, 16, 2, None, dt.get("--dtype"), dt.get("--kv-dtype"))
+    assert api.not_applicable(get_strategy("hexgen"), p) == f"not applicable: {why}"
