@@ -207,3 +207,33 @@ def test_serve_says_why_hexgen_does_not_apply_as_compare_does(capsys, guarded, h
     dt = dict(zip(flags[::2], flags[1::2], strict=True))
     p = api.problem("llama2-7b", hw, 1, 16, 2, None, dt.get("--dtype"), dt.get("--kv-dtype"))
     assert api.not_applicable(get_strategy("hexgen"), p) == f"not applicable: {why}"
+
+
+# ---- HexGen's latency caps ------------------------------------------------------------------------------
+TWO_A100 = """name: two-a100
+nodes:
+- cpus: [xeon-8480+]
+  host_memory: {value: 512 GB, source: x, grade: assumed}
+  gpus: [{model: a100-80g, count: 2}]
+"""
+
+
+def test_hexgen_finds_the_plan_of_a_rig_with_one_shape(tmp_path, capsys):
+    """The outer solve's caps were latencies rounded to the ns, and a cap rounded down shut out its
+    own shape (0.11959369134885606 s -> 0.119593691, past the solve's 1e-9 relative slack): llama2-13b
+    on one node of two A100s (one shape, TP 2) had no HexGen plan, "no feasible plan found by the
+    search", though that plan runs (0.1358 s)."""
+    from hetsim import api
+    from hetsim.planner.hexgen_cpsat import Demand, candidates
+
+    rig = tmp_path / "two-a100.yaml"
+    rig.write_text(TWO_A100)
+    p = api.problem("llama2-13b", str(rig), 8, 64, 8)
+    [found] = candidates(p.rig, p.model, Demand.offline(p.workload, p.model))
+    assert [st.devices for r in found.plan.replicas for st in r.stages] == [("n0.gpu0", "n0.gpu1")]
+    args = ["compare", "--model", "llama2-13b", "--hw", str(rig), "--batch", "8", "--prompt-len", "64"]
+    from hetsim.cli import main
+
+    code = main([*args, "--gen-len", "8", "--strategies", "hexgen", "--format", "json"])
+    [row] = json.loads(capsys.readouterr().out)["results"]
+    assert code == 0 and row["feasible"], row["reason"]
