@@ -237,3 +237,44 @@ def test_hexgen_finds_the_plan_of_a_rig_with_one_shape(tmp_path, capsys):
     code = main([*args, "--gen-len", "8", "--strategies", "hexgen", "--format", "json"])
     [row] = json.loads(capsys.readouterr().out)["results"]
     assert code == 0 and row["feasible"], row["reason"]
+
+
+# ---- rig YAML: a link given twice ------------------------------------------------------------------------
+TWO_REGIONS = """name: two-regions
+nodes:
+- {region: a, cpus: [xeon-8480+], host_memory: {value: 512 GB, source: x, grade: assumed},
+   gpus: [{model: a100-80g, count: 2}], nic: ethernet-100g{nvlink}}
+- {region: b, cpus: [xeon-8480+], host_memory: {value: 512 GB, source: x, grade: assumed},
+   gpus: [{model: a100-80g, count: 2}], nic: ethernet-100g}
+network: {wan: ethernet-10g, pairs: [{pairs}]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("pairs", "nvlink", "field", "why"),
+    [
+        # the later pair won silently (b-a at 100 GbE over a-b at 10 GbE: cpu-tp 0.98 -> 0.61 s)
+        ("{between: [a, b], link: ethernet-10g}, {between: [b, a], link: ethernet-100g}", "",
+         "network.pairs[1]", "regions 'b' and 'a' are joined already by network.pairs[0]"),
+        ("{between: [a, a], link: ethernet-10g}", "",
+         "network.pairs[0]", "joins region 'a' to itself: a pair names two regions"),
+        # two links between the same GPUs
+        ("", ", nvlink: {link: nvlink3, pairs: [[0, 1], [1, 0]]}",
+         "nodes[0].nvlink.pairs[1]",
+         "GPUs 1 and 0 are bridged already by pairs[0] (count: parallel bridges)"),
+    ],
+)  # fmt: skip
+def test_a_rig_link_given_twice_is_refused(tmp_path, capsys, guarded, pairs, nvlink, field, why):
+    rig = tmp_path / "r.yaml"
+    rig.write_text(TWO_REGIONS.replace("{pairs}", pairs).replace("{nvlink}", nvlink))
+    assert guarded(["hw", "show", str(rig)]) == (2, f"error: {rig}: {field}: {why}\n")
+
+
+def test_a_rig_with_one_pair_and_one_bridge_loads(tmp_path):
+    from hetsim.hardware import load_rig
+
+    rig = tmp_path / "r.yaml"
+    text = TWO_REGIONS.replace("{pairs}", "{between: [b, a], link: ethernet-100g}")
+    rig.write_text(text.replace("{nvlink}", ", nvlink: {link: nvlink3, pairs: [[1, 0]]}"))
+    links = load_rig(str(rig)).links
+    assert {"wan.a-b", "n0.nvlink.gpu1-gpu0"} <= set(links)
