@@ -278,3 +278,28 @@ def test_a_rig_with_one_pair_and_one_bridge_loads(tmp_path):
     rig.write_text(text.replace("{nvlink}", ", nvlink: {link: nvlink3, pairs: [[1, 0]]}"))
     links = load_rig(str(rig)).links
     assert {"wan.a-b", "n0.nvlink.gpu1-gpu0"} <= set(links)
+
+
+# ---- sweep knobs: a rig file's physical bounds ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("knob", "value", "why"),
+    [
+        ("gpu_mem_gb", 1e300, "must be a finite quantity, got '1e+300 GB'"),  # said "must be at least 0.001"
+        ("gpu_mem_gb", 2e9, "must be in [1e+06, 1e+18] (SI units; physical bounds), got '2000000000.0 GB'"),
+        ("net_gbps", 1e30, "must be in [1e+06, 1e+16] (SI units; physical bounds), got '1e+30 Gb/s'"),  # ran
+        ("net_gbps", 1e-30, "must be in [1e+06, 1e+16] (SI units; physical bounds), got '1e-30 Gb/s'"),
+        ("bw_scale", {"warp": 2},  # scaled nothing, silently
+         "unknown link kind 'warp' (known: pcie, nvlink, upi, ethernet, infiniband, rdma, wan, shm, sata, "
+         "nvme)"),
+    ],
+)  # fmt: skip
+def test_a_sweep_knob_past_a_rigs_bounds_is_refused(tmp_path, capsys, guarded, knob, value, why):
+    import yaml
+
+    base = {"batch": 1, "prompt_len": 16, "gen_len": 2, "model": "llama2-7b", "rig": "mixed-lab"}
+    spec = tmp_path / "s.yaml"
+    grid = {"strategy": ["gpu-only"], knob: [value]}
+    spec.write_text(yaml.safe_dump({"name": "s", "base": base, "grids": [grid]}))
+    got = guarded(["sweep", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"])
+    assert got == (2, f"error: {spec}: grids[0].{knob}[0]: {why}\n")
+    assert not (tmp_path / "out").exists()
