@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic_core import ValidationError
 
@@ -37,6 +37,8 @@ from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.textfiles import parse_json, read_text, validate_strictly
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import; only the DataFrame helpers need it
     import pandas as pd
@@ -81,11 +83,11 @@ def problem(
     kv_dtype: str | None = None,
     routing_profile: str | None = None,
 ) -> Problem:
-    rig = load_rig(hw)
+    rig = _given_by("hw", load_rig, hw)
     if gpu_mem_budget is not None:
         rig = with_gpu_mem_budget(rig, gpu_mem_budget)
     _known_dtypes(weight_dtype, kv_dtype)
-    spec = get_model(model)
+    spec = _given_by("model", get_model, model)
     weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     routing = None
     if routing_profile is not None:
@@ -96,6 +98,15 @@ def problem(
         routing.check(experts, k, moe_layers, model)
     workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype, kv_dtype, routing)
     return Problem(spec, model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
+
+
+def _given_by(argument: str, load: Callable[[str], _T], value: str) -> _T:
+    """``load(value)``, its InputError marked as ``argument``'s (``InputError.argument``)."""
+    try:
+        return load(value)
+    except InputError as exc:
+        exc.argument = exc.argument or argument
+        raise
 
 
 def _known_dtypes(weight_dtype: str | None, kv_dtype: str | None) -> None:
@@ -184,18 +195,23 @@ def _best_result(
 def not_applicable(strategy: Strategy, p: Problem) -> str | None:
     """Why ``strategy`` cannot run ``p``'s model on its rig at all ("not applicable: ..."), or None: its
     own rule (``Strategy.applicable``), then the weight and KV precisions it runs. The one check for
-    compare and plan (an infeasible row) and for a plan file (``load_plan``: bad input)."""
-    reason = strategy.applicable(p.rig, p.model, p.workload)
-    wd = p.workload.weight_dtype
+    compare and plan (an infeasible row), for a plan file (``load_plan``: bad input) and for serve's
+    HexGen (``serve``)."""
+    return _not_applicable(strategy, p.rig, p.model, p.workload)
+
+
+def _not_applicable(strategy: Strategy, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:
+    reason = strategy.applicable(rig, model, workload)
+    wd = workload.weight_dtype
     if not reason and wd and wd not in strategy.weight_dtypes:
         offered = ", ".join(strategy.weight_dtypes) or "none"
         what = (  # a GPTQ/AWQ checkpoint's own weights: no flag asked for them
             f"the checkpoint's {wd} weights (config.json quantization_config) are"
-            if wd == p.model.quantized
+            if wd == model.quantized
             else f"--dtype {wd} is"
         )
         reason = f"{what} not a weight precision it runs (offers: {offered})"
-    kd = p.workload.kv_dtype
+    kd = workload.kv_dtype
     if not reason and kd and kd not in strategy.kv_dtypes:
         offered = ", ".join(strategy.kv_dtypes) or "none"
         reason = f"--kv-dtype {kd} is not a KV precision it runs (offers: {offered})"
@@ -567,18 +583,11 @@ def serve(
     spec, rig = get_model(model), load_rig(hw)
     weight_dtype = weight_dtype_for(spec, weight_dtype, ref=model)  # a quantised checkpoint's own precision
     hexgen = get_strategy("hexgen")
-    if weight_dtype and weight_dtype not in hexgen.weight_dtypes:
-        offered = ", ".join(hexgen.weight_dtypes)
-        return {
-            "feasible": False,
-            "reason": f"--dtype {weight_dtype} is not a weight precision hexgen runs (offers: {offered})",
-        }
-    if kv_dtype and kv_dtype not in hexgen.kv_dtypes:
-        offered = ", ".join(hexgen.kv_dtypes)
-        return {
-            "feasible": False,
-            "reason": f"--kv-dtype {kv_dtype} is not a KV precision hexgen runs (offers: {offered})",
-        }
+    # the rule compare's rows apply (a rig without GPUs, a precision HexGen does not run): the lengths
+    # are the requests', checked below, so the workload here carries only the precisions
+    why = _not_applicable(hexgen, rig, spec, Workload(weight_dtype=weight_dtype, kv_dtype=kv_dtype))
+    if why:
+        return {"feasible": False, "reason": f"hexgen {why}"}
     reqs = _serve_requests(rate, duration, num_requests, trace, seed, lambda n: context_reason(spec, n))
     longest = max(reqs, key=lambda r: r.prompt_len + r.output_len)
     too_long = context_reason(spec, longest.prompt_len + longest.output_len)

@@ -14,6 +14,9 @@ class InputError(Exception):
         self.message = message
         self.source = source
         self.field = field
+        # the caller's argument whose value gave the file or name (``api.problem``'s "model" or "hw"),
+        # for the CLI to name its flag where two flags give the same path; not part of the line
+        self.argument: str | None = None
         super().__init__(self.line())
 
     def line(self) -> str:

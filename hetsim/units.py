@@ -13,7 +13,12 @@ _DECIMAL = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e1
 _BINARY = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
 
-_QUANTITY = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|[-+]?\.\d+(?:[eE][-+]?\d+)?)\s*(\S*)\s*$")
+# A decimal number as people and programs write one: ASCII digits, sign, fraction, exponent. Python's
+# int() and float() (and re's \d) also read other scripts' digits ("٣" is 3) and "1_000", which no
+# spreadsheet or CSV writer means as a number; a file or flag so written is refused, not guessed at.
+_NUMBER = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+_QUANTITY = re.compile(rf"^\s*({_NUMBER})\s*(\S*)\s*$")
+_INTEGER = re.compile(r"\s*[0-9]+\s*")
 
 
 class UnitError(ValueError):
@@ -42,11 +47,27 @@ def _prefix(prefix: str, what: str, text: object) -> float:
 def is_bare_number(text: str | float | int) -> bool:
     """A number without a unit (``64``, ``"64"``): a size so given is bytes (``--gpu-mem-budget 24``, a
     rig's ``memory: 64``), which the size checks name when it is absurdly small."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    if isinstance(text, int | float):
+        return not isinstance(text, bool)
+    m = _QUANTITY.match(text)
+    return bool(m) and not m.group(2)
+
+
+def parse_decimal(text: str) -> float:
+    """A text cell (a CSV's) holding a plain decimal number, blanks around it allowed; ValueError for
+    anything else (``float`` alone reads "1_000", "٣", "nan" and "infinity")."""
+    m = _QUANTITY.match(text)
+    if not m or m.group(2):
+        raise ValueError(f"not a decimal number: {text!r}")
+    return float(m.group(1))
+
+
+def parse_count(text: str) -> int:
+    """A text cell holding a whole number in ASCII digits (``parse_decimal``'s rule, no sign, fraction or
+    exponent), blanks around it allowed; ValueError for anything else."""
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(text)
 
 
 def parse_bytes(text: str | float | int) -> float:

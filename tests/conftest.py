@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny hand-built rig whose numbers make closed forms easy; a script run in its
 own process and signalled once it says it got far enough (``signalled``); the CLI's ``main`` run
-in-process under an alarm (``guarded``)."""
+in-process under an alarm (``guarded``); a strategy's default plan as a plan file, fields edited
+in (``plan_file``)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,32 @@ def a10():
 @pytest.fixture
 def rig() -> Rig:
     return tiny_rig()
+
+
+PlanFile = Callable[..., str]
+
+
+@pytest.fixture
+def plan_file(tmp_path) -> PlanFile:
+    """``make(strategy, model, hw, **params)``: ``strategy``'s default plan of ``model`` on ``hw`` (batch
+    1, prompt 16, 2 tokens) as a plan file (``plan --out``'s document) in ``tmp_path``, ``params``
+    edited in; its path."""
+
+    def make(strategy: str, model: str, hw: str, **params: object) -> str:
+        import json
+
+        from hetsim import api
+        from hetsim.strategies.base import get_strategy
+
+        p = api.problem(model, hw, 1, 16, 2)
+        s = get_strategy(strategy)
+        doc = api.plan_document(p, s, s.default_plan(p.rig, p.model, p.workload), "throughput")
+        doc["params"].update(params)
+        f = tmp_path / f"{strategy}.json"
+        f.write_text(json.dumps(doc))
+        return str(f)
+
+    return make
 
 
 class Hang(Exception):

@@ -399,7 +399,7 @@ def test_an_error_inside_a_file_a_plan_names_is_that_files(tmp_path, capsys, pla
         # the whole file's errors (its line numbers) named the plan file too
         ("hardware", str(dup), f"error: {dup}: malformed YAML at line 2, column 1: duplicate key 'name'"),
         ("model", str(broken), f"error: {broken}: malformed JSON"),
-        ("model", str(tmp_path / "empty"), "plan.json: model: no such file"),  # a folder with no config.json
+        ("model", str(tmp_path / "empty"), "plan.json: model: a folder with no config.json in it"),
     ]
     for key, value, line in cases:
         doc = json.loads(json.dumps(plans["gpu-only"]))

@@ -14,8 +14,8 @@ SMALL = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
 @pytest.mark.parametrize(
     ("value", "path", "why"),
     [
-        ("{d}", "{d}/config.json", "no such file"),  # a folder without a config.json
-        ("{d}/", "{d}/config.json", "no such file"),
+        ("{d}", "{d}", "a folder with no config.json in it"),  # said '{d}/config.json: no such file'
+        ("{d}/", "{d}", "a folder with no config.json in it"),
         ("{d}/x.json", "{d}/x.json", "no such file"),
         ("{d}/bad.json", "{d}/bad.json", "malformed JSON: Expecting value at line 1 column 1"),
     ],
@@ -29,26 +29,11 @@ def test_a_model_path_that_is_no_config_names_the_flag(tmp_path, capsys, guarded
         assert got == (2, f"error: --model {path}: {why}\n")
 
 
-def _plan_file(tmp_path, strategy: str, model: str, hw: str, **params: object) -> str:
-    """``strategy``'s default plan of ``model`` on ``hw`` as a plan file (``plan --out``'s document),
-    ``params`` edited in."""
-    from hetsim import api
-    from hetsim.strategies.base import get_strategy
-
-    p = api.problem(model, hw, 1, 16, 2)
-    s = get_strategy(strategy)
-    doc = api.plan_document(p, s, s.default_plan(p.rig, p.model, p.workload), "throughput")
-    doc["params"].update(params)
-    f = tmp_path / f"{strategy}.json"
-    f.write_text(json.dumps(doc))
-    return str(f)
-
-
 @pytest.mark.parametrize("chunk", [1, 2**23 - 1, 2**40 + 1, 1e300])
-def test_hetegen_chunks_out_of_range_are_refused_naming_the_field(tmp_path, capsys, guarded, chunk):
+def test_hetegen_chunks_out_of_range_are_refused_naming_the_field(plan_file, capsys, guarded, chunk):
     """``stream_chunk_bytes`` took any value >= 1: a 1-byte chunk shrank the GPU's share buffers to
     nothing while the timing still booked one copy a share (no per-copy latency), and 1e300 ran."""
-    f = _plan_file(tmp_path, "hetegen", "opt-6.7b", "hetegen-a10", stream_chunk_bytes=chunk)
+    f = plan_file("hetegen", "opt-6.7b", "hetegen-a10", stream_chunk_bytes=chunk)
     why = (
         "must be from 8388608 (8 MiB: a copy long beside its latency) to 1099511627776 (1 TiB, past any "
         f"GPU's memory), got {float(chunk)!r}"
@@ -57,15 +42,15 @@ def test_hetegen_chunks_out_of_range_are_refused_naming_the_field(tmp_path, caps
 
 
 @pytest.mark.parametrize("chunk", [2**23, 32 * 2**20, 12e9, 2**40])
-def test_hetegen_chunks_in_range_run(tmp_path, capsys, guarded, chunk):
-    f = _plan_file(tmp_path, "hetegen", "opt-6.7b", "hetegen-a10", stream_chunk_bytes=chunk)
+def test_hetegen_chunks_in_range_run(plan_file, capsys, guarded, chunk):
+    f = plan_file("hetegen", "opt-6.7b", "hetegen-a10", stream_chunk_bytes=chunk)
     assert guarded(["simulate", "--plan", f, "--format", "json"])[0] == 0
 
 
-def test_a_small_gpu_budget_is_no_chunk_problem(tmp_path, capsys, guarded):
+def test_a_small_gpu_budget_is_no_chunk_problem(plan_file, capsys, guarded):
     """A budget under two chunks (32 MiB each) once blamed the chunk (its bound read the GPU as the budget
     capped it): the plan runs and the budget, not the chunk, decides whether it fits."""
-    f = Path(_plan_file(tmp_path, "hetegen", "opt-6.7b", "hetegen-a10"))
+    f = Path(plan_file("hetegen", "opt-6.7b", "hetegen-a10"))
     f.write_text(json.dumps({**json.loads(f.read_text()), "gpu_mem_budget": 5e7}))
     assert guarded(["simulate", "--plan", str(f), "--format", "json"]) == (0, "")  # an out-of-memory row
 
@@ -81,12 +66,12 @@ def test_a_small_gpu_budget_is_no_chunk_problem(tmp_path, capsys, guarded):
         ("deepspeed", "llama2-7b", "mixed-lab", {"hardware": "cputp-4x8575c"}, "the rig has no GPU"),
     ],
 )  # fmt: skip
-def test_a_plan_of_a_strategy_that_does_not_apply_is_refused(tmp_path, capsys, guarded, strategy, model, hw,
+def test_a_plan_of_a_strategy_that_does_not_apply_is_refused(plan_file, capsys, guarded, strategy, model, hw,
                                                             edit, why):  # fmt: skip
     """``simulate --plan`` asked FlexGen alone whether it applies (``Strategy.applicable``, which compare
     and plan ask of each); another strategy's plan for a model or rig it cannot run ran, or failed
     further in with a line about something else. Now the check compare makes, one line, exit 2."""
-    f = _plan_file(tmp_path, strategy, model, hw)
+    f = plan_file(strategy, model, hw)
     doc = json.loads(Path(f).read_text())
     Path(f).write_text(json.dumps({**doc, **edit}))
     assert guarded(["simulate", "--plan", f]) == (2, f"error: {f}: strategy: not applicable: {why}\n")
@@ -94,15 +79,13 @@ def test_a_plan_of_a_strategy_that_does_not_apply_is_refused(tmp_path, capsys, g
 
 @pytest.mark.parametrize("budget", [24, 1e-300, 5e-324, 999999.0])
 @pytest.mark.parametrize(("strategy", "where"), [("hetegen", "params"), ("gpu-only", "top")])
-def test_a_plan_files_budget_under_a_megabyte_is_refused_as_the_flag_is(tmp_path, capsys, guarded, budget,
+def test_a_plan_files_budget_under_a_megabyte_is_refused_as_the_flag_is(plan_file, capsys, guarded, budget,
                                                                          strategy, where):  # fmt: skip
     """Found by the fuzz pass (tests/test_file_fuzz.py): ``--gpu-mem-budget 24`` is refused (24 bytes:
     a missing unit), a plan file's ``gpu_mem_budget: 24`` (or 1e-300) ran to an out-of-memory row,
     'needs 5.7 GB with 0 B of 0 B in use'. Now the flag's rule (``sim.memory.budget_problem``)."""
     hw = "hetegen-a10" if strategy == "hetegen" else "mixed-lab"
-    f = _plan_file(
-        tmp_path, strategy, "opt-6.7b", hw, **({"gpu_mem_budget": budget} if where == "params" else {})
-    )
+    f = plan_file(strategy, "opt-6.7b", hw, **({"gpu_mem_budget": budget} if where == "params" else {}))
     if where == "top":
         Path(f).write_text(json.dumps({**json.loads(Path(f).read_text()), "gpu_mem_budget": budget}))
     field = "params.gpu_mem_budget" if where == "params" else "gpu_mem_budget"
@@ -112,14 +95,12 @@ def test_a_plan_files_budget_under_a_megabyte_is_refused_as_the_flag_is(tmp_path
 
 @pytest.mark.parametrize(("budget", "shown"), [(0, "0.0"), (-5, "-5.0"), (-1e-300, "-1e-300")])
 @pytest.mark.parametrize(("strategy", "where"), [("hetegen", "params"), ("gpu-only", "top")])
-def test_a_plan_files_budget_not_positive_says_bytes_or_null(tmp_path, capsys, guarded, budget, shown,
+def test_a_plan_files_budget_not_positive_says_bytes_or_null(plan_file, capsys, guarded, budget, shown,
                                                              strategy, where):  # fmt: skip
     """A strategy's own budget (``plan_io.optional_budget``) that is no size says it may be null, in
     ``budget_problem``'s words otherwise; the workload's (``api.with_gpu_mem_budget``) as the flag's."""
     hw = "hetegen-a10" if strategy == "hetegen" else "mixed-lab"
-    f = _plan_file(
-        tmp_path, strategy, "opt-6.7b", hw, **({"gpu_mem_budget": 1e9} if where == "params" else {})
-    )
+    f = plan_file(strategy, "opt-6.7b", hw, **({"gpu_mem_budget": 1e9} if where == "params" else {}))
     doc = json.loads(Path(f).read_text())
     if where == "params":
         doc["params"]["gpu_mem_budget"] = budget
@@ -132,8 +113,8 @@ def test_a_plan_files_budget_not_positive_says_bytes_or_null(tmp_path, capsys, g
     assert guarded(["simulate", "--plan", f]) == (2, f"error: {f}: {field}: {why}\n")
 
 
-def test_budgets_from_a_megabyte_up_still_run(tmp_path, capsys):
-    f = _plan_file(tmp_path, "hetegen", "opt-6.7b", "hetegen-a10", gpu_mem_budget=1e6)
+def test_budgets_from_a_megabyte_up_still_run(plan_file, capsys):
+    f = plan_file("hetegen", "opt-6.7b", "hetegen-a10", gpu_mem_budget=1e6)
     from hetsim.cli import main
 
     assert main(["simulate", "--plan", f, "--format", "json"]) == 0  # a result: what does not fit, and why

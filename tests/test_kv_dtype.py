@@ -127,7 +127,7 @@ def test_serve_runs_the_kv_precision_asked_for(capsys):
 
 def test_serve_refuses_a_precision_hexgen_does_not_run(capsys):
     assert main([*SERVE, "--dtype", "q4_k_m"]) == 1
-    assert "--dtype q4_k_m is not a weight precision hexgen runs" in capsys.readouterr().err
+    assert "hexgen not applicable: --dtype q4_k_m is not a weight precision" in capsys.readouterr().err
     assert main([*SERVE, "--kv-dtype", "int9"]) == 2
     err = capsys.readouterr().err
     assert "--kv-dtype" in err and "Traceback" not in err and err.strip().count("\n") == 0

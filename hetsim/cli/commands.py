@@ -820,7 +820,7 @@ def _naming_the_flag(exc: BaseException, argv: Sequence[str] | None) -> BaseExce
     if not isinstance(path, str):
         return exc
     # the whole config.json (missing, a folder, not JSON); a folder's is its config.json (``--model /``)
-    if isinstance(exc, InputError) and exc.field is None:
+    if isinstance(exc, InputError) and exc.field is None and exc.argument in (None, "model"):
         for flag, value in pairs:
             folder = str(Path(value) / "config.json") if value else None
             if flag == "--model" and value and path in (value, str(Path(value)), folder):

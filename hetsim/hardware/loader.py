@@ -546,9 +546,14 @@ class _Builder:
                 self.add_link(
                     f"{node}.nvlink.gpu{j}", nspec, g, f"{node}.nvswitch", f"{field}.nvlink", nv.count
                 )
+        seen: dict[frozenset[int], int] = {}
         for k, (a, b) in enumerate(nv.pairs):
             if not (0 <= a < len(gpus) and 0 <= b < len(gpus)) or a == b:
                 raise self.fail(f"bad GPU pair ({a}, {b})", f"{field}.nvlink.pairs[{k}]")
+            if (key := frozenset((a, b))) in seen:  # a second bridge ran as a second link, uncounted
+                why = f"GPUs {a} and {b} are bridged already by pairs[{seen[key]}] (count: parallel bridges)"
+                raise self.fail(why, f"{field}.nvlink.pairs[{k}]")
+            seen[key] = k
             self.add_link(
                 f"{node}.nvlink.gpu{a}-gpu{b}", nspec, gpus[a], gpus[b], f"{field}.nvlink", nv.count
             )
@@ -593,7 +598,14 @@ class _Builder:
                     raise self.fail(
                         f"unknown region {r!r} (regions: {', '.join(regions)})", f"network.pairs[{k}]"
                     )
-            explicit[frozenset(pair.between)] = (k, pair)
+            a, b = pair.between
+            here = f"network.pairs[{k}]"
+            if a == b:  # a region's machines meet at its switch (their nics): no WAN joins it to itself
+                raise self.fail(f"joins region {a!r} to itself: a pair names two regions", here)
+            if (key := frozenset(pair.between)) in explicit:  # the later one silently won
+                first = f"network.pairs[{explicit[key][0]}]"
+                raise self.fail(f"regions {a!r} and {b!r} are joined already by {first}", here)
+            explicit[key] = (k, pair)
         for a, b in itertools.combinations(regions, 2):
             key = frozenset((a, b))
             if key in explicit:

@@ -664,6 +664,8 @@ def load_hf_config(path: str | Path, *, name: str | None = None) -> ModelSpec:
     """Read a Hugging Face ``config.json`` (or a directory holding one) into a ``ModelSpec``."""
     p = Path(path)
     if p.is_dir():
+        if not (p / "config.json").exists():  # "/config.json: no such file" said what was looked for
+            raise InputError("a folder with no config.json in it", source=str(p))
         p = p / "config.json"
     src = str(p)
     cfg = parse_json(read_text(p), src)

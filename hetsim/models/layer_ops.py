@@ -48,7 +48,6 @@ from functools import lru_cache
 from hetsim.models.kernels import counted, eager_kernels
 from hetsim.models.spec import FP16, DType, ModelSpec, Op, OpKind, Phase
 from hetsim.models.weights import (
-    VECTOR_BYTES,
     head_dtype,
     kv_bytes_per_token_layer,
     kv_element_bytes,
@@ -56,6 +55,7 @@ from hetsim.models.weights import (
     module_weight_bytes,
     router_dtype,
     table_dtype,
+    vector_bytes,
 )
 
 # FLOPs per element of the elementwise ops (approximate; these ops are memory-bound).
@@ -111,7 +111,7 @@ def _matmul(
     weight_copies: float = 1.0,
     module: str | None = None,
 ) -> Op:
-    w = in_f * out_f * wd.bytes_per_element + (out_f * VECTOR_BYTES if bias else 0.0)
+    w = in_f * out_f * wd.bytes_per_element + (out_f * vector_bytes(wd) if bias else 0.0)
     return Op(
         name=name,
         kind=OpKind.MATMUL,
@@ -151,14 +151,16 @@ def _norm(
     layer: int,
     tokens: float,
     ad: DType,
+    wd: DType,
     width: int | None = None,
     weight_elems: int | None = None,
 ) -> Op:
-    """A norm over ``width`` elements per token (hidden by default) with ``weight_elems`` gains."""
+    """A norm over ``width`` elements per token (hidden by default) with ``weight_elems`` gains, stored
+    beside matrices in ``wd`` (``vector_bytes``)."""
     ln = spec.norm == "layernorm"
     per = LAYERNORM_FLOPS if ln else RMSNORM_FLOPS
     n = width or spec.hidden
-    weight = (weight_elems or n) * VECTOR_BYTES * (2 if ln else 1)
+    weight = (weight_elems or n) * vector_bytes(wd) * (2 if ln else 1)
     return _elementwise(name, layer, tokens * n, per, ad, weight=weight)
 
 
@@ -252,12 +254,12 @@ def _mla_ops(
     ops: list[Op] = []
     if spec.q_lora_rank:
         ops.append(_matmul("q_a_proj", 0, tokens, h, spec.q_lora_rank, wd, ad, bias=spec.qkv_bias))
-        ops.append(_norm(spec, "q_a_norm", 0, tokens, ad, spec.q_lora_rank))
+        ops.append(_norm(spec, "q_a_norm", 0, tokens, ad, wd, spec.q_lora_rank))
         ops.append(_matmul("q_b_proj", 0, tokens, spec.q_lora_rank, nh * hd, wd, ad, bias=False))
     else:
         ops.append(_matmul("q_proj", 0, tokens, h, nh * hd, wd, ad, bias=False))
     ops.append(_matmul("kv_a_proj", 0, tokens, h, rank + rope, wd, ad, bias=spec.qkv_bias))
-    ops.append(_norm(spec, "kv_a_norm", 0, tokens, ad, rank))
+    ops.append(_norm(spec, "kv_a_norm", 0, tokens, ad, wd, rank))
     if phase == "prefill":
         ctx = float(batch * kv_len)  # the latent of every context token is decompressed
         ops.append(_matmul("kv_b_proj", 0, ctx, rank, nh * (nope + vd), wd, ad, bias=False))
@@ -305,7 +307,7 @@ def _layer0_ops(
     q_out, kv_out = spec.heads * hd, spec.kv_heads * hd
     tokens = float(batch * seq_len)
     ab = ad.bytes_per_element
-    ops: list[Op] = [_norm(spec, "norm1", 0, tokens, ad)]
+    ops: list[Op] = [_norm(spec, "norm1", 0, tokens, ad, wd)]
     if spec.is_mla:
         ops += _mla_ops(spec, phase, batch, seq_len, kv_len, wd, kvd, ad)
     else:
@@ -313,15 +315,15 @@ def _layer0_ops(
         ops.append(_matmul("k_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
         ops.append(_matmul("v_proj", 0, tokens, h, kv_out, wd, ad, bias=spec.qkv_bias))
         if spec.qk_norm:
-            ops.append(_norm(spec, "qk_norm", 0, tokens, ad, q_out + kv_out, weight_elems=2 * hd))
+            ops.append(_norm(spec, "qk_norm", 0, tokens, ad, wd, q_out + kv_out, weight_elems=2 * hd))
         act_in = tokens * (q_out + 2 * kv_out)
         ops.append(_attention_op(spec, phase, batch, seq_len, kv_len, hd, hd, act_in, kvd, ad, sliding))
         ops.append(_matmul("out_proj", 0, tokens, q_out, h, wd, ad, bias=spec.linear_bias))
     if spec.layer_norms == 4:
-        ops.append(_norm(spec, "post_attn_norm", 0, tokens, ad))
+        ops.append(_norm(spec, "post_attn_norm", 0, tokens, ad, wd))
     ops.append(_elementwise("residual1", 0, tokens * h, RESIDUAL_FLOPS, ad, n_in=2))
     if spec.layer_norms >= 2:
-        ops.append(_norm(spec, "norm2", 0, tokens, ad))
+        ops.append(_norm(spec, "norm2", 0, tokens, ad, wd))
 
     inter, bias = spec.intermediate, spec.linear_bias
     if moe:
@@ -349,7 +351,7 @@ def _layer0_ops(
         ops.append(_elementwise("act", 0, tokens * inter, RELU_FLOPS, ad))
         ops.append(_matmul("fc2", 0, tokens, inter, h, wd, ad, bias=bias))
     if spec.layer_norms == 4:
-        ops.append(_norm(spec, "post_mlp_norm", 0, tokens, ad))
+        ops.append(_norm(spec, "post_mlp_norm", 0, tokens, ad, wd))
     ops.append(_elementwise("residual2", 0, tokens * h, RESIDUAL_FLOPS, ad, n_in=2))
     return counted(spec, tuple(ops))
 
@@ -432,7 +434,7 @@ def lm_head_ops(
     """
     rows = float(batch * seq_len if all_logits else batch)
     layer = spec.layers
-    norm = _norm(spec, "final_norm", layer, rows, act_dtype)
+    norm = _norm(spec, "final_norm", layer, rows, act_dtype, table_dtype(spec, weight_dtype))
     if not spec.final_norm:  # post-norm OPT: the last layer's own norm already ran; nothing to read
         norm = dataclasses.replace(norm, weight_bytes=0.0, flops=0.0)
     # OPT-350m's project_out (hidden -> embed_dim, 0.1 % of its weights) is left out of the ops.

@@ -217,7 +217,9 @@ def get_model(name_or_path: str) -> ModelSpec:
     p = Path(name_or_path)
     if name_or_path.endswith(".json") or (name_or_path and p.exists()):  # '' is no path ('.')
         return load_hf_config(p)
+    # a name with a slash is a Hub id ("meta-llama/Llama-2-70b-hf") or a path: say it is neither
+    missing = "; no file or folder by that path either" if "/" in name_or_path else ""
     raise InputError(
-        f"unknown model {name_or_path!r}; known: {', '.join(_MODELS)} (or a path to a config.json)",
+        f"unknown model {name_or_path!r}{missing}; known: {', '.join(_MODELS)} (or a path to a config.json)",
         field="model",
     )

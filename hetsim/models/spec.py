@@ -231,7 +231,7 @@ class WeightTensor:
     module: str
     block: Literal["attention", "mlp"]
     shape: tuple[int, ...]
-    is_matrix: bool  # 2-D weights get compressed/quantised; biases and norms stay 16-bit
+    is_matrix: bool  # 2-D weights get compressed/quantised; biases and norms do not (``vector_bytes``)
     # A matrix a quantised checkpoint left unconverted (AWQ's ``modules_to_not_convert: [gate]``): stored
     # at this dtype (``weights.router_dtype``), whatever the layers' ("" = the layers').
     stored: str = ""

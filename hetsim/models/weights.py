@@ -3,8 +3,8 @@
 Conventions:
 
 - Matrices (2-D tensors: linear weights, embedding and position tables, the LM head) are stored in
-  the requested ``DType``; vectors (biases, norm scales and shifts) always stay in 16-bit, as FlexGen
-  and HeteGen keep them.
+  the requested ``DType``; vectors (biases, norm scales and shifts) in the same float format (an fp32
+  run keeps them fp32), in 16-bit beside a quantised one (``vector_bytes``).
 - Linear weights have torch's ``(out_features, in_features)`` shape.
 - A tied LM head shares the embedding table: it is counted (and stored) once, in the embedding.
 - A GPTQ/AWQ checkpoint (``ModelSpec.quantized``) keeps the token table, the LM head and OPT's
@@ -18,7 +18,17 @@ from functools import lru_cache
 
 from hetsim.models.spec import DTYPES, DType, ModelSpec, WeightTensor
 
-VECTOR_BYTES = 2.0  # biases and norms are kept in 16-bit whatever the matrix dtype
+_FLOATS = frozenset({"fp32", "fp16", "bf16"})
+
+
+def vector_bytes(dtype: DType) -> float:
+    """Bytes per element of a vector (a bias, a norm's scale or shift) beside matrices in ``dtype``:
+    ``dtype``'s own where it is a float format (torch keeps a module's vectors in the dtype its
+    matrices load in: an fp32 checkpoint run at full precision keeps 4-byte norms, which were counted
+    at 2), 16-bit beside a quantised one, whose activations are 16-bit and whose converter leaves vectors
+    alone (GPTQ/AWQ at an fp16 checkpoint's dtype, FlexGen's int4; llama.cpp's GGUF keeps norms f32 and
+    an fp32 GPTQ checkpoint its biases: not told apart here, under 0.1 % of a layer's bytes)."""
+    return dtype.bytes_per_element if dtype.name in _FLOATS else 2.0
 
 
 def _norm_tensors(
@@ -143,10 +153,10 @@ def layer_kinds(spec: ModelSpec) -> tuple[tuple[bool, int], ...]:
 
 
 def tensor_bytes(t: WeightTensor, dtype: DType) -> float:
-    """Bytes of one tensor: matrices in ``dtype`` (one the checkpoint kept apart in its own), vectors in
-    16-bit."""
+    """Bytes of one tensor: matrices in ``dtype`` (one the checkpoint kept apart in its own), vectors as
+    ``vector_bytes``."""
     if not t.is_matrix:
-        return t.numel * VECTOR_BYTES
+        return t.numel * vector_bytes(dtype)
     return t.numel * (DTYPES[t.stored] if t.stored else dtype).bytes_per_element
 
 
@@ -195,7 +205,7 @@ def active_param_count(spec: ModelSpec) -> int:
 
 
 def layer_weight_bytes(spec: ModelSpec, dtype: DType, moe: bool | None = None) -> float:
-    """Bytes of one decoder layer (matrices in ``dtype``, biases and norms in 16-bit).
+    """Bytes of one decoder layer (matrices in ``dtype``, biases and norms as ``vector_bytes``).
 
     ``moe=None`` is the typical layer; a model with dense first layers (DeepSeek) has smaller ones.
     """
@@ -241,8 +251,9 @@ def embedding_bytes(spec: ModelSpec, dtype: DType) -> float:
     return embedding_param_count(spec) * table_dtype(spec, dtype).bytes_per_element
 
 
-def final_norm_bytes(spec: ModelSpec) -> float:
-    return _final_norm_params(spec) * VECTOR_BYTES
+def final_norm_bytes(spec: ModelSpec, dtype: DType) -> float:
+    """The final norm's bytes where the layers are in ``dtype``: kept beside the tables (``table_dtype``)."""
+    return _final_norm_params(spec) * vector_bytes(table_dtype(spec, dtype))
 
 
 def lm_head_bytes(spec: ModelSpec, dtype: DType) -> float:
@@ -253,13 +264,14 @@ def lm_head_bytes(spec: ModelSpec, dtype: DType) -> float:
     """
     head = spec.vocab * spec.token_dim * head_dtype(spec, dtype).bytes_per_element
     projections = _projection_params(spec) * table_dtype(spec, dtype).bytes_per_element
-    return head + projections + final_norm_bytes(spec)
+    return head + projections + final_norm_bytes(spec, dtype)
 
 
 def weight_bytes(spec: ModelSpec, dtype: DType) -> float:
     """Bytes of all the model's weights, a tied head counted once."""
     if spec.tied_embeddings:
-        head = final_norm_bytes(spec) + _projection_params(spec) * table_dtype(spec, dtype).bytes_per_element
+        projections = _projection_params(spec) * table_dtype(spec, dtype).bytes_per_element
+        head = final_norm_bytes(spec, dtype) + projections
     else:
         head = lm_head_bytes(spec, dtype)
     return embedding_bytes(spec, dtype) + decoder_weight_bytes(spec, dtype) + head

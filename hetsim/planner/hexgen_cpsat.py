@@ -570,7 +570,14 @@ def candidates(
     shapes = enumerate_shapes(table, max_parts=max_parts, symmetric=symmetric)
     if not shapes:
         return []
-    lats = sorted({round(s.layout.latency_s, 9) for s in shapes})
+    # one cap per latency (to the ns), the cap the largest latency it stands for: a cap rounded down
+    # shut out its own shape (0.11959369134885606 s -> 0.119593691, past outer_cpsat's 1e-9 relative
+    # slack), and a rig whose one shape that was got no candidate at all
+    caps: dict[float, float] = {}
+    for s in shapes:
+        key = round(s.layout.latency_s, 9)
+        caps[key] = max(caps.get(key, 0.0), s.layout.latency_s)
+    lats = sorted(caps.values())
     if len(lats) > max_candidates:  # spread caps over the range of latencies
         idx = sorted({round(i * (len(lats) - 1) / (max_candidates - 1)) for i in range(max_candidates)})
         lats = [lats[i] for i in idx]

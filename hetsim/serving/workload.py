@@ -17,6 +17,7 @@ import numpy as np
 
 from hetsim.errors import InputError
 from hetsim.textfiles import read_text
+from hetsim.units import parse_count, parse_decimal
 
 PAPER_LENGTHS = (32, 64, 128)  # HexGen's input and output lengths (HexGen, arXiv 2311.11514)
 TRACE_FIELDS = ("arrival_s", "prompt_len", "output_len")
@@ -109,7 +110,7 @@ def read_trace(path: str | Path, too_long: Callable[[int], str | None] | None = 
         if None in row:  # more values than columns: which belongs to which is a guess
             raise InputError(f"line {i}: more values than the header has columns", source=source)
         try:
-            arrival = float(row["arrival_s"])
+            arrival = parse_decimal(row["arrival_s"])
             if not 0 <= arrival <= MAX_ARRIVAL_S:
                 raise ValueError
         except (TypeError, ValueError):
@@ -121,7 +122,7 @@ def read_trace(path: str | Path, too_long: Callable[[int], str | None] | None = 
         lengths = []
         for name in ("prompt_len", "output_len"):
             try:
-                v = int(row[name])
+                v = parse_count(row[name])
                 if v < 1:
                     raise ValueError
             except (TypeError, ValueError):

@@ -21,7 +21,7 @@ from hetsim.costs.pinned import pinned_bytes
 from hetsim.errors import InputError
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
 from hetsim.models.spec import FP16, DType, ModelSpec
-from hetsim.models.weights import VECTOR_BYTES, layer_weight_tensors
+from hetsim.models.weights import layer_weight_tensors, vector_bytes
 from hetsim.workload import Workload
 
 Placement = Literal["released", "continuous"]
@@ -83,8 +83,19 @@ class FlexGenPlan:
     @property
     def kv_home(self) -> str:
         """The KV cache's one tier ("g", "c" or "d"), or "" where it is split across tiers."""
-        whole = [t for t, pct in (("g", self.cg), ("c", self.cc), ("d", self.cd)) if pct >= 100.0 - 1e-9]
-        return whole[0] if whole else ""
+        return whole_tier(self.cg, self.cc)
+
+
+def whole_tier(g: float, c: float) -> str:
+    """The one tier ("g", "c" or "d") a tensor class's GPU and CPU percents put it on whole, or "" where
+    they split it. Exact: the release tests ``percent == 100`` (flex_opt.py's cache and activation
+    homes) and its --percent takes whole percents, so a share of 1e-300 % (or 99.99999999999 %) is a
+    split, as the engine runs it (a copy for the sliver), never rounded away in one place only."""
+    if (g, c) == (100.0, 0.0):
+        return "g"
+    if (g, c) == (0.0, 100.0):
+        return "c"
+    return "d" if (g, c) == (0.0, 0.0) else ""
 
 
 def validate(plan: FlexGenPlan) -> None:
@@ -94,10 +105,16 @@ def validate(plan: FlexGenPlan) -> None:
     for tier, (g, c) in {"w": (plan.wg, plan.wc), "c": (plan.cg, plan.cc), "h": (plan.hg, plan.hc)}.items():
         if min(g, c) < 0 or g + c > 100.0 + 1e-9:
             raise InputError(f"{tier}g + {tier}c must lie in [0, 100], got {g} + {c}", field=f"{tier}g")
-    if plan.placement == "released" and max(plan.hg, plan.hc, plan.hd) < 100.0 - 1e-9:
-        raise InputError("activations must sit 100% on one tier (the runtime cannot split them)", field="hg")
-    if plan.compress_cache and plan.placement == "released" and max(plan.cg, plan.cc, plan.cd) < 100 - 1e-9:
-        raise InputError("a compressed KV cache cannot be split across tiers", field="cg")
+    if plan.placement != "released":
+        return
+    for tier, what in (("h", "activations"), ("c", "a compressed KV cache")):
+        g, c = getattr(plan, f"{tier}g"), getattr(plan, f"{tier}c")
+        if (tier == "h" or plan.compress_cache) and not whole_tier(g, c):
+            raise InputError(
+                f"{what} must sit whole on one tier, {tier}g and {tier}c each 0 or 100 (the runtime "
+                f"cannot split them), got {g} and {c}",
+                field=f"{tier}g" if g not in (0.0, 100.0) else f"{tier}c",
+            )
 
 
 def weight_dtype(plan: FlexGenPlan) -> DType:
@@ -157,7 +174,7 @@ def scheduling_layer_tensors(model: ModelSpec) -> tuple[tuple[tuple[int, bool], 
 
 
 def _bytes(numel: int, is_matrix: bool, dtype: DType) -> float:
-    return numel * (dtype.bytes_per_element if is_matrix else VECTOR_BYTES)
+    return numel * (dtype.bytes_per_element if is_matrix else vector_bytes(dtype))
 
 
 def copy_parts(compressed: bool) -> tuple[float, ...]:

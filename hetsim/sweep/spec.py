@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hetsim.errors import InputError
 from hetsim.hardware.catalog import validation_error, whole_number
+from hetsim.hardware.schema import LinkKindName
 from hetsim.textfiles import parse_yaml, read_text, validate_strictly
 from hetsim.workload import MAX_WORK, WHY_MAX
 
@@ -143,6 +144,24 @@ def load_spec(path: str | Path) -> SweepSpec:
     return spec
 
 
+# knobs that become a rig quantity: (its schema type, the unit the knob is in); bounded as a rig's
+PHYSICAL = {"gpu_mem_gb": ("Bytes", "GB"), "net_gbps": ("Bandwidth", "Gb/s")}
+LINK_KINDS = get_args(LinkKindName)
+
+
+def _unphysical(key: str, value: float) -> str | None:
+    """Why ``value`` of knob ``key`` is past the physical bounds a rig file's quantity has (the rig
+    schema's check and words), or None."""
+    from hetsim.hardware import schema
+
+    kind, unit = PHYSICAL[key]
+    try:
+        getattr(schema, kind)(value=f"{value!r} {unit}", source="sweep", grade="assumed")
+    except ValidationError as exc:
+        return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+    return None
+
+
 def _check_values(spec: SweepSpec, source: str) -> None:
     """Names that must exist (models, rigs, strategies, catalogue links), reported by field."""
     from hetsim.hardware.catalog import load_catalog
@@ -182,16 +201,21 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 raise InputError(f"must be <= {MAX_WORK[key]} ({WHY_MAX[key]}), got {value}")
             elif key in ("gpu_mem_gb", "net_gbps") and not _positive_finite(value):
                 raise InputError(f"must be a positive finite number, got {value!r:.40}")
-            elif key == "gpu_mem_gb" and budget_problem(value * 1e9):  # under 1 MB: as --gpu-mem-budget
+            elif key == "gpu_mem_gb" and budget_problem(min(value * 1e9, 1e18)):  # as --gpu-mem-budget
                 raise InputError(f"must be at least {MIN_GPU_MEM_BUDGET / 1e9:g} (1 MB), got {value!r}")
-            elif key in PRECISION_AXES and (why := unknown_dtype(value)) is not None:
+            elif key in PHYSICAL and (why := _unphysical(key, value)):  # 1e300 GB read "at least 1 MB"
                 raise InputError(why)
             elif key == "objective" and value not in ("latency", "throughput", "cost"):
                 raise InputError(f"unknown objective {value!r}")
+            elif key in PRECISION_AXES and (why := unknown_dtype(value)) is not None:
+                raise InputError(why)
             elif key == "bw_scale" and not (
                 isinstance(value, dict) and all(_positive_finite(f) for f in value.values())
             ):
                 raise InputError("must map link kinds to positive factors")
+            elif key == "bw_scale" and (unknown := sorted(set(value) - set(LINK_KINDS), key=str)):
+                # a misspelt kind scaled nothing, silently
+                raise InputError(f"unknown link kind {unknown[0]!r} (known: {', '.join(LINK_KINDS)})")
         except InputError as exc:
             raise InputError(exc.message, source=source, field=field) from None
 
