@@ -332,6 +332,13 @@ def _slots(
         late = _hops_after(lk, copies[j], hop_lat) - t_post
         return {"const": late} if late > 0.0 else {}
 
+    kv_parts = tuple(zip(copy_parts(True), packed_parts(True), strict=True))
+    kv_then: tuple[tuple[float, bool], ...] = ()
+
+    def _relay_then(wr: dict[str, float], j: int, then: tuple[tuple[float, bool], ...]) -> dict[str, float]:
+        """``wr``, scheduling layer ``j``'s placed relay chain, with ``then`` read after its copies."""
+        return _weight_relay(lk, copies[j], lats, then) if wr and then else wr
+
     def kv_disk(dk: dict[str, float], p: dict[str, float]) -> dict[str, float]:
         """A loading sub-step's disk bound, K's memcpy then the reads then V's hop (``_Slot.dk0``,
         ``dkm``, ``dkl``), with its copies' latencies: K's read, V's read, V's hop."""
@@ -390,7 +397,7 @@ def _slots(
                         c, p = _plus(kvf["c0"], pinned, 1.0), _plus(p, memcpy, 1.0)
                         if disk:
                             kvf["dk0"], kvf["dw0"] = kv_disk(dk, p), weights_then_kv(dk, p, j_next)
-                            wr = _then_kv_hops(wr, link)
+                            wr = _then_kv_hops(_relay_then(wr, j_next, kv_then), link)
                     else:  # in the last
                         kvf = {"cl": _plus(_plus(c, link, 1.0), pinned, 1.0), "pl": _plus(p, memcpy, 1.0)}
                         if disk:
@@ -418,6 +425,13 @@ def _slots(
                 q = {"cc": new_kv / store, "cd": new_kv / lk.out_pin + new_kv / lk.c2d}
                 store_w = {"cd": new_kv / lk.c2d}
                 if phase == "decode":
+                    # a 4-bit KV on disk (whole: cd = 1) is read after a placed layer's disk weights,
+                    # beside their conversions (``_weight_relay``'s ``then``): K's parts, then V's
+                    kv_then = (
+                        tuple((gbs * step.kv_len * kv_tok * b / 2, k) for b, k in kv_parts) * 2
+                        if disk and lats is not None and fl.compress_cache and fl.cache_tier == "d"
+                        else ()
+                    )
                     ahead = _kv_load(
                         rig,
                         model,
@@ -430,6 +444,7 @@ def _slots(
                         fl.compress_cache,
                         pin_at if kv_at is None else kv_at,
                         lat,
+                        hop_lat,
                     )
                     if nb > 1:  # sub-steps 0..nb-2 load this layer's batches 1..nb-1; the last none
                         link, memcpy, pinned, disk_read, slow_kv, dk = ahead
@@ -441,7 +456,7 @@ def _slots(
                         if disk:
                             kvf["dk0"] = kvf["dkm"] = kv_disk(dk, p)
                             kvf["dw0"] = weights_then_kv(dk, p, j_next)
-                            wr = _then_kv_hops(wr, link)
+                            wr = _then_kv_hops(_relay_then(wr, j_next, kv_then), link)
             elif fl.compress_cache:  # decode with CPU attention over a 4-bit cache at home on the CPU
                 # (candidate_flags: tier "c"): no load (smart_copy returns the home tensor); the thread
                 # runs the GPU's kernels, the copy to the CPU, the decompression of the whole cache into
@@ -595,6 +610,7 @@ def _kv_load(
     compressed: bool = False,
     at: dict[str, float] | None = None,
     lat: float = 0.0,
+    hop_lat: float = 0.0,
 ) -> tuple[dict[str, float], ...]:
     """One batch's GPU-attention KV load from the CPU and the disk: (its link time, its host memcpy,
     the part of it the load waits for, its disk read, the memcpy's delay per weight byte loaded
@@ -606,7 +622,8 @@ def _kv_load(
     it (flex_opt.py:1048-1049) and ends later by ``bandwidth.overlap_delay`` per second of DMA (exact
     when the memcpy outlasts the DMA; a shorter one is under the weights' own option). ``at``: a
     plan's KV fractions, where V's pin is also slowed by K's disk read beside it (tangent forms).
-    ``lat``: each disk read's latency, in the timeline a packed part's conversion runs beside."""
+    ``lat``: each disk read's latency, in the timeline a packed part's conversion runs beside;
+    ``hop_lat``: each hop's."""
     kvb = gbs * kv_len * kv_tok  # the kv_len slots load_cache path 0 copies
     copy = host_copy_op(kvb)
     cap = _host_pace(rig, cpu, (copy,))
@@ -674,8 +691,8 @@ def _kv_load(
     last_read = kvb * parts[-1] / (2 * lk.d2c) if len(parts) > 1 else 0.0
     # the reads on the disk lane, K's parts then V's, each (its bytes' start, its end, packed?), each
     # its latency then its bytes: only a 4-bit cache has packed parts, and it lies whole on one tier
-    # (cd 0 or 1), so its chain at cd = 1, latencies in, is exact wherever it binds (the latencies
-    # themselves are the caller's, ``_latency``)
+    # (cd 0 or 1), so its chain at cd = 1, latencies in, is exact wherever it binds (the caller's
+    # ``_latency`` adds two reads' and a hop's; each chain's own are in its term, below)
     secs = [kvb * b / (2 * lk.d2c) for b in (*parts, *parts)]
     ends = list(itertools.accumulate(lat + t for t in secs))
     reads = list(zip([e - t for e, t in zip(ends, secs, strict=True)], ends, (*packed, *packed), strict=True))
@@ -688,15 +705,24 @@ def _kv_load(
         return _converted(lk, ends[i], _unpack_s(lk, secs[i] * lk.d2c, False), reads) - ends[i]
 
     # V's packed data is converted once read, then hops
-    unpack = unpacked(len(parts))
-    tail = max(last_read, unpack + sum(hops[:-1]) / 2) + hops[-1] / 2
+    n = len(parts)
+    unpack = unpacked(n)
+    v_rest = unpack + sum(hops[:-1]) / 2 + (n - 1) * hop_lat  # V's parts but the last: converted, hopped
+    tail = max(last_read + (lat if n > 1 else 0.0), v_rest) + hops[-1] / 2 + hop_lat
     # ... or, where the hops are slower than the reads, K's first read (and its conversion), then
     # every hop one after another on the link: the link's own sum has no wait for the first read (a
     # 4-bit cache at hexgen-homogeneous's 16 GB/s against the 10 GB/s pageable hop: Llama-2-13B
     # 16 x 4, the weights on the CPU, 512 + 16, LP -5.1 % under the engine without, -1.5 % with).
-    # Both chains scale with cd alike, so their max is one form
-    first = secs[0] + unpacked(0) + sum(hops)
-    dk = {"cc": memcpy / 2, "cd": max(kvb / lk.d2c - last_read + tail, first)}
+    # Both chains scale with cd alike, so their max is one form. Each has its own copies' latencies
+    # (``ends``: each read's; a hop's each): the reads' chain every read's but the last's, the hops'
+    # chain one read's and all 2n hops'. The caller adds two reads' and a hop's (``kv_disk``), so the
+    # rest is in the term: exact at cd = 1 (a 4-bit cache lies whole on one tier), off by (1 - cd)
+    # of it at a split cache. (hexgen-homogeneous Llama-2-7B 4 x 1, 4-bit weights 80/20, the 4-bit
+    # KV on disk, 1024 + 16: the hops' chain 2.87 ms a decode layer with the reads' chain's latencies,
+    # the engine's trace 2.81 (a read, the conversion, four hops); the plan +1.09 % over the engine)
+    reads_chain = ends[n * 2 - 2] + tail if n > 1 else ends[-1] + tail
+    first = ends[0] + unpacked(0) + sum(hops) + 2 * n * hop_lat
+    dk = {"cc": memcpy / 2, "cd": max(reads_chain, first) - (2 * lat + hop_lat)}
     return link, thread, pinned, {"cd": kvb / lk.d2c}, slow, dk
 
 
@@ -851,7 +877,10 @@ def _weight_loads(lk: Links, disk: str) -> dict[str, float]:
 
 
 def _weight_relay(
-    lk: Links, sizes: tuple[tuple[float, bool], ...], lats: tuple[float, float] | None
+    lk: Links,
+    sizes: tuple[tuple[float, bool], ...],
+    lats: tuple[float, float] | None,
+    then: tuple[tuple[float, bool], ...] = (),
 ) -> dict[str, float]:
     """A layer's disk share as the copy threads move it, tensor by tensor (``layer_disk_copies``):
     the load lasts at least its reads, one after another on the disk lane, each copy's hop over the
@@ -859,7 +888,9 @@ def _weight_relay(
     copies at a plan's placement, each read and hop with its latency (``lats``: a constant, the
     engine's chain), or (``lats`` None) every tensor whole, which the LP's even spread scales by
     ``wd`` (copies all scaled alike span alike); the caller adds one read's and one hop's latency
-    (``_latency``: how many tensors a fraction puts on disk is no linear form)."""
+    (``_latency``: how many tensors a fraction puts on disk is no linear form). ``then``: the reads
+    queued after the layer's on the disk lane (a 4-bit KV's, load_cache after load_weight), which
+    land beside its conversions too."""
     lat, hop_lat = lats or (0.0, 0.0)
     reads: list[tuple[float, float, bool]] = []  # built at the first packed part (most layers have none)
     t_read = t_hop = t_unpack = 0.0
@@ -870,8 +901,9 @@ def _weight_relay(
             # conversions share the host's cores: ``Engine.book_beside``), beside the hop before it
             # and the reads after it (``_converted``)
             if not reads:  # the reads on the disk lane, one after another: (start, end, packed?)
-                ends = itertools.accumulate(lat + c / lk.d2c for c, _ in sizes)
-                reads = [(end - c / lk.d2c, end, k) for end, (c, k) in zip(ends, sizes, strict=True)]
+                lane = (*sizes, *then)
+                ends = itertools.accumulate(lat + c / lk.d2c for c, _ in lane)
+                reads = [(end - c / lk.d2c, end, k) for end, (c, k) in zip(ends, lane, strict=True)]
             unpack = _unpack_s(lk, b, lats is not None)
             ready = t_unpack = _converted(lk, max(t_unpack, t_read), unpack, reads)
         t_hop = max(t_hop, ready) + hop_lat + _hop_s(lk, b, packed)
