@@ -10,12 +10,13 @@ with a 4-bit cache on disk (``_converted``)."""
 from __future__ import annotations
 
 import pytest
+from flexgen_placed import lp_vs_engine
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
-from hetsim.planner.flexgen_lp import Flags, LpSolution, _converted, _unpack_s, links, released_time_per_seq
+from hetsim.planner.flexgen_lp import Flags, _converted, _unpack_s, links
 from hetsim.sim.engine import Engine
-from hetsim.sim.run import fits, simulate
+from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
 from hetsim.strategies.flexgen_ops import PACKED_RELAY, PLAIN_RELAY, packed_unrelay_cost
@@ -69,9 +70,7 @@ def test_lp_follows_the_engine_with_a_4bit_cache_on_a_fast_disk(model, gbs, nb, 
     plan = FlexGenPlan(gbs, nb, wg, wc, 0, 0, 100, 0, cpu_attention=False, compress_cache=True, gpu=ends[0])
     wl = Workload(gbs * nb, prompt, gen)
     assert fits(get_strategy("flexgen"), plan, rig, m, wl)
-    sol = LpSolution(gbs, nb, Flags(False, True, "d"), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-    err = lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
+    err = lp_vs_engine(plan, rig, m, wl, Flags(False, True, "d"))
     assert abs(err) < 0.01, (err, before)
 
 
@@ -107,9 +106,7 @@ def test_lp_follows_the_engine_with_weights_and_a_4bit_cache_on_disk(
     )
     wl = Workload(gbs * nb, prompt, gen)
     assert fits(get_strategy("flexgen"), plan, rig, m, wl)
-    sol = LpSolution(gbs, nb, Flags(False, True, "d", cw), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-    err = lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
+    err = lp_vs_engine(plan, rig, m, wl, Flags(False, True, "d", cw))
     assert abs(err) < 0.015, (err, before)
 
 
@@ -150,7 +147,5 @@ def test_the_kv_hops_chain_has_its_own_latencies(model, gbs, nb, wg, wc, cw, pro
     )
     wl = Workload(gbs * nb, prompt, gen)
     assert fits(get_strategy("flexgen"), plan, rig, m, wl)
-    sol = LpSolution(gbs, nb, Flags(False, True, "d", cw), {}, 1.0, 1.0)
-    lp = released_time_per_seq(sol, plan, rig, m, wl, ends, None) * wl.batch
-    err = lp / simulate(get_strategy("flexgen"), plan, rig, m, wl).e2e_s - 1
+    err = lp_vs_engine(plan, rig, m, wl, Flags(False, True, "d", cw))
     assert -0.01 < err < 0.0025, (err, before)
