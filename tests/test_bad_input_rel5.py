@@ -60,3 +60,43 @@ def test_a_bw_scale_on_a_rig_that_does_not_load_is_left_to_its_points(tmp_path, 
     spec = _sweep(tmp_path, {"rig": str(bad)}, {"strategy": ["gpu-only"], "bw_scale": [{"pcie": 2}]})
     code, err = guarded(["sweep", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"])
     assert code == 0 and "ran 1 (1 failed)" in err  # the point's error row, as before
+
+
+# ---- CLI number flags: ASCII decimal digits only ----------------------------------------------------------
+PLAN = ["plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--format", "json"]
+SERVE = ["serve", "--model", "llama2-7b", "--hw", "hexgen-half-budget", "--duration", "1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "value"),
+    [
+        ([*PLAN, "--batch", "1_6"], "--batch", "1_6"),  # planned batch 16
+        ([*PLAN, "--prompt-len", "1_0"], "--prompt-len", "1_0"),
+        ([*PLAN, "--gen-len=2_0"], "--gen-len", "2_0"),
+        (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "1_6"], "--batch", "1_6"),
+        ([*SERVE, "--rate", "1_0"], "--rate", "1_0"),  # a float flag: 10 requests/s
+        ([*SERVE, "--rate", "0.5", "--seed", "٣"], "--seed", "٣"),  # an Arabic-Indic three
+        (["sweep", "s.yaml", "--workers", "1_0"], "--workers", "1_0"),  # an extension's command
+    ],
+)
+def test_a_number_flag_not_in_ascii_decimal_digits_is_refused_naming_the_flag(
+    capsys, guarded, args, flag, value
+):
+    why = "must be a number in ASCII decimal digits (no '_' or other scripts' digits)"
+    assert guarded(args) == (2, f"error: {flag}: {why}, got {value!r}\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        ([*SERVE, "--rate", "inf"],
+         "--rate: must be a finite number >= 1e-06 requests/s (one a ~12 days), got inf"),
+        ([*PLAN, "--batch", "0"], "--batch: must be a positive integer, got 0"),
+    ],
+)  # fmt: skip
+def test_other_bad_number_flags_keep_their_own_lines(capsys, guarded, args, line):
+    assert guarded(args) == (2, f"error: {line}\n")
+
+
+def test_plain_number_flags_still_run(capsys, guarded):
+    assert guarded([*PLAN, "--batch", "16", "--prompt-len=016", "--gen-len", "2"])[0] == 0
