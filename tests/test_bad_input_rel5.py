@@ -62,6 +62,18 @@ def test_a_bw_scale_on_a_rig_that_does_not_load_is_left_to_its_points(tmp_path, 
     assert code == 0 and "ran 1 (1 failed)" in err  # the point's error row, as before
 
 
+def test_a_bw_scale_on_links_cpu_sockets_removes_is_not_refused(tmp_path, capsys, guarded):
+    # cpu_sockets 1 drops the socket-to-socket (upi) link, so no point scales it: the sweep ran before
+    # the check and must still run; with both sockets kept the link is scaled, and refused
+    grid = {"strategy": ["gpu-only"], "cpu_sockets": [1], "bw_scale": [{"upi": 1e-9}]}
+    spec = _sweep(tmp_path, {"rig": "ktransformers-2s"}, grid)
+    code, err = guarded(["sweep", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"])
+    assert code == 0 and "ran 1 (0 failed)" in err
+    spec = _sweep(tmp_path, {"rig": "ktransformers-2s"}, {**grid, "cpu_sockets": [1, 2]})
+    code, err = guarded(["sweep", str(spec), "--out", str(tmp_path / "out2"), "--workers", "1"])
+    assert code == 2 and "grids[0].bw_scale[0]: upi x 1e-09 takes link 'n0.upi.cpu0-cpu1'" in err
+
+
 # ---- CLI number flags: ASCII decimal digits only ----------------------------------------------------------
 PLAN = ["plan", "--model", "llama2-7b", "--hw", "mixed-lab", "--format", "json"]
 SERVE = ["serve", "--model", "llama2-7b", "--hw", "hexgen-half-budget", "--duration", "1"]

@@ -249,13 +249,14 @@ def _assumed():
     return Grade.ASSUMED
 
 
-# knobs that set link rates bw_scale then scales (a swapped PCIe generation, a NIC's rate)
-_RATE_KNOBS = ("pcie", "net_link", "net_gbps")
+# knobs that set the links bw_scale then scales: which links there are (cpu_sockets drops the
+# socket-to-socket ones) and their rates (a swapped PCIe generation, a NIC's rate)
+_LINK_KNOBS = ("cpu_sockets", "pcie", "net_link", "net_gbps")
 
 
 def check_scaled_links(spec: SweepSpec, source: str) -> None:
     """Each ``bw_scale`` value applied, before any point runs, to every rig its points have (with the
-    knobs that set the rates it scales): a link it takes past a rig file's bounds is one line naming the
+    knobs that set the links it scales): a link it takes past a rig file's bounds is one line naming the
     sweep file and the field. A rig that does not load is left to its points' rows."""
     from hetsim.errors import InputError
     from hetsim.hardware.loader import load_rig
@@ -268,7 +269,7 @@ def check_scaled_links(spec: SweepSpec, source: str) -> None:
         else:
             scales = [("base.bw_scale", spec.base.get("bw_scale"))]
         for (field, scale), name, *rates in itertools.product(
-            scales, axes.get("rig", []), *(axes.get(k, [None]) for k in _RATE_KNOBS)
+            scales, axes.get("rig", []), *(axes.get(k, [None]) for k in _LINK_KNOBS)
         ):
             if not scale:
                 continue
@@ -278,7 +279,7 @@ def check_scaled_links(spec: SweepSpec, source: str) -> None:
                 except InputError:
                     loaded[name] = None
             rig = loaded[name]
-            knobs = {k: v for k, v in zip(_RATE_KNOBS, rates, strict=True) if v is not None}
+            knobs = {k: v for k, v in zip(_LINK_KNOBS, rates, strict=True) if v is not None}
             try:
                 if rig is not None:
                     apply_hardware(rig, {**knobs, "bw_scale": scale})
