@@ -7,6 +7,7 @@ Plain numbers pass through unchanged (already SI).
 
 from __future__ import annotations
 
+import math
 import re
 
 _DECIMAL = {"": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
@@ -60,6 +61,17 @@ def parse_decimal(text: str) -> float:
     if not m or m.group(2):
         raise ValueError(f"not a decimal number: {text!r}")
     return float(m.group(1))
+
+
+def misread_number(text: str) -> bool:
+    """Whether Python (``int``, ``float``, pydantic's lax mode) would read ``text`` as a finite number
+    that is no ASCII decimal one ("1_000", "٣"): what a flag's value must not be taken as. The words
+    ``float`` reads as infinite or NaN are left to the checks of finite values, which name them."""
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and not is_bare_number(text)
 
 
 def parse_count(text: str) -> int:

@@ -122,6 +122,23 @@ def test_cost_key_ignores_memory_size_and_provenance_only():
     assert cost_key(replace(gpu, name="other")) != cost_key(gpu)
 
 
+def test_cost_key_is_the_twin_key_with_the_devices_name_and_node():
+    """One home for what op costs read of a device: ``cost_key`` adds only the name and node that
+    ``twin_key`` leaves out, so the two caches can never disagree on a field."""
+    from dataclasses import replace
+
+    from hetsim.costs.op_cost import cost_key, twin_key
+
+    rig = api.problem("llama2-7b", "mixed-lab").rig
+    for dev in rig.devices.values():
+        assert cost_key(dev) == (dev.name, dev.node, twin_key(dev)) and twin_key(dev) is not None
+    gpu = rig.devices["n0.gpu0"]
+    moved = replace(gpu, node="n9")
+    assert twin_key(moved) == twin_key(gpu) and cost_key(moved) != cost_key(gpu)
+    odd = replace(gpu, efficiency=object())  # a type the keys do not know: like no other device
+    assert cost_key(odd) is None and twin_key(odd) is None
+
+
 def _sweep_rigs():
     """mixed-lab as a sweep overrides it: GPU memory capped (op costs and splits as shipped), and
     PCIe swapped (splits differ, op costs as shipped)."""

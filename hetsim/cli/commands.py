@@ -736,6 +736,7 @@ def _main(argv: Sequence[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
         _refuse_empty(list(sys.argv[1:] if argv is None else argv), command)
+        _refuse_misread_numbers(list(sys.argv[1:] if argv is None else argv), command)
         with _forking(list(sys.argv[1:] if argv is None else argv)):
             rv = command.main(
                 args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
@@ -792,6 +793,28 @@ def _refuse_empty(args: list[str], command: Any) -> None:
                 raise InputError("takes no argument, got ''", field=_command_name(args))
             field = f"{_command_name(args)}'s argument"
             raise InputError("is empty: give a name or a file's path", field=field)
+
+
+def _refuse_misread_numbers(args: list[str], command: Any) -> None:
+    """A number flag's value that Python reads as a number though it is no ASCII decimal one, before
+    any work: ``--batch 1_6`` planned a batch of 16 and ``--seed ٣`` (an Arabic-Indic three) ran seed
+    3 (typer's parsing, pydantic's lax mode or click's ``int``). Other bad values keep their lines."""
+    from hetsim.units import misread_number
+
+    numbers = {o for p in _subcommand(command, args).params if _takes_number(p) for o in p.opts}
+    for flag, value in _flag_values(args):
+        if flag in numbers and misread_number(value):
+            why = "must be a number in ASCII decimal digits (no '_' or other scripts' digits)"
+            raise InputError(f"{why}, got {value!r}", field=flag)
+
+
+def _takes_number(param: Any) -> bool:
+    """Whether a click parameter takes an int or a float (typer >= 0.2x: its annotation, which pydantic
+    parses; earlier: click's type)."""
+    described = getattr(param, "type_descriptor", None)
+    if described is not None:
+        return getattr(described, "annotation", None) in (int, float)
+    return str(getattr(getattr(param, "type", None), "name", "")).startswith(("integer", "float"))
 
 
 def _subcommand(command: Any, args: list[str]) -> Any:

@@ -93,20 +93,20 @@ _NOT_COST_FIELDS = ("mem_bytes", "provenance")
 
 
 def cost_key(device: ComputeDevice) -> Hashable | None:
-    """Everything ``op_cost`` and ``block_cost`` may read of ``device``, as nested tuples of plain
-    values: devices with equal keys give every op the same cost. None where a field holds a type
-    this does not know (then treat the device as unlike any other)."""
-    fields = dataclasses.fields(device)
-    key = _plain((device.name, *(getattr(device, f.name) for f in fields if f.name not in _NOT_COST_FIELDS)))
-    return None if _holds(key, _UNKNOWN) else key
+    """Everything ``op_cost`` and ``block_cost`` may read of ``device``: its ``twin_key`` with what names
+    and places it (its name, its node). Devices with equal keys give every op the same cost. None as
+    ``twin_key``."""
+    twin = twin_key(device)
+    return None if twin is None else (device.name, device.node, twin)
 
 
 def twin_key(device: ComputeDevice) -> Hashable | None:
-    """``cost_key`` less what names the device and places it (its name, its node): devices with equal
-    keys (a rig's identical sockets or cards) give every op the same cost. None as ``cost_key``."""
-    fields = dataclasses.fields(device)
+    """The fields op costs may read of ``device``, less what names and places it (its name, its node), as
+    nested tuples of plain values: devices with equal keys (a rig's identical sockets or cards) give
+    every op the same cost. None where a field holds a type this does not know (then treat the device
+    as unlike any other)."""
     skip = (*_NOT_COST_FIELDS, "name", "node")
-    key = _plain(tuple(getattr(device, f.name) for f in fields if f.name not in skip))
+    key = _plain(tuple(getattr(device, f.name) for f in dataclasses.fields(device) if f.name not in skip))
     return None if _holds(key, _UNKNOWN) else key
 
 

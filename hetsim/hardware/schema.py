@@ -12,7 +12,15 @@ import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hetsim.hardware.types import Grade
 from hetsim.units import (
@@ -116,6 +124,17 @@ class Sourced(_Strict):
     @property
     def grade_enum(self) -> Grade:
         return GRADES[self.grade]
+
+
+def out_of_bounds(quantity: type[Sourced], value: str | float) -> str | None:
+    """Why ``value`` (a unit string, or a plain SI number) is no ``quantity`` a rig file may hold, in the
+    check's own words; None where it is one. For numbers that become a rig's from elsewhere (a sweep's
+    knobs), so they meet the bounds a file's do."""
+    try:
+        quantity(value=value, source="check", grade="assumed")
+    except ValidationError as exc:
+        return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+    return None
 
 
 class _Rate(Sourced):

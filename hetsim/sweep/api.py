@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from hetsim.errors import InputError
-from hetsim.sweep.grid import expand, knob_columns
+from hetsim.sweep.grid import check_scaled_links, expand, knob_columns
 from hetsim.sweep.runner import check_dask_address, execute
 from hetsim.sweep.spec import SweepSpec, load_spec
 from hetsim.sweep.store import Store, schema_for
@@ -48,6 +48,7 @@ def run_sweep(
         points = expand(spec)
     except ValueError as exc:
         raise InputError(str(exc), source=str(spec_path), field="grids") from None
+    check_scaled_links(spec, str(spec_path))
     root = Path(out) if out is not None else default_out(spec_path, spec)
     store = Store(root, schema_for(points, knob_columns(points)))
     done = store.done(retry_failed=retry_failed)

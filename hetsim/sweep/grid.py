@@ -19,7 +19,7 @@ from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 from hetsim.hardware.rig import Rig
-from hetsim.hardware.schema import TO_HOST_FIELDS
+from hetsim.hardware.schema import TO_HOST_FIELDS, Bandwidth, out_of_bounds
 from hetsim.hardware.types import Link, Provenance
 from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, SweepSpec
 
@@ -213,20 +213,30 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
     for kind, factor in (knobs.get("bw_scale") or {}).items():
         for lname, link in list(links.items()):
             if link.kind == kind:
-
-                def scaled(link: Link = link, factor: float = factor) -> Link:
-                    fwd = {k: getattr(link, k) for k in TO_HOST_FIELDS}
-                    return replace(
-                        link,
-                        bw=link.bw * factor,
-                        pageable_bw=link.pageable_bw * factor,
-                        **{k: v * factor if v is not None else None for k, v in fwd.items()},
-                    )
-
-                links[lname] = _derive(link, ("scale", factor), scaled)
+                where = f"{kind} x {factor!r} takes link {lname!r} of rig {rig.name!r}"
+                links[lname] = _derive(
+                    link,
+                    ("scale", factor),
+                    lambda link=link, factor=factor, where=where: _scaled(link, factor, where),
+                )
 
     # a fresh route cache: routes of the original rig are stale here
     return replace(rig, devices=devices, links=links, nodes=nodes)
+
+
+# a link's rates as the rig schema names them (bw_scale's messages)
+_RATES = {"bw": "bandwidth", "pageable_bw": "pageable_bandwidth", **TO_HOST_FIELDS}
+
+
+def _scaled(link: Link, factor: float, where: str) -> Link:
+    """``link`` with every rate times ``factor``, each held to the bounds a rig file's bandwidth has (the
+    rig schema's rule and words): a factor of 1e300 ran links of infinite bandwidth, 1e-300 of 1e-290 B/s."""
+    rates = {k: getattr(link, k) for k in _RATES}
+    new = {k: v * factor if v is not None else None for k, v in rates.items()}
+    for k, v in new.items():
+        if v is not None and (why := out_of_bounds(Bandwidth, v)):
+            raise ValueError(f"{where} past a rig file's bounds: {_RATES[k]} {why}")
+    return replace(link, **new)
 
 
 def _is_nic(link: Link) -> bool:
@@ -237,6 +247,44 @@ def _assumed():
     from hetsim.hardware.types import Grade
 
     return Grade.ASSUMED
+
+
+# knobs that set the links bw_scale then scales: which links there are (cpu_sockets drops the
+# socket-to-socket ones) and their rates (a swapped PCIe generation, a NIC's rate)
+_LINK_KNOBS = ("cpu_sockets", "pcie", "net_link", "net_gbps")
+
+
+def check_scaled_links(spec: SweepSpec, source: str) -> None:
+    """Each ``bw_scale`` value applied, before any point runs, to every rig its points have (with the
+    knobs that set the links it scales): a link it takes past a rig file's bounds is one line naming the
+    sweep file and the field. A rig that does not load is left to its points' rows."""
+    from hetsim.errors import InputError
+    from hetsim.hardware.loader import load_rig
+
+    loaded: dict[str, Rig | None] = {}
+    for i, grid in enumerate(spec.grids):
+        axes = {**{k: [v] for k, v in spec.base.items()}, **grid}
+        if "bw_scale" in grid:
+            scales = [(f"grids[{i}].bw_scale[{j}]", v) for j, v in enumerate(grid["bw_scale"])]
+        else:
+            scales = [("base.bw_scale", spec.base.get("bw_scale"))]
+        for (field, scale), name, *rates in itertools.product(
+            scales, axes.get("rig", []), *(axes.get(k, [None]) for k in _LINK_KNOBS)
+        ):
+            if not scale:
+                continue
+            if name not in loaded:
+                try:
+                    loaded[name] = load_rig(name)
+                except InputError:
+                    loaded[name] = None
+            rig = loaded[name]
+            knobs = {k: v for k, v in zip(_LINK_KNOBS, rates, strict=True) if v is not None}
+            try:
+                if rig is not None:
+                    apply_hardware(rig, {**knobs, "bw_scale": scale})
+            except ValueError as exc:
+                raise InputError(str(exc), source=source, field=field) from None
 
 
 # ---- plan overrides -------------------------------------------------------------------------

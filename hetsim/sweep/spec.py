@@ -155,11 +155,7 @@ def _unphysical(key: str, value: float) -> str | None:
     from hetsim.hardware import schema
 
     kind, unit = PHYSICAL[key]
-    try:
-        getattr(schema, kind)(value=f"{value!r} {unit}", source="sweep", grade="assumed")
-    except ValidationError as exc:
-        return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
-    return None
+    return schema.out_of_bounds(getattr(schema, kind), f"{value!r} {unit}")
 
 
 def _check_values(spec: SweepSpec, source: str) -> None:
