@@ -74,20 +74,9 @@ def test_lp_follows_the_engine_with_a_4bit_cache_on_a_fast_disk(model, gbs, nb, 
     assert abs(err) < 0.01, (err, before)
 
 
-@pytest.mark.parametrize(
-    ("model", "gbs", "nb", "wg", "wc", "cw", "prompt", "gen", "before"),
-    [
-        ("opt-6.7b", 16, 4, 30, 35, True, 256, 16, -7.11),
-        ("opt-6.7b", 8, 6, 15, 55, False, 1024, 16, -4.81),
-    ],
-)
-def test_lp_follows_the_engine_with_weights_and_a_4bit_cache_on_disk(
-    model, gbs, nb, wg, wc, cw, prompt, gen, before
-):
-    """hexgen-homogeneous, some weights (4-bit or fp16) and a 4-bit KV on disk: the KV's reads queue
-    behind the weights' on the disk lane, so its hops follow the weights' relay chain on the link
-    (``_then_kv_hops``). The LP at the plan's placement within 1.5 % of the engine (``before``: %
-    with the two chains apart)."""
+def _kv_on_disk_error(model, gbs, nb, wg, wc, cw, prompt, gen):
+    """The LP at the plan's placement over the engine's run, less 1: hexgen-homogeneous, weights
+    ``wg``/``wc``/rest on disk (4-bit with ``cw``), all the KV on disk, 4-bit."""
     rig, m = load_rig("hexgen-homogeneous"), get_model(model)
     ends = endpoints(rig)
     plan = FlexGenPlan(
@@ -106,7 +95,24 @@ def test_lp_follows_the_engine_with_weights_and_a_4bit_cache_on_disk(
     )
     wl = Workload(gbs * nb, prompt, gen)
     assert fits(get_strategy("flexgen"), plan, rig, m, wl)
-    err = lp_vs_engine(plan, rig, m, wl, Flags(False, True, "d", cw))
+    return lp_vs_engine(plan, rig, m, wl, Flags(False, True, "d", cw))
+
+
+@pytest.mark.parametrize(
+    ("model", "gbs", "nb", "wg", "wc", "cw", "prompt", "gen", "before"),
+    [
+        ("opt-6.7b", 16, 4, 30, 35, True, 256, 16, -7.11),
+        ("opt-6.7b", 8, 6, 15, 55, False, 1024, 16, -4.81),
+    ],
+)
+def test_lp_follows_the_engine_with_weights_and_a_4bit_cache_on_disk(
+    model, gbs, nb, wg, wc, cw, prompt, gen, before
+):
+    """hexgen-homogeneous, some weights (4-bit or fp16) and a 4-bit KV on disk: the KV's reads queue
+    behind the weights' on the disk lane, so its hops follow the weights' relay chain on the link
+    (``_then_kv_hops``). The LP at the plan's placement within 1.5 % of the engine (``before``: %
+    with the two chains apart)."""
+    err = _kv_on_disk_error(model, gbs, nb, wg, wc, cw, prompt, gen)
     assert abs(err) < 0.015, (err, before)
 
 
@@ -129,23 +135,5 @@ def test_the_kv_hops_chain_has_its_own_latencies(model, gbs, nb, wg, wc, cw, pro
     75/25, 256 + 32, where it binds: -0.80 % with two, -2.77 % with the hops' chain's fixed alone,
     -0.50 % now). The LP at the plan's placement no more than 0.25 % above the engine and within 1 %
     under it."""
-    rig, m = load_rig("hexgen-homogeneous"), get_model(model)
-    ends = endpoints(rig)
-    plan = FlexGenPlan(
-        gbs,
-        nb,
-        wg,
-        wc,
-        0,
-        0,
-        100,
-        0,
-        cpu_attention=False,
-        compress_cache=True,
-        compress_weight=cw,
-        gpu=ends[0],
-    )
-    wl = Workload(gbs * nb, prompt, gen)
-    assert fits(get_strategy("flexgen"), plan, rig, m, wl)
-    err = lp_vs_engine(plan, rig, m, wl, Flags(False, True, "d", cw))
+    err = _kv_on_disk_error(model, gbs, nb, wg, wc, cw, prompt, gen)
     assert -0.01 < err < 0.0025, (err, before)
