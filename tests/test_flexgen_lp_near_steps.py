@@ -77,7 +77,7 @@ def test_near_steps_without_a_disk_share_in_the_optimum_put_none_on_disk():
     """mixed-lab, Llama-2-70B 32 x 1, 256 + 32, CPU attention: the LP puts 55.9 % of the weights on the
     GPU and none on the disk (77 GB). The steps tried are whole GPU sets near it, each with the rest on
     the CPU (one per set), the nearest first, none within a vector of another: those above hold 88 GB
-    of weights or more, past the GPU's 80, so all four lie below (the plan, 50/50, holds 50.7 GB; its
+    of weights or more, past the GPU's 80, so both sets tried lie below (the plan, 50/50, holds 50.7 GB; its
     gap to the optimum, 41 % in the engine, is the per-tensor rule's: no whole percent puts 51-87 GB on
     the GPU)."""
     rig, model = load_rig("mixed-lab"), get_model("llama2-70b")
@@ -87,6 +87,6 @@ def test_near_steps_without_a_disk_share_in_the_optimum_put_none_on_disk():
     plan = to_plan(sol, model, ends[0], None)
     rows = _memory(rig, model, wl, 32, 1, sol.flags, ends, None)
     steps = _near_steps(sol, plan, model, rows, disk=True)
-    assert [(q.wg, q.wc) for q in steps] == [(48, 52), (23, 77), (17, 83), (1, 99)]
+    assert [(q.wg, q.wc) for q in steps] == [(48, 52), (23, 77)]
     shares = [fractions(model, q).w_gpu for q in steps]
     assert len(set(shares)) == len(shares)

@@ -2477,7 +2477,9 @@ def _stepped_up(model: ModelSpec, plan: FlexGenPlan) -> FlexGenPlan | None:
     return None
 
 
-STEPS = 4  # GPU sets of the released weight placements nearest an LP optimum (``_near_steps``)
+# GPU sets of the released weight placements nearest an LP optimum (``_near_steps``): 4 found no plan
+# 2 did not on 52 problems (benchmarks/flexgen_lp_gap.py) at +17 % of their search CPU, 2 +9 %
+STEPS = 2
 ROOM_CHECKS = 32  # ... of at most this many whose room in memory is checked (Mixtral has 529)
 # ... for an optimum under the best placed time by this share: a smaller gain is inside the LP's own
 # error against the engine (100 hexgen-homogeneous plans: -2.9..+1.1 %, median +0.02 %)
@@ -2649,8 +2651,8 @@ def _confirmable(
         )
 
     def near(sol: LpSolution, plan: FlexGenPlan, wl: Workload) -> list[tuple[LpSolution, FlexGenPlan]]:
-        """The ``_repinned`` plans at the ``STEPS`` other released weight placements nearest the LP's
-        optimum (``_near_steps``)."""
+        """The ``_repinned`` plans at the released weight placements beside the LP's optimum
+        (``_near_steps``)."""
         rows = memo.memory.get((sol.gbs, sol.nb, sol.flags, wl, budget))
         if rows is None:
             rows = _memory(rig, model, wl, sol.gbs, sol.nb, sol.flags, ends, budget)
