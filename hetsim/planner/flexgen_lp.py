@@ -2477,8 +2477,8 @@ def _stepped_up(model: ModelSpec, plan: FlexGenPlan) -> FlexGenPlan | None:
     return None
 
 
-# GPU sets of the released weight placements nearest an LP optimum (``_near_steps``): 4 found no plan
-# 2 did not on 52 problems (benchmarks/flexgen_lp_gap.py) at +17 % of their search CPU, 2 +9 %
+# GPU sets of the released weight placements nearest an LP optimum (``_near_steps``): on 52 problems
+# (benchmarks/flexgen_lp_gap.py) 4 moved the same plans as 2, at +17 % of their search CPU against +6 %
 STEPS = 2
 ROOM_CHECKS = 32  # ... of at most this many whose room in memory is checked (Mixtral has 529)
 # ... for an optimum under the best placed time by this share: a smaller gain is inside the LP's own

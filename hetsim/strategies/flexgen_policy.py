@@ -327,9 +327,7 @@ def _placement_key(ordered: Sequence[float], wg: int, wc: int) -> tuple[int, int
 
 
 @lru_cache(maxsize=64)
-def _step_percents(
-    model: ModelSpec, disk: bool
-) -> tuple[tuple[tuple[int, int], int, int, float, float], ...]:
+def _step_percents(model: ModelSpec, disk: bool) -> tuple[_Step, ...]:
     """Each per-tensor placement the runtime's whole percents make (``disk``: those with a disk share
     too, else wg + wc = 100): its ``_placement_key``, the pair of percents that stands for it (the
     lowest GPU percent, then the highest CPU percent, that makes it: one pair a placement, so a search
