@@ -76,6 +76,7 @@ def test_a_head_with_no_steady_window_goes_on_at_its_mean_step():
     fill = _stream([0.5, 0.5, 0.6, 0.6, 0.6])
     assert head_end({0: fill}, g, n) == pytest.approx(fill[-1][0] + (n - g) * 0.575, rel=1e-12)
     assert head_end({0: _stream([0.5] * 3)}, g, n) is None  # fewer rounds than the head
+    assert head_end({}, g, n) is None  # no stream made tokens: no end to extend (was 0.0)
 
 
 RIGS = ["flexgen-t4", "hexgen-homogeneous", "hetegen-a10"]

@@ -126,7 +126,11 @@ def estimate_floor(
 ) -> float:
     """A lower bound of ``estimate``'s ``e2e_s`` on ``workload`` (0 where none), from lower bounds of
     (TTFT, makespan - TTFT) of the run it simulates (``run_floors`` of that run's workload: the
-    proxy's when it is shorter); ``_estimate``'s extrapolation grows with both. A plan ``in_passes``
+    proxy's when it is shorter), scaled as a flat extrapolation of the proxy's mean step would be.
+    ``_estimate`` extends each stream on its window's line instead (``head_end``: start-up counted
+    once, growth >= 0), which is at least that where the window's mean step is at least the proxy's
+    mean decode step; held by property tests (tests/test_flexgen_floor.py,
+    tests/test_hetegen_ladder_floor.py), not derived. A plan ``in_passes``
     is extrapolated from its decode rounds alone, at least the proxy's makespan: no more is bounded."""
     proxy, _ = floor_run(workload)
     got = run_floors(proxy)

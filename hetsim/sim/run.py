@@ -138,7 +138,7 @@ def head_end(head_times: Streams, g: int, n: int) -> float | None:
     repeating pattern, a pipeline's fill longer than the head) has no line: its rounds ``g..n`` at
     the window's mean step, last step included. None where a stream has too few rounds."""
     h = _window(g)
-    if h < 1 or n <= g:
+    if h < 1 or n <= g or not head_times:
         return None
     c = (h + g - 2) / 2  # the window's mean step sits at this step index (step i: round i to i + 1)
     end = 0.0
