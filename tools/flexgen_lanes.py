@@ -28,12 +28,12 @@ from hetsim.strategies.flexgen_policy import FlexGenPlan
 from hetsim.workload import Workload
 
 PAPER = FlexGenPlan(48, 3, 20, 80, 0, 100, 0, 100, cpu_attention=True)
-# one change at a time from the paper's policy towards the search's (OPT-30B 512 + 32: 96 x 1, KV 4/95/1)
+# one change at a time from the paper's policy towards the search's (OPT-30B 512 + 32: 96 x 1, KV 4/95/1);
+# main() adds the search's own batching and KV split
 LADDER = {
     "paper 48x3 w 20/80 c 0/100 h 0/100": PAPER,
     "activations on the GPU (h 100/0)": replace(PAPER, hg=100, hc=0),
     "weights all on the CPU (w 0/100)": replace(PAPER, wg=0, wc=100, hg=100, hc=0),
-    "one GPU batch of 96 (96 x 1)": FlexGenPlan(96, 1, 0, 100, 0, 100, 100, 0, cpu_attention=True),
 }
 
 
@@ -103,7 +103,15 @@ def main(model: str = "opt-30b", rig: str = "flexgen-t4", prompt: str = "512", g
                 parts = ", ".join(f"{lb} {v:.3f}" for (l2, lb), v in sorted(label_s.items()) if l2 == ln)
                 print(f"    {ln:24s} {lane[ln]:9.3f} s  {lane[ln] / (t1 - t0):6.1%}  ({parts})")
     print("== one change at a time (a sequence: prefill ms, decode ms a step)")
-    for name, plan in (*LADDER.items(), (f"the search's KV split ({label(search)})", search)):
+    # the search's batching on the last rung's placement (96 x 1 on OPT-30B 512 + 32), then its KV split
+    batched = replace(
+        LADDER["weights all on the CPU (w 0/100)"],
+        gpu_batch_size=search.gpu_batch_size,
+        num_gpu_batches=search.num_gpu_batches,
+    )
+    batching = f"the search's batching ({search.gpu_batch_size} x {search.num_gpu_batches})"
+    rungs = (*LADDER.items(), (batching, batched), (f"the search's KV split ({label(search)})", search))
+    for name, plan in rungs:
         wl = Workload(plan.block_size, int(prompt), n)
         p = api.problem(model, rig, batch=plan.block_size, prompt_len=int(prompt), gen_len=n)
         r = simulate(get_strategy("flexgen"), plan, p.rig, p.model, wl)
