@@ -41,7 +41,7 @@ def searched(p: api.Problem) -> FlexGenPlan:
     """The plan `compare --objective throughput` runs for FlexGen with no flags but model and rig."""
     r = api.best_result(get_strategy("flexgen"), p, "throughput")
     if not r.feasible:
-        raise SystemExit(f"the search found no plan: {r.reason}")
+        fail(f"the search found no plan: {r.reason}")
     return FlexGenPlan(**r.plan)
 
 
