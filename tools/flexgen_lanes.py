@@ -2,10 +2,14 @@
 
     .venv/bin/python tools/flexgen_lanes.py [MODEL RIG PROMPT GEN]   # default opt-30b flexgen-t4 512 32
 
-Runs the paper's OPT-30B policy (48 x 3, weights 20/80, KV and activations on the CPU, CPU attention)
-and the plan hetsim's own search picks there (128 x 1, weights 0/100, KV 2/97/1, activations on the
-GPU), each step by step with a trace, and sums each lane's spans (and each label's) inside each window:
-docs/offloading-baselines.md, "FlexGen's own search against the paper's policy".
+Runs the paper's OPT-30B policy (48 x 3, weights 20/80, KV and activations on the CPU, CPU attention),
+the plan hetsim's own search picks there (96 x 1, weights 0/100, KV 4/95/1, activations on the GPU),
+the paper's 4-bit policy (64 x 8, everything on the CPU, the KV 4-bit, GPU attention) and the plan the
+search picks with --allow-compression (64 x 8, weights 5/95, activations on the GPU, 4-bit KV), each
+step by step with a trace, and sums each lane's spans (and each label's) inside each window; then the
+GPU's kernel seconds in each window by what they do (FlexGen's 4-bit (de)compression kernels, GEMMs,
+attention, the rest): docs/offloading-baselines.md, "FlexGen's own search against the paper's policy"
+and "FlexGen's 4-bit policy, term by term".
 """
 
 from __future__ import annotations
@@ -18,15 +22,24 @@ from pathlib import Path
 from typing import NoReturn
 
 from hetsim import api
+from hetsim.costs.op_cost import op_cost
 from hetsim.errors import InputError
+from hetsim.models.spec import OpKind
 from hetsim.sim.run import simulate
 from hetsim.strategies.base import get_strategy
+from hetsim.strategies.flexgen import _Runner
 from hetsim.strategies.flexgen_policy import FlexGenPlan
 from hetsim.workload import Workload
 
 PLANS = {
     "paper 48x3 w 20/80 c 0/100 h 0/100": FlexGenPlan(48, 3, 20, 80, 0, 100, 0, 100, cpu_attention=True),
-    "search 128x1 w 0/100 c 2/97 h 100/0": FlexGenPlan(128, 1, 0, 100, 2, 97, 100, 0, cpu_attention=True),
+    "search 96x1 w 0/100 c 4/95 h 100/0": FlexGenPlan(96, 1, 0, 100, 4, 95, 100, 0, cpu_attention=True),
+    "paper 4-bit 64x8 w 0/100 c 0/100 h 0/100": FlexGenPlan(
+        64, 8, 0, 100, 0, 100, 0, 100, cpu_attention=False, compress_cache=True
+    ),
+    "4-bit search 64x8 w 5/95 c 0/100 h 100/0": FlexGenPlan(
+        64, 8, 5, 95, 0, 100, 100, 0, cpu_attention=False, compress_cache=True
+    ),
 }
 
 
@@ -46,6 +59,23 @@ def spans(plan: FlexGenPlan, p: api.Problem) -> tuple[list[tuple[str, str, float
         if e["ph"] == "X"
     ]
     return out, r.ttft_s, r.e2e_s
+
+
+def kernel_classes(plan: FlexGenPlan, p: api.Problem, wl: Workload, step: int) -> dict[str, float]:
+    """The GPU's kernel seconds of one step (0: the prefill) of one block, by what the kernels do, each
+    op at its cost alone (``op_cost``): what the GPU compute lane's spans of that step are made of."""
+    runner = _Runner(plan, p.rig, p.model, wl)
+    gpu = p.rig.devices[runner.gpu]
+    out: dict[str, float] = defaultdict(float)
+    for j in range(runner.nl):
+        o = runner.ops(runner.steps[step], j, plan.gpu_batch_size)
+        for op in (*o.gpu_pre, *o.gpu_post):
+            if op.name.startswith(("dequant_", "compress_")):
+                what = "4-bit " + op.name.split(".")[0]
+            else:
+                what = {OpKind.MATMUL: "GEMM", OpKind.ATTENTION: "attention"}.get(op.kind, "other")
+            out[what] += op_cost(gpu, op).time_s * plan.num_gpu_batches
+    return out
 
 
 def fail(message: str) -> NoReturn:
@@ -79,6 +109,10 @@ def main(model: str = "opt-30b", rig: str = "flexgen-t4", prompt: str = "512", g
             for ln in sorted(lane, key=lambda k: -lane[k]):
                 parts = ", ".join(f"{lb} {v:.3f}" for (l2, lb), v in sorted(label.items()) if l2 == ln)
                 print(f"    {ln:24s} {lane[ln]:9.3f} s  {lane[ln] / (t1 - t0):6.1%}  ({parts})")
+        for what, i in (("prefill", 0), ("decode step", n // 2)):
+            split = kernel_classes(plan, p, Workload(plan.block_size, int(prompt), n), i)
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(split.items(), key=lambda kv: -kv[1]))
+            print(f"  GPU kernels, {what}: {sum(split.values()):.3f} s ({parts})")
 
 
 if __name__ == "__main__":
