@@ -104,6 +104,12 @@ def _derive(original: Any, change: tuple, make: Callable[[], Any], *held: Any) -
     return new
 
 
+def gpu_mem_budget(config: Mapping[str, Any]) -> float | None:
+    """A point's ``gpu_mem_gb`` in bytes: each GPU's memory cap and its plans' budget (None: unset)."""
+    gb = config.get("gpu_mem_gb")
+    return float(gb) * 1e9 if gb is not None else None
+
+
 def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
     """The rig with the point's hardware knobs applied (a new Rig; the input is untouched)."""
     if not any(k in knobs for k in HW_KNOBS):
@@ -139,8 +145,8 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
                 lambda node=node, kept=kept, host=host: replace(node, cpus=kept, host_mem_bytes=host),
             )
 
-    if knobs.get("gpu_mem_gb") is not None:
-        budget = float(knobs["gpu_mem_gb"]) * 1e9
+    budget = gpu_mem_budget(knobs)
+    if budget is not None:
         for name, dev in list(devices.items()):
             if dev.kind == "gpu" and dev.mem_bytes > budget:
 
