@@ -216,18 +216,23 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
                     )
 
                 links[lname] = _derive(link, ("net", bw), at_rate)
-    for kind, factor in (knobs.get("bw_scale") or {}).items():
+    _scale_links(links, knobs.get("bw_scale"), rig.name)
+    # a fresh route cache: routes of the original rig are stale here
+    return replace(rig, devices=devices, links=links, nodes=nodes)
+
+
+def _scale_links(links: dict[str, Link], scale: Mapping[str, float] | None, rig_name: str) -> None:
+    """``bw_scale``'s factors applied, in place, to the rates of ``links`` of their kinds (``_scaled``:
+    ValueError where one takes a link past a rig file's bounds)."""
+    for kind, factor in (scale or {}).items():
         for lname, link in list(links.items()):
             if link.kind == kind:
-                where = f"{kind} x {factor!r} takes link {lname!r} of rig {rig.name!r}"
+                where = f"{kind} x {factor!r} takes link {lname!r} of rig {rig_name!r}"
                 links[lname] = _derive(
                     link,
                     ("scale", factor),
                     lambda link=link, factor=factor, where=where: _scaled(link, factor, where),
                 )
-
-    # a fresh route cache: routes of the original rig are stale here
-    return replace(rig, devices=devices, links=links, nodes=nodes)
 
 
 # a link's rates as the rig schema names them (bw_scale's messages)
@@ -268,6 +273,7 @@ def check_scaled_links(spec: SweepSpec, source: str) -> None:
     from hetsim.hardware.loader import load_rig
 
     loaded: dict[str, Rig | None] = {}
+    unscaled: dict[tuple, dict[str, Link]] = {}  # the links a rig has with the link knobs, by both
     for i, grid in enumerate(spec.grids):
         axes = {**{k: [v] for k, v in spec.base.items()}, **grid}
         if "bw_scale" in grid:
@@ -285,10 +291,14 @@ def check_scaled_links(spec: SweepSpec, source: str) -> None:
                 except InputError:
                     loaded[name] = None
             rig = loaded[name]
-            knobs = {k: v for k, v in zip(_LINK_KNOBS, rates, strict=True) if v is not None}
+            if rig is None:
+                continue
             try:
-                if rig is not None:
-                    apply_hardware(rig, {**knobs, "bw_scale": scale})
+                links = unscaled.get((name, *rates))
+                if links is None:
+                    knobs = {k: v for k, v in zip(_LINK_KNOBS, rates, strict=True) if v is not None}
+                    links = unscaled[name, *rates] = apply_hardware(rig, knobs).links
+                _scale_links(dict(links), scale, rig.name)  # the links alone: no rig built per scale
             except ValueError as exc:
                 raise InputError(str(exc), source=source, field=field) from None
 
