@@ -66,6 +66,23 @@ def test_decode_step_reads_what_flexgens_code_reads():
             assert moved[("write", "store_cache_disk")] == pytest.approx(4 * h1 * layers * bls, rel=1e-12)
 
 
+def test_gpu_attention_reads_one_more_token_and_the_tool_says_so():
+    """With GPU attention load_cache takes path 0, the direct copy of ``slice(0, prompt_len + i)``
+    (flex_opt.py), one token more than the CPU workspace's path 1: hetsim reads that, and the tool's
+    "FlexGen's code reads" line must say the same."""
+    tool = _tool()
+    plan = FlexGenPlan(8, 2, 0, 52, 0, 0, 0, 100, cpu_attention=False, pin_weight=False, gpu="n0.gpu0")
+    s, n = 512, 3
+    p = api.problem("opt-175b", "flexgen-t4", batch=plan.block_size, prompt_len=s, gen_len=n)
+    spans, *_ = tool.traced(plan, p)
+    ends = tool.step_ends(spans, "n0.gpu0", plan.num_gpu_batches)
+    for i in range(1, n):
+        code = 4 * 12288 * 96 * plan.block_size * (s + i)
+        moved = tool.disk_bytes(spans, "n0.disk0", ends[i - 1], ends[i])
+        assert moved[("read", "load_cache_disk")] == pytest.approx(code, rel=1e-12)
+        assert tool.code_reads(plan, p, i)["kv"] == pytest.approx(code, rel=1e-12)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="hetsim stores the last decode step's new K and V like every other step's; FlexGen's "

@@ -115,16 +115,15 @@ def disk_bytes(spans: list[Span], disk: str, t0: float, t1: float) -> dict[tuple
 
 def code_reads(plan: FlexGenPlan, p: api.Problem, step: int) -> dict[str, float]:
     """Bytes FlexGen's code reads from the disk in decode step ``step`` (1 .. gen - 1), fp16 KV: every
-    layer's disk weight tensors once (load_weight, k == 0), and each GPU batch's K and V of
-    ``prompt + step - 1`` tokens (load_cache: ``slice(0, prompt_len + i - 1)``) on its disk share."""
+    layer's disk weight tensors once (load_weight, k == 0), and each GPU batch's K and V on its disk
+    share: with CPU attention ``prompt + step - 1`` tokens (load_cache paths 1 and 2:
+    ``slice(0, prompt_len + i - 1)``), with GPU attention ``prompt + step`` (path 0, the direct copy:
+    ``slice(0, prompt_len + i)``)."""
     m, s = p.model, p.workload.prompt_len
     weights = sum(sum(layer) for layer in layer_disk_copies(m, plan)) if plan.wg + plan.wc < 100 else 0.0
     cd = max(0.0, 100 - plan.cg - plan.cc) / 100
-    kv = (
-        2 * 2 * m.hidden * m.layers * plan.block_size * (s + step - 1) * cd
-        if not plan.compress_cache
-        else None
-    )
+    tokens = s + step - (1 if plan.cpu_attention else 0)
+    kv = 2 * 2 * m.hidden * m.layers * plan.block_size * tokens * cd if not plan.compress_cache else None
     return {"weights": weights, **({"kv": kv} if kv is not None else {})}
 
 
