@@ -24,6 +24,18 @@ def _tool():
     return module
 
 
+def _steps(cpu_attention: bool, s: int, n: int):
+    """OPT-175B on flexgen-t4, 8 x 2, weights 0/52 (disk 48), all the KV on disk, ``s + n``: the tool,
+    the plan, the problem, the traced run's spans and each step's end (0: the prefill)."""
+    tool = _tool()
+    plan = FlexGenPlan(
+        8, 2, 0, 52, 0, 0, 0, 100, cpu_attention=cpu_attention, pin_weight=False, gpu="n0.gpu0"
+    )
+    p = api.problem("opt-175b", "flexgen-t4", batch=plan.block_size, prompt_len=s, gen_len=n)
+    spans, *_ = tool.traced(plan, p)
+    return tool, plan, p, spans, tool.step_ends(spans, "n0.gpu0", plan.num_gpu_batches)
+
+
 def test_flexgen_t4_disk_reads_at_the_papers_rate():
     """Every disk read on the T4 VM runs at the paper's 2 GB/s, the copy threads' and the direct ones
     alike; FlexGen's fitted dtoc (0.473 GiB/s) is not entered (docs/flexgen-disk.md, "The rate")."""
@@ -44,12 +56,8 @@ def test_decode_step_reads_what_flexgens_code_reads():
     midpoint is at 50 %), of an MLP layer's (fc1, b_fc1, fc2, b_fc2, w_ln, b_ln) fc1, of the output
     layer's (w_ln, b_ln, w_token) the norm's two vectors, of the input's (w_token, w_pos) nothing
     (w_token's midpoint is at 48.04 %): (12 h1^2 + 2 h1) bytes a decoder layer and 4 h1 once."""
-    tool = _tool()
-    plan = FlexGenPlan(8, 2, 0, 52, 0, 0, 0, 100, cpu_attention=True, pin_weight=False, gpu="n0.gpu0")
     s, n = 512, 4
-    p = api.problem("opt-175b", "flexgen-t4", batch=plan.block_size, prompt_len=s, gen_len=n)
-    spans, *_ = tool.traced(plan, p)
-    ends = tool.step_ends(spans, "n0.gpu0", plan.num_gpu_batches)
+    tool, plan, _, spans, ends = _steps(True, s, n)
     assert len(ends) == n
     h1, layers, bls = 12288, 96, plan.block_size
     weights = (12 * h1 * h1 + 2 * h1) * layers + 4 * h1
@@ -70,12 +78,8 @@ def test_gpu_attention_reads_one_more_token_and_the_tool_says_so():
     """With GPU attention load_cache takes path 0, the direct copy of ``slice(0, prompt_len + i)``
     (flex_opt.py), one token more than the CPU workspace's path 1: hetsim reads that, and the tool's
     "FlexGen's code reads" line must say the same."""
-    tool = _tool()
-    plan = FlexGenPlan(8, 2, 0, 52, 0, 0, 0, 100, cpu_attention=False, pin_weight=False, gpu="n0.gpu0")
     s, n = 512, 3
-    p = api.problem("opt-175b", "flexgen-t4", batch=plan.block_size, prompt_len=s, gen_len=n)
-    spans, *_ = tool.traced(plan, p)
-    ends = tool.step_ends(spans, "n0.gpu0", plan.num_gpu_batches)
+    tool, plan, p, spans, ends = _steps(False, s, n)
     for i in range(1, n):
         code = 4 * 12288 * 96 * plan.block_size * (s + i)
         moved = tool.disk_bytes(spans, "n0.disk0", ends[i - 1], ends[i])
@@ -92,11 +96,7 @@ def test_gpu_attention_reads_one_more_token_and_the_tool_says_so():
     "(Workload.head) would skip it at their own last step, not the run's",
 )
 def test_last_step_stores_no_kv():
-    tool = _tool()
-    plan = FlexGenPlan(8, 2, 0, 52, 0, 0, 0, 100, cpu_attention=True, pin_weight=False, gpu="n0.gpu0")
-    p = api.problem("opt-175b", "flexgen-t4", batch=plan.block_size, prompt_len=512, gen_len=3)
-    spans, *_ = tool.traced(plan, p)
-    ends = tool.step_ends(spans, "n0.gpu0", plan.num_gpu_batches)
+    tool, _, _, spans, ends = _steps(True, 512, 3)
     assert ("write", "store_cache_disk") not in tool.disk_bytes(spans, "n0.disk0", ends[-2], ends[-1])
 
 
