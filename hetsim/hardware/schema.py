@@ -381,7 +381,10 @@ class _Entry(_Strict):
 
 class GpuSpec(_Entry):
     kind: Literal["gpu"]
-    memory: Bytes
+    memory: Bytes  # what the driver reports (torch total_memory) where measured, else the datasheet's
+    # held before a framework's first tensor: the CUDA context, loaded kernels, cuBLAS handle and
+    # workspace (torch.cuda.mem_get_info total - free after a first GEMM); absent: nothing held
+    runtime_reserved: Bytes | None = None
     memory_bandwidth: Bandwidth
     peak_flops: dict[Dtype, Flops] = Field(min_length=1)
     host_interface: str  # link catalogue name, e.g. pcie4-x16
