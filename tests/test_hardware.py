@@ -402,3 +402,9 @@ def test_a_gpus_runtime_reserve_is_below_its_memory_or_the_rig_is_refused(tmp_pa
     )
     with pytest.raises(InputError, match=r"nodes\[0\]\.gpus\[0\]\.runtime_reserved.*must be below memory"):
         load_rig(rig)
+    # 0 holds nothing back (a budget for tensors alone); a bare number under a megabyte lacks its unit
+    rig.write_text(rig.read_text().replace("16 GB", "0 GB"))
+    assert load_rig(rig).devices["n0.gpu0"].mem_bytes == 16e9
+    rig.write_text(rig.read_text().replace("0 GB", "512"))
+    with pytest.raises(InputError, match=r"runtime_reserved.*must be 0 or at least 1 MB, got 512; .*a unit"):
+        load_rig(rig)
