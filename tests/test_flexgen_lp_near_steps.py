@@ -64,13 +64,15 @@ def test_the_cpu_step_on_each_side_of_the_optimum_is_tried():
     puts 7.7 / 75.5 / 16.9 % of the weights on the GPU, the CPU and the disk; with no weights on the GPU
     the CPU steps beside 75.5 % are 59 % and 92 % (a disk share of 8 %, which the LP's host row refuses)
     or 100 %. Taking only the nearest step that fits gave 59 % (its LP 16.2 s a sequence); the nearest
-    on the other side, all on the CPU, runs 1989.63 s (the plan emitted before: 7/75, 2189.52 s)."""
+    on the other side, all on the CPU, runs 1993.26 s (the plan emitted without the near steps: 7/75,
+    2189.52 s). With the T4's usable 15.30 GB (s22-mem) the same 2/97 plan re-solves its KV to 15/85
+    (17/83 at 16 GB: 1989.63 s)."""
     rig, model = load_rig("flexgen-t4"), get_model("opt-66b")
     wl = Workload(256, 128, 64)
     plan = search_policy(rig, model, wl).plan
     e2e = simulate(get_strategy("flexgen"), plan, rig, model, wl).e2e_s
     assert (plan.gpu_batch_size, plan.num_gpu_batches, plan.wg, plan.wc) == (128, 1, 2, 97)
-    assert e2e == pytest.approx(1989.63, rel=1e-3)
+    assert e2e == pytest.approx(1993.26, rel=1e-3)
 
 
 def test_near_steps_without_a_disk_share_in_the_optimum_put_none_on_disk():
