@@ -12,10 +12,13 @@ memory constraints off ``memory_plan`` by evaluating it at unit vectors: one for
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal, TypeVar
+
+import numpy as np
 
 from hetsim.costs.pinned import pinned_bytes
 from hetsim.errors import InputError
@@ -292,6 +295,87 @@ def _host_allocations(
                 relay[size] = relay.get(size, 0) + 1
     scale = wc if placement == "continuous" else 1.0
     return pinned, unpinned, tuple((size * scale, k) for size, k in sorted(relay.items()))
+
+
+_Step = tuple[tuple[int, int], int, int, float, float]  # _step_percents': key, wg, wc, GPU and CPU share
+
+
+@lru_cache(maxsize=64)
+def _midpoints(model: ModelSpec) -> tuple[tuple[float, ...], tuple[tuple[float, int], ...]]:
+    """The distinct midpoints of the model's tensors in their scheduling layers, sorted (``_tiers``'
+    floats), and each tensor's midpoint with its elements over every layer holding it."""
+    layers = scheduling_layer_tensors(model)
+    count = {id(t): 0 for t in layers}
+    for t in layers:
+        count[id(t)] += 1
+    mids: list[tuple[float, int]] = []
+    for tensors in {id(t): t for t in layers}.values():
+        numels = [n for n, _ in tensors]
+        total, cum = float(sum(numels)), 0.0
+        for n in numels:
+            mids.append(((cum + n / 2) / total, n * count[id(tensors)]))
+            cum += n
+    return tuple(sorted({m for m, _ in mids})), tuple(mids)
+
+
+def _placement_key(ordered: Sequence[float], wg: int, wc: int) -> tuple[int, int]:
+    """The placement whole percents (wg, wc) make, as the numbers of midpoints below the disk bound and
+    below the CPU bound: ``_tiers``' two comparisons, on the same floats, so two pairs place every
+    tensor alike exactly when these agree."""
+    wd = _disk_share(wg / 100.0, wc / 100.0)
+    return bisect_left(ordered, wd), bisect_left(ordered, wd + wc / 100.0)
+
+
+@lru_cache(maxsize=64)
+def _step_percents(model: ModelSpec, disk: bool) -> tuple[_Step, ...]:
+    """Each per-tensor placement the runtime's whole percents make (``disk``: those with a disk share
+    too, else wg + wc = 100): its ``_placement_key``, the pair of percents that stands for it (the
+    lowest GPU percent, then the highest CPU percent, that makes it: one pair a placement, so a search
+    asks the same few of ``fractions`` again) and the shares of the weights' elements it puts on the
+    GPU and on the CPU. The 5151 pairs at once (``numpy``: the same IEEE operations as ``_tiers``)."""
+    ordered, mids = _midpoints(model)
+    pairs = [(g, c) for g in range(101) for c in (range(100 - g, -1, -1) if disk else (100 - g,))]
+    wg, wc = (np.array(v, dtype=np.float64) / 100.0 for v in zip(*pairs, strict=True))
+    wd = 1.0 - wg - wc
+    wd = np.where(wd > 1e-12, wd, 0.0)  # _disk_share
+    lo = np.searchsorted(ordered, wd, side="left")
+    hi = np.searchsorted(ordered, wd + wc, side="left")
+    _, first = np.unique(lo * (len(ordered) + 1) + hi, return_index=True)
+    elements = float(sum(n for _, n in mids))
+    bound = (*ordered, 2.0)  # past the last midpoint: nothing at or above it
+    out = []
+    for i in sorted(first.tolist()):
+        key = int(lo[i]), int(hi[i])
+        a, b = bound[key[0]], bound[key[1]]
+        gpu = sum(n for m, n in mids if m >= b)
+        cpu = sum(n for m, n in mids if a <= m < b)
+        out.append((key, *pairs[i], gpu / elements, cpu / elements))
+    return tuple(out)
+
+
+def released_steps(model: ModelSpec, plan: FlexGenPlan, disk: bool) -> tuple[ReleasedStep, ...]:
+    """``plan`` at each other per-tensor placement of the weights the runtime's whole percents can make
+    (the midpoint rule's steps; ``disk``: with a disk share, else GPU and CPU only), each at the pair
+    of percents ``_step_percents`` gives it. Llama-2-70B has 11 without a disk, OPT-66B 91 with one:
+    the weights' GPU percent moves one tensor of every decoder layer at once, so the LP's optimum (an
+    even spread) can lie far from every step."""
+    own = _placement_key(_midpoints(model)[0], int(plan.wg), int(plan.wc))
+    return tuple(
+        ReleasedStep(replace(plan, wg=wg, wc=wc), gpu, cpu, key[1])
+        for key, wg, wc, gpu, cpu in _step_percents(model, disk)
+        if key != own
+    )
+
+
+@dataclass(frozen=True)
+class ReleasedStep:
+    """One of ``released_steps``: the plan, the shares of the weights' elements it puts on the GPU and
+    on the CPU, and which GPU set it places (steps of one ``gpu_set`` differ in their CPU share only)."""
+
+    plan: FlexGenPlan
+    gpu: float
+    cpu: float
+    gpu_set: int
 
 
 def scheduling_layer_tiers(model: ModelSpec, plan: FlexGenPlan) -> tuple[tuple[int, ...], ...]:
