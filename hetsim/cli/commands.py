@@ -734,10 +734,11 @@ def _command_name(argv: Sequence[str] | None) -> str:
 
 def _main(argv: Sequence[str] | None) -> int:
     command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)  # read, never changed, by the three below
     try:
-        _refuse_empty(list(sys.argv[1:] if argv is None else argv), command)
-        _refuse_misread_numbers(list(sys.argv[1:] if argv is None else argv), command)
-        with _forking(list(sys.argv[1:] if argv is None else argv)):
+        _refuse_empty(args, command)
+        _refuse_misread_numbers(args, command)
+        with _forking(args):
             rv = command.main(
                 args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
             )
