@@ -1,8 +1,8 @@
 """Plans at the boundary: validated with pydantic on load, one clear line on error.
 
-A plan from a file is checked twice: its shape (``validate_plan``: types, no unknown keys, not
-empty) and then against the model it is for (``Strategy.check_plan``, with the helpers here:
-layer counts that add up, fractions in range, at least one rank or stage).
+A plan from a file is checked twice: its shape (``validate_plan``: types, no unknown keys, every
+parameter given, none taking a default) and then against the model it is for (``Strategy.check_plan``,
+with the helpers here: layer counts that add up, fractions in range, at least one rank or stage).
 """
 
 from __future__ import annotations
@@ -36,6 +36,16 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
             f"unknown parameter {unknown[0]!r} for this strategy (allowed: {', '.join(allowed)})",
             source=source,
             field=f"params.{unknown[0]}",
+        )
+    # every parameter, as ``hetsim plan --out`` writes them: a default taken for one left out (FlexGen's
+    # wg = 20, HeteGen's resident = {}) runs a plan other than the one its writer meant
+    missing = [name for name in allowed if name not in data]
+    if missing:
+        raise InputError(
+            f"missing; a plan gives every parameter, as `hetsim plan --out` writes them"
+            f" (missing: {', '.join(missing)})",
+            source=source,
+            field=f"params.{missing[0]}",
         )
     bad = non_finite(data)
     if bad is not None:
