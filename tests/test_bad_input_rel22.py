@@ -100,3 +100,26 @@ def test_hetegen_a_resident_module_needs_no_share(plan_file, capsys, guarded):
         del doc["params"][phase]["fc1"]
     f.write_text(json.dumps(doc))
     assert guarded(["simulate", "--plan", str(f), "--format", "json"]) == full
+
+
+@pytest.mark.parametrize(
+    ("hw", "replicas", "field", "why"),
+    [
+        ("hexgen-homogeneous", [[(["n0.gpu0"], 32)], [(["n0.gpu0"], 32)]], "replicas[1].stages[0].devices",
+         "'n0.gpu0' is used twice"),
+        ("hexgen-homogeneous", [[(["n0.gpu0"], 16), (["n0.gpu0"], 16)]], "replicas[0].stages[1].devices",
+         "'n0.gpu0' is used twice"),
+        ("mixed-lab", [[(["n0.gpu0", "n0.gpu1"], 32)]], "replicas[0].stages[0].devices",
+         "a tensor-parallel group must be GPUs of one type"),
+    ],
+)  # fmt: skip
+def test_hexgen_plan_checks_name_the_file(plan_file, capsys, guarded, hw, replicas, field, why):
+    """HexGen's plan had two checks: the file's (one machine per TP group) and the footprint's (each GPU
+    once, one GPU type per group), whose line named no file and another path (``replicas.1.stages.0``)."""
+    f = Path(plan_file("hexgen", "llama2-7b", hw))
+    doc = json.loads(f.read_text())
+    doc["params"]["replicas"] = [
+        {"stages": [{"devices": devices, "layers": layers} for devices, layers in rep]} for rep in replicas
+    ]
+    f.write_text(json.dumps(doc))
+    assert guarded(["simulate", "--plan", str(f)]) == (2, f"error: {f}: params.{field}: {why}\n")
