@@ -123,3 +123,29 @@ def test_hexgen_plan_checks_name_the_file(plan_file, capsys, guarded, hw, replic
     ]
     f.write_text(json.dumps(doc))
     assert guarded(["simulate", "--plan", str(f)]) == (2, f"error: {f}: params.{field}: {why}\n")
+
+
+@pytest.mark.parametrize(
+    ("strategy", "hw", "edit", "field", "allowed"),
+    [
+        ("gpu-only", "mixed-lab", lambda p: p["stages"][0].update(micro_batches=2), "stages[0].micro_batches",
+         "devices, layers"),
+        ("hexgen", "hexgen-homogeneous", lambda p: p["replicas"][0]["stages"][0].update(layer=32),
+         "replicas[0].stages[0].layer", "devices, layers"),
+        ("hexgen", "hexgen-homogeneous", lambda p: p["replicas"][0].update(max_batch=4),
+         "replicas[0].max_batch", "stages"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_inside_a_plan_is_refused(
+    plan_file, capsys, guarded, strategy, hw, edit, field, allowed
+):
+    """A key no field names inside a stage or a replica was dropped (pydantic ignores them): a
+    ``micro_batches`` put in a stage ran one micro-batch; now refused as one at params' top is."""
+    f = Path(plan_file(strategy, "llama2-7b", hw))
+    doc = json.loads(f.read_text())
+    edit(doc["params"])
+    f.write_text(json.dumps(doc))
+    assert guarded(["simulate", "--plan", str(f)]) == (
+        2,
+        f"error: {f}: params.{field}: unknown key (allowed: {allowed})\n",
+    )

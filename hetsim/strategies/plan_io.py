@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,6 +48,12 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
             source=source,
             field=f"params.{missing[0]}",
         )
+    nested = unknown_nested(plan_type, data)
+    if nested is not None:
+        where, allowed_there = nested
+        raise InputError(
+            f"unknown key (allowed: {', '.join(allowed_there)})", source=source, field=f"params.{where}"
+        )
     bad = non_finite(data)
     if bad is not None:
         raise InputError("must be a finite number", source=source, field=f"params.{bad}")
@@ -56,6 +63,34 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in ("params", *err["loc"]))
         raise InputError(err["msg"], source=source, field=where) from None
+
+
+def unknown_nested(plan_type: type, data: Mapping[str, Any], path: str = "") -> tuple[str, list[str]] | None:
+    """(its path, the keys allowed there) of the first key of a dataclass nested in a plan (a HexGen
+    replica, a pipeline stage) that no field names: pydantic drops such keys (a misplaced
+    ``micro_batches`` inside a stage ran as if absent); None when there is none."""
+    hints = typing.get_type_hints(plan_type)
+    for f in dataclasses.fields(plan_type):
+        value, hint = data.get(f.name), hints[f.name]
+        args = typing.get_args(hint)
+        inner = args[0] if typing.get_origin(hint) in (tuple, list) and args else hint
+        if not (isinstance(inner, type) and dataclasses.is_dataclass(inner)):
+            continue
+        if inner is not hint and not isinstance(value, list):
+            continue  # pydantic names a wrong type
+        items = enumerate(value) if inner is not hint else [(None, value)]
+        for i, item in items:
+            if not isinstance(item, Mapping):
+                continue  # pydantic names a wrong type
+            here = f"{path}{f.name}" if i is None else f"{path}{f.name}[{i}]"
+            names = [g.name for g in dataclasses.fields(inner)]
+            extra = [k for k in item if k not in names]
+            if extra:
+                return f"{here}.{extra[0]}", names
+            found = unknown_nested(inner, item, f"{here}.")
+            if found is not None:
+                return found
+    return None
 
 
 def non_finite(x: Any, path: str = "") -> str | None:
