@@ -149,3 +149,29 @@ def test_an_unknown_key_inside_a_plan_is_refused(
         2,
         f"error: {f}: params.{field}: unknown key (allowed: {allowed})\n",
     )
+
+
+THREE = ["n0.gpu0", "n0.gpu1", "n0.gpu2"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "hw", "edit", "field"),
+    [
+        ("gpu-only", "hexgen-homogeneous", lambda p: p["stages"][0].update(devices=THREE),
+         "stages[0].devices"),
+        ("hexgen", "hexgen-homogeneous", lambda p: p["replicas"][0]["stages"][0].update(devices=THREE),
+         "replicas[0].stages[0].devices"),
+        ("cpu-tp", "cputp-4x8575c", lambda p: p.update(ranks=["n0.cpu0", "n1.cpu0", "n2.cpu0"]), "ranks"),
+    ],
+)  # fmt: skip
+def test_a_tensor_parallel_group_splits_the_heads_evenly(
+    plan_file, capsys, guarded, strategy, hw, edit, field
+):
+    """The searches try only degrees that divide the heads (``tp_degrees``, cpu-tp's candidates); a plan
+    file's 3 ranks of llama2-7b's 32 heads ran, each costed at a third of every matrix."""
+    f = Path(plan_file(strategy, "llama2-7b", hw))
+    doc = json.loads(f.read_text())
+    edit(doc["params"])
+    f.write_text(json.dumps(doc))
+    why = "3 ranks do not split llama2-7b's 32 attention heads evenly"
+    assert guarded(["simulate", "--plan", str(f)]) == (2, f"error: {f}: params.{field}: {why}\n")

@@ -74,6 +74,7 @@ class CpuTensorParallel(Strategy):
             raise pc.problem("ranks", "names a socket twice")
         for j, r in enumerate(plan.ranks):
             pc.device_of_kind(rig, r, "cpu", f"ranks[{j}]")
+        pc.heads_split(model, len(plan.ranks), "ranks")
         pc.at_least(plan.weight_copies, 1, "weight_copies")
         for name in ("weight_dtype", "kv_dtype", "allreduce_dtype", "act_dtype"):
             pc.known_dtype(getattr(plan, name), name)

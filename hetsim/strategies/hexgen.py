@@ -138,7 +138,7 @@ def check_plan(plan: HexGenPlan, rig: Rig, model: ModelSpec) -> None:
         pc.stages_cover(replica.stages, model.layers, f"replicas[{i}].stages")
         for j, st in enumerate(replica.stages):
             field = f"replicas[{i}].stages[{j}].devices"
-            pc.tp_group(rig, st.devices, field)
+            pc.tp_group(rig, model, st.devices, field)
             if len({rig.devices[d].model for d in st.devices}) > 1:
                 raise pc.problem(field, "a tensor-parallel group must be GPUs of one type")
             for d in st.devices:
