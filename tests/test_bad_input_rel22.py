@@ -175,3 +175,24 @@ def test_a_tensor_parallel_group_splits_the_heads_evenly(
     f.write_text(json.dumps(doc))
     why = "3 ranks do not split llama2-7b's 32 attention heads evenly"
     assert guarded(["simulate", "--plan", str(f)]) == (2, f"error: {f}: params.{field}: {why}\n")
+
+
+@pytest.mark.parametrize("folder", ["Llama-2-7B", "llama2-7b", "DeepSeek-V3"])
+def test_a_model_folder_named_like_a_builtin_model_is_read(tmp_path, capsys, folder):
+    """``--model ./Llama-2-7B`` (a download, its config.json edited to 2 layers) ran the catalogue's
+    llama2-7b, 32 layers, the folder never read: its last part matched a built-in name."""
+    from hetsim.cli import main
+
+    src = Path(__file__).parent / "data" / "hf-configs" / "Llama-2-7B" / "config.json"
+    config = {**json.loads(src.read_text()), "num_hidden_layers": 2}
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "config.json").write_text(json.dumps(config))
+    assert main(["model", "show", str(tmp_path / folder), "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["layers"] == 2
+
+
+def test_a_hub_id_with_no_folder_is_still_the_builtin_model():
+    from hetsim.models.registry import get_model
+
+    assert get_model("meta-llama/Llama-2-7b-hf") is get_model("llama2-7b")
