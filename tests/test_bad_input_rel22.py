@@ -196,3 +196,53 @@ def test_a_hub_id_with_no_folder_is_still_the_builtin_model():
     from hetsim.models.registry import get_model
 
     assert get_model("meta-llama/Llama-2-7b-hf") is get_model("llama2-7b")
+
+
+SMALL = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
+
+
+def test_a_trace_over_the_plan_file_is_refused(plan_file, capsys, guarded):
+    """``simulate --plan p.json --trace p.json`` wrote the trace over the plan (the user's only copy)."""
+    f = plan_file("flexgen", *WHERE["flexgen"])
+    before = Path(f).read_bytes()
+    for args in (["--trace", f], [f"--trace={f}"]):
+        why = "is the file --plan reads: writing it would overwrite that input; give another path"
+        assert guarded(["simulate", "--plan", f, *args]) == (2, f"error: --trace {f}: {why}\n")
+    assert Path(f).read_bytes() == before
+
+
+def test_an_output_over_the_rig_or_the_model_is_refused(tmp_path, capsys, guarded):
+    root = Path(__file__).parents[1]
+    rig = tmp_path / "rig.yaml"
+    rig.write_bytes((root / "hardware_profiles/rigs/flexgen-t4.yaml").read_bytes())
+    model = tmp_path / "opt"
+    model.mkdir()
+    (model / "config.json").write_bytes((root / "tests/data/hf-configs/OPT-350m/config.json").read_bytes())
+    why = "writing it would overwrite that input; give another path"
+    plan = [
+        "plan",
+        "--model",
+        "opt-6.7b",
+        "--hw",
+        str(rig),
+        "--strategy",
+        "flexgen",
+        *SMALL,
+        "--out",
+        str(rig),
+    ]
+    assert guarded(plan) == (2, f"error: --out {rig}: is the file --hw reads: {why}\n")
+    config = model / "config.json"
+    compare = ["compare", "--model", str(model), "--hw", "flexgen-t4", "--strategies", "flexgen", *SMALL]
+    assert guarded([*compare, "--trace", str(config)]) == (
+        2,
+        f"error: --trace {config}: is the file --model reads: {why}\n",
+    )
+    assert rig.read_bytes() == (root / "hardware_profiles/rigs/flexgen-t4.yaml").read_bytes()
+
+
+def test_an_existing_trace_is_still_overwritten(plan_file, capsys, guarded, tmp_path):
+    f, trace = plan_file("flexgen", *WHERE["flexgen"]), tmp_path / "t.json"
+    trace.write_text("old")
+    assert guarded(["simulate", "--plan", f, "--trace", str(trace)])[0] == 0
+    assert json.loads(trace.read_text())["traceEvents"]
