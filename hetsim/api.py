@@ -505,6 +505,9 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
                 doc.workload.routing_profile: "workload.routing_profile",
             }
             field = named.get(exc.source)
+            if field is not None and exc.source not in exc.message:  # which path, read from where
+                where = "" if Path(exc.source).is_absolute() else f", from the current folder {Path.cwd()}"
+                raise InputError(f"{exc.message}: {exc.source}{where}", source=source, field=field) from None
         raise InputError(exc.message, source=source, field=field) from None
     why = not_applicable(strategy, p)  # as compare and plan decide it: that strategy cannot run this at all
     if why:

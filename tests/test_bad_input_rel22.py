@@ -246,3 +246,16 @@ def test_an_existing_trace_is_still_overwritten(plan_file, capsys, guarded, tmp_
     trace.write_text("old")
     assert guarded(["simulate", "--plan", f, "--trace", str(trace)])[0] == 0
     assert json.loads(trace.read_text())["traceEvents"]
+
+
+def test_a_plans_missing_rig_names_its_path(plan_file, capsys, guarded, tmp_path, monkeypatch):
+    """A plan written with ``--hw hardware_profiles/rigs/x.yaml`` keeps that relative path; simulated
+    from another folder it said only "hardware: rig file not found", naming neither path nor folder."""
+    f = Path(plan_file("flexgen", *WHERE["flexgen"]))
+    doc = json.loads(f.read_text())
+    f.write_text(json.dumps({**doc, "hardware": "rigs/t4.yaml"}))
+    monkeypatch.chdir(tmp_path)
+    assert guarded(["simulate", "--plan", str(f)]) == (
+        2,
+        f"error: {f}: hardware: rig file not found: rigs/t4.yaml, from the current folder {tmp_path}\n",
+    )
