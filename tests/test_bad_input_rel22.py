@@ -259,3 +259,23 @@ def test_a_plans_missing_rig_names_its_path(plan_file, capsys, guarded, tmp_path
         2,
         f"error: {f}: hardware: rig file not found: rigs/t4.yaml, from the current folder {tmp_path}\n",
     )
+
+
+HEAD = "arrival_s,prompt_len,output_len"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "field", "why"),
+    [
+        (f"{HEAD}\n\n0,10,10\n\nx,1,1\n", 5, "arrival_s", "not a time in [0, 1e+09] s: 'x'"),
+        (f'{HEAD}\n"0\n",10,10\n0,x,1\n', 4, "prompt_len", "not a positive integer: 'x'"),
+        (f"{HEAD}\r\n0,10,10\r\n0,10,-1\r\n", 3, "output_len", "not a positive integer: '-1'"),
+    ],
+)  # fmt: skip
+def test_a_trace_row_is_named_by_its_line_in_the_file(tmp_path, capsys, guarded, text, line, field, why):
+    """The CSV reader skips blank lines (and a quoted value may span two): the line named was the row's
+    count plus one (line 3 for the fifth line)."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text(text, newline="")
+    args = ["serve", "--model", "llama2-7b", "--hw", "hexgen-homogeneous", "--requests", str(trace)]
+    assert guarded(args) == (2, f"error: {trace}: {field}: line {line}: {why}\n")
