@@ -279,3 +279,29 @@ def test_a_trace_row_is_named_by_its_line_in_the_file(tmp_path, capsys, guarded,
     trace.write_text(text, newline="")
     args = ["serve", "--model", "llama2-7b", "--hw", "hexgen-homogeneous", "--requests", str(trace)]
     assert guarded(args) == (2, f"error: {trace}: {field}: line {line}: {why}\n")
+
+
+@pytest.mark.parametrize("strategy", ["hexgen", "deepspeed"])
+def test_validate_names_the_plans_strategy_it_does_not_run(plan_file, capsys, guarded, tmp_path, strategy):
+    """``validate --plan hexgen.json`` said "--strategy: unknown strategy 'hexgen'": a flag not given,
+    about a strategy hetsim knows; the plan file's field names it now."""
+    f = plan_file(strategy, *WHERE[strategy])
+    hw = str(Path(__file__).parents[1] / "hardware_profiles/rigs/flexgen-t4.yaml")
+    runs = "cpu-tp, gpu-only, accelerate, hetegen, flexgen"
+    assert guarded(["validate", "--hw", hw, "--plan", f, "--out", str(tmp_path / "v")]) == (
+        2,
+        f"error: {f}: strategy: validate runs {runs} plans, not {strategy!r}\n",
+    )
+    flags = [
+        "validate",
+        "--hw",
+        hw,
+        "--model",
+        "opt-6.7b",
+        "--strategy",
+        strategy,
+        "--out",
+        str(tmp_path / "v"),
+    ]
+    assert guarded(flags) == (2, f"error: --strategy: validate runs {runs} plans, not {strategy!r}\n")
+    assert not (tmp_path / "v").exists()
