@@ -305,3 +305,25 @@ def test_validate_names_the_plans_strategy_it_does_not_run(plan_file, capsys, gu
     ]
     assert guarded(flags) == (2, f"error: --strategy: validate runs {runs} plans, not {strategy!r}\n")
     assert not (tmp_path / "v").exists()
+
+
+def test_a_sweeps_model_or_rig_file_names_its_own_field(tmp_path, capsys, guarded):
+    """A sweep's model whose config.json is bad said "grids[0].model[0]: expected an integer, got 'x'"
+    (neither the file nor its field); a malformed rig passed the spec check and failed every point it
+    ran (exit 0, "1 failed"). Both are now the named file's own line, before any point runs."""
+    root = Path(__file__).parents[1]
+    model = tmp_path / "m"
+    model.mkdir()
+    config = json.loads((root / "tests/data/hf-configs/Llama-2-7B/config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "hidden_size": "x"}))
+    rig = tmp_path / "rig.yaml"
+    rig.write_text((root / "hardware_profiles/rigs/flexgen-t4.yaml").read_text().replace("208 GB", "208 GBX"))
+    spec, out = tmp_path / "s.yaml", tmp_path / "out"
+    base = "name: a\nbase: {rig: flexgen-t4, batch: 1, prompt_len: 16, gen_len: 2}\ngrids:\n"
+    spec.write_text(f"{base}  - {{model: ['{model}'], strategy: [flexgen]}}\n")
+    code, err = guarded(["sweep", str(spec), "--out", str(out), "--no-plots"])
+    assert (code, err) == (2, f"error: {model / 'config.json'}: hidden_size: expected an integer, got 'x'\n")
+    spec.write_text(f"{base}  - {{model: [opt-6.7b], strategy: [flexgen], rig: [flexgen-t4, '{rig}']}}\n")
+    code, err = guarded(["sweep", str(spec), "--out", str(out), "--no-plots"])
+    assert code == 2 and err.startswith(f"error: {rig}: nodes[0].host_memory: unknown size unit 'GBX'")
+    assert not out.exists()
