@@ -327,3 +327,32 @@ def test_a_sweeps_model_or_rig_file_names_its_own_field(tmp_path, capsys, guarde
     code, err = guarded(["sweep", str(spec), "--out", str(out), "--no-plots"])
     assert code == 2 and err.startswith(f"error: {rig}: nodes[0].host_memory: unknown size unit 'GBX'")
     assert not out.exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, guarded, monkeypatch):
+    """``calibrate --out DIR`` measured (a minute and a half with --quick, far longer without), then
+    failed to write and lost the measurements; ``validate --out FILE`` ran its plan first, ``plan
+    --out DIR`` searched first. Now each is refused before any work, with the line its write gave."""
+    import validate.calibrate as cal
+
+    def measured(**kwargs: object) -> None:
+        raise AssertionError("measured before the output was checked")
+
+    monkeypatch.setattr(cal, "measure", measured)
+    a_file = tmp_path / "f.yaml"
+    a_file.write_text("x")
+    under = a_file / "x.yaml"
+    assert guarded(["calibrate", "--quick", "--out", str(tmp_path)]) == (
+        2,
+        f"error: --out {tmp_path}: Is a directory\n",
+    )
+    assert guarded(["calibrate", "--quick", "--out", str(under)]) == (
+        2,
+        f"error: --out {under}: Not a directory\n",
+    )
+    hw = str(Path(__file__).parents[1] / "hardware_profiles/rigs/flexgen-t4.yaml")
+    args = ["validate", "--hw", hw, "--model", "opt-6.7b", "--strategy", "cpu-tp", "--ranks", "1"]
+    assert guarded([*args, "--out", str(a_file)]) == (2, f"error: --out {a_file}: is a file, not a folder\n")
+    monkeypatch.setattr("hetsim.api.compare", measured)
+    plan = ["plan", "--model", "opt-6.7b", "--hw", "flexgen-t4", "--strategy", "all", *SMALL]
+    assert guarded([*plan, "--out", str(tmp_path)]) == (2, f"error: --out {tmp_path}: Is a directory\n")
