@@ -356,3 +356,12 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, c
     monkeypatch.setattr("hetsim.api.compare", measured)
     plan = ["plan", "--model", "opt-6.7b", "--hw", "flexgen-t4", "--strategy", "all", *SMALL]
     assert guarded([*plan, "--out", str(tmp_path)]) == (2, f"error: --out {tmp_path}: Is a directory\n")
+
+
+@pytest.mark.parametrize("ref", ["cputp-4x8575c", "flexgen-t4"])
+def test_a_reference_rig_that_cannot_serve_the_model_is_refused(capsys, guarded, ref):
+    """``serve --slo-scale 2 --slo-ref cputp-4x8575c`` (no GPUs) ended in a ValueError traceback from the
+    reference plan's search, exit 1; llama2-70b's on one 16 GB T4 likewise."""
+    args = ["serve", "--model", "llama2-70b", "--hw", "hexgen-homogeneous", "--rate", "1", "--duration", "5"]
+    why = f"the model does not fit on the reference rig {ref}: --slo-scale needs one that can serve it"
+    assert guarded([*args, "--slo-scale", "2", "--slo-ref", ref]) == (2, f"error: --slo-ref: {why}\n")
