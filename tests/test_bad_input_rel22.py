@@ -365,3 +365,25 @@ def test_a_reference_rig_that_cannot_serve_the_model_is_refused(capsys, guarded,
     args = ["serve", "--model", "llama2-70b", "--hw", "hexgen-homogeneous", "--rate", "1", "--duration", "5"]
     why = f"the model does not fit on the reference rig {ref}: --slo-scale needs one that can serve it"
     assert guarded([*args, "--slo-scale", "2", "--slo-ref", ref]) == (2, f"error: --slo-ref: {why}\n")
+
+
+def test_searches_and_the_plan_check_keep_one_heads_rule():
+    """Falcon-7B's 71 heads split over no group of 2-4: cpu-tp's search offers one socket only, and a
+    plan file's check refuses every degree the search skips (one rule: ``sharding.splits_heads``)."""
+    from hetsim.errors import InputError
+    from hetsim.hardware import load_rig
+    from hetsim.models.registry import get_model
+    from hetsim.models.sharding import splits_heads, tp_degrees
+    from hetsim.strategies import plan_io
+    from hetsim.workload import Workload
+
+    falcon = get_model(str(Path(__file__).parent / "data/hf-configs/Falcon-7B"))
+    assert falcon.heads == 71 and tp_degrees(falcon, 8) == [1]
+    rig, strategy = load_rig("cputp-4x8575c"), get_strategy("cpu-tp")
+    assert {len(p.ranks) for p in strategy.candidates(rig, falcon, Workload(1, 128, 8))} == {1}
+    for ranks in range(1, 9):
+        if splits_heads(falcon, ranks):
+            plan_io.heads_split(falcon, ranks, "ranks")
+        else:
+            with pytest.raises(InputError, match="do not split Falcon-7B's 71 attention heads"):
+                plan_io.heads_split(falcon, ranks, "ranks")

@@ -20,7 +20,7 @@ from hetsim.models.memory import (
     layer_bytes,
     rank_activation_workspace,
 )
-from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
+from hetsim.models.sharding import embed_ops, head_ops, layer_blocks, splits_heads
 from hetsim.models.spec import ModelSpec
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
@@ -95,7 +95,7 @@ class CpuTensorParallel(Strategy):
         """Every degree and layout that fits in memory."""
         base = self.default_plan(rig, model, workload)
         for degree in range(1, len(rig.cpus()) + 1):
-            if model.heads % degree:
+            if not splits_heads(model, degree):
                 continue
             for ranks in _layouts(rig, degree):
                 plan = replace(base, ranks=ranks)

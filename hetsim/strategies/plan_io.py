@@ -17,6 +17,7 @@ from pydantic_core import ValidationError
 
 from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
+from hetsim.models.sharding import splits_heads
 from hetsim.models.spec import ModelSpec, unknown_dtype
 from hetsim.sim.memory import budget_problem
 from hetsim.textfiles import validate_strictly
@@ -153,9 +154,9 @@ def tp_group(rig: Rig, model: ModelSpec, devices: Any, field: str) -> None:
 
 
 def heads_split(model: ModelSpec, ranks: int, field: str) -> None:
-    """Megatron-style tensor parallelism gives each rank whole attention heads (the searches try only
-    such degrees: ``sharding.tp_degrees``); a plan file's 3 ranks of 32 heads was costed at 1/3 each."""
-    if ranks and model.heads % ranks:
+    """Megatron-style tensor parallelism gives each rank whole attention heads (``sharding.splits_heads``,
+    the rule the searches keep); a plan file's 3 ranks of 32 heads was costed at 1/3 each."""
+    if ranks and not splits_heads(model, ranks):
         raise problem(
             field, f"{ranks} ranks do not split {model.name}'s {model.heads} attention heads evenly"
         )
