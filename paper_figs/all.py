@@ -29,7 +29,7 @@ FIELDS = ("paper", "setting", "metric", "published", "hetsim", "rel_error")
 
 
 def scripts() -> list[Path]:
-    found = {p.stem: p for p in HERE.glob("*.py") if p.stem not in ("all", "__init__")}
+    found = {p.stem: p for p in HERE.glob("*.py") if p.stem not in ("all", "__init__", "cli_args")}
     return [found[n] for n in ORDER if n in found] + [found[n] for n in sorted(found) if n not in ORDER]
 
 
@@ -124,4 +124,6 @@ def main(out_dir: str = "paper_figs/out") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:2]))
+    from cli_args import out_dir_arg
+
+    sys.exit(main(out_dir_arg(sys.argv[1:], "paper_figs/out", __doc__)))

@@ -289,4 +289,6 @@ def main(out_dir: str = "paper_figs/out") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    from cli_args import out_dir_arg
+
+    main(out_dir_arg(sys.argv[1:], "paper_figs/out", __doc__))

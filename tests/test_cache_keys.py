@@ -93,3 +93,20 @@ def test_a_shared_op_cost_is_the_fresh_cost(what):
         for op in blocks:
             assert fresh.cost_of(dev, op) == op_cost(other.devices[dev], op)
         assert fresh.cost_of(dev, tuple(blocks)) == block_cost(other.devices[dev], tuple(blocks))
+
+
+@pytest.mark.parametrize("what", sorted(MUTATIONS))
+def test_the_lps_op_cost_on_another_rig_is_that_rigs(what):
+    """``rig_cost`` (the FlexGen LP's ``_cost``, no engine) keeps the engine's per-rig memo: the same
+    ops object asked of a rig that differs from a warm one is costed on the new rig's devices."""
+    from hetsim.planner import flexgen_lp
+    from hetsim.sim.engine import rig_cost
+
+    p = _base()
+    other = MUTATIONS[what](p.rig)
+    block = tuple(layer_blocks(p.model, "decode", 4, 1, 64, 1).whole)
+    for dev in (GPU, CPU):
+        assert rig_cost(p.rig, dev, block) == block_cost(p.rig.devices[dev], block)  # warm, by identity
+        assert rig_cost(other, dev, block) == block_cost(other.devices[dev], block)
+        assert flexgen_lp._cost(other, dev, block) == block_cost(other.devices[dev], block)
+        assert rig_cost(p.rig, dev, block) == block_cost(p.rig.devices[dev], block)

@@ -17,6 +17,7 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "flexgen_lanes.py"
         (["opt-30b", "flexgen-t4", "512", "1"], "GEN one above 1"),  # a decode step divides by GEN - 1
         (["opt-30b", "flexgen-t4", "x", "32"], "PROMPT must be a positive integer"),
         (["opt-30x"], "unknown model 'opt-30x'"),
+        (["opt-30b", "cputp-4x8575c"], "the search found no plan: not applicable: the rig has no GPU"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, says):

@@ -1,5 +1,6 @@
-"""The FlexGen search's memos change no number: ``_cost``'s op-block costs (kept across LPs) and the
-placed cost model ``_confirmable`` shares between ``released_time_per_seq`` and ``_repinned``."""
+"""The FlexGen search's memos change no number: its op-block costs (the engine's memo, kept across
+LPs) and the placed cost model ``_confirmable`` shares between ``released_time_per_seq`` and
+``_repinned``."""
 
 from __future__ import annotations
 
@@ -20,17 +21,27 @@ def headline():
     return rig, model, wl, endpoints(rig)
 
 
-def test_t_memo_gives_block_costs_time_and_a_cold_cost_model_equals_a_warm_one(headline):
+def test_lp_op_costs_are_the_engines_and_a_cold_cost_model_equals_a_warm_one(headline, monkeypatch):
+    """The LP's op-block costs come from the engine's memo (``rig_cost``): each is ``block_cost``, an
+    engine on the rig finds it there (the same object), and a warm cost model is the cold one."""
+    from hetsim.sim import engine as engine_mod
+    from hetsim.sim.engine import Engine
+
     rig, model, wl, ends = headline
-    fl._T_MEMO.clear()
-    fl._BY_ID.clear()
+    monkeypatch.setattr(engine_mod, "_RIG_COSTS", {})
+    monkeypatch.setattr(engine_mod, "_DEVICE_COSTS", {})
     for fl_ in fl.candidate_flags(bool(ends[2])):
         cold = fl._lp_key(fl.cost_model(rig, model, wl, 32, 3, fl_, ends))
-        assert fl._T_MEMO and fl._BY_ID  # filled
-        for (_, ops), (dev, cost) in fl._T_MEMO.items():
-            assert cost == block_cost(dev, ops)
-        for (i, j), (dev, ops, cost) in fl._BY_ID.items():  # by identity: the same costs
-            assert (i, j) == (id(dev), id(ops)) and cost == block_cost(dev, ops)
+        by_value, by_id, _ = engine_mod._rig_costs(rig)
+        assert by_value and by_id  # filled
+        blocks = [(dev, ops, cost) for (dev, ops), cost in by_value.items() if isinstance(ops, tuple)]
+        assert blocks
+        for dev, ops, cost in blocks:
+            assert cost == block_cost(rig.devices[dev], ops)
+        for (dev, i), (ops, cost) in by_id.items():  # by identity: the same costs
+            assert i == id(ops) and cost == block_cost(rig.devices[dev], ops)
+        engine = Engine(rig)
+        assert all(engine.cost_of(dev, ops) is cost for dev, ops, cost in blocks)
         warm = fl._lp_key(fl.cost_model(rig, model, wl, 32, 3, fl_, ends))
         assert warm == cold
 

@@ -274,6 +274,49 @@ def _rig_costs(rig: Rig) -> _CostCaches:
         return _rig_costs_miss(rig)
 
 
+def rig_cost(rig: Rig, device: str, ops: Op | tuple[Op, ...]) -> OpCost:
+    """``Engine.cost_of`` without an engine, from the same caches (``_rig_costs``): a planner's cost
+    model (the FlexGen LP's) and the engines that run its plans share one memo of op costs."""
+    caches = _rig_costs(rig)
+    by_id = caches[1].get((device, id(ops)))
+    if by_id is not None and by_id[0] is ops:
+        return by_id[1]
+    return _cost_by_value(rig, caches, device, ops)
+
+
+def _cost_by_value(rig: Rig, caches: _CostCaches, device: str, ops: Op | tuple[Op, ...]) -> OpCost:
+    """The cost of ``ops`` on ``device`` found (or worked out) by value, then kept by the ops object's
+    identity too. Hashing a tuple of ops hashes every op (dataclass hashes are not cached), and
+    equal-but-distinct tuples then compare field by field: callers look up by identity first. The
+    identity entry holds the ops object, so its id cannot be reused while cached."""
+    costs, by_id, twins = caches
+    key = (device, ops)
+    cost = costs.get(key)
+    if cost is None:
+        # a twin's cost (a rig's identical socket or card) is this device's: worked out by the
+        # device that asks first (an error names it), kept under the twin's name for the others
+        twin = twins.get(device, device)
+        cost = costs.get((twin, ops)) if twin != device else None
+        if cost is None:
+            dev = rig.devices[device]
+            if isinstance(ops, Op):
+                cost = op_cost(dev, ops)
+            else:
+                # each op's cost by its value too: a block of a new shape (a decode step's next
+                # KV length) repeats all but its attention op, whose costs are known (~6 us each)
+                def one(op: Op) -> OpCost:
+                    hit = costs.get((twin, op))
+                    if hit is None:
+                        hit = costs[twin, op] = op_cost(dev, op)
+                    return hit
+
+                cost = block_cost(dev, ops, one)
+            costs[twin, ops] = cost
+        costs[key] = cost
+    by_id[device, id(ops)] = (ops, cost)
+    return cost
+
+
 def _rig_costs_miss(rig: Rig) -> _CostCaches:
     hit = _RIG_COSTS.get(id(rig))  # again, under the lock: another thread may have filled it
     if hit is not None and hit[0] is rig and len(hit[1]) + len(hit[2]) <= _RIG_COSTS_MAX_ENTRIES:
@@ -404,38 +447,11 @@ class Engine:
     # ---- the API strategies use ------------------------------------------------------------
     def cost_of(self, device: str, ops: Op | tuple[Op, ...]) -> OpCost:
         """The (cached) cost of an op, or of ops run back to back as one task, on ``device``."""
-        # Fast path by object identity: hashing a tuple of ops hashes every op (dataclass hashes are
-        # not cached), and equal-but-distinct tuples then compare field by field. The entry holds
-        # the ops object, so its id cannot be reused while cached.
+        # ``rig_cost`` over this engine's caches, taken once: by identity, then by value
         by_id = self._op_costs_by_id.get((device, id(ops)))
         if by_id is not None and by_id[0] is ops:
             return by_id[1]
-        key = (device, ops)
-        costs = self._op_costs
-        cost = costs.get(key)
-        if cost is None:
-            # a twin's cost (a rig's identical socket or card) is this device's: worked out by the
-            # device that asks first (an error names it), kept under the twin's name for the others
-            twin = self._twins.get(device, device)
-            cost = costs.get((twin, ops)) if twin != device else None
-            if cost is None:
-                dev = self.rig.devices[device]
-                if isinstance(ops, Op):
-                    cost = op_cost(dev, ops)
-                else:
-                    # each op's cost by its value too: a block of a new shape (a decode step's next
-                    # KV length) repeats all but its attention op, whose costs are known (~6 us each)
-                    def one(op: Op) -> OpCost:
-                        hit = costs.get((twin, op))
-                        if hit is None:
-                            hit = costs[twin, op] = op_cost(dev, op)
-                        return hit
-
-                    cost = block_cost(dev, ops, one)
-                costs[twin, ops] = cost
-            costs[key] = cost
-        self._op_costs_by_id[(device, id(ops))] = (ops, cost)
-        return cost
+        return _cost_by_value(self.rig, (self._op_costs, self._op_costs_by_id, self._twins), device, ops)
 
     def compute(
         self, device: str, ops: Op | tuple[Op, ...], *, label: str | None = None, after: float = 0.0

@@ -202,21 +202,31 @@ class Fetches:
         return (self._walk(prefetch)[1] + self.persistent) * WEIGHT_BYTES
 
 
+def _tensors(model: ModelSpec) -> tuple[tuple[tuple[int, ...], ...], ...]:
+    """Every parameter tensor of ``model`` in elements, by leaf module, by block (0 the embeddings:
+    tokens, positions, project_in; 1..L the decoder layers; L + 1 the head: final norm, project_out,
+    lm_head), in HF's module order; absent ones 0. The lm_head is the token table's size, tied or not."""
+    table = model.vocab * model.token_dim
+    project = model.hidden * model.embed_dim if model.embed_dim else 0
+    final_norm = (model.hidden,) * (2 if model.norm == "layernorm" else 1) if model.final_norm else ()
+    layers = (
+        tuple(tuple(t.numel for t in leaf) for leaf in layer_leaf_modules(model, model.layer_is_moe(i)))
+        for i in range(model.layers)
+    )
+    embed = ((table,), (model.learned_positions * model.hidden,), (project,))  # tokens, positions, project_in
+    head = (final_norm, (project,), (table,))  # final norm, project_out, lm_head
+    return embed, *layers, head
+
+
 @lru_cache(maxsize=64)
 def fetches(model: ModelSpec) -> Fetches:
     """ZeRO-3's fetches of one forward of ``model`` in HF's module order (an MoE layer's experts all
     counted, as if every expert ran)."""
-    table = model.vocab * model.token_dim
-    project = model.hidden * model.embed_dim if model.embed_dim else 0
-    final_norm = model.hidden * (2 if model.norm == "layernorm" else 1) if model.final_norm else 0
-    layers = [
-        [tuple(t.numel for t in leaf) for leaf in layer_leaf_modules(model, model.layer_is_moe(i))]
-        for i in range(model.layers)
-    ]
-    between = model.learned_positions * model.hidden + project + sum(sum(map(sum, layer)) for layer in layers)
-    refetch = not model.tied_embeddings or between + final_norm + project >= MAX_REUSE_DISTANCE
-    embed = [(table,), (model.learned_positions * model.hidden,), (project,)]  # tokens, positions, project_in
-    head = [(final_norm,), (project,), (table if refetch else 0,)]  # final norm, project_out, lm_head
+    embed, *layers, head = _tensors(model)
+    table = embed[0][0]
+    between = sum(sum(map(sum, block)) for block in (embed[1:], *layers, head[:2]))
+    refetch = not model.tied_embeddings or between >= MAX_REUSE_DISTANCE
+    head = (*head[:2], (table if refetch else 0,))  # a tied table kept: no second fetch
     leaves, block, persistent = [], [], 0
     for b, group in enumerate((embed, *layers, head)):
         for leaf in group:
@@ -232,18 +242,8 @@ def fetches(model: ModelSpec) -> Fetches:
 def partitions(model: ModelSpec) -> tuple[int, ...]:
     """Elements of each parameter tensor of ``model``, a tied table once: ZeRO-3 gives every parameter
     a CPU partition of its own (partition_parameters.py:1096-1106; one rank holds the whole tensor)."""
-    norm = (2 if model.norm == "layernorm" else 1) if model.final_norm else 0  # weight (and bias)
-    leaves = (leaf for i in range(model.layers) for leaf in layer_leaf_modules(model, model.layer_is_moe(i)))
-    layers = [t.numel for leaf in leaves for t in leaf]
-    tensors = [
-        model.vocab * model.token_dim,
-        model.learned_positions * model.hidden,
-        *([model.hidden * model.embed_dim] * (2 if model.embed_dim else 0)),  # project_in, project_out
-        *layers,
-        *([model.hidden] * norm),
-        *(() if model.tied_embeddings else (model.vocab * model.token_dim,)),  # lm_head
-    ]
-    return tuple(n for n in tensors if n)
+    tensors = [n for block in _tensors(model) for leaf in block for n in leaf]
+    return tuple(n for n in tensors[: -1 if model.tied_embeddings else None] if n)
 
 
 def host_bytes(model: ModelSpec, pinned: bool, nvme: bool) -> float:

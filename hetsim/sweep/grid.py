@@ -104,6 +104,12 @@ def _derive(original: Any, change: tuple, make: Callable[[], Any], *held: Any) -
     return new
 
 
+def gpu_mem_budget(config: Mapping[str, Any]) -> float | None:
+    """A point's ``gpu_mem_gb`` in bytes: each GPU's memory cap and its plans' budget (None: unset)."""
+    gb = config.get("gpu_mem_gb")
+    return float(gb) * 1e9 if gb is not None else None
+
+
 def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
     """The rig with the point's hardware knobs applied (a new Rig; the input is untouched)."""
     if not any(k in knobs for k in HW_KNOBS):
@@ -139,8 +145,8 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
                 lambda node=node, kept=kept, host=host: replace(node, cpus=kept, host_mem_bytes=host),
             )
 
-    if knobs.get("gpu_mem_gb") is not None:
-        budget = float(knobs["gpu_mem_gb"]) * 1e9
+    budget = gpu_mem_budget(knobs)
+    if budget is not None:
         for name, dev in list(devices.items()):
             if dev.kind == "gpu" and dev.mem_bytes > budget:
 
@@ -210,18 +216,23 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
                     )
 
                 links[lname] = _derive(link, ("net", bw), at_rate)
-    for kind, factor in (knobs.get("bw_scale") or {}).items():
+    _scale_links(links, knobs.get("bw_scale"), rig.name)
+    # a fresh route cache: routes of the original rig are stale here
+    return replace(rig, devices=devices, links=links, nodes=nodes)
+
+
+def _scale_links(links: dict[str, Link], scale: Mapping[str, float] | None, rig_name: str) -> None:
+    """``bw_scale``'s factors applied, in place, to the rates of ``links`` of their kinds (``_scaled``:
+    ValueError where one takes a link past a rig file's bounds)."""
+    for kind, factor in (scale or {}).items():
         for lname, link in list(links.items()):
             if link.kind == kind:
-                where = f"{kind} x {factor!r} takes link {lname!r} of rig {rig.name!r}"
+                where = f"{kind} x {factor!r} takes link {lname!r} of rig {rig_name!r}"
                 links[lname] = _derive(
                     link,
                     ("scale", factor),
                     lambda link=link, factor=factor, where=where: _scaled(link, factor, where),
                 )
-
-    # a fresh route cache: routes of the original rig are stale here
-    return replace(rig, devices=devices, links=links, nodes=nodes)
 
 
 # a link's rates as the rig schema names them (bw_scale's messages)
@@ -262,6 +273,7 @@ def check_scaled_links(spec: SweepSpec, source: str) -> None:
     from hetsim.hardware.loader import load_rig
 
     loaded: dict[str, Rig | None] = {}
+    unscaled: dict[tuple, dict[str, Link]] = {}  # the links a rig has with the link knobs, by both
     for i, grid in enumerate(spec.grids):
         axes = {**{k: [v] for k, v in spec.base.items()}, **grid}
         if "bw_scale" in grid:
@@ -279,10 +291,14 @@ def check_scaled_links(spec: SweepSpec, source: str) -> None:
                 except InputError:
                     loaded[name] = None
             rig = loaded[name]
-            knobs = {k: v for k, v in zip(_LINK_KNOBS, rates, strict=True) if v is not None}
+            if rig is None:
+                continue
             try:
-                if rig is not None:
-                    apply_hardware(rig, {**knobs, "bw_scale": scale})
+                links = unscaled.get((name, *rates))
+                if links is None:
+                    knobs = {k: v for k, v in zip(_LINK_KNOBS, rates, strict=True) if v is not None}
+                    links = unscaled[name, *rates] = apply_hardware(rig, knobs).links
+                _scale_links(dict(links), scale, rig.name)  # the links alone: no rig built per scale
             except ValueError as exc:
                 raise InputError(str(exc), source=source, field=field) from None
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from hetsim.sweep.grid import _DERIVED, apply_hardware, canonical, override_plan, plan_knobs
+from hetsim.sweep.grid import _DERIVED, apply_hardware, canonical, gpu_mem_budget, override_plan, plan_knobs
 from hetsim.sweep.spec import HW_KNOBS
 
 RESULT_COLUMNS = (
@@ -215,7 +215,7 @@ def _evaluate_on(config: Mapping[str, Any], rig: Any, model: Any = None):
             config.get("kv_dtype"),
         ),
     )
-    budget = float(config["gpu_mem_gb"]) * 1e9 if config.get("gpu_mem_gb") is not None else None
+    budget = gpu_mem_budget(config)
     knobs, ignored = plan_knobs(config), []
     strategy = get_strategy(config["strategy"])
 

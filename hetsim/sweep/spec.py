@@ -164,7 +164,7 @@ def _check_values(spec: SweepSpec, source: str) -> None:
     from hetsim.hardware.loader import load_rig
     from hetsim.models.registry import get_model
     from hetsim.models.spec import unknown_dtype
-    from hetsim.sim.memory import MIN_GPU_MEM_BUDGET, budget_problem
+    from hetsim.sim.memory import MIN_GPU_MEM_BUDGET, too_small
     from hetsim.strategies.base import get_strategy
 
     cat = load_catalog()
@@ -197,7 +197,7 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 raise InputError(f"must be <= {MAX_WORK[key]} ({WHY_MAX[key]}), got {value}")
             elif key in ("gpu_mem_gb", "net_gbps") and not _positive_finite(value):
                 raise InputError(f"must be a positive finite number, got {value!r:.40}")
-            elif key == "gpu_mem_gb" and budget_problem(min(value * 1e9, 1e18)):  # as --gpu-mem-budget
+            elif key == "gpu_mem_gb" and too_small(value * 1e9):  # as --gpu-mem-budget (budget_problem)
                 raise InputError(f"must be at least {MIN_GPU_MEM_BUDGET / 1e9:g} (1 MB), got {value!r}")
             elif key in PHYSICAL and (why := _unphysical(key, value)):  # 1e300 GB read "at least 1 MB"
                 raise InputError(why)
