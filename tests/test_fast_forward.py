@@ -171,15 +171,21 @@ def test_cli_simulate_exact_runs_every_step(tmp_path, capsys):
     assert math.isclose(fast["tpot_s"], exact["tpot_s"], rel_tol=TOL)
 
 
+def _six_replicas():
+    from hetsim.strategies.hexgen import HexGenPlan, Replica
+    from hetsim.strategies.pipeline import Stage
+
+    nodes = ("n4", "n5", "n2", "n0", "n1", "n8")  # a TP-8 replica of all 80 layers on each node
+    return HexGenPlan(tuple(Replica((Stage(tuple(f"{n}.gpu{i}" for i in range(8)), 80),)) for n in nodes))
+
+
 def test_replicas_of_different_speeds_are_fast_forwarded_each():
     """Six heterogeneous HexGen replicas make tokens at different rates; the run ends with the
-    slowest (a single token stream for all of them was 6% off)."""
-    from hetsim.planner.search import search
-
+    slowest (a single token stream for all of them was 6% off). The plan the search picked while its
+    estimate held the proxy's mean step flat (estimated 353.4 tok/s, run 313.6)."""
     strategy, rig, model = get_strategy("hexgen"), load_rig("hexgen-full-budget"), get_model("llama2-70b")
     workload = Workload(16, 128, 120)
-    plan = search(strategy, rig, model, workload, "throughput")
-    assert len(plan.replicas) > 2
+    plan = _six_replicas()
     exact = simulate(strategy, plan, rig, model, workload, exact=True)
     fast = simulate(strategy, plan, rig, model, workload)
     assert fast.tasks < exact.tasks

@@ -56,14 +56,15 @@ def test_floors_are_below_the_estimate_and_the_run(a10, lab, batch, prompt, gen,
 
 def test_the_floor_is_within_a_percent_of_the_headline_neighbour(lab):
     """llama2-70b on mixed-lab at batch 157 (the headline ladder's neighbour of 314): the bound is
-    111.13 s, the searched plan's estimate 111.60 s; a GPU-only bound (split modules alone) was 92.6."""
+    111.13 s, the searched plan's estimate 111.62 s (the run's; 111.60 when the estimate held the
+    proxy's mean step flat); a GPU-only bound (split modules alone) was 92.6."""
     wl = replace(lab.workload, batch=157)
     floor = search_floor(lab.rig, lab.model, wl)
     plan = hetegen_knapsack.search(
         lab.rig, lab.model, wl, "throughput", evaluator(HETEGEN, lab.rig, lab.model, wl)
     )
     e2e = estimate(HETEGEN, plan, lab.rig, lab.model, wl).e2e_s
-    assert floor == pytest.approx(111.134, abs=1e-3) and e2e == pytest.approx(111.604, abs=1e-3)
+    assert floor == pytest.approx(111.134, abs=1e-3) and e2e == pytest.approx(111.617, abs=1e-3)
     assert e2e_floor(plan, lab.rig, lab.model, wl) < 0.85 * floor
 
 

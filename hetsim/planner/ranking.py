@@ -18,7 +18,7 @@ from hetsim.models.spec import ModelSpec
 from hetsim.sim.engine import FLOOR_SLACK
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
-from hetsim.sim.run import FF_SHORT_SAMPLE, Runnable, ScopedMemo, simulate
+from hetsim.sim.run import FF_SHORT_SAMPLE, Runnable, ScopedMemo, head_end, short_run, simulate
 from hetsim.workload import Workload
 
 # The proxy's length is the short fast-forward's sample, so the estimate of the plan a search picks
@@ -47,7 +47,7 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
     if workload.gen_len <= PROXY_GEN_LEN:
         return simulate(strategy, plan, rig, model, workload)
     proxy = workload.head(PROXY_GEN_LEN)
-    r = simulate(strategy, plan, rig, model, proxy)
+    r, streams = short_run(strategy, plan, rig, model, proxy)
     if not r.feasible:
         return r
     short = _full_context_short(strategy, plan, rig, model, proxy, workload, r)
@@ -61,7 +61,12 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
         e2e = r.e2e_s + (r.e2e_s - prefill) * (workload.gen_len - PROXY_GEN_LEN) / (PROXY_GEN_LEN - 1)
         tpot = (e2e - r.ttft_s) / (workload.gen_len - 1)
     else:
-        e2e, tpot = r.ttft_s + r.tpot_s * (workload.gen_len - 1), r.tpot_s
+        # the proxy's streams extended on their own lines (``head_end``): a decode step grows with the
+        # KV's length (a KV cache that crosses a link each step: +17 % over 64 steps), and the
+        # start-up and last step happen once; where a stream has no whole rounds, the mean step
+        n = workload.gen_len
+        e2e = head_end(streams, PROXY_GEN_LEN, n) or r.ttft_s + r.tpot_s * (n - 1)
+        tpot = (e2e - r.ttft_s) / (n - 1)
     tokens = workload.batch * workload.gen_len
     return replace(
         r,
@@ -121,7 +126,11 @@ def estimate_floor(
 ) -> float:
     """A lower bound of ``estimate``'s ``e2e_s`` on ``workload`` (0 where none), from lower bounds of
     (TTFT, makespan - TTFT) of the run it simulates (``run_floors`` of that run's workload: the
-    proxy's when it is shorter); ``_estimate``'s extrapolation grows with both. A plan ``in_passes``
+    proxy's when it is shorter), scaled as a flat extrapolation of the proxy's mean step would be.
+    ``_estimate`` extends each stream on its window's line instead (``head_end``: start-up counted
+    once, growth >= 0), which is at least that where the window's mean step is at least the proxy's
+    mean decode step; held by property tests (tests/test_flexgen_floor.py,
+    tests/test_hetegen_ladder_floor.py), not derived. A plan ``in_passes``
     is extrapolated from its decode rounds alone, at least the proxy's makespan: no more is bounded."""
     proxy, _ = floor_run(workload)
     got = run_floors(proxy)

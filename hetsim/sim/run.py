@@ -113,6 +113,58 @@ def simulate(
     return _step_by_step(strategy, plan, rig, model, workload, trace_path)[0]
 
 
+def short_run(
+    strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload
+) -> tuple[Result, Streams]:
+    """``simulate`` of a generation short enough to run step by step (at most ``FF_MIN_GEN_LEN``
+    tokens: a search's proxy of a longer one), and its token times by stream (``head_end`` extends
+    them to a longer run)."""
+    assert not ff_sample(workload.gen_len), "a short run is simulated step by step"
+    too_long = context_reason(model, workload.context_len)
+    if too_long:
+        return Result.infeasible(strategy.name, too_long, strategy.plan_to_dict(plan)), {}
+    result, streams, _, _ = _step_by_step(strategy, plan, rig, model, workload)
+    return result, streams
+
+
+def head_end(head_times: Streams, g: int, n: int) -> float | None:
+    """When a run of ``n`` rounds ends, from its head of ``g`` rounds alone (``fast_forward``'s
+    ``_run_end`` with no tail): per stream, the head's rounds up to ``g - 1`` as they are (start-up
+    included once), the rounds ``g..n-1`` on the line of its steady window (``_line``: its mean
+    step and growth per step, the growth a longer KV adds), then its last step (a schedule may end
+    differently, e.g. with nothing to prefetch) grown as the line; the run ends with the slowest
+    stream. Exact where steps grow linearly with the KV length; fast where a lane takes over after
+    the head (the steps bend up), slow where one gives way. A stream with no steady window (a
+    repeating pattern, a pipeline's fill longer than the head) has no line: its rounds ``g..n`` at
+    the window's mean step, last step included. None where a stream has too few rounds."""
+    h = _window(g)
+    if h < 1 or n <= g or not head_times:
+        return None
+    c = (h + g - 2) / 2  # the window's mean step sits at this step index (step i: round i to i + 1)
+    end = 0.0
+    for stream in head_times.values():
+        per_round = sum(k for _, k in stream)
+        b = per_round // g
+        line = _line(stream, b, g, h) if per_round % g == 0 else None
+        first, head_last = _round_time(stream, b, h), _round_time(stream, b, g)
+        if line is None or first is None or head_last is None:
+            return None
+        if _steady(stream, b, h, g - 1):
+            growth = max(0.0, line[1])  # a longer KV never makes a step cheaper
+            # steps g-1..n-2 on the line, then the last step n - g steps on from the head's
+            added = (n - g) * (line[0] + growth * ((n + g - 3) / 2 - c + 1))
+        else:
+            added = (n - g) * (head_last - first) / (g - h)
+        end = max(end, head_last + added)
+    return end
+
+
+def _window(g: int) -> int:
+    """The first round of a sample's steady window (rounds h..g-1): its later half, and at least 4
+    rounds (2 step changes to check)."""
+    return min(g // 2, g - 4)
+
+
 class SimulateStopped(KeyboardInterrupt):
     """A run stopped (Ctrl-C, or the CLI's SIGTERM) while the engine ran it step by step:
     ``progress`` says how far it got, as ``{"simulated_s": time reached, "tokens": made, "tokens_total":
@@ -367,8 +419,7 @@ def fast_forward(
     or sampled steps that do not grow evenly (``FF_STEADY_TOL``) even over whole periods of a
     repeating pattern (``_period``: the samples are then run again, longer by ``(n - g) % period``
     tokens, so that the added steps are whole periods and the last falls where the tail's does)."""
-    # the steady window: rounds h..g-1, its later half, and at least 4 rounds (2 step changes to check)
-    g, n, h = sample, workload.gen_len, min(sample // 2, sample - 4)
+    g, n, h = sample, workload.gen_len, _window(sample)
     one_pass = strategy.pass_batch(plan)
     if one_pass is not None and one_pass < workload.batch:
         return None

@@ -1,0 +1,167 @@
+"""A search's estimate of a plan extends its proxy (the first ``PROXY_GEN_LEN`` tokens) along the
+proxy's own steady line (``head_end``): decode steps grow with the KV's length, and the start-up and
+the last step (nothing left to prefetch) happen once. Holding the proxy's mean step flat put
+FlexGen's estimates up to 7.6 % fast (a KV cache split 95/4 GPU/CPU crosses PCIe each step: 5.2 %),
+and a slower HexGen plan of six replicas 12.7 % fast, enough to rank it first."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from hetsim.api import problem
+from hetsim.hardware import load_rig
+from hetsim.models import get_model
+from hetsim.planner.ranking import PROXY_GEN_LEN, estimate
+from hetsim.planner.search import search
+from hetsim.sim.run import _round_time, _step_by_step, head_end, simulate
+from hetsim.strategies.base import get_strategy
+from hetsim.strategies.flexgen_policy import FlexGenPlan
+from hetsim.strategies.hexgen import HexGenPlan, Replica
+from hetsim.strategies.pipeline import Stage
+from hetsim.workload import Workload
+
+FLEXGEN = get_strategy("flexgen")
+
+
+def _stream(steps: list[float], ttft: float = 1.0, per_round: int = 4) -> list[tuple[float, int]]:
+    """Token times of one stream: its first round at ``ttft``, then one round per step."""
+    times, t = [(ttft, per_round)], ttft
+    for d in steps:
+        t += d
+        times.append((t, per_round))
+    return times
+
+
+def test_the_head_is_extended_along_its_own_line():
+    """Steps 2..n-2 on a line (0.5 s, +0.01 s a step), a slow first step (a pipeline's fill) and a
+    short last one (nothing to prefetch): the head of 6 rounds gives the end of 40 exactly; a flat
+    extrapolation of the head's mean step would not."""
+    n, g = 40, PROXY_GEN_LEN
+
+    def steps(k: int) -> list[float]:
+        return [0.9] + [0.5 + 0.01 * i for i in range(2, k - 1)] + [0.3 + 0.01 * (k - 1)]
+
+    full, head = _stream(steps(n)), _stream(steps(g))
+    assert head_end({0: head}, g, n) == pytest.approx(full[-1][0], rel=1e-12)
+    flat = head[0][0] + (head[-1][0] - head[0][0]) * (n - 1) / (g - 1)
+    assert abs(flat / full[-1][0] - 1) > 0.05
+
+
+def test_streams_end_with_the_slowest_and_a_step_never_shrinks_with_the_kv():
+    """Two streams: the run ends with the one whose line ends last; steps that shrink in the head
+    (a start-up settling) are held flat, not extended downwards."""
+    n, g = 30, PROXY_GEN_LEN
+    fast = _stream([0.4 + 0.001 * i for i in range(1, g)], ttft=1.0)
+    slow = _stream([0.4 + 0.002 * i for i in range(1, g)], ttft=1.1)
+    end = head_end({0: fast, 1: slow}, g, n)
+    assert end == pytest.approx(head_end({1: slow}, g, n), rel=1e-12)
+    assert end > head_end({0: fast}, g, n)
+    shrinking = _stream([0.5 - 0.01 * i for i in range(1, g)])
+    flat = _stream([0.49, 0.47, 0.47, 0.47, 0.47])  # a first step settling, then flat
+    assert head_end({0: shrinking}, g, n) == pytest.approx(shrinking[-1][0] + (n - g) * 0.47, rel=1e-12)
+    assert head_end({0: flat}, g, n) == pytest.approx(flat[-1][0] + (n - g) * 0.47, rel=1e-12)
+
+
+def test_a_head_with_no_steady_window_goes_on_at_its_mean_step():
+    """Steps that do not change evenly over the head's window (a repeating pattern, a pipeline's
+    fill longer than the head): no line to extend; each stream goes on at its window's mean step
+    (rounds 2..6, the last step included), its start-up once."""
+    g, n = PROXY_GEN_LEN, 40
+    pattern = _stream([2.0, 0.4, 0.9, 0.4, 0.9])  # a first step waiting on a prefill, then 0.4 / 0.9
+    assert head_end({0: pattern}, g, n) == pytest.approx(pattern[-1][0] + (n - g) * 0.65, rel=1e-12)
+    fill = _stream([0.5, 0.5, 0.6, 0.6, 0.6])
+    assert head_end({0: fill}, g, n) == pytest.approx(fill[-1][0] + (n - g) * 0.575, rel=1e-12)
+    assert head_end({0: _stream([0.5] * 3)}, g, n) is None  # fewer rounds than the head
+    assert head_end({}, g, n) is None  # no stream made tokens: no end to extend (was 0.0)
+
+
+RIGS = ["flexgen-t4", "hexgen-homogeneous", "hetegen-a10"]
+STRAIGHT = 1e-6  # spread of the step-to-step change, of the mean step: rounding alone
+
+
+def _straight(streams: dict[int, list[tuple[float, int]]], g: int, n: int) -> bool:
+    """Whether each stream's steps from the head's window to the last but one grow evenly, to
+    rounding: no lane takes over after the proxy."""
+    for stream in streams.values():
+        b = sum(c for _, c in stream) // n
+        t = [_round_time(stream, b, r) for r in range(2, n)]
+        steps = [y - x for x, y in pairwise(t)]
+        changes = [y - x for x, y in pairwise(steps)]
+        if max(changes) - min(changes) > STRAIGHT * sum(steps) / len(steps):
+            return False
+    return True
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
+@given(
+    rig=st.sampled_from(RIGS),
+    model=st.sampled_from(["opt-6.7b", "opt-13b"]),
+    gbs=st.sampled_from([4, 8, 16, 32, 48]),
+    nb=st.sampled_from([1, 2, 3]),
+    w=st.sampled_from([(100, 0), (88, 12), (50, 50), (20, 80), (0, 80), (20, 12)]),
+    c=st.sampled_from([(100, 0), (95, 4), (95, 0), (50, 50), (0, 100), (0, 5), (0, 0)]),
+    cpu_attention=st.booleans(),
+    compress=st.sampled_from([(False, False), (True, False), (False, True)]),
+    prompt=st.sampled_from([128, 256, 512]),
+    gen=st.sampled_from([24, 40, 64]),
+)
+def test_flexgen_plans_are_estimated_as_their_run(
+    rig, model, gbs, nb, w, c, cpu_attention, compress, prompt, gen
+):
+    """Random FlexGen plans (KV on one tier or split, CPU attention or not, compressed or not) on
+    three rigs: where the run's decode steps grow evenly after the proxy, the estimate is within
+    0.1 % of the run, every step in the engine (94e08e9: up to 7.6 % fast; at gen 64 a 95/4 split is
+    5.2 %, an end step ~8 % shorter than the rest 1.4 %). Where a lane takes over later (the steps
+    bend up after the proxy) the estimate stays on the proxy's line: test_a_bend_after_the_proxy."""
+    if compress[1] and c not in ((100, 0), (0, 100), (0, 0)):
+        c = (0, 100)  # a compressed cache sits whole on one tier (flexgen_policy.validate)
+    p = problem(model, rig, None, 128, 32)
+    plan = FlexGenPlan(gbs, nb, *w, *c, 100, 0, cpu_attention, *compress)
+    wl = Workload(gbs * nb, prompt, gen)
+    run, streams, _, _ = _step_by_step(FLEXGEN, plan, p.rig, p.model, wl)
+    assume(run.feasible and _straight(streams, PROXY_GEN_LEN, gen))
+    guess = estimate(FLEXGEN, plan, p.rig, p.model, wl)
+    assert abs(guess.e2e_s / run.e2e_s - 1) < 1e-6
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the estimate extends the proxy's line: where a lane takes over after the proxy (here the "
+    "CPU-resident half of the KV, 128 + 6 tokens on, growth 251 -> 309 us a step) it is fast by the "
+    "bend, 3.7 % at gen 128 (10.712 s against the run's 11.126); the fast-forward's tail sample sees it",
+)
+def test_a_bend_after_the_proxy():
+    p = problem("opt-6.7b", "hexgen-homogeneous", None, 128, 32)
+    plan = FlexGenPlan(8, 3, 88, 12, 50, 50, 100, 0, cpu_attention=False)
+    wl = Workload(24, 128, 128)
+    run = simulate(FLEXGEN, plan, p.rig, p.model, wl, exact=True)
+    assert abs(estimate(FLEXGEN, plan, p.rig, p.model, wl).e2e_s / run.e2e_s - 1) < 0.01
+
+
+def test_hexgen_replicas_of_different_speeds_are_estimated_as_their_run():
+    """Llama-2-70B on hexgen-full-budget, 16 x (128 + 120): six TP-8 replicas, each one stream, end
+    with the slowest. The proxy's mean step after the last replica's first token put them at 353.4
+    tok/s (the run: 313.6) and the search picked them over two replicas (325.9); each stream's own
+    line gives the run, and the search the faster plan."""
+    strategy, rig, model = get_strategy("hexgen"), load_rig("hexgen-full-budget"), get_model("llama2-70b")
+    wl = Workload(16, 128, 120)
+    nodes = ("n4", "n5", "n2", "n0", "n1", "n8")  # a TP-8 replica of all 80 layers on each
+    six = HexGenPlan(tuple(Replica((Stage(tuple(f"{n}.gpu{i}" for i in range(8)), 80),)) for n in nodes))
+    picked = search(strategy, rig, model, wl, "throughput")
+    for plan in (six, picked):
+        run = simulate(strategy, plan, rig, model, wl, exact=True)
+        assert estimate(strategy, plan, rig, model, wl).throughput_tok_s == pytest.approx(
+            run.throughput_tok_s, rel=1e-6
+        )
+    assert simulate(strategy, picked, rig, model, wl).throughput_tok_s > 1.03 * (
+        simulate(strategy, six, rig, model, wl).throughput_tok_s
+    )
