@@ -387,3 +387,18 @@ def test_searches_and_the_plan_check_keep_one_heads_rule():
         else:
             with pytest.raises(InputError, match="do not split Falcon-7B's 71 attention heads"):
                 plan_io.heads_split(falcon, ranks, "ranks")
+
+
+def test_cpu_tps_default_plan_is_one_its_plan_check_takes():
+    """``compare --no-search`` ran cpu-tp's default plan on every socket: Falcon-7B's 71 heads over 4
+    sockets, costed at 71/4 heads a rank, a plan a plan file may not give (``heads_split``)."""
+    from hetsim.hardware import load_rig
+    from hetsim.models.registry import get_model
+    from hetsim.workload import Workload
+
+    rig, strategy, w = load_rig("cputp-4x8575c"), get_strategy("cpu-tp"), Workload(1, 128, 8)
+    falcon = get_model(str(Path(__file__).parent / "data/hf-configs/Falcon-7B"))
+    plan = strategy.default_plan(rig, falcon, w)
+    assert plan.ranks == ("n0.cpu0",)
+    strategy.check_plan(plan, rig, falcon, w)
+    assert len(strategy.default_plan(rig, get_model("llama2-7b"), w).ranks) == 4  # 32 heads: every socket

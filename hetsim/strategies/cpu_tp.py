@@ -80,9 +80,11 @@ class CpuTensorParallel(Strategy):
             pc.known_dtype(getattr(plan, name), name)
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> CpuTpPlan:
-        """Every socket; weights in bf16 (AMX) unless the user asks (``--dtype``) or the checkpoint is
-        fp32, which then runs in fp32 throughout, as torch runs it on a CPU."""
-        ranks = _layouts(rig, len(rig.cpus()))[0]
+        """Every socket that splits the model's heads (the most sockets that do: a plan file of more is
+        refused, ``check_plan``); weights in bf16 (AMX) unless the user asks (``--dtype``) or the
+        checkpoint is fp32, which then runs in fp32 throughout, as torch runs it on a CPU."""
+        degree = max((d for d in range(1, len(rig.cpus()) + 1) if splits_heads(model, d)), default=0)
+        ranks = _layouts(rig, degree)[0]
         if model.dtype == "fp32":
             wd = workload.weight_dtype or "fp32"
             kv = workload.kv_dtype or "fp32"
