@@ -20,6 +20,23 @@ from hetsim.workload import Workload
 Draw = Callable[[random.Random, str], tuple[str, FlexGenPlan, Workload]]
 
 
+def datasheet_gpus(rig: Rig) -> Rig:
+    """``rig`` with each GPU's catalogue memory whole (no runtime reserve, no rig override such as
+    flexgen-t4's ECC total): the capacity the LP and copy tests' operating points were chosen at before
+    session 22; what they check (LP against engine, copies, pruning) does not depend on it."""
+    from dataclasses import replace
+
+    from hetsim.hardware.catalog import load_catalog
+
+    cat = load_catalog()
+    whole = {
+        n: replace(d, mem_bytes=cat.resolve("gpus", d.model).spec.memory.si, reserved_bytes=0.0)
+        for n, d in rig.devices.items()
+        if d.kind == "gpu"
+    }
+    return replace(rig, devices={**rig.devices, **whole})
+
+
 def placed_lp(
     plan: FlexGenPlan, rig: Rig, model: ModelSpec, wl: Workload, flags: Flags | None = None
 ) -> float:

@@ -8,7 +8,7 @@ the layer before it (one)."""
 from __future__ import annotations
 
 import pytest
-from flexgen_placed import placed_lp
+from flexgen_placed import datasheet_gpus, placed_lp
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
@@ -135,8 +135,9 @@ def test_the_lp_rows_are_the_ledger_of_its_cache_tier():
 
 def test_a_compressed_cache_on_the_gpu_read_by_cpu_attention_is_copied_to_pinned_host_memory():
     """flexgen-t4, OPT-6.7B 16 x 2 at 256 + 16, the 4-bit cache on the GPU, CPU attention: each step's
-    kv_len slots are copied to the host (pinned, data and scales apart), two batches live."""
-    rig = load_rig("flexgen-t4")
+    kv_len slots are copied to the host (pinned, data and scales apart), two batches live. At the T4's
+    datasheet 16 GB (all of OPT-6.7B's weights on the GPU no longer fit its usable 15.30 GB)."""
+    rig = datasheet_gpus(load_rig("flexgen-t4"))
     ends = endpoints(rig)
     m = get_model("opt-6.7b")
     plan = FlexGenPlan(16, 2, 100, 0, 100, 0, 100, 0, cpu_attention=True, compress_cache=True, gpu=ends[0])

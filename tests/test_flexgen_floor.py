@@ -156,7 +156,8 @@ def _search(p, batch):
 @pytest.mark.parametrize(("name", "hw", "prompt", "gen", "batch"), CASES)
 def test_the_searches_pick_what_confirming_every_plan_picks(monkeypatch, name, hw, prompt, gen, batch):
     """Free and fixed batch: the same plan (and batch) with the floors as with every plan confirmed;
-    the headline confirms two plans where it confirmed four (one while the estimate held the proxy's
+    the headline confirms three of four plans with the GPUs' runtime reserve (session 22; two at their
+    datasheet memory), where it confirmed four (one while the estimate held the proxy's
     mean step flat: the winner's 1081.31 s, 0.42 % short of its run, put the 1920-sequence plan's
     floor, 1015.39 s, above the 1013.73 s of the winner's rate at its batch; the run's 1085.89 s
     gives 1018.02 s, so that plan is confirmed, 1022.22 s; eight with s14-16g's per-KV-head CPU
@@ -182,4 +183,4 @@ def test_the_searches_pick_what_confirming_every_plan_picks(monkeypatch, name, h
     assert pruned == every and pruned is not None
     assert n_pruned <= n_every
     if (name, hw, batch) == ("llama2-70b", "mixed-lab", None):
-        assert (n_pruned, n_every) == (2, 4)
+        assert (n_pruned, n_every) == (3, 4)  # (2, 4) at the GPUs' datasheet memory

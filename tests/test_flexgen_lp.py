@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from flexgen_placed import placed_lp
+from flexgen_placed import datasheet_gpus, placed_lp
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models import get_model
@@ -183,7 +183,7 @@ def test_lp_block_time_follows_the_engine_on_the_paper_rig(gbs, nb, cpu_attentio
     from hetsim.sim.run import simulate
     from hetsim.strategies.base import get_strategy
 
-    rig, model = load_rig("flexgen-t4"), get_model("opt-30b")
+    rig, model = datasheet_gpus(load_rig("flexgen-t4")), get_model("opt-30b")  # 128 x 1 fits 16 GB
     ends = endpoints(rig)
     wl = replace(Workload(1, 512, 32), batch=gbs * nb)
     sol = solve_lp(rig, model, wl, gbs, nb, Flags(cpu_attention, False), ends)
@@ -348,7 +348,7 @@ def test_lp_follows_the_engine_with_gpu_attention_and_kv_on_disk(model, gbs, nb,
     from hetsim.strategies.base import get_strategy
     from hetsim.strategies.flexgen_policy import FlexGenPlan
 
-    rig, m = load_rig("flexgen-t4"), get_model(model)
+    rig, m = datasheet_gpus(load_rig("flexgen-t4")), get_model(model)  # the plans fit 16 GB
     ends = endpoints(rig)
     plan = FlexGenPlan(gbs, nb, wg, 100 - wg, cg, cc, 100, 0, cpu_attention=False, gpu=ends[0])
     wl = Workload(gbs * nb, 512, 32)

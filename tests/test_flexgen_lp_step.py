@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from flexgen_placed import datasheet_gpus
 
 from hetsim.hardware.loader import load_rig
 from hetsim.models.registry import get_model
@@ -58,7 +59,7 @@ def test_an_optimum_between_two_weight_steps_is_confirmed_at_the_step_above(
     step, the optimum's time 20 % under the engine's) or all but the small tensors on the GPU. At the
     step above, the KV re-solved with the GPU memory left runs within ``within`` of the optimum, its
     placed time within 1 % of the engine: the plan confirmed is timed as it is emitted."""
-    rig, model = load_rig(rig_name), get_model(model_name)
+    rig, model = datasheet_gpus(load_rig(rig_name)), get_model(model_name)  # chosen at datasheet memory
     ends, wl = endpoints(rig), Workload(gbs * nb, prompt, gen)
     sol = solve_lp(rig, model, wl, gbs, nb, Flags(False, False), ends)
     assert sol.x["wg"] > 0.95 and sol.x["cc"] > 0.01 and sol.x["cd"] > 0.01

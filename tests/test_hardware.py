@@ -162,7 +162,8 @@ def test_flexgen_t4_numbers_and_routes():
     rig = load_rig("flexgen-t4")
     assert list(rig.devices) == ["n0.cpu0", "n0.gpu0"]
     gpu = rig.devices["n0.gpu0"]
-    assert gpu.model == "t4" and gpu.mem_bytes == 16e9
+    # ECC on (GCP's T4s): torch sees 15101 MiB, less the CUDA context and cuBLAS (0.5 GiB assumed)
+    assert gpu.model == "t4" and gpu.mem_bytes == (15101 - 512) * 2**20 and gpu.reserved_bytes == 2**29
     assert rig.devices["n0.cpu0"].mem_bytes == 208e9
     assert rig.disks["n0.disk0"].capacity_bytes == 1.5e12
     assert rig.disks["n0.disk0"].read_bw == 2e9
@@ -172,7 +173,8 @@ def test_flexgen_t4_numbers_and_routes():
     assert rig.host_cpu("n0.gpu0") == "n0.cpu0"
     disk_to_gpu = rig.route("n0.disk0", "n0.gpu0")
     assert disk_to_gpu.bw == 2e9
-    assert rig.devices["n0.gpu0"].provenance["mem_bytes"].grade == Grade.DATASHEET
+    assert rig.devices["n0.gpu0"].provenance["mem_bytes"].grade == Grade.ASSUMED
+    assert rig.devices["n0.gpu0"].provenance["runtime_reserved"].grade == Grade.ASSUMED
 
 
 def test_load_by_path_equals_by_name():
@@ -184,7 +186,7 @@ def test_load_by_path_equals_by_name():
 def test_hetegen_a10():
     rig = load_rig("hetegen-a10")
     gpu, cpu = rig.devices["n0.gpu0"], rig.devices["n0.cpu0"]
-    assert gpu.model == "a10" and gpu.mem_bytes == 24e9
+    assert gpu.model == "a10" and gpu.mem_bytes == 24e9 - 2**29  # the datasheet's, less the runtime's
     assert cpu.cores == 16
     assert rig.route("n0.cpu0", "n0.gpu0").bw == pytest.approx(25.2e9)
 
@@ -387,3 +389,22 @@ def test_nvlink_bridge_wan_pair_and_efficiency_overrides(tmp_path):
     assert cpu.efficiency.memory == 0.7
     assert cpu.provenance["efficiency.memory"].grade == Grade.MEASURED
     assert cpu.efficiency.compute["matmul"] == 0.6  # class default kept
+
+
+def test_a_gpus_runtime_reserve_is_below_its_memory_or_the_rig_is_refused(tmp_path):
+    """runtime_reserved at or over the card's memory would leave a framework nothing: one line naming
+    the field, not a GPU with no or negative memory."""
+    rig = tmp_path / "r.yaml"
+    rig.write_text(
+        "name: r\nnodes:\n  - cpus: [{model: xeon-2.0ghz}]\n"
+        "    host_memory: {value: 64 GB, source: s, grade: assumed}\n"
+        "    gpus:\n      - model: t4\n        runtime_reserved: {value: 16 GB, source: s, grade: assumed}\n"
+    )
+    with pytest.raises(InputError, match=r"nodes\[0\]\.gpus\[0\]\.runtime_reserved.*must be below memory"):
+        load_rig(rig)
+    # 0 holds nothing back (a budget for tensors alone); a bare number under a megabyte lacks its unit
+    rig.write_text(rig.read_text().replace("16 GB", "0 GB"))
+    assert load_rig(rig).devices["n0.gpu0"].mem_bytes == 16e9
+    rig.write_text(rig.read_text().replace("0 GB", "512"))
+    with pytest.raises(InputError, match=r"runtime_reserved.*must be 0 or at least 1 MB, got 512; .*a unit"):
+        load_rig(rig)

@@ -84,7 +84,7 @@ def test_over_budget_gpus_are_not_bisected(lab, monkeypatch):
         hk.plan_hetegen(p.rig, p.model, wl, g, p.rig.devices[g].mem_bytes) for g in ("n0.gpu1", "n1.gpu0")
     ]
     assert not any(evaluate(plan).feasible for plan in plans)
-    full = hk.plan_hetegen(p.rig, p.model, wl, "n0.gpu0", 80e9)
+    full = hk.plan_hetegen(p.rig, p.model, wl, "n0.gpu0", p.rig.devices["n0.gpu0"].mem_bytes)
     assert got == best_plan([full, *plans], evaluate, "throughput") == full
 
 

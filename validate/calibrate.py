@@ -516,6 +516,22 @@ def gpu_base(device_name: str) -> str:
     return next((base for keys, base in GPU_BASES if all(k in low for k in keys)), FALLBACK_GPU)
 
 
+def _runtime_reserved(cuda: dict[str, Any], meas: str) -> dict[str, Any]:
+    """The GPU memory the CUDA context and cuBLAS hold, as measured (sidecars from before it was
+    measured have none: the catalogue's assumed reserve stands)."""
+    if "runtime_bytes" not in cuda:
+        return {}
+    context = cuda["context_bytes"] / 2**30
+    return {
+        "runtime_reserved": _q(
+            f"{cuda['runtime_bytes'] / 2**30:.3f} GiB",
+            f"{meas}: torch.cuda.mem_get_info total - free after a first cuBLAS GEMM, its tensors freed"
+            f" (the context alone: {context:.3f} GiB)",
+            "measured",
+        )
+    }
+
+
 def gpu_entry(cuda: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
     """The GPU as a catalogue entry with measured overrides: memory, the share of the datasheet
     FLOP/s and bandwidth that torch reaches, launch cost, GEMM row curve, host copy rates."""
@@ -552,6 +568,7 @@ def gpu_entry(cuda: dict[str, Any], meas: str, fit: str) -> dict[str, Any]:
         "socket": 0,
         "description": f"{cuda['name']} measured by hetsim calibrate on datasheet {base}",
         "memory": _q(f"{cuda['memory_bytes'] / 2**30:.2f} GiB", f"{meas}: torch total_memory", "measured"),
+        **_runtime_reserved(cuda, meas),
         "efficiency": {
             "compute": {
                 "matmul": _q(

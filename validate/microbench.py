@@ -445,12 +445,42 @@ def fit_alpha_beta(points: list[dict[str, float]]) -> tuple[float, float]:
 
 
 # ---- CUDA -----------------------------------------------------------------------------------------
+def _first_gemm() -> None:
+    """One small fp16 GEMM on the GPU, waited for: makes the cuBLAS handle and its workspace and loads
+    the kernels it runs (lazily loaded modules arrive at first use); its own tensors are then freed."""
+    import torch
+
+    a = torch.ones(256, 256, dtype=torch.float16, device="cuda")
+    (a @ a).sum().item()
+
+
+def cuda_runtime_bytes() -> dict[str, int]:
+    """The GPU memory no tensor can have: ``torch.cuda.mem_get_info``'s total - free right after the
+    CUDA context is made (``context_bytes``) and after a first cuBLAS GEMM with the GEMM's tensors
+    freed and the allocator's cache emptied (``runtime_bytes``: context, loaded kernels, cuBLAS handle
+    and workspace). Taken before anything else in the process allocates on the GPU; another process on
+    the same GPU would count too."""
+    import torch
+
+    torch.cuda.init()
+    free, total = torch.cuda.mem_get_info()
+    context = total - free
+    _first_gemm()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free_after, _ = torch.cuda.mem_get_info()
+    held = total - free_after
+    return {"total_bytes": int(total), "context_bytes": int(context), "runtime_bytes": int(held)}
+
+
 def cuda_bench(*, quick: bool = False) -> dict[str, Any] | None:
-    """H2D/D2H pinned and pageable copies, GPU GEMM rates and kernel launch cost; None without CUDA."""
+    """What the CUDA context and cuBLAS hold, H2D/D2H pinned and pageable copies, GPU GEMM rates and
+    kernel launch cost; None without CUDA."""
     import torch
 
     if not torch.cuda.is_available():
         return None
+    runtime = cuda_runtime_bytes()  # first: nothing of ours on the GPU yet
     sync = torch.cuda.synchronize
     nbytes = (64 if quick else 256) * 2**20
     # Written before timing: an untouched pageable buffer reads the kernel's shared zero page, which
@@ -486,6 +516,7 @@ def cuda_bench(*, quick: bool = False) -> dict[str, Any] | None:
     return {
         "name": torch.cuda.get_device_name(0),
         "memory_bytes": torch.cuda.get_device_properties(0).total_memory,
+        **runtime,
         "copies": copies,
         "launch_s": launch,
         "decoder_overhead": decoder,

@@ -489,7 +489,7 @@ class _Builder:
             if "nvlink" in (ref.model_extra or {}):  # an override; the shipped catalogue's names are tested
                 self.nvlink_name(spec.nvlink, f"{f}.nvlink")
             name = f"{node}.gpu{j}"
-            self.devices[name] = self.gpu_device(name, node, spec)
+            self.devices[name] = self.gpu_device(name, node, spec, f)
             names.append(name)
             # without an explicit socket, GPUs are spread over the sockets in order
             socket = ref.socket if ref.socket is not None else j * len(cpus) // len(refs)
@@ -504,11 +504,20 @@ class _Builder:
             known = ", ".join(n for n in self.cat.names("links") if n.startswith("nvlink"))
             raise self.fail(f"unknown NVLink {name!r} (known: {known})", field)
 
-    def gpu_device(self, name: str, node: str, spec: GpuSpec) -> ComputeDevice:
-        """A GPU device straight from its (possibly overridden) catalogue spec."""
+    def gpu_device(self, name: str, node: str, spec: GpuSpec, field: str) -> ComputeDevice:
+        """A GPU device straight from its (possibly overridden) catalogue spec. Its ``mem_bytes`` is what
+        a framework can allocate: the card's memory less ``runtime_reserved`` (the one place every
+        strategy's memory check and the engine's ledger take a GPU's capacity from)."""
         eff, eprov = self.efficiency("gpu", spec.efficiency)
+        reserved = spec.runtime_reserved
+        if reserved is not None and reserved.si >= spec.memory.si:
+            raise self.fail(
+                f"runtime_reserved ({reserved.value}) must be below memory ({spec.memory.value})",
+                f"{field}.runtime_reserved",
+            )
         prov = {
             "mem_bytes": _prov(spec.memory),
+            **({"runtime_reserved": _prov(reserved)} if reserved is not None else {}),
             "mem_bw": _prov(spec.memory_bandwidth),
             **_peak_prov(spec.peak_flops),
             **eprov,
@@ -519,7 +528,8 @@ class _Builder:
             model=spec.name,
             kind="gpu",
             node=node,
-            mem_bytes=spec.memory.si,
+            mem_bytes=spec.memory.si - _si_or_zero(reserved),
+            reserved_bytes=_si_or_zero(reserved),
             mem_bw=spec.memory_bandwidth.si,
             peak_flops={k: v.si for k, v in spec.peak_flops.items()},
             efficiency=eff,
@@ -660,7 +670,8 @@ def rig_to_dict(rig: Rig) -> dict[str, Any]:
                 "model": d.model,
                 "kind": d.kind,
                 "node": d.node,
-                "mem_bytes": d.mem_bytes,
+                "mem_bytes": d.mem_bytes,  # what a framework can allocate
+                **({"reserved_bytes": d.reserved_bytes} if d.kind == "gpu" else {}),
                 "mem_bw": d.mem_bw,
                 "peak_flops": dict(d.peak_flops),
                 "cores": d.cores,

@@ -154,6 +154,22 @@ class Bytes(_Rate):
     _high = 1e18  # an exabyte
 
 
+class HeldBytes(Bytes):
+    """Memory held back from use (a GPU's ``runtime_reserved``): 0 for nothing, else at least a megabyte
+    (a bare ``512``, meant as MiB, is refused as ``Bytes`` refuses it)."""
+
+    _unit_hint = "a size such as '512 MiB' (0 = nothing held)"
+    _low = 0.0
+
+    @model_validator(mode="after")
+    def _zero_or_a_megabyte(self) -> HeldBytes:
+        if 0 < self.si < Bytes._low:
+            raise ValueError(
+                f"must be 0 or at least 1 MB, got {self.value!r}; a bare number is bytes: give a unit"
+            )
+        return self
+
+
 class HalfBytes(Sourced):
     """A size where 0 means 'off' (Hockney half-length)."""
 
@@ -381,7 +397,10 @@ class _Entry(_Strict):
 
 class GpuSpec(_Entry):
     kind: Literal["gpu"]
-    memory: Bytes
+    memory: Bytes  # what the driver reports (torch total_memory) where measured, else the datasheet's
+    # held before a framework's first tensor: the CUDA context, loaded kernels, cuBLAS handle and
+    # workspace (torch.cuda.mem_get_info total - free after a first GEMM); absent: nothing held
+    runtime_reserved: HeldBytes | None = None
     memory_bandwidth: Bandwidth
     peak_flops: dict[Dtype, Flops] = Field(min_length=1)
     host_interface: str  # link catalogue name, e.g. pcie4-x16

@@ -188,7 +188,7 @@ class ComputeDevice:
     model: str  # catalogue entry, e.g. "a100-80g"
     kind: DeviceKind
     node: str
-    mem_bytes: float  # GPU HBM/GDDR, or the socket's share of host DRAM
+    mem_bytes: float  # allocatable: GPU memory less reserved_bytes, or the socket's share of host DRAM
     mem_bw: float  # peak bytes/s (HBM, or DRAM per socket)
     peak_flops: Mapping[str, float]  # dtype name -> FLOP/s; dense, no sparsity
     efficiency: Efficiency
@@ -196,6 +196,7 @@ class ComputeDevice:
     cores: int = 0  # CPU physical cores (0 for GPUs)
     clock_hz: float = 0.0  # CPU base clock (datasheet); 0 for GPUs
     provenance: Mapping[str, Provenance] = field(default_factory=dict)
+    reserved_bytes: float = 0.0  # a GPU's memory held by the CUDA context and libraries (not in mem_bytes)
 
     def flops(self, dtype: str) -> float:
         """Peak FLOP/s for a compute dtype: its own unit, else its 16-bit peer's, else fp32.

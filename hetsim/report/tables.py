@@ -155,7 +155,8 @@ def rig_tables(rig: Rig, summary: dict[str, Any]) -> list[Table]:
     """Devices, disks and links of a rig; ``summary`` is ``rig_to_dict(rig)``."""
     price = f"{fmt_money(rig.price_per_hour)}/h" if rig.price_per_hour else "no price given"
     dev = _table(title=f"Rig {rig.name}: devices ({price}; weakest grade {summary['weakest_grade']})")
-    for col in ("name", "model", "kind", "memory", "bandwidth", "peak fp16", "$/h", "grade"):
+    # a GPU's memory is what a framework can allocate, the CUDA context's reserve already taken off
+    for col in ("name", "model", "kind", "memory", "reserved", "bandwidth", "peak fp16", "$/h", "grade"):
         dev.add_column(col, justify="left" if col in ("name", "model", "kind", "grade") else "right")
     for d in summary["devices"]:
         peak = d["peak_flops"].get("fp16") or d["peak_flops"].get("bf16")
@@ -164,6 +165,7 @@ def rig_tables(rig: Rig, summary: dict[str, Any]) -> list[Table]:
             d["model"],
             d["kind"],
             fmt_bytes(d["mem_bytes"]),
+            fmt_bytes(d["reserved_bytes"]) if d.get("reserved_bytes") else DASH,
             fmt_bw(d["mem_bw"]),
             fmt_flops(peak) if peak else DASH,
             fmt_money(d["price_per_hour"]) if d["price_per_hour"] else DASH,
