@@ -505,6 +505,9 @@ def load_plan(path: str | Path) -> tuple[Problem, Strategy, Any]:
                 doc.workload.routing_profile: "workload.routing_profile",
             }
             field = named.get(exc.source)
+            if field is not None and exc.source not in exc.message:  # which path, read from where
+                where = "" if Path(exc.source).is_absolute() else f", from the current folder {Path.cwd()}"
+                raise InputError(f"{exc.message}: {exc.source}{where}", source=source, field=field) from None
         raise InputError(exc.message, source=source, field=field) from None
     why = not_applicable(strategy, p)  # as compare and plan decide it: that strategy cannot run this at all
     if why:
@@ -596,7 +599,11 @@ def serve(
     reference = None
     if slo_scale is not None:
         ref_rig = load_rig(slo_ref)
-        reference = Reference.build(ref_rig, spec, reference_plan(ref_rig, spec, max_batch))
+        try:
+            ref_plan = reference_plan(ref_rig, spec, max_batch)
+        except ValueError as exc:  # no replica fits (a rig without GPUs, too little memory): a traceback
+            raise InputError(f"{exc}: --slo-scale needs one that can serve it", field="--slo-ref") from None
+        reference = Reference.build(ref_rig, spec, ref_plan)
     deadlines = (
         deadlines_for(reqs, slo_s=slo, slo_scale=slo_scale, reference=reference)
         if slo is not None or slo_scale is not None

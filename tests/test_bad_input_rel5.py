@@ -54,12 +54,15 @@ def test_a_bw_scale_within_bounds_scales_every_rate_as_before():
         apply_hardware(rig, {"bw_scale": {"pcie": 1e-9}})  # a point run without the spec's check: a row
 
 
-def test_a_bw_scale_on_a_rig_that_does_not_load_is_left_to_its_points(tmp_path, capsys, guarded):
+def test_a_bw_scale_on_a_rig_that_does_not_load_is_the_rigs_error(tmp_path, capsys, guarded):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\n")
     spec = _sweep(tmp_path, {"rig": str(bad)}, {"strategy": ["gpu-only"], "bw_scale": [{"pcie": 2}]})
     code, err = guarded(["sweep", str(spec), "--out", str(tmp_path / "out"), "--workers", "1"])
-    assert code == 0 and "ran 1 (1 failed)" in err  # the point's error row, as before
+    # session 22: the spec check reads each rig whole, so its own line before any point (had been
+    # "ran 1 (1 failed)", exit 0: the point's error row)
+    assert code == 2 and err.startswith(f"error: {bad}: ") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_bw_scale_on_links_cpu_sockets_removes_is_not_refused(tmp_path, capsys, guarded):

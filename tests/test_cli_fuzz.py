@@ -229,7 +229,7 @@ def test_an_os_error_on_a_path_is_one_line_naming_it(tmp_path, capsys, guarded):
     spec = tmp_path / "fz.yaml"
     spec.write_text(yaml.safe_dump(SWEEP))
     code, err = guarded(["sweep", str(spec), "--out", str(f), "--workers", "1", "--no-plots"])
-    assert (code, err) == (2, f"error: {f / 'results'}: Not a directory\n")
+    assert (code, err) == (2, f"error: --out {f}: is a file, not a folder\n")  # before any point (session 22)
 
 
 @pytest.mark.parametrize("form", ["spaced", "equals"])

@@ -355,9 +355,12 @@ def test_plan_json_round_trip(hetegen_6gb):
 
 def test_bad_plan_field_is_an_input_error():
     from hetsim.errors import InputError
+    from hetsim.strategies.hetegen import HeteGenPlan
 
+    strategy = get_strategy("hetegen")
+    full = strategy.plan_to_dict(HeteGenPlan("n0.gpu0", "n0.cpu0", 1e9))
     with pytest.raises(InputError) as err:
-        get_strategy("hetegen").plan_from_dict({"gpu": "n0.gpu0", "cpu": "n0.cpu0", "gpu_mem_budget": "lots"})
+        strategy.plan_from_dict({**full, "gpu_mem_budget": "lots"})
     assert err.value.field == "params.gpu_mem_budget"
 
 

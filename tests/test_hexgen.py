@@ -88,7 +88,7 @@ def test_bad_plans_are_input_errors(homog):
         (HexGenPlan((Replica((Stage(("n9.gpu0",), 80),)),)), "devices"),
         (HexGenPlan((Replica((Stage((g0[0], g1[0]), 80),)),)), "devices"),  # TP across machines
         (HexGenPlan((Replica((Stage(g0, 40), Stage(g0[:1], 40))),)), "devices"),  # GPU twice
-        (HexGenPlan((Replica((Stage(g0, 70),)),)), "params.replicas.0"),  # layers missing
+        (HexGenPlan((Replica((Stage(g0, 70),)),)), "params.replicas[0].stages"),  # layers missing
     ]
     for plan, field in bad:
         with pytest.raises(InputError) as e:

@@ -438,6 +438,13 @@ def test_fit_above_the_microbenchmarks_raises_the_peak(tmp_path):
     assert load_rig(tmp_path / "up.yaml").route("n0.cpu0", "n0.cpu1").latency_s == pytest.approx(1e-3)
 
 
+def _flexgen_plan(**fields: object) -> dict[str, object]:
+    """A FlexGen plan's every parameter, as a plan file gives them: ``fields``, the rest the dataclass's."""
+    from hetsim.strategies.flexgen_policy import FlexGenPlan
+
+    return dataclasses.asdict(FlexGenPlan(**fields))  # type: ignore[arg-type]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_flexgen_runner_on_cuda_matches_the_plain_decoder():
@@ -451,8 +458,8 @@ def test_flexgen_runner_on_cuda_matches_the_plain_decoder():
     spec = dataclasses.replace(
         get_model("llama2-7b"), layers=8, hidden=1024, heads=8, kv_heads=8, intermediate=4096
     )
-    plan = {"gpu_batch_size": 4, "num_gpu_batches": 1, "wg": 0.0, "wc": 100.0, "cg": 100.0, "cc": 0.0,
-            "cpu_attention": False}  # fmt: skip
+    plan = _flexgen_plan(gpu_batch_size=4, num_gpu_batches=1, wg=0.0, wc=100.0, cg=100.0, cc=0.0,
+                         cpu_attention=False)  # fmt: skip
     cfg = RunConfig(
         model=dataclasses.asdict(spec), batch=4, prompt_len=256, gen_len=8, repeats=1, warmup_steps=0
     )
@@ -474,8 +481,8 @@ def test_flexgen_block_schedule_matches_the_plain_decoder(cpu_attention):
     spec = dataclasses.replace(
         get_model("llama2-7b"), layers=3, hidden=256, heads=4, kv_heads=4, intermediate=512
     )
-    plan = {"gpu_batch_size": 2, "num_gpu_batches": 2, "wg": 34.0, "wc": 66.0, "cg": 0.0, "cc": 100.0,
-            "cpu_attention": cpu_attention}  # fmt: skip
+    plan = _flexgen_plan(gpu_batch_size=2, num_gpu_batches=2, wg=34.0, wc=66.0, cg=0.0, cc=100.0,
+                         cpu_attention=cpu_attention)  # fmt: skip
     cfg = RunConfig(
         model=dataclasses.asdict(spec), batch=4, prompt_len=5, gen_len=4, repeats=1, warmup_steps=0
     )
@@ -550,8 +557,8 @@ def test_flexgen_runner_places_tensors_as_the_release_does():
 
     spec = dataclasses.replace(get_model("opt-6.7b"), layers=2, hidden=256, heads=4, kv_heads=4,
                                intermediate=1024, vocab=512, learned_positions=64)  # fmt: skip
-    plan = {"gpu_batch_size": 2, "num_gpu_batches": 1, "wg": 25, "wc": 75, "cg": 100, "cc": 0,
-            "hg": 100, "hc": 0, "cpu_attention": False, "pin_weight": True}  # fmt: skip
+    plan = _flexgen_plan(gpu_batch_size=2, num_gpu_batches=1, wg=25, wc=75, cg=100, cc=0,
+                         hg=100, hc=0, cpu_attention=False, pin_weight=True)  # fmt: skip
     run = flexgen_decoder(spec, plan, dtype=torch.float16, device="cpu")
     host = sum(getattr(lw, f).numel() * 2 for lw in run.dec.layers for f in run.host_fields)
     host += sum(t.numel() * 2 for t in run.host_shared.values())

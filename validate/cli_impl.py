@@ -84,8 +84,11 @@ def run_validate(
         raise InputError(exc.message, field=flag or exc.field) from None
     runs: list[dict[str, Any]] = []
     base = {"model": runners.model_record(spec), "workload": workload.to_dict(), "strategy": strategy}
-    if strategy not in ("cpu-tp", "cpu", *CUDA_STRATEGIES):
-        raise InputError(f"unknown strategy {strategy!r}", field="--strategy")
+    if strategy not in ("cpu-tp", "cpu", *CUDA_STRATEGIES):  # a plan's strategy is the plan file's
+        why = f"validate runs {', '.join(('cpu-tp', *CUDA_STRATEGIES))} plans, not {strategy!r}"
+        if plan is not None:
+            raise InputError(why, source=str(plan), field="strategy")
+        raise InputError(why, field="--strategy")
     from hetsim.hardware import load_rig
 
     # read before the minutes of measuring, on every path: a bad --hw, or more ranks than its CPU

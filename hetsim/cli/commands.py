@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import gc
 import importlib
 import itertools
@@ -738,6 +739,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         _refuse_empty(args, command)
         _refuse_misread_numbers(args, command)
+        _refuse_writing_over_inputs(args)
+        _refuse_unwritable_outputs(args)
         with _forking(args):
             rv = command.main(
                 args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
@@ -807,6 +810,50 @@ def _refuse_misread_numbers(args: list[str], command: Any) -> None:
         if flag in numbers and misread_number(value):
             why = "must be a number in ASCII decimal digits (no '_' or other scripts' digits)"
             raise InputError(f"{why}, got {value!r}", field=flag)
+
+
+# A file a command reads, which no output of it may be (calibrate's --profile, refitted in place by
+# design, is not one).
+READ_FLAGS = ("--plan", "--hw", "--model", "--routing-profile", "--requests", "--from-profiles")
+WRITE_FLAGS = ("--out", "--trace")
+
+
+def _refuse_writing_over_inputs(args: list[str]) -> None:
+    """An output path that is a file the command reads, before any work: ``simulate --plan p.json
+    --trace p.json`` wrote the trace over the plan, and ``plan --hw rig.yaml --out rig.yaml`` the plan
+    over the rig (a model folder's input is its config.json)."""
+    pairs = _flag_values(args)
+    read = [(f, v) for f, v in pairs if f in READ_FLAGS and v]
+    for flag, value in pairs:
+        if flag not in WRITE_FLAGS or not value or not Path(value).is_file():
+            continue
+        for source, named in read:
+            for path in (Path(named), Path(named) / "config.json"):
+                if path.is_file() and os.path.samefile(path, value):
+                    why = f"is the file {source} reads: writing it would overwrite that input"
+                    raise InputError(f"{why}; give another path", field=f"{flag} {value}")
+
+
+FOLDER_OUTPUTS = ("sweep", "validate")  # the commands whose --out is a folder
+
+
+def _refuse_unwritable_outputs(args: list[str]) -> None:
+    """An --out or --trace path that cannot take its output, before any work: a folder where a file
+    goes, a file where a folder goes, or a file where a folder above it must be. ``calibrate`` measured
+    for minutes, ``validate`` ran its plan and ``plan`` searched, then the write failed and the work was
+    lost. A file's errors are the ones its write would raise (``--out DIR: Is a directory``)."""
+    folder_out = bool(args) and args[0] in FOLDER_OUTPUTS
+    for flag, value in _flag_values(args):
+        if flag not in WRITE_FLAGS or not value:
+            continue
+        path, folder = Path(value), flag == "--out" and folder_out
+        if path.is_dir() and not folder:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), value)
+        if folder and path.exists() and not path.is_dir():
+            raise InputError("is a file, not a folder", field=f"{flag} {value}")
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), value)
 
 
 def _takes_number(param: Any) -> bool:

@@ -209,12 +209,15 @@ def get_model(name_or_path: str) -> ModelSpec:
     """A registry model by name, or a ``ModelSpec`` read from a Hugging Face ``config.json`` path.
 
     A path is anything that exists on disk or ends in ``.json``. Unknown names raise ``InputError``
-    listing the known ones.
+    listing the known ones. A path on disk (one with a slash) is read even where its last part names a
+    built-in model: ``./Llama-2-7B``, a download whose config.json may differ from the catalogue's.
     """
+    p = Path(name_or_path)
+    if "/" in name_or_path and p.exists():
+        return load_hf_config(p)
     key = _normalise(name_or_path)
     if key in _MODELS:
         return _MODELS[key]
-    p = Path(name_or_path)
     if name_or_path.endswith(".json") or (name_or_path and p.exists()):  # '' is no path ('.')
         return load_hf_config(p)
     # a name with a slash is a Hub id ("meta-llama/Llama-2-70b-hf") or a path: say it is neither

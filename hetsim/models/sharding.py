@@ -38,9 +38,15 @@ HEAD_PARALLEL = frozenset({"q_absorb", "out_absorb"})
 TP_DEGREES = (1, 2, 4, 8)  # tensor-parallel group sizes inside one machine
 
 
+def splits_heads(model: ModelSpec, ranks: int) -> bool:
+    """Whether ``ranks`` tensor-parallel ranks each get whole attention heads (attention splits by
+    head): the one rule the searches (GPU groups, CPU sockets) and a plan file's check keep."""
+    return model.heads % ranks == 0
+
+
 def tp_degrees(model: ModelSpec, gpus: int) -> list[int]:
     """TP degrees a group of at most ``gpus`` devices can use: attention heads must split evenly."""
-    return [t for t in TP_DEGREES if t <= gpus and model.heads % t == 0]
+    return [t for t in TP_DEGREES if t <= gpus and splits_heads(model, t)]
 
 
 def kv_share(tp: int, kv_heads: int) -> float:

@@ -94,7 +94,10 @@ def read_trace(path: str | Path, too_long: Callable[[int], str | None] | None = 
     source = str(path)
     text = read_text(path)
     reader = csv.DictReader(text.splitlines())
-    rows = list(reader)
+    rows, lines = [], []  # each row's line in the file: the reader skips blank lines
+    for row in reader:
+        rows.append(row)
+        lines.append(reader.line_num)
     header = rows[0].keys() if rows else (text.splitlines()[0].split(",") if text.strip() else [])
     for name in TRACE_FIELDS:
         if name not in header:
@@ -106,7 +109,7 @@ def read_trace(path: str | Path, too_long: Callable[[int], str | None] | None = 
     if len(rows) > MAX_REQUESTS:
         raise InputError(f"{len(rows)} requests; at most {MAX_REQUESTS} ({WHY_MAX_REQUESTS})", source=source)
     out = []
-    for i, row in enumerate(rows, start=2):
+    for i, row in zip(lines, rows, strict=True):
         if None in row:  # more values than columns: which belongs to which is a guess
             raise InputError(f"line {i}: more values than the header has columns", source=source)
         try:

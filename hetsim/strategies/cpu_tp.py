@@ -20,7 +20,7 @@ from hetsim.models.memory import (
     layer_bytes,
     rank_activation_workspace,
 )
-from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
+from hetsim.models.sharding import embed_ops, head_ops, layer_blocks, splits_heads
 from hetsim.models.spec import ModelSpec
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
@@ -74,14 +74,17 @@ class CpuTensorParallel(Strategy):
             raise pc.problem("ranks", "names a socket twice")
         for j, r in enumerate(plan.ranks):
             pc.device_of_kind(rig, r, "cpu", f"ranks[{j}]")
+        pc.heads_split(model, len(plan.ranks), "ranks")
         pc.at_least(plan.weight_copies, 1, "weight_copies")
         for name in ("weight_dtype", "kv_dtype", "allreduce_dtype", "act_dtype"):
             pc.known_dtype(getattr(plan, name), name)
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> CpuTpPlan:
-        """Every socket; weights in bf16 (AMX) unless the user asks (``--dtype``) or the checkpoint is
-        fp32, which then runs in fp32 throughout, as torch runs it on a CPU."""
-        ranks = _layouts(rig, len(rig.cpus()))[0]
+        """Every socket that splits the model's heads (the most sockets that do: a plan file of more is
+        refused, ``check_plan``); weights in bf16 (AMX) unless the user asks (``--dtype``) or the
+        checkpoint is fp32, which then runs in fp32 throughout, as torch runs it on a CPU."""
+        degree = max((d for d in range(1, len(rig.cpus()) + 1) if splits_heads(model, d)), default=0)
+        ranks = _layouts(rig, degree)[0]
         if model.dtype == "fp32":
             wd = workload.weight_dtype or "fp32"
             kv = workload.kv_dtype or "fp32"
@@ -94,7 +97,7 @@ class CpuTensorParallel(Strategy):
         """Every degree and layout that fits in memory."""
         base = self.default_plan(rig, model, workload)
         for degree in range(1, len(rig.cpus()) + 1):
-            if model.heads % degree:
+            if not splits_heads(model, degree):
                 continue
             for ranks in _layouts(rig, degree):
                 plan = replace(base, ranks=ranks)

@@ -121,7 +121,7 @@ class GpuOnly(Strategy):
     def check_plan(self, plan: PipelinePlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         pc.stages_cover(plan.stages, model.layers, "stages")
         for i, st in enumerate(plan.stages):
-            pc.tp_group(rig, st.devices, f"stages[{i}].devices")
+            pc.tp_group(rig, model, st.devices, f"stages[{i}].devices")
         pc.in_range(plan.micro_batches, 1, workload.batch, "micro_batches")  # was: 1e30 echoed, run as batch
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         pc.known_dtype(plan.kv_dtype, "kv_dtype")

@@ -459,11 +459,23 @@ class HeteGen(Strategy):
     def check_plan(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
         pc.device_of_kind(rig, plan.cpu, "cpu", "cpu")
+        counts = module_counts(model)
+        for name in ("resident", "alpha_prefill", "alpha_decode"):
+            for kind in getattr(plan, name):
+                if kind not in counts:
+                    why = f"is not a module of {model.name} (its modules: {', '.join(counts)})"
+                    raise pc.problem(f"{name}.{kind}", why)
         for phase in ("alpha_prefill", "alpha_decode"):
             for kind, a in getattr(plan, phase).items():
                 pc.in_range(a, 0.0, 1.0, f"{phase}.{kind}")
+            # a split module's CPU share is the plan's to give: one left out ran at 0 (all streamed)
+            for kind, count in counts.items():
+                if plan.resident.get(kind, 0) < count and kind not in getattr(plan, phase):
+                    left = f"{count - plan.resident.get(kind, 0)} of {count} layers"
+                    why = f"missing: {kind} is split (not resident in {left}); give its CPU share, 0 to 1"
+                    raise pc.problem(f"{phase}.{kind}", why)
         for kind, n in plan.resident.items():
-            pc.in_range(n, 0, 1 if kind == LM_HEAD else model.layers, f"resident.{kind}")
+            pc.in_range(n, 0, counts[kind], f"resident.{kind}")
         pc.optional_budget(plan.gpu_mem_budget)
         pc.in_range(plan.split_sync_s, 0.0, 1.0, "split_sync_s")  # a barrier's cost (1e308 overflowed)
         pc.at_least(plan.runtime_reserve_bytes, 0.0, "runtime_reserve_bytes")

@@ -129,36 +129,22 @@ def symmetric_plan(
 
 def check_plan(plan: HexGenPlan, rig: Rig, model: ModelSpec) -> None:
     """A plan from a file must name the rig's GPUs, keep each TP group on one machine and one GPU
-    type, use each GPU once, and give every replica all the model's layers."""
-    from hetsim.errors import InputError
-
+    type, use each GPU once, and give every replica all the model's layers (``InputError``, field
+    ``params.<path>``)."""
     if not plan.replicas:
-        raise InputError("a plan needs at least one replica", field="params.replicas")
+        raise pc.problem("replicas", "needs at least one replica")
     seen: set[str] = set()
-    for i, rep in enumerate(plan.replicas):
-        where = f"params.replicas.{i}"
-        if not rep.stages:
-            raise InputError("a replica needs at least one stage", field=f"{where}.stages")
-        for j, st in enumerate(rep.stages):
-            field = f"{where}.stages.{j}"
+    for i, replica in enumerate(plan.replicas):
+        pc.stages_cover(replica.stages, model.layers, f"replicas[{i}].stages")
+        for j, st in enumerate(replica.stages):
+            field = f"replicas[{i}].stages[{j}].devices"
+            pc.tp_group(rig, model, st.devices, field)
+            if len({rig.devices[d].model for d in st.devices}) > 1:
+                raise pc.problem(field, "a tensor-parallel group must be GPUs of one type")
             for d in st.devices:
-                if d not in rig.devices or rig.devices[d].kind != "gpu":
-                    raise InputError(f"{d!r} is not a GPU of rig {rig.name}", field=f"{field}.devices")
-                if d in seen:
-                    raise InputError(f"{d!r} is used twice", field=f"{field}.devices")
+                if d in seen:  # in another stage or replica: two plans' weights on one GPU
+                    raise pc.problem(field, f"{d!r} is used twice")
                 seen.add(d)
-            if not st.devices:
-                raise InputError("a stage needs at least one GPU", field=f"{field}.devices")
-            kinds = {(rig.devices[d].node, rig.devices[d].model) for d in st.devices}
-            if len(kinds) > 1:
-                raise InputError(
-                    "a TP group must be GPUs of one type in one machine", field=f"{field}.devices"
-                )
-            if st.layers < 1:
-                raise InputError(f"must be a positive integer, got {st.layers}", field=f"{field}.layers")
-        total = sum(st.layers for st in rep.stages)
-        if total != model.layers:
-            raise InputError(f"stages hold {total} layers, {model.name} has {model.layers}", field=where)
 
 
 def _strongest(groups: list[tuple[str, ...]], limit: int, rig: Rig) -> list[tuple[str, ...]]:
@@ -183,12 +169,7 @@ class HexGen(Strategy):
         return no_gpu(rig)
 
     def check_plan(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
-        if not plan.replicas:
-            raise pc.problem("replicas", "needs at least one replica")
-        for i, replica in enumerate(plan.replicas):
-            pc.stages_cover(replica.stages, model.layers, f"replicas[{i}].stages")
-            for j, st in enumerate(replica.stages):
-                pc.tp_group(rig, st.devices, f"replicas[{i}].stages[{j}].devices")
+        check_plan(plan, rig, model)
         pc.at_least(plan.max_batch, 1, "max_batch")
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         pc.known_dtype(plan.kv_dtype, "kv_dtype")

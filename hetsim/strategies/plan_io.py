@@ -1,14 +1,15 @@
 """Plans at the boundary: validated with pydantic on load, one clear line on error.
 
-A plan from a file is checked twice: its shape (``validate_plan``: types, no unknown keys, not
-empty) and then against the model it is for (``Strategy.check_plan``, with the helpers here:
-layer counts that add up, fractions in range, at least one rank or stage).
+A plan from a file is checked twice: its shape (``validate_plan``: types, no unknown keys, every
+parameter given, none taking a default) and then against the model it is for (``Strategy.check_plan``,
+with the helpers here: layer counts that add up, fractions in range, at least one rank or stage).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +17,8 @@ from pydantic_core import ValidationError
 
 from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
-from hetsim.models.spec import unknown_dtype
+from hetsim.models.sharding import splits_heads
+from hetsim.models.spec import ModelSpec, unknown_dtype
 from hetsim.sim.memory import budget_problem
 from hetsim.textfiles import validate_strictly
 
@@ -37,6 +39,22 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
             source=source,
             field=f"params.{unknown[0]}",
         )
+    # every parameter, as ``hetsim plan --out`` writes them: a default taken for one left out (FlexGen's
+    # wg = 20, HeteGen's resident = {}) runs a plan other than the one its writer meant
+    missing = [name for name in allowed if name not in data]
+    if missing:
+        raise InputError(
+            f"missing; a plan gives every parameter, as `hetsim plan --out` writes them"
+            f" (missing: {', '.join(missing)})",
+            source=source,
+            field=f"params.{missing[0]}",
+        )
+    nested = unknown_nested(plan_type, data)
+    if nested is not None:
+        where, allowed_there = nested
+        raise InputError(
+            f"unknown key (allowed: {', '.join(allowed_there)})", source=source, field=f"params.{where}"
+        )
     bad = non_finite(data)
     if bad is not None:
         raise InputError("must be a finite number", source=source, field=f"params.{bad}")
@@ -46,6 +64,34 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in ("params", *err["loc"]))
         raise InputError(err["msg"], source=source, field=where) from None
+
+
+def unknown_nested(plan_type: type, data: Mapping[str, Any], path: str = "") -> tuple[str, list[str]] | None:
+    """(its path, the keys allowed there) of the first key of a dataclass nested in a plan (a HexGen
+    replica, a pipeline stage) that no field names: pydantic drops such keys (a misplaced
+    ``micro_batches`` inside a stage ran as if absent); None when there is none."""
+    hints = typing.get_type_hints(plan_type)
+    for f in dataclasses.fields(plan_type):
+        value, hint = data.get(f.name), hints[f.name]
+        args = typing.get_args(hint)
+        inner = args[0] if typing.get_origin(hint) in (tuple, list) and args else hint
+        if not (isinstance(inner, type) and dataclasses.is_dataclass(inner)):
+            continue
+        if inner is not hint and not isinstance(value, list):
+            continue  # pydantic names a wrong type
+        items = enumerate(value) if inner is not hint else [(None, value)]
+        for i, item in items:
+            if not isinstance(item, Mapping):
+                continue  # pydantic names a wrong type
+            here = f"{path}{f.name}" if i is None else f"{path}{f.name}[{i}]"
+            names = [g.name for g in dataclasses.fields(inner)]
+            extra = [k for k in item if k not in names]
+            if extra:
+                return f"{here}.{extra[0]}", names
+            found = unknown_nested(inner, item, f"{here}.")
+            if found is not None:
+                return found
+    return None
 
 
 def non_finite(x: Any, path: str = "") -> str | None:
@@ -98,12 +144,22 @@ def device_of_kind(rig: Rig, name: str, kind: str, field: str) -> None:
         raise problem(field, f"{name!r} is not a {kind.upper()} of rig {rig.name}")
 
 
-def tp_group(rig: Rig, devices: Any, field: str) -> None:
-    """A tensor-parallel group: GPUs of one machine."""
+def tp_group(rig: Rig, model: ModelSpec, devices: Any, field: str) -> None:
+    """A tensor-parallel group: GPUs of one machine that split the model's heads evenly."""
     for j, d in enumerate(devices):
         device_of_kind(rig, d, "gpu", f"{field}[{j}]")
     if len({rig.devices[d].node for d in devices}) > 1:
         raise problem(field, "a tensor-parallel group must be GPUs of one machine")
+    heads_split(model, len(devices), field)
+
+
+def heads_split(model: ModelSpec, ranks: int, field: str) -> None:
+    """Megatron-style tensor parallelism gives each rank whole attention heads (``sharding.splits_heads``,
+    the rule the searches keep); a plan file's 3 ranks of 32 heads was costed at 1/3 each."""
+    if ranks and not splits_heads(model, ranks):
+        raise problem(
+            field, f"{ranks} ranks do not split {model.name}'s {model.heads} attention heads evenly"
+        )
 
 
 def stages_cover(stages: Any, n_layers: int, field: str) -> None:

@@ -161,7 +161,7 @@ def _unphysical(key: str, value: float) -> str | None:
 def _check_values(spec: SweepSpec, source: str) -> None:
     """Names that must exist (models, rigs, strategies, catalogue links), reported by field."""
     from hetsim.hardware.catalog import load_catalog
-    from hetsim.hardware.loader import rig_path
+    from hetsim.hardware.loader import load_rig
     from hetsim.models.registry import get_model
     from hetsim.models.spec import unknown_dtype
     from hetsim.sim.memory import MIN_GPU_MEM_BUDGET, too_small
@@ -181,8 +181,8 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 raise InputError(f"must be a name (a string), got {value!r}")
             if key == "model":
                 get_model(value)
-            elif key == "rig":
-                rig_path(value)
+            elif key == "rig":  # read whole (~10 ms each): a malformed rig failed every point it ran
+                load_rig(value)
             elif key == "strategy" and value != "all":
                 get_strategy(value)
             elif key in ("pcie", "net_link") and cat.resolve("links", value) is None:
@@ -213,6 +213,10 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 # a misspelt kind scaled nothing, silently
                 raise InputError(f"unknown link kind {unknown[0]!r} (known: {', '.join(LINK_KINDS)})")
         except InputError as exc:
+            # inside the config.json a model names (a field, or the whole file: malformed): that file's
+            # error, as a plan file's (``api.load_plan``); the spec's field alone named neither
+            if exc.source is not None and (exc.field is not None or Path(exc.source).is_file()):
+                raise
             raise InputError(exc.message, source=source, field=field) from None
 
     for k, v in spec.base.items():
