@@ -5,7 +5,10 @@ proxy's decode rate is not the run's (OPT-175B 64 x 4 of 512 on flexgen-t4: 0.69
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from flexgen_placed import datasheet_gpus
 
 from hetsim.api import problem
 from hetsim.planner.ranking import FLOOR_SLACK, estimate, estimate_floor
@@ -54,6 +57,7 @@ def test_the_floor_of_a_plan_in_passes_is_not_extrapolated_past_its_estimate():
 def test_a_split_kv_flexgen_plan_is_estimated_as_the_run():
     flexgen = get_strategy("flexgen")
     p = problem("opt-13b", "hexgen-homogeneous", 48, 256, 64)
+    p = replace(p, rig=datasheet_gpus(p.rig))  # the plan was found at the GPUs' datasheet memory
     plan = FlexGenPlan(
         gpu_batch_size=48, num_gpu_batches=1, wg=88, wc=12, cg=95, cc=4, hg=100, hc=0, cpu_attention=False
     )

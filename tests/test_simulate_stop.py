@@ -89,7 +89,7 @@ def test_a_stopped_simulate_marks_its_table_partial_and_leaves_the_trace_alone(
     )
     assert returncode == 130, err
     assert re.fullmatch(
-        r"PARTIAL: flexgen stopped by SIGINT at simulated \S+ s: \d+ of 1152000 tokens made, TTFT \S+ s, "
+        r"PARTIAL: flexgen stopped by SIGINT at simulated \S+ s: \d+ of \d+ tokens made, TTFT \S+ s, "
         r"peak memory so far \S+ \S+ \(n0\.\S+\); "
         rf"no metrics: they are over the whole generation; trace not written, {re.escape(str(trace))} "
         r"is left as it was\n",

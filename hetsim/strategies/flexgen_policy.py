@@ -18,8 +18,6 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal, TypeVar
 
-import numpy as np
-
 from hetsim.costs.pinned import pinned_bytes
 from hetsim.errors import InputError
 from hetsim.models.spec import FLEXGEN_INT4 as INT4  # FlexGen's group-64 4-bit format
@@ -333,6 +331,8 @@ def _step_percents(model: ModelSpec, disk: bool) -> tuple[_Step, ...]:
     lowest GPU percent, then the highest CPU percent, that makes it: one pair a placement, so a search
     asks the same few of ``fractions`` again) and the shares of the weights' elements it puts on the
     GPU and on the CPU. The 5151 pairs at once (``numpy``: the same IEEE operations as ``_tiers``)."""
+    import numpy as np  # here, not at import: a compare that never lists steps loads no numpy (~0.1 s)
+
     ordered, mids = _midpoints(model)
     pairs = [(g, c) for g in range(101) for c in (range(100 - g, -1, -1) if disk else (100 - g,))]
     wg, wc = (np.array(v, dtype=np.float64) / 100.0 for v in zip(*pairs, strict=True))
