@@ -176,6 +176,7 @@ class _Ladder:
         self.scores: dict[int, tuple] = {}
         self.plans: dict[int, tuple[Any, bool]] = {}
         self.pruned: set[int] = set()  # batches ``beaten`` left out: they rank below a searched one
+        self.top = 0  # ``largest_batch``: above it, a batch counts only where ``holds`` it (``best``)
 
     def searched(self, batch: int) -> tuple[Any, bool]:
         """(the searched plan at ``batch`` or None, whether it fits by its estimate)."""
@@ -195,7 +196,7 @@ class _Ladder:
         return self.scores[batch]
 
     def best(self) -> int:
-        top = largest_batch(*self.args)
+        top = self.top = largest_batch(*self.args)
         best, worse = 1, 0
         for b in sorted({top, *(4**k for k in range(12) if 4**k < top)}):
             if self.score(b) <= self.score(best):
@@ -223,7 +224,7 @@ class _Ladder:
     def climb(self, best: int) -> int:
         """Past ``largest_batch``, the cap of the strategy's default plan: its search may place a
         larger batch (gpu-only on mixed-lab: the default plan holds 11 sequences of llama2-70b, the
-        searched one 64). One batch more is tried; while the searched plan holds it and ranks
+        searched one over 200). One batch more is tried; while the searched plan holds it and ranks
         better, the batch doubles (``bisect`` then fills the gap below the double that lost)."""
         b = best + 1
         while b <= MAX_WORK["batch"] and self.holds(b) and self.score(b) < self.score(best):
@@ -234,14 +235,16 @@ class _Ladder:
         """The best batch between ``best`` and the next larger one estimated, which ranked worse
         (or did not fit), by bisection: rungs and neighbours are powers of two apart, and between
         them the rate can still rise (hexgen on hexgen-full-budget: 64 ran 501.8 tok/s, 128 lost,
-        122 runs 623.3). Stops once the gap is within 1/BISECT_TO of the batch: each search costs."""
+        122 runs 623.3). Past ``largest_batch`` only batches the searched plan ``holds`` count, as in
+        ``climb``. Stops once the gap is within 1/BISECT_TO of the batch: each search costs."""
         above = [b for b in (*self.scores, *self.pruned) if b > best]  # the same with pruning or without
         if not above:
             return best
         lo, hi = best, min(above)
         while hi - lo > max(1, lo // BISECT_TO):
             mid = (lo + hi) // 2
-            if not self.beaten(mid, best) and self.score(mid) < self.score(best):
+            held = not self.beaten(mid, best) and (mid <= self.top or self.holds(mid))
+            if held and self.score(mid) < self.score(best):
                 best = lo = mid
             else:
                 hi = mid
