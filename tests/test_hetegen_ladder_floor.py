@@ -83,13 +83,14 @@ def _searched(monkeypatch) -> list[int]:
 def test_the_headline_ladder_leaves_out_the_neighbour_rung(lab, monkeypatch):
     """The headline compare's HeteGen ladder (gen 32): rungs 1..256 and the largest batch, 312, are
     searched; the neighbour 156 is not (its bound, 110.91 s, is above the 99.78 s in which its
-    tokens come at 312's rate), and 312 is chosen as before."""
+    tokens come at 312's rate), and 312 is chosen as before; 313, one past the default plan's cap,
+    is searched to see whether the searched plan holds more (it does not)."""
     searched = _searched(monkeypatch)
     wl = replace(lab.workload, gen_len=32)
     with remembering():
         got = ladder.best_batch(HETEGEN, lab.rig, lab.model, wl, "throughput")
     assert got == 312
-    assert searched == [1, 4, 16, 64, 256, 312]
+    assert searched == [1, 4, 16, 64, 256, 312, 313]
 
 
 @settings(max_examples=6, deadline=None, derandomize=True)

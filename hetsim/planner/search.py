@@ -145,6 +145,7 @@ def best_batch(
 
 
 STOP_AFTER_WORSE = 2  # ladder rungs past the best (16x its batch) that rank worse before it stops
+BISECT_TO = 16  # the ladder's last bisection stops within 1/16 of the batch (~6%)
 
 
 class _Ladder:
@@ -155,8 +156,10 @@ class _Ladder:
     the engine from the smallest up until two in a row rank below the best so far (the searched rate
     rises with the batch, then falls: searches cost), then the neighbours at half and twice the
     winner, each unless a lower bound of its search's plans shows it cannot rank first
-    (``beaten``). Larger is not always better: a CPU-bound prefill or a KV scan that grows with
-    the batch can make the largest batch slower per token than a small one."""
+    (``beaten``); past the largest while the searched plan holds more (``climb``); and last by
+    bisection up to the next larger batch tried (``bisect``). Larger is not always better: a
+    CPU-bound prefill or a KV scan that grows with the batch can make the largest batch slower per
+    token than a small one."""
 
     def __init__(
         self,
@@ -172,6 +175,8 @@ class _Ladder:
         self.key = rank_key(objective)
         self.scores: dict[int, tuple] = {}
         self.plans: dict[int, tuple[Any, bool]] = {}
+        self.pruned: set[int] = set()  # batches ``beaten`` left out: they rank below a searched one
+        self.top = 0  # ``largest_batch``: above it, a batch counts only where ``holds`` it (``best``)
 
     def searched(self, batch: int) -> tuple[Any, bool]:
         """(the searched plan at ``batch`` or None, whether it fits by its estimate)."""
@@ -191,7 +196,7 @@ class _Ladder:
         return self.scores[batch]
 
     def best(self) -> int:
-        top = largest_batch(*self.args)
+        top = self.top = largest_batch(*self.args)
         best, worse = 1, 0
         for b in sorted({top, *(4**k for k in range(12) if 4**k < top)}):
             if self.score(b) <= self.score(best):
@@ -204,14 +209,54 @@ class _Ladder:
             fresh = 1 <= b <= top and b not in self.scores and not self.beaten(b, best)
             if fresh and self.score(b) < self.score(best):
                 best = b
+        if best == top:
+            best = self.climb(best)
+        return self.bisect(best)
+
+    def holds(self, batch: int) -> bool:
+        """Whether the searched plan at ``batch`` fits by its estimate and runs it in one pass."""
+        plan, fits_ = self.searched(batch)
+        if plan is None or not fits_:
+            return False
+        one_pass = self.args[0].pass_batch(plan)
+        return one_pass is None or one_pass >= batch
+
+    def climb(self, best: int) -> int:
+        """Past ``largest_batch``, the cap of the strategy's default plan: its search may place a
+        larger batch (gpu-only on mixed-lab: the default plan holds 11 sequences of llama2-70b, the
+        searched one over 200). One batch more is tried; while the searched plan holds it and ranks
+        better, the batch doubles (``bisect`` then fills the gap below the double that lost)."""
+        b = best + 1
+        while b <= MAX_WORK["batch"] and self.holds(b) and self.score(b) < self.score(best):
+            best, b = b, b * 2
+        return best
+
+    def bisect(self, best: int) -> int:
+        """The best batch between ``best`` and the next larger one estimated, which ranked worse
+        (or did not fit), by bisection: rungs and neighbours are powers of two apart, and between
+        them the rate can still rise (hexgen on hexgen-full-budget: 64 ran 501.8 tok/s, 128 lost,
+        122 runs 623.3). Past ``largest_batch`` only batches the searched plan ``holds`` count, as in
+        ``climb``. Stops once the gap is within 1/BISECT_TO of the batch: each search costs."""
+        above = [b for b in (*self.scores, *self.pruned) if b > best]  # the same with pruning or without
+        if not above:
+            return best
+        lo, hi = best, min(above)
+        while hi - lo > max(1, lo // BISECT_TO):
+            mid = (lo + hi) // 2
+            held = not self.beaten(mid, best) and (mid <= self.top or self.holds(mid))
+            if held and self.score(mid) < self.score(best):
+                best = lo = mid
+            else:
+                hi = mid
         return best
 
     def beaten(self, batch: int, best: int) -> bool:
-        """True when no plan the search may return at ``batch`` ranks above ``best``'s, by a lower
-        bound of its estimated ``e2e_s`` (``SEARCH_FLOORS``; throughput only, where a rung's score
-        is its tokens over that time): at least the time in which ``batch``'s tokens come at
-        ``best``'s rate, and a part in 1e12 more (the rounding of that quotient), leaves its rate
-        below ``best``'s, however its own quotient rounds."""
+        """True (and ``batch`` remembered in ``pruned``) when no plan the search may return at
+        ``batch`` ranks above ``best``'s, by a lower bound of its estimated ``e2e_s``
+        (``SEARCH_FLOORS``; throughput only, where a rung's score is its tokens over that time): at
+        least the time in which ``batch``'s tokens come at ``best``'s rate, and a part in 1e12 more
+        (the rounding of that quotient), leaves its rate below ``best``'s, however its own quotient
+        rounds."""
         target = SEARCH_FLOORS.get(self.args[0].name)
         top = self.scores[best]
         if target is None or self.objective != "throughput" or top[0] != 0:
@@ -219,4 +264,7 @@ class _Ladder:
         _, rig, model, workload = self.args
         wl = replace(workload, batch=batch)
         tokens = batch * workload.gen_len
-        return _solver(target)(rig, model, wl) >= tokens / -top[1] * (1 + 1e-12)
+        if _solver(target)(rig, model, wl) >= tokens / -top[1] * (1 + 1e-12):
+            self.pruned.add(batch)
+            return True
+        return False
