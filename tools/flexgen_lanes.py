@@ -16,13 +16,12 @@ own search against the paper's policy" and "FlexGen's 4-bit policy, term by term
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import replace
-from pathlib import Path
 from typing import NoReturn
+
+from flexgen_disk import traced  # the sibling tool: tools/ is on sys.path when a tool runs
 
 from hetsim import api
 from hetsim.costs.op_cost import op_cost
@@ -63,21 +62,10 @@ def label(plan: FlexGenPlan) -> str:
 
 
 def spans(plan: FlexGenPlan, p: api.Problem) -> tuple[list[tuple[str, str, float, float]], float, float]:
-    """(lane, label, start, end) of every span of a traced run, its first-token time and its end."""
-    wl = Workload(plan.block_size, p.workload.prompt_len, p.workload.gen_len)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.json"
-        r = simulate(get_strategy("flexgen"), plan, p.rig, p.model, wl, trace_path=str(path))
-        if not r.feasible:
-            raise SystemExit(f"{plan}: {r.reason}")
-        events = json.loads(path.read_text())["traceEvents"]
-    lanes = {e["tid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
-    out = [
-        (lanes[e["tid"]], e["name"].split("[")[0].split(" ")[0], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6)
-        for e in events
-        if e["ph"] == "X"
-    ]
-    return out, r.ttft_s, r.e2e_s
+    """(lane, label, start, end) of every span of a traced run, its first-token time and its end
+    (``flexgen_disk.traced``, the one reader of a run's trace for both tools)."""
+    out, ttft, e2e, _ = traced(plan, p)
+    return [s[:4] for s in out], ttft, e2e
 
 
 def kernel_classes(plan: FlexGenPlan, p: api.Problem, wl: Workload, step: int) -> dict[str, float]:
