@@ -1017,6 +1017,11 @@ def _relayed(slot: _Slot, pin: dict[str, float]) -> _Slot:
     return _with(slot, w=_plus(slot.w, pin, 1.0), p0=_plus(slot.p0 or slot.p, pin, 1.0), **first)
 
 
+# ``_memory``'s result: the LP's memory rows, (coefficients in GB, right-hand side in GB) each, and the
+# fractions' bounds
+MemoryRows = tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]]
+
+
 @dataclass(frozen=True)
 class CostModel:
     """The LP's data for one (gbs, nb, flags): memory rows and the slots' linear forms."""
@@ -1048,7 +1053,7 @@ def cost_model(
     ends: tuple[str, str, str],
     gpu_budget: float | None = None,
     placed: FlexGenPlan | None = None,
-    memory: tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]] | None = None,
+    memory: MemoryRows | None = None,
     pinned: Sequence[tuple[float, _Slot]] | None = None,
     pin_at: dict[str, float] | None = None,
 ) -> CostModel:
@@ -1104,7 +1109,7 @@ def _memory(
     fl: Flags,
     ends: tuple[str, str, str],
     gpu_budget: float | None = None,
-) -> tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]]:
+) -> MemoryRows:
     """``cost_model``'s memory rows and the fractions' bounds: all ``_weights_bound`` needs of it
     besides the weights' form, ~1/4 of its time."""
     gpu, cpu, disk = ends
@@ -2264,7 +2269,7 @@ def _weights_form(cm: CostModel) -> dict[str, float]:
 
 def _weights_bound(
     form: dict[str, float],
-    memory: tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]],
+    memory: MemoryRows,
 ) -> float:
     """A lower bound of an LP's optimum from its ``_memory`` alone: the least of ``_weights_form`` over
     the fractions' bounds and tier sums with the GPU row (the first) priced in (weak duality: for any
@@ -2473,7 +2478,7 @@ def _near_steps(
     sol: LpSolution,
     plan: FlexGenPlan,
     model: ModelSpec,
-    memory: tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]],
+    memory: MemoryRows,
     disk: bool,
 ) -> list[FlexGenPlan]:
     """Released weight placements other than ``plan``'s (``released_steps``) near the LP's optimum: in
@@ -2521,7 +2526,7 @@ def _at_step(model: ModelSpec, plan: FlexGenPlan, sol: LpSolution) -> bool:
 
 
 def _room(
-    memory: tuple[tuple[tuple[dict[str, float], float], ...], dict[str, tuple[float, float]]],
+    memory: MemoryRows,
     weights: dict[str, float],
 ) -> bool:
     """Whether every memory row can hold ``weights``' fractions (wg, wc, wd) for some KV and activation
