@@ -210,13 +210,16 @@ def _tiers(numels: list[int], wg: float, wc: float) -> list[int]:
     [wd + wc, 1] (flex_opt.py: init_weight_list; the share is computed on element counts, as the
     runtime does on sizes)."""
     wd = _disk_share(wg, wc)
-    all_numel = float(sum(numels))
-    out = []
-    cum = 0.0
+    return [2 if mid < wd else (1 if mid < wd + wc else 0) for mid in _midpoint_shares(numels)]
+
+
+def _midpoint_shares(numels: Sequence[int]) -> list[float]:
+    """The midpoint of each tensor's cumulative share of the layer's elements, in order: what the
+    released rule compares with the tiers' bounds (``_tiers``, ``_midpoints``)."""
+    total, cum, out = float(sum(numels)), 0.0, []
     for n in numels:
-        mid = (cum + n / 2) / all_numel
+        out.append((cum + n / 2) / total)
         cum += n
-        out.append(2 if mid < wd else (1 if mid < wd + wc else 0))
     return out
 
 
@@ -309,10 +312,7 @@ def _midpoints(model: ModelSpec) -> tuple[tuple[float, ...], tuple[tuple[float, 
     mids: list[tuple[float, int]] = []
     for tensors in {id(t): t for t in layers}.values():
         numels = [n for n, _ in tensors]
-        total, cum = float(sum(numels)), 0.0
-        for n in numels:
-            mids.append(((cum + n / 2) / total, n * count[id(tensors)]))
-            cum += n
+        mids += ((m, n * count[id(tensors)]) for m, n in zip(_midpoint_shares(numels), numels, strict=True))
     return tuple(sorted({m for m, _ in mids})), tuple(mids)
 
 
