@@ -657,24 +657,25 @@ def offline_candidates(
     strategy = get_strategy("hexgen")
     classes = machine_classes(rig)
 
-    solved: dict[tuple[int, ...], list[Shape]] = {}
+    # the shapes and the outer level's answers depend on the demand only through the caps (layer
+    # times and hops: the lengths and precisions; memory: the caps), so a batch ladder's rungs share them
+    same = (model, workload.prompt_len, workload.gen_len, *gpu_dtypes(model, workload), symmetric, max_parts)
+    levels: dict[int, tuple[list[Shape], Demand, tuple[int, ...]]] = {}
 
     def level(k: int) -> tuple[list[Shape], Demand, tuple[int, ...]]:
-        d = Demand.offline(workload, model, k)
-        table = CostTable(rig, model, d, classes)
-        caps = table.caps()
-        if caps not in solved:
-            # the shapes depend on the demand only through these (layer times and hops: the lengths
-            # and precisions; memory: the caps), so a batch ladder's rungs share them too
-            key = (model, d.prompt_len, d.output_len, d.weight_dtype, d.kv_dtype, symmetric, max_parts)
-            solved[caps] = remembered(
+        if k not in levels:
+            d = Demand.offline(workload, model, k)
+            table = CostTable(rig, model, d, classes)
+            caps = remembered(strategy, ("caps", k), rig, same, table.caps)
+            shapes = remembered(
                 strategy,
                 ("shapes", caps),
                 rig,
-                key,
+                same,
                 lambda: enumerate_shapes(table, max_parts=max_parts, symmetric=symmetric),
             )
-        return solved[caps], d, caps
+            levels[k] = shapes, d, caps
+        return levels[k]
 
     speeds: dict[Replica, float] = {}  # HexGen.batch_split's weights, by replica: plans share them
 
@@ -684,8 +685,10 @@ def offline_candidates(
         return speeds[replica]
 
     def laid_out(k: int, cap: float) -> tuple[list[tuple[Shape, int]], HexGenPlan] | None:
-        shapes, demand, _ = level(k)
-        chosen = outer_cpsat(classes, shapes, cap)
+        shapes, demand, caps = level(k)
+        chosen = remembered(
+            strategy, ("outer", caps, cap), rig, same, lambda: outer_cpsat(classes, shapes, cap)
+        )
         return (chosen, materialise(rig, classes, chosen, demand, symmetric)) if chosen else None
 
     def settled(cap: float) -> tuple[list[tuple[Shape, int]], HexGenPlan] | None:
