@@ -175,7 +175,8 @@ def held_logits(model: ModelSpec, batch: int, tokens: int) -> float:
     forward its ``logits.float()`` copy (4 B; modeling_llama.py 4.35.2), the fp16 one freed. Later
     transformers ``del outputs`` at the loop's end for this reason (4.46.0 ``_sample``: "a reference to
     outputs.logits is kept all along until after the next call to self.forward()")."""
-    return batch * tokens * model.vocab * (2 if model.family == "opt" else 4)
+    returned = 2 if _tables(model)[0] is _HF_PREFILL else 4  # the forward the family runs (one home)
+    return batch * tokens * model.vocab * returned
 
 
 def hf_prefill_workspace(model: ModelSpec, batch: int, prompt_len: int) -> float:
