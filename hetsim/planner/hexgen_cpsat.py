@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import combinations_with_replacement
 
 from hetsim.hardware.rig import NoRouteError, Rig
@@ -41,7 +42,7 @@ from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.metrics import ServeResult
 from hetsim.serving.serve import RunStopped, serve_plan
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_speed, split_batch
+from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_shares, replica_speed
 from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes, layer_capacity
 from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
@@ -697,7 +698,8 @@ def offline_candidates(
             found = laid_out(k, cap)
             if found is None:
                 return None
-            share = max(split_batch(workload.batch, [speed(r, found[1]) for r in found[1].replicas]))
+            plan = found[1]
+            share = max(replica_shares(plan, workload, partial(speed, plan=plan)))
             if share <= k:
                 return found
             k = min(workload.batch, held_for(share))

@@ -14,6 +14,7 @@ Online serving lives in ``hetsim.serving``; the two-level CP-SAT scheduler in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hetsim.hardware.rig import Rig
@@ -106,6 +107,12 @@ def replica_speed(
         plan.kv_dtype,
     )
     return 1.0 / t
+
+
+def replica_shares(plan: HexGenPlan, workload: Workload, speed: Callable[[Replica], float]) -> list[int]:
+    """The offline batch's sequences each replica runs: in proportion to its ``speed`` (the dispatcher's
+    weight, ``replica_speed``; a search passes a cached one)."""
+    return split_batch(workload.batch, [speed(r) for r in plan.replicas])
 
 
 # ---- the baseline ---------------------------------------------------------------------------------
@@ -203,8 +210,7 @@ class HexGen(Strategy):
         return HexGenPlan(tuple(replicas), weight_dtype=wd, kv_dtype=kv)
 
     def batch_split(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
-        speeds = [replica_speed(rig, model, r, workload, plan) for r in plan.replicas]
-        return split_batch(workload.batch, speeds)
+        return replica_shares(plan, workload, lambda r: replica_speed(rig, model, r, workload, plan))
 
     def footprint(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         check_plan(plan, rig, model)
