@@ -33,6 +33,7 @@ import yaml
 from pydantic_core import ValidationError
 
 from hetsim.cli.collecting import CLI_GC_THRESHOLD
+from hetsim.cli.outstream import named_stdout
 from hetsim.cli.stop import Stop, keep, kill_children, signal_of, stopping_signal
 from hetsim.errors import InputError
 from hetsim.stopping import keeping
@@ -741,7 +742,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _refuse_misread_numbers(args, command)
         _refuse_writing_over_inputs(args)
         _refuse_unwritable_outputs(args)
-        with _forking(args):
+        with _forking(args), named_stdout():
             rv = command.main(
                 args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
             )

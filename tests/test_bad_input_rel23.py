@@ -1,0 +1,46 @@
+"""Session 23's bad-input fixes: each case here named the wrong thing, or no file, or was taken,
+before its fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SERVE = ["serve", "--model", "llama2-7b", "--hw", "hexgen-homogeneous"]
+SMALL = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hw", "list"],  # a small output: the failure is at the flush
+        ["compare", "--model", "opt-6.7b", "--hw", "flexgen-t4", "--strategies", "flexgen", *SMALL,
+         "--format", "json"],
+    ],
+)  # fmt: skip
+def test_a_full_disk_on_standard_output_is_named(args):
+    """``hetsim compare > /dev/full`` said "error: [Errno 28] No space left on device": no file named."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hetsim.cli", *args],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert (proc.returncode, proc.stderr) == (2, "error: standard output: No space left on device\n")
+
+
+def test_standard_output_is_the_callers_again_after_main(capsys):
+    from hetsim.cli import main
+
+    before = sys.stdout
+    assert main(["hw", "list", "--format", "json"]) == 0
+    assert sys.stdout is before and json.loads(capsys.readouterr().out)
+
+
