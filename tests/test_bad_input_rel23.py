@@ -44,3 +44,31 @@ def test_standard_output_is_the_callers_again_after_main(capsys):
     assert sys.stdout is before and json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        "arrival_s, prompt_len, output_len",
+        " arrival_s ,prompt_len , output_len",
+        "arrival_s,prompt_len,output_len",
+    ],
+)
+def test_a_trace_header_with_spaces_is_read(tmp_path, capsys, guarded, head):
+    """``arrival_s, prompt_len, output_len`` (a spreadsheet's export, or typed with spaces) was refused:
+    "prompt_len: missing column"; its values' spaces were already dropped."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"{head}\n0, 16, 4\n0.5, 32, 8\n")
+    from hetsim.cli import main
+
+    assert main([*SERVE, "--requests", str(trace), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["requests"] == 2
+
+
+def test_a_trace_column_given_twice_with_a_space_is_still_refused(tmp_path, capsys, guarded):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_len,output_len, arrival_s\n0,16,4,1\n")
+    assert guarded([*SERVE, "--requests", str(trace)]) == (
+        2,
+        f"error: {trace}: arrival_s: column given twice\n",
+    )
+
+

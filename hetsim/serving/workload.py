@@ -94,15 +94,17 @@ def read_trace(path: str | Path, too_long: Callable[[int], str | None] | None = 
     source = str(path)
     text = read_text(path)
     reader = csv.DictReader(text.splitlines())
+    # names as written after ", " (a spreadsheet's or a person's header): the values' spaces are
+    # dropped by their parsers, so the header's are too
+    header = reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
     rows, lines = [], []  # each row's line in the file: the reader skips blank lines
     for row in reader:
         rows.append(row)
         lines.append(reader.line_num)
-    header = rows[0].keys() if rows else (text.splitlines()[0].split(",") if text.strip() else [])
     for name in TRACE_FIELDS:
         if name not in header:
             raise InputError(f"missing column (need {', '.join(TRACE_FIELDS)})", source=source, field=name)
-        if (reader.fieldnames or []).count(name) > 1:  # the reader would keep the last one's values
+        if header.count(name) > 1:  # the reader would keep the last one's values
             raise InputError("column given twice", source=source, field=name)
     if not rows:
         raise InputError("no requests in the trace", source=source)
