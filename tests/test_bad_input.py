@@ -490,7 +490,8 @@ SERVE = ["serve", "--model", "llama2-7b", "--hw", "mixed-lab"]
         ([*SERVE, "--rate", "inf"], "--rate"),
         ([*SERVE, "--rate", "nan"], "--rate"),
         ([*SERVE, "--rate", "1", "--seed", "-1"], "--seed"),
-        ([*SERVE, "--rate", "1e9", "--duration", "1e9"], "--duration"),
+        ([*SERVE, "--rate", "1e9", "--duration", "1e9"], "--rate"),  # no duration fits 1e9 requests/s
+        ([*SERVE, "--rate", "1", "--duration", "1e9"], "--duration"),
         ([*SERVE, "--rate", "1", "--num-requests", "100000000"], "--num-requests"),
         ([*SERVE, "--rate", "1", "--max-batch", str(2**62)], "--max-batch"),
         (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", str(2**63 - 1)], "batch"),

@@ -72,3 +72,21 @@ def test_a_trace_column_given_twice_with_a_space_is_still_refused(tmp_path, caps
     )
 
 
+WHY = "at most 100000 (more requests do not sharpen the percentiles, only lengthen the run)"
+
+
+@pytest.mark.parametrize(
+    ("rate", "duration", "flag", "line"),
+    [
+        ("1e308", "1", "--rate", f"1e+308 requests/s x 1 s = 1e+308 requests; {WHY}"),
+        ("1e6", "1", "--rate", f"1e+06 requests/s x 1 s = 1e+06 requests; {WHY}"),
+        ("1", "1e9", "--duration", f"1 requests/s x 1e+09 s = 1e+09 requests; {WHY}"),
+    ],
+)
+def test_too_many_poisson_requests_blame_the_absurd_flag(capsys, guarded, rate, duration, flag, line):
+    """``--rate 1e308 --duration 1`` said "--duration: rate x duration = 1e+308 requests": the duration
+    is one second; the rate is what no duration fits."""
+    args = [*SERVE, "--rate", rate, "--duration", duration]
+    assert guarded(args) == (2, f"error: {flag}: {line}\n")
+
+

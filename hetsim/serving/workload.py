@@ -64,10 +64,13 @@ def poisson_requests(
     if n is not None and n > MAX_REQUESTS:
         raise InputError(f"must be <= {MAX_REQUESTS} ({WHY_MAX_REQUESTS}), got {n}", field="--num-requests")
     if n is None and rate * float(duration_s) > MAX_REQUESTS:  # type: ignore[arg-type]
+        # the flag to lower: a rate over the cap per second overflows it in any duration of a second
+        # or more (``--rate 1e308 --duration 1`` blamed the duration); otherwise the duration is long
+        field = "--rate" if rate > MAX_REQUESTS else "--duration"
         raise InputError(
-            f"rate x duration = {rate * float(duration_s):.3g} requests; at most {MAX_REQUESTS} "  # type: ignore[arg-type]
-            f"({WHY_MAX_REQUESTS})",
-            field="--duration",
+            f"{rate:g} requests/s x {float(duration_s):g} s = {rate * float(duration_s):.3g} requests; "  # type: ignore[arg-type]
+            f"at most {MAX_REQUESTS} ({WHY_MAX_REQUESTS})",
+            field=field,
         )
     root = np.random.SeedSequence(seed)
     gaps_rng, len_rng = (np.random.default_rng(s) for s in root.spawn(2))
