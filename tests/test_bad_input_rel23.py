@@ -90,3 +90,13 @@ def test_too_many_poisson_requests_blame_the_absurd_flag(capsys, guarded, rate, 
     assert guarded(args) == (2, f"error: {flag}: {line}\n")
 
 
+@pytest.mark.parametrize(("value", "code"), [(10**30, 2), (65537, 2), (0, 2), (65536, 0), (8, 0)])
+def test_hexgen_plan_max_batch_is_capped_as_the_flag_is(plan_file, capsys, guarded, value, code):
+    """A HexGen plan's ``max_batch`` of 10**30 was taken (``--max-batch`` stops at 2**16, its reason
+    ``workload.WHY_MAX['batch']``)."""
+    f = plan_file("hexgen", "llama2-7b", "hexgen-homogeneous", max_batch=value)
+    why = "larger batches gain no throughput and their KV cache fits no rig"
+    line = f"error: {f}: params.max_batch: must be in [1, 65536] ({why}), got {value}\n"
+    assert guarded(["simulate", "--plan", f, "--format", "json"]) == (code, line if code else "")
+
+

@@ -121,9 +121,11 @@ def at_least(value: float, low: float, field: str) -> None:
         raise problem(field, f"must be >= {low:g}, got {value!r}")
 
 
-def in_range(value: float, low: float, high: float, field: str) -> None:
+def in_range(value: float, low: float, high: float, field: str, why: str | None = None) -> None:
+    """``why``: the bound's reason, where it is no property of the model or rig (a cap)."""
     if not low <= value <= high:
-        raise problem(field, f"must be in [{low:g}, {high:g}], got {value!r}")
+        reason = f" ({why})" if why else ""
+        raise problem(field, f"must be in [{low:g}, {high:g}]{reason}, got {value!r}")
 
 
 def known_dtype(name: str, field: str) -> None:
