@@ -100,3 +100,12 @@ def test_hexgen_plan_max_batch_is_capped_as_the_flag_is(plan_file, capsys, guard
     assert guarded(["simulate", "--plan", f, "--format", "json"]) == (code, line if code else "")
 
 
+def test_a_plan_missing_a_parameter_may_be_from_an_older_hetsim(plan_file, capsys, guarded):
+    """``hetsim_plan`` is still 1 though parameters were added: the line says the file may predate one."""
+    f = Path(plan_file("flexgen", "opt-6.7b", "flexgen-t4"))
+    doc = json.loads(f.read_text())
+    del doc["params"]["cpu_attention"]
+    f.write_text(json.dumps(doc))
+    code, err = guarded(["simulate", "--plan", str(f)])
+    assert code == 2 and "one from an older hetsim may predate the parameter" in err
+    assert err.startswith(f"error: {f}: params.cpu_attention: missing;")

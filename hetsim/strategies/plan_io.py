@@ -40,12 +40,15 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
             field=f"params.{unknown[0]}",
         )
     # every parameter, as ``hetsim plan --out`` writes them: a default taken for one left out (FlexGen's
-    # wg = 20, HeteGen's resident = {}) runs a plan other than the one its writer meant
+    # wg = 20, HeteGen's resident = {}) runs a plan other than the one its writer meant. The format's
+    # version (``hetsim_plan``) has stayed 1 as parameters were added, so the file cannot say whether
+    # an older hetsim wrote it: the line says it may have.
     missing = [name for name in allowed if name not in data]
     if missing:
         raise InputError(
             f"missing; a plan gives every parameter, as `hetsim plan --out` writes them"
-            f" (missing: {', '.join(missing)})",
+            f" (missing: {', '.join(missing)}); one from an older hetsim may predate the parameter:"
+            " write it again with `hetsim plan --out`",
             source=source,
             field=f"params.{missing[0]}",
         )
