@@ -109,3 +109,38 @@ def test_a_plan_missing_a_parameter_may_be_from_an_older_hetsim(plan_file, capsy
     code, err = guarded(["simulate", "--plan", str(f)])
     assert code == 2 and "one from an older hetsim may predate the parameter" in err
     assert err.startswith(f"error: {f}: params.cpu_attention: missing;")
+
+
+# ---- the hunt ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["plan", "--model", "opt-6.7b", "--hw", "flexgen-t4", "--strategy", "all", *SMALL], "--out"),
+        (["compare", "--model", "opt-6.7b", "--hw", "flexgen-t4", *SMALL], "--trace"),
+    ],
+)
+def test_an_output_in_a_missing_folder_is_refused_before_the_work(
+    tmp_path, capsys, guarded, monkeypatch, args, flag
+):
+    """``plan --out new/p.json`` searched every strategy, printed the table, then failed to write
+    ("No such file or directory"); ``compare --trace new/t.json`` likewise. calibrate, sweep and validate
+    make their folders; these make none, so the write's line now comes before the search."""
+
+    def searched(*a: object, **k: object) -> None:
+        raise AssertionError("searched before the output was checked")
+
+    monkeypatch.setattr("hetsim.api.compare", searched)
+    target = tmp_path / "new" / "x.json"
+    assert guarded([*args, flag, str(target)]) == (2, f"error: {flag} {target}: No such file or directory\n")
+    assert not target.parent.exists()
+
+
+def test_folder_making_commands_still_make_their_folders(tmp_path, capsys, guarded):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: a\nbase: {rig: flexgen-t4, batch: 1, prompt_len: 16, gen_len: 2}\n"
+                    "grids:\n  - {model: [opt-6.7b], strategy: [flexgen]}\n")  # fmt: skip
+    out = tmp_path / "a" / "b"
+    assert guarded(["sweep", str(spec), "--out", str(out), "--no-plots"])[0] == 0
+    assert (out / "results").is_dir()

@@ -838,12 +838,22 @@ def _refuse_writing_over_inputs(args: list[str]) -> None:
 FOLDER_OUTPUTS = ("sweep", "validate")  # the commands whose --out is a folder
 
 
+def _makes_folders(args: list[str]) -> bool:
+    """Whether the command makes the folders above its --out: the folder outputs and calibrate's
+    measuring (``write_profile``); every other write goes into a folder that is there."""
+    if not args or args[0] not in (*FOLDER_OUTPUTS, "calibrate"):
+        return False
+    return args[0] != "calibrate" or not any(f in ("--fit", "--from-profiles") for f, _ in _flag_values(args))
+
+
 def _refuse_unwritable_outputs(args: list[str]) -> None:
     """An --out or --trace path that cannot take its output, before any work: a folder where a file
-    goes, a file where a folder goes, or a file where a folder above it must be. ``calibrate`` measured
-    for minutes, ``validate`` ran its plan and ``plan`` searched, then the write failed and the work was
-    lost. A file's errors are the ones its write would raise (``--out DIR: Is a directory``)."""
+    goes, a file where a folder goes, a file where a folder above it must be, or a folder above it
+    missing where the command makes none. ``calibrate`` measured for minutes, ``validate`` ran its
+    plan, ``plan --out`` and ``--trace`` searched (and printed the table), then the write failed and the
+    work was lost. A file's errors are the ones its write would raise (``--out DIR: Is a directory``)."""
     folder_out = bool(args) and args[0] in FOLDER_OUTPUTS
+    makes_folders = _makes_folders(args)
     for flag, value in _flag_values(args):
         if flag not in WRITE_FLAGS or not value:
             continue
@@ -855,6 +865,9 @@ def _refuse_unwritable_outputs(args: list[str]) -> None:
         above = next((p for p in path.parents if p.exists()), None)
         if above is not None and not above.is_dir():
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), value)
+        flag_makes = makes_folders and flag == "--out"
+        if not flag_makes and not path.parent.is_dir():
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), value)
 
 
 def _takes_number(param: Any) -> bool:
