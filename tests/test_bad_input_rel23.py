@@ -144,3 +144,14 @@ def test_folder_making_commands_still_make_their_folders(tmp_path, capsys, guard
     out = tmp_path / "a" / "b"
     assert guarded(["sweep", str(spec), "--out", str(out), "--no-plots"])[0] == 0
     assert (out / "results").is_dir()
+
+
+NEWER = "format 2 is newer than the one this hetsim reads (1): a newer hetsim may have written it"
+
+
+@pytest.mark.parametrize(("version", "why"), [(2, NEWER), (0, "Input should be 1")])
+def test_a_plan_of_a_newer_format_says_so(plan_file, capsys, guarded, version, why):
+    """``"hetsim_plan": 2`` said "hetsim_plan: Input should be 1", as a typo would."""
+    f = Path(plan_file("flexgen", "opt-6.7b", "flexgen-t4"))
+    f.write_text(json.dumps({**json.loads(f.read_text()), "hetsim_plan": version}))
+    assert guarded(["simulate", "--plan", str(f)]) == (2, f"error: {f}: hetsim_plan: {why}\n")
