@@ -155,3 +155,18 @@ def test_a_plan_of_a_newer_format_says_so(plan_file, capsys, guarded, version, w
     f = Path(plan_file("flexgen", "opt-6.7b", "flexgen-t4"))
     f.write_text(json.dumps({**json.loads(f.read_text()), "hetsim_plan": version}))
     assert guarded(["simulate", "--plan", str(f)]) == (2, f"error: {f}: hetsim_plan: {why}\n")
+
+
+@pytest.mark.parametrize("value", ["1e30", "1.5", "0"])
+def test_an_efficiency_out_of_range_names_its_fraction_bound(tmp_path, capsys, guarded, value):
+    """An efficiency of 1e30 said "must be in [0, 1e+18] (SI units; physical bounds)" (Sourced's
+    generic bound, checked first), 1.5 "must be a fraction in [0.001, 1]": now one range, the fraction's."""
+    rig = tmp_path / "rig.yaml"
+    text = (Path(__file__).parents[1] / "hardware_profiles/rigs/flexgen-t4.yaml").read_text()
+    rig.write_text(text.replace("value: 0.48\n", f"value: {value}\n", 1))
+    code, err = guarded(["compare", "--model", "opt-6.7b", "--hw", str(rig), *SMALL])
+    why = "must be in [0.001, 1] (a fraction of the peak achieved)"
+    assert (code, err) == (
+        2,
+        f"error: {rig}: nodes[0].cpus[0].efficiency.memory: {why}, got {float(value):g}\n",
+    )
