@@ -170,3 +170,19 @@ def test_an_efficiency_out_of_range_names_its_fraction_bound(tmp_path, capsys, g
         2,
         f"error: {rig}: nodes[0].cpus[0].efficiency.memory: {why}, got {float(value):g}\n",
     )
+
+
+def test_calibrate_fit_names_a_folder_and_the_missing_default_profile(tmp_path, capsys, guarded, monkeypatch):
+    """``calibrate --fit DIR`` said "DIR: no such file"; with no --profile and no --out file there it said
+    "calibrated.yaml: rig file not found", naming neither flag."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    rig = str(Path(__file__).parents[1] / "hardware_profiles/rigs/flexgen-t4.yaml")
+    assert guarded(["calibrate", "--fit", "runs", "--profile", rig, "--out", "x.yaml"]) == (
+        2,
+        "error: runs: is a folder, not a file\n",
+    )
+    why = "no profile to refit: --profile not given, so it is --out's file, which is not there"
+    assert guarded(["calibrate", "--fit", str(report)]) == (2, f"error: --out calibrated.yaml: {why}\n")
