@@ -318,7 +318,7 @@ def test_tampered_plan_refused(tmp_path, capsys, plans, strategy, path, value, f
 # plan_io.validate_strictly, for every plan model and the plan document)
 LAX = [
     ("gpu-only", "params.micro_batches", True, "params.micro_batches"),
-    ("gpu-only", "params.stages.0.layers", "40", "params.stages.0.layers"),
+    ("gpu-only", "params.stages.0.layers", "40", "params.stages[0].layers"),
     ("hexgen", "params.max_batch", True, "params.max_batch"),
     ("hexgen", "params.symmetric", 1, "params.symmetric"),
     ("flexgen", "params.wg", "100", "params.wg"),

@@ -186,3 +186,14 @@ def test_calibrate_fit_names_a_folder_and_the_missing_default_profile(tmp_path, 
     )
     why = "no profile to refit: --profile not given, so it is --out's file, which is not there"
     assert guarded(["calibrate", "--fit", str(report)]) == (2, f"error: --out calibrated.yaml: {why}\n")
+
+
+def test_a_plans_type_errors_name_list_items_as_its_checks_do(plan_file, capsys, guarded):
+    """pydantic's errors named ``params.replicas.0.stages.0.layers`` where the plan's own checks name
+    ``params.replicas[0].stages[0].devices`` (and rig files ``nodes[0]``): one style now."""
+    f = Path(plan_file("hexgen", "llama2-7b", "hexgen-homogeneous"))
+    doc = json.loads(f.read_text())
+    doc["params"]["replicas"][0]["stages"][0]["layers"] = "32"
+    f.write_text(json.dumps(doc))
+    code, err = guarded(["simulate", "--plan", str(f)])
+    assert code == 2 and err.startswith(f"error: {f}: params.replicas[0].stages[0].layers: "), err
