@@ -197,3 +197,20 @@ def test_a_plans_type_errors_name_list_items_as_its_checks_do(plan_file, capsys,
     f.write_text(json.dumps(doc))
     code, err = guarded(["simulate", "--plan", str(f)])
     assert code == 2 and err.startswith(f"error: {f}: params.replicas[0].stages[0].layers: "), err
+
+
+SPEC = "name: a\nbase: {rig: flexgen-t4, batch: 1, prompt_len: 16, gen_len: 2}\ngrids:\n"
+
+
+@pytest.mark.parametrize("knob", ["gpu_batch_size", "num_gpu_batches"])
+def test_a_plan_knob_past_64_bits_is_refused_before_the_points_run(tmp_path, capsys, guarded, knob):
+    """``plan.gpu_batch_size: [10**26]`` ran its point, then ended the sweep in a pyarrow
+    ``OverflowError`` traceback (exit 1) writing the results table's int64 column."""
+    spec, out = tmp_path / "s.yaml", tmp_path / "out"
+    spec.write_text(f"{SPEC}  - {{model: [opt-6.7b], strategy: [flexgen], plan.{knob}: [1, {10**26}]}}\n")
+    why = "must be within +-(2**63 - 1) (the results table's 64-bit integers)"
+    assert guarded(["sweep", str(spec), "--out", str(out), "--no-plots"]) == (
+        2,
+        f"error: {spec}: grids[0].plan.{knob}[1]: {why}, got {10**26}\n",
+    )
+    assert not out.exists()

@@ -268,10 +268,18 @@ def _check_plan_knobs(spec: SweepSpec, source: str) -> None:
                 if value is None:  # null leaves the knob unset (``grid.expand`` drops it): each plan's own
                     continue
                 field = f"{where}.{key}" + (f"[{j}]" if indexed else "")
+                if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_PLAN_INT:
+                    why = "must be within +-(2**63 - 1) (the results table's 64-bit integers)"
+                    raise InputError(f"{why}, got {value!r:.40}", source=source, field=field)
                 for strategy in strategies:
                     why = _plan_value_problem(strategy.plan_type, key[5:], value)
                     if why:
                         raise InputError(f"{why} ({strategy.name}'s plan field)", source=source, field=field)
+
+
+# The results table keeps each knob's value in a 64-bit integer column: 10**26 ended the sweep in a
+# pyarrow OverflowError traceback after its points ran. No plan count comes near it.
+MAX_PLAN_INT = 2**63 - 1
 
 
 def _plan_value_problem(plan_type: type, name: str, value: Any) -> str | None:
