@@ -214,3 +214,29 @@ def test_a_plan_knob_past_64_bits_is_refused_before_the_points_run(tmp_path, cap
         f"error: {spec}: grids[0].plan.{knob}[1]: {why}, got {10**26}\n",
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("grid", "base", "field", "names", "knob"),
+    [
+        ("strategy: [flexgen], plan.wgg: [10, 20]", "", "grids[0].plan.wgg", "flexgen", "wgg"),
+        ("strategy: [flexgen, gpu-only]", ", plan.max_batch: 4", "base.plan.max_batch", "flexgen, gpu-only",
+         "max_batch"),
+    ],
+)  # fmt: skip
+def test_a_plan_knob_no_strategy_it_meets_has_is_refused(
+    tmp_path, capsys, guarded, grid, base, field, names, knob
+):
+    """``plan.wgg: [10, 20]`` (a typo of wg) ran every point twice with the knob ignored, noted only in
+    each row's ``ignored_knobs``: a sweep axis that changes nothing."""
+    spec, out = tmp_path / "s.yaml", tmp_path / "out"
+    spec.write_text(
+        "name: a\nbase: {rig: flexgen-t4, batch: 1, prompt_len: 16, gen_len: 2" + base + "}\n"
+        f"grids:\n  - {{model: [opt-6.7b], {grid}}}\n"
+    )
+    why = f"no plan of the strategies it meets ({names}) has a field {knob!r}"
+    assert guarded(["sweep", str(spec), "--out", str(out), "--no-plots"]) == (
+        2,
+        f"error: {spec}: {field}: {why}\n",
+    )
+    assert not out.exists()
