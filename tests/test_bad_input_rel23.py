@@ -240,3 +240,14 @@ def test_a_plan_knob_no_strategy_it_meets_has_is_refused(
         f"error: {spec}: {field}: {why}\n",
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("row", "field"), [("0,16", "output_len"), ("0", "prompt_len")])
+def test_a_trace_row_short_of_values_says_so(tmp_path, capsys, guarded, row, field):
+    """A row with fewer values than the header said "output_len: line 2: not a positive integer: None"."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(f"arrival_s,prompt_len,output_len\n0,16,4\n{row}\n")
+    assert guarded([*SERVE, "--requests", str(trace)]) == (
+        2,
+        f"error: {trace}: {field}: line 3: fewer values than the header has columns\n",
+    )

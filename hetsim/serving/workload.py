@@ -117,6 +117,11 @@ def read_trace(path: str | Path, too_long: Callable[[int], str | None] | None = 
     for i, row in zip(lines, rows, strict=True):
         if None in row:  # more values than columns: which belongs to which is a guess
             raise InputError(f"line {i}: more values than the header has columns", source=source)
+        short = next((name for name in TRACE_FIELDS if row[name] is None), None)
+        if short is not None:  # said "not a positive integer: None"
+            raise InputError(
+                f"line {i}: fewer values than the header has columns", source=source, field=short
+            )
         try:
             arrival = parse_decimal(row["arrival_s"])
             if not 0 <= arrival <= MAX_ARRIVAL_S:
