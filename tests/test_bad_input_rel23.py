@@ -251,3 +251,10 @@ def test_a_trace_row_short_of_values_says_so(tmp_path, capsys, guarded, row, fie
         2,
         f"error: {trace}: {field}: line 3: fewer values than the header has columns\n",
     )
+
+
+def test_a_path_of_bytes_no_utf8_is_shown_as_its_bytes(tmp_path, capsys, guarded):
+    """A file name with the byte 0xff (Python's U+DCFF) printed as "\\udcff.json", a name no file has."""
+    missing = str(tmp_path / "ünï\udcff.json")
+    shown = str(tmp_path / "ünï") + "\\xff.json"
+    assert guarded(["simulate", "--plan", missing]) == (2, f"error: {shown}: no such file\n")

@@ -754,10 +754,20 @@ def _main(argv: Sequence[str] | None) -> int:
     except USER_ERRORS as exc:
         if NoArgsIsHelpError is not None and isinstance(exc, NoArgsIsHelpError):
             return 0  # typer already printed the help
-        line = " ".join(_error_line(_naming_the_flag(exc, argv)).split())
+        line = _as_written(" ".join(_error_line(_naming_the_flag(exc, argv)).split()))
         sys.stderr.write(f"error: {line}\n")
         return 2
     return rv if isinstance(rv, int) else 0
+
+
+def _as_written(line: str) -> str:
+    """``line`` with a path's bytes that are no UTF-8 (Python holds them as the surrogates U+DC80..
+    U+DCFF) shown as ``\\xff``, as ``ls -b`` shows them: they printed as ``\\udcff``, a character the
+    file's name does not have."""
+    try:
+        return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # another lone surrogate: no path's byte, left as it was
+        return line
 
 
 # Flags naming a file whose errors would otherwise show only the path: a routing profile, or an
