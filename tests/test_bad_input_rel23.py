@@ -137,6 +137,19 @@ def test_an_output_in_a_missing_folder_is_refused_before_the_work(
     assert not target.parent.exists()
 
 
+@pytest.mark.parametrize("last", [True, False])
+def test_calibrate_fit_into_a_missing_folder_is_refused_before_the_fit(tmp_path, capsys, guarded, last):
+    """``calibrate --fit`` makes no folder: refused at once wherever ``--fit`` stands (given last, it was
+    taken for calibrate's measuring, which makes its folder, and the report was read first)."""
+    rig = str(Path(__file__).parents[1] / "hardware_profiles/rigs/flexgen-t4.yaml")
+    report = tmp_path / "r.json"
+    report.write_text("{}")  # no report: read after the output's check
+    target = tmp_path / "new" / "c.yaml"
+    rest = ["--profile", rig, "--out", str(target), str(report)]
+    args = ["calibrate", *rest, "--fit"] if last else ["calibrate", "--fit", *rest]
+    assert guarded(args) == (2, f"error: --out {target}: No such file or directory\n")
+
+
 def test_folder_making_commands_still_make_their_folders(tmp_path, capsys, guarded):
     spec = tmp_path / "s.yaml"
     spec.write_text("name: a\nbase: {rig: flexgen-t4, batch: 1, prompt_len: 16, gen_len: 2}\n"

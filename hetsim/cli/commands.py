@@ -853,7 +853,10 @@ def _makes_folders(args: list[str]) -> bool:
     measuring (``write_profile``); every other write goes into a folder that is there."""
     if not args or args[0] not in (*FOLDER_OUTPUTS, "calibrate"):
         return False
-    return args[0] != "calibrate" or not any(f in ("--fit", "--from-profiles") for f, _ in _flag_values(args))
+    # each word, not _flag_values' (flag, next) pairs: a trailing ``--fit`` (``calibrate --out new/c.yaml
+    # r.json --fit``) is no pair's first and was taken for measuring, the folder's check skipped
+    refits = any(a == "--fit" or a.partition("=")[0] == "--from-profiles" for a in args)
+    return args[0] != "calibrate" or not refits
 
 
 def _refuse_unwritable_outputs(args: list[str]) -> None:
