@@ -35,7 +35,7 @@ from hetsim.strategies.pipeline import (
     stage_memory,
 )
 from hetsim.strategies.pipeline_costs import step_time
-from hetsim.workload import Workload
+from hetsim.workload import MAX_WORK, WHY_MAX, Workload
 
 __all__ = ["HexGen", "HexGenPlan", "Replica", "Stage", "symmetric_plan"]
 
@@ -177,7 +177,8 @@ class HexGen(Strategy):
 
     def check_plan(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         check_plan(plan, rig, model)
-        pc.at_least(plan.max_batch, 1, "max_batch")
+        # the --max-batch flag's cap and reason, one rule for both (10**30 was taken)
+        pc.in_range(plan.max_batch, 1, MAX_WORK["batch"], "max_batch", WHY_MAX["batch"])
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         pc.known_dtype(plan.kv_dtype, "kv_dtype")
 
