@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from itertools import combinations_with_replacement
 
 from hetsim.hardware.rig import NoRouteError, Rig
@@ -42,7 +41,7 @@ from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.metrics import ServeResult
 from hetsim.serving.serve import RunStopped, serve_plan
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_shares, replica_speed
+from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_shares
 from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes, layer_capacity
 from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
@@ -678,13 +677,6 @@ def offline_candidates(
             levels[k] = shapes, d, caps
         return levels[k]
 
-    speeds: dict[Replica, float] = {}  # HexGen.batch_split's weights, by replica: plans share them
-
-    def speed(replica: Replica, plan: HexGenPlan) -> float:
-        if replica not in speeds:
-            speeds[replica] = replica_speed(rig, model, replica, workload, plan)
-        return speeds[replica]
-
     def laid_out(k: int, cap: float) -> tuple[list[tuple[Shape, int]], HexGenPlan] | None:
         shapes, demand, caps = level(k)
         chosen = remembered(
@@ -699,7 +691,7 @@ def offline_candidates(
             if found is None:
                 return None
             plan = found[1]
-            share = max(replica_shares(plan, workload, partial(speed, plan=plan)))
+            share = max(replica_shares(plan, rig, model, workload))
             if share <= k:
                 return found
             k = min(workload.batch, held_for(share))
