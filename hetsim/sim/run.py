@@ -254,7 +254,8 @@ remembering_runs = _RUNS.remembering
 def remembered_cost(rig: Rig, key: tuple, make: Callable[[], Any]) -> Any:
     """``make()``, kept as runs are (inside ``remembering_runs``), for a pure cost a strategy derives
     from ``rig`` and ``key`` (a tuple that names the question first and holds all it depends on),
-    which its search and its runs ask again (HexGen's replica speeds: every candidate, every rung)."""
+    which its search and its runs ask again (HexGen's replica speeds: every candidate, every rung). The
+    block lies inside a sweep point's ``reading()``, so the first computation tells it the rig it read."""
     return _RUNS.keep(rig, key, make)
 
 
