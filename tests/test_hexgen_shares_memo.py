@@ -3,6 +3,9 @@ the layer caps, shapes and outer solves of a share already laid out are not solv
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hetsim.hardware import load_rig
 from hetsim.models import get_model
 from hetsim.planner import hexgen_cpsat
@@ -71,3 +74,26 @@ def test_a_remembered_split_is_the_split_and_none_outlives_its_block(monkeypatch
         HEXGEN.batch_split(plan, rig, model, wl)
         HEXGEN.batch_split(plan, rig, model, other)
     assert len(calls) == 4 * len(plan.replicas)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 256), st.integers(1, 2048), st.integers(1, 512)), min_size=2, max_size=6
+    )
+)
+def test_speeds_asked_in_one_block_are_each_the_plain_speed(asks):
+    """Workloads of any lengths asked one after another in one block: each replica's speed, and so
+    each split, is the one computed alone (never another context's)."""
+    rig, model = load_rig("hexgen-full-budget"), get_model("llama2-70b")
+    plan = HEXGEN.default_plan(rig, model, Workload(8, 512, 32))
+
+    def ask(a):
+        wl = Workload(*a)
+        return [hexgen.replica_speed(rig, model, r, wl, plan) for r in plan.replicas], HEXGEN.batch_split(
+            plan, rig, model, wl
+        )
+
+    plain = [ask(a) for a in asks]
+    with remembering_runs():
+        assert [ask(a) for a in asks] == plain
