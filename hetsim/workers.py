@@ -1,6 +1,6 @@
 """Forked search workers: pools started before the caller has its problem, fed one job at a time.
 
-A compare's search worker needs the simulator, the strategies and networkx (routes) imported, ~0.2
+A compare's search worker needs the simulator and the strategies imported, ~0.1
 CPU s; the parent alone reads the rig (its schema: pydantic models, YAML) and the model. ``early``
 forks workers before either, so they import their part while the parent reads the problem: two
 cores busy where one was, and the first job starts that much sooner. ``scatter`` hands each pool

@@ -56,8 +56,8 @@ ABORT_ERRORS = tuple({typer.Abort, *(c for c in (getattr(_cx, "Abort", None),) i
 FORMATS = ("table", "json", "csv")
 EXTENSION_MODULES = ("hetsim.cli.serve", "hetsim.cli.sweep", "validate.cli")
 # What a compare's search worker forked before the problem is read imports meanwhile: the search
-# and networkx (every strategy routes copies).
-SEARCH_MODULES = ("hetsim.api", "hetsim.strategies", "networkx")
+# (routes need no more: ``hetsim.hardware.paths``).
+SEARCH_MODULES = ("hetsim.api", "hetsim.strategies")
 # And where FlexGen is searched (its job is the costliest, the first an early worker runs): its LP
 # model and OR-Tools' linear solver (~0.045 CPU s, which the job otherwise begins with).
 FLEXGEN_MODULES = ("hetsim.planner.flexgen_lp",)
