@@ -65,7 +65,7 @@ def shortest_path(adj: Adjacency, source: str, target: str) -> list[str]:
         for w, (cost, _) in adj[v].items():
             length = dist + cost
             if w in dists[direction]:
-                continue  # weights are positive: no shorter path to a scanned endpoint
+                continue  # weights are not negative: no shorter path to a scanned endpoint
             if w not in seen[direction] or length < seen[direction][w]:
                 seen[direction][w] = length
                 heappush(fringe[direction], (length, next(c), w))
