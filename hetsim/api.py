@@ -340,8 +340,8 @@ def _search_all(
         def keep(j: int, results: list[Result]) -> None:
             finished.update(zip(jobs[j], results, strict=True))
 
-        # A pool forked here starts at its first job. Every worker routes copies, so each builds the
-        # rig's routes itself, in parallel, not here first; the
+        # A pool forked here starts at its first job. Every worker routes copies, so each imports
+        # networkx (~0.1 s) and builds the rig's graph itself, in parallel, not here first; the
         # solvers' modules are imported by the one worker that runs their search (OR-Tools' linear
         # solver ~0.05 s, CP-SAT ~0.14 s). The pool forked here is let go when it has nothing left
         # to run: its workers exit while ``started``'s last job runs (``started`` stays the caller's).

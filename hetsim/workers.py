@@ -1,8 +1,7 @@
 """Forked search workers: pools started before the caller has its problem, fed one job at a time.
 
-A compare's search worker needs the simulator and the strategies imported, ~0.1 CPU s (routes need
-no networkx: ``hetsim.hardware.paths``); the parent alone reads the rig (its schema: pydantic models,
-YAML) and the model. ``early``
+A compare's search worker needs the simulator, the strategies and networkx (routes) imported, ~0.2
+CPU s; the parent alone reads the rig (its schema: pydantic models, YAML) and the model. ``early``
 forks workers before either, so they import their part while the parent reads the problem: two
 cores busy where one was, and the first job starts that much sooner. ``scatter`` hands each pool
 one job per idle worker, the next when one finishes (costliest first: the longest job starts

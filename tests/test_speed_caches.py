@@ -382,7 +382,7 @@ def test_compare_workers_collect_rarely_and_the_parent_heap_is_unfrozen_after_th
     before = gc.get_threshold()
     results = api.compare(p, ["gpu-only", "layer-offload"], "throughput", workers=2)
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
-    assert "_adjacency" not in vars(p.rig)  # the workers route, each with its own: not built here
+    assert "_graph" not in vars(p.rig)  # the workers route, each with a graph of its own: not built here
     assert len(results) == 2
     assert all(r.extras["gc"][0] == WORKER_GC_THRESHOLD and r.extras["gc"][1] > 0 for r in results)
     mine = [object()]  # a caller's frozen heap is left alone (checked by an object of its own: the

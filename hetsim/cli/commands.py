@@ -56,12 +56,11 @@ ABORT_ERRORS = tuple({typer.Abort, *(c for c in (getattr(_cx, "Abort", None),) i
 FORMATS = ("table", "json", "csv")
 EXTENSION_MODULES = ("hetsim.cli.serve", "hetsim.cli.sweep", "validate.cli")
 # What a compare's search worker forked before the problem is read imports meanwhile: the search
-# (routes need no more: ``hetsim.hardware.paths``).
-SEARCH_MODULES = ("hetsim.api", "hetsim.strategies")
+# and networkx (every strategy routes copies).
+SEARCH_MODULES = ("hetsim.api", "hetsim.strategies", "networkx")
 # And where FlexGen is searched (its job is the costliest, the first an early worker runs): its LP
 # model and OR-Tools' linear solver (~0.045 CPU s, which the job otherwise begins with), and the
-# solver's protobuf messages (``build_lp`` imports them at the first LP: ~0.01 CPU s more; the
-# worker, not needing networkx since routes are found without it, waits for the parent that long).
+# solver's protobuf messages (``build_lp`` imports them at the first LP: ~0.01 CPU s more).
 FLEXGEN_MODULES = ("hetsim.planner.flexgen_lp", "ortools.linear_solver.linear_solver_pb2")
 
 # Piped output (not a terminal) gets wide tables instead of rich's 80-column default.

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from hetsim.hardware.paths import NoPath, adjacency, shortest_path
 from hetsim.hardware.types import ComputeDevice, Disk, Grade, Hop, Link, Node, Route
 
 # Routes are chosen to minimise the time to move this many bytes (latency + size/bandwidth):
@@ -231,8 +230,7 @@ class Rig:
 
     @cached_property
     def _graph(self) -> nx.Graph:
-        """The topology as a networkx graph, for callers that want one (routes use ``_adjacency``)."""
-        import networkx as nx  # ~0.09 CPU s to import: only where a caller asks for the graph
+        import networkx as nx  # ~0.4 s to import: only when a route is first needed
 
         g = nx.Graph()
         for link in self.links._links.values():  # type: ignore[attr-defined]
@@ -241,14 +239,6 @@ class Rig:
                 continue
             g.add_edge(link.a, link.b, link=link.name, weight=weight)
         return g
-
-    @cached_property
-    def _adjacency(self) -> dict[str, dict[str, tuple[float, str]]]:
-        """Each endpoint's neighbours: (weight, link) of the lightest link between them (``paths``)."""
-        return adjacency(
-            (link.a, link.b, link.latency_s + _ROUTE_PROBE_BYTES / link.bw, link.name)
-            for link in self.links._links.values()  # type: ignore[attr-defined]
-        )
 
     def route(self, src: str, dst: str) -> Route:
         """The fastest path for bulk data; computed once per pair and cached."""
@@ -289,15 +279,16 @@ class Rig:
         if src == dst:
             route = Route(src, dst, (), float("inf"), float("inf"), 0.0)
         else:
-            adj = self._adjacency
             try:
-                path = shortest_path(adj, src, dst)
-            except NoPath as exc:
+                import networkx as nx
+
+                path = nx.shortest_path(self._graph, src, dst, weight="weight")
+            except (nx.NetworkXNoPath, nx.NodeNotFound) as exc:
                 raise NoRouteError(f"no route from {src} to {dst} in rig {self.name}") from exc
             links = self.links._links  # type: ignore[attr-defined]
             hops = []
             for u, v in itertools.pairwise(path):
-                link = links[adj[u][v][1]]
+                link = links[self._graph[u][v]["link"]]
                 hops.append(Hop(link.name, forward=(link.a == u)))
             dirs = [(links[h.link], h.forward) for h in hops]
             route = Route(
