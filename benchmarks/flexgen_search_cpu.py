@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import networkx  # noqa: F401  (before the freeze: a base tree routing with it must not time its import)
+import networkx  # noqa: F401  (imported before the heap is frozen, as the CLI does)
 from record import append, min_median
 
 from hetsim import api
