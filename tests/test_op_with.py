@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 from hypothesis import given, settings
@@ -46,3 +47,12 @@ def test_a_subclass_goes_through_replace():
     op = Doubled("x", OpKind.MATMUL, 0, 1.0, 2.0, 3.0, 4.0)
     got = op_with(op, flops=5.0)
     assert type(got) is Doubled and got.flops == 10.0 == dataclasses.replace(op, flops=5.0).flops
+
+
+def test_op_is_still_a_dataclass_op_with_may_copy():
+    # op_with skips Op's __init__: were Op to gain a __post_init__ (validation), an init=False field,
+    # slots or a cached_property (a cached value in __dict__ would be copied stale), replace would
+    # differ; this fails first, where the field-by-field comparison above may not.
+    assert "__post_init__" not in vars(Op) and not hasattr(Op, "__slots__")
+    assert all(f.init for f in dataclasses.fields(Op))
+    assert not [n for n, v in vars(Op).items() if isinstance(v, functools.cached_property)]
