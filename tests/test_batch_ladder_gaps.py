@@ -22,9 +22,11 @@ def test_the_search_places_a_batch_past_the_default_plans_cap():
 
 
 def test_the_ladder_bisects_below_a_lost_double():
-    """hexgen on hexgen-full-budget: 64 ran 501.8 tok/s and 128 lost, yet 96 runs 564.2 and 122
-    623.3 (125 and up place fewer replicas). Bisecting to within 1/16 of the batch finds >= 96's."""
+    """hexgen on hexgen-full-budget: 512 ran 722.3 tok/s and 1024 lost (384.6: the nine replicas'
+    shares outgrow their GPUs, four longer pipelines are left), yet 640 runs 723.2 and 704 730.1.
+    Bisecting to within 1/16 of the batch finds > 512's. (Before the search laid replicas out for
+    their shares, not the whole batch, the gap was 64 -> 128 and 120 ran 613.0.)"""
     row = _row("llama2-70b", "hexgen-full-budget", "hexgen")
     assert row.feasible
-    assert 96 <= row.batch < 128
-    assert row.throughput_tok_s >= 564.0
+    assert 512 < row.batch < 1024
+    assert row.throughput_tok_s > 722.3
