@@ -14,7 +14,7 @@ def _row(model: str, rig: str, strategy: str):
 def test_the_search_places_a_batch_past_the_default_plans_cap():
     """gpu-only on mixed-lab (the README headline): its default plan holds 11 sequences of
     llama2-70b, at 53.8 tok/s; its searched plan holds batch 64 at 99.3 tok/s, which the ladder,
-    capped by the default plan, never tried."""
+    capped by the default plan, never tried (since session 23's binary GPU capacities it picks 156, 117.0)."""
     row = _row("llama2-70b", "mixed-lab", "gpu-only")
     assert row.feasible
     assert row.batch >= 64
