@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hetsim.models.memory import hf_decode_workspace, hf_eager_workspace, hf_prefill_workspace, kv_cache_bytes
+from hetsim.models.memory import (
+    held_logits,
+    hf_decode_workspace,
+    hf_eager_workspace,
+    hf_prefill_workspace,
+    kv_cache_bytes,
+)
 from hetsim.models.registry import get_model
 
 DATA = Path(__file__).parent / "data" / "hf-opt-peak-4.26.1.csv"
@@ -80,7 +86,42 @@ def test_opt30b_prompt512_hand_count():
     decode_cache = 543 * 48 * 2 * 7168 * 2
     assert hf_prefill_workspace(OPT30, 1, 512) == prefill
     assert hf_decode_workspace(OPT30, 1, 544) == pytest.approx(decode_cache, rel=1e-3)
-    assert hf_eager_workspace(OPT30, 1, 512, 544) == max(prefill, hf_decode_workspace(OPT30, 1, 544))
+    # the last step also holds the step before's logits, one row of 50272 in fp16 (generate's outputs)
+    assert hf_eager_workspace(OPT30, 1, 512, 544) == hf_decode_workspace(OPT30, 1, 544) + 50272 * 2
+
+
+def test_first_decode_step_holds_the_prompts_logits():
+    """generate (transformers 4.25.1 greedy_search) rebinds ``outputs`` only when the next forward
+    returns, so the first decode step runs beside the prefill's logits for every prompt position:
+    OPT-30B, 8 sequences of 512, fp16: 8 x 512 x 50272 x 2 B = 412 MB. Generating 5 tokens (FlexGen's
+    baseline runs, --cut-gen-len 5) that step is the peak: its cache (513 tokens, 4 under the booked
+    517) and the prefill's (512) beside the decode moment's 10 B x 8 x 7168 and 8 B per score."""
+    b, tok = 8, 48 * 2 * 7168 * 2  # cache bytes per sequence per token
+    moment = 10 * b * 7168 + 2 * b * 513 + 8 * b * 56 * 513
+    first = moment + 512 * b * tok + b * 512 * 50272 * 2 - 4 * b * tok
+    assert held_logits(OPT30, b, 512) == 411_828_224
+    assert hf_eager_workspace(OPT30, b, 512, 517) == first
+    # 32 tokens: 31 more tokens of both caches (682 MB) outweigh it, the last step is the peak
+    last = hf_decode_workspace(OPT30, b, 544) + b * 50272 * 2
+    assert hf_eager_workspace(OPT30, b, 512, 544) == last > first - 27 * b * tok
+    # one token: no decode step follows the prefill's logits
+    assert hf_eager_workspace(OPT30, b, 512, 513) == max(
+        hf_prefill_workspace(OPT30, b, 512), hf_decode_workspace(OPT30, b, 513) + b * 50272 * 2
+    )
+
+
+def test_llama_style_generate_holds_fp32_logits():
+    """The Llama-style forward returns ``logits.float()`` (transformers 4.35.2): generate holds 4 B per
+    logit. Llama-2-70B (vocab 32000), one sequence of 512 + 32: the prompt's 65.5 MB beside the first
+    decode step (its attention moment with K and V repeated to 64 heads, 17.1 MB, and the prefill's
+    cache, 512 x 327680 B, 31 tokens under the booked cache) outweigh the last step's 31 more tokens of
+    the previous cache: that step is the peak."""
+    llama = get_model("llama2-70b")
+    assert held_logits(llama, 4, 512) == 4 * 512 * 32000 * 4
+    attention = 6 * 8192 + 2 * 513 + 8 * 64 * 513 + 4 * 513 * 64 * 128
+    first = attention + 512 * 327680 + 512 * 32000 * 4 - 31 * 327680
+    assert first == 240_272_898
+    assert hf_eager_workspace(llama, 1, 512, 544) == first
 
 
 @given(

@@ -146,13 +146,37 @@ def _tables(model: ModelSpec) -> tuple[dict, dict]:
 
 
 def hf_eager_workspace(model: ModelSpec, batch: int, prompt_len: int, context_len: int) -> float:
-    """Peak bytes HF transformers' eager generate holds beyond its weights and KV cache (fp16).
+    """Peak bytes HF transformers' eager generate holds beyond its weights and its KV cache booked at
+    ``context_len`` tokens (fp16).
 
-    The larger of the prefill of ``prompt_len`` tokens and the last decode step (``context_len``
-    keys). OPT's constants are measured on OPT; every other family runs the Llama-style forward
-    (constants read from Llama's and Mistral's code and checked against torch's allocations);
-    MoE routing and MLA are not modelled beyond it."""
-    return max(hf_prefill_workspace(model, batch, prompt_len), hf_decode_workspace(model, batch, context_len))
+    The largest of the prefill of ``prompt_len`` tokens, the first decode step and the last one
+    (``context_len`` keys); a decode step also holds the logits of the forward before it (``held_logits``),
+    the prompt's at the first. OPT's constants are measured on OPT; every other family runs the
+    Llama-style forward (constants read from Llama's and Mistral's code and checked against torch's
+    allocations); MoE routing and MLA are not modelled beyond it."""
+    last = hf_decode_workspace(model, batch, context_len) + held_logits(model, batch, 1)
+    moments = [hf_prefill_workspace(model, batch, prompt_len), last]
+    if context_len > prompt_len + 1:  # a second token is generated: a decode step holds the prompt's
+        # its cache is prompt_len + 1 tokens, not the booked context_len
+        unbooked = kv_cache_bytes(model, batch, prompt_len + 1, model.layers) - kv_cache_bytes(
+            model, batch, context_len, model.layers
+        )
+        first = hf_decode_workspace(model, batch, prompt_len + 1) + held_logits(model, batch, prompt_len)
+        moments.append(first + unbooked)
+    return max(moments)
+
+
+def held_logits(model: ModelSpec, batch: int, tokens: int) -> float:
+    """The logits of a forward over ``tokens`` positions that ``generate`` still holds through the next
+    step's forward: its loop rebinds ``outputs = self(...)`` only once that call returns, and
+    ``next_token_logits`` is a view of them (transformers 4.25.1 generation/utils.py ``greedy_search``
+    and ``sample``; the same loop in 4.35.2). After the prefill they are every prompt position's. OPT
+    returns the LM head's fp16 output (modeling_opt.py ``OPTForCausalLM.forward``), the Llama-style
+    forward its ``logits.float()`` copy (4 B; modeling_llama.py 4.35.2), the fp16 one freed. Later
+    transformers ``del outputs`` at the loop's end for this reason (4.46.0 ``_sample``: "a reference to
+    outputs.logits is kept all along until after the next call to self.forward()")."""
+    returned = 2 if _tables(model)[0] is _HF_PREFILL else 4  # the forward the family runs (one home)
+    return batch * tokens * model.vocab * returned
 
 
 def hf_prefill_workspace(model: ModelSpec, batch: int, prompt_len: int) -> float:
