@@ -434,6 +434,13 @@ def _plan_document() -> Any:
         def _a_number(cls, v: Any) -> Any:
             if isinstance(v, bool):  # Literal[1] takes true (== 1), even in strict mode
                 raise PydanticCustomError("literal_error", "Input should be 1, not {v}", {"v": json.dumps(v)})
+            if isinstance(v, int) and v > PLAN_FORMAT_VERSION:  # said only "Input should be 1"
+                raise PydanticCustomError(
+                    "literal_error",
+                    "format {v} is newer than the one this hetsim reads ({known}): a newer hetsim may have"
+                    " written it",
+                    {"v": v, "known": PLAN_FORMAT_VERSION},
+                )
             return v
 
     # named as this module's (its ``__getattr__`` finds them): documents pickle as they did

@@ -318,7 +318,7 @@ def test_tampered_plan_refused(tmp_path, capsys, plans, strategy, path, value, f
 # plan_io.validate_strictly, for every plan model and the plan document)
 LAX = [
     ("gpu-only", "params.micro_batches", True, "params.micro_batches"),
-    ("gpu-only", "params.stages.0.layers", "40", "params.stages.0.layers"),
+    ("gpu-only", "params.stages.0.layers", "40", "params.stages[0].layers"),
     ("hexgen", "params.max_batch", True, "params.max_batch"),
     ("hexgen", "params.symmetric", 1, "params.symmetric"),
     ("flexgen", "params.wg", "100", "params.wg"),
@@ -490,7 +490,8 @@ SERVE = ["serve", "--model", "llama2-7b", "--hw", "mixed-lab"]
         ([*SERVE, "--rate", "inf"], "--rate"),
         ([*SERVE, "--rate", "nan"], "--rate"),
         ([*SERVE, "--rate", "1", "--seed", "-1"], "--seed"),
-        ([*SERVE, "--rate", "1e9", "--duration", "1e9"], "--duration"),
+        ([*SERVE, "--rate", "1e9", "--duration", "1e9"], "--rate"),  # no duration fits 1e9 requests/s
+        ([*SERVE, "--rate", "1", "--duration", "1e9"], "--duration"),
         ([*SERVE, "--rate", "1", "--num-requests", "100000000"], "--num-requests"),
         ([*SERVE, "--rate", "1", "--max-batch", str(2**62)], "--max-batch"),
         (["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", str(2**63 - 1)], "batch"),

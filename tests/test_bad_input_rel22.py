@@ -45,7 +45,8 @@ def test_a_plan_missing_a_parameter_is_refused_naming_it(plan_file, capsys, guar
     assert code == 2
     assert err == (
         f"error: {f}: params.{field}: missing; a plan gives every parameter, as `hetsim plan --out` "
-        f"writes them (missing: {field})\n"
+        f"writes them (missing: {field}); one from an older hetsim may predate the parameter: write it "
+        "again with `hetsim plan --out`\n"
     )
 
 

@@ -89,8 +89,13 @@ def calibrate(
         if not runs:
             raise InputError("give the validate reports to fit to", field="RUNS")
         for r in runs:
-            if not Path(r).is_file():
-                raise InputError("no such file", source=str(r))
+            if not Path(r).is_file():  # a folder said "no such file"
+                raise InputError(
+                    "is a folder, not a file" if Path(r).is_dir() else "no such file", source=str(r)
+                )
+        if profile is None and not Path(out).is_file():  # said "calibrated.yaml: rig file not found"
+            why = "no profile to refit: --profile not given, so it is --out's file, which is not there"
+            raise InputError(why, source=f"--out {out}")
         try:
             fitted = cal.fit_runs(base, list(runs), out)
         except ValueError as exc:

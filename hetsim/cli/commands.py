@@ -33,6 +33,7 @@ import yaml
 from pydantic_core import ValidationError
 
 from hetsim.cli.collecting import CLI_GC_THRESHOLD
+from hetsim.cli.outstream import named_stdout
 from hetsim.cli.stop import Stop, keep, kill_children, signal_of, stopping_signal
 from hetsim.errors import InputError
 from hetsim.stopping import keeping
@@ -741,7 +742,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _refuse_misread_numbers(args, command)
         _refuse_writing_over_inputs(args)
         _refuse_unwritable_outputs(args)
-        with _forking(args):
+        with _forking(args), named_stdout():
             rv = command.main(
                 args=list(argv) if argv is not None else None, prog_name="hetsim", standalone_mode=False
             )
@@ -753,10 +754,20 @@ def _main(argv: Sequence[str] | None) -> int:
     except USER_ERRORS as exc:
         if NoArgsIsHelpError is not None and isinstance(exc, NoArgsIsHelpError):
             return 0  # typer already printed the help
-        line = " ".join(_error_line(_naming_the_flag(exc, argv)).split())
+        line = _as_written(" ".join(_error_line(_naming_the_flag(exc, argv)).split()))
         sys.stderr.write(f"error: {line}\n")
         return 2
     return rv if isinstance(rv, int) else 0
+
+
+def _as_written(line: str) -> str:
+    """``line`` with a path's bytes that are no UTF-8 (Python holds them as the surrogates U+DC80..
+    U+DCFF) shown as ``\\xff``, as ``ls -b`` shows them: they printed as ``\\udcff``, a character the
+    file's name does not have."""
+    try:
+        return line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # another lone surrogate: no path's byte, left as it was
+        return line
 
 
 # Flags naming a file whose errors would otherwise show only the path: a routing profile, or an
@@ -837,12 +848,25 @@ def _refuse_writing_over_inputs(args: list[str]) -> None:
 FOLDER_OUTPUTS = ("sweep", "validate")  # the commands whose --out is a folder
 
 
+def _makes_folders(args: list[str]) -> bool:
+    """Whether the command makes the folders above its --out: the folder outputs and calibrate's
+    measuring (``write_profile``); every other write goes into a folder that is there."""
+    if not args or args[0] not in (*FOLDER_OUTPUTS, "calibrate"):
+        return False
+    # each word, not _flag_values' (flag, next) pairs: a trailing ``--fit`` (``calibrate --out new/c.yaml
+    # r.json --fit``) is no pair's first and was taken for measuring, the folder's check skipped
+    refits = any(a == "--fit" or a.partition("=")[0] == "--from-profiles" for a in args)
+    return args[0] != "calibrate" or not refits
+
+
 def _refuse_unwritable_outputs(args: list[str]) -> None:
     """An --out or --trace path that cannot take its output, before any work: a folder where a file
-    goes, a file where a folder goes, or a file where a folder above it must be. ``calibrate`` measured
-    for minutes, ``validate`` ran its plan and ``plan`` searched, then the write failed and the work was
-    lost. A file's errors are the ones its write would raise (``--out DIR: Is a directory``)."""
+    goes, a file where a folder goes, a file where a folder above it must be, or a folder above it
+    missing where the command makes none. ``calibrate`` measured for minutes, ``validate`` ran its
+    plan, ``plan --out`` and ``--trace`` searched (and printed the table), then the write failed and the
+    work was lost. A file's errors are the ones its write would raise (``--out DIR: Is a directory``)."""
     folder_out = bool(args) and args[0] in FOLDER_OUTPUTS
+    makes_folders = _makes_folders(args)
     for flag, value in _flag_values(args):
         if flag not in WRITE_FLAGS or not value:
             continue
@@ -854,6 +878,9 @@ def _refuse_unwritable_outputs(args: list[str]) -> None:
         above = next((p for p in path.parents if p.exists()), None)
         if above is not None and not above.is_dir():
             raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), value)
+        flag_makes = makes_folders and flag == "--out"
+        if not flag_makes and not path.parent.is_dir():
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), value)
 
 
 def _takes_number(param: Any) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import combinations_with_replacement
 
 from hetsim.hardware.rig import NoRouteError, Rig
@@ -35,13 +36,13 @@ from hetsim.models.sharding import TP_DEGREES, tp_degrees
 from hetsim.models.spec import DTYPES, ModelSpec
 from hetsim.models.weights import weight_bytes
 from hetsim.planner.cpsat import CpModel, cp_model
-from hetsim.planner.ranking import Evaluate, best_plan, evaluator
+from hetsim.planner.ranking import Evaluate, best_plan, evaluator, remembered
 from hetsim.serving.batching import MAX_IN_FLIGHT
 from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.metrics import ServeResult
 from hetsim.serving.serve import RunStopped, serve_plan
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hexgen import HexGenPlan, Replica
+from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_shares, replica_speed
 from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes, layer_capacity
 from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
@@ -63,15 +64,18 @@ class Demand:
     kv_dtype: str = "fp16"
 
     @classmethod
-    def offline(cls, w: Workload, model: ModelSpec | None = None) -> Demand:
-        """The offline batch ``w`` as a demand; the precisions the model's plans run (fp16 if none)."""
+    def offline(cls, w: Workload, model: ModelSpec | None = None, sequences: int | None = None) -> Demand:
+        """The offline batch ``w`` as a demand on a replica that holds ``sequences`` of it (default: all
+        of it; HexGen splits the batch over its replicas, ``offline_candidates``), its workspace sized
+        for all of them in one micro-batch; the precisions the model's plans run (fp16 if none)."""
         wd, kv = gpu_dtypes(model, w) if model else (w.weight_dtype or "fp16", w.kv_dtype or "fp16")
+        held = w.batch if sequences is None else sequences
         return cls(
             prompt_len=w.prompt_len,
             output_len=w.gen_len,
-            kv_sequences=w.batch,
+            kv_sequences=held,
             context=w.context_len,
-            act_tokens=w.batch * w.prompt_len,
+            act_tokens=held * w.prompt_len,
             weight_dtype=wd,
             kv_dtype=kv,
         )
@@ -173,6 +177,14 @@ class CostTable:
                 d.kv_dtype,
             )
         return self._cap[key]
+
+    def caps(self) -> tuple[int, ...]:
+        """Every (class, TP degree)'s cap with one batch in flight: the only way the demand's KV and
+        workspace reach the layouts (times and hops do not depend on them), so two offline demands
+        with equal caps give the same shapes."""
+        return tuple(
+            self.cap(c, t) for c, cls in enumerate(self.classes) for t in tp_degrees(self.model, cls.gpus)
+        )
 
     def hop_s(self, c: int, other: int | None) -> float:
         """One request's pipeline hops between two stages: inside a machine of class ``c``
@@ -568,11 +580,25 @@ def candidates(
     classes = machine_classes(rig)
     table = CostTable(rig, model, demand, classes)
     shapes = enumerate_shapes(table, max_parts=max_parts, symmetric=symmetric)
-    if not shapes:
-        return []
-    # one cap per latency (to the ns), the cap the largest latency it stands for: a cap rounded down
-    # shut out its own shape (0.11959369134885606 s -> 0.119593691, past outer_cpsat's 1e-9 relative
-    # slack), and a rig whose one shape that was got no candidate at all
+    out, seen = [], set()
+    for cap in latency_caps(shapes, max_candidates):
+        chosen = outer_cpsat(classes, shapes, cap)
+        if not chosen:
+            continue
+        key = _chosen_key(chosen)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(_candidate(materialise(rig, classes, chosen, demand, symmetric, max_batch), cap, chosen))
+    return out
+
+
+def latency_caps(shapes: list[Shape], max_candidates: int) -> list[float]:
+    """The outer level's latency caps: at most ``max_candidates``, spread over the shapes' latencies.
+
+    One cap per latency (to the ns), the cap the largest latency it stands for: a cap rounded down
+    shut out its own shape (0.11959369134885606 s -> 0.119593691, past outer_cpsat's 1e-9 relative
+    slack), and a rig whose one shape that was got no candidate at all."""
     caps: dict[float, float] = {}
     for s in shapes:
         key = round(s.layout.latency_s, 9)
@@ -581,19 +607,116 @@ def candidates(
     if len(lats) > max_candidates:  # spread caps over the range of latencies
         idx = sorted({round(i * (len(lats) - 1) / (max_candidates - 1)) for i in range(max_candidates)})
         lats = [lats[i] for i in idx]
+    return lats
+
+
+def _chosen_key(chosen: list[tuple[Shape, int]]) -> tuple[str, ...]:
+    return tuple(sorted(repr((s.parts, s.layout.groups, n)) for s, n in chosen))
+
+
+def _candidate(plan: HexGenPlan, cap: float, chosen: list[tuple[Shape, int]]) -> PlanCandidate:
+    rate = sum(n / s.layout.latency_s for s, n in chosen)
+    worst = max(s.layout.latency_s for s, _ in chosen)
+    return PlanCandidate(plan, cap, rate, worst)
+
+
+MAX_SETTLE = 8  # offline: layouts per latency cap while the largest share outgrows the layout's
+
+
+def held_for(share: int) -> int:
+    """The sequences a replica is laid out for to hold ``share``: the next of 1, 2, 3 and 4..7 x 2^n
+    (at most 1/4 more), so that a ladder's rungs, whose shares differ by a few sequences, share
+    layouts (each costs a few dozen inner solves) at a little memory held back."""
+    if share <= 4:
+        return max(1, share)
+    top = 1 << (share.bit_length() - 3)  # share in [4, 8) x top
+    return -(-share // top) * top
+
+
+def offline_candidates(
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+    *,
+    symmetric: bool = False,
+    max_candidates: int = 6,
+    max_parts: int = 3,
+) -> list[PlanCandidate]:
+    """``candidates`` for an offline batch: the replicas laid out for the whole batch (each could hold
+    all of it) and the replicas laid out for the share of it each gets, each along its latency caps.
+
+    HexGen splits the batch over the replicas by their speeds (``HexGen.batch_split``), so a replica
+    holds the KV and workspace of its share only. The shares depend on the replicas chosen, so they
+    settle by a fixed point from below: lay out every shape for ``k`` sequences (first 1), solve the
+    outer level, split the batch over its replicas; while the largest share exceeds ``k``, lay out
+    again for that share (fewer shapes fit, or fit in more stages). ``k`` only grows and the whole
+    batch always holds, so the last plan holds every share (``HexGen.footprint`` agrees: the same
+    ``stage_memory`` at a share and a micro-batch no larger); one not settled in ``MAX_SETTLE``
+    layouts is dropped. The whole-batch plans stay candidates: the outer level maximises the request
+    rate at batch 1, and a small batch over fewer, faster replicas can finish sooner. Layouts depend
+    on the demand only through the layer caps (``CostTable.caps``): shapes are solved once per caps."""
+    strategy = get_strategy("hexgen")
+    classes = machine_classes(rig)
+
+    # the shapes and the outer level's answers depend on the demand only through the caps (layer
+    # times and hops: the lengths and precisions; memory: the caps), so a batch ladder's rungs share them
+    same = (model, workload.prompt_len, workload.gen_len, *gpu_dtypes(model, workload), symmetric, max_parts)
+    levels: dict[int, tuple[list[Shape], Demand, tuple[int, ...]]] = {}
+
+    def level(k: int) -> tuple[list[Shape], Demand, tuple[int, ...]]:
+        if k not in levels:
+            d = Demand.offline(workload, model, k)
+            table = CostTable(rig, model, d, classes)
+            caps = remembered(strategy, ("caps", k), rig, same, table.caps)
+            shapes = remembered(
+                strategy,
+                ("shapes", caps),
+                rig,
+                same,
+                lambda: enumerate_shapes(table, max_parts=max_parts, symmetric=symmetric),
+            )
+            levels[k] = shapes, d, caps
+        return levels[k]
+
+    speeds: dict[Replica, float] = {}  # HexGen.batch_split's weights, by replica: plans share them
+
+    def speed(replica: Replica, plan: HexGenPlan) -> float:
+        if replica not in speeds:
+            speeds[replica] = replica_speed(rig, model, replica, workload, plan)
+        return speeds[replica]
+
+    def laid_out(k: int, cap: float) -> tuple[list[tuple[Shape, int]], HexGenPlan] | None:
+        shapes, demand, caps = level(k)
+        chosen = remembered(
+            strategy, ("outer", caps, cap), rig, same, lambda: outer_cpsat(classes, shapes, cap)
+        )
+        return (chosen, materialise(rig, classes, chosen, demand, symmetric)) if chosen else None
+
+    def settled(cap: float) -> tuple[list[tuple[Shape, int]], HexGenPlan] | None:
+        k = 1
+        for _ in range(MAX_SETTLE):
+            found = laid_out(k, cap)
+            if found is None:
+                return None
+            plan = found[1]
+            share = max(replica_shares(plan, workload, partial(speed, plan=plan)))
+            if share <= k:
+                return found
+            k = min(workload.batch, held_for(share))
+        return None
+
+    # each frontier's caps from its own shapes: the loosest cap of the whole batch's shapes can shut
+    # out a shape that only fits a share (a replica on fewer GPUs, slower per request)
+    (whole, _, whole_caps), (least, _, least_caps) = level(workload.batch), level(1)
+    found = [(cap, laid_out(workload.batch, cap)) for cap in latency_caps(whole, max_candidates)]
+    if least_caps != whole_caps:  # else every share's caps are the whole batch's (caps fall with k)
+        found += [(cap, settled(cap)) for cap in latency_caps(least, max_candidates)]
     out, seen = [], set()
-    for cap in lats:
-        chosen = outer_cpsat(classes, shapes, cap)
-        if not chosen:
+    for cap, plan in found:
+        if plan is None or _chosen_key(plan[0]) in seen:
             continue
-        key = tuple(sorted(repr((s.parts, s.layout.groups, n)) for s, n in chosen))
-        if key in seen:
-            continue
-        seen.add(key)
-        plan = materialise(rig, classes, chosen, demand, symmetric, max_batch)
-        rate = sum(n / s.layout.latency_s for s, n in chosen)
-        worst = max(s.layout.latency_s for s, _ in chosen)
-        out.append(PlanCandidate(plan, cap, rate, worst))
+        seen.add(_chosen_key(plan[0]))
+        out.append(_candidate(plan[1], cap, plan[0]))
     return out
 
 
@@ -612,9 +735,7 @@ def search(
     by default HexGen's own estimate)."""
     if evaluate is None:
         evaluate = evaluator(get_strategy("hexgen"), rig, model, workload)
-    found = candidates(
-        rig, model, Demand.offline(workload, model), symmetric=symmetric, max_candidates=max_candidates
-    )
+    found = offline_candidates(rig, model, workload, symmetric=symmetric, max_candidates=max_candidates)
     return best_plan((c.plan for c in found), evaluate, objective)
 
 

@@ -35,6 +35,12 @@ _ESTIMATES = ScopedMemo()
 remembering = _ESTIMATES.remembering
 
 
+def remembered(strategy: Runnable, question: tuple, rig: Rig, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, kept as the estimates are (inside ``remembering``), for a pure sub-result of a
+    strategy's search that the ladder's rungs ask again; ``question`` (a tuple, never a plan) names it."""
+    return _ESTIMATES.recall(strategy, question, rig, key, make)
+
+
 def estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> Result:
     """``simulate`` on a proxy workload of at most ``PROXY_GEN_LEN`` tokens, scaled to the full one
     (inside ``remembering``, the same estimate asked again is not simulated again)."""

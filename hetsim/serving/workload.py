@@ -64,10 +64,13 @@ def poisson_requests(
     if n is not None and n > MAX_REQUESTS:
         raise InputError(f"must be <= {MAX_REQUESTS} ({WHY_MAX_REQUESTS}), got {n}", field="--num-requests")
     if n is None and rate * float(duration_s) > MAX_REQUESTS:  # type: ignore[arg-type]
+        # the flag to lower: a rate over the cap per second overflows it in any duration of a second
+        # or more (``--rate 1e308 --duration 1`` blamed the duration); otherwise the duration is long
+        field = "--rate" if rate > MAX_REQUESTS else "--duration"
         raise InputError(
-            f"rate x duration = {rate * float(duration_s):.3g} requests; at most {MAX_REQUESTS} "  # type: ignore[arg-type]
-            f"({WHY_MAX_REQUESTS})",
-            field="--duration",
+            f"{rate:g} requests/s x {float(duration_s):g} s = {rate * float(duration_s):.3g} requests; "  # type: ignore[arg-type]
+            f"at most {MAX_REQUESTS} ({WHY_MAX_REQUESTS})",
+            field=field,
         )
     root = np.random.SeedSequence(seed)
     gaps_rng, len_rng = (np.random.default_rng(s) for s in root.spawn(2))
@@ -94,15 +97,17 @@ def read_trace(path: str | Path, too_long: Callable[[int], str | None] | None = 
     source = str(path)
     text = read_text(path)
     reader = csv.DictReader(text.splitlines())
+    # names as written after ", " (a spreadsheet's or a person's header): the values' spaces are
+    # dropped by their parsers, so the header's are too
+    header = reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
     rows, lines = [], []  # each row's line in the file: the reader skips blank lines
     for row in reader:
         rows.append(row)
         lines.append(reader.line_num)
-    header = rows[0].keys() if rows else (text.splitlines()[0].split(",") if text.strip() else [])
     for name in TRACE_FIELDS:
         if name not in header:
             raise InputError(f"missing column (need {', '.join(TRACE_FIELDS)})", source=source, field=name)
-        if (reader.fieldnames or []).count(name) > 1:  # the reader would keep the last one's values
+        if header.count(name) > 1:  # the reader would keep the last one's values
             raise InputError("column given twice", source=source, field=name)
     if not rows:
         raise InputError("no requests in the trace", source=source)
@@ -112,6 +117,11 @@ def read_trace(path: str | Path, too_long: Callable[[int], str | None] | None = 
     for i, row in zip(lines, rows, strict=True):
         if None in row:  # more values than columns: which belongs to which is a guess
             raise InputError(f"line {i}: more values than the header has columns", source=source)
+        short = next((name for name in TRACE_FIELDS if row[name] is None), None)
+        if short is not None:  # said "not a positive integer: None"
+            raise InputError(
+                f"line {i}: fewer values than the header has columns", source=source, field=short
+            )
         try:
             arrival = parse_decimal(row["arrival_s"])
             if not 0 <= arrival <= MAX_ARRIVAL_S:

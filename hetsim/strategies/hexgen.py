@@ -14,6 +14,7 @@ Online serving lives in ``hetsim.serving``; the two-level CP-SAT scheduler in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hetsim.hardware.rig import Rig
@@ -34,7 +35,7 @@ from hetsim.strategies.pipeline import (
     stage_memory,
 )
 from hetsim.strategies.pipeline_costs import step_time
-from hetsim.workload import Workload
+from hetsim.workload import MAX_WORK, WHY_MAX, Workload
 
 __all__ = ["HexGen", "HexGenPlan", "Replica", "Stage", "symmetric_plan"]
 
@@ -108,6 +109,12 @@ def replica_speed(
     return 1.0 / t
 
 
+def replica_shares(plan: HexGenPlan, workload: Workload, speed: Callable[[Replica], float]) -> list[int]:
+    """The offline batch's sequences each replica runs: in proportion to its ``speed`` (the dispatcher's
+    weight, ``replica_speed``; a search passes a cached one)."""
+    return split_batch(workload.batch, [speed(r) for r in plan.replicas])
+
+
 # ---- the baseline ---------------------------------------------------------------------------------
 def symmetric_plan(
     rig: Rig, model: ModelSpec, replica_gpus: list[list[str]], tp: int, workload: Workload, **kw
@@ -170,7 +177,8 @@ class HexGen(Strategy):
 
     def check_plan(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         check_plan(plan, rig, model)
-        pc.at_least(plan.max_batch, 1, "max_batch")
+        # the --max-batch flag's cap and reason, one rule for both (10**30 was taken)
+        pc.in_range(plan.max_batch, 1, MAX_WORK["batch"], "max_batch", WHY_MAX["batch"])
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         pc.known_dtype(plan.kv_dtype, "kv_dtype")
 
@@ -203,8 +211,7 @@ class HexGen(Strategy):
         return HexGenPlan(tuple(replicas), weight_dtype=wd, kv_dtype=kv)
 
     def batch_split(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
-        speeds = [replica_speed(rig, model, r, workload, plan) for r in plan.replicas]
-        return split_batch(workload.batch, speeds)
+        return replica_shares(plan, workload, lambda r: replica_speed(rig, model, r, workload, plan))
 
     def footprint(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         check_plan(plan, rig, model)

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic_core import ValidationError
 
 from hetsim.errors import InputError
+from hetsim.hardware.catalog import dotted
 from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import splits_heads
 from hetsim.models.spec import ModelSpec, unknown_dtype
@@ -40,12 +41,15 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
             field=f"params.{unknown[0]}",
         )
     # every parameter, as ``hetsim plan --out`` writes them: a default taken for one left out (FlexGen's
-    # wg = 20, HeteGen's resident = {}) runs a plan other than the one its writer meant
+    # wg = 20, HeteGen's resident = {}) runs a plan other than the one its writer meant. The format's
+    # version (``hetsim_plan``) has stayed 1 as parameters were added, so the file cannot say whether
+    # an older hetsim wrote it: the line says it may have.
     missing = [name for name in allowed if name not in data]
     if missing:
         raise InputError(
             f"missing; a plan gives every parameter, as `hetsim plan --out` writes them"
-            f" (missing: {', '.join(missing)})",
+            f" (missing: {', '.join(missing)}); one from an older hetsim may predate the parameter:"
+            " write it again with `hetsim plan --out`",
             source=source,
             field=f"params.{missing[0]}",
         )
@@ -62,7 +66,7 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
         return validate_strictly(plan_type, data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in ("params", *err["loc"]))
+        where = dotted(err["loc"], "params")  # stages[0].layers, as the plan checks name it
         raise InputError(err["msg"], source=source, field=where) from None
 
 
@@ -121,9 +125,11 @@ def at_least(value: float, low: float, field: str) -> None:
         raise problem(field, f"must be >= {low:g}, got {value!r}")
 
 
-def in_range(value: float, low: float, high: float, field: str) -> None:
+def in_range(value: float, low: float, high: float, field: str, why: str | None = None) -> None:
+    """``why``: the bound's reason, where it is no property of the model or rig (a cap)."""
     if not low <= value <= high:
-        raise problem(field, f"must be in [{low:g}, {high:g}], got {value!r}")
+        reason = f" ({why})" if why else ""
+        raise problem(field, f"must be in [{low:g}, {high:g}]{reason}, got {value!r}")
 
 
 def known_dtype(name: str, field: str) -> None:

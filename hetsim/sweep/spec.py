@@ -11,7 +11,8 @@
 Axes: ``model``, ``rig``, ``strategy`` (a list or ``all``), ``batch``, ``prompt_len``, ``gen_len``,
 ``objective``, the precisions ``dtype`` and ``kv_dtype`` (``--dtype`` / ``--kv-dtype``), the hardware
 knobs of ``hetsim.sweep.grid.HW_KNOBS`` and plan knobs ``plan.<field>`` (each value checked on load against
-the field's type in the plan of every strategy it meets, as a plan file's values are).
+the field's type in the plan of every strategy it meets, as a plan file's values are; one no strategy
+it meets has is refused).
 """
 
 from __future__ import annotations
@@ -244,8 +245,9 @@ def _check_values(spec: SweepSpec, source: str) -> None:
 
 def _check_plan_knobs(spec: SweepSpec, source: str) -> None:
     """Each ``plan.<field>`` value of the type the field has in the plan of every strategy it may
-    meet that has the field (others ignore the knob), read as a plan file's values are: ``2.0`` for
-    gpu-only's ``micro_batches`` ran into a TypeError (a point's error row) and ``true`` ran as 1."""
+    meet that has the field (others ignore the knob; none having it is refused), read as a plan file's
+    values are: ``2.0`` for gpu-only's ``micro_batches`` ran into a TypeError (a point's error row) and
+    ``true`` ran as 1."""
     if not any(k.startswith("plan.") for k in (*spec.base, *(k for g in spec.grids for k in g))):
         return  # no strategy imported for a spec without plan knobs
     from hetsim.strategies.base import all_strategies, get_strategy
@@ -264,14 +266,33 @@ def _check_plan_knobs(spec: SweepSpec, source: str) -> None:
         for key, values in knobs.items():
             if not key.startswith("plan."):
                 continue
+            if strategies and not any(_has_field(s.plan_type, key[5:]) for s in strategies):
+                # a typo (plan.wgg) ran every point with the knob ignored (noted in ignored_knobs only)
+                names = ", ".join(sorted({s.name for s in strategies}))
+                why = f"no plan of the strategies it meets ({names}) has a field {key[5:]!r}"
+                raise InputError(why, source=source, field=f"{where}.{key}")
             for j, value in enumerate(values if isinstance(values, list) else [values]):
                 if value is None:  # null leaves the knob unset (``grid.expand`` drops it): each plan's own
                     continue
                 field = f"{where}.{key}" + (f"[{j}]" if indexed else "")
+                if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_PLAN_INT:
+                    why = "must be within +-(2**63 - 1) (the results table's 64-bit integers)"
+                    raise InputError(f"{why}, got {value!r:.40}", source=source, field=field)
                 for strategy in strategies:
                     why = _plan_value_problem(strategy.plan_type, key[5:], value)
                     if why:
                         raise InputError(f"{why} ({strategy.name}'s plan field)", source=source, field=field)
+
+
+def _has_field(plan_type: type, name: str) -> bool:
+    import dataclasses
+
+    return dataclasses.is_dataclass(plan_type) and name in {f.name for f in dataclasses.fields(plan_type)}
+
+
+# The results table keeps each knob's value in a 64-bit integer column: 10**26 ended the sweep in a
+# pyarrow OverflowError traceback after its points ran. No plan count comes near it.
+MAX_PLAN_INT = 2**63 - 1
 
 
 def _plan_value_problem(plan_type: type, name: str, value: Any) -> str | None:
