@@ -71,3 +71,32 @@ def test_the_bound_is_below_every_layout_that_uses_every_part(rig_name, sequence
                 if layout is None or len({g.part for g in layout.groups}) < 2:
                     continue
                 assert H._all_parts_bound(table, parts) <= layout.latency_s * (1 + 1e-12)
+
+
+SEVERAL = {name: load_rig(name) for name in ("hexgen-full-budget", "hexgen-half-budget", "mixed-lab")}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from(sorted(SEVERAL)),
+    st.sampled_from(["llama2-70b", "mixtral-8x7b", "qwen3-30b-a3b", "opt-30b"]),
+    st.sampled_from([16, 512, 2000]),
+    st.sampled_from([1, 32, 256]),
+    st.sampled_from([1, 8, 128, 512]),
+    st.integers(1, 8),
+    st.sampled_from([("fp16", "fp16"), ("int4", "fp16"), ("int8", "int8"), ("bf16", "int4")]),
+)
+def test_refusing_multisets_by_the_bound_keeps_every_shape(rig_name, name, prompt, out, seqs, flight, dts):
+    """Any demand (serving's several batches in flight, other precisions, MoE models, other rigs): the
+    shapes are those of solving every multiset. Reading the caps with every batch in flight (a serving
+    demand's smallest) instead of one drops shapes here and passes the offline tests above."""
+    model = get_model(name)
+    demand = H.Demand(prompt, out, seqs, flight, prompt + out, seqs * prompt, *dts)
+    table = H.CostTable(SEVERAL[rig_name], model, demand, H.machine_classes(SEVERAL[rig_name]))
+    real = H._all_parts_bound
+    try:
+        H._all_parts_bound = lambda t, parts: -math.inf
+        every = H.enumerate_shapes(table, max_parts=3)
+    finally:
+        H._all_parts_bound = real
+    assert H.enumerate_shapes(table, max_parts=3) == every
