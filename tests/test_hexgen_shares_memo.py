@@ -3,6 +3,8 @@ the layer caps, shapes and outer solves of a share already laid out are not solv
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +15,7 @@ from hetsim.planner.ranking import remembering
 from hetsim.sim.run import remembering_runs
 from hetsim.strategies import hexgen
 from hetsim.strategies.base import get_strategy
+from hetsim.sweep.grid import apply_hardware
 from hetsim.workload import Workload
 
 HEXGEN = get_strategy("hexgen")
@@ -76,23 +79,40 @@ def test_a_remembered_split_is_the_split_and_none_outlives_its_block(monkeypatch
     assert len(calls) == 4 * len(plan.replicas)
 
 
+SLOW_NET = apply_hardware(load_rig("hexgen-full-budget"), {"net_gbps": 1})
+DTYPES = [("fp16", "fp16"), ("int4", "fp16"), ("int8", "int4")]
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(1, 256), st.integers(1, 2048), st.integers(1, 512)), min_size=2, max_size=6
+        st.tuples(
+            st.integers(1, 256),
+            st.integers(1, 2048),
+            st.integers(1, 512),
+            st.sampled_from(DTYPES),
+        ),
+        min_size=2,
+        max_size=6,
     )
 )
 def test_speeds_asked_in_one_block_are_each_the_plain_speed(asks):
-    """Workloads of any lengths asked one after another in one block: each replica's speed, and so
-    each split, is the one computed alone (never another context's)."""
+    """Workloads of any lengths and plans of any precisions, each on the rig and on one with a slower
+    network, asked one after another in one block: each replica's speed, and so each split, is the one
+    computed alone (never another context's, precision's or rig's)."""
     rig, model = load_rig("hexgen-full-budget"), get_model("llama2-70b")
     plan = HEXGEN.default_plan(rig, model, Workload(8, 512, 32))
 
     def ask(a):
-        wl = Workload(*a)
-        return [hexgen.replica_speed(rig, model, r, wl, plan) for r in plan.replicas], HEXGEN.batch_split(
-            plan, rig, model, wl
-        )
+        batch, prompt, gen, (wd, kv) = a
+        wl, p = Workload(batch, prompt, gen), replace(plan, weight_dtype=wd, kv_dtype=kv)
+        return [
+            (
+                [hexgen.replica_speed(on, model, r, wl, p) for r in p.replicas],
+                HEXGEN.batch_split(p, on, model, wl),
+            )
+            for on in (rig, SLOW_NET)
+        ]
 
     plain = [ask(a) for a in asks]
     with remembering_runs():
