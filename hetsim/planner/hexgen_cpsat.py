@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from itertools import combinations_with_replacement
 
 from hetsim.hardware.rig import NoRouteError, Rig
@@ -42,7 +41,7 @@ from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.metrics import ServeResult
 from hetsim.serving.serve import RunStopped, serve_plan
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_shares, replica_speed
+from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_shares
 from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes, layer_capacity
 from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
@@ -443,21 +442,41 @@ def enumerate_shapes(
 
 
 def _all_parts_bound(table: CostTable, parts: tuple[Part, ...]) -> float:
-    """A lower bound on the latency of any layout of ``parts`` that uses every part: each part
-    holds at least one layer at its cheapest per-layer time, the rest go at the cheapest overall,
-    plus the hops between machines."""
+    """A lower bound on the latency of any layout of ``parts`` that uses every part: each part holds
+    at least one layer and at most what its GPUs fit (``_most_layers``), each at the part's cheapest
+    per-layer time, the cheapest parts filled first; plus the hops between machines. Where layer caps
+    bind (a share's KV), most dominated multisets are refused here, before their inner solve."""
     model = table.model
     if len(parts) > model.layers:
         return math.inf
-    cheapest = []
+    cheapest, most = [], []
     for part in parts:
         degrees = [t for t in tp_degrees(model, part.gpus) if table.cap(part.cls, t) > 0]
-        fits = [table.layer_s(part.cls, t) for t in degrees]
-        if not fits:
+        if not degrees:
             return math.inf
-        cheapest.append(min(fits))
+        cheapest.append(min(table.layer_s(part.cls, t) for t in degrees))
+        most.append(_most_layers(table, part, degrees))
+    t, left = sum(cheapest), model.layers - len(parts)
+    for s, m in sorted(zip(cheapest, most, strict=True)):
+        take = min(left, m - 1)
+        t += take * s
+        left -= take
+    if left > 0:  # the parts cannot hold the model
+        return math.inf
     hop = max(table.hop_s(a.cls, b.cls) for a in parts for b in parts)
-    return sum(cheapest) + (model.layers - len(parts)) * min(cheapest) + hop * (len(parts) - 1)
+    return t + hop * (len(parts) - 1)
+
+
+def _most_layers(table: CostTable, part: Part, degrees: list[int]) -> int:
+    """The most layers ``part``'s GPUs hold in stages of any mix of ``degrees`` (a stage of degree
+    t takes t GPUs and holds at most its cap: ``inner_cpsat``'s x <= cap * n), an unbounded knapsack."""
+    layers = table.model.layers
+    held = [0] * (part.gpus + 1)
+    for g in range(1, part.gpus + 1):
+        held[g] = max(
+            [held[g - 1]] + [held[g - t] + min(table.cap(part.cls, t), layers) for t in degrees if t <= g]
+        )
+    return min(held[-1], layers)
 
 
 def _available(classes: list[MachineClass], combo: tuple[Part, ...]) -> bool:
@@ -678,13 +697,6 @@ def offline_candidates(
             levels[k] = shapes, d, caps
         return levels[k]
 
-    speeds: dict[Replica, float] = {}  # HexGen.batch_split's weights, by replica: plans share them
-
-    def speed(replica: Replica, plan: HexGenPlan) -> float:
-        if replica not in speeds:
-            speeds[replica] = replica_speed(rig, model, replica, workload, plan)
-        return speeds[replica]
-
     def laid_out(k: int, cap: float) -> tuple[list[tuple[Shape, int]], HexGenPlan] | None:
         shapes, demand, caps = level(k)
         chosen = remembered(
@@ -699,7 +711,7 @@ def offline_candidates(
             if found is None:
                 return None
             plan = found[1]
-            share = max(replica_shares(plan, workload, partial(speed, plan=plan)))
+            share = max(replica_shares(plan, rig, model, workload))
             if share <= k:
                 return found
             k = min(workload.batch, held_for(share))

@@ -228,10 +228,14 @@ class ScopedMemo:
 
     def recall(self, strategy: Runnable, plan: Any, rig: Rig, key: tuple, make: Callable[[], Any]) -> Any:
         """``make()``, or what it gave for the same strategy, plan, rig and ``key`` in this block."""
+        return self.keep(rig, (strategy.name, plan_key(plan), *key), make)
+
+    def keep(self, rig: Rig, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, or what it gave for the same rig and ``key`` in this block."""
         entries = self.entries
         if entries is None:
             return make()
-        full = (strategy.name, plan_key(plan), id(rig), *key)
+        full = (id(rig), *key)
         hit = entries.get(full)
         if hit is not None and hit[0] is rig:
             return hit[1]
@@ -245,6 +249,14 @@ class ScopedMemo:
 # which is the head the final run's fast-forward samples (``FF_SHORT_SAMPLE`` is that length).
 _RUNS = ScopedMemo()
 remembering_runs = _RUNS.remembering
+
+
+def remembered_cost(rig: Rig, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, kept as runs are (inside ``remembering_runs``), for a pure cost a strategy derives
+    from ``rig`` and ``key`` (a tuple that names the question first and holds all it depends on),
+    which its search and its runs ask again (HexGen's replica speeds: every candidate, every rung). The
+    block lies inside a sweep point's ``reading()``, so the first computation tells it the rig it read."""
+    return _RUNS.keep(rig, key, make)
 
 
 def plan_key(plan: Any) -> Any:

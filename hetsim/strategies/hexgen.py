@@ -14,12 +14,12 @@ Online serving lives in ``hetsim.serving``; the two-level CP-SAT scheduler in
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
+from hetsim.sim.run import remembered_cost
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, no_gpu, register
 from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
@@ -94,25 +94,20 @@ def split_batch(batch: int, weights: list[float]) -> list[int]:
 def replica_speed(
     rig: Rig, model: ModelSpec, replica: Replica, workload: Workload, plan: HexGenPlan
 ) -> float:
-    """Decode steps per second of one sequence alone: the dispatcher's weight."""
-    t = step_time(
+    """Decode steps per second of one sequence alone: the dispatcher's weight. Kept while runs are
+    remembered (``remembered_cost``): the offline search and every run's footprint and schedule ask
+    it of the same replicas for every candidate and rung."""
+    wd, kv, context = plan.weight_dtype, plan.kv_dtype, workload.context_len
+    return remembered_cost(
         rig,
-        replica.stages,
-        model,
-        "decode",
-        1,
-        1,
-        workload.context_len,
-        plan.weight_dtype,
-        plan.kv_dtype,
+        ("hexgen replica speed", replica.stages, model, context, wd, kv),
+        lambda: 1.0 / step_time(rig, replica.stages, model, "decode", 1, 1, context, wd, kv),
     )
-    return 1.0 / t
 
 
-def replica_shares(plan: HexGenPlan, workload: Workload, speed: Callable[[Replica], float]) -> list[int]:
-    """The offline batch's sequences each replica runs: in proportion to its ``speed`` (the dispatcher's
-    weight, ``replica_speed``; a search passes a cached one)."""
-    return split_batch(workload.batch, [speed(r) for r in plan.replicas])
+def replica_shares(plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
+    """The offline batch's sequences each replica runs: in proportion to its ``replica_speed``."""
+    return split_batch(workload.batch, [replica_speed(rig, model, r, workload, plan) for r in plan.replicas])
 
 
 # ---- the baseline ---------------------------------------------------------------------------------
@@ -211,7 +206,7 @@ class HexGen(Strategy):
         return HexGenPlan(tuple(replicas), weight_dtype=wd, kv_dtype=kv)
 
     def batch_split(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
-        return replica_shares(plan, workload, lambda r: replica_speed(rig, model, r, workload, plan))
+        return replica_shares(plan, rig, model, workload)
 
     def footprint(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         check_plan(plan, rig, model)
