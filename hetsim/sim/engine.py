@@ -381,8 +381,8 @@ class Engine:
         self.token_streams: list[int] = []  # per token_times entry: the process that made it
         # each lane's (busy_s, memory_bound_s) booked when the first token exists: what the prefill took
         self.lanes_at_first_token: dict[str, tuple[float, float]] = {}
-        # per token_times entry: each lane's busy seconds booked by then (how each lane's load per
-        # decode step grows: ``hetsim.sim.run.may_bend``)
+        # per token_times entry: each lane's busy seconds booked by then, a shared lane once under its
+        # own name (how each lane's load per decode step grows: ``hetsim.sim.run.bend_bound``)
         self.lanes_at_token: list[dict[str, float]] = []
         self._op_costs, self._op_costs_by_id, self._twins = _rig_costs(rig)
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
@@ -940,7 +940,7 @@ class Engine:
                 n: (lane.busy_s, lane.memory_bound_s) for n, lane in self.lanes.items()
             }
         self.token_times.append((self.env.now, count))
-        self.lanes_at_token.append({n: lane.busy_s for n, lane in self.lanes.items()})
+        self.lanes_at_token.append({n: lane.busy_s for n, lane in self.lanes.items() if lane.name == n})
         proc = self.env.active_process
         self.token_streams.append(getattr(proc, "hetsim_index", -1))
 
