@@ -118,7 +118,7 @@ def short_run(
 ) -> tuple[Result, Streams, LaneTimes]:
     """``simulate`` of a generation short enough to run step by step (at most ``FF_MIN_GEN_LEN``
     tokens: a search's proxy of a longer one), its token times by stream (``head_end`` extends
-    them to a longer run) and its lanes' busy seconds by token event (``may_bend``)."""
+    them to a longer run) and its lanes' busy seconds by token event (``bend_bound``)."""
     assert not ff_sample(workload.gen_len), "a short run is simulated step by step"
     too_long = context_reason(model, workload.context_len)
     if too_long:
@@ -193,8 +193,8 @@ def bend_bound(head_times: Streams, lanes: LaneTimes, g: int, n: int) -> float:
     by the sum of its lanes' growths, so no faster than all lanes' together (``G``, each lane's busy
     seconds booked per round over the window). Past the window a step then runs above the head's
     line (growth ``s``) by at most ``(G - s)`` per step since the window's mean step. Loose where
-    lanes run side by side (tensor-parallel ranks each grow; one is on the chain), exact in what
-    it needs: inf where the window says too little."""
+    lanes run side by side (tensor-parallel ranks each grow; one is on the chain); inf (take the
+    tail sample) where the window says too little."""
     h = _window(g)
     total = sum(count for count, _ in lanes)
     if h < 1 or not lanes or total % g:
