@@ -20,17 +20,21 @@ from hetsim.workload import Workload
 Draw = Callable[[random.Random, str], tuple[str, FlexGenPlan, Workload]]
 
 
+def _datasheet_gb(dram: float) -> float:
+    return round(dram / 2**30) * 1e9  # the catalogue's binary DRAM back to the datasheet's number, as SI
+
+
 def datasheet_gpus(rig: Rig) -> Rig:
-    """``rig`` with each GPU's catalogue memory whole (no runtime reserve, no rig override such as
-    flexgen-t4's ECC total): the capacity the LP and copy tests' operating points were chosen at before
-    session 22; what they check (LP against engine, copies, pruning) does not depend on it."""
+    """``rig`` with each GPU's datasheet "GB" read as 10^9 bytes (no ECC, driver keep or runtime reserve):
+    the capacity the LP and copy tests' operating points were chosen at before session 22; what they
+    check (LP against engine, copies, pruning) does not depend on it."""
     from dataclasses import replace
 
     from hetsim.hardware.catalog import load_catalog
 
     cat = load_catalog()
     whole = {
-        n: replace(d, mem_bytes=cat.resolve("gpus", d.model).spec.memory.si, reserved_bytes=0.0)
+        n: replace(d, mem_bytes=_datasheet_gb(cat.resolve("gpus", d.model).spec.dram.si), reserved_bytes=0.0)
         for n, d in rig.devices.items()
         if d.kind == "gpu"
     }

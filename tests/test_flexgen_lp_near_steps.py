@@ -76,16 +76,17 @@ def test_the_cpu_step_on_each_side_of_the_optimum_is_tried():
 
 
 def test_near_steps_without_a_disk_share_in_the_optimum_put_none_on_disk():
-    """mixed-lab, Llama-2-70B 32 x 1, 256 + 32, CPU attention: the LP puts 55.9 % of the weights on the
-    GPU and none on the disk (77 GB). The steps tried are whole GPU sets near it, each with the rest on
-    the CPU (one per set), the nearest first, none within a vector of another: those above hold 88 GB
-    of weights or more, past the GPU's 80, so both sets tried lie below (the plan, 50/50, holds 50.7 GB; its
+    """mixed-lab, Llama-2-70B 32 x 1, 256 + 32, CPU attention: the LP puts 58.8 % of the weights on the
+    GPU and none on the disk (81 GB; 55.9 %, 77 GB, before session 23's binary GPU capacities). The steps
+    tried are whole GPU sets near it, each with the rest on the CPU (one per set), the nearest first, none
+    within a vector of another: those above hold 88 GB of weights or more, past the GPU's 83.9 usable, so
+    both sets tried lie below (the plan, 50/50, holds 50.7 GB; its
     gap to the optimum, 41 % in the engine, is the per-tensor rule's: no whole percent puts 51-87 GB on
     the GPU)."""
     rig, model = load_rig("mixed-lab"), get_model("llama2-70b")
     ends, wl = endpoints(rig), Workload(32, 256, 32)
     sol = solve_lp(rig, model, wl, 32, 1, Flags(True, False), ends)
-    assert sol.x["wd"] == 0.0 and 0.55 < sol.x["wg"] < 0.57
+    assert sol.x["wd"] == 0.0 and 0.58 < sol.x["wg"] < 0.60
     plan = to_plan(sol, model, ends[0], None)
     rows = _memory(rig, model, wl, 32, 1, sol.flags, ends, None)
     steps = _near_steps(sol, plan, model, rows, disk=True)

@@ -122,7 +122,8 @@ def test_catalogue_files_have_no_bare_numbers():
 def test_key_datasheet_numbers():
     cat = catalog()
     t4 = cat.gpus["t4"].spec
-    assert t4.memory.si == 16e9
+    assert t4.memory is None and t4.dram.si == 16 * 2**30  # the datasheet's "16 GB" of GDDR6 is 16 GiB
+    assert t4.ecc_share.si == 1 / 16
     assert t4.memory_bandwidth.si == 320e9
     assert t4.peak_flops["fp16"].si == 65e12
     assert cat.gpus["a10"].spec.memory_bandwidth.si == 600e9
@@ -186,7 +187,8 @@ def test_load_by_path_equals_by_name():
 def test_hetegen_a10():
     rig = load_rig("hetegen-a10")
     gpu, cpu = rig.devices["n0.gpu0"], rig.devices["n0.cpu0"]
-    assert gpu.model == "a10" and gpu.mem_bytes == 24e9 - 2**29  # the datasheet's, less the runtime's
+    # 24 GiB of GDDR6 less 1/16 for ECC and the driver's 259/15360 (22651.5 MiB to torch), less the runtime's
+    assert gpu.model == "a10" and gpu.mem_bytes == 22651.5 * 2**20 - 2**29
     assert cpu.cores == 16
     assert rig.route("n0.cpu0", "n0.gpu0").bw == pytest.approx(25.2e9)
 
@@ -404,7 +406,7 @@ def test_a_gpus_runtime_reserve_is_below_its_memory_or_the_rig_is_refused(tmp_pa
         load_rig(rig)
     # 0 holds nothing back (a budget for tensors alone); a bare number under a megabyte lacks its unit
     rig.write_text(rig.read_text().replace("16 GB", "0 GB"))
-    assert load_rig(rig).devices["n0.gpu0"].mem_bytes == 16e9
+    assert load_rig(rig).devices["n0.gpu0"].mem_bytes == 15101 * 2**20  # the T4's total to torch
     rig.write_text(rig.read_text().replace("0 GB", "512"))
     with pytest.raises(InputError, match=r"runtime_reserved.*must be 0 or at least 1 MB, got 512; .*a unit"):
         load_rig(rig)

@@ -145,3 +145,53 @@ def test_on_an_eager_gpu_modules_share_a_bisection_only_where_their_alphas_are_t
         m.setattr(hk, "_alike", lambda op, measured, issued=False: (op, None, 0.0))
         alone, _ = hk.split_plan(rig, spec, work, gpu.name, gpu.mem_bytes)
     assert shared.alpha_prefill == alone.alpha_prefill and shared.alpha_decode == alone.alpha_decode
+
+
+def test_an_infeasible_best_leaves_over_budget_gpus_unbisected(lab, monkeypatch):
+    """llama2-70b on mixed-lab at batch 331 (the ladder's climb past the default plan's 330): the 80 GB
+    GPU's plan is over its memory too, so the best so far is infeasible; the 24 GB and 48 GB GPUs,
+    over their budgets by their working sets alone, could only tie with it (every infeasible result
+    ranks alike): their alphas are not bisected (they were at bae097f: 3 bisections), and the search
+    returns what estimating every plan returns."""
+    p = lab
+    wl = replace(p.workload, batch=331)
+    split = []
+    plan_split = hk.split_plan
+    monkeypatch.setattr(hk, "split_plan", lambda *a, **k: split.append(a[3]) or plan_split(*a, **k))
+
+    def evaluate(plan):
+        return estimate(HETEGEN, plan, p.rig, p.model, wl)
+
+    got = hk.search(p.rig, p.model, wl, "throughput", evaluate)
+    assert split == ["n0.gpu0"]
+    plans = [
+        hk.plan_hetegen(p.rig, p.model, wl, g, p.rig.devices[g].mem_bytes)
+        for g in ("n0.gpu0", "n0.gpu1", "n1.gpu0")
+    ]
+    assert not any(evaluate(plan).feasible for plan in plans)
+    for objective in ("throughput", "latency", "cost"):
+        assert best_plan(plans, evaluate, objective) == plans[0]
+    assert got == plans[0]
+
+
+@pytest.mark.parametrize("objective", ["throughput", "latency", "cost"])
+def test_best_plan_skips_what_cannot_run_while_its_best_is_infeasible(objective):
+    """``beaten(plan, inf)``: the plan cannot run. While the best so far is infeasible such a plan is
+    not evaluated (it could only tie, and the earlier wins); once a feasible best exists, only a
+    finite bound prunes, and only for throughput and latency."""
+    from hetsim.sim.result import Result
+
+    runs = []
+
+    def evaluate(plan):
+        runs.append(plan)
+        if plan == "ok":
+            return Result(strategy="s", feasible=True, e2e_s=1.0, throughput_tok_s=1.0, cost_usd_per_mtok=1.0)
+        return Result.infeasible("s", "out of memory")
+
+    def beaten(plan, t):
+        return plan.startswith("never")
+
+    assert best_plan(["bad", "never1", "ok", "never2"], evaluate, objective, beaten) == "ok"
+    pruned_after = objective in ("throughput", "latency")
+    assert runs == (["bad", "ok"] if pruned_after else ["bad", "ok", "never2"])

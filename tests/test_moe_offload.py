@@ -99,8 +99,11 @@ def test_hot_experts_fill_free_gpu_memory():
     v3 = get_model("deepseek-v3")
     per_layer_expert = routed_expert_bytes(v3, "q4_k_m") / 256
     assert 0 < searched.plan["gpu_experts"] < 256
-    # The GPU holds its share, with less than one more expert per layer of room left.
-    assert 24e9 - per_layer_expert < searched.peak_mem_bytes["n0.gpu0"] <= 24e9
+    # The GPU holds its share, with less than one more expert per layer of room left (of the 4090D's
+    # 24 GiB: 23.60 GiB to torch, less the runtime's 0.5 GiB).
+    usable = api.load_rig("ktransformers-1s").devices["n0.gpu0"].mem_bytes
+    assert usable == pytest.approx(23.095 * 2**30, abs=0.01 * 2**30)
+    assert usable - per_layer_expert < searched.peak_mem_bytes["n0.gpu0"] <= usable
     # Qwen3-30B-A3B in Q4_K_M fits the 24 GB card whole: every expert stays on the GPU.
     q = _run("moe-offload", "qwen3-30b-a3b", "ktransformers-1s", batch=1, prompt_len=64, gen_len=4,
              weight_dtype="q4_k_m")  # fmt: skip

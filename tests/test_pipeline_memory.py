@@ -125,13 +125,14 @@ def test_a_tp_group_holds_the_kv_of_every_rank_not_of_one():
     # Reported: gpu-only llama2-70b in int8 on mixed-lab at prompt 512 (batch 1, 32 tokens) was laid
     # out 54 + 26 layers (n0's A100 + RTX 4090 as TP 2, n1's two A6000s as TP 2), and the run found
     # n0.gpu1 (24 GB) 11.7 MB short: the balance had compared the group's memory (24 GB x 2) with one
-    # rank's KV share. Now n0 holds what its 4090 can, and the run fits.
+    # rank's KV share. Now n0 holds what its 4090 can, and the run fits: 55 layers since the 4090's
+    # 24 GiB count as 23.6 GiB to torch (session 23; 52 at the 24e9 B of the datasheet's GB).
     rig, model = shipped("mixed-lab"), get_model("llama2-70b")
     wl = Workload(batch=1, prompt_len=512, gen_len=32, weight_dtype="int8")
     gpu_only = get_strategy("gpu-only")
     plan = gpu_only.default_plan(rig, model, wl)
     assert [len(s.devices) for s in plan.stages] == [2, 2]
-    assert plan.stages[0].layers < 54
+    assert plan.stages[0].layers == 55
     assert fits(gpu_only, plan, rig, model, wl)
     assert simulate(gpu_only, plan, rig, model, wl).feasible
     # one more layer on n0 is what the run refuses
@@ -143,11 +144,12 @@ def test_each_group_uses_its_own_tp_degree():
     # A TP 1 stage after a TP 2 one: its rank holds the whole batch's KV, not the TP 2 group's half
     # (the balance used to take every group's KV share from the first group's degree).
     rig, model = shipped("mixed-lab"), get_model("llama2-13b")
-    # (80 sequences before each rank held the residual stream of its workspace in full; now 78)
-    wl = Workload(batch=78, prompt_len=1024, gen_len=1024)
+    # (80 sequences before each rank held the residual stream of its workspace in full, then 78; 83 since
+    # the cards count their binary DRAM, session 23: 84 leaves no layout)
+    wl = Workload(batch=83, prompt_len=1024, gen_len=1024)
     groups = [("n1.gpu0", "n1.gpu1"), ("n0.gpu0",)]  # two A6000s as TP 2, then the A100 alone
     layers = balance_layers(model, groups, rig, **pipeline_load(wl, 1, "fp16", "fp16"))
-    assert layers == (22, 18)  # both at their capacity: 78 sequences x 2048 tokens of KV is the limit
+    assert layers == (22, 18)  # both at their capacity: 83 sequences x 2048 tokens of KV is the limit
     gpu_only = get_strategy("gpu-only")
     plan = PipelinePlan((Stage(groups[0], 22), Stage(groups[1], 18)))
     assert fits(gpu_only, plan, rig, model, wl)

@@ -200,8 +200,9 @@ def test_rig_tables_devices_disks_links():
     assert "$23.42/h" in devices and "weakest grade assumed" in devices
     by_name = {r[0]: r for r in rows(devices)}
     assert set(by_name) == set(rig.devices)
-    # a GPU's memory is what a framework can allocate: the datasheet's 80 GB less the runtime's 0.5 GiB
-    row = ["a100-80g", "gpu", "79.5 GB", "536.9 MB", "1.9 TB/s", "312 TFLOPS", "$1.79"]
+    # a GPU's memory is what a framework can allocate: the 80 GiB of HBM2e less the driver's share (78.65
+    # GiB = 84.45 GB to torch) less the runtime's 0.5 GiB
+    row = ["a100-80g", "gpu", "83.9 GB", "536.9 MB", "1.9 TB/s", "312 TFLOPS", "$1.79"]
     assert by_name["n0.gpu0"][1:8] == row
     assert by_name["n0.cpu0"][4] == "-" and by_name["n0.cpu0"][7] == "-"  # CPUs: no reserve, no own price
     assert len(rows(disks)) == 2

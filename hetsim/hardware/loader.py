@@ -146,6 +146,25 @@ def _si_or_zero(q: Sourced | None) -> float:
     return q.si if q else 0.0
 
 
+def gpu_total(spec: GpuSpec) -> tuple[float, Provenance]:
+    """The bytes a framework sees on a GPU (torch ``total_memory``, ``cudaMemGetInfo``'s total) and where
+    the number came from: ``memory`` where given (a measured total wins), else derived from the datasheet,
+    the one place the rule is written: ``dram x (1 - ecc_share) x (1 - driver_share)``; its grade is the
+    weakest of the three."""
+    if spec.memory is not None:
+        return spec.memory.si, _prov(spec.memory)
+    assert spec.dram is not None  # the schema requires one of the two
+    parts = [q for q in (spec.dram, spec.ecc_share, spec.driver_share) if q is not None]
+    # to whole bytes, as a driver counts them (and so the shares' decimals leave no float tail)
+    total = round(spec.dram.si * (1 - _si_or_zero(spec.ecc_share)) * (1 - _si_or_zero(spec.driver_share)))
+    rule = f"derived: dram {spec.dram.value}"
+    for label, q in (("ecc", spec.ecc_share), ("driver", spec.driver_share)):
+        if q is not None:
+            rule += f" x (1 - {label} {q.value})"
+    sources = "; ".join(q.source for q in parts)
+    return total, Provenance(f"{rule} [{sources}]", min(q.grade_enum for q in parts))
+
+
 def _peak_prov(peak_flops: Mapping[Dtype, Flops]) -> dict[str, Provenance]:
     """Provenance of each dtype's peak FLOP/s, keyed ``peak_flops.<dtype>``."""
     return {f"peak_flops.{k}": _prov(v) for k, v in peak_flops.items()}
@@ -506,17 +525,18 @@ class _Builder:
 
     def gpu_device(self, name: str, node: str, spec: GpuSpec, field: str) -> ComputeDevice:
         """A GPU device straight from its (possibly overridden) catalogue spec. Its ``mem_bytes`` is what
-        a framework can allocate: the card's memory less ``runtime_reserved`` (the one place every
-        strategy's memory check and the engine's ledger take a GPU's capacity from)."""
+        a framework can allocate: the total it sees (``gpu_total``) less ``runtime_reserved`` (the one
+        place every strategy's memory check and the engine's ledger take a GPU's capacity from)."""
         eff, eprov = self.efficiency("gpu", spec.efficiency)
         reserved = spec.runtime_reserved
-        if reserved is not None and reserved.si >= spec.memory.si:
+        total, total_prov = gpu_total(spec)
+        if reserved is not None and reserved.si >= total:
             raise self.fail(
-                f"runtime_reserved ({reserved.value}) must be below memory ({spec.memory.value})",
+                f"runtime_reserved ({reserved.value}) must be below memory ({total / 2**30:.2f} GiB)",
                 f"{field}.runtime_reserved",
             )
         prov = {
-            "mem_bytes": _prov(spec.memory),
+            "mem_bytes": total_prov,
             **({"runtime_reserved": _prov(reserved)} if reserved is not None else {}),
             "mem_bw": _prov(spec.memory_bandwidth),
             **_peak_prov(spec.peak_flops),
@@ -528,7 +548,7 @@ class _Builder:
             model=spec.name,
             kind="gpu",
             node=node,
-            mem_bytes=spec.memory.si - _si_or_zero(reserved),
+            mem_bytes=total - _si_or_zero(reserved),
             reserved_bytes=_si_or_zero(reserved),
             mem_bw=spec.memory_bandwidth.si,
             peak_flops={k: v.si for k, v in spec.peak_flops.items()},

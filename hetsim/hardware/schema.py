@@ -248,6 +248,14 @@ class Share(Sourced):
     _high = 1.0
 
 
+class HeldShare(Share):
+    """A share of a card's memory held out of what a framework sees (ECC, the driver's keep): below a half,
+    so a slip (16 for 1/16) is refused, not run as a card with no memory."""
+
+    _unit_hint = "a fraction between 0 and 0.5"
+    _high = 0.5
+
+
 class Rows(Sourced):
     """A row count where 0 means 'off' (Hockney half-length)."""
 
@@ -395,7 +403,13 @@ class _Entry(_Strict):
 
 class GpuSpec(_Entry):
     kind: Literal["gpu"]
-    memory: Bytes  # what the driver reports (torch total_memory) where measured, else the datasheet's
+    # the capacity a framework sees (torch total_memory = cudaMemGetInfo's total), where measured; else
+    # the loader derives it from the three below (``loader.gpu_total``):
+    # dram x (1 - ecc_share) x (1 - driver_share)
+    memory: Bytes | None = None
+    dram: Bytes | None = None  # DRAM on the card: dies and stacks are binary-sized; datasheet "GB" is GiB
+    ecc_share: HeldShare | None = None  # of dram, inline ECC's (1/16 on GDDR with ECC on); absent: 0
+    driver_share: HeldShare | None = None  # of the rest, the driver/firmware's, never in the total; absent: 0
     # held before a framework's first tensor: the CUDA context, loaded kernels, cuBLAS handle and
     # workspace (torch.cuda.mem_get_info total - free after a first GEMM); absent: nothing held
     runtime_reserved: HeldBytes | None = None
@@ -405,6 +419,12 @@ class GpuSpec(_Entry):
     nvlink: str | None = None  # link catalogue name when the part has NVLink
     price_per_hour: Price | None = None
     efficiency: EfficiencySpec | None = None
+
+    @model_validator(mode="after")
+    def _a_capacity(self) -> GpuSpec:
+        if self.memory is None and self.dram is None:
+            raise ValueError("needs memory (the total a framework sees) or dram (from which it is derived)")
+        return self
 
 
 class CpuSpec(_Entry):

@@ -29,9 +29,7 @@ is not added here: which GEMMs split is cuBLAS's heuristic per shape and GPU.
 
 from __future__ import annotations
 
-import dataclasses
-
-from hetsim.models.spec import ModelSpec, Op
+from hetsim.models.spec import ModelSpec, Op, op_with
 
 # Ops whose kernel count does not depend on the model's options.
 _FIXED = {
@@ -70,8 +68,8 @@ def counted(spec: ModelSpec, ops: tuple[Op, ...]) -> tuple[Op, ...]:
     for o in ops:
         kernels = _count(spec, o.name)
         # an op that has its count already is kept (most launch one kernel, the default): a rebuild
-        # (``dataclasses.replace``, ~4-7 us) per op of every layer shape a search meets
-        out.append(o if kernels is None or kernels == o.kernels else dataclasses.replace(o, kernels=kernels))
+        # (``op_with``) per op of every layer shape a search meets
+        out.append(o if kernels is None or kernels == o.kernels else op_with(o, kernels=kernels))
     return tuple(out)
 
 

@@ -41,12 +41,11 @@ Shapes and conventions
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from functools import lru_cache
 
 from hetsim.models.kernels import counted, eager_kernels
-from hetsim.models.spec import FP16, DType, ModelSpec, Op, OpKind, Phase
+from hetsim.models.spec import FP16, DType, ModelSpec, Op, OpKind, Phase, op_with
 from hetsim.models.weights import (
     head_dtype,
     kv_bytes_per_token_layer,
@@ -268,11 +267,11 @@ def _mla_ops(
     else:
         # W_UK absorbed into q (per head: nope -> rank), W_UV applied to the output (per head: rank -> v).
         q_abs = _matmul("q_absorb", 0, tokens, nh * nope, rank, wd, ad, bias=False, module="kv_b_proj")
-        ops.append(dataclasses.replace(q_abs, act_out_bytes=tokens * nh * rank * ad.bytes_per_element))
+        ops.append(op_with(q_abs, act_out_bytes=tokens * nh * rank * ad.bytes_per_element))
         act_in = tokens * nh * (rank + rope)
         ops.append(_attention_op(spec, phase, batch, seq_len, kv_len, rank + rope, rank, act_in, kvd, ad))
         o_abs = _matmul("out_absorb", 0, tokens, nh * rank, vd, wd, ad, bias=False, module="kv_b_proj")
-        ops.append(dataclasses.replace(o_abs, act_out_bytes=tokens * nh * vd * ad.bytes_per_element))
+        ops.append(op_with(o_abs, act_out_bytes=tokens * nh * vd * ad.bytes_per_element))
     ops.append(_matmul("out_proj", 0, tokens, nh * vd, h, wd, ad, bias=spec.linear_bias))
     return ops
 
@@ -337,7 +336,7 @@ def _layer0_ops(
         ops.append(_matmul("down_proj", 0, routed, inter, h, wd, ad, bias=bias, weight_copies=distinct))
         # Weighted sum of the k expert outputs of each token.
         combine = _elementwise("expert_combine", 0, tokens * h, 2.0 * k, ad)
-        ops.append(dataclasses.replace(combine, act_in_bytes=routed * h * ab))
+        ops.append(op_with(combine, act_in_bytes=routed * h * ab))
         if spec.shared_intermediate:  # always-on shared expert(s), one gated MLP
             ops += _gated_mlp_ops("shared_", tokens, h, spec.shared_intermediate, wd, ad, False)
         if spec.shared_expert_gate:
@@ -358,7 +357,7 @@ def _layer0_ops(
 
 def relabel(ops: tuple[Op, ...], layer: int) -> tuple[Op, ...]:
     """The same ops with another ``layer`` index (layers are identical apart from the index)."""
-    return tuple(dataclasses.replace(o, layer=layer) for o in ops)
+    return tuple(op_with(o, layer=layer) for o in ops)
 
 
 @lru_cache(maxsize=16384)
@@ -436,7 +435,7 @@ def lm_head_ops(
     layer = spec.layers
     norm = _norm(spec, "final_norm", layer, rows, act_dtype, table_dtype(spec, weight_dtype))
     if not spec.final_norm:  # post-norm OPT: the last layer's own norm already ran; nothing to read
-        norm = dataclasses.replace(norm, weight_bytes=0.0, flops=0.0)
+        norm = op_with(norm, weight_bytes=0.0, flops=0.0)
     # OPT-350m's project_out (hidden -> embed_dim, 0.1 % of its weights) is left out of the ops.
     wd = head_dtype(spec, weight_dtype)  # a GPTQ/AWQ checkpoint keeps its head at its own precision
     head = _matmul("lm_head", layer, rows, spec.token_dim, spec.vocab, wd, act_dtype, bias=False)

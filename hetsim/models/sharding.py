@@ -8,12 +8,11 @@ from here, so a tensor-parallel rank runs the same ops in the engine and in a pl
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 from hetsim.models.layer_ops import decoder_layer_ops, embedding_op, lm_head_ops
-from hetsim.models.spec import DTYPES, ModelSpec, Op, OpKind, Phase
+from hetsim.models.spec import DTYPES, ModelSpec, Op, OpKind, Phase, op_with
 from hetsim.models.weights import layer_weight_tensors, tensor_bytes
 
 COLUMN_PARALLEL = frozenset(
@@ -65,7 +64,7 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
     p = float(parts)
     if op.kind == OpKind.ATTENTION:
         share = kv_share(parts, kv_heads)
-        return dataclasses.replace(
+        return op_with(
             op,
             flops=op.flops / p,
             act_in_bytes=op.act_in_bytes / p,
@@ -75,7 +74,7 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
             dequant_ops=op.dequant_ops * share,
         )
     if op.name in HEAD_PARALLEL:
-        return dataclasses.replace(
+        return op_with(
             op,
             flops=op.flops / p,
             weight_bytes=op.weight_bytes / p,
@@ -85,7 +84,7 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
         )
     if op.module in COLUMN_PARALLEL or op.module in ROW_PARALLEL:
         column = op.module in COLUMN_PARALLEL
-        return dataclasses.replace(
+        return op_with(
             op,
             flops=op.flops / p,
             weight_bytes=op.weight_bytes / p,
@@ -95,7 +94,7 @@ def shard(op: Op, parts: int, kv_heads: int) -> Op:
             dequant_ops=op.dequant_ops / p,
         )
     if op.name in ("act", "shared_act"):  # the MLP activation runs on the rank's slice of the inner dimension
-        return dataclasses.replace(
+        return op_with(
             op, flops=op.flops / p, act_in_bytes=op.act_in_bytes / p, act_out_bytes=op.act_out_bytes / p
         )
     return op

@@ -407,7 +407,11 @@ class _Candidate:
     def beaten(self, time_s: float) -> bool:
         """True when the plan's run takes at least ``time_s`` (or cannot run): first when its working
         set alone is over the budget (no alpha bisected), then by a floor over every resident set
-        that fits (no knapsack solved), then by the plan's own ``e2e_floor``."""
+        that fits (no knapsack solved), then by the plan's own ``e2e_floor``. At ``time_s`` = inf
+        (``best_plan`` while its best is infeasible: is this plan sure not to run?) the budget alone
+        answers: the floors are finite, and working them out would balance the alphas."""
+        if math.isinf(time_s):
+            return self._over_budget()
         return (
             self._over_budget()
             or self._any_resident_floor() >= time_s

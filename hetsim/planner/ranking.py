@@ -8,6 +8,7 @@ prompts much longer than the gap, at a fraction of the cost.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from itertools import chain
@@ -214,7 +215,9 @@ def best_plan(
     true only when the plan's evaluated ``e2e_s`` is at least ``t`` (a lower bound says so), spares
     the run of a candidate that cannot rank first: for throughput and latency (the tokens of one
     search are the same for every candidate) it ranks at best level with the best so far, and the
-    earlier wins."""
+    earlier wins. While the best so far is infeasible, ``beaten(plan, inf)`` (the plan cannot run at
+    all: an infeasible run counts as never ending) spares a run that could only tie with it (every
+    infeasible result ranks alike, ``rank_key``), for any objective."""
     key = rank_key(objective)
     it = iter(plans)
     best = next(it, _NONE)
@@ -227,7 +230,10 @@ def best_plan(
     best_key = key(best_r)
     prune = beaten is not None and objective in ("throughput", "latency")
     for plan in chain((second,), it):
-        if prune and best_r.feasible and beaten(plan, best_r.e2e_s):  # type: ignore[misc]
+        if best_r.feasible:
+            if prune and beaten(plan, best_r.e2e_s):  # type: ignore[misc]
+                continue
+        elif beaten is not None and beaten(plan, math.inf):
             continue
         r = evaluate(plan)
         k = key(r)

@@ -42,7 +42,7 @@ from hetsim.errors import InputError
 from hetsim.hardware.rig import Rig
 from hetsim.models.memory import activation_workspace, embed_bytes, hidden_bytes, kv_cache_bytes
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
-from hetsim.models.spec import ModelSpec, Op, OpKind, Phase
+from hetsim.models.spec import ModelSpec, Op, OpKind, Phase, op_with
 from hetsim.sim.engine import FLOOR_SLACK, Engine
 from hetsim.sim.memory import check_budget
 from hetsim.strategies import plan_io as pc
@@ -178,20 +178,8 @@ _SCALED = ("flops", "weight_bytes", "act_out_bytes", "weight_row_bytes", "dequan
 
 @lru_cache(maxsize=65536)
 def _share(op: Op, fraction: float) -> Op:
-    # ``dataclasses.replace`` of these five fields, made by copying the fields (Op has no
-    # ``__post_init__`` and no slots): a bisection makes thousands, and ``replace`` re-runs __init__.
-    # A subclass (its own type, perhaps a ``__post_init__``) goes through ``replace`` itself.
-    if type(op) is not Op:
-        return dataclasses.replace(op, **{name: getattr(op, name) * fraction for name in _SCALED})
-    part = object.__new__(Op)
-    fields = part.__dict__
-    fields.update(op.__dict__)
-    fields["flops"] = op.flops * fraction
-    fields["weight_bytes"] = op.weight_bytes * fraction
-    fields["act_out_bytes"] = op.act_out_bytes * fraction
-    fields["weight_row_bytes"] = op.weight_row_bytes * fraction
-    fields["dequant_ops"] = op.dequant_ops * fraction
-    return part
+    # a bisection makes thousands: ``op_with``, not ``dataclasses.replace``
+    return op_with(op, **{name: getattr(op, name) * fraction for name in _SCALED})
 
 
 @lru_cache(maxsize=4096)

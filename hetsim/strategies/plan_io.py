@@ -16,7 +16,6 @@ from typing import Any
 from pydantic_core import ValidationError
 
 from hetsim.errors import InputError
-from hetsim.hardware.catalog import dotted
 from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import splits_heads
 from hetsim.models.spec import ModelSpec, unknown_dtype
@@ -66,6 +65,10 @@ def validate_plan(plan_type: type, data: Mapping[str, Any], source: str) -> Any:
         return validate_strictly(plan_type, data)
     except ValidationError as exc:
         err = exc.errors()[0]
+        # the catalogue imports pydantic's models and the rig schema: on this error path only, not in
+        # every importer of the strategies (compare's early workers, forked before the parent reads)
+        from hetsim.hardware.catalog import dotted
+
         where = dotted(err["loc"], "params")  # stages[0].layers, as the plan checks name it
         raise InputError(err["msg"], source=source, field=where) from None
 
