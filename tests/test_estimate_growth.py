@@ -244,3 +244,24 @@ def test_hexgen_replicas_of_different_speeds_are_estimated_as_their_run():
     assert simulate(strategy, picked, rig, model, wl).throughput_tok_s > 1.03 * (
         simulate(strategy, six, rig, model, wl).throughput_tok_s
     )
+
+
+def test_the_bend_bound_takes_the_tail_where_the_head_has_no_line():
+    """A stream whose window is not steady (steps 0.5, 0.5, 0.6: a fill) goes on flat at its mean
+    step (``head_end``), so the growth its lanes read (+0.05 s a step) is not on its line: nothing
+    bounds the bend, and the bound is inf (take the tail sample), where the window's steps' own
+    growth (+0.05) cancelled the lanes' and said 0. Lanes growing as a steady stream's steps: 0."""
+    g, n = PROXY_GEN_LEN, 3584
+
+    def lanes_of(steps: list[float]) -> list[tuple[int, dict[str, float]]]:
+        busy, out = 0.4, [(4, {"gpu": 0.4})]
+        for d in steps:
+            busy += d
+            out.append((4, {"gpu": busy}))
+        return out
+
+    fill = [0.5, 0.5, 0.5, 0.6, 0.6]
+    assert head_end({0: _stream(fill)}, g, n) == pytest.approx(_stream(fill)[-1][0] + (n - g) * 0.55)
+    assert bend_bound({0: _stream(fill)}, lanes_of(fill), g, n) == float("inf")
+    even = [0.5, 0.5, 0.55, 0.6, 0.65]
+    assert bend_bound({0: _stream(even)}, lanes_of(even), g, n) == pytest.approx(0.0, abs=1e-9)

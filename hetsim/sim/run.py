@@ -192,24 +192,31 @@ def bend_bound(head_times: Streams, lanes: LaneTimes, g: int, n: int) -> float:
     linearly with the KV length; a chain no longer than the step in the head's window grows at most
     by the sum of its lanes' growths, so no faster than all lanes' together (``G``, each lane's busy
     seconds booked per round over the window). Past the window a step then runs above the head's
-    line (growth ``s``) by at most ``(G - s)`` per step since the window's mean step. Loose where
-    lanes run side by side (tensor-parallel ranks each grow; one is on the chain); inf (take the
-    tail sample) where the window says too little."""
+    line (growth ``s``, the least any stream's line takes) by at most ``(G - s)`` per step since the
+    window's mean step. Loose where lanes run side by side (tensor-parallel ranks each grow; one is
+    on the chain); inf (take the tail sample) where the window says too little, or a stream's window
+    is not steady (``head_end`` goes on flat there, whatever its lanes' growth)."""
     h = _window(g)
     total = sum(count for count, _ in lanes)
     if h < 1 or not lanes or total % g:
         return float("inf")
     b = total // g
-    merged = sorted((t, k) for stream in head_times.values() for t, k in stream)
     at = [_round_index(lanes, b, r) for r in range(h, g)]
-    times = [_round_time(merged, b, r) for r in range(h, g)]
-    if any(i is None for i in at) or any(t is None for t in times):
+    if any(i is None for i in at):
         return float("inf")
-    step = _series_line(times)[1]  # type: ignore[arg-type]
+    # the growth each stream's line takes (``head_end``); a stream with no steady window goes on
+    # flat at its mean step, its lanes' growth on no line: nothing bounds its bend
+    step = float("inf")
+    for stream in head_times.values():
+        per_round = sum(k for _, k in stream)
+        line = _line(stream, per_round // g, g, h) if per_round % g == 0 else None
+        if line is None or not _steady(stream, per_round // g, h, g - 1):
+            return float("inf")
+        step = min(step, max(0.0, line[1]))
     last = lanes[at[-1]][1]  # type: ignore[index]
     grow = sum(max(0.0, _series_line([lanes[i][1].get(k, 0.0) for i in at])[1]) for k in last)  # type: ignore[index]
     c = (h + g - 2) / 2  # the window's mean step sits at this step index
-    return max(0.0, grow - max(0.0, step)) * sum(i - c for i in range(g - 1, n - 1))
+    return max(0.0, grow - step) * sum(i - c for i in range(g - 1, n - 1))
 
 
 def _series_line(values: list[float]) -> tuple[float, float]:
