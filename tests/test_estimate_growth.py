@@ -265,3 +265,14 @@ def test_the_bend_bound_takes_the_tail_where_the_head_has_no_line():
     assert bend_bound({0: _stream(fill)}, lanes_of(fill), g, n) == float("inf")
     even = [0.5, 0.5, 0.55, 0.6, 0.65]
     assert bend_bound({0: _stream(even)}, lanes_of(even), g, n) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_only_a_short_run_keeps_its_lanes_by_token():
+    """``bend_bound`` reads a short run's lanes by token event (``short_run``); a longer run run step
+    by step (``--exact``, a trace, a fast-forward that found no steady window) keeps none: a dict of
+    every lane at each token event is ~100 MB for 1024 tokens on 48 GPUs."""
+    p = problem("opt-6.7b", "hexgen-homogeneous", None, 128, 32)
+    short = _step_by_step(FLEXGEN, BENT, p.rig, p.model, Workload(24, 128, PROXY_GEN_LEN))
+    long = _step_by_step(FLEXGEN, BENT, p.rig, p.model, Workload(24, 128, 64))
+    assert sum(count for count, _ in short[4]) == 24 * PROXY_GEN_LEN
+    assert long[0].feasible and long[4] == []

@@ -281,7 +281,7 @@ class SimulateStopped(KeyboardInterrupt):
 Streams = dict[int, list[tuple[float, int]]]  # token times (when, how many) by the process making them
 # a run: its result, its streams, each compute lane's busy seconds in memory-bound ops, each lane's
 # (busy, memory-bound) seconds when the first token existed, and per token event (in the order made)
-# its count and each lane's busy seconds booked by then
+# its count and each lane's busy seconds booked by then (a run short enough for ``short_run``; else [])
 LaneTimes = list[tuple[int, dict[str, float]]]
 Run = tuple[Result, Streams, dict[str, float], dict[str, tuple[float, float]], LaneTimes]
 
@@ -370,7 +370,8 @@ def _run_steps(
     book_memory: bool,
 ) -> Run:
     plan_dict = strategy.plan_to_dict(plan)
-    engine = Engine(rig, trace=trace_path is not None)
+    # lanes by token event for a short run alone (``short_run``: a search's proxy, ``bend_bound``)
+    engine = Engine(rig, trace=trace_path is not None, lanes_by_token=not ff_sample(workload.gen_len))
     try:
         if book_memory:
             engine.alloc_footprint(strategy.footprint(plan, rig, model, workload))
@@ -391,7 +392,9 @@ def _run_steps(
         streams,
         memory_bound,
         engine.lanes_at_first_token,
-        [(count, lanes) for (_, count), lanes in zip(engine.token_times, engine.lanes_at_token, strict=True)],
+        [(count, lanes) for (_, count), lanes in zip(engine.token_times, engine.lanes_at_token, strict=True)]
+        if engine.lanes_by_token
+        else [],
     )
 
 
