@@ -19,8 +19,22 @@ from hetsim.models.spec import ModelSpec
 from hetsim.sim.engine import FLOOR_SLACK
 from hetsim.sim.memory import OutOfMemory
 from hetsim.sim.result import Result, rank_key
-from hetsim.sim.run import FF_SHORT_SAMPLE, Runnable, ScopedMemo, head_end, short_run, simulate
+from hetsim.sim.run import (
+    FF_LONG_GEN_LEN,
+    FF_SHORT_SAMPLE,
+    Runnable,
+    ScopedMemo,
+    bend_bound,
+    head_end,
+    short_run,
+    simulate,
+    tail_end,
+)
 from hetsim.workload import Workload
+
+# What share of a plan's estimated run a bend after the proxy may add (``bend_bound``) before
+# the estimate takes the tail sample to see it: below it, the proxy's line is within this share.
+BEND_TOL = 1e-3
 
 # The proxy's length is the short fast-forward's sample, so the estimate of the plan a search picks
 # is the head of its final run (``hetsim.sim.run.remembering_runs``).
@@ -54,7 +68,7 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
     if workload.gen_len <= PROXY_GEN_LEN:
         return simulate(strategy, plan, rig, model, workload)
     proxy = workload.head(PROXY_GEN_LEN)
-    r, streams = short_run(strategy, plan, rig, model, proxy)
+    r, streams, lanes = short_run(strategy, plan, rig, model, proxy)
     if not r.feasible:
         return r
     short = _full_context_short(strategy, plan, rig, model, proxy, workload, r)
@@ -72,7 +86,22 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
         # KV's length (a KV cache that crosses a link each step: +17 % over 64 steps), and the
         # start-up and last step happen once; where a stream has no whole rounds, the mean step
         n = workload.gen_len
-        e2e = head_end(streams, PROXY_GEN_LEN, n) or r.ttft_s + r.tpot_s * (n - 1)
+        # past FF_LONG_GEN_LEN tokens (where the run's own fast-forward takes longer samples) a lane
+        # taking over after the proxy costs most, its bend growing with the square of the steps past
+        # it (2.1 % at 3584 tokens, enough to rank a slower plan first): where the lanes' growth
+        # may add more than BEND_TOL (``bend_bound``), the fast-forward's timing-only tail sample
+        # sees it
+        line = head_end(streams, PROXY_GEN_LEN, n)
+        tail = (
+            n > FF_LONG_GEN_LEN
+            and line is not None
+            and bend_bound(streams, lanes, PROXY_GEN_LEN, n) > BEND_TOL * line
+        )
+        e2e = (
+            (tail and tail_end(strategy, plan, rig, model, workload, streams, PROXY_GEN_LEN))
+            or line
+            or r.ttft_s + r.tpot_s * (n - 1)
+        )
         tpot = (e2e - r.ttft_s) / (n - 1)
     tokens = workload.batch * workload.gen_len
     return replace(

@@ -343,7 +343,9 @@ def _rig_costs_miss(rig: Rig) -> _CostCaches:
 
 
 class Engine:
-    def __init__(self, rig: Rig, *, trace: bool = False, memory_timeline: bool = False):
+    def __init__(
+        self, rig: Rig, *, trace: bool = False, memory_timeline: bool = False, lanes_by_token: bool = False
+    ):
         self.env = _Environment()
         self.rig = rig
         self.lanes: dict[str, Lane] = {}
@@ -381,6 +383,12 @@ class Engine:
         self.token_streams: list[int] = []  # per token_times entry: the process that made it
         # each lane's (busy_s, memory_bound_s) booked when the first token exists: what the prefill took
         self.lanes_at_first_token: dict[str, tuple[float, float]] = {}
+        # per token_times entry where ``lanes_by_token`` (a short run's: ~0.1 KB a lane each, 100 MB
+        # for an exact run of 1024 tokens on 48 GPUs): each lane's busy seconds booked by then, a shared
+        # lane once under its own name (how each lane's load per decode step grows:
+        # ``hetsim.sim.run.bend_bound``)
+        self.lanes_by_token = lanes_by_token
+        self.lanes_at_token: list[dict[str, float]] = []
         self._op_costs, self._op_costs_by_id, self._twins = _rig_costs(rig)
         self._paths: dict[tuple[str, str, bool], TransferPath] = {}
         self._ring_lanes: dict[tuple[str, ...], tuple[tuple[Lane, ...], float, float, Fit | None]] = {}
@@ -413,6 +421,7 @@ class Engine:
         self.token_times = []
         self.token_streams = []
         self.lanes_at_first_token = {}
+        self.lanes_at_token = []
         self._op_costs, self._op_costs_by_id, self._twins = _rig_costs(self.rig)
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -936,6 +945,8 @@ class Engine:
                 n: (lane.busy_s, lane.memory_bound_s) for n, lane in self.lanes.items()
             }
         self.token_times.append((self.env.now, count))
+        if self.lanes_by_token:
+            self.lanes_at_token.append({n: lane.busy_s for n, lane in self.lanes.items() if lane.name == n})
         proc = self.env.active_process
         self.token_streams.append(getattr(proc, "hetsim_index", -1))
 

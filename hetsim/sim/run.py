@@ -115,16 +115,16 @@ def simulate(
 
 def short_run(
     strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload
-) -> tuple[Result, Streams]:
+) -> tuple[Result, Streams, LaneTimes]:
     """``simulate`` of a generation short enough to run step by step (at most ``FF_MIN_GEN_LEN``
-    tokens: a search's proxy of a longer one), and its token times by stream (``head_end`` extends
-    them to a longer run)."""
+    tokens: a search's proxy of a longer one), its token times by stream (``head_end`` extends
+    them to a longer run) and its lanes' busy seconds by token event (``bend_bound``)."""
     assert not ff_sample(workload.gen_len), "a short run is simulated step by step"
     too_long = context_reason(model, workload.context_len)
     if too_long:
-        return Result.infeasible(strategy.name, too_long, strategy.plan_to_dict(plan)), {}
-    result, streams, _, _ = _step_by_step(strategy, plan, rig, model, workload)
-    return result, streams
+        return Result.infeasible(strategy.name, too_long, strategy.plan_to_dict(plan)), {}, []
+    result, streams, _, _, lanes = _step_by_step(strategy, plan, rig, model, workload)
+    return result, streams, lanes
 
 
 def head_end(head_times: Streams, g: int, n: int) -> float | None:
@@ -157,6 +157,84 @@ def head_end(head_times: Streams, g: int, n: int) -> float | None:
             added = (n - g) * (head_last - first) / (g - h)
         end = max(end, head_last + added)
     return end
+
+
+def tail_end(
+    strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload, head_times: Streams, g: int
+) -> float | None:
+    """When ``workload`` ends, from its head of ``g`` rounds (``head_times``) and the fast-forward's
+    timing-only tail sample of ``g`` rounds (without its middle sample or busy-time runs): the chord
+    between the samples' steady steps, or the larger of their lines where they part (``_kinked``),
+    so a lane that takes over after the head is seen. None where the samples give no steady step."""
+    n = workload.gen_len
+    tail, tail_times, _, _, _ = _step_by_step(
+        strategy, plan, rig, model, _tail_workload(workload, g), book_memory=False
+    )
+    if not tail.feasible or set(tail_times) != set(head_times) or not head_times:
+        return None
+    return _run_end(head_times, tail_times, g, n, _window(g), 1)
+
+
+def _tail_workload(workload: Workload, g: int) -> Workload:
+    """The last ``g`` rounds of ``workload`` as a run of their own: the prompt grown by the tokens
+    before them, its KV cache as the full run's (``Workload.kv_slots``; the head's too,
+    ``Workload.head``)."""
+    n = workload.gen_len
+    alloc = workload.alloc_gen_len and workload.alloc_gen_len - n + g
+    return replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g, alloc_gen_len=alloc)
+
+
+def bend_bound(head_times: Streams, lanes: LaneTimes, g: int, n: int) -> float:
+    """At most how many seconds the steps of a run of ``n`` rounds may add above the line of its
+    head of ``g`` rounds (``head_end``), where a chain of lanes takes over after the head.
+
+    A decode step is its longest chain of work, each piece on a lane whose load per step grows
+    linearly with the KV length; a chain no longer than the step in the head's window grows at most
+    by the sum of its lanes' growths, so no faster than all lanes' together (``G``, each lane's busy
+    seconds booked per round over the window). Past the window a step then runs above the head's
+    line (growth ``s``, the least any stream's line takes) by at most ``(G - s)`` per step since the
+    window's mean step. Loose where lanes run side by side (tensor-parallel ranks each grow; one is
+    on the chain); inf (take the tail sample) where the window says too little, or a stream's window
+    is not steady (``head_end`` goes on flat there, whatever its lanes' growth)."""
+    h = _window(g)
+    total = sum(count for count, _ in lanes)
+    if h < 1 or not lanes or total % g:
+        return float("inf")
+    b = total // g
+    at = [_round_index(lanes, b, r) for r in range(h, g)]
+    if any(i is None for i in at):
+        return float("inf")
+    # the growth each stream's line takes (``head_end``); a stream with no steady window goes on
+    # flat at its mean step, its lanes' growth on no line: nothing bounds its bend
+    step = float("inf")
+    for stream in head_times.values():
+        per_round = sum(k for _, k in stream)
+        line = _line(stream, per_round // g, g, h) if per_round % g == 0 else None
+        if line is None or not _steady(stream, per_round // g, h, g - 1):
+            return float("inf")
+        step = min(step, max(0.0, line[1]))
+    last = lanes[at[-1]][1]  # type: ignore[index]
+    grow = sum(max(0.0, _series_line([lanes[i][1].get(k, 0.0) for i in at])[1]) for k in last)  # type: ignore[index]
+    c = (h + g - 2) / 2  # the window's mean step sits at this step index
+    return max(0.0, grow - step) * sum(i - c for i in range(g - 1, n - 1))
+
+
+def _series_line(values: list[float]) -> tuple[float, float]:
+    """Mean step and growth per step (its last step's less its first's, per step) of a series of
+    cumulative values at consecutive rounds (at least 3)."""
+    steps = [b - a for a, b in pairwise(values)]
+    growth = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.0
+    return sum(steps) / len(steps), growth
+
+
+def _round_index(lanes: LaneTimes, batch: int, rounds: int) -> int | None:
+    """The token event at which ``rounds`` tokens of every sequence exist (as ``_round_time``)."""
+    seen = 0
+    for i, (count, _) in enumerate(lanes):
+        seen += count
+        if seen >= rounds * batch:
+            return i
+    return None
 
 
 def _window(g: int) -> int:
@@ -201,9 +279,11 @@ class SimulateStopped(KeyboardInterrupt):
 
 
 Streams = dict[int, list[tuple[float, int]]]  # token times (when, how many) by the process making them
-# a run: its result, its streams, each compute lane's busy seconds in memory-bound ops, and each lane's
-# (busy, memory-bound) seconds when the first token existed
-Run = tuple[Result, Streams, dict[str, float], dict[str, tuple[float, float]]]
+# a run: its result, its streams, each compute lane's busy seconds in memory-bound ops, each lane's
+# (busy, memory-bound) seconds when the first token existed, and per token event (in the order made)
+# its count and each lane's busy seconds booked by then (a run short enough for ``short_run``; else [])
+LaneTimes = list[tuple[int, dict[str, float]]]
+Run = tuple[Result, Streams, dict[str, float], dict[str, tuple[float, float]], LaneTimes]
 
 
 class ScopedMemo:
@@ -302,13 +382,14 @@ def _run_steps(
     book_memory: bool,
 ) -> Run:
     plan_dict = strategy.plan_to_dict(plan)
-    engine = Engine(rig, trace=trace_path is not None)
+    # lanes by token event for a short run alone (``short_run``: a search's proxy, ``bend_bound``)
+    engine = Engine(rig, trace=trace_path is not None, lanes_by_token=not ff_sample(workload.gen_len))
     try:
         if book_memory:
             engine.alloc_footprint(strategy.footprint(plan, rig, model, workload))
         makespan = engine.run(strategy.schedule(plan, rig, model, workload))
     except (OutOfMemory, NoRouteError) as exc:
-        return Result.infeasible(strategy.name, str(exc), plan_dict), {}, {}, {}
+        return Result.infeasible(strategy.name, str(exc), plan_dict), {}, {}, {}, []
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM (the CLI's): how far the run got
         raise SimulateStopped.of(engine, workload) from exc
     if trace_path is not None and engine.tracer is not None:
@@ -323,6 +404,9 @@ def _run_steps(
         streams,
         memory_bound,
         engine.lanes_at_first_token,
+        [(count, lanes) for (_, count), lanes in zip(engine.token_times, engine.lanes_at_token, strict=True)]
+        if engine.lanes_by_token
+        else [],
     )
 
 
@@ -443,14 +527,10 @@ def fast_forward(
         return Result.infeasible(strategy.name, str(exc), plan_dict)
     period = 1
     while True:
-        head, head_times, head_mb, head_first = _step_by_step(strategy, plan, rig, model, workload.head(g))
-        # its KV cache as the full run's (Workload.kv_slots), the head's too (Workload.head)
-        alloc = workload.alloc_gen_len and workload.alloc_gen_len - n + g
-        tail_workload = replace(
-            workload, prompt_len=workload.prompt_len + n - g, gen_len=g, alloc_gen_len=alloc
-        )
+        head, head_times, head_mb, head_first, _ = _step_by_step(strategy, plan, rig, model, workload.head(g))
+        tail_workload = _tail_workload(workload, g)
         # timing only: the tail's long prompt needs a prefill workspace the full run does not
-        tail, tail_times, tail_mb, _ = _step_by_step(
+        tail, tail_times, tail_mb, _, _ = _step_by_step(
             strategy, plan, rig, model, tail_workload, book_memory=False
         )
         if not (head.feasible and tail.feasible) or set(head_times) != set(tail_times) or not head_times:
@@ -476,14 +556,14 @@ def fast_forward(
         mid_workload = replace(
             tail_workload, prompt_len=workload.prompt_len + k, alloc_gen_len=(workload.alloc_gen_len or n) - k
         )
-        mid, mid_times, _, _ = _step_by_step(strategy, plan, rig, model, mid_workload, book_memory=False)
+        mid, mid_times, _, _, _ = _step_by_step(strategy, plan, rig, model, mid_workload, book_memory=False)
         if mid.feasible and set(mid_times) == set(head_times):
             e2e = _run_end(head_times, tail_times, g, n, h, period, (k, mid_times)) or e2e
             head = replace(head, tasks=head.tasks + mid.tasks)
     tokens = head.extras["tokens"] * n / g
     # busy seconds: the head's, then the added steps' at the tail's busy seconds per decode step (the
     # tail less its prefill alone: a step's share of a short sample would be swamped by the prefill)
-    prefill, _, prefill_mb, _ = _step_by_step(
+    prefill, _, prefill_mb, _, _ = _step_by_step(
         strategy, plan, rig, model, replace(tail_workload, gen_len=1), book_memory=False
     )
     if not prefill.feasible:
