@@ -50,7 +50,7 @@ def mem(r: Result, rig) -> str:
     caps = rig.capacities()
     for name, used in sorted(r.peak_mem_bytes.items()):
         cap = caps.get(name, float("nan"))
-        out.append(f"{_short(name).split('.')[-1]} {used / GB:.1f}/{cap / GB:.0f}")
+        out.append(f"{_short(name).split('.')[-1]} {used / GB:.1f}/{cap / GB:.4g}")
     return ", ".join(out)
 
 
