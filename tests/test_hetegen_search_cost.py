@@ -148,7 +148,7 @@ def test_on_an_eager_gpu_modules_share_a_bisection_only_where_their_alphas_are_t
 
 
 def test_an_infeasible_best_leaves_over_budget_gpus_unbisected(lab, monkeypatch):
-    """llama2-70b on mixed-lab at batch 331 (the ladder's climb past the default plan's 330): the 80 GB
+    """llama2-70b on mixed-lab at batch 331 (one past the default plan's 330): the 80 GB
     GPU's plan is over its memory too, so the best so far is infeasible; the 24 GB and 48 GB GPUs,
     over their budgets by their working sets alone, could only tie with it (every infeasible result
     ranks alike): their alphas are not bisected (they were at bae097f: 3 bisections), and the search
