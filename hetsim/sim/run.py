@@ -143,13 +143,11 @@ def head_end(head_times: Streams, g: int, n: int) -> float | None:
     c = (h + g - 2) / 2  # the window's mean step sits at this step index (step i: round i to i + 1)
     end = 0.0
     for stream in head_times.values():
-        per_round = sum(k for _, k in stream)
-        b = per_round // g
-        line = _line(stream, b, g, h) if per_round % g == 0 else None
+        b, line, steady = _stream_line(stream, g, h)
         first, head_last = _round_time(stream, b, h), _round_time(stream, b, g)
         if line is None or first is None or head_last is None:
             return None
-        if _steady(stream, b, h, g - 1):
+        if steady:
             growth = max(0.0, line[1])  # a longer KV never makes a step cheaper
             # steps g-1..n-2 on the line, then the last step n - g steps on from the head's
             added = (n - g) * (line[0] + growth * ((n + g - 3) / 2 - c + 1))
@@ -208,23 +206,33 @@ def bend_bound(head_times: Streams, lanes: LaneTimes, g: int, n: int) -> float:
     # flat at its mean step, its lanes' growth on no line: nothing bounds its bend
     step = float("inf")
     for stream in head_times.values():
-        per_round = sum(k for _, k in stream)
-        line = _line(stream, per_round // g, g, h) if per_round % g == 0 else None
-        if line is None or not _steady(stream, per_round // g, h, g - 1):
+        _, line, steady = _stream_line(stream, g, h)
+        if line is None or not steady:
             return float("inf")
         step = min(step, max(0.0, line[1]))
     last = lanes[at[-1]][1]  # type: ignore[index]
-    grow = sum(max(0.0, _series_line([lanes[i][1].get(k, 0.0) for i in at])[1]) for k in last)  # type: ignore[index]
+    grow = sum(max(0.0, _series_growth([lanes[i][1].get(k, 0.0) for i in at])) for k in last)  # type: ignore[index]
     c = (h + g - 2) / 2  # the window's mean step sits at this step index
     return max(0.0, grow - step) * sum(i - c for i in range(g - 1, n - 1))
 
 
-def _series_line(values: list[float]) -> tuple[float, float]:
-    """Mean step and growth per step (its last step's less its first's, per step) of a series of
-    cumulative values at consecutive rounds (at least 3)."""
-    steps = [b - a for a, b in pairwise(values)]
-    growth = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.0
-    return sum(steps) / len(steps), growth
+def _stream_line(
+    stream: list[tuple[float, int]], g: int, h: int
+) -> tuple[int, tuple[float, float] | None, bool]:
+    """A head's stream of ``g`` rounds: its sequences a round, its steady window's line (``_line``; None
+    where its tokens are not whole rounds or too few) and whether that window is steady (``_steady``):
+    what ``head_end`` extends and ``bend_bound`` bounds."""
+    per_round = sum(k for _, k in stream)
+    b = per_round // g
+    if per_round % g:
+        return b, None, False
+    line = _line(stream, b, g, h)
+    return b, line, line is not None and _steady(stream, b, h, g - 1)
+
+
+def _series_growth(values: list[float]) -> float:
+    """Growth per step (``_line_through``) of cumulative values at consecutive rounds (at least 4)."""
+    return _line_through(values[0], values[1], values[-2], values[-1], len(values) - 1)[1]
 
 
 def _round_index(lanes: LaneTimes, batch: int, rounds: int) -> int | None:
@@ -652,7 +660,15 @@ def _line(stream: list[tuple[float, int]], b: int, g: int, h: int) -> tuple[floa
     t = [_round_time(stream, b, r) for r in (h, h + 1, g - 2, g - 1)]
     if any(x is None for x in t):
         return None
-    return (t[3] - t[0]) / (g - 1 - h), ((t[3] - t[2]) - (t[1] - t[0])) / (g - 2 - h)  # type: ignore[operator]
+    return _line_through(*t, g - 1 - h)  # type: ignore[arg-type]
+
+
+def _line_through(
+    first: float, second: float, before_last: float, last: float, steps: int
+) -> tuple[float, float]:
+    """Mean step and growth per step (the last step's less the first's, per step) of ``steps`` steps
+    between cumulative values, from the first two and the last two."""
+    return (last - first) / steps, ((last - before_last) - (second - first)) / (steps - 1)
 
 
 def _parted(
