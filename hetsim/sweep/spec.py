@@ -297,7 +297,6 @@ MAX_PLAN_INT = 2**63 - 1
 
 def _plan_value_problem(plan_type: type, name: str, value: Any) -> str | None:
     """Why ``value`` is no value of ``plan_type``'s field ``name`` (None: it is, or there is no such one)."""
-    import dataclasses
     import typing
 
     from pydantic import create_model
@@ -305,7 +304,7 @@ def _plan_value_problem(plan_type: type, name: str, value: Any) -> str | None:
     from hetsim.models.spec import unknown_dtype
     from hetsim.strategies.plan_io import non_finite
 
-    if not dataclasses.is_dataclass(plan_type) or name not in {f.name for f in dataclasses.fields(plan_type)}:
+    if not _has_field(plan_type, name):
         return None
     if non_finite(value) is not None:  # as a plan file's: NaN passed every range check
         return f"must be a finite number, got {value!r:.40}"
