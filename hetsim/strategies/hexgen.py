@@ -7,7 +7,8 @@ sends leader to leader over the routes between stages (cross-region WAN included
 memory (weights / TP, GQA-aware KV / TP) all run in the engine.
 
 Offline batch (``hetsim compare``): the batch is dispatched over the replicas in proportion to
-their estimated speed; each replica pipelines its share in micro-batches (gpu_only's schedule).
+their estimated speed, none given more than its GPUs hold (``replica_shares``); each replica
+pipelines its share in micro-batches (gpu_only's schedule).
 Online serving lives in ``hetsim.serving``; the two-level CP-SAT scheduler in
 ``hetsim.planner.hexgen_cpsat``. ``symmetric_plan`` builds the uniform TP x PP baseline.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from hetsim.hardware.rig import Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
+from hetsim.sim.memory import MemoryLedger, OutOfMemory
 from hetsim.sim.run import remembered_cost
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, no_gpu, register
@@ -80,6 +82,15 @@ def replica_footprint(
     return out
 
 
+def share_footprint(
+    model: ModelSpec, replica: Replica, share: int, workload: Workload, plan: HexGenPlan
+) -> dict[str, dict[str, float]]:
+    """What a replica holds to run ``share`` sequences of the offline batch: their KV, and the
+    workspace of its largest micro-batch (a replica of S stages runs its share in up to S)."""
+    mb = max(micro_batch_sizes(share, len(replica.stages))) if share else 1
+    return replica_footprint(model, replica, share, workload.context_len, mb * workload.prompt_len, plan)
+
+
 def split_batch(batch: int, weights: list[float]) -> list[int]:
     """``batch`` sequences over replicas in proportion to ``weights`` (largest remainders, stable)."""
     total = sum(weights)
@@ -89,6 +100,30 @@ def split_batch(batch: int, weights: list[float]) -> list[int]:
     for i in order[: batch - sum(out)]:
         out[i] += 1
     return out
+
+
+def capped_split(batch: int, weights: list[float], caps: list[int]) -> list[int]:
+    """``split_batch``, no share above its cap: a replica whose share would pass what it holds takes
+    that, and the rest is split over the others in proportion to their weights, until none passes.
+    Where the caps hold less than the batch, the plain split (the run then says which overflows).
+
+    Each round caps at least one more replica, and the uncapped ones always hold what is left (the
+    caps hold the batch, the capped ones were given less than their plain shares), so it ends."""
+    if sum(caps) < batch:
+        return split_batch(batch, weights)
+    out = [0] * len(weights)
+    free = list(range(len(weights)))
+    while True:
+        rest = batch - sum(out[i] for i in range(len(out)) if i not in free)
+        shares = split_batch(rest, [weights[i] for i in free])
+        over = [i for i, s in zip(free, shares, strict=True) if s > caps[i]]
+        if not over:
+            for i, s in zip(free, shares, strict=True):
+                out[i] = s
+            return out
+        for i in over:
+            out[i] = caps[i]
+        free = [i for i in free if i not in over]
 
 
 def replica_speed(
@@ -105,8 +140,53 @@ def replica_speed(
     )
 
 
+def replica_holds(rig: Rig, model: ModelSpec, replica: Replica, workload: Workload, plan: HexGenPlan) -> int:
+    """The most sequences of the offline batch (at most all of it) whose ``share_footprint`` fits
+    the replica's GPUs, as ``simulate`` allocates it (0 where not even one does); by bisection, the
+    footprint growing with the share. Kept while runs are remembered, as ``replica_speed``."""
+    caps = rig.capacities()
+
+    def holds(share: int) -> bool:
+        ledger = MemoryLedger(caps, clock=lambda: 0.0)
+        try:
+            for device, tags in share_footprint(model, replica, share, workload, plan).items():
+                for tag, nbytes in tags.items():
+                    ledger.alloc(device, nbytes, tag)
+        except OutOfMemory:
+            return False
+        return True
+
+    def most() -> int:
+        if not holds(1):
+            return 0
+        lo, hi = 1, workload.batch + 1  # holds(lo); hi: past the batch, or refused
+        if holds(workload.batch):
+            return workload.batch
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+        return lo
+
+    key = (workload.batch, workload.prompt_len, workload.context_len, plan.weight_dtype, plan.kv_dtype)
+    return remembered_cost(rig, ("hexgen replica holds", replica.stages, model, *key), most)
+
+
 def replica_shares(plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
-    """The offline batch's sequences each replica runs: in proportion to its ``replica_speed``."""
+    """The offline batch's sequences each replica runs: in proportion to its ``replica_speed``, no
+    replica given more than it holds (``capped_split``, ``replica_holds``): a dispatcher sends a
+    sequence where there is room for it, so a fast replica on little memory does not refuse a batch
+    the others have room for (llama2-70b on hexgen-full-budget at batch 1024: nine replicas hold
+    1566 sequences, yet the speed split gave the TP-8 RTX 3090 Ti groups 156 of their 152)."""
+    if len(plan.replicas) == 1:
+        return [workload.batch]
+    speeds = [replica_speed(rig, model, r, workload, plan) for r in plan.replicas]
+    caps = [replica_holds(rig, model, r, workload, plan) for r in plan.replicas]
+    return capped_split(workload.batch, speeds, caps)
+
+
+def speed_shares(plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
+    """The offline batch split by ``replica_speed`` alone, whatever each replica holds: the shares
+    ``replica_shares`` gives where every replica holds its own."""
     return split_batch(workload.batch, [replica_speed(rig, model, r, workload, plan) for r in plan.replicas])
 
 
@@ -212,9 +292,7 @@ class HexGen(Strategy):
         check_plan(plan, rig, model)
         out: dict[str, dict[str, float]] = {}
         for rep, b in zip(plan.replicas, self.batch_split(plan, rig, model, workload), strict=True):
-            mb = max(micro_batch_sizes(b, len(rep.stages))) if b else 1
-            act = mb * workload.prompt_len
-            out.update(replica_footprint(model, rep, b, workload.context_len, act, plan))
+            out.update(share_footprint(model, rep, b, workload, plan))
         return out
 
     def devices(self, plan: HexGenPlan) -> list[str]:
