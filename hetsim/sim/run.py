@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -294,10 +295,15 @@ LaneTimes = list[tuple[int, dict[str, float]]]
 Run = tuple[Result, Streams, dict[str, float], dict[str, tuple[float, float]], LaneTimes]
 
 
-class ScopedMemo:
+class ScopedMemo(threading.local):
     """Results of pure simulations by (strategy, plan, rig identity, model, workload, ...), kept only
     inside ``remembering()`` blocks (nesting keeps one memo), so nothing outlives a command or a test;
-    each entry holds its rig, so the rig's id stays its own while the memo lives."""
+    each entry holds its rig, so the rig's id stays its own while the memo lives.
+
+    One memo per thread: a Dask worker runs sweep points in threads, each point's block inside its
+    own ``reading()``. Shared, a point would take an entry another point made on the same rig object
+    without recording what making it read of the rig (the sweep's remembered answer then holds for a
+    rig that differs there), and the first block to end would end the others' memo."""
 
     def __init__(self) -> None:
         self.entries: dict[tuple, tuple[Rig, Any]] | None = None
