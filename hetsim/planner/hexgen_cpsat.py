@@ -41,7 +41,7 @@ from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.metrics import ServeResult
 from hetsim.serving.serve import RunStopped, serve_plan
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_holds, speed_shares
+from hetsim.strategies.hexgen import MAX_SETTLE, HexGenPlan, Replica, held_for, replica_holds, speed_shares
 from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes, layer_capacity
 from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
@@ -637,19 +637,6 @@ def _candidate(plan: HexGenPlan, cap: float, chosen: list[tuple[Shape, int]]) ->
     rate = sum(n / s.layout.latency_s for s, n in chosen)
     worst = max(s.layout.latency_s for s, _ in chosen)
     return PlanCandidate(plan, cap, rate, worst)
-
-
-MAX_SETTLE = 8  # offline: layouts per latency cap while the largest share outgrows the layout's
-
-
-def held_for(share: int) -> int:
-    """The sequences a replica is laid out for to hold ``share``: the next of 1, 2, 3 and 4..7 x 2^n
-    (at most 1/4 more), so that a ladder's rungs, whose shares differ by a few sequences, share
-    layouts (each costs a few dozen inner solves) at a little memory held back."""
-    if share <= 4:
-        return max(1, share)
-    top = 1 << (share.bit_length() - 3)  # share in [4, 8) x top
-    return -(-share // top) * top
 
 
 def offline_candidates(

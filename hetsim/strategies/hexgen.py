@@ -15,9 +15,9 @@ Online serving lives in ``hetsim.serving``; the two-level CP-SAT scheduler in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from hetsim.hardware.rig import Rig
+from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
 from hetsim.sim.memory import MemoryLedger, OutOfMemory
@@ -190,6 +190,19 @@ def speed_shares(plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workloa
     return split_batch(workload.batch, [replica_speed(rig, model, r, workload, plan) for r in plan.replicas])
 
 
+MAX_SETTLE = 8  # offline: layouts per latency cap while the largest share outgrows the layout's
+
+
+def held_for(share: int) -> int:
+    """The sequences a replica is laid out for to hold ``share``: the next of 1, 2, 3 and 4..7 x 2^n
+    (at most 1/4 more), so that a ladder's rungs, whose shares differ by a few sequences, share
+    layouts (each costs a few dozen inner solves) at a little memory held back."""
+    if share <= 4:
+        return max(1, share)
+    top = 1 << (share.bit_length() - 3)  # share in [4, 8) x top
+    return -(-share // top) * top
+
+
 # ---- the baseline ---------------------------------------------------------------------------------
 def symmetric_plan(
     rig: Rig, model: ModelSpec, replica_gpus: list[list[str]], tp: int, workload: Workload, **kw
@@ -238,6 +251,43 @@ def _strongest(groups: list[tuple[str, ...]], limit: int, rig: Rig) -> list[tupl
     return [g for g in groups if g in keep]
 
 
+def _regions_plan(
+    rig: Rig, model: ModelSpec, workload: Workload, regions: dict[str, list[tuple[str, ...]]], k: int
+) -> HexGenPlan | None:
+    """One replica per region whose groups hold the model with the KV of ``k`` sequences and the
+    workspace of the largest micro-batch they make, layers by memory bandwidth (None: no region)."""
+    wd, kv = gpu_dtypes(model, workload)
+    held = replace(workload, batch=k)
+    replicas = []
+    for groups in regions.values():
+        layers = balance_layers(model, groups, rig, **pipeline_load(held, len(groups), wd, kv))
+        if layers is not None:
+            replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
+    return HexGenPlan(tuple(replicas), weight_dtype=wd, kv_dtype=kv) if replicas else None
+
+
+def _settled_regions(
+    rig: Rig, model: ModelSpec, workload: Workload, regions: dict[str, list[tuple[str, ...]]]
+) -> HexGenPlan | None:
+    """``_regions_plan`` for the shares its replicas get (``HexGen.default_plan``); None where no
+    region holds a sequence, the shares do not settle in ``MAX_SETTLE`` layouts, or a replica's
+    machines have no route between them (its speed is unknown: the run says why)."""
+    k = 1
+    for _ in range(MAX_SETTLE):
+        plan = _regions_plan(rig, model, workload, regions, k)
+        if plan is None:  # no region holds k sequences, nor any more
+            return None
+        try:
+            share = max(speed_shares(plan, rig, model, workload))
+            held = sum(replica_holds(rig, model, r, workload, plan) for r in plan.replicas)
+        except NoRouteError:
+            return None
+        if share <= k or held >= workload.batch:
+            return plan
+        k = min(workload.batch, held_for(share))
+    return None
+
+
 @register
 class HexGen(Strategy):
     name = "hexgen"
@@ -258,9 +308,11 @@ class HexGen(Strategy):
         pc.known_dtype(plan.kv_dtype, "kv_dtype")
 
     def default_plan(self, rig: Rig, model: ModelSpec, workload: Workload) -> HexGenPlan:
-        """Each region one replica: per machine its largest TP group, layers by memory bandwidth."""
-        wd, kv = gpu_dtypes(model, workload)
-        replicas = []
+        """Each region one replica: per machine its largest TP group, layers by memory bandwidth, each
+        replica laid out for the share of the batch it gets (``replica_shares``). The shares depend on
+        the layouts, so they settle as the offline search's do (``held_for``): lay every region out
+        for ``k`` sequences (first 1), split the batch; done where the replicas hold it, else again
+        for the largest share by speed. ``k`` only grows, and a layout for the whole batch holds it."""
         regions: dict[str, list[tuple[str, ...]]] = {}
         for node in rig.nodes.values():
             by_type: dict[str, list[str]] = {}
@@ -269,21 +321,22 @@ class HexGen(Strategy):
             for gpus in by_type.values():
                 tp = max(tp_degrees(model, len(gpus)))
                 regions.setdefault(node.region, []).append(tuple(gpus[:tp]))
-        for name, groups in regions.items():
-            # more groups than layers would leave stages empty: keep the ones with the most bandwidth
-            groups = regions[name] = _strongest(groups, model.layers, rig)
-            # The batch is split after the replicas are laid out, by their speeds, so a layout is checked
-            # with the KV of the whole batch and the workspace of the largest micro-batch a share can
-            # make (the ``footprint`` of any split is at most this).
-            layers = balance_layers(model, groups, rig, **pipeline_load(workload, len(groups), wd, kv))
-            if layers is None:
-                continue
-            replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
-        if not replicas:  # nothing fits per region: one pipeline over everything, so the run says why
-            groups = _strongest([g for gs in regions.values() for g in gs], model.layers, rig)
-            layers = even_layers(model.layers, len(groups))
-            replicas.append(Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))))
-        return HexGenPlan(tuple(replicas), weight_dtype=wd, kv_dtype=kv)
+        # more groups than layers would leave stages empty: keep the ones with the most bandwidth
+        regions = {name: _strongest(groups, model.layers, rig) for name, groups in regions.items()}
+        plan = _settled_regions(rig, model, workload, regions)
+        if plan is None:  # not settled: every region laid out for the whole batch (the old default)
+            plan = _regions_plan(rig, model, workload, regions, workload.batch)
+        if plan is not None:
+            return plan
+        # nothing fits per region: one pipeline over everything, so the run says why
+        groups = _strongest([g for gs in regions.values() for g in gs], model.layers, rig)
+        layers = even_layers(model.layers, len(groups))
+        wd, kv = gpu_dtypes(model, workload)
+        return HexGenPlan(
+            (Replica(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True))),),
+            weight_dtype=wd,
+            kv_dtype=kv,
+        )
 
     def batch_split(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
         return replica_shares(plan, rig, model, workload)
