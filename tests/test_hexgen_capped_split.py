@@ -158,3 +158,28 @@ def test_a_proxy_splits_the_batch_as_the_run_does():
     run = simulate(HEXGEN, plan, rig, model, wl)
     assert run.feasible
     assert est.throughput_tok_s == pytest.approx(run.throughput_tok_s, rel=1e-6)
+
+
+def test_what_a_replica_holds_is_worked_out_once_for_every_batch(monkeypatch):
+    """A ladder's rungs ask what each replica holds at every batch: worked out once per replica and
+    run shape (the answer capped at each batch), not again per rung."""
+    import hetsim.strategies.hexgen as hexgen_module
+    from hetsim.sim.run import remembering_runs
+
+    rig = shipped("hexgen-full-budget")
+    plan = HEXGEN.default_plan(rig, L70, Workload(512, 512, 32))
+    calls = []
+    real = hexgen_module.share_footprint
+    monkeypatch.setattr(hexgen_module, "share_footprint", lambda *a: calls.append(a[2]) or real(*a))
+    with remembering_runs():
+        first = [
+            hexgen_module.replica_holds(rig, L70, r, Workload(4096, 512, 32), plan) for r in plan.replicas
+        ]
+        once = len(calls)
+        again = [
+            hexgen_module.replica_holds(rig, L70, r, Workload(b, 512, 32), plan)
+            for r in plan.replicas
+            for b in (64, 700)
+        ]
+    assert len(calls) == once
+    assert again == [min(b, h) for h in first for b in (64, 700)]

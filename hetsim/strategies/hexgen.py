@@ -149,32 +149,37 @@ def replica_holds(rig: Rig, model: ModelSpec, replica: Replica, workload: Worklo
     of the run (``Workload.head``) split the batch as the run does, not by their shorter KV (a
     proxy of opt-13b's 448 on mixed-lab gave the faster replica 252 of the 209 the run holds,
     and the search ranked it 21 % above its run)."""
-    caps = rig.capacities()
-    workload = replace(workload, gen_len=workload.kv_slots + 1 - workload.prompt_len, alloc_gen_len=0)
-
-    def holds(share: int) -> bool:
-        ledger = MemoryLedger(caps, clock=lambda: 0.0)
-        try:
-            for device, tags in share_footprint(model, replica, share, workload, plan).items():
-                for tag, nbytes in tags.items():
-                    ledger.alloc(device, nbytes, tag)
-        except OutOfMemory:
-            return False
-        return True
+    run = (workload.prompt_len, workload.kv_slots, plan.weight_dtype, plan.kv_dtype)
 
     def most() -> int:
+        """Any batch's answer (a ladder's rungs share it): doubling to the first share refused, then
+        bisection."""
+        caps = rig.capacities()
+        whole = replace(workload, gen_len=workload.kv_slots + 1 - workload.prompt_len, alloc_gen_len=0)
+
+        def holds(share: int) -> bool:
+            ledger = MemoryLedger(caps, clock=lambda: 0.0)
+            try:
+                for device, tags in share_footprint(model, replica, share, whole, plan).items():
+                    for tag, nbytes in tags.items():
+                        ledger.alloc(device, nbytes, tag)
+            except OutOfMemory:
+                return False
+            return True
+
         if not holds(1):
             return 0
-        lo, hi = 1, workload.batch + 1  # holds(lo); hi: past the batch, or refused
-        if holds(workload.batch):
-            return workload.batch
+        lo, hi = 1, 2  # holds(lo); hi: refused, or past the largest batch
+        while hi <= MAX_WORK["batch"] and holds(hi):
+            lo, hi = hi, hi * 2
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if holds(mid) else (lo, mid)
         return lo
 
-    key = (workload.batch, workload.prompt_len, workload.context_len, plan.weight_dtype, plan.kv_dtype)
-    return remembered_cost(rig, ("hexgen replica holds", replica.stages, model, *key), most)
+    return min(
+        workload.batch, remembered_cost(rig, ("hexgen replica holds", replica.stages, model, *run), most)
+    )
 
 
 def replica_shares(plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> list[int]:
