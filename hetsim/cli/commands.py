@@ -157,6 +157,12 @@ def _problem(
         raise
 
 
+def _say_budget_note(p: api.Problem) -> None:
+    """A GPU memory budget above a GPU's memory runs (the GPU's own size binds), said on stderr."""
+    if p.budget_note:
+        err().print(f"note: {p.budget_note}", highlight=False, soft_wrap=True)
+
+
 def _strategy_names(text: str | None, flag: str) -> list[str] | None:
     """The names in ``--strategies``/``--strategy`` (None: all), each known, or an error naming the
     flag; all of none (no strategy registered) ends the command with its own line, exit 1."""
@@ -455,6 +461,7 @@ def compare(
 
         obj = api.check_objective(objective)
         p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
+        _say_budget_note(p)
         names = _strategy_names(strategies, "--strategies")
         free = p.batch_is_free(obj, not no_search)
         try:
@@ -531,6 +538,7 @@ def plan(
 
         obj = api.check_objective(objective)
         p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
+        _say_budget_note(p)
         names = _strategy_names(strategy, "--strategy")
         results = api.compare(p, names, obj, workers=cores, allow_lossy=allow_compression, started=started)
         _let_go(started)
@@ -577,6 +585,7 @@ def simulate(
 
     _check_format(fmt)
     p, strategy, plan_obj = api.load_plan(plan_path)
+    _say_budget_note(p)
     keep(_simulate_keeps(exact, trace))
     try:
         result = run_plan(

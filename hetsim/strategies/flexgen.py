@@ -130,7 +130,7 @@ class FlexGen(Strategy):
         if uses_disk and not disk:
             raise OutOfMemory(gpu, "disk share (the rig has no disk)", 1.0, 0.0, 0.0)
         mem = memory_plan(model, shape_of(plan, workload), f)
-        check_budget(gpu, "gpu_mem_budget", mem["gpu"], plan.gpu_mem_budget)
+        check_budget(gpu, "gpu_mem_budget", mem["gpu"], plan.gpu_mem_budget, rig.devices[gpu].mem_bytes)
         out = {gpu: mem["gpu"], cpu: mem["cpu"]}
         if disk:
             out[disk] = mem["disk"]

@@ -498,7 +498,7 @@ class HeteGen(Strategy):
     def footprint(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         gpu = {"resident_weights": resident_bytes(plan, model), **working_set(plan, model, workload)}
         what = "hetegen GPU working set (gpu_mem_budget)"
-        check_budget(plan.gpu, what, gpu, plan.gpu_mem_budget, rel_tol=1e-12)
+        check_budget(plan.gpu, what, gpu, plan.gpu_mem_budget, rig.devices[plan.gpu].mem_bytes, rel_tol=1e-12)
         split = split_weight_bytes_by_kind(plan, model)
         host = {"split_weights": sum(split.values())}
         # fp32: the fp32 copy of the largest CPU share of either phase, and every fp16 byte kept, the
