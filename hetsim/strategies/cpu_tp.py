@@ -41,6 +41,12 @@ class CpuTpPlan:
     weight_copies: int = 1
 
 
+# xFasterTransformer's hybrid dtypes (src/models/hybrid_model.h) keep two complete models, one per
+# dtype of the pair; no xFT dtype keeps more (10**30 copies ran to a reason quoting 10**27 TB).
+MAX_WEIGHT_COPIES = 2
+WHY_COPIES = "xFasterTransformer keeps at most two: one per dtype of a hybrid such as bf16_fp16"
+
+
 def _layouts(rig: Rig, degree: int) -> list[tuple[str, ...]]:
     """Candidate rank layouts of ``degree`` sockets: packed into as few nodes as possible, or spread."""
     by_node = [list(n.cpus) for n in rig.nodes.values() if n.cpus]
@@ -76,6 +82,7 @@ class CpuTensorParallel(Strategy):
             pc.device_of_kind(rig, r, "cpu", f"ranks[{j}]")
         pc.heads_split(model, len(plan.ranks), "ranks")
         pc.at_least(plan.weight_copies, 1, "weight_copies")
+        pc.in_range(plan.weight_copies, 1, MAX_WEIGHT_COPIES, "weight_copies", WHY_COPIES)
         for name in ("weight_dtype", "kv_dtype", "allreduce_dtype", "act_dtype"):
             pc.known_dtype(getattr(plan, name), name)
 

@@ -51,7 +51,7 @@ from hetsim.strategies.flexgen_policy import (
     shape_of,
     validate,
 )
-from hetsim.workload import Step, Workload, steps
+from hetsim.workload import MAX_WORK, WHY_MAX, Step, Workload, steps
 
 
 def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
@@ -98,6 +98,15 @@ class FlexGen(Strategy):
             pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
         pc.at_least(plan.gpu_batch_size, 1, "gpu_batch_size")
         pc.at_least(plan.num_gpu_batches, 1, "num_gpu_batches")
+        # a block (gpu_batch_size x num_gpu_batches) is a batch: 10**30 ran to an out-of-memory reason
+        # quoting 10**25 TB. At most the largest batch, rounded up to whole GPU batches (the default
+        # plan's ceil(batch / gpu_batch_size) GPU batches stay inside).
+        most = MAX_WORK["batch"]
+        pc.in_range(plan.gpu_batch_size, 1, most, "gpu_batch_size", WHY_MAX["batch"])
+        why = (
+            f"a block of gpu_batch_size x num_gpu_batches holds at most {most} sequences: {WHY_MAX['batch']}"
+        )
+        pc.in_range(plan.num_gpu_batches, 1, math.ceil(most / plan.gpu_batch_size), "num_gpu_batches", why)
         for name in ("wg", "wc", "cg", "cc", "hg", "hc"):
             pc.in_range(getattr(plan, name), 0.0, 100.0, name)
         try:

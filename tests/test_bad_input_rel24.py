@@ -1,0 +1,87 @@
+"""Session 24's hostile inputs: absurd plan counts refused at the boundary with their range, a GPU's
+``memory`` beside the rule it replaces, and what the audit (tools/bad_input_audit.py) found."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hetsim import api
+from hetsim.strategies.base import get_strategy
+from hetsim.workload import MAX_WORK, Workload
+
+HUGE = 10**30
+
+# (strategy, model, rig, field, the range its line states)
+COUNTS = [
+    ("flexgen", "opt-6.7b", "flexgen-t4", "gpu_batch_size", "must be in [1, 65536]"),
+    ("flexgen", "opt-6.7b", "flexgen-t4", "num_gpu_batches", "must be in [1, 65536]"),
+    ("cpu-tp", "llama2-7b", "cputp-4x8575c", "weight_copies", "must be in [1, 2]"),
+]
+
+
+@pytest.mark.parametrize(("strategy", "model", "hw", "field", "says"), COUNTS)
+def test_an_absurd_count_in_a_plan_file_is_refused_with_its_range(
+    plan_file, guarded, strategy, model, hw, field, says
+) -> None:
+    """10**30 ran to an infeasible row quoting 10**25 TB ("kv_cache needs 3.7e25 TB"); now one line,
+    exit 2, the file, the field and the allowed range."""
+    f = plan_file(strategy, model, hw, **{field: HUGE})
+    code, err = guarded(["simulate", "--plan", f, "--format", "json"])
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: {f}: params.{field}: {says}") and f"got {HUGE}" in err, err
+    assert "TB" not in err
+
+
+def test_num_gpu_batches_may_fill_the_largest_batch_and_no_more(plan_file, guarded) -> None:
+    """The block (gpu_batch_size x num_gpu_batches) is a batch: at most 65536, rounded up to whole GPU
+    batches (48 x 1366 = 65568, the default plan's at batch 65536)."""
+    fg = get_strategy("flexgen")
+    p = api.problem("opt-6.7b", "flexgen-t4", 1, 16, 2)
+    plan = fg.default_plan(p.rig, p.model, p.workload)
+    from dataclasses import replace
+
+    fg.check_plan(replace(plan, gpu_batch_size=48, num_gpu_batches=1366), p.rig, p.model, p.workload)
+    fg.check_plan(replace(plan, gpu_batch_size=2**16, num_gpu_batches=1), p.rig, p.model, p.workload)
+    f = plan_file("flexgen", "opt-6.7b", "flexgen-t4", gpu_batch_size=48, num_gpu_batches=1367)
+    code, err = guarded(["simulate", "--plan", f])
+    assert code == 2 and "params.num_gpu_batches: must be in [1, 1366]" in err, err
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=1, max_value=MAX_WORK["batch"]))
+def test_flexgens_default_plan_is_inside_its_own_ranges(batch: int) -> None:
+    """The caps refuse no plan hetsim makes itself: the default plan at every batch passes them."""
+    fg = get_strategy("flexgen")
+    p = _t4()
+    wl = Workload(batch, 16, 2)
+    fg.check_plan(fg.default_plan(p.rig, p.model, wl), p.rig, p.model, wl)
+
+
+_T4: list[api.Problem] = []
+
+
+def _t4() -> api.Problem:
+    if not _T4:
+        _T4.append(api.problem("opt-6.7b", "flexgen-t4", 1, 16, 2))
+    return _T4[0]
+
+
+def test_cpu_tp_two_weight_copies_still_run(plan_file, guarded) -> None:
+    """xFT's hybrid dtypes keep two complete models: 2 is inside the range, 3 is not."""
+    ok = plan_file("cpu-tp", "llama2-7b", "cputp-4x8575c", weight_copies=2)
+    assert guarded(["simulate", "--plan", ok, "--format", "json"])[0] == 0
+    bad = plan_file("cpu-tp", "llama2-7b", "cputp-4x8575c", weight_copies=3)
+    code, err = guarded(["simulate", "--plan", bad])
+    assert code == 2 and "params.weight_copies: must be in [1, 2] (xFasterTransformer" in err, err
+
+
+def test_the_tampered_plans_json_is_what_simulate_reads(plan_file) -> None:
+    """The fixture's edits land in the params (a guard on the tests above)."""
+    f = plan_file("cpu-tp", "llama2-7b", "cputp-4x8575c", weight_copies=HUGE)
+    assert json.loads(Path(f).read_text())["params"]["weight_copies"] == HUGE
