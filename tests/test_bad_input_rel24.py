@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,61 @@ def test_cpu_tp_two_weight_copies_still_run(plan_file, guarded) -> None:
     bad = plan_file("cpu-tp", "llama2-7b", "cputp-4x8575c", weight_copies=3)
     code, err = guarded(["simulate", "--plan", bad])
     assert code == 2 and "params.weight_copies: must be in [1, 2] (xFasterTransformer" in err, err
+
+
+# ---- a GPU's measured memory beside the rule it replaces ---------------------------------------------
+RIG = """name: r
+nodes:
+- count: 1
+  cpus: [xeon-8380]
+  host_memory: {{value: 256 GB, source: test, grade: assumed}}
+  gpus:
+  - model: a10
+{extra}"""
+MEMORY = "    memory: {value: 20 GB, source: test, grade: measured}\n"
+
+
+def _rig(tmp_path: Path, extra: str) -> str:
+    f = tmp_path / "r.yaml"
+    f.write_text(RIG.format(extra=extra))
+    return str(f)
+
+
+@pytest.mark.parametrize("key", ["ecc_share", "driver_share"])
+def test_a_share_beside_a_given_memory_is_refused(tmp_path, guarded, key) -> None:
+    """Before: loaded, the share silently unused (19.5 GB whatever ecc_share said)."""
+    f = _rig(tmp_path, MEMORY + f"    {key}: {{value: 0.5, source: test, grade: assumed}}\n")
+    code, err = guarded(["hw", "show", f])
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {f}: nodes[0].gpus[0].{key}: is not used: memory"), err
+
+
+def test_dram_beside_a_given_memory_is_refused(tmp_path, guarded) -> None:
+    f = _rig(tmp_path, MEMORY + "    dram: {value: 48 GiB, source: test, grade: datasheet}\n")
+    code, err = guarded(["hw", "show", f])
+    assert code == 2 and f"{f}: nodes[0].gpus[0].dram: is not used" in err, err
+
+
+def test_a_rigs_memory_over_a_datasheet_card_replaces_its_rule(tmp_path) -> None:
+    """What hetsim calibrate writes (a measured ``memory`` over the catalogue A10's dram and shares)
+    still loads, and the memory is what the GPU holds."""
+    from hetsim.hardware.loader import load_rig
+
+    rig = load_rig(_rig(tmp_path, MEMORY))
+    gpu = rig.gpus()[0]
+    assert gpu.mem_bytes + gpu.reserved_bytes == 20e9
+
+
+def test_memory_null_derives_it_from_the_rigs_share(tmp_path) -> None:
+    from hetsim.hardware.loader import load_rig
+
+    plain = load_rig(_rig(tmp_path, "")).gpus()[0]
+    f = _rig(tmp_path, "    memory: null\n    ecc_share: {value: 0, source: ECC off, grade: measured}\n")
+    off = load_rig(f).gpus()[0]
+    assert off.mem_bytes + off.reserved_bytes == pytest.approx(
+        (plain.mem_bytes + plain.reserved_bytes) * 16 / 15, abs=1
+    )
+    assert math.isfinite(off.mem_bytes)
 
 
 def test_the_tampered_plans_json_is_what_simulate_reads(plan_file) -> None:
