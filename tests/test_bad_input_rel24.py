@@ -141,3 +141,14 @@ def test_the_tampered_plans_json_is_what_simulate_reads(plan_file) -> None:
     """The fixture's edits land in the params (a guard on the tests above)."""
     f = plan_file("cpu-tp", "llama2-7b", "cputp-4x8575c", weight_copies=HUGE)
     assert json.loads(Path(f).read_text())["params"]["weight_copies"] == HUGE
+
+
+# ---- found by the hunt (tools/bad_input_audit.py's new cases) ------------------------------------------
+def test_hetegens_runtime_reserve_is_at_most_the_gpu(plan_file, guarded) -> None:
+    """1e30 bytes of reserve ran to "needs 1000000000000000000.0 TB"; the GPU's memory is the bound."""
+    f = plan_file("hetegen", "opt-6.7b", "hetegen-a10", runtime_reserve_bytes=1e30)
+    code, err = guarded(["simulate", "--plan", f])
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{f}: params.runtime_reserve_bytes: must be in [0, " in err and "n0.gpu0 holds" in err, err
+    ok = plan_file("hetegen", "opt-6.7b", "hetegen-a10", runtime_reserve_bytes=0.35e9)
+    assert guarded(["simulate", "--plan", ok, "--format", "json"])[0] == 0

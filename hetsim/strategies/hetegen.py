@@ -466,7 +466,11 @@ class HeteGen(Strategy):
             pc.in_range(n, 0, counts[kind], f"resident.{kind}")
         pc.optional_budget(plan.gpu_mem_budget)
         pc.in_range(plan.split_sync_s, 0.0, 1.0, "split_sync_s")  # a barrier's cost (1e308 overflowed)
-        pc.at_least(plan.runtime_reserve_bytes, 0.0, "runtime_reserve_bytes")
+        # a reserve is held on the GPU: more than it holds ran to a reason quoting 10**18 TB (1e30)
+        held = rig.devices[plan.gpu].mem_bytes
+        pc.in_range(
+            plan.runtime_reserve_bytes, 0.0, held, "runtime_reserve_bytes", f"at most what {plan.gpu} holds"
+        )
         _check_chunk(plan.stream_chunk_bytes)
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         if (problem := cpu_dtype_problem(plan.cpu_dtype, plan.weight_dtype)) is not None:
