@@ -152,3 +152,40 @@ def test_hetegens_runtime_reserve_is_at_most_the_gpu(plan_file, guarded) -> None
     assert f"{f}: params.runtime_reserve_bytes: must be in [0, " in err and "n0.gpu0 holds" in err, err
     ok = plan_file("hetegen", "opt-6.7b", "hetegen-a10", runtime_reserve_bytes=0.35e9)
     assert guarded(["simulate", "--plan", ok, "--format", "json"])[0] == 0
+
+
+SWEEP = """name: s
+base: {{batch: 1, gen_len: 2, prompt_len: 16, model: llama2-7b, rig: mixed-lab, strategy: gpu-only}}
+grids:
+- {{{key}: [{value}]}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        # an OverflowError traceback out of the results table (10**30 is no 64-bit integer)
+        ("cpu_sockets", str(10**30), "must be <= 64 (the most sockets a rig's node holds)"),
+        ("cpu_sockets", "65", "must be <= 64"),
+        # another kind's numbers swapped in for every PCIe (or NIC) link, silently
+        ("pcie", "ethernet-100g", "'ethernet-100g' is a ethernet link, not pcie"),
+        ("pcie", "nvlink4", "'nvlink4' is a nvlink link, not pcie"),
+        ("net_link", "pcie4-x16", "'pcie4-x16' is a pcie link, not ethernet or infiniband or rdma"),
+    ],
+)
+def test_a_sweeps_hardware_knob_out_of_its_range_is_refused(tmp_path, guarded, key, value, says) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SWEEP.format(key=key, value=value))
+    code, err = guarded(["sweep", str(spec), "--workers", "1", "--no-plots", "--out", str(tmp_path / "o")])
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {spec}: grids[0].{key}[0]: {says}"), err
+    assert not (tmp_path / "o" / "results").exists()
+
+
+def test_a_sweeps_pcie_knob_of_a_pcie_link_still_runs(tmp_path, guarded) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        SWEEP.format(key="pcie", value="pcie3-x16").replace("grids:", "grids:\n- {cpu_sockets: [64]}")
+    )
+    code, err = guarded(["sweep", str(spec), "--workers", "1", "--no-plots", "--out", str(tmp_path / "o")])
+    assert code == 0, err

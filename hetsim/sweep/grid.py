@@ -21,10 +21,9 @@ from typing import Any
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.schema import TO_HOST_FIELDS, Bandwidth, out_of_bounds
 from hetsim.hardware.types import Link, Provenance
-from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, SweepSpec
+from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, NIC_KINDS, SweepSpec
 
 DEFAULTS: dict[str, Any] = {"strategy": "all", "batch": 1, "prompt_len": 512, "gen_len": 32}
-NIC_KINDS = ("ethernet", "infiniband", "rdma")
 
 
 def canonical(config: Mapping[str, Any]) -> str:
