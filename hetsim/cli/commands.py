@@ -158,7 +158,8 @@ def _problem(
 
 
 def _say_budget_note(p: api.Problem) -> None:
-    """A GPU memory budget above a GPU's memory runs (the GPU's own size binds), said on stderr."""
+    """A GPU memory budget above a GPU's memory runs (the GPU's own size binds), said on stderr once the
+    command's output is out (an error line stays the only line of a failed command)."""
     if p.budget_note:
         err().print(f"note: {p.budget_note}", highlight=False, soft_wrap=True)
 
@@ -461,7 +462,6 @@ def compare(
 
         obj = api.check_objective(objective)
         p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
-        _say_budget_note(p)
         names = _strategy_names(strategies, "--strategies")
         free = p.batch_is_free(obj, not no_search)
         try:
@@ -500,6 +500,7 @@ def compare(
                 keep(_compare_kept(len(stopped.results), stopped.unfinished, whole))
             raise
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free, quantized=p.model.quantized)
+    _say_budget_note(p)
     if trace and fmt == "table":
         if results and results[0].feasible:
             err().print(f"trace of {results[0].strategy} written to {trace}", highlight=False)
@@ -538,7 +539,6 @@ def plan(
 
         obj = api.check_objective(objective)
         p = _problem(model, hw, batch, prompt_len, gen_len, gpu_mem_budget, dtype, kv_dtype, routing_profile)
-        _say_budget_note(p)
         names = _strategy_names(strategy, "--strategy")
         results = api.compare(p, names, obj, workers=cores, allow_lossy=allow_compression, started=started)
         _let_go(started)
@@ -561,12 +561,14 @@ def plan(
         keep(f"its plan, written whole to {out_path} before the stop, is kept")
     if fmt == "json":
         _print_json(doc)
+        _say_budget_note(p)
         return
     out().print(plan_summary_table(doc, best))
     if names is None or len(names) > 1:
         out().print(f"winner: [bold]{best.strategy}[/bold]")
     if out_path is not None:
         out().print(f"plan written to {out_path}", highlight=False)
+    _say_budget_note(p)
 
 
 @app.command()
@@ -585,7 +587,6 @@ def simulate(
 
     _check_format(fmt)
     p, strategy, plan_obj = api.load_plan(plan_path)
-    _say_budget_note(p)
     keep(_simulate_keeps(exact, trace))
     try:
         result = run_plan(
@@ -605,6 +606,7 @@ def simulate(
             keep(_simulate_kept(partial, fmt, trace))
         raise
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result], quantized=p.model.quantized)
+    _say_budget_note(p)
     if trace and fmt == "table":
         err().print(f"trace written to {trace}", highlight=False)
 
