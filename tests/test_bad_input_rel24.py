@@ -189,3 +189,29 @@ def test_a_sweeps_pcie_knob_of_a_pcie_link_still_runs(tmp_path, guarded) -> None
     )
     code, err = guarded(["sweep", str(spec), "--workers", "1", "--no-plots", "--out", str(tmp_path / "o")])
     assert code == 0, err
+
+
+@pytest.mark.parametrize("where", ["flag", "plan", "params"])
+def test_a_budget_past_any_memory_is_refused(plan_file, guarded, where) -> None:
+    """1e308 bytes (a bare number) ran, its clamp note quoting "5301413805838450032640.0 TB"; past an
+    exabyte (a rig file's bound on any size, ``hardware.schema.Bytes``) is a typo."""
+    from hetsim.hardware.schema import Bytes
+    from hetsim.sim.memory import MAX_GPU_MEM_BUDGET
+
+    assert Bytes._high == MAX_GPU_MEM_BUDGET
+    if where == "flag":
+        args = ["compare", "--model", "llama2-7b", "--hw", "mixed-lab", "--batch", "1", "--prompt-len", "16"]
+        code, err = guarded(
+            [*args, "--gen-len", "2", "--strategies", "gpu-only", "--gpu-mem-budget", "1e308"]
+        )
+        field = "--gpu-mem-budget"
+    else:
+        f = plan_file("hetegen", "opt-6.7b", "hetegen-a10")
+        doc = json.loads(Path(f).read_text())
+        (doc["params"] if where == "params" else doc)["gpu_mem_budget"] = 1e30
+        Path(f).write_text(json.dumps(doc))
+        code, err = guarded(["simulate", "--plan", f])
+        field = f"{f}: " + ("params.gpu_mem_budget" if where == "params" else "gpu_mem_budget")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{field}: " in err and "past any memory (at most 1e+18, an exabyte)" in err, err
+    assert "TB" not in err

@@ -13,6 +13,10 @@ from hetsim.units import fmt_bytes
 # alone) fits, so such a budget is a missing unit (``--gpu-mem-budget 24``, a plan file's ``24``: bytes),
 # refused rather than run to an out-of-memory result.
 MIN_GPU_MEM_BUDGET = 1e6
+# The most: an exabyte, the bound of any size in a rig file (``hardware.schema.Bytes``). A budget above
+# a GPU's memory runs as that memory (``usable_bytes``); one past any memory (1e308 bytes) is a typo,
+# and its note quoted 5e21 TB.
+MAX_GPU_MEM_BUDGET = 1e18
 
 
 def budget_problem(budget: float, must: str = "a positive finite size") -> str | None:
@@ -22,6 +26,8 @@ def budget_problem(budget: float, must: str = "a positive finite size") -> str |
         return f"must be {must}, got {budget}"
     if too_small(budget):
         return f"{budget:g} bytes is below any model's working set (at least 1 MB): a size in bytes"
+    if budget > MAX_GPU_MEM_BUDGET:
+        return f"{budget:g} bytes is past any memory (at most {MAX_GPU_MEM_BUDGET:g}, an exabyte)"
     return None
 
 
