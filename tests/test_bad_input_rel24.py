@@ -215,3 +215,20 @@ def test_a_budget_past_any_memory_is_refused(plan_file, guarded, where) -> None:
     assert code == 2 and err.count("\n") == 1, err
     assert f"{field}: " in err and "past any memory (at most 1e+18, an exabyte)" in err, err
     assert "TB" not in err
+
+
+def test_a_config_whose_shapes_multiply_past_any_model_is_refused(tmp_path, guarded) -> None:
+    """Each shape under its own bound (hidden 1e8, 10,000 layers) made 7e20 parameters; compare's rows
+    quoted "weights needs 1400000016.8 TB". The product is bounded too (hf_config.MAX_PARAMS)."""
+    root = Path(__file__).resolve().parent / "data" / "hf-configs" / "Llama-2-7B" / "config.json"
+    cfg = json.loads(root.read_text())
+    cfg.update(hidden_size=10**8, intermediate_size=10**8, num_hidden_layers=10_000)
+    cfg.update(num_attention_heads=1000, num_key_value_heads=1000)
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps(cfg))
+    for args in (["model", "show", str(f)], ["compare", "--model", str(f), "--hw", "mixed-lab"]):
+        code, err = guarded(args)
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith("error: ") and f"{f}: its shapes (hidden_size, " in err, err
+        assert "7e+20 parameters" in err
+        assert "at most 1e+14" in err and "TB" not in err
