@@ -232,3 +232,28 @@ def test_a_config_whose_shapes_multiply_past_any_model_is_refused(tmp_path, guar
         assert err.startswith("error: ") and f"{f}: its shapes (hidden_size, " in err, err
         assert "7e+20 parameters" in err
         assert "at most 1e+14" in err and "TB" not in err
+
+
+@pytest.mark.parametrize(
+    ("strategy", "knob", "value", "says"),
+    [
+        ("flexgen", "gpu_batch_size", 2**62, "must be in [1, 65536] (larger batches"),
+        ("flexgen", "num_gpu_batches", 65537, "must be in [1, 65536] (a block of gpu_batch_size"),
+        ("cpu-tp", "weight_copies", 3, "must be in [1, 2] (xFasterTransformer keeps at most two"),
+        ("hexgen", "max_batch", 2**40, "must be in [1, 65536] (larger batches"),
+    ],
+)
+def test_a_sweeps_plan_knob_out_of_its_range_is_refused_before_any_point(
+    tmp_path, guarded, strategy, knob, value, says
+) -> None:
+    """Before: each such point ran to an error row (InputError: params.<knob>: ...) after the points
+    before it; the strategy's ``knob_ranges`` are checked with the spec."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        "name: s\nbase: {batch: 1, gen_len: 2, prompt_len: 16, model: llama2-7b, rig: mixed-lab}\n"
+        f"grids:\n- {{strategy: [{strategy}], plan.{knob}: [1, {value}]}}\n"
+    )
+    code, err = guarded(["sweep", str(spec), "--workers", "1", "--no-plots", "--out", str(tmp_path / "o")])
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {spec}: grids[0].plan.{knob}[1]: {says}"), err
+    assert f"({strategy}'s plan field)" in err and not (tmp_path / "o" / "results").exists()

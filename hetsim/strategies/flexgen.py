@@ -74,6 +74,13 @@ def _cannot_load(model: ModelSpec) -> str | None:
     return None
 
 
+# a block (gpu_batch_size x num_gpu_batches) is a batch: 10**30 of either ran to an out-of-memory reason
+# quoting 10**25 TB
+_MOST = MAX_WORK["batch"]
+_BLOCK = f"a block of gpu_batch_size x num_gpu_batches holds at most {_MOST} sequences: {WHY_MAX['batch']}"
+_RANGES = {"gpu_batch_size": (1, _MOST, WHY_MAX["batch"]), "num_gpu_batches": (1, _MOST, _BLOCK)}
+
+
 @register
 class FlexGen(Strategy):
     name = "flexgen"
@@ -93,20 +100,18 @@ class FlexGen(Strategy):
             return "the GPU has no host CPU"
         return _cannot_load(model)
 
+    knob_ranges = _RANGES
+
     def check_plan(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         if plan.gpu:
             pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
         pc.at_least(plan.gpu_batch_size, 1, "gpu_batch_size")
         pc.at_least(plan.num_gpu_batches, 1, "num_gpu_batches")
-        # a block (gpu_batch_size x num_gpu_batches) is a batch: 10**30 ran to an out-of-memory reason
-        # quoting 10**25 TB. At most the largest batch, rounded up to whole GPU batches (the default
-        # plan's ceil(batch / gpu_batch_size) GPU batches stay inside).
-        most = MAX_WORK["batch"]
-        pc.in_range(plan.gpu_batch_size, 1, most, "gpu_batch_size", WHY_MAX["batch"])
-        why = (
-            f"a block of gpu_batch_size x num_gpu_batches holds at most {most} sequences: {WHY_MAX['batch']}"
-        )
-        pc.in_range(plan.num_gpu_batches, 1, math.ceil(most / plan.gpu_batch_size), "num_gpu_batches", why)
+        pc.in_ranges(plan, self.knob_ranges)
+        # the block is a batch too: at most the largest, rounded up to whole GPU batches (the default
+        # plan's ceil(batch / gpu_batch_size) GPU batches stay inside)
+        most = math.ceil(_MOST / plan.gpu_batch_size)
+        pc.in_range(plan.num_gpu_batches, 1, most, "num_gpu_batches", _BLOCK)
         for name in ("wg", "wc", "cg", "cc", "hg", "hc"):
             pc.in_range(getattr(plan, name), 0.0, 100.0, name)
         try:

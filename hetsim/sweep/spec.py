@@ -291,9 +291,20 @@ def _check_plan_knobs(spec: SweepSpec, source: str) -> None:
                     why = "must be within +-(2**63 - 1) (the results table's 64-bit integers)"
                     raise InputError(f"{why}, got {value!r:.40}", source=source, field=field)
                 for strategy in strategies:
-                    why = _plan_value_problem(strategy.plan_type, key[5:], value)
+                    why = _plan_value_problem(strategy.plan_type, key[5:], value) or _out_of_range(
+                        strategy.knob_ranges.get(key[5:]), value
+                    )
                     if why:
                         raise InputError(f"{why} ({strategy.name}'s plan field)", source=source, field=field)
+
+
+def _out_of_range(bounds: tuple[float, float, str] | None, value: Any) -> str | None:
+    """Why ``value`` (of its field's type) is outside a strategy's ``knob_ranges`` entry, as a plan
+    file's ``check_plan`` says it (a point's error row, after the points before it ran)."""
+    if bounds is None or bounds[0] <= value <= bounds[1]:
+        return None
+    low, high, why = bounds
+    return f"must be in [{low:g}, {high:g}] ({why}), got {value!r}"
 
 
 def _has_field(plan_type: type, name: str) -> bool:
