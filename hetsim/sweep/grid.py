@@ -21,6 +21,7 @@ from typing import Any
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.schema import TO_HOST_FIELDS, Bandwidth, out_of_bounds
 from hetsim.hardware.types import Link, Provenance
+from hetsim.sim.memory import usable_bytes
 from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, NIC_KINDS, SweepSpec
 
 DEFAULTS: dict[str, Any] = {"strategy": "all", "batch": 1, "prompt_len": 512, "gen_len": 32}
@@ -147,7 +148,8 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
     budget = gpu_mem_budget(knobs)
     if budget is not None:
         for name, dev in list(devices.items()):
-            if dev.kind == "gpu" and dev.mem_bytes > budget:
+            # a GPU holding less keeps its memory (``usable_bytes``, the rule's one home)
+            if dev.kind == "gpu" and usable_bytes(dev.mem_bytes, budget) < dev.mem_bytes:
 
                 def capped(dev: Any = dev) -> Any:
                     prov = {
