@@ -22,7 +22,7 @@ from hetsim.hardware.rig import Rig
 from hetsim.hardware.schema import TO_HOST_FIELDS, Bandwidth, out_of_bounds
 from hetsim.hardware.types import Link, Provenance
 from hetsim.sim.memory import usable_bytes
-from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, NIC_KINDS, SweepSpec
+from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, NIC_KINDS, SWAPS, SweepSpec
 
 DEFAULTS: dict[str, Any] = {"strategy": "all", "batch": 1, "prompt_len": 512, "gen_len": 32}
 
@@ -202,9 +202,9 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
                 )
 
     if knobs.get("pcie") is not None:
-        swap(("pcie",), knobs["pcie"], only_nic=False)
+        swap(SWAPS["pcie"], knobs["pcie"], only_nic=False)
     if knobs.get("net_link") is not None:
-        swap(NIC_KINDS, knobs["net_link"], only_nic=True)
+        swap(SWAPS["net_link"], knobs["net_link"], only_nic=True)
     if knobs.get("net_gbps") is not None:
         bw = float(knobs["net_gbps"]) * 1e9 / 8
         for lname, link in list(links.items()):
