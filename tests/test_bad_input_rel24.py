@@ -149,9 +149,24 @@ def test_hetegens_runtime_reserve_is_at_most_the_gpu(plan_file, guarded) -> None
     f = plan_file("hetegen", "opt-6.7b", "hetegen-a10", runtime_reserve_bytes=1e30)
     code, err = guarded(["simulate", "--plan", f])
     assert code == 2 and err.count("\n") == 1, err
-    assert f"{f}: params.runtime_reserve_bytes: must be in [0, " in err and "n0.gpu0 holds" in err, err
+    assert (
+        f"{f}: params.runtime_reserve_bytes: must be in [0, " in err and "23.2 GB n0.gpu0 may use" in err
+    ), err
     ok = plan_file("hetegen", "opt-6.7b", "hetegen-a10", runtime_reserve_bytes=0.35e9)
     assert guarded(["simulate", "--plan", ok, "--format", "json"])[0] == 0
+
+
+def test_a_reserve_over_the_budget_names_the_budgets_bytes_not_the_gpus(plan_file, guarded) -> None:
+    """Under a plan's GPU memory budget the bound is the budget's bytes: the line said "at most what
+    n0.gpu0 holds" while quoting 4e+09, of a GPU that holds 23.2 GB."""
+    f = plan_file("hetegen", "opt-6.7b", "hetegen-a10", runtime_reserve_bytes=5e9)
+    doc = json.loads(Path(f).read_text())
+    Path(f).write_text(json.dumps({**doc, "gpu_mem_budget": 4e9}))
+    code, err = guarded(["simulate", "--plan", f])
+    assert code == 2 and err.count("\n") == 1, err
+    assert (
+        "params.runtime_reserve_bytes: must be in [0, 4e+09] (at most the 4.0 GB n0.gpu0 may use)" in err
+    ), err
 
 
 SWEEP = """name: s
