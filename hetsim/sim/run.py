@@ -76,12 +76,22 @@ def ff_sample(gen_len: int) -> int:
 def fits(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
     """Whether the plan's resident memory fits the rig (what ``simulate`` allocates first), without
     running it: the cheap test a free-batch search bisects on."""
-    ledger = MemoryLedger(rig.capacities(), clock=lambda: 0.0)
     try:
-        for device, tags in strategy.footprint(plan, rig, model, workload).items():
+        footprint = strategy.footprint(plan, rig, model, workload)
+    except NoRouteError:
+        return False
+    return footprint_fits(rig.capacities(), footprint)
+
+
+def footprint_fits(capacities: Mapping[str, float], footprint: Mapping[str, Mapping[str, float]]) -> bool:
+    """Whether ``footprint`` (device -> tag -> bytes) fits memories of ``capacities`` as ``simulate``
+    allocates it, tag by tag on the engine's ledger (``fits``; HexGen's ``replica_holds``)."""
+    ledger = MemoryLedger(capacities, clock=lambda: 0.0)
+    try:
+        for device, tags in footprint.items():
             for tag, nbytes in tags.items():
                 ledger.alloc(device, nbytes, tag)
-    except (OutOfMemory, NoRouteError):
+    except OutOfMemory:
         return False
     return True
 

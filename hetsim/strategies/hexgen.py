@@ -20,8 +20,7 @@ from dataclasses import dataclass, replace
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.sharding import tp_degrees
 from hetsim.models.spec import ModelSpec
-from hetsim.sim.memory import MemoryLedger, OutOfMemory
-from hetsim.sim.run import remembered_cost
+from hetsim.sim.run import footprint_fits, remembered_cost
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, no_gpu, register
 from hetsim.strategies.gpu_only import PipelinePlan, pipeline_schedule
@@ -158,14 +157,7 @@ def replica_holds(rig: Rig, model: ModelSpec, replica: Replica, workload: Worklo
         whole = replace(workload, gen_len=workload.kv_slots + 1 - workload.prompt_len, alloc_gen_len=0)
 
         def holds(share: int) -> bool:
-            ledger = MemoryLedger(caps, clock=lambda: 0.0)
-            try:
-                for device, tags in share_footprint(model, replica, share, whole, plan).items():
-                    for tag, nbytes in tags.items():
-                        ledger.alloc(device, nbytes, tag)
-            except OutOfMemory:
-                return False
-            return True
+            return footprint_fits(caps, share_footprint(model, replica, share, whole, plan))
 
         if not holds(1):
             return 0
