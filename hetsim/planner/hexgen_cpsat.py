@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import combinations_with_replacement
+from operator import itemgetter
 
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.memory import hidden_bytes
@@ -41,7 +43,7 @@ from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.metrics import ServeResult
 from hetsim.serving.serve import RunStopped, serve_plan
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hexgen import MAX_SETTLE, HexGenPlan, Replica, held_for, replica_holds, speed_shares
+from hetsim.strategies.hexgen import HexGenPlan, Replica, settling
 from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes, layer_capacity
 from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
@@ -697,20 +699,9 @@ def offline_candidates(
         return (chosen, materialise(rig, classes, chosen, demand, symmetric)) if chosen else None
 
     def settled(cap: float) -> list[tuple[list[tuple[Shape, int]], HexGenPlan]]:
-        out = []
-        k = 1
-        for _ in range(MAX_SETTLE):
-            found = laid_out(k, cap)
-            if found is None:
-                break
-            plan = found[1]
-            if sum(replica_holds(rig, model, r, workload, plan) for r in plan.replicas) >= workload.batch:
-                out.append(found)  # its replicas hold the batch: ``replica_shares`` gives none more
-            share = max(speed_shares(plan, rig, model, workload))
-            if share <= k:
-                break
-            k = min(workload.batch, held_for(share))
-        return out
+        # every layout whose replicas hold the batch: ``replica_shares`` gives none more than it holds
+        lay_out = partial(laid_out, cap=cap)
+        return [found for found, held, _ in settling(lay_out, itemgetter(1), rig, model, workload) if held]
 
     # each frontier's caps from its own shapes: the loosest cap of the whole batch's shapes can shut
     # out a shape that only fits a share (a replica on fewer GPUs, slower per request)

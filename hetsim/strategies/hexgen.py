@@ -15,7 +15,9 @@ Online serving lives in ``hetsim.serving``; the two-level CP-SAT scheduler in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.sharding import tp_degrees
@@ -193,6 +195,7 @@ def speed_shares(plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workloa
     return split_batch(workload.batch, [replica_speed(rig, model, r, workload, plan) for r in plan.replicas])
 
 
+T = TypeVar("T")
 MAX_SETTLE = 8  # offline: layouts per latency cap while the largest share outgrows the layout's
 
 
@@ -204,6 +207,32 @@ def held_for(share: int) -> int:
         return max(1, share)
     top = 1 << (share.bit_length() - 3)  # share in [4, 8) x top
     return -(-share // top) * top
+
+
+def settling(
+    lay_out: Callable[[int], T | None],
+    plan_of: Callable[[T], HexGenPlan],
+    rig: Rig,
+    model: ModelSpec,
+    workload: Workload,
+) -> Iterator[tuple[T, bool, bool]]:
+    """The layouts on the share fixed point (one rule for the offline search and
+    ``HexGen.default_plan``): lay out for ``k`` sequences (first 1), split the batch by speed; while
+    the largest share exceeds ``k``, again for that share (``held_for``), at most ``MAX_SETTLE``
+    layouts; none once ``lay_out`` gives None (nothing holds ``k``). Yields each layout, whether its
+    replicas hold the batch together (``replica_holds``), and whether it is the settled one."""
+    k = 1
+    for _ in range(MAX_SETTLE):
+        found = lay_out(k)
+        if found is None:
+            return
+        plan = plan_of(found)
+        held = sum(replica_holds(rig, model, r, workload, plan) for r in plan.replicas) >= workload.batch
+        share = max(speed_shares(plan, rig, model, workload))
+        yield found, held, share <= k
+        if share <= k:
+            return
+        k = min(workload.batch, held_for(share))
 
 
 # ---- the baseline ---------------------------------------------------------------------------------
@@ -272,22 +301,18 @@ def _regions_plan(
 def _settled_regions(
     rig: Rig, model: ModelSpec, workload: Workload, regions: dict[str, list[tuple[str, ...]]]
 ) -> HexGenPlan | None:
-    """``_regions_plan`` for the shares its replicas get (``HexGen.default_plan``); None where no
+    """``_regions_plan`` for the shares its replicas get (``HexGen.default_plan``): the first layout
+    on the fixed point (``settling``) whose replicas hold the batch, or the settled one; None where no
     region holds a sequence, the shares do not settle in ``MAX_SETTLE`` layouts, or a replica's
     machines have no route between them (its speed is unknown: the run says why)."""
-    k = 1
-    for _ in range(MAX_SETTLE):
-        plan = _regions_plan(rig, model, workload, regions, k)
-        if plan is None:  # no region holds k sequences, nor any more
-            return None
-        try:
-            share = max(speed_shares(plan, rig, model, workload))
-            held = sum(replica_holds(rig, model, r, workload, plan) for r in plan.replicas)
-        except NoRouteError:
-            return None
-        if share <= k or held >= workload.batch:
-            return plan
-        k = min(workload.batch, held_for(share))
+    try:
+        for plan, held, settled in settling(
+            lambda k: _regions_plan(rig, model, workload, regions, k), lambda p: p, rig, model, workload
+        ):
+            if held or settled:
+                return plan
+    except NoRouteError:
+        return None
     return None
 
 
