@@ -76,9 +76,9 @@ def ff_sample(gen_len: int) -> int:
 def fits(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
     """Whether the plan's resident memory fits the rig (what ``simulate`` allocates first), without
     running it: the cheap test a free-batch search bisects on."""
-    try:
+    try:  # a footprint may refuse itself (a plan's own gpu_mem_budget) or find no route
         footprint = strategy.footprint(plan, rig, model, workload)
-    except NoRouteError:
+    except (OutOfMemory, NoRouteError):
         return False
     return footprint_fits(rig.capacities(), footprint)
 
