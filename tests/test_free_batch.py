@@ -169,3 +169,22 @@ def test_a_context_too_long_for_a_plans_gpu_budget_is_a_reason_not_a_crash():
     p = api.problem("llama2-70b", "mixed-lab", None, 512, 3584)
     r = api.best_result(get_strategy("hetegen"), p, "throughput")
     assert r.feasible or "out of memory" in r.reason
+
+
+def test_a_footprint_that_refuses_itself_does_not_fit():
+    """``fits`` (the free-batch bisection's test) answers False, not raises, where the footprint itself
+    refuses the plan (HeteGen's working set over its own ``gpu_mem_budget``) or finds no route."""
+    from hetsim.hardware.rig import NoRouteError
+    from hetsim.sim.memory import OutOfMemory
+    from hetsim.sim.run import fits
+
+    class Stub:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def footprint(self, plan, rig, model, wl):
+            raise self.exc
+
+    rig, model, wl = load_rig("flexgen-t4"), get_model("opt-30b"), Workload(1, 512, 32)
+    assert not fits(Stub(OutOfMemory("n0.gpu0", "working set", 2e9, 0.0, 1e9)), None, rig, model, wl)
+    assert not fits(Stub(NoRouteError("n0.gpu0 -> n1.gpu0")), None, rig, model, wl)

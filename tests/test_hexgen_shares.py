@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 
 from hetsim.hardware import load_rig
 from hetsim.models import get_model
-from hetsim.planner.hexgen_cpsat import held_for, offline_candidates, search
+from hetsim.planner.hexgen_cpsat import offline_candidates, search
 from hetsim.planner.ranking import evaluator
 from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
+from hetsim.strategies.hexgen import held_for
 from hetsim.workload import Workload
 
 HEXGEN = get_strategy("hexgen")

@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from itertools import combinations_with_replacement
+from operator import itemgetter
 
 from hetsim.hardware.rig import NoRouteError, Rig
 from hetsim.models.memory import hidden_bytes
@@ -41,7 +43,7 @@ from hetsim.serving.estimate import TimesCache, estimate_attainment
 from hetsim.serving.metrics import ServeResult
 from hetsim.serving.serve import RunStopped, serve_plan
 from hetsim.strategies.base import get_strategy
-from hetsim.strategies.hexgen import HexGenPlan, Replica, replica_shares
+from hetsim.strategies.hexgen import HexGenPlan, Replica, settling
 from hetsim.strategies.pipeline import Stage, even_layers, gpu_dtypes, layer_capacity
 from hetsim.strategies.pipeline_costs import layer_time
 from hetsim.workload import Workload
@@ -639,19 +641,6 @@ def _candidate(plan: HexGenPlan, cap: float, chosen: list[tuple[Shape, int]]) ->
     return PlanCandidate(plan, cap, rate, worst)
 
 
-MAX_SETTLE = 8  # offline: layouts per latency cap while the largest share outgrows the layout's
-
-
-def held_for(share: int) -> int:
-    """The sequences a replica is laid out for to hold ``share``: the next of 1, 2, 3 and 4..7 x 2^n
-    (at most 1/4 more), so that a ladder's rungs, whose shares differ by a few sequences, share
-    layouts (each costs a few dozen inner solves) at a little memory held back."""
-    if share <= 4:
-        return max(1, share)
-    top = 1 << (share.bit_length() - 3)  # share in [4, 8) x top
-    return -(-share // top) * top
-
-
 def offline_candidates(
     rig: Rig,
     model: ModelSpec,
@@ -664,16 +653,21 @@ def offline_candidates(
     """``candidates`` for an offline batch: the replicas laid out for the whole batch (each could hold
     all of it) and the replicas laid out for the share of it each gets, each along its latency caps.
 
-    HexGen splits the batch over the replicas by their speeds (``HexGen.batch_split``), so a replica
-    holds the KV and workspace of its share only. The shares depend on the replicas chosen, so they
-    settle by a fixed point from below: lay out every shape for ``k`` sequences (first 1), solve the
-    outer level, split the batch over its replicas; while the largest share exceeds ``k``, lay out
-    again for that share (fewer shapes fit, or fit in more stages). ``k`` only grows and the whole
-    batch always holds, so the last plan holds every share (``HexGen.footprint`` agrees: the same
-    ``stage_memory`` at a share and a micro-batch no larger); one not settled in ``MAX_SETTLE``
-    layouts is dropped. The whole-batch plans stay candidates: the outer level maximises the request
-    rate at batch 1, and a small batch over fewer, faster replicas can finish sooner. Layouts depend
-    on the demand only through the layer caps (``CostTable.caps``): shapes are solved once per caps."""
+    HexGen splits the batch over the replicas by their speeds, no replica given more than it holds
+    (``HexGen.batch_split``), so a replica holds the KV and workspace of its share only. The shares
+    depend on the replicas chosen, so they settle by a fixed point from below: lay out every shape for
+    ``k`` sequences (first 1), solve the outer level, split the batch over its replicas by speed;
+    while the largest share exceeds ``k``, lay out again for that share (fewer shapes fit, or fit in
+    more stages). ``k`` only grows and the whole batch always holds, so the last plan holds every
+    share. Each plan on the way whose replicas together hold the batch is a candidate too: the split
+    fills a fast replica to what it holds and gives the rest to the others (llama2-70b on
+    hexgen-full-budget at batch 1024: the nine replicas laid out for 128 hold 1566 sequences, while
+    the split by speed alone overflowed the RTX 3090 Ti groups and the fixed point went on to four
+    replicas over 8-16 GPUs, 386 tok/s against 730 at batch 768). ``HexGen.footprint`` agrees: the
+    same ``stage_memory`` at a share and a micro-batch no larger. The whole-batch plans stay
+    candidates: the outer level maximises the request rate at batch 1, and a small batch over fewer,
+    faster replicas can finish sooner. Layouts depend on the demand only through the layer caps
+    (``CostTable.caps``): shapes are solved once per caps."""
     strategy = get_strategy("hexgen")
     classes = machine_classes(rig)
 
@@ -704,25 +698,17 @@ def offline_candidates(
         )
         return (chosen, materialise(rig, classes, chosen, demand, symmetric)) if chosen else None
 
-    def settled(cap: float) -> tuple[list[tuple[Shape, int]], HexGenPlan] | None:
-        k = 1
-        for _ in range(MAX_SETTLE):
-            found = laid_out(k, cap)
-            if found is None:
-                return None
-            plan = found[1]
-            share = max(replica_shares(plan, rig, model, workload))
-            if share <= k:
-                return found
-            k = min(workload.batch, held_for(share))
-        return None
+    def settled(cap: float) -> list[tuple[list[tuple[Shape, int]], HexGenPlan]]:
+        # every layout whose replicas hold the batch: ``replica_shares`` gives none more than it holds
+        lay_out = partial(laid_out, cap=cap)
+        return [found for found, held, _ in settling(lay_out, itemgetter(1), rig, model, workload) if held]
 
     # each frontier's caps from its own shapes: the loosest cap of the whole batch's shapes can shut
     # out a shape that only fits a share (a replica on fewer GPUs, slower per request)
     (whole, _, whole_caps), (least, _, least_caps) = level(workload.batch), level(1)
     found = [(cap, laid_out(workload.batch, cap)) for cap in latency_caps(whole, max_candidates)]
     if least_caps != whole_caps:  # else every share's caps are the whole batch's (caps fall with k)
-        found += [(cap, settled(cap)) for cap in latency_caps(least, max_candidates)]
+        found += [(cap, plan) for cap in latency_caps(least, max_candidates) for plan in settled(cap)]
     out, seen = [], set()
     for cap, plan in found:
         if plan is None or _chosen_key(plan[0]) in seen:

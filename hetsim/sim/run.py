@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -75,12 +76,22 @@ def ff_sample(gen_len: int) -> int:
 def fits(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload) -> bool:
     """Whether the plan's resident memory fits the rig (what ``simulate`` allocates first), without
     running it: the cheap test a free-batch search bisects on."""
-    ledger = MemoryLedger(rig.capacities(), clock=lambda: 0.0)
+    try:  # a footprint may refuse itself (a plan's own gpu_mem_budget) or find no route
+        footprint = strategy.footprint(plan, rig, model, workload)
+    except (OutOfMemory, NoRouteError):
+        return False
+    return footprint_fits(rig.capacities(), footprint)
+
+
+def footprint_fits(capacities: Mapping[str, float], footprint: Mapping[str, Mapping[str, float]]) -> bool:
+    """Whether ``footprint`` (device -> tag -> bytes) fits memories of ``capacities`` as ``simulate``
+    allocates it, tag by tag on the engine's ledger (``fits``; HexGen's ``replica_holds``)."""
+    ledger = MemoryLedger(capacities, clock=lambda: 0.0)
     try:
-        for device, tags in strategy.footprint(plan, rig, model, workload).items():
+        for device, tags in footprint.items():
             for tag, nbytes in tags.items():
                 ledger.alloc(device, nbytes, tag)
-    except (OutOfMemory, NoRouteError):
+    except OutOfMemory:
         return False
     return True
 
@@ -294,10 +305,15 @@ LaneTimes = list[tuple[int, dict[str, float]]]
 Run = tuple[Result, Streams, dict[str, float], dict[str, tuple[float, float]], LaneTimes]
 
 
-class ScopedMemo:
+class ScopedMemo(threading.local):
     """Results of pure simulations by (strategy, plan, rig identity, model, workload, ...), kept only
     inside ``remembering()`` blocks (nesting keeps one memo), so nothing outlives a command or a test;
-    each entry holds its rig, so the rig's id stays its own while the memo lives."""
+    each entry holds its rig, so the rig's id stays its own while the memo lives.
+
+    One memo per thread: a Dask worker runs sweep points in threads, each point's block inside its
+    own ``reading()``. Shared, a point would take an entry another point made on the same rig object
+    without recording what making it read of the rig (the sweep's remembered answer then holds for a
+    rig that differs there), and the first block to end would end the others' memo."""
 
     def __init__(self) -> None:
         self.entries: dict[tuple, tuple[Rig, Any]] | None = None
