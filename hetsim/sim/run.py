@@ -216,6 +216,22 @@ def bend_bound(head_times: Streams, lanes: LaneTimes, g: int, n: int) -> float:
     return max(0.0, grow - step) * sum(i - c for i in range(g - 1, n - 1))
 
 
+def settled(head_times: Streams, g: int) -> bool:
+    """Whether a head of ``g`` rounds shows every stream's steady line: its window steady
+    (``_stream_line``) and not falling across it by more than ``FF_STEADY_TOL`` of its mean step.
+
+    A decode step never gets cheaper as the KV grows, so a window that falls is a start-up not yet
+    over: after the prefill a pipeline's micro-batches start bunched and spread out over a few rounds,
+    each step shorter until the slowest stage sets the pace (8 stages, 4 micro-batches: 59, 53, 47
+    ms, then 47 on). Held flat at its mean (``head_end``) such a window puts the run slow (+12 %)."""
+    h = _window(g)
+    for stream in head_times.values():
+        _, line, steady = _stream_line(stream, g, h)
+        if line is None or not steady or line[1] * (g - 2 - h) < -FF_STEADY_TOL * line[0]:
+            return False
+    return bool(head_times)
+
+
 def _stream_line(
     stream: list[tuple[float, int]], g: int, h: int
 ) -> tuple[int, tuple[float, float] | None, bool]:
