@@ -97,7 +97,8 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
         # may add more than BEND_TOL (``bend_bound``), the fast-forward's timing-only tail sample
         # sees it
         g = PROXY_GEN_LEN
-        if n > FF_LONG_GEN_LEN and not settled(streams, g):
+        period = settled(streams, g) if n > FF_LONG_GEN_LEN else 1
+        if not period:
             # a start-up still settling in the proxy's window (a pipeline's micro-batches spreading
             # out: steps that fall, or change unevenly) puts the line slow (+12 % on 8 stages): the
             # run's own fast-forward head, whose window starts 8 rounds in (its run is then a memo hit)
@@ -105,8 +106,16 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
             longer, streams, lanes = short_run(strategy, plan, rig, model, workload.head(g))
             if not longer.feasible:
                 return longer
+            period = settled(streams, g)
         line = head_end(streams, g, n)
-        tail = n > FF_LONG_GEN_LEN and line is not None and bend_bound(streams, lanes, g, n) > BEND_TOL * line
+        # the tail sample reads steady steps one by one (``_run_end``): none for a head that repeats
+        # a pattern or has not settled (it would give no end)
+        tail = (
+            n > FF_LONG_GEN_LEN
+            and period == 1
+            and line is not None
+            and bend_bound(streams, lanes, g, n) > BEND_TOL * line
+        )
         e2e = (
             (tail and tail_end(strategy, plan, rig, model, workload, streams, g))
             or line
