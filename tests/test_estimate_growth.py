@@ -376,3 +376,18 @@ def test_a_pipeline_repeating_a_pattern_is_estimated_as_its_run():
     assert settled(streams, SETTLE_GEN_LEN) == 5
     run = simulate(GPU_ONLY, plan, p.rig, p.model, wl, exact=True)
     assert estimate(GPU_ONLY, plan, p.rig, p.model, wl).e2e_s == pytest.approx(run.e2e_s, rel=1e-3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="up to FF_LONG_GEN_LEN tokens the estimate extends the 6-round proxy, settled or not: the "
+    "mixed-lab 47/20/13 pipeline at gen 32 is +7.7 % slow (gen 64: +9.8 %; 8 H100 stages +6.0 / +8.7 %). "
+    "The 16-round head from 17 tokens on fixes it, at +9 % CPU on the gen-32 headline (41 more runs)",
+)
+def test_a_pipeline_still_settling_in_a_short_run_is_estimated_as_its_run():
+    wl = Workload(4, 128, 32)
+    p, plan = _pipeline(
+        "mixed-lab", "llama2-70b", [("n0.gpu0",), ("n1.gpu0", "n1.gpu1"), ("n0.gpu1",)], (47, 20, 13), 2
+    )
+    run = simulate(GPU_ONLY, plan, p.rig, p.model, wl, exact=True)
+    assert estimate(GPU_ONLY, plan, p.rig, p.model, wl).e2e_s == pytest.approx(run.e2e_s, rel=1e-3)
