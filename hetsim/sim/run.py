@@ -255,12 +255,13 @@ def _stream_line(
     line = _line(stream, b, g, h)
     if line is not None and _steady(stream, b, h, g - 1):
         return b, (*line, (h + g - 2) / 2), 1
-    for period in range(2, (g - 3) // 2 + 1):
-        if _steady(stream, b, 2, g - 1, period):
-            start = g - 1 - (g - 3) // period * period
-            whole = _line(stream, b, g, start, period)
-            if whole is not None:
-                return b, (*whole, (start + g - 2) / 2), period
+    period = _period([stream], g)
+    if period is not None:
+        # the most whole periods ending at round g - 1 (at least two: period <= (g - 3) // 2)
+        start = g - 1 - (g - 3) // period * period
+        whole = _line(stream, b, g, start, period)
+        assert whole is not None, "rounds 2..g-1 are there: _period read them"
+        return b, (*whole, (start + g - 2) / 2), period
     return b, None if line is None else (*line, (h + g - 2) / 2), 0
 
 
@@ -585,7 +586,7 @@ def fast_forward(
         # Steps that repeat a pattern (micro-batches of a pipeline meeting on a link every few
         # steps): measure whole periods, and sample so that the steps to add are whole periods too
         # (then the last step falls at the same point of the pattern as the tail's last).
-        period = _period(head_times, tail_times, g)
+        period = _period([*head_times.values(), *tail_times.values()], g)
         if period is None:
             return None
         g += (n - g) % period
@@ -806,15 +807,12 @@ def _follow(one: tuple[float, float, float], two: tuple[float, float, float], i:
     return v1 + (v2 - v1) * (i - c1) / (c2 - c1)
 
 
-def _period(head_times: Streams, tail_times: Streams, g: int) -> int | None:
-    """The shortest repeat (2 or more steps) of every stream's steps from its second round (the
-    first may wait for the pipeline to fill), in both samples, seen at least twice; None if none."""
+def _period(streams: list[list[tuple[float, int]]], g: int) -> int | None:
+    """The shortest repeat (2 or more steps) of every stream's steps (samples of ``g`` rounds) from
+    its second round (the first may wait for the pipeline to fill), seen at least twice; None if
+    none."""
     for period in range(2, (g - 3) // 2 + 1):
-        if all(
-            _steady(times[k], sum(c for _, c in times[k]) // g, 2, g - 1, period)
-            for times in (head_times, tail_times)
-            for k in times
-        ):
+        if all(_steady(s, sum(c for _, c in s) // g, 2, g - 1, period) for s in streams):
             return period
     return None
 
