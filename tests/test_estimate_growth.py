@@ -18,11 +18,21 @@ from hetsim.api import problem
 from hetsim.hardware import load_rig
 from hetsim.models import get_model
 from hetsim.planner import ranking
-from hetsim.planner.ranking import BEND_TOL, PROXY_GEN_LEN, estimate
+from hetsim.planner.ranking import BEND_TOL, PROXY_GEN_LEN, SETTLE_GEN_LEN, estimate
 from hetsim.planner.search import search
-from hetsim.sim.run import _round_time, _step_by_step, bend_bound, head_end, short_run, simulate, tail_end
+from hetsim.sim.run import (
+    _round_time,
+    _step_by_step,
+    bend_bound,
+    head_end,
+    settled,
+    short_run,
+    simulate,
+    tail_end,
+)
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen_policy import FlexGenPlan
+from hetsim.strategies.gpu_only import PipelinePlan
 from hetsim.strategies.hexgen import HexGenPlan, Replica
 from hetsim.strategies.pipeline import Stage
 from hetsim.workload import Workload
@@ -276,3 +286,108 @@ def test_only_a_short_run_keeps_its_lanes_by_token():
     long = _step_by_step(FLEXGEN, BENT, p.rig, p.model, Workload(24, 128, 64))
     assert sum(count for count, _ in short[4]) == 24 * PROXY_GEN_LEN
     assert long[0].feasible and long[4] == []
+
+
+GPU_ONLY = get_strategy("gpu-only")
+
+
+def _pipeline(rig: str, model: str, groups: list[tuple[str, ...]], layers: tuple[int, ...], mb: int):
+    p = problem(model, rig, None, 128, 32)
+    return p, PipelinePlan(tuple(Stage(g, n) for g, n in zip(groups, layers, strict=True)), mb)
+
+
+@pytest.mark.parametrize(
+    ("rig", "model", "groups", "layers", "wl"),
+    [
+        # A100 / 2 x A6000 / 4090: the first micro-batch's steps 0.82, 0.18, then 0.12 s from round 4
+        (
+            "mixed-lab",
+            "llama2-70b",
+            [("n0.gpu0",), ("n1.gpu0", "n1.gpu1"), ("n0.gpu1",)],
+            (47, 20, 13),
+            Workload(4, 128, 160),
+        ),
+        # 8 stages, 4 micro-batches: a micro-batch's steps 65, 59, 53, then 47 ms from round 5
+        (
+            "h100-sxm-measured",
+            "llama2-70b",
+            [(f"n0.gpu{i}",) for i in range(8)],
+            (10,) * 8,
+            Workload(16, 512, 900),
+        ),
+    ],
+)
+def test_a_pipeline_still_settling_in_the_proxy_is_estimated_as_its_run(rig, model, groups, layers, wl):
+    """A pipeline's micro-batches start bunched after the prefill and spread out over a few rounds;
+    the proxy's window (rounds 2..5) still falls (or is uneven) there, and its line ran slow: the
+    mixed-lab plan +11.1 % (21.518 s against the run's 19.372), the 8-stage one +11.7 % (48.472
+    against 43.397), enough to rank either below a slower plan. Past FF_LONG_GEN_LEN tokens an
+    unsettled proxy (``settled``) is extended from the fast-forward's 16-round head instead."""
+    p, plan = _pipeline(rig, model, groups, layers, 2 if rig == "mixed-lab" else 4)
+    r, streams, _ = short_run(GPU_ONLY, plan, p.rig, p.model, wl.head(PROXY_GEN_LEN))
+    assert r.feasible and not settled(streams, PROXY_GEN_LEN)
+    run = simulate(GPU_ONLY, plan, p.rig, p.model, wl, exact=True)
+    assert estimate(GPU_ONLY, plan, p.rig, p.model, wl).e2e_s == pytest.approx(run.e2e_s, rel=1e-4)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    pattern=st.lists(st.floats(0.1, 1.0), min_size=2, max_size=6),
+    growth=st.floats(0.0, 0.01),
+    start=st.floats(0.0, 3.0),
+    periods=st.integers(1, 200),
+)
+def test_a_head_repeating_a_pattern_is_extended_over_whole_periods(pattern, growth, start, periods):
+    """Steps that repeat a pattern and grow with the KV (step i: ``pattern[i % p] + growth x i``
+    after a start-up step of any length) have a line over whole periods (``_stream_line``): a head
+    of 16 rounds gives the end exactly where the steps added after it are whole periods, and
+    within the pattern's spread where not (the window's mean alone ran up to +13 %, a 4-stage
+    pipeline of 4 micro-batches repeating 9, 22, 28, 30, 30 ms)."""
+    g, p = SETTLE_GEN_LEN, len(pattern)
+    spread = max(pattern) - min(pattern)
+    assume(spread > 0.01)  # a pattern (a milder one is a line, within FF_STEADY_TOL)
+
+    def steps(k: int) -> list[float]:
+        return [start] + [pattern[i % p] + growth * i for i in range(2, k)]
+
+    head = _stream(steps(g))
+    period = settled({0: head}, g)
+    assert period > 1 and p % period == 0
+    for n in (g + periods * p, g + periods * p + 1):
+        end = _stream(steps(n))[-1][0]
+        off = 1e-9 * end if (n - g) % period == 0 else spread * p
+        assert head_end({0: head}, g, n) == pytest.approx(end, abs=off)
+
+
+def test_a_pipeline_repeating_a_pattern_is_estimated_as_its_run():
+    """Four TP-2 stages of Llama-2-13B on H100s, 4 micro-batches of 8: after the prefill each
+    micro-batch's steps repeat 8.8, 22.2, 28.2, 29.5, 29.5 ms (a period of 5 rounds, not a line):
+    the proxy's window went on at its mean (+12.9 %, 7.315 s against the run's 6.482), a 16-round
+    head's at its 8 steps' (+6.2 %, 6.881 s); over whole periods the estimate is the run's (+0.001 %)."""
+    wl = Workload(32, 512, 256)
+    p, plan = _pipeline(
+        "h100-sxm-measured",
+        "llama2-13b",
+        [(f"n0.gpu{2 * i}", f"n0.gpu{2 * i + 1}") for i in range(4)],
+        (15, 11, 8, 6),
+        4,
+    )
+    _, streams, _ = short_run(GPU_ONLY, plan, p.rig, p.model, wl.head(SETTLE_GEN_LEN))
+    assert settled(streams, SETTLE_GEN_LEN) == 5
+    run = simulate(GPU_ONLY, plan, p.rig, p.model, wl, exact=True)
+    assert estimate(GPU_ONLY, plan, p.rig, p.model, wl).e2e_s == pytest.approx(run.e2e_s, rel=1e-3)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="up to FF_LONG_GEN_LEN tokens the estimate extends the 6-round proxy, settled or not: the "
+    "mixed-lab 47/20/13 pipeline at gen 32 is +7.7 % slow (gen 64: +9.8 %; 8 H100 stages +6.0 / +8.7 %). "
+    "The 16-round head from 17 tokens on fixes it, at +9 % CPU on the gen-32 headline (41 more runs)",
+)
+def test_a_pipeline_still_settling_in_a_short_run_is_estimated_as_its_run():
+    wl = Workload(4, 128, 32)
+    p, plan = _pipeline(
+        "mixed-lab", "llama2-70b", [("n0.gpu0",), ("n1.gpu0", "n1.gpu1"), ("n0.gpu1",)], (47, 20, 13), 2
+    )
+    run = simulate(GPU_ONLY, plan, p.rig, p.model, wl, exact=True)
+    assert estimate(GPU_ONLY, plan, p.rig, p.model, wl).e2e_s == pytest.approx(run.e2e_s, rel=1e-3)

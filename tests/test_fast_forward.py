@@ -223,7 +223,7 @@ def test_a_repeating_step_pattern_is_sampled_over_whole_periods():
     tail = _step_by_step(
         strategy, plan, rig, model, Workload(16, 189 + 95 - FF_SAMPLE, FF_SAMPLE), None, False
     )[1]
-    assert _period(head, tail, FF_SAMPLE) == 5
+    assert _period([*head.values(), *tail.values()], FF_SAMPLE) == 5
     fast = simulate(strategy, plan, rig, model, workload)
     assert (95 - fast.extras["fast_forward_sample"]) % 5 == 0
 

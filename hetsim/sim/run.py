@@ -145,23 +145,24 @@ def head_end(head_times: Streams, g: int, n: int) -> float | None:
     step and growth per step, the growth a longer KV adds), then its last step (a schedule may end
     differently, e.g. with nothing to prefetch) grown as the line; the run ends with the slowest
     stream. Exact where steps grow linearly with the KV length; fast where a lane takes over after
-    the head (the steps bend up), slow where one gives way. A stream with no steady window (a
-    repeating pattern, a pipeline's fill longer than the head) has no line: its rounds ``g..n`` at
-    the window's mean step, last step included. None where a stream has too few rounds."""
+    the head (the steps bend up), slow where one gives way. Steps that repeat a pattern (micro-batches
+    of a pipeline meeting on a link every few steps) take the line of whole periods, to within a part
+    period's spread. A stream with no steady window (a pipeline's fill longer than the head) has no
+    line: its rounds ``g..n`` at the window's mean step, last step included. None where a stream has
+    too few rounds."""
     h = _window(g)
     if h < 1 or n <= g or not head_times:
         return None
-    c = (h + g - 2) / 2  # the window's mean step sits at this step index (step i: round i to i + 1)
     end = 0.0
     for stream in head_times.values():
-        b, line, steady = _stream_line(stream, g, h)
+        b, line, period = _stream_line(stream, g, h)
         first, head_last = _round_time(stream, b, h), _round_time(stream, b, g)
         if line is None or first is None or head_last is None:
             return None
-        if steady:
-            growth = max(0.0, line[1])  # a longer KV never makes a step cheaper
+        if period:
+            step, growth, c = line[0], max(0.0, line[1]), line[2]  # a longer KV never makes a step cheaper
             # steps g-1..n-2 on the line, then the last step n - g steps on from the head's
-            added = (n - g) * (line[0] + growth * ((n + g - 3) / 2 - c + 1))
+            added = (n - g) * (step + growth * ((n + g - 3) / 2 - c + 1))
         else:
             added = (n - g) * (head_last - first) / (g - h)
         end = max(end, head_last + added)
@@ -214,11 +215,12 @@ def bend_bound(head_times: Streams, lanes: LaneTimes, g: int, n: int) -> float:
     if any(i is None for i in at):
         return float("inf")
     # the growth each stream's line takes (``head_end``); a stream with no steady window goes on
-    # flat at its mean step, its lanes' growth on no line: nothing bounds its bend
+    # flat at its mean step, its lanes' growth on no line: nothing bounds its bend (nor where its
+    # line is of whole periods: the lanes' growth is read step by step)
     step = float("inf")
     for stream in head_times.values():
-        _, line, steady = _stream_line(stream, g, h)
-        if line is None or not steady:
+        _, line, period = _stream_line(stream, g, h)
+        if line is None or period != 1:
             return float("inf")
         step = min(step, max(0.0, line[1]))
     last = lanes[at[-1]][1]  # type: ignore[index]
@@ -227,18 +229,51 @@ def bend_bound(head_times: Streams, lanes: LaneTimes, g: int, n: int) -> float:
     return max(0.0, grow - step) * sum(i - c for i in range(g - 1, n - 1))
 
 
+def settled(head_times: Streams, g: int) -> int:
+    """Whether a head of ``g`` rounds shows every stream's steady line: its window steady, step by step
+    or over whole periods (``_stream_line``), and not falling across it by more than
+    ``FF_STEADY_TOL`` of its mean step. 0 where not; else the longest period (1: every stream's
+    steps on a line, as ``bend_bound`` and the tail sample read them).
+
+    A decode step never gets cheaper as the KV grows, so a window that falls is a start-up not yet
+    over: after the prefill a pipeline's micro-batches start bunched and spread out over a few rounds,
+    each step shorter until the slowest stage sets the pace (8 stages, 4 micro-batches: 59, 53, 47
+    ms, then 47 on). Held flat at its mean (``head_end``) such a window puts the run slow (+12 %)."""
+    longest = 0
+    for stream in head_times.values():
+        _, line, period = _stream_line(stream, g, _window(g))
+        # its growth from the window's first step to its last (step g - 2; the mean sits half way)
+        if line is None or not period or line[1] * 2 * (g - 2 - line[2]) < -FF_STEADY_TOL * line[0]:
+            return 0
+        longest = max(longest, period)
+    return longest
+
+
 def _stream_line(
     stream: list[tuple[float, int]], g: int, h: int
-) -> tuple[int, tuple[float, float] | None, bool]:
-    """A head's stream of ``g`` rounds: its sequences a round, its steady window's line (``_line``; None
-    where its tokens are not whole rounds or too few) and whether that window is steady (``_steady``):
-    what ``head_end`` extends and ``bend_bound`` bounds."""
+) -> tuple[int, tuple[float, float, float] | None, int]:
+    """A head's stream of ``g`` rounds: its sequences a round, its window's line (mean step, growth
+    per step and the step index the mean sits at, step i being round i to i + 1; None where its
+    tokens are not whole rounds or too few) and its period: 1 where rounds ``h..g-1`` are steady
+    (``_steady``); else the shortest repeat of its steps from round 2 (the first may wait for the
+    pipeline to fill), seen twice, as ``_period``, the line then of the most whole periods ending at
+    round ``g - 1``; 0 where neither (the line is the window's): what ``head_end`` extends and
+    ``bend_bound`` bounds."""
     per_round = sum(k for _, k in stream)
     b = per_round // g
     if per_round % g:
-        return b, None, False
+        return b, None, 0
     line = _line(stream, b, g, h)
-    return b, line, line is not None and _steady(stream, b, h, g - 1)
+    if line is not None and _steady(stream, b, h, g - 1):
+        return b, (*line, (h + g - 2) / 2), 1
+    period = _period([stream], g)
+    if period is not None:
+        # the most whole periods ending at round g - 1 (at least two: period <= (g - 3) // 2)
+        start = g - 1 - (g - 3) // period * period
+        whole = _line(stream, b, g, start, period)
+        assert whole is not None, "rounds 2..g-1 are there: _period read them"
+        return b, (*whole, (start + g - 2) / 2), period
+    return b, None if line is None else (*line, (h + g - 2) / 2), 0
 
 
 def _series_growth(values: list[float]) -> float:
@@ -567,7 +602,7 @@ def fast_forward(
         # Steps that repeat a pattern (micro-batches of a pipeline meeting on a link every few
         # steps): measure whole periods, and sample so that the steps to add are whole periods too
         # (then the last step falls at the same point of the pattern as the tail's last).
-        period = _period(head_times, tail_times, g)
+        period = _period([*head_times.values(), *tail_times.values()], g)
         if period is None:
             return None
         g += (n - g) % period
@@ -668,23 +703,26 @@ def _run_end(
     return e2e
 
 
-def _line(stream: list[tuple[float, int]], b: int, g: int, h: int) -> tuple[float, float] | None:
+def _line(
+    stream: list[tuple[float, int]], b: int, g: int, h: int, period: int = 1
+) -> tuple[float, float] | None:
     """A sample's line: its mean step over rounds h..g-1 and its own growth per step (its first and
-    last step's); None where it has too few steps."""
-    if g - 2 - h < 1:
+    last step's, or period's); None where it has fewer than two periods of steps."""
+    if g - 1 - h < 2 * period:
         return None
-    t = [_round_time(stream, b, r) for r in (h, h + 1, g - 2, g - 1)]
+    t = [_round_time(stream, b, r) for r in (h, h + period, g - 1 - period, g - 1)]
     if any(x is None for x in t):
         return None
-    return _line_through(*t, g - 1 - h)  # type: ignore[arg-type]
+    return _line_through(*t, g - 1 - h, period)  # type: ignore[arg-type]
 
 
 def _line_through(
-    first: float, second: float, before_last: float, last: float, steps: int
+    first: float, second: float, before_last: float, last: float, steps: int, period: int = 1
 ) -> tuple[float, float]:
-    """Mean step and growth per step (the last step's less the first's, per step) of ``steps`` steps
-    between cumulative values, from the first two and the last two."""
-    return (last - first) / steps, ((last - before_last) - (second - first)) / (steps - 1)
+    """Mean step and growth per step of ``steps`` steps between cumulative values, from the first
+    period and the last (``period`` steps each: a step repeating a pattern of that many grows by
+    ``period`` x the growth per step from one period to the next; ``steps - period`` apart)."""
+    return (last - first) / steps, ((last - before_last) - (second - first)) / (period * (steps - period))
 
 
 def _parted(
@@ -785,15 +823,12 @@ def _follow(one: tuple[float, float, float], two: tuple[float, float, float], i:
     return v1 + (v2 - v1) * (i - c1) / (c2 - c1)
 
 
-def _period(head_times: Streams, tail_times: Streams, g: int) -> int | None:
-    """The shortest repeat (2 or more steps) of every stream's steps from its second round (the
-    first may wait for the pipeline to fill), in both samples, seen at least twice; None if none."""
+def _period(streams: list[list[tuple[float, int]]], g: int) -> int | None:
+    """The shortest repeat (2 or more steps) of every stream's steps (samples of ``g`` rounds) from
+    its second round (the first may wait for the pipeline to fill), seen at least twice; None if
+    none."""
     for period in range(2, (g - 3) // 2 + 1):
-        if all(
-            _steady(times[k], sum(c for _, c in times[k]) // g, 2, g - 1, period)
-            for times in (head_times, tail_times)
-            for k in times
-        ):
+        if all(_steady(s, sum(c for _, c in s) // g, 2, g - 1, period) for s in streams):
             return period
     return None
 
