@@ -41,8 +41,8 @@ BEND_TOL = 1e-3
 # The proxy's length is the short fast-forward's sample, so the estimate of the plan a search picks
 # is the head of its final run (``hetsim.sim.run.remembering_runs``).
 PROXY_GEN_LEN = FF_SHORT_SAMPLE
-# Past FF_LONG_GEN_LEN tokens, where the proxy's window is still settling (``settled``), the head the
-# estimate extends instead: the long fast-forward's, whose steady window (rounds 8..15) the run trusts.
+# Where the proxy's window is still settling (``settled``), the head the estimate extends instead (for
+# runs longer than it): the long fast-forward's, whose steady window (rounds 8..15) the run trusts.
 SETTLE_GEN_LEN = FF_SAMPLE
 
 Evaluate = Callable[[Any], Result]  # a plan -> its (estimated) result
@@ -97,7 +97,7 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
         # may add more than BEND_TOL (``bend_bound``), the fast-forward's timing-only tail sample
         # sees it
         g = PROXY_GEN_LEN
-        period = settled(streams, g) if n > FF_LONG_GEN_LEN else 1
+        period = settled(streams, g) if n > SETTLE_GEN_LEN else 1
         if not period:
             # a start-up still settling in the proxy's window (a pipeline's micro-batches spreading
             # out: steps that fall, or change unevenly) puts the line slow (+12 % on 8 stages): the
