@@ -169,6 +169,37 @@ def head_end(head_times: Streams, g: int, n: int) -> float | None:
     return end
 
 
+def falling_end(head_times: Streams, g: int, n: int) -> float | None:
+    """When a run of ``n`` rounds ends, from a head of ``g`` rounds still settling (``settled`` is 0)
+    as a pipeline's start-up does: each stream's steps from its window (round ``h``) to the head's
+    end either never rising or, after a change, level over its last three (each within
+    ``FF_STEADY_TOL`` of their mean), its rounds ``g..n`` at the window's last step (the head's own
+    last step, which a schedule may end differently, stands for the run's, as in ``head_end``).
+
+    After the prefill a pipeline's micro-batches start bunched and spread out, each stream's step
+    shorter (or, for one that ran ahead, longer) until the slowest stage sets the pace (8 stages:
+    65, 59, 53, then 47 ms): the last step is the nearest to that pace, and a step still falling
+    after it puts the run slow, as the window's mean did (+12 %). A longer KV's growth is not seen
+    (up to 64 rounds: -0.1 %). None where a stream's steps rise and fall (a pattern the head is too
+    short to show twice) or its tokens are not whole rounds."""
+    h = _window(g)
+    if h < 1 or n <= g or not head_times:
+        return None
+    end = 0.0
+    for stream in head_times.values():
+        per_round = sum(k for _, k in stream)
+        times = [_round_time(stream, per_round // g, r) for r in range(h, g + 1)]
+        if per_round % g or any(t is None for t in times):
+            return None
+        steps = [b - a for a, b in pairwise(times)]  # type: ignore[operator]
+        tol = FF_STEADY_TOL * sum(steps) / len(steps)
+        falls = all(b - a <= tol for a, b in pairwise(steps))
+        if not falls and max(steps[-3:]) - min(steps[-3:]) > tol:
+            return None
+        end = max(end, times[-1] + (n - g) * steps[-2])  # type: ignore[operator]
+    return end
+
+
 def tail_end(
     strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workload: Workload, head_times: Streams, g: int
 ) -> float | None:
