@@ -430,3 +430,9 @@ def test_a_head_settling_goes_on_at_its_last_step_only_where_it_falls_or_levels(
     pattern = [3.0, 0.5, 0.2, 0.4, 0.5]  # falls, then rises: a pattern longer than the head shows
     assert falling_end({0: _stream(falling), 1: _stream(pattern)}, g, n) is None
     assert falling_end({0: _stream([3.0, 0.5, 0.4, 0.4, 0.6])}, g, n) is None  # rises at the end
+    # a stream already steady (0.5 s, +0.01 s a step) goes on on its line, and a settling one at its
+    # last step (0.6 s, step 4) grown as that line: its steps g-1..n-2 and the last, 0.745 s a step
+    grows, settles = [3.0, 0.5, 0.51, 0.52, 0.53], [3.0, 0.9, 0.7, 0.6, 0.6]
+    assert falling_end({0: _stream(grows)}, g, n) == pytest.approx(head_end({0: _stream(grows)}, g, n))
+    expected = 1.0 + sum(settles) + (n - g) * (0.6 + 0.01 * ((n + g - 3) / 2 - 4 + 1))
+    assert falling_end({0: _stream(grows), 1: _stream(settles)}, g, n) == pytest.approx(expected)
