@@ -37,6 +37,24 @@ def test_released_steps_are_every_distinct_placement_of_whole_percents(model_nam
     assert len({(st.gpu_set, st.gpu) for st in steps}) == len({st.gpu_set for st in steps})
 
 
+def test_listing_the_steps_loads_no_numpy():
+    """``released_steps`` (the headline's search reads it since GPUs gained capacity) works pair by pair
+    through ``_placement_key``: a compare's FlexGen worker loads numpy for nothing else (~0.09 CPU s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hetsim.models.registry import get_model\n"
+        "from hetsim.strategies.flexgen_policy import FlexGenPlan, released_steps\n"
+        "for disk in (False, True):\n"
+        "    assert released_steps(get_model('llama2-70b'), FlexGenPlan(8, 1, 9, 73), disk)\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_without_a_disk_the_steps_keep_every_weight_on_the_gpu_or_the_cpu():
     model = get_model("llama2-70b")
     steps = released_steps(model, FlexGenPlan(8, 1, 50, 50), disk=False)
