@@ -30,12 +30,13 @@ from hetsim.models.hf_config import weight_dtype_for
 from hetsim.models.registry import get_model
 from hetsim.models.spec import ModelSpec, unknown_dtype
 from hetsim.planner.search import CP_SAT_SEARCHES
-from hetsim.sim.memory import OutOfMemory, budget_problem
+from hetsim.sim.memory import OutOfMemory, budget_problem, usable_bytes
 from hetsim.sim.result import Result, rank_key
 from hetsim.sim.run import context_reason, remembering_runs, simulate
 from hetsim.stopping import keeping
 from hetsim.strategies.base import OBJECTIVES, Objective, Strategy, all_strategies, get_strategy
 from hetsim.textfiles import parse_json, read_text, validate_strictly
+from hetsim.units import fmt_bytes
 from hetsim.workload import MAX_WORK, Workload, read_routing_profile
 
 _T = TypeVar("_T")
@@ -59,6 +60,8 @@ class Problem:
     # No batch given: under a throughput or cost objective each strategy's search picks its own
     # (``workload.batch`` is then 1, the batch of latency runs and of --no-search).
     free_batch: bool = False
+    # a budget above some GPU's memory, said ("" when none is): those GPUs use what they hold
+    budget_note: str = ""
 
     def batch_is_free(self, objective: str, search: bool = True) -> bool:
         return self.free_batch and search and objective != "latency"
@@ -84,7 +87,9 @@ def problem(
     routing_profile: str | None = None,
 ) -> Problem:
     rig = _given_by("hw", load_rig, hw)
+    note = ""
     if gpu_mem_budget is not None:
+        note = budget_note(rig, gpu_mem_budget)
         rig = with_gpu_mem_budget(rig, gpu_mem_budget)
     _known_dtypes(weight_dtype, kv_dtype)
     spec = _given_by("model", get_model, model)
@@ -97,7 +102,7 @@ def problem(
         experts, k, moe_layers = spec.num_experts, spec.experts_per_token, spec.layers - spec.dense_layers
         routing.check(experts, k, moe_layers, model)
     workload = Workload(1 if batch is None else batch, prompt_len, gen_len, weight_dtype, kv_dtype, routing)
-    return Problem(spec, model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None)
+    return Problem(spec, model, rig, hw, workload, gpu_mem_budget, free_batch=batch is None, budget_note=note)
 
 
 def _given_by(argument: str, load: Callable[[str], _T], value: str) -> _T:
@@ -126,10 +131,22 @@ def with_gpu_mem_budget(rig: Rig, budget: float) -> Rig:
     if why:
         raise InputError(why, field="--gpu-mem-budget")
     devices = {
-        name: replace(d, mem_bytes=min(d.mem_bytes, budget)) if d.kind == "gpu" else d
+        name: replace(d, mem_bytes=usable_bytes(d.mem_bytes, budget)) if d.kind == "gpu" else d
         for name, d in rig.devices.items()
     }
     return replace(rig, devices=devices)
+
+
+def budget_note(rig: Rig, budget: float) -> str:
+    """A budget above some of ``rig``'s GPUs, said ("" when it is above none): a budget is "at most
+    this much", so those GPUs use what they hold (``usable_bytes``), not an error."""
+    over = [d for d in rig.gpus() if usable_bytes(d.mem_bytes, budget) < budget]
+    if not over:
+        return ""
+    named = ", ".join(f"{d.name} ({fmt_bytes(d.mem_bytes)})" for d in over[:4])
+    more = f" and {len(over) - 4} more" if len(over) > 4 else ""
+    uses = "it uses all it holds" if len(over) == 1 else "each uses all it holds"
+    return f"GPU memory budget {fmt_bytes(budget)} is above the memory of {named}{more}: {uses}"
 
 
 def check_objective(objective: str) -> Objective:

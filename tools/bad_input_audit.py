@@ -8,7 +8,10 @@ are in tests/test_bad_input_audit.py and beside the tests of what they broke).
 
 Each case runs ``hetsim.cli.main`` in-process and must end with 0, 1 (no result: one line) or 2 (bad
 input: one line ``error: ...`` naming the offending file or flag, and the field where the case spoils
-one), never a traceback, an exception out of ``main`` or a hang (an alarm).
+one), never a traceback, an exception out of ``main`` or a hang (an alarm), and never quote an absurd
+size (a million TB or more: ``ABSURD``), as an infeasible row's reason did for a plan's 10**30 GPU
+batch (session 24, which also added the GPU ``memory``-beside-its-rule rigs, every plan field at
+2**62, and the sweep's hardware knobs).
 A test whose cases break that errors at teardown listing them; ``HETSIM_AUDIT_LOG=DIR`` also writes
 every case (arguments, exit code, stderr) to ``DIR/audit-<worker>.jsonl``, to read the exit-0 cases
 for silently wrong numbers (how the plan and trace findings were found).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +40,9 @@ SMALL = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
 VALUES = ["0", "-1", "nan", "inf", "-inf", "1e308", "1e400", "", "x", "1.5", "99999999999", "-0", "1e-300",
           "0x10", " 1", "1 GB", "-1 GB", "0 GB", "nan GB", "1e308 GB"]  # fmt: skip
 HANG_S = 90
+# a size fmt_bytes writes with seven or more digits of TB: an exabyte or more, past any part (a reason
+# that quotes one read a hostile number as a plan's, session 24: "kv_cache needs 3.7e25 TB")
+ABSURD = re.compile(r"\d{7,}(\.\d+)? TB")
 
 
 def _small(cmd: str, model: str, hw: str, *rest: str) -> list[str]:
@@ -85,6 +92,8 @@ def audit(capsys: pytest.CaptureFixture[str]) -> Iterator[Audit]:
         bad = bad or (code == 2 and bool(unnamed))
         if code == 2 and unnamed:
             err = f"(does not name {', '.join(map(repr, unnamed))}) {err}"
+        if (absurd := ABSURD.search(out + err)) is not None:
+            bad, err = True, f"(quotes {absurd.group(0)}) {err}"
         if bad:
             broken.append(f"{case}: {code}: {err[-300:]}")
         if log:
@@ -261,6 +270,7 @@ def rig_variants():
         "membw-unit": ("gpu", "memory_bandwidth", "1935 GB"),
         "membw-tiny": ("gpu", "memory_bandwidth", "1e-300 GB/s"),
         "gpu-mem-tiny": ("gpu", "memory", "1 B"),
+        "gpu-reserve-all": ("gpu", "runtime_reserved", "80 GiB"),
         "host-link-bw-0": ("host_link", "bandwidth", "0 GB/s"),
         "host-link-lat-neg": ("host_link", "latency", "-1 us"),
         "host-link-lat-huge": ("host_link", "latency", "1e300 s"),
@@ -283,6 +293,14 @@ def rig_variants():
             )
         else:
             mut(name, lambda d, k=key, x=x: d["nodes"][0].update(disks=[{"model": "nvme-pcie4", k: x}]))
+    # a measured memory beside the rule it replaces (the rule's fields were read and silently unused)
+    for key, value in (("ecc_share", 0.5), ("driver_share", 0.1), ("dram", "48 GiB")):
+        mut(
+            f"gpu-memory-and-{key}",
+            lambda d, k=key, x=value: d["nodes"][0]["gpus"][0].update(
+                memory=sourced("40 GB"), **{k: sourced(x)}
+            ),
+        )
     mut("hostmem-plain", lambda d: d["nodes"][0].update(host_memory=1024))
     mut("hostmem-nosource", lambda d: d["nodes"][0].update(host_memory={"value": "1 GB", "grade": "assumed"}))
     mut(
@@ -470,7 +488,7 @@ def test_config(name, tmp_path, audit, monkeypatch):
         audit(f"config {args[0]} {name}", args, str(f), *CFG_FIELDS.get(name, ()))
 
 
-EDIT_VALUES = [0, -1, None, "x", 1e308, 10**30, 1.5, True, [], {}]
+EDIT_VALUES = [0, -1, None, "x", 1e308, 10**30, 2**62, 1.5, True, [], {}]
 
 
 @pytest.mark.parametrize("strategy", PLANNED)
@@ -593,14 +611,25 @@ def sweep_variants():
         "gpu_mem_budget",
         "timeout_s",
         "name",
+        # the hardware knobs (session 24: cpu_sockets 10**30 raised, pcie took an ethernet link)
+        "gpu_mem_gb",
+        "net_gbps",
+        "cpu_sockets",
+        "pcie",
+        "net_link",
+        "bw_scale",
     ):
-        for val in (0, -1, None, "x", 1e308, 10**30, 1.5, True, [], {}, float("nan"), float("inf")):
+        for val in (0, -1, None, "x", 1e308, 10**30, 2**62, 1.5, True, [], {}, float("nan"), float("inf")):
             d = copy.deepcopy(SWEEP)
             if key in ("timeout_s", "name"):
                 d[key] = val
             else:
                 d["base"][key] = val
             v[f"{key}={val!r}"] = d
+    for key, val in (("pcie", "ethernet-100g"), ("net_link", "pcie4-x16"), ("bw_scale", {"pcie": 1e-300})):
+        d = copy.deepcopy(SWEEP)
+        d["base"][key] = val
+        v[f"{key}={val!r}"] = d
     d = copy.deepcopy(SWEEP)
     d["grids"] = []
     v["grids-empty"] = d

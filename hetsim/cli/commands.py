@@ -157,6 +157,13 @@ def _problem(
         raise
 
 
+def _say_budget_note(p: api.Problem) -> None:
+    """A GPU memory budget above a GPU's memory runs (the GPU's own size binds), said on stderr once the
+    command's output is out (an error line stays the only line of a failed command)."""
+    if p.budget_note:
+        err().print(f"note: {p.budget_note}", highlight=False, soft_wrap=True)
+
+
 def _strategy_names(text: str | None, flag: str) -> list[str] | None:
     """The names in ``--strategies``/``--strategy`` (None: all), each known, or an error naming the
     flag; all of none (no strategy registered) ends the command with its own line, exit 1."""
@@ -493,6 +500,7 @@ def compare(
                 keep(_compare_kept(len(stopped.results), stopped.unfinished, whole))
             raise
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, results, free, quantized=p.model.quantized)
+    _say_budget_note(p)
     if trace and fmt == "table":
         if results and results[0].feasible:
             err().print(f"trace of {results[0].strategy} written to {trace}", highlight=False)
@@ -553,12 +561,14 @@ def plan(
         keep(f"its plan, written whole to {out_path} before the stop, is kept")
     if fmt == "json":
         _print_json(doc)
+        _say_budget_note(p)
         return
     out().print(plan_summary_table(doc, best))
     if names is None or len(names) > 1:
         out().print(f"winner: [bold]{best.strategy}[/bold]")
     if out_path is not None:
         out().print(f"plan written to {out_path}", highlight=False)
+    _say_budget_note(p)
 
 
 @app.command()
@@ -596,6 +606,7 @@ def simulate(
             keep(_simulate_kept(partial, fmt, trace))
         raise
     _emit_results(fmt, p.model_ref, p.rig_ref, p.workload, [result], quantized=p.model.quantized)
+    _say_budget_note(p)
     if trace and fmt == "table":
         err().print(f"trace written to {trace}", highlight=False)
 

@@ -57,6 +57,9 @@ from hetsim.hardware.types import ComputeDevice, Disk, Efficiency, Grade, Link, 
 from hetsim.textfiles import read_text, validate_strictly
 
 _PROTECTED = ("name", "kind", "aliases")
+# A rig's key that replaces these of the catalogue entry it overrides: a measured GPU ``memory`` (hetsim
+# calibrate writes one) stands for the card's whole rule, dram x (1 - ecc_share) x (1 - driver_share).
+_REPLACES = {"memory": ("dram", "ecc_share", "driver_share")}
 
 
 def catalog(profiles: str | os.PathLike[str] | None = None) -> Catalog:
@@ -254,8 +257,13 @@ class _Builder:
         for key in _PROTECTED:
             if key in overrides:
                 raise self.fail("cannot be overridden in a rig", f"{field}.{key}")
+        base = dict(found.raw)
+        for key, replaced in _REPLACES.items():
+            if overrides.get(key) is not None and key in model.model_fields:
+                for old in replaced:
+                    base.pop(old, None)
         try:
-            return validate_strictly(model, _merge(found.raw, overrides), whole_floats=False)
+            return validate_strictly(model, _merge(base, overrides), whole_floats=False)
         except ValidationError as exc:
             raise validation_error(exc, self.source, prefix=field) from None
 

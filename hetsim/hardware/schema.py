@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -419,6 +420,19 @@ class GpuSpec(_Entry):
     nvlink: str | None = None  # link catalogue name when the part has NVLink
     price_per_hour: Price | None = None
     efficiency: EfficiencySpec | None = None
+
+    @field_validator("dram", "ecc_share", "driver_share")
+    @classmethod
+    def _used(cls, v: Any, info: ValidationInfo) -> Any:
+        """Refused beside a given ``memory``, which wins (``loader.gpu_total``): an ``ecc_share`` given
+        with it was read and silently unused. A rig's ``memory`` over a catalogue card replaces the
+        card's three (``loader``'s ``entry``); these are then the rig's own, and refused."""
+        if v is not None and info.data.get("memory") is not None:
+            raise ValueError(
+                "is not used: memory (the total a framework sees) is given and wins over dram x "
+                "(1 - ecc_share) x (1 - driver_share); give one or the other (memory: null derives it)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _a_capacity(self) -> GpuSpec:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from hetsim.errors import InputError
 from hetsim.models.spec import ModelSpec
+from hetsim.models.weights import param_count
 from hetsim.textfiles import parse_json, read_text
 
 SUPPORTED = (
@@ -114,6 +115,9 @@ _UNDERSTOOD["deepseek_v3"] = _UNDERSTOOD["deepseek_v2"]
 # or an hour of simulated layers.
 _MAX = {"num_hidden_layers": 10_000, "num_local_experts": 4096, "num_experts_per_tok": 4096}
 _MAX_DEFAULT = 10**8
+# ... and on their product: 100 trillion parameters, ~50 times the largest published model's (~2e12).
+# Each shape under its own bound still multiplied to 7e20 parameters, its rows quoting 1e9 TB.
+MAX_PARAMS = 10**14
 
 
 class _Reader:
@@ -177,6 +181,12 @@ def spec_from_hf_dict(
 
     _refuse_unknown_arch_fields(r, mt)
     spec = _family_spec(r, name, mt)
+    if (n := param_count(spec)) > MAX_PARAMS:
+        raise InputError(
+            f"its shapes (hidden_size, intermediate_size, num_hidden_layers, vocab_size, experts) make "
+            f"{n:.2g} parameters, far past any real model (at most {MAX_PARAMS:.0e})",
+            source=source,
+        )
     quantized = _checkpoint_quantization(r)
     head, router = _kept_apart(r, spec) if quantized else (False, False)
     return dataclasses.replace(

@@ -69,6 +69,7 @@ from hetsim.models.spec import ModelSpec, Op
 from hetsim.planner.ranking import Estimator, Evaluate, evaluator
 from hetsim.sim.bandwidth import host_dram_bw, overlap_delay
 from hetsim.sim.engine import rig_cost
+from hetsim.sim.memory import usable_bytes
 from hetsim.sim.run import fits
 from hetsim.strategies.base import get_strategy
 from hetsim.strategies.flexgen import endpoints
@@ -1133,7 +1134,7 @@ def _memory(
     base = _mem(terms, shape, {}, whole)
     cap_gpu = rig.devices[gpu].mem_bytes
     caps = {
-        "gpu": cap_gpu if gpu_budget is None else min(gpu_budget, cap_gpu),
+        "gpu": usable_bytes(cap_gpu, gpu_budget),
         "cpu": rig.devices[cpu].mem_bytes,
         "disk": rig.disks[disk].capacity_bytes if disk else 0.0,
     }

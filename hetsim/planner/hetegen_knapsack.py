@@ -28,7 +28,7 @@ from hetsim.hardware.types import ComputeDevice
 from hetsim.models.kernel_bytes import eager_bytes
 from hetsim.models.spec import ModelSpec, Op, Phase
 from hetsim.planner.ranking import Evaluate, best_plan, estimate_floor, floor_run
-from hetsim.sim.memory import OutOfMemory, check_budget
+from hetsim.sim.memory import OutOfMemory, check_budget, usable_bytes
 from hetsim.strategies.hetegen import (
     FLOOR_SLACK,
     RUNTIME_RESERVE_BYTES,
@@ -326,6 +326,7 @@ def split_plan(
     """``plan_hetegen``'s first half: the plan with its alphas and nothing resident, and the GPU
     bytes left for resident modules and the weight buffer (the knapsack's capacity)."""
     check_cpu_dtype(cpu_dtype, weight_dtype)
+    gpu_mem_budget = usable_bytes(rig.devices[gpu].mem_bytes, gpu_mem_budget)  # no more than the GPU holds
     cpu = rig.host_cpu(gpu)
     b = workload.batch
     alphas: dict[Phase, dict[str, float]] = {"prefill": {}, "decode": {}}
@@ -431,7 +432,10 @@ class _Candidate:
         bare = HeteGenPlan(gpu=self.gpu, cpu=cpu, gpu_mem_budget=float(self.budget))
         tags = {"resident_weights": 0.0, **working_set(bare, self.model, self.workload)}
         try:
-            check_budget(self.gpu, "hetegen GPU working set", tags, bare.gpu_mem_budget, rel_tol=1e-9)
+            capacity = self.rig.devices[self.gpu].mem_bytes
+            check_budget(
+                self.gpu, "hetegen GPU working set", tags, bare.gpu_mem_budget, capacity, rel_tol=1e-9
+            )
         except OutOfMemory:
             return True
         return False

@@ -13,6 +13,10 @@ from hetsim.units import fmt_bytes
 # alone) fits, so such a budget is a missing unit (``--gpu-mem-budget 24``, a plan file's ``24``: bytes),
 # refused rather than run to an out-of-memory result.
 MIN_GPU_MEM_BUDGET = 1e6
+# The most: an exabyte, the bound of any size in a rig file (``hardware.schema.Bytes``). A budget above
+# a GPU's memory runs as that memory (``usable_bytes``); one past any memory (1e308 bytes) is a typo,
+# and its note quoted 5e21 TB.
+MAX_GPU_MEM_BUDGET = 1e18
 
 
 def budget_problem(budget: float, must: str = "a positive finite size") -> str | None:
@@ -22,6 +26,8 @@ def budget_problem(budget: float, must: str = "a positive finite size") -> str |
         return f"must be {must}, got {budget}"
     if too_small(budget):
         return f"{budget:g} bytes is below any model's working set (at least 1 MB): a size in bytes"
+    if budget > MAX_GPU_MEM_BUDGET:
+        return f"{budget:g} bytes is past any memory (at most {MAX_GPU_MEM_BUDGET:g}, an exabyte)"
     return None
 
 
@@ -45,16 +51,33 @@ class OutOfMemory(Exception):
         )
 
 
+def usable_bytes(capacity: float, budget: float | None) -> float:
+    """The bytes a plan may hold on a GPU of ``capacity`` bytes under a memory budget (None: none).
+
+    A budget means "use at most this much": one above what the GPU holds is no error, the GPU's own
+    size binds (``--gpu-mem-budget 24GB`` on a 23.2 GB A10 runs as 23.2 GB). The one home of that
+    rule: the flag (``api.with_gpu_mem_budget``), a plan's ``gpu_mem_budget`` (``check_budget``) and
+    the planners that size a plan to a budget (HeteGen's knapsack, FlexGen's LP, Accelerate's fill)."""
+    return capacity if budget is None else min(budget, capacity)
+
+
 def check_budget(
-    device: str, what: str, tags: Mapping[str, float], budget: float | None, rel_tol: float = 0.0
+    device: str,
+    what: str,
+    tags: Mapping[str, float],
+    budget: float | None,
+    capacity: float,
+    rel_tol: float = 0.0,
 ) -> None:
-    """A plan's own memory budget on ``device`` (``gpu_mem_budget``, below the device's capacity):
-    ``OutOfMemory`` when the bytes it holds there exceed it; None means no budget."""
+    """A plan's own memory budget on ``device`` (``gpu_mem_budget``; one above the device's
+    ``capacity`` is clamped to it, ``usable_bytes``): ``OutOfMemory`` when the bytes it holds there
+    exceed it; None means no budget (the engine's ledger holds the plan to the capacity)."""
     if budget is None:
         return
+    limit = usable_bytes(capacity, budget)
     need = sum(tags.values())
-    if need > budget * (1 + rel_tol):
-        raise OutOfMemory(device, what, need, 0.0, budget)
+    if need > limit * (1 + rel_tol):
+        raise OutOfMemory(device, what, need, 0.0, limit)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from hetsim.models.memory import (
 )
 from hetsim.models.sharding import embed_ops, head_ops, layer_blocks
 from hetsim.models.spec import ModelSpec
-from hetsim.sim.memory import check_budget
+from hetsim.sim.memory import check_budget, usable_bytes
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, no_gpu, register
 from hetsim.workload import Step, Workload, steps
@@ -73,7 +73,7 @@ def place_layers(
 ) -> OffloadPlan:
     """Fill the GPU, then host memory, then disk, in layer order (as ``device_map="auto"`` does)."""
     cpu = rig.host_cpu(gpu)
-    capacity = rig.devices[gpu].mem_bytes if budget is None else min(budget, rig.devices[gpu].mem_bytes)
+    capacity = usable_bytes(rig.devices[gpu].mem_bytes, budget)
     per_layer = layer_bytes(model)
     room = capacity - gpu_reserve(model, batch, workload)
     gpu_layers = max(0, min(model.layers, math.floor(room / per_layer)))
@@ -157,7 +157,8 @@ class Accelerate(Strategy):
                 out[plan.cpu]["offloaded"] += plan.disk_layers * per_layer  # nowhere else to go
             else:
                 out[plan.disk] = {"offloaded": plan.disk_layers * per_layer}
-        check_budget(plan.gpu, "gpu_mem_budget", out[plan.gpu], plan.gpu_mem_budget)
+        capacity = rig.devices[plan.gpu].mem_bytes
+        check_budget(plan.gpu, "gpu_mem_budget", out[plan.gpu], plan.gpu_mem_budget, capacity)
         return out
 
     def devices(self, plan: OffloadPlan) -> list[str]:

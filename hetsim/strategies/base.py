@@ -40,6 +40,10 @@ class Strategy(ABC):
     # Rough CPU cost of a search, relative to the others: ``compare`` hands the costliest to its
     # worker processes first so that none is left running alone at the end. Order only, no result.
     search_weight: ClassVar[int] = 1
+    # Plan fields' ranges that need no rig or model: field -> (low, high, why the bound). ``check_plan``
+    # holds a plan file to them (``plan_io.in_ranges``) and a sweep spec its ``plan.<field>`` knobs,
+    # before any point runs (10**30 GPU batches ran to a reason quoting 10**25 TB).
+    knob_ranges: ClassVar[Mapping[str, tuple[float, float, str]]] = {}
 
     @abstractmethod
     def applicable(self, rig: Rig, model: ModelSpec, workload: Workload) -> str | None:

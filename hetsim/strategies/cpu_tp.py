@@ -41,6 +41,13 @@ class CpuTpPlan:
     weight_copies: int = 1
 
 
+# xFasterTransformer's hybrid dtypes (src/models/hybrid_model.h) keep two complete models, one per
+# dtype of the pair; no xFT dtype keeps more (10**30 copies ran to a reason quoting 10**27 TB).
+MAX_WEIGHT_COPIES = 2
+WHY_COPIES = "xFasterTransformer keeps at most two: one per dtype of a hybrid such as bf16_fp16"
+_RANGES = {"weight_copies": (1, MAX_WEIGHT_COPIES, WHY_COPIES)}
+
+
 def _layouts(rig: Rig, degree: int) -> list[tuple[str, ...]]:
     """Candidate rank layouts of ``degree`` sockets: packed into as few nodes as possible, or spread."""
     by_node = [list(n.cpus) for n in rig.nodes.values() if n.cpus]
@@ -59,6 +66,7 @@ class CpuTensorParallel(Strategy):
     search_weight = 2  # ~0.07 s on the headline compare
     summary = "tensor parallelism over Xeon sockets and nodes (xFasterTransformer)"
     plan_type = CpuTpPlan
+    knob_ranges = _RANGES
     weight_dtypes = ("bf16", "fp16", "fp32")  # xFT runs these (AMX bf16; fp16 and fp32 on AVX-512)
     kv_dtypes = ("fp16", "bf16", "fp32", "int8")  # xFT's KV cache types (int8: lossy)
 
@@ -76,6 +84,7 @@ class CpuTensorParallel(Strategy):
             pc.device_of_kind(rig, r, "cpu", f"ranks[{j}]")
         pc.heads_split(model, len(plan.ranks), "ranks")
         pc.at_least(plan.weight_copies, 1, "weight_copies")
+        pc.in_ranges(plan, self.knob_ranges)
         for name in ("weight_dtype", "kv_dtype", "allreduce_dtype", "act_dtype"):
             pc.known_dtype(getattr(plan, name), name)
 

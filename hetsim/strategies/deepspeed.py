@@ -355,7 +355,7 @@ class ZeroInference(Strategy):
             # HF transformers' forward runs under ZeRO's hooks: its own peak (hf_eager_workspace)
             "activations": hf_eager_workspace(model, b, workload.prompt_len, workload.context_len),
         }
-        check_budget(plan.gpu, "gpu_mem_budget", gpu, plan.gpu_mem_budget)
+        check_budget(plan.gpu, "gpu_mem_budget", gpu, plan.gpu_mem_budget, rig.devices[plan.gpu].mem_bytes)
         nvme = plan.offload == "nvme"
         weights = host_bytes(model, plan.pinned, nvme)
         if not nvme:

@@ -51,7 +51,7 @@ from hetsim.strategies.flexgen_policy import (
     shape_of,
     validate,
 )
-from hetsim.workload import Step, Workload, steps
+from hetsim.workload import MAX_WORK, WHY_MAX, Step, Workload, steps
 
 
 def endpoints(rig: Rig, gpu: str = "") -> tuple[str, str, str]:
@@ -74,6 +74,13 @@ def _cannot_load(model: ModelSpec) -> str | None:
     return None
 
 
+# a block (gpu_batch_size x num_gpu_batches) is a batch: 10**30 of either ran to an out-of-memory reason
+# quoting 10**25 TB
+_MOST = MAX_WORK["batch"]
+_BLOCK = f"a block of gpu_batch_size x num_gpu_batches holds at most {_MOST} sequences: {WHY_MAX['batch']}"
+_RANGES = {"gpu_batch_size": (1, _MOST, WHY_MAX["batch"]), "num_gpu_batches": (1, _MOST, _BLOCK)}
+
+
 @register
 class FlexGen(Strategy):
     name = "flexgen"
@@ -93,11 +100,18 @@ class FlexGen(Strategy):
             return "the GPU has no host CPU"
         return _cannot_load(model)
 
+    knob_ranges = _RANGES
+
     def check_plan(self, plan: FlexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         if plan.gpu:
             pc.device_of_kind(rig, plan.gpu, "gpu", "gpu")
         pc.at_least(plan.gpu_batch_size, 1, "gpu_batch_size")
         pc.at_least(plan.num_gpu_batches, 1, "num_gpu_batches")
+        pc.in_ranges(plan, self.knob_ranges)
+        # the block is a batch too: at most the largest, rounded up to whole GPU batches (the default
+        # plan's ceil(batch / gpu_batch_size) GPU batches stay inside)
+        most = math.ceil(_MOST / plan.gpu_batch_size)
+        pc.in_range(plan.num_gpu_batches, 1, most, "num_gpu_batches", _BLOCK)
         for name in ("wg", "wc", "cg", "cc", "hg", "hc"):
             pc.in_range(getattr(plan, name), 0.0, 100.0, name)
         try:
@@ -130,7 +144,7 @@ class FlexGen(Strategy):
         if uses_disk and not disk:
             raise OutOfMemory(gpu, "disk share (the rig has no disk)", 1.0, 0.0, 0.0)
         mem = memory_plan(model, shape_of(plan, workload), f)
-        check_budget(gpu, "gpu_mem_budget", mem["gpu"], plan.gpu_mem_budget)
+        check_budget(gpu, "gpu_mem_budget", mem["gpu"], plan.gpu_mem_budget, rig.devices[gpu].mem_bytes)
         out = {gpu: mem["gpu"], cpu: mem["cpu"]}
         if disk:
             out[disk] = mem["disk"]

@@ -47,6 +47,7 @@ from hetsim.sim.engine import FLOOR_SLACK, Engine
 from hetsim.sim.memory import check_budget
 from hetsim.strategies import plan_io as pc
 from hetsim.strategies.base import Footprint, Strategy, register
+from hetsim.units import fmt_bytes
 from hetsim.workload import Workload, steps
 
 LM_HEAD = "lm_head"
@@ -466,7 +467,11 @@ class HeteGen(Strategy):
             pc.in_range(n, 0, counts[kind], f"resident.{kind}")
         pc.optional_budget(plan.gpu_mem_budget)
         pc.in_range(plan.split_sync_s, 0.0, 1.0, "split_sync_s")  # a barrier's cost (1e308 overflowed)
-        pc.at_least(plan.runtime_reserve_bytes, 0.0, "runtime_reserve_bytes")
+        # a reserve is held on the GPU: more than it holds ran to a reason quoting 10**18 TB (1e30); under
+        # a GPU memory budget the rig's GPU holds the budget's bytes, so the line names bytes, not "holds"
+        held = rig.devices[plan.gpu].mem_bytes
+        why = f"at most the {fmt_bytes(held)} {plan.gpu} may use"
+        pc.in_range(plan.runtime_reserve_bytes, 0.0, held, "runtime_reserve_bytes", why)
         _check_chunk(plan.stream_chunk_bytes)
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         if (problem := cpu_dtype_problem(plan.cpu_dtype, plan.weight_dtype)) is not None:
@@ -498,7 +503,7 @@ class HeteGen(Strategy):
     def footprint(self, plan: HeteGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> Footprint:
         gpu = {"resident_weights": resident_bytes(plan, model), **working_set(plan, model, workload)}
         what = "hetegen GPU working set (gpu_mem_budget)"
-        check_budget(plan.gpu, what, gpu, plan.gpu_mem_budget, rel_tol=1e-12)
+        check_budget(plan.gpu, what, gpu, plan.gpu_mem_budget, rig.devices[plan.gpu].mem_bytes, rel_tol=1e-12)
         split = split_weight_bytes_by_kind(plan, model)
         host = {"split_weights": sum(split.values())}
         # fp32: the fp32 copy of the largest CPU share of either phase, and every fp16 byte kept, the

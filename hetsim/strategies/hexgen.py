@@ -158,12 +158,17 @@ def _strongest(groups: list[tuple[str, ...]], limit: int, rig: Rig) -> list[tupl
     return [g for g in groups if g in keep]
 
 
+# the --max-batch flag's cap and reason, one rule for both (10**30 was taken)
+_RANGES = {"max_batch": (1, MAX_WORK["batch"], WHY_MAX["batch"])}
+
+
 @register
 class HexGen(Strategy):
     name = "hexgen"
     search_weight = 5  # CP-SAT, costly on large rigs (compare runs it in HeteGen's worker job)
     summary = "HexGen: replicas of asymmetric TP x PP pipelines over heterogeneous GPUs"
     plan_type = HexGenPlan
+    knob_ranges = _RANGES
     kv_dtypes = GPU_KV_DTYPES
     weight_dtypes = GPU_WEIGHT_DTYPES
 
@@ -172,8 +177,7 @@ class HexGen(Strategy):
 
     def check_plan(self, plan: HexGenPlan, rig: Rig, model: ModelSpec, workload: Workload) -> None:
         check_plan(plan, rig, model)
-        # the --max-batch flag's cap and reason, one rule for both (10**30 was taken)
-        pc.in_range(plan.max_batch, 1, MAX_WORK["batch"], "max_batch", WHY_MAX["batch"])
+        pc.in_ranges(plan, self.knob_ranges)
         pc.known_dtype(plan.weight_dtype, "weight_dtype")
         pc.known_dtype(plan.kv_dtype, "kv_dtype")
 

@@ -135,6 +135,12 @@ def in_range(value: float, low: float, high: float, field: str, why: str | None 
         raise problem(field, f"must be in [{low:g}, {high:g}]{reason}, got {value!r}")
 
 
+def in_ranges(plan: Any, ranges: Mapping[str, tuple[float, float, str]]) -> None:
+    """Each field of ``plan`` in its range (a strategy's ``knob_ranges``)."""
+    for name, (low, high, why) in ranges.items():
+        in_range(getattr(plan, name), low, high, name, why)
+
+
 def known_dtype(name: str, field: str) -> None:
     if (why := unknown_dtype(name)) is not None:
         raise problem(field, why)

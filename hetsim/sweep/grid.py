@@ -21,10 +21,10 @@ from typing import Any
 from hetsim.hardware.rig import Rig
 from hetsim.hardware.schema import TO_HOST_FIELDS, Bandwidth, out_of_bounds
 from hetsim.hardware.types import Link, Provenance
-from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, SweepSpec
+from hetsim.sim.memory import usable_bytes
+from hetsim.sweep.spec import CORE_AXES, HW_KNOBS, NIC_KINDS, SWAPS, SweepSpec
 
 DEFAULTS: dict[str, Any] = {"strategy": "all", "batch": 1, "prompt_len": 512, "gen_len": 32}
-NIC_KINDS = ("ethernet", "infiniband", "rdma")
 
 
 def canonical(config: Mapping[str, Any]) -> str:
@@ -148,7 +148,8 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
     budget = gpu_mem_budget(knobs)
     if budget is not None:
         for name, dev in list(devices.items()):
-            if dev.kind == "gpu" and dev.mem_bytes > budget:
+            # a GPU holding less keeps its memory (``usable_bytes``, the rule's one home)
+            if dev.kind == "gpu" and usable_bytes(dev.mem_bytes, budget) < dev.mem_bytes:
 
                 def capped(dev: Any = dev) -> Any:
                     prov = {
@@ -201,9 +202,9 @@ def apply_hardware(rig: Rig, knobs: Mapping[str, Any]) -> Rig:
                 )
 
     if knobs.get("pcie") is not None:
-        swap(("pcie",), knobs["pcie"], only_nic=False)
+        swap(SWAPS["pcie"], knobs["pcie"], only_nic=False)
     if knobs.get("net_link") is not None:
-        swap(NIC_KINDS, knobs["net_link"], only_nic=True)
+        swap(SWAPS["net_link"], knobs["net_link"], only_nic=True)
     if knobs.get("net_gbps") is not None:
         bw = float(knobs["net_gbps"]) * 1e9 / 8
         for lname, link in list(links.items()):

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hetsim.errors import InputError
 from hetsim.hardware.catalog import validation_error, whole_number
-from hetsim.hardware.schema import LinkKindName
+from hetsim.hardware.schema import MAX_PER_NODE, LinkKindName
 from hetsim.textfiles import parse_yaml, read_text, validate_strictly
 from hetsim.workload import MAX_WORK, WHY_MAX
 
@@ -43,6 +43,8 @@ HW_KNOBS = {
     "net_link": "catalogue link (e.g. infiniband-hdr) whose numbers replace every NIC link",
     "bw_scale": "mapping link kind -> factor scaling that kind's bandwidth (e.g. {pcie: 0.5})",
 }
+NIC_KINDS = ("ethernet", "infiniband", "rdma")
+SWAPS = {"pcie": ("pcie",), "net_link": NIC_KINDS}  # the link kinds each swap knob replaces
 METRICS = ("ttft_s", "tpot_s", "e2e_s", "throughput_tok_s", "cost_usd_per_mtok")
 LOWER_IS_BETTER = {"ttft_s": True, "tpot_s": True, "e2e_s": True, "cost_usd_per_mtok": True,
                    "throughput_tok_s": False}  # fmt: skip
@@ -186,8 +188,14 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 load_rig(value)
             elif key == "strategy" and value != "all":
                 get_strategy(value)
-            elif key in ("pcie", "net_link") and cat.resolve("links", value) is None:
+            elif key in ("pcie", "net_link") and (found := cat.resolve("links", value)) is None:
                 raise InputError(f"unknown catalogue link {value!r}")
+            elif key in ("pcie", "net_link") and found.spec.kind not in SWAPS[key]:
+                # ethernet-100g's numbers swapped in for every PCIe link, silently
+                kinds = " or ".join(SWAPS[key])
+                raise InputError(
+                    f"{value!r} is a {found.spec.kind} link, not {kinds} (bw_scale scales a kind)"
+                )
             elif key in ("batch", "prompt_len", "gen_len", "cpu_sockets") and isinstance(value, float):
                 raise InputError(whole_number(value))
             elif key in ("batch", "prompt_len", "gen_len", "cpu_sockets") and (
@@ -196,6 +204,10 @@ def _check_values(spec: SweepSpec, source: str) -> None:
                 raise InputError(f"must be a positive integer, got {value!r}")
             elif key in MAX_WORK and value > MAX_WORK[key]:
                 raise InputError(f"must be <= {MAX_WORK[key]} ({WHY_MAX[key]}), got {value}")
+            elif key == "cpu_sockets" and value > MAX_PER_NODE:  # 10**30: an OverflowError traceback
+                raise InputError(
+                    f"must be <= {MAX_PER_NODE} (the most sockets a rig's node holds), got {value}"
+                )
             elif key in ("gpu_mem_gb", "net_gbps") and not _positive_finite(value):
                 raise InputError(f"must be a positive finite number, got {value!r:.40}")
             elif key == "gpu_mem_gb" and too_small(value * 1e9):  # as --gpu-mem-budget (budget_problem)
@@ -279,9 +291,20 @@ def _check_plan_knobs(spec: SweepSpec, source: str) -> None:
                     why = "must be within +-(2**63 - 1) (the results table's 64-bit integers)"
                     raise InputError(f"{why}, got {value!r:.40}", source=source, field=field)
                 for strategy in strategies:
-                    why = _plan_value_problem(strategy.plan_type, key[5:], value)
+                    why = _plan_value_problem(strategy.plan_type, key[5:], value) or _out_of_range(
+                        strategy.knob_ranges.get(key[5:]), value
+                    )
                     if why:
                         raise InputError(f"{why} ({strategy.name}'s plan field)", source=source, field=field)
+
+
+def _out_of_range(bounds: tuple[float, float, str] | None, value: Any) -> str | None:
+    """Why ``value`` (of its field's type) is outside a strategy's ``knob_ranges`` entry, as a plan
+    file's ``check_plan`` says it (a point's error row, after the points before it ran)."""
+    if bounds is None or bounds[0] <= value <= bounds[1]:
+        return None
+    low, high, why = bounds
+    return f"must be in [{low:g}, {high:g}] ({why}), got {value!r}"
 
 
 def _has_field(plan_type: type, name: str) -> bool:
