@@ -150,7 +150,13 @@ class Workload:
         """This run's tokens ``start + 1 .. start + gen_len`` as a run of their own, standing for it (a
         search's proxy, a fast-forward's head, middle and tail samples): the prompt grown by the
         ``start`` tokens before them, the KV cache allocated as the whole run allocates it
-        (``kv_slots``), and the whole run kept (``whole``)."""
+        (``kv_slots``), and the whole run kept (``whole``). Its tokens lie inside this run's: past
+        them the allocation would be 0 (``kv_slots``: the sample's own) and ``whole`` another run."""
+        if not 0 <= start <= self.gen_len - gen_len:
+            raise InputError(
+                f"a sample of {gen_len} tokens starts in 0..{self.gen_len - gen_len}, got {start}",
+                field="sample_start",
+            )
         return replace(
             self,
             prompt_len=self.prompt_len + start,

@@ -56,6 +56,14 @@ def test_samples_compose(prompt, gen, data):
     assert run.head(g) == run.sample(0, g)
 
 
+@pytest.mark.parametrize("start, g", [(32, 1), (40, 1), (-1, 4), (30, 4)])
+def test_a_sample_past_its_runs_tokens_is_refused(start, g):
+    """A sample whose tokens run past the run's: at ``start == gen_len`` the allocation fell to 0 (the
+    sample's own), so it passed the checks and ``whole`` gave another run (gen 33 for a run of 32)."""
+    with pytest.raises(InputError, match="sample_start"):
+        Workload(8, 64, 32).sample(start, g)
+
+
 def test_a_sample_starts_inside_the_prompt_it_grew():
     with pytest.raises(InputError, match="sample_start"):
         Workload(8, 64, 32, alloc_gen_len=40, sample_start=64)

@@ -617,7 +617,7 @@ def fast_forward(
     # busy seconds: the head's, then the added steps' at the tail's busy seconds per decode step (the
     # tail less its prefill alone: a step's share of a short sample would be swamped by the prefill)
     prefill, _, prefill_mb, _, _ = _step_by_step(
-        strategy, plan, rig, model, replace(tail_workload, gen_len=1), book_memory=False
+        strategy, plan, rig, model, tail_workload.head(1), book_memory=False
     )
     if not prefill.feasible:
         return None
