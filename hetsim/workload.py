@@ -126,9 +126,13 @@ class Workload:
     kv_dtype: str | None = None
     # How the tokens pick experts (``--routing-profile``); None = uniformly (every expert equally often).
     routing: RoutingProfile | None = None
-    # A short run standing for a longer one (``head``): the generation length of the run it stands for,
-    # by which a runtime that allocates its KV cache up front sizes it (``kv_slots``); 0 = its own.
+    # A short run standing for a longer one (``sample``): the generation length of the run it stands for,
+    # less the tokens before the sample, by which a runtime that allocates its KV cache up front sizes it
+    # (``kv_slots``); 0 = its own.
     alloc_gen_len: int = 0
+    # A sample of a longer run (``sample``): the tokens the run generated before it, by which its prompt
+    # is grown (0: the run's head, or a run of its own): with ``kv_slots``, the run it stands for (``whole``).
+    sample_start: int = 0
 
     def __post_init__(self) -> None:
         for name in ("batch", "prompt_len", "gen_len"):
@@ -139,11 +143,40 @@ class Workload:
                 raise InputError(f"must be <= {MAX_WORK[name]} ({WHY_MAX[name]}), got {value}", field=name)
         if self.alloc_gen_len and self.alloc_gen_len < self.gen_len:
             raise InputError(f"must be 0 or >= gen_len, got {self.alloc_gen_len}", field="alloc_gen_len")
+        if not 0 <= self.sample_start < self.prompt_len:
+            raise InputError(f"must be in 0..prompt_len - 1, got {self.sample_start}", field="sample_start")
+
+    def sample(self, start: int, gen_len: int) -> Workload:
+        """This run's tokens ``start + 1 .. start + gen_len`` as a run of their own, standing for it (a
+        search's proxy, a fast-forward's head, middle and tail samples): the prompt grown by the
+        ``start`` tokens before them, the KV cache allocated as the whole run allocates it
+        (``kv_slots``), and the whole run kept (``whole``). Its tokens lie inside this run's: past
+        them the allocation would be 0 (``kv_slots``: the sample's own) and ``whole`` another run."""
+        if not 0 <= start <= self.gen_len - gen_len:
+            raise InputError(
+                f"a sample of {gen_len} tokens starts in 0..{self.gen_len - gen_len}, got {start}",
+                field="sample_start",
+            )
+        return replace(
+            self,
+            prompt_len=self.prompt_len + start,
+            gen_len=gen_len,
+            alloc_gen_len=(self.alloc_gen_len or self.gen_len) - start,
+            sample_start=self.sample_start + start,
+        )
 
     def head(self, gen_len: int) -> Workload:
-        """This run's first ``gen_len`` tokens, standing for it (a sample or a proxy of the run): the KV
-        cache allocated as the whole run allocates it."""
-        return replace(self, gen_len=gen_len, alloc_gen_len=self.alloc_gen_len or self.gen_len)
+        """This run's first ``gen_len`` tokens, standing for it (``sample``)."""
+        return self.sample(0, gen_len)
+
+    @property
+    def whole(self) -> Workload:
+        """The run this one stands for (``sample``; itself where it is a run of its own): what a
+        strategy that plans by the whole run reads from any sample of it (HexGen's split)."""
+        prompt = self.prompt_len - self.sample_start
+        return replace(
+            self, prompt_len=prompt, gen_len=self.kv_slots + 1 - prompt, alloc_gen_len=0, sample_start=0
+        )
 
     @property
     def kv_slots(self) -> int:

@@ -74,3 +74,38 @@ def test_links_are_worked_out_once_per_rig_and_tell_reading_what_they_read(headl
     assert again.routes == first.routes and again.links == first.links
     other = replace(rig)  # another rig object: worked out for it
     assert fl.links(other, *ends) == got and fl.links(other, *ends) is not got
+
+
+def test_a_search_keys_no_lp_unless_its_process_remembers_optima(headline, monkeypatch):
+    """A compare's LPs seldom repeat: a search outside a sweep neither keys (``_lp_key``) nor keeps its
+    optima; after ``remember_optima`` it keeps each, and asks the memo first."""
+    rig, model, _, _ = headline
+    monkeypatch.setattr(fl, "_OPTIMA", None)
+    keyed = []
+    real_key = fl._lp_key
+    monkeypatch.setattr(fl, "_lp_key", lambda cm: keyed.append(cm) or real_key(cm))
+    wl = Workload(8, 128, 8)
+    cold = fl.search_policy(rig, model, wl).plan
+    assert not keyed and fl._OPTIMA is None
+    fl.remember_optima()
+    assert fl._OPTIMA == {}
+    warm = fl.search_policy(rig, model, wl).plan
+    assert warm == cold and keyed and len(fl._OPTIMA) == len({real_key(cm) for cm in keyed})
+
+
+def test_a_sweeps_flexgen_point_remembers_optima_and_a_repeated_one_solves_no_lp(monkeypatch):
+    """``run_point`` of a FlexGen point turns ``remember_optima`` on; the same point again (the sweep's
+    own answers switched off, so only the optima serve it) builds no LP."""
+    from hetsim.sweep import runner
+
+    monkeypatch.setattr(fl, "_OPTIMA", None)
+    monkeypatch.setattr(runner, "REMEMBER_ANSWERS", False)
+    point = {"model": "llama2-7b", "rig": "mixed-lab", "strategy": "flexgen", "batch": 8,
+             "prompt_len": 64, "gen_len": 4, "objective": "throughput", "search": True}  # fmt: skip
+    first = runner.run_point(point)
+    assert first["feasible"] and not first["error"] and fl._OPTIMA
+    built = []
+    real = fl.build_lp
+    monkeypatch.setattr(fl, "build_lp", lambda cm: built.append(cm) or real(cm))
+    again = runner.run_point(point)
+    assert again == first and not built

@@ -86,7 +86,7 @@ def test_searches_relay_their_pinned_twins_slots(monkeypatch, name, hw, prompt, 
         return cm
 
     monkeypatch.setattr(flexgen_lp, "cost_model", checked)
-    flexgen_lp._OPTIMA.clear()
+    monkeypatch.setattr(flexgen_lp, "_OPTIMA", {})
     found = flexgen_lp.search_free(rig, model, wl, "throughput", allow_lossy=lossy)
     assert relayed, "no unpinned model was relayed: the case tests nothing"
     for cm, fresh in relayed:
@@ -95,5 +95,5 @@ def test_searches_relay_their_pinned_twins_slots(monkeypatch, name, hw, prompt, 
 
     # the same plan with every model's slots worked out afresh
     monkeypatch.setattr(flexgen_lp, "cost_model", lambda *a, pinned=None, **k: made(*a, **k))
-    flexgen_lp._OPTIMA.clear()
+    monkeypatch.setattr(flexgen_lp, "_OPTIMA", {})
     assert flexgen_lp.search_free(rig, model, wl, "throughput", allow_lossy=lossy) == found

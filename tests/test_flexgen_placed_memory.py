@@ -48,7 +48,7 @@ def test_placed_models_read_their_members_memory_rows(monkeypatch, name, hw, pro
 
     monkeypatch.setattr(flexgen_lp, "_memory", memory)
     monkeypatch.setattr(flexgen_lp, "cost_model", cost_model)
-    flexgen_lp._OPTIMA.clear()
+    monkeypatch.setattr(flexgen_lp, "_OPTIMA", {})
     found = flexgen_lp.search_free(rig, model, wl, "throughput", allow_lossy=lossy)
     assert placed, "no optimum was placed: the case tests nothing"
     for cm, (rows, bounds) in placed + handed:  # the rows a model was given are _memory's, exactly
@@ -58,5 +58,5 @@ def test_placed_models_read_their_members_memory_rows(monkeypatch, name, hw, pro
     # the same plan with every model's rows made afresh (no rows handed on)
     monkeypatch.setattr(flexgen_lp, "_memory", fresh)
     monkeypatch.setattr(flexgen_lp, "cost_model", lambda *a, memory=None, **k: made(*a, **k))
-    flexgen_lp._OPTIMA.clear()
+    monkeypatch.setattr(flexgen_lp, "_OPTIMA", {})
     assert flexgen_lp.search_free(rig, model, wl, "throughput", allow_lossy=lossy) == found

@@ -183,3 +183,28 @@ def test_what_a_replica_holds_is_worked_out_once_for_every_batch(monkeypatch):
         ]
     assert len(calls) == once
     assert again == [min(b, h) for h in first for b in (64, 700)]
+
+
+def test_a_share_path_keeps_its_first_and_last_layout_that_hold_the_batch(monkeypatch):
+    """Llama-2-70B on hexgen-full-budget at 896 x (512 + 32) (case 4's pick): on the share fixed point
+    four layouts in a row hold the batch on most latency caps. The first (the most replicas) and the
+    last (laid out for the shares they get) are candidates; those between never were the pick (13 and
+    60 compare cases byte-identical), and estimating them cost case 4 16 of its 83 estimates."""
+    import hetsim.planner.hexgen_cpsat as hexgen_cpsat
+
+    rig, real, paths = shipped("hexgen-full-budget"), hexgen_cpsat.settling, []
+
+    def recorded(*args):
+        paths.append([])
+        for found, held, settled in real(*args):
+            if held:
+                paths[-1].append(found[1])
+            yield found, held, settled
+
+    monkeypatch.setattr(hexgen_cpsat, "settling", recorded)
+    found = [c.plan for c in offline_candidates(rig, L70, Workload(896, 512, 32))]
+    ends = [p for path in paths for p in path[:1] + path[1:][-1:]]
+    between = [p for path in paths for p in path[1:-1] if p not in ends]
+    assert max(len(path) for path in paths) >= 3
+    assert between
+    assert not [p for p in found if p in between]

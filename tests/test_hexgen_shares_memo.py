@@ -49,8 +49,9 @@ def _counting_step_time(monkeypatch) -> list[tuple]:
 def test_each_replica_speed_is_computed_once_per_search(monkeypatch):
     """The offline search splits the batch of every plan it lays out and every run it estimates
     (footprint, schedule) splits it again, on the same replicas, at every rung: inside
-    ``remembering_runs`` each replica's speed is computed once per context (the estimates' proxy runs
-    a shorter one) (case 4 at its 13 rungs: 1324 -> 82)."""
+    ``remembering_runs`` each replica's speed is computed once (case 4 at its 13 rungs: 1324 -> 82),
+    at the whole run's context: the estimates' shorter proxy splits the batch as its run
+    (``Workload.whole``)."""
     rig, model = load_rig("hexgen-full-budget"), get_model("llama2-70b")
     calls = _counting_step_time(monkeypatch)
     with remembering_runs(), remembering():
@@ -58,7 +59,8 @@ def test_each_replica_speed_is_computed_once_per_search(monkeypatch):
     assert all(p is not None for p in plans)
     assert len(calls) > 0
     assert len(calls) == len(set(calls))  # no replica's speed at one context computed twice
-    assert len(calls) > len({stages for stages, _ in calls})  # the proxy's context and the whole one
+    assert len(calls) == len({stages for stages, _ in calls})  # not again at the proxy's context
+    assert {kv for _, kv in calls} == {512 + 32}
 
 
 def test_a_remembered_split_is_the_split_and_none_outlives_its_block(monkeypatch):

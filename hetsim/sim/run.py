@@ -235,12 +235,8 @@ def tail_end(
 
 
 def _tail_workload(workload: Workload, g: int) -> Workload:
-    """The last ``g`` rounds of ``workload`` as a run of their own: the prompt grown by the tokens
-    before them, its KV cache as the full run's (``Workload.kv_slots``; the head's too,
-    ``Workload.head``)."""
-    n = workload.gen_len
-    alloc = workload.alloc_gen_len and workload.alloc_gen_len - n + g
-    return replace(workload, prompt_len=workload.prompt_len + n - g, gen_len=g, alloc_gen_len=alloc)
+    """The last ``g`` rounds of ``workload`` as a run of their own (``Workload.sample``)."""
+    return workload.sample(workload.gen_len - g, g)
 
 
 def bend_bound(head_times: Streams, lanes: LaneTimes, g: int, n: int) -> float:
@@ -667,9 +663,7 @@ def fast_forward(
     k = _crossing(head_times, tail_times, g, n, h) if period == 1 else None
     if k is not None:
         # the samples' lines part: a third, timing-only sample where they cross (``_bent``)
-        mid_workload = replace(
-            tail_workload, prompt_len=workload.prompt_len + k, alloc_gen_len=(workload.alloc_gen_len or n) - k
-        )
+        mid_workload = workload.sample(k, g)
         mid, mid_times, _, _, _ = _step_by_step(strategy, plan, rig, model, mid_workload, book_memory=False)
         if mid.feasible and set(mid_times) == set(head_times):
             e2e = _run_end(head_times, tail_times, g, n, h, period, (k, mid_times)) or e2e
@@ -678,7 +672,7 @@ def fast_forward(
     # busy seconds: the head's, then the added steps' at the tail's busy seconds per decode step (the
     # tail less its prefill alone: a step's share of a short sample would be swamped by the prefill)
     prefill, _, prefill_mb, _, _ = _step_by_step(
-        strategy, plan, rig, model, replace(tail_workload, gen_len=1), book_memory=False
+        strategy, plan, rig, model, tail_workload.head(1), book_memory=False
     )
     if not prefill.feasible:
         return None

@@ -130,10 +130,11 @@ def capped_split(batch: int, weights: list[float], caps: list[int]) -> list[int]
 def replica_speed(
     rig: Rig, model: ModelSpec, replica: Replica, workload: Workload, plan: HexGenPlan
 ) -> float:
-    """Decode steps per second of one sequence alone: the dispatcher's weight. Kept while runs are
-    remembered (``remembered_cost``): the offline search and every run's footprint and schedule ask
-    it of the same replicas for every candidate and rung."""
-    wd, kv, context = plan.weight_dtype, plan.kv_dtype, workload.context_len
+    """Decode steps per second of one sequence alone at the whole run's context (``Workload.whole``:
+    a sample splits the batch as its run): the dispatcher's weight. Kept while runs are remembered
+    (``remembered_cost``): the offline search and every run's footprint and schedule ask it of the
+    same replicas for every candidate and rung."""
+    wd, kv, context = plan.weight_dtype, plan.kv_dtype, workload.whole.context_len
     return remembered_cost(
         rig,
         ("hexgen replica speed", replica.stages, model, context, wd, kv),
@@ -146,17 +147,19 @@ def replica_holds(rig: Rig, model: ModelSpec, replica: Replica, workload: Worklo
     the replica's GPUs, as ``simulate`` allocates it (0 where not even one does); by bisection, the
     footprint growing with the share. Kept while runs are remembered, as ``replica_speed``.
 
-    At the whole run's context (``Workload.kv_slots``): a search's proxy and a fast-forward's samples
-    of the run (``Workload.head``) split the batch as the run does, not by their shorter KV (a
-    proxy of opt-13b's 448 on mixed-lab gave the faster replica 252 of the 209 the run holds,
-    and the search ranked it 21 % above its run)."""
-    run = (workload.prompt_len, workload.kv_slots, plan.weight_dtype, plan.kv_dtype)
+    Of the whole run (``Workload.whole``: its prompt, its context): a search's proxy and a
+    fast-forward's head, middle and tail samples (``Workload.sample``) split the batch as the run
+    does, not by their shorter KV (a proxy of opt-13b's 448 on mixed-lab gave the faster replica 252
+    of the 209 the run holds, and the search ranked it 21 % above its run) nor by a tail's longer
+    prompt's prefill (llama2-70b's 1536 x (512 + 256) on hexgen-full-budget: the tail split
+    [300, 462, 462, 312] against the run's [350, 417, 416, 353], and the run went step by step)."""
+    whole = workload.whole
+    run = (whole.prompt_len, whole.gen_len, plan.weight_dtype, plan.kv_dtype)
 
     def most() -> int:
         """Any batch's answer (a ladder's rungs share it): doubling to the first share refused, then
         bisection."""
         caps = rig.capacities()
-        whole = replace(workload, gen_len=workload.kv_slots + 1 - workload.prompt_len, alloc_gen_len=0)
 
         def holds(share: int) -> bool:
             return footprint_fits(caps, share_footprint(model, replica, share, whole, plan))

@@ -218,6 +218,10 @@ def _evaluate_on(config: Mapping[str, Any], rig: Any, model: Any = None):
     budget = gpu_mem_budget(config)
     knobs, ignored = plan_knobs(config), []
     strategy = get_strategy(config["strategy"])
+    if strategy.name == "flexgen":  # a sweep's points repeat LPs (rigs differing where an LP does not look)
+        from hetsim.planner.flexgen_lp import remember_optima
+
+        remember_optima()
 
     def adjust(plan: Any) -> Any:  # the point's plan knobs on the searched (or default) plan
         fixed, ignored[:] = override_plan(plan, knobs, budget)
