@@ -418,21 +418,40 @@ def test_a_pipeline_still_settling_in_a_short_run_is_estimated_from_its_proxy(
 
 def test_a_head_settling_goes_on_at_its_last_step_only_where_it_falls_or_levels():
     """``falling_end``: steps falling to the pace (or rising to it, then level over the head's last
-    three) go on at the window's last step; steps that rise and fall (a pattern) have no end there."""
+    three) go on at the window's last step, grown as a steady stream's line (here flat, 0.4 s);
+    steps that rise and fall (a pattern) have no end there, nor has a head with no steady stream."""
     g, n = PROXY_GEN_LEN, 32
+    flat = {9: _stream([3.0, 0.4, 0.4, 0.4, 0.4])}
     falling = [3.0, 0.8, 0.6, 0.5, 0.5]
-    assert falling_end({0: _stream(falling)}, g, n) == pytest.approx(1.0 + sum(falling) + (n - g) * 0.5)
+    assert falling_end({0: _stream(falling)} | flat, g, n) == pytest.approx(
+        1.0 + sum(falling) + (n - g) * 0.5
+    )
+    assert falling_end({0: _stream(falling)}, g, n) is None  # a fall can hide the KV's growth
     still = [3.0, 0.9, 0.8, 0.7, 0.6]  # still falling: the last window step, not the mean (0.75)
-    assert falling_end({0: _stream(still)}, g, n) == pytest.approx(1.0 + sum(still) + (n - g) * 0.7)
+    assert falling_end({0: _stream(still)} | flat, g, n) == pytest.approx(1.0 + sum(still) + (n - g) * 0.7)
     level = [3.0, 0.3, 0.6, 0.6, 0.6]  # a micro-batch that ran ahead waits for the pace
-    both = {0: _stream(falling), 1: _stream(level)}
+    both = {0: _stream(falling), 1: _stream(level)} | flat
     assert falling_end(both, g, n) == pytest.approx(1.0 + sum(level) + (n - g) * 0.6)
     pattern = [3.0, 0.5, 0.2, 0.4, 0.5]  # falls, then rises: a pattern longer than the head shows
-    assert falling_end({0: _stream(falling), 1: _stream(pattern)}, g, n) is None
-    assert falling_end({0: _stream([3.0, 0.5, 0.4, 0.4, 0.6])}, g, n) is None  # rises at the end
+    assert falling_end({0: _stream(falling), 1: _stream(pattern)} | flat, g, n) is None
+    assert falling_end({0: _stream([3.0, 0.5, 0.4, 0.4, 0.6])} | flat, g, n) is None  # rises at the end
     # a stream already steady (0.5 s, +0.01 s a step) goes on on its line, and a settling one at its
     # last step (0.6 s, step 4) grown as that line: its steps g-1..n-2 and the last, 0.745 s a step
     grows, settles = [3.0, 0.5, 0.51, 0.52, 0.53], [3.0, 0.9, 0.7, 0.6, 0.6]
     assert falling_end({0: _stream(grows)}, g, n) == pytest.approx(head_end({0: _stream(grows)}, g, n))
     expected = 1.0 + sum(settles) + (n - g) * (0.6 + 0.01 * ((n + g - 3) / 2 - 4 + 1))
     assert falling_end({0: _stream(grows), 1: _stream(settles)}, g, n) == pytest.approx(expected)
+
+
+def test_a_settling_pipeline_with_no_steady_stream_is_not_estimated_fast():
+    """2 stages of 8 micro-batches (llama3-8b on mixed-lab, batch 768, prompt 8): every stream still
+    falls in the proxy's window, which hides the KV's growth (no stream steady to read it from); at
+    its last step flat the estimate ran 1.15 % fast, which can rank it above a faster plan. The
+    16-round head sees the growth."""
+    p = problem("llama3-8b", "mixed-lab", None, 8, 64)
+    plan = PipelinePlan((Stage(("n0.gpu0", "n0.gpu1"), 27), Stage(("n1.gpu0", "n1.gpu1"), 5)), 8)
+    wl = Workload(768, 8, 64)
+    _, streams, _ = short_run(GPU_ONLY, plan, p.rig, p.model, wl.head(PROXY_GEN_LEN))
+    assert not settled(streams, PROXY_GEN_LEN)
+    run = simulate(GPU_ONLY, plan, p.rig, p.model, wl, exact=True)
+    assert estimate(GPU_ONLY, plan, p.rig, p.model, wl).e2e_s == pytest.approx(run.e2e_s, rel=1e-3)
