@@ -26,6 +26,7 @@ from hetsim.sim.run import (
     Runnable,
     ScopedMemo,
     bend_bound,
+    falling_end,
     head_end,
     settled,
     short_run,
@@ -41,8 +42,8 @@ BEND_TOL = 1e-3
 # The proxy's length is the short fast-forward's sample, so the estimate of the plan a search picks
 # is the head of its final run (``hetsim.sim.run.remembering_runs``).
 PROXY_GEN_LEN = FF_SHORT_SAMPLE
-# Past FF_LONG_GEN_LEN tokens, where the proxy's window is still settling (``settled``), the head the
-# estimate extends instead: the long fast-forward's, whose steady window (rounds 8..15) the run trusts.
+# Where the proxy's window is still settling (``settled``), the head the estimate extends instead (for
+# runs longer than it): the long fast-forward's, whose steady window (rounds 8..15) the run trusts.
 SETTLE_GEN_LEN = FF_SAMPLE
 
 Evaluate = Callable[[Any], Result]  # a plan -> its (estimated) result
@@ -97,8 +98,12 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
         # may add more than BEND_TOL (``bend_bound``), the fast-forward's timing-only tail sample
         # sees it
         g = PROXY_GEN_LEN
-        period = settled(streams, g) if n > FF_LONG_GEN_LEN else 1
-        if not period:
+        period = settled(streams, g) if n > SETTLE_GEN_LEN else 1
+        # up to FF_LONG_GEN_LEN tokens a proxy settling as a start-up does goes on at its last step
+        # (``falling_end``) rather than being run again: 16-round heads for all of them cost +0.18 CPU
+        # s (+21 %) on the gen-32 headline's gpu-only and HexGen searches; patterns still take one
+        settling = None if period or n > FF_LONG_GEN_LEN else falling_end(streams, g, n)
+        if not period and settling is None:
             # a start-up still settling in the proxy's window (a pipeline's micro-batches spreading
             # out: steps that fall, or change unevenly) puts the line slow (+12 % on 8 stages): the
             # run's own fast-forward head, whose window starts 8 rounds in (its run is then a memo hit)
@@ -107,7 +112,7 @@ def _estimate(strategy: Runnable, plan: Any, rig: Rig, model: ModelSpec, workloa
             if not longer.feasible:
                 return longer
             period = settled(streams, g)
-        line = head_end(streams, g, n)
+        line = settling or head_end(streams, g, n)
         # the tail sample reads steady steps one by one (``_run_end``): none for a head that repeats
         # a pattern or has not settled (it would give no end)
         tail = (

@@ -161,11 +161,64 @@ def head_end(head_times: Streams, g: int, n: int) -> float | None:
             return None
         if period:
             step, growth, c = line[0], max(0.0, line[1]), line[2]  # a longer KV never makes a step cheaper
-            # steps g-1..n-2 on the line, then the last step n - g steps on from the head's
-            added = (n - g) * (step + growth * ((n + g - 3) / 2 - c + 1))
+            added = _along(step, growth, c, g, n)
         else:
             added = (n - g) * (head_last - first) / (g - h)
         end = max(end, head_last + added)
+    return end
+
+
+def _along(step: float, growth: float, c: float, g: int, n: int) -> float:
+    """The seconds a head of ``g`` rounds' stream adds to reach round ``n`` on a line (``step`` at
+    step index ``c``, ``growth`` a step): steps g-1..n-2 on the line, then the last step n - g
+    steps on from the head's."""
+    return (n - g) * (step + growth * ((n + g - 3) / 2 - c + 1))
+
+
+def falling_end(head_times: Streams, g: int, n: int) -> float | None:
+    """When a run of ``n`` rounds ends, from a head of ``g`` rounds still settling (``settled`` is 0)
+    as a pipeline's start-up does: each stream's steps from its window (round ``h``) to the head's
+    end either never rising or, after a change, level over its last three (each within
+    ``FF_STEADY_TOL`` of their mean), its rounds ``g..n`` at the window's last step (the head's own
+    last step, which a schedule may end differently, stands for the run's, as in ``head_end``).
+
+    After the prefill a pipeline's micro-batches start bunched and spread out, each stream's step
+    shorter (or, for one that ran ahead, longer) until the slowest stage sets the pace (8 stages:
+    65, 59, 53, then 47 ms): the last step is the nearest to that pace, and a step still falling
+    after it puts the run slow, as the window's mean did (+12 %). A stream already steady goes on
+    on its line (as ``head_end``), and the others grow as the steepest such line (the pace they
+    settle to grows with the KV as it does). None where no stream is steady (a fall can hide the
+    growth), where a stream's steps rise and fall (a pattern the head is too short to show twice) or
+    its tokens are not whole rounds."""
+    h = _window(g)
+    if h < 1 or n <= g or not head_times:
+        return None
+    # a stream already steady takes its line (as ``head_end``), whose growth (a longer KV's) the
+    # pace the others settle to shares: they go on at their last step, grown as the steepest line
+    lines = {k: _stream_line(stream, g, h) for k, stream in head_times.items()}
+    steady = {k for k, (_, line, period) in lines.items() if line and period == 1 and not _falls(line, g)}
+    if not steady:
+        # no stream shows the growth a longer KV adds, which a fall can hide: the run's would be
+        # unseen (up to -1.2 % fast at 64 tokens, 2 stages of 8 micro-batches, llama3-8b mixed-lab)
+        return None
+    growth = max(max(0.0, lines[k][1][1]) for k in steady)  # type: ignore[index]
+    end = 0.0
+    for k, stream in head_times.items():
+        b, line, _ = lines[k]
+        times = [_round_time(stream, b, r) for r in range(h, g + 1)]
+        if line is None or any(t is None for t in times):
+            return None
+        steps = [y - x for x, y in pairwise(times)]  # type: ignore[operator]
+        step, c = steps[-2], g - 2  # the window's last step: round g - 2 to g - 1
+        if k in steady:
+            step, growth_k, c = line[0], max(0.0, line[1]), line[2]
+        else:
+            tol = FF_STEADY_TOL * sum(steps) / len(steps)
+            falls = all(y - x <= tol for x, y in pairwise(steps))
+            if not falls and max(steps[-3:]) - min(steps[-3:]) > tol:
+                return None
+            growth_k = growth
+        end = max(end, times[-1] + _along(step, growth_k, c, g, n))  # type: ignore[operator]
     return end
 
 
@@ -239,10 +292,16 @@ def settled(head_times: Streams, g: int) -> int:
     for stream in head_times.values():
         _, line, period = _stream_line(stream, g, _window(g))
         # its growth from the window's first step to its last (step g - 2; the mean sits half way)
-        if line is None or not period or line[1] * 2 * (g - 2 - line[2]) < -FF_STEADY_TOL * line[0]:
+        if line is None or not period or _falls(line, g):
             return 0
         longest = max(longest, period)
     return longest
+
+
+def _falls(line: tuple[float, float, float], g: int) -> bool:
+    """Whether a window's line (``_stream_line``) falls from its first step to its last (step
+    ``g - 2``; the mean sits half way) by more than ``FF_STEADY_TOL`` of its mean step."""
+    return line[1] * 2 * (g - 2 - line[2]) < -FF_STEADY_TOL * line[0]
 
 
 def _stream_line(
