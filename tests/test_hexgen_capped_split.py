@@ -129,7 +129,7 @@ def test_the_split_fills_what_each_replica_holds(weights, data):
         assert got == plain
 
 
-@pytest.mark.parametrize(("batch", "tok_s"), [(768, 254.7), (2048, 195.4)])
+@pytest.mark.parametrize(("batch", "tok_s"), [(768, 254.7), (2048, 196.7)])
 def test_the_default_plan_lays_each_region_out_for_its_share(batch, tok_s):
     """HexGen's default plan (one replica per region) on hexgen-full-budget: laid out for the whole
     batch, only Illinois' 28-GPU pipeline held 768 sequences (133.8 tok/s; 2048: 136.0); laid out for
@@ -139,9 +139,12 @@ def test_the_default_plan_lays_each_region_out_for_its_share(batch, tok_s):
     plan = HEXGEN.default_plan(rig, L70, wl)
     assert len(plan.replicas) == 3
     assert fits(HEXGEN, plan, rig, L70, wl)
-    r = evaluator(HEXGEN, rig, L70, wl)(plan)
-    assert r.feasible
-    assert r.throughput_tok_s == pytest.approx(tok_s, rel=2e-3)
+    run = simulate(HEXGEN, plan, rig, L70, wl, exact=True)
+    assert run.feasible
+    assert run.throughput_tok_s == pytest.approx(tok_s, rel=2e-3)
+    # the search's estimate of it (at 2048 a pipeline's proxy still settling: sim.run.falling_end)
+    estimate = evaluator(HEXGEN, rig, L70, wl)(plan)
+    assert estimate.throughput_tok_s == pytest.approx(run.throughput_tok_s, rel=1e-3)
 
 
 def test_a_proxy_splits_the_batch_as_the_run_does():
