@@ -310,6 +310,8 @@ _SIGNAL_IN_POOL = """
 import concurrent.futures, signal, sys, time
 from hetsim.sweep import runner
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # not one ignored, inherited from a background job
+
 def group(points, timeout_s):  # fake points: this is about the pool, not the model
     for p in points:
         time.sleep(0.02 if sys.argv[1] == "wait" else 600)  # long: unless stopped, exit waits for them
