@@ -120,31 +120,10 @@ def test_cli_notes_a_clamped_budget_on_stderr(guarded, capsys, tmp_path) -> None
 def test_a_failed_command_prints_its_error_line_alone(guarded) -> None:
     """The note follows the output: a command that fails after reading the budget still ends in one
     line (a bad --strategies; no feasible plan, exit 1)."""
-    args = [
-        "--model",
-        "opt-6.7b",
-        "--hw",
-        "hetegen-a10",
-        "--batch",
-        "1",
-        "--prompt-len",
-        "16",
-        "--gen-len",
-        "2",
-    ]
+    tiny = ["--batch", "1", "--prompt-len", "16", "--gen-len", "2"]
+    args = ["--model", "opt-6.7b", "--hw", "hetegen-a10", *tiny]
     code, err = guarded(["compare", *args, "--gpu-mem-budget", "24GB", "--strategies", "nope"])
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: --strategies"), err
-    big = [
-        "--model",
-        "llama2-70b",
-        "--hw",
-        "hetegen-a10",
-        "--batch",
-        "1",
-        "--prompt-len",
-        "16",
-        "--gen-len",
-        "2",
-    ]
+    big = ["--model", "llama2-70b", "--hw", "hetegen-a10", *tiny]
     code, err = guarded(["plan", *big, "--strategy", "gpu-only", "--gpu-mem-budget", "24GB"])
     assert code == 1 and err.count("\n") == 1 and err.startswith("error: no feasible plan"), err

@@ -65,12 +65,9 @@ def test_llama_bisects_five_shapes_per_phase(monkeypatch):
     assert len(calls) == 11 and calls.count("out_proj") == 2 and calls.count("q_proj") == 2
 
 
-def test_over_budget_gpus_are_not_bisected(lab, monkeypatch):
-    """llama2-70b on mixed-lab at batch 256: the KV cache and activations alone are over the 24 GB
-    and 48 GB GPUs' memory, so only the 80 GB GPU's alphas are bisected; the others' plans (bisected
-    here) are indeed infeasible, and the search picks what estimating every plan picks."""
-    p = lab
-    wl = replace(p.workload, batch=256)
+def _search_noting_splits(p, wl, monkeypatch):
+    """HeteGen's throughput search on ``wl`` by estimates: its pick, the GPUs whose split ratios it
+    bisected (``split_plan`` calls), and the estimate it ranked by."""
     split = []
     plan_split = hk.split_plan
     monkeypatch.setattr(hk, "split_plan", lambda *a, **k: split.append(a[3]) or plan_split(*a, **k))
@@ -78,7 +75,16 @@ def test_over_budget_gpus_are_not_bisected(lab, monkeypatch):
     def evaluate(plan):
         return estimate(HETEGEN, plan, p.rig, p.model, wl)
 
-    got = hk.search(p.rig, p.model, wl, "throughput", evaluate)
+    return hk.search(p.rig, p.model, wl, "throughput", evaluate), split, evaluate
+
+
+def test_over_budget_gpus_are_not_bisected(lab, monkeypatch):
+    """llama2-70b on mixed-lab at batch 256: the KV cache and activations alone are over the 24 GB
+    and 48 GB GPUs' memory, so only the 80 GB GPU's alphas are bisected; the others' plans (bisected
+    here) are indeed infeasible, and the search picks what estimating every plan picks."""
+    p = lab
+    wl = replace(p.workload, batch=256)
+    got, split, evaluate = _search_noting_splits(p, wl, monkeypatch)
     assert split == ["n0.gpu0"]
     plans = [
         hk.plan_hetegen(p.rig, p.model, wl, g, p.rig.devices[g].mem_bytes) for g in ("n0.gpu1", "n1.gpu0")
@@ -155,14 +161,7 @@ def test_an_infeasible_best_leaves_over_budget_gpus_unbisected(lab, monkeypatch)
     returns what estimating every plan returns."""
     p = lab
     wl = replace(p.workload, batch=331)
-    split = []
-    plan_split = hk.split_plan
-    monkeypatch.setattr(hk, "split_plan", lambda *a, **k: split.append(a[3]) or plan_split(*a, **k))
-
-    def evaluate(plan):
-        return estimate(HETEGEN, plan, p.rig, p.model, wl)
-
-    got = hk.search(p.rig, p.model, wl, "throughput", evaluate)
+    got, split, evaluate = _search_noting_splits(p, wl, monkeypatch)
     assert split == ["n0.gpu0"]
     plans = [
         hk.plan_hetegen(p.rig, p.model, wl, g, p.rig.devices[g].mem_bytes)
