@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -23,6 +23,22 @@ WHY_MAX = {
     "prompt_len": "a million tokens, past any catalogued model's context window",
     "gen_len": "a million tokens, past any catalogued model's context window",
 }
+
+
+def largest_batch_where(ok: Callable[[int], bool]) -> int:
+    """The largest batch (at most ``MAX_WORK``'s) for which ``ok`` holds, where it holds up to some
+    batch and not past it (a footprint growing with the batch); 0 where not even 1 does. Doubling to
+    the first batch refused, then bisection: a handful of tests however large the answer."""
+    if not ok(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= MAX_WORK["batch"] and ok(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, MAX_WORK["batch"] + 1)
+    while hi - lo > 1:  # ok(lo), not ok(hi) (or past the most)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: it keys per-layer caches

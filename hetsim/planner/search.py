@@ -13,7 +13,7 @@ from hetsim.planner.ranking import best_plan, evaluator, remembering
 from hetsim.sim.result import rank_key
 from hetsim.sim.run import fits
 from hetsim.strategies.base import Objective, Strategy
-from hetsim.workload import MAX_WORK, Workload
+from hetsim.workload import MAX_WORK, Workload, largest_batch_where
 
 Search = Callable[..., Any]  # (rig, model, workload, objective, evaluate, *, allow_lossy) -> plan | None
 
@@ -78,16 +78,7 @@ def largest_batch(strategy: Strategy, rig: Rig, model: ModelSpec, workload: Work
         one_pass = strategy.pass_batch(plan)
         return (one_pass is None or one_pass >= batch) and fits(strategy, plan, rig, model, wl)
 
-    if not ok(1):
-        return 1
-    lo, hi = 1, 2
-    while hi <= MAX_WORK["batch"] and ok(hi):
-        lo, hi = hi, hi * 2
-    hi = min(hi, MAX_WORK["batch"] + 1)
-    while hi - lo > 1:  # ok(lo), not ok(hi)
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
+    return max(1, largest_batch_where(ok))
 
 
 def search_free_batch(

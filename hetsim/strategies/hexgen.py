@@ -38,7 +38,7 @@ from hetsim.strategies.pipeline import (
     stage_memory,
 )
 from hetsim.strategies.pipeline_costs import step_time
-from hetsim.workload import MAX_WORK, WHY_MAX, Workload
+from hetsim.workload import MAX_WORK, WHY_MAX, Workload, largest_batch_where
 
 __all__ = ["HexGen", "HexGenPlan", "Replica", "Stage", "symmetric_plan"]
 
@@ -157,22 +157,11 @@ def replica_holds(rig: Rig, model: ModelSpec, replica: Replica, workload: Worklo
     run = (whole.prompt_len, whole.gen_len, plan.weight_dtype, plan.kv_dtype)
 
     def most() -> int:
-        """Any batch's answer (a ladder's rungs share it): doubling to the first share refused, then
-        bisection."""
+        """Any batch's answer (a ladder's rungs share it)."""
         caps = rig.capacities()
-
-        def holds(share: int) -> bool:
-            return footprint_fits(caps, share_footprint(model, replica, share, whole, plan))
-
-        if not holds(1):
-            return 0
-        lo, hi = 1, 2  # holds(lo); hi: refused, or past the largest batch
-        while hi <= MAX_WORK["batch"] and holds(hi):
-            lo, hi = hi, hi * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if holds(mid) else (lo, mid)
-        return lo
+        return largest_batch_where(
+            lambda share: footprint_fits(caps, share_footprint(model, replica, share, whole, plan))
+        )
 
     return min(
         workload.batch, remembered_cost(rig, ("hexgen replica holds", replica.stages, model, *run), most)
