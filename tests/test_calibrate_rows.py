@@ -75,6 +75,7 @@ def test_recorded_h200_profile_says_its_fp16_limit_is_extrapolated(tmp_path):
     """The session-19 H200 host's sidecar (quick: m = 2, 8, 32): fp16's 1505 GFLOP/s limit (m_half 38)
     and bf16's are extrapolations and the profile grades them assumed; fp32's (m_half 14) is fitted.
     The same numbers as before, only their sources and grades."""
+    pytest.importorskip("torch")  # the validate extra (README command 2 installs dev only)
     raw = json.loads(S19.read_text())
     d = cal.derive(raw)
     path = cal.write_profile(cal.build_profile(raw, d), raw, tmp_path / "s19.yaml")
@@ -110,6 +111,7 @@ def test_a_128_row_run_is_what_128_rows_book(tmp_path):
     HeteGen CPU share ran on that host type: the profile books 600 at 128 rows and, past them, Hockney's
     shape from there (669 at 512, 693 at 4096). Hockney's fit through the same four points booked 794 at
     128 rows and 886 at 512."""
+    pytest.importorskip("torch")  # the validate extra (README command 2 installs dev only)
     raw = _with_rows(json.loads(S19.read_text()), "fp16", {128: 600e9})
     booked = _booked(raw, tmp_path, "fp16", (32, 64, 128, 512, 4096))
     assert booked[128] == pytest.approx(600e9, rel=1e-4)
@@ -128,6 +130,7 @@ def test_recorded_h200_sidecar_books_past_its_rows_by_hockneys_shape(tmp_path):
     """Session 19's sidecar alone (m <= 32): 128 rows book the 32-row rate (695.8 GFLOP/s) times Hockney's
     m / (m + half) at 128 over 32: 1178 GFLOP/s (Hockney's own curve: 1157). The 128-row share on that host
     type ran 542-639 inside HeteGen's runner: a gap the sweep up to 32 rows cannot show."""
+    pytest.importorskip("torch")  # the validate extra (README command 2 installs dev only)
     booked = _booked(json.loads(S19.read_text()), tmp_path, "fp16", (2, 8, 32, 128))
     assert booked[32] == pytest.approx(695.8e9, rel=1e-3)
     assert booked[128] == pytest.approx(1178.1e9, rel=1e-3)

@@ -5,10 +5,14 @@ timer is replaced by one call of each part."""
 
 from __future__ import annotations
 
+import pytest
+
 from validate import packed_hop
 
 
 def test_the_fresh_conversion_is_timed_part_by_part(monkeypatch):
+    pytest.importorskip("torch")  # the validate extra (README command 2 installs dev only)
+
     def once(fn, **_kw):
         fn()
         return 1.0
